@@ -1,0 +1,1 @@
+"""Device tokens: issuing, verifying, revocation, and the caller of an RPC."""

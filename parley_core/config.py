@@ -1,0 +1,186 @@
+"""Typed configuration: defaults, then a YAML file, then environment overrides.
+
+Sources, later ones winning:
+1. the defaults below;
+2. a YAML file (``--config PATH`` or ``PARLEY_CONFIG``);
+3. environment variables ``PARLEY_<SECTION>__<KEY>`` (``PARLEY_MONGO__URI``);
+4. secrets from files: ``PARLEY_<SECTION>__<KEY>_FILE=/path`` reads the value
+   from that file (the Kubernetes/Docker secret convention), so secrets never
+   sit in the environment or the YAML.
+
+Any bad value fails at start with a ConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "PARLEY_"
+NESTED = "__"
+FILE_SUFFIX = "_FILE"
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    # 0 picks a free port (tests); the bound port is logged and reported.
+    port: int = Field(default=0, ge=0, le=65535)
+    # Prometheus /metrics; None disables the endpoint.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # How long in-flight RPCs may run after a shutdown signal.
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
+    max_receive_message_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+
+
+class MongoSettings(_Section):
+    uri: str = "mongodb://127.0.0.1:27017/"
+    database: str = Field(default="parley", min_length=1, max_length=60)
+    server_selection_timeout_ms: int = Field(default=5000, ge=100)
+
+    @field_validator("uri")
+    @classmethod
+    def _mongo_scheme(cls, value: str) -> str:
+        if not value.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("must start with mongodb:// or mongodb+srv://")
+        return value
+
+
+class RedisSettings(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    socket_timeout_seconds: float = Field(default=2.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+class AuthSettings(_Section):
+    # PEM Ed25519 public keys that may have signed access tokens. Several allow
+    # key rotation: sign with the new key while the old one still verifies.
+    public_key_files: tuple[Path, ...] = ()
+    # PEM Ed25519 private key; only the service that issues tokens needs it.
+    private_key_file: Path | None = None
+    access_token_ttl_seconds: int = Field(default=3600, ge=30, le=86400)
+    refresh_token_ttl_seconds: int = Field(default=30 * 86400, ge=300)
+    # Revocations arrive over Redis at once; this poll of MongoDB bounds how late
+    # one can be when Redis is down.
+    revocation_poll_seconds: float = Field(default=5.0, gt=0, le=300)
+
+
+class KeysServiceSettings(_Section):
+    server: ServerSettings = ServerSettings(port=7101)
+    max_devices_per_account: int = Field(default=5, ge=1, le=64)
+
+
+class MessageServiceSettings(_Section):
+    server: ServerSettings = ServerSettings(port=7102)
+    # Where svc_message reaches svc_keys (peer account checks).
+    keys_target: str = "127.0.0.1:7101"
+    max_body_bytes: int = Field(default=65536, ge=1, le=1 << 20)
+    # Events buffered per delivery stream before the stream counts as a slow
+    # consumer and is closed (it resumes from its watermarks on reconnect).
+    stream_queue_events: int = Field(default=4096, ge=16)
+    # Most sends committed by one group-commit write.
+    send_batch_max: int = Field(default=512, ge=1, le=10000)
+    # Delivered-watermark acks from streams are coalesced for this long.
+    ack_flush_seconds: float = Field(default=0.05, gt=0, le=5)
+    # Messages replayed per database page while a stream catches up.
+    replay_page_size: int = Field(default=200, ge=1, le=5000)
+
+
+class Settings(_Section):
+    region: str = Field(default="local", min_length=1, max_length=32)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    mongo: MongoSettings = MongoSettings()
+    redis: RedisSettings = RedisSettings()
+    auth: AuthSettings = AuthSettings()
+    keys: KeysServiceSettings = KeysServiceSettings()
+    message: MessageServiceSettings = MessageServiceSettings()
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key {'.'.join(path)}: {part} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _parse_env_value(raw: str) -> Any:
+    # Lists and sections come as JSON; scalars stay strings for pydantic to coerce.
+    stripped = raw.strip()
+    if stripped[:1] in ("[", "{"):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _env_overrides(environ: Mapping[str, str]) -> list[tuple[list[str], Any]]:
+    overrides: list[tuple[list[str], Any]] = []
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key.upper().endswith(FILE_SUFFIX):
+            key = key[: -len(FILE_SUFFIX)]
+            try:
+                value: Any = Path(raw).read_text().strip()
+            except OSError as exc:
+                dotted = key.replace(NESTED, ".")
+                raise ConfigError(
+                    f"config key {dotted}: cannot read secret file {raw}: {exc}"
+                ) from None
+        else:
+            value = _parse_env_value(raw)
+        overrides.append((key.split(NESTED), value))
+    return overrides
+
+
+def load_settings(
+    config_file: Path | str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build Settings from the YAML file and the environment, or fail naming the key."""
+    env = os.environ if environ is None else environ
+    path = config_file or env.get(f"{ENV_PREFIX}CONFIG")
+    tree: dict[str, Any] = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: the top level must be a mapping")
+        tree = loaded
+    for key_path, value in _env_overrides(env):
+        _set_path(tree, key_path, value)
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

@@ -1,0 +1,1 @@
+"""The gRPC host every service runs in."""

@@ -1,0 +1,197 @@
+"""The one interceptor every RPC passes through.
+
+In a single wrapper (one layer is cheaper than a chain on the hot path) it:
+- authenticates the caller from ``authorization: Bearer`` metadata, except for
+  the public methods, and exposes it through ``current_caller()``;
+- maps ParleyError to its status code with google.rpc details, and anything
+  unexpected to INTERNAL with a generic message (the traceback goes to the log
+  only);
+- records RED metrics and logs failures.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import structlog
+
+from parley_core.auth.caller import Caller, set_caller
+from parley_core.auth.tokens import TokenVerifier
+from parley_core.errors import ParleyError, Unauthenticated
+from parley_core.rpc.metrics import RpcMetrics
+from parley_core.rpc.status import internal_status, to_grpc_status
+
+log = structlog.get_logger(__name__)
+
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+REFLECTION_PREFIXES = (
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+# grpc-stubs makes these generic for type checking only.
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    _InterceptorBase = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    Handler = grpc.RpcMethodHandler
+    _InterceptorBase = grpc.aio.ServerInterceptor
+
+
+def _bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str:
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("authorization metadata must be 'Bearer <access token>'")
+            return token.strip()
+    raise Unauthenticated("this call needs an access token in the authorization metadata")
+
+
+class ServiceInterceptor(_InterceptorBase):
+    def __init__(
+        self,
+        *,
+        verifier: TokenVerifier,
+        public_methods: Iterable[str],
+        metrics: RpcMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._verifier = verifier
+        self._public = frozenset(public_methods)
+        self._metrics = metrics
+        self._clock = clock
+        self._wrapped: dict[str, Handler] = {}
+
+    def _is_public(self, method: str) -> bool:
+        return (
+            method in self._public
+            or method.startswith(HEALTH_PREFIX)
+            or method.startswith(REFLECTION_PREFIXES)
+        )
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None  # type: ignore[return-value]  # unknown method: gRPC answers UNIMPLEMENTED
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
+        token = _bearer_token(context.invocation_metadata())
+        return self._verifier.verify(token, now=self._clock())
+
+    async def _fail(self, context: Any, method: str, error: BaseException) -> str:
+        """Abort the call with the mapped status; returns the code name for metrics."""
+        if isinstance(error, ParleyError):
+            status = to_grpc_status(error)
+            if error.code.value in ("INTERNAL", "UNAVAILABLE"):
+                log.warning("rpc_failed", method=method, code=error.code.value, error=error.message)
+        else:
+            log.error("rpc_crashed", method=method, exc_info=error)
+            status = internal_status()
+        await context.abort_with_status(status)
+        return status.code.name  # pragma: no cover - abort raises
+
+    def _wrap(self, method: str, handler: Handler) -> Handler:
+        public = self._is_public(method)
+        short = method.rsplit("/", 1)[-1]
+        metrics = self._metrics
+
+        def begin(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            set_caller(None if public else self._authenticate(context))
+
+        def code_of(context: grpc.aio.ServicerContext[Any, Any], fallback: str) -> str:
+            code = context.code()
+            return code.name if isinstance(code, grpc.StatusCode) else fallback
+
+        async def run_unary(behavior: Callable[..., Any], request: Any, context: Any) -> Any:
+            started = time.perf_counter()
+            metrics.started(short)
+            code = "OK"
+            try:
+                begin(context)
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                code = code_of(context, "UNKNOWN")
+                raise
+            except Exception as error:
+                code = error.code.value if isinstance(error, ParleyError) else "INTERNAL"
+                await self._fail(context, method, error)
+                raise  # pragma: no cover - _fail raised AbortError
+            finally:
+                metrics.finished(short, code, time.perf_counter() - started)
+
+        async def run_stream(
+            behavior: Callable[..., AsyncIterator[Any]], request: Any, context: Any
+        ) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            metrics.started(short)
+            code = "OK"
+            try:
+                begin(context)
+                async for response in behavior(request, context):
+                    yield response
+            except grpc.aio.AbortError:
+                code = code_of(context, "UNKNOWN")
+                raise
+            except Exception as error:
+                code = error.code.value if isinstance(error, ParleyError) else "INTERNAL"
+                await self._fail(context, method, error)
+            finally:
+                metrics.finished(short, code, time.perf_counter() - started)
+
+        def wrap(behavior: Callable[..., Any] | None) -> Callable[..., Any] | None:
+            if behavior is None:
+                return None
+            if inspect.isasyncgenfunction(behavior):
+                # gRPC picks the streaming mode by inspecting the function itself,
+                # so the wrapper must be an async generator function too.
+                async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+                    async for response in run_stream(behavior, request, context):
+                        yield response
+
+                return streaming
+
+            async def unary(request: Any, context: Any) -> Any:
+                return await run_unary(behavior, request, context)
+
+            return unary
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                wrap(handler.unary_unary),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                wrap(handler.unary_stream),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                wrap(handler.stream_unary),  # type: ignore[arg-type]
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            wrap(handler.stream_stream),  # type: ignore[arg-type]
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

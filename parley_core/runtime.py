@@ -1,0 +1,101 @@
+"""What every service's composition root builds the same way.
+
+Opens MongoDB and Redis, loads the token verification keys and the revocation
+list, and makes the interceptor; the service's own app module adds its storage,
+domain and servicers on top and hands everything to a ServiceHost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from parley_core.auth.revocations import RevocationList
+from parley_core.auth.tokens import TokenVerifier, load_public_keys
+from parley_core.config import ConfigError, Settings
+from parley_core.rpc.interceptor import ServiceInterceptor
+from parley_core.rpc.metrics import RpcMetrics
+from parley_core.storage import mongo as mongo_storage
+from parley_core.storage import redis as redis_storage
+from parley_core.storage.mongo import Database, MongoClient
+from parley_core.storage.revocations import RevocationFeed, RevocationStore
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    service: str
+    mongo: MongoClient
+    db: Database
+    redis: redis_storage.Redis
+    revocations: RevocationList
+    revocation_store: RevocationStore
+    verifier: TokenVerifier
+    registry: CollectorRegistry
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _feed: RevocationFeed | None = None
+
+    def interceptor(self, *, public_methods: Iterable[str]) -> ServiceInterceptor:
+        return ServiceInterceptor(
+            verifier=self.verifier,
+            public_methods=public_methods,
+            metrics=RpcMetrics(self.registry, service=self.service),
+        )
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a background task for the life of the service."""
+        self.tasks.append(asyncio.create_task(coro))
+
+    async def start_revocation_feed(self, on_revoked: Callable[[str], None] | None = None) -> None:
+        self._feed = RevocationFeed(
+            self.revocation_store,
+            self.redis,
+            self.revocations,
+            poll_seconds=self.settings.auth.revocation_poll_seconds,
+            on_revoked=on_revoked,
+        )
+        await self._feed.load()
+        self.tasks.append(asyncio.create_task(self._feed.run()))
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.redis.aclose()
+        await self.mongo.close()
+
+
+async def open_runtime(settings: Settings, *, service: str) -> Runtime:
+    if not settings.auth.public_key_files:
+        raise ConfigError("auth.public_key_files: at least one token verification key is needed")
+    try:
+        public_keys = load_public_keys(settings.auth.public_key_files)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"auth.public_key_files: {exc}") from None
+    mongo = mongo_storage.connect(settings.mongo, app_name=service)
+    await mongo_storage.ping(mongo)
+    db = mongo_storage.durable_database(mongo, settings.mongo)
+    redis = redis_storage.connect(settings.redis)
+    revocations = RevocationList()
+    revocation_store = RevocationStore(
+        db, redis, token_ttl_seconds=settings.auth.access_token_ttl_seconds
+    )
+    await revocation_store.ensure_indexes()
+    return Runtime(
+        settings=settings,
+        service=service,
+        mongo=mongo,
+        db=db,
+        redis=redis,
+        revocations=revocations,
+        revocation_store=revocation_store,
+        verifier=TokenVerifier(public_keys, revocations),
+        registry=CollectorRegistry(),
+    )

@@ -1,0 +1,3 @@
+from svc_keys.app import main
+
+main()

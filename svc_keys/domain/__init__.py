@@ -1,0 +1,1 @@
+"""Account and device policy of svc_keys."""

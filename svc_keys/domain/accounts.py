@@ -1,0 +1,239 @@
+"""Sign-up, devices and their tokens.
+
+Every method takes ``now`` (Unix seconds) so the policy is testable with any
+clock. The access token is a signed JWT (stateless, checked by every service);
+the refresh token is ``<device_id>.<secret>``, stored only as a SHA-256 hash and
+rotated on every use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from datetime import UTC, datetime
+
+from parley_core.auth.tokens import TokenIssuer
+from parley_core.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    Reason,
+    ResourceExhausted,
+    Unauthenticated,
+)
+from parley_core.ids import new_id
+from parley_core.storage.revocations import RevocationStore
+from svc_keys.domain.handles import handle_key, handle_problem
+from svc_keys.model import Account, Credentials, Device, DeviceSession
+from svc_keys.storage.accounts import AccountStore, HandleTaken, SignupRequestSeen
+
+
+def _at(now: float) -> datetime:
+    return datetime.fromtimestamp(now, UTC)
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class AccountsHandler:
+    def __init__(
+        self,
+        store: AccountStore,
+        issuer: TokenIssuer,
+        revocations: RevocationStore,
+        *,
+        max_devices: int,
+        refresh_ttl_seconds: int,
+    ) -> None:
+        self._store = store
+        self._issuer = issuer
+        self._revocations = revocations
+        self._max_devices = max_devices
+        self._refresh_ttl = refresh_ttl_seconds
+
+    # -- credentials -------------------------------------------------------
+
+    def _new_refresh(self, device_id: str, now: float) -> tuple[str, str, float]:
+        secret = secrets.token_urlsafe(32)
+        return f"{device_id}.{secret}", _hash(secret), now + self._refresh_ttl
+
+    def _credentials(
+        self, device: Device, *, refresh_token: str, refresh_expires_at: float, now: float
+    ) -> Credentials:
+        access = self._issuer.issue(
+            account_id=device.account_id, device_id=device.device_id, now=now
+        )
+        return Credentials(
+            access_token=access.token,
+            access_expires_at=access.expires_at,
+            refresh_token=refresh_token,
+            refresh_expires_at=refresh_expires_at,
+        )
+
+    async def _reissue(self, account: Account, device: Device, now: float) -> DeviceSession:
+        """A retried create: same device, fresh credentials (the originals were
+        never stored in a readable form)."""
+        token, token_hash, expires = self._new_refresh(device.device_id, now)
+        await self._store.set_refresh(
+            device.device_id, new_hash=token_hash, new_expires_at=_at(expires)
+        )
+        credentials = self._credentials(
+            device, refresh_token=token, refresh_expires_at=expires, now=now
+        )
+        return DeviceSession(account=account, device=device, credentials=credentials)
+
+    async def _create_device(
+        self, account: Account, *, name: str, platform: int, request_id: str, now: float
+    ) -> tuple[DeviceSession, bool]:
+        """The device session, and whether this call created the device (False
+        when an earlier attempt with the same request_id already had)."""
+        device = Device(
+            device_id=new_id(int(now * 1000)),
+            account_id=account.account_id,
+            name=name,
+            platform=platform,
+            created_at=_at(now),
+        )
+        token, token_hash, expires = self._new_refresh(device.device_id, now)
+        inserted = await self._store.insert_device(
+            device, request_id=request_id, refresh_hash=token_hash, refresh_expires_at=_at(expires)
+        )
+        if not inserted:
+            existing = await self._store.device_by_request(account.account_id, request_id)
+            if existing is None or existing.revoked_at is not None:
+                raise AlreadyExists("this request_id was used for a device that is now revoked")
+            return await self._reissue(account, existing, now), False
+        credentials = self._credentials(
+            device, refresh_token=token, refresh_expires_at=expires, now=now
+        )
+        return DeviceSession(account=account, device=device, credentials=credentials), True
+
+    # -- RPCs --------------------------------------------------------------
+
+    async def sign_up(
+        self,
+        *,
+        request_id: str,
+        handle: str,
+        display_name: str,
+        device_name: str,
+        platform: int,
+        now: float,
+    ) -> DeviceSession:
+        problem = handle_problem(handle)
+        if problem is not None:
+            raise InvalidArgument.field("handle", problem)
+        account = Account(
+            account_id=new_id(int(now * 1000)),
+            handle=handle,
+            display_name=display_name,
+            created_at=_at(now),
+        )
+        try:
+            await self._store.insert_account(
+                account, handle_key=handle_key(handle), request_id=request_id
+            )
+        except (SignupRequestSeen, HandleTaken):
+            # A handle clash may still be our own retry: the request id decides.
+            previous = await self._store.account_by_signup_request(request_id)
+            if previous is None:
+                raise AlreadyExists(
+                    f"the handle {handle!r} is taken", reason=Reason.HANDLE_TAKEN
+                ) from None
+            if handle_key(previous.handle) != handle_key(handle):
+                raise AlreadyExists(
+                    "this request_id was already used to sign up another handle"
+                ) from None
+            account = previous
+        session, _created = await self._create_device(
+            account, name=device_name, platform=platform, request_id=request_id, now=now
+        )
+        return session
+
+    async def register_device(
+        self, *, account_id: str, request_id: str, name: str, platform: int, now: float
+    ) -> DeviceSession:
+        account = await self._store.account_by_id(account_id)
+        if account is None:
+            raise NotFound("account not found", reason=Reason.ACCOUNT_NOT_FOUND)
+        existing = await self._store.device_by_request(account_id, request_id)
+        if existing is not None and existing.revoked_at is None:
+            return await self._reissue(account, existing, now)
+        if not await self._store.reserve_device_slot(account_id, cap=self._max_devices):
+            active = await self._store.recount_device_slots(account_id)
+            if active >= self._max_devices or not await self._store.reserve_device_slot(
+                account_id, cap=self._max_devices
+            ):
+                raise ResourceExhausted(
+                    f"an account may have at most {self._max_devices} devices; "
+                    "revoke one before linking another",
+                    reason=Reason.DEVICE_LIMIT_REACHED,
+                )
+        try:
+            session, created = await self._create_device(
+                account, name=name, platform=platform, request_id=request_id, now=now
+            )
+        except BaseException:
+            await self._store.release_device_slot(account_id)
+            raise
+        if not created:
+            # A concurrent retry created it first; our reserved slot is spare.
+            await self._store.release_device_slot(account_id)
+        return session
+
+    async def refresh(self, *, refresh_token: str, now: float) -> Credentials:
+        def invalid(why: str) -> Unauthenticated:
+            return Unauthenticated(why, reason=Reason.REFRESH_TOKEN_INVALID)
+
+        device_id, _, secret = refresh_token.partition(".")
+        if not device_id or not secret:
+            raise invalid("malformed refresh token")
+        try:
+            device, stored_hash, expires_at = await self._store.refresh_state(device_id)
+        except KeyError:
+            raise invalid("unknown refresh token") from None
+        if device.revoked_at is not None:
+            raise Unauthenticated("this device was signed out", reason=Reason.TOKEN_REVOKED)
+        presented = _hash(secret)
+        if stored_hash is None or not hmac.compare_digest(presented, stored_hash):
+            raise invalid("refresh token is not current (already used or replaced)")
+        if expires_at is None or expires_at.timestamp() <= now:
+            raise Unauthenticated("refresh token expired", reason=Reason.TOKEN_EXPIRED)
+        token, token_hash, expires = self._new_refresh(device.device_id, now)
+        if not await self._store.rotate_refresh(
+            device.device_id,
+            expected_hash=stored_hash,
+            new_hash=token_hash,
+            new_expires_at=_at(expires),
+        ):
+            raise invalid("refresh token is not current (already used or replaced)")
+        return self._credentials(device, refresh_token=token, refresh_expires_at=expires, now=now)
+
+    async def revoke_device(self, *, account_id: str, device_id: str, now: float) -> None:
+        device = await self._store.device_by_id(device_id)
+        if device is None or device.account_id != account_id:
+            raise NotFound("no such device on this account", reason=Reason.DEVICE_NOT_FOUND)
+        if await self._store.revoke_device(device_id, now=_at(now)):
+            await self._store.release_device_slot(account_id)
+        # Recorded even on a repeat, so a lost publish is made good by a retry.
+        await self._revocations.revoke_device(device_id, now=now)
+
+    async def list_devices(
+        self, *, account_id: str, after_device_id: str | None, limit: int
+    ) -> list[Device]:
+        return await self._store.list_devices(
+            account_id, after_device_id=after_device_id, limit=limit
+        )
+
+    async def get_account(
+        self, *, account_id: str | None = None, handle: str | None = None
+    ) -> Account:
+        if handle is not None:
+            account = await self._store.account_by_handle_key(handle_key(handle))
+        else:
+            account = await self._store.account_by_id(account_id or "")
+        if account is None:
+            raise NotFound("account not found", reason=Reason.ACCOUNT_NOT_FOUND)
+        return account

@@ -1,0 +1,41 @@
+"""Plain data shared by the layers of svc_keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    account_id: str
+    handle: str
+    display_name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    device_id: str
+    account_id: str
+    name: str
+    platform: int
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    access_token: str
+    access_expires_at: float
+    refresh_token: str
+    refresh_expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSession:
+    """What sign-up and device registration hand back to the new device."""
+
+    account: Account
+    device: Device
+    credentials: Credentials

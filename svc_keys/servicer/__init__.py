@@ -1,0 +1,1 @@
+"""gRPC transport of svc_keys: validate, call the domain, convert."""

@@ -1,0 +1,1 @@
+"""MongoDB storage of svc_keys: the only modules here that import pymongo."""
