@@ -42,7 +42,7 @@ else:
     _InterceptorBase = grpc.aio.ServerInterceptor
 
 
-def _bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str:
+def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str:
     for key, value in metadata or ():
         if key == "authorization":
             text = value.decode() if isinstance(value, bytes) else str(value)
@@ -92,7 +92,7 @@ class ServiceInterceptor(_InterceptorBase):
         return wrapped
 
     def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
-        token = _bearer_token(context.invocation_metadata())
+        token = bearer_token(context.invocation_metadata())
         return self._verifier.verify(token, now=self._clock())
 
     async def _fail(self, context: Any, method: str, error: BaseException) -> str:

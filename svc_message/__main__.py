@@ -1,0 +1,3 @@
+from svc_message.app import main
+
+main()

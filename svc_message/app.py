@@ -1,0 +1,120 @@
+"""Composition root of svc_message: builds every dependency once and runs the host."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from prometheus_client import Gauge
+
+from parley_core.config import ConfigError, Settings, load_settings
+from parley_core.logging import configure_logging
+from parley_core.rpc.server import ServiceHost, run
+from parley_core.runtime import open_runtime
+from svc_message.domain.conversations import ConversationsHandler
+from svc_message.domain.delivery import AckBatcher, DeliveryService, Hub
+from svc_message.domain.sending import MessagesHandler, SendPipeline
+from svc_message.peers.keys import AccountDirectory
+from svc_message.servicer.convert import ProtoEventCodec
+from svc_message.servicer.messages import MessageUnaryServicer
+from svc_message.servicer.service import SERVICE_NAME, register
+from svc_message.servicer.stream import StreamServicer
+from svc_message.storage.conversations import ConversationStore
+from svc_message.storage.doorbell import Doorbell
+from svc_message.storage.messages import MessageStore
+
+
+async def build(settings: Settings) -> ServiceHost:
+    config = settings.message
+    clock = time.time
+    runtime = await open_runtime(settings, service="message")
+    conversation_store = ConversationStore(runtime.db)
+    message_store = MessageStore(runtime.db)
+    await conversation_store.ensure_indexes()
+    await message_store.ensure_indexes()
+
+    codec = ProtoEventCodec()
+    hub: Hub
+    doorbell = Doorbell(
+        runtime.redis,
+        on_event=lambda account_id, payload: hub.dispatch(account_id, payload),
+        on_reconnect=lambda: hub.resync_all(),
+    )
+    hub = Hub(doorbell, codec)
+    accounts = AccountDirectory(config.keys_target)
+    conversations = ConversationsHandler(conversation_store, accounts, doorbell, codec)
+    pipeline = SendPipeline(
+        message_store,
+        conversation_store,
+        doorbell,
+        codec,
+        batch_max=config.send_batch_max,
+        clock=clock,
+    )
+    messages = MessagesHandler(conversations, message_store, pipeline)
+    delivery = DeliveryService(
+        hub,
+        conversation_store,
+        message_store,
+        codec,
+        queue_limit=config.stream_queue_events,
+        replay_page_size=config.replay_page_size,
+        clock=clock,
+    )
+    acks = AckBatcher(
+        conversation_store,
+        conversations,
+        doorbell,
+        codec,
+        flush_seconds=config.ack_flush_seconds,
+        clock=clock,
+    )
+    Gauge(
+        "parley_delivery_streams_open",
+        "Delivery streams open on this process.",
+        registry=runtime.registry,
+    ).set_function(lambda: hub.stream_count)
+
+    await runtime.start_revocation_feed(on_revoked=hub.device_revoked)
+    runtime.spawn(doorbell.run())
+    runtime.spawn(pipeline.run())
+    runtime.spawn(acks.run())
+
+    unary = MessageUnaryServicer(
+        conversations, messages, max_body_bytes=config.max_body_bytes, clock=clock
+    )
+    stream = StreamServicer(delivery, acks, codec)
+
+    async def stop() -> None:
+        await acks.flush()
+        await accounts.close()
+        await runtime.close()
+
+    return ServiceHost(
+        name="svc_message",
+        settings=config.server,
+        interceptors=[runtime.interceptor(public_methods=())],
+        register=lambda server: register(server, unary, stream),
+        service_names=[SERVICE_NAME],
+        registry=runtime.registry,
+        on_stop=[stop],
+    )
+
+
+async def serve(settings: Settings) -> None:
+    host = await build(settings)
+    await host.start()
+    await host.serve_until_signalled()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="svc_message", description="Parley messaging")
+    parser.add_argument("--config", type=Path, help="YAML config file (or PARLEY_CONFIG)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        raise SystemExit(f"svc_message: {exc}") from None
+    configure_logging(service="svc_message", level=settings.log_level, fmt=settings.log_format)
+    run(lambda: serve(settings), event_loop=settings.message.server.event_loop)

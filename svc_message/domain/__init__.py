@@ -1,0 +1,1 @@
+"""Conversation, message and delivery policy of svc_message."""

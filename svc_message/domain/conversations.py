@@ -1,0 +1,153 @@
+"""Direct conversations, membership, the inbox and watermarks."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from datetime import UTC, datetime
+
+from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Reason
+from parley_core.ids import new_id
+from svc_message.domain.ports import Accounts, EventCodec, Publisher
+from svc_message.model import DIRECT, Conversation, InboxEntry, Watermarks
+from svc_message.storage.conversations import ConversationStore
+
+
+def _at(now: float) -> datetime:
+    return datetime.fromtimestamp(now, UTC)
+
+
+def direct_key(a: str, b: str) -> str:
+    first, second = sorted((a, b))
+    return f"{first}|{second}"
+
+
+def inbox_entry(
+    conversation: Conversation, watermarks: list[Watermarks], account_id: str
+) -> InboxEntry:
+    """Unread = last_seq - read_seq: computed from watermarks, never counted."""
+    by_member = {w.account_id: w for w in watermarks}
+    complete = tuple(
+        by_member.get(member, Watermarks(conversation.conversation_id, member))
+        for member in conversation.member_ids
+    )
+    mine = by_member.get(account_id)
+    unread = max(0, conversation.last_seq - (mine.read_seq if mine else 0))
+    return InboxEntry(conversation=conversation, watermarks=complete, unread_count=unread)
+
+
+class ConversationsHandler:
+    def __init__(
+        self,
+        store: ConversationStore,
+        accounts: Accounts,
+        publisher: Publisher,
+        codec: EventCodec,
+        *,
+        membership_cache_size: int = 100_000,
+    ) -> None:
+        self._store = store
+        self._accounts = accounts
+        self._publisher = publisher
+        self._codec = codec
+        # Direct conversations never change members, so their membership can
+        # be remembered for good; this keeps a send to one read-free.
+        self._membership: OrderedDict[str, Conversation] = OrderedDict()
+        self._cache_size = membership_cache_size
+
+    def _remember(self, conversation: Conversation) -> None:
+        if conversation.type == DIRECT:
+            self._membership[conversation.conversation_id] = conversation
+            if len(self._membership) > self._cache_size:
+                self._membership.popitem(last=False)
+
+    async def require_member(self, conversation_id: str, account_id: str) -> Conversation:
+        """The conversation if the account is a member; NOT_FOUND / PERMISSION_DENIED otherwise.
+
+        The result may be cached: its last_seq is not current."""
+        conversation = self._membership.get(conversation_id)
+        if conversation is None:
+            conversation = await self._store.get(conversation_id)
+            if conversation is None:
+                raise NotFound("conversation not found", reason=Reason.CONVERSATION_NOT_FOUND)
+            self._remember(conversation)
+        if account_id not in conversation.member_ids:
+            raise PermissionDenied("you are not a member of this conversation")
+        return conversation
+
+    async def create_direct(
+        self, *, account_id: str, peer_account_id: str, bearer_token: str, now: float
+    ) -> InboxEntry:
+        if peer_account_id == account_id:
+            raise InvalidArgument.field("peer_account_id", "must be another account than yours")
+        key = direct_key(account_id, peer_account_id)
+        conversation = await self._store.by_direct_key(key)
+        if conversation is None:
+            if not await self._accounts.exists(peer_account_id, bearer_token=bearer_token):
+                raise NotFound("no account with that id", reason=Reason.ACCOUNT_NOT_FOUND)
+            candidate = Conversation(
+                conversation_id=new_id(int(now * 1000)),
+                type=DIRECT,
+                member_ids=tuple(sorted((account_id, peer_account_id))),
+                created_at=_at(now),
+                last_activity_at=_at(now),
+            )
+            if await self._store.insert_direct(candidate, direct_key=key):
+                conversation = candidate
+                envelope = self._codec.conversation(conversation)
+                await self._publisher.publish(
+                    [(conversation.member_ids, self._codec.encode(envelope))]
+                )
+            else:
+                # The other side created it at the same moment.
+                conversation = await self._store.by_direct_key(key)
+                if conversation is None:
+                    raise NotFound("conversation vanished", reason=Reason.CONVERSATION_NOT_FOUND)
+        self._remember(conversation)
+        return await self._entry(conversation, account_id)
+
+    async def _entry(self, conversation: Conversation, account_id: str) -> InboxEntry:
+        watermarks = await self._store.watermarks([conversation.conversation_id])
+        return inbox_entry(conversation, watermarks, account_id)
+
+    async def get(self, *, conversation_id: str, account_id: str) -> InboxEntry:
+        await self.require_member(conversation_id, account_id)
+        conversation = await self._store.get(conversation_id)
+        if conversation is None:
+            raise NotFound("conversation not found", reason=Reason.CONVERSATION_NOT_FOUND)
+        return await self._entry(conversation, account_id)
+
+    async def inbox(
+        self, *, account_id: str, after: tuple[datetime, str] | None, limit: int
+    ) -> list[InboxEntry]:
+        conversations = await self._store.inbox_page(account_id, after=after, limit=limit)
+        if not conversations:
+            return []
+        watermarks = await self._store.watermarks(c.conversation_id for c in conversations)
+        by_conversation: dict[str, list[Watermarks]] = {}
+        for w in watermarks:
+            by_conversation.setdefault(w.conversation_id, []).append(w)
+        return [
+            inbox_entry(c, by_conversation.get(c.conversation_id, []), account_id)
+            for c in conversations
+        ]
+
+    async def mark(
+        self,
+        *,
+        conversation_id: str,
+        account_id: str,
+        delivered: int,
+        read: int,
+        now: float,
+    ) -> Watermarks:
+        """Raise the member's watermarks; lower values change nothing."""
+        conversation = await self.require_member(conversation_id, account_id)
+        last_seq = (await self._store.last_seqs([conversation_id])).get(conversation_id, 0)
+        # A watermark past the newest message would make unread counts negative.
+        delivered, read = min(delivered, last_seq), min(read, last_seq)
+        watermarks = await self._store.raise_one(
+            conversation_id, account_id, delivered=delivered, read=read, now=_at(now)
+        )
+        envelope = self._codec.receipt(watermarks)
+        await self._publisher.publish([(conversation.member_ids, self._codec.encode(envelope))])
+        return watermarks

@@ -1,0 +1,346 @@
+"""The delivery stream: replay from watermarks, then live events.
+
+The database is the log; the doorbell only says "look". A stream therefore
+never trusts the doorbell for completeness: it remembers the highest seq it
+sent per conversation, drops what it already sent, and fills any gap from the
+log before sending a later message. After a doorbell reconnect, every stream
+catches up from the log, since publishes may have been lost meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from parley_core.errors import ParleyError, Reason, ResourceExhausted, Unauthenticated
+from svc_message.domain.conversations import ConversationsHandler
+from svc_message.domain.ports import EventCodec, Publisher, Subscriptions
+from svc_message.model import Conversation, Envelope, EventKind, Watermarks
+from svc_message.storage.conversations import ConversationStore
+from svc_message.storage.messages import MessageStore
+
+log = structlog.get_logger(__name__)
+
+MAX_EVENTS_PER_WRITE = 512
+# Receipt replay looks back a little further than the token, to cover writers
+# whose clocks trail ours.
+SYNC_TOKEN_SLACK = timedelta(seconds=2)
+
+
+def encode_sync_token(at: datetime) -> str:
+    return str(int(at.timestamp() * 1000))
+
+
+def decode_sync_token(token: str) -> datetime | None:
+    if not token:
+        return None
+    return datetime.fromtimestamp(int(token) / 1000, UTC) - SYNC_TOKEN_SLACK
+
+
+def valid_sync_token(token: str) -> bool:
+    return token == "" or (token.isdigit() and len(token) <= 15)
+
+
+class StreamSession:
+    """One device's live stream: a bounded queue of routed events."""
+
+    def __init__(
+        self, *, account_id: str, device_id: str, expires_at: float, queue_limit: int
+    ) -> None:
+        self.account_id = account_id
+        self.device_id = device_id
+        self.expires_at = expires_at
+        self._limit = queue_limit
+        self._queue: deque[Envelope] = deque()
+        self._wake = asyncio.Event()
+        self._error: ParleyError | None = None
+        self.resync_wanted = False
+        # Highest seq sent to the device, per conversation.
+        self.sent: dict[str, int] = {}
+
+    def offer(self, envelope: Envelope) -> None:
+        if self._error is not None:
+            return
+        if len(self._queue) >= self._limit:
+            # Memory stays bounded: the device resumes from its watermarks.
+            self.close(
+                ResourceExhausted(
+                    "the stream fell too far behind; reconnect and resume",
+                    reason=Reason.SLOW_CONSUMER,
+                )
+            )
+            return
+        self._queue.append(envelope)
+        self._wake.set()
+
+    def close(self, error: ParleyError) -> None:
+        if self._error is None:
+            self._error = error
+            self._queue.clear()
+        self._wake.set()
+
+    def request_resync(self) -> None:
+        self.resync_wanted = True
+        self._wake.set()
+
+    async def next_batch(self, *, clock: Callable[[], float]) -> list[Envelope]:
+        """Wait for events; raises when the stream must end."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._queue or self.resync_wanted:
+                count = min(len(self._queue), MAX_EVENTS_PER_WRITE)
+                return [self._queue.popleft() for _ in range(count)]
+            remaining = self.expires_at - clock()
+            if remaining <= 0:
+                raise Unauthenticated(
+                    "access token expired; refresh it and reconnect",
+                    reason=Reason.TOKEN_EXPIRED,
+                )
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=remaining)
+
+
+class Hub:
+    """The streams of this process, by account; fed by the doorbell."""
+
+    def __init__(self, subscriptions: Subscriptions, codec: EventCodec) -> None:
+        self._subscriptions = subscriptions
+        self._codec = codec
+        self._sessions: dict[str, set[StreamSession]] = {}
+
+    @property
+    def stream_count(self) -> int:
+        return sum(len(s) for s in self._sessions.values())
+
+    async def attach(self, session: StreamSession) -> None:
+        sessions = self._sessions.setdefault(session.account_id, set())
+        sessions.add(session)
+        if len(sessions) == 1:
+            await self._subscriptions.subscribe(session.account_id)
+
+    async def detach(self, session: StreamSession) -> None:
+        sessions = self._sessions.get(session.account_id)
+        if sessions is None or session not in sessions:
+            return
+        sessions.discard(session)
+        if not sessions:
+            del self._sessions[session.account_id]
+            await self._subscriptions.unsubscribe(session.account_id)
+
+    def dispatch(self, account_id: str, payload: bytes) -> None:
+        sessions = self._sessions.get(account_id)
+        if not sessions:
+            return
+        envelope = self._codec.decode(payload)
+        if envelope is None:
+            log.warning("doorbell_payload_unreadable", size=len(payload))
+            return
+        for session in sessions:
+            session.offer(envelope)
+
+    def resync_all(self) -> None:
+        for sessions in self._sessions.values():
+            for session in sessions:
+                session.request_resync()
+
+    def device_revoked(self, device_id: str) -> None:
+        for sessions in self._sessions.values():
+            for session in sessions:
+                if session.device_id == device_id:
+                    session.close(
+                        Unauthenticated("this device was signed out", reason=Reason.TOKEN_REVOKED)
+                    )
+
+
+class DeliveryService:
+    def __init__(
+        self,
+        hub: Hub,
+        conversations: ConversationStore,
+        messages: MessageStore,
+        codec: EventCodec,
+        *,
+        queue_limit: int,
+        replay_page_size: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self._hub = hub
+        self._conversations = conversations
+        self._messages = messages
+        self._codec = codec
+        self._queue_limit = queue_limit
+        self._page = replay_page_size
+        self._clock = clock
+
+    def open(self, *, account_id: str, device_id: str, expires_at: float) -> StreamSession:
+        return StreamSession(
+            account_id=account_id,
+            device_id=device_id,
+            expires_at=expires_at,
+            queue_limit=self._queue_limit,
+        )
+
+    async def _catch_up(
+        self, session: StreamSession, conversations: list[Conversation]
+    ) -> AsyncIterator[list[Envelope]]:
+        """Everything in the log past what the session sent, oldest first."""
+        for conversation in conversations:
+            conversation_id = conversation.conversation_id
+            after = session.sent.get(conversation_id, 0)
+            # last_seq is written after the messages, so it may trail the log
+            # by a batch that is still being recorded, never lead it.
+            if conversation.last_seq <= after:
+                continue
+            while True:
+                page = await self._messages.range(
+                    conversation_id, after_seq=after, until_seq=None, limit=self._page
+                )
+                if not page:
+                    break
+                yield [self._codec.message(m) for m in page]
+                after = page[-1].seq
+                session.sent[conversation_id] = after
+                if len(page) < self._page:
+                    break
+
+    async def stream(
+        self,
+        session: StreamSession,
+        *,
+        positions: dict[str, int],
+        sync_token: str,
+    ) -> AsyncIterator[list[Envelope]]:
+        """Replay, then SyncComplete, then live batches, until the session ends."""
+        await self._hub.attach(session)
+        try:
+            started = datetime.fromtimestamp(self._clock(), UTC)
+            conversations = await self._conversations.of_member(session.account_id)
+            cursors = await self._conversations.device_cursors(session.device_id)
+            new_to_device: list[Envelope] = []
+            for conversation in conversations:
+                conversation_id = conversation.conversation_id
+                start = positions.get(conversation_id, cursors.get(conversation_id, 0))
+                session.sent[conversation_id] = start
+                if start == 0:
+                    new_to_device.append(self._codec.conversation(conversation))
+            if new_to_device:
+                yield new_to_device
+            async for batch in self._catch_up(session, conversations):
+                yield batch
+            ids = [c.conversation_id for c in conversations]
+            if ids:
+                changed = await self._conversations.watermarks_changed_since(
+                    ids, decode_sync_token(sync_token)
+                )
+                receipts = [self._codec.receipt(w) for w in changed]
+                for i in range(0, len(receipts), MAX_EVENTS_PER_WRITE):
+                    yield receipts[i : i + MAX_EVENTS_PER_WRITE]
+            yield [self._codec.sync_complete(encode_sync_token(started))]
+            while True:
+                batch = await session.next_batch(clock=self._clock)
+                if session.resync_wanted:
+                    session.resync_wanted = False
+                    latest = await self._conversations.of_member(session.account_id)
+                    async for replay in self._catch_up(session, latest):
+                        yield replay
+                out = await self._in_order(session, batch)
+                if out:
+                    yield out
+        finally:
+            await self._hub.detach(session)
+
+    async def _in_order(self, session: StreamSession, batch: list[Envelope]) -> list[Envelope]:
+        out: list[Envelope] = []
+        for envelope in batch:
+            if envelope.kind != EventKind.MESSAGE:
+                out.append(envelope)
+                continue
+            conversation_id = envelope.conversation_id
+            sent = session.sent.get(conversation_id, 0)
+            if envelope.seq <= sent:
+                continue  # already sent by replay or an earlier gap fill
+            if envelope.seq > sent + 1:
+                # A publish was lost or overtaken: the log has what is missing.
+                missing = await self._messages.range(
+                    conversation_id, after_seq=sent, until_seq=envelope.seq - 1, limit=10_000
+                )
+                out.extend(self._codec.message(m) for m in missing)
+            out.append(envelope)
+            session.sent[conversation_id] = envelope.seq
+        return out
+
+    def may_ack(self, session: StreamSession, conversation_id: str, seq: int) -> bool:
+        """A device can only acknowledge what this stream sent it."""
+        return 0 < seq <= session.sent.get(conversation_id, 0)
+
+
+class AckBatcher:
+    """Coalesces stream acks into one watermark write per interval.
+
+    Acks arrive for every delivered batch; raising watermarks with $max is
+    idempotent, so the highest ack per (conversation, account) is all that
+    needs writing, and receipts go out once per flush.
+    """
+
+    def __init__(
+        self,
+        store: ConversationStore,
+        conversations: ConversationsHandler,
+        publisher: Publisher,
+        codec: EventCodec,
+        *,
+        flush_seconds: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._store = store
+        self._conversations = conversations
+        self._publisher = publisher
+        self._codec = codec
+        self._flush_seconds = flush_seconds
+        self._clock = clock
+        self._members: dict[tuple[str, str], int] = {}
+        self._devices: dict[tuple[str, str], int] = {}
+
+    def ack(self, *, account_id: str, device_id: str, conversation_id: str, seq: int) -> None:
+        key = (conversation_id, account_id)
+        self._members[key] = max(self._members.get(key, 0), seq)
+        device_key = (device_id, conversation_id)
+        self._devices[device_key] = max(self._devices.get(device_key, 0), seq)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_seconds)
+            await self.flush()
+
+    async def flush(self) -> None:
+        members, self._members = self._members, {}
+        devices, self._devices = self._devices, {}
+        if not members and not devices:
+            return
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        try:
+            await asyncio.gather(
+                self._store.raise_watermarks(
+                    ((c, a, seq, 0) for (c, a), seq in members.items()), now=now
+                ),
+                self._store.raise_device_cursors((d, c, seq) for (d, c), seq in devices.items()),
+            )
+            deliveries = []
+            for (conversation_id, account_id), seq in members.items():
+                conversation = await self._conversations.require_member(conversation_id, account_id)
+                envelope = self._codec.receipt(
+                    Watermarks(conversation_id, account_id, delivered_seq=seq)
+                )
+                deliveries.append((conversation.member_ids, self._codec.encode(envelope)))
+        except Exception as exc:
+            # Acks are hints: the device acks again on its next delivery or resume.
+            log.warning("ack_flush_failed", error=str(exc))
+            return
+        await self._publisher.publish(deliveries)

@@ -1,0 +1,1 @@
+"""Other Parley services svc_message calls over gRPC."""

@@ -1,0 +1,1 @@
+"""gRPC transport of svc_message: validate, call the domain, convert."""

@@ -1,0 +1,180 @@
+"""parley.message.v1.MessageService: the unary RPCs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from parley.message.v1 import messages_pb2 as pb
+from parley_core.auth.caller import current_caller
+from parley_core.errors import InvalidArgument, Reason
+from parley_core.pagination import decode_page_token, encode_page_token
+from parley_core.rpc.interceptor import bearer_token
+from parley_core.validation import Check
+from svc_message.domain.conversations import ConversationsHandler
+from svc_message.domain.sending import MessagesHandler
+from svc_message.servicer.convert import message_proto, view_proto, watermarks_proto
+
+MESSAGE_TYPES = frozenset(pb.MessageType.values()) - {pb.MESSAGE_TYPE_UNSPECIFIED}
+INBOX_PAGE_DEFAULT, INBOX_PAGE_MAX = 20, 100
+HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX = 50, 200
+
+
+class MessageUnaryServicer:
+    """The unary half of MessageService; the stream lives in ``stream``."""
+
+    def __init__(
+        self,
+        conversations: ConversationsHandler,
+        messages: MessagesHandler,
+        *,
+        max_body_bytes: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._conversations = conversations
+        self._messages = messages
+        self._max_body = max_body_bytes
+        self._clock = clock
+
+    async def CreateDirectConversation(
+        self, request: pb.CreateDirectConversationRequest, context: Any
+    ) -> pb.ConversationView:
+        Check().request_id(request.request_id).id("peer_account_id", request.peer_account_id).done()
+        caller = current_caller()
+        entry = await self._conversations.create_direct(
+            account_id=caller.account_id,
+            peer_account_id=request.peer_account_id,
+            bearer_token=bearer_token(context.invocation_metadata()),
+            now=self._clock(),
+        )
+        return view_proto(entry)
+
+    async def GetConversation(
+        self, request: pb.GetConversationRequest, context: Any
+    ) -> pb.ConversationView:
+        Check().id("conversation_id", request.conversation_id).done()
+        entry = await self._conversations.get(
+            conversation_id=request.conversation_id, account_id=current_caller().account_id
+        )
+        return view_proto(entry)
+
+    async def ListConversations(
+        self, request: pb.ListConversationsRequest, context: Any
+    ) -> pb.ListConversationsResponse:
+        check = Check()
+        limit = check.page_size(
+            request.page_size, default=INBOX_PAGE_DEFAULT, maximum=INBOX_PAGE_MAX
+        )
+        check.done()
+        account_id = current_caller().account_id
+        scope = {"rpc": "ListConversations", "account": account_id}
+        after = None
+        if request.page_token:
+            position = decode_page_token(request.page_token, scope=scope)
+            try:
+                after = (datetime.fromisoformat(position["at"]), str(position["id"]))
+            except (KeyError, TypeError, ValueError):
+                raise InvalidArgument.field(
+                    "page_token", "not a page token from this API", reason=Reason.PAGE_TOKEN_INVALID
+                ) from None
+        entries = await self._conversations.inbox(
+            account_id=account_id, after=after, limit=limit + 1
+        )
+        next_token = ""
+        if len(entries) > limit:
+            entries = entries[:limit]
+            last = entries[-1].conversation
+            assert last.last_activity_at is not None
+            next_token = encode_page_token(
+                {"at": last.last_activity_at.isoformat(), "id": last.conversation_id}, scope=scope
+            )
+        return pb.ListConversationsResponse(
+            conversations=[view_proto(e) for e in entries], next_page_token=next_token
+        )
+
+    async def SendMessage(
+        self, request: pb.SendMessageRequest, context: Any
+    ) -> pb.SendMessageResponse:
+        check = Check().request_id(request.request_id)
+        check.id("conversation_id", request.conversation_id)
+        check.enum("type", request.type, MESSAGE_TYPES)
+        check.payload("body", request.body, max_bytes=self._max_body, reason=Reason.BODY_TOO_LARGE)
+        check.id("reply_to_message_id", request.reply_to_message_id, required=False)
+        check.done()
+        caller = current_caller()
+        message = await self._messages.send(
+            account_id=caller.account_id,
+            device_id=caller.device_id,
+            conversation_id=request.conversation_id,
+            request_id=request.request_id.lower(),
+            type=request.type,
+            body=request.body,
+            reply_to_message_id=request.reply_to_message_id,
+        )
+        return pb.SendMessageResponse(message=message_proto(message))
+
+    async def ListMessages(
+        self, request: pb.ListMessagesRequest, context: Any
+    ) -> pb.ListMessagesResponse:
+        check = Check().id("conversation_id", request.conversation_id)
+        limit = check.page_size(
+            request.page_size, default=HISTORY_PAGE_DEFAULT, maximum=HISTORY_PAGE_MAX
+        )
+        direction = request.direction or pb.DIRECTION_BACKWARD
+        if direction not in (pb.DIRECTION_BACKWARD, pb.DIRECTION_FORWARD):
+            check.fail("direction", f"unknown value {request.direction}")
+        check.non_negative("start_seq", request.start_seq)
+        check.done()
+        account_id = current_caller().account_id
+        forward = direction == pb.DIRECTION_FORWARD
+        scope = {
+            "rpc": "ListMessages",
+            "account": account_id,
+            "conversation": request.conversation_id,
+            "forward": forward,
+        }
+        start = request.start_seq
+        if request.page_token:
+            position = decode_page_token(request.page_token, scope=scope)
+            start = position.get("seq", -1)
+            if not isinstance(start, int) or start < 0:
+                raise InvalidArgument.field(
+                    "page_token", "not a page token from this API", reason=Reason.PAGE_TOKEN_INVALID
+                )
+        messages = await self._messages.page(
+            account_id=account_id,
+            conversation_id=request.conversation_id,
+            start_seq=start,
+            forward=forward,
+            limit=limit + 1,
+        )
+        next_token = ""
+        if len(messages) > limit:
+            follower = messages[limit]
+            messages = messages[:limit]
+            next_token = encode_page_token({"seq": follower.seq}, scope=scope)
+        return pb.ListMessagesResponse(
+            messages=[message_proto(m) for m in messages], next_page_token=next_token
+        )
+
+    async def _mark(self, request: Any, *, read: bool) -> pb.Watermarks:
+        check = Check().request_id(request.request_id)
+        check.id("conversation_id", request.conversation_id)
+        check.non_negative("seq", request.seq)
+        check.done()
+        watermarks = await self._conversations.mark(
+            conversation_id=request.conversation_id,
+            account_id=current_caller().account_id,
+            delivered=request.seq,
+            read=request.seq if read else 0,
+            now=self._clock(),
+        )
+        return watermarks_proto(watermarks)
+
+    async def MarkDelivered(self, request: pb.MarkDeliveredRequest, context: Any) -> pb.Watermarks:
+        return await self._mark(request, read=False)
+
+    async def MarkRead(self, request: pb.MarkReadRequest, context: Any) -> pb.Watermarks:
+        return await self._mark(request, read=True)

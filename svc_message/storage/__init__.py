@@ -1,0 +1,1 @@
+"""Storage of svc_message: the only modules here that import pymongo or redis."""

@@ -1,0 +1,240 @@
+"""Conversations and per-member watermarks in MongoDB.
+
+- ``conversations``: ``_id``, ``type``, ``member_ids`` (multikey-indexed with
+  last activity, which serves the inbox), ``direct_key`` (the sorted pair,
+  unique: one direct conversation per pair), ``last_seq``, ``last_activity_at``
+  and ``last_message``, written once per commit batch, not per member.
+- ``members``: one document per (conversation, member) with the delivered and
+  read watermarks, only ever raised with ``$max``.
+- ``device_cursors``: per (device, conversation), the last seq the device acked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
+from pymongo.errors import DuplicateKeyError
+
+from parley_core.storage.mongo import Database, Document
+from svc_message.model import Conversation, MessageSummary, Watermarks
+
+
+def _summary(doc: Mapping[str, Any] | None) -> MessageSummary | None:
+    if not doc:
+        return None
+    return MessageSummary(
+        message_id=doc["id"],
+        seq=doc["seq"],
+        sender_account_id=doc["sender"],
+        type=doc["type"],
+        created_at=doc["at"],
+    )
+
+
+def conversation_from_doc(doc: Mapping[str, Any]) -> Conversation:
+    return Conversation(
+        conversation_id=doc["_id"],
+        type=doc["type"],
+        member_ids=tuple(doc["member_ids"]),
+        created_at=doc["created_at"],
+        last_seq=doc.get("last_seq", 0),
+        last_activity_at=doc.get("last_activity_at"),
+        last_message=_summary(doc.get("last_message")),
+    )
+
+
+def _watermarks(doc: Mapping[str, Any]) -> Watermarks:
+    return Watermarks(
+        conversation_id=doc["conversation_id"],
+        account_id=doc["account_id"],
+        delivered_seq=doc.get("delivered_seq", 0),
+        read_seq=doc.get("read_seq", 0),
+    )
+
+
+def member_key(conversation_id: str, account_id: str) -> str:
+    return f"{conversation_id}:{account_id}"
+
+
+class ConversationStore:
+    def __init__(self, db: Database) -> None:
+        self._conversations = db["conversations"]
+        self._members = db["members"]
+        self._cursors = db["device_cursors"]
+
+    async def ensure_indexes(self) -> None:
+        await self._conversations.create_index(
+            [("direct_key", ASCENDING)], unique=True, sparse=True
+        )
+        await self._conversations.create_index(
+            [("member_ids", ASCENDING), ("last_activity_at", DESCENDING), ("_id", DESCENDING)]
+        )
+        await self._members.create_index(
+            [("conversation_id", ASCENDING), ("updated_at", ASCENDING)]
+        )
+
+    async def insert_direct(self, conversation: Conversation, *, direct_key: str) -> bool:
+        """Insert the pair's conversation; False when the pair already has one."""
+        try:
+            await self._conversations.insert_one(
+                {
+                    "_id": conversation.conversation_id,
+                    "type": conversation.type,
+                    "member_ids": list(conversation.member_ids),
+                    "direct_key": direct_key,
+                    "created_at": conversation.created_at,
+                    "last_seq": 0,
+                    "last_activity_at": conversation.created_at,
+                    "last_message": None,
+                }
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def by_direct_key(self, direct_key: str) -> Conversation | None:
+        doc = await self._conversations.find_one({"direct_key": direct_key})
+        return None if doc is None else conversation_from_doc(doc)
+
+    async def get(self, conversation_id: str) -> Conversation | None:
+        doc = await self._conversations.find_one({"_id": conversation_id})
+        return None if doc is None else conversation_from_doc(doc)
+
+    async def last_seqs(self, conversation_ids: Iterable[str]) -> dict[str, int]:
+        ids = list(conversation_ids)
+        cursor = self._conversations.find({"_id": {"$in": ids}}, {"last_seq": 1})
+        return {doc["_id"]: doc.get("last_seq", 0) async for doc in cursor}
+
+    async def of_member(self, account_id: str) -> list[Conversation]:
+        cursor = self._conversations.find({"member_ids": account_id})
+        return [conversation_from_doc(doc) async for doc in cursor]
+
+    async def inbox_page(
+        self,
+        account_id: str,
+        *,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[Conversation]:
+        query: Document = {"member_ids": account_id}
+        if after is not None:
+            at, conversation_id = after
+            query["$or"] = [
+                {"last_activity_at": {"$lt": at}},
+                {"last_activity_at": at, "_id": {"$lt": conversation_id}},
+            ]
+        cursor = (
+            self._conversations.find(query)
+            .sort([("last_activity_at", DESCENDING), ("_id", DESCENDING)])
+            .limit(limit)
+        )
+        return [conversation_from_doc(doc) async for doc in cursor]
+
+    async def record_commits(self, newest: Iterable[tuple[str, int, MessageSummary]]) -> None:
+        """Advance last_seq and last_message, never backwards: a writer that
+        committed a higher seq concurrently keeps its value."""
+        requests = [
+            UpdateOne(
+                {"_id": conversation_id, "last_seq": {"$lt": seq}},
+                {
+                    "$set": {
+                        "last_seq": seq,
+                        "last_activity_at": summary.created_at,
+                        "last_message": {
+                            "id": summary.message_id,
+                            "seq": summary.seq,
+                            "sender": summary.sender_account_id,
+                            "type": summary.type,
+                            "at": summary.created_at,
+                        },
+                    }
+                },
+            )
+            for conversation_id, seq, summary in newest
+        ]
+        if requests:
+            await self._conversations.bulk_write(requests, ordered=False)
+
+    # -- watermarks ----------------------------------------------------------
+
+    async def raise_watermarks(
+        self,
+        raises: Iterable[tuple[str, str, int, int]],
+        *,
+        now: datetime,
+    ) -> None:
+        """Apply (conversation, account, delivered, read) raises with $max."""
+        requests = []
+        for conversation_id, account_id, delivered, read in raises:
+            maxima = {"delivered_seq": max(delivered, read)}
+            if read:
+                maxima["read_seq"] = read
+            requests.append(
+                UpdateOne(
+                    {"_id": member_key(conversation_id, account_id)},
+                    {
+                        "$max": maxima,
+                        "$set": {"updated_at": now},
+                        "$setOnInsert": {
+                            "conversation_id": conversation_id,
+                            "account_id": account_id,
+                        },
+                    },
+                    upsert=True,
+                )
+            )
+        if requests:
+            await self._members.bulk_write(requests, ordered=False)
+
+    async def raise_one(
+        self, conversation_id: str, account_id: str, *, delivered: int, read: int, now: datetime
+    ) -> Watermarks:
+        maxima = {"delivered_seq": max(delivered, read)}
+        if read:
+            maxima["read_seq"] = read
+        doc = await self._members.find_one_and_update(
+            {"_id": member_key(conversation_id, account_id)},
+            {
+                "$max": maxima,
+                "$set": {"updated_at": now},
+                "$setOnInsert": {"conversation_id": conversation_id, "account_id": account_id},
+            },
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        assert doc is not None  # upsert=True always returns the document
+        return _watermarks(doc)
+
+    async def watermarks(self, conversation_ids: Iterable[str]) -> list[Watermarks]:
+        cursor = self._members.find({"conversation_id": {"$in": list(conversation_ids)}})
+        return [_watermarks(doc) async for doc in cursor]
+
+    async def watermarks_changed_since(
+        self, conversation_ids: Iterable[str], since: datetime | None
+    ) -> list[Watermarks]:
+        query: Document = {"conversation_id": {"$in": list(conversation_ids)}}
+        if since is not None:
+            query["updated_at"] = {"$gte": since}
+        return [_watermarks(doc) async for doc in self._members.find(query)]
+
+    # -- device cursors ------------------------------------------------------
+
+    async def raise_device_cursors(self, raises: Iterable[tuple[str, str, int]]) -> None:
+        requests = [
+            UpdateOne(
+                {"_id": f"{device_id}:{conversation_id}"},
+                {"$max": {"seq": seq}},
+                upsert=True,
+            )
+            for device_id, conversation_id, seq in raises
+        ]
+        if requests:
+            await self._cursors.bulk_write(requests, ordered=False)
+
+    async def device_cursors(self, device_id: str) -> dict[str, int]:
+        prefix = f"{device_id}:"
+        cursor = self._cursors.find({"_id": {"$gte": prefix, "$lt": prefix + "\uffff"}})
+        return {doc["_id"][len(prefix) :]: doc["seq"] async for doc in cursor}
