@@ -145,9 +145,10 @@ class ConversationsHandler:
         last_seq = (await self._store.last_seqs([conversation_id])).get(conversation_id, 0)
         # A watermark past the newest message would make unread counts negative.
         delivered, read = min(delivered, last_seq), min(read, last_seq)
-        watermarks = await self._store.raise_one(
+        watermarks, moved = await self._store.raise_one(
             conversation_id, account_id, delivered=delivered, read=read, now=_at(now)
         )
-        envelope = self._codec.receipt(watermarks)
-        await self._publisher.publish([(conversation.member_ids, self._codec.encode(envelope))])
+        if moved:
+            envelope = self._codec.receipt(watermarks)
+            await self._publisher.publish([(conversation.member_ids, self._codec.encode(envelope))])
         return watermarks

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from parley_core.storage.mongo import Database, Document
 from svc_message.model import Conversation, MessageSummary, Watermarks
@@ -160,53 +160,71 @@ class ConversationStore:
 
     # -- watermarks ----------------------------------------------------------
 
+    @staticmethod
+    def _raise(
+        conversation_id: str, account_id: str, delivered: int, read: int
+    ) -> tuple[Document, Document]:
+        """Filter and update that raise watermarks only when one goes up.
+
+        When the filter matches nothing because the member's watermarks are
+        already as high, the upsert collides with the existing _id: that
+        duplicate-key error means "nothing to raise", and updated_at (which
+        drives receipt replay) is left alone.
+        """
+        delivered = max(delivered, read)
+        below: list[Document] = [
+            {"delivered_seq": {"$lt": delivered}},
+            {"delivered_seq": {"$exists": False}},
+        ]
+        maxima: Document = {"delivered_seq": delivered}
+        if read:
+            below += [{"read_seq": {"$lt": read}}, {"read_seq": {"$exists": False}}]
+            maxima["read_seq"] = read
+        query = {"_id": member_key(conversation_id, account_id), "$or": below}
+        update = {
+            "$max": maxima,
+            "$setOnInsert": {"conversation_id": conversation_id, "account_id": account_id},
+        }
+        return query, update
+
     async def raise_watermarks(
         self,
         raises: Iterable[tuple[str, str, int, int]],
         *,
         now: datetime,
     ) -> None:
-        """Apply (conversation, account, delivered, read) raises with $max."""
+        """Apply (conversation, account, delivered, read) raises; lower values change nothing."""
         requests = []
         for conversation_id, account_id, delivered, read in raises:
-            maxima = {"delivered_seq": max(delivered, read)}
-            if read:
-                maxima["read_seq"] = read
-            requests.append(
-                UpdateOne(
-                    {"_id": member_key(conversation_id, account_id)},
-                    {
-                        "$max": maxima,
-                        "$set": {"updated_at": now},
-                        "$setOnInsert": {
-                            "conversation_id": conversation_id,
-                            "account_id": account_id,
-                        },
-                    },
-                    upsert=True,
-                )
-            )
-        if requests:
+            query, update = self._raise(conversation_id, account_id, delivered, read)
+            update["$set"] = {"updated_at": now}
+            requests.append(UpdateOne(query, update, upsert=True))
+        if not requests:
+            return
+        try:
             await self._members.bulk_write(requests, ordered=False)
+        except BulkWriteError as exc:
+            if exc.details.get("writeConcernErrors") or any(
+                error.get("code") != 11000 for error in exc.details.get("writeErrors", [])
+            ):
+                raise
 
     async def raise_one(
         self, conversation_id: str, account_id: str, *, delivered: int, read: int, now: datetime
-    ) -> Watermarks:
-        maxima = {"delivered_seq": max(delivered, read)}
-        if read:
-            maxima["read_seq"] = read
-        doc = await self._members.find_one_and_update(
-            {"_id": member_key(conversation_id, account_id)},
-            {
-                "$max": maxima,
-                "$set": {"updated_at": now},
-                "$setOnInsert": {"conversation_id": conversation_id, "account_id": account_id},
-            },
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-        )
+    ) -> tuple[Watermarks, bool]:
+        """The member's watermarks after the raise, and whether they moved."""
+        query, update = self._raise(conversation_id, account_id, delivered, read)
+        update["$set"] = {"updated_at": now}
+        try:
+            doc = await self._members.find_one_and_update(
+                query, update, upsert=True, return_document=ReturnDocument.AFTER
+            )
+        except DuplicateKeyError:
+            doc = await self._members.find_one({"_id": member_key(conversation_id, account_id)})
+            assert doc is not None
+            return _watermarks(doc), False
         assert doc is not None  # upsert=True always returns the document
-        return _watermarks(doc)
+        return _watermarks(doc), True
 
     async def watermarks(self, conversation_ids: Iterable[str]) -> list[Watermarks]:
         cursor = self._members.find({"conversation_id": {"$in": list(conversation_ids)}})

@@ -1,0 +1,1 @@
+"""svc_media: media uploads and downloads on S3-compatible storage. Not built yet."""

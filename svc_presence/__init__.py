@@ -1,0 +1,1 @@
+"""svc_presence: online/offline, last seen, privacy and typing. Not built yet."""

@@ -1,0 +1,37 @@
+"""Stubs bound to the session stack's services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest_asyncio
+
+from parley.keys.v1 import accounts_pb2_grpc
+from parley.message.v1 import messages_pb2_grpc
+from parley_dev.stack import LocalStack
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def channels(stack: LocalStack) -> AsyncIterator[list[grpc.aio.Channel]]:
+    opened = [grpc.aio.insecure_channel(t) for t in [stack.keys_target, *stack.message_targets]]
+    yield opened
+    for ch in opened:
+        await ch.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def keys(channels: list[grpc.aio.Channel]) -> accounts_pb2_grpc.AccountServiceStub:
+    return accounts_pb2_grpc.AccountServiceStub(channels[0])
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def messages(channels: list[grpc.aio.Channel]) -> messages_pb2_grpc.MessageServiceStub:
+    """svc_message instance 0."""
+    return messages_pb2_grpc.MessageServiceStub(channels[1])
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def messages_b(channels: list[grpc.aio.Channel]) -> messages_pb2_grpc.MessageServiceStub:
+    """svc_message instance 1: another process on another port."""
+    return messages_pb2_grpc.MessageServiceStub(channels[2])
