@@ -57,7 +57,9 @@ async def sign_up(keys: kgrpc.AccountServiceStub, handle: str | None = None) -> 
     )
 
 
-async def link_device(keys: kgrpc.AccountServiceStub, owner: Device, name: str = "laptop") -> Device:
+async def link_device(
+    keys: kgrpc.AccountServiceStub, owner: Device, name: str = "laptop"
+) -> Device:
     reply = await keys.RegisterDevice(
         kpb.RegisterDeviceRequest(request_id=rid(), device=kpb.NewDevice(name=name, platform=4)),
         metadata=owner.md,

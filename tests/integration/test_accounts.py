@@ -7,9 +7,9 @@ import time
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from google.rpc import error_details_pb2
 from parley.keys.v1 import accounts_pb2 as kpb
 from parley.message.v1 import messages_pb2 as mpb
 from parley_core.auth.tokens import TokenIssuer, load_private_key, write_key_pair
@@ -85,10 +85,14 @@ async def test_every_field_violation_is_reported(keys) -> None:
 
 async def test_get_account_by_handle_is_case_insensitive(keys) -> None:
     alice, bob = await sign_up(keys), await sign_up(keys)
-    found = await keys.GetAccount(kpb.GetAccountRequest(handle=bob.handle.upper()), metadata=alice.md)
+    found = await keys.GetAccount(
+        kpb.GetAccountRequest(handle=bob.handle.upper()), metadata=alice.md
+    )
     assert found.account_id == bob.account_id
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await keys.GetAccount(kpb.GetAccountRequest(handle="nobody_" + rid()[:8]), metadata=alice.md)
+        await keys.GetAccount(
+            kpb.GetAccountRequest(handle="nobody_" + rid()[:8]), metadata=alice.md
+        )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -166,7 +170,9 @@ async def test_missing_or_malformed_tokens_are_refused(
 async def test_expired_token_is_refused_everywhere(keys, messages, stack: LocalStack) -> None:
     user = await sign_up(keys)
     issuer = TokenIssuer(load_private_key(stack.private_key_path), ttl_seconds=60)
-    expired = issuer.issue(account_id=user.account_id, device_id=user.device_id, now=time.time() - 120)
+    expired = issuer.issue(
+        account_id=user.account_id, device_id=user.device_id, now=time.time() - 120
+    )
     for call in (
         keys.GetAccount(kpb.GetAccountRequest(), metadata=auth(expired.token)),
         messages.ListConversations(mpb.ListConversationsRequest(), metadata=auth(expired.token)),
@@ -182,7 +188,7 @@ async def test_forged_tokens_are_refused(keys, messages, tmp_path) -> None:
     write_key_pair(tmp_path / "evil.pem", tmp_path / "evil.pub.pem")
     evil = TokenIssuer(load_private_key(tmp_path / "evil.pem"), ttl_seconds=600)
     forged_key = evil.issue(account_id=user.account_id, device_id=user.device_id, now=time.time())
-    header, payload, signature = user.access_token.split(".")
+    header, _payload, signature = user.access_token.split(".")
     other = await sign_up(keys)
     tampered = ".".join([header, other.access_token.split(".")[1], signature])
     for token in (forged_key.token, tampered):
@@ -211,7 +217,9 @@ async def test_revoked_device_is_refused_everywhere(keys, messages, messages_b) 
     assert await refused(keys.GetAccount(kpb.GetAccountRequest(), metadata=laptop.md))
     for stub in (messages, messages_b):
         deadline = time.monotonic() + 3
-        while not await refused(stub.ListConversations(mpb.ListConversationsRequest(), metadata=laptop.md)):
+        while not await refused(
+            stub.ListConversations(mpb.ListConversationsRequest(), metadata=laptop.md)
+        ):
             assert time.monotonic() < deadline, "revocation did not reach svc_message"
             await asyncio.sleep(0.05)
     with pytest.raises(grpc.aio.AioRpcError) as caught:

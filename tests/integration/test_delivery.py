@@ -72,7 +72,9 @@ async def test_new_conversation_reaches_the_peer_live(keys, messages) -> None:
         conversation = await direct(messages, alice, bob)
         await send(messages, alice, conversation, b"hello stranger")
         await stream.wait_for(lambda s: len(s.messages(conversation)) == 1)
-        announced = [e.conversation for e in stream.events if e.WhichOneof("kind") == "conversation"]
+        announced = [
+            e.conversation for e in stream.events if e.WhichOneof("kind") == "conversation"
+        ]
         assert [c.conversation_id for c in announced] == [conversation]
     finally:
         await stream.close()
@@ -144,10 +146,16 @@ async def test_lost_publish_is_filled_from_the_log(keys, messages, stack: LocalS
         try:
             await client[stack.settings.mongo.database]["messages"].insert_one(
                 {
-                    "_id": rid(), "conversation_id": conversation, "seq": 2,
-                    "sender_id": alice.account_id, "sender_device_id": alice.device_id,
-                    "type": 1, "body": Binary(b"silent"), "reply_to": None,
-                    "created_at": datetime.now(UTC), "request_id": rid(),
+                    "_id": rid(),
+                    "conversation_id": conversation,
+                    "seq": 2,
+                    "sender_id": alice.account_id,
+                    "sender_device_id": alice.device_id,
+                    "type": 1,
+                    "body": Binary(b"silent"),
+                    "reply_to": None,
+                    "created_at": datetime.now(UTC),
+                    "request_id": rid(),
                 }
             )
         finally:
@@ -198,7 +206,9 @@ async def test_receipts_changed_while_away_are_replayed(keys, messages) -> None:
     await asyncio.sleep(2.1)
     stream = await open_stream(messages, alice)
     await stream.wait_for(synced)
-    token = next(e.sync_complete.sync_token for e in stream.events if e.WhichOneof("kind") == "sync_complete")
+    token = next(
+        e.sync_complete.sync_token for e in stream.events if e.WhichOneof("kind") == "sync_complete"
+    )
     await stream.close()
     await messages.MarkRead(
         mpb.MarkReadRequest(request_id=rid(), conversation_id=conversation, seq=sent.seq),

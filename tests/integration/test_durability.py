@@ -16,7 +16,11 @@ from tests.users import Device, all_messages, direct, rid, send, sign_up
 
 pytestmark = pytest.mark.chaos
 
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED}
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
 
 
 async def send_until_acked(
@@ -81,7 +85,9 @@ async def test_sigkill_during_burst_loses_nothing_acknowledged(fresh_stack: Loca
     await asyncio.gather(*clients)
 
     async with grpc.aio.insecure_channel(target) as channel:
-        history = await all_messages(messages_pb2_grpc.MessageServiceStub(channel), alice, conversation)
+        history = await all_messages(
+            messages_pb2_grpc.MessageServiceStub(channel), alice, conversation
+        )
     by_body: dict[bytes, list[str]] = {}
     for message in history:
         by_body.setdefault(message.body, []).append(message.message_id)

@@ -23,13 +23,18 @@ async def test_direct_conversation_is_one_per_pair(keys, messages, messages_b) -
     view = await messages.GetConversation(
         mpb.GetConversationRequest(conversation_id=ids[0]), metadata=bob.md
     )
-    assert sorted(view.conversation.member_account_ids) == sorted([alice.account_id, bob.account_id])
+    assert sorted(view.conversation.member_account_ids) == sorted(
+        [alice.account_id, bob.account_id]
+    )
     assert view.conversation.type == mpb.CONVERSATION_TYPE_DIRECT
 
 
 async def test_direct_conversation_needs_a_real_other_account(keys, messages) -> None:
     alice = await sign_up(keys)
-    for peer, code in ((alice.account_id, grpc.StatusCode.INVALID_ARGUMENT), (rid(), grpc.StatusCode.NOT_FOUND)):
+    for peer, code in (
+        (alice.account_id, grpc.StatusCode.INVALID_ARGUMENT),
+        (rid(), grpc.StatusCode.NOT_FOUND),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await messages.CreateDirectConversation(
                 mpb.CreateDirectConversationRequest(request_id=rid(), peer_account_id=peer),
@@ -92,16 +97,24 @@ async def test_non_member_is_denied_everything(keys, messages) -> None:
     conversation = await direct(messages, alice, bob)
     await send(messages, alice, conversation, b"secret")
     calls = [
-        messages.GetConversation(mpb.GetConversationRequest(conversation_id=conversation), metadata=eve.md),
+        messages.GetConversation(
+            mpb.GetConversationRequest(conversation_id=conversation), metadata=eve.md
+        ),
         messages.SendMessage(
             mpb.SendMessageRequest(
-                request_id=rid(), conversation_id=conversation, type=mpb.MESSAGE_TYPE_TEXT, body=b"x"
+                request_id=rid(),
+                conversation_id=conversation,
+                type=mpb.MESSAGE_TYPE_TEXT,
+                body=b"x",
             ),
             metadata=eve.md,
         ),
-        messages.ListMessages(mpb.ListMessagesRequest(conversation_id=conversation), metadata=eve.md),
+        messages.ListMessages(
+            mpb.ListMessagesRequest(conversation_id=conversation), metadata=eve.md
+        ),
         messages.MarkRead(
-            mpb.MarkReadRequest(request_id=rid(), conversation_id=conversation, seq=1), metadata=eve.md
+            mpb.MarkReadRequest(request_id=rid(), conversation_id=conversation, seq=1),
+            metadata=eve.md,
         ),
         messages.MarkDelivered(
             mpb.MarkDeliveredRequest(request_id=rid(), conversation_id=conversation, seq=1),
@@ -158,7 +171,10 @@ async def test_reply_must_be_in_the_same_conversation(keys, messages) -> None:
     foreign = await send(messages, carol, elsewhere, b"other")
     reply = await messages.SendMessage(
         mpb.SendMessageRequest(
-            request_id=rid(), conversation_id=here, type=mpb.MESSAGE_TYPE_TEXT, body=b"answer",
+            request_id=rid(),
+            conversation_id=here,
+            type=mpb.MESSAGE_TYPE_TEXT,
+            body=b"answer",
             reply_to_message_id=original.message_id,
         ),
         metadata=alice.md,
@@ -167,7 +183,10 @@ async def test_reply_must_be_in_the_same_conversation(keys, messages) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await messages.SendMessage(
             mpb.SendMessageRequest(
-                request_id=rid(), conversation_id=here, type=mpb.MESSAGE_TYPE_TEXT, body=b"x",
+                request_id=rid(),
+                conversation_id=here,
+                type=mpb.MESSAGE_TYPE_TEXT,
+                body=b"x",
                 reply_to_message_id=foreign.message_id,
             ),
             metadata=alice.md,
@@ -186,8 +205,11 @@ async def test_history_pages_both_ways(keys, messages) -> None:
         for _ in range(100):
             page = await messages.ListMessages(
                 mpb.ListMessagesRequest(
-                    conversation_id=conversation, page_size=5, page_token=token,
-                    direction=direction, start_seq=start_seq,
+                    conversation_id=conversation,
+                    page_size=5,
+                    page_token=token,
+                    direction=direction,
+                    start_seq=start_seq,
                 ),
                 metadata=bob.md,
             )
@@ -210,7 +232,8 @@ async def test_history_pages_both_ways(keys, messages) -> None:
     # A token belongs to its request: other parameters or garbage are refused.
     for bad in (
         mpb.ListMessagesRequest(
-            conversation_id=conversation, page_token=first.next_page_token,
+            conversation_id=conversation,
+            page_token=first.next_page_token,
             direction=mpb.DIRECTION_FORWARD,
         ),
         mpb.ListMessagesRequest(conversation_id=conversation, page_token="garbage!"),

@@ -1,0 +1,87 @@
+"""Pure policy of svc_keys and svc_message."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from parley_core.errors import ResourceExhausted, Unauthenticated
+from svc_keys.domain.handles import handle_key, handle_problem
+from svc_message.domain.conversations import direct_key, inbox_entry
+from svc_message.domain.delivery import (
+    StreamSession,
+    decode_sync_token,
+    encode_sync_token,
+    valid_sync_token,
+)
+from svc_message.model import DIRECT, Conversation, Envelope, EventKind, Watermarks
+
+
+@pytest.mark.parametrize("handle", ["abc", "Alice", "a_b.c9", "x" * 32])
+def test_good_handles(handle: str) -> None:
+    assert handle_problem(handle) is None
+
+
+@pytest.mark.parametrize(
+    "handle", ["ab", "x" * 33, "9lives", "a b", "ünï", "a..b", "dot.", "Admin"]
+)
+def test_bad_handles(handle: str) -> None:
+    assert handle_problem(handle) is not None
+
+
+def test_handles_compare_without_case() -> None:
+    assert handle_key("AliCe") == handle_key("alice")
+
+
+def test_direct_key_is_the_same_from_both_sides() -> None:
+    assert direct_key("b", "a") == direct_key("a", "b") == "a|b"
+
+
+def test_unread_is_last_seq_minus_read_watermark() -> None:
+    conversation = Conversation(
+        conversation_id="c",
+        type=DIRECT,
+        member_ids=("a", "b"),
+        created_at=datetime.now(UTC),
+        last_seq=10,
+    )
+    entry = inbox_entry(conversation, [Watermarks("c", "a", delivered_seq=9, read_seq=7)], "a")
+    assert entry.unread_count == 3
+    assert [w.account_id for w in entry.watermarks] == ["a", "b"]
+    assert entry.watermarks[1] == Watermarks("c", "b")
+    assert inbox_entry(conversation, [], "b").unread_count == 10
+
+
+def test_sync_tokens_round_trip_with_slack() -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    decoded = decode_sync_token(encode_sync_token(at))
+    assert decoded is not None and decoded < at
+    assert decode_sync_token("") is None
+    assert valid_sync_token("1700000000000") and not valid_sync_token("abc")
+
+
+def envelope(seq: int) -> Envelope:
+    return Envelope(EventKind.MESSAGE, "c", seq, object())
+
+
+async def test_session_batches_and_ends_a_slow_consumer() -> None:
+    session = StreamSession(account_id="a", device_id="d", expires_at=1e12, queue_limit=3)
+    for seq in (1, 2, 3):
+        session.offer(envelope(seq))
+    assert [e.seq for e in await session.next_batch(clock=lambda: 0.0)] == [1, 2, 3]
+    for seq in range(4, 8):
+        session.offer(envelope(seq))  # the fourth overflows the bound of three
+    with pytest.raises(ResourceExhausted):
+        await session.next_batch(clock=lambda: 0.0)
+
+
+async def test_session_ends_when_its_token_expires() -> None:
+    now = [100.0]
+    session = StreamSession(account_id="a", device_id="d", expires_at=100.05, queue_limit=3)
+    waiter = asyncio.create_task(session.next_batch(clock=lambda: now[0]))
+    await asyncio.sleep(0.01)
+    now[0] = 101.0
+    with pytest.raises(Unauthenticated):
+        await asyncio.wait_for(waiter, timeout=2)
