@@ -23,3 +23,9 @@ def new_id(now_ms: int | None = None) -> str:
 def is_valid_id(value: str) -> bool:
     """True for a canonical lower-case UUID string, the only id form we accept."""
     return bool(_CANONICAL.match(value))
+
+
+def random_id() -> str:
+    """A random UUIDv4, for keys a sharded cluster ranges over: time-ordered
+    ids would send every new key to the same chunk."""
+    return str(uuid.uuid4())

@@ -6,7 +6,7 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Reason
-from parley_core.ids import new_id
+from parley_core.ids import random_id
 from svc_message.domain.ports import Accounts, EventCodec, Publisher
 from svc_message.model import DIRECT, Conversation, InboxEntry, Watermarks
 from svc_message.storage.conversations import ConversationStore
@@ -80,28 +80,25 @@ class ConversationsHandler:
         if peer_account_id == account_id:
             raise InvalidArgument.field("peer_account_id", "must be another account than yours")
         key = direct_key(account_id, peer_account_id)
-        conversation = await self._store.by_direct_key(key)
-        if conversation is None:
+        conversation_id = await self._store.direct_pair(key)
+        if conversation_id is None:
             if not await self._accounts.exists(peer_account_id, bearer_token=bearer_token):
                 raise NotFound("no account with that id", reason=Reason.ACCOUNT_NOT_FOUND)
-            candidate = Conversation(
-                conversation_id=new_id(int(now * 1000)),
-                type=DIRECT,
-                member_ids=tuple(sorted((account_id, peer_account_id))),
-                created_at=_at(now),
-                last_activity_at=_at(now),
-            )
-            if await self._store.insert_direct(candidate, direct_key=key):
-                conversation = candidate
-                envelope = self._codec.conversation(conversation)
-                await self._publisher.publish(
-                    [(conversation.member_ids, self._codec.encode(envelope))]
-                )
-            else:
-                # The other side created it at the same moment.
-                conversation = await self._store.by_direct_key(key)
-                if conversation is None:
-                    raise NotFound("conversation vanished", reason=Reason.CONVERSATION_NOT_FOUND)
+            conversation_id = await self._store.claim_direct_pair(key, random_id())
+        candidate = Conversation(
+            conversation_id=conversation_id,
+            type=DIRECT,
+            member_ids=tuple(sorted((account_id, peer_account_id))),
+            created_at=_at(now),
+            last_activity_at=_at(now),
+        )
+        # Also heals a pair claimed by a request that crashed before this step.
+        if await self._store.ensure(candidate):
+            envelope = self._codec.conversation(candidate)
+            await self._publisher.publish([(candidate.member_ids, self._codec.encode(envelope))])
+        conversation = await self._store.get(conversation_id)
+        if conversation is None:
+            raise NotFound("conversation not found", reason=Reason.CONVERSATION_NOT_FOUND)
         self._remember(conversation)
         return await self._entry(conversation, account_id)
 

@@ -1,9 +1,11 @@
 """Conversations and per-member watermarks in MongoDB.
 
-- ``conversations``: ``_id``, ``type``, ``member_ids`` (multikey-indexed with
-  last activity, which serves the inbox), ``direct_key`` (the sorted pair,
-  unique: one direct conversation per pair), ``last_seq``, ``last_activity_at``
-  and ``last_message``, written once per commit batch, not per member.
+- ``conversations``: ``_id`` (random, so a ranged shard key spreads),
+  ``type``, ``member_ids`` (multikey-indexed with last activity, which serves
+  the inbox), ``last_seq``, ``last_activity_at`` and ``last_message``, written
+  once per commit batch, not per member.
+- ``direct_pairs``: ``_id`` is the sorted pair of accounts, mapping to the one
+  direct conversation of that pair.
 - ``members``: one document per (conversation, member) with the delivered and
   read watermarks, only ever raised with ``$max``.
 - ``device_cursors``: per (device, conversation), the last seq the device acked.
@@ -62,13 +64,11 @@ def member_key(conversation_id: str, account_id: str) -> str:
 class ConversationStore:
     def __init__(self, db: Database) -> None:
         self._conversations = db["conversations"]
+        self._pairs = db["direct_pairs"]
         self._members = db["members"]
         self._cursors = db["device_cursors"]
 
     async def ensure_indexes(self) -> None:
-        await self._conversations.create_index(
-            [("direct_key", ASCENDING)], unique=True, sparse=True
-        )
         await self._conversations.create_index(
             [("member_ids", ASCENDING), ("last_activity_at", DESCENDING), ("_id", DESCENDING)]
         )
@@ -76,28 +76,39 @@ class ConversationStore:
             [("conversation_id", ASCENDING), ("updated_at", ASCENDING)]
         )
 
-    async def insert_direct(self, conversation: Conversation, *, direct_key: str) -> bool:
-        """Insert the pair's conversation; False when the pair already has one."""
+    async def claim_direct_pair(self, direct_key: str, conversation_id: str) -> str:
+        """The conversation id of the pair: ours if we claimed it first, else the
+        one already claimed. ``direct_pairs`` is keyed by the pair itself, so
+        uniqueness holds on a cluster sharded by _id."""
         try:
-            await self._conversations.insert_one(
-                {
-                    "_id": conversation.conversation_id,
+            await self._pairs.insert_one({"_id": direct_key, "conversation_id": conversation_id})
+        except DuplicateKeyError:
+            doc = await self._pairs.find_one({"_id": direct_key})
+            assert doc is not None
+            return str(doc["conversation_id"])
+        return conversation_id
+
+    async def direct_pair(self, direct_key: str) -> str | None:
+        doc = await self._pairs.find_one({"_id": direct_key})
+        return None if doc is None else str(doc["conversation_id"])
+
+    async def ensure(self, conversation: Conversation) -> bool:
+        """Create the conversation document unless it exists; True if created."""
+        result = await self._conversations.update_one(
+            {"_id": conversation.conversation_id},
+            {
+                "$setOnInsert": {
                     "type": conversation.type,
                     "member_ids": list(conversation.member_ids),
-                    "direct_key": direct_key,
                     "created_at": conversation.created_at,
                     "last_seq": 0,
                     "last_activity_at": conversation.created_at,
                     "last_message": None,
                 }
-            )
-        except DuplicateKeyError:
-            return False
-        return True
-
-    async def by_direct_key(self, direct_key: str) -> Conversation | None:
-        doc = await self._conversations.find_one({"direct_key": direct_key})
-        return None if doc is None else conversation_from_doc(doc)
+            },
+            upsert=True,
+        )
+        return result.upserted_id is not None
 
     async def get(self, conversation_id: str) -> Conversation | None:
         doc = await self._conversations.find_one({"_id": conversation_id})
