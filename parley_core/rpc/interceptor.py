@@ -53,6 +53,12 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str:
     raise Unauthenticated("this call needs an access token in the authorization metadata")
 
 
+def _code_name(error: Exception) -> str:
+    if isinstance(error, ParleyError):
+        return error.code.value
+    return "UNIMPLEMENTED" if isinstance(error, NotImplementedError) else "INTERNAL"
+
+
 class ServiceInterceptor(_InterceptorBase):
     def __init__(
         self,
@@ -97,6 +103,9 @@ class ServiceInterceptor(_InterceptorBase):
 
     async def _fail(self, context: Any, method: str, error: BaseException) -> str:
         """Abort the call with the mapped status; returns the code name for metrics."""
+        if isinstance(error, NotImplementedError):
+            # How generated servicer bases say "this RPC is not implemented".
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")
         if isinstance(error, ParleyError):
             status = to_grpc_status(error)
             if error.code.value in ("INTERNAL", "UNAVAILABLE"):
@@ -130,7 +139,7 @@ class ServiceInterceptor(_InterceptorBase):
                 code = code_of(context, "UNKNOWN")
                 raise
             except Exception as error:
-                code = error.code.value if isinstance(error, ParleyError) else "INTERNAL"
+                code = _code_name(error)
                 await self._fail(context, method, error)
                 raise  # pragma: no cover - _fail raised AbortError
             finally:
@@ -150,7 +159,7 @@ class ServiceInterceptor(_InterceptorBase):
                 code = code_of(context, "UNKNOWN")
                 raise
             except Exception as error:
-                code = error.code.value if isinstance(error, ParleyError) else "INTERNAL"
+                code = _code_name(error)
                 await self._fail(context, method, error)
             finally:
                 metrics.finished(short, code, time.perf_counter() - started)
