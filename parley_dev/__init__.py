@@ -1,0 +1,1 @@
+"""Developer tooling: the local stack behind ``parley up`` and the test suite."""

@@ -1,0 +1,101 @@
+"""The ``parley`` command: ``parley up`` runs the local stack; client commands come from the SDK."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+PROG = "parley"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Parley: run a local stack and talk to it."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    up = commands.add_parser(
+        "up",
+        help="run SecantusDB, Redis and the services locally until Ctrl-C",
+        description="Start the local stack, restart crashed parts, stop everything on Ctrl-C.",
+    )
+    up.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".parley"),
+        help="database, signing keys, config and logs (default: ./.parley; kept across runs)",
+    )
+    up.add_argument(
+        "--message-instances",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="number of svc_message instances (default: 1)",
+    )
+    up.add_argument(
+        "--port-offset",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add N to every default port, to run a second stack side by side",
+    )
+    up.add_argument(
+        "--log-format",
+        choices=["json", "console"],
+        default="json",
+        help="format of the services' logs under DATA_DIR/logs (default: json)",
+    )
+    _register_client_commands(parser, commands)
+    client_commands = sorted(name for name in commands.choices if name != "up")
+    up.set_defaults(func=_cmd_up, client_commands=client_commands)
+    return parser
+
+
+def _register_client_commands(
+    parser: argparse.ArgumentParser, commands: argparse._SubParsersAction[Any]
+) -> None:
+    # The SDK may be missing or broken; `parley up` must keep working regardless.
+    # Imported by name so that this module type-checks whether or not it exists yet.
+    try:
+        sdk_cli = importlib.import_module("parley_sdk.cli")
+        sdk_cli.register_commands(commands)
+    except Exception as exc:
+        parser.epilog = f"(client commands unavailable: {type(exc).__name__}: {exc})"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    return int(func(args))
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    # Imported here: the stack pulls in pymongo, redis and grpc, which would slow
+    # every client command down for nothing.
+    from parley_dev.up import run_up_command
+
+    return run_up_command(
+        data_dir=args.data_dir,
+        message_instances=args.message_instances,
+        port_offset=args.port_offset,
+        log_format=args.log_format,
+        client_commands=args.client_commands,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

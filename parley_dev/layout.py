@@ -1,0 +1,114 @@
+"""Names, ports and environment of the local stack's processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from parley_dev.probes import StackError
+from parley_dev.process import free_ports
+
+HOST = "127.0.0.1"
+DB = "secantusdb"
+REDIS = "redis"
+KEYS = "svc_keys"
+# Extra svc_message instances step by 10 so they stay clear of the ports of the
+# services that follow it in the default layout (7103, 7104, ...).
+MESSAGE_PORT_STEP = 10
+# SecantusDB needs about 1 s to open; a service a few seconds (imports, indexes).
+DB_READY_SECONDS = 30.0
+REDIS_READY_SECONDS = 15.0
+SERVICE_READY_SECONDS = 60.0
+DB_STOP_SECONDS = 20.0
+REDIS_STOP_SECONDS = 10.0
+# A service gets its shutdown grace plus this to flush and exit before SIGKILL.
+SERVICE_STOP_MARGIN_SECONDS = 5.0
+
+
+def message_name(index: int) -> str:
+    return f"svc_message-{index}"
+
+
+@dataclass(frozen=True, slots=True)
+class StackPorts:
+    """TCP ports on 127.0.0.1; defaults are those of ``parley up``."""
+
+    mongo: int = 27117
+    redis: int = 6380
+    keys: int = 7101
+    keys_metrics: int = 9101
+    message: tuple[int, ...] = (7102,)
+    message_metrics: tuple[int, ...] = (9102,)
+
+    @classmethod
+    def defaults(cls, message_instances: int = 1, *, offset: int = 0) -> StackPorts:
+        """The ``parley up`` layout, every port shifted by ``offset`` (side-by-side stacks)."""
+        steps = [i * MESSAGE_PORT_STEP for i in range(message_instances)]
+        return cls(
+            mongo=27117 + offset,
+            redis=6380 + offset,
+            keys=7101 + offset,
+            keys_metrics=9101 + offset,
+            message=tuple(7102 + offset + step for step in steps),
+            message_metrics=tuple(9102 + offset + step for step in steps),
+        )
+
+    @classmethod
+    def free(cls, message_instances: int = 1) -> StackPorts:
+        """Ports the OS reports free now (tests)."""
+        ports = free_ports(4 + 2 * message_instances)
+        return cls(
+            mongo=ports[0],
+            redis=ports[1],
+            keys=ports[2],
+            keys_metrics=ports[3],
+            message=tuple(ports[4 : 4 + message_instances]),
+            message_metrics=tuple(ports[4 + message_instances :]),
+        )
+
+    def all(self) -> list[int]:
+        return [
+            self.mongo,
+            self.redis,
+            self.keys,
+            self.keys_metrics,
+            *self.message,
+            *self.message_metrics,
+        ]
+
+
+def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        current = merged.get(key)
+        if isinstance(current, dict) and isinstance(value, Mapping):
+            merged[key] = deep_merge(current, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def find_executable(name: str, hint: str) -> str:
+    # The venv's own bin first: `secantusd-py` lives there even when the venv
+    # is not activated (pytest run as .venv/bin/pytest).
+    beside_python = Path(sys.executable).parent / name
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+    if found is None:
+        raise StackError(f"{name} not found on PATH; {hint}")
+    return found
+
+
+def child_env(extra: Mapping[str, str]) -> dict[str, str]:
+    # PARLEY_* variables from the caller's shell would silently override the
+    # generated config and point a service at some other database.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env

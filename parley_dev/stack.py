@@ -1,0 +1,395 @@
+"""The whole Parley stack on one machine, as child processes: for ``parley up`` and tests.
+
+SecantusDB (MongoDB wire protocol) and Redis come first, then svc_keys, then the
+svc_message instances, each started as ``python -m svc_...`` with a generated
+config file. Everything lives under one root directory, so the database, the
+signing keys and the logs survive a restart of the stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import yaml
+
+from parley_core.auth.tokens import write_key_pair
+from parley_core.config import Settings
+from parley_dev.layout import (
+    DB,
+    DB_READY_SECONDS,
+    DB_STOP_SECONDS,
+    HOST,
+    KEYS,
+    REDIS,
+    REDIS_READY_SECONDS,
+    REDIS_STOP_SECONDS,
+    SERVICE_READY_SECONDS,
+    SERVICE_STOP_MARGIN_SECONDS,
+    StackPorts,
+    child_env,
+    deep_merge,
+    find_executable,
+    message_name,
+)
+from parley_dev.probes import (
+    Probe,
+    StackError,
+    grpc_health_serving,
+    mongo_ping,
+    redis_ping,
+    wait_until_ready,
+)
+from parley_dev.process import ManagedProcess, port_is_free
+
+__all__ = ["DB", "KEYS", "REDIS", "LocalStack", "StackError", "StackPorts", "message_name"]
+
+
+async def _together(*steps: Coroutine[Any, Any, None]) -> None:
+    """Run start steps side by side; on the first failure cancel the rest and raise it."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for step in steps:
+                group.create_task(step)
+    except BaseExceptionGroup as failed:
+        # Callers want the StackError with the log tail, not a wrapper around it.
+        raise failed.exceptions[0] from None
+
+
+class LocalStack:
+    """Starts, stops and breaks (for failure tests) the local Parley processes.
+
+    All control methods are coroutines; none blocks the event loop for long.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        ports: StackPorts | None = None,
+        message_instances: int = 1,
+        log_format: Literal["json", "console"] = "json",
+        log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO",
+        shutdown_grace_seconds: float | None = None,
+        extra_config: Mapping[str, Any] | None = None,
+        ready_timeout: float = SERVICE_READY_SECONDS,
+    ) -> None:
+        if message_instances < 1:
+            raise ValueError("message_instances must be at least 1")
+        ports = ports or StackPorts.defaults(message_instances)
+        if min(len(ports.message), len(ports.message_metrics)) < message_instances:
+            raise ValueError(f"ports hold fewer than {message_instances} svc_message ports")
+        self.root = root.resolve()
+        self.ports = ports
+        self.message_instances = message_instances
+        self.ready_timeout = ready_timeout
+        self.db_dir = self.root / "db"
+        self.redis_dir = self.root / "redis"
+        self.secrets_dir = self.root / "secrets"
+        self.logs_dir = self.root / "logs"
+        self.config_path = self.root / "parley.yaml"
+        self.private_key_path = self.secrets_dir / "token_signing.pem"
+        self.public_key_path = self.secrets_dir / "token_signing.pub.pem"
+        self.mongo_uri = f"mongodb://{HOST}:{ports.mongo}/?retryWrites=false"
+        self.redis_url = f"redis://{HOST}:{ports.redis}/0"
+        self.keys_target = f"{HOST}:{ports.keys}"
+        self.message_targets = [f"{HOST}:{p}" for p in ports.message[:message_instances]]
+        self.keys_metrics_url = f"http://{HOST}:{ports.keys_metrics}/metrics"
+        self.message_metrics_urls = [
+            f"http://{HOST}:{p}/metrics" for p in ports.message_metrics[:message_instances]
+        ]
+        self._config = self._config_tree(log_format, log_level, shutdown_grace_seconds)
+        if extra_config:
+            self._config = deep_merge(self._config, extra_config)
+        # Validated now, so a bad extra_config fails before any process starts.
+        self.settings: Settings = Settings.model_validate(self._config)
+        self._grace = max(
+            self.settings.keys.server.shutdown_grace_seconds,
+            self.settings.message.server.shutdown_grace_seconds,
+        )
+        self._processes = self._build_processes()
+
+    @classmethod
+    def with_free_ports(
+        cls, *, root: Path, message_instances: int = 1, **kwargs: Any
+    ) -> LocalStack:
+        return cls(
+            root=root,
+            ports=StackPorts.free(message_instances),
+            message_instances=message_instances,
+            **kwargs,
+        )
+
+    # -- addresses and processes ------------------------------------------------
+
+    @property
+    def component_names(self) -> list[str]:
+        """Every process in start order."""
+        return list(self._processes)
+
+    def process(self, name: str) -> ManagedProcess:
+        return self._processes[name]
+
+    def message_process(self, index: int) -> ManagedProcess:
+        return self._processes[message_name(self._check_index(index))]
+
+    def service_ports(self, name: str) -> tuple[int, int]:
+        """(gRPC port, metrics port) of a service component."""
+        if name == KEYS:
+            return self.ports.keys, self.ports.keys_metrics
+        index = self._message_index(name)
+        return self.ports.message[index], self.ports.message_metrics[index]
+
+    # -- whole stack --------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start everything and wait until all of it answers; on failure stop what started."""
+        try:
+            await self.start_backends()
+            await self.start_services()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def start_backends(self) -> None:
+        """Files (config, signing keys) plus SecantusDB and Redis, not the services."""
+        self.prepare_files()
+        await _together(self.start_db(), self.start_redis())
+
+    async def start_services(self) -> None:
+        await self.start_keys()
+        # svc_message instances only depend on svc_keys, so they start side by side.
+        await _together(*(self.start_message(i) for i in range(self.message_instances)))
+
+    async def stop(self) -> None:
+        """Stop every running process in reverse start order (SIGTERM, then SIGKILL)."""
+        await asyncio.gather(*(self.stop_message(i) for i in range(self.message_instances)))
+        await self.stop_keys()
+        # Neither backend needs the other to shut down cleanly.
+        await asyncio.gather(self.stop_redis(), self.stop_db())
+
+    async def kill_all(self) -> None:
+        """SIGKILL everything at once (last resort when a clean stop is not wanted)."""
+        await asyncio.gather(*(p.kill() for p in self._processes.values() if p.alive()))
+
+    async def __aenter__(self) -> LocalStack:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def prepare_files(self) -> None:
+        """Create the directories, the signing key pair (once) and the config file."""
+        for directory in (self.root, self.db_dir, self.redis_dir, self.logs_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Keep an existing pair: tokens issued before a restart must stay valid.
+        if not (self.private_key_path.exists() and self.public_key_path.exists()):
+            write_key_pair(self.private_key_path, self.public_key_path)
+        header = "# Written by parley_dev.stack at every start; edits are overwritten.\n"
+        self.config_path.write_text(header + yaml.safe_dump(self._config, sort_keys=False))
+        # An explicit (empty) config stops secantusd-py from picking up a stray
+        # ./secantusd.toml or ~/.secantus/secantusd.toml.
+        (self.root / "secantusd.toml").write_text("# parley: built-in defaults only\n")
+
+    # -- one component at a time ------------------------------------------------
+
+    async def start_component(self, name: str) -> None:
+        """Start one process by name and wait until it answers (used by the supervisor)."""
+        if name == DB:
+            await self.start_db()
+        elif name == REDIS:
+            await self.start_redis()
+        elif name == KEYS:
+            await self.start_keys()
+        else:
+            await self.start_message(self._message_index(name))
+
+    async def start_db(self) -> None:
+        process = self._processes[DB]
+        await self._start(process, [self.ports.mongo])
+        await self._ready(
+            process, lambda: mongo_ping(self.mongo_uri), "a MongoDB ping", DB_READY_SECONDS
+        )
+
+    async def stop_db(self) -> None:
+        await self._processes[DB].terminate(DB_STOP_SECONDS)
+
+    async def kill_db(self) -> None:
+        """SIGKILL SecantusDB: writes acknowledged with j=True must survive it."""
+        await self._processes[DB].kill()
+
+    async def start_redis(self) -> None:
+        process = self._processes[REDIS]
+        await self._start(process, [self.ports.redis])
+        await self._ready(
+            process, lambda: redis_ping(self.redis_url), "a Redis PING", REDIS_READY_SECONDS
+        )
+
+    async def stop_redis(self) -> None:
+        await self._processes[REDIS].terminate(REDIS_STOP_SECONDS)
+
+    async def kill_redis(self) -> None:
+        await self._processes[REDIS].kill()
+
+    async def start_keys(self) -> None:
+        await self._start_service(KEYS)
+
+    async def stop_keys(self) -> None:
+        await self._processes[KEYS].terminate(self._grace + SERVICE_STOP_MARGIN_SECONDS)
+
+    async def kill_keys(self) -> None:
+        await self._processes[KEYS].kill()
+
+    async def start_message(self, index: int) -> None:
+        """Start (or restart, on the same ports) svc_message instance ``index``."""
+        await self._start_service(message_name(self._check_index(index)))
+
+    async def stop_message(self, index: int) -> None:
+        process = self._processes[message_name(self._check_index(index))]
+        await process.terminate(self._grace + SERVICE_STOP_MARGIN_SECONDS)
+
+    async def kill_message(self, index: int) -> None:
+        """SIGKILL svc_message instance ``index`` (a crash, for failure tests)."""
+        await self._processes[message_name(self._check_index(index))].kill()
+
+    # -- internals ----------------------------------------------------------------
+
+    def _config_tree(
+        self, log_format: str, log_level: str, shutdown_grace_seconds: float | None
+    ) -> dict[str, Any]:
+        def server(port: int, metrics_port: int) -> dict[str, Any]:
+            tree: dict[str, Any] = {"host": HOST, "port": port, "metrics_port": metrics_port}
+            if shutdown_grace_seconds is not None:
+                tree["shutdown_grace_seconds"] = shutdown_grace_seconds
+            return tree
+
+        ports = self.ports
+        return {
+            "log_format": log_format,
+            "log_level": log_level,
+            "mongo": {"uri": self.mongo_uri, "database": "parley"},
+            "redis": {"url": self.redis_url},
+            "auth": {
+                "private_key_file": str(self.private_key_path),
+                "public_key_files": [str(self.public_key_path)],
+            },
+            "keys": {"server": server(ports.keys, ports.keys_metrics)},
+            "message": {
+                "server": server(ports.message[0], ports.message_metrics[0]),
+                "keys_target": self.keys_target,
+            },
+        }
+
+    def _build_processes(self) -> dict[str, ManagedProcess]:
+        secantusd = find_executable("secantusd-py", "run `uv sync` (it is a dev dependency)")
+        redis_server = find_executable(
+            "redis-server", "install it with `apt-get install -y redis-server`"
+        )
+        env = child_env({})
+        service_env = child_env({"PARLEY_CONFIG": str(self.config_path)})
+        processes = {
+            DB: ManagedProcess(
+                DB,
+                [
+                    secantusd,
+                    *("--config", str(self.root / "secantusd.toml")),
+                    *("--host", HOST, "--port", str(self.ports.mongo)),
+                    *("--storage-path", str(self.db_dir)),
+                ],
+                log_path=self.logs_dir / f"{DB}.log",
+                env=env,
+                cwd=self.root,
+            ),
+            REDIS: ManagedProcess(
+                REDIS,
+                [
+                    redis_server,
+                    *("--port", str(self.ports.redis), "--bind", HOST),
+                    *("--save", "", "--appendonly", "no"),
+                    *("--pidfile", str(self.redis_dir / "redis.pid")),
+                    *("--dir", str(self.redis_dir), "--daemonize", "no"),
+                ],
+                log_path=self.logs_dir / f"{REDIS}.log",
+                env=env,
+                cwd=self.root,
+            ),
+            KEYS: ManagedProcess(
+                KEYS,
+                [sys.executable, "-m", "svc_keys"],
+                log_path=self.logs_dir / f"{KEYS}.log",
+                env=service_env,
+                cwd=self.root,
+            ),
+        }
+        for index in range(self.message_instances):
+            name = message_name(index)
+            instance_env = {
+                **service_env,
+                "PARLEY_MESSAGE__SERVER__PORT": str(self.ports.message[index]),
+                "PARLEY_MESSAGE__SERVER__METRICS_PORT": str(self.ports.message_metrics[index]),
+            }
+            processes[name] = ManagedProcess(
+                name,
+                [sys.executable, "-m", "svc_message"],
+                log_path=self.logs_dir / f"{name}.log",
+                env=instance_env,
+                cwd=self.root,
+            )
+        return processes
+
+    async def _start_service(self, name: str) -> None:
+        process = self._processes[name]
+        port, metrics_port = self.service_ports(name)
+        await self._start(process, [port, metrics_port])
+        target = f"{HOST}:{port}"
+        await self._ready(
+            process,
+            lambda: grpc_health_serving(target),
+            f"gRPC health SERVING on {target}",
+            self.ready_timeout,
+        )
+
+    async def _start(self, process: ManagedProcess, ports: list[int]) -> None:
+        if process.alive():
+            raise StackError(f"{process.name} is already running (pid {process.pid})")
+        if not self.config_path.exists():
+            self.prepare_files()
+        busy = [p for p in ports if not port_is_free(p)]
+        if busy:
+            raise StackError(
+                f"cannot start {process.name}: port {busy[0]} on {HOST} is in use "
+                "(another `parley up`? use other ports or stop it)"
+            )
+        process.start()
+
+    async def _ready(
+        self, process: ManagedProcess, probe: Probe, what: str, timeout: float
+    ) -> None:
+        try:
+            await wait_until_ready(process, probe, what=what, timeout=timeout)
+        except BaseException:
+            # A half-started child must not keep the port for the next attempt.
+            await process.terminate(SERVICE_STOP_MARGIN_SECONDS)
+            raise
+
+    def _message_index(self, name: str) -> int:
+        prefix = message_name(0)[:-1]
+        if not name.startswith(prefix) or not name[len(prefix) :].isdigit():
+            raise KeyError(f"no stack component named {name!r}")
+        return self._check_index(int(name[len(prefix) :]))
+
+    def _check_index(self, index: int) -> int:
+        if not 0 <= index < self.message_instances:
+            raise IndexError(f"svc_message index {index} not in 0..{self.message_instances - 1}")
+        return index

@@ -1,0 +1,141 @@
+"""``parley up``: start the local stack, keep it running, stop it cleanly on a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from parley_dev.cli import PROG
+from parley_dev.layout import KEYS, StackPorts
+from parley_dev.probes import StackError
+from parley_dev.stack import LocalStack
+from parley_dev.supervisor import Supervisor
+
+
+def run_up_command(
+    *,
+    data_dir: Path,
+    message_instances: int,
+    port_offset: int,
+    log_format: Literal["json", "console"],
+    client_commands: Sequence[str],
+) -> int:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s parley %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    stack = LocalStack(
+        root=data_dir,
+        ports=StackPorts.defaults(message_instances, offset=port_offset),
+        message_instances=message_instances,
+        log_format=log_format,
+    )
+    return asyncio.run(run_up(stack, client_commands=client_commands))
+
+
+async def run_up(stack: LocalStack, *, client_commands: Sequence[str] = ()) -> int:
+    """Start the stack, supervise it until SIGINT/SIGTERM, then stop it; the exit code."""
+    log = logging.getLogger("parley.up")
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    force = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            force.set()
+        else:
+            stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
+    try:
+        log.info("starting the local stack in %s", stack.root)
+        start = asyncio.create_task(stack.start())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([start, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not start.done():
+            # Ctrl-C while starting: start() stops whatever it started as it unwinds.
+            start.cancel()
+            if not await _finish_unless_forced(start, stack, force, log):
+                return 1
+            log.info("stopped before the stack was up")
+            return 0
+        if (error := start.exception()) is not None:
+            log.error("the stack did not start: %s", error)
+            return 1
+        print(banner(stack, client_commands), flush=True)
+        await Supervisor(stack, log=log).run(stop)
+        log.info("stopping (Ctrl-C again to kill everything at once)")
+        return await _stop(stack, force, log)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+async def _stop(stack: LocalStack, force: asyncio.Event, log: logging.Logger) -> int:
+    if not await _finish_unless_forced(asyncio.create_task(stack.stop()), stack, force, log):
+        return 1
+    log.info("stopped; data kept in %s", stack.root)
+    return 0
+
+
+async def _finish_unless_forced(
+    task: asyncio.Task[None], stack: LocalStack, force: asyncio.Event, log: logging.Logger
+) -> bool:
+    """Let a start or stop unwind; a second signal meanwhile SIGKILLs everything instead."""
+    forced = asyncio.create_task(force.wait())
+    await asyncio.wait([task, forced], return_when=asyncio.FIRST_COMPLETED)
+    forced.cancel()
+    if task.done():
+        # A failed stop or cancelled start has already been reported or is moot.
+        with contextlib.suppress(asyncio.CancelledError, StackError):
+            task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, StackError):
+        await task
+    await stack.kill_all()
+    log.warning("killed every process of the stack")
+    return False
+
+
+def banner(stack: LocalStack, client_commands: Sequence[str] = ()) -> str:
+    """What a developer needs once the stack is healthy: addresses and next steps."""
+    rows: list[tuple[str, str]] = []
+    for name in stack.component_names:
+        try:
+            port, metrics_port = stack.service_ports(name)
+        except KeyError:
+            continue  # a backend, listed below with its URL
+        rows.append(
+            (name, f"grpc 127.0.0.1:{port}   metrics http://127.0.0.1:{metrics_port}/metrics")
+        )
+    rows.append(("MongoDB", stack.mongo_uri))
+    rows.append(("Redis", stack.redis_url))
+    rows.append(("Config", str(stack.config_path)))
+    rows.append(("Logs", f"{stack.logs_dir}/"))
+    width = max(len(label) for label, _ in rows)
+    lines = ["", "Parley is up.", *(f"  {label:<{width}}  {value}" for label, value in rows)]
+    if client_commands:
+        example = "signup alice" if "signup" in client_commands else f"{client_commands[0]} --help"
+        lines.append(f"In another terminal: ./{PROG} {{{','.join(client_commands)}}} ...")
+        lines.append(f"  e.g. ./{PROG} {example}")
+        if stack.ports != StackPorts.defaults(stack.message_instances):
+            # The client commands default to the standard ports; say where this stack is.
+            lines.append(
+                f"  with --keys-target {stack.keys_target}"
+                f" --message-target {stack.message_targets[0]}"
+            )
+    else:
+        lines.append(f"Client commands: ./{PROG} --help ({KEYS} is {stack.keys_target})")
+    lines.append("Press Ctrl-C to stop; data stays in the data directory.")
+    return "\n".join(lines)
