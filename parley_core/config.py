@@ -104,6 +104,10 @@ class MessageServiceSettings(_Section):
     ack_flush_seconds: float = Field(default=0.05, gt=0, le=5)
     # Messages replayed per database page while a stream catches up.
     replay_page_size: int = Field(default=200, ge=1, le=5000)
+    # Newest messages kept in Redis per conversation being read; history pages
+    # within it are served without the database. 0 turns the cache off.
+    recent_cache_messages: int = Field(default=200, ge=0, le=10000)
+    recent_cache_ttl_seconds: int = Field(default=3600, ge=10)
 
 
 class Settings(_Section):

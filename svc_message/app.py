@@ -14,7 +14,8 @@ from parley_core.rpc.server import ServiceHost, run
 from parley_core.runtime import open_runtime
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.delivery import AckBatcher, DeliveryService, Hub
-from svc_message.domain.sending import MessagesHandler, SendPipeline
+from svc_message.domain.messages import MessagesHandler
+from svc_message.domain.sending import SendPipeline
 from svc_message.peers.keys import AccountDirectory
 from svc_message.servicer.convert import ProtoEventCodec
 from svc_message.servicer.messages import MessageUnaryServicer
@@ -23,6 +24,7 @@ from svc_message.servicer.stream import StreamServicer
 from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.doorbell import Doorbell
 from svc_message.storage.messages import MessageStore
+from svc_message.storage.recent import RecentCache
 
 
 async def build(settings: Settings) -> ServiceHost:
@@ -44,15 +46,21 @@ async def build(settings: Settings) -> ServiceHost:
     hub = Hub(doorbell, codec)
     accounts = AccountDirectory(config.keys_target)
     conversations = ConversationsHandler(conversation_store, accounts, doorbell, codec)
+    recent = RecentCache(
+        runtime.redis,
+        capacity=config.recent_cache_messages,
+        ttl_seconds=config.recent_cache_ttl_seconds,
+    )
     pipeline = SendPipeline(
         message_store,
         conversation_store,
+        recent,
         doorbell,
         codec,
         batch_max=config.send_batch_max,
         clock=clock,
     )
-    messages = MessagesHandler(conversations, message_store, pipeline)
+    messages = MessagesHandler(conversations, message_store, recent, pipeline, codec)
     delivery = DeliveryService(
         hub,
         conversation_store,

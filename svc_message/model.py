@@ -86,3 +86,14 @@ class Envelope:
     conversation_id: str
     seq: int
     wire: object
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of history: decoded messages from the log, or, from the recent
+    cache, the messages as the transport sends them. ``next_start`` is where
+    the next page starts, None at the end."""
+
+    messages: list[Message]
+    wire: list[bytes]
+    next_start: int | None

@@ -23,13 +23,13 @@ from datetime import UTC, datetime
 
 import structlog
 
-from parley_core.errors import Aborted, InvalidArgument, ParleyError, Unavailable
+from parley_core.errors import Aborted, ParleyError, Unavailable
 from parley_core.ids import new_id
-from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.ports import EventCodec, Publisher
 from svc_message.model import Conversation, Message
 from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.messages import Conflict, MessageStore
+from svc_message.storage.recent import RecentCache
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +67,7 @@ class SendPipeline:
         self,
         messages: MessageStore,
         conversations: ConversationStore,
+        recent: RecentCache,
         publisher: Publisher,
         codec: EventCodec,
         *,
@@ -76,6 +77,7 @@ class SendPipeline:
     ) -> None:
         self._messages = messages
         self._conversations = conversations
+        self._recent = recent
         self._publisher = publisher
         self._codec = codec
         self._batch_max = batch_max
@@ -133,7 +135,9 @@ class SendPipeline:
             self._next_seq.pop(draft.conversation.conversation_id, None)
 
     async def _commit(self, batch: list[Draft]) -> None:
-        created_at = datetime.fromtimestamp(self._clock(), UTC)
+        # Millisecond precision, as the database stores it: the ack, the stream
+        # and history then show the same timestamp.
+        created_at = datetime.fromtimestamp(int(self._clock() * 1000) / 1000, UTC)
         committed: list[tuple[Draft, Message]] = []
         retried: list[Draft] = []
         pending = batch
@@ -189,7 +193,13 @@ class SendPipeline:
 
         duplicates = await self._resolve_retries(retried)
         stored = [m for _, m in committed] + [m for _, m in duplicates]
-        await self._record(stored)
+        by_conversation: dict[str, list[tuple[int, bytes]]] = {}
+        for message in stored:
+            by_conversation.setdefault(message.conversation_id, []).append(
+                (message.seq, self._codec.message_bytes(message))
+            )
+        # Before the ack, so a client that reads right after its send sees it.
+        await asyncio.gather(self._record(stored), self._recent.add(by_conversation))
         self._outbox.put_nowait(
             [
                 (draft.conversation.member_ids, self._codec.encode(self._codec.message(message)))
@@ -251,64 +261,3 @@ class SendPipeline:
             while not self._outbox.empty():
                 deliveries.extend(self._outbox.get_nowait())
             await self._publisher.publish(deliveries)
-
-
-class MessagesHandler:
-    def __init__(
-        self,
-        conversations: ConversationsHandler,
-        messages: MessageStore,
-        pipeline: SendPipeline,
-    ) -> None:
-        self._conversations = conversations
-        self._messages = messages
-        self._pipeline = pipeline
-
-    async def send(
-        self,
-        *,
-        account_id: str,
-        device_id: str,
-        conversation_id: str,
-        request_id: str,
-        type: int,
-        body: bytes,
-        reply_to_message_id: str,
-    ) -> Message:
-        conversation = await self._conversations.require_member(conversation_id, account_id)
-        if reply_to_message_id:
-            original = await self._messages.by_id(reply_to_message_id)
-            if original is None or original.conversation_id != conversation_id:
-                raise InvalidArgument.field(
-                    "reply_to_message_id", "must name a message of this conversation"
-                )
-        return await self._pipeline.send(
-            Draft(
-                conversation=conversation,
-                sender_account_id=account_id,
-                sender_device_id=device_id,
-                type=type,
-                body=body,
-                reply_to_message_id=reply_to_message_id,
-                request_id=request_id,
-            )
-        )
-
-    async def page(
-        self,
-        *,
-        account_id: str,
-        conversation_id: str,
-        start_seq: int,
-        forward: bool,
-        limit: int,
-    ) -> list[Message]:
-        await self._conversations.require_member(conversation_id, account_id)
-        if not forward and start_seq == 0:
-            start_seq = 2**62  # newest first
-        return await self._messages.page(
-            conversation_id,
-            start_seq=max(start_seq, 1) if forward else start_seq,
-            forward=forward,
-            limit=limit,
-        )

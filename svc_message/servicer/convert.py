@@ -83,6 +83,9 @@ class ProtoEventCodec:
         event = pb.Event(message=message_proto(message))
         return Envelope(EventKind.MESSAGE, message.conversation_id, message.seq, event)
 
+    def message_bytes(self, message: Message) -> bytes:
+        return message_proto(message).SerializeToString()
+
     def receipt(self, watermarks: Watermarks) -> Envelope:
         event = pb.Event(receipt=watermarks_proto(watermarks))
         return Envelope(EventKind.RECEIPT, watermarks.conversation_id, 0, event)

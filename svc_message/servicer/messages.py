@@ -14,7 +14,7 @@ from parley_core.pagination import decode_page_token, encode_page_token
 from parley_core.rpc.interceptor import bearer_token
 from parley_core.validation import Check
 from svc_message.domain.conversations import ConversationsHandler
-from svc_message.domain.sending import MessagesHandler
+from svc_message.domain.messages import MessagesHandler
 from svc_message.servicer.convert import message_proto, view_proto, watermarks_proto
 
 MESSAGE_TYPES = frozenset(pb.MessageType.values()) - {pb.MESSAGE_TYPE_UNSPECIFIED}
@@ -143,21 +143,20 @@ class MessageUnaryServicer:
                 raise InvalidArgument.field(
                     "page_token", "not a page token from this API", reason=Reason.PAGE_TOKEN_INVALID
                 )
-        messages = await self._messages.page(
+        page = await self._messages.page(
             account_id=account_id,
             conversation_id=request.conversation_id,
             start_seq=start,
             forward=forward,
-            limit=limit + 1,
+            limit=limit,
         )
-        next_token = ""
-        if len(messages) > limit:
-            follower = messages[limit]
-            messages = messages[:limit]
-            next_token = encode_page_token({"seq": follower.seq}, scope=scope)
-        return pb.ListMessagesResponse(
-            messages=[message_proto(m) for m in messages], next_page_token=next_token
-        )
+        response = pb.ListMessagesResponse(messages=[message_proto(m) for m in page.messages])
+        for blob in page.wire:
+            # Cached messages are already in wire form: parsed in C, not rebuilt.
+            response.messages.add().ParseFromString(blob)
+        if page.next_start is not None:
+            response.next_page_token = encode_page_token({"seq": page.next_start}, scope=scope)
+        return response
 
     async def _mark(self, request: Any, *, read: bool) -> pb.Watermarks:
         check = Check().request_id(request.request_id)

@@ -1,0 +1,86 @@
+"""The recent-messages cache in Redis stays consistent with the log."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from parley.message.v1 import messages_pb2 as mpb
+from parley_dev.stack import LocalStack
+from tests.users import direct, send, sign_up
+
+
+async def newest(messages, device, conversation: str, size: int = 50) -> list[int]:
+    page = await messages.ListMessages(
+        mpb.ListMessagesRequest(conversation_id=conversation, page_size=size), metadata=device.md
+    )
+    return [m.seq for m in page.messages]
+
+
+async def test_reads_fill_the_cache_and_commits_keep_it_current(
+    keys, messages, messages_b, stack: LocalStack
+) -> None:
+    alice, bob = await sign_up(keys), await sign_up(keys)
+    conversation = await direct(messages, alice, bob)
+    for i in range(60):
+        await send(messages, alice, conversation, f"{i}".encode())
+    assert await newest(messages, bob, conversation) == list(range(60, 10, -1))
+
+    redis = aioredis.Redis.from_url(stack.redis_url)
+    try:
+        cached = await redis.zrange(f"parley:recent:{conversation}", 0, -1, withscores=True)
+        assert [int(score) for _, score in cached] == list(range(10, 61))
+        # Commits through either process land in the cache before the ack.
+        for i in range(5):
+            stub = messages_b if i % 2 else messages
+            sent = await send(stub, bob, conversation, f"late {i}".encode())
+            assert (await newest(messages_b, alice, conversation, size=1)) == [sent.seq]
+        page = await messages.ListMessages(
+            mpb.ListMessagesRequest(conversation_id=conversation, page_size=3), metadata=bob.md
+        )
+        assert [m.body for m in page.messages] == [b"late 4", b"late 3", b"late 2"]
+        assert page.messages[0].sender_account_id == bob.account_id
+        assert page.messages[0].create_time.seconds > 0
+    finally:
+        await redis.aclose()
+
+
+async def test_a_lost_cache_add_is_never_served(keys, messages, stack: LocalStack) -> None:
+    alice, bob = await sign_up(keys), await sign_up(keys)
+    conversation = await direct(messages, alice, bob)
+    for i in range(20):
+        await send(messages, alice, conversation, f"{i}".encode())
+    await newest(messages, bob, conversation)
+    redis = aioredis.Redis.from_url(stack.redis_url)
+    try:
+        # As if the add of seq 15 never reached Redis.
+        removed = await redis.zremrangebyscore(f"parley:recent:{conversation}", 15, 15)
+        assert removed == 1
+        assert await newest(messages, bob, conversation) == list(range(20, 0, -1))
+        # The read from the log filled the hole again.
+        assert await redis.zcount(f"parley:recent:{conversation}", 15, 15) == 1
+    finally:
+        await redis.aclose()
+
+
+async def test_an_old_page_does_not_pass_for_the_newest(keys, messages) -> None:
+    alice, bob = await sign_up(keys), await sign_up(keys)
+    conversation = await direct(messages, alice, bob)
+    for i in range(30):
+        await send(messages, alice, conversation, f"{i}".encode())
+    old = await messages.ListMessages(
+        mpb.ListMessagesRequest(conversation_id=conversation, page_size=5, start_seq=7),
+        metadata=bob.md,
+    )
+    assert [m.seq for m in old.messages] == [7, 6, 5, 4, 3]
+    assert await newest(messages, bob, conversation, size=5) == [30, 29, 28, 27, 26]
+    forward = await messages.ListMessages(
+        mpb.ListMessagesRequest(
+            conversation_id=conversation,
+            page_size=5,
+            start_seq=28,
+            direction=mpb.DIRECTION_FORWARD,
+        ),
+        metadata=bob.md,
+    )
+    assert [m.seq for m in forward.messages] == [28, 29, 30]
+    assert forward.next_page_token == ""
