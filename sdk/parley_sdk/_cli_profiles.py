@@ -1,0 +1,122 @@
+"""CLI profiles: one device's credentials and targets per JSON file.
+
+Files live in ``$PARLEY_HOME`` (or ``~/.parley-cli``) as ``<profile>.json``,
+readable by the owner only, since they hold a refresh token that signs in as
+the device until it is revoked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from parley_sdk.credentials import Credentials
+
+__all__ = ["Profile", "ProfileError", "ProfileStore"]
+
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_FORMAT_VERSION = 1
+
+
+class ProfileError(Exception):
+    """A profile is missing, unreadable or would be overwritten."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Profile:
+    name: str
+    handle: str
+    keys_target: str
+    message_target: str
+    credentials: Credentials
+    # From the last SyncComplete that `follow` saw, so the next run replays only
+    # the receipts that changed since.
+    sync_token: str = ""
+
+    def with_credentials(self, credentials: Credentials) -> Profile:
+        return replace(self, credentials=credentials)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": _FORMAT_VERSION,
+            "handle": self.handle,
+            "keys_target": self.keys_target,
+            "message_target": self.message_target,
+            "sync_token": self.sync_token,
+            "credentials": self.credentials.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, name: str, data: dict[str, Any]) -> Profile:
+        try:
+            return cls(
+                name=name,
+                handle=str(data["handle"]),
+                keys_target=str(data["keys_target"]),
+                message_target=str(data["message_target"]),
+                sync_token=str(data.get("sync_token", "")),
+                credentials=Credentials.from_dict(data["credentials"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ProfileError(f"profile {name!r} is malformed: {error}") from None
+
+
+def default_home() -> Path:
+    configured = os.environ.get("PARLEY_HOME")
+    return Path(configured) if configured else Path.home() / ".parley-cli"
+
+
+class ProfileStore:
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = home or default_home()
+
+    def path(self, name: str) -> Path:
+        # Names become file names; refuse anything that could leave the directory.
+        if not _PROFILE_NAME.match(name):
+            raise ProfileError(f"invalid profile name {name!r}: use letters, digits, '_', '.', '-'")
+        return self.home / f"{name}.json"
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).exists()
+
+    def load(self, name: str) -> Profile:
+        path = self.path(name)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ProfileError(
+                f"no profile {name!r} in {self.home}; create it with "
+                f"`parley signup HANDLE --profile {name}`"
+            ) from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ProfileError(f"profile {name!r} is not valid JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise ProfileError(f"profile {name!r} is malformed")
+        return Profile.from_dict(name, data)
+
+    def save(self, profile: Profile) -> None:
+        """Writes atomically: a crash mid-write must not lose the only refresh token."""
+        path = self.path(profile.name)
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        text = json.dumps(profile.to_dict(), indent=2, sort_keys=True) + "\n"
+        # mkstemp creates the file 0600, so the token is never world-readable.
+        fd, temp_name = tempfile.mkstemp(dir=self.home, prefix=f".{profile.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temp_name, 0o600)
+            os.replace(temp_name, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp_name)
+            raise

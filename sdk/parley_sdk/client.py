@@ -1,0 +1,391 @@
+"""The Parley client: accounts, conversations, messages and the delivery stream."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Self, TypedDict, Unpack
+
+import grpc
+from grpc import aio
+
+from parley.common.v1 import common_pb2
+from parley.keys.v1 import accounts_pb2
+from parley.message.v1 import messages_pb2
+from parley_sdk._session import CredentialsListener, NotSignedInError, Session
+from parley_sdk.credentials import Credentials
+from parley_sdk.models import (
+    Account,
+    ConversationView,
+    Device,
+    Direction,
+    Message,
+    MessageType,
+    Platform,
+    RegisteredDevice,
+    Watermarks,
+)
+from parley_sdk.retry import RetryPolicy, new_request_id
+from parley_sdk.stream import DeliveryStream
+
+__all__ = [
+    "DEFAULT_KEYS_TARGET",
+    "DEFAULT_MESSAGE_TARGET",
+    "DEFAULT_STREAM_RETRY_POLICY",
+    "Client",
+    "ConnectOptions",
+]
+
+DEFAULT_KEYS_TARGET = "127.0.0.1:7101"
+DEFAULT_MESSAGE_TARGET = "127.0.0.1:7102"
+
+# Client keepalive lets a long-lived delivery stream notice a dead connection
+# (laptop sleep, NAT timeout). gRPC servers by default refuse pings more often
+# than every 5 minutes without data (GOAWAY "too_many_pings", which would drop
+# the stream), so stay just above that.
+_DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.keepalive_time_ms", 330_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+)
+
+
+# A follower should ride out a service restart (graceful drain, then a fresh
+# process): about 100 s of reconnecting before giving up.
+DEFAULT_STREAM_RETRY_POLICY = RetryPolicy(max_attempts=12, initial_backoff=0.5, max_backoff=15.0)
+
+
+class ConnectOptions(TypedDict, total=False):
+    """The options of :meth:`Client.connect` besides targets and credentials."""
+
+    channel_credentials: grpc.ChannelCredentials | None
+    retry_policy: RetryPolicy | None
+    stream_retry_policy: RetryPolicy | None
+    timeout: float | None
+    page_size: int
+    refresh_margin: timedelta
+    on_credentials_changed: CredentialsListener | None
+    channel_options: Sequence[tuple[str, Any]]
+
+
+def _platform(value: Platform) -> common_pb2.Platform.ValueType:
+    return common_pb2.Platform.ValueType(int(value))
+
+
+class Client:
+    """A connection to one Parley deployment, acting as one device.
+
+    Create it with :meth:`connect` (existing credentials, or none to only sign up)
+    or :meth:`sign_up`. Every method raises a :class:`parley_sdk.ParleyError`
+    subclass on failure. Calls are retried on UNAVAILABLE only, and mutating
+    calls keep one request_id across their retries so the server applies them
+    once. The access token is refreshed automatically.
+    """
+
+    def __init__(self, session: Session, *, page_size: int) -> None:
+        # Use connect() or sign_up(); the constructor is for them and for tests.
+        self._session = session
+        self._page_size = page_size
+
+    @classmethod
+    async def connect(
+        cls,
+        *,
+        keys_target: str = DEFAULT_KEYS_TARGET,
+        message_target: str = DEFAULT_MESSAGE_TARGET,
+        credentials: Credentials | None = None,
+        channel_credentials: grpc.ChannelCredentials | None = None,
+        retry_policy: RetryPolicy | None = None,
+        stream_retry_policy: RetryPolicy | None = None,
+        timeout: float | None = 10.0,
+        page_size: int = 50,
+        refresh_margin: timedelta = timedelta(seconds=60),
+        on_credentials_changed: CredentialsListener | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> Client:
+        """Opens channels to the keys and message services.
+
+        Channels connect lazily: an unreachable server shows up as
+        ``UnavailableError`` on the first call, after the retry policy gave up.
+        ``retry_policy`` bounds retries of unary calls (UNAVAILABLE only);
+        ``stream_retry_policy`` bounds reconnects of a delivery stream.
+        ``channel_credentials`` switches to TLS. ``on_credentials_changed`` (sync
+        or async) gets every refreshed :class:`Credentials`; persist them, since
+        the previous refresh token stops working.
+        """
+        options = [*_DEFAULT_CHANNEL_OPTIONS, *channel_options]
+
+        def open_channel(target: str) -> aio.Channel:
+            if channel_credentials is None:
+                return aio.insecure_channel(target, options=options)
+            return aio.secure_channel(target, channel_credentials, options=options)
+
+        session = Session(
+            keys_channel=open_channel(keys_target),
+            message_channel=open_channel(message_target),
+            credentials=credentials,
+            retry_policy=retry_policy or RetryPolicy(),
+            stream_retry_policy=stream_retry_policy or DEFAULT_STREAM_RETRY_POLICY,
+            timeout=timeout,
+            refresh_margin=refresh_margin,
+            on_credentials_changed=on_credentials_changed,
+        )
+        return cls(session, page_size=page_size)
+
+    @classmethod
+    async def sign_up(
+        cls,
+        *,
+        handle: str,
+        display_name: str = "",
+        device_name: str,
+        platform: Platform = Platform.CLI,
+        keys_target: str = DEFAULT_KEYS_TARGET,
+        message_target: str = DEFAULT_MESSAGE_TARGET,
+        **options: Unpack[ConnectOptions],
+    ) -> Client:
+        """Creates an account and its first device; returns a client signed in as it.
+
+        ``options`` are those of :meth:`connect`. Read the new identity from
+        :attr:`credentials` (``account_id``, ``device_id``) and persist it.
+        """
+        client = await cls.connect(
+            keys_target=keys_target, message_target=message_target, **options
+        )
+        try:
+            await client._sign_up(
+                handle=handle, display_name=display_name, device_name=device_name, platform=platform
+            )
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def _sign_up(
+        self, *, handle: str, display_name: str, device_name: str, platform: Platform
+    ) -> None:
+        request = accounts_pb2.SignUpRequest(
+            request_id=new_request_id(),
+            handle=handle,
+            display_name=display_name,
+            device=accounts_pb2.NewDevice(name=device_name, platform=_platform(platform)),
+        )
+        response = await self._session.unary(
+            self._session.accounts.SignUp, request, authenticated=False
+        )
+        credentials = Credentials.from_proto(
+            response.credentials,
+            account_id=response.account.account_id,
+            device_id=response.device.device_id,
+        )
+        await self._session.set_credentials(credentials, notify=True)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- identity --------------------------------------------------------------
+
+    @property
+    def credentials(self) -> Credentials | None:
+        """Current credentials; they change on every refresh."""
+        return self._session.credentials
+
+    @property
+    def account_id(self) -> str:
+        return self._require_credentials().account_id
+
+    @property
+    def device_id(self) -> str:
+        return self._require_credentials().device_id
+
+    def _require_credentials(self) -> Credentials:
+        credentials = self._session.credentials
+        if credentials is None:
+            raise NotSignedInError()
+        return credentials
+
+    async def refresh(self) -> Credentials:
+        """Trades the refresh token for new credentials now (normally automatic)."""
+        return await self._session.refresh()
+
+    async def register_device(
+        self, *, name: str, platform: Platform = Platform.CLI
+    ) -> RegisteredDevice:
+        """Links a new device to this account; hand its credentials to that device."""
+        request = accounts_pb2.RegisterDeviceRequest(
+            request_id=new_request_id(),
+            device=accounts_pb2.NewDevice(name=name, platform=_platform(platform)),
+        )
+        response = await self._session.unary(self._session.accounts.RegisterDevice, request)
+        credentials = Credentials.from_proto(
+            response.credentials,
+            account_id=response.device.account_id or self.account_id,
+            device_id=response.device.device_id,
+        )
+        return RegisteredDevice(device=response.device, credentials=credentials)
+
+    async def revoke_device(self, device_id: str | None = None) -> None:
+        """Signs a device of this account out; without ``device_id``, this one (logout).
+
+        After revoking this device the client holds no credentials any more.
+        """
+        request = accounts_pb2.RevokeDeviceRequest(
+            request_id=new_request_id(), device_id=device_id or ""
+        )
+        await self._session.unary(self._session.accounts.RevokeDevice, request)
+        credentials = self._session.credentials
+        if not device_id or (credentials is not None and device_id == credentials.device_id):
+            await self._session.set_credentials(None, notify=False)
+
+    async def list_devices(self, *, page_size: int | None = None) -> AsyncIterator[Device]:
+        page_token = ""
+        while True:
+            request = accounts_pb2.ListDevicesRequest(
+                page_size=min(page_size or self._page_size, 100), page_token=page_token
+            )
+            response = await self._session.unary(self._session.accounts.ListDevices, request)
+            for device in response.devices:
+                yield device
+            page_token = response.next_page_token
+            if not page_token:
+                return
+
+    async def get_account(
+        self, *, account_id: str | None = None, handle: str | None = None
+    ) -> Account:
+        """Looks an account up by id or handle; with neither, returns this one."""
+        if account_id and handle:
+            raise ValueError("pass account_id or handle, not both")
+        if account_id:
+            request = accounts_pb2.GetAccountRequest(account_id=account_id)
+        elif handle:
+            request = accounts_pb2.GetAccountRequest(handle=handle.removeprefix("@"))
+        else:
+            request = accounts_pb2.GetAccountRequest()
+        return await self._session.unary(self._session.accounts.GetAccount, request)
+
+    # -- conversations --------------------------------------------------------
+
+    async def create_direct_conversation(self, peer_account_id: str) -> ConversationView:
+        """The direct conversation with a peer, created on first use."""
+        request = messages_pb2.CreateDirectConversationRequest(
+            request_id=new_request_id(), peer_account_id=peer_account_id
+        )
+        return await self._session.unary(self._session.messages.CreateDirectConversation, request)
+
+    async def get_conversation(self, conversation_id: str) -> ConversationView:
+        request = messages_pb2.GetConversationRequest(conversation_id=conversation_id)
+        return await self._session.unary(self._session.messages.GetConversation, request)
+
+    async def list_conversations(
+        self, *, page_size: int | None = None
+    ) -> AsyncIterator[ConversationView]:
+        """The inbox, newest activity first, across all pages."""
+        page_token = ""
+        while True:
+            request = messages_pb2.ListConversationsRequest(
+                page_size=min(page_size or self._page_size, 100), page_token=page_token
+            )
+            response = await self._session.unary(self._session.messages.ListConversations, request)
+            for view in response.conversations:
+                yield view
+            page_token = response.next_page_token
+            if not page_token:
+                return
+
+    # -- messages -----------------------------------------------------------------
+
+    async def send_message(
+        self,
+        conversation_id: str,
+        body: bytes,
+        *,
+        # Named after the proto field, shadowing the builtin only inside this method.
+        type: MessageType = MessageType.TEXT,
+        reply_to_message_id: str = "",
+    ) -> Message:
+        """Appends a message; returns it once the server stored it durably."""
+        request = messages_pb2.SendMessageRequest(
+            request_id=new_request_id(),
+            conversation_id=conversation_id,
+            type=messages_pb2.MessageType.ValueType(int(type)),
+            body=body,
+            reply_to_message_id=reply_to_message_id,
+        )
+        response = await self._session.unary(self._session.messages.SendMessage, request)
+        return response.message
+
+    async def list_messages(
+        self,
+        conversation_id: str,
+        *,
+        direction: Direction = Direction.BACKWARD,
+        start_seq: int = 0,
+        page_size: int | None = None,
+    ) -> AsyncIterator[Message]:
+        """Messages across all pages. BACKWARD (newest first) by default.
+
+        ``start_seq`` is inclusive; 0 means the newest (BACKWARD) or seq 1 (FORWARD).
+        Stop iterating early to fetch no more pages.
+        """
+        page_token = ""
+        while True:
+            request = messages_pb2.ListMessagesRequest(
+                conversation_id=conversation_id,
+                page_size=min(page_size or self._page_size, 200),
+                page_token=page_token,
+                direction=messages_pb2.Direction.ValueType(int(direction)),
+                start_seq=start_seq,
+            )
+            response = await self._session.unary(self._session.messages.ListMessages, request)
+            for message in response.messages:
+                yield message
+            page_token = response.next_page_token
+            if not page_token:
+                return
+
+    async def mark_delivered(self, conversation_id: str, seq: int) -> Watermarks:
+        request = messages_pb2.MarkDeliveredRequest(
+            request_id=new_request_id(), conversation_id=conversation_id, seq=seq
+        )
+        return await self._session.unary(self._session.messages.MarkDelivered, request)
+
+    async def mark_read(self, conversation_id: str, seq: int) -> Watermarks:
+        """Raises this account's read watermark (and delivered with it)."""
+        request = messages_pb2.MarkReadRequest(
+            request_id=new_request_id(), conversation_id=conversation_id, seq=seq
+        )
+        return await self._session.unary(self._session.messages.MarkRead, request)
+
+    # -- delivery stream ------------------------------------------------------------
+
+    def events(
+        self,
+        *,
+        positions: Mapping[str, int] | None = None,
+        sync_token: str = "",
+        auto_ack: bool = True,
+    ) -> DeliveryStream:
+        """The delivery stream: replay since the given positions, then live events.
+
+        ``positions`` maps conversation id to the newest seq this device holds;
+        conversations left out resume from the device's last ack. ``sync_token`` is
+        the last :class:`SyncCompleteEvent` token seen (``""`` replays all current
+        receipts). The stream opens on first iteration or ``async with``.
+        """
+        return DeliveryStream(
+            self._session, positions=positions, sync_token=sync_token, auto_ack=auto_ack
+        )

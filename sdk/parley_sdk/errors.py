@@ -1,0 +1,244 @@
+"""Typed errors rebuilt from gRPC status codes and google.rpc details (AIP-193).
+
+Servers attach a ``google.rpc.Status`` to every failure in the
+``grpc-status-details-bin`` trailer: an ``ErrorInfo`` whose ``reason`` is a
+``parley.common.v1.ErrorReason`` name, optionally ``BadRequest`` field violations
+and a ``RetryInfo`` delay. Callers branch on the exception class or ``reason``,
+never on the human-readable message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+
+ERROR_DOMAIN = "parley.dev"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+__all__ = [
+    "ERROR_DOMAIN",
+    "AbortedError",
+    "AlreadyExistsError",
+    "DeadlineExceededError",
+    "FailedPreconditionError",
+    "HandleTakenError",
+    "InternalError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "ParleyError",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "TokenExpiredError",
+    "TokenRevokedError",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "from_rpc_error",
+    "from_status",
+]
+
+
+class ParleyError(Exception):
+    """Base of every error the SDK raises for a failed call."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode = grpc.StatusCode.UNKNOWN,
+        reason: str = "",
+        domain: str = "",
+        metadata: dict[str, str] | None = None,
+        field_violations: list[tuple[str, str]] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        # An ErrorReason *name* (e.g. "ERROR_REASON_TOKEN_EXPIRED"), or "" when the
+        # failure did not come from a Parley server (e.g. connection refused).
+        self.reason = reason
+        self.domain = domain
+        self.metadata: dict[str, str] = metadata or {}
+        self.field_violations: list[tuple[str, str]] = field_violations or []
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        label = self.code.name
+        if self.reason:
+            label = f"{label}/{self.reason.removeprefix('ERROR_REASON_')}"
+        return f"{label}: {self.message}" if self.message else label
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(code={self.code.name}, reason={self.reason!r}, "
+            f"message={self.message!r})"
+        )
+
+
+class InvalidArgumentError(ParleyError):
+    pass
+
+
+class UnauthenticatedError(ParleyError):
+    pass
+
+
+class TokenExpiredError(UnauthenticatedError):
+    pass
+
+
+class TokenRevokedError(UnauthenticatedError):
+    pass
+
+
+class PermissionDeniedError(ParleyError):
+    pass
+
+
+class NotFoundError(ParleyError):
+    pass
+
+
+class AlreadyExistsError(ParleyError):
+    pass
+
+
+class HandleTakenError(AlreadyExistsError):
+    pass
+
+
+class FailedPreconditionError(ParleyError):
+    pass
+
+
+class AbortedError(ParleyError):
+    pass
+
+
+class ResourceExhaustedError(ParleyError):
+    pass
+
+
+class UnavailableError(ParleyError):
+    pass
+
+
+class DeadlineExceededError(ParleyError):
+    pass
+
+
+class InternalError(ParleyError):
+    pass
+
+
+_BY_CODE: dict[grpc.StatusCode, type[ParleyError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.ABORTED: AbortedError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.INTERNAL: InternalError,
+    # DATA_LOSS and UNKNOWN are server-side bugs from the caller's point of view.
+    grpc.StatusCode.DATA_LOSS: InternalError,
+    grpc.StatusCode.UNKNOWN: InternalError,
+}
+
+# Refinements only apply under the matching code, so a server that pairs a reason
+# with an unexpected code still yields the class its code promises.
+_BY_REASON: dict[tuple[grpc.StatusCode, str], type[ParleyError]] = {
+    (grpc.StatusCode.UNAUTHENTICATED, "ERROR_REASON_TOKEN_EXPIRED"): TokenExpiredError,
+    (grpc.StatusCode.UNAUTHENTICATED, "ERROR_REASON_TOKEN_REVOKED"): TokenRevokedError,
+    (grpc.StatusCode.ALREADY_EXISTS, "ERROR_REASON_HANDLE_TAKEN"): HandleTakenError,
+}
+
+_GRPC_CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def error_class(code: grpc.StatusCode, reason: str) -> type[ParleyError]:
+    return _BY_REASON.get((code, reason)) or _BY_CODE.get(code, ParleyError)
+
+
+def from_status(status: status_pb2.Status, *, code: grpc.StatusCode | None = None) -> ParleyError:
+    """Builds the typed error a ``google.rpc.Status`` describes.
+
+    ``code`` (the transport's status code) wins over ``status.code`` when given:
+    the trailer is advisory and must not turn e.g. UNAVAILABLE into something
+    non-retryable.
+    """
+    if code is None:
+        code = _GRPC_CODE_BY_NUMBER.get(status.code, grpc.StatusCode.UNKNOWN)
+    reason = ""
+    domain = ""
+    metadata: dict[str, str] = {}
+    violations: list[tuple[str, str]] = []
+    retry_after: float | None = None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            # A foreign domain's reason (e.g. from a proxy) is not one of ours.
+            if not reason and info.domain in (ERROR_DOMAIN, ""):
+                reason, domain = info.reason, info.domain
+                metadata = dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            violations.extend((v.field, v.description) for v in bad_request.field_violations)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry_info = error_details_pb2.RetryInfo()
+            detail.Unpack(retry_info)
+            if retry_info.HasField("retry_delay"):
+                retry_after = retry_info.retry_delay.ToNanoseconds() / 1e9
+    return error_class(code, reason)(
+        status.message,
+        code=code,
+        reason=reason,
+        domain=domain,
+        metadata=metadata,
+        field_violations=violations,
+        retry_after=retry_after,
+    )
+
+
+def _find_status(trailing_metadata: Iterable[Any] | None) -> status_pb2.Status | None:
+    for item in trailing_metadata or ():
+        try:
+            key, value = item
+        except (TypeError, ValueError):
+            continue
+        if key != STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            return status_pb2.Status.FromString(value)
+        except DecodeError:
+            return None
+    return None
+
+
+def from_rpc_error(error: grpc.RpcError) -> ParleyError:
+    """Maps a failed call (``grpc.aio.AioRpcError`` or a sync ``grpc.RpcError``).
+
+    Like ``grpc_status.rpc_status.from_call`` but lenient: a trailer whose code or
+    message disagrees with the call's is still used for its details, and an
+    unparsable trailer degrades to a plain code-based error instead of raising.
+    """
+    code = error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = error.details() if callable(getattr(error, "details", None)) else None
+    trailing: Iterable[Any] | None = None
+    if callable(getattr(error, "trailing_metadata", None)):
+        trailing = error.trailing_metadata()
+    status = _find_status(trailing)
+    if status is None:
+        status = status_pb2.Status(code=code.value[0], message=details or "")
+    elif details and not status.message:
+        status.message = details
+    return from_status(status, code=code)

@@ -1,0 +1,267 @@
+"""The delivery stream (``MessageService.Connect``) as an async iterator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import Self
+
+from grpc import aio
+
+from parley.message.v1 import messages_pb2
+from parley_sdk._session import Session, bearer_token
+from parley_sdk.errors import ParleyError, TokenExpiredError, UnavailableError, from_rpc_error
+from parley_sdk.models import MessageEvent, StreamEvent, SyncCompleteEvent, event_from_proto
+
+__all__ = ["DeliveryStream"]
+
+_SLOW_CONSUMER = "ERROR_REASON_SLOW_CONSUMER"
+
+_Call = aio.StreamStreamCall[messages_pb2.ClientEvent, messages_pb2.ServerEvent]
+
+
+def _positions_proto(positions: Mapping[str, int]) -> list[messages_pb2.ConversationPosition]:
+    return [
+        messages_pb2.ConversationPosition(conversation_id=conversation_id, seq=seq)
+        for conversation_id, seq in sorted(positions.items())
+    ]
+
+
+def _reconnectable(error: ParleyError) -> bool:
+    # SLOW_CONSUMER is the server asking us to reconnect and resume, whatever code
+    # carries it.
+    return isinstance(error, UnavailableError) or error.reason == _SLOW_CONSUMER
+
+
+def _cancel_requested() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+class DeliveryStream:
+    """One device's delivery stream.
+
+    Iterate it (once) for :data:`StreamEvent` values. It resumes from the given
+    positions and sync token, and on UNAVAILABLE or SLOW_CONSUMER reconnects by
+    itself (bounded by the client's ``stream_retry_policy``; the count restarts
+    whenever events flow again) from what it has yielded so far,
+    so a consumer sees each event in order and, barring server replays, once.
+
+    With ``auto_ack`` (the default), a message is acked once the consumer comes
+    back for the next event, i.e. after it has handled the message; acks are
+    batched per server batch. Use it as an async context manager, or call
+    :meth:`close`, to end it; ``close`` may be called from another task.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        positions: Mapping[str, int] | None,
+        sync_token: str,
+        auto_ack: bool,
+    ) -> None:
+        self._session = session
+        self._positions: dict[str, int] = dict(positions or {})
+        self._sync_token = sync_token
+        self._auto_ack = auto_ack
+        self._call: _Call | None = None
+        self._write_lock = asyncio.Lock()
+        self._connect_lock = asyncio.Lock()
+        self._unacked: dict[str, int] = {}
+        self._closed = False
+        self._iterated = False
+        self._synced = False
+        self._next_nonce = 1
+        self._stream_token = ""
+        session.streams.add(self)
+
+    # -- state a caller persists to resume later --------------------------------
+
+    @property
+    def positions(self) -> dict[str, int]:
+        """Newest message seq yielded per conversation (plus the initial positions)."""
+        return dict(self._positions)
+
+    @property
+    def sync_token(self) -> str:
+        """Token of the newest SyncComplete seen; pass it to the next ``events()``."""
+        return self._sync_token
+
+    @property
+    def synced(self) -> bool:
+        """Whether the replay finished at least once; later events are live."""
+        return self._synced
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        """Opens the stream now rather than on first iteration. Errors surface on read."""
+        if await self._ensure_call() is None:
+            raise RuntimeError("stream is closed")
+
+    async def _ensure_call(self) -> _Call | None:
+        """The open call, connecting first if needed; None once closed."""
+        # The iterator (reconnecting) and ack()/ping() callers may race to open;
+        # only one may, or the other's call would leak.
+        async with self._connect_lock:
+            if not self._closed and self._call is None:
+                await self._connect()
+            return None if self._closed else self._call
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._session.streams.discard(self)
+        with contextlib.suppress(Exception):
+            await self._flush_acks()
+        call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
+
+    # -- client events ----------------------------------------------------------
+
+    async def ack(self, positions: Mapping[str, int]) -> None:
+        """Tells the server the device stored everything up to these positions."""
+        if positions:
+            await self._write(
+                messages_pb2.ClientEvent(
+                    ack=messages_pb2.Ack(positions=_positions_proto(positions))
+                )
+            )
+
+    async def ping(self, nonce: int | None = None) -> int:
+        """Sends a ping; the matching ``PongEvent`` arrives through the iterator."""
+        if nonce is None:
+            nonce, self._next_nonce = self._next_nonce, self._next_nonce + 1
+        await self._write(messages_pb2.ClientEvent(ping=messages_pb2.Ping(nonce=nonce)))
+        return nonce
+
+    async def _write(self, event: messages_pb2.ClientEvent) -> None:
+        call = self._call if self._call is not None else await self._ensure_call()
+        if call is None:
+            raise RuntimeError("stream is closed")
+        async with self._write_lock:
+            try:
+                await call.write(event)
+            except aio.AioRpcError as rpc_error:
+                raise from_rpc_error(rpc_error) from rpc_error
+
+    async def _connect(self) -> None:
+        metadata = await self._session.auth_metadata()
+        self._stream_token = bearer_token(metadata)
+        self._call = self._session.messages.Connect(None, metadata=metadata)
+        resume = messages_pb2.Resume(
+            positions=_positions_proto(self._positions), sync_token=self._sync_token
+        )
+        # A refused stream (bad token, ...) fails this write with the same status
+        # the read will report; let the read report it so there is one error path.
+        with contextlib.suppress(aio.AioRpcError, asyncio.InvalidStateError):
+            await self._call.write(messages_pb2.ClientEvent(resume=resume))
+
+    async def _flush_acks(self) -> None:
+        if not self._unacked or self._call is None:
+            return
+        pending, self._unacked = self._unacked, {}
+        try:
+            await self.ack(pending)
+        except (ParleyError, asyncio.InvalidStateError):
+            # The stream broke under us; the read reports why. Keep the positions
+            # so the ack goes out on the reconnected stream.
+            for conversation_id, seq in pending.items():
+                previous = self._unacked.get(conversation_id, 0)
+                self._unacked[conversation_id] = max(previous, seq)
+
+    # -- iteration ----------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        if self._iterated:
+            raise RuntimeError("a DeliveryStream can be iterated only once")
+        self._iterated = True
+        return self._events()
+
+    def _track(self, event: StreamEvent) -> None:
+        if isinstance(event, MessageEvent):
+            conversation_id = event.message.conversation_id
+            seq = event.message.seq
+            if seq > self._positions.get(conversation_id, 0):
+                self._positions[conversation_id] = seq
+        elif isinstance(event, SyncCompleteEvent):
+            self._sync_token = event.sync_token
+            self._synced = True
+
+    async def _events(self) -> AsyncIterator[StreamEvent]:
+        policy = self._session.stream_retry_policy
+        failures = 0
+        refreshed = False
+        try:
+            while not self._closed:
+                try:
+                    call = await self._ensure_call()
+                    if call is None:
+                        return
+                    while True:
+                        response = await call.read()
+                        if not isinstance(response, messages_pb2.ServerEvent):
+                            return  # grpc.aio.EOF: the server ended the stream cleanly
+                        failures, refreshed = 0, False
+                        for proto_event in response.events:
+                            event = event_from_proto(proto_event)
+                            if event is None:
+                                continue
+                            self._track(event)
+                            yield event
+                            if self._auto_ack and isinstance(event, MessageEvent):
+                                message = event.message
+                                previous = self._unacked.get(message.conversation_id, 0)
+                                self._unacked[message.conversation_id] = max(previous, message.seq)
+                        if self._auto_ack:
+                            await self._flush_acks()
+                except asyncio.CancelledError:
+                    # close() from another task cancels the call, which wakes our
+                    # read with CancelledError; that is an ordinary end, not ours
+                    # being cancelled.
+                    if self._closed and not _cancel_requested():
+                        return
+                    raise
+                except (aio.AioRpcError, ParleyError) as failure:
+                    cause: BaseException | None
+                    if isinstance(failure, aio.AioRpcError):
+                        error, cause = from_rpc_error(failure), failure
+                    else:
+                        error, cause = failure, failure.__cause__
+                    if self._closed:
+                        return
+                    old_call, self._call = self._call, None
+                    if old_call is not None:
+                        old_call.cancel()
+                    if isinstance(error, TokenExpiredError) and not refreshed:
+                        refreshed = True
+                        await self._session.refresh(stale_access_token=self._stream_token)
+                        continue
+                    failures += 1
+                    if not _reconnectable(error) or failures >= policy.max_attempts:
+                        raise error from cause
+                    await asyncio.sleep(policy.backoff(failures, retry_after=error.retry_after))
+        finally:
+            if not self._closed:
+                await self.close()
