@@ -56,6 +56,11 @@ class ServiceHost:
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.http2.max_pings_without_data", 0),
                 ("grpc.keepalive_permit_without_calls", 1),
+                # Mobile clients keep idle delivery streams alive with pings;
+                # gRPC's default refuses any more often than every 5 minutes
+                # and answers with GOAWAY too_many_pings.
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
         )
         self.register(server)

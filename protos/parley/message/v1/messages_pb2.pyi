@@ -690,7 +690,11 @@ class Event(_message.Message):
     @_builtins.property
     def message(self) -> Global___Message: ...
     @_builtins.property
-    def receipt(self) -> Global___Watermarks: ...
+    def receipt(self) -> Global___Watermarks:
+        """A member's watermarks after they rose (the sender's ticks). Watermarks
+        only ever rise: a receipt older than one already seen can be ignored.
+        """
+
     @_builtins.property
     def conversation(self) -> Global___Conversation: ...
     @_builtins.property
