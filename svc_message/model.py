@@ -26,6 +26,8 @@ class Conversation:
     last_seq: int = 0
     last_activity_at: datetime | None = None
     last_message: MessageSummary | None = None
+    # (account, highest seq that member sent); a sender has read what it sent.
+    sent: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,16 +21,33 @@ def direct_key(a: str, b: str) -> str:
     return f"{first}|{second}"
 
 
+def effective_watermarks(
+    conversation: Conversation, stored: list[Watermarks]
+) -> tuple[Watermarks, ...]:
+    """Every member's watermarks, counting what a member sent as read by them."""
+    by_member = {w.account_id: w for w in stored}
+    sent = dict(conversation.sent)
+    result = []
+    for member in conversation.member_ids:
+        w = by_member.get(member, Watermarks(conversation.conversation_id, member))
+        own = sent.get(member, 0)
+        result.append(
+            Watermarks(
+                conversation.conversation_id,
+                member,
+                delivered_seq=max(w.delivered_seq, own),
+                read_seq=max(w.read_seq, own),
+            )
+        )
+    return tuple(result)
+
+
 def inbox_entry(
     conversation: Conversation, watermarks: list[Watermarks], account_id: str
 ) -> InboxEntry:
     """Unread = last_seq - read_seq: computed from watermarks, never counted."""
-    by_member = {w.account_id: w for w in watermarks}
-    complete = tuple(
-        by_member.get(member, Watermarks(conversation.conversation_id, member))
-        for member in conversation.member_ids
-    )
-    mine = by_member.get(account_id)
+    complete = effective_watermarks(conversation, watermarks)
+    mine = next((w for w in complete if w.account_id == account_id), None)
     unread = max(0, conversation.last_seq - (mine.read_seq if mine else 0))
     return InboxEntry(conversation=conversation, watermarks=complete, unread_count=unread)
 

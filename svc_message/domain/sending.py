@@ -27,7 +27,7 @@ from parley_core.errors import Aborted, ParleyError, Unavailable
 from parley_core.ids import new_id
 from svc_message.domain.ports import EventCodec, Publisher
 from svc_message.model import Conversation, Message
-from svc_message.storage.conversations import ConversationStore
+from svc_message.storage.conversations import Commit, ConversationStore
 from svc_message.storage.messages import Conflict, MessageStore
 from svc_message.storage.recent import RecentCache
 
@@ -227,30 +227,24 @@ class SendPipeline:
         return found
 
     async def _record(self, stored: list[Message]) -> None:
-        """Conversation metadata and the senders' own watermarks, one write each
-        per batch. A failure here loses nothing: the messages are stored and the
-        next commit to the conversation brings the metadata up to date."""
-        if not stored:
-            return
-        newest: dict[str, Message] = {}
-        senders: dict[tuple[str, str], int] = {}
+        """Conversation metadata, one update per conversation of the batch. A
+        failure here loses nothing: the messages are stored and the next commit
+        to the conversation brings the metadata up to date."""
+        commits: dict[str, Commit] = {}
         for message in stored:
-            current = newest.get(message.conversation_id)
-            if current is None or message.seq > current.seq:
-                newest[message.conversation_id] = message
-            key = (message.conversation_id, message.sender_account_id)
-            senders[key] = max(senders.get(key, 0), message.seq)
+            commit = commits.get(message.conversation_id)
+            if commit is None:
+                commit = commits[message.conversation_id] = Commit(
+                    message.conversation_id, message.summary(), {}
+                )
+            elif message.seq > commit.newest.seq:
+                commit = commits[message.conversation_id] = Commit(
+                    commit.conversation_id, message.summary(), commit.sent
+                )
+            sender = message.sender_account_id
+            commit.sent[sender] = max(commit.sent.get(sender, 0), message.seq)
         try:
-            await asyncio.gather(
-                self._conversations.record_commits(
-                    (m.conversation_id, m.seq, m.summary()) for m in newest.values()
-                ),
-                # Sending a message means having read up to it.
-                self._conversations.raise_watermarks(
-                    ((c, a, seq, seq) for (c, a), seq in senders.items()),
-                    now=stored[0].created_at,
-                ),
-            )
+            await self._conversations.record_commits(commits.values())
         except Exception as exc:
             log.warning("conversation_metadata_update_failed", error=str(exc))
 

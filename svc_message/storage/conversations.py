@@ -2,8 +2,9 @@
 
 - ``conversations``: ``_id`` (random, so a ranged shard key spreads),
   ``type``, ``member_ids`` (multikey-indexed with last activity, which serves
-  the inbox), ``last_seq``, ``last_activity_at`` and ``last_message``, written
-  once per commit batch, not per member.
+  the inbox), ``last_seq``, ``last_activity_at``, ``last_message`` and
+  ``sent`` (per member, the highest seq they sent, which counts as read),
+  written once per commit batch, not per member.
 - ``direct_pairs``: ``_id`` is the sorted pair of accounts, mapping to the one
   direct conversation of that pair.
 - ``members``: one document per (conversation, member) with the delivered and
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -45,6 +47,7 @@ def conversation_from_doc(doc: Mapping[str, Any]) -> Conversation:
         last_seq=doc.get("last_seq", 0),
         last_activity_at=doc.get("last_activity_at"),
         last_message=_summary(doc.get("last_message")),
+        sent=tuple(sorted((doc.get("sent") or {}).items())),
     )
 
 
@@ -55,6 +58,16 @@ def _watermarks(doc: Mapping[str, Any]) -> Watermarks:
         delivered_seq=doc.get("delivered_seq", 0),
         read_seq=doc.get("read_seq", 0),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """What one commit batch changed in a conversation."""
+
+    conversation_id: str
+    newest: MessageSummary
+    # Per sender, the highest seq they sent: sending means having read it.
+    sent: dict[str, int]
 
 
 def member_key(conversation_id: str, account_id: str) -> str:
@@ -144,28 +157,31 @@ class ConversationStore:
         )
         return [conversation_from_doc(doc) async for doc in cursor]
 
-    async def record_commits(self, newest: Iterable[tuple[str, int, MessageSummary]]) -> None:
-        """Advance last_seq and last_message, never backwards: a writer that
-        committed a higher seq concurrently keeps its value."""
-        requests = [
-            UpdateOne(
-                {"_id": conversation_id, "last_seq": {"$lt": seq}},
-                {
-                    "$set": {
-                        "last_seq": seq,
-                        "last_activity_at": summary.created_at,
-                        "last_message": {
-                            "id": summary.message_id,
-                            "seq": summary.seq,
-                            "sender": summary.sender_account_id,
-                            "type": summary.type,
-                            "at": summary.created_at,
-                        },
-                    }
+    async def record_commits(self, commits: Iterable[Commit]) -> None:
+        """Advance each conversation's newest message and its senders' own
+        positions: one update per conversation, whatever the batch held.
+
+        Every field is raised with $max (last_message compares by its leading
+        seq), so concurrent writers and replays commute and nothing goes
+        backwards, without a conditional filter.
+        """
+        requests = []
+        for commit in commits:
+            newest = commit.newest
+            maxima: Document = {
+                "last_seq": newest.seq,
+                "last_activity_at": newest.created_at,
+                "last_message": {
+                    "seq": newest.seq,
+                    "id": newest.message_id,
+                    "sender": newest.sender_account_id,
+                    "type": newest.type,
+                    "at": newest.created_at,
                 },
-            )
-            for conversation_id, seq, summary in newest
-        ]
+            }
+            for account_id, seq in commit.sent.items():
+                maxima[f"sent.{account_id}"] = seq
+            requests.append(UpdateOne({"_id": commit.conversation_id}, {"$max": maxima}))
         if requests:
             await self._conversations.bulk_write(requests, ordered=False)
 

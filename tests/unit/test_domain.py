@@ -54,6 +54,21 @@ def test_unread_is_last_seq_minus_read_watermark() -> None:
     assert inbox_entry(conversation, [], "b").unread_count == 10
 
 
+def test_what_a_member_sent_counts_as_read_by_them() -> None:
+    conversation = Conversation(
+        conversation_id="c",
+        type=DIRECT,
+        member_ids=("a", "b"),
+        created_at=datetime.now(UTC),
+        last_seq=9,
+        sent=(("a", 9), ("b", 4)),
+    )
+    entry = inbox_entry(conversation, [Watermarks("c", "b", delivered_seq=6, read_seq=2)], "b")
+    assert entry.watermarks == (Watermarks("c", "a", 9, 9), Watermarks("c", "b", 6, 4))
+    assert entry.unread_count == 5
+    assert inbox_entry(conversation, [], "a").unread_count == 0
+
+
 def test_sync_tokens_round_trip_with_slack() -> None:
     at = datetime(2026, 1, 1, tzinfo=UTC)
     decoded = decode_sync_token(encode_sync_token(at))
