@@ -108,6 +108,12 @@ class MessageServiceSettings(_Section):
     # within it are served without the database. 0 turns the cache off.
     recent_cache_messages: int = Field(default=200, ge=0, le=10000)
     recent_cache_ttl_seconds: int = Field(default=3600, ge=10)
+    # How often the conversation projector records its progress; a process
+    # silent for three of these is presumed dead and its tail is replayed.
+    projector_heartbeat_seconds: float = Field(default=5.0, gt=0, le=300)
+    # Pause between projector flushes. 0 writes conversation metadata as soon
+    # as the previous write is done; more coalesces more sends per write.
+    projector_interval_seconds: float = Field(default=0.0, ge=0, le=60)
 
 
 class Settings(_Section):

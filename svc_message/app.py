@@ -15,6 +15,7 @@ from parley_core.runtime import open_runtime
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.delivery import AckBatcher, DeliveryService, Hub
 from svc_message.domain.messages import MessagesHandler
+from svc_message.domain.projection import Projector
 from svc_message.domain.sending import SendPipeline
 from svc_message.peers.keys import AccountDirectory
 from svc_message.servicer.convert import ProtoEventCodec
@@ -24,6 +25,7 @@ from svc_message.servicer.stream import StreamServicer
 from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.doorbell import Doorbell
 from svc_message.storage.messages import MessageStore
+from svc_message.storage.projection import ProjectorStore
 from svc_message.storage.recent import RecentCache
 
 
@@ -33,8 +35,10 @@ async def build(settings: Settings) -> ServiceHost:
     runtime = await open_runtime(settings, service="message")
     conversation_store = ConversationStore(runtime.db)
     message_store = MessageStore(runtime.db)
+    projector_store = ProjectorStore(runtime.db)
     await conversation_store.ensure_indexes()
     await message_store.ensure_indexes()
+    await projector_store.ensure_indexes()
 
     codec = ProtoEventCodec()
     hub: Hub
@@ -45,15 +49,23 @@ async def build(settings: Settings) -> ServiceHost:
     )
     hub = Hub(doorbell, codec)
     accounts = AccountDirectory(config.keys_target)
-    conversations = ConversationsHandler(conversation_store, accounts, doorbell, codec)
     recent = RecentCache(
         runtime.redis,
         capacity=config.recent_cache_messages,
         ttl_seconds=config.recent_cache_ttl_seconds,
     )
+    conversations = ConversationsHandler(conversation_store, recent, accounts, doorbell, codec)
+    projector = Projector(
+        conversation_store,
+        message_store,
+        projector_store,
+        heartbeat_seconds=config.projector_heartbeat_seconds,
+        interval_seconds=config.projector_interval_seconds,
+        clock=clock,
+    )
     pipeline = SendPipeline(
         message_store,
-        conversation_store,
+        projector,
         recent,
         doorbell,
         codec,
@@ -64,6 +76,7 @@ async def build(settings: Settings) -> ServiceHost:
     delivery = DeliveryService(
         hub,
         conversation_store,
+        conversations,
         message_store,
         codec,
         queue_limit=config.stream_queue_events,
@@ -86,6 +99,8 @@ async def build(settings: Settings) -> ServiceHost:
 
     await runtime.start_revocation_feed(on_revoked=hub.device_revoked)
     runtime.spawn(doorbell.run())
+    await projector.start()
+    runtime.spawn(projector.run())
     runtime.spawn(pipeline.run())
     runtime.spawn(acks.run())
 
@@ -96,6 +111,7 @@ async def build(settings: Settings) -> ServiceHost:
 
     async def stop() -> None:
         await acks.flush()
+        await projector.drain()
         await accounts.close()
         await runtime.close()
 

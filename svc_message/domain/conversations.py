@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Reason
@@ -10,6 +11,7 @@ from parley_core.ids import random_id
 from svc_message.domain.ports import Accounts, EventCodec, Publisher
 from svc_message.model import DIRECT, Conversation, InboxEntry, Watermarks
 from svc_message.storage.conversations import ConversationStore
+from svc_message.storage.recent import RecentCache
 
 
 def _at(now: float) -> datetime:
@@ -19,6 +21,31 @@ def _at(now: float) -> datetime:
 def direct_key(a: str, b: str) -> str:
     first, second = sorted((a, b))
     return f"{first}|{second}"
+
+
+def freshen(
+    conversations: list[Conversation], heads: dict[str, tuple[int, dict[str, int]]]
+) -> list[Conversation]:
+    """Conversations with last_seq and senders' positions raised to what Redis
+    knows: the stored values trail while the projector writes them behind."""
+    result = []
+    for conversation in conversations:
+        head = heads.get(conversation.conversation_id)
+        if head is None:
+            result.append(conversation)
+            continue
+        last, sent = head
+        merged = dict(conversation.sent)
+        for account_id, seq in sent.items():
+            merged[account_id] = max(merged.get(account_id, 0), seq)
+        result.append(
+            replace(
+                conversation,
+                last_seq=max(conversation.last_seq, last),
+                sent=tuple(sorted(merged.items())),
+            )
+        )
+    return result
 
 
 def effective_watermarks(
@@ -56,6 +83,7 @@ class ConversationsHandler:
     def __init__(
         self,
         store: ConversationStore,
+        recent: RecentCache,
         accounts: Accounts,
         publisher: Publisher,
         codec: EventCodec,
@@ -63,6 +91,7 @@ class ConversationsHandler:
         membership_cache_size: int = 100_000,
     ) -> None:
         self._store = store
+        self._recent = recent
         self._accounts = accounts
         self._publisher = publisher
         self._codec = codec
@@ -119,9 +148,18 @@ class ConversationsHandler:
         self._remember(conversation)
         return await self._entry(conversation, account_id)
 
+    async def fresh(self, conversations: list[Conversation]) -> list[Conversation]:
+        heads = await self._recent.heads([c.conversation_id for c in conversations])
+        return freshen(conversations, heads)
+
+    async def of_member(self, account_id: str) -> list[Conversation]:
+        """Every conversation of the account, with current last_seq."""
+        return await self.fresh(await self._store.of_member(account_id))
+
     async def _entry(self, conversation: Conversation, account_id: str) -> InboxEntry:
         watermarks = await self._store.watermarks([conversation.conversation_id])
-        return inbox_entry(conversation, watermarks, account_id)
+        (current,) = await self.fresh([conversation])
+        return inbox_entry(current, watermarks, account_id)
 
     async def get(self, *, conversation_id: str, account_id: str) -> InboxEntry:
         await self.require_member(conversation_id, account_id)
@@ -133,7 +171,9 @@ class ConversationsHandler:
     async def inbox(
         self, *, account_id: str, after: tuple[datetime, str] | None, limit: int
     ) -> list[InboxEntry]:
-        conversations = await self._store.inbox_page(account_id, after=after, limit=limit)
+        conversations = await self.fresh(
+            await self._store.inbox_page(account_id, after=after, limit=limit)
+        )
         if not conversations:
             return []
         watermarks = await self._store.watermarks(c.conversation_id for c in conversations)
@@ -156,7 +196,8 @@ class ConversationsHandler:
     ) -> Watermarks:
         """Raise the member's watermarks; lower values change nothing."""
         conversation = await self.require_member(conversation_id, account_id)
-        last_seq = (await self._store.last_seqs([conversation_id])).get(conversation_id, 0)
+        stored = await self._store.get(conversation_id)
+        last_seq = (await self.fresh([stored]))[0].last_seq if stored else 0
         # A watermark past the newest message would make unread counts negative.
         delivered, read = min(delivered, last_seq), min(read, last_seq)
         watermarks, moved = await self._store.raise_one(

@@ -164,6 +164,7 @@ class DeliveryService:
         self,
         hub: Hub,
         conversations: ConversationStore,
+        members: ConversationsHandler,
         messages: MessageStore,
         codec: EventCodec,
         *,
@@ -173,6 +174,9 @@ class DeliveryService:
     ) -> None:
         self._hub = hub
         self._conversations = conversations
+        # Conversations with their current last_seq, which may be ahead of the
+        # stored metadata while the projector writes it behind.
+        self._members = members
         self._messages = messages
         self._codec = codec
         self._queue_limit = queue_limit
@@ -221,7 +225,7 @@ class DeliveryService:
         await self._hub.attach(session)
         try:
             started = datetime.fromtimestamp(self._clock(), UTC)
-            conversations = await self._conversations.of_member(session.account_id)
+            conversations = await self._members.of_member(session.account_id)
             cursors = await self._conversations.device_cursors(session.device_id)
             new_to_device: list[Envelope] = []
             for conversation in conversations:
@@ -247,7 +251,7 @@ class DeliveryService:
                 batch = await session.next_batch(clock=self._clock)
                 if session.resync_wanted:
                     session.resync_wanted = False
-                    latest = await self._conversations.of_member(session.account_id)
+                    latest = await self._members.of_member(session.account_id)
                     async for replay in self._catch_up(session, latest):
                         yield replay
                 out = await self._in_order(session, batch)

@@ -26,10 +26,10 @@ import structlog
 from parley_core.errors import Aborted, ParleyError, Unavailable
 from parley_core.ids import new_id
 from svc_message.domain.ports import EventCodec, Publisher
+from svc_message.domain.projection import Projector, commits_of
 from svc_message.model import Conversation, Message
-from svc_message.storage.conversations import Commit, ConversationStore
 from svc_message.storage.messages import Conflict, MessageStore
-from svc_message.storage.recent import RecentCache
+from svc_message.storage.recent import Heads, RecentCache
 
 log = structlog.get_logger(__name__)
 
@@ -66,7 +66,7 @@ class SendPipeline:
     def __init__(
         self,
         messages: MessageStore,
-        conversations: ConversationStore,
+        projector: Projector,
         recent: RecentCache,
         publisher: Publisher,
         codec: EventCodec,
@@ -76,7 +76,7 @@ class SendPipeline:
         seq_cache_size: int = 200_000,
     ) -> None:
         self._messages = messages
-        self._conversations = conversations
+        self._projector = projector
         self._recent = recent
         self._publisher = publisher
         self._codec = codec
@@ -193,13 +193,24 @@ class SendPipeline:
 
         duplicates = await self._resolve_retries(retried)
         stored = [m for _, m in committed] + [m for _, m in duplicates]
-        by_conversation: dict[str, list[tuple[int, bytes]]] = {}
+        commits = commits_of(stored)
+        items: dict[str, list[tuple[int, bytes]]] = {}
         for message in stored:
-            by_conversation.setdefault(message.conversation_id, []).append(
+            items.setdefault(message.conversation_id, []).append(
                 (message.seq, self._codec.message_bytes(message))
             )
-        # Before the ack, so a client that reads right after its send sees it.
-        await asyncio.gather(self._record(stored), self._recent.add(by_conversation))
+        heads = {c.conversation_id: Heads(items[c.conversation_id], c.sent) for c in commits}
+        # Before the ack, so a client that reads right after its send sees it,
+        # and so Redis knows each conversation's newest seq while the projector
+        # writes the conversation metadata behind. If Redis cannot take it, the
+        # metadata is written now instead: one of the two is always current.
+        if await self._recent.add(heads):
+            self._projector.submit(commits)
+        else:
+            try:
+                await self._projector.write_now(commits)
+            except Exception as exc:
+                log.warning("conversation_metadata_update_failed", error=str(exc))
         self._outbox.put_nowait(
             [
                 (draft.conversation.member_ids, self._codec.encode(self._codec.message(message)))
@@ -225,28 +236,6 @@ class SendPipeline:
             else:
                 found.append((draft, original))
         return found
-
-    async def _record(self, stored: list[Message]) -> None:
-        """Conversation metadata, one update per conversation of the batch. A
-        failure here loses nothing: the messages are stored and the next commit
-        to the conversation brings the metadata up to date."""
-        commits: dict[str, Commit] = {}
-        for message in stored:
-            commit = commits.get(message.conversation_id)
-            if commit is None:
-                commit = commits[message.conversation_id] = Commit(
-                    message.conversation_id, message.summary(), {}
-                )
-            elif message.seq > commit.newest.seq:
-                commit = commits[message.conversation_id] = Commit(
-                    commit.conversation_id, message.summary(), commit.sent
-                )
-            sender = message.sender_account_id
-            commit.sent[sender] = max(commit.sent.get(sender, 0), message.seq)
-        try:
-            await self._conversations.record_commits(commits.values())
-        except Exception as exc:
-            log.warning("conversation_metadata_update_failed", error=str(exc))
 
     async def _publish_forever(self) -> None:
         # One publisher keeps the doorbell in commit order per process.

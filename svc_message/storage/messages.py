@@ -132,6 +132,15 @@ class MessageStore:
         cursor = self._messages.find(query).sort("seq", order).limit(limit)
         return [message_from_doc(doc) async for doc in cursor]
 
+    async def committed_since(self, first_id: str, *, limit: int) -> list[Message]:
+        """Messages whose id is at least ``first_id``, i.e. committed since its time."""
+        cursor = (
+            self._messages.find({"_id": {"$gte": first_id}}, {"body": 0})
+            .sort("_id", ASCENDING)
+            .limit(limit)
+        )
+        return [message_from_doc({**doc, "body": b""}) async for doc in cursor]
+
     async def range(
         self, conversation_id: str, *, after_seq: int, until_seq: int | None, limit: int
     ) -> list[Message]:

@@ -26,16 +26,23 @@ log = structlog.get_logger(__name__)
 PREFIX = "parley:recent:"
 
 # KEYS: zset, meta hash.
-# ARGV: capacity, ttl, create (0/1), newest committed seq (0 = unknown), seq1, blob1, ...
+# ARGV: capacity, ttl, create (0/1), newest committed seq (0 = unknown),
+#       number of senders n, then n pairs (account, highest seq it sent),
+#       then pairs (seq, blob).
 _ADD = """
+local function raise(field, value)
+  local current = tonumber(redis.call('HGET', KEYS[2], field) or '0')
+  if value > current then redis.call('HSET', KEYS[2], field, value) end
+end
 local known = tonumber(ARGV[4])
+local senders = tonumber(ARGV[5])
 if known > 0 then
-  local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '0')
-  if known > last then redis.call('HSET', KEYS[2], 'last', known) end
+  raise('last', known)
+  for i = 6, 5 + 2 * senders, 2 do raise('s:' .. ARGV[i], tonumber(ARGV[i + 1])) end
   redis.call('EXPIRE', KEYS[2], ARGV[2])
 end
 if ARGV[3] == '1' or redis.call('EXISTS', KEYS[1]) == 1 then
-  for i = 5, #ARGV, 2 do
+  for i = 6 + 2 * senders, #ARGV, 2 do
     redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[i], ARGV[i])
     redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
   end
@@ -74,6 +81,15 @@ return out
 
 
 @dataclass(frozen=True, slots=True)
+class Heads:
+    """What one commit batch adds for a conversation: its messages in wire
+    form, and per sender the highest seq it sent."""
+
+    items: Sequence[tuple[int, bytes]]
+    sent: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class CachedRange:
     """Messages ``lo``..``hi`` in the order asked for; ``last`` is the newest
     seq the cache knows, which tells whether a next page exists."""
@@ -103,24 +119,41 @@ class RecentCache:
         return [f"{PREFIX}{conversation_id}", f"{PREFIX}{conversation_id}:m"]
 
     def _args(
-        self, *, create: bool, newest: int, items: Iterable[tuple[int, bytes]]
+        self,
+        *,
+        create: bool,
+        newest: int,
+        items: Iterable[tuple[int, bytes]],
+        sent: Mapping[str, int] | None = None,
     ) -> list[int | bytes | str]:
-        args: list[int | bytes | str] = [self._capacity, self._ttl, "1" if create else "0", newest]
+        senders = dict(sent or {})
+        args: list[int | bytes | str] = [
+            self._capacity,
+            self._ttl,
+            "1" if create else "0",
+            newest,
+            len(senders),
+        ]
+        for account_id, seq in senders.items():
+            args += [account_id, seq]
         for seq, blob in items:
             args += [seq, blob]
         return args
 
-    async def add(self, committed: Mapping[str, Sequence[tuple[int, bytes]]]) -> bool:
+    async def add(self, committed: Mapping[str, Heads]) -> bool:
         """Record freshly committed messages, per conversation, in one round trip."""
         if not committed:
             return True
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for conversation_id, items in committed.items():
+                for conversation_id, heads in committed.items():
                     await self._add(
                         keys=self._keys(conversation_id),
                         args=self._args(
-                            create=False, newest=max(seq for seq, _ in items), items=items
+                            create=False,
+                            newest=max(seq for seq, _ in heads.items),
+                            items=heads.items,
+                            sent=heads.sent,
                         ),
                         client=pipe,
                     )
@@ -147,6 +180,32 @@ class RecentCache:
             )
         except (RedisError, OSError) as exc:
             log.warning("recent_cache_fill_failed", error=str(exc))
+
+    async def heads(self, conversation_ids: Sequence[str]) -> dict[str, tuple[int, dict[str, int]]]:
+        """Per conversation, the newest committed seq and the highest seq each
+        sender sent, as Redis knows them; {} when it cannot answer. Set before
+        every ack, so they run ahead of the conversation metadata while the
+        projector writes it behind."""
+        if not conversation_ids:
+            return {}
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for conversation_id in conversation_ids:
+                    pipe.hgetall(self._keys(conversation_id)[1])
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("recent_cache_heads_failed", error=str(exc))
+            return {}
+        result: dict[str, tuple[int, dict[str, int]]] = {}
+        for conversation_id, fields in zip(conversation_ids, replies, strict=True):
+            if not fields:
+                continue
+            decoded = {
+                (k.decode() if isinstance(k, bytes) else k): int(v) for k, v in fields.items()
+            }
+            sent = {k[2:]: v for k, v in decoded.items() if k.startswith("s:")}
+            result[conversation_id] = (decoded.get("last", 0), sent)
+        return result
 
     async def read(
         self, conversation_id: str, *, start_seq: int, forward: bool, limit: int

@@ -104,6 +104,8 @@ class MessageServiceServicer:
 
     def ListConversations(self, request, context):
         """The caller's inbox: conversations by last activity, newest first (AIP-158).
+        Unread counts and last_seq are current; the order and last_message follow
+        a send within a moment, since that metadata is written behind the log.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,7 +44,10 @@ class MessageServiceStub:
     GetConversation: _grpc.UnaryUnaryMultiCallable[_messages_pb2.GetConversationRequest, _messages_pb2.ConversationView]
     """A conversation as the calling member sees it. Members only."""
     ListConversations: _grpc.UnaryUnaryMultiCallable[_messages_pb2.ListConversationsRequest, _messages_pb2.ListConversationsResponse]
-    """The caller's inbox: conversations by last activity, newest first (AIP-158)."""
+    """The caller's inbox: conversations by last activity, newest first (AIP-158).
+    Unread counts and last_seq are current; the order and last_message follow
+    a send within a moment, since that metadata is written behind the log.
+    """
     SendMessage: _grpc.UnaryUnaryMultiCallable[_messages_pb2.SendMessageRequest, _messages_pb2.SendMessageResponse]
     """Appends a message. Acknowledged only after the message is durably written
     (majority, journaled). Idempotent by request_id: a retry returns the
@@ -81,7 +84,10 @@ class MessageServiceAsyncStub(MessageServiceStub):
     GetConversation: _aio.UnaryUnaryMultiCallable[_messages_pb2.GetConversationRequest, _messages_pb2.ConversationView]  # type: ignore[assignment]
     """A conversation as the calling member sees it. Members only."""
     ListConversations: _aio.UnaryUnaryMultiCallable[_messages_pb2.ListConversationsRequest, _messages_pb2.ListConversationsResponse]  # type: ignore[assignment]
-    """The caller's inbox: conversations by last activity, newest first (AIP-158)."""
+    """The caller's inbox: conversations by last activity, newest first (AIP-158).
+    Unread counts and last_seq are current; the order and last_message follow
+    a send within a moment, since that metadata is written behind the log.
+    """
     SendMessage: _aio.UnaryUnaryMultiCallable[_messages_pb2.SendMessageRequest, _messages_pb2.SendMessageResponse]  # type: ignore[assignment]
     """Appends a message. Acknowledged only after the message is durably written
     (majority, journaled). Idempotent by request_id: a retry returns the
@@ -133,7 +139,10 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _messages_pb2.ListConversationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_messages_pb2.ListConversationsResponse, _abc.Awaitable[_messages_pb2.ListConversationsResponse]]:
-        """The caller's inbox: conversations by last activity, newest first (AIP-158)."""
+        """The caller's inbox: conversations by last activity, newest first (AIP-158).
+        Unread counts and last_seq are current; the order and last_message follow
+        a send within a moment, since that metadata is written behind the log.
+        """
 
     @_abc_1.abstractmethod
     def SendMessage(

@@ -1,0 +1,193 @@
+"""The conversation projector: conversation metadata written behind the log.
+
+A send is acknowledged once its message is durable and Redis knows the
+conversation's newest seq (``RecentCache``); the conversation document
+(inbox order, ``last_seq``, what each member sent) follows, coalesced: however
+many batches touched a conversation meanwhile, one $max update per
+conversation per flush. Flushes run back to back, so under load they coalesce
+and when idle the lag is one database write.
+
+Crash safety does not rest on Redis: after each flush the projector records
+``flushed_through`` and a heartbeat in MongoDB. A process whose heartbeat goes
+stale is presumed dead, and any live one replays the conversation heads of
+messages committed since its ``flushed_through`` (minus a margin for messages
+that were committed before being handed over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from parley_core.ids import random_id
+from svc_message.model import Message
+from svc_message.storage.conversations import Commit, ConversationStore
+from svc_message.storage.messages import MessageStore
+from svc_message.storage.projection import ProjectorStore, first_id_at
+
+log = structlog.get_logger(__name__)
+
+# A message's id is minted before its insert; it reaches the projector after.
+REPLAY_MARGIN = timedelta(seconds=60)
+REPLAY_PAGE = 5000
+
+
+def merge(into: dict[str, Commit], commits: Iterable[Commit]) -> None:
+    """Fold commits per conversation: the newest message wins, senders' seqs max."""
+    for commit in commits:
+        current = into.get(commit.conversation_id)
+        if current is None:
+            into[commit.conversation_id] = Commit(
+                commit.conversation_id, commit.newest, dict(commit.sent)
+            )
+            continue
+        if commit.newest.seq > current.newest.seq:
+            current = into[commit.conversation_id] = Commit(
+                current.conversation_id, commit.newest, current.sent
+            )
+        for account_id, seq in commit.sent.items():
+            current.sent[account_id] = max(current.sent.get(account_id, 0), seq)
+
+
+def commits_of(messages: Iterable[Message]) -> list[Commit]:
+    merged: dict[str, Commit] = {}
+    merge(
+        merged,
+        (Commit(m.conversation_id, m.summary(), {m.sender_account_id: m.seq}) for m in messages),
+    )
+    return list(merged.values())
+
+
+class Projector:
+    def __init__(
+        self,
+        conversations: ConversationStore,
+        messages: MessageStore,
+        state: ProjectorStore,
+        *,
+        heartbeat_seconds: float,
+        interval_seconds: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._conversations = conversations
+        self._messages = messages
+        self._state = state
+        self._heartbeat = heartbeat_seconds
+        self._interval = interval_seconds
+        self._clock = clock
+        self.instance_id = random_id()
+        self._pending: dict[str, Commit] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.flushes = 0
+        self._last_beat = 0.0
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    @property
+    def lag(self) -> int:
+        """Conversations waiting to be written."""
+        return len(self._pending)
+
+    def submit(self, commits: Iterable[Commit]) -> None:
+        merge(self._pending, commits)
+        if self._pending:
+            self._idle.clear()
+            self._wake.set()
+
+    async def write_now(self, commits: Iterable[Commit]) -> None:
+        """Write synchronously (when Redis cannot vouch for freshness)."""
+        await self._conversations.record_commits(list(commits))
+
+    async def start(self) -> None:
+        await self._state.beat(self.instance_id, flushed_through=self._now(), now=self._now())
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._flush_forever())
+            tasks.create_task(self._watch_forever())
+
+    async def flush(self) -> bool:
+        """Write what is pending; True when nothing is left."""
+        if not self._pending:
+            self._idle.set()
+            return True
+        started = self._now()
+        batch, self._pending = self._pending, {}
+        try:
+            await self._conversations.record_commits(batch.values())
+        except Exception as exc:
+            merge(self._pending, batch.values())
+            log.warning("projection_flush_failed", conversations=len(batch), error=str(exc))
+            return False
+        self.flushes += 1
+        if not self._pending:
+            self._idle.set()
+        # Everything submitted before `started` is written now. Recording that
+        # at most twice per heartbeat keeps it one extra write per many flushes.
+        if self._clock() - self._last_beat >= self._heartbeat / 2:
+            try:
+                await self._state.beat(self.instance_id, flushed_through=started, now=self._now())
+                self._last_beat = self._clock()
+            except Exception as exc:
+                log.warning("projection_heartbeat_failed", error=str(exc))
+        return not self._pending
+
+    async def drain(self) -> None:
+        """Flush until nothing is pending (shutdown), then retire this instance."""
+        for _ in range(20):
+            if await self.flush():
+                break
+            await asyncio.sleep(0.1)
+        try:
+            await self._state.forget(self.instance_id)
+        except Exception as exc:
+            log.warning("projection_retire_failed", error=str(exc))
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._interval:
+                await asyncio.sleep(self._interval)
+            if not await self.flush():
+                await asyncio.sleep(0.2)  # the database is struggling; retry soon
+                self._wake.set()
+
+    async def _watch_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            try:
+                if self._idle.is_set():
+                    now = self._now()
+                    await self._state.beat(self.instance_id, flushed_through=now, now=now)
+                    self._last_beat = self._clock()
+                await self.replay_dead()
+            except Exception as exc:
+                log.warning("projection_watch_failed", error=str(exc))
+
+    async def replay_dead(self) -> int:
+        """Project what dead processes committed but may not have projected."""
+        stale = await self._state.stale(
+            heartbeat_before=self._now() - timedelta(seconds=self._heartbeat * 3)
+        )
+        replayed = 0
+        for record in stale:
+            if record.instance_id == self.instance_id:
+                continue
+            first = first_id_at(record.flushed_through - REPLAY_MARGIN)
+            while True:
+                page = await self._messages.committed_since(first, limit=REPLAY_PAGE)
+                await self._conversations.record_commits(commits_of(page))
+                replayed += len(page)
+                if len(page) < REPLAY_PAGE:
+                    break
+                first = page[-1].message_id
+            await self._state.forget(record.instance_id)
+            log.info("projection_replayed", instance=record.instance_id, messages=replayed)
+        return replayed
