@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     _register_client_commands(parser, commands)
     client_commands = sorted(name for name in commands.choices if name != "up")
     up.set_defaults(func=_cmd_up, client_commands=client_commands)
+    # After client_commands: bench is a developer tool, not a chat command for the banner.
+    from parley_dev.bench.args import add_bench_parser
+
+    add_bench_parser(commands)
     return parser
 
 

@@ -1,0 +1,218 @@
+"""The ``parley bench`` subcommand's arguments.
+
+Only argparse is imported here: building the parser must stay cheap for every
+other ``parley`` command. The bench itself (grpc, the stack) loads when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+# (warm-up, measured seconds) of each phase.
+QUICK_SECONDS = (0.5, 3.0)
+FULL_SECONDS = (2.0, 15.0)
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
+    bench: argparse.ArgumentParser = commands.add_parser(
+        "bench",
+        help="measure sends, delivery and fetch against a bare gRPC baseline",
+        description=(
+            "Load the local stack with simulated users over real gRPC and measure sustained "
+            "durable sends, delivery latency at half that rate and fetches of recent "
+            "messages, beside a bare gRPC baseline run on this machine in the same run."
+        ),
+    )
+    where = bench.add_argument_group("which stack")
+    where.add_argument(
+        "--start",
+        action="store_true",
+        help="start a fresh local stack on free ports in a temp dir and stop it at the end",
+    )
+    where.add_argument(
+        "--message-instances",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="svc_message instances of the stack started by --start (default: 1)",
+    )
+    where.add_argument(
+        "--keys-target",
+        type=_local_target,
+        default="127.0.0.1:7101",
+        help="svc_keys of a running stack (default: 127.0.0.1:7101, as `parley up`)",
+    )
+    where.add_argument(
+        "--message-target",
+        type=_local_target,
+        action="append",
+        dest="message_targets",
+        metavar="HOST:PORT",
+        help="svc_message of a running stack; repeat for several (default: 127.0.0.1:7102)",
+    )
+    where.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".parley"),
+        help="data dir of the running `parley up`, to find SecantusDB's and Redis's ports "
+        "for CPU accounting (default: ./.parley)",
+    )
+    where.add_argument(
+        "--pid",
+        action="append",
+        default=[],
+        type=_name_pid,
+        metavar="NAME=PID",
+        help="account CPU of this process under NAME (repeatable; overrides discovery)",
+    )
+    load = bench.add_argument_group("load")
+    load.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_SECONDS[1]:g} s phases after {QUICK_SECONDS[0]:g} s warm-up "
+        f"(default: {FULL_SECONDS[1]:g} s after {FULL_SECONDS[0]:g} s)",
+    )
+    load.add_argument("--warmup", type=_seconds, metavar="S", help="warm-up seconds per phase")
+    load.add_argument(
+        "--duration", type=_positive_seconds, metavar="S", help="measured seconds per phase"
+    )
+    load.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=64,
+        metavar="C",
+        help="closed-loop senders, and baseline unary callers (default: 64)",
+    )
+    load.add_argument(
+        "--pairs",
+        type=_positive_int,
+        default=32,
+        metavar="P",
+        help="direct conversations; 2P users, each one device with one stream (default: 32)",
+    )
+    load.add_argument(
+        "--readers", type=_positive_int, default=16, metavar="R", help="fetch readers (default: 16)"
+    )
+    load.add_argument(
+        "--fetch-conversations",
+        type=_positive_int,
+        metavar="N",
+        help="conversations the readers read, each prefilled to 50 messages (default: all)",
+    )
+    load.add_argument(
+        "--body-bytes",
+        type=_positive_int,
+        default=100,
+        metavar="B",
+        help="message body size (default: 100, at least 30)",
+    )
+    load.add_argument(
+        "--deliver-rate",
+        type=_positive_float,
+        metavar="PER_S",
+        help="offered rate of the deliver phase (default: half the measured send rate)",
+    )
+    load.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="event loop of this client, the baseline server and a --start stack "
+        "(default: uvloop, as the services)",
+    )
+    out = bench.add_argument_group("output")
+    out.add_argument("--json", type=Path, dest="json_path", metavar="PATH", help="write the report")
+    out.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy svc_message during the send phase; SVG and speedscope files go next "
+        "to the JSON (or the current directory)",
+    )
+    out.add_argument(
+        "--keep", action="store_true", help="keep the temp dir (logs, database) after the run"
+    )
+    bench.set_defaults(func=run_command)
+    return bench
+
+
+def run_command(args: argparse.Namespace) -> int:
+    # Imported here so that `parley --help` and the client commands do not load
+    # grpc, pymongo and the stack.
+    from parley_dev.bench.population import MIN_BODY_BYTES
+    from parley_dev.bench.runner import BenchConfig, run_bench
+
+    if args.body_bytes < MIN_BODY_BYTES:
+        raise SystemExit(f"parley bench: --body-bytes must be at least {MIN_BODY_BYTES}")
+    fetch = args.fetch_conversations or args.pairs
+    if fetch > args.pairs:
+        raise SystemExit("parley bench: --fetch-conversations cannot exceed --pairs")
+    warmup, duration = QUICK_SECONDS if args.quick else FULL_SECONDS
+    config = BenchConfig(
+        start=args.start,
+        keys_target=args.keys_target,
+        message_targets=tuple(args.message_targets or ["127.0.0.1:7102"]),
+        message_instances=args.message_instances,
+        data_dir=args.data_dir,
+        loop=args.loop,
+        quick=args.quick,
+        concurrency=args.concurrency,
+        pairs=args.pairs,
+        readers=args.readers,
+        fetch_conversations=fetch,
+        body_bytes=args.body_bytes,
+        warmup_s=warmup if args.warmup is None else args.warmup,
+        duration_s=duration if args.duration is None else args.duration,
+        deliver_rate=args.deliver_rate,
+        json_path=args.json_path,
+        profile=args.profile,
+        keep=args.keep,
+        pids=dict(args.pid),
+    )
+    return run_bench(config)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 600:
+        raise argparse.ArgumentTypeError("must be between 0 and 600 seconds")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _local_target(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError("expected HOST:PORT")
+    # The bench only ever loads this machine.
+    if host not in LOCAL_HOSTS:
+        raise argparse.ArgumentTypeError("the bench only targets 127.0.0.1")
+    return f"127.0.0.1:{port}"
+
+
+def _name_pid(text: str) -> tuple[str, int]:
+    name, sep, pid = text.partition("=")
+    if not sep or not name or not pid.isdigit():
+        raise argparse.ArgumentTypeError("expected NAME=PID")
+    return name, int(pid)

@@ -1,0 +1,362 @@
+"""``parley bench``: the baseline, then the stack phases, then the report.
+
+Order: the bare gRPC baseline first (its own server process; the stack, if
+this run starts one, is not running yet), then the stack: setup (users,
+conversations, streams synced, prefill), send, deliver at half the measured
+send rate, fetch. Connect streams stay open through all stack phases, as the
+devices of online users would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import grpc
+
+from parley.keys.v1 import accounts_pb2_grpc as kgrpc
+from parley.message.v1 import messages_pb2_grpc as mgrpc
+from parley_dev.bench import procstat
+from parley_dev.bench.baseline import BaselineServer, push_phase, unary_phase
+from parley_dev.bench.discovery import discover_stack_pids
+from parley_dev.bench.load import Hook, LoadResult, Window
+from parley_dev.bench.phases import (
+    FETCH_PAGE,
+    Messaging,
+    deliver_phase,
+    fetch_phase,
+    prefill,
+    send_phase,
+)
+from parley_dev.bench.population import BodyCodec, pair_up, sign_up_users, wire_sizes
+from parley_dev.bench.profile import Profiler, find_py_spy
+from parley_dev.bench.report import Measurements, build_report, machine_info, render
+from parley_dev.bench.stats import half_rate
+from parley_dev.bench.streams import (
+    DeliveryRecorder,
+    DeviceStream,
+    close_streams,
+    open_streams,
+    stream_errors,
+)
+from parley_dev.probes import StackError
+
+EventLoop = Literal["uvloop", "asyncio"]
+T = TypeVar("T")
+# Streams left open by a crashed bench must not hold up the stack's stop for long.
+STACK_SHUTDOWN_GRACE_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    start: bool
+    keys_target: str
+    message_targets: tuple[str, ...]
+    message_instances: int
+    data_dir: Path
+    loop: EventLoop
+    quick: bool
+    concurrency: int
+    pairs: int
+    readers: int
+    fetch_conversations: int
+    body_bytes: int
+    warmup_s: float
+    duration_s: float
+    deliver_rate: float | None
+    json_path: Path | None
+    profile: bool
+    keep: bool = False
+    pids: Mapping[str, int] = field(default_factory=dict)
+
+    def parameters(self) -> dict[str, Any]:
+        send_bytes, event_bytes = wire_sizes(self.body_bytes)
+        return {
+            "quick": self.quick,
+            "loop": self.loop,
+            "started_stack": self.start,
+            "message_instances": self.message_instances
+            if self.start
+            else len(self.message_targets),
+            "concurrency": self.concurrency,
+            "baseline_unary_callers": self.concurrency,
+            "pairs": self.pairs,
+            "users": 2 * self.pairs,
+            "streams": 2 * self.pairs,
+            "baseline_push_streams": 2 * self.pairs,
+            "readers": self.readers,
+            "fetch_conversations": self.fetch_conversations,
+            "fetch_page_size": FETCH_PAGE,
+            "body_bytes": self.body_bytes,
+            "baseline_unary_payload_bytes": send_bytes,
+            "baseline_push_payload_bytes": event_bytes,
+            "warmup_s": self.warmup_s,
+            "duration_s": self.duration_s,
+            "deliver_rate_override": self.deliver_rate,
+            "deliver_max_in_flight": self.max_in_flight,
+            "deliver_arrivals": "evenly spaced",
+            "channels_per_target": 1,
+            "profile": self.profile,
+        }
+
+    @property
+    def max_in_flight(self) -> int:
+        return 4 * self.concurrency
+
+
+def run_on_loop(main: Callable[[], Awaitable[T]], loop: EventLoop) -> T:
+    async def wrapper() -> T:
+        return await main()
+
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(wrapper())
+    return asyncio.run(wrapper())
+
+
+def run_bench(config: BenchConfig) -> int:
+    """Run everything, print the table, write the JSON; 0 when every figure was measured."""
+    try:
+        report = run_on_loop(lambda: bench(config), config.loop)
+    except (StackError, grpc.aio.AioRpcError, RuntimeError, TimeoutError) as exc:
+        # Expected ways for a run to fail (a stack that does not start, a service
+        # that refuses the load): say what happened without a traceback.
+        detail = (
+            f"{exc.code().name}: {exc.details()}"
+            if isinstance(exc, grpc.aio.AioRpcError)
+            else str(exc)
+        )
+        print(f"parley bench: failed: {type(exc).__name__}: {detail}", file=sys.stderr)
+        return 1
+    print(render(report), flush=True)
+    if config.json_path is not None:
+        config.json_path.parent.mkdir(parents=True, exist_ok=True)
+        config.json_path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nwrote {config.json_path}", flush=True)
+    return 0 if report["complete"] else 1
+
+
+def _progress(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+async def bench(config: BenchConfig) -> dict[str, Any]:
+    work_dir = Path(tempfile.mkdtemp(prefix="parley-bench-"))
+    machine = machine_info()
+    cpu = procstat.CpuBook()
+    me = {"bench_client": os.getpid()}
+    send_bytes, event_bytes = wire_sizes(config.body_bytes)
+    ok = False
+    try:
+        baseline = BaselineServer(work_dir=work_dir, loop=config.loop)
+        _progress(f"baseline server on {baseline.target} ({config.loop})")
+        async with grpc.aio.insecure_channel(baseline.target) as channel:
+            await baseline.start(channel)
+            try:
+                pids = {**me, "baseline_server": baseline.process.pid or 0}
+                begin, end = cpu.hooks("baseline_unary", pids)
+                _progress(f"baseline unary: {config.concurrency} callers")
+                unary = await unary_phase(
+                    channel,
+                    callers=config.concurrency,
+                    payload_bytes=send_bytes,
+                    window=Window.after(config.warmup_s, config.duration_s),
+                    on_start=[begin],
+                    on_end=[end],
+                )
+                begin, end = cpu.hooks("baseline_push", pids)
+                _progress(f"baseline push: {2 * config.pairs} streams")
+                push = await push_phase(
+                    channel,
+                    streams=2 * config.pairs,
+                    payload_bytes=event_bytes,
+                    window=Window.after(config.warmup_s, config.duration_s),
+                    on_start=[begin],
+                    on_end=[end],
+                )
+            finally:
+                await baseline.stop()
+        measurements = await _stack_phases(config, work_dir, cpu, unary, push)
+        ok = True
+        return build_report(measurements, machine=machine, parameters=config.parameters())
+    finally:
+        if ok and not config.keep:
+            shutil.rmtree(work_dir, ignore_errors=True)
+        else:
+            _progress(f"logs and data kept in {work_dir}")
+
+
+async def _stack_phases(
+    config: BenchConfig, work_dir: Path, cpu: procstat.CpuBook, unary: LoadResult, push: LoadResult
+) -> Measurements:
+    stack = None
+    if config.start:
+        from parley_dev.stack import LocalStack
+
+        loop_config = {"server": {"event_loop": config.loop}}
+        stack = LocalStack.with_free_ports(
+            root=work_dir / "stack",
+            message_instances=config.message_instances,
+            shutdown_grace_seconds=STACK_SHUTDOWN_GRACE_SECONDS,
+            extra_config={"keys": loop_config, "message": loop_config},
+        )
+        _progress(f"starting a local stack in {stack.root}")
+        await stack.start()
+        keys_target, message_targets = stack.keys_target, list(stack.message_targets)
+        stack_pids = {name: stack.process(name).pid or 0 for name in stack.component_names}
+    else:
+        keys_target, message_targets = config.keys_target, list(config.message_targets)
+        stack_pids, notes = discover_stack_pids(keys_target, message_targets, config.data_dir)
+        for note in notes:
+            _progress(note)
+    stack_pids.update(config.pids)
+    try:
+        return await _measure_stack(
+            config, cpu, unary, push, keys_target, message_targets, stack_pids
+        )
+    finally:
+        if stack is not None:
+            _progress("stopping the local stack")
+            await stack.stop()
+
+
+async def _measure_stack(
+    config: BenchConfig,
+    cpu: procstat.CpuBook,
+    unary: LoadResult,
+    push: LoadResult,
+    keys_target: str,
+    message_targets: list[str],
+    stack_pids: dict[str, int],
+) -> Measurements:
+    pids = {**stack_pids, "bench_client": os.getpid()}
+    channels = [grpc.aio.insecure_channel(t) for t in [keys_target, *message_targets]]
+    codec = BodyCodec(run=secrets.token_bytes(4), size=config.body_bytes)
+    recorder = DeliveryRecorder(codec)
+    streams: list[DeviceStream] = []
+    profiler: Profiler | None = None
+    try:
+        keys = kgrpc.AccountServiceStub(channels[0])
+        stubs = [mgrpc.MessageServiceStub(c) for c in channels[1:]]
+        setup_begin, setup_end = cpu.hooks("setup", pids)
+        await setup_begin()
+        _progress(f"setup: {2 * config.pairs} users, {config.pairs} conversations")
+        users = await sign_up_users(
+            keys, count=2 * config.pairs, run_tag=secrets.token_hex(3), targets=len(stubs)
+        )
+        pairs = await pair_up(stubs, users)
+        streams = await open_streams(users, stubs, recorder)
+        messaging = Messaging(stubs=stubs, pairs=pairs, codec=codec, recorder=recorder)
+        fetch_pairs = pairs[: config.fetch_conversations]
+        await prefill(messaging, fetch_pairs)
+        await setup_end()
+
+        window = Window.after(config.warmup_s, config.duration_s)
+        events_at: list[int] = []
+
+        async def mark_events() -> None:
+            events_at.append(recorder.message_events)
+
+        begin, end = cpu.hooks("send", pids)
+        on_start, on_end = [begin, mark_events], [end, mark_events]
+        if config.profile:
+            profiler = _profiler(config)
+            if profiler is not None:
+                on_start.append(_profile_hook(profiler, stack_pids, config.duration_s))
+        _progress(f"send: {config.concurrency} closed-loop senders")
+        send = await send_phase(
+            messaging,
+            concurrency=config.concurrency,
+            window=window,
+            on_start=on_start,
+            on_end=on_end,
+        )
+        if profiler is not None:
+            await profiler.finish(config.duration_s)
+
+        rate = config.deliver_rate or half_rate(send.rate)
+        begin, end = cpu.hooks("deliver", pids)
+        _progress(f"deliver: open loop at {rate:,.0f} sends/s")
+        deliver = await deliver_phase(
+            messaging,
+            rate=rate,
+            warmup_s=config.warmup_s,
+            duration_s=config.duration_s,
+            max_in_flight=config.max_in_flight,
+            on_start=[begin],
+            on_end=[end],
+        )
+
+        await prefill(messaging, fetch_pairs)
+        begin, end = cpu.hooks("fetch", pids)
+        _progress(f"fetch: {config.readers} readers over {len(fetch_pairs)} conversations")
+        fetch = await fetch_phase(
+            messaging,
+            readers=config.readers,
+            pairs=fetch_pairs,
+            window=Window.after(config.warmup_s, config.duration_s),
+            on_start=[begin],
+            on_end=[end],
+        )
+        return Measurements(
+            baseline_unary=unary,
+            baseline_push=push,
+            send=send,
+            send_window_events=events_at[1] - events_at[0] if len(events_at) == 2 else 0,
+            deliver=deliver,
+            recorder=recorder,
+            fetch=fetch,
+            cpu_seconds=cpu.phases,
+            stream_errors=stream_errors(streams),
+            profile_files=profiler.files if profiler else [],
+            profile_notes=_profile_notes(config, profiler),
+        )
+    finally:
+        if profiler is not None:
+            await profiler.abort()
+        await close_streams(streams)
+        for channel in channels:
+            await channel.close(None)
+
+
+def _profiler(config: BenchConfig) -> Profiler | None:
+    executable = find_py_spy()
+    if executable is None:
+        _progress("--profile: py-spy is not installed (uv pip install py-spy); not profiling")
+        return None
+    out_dir = config.json_path.parent if config.json_path else Path.cwd()
+    prefix = f"{config.json_path.stem}-profile" if config.json_path else "parley-bench-profile"
+    return Profiler(executable=executable, out_dir=out_dir, prefix=prefix)
+
+
+def _profile_hook(profiler: Profiler, stack_pids: Mapping[str, int], duration_s: float) -> Hook:
+    targets = {n: p for n, p in stack_pids.items() if n.startswith("svc_message") and p > 0}
+    if not targets:
+        profiler.problems.append("no svc_message PID known (use --pid svc_message-0=PID)")
+
+    async def start() -> None:
+        await profiler.start(targets, duration_s)
+
+    return start
+
+
+def _profile_notes(config: BenchConfig, profiler: Profiler | None) -> list[str]:
+    if not config.profile:
+        return []
+    if profiler is None:
+        return ["py-spy is not installed (uv pip install py-spy): the run was not profiled"]
+    return [
+        "py-spy sampled svc_message during the send phase: figures of this run are perturbed",
+        *profiler.problems,
+    ]

@@ -1,0 +1,93 @@
+"""`parley bench` end to end: a fresh stack, every phase, the JSON report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from parley_dev.bench.baseline import BaselineServer, push_phase, unary_phase
+from parley_dev.bench.load import Window
+from parley_dev.bench.report import HEADLINE_KEYS
+
+# The whole --start --quick run takes about 35 s on an idle 2-core machine.
+RUN_TIMEOUT_SECONDS = 170
+STACK_PROCESSES = {"secantusdb", "redis", "svc_keys", "svc_message-0", "bench_client"}
+STACK_PHASES = ("setup", "send", "deliver", "fetch")
+
+
+@pytest.mark.slow
+def test_quick_bench_on_a_fresh_stack_writes_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "parley_dev.cli", "bench"),
+            *("--start", "--quick", "--duration", "2.5", "--json", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    assert "targets:" in run.stdout and "baseline (bare gRPC)" in run.stdout
+    report = json.loads(out.read_text())
+
+    for key in HEADLINE_KEYS:
+        assert isinstance(report[key], int | float), key
+        assert report[key] > 0, key
+    for name in ("send_ack", "deliver", "fetch_recent"):
+        assert report[f"{name}_p99_ms"] >= report[f"{name}_p50_ms"], name
+    assert report["baseline_unary_p99_ms"] >= report["baseline_unary_p50_ms"]
+    assert all(r is not None and r > 0 for r in report["ratios"].values())
+    assert [t["verdict"] in ("PASS", "MISS") for t in report["targets"]] == [True] * 4
+
+    machine, params = report["machine"], report["parameters"]
+    assert {"cores", "python", "grpcio", "platform"} <= machine.keys()
+    assert machine["cores"] >= 1 and machine["grpcio"] == grpc.__version__
+    assert params["concurrency"] == params["baseline_unary_callers"] == 64
+    assert params["pairs"] == 32 and params["users"] == 64 and params["readers"] == 16
+    assert params["loop"] == "uvloop" and params["started_stack"] is True
+    assert params["duration_s"] == 2.5 and params["warmup_s"] == 0.5
+
+    cpu = report["cpu_seconds"]
+    for phase in STACK_PHASES:
+        assert cpu[phase].keys() >= STACK_PROCESSES, phase
+        assert all(v is not None and v >= 0 for v in cpu[phase].values()), phase
+    # Sending is durable writes: the database and svc_message must have worked.
+    assert cpu["send"]["secantusdb"] > 0 and cpu["send"]["svc_message-0"] > 0
+    assert cpu["baseline_unary"]["baseline_server"] > 0
+
+    deliver = report["phases"]["deliver"]
+    assert deliver["offered_rps"] == pytest.approx(report["send_rps"] / 2, rel=0.01, abs=1)
+    assert deliver["acked"] > 0 and deliver["arrived"] == deliver["acked"]
+    assert deliver["missing"] == 0 and deliver["duplicates"] == 0
+    assert report["phases"]["fetch"]["errors"] == {}
+    assert report["stream_errors"] == []
+    assert report["complete"] is True
+    # Each send reaches the recipient's stream and the sender's own: twice the sends.
+    assert report["deliver_msgs_per_s"] == pytest.approx(2 * report["send_rps"], rel=0.25)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+async def test_baseline_server_answers_unary_and_push(tmp_path: Path, loop: str) -> None:
+    server = BaselineServer(work_dir=tmp_path, loop="asyncio" if loop == "asyncio" else "uvloop")
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        await server.start(channel)
+        try:
+            unary = await unary_phase(
+                channel, callers=4, payload_bytes=100, window=Window.after(0.1, 0.4)
+            )
+            push = await push_phase(
+                channel, streams=3, payload_bytes=200, window=Window.after(0.1, 0.4)
+            )
+        finally:
+            await server.stop()
+    assert not server.process.alive()
+    assert unary.completed > 0 and not unary.errors
+    assert unary.latency.p50_ms is not None and unary.latency.p50_ms > 0
+    assert push.completed > 0 and not push.errors
