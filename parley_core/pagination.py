@@ -18,8 +18,9 @@ from parley_core.errors import InvalidArgument, Reason
 
 
 def _fingerprint(scope: Mapping[str, Any]) -> str:
-    canonical = json.dumps(scope, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    # On every page of every list call: a joined string, not JSON.
+    canonical = "\x1f".join(f"{k}={scope[k]}" for k in sorted(scope))
+    return hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()
 
 
 def encode_page_token(position: Mapping[str, Any], *, scope: Mapping[str, Any]) -> str:

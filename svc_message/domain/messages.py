@@ -87,7 +87,7 @@ class MessagesHandler:
         )
         await self._recent.fill(
             conversation_id,
-            [(m.seq, self._codec.message_bytes(m)) for m in messages],
+            [(m.seq, self._codec.history_entry(m)) for m in messages],
             includes_newest=newest_first,
         )
         next_start = messages[limit].seq if len(messages) > limit else None

@@ -197,7 +197,7 @@ class SendPipeline:
         items: dict[str, list[tuple[int, bytes]]] = {}
         for message in stored:
             items.setdefault(message.conversation_id, []).append(
-                (message.seq, self._codec.message_bytes(message))
+                (message.seq, self._codec.history_entry(message))
             )
         heads = {c.conversation_id: Heads(items[c.conversation_id], c.sent) for c in commits}
         # Before the ack, so a client that reads right after its send sees it,

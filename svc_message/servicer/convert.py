@@ -76,6 +76,36 @@ def view_proto(entry: InboxEntry) -> pb.ConversationView:
     return view
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _length_delimited(field_number: int, payload: bytes) -> bytes:
+    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+
+
+_MESSAGES_FIELD = pb.ListMessagesResponse.DESCRIPTOR.fields_by_name["messages"].number
+_TOKEN_FIELD = pb.ListMessagesResponse.DESCRIPTOR.fields_by_name["next_page_token"].number
+
+
+def history_entry(message: Message) -> bytes:
+    """One element of ListMessagesResponse.messages, tag and length included."""
+    return _length_delimited(_MESSAGES_FIELD, message_proto(message).SerializeToString())
+
+
+def encode_list_messages(entries: list[bytes], next_page_token: str) -> bytes:
+    """A ListMessagesResponse in wire form from history entries: a repeated
+    field is its elements, each tagged and length-prefixed, one after another."""
+    if next_page_token:
+        return b"".join([*entries, _length_delimited(_TOKEN_FIELD, next_page_token.encode())])
+    return b"".join(entries)
+
+
 class ProtoEventCodec:
     """Envelopes whose wire form is a parley.message.v1.Event."""
 
@@ -83,8 +113,8 @@ class ProtoEventCodec:
         event = pb.Event(message=message_proto(message))
         return Envelope(EventKind.MESSAGE, message.conversation_id, message.seq, event)
 
-    def message_bytes(self, message: Message) -> bytes:
-        return message_proto(message).SerializeToString()
+    def history_entry(self, message: Message) -> bytes:
+        return history_entry(message)
 
     def receipt(self, watermarks: Watermarks) -> Envelope:
         event = pb.Event(receipt=watermarks_proto(watermarks))

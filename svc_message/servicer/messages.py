@@ -15,7 +15,12 @@ from parley_core.rpc.interceptor import bearer_token
 from parley_core.validation import Check
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.messages import MessagesHandler
-from svc_message.servicer.convert import message_proto, view_proto, watermarks_proto
+from svc_message.servicer.convert import (
+    encode_list_messages,
+    message_proto,
+    view_proto,
+    watermarks_proto,
+)
 
 MESSAGE_TYPES = frozenset(pb.MessageType.values()) - {pb.MESSAGE_TYPE_UNSPECIFIED}
 INBOX_PAGE_DEFAULT, INBOX_PAGE_MAX = 20, 100
@@ -117,7 +122,7 @@ class MessageUnaryServicer:
 
     async def ListMessages(
         self, request: pb.ListMessagesRequest, context: Any
-    ) -> pb.ListMessagesResponse:
+    ) -> pb.ListMessagesResponse | bytes:
         check = Check().id("conversation_id", request.conversation_id)
         limit = check.page_size(
             request.page_size, default=HISTORY_PAGE_DEFAULT, maximum=HISTORY_PAGE_MAX
@@ -150,13 +155,15 @@ class MessageUnaryServicer:
             forward=forward,
             limit=limit,
         )
-        response = pb.ListMessagesResponse(messages=[message_proto(m) for m in page.messages])
-        for blob in page.wire:
-            # Cached messages are already in wire form: parsed in C, not rebuilt.
-            response.messages.add().ParseFromString(blob)
+        token = ""
         if page.next_start is not None:
-            response.next_page_token = encode_page_token({"seq": page.next_start}, scope=scope)
-        return response
+            token = encode_page_token({"seq": page.next_start}, scope=scope)
+        if page.wire:
+            # Cached messages are already in wire form: sent as they are.
+            return encode_list_messages(page.wire, token)
+        return pb.ListMessagesResponse(
+            messages=[message_proto(m) for m in page.messages], next_page_token=token
+        )
 
     async def _mark(self, request: Any, *, read: bool) -> pb.Watermarks:
         check = Check().request_id(request.request_id)

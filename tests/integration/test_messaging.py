@@ -269,18 +269,23 @@ async def test_inbox_orders_by_activity_with_unread_counts(keys, messages) -> No
             if not token:
                 return seen
 
-    # Unread counts are current at once; the order follows as soon as the
-    # conversation metadata, written behind the log, lands.
-    seen = await inbox()
-    unread = {v.conversation.conversation_id: v.unread_count for v in seen}
+    # Unread counts are current at once.
     for i in range(5):
-        assert unread[conversations[i]] == (0 if i == order[0] else i + 1)
+        view = await messages.GetConversation(
+            mpb.GetConversationRequest(conversation_id=conversations[i]), metadata=me.md
+        )
+        assert view.unread_count == (0 if i == order[0] else i + 1)
+    # The order follows as soon as the conversation metadata, written behind
+    # the log, lands (pages walked meanwhile may see a conversation move).
+    seen = await inbox()
     for _ in range(50):
         if [v.conversation.conversation_id for v in seen] == expected:
             break
         await asyncio.sleep(0.1)
         seen = await inbox()
     assert [v.conversation.conversation_id for v in seen] == expected
+    unread = {v.conversation.conversation_id: v.unread_count for v in seen}
+    assert unread == {c: (0 if i == order[0] else i + 1) for i, c in enumerate(conversations)}
     top = seen[0]
     assert top.last_message.sender_account_id == me.account_id
     assert top.last_message.seq == top.conversation.last_seq == order[0] + 2

@@ -100,3 +100,29 @@ async def test_session_ends_when_its_token_expires() -> None:
     now[0] = 101.0
     with pytest.raises(Unauthenticated):
         await asyncio.wait_for(waiter, timeout=2)
+
+
+def test_pages_encoded_from_cached_messages_parse_as_the_api_message() -> None:
+    from parley.message.v1 import messages_pb2 as mpb
+    from svc_message.model import Message
+    from svc_message.servicer.convert import encode_list_messages, history_entry, message_proto
+
+    messages = [
+        Message(
+            message_id=f"m{i}",
+            conversation_id="c",
+            seq=i,
+            sender_account_id="a",
+            sender_device_id="d",
+            type=1,
+            body=b"\x00" * (i * 100),
+            reply_to_message_id="",
+            created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        )
+        for i in range(1, 4)
+    ]
+    wire = encode_list_messages([history_entry(m) for m in messages], "tok" * 50)
+    parsed = mpb.ListMessagesResponse.FromString(wire)
+    assert list(parsed.messages) == [message_proto(m) for m in messages]
+    assert parsed.next_page_token == "tok" * 50
+    assert mpb.ListMessagesResponse.FromString(encode_list_messages([], "")).messages == []
