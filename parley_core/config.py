@@ -100,8 +100,10 @@ class MessageServiceSettings(_Section):
     stream_queue_events: int = Field(default=4096, ge=16)
     # Most sends committed by one group-commit write.
     send_batch_max: int = Field(default=512, ge=1, le=10000)
-    # Delivered-watermark acks from streams are coalesced for this long.
-    ack_flush_seconds: float = Field(default=0.05, gt=0, le=5)
+    # Delivered-watermark acks from streams are coalesced for this long: every
+    # online device acks every delivery, so this bounds those writes to one per
+    # (conversation, member) per interval. It is also the delay of delivery ticks.
+    ack_flush_seconds: float = Field(default=0.25, gt=0, le=5)
     # Messages replayed per database page while a stream catches up.
     replay_page_size: int = Field(default=200, ge=1, le=5000)
     # Newest messages kept in Redis per conversation being read; history pages
@@ -111,9 +113,10 @@ class MessageServiceSettings(_Section):
     # How often the conversation projector records its progress; a process
     # silent for three of these is presumed dead and its tail is replayed.
     projector_heartbeat_seconds: float = Field(default=5.0, gt=0, le=300)
-    # Pause between projector flushes. 0 writes conversation metadata as soon
-    # as the previous write is done; more coalesces more sends per write.
-    projector_interval_seconds: float = Field(default=0.0, ge=0, le=60)
+    # Pause between projector flushes: every conversation touched meanwhile
+    # costs one write per flush however many messages it got, and inbox order
+    # trails by about this much (unread counts and last_seq do not trail).
+    projector_interval_seconds: float = Field(default=0.25, ge=0, le=60)
 
 
 class Settings(_Section):
