@@ -32,6 +32,11 @@ MAX_EVENTS_PER_WRITE = 512
 SYNC_TOKEN_SLACK = timedelta(seconds=2)
 
 
+# Sync tokens are Unix milliseconds; a larger one would be past the last
+# datetime Python can represent.
+MAX_SYNC_TOKEN_MS = int(datetime(9999, 12, 31, tzinfo=UTC).timestamp()) * 1000
+
+
 def encode_sync_token(at: datetime) -> str:
     return str(int(at.timestamp() * 1000))
 
@@ -43,7 +48,13 @@ def decode_sync_token(token: str) -> datetime | None:
 
 
 def valid_sync_token(token: str) -> bool:
-    return token == "" or (token.isdigit() and len(token) <= 15)
+    """Empty, or ASCII digits naming a representable instant. (``str.isdigit``
+    alone also accepts digits such as "²" that ``int`` refuses.)"""
+    if token == "":
+        return True
+    return (
+        token.isascii() and token.isdigit() and len(token) <= 15 and int(token) <= MAX_SYNC_TOKEN_MS
+    )
 
 
 class StreamSession:

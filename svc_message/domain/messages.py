@@ -6,7 +6,7 @@ from parley_core.errors import InvalidArgument
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.ports import EventCodec
 from svc_message.domain.sending import Draft, SendPipeline
-from svc_message.model import Message, Page
+from svc_message.model import Page, Sent
 from svc_message.storage.messages import MessageStore
 from svc_message.storage.recent import RecentCache
 
@@ -39,7 +39,7 @@ class MessagesHandler:
         type: int,
         body: bytes,
         reply_to_message_id: str,
-    ) -> Message:
+    ) -> Sent:
         conversation = await self._conversations.require_member(conversation_id, account_id)
         if reply_to_message_id:
             original = await self._messages.by_id(reply_to_message_id)
@@ -87,7 +87,7 @@ class MessagesHandler:
         )
         await self._recent.fill(
             conversation_id,
-            [(m.seq, self._codec.history_entry(m)) for m in messages],
+            [(m.seq, self._codec.history_entry(self._codec.message(m))) for m in messages],
             includes_newest=newest_first,
         )
         next_start = messages[limit].seq if len(messages) > limit else None

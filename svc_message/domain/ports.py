@@ -31,8 +31,8 @@ class EventCodec(Protocol):
 
     def message(self, message: Message) -> Envelope: ...
 
-    def history_entry(self, message: Message) -> bytes:
-        """The message as one entry of a history page, for the recent cache."""
+    def history_entry(self, envelope: Envelope) -> bytes:
+        """A message event as one entry of a history page, for the recent cache."""
         ...
 
     def receipt(self, watermarks: Watermarks) -> Envelope: ...

@@ -27,7 +27,7 @@ from parley_core.errors import Aborted, ParleyError, Unavailable
 from parley_core.ids import new_id
 from svc_message.domain.ports import EventCodec, Publisher
 from svc_message.domain.projection import Projector, commits_of
-from svc_message.model import Conversation, Message
+from svc_message.model import Conversation, Message, Sent
 from svc_message.storage.messages import Conflict, MessageStore
 from svc_message.storage.recent import Heads, RecentCache
 
@@ -45,7 +45,7 @@ class Draft:
     body: bytes
     reply_to_message_id: str
     request_id: str
-    future: asyncio.Future[Message] = field(
+    future: asyncio.Future[Sent] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
@@ -90,7 +90,7 @@ class SendPipeline:
         self.batches = 0
         self.committed = 0
 
-    async def send(self, draft: Draft) -> Message:
+    async def send(self, draft: Draft) -> Sent:
         self._queue.append(draft)
         self._wake.set()
         # Shielded: a caller that gives up must not cancel a write that the
@@ -192,12 +192,15 @@ class SendPipeline:
         self.committed += len(committed)
 
         duplicates = await self._resolve_retries(retried)
-        stored = [m for _, m in committed] + [m for _, m in duplicates]
-        commits = commits_of(stored)
+        acked = [
+            (draft, Sent(message, self._codec.message(message)))
+            for draft, message in committed + duplicates
+        ]
+        commits = commits_of(sent.message for _, sent in acked)
         items: dict[str, list[tuple[int, bytes]]] = {}
-        for message in stored:
-            items.setdefault(message.conversation_id, []).append(
-                (message.seq, self._codec.history_entry(message))
+        for _, sent in acked:
+            items.setdefault(sent.message.conversation_id, []).append(
+                (sent.message.seq, self._codec.history_entry(sent.envelope))
             )
         heads = {c.conversation_id: Heads(items[c.conversation_id], c.sent) for c in commits}
         # Before the ack, so a client that reads right after its send sees it,
@@ -213,13 +216,13 @@ class SendPipeline:
                 log.warning("conversation_metadata_update_failed", error=str(exc))
         self._outbox.put_nowait(
             [
-                (draft.conversation.member_ids, self._codec.encode(self._codec.message(message)))
-                for draft, message in committed + duplicates
+                (draft.conversation.member_ids, self._codec.encode(sent.envelope))
+                for draft, sent in acked
             ]
         )
-        for draft, message in committed + duplicates:
+        for draft, sent in acked:
             if not draft.future.done():
-                draft.future.set_result(message)
+                draft.future.set_result(sent)
 
     async def _resolve_retries(self, retried: list[Draft]) -> list[tuple[Draft, Message]]:
         """A retried request_id gets the message its first attempt stored."""

@@ -93,9 +93,9 @@ _MESSAGES_FIELD = pb.ListMessagesResponse.DESCRIPTOR.fields_by_name["messages"].
 _TOKEN_FIELD = pb.ListMessagesResponse.DESCRIPTOR.fields_by_name["next_page_token"].number
 
 
-def history_entry(message: Message) -> bytes:
+def history_entry(message: pb.Message) -> bytes:
     """One element of ListMessagesResponse.messages, tag and length included."""
-    return _length_delimited(_MESSAGES_FIELD, message_proto(message).SerializeToString())
+    return _length_delimited(_MESSAGES_FIELD, message.SerializeToString())
 
 
 def encode_list_messages(entries: list[bytes], next_page_token: str) -> bytes:
@@ -113,8 +113,8 @@ class ProtoEventCodec:
         event = pb.Event(message=message_proto(message))
         return Envelope(EventKind.MESSAGE, message.conversation_id, message.seq, event)
 
-    def history_entry(self, message: Message) -> bytes:
-        return history_entry(message)
+    def history_entry(self, envelope: Envelope) -> bytes:
+        return history_entry(cast(pb.Event, envelope.wire).message)
 
     def receipt(self, watermarks: Watermarks) -> Envelope:
         event = pb.Event(receipt=watermarks_proto(watermarks))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from parley.message.v1 import messages_pb2 as pb
 from parley_core.auth.caller import current_caller
@@ -109,7 +109,7 @@ class MessageUnaryServicer:
         check.id("reply_to_message_id", request.reply_to_message_id, required=False)
         check.done()
         caller = current_caller()
-        message = await self._messages.send(
+        sent = await self._messages.send(
             account_id=caller.account_id,
             device_id=caller.device_id,
             conversation_id=request.conversation_id,
@@ -118,7 +118,8 @@ class MessageUnaryServicer:
             body=request.body,
             reply_to_message_id=request.reply_to_message_id,
         )
-        return pb.SendMessageResponse(message=message_proto(message))
+        # The stream event built at commit already holds the message proto.
+        return pb.SendMessageResponse(message=cast(pb.Event, sent.envelope.wire).message)
 
     async def ListMessages(
         self, request: pb.ListMessagesRequest, context: Any

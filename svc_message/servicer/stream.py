@@ -11,7 +11,7 @@ import structlog
 
 from parley.message.v1 import messages_pb2 as pb
 from parley_core.auth.caller import Caller, current_caller
-from parley_core.errors import InvalidArgument
+from parley_core.errors import InvalidArgument, ParleyError
 from parley_core.validation import Check
 from svc_message.domain.delivery import (
     AckBatcher,
@@ -80,6 +80,16 @@ class StreamServicer:
                 await reader
 
     async def _read(
+        self, requests: AsyncIterator[pb.ClientEvent], session: StreamSession, caller: Caller
+    ) -> None:
+        try:
+            await self._read_events(requests, session, caller)
+        except ParleyError as error:
+            # A client event that is not one (undecodable bytes): end the stream
+            # with the error instead of silently ignoring the client from now on.
+            session.close(error)
+
+    async def _read_events(
         self, requests: AsyncIterator[pb.ClientEvent], session: StreamSession, caller: Caller
     ) -> None:
         async for event in requests:

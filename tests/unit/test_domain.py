@@ -121,7 +121,7 @@ def test_pages_encoded_from_cached_messages_parse_as_the_api_message() -> None:
         )
         for i in range(1, 4)
     ]
-    wire = encode_list_messages([history_entry(m) for m in messages], "tok" * 50)
+    wire = encode_list_messages([history_entry(message_proto(m)) for m in messages], "tok" * 50)
     parsed = mpb.ListMessagesResponse.FromString(wire)
     assert list(parsed.messages) == [message_proto(m) for m in messages]
     assert parsed.next_page_token == "tok" * 50
