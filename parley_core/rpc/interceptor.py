@@ -3,9 +3,14 @@
 In a single wrapper (one layer is cheaper than a chain on the hot path) it:
 - authenticates the caller from ``authorization: Bearer`` metadata, except for
   the public methods, and exposes it through ``current_caller()``;
-- maps ParleyError to its status code with google.rpc details, and anything
-  unexpected to INTERNAL with a generic message (the traceback goes to the log
-  only);
+- answers INVALID_ARGUMENT for a request whose bytes are not a message of the
+  method's request type (gRPC itself would answer INTERNAL before any
+  interceptor runs): each handler's deserializer is wrapped so that a failure
+  yields a sentinel, which the wrapped behaviour turns into the error;
+- maps ParleyError to its status code with google.rpc details, a backing
+  store that cannot be reached (the database or Redis driver's connection
+  errors) to UNAVAILABLE, and anything else unexpected to INTERNAL with a
+  generic message (the traceback goes to the log only);
 - records RED metrics and logs failures.
 """
 
@@ -21,7 +26,7 @@ import structlog
 
 from parley_core.auth.caller import Caller, set_caller
 from parley_core.auth.tokens import TokenVerifier
-from parley_core.errors import ParleyError, Unauthenticated
+from parley_core.errors import InvalidArgument, ParleyError, Unauthenticated, Unavailable
 from parley_core.rpc.metrics import RpcMetrics
 from parley_core.rpc.status import internal_status, to_grpc_status
 
@@ -53,10 +58,70 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str:
     raise Unauthenticated("this call needs an access token in the authorization metadata")
 
 
-def _code_name(error: Exception) -> str:
+# Errors of the drivers that mean "the dependency cannot be reached right now",
+# by (module, class name) so the transport layer needs no driver import: the
+# MongoDB driver's connection failures (server selection, network, pool
+# timeouts) and Redis connection errors and timeouts.
+_UNREACHABLE = frozenset(
+    {
+        ("pymongo.errors", "ConnectionFailure"),
+        ("redis.exceptions", "ConnectionError"),
+        ("redis.exceptions", "TimeoutError"),
+        ("builtins", "ConnectionError"),
+    }
+)
+
+
+def _unreachable(error: BaseException) -> bool:
+    return any((cls.__module__, cls.__qualname__) in _UNREACHABLE for cls in type(error).__mro__)
+
+
+def _store_unreachable() -> Unavailable:
+    return Unavailable("a backing store is unreachable; retry shortly", retry_after_seconds=1.0)
+
+
+def _as_parley_error(error: BaseException) -> BaseException:
+    """The error as clients should see it: an unreachable store is UNAVAILABLE."""
+    if not isinstance(error, ParleyError) and _unreachable(error):
+        return _store_unreachable()
+    return error
+
+
+def _code_name(error: BaseException) -> str:
     if isinstance(error, ParleyError):
         return error.code.value
     return "UNIMPLEMENTED" if isinstance(error, NotImplementedError) else "INTERNAL"
+
+
+# What a request deserializes to when its bytes are not a message of the
+# method's request type.
+_UNDECODABLE = object()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception:
+            return _UNDECODABLE
+
+    return deserialize
+
+
+def _check_decoded(request: Any) -> None:
+    if request is _UNDECODABLE:
+        raise InvalidArgument.field(
+            "request", "not a valid protobuf message of this method's request type"
+        )
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        _check_decoded(request)
+        yield request
 
 
 class ServiceInterceptor(_InterceptorBase):
@@ -110,6 +175,9 @@ class ServiceInterceptor(_InterceptorBase):
             status = to_grpc_status(error)
             if error.code.value in ("INTERNAL", "UNAVAILABLE"):
                 log.warning("rpc_failed", method=method, code=error.code.value, error=error.message)
+        elif _unreachable(error):
+            log.warning("rpc_dependency_unreachable", method=method, error=repr(error))
+            status = to_grpc_status(_store_unreachable())
         else:
             log.error("rpc_crashed", method=method, exc_info=error)
             status = internal_status()
@@ -120,6 +188,7 @@ class ServiceInterceptor(_InterceptorBase):
         public = self._is_public(method)
         short = method.rsplit("/", 1)[-1]
         metrics = self._metrics
+        streaming_requests = bool(handler.request_streaming)
 
         def begin(context: grpc.aio.ServicerContext[Any, Any]) -> None:
             set_caller(None if public else self._authenticate(context))
@@ -134,12 +203,16 @@ class ServiceInterceptor(_InterceptorBase):
             code = "OK"
             try:
                 begin(context)
+                if streaming_requests:
+                    request = _checked_stream(request)
+                else:
+                    _check_decoded(request)
                 return await behavior(request, context)
             except grpc.aio.AbortError:
                 code = code_of(context, "UNKNOWN")
                 raise
             except Exception as error:
-                code = _code_name(error)
+                code = _code_name(_as_parley_error(error))
                 await self._fail(context, method, error)
                 raise  # pragma: no cover - _fail raised AbortError
             finally:
@@ -153,15 +226,23 @@ class ServiceInterceptor(_InterceptorBase):
             code = "OK"
             try:
                 begin(context)
+                if streaming_requests:
+                    request = _checked_stream(request)
+                else:
+                    _check_decoded(request)
                 async for response in behavior(request, context):
                     yield response
             except grpc.aio.AbortError:
                 code = code_of(context, "UNKNOWN")
                 raise
             except Exception as error:
-                code = _code_name(error)
+                code = _code_name(_as_parley_error(error))
                 await self._fail(context, method, error)
             finally:
+                if code == "OK":
+                    # Closed from outside (a stream the servicer ended for a
+                    # client that stopped reading): the status it was given.
+                    code = code_of(context, code)
                 metrics.finished(short, code, time.perf_counter() - started)
 
         def wrap(behavior: Callable[..., Any] | None) -> Callable[..., Any] | None:
@@ -184,23 +265,23 @@ class ServiceInterceptor(_InterceptorBase):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 wrap(handler.unary_unary),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 wrap(handler.unary_stream),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
                 wrap(handler.stream_unary),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
             wrap(handler.stream_stream),  # type: ignore[arg-type]
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )

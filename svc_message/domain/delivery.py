@@ -69,6 +69,7 @@ class StreamSession:
         self._limit = queue_limit
         self._queue: deque[Envelope] = deque()
         self._wake = asyncio.Event()
+        self._closed = asyncio.Event()
         self._error: ParleyError | None = None
         self.resync_wanted = False
         # Highest seq sent to the device, per conversation.
@@ -93,7 +94,14 @@ class StreamSession:
         if self._error is None:
             self._error = error
             self._queue.clear()
+            self._closed.set()
         self._wake.set()
+
+    async def wait_closed(self) -> ParleyError:
+        """Wait until the session is closed; the error it was closed with."""
+        await self._closed.wait()
+        assert self._error is not None
+        return self._error
 
     def request_resync(self) -> None:
         self.resync_wanted = True
@@ -290,6 +298,11 @@ class DeliveryService:
             out.append(envelope)
             session.sent[conversation_id] = envelope.seq
         return out
+
+    async def release(self, session: StreamSession) -> None:
+        """Stop routing events to a session whose stream could not end itself
+        (its transport was stuck); ``stream`` does the same when it ends."""
+        await self._hub.detach(session)
 
     def may_ack(self, session: StreamSession, conversation_id: str, seq: int) -> bool:
         """A device can only acknowledge what this stream sent it."""

@@ -1,4 +1,17 @@
-"""MessageService.Connect: the per-device delivery stream."""
+"""MessageService.Connect: the per-device delivery stream.
+
+Writes go to gRPC one ServerEvent at a time, each at most
+MAX_SERVER_EVENT_BYTES (clients refuse messages over 4 MiB by default).
+
+A client that stops reading fills its flow-control windows, and gRPC then holds
+the handler in a write until the client reads again, possibly forever. The
+handler cannot notice meanwhile that its session was closed (a slow consumer
+whose queue overflowed, a revoked device), so a watchdog does: when the
+session is closed and the handler has not ended within WRITE_STALL_SECONDS, it
+queues the session's status (the client sees it after what was already
+buffered for it, once it reads), cancels the stuck handler and detaches the
+session, so the process stops holding or routing anything for that stream.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +20,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import structlog
 
 from parley.message.v1 import messages_pb2 as pb
 from parley_core.auth.caller import Caller, current_caller
 from parley_core.errors import InvalidArgument, ParleyError
+from parley_core.rpc.status import to_grpc_status
 from parley_core.validation import Check
 from svc_message.domain.delivery import (
     AckBatcher,
@@ -25,6 +40,29 @@ log = structlog.get_logger(__name__)
 
 RESUME_TIMEOUT_SECONDS = 30.0
 MAX_POSITIONS = 10_000
+# Events per ServerEvent are also capped by their encoded size.
+MAX_SERVER_EVENT_BYTES = 1 << 20
+# How long a closed session's handler may stay stuck in a write before the
+# watchdog ends the RPC for it.
+WRITE_STALL_SECONDS = 2.0
+
+
+def server_events(events: list[Any], *, max_bytes: int = MAX_SERVER_EVENT_BYTES) -> list[Any]:
+    """The events in order, as ServerEvents of at most ``max_bytes`` each (an
+    event larger than that travels alone)."""
+    out: list[Any] = []
+    chunk: list[Any] = []
+    size = 0
+    for event in events:
+        event_size = event.ByteSize()
+        if chunk and size + event_size > max_bytes:
+            out.append(pb.ServerEvent(events=chunk))
+            chunk, size = [], 0
+        chunk.append(event)
+        size += event_size
+    if chunk or not out:
+        out.append(pb.ServerEvent(events=chunk))
+    return out
 
 
 def _positions(check: Check, field: str, positions: Any) -> dict[str, int]:
@@ -42,10 +80,20 @@ def _positions(check: Check, field: str, positions: Any) -> dict[str, int]:
 
 
 class StreamServicer:
-    def __init__(self, delivery: DeliveryService, acks: AckBatcher, codec: ProtoEventCodec) -> None:
+    def __init__(
+        self,
+        delivery: DeliveryService,
+        acks: AckBatcher,
+        codec: ProtoEventCodec,
+        *,
+        write_stall_seconds: float = WRITE_STALL_SECONDS,
+    ) -> None:
         self._delivery = delivery
         self._acks = acks
         self._codec = codec
+        self._write_stall = write_stall_seconds
+        # Statuses queued for clients that are not reading (see the module doc).
+        self._pending_aborts: set[asyncio.Task[None]] = set()
 
     async def Connect(
         self, request_iterator: AsyncIterator[pb.ClientEvent], context: Any
@@ -69,15 +117,58 @@ class StreamServicer:
             account_id=caller.account_id, device_id=caller.device_id, expires_at=caller.expires_at
         )
         reader = asyncio.create_task(self._read(request_iterator, session, caller))
+        handler = asyncio.current_task()
+        assert handler is not None
+        watchdog = asyncio.create_task(self._end_if_stuck(session, context, handler, reader))
         try:
             async for batch in self._delivery.stream(
                 session, positions=positions, sync_token=first.resume.sync_token
             ):
-                yield pb.ServerEvent(events=[envelope.wire for envelope in batch])  # type: ignore[misc]
+                for server_event in server_events([envelope.wire for envelope in batch]):
+                    yield server_event
         finally:
+            watchdog.cancel()
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+
+    async def _end_if_stuck(
+        self,
+        session: StreamSession,
+        context: Any,
+        handler: asyncio.Task[Any],
+        reader: asyncio.Task[None],
+    ) -> None:
+        error = await session.wait_closed()
+        # A handler that is not stuck ends the stream itself at once.
+        await asyncio.sleep(self._write_stall)
+        if handler.done() or context.done():
+            return
+        log.warning(
+            "stream_stuck_ended",
+            account=session.account_id,
+            device=session.device_id,
+            reason=str(error.reason),
+        )
+        abort = asyncio.create_task(self._queue_status(context, error))
+        self._pending_aborts.add(abort)
+        abort.add_done_callback(self._pending_aborts.discard)
+        # Let the status be handed to gRPC before the write is abandoned, or
+        # the client would never learn why its stream ended.
+        for _ in range(100):
+            if context.done():
+                break
+            await asyncio.sleep(0)
+        handler.cancel()
+        reader.cancel()
+        await self._delivery.release(session)
+
+    @staticmethod
+    async def _queue_status(context: Any, error: ParleyError) -> None:
+        # Completes once the client has read what was buffered before it, or
+        # has gone away; either way there is nothing left to do.
+        with contextlib.suppress(grpc.aio.AbortError, Exception):
+            await context.abort_with_status(to_grpc_status(error))
 
     async def _read(
         self, requests: AsyncIterator[pb.ClientEvent], session: StreamSession, caller: Caller

@@ -1,0 +1,405 @@
+"""Every authenticated RPC (Connect included) against every bad credential.
+
+No token, malformed or forged tokens, an expired token and a revoked device's
+token are UNAUTHENTICATED with the matching reason, on every process; a valid
+token of another user is PERMISSION_DENIED on a conversation they are not in,
+and the RPCs that are not about a conversation only ever show the caller's
+own data. Requests aim at the victim's real data, so any leak would show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from parley.keys.v1 import accounts_pb2 as kpb
+from parley.keys.v1 import accounts_pb2_grpc as kgrpc
+from parley.message.v1 import messages_pb2 as mpb
+from parley.message.v1 import messages_pb2_grpc as mgrpc
+from parley_core.auth.tokens import TokenIssuer, load_private_key, write_key_pair
+from parley_dev.stack import LocalStack
+from tests.helpers import Metadata, auth
+from tests.users import Device, direct, link_device, rid, send, sign_up
+
+pytestmark = pytest.mark.chaos
+
+Call = Callable[[Metadata], Awaitable[Any]]
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(error)
+    assert status is not None, f"no google.rpc.Status details in {error}"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            assert info.domain == "parley.dev"
+            return info.reason
+    raise AssertionError(f"no ErrorInfo in {error}")
+
+
+@dataclass
+class Victim:
+    alice: Device
+    bob: Device
+    laptop: Device  # alice's second device, revoked
+    conversation: str
+    message_ids: list[str]
+    page_token: str
+
+
+async def refused(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
+    try:
+        reply = await call
+    except grpc.aio.AioRpcError as exc:
+        return exc
+    raise AssertionError(f"the call succeeded and returned {reply!r:.300}")
+
+
+def unary_calls(
+    keys: kgrpc.AccountServiceStub, messages: mgrpc.MessageServiceStub, v: Victim
+) -> dict[str, Call]:
+    """Every authenticated unary RPC, each aimed at the victim's data."""
+    conversation = v.conversation
+    return {
+        "RegisterDevice": lambda md: keys.RegisterDevice(
+            kpb.RegisterDeviceRequest(request_id=rid(), device=kpb.NewDevice(name="x", platform=1)),
+            metadata=md,
+        ),
+        "RevokeDevice": lambda md: keys.RevokeDevice(
+            kpb.RevokeDeviceRequest(request_id=rid(), device_id=v.alice.device_id), metadata=md
+        ),
+        "ListDevices": lambda md: keys.ListDevices(kpb.ListDevicesRequest(), metadata=md),
+        "GetAccount": lambda md: keys.GetAccount(kpb.GetAccountRequest(), metadata=md),
+        "CreateDirectConversation": lambda md: messages.CreateDirectConversation(
+            mpb.CreateDirectConversationRequest(request_id=rid(), peer_account_id=v.bob.account_id),
+            metadata=md,
+        ),
+        "GetConversation": lambda md: messages.GetConversation(
+            mpb.GetConversationRequest(conversation_id=conversation), metadata=md
+        ),
+        "ListConversations": lambda md: messages.ListConversations(
+            mpb.ListConversationsRequest(), metadata=md
+        ),
+        "SendMessage": lambda md: messages.SendMessage(
+            mpb.SendMessageRequest(
+                request_id=rid(), conversation_id=conversation, type=1, body=b"intruder"
+            ),
+            metadata=md,
+        ),
+        "ListMessages": lambda md: messages.ListMessages(
+            mpb.ListMessagesRequest(conversation_id=conversation), metadata=md
+        ),
+        "MarkDelivered": lambda md: messages.MarkDelivered(
+            mpb.MarkDeliveredRequest(request_id=rid(), conversation_id=conversation, seq=3),
+            metadata=md,
+        ),
+        "MarkRead": lambda md: messages.MarkRead(
+            mpb.MarkReadRequest(request_id=rid(), conversation_id=conversation, seq=3),
+            metadata=md,
+        ),
+    }
+
+
+AUTHENTICATED = {
+    m.name
+    for service in (
+        kpb.DESCRIPTOR.services_by_name["AccountService"],
+        mpb.DESCRIPTOR.services_by_name["MessageService"],
+    )
+    for m in service.methods
+} - {"SignUp", "RefreshToken"}
+
+
+async def connect_refused(messages: mgrpc.MessageServiceStub, md: Metadata, v: Victim) -> Any:
+    """Connect with these credentials: the error, after no event at all."""
+
+    async def requests() -> Any:
+        # The server refuses before reading anything; sending the resume a
+        # little later keeps the client from racing its own write against the
+        # refusal (which gRPC's client reports as its own INTERNAL error). A
+        # server that accepted the stream would then replay the conversation.
+        await asyncio.sleep(0.3)
+        yield mpb.ClientEvent(
+            resume=mpb.Resume(
+                positions=[mpb.ConversationPosition(conversation_id=v.conversation, seq=0)]
+            )
+        )
+        await asyncio.sleep(30)
+
+    call = messages.Connect(requests(), metadata=md, timeout=20)
+    events: list[mpb.Event] = []
+    try:
+        async for server_event in call:
+            events.extend(server_event.events)
+    except grpc.aio.AioRpcError as exc:
+        assert events == [], f"events before the refusal: {events}"
+        return exc
+    raise AssertionError(f"Connect was not refused: {events}")
+
+
+async def victim_world(stack: LocalStack, keys: kgrpc.AccountServiceStub) -> Victim:
+    alice, bob = await sign_up(keys), await sign_up(keys)
+    laptop = await link_device(keys, alice)
+    async with grpc.aio.insecure_channel(stack.message_targets[0]) as channel:
+        messages = mgrpc.MessageServiceStub(channel)
+        conversation = await direct(messages, alice, bob)
+        sent = [await send(messages, bob, conversation, f"secret {i}".encode()) for i in range(3)]
+        page = await messages.ListMessages(
+            mpb.ListMessagesRequest(conversation_id=conversation, page_size=1), metadata=alice.md
+        )
+    return Victim(
+        alice, bob, laptop, conversation, [m.message_id for m in sent], page.next_page_token
+    )
+
+
+async def test_bad_credentials_are_refused_by_every_rpc(
+    chaos: LocalStack, keys_stub: kgrpc.AccountServiceStub, tmp_path: Any
+) -> None:
+    v = await victim_world(chaos, keys_stub)
+    issuer = TokenIssuer(load_private_key(chaos.private_key_path), ttl_seconds=60)
+    expired = issuer.issue(
+        account_id=v.alice.account_id, device_id=v.alice.device_id, now=time.time() - 120
+    ).token
+    write_key_pair(tmp_path / "evil.pem", tmp_path / "evil.pub.pem")
+    forged = (
+        TokenIssuer(load_private_key(tmp_path / "evil.pem"), ttl_seconds=600)
+        .issue(account_id=v.alice.account_id, device_id=v.alice.device_id, now=time.time())
+        .token
+    )
+    header, payload, signature = v.alice.access_token.split(".")
+    other_payload = v.bob.access_token.split(".")[1]
+    flipped = signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")
+    # Revoke alice's laptop and wait until every process refuses its token.
+    await keys_stub.RevokeDevice(
+        kpb.RevokeDeviceRequest(request_id=rid(), device_id=v.laptop.device_id),
+        metadata=v.alice.md,
+    )
+
+    cases: list[tuple[str, Metadata, str]] = [
+        ("no token", (), "ERROR_REASON_TOKEN_INVALID"),
+        ("empty bearer", (("authorization", "Bearer "),), "ERROR_REASON_TOKEN_INVALID"),
+        ("basic scheme", (("authorization", "Basic YWxpY2U6eA=="),), "ERROR_REASON_TOKEN_INVALID"),
+        ("not a jwt", auth("not.a.jwt"), "ERROR_REASON_TOKEN_INVALID"),
+        ("garbage", auth("%%%.@@@.!!!"), "ERROR_REASON_TOKEN_INVALID"),
+        ("huge", auth("a" * 6000), "ERROR_REASON_TOKEN_INVALID"),
+        (
+            "tampered payload",
+            auth(f"{header}.{other_payload}.{signature}"),
+            "ERROR_REASON_TOKEN_INVALID",
+        ),
+        ("bad signature", auth(f"{header}.{payload}.{flipped}"), "ERROR_REASON_TOKEN_INVALID"),
+        ("unknown key", auth(forged), "ERROR_REASON_TOKEN_INVALID"),
+        ("expired", auth(expired), "ERROR_REASON_TOKEN_EXPIRED"),
+        ("revoked", v.laptop.md, "ERROR_REASON_TOKEN_REVOKED"),
+    ]
+
+    targets = [chaos.keys_target, *chaos.message_targets]
+    channels = {t: grpc.aio.insecure_channel(t) for t in targets}
+    try:
+        keys = kgrpc.AccountServiceStub(channels[chaos.keys_target])
+        for target in chaos.message_targets:
+            stub = mgrpc.MessageServiceStub(channels[target])
+            deadline = time.monotonic() + 10
+            while True:
+                error = await refused(
+                    stub.ListConversations(mpb.ListConversationsRequest(), metadata=v.laptop.md)
+                )
+                if reason_of(error) == "ERROR_REASON_TOKEN_REVOKED":
+                    break
+                assert time.monotonic() < deadline, "the revocation did not reach svc_message"
+                await asyncio.sleep(0.05)
+
+        checked = 0
+        for target in chaos.message_targets:
+            messages = mgrpc.MessageServiceStub(channels[target])
+            calls = unary_calls(keys, messages, v)
+            assert set(calls) | {"Connect"} == AUTHENTICATED, "the matrix misses an RPC"
+            for name, md, reason in cases:
+                for rpc, call in calls.items():
+                    error = await refused(call(md))
+                    assert error.code() == grpc.StatusCode.UNAUTHENTICATED, (name, rpc, error)
+                    assert reason_of(error) == reason, (name, rpc)
+                    checked += 1
+                error = await connect_refused(messages, md, v)
+                assert error.code() == grpc.StatusCode.UNAUTHENTICATED, (name, "Connect", error)
+                assert reason_of(error) == reason, (name, "Connect")
+                checked += 1
+        assert checked == len(chaos.message_targets) * len(cases) * len(AUTHENTICATED)
+
+        # The public RPCs: a refresh token of the revoked device, or an access
+        # token presented as a refresh token, gets nothing.
+        for refresh in (v.laptop.refresh_token, v.alice.access_token, expired):
+            error = await refused(
+                keys.RefreshToken(kpb.RefreshTokenRequest(request_id=rid(), refresh_token=refresh))
+            )
+            assert error.code() in (
+                grpc.StatusCode.UNAUTHENTICATED,
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ), error
+
+        # Nothing above changed the victim's data.
+        messages = mgrpc.MessageServiceStub(channels[chaos.message_targets[0]])
+        history = await messages.ListMessages(
+            mpb.ListMessagesRequest(conversation_id=v.conversation), metadata=v.alice.md
+        )
+        assert [m.body for m in history.messages] == [b"secret 2", b"secret 1", b"secret 0"]
+        devices = await keys.ListDevices(kpb.ListDevicesRequest(), metadata=v.alice.md)
+        assert [d.device_id for d in devices.devices] == [v.alice.device_id]
+    finally:
+        for channel in channels.values():
+            await channel.close()
+
+
+async def test_another_users_token_never_reaches_a_conversation_they_are_not_in(
+    chaos: LocalStack, keys_stub: kgrpc.AccountServiceStub
+) -> None:
+    v = await victim_world(chaos, keys_stub)
+    mallory = await sign_up(keys_stub)
+    async with grpc.aio.insecure_channel(chaos.message_targets[1]) as channel:
+        messages = mgrpc.MessageServiceStub(channel)
+        calls = unary_calls(keys_stub, messages, v)
+        for rpc in ("GetConversation", "SendMessage", "ListMessages", "MarkDelivered", "MarkRead"):
+            error = await refused(calls[rpc](mallory.md))
+            assert error.code() == grpc.StatusCode.PERMISSION_DENIED, (rpc, error)
+            assert reason_of(error) == "ERROR_REASON_NOT_A_MEMBER", rpc
+        # The victim's page token, or a message id as the conversation: still nothing.
+        for request in (
+            mpb.ListMessagesRequest(conversation_id=v.conversation, page_token=v.page_token),
+            mpb.ListMessagesRequest(conversation_id=v.message_ids[0]),
+        ):
+            error = await refused(messages.ListMessages(request, metadata=mallory.md))
+            assert error.code() in (
+                grpc.StatusCode.PERMISSION_DENIED,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.NOT_FOUND,
+            ), error
+
+        # RPCs that are not about one conversation show only mallory's own data.
+        inbox = await calls["ListConversations"](mallory.md)
+        assert [c.conversation.conversation_id for c in inbox.conversations] == []
+        created = await calls["CreateDirectConversation"](mallory.md)
+        assert created.conversation.conversation_id != v.conversation
+        assert set(created.conversation.member_account_ids) == {
+            mallory.account_id,
+            v.bob.account_id,
+        }
+        assert created.conversation.last_seq == 0
+        devices = await calls["ListDevices"](mallory.md)
+        assert [d.account_id for d in devices.devices] == [mallory.account_id]
+        me = await calls["GetAccount"](mallory.md)
+        assert me.account_id == mallory.account_id
+        error = await refused(calls["RevokeDevice"](mallory.md))  # alice's device
+        assert error.code() == grpc.StatusCode.NOT_FOUND, error
+        linked = await calls["RegisterDevice"](mallory.md)
+        assert linked.device.account_id == mallory.account_id
+
+        # Connect: positions naming the victim's conversation bring nothing of
+        # it, now or live, and acks for it move no watermark.
+        outgoing: asyncio.Queue[mpb.ClientEvent | None] = asyncio.Queue()
+        outgoing.put_nowait(
+            mpb.ClientEvent(
+                resume=mpb.Resume(
+                    positions=[mpb.ConversationPosition(conversation_id=v.conversation, seq=0)]
+                )
+            )
+        )
+        outgoing.put_nowait(
+            mpb.ClientEvent(
+                ack=mpb.Ack(
+                    positions=[mpb.ConversationPosition(conversation_id=v.conversation, seq=3)]
+                )
+            )
+        )
+
+        async def requests() -> Any:
+            while (event := await outgoing.get()) is not None:
+                yield event
+
+        events: list[mpb.Event] = []
+        call = messages.Connect(requests(), metadata=mallory.md, timeout=30)
+
+        async def read() -> None:
+            async for server_event in call:
+                events.extend(server_event.events)
+
+        reader = asyncio.create_task(read())
+        try:
+            deadline = time.monotonic() + 10
+            while not any(e.WhichOneof("kind") == "sync_complete" for e in events):
+                assert time.monotonic() < deadline, events
+                assert not reader.done(), reader
+                await asyncio.sleep(0.05)
+            await send(messages, v.alice, v.conversation, b"still secret")
+            await messages.MarkRead(
+                mpb.MarkReadRequest(request_id=rid(), conversation_id=v.conversation, seq=4),
+                metadata=v.bob.md,
+            )
+            await asyncio.sleep(1.0)
+        finally:
+            outgoing.put_nowait(None)
+            call.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        leaked = [
+            e
+            for e in events
+            if v.conversation
+            in (
+                e.message.conversation_id,
+                e.receipt.conversation_id,
+                e.conversation.conversation_id,
+            )
+        ]
+        assert leaked == [], f"the stream leaked the victim's conversation: {leaked}"
+        # mallory's own new conversation is announced; nothing else.
+        assert [e.WhichOneof("kind") for e in events] == ["conversation", "sync_complete"]
+
+        view = await messages.GetConversation(
+            mpb.GetConversationRequest(conversation_id=v.conversation), metadata=v.alice.md
+        )
+        assert {w.account_id for w in view.member_watermarks} == {
+            v.alice.account_id,
+            v.bob.account_id,
+        }
+        alice_marks = next(w for w in view.member_watermarks if w.account_id == v.alice.account_id)
+        assert alice_marks.delivered_seq == 4  # her own send, not mallory's ack
+
+
+async def test_a_stream_ends_when_its_token_expires(
+    chaos: LocalStack, keys_stub: kgrpc.AccountServiceStub
+) -> None:
+    alice = await sign_up(keys_stub)
+    issuer = TokenIssuer(load_private_key(chaos.private_key_path), ttl_seconds=60)
+    # Valid for about four more seconds.
+    short = issuer.issue(
+        account_id=alice.account_id, device_id=alice.device_id, now=time.time() - 56
+    ).token
+
+    async def requests() -> Any:
+        yield mpb.ClientEvent(resume=mpb.Resume())
+        await asyncio.sleep(30)
+
+    started = time.monotonic()
+    async with grpc.aio.insecure_channel(chaos.message_targets[0]) as channel:
+        call = mgrpc.MessageServiceStub(channel).Connect(
+            requests(), metadata=auth(short), timeout=20
+        )
+        kinds: list[str] = []
+
+        async def read() -> None:
+            async for server_event in call:
+                kinds.extend(e.WhichOneof("kind") or "" for e in server_event.events)
+
+        error = await refused(read())
+    assert kinds == ["sync_complete"]
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert reason_of(error) == "ERROR_REASON_TOKEN_EXPIRED"
+    assert time.monotonic() - started < 10
