@@ -102,6 +102,7 @@ async def build(settings: Settings) -> ServiceHost:
     await projector.start()
     runtime.spawn(projector.run())
     runtime.spawn(pipeline.run())
+    runtime.spawn(recent.run())
     runtime.spawn(acks.run())
 
     unary = MessageUnaryServicer(

@@ -13,8 +13,12 @@ costs the cache: every failure falls back to the database.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import structlog
 from redis.exceptions import RedisError
@@ -24,6 +28,7 @@ from parley_core.storage.redis import Redis
 log = structlog.get_logger(__name__)
 
 PREFIX = "parley:recent:"
+T = TypeVar("T")
 
 # KEYS: zset, meta hash.
 # ARGV: capacity, ttl, create (0/1), newest committed seq (0 = unknown),
@@ -100,15 +105,72 @@ class CachedRange:
     blobs: list[bytes]
 
 
+class Unreachable(Exception):
+    """Redis did not answer in time, or recently failed to."""
+
+
 class RecentCache:
-    def __init__(self, redis: Redis, *, capacity: int, ttl_seconds: int) -> None:
+    """See the module docstring. Two rules keep it safe when Redis misbehaves:
+
+    - A conversation whose add failed is *suspect* in this process: reads and
+      fills skip the cache for it (its cached range may look complete while
+      missing the message), until ``run`` has deleted its keys.
+    - After any failure the cache is skipped for ``cooldown_seconds``, and every
+      call has a deadline, so a hung Redis delays sends once, not each one.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        capacity: int,
+        ttl_seconds: int,
+        deadline_seconds: float = 1.0,
+        cooldown_seconds: float = 2.0,
+    ) -> None:
         self._redis = redis
         self._capacity = capacity
         self._ttl = ttl_seconds
+        self._deadline = deadline_seconds
+        self._cooldown = cooldown_seconds
         self._add = redis.register_script(_ADD)
         self._read = redis.register_script(_READ)
+        self._skip_until = 0.0
+        self._suspect: set[str] = set()
         self.hits = 0
         self.misses = 0
+
+    async def _call(self, what: str, coro: Awaitable[T], *, probe: bool = False) -> T:
+        if not probe and time.monotonic() < self._skip_until:
+            if asyncio.iscoroutine(coro):
+                coro.close()
+            raise Unreachable(what)
+        try:
+            async with asyncio.timeout(self._deadline):
+                result = await coro
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._skip_until = time.monotonic() + self._cooldown
+            log.warning("recent_cache_unreachable", operation=what, error=repr(exc))
+            raise Unreachable(what) from None
+        if probe:
+            self._skip_until = 0.0
+        return result
+
+    async def run(self) -> None:
+        """Delete the cached state of suspect conversations once Redis answers."""
+        while True:
+            await asyncio.sleep(0.5)
+            if not self._suspect:
+                continue
+            batch = set(self._suspect)
+            keys = [key for conversation_id in batch for key in self._keys(conversation_id)]
+            try:
+                # Also the probe that ends the cool-down once Redis answers.
+                await self._call("forget", self._redis.delete(*keys), probe=True)
+            except Unreachable:
+                continue
+            self._suspect -= batch
+            log.info("recent_cache_forgot_suspects", conversations=len(batch))
 
     @property
     def capacity(self) -> int:
@@ -141,10 +203,13 @@ class RecentCache:
         return args
 
     async def add(self, committed: Mapping[str, Heads]) -> bool:
-        """Record freshly committed messages, per conversation, in one round trip."""
+        """Record freshly committed messages, per conversation, in one round
+        trip. False when Redis did not take them: the conversations are then
+        suspect here until their cached state is deleted."""
         if not committed:
             return True
-        try:
+
+        async def pipelined() -> None:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for conversation_id, heads in committed.items():
                     await self._add(
@@ -158,8 +223,12 @@ class RecentCache:
                         client=pipe,
                     )
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
-            log.warning("recent_cache_add_failed", error=str(exc))
+
+        try:
+            await self._call("add", pipelined())
+        except Unreachable:
+            # Even a timed-out add may have reached Redis partly.
+            self._suspect.update(committed)
             return False
         return True
 
@@ -169,17 +238,18 @@ class RecentCache:
         """Load a range read from the log. Only a read of the newest messages
         may tell the cache which seq is the newest: an older page would make a
         later newest-first read serve stale messages."""
-        if not items:
+        if not items or conversation_id in self._suspect:
             return
         kept = sorted(items)[-self._capacity :]
         newest = kept[-1][0] if includes_newest else 0
-        try:
-            await self._add(
-                keys=self._keys(conversation_id),
-                args=self._args(create=True, newest=newest, items=kept),
+        with contextlib.suppress(Unreachable):
+            await self._call(
+                "fill",
+                self._add(
+                    keys=self._keys(conversation_id),
+                    args=self._args(create=True, newest=newest, items=kept),
+                ),
             )
-        except (RedisError, OSError) as exc:
-            log.warning("recent_cache_fill_failed", error=str(exc))
 
     async def heads(self, conversation_ids: Sequence[str]) -> dict[str, tuple[int, dict[str, int]]]:
         """Per conversation, the newest committed seq and the highest seq each
@@ -188,13 +258,16 @@ class RecentCache:
         projector writes it behind."""
         if not conversation_ids:
             return {}
-        try:
+
+        async def pipelined() -> list[Any]:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for conversation_id in conversation_ids:
                     pipe.hgetall(self._keys(conversation_id)[1])
-                replies = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            log.warning("recent_cache_heads_failed", error=str(exc))
+                return list(await pipe.execute())
+
+        try:
+            replies = await self._call("heads", pipelined())
+        except Unreachable:
             return {}
         result: dict[str, tuple[int, dict[str, int]]] = {}
         for conversation_id, fields in zip(conversation_ids, replies, strict=True):
@@ -211,14 +284,17 @@ class RecentCache:
         self, conversation_id: str, *, start_seq: int, forward: bool, limit: int
     ) -> CachedRange | None:
         """The range if the cache holds all of it, else None."""
-        if limit > self._capacity:
+        if limit > self._capacity or conversation_id in self._suspect:
+            self.misses += 1
             return None
         try:
-            reply = await self._read(
-                keys=self._keys(conversation_id), args=[start_seq, 1 if forward else 0, limit]
+            reply = await self._call(
+                "read",
+                self._read(
+                    keys=self._keys(conversation_id), args=[start_seq, 1 if forward else 0, limit]
+                ),
             )
-        except (RedisError, OSError) as exc:
-            log.warning("recent_cache_read_failed", error=str(exc))
+        except Unreachable:
             self.misses += 1
             return None
         if len(reply) < 3:
