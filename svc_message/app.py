@@ -9,6 +9,7 @@ from pathlib import Path
 from prometheus_client import Gauge
 
 from parley_core.config import ConfigError, Settings, load_settings
+from parley_core.errors import Reason, Unavailable
 from parley_core.logging import configure_logging
 from parley_core.rpc.server import ServiceHost, run
 from parley_core.runtime import open_runtime
@@ -89,6 +90,7 @@ async def build(settings: Settings) -> ServiceHost:
         doorbell,
         codec,
         flush_seconds=config.ack_flush_seconds,
+        cursor_flush_seconds=config.cursor_flush_seconds,
         clock=clock,
     )
     Gauge(
@@ -124,6 +126,14 @@ async def build(settings: Settings) -> ServiceHost:
         service_names=[SERVICE_NAME],
         registry=runtime.registry,
         on_stop=[stop],
+        on_draining=[
+            lambda: hub.close_all(
+                Unavailable(
+                    "this server is shutting down; reconnect to resume",
+                    reason=Reason.SHUTTING_DOWN,
+                )
+            )
+        ],
     )
 
 

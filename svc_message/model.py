@@ -88,6 +88,9 @@ class Envelope:
     conversation_id: str
     seq: int
     wire: object
+    # For messages, who sent it: a device's acks of its own account's messages
+    # need no delivered-watermark write.
+    sender_account_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

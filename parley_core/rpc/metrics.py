@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (
@@ -44,11 +46,27 @@ class RpcMetrics:
             registry=registry,
         )
         self._service = service
+        # labels() takes a lock and builds a key on every call; on the hot path
+        # the children are looked up once per method (and code).
+        self._in_flight: dict[str, Any] = {}
+        self._duration: dict[str, Any] = {}
+        self._requests: dict[tuple[str, str], Any] = {}
 
     def started(self, method: str) -> None:
-        self.in_flight.labels(self._service, method).inc()
+        gauge = self._in_flight.get(method)
+        if gauge is None:
+            gauge = self._in_flight[method] = self.in_flight.labels(self._service, method)
+        gauge.inc()
 
     def finished(self, method: str, code: str, seconds: float) -> None:
-        self.in_flight.labels(self._service, method).dec()
-        self.requests.labels(self._service, method, code).inc()
-        self.duration.labels(self._service, method).observe(seconds)
+        self._in_flight[method].dec()
+        counter = self._requests.get((method, code))
+        if counter is None:
+            counter = self._requests[(method, code)] = self.requests.labels(
+                self._service, method, code
+            )
+        counter.inc()
+        histogram = self._duration.get(method)
+        if histogram is None:
+            histogram = self._duration[method] = self.duration.labels(self._service, method)
+        histogram.observe(seconds)

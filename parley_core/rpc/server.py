@@ -39,6 +39,9 @@ class ServiceHost:
     service_names: Sequence[str]
     registry: CollectorRegistry
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Run first when stopping: end long-lived streams so their clients move to
+    # another instance now instead of waiting out the grace period.
+    on_draining: list[Callable[[], None]] = field(default_factory=list)
     port: int = 0
     metrics_port: int | None = None
     _server: grpc.aio.Server | None = None
@@ -98,6 +101,11 @@ class ServiceHost:
         log.info("service_stopping", name=self.name, grace_seconds=grace)
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        for drain in self.on_draining:
+            try:
+                drain()
+            except Exception:
+                log.exception("drain_hook_failed", name=self.name)
         # New calls are refused from here; calls in flight get `grace` to finish.
         await self._server.stop(grace)
         for hook in self.on_stop:

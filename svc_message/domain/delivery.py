@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -20,7 +20,7 @@ import structlog
 from parley_core.errors import ParleyError, Reason, ResourceExhausted, Unauthenticated
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.ports import EventCodec, Publisher, Subscriptions
-from svc_message.model import Conversation, Envelope, EventKind, Watermarks
+from svc_message.model import Conversation, Envelope, EventKind
 from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.messages import MessageStore
 
@@ -74,6 +74,15 @@ class StreamSession:
         self.resync_wanted = False
         # Highest seq sent to the device, per conversation.
         self.sent: dict[str, int] = {}
+        # Highest seq sent to the device that another account wrote: what its
+        # acks can raise the delivered watermark to (the account's own
+        # messages count as delivered to it already).
+        self.received: dict[str, int] = {}
+
+    def note_sent(self, envelope: Envelope) -> None:
+        self.sent[envelope.conversation_id] = envelope.seq
+        if envelope.sender_account_id != self.account_id:
+            self.received[envelope.conversation_id] = envelope.seq
 
     def offer(self, envelope: Envelope) -> None:
         if self._error is not None:
@@ -169,6 +178,12 @@ class Hub:
             for session in sessions:
                 session.request_resync()
 
+    def close_all(self, error: ParleyError) -> None:
+        """End every stream of this process (shutdown: devices resume elsewhere)."""
+        for sessions in self._sessions.values():
+            for session in sessions:
+                session.close(error)
+
     def device_revoked(self, device_id: str) -> None:
         for sessions in self._sessions.values():
             for session in sessions:
@@ -227,9 +242,11 @@ class DeliveryService:
                 )
                 if not page:
                     break
-                yield [self._codec.message(m) for m in page]
+                envelopes = [self._codec.message(m) for m in page]
+                yield envelopes
+                for envelope in envelopes:
+                    session.note_sent(envelope)
                 after = page[-1].seq
-                session.sent[conversation_id] = after
                 if len(page) < self._page:
                     break
 
@@ -294,9 +311,12 @@ class DeliveryService:
                 missing = await self._messages.range(
                     conversation_id, after_seq=sent, until_seq=envelope.seq - 1, limit=10_000
                 )
-                out.extend(self._codec.message(m) for m in missing)
+                for message in missing:
+                    filled = self._codec.message(message)
+                    out.append(filled)
+                    session.note_sent(filled)
             out.append(envelope)
-            session.sent[conversation_id] = envelope.seq
+            session.note_sent(envelope)
         return out
 
     async def release(self, session: StreamSession) -> None:
@@ -304,17 +324,24 @@ class DeliveryService:
         (its transport was stuck); ``stream`` does the same when it ends."""
         await self._hub.detach(session)
 
-    def may_ack(self, session: StreamSession, conversation_id: str, seq: int) -> bool:
-        """A device can only acknowledge what this stream sent it."""
-        return 0 < seq <= session.sent.get(conversation_id, 0)
+    def ackable(self, session: StreamSession, conversation_id: str, seq: int) -> tuple[int, int]:
+        """What an ack may record: (the device's position, the account's
+        delivered watermark); 0 for nothing. A device can only acknowledge what
+        this stream sent it, and only others' messages raise delivery."""
+        if not 0 < seq <= session.sent.get(conversation_id, 0):
+            return 0, 0
+        return seq, min(seq, session.received.get(conversation_id, 0))
 
 
 class AckBatcher:
-    """Coalesces stream acks into one watermark write per interval.
+    """Coalesces stream acks into few writes.
 
-    Acks arrive for every delivered batch; raising watermarks with $max is
-    idempotent, so the highest ack per (conversation, account) is all that
-    needs writing, and receipts go out once per flush.
+    Every online device acks every delivery. Raising watermarks with $max is
+    idempotent, so only the highest ack per (conversation, account) is written,
+    once per ``flush_seconds``, and its receipt goes out then. Device positions
+    only serve a device that resumes without saying where it is, so they are
+    written every ``cursor_flush_seconds``: after a crash such a device gets a
+    few messages again, and drops them by seq.
     """
 
     def __init__(
@@ -325,6 +352,7 @@ class AckBatcher:
         codec: EventCodec,
         *,
         flush_seconds: float,
+        cursor_flush_seconds: float,
         clock: Callable[[], float],
     ) -> None:
         self._store = store
@@ -332,40 +360,77 @@ class AckBatcher:
         self._publisher = publisher
         self._codec = codec
         self._flush_seconds = flush_seconds
+        self._cursor_flush_seconds = cursor_flush_seconds
         self._clock = clock
         self._members: dict[tuple[str, str], int] = {}
         self._devices: dict[tuple[str, str], int] = {}
 
-    def ack(self, *, account_id: str, device_id: str, conversation_id: str, seq: int) -> None:
-        key = (conversation_id, account_id)
-        self._members[key] = max(self._members.get(key, 0), seq)
+    def ack(
+        self,
+        *,
+        account_id: str,
+        device_id: str,
+        conversation_id: str,
+        position: int,
+        delivered: int,
+    ) -> None:
+        if delivered:
+            key = (conversation_id, account_id)
+            self._members[key] = max(self._members.get(key, 0), delivered)
         device_key = (device_id, conversation_id)
-        self._devices[device_key] = max(self._devices.get(device_key, 0), seq)
+        self._devices[device_key] = max(self._devices.get(device_key, 0), position)
 
     async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._every(self._flush_seconds, self.flush_watermarks))
+            tasks.create_task(self._every(self._cursor_flush_seconds, self.flush_cursors))
+
+    @staticmethod
+    async def _every(seconds: float, flush: Callable[[], Awaitable[None]]) -> None:
         while True:
-            await asyncio.sleep(self._flush_seconds)
-            await self.flush()
+            await asyncio.sleep(seconds)
+            await flush()
 
     async def flush(self) -> None:
-        members, self._members = self._members, {}
+        await asyncio.gather(self.flush_watermarks(), self.flush_cursors())
+
+    async def flush_device(self, device_id: str) -> None:
+        """Write one device's positions now: its stream ended, and it may come
+        back at once without saying where it is."""
+        mine = {key: seq for key, seq in self._devices.items() if key[0] == device_id}
+        for key in mine:
+            del self._devices[key]
+        await self._write_cursors(mine)
+
+    async def flush_cursors(self) -> None:
         devices, self._devices = self._devices, {}
-        if not members and not devices:
+        await self._write_cursors(devices)
+
+    async def _write_cursors(self, devices: dict[tuple[str, str], int]) -> None:
+        if not devices:
+            return
+        try:
+            await self._store.raise_device_cursors((d, c, seq) for (d, c), seq in devices.items())
+        except Exception as exc:
+            log.warning("cursor_flush_failed", error=str(exc))
+
+    async def flush_watermarks(self) -> None:
+        members, self._members = self._members, {}
+        if not members:
             return
         now = datetime.fromtimestamp(self._clock(), UTC)
         try:
-            await asyncio.gather(
-                self._store.raise_watermarks(
-                    ((c, a, seq, 0) for (c, a), seq in members.items()), now=now
-                ),
-                self._store.raise_device_cursors((d, c, seq) for (d, c), seq in devices.items()),
+            await self._store.raise_watermarks(
+                ((c, a, seq, 0) for (c, a), seq in members.items()), now=now
             )
+            # Receipts carry the member's whole watermarks, read included.
+            current = await self._store.watermarks_of(members)
             deliveries = []
-            for (conversation_id, account_id), seq in members.items():
-                conversation = await self._conversations.require_member(conversation_id, account_id)
-                envelope = self._codec.receipt(
-                    Watermarks(conversation_id, account_id, delivered_seq=seq)
+            for watermarks in current:
+                conversation = await self._conversations.require_member(
+                    watermarks.conversation_id, watermarks.account_id
                 )
+                envelope = self._codec.receipt(watermarks)
                 deliveries.append((conversation.member_ids, self._codec.encode(envelope)))
         except Exception as exc:
             # Acks are hints: the device acks again on its next delivery or resume.

@@ -111,7 +111,13 @@ class ProtoEventCodec:
 
     def message(self, message: Message) -> Envelope:
         event = pb.Event(message=message_proto(message))
-        return Envelope(EventKind.MESSAGE, message.conversation_id, message.seq, event)
+        return Envelope(
+            EventKind.MESSAGE,
+            message.conversation_id,
+            message.seq,
+            event,
+            message.sender_account_id,
+        )
 
     def history_entry(self, envelope: Envelope) -> bytes:
         return history_entry(cast(pb.Event, envelope.wire).message)
@@ -142,7 +148,11 @@ class ProtoEventCodec:
         kind = event.WhichOneof("kind")
         if kind == "message":
             return Envelope(
-                EventKind.MESSAGE, event.message.conversation_id, event.message.seq, event
+                EventKind.MESSAGE,
+                event.message.conversation_id,
+                event.message.seq,
+                event,
+                event.message.sender_account_id,
             )
         if kind == "receipt":
             return Envelope(EventKind.RECEIPT, event.receipt.conversation_id, 0, event)

@@ -131,6 +131,8 @@ class StreamServicer:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._acks.flush_device(caller.device_id)
 
     async def _end_if_stuck(
         self,
@@ -187,12 +189,16 @@ class StreamServicer:
             kind = event.WhichOneof("kind")
             if kind == "ack":
                 for position in event.ack.positions:
-                    if self._delivery.may_ack(session, position.conversation_id, position.seq):
+                    at, delivered = self._delivery.ackable(
+                        session, position.conversation_id, position.seq
+                    )
+                    if at:
                         self._acks.ack(
                             account_id=caller.account_id,
                             device_id=caller.device_id,
                             conversation_id=position.conversation_id,
-                            seq=position.seq,
+                            position=at,
+                            delivered=delivered,
                         )
             elif kind == "ping":
                 session.offer(self._codec.pong(event.ping.nonce))

@@ -258,6 +258,11 @@ class ConversationStore:
         cursor = self._members.find({"conversation_id": {"$in": list(conversation_ids)}})
         return [_watermarks(doc) async for doc in cursor]
 
+    async def watermarks_of(self, members: Iterable[tuple[str, str]]) -> list[Watermarks]:
+        """Stored watermarks of (conversation, account) pairs."""
+        keys = [member_key(c, a) for c, a in members]
+        return [_watermarks(doc) async for doc in self._members.find({"_id": {"$in": keys}})]
+
     async def watermarks_changed_since(
         self, conversation_ids: Iterable[str], since: datetime | None
     ) -> list[Watermarks]:

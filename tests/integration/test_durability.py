@@ -12,7 +12,8 @@ import pytest
 from parley.keys.v1 import accounts_pb2_grpc
 from parley.message.v1 import messages_pb2_grpc
 from parley_dev.stack import LocalStack
-from tests.users import Device, all_messages, direct, rid, send, sign_up
+from tests.integration.test_accounts import details
+from tests.users import Device, all_messages, direct, open_stream, rid, send, sign_up, synced
 
 pytestmark = pytest.mark.chaos
 
@@ -101,3 +102,32 @@ async def test_sigkill_during_burst_loses_nothing_acknowledged(fresh_stack: Loca
     assert [m.seq for m in history] == list(range(1, len(history) + 1)), "seqs are gapless"
     assert len(history) == 16 * 30
     assert retries, "the kill interrupted no send, so nothing was proven"
+
+
+async def test_shutdown_ends_streams_at_once_with_unavailable(tmp_path) -> None:
+    """SIGTERM: streams end right away so devices resume elsewhere, while the
+    grace period is there for unary calls in flight."""
+    stack = LocalStack.with_free_ports(
+        root=tmp_path / "stack", message_instances=1, shutdown_grace_seconds=20
+    )
+    await stack.start()
+    try:
+        async with (
+            grpc.aio.insecure_channel(stack.keys_target) as kc,
+            grpc.aio.insecure_channel(stack.message_targets[0]) as mc,
+        ):
+            bob = await sign_up(accounts_pb2_grpc.AccountServiceStub(kc))
+            stream = await open_stream(messages_pb2_grpc.MessageServiceStub(mc), bob)
+            await stream.wait_for(synced)
+            started = time.monotonic()
+            stopping = asyncio.ensure_future(stack.stop_message(0))
+            while stream.error is None and time.monotonic() - started < 10:
+                await asyncio.sleep(0.05)
+            assert stream.error is not None
+            assert stream.error.code() == grpc.StatusCode.UNAVAILABLE
+            assert details(stream.error)[0] == "ERROR_REASON_SHUTTING_DOWN"
+            assert time.monotonic() - started < 5, "the stream waited out the grace period"
+            await stopping
+            assert time.monotonic() - started < 15
+    finally:
+        await stack.stop()

@@ -126,3 +126,18 @@ def test_pages_encoded_from_cached_messages_parse_as_the_api_message() -> None:
     assert list(parsed.messages) == [message_proto(m) for m in messages]
     assert parsed.next_page_token == "tok" * 50
     assert mpb.ListMessagesResponse.FromString(encode_list_messages([], "")).messages == []
+
+
+def test_acks_raise_delivery_only_for_others_messages() -> None:
+    from svc_message.domain.delivery import DeliveryService
+
+    session = StreamSession(account_id="me", device_id="d", expires_at=1e12, queue_limit=8)
+    for seq, sender in ((1, "peer"), (2, "peer"), (3, "me"), (4, "me")):
+        session.note_sent(Envelope(EventKind.MESSAGE, "c", seq, object(), sender))
+    ackable = DeliveryService.ackable
+    # The device's position moves to what it acked; delivery only to others' messages.
+    assert ackable(None, session, "c", 4) == (4, 2)  # type: ignore[arg-type]
+    assert ackable(None, session, "c", 1) == (1, 1)  # type: ignore[arg-type]
+    # Nothing beyond what this stream sent, nothing in other conversations.
+    assert ackable(None, session, "c", 5) == (0, 0)  # type: ignore[arg-type]
+    assert ackable(None, session, "x", 1) == (0, 0)  # type: ignore[arg-type]
