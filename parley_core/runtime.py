@@ -7,19 +7,23 @@ domain and servicers on top and hands everything to a ServiceHost.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from parley_core.auth.revocations import RevocationList
 from parley_core.auth.tokens import TokenVerifier, load_public_keys
-from parley_core.config import ConfigError, Settings
+from parley_core.config import ConfigError, ServerSettings, Settings, load_settings
+from parley_core.logging import configure_logging
 from parley_core.rpc.interceptor import ServiceInterceptor
 from parley_core.rpc.metrics import RpcMetrics
+from parley_core.rpc.server import ServiceHost, run
 from parley_core.storage import mongo as mongo_storage
 from parley_core.storage import redis as redis_storage
 from parley_core.storage.mongo import Database, MongoClient
@@ -99,3 +103,29 @@ async def open_runtime(settings: Settings, *, service: str) -> Runtime:
         verifier=TokenVerifier(public_keys, revocations),
         registry=CollectorRegistry(),
     )
+
+
+def service_main(
+    argv: list[str] | None,
+    *,
+    name: str,
+    description: str,
+    build: Callable[[Settings], Awaitable[ServiceHost]],
+    server: Callable[[Settings], ServerSettings],
+) -> None:
+    """The entry point of a service: settings, logs, then serve until a signal."""
+    parser = argparse.ArgumentParser(prog=name, description=description)
+    parser.add_argument("--config", type=Path, help="YAML config file (or PARLEY_CONFIG)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        raise SystemExit(f"{name}: {exc}") from None
+    configure_logging(service=name, level=settings.log_level, fmt=settings.log_format)
+
+    async def serve() -> None:
+        host = await build(settings)
+        await host.start()
+        await host.serve_until_signalled()
+
+    run(serve, event_loop=server(settings).event_loop)

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 from parley.keys.v1 import accounts_pb2_grpc
 from parley_core.auth.tokens import TokenIssuer, load_private_key
-from parley_core.config import ConfigError, Settings, load_settings
-from parley_core.logging import configure_logging
-from parley_core.rpc.server import ServiceHost, run
-from parley_core.runtime import open_runtime
+from parley_core.config import ConfigError, Settings
+from parley_core.rpc.server import ServiceHost
+from parley_core.runtime import open_runtime, service_main
 from svc_keys.domain.accounts import AccountsHandler
 from svc_keys.servicer.accounts import PUBLIC_METHODS, SERVICE_NAME, AccountServicer
 from svc_keys.storage.accounts import AccountStore
@@ -48,19 +44,11 @@ async def build(settings: Settings) -> ServiceHost:
     )
 
 
-async def serve(settings: Settings) -> None:
-    host = await build(settings)
-    await host.start()
-    await host.serve_until_signalled()
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="svc_keys", description="Parley accounts and keys")
-    parser.add_argument("--config", type=Path, help="YAML config file (or PARLEY_CONFIG)")
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        raise SystemExit(f"svc_keys: {exc}") from None
-    configure_logging(service="svc_keys", level=settings.log_level, fmt=settings.log_format)
-    run(lambda: serve(settings), event_loop=settings.keys.server.event_loop)
+    service_main(
+        argv,
+        name="svc_keys",
+        description="Parley accounts and keys",
+        build=build,
+        server=lambda settings: settings.keys.server,
+    )

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 from prometheus_client import Gauge
 
-from parley_core.config import ConfigError, Settings, load_settings
+from parley_core.config import Settings
 from parley_core.errors import Reason, Unavailable
-from parley_core.logging import configure_logging
-from parley_core.rpc.server import ServiceHost, run
-from parley_core.runtime import open_runtime
+from parley_core.rpc.server import ServiceHost
+from parley_core.runtime import open_runtime, service_main
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.delivery import AckBatcher, DeliveryService, Hub
 from svc_message.domain.messages import MessagesHandler
@@ -137,19 +134,11 @@ async def build(settings: Settings) -> ServiceHost:
     )
 
 
-async def serve(settings: Settings) -> None:
-    host = await build(settings)
-    await host.start()
-    await host.serve_until_signalled()
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="svc_message", description="Parley messaging")
-    parser.add_argument("--config", type=Path, help="YAML config file (or PARLEY_CONFIG)")
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        raise SystemExit(f"svc_message: {exc}") from None
-    configure_logging(service="svc_message", level=settings.log_level, fmt=settings.log_format)
-    run(lambda: serve(settings), event_loop=settings.message.server.event_loop)
+    service_main(
+        argv,
+        name="svc_message",
+        description="Parley messaging",
+        build=build,
+        server=lambda settings: settings.message.server,
+    )

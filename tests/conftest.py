@@ -17,28 +17,20 @@ TEST_SHUTDOWN_GRACE_SECONDS = 2.0
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalStack]:
     """One stack for the whole session, with two svc_message instances. Do not break it."""
-    local = LocalStack.with_free_ports(
+    async with LocalStack.with_free_ports(
         root=tmp_path_factory.mktemp("stack"),
         message_instances=2,
         shutdown_grace_seconds=TEST_SHUTDOWN_GRACE_SECONDS,
-    )
-    await local.start()
-    try:
+    ) as local:
         yield local
-    finally:
-        await local.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def fresh_stack(tmp_path: Path) -> AsyncIterator[LocalStack]:
     """A stack of its own (one svc_message instance) for tests that kill or stop parts."""
-    local = LocalStack.with_free_ports(
+    async with LocalStack.with_free_ports(
         root=tmp_path / "stack",
         message_instances=1,
         shutdown_grace_seconds=TEST_SHUTDOWN_GRACE_SECONDS,
-    )
-    await local.start()
-    try:
+    ) as local:
         yield local
-    finally:
-        await local.stop()

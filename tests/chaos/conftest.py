@@ -25,16 +25,12 @@ TEST_SHUTDOWN_GRACE_SECONDS = 2.0
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalStack]:
-    local = LocalStack.with_free_ports(
+    async with LocalStack.with_free_ports(
         root=tmp_path_factory.mktemp("chaos_stack"),
         message_instances=2,
         shutdown_grace_seconds=TEST_SHUTDOWN_GRACE_SECONDS,
-    )
-    await local.start()
-    try:
+    ) as local:
         yield local
-    finally:
-        await local.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
