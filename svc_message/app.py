@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import Gauge
-
 from parley_core.config import Settings
 from parley_core.errors import Reason, Unavailable
 from parley_core.rpc.server import ServiceHost
@@ -15,6 +13,7 @@ from svc_message.domain.delivery import AckBatcher, DeliveryService, Hub
 from svc_message.domain.messages import MessagesHandler
 from svc_message.domain.projection import Projector
 from svc_message.domain.sending import SendPipeline
+from svc_message.metrics import MessageMetrics
 from svc_message.peers.keys import AccountDirectory
 from svc_message.servicer.convert import ProtoEventCodec
 from svc_message.servicer.messages import MessageUnaryServicer
@@ -90,11 +89,11 @@ async def build(settings: Settings) -> ServiceHost:
         cursor_flush_seconds=config.cursor_flush_seconds,
         clock=clock,
     )
-    Gauge(
-        "parley_delivery_streams_open",
-        "Delivery streams open on this process.",
-        registry=runtime.registry,
-    ).set_function(lambda: hub.stream_count)
+    runtime.registry.register(
+        MessageMetrics(
+            hub=hub, pipeline=pipeline, projector=projector, recent=recent, doorbell=doorbell
+        )
+    )
 
     await runtime.start_revocation_feed(on_revoked=hub.device_revoked)
     runtime.spawn(doorbell.run())

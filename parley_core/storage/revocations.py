@@ -31,7 +31,7 @@ class RevocationStore:
     def __init__(self, db: AsyncDatabase[Document], redis: Redis, *, token_ttl_seconds: int):
         self._coll = db["revocations"]
         self._redis = redis
-        self._ttl = token_ttl_seconds
+        self.token_ttl_seconds = token_ttl_seconds
 
     async def ensure_indexes(self) -> None:
         # Once every token issued before the revocation has expired, the entry is moot.
@@ -44,7 +44,7 @@ class RevocationStore:
             {"_id": device_id},
             {
                 "$max": {"revoked_at": revoked_at},
-                "$set": {"expire_at": revoked_at + timedelta(seconds=self._ttl)},
+                "$set": {"expire_at": revoked_at + timedelta(seconds=self.token_ttl_seconds)},
             },
             upsert=True,
         )
@@ -77,6 +77,7 @@ class RevocationFeed:
         self._redis = redis
         self._list = revocations
         self._poll = poll_seconds
+        self._token_ttl = store.token_ttl_seconds
         self._on_revoked = on_revoked
         self._last_poll: datetime | None = None
 
@@ -107,6 +108,8 @@ class RevocationFeed:
                 for revocation in await self._store.load_since(since):
                     self._apply(revocation)
                 self._last_poll = started
+                # Every token issued before this has expired: nothing left to refuse.
+                self._list.forget_before(started.timestamp() - self._token_ttl)
             except Exception as exc:  # keep polling through database outages
                 log.warning("revocation_poll_failed", error=str(exc))
 

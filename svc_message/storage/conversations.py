@@ -127,11 +127,6 @@ class ConversationStore:
         doc = await self._conversations.find_one({"_id": conversation_id})
         return None if doc is None else conversation_from_doc(doc)
 
-    async def last_seqs(self, conversation_ids: Iterable[str]) -> dict[str, int]:
-        ids = list(conversation_ids)
-        cursor = self._conversations.find({"_id": {"$in": ids}}, {"last_seq": 1})
-        return {doc["_id"]: doc.get("last_seq", 0) async for doc in cursor}
-
     async def of_member(self, account_id: str) -> list[Conversation]:
         cursor = self._conversations.find({"member_ids": account_id})
         return [conversation_from_doc(doc) async for doc in cursor]

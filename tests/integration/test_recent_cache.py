@@ -6,6 +6,7 @@ import redis.asyncio as aioredis
 
 from parley.message.v1 import messages_pb2 as mpb
 from parley_dev.stack import LocalStack
+from tests.helpers import http_get
 from tests.users import direct, send, sign_up
 
 
@@ -84,3 +85,26 @@ async def test_an_old_page_does_not_pass_for_the_newest(keys, messages) -> None:
     )
     assert [m.seq for m in forward.messages] == [28, 29, 30]
     assert forward.next_page_token == ""
+
+
+async def test_domain_metrics_are_exported(keys, messages, stack: LocalStack) -> None:
+    alice, bob = await sign_up(keys), await sign_up(keys)
+    conversation = await direct(messages, alice, bob)
+    await send(messages, alice, conversation, b"counted")
+    await newest(messages, bob, conversation)
+    await newest(messages, bob, conversation)
+    status, text = await http_get(stack.message_metrics_urls[0])
+    assert status == 200
+
+    def value(line_start: str) -> float:
+        line = next(ln for ln in text.splitlines() if ln.startswith(line_start))
+        return float(line.rsplit(" ", 1)[1])
+
+    assert value("parley_messages_committed_total") >= 1
+    assert value("parley_send_batches_total") >= 1
+    assert value('parley_recent_cache_reads_total{result="hit"}') >= 1
+    assert value('parley_recent_cache_reads_total{result="miss"}') >= 1
+    assert value("parley_delivery_streams_open") >= 0
+    assert value("parley_projection_pending_conversations") >= 0
+    assert value("parley_doorbell_publish_failures_total") == 0
+    assert 'parley_rpc_requests_total{code="OK",method="SendMessage",service="message"}' in text
