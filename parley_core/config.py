@@ -98,6 +98,9 @@ class MessageServiceSettings(_Section):
     # Events buffered per delivery stream before the stream counts as a slow
     # consumer and is closed (it resumes from its watermarks on reconnect).
     stream_queue_events: int = Field(default=4096, ge=16)
+    # The same bound in encoded bytes, so large messages cannot make one slow
+    # stream hold hundreds of megabytes.
+    stream_queue_bytes: int = Field(default=8 << 20, ge=1 << 16)
     # Most sends committed by one group-commit write.
     send_batch_max: int = Field(default=512, ge=1, le=10000)
     # Delivered-watermark acks from streams are coalesced for this long: every

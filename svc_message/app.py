@@ -77,6 +77,7 @@ async def build(settings: Settings) -> ServiceHost:
         message_store,
         codec,
         queue_limit=config.stream_queue_events,
+        queue_bytes=config.stream_queue_bytes,
         replay_page_size=config.replay_page_size,
         clock=clock,
     )

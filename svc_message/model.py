@@ -91,6 +91,8 @@ class Envelope:
     # For messages, who sent it: a device's acks of its own account's messages
     # need no delivered-watermark write.
     sender_account_id: str = ""
+    # Encoded size, for the byte budget of a stream's queue.
+    size: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,12 +61,20 @@ class StreamSession:
     """One device's live stream: a bounded queue of routed events."""
 
     def __init__(
-        self, *, account_id: str, device_id: str, expires_at: float, queue_limit: int
+        self,
+        *,
+        account_id: str,
+        device_id: str,
+        expires_at: float,
+        queue_limit: int,
+        queue_bytes: int = 1 << 62,
     ) -> None:
         self.account_id = account_id
         self.device_id = device_id
         self.expires_at = expires_at
         self._limit = queue_limit
+        self._byte_budget = queue_bytes
+        self._queued_bytes = 0
         self._queue: deque[Envelope] = deque()
         self._wake = asyncio.Event()
         self._closed = asyncio.Event()
@@ -87,7 +95,10 @@ class StreamSession:
     def offer(self, envelope: Envelope) -> None:
         if self._error is not None:
             return
-        if len(self._queue) >= self._limit:
+        if (
+            len(self._queue) >= self._limit
+            or self._queued_bytes + envelope.size > self._byte_budget
+        ):
             # Memory stays bounded: the device resumes from its watermarks.
             self.close(
                 ResourceExhausted(
@@ -97,12 +108,14 @@ class StreamSession:
             )
             return
         self._queue.append(envelope)
+        self._queued_bytes += envelope.size
         self._wake.set()
 
     def close(self, error: ParleyError) -> None:
         if self._error is None:
             self._error = error
             self._queue.clear()
+            self._queued_bytes = 0
             self._closed.set()
         self._wake.set()
 
@@ -123,7 +136,9 @@ class StreamSession:
                 raise self._error
             if self._queue or self.resync_wanted:
                 count = min(len(self._queue), MAX_EVENTS_PER_WRITE)
-                return [self._queue.popleft() for _ in range(count)]
+                batch = [self._queue.popleft() for _ in range(count)]
+                self._queued_bytes -= sum(e.size for e in batch)
+                return batch
             remaining = self.expires_at - clock()
             if remaining <= 0:
                 raise Unauthenticated(
@@ -203,6 +218,7 @@ class DeliveryService:
         codec: EventCodec,
         *,
         queue_limit: int,
+        queue_bytes: int,
         replay_page_size: int,
         clock: Callable[[], float],
     ) -> None:
@@ -214,6 +230,7 @@ class DeliveryService:
         self._messages = messages
         self._codec = codec
         self._queue_limit = queue_limit
+        self._queue_bytes = queue_bytes
         self._page = replay_page_size
         self._clock = clock
 
@@ -223,6 +240,7 @@ class DeliveryService:
             device_id=device_id,
             expires_at=expires_at,
             queue_limit=self._queue_limit,
+            queue_bytes=self._queue_bytes,
         )
 
     async def _catch_up(

@@ -146,6 +146,7 @@ class ProtoEventCodec:
         except DecodeError:
             return None
         kind = event.WhichOneof("kind")
+        size = len(payload)
         if kind == "message":
             return Envelope(
                 EventKind.MESSAGE,
@@ -153,9 +154,12 @@ class ProtoEventCodec:
                 event.message.seq,
                 event,
                 event.message.sender_account_id,
+                size,
             )
         if kind == "receipt":
-            return Envelope(EventKind.RECEIPT, event.receipt.conversation_id, 0, event)
+            return Envelope(EventKind.RECEIPT, event.receipt.conversation_id, 0, event, size=size)
         if kind == "conversation":
-            return Envelope(EventKind.CONVERSATION, event.conversation.conversation_id, 0, event)
+            return Envelope(
+                EventKind.CONVERSATION, event.conversation.conversation_id, 0, event, size=size
+            )
         return None

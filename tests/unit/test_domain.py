@@ -141,3 +141,17 @@ def test_acks_raise_delivery_only_for_others_messages() -> None:
     # Nothing beyond what this stream sent, nothing in other conversations.
     assert ackable(None, session, "c", 5) == (0, 0)  # type: ignore[arg-type]
     assert ackable(None, session, "x", 1) == (0, 0)  # type: ignore[arg-type]
+
+
+async def test_session_queue_is_bounded_in_bytes_too() -> None:
+    session = StreamSession(
+        account_id="a", device_id="d", expires_at=1e12, queue_limit=1000, queue_bytes=100_000
+    )
+    for seq in range(1, 4):
+        session.offer(Envelope(EventKind.MESSAGE, "c", seq, object(), "b", 30_000))
+    batch = await session.next_batch(clock=lambda: 0.0)
+    assert [e.seq for e in batch] == [1, 2, 3]  # taking them frees their bytes
+    for seq in range(4, 8):
+        session.offer(Envelope(EventKind.MESSAGE, "c", seq, object(), "b", 30_000))
+    with pytest.raises(ResourceExhausted):  # the fourth 30 kB event passes 100 kB
+        await session.next_batch(clock=lambda: 0.0)
