@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypedDict, Unpack
@@ -251,17 +251,13 @@ class Client:
             await self._session.set_credentials(None, notify=False)
 
     async def list_devices(self, *, page_size: int | None = None) -> AsyncIterator[Device]:
-        page_token = ""
-        while True:
-            request = accounts_pb2.ListDevicesRequest(
-                page_size=min(page_size or self._page_size, 100), page_token=page_token
-            )
-            response = await self._session.unary(self._session.accounts.ListDevices, request)
-            for device in response.devices:
-                yield device
-            page_token = response.next_page_token
-            if not page_token:
-                return
+        size = min(page_size or self._page_size, 100)
+        async for device in self._pages(
+            self._session.accounts.ListDevices,
+            lambda token: accounts_pb2.ListDevicesRequest(page_size=size, page_token=token),
+            "devices",
+        ):
+            yield device
 
     async def get_account(
         self, *, account_id: str | None = None, handle: str | None = None
@@ -276,6 +272,19 @@ class Client:
         else:
             request = accounts_pb2.GetAccountRequest()
         return await self._session.unary(self._session.accounts.GetAccount, request)
+
+    async def _pages(
+        self, method: Any, request_for: Callable[[str], Any], field: str
+    ) -> AsyncIterator[Any]:
+        """Every item of a paged list (AIP-158), fetching pages as they are consumed."""
+        page_token = ""
+        while True:
+            response = await self._session.unary(method, request_for(page_token))
+            for item in getattr(response, field):
+                yield item
+            page_token = response.next_page_token
+            if not page_token:
+                return
 
     # -- conversations --------------------------------------------------------
 
@@ -294,17 +303,13 @@ class Client:
         self, *, page_size: int | None = None
     ) -> AsyncIterator[ConversationView]:
         """The inbox, newest activity first, across all pages."""
-        page_token = ""
-        while True:
-            request = messages_pb2.ListConversationsRequest(
-                page_size=min(page_size or self._page_size, 100), page_token=page_token
-            )
-            response = await self._session.unary(self._session.messages.ListConversations, request)
-            for view in response.conversations:
-                yield view
-            page_token = response.next_page_token
-            if not page_token:
-                return
+        size = min(page_size or self._page_size, 100)
+        async for view in self._pages(
+            self._session.messages.ListConversations,
+            lambda token: messages_pb2.ListConversationsRequest(page_size=size, page_token=token),
+            "conversations",
+        ):
+            yield view
 
     # -- messages -----------------------------------------------------------------
 
@@ -341,21 +346,19 @@ class Client:
         ``start_seq`` is inclusive; 0 means the newest (BACKWARD) or seq 1 (FORWARD).
         Stop iterating early to fetch no more pages.
         """
-        page_token = ""
-        while True:
-            request = messages_pb2.ListMessagesRequest(
+        size = min(page_size or self._page_size, 200)
+        async for message in self._pages(
+            self._session.messages.ListMessages,
+            lambda token: messages_pb2.ListMessagesRequest(
                 conversation_id=conversation_id,
-                page_size=min(page_size or self._page_size, 200),
-                page_token=page_token,
+                page_size=size,
+                page_token=token,
                 direction=messages_pb2.Direction.ValueType(int(direction)),
                 start_seq=start_seq,
-            )
-            response = await self._session.unary(self._session.messages.ListMessages, request)
-            for message in response.messages:
-                yield message
-            page_token = response.next_page_token
-            if not page_token:
-                return
+            ),
+            "messages",
+        ):
+            yield message
 
     async def mark_delivered(self, conversation_id: str, seq: int) -> Watermarks:
         request = messages_pb2.MarkDeliveredRequest(
