@@ -46,6 +46,20 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_REFRESH_TOKEN_INVALID: _ErrorReason.ValueType  # 17
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 18
     ERROR_REASON_SHUTTING_DOWN: _ErrorReason.ValueType  # 19
+    ERROR_REASON_GROUP_FULL: _ErrorReason.ValueType  # 20
+    """A group would exceed its member cap (RESOURCE_EXHAUSTED)."""
+    ERROR_REASON_ROLE_REQUIRED: _ErrorReason.ValueType  # 21
+    """The caller's role does not allow the operation (PERMISSION_DENIED)."""
+    ERROR_REASON_LAST_OWNER: _ErrorReason.ValueType  # 22
+    """The last owner must hand ownership over before leaving or stepping down."""
+    ERROR_REASON_MESSAGE_DELETED: _ErrorReason.ValueType  # 23
+    """The message was deleted for everyone; it can no longer be edited or reacted to."""
+    ERROR_REASON_NOT_THE_SENDER: _ErrorReason.ValueType  # 24
+    """Only the sender may do this to a message (PERMISSION_DENIED)."""
+    ERROR_REASON_WRONG_CONVERSATION_TYPE: _ErrorReason.ValueType  # 25
+    """The operation does not apply to this type of conversation (FAILED_PRECONDITION)."""
+    ERROR_REASON_TOO_MANY_PINS: _ErrorReason.ValueType  # 26
+    """Too many pinned conversations (FAILED_PRECONDITION)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reasons carried in google.rpc.ErrorInfo.reason (AIP-193).
@@ -77,6 +91,20 @@ ERROR_REASON_PAGE_TOKEN_INVALID: ErrorReason.ValueType  # 16
 ERROR_REASON_REFRESH_TOKEN_INVALID: ErrorReason.ValueType  # 17
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 18
 ERROR_REASON_SHUTTING_DOWN: ErrorReason.ValueType  # 19
+ERROR_REASON_GROUP_FULL: ErrorReason.ValueType  # 20
+"""A group would exceed its member cap (RESOURCE_EXHAUSTED)."""
+ERROR_REASON_ROLE_REQUIRED: ErrorReason.ValueType  # 21
+"""The caller's role does not allow the operation (PERMISSION_DENIED)."""
+ERROR_REASON_LAST_OWNER: ErrorReason.ValueType  # 22
+"""The last owner must hand ownership over before leaving or stepping down."""
+ERROR_REASON_MESSAGE_DELETED: ErrorReason.ValueType  # 23
+"""The message was deleted for everyone; it can no longer be edited or reacted to."""
+ERROR_REASON_NOT_THE_SENDER: ErrorReason.ValueType  # 24
+"""Only the sender may do this to a message (PERMISSION_DENIED)."""
+ERROR_REASON_WRONG_CONVERSATION_TYPE: ErrorReason.ValueType  # 25
+"""The operation does not apply to this type of conversation (FAILED_PRECONDITION)."""
+ERROR_REASON_TOO_MANY_PINS: ErrorReason.ValueType  # 26
+"""Too many pinned conversations (FAILED_PRECONDITION)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _Platform:

@@ -28,12 +28,43 @@ class _ConversationTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Conv
     DESCRIPTOR: _descriptor.EnumDescriptor
     CONVERSATION_TYPE_UNSPECIFIED: _ConversationType.ValueType  # 0
     CONVERSATION_TYPE_DIRECT: _ConversationType.ValueType  # 1
+    CONVERSATION_TYPE_GROUP: _ConversationType.ValueType  # 2
+    """Up to 1024 members with roles."""
+    CONVERSATION_TYPE_CHANNEL: _ConversationType.ValueType  # 3
+    """Broadcast: admins post, unlimited subscribers read."""
 
 class ConversationType(_ConversationType, metaclass=_ConversationTypeEnumTypeWrapper): ...
 
 CONVERSATION_TYPE_UNSPECIFIED: ConversationType.ValueType  # 0
 CONVERSATION_TYPE_DIRECT: ConversationType.ValueType  # 1
+CONVERSATION_TYPE_GROUP: ConversationType.ValueType  # 2
+"""Up to 1024 members with roles."""
+CONVERSATION_TYPE_CHANNEL: ConversationType.ValueType  # 3
+"""Broadcast: admins post, unlimited subscribers read."""
 Global___ConversationType: _TypeAlias = ConversationType  # noqa: Y015
+
+class _Role:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLE_UNSPECIFIED: _Role.ValueType  # 0
+    ROLE_OWNER: _Role.ValueType  # 1
+    ROLE_ADMIN: _Role.ValueType  # 2
+    ROLE_MEMBER: _Role.ValueType  # 3
+    ROLE_SUBSCRIBER: _Role.ValueType  # 4
+    """A channel reader."""
+
+class Role(_Role, metaclass=_RoleEnumTypeWrapper): ...
+
+ROLE_UNSPECIFIED: Role.ValueType  # 0
+ROLE_OWNER: Role.ValueType  # 1
+ROLE_ADMIN: Role.ValueType  # 2
+ROLE_MEMBER: Role.ValueType  # 3
+ROLE_SUBSCRIBER: Role.ValueType  # 4
+"""A channel reader."""
+Global___Role: _TypeAlias = Role  # noqa: Y015
 
 class _MessageType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -50,6 +81,10 @@ class _MessageTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageTy
     MESSAGE_TYPE_STICKER: _MessageType.ValueType  # 6
     MESSAGE_TYPE_LOCATION: _MessageType.ValueType  # 7
     MESSAGE_TYPE_CONTACT: _MessageType.ValueType  # 8
+    MESSAGE_TYPE_SYSTEM: _MessageType.ValueType  # 9
+    """Written by the server for membership and info changes; `system` says what
+    happened and the body is empty. Clients cannot send it.
+    """
 
 class MessageType(_MessageType, metaclass=_MessageTypeEnumTypeWrapper):
     """What the body holds. The server never reads the body (it is ciphertext); the
@@ -65,6 +100,10 @@ MESSAGE_TYPE_DOCUMENT: MessageType.ValueType  # 5
 MESSAGE_TYPE_STICKER: MessageType.ValueType  # 6
 MESSAGE_TYPE_LOCATION: MessageType.ValueType  # 7
 MESSAGE_TYPE_CONTACT: MessageType.ValueType  # 8
+MESSAGE_TYPE_SYSTEM: MessageType.ValueType  # 9
+"""Written by the server for membership and info changes; `system` says what
+happened and the body is empty. Clients cannot send it.
+"""
 Global___MessageType: _TypeAlias = MessageType  # noqa: Y015
 
 class _Direction:
@@ -88,6 +127,67 @@ DIRECTION_FORWARD: Direction.ValueType  # 2
 """Oldest first: seq increasing."""
 Global___Direction: _TypeAlias = Direction  # noqa: Y015
 
+class _DeleteScope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeleteScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeleteScope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELETE_SCOPE_UNSPECIFIED: _DeleteScope.ValueType  # 0
+    DELETE_SCOPE_FOR_ME: _DeleteScope.ValueType  # 1
+    """Hidden from the caller's own views (every device of the caller)."""
+    DELETE_SCOPE_FOR_EVERYONE: _DeleteScope.ValueType  # 2
+    """The body is cleared for everyone and a tombstone stays. Sender or admin."""
+
+class DeleteScope(_DeleteScope, metaclass=_DeleteScopeEnumTypeWrapper): ...
+
+DELETE_SCOPE_UNSPECIFIED: DeleteScope.ValueType  # 0
+DELETE_SCOPE_FOR_ME: DeleteScope.ValueType  # 1
+"""Hidden from the caller's own views (every device of the caller)."""
+DELETE_SCOPE_FOR_EVERYONE: DeleteScope.ValueType  # 2
+"""The body is cleared for everyone and a tombstone stays. Sender or admin."""
+Global___DeleteScope: _TypeAlias = DeleteScope  # noqa: Y015
+
+class _ArchiveFilter:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ArchiveFilterEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ArchiveFilter.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ARCHIVE_FILTER_UNSPECIFIED: _ArchiveFilter.ValueType  # 0
+    ARCHIVE_FILTER_ACTIVE: _ArchiveFilter.ValueType  # 1
+    """Conversations that are not archived. The default."""
+    ARCHIVE_FILTER_ARCHIVED: _ArchiveFilter.ValueType  # 2
+    ARCHIVE_FILTER_ALL: _ArchiveFilter.ValueType  # 3
+
+class ArchiveFilter(_ArchiveFilter, metaclass=_ArchiveFilterEnumTypeWrapper): ...
+
+ARCHIVE_FILTER_UNSPECIFIED: ArchiveFilter.ValueType  # 0
+ARCHIVE_FILTER_ACTIVE: ArchiveFilter.ValueType  # 1
+"""Conversations that are not archived. The default."""
+ARCHIVE_FILTER_ARCHIVED: ArchiveFilter.ValueType  # 2
+ARCHIVE_FILTER_ALL: ArchiveFilter.ValueType  # 3
+Global___ArchiveFilter: _TypeAlias = ArchiveFilter  # noqa: Y015
+
+class _MembershipState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MembershipStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MembershipState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEMBERSHIP_STATE_UNSPECIFIED: _MembershipState.ValueType  # 0
+    MEMBERSHIP_STATE_ACTIVE: _MembershipState.ValueType  # 1
+    MEMBERSHIP_STATE_LEFT: _MembershipState.ValueType  # 2
+    """The caller left or was removed; history up to then stays readable."""
+
+class MembershipState(_MembershipState, metaclass=_MembershipStateEnumTypeWrapper): ...
+
+MEMBERSHIP_STATE_UNSPECIFIED: MembershipState.ValueType  # 0
+MEMBERSHIP_STATE_ACTIVE: MembershipState.ValueType  # 1
+MEMBERSHIP_STATE_LEFT: MembershipState.ValueType  # 2
+"""The caller left or was removed; history up to then stays readable."""
+Global___MembershipState: _TypeAlias = MembershipState  # noqa: Y015
+
 @_typing.final
 class Conversation(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -98,12 +198,31 @@ class Conversation(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
     LAST_ACTIVITY_TIME_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    AVATAR_REF_FIELD_NUMBER: _builtins.int
+    MEMBER_COUNT_FIELD_NUMBER: _builtins.int
+    PUBLIC_FIELD_NUMBER: _builtins.int
+    LAST_VERSION_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     type: Global___ConversationType.ValueType
     last_seq: _builtins.int
-    """Seq of the newest message; 0 when empty."""
+    """Seq of the newest history item (message or system message); 0 when empty."""
+    title: _builtins.str
+    """Groups and channels."""
+    avatar_ref: _builtins.str
+    """A media reference chosen by the client (e.g. a svc_media object id)."""
+    member_count: _builtins.int
+    """Members (channels: subscribers included)."""
+    public: _builtins.bool
+    """Channels: whether anyone may subscribe."""
+    last_version: _builtins.int
+    """The newest version of the conversation's change feed."""
     @_builtins.property
-    def member_account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def member_account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Direct and group: every member. Channel: the owners and admins only (the
+        subscribers are in ListMembers).
+        """
+
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -117,14 +236,142 @@ class Conversation(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         last_seq: _builtins.int = ...,
         last_activity_time: _timestamp_pb2.Timestamp | None = ...,
+        title: _builtins.str = ...,
+        avatar_ref: _builtins.str = ...,
+        member_count: _builtins.int = ...,
+        public: _builtins.bool = ...,
+        last_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_activity_time", b"last_activity_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "create_time", b"create_time", "last_activity_time", b"last_activity_time", "last_seq", b"last_seq", "member_account_ids", b"member_account_ids", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avatar_ref", b"avatar_ref", "conversation_id", b"conversation_id", "create_time", b"create_time", "last_activity_time", b"last_activity_time", "last_seq", b"last_seq", "last_version", b"last_version", "member_account_ids", b"member_account_ids", "member_count", b"member_count", "public", b"public", "title", b"title", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Conversation: _TypeAlias = Conversation  # noqa: Y015
+
+@_typing.final
+class Member(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    JOINED_SEQ_FIELD_NUMBER: _builtins.int
+    JOIN_TIME_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    role: Global___Role.ValueType
+    joined_seq: _builtins.int
+    """The seq of the system message that added the member: history before it
+    is not visible to them.
+    """
+    @_builtins.property
+    def join_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        role: Global___Role.ValueType = ...,
+        joined_seq: _builtins.int = ...,
+        join_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["join_time", b"join_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "join_time", b"join_time", "joined_seq", b"joined_seq", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Member: _TypeAlias = Member  # noqa: Y015
+
+@_typing.final
+class ReactionCount(_message.Message):
+    """Per emoji, how many members reacted with it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMOJI_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    emoji: _builtins.str
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        emoji: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "emoji", b"emoji"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReactionCount: _TypeAlias = ReactionCount  # noqa: Y015
+
+@_typing.final
+class SystemEvent(_message.Message):
+    """A membership or info change, shown in history as a system message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Action:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[SystemEvent._Action.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        ACTION_UNSPECIFIED: SystemEvent._Action.ValueType  # 0
+        ACTION_CREATED: SystemEvent._Action.ValueType  # 1
+        ACTION_MEMBERS_ADDED: SystemEvent._Action.ValueType  # 2
+        ACTION_MEMBER_REMOVED: SystemEvent._Action.ValueType  # 3
+        ACTION_MEMBER_LEFT: SystemEvent._Action.ValueType  # 4
+        ACTION_ROLE_CHANGED: SystemEvent._Action.ValueType  # 5
+        ACTION_INFO_CHANGED: SystemEvent._Action.ValueType  # 6
+        ACTION_SUBSCRIBED: SystemEvent._Action.ValueType  # 7
+
+    class Action(_Action, metaclass=_ActionEnumTypeWrapper): ...
+    ACTION_UNSPECIFIED: SystemEvent.Action.ValueType  # 0
+    ACTION_CREATED: SystemEvent.Action.ValueType  # 1
+    ACTION_MEMBERS_ADDED: SystemEvent.Action.ValueType  # 2
+    ACTION_MEMBER_REMOVED: SystemEvent.Action.ValueType  # 3
+    ACTION_MEMBER_LEFT: SystemEvent.Action.ValueType  # 4
+    ACTION_ROLE_CHANGED: SystemEvent.Action.ValueType  # 5
+    ACTION_INFO_CHANGED: SystemEvent.Action.ValueType  # 6
+    ACTION_SUBSCRIBED: SystemEvent.Action.ValueType  # 7
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    ACTOR_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    TARGET_ACCOUNT_IDS_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    AVATAR_REF_FIELD_NUMBER: _builtins.int
+    action: Global___SystemEvent.Action.ValueType
+    actor_account_id: _builtins.str
+    """Who did it."""
+    role: Global___Role.ValueType
+    """ROLE_CHANGED: the new role."""
+    title: _builtins.str
+    """CREATED / INFO_CHANGED: the title and avatar after the change."""
+    avatar_ref: _builtins.str
+    @_builtins.property
+    def target_account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Whom it concerns (added, removed, promoted, ...)."""
+
+    def __init__(
+        self,
+        *,
+        action: Global___SystemEvent.Action.ValueType = ...,
+        actor_account_id: _builtins.str = ...,
+        target_account_ids: _abc.Iterable[_builtins.str] | None = ...,
+        role: Global___Role.ValueType = ...,
+        title: _builtins.str = ...,
+        avatar_ref: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor_account_id", b"actor_account_id", "avatar_ref", b"avatar_ref", "role", b"role", "target_account_ids", b"target_account_ids", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SystemEvent: _TypeAlias = SystemEvent  # noqa: Y015
 
 @_typing.final
 class Message(_message.Message):
@@ -139,21 +386,45 @@ class Message(_message.Message):
     BODY_FIELD_NUMBER: _builtins.int
     REPLY_TO_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    FORWARDED_FIELD_NUMBER: _builtins.int
+    EDITED_FIELD_NUMBER: _builtins.int
+    EDIT_TIME_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    REACTIONS_FIELD_NUMBER: _builtins.int
+    SYSTEM_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Globally unique, roughly time-ordered."""
     conversation_id: _builtins.str
     seq: _builtins.int
-    """Gapless and increasing inside the conversation, from 1."""
+    """Gapless and increasing inside the conversation, from 1, over history
+    items (messages and system messages).
+    """
     sender_account_id: _builtins.str
     sender_device_id: _builtins.str
     type: Global___MessageType.ValueType
     body: _builtins.bytes
-    """Opaque ciphertext, at most 65536 bytes."""
+    """Opaque ciphertext, at most 65536 bytes. Empty once deleted for everyone."""
     reply_to_message_id: _builtins.str
     """Empty when the message is not a reply."""
+    version: _builtins.int
+    """The version of the change feed that created it."""
+    forwarded: _builtins.bool
+    edited: _builtins.bool
+    """Set when the body was replaced by EditMessage."""
+    deleted: _builtins.bool
+    """Deleted for everyone: the body is empty and this tombstone stays."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Assigned by the server."""
+
+    @_builtins.property
+    def edit_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def reactions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReactionCount]: ...
+    @_builtins.property
+    def system(self) -> Global___SystemEvent:
+        """For MESSAGE_TYPE_SYSTEM."""
 
     def __init__(
         self,
@@ -167,10 +438,17 @@ class Message(_message.Message):
         body: _builtins.bytes = ...,
         reply_to_message_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        version: _builtins.int = ...,
+        forwarded: _builtins.bool = ...,
+        edited: _builtins.bool = ...,
+        edit_time: _timestamp_pb2.Timestamp | None = ...,
+        deleted: _builtins.bool = ...,
+        reactions: _abc.Iterable[Global___ReactionCount] | None = ...,
+        system: Global___SystemEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "edit_time", b"edit_time", "system", b"system"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "conversation_id", b"conversation_id", "create_time", b"create_time", "message_id", b"message_id", "reply_to_message_id", b"reply_to_message_id", "sender_account_id", b"sender_account_id", "sender_device_id", b"sender_device_id", "seq", b"seq", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "conversation_id", b"conversation_id", "create_time", b"create_time", "deleted", b"deleted", "edit_time", b"edit_time", "edited", b"edited", "forwarded", b"forwarded", "message_id", b"message_id", "reactions", b"reactions", "reply_to_message_id", b"reply_to_message_id", "sender_account_id", b"sender_account_id", "sender_device_id", b"sender_device_id", "seq", b"seq", "system", b"system", "type", b"type", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -244,6 +522,47 @@ class Watermarks(_message.Message):
 Global___Watermarks: _TypeAlias = Watermarks  # noqa: Y015
 
 @_typing.final
+class InboxSettings(_message.Message):
+    """The caller's own settings for a conversation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    MUTED_UNTIL_FIELD_NUMBER: _builtins.int
+    PINNED_FIELD_NUMBER: _builtins.int
+    PIN_RANK_FIELD_NUMBER: _builtins.int
+    ARCHIVED_FIELD_NUMBER: _builtins.int
+    MARKED_UNREAD_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    pinned: _builtins.bool
+    pin_rank: _builtins.int
+    """Among pinned conversations, higher first."""
+    archived: _builtins.bool
+    """As the inbox shows it: false once a new message brought it back."""
+    marked_unread: _builtins.bool
+    @_builtins.property
+    def muted_until(self) -> _timestamp_pb2.Timestamp:
+        """Unset: not muted. Far future (year 9999): muted forever."""
+
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        muted_until: _timestamp_pb2.Timestamp | None = ...,
+        pinned: _builtins.bool = ...,
+        pin_rank: _builtins.int = ...,
+        archived: _builtins.bool = ...,
+        marked_unread: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["muted_until", b"muted_until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "conversation_id", b"conversation_id", "marked_unread", b"marked_unread", "muted_until", b"muted_until", "pin_rank", b"pin_rank", "pinned", b"pinned"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InboxSettings: _TypeAlias = InboxSettings  # noqa: Y015
+
+@_typing.final
 class ConversationView(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -251,16 +570,34 @@ class ConversationView(_message.Message):
     UNREAD_COUNT_FIELD_NUMBER: _builtins.int
     LAST_MESSAGE_FIELD_NUMBER: _builtins.int
     MEMBER_WATERMARKS_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_STATE_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    JOINED_SEQ_FIELD_NUMBER: _builtins.int
+    VISIBLE_UNTIL_SEQ_FIELD_NUMBER: _builtins.int
     unread_count: _builtins.int
-    """last_seq - the caller's read_seq."""
+    """History items after the caller's read watermark (what the caller sent
+    counts as read).
+    """
+    role: Global___Role.ValueType
+    membership_state: Global___MembershipState.ValueType
+    joined_seq: _builtins.int
+    """History the caller may read: seq from joined_seq+1... up to visible_until_seq
+    (0 = no end, the caller is a member).
+    """
+    visible_until_seq: _builtins.int
     @_builtins.property
     def conversation(self) -> Global___Conversation: ...
     @_builtins.property
     def last_message(self) -> Global___MessageSummary: ...
     @_builtins.property
     def member_watermarks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Watermarks]:
-        """One entry per member, the caller included."""
+        """Direct and group: one entry per member, the caller included. Channels:
+        the caller's only.
+        """
 
+    @_builtins.property
+    def settings(self) -> Global___InboxSettings: ...
     def __init__(
         self,
         *,
@@ -268,10 +605,15 @@ class ConversationView(_message.Message):
         unread_count: _builtins.int = ...,
         last_message: Global___MessageSummary | None = ...,
         member_watermarks: _abc.Iterable[Global___Watermarks] | None = ...,
+        role: Global___Role.ValueType = ...,
+        membership_state: Global___MembershipState.ValueType = ...,
+        settings: Global___InboxSettings | None = ...,
+        joined_seq: _builtins.int = ...,
+        visible_until_seq: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "last_message", b"last_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "last_message", b"last_message", "settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "last_message", b"last_message", "member_watermarks", b"member_watermarks", "unread_count", b"unread_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "joined_seq", b"joined_seq", "last_message", b"last_message", "member_watermarks", b"member_watermarks", "membership_state", b"membership_state", "role", b"role", "settings", b"settings", "unread_count", b"unread_count", "visible_until_seq", b"visible_until_seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -300,6 +642,67 @@ class CreateDirectConversationRequest(_message.Message):
 Global___CreateDirectConversationRequest: _TypeAlias = CreateDirectConversationRequest  # noqa: Y015
 
 @_typing.final
+class CreateGroupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    AVATAR_REF_FIELD_NUMBER: _builtins.int
+    MEMBER_ACCOUNT_IDS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    title: _builtins.str
+    """1-128 characters."""
+    avatar_ref: _builtins.str
+    @_builtins.property
+    def member_account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Other members (the caller is the owner). Up to 1023."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        title: _builtins.str = ...,
+        avatar_ref: _builtins.str = ...,
+        member_account_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avatar_ref", b"avatar_ref", "member_account_ids", b"member_account_ids", "request_id", b"request_id", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateGroupRequest: _TypeAlias = CreateGroupRequest  # noqa: Y015
+
+@_typing.final
+class CreateChannelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    AVATAR_REF_FIELD_NUMBER: _builtins.int
+    PUBLIC_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    title: _builtins.str
+    avatar_ref: _builtins.str
+    public: _builtins.bool
+    """Anyone may subscribe; otherwise admins add subscribers."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        title: _builtins.str = ...,
+        avatar_ref: _builtins.str = ...,
+        public: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avatar_ref", b"avatar_ref", "public", b"public", "request_id", b"request_id", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateChannelRequest: _TypeAlias = CreateChannelRequest  # noqa: Y015
+
+@_typing.final
 class GetConversationRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -324,18 +727,21 @@ class ListConversationsRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ARCHIVE_FILTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """1-100; 0 means 20."""
     page_token: _builtins.str
+    archive_filter: Global___ArchiveFilter.ValueType
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        archive_filter: Global___ArchiveFilter.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archive_filter", b"archive_filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -349,7 +755,11 @@ class ListConversationsResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     @_builtins.property
-    def conversations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConversationView]: ...
+    def conversations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConversationView]:
+        """The first page starts with the pinned conversations (newest pin first),
+        then the rest by last activity.
+        """
+
     def __init__(
         self,
         *,
@@ -365,6 +775,237 @@ class ListConversationsResponse(_message.Message):
 Global___ListConversationsResponse: _TypeAlias = ListConversationsResponse  # noqa: Y015
 
 @_typing.final
+class UpdateConversationInfoRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    AVATAR_REF_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    conversation_id: _builtins.str
+    title: _builtins.str
+    """Each set field is changed; unset fields are kept."""
+    avatar_ref: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        title: _builtins.str | None = ...,
+        avatar_ref: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_avatar_ref", b"_avatar_ref", "_title", b"_title", "avatar_ref", b"avatar_ref", "title", b"title"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_avatar_ref", b"_avatar_ref", "_title", b"_title", "avatar_ref", b"avatar_ref", "conversation_id", b"conversation_id", "request_id", b"request_id", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__avatar_ref: _TypeAlias = _typing.Literal["avatar_ref"]  # noqa: Y015
+    _WhichOneofArgType__avatar_ref: _TypeAlias = _typing.Literal["_avatar_ref", b"_avatar_ref"]  # noqa: Y015
+    _WhichOneofReturnType__title: _TypeAlias = _typing.Literal["title"]  # noqa: Y015
+    _WhichOneofArgType__title: _TypeAlias = _typing.Literal["_title", b"_title"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__avatar_ref) -> _WhichOneofReturnType__avatar_ref | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__title) -> _WhichOneofReturnType__title | None: ...
+
+Global___UpdateConversationInfoRequest: _TypeAlias = UpdateConversationInfoRequest  # noqa: Y015
+
+@_typing.final
+class AddMembersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_IDS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    conversation_id: _builtins.str
+    @_builtins.property
+    def account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """1-1023 accounts; those already members are ignored."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        account_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_ids", b"account_ids", "conversation_id", b"conversation_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddMembersRequest: _TypeAlias = AddMembersRequest  # noqa: Y015
+
+@_typing.final
+class RemoveMemberRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    conversation_id: _builtins.str
+    account_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "conversation_id", b"conversation_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveMemberRequest: _TypeAlias = RemoveMemberRequest  # noqa: Y015
+
+@_typing.final
+class LeaveConversationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    conversation_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaveConversationRequest: _TypeAlias = LeaveConversationRequest  # noqa: Y015
+
+@_typing.final
+class LeaveConversationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEFT_SEQ_FIELD_NUMBER: _builtins.int
+    left_seq: _builtins.int
+    """The seq of the system message recording the departure."""
+    def __init__(
+        self,
+        *,
+        left_seq: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["left_seq", b"left_seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaveConversationResponse: _TypeAlias = LeaveConversationResponse  # noqa: Y015
+
+@_typing.final
+class SetMemberRoleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    conversation_id: _builtins.str
+    account_id: _builtins.str
+    role: Global___Role.ValueType
+    """OWNER, ADMIN or MEMBER."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        role: Global___Role.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "conversation_id", b"conversation_id", "request_id", b"request_id", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMemberRoleRequest: _TypeAlias = SetMemberRoleRequest  # noqa: Y015
+
+@_typing.final
+class SubscribeChannelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    conversation_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscribeChannelRequest: _TypeAlias = SubscribeChannelRequest  # noqa: Y015
+
+@_typing.final
+class ListMembersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    page_size: _builtins.int
+    """1-1000; 0 means 100."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMembersRequest: _TypeAlias = ListMembersRequest  # noqa: Y015
+
+@_typing.final
+class ListMembersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]: ...
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[Global___Member] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMembersResponse: _TypeAlias = ListMembersResponse  # noqa: Y015
+
+@_typing.final
 class SendMessageRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -373,6 +1014,7 @@ class SendMessageRequest(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     REPLY_TO_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    FORWARDED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """AIP-155: a UUID chosen by the client, reused on every retry of this send."""
     conversation_id: _builtins.str
@@ -381,6 +1023,7 @@ class SendMessageRequest(_message.Message):
     """Ciphertext, 1-65536 bytes."""
     reply_to_message_id: _builtins.str
     """Optional; must name a message of the same conversation."""
+    forwarded: _builtins.bool
     def __init__(
         self,
         *,
@@ -389,10 +1032,11 @@ class SendMessageRequest(_message.Message):
         type: Global___MessageType.ValueType = ...,
         body: _builtins.bytes = ...,
         reply_to_message_id: _builtins.str = ...,
+        forwarded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "conversation_id", b"conversation_id", "reply_to_message_id", b"reply_to_message_id", "request_id", b"request_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "conversation_id", b"conversation_id", "forwarded", b"forwarded", "reply_to_message_id", b"reply_to_message_id", "request_id", b"request_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -417,6 +1061,323 @@ class SendMessageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendMessageResponse: _TypeAlias = SendMessageResponse  # noqa: Y015
+
+@_typing.final
+class EditMessageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    conversation_id: _builtins.str
+    message_id: _builtins.str
+    body: _builtins.bytes
+    """The new ciphertext, 1-65536 bytes."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        body: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "conversation_id", b"conversation_id", "message_id", b"message_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditMessageRequest: _TypeAlias = EditMessageRequest  # noqa: Y015
+
+@_typing.final
+class EditMessageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EDIT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def edit(self) -> Global___MessageEdited: ...
+    def __init__(
+        self,
+        *,
+        edit: Global___MessageEdited | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["edit", b"edit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["edit", b"edit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditMessageResponse: _TypeAlias = EditMessageResponse  # noqa: Y015
+
+@_typing.final
+class DeleteMessageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    conversation_id: _builtins.str
+    message_id: _builtins.str
+    scope: Global___DeleteScope.ValueType
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        scope: Global___DeleteScope.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "message_id", b"message_id", "request_id", b"request_id", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteMessageRequest: _TypeAlias = DeleteMessageRequest  # noqa: Y015
+
+@_typing.final
+class DeleteMessageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deletion(self) -> Global___MessageDeleted: ...
+    def __init__(
+        self,
+        *,
+        deletion: Global___MessageDeleted | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deletion", b"deletion"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deletion", b"deletion"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteMessageResponse: _TypeAlias = DeleteMessageResponse  # noqa: Y015
+
+@_typing.final
+class ReactToMessageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    EMOJI_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    conversation_id: _builtins.str
+    message_id: _builtins.str
+    emoji: _builtins.str
+    """One emoji (grapheme cluster), 1-32 bytes of UTF-8."""
+    remove: _builtins.bool
+    """Remove the caller's reaction with this emoji instead of adding it."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        emoji: _builtins.str = ...,
+        remove: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "emoji", b"emoji", "message_id", b"message_id", "remove", b"remove", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReactToMessageRequest: _TypeAlias = ReactToMessageRequest  # noqa: Y015
+
+@_typing.final
+class ReactToMessageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REACTIONS_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    changed: _builtins.bool
+    """False when the reaction was already as asked (nothing changed)."""
+    @_builtins.property
+    def reactions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReactionCount]:
+        """The message's reaction counts after the change."""
+
+    def __init__(
+        self,
+        *,
+        reactions: _abc.Iterable[Global___ReactionCount] | None = ...,
+        changed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "reactions", b"reactions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReactToMessageResponse: _TypeAlias = ReactToMessageResponse  # noqa: Y015
+
+@_typing.final
+class Reaction(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    EMOJI_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    emoji: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        emoji: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "emoji", b"emoji"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reaction: _TypeAlias = Reaction  # noqa: Y015
+
+@_typing.final
+class ListReactionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    message_id: _builtins.str
+    page_size: _builtins.int
+    """1-1000; 0 means 100."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "message_id", b"message_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReactionsRequest: _TypeAlias = ListReactionsRequest  # noqa: Y015
+
+@_typing.final
+class ListReactionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REACTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def reactions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reaction]: ...
+    def __init__(
+        self,
+        *,
+        reactions: _abc.Iterable[Global___Reaction] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "reactions", b"reactions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReactionsResponse: _TypeAlias = ListReactionsResponse  # noqa: Y015
+
+@_typing.final
+class MessageReceipt(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    READ_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    delivered: _builtins.bool
+    read: _builtins.bool
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        delivered: _builtins.bool = ...,
+        read: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "delivered", b"delivered", "read", b"read"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageReceipt: _TypeAlias = MessageReceipt  # noqa: Y015
+
+@_typing.final
+class ListMessageReceiptsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    seq: _builtins.int
+    """The message, by seq."""
+    page_size: _builtins.int
+    """1-1024; 0 means 256."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "page_size", b"page_size", "page_token", b"page_token", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMessageReceiptsRequest: _TypeAlias = ListMessageReceiptsRequest  # noqa: Y015
+
+@_typing.final
+class ListMessageReceiptsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIPTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    DELIVERED_COUNT_FIELD_NUMBER: _builtins.int
+    READ_COUNT_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    delivered_count: _builtins.int
+    """Over all pages."""
+    read_count: _builtins.int
+    @_builtins.property
+    def receipts(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageReceipt]:
+        """Every other member at the message's time, whether delivered and read."""
+
+    def __init__(
+        self,
+        *,
+        receipts: _abc.Iterable[Global___MessageReceipt] | None = ...,
+        next_page_token: _builtins.str = ...,
+        delivered_count: _builtins.int = ...,
+        read_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivered_count", b"delivered_count", "next_page_token", b"next_page_token", "read_count", b"read_count", "receipts", b"receipts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMessageReceiptsResponse: _TypeAlias = ListMessageReceiptsResponse  # noqa: Y015
 
 @_typing.final
 class ListMessagesRequest(_message.Message):
@@ -461,7 +1422,11 @@ class ListMessagesResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     @_builtins.property
-    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]: ...
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
+        """Messages deleted for the caller are left out, so a page may hold fewer
+        than page_size; only an empty next_page_token ends the history.
+        """
+
     def __init__(
         self,
         *,
@@ -527,6 +1492,109 @@ class MarkReadRequest(_message.Message):
 Global___MarkReadRequest: _TypeAlias = MarkReadRequest  # noqa: Y015
 
 @_typing.final
+class SetMutedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    FOREVER_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    conversation_id: _builtins.str
+    forever: _builtins.bool
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Muted until then. Unset with forever=false: unmute."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        forever: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "forever", b"forever", "request_id", b"request_id", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMutedRequest: _TypeAlias = SetMutedRequest  # noqa: Y015
+
+@_typing.final
+class SetPinnedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    PINNED_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    conversation_id: _builtins.str
+    pinned: _builtins.bool
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        pinned: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "pinned", b"pinned", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPinnedRequest: _TypeAlias = SetPinnedRequest  # noqa: Y015
+
+@_typing.final
+class SetArchivedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    ARCHIVED_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    conversation_id: _builtins.str
+    archived: _builtins.bool
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        archived: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "conversation_id", b"conversation_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetArchivedRequest: _TypeAlias = SetArchivedRequest  # noqa: Y015
+
+@_typing.final
+class MarkUnreadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    conversation_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkUnreadRequest: _TypeAlias = MarkUnreadRequest  # noqa: Y015
+
+@_typing.final
 class ConversationPosition(_message.Message):
     """-- Delivery stream --------------------------------------------------------"""
 
@@ -534,17 +1602,24 @@ class ConversationPosition(_message.Message):
 
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     seq: _builtins.int
+    """The newest message seq the device holds (acks raise the delivered
+    watermark to it).
+    """
+    version: _builtins.int
+    """The newest change-feed version the device holds (where it resumes)."""
     def __init__(
         self,
         *,
         conversation_id: _builtins.str = ...,
         seq: _builtins.int = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "seq", b"seq", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -595,8 +1670,8 @@ class Resume(_message.Message):
     """
     @_builtins.property
     def positions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConversationPosition]:
-        """The newest seq the device holds per conversation. Conversations not listed
-        resume from the device's last acked position (0 for a new device).
+        """Per conversation, the newest version the device holds. Conversations not
+        listed resume from the device's last acked version (0 for a new device).
         """
 
     def __init__(
@@ -679,6 +1754,142 @@ class ServerEvent(_message.Message):
 Global___ServerEvent: _TypeAlias = ServerEvent  # noqa: Y015
 
 @_typing.final
+class MessageEdited(_message.Message):
+    """A change to an existing message. Every change carries the conversation's
+    feed version: per conversation, events arrive in version order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    EDIT_TIME_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    version: _builtins.int
+    message_id: _builtins.str
+    seq: _builtins.int
+    body: _builtins.bytes
+    @_builtins.property
+    def edit_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        message_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        body: _builtins.bytes = ...,
+        edit_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["edit_time", b"edit_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "conversation_id", b"conversation_id", "edit_time", b"edit_time", "message_id", b"message_id", "seq", b"seq", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageEdited: _TypeAlias = MessageEdited  # noqa: Y015
+
+@_typing.final
+class MessageDeleted(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    version: _builtins.int
+    message_id: _builtins.str
+    seq: _builtins.int
+    scope: Global___DeleteScope.ValueType
+    account_id: _builtins.str
+    """Who deleted it."""
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        message_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        scope: Global___DeleteScope.ValueType = ...,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "conversation_id", b"conversation_id", "message_id", b"message_id", "scope", b"scope", "seq", b"seq", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageDeleted: _TypeAlias = MessageDeleted  # noqa: Y015
+
+@_typing.final
+class ReactionChanged(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    EMOJI_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    version: _builtins.int
+    message_id: _builtins.str
+    seq: _builtins.int
+    account_id: _builtins.str
+    emoji: _builtins.str
+    removed: _builtins.bool
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        message_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        account_id: _builtins.str = ...,
+        emoji: _builtins.str = ...,
+        removed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "conversation_id", b"conversation_id", "emoji", b"emoji", "message_id", b"message_id", "removed", b"removed", "seq", b"seq", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReactionChanged: _TypeAlias = ReactionChanged  # noqa: Y015
+
+@_typing.final
+class Receipts(_message.Message):
+    """Receipt changes of one conversation, batched."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    WATERMARKS_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    @_builtins.property
+    def watermarks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Watermarks]: ...
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        watermarks: _abc.Iterable[Global___Watermarks] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "watermarks", b"watermarks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Receipts: _TypeAlias = Receipts  # noqa: Y015
+
+@_typing.final
 class Event(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -687,6 +1898,11 @@ class Event(_message.Message):
     CONVERSATION_FIELD_NUMBER: _builtins.int
     SYNC_COMPLETE_FIELD_NUMBER: _builtins.int
     PONG_FIELD_NUMBER: _builtins.int
+    EDIT_FIELD_NUMBER: _builtins.int
+    DELETION_FIELD_NUMBER: _builtins.int
+    REACTION_FIELD_NUMBER: _builtins.int
+    RECEIPTS_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def message(self) -> Global___Message: ...
     @_builtins.property
@@ -701,6 +1917,22 @@ class Event(_message.Message):
     def sync_complete(self) -> Global___SyncComplete: ...
     @_builtins.property
     def pong(self) -> Global___Pong: ...
+    @_builtins.property
+    def edit(self) -> Global___MessageEdited: ...
+    @_builtins.property
+    def deletion(self) -> Global___MessageDeleted: ...
+    @_builtins.property
+    def reaction(self) -> Global___ReactionChanged: ...
+    @_builtins.property
+    def receipts(self) -> Global___Receipts:
+        """Group receipts: only the members' watermarks that newly cover the
+        account's own newest message.
+        """
+
+    @_builtins.property
+    def settings(self) -> Global___InboxSettings:
+        """The account's own settings changed (from another of its devices)."""
+
     def __init__(
         self,
         *,
@@ -709,12 +1941,17 @@ class Event(_message.Message):
         conversation: Global___Conversation | None = ...,
         sync_complete: Global___SyncComplete | None = ...,
         pong: Global___Pong | None = ...,
+        edit: Global___MessageEdited | None = ...,
+        deletion: Global___MessageDeleted | None = ...,
+        reaction: Global___ReactionChanged | None = ...,
+        receipts: Global___Receipts | None = ...,
+        settings: Global___InboxSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "kind", b"kind", "message", b"message", "pong", b"pong", "receipt", b"receipt", "sync_complete", b"sync_complete"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "deletion", b"deletion", "edit", b"edit", "kind", b"kind", "message", b"message", "pong", b"pong", "reaction", b"reaction", "receipt", b"receipt", "receipts", b"receipts", "settings", b"settings", "sync_complete", b"sync_complete"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "kind", b"kind", "message", b"message", "pong", b"pong", "receipt", b"receipt", "sync_complete", b"sync_complete"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "deletion", b"deletion", "edit", b"edit", "kind", b"kind", "message", b"message", "pong", b"pong", "reaction", b"reaction", "receipt", b"receipt", "receipts", b"receipts", "settings", b"settings", "sync_complete", b"sync_complete"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message", "receipt", "conversation", "sync_complete", "pong"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message", "receipt", "conversation", "sync_complete", "pong", "edit", "deletion", "reaction", "receipts", "settings"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

@@ -30,6 +30,7 @@ class MessageServiceStub:
 
     Every RPC needs `authorization: Bearer <access token>` metadata from
     parley.keys.v1.AccountService; the caller's account and device come from it.
+    -- Conversations ------------------------------------------------------
     """
 
     def __init__(self, channel):
@@ -43,6 +44,16 @@ class MessageServiceStub:
                 request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.CreateDirectConversationRequest.SerializeToString,
                 response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
                 _registered_method=True)
+        self.CreateGroup = channel.unary_unary(
+                '/parley.message.v1.MessageService/CreateGroup',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.CreateGroupRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+                _registered_method=True)
+        self.CreateChannel = channel.unary_unary(
+                '/parley.message.v1.MessageService/CreateChannel',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.CreateChannelRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+                _registered_method=True)
         self.GetConversation = channel.unary_unary(
                 '/parley.message.v1.MessageService/GetConversation',
                 request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.GetConversationRequest.SerializeToString,
@@ -52,6 +63,41 @@ class MessageServiceStub:
                 '/parley.message.v1.MessageService/ListConversations',
                 request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ListConversationsRequest.SerializeToString,
                 response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ListConversationsResponse.FromString,
+                _registered_method=True)
+        self.UpdateConversationInfo = channel.unary_unary(
+                '/parley.message.v1.MessageService/UpdateConversationInfo',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.UpdateConversationInfoRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+                _registered_method=True)
+        self.AddMembers = channel.unary_unary(
+                '/parley.message.v1.MessageService/AddMembers',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.AddMembersRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+                _registered_method=True)
+        self.RemoveMember = channel.unary_unary(
+                '/parley.message.v1.MessageService/RemoveMember',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.RemoveMemberRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+                _registered_method=True)
+        self.LeaveConversation = channel.unary_unary(
+                '/parley.message.v1.MessageService/LeaveConversation',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.LeaveConversationRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.LeaveConversationResponse.FromString,
+                _registered_method=True)
+        self.SetMemberRole = channel.unary_unary(
+                '/parley.message.v1.MessageService/SetMemberRole',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.SetMemberRoleRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+                _registered_method=True)
+        self.SubscribeChannel = channel.unary_unary(
+                '/parley.message.v1.MessageService/SubscribeChannel',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.SubscribeChannelRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+                _registered_method=True)
+        self.ListMembers = channel.unary_unary(
+                '/parley.message.v1.MessageService/ListMembers',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ListMembersRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ListMembersResponse.FromString,
                 _registered_method=True)
         self.SendMessage = channel.unary_unary(
                 '/parley.message.v1.MessageService/SendMessage',
@@ -63,6 +109,31 @@ class MessageServiceStub:
                 request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ListMessagesRequest.SerializeToString,
                 response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ListMessagesResponse.FromString,
                 _registered_method=True)
+        self.EditMessage = channel.unary_unary(
+                '/parley.message.v1.MessageService/EditMessage',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.EditMessageRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.EditMessageResponse.FromString,
+                _registered_method=True)
+        self.DeleteMessage = channel.unary_unary(
+                '/parley.message.v1.MessageService/DeleteMessage',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.DeleteMessageRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.DeleteMessageResponse.FromString,
+                _registered_method=True)
+        self.ReactToMessage = channel.unary_unary(
+                '/parley.message.v1.MessageService/ReactToMessage',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ReactToMessageRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ReactToMessageResponse.FromString,
+                _registered_method=True)
+        self.ListReactions = channel.unary_unary(
+                '/parley.message.v1.MessageService/ListReactions',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ListReactionsRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ListReactionsResponse.FromString,
+                _registered_method=True)
+        self.ListMessageReceipts = channel.unary_unary(
+                '/parley.message.v1.MessageService/ListMessageReceipts',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ListMessageReceiptsRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ListMessageReceiptsResponse.FromString,
+                _registered_method=True)
         self.MarkDelivered = channel.unary_unary(
                 '/parley.message.v1.MessageService/MarkDelivered',
                 request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.MarkDeliveredRequest.SerializeToString,
@@ -72,6 +143,26 @@ class MessageServiceStub:
                 '/parley.message.v1.MessageService/MarkRead',
                 request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.MarkReadRequest.SerializeToString,
                 response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.Watermarks.FromString,
+                _registered_method=True)
+        self.SetMuted = channel.unary_unary(
+                '/parley.message.v1.MessageService/SetMuted',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.SetMutedRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+                _registered_method=True)
+        self.SetPinned = channel.unary_unary(
+                '/parley.message.v1.MessageService/SetPinned',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.SetPinnedRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+                _registered_method=True)
+        self.SetArchived = channel.unary_unary(
+                '/parley.message.v1.MessageService/SetArchived',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.SetArchivedRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+                _registered_method=True)
+        self.MarkUnread = channel.unary_unary(
+                '/parley.message.v1.MessageService/MarkUnread',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.MarkUnreadRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
                 _registered_method=True)
         self.Connect = channel.stream_stream(
                 '/parley.message.v1.MessageService/Connect',
@@ -85,6 +176,7 @@ class MessageServiceServicer:
 
     Every RPC needs `authorization: Bearer <access token>` metadata from
     parley.keys.v1.AccountService; the caller's account and device come from it.
+    -- Conversations ------------------------------------------------------
     """
 
     def CreateDirectConversation(self, request, context):
@@ -95,15 +187,33 @@ class MessageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateGroup(self, request, context):
+        """Creates a group with the caller as its owner and the given members
+        (at most 1024 members, the caller included).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateChannel(self, request, context):
+        """Creates a broadcast channel with the caller as its owner. Admins post;
+        subscribers read. Sending costs the same whatever the subscriber count.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetConversation(self, request, context):
-        """A conversation as the calling member sees it. Members only.
+        """A conversation as the calling member sees it. Members, and former members
+        (who see it as it was when they left).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListConversations(self, request, context):
-        """The caller's inbox: conversations by last activity, newest first (AIP-158).
+        """The caller's inbox: pinned conversations first, then the rest by last
+        activity, newest first (AIP-158); archived ones only when asked for.
         Unread counts and last_seq are current; the order and last_message follow
         a send within a moment, since that metadata is written behind the log.
         """
@@ -111,8 +221,66 @@ class MessageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateConversationInfo(self, request, context):
+        """-- Membership (groups and channels) ----------------------------------------
+
+        Renames a group or channel or changes its avatar. Admins only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddMembers(self, request, context):
+        """Adds members to a group (admins only), or subscribers to a channel that is
+        not public (admins only). RESOURCE_EXHAUSTED/GROUP_FULL past the cap.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMember(self, request, context):
+        """Removes a member (admins only; only owners remove admins or owners). The
+        removed member stops receiving at once and cannot read what follows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaveConversation(self, request, context):
+        """The caller leaves a group or unsubscribes from a channel. The last owner
+        must first make another member owner (FAILED_PRECONDITION/LAST_OWNER).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMemberRole(self, request, context):
+        """Promotes or demotes a member. Admins make members admins and back; only
+        owners grant or take the owner role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubscribeChannel(self, request, context):
+        """Subscribes the caller to a public channel.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMembers(self, request, context):
+        """Members with their roles, in join order (AIP-158). Channels list their
+        subscribers to admins only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SendMessage(self, request, context):
-        """Appends a message. Acknowledged only after the message is durably written
+        """-- Messages ---------------------------------------------------------------
+
+        Appends a message. Acknowledged only after the message is durably written
         (majority, journaled). Idempotent by request_id: a retry returns the
         original message and never creates a second one.
         """
@@ -122,6 +290,46 @@ class MessageServiceServicer:
 
     def ListMessages(self, request, context):
         """Pages through a conversation by seq, in either direction (AIP-158).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EditMessage(self, request, context):
+        """Replaces the body of one of the caller's own messages and marks it edited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteMessage(self, request, context):
+        """Deletes a message for the caller only (hidden from the caller's views), or
+        for everyone (sender or admin: the body is cleared and a tombstone stays).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReactToMessage(self, request, context):
+        """Adds or removes the caller's reaction with one emoji. Adding twice or
+        removing an absent reaction changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReactions(self, request, context):
+        """Who reacted to a message, with which emoji (AIP-158).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMessageReceipts(self, request, context):
+        """-- Receipts ----------------------------------------------------------------
+
+        Which members a message was delivered to and read by, derived from their
+        watermarks (AIP-158). Not available for channels.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,11 +350,47 @@ class MessageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetMuted(self, request, context):
+        """-- Inbox controls (per member) --------------------------------------------
+
+        Mutes notifications until a time, forever, or unmutes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPinned(self, request, context):
+        """Pins a conversation to the top of the inbox (at most 5, the newest pin
+        first) or unpins it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetArchived(self, request, context):
+        """Archives or unarchives a conversation. An archived conversation returns to
+        the inbox when a new message arrives, unless it is muted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkUnread(self, request, context):
+        """Flags a conversation as unread until the caller next marks it read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Connect(self, request_iterator, context):
-        """The delivery stream: one per device. The client first sends `resume`, then
-        acks as it stores events. The server replays what the device missed since
-        its watermarks, sends `sync_complete`, then pushes live events for all of the
-        account's conversations, in per-conversation seq order.
+        """-- Delivery ---------------------------------------------------------------
+
+        The delivery stream: one per device. The client first sends `resume`, then
+        acks as it stores events. The server replays every change the device
+        missed since its positions (messages, edits, deletes, reactions,
+        membership changes; receipts since the sync token), sends
+        `sync_complete`, then pushes live events for all of the account's
+        conversations, in per-conversation version order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -160,6 +404,16 @@ def add_MessageServiceServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.CreateDirectConversationRequest.FromString,
                     response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.SerializeToString,
             ),
+            'CreateGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateGroup,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.CreateGroupRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.SerializeToString,
+            ),
+            'CreateChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateChannel,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.CreateChannelRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.SerializeToString,
+            ),
             'GetConversation': grpc.unary_unary_rpc_method_handler(
                     servicer.GetConversation,
                     request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.GetConversationRequest.FromString,
@@ -169,6 +423,41 @@ def add_MessageServiceServicer_to_server(servicer, server):
                     servicer.ListConversations,
                     request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ListConversationsRequest.FromString,
                     response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ListConversationsResponse.SerializeToString,
+            ),
+            'UpdateConversationInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateConversationInfo,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.UpdateConversationInfoRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.SerializeToString,
+            ),
+            'AddMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMembers,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.AddMembersRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.SerializeToString,
+            ),
+            'RemoveMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMember,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.RemoveMemberRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.SerializeToString,
+            ),
+            'LeaveConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaveConversation,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.LeaveConversationRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.LeaveConversationResponse.SerializeToString,
+            ),
+            'SetMemberRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMemberRole,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.SetMemberRoleRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.SerializeToString,
+            ),
+            'SubscribeChannel': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubscribeChannel,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.SubscribeChannelRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.SerializeToString,
+            ),
+            'ListMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMembers,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ListMembersRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ListMembersResponse.SerializeToString,
             ),
             'SendMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.SendMessage,
@@ -180,6 +469,31 @@ def add_MessageServiceServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ListMessagesRequest.FromString,
                     response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ListMessagesResponse.SerializeToString,
             ),
+            'EditMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.EditMessage,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.EditMessageRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.EditMessageResponse.SerializeToString,
+            ),
+            'DeleteMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteMessage,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.DeleteMessageRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.DeleteMessageResponse.SerializeToString,
+            ),
+            'ReactToMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReactToMessage,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ReactToMessageRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ReactToMessageResponse.SerializeToString,
+            ),
+            'ListReactions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReactions,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ListReactionsRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ListReactionsResponse.SerializeToString,
+            ),
+            'ListMessageReceipts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMessageReceipts,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ListMessageReceiptsRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ListMessageReceiptsResponse.SerializeToString,
+            ),
             'MarkDelivered': grpc.unary_unary_rpc_method_handler(
                     servicer.MarkDelivered,
                     request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.MarkDeliveredRequest.FromString,
@@ -189,6 +503,26 @@ def add_MessageServiceServicer_to_server(servicer, server):
                     servicer.MarkRead,
                     request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.MarkReadRequest.FromString,
                     response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.Watermarks.SerializeToString,
+            ),
+            'SetMuted': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMuted,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.SetMutedRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.SerializeToString,
+            ),
+            'SetPinned': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPinned,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.SetPinnedRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.SerializeToString,
+            ),
+            'SetArchived': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetArchived,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.SetArchivedRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.SerializeToString,
+            ),
+            'MarkUnread': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkUnread,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.MarkUnreadRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.SerializeToString,
             ),
             'Connect': grpc.stream_stream_rpc_method_handler(
                     servicer.Connect,
@@ -208,6 +542,7 @@ class MessageService:
 
     Every RPC needs `authorization: Bearer <access token>` metadata from
     parley.keys.v1.AccountService; the caller's account and device come from it.
+    -- Conversations ------------------------------------------------------
     """
 
     @staticmethod
@@ -226,6 +561,60 @@ class MessageService:
             target,
             '/parley.message.v1.MessageService/CreateDirectConversation',
             parley_dot_message_dot_v1_dot_messages__pb2.CreateDirectConversationRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/CreateGroup',
+            parley_dot_message_dot_v1_dot_messages__pb2.CreateGroupRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/CreateChannel',
+            parley_dot_message_dot_v1_dot_messages__pb2.CreateChannelRequest.SerializeToString,
             parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
             options,
             channel_credentials,
@@ -292,6 +681,195 @@ class MessageService:
             _registered_method=True)
 
     @staticmethod
+    def UpdateConversationInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/UpdateConversationInfo',
+            parley_dot_message_dot_v1_dot_messages__pb2.UpdateConversationInfoRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/AddMembers',
+            parley_dot_message_dot_v1_dot_messages__pb2.AddMembersRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/RemoveMember',
+            parley_dot_message_dot_v1_dot_messages__pb2.RemoveMemberRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaveConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/LeaveConversation',
+            parley_dot_message_dot_v1_dot_messages__pb2.LeaveConversationRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.LeaveConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMemberRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/SetMemberRole',
+            parley_dot_message_dot_v1_dot_messages__pb2.SetMemberRoleRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubscribeChannel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/SubscribeChannel',
+            parley_dot_message_dot_v1_dot_messages__pb2.SubscribeChannelRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/ListMembers',
+            parley_dot_message_dot_v1_dot_messages__pb2.ListMembersRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.ListMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def SendMessage(request,
             target,
             options=(),
@@ -346,6 +924,141 @@ class MessageService:
             _registered_method=True)
 
     @staticmethod
+    def EditMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/EditMessage',
+            parley_dot_message_dot_v1_dot_messages__pb2.EditMessageRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.EditMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/DeleteMessage',
+            parley_dot_message_dot_v1_dot_messages__pb2.DeleteMessageRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.DeleteMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReactToMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/ReactToMessage',
+            parley_dot_message_dot_v1_dot_messages__pb2.ReactToMessageRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.ReactToMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReactions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/ListReactions',
+            parley_dot_message_dot_v1_dot_messages__pb2.ListReactionsRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.ListReactionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMessageReceipts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/ListMessageReceipts',
+            parley_dot_message_dot_v1_dot_messages__pb2.ListMessageReceiptsRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.ListMessageReceiptsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def MarkDelivered(request,
             target,
             options=(),
@@ -389,6 +1102,114 @@ class MessageService:
             '/parley.message.v1.MessageService/MarkRead',
             parley_dot_message_dot_v1_dot_messages__pb2.MarkReadRequest.SerializeToString,
             parley_dot_message_dot_v1_dot_messages__pb2.Watermarks.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMuted(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/SetMuted',
+            parley_dot_message_dot_v1_dot_messages__pb2.SetMutedRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPinned(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/SetPinned',
+            parley_dot_message_dot_v1_dot_messages__pb2.SetPinnedRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetArchived(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/SetArchived',
+            parley_dot_message_dot_v1_dot_messages__pb2.SetArchivedRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkUnread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/MarkUnread',
+            parley_dot_message_dot_v1_dot_messages__pb2.MarkUnreadRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,6 +31,7 @@ class MessageServiceStub:
 
     Every RPC needs `authorization: Bearer <access token>` metadata from
     parley.keys.v1.AccountService; the caller's account and device come from it.
+    -- Conversations ------------------------------------------------------
     """
 
     @_typing.overload
@@ -41,31 +42,108 @@ class MessageServiceStub:
     """Returns the direct conversation between the caller and the peer, creating it
     on first use. Calling it again, from either side, returns the same one.
     """
+    CreateGroup: _grpc.UnaryUnaryMultiCallable[_messages_pb2.CreateGroupRequest, _messages_pb2.ConversationView]
+    """Creates a group with the caller as its owner and the given members
+    (at most 1024 members, the caller included).
+    """
+    CreateChannel: _grpc.UnaryUnaryMultiCallable[_messages_pb2.CreateChannelRequest, _messages_pb2.ConversationView]
+    """Creates a broadcast channel with the caller as its owner. Admins post;
+    subscribers read. Sending costs the same whatever the subscriber count.
+    """
     GetConversation: _grpc.UnaryUnaryMultiCallable[_messages_pb2.GetConversationRequest, _messages_pb2.ConversationView]
-    """A conversation as the calling member sees it. Members only."""
+    """A conversation as the calling member sees it. Members, and former members
+    (who see it as it was when they left).
+    """
     ListConversations: _grpc.UnaryUnaryMultiCallable[_messages_pb2.ListConversationsRequest, _messages_pb2.ListConversationsResponse]
-    """The caller's inbox: conversations by last activity, newest first (AIP-158).
+    """The caller's inbox: pinned conversations first, then the rest by last
+    activity, newest first (AIP-158); archived ones only when asked for.
     Unread counts and last_seq are current; the order and last_message follow
     a send within a moment, since that metadata is written behind the log.
     """
+    UpdateConversationInfo: _grpc.UnaryUnaryMultiCallable[_messages_pb2.UpdateConversationInfoRequest, _messages_pb2.ConversationView]
+    """-- Membership (groups and channels) ----------------------------------------
+
+    Renames a group or channel or changes its avatar. Admins only.
+    """
+    AddMembers: _grpc.UnaryUnaryMultiCallable[_messages_pb2.AddMembersRequest, _messages_pb2.ConversationView]
+    """Adds members to a group (admins only), or subscribers to a channel that is
+    not public (admins only). RESOURCE_EXHAUSTED/GROUP_FULL past the cap.
+    """
+    RemoveMember: _grpc.UnaryUnaryMultiCallable[_messages_pb2.RemoveMemberRequest, _messages_pb2.ConversationView]
+    """Removes a member (admins only; only owners remove admins or owners). The
+    removed member stops receiving at once and cannot read what follows.
+    """
+    LeaveConversation: _grpc.UnaryUnaryMultiCallable[_messages_pb2.LeaveConversationRequest, _messages_pb2.LeaveConversationResponse]
+    """The caller leaves a group or unsubscribes from a channel. The last owner
+    must first make another member owner (FAILED_PRECONDITION/LAST_OWNER).
+    """
+    SetMemberRole: _grpc.UnaryUnaryMultiCallable[_messages_pb2.SetMemberRoleRequest, _messages_pb2.ConversationView]
+    """Promotes or demotes a member. Admins make members admins and back; only
+    owners grant or take the owner role.
+    """
+    SubscribeChannel: _grpc.UnaryUnaryMultiCallable[_messages_pb2.SubscribeChannelRequest, _messages_pb2.ConversationView]
+    """Subscribes the caller to a public channel."""
+    ListMembers: _grpc.UnaryUnaryMultiCallable[_messages_pb2.ListMembersRequest, _messages_pb2.ListMembersResponse]
+    """Members with their roles, in join order (AIP-158). Channels list their
+    subscribers to admins only.
+    """
     SendMessage: _grpc.UnaryUnaryMultiCallable[_messages_pb2.SendMessageRequest, _messages_pb2.SendMessageResponse]
-    """Appends a message. Acknowledged only after the message is durably written
+    """-- Messages ---------------------------------------------------------------
+
+    Appends a message. Acknowledged only after the message is durably written
     (majority, journaled). Idempotent by request_id: a retry returns the
     original message and never creates a second one.
     """
     ListMessages: _grpc.UnaryUnaryMultiCallable[_messages_pb2.ListMessagesRequest, _messages_pb2.ListMessagesResponse]
     """Pages through a conversation by seq, in either direction (AIP-158)."""
+    EditMessage: _grpc.UnaryUnaryMultiCallable[_messages_pb2.EditMessageRequest, _messages_pb2.EditMessageResponse]
+    """Replaces the body of one of the caller's own messages and marks it edited."""
+    DeleteMessage: _grpc.UnaryUnaryMultiCallable[_messages_pb2.DeleteMessageRequest, _messages_pb2.DeleteMessageResponse]
+    """Deletes a message for the caller only (hidden from the caller's views), or
+    for everyone (sender or admin: the body is cleared and a tombstone stays).
+    """
+    ReactToMessage: _grpc.UnaryUnaryMultiCallable[_messages_pb2.ReactToMessageRequest, _messages_pb2.ReactToMessageResponse]
+    """Adds or removes the caller's reaction with one emoji. Adding twice or
+    removing an absent reaction changes nothing.
+    """
+    ListReactions: _grpc.UnaryUnaryMultiCallable[_messages_pb2.ListReactionsRequest, _messages_pb2.ListReactionsResponse]
+    """Who reacted to a message, with which emoji (AIP-158)."""
+    ListMessageReceipts: _grpc.UnaryUnaryMultiCallable[_messages_pb2.ListMessageReceiptsRequest, _messages_pb2.ListMessageReceiptsResponse]
+    """-- Receipts ----------------------------------------------------------------
+
+    Which members a message was delivered to and read by, derived from their
+    watermarks (AIP-158). Not available for channels.
+    """
     MarkDelivered: _grpc.UnaryUnaryMultiCallable[_messages_pb2.MarkDeliveredRequest, _messages_pb2.Watermarks]
     """Raises the caller's delivered watermark. Lower values are ignored."""
     MarkRead: _grpc.UnaryUnaryMultiCallable[_messages_pb2.MarkReadRequest, _messages_pb2.Watermarks]
     """Raises the caller's read watermark (and delivered with it). Lower values are
     ignored.
     """
+    SetMuted: _grpc.UnaryUnaryMultiCallable[_messages_pb2.SetMutedRequest, _messages_pb2.ConversationView]
+    """-- Inbox controls (per member) --------------------------------------------
+
+    Mutes notifications until a time, forever, or unmutes.
+    """
+    SetPinned: _grpc.UnaryUnaryMultiCallable[_messages_pb2.SetPinnedRequest, _messages_pb2.ConversationView]
+    """Pins a conversation to the top of the inbox (at most 5, the newest pin
+    first) or unpins it.
+    """
+    SetArchived: _grpc.UnaryUnaryMultiCallable[_messages_pb2.SetArchivedRequest, _messages_pb2.ConversationView]
+    """Archives or unarchives a conversation. An archived conversation returns to
+    the inbox when a new message arrives, unless it is muted.
+    """
+    MarkUnread: _grpc.UnaryUnaryMultiCallable[_messages_pb2.MarkUnreadRequest, _messages_pb2.ConversationView]
+    """Flags a conversation as unread until the caller next marks it read."""
     Connect: _grpc.StreamStreamMultiCallable[_messages_pb2.ClientEvent, _messages_pb2.ServerEvent]
-    """The delivery stream: one per device. The client first sends `resume`, then
-    acks as it stores events. The server replays what the device missed since
-    its watermarks, sends `sync_complete`, then pushes live events for all of the
-    account's conversations, in per-conversation seq order.
+    """-- Delivery ---------------------------------------------------------------
+
+    The delivery stream: one per device. The client first sends `resume`, then
+    acks as it stores events. The server replays every change the device
+    missed since its positions (messages, edits, deletes, reactions,
+    membership changes; receipts since the sync token), sends
+    `sync_complete`, then pushes live events for all of the account's
+    conversations, in per-conversation version order.
     """
 
 @_typing.type_check_only
@@ -74,6 +152,7 @@ class MessageServiceAsyncStub(MessageServiceStub):
 
     Every RPC needs `authorization: Bearer <access token>` metadata from
     parley.keys.v1.AccountService; the caller's account and device come from it.
+    -- Conversations ------------------------------------------------------
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -81,31 +160,108 @@ class MessageServiceAsyncStub(MessageServiceStub):
     """Returns the direct conversation between the caller and the peer, creating it
     on first use. Calling it again, from either side, returns the same one.
     """
+    CreateGroup: _aio.UnaryUnaryMultiCallable[_messages_pb2.CreateGroupRequest, _messages_pb2.ConversationView]  # type: ignore[assignment]
+    """Creates a group with the caller as its owner and the given members
+    (at most 1024 members, the caller included).
+    """
+    CreateChannel: _aio.UnaryUnaryMultiCallable[_messages_pb2.CreateChannelRequest, _messages_pb2.ConversationView]  # type: ignore[assignment]
+    """Creates a broadcast channel with the caller as its owner. Admins post;
+    subscribers read. Sending costs the same whatever the subscriber count.
+    """
     GetConversation: _aio.UnaryUnaryMultiCallable[_messages_pb2.GetConversationRequest, _messages_pb2.ConversationView]  # type: ignore[assignment]
-    """A conversation as the calling member sees it. Members only."""
+    """A conversation as the calling member sees it. Members, and former members
+    (who see it as it was when they left).
+    """
     ListConversations: _aio.UnaryUnaryMultiCallable[_messages_pb2.ListConversationsRequest, _messages_pb2.ListConversationsResponse]  # type: ignore[assignment]
-    """The caller's inbox: conversations by last activity, newest first (AIP-158).
+    """The caller's inbox: pinned conversations first, then the rest by last
+    activity, newest first (AIP-158); archived ones only when asked for.
     Unread counts and last_seq are current; the order and last_message follow
     a send within a moment, since that metadata is written behind the log.
     """
+    UpdateConversationInfo: _aio.UnaryUnaryMultiCallable[_messages_pb2.UpdateConversationInfoRequest, _messages_pb2.ConversationView]  # type: ignore[assignment]
+    """-- Membership (groups and channels) ----------------------------------------
+
+    Renames a group or channel or changes its avatar. Admins only.
+    """
+    AddMembers: _aio.UnaryUnaryMultiCallable[_messages_pb2.AddMembersRequest, _messages_pb2.ConversationView]  # type: ignore[assignment]
+    """Adds members to a group (admins only), or subscribers to a channel that is
+    not public (admins only). RESOURCE_EXHAUSTED/GROUP_FULL past the cap.
+    """
+    RemoveMember: _aio.UnaryUnaryMultiCallable[_messages_pb2.RemoveMemberRequest, _messages_pb2.ConversationView]  # type: ignore[assignment]
+    """Removes a member (admins only; only owners remove admins or owners). The
+    removed member stops receiving at once and cannot read what follows.
+    """
+    LeaveConversation: _aio.UnaryUnaryMultiCallable[_messages_pb2.LeaveConversationRequest, _messages_pb2.LeaveConversationResponse]  # type: ignore[assignment]
+    """The caller leaves a group or unsubscribes from a channel. The last owner
+    must first make another member owner (FAILED_PRECONDITION/LAST_OWNER).
+    """
+    SetMemberRole: _aio.UnaryUnaryMultiCallable[_messages_pb2.SetMemberRoleRequest, _messages_pb2.ConversationView]  # type: ignore[assignment]
+    """Promotes or demotes a member. Admins make members admins and back; only
+    owners grant or take the owner role.
+    """
+    SubscribeChannel: _aio.UnaryUnaryMultiCallable[_messages_pb2.SubscribeChannelRequest, _messages_pb2.ConversationView]  # type: ignore[assignment]
+    """Subscribes the caller to a public channel."""
+    ListMembers: _aio.UnaryUnaryMultiCallable[_messages_pb2.ListMembersRequest, _messages_pb2.ListMembersResponse]  # type: ignore[assignment]
+    """Members with their roles, in join order (AIP-158). Channels list their
+    subscribers to admins only.
+    """
     SendMessage: _aio.UnaryUnaryMultiCallable[_messages_pb2.SendMessageRequest, _messages_pb2.SendMessageResponse]  # type: ignore[assignment]
-    """Appends a message. Acknowledged only after the message is durably written
+    """-- Messages ---------------------------------------------------------------
+
+    Appends a message. Acknowledged only after the message is durably written
     (majority, journaled). Idempotent by request_id: a retry returns the
     original message and never creates a second one.
     """
     ListMessages: _aio.UnaryUnaryMultiCallable[_messages_pb2.ListMessagesRequest, _messages_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """Pages through a conversation by seq, in either direction (AIP-158)."""
+    EditMessage: _aio.UnaryUnaryMultiCallable[_messages_pb2.EditMessageRequest, _messages_pb2.EditMessageResponse]  # type: ignore[assignment]
+    """Replaces the body of one of the caller's own messages and marks it edited."""
+    DeleteMessage: _aio.UnaryUnaryMultiCallable[_messages_pb2.DeleteMessageRequest, _messages_pb2.DeleteMessageResponse]  # type: ignore[assignment]
+    """Deletes a message for the caller only (hidden from the caller's views), or
+    for everyone (sender or admin: the body is cleared and a tombstone stays).
+    """
+    ReactToMessage: _aio.UnaryUnaryMultiCallable[_messages_pb2.ReactToMessageRequest, _messages_pb2.ReactToMessageResponse]  # type: ignore[assignment]
+    """Adds or removes the caller's reaction with one emoji. Adding twice or
+    removing an absent reaction changes nothing.
+    """
+    ListReactions: _aio.UnaryUnaryMultiCallable[_messages_pb2.ListReactionsRequest, _messages_pb2.ListReactionsResponse]  # type: ignore[assignment]
+    """Who reacted to a message, with which emoji (AIP-158)."""
+    ListMessageReceipts: _aio.UnaryUnaryMultiCallable[_messages_pb2.ListMessageReceiptsRequest, _messages_pb2.ListMessageReceiptsResponse]  # type: ignore[assignment]
+    """-- Receipts ----------------------------------------------------------------
+
+    Which members a message was delivered to and read by, derived from their
+    watermarks (AIP-158). Not available for channels.
+    """
     MarkDelivered: _aio.UnaryUnaryMultiCallable[_messages_pb2.MarkDeliveredRequest, _messages_pb2.Watermarks]  # type: ignore[assignment]
     """Raises the caller's delivered watermark. Lower values are ignored."""
     MarkRead: _aio.UnaryUnaryMultiCallable[_messages_pb2.MarkReadRequest, _messages_pb2.Watermarks]  # type: ignore[assignment]
     """Raises the caller's read watermark (and delivered with it). Lower values are
     ignored.
     """
+    SetMuted: _aio.UnaryUnaryMultiCallable[_messages_pb2.SetMutedRequest, _messages_pb2.ConversationView]  # type: ignore[assignment]
+    """-- Inbox controls (per member) --------------------------------------------
+
+    Mutes notifications until a time, forever, or unmutes.
+    """
+    SetPinned: _aio.UnaryUnaryMultiCallable[_messages_pb2.SetPinnedRequest, _messages_pb2.ConversationView]  # type: ignore[assignment]
+    """Pins a conversation to the top of the inbox (at most 5, the newest pin
+    first) or unpins it.
+    """
+    SetArchived: _aio.UnaryUnaryMultiCallable[_messages_pb2.SetArchivedRequest, _messages_pb2.ConversationView]  # type: ignore[assignment]
+    """Archives or unarchives a conversation. An archived conversation returns to
+    the inbox when a new message arrives, unless it is muted.
+    """
+    MarkUnread: _aio.UnaryUnaryMultiCallable[_messages_pb2.MarkUnreadRequest, _messages_pb2.ConversationView]  # type: ignore[assignment]
+    """Flags a conversation as unread until the caller next marks it read."""
     Connect: _aio.StreamStreamMultiCallable[_messages_pb2.ClientEvent, _messages_pb2.ServerEvent]  # type: ignore[assignment]
-    """The delivery stream: one per device. The client first sends `resume`, then
-    acks as it stores events. The server replays what the device missed since
-    its watermarks, sends `sync_complete`, then pushes live events for all of the
-    account's conversations, in per-conversation seq order.
+    """-- Delivery ---------------------------------------------------------------
+
+    The delivery stream: one per device. The client first sends `resume`, then
+    acks as it stores events. The server replays every change the device
+    missed since its positions (messages, edits, deletes, reactions,
+    membership changes; receipts since the sync token), sends
+    `sync_complete`, then pushes live events for all of the account's
+    conversations, in per-conversation version order.
     """
 
 class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -113,6 +269,7 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every RPC needs `authorization: Bearer <access token>` metadata from
     parley.keys.v1.AccountService; the caller's account and device come from it.
+    -- Conversations ------------------------------------------------------
     """
 
     @_abc_1.abstractmethod
@@ -126,12 +283,34 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def CreateGroup(
+        self,
+        request: _messages_pb2.CreateGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.ConversationView, _abc.Awaitable[_messages_pb2.ConversationView]]:
+        """Creates a group with the caller as its owner and the given members
+        (at most 1024 members, the caller included).
+        """
+
+    @_abc_1.abstractmethod
+    def CreateChannel(
+        self,
+        request: _messages_pb2.CreateChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.ConversationView, _abc.Awaitable[_messages_pb2.ConversationView]]:
+        """Creates a broadcast channel with the caller as its owner. Admins post;
+        subscribers read. Sending costs the same whatever the subscriber count.
+        """
+
+    @_abc_1.abstractmethod
     def GetConversation(
         self,
         request: _messages_pb2.GetConversationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_messages_pb2.ConversationView, _abc.Awaitable[_messages_pb2.ConversationView]]:
-        """A conversation as the calling member sees it. Members only."""
+        """A conversation as the calling member sees it. Members, and former members
+        (who see it as it was when they left).
+        """
 
     @_abc_1.abstractmethod
     def ListConversations(
@@ -139,9 +318,79 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _messages_pb2.ListConversationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_messages_pb2.ListConversationsResponse, _abc.Awaitable[_messages_pb2.ListConversationsResponse]]:
-        """The caller's inbox: conversations by last activity, newest first (AIP-158).
+        """The caller's inbox: pinned conversations first, then the rest by last
+        activity, newest first (AIP-158); archived ones only when asked for.
         Unread counts and last_seq are current; the order and last_message follow
         a send within a moment, since that metadata is written behind the log.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateConversationInfo(
+        self,
+        request: _messages_pb2.UpdateConversationInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.ConversationView, _abc.Awaitable[_messages_pb2.ConversationView]]:
+        """-- Membership (groups and channels) ----------------------------------------
+
+        Renames a group or channel or changes its avatar. Admins only.
+        """
+
+    @_abc_1.abstractmethod
+    def AddMembers(
+        self,
+        request: _messages_pb2.AddMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.ConversationView, _abc.Awaitable[_messages_pb2.ConversationView]]:
+        """Adds members to a group (admins only), or subscribers to a channel that is
+        not public (admins only). RESOURCE_EXHAUSTED/GROUP_FULL past the cap.
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveMember(
+        self,
+        request: _messages_pb2.RemoveMemberRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.ConversationView, _abc.Awaitable[_messages_pb2.ConversationView]]:
+        """Removes a member (admins only; only owners remove admins or owners). The
+        removed member stops receiving at once and cannot read what follows.
+        """
+
+    @_abc_1.abstractmethod
+    def LeaveConversation(
+        self,
+        request: _messages_pb2.LeaveConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.LeaveConversationResponse, _abc.Awaitable[_messages_pb2.LeaveConversationResponse]]:
+        """The caller leaves a group or unsubscribes from a channel. The last owner
+        must first make another member owner (FAILED_PRECONDITION/LAST_OWNER).
+        """
+
+    @_abc_1.abstractmethod
+    def SetMemberRole(
+        self,
+        request: _messages_pb2.SetMemberRoleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.ConversationView, _abc.Awaitable[_messages_pb2.ConversationView]]:
+        """Promotes or demotes a member. Admins make members admins and back; only
+        owners grant or take the owner role.
+        """
+
+    @_abc_1.abstractmethod
+    def SubscribeChannel(
+        self,
+        request: _messages_pb2.SubscribeChannelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.ConversationView, _abc.Awaitable[_messages_pb2.ConversationView]]:
+        """Subscribes the caller to a public channel."""
+
+    @_abc_1.abstractmethod
+    def ListMembers(
+        self,
+        request: _messages_pb2.ListMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.ListMembersResponse, _abc.Awaitable[_messages_pb2.ListMembersResponse]]:
+        """Members with their roles, in join order (AIP-158). Channels list their
+        subscribers to admins only.
         """
 
     @_abc_1.abstractmethod
@@ -150,7 +399,9 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _messages_pb2.SendMessageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_messages_pb2.SendMessageResponse, _abc.Awaitable[_messages_pb2.SendMessageResponse]]:
-        """Appends a message. Acknowledged only after the message is durably written
+        """-- Messages ---------------------------------------------------------------
+
+        Appends a message. Acknowledged only after the message is durably written
         (majority, journaled). Idempotent by request_id: a retry returns the
         original message and never creates a second one.
         """
@@ -162,6 +413,54 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_messages_pb2.ListMessagesResponse, _abc.Awaitable[_messages_pb2.ListMessagesResponse]]:
         """Pages through a conversation by seq, in either direction (AIP-158)."""
+
+    @_abc_1.abstractmethod
+    def EditMessage(
+        self,
+        request: _messages_pb2.EditMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.EditMessageResponse, _abc.Awaitable[_messages_pb2.EditMessageResponse]]:
+        """Replaces the body of one of the caller's own messages and marks it edited."""
+
+    @_abc_1.abstractmethod
+    def DeleteMessage(
+        self,
+        request: _messages_pb2.DeleteMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.DeleteMessageResponse, _abc.Awaitable[_messages_pb2.DeleteMessageResponse]]:
+        """Deletes a message for the caller only (hidden from the caller's views), or
+        for everyone (sender or admin: the body is cleared and a tombstone stays).
+        """
+
+    @_abc_1.abstractmethod
+    def ReactToMessage(
+        self,
+        request: _messages_pb2.ReactToMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.ReactToMessageResponse, _abc.Awaitable[_messages_pb2.ReactToMessageResponse]]:
+        """Adds or removes the caller's reaction with one emoji. Adding twice or
+        removing an absent reaction changes nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ListReactions(
+        self,
+        request: _messages_pb2.ListReactionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.ListReactionsResponse, _abc.Awaitable[_messages_pb2.ListReactionsResponse]]:
+        """Who reacted to a message, with which emoji (AIP-158)."""
+
+    @_abc_1.abstractmethod
+    def ListMessageReceipts(
+        self,
+        request: _messages_pb2.ListMessageReceiptsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.ListMessageReceiptsResponse, _abc.Awaitable[_messages_pb2.ListMessageReceiptsResponse]]:
+        """-- Receipts ----------------------------------------------------------------
+
+        Which members a message was delivered to and read by, derived from their
+        watermarks (AIP-158). Not available for channels.
+        """
 
     @_abc_1.abstractmethod
     def MarkDelivered(
@@ -182,15 +481,58 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def SetMuted(
+        self,
+        request: _messages_pb2.SetMutedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.ConversationView, _abc.Awaitable[_messages_pb2.ConversationView]]:
+        """-- Inbox controls (per member) --------------------------------------------
+
+        Mutes notifications until a time, forever, or unmutes.
+        """
+
+    @_abc_1.abstractmethod
+    def SetPinned(
+        self,
+        request: _messages_pb2.SetPinnedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.ConversationView, _abc.Awaitable[_messages_pb2.ConversationView]]:
+        """Pins a conversation to the top of the inbox (at most 5, the newest pin
+        first) or unpins it.
+        """
+
+    @_abc_1.abstractmethod
+    def SetArchived(
+        self,
+        request: _messages_pb2.SetArchivedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.ConversationView, _abc.Awaitable[_messages_pb2.ConversationView]]:
+        """Archives or unarchives a conversation. An archived conversation returns to
+        the inbox when a new message arrives, unless it is muted.
+        """
+
+    @_abc_1.abstractmethod
+    def MarkUnread(
+        self,
+        request: _messages_pb2.MarkUnreadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.ConversationView, _abc.Awaitable[_messages_pb2.ConversationView]]:
+        """Flags a conversation as unread until the caller next marks it read."""
+
+    @_abc_1.abstractmethod
     def Connect(
         self,
         request_iterator: _MaybeAsyncIterator[_messages_pb2.ClientEvent],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_messages_pb2.ServerEvent], _abc.AsyncIterator[_messages_pb2.ServerEvent]]:
-        """The delivery stream: one per device. The client first sends `resume`, then
-        acks as it stores events. The server replays what the device missed since
-        its watermarks, sends `sync_complete`, then pushes live events for all of the
-        account's conversations, in per-conversation seq order.
+        """-- Delivery ---------------------------------------------------------------
+
+        The delivery stream: one per device. The client first sends `resume`, then
+        acks as it stores events. The server replays every change the device
+        missed since its positions (messages, edits, deletes, reactions,
+        membership changes; receipts since the sync token), sends
+        `sync_complete`, then pushes live events for all of the account's
+        conversations, in per-conversation version order.
         """
 
 def add_MessageServiceServicer_to_server(servicer: MessageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
