@@ -8,22 +8,45 @@ from parley_core.config import Settings
 from parley_core.errors import Reason, Unavailable
 from parley_core.rpc.server import ServiceHost
 from parley_core.runtime import open_runtime, service_main
+from svc_message.domain.acks import AckBatcher
+from svc_message.domain.changes import ChangesHandler
 from svc_message.domain.conversations import ConversationsHandler
-from svc_message.domain.delivery import AckBatcher, DeliveryService, Hub
+from svc_message.domain.delivery import DeliveryService
+from svc_message.domain.groups import GroupsHandler
+from svc_message.domain.inbox import InboxHandler
 from svc_message.domain.messages import MessagesHandler
 from svc_message.domain.projection import Projector
 from svc_message.domain.sending import SendPipeline
+from svc_message.domain.streams import Hub
 from svc_message.metrics import MessageMetrics
+from svc_message.model import MemberSettings
 from svc_message.peers.keys import AccountDirectory
+from svc_message.servicer.changes import ChangesServicer
 from svc_message.servicer.convert import ProtoEventCodec
+from svc_message.servicer.groups import GroupsServicer
+from svc_message.servicer.inbox import InboxServicer
 from svc_message.servicer.messages import MessageUnaryServicer
 from svc_message.servicer.service import SERVICE_NAME, register
 from svc_message.servicer.stream import StreamServicer
 from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.doorbell import Doorbell
+from svc_message.storage.doorbell import inbox as inbox_channel
+from svc_message.storage.inbox import InboxSettingsStore
 from svc_message.storage.messages import MessageStore
 from svc_message.storage.projection import ProjectorStore
 from svc_message.storage.recent import RecentCache
+
+
+class SettingsPublisher:
+    """Tells the account's other devices that its inbox settings changed."""
+
+    def __init__(self, doorbell: Doorbell, codec: ProtoEventCodec) -> None:
+        self._doorbell = doorbell
+        self._codec = codec
+
+    async def settings_changed(self, account_id: str, settings: MemberSettings) -> None:
+        envelope = self._codec.settings(settings)
+        await self._doorbell.publish([((inbox_channel(account_id),), self._codec.encode(envelope))])
 
 
 async def build(settings: Settings) -> ServiceHost:
@@ -39,10 +62,12 @@ async def build(settings: Settings) -> ServiceHost:
 
     codec = ProtoEventCodec()
     hub: Hub
+    conversations: ConversationsHandler
     doorbell = Doorbell(
         runtime.redis,
-        on_event=lambda account_id, payload: hub.dispatch(account_id, payload),
+        on_event=lambda channel, payload: hub.dispatch(channel, payload),
         on_reconnect=lambda: hub.resync_all(),
+        on_membership_change=lambda conversation_id: conversations.forget(conversation_id),
     )
     hub = Hub(doorbell, codec)
     accounts = AccountDirectory(config.keys_target)
@@ -70,6 +95,13 @@ async def build(settings: Settings) -> ServiceHost:
         clock=clock,
     )
     messages = MessagesHandler(conversations, message_store, recent, pipeline, codec)
+    inbox_store = InboxSettingsStore(runtime.db)
+    await inbox_store.ensure_indexes()
+    inbox = InboxHandler(inbox_store, conversations, listener=SettingsPublisher(doorbell, codec))
+    groups = GroupsHandler(
+        conversations, message_store, pipeline, accounts, doorbell, doorbell, codec
+    )
+    changes = ChangesHandler(conversations, message_store, pipeline)
     delivery = DeliveryService(
         hub,
         conversation_store,
@@ -83,7 +115,6 @@ async def build(settings: Settings) -> ServiceHost:
     )
     acks = AckBatcher(
         conversation_store,
-        conversations,
         doorbell,
         codec,
         flush_seconds=config.ack_flush_seconds,
@@ -105,8 +136,14 @@ async def build(settings: Settings) -> ServiceHost:
     runtime.spawn(acks.run())
 
     unary = MessageUnaryServicer(
-        conversations, messages, max_body_bytes=config.max_body_bytes, clock=clock
+        conversations, messages, inbox, max_body_bytes=config.max_body_bytes, clock=clock
     )
+    servicers = [
+        InboxServicer(inbox, conversations, clock=clock),
+        GroupsServicer(groups, clock=clock),
+        ChangesServicer(changes, max_body_bytes=config.max_body_bytes),
+        unary,
+    ]
     stream = StreamServicer(delivery, acks, codec)
 
     async def stop() -> None:
@@ -119,7 +156,7 @@ async def build(settings: Settings) -> ServiceHost:
         name="svc_message",
         settings=config.server,
         interceptors=[runtime.interceptor(public_methods=())],
-        register=lambda server: register(server, unary, stream),
+        register=lambda server: register(server, servicers, stream),
         service_names=[SERVICE_NAME],
         registry=runtime.registry,
         on_stop=[stop],

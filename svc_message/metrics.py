@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from svc_message.domain.delivery import Hub
 from svc_message.domain.projection import Projector
 from svc_message.domain.sending import SendPipeline
+from svc_message.domain.streams import Hub
 from svc_message.storage.doorbell import Doorbell
 from svc_message.storage.recent import RecentCache
 

@@ -5,7 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-DIRECT = 1  # parley.message.v1.ConversationType.CONVERSATION_TYPE_DIRECT
+# parley.message.v1.ConversationType
+DIRECT, GROUP, CHANNEL = 1, 2, 3
+# parley.message.v1.Role
+OWNER, ADMIN, MEMBER, SUBSCRIBER = 1, 2, 3, 4
+# parley.message.v1.MessageType.MESSAGE_TYPE_SYSTEM
+SYSTEM = 9
+GROUP_MEMBER_CAP = 1024
+MAX_PINNED = 5
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSettings:
+    """A member's inbox settings as the inbox shows them now (see domain.inbox)."""
+
+    conversation_id: str
+    muted_until: datetime | None = None
+    pinned: bool = False
+    pin_rank: int = 0
+    archived: bool = False
+    marked_unread: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,10 +47,58 @@ class Conversation:
     last_message: MessageSummary | None = None
     # (account, highest seq that member sent); a sender has read what it sent.
     sent: tuple[tuple[str, int], ...] = ()
+    title: str = ""
+    avatar_ref: str = ""
+    public: bool = False
+    member_count: int = 0
+    # Groups and channels: owners and admins (everyone else is a member or,
+    # in channels, a subscriber).
+    roles: tuple[tuple[str, int], ...] = ()
+    # Groups: per member, (seq, version) of the system message that added them.
+    joined: tuple[tuple[str, tuple[int, int]], ...] = ()
+    last_version: int = 0
+
+    def role_of(self, account_id: str) -> int:
+        for member, role in self.roles:
+            if member == account_id:
+                return role
+        return SUBSCRIBER if self.type == CHANNEL else MEMBER
+
+    def joined_at(self, account_id: str) -> tuple[int, int]:
+        for member, position in self.joined:
+            if member == account_id:
+                return position
+        return (0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class SystemEvent:
+    """A membership or info change, kept in history as a system message."""
+
+    action: int
+    actor_account_id: str
+    target_account_ids: tuple[str, ...] = ()
+    role: int = 0
+    title: str = ""
+    avatar_ref: str = ""
+
+
+class SystemAction:
+    """parley.message.v1.SystemEvent.Action"""
+
+    CREATED = 1
+    MEMBERS_ADDED = 2
+    MEMBER_REMOVED = 3
+    MEMBER_LEFT = 4
+    ROLE_CHANGED = 5
+    INFO_CHANGED = 6
+    SUBSCRIBED = 7
 
 
 @dataclass(frozen=True, slots=True)
 class Message:
+    """A history item (a message or a system message) in its current state."""
+
     message_id: str
     conversation_id: str
     seq: int
@@ -42,6 +109,18 @@ class Message:
     reply_to_message_id: str
     created_at: datetime
     request_id: str = field(default="", compare=False)
+    version: int = 0
+    forwarded: bool = False
+    edited_at: datetime | None = None
+    deleted: bool = False
+    # (emoji, account ids), emoji in first-reaction order; empty sets dropped.
+    reactions: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    system: SystemEvent | None = None
+    # Version of the newest change applied to it (its own version if none):
+    # caches compare it to never put back an older state.
+    state_version: int = 0
+    # Accounts that deleted it for themselves; never sent to clients.
+    hidden_for: tuple[str, ...] = field(default=(), compare=False)
 
     def summary(self) -> MessageSummary:
         return MessageSummary(
@@ -51,6 +130,45 @@ class Message:
             type=self.type,
             created_at=self.created_at,
         )
+
+
+class ChangeKind:
+    """What a change-feed entry does; history items are MESSAGE and SYSTEM."""
+
+    MESSAGE = "message"
+    SYSTEM = "system"
+    EDIT = "edit"
+    DELETE = "delete"
+    HIDE = "hide"
+    REACTION = "reaction"
+
+
+HISTORY_KINDS = frozenset({ChangeKind.MESSAGE, ChangeKind.SYSTEM})
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of a conversation's change feed.
+
+    For MESSAGE and SYSTEM, ``message`` is the new history item. For the
+    others, ``target_id``/``target_seq`` name the message changed, and
+    ``only_for`` (HIDE) is the one account that sees the change."""
+
+    kind: str
+    conversation_id: str
+    version: int
+    change_id: str
+    account_id: str
+    created_at: datetime
+    message: Message | None = None
+    target_id: str = ""
+    target_seq: int = 0
+    body: bytes = b""
+    emoji: str = ""
+    removed: bool = False
+    for_everyone: bool = False
+    only_for: str = ""
+    request_id: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +181,17 @@ class Watermarks:
 
 @dataclass(frozen=True, slots=True)
 class InboxEntry:
+    """A conversation as one member sees it."""
+
     conversation: Conversation
     watermarks: tuple[Watermarks, ...]
     unread_count: int
+    role: int = MEMBER
+    active: bool = True
+    joined_seq: int = 0
+    # 0 while a member; the seq of the leave/removal otherwise.
+    visible_until_seq: int = 0
+    settings: MemberSettings | None = None
 
 
 class EventKind:
@@ -73,6 +199,14 @@ class EventKind:
     RECEIPT = 2
     CONVERSATION = 3
     CONTROL = 4
+    # A feed change that is not a new history item (edit, delete, reaction).
+    CHANGE = 5
+    # Group receipts, filtered per stream.
+    RECEIPTS = 6
+    SETTINGS = 7
+
+
+FEED_KINDS = frozenset({EventKind.MESSAGE, EventKind.CHANGE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +227,14 @@ class Envelope:
     sender_account_id: str = ""
     # Encoded size, for the byte budget of a stream's queue.
     size: int = 0
+    # Feed events: the conversation's version of the change.
+    version: int = 0
+    # A change only this account sees (delete for me); others skip its version.
+    only_for: str = ""
+    # Accounts that stop being members with this event (removed, left).
+    leaving: tuple[str, ...] = ()
+    # RECEIPTS: the members' watermarks.
+    watermarks: tuple[Watermarks, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

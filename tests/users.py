@@ -7,8 +7,12 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
+from google.protobuf import message_factory
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from parley.keys.v1 import accounts_pb2 as kpb
 from parley.keys.v1 import accounts_pb2_grpc as kgrpc
@@ -148,10 +152,29 @@ class Stream:
         return [e.WhichOneof("kind") or "" for e in self.events]
 
     def positions(self) -> dict[str, int]:
+        """Per conversation, the newest message seq held."""
         result: dict[str, int] = {}
         for m in self.messages():
             result[m.conversation_id] = max(result.get(m.conversation_id, 0), m.seq)
         return result
+
+    def versions(self) -> dict[str, int]:
+        """Per conversation, the newest change-feed version held (where to resume)."""
+        result: dict[str, int] = {}
+        for e in self.events:
+            kind = e.WhichOneof("kind")
+            if kind in ("message", "edit", "deletion", "reaction"):
+                change = getattr(e, kind)
+                conversation_id = change.conversation_id
+                result[conversation_id] = max(result.get(conversation_id, 0), change.version)
+        return result
+
+    def acks(self) -> list[mpb.ConversationPosition]:
+        seqs = self.positions()
+        return [
+            mpb.ConversationPosition(conversation_id=c, version=v, seq=seqs.get(c, 0))
+            for c, v in self.versions().items()
+        ]
 
     async def wait_for(self, predicate: object, *, timeout: float = 10.0) -> None:
         assert callable(predicate)
@@ -178,7 +201,7 @@ async def open_stream(
     messages: mgrpc.MessageServiceStub,
     device: Device,
     *,
-    positions: dict[str, int] | None = None,
+    positions: dict[str, int] | None = None,  # conversation -> version held
     sync_token: str = "",
     auto_ack: bool = True,
 ) -> Stream:
@@ -187,8 +210,8 @@ async def open_stream(
         mpb.ClientEvent(
             resume=mpb.Resume(
                 positions=[
-                    mpb.ConversationPosition(conversation_id=c, seq=s)
-                    for c, s in (positions or {}).items()
+                    mpb.ConversationPosition(conversation_id=c, version=v)
+                    for c, v in (positions or {}).items()
                 ],
                 sync_token=sync_token,
             )
@@ -210,10 +233,7 @@ async def open_stream(
             async for server_event in call:
                 stream.events.extend(server_event.events)
                 if stream.auto_ack:
-                    acks = [
-                        mpb.ConversationPosition(conversation_id=c, seq=s)
-                        for c, s in stream.positions().items()
-                    ]
+                    acks = stream.acks()
                     if acks:
                         outgoing.put_nowait(mpb.ClientEvent(ack=mpb.Ack(positions=acks)))
                 stream.arrived.set()
@@ -228,3 +248,88 @@ async def open_stream(
 
 def synced(stream: Stream) -> bool:
     return "sync_complete" in stream.kinds()
+
+
+async def sign_up_many(
+    keys: kgrpc.AccountServiceStub, count: int, *, concurrency: int = 32, prefix: str = "user"
+) -> list[Device]:
+    """``count`` fresh accounts, signed up ``concurrency`` at a time."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one() -> Device:
+        async with limit:
+            return await sign_up(keys, unique_handle(prefix))
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+def open_resumed_stream(
+    messages: mgrpc.MessageServiceStub, device: Device, resume: mpb.Resume
+) -> Stream:
+    """A Connect stream that starts with exactly this ``resume`` and never acks
+    on its own: the caller acks through ``stream.outgoing`` (tests/feed_view.py)."""
+    outgoing: asyncio.Queue[mpb.ClientEvent | None] = asyncio.Queue()
+    outgoing.put_nowait(mpb.ClientEvent(resume=resume))
+
+    async def requests() -> AsyncIterator[mpb.ClientEvent]:
+        while True:
+            event = await outgoing.get()
+            if event is None:
+                return
+            yield event
+
+    call = messages.Connect(requests(), metadata=device.md)
+    stream = Stream(call=call, outgoing=outgoing, auto_ack=False)
+
+    async def read() -> None:
+        try:
+            async for server_event in call:
+                stream.events.extend(server_event.events)
+                stream.arrived.set()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                stream.error = exc
+            stream.arrived.set()
+
+    stream.task = asyncio.create_task(read())
+    return stream
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    """The google.rpc.ErrorInfo reason of a failed call ("" when it has none)."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""
+
+
+def error_fields(error: grpc.aio.AioRpcError) -> list[str]:
+    """The fields named by the google.rpc.BadRequest details of a failed call."""
+    status = rpc_status.from_call(error)
+    fields: list[str] = []
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields.extend(v.field for v in bad.field_violations)
+    return fields
+
+
+async def rpc(stub: Any, method: str, device: Device, **fields: Any) -> Any:
+    """Calls ``method`` on ``stub`` as ``device`` with a request built from
+    ``fields``; a fresh request_id is added when the request has one."""
+    descriptor = stub_descriptor(stub).methods_by_name[method].input_type
+    if "request_id" in descriptor.fields_by_name:
+        fields.setdefault("request_id", rid())
+    request = message_factory.GetMessageClass(descriptor)(**fields)
+    return await getattr(stub, method)(request, metadata=device.md)
+
+
+def stub_descriptor(stub: Any) -> Any:
+    """The service descriptor of a generated stub."""
+    if isinstance(stub, mgrpc.MessageServiceStub):
+        return mpb.DESCRIPTOR.services_by_name["MessageService"]
+    return kpb.DESCRIPTOR.services_by_name["AccountService"]

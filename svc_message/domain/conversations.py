@@ -1,17 +1,34 @@
-"""Direct conversations, membership, the inbox and watermarks."""
+"""Conversations as members see them: membership, views, the inbox, watermarks."""
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Reason
 from parley_core.ids import random_id
 from svc_message.domain.ports import Accounts, EventCodec, Publisher
-from svc_message.model import DIRECT, Conversation, InboxEntry, Watermarks
-from svc_message.storage.conversations import ConversationStore
-from svc_message.storage.recent import RecentCache
+from svc_message.model import (
+    ADMIN,
+    CHANNEL,
+    DIRECT,
+    OWNER,
+    SUBSCRIBER,
+    Conversation,
+    InboxEntry,
+    Watermarks,
+)
+from svc_message.storage.conversations import ConversationStore, MemberRecord
+from svc_message.storage.doorbell import inbox as inbox_channel
+from svc_message.storage.doorbell import topic
+from svc_message.storage.recent import HeadState, RecentCache
+
+# How long a group's or channel's cached membership may be used without
+# re-reading; changes also invalidate it at once through the doorbell.
+MEMBERSHIP_TTL_SECONDS = 2.0
 
 
 def _at(now: float) -> datetime:
@@ -23,25 +40,43 @@ def direct_key(a: str, b: str) -> str:
     return f"{first}|{second}"
 
 
-def freshen(
-    conversations: list[Conversation], heads: dict[str, tuple[int, dict[str, int]]]
-) -> list[Conversation]:
-    """Conversations with last_seq and senders' positions raised to what Redis
-    knows: the stored values trail while the projector writes them behind."""
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """An account's place in a conversation."""
+
+    conversation: Conversation
+    account_id: str
+    role: int
+    active: bool
+    joined_seq: int = 0
+    joined_version: int = 0
+    # Set once the account left or was removed: what it may still see.
+    left_seq: int = 0
+    left_version: int = 0
+
+    @property
+    def is_admin(self) -> bool:
+        return self.active and self.role in (OWNER, ADMIN)
+
+
+def freshen(conversations: list[Conversation], heads: dict[str, HeadState]) -> list[Conversation]:
+    """Conversations with last_seq, last_version and senders' positions raised
+    to what Redis knows: the stored values trail while the projector writes
+    them behind."""
     result = []
     for conversation in conversations:
         head = heads.get(conversation.conversation_id)
         if head is None:
             result.append(conversation)
             continue
-        last, sent = head
         merged = dict(conversation.sent)
-        for account_id, seq in sent.items():
+        for account_id, seq in head.sent.items():
             merged[account_id] = max(merged.get(account_id, 0), seq)
         result.append(
             replace(
                 conversation,
-                last_seq=max(conversation.last_seq, last),
+                last_seq=max(conversation.last_seq, head.last_seq),
+                last_version=max(conversation.last_version, head.last_version),
                 sent=tuple(sorted(merged.items())),
             )
         )
@@ -49,13 +84,13 @@ def freshen(
 
 
 def effective_watermarks(
-    conversation: Conversation, stored: list[Watermarks]
+    conversation: Conversation, stored: Iterable[Watermarks], members: Iterable[str]
 ) -> tuple[Watermarks, ...]:
-    """Every member's watermarks, counting what a member sent as read by them."""
+    """The members' watermarks, counting what a member sent as read by them."""
     by_member = {w.account_id: w for w in stored}
     sent = dict(conversation.sent)
     result = []
-    for member in conversation.member_ids:
+    for member in members:
         w = by_member.get(member, Watermarks(conversation.conversation_id, member))
         own = sent.get(member, 0)
         result.append(
@@ -70,13 +105,67 @@ def effective_watermarks(
 
 
 def inbox_entry(
-    conversation: Conversation, watermarks: list[Watermarks], account_id: str
+    membership: Membership, conversation: Conversation, watermarks: Iterable[Watermarks]
 ) -> InboxEntry:
-    """Unread = last_seq - read_seq: computed from watermarks, never counted."""
-    complete = effective_watermarks(conversation, watermarks)
+    """Unread = items after the member's read watermark (or join), computed
+    from watermarks, never counted. Channels show only the caller's own
+    watermarks: there may be any number of subscribers."""
+    account_id = membership.account_id
+    if conversation.type == CHANNEL:
+        shown: Iterable[str] = (account_id,)
+    else:
+        shown = conversation.member_ids
+        if account_id not in shown:
+            shown = (*shown, account_id)
+    complete = effective_watermarks(conversation, watermarks, shown)
     mine = next((w for w in complete if w.account_id == account_id), None)
-    unread = max(0, conversation.last_seq - (mine.read_seq if mine else 0))
-    return InboxEntry(conversation=conversation, watermarks=complete, unread_count=unread)
+    seen = max(mine.read_seq if mine else 0, membership.joined_seq)
+    last = conversation.last_seq if membership.active else membership.left_seq
+    return InboxEntry(
+        conversation=conversation,
+        watermarks=complete,
+        unread_count=max(0, last - seen),
+        role=membership.role,
+        active=membership.active,
+        joined_seq=membership.joined_seq,
+        visible_until_seq=0 if membership.active else membership.left_seq,
+    )
+
+
+def membership_of(
+    conversation: Conversation, account_id: str, record: MemberRecord | None
+) -> Membership | None:
+    """The account's membership from the conversation document and, for
+    channel subscribers and former members, its member record."""
+    if account_id in conversation.member_ids:
+        seq, version = conversation.joined_at(account_id)
+        return Membership(
+            conversation,
+            account_id,
+            conversation.role_of(account_id),
+            True,
+            joined_seq=seq,
+            joined_version=version,
+        )
+    if record is None:
+        return None
+    if record.active and conversation.type == CHANNEL:
+        # Channel subscribers read the whole history.
+        return Membership(
+            conversation, account_id, SUBSCRIBER, True, joined_version=record.joined_version
+        )
+    if record.active:
+        return None  # a join still being recorded
+    return Membership(
+        conversation,
+        account_id,
+        conversation.role_of(account_id),
+        False,
+        joined_seq=0 if conversation.type == CHANNEL else record.joined_seq,
+        joined_version=record.joined_version,
+        left_seq=record.left_seq,
+        left_version=record.left_version,
+    )
 
 
 class ConversationsHandler:
@@ -89,36 +178,80 @@ class ConversationsHandler:
         codec: EventCodec,
         *,
         membership_cache_size: int = 100_000,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._recent = recent
         self._accounts = accounts
         self._publisher = publisher
         self._codec = codec
-        # Direct conversations never change members, so their membership can
-        # be remembered for good; this keeps a send to one read-free.
-        self._membership: OrderedDict[str, Conversation] = OrderedDict()
+        self._monotonic = monotonic
+        # Direct conversations never change members, so their documents are
+        # remembered for good; groups and channels for a moment (and until
+        # a membership change is announced). This keeps a send read-free.
+        self._cached: OrderedDict[str, tuple[Conversation, float]] = OrderedDict()
+        self._records: dict[tuple[str, str], tuple[MemberRecord | None, float]] = {}
         self._cache_size = membership_cache_size
 
-    def _remember(self, conversation: Conversation) -> None:
-        if conversation.type == DIRECT:
-            self._membership[conversation.conversation_id] = conversation
-            if len(self._membership) > self._cache_size:
-                self._membership.popitem(last=False)
+    @property
+    def store(self) -> ConversationStore:
+        return self._store
 
-    async def require_member(self, conversation_id: str, account_id: str) -> Conversation:
-        """The conversation if the account is a member; NOT_FOUND / PERMISSION_DENIED otherwise.
+    def forget(self, conversation_id: str) -> None:
+        """Its membership changed: read it again next time."""
+        self._cached.pop(conversation_id, None)
+        for key in [k for k in self._records if k[0] == conversation_id]:
+            del self._records[key]
 
-        The result may be cached: its last_seq is not current."""
-        conversation = self._membership.get(conversation_id)
+    def _expired(self, stored_at: float) -> bool:
+        return self._monotonic() - stored_at > MEMBERSHIP_TTL_SECONDS
+
+    async def conversation(self, conversation_id: str) -> Conversation:
+        cached = self._cached.get(conversation_id)
+        if cached is not None and (cached[0].type == DIRECT or not self._expired(cached[1])):
+            return cached[0]
+        conversation = await self._store.get(conversation_id)
         if conversation is None:
-            conversation = await self._store.get(conversation_id)
-            if conversation is None:
-                raise NotFound("conversation not found", reason=Reason.CONVERSATION_NOT_FOUND)
-            self._remember(conversation)
-        if account_id not in conversation.member_ids:
-            raise PermissionDenied("you are not a member of this conversation")
+            raise NotFound("conversation not found", reason=Reason.CONVERSATION_NOT_FOUND)
+        self._cached[conversation_id] = (conversation, self._monotonic())
+        self._cached.move_to_end(conversation_id)
+        while len(self._cached) > self._cache_size:
+            self._cached.popitem(last=False)
         return conversation
+
+    async def _record(self, conversation: Conversation, account_id: str) -> MemberRecord | None:
+        if conversation.type == DIRECT or account_id in conversation.member_ids:
+            return None
+        key = (conversation.conversation_id, account_id)
+        cached = self._records.get(key)
+        if cached is not None and not self._expired(cached[1]):
+            return cached[0]
+        record = await self._store.member(conversation.conversation_id, account_id)
+        if len(self._records) > self._cache_size:
+            self._records.clear()
+        self._records[key] = (record, self._monotonic())
+        return record
+
+    async def membership(self, conversation_id: str, account_id: str) -> Membership | None:
+        """The account's membership, current or former; None if never a member.
+
+        May come from a cache: its last_seq is not current."""
+        conversation = await self.conversation(conversation_id)
+        return membership_of(conversation, account_id, await self._record(conversation, account_id))
+
+    async def require_reader(self, conversation_id: str, account_id: str) -> Membership:
+        """A member or former member (who reads up to their departure)."""
+        membership = await self.membership(conversation_id, account_id)
+        if membership is None:
+            raise PermissionDenied("you are not a member of this conversation")
+        return membership
+
+    async def require_member(self, conversation_id: str, account_id: str) -> Membership:
+        """An active member; NOT_FOUND / PERMISSION_DENIED otherwise."""
+        membership = await self.require_reader(conversation_id, account_id)
+        if not membership.active:
+            raise PermissionDenied("you are no longer a member of this conversation")
+        return membership
 
     async def create_direct(
         self, *, account_id: str, peer_account_id: str, bearer_token: str, now: float
@@ -141,48 +274,105 @@ class ConversationsHandler:
         # Also heals a pair claimed by a request that crashed before this step.
         if await self._store.ensure(candidate):
             envelope = self._codec.conversation(candidate)
-            await self._publisher.publish([(candidate.member_ids, self._codec.encode(envelope))])
-        conversation = await self._store.get(conversation_id)
-        if conversation is None:
-            raise NotFound("conversation not found", reason=Reason.CONVERSATION_NOT_FOUND)
-        self._remember(conversation)
-        return await self._entry(conversation, account_id)
+            await self._publisher.publish(
+                [
+                    (
+                        tuple(inbox_channel(a) for a in candidate.member_ids),
+                        self._codec.encode(envelope),
+                    )
+                ]
+            )
+        return await self.get(conversation_id=conversation_id, account_id=account_id)
 
     async def fresh(self, conversations: list[Conversation]) -> list[Conversation]:
         heads = await self._recent.heads([c.conversation_id for c in conversations])
         return freshen(conversations, heads)
 
     async def of_member(self, account_id: str) -> list[Conversation]:
-        """Every conversation of the account, with current last_seq."""
-        return await self.fresh(await self._store.of_member(account_id))
+        """Every conversation the account is an active member of (channel
+        subscriptions included), with current last_seq and last_version."""
+        conversations = await self._store.of_member(account_id)
+        channels = await self._store.channel_subscriptions(account_id)
+        known = {c.conversation_id for c in conversations}
+        missing = [c for c in channels if c not in known]
+        if missing:
+            conversations += await self._store.get_many(missing)
+        return await self.fresh(conversations)
 
-    async def _entry(self, conversation: Conversation, account_id: str) -> InboxEntry:
-        watermarks = await self._store.watermarks([conversation.conversation_id])
-        (current,) = await self.fresh([conversation])
-        return inbox_entry(current, watermarks, account_id)
+    async def _entries(self, memberships: Sequence[Membership]) -> list[InboxEntry]:
+        if not memberships:
+            return []
+        stored = await self._store.get_many(m.conversation.conversation_id for m in memberships)
+        by_id = {c.conversation_id: c for c in await self.fresh(stored)}
+        watermarks = await self._store.watermarks(by_id)
+        grouped: dict[str, list[Watermarks]] = {}
+        for w in watermarks:
+            grouped.setdefault(w.conversation_id, []).append(w)
+        result = []
+        for membership in memberships:
+            conversation = by_id.get(membership.conversation.conversation_id)
+            if conversation is not None:
+                result.append(
+                    inbox_entry(
+                        membership, conversation, grouped.get(conversation.conversation_id, [])
+                    )
+                )
+        return result
 
     async def get(self, *, conversation_id: str, account_id: str) -> InboxEntry:
-        await self.require_member(conversation_id, account_id)
-        conversation = await self._store.get(conversation_id)
-        if conversation is None:
-            raise NotFound("conversation not found", reason=Reason.CONVERSATION_NOT_FOUND)
-        return await self._entry(conversation, account_id)
+        membership = await self.require_reader(conversation_id, account_id)
+        (entry,) = await self._entries([membership])
+        return entry
+
+    async def entries(self, account_id: str, conversation_ids: Sequence[str]) -> list[InboxEntry]:
+        """The account's entries for those conversations it is an active member of."""
+        memberships = []
+        for conversation_id in conversation_ids:
+            try:
+                membership = await self.membership(conversation_id, account_id)
+            except NotFound:
+                continue
+            if membership is not None and membership.active:
+                memberships.append(membership)
+        return await self._entries(memberships)
 
     async def inbox(
-        self, *, account_id: str, after: tuple[datetime, str] | None, limit: int
+        self,
+        *,
+        account_id: str,
+        after: tuple[datetime, str] | None,
+        limit: int,
+        exclude: frozenset[str] = frozenset(),
     ) -> list[InboxEntry]:
-        conversations = await self.fresh(
-            await self._store.inbox_page(account_id, after=after, limit=limit)
+        channels = await self._store.channel_subscriptions(account_id)
+        page = await self.fresh(
+            await self._store.inbox_page(
+                account_id, after=after, limit=limit, exclude=exclude, channel_ids=channels
+            )
         )
-        if not conversations:
+        if not page:
             return []
-        watermarks = await self._store.watermarks(c.conversation_id for c in conversations)
-        by_conversation: dict[str, list[Watermarks]] = {}
+        memberships = [
+            m
+            for m in (
+                membership_of(
+                    c,
+                    account_id,
+                    None
+                    if account_id in c.member_ids
+                    else MemberRecord(c.conversation_id, account_id, active=True),
+                )
+                for c in page
+            )
+            if m is not None
+        ]
+        watermarks = await self._store.watermarks(c.conversation_id for c in page)
+        grouped: dict[str, list[Watermarks]] = {}
         for w in watermarks:
-            by_conversation.setdefault(w.conversation_id, []).append(w)
+            grouped.setdefault(w.conversation_id, []).append(w)
         return [
-            inbox_entry(c, by_conversation.get(c.conversation_id, []), account_id)
-            for c in conversations
+            inbox_entry(m, m.conversation, grouped.get(m.conversation.conversation_id, []))
+            for m in memberships
         ]
 
     async def mark(
@@ -195,7 +385,7 @@ class ConversationsHandler:
         now: float,
     ) -> Watermarks:
         """Raise the member's watermarks; lower values change nothing."""
-        conversation = await self.require_member(conversation_id, account_id)
+        membership = await self.require_member(conversation_id, account_id)
         stored = await self._store.get(conversation_id)
         last_seq = (await self.fresh([stored]))[0].last_seq if stored else 0
         # A watermark past the newest message would make unread counts negative.
@@ -203,7 +393,13 @@ class ConversationsHandler:
         watermarks, moved = await self._store.raise_one(
             conversation_id, account_id, delivered=delivered, read=read, now=_at(now)
         )
-        if moved:
-            envelope = self._codec.receipt(watermarks)
-            await self._publisher.publish([(conversation.member_ids, self._codec.encode(envelope))])
+        if moved and membership.conversation.type != CHANNEL:
+            envelope = (
+                self._codec.receipt(watermarks)
+                if membership.conversation.type == DIRECT
+                else self._codec.receipts(conversation_id, (watermarks,))
+            )
+            await self._publisher.publish(
+                [((topic(conversation_id),), self._codec.encode(envelope))]
+            )
         return watermarks

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from parley_core.errors import InvalidArgument
-from svc_message.domain.conversations import ConversationsHandler
+from svc_message.domain import roles
+from svc_message.domain.conversations import ConversationsHandler, Membership
 from svc_message.domain.ports import EventCodec
-from svc_message.domain.sending import Draft, SendPipeline
-from svc_message.model import Page, Sent
+from svc_message.domain.sending import Committed, Draft, SendPipeline
+from svc_message.model import Change, ChangeKind, Message, Page
 from svc_message.storage.messages import MessageStore
 from svc_message.storage.recent import RecentCache
 
 # A start beyond any seq: "from the newest".
 NEWEST = 2**62
+_UNSET = datetime.fromtimestamp(0, UTC)
+
+
+def visible_window(membership: Membership) -> tuple[int, int]:
+    """The seqs a member may read: [joined, left] (0 = unbounded)."""
+    return membership.joined_seq, membership.left_seq
 
 
 class MessagesHandler:
@@ -39,24 +48,45 @@ class MessagesHandler:
         type: int,
         body: bytes,
         reply_to_message_id: str,
-    ) -> Sent:
-        conversation = await self._conversations.require_member(conversation_id, account_id)
+        forwarded: bool = False,
+    ) -> Committed:
+        membership = await self._conversations.require_member(conversation_id, account_id)
+        roles.require_poster(membership.conversation.type, membership.role)
         if reply_to_message_id:
             original = await self._messages.by_id(reply_to_message_id)
-            if original is None or original.conversation_id != conversation_id:
+            if (
+                original is None
+                or original.conversation_id != conversation_id
+                or original.seq < membership.joined_seq
+            ):
                 raise InvalidArgument.field(
                     "reply_to_message_id", "must name a message of this conversation"
                 )
-        return await self._pipeline.send(
-            Draft(
-                conversation=conversation,
-                sender_account_id=account_id,
-                sender_device_id=device_id,
-                type=type,
-                body=body,
-                reply_to_message_id=reply_to_message_id,
-                request_id=request_id,
-            )
+        message = Message(
+            message_id="",
+            conversation_id=conversation_id,
+            seq=0,
+            sender_account_id=account_id,
+            sender_device_id=device_id,
+            type=type,
+            body=body,
+            reply_to_message_id=reply_to_message_id,
+            created_at=_UNSET,
+            request_id=request_id,
+            forwarded=forwarded,
+        )
+        template = Change(
+            kind=ChangeKind.MESSAGE,
+            conversation_id=conversation_id,
+            version=0,
+            change_id="",
+            account_id=account_id,
+            created_at=_UNSET,
+            message=message,
+            request_id=request_id,
+        )
+        return await self._pipeline.submit(
+            Draft(conversation=membership.conversation, template=template)
         )
 
     async def page(
@@ -68,27 +98,60 @@ class MessagesHandler:
         forward: bool,
         limit: int,
     ) -> Page:
-        """History from start_seq (inclusive; 0 = the newest for backward reads)."""
-        await self._conversations.require_member(conversation_id, account_id)
+        """History from start_seq (inclusive; 0 = the newest for backward
+        reads), within what the caller may see, without what it deleted for
+        itself."""
+        membership = await self._conversations.require_reader(conversation_id, account_id)
+        floor, ceiling = visible_window(membership)
+        if not forward and ceiling and (start_seq == 0 or start_seq > ceiling):
+            start_seq = ceiling
+        if forward and start_seq < floor:
+            start_seq = floor
+        if (ceiling and forward and start_seq > ceiling) or (not forward and 0 < start_seq < floor):
+            return Page(messages=[], wire=[], next_start=None)
         cached = await self._recent.read(
-            conversation_id, start_seq=start_seq, forward=forward, limit=limit
+            conversation_id,
+            start_seq=start_seq,
+            forward=forward,
+            limit=limit,
+            account_id=account_id,
         )
-        if cached is not None:
+        if cached is not None and not cached.filtered:
+            seqs = (
+                range(cached.lo, cached.hi + 1) if forward else range(cached.hi, cached.lo - 1, -1)
+            )
+            blobs = [
+                blob
+                for seq, blob in zip(seqs, cached.blobs, strict=True)
+                if seq >= floor and (not ceiling or seq <= ceiling)
+            ]
+            end = min(cached.last, ceiling) if ceiling else cached.last
             if forward:
-                next_start = cached.hi + 1 if cached.hi < cached.last else None
+                next_start = cached.hi + 1 if cached.hi < end else None
             else:
-                next_start = cached.lo - 1 if cached.lo > 1 else None
-            return Page(messages=[], wire=cached.blobs, next_start=next_start)
+                next_start = cached.lo - 1 if cached.lo > max(floor, 1) else None
+            return Page(messages=[], wire=blobs, next_start=next_start)
 
         newest_first = not forward and start_seq == 0
         first = NEWEST if newest_first else start_seq
-        messages = await self._messages.page(
-            conversation_id, start_seq=first, forward=forward, limit=limit + 1
+        items = await self._messages.page(
+            conversation_id,
+            start_seq=first,
+            forward=forward,
+            limit=limit + 1,
+            floor_seq=floor,
+            ceiling_seq=ceiling,
         )
+        hiders = {a for m in items for a in m.hidden_for}
         await self._recent.fill(
             conversation_id,
-            [(m.seq, self._codec.history_entry(self._codec.message(m))) for m in messages],
+            [
+                (m.seq, m.state_version, self._codec.history_entry(self._codec.message(m)))
+                for m in items
+            ],
             includes_newest=newest_first,
+            hiders=hiders,
         )
-        next_start = messages[limit].seq if len(messages) > limit else None
-        return Page(messages=messages[:limit], wire=[], next_start=next_start)
+        next_start = items[limit].seq if len(items) > limit else None
+        visible = [m for m in items[:limit] if account_id not in m.hidden_for]
+        return Page(messages=visible, wire=[], next_start=next_start)

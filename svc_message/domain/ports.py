@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from svc_message.model import Conversation, Envelope, Message, Watermarks
+from svc_message.model import Change, Conversation, Envelope, Message, Watermarks
 
 
 class Accounts(Protocol):
@@ -21,15 +21,21 @@ class Publisher(Protocol):
 
 
 class Subscriptions(Protocol):
-    async def subscribe(self, account_id: str) -> None: ...
+    async def subscribe(self, channels: Iterable[str]) -> None: ...
 
-    async def unsubscribe(self, account_id: str) -> None: ...
+    async def unsubscribe(self, channels: Iterable[str]) -> None: ...
 
 
 class EventCodec(Protocol):
     """Builds wire events and moves them through the doorbell as bytes."""
 
     def message(self, message: Message) -> Envelope: ...
+
+    def change(self, change: Change) -> Envelope:
+        """Any feed entry: a history item, an edit, a delete, a reaction."""
+        ...
+
+    def receipts(self, conversation_id: str, watermarks: Iterable[Watermarks]) -> Envelope: ...
 
     def history_entry(self, envelope: Envelope) -> bytes:
         """A message event as one entry of a history page, for the recent cache."""

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from parley_core.ids import random_id
-from svc_message.model import Message
+from svc_message.model import Change
 from svc_message.storage.conversations import Commit, ConversationStore
 from svc_message.storage.messages import MessageStore
 from svc_message.storage.projection import ProjectorStore, first_id_at
@@ -36,28 +36,43 @@ REPLAY_PAGE = 5000
 
 
 def merge(into: dict[str, Commit], commits: Iterable[Commit]) -> None:
-    """Fold commits per conversation: the newest message wins, senders' seqs max."""
+    """Fold commits per conversation: the newest item and version win,
+    senders' seqs max."""
     for commit in commits:
         current = into.get(commit.conversation_id)
         if current is None:
             into[commit.conversation_id] = Commit(
-                commit.conversation_id, commit.newest, dict(commit.sent)
+                commit.conversation_id, commit.newest, dict(commit.sent), commit.last_version
             )
             continue
-        if commit.newest.seq > current.newest.seq:
-            current = into[commit.conversation_id] = Commit(
-                current.conversation_id, commit.newest, current.sent
-            )
+        newest = current.newest
+        if commit.newest is not None and (newest is None or commit.newest.seq > newest.seq):
+            newest = commit.newest
+        merged = Commit(
+            current.conversation_id,
+            newest,
+            current.sent,
+            max(current.last_version, commit.last_version),
+        )
         for account_id, seq in commit.sent.items():
-            current.sent[account_id] = max(current.sent.get(account_id, 0), seq)
+            merged.sent[account_id] = max(merged.sent.get(account_id, 0), seq)
+        into[commit.conversation_id] = merged
 
 
-def commits_of(messages: Iterable[Message]) -> list[Commit]:
+def commits_of(changes: Iterable[Change]) -> list[Commit]:
     merged: dict[str, Commit] = {}
-    merge(
-        merged,
-        (Commit(m.conversation_id, m.summary(), {m.sender_account_id: m.seq}) for m in messages),
-    )
+    for change in changes:
+        message = change.message
+        if message is not None:
+            commit = Commit(
+                change.conversation_id,
+                message.summary(),
+                {message.sender_account_id: message.seq},
+                change.version,
+            )
+        else:
+            commit = Commit(change.conversation_id, None, {}, change.version)
+        merge(merged, [commit])
     return list(merged.values())
 
 
@@ -183,11 +198,15 @@ class Projector:
             first = first_id_at(record.flushed_through - REPLAY_MARGIN)
             while True:
                 page = await self._messages.committed_since(first, limit=REPLAY_PAGE)
+                # Changes to messages are applied before the ack; a process
+                # that died in between left them unapplied. Applying is
+                # idempotent, so the replay simply applies them again.
+                await self._messages.apply(page)
                 await self._conversations.record_commits(commits_of(page))
                 replayed += len(page)
                 if len(page) < REPLAY_PAGE:
                     break
-                first = page[-1].message_id
+                first = page[-1].change_id
             await self._state.forget(record.instance_id)
             log.info("projection_replayed", instance=record.instance_id, messages=replayed)
         return replayed

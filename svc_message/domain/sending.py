@@ -1,16 +1,19 @@
-"""Sending: membership and reply checks, then group commit.
+"""Committing changes to conversation feeds: group commit.
 
-Concurrent sends are committed together: one ordered, durable (majority,
+Every change (a message, a system message, an edit, a delete, a reaction)
+goes through here. Concurrent changes are committed together: one ordered, durable (majority,
 journaled) insert per batch, after which every caller in the batch is acked.
 The database does ~6k documents/s in batches but ~1k single inserts/s, so this
 is what makes durable sends fast; it holds the same way on a sharded cluster,
 where a batch becomes one insert per shard.
 
-Seqs come from a per-process cache of each conversation's next seq, checked by
-the unique (conversation_id, seq) index: if another process took a seq, the
-insert stops there, the cache is reloaded from the log and the rest retried.
-Only one batch is in flight per process and batches are ordered, so what
-commits is always a prefix and seqs stay gapless.
+Versions (and, for history items, seqs) come from a per-process cache of each
+conversation's next ones, checked by the unique (conversation_id, version)
+index: if another process took a version, the insert stops there, the cache
+is reloaded from the log and the rest retried. Only one batch is in flight
+per process and batches are ordered, so what commits is always a prefix and
+versions and seqs stay gapless. Seqs need no check of their own: they advance
+with versions, so a fresh version implies a fresh seq.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import structlog
@@ -27,7 +30,8 @@ from parley_core.errors import Aborted, ParleyError, Unavailable
 from parley_core.ids import new_id
 from svc_message.domain.ports import EventCodec, Publisher
 from svc_message.domain.projection import Projector, commits_of
-from svc_message.model import Conversation, Message, Sent
+from svc_message.model import HISTORY_KINDS, Change, Conversation, Envelope, Message
+from svc_message.storage.doorbell import inbox, topic
 from svc_message.storage.messages import Conflict, MessageStore
 from svc_message.storage.recent import Heads, RecentCache
 
@@ -38,16 +42,21 @@ MAX_CONFLICT_ROUNDS = 8
 
 @dataclass(eq=False, slots=True)
 class Draft:
+    """A change waiting for its place in the feed. ``template`` is complete
+    except for its version, id, time and (history items) seq."""
+
     conversation: Conversation
-    sender_account_id: str
-    sender_device_id: str
-    type: int
-    body: bytes
-    reply_to_message_id: str
-    request_id: str
-    future: asyncio.Future[Sent] = field(
+    template: Change
+    # Extra doorbell targets: accounts that must hear of it even when not
+    # (or no longer) listening to the conversation (added, removed).
+    notify: tuple[str, ...] = ()
+    future: asyncio.Future[Committed] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+    @property
+    def conversation_id(self) -> str:
+        return self.conversation.conversation_id
 
 
 def _fail(drafts: Iterable[Draft], error: ParleyError) -> None:
@@ -62,6 +71,18 @@ def _store_failed() -> Unavailable:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """A stored change with its stream event. For history items ``message``
+    is the new item; for other changes, the target message's state after it
+    (None if the target is gone)."""
+
+    change: Change
+    envelope: Envelope
+    message: Message | None
+    duplicate: bool = False
+
+
 class SendPipeline:
     def __init__(
         self,
@@ -73,7 +94,7 @@ class SendPipeline:
         *,
         batch_max: int,
         clock: Callable[[], float],
-        seq_cache_size: int = 200_000,
+        position_cache_size: int = 200_000,
     ) -> None:
         self._messages = messages
         self._projector = projector
@@ -84,17 +105,18 @@ class SendPipeline:
         self._clock = clock
         self._queue: deque[Draft] = deque()
         self._wake = asyncio.Event()
-        self._next_seq: OrderedDict[str, int] = OrderedDict()
-        self._seq_cache_size = seq_cache_size
+        # Per conversation, the next (version, seq) to hand out.
+        self._next: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._cache_size = position_cache_size
         self._outbox: asyncio.Queue[list[tuple[tuple[str, ...], bytes]]] = asyncio.Queue()
         self.batches = 0
         self.committed = 0
 
-    async def send(self, draft: Draft) -> Sent:
+    async def submit(self, draft: Draft) -> Committed:
         self._queue.append(draft)
         self._wake.set()
         # Shielded: a caller that gives up must not cancel a write that the
-        # other callers of the batch are waiting for; its retry finds the message.
+        # other callers of the batch are waiting for; its retry finds the change.
         return await asyncio.shield(draft.future)
 
     async def run(self) -> None:
@@ -112,75 +134,66 @@ class SendPipeline:
                         await self._commit(batch)
                     except Exception:
                         log.exception("send_batch_crashed", size=len(batch))
-                        _fail(
-                            batch,
-                            Unavailable(
-                                "could not store the message; retry with the same request_id"
-                            ),
-                        )
+                        _fail(batch, _store_failed())
 
-    async def _load_next_seqs(self, conversation_ids: set[str]) -> None:
-        missing = [c for c in conversation_ids if c not in self._next_seq]
+    async def _load_positions(self, conversation_ids: set[str]) -> None:
+        missing = [c for c in conversation_ids if c not in self._next]
         if missing:
-            maxima = await asyncio.gather(*(self._messages.max_seq(c) for c in missing))
-            for conversation_id, highest in zip(missing, maxima, strict=True):
-                self._next_seq[conversation_id] = highest + 1
+            heads = await asyncio.gather(*(self._messages.heads(c) for c in missing))
+            for conversation_id, (version, seq) in zip(missing, heads, strict=True):
+                self._next[conversation_id] = (version + 1, seq + 1)
         for conversation_id in conversation_ids:
-            self._next_seq.move_to_end(conversation_id)
-        while len(self._next_seq) > self._seq_cache_size:
-            self._next_seq.popitem(last=False)
+            self._next.move_to_end(conversation_id)
+        while len(self._next) > self._cache_size:
+            self._next.popitem(last=False)
 
     def _forget(self, drafts: Iterable[Draft]) -> None:
         for draft in drafts:
-            self._next_seq.pop(draft.conversation.conversation_id, None)
+            self._next.pop(draft.conversation_id, None)
+
+    def _place(self, draft: Draft, created_at: datetime) -> Change:
+        version, seq = self._next[draft.conversation_id]
+        template = draft.template
+        change_id = new_id()
+        message = template.message
+        if template.kind in HISTORY_KINDS and message is not None:
+            message = replace(
+                message,
+                message_id=change_id,
+                seq=seq,
+                version=version,
+                state_version=version,
+                created_at=created_at,
+            )
+            seq += 1
+        self._next[draft.conversation_id] = (version + 1, seq)
+        return replace(
+            template, version=version, change_id=change_id, created_at=created_at, message=message
+        )
 
     async def _commit(self, batch: list[Draft]) -> None:
         # Millisecond precision, as the database stores it: the ack, the stream
         # and history then show the same timestamp.
         created_at = datetime.fromtimestamp(int(self._clock() * 1000) / 1000, UTC)
-        committed: list[tuple[Draft, Message]] = []
+        committed: list[tuple[Draft, Change]] = []
         retried: list[Draft] = []
         pending = batch
         for _round in range(MAX_CONFLICT_ROUNDS):
             if not pending:
                 break
-            await self._load_next_seqs({d.conversation.conversation_id for d in pending})
-            messages = []
-            for draft in pending:
-                conversation_id = draft.conversation.conversation_id
-                seq = self._next_seq[conversation_id]
-                self._next_seq[conversation_id] = seq + 1
-                messages.append(
-                    Message(
-                        message_id=new_id(),
-                        conversation_id=conversation_id,
-                        seq=seq,
-                        sender_account_id=draft.sender_account_id,
-                        sender_device_id=draft.sender_device_id,
-                        type=draft.type,
-                        body=draft.body,
-                        reply_to_message_id=draft.reply_to_message_id,
-                        created_at=created_at,
-                        request_id=draft.request_id,
-                    )
-                )
+            await self._load_positions({d.conversation_id for d in pending})
+            changes = [self._place(draft, created_at) for draft in pending]
             try:
-                outcome = await self._messages.insert_ordered(messages)
+                outcome = await self._messages.insert_ordered(changes)
             except Exception as exc:
                 # Some of the batch may be stored; the log is the truth again.
                 self._forget(pending)
                 log.warning("send_batch_failed", size=len(pending), error=str(exc))
-                _fail(
-                    pending,
-                    Unavailable(
-                        "could not store the message; retry with the same request_id",
-                        retry_after_seconds=0.5,
-                    ),
-                )
+                _fail(pending, _store_failed())
                 pending = []
                 break
             done = outcome.inserted
-            committed.extend(zip(pending[:done], messages[:done], strict=True))
+            committed.extend(zip(pending[:done], changes[:done], strict=True))
             rest = pending[done:]
             self._forget(rest)
             if outcome.conflict is Conflict.DUPLICATE_REQUEST:
@@ -192,17 +205,80 @@ class SendPipeline:
         self.committed += len(committed)
 
         duplicates = await self._resolve_retries(retried)
+        everything = committed + duplicates
+        try:
+            # Applied to the target messages before the ack. A crash in
+            # between is repaired by the client's retry (a duplicate applies
+            # it again) or by the projector's replay of a dead process.
+            await self._messages.apply(change for _, change in everything)
+            targets = await self._targets(change for _, change in everything)
+        except Exception as exc:
+            log.warning("change_apply_failed", error=str(exc))
+            _fail((draft for draft, _ in everything), _store_failed())
+            return
+        duplicate_drafts = {id(draft) for draft, _ in duplicates}
         acked = [
-            (draft, Sent(message, self._codec.message(message)))
-            for draft, message in committed + duplicates
-        ]
-        commits = commits_of(sent.message for _, sent in acked)
-        items: dict[str, list[tuple[int, bytes]]] = {}
-        for _, sent in acked:
-            items.setdefault(sent.message.conversation_id, []).append(
-                (sent.message.seq, self._codec.history_entry(sent.envelope))
+            (
+                draft,
+                Committed(
+                    change,
+                    self._codec.change(change),
+                    change.message if change.message is not None else targets.get(change.target_id),
+                    duplicate=id(draft) in duplicate_drafts,
+                ),
             )
-        heads = {c.conversation_id: Heads(items[c.conversation_id], c.sent) for c in commits}
+            for draft, change in everything
+        ]
+        await self._record(acked)
+        self._outbox.put_nowait(
+            [
+                (
+                    (topic(draft.conversation_id), *(inbox(a) for a in draft.notify)),
+                    self._codec.encode(result.envelope),
+                )
+                for draft, result in acked
+            ]
+        )
+        for draft, result in acked:
+            if not draft.future.done():
+                draft.future.set_result(result)
+
+    async def _targets(self, changes: Iterable[Change]) -> dict[str, Message]:
+        ids = {c.target_id for c in changes if c.target_id}
+        if not ids:
+            return {}
+        return {m.message_id: m for m in await self._messages.many(sorted(ids))}
+
+    async def _record(self, acked: list[tuple[Draft, Committed]]) -> None:
+        """Make readers see the batch: Redis first (before the ack), the
+        conversation metadata behind it, or now if Redis cannot take it."""
+        commits = commits_of(done.change for _, done in acked)
+        items: dict[str, list[tuple[int, int, bytes]]] = {}
+        updated: dict[str, list[tuple[int, int, bytes]]] = {}
+        hides: dict[str, set[str]] = {}
+        for _, done in acked:
+            change = done.change
+            if change.kind in HISTORY_KINDS and done.message is not None:
+                items.setdefault(change.conversation_id, []).append(
+                    (done.message.seq, done.message.state_version, self._history(done.message))
+                )
+            elif done.message is not None:
+                message = done.message
+                updated.setdefault(change.conversation_id, []).append(
+                    (message.seq, message.state_version, self._history(message))
+                )
+                if change.only_for:
+                    hides.setdefault(change.conversation_id, set()).add(change.only_for)
+        heads = {
+            c.conversation_id: Heads(
+                items=items.get(c.conversation_id, []),
+                sent=c.sent,
+                last_version=c.last_version,
+                updated=updated.get(c.conversation_id, []),
+                hiders=frozenset(hides.get(c.conversation_id, ())),
+            )
+            for c in commits
+        }
         # Before the ack, so a client that reads right after its send sees it,
         # and so Redis knows each conversation's newest seq while the projector
         # writes the conversation metadata behind. If Redis cannot take it, the
@@ -214,22 +290,16 @@ class SendPipeline:
                 await self._projector.write_now(commits)
             except Exception as exc:
                 log.warning("conversation_metadata_update_failed", error=str(exc))
-        self._outbox.put_nowait(
-            [
-                (draft.conversation.member_ids, self._codec.encode(sent.envelope))
-                for draft, sent in acked
-            ]
-        )
-        for draft, sent in acked:
-            if not draft.future.done():
-                draft.future.set_result(sent)
 
-    async def _resolve_retries(self, retried: list[Draft]) -> list[tuple[Draft, Message]]:
-        """A retried request_id gets the message its first attempt stored."""
-        found: list[tuple[Draft, Message]] = []
+    def _history(self, message: Message) -> bytes:
+        return self._codec.history_entry(self._codec.message(message))
+
+    async def _resolve_retries(self, retried: list[Draft]) -> list[tuple[Draft, Change]]:
+        """A retried request_id gets the change its first attempt stored."""
+        found: list[tuple[Draft, Change]] = []
         for draft in retried:
             original = await self._messages.by_request(
-                draft.conversation.conversation_id, draft.sender_account_id, draft.request_id
+                draft.conversation_id, draft.template.account_id, draft.template.request_id
             )
             if original is None:
                 _fail(

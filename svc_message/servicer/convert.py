@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import cast
 
 from google.protobuf.message import DecodeError
@@ -9,18 +10,33 @@ from google.protobuf.message import DecodeError
 from parley.message.v1 import messages_pb2 as pb
 from parley_core.rpc.convert import timestamp
 from svc_message.model import (
+    Change,
+    ChangeKind,
     Conversation,
     Envelope,
     EventKind,
     InboxEntry,
+    MemberSettings,
     Message,
     MessageSummary,
+    SystemEvent,
     Watermarks,
 )
 
 
+def system_proto(system: SystemEvent) -> pb.SystemEvent:
+    return pb.SystemEvent(
+        action=system.action,  # type: ignore[arg-type]
+        actor_account_id=system.actor_account_id,
+        target_account_ids=system.target_account_ids,
+        role=system.role,  # type: ignore[arg-type]
+        title=system.title,
+        avatar_ref=system.avatar_ref,
+    )
+
+
 def message_proto(message: Message) -> pb.Message:
-    return pb.Message(
+    result = pb.Message(
         message_id=message.message_id,
         conversation_id=message.conversation_id,
         seq=message.seq,
@@ -30,7 +46,21 @@ def message_proto(message: Message) -> pb.Message:
         body=message.body,
         reply_to_message_id=message.reply_to_message_id,
         create_time=timestamp(message.created_at),
+        version=message.version,
+        forwarded=message.forwarded,
+        deleted=message.deleted,
+        reactions=[
+            pb.ReactionCount(emoji=emoji, count=len(accounts))
+            for emoji, accounts in message.reactions
+            if accounts
+        ],
     )
+    if message.edited_at is not None:
+        result.edited = True
+        result.edit_time.CopyFrom(timestamp(message.edited_at))
+    if message.system is not None:
+        result.system.CopyFrom(system_proto(message.system))
+    return result
 
 
 def summary_proto(summary: MessageSummary) -> pb.MessageSummary:
@@ -50,6 +80,11 @@ def conversation_proto(conversation: Conversation) -> pb.Conversation:
         member_account_ids=conversation.member_ids,
         create_time=timestamp(conversation.created_at),
         last_seq=conversation.last_seq,
+        title=conversation.title,
+        avatar_ref=conversation.avatar_ref,
+        member_count=conversation.member_count or len(conversation.member_ids),
+        public=conversation.public,
+        last_version=conversation.last_version,
     )
     if conversation.last_activity_at is not None:
         result.last_activity_time.CopyFrom(timestamp(conversation.last_activity_at))
@@ -65,12 +100,31 @@ def watermarks_proto(watermarks: Watermarks) -> pb.Watermarks:
     )
 
 
+def settings_proto(settings: MemberSettings) -> pb.InboxSettings:
+    result = pb.InboxSettings(
+        conversation_id=settings.conversation_id,
+        pinned=settings.pinned,
+        pin_rank=settings.pin_rank,
+        archived=settings.archived,
+        marked_unread=settings.marked_unread,
+    )
+    if settings.muted_until is not None:
+        result.muted_until.CopyFrom(timestamp(settings.muted_until))
+    return result
+
+
 def view_proto(entry: InboxEntry) -> pb.ConversationView:
     view = pb.ConversationView(
         conversation=conversation_proto(entry.conversation),
         unread_count=entry.unread_count,
         member_watermarks=[watermarks_proto(w) for w in entry.watermarks],
+        role=entry.role,  # type: ignore[arg-type]
+        membership_state=pb.MEMBERSHIP_STATE_ACTIVE if entry.active else pb.MEMBERSHIP_STATE_LEFT,
+        joined_seq=entry.joined_seq,
+        visible_until_seq=entry.visible_until_seq,
     )
+    if entry.settings is not None:
+        view.settings.CopyFrom(settings_proto(entry.settings))
     if entry.conversation.last_message is not None:
         view.last_message.CopyFrom(summary_proto(entry.conversation.last_message))
     return view
@@ -106,18 +160,114 @@ def encode_list_messages(entries: list[bytes], next_page_token: str) -> bytes:
     return b"".join(entries)
 
 
+_LEAVING = frozenset({pb.SystemEvent.ACTION_MEMBER_REMOVED, pb.SystemEvent.ACTION_MEMBER_LEFT})
+
+
+def _message_envelope(event: pb.Event, size: int = 0) -> Envelope:
+    message = event.message
+    leaving: tuple[str, ...] = ()
+    if message.HasField("system") and message.system.action in _LEAVING:
+        leaving = tuple(message.system.target_account_ids)
+    return Envelope(
+        EventKind.MESSAGE,
+        message.conversation_id,
+        message.seq,
+        event,
+        message.sender_account_id,
+        size,
+        version=message.version,
+        leaving=leaving,
+    )
+
+
+def change_event(change: Change) -> pb.Event:
+    """The stream event of a feed entry that is not a history item."""
+    at = timestamp(change.created_at)
+    if change.kind == ChangeKind.EDIT:
+        return pb.Event(
+            edit=pb.MessageEdited(
+                conversation_id=change.conversation_id,
+                version=change.version,
+                message_id=change.target_id,
+                seq=change.target_seq,
+                body=change.body,
+                edit_time=at,
+            )
+        )
+    if change.kind in (ChangeKind.DELETE, ChangeKind.HIDE):
+        return pb.Event(
+            deletion=pb.MessageDeleted(
+                conversation_id=change.conversation_id,
+                version=change.version,
+                message_id=change.target_id,
+                seq=change.target_seq,
+                scope=pb.DELETE_SCOPE_FOR_EVERYONE
+                if change.kind == ChangeKind.DELETE
+                else pb.DELETE_SCOPE_FOR_ME,
+                account_id=change.account_id,
+            )
+        )
+    return pb.Event(
+        reaction=pb.ReactionChanged(
+            conversation_id=change.conversation_id,
+            version=change.version,
+            message_id=change.target_id,
+            seq=change.target_seq,
+            account_id=change.account_id,
+            emoji=change.emoji,
+            removed=change.removed,
+        )
+    )
+
+
+def _change_envelope(event: pb.Event, size: int = 0) -> Envelope | None:
+    kind = event.WhichOneof("kind")
+    if kind == "edit":
+        e = event.edit
+        return Envelope(EventKind.CHANGE, e.conversation_id, 0, event, size=size, version=e.version)
+    if kind == "deletion":
+        d = event.deletion
+        only_for = d.account_id if d.scope == pb.DELETE_SCOPE_FOR_ME else ""
+        return Envelope(
+            EventKind.CHANGE,
+            d.conversation_id,
+            0,
+            event,
+            size=size,
+            version=d.version,
+            only_for=only_for,
+        )
+    if kind == "reaction":
+        r = event.reaction
+        return Envelope(EventKind.CHANGE, r.conversation_id, 0, event, size=size, version=r.version)
+    return None
+
+
 class ProtoEventCodec:
     """Envelopes whose wire form is a parley.message.v1.Event."""
 
     def message(self, message: Message) -> Envelope:
-        event = pb.Event(message=message_proto(message))
-        return Envelope(
-            EventKind.MESSAGE,
-            message.conversation_id,
-            message.seq,
-            event,
-            message.sender_account_id,
+        return _message_envelope(pb.Event(message=message_proto(message)))
+
+    def change(self, change: Change) -> Envelope:
+        if change.message is not None:
+            return self.message(change.message)
+        envelope = _change_envelope(change_event(change))
+        assert envelope is not None
+        return envelope
+
+    def receipts(self, conversation_id: str, watermarks: Iterable[Watermarks]) -> Envelope:
+        marks = tuple(watermarks)
+        event = pb.Event(
+            receipts=pb.Receipts(
+                conversation_id=conversation_id, watermarks=[watermarks_proto(w) for w in marks]
+            )
         )
+        return Envelope(EventKind.RECEIPTS, conversation_id, 0, event, watermarks=marks)
+
+    def settings(self, settings: MemberSettings) -> Envelope:
+        event = pb.Event(settings=settings_proto(settings))
+        return Envelope(EventKind.SETTINGS, settings.conversation_id, 0, event)
 
     def history_entry(self, envelope: Envelope) -> bytes:
         return history_entry(cast(pb.Event, envelope.wire).message)
@@ -148,14 +298,24 @@ class ProtoEventCodec:
         kind = event.WhichOneof("kind")
         size = len(payload)
         if kind == "message":
-            return Envelope(
-                EventKind.MESSAGE,
-                event.message.conversation_id,
-                event.message.seq,
-                event,
-                event.message.sender_account_id,
-                size,
+            return _message_envelope(event, size)
+        if kind in ("edit", "deletion", "reaction"):
+            return _change_envelope(event, size)
+        if kind == "receipts":
+            marks = tuple(
+                Watermarks(w.conversation_id, w.account_id, w.delivered_seq, w.read_seq)
+                for w in event.receipts.watermarks
             )
+            return Envelope(
+                EventKind.RECEIPTS,
+                event.receipts.conversation_id,
+                0,
+                event,
+                size=size,
+                watermarks=marks,
+            )
+        if kind == "settings":
+            return Envelope(EventKind.SETTINGS, event.settings.conversation_id, 0, event, size=size)
         if kind == "receipt":
             return Envelope(EventKind.RECEIPT, event.receipt.conversation_id, 0, event, size=size)
         if kind == "conversation":

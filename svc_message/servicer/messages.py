@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, cast
 
 from parley.message.v1 import messages_pb2 as pb
@@ -14,6 +13,7 @@ from parley_core.pagination import decode_page_token, encode_page_token
 from parley_core.rpc.interceptor import bearer_token
 from parley_core.validation import Check
 from svc_message.domain.conversations import ConversationsHandler
+from svc_message.domain.inbox import InboxHandler
 from svc_message.domain.messages import MessagesHandler
 from svc_message.servicer.convert import (
     encode_list_messages,
@@ -22,7 +22,11 @@ from svc_message.servicer.convert import (
     watermarks_proto,
 )
 
-MESSAGE_TYPES = frozenset(pb.MessageType.values()) - {pb.MESSAGE_TYPE_UNSPECIFIED}
+# Clients cannot write system messages.
+MESSAGE_TYPES = frozenset(pb.MessageType.values()) - {
+    pb.MESSAGE_TYPE_UNSPECIFIED,
+    pb.MESSAGE_TYPE_SYSTEM,
+}
 INBOX_PAGE_DEFAULT, INBOX_PAGE_MAX = 20, 100
 HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX = 50, 200
 
@@ -34,12 +38,14 @@ class MessageUnaryServicer:
         self,
         conversations: ConversationsHandler,
         messages: MessagesHandler,
+        inbox: InboxHandler,
         *,
         max_body_bytes: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._conversations = conversations
         self._messages = messages
+        self._inbox = inbox
         self._max_body = max_body_bytes
         self._clock = clock
 
@@ -54,50 +60,19 @@ class MessageUnaryServicer:
             bearer_token=bearer_token(context.invocation_metadata()),
             now=self._clock(),
         )
-        return view_proto(entry)
+        return view_proto(
+            await self._inbox.decorate_one(caller.account_id, entry, now=self._clock())
+        )
 
     async def GetConversation(
         self, request: pb.GetConversationRequest, context: Any
     ) -> pb.ConversationView:
         Check().id("conversation_id", request.conversation_id).done()
-        entry = await self._conversations.get(
-            conversation_id=request.conversation_id, account_id=current_caller().account_id
-        )
-        return view_proto(entry)
-
-    async def ListConversations(
-        self, request: pb.ListConversationsRequest, context: Any
-    ) -> pb.ListConversationsResponse:
-        check = Check()
-        limit = check.page_size(
-            request.page_size, default=INBOX_PAGE_DEFAULT, maximum=INBOX_PAGE_MAX
-        )
-        check.done()
         account_id = current_caller().account_id
-        scope = {"rpc": "ListConversations", "account": account_id}
-        after = None
-        if request.page_token:
-            position = decode_page_token(request.page_token, scope=scope)
-            try:
-                after = (datetime.fromisoformat(position["at"]), str(position["id"]))
-            except (KeyError, TypeError, ValueError):
-                raise InvalidArgument.field(
-                    "page_token", "not a page token from this API", reason=Reason.PAGE_TOKEN_INVALID
-                ) from None
-        entries = await self._conversations.inbox(
-            account_id=account_id, after=after, limit=limit + 1
+        entry = await self._conversations.get(
+            conversation_id=request.conversation_id, account_id=account_id
         )
-        next_token = ""
-        if len(entries) > limit:
-            entries = entries[:limit]
-            last = entries[-1].conversation
-            assert last.last_activity_at is not None
-            next_token = encode_page_token(
-                {"at": last.last_activity_at.isoformat(), "id": last.conversation_id}, scope=scope
-            )
-        return pb.ListConversationsResponse(
-            conversations=[view_proto(e) for e in entries], next_page_token=next_token
-        )
+        return view_proto(await self._inbox.decorate_one(account_id, entry, now=self._clock()))
 
     async def SendMessage(
         self, request: pb.SendMessageRequest, context: Any
@@ -117,6 +92,7 @@ class MessageUnaryServicer:
             type=request.type,
             body=request.body,
             reply_to_message_id=request.reply_to_message_id,
+            forwarded=request.forwarded,
         )
         # The stream event built at commit already holds the message proto.
         return pb.SendMessageResponse(message=cast(pb.Event, sent.envelope.wire).message)

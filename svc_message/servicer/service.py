@@ -8,13 +8,12 @@ re-serialization.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 
 from parley.message.v1 import messages_pb2 as pb
-from svc_message.servicer.messages import MessageUnaryServicer
 from svc_message.servicer.stream import StreamServicer
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MessageService"].full_name
@@ -30,7 +29,9 @@ def _serialize(message_type: Any) -> Callable[[Any], bytes]:
     return serialize
 
 
-def register(server: grpc.aio.Server, unary: MessageUnaryServicer, stream: StreamServicer) -> None:
+def register(server: grpc.aio.Server, servicers: Sequence[object], stream: StreamServicer) -> None:
+    """Each unary RPC is served by the first servicer with a method of its name."""
+
     def method(behavior: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
         return grpc.unary_unary_rpc_method_handler(
             behavior,
@@ -38,30 +39,19 @@ def register(server: grpc.aio.Server, unary: MessageUnaryServicer, stream: Strea
             response_serializer=_serialize(response),
         )
 
-    handlers = {
-        "CreateDirectConversation": method(
-            unary.CreateDirectConversation,
-            pb.CreateDirectConversationRequest,
-            pb.ConversationView,
-        ),
-        "GetConversation": method(
-            unary.GetConversation, pb.GetConversationRequest, pb.ConversationView
-        ),
-        "ListConversations": method(
-            unary.ListConversations, pb.ListConversationsRequest, pb.ListConversationsResponse
-        ),
-        "SendMessage": method(unary.SendMessage, pb.SendMessageRequest, pb.SendMessageResponse),
-        "ListMessages": method(unary.ListMessages, pb.ListMessagesRequest, pb.ListMessagesResponse),
-        "MarkDelivered": method(unary.MarkDelivered, pb.MarkDeliveredRequest, pb.Watermarks),
-        "MarkRead": method(unary.MarkRead, pb.MarkReadRequest, pb.Watermarks),
+    handlers: dict[str, grpc.RpcMethodHandler] = {  # type: ignore[type-arg]
         "Connect": grpc.stream_stream_rpc_method_handler(
             stream.Connect,
             request_deserializer=pb.ClientEvent.FromString,
             response_serializer=pb.ServerEvent.SerializeToString,
         ),
     }
-    declared = {m.name for m in pb.DESCRIPTOR.services_by_name["MessageService"].methods}
-    assert declared == set(handlers), (
-        f"handlers out of step with the proto: {declared ^ set(handlers)}"
-    )
+    for rpc in pb.DESCRIPTOR.services_by_name["MessageService"].methods:
+        if rpc.name in handlers:
+            continue
+        behavior = next((getattr(s, rpc.name) for s in servicers if hasattr(s, rpc.name)), None)
+        assert behavior is not None, f"no servicer implements {rpc.name}"
+        handlers[rpc.name] = method(
+            behavior, getattr(pb, rpc.input_type.name), getattr(pb, rpc.output_type.name)
+        )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

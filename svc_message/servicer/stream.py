@@ -28,12 +28,9 @@ from parley_core.auth.caller import Caller, current_caller
 from parley_core.errors import InvalidArgument, ParleyError
 from parley_core.rpc.status import to_grpc_status
 from parley_core.validation import Check
-from svc_message.domain.delivery import (
-    AckBatcher,
-    DeliveryService,
-    StreamSession,
-    valid_sync_token,
-)
+from svc_message.domain.acks import AckBatcher
+from svc_message.domain.delivery import DeliveryService
+from svc_message.domain.streams import StreamSession, valid_sync_token
 from svc_message.servicer.convert import ProtoEventCodec
 
 log = structlog.get_logger(__name__)
@@ -73,8 +70,9 @@ def _positions(check: Check, field: str, positions: Any) -> dict[str, int]:
     for i, position in enumerate(positions):
         check.id(f"{field}[{i}].conversation_id", position.conversation_id)
         check.non_negative(f"{field}[{i}].seq", position.seq)
+        check.non_negative(f"{field}[{i}].version", position.version)
         result[position.conversation_id] = max(
-            result.get(position.conversation_id, 0), position.seq
+            result.get(position.conversation_id, 0), position.version
         )
     return result
 
@@ -189,8 +187,11 @@ class StreamServicer:
             kind = event.WhichOneof("kind")
             if kind == "ack":
                 for position in event.ack.positions:
-                    at, delivered = self._delivery.ackable(
-                        session, position.conversation_id, position.seq
+                    at, delivered, conversation_type = self._delivery.ackable(
+                        session,
+                        position.conversation_id,
+                        seq=position.seq,
+                        version=position.version,
                     )
                     if at:
                         self._acks.ack(
@@ -199,6 +200,7 @@ class StreamServicer:
                             conversation_id=position.conversation_id,
                             position=at,
                             delivered=delivered,
+                            kind=conversation_type,
                         )
             elif kind == "ping":
                 session.offer(self._codec.pong(event.ping.nonce))

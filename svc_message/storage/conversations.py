@@ -48,6 +48,40 @@ def conversation_from_doc(doc: Mapping[str, Any]) -> Conversation:
         last_activity_at=doc.get("last_activity_at"),
         last_message=_summary(doc.get("last_message")),
         sent=tuple(sorted((doc.get("sent") or {}).items())),
+        title=doc.get("title", ""),
+        avatar_ref=doc.get("avatar_ref", ""),
+        public=bool(doc.get("public")),
+        member_count=doc.get("member_count", len(doc["member_ids"])),
+        roles=tuple(sorted((doc.get("roles") or {}).items())),
+        joined=tuple(sorted((k, (v[0], v[1])) for k, v in (doc.get("joined") or {}).items())),
+        last_version=doc.get("last_version", 0),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    """A member's own record: when they joined and, once gone, when they left."""
+
+    conversation_id: str
+    account_id: str
+    active: bool
+    joined_seq: int = 0
+    joined_version: int = 0
+    left_seq: int = 0
+    left_version: int = 0
+    joined_at: datetime | None = None
+
+
+def _record(doc: Mapping[str, Any]) -> MemberRecord:
+    return MemberRecord(
+        conversation_id=doc["conversation_id"],
+        account_id=doc["account_id"],
+        active=bool(doc.get("active")),
+        joined_seq=doc.get("joined_seq", 0),
+        joined_version=doc.get("joined_version", 0),
+        left_seq=doc.get("left_seq", 0),
+        left_version=doc.get("left_version", 0),
+        joined_at=doc.get("joined_at"),
     )
 
 
@@ -65,9 +99,11 @@ class Commit:
     """What one commit batch changed in a conversation."""
 
     conversation_id: str
-    newest: MessageSummary
+    # The newest history item, if the batch added any.
+    newest: MessageSummary | None
     # Per sender, the highest seq they sent: sending means having read it.
     sent: dict[str, int]
+    last_version: int = 0
 
 
 def member_key(conversation_id: str, account_id: str) -> str:
@@ -87,6 +123,12 @@ class ConversationStore:
         )
         await self._members.create_index(
             [("conversation_id", ASCENDING), ("updated_at", ASCENDING)]
+        )
+        await self._members.create_index(
+            [("conversation_id", ASCENDING), ("active", ASCENDING), ("account_id", ASCENDING)]
+        )
+        await self._members.create_index(
+            [("account_id", ASCENDING), ("channel", ASCENDING), ("active", ASCENDING)]
         )
 
     async def claim_direct_pair(self, direct_key: str, conversation_id: str) -> str:
@@ -123,6 +165,179 @@ class ConversationStore:
         )
         return result.upserted_id is not None
 
+    async def create(self, conversation: Conversation) -> bool:
+        """Insert a group or channel; False if its id exists (a retried create)."""
+        try:
+            await self._conversations.insert_one(
+                {
+                    "_id": conversation.conversation_id,
+                    "type": conversation.type,
+                    "member_ids": list(conversation.member_ids),
+                    "roles": dict(conversation.roles),
+                    "joined": {},
+                    "member_count": conversation.member_count,
+                    "title": conversation.title,
+                    "avatar_ref": conversation.avatar_ref,
+                    "public": conversation.public,
+                    "created_at": conversation.created_at,
+                    "last_seq": 0,
+                    "last_version": 0,
+                    "last_activity_at": conversation.created_at,
+                    "last_message": None,
+                }
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def add_members(
+        self,
+        conversation_id: str,
+        account_ids: list[str],
+        *,
+        cap: int | None,
+        pending: tuple[int, int] | None = None,
+        count: bool = True,
+    ) -> bool:
+        """Add accounts that are not members yet, all or none, with ``pending``
+        as their join position until it is known; False when the cap would be
+        exceeded or one of them is already a member (re-read and decide
+        again). One conditional update: concurrent adds cannot pass the cap."""
+        query: Document = {"_id": conversation_id, "member_ids": {"$nin": account_ids}}
+        if cap is not None:
+            query["member_count"] = {"$lte": cap - len(account_ids)}
+        update: Document = {"$addToSet": {"member_ids": {"$each": account_ids}}}
+        if count:
+            update["$inc"] = {"member_count": len(account_ids)}
+        if pending is not None:
+            update["$set"] = {f"joined.{a}": list(pending) for a in account_ids}
+        result = await self._conversations.update_one(query, update)
+        return result.modified_count == 1
+
+    async def remove_member(
+        self, conversation_id: str, account_id: str, *, count: bool = True
+    ) -> None:
+        """Idempotent: the filter only matches while the account is a member."""
+        update: Document = {
+            "$pull": {"member_ids": account_id},
+            "$unset": {f"roles.{account_id}": "", f"joined.{account_id}": ""},
+        }
+        if count:
+            update["$inc"] = {"member_count": -1}
+        await self._conversations.update_one(
+            {"_id": conversation_id, "member_ids": account_id}, update
+        )
+
+    async def set_joined(
+        self, conversation_id: str, account_ids: Iterable[str], *, seq: int, version: int
+    ) -> None:
+        fields = {f"joined.{a}": [seq, version] for a in account_ids}
+        if fields:
+            await self._conversations.update_one({"_id": conversation_id}, {"$set": fields})
+
+    async def set_role(self, conversation_id: str, account_id: str, role: int | None) -> None:
+        """Owner or admin; None makes a plain member (or subscriber)."""
+        if role is None:
+            update: Document = {"$unset": {f"roles.{account_id}": ""}}
+        else:
+            update = {"$set": {f"roles.{account_id}": role}}
+        await self._conversations.update_one({"_id": conversation_id}, update)
+
+    async def set_info(self, conversation_id: str, *, title: str, avatar_ref: str) -> None:
+        await self._conversations.update_one(
+            {"_id": conversation_id}, {"$set": {"title": title, "avatar_ref": avatar_ref}}
+        )
+
+    async def count_subscriber(self, conversation_id: str, delta: int) -> None:
+        await self._conversations.update_one(
+            {"_id": conversation_id}, {"$inc": {"member_count": delta}}
+        )
+
+    # -- member records --------------------------------------------------------
+
+    async def record_joins(
+        self,
+        conversation_id: str,
+        account_ids: Iterable[str],
+        *,
+        seq: int,
+        version: int,
+        channel: bool,
+        now: datetime,
+    ) -> list[str]:
+        """Mark the accounts active members from (seq, version); the accounts
+        that were not active before (for channel subscriber counts)."""
+        ids = list(account_ids)
+        if not ids:
+            return []
+        before = {
+            doc["account_id"]
+            async for doc in self._members.find(
+                {"_id": {"$in": [member_key(conversation_id, a) for a in ids]}, "active": True},
+                {"account_id": 1},
+            )
+        }
+        requests = [
+            UpdateOne(
+                {"_id": member_key(conversation_id, a)},
+                {
+                    "$set": {
+                        "active": True,
+                        "channel": channel,
+                        "joined_seq": seq,
+                        "joined_version": version,
+                        "joined_at": now,
+                    },
+                    "$unset": {"left_seq": "", "left_version": ""},
+                    "$setOnInsert": {"conversation_id": conversation_id, "account_id": a},
+                },
+                upsert=True,
+            )
+            for a in ids
+            if a not in before
+        ]
+        if requests:
+            await self._members.bulk_write(requests, ordered=False)
+        return [a for a in ids if a not in before]
+
+    async def record_departure(
+        self, conversation_id: str, account_id: str, *, seq: int, version: int
+    ) -> bool:
+        """Mark the member gone as of (seq, version); False if already gone."""
+        result = await self._members.update_one(
+            {"_id": member_key(conversation_id, account_id), "active": True},
+            {"$set": {"active": False, "left_seq": seq, "left_version": version}},
+        )
+        return result.modified_count == 1
+
+    async def member(self, conversation_id: str, account_id: str) -> MemberRecord | None:
+        doc = await self._members.find_one({"_id": member_key(conversation_id, account_id)})
+        if doc is None or "active" not in doc:
+            return None
+        return _record(doc)
+
+    async def active_members(
+        self, conversation_id: str, *, after: str, limit: int
+    ) -> list[MemberRecord]:
+        cursor = (
+            self._members.find(
+                {"conversation_id": conversation_id, "active": True, "account_id": {"$gt": after}}
+            )
+            .sort("account_id", ASCENDING)
+            .limit(limit)
+        )
+        return [_record(doc) async for doc in cursor]
+
+    async def channel_subscriptions(self, account_id: str) -> list[str]:
+        cursor = self._members.find(
+            {"account_id": account_id, "channel": True, "active": True}, {"conversation_id": 1}
+        )
+        return [doc["conversation_id"] async for doc in cursor]
+
+    async def get_many(self, conversation_ids: Iterable[str]) -> list[Conversation]:
+        cursor = self._conversations.find({"_id": {"$in": list(conversation_ids)}})
+        return [conversation_from_doc(doc) async for doc in cursor]
+
     async def get(self, conversation_id: str) -> Conversation | None:
         doc = await self._conversations.find_one({"_id": conversation_id})
         return None if doc is None else conversation_from_doc(doc)
@@ -137,14 +352,33 @@ class ConversationStore:
         *,
         after: tuple[datetime, str] | None,
         limit: int,
+        exclude: Iterable[str] = (),
+        channel_ids: Iterable[str] = (),
     ) -> list[Conversation]:
-        query: Document = {"member_ids": account_id}
+        """The account's conversations by activity, newest first: those it is
+        a member of by member_ids, and the given channel subscriptions."""
+        channels = list(channel_ids)
+        query: Document = (
+            {"$or": [{"member_ids": account_id}, {"_id": {"$in": channels}}]}
+            if channels
+            else {"member_ids": account_id}
+        )
+        skipped = list(exclude)
+        if skipped:
+            query["_id"] = {"$nin": skipped}
         if after is not None:
             at, conversation_id = after
-            query["$or"] = [
-                {"last_activity_at": {"$lt": at}},
-                {"last_activity_at": at, "_id": {"$lt": conversation_id}},
-            ]
+            query = {
+                "$and": [
+                    query,
+                    {
+                        "$or": [
+                            {"last_activity_at": {"$lt": at}},
+                            {"last_activity_at": at, "_id": {"$lt": conversation_id}},
+                        ]
+                    },
+                ]
+            }
         cursor = (
             self._conversations.find(query)
             .sort([("last_activity_at", DESCENDING), ("_id", DESCENDING)])
@@ -163,17 +397,21 @@ class ConversationStore:
         requests = []
         for commit in commits:
             newest = commit.newest
-            maxima: Document = {
-                "last_seq": newest.seq,
-                "last_activity_at": newest.created_at,
-                "last_message": {
-                    "seq": newest.seq,
-                    "id": newest.message_id,
-                    "sender": newest.sender_account_id,
-                    "type": newest.type,
-                    "at": newest.created_at,
-                },
-            }
+            maxima: Document = {"last_version": commit.last_version}
+            if newest is not None:
+                maxima.update(
+                    {
+                        "last_seq": newest.seq,
+                        "last_activity_at": newest.created_at,
+                        "last_message": {
+                            "seq": newest.seq,
+                            "id": newest.message_id,
+                            "sender": newest.sender_account_id,
+                            "type": newest.type,
+                            "at": newest.created_at,
+                        },
+                    }
+                )
             for account_id, seq in commit.sent.items():
                 maxima[f"sent.{account_id}"] = seq
             requests.append(UpdateOne({"_id": commit.conversation_id}, {"$max": maxima}))

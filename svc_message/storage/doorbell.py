@@ -2,10 +2,15 @@
 something happened. Never the only copy: a lost publish is made good by sync
 from the database.
 
-One channel per account. Each process subscribes to the accounts that have a
-live stream on it, over a single pub/sub connection that reconnects by itself;
-after a reconnect the owner is told to resync, since events may have been
-missed meanwhile.
+Two kinds of channel: one per conversation (``parley:c:<id>``), on which
+every change of the conversation is published once, whatever its member
+count; and one per account (``parley:u:<id>``) for what concerns the account
+itself (added to a conversation, removed, its own settings). Each process
+subscribes to the channels of the conversations and accounts that have a
+live stream on it, over a single pub/sub connection that reconnects by
+itself; after a reconnect the owner is told to resync, since events may have
+been missed meanwhile. ``parley:membership`` tells every process that a
+conversation's membership changed, so cached memberships are dropped.
 """
 
 from __future__ import annotations
@@ -20,12 +25,18 @@ from redis.exceptions import RedisError
 
 from parley_core.storage.redis import Redis
 
-CHANNEL_PREFIX = "parley:u:"
+ACCOUNT_PREFIX = "parley:u:"
+CONVERSATION_PREFIX = "parley:c:"
+MEMBERSHIP_CHANNEL = "parley:membership"
 log = structlog.get_logger(__name__)
 
 
-def channel(account_id: str) -> str:
-    return CHANNEL_PREFIX + account_id
+def inbox(account_id: str) -> str:
+    return ACCOUNT_PREFIX + account_id
+
+
+def topic(conversation_id: str) -> str:
+    return CONVERSATION_PREFIX + conversation_id
 
 
 class Doorbell:
@@ -35,10 +46,12 @@ class Doorbell:
         *,
         on_event: Callable[[str, bytes], None],
         on_reconnect: Callable[[], None],
+        on_membership_change: Callable[[str], None] = lambda conversation_id: None,
     ) -> None:
         self._redis = redis
         self._on_event = on_event
         self._on_reconnect = on_reconnect
+        self._on_membership_change = on_membership_change
         self._wanted: Counter[str] = Counter()
         self._pubsub: object | None = None
         self._connected = asyncio.Event()
@@ -49,12 +62,13 @@ class Doorbell:
         return self._connected.is_set()
 
     async def publish(self, deliveries: Iterable[tuple[Iterable[str], bytes]]) -> bool:
-        """Ring every account's channel; False when Redis did not take it."""
+        """Publish each payload on its channels (see ``topic`` and ``inbox``),
+        in one round trip; False when Redis did not take it."""
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for account_ids, payload in deliveries:
-                    for account_id in account_ids:
-                        pipe.publish(channel(account_id), payload)
+                for channels, payload in deliveries:
+                    for name in channels:
+                        pipe.publish(name, payload)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             self.publish_failures += 1
@@ -62,19 +76,31 @@ class Doorbell:
             return False
         return True
 
-    async def subscribe(self, account_id: str) -> None:
-        self._wanted[account_id] += 1
-        if self._wanted[account_id] == 1 and self._pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.subscribe(channel(account_id))  # type: ignore[attr-defined]
+    async def membership_changed(self, conversation_id: str) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.publish(MEMBERSHIP_CHANNEL, conversation_id)
 
-    async def unsubscribe(self, account_id: str) -> None:
-        self._wanted[account_id] -= 1
-        if self._wanted[account_id] <= 0:
-            del self._wanted[account_id]
-            if self._pubsub is not None:
-                with contextlib.suppress(RedisError, OSError):
-                    await self._pubsub.unsubscribe(channel(account_id))  # type: ignore[attr-defined]
+    async def subscribe(self, channels: Iterable[str]) -> None:
+        """Listen to the channels (reference counted)."""
+        fresh = []
+        for name in channels:
+            self._wanted[name] += 1
+            if self._wanted[name] == 1:
+                fresh.append(name)
+        if fresh and self._pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.subscribe(*fresh)  # type: ignore[attr-defined]
+
+    async def unsubscribe(self, channels: Iterable[str]) -> None:
+        gone = []
+        for name in channels:
+            self._wanted[name] -= 1
+            if self._wanted[name] <= 0:
+                del self._wanted[name]
+                gone.append(name)
+        if gone and self._pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await self._pubsub.unsubscribe(*gone)  # type: ignore[attr-defined]
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting with backoff."""
@@ -83,9 +109,9 @@ class Doorbell:
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                # A placeholder channel keeps the connection in subscribe mode
+                # The membership channel keeps the connection in subscribe mode
                 # even while no stream is open.
-                await pubsub.subscribe("parley:doorbell", *(channel(a) for a in self._wanted))
+                await pubsub.subscribe(MEMBERSHIP_CHANNEL, *self._wanted)
                 self._pubsub = pubsub
                 self._connected.set()
                 backoff = 0.05
@@ -96,8 +122,13 @@ class Doorbell:
                 async for message in pubsub.listen():
                     name = message["channel"]
                     name = name.decode() if isinstance(name, bytes) else name
-                    if name.startswith(CHANNEL_PREFIX):
-                        self._on_event(name[len(CHANNEL_PREFIX) :], message["data"])
+                    if name == MEMBERSHIP_CHANNEL:
+                        data = message["data"]
+                        self._on_membership_change(
+                            data.decode() if isinstance(data, bytes) else str(data)
+                        )
+                    else:
+                        self._on_event(name, message["data"])
             except (RedisError, OSError) as exc:
                 if self._connected.is_set():
                     log.warning("doorbell_disconnected", error=str(exc))

@@ -1,29 +1,36 @@
-"""The message log in MongoDB: the source of truth for every conversation.
+"""The conversation log in MongoDB: the source of truth for every conversation.
 
-``messages`` holds one document per message. Two unique indexes carry the
-guarantees, and both start with conversation_id so they stay valid on a
-cluster sharded by conversation_id:
-- (conversation_id, seq): two writers can never commit the same seq;
-- (conversation_id, sender_id, request_id): a retried send cannot commit twice.
+``messages`` holds one document per change-feed entry. Every entry has a
+``version``, gapless per conversation; history items (messages and system
+messages) also have a ``seq``, gapless over history items. Other entries
+(edits, deletes, reactions, delete-for-me) name their ``target`` message and
+are also applied to it, so a history item document always holds the
+message's current state: body, edit time, tombstone, reactions.
+
+Three unique indexes carry the guarantees; each starts with conversation_id
+so it stays valid on a cluster sharded by conversation_id:
+- (conversation_id, version): two writers can never commit the same version;
+- (conversation_id, seq), over history items only (a partial index);
+- (conversation_id, sender_id, request_id): a retried change cannot commit twice.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from bson import Binary
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.errors import BulkWriteError
 
 from parley_core.storage.mongo import Database, Document
-from svc_message.model import Message
+from svc_message.model import HISTORY_KINDS, Change, ChangeKind, Message, SystemEvent
 
 
 class Conflict(enum.Enum):
-    SEQ_TAKEN = "seq_taken"
+    POSITION_TAKEN = "position_taken"
     DUPLICATE_REQUEST = "duplicate_request"
 
 
@@ -37,34 +44,155 @@ class InsertOutcome:
     conflict: Conflict | None = None
 
 
+def _emoji_key(emoji: str) -> str:
+    # Field names must not contain '.' or start with '$'; hex keeps any emoji safe.
+    return emoji.encode().hex()
+
+
+def _system_from_doc(doc: Mapping[str, Any] | None) -> SystemEvent | None:
+    if not doc:
+        return None
+    return SystemEvent(
+        action=doc["action"],
+        actor_account_id=doc["actor"],
+        target_account_ids=tuple(doc.get("targets") or ()),
+        role=doc.get("role", 0),
+        title=doc.get("title", ""),
+        avatar_ref=doc.get("avatar", ""),
+    )
+
+
+def _system_doc(system: SystemEvent) -> Document:
+    return {
+        "action": system.action,
+        "actor": system.actor_account_id,
+        "targets": list(system.target_account_ids),
+        "role": system.role,
+        "title": system.title,
+        "avatar": system.avatar_ref,
+    }
+
+
 def message_from_doc(doc: Mapping[str, Any]) -> Message:
+    reactions = tuple(
+        (bytes.fromhex(key).decode(), tuple(accounts))
+        for key, accounts in (doc.get("reactions") or {}).items()
+        if accounts
+    )
     return Message(
         message_id=doc["_id"],
         conversation_id=doc["conversation_id"],
         seq=doc["seq"],
         sender_account_id=doc["sender_id"],
-        sender_device_id=doc["sender_device_id"],
+        sender_device_id=doc.get("sender_device_id", ""),
         type=doc["type"],
-        body=bytes(doc["body"]),
+        body=bytes(doc.get("body") or b""),
         reply_to_message_id=doc.get("reply_to") or "",
         created_at=doc["created_at"],
+        request_id=doc.get("request_id", ""),
+        version=doc.get("version", 0),
+        forwarded=bool(doc.get("forwarded")),
+        edited_at=doc.get("edited_at"),
+        deleted=bool(doc.get("deleted")),
+        reactions=reactions,
+        system=_system_from_doc(doc.get("system")),
+        state_version=doc.get("state_version", doc.get("version", 0)),
+        hidden_for=tuple(doc.get("hidden_for") or ()),
+    )
+
+
+def change_from_doc(doc: Mapping[str, Any]) -> Change:
+    kind = doc.get("kind", ChangeKind.MESSAGE)
+    message = message_from_doc(doc) if kind in HISTORY_KINDS else None
+    return Change(
+        kind=kind,
+        conversation_id=doc["conversation_id"],
+        version=doc.get("version", 0),
+        change_id=doc["_id"],
+        account_id=doc["sender_id"],
+        created_at=doc["created_at"],
+        message=message,
+        target_id=doc.get("target", ""),
+        target_seq=doc.get("target_seq", 0),
+        body=bytes(doc.get("body") or b""),
+        emoji=doc.get("emoji", ""),
+        removed=bool(doc.get("removed")),
+        for_everyone=bool(doc.get("for_everyone")),
+        only_for=doc.get("only_for", ""),
         request_id=doc.get("request_id", ""),
     )
 
 
-def _doc(message: Message) -> Document:
-    return {
-        "_id": message.message_id,
-        "conversation_id": message.conversation_id,
-        "seq": message.seq,
-        "sender_id": message.sender_account_id,
-        "sender_device_id": message.sender_device_id,
-        "type": message.type,
-        "body": Binary(message.body),
-        "reply_to": message.reply_to_message_id or None,
-        "created_at": message.created_at,
-        "request_id": message.request_id,
+def _doc(change: Change) -> Document:
+    doc: Document = {
+        "_id": change.change_id,
+        "conversation_id": change.conversation_id,
+        "version": change.version,
+        "kind": change.kind,
+        "sender_id": change.account_id,
+        "created_at": change.created_at,
+        "request_id": change.request_id,
     }
+    message = change.message
+    if message is not None:
+        doc.update(
+            seq=message.seq,
+            sender_device_id=message.sender_device_id,
+            type=message.type,
+            body=Binary(message.body),
+            reply_to=message.reply_to_message_id or None,
+            forwarded=message.forwarded,
+            state_version=change.version,
+            # Guards that make re-applying a change (after a crash) harmless.
+            edit_version=0,
+        )
+        if message.system is not None:
+            doc["system"] = _system_doc(message.system)
+        return doc
+    doc.update(target=change.target_id, target_seq=change.target_seq)
+    if change.kind == ChangeKind.EDIT:
+        doc["body"] = Binary(change.body)
+    elif change.kind == ChangeKind.REACTION:
+        doc.update(emoji=change.emoji, removed=change.removed)
+    elif change.kind == ChangeKind.DELETE:
+        doc["for_everyone"] = True
+    elif change.kind == ChangeKind.HIDE:
+        doc["only_for"] = change.only_for
+    return doc
+
+
+def mutation(change: Change) -> UpdateOne | None:
+    """The update that applies a change to its target message. Each is safe to
+    apply again: a replay after a crash finds it already done."""
+    bump = {"state_version": change.version}
+    target = change.target_id
+    if change.kind == ChangeKind.EDIT:
+        return UpdateOne(
+            {"_id": target, "deleted": {"$ne": True}, "edit_version": {"$lt": change.version}},
+            {
+                "$set": {
+                    "body": Binary(change.body),
+                    "edited_at": change.created_at,
+                    "edit_version": change.version,
+                },
+                "$max": bump,
+            },
+        )
+    if change.kind == ChangeKind.DELETE:
+        return UpdateOne(
+            {"_id": target},
+            {
+                "$set": {"deleted": True, "body": Binary(b""), "deleted_by": change.account_id},
+                "$max": bump,
+            },
+        )
+    if change.kind == ChangeKind.HIDE:
+        return UpdateOne({"_id": target}, {"$addToSet": {"hidden_for": change.only_for}})
+    if change.kind == ChangeKind.REACTION:
+        field = f"reactions.{_emoji_key(change.emoji)}"
+        verb = "$pull" if change.removed else "$addToSet"
+        return UpdateOne({"_id": target}, {verb: {field: change.account_id}, "$max": bump})
+    return None
 
 
 class MessageStore:
@@ -73,20 +201,25 @@ class MessageStore:
 
     async def ensure_indexes(self) -> None:
         await self._messages.create_index(
-            [("conversation_id", ASCENDING), ("seq", ASCENDING)], unique=True
+            [("conversation_id", ASCENDING), ("version", ASCENDING)], unique=True
+        )
+        await self._messages.create_index(
+            [("conversation_id", ASCENDING), ("seq", ASCENDING)],
+            unique=True,
+            partialFilterExpression={"seq": {"$exists": True}},
         )
         await self._messages.create_index(
             [("conversation_id", ASCENDING), ("sender_id", ASCENDING), ("request_id", ASCENDING)],
             unique=True,
         )
 
-    async def insert_ordered(self, messages: Sequence[Message]) -> InsertOutcome:
+    async def insert_ordered(self, changes: Sequence[Change]) -> InsertOutcome:
         """One durable write for the whole batch. Ordered, so what commits is a
-        prefix: per conversation, seqs stay gapless even if the batch stops."""
-        if not messages:
+        prefix: per conversation, versions stay gapless even if the batch stops."""
+        if not changes:
             return InsertOutcome(inserted=0)
         try:
-            await self._messages.insert_many([_doc(m) for m in messages], ordered=True)
+            await self._messages.insert_many([_doc(c) for c in changes], ordered=True)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors") or []
             if exc.details.get("writeConcernErrors") or not errors:
@@ -95,62 +228,114 @@ class MessageStore:
             if first.get("code") != 11000:
                 raise
             pattern = first.get("keyPattern") or {}
-            conflict = Conflict.DUPLICATE_REQUEST if "request_id" in pattern else Conflict.SEQ_TAKEN
+            conflict = (
+                Conflict.DUPLICATE_REQUEST if "request_id" in pattern else Conflict.POSITION_TAKEN
+            )
             return InsertOutcome(inserted=int(first["index"]), conflict=conflict)
-        return InsertOutcome(inserted=len(messages))
+        return InsertOutcome(inserted=len(changes))
+
+    async def apply(self, changes: Iterable[Change]) -> None:
+        """Apply changes to their target messages: one write for the batch."""
+        requests = [m for m in (mutation(c) for c in changes) if m is not None]
+        if requests:
+            await self._messages.bulk_write(requests, ordered=True)
 
     async def by_request(
         self, conversation_id: str, sender_id: str, request_id: str
-    ) -> Message | None:
+    ) -> Change | None:
         doc = await self._messages.find_one(
             {"conversation_id": conversation_id, "sender_id": sender_id, "request_id": request_id}
         )
-        return None if doc is None else message_from_doc(doc)
+        return None if doc is None else change_from_doc(doc)
 
     async def by_id(self, message_id: str) -> Message | None:
+        """A history item in its current state (None for other entries)."""
         doc = await self._messages.find_one({"_id": message_id})
-        return None if doc is None else message_from_doc(doc)
+        if doc is None or doc.get("kind", ChangeKind.MESSAGE) not in HISTORY_KINDS:
+            return None
+        return message_from_doc(doc)
 
-    async def max_seq(self, conversation_id: str) -> int:
-        doc = await self._messages.find_one(
+    async def many(self, message_ids: Sequence[str]) -> list[Message]:
+        cursor = self._messages.find({"_id": {"$in": list(message_ids)}})
+        return [message_from_doc(doc) async for doc in cursor]
+
+    async def heads(self, conversation_id: str) -> tuple[int, int]:
+        """(newest version, newest seq) in the log; (0, 0) when empty."""
+        newest = await self._messages.find_one(
             {"conversation_id": conversation_id},
+            {"version": 1, "seq": 1},
+            sort=[("version", DESCENDING)],
+        )
+        if newest is None:
+            return 0, 0
+        if "seq" in newest:
+            return int(newest["version"]), int(newest["seq"])
+        item = await self._messages.find_one(
+            {"conversation_id": conversation_id, "seq": {"$exists": True}},
             {"seq": 1},
             sort=[("seq", DESCENDING)],
         )
-        return 0 if doc is None else int(doc["seq"])
+        return int(newest["version"]), 0 if item is None else int(item["seq"])
 
     async def page(
-        self, conversation_id: str, *, start_seq: int, forward: bool, limit: int
+        self,
+        conversation_id: str,
+        *,
+        start_seq: int,
+        forward: bool,
+        limit: int,
+        hidden_for: str = "",
+        floor_seq: int = 0,
+        ceiling_seq: int = 0,
     ) -> list[Message]:
-        """Messages from start_seq inclusive, in the given direction."""
-        if forward:
-            query: Document = {"conversation_id": conversation_id, "seq": {"$gte": start_seq}}
-            order = ASCENDING
-        else:
-            query = {"conversation_id": conversation_id, "seq": {"$lte": start_seq}}
-            order = DESCENDING
-        cursor = self._messages.find(query).sort("seq", order).limit(limit)
-        return [message_from_doc(doc) async for doc in cursor]
-
-    async def committed_since(self, first_id: str, *, limit: int) -> list[Message]:
-        """Messages whose id is at least ``first_id``, i.e. committed since its time."""
+        """History items from start_seq inclusive, in the given direction,
+        within [floor_seq, ceiling_seq] (0 = unbounded), leaving out those
+        ``hidden_for`` deleted for themselves."""
+        bounds: Document = {"$gte": start_seq} if forward else {"$lte": start_seq}
+        if floor_seq:
+            bounds["$gte"] = max(bounds.get("$gte", 0), floor_seq)
+        if ceiling_seq:
+            bounds["$lte"] = min(bounds.get("$lte", ceiling_seq), ceiling_seq)
+        query: Document = {"conversation_id": conversation_id, "seq": bounds}
+        if hidden_for:
+            query["hidden_for"] = {"$ne": hidden_for}
         cursor = (
-            self._messages.find({"_id": {"$gte": first_id}}, {"body": 0})
-            .sort("_id", ASCENDING)
-            .limit(limit)
-        )
-        return [message_from_doc({**doc, "body": b""}) async for doc in cursor]
-
-    async def range(
-        self, conversation_id: str, *, after_seq: int, until_seq: int | None, limit: int
-    ) -> list[Message]:
-        """Messages with after_seq < seq <= until_seq, oldest first."""
-        bounds: Document = {"$gt": after_seq}
-        if until_seq is not None:
-            bounds["$lte"] = until_seq
-        cursor = (
-            self._messages.find({"conversation_id": conversation_id, "seq": bounds})
-            .sort("seq", ASCENDING)
+            self._messages.find(query)
+            .sort("seq", ASCENDING if forward else DESCENDING)
             .limit(limit)
         )
         return [message_from_doc(doc) async for doc in cursor]
+
+    async def hidden_seqs(
+        self, conversation_id: str, account_id: str, lo: int, hi: int
+    ) -> set[int]:
+        cursor = self._messages.find(
+            {
+                "conversation_id": conversation_id,
+                "seq": {"$gte": lo, "$lte": hi},
+                "hidden_for": account_id,
+            },
+            {"seq": 1},
+        )
+        return {int(doc["seq"]) async for doc in cursor}
+
+    async def committed_since(self, first_id: str, *, limit: int) -> list[Change]:
+        """Entries whose id is at least ``first_id``, i.e. committed since its time."""
+        cursor = (
+            self._messages.find({"_id": {"$gte": first_id}}).sort("_id", ASCENDING).limit(limit)
+        )
+        return [change_from_doc(doc) async for doc in cursor]
+
+    async def changes(
+        self, conversation_id: str, *, after_version: int, until_version: int | None, limit: int
+    ) -> list[Change]:
+        """Feed entries with after_version < version <= until_version, oldest first."""
+        bounds: Document = {"$gt": after_version}
+        if until_version is not None:
+            bounds["$lte"] = until_version
+        cursor = (
+            self._messages.find({"conversation_id": conversation_id, "version": bounds})
+            .sort("version", ASCENDING)
+            .limit(limit)
+        )
+        return [change_from_doc(doc) async for doc in cursor]

@@ -32,37 +32,77 @@ T = TypeVar("T")
 
 # KEYS: zset, meta hash.
 # ARGV: capacity, ttl, create (0/1), newest committed seq (0 = unknown),
-#       number of senders n, then n pairs (account, highest seq it sent),
-#       then pairs (seq, blob).
+#       newest version (0 = unknown), n senders, n pairs (account, highest seq
+#       it sent), h hiders, h accounts that hid a message here, m items, then
+#       m triples (seq, state version, blob) to add, then triples to replace
+#       where present.
+# Per seq, meta field v:<seq> is the newest state version written, so an
+# older state (a reader's fill racing a change) is never put back; h:<account>
+# marks accounts whose reads must filter what they deleted for themselves.
 _ADD = """
 local function raise(field, value)
   local current = tonumber(redis.call('HGET', KEYS[2], field) or '0')
   if value > current then redis.call('HSET', KEYS[2], field, value) end
 end
-local known = tonumber(ARGV[4])
-local senders = tonumber(ARGV[5])
-if known > 0 then
-  raise('last', known)
-  for i = 6, 5 + 2 * senders, 2 do raise('s:' .. ARGV[i], tonumber(ARGV[i + 1])) end
+local meta = redis.call('EXISTS', KEYS[2]) == 1
+local known, known_v = tonumber(ARGV[4]), tonumber(ARGV[5])
+local i = 6
+local senders = tonumber(ARGV[i]); local s0 = i + 1; i = s0 + 2 * senders
+local hiders = tonumber(ARGV[i]); local h0 = i + 1; i = h0 + hiders
+local items = tonumber(ARGV[i]); local i0 = i + 1; local u0 = i0 + 3 * items
+if known > 0 or known_v > 0 then
+  if not meta then
+    -- A new meta hash would not know who hid what among cached messages.
+    redis.call('DEL', KEYS[1])
+    meta = true
+  end
+  if known > 0 then raise('last', known) end
+  if known_v > 0 then raise('lv', known_v) end
+  for j = s0, s0 + 2 * senders - 1, 2 do raise('s:' .. ARGV[j], tonumber(ARGV[j + 1])) end
+end
+if meta then
+  for j = h0, h0 + hiders - 1 do redis.call('HSET', KEYS[2], 'h:' .. ARGV[j], 1) end
   redis.call('EXPIRE', KEYS[2], ARGV[2])
 end
-if ARGV[3] == '1' or redis.call('EXISTS', KEYS[1]) == 1 then
-  for i = 6 + 2 * senders, #ARGV, 2 do
-    redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[i], ARGV[i])
-    redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
+local function newer(seq, version)
+  local current = redis.call('HGET', KEYS[2], 'v:' .. seq)
+  return (not current) or tonumber(version) > tonumber(current)
+end
+local zset = redis.call('EXISTS', KEYS[1]) == 1
+if ARGV[3] == '1' or zset then
+  for j = i0, u0 - 1, 3 do
+    local present = redis.call('ZCOUNT', KEYS[1], ARGV[j], ARGV[j]) == 1
+    local current = redis.call('HGET', KEYS[2], 'v:' .. ARGV[j])
+    local version = tonumber(ARGV[j + 1])
+    if (not current) or version > tonumber(current)
+        or (version == tonumber(current) and not present) then
+      redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[j], ARGV[j])
+      redis.call('ZADD', KEYS[1], ARGV[j], ARGV[j + 2])
+    end
   end
   redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[1]) + 1))
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
+for j = u0, #ARGV, 3 do
+  if newer(ARGV[j], ARGV[j + 1]) then
+    if meta then redis.call('HSET', KEYS[2], 'v:' .. ARGV[j], ARGV[j + 1]) end
+    if redis.call('ZCOUNT', KEYS[1], ARGV[j], ARGV[j]) == 1 then
+      redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[j], ARGV[j])
+      redis.call('ZADD', KEYS[1], ARGV[j], ARGV[j + 2])
+    end
+  end
+end
 return 1
 """
 
-# KEYS: zset, meta hash. ARGV: start (0 = newest), forward (0/1), limit.
-# Returns {last, lo, hi, blob...} or {last} when the range is not all there.
+# KEYS: zset, meta hash. ARGV: start (0 = newest), forward (0/1), limit, account.
+# Returns {last, lo, hi, hid, blob...} or {last} when the range is not all
+# there; hid is 1 when the account deleted messages here for itself.
 _READ = """
 local last = tonumber(redis.call('HGET', KEYS[2], 'last') or '-1')
 if last < 0 then return {last} end
 local start, forward, limit = tonumber(ARGV[1]), ARGV[2] == '1', tonumber(ARGV[3])
+local hid = redis.call('HEXISTS', KEYS[2], 'h:' .. ARGV[4])
 local lo, hi
 if forward then
   lo = math.max(start, 1)
@@ -71,7 +111,7 @@ else
   hi = (start == 0) and last or math.min(start, last)
   lo = math.max(hi - limit + 1, 1)
 end
-if hi < lo then return {last, lo, hi} end
+if hi < lo then return {last, lo, hi, hid} end
 if redis.call('ZCOUNT', KEYS[1], lo, hi) ~= hi - lo + 1 then return {last} end
 local blobs
 if forward then
@@ -79,7 +119,7 @@ if forward then
 else
   blobs = redis.call('ZREVRANGEBYSCORE', KEYS[1], hi, lo)
 end
-local out = {last, lo, hi}
+local out = {last, lo, hi, hid}
 for i = 1, #blobs do out[#out + 1] = blobs[i] end
 return out
 """
@@ -87,11 +127,16 @@ return out
 
 @dataclass(frozen=True, slots=True)
 class Heads:
-    """What one commit batch adds for a conversation: its messages in wire
-    form, and per sender the highest seq it sent."""
+    """What one commit batch changes in a conversation: new history items as
+    (seq, state version, wire form), per sender the highest seq it sent, the
+    newest version, the new state of changed messages, and the accounts that
+    deleted a message for themselves."""
 
-    items: Sequence[tuple[int, bytes]]
+    items: Sequence[tuple[int, int, bytes]]
     sent: Mapping[str, int]
+    last_version: int = 0
+    updated: Sequence[tuple[int, int, bytes]] = ()
+    hiders: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +148,15 @@ class CachedRange:
     lo: int
     hi: int
     blobs: list[bytes]
+    # The reader deleted messages here for itself: filter the range.
+    filtered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HeadState:
+    last_seq: int
+    last_version: int
+    sent: dict[str, int]
 
 
 class Unreachable(Exception):
@@ -185,21 +239,25 @@ class RecentCache:
         *,
         create: bool,
         newest: int,
-        items: Iterable[tuple[int, bytes]],
-        sent: Mapping[str, int] | None = None,
+        heads: Heads,
     ) -> list[int | bytes | str]:
-        senders = dict(sent or {})
         args: list[int | bytes | str] = [
             self._capacity,
             self._ttl,
             "1" if create else "0",
             newest,
-            len(senders),
+            heads.last_version,
+            len(heads.sent),
         ]
-        for account_id, seq in senders.items():
+        for account_id, seq in heads.sent.items():
             args += [account_id, seq]
-        for seq, blob in items:
-            args += [seq, blob]
+        args.append(len(heads.hiders))
+        args += sorted(heads.hiders)
+        args.append(len(heads.items))
+        for seq, version, blob in heads.items:
+            args += [seq, version, blob]
+        for seq, version, blob in heads.updated:
+            args += [seq, version, blob]
         return args
 
     async def add(self, committed: Mapping[str, Heads]) -> bool:
@@ -216,9 +274,8 @@ class RecentCache:
                         keys=self._keys(conversation_id),
                         args=self._args(
                             create=False,
-                            newest=max(seq for seq, _ in heads.items),
-                            items=heads.items,
-                            sent=heads.sent,
+                            newest=max((seq for seq, _, _ in heads.items), default=0),
+                            heads=heads,
                         ),
                         client=pipe,
                     )
@@ -233,27 +290,35 @@ class RecentCache:
         return True
 
     async def fill(
-        self, conversation_id: str, items: Sequence[tuple[int, bytes]], *, includes_newest: bool
+        self,
+        conversation_id: str,
+        items: Sequence[tuple[int, int, bytes]],
+        *,
+        includes_newest: bool,
+        hiders: Iterable[str] = (),
     ) -> None:
-        """Load a range read from the log. Only a read of the newest messages
-        may tell the cache which seq is the newest: an older page would make a
-        later newest-first read serve stale messages."""
+        """Load a range read from the log, with the accounts that hid any of
+        it. Only a read of the newest messages may tell the cache which seq
+        is the newest: an older page would make a later newest-first read
+        serve stale messages."""
         if not items or conversation_id in self._suspect:
             return
         kept = sorted(items)[-self._capacity :]
         newest = kept[-1][0] if includes_newest else 0
+        heads = Heads(items=kept, sent={}, hiders=frozenset(hiders))
         with contextlib.suppress(Unreachable):
             await self._call(
                 "fill",
                 self._add(
                     keys=self._keys(conversation_id),
-                    args=self._args(create=True, newest=newest, items=kept),
+                    args=self._args(create=True, newest=newest, heads=heads),
                 ),
             )
 
-    async def heads(self, conversation_ids: Sequence[str]) -> dict[str, tuple[int, dict[str, int]]]:
-        """Per conversation, the newest committed seq and the highest seq each
-        sender sent, as Redis knows them; {} when it cannot answer. Set before
+    async def heads(self, conversation_ids: Sequence[str]) -> dict[str, HeadState]:
+        """Per conversation, the newest committed seq and version and the
+        highest seq each sender sent, as Redis knows them; {} when it cannot
+        answer. Set before
         every ack, so they run ahead of the conversation metadata while the
         projector writes it behind."""
         if not conversation_ids:
@@ -269,19 +334,21 @@ class RecentCache:
             replies = await self._call("heads", pipelined())
         except Unreachable:
             return {}
-        result: dict[str, tuple[int, dict[str, int]]] = {}
+        result: dict[str, HeadState] = {}
         for conversation_id, fields in zip(conversation_ids, replies, strict=True):
             if not fields:
                 continue
-            decoded = {
-                (k.decode() if isinstance(k, bytes) else k): int(v) for k, v in fields.items()
-            }
-            sent = {k[2:]: v for k, v in decoded.items() if k.startswith("s:")}
-            result[conversation_id] = (decoded.get("last", 0), sent)
+            decoded = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
+            sent = {k[2:]: int(v) for k, v in decoded.items() if k.startswith("s:")}
+            result[conversation_id] = HeadState(
+                last_seq=int(decoded.get("last", 0)),
+                last_version=int(decoded.get("lv", 0)),
+                sent=sent,
+            )
         return result
 
     async def read(
-        self, conversation_id: str, *, start_seq: int, forward: bool, limit: int
+        self, conversation_id: str, *, start_seq: int, forward: bool, limit: int, account_id: str
     ) -> CachedRange | None:
         """The range if the cache holds all of it, else None."""
         if limit > self._capacity or conversation_id in self._suspect:
@@ -291,15 +358,22 @@ class RecentCache:
             reply = await self._call(
                 "read",
                 self._read(
-                    keys=self._keys(conversation_id), args=[start_seq, 1 if forward else 0, limit]
+                    keys=self._keys(conversation_id),
+                    args=[start_seq, 1 if forward else 0, limit, account_id],
                 ),
             )
         except Unreachable:
             self.misses += 1
             return None
-        if len(reply) < 3:
+        if len(reply) < 4:
             self.misses += 1
             return None
         self.hits += 1
         last, lo, hi = int(reply[0]), int(reply[1]), int(reply[2])
-        return CachedRange(last=last, lo=lo, hi=hi, blobs=[bytes(b) for b in reply[3:]])
+        return CachedRange(
+            last=last,
+            lo=lo,
+            hi=hi,
+            blobs=[bytes(b) for b in reply[4:]],
+            filtered=int(reply[3]) == 1,
+        )

@@ -211,7 +211,7 @@ class ResilientStream:
             mpb.ClientEvent(
                 resume=mpb.Resume(
                     positions=[
-                        mpb.ConversationPosition(conversation_id=c, seq=s)
+                        mpb.ConversationPosition(conversation_id=c, seq=s, version=s)
                         for c, s in self.positions().items()
                     ]
                 )
@@ -237,7 +237,7 @@ class ResilientStream:
                     elif kind == "sync_complete":
                         self.sync_completes += 1
                 acks = [
-                    mpb.ConversationPosition(conversation_id=c, seq=s)
+                    mpb.ConversationPosition(conversation_id=c, seq=s, version=s)
                     for c, s in self.positions().items()
                     if s > 0
                 ]

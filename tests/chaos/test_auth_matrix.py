@@ -315,7 +315,7 @@ async def test_another_users_token_never_reaches_a_conversation_they_are_not_in(
         outgoing.put_nowait(
             mpb.ClientEvent(
                 ack=mpb.Ack(
-                    positions=[mpb.ConversationPosition(conversation_id=v.conversation, seq=3)]
+                    positions=[mpb.ConversationPosition(conversation_id=v.conversation, seq=3, version=3)]
                 )
             )
         )

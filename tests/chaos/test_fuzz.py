@@ -491,7 +491,7 @@ def valid_resume(event: mpb.ClientEvent) -> bool:
     for position in resume.positions:
         if not position.conversation_id or not is_valid_id(position.conversation_id):
             return False
-        if position.seq < 0:
+        if position.seq < 0 or position.version < 0:
             return False
     token = resume.sync_token
     if token == "":
@@ -535,7 +535,7 @@ def client_frames(world: World) -> st.SearchStrategy[list[bytes]]:
         lambda seqs, token: mpb.ClientEvent(
             resume=mpb.Resume(
                 positions=[
-                    mpb.ConversationPosition(conversation_id=c, seq=s)
+                    mpb.ConversationPosition(conversation_id=c, seq=s, version=s)
                     for c, s in zip(
                         [world.conversation, world.foreign_conversation, *world.message_ids],
                         seqs,

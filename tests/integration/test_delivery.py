@@ -148,6 +148,8 @@ async def test_lost_publish_is_filled_from_the_log(keys, messages, stack: LocalS
                 {
                     "_id": rid(),
                     "conversation_id": conversation,
+                    "version": 2,
+                    "kind": "message",
                     "seq": 2,
                     "sender_id": alice.account_id,
                     "sender_device_id": alice.device_id,

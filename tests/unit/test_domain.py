@@ -9,8 +9,8 @@ import pytest
 
 from parley_core.errors import ResourceExhausted, Unauthenticated
 from svc_keys.domain.handles import handle_key, handle_problem
-from svc_message.domain.conversations import direct_key, inbox_entry
-from svc_message.domain.delivery import (
+from svc_message.domain.conversations import Membership, direct_key, inbox_entry
+from svc_message.domain.streams import (
     StreamSession,
     decode_sync_token,
     encode_sync_token,
@@ -47,11 +47,13 @@ def test_unread_is_last_seq_minus_read_watermark() -> None:
         created_at=datetime.now(UTC),
         last_seq=10,
     )
-    entry = inbox_entry(conversation, [Watermarks("c", "a", delivered_seq=9, read_seq=7)], "a")
+    entry = inbox_entry(
+        member(conversation, "a"), conversation, [Watermarks("c", "a", delivered_seq=9, read_seq=7)]
+    )
     assert entry.unread_count == 3
     assert [w.account_id for w in entry.watermarks] == ["a", "b"]
     assert entry.watermarks[1] == Watermarks("c", "b")
-    assert inbox_entry(conversation, [], "b").unread_count == 10
+    assert inbox_entry(member(conversation, "b"), conversation, []).unread_count == 10
 
 
 def test_what_a_member_sent_counts_as_read_by_them() -> None:
@@ -63,10 +65,27 @@ def test_what_a_member_sent_counts_as_read_by_them() -> None:
         last_seq=9,
         sent=(("a", 9), ("b", 4)),
     )
-    entry = inbox_entry(conversation, [Watermarks("c", "b", delivered_seq=6, read_seq=2)], "b")
+    entry = inbox_entry(
+        member(conversation, "b"), conversation, [Watermarks("c", "b", delivered_seq=6, read_seq=2)]
+    )
     assert entry.watermarks == (Watermarks("c", "a", 9, 9), Watermarks("c", "b", 6, 4))
     assert entry.unread_count == 5
-    assert inbox_entry(conversation, [], "a").unread_count == 0
+    assert inbox_entry(member(conversation, "a"), conversation, []).unread_count == 0
+
+
+def test_unread_of_a_member_starts_at_joining_and_stops_at_leaving() -> None:
+    conversation = Conversation(
+        conversation_id="c", type=2, member_ids=("a",), created_at=datetime.now(UTC), last_seq=50
+    )
+    joined = Membership(conversation, "b", 3, True, joined_seq=40)
+    assert inbox_entry(joined, conversation, []).unread_count == 10
+    left = Membership(conversation, "b", 3, False, joined_seq=40, left_seq=45)
+    entry = inbox_entry(left, conversation, [Watermarks("c", "b", 42, 42)])
+    assert entry.unread_count == 3 and entry.visible_until_seq == 45 and not entry.active
+
+
+def member(conversation: Conversation, account_id: str) -> Membership:
+    return Membership(conversation, account_id, 3, True)
 
 
 def test_sync_tokens_round_trip_with_slack() -> None:
@@ -78,7 +97,7 @@ def test_sync_tokens_round_trip_with_slack() -> None:
 
 
 def envelope(seq: int) -> Envelope:
-    return Envelope(EventKind.MESSAGE, "c", seq, object())
+    return Envelope(EventKind.MESSAGE, "c", seq, object(), version=seq)
 
 
 async def test_session_batches_and_ends_a_slow_consumer() -> None:
@@ -132,15 +151,42 @@ def test_acks_raise_delivery_only_for_others_messages() -> None:
     from svc_message.domain.delivery import DeliveryService
 
     session = StreamSession(account_id="me", device_id="d", expires_at=1e12, queue_limit=8)
+    session.follow("c", kind=DIRECT, position=0, own_last=0)
     for seq, sender in ((1, "peer"), (2, "peer"), (3, "me"), (4, "me")):
-        session.note_sent(Envelope(EventKind.MESSAGE, "c", seq, object(), sender))
-    ackable = DeliveryService.ackable
+        session.note_sent(Envelope(EventKind.MESSAGE, "c", seq, object(), sender, version=seq + 1))
+    # An edit moves the position, not delivery.
+    session.note_sent(Envelope(EventKind.CHANGE, "c", 0, object(), version=6))
+
+    def ackable(conversation_id: str, seq: int, version: int) -> tuple[int, int]:
+        at, delivered, _ = DeliveryService.ackable(
+            None,  # type: ignore[arg-type]
+            session,
+            conversation_id,
+            seq=seq,
+            version=version,
+        )
+        return at, delivered
+
     # The device's position moves to what it acked; delivery only to others' messages.
-    assert ackable(None, session, "c", 4) == (4, 2)  # type: ignore[arg-type]
-    assert ackable(None, session, "c", 1) == (1, 1)  # type: ignore[arg-type]
+    assert ackable("c", 4, 6) == (6, 2)
+    assert ackable("c", 1, 2) == (2, 1)
     # Nothing beyond what this stream sent, nothing in other conversations.
-    assert ackable(None, session, "c", 5) == (0, 0)  # type: ignore[arg-type]
-    assert ackable(None, session, "x", 1) == (0, 0)  # type: ignore[arg-type]
+    assert ackable("c", 4, 7) == (0, 0)
+    assert ackable("x", 1, 1) == (0, 0)
+
+
+def test_group_receipts_reach_a_sender_once_per_member_and_tick() -> None:
+    session = StreamSession(account_id="me", device_id="d", expires_at=1e12, queue_limit=8)
+    session.follow("g", kind=2, position=0, own_last=5)
+    first = session.filter_receipts(
+        [Watermarks("g", "x", 5, 0), Watermarks("g", "y", 4, 4), Watermarks("g", "me", 5, 5)]
+    )
+    assert first == [Watermarks("g", "x", 5, 0)]
+    assert session.filter_receipts([Watermarks("g", "x", 6, 0)]) == []  # nothing new for 5
+    assert session.filter_receipts([Watermarks("g", "x", 6, 5)]) == [Watermarks("g", "x", 6, 5)]
+    # A newer own message starts over.
+    session.note_sent(Envelope(EventKind.MESSAGE, "g", 7, object(), "me", version=9))
+    assert session.filter_receipts([Watermarks("g", "x", 7, 5)]) == [Watermarks("g", "x", 7, 5)]
 
 
 async def test_session_queue_is_bounded_in_bytes_too() -> None:

@@ -1,0 +1,294 @@
+"""Live delivery streams in this process: per-device sessions and the hub that
+routes doorbell events to them.
+
+A session remembers, per conversation, the newest feed version it sent, so
+it can drop what it already sent and notice gaps (filled from the log by
+``delivery``). The hub subscribes to the doorbell channels its sessions
+need: each account's own channel and one channel per conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from parley_core.errors import ParleyError, Reason, ResourceExhausted, Unauthenticated
+from svc_message.domain.ports import EventCodec, Subscriptions
+from svc_message.model import Envelope, EventKind, Watermarks
+from svc_message.storage.doorbell import ACCOUNT_PREFIX, CONVERSATION_PREFIX, inbox, topic
+
+log = structlog.get_logger(__name__)
+
+MAX_EVENTS_PER_WRITE = 512
+# Receipt replay looks back a little further than the token, to cover writers
+# whose clocks trail ours.
+SYNC_TOKEN_SLACK = timedelta(seconds=2)
+
+
+# Sync tokens are Unix milliseconds; a larger one would be past the last
+# datetime Python can represent.
+MAX_SYNC_TOKEN_MS = int(datetime(9999, 12, 31, tzinfo=UTC).timestamp()) * 1000
+
+
+def encode_sync_token(at: datetime) -> str:
+    return str(int(at.timestamp() * 1000))
+
+
+def decode_sync_token(token: str) -> datetime | None:
+    if not token:
+        return None
+    return datetime.fromtimestamp(int(token) / 1000, UTC) - SYNC_TOKEN_SLACK
+
+
+def valid_sync_token(token: str) -> bool:
+    """Empty, or ASCII digits naming a representable instant. (``str.isdigit``
+    alone also accepts digits such as "²" that ``int`` refuses.)"""
+    if token == "":
+        return True
+    return (
+        token.isascii() and token.isdigit() and len(token) <= 15 and int(token) <= MAX_SYNC_TOKEN_MS
+    )
+
+
+@dataclass(slots=True)
+class ReceiptWatch:
+    seq: int
+    delivered: set[str] = field(default_factory=set)
+    read: set[str] = field(default_factory=set)
+
+
+class StreamSession:
+    """One device's live stream: a bounded queue of routed events."""
+
+    def __init__(
+        self,
+        *,
+        account_id: str,
+        device_id: str,
+        expires_at: float,
+        queue_limit: int,
+        queue_bytes: int = 1 << 62,
+    ) -> None:
+        self.account_id = account_id
+        self.device_id = device_id
+        self.expires_at = expires_at
+        self._limit = queue_limit
+        self._byte_budget = queue_bytes
+        self._queued_bytes = 0
+        self._queue: deque[Envelope] = deque()
+        self._wake = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._error: ParleyError | None = None
+        self.resync_wanted = False
+        # Per conversation the session follows: the newest version sent.
+        self.sent: dict[str, int] = {}
+        # The conversations' types, for what acks and receipts mean there.
+        self.types: dict[str, int] = {}
+        # Newest seq sent that another account wrote: what acks can raise the
+        # delivered watermark to (the account's own messages count as
+        # delivered to it already).
+        self.received: dict[str, int] = {}
+        # Group receipts: per conversation, the account's newest message and
+        # which members are known to have received and read it.
+        self.receipts: dict[str, ReceiptWatch] = {}
+
+    def follow(self, conversation_id: str, *, kind: int, position: int, own_last: int) -> None:
+        self.sent[conversation_id] = position
+        self.types[conversation_id] = kind
+        if own_last:
+            self.receipts[conversation_id] = ReceiptWatch(own_last)
+
+    def unfollow(self, conversation_id: str) -> None:
+        self.sent.pop(conversation_id, None)
+        self.types.pop(conversation_id, None)
+        self.received.pop(conversation_id, None)
+        self.receipts.pop(conversation_id, None)
+
+    def note_sent(self, envelope: Envelope) -> None:
+        conversation_id = envelope.conversation_id
+        self.sent[conversation_id] = envelope.version
+        if envelope.kind != EventKind.MESSAGE:
+            return
+        if envelope.sender_account_id != self.account_id:
+            self.received[conversation_id] = envelope.seq
+        else:
+            watch = self.receipts.get(conversation_id)
+            if watch is None or watch.seq < envelope.seq:
+                self.receipts[conversation_id] = ReceiptWatch(envelope.seq)
+
+    def filter_receipts(self, watermarks: Iterable[Watermarks]) -> list[Watermarks]:
+        """The group receipts worth telling this device: members reaching the
+        account's newest message, delivered or read, each once."""
+        shown = []
+        for w in watermarks:
+            watch = self.receipts.get(w.conversation_id)
+            if watch is None or w.account_id == self.account_id:
+                continue
+            delivered = w.delivered_seq >= watch.seq and w.account_id not in watch.delivered
+            read = w.read_seq >= watch.seq and w.account_id not in watch.read
+            if delivered or read:
+                if w.delivered_seq >= watch.seq:
+                    watch.delivered.add(w.account_id)
+                if w.read_seq >= watch.seq:
+                    watch.read.add(w.account_id)
+                shown.append(w)
+        return shown
+
+    def offer(self, envelope: Envelope) -> None:
+        if self._error is not None:
+            return
+        if (
+            len(self._queue) >= self._limit
+            or self._queued_bytes + envelope.size > self._byte_budget
+        ):
+            # Memory stays bounded: the device resumes from its watermarks.
+            self.close(
+                ResourceExhausted(
+                    "the stream fell too far behind; reconnect and resume",
+                    reason=Reason.SLOW_CONSUMER,
+                )
+            )
+            return
+        self._queue.append(envelope)
+        self._queued_bytes += envelope.size
+        self._wake.set()
+
+    def close(self, error: ParleyError) -> None:
+        if self._error is None:
+            self._error = error
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._closed.set()
+        self._wake.set()
+
+    async def wait_closed(self) -> ParleyError:
+        """Wait until the session is closed; the error it was closed with."""
+        await self._closed.wait()
+        assert self._error is not None
+        return self._error
+
+    def request_resync(self) -> None:
+        self.resync_wanted = True
+        self._wake.set()
+
+    async def next_batch(self, *, clock: Callable[[], float]) -> list[Envelope]:
+        """Wait for events; raises when the stream must end."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._queue or self.resync_wanted:
+                count = min(len(self._queue), MAX_EVENTS_PER_WRITE)
+                batch = [self._queue.popleft() for _ in range(count)]
+                self._queued_bytes -= sum(e.size for e in batch)
+                return batch
+            remaining = self.expires_at - clock()
+            if remaining <= 0:
+                raise Unauthenticated(
+                    "access token expired; refresh it and reconnect",
+                    reason=Reason.TOKEN_EXPIRED,
+                )
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=remaining)
+
+
+class Hub:
+    """The streams of this process; fed by the doorbell."""
+
+    def __init__(self, subscriptions: Subscriptions, codec: EventCodec) -> None:
+        self._subscriptions = subscriptions
+        self._codec = codec
+        self._sessions: dict[str, set[StreamSession]] = {}
+        self._topics: dict[str, set[StreamSession]] = {}
+
+    @property
+    def stream_count(self) -> int:
+        return sum(len(s) for s in self._sessions.values())
+
+    async def attach(self, session: StreamSession, conversation_ids: Iterable[str]) -> None:
+        """Route the account's events and those of the conversations to the
+        session; before the replay, so nothing committed after it is missed."""
+        sessions = self._sessions.setdefault(session.account_id, set())
+        sessions.add(session)
+        wanted = [inbox(session.account_id)] if len(sessions) == 1 else []
+        for conversation_id in conversation_ids:
+            members = self._topics.setdefault(conversation_id, set())
+            members.add(session)
+            if len(members) == 1:
+                wanted.append(topic(conversation_id))
+        await self._subscriptions.subscribe(wanted)
+
+    async def join(self, session: StreamSession, conversation_id: str) -> None:
+        members = self._topics.setdefault(conversation_id, set())
+        if session not in members:
+            members.add(session)
+            if len(members) == 1:
+                await self._subscriptions.subscribe([topic(conversation_id)])
+
+    async def leave(self, session: StreamSession, conversation_id: str) -> None:
+        members = self._topics.get(conversation_id)
+        if members is None or session not in members:
+            return
+        members.discard(session)
+        if not members:
+            del self._topics[conversation_id]
+            await self._subscriptions.unsubscribe([topic(conversation_id)])
+
+    async def detach(self, session: StreamSession) -> None:
+        sessions = self._sessions.get(session.account_id)
+        if sessions is None or session not in sessions:
+            return
+        sessions.discard(session)
+        gone = []
+        if not sessions:
+            del self._sessions[session.account_id]
+            gone.append(inbox(session.account_id))
+        for conversation_id in list(session.sent):
+            members = self._topics.get(conversation_id)
+            if members is not None and session in members:
+                members.discard(session)
+                if not members:
+                    del self._topics[conversation_id]
+                    gone.append(topic(conversation_id))
+        await self._subscriptions.unsubscribe(gone)
+
+    def dispatch(self, channel: str, payload: bytes) -> None:
+        if channel.startswith(CONVERSATION_PREFIX):
+            sessions = self._topics.get(channel[len(CONVERSATION_PREFIX) :])
+        elif channel.startswith(ACCOUNT_PREFIX):
+            sessions = self._sessions.get(channel[len(ACCOUNT_PREFIX) :])
+        else:
+            return
+        if not sessions:
+            return
+        envelope = self._codec.decode(payload)
+        if envelope is None:
+            log.warning("doorbell_payload_unreadable", size=len(payload))
+            return
+        for session in sessions:
+            session.offer(envelope)
+
+    def resync_all(self) -> None:
+        for sessions in self._sessions.values():
+            for session in sessions:
+                session.request_resync()
+
+    def close_all(self, error: ParleyError) -> None:
+        """End every stream of this process (shutdown: devices resume elsewhere)."""
+        for sessions in self._sessions.values():
+            for session in sessions:
+                session.close(error)
+
+    def device_revoked(self, device_id: str) -> None:
+        for sessions in self._sessions.values():
+            for session in sessions:
+                if session.device_id == device_id:
+                    session.close(
+                        Unauthenticated("this device was signed out", reason=Reason.TOKEN_REVOKED)
+                    )
