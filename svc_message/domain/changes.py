@@ -119,11 +119,9 @@ class ChangesHandler:
         for_everyone: bool,
         request_id: str,
     ) -> Committed:
-        membership = await self._conversations.require_reader(conversation_id, account_id)
+        membership = await self._conversations.require_member(conversation_id, account_id)
         target = await self._target(membership, message_id, live=False)
         if for_everyone:
-            if not membership.active:
-                await self._conversations.require_member(conversation_id, account_id)
             roles.check_delete_for_everyone(
                 actor_id=account_id,
                 actor_role=membership.role,
@@ -169,7 +167,7 @@ class ChangesHandler:
         self, *, account_id: str, conversation_id: str, message_id: str
     ) -> list[tuple[str, str]]:
         """(account, emoji) of every reaction, by account then emoji."""
-        membership = await self._conversations.require_reader(conversation_id, account_id)
+        membership = await self._conversations.require_member(conversation_id, account_id)
         target = await self._target(membership, message_id, live=False)
         return sorted((who, emoji) for emoji, accounts in target.reactions for who in accounts)
 
@@ -177,7 +175,7 @@ class ChangesHandler:
         self, *, account_id: str, conversation_id: str, seq: int
     ) -> list[tuple[str, bool, bool]]:
         """Per other member at the message's time: (account, delivered, read)."""
-        membership = await self._conversations.require_reader(conversation_id, account_id)
+        membership = await self._conversations.require_member(conversation_id, account_id)
         conversation = membership.conversation
         if conversation.type == CHANNEL:
             raise FailedPrecondition(

@@ -30,7 +30,7 @@ from svc_message.domain.streams import (
     decode_sync_token,
     encode_sync_token,
 )
-from svc_message.model import CHANNEL, DIRECT, FEED_KINDS, Conversation, Envelope, EventKind
+from svc_message.model import CHANNEL, DIRECT, FEED_KINDS, GROUP, Conversation, Envelope, EventKind
 from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.messages import MessageStore
 
@@ -38,6 +38,8 @@ log = structlog.get_logger(__name__)
 
 # A gap fill reads at most this many entries at once.
 GAP_FILL_LIMIT = 10_000
+# Join positions at or above this are placeholders of a join being recorded.
+PENDING_VERSION = 2**61
 
 
 def start_position(conversation: Conversation, account_id: str, asked: int | None) -> int:
@@ -86,7 +88,7 @@ class DeliveryService:
         )
 
     def _visible(self, session: StreamSession, envelope: Envelope) -> bool:
-        return not envelope.only_for or envelope.only_for == session.account_id
+        return session.sees(envelope)
 
     async def _replay(
         self,
@@ -131,11 +133,13 @@ class DeliveryService:
         self, session: StreamSession, conversation: Conversation, asked: int | None
     ) -> None:
         own = dict(conversation.sent).get(session.account_id, 0)
+        joined_seq = conversation.joined_at(session.account_id)[0]
         session.follow(
             conversation.conversation_id,
             kind=conversation.type,
             position=start_position(conversation, session.account_id, asked),
             own_last=own if conversation.type != DIRECT else 0,
+            floor_seq=joined_seq if conversation.type == GROUP else 0,
         )
 
     async def _departed(
@@ -227,17 +231,47 @@ class DeliveryService:
         for i in range(0, len(receipts), MAX_EVENTS_PER_WRITE):
             yield receipts[i : i + MAX_EVENTS_PER_WRITE]
 
-    async def _join(self, session: StreamSession, conversation_id: str) -> Membership | None:
-        """Follow a conversation the account was just added to (or subscribed)."""
+    async def _join(
+        self,
+        session: StreamSession,
+        conversation_id: str,
+        *,
+        hint: int | None = None,
+        hint_seq: int = 0,
+    ) -> Membership | None:
+        """Follow a conversation the account was just added to (or subscribed).
+
+        ``hint`` is the version before the feed event that announced it (the
+        membership documents may still be catching up with that event); None
+        for a conversation event, which only channels send to rejoin."""
+        departed = session.departed.get(conversation_id)
+        if departed is not None and hint is not None and hint < departed:
+            return None  # a late copy of something from before leaving
         self._members.forget(conversation_id)
         membership = await self._members.membership(conversation_id, session.account_id)
         if membership is None or not membership.active:
             return None
+        if departed is not None and hint is None and membership.conversation.type != CHANNEL:
+            return None
         (conversation,) = await self._members.fresh([membership.conversation])
-        asked = membership.joined_version - 1 if membership.joined_version else None
         if conversation.type == CHANNEL:
-            asked = membership.joined_version
-        self._follow(session, conversation, asked)
+            asked: int | None = membership.joined_version
+        floor = 0
+        if conversation.type == CHANNEL:
+            pass
+        elif 0 < membership.joined_version < PENDING_VERSION:
+            asked = membership.joined_version - 1
+            floor = membership.joined_seq
+        else:
+            asked, floor = hint, hint_seq
+        asked = max(asked or 0, session.departed.get(conversation_id, 0))
+        session.follow(
+            conversation_id,
+            kind=conversation.type,
+            position=asked,
+            own_last=dict(conversation.sent).get(session.account_id, 0),
+            floor_seq=floor if conversation.type == GROUP else 0,
+        )
         await self._hub.join(session, conversation_id)
         return membership
 
@@ -270,11 +304,13 @@ class DeliveryService:
             if envelope.kind not in FEED_KINDS:
                 out.append(envelope)
                 continue
-            if (
-                conversation_id not in session.sent
-                and await self._join(session, conversation_id) is None
-            ):
-                continue
+            if conversation_id not in session.sent:
+                hint = max(envelope.version - 1, 0)
+                if (
+                    await self._join(session, conversation_id, hint=hint, hint_seq=envelope.seq)
+                    is None
+                ):
+                    continue
             sent = session.sent[conversation_id]
             if envelope.version <= sent:
                 continue  # already sent by replay or an earlier gap fill

@@ -97,18 +97,40 @@ class StreamSession:
         # Group receipts: per conversation, the account's newest message and
         # which members are known to have received and read it.
         self.receipts: dict[str, ReceiptWatch] = {}
+        # Conversations the account left while streaming, with the version it
+        # left at: late copies of what came before are not a reason to rejoin.
+        self.departed: dict[str, int] = {}
+        # Group members joined late: changes to messages before this seq
+        # are not theirs to see.
+        self.floors: dict[str, int] = {}
 
-    def follow(self, conversation_id: str, *, kind: int, position: int, own_last: int) -> None:
+    def follow(
+        self, conversation_id: str, *, kind: int, position: int, own_last: int, floor_seq: int = 0
+    ) -> None:
         self.sent[conversation_id] = position
         self.types[conversation_id] = kind
+        if floor_seq:
+            self.floors[conversation_id] = floor_seq
         if own_last:
             self.receipts[conversation_id] = ReceiptWatch(own_last)
 
     def unfollow(self, conversation_id: str) -> None:
+        if conversation_id in self.sent:
+            self.departed[conversation_id] = self.sent[conversation_id]
         self.sent.pop(conversation_id, None)
         self.types.pop(conversation_id, None)
+        self.floors.pop(conversation_id, None)
         self.received.pop(conversation_id, None)
         self.receipts.pop(conversation_id, None)
+
+    def sees(self, envelope: Envelope) -> bool:
+        """Whether the device is shown this feed event (its version counts either way)."""
+        if envelope.only_for and envelope.only_for != self.account_id:
+            return False
+        return not (
+            envelope.kind == EventKind.CHANGE
+            and envelope.seq < self.floors.get(envelope.conversation_id, 0)
+        )
 
     def note_sent(self, envelope: Envelope) -> None:
         conversation_id = envelope.conversation_id

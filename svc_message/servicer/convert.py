@@ -224,14 +224,16 @@ def _change_envelope(event: pb.Event, size: int = 0) -> Envelope | None:
     kind = event.WhichOneof("kind")
     if kind == "edit":
         e = event.edit
-        return Envelope(EventKind.CHANGE, e.conversation_id, 0, event, size=size, version=e.version)
+        return Envelope(
+            EventKind.CHANGE, e.conversation_id, e.seq, event, size=size, version=e.version
+        )
     if kind == "deletion":
         d = event.deletion
         only_for = d.account_id if d.scope == pb.DELETE_SCOPE_FOR_ME else ""
         return Envelope(
             EventKind.CHANGE,
             d.conversation_id,
-            0,
+            d.seq,
             event,
             size=size,
             version=d.version,
@@ -239,7 +241,9 @@ def _change_envelope(event: pb.Event, size: int = 0) -> Envelope | None:
         )
     if kind == "reaction":
         r = event.reaction
-        return Envelope(EventKind.CHANGE, r.conversation_id, 0, event, size=size, version=r.version)
+        return Envelope(
+            EventKind.CHANGE, r.conversation_id, r.seq, event, size=size, version=r.version
+        )
     return None
 
 

@@ -22,10 +22,7 @@ from svc_message.domain.inbox import (
     InboxHandler,
     PinCursor,
 )
-from svc_message.domain.ports import Publisher
-from svc_message.model import MemberSettings
-from svc_message.servicer.convert import settings_proto, view_proto
-from svc_message.storage.doorbell import inbox as inbox_channel
+from svc_message.servicer.convert import view_proto
 
 INBOX_PAGE_DEFAULT, INBOX_PAGE_MAX = 20, 100
 ARCHIVE_FILTERS = {
@@ -36,20 +33,6 @@ ARCHIVE_FILTERS = {
 }
 # The range of google.protobuf.Timestamp: 0001-01-01 to 9999-12-31T23:59:59Z.
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
-
-
-class SettingsPublisher:
-    """Tells every device of the account, over its doorbell channel, that its
-    settings for a conversation changed (Event.settings). Only a hint, like
-    every publish: a device that missed it sees the settings in its next
-    ListConversations or GetConversation."""
-
-    def __init__(self, publisher: Publisher) -> None:
-        self._publisher = publisher
-
-    async def settings_changed(self, account_id: str, settings: MemberSettings) -> None:
-        event = pb.Event(settings=settings_proto(settings))
-        await self._publisher.publish([((inbox_channel(account_id),), event.SerializeToString())])
 
 
 def _bad_token() -> InvalidArgument:
