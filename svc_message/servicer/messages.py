@@ -147,13 +147,16 @@ class MessageUnaryServicer:
         check.id("conversation_id", request.conversation_id)
         check.non_negative("seq", request.seq)
         check.done()
+        account_id = current_caller().account_id
         watermarks = await self._conversations.mark(
             conversation_id=request.conversation_id,
-            account_id=current_caller().account_id,
+            account_id=account_id,
             delivered=request.seq,
             read=request.seq if read else 0,
             now=self._clock(),
         )
+        if read:
+            await self._inbox.clear_unread_mark(request.conversation_id, account_id)
         return watermarks_proto(watermarks)
 
     async def MarkDelivered(self, request: pb.MarkDeliveredRequest, context: Any) -> pb.Watermarks:

@@ -1502,9 +1502,14 @@ class SetMutedRequest(_message.Message):
     request_id: _builtins.str
     conversation_id: _builtins.str
     forever: _builtins.bool
+    """Muted forever, shown as muted_until 9999-12-31. Setting it together with
+    `until` is INVALID_ARGUMENT.
+    """
     @_builtins.property
     def until(self) -> _timestamp_pb2.Timestamp:
-        """Muted until then. Unset with forever=false: unmute."""
+        """Muted until then (stored to the millisecond). Unset with forever=false,
+        or a time already past: unmute. Times past 9999-12-31 count as forever.
+        """
 
     def __init__(
         self,

@@ -361,15 +361,18 @@ class MessageServiceServicer:
 
     def SetPinned(self, request, context):
         """Pins a conversation to the top of the inbox (at most 5, the newest pin
-        first) or unpins it.
+        first) or unpins it. Pinning unarchives. A sixth pin is
+        FAILED_PRECONDITION/TOO_MANY_PINS (pins on conversations the caller has
+        left are released first).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetArchived(self, request, context):
-        """Archives or unarchives a conversation. An archived conversation returns to
-        the inbox when a new message arrives, unless it is muted.
+        """Archives or unarchives a conversation; archiving unpins. An archived
+        conversation returns to the inbox when a new message arrives, unless it
+        is muted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -127,11 +127,14 @@ class MessageServiceStub:
     """
     SetPinned: _grpc.UnaryUnaryMultiCallable[_messages_pb2.SetPinnedRequest, _messages_pb2.ConversationView]
     """Pins a conversation to the top of the inbox (at most 5, the newest pin
-    first) or unpins it.
+    first) or unpins it. Pinning unarchives. A sixth pin is
+    FAILED_PRECONDITION/TOO_MANY_PINS (pins on conversations the caller has
+    left are released first).
     """
     SetArchived: _grpc.UnaryUnaryMultiCallable[_messages_pb2.SetArchivedRequest, _messages_pb2.ConversationView]
-    """Archives or unarchives a conversation. An archived conversation returns to
-    the inbox when a new message arrives, unless it is muted.
+    """Archives or unarchives a conversation; archiving unpins. An archived
+    conversation returns to the inbox when a new message arrives, unless it
+    is muted.
     """
     MarkUnread: _grpc.UnaryUnaryMultiCallable[_messages_pb2.MarkUnreadRequest, _messages_pb2.ConversationView]
     """Flags a conversation as unread until the caller next marks it read."""
@@ -245,11 +248,14 @@ class MessageServiceAsyncStub(MessageServiceStub):
     """
     SetPinned: _aio.UnaryUnaryMultiCallable[_messages_pb2.SetPinnedRequest, _messages_pb2.ConversationView]  # type: ignore[assignment]
     """Pins a conversation to the top of the inbox (at most 5, the newest pin
-    first) or unpins it.
+    first) or unpins it. Pinning unarchives. A sixth pin is
+    FAILED_PRECONDITION/TOO_MANY_PINS (pins on conversations the caller has
+    left are released first).
     """
     SetArchived: _aio.UnaryUnaryMultiCallable[_messages_pb2.SetArchivedRequest, _messages_pb2.ConversationView]  # type: ignore[assignment]
-    """Archives or unarchives a conversation. An archived conversation returns to
-    the inbox when a new message arrives, unless it is muted.
+    """Archives or unarchives a conversation; archiving unpins. An archived
+    conversation returns to the inbox when a new message arrives, unless it
+    is muted.
     """
     MarkUnread: _aio.UnaryUnaryMultiCallable[_messages_pb2.MarkUnreadRequest, _messages_pb2.ConversationView]  # type: ignore[assignment]
     """Flags a conversation as unread until the caller next marks it read."""
@@ -498,7 +504,9 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_messages_pb2.ConversationView, _abc.Awaitable[_messages_pb2.ConversationView]]:
         """Pins a conversation to the top of the inbox (at most 5, the newest pin
-        first) or unpins it.
+        first) or unpins it. Pinning unarchives. A sixth pin is
+        FAILED_PRECONDITION/TOO_MANY_PINS (pins on conversations the caller has
+        left are released first).
         """
 
     @_abc_1.abstractmethod
@@ -507,8 +515,9 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _messages_pb2.SetArchivedRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_messages_pb2.ConversationView, _abc.Awaitable[_messages_pb2.ConversationView]]:
-        """Archives or unarchives a conversation. An archived conversation returns to
-        the inbox when a new message arrives, unless it is muted.
+        """Archives or unarchives a conversation; archiving unpins. An archived
+        conversation returns to the inbox when a new message arrives, unless it
+        is muted.
         """
 
     @_abc_1.abstractmethod
