@@ -106,6 +106,95 @@ def unary_calls(
             mpb.MarkReadRequest(request_id=rid(), conversation_id=conversation, seq=3),
             metadata=md,
         ),
+        **change_calls(messages, v),
+        **membership_calls(messages, v),
+    }
+
+
+def change_calls(messages: mgrpc.MessageServiceStub, v: Victim) -> dict[str, Call]:
+    """The RPCs that change or inspect the victim's messages and settings."""
+    target = {"conversation_id": v.conversation, "message_id": v.message_ids[0]}
+    conversation = {"conversation_id": v.conversation}
+    return {
+        "EditMessage": lambda md: messages.EditMessage(
+            mpb.EditMessageRequest(request_id=rid(), body=b"x", **target), metadata=md
+        ),
+        "DeleteMessage": lambda md: messages.DeleteMessage(
+            mpb.DeleteMessageRequest(
+                request_id=rid(), scope=mpb.DELETE_SCOPE_FOR_EVERYONE, **target
+            ),
+            metadata=md,
+        ),
+        "ReactToMessage": lambda md: messages.ReactToMessage(
+            mpb.ReactToMessageRequest(request_id=rid(), emoji="\U0001f600", **target),
+            metadata=md,
+        ),
+        "ListReactions": lambda md: messages.ListReactions(
+            mpb.ListReactionsRequest(**target), metadata=md
+        ),
+        "ListMessageReceipts": lambda md: messages.ListMessageReceipts(
+            mpb.ListMessageReceiptsRequest(seq=1, **conversation), metadata=md
+        ),
+        "SetMuted": lambda md: messages.SetMuted(
+            mpb.SetMutedRequest(request_id=rid(), forever=True, **conversation), metadata=md
+        ),
+        "SetPinned": lambda md: messages.SetPinned(
+            mpb.SetPinnedRequest(request_id=rid(), pinned=True, **conversation), metadata=md
+        ),
+        "SetArchived": lambda md: messages.SetArchived(
+            mpb.SetArchivedRequest(request_id=rid(), archived=True, **conversation), metadata=md
+        ),
+        "MarkUnread": lambda md: messages.MarkUnread(
+            mpb.MarkUnreadRequest(request_id=rid(), **conversation), metadata=md
+        ),
+    }
+
+
+def membership_calls(messages: mgrpc.MessageServiceStub, v: Victim) -> dict[str, Call]:
+    """The group and channel RPCs, aimed at the victim's conversation."""
+    conversation = {"conversation_id": v.conversation}
+    return {
+        "CreateGroup": lambda md: messages.CreateGroup(
+            mpb.CreateGroupRequest(
+                request_id=rid(), title="g", member_account_ids=[v.bob.account_id]
+            ),
+            metadata=md,
+        ),
+        "CreateChannel": lambda md: messages.CreateChannel(
+            mpb.CreateChannelRequest(request_id=rid(), title="c", public=True), metadata=md
+        ),
+        "UpdateConversationInfo": lambda md: messages.UpdateConversationInfo(
+            mpb.UpdateConversationInfoRequest(request_id=rid(), title="t", **conversation),
+            metadata=md,
+        ),
+        "AddMembers": lambda md: messages.AddMembers(
+            mpb.AddMembersRequest(
+                request_id=rid(), account_ids=[v.alice.account_id], **conversation
+            ),
+            metadata=md,
+        ),
+        "RemoveMember": lambda md: messages.RemoveMember(
+            mpb.RemoveMemberRequest(request_id=rid(), account_id=v.bob.account_id, **conversation),
+            metadata=md,
+        ),
+        "LeaveConversation": lambda md: messages.LeaveConversation(
+            mpb.LeaveConversationRequest(request_id=rid(), **conversation), metadata=md
+        ),
+        "SetMemberRole": lambda md: messages.SetMemberRole(
+            mpb.SetMemberRoleRequest(
+                request_id=rid(),
+                account_id=v.bob.account_id,
+                role=mpb.ROLE_ADMIN,
+                **conversation,
+            ),
+            metadata=md,
+        ),
+        "SubscribeChannel": lambda md: messages.SubscribeChannel(
+            mpb.SubscribeChannelRequest(request_id=rid(), **conversation), metadata=md
+        ),
+        "ListMembers": lambda md: messages.ListMembers(
+            mpb.ListMembersRequest(**conversation), metadata=md
+        ),
     }
 
 
@@ -267,7 +356,19 @@ async def test_another_users_token_never_reaches_a_conversation_they_are_not_in(
     async with grpc.aio.insecure_channel(chaos.message_targets[1]) as channel:
         messages = mgrpc.MessageServiceStub(channel)
         calls = unary_calls(keys_stub, messages, v)
-        for rpc in ("GetConversation", "SendMessage", "ListMessages", "MarkDelivered", "MarkRead"):
+        aimed = (
+            "GetConversation",
+            "SendMessage",
+            "ListMessages",
+            "MarkDelivered",
+            "MarkRead",
+            *change_calls(messages, v),
+            *(
+                set(membership_calls(messages, v))
+                - {"CreateGroup", "CreateChannel", "SubscribeChannel"}
+            ),
+        )
+        for rpc in aimed:
             error = await refused(calls[rpc](mallory.md))
             assert error.code() == grpc.StatusCode.PERMISSION_DENIED, (rpc, error)
             assert reason_of(error) == "ERROR_REASON_NOT_A_MEMBER", rpc
@@ -315,7 +416,9 @@ async def test_another_users_token_never_reaches_a_conversation_they_are_not_in(
         outgoing.put_nowait(
             mpb.ClientEvent(
                 ack=mpb.Ack(
-                    positions=[mpb.ConversationPosition(conversation_id=v.conversation, seq=3, version=3)]
+                    positions=[
+                        mpb.ConversationPosition(conversation_id=v.conversation, seq=3, version=3)
+                    ]
                 )
             )
         )
