@@ -13,14 +13,22 @@ from typing import Self
 from parley_core.errors import FieldViolation, InvalidArgument, Reason
 from parley_core.ids import is_valid_id
 
+# Error details travel in trailing metadata, which clients cap at 8 KiB: a
+# request with hundreds of bad fields is told about the first few.
+MAX_VIOLATIONS = 10
+
 
 class Check:
     def __init__(self) -> None:
         self.violations: list[FieldViolation] = []
         self.reason: Reason | None = None
+        self._more = 0
 
     def fail(self, field: str, description: str, *, reason: Reason | None = None) -> Self:
-        self.violations.append(FieldViolation(field, description))
+        if len(self.violations) < MAX_VIOLATIONS:
+            self.violations.append(FieldViolation(field, description))
+        else:
+            self._more += 1
         if reason is not None and self.reason is None:
             self.reason = reason
         return self
@@ -82,4 +90,9 @@ class Check:
 
     def done(self) -> None:
         if self.violations:
-            raise InvalidArgument(self.violations, reason=self.reason)
+            violations = list(self.violations)
+            if self._more:
+                violations.append(
+                    FieldViolation("request", f"and {self._more} more invalid fields")
+                )
+            raise InvalidArgument(violations, reason=self.reason)

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from parley_core.errors import NotFound
 from svc_message.domain.conversations import ConversationsHandler, Membership
 from svc_message.domain.ports import EventCodec
 from svc_message.domain.streams import (
@@ -150,7 +151,10 @@ class DeliveryService:
         for conversation_id, position in wanted.items():
             if conversation_id in active:
                 continue
-            membership = await self._members.membership(conversation_id, session.account_id)
+            try:
+                membership = await self._members.membership(conversation_id, session.account_id)
+            except NotFound:
+                continue  # a position for a conversation that does not exist
             if membership is None or membership.active or membership.left_version <= position:
                 continue
             session.follow(
