@@ -178,9 +178,14 @@ class DeliveryService:
         await self._hub.attach(session, (c.conversation_id for c in conversations))
         try:
             started = datetime.fromtimestamp(self._clock(), UTC)
-            # Heads read again after subscribing: a change committed meanwhile
-            # is then either replayed or arrives live (and is dropped if both).
-            conversations = await self._members.fresh(conversations)
+            # Read again once subscribed: a conversation created or a change
+            # committed meanwhile is then either replayed or arrives live
+            # (and is dropped if both).
+            known = {c.conversation_id for c in conversations}
+            conversations = await self._members.of_member(session.account_id)
+            for conversation in conversations:
+                if conversation.conversation_id not in known:
+                    await self._hub.join(session, conversation.conversation_id)
             cursors = await self._conversations.device_cursors(session.device_id)
             new_to_device: list[Envelope] = []
             for conversation in conversations:
