@@ -8,19 +8,37 @@ import threading
 from dataclasses import replace
 from typing import TextIO
 
-from parley_sdk._cli_output import Directory, emit, format_message, format_receipt, warn
+from parley_sdk._cli_output import (
+    Directory,
+    emit,
+    format_message,
+    format_receipt,
+    local_time,
+    one_line,
+    warn,
+)
 from parley_sdk._cli_profiles import Profile, ProfileStore
 from parley_sdk.client import Client
 from parley_sdk.errors import ParleyError
 from parley_sdk.models import (
     ConversationEvent,
+    DeleteScope,
+    GroupReceiptsEvent,
+    MessageDeletedEvent,
+    MessageEditedEvent,
     MessageEvent,
+    ReactionChangedEvent,
     ReceiptEvent,
+    SettingsEvent,
+    StreamEvent,
     SyncCompleteEvent,
+    SystemMessageEvent,
     Watermarks,
+    muted_forever,
+    muted_until,
 )
 
-__all__ = ["run_chat", "run_follow"]
+__all__ = ["describe_change", "run_chat", "run_follow"]
 
 
 class _ReceiptFilter:
@@ -50,6 +68,26 @@ class _ReceiptFilter:
         )
 
 
+async def describe_change(event: StreamEvent, directory: Directory) -> str | None:
+    """An edit, deletion or reaction in words (without the conversation); None otherwise."""
+    if isinstance(event, MessageEditedEvent):
+        edit = event.edit
+        body = one_line(edit.body.decode("utf-8", errors="replace"))
+        return f"#{edit.seq} edited {local_time(edit.edit_time)}: {body}"
+    if isinstance(event, MessageDeletedEvent):
+        deletion = event.deletion
+        who = await directory.handle(deletion.account_id)
+        if event.scope is DeleteScope.FOR_EVERYONE:
+            return f"#{deletion.seq} deleted for everyone by @{who}"
+        return f"#{deletion.seq} deleted for @{who} only"
+    if isinstance(event, ReactionChangedEvent):
+        reaction = event.reaction
+        who = await directory.handle(reaction.account_id)
+        sign = "-" if reaction.removed else "+"
+        return f"#{reaction.seq} @{who} {sign}{reaction.emoji}"
+    return None
+
+
 async def run_follow(
     client: Client, profile: Profile, store: ProfileStore, *, exit_after: float | None
 ) -> int:
@@ -62,15 +100,38 @@ async def run_follow(
         async for event in stream:
             if isinstance(event, MessageEvent):
                 emit("message " + await format_message(event.message, directory, conversation=True))
-            elif isinstance(event, ReceiptEvent):
-                # Our own watermarks move because we ack; echoing them is noise.
-                if event.watermarks.account_id == client.account_id:
-                    continue
-                if (watermarks := receipts.advance(event.watermarks)) is not None:
-                    emit(
-                        f"receipt {watermarks.conversation_id} "
-                        + await format_receipt(watermarks, directory)
-                    )
+            elif isinstance(event, SystemMessageEvent):
+                emit("system " + await format_message(event.message, directory, conversation=True))
+            elif isinstance(event, MessageEditedEvent | MessageDeletedEvent | ReactionChangedEvent):
+                kind = {
+                    MessageEditedEvent: "edit",
+                    MessageDeletedEvent: "delete",
+                    ReactionChangedEvent: "reaction",
+                }[type(event)]
+                emit(f"{kind} {event.conversation_id} {await describe_change(event, directory)}")
+            elif isinstance(event, ReceiptEvent | GroupReceiptsEvent):
+                marks = [event.watermarks] if isinstance(event, ReceiptEvent) else event.watermarks
+                for mark in marks:
+                    # Our own watermarks move because we ack; echoing them is noise.
+                    if mark.account_id == client.account_id:
+                        continue
+                    if (watermarks := receipts.advance(mark)) is not None:
+                        emit(
+                            f"receipt {watermarks.conversation_id} "
+                            + await format_receipt(watermarks, directory)
+                        )
+            elif isinstance(event, SettingsEvent):
+                settings = event.settings
+                muted = "no"
+                if muted_forever(settings):
+                    muted = "forever"
+                elif (until := muted_until(settings)) is not None:
+                    muted = until.astimezone().strftime("%Y-%m-%dT%H:%M")
+                emit(
+                    f"settings {settings.conversation_id} pinned={_yes(settings.pinned)} "
+                    f"muted={muted} archived={_yes(settings.archived)} "
+                    f"marked-unread={_yes(settings.marked_unread)}"
+                )
             elif isinstance(event, ConversationEvent):
                 conversation = event.conversation
                 members = [f"@{await directory.handle(a)}" for a in conversation.member_account_ids]
@@ -88,6 +149,10 @@ async def run_follow(
             return 0
     warn("the server ended the stream")
     return 0
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 def _stdin_lines(source: TextIO) -> asyncio.Queue[str | None]:
@@ -150,6 +215,9 @@ async def run_chat(
                         await client.mark_read(conversation_id, message.seq)
                     except ParleyError as error:
                         warn(f"warning: could not mark #{message.seq} read: {error}")
+            elif isinstance(event, MessageEditedEvent | MessageDeletedEvent | ReactionChangedEvent):
+                if event.conversation_id == conversation_id:
+                    emit(f".. {await describe_change(event, directory)}")
             elif isinstance(event, ReceiptEvent):
                 watermarks = event.watermarks
                 if (

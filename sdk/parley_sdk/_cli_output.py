@@ -3,15 +3,38 @@
 from __future__ import annotations
 
 import sys
-from datetime import UTC
+from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 
 from parley_sdk.client import Client
 from parley_sdk.errors import ParleyError
-from parley_sdk.models import Message, MessageType, Watermarks
+from parley_sdk.models import (
+    ConversationType,
+    ConversationView,
+    Member,
+    MembershipState,
+    Message,
+    MessageType,
+    Role,
+    SystemAction,
+    Watermarks,
+    muted_forever,
+    muted_until,
+)
 
-__all__ = ["Directory", "emit", "format_message", "format_receipt", "local_time", "warn"]
+__all__ = [
+    "Directory",
+    "describe_system",
+    "emit",
+    "format_member",
+    "format_message",
+    "format_receipt",
+    "format_view",
+    "local_time",
+    "one_line",
+    "warn",
+]
 
 
 def emit(line: str) -> None:
@@ -30,16 +53,22 @@ def local_time(stamp: timestamp_pb2.Timestamp, *, with_date: bool = False) -> st
     return moment.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S")
 
 
+def one_line(text: str) -> str:
+    """Escapes what would break the one-item-per-line structure."""
+    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+
+
 def render_body(message: Message) -> str:
+    if message.deleted:
+        return "<deleted>"
     if int(message.type) in (MessageType.TEXT, MessageType.UNSPECIFIED):
-        text = message.body.decode("utf-8", errors="replace")
-        # One message, one line: escape what would break the line structure.
-        return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
-    try:
-        kind = MessageType(message.type).name.lower()
-    except ValueError:
-        kind = f"type {message.type}"
+        return one_line(message.body.decode("utf-8", errors="replace"))
+    kind = MessageType(message.type).name.lower()
     return f"<{kind}, {len(message.body)} bytes>"
+
+
+def _role_name(role: int) -> str:
+    return Role(role).name.lower()
 
 
 class Directory:
@@ -63,13 +92,98 @@ class Directory:
         return self._handles[account_id]
 
 
+async def describe_system(message: Message, directory: Directory) -> str:
+    """A system message in words: ``@ann added @bob, @cy``."""
+    system = message.system
+    actor = f"@{await directory.handle(system.actor_account_id)}"
+    targets = ", ".join([f"@{await directory.handle(a)}" for a in system.target_account_ids])
+    action = SystemAction(system.action)
+    if action is SystemAction.CREATED:
+        return f'{actor} created "{one_line(system.title)}"'
+    if action is SystemAction.MEMBERS_ADDED:
+        return f"{actor} added {targets}"
+    if action is SystemAction.MEMBER_REMOVED:
+        return f"{actor} removed {targets}"
+    if action is SystemAction.MEMBER_LEFT:
+        return f"{actor} left"
+    if action is SystemAction.ROLE_CHANGED:
+        return f"{actor} made {targets} {_role_name(system.role)}"
+    if action is SystemAction.INFO_CHANGED:
+        return f'{actor} changed the info: title "{one_line(system.title)}"' + (
+            f" avatar={system.avatar_ref}" if system.avatar_ref else ""
+        )
+    if action is SystemAction.SUBSCRIBED:
+        return f"{actor} subscribed"
+    return f"{actor} {action.name.lower()} {targets}".rstrip()
+
+
 async def format_message(
     message: Message, directory: Directory, *, with_date: bool = False, conversation: bool = False
 ) -> str:
-    sender = await directory.handle(message.sender_account_id)
     where = f"{message.conversation_id} " if conversation else ""
     when = local_time(message.create_time, with_date=with_date)
-    return f"{where}#{message.seq} {when} @{sender}: {render_body(message)}"
+    if MessageType(message.type) is MessageType.SYSTEM:
+        return f"{where}#{message.seq} {when} * {await describe_system(message, directory)}"
+    sender = await directory.handle(message.sender_account_id)
+    marks = []
+    if message.forwarded:
+        marks.append("(forwarded)")
+    if message.reply_to_message_id:
+        marks.append(f"(reply to {message.reply_to_message_id})")
+    prefix = " ".join(marks) + " " if marks else ""
+    line = f"{where}#{message.seq} {when} @{sender}: {prefix}{render_body(message)}"
+    # A tombstone shows only that it was deleted.
+    if message.edited and not message.deleted:
+        line += " (edited)"
+    if message.reactions and not message.deleted:
+        line += " [" + " ".join(f"{r.emoji}{r.count}" for r in message.reactions) + "]"
+    return line
+
+
+async def format_member(member: Member, directory: Directory) -> str:
+    return (
+        f"@{await directory.handle(member.account_id)} role={_role_name(member.role)} "
+        f"joined=#{member.joined_seq} account={member.account_id}"
+    )
+
+
+async def format_view(view: ConversationView, directory: Directory, me: str) -> str:
+    """An inbox row: who or what, unread count, last message, flags, id."""
+    conversation = view.conversation
+    kind = ConversationType(conversation.type)
+    if kind in (ConversationType.GROUP, ConversationType.CHANNEL):
+        count = "subscribers" if kind is ConversationType.CHANNEL else "members"
+        name = (
+            f'{kind.name.lower()} "{one_line(conversation.title)}" '
+            f"{count}={conversation.member_count} role={_role_name(view.role)}"
+        )
+    else:
+        others = [a for a in conversation.member_account_ids if a != me]
+        name = ",".join([f"@{await directory.handle(a)}" for a in others or [me]])
+    last = "last=none"
+    if view.HasField("last_message"):
+        summary = view.last_message
+        sender = await directory.handle(summary.sender_account_id)
+        last = f"last=#{summary.seq} @{sender} {local_time(summary.create_time)}"
+    flags = []
+    settings = view.settings
+    if settings.pinned:
+        flags.append("pinned")
+    if muted_forever(settings):
+        flags.append("muted")
+    elif (until := muted_until(settings)) is not None and until > datetime.now(UTC):
+        flags.append(f"muted-until={until.astimezone().strftime('%Y-%m-%dT%H:%M')}")
+    if settings.archived:
+        flags.append("archived")
+    if settings.marked_unread:
+        flags.append("marked-unread")
+    if MembershipState(view.membership_state) is MembershipState.LEFT:
+        flags.append("left")
+    flag_text = "".join(f" {flag}" for flag in flags)
+    return (
+        f"{name} unread={view.unread_count} {last}{flag_text} "
+        f"conversation={conversation.conversation_id}"
+    )
 
 
 async def format_receipt(watermarks: Watermarks, directory: Directory) -> str:

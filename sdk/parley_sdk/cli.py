@@ -3,60 +3,47 @@
 ``parley_dev.cli`` owns the parser and calls :func:`register_commands`. Message
 bodies are sent as plain UTF-8 for now: end-to-end encryption arrives in a later
 version, and the server already treats bodies as opaque ciphertext.
+
+Where a command takes a CONVERSATION, it is a conversation id (``parley inbox``
+lists them) or ``@HANDLE`` for the direct conversation with that account; a
+MESSAGE is a message id or ``#SEQ`` as ``parley history`` prints it.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import functools
 import socket
 import sys
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from parley_sdk._cli_chat import run_chat, run_follow
-from parley_sdk._cli_output import Directory, emit, format_message, local_time, warn
+from parley_sdk._cli_common import (
+    Commands,
+    connect,
+    handle,
+    open_conversation,
+    positive_int,
+    resolve_conversation,
+    resolve_message,
+)
+from parley_sdk._cli_groups import register_group_commands
+from parley_sdk._cli_inbox import register_message_commands
+from parley_sdk._cli_output import Directory, emit, format_message, format_view, local_time
 from parley_sdk._cli_profiles import Profile, ProfileError, ProfileStore
 from parley_sdk.client import DEFAULT_KEYS_TARGET, DEFAULT_MESSAGE_TARGET, Client
-from parley_sdk.credentials import Credentials
-from parley_sdk.errors import ParleyError, UnauthenticatedError
-from parley_sdk.models import Direction, Platform
+from parley_sdk.models import ArchiveFilter, Direction, Platform
 
 __all__ = ["register_commands"]
 
-_PLAINTEXT_NOTE = (
+PLAINTEXT_NOTE = (
     "Bodies are sent as plain UTF-8 for now; end-to-end encryption comes in a later version."
 )
-
-Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Adds the chat commands; each sets ``func(args) -> int`` (an exit code)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--profile", default="default", help="profile to act as (default: default)")
-    common.add_argument(
-        "--keys-target",
-        default=None,
-        metavar="HOST:PORT",
-        help=f"svc_keys address (default: the profile's, else {DEFAULT_KEYS_TARGET})",
-    )
-    common.add_argument(
-        "--message-target",
-        default=None,
-        metavar="HOST:PORT",
-        help=f"svc_message address (default: the profile's, else {DEFAULT_MESSAGE_TARGET})",
-    )
-
-    def add(
-        name: str, command: Command, help_text: str, *, interrupt_code: int = 130
-    ) -> argparse.ArgumentParser:
-        parser: argparse.ArgumentParser = subparsers.add_parser(
-            name, parents=[common], help=help_text, description=help_text
-        )
-        parser.set_defaults(func=functools.partial(_run, command, interrupt_code=interrupt_code))
-        return parser
+    commands = Commands(subparsers)
+    add = commands.add
 
     signup = add("signup", _signup, "create an account and store its device in a profile")
     signup.add_argument("handle", metavar="HANDLE", help="3-32 chars: a letter, then a-z 0-9 _ .")
@@ -69,15 +56,26 @@ def register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     open_ = add("open", _open, "print the id of the direct conversation with @HANDLE")
     open_.add_argument("peer", metavar="@HANDLE")
 
-    send = add("send", _send, f"send a text message to @HANDLE. {_PLAINTEXT_NOTE}")
-    send.add_argument("peer", metavar="@HANDLE")
+    send = add(
+        "send",
+        _send,
+        f"send a text message to @HANDLE or to a conversation id. {PLAINTEXT_NOTE}",
+    )
+    send.add_argument("peer", metavar="@HANDLE|CONVERSATION")
     send.add_argument("text", metavar="TEXT", nargs="+", help="words are joined with spaces")
+    send.add_argument("--reply-to", default="", metavar="MESSAGE", help="message id or #SEQ")
+    send.add_argument("--forwarded", action="store_true", help="mark the message as forwarded")
 
-    history = add("history", _history, "print the conversation with @HANDLE, oldest first")
-    history.add_argument("peer", metavar="@HANDLE")
-    history.add_argument("--limit", type=_positive_int, default=20, metavar="N")
+    history = add(
+        "history", _history, "print a conversation (@HANDLE or conversation id), oldest first"
+    )
+    history.add_argument("peer", metavar="@HANDLE|CONVERSATION")
+    history.add_argument("--limit", type=positive_int, default=20, metavar="N")
 
-    add("inbox", _inbox, "list conversations with unread counts, newest activity first")
+    inbox = add("inbox", _inbox, "list conversations with unread counts: pinned first, then newest")
+    shown = inbox.add_mutually_exclusive_group()
+    shown.add_argument("--archived", action="store_true", help="only archived conversations")
+    shown.add_argument("--all", action="store_true", help="archived ones too")
 
     # Ctrl-C is how `follow` and `chat` normally end, so it is a success there.
     follow = add("follow", _follow, "print incoming events live until Ctrl-C", interrupt_code=0)
@@ -88,7 +86,7 @@ def register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     chat = add(
         "chat",
         _chat,
-        "chat with @HANDLE: print their messages live, send each stdin line. " + _PLAINTEXT_NOTE,
+        "chat with @HANDLE: print their messages live, send each stdin line. " + PLAINTEXT_NOTE,
         interrupt_code=0,
     )
     chat.add_argument("peer", metavar="@HANDLE")
@@ -100,53 +98,8 @@ def register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="after stdin ends, keep printing incoming messages this long (for scripts)",
     )
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _run(command: Command, args: argparse.Namespace, *, interrupt_code: int) -> int:
-    try:
-        return asyncio.run(command(args))
-    except KeyboardInterrupt:
-        return interrupt_code
-    except ProfileError as error:
-        warn(f"error: {error}")
-        return 2
-    except UnauthenticatedError as error:
-        warn(f"error: {error}")
-        warn(f"hint: the profile {args.profile!r} may be signed out; `parley signup` again")
-        return 1
-    except ParleyError as error:
-        warn(f"error: {error}")
-        for field, description in error.field_violations:
-            warn(f"  {field}: {description}")
-        return 1
-
-
-def _handle(text: str) -> str:
-    return text.removeprefix("@")
-
-
-async def _connect(args: argparse.Namespace, store: ProfileStore) -> tuple[Client, Profile]:
-    profile = store.load(args.profile)
-
-    def persist(credentials: Credentials) -> None:
-        # Refresh tokens rotate: the old one is dead once the server answered, so
-        # the new one must reach disk or the profile is signed out for good.
-        # Reloaded first so as not to undo what `follow` saved meanwhile.
-        store.save(store.load(profile.name).with_credentials(credentials))
-
-    client = await Client.connect(
-        keys_target=args.keys_target or profile.keys_target,
-        message_target=args.message_target or profile.message_target,
-        credentials=profile.credentials,
-        on_credentials_changed=persist,
-    )
-    return client, profile
+    register_group_commands(commands)
+    register_message_commands(commands)
 
 
 async def _signup(args: argparse.Namespace) -> int:
@@ -159,7 +112,7 @@ async def _signup(args: argparse.Namespace) -> int:
     keys_target = args.keys_target or DEFAULT_KEYS_TARGET
     message_target = args.message_target or DEFAULT_MESSAGE_TARGET
     async with await Client.sign_up(
-        handle=_handle(args.handle),
+        handle=handle(args.handle),
         display_name=args.display_name,
         device_name=args.device_name or f"cli@{socket.gethostname()}"[:64],
         platform=Platform.CLI,
@@ -171,21 +124,21 @@ async def _signup(args: argparse.Namespace) -> int:
         store.save(
             Profile(
                 name=args.profile,
-                handle=_handle(args.handle),
+                handle=handle(args.handle),
                 keys_target=keys_target,
                 message_target=message_target,
                 credentials=credentials,
             )
         )
         emit(
-            f"signed up @{_handle(args.handle)} account={credentials.account_id} "
+            f"signed up @{handle(args.handle)} account={credentials.account_id} "
             f"device={credentials.device_id} profile={args.profile}"
         )
     return 0
 
 
 async def _whoami(args: argparse.Namespace) -> int:
-    client, profile = await _connect(args, ProfileStore())
+    client, profile = await connect(args, ProfileStore())
     async with client:
         account = await client.get_account()
         name = f" ({account.display_name})" if account.display_name else ""
@@ -197,15 +150,8 @@ async def _whoami(args: argparse.Namespace) -> int:
     return 0
 
 
-async def open_conversation(client: Client, peer: str) -> tuple[str, str, str]:
-    """(conversation id, peer account id, peer handle as stored)."""
-    account = await client.get_account(handle=_handle(peer))
-    view = await client.create_direct_conversation(account.account_id)
-    return view.conversation.conversation_id, account.account_id, account.handle
-
-
 async def _open(args: argparse.Namespace) -> int:
-    client, _ = await _connect(args, ProfileStore())
+    client, _ = await connect(args, ProfileStore())
     async with client:
         conversation_id, _, _ = await open_conversation(client, args.peer)
         emit(conversation_id)
@@ -213,23 +159,31 @@ async def _open(args: argparse.Namespace) -> int:
 
 
 async def _send(args: argparse.Namespace) -> int:
-    client, _ = await _connect(args, ProfileStore())
+    client, _ = await connect(args, ProfileStore())
     async with client:
-        conversation_id, _, handle = await open_conversation(client, args.peer)
-        message = await client.send_message(conversation_id, " ".join(args.text).encode())
+        conversation_id = await resolve_conversation(client, args.peer)
+        reply_to = ""
+        if args.reply_to:
+            reply_to = await resolve_message(client, conversation_id, args.reply_to)
+        message = await client.send_message(
+            conversation_id,
+            " ".join(args.text).encode(),
+            reply_to_message_id=reply_to,
+            forwarded=args.forwarded,
+        )
+        to = f"@{handle(args.peer)}" if args.peer != conversation_id else conversation_id
         emit(
-            f"sent #{message.seq} to @{handle} at {local_time(message.create_time)} "
+            f"sent #{message.seq} to {to} at {local_time(message.create_time)} "
             f"conversation={conversation_id} message={message.message_id}"
         )
     return 0
 
 
 async def _history(args: argparse.Namespace) -> int:
-    client, profile = await _connect(args, ProfileStore())
+    client, profile = await connect(args, ProfileStore())
     async with client:
-        conversation_id, peer_id, peer_handle = await open_conversation(client, args.peer)
+        conversation_id = await resolve_conversation(client, args.peer)
         directory = Directory(client)
-        directory.remember(peer_id, peer_handle)
         directory.remember(client.account_id, profile.handle)
         newest_first = []
         async for message in client.list_messages(
@@ -246,25 +200,19 @@ async def _history(args: argparse.Namespace) -> int:
 
 
 async def _inbox(args: argparse.Namespace) -> int:
-    client, profile = await _connect(args, ProfileStore())
+    client, profile = await connect(args, ProfileStore())
+    archive_filter = ArchiveFilter.ACTIVE
+    if args.archived:
+        archive_filter = ArchiveFilter.ARCHIVED
+    elif args.all:
+        archive_filter = ArchiveFilter.ALL
     async with client:
         directory = Directory(client)
         directory.remember(client.account_id, profile.handle)
         empty = True
-        async for view in client.list_conversations():
+        async for view in client.list_conversations(archive_filter=archive_filter):
             empty = False
-            conversation = view.conversation
-            others = [a for a in conversation.member_account_ids if a != client.account_id]
-            names = [f"@{await directory.handle(a)}" for a in others or [client.account_id]]
-            last = "last=none"
-            if view.HasField("last_message"):
-                summary = view.last_message
-                sender = await directory.handle(summary.sender_account_id)
-                last = f"last=#{summary.seq} @{sender} {local_time(summary.create_time)}"
-            emit(
-                f"{','.join(names)} unread={view.unread_count} {last} "
-                f"conversation={conversation.conversation_id}"
-            )
+            emit(await format_view(view, directory, client.account_id))
         if empty:
             emit("(no conversations)")
     return 0
@@ -272,13 +220,13 @@ async def _inbox(args: argparse.Namespace) -> int:
 
 async def _follow(args: argparse.Namespace) -> int:
     store = ProfileStore()
-    client, profile = await _connect(args, store)
+    client, profile = await connect(args, store)
     async with client:
         return await run_follow(client, profile, store, exit_after=args.exit_after)
 
 
 async def _chat(args: argparse.Namespace) -> int:
-    client, profile = await _connect(args, ProfileStore())
+    client, profile = await connect(args, ProfileStore())
     async with client:
         conversation_id, peer_id, peer_handle = await open_conversation(client, args.peer)
         return await run_chat(

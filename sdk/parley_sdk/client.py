@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypedDict, Unpack
@@ -12,20 +12,12 @@ from grpc import aio
 
 from parley.common.v1 import common_pb2
 from parley.keys.v1 import accounts_pb2
-from parley.message.v1 import messages_pb2
+from parley_sdk._conversations import ConversationMethods
+from parley_sdk._messages import MessageMethods
+from parley_sdk._paging import Pager
 from parley_sdk._session import CredentialsListener, NotSignedInError, Session
 from parley_sdk.credentials import Credentials
-from parley_sdk.models import (
-    Account,
-    ConversationView,
-    Device,
-    Direction,
-    Message,
-    MessageType,
-    Platform,
-    RegisteredDevice,
-    Watermarks,
-)
+from parley_sdk.models import Account, Device, Platform, RegisteredDevice, StreamPosition
 from parley_sdk.retry import RetryPolicy, new_request_id
 from parley_sdk.stream import DeliveryStream
 
@@ -72,7 +64,7 @@ def _platform(value: Platform) -> common_pb2.Platform.ValueType:
     return common_pb2.Platform.ValueType(int(value))
 
 
-class Client:
+class Client(ConversationMethods, MessageMethods):
     """A connection to one Parley deployment, acting as one device.
 
     Create it with :meth:`connect` (existing credentials, or none to only sign up)
@@ -80,12 +72,13 @@ class Client:
     subclass on failure. Calls are retried on UNAVAILABLE only, and mutating
     calls keep one request_id across their retries so the server applies them
     once. The access token is refreshed automatically.
-    """
 
-    def __init__(self, session: Session, *, page_size: int) -> None:
-        # Use connect() or sign_up(); the constructor is for them and for tests.
-        self._session = session
-        self._page_size = page_size
+    Besides accounts and devices (here), it has the conversation, membership
+    and inbox methods of :class:`ConversationMethods`, the message, reaction
+    and receipt methods of :class:`MessageMethods`, and :meth:`events`, the
+    delivery stream. Paged lists return async iterators that fetch pages as
+    they are consumed.
+    """
 
     @classmethod
     async def connect(
@@ -250,14 +243,15 @@ class Client:
         if not device_id or (credentials is not None and device_id == credentials.device_id):
             await self._session.set_credentials(None, notify=False)
 
-    async def list_devices(self, *, page_size: int | None = None) -> AsyncIterator[Device]:
-        size = min(page_size or self._page_size, 100)
-        async for device in self._pages(
+    def list_devices(self, *, page_size: int | None = None) -> Pager[Device]:
+        """This account's devices, across all pages."""
+        size = self._size(page_size, 100)
+        return Pager(
+            self._session,
             self._session.accounts.ListDevices,
             lambda token: accounts_pb2.ListDevicesRequest(page_size=size, page_token=token),
             "devices",
-        ):
-            yield device
+        )
 
     async def get_account(
         self, *, account_id: str | None = None, handle: str | None = None
@@ -273,120 +267,22 @@ class Client:
             request = accounts_pb2.GetAccountRequest()
         return await self._session.unary(self._session.accounts.GetAccount, request)
 
-    async def _pages(
-        self, method: Any, request_for: Callable[[str], Any], field: str
-    ) -> AsyncIterator[Any]:
-        """Every item of a paged list (AIP-158), fetching pages as they are consumed."""
-        page_token = ""
-        while True:
-            response = await self._session.unary(method, request_for(page_token))
-            for item in getattr(response, field):
-                yield item
-            page_token = response.next_page_token
-            if not page_token:
-                return
-
-    # -- conversations --------------------------------------------------------
-
-    async def create_direct_conversation(self, peer_account_id: str) -> ConversationView:
-        """The direct conversation with a peer, created on first use."""
-        request = messages_pb2.CreateDirectConversationRequest(
-            request_id=new_request_id(), peer_account_id=peer_account_id
-        )
-        return await self._session.unary(self._session.messages.CreateDirectConversation, request)
-
-    async def get_conversation(self, conversation_id: str) -> ConversationView:
-        request = messages_pb2.GetConversationRequest(conversation_id=conversation_id)
-        return await self._session.unary(self._session.messages.GetConversation, request)
-
-    async def list_conversations(
-        self, *, page_size: int | None = None
-    ) -> AsyncIterator[ConversationView]:
-        """The inbox, newest activity first, across all pages."""
-        size = min(page_size or self._page_size, 100)
-        async for view in self._pages(
-            self._session.messages.ListConversations,
-            lambda token: messages_pb2.ListConversationsRequest(page_size=size, page_token=token),
-            "conversations",
-        ):
-            yield view
-
-    # -- messages -----------------------------------------------------------------
-
-    async def send_message(
-        self,
-        conversation_id: str,
-        body: bytes,
-        *,
-        # Named after the proto field, shadowing the builtin only inside this method.
-        type: MessageType = MessageType.TEXT,
-        reply_to_message_id: str = "",
-    ) -> Message:
-        """Appends a message; returns it once the server stored it durably."""
-        request = messages_pb2.SendMessageRequest(
-            request_id=new_request_id(),
-            conversation_id=conversation_id,
-            type=messages_pb2.MessageType.ValueType(int(type)),
-            body=body,
-            reply_to_message_id=reply_to_message_id,
-        )
-        response = await self._session.unary(self._session.messages.SendMessage, request)
-        return response.message
-
-    async def list_messages(
-        self,
-        conversation_id: str,
-        *,
-        direction: Direction = Direction.BACKWARD,
-        start_seq: int = 0,
-        page_size: int | None = None,
-    ) -> AsyncIterator[Message]:
-        """Messages across all pages. BACKWARD (newest first) by default.
-
-        ``start_seq`` is inclusive; 0 means the newest (BACKWARD) or seq 1 (FORWARD).
-        Stop iterating early to fetch no more pages.
-        """
-        size = min(page_size or self._page_size, 200)
-        async for message in self._pages(
-            self._session.messages.ListMessages,
-            lambda token: messages_pb2.ListMessagesRequest(
-                conversation_id=conversation_id,
-                page_size=size,
-                page_token=token,
-                direction=messages_pb2.Direction.ValueType(int(direction)),
-                start_seq=start_seq,
-            ),
-            "messages",
-        ):
-            yield message
-
-    async def mark_delivered(self, conversation_id: str, seq: int) -> Watermarks:
-        request = messages_pb2.MarkDeliveredRequest(
-            request_id=new_request_id(), conversation_id=conversation_id, seq=seq
-        )
-        return await self._session.unary(self._session.messages.MarkDelivered, request)
-
-    async def mark_read(self, conversation_id: str, seq: int) -> Watermarks:
-        """Raises this account's read watermark (and delivered with it)."""
-        request = messages_pb2.MarkReadRequest(
-            request_id=new_request_id(), conversation_id=conversation_id, seq=seq
-        )
-        return await self._session.unary(self._session.messages.MarkRead, request)
-
     # -- delivery stream ------------------------------------------------------------
 
     def events(
         self,
         *,
-        positions: Mapping[str, int] | None = None,
+        positions: Mapping[str, StreamPosition] | None = None,
         sync_token: str = "",
         auto_ack: bool = True,
     ) -> DeliveryStream:
         """The delivery stream: replay since the given positions, then live events.
 
-        ``positions`` maps conversation id to the newest seq this device holds;
-        conversations left out resume from the device's last ack. ``sync_token`` is
-        the last :class:`SyncCompleteEvent` token seen (``""`` replays all current
+        ``positions`` maps conversation id to the :class:`StreamPosition` this
+        device holds (as :attr:`DeliveryStream.positions` reported it last time);
+        the stream resumes after each ``version``. Conversations left out resume
+        from the device's last ack. ``sync_token`` is the last
+        :class:`SyncCompleteEvent` token seen (``""`` replays all current
         receipts). The stream opens on first iteration or ``async with``.
         """
         return DeliveryStream(

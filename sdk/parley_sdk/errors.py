@@ -9,6 +9,7 @@ never on the human-readable message.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,21 +25,64 @@ __all__ = [
     "AbortedError",
     "AlreadyExistsError",
     "DeadlineExceededError",
+    "ErrorReason",
     "FailedPreconditionError",
+    "GroupFullError",
     "HandleTakenError",
     "InternalError",
     "InvalidArgumentError",
+    "LastOwnerError",
+    "MessageDeletedError",
     "NotFoundError",
+    "NotTheSenderError",
     "ParleyError",
     "PermissionDeniedError",
     "ResourceExhaustedError",
+    "RoleRequiredError",
     "TokenExpiredError",
     "TokenRevokedError",
+    "TooManyPinsError",
     "UnauthenticatedError",
     "UnavailableError",
+    "WrongConversationTypeError",
     "from_rpc_error",
     "from_status",
 ]
+
+
+class ErrorReason(enum.StrEnum):
+    """``parley.common.v1.ErrorReason`` names, as ``ParleyError.reason`` holds them.
+
+    A ``StrEnum``, so ``error.reason == ErrorReason.NOT_A_MEMBER`` works on the
+    plain string; a reason newer than this SDK still arrives as its string.
+    """
+
+    INVALID_FIELD = "ERROR_REASON_INVALID_FIELD"
+    TOKEN_INVALID = "ERROR_REASON_TOKEN_INVALID"
+    TOKEN_EXPIRED = "ERROR_REASON_TOKEN_EXPIRED"
+    TOKEN_REVOKED = "ERROR_REASON_TOKEN_REVOKED"
+    HANDLE_TAKEN = "ERROR_REASON_HANDLE_TAKEN"
+    DEVICE_LIMIT_REACHED = "ERROR_REASON_DEVICE_LIMIT_REACHED"
+    ACCOUNT_NOT_FOUND = "ERROR_REASON_ACCOUNT_NOT_FOUND"
+    DEVICE_NOT_FOUND = "ERROR_REASON_DEVICE_NOT_FOUND"
+    CONVERSATION_NOT_FOUND = "ERROR_REASON_CONVERSATION_NOT_FOUND"
+    NOT_A_MEMBER = "ERROR_REASON_NOT_A_MEMBER"
+    MESSAGE_NOT_FOUND = "ERROR_REASON_MESSAGE_NOT_FOUND"
+    BODY_TOO_LARGE = "ERROR_REASON_BODY_TOO_LARGE"
+    RATE_LIMITED = "ERROR_REASON_RATE_LIMITED"
+    SLOW_CONSUMER = "ERROR_REASON_SLOW_CONSUMER"
+    DEPENDENCY_UNAVAILABLE = "ERROR_REASON_DEPENDENCY_UNAVAILABLE"
+    PAGE_TOKEN_INVALID = "ERROR_REASON_PAGE_TOKEN_INVALID"
+    REFRESH_TOKEN_INVALID = "ERROR_REASON_REFRESH_TOKEN_INVALID"
+    INTERNAL = "ERROR_REASON_INTERNAL"
+    SHUTTING_DOWN = "ERROR_REASON_SHUTTING_DOWN"
+    GROUP_FULL = "ERROR_REASON_GROUP_FULL"
+    ROLE_REQUIRED = "ERROR_REASON_ROLE_REQUIRED"
+    LAST_OWNER = "ERROR_REASON_LAST_OWNER"
+    MESSAGE_DELETED = "ERROR_REASON_MESSAGE_DELETED"
+    NOT_THE_SENDER = "ERROR_REASON_NOT_THE_SENDER"
+    WRONG_CONVERSATION_TYPE = "ERROR_REASON_WRONG_CONVERSATION_TYPE"
+    TOO_MANY_PINS = "ERROR_REASON_TOO_MANY_PINS"
 
 
 class ParleyError(Exception):
@@ -99,6 +143,15 @@ class PermissionDeniedError(ParleyError):
     pass
 
 
+class RoleRequiredError(PermissionDeniedError):
+    """The caller is a member, but their role does not allow this (e.g. a member
+    managing the group, a subscriber posting to a channel)."""
+
+
+class NotTheSenderError(PermissionDeniedError):
+    """Only the message's sender may do this (edit; delete for everyone, unless admin)."""
+
+
 class NotFoundError(ParleyError):
     pass
 
@@ -115,12 +168,33 @@ class FailedPreconditionError(ParleyError):
     pass
 
 
+class LastOwnerError(FailedPreconditionError):
+    """The last owner must make another member owner before leaving or stepping down."""
+
+
+class MessageDeletedError(FailedPreconditionError):
+    """The message was deleted for everyone: it can no longer be edited or reacted to."""
+
+
+class WrongConversationTypeError(FailedPreconditionError):
+    """The operation does not apply to this conversation type (e.g. adding members
+    to a direct conversation, receipts of a channel)."""
+
+
+class TooManyPinsError(FailedPreconditionError):
+    """The inbox already has the maximum number of pinned conversations."""
+
+
 class AbortedError(ParleyError):
     pass
 
 
 class ResourceExhaustedError(ParleyError):
     pass
+
+
+class GroupFullError(ResourceExhaustedError):
+    """The group would exceed its member cap; the message names the cap."""
 
 
 class UnavailableError(ParleyError):
@@ -155,9 +229,19 @@ _BY_CODE: dict[grpc.StatusCode, type[ParleyError]] = {
 # Refinements only apply under the matching code, so a server that pairs a reason
 # with an unexpected code still yields the class its code promises.
 _BY_REASON: dict[tuple[grpc.StatusCode, str], type[ParleyError]] = {
-    (grpc.StatusCode.UNAUTHENTICATED, "ERROR_REASON_TOKEN_EXPIRED"): TokenExpiredError,
-    (grpc.StatusCode.UNAUTHENTICATED, "ERROR_REASON_TOKEN_REVOKED"): TokenRevokedError,
-    (grpc.StatusCode.ALREADY_EXISTS, "ERROR_REASON_HANDLE_TAKEN"): HandleTakenError,
+    (grpc.StatusCode.UNAUTHENTICATED, ErrorReason.TOKEN_EXPIRED): TokenExpiredError,
+    (grpc.StatusCode.UNAUTHENTICATED, ErrorReason.TOKEN_REVOKED): TokenRevokedError,
+    (grpc.StatusCode.ALREADY_EXISTS, ErrorReason.HANDLE_TAKEN): HandleTakenError,
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.GROUP_FULL): GroupFullError,
+    (grpc.StatusCode.PERMISSION_DENIED, ErrorReason.ROLE_REQUIRED): RoleRequiredError,
+    (grpc.StatusCode.PERMISSION_DENIED, ErrorReason.NOT_THE_SENDER): NotTheSenderError,
+    (grpc.StatusCode.FAILED_PRECONDITION, ErrorReason.LAST_OWNER): LastOwnerError,
+    (grpc.StatusCode.FAILED_PRECONDITION, ErrorReason.MESSAGE_DELETED): MessageDeletedError,
+    (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        ErrorReason.WRONG_CONVERSATION_TYPE,
+    ): WrongConversationTypeError,
+    (grpc.StatusCode.FAILED_PRECONDITION, ErrorReason.TOO_MANY_PINS): TooManyPinsError,
 }
 
 _GRPC_CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}

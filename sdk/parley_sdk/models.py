@@ -1,14 +1,20 @@
-"""Enums and stream events of the public API.
+"""Resources, enums, stream positions and stream events of the public API.
 
-Resources (accounts, conversations, messages, watermarks) are the generated
-protobuf messages themselves; wrapping them would only copy fields. Enums get
-Python mirrors so callers need not spell ``MESSAGE_TYPE_TEXT``.
+Resources (accounts, conversations, messages, members, watermarks...) are the
+generated protobuf messages themselves; wrapping them would only copy fields.
+Enums get Python mirrors so callers need not spell ``ROLE_ADMIN``; a value a
+newer server sends that this SDK does not know becomes an ``UNKNOWN_<n>``
+member instead of an error. Stream events are small dataclasses around the
+protos, one class per kind, so consumers dispatch with ``isinstance``/``match``.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Self
 
 from parley.keys.v1 import accounts_pb2
 from parley.message.v1 import messages_pb2
@@ -16,21 +22,47 @@ from parley_sdk.credentials import Credentials
 
 __all__ = [
     "Account",
+    "ArchiveFilter",
     "Conversation",
     "ConversationEvent",
+    "ConversationType",
     "ConversationView",
+    "DeleteScope",
     "Device",
     "Direction",
+    "GroupReceiptsEvent",
+    "InboxSettings",
+    "Member",
+    "MembershipState",
     "Message",
+    "MessageDeleted",
+    "MessageDeletedEvent",
+    "MessageEdited",
+    "MessageEditedEvent",
     "MessageEvent",
+    "MessageReceipt",
+    "MessageSummary",
     "MessageType",
     "Platform",
     "PongEvent",
+    "Reaction",
+    "ReactionChanged",
+    "ReactionChangedEvent",
+    "ReactionCount",
+    "ReactionResult",
     "ReceiptEvent",
     "RegisteredDevice",
+    "Role",
+    "SettingsEvent",
     "StreamEvent",
+    "StreamPosition",
     "SyncCompleteEvent",
+    "SystemAction",
+    "SystemEvent",
+    "SystemMessageEvent",
     "Watermarks",
+    "muted_forever",
+    "muted_until",
 ]
 
 Account = accounts_pb2.Account
@@ -38,10 +70,35 @@ Device = accounts_pb2.Device
 Conversation = messages_pb2.Conversation
 ConversationView = messages_pb2.ConversationView
 Message = messages_pb2.Message
+MessageSummary = messages_pb2.MessageSummary
 Watermarks = messages_pb2.Watermarks
+Member = messages_pb2.Member
+Reaction = messages_pb2.Reaction
+ReactionCount = messages_pb2.ReactionCount
+MessageReceipt = messages_pb2.MessageReceipt
+InboxSettings = messages_pb2.InboxSettings
+SystemEvent = messages_pb2.SystemEvent
+MessageEdited = messages_pb2.MessageEdited
+MessageDeleted = messages_pb2.MessageDeleted
+ReactionChanged = messages_pb2.ReactionChanged
 
 
-class Platform(enum.IntEnum):
+class _WireEnum(enum.IntEnum):
+    """An enum mirroring a proto enum: values equal the wire numbers."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        # A newer server may send values this SDK predates; keep the number
+        # rather than fail the caller's whole read over a label.
+        if isinstance(value, int) and not isinstance(value, bool):
+            member = int.__new__(cls, value)
+            member._name_ = f"UNKNOWN_{value}"
+            member._value_ = value
+            return member
+        return None
+
+
+class Platform(_WireEnum):
     """Values equal ``parley.common.v1.Platform``."""
 
     UNSPECIFIED = 0
@@ -52,7 +109,7 @@ class Platform(enum.IntEnum):
     CLI = 5
 
 
-class MessageType(enum.IntEnum):
+class MessageType(_WireEnum):
     """Values equal ``parley.message.v1.MessageType``."""
 
     UNSPECIFIED = 0
@@ -64,15 +121,97 @@ class MessageType(enum.IntEnum):
     STICKER = 6
     LOCATION = 7
     CONTACT = 8
+    SYSTEM = 9
+    """Written by the server for membership and info changes; clients cannot send it."""
 
 
-class Direction(enum.IntEnum):
+class Direction(_WireEnum):
     """Values equal ``parley.message.v1.Direction``."""
 
     BACKWARD = 1
     """Newest first."""
     FORWARD = 2
     """Oldest first."""
+
+
+class ConversationType(_WireEnum):
+    """Values equal ``parley.message.v1.ConversationType``."""
+
+    UNSPECIFIED = 0
+    DIRECT = 1
+    GROUP = 2
+    CHANNEL = 3
+
+
+class Role(_WireEnum):
+    """Values equal ``parley.message.v1.Role``. Channels use SUBSCRIBER for readers."""
+
+    UNSPECIFIED = 0
+    OWNER = 1
+    ADMIN = 2
+    MEMBER = 3
+    SUBSCRIBER = 4
+
+
+class DeleteScope(_WireEnum):
+    """Values equal ``parley.message.v1.DeleteScope``."""
+
+    FOR_ME = 1
+    """Hidden from this account's views (all of its devices)."""
+    FOR_EVERYONE = 2
+    """Body cleared for everyone, a tombstone stays. Sender, or an owner/admin."""
+
+
+class ArchiveFilter(_WireEnum):
+    """Values equal ``parley.message.v1.ArchiveFilter``."""
+
+    ACTIVE = 1
+    """Conversations that are not archived (the inbox)."""
+    ARCHIVED = 2
+    ALL = 3
+
+
+class MembershipState(_WireEnum):
+    """Values equal ``parley.message.v1.MembershipState``."""
+
+    UNSPECIFIED = 0
+    ACTIVE = 1
+    LEFT = 2
+    """Left or removed: history up to ``visible_until_seq`` stays readable."""
+
+
+class SystemAction(_WireEnum):
+    """Values equal ``parley.message.v1.SystemEvent.Action``."""
+
+    UNSPECIFIED = 0
+    CREATED = 1
+    MEMBERS_ADDED = 2
+    MEMBER_REMOVED = 3
+    MEMBER_LEFT = 4
+    ROLE_CHANGED = 5
+    INFO_CHANGED = 6
+    SUBSCRIBED = 7
+
+
+# -- inbox settings -------------------------------------------------------------------
+
+# The server writes "forever" as a timestamp in year 9999.
+_FOREVER_YEAR = 9999
+
+
+def muted_until(settings: InboxSettings) -> datetime | None:
+    """When the mute ends (UTC), or None when not muted. Forever is year 9999."""
+    if not settings.HasField("muted_until"):
+        return None
+    return settings.muted_until.ToDatetime(tzinfo=UTC)
+
+
+def muted_forever(settings: InboxSettings) -> bool:
+    until = muted_until(settings)
+    return until is not None and until.year >= _FOREVER_YEAR
+
+
+# -- results ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,15 +223,196 @@ class RegisteredDevice:
 
 
 @dataclass(frozen=True, slots=True)
+class ReactionResult:
+    """A message's reaction counts after a reaction call."""
+
+    reactions: tuple[ReactionCount, ...]
+    changed: bool
+    """False when the reaction already was as asked (nothing changed)."""
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Emoji to count, in the server's order."""
+        return {r.emoji: r.count for r in self.reactions}
+
+
+# -- stream positions -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """Where a device is in one conversation.
+
+    ``version`` is the newest change-feed version held: a stream resumes after
+    it. ``seq`` is the newest history item (message or system message) held:
+    acking it raises the delivered watermark, which senders see as receipts.
+    Persist both per conversation (``DeliveryStream.positions``).
+    """
+
+    seq: int = 0
+    version: int = 0
+
+    def __post_init__(self) -> None:
+        if self.seq < 0 or self.version < 0:
+            raise ValueError("seq and version must be >= 0")
+
+    def merged(self, other: StreamPosition) -> StreamPosition:
+        """The newer of each field: positions only move forward."""
+        if other.seq <= self.seq and other.version <= self.version:
+            return self
+        return StreamPosition(max(self.seq, other.seq), max(self.version, other.version))
+
+    def to_proto(self, conversation_id: str) -> messages_pb2.ConversationPosition:
+        return messages_pb2.ConversationPosition(
+            conversation_id=conversation_id, seq=self.seq, version=self.version
+        )
+
+    @classmethod
+    def from_proto(cls, proto: messages_pb2.ConversationPosition) -> Self:
+        return cls(seq=proto.seq, version=proto.version)
+
+
+def positions_proto(
+    positions: Mapping[str, StreamPosition],
+) -> list[messages_pb2.ConversationPosition]:
+    """Positions as the wire wants them, in a stable order."""
+    out = []
+    for conversation_id, position in sorted(positions.items()):
+        if not isinstance(position, StreamPosition):
+            raise TypeError(
+                "positions map conversation ids to StreamPosition(seq=..., version=...), "
+                f"not {type(position).__name__}"
+            )
+        out.append(position.to_proto(conversation_id))
+    return out
+
+
+# -- stream events ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
 class MessageEvent:
+    """A new message (not a system message: see :class:`SystemMessageEvent`)."""
+
     message: Message
+
+    @property
+    def conversation_id(self) -> str:
+        return self.message.conversation_id
+
+    @property
+    def version(self) -> int:
+        return self.message.version
+
+
+@dataclass(frozen=True, slots=True)
+class SystemMessageEvent:
+    """A membership or info change, recorded in history as a system message."""
+
+    message: Message
+
+    @property
+    def conversation_id(self) -> str:
+        return self.message.conversation_id
+
+    @property
+    def version(self) -> int:
+        return self.message.version
+
+    @property
+    def seq(self) -> int:
+        return self.message.seq
+
+    @property
+    def action(self) -> SystemAction:
+        return SystemAction(self.message.system.action)
+
+    @property
+    def actor_account_id(self) -> str:
+        return self.message.system.actor_account_id
+
+    @property
+    def target_account_ids(self) -> tuple[str, ...]:
+        return tuple(self.message.system.target_account_ids)
+
+    @property
+    def role(self) -> Role:
+        """ROLE_CHANGED: the new role."""
+        return Role(self.message.system.role)
+
+    @property
+    def title(self) -> str:
+        """CREATED / INFO_CHANGED: the title after the change."""
+        return self.message.system.title
+
+    @property
+    def avatar_ref(self) -> str:
+        return self.message.system.avatar_ref
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEditedEvent:
+    """A message's body was replaced by its sender."""
+
+    edit: MessageEdited
+
+    @property
+    def conversation_id(self) -> str:
+        return self.edit.conversation_id
+
+    @property
+    def version(self) -> int:
+        return self.edit.version
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDeletedEvent:
+    """A message was deleted for everyone, or for this account (``scope``)."""
+
+    deletion: MessageDeleted
+
+    @property
+    def conversation_id(self) -> str:
+        return self.deletion.conversation_id
+
+    @property
+    def version(self) -> int:
+        return self.deletion.version
+
+    @property
+    def scope(self) -> DeleteScope:
+        return DeleteScope(self.deletion.scope)
+
+
+@dataclass(frozen=True, slots=True)
+class ReactionChangedEvent:
+    """A member added or removed one emoji reaction."""
+
+    reaction: ReactionChanged
+
+    @property
+    def conversation_id(self) -> str:
+        return self.reaction.conversation_id
+
+    @property
+    def version(self) -> int:
+        return self.reaction.version
 
 
 @dataclass(frozen=True, slots=True)
 class ReceiptEvent:
-    """A member's watermarks moved: delivery and read receipts derive from them."""
+    """A member's watermarks moved (direct conversations): delivered and read ticks."""
 
     watermarks: Watermarks
+
+
+@dataclass(frozen=True, slots=True)
+class GroupReceiptsEvent:
+    """Group receipts, batched: members whose watermarks newly cover this account's
+    newest message."""
+
+    conversation_id: str
+    watermarks: tuple[Watermarks, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +420,13 @@ class ConversationEvent:
     """A conversation the account belongs to was created or changed."""
 
     conversation: Conversation
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsEvent:
+    """This account's inbox settings changed (from another of its devices)."""
+
+    settings: InboxSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,18 +441,61 @@ class PongEvent:
     nonce: int
 
 
-StreamEvent = MessageEvent | ReceiptEvent | ConversationEvent | SyncCompleteEvent | PongEvent
+StreamEvent = (
+    MessageEvent
+    | SystemMessageEvent
+    | MessageEditedEvent
+    | MessageDeletedEvent
+    | ReactionChangedEvent
+    | ReceiptEvent
+    | GroupReceiptsEvent
+    | ConversationEvent
+    | SettingsEvent
+    | SyncCompleteEvent
+    | PongEvent
+)
+
+# Events that carry a change-feed version: they move a stream position.
+VersionedEvent = (
+    MessageEvent
+    | SystemMessageEvent
+    | MessageEditedEvent
+    | MessageDeletedEvent
+    | ReactionChangedEvent
+)
+
+
+def position_of(event: StreamEvent) -> tuple[str, StreamPosition] | None:
+    """The position a device holds once it stored ``event``; None for unversioned kinds."""
+    if isinstance(event, MessageEvent | SystemMessageEvent):
+        message = event.message
+        return message.conversation_id, StreamPosition(seq=message.seq, version=message.version)
+    if isinstance(event, MessageEditedEvent | MessageDeletedEvent | ReactionChangedEvent):
+        return event.conversation_id, StreamPosition(version=event.version)
+    return None
 
 
 def event_from_proto(event: messages_pb2.Event) -> StreamEvent | None:
     """None for kinds this SDK version does not know, so newer servers don't break it."""
     kind = event.WhichOneof("kind")
     if kind == "message":
+        if event.message.type == messages_pb2.MESSAGE_TYPE_SYSTEM:
+            return SystemMessageEvent(event.message)
         return MessageEvent(event.message)
+    if kind == "edit":
+        return MessageEditedEvent(event.edit)
+    if kind == "deletion":
+        return MessageDeletedEvent(event.deletion)
+    if kind == "reaction":
+        return ReactionChangedEvent(event.reaction)
     if kind == "receipt":
         return ReceiptEvent(event.receipt)
+    if kind == "receipts":
+        return GroupReceiptsEvent(event.receipts.conversation_id, tuple(event.receipts.watermarks))
     if kind == "conversation":
         return ConversationEvent(event.conversation)
+    if kind == "settings":
+        return SettingsEvent(event.settings)
     if kind == "sync_complete":
         return SyncCompleteEvent(event.sync_complete.sync_token)
     if kind == "pong":

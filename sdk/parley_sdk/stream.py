@@ -12,27 +12,95 @@ from grpc import aio
 
 from parley.message.v1 import messages_pb2
 from parley_sdk._session import Session, bearer_token
-from parley_sdk.errors import ParleyError, TokenExpiredError, UnavailableError, from_rpc_error
-from parley_sdk.models import MessageEvent, StreamEvent, SyncCompleteEvent, event_from_proto
+from parley_sdk.errors import (
+    ErrorReason,
+    ParleyError,
+    TokenExpiredError,
+    UnavailableError,
+    from_rpc_error,
+)
+from parley_sdk.models import (
+    StreamEvent,
+    StreamPosition,
+    SyncCompleteEvent,
+    event_from_proto,
+    position_of,
+    positions_proto,
+)
 
-__all__ = ["DeliveryStream"]
-
-_SLOW_CONSUMER = "ERROR_REASON_SLOW_CONSUMER"
+__all__ = ["DeliveryStream", "PositionTracker"]
 
 _Call = aio.StreamStreamCall[messages_pb2.ClientEvent, messages_pb2.ServerEvent]
-
-
-def _positions_proto(positions: Mapping[str, int]) -> list[messages_pb2.ConversationPosition]:
-    return [
-        messages_pb2.ConversationPosition(conversation_id=conversation_id, seq=seq)
-        for conversation_id, seq in sorted(positions.items())
-    ]
 
 
 def _reconnectable(error: ParleyError) -> bool:
     # SLOW_CONSUMER is the server asking us to reconnect and resume, whatever code
     # carries it.
-    return isinstance(error, UnavailableError) or error.reason == _SLOW_CONSUMER
+    return isinstance(error, UnavailableError) or error.reason == ErrorReason.SLOW_CONSUMER
+
+
+class PositionTracker:
+    """Per conversation, what a device holds, and what it has yet to ack.
+
+    ``version`` orders every change of a conversation, so an event at or below
+    the version already held is a replay the consumer has seen: it is dropped.
+    Version 0 means the server did not version the event; it is never dropped.
+    """
+
+    def __init__(self, positions: Mapping[str, StreamPosition] | None = None) -> None:
+        self._held: dict[str, StreamPosition] = {}
+        self._unacked: dict[str, StreamPosition] = {}
+        positions_proto(positions or {})  # rejects what is not a StreamPosition
+        self._held.update(positions or {})
+
+    @property
+    def held(self) -> dict[str, StreamPosition]:
+        return dict(self._held)
+
+    def resume_positions(self) -> list[messages_pb2.ConversationPosition]:
+        # Resume is by version; seq rides along, since it is what the device holds.
+        return positions_proto(self._held)
+
+    def is_replay(self, event: StreamEvent) -> bool:
+        located = position_of(event)
+        if located is None:
+            return False
+        conversation_id, position = located
+        held = self._held.get(conversation_id)
+        return 0 < position.version <= (held.version if held is not None else 0)
+
+    def hold(self, event: StreamEvent) -> None:
+        """Records that ``event`` was handed to the consumer."""
+        located = position_of(event)
+        if located is not None:
+            conversation_id, position = located
+            self._held[conversation_id] = self._held.get(conversation_id, StreamPosition()).merged(
+                position
+            )
+
+    def handled(self, event: StreamEvent) -> None:
+        """The consumer is done with ``event`` (the last one held in its
+        conversation): the next ack covers it."""
+        located = position_of(event)
+        if located is not None:
+            conversation_id = located[0]
+            self._unacked[conversation_id] = self._held[conversation_id]
+
+    def take_unacked(self) -> dict[str, StreamPosition]:
+        pending, self._unacked = self._unacked, {}
+        return pending
+
+    def restore_unacked(self, pending: Mapping[str, StreamPosition]) -> None:
+        """Puts back acks that could not be sent, for the next stream to send."""
+        for conversation_id, position in pending.items():
+            current = self._unacked.get(conversation_id)
+            self._unacked[conversation_id] = (
+                position if current is None else current.merged(position)
+            )
+
+    @property
+    def has_unacked(self) -> bool:
+        return bool(self._unacked)
 
 
 def _cancel_requested() -> bool:
@@ -46,31 +114,34 @@ class DeliveryStream:
     Iterate it (once) for :data:`StreamEvent` values. It resumes from the given
     positions and sync token, and on UNAVAILABLE or SLOW_CONSUMER reconnects by
     itself (bounded by the client's ``stream_retry_policy``; the count restarts
-    whenever events flow again) from what it has yielded so far,
-    so a consumer sees each event in order and, barring server replays, once.
+    whenever events flow again) from what it has yielded so far. Per
+    conversation, changes arrive in version order, and one at or below the
+    version already held is dropped as a replay, so a consumer sees each once.
 
-    With ``auto_ack`` (the default), a message is acked once the consumer comes
-    back for the next event, i.e. after it has handled the message; acks are
-    batched per server batch. Use it as an async context manager, or call
-    :meth:`close`, to end it; ``close`` may be called from another task.
+    Positions (:attr:`positions`) track, per conversation, the newest change-feed
+    ``version`` (where a stream resumes) and the newest history ``seq`` (what an
+    ack raises the delivered watermark to). With ``auto_ack`` (the default), a
+    versioned event (message, system message, edit, deletion, reaction) is acked
+    once the consumer comes back for the next event, i.e. after it has handled
+    it; acks are batched per server batch. Use it as an async context manager,
+    or call :meth:`close`, to end it; ``close`` may be called from another task.
     """
 
     def __init__(
         self,
         session: Session,
         *,
-        positions: Mapping[str, int] | None,
+        positions: Mapping[str, StreamPosition] | None,
         sync_token: str,
         auto_ack: bool,
     ) -> None:
         self._session = session
-        self._positions: dict[str, int] = dict(positions or {})
+        self._tracker = PositionTracker(positions)
         self._sync_token = sync_token
         self._auto_ack = auto_ack
         self._call: _Call | None = None
         self._write_lock = asyncio.Lock()
         self._connect_lock = asyncio.Lock()
-        self._unacked: dict[str, int] = {}
         self._closed = False
         self._iterated = False
         self._synced = False
@@ -81,9 +152,10 @@ class DeliveryStream:
     # -- state a caller persists to resume later --------------------------------
 
     @property
-    def positions(self) -> dict[str, int]:
-        """Newest message seq yielded per conversation (plus the initial positions)."""
-        return dict(self._positions)
+    def positions(self) -> dict[str, StreamPosition]:
+        """Per conversation, the newest version and history seq yielded (plus the
+        initial positions). Persist it and pass it to the next ``events()``."""
+        return self._tracker.held
 
     @property
     def sync_token(self) -> str:
@@ -140,13 +212,13 @@ class DeliveryStream:
 
     # -- client events ----------------------------------------------------------
 
-    async def ack(self, positions: Mapping[str, int]) -> None:
-        """Tells the server the device stored everything up to these positions."""
+    async def ack(self, positions: Mapping[str, StreamPosition]) -> None:
+        """Tells the server the device stored everything up to these positions:
+        ``version`` is where this device resumes, ``seq`` raises the delivered
+        watermark (the senders' receipts)."""
         if positions:
             await self._write(
-                messages_pb2.ClientEvent(
-                    ack=messages_pb2.Ack(positions=_positions_proto(positions))
-                )
+                messages_pb2.ClientEvent(ack=messages_pb2.Ack(positions=positions_proto(positions)))
             )
 
     async def ping(self, nonce: int | None = None) -> int:
@@ -171,7 +243,7 @@ class DeliveryStream:
         self._stream_token = bearer_token(metadata)
         self._call = self._session.messages.Connect(None, metadata=metadata)
         resume = messages_pb2.Resume(
-            positions=_positions_proto(self._positions), sync_token=self._sync_token
+            positions=self._tracker.resume_positions(), sync_token=self._sync_token
         )
         # A refused stream (bad token, ...) fails this write with the same status
         # the read will report; let the read report it so there is one error path.
@@ -179,17 +251,15 @@ class DeliveryStream:
             await self._call.write(messages_pb2.ClientEvent(resume=resume))
 
     async def _flush_acks(self) -> None:
-        if not self._unacked or self._call is None:
+        if not self._tracker.has_unacked or self._call is None:
             return
-        pending, self._unacked = self._unacked, {}
+        pending = self._tracker.take_unacked()
         try:
             await self.ack(pending)
         except (ParleyError, asyncio.InvalidStateError):
             # The stream broke under us; the read reports why. Keep the positions
             # so the ack goes out on the reconnected stream.
-            for conversation_id, seq in pending.items():
-                previous = self._unacked.get(conversation_id, 0)
-                self._unacked[conversation_id] = max(previous, seq)
+            self._tracker.restore_unacked(pending)
 
     # -- iteration ----------------------------------------------------------------
 
@@ -198,16 +268,6 @@ class DeliveryStream:
             raise RuntimeError("a DeliveryStream can be iterated only once")
         self._iterated = True
         return self._events()
-
-    def _track(self, event: StreamEvent) -> None:
-        if isinstance(event, MessageEvent):
-            conversation_id = event.message.conversation_id
-            seq = event.message.seq
-            if seq > self._positions.get(conversation_id, 0):
-                self._positions[conversation_id] = seq
-        elif isinstance(event, SyncCompleteEvent):
-            self._sync_token = event.sync_token
-            self._synced = True
 
     async def _events(self) -> AsyncIterator[StreamEvent]:
         policy = self._session.stream_retry_policy
@@ -226,14 +286,17 @@ class DeliveryStream:
                         failures, refreshed = 0, False
                         for proto_event in response.events:
                             event = event_from_proto(proto_event)
-                            if event is None:
+                            if event is None or self._tracker.is_replay(event):
                                 continue
-                            self._track(event)
+                            if isinstance(event, SyncCompleteEvent):
+                                self._sync_token = event.sync_token
+                                self._synced = True
+                            self._tracker.hold(event)
                             yield event
-                            if self._auto_ack and isinstance(event, MessageEvent):
-                                message = event.message
-                                previous = self._unacked.get(message.conversation_id, 0)
-                                self._unacked[message.conversation_id] = max(previous, message.seq)
+                            if self._auto_ack:
+                                # Back for the next event: the consumer has
+                                # handled (stored) this one.
+                                self._tracker.handled(event)
                         if self._auto_ack:
                             await self._flush_acks()
                 except asyncio.CancelledError:

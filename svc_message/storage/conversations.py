@@ -289,7 +289,13 @@ class ConversationStore:
                         "joined_at": now,
                     },
                     "$unset": {"left_seq": "", "left_version": ""},
-                    "$setOnInsert": {"conversation_id": conversation_id, "account_id": a},
+                    # Watermark raises filter on the fields' values (see _raise).
+                    "$setOnInsert": {
+                        "conversation_id": conversation_id,
+                        "account_id": a,
+                        "delivered_seq": 0,
+                        "read_seq": 0,
+                    },
                 },
                 upsert=True,
             )

@@ -321,10 +321,24 @@ class MessageStore:
 
     async def committed_since(self, first_id: str, *, limit: int) -> list[Change]:
         """Entries whose id is at least ``first_id``, i.e. committed since its time."""
+        # Bodies stay behind (a page may span thousands of messages), except
+        # edits', which replaying them needs.
         cursor = (
-            self._messages.find({"_id": {"$gte": first_id}}).sort("_id", ASCENDING).limit(limit)
+            self._messages.find({"_id": {"$gte": first_id}}, {"body": 0})
+            .sort("_id", ASCENDING)
+            .limit(limit)
         )
-        return [change_from_doc(doc) async for doc in cursor]
+        docs = [doc async for doc in cursor]
+        edits = [doc["_id"] for doc in docs if doc.get("kind") == ChangeKind.EDIT]
+        if edits:
+            bodies = {
+                doc["_id"]: doc.get("body")
+                async for doc in self._messages.find({"_id": {"$in": edits}}, {"body": 1})
+            }
+            for doc in docs:
+                if doc["_id"] in bodies:
+                    doc["body"] = bodies[doc["_id"]]
+        return [change_from_doc(doc) for doc in docs]
 
     async def changes(
         self, conversation_id: str, *, after_version: int, until_version: int | None, limit: int

@@ -1,18 +1,23 @@
-"""Conversation metadata written behind the log survives a crash, without Redis."""
+"""Conversation metadata written behind the log, and changes not yet applied
+to their messages, survive a crash, without Redis."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from bson import Binary
 from pymongo import AsyncMongoClient
 
 from parley.keys.v1 import accounts_pb2_grpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc
+from parley_core.ids import new_id
 from parley_dev.stack import LocalStack
 from tests.users import direct, open_stream, send, sign_up, synced
 
@@ -50,6 +55,25 @@ async def test_projection_lost_in_a_crash_is_replayed(tmp_path: Path) -> None:
                 mpb.GetConversationRequest(conversation_id=conversation), metadata=bob.md
             )
             assert (view.conversation.last_seq, view.unread_count) == (7, 7), "Redis is current"
+            # An edit whose feed entry is stored but which the process died
+            # before applying to its message.
+            first = await mongo[stack.settings.mongo.database]["messages"].find_one(
+                {"conversation_id": conversation, "seq": 1}
+            )
+            await mongo[stack.settings.mongo.database]["messages"].insert_one(
+                {
+                    "_id": new_id(),
+                    "conversation_id": conversation,
+                    "version": 8,
+                    "kind": "edit",
+                    "sender_id": alice.account_id,
+                    "created_at": datetime.now(UTC),
+                    "request_id": str(uuid.uuid4()),
+                    "target": first["_id"],
+                    "target_seq": 1,
+                    "body": Binary(b"edited"),
+                }
+            )
 
         await stack.kill_message(0)
         # Redis loses everything too: recovery must come from the log.
@@ -66,6 +90,12 @@ async def test_projection_lost_in_a_crash_is_replayed(tmp_path: Path) -> None:
         assert stored["last_seq"] == 7
         assert stored["sent"][alice.account_id] == 7
         assert stored["last_message"]["seq"] == 7
+        assert stored["last_version"] == 8
+        edited = await mongo[stack.settings.mongo.database]["messages"].find_one(
+            {"conversation_id": conversation, "seq": 1}
+        )
+        assert (bytes(edited["body"]), edited["state_version"]) == (b"edited", 8)
+        assert edited["edited_at"] is not None
 
         async with grpc.aio.insecure_channel(stack.message_targets[0]) as mc:
             messages = messages_pb2_grpc.MessageServiceStub(mc)
@@ -74,6 +104,8 @@ async def test_projection_lost_in_a_crash_is_replayed(tmp_path: Path) -> None:
             try:
                 await stream.wait_for(synced)
                 assert [m.seq for m in stream.messages(conversation)] == list(range(1, 8))
+                assert stream.messages(conversation)[0].body == b"edited"
+                assert "edit" in stream.kinds()
             finally:
                 await stream.close()
             view = await messages.GetConversation(

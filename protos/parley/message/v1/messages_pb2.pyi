@@ -582,8 +582,9 @@ class ConversationView(_message.Message):
     role: Global___Role.ValueType
     membership_state: Global___MembershipState.ValueType
     joined_seq: _builtins.int
-    """History the caller may read: seq from joined_seq+1... up to visible_until_seq
-    (0 = no end, the caller is a member).
+    """History the caller may read: seqs from joined_seq (the system message
+    that added the caller; 0 = from the start) up to visible_until_seq (0 =
+    no end: the caller is a member).
     """
     visible_until_seq: _builtins.int
     @_builtins.property

@@ -1,0 +1,256 @@
+"""parley_sdk models without servers: enum mirrors, stream events, positions, settings."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
+import parley_sdk
+from parley.common.v1 import common_pb2
+from parley.message.v1 import messages_pb2 as pb
+from parley_sdk import (
+    ArchiveFilter,
+    ConversationEvent,
+    ConversationType,
+    DeleteScope,
+    Direction,
+    GroupReceiptsEvent,
+    MembershipState,
+    MessageDeletedEvent,
+    MessageEditedEvent,
+    MessageEvent,
+    MessageType,
+    Platform,
+    PongEvent,
+    ReactionChangedEvent,
+    ReactionResult,
+    ReceiptEvent,
+    Role,
+    SettingsEvent,
+    StreamPosition,
+    SyncCompleteEvent,
+    SystemAction,
+    SystemMessageEvent,
+    muted_forever,
+    muted_until,
+)
+from parley_sdk.models import event_from_proto, position_of, positions_proto
+
+# -- enums mirror the wire ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mirror", "proto", "prefix"),
+    [
+        (Platform, common_pb2.Platform, "PLATFORM_"),
+        (MessageType, pb.MessageType, "MESSAGE_TYPE_"),
+        (Direction, pb.Direction, "DIRECTION_"),
+        (ConversationType, pb.ConversationType, "CONVERSATION_TYPE_"),
+        (Role, pb.Role, "ROLE_"),
+        (DeleteScope, pb.DeleteScope, "DELETE_SCOPE_"),
+        (ArchiveFilter, pb.ArchiveFilter, "ARCHIVE_FILTER_"),
+        (MembershipState, pb.MembershipState, "MEMBERSHIP_STATE_"),
+        (SystemAction, pb.SystemEvent.Action, "ACTION_"),
+    ],
+)
+def test_enums_mirror_the_proto_exactly(
+    mirror: type[enum.IntEnum], proto: EnumTypeWrapper, prefix: str
+) -> None:
+    wire = {name.removeprefix(prefix): value for name, value in proto.items()}
+    # UNSPECIFIED may be left out where a caller never needs to pass it.
+    wire_without_default = {k: v for k, v in wire.items() if k != "UNSPECIFIED"}
+    mirrored = {member.name: member.value for member in mirror}
+    assert wire_without_default.items() <= mirrored.items()
+    assert mirrored.items() <= wire.items()
+
+
+def test_unknown_wire_values_become_unknown_members_not_errors() -> None:
+    role = Role(42)
+    assert role == 42
+    assert role.name == "UNKNOWN_42"
+    assert isinstance(role, Role)
+    assert Role(2) is Role.ADMIN
+    with pytest.raises(ValueError, match="ADMIN"):
+        Role("ADMIN")  # type: ignore[arg-type]
+
+
+# -- stream events ---------------------------------------------------------------------
+
+
+def _message(**fields: Any) -> pb.Message:
+    defaults: dict[str, Any] = {"conversation_id": "c1", "message_id": "m1", "seq": 3, "version": 7}
+    return pb.Message(**{**defaults, **fields})
+
+
+def _event_of_every_kind() -> dict[str, pb.Event]:
+    watermarks = pb.Watermarks(conversation_id="c1", account_id="a2", delivered_seq=3, read_seq=2)
+    return {
+        "message": pb.Event(message=_message(type=pb.MESSAGE_TYPE_TEXT, body=b"hi")),
+        "receipt": pb.Event(receipt=watermarks),
+        "conversation": pb.Event(conversation=pb.Conversation(conversation_id="c1")),
+        "sync_complete": pb.Event(sync_complete=pb.SyncComplete(sync_token="tok")),
+        "pong": pb.Event(pong=pb.Pong(nonce=9)),
+        "edit": pb.Event(
+            edit=pb.MessageEdited(
+                conversation_id="c1", version=8, message_id="m1", seq=3, body=b"x"
+            )
+        ),
+        "deletion": pb.Event(
+            deletion=pb.MessageDeleted(
+                conversation_id="c1",
+                version=9,
+                message_id="m1",
+                seq=3,
+                scope=pb.DELETE_SCOPE_FOR_EVERYONE,
+                account_id="a1",
+            )
+        ),
+        "reaction": pb.Event(
+            reaction=pb.ReactionChanged(
+                conversation_id="c1",
+                version=10,
+                message_id="m1",
+                seq=3,
+                account_id="a2",
+                emoji="👍",
+            )
+        ),
+        "receipts": pb.Event(receipts=pb.Receipts(conversation_id="c1", watermarks=[watermarks])),
+        "settings": pb.Event(settings=pb.InboxSettings(conversation_id="c1", pinned=True)),
+    }
+
+
+def test_every_event_kind_of_the_proto_has_a_model() -> None:
+    kinds = {field.name for field in pb.Event.DESCRIPTOR.oneofs_by_name["kind"].fields}
+    samples = _event_of_every_kind()
+    assert set(samples) == kinds, "a new Event kind needs a model and a sample here"
+    for kind, proto in samples.items():
+        assert event_from_proto(proto) is not None, kind
+
+
+def test_events_convert_to_their_typed_models() -> None:
+    samples = _event_of_every_kind()
+    message = event_from_proto(samples["message"])
+    assert isinstance(message, MessageEvent)
+    assert (message.conversation_id, message.version, message.message.body) == ("c1", 7, b"hi")
+
+    edit = event_from_proto(samples["edit"])
+    assert isinstance(edit, MessageEditedEvent)
+    assert (edit.conversation_id, edit.version, edit.edit.body) == ("c1", 8, b"x")
+
+    deletion = event_from_proto(samples["deletion"])
+    assert isinstance(deletion, MessageDeletedEvent)
+    assert deletion.scope is DeleteScope.FOR_EVERYONE
+    assert deletion.version == 9
+
+    reaction = event_from_proto(samples["reaction"])
+    assert isinstance(reaction, ReactionChangedEvent)
+    assert (reaction.reaction.emoji, reaction.version) == ("👍", 10)
+
+    receipts = event_from_proto(samples["receipts"])
+    assert isinstance(receipts, GroupReceiptsEvent)
+    assert receipts.conversation_id == "c1"
+    assert [w.account_id for w in receipts.watermarks] == ["a2"]
+
+    settings = event_from_proto(samples["settings"])
+    assert isinstance(settings, SettingsEvent)
+    assert settings.settings.pinned
+
+    assert isinstance(event_from_proto(samples["receipt"]), ReceiptEvent)
+    assert isinstance(event_from_proto(samples["conversation"]), ConversationEvent)
+    assert event_from_proto(samples["sync_complete"]) == SyncCompleteEvent("tok")
+    assert event_from_proto(samples["pong"]) == PongEvent(9)
+
+
+def test_system_messages_get_their_own_event_with_typed_fields() -> None:
+    proto = pb.Event(
+        message=_message(
+            type=pb.MESSAGE_TYPE_SYSTEM,
+            system=pb.SystemEvent(
+                action=pb.SystemEvent.ACTION_ROLE_CHANGED,
+                actor_account_id="owner",
+                target_account_ids=["a2", "a3"],
+                role=pb.ROLE_ADMIN,
+            ),
+        )
+    )
+    event = event_from_proto(proto)
+    assert isinstance(event, SystemMessageEvent)
+    assert not isinstance(event, MessageEvent)
+    assert event.action is SystemAction.ROLE_CHANGED
+    assert event.role is Role.ADMIN
+    assert event.actor_account_id == "owner"
+    assert event.target_account_ids == ("a2", "a3")
+    assert (event.seq, event.version, event.conversation_id) == (3, 7, "c1")
+
+
+def test_an_event_kind_this_sdk_does_not_know_is_skipped() -> None:
+    assert event_from_proto(pb.Event()) is None
+
+
+def test_only_feed_changes_carry_a_position() -> None:
+    samples = _event_of_every_kind()
+    positions = {kind: position_of(event_from_proto(p)) for kind, p in samples.items()}  # type: ignore[arg-type]
+    assert positions["message"] == ("c1", StreamPosition(seq=3, version=7))
+    # Edits, deletions and reactions move the version, never the history seq.
+    assert positions["edit"] == ("c1", StreamPosition(seq=0, version=8))
+    assert positions["deletion"] == ("c1", StreamPosition(seq=0, version=9))
+    assert positions["reaction"] == ("c1", StreamPosition(seq=0, version=10))
+    for kind in ("receipt", "receipts", "conversation", "settings", "sync_complete", "pong"):
+        assert positions[kind] is None, kind
+
+
+# -- positions -------------------------------------------------------------------------------
+
+
+def test_positions_only_move_forward_field_by_field() -> None:
+    held = StreamPosition(seq=5, version=9)
+    assert held.merged(StreamPosition(seq=4, version=8)) is held
+    assert held.merged(StreamPosition(seq=0, version=12)) == StreamPosition(seq=5, version=12)
+    assert held.merged(StreamPosition(seq=6, version=3)) == StreamPosition(seq=6, version=9)
+    with pytest.raises(ValueError, match=">= 0"):
+        StreamPosition(seq=-1)
+
+
+def test_positions_go_on_the_wire_with_seq_and_version_in_a_stable_order() -> None:
+    wire = positions_proto({"b": StreamPosition(2, 5), "a": StreamPosition(seq=1, version=4)})
+    assert [(p.conversation_id, p.seq, p.version) for p in wire] == [("a", 1, 4), ("b", 2, 5)]
+    assert StreamPosition.from_proto(wire[1]) == StreamPosition(2, 5)
+
+
+def test_bare_seq_numbers_are_refused_as_positions() -> None:
+    # Before change-feed versions, positions were plain seqs; resuming from one
+    # now would be silently wrong, so it is an error.
+    with pytest.raises(TypeError, match="StreamPosition"):
+        positions_proto({"c1": 5})  # type: ignore[dict-item]
+
+
+# -- inbox settings and results ------------------------------------------------------------
+
+
+def test_muted_until_reads_the_settings() -> None:
+    settings = pb.InboxSettings(conversation_id="c1")
+    assert muted_until(settings) is None
+    assert not muted_forever(settings)
+    settings.muted_until.FromDatetime(datetime(2031, 1, 2, 3, 4, tzinfo=UTC))
+    assert muted_until(settings) == datetime(2031, 1, 2, 3, 4, tzinfo=UTC)
+    assert not muted_forever(settings)
+    settings.muted_until.FromDatetime(datetime(9999, 12, 31, tzinfo=UTC))
+    assert muted_forever(settings)
+
+
+def test_reaction_result_counts_keep_the_server_order() -> None:
+    result = ReactionResult(
+        reactions=(pb.ReactionCount(emoji="👍", count=3), pb.ReactionCount(emoji="🎉", count=1)),
+        changed=True,
+    )
+    assert list(result.counts.items()) == [("👍", 3), ("🎉", 1)]
+
+
+def test_the_package_exports_what_it_lists() -> None:
+    for name in parley_sdk.__all__:
+        assert hasattr(parley_sdk, name), name
