@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -47,7 +47,18 @@ from hypothesis.stateful import (
 from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
-from tests.feed_view import DeviceView, Shown, shown, shown_from_history
+from tests.feed_model import (
+    Conversation,
+    Expected,
+    Item,
+    Member,
+    Pick,
+    diff,
+    expected_view,
+    held_versions,
+    target_of,
+)
+from tests.feed_view import DeviceView, shown_from_history
 from tests.users import Device, all_messages, error_reason, link_device, rpc, sign_up_many
 
 pytestmark = pytest.mark.slow
@@ -76,188 +87,7 @@ FEED_SETTINGS = settings(
 T = TypeVar("T")
 
 
-# -- the model ---------------------------------------------------------------------------
-
-
-@dataclass
-class Item:
-    """A history item as it is now."""
-
-    message_id: str
-    seq: int
-    sender: str
-    type: int
-    body: bytes
-    reply_to: str = ""
-    edited: bool = False
-    deleted: bool = False
-    reactions: dict[str, set[str]] = field(default_factory=dict)
-    system_action: int = 0
-    system_targets: tuple[str, ...] = ()
-
-    @classmethod
-    def of(cls, m: mpb.Message) -> Item:
-        system = m.type == mpb.MESSAGE_TYPE_SYSTEM
-        return cls(
-            message_id=m.message_id,
-            seq=m.seq,
-            sender=m.sender_account_id,
-            type=m.type,
-            body=m.body,
-            reply_to=m.reply_to_message_id,
-            system_action=m.system.action if system else 0,
-            system_targets=tuple(m.system.target_account_ids) if system else (),
-        )
-
-    @property
-    def is_system(self) -> bool:
-        return self.type == mpb.MESSAGE_TYPE_SYSTEM
-
-    def shown(self) -> Shown:
-        return shown(
-            message_id=self.message_id,
-            seq=self.seq,
-            sender_account_id=self.sender,
-            type=self.type,
-            body=self.body,
-            edited=self.edited,
-            deleted=self.deleted,
-            reply_to_message_id=self.reply_to,
-            reactions=self.reactions,
-            system_action=self.system_action,
-            system_targets=self.system_targets,
-        )
-
-
-@dataclass
-class Member:
-    role: int
-    # History from this seq on (the system message that added them).
-    joined_seq: int
-    # The seq and version of the removal or departure; 0 while a member.
-    left_seq: int = 0
-    left_version: int = 0
-    # What the member saw when they were removed, and the newest version
-    # their devices get.
-    frozen: list[Shown] = field(default_factory=list)
-    frozen_version: int = 0
-    hidden: set[str] = field(default_factory=set)
-    # Devices that held nothing of the conversation when the account left:
-    # they never learn of it (a device resumes only what it knows).
-    unaware: set[str] = field(default_factory=set)
-
-    @property
-    def active(self) -> bool:
-        return self.left_seq == 0
-
-
-@dataclass(frozen=True)
-class Change:
-    """One version of the feed: which history item it is or changes, and the
-    one account that sees it (a delete for me) or "" for everyone."""
-
-    version: int
-    seq: int
-    only_for: str = ""
-
-
-@dataclass
-class Conversation:
-    name: str
-    conversation_id: str
-    kind: int
-    items: list[Item] = field(default_factory=list)
-    members: dict[str, Member] = field(default_factory=dict)
-    changes: list[Change] = field(default_factory=list)
-    last_version: int = 0
-
-    @property
-    def last_seq(self) -> int:
-        return self.items[-1].seq if self.items else 0
-
-    def item(self, message_id: str) -> Item:
-        return next(i for i in self.items if i.message_id == message_id)
-
-    def active(self) -> list[str]:
-        return [a for a, m in self.members.items() if m.active]
-
-    def visible(self, account: str) -> list[Item]:
-        """What an active member can act on."""
-        m = self.members[account]
-        return [i for i in self.items if i.seq >= m.joined_seq and i.message_id not in m.hidden]
-
-    def expected(self, account: str, device: str) -> tuple[list[Shown], int]:
-        """What a device of the account shows, and the newest version it holds."""
-        m = self.members.get(account)
-        if m is None or device in m.unaware:
-            return [], 0
-        if not m.active:
-            return m.frozen, m.frozen_version
-        return [i.shown() for i in self.visible(account)], self.newest_seen(account)
-
-    def newest_seen(self, account: str) -> int:
-        """The newest version an account's stream delivers: changes to what
-        it can see, up to its departure, and only its own deletes for me."""
-        m = self.members[account]
-        return max(
-            (
-                c.version
-                for c in self.changes
-                if c.seq >= m.joined_seq
-                and (m.active or c.version <= m.left_version)
-                and c.only_for in ("", account)
-            ),
-            default=0,
-        )
-
-    def expected_history(self, account: str) -> list[Any]:
-        """What ListMessages gives the account: items in their current state,
-        only which ones for a former member."""
-        m = self.members.get(account)
-        if m is None:
-            return []
-        if m.active:
-            return [i.shown().counts_only() for i in self.visible(account)]
-        return [
-            (i.message_id, i.seq)
-            for i in self.items
-            if m.joined_seq <= i.seq <= m.left_seq and i.message_id not in m.hidden
-        ]
-
-    def append(self, message: mpb.Message) -> Item:
-        assert message.seq == self.last_seq + 1, f"seq {message.seq} after {self.last_seq}"
-        assert message.version == self.last_version + 1, (
-            f"version {message.version} after {self.last_version}"
-        )
-        item = Item.of(message)
-        self.items.append(item)
-        self.last_version = message.version
-        self.changes.append(Change(message.version, message.seq))
-        return item
-
-    def changed(self, version: int, target: Item, only_for: str = "") -> None:
-        assert version == self.last_version + 1, f"version {version} after {self.last_version}"
-        self.last_version = version
-        self.changes.append(Change(version, target.seq, only_for))
-
-
-@dataclass(frozen=True)
-class Pick:
-    """A message an actor may act on, as hypothesis prints it."""
-
-    conversation: str
-    actor: int
-    item: Item
-
-    def __repr__(self) -> str:
-        return f"{self.conversation}: account {self.actor} on seq {self.item.seq}"
-
-
-def target_of(conv: Conversation, item: Item) -> dict[str, str]:
-    return {"conversation_id": conv.conversation_id, "message_id": item.message_id}
-
-
-# -- the machine ------------------------------------------------------------------------
+# -- the machine (the model is in tests/feed_model.py) -----------------------------------
 
 
 @dataclass
@@ -445,13 +275,12 @@ class FeedMachine(RuleBasedStateMachine):
         reply = await rpc(
             stub, "EditMessage", self.users[actor], **target_of(conv, target), body=body
         )
-        conv.changed(reply.edit.version, target)
+        conv.edited(reply.edit.version, target, body)
         assert (reply.edit.message_id, reply.edit.seq, reply.edit.body) == (
             target.message_id,
             target.seq,
             body,
         )
-        target.body, target.edited = body, True
 
     @precondition(lambda self: bool(self.messages_for(self.deletable)))
     @rule(data=st.data())
@@ -478,13 +307,8 @@ class FeedMachine(RuleBasedStateMachine):
         reply = await rpc(
             stub, "DeleteMessage", self.users[actor], **target_of(conv, target), scope=scope
         )
-        only_for = self.account(actor) if scope == mpb.DELETE_SCOPE_FOR_ME else ""
-        conv.changed(reply.deletion.version, target, only_for)
+        conv.deleted(reply.deletion.version, target, self.account(actor), scope)
         assert (reply.deletion.message_id, reply.deletion.scope) == (target.message_id, scope)
-        if scope == mpb.DELETE_SCOPE_FOR_ME:
-            conv.members[self.account(actor)].hidden.add(target.message_id)
-        else:
-            target.deleted, target.body = True, b""
 
     @precondition(lambda self: bool(self.messages_for(self.any_message)))
     @rule(data=st.data())
@@ -504,7 +328,6 @@ class FeedMachine(RuleBasedStateMachine):
         remove: bool,
         stub: mgrpc.MessageServiceStub,
     ) -> None:
-        account = self.account(actor)
         reply = await rpc(
             stub,
             "ReactToMessage",
@@ -513,13 +336,8 @@ class FeedMachine(RuleBasedStateMachine):
             emoji=emoji,
             remove=remove,
         )
-        who = target.reactions.setdefault(emoji, set())
-        expected_change = (account in who) if remove else (account not in who)
+        expected_change = target.react(self.account(actor), emoji, remove)
         assert reply.changed == expected_change
-        if remove:
-            who.discard(account)
-        else:
-            who.add(account)
         if expected_change:
             conv.changed(conv.last_version + 1, target)
         counts = sorted((r.emoji, r.count) for r in reply.reactions if r.count > 0)
@@ -528,11 +346,7 @@ class FeedMachine(RuleBasedStateMachine):
     # -- membership (the group) -----------------------------------------------------------
 
     def managers(self, conv: Conversation) -> list[int]:
-        return sorted(
-            self.index_of(a)
-            for a, m in conv.members.items()
-            if m.active and m.role in (mpb.ROLE_OWNER, mpb.ROLE_ADMIN)
-        )
+        return sorted(self.index_of(a) for a in conv.managers())
 
     @precondition(lambda self: bool(self.never_members))
     @rule(data=st.data())
@@ -564,25 +378,13 @@ class FeedMachine(RuleBasedStateMachine):
         group = self.conversations.get("group")
         if group is None:
             return []
-        result = []
-        for actor in self.managers(group):
-            mine = group.members[self.account(actor)].role
-            for a, m in group.members.items():
-                if a == self.account(actor) or not m.active or m.role == mpb.ROLE_OWNER:
-                    continue
-                if m.role == mpb.ROLE_MEMBER or mine == mpb.ROLE_OWNER:
-                    result.append((actor, self.index_of(a)))
-        return sorted(result)
+        return sorted((self.index_of(a), self.index_of(t)) for a, t in group.removals())
 
     def non_owners(self) -> list[int]:
         group = self.conversations.get("group")
         if group is None:
             return []
-        return sorted(
-            self.index_of(a)
-            for a, m in group.members.items()
-            if m.active and m.role != mpb.ROLE_OWNER
-        )
+        return sorted(self.index_of(a) for a in group.non_owners())
 
     @precondition(lambda self: bool(self.removals()))
     @rule(data=st.data())
@@ -622,15 +424,12 @@ class FeedMachine(RuleBasedStateMachine):
 
     def _gone(self, group: Conversation, index: int, item: Item) -> None:
         account = self.account(index)
-        member = group.members[account]
-        member.frozen = [i.shown() for i in group.visible(account)]
-        member.left_seq, member.left_version = item.seq, group.last_version
-        member.frozen_version = group.newest_seen(account)
-        member.unaware = {
+        unaware = {
             v.device.device_id
             for v in self.views
             if v.account_id == account and group.conversation_id not in v.conversations
         }
+        group.depart(account, item.seq, unaware)
 
     @precondition(lambda self: bool(self.non_owners()))
     @rule(data=st.data())
@@ -713,28 +512,13 @@ class FeedMachine(RuleBasedStateMachine):
 
     # -- checks --------------------------------------------------------------------------
 
-    def expected_view(self, view: DeviceView) -> tuple[dict[str, list[Shown]], dict[str, int]]:
-        """What the device shows per conversation, and the version it holds."""
-        items, versions = {}, {}
-        for conv in self.conversations.values():
-            shown_items, version = conv.expected(view.account_id, view.device.device_id)
-            if shown_items:
-                items[conv.conversation_id] = shown_items
-            if version:
-                versions[conv.conversation_id] = version
-        return items, versions
-
     async def _caught_up(self, views: list[DeviceView]) -> None:
         for view in views:
             stream = view.stream
             assert stream is not None
-            expected = self.expected_view(view)
+            expected = expected_view(self.conversations.values(), view)
 
-            def matches(
-                _: object,
-                view: DeviceView = view,
-                expected: tuple[dict[str, list[Shown]], dict[str, int]] = expected,
-            ) -> bool:
+            def matches(_: object, view: DeviceView = view, expected: Expected = expected) -> bool:
                 view.follow()
                 return view.synced and (view.snapshot(), held_versions(view)) == expected
 
@@ -810,28 +594,6 @@ class FeedMachine(RuleBasedStateMachine):
             for view in self.views:
                 with_loop = asyncio.run_coroutine_threadsafe(view.disconnect(), self.env.loop)
                 with_loop.result(timeout=STEP_TIMEOUT)
-
-
-def held_versions(view: DeviceView) -> dict[str, int]:
-    return {cid: feed.version for cid, feed in view.conversations.items() if feed.version}
-
-
-def diff(
-    got: dict[str, list[Shown]],
-    expected: dict[str, list[Shown]],
-    conversations: dict[str, Conversation],
-) -> str:
-    names = {c.conversation_id: c.name for c in conversations.values()}
-    lines = []
-    for cid in sorted(set(got) | set(expected)):
-        have = {s.seq: s for s in got.get(cid, [])}
-        want = {s.seq: s for s in expected.get(cid, [])}
-        for seq in sorted(set(have) | set(want)):
-            if have.get(seq) != want.get(seq):
-                lines.append(f"  {names.get(cid, cid)} seq {seq}:")
-                lines.append(f"    device: {have.get(seq)}")
-                lines.append(f"    model:  {want.get(seq)}")
-    return "\n".join(lines) or "  (equal now)"
 
 
 @pytest.mark.timeout(900)
