@@ -26,7 +26,8 @@ from parley_core.rpc.metrics import RpcMetrics
 from parley_core.rpc.server import ServiceHost, run
 from parley_core.storage import mongo as mongo_storage
 from parley_core.storage import redis as redis_storage
-from parley_core.storage.mongo import Database, MongoClient
+from parley_core.storage.metrics import DbWriteMetrics
+from parley_core.storage.mongo import Database, MongoClient, WriteCounter
 from parley_core.storage.revocations import RevocationFeed, RevocationStore
 
 
@@ -83,7 +84,8 @@ async def open_runtime(settings: Settings, *, service: str) -> Runtime:
         public_keys = load_public_keys(settings.auth.public_key_files)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"auth.public_key_files: {exc}") from None
-    mongo = mongo_storage.connect(settings.mongo, app_name=service)
+    writes = WriteCounter()
+    mongo = mongo_storage.connect(settings.mongo, app_name=service, listeners=[writes])
     await mongo_storage.ping(mongo)
     db = mongo_storage.durable_database(mongo, settings.mongo)
     redis = redis_storage.connect(settings.redis)
@@ -92,6 +94,8 @@ async def open_runtime(settings: Settings, *, service: str) -> Runtime:
         db, redis, token_ttl_seconds=settings.auth.access_token_ttl_seconds
     )
     await revocation_store.ensure_indexes()
+    registry = CollectorRegistry()
+    registry.register(DbWriteMetrics(writes))
     return Runtime(
         settings=settings,
         service=service,
@@ -101,7 +105,7 @@ async def open_runtime(settings: Settings, *, service: str) -> Runtime:
         revocations=revocations,
         revocation_store=revocation_store,
         verifier=TokenVerifier(public_keys, revocations),
-        registry=CollectorRegistry(),
+        registry=registry,
     )
 
 

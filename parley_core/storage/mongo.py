@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pymongo import AsyncMongoClient, WriteConcern
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.monitoring import (
+    CommandFailedEvent,
+    CommandListener,
+    CommandStartedEvent,
+    CommandSucceededEvent,
+)
 
 from parley_core.config import MongoSettings
 
@@ -17,8 +24,65 @@ Document = dict[str, Any]
 MongoClient = AsyncMongoClient[Document]
 Database = AsyncDatabase[Document]
 
+# Write command -> the array holding the documents it carries (None: always one).
+WRITE_OPS: dict[str, str | None] = {
+    "insert": "documents",
+    "update": "updates",
+    "delete": "deletes",
+    "findAndModify": None,
+}
 
-def connect(settings: MongoSettings, *, app_name: str) -> AsyncMongoClient[Document]:
+
+class WriteCounter(CommandListener):
+    """Counts write commands and the documents they carry, per collection and op.
+
+    Fan-out cost is then measured, not claimed: a message to a 1024-member
+    group must add as many documents as one to a 3-member group. pymongo calls
+    this for every command, reads included, so a non-write returns after one
+    dict lookup and a write only bumps two ints (no allocation once a
+    collection has been seen). Commands are counted when sent, failed or not.
+    """
+
+    def __init__(self) -> None:
+        # op -> collection -> [commands, documents]
+        self._counts: dict[str, dict[str, list[int]]] = {op: {} for op in WRITE_OPS}
+
+    def started(self, event: CommandStartedEvent) -> None:
+        op = event.command_name
+        by_collection = self._counts.get(op)
+        if by_collection is None:
+            return
+        command = event.command
+        collection = command.get(op)
+        if not isinstance(collection, str):
+            return
+        slot = by_collection.get(collection)
+        if slot is None:
+            slot = by_collection[collection] = [0, 0]
+        field = WRITE_OPS[op]
+        slot[0] += 1
+        slot[1] += 1 if field is None else len(command.get(field) or ())
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        return None
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        return None
+
+    def counts(self) -> Iterator[tuple[str, str, int, int]]:
+        """(collection, op, commands, documents) for every pair seen so far."""
+        for op, by_collection in self._counts.items():
+            # A copy: a scrape may run while the loop adds a collection.
+            for collection, (commands, documents) in list(by_collection.items()):
+                yield collection, op, commands, documents
+
+
+def connect(
+    settings: MongoSettings,
+    *,
+    app_name: str,
+    listeners: Sequence[CommandListener] = (),
+) -> AsyncMongoClient[Document]:
     # retryWrites stays off whatever the URI says: services make their own writes
     # idempotent (unique request ids), and SecantusDB slows to a crawl with it on.
     return AsyncMongoClient(
@@ -27,6 +91,7 @@ def connect(settings: MongoSettings, *, app_name: str) -> AsyncMongoClient[Docum
         serverSelectionTimeoutMS=settings.server_selection_timeout_ms,
         appname=app_name,
         tz_aware=True,
+        event_listeners=list(listeners),
     )
 
 

@@ -13,6 +13,11 @@ from typing import Any
 # (warm-up, measured seconds) of each phase.
 QUICK_SECONDS = (0.5, 3.0)
 FULL_SECONDS = (2.0, 15.0)
+# Measured messages of the group scenario, quick and full.
+QUICK_GROUP_MESSAGES = 40
+FULL_GROUP_MESSAGES = 200
+# The API's group cap, owner included.
+MAX_GROUP_MEMBERS = 1024
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
 
@@ -23,7 +28,9 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
         description=(
             "Load the local stack with simulated users over real gRPC and measure sustained "
             "durable sends, delivery latency at half that rate and fetches of recent "
-            "messages, beside a bare gRPC baseline run on this machine in the same run."
+            "messages, beside a bare gRPC baseline run on this machine in the same run. "
+            "--scenario group instead times every delivery of one big group's messages to "
+            "its members' live streams."
         ),
     )
     where = bench.add_argument_group("which stack")
@@ -67,6 +74,13 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
         type=_name_pid,
         metavar="NAME=PID",
         help="account CPU of this process under NAME (repeatable; overrides discovery)",
+    )
+    bench.add_argument(
+        "--scenario",
+        choices=["messaging", "group"],
+        default="messaging",
+        help="messaging: sends, delivery and fetch over direct conversations (default); "
+        "group: send-to-delivery time on every live stream of one big group",
     )
     load = bench.add_argument_group("load")
     load.add_argument(
@@ -122,6 +136,47 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
         help="event loop of this client, the baseline server and a --start stack "
         "(default: uvloop, as the services)",
     )
+    group = bench.add_argument_group("group scenario")
+    group.add_argument(
+        "--group-members",
+        type=_group_size,
+        default=MAX_GROUP_MEMBERS,
+        metavar="N",
+        help=f"members of the group, owner included (default and most: {MAX_GROUP_MEMBERS})",
+    )
+    group.add_argument(
+        "--group-streams",
+        type=_positive_int,
+        metavar="S",
+        help="members with a live stream, the owner first (default: every member)",
+    )
+    group.add_argument(
+        "--group-messages",
+        type=_positive_int,
+        metavar="M",
+        help=f"measured messages (default: {FULL_GROUP_MESSAGES}, --quick {QUICK_GROUP_MESSAGES})",
+    )
+    group.add_argument(
+        "--group-rate",
+        type=_positive_float,
+        default=5.0,
+        metavar="PER_S",
+        help="the owner's sends per second (default: 5)",
+    )
+    group.add_argument(
+        "--group-channels",
+        type=_positive_int,
+        default=4,
+        metavar="K",
+        help="gRPC channels (connections) per svc_message target for the streams (default: 4)",
+    )
+    group.add_argument(
+        "--group-no-ack",
+        action="store_false",
+        dest="group_ack",
+        help="streams never ack (no delivered watermarks, device positions or group receipts "
+        "follow): isolates the send and the push from the ack-driven writes",
+    )
     out = bench.add_argument_group("output")
     out.add_argument("--json", type=Path, dest="json_path", metavar="PATH", help="write the report")
     out.add_argument(
@@ -169,6 +224,14 @@ def run_command(args: argparse.Namespace) -> int:
         profile=args.profile,
         keep=args.keep,
         pids=dict(args.pid),
+        scenario=args.scenario,
+        group_members=args.group_members,
+        group_streams=args.group_streams or args.group_members,
+        group_messages=args.group_messages
+        or (QUICK_GROUP_MESSAGES if args.quick else FULL_GROUP_MESSAGES),
+        group_rate=args.group_rate,
+        group_channels=args.group_channels,
+        group_ack=args.group_ack,
     )
     return run_bench(config)
 
@@ -177,6 +240,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _group_size(text: str) -> int:
+    value = int(text)
+    if not 2 <= value <= MAX_GROUP_MEMBERS:
+        raise argparse.ArgumentTypeError(f"must be between 2 and {MAX_GROUP_MEMBERS}")
     return value
 
 

@@ -10,6 +10,7 @@ devices of online users would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -17,7 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -52,6 +53,7 @@ from parley_dev.bench.streams import (
 from parley_dev.probes import StackError
 
 EventLoop = Literal["uvloop", "asyncio"]
+Scenario = Literal["messaging", "group"]
 T = TypeVar("T")
 # Streams left open by a crashed bench must not hold up the stack's stop for long.
 STACK_SHUTDOWN_GRACE_SECONDS = 2.0
@@ -78,6 +80,14 @@ class BenchConfig:
     profile: bool
     keep: bool = False
     pids: Mapping[str, int] = field(default_factory=dict)
+    scenario: Scenario = "messaging"
+    # The group scenario (parley_dev.bench.group).
+    group_members: int = 1024
+    group_streams: int = 1024
+    group_messages: int = 200
+    group_rate: float = 4.0
+    group_channels: int = 4
+    group_ack: bool = True
 
     def parameters(self) -> dict[str, Any]:
         send_bytes, event_bytes = wire_sizes(self.body_bytes)
@@ -127,8 +137,15 @@ def run_on_loop(main: Callable[[], Awaitable[T]], loop: EventLoop) -> T:
 
 def run_bench(config: BenchConfig) -> int:
     """Run everything, print the table, write the JSON; 0 when every figure was measured."""
+    measure: Callable[[BenchConfig], Awaitable[dict[str, Any]]] = bench
+    show: Callable[[Mapping[str, Any]], str] = render
+    if config.scenario == "group":
+        # Imported here: the group scenario builds on this module.
+        from parley_dev.bench.group import group_bench, render_group
+
+        measure, show = group_bench, render_group
     try:
-        report = run_on_loop(lambda: bench(config), config.loop)
+        report = run_on_loop(lambda: measure(config), config.loop)
     except (StackError, grpc.aio.AioRpcError, RuntimeError, TimeoutError) as exc:
         # Expected ways for a run to fail (a stack that does not start, a service
         # that refuses the load): say what happened without a traceback.
@@ -139,7 +156,7 @@ def run_bench(config: BenchConfig) -> int:
         )
         print(f"parley bench: failed: {type(exc).__name__}: {detail}", file=sys.stderr)
         return 1
-    print(render(report), flush=True)
+    print(show(report), flush=True)
     if config.json_path is not None:
         config.json_path.parent.mkdir(parents=True, exist_ok=True)
         config.json_path.write_text(json.dumps(report, indent=2) + "\n")
@@ -147,7 +164,7 @@ def run_bench(config: BenchConfig) -> int:
     return 0 if report["complete"] else 1
 
 
-def _progress(text: str) -> None:
+def progress(text: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
@@ -160,13 +177,13 @@ async def bench(config: BenchConfig) -> dict[str, Any]:
     ok = False
     try:
         baseline = BaselineServer(work_dir=work_dir, loop=config.loop)
-        _progress(f"baseline server on {baseline.target} ({config.loop})")
+        progress(f"baseline server on {baseline.target} ({config.loop})")
         async with grpc.aio.insecure_channel(baseline.target) as channel:
             await baseline.start(channel)
             try:
                 pids = {**me, "baseline_server": baseline.process.pid or 0}
                 begin, end = cpu.hooks("baseline_unary", pids)
-                _progress(f"baseline unary: {config.concurrency} callers")
+                progress(f"baseline unary: {config.concurrency} callers")
                 unary = await unary_phase(
                     channel,
                     callers=config.concurrency,
@@ -176,7 +193,7 @@ async def bench(config: BenchConfig) -> dict[str, Any]:
                     on_end=[end],
                 )
                 begin, end = cpu.hooks("baseline_push", pids)
-                _progress(f"baseline push: {2 * config.pairs} streams")
+                progress(f"baseline push: {2 * config.pairs} streams")
                 push = await push_phase(
                     channel,
                     streams=2 * config.pairs,
@@ -194,13 +211,24 @@ async def bench(config: BenchConfig) -> dict[str, Any]:
         if ok and not config.keep:
             shutil.rmtree(work_dir, ignore_errors=True)
         else:
-            _progress(f"logs and data kept in {work_dir}")
+            progress(f"logs and data kept in {work_dir}")
 
 
-async def _stack_phases(
-    config: BenchConfig, work_dir: Path, cpu: procstat.CpuBook, unary: LoadResult, push: LoadResult
-) -> Measurements:
+@dataclass(frozen=True)
+class StackTargets:
+    keys_target: str
+    message_targets: list[str]
+    # Component name -> PID, for CPU accounting.
+    pids: dict[str, int]
+    # svc_message's /metrics URLs: known only for a stack this run started.
+    message_metrics_urls: list[str] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def stack_targets(config: BenchConfig, work_dir: Path) -> AsyncIterator[StackTargets]:
+    """The stack to load: started here (and stopped after) with --start, else found."""
     stack = None
+    metrics_urls: list[str] = []
     if config.start:
         from parley_dev.stack import LocalStack
 
@@ -211,24 +239,38 @@ async def _stack_phases(
             shutdown_grace_seconds=STACK_SHUTDOWN_GRACE_SECONDS,
             extra_config={"keys": loop_config, "message": loop_config},
         )
-        _progress(f"starting a local stack in {stack.root}")
+        progress(f"starting a local stack in {stack.root}")
         await stack.start()
         keys_target, message_targets = stack.keys_target, list(stack.message_targets)
         stack_pids = {name: stack.process(name).pid or 0 for name in stack.component_names}
+        metrics_urls = list(stack.message_metrics_urls)
     else:
         keys_target, message_targets = config.keys_target, list(config.message_targets)
         stack_pids, notes = discover_stack_pids(keys_target, message_targets, config.data_dir)
         for note in notes:
-            _progress(note)
+            progress(note)
     stack_pids.update(config.pids)
     try:
-        return await _measure_stack(
-            config, cpu, unary, push, keys_target, message_targets, stack_pids
-        )
+        yield StackTargets(keys_target, message_targets, stack_pids, metrics_urls)
     finally:
         if stack is not None:
-            _progress("stopping the local stack")
+            progress("stopping the local stack")
             await stack.stop()
+
+
+async def _stack_phases(
+    config: BenchConfig, work_dir: Path, cpu: procstat.CpuBook, unary: LoadResult, push: LoadResult
+) -> Measurements:
+    async with stack_targets(config, work_dir) as targets:
+        return await _measure_stack(
+            config,
+            cpu,
+            unary,
+            push,
+            targets.keys_target,
+            targets.message_targets,
+            targets.pids,
+        )
 
 
 async def _measure_stack(
@@ -251,7 +293,7 @@ async def _measure_stack(
         stubs = [mgrpc.MessageServiceStub(c) for c in channels[1:]]
         setup_begin, setup_end = cpu.hooks("setup", pids)
         await setup_begin()
-        _progress(f"setup: {2 * config.pairs} users, {config.pairs} conversations")
+        progress(f"setup: {2 * config.pairs} users, {config.pairs} conversations")
         users = await sign_up_users(
             keys, count=2 * config.pairs, run_tag=secrets.token_hex(3), targets=len(stubs)
         )
@@ -274,7 +316,7 @@ async def _measure_stack(
             profiler = _profiler(config)
             if profiler is not None:
                 on_start.append(_profile_hook(profiler, stack_pids, config.duration_s))
-        _progress(f"send: {config.concurrency} closed-loop senders")
+        progress(f"send: {config.concurrency} closed-loop senders")
         send = await send_phase(
             messaging,
             concurrency=config.concurrency,
@@ -287,7 +329,7 @@ async def _measure_stack(
 
         rate = config.deliver_rate or half_rate(send.rate)
         begin, end = cpu.hooks("deliver", pids)
-        _progress(f"deliver: open loop at {rate:,.0f} sends/s")
+        progress(f"deliver: open loop at {rate:,.0f} sends/s")
         deliver = await deliver_phase(
             messaging,
             rate=rate,
@@ -300,7 +342,7 @@ async def _measure_stack(
 
         await prefill(messaging, fetch_pairs)
         begin, end = cpu.hooks("fetch", pids)
-        _progress(f"fetch: {config.readers} readers over {len(fetch_pairs)} conversations")
+        progress(f"fetch: {config.readers} readers over {len(fetch_pairs)} conversations")
         fetch = await fetch_phase(
             messaging,
             readers=config.readers,
@@ -333,7 +375,7 @@ async def _measure_stack(
 def _profiler(config: BenchConfig) -> Profiler | None:
     executable = find_py_spy()
     if executable is None:
-        _progress("--profile: py-spy is not installed (uv pip install py-spy); not profiling")
+        progress("--profile: py-spy is not installed (uv pip install py-spy); not profiling")
         return None
     out_dir = config.json_path.parent if config.json_path else Path.cwd()
     prefix = f"{config.json_path.stem}-profile" if config.json_path else "parley-bench-profile"

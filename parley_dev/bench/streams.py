@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import grpc
 
@@ -21,6 +22,12 @@ from parley_dev.bench.population import PHASE_DELIVER, BodyCodec, User
 
 SYNC_TIMEOUT_SECONDS = 30.0
 CLOSE_TIMEOUT_SECONDS = 5.0
+
+
+class MessageSink(Protocol):
+    """What a stream tells about each message event it reads."""
+
+    def on_message(self, stream_account: str, message: mpb.Message, arrived_ns: int) -> None: ...
 
 
 @dataclass
@@ -66,9 +73,15 @@ class DeviceStream:
     """One device's Connect stream, read in a background task."""
 
     def __init__(
-        self, user: User, stub: mgrpc.MessageServiceAsyncStub, recorder: DeliveryRecorder
+        self,
+        user: User,
+        stub: mgrpc.MessageServiceAsyncStub,
+        recorder: MessageSink,
+        *,
+        ack: bool = True,
     ) -> None:
         self.user = user
+        self._ack = ack
         self._stub = stub
         self._recorder = recorder
         self._outgoing: asyncio.Queue[mpb.ClientEvent | None] = asyncio.Queue()
@@ -107,12 +120,12 @@ class DeviceStream:
                         self._recorder.on_message(account, message, arrived)
                     elif kind == "sync_complete":
                         self.synced.set()
-                if newest:
+                if newest and self._ack:
                     self._outgoing.put_nowait(
                         mpb.ClientEvent(
                             ack=mpb.Ack(
                                 positions=[
-                                    mpb.ConversationPosition(conversation_id=c, seq=s)
+                                    mpb.ConversationPosition(conversation_id=c, seq=s, version=s)
                                     for c, s in newest.items()
                                 ]
                             )

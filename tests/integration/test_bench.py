@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from parley_dev.bench.baseline import BaselineServer, push_phase, unary_phase
+from parley_dev.bench.group_report import GROUP_HEADLINE_KEYS
 from parley_dev.bench.load import Window
 from parley_dev.bench.report import HEADLINE_KEYS
 
@@ -91,3 +92,40 @@ async def test_baseline_server_answers_unary_and_push(tmp_path: Path, loop: str)
     assert unary.completed > 0 and not unary.errors
     assert unary.latency.p50_ms is not None and unary.latency.p50_ms > 0
     assert push.completed > 0 and not push.errors
+
+
+@pytest.mark.slow
+def test_quick_group_bench_times_every_delivery(tmp_path: Path) -> None:
+    members, messages = 64, 20
+    out = tmp_path / "group.json"
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "parley_dev.cli", "bench", "--scenario", "group"),
+            *("--start", "--quick", "--duration", "1", "--json", str(out)),
+            *("--group-members", str(members), "--group-messages", str(messages)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    assert "send to delivery p50 / p99 ms" in run.stdout and "push msgs/s" in run.stdout
+    report = json.loads(out.read_text())
+
+    assert report["scenario"] == "group" and report["complete"] is True
+    for key in GROUP_HEADLINE_KEYS:
+        assert isinstance(report[key], int | float) and report[key] > 0, key
+    for name in ("group_deliver", "group_deliver_last_stream", "group_send_ack"):
+        assert report[f"{name}_p99_ms"] >= report[f"{name}_p50_ms"], name
+    # Every message reached every stream (the owner's own device included), once.
+    send = report["phases"]["group_send"]
+    assert send["acked"] == messages and send["streams"] == members
+    assert report["group_deliver_count"] == send["expected_deliveries"] == messages * members
+    assert send["missing"] == 0 and send["duplicates"] == 0 and send["shed"] == 0
+    assert send["events_per_server_event"]["max"] >= 1
+    assert send["db_documents_written"]["messages/insert"] > 0
+    assert report["stream_errors"] == [] and report["warnings"] == []
+    params = report["parameters"]
+    assert params["group_members"] == params["streams"] == params["baseline_push_streams"]
+    assert report["cpu_seconds"]["group_send"].keys() >= STACK_PROCESSES
