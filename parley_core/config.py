@@ -107,10 +107,13 @@ class MessageServiceSettings(_Section):
     # online device acks every delivery, so this bounds those writes to one per
     # (conversation, member) per interval. It is also the delay of delivery ticks.
     ack_flush_seconds: float = Field(default=0.25, gt=0, le=5)
+    # The same for groups, where each message moves every member's delivered
+    # watermark: a longer interval coalesces more messages per write.
+    group_ack_flush_seconds: float = Field(default=2.0, gt=0, le=30)
     # Devices' acked positions (used when a device resumes without giving its
-    # own) are written this often; a crash makes such a device get up to this
-    # much again, which it drops by seq.
-    cursor_flush_seconds: float = Field(default=5.0, gt=0, le=300)
+    # own) are written this often and when the device's stream ends; a crash
+    # makes such a device get up to this much again, which it drops by version.
+    cursor_flush_seconds: float = Field(default=30.0, gt=0, le=300)
     # Messages replayed per database page while a stream catches up.
     replay_page_size: int = Field(default=200, ge=1, le=5000)
     # Newest messages kept in Redis per conversation being read; history pages

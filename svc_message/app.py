@@ -119,6 +119,7 @@ async def build(settings: Settings) -> ServiceHost:
         codec,
         flush_seconds=config.ack_flush_seconds,
         cursor_flush_seconds=config.cursor_flush_seconds,
+        group_flush_seconds=config.group_ack_flush_seconds,
         clock=clock,
     )
     runtime.registry.register(

@@ -15,16 +15,23 @@ from svc_message.storage.doorbell import topic
 
 log = structlog.get_logger(__name__)
 
+# Watermark and cursor updates per database write: small enough that a send's
+# insert does not wait behind a thousand of them.
+WRITE_CHUNK = 128
+
 
 class AckBatcher:
     """Coalesces stream acks into few writes.
 
     Every online device acks every delivery. Raising watermarks with $max is
     idempotent, so only the highest ack per (conversation, account) is written,
-    once per ``flush_seconds``, and its receipt goes out then. Device positions
-    only serve a device that resumes without saying where it is, so they are
-    written every ``cursor_flush_seconds``: after a crash such a device gets a
-    few messages again, and drops them by seq.
+    once per ``flush_seconds``, and its receipt goes out then. In groups every
+    message moves every member's delivered watermark, so their acks are
+    coalesced longer (``group_flush_seconds``) and written in chunks that let
+    the sends' own writes through in between. Device positions only serve a
+    device that resumes without saying where it is, so they are written every
+    ``cursor_flush_seconds``: after a crash such a device gets a few changes
+    again, and drops them by version.
     """
 
     def __init__(
@@ -36,15 +43,20 @@ class AckBatcher:
         flush_seconds: float,
         cursor_flush_seconds: float,
         clock: Callable[[], float],
+        group_flush_seconds: float | None = None,
+        chunk: int = WRITE_CHUNK,
     ) -> None:
         self._store = store
         self._publisher = publisher
         self._codec = codec
         self._flush_seconds = flush_seconds
         self._cursor_flush_seconds = cursor_flush_seconds
+        self._group_flush_seconds = group_flush_seconds or flush_seconds
         self._clock = clock
+        self._chunk = chunk
+        # Direct conversations, and groups, each by (conversation, account).
         self._members: dict[tuple[str, str], int] = {}
-        self._types: dict[str, int] = {}
+        self._group_members: dict[tuple[str, str], int] = {}
         self._devices: dict[tuple[str, str], int] = {}
 
     def ack(
@@ -61,14 +73,15 @@ class AckBatcher:
         the account's delivered watermark may rise to (0: none)."""
         if delivered:
             key = (conversation_id, account_id)
-            self._members[key] = max(self._members.get(key, 0), delivered)
-            self._types[conversation_id] = kind
+            pending = self._members if kind == DIRECT else self._group_members
+            pending[key] = max(pending.get(key, 0), delivered)
         device_key = (device_id, conversation_id)
         self._devices[device_key] = max(self._devices.get(device_key, 0), position)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._every(self._flush_seconds, self.flush_watermarks))
+            tasks.create_task(self._every(self._group_flush_seconds, self.flush_group_watermarks))
             tasks.create_task(self._every(self._cursor_flush_seconds, self.flush_cursors))
 
     @staticmethod
@@ -78,7 +91,9 @@ class AckBatcher:
             await flush()
 
     async def flush(self) -> None:
-        await asyncio.gather(self.flush_watermarks(), self.flush_cursors())
+        await asyncio.gather(
+            self.flush_watermarks(), self.flush_group_watermarks(), self.flush_cursors()
+        )
 
     async def flush_device(self, device_id: str) -> None:
         """Write one device's positions now: its stream ended, and it may come
@@ -96,37 +111,47 @@ class AckBatcher:
         if not devices:
             return
         try:
-            await self._store.raise_device_cursors((d, c, seq) for (d, c), seq in devices.items())
+            items = [(d, c, seq) for (d, c), seq in devices.items()]
+            for i in range(0, len(items), self._chunk):
+                await self._store.raise_device_cursors(items[i : i + self._chunk])
         except Exception as exc:
             log.warning("cursor_flush_failed", error=str(exc))
 
     async def flush_watermarks(self) -> None:
         members, self._members = self._members, {}
-        types, self._types = self._types, {}
+        await self._flush(members, group=False)
+
+    async def flush_group_watermarks(self) -> None:
+        members, self._group_members = self._group_members, {}
+        await self._flush(members, group=True)
+
+    async def _flush(self, members: dict[tuple[str, str], int], *, group: bool) -> None:
         if not members:
             return
         now = datetime.fromtimestamp(self._clock(), UTC)
+        raises = [(c, a, seq, 0) for (c, a), seq in members.items()]
         try:
-            await self._store.raise_watermarks(
-                ((c, a, seq, 0) for (c, a), seq in members.items()), now=now
-            )
+            for i in range(0, len(raises), self._chunk):
+                await self._store.raise_watermarks(raises[i : i + self._chunk], now=now)
             # Receipts carry the member's whole watermarks, read included:
             # one event per 1:1 receipt, one batch per group per flush.
             current = await self._store.watermarks_of(members)
-            deliveries: list[tuple[tuple[str, ...], bytes]] = []
-            batches: dict[str, list[Watermarks]] = {}
-            for watermarks in current:
-                conversation_id = watermarks.conversation_id
-                if types.get(conversation_id, DIRECT) == DIRECT:
-                    envelope = self._codec.receipt(watermarks)
-                    deliveries.append(((topic(conversation_id),), self._codec.encode(envelope)))
-                else:
-                    batches.setdefault(conversation_id, []).append(watermarks)
-            for conversation_id, batch in batches.items():
-                envelope = self._codec.receipts(conversation_id, batch)
-                deliveries.append(((topic(conversation_id),), self._codec.encode(envelope)))
         except Exception as exc:
             # Acks are hints: the device acks again on its next delivery or resume.
             log.warning("ack_flush_failed", error=str(exc))
             return
+        deliveries: list[tuple[tuple[str, ...], bytes]] = []
+        if not group:
+            for watermarks in current:
+                envelope = self._codec.receipt(watermarks)
+                deliveries.append(
+                    ((topic(watermarks.conversation_id),), self._codec.encode(envelope))
+                )
+        else:
+            batches: dict[str, list[Watermarks]] = {}
+            for watermarks in current:
+                batches.setdefault(watermarks.conversation_id, []).append(watermarks)
+            for conversation_id, batch in batches.items():
+                envelope = self._codec.receipts(conversation_id, batch)
+                deliveries.append(((topic(conversation_id),), self._codec.encode(envelope)))
         await self._publisher.publish(deliveries)

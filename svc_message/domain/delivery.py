@@ -31,7 +31,16 @@ from svc_message.domain.streams import (
     decode_sync_token,
     encode_sync_token,
 )
-from svc_message.model import CHANNEL, DIRECT, FEED_KINDS, GROUP, Conversation, Envelope, EventKind
+from svc_message.model import (
+    CHANNEL,
+    DIRECT,
+    FEED_KINDS,
+    GROUP,
+    Conversation,
+    Envelope,
+    EventKind,
+    Watermarks,
+)
 from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.messages import MessageStore
 
@@ -201,7 +210,7 @@ class DeliveryService:
             active = {c.conversation_id for c in conversations}
             async for batch in self._departed(session, {**cursors, **positions}, active):
                 yield batch
-            async for batch in self._receipts(conversations, sync_token):
+            async for batch in self._receipts(session, conversations, sync_token):
                 yield batch
             yield [self._codec.sync_complete(encode_sync_token(started))]
             while True:
@@ -218,10 +227,19 @@ class DeliveryService:
             await self._hub.detach(session)
 
     async def _receipts(
-        self, conversations: list[Conversation], sync_token: str
+        self, session: StreamSession, conversations: list[Conversation], sync_token: str
     ) -> AsyncIterator[list[Envelope]]:
-        """Receipt changes since the sync token: 1:1 one by one, groups batched."""
-        ids = [c.conversation_id for c in conversations if c.type != CHANNEL]
+        """Receipt changes since the sync token: 1:1 one by one; in groups only
+        those about the account's own newest message there, batched. A device
+        without a token gets no group receipts: reading a thousand members'
+        watermarks per group at every first connect would cost more than the
+        ticks are worth (ListMessageReceipts answers them on demand)."""
+        account_id = session.account_id
+        ids = [
+            c.conversation_id
+            for c in conversations
+            if c.type == DIRECT or (c.type == GROUP and sync_token and dict(c.sent).get(account_id))
+        ]
         if not ids:
             return
         kinds = {c.conversation_id: c.type for c in conversations}
@@ -229,14 +247,16 @@ class DeliveryService:
             ids, decode_sync_token(sync_token)
         )
         receipts: list[Envelope] = []
-        grouped: dict[str, list[object]] = {}
+        grouped: dict[str, list[Watermarks]] = {}
         for w in changed:
             if kinds.get(w.conversation_id) == DIRECT:
                 receipts.append(self._codec.receipt(w))
             else:
                 grouped.setdefault(w.conversation_id, []).append(w)
         for conversation_id, marks in grouped.items():
-            receipts.append(self._codec.receipts(conversation_id, marks))  # type: ignore[arg-type]
+            shown = session.filter_receipts(marks)
+            if shown:
+                receipts.append(self._codec.receipts(conversation_id, shown))
         for i in range(0, len(receipts), MAX_EVENTS_PER_WRITE):
             yield receipts[i : i + MAX_EVENTS_PER_WRITE]
 
