@@ -110,6 +110,9 @@ class MessageServiceSettings(_Section):
     # The same for groups, where each message moves every member's delivered
     # watermark: a longer interval coalesces more messages per write.
     group_ack_flush_seconds: float = Field(default=2.0, gt=0, le=30)
+    # Group delivered watermarks are raised in Redis at each flush and
+    # written to the database this often (and at shutdown).
+    group_delivered_persist_seconds: float = Field(default=30.0, gt=0, le=600)
     # Devices' acked positions (used when a device resumes without giving its
     # own) are written this often and when the device's stream ends; a crash
     # makes such a device get up to this much again, which it drops by version.

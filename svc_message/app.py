@@ -29,6 +29,7 @@ from svc_message.servicer.messages import MessageUnaryServicer
 from svc_message.servicer.service import SERVICE_NAME, register
 from svc_message.servicer.stream import StreamServicer
 from svc_message.storage.conversations import ConversationStore
+from svc_message.storage.delivered import DeliveredMarks
 from svc_message.storage.doorbell import Doorbell
 from svc_message.storage.doorbell import inbox as inbox_channel
 from svc_message.storage.inbox import InboxSettingsStore
@@ -101,7 +102,8 @@ async def build(settings: Settings) -> ServiceHost:
     groups = GroupsHandler(
         conversations, message_store, pipeline, accounts, doorbell, doorbell, codec
     )
-    changes = ChangesHandler(conversations, message_store, pipeline)
+    delivered = DeliveredMarks(runtime.redis)
+    changes = ChangesHandler(conversations, message_store, pipeline, delivered)
     delivery = DeliveryService(
         hub,
         conversation_store,
@@ -120,6 +122,8 @@ async def build(settings: Settings) -> ServiceHost:
         flush_seconds=config.ack_flush_seconds,
         cursor_flush_seconds=config.cursor_flush_seconds,
         group_flush_seconds=config.group_ack_flush_seconds,
+        group_persist_seconds=config.group_delivered_persist_seconds,
+        delivered=delivered,
         clock=clock,
     )
     runtime.registry.register(

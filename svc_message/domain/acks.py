@@ -11,6 +11,7 @@ import structlog
 from svc_message.domain.ports import EventCodec, Publisher
 from svc_message.model import DIRECT, Watermarks
 from svc_message.storage.conversations import ConversationStore
+from svc_message.storage.delivered import DeliveredMarks
 from svc_message.storage.doorbell import topic
 
 log = structlog.get_logger(__name__)
@@ -27,8 +28,10 @@ class AckBatcher:
     idempotent, so only the highest ack per (conversation, account) is written,
     once per ``flush_seconds``, and its receipt goes out then. In groups every
     message moves every member's delivered watermark, so their acks are
-    coalesced longer (``group_flush_seconds``) and written in chunks that let
-    the sends' own writes through in between. Device positions only serve a
+    coalesced longer (``group_flush_seconds``), raised in Redis
+    (``DeliveredMarks``) and written to the database only every
+    ``group_persist_seconds``, in chunks that let the sends' own writes
+    through in between. Device positions only serve a
     device that resumes without saying where it is, so they are written every
     ``cursor_flush_seconds``: after a crash such a device gets a few changes
     again, and drops them by version.
@@ -44,6 +47,8 @@ class AckBatcher:
         cursor_flush_seconds: float,
         clock: Callable[[], float],
         group_flush_seconds: float | None = None,
+        group_persist_seconds: float = 30.0,
+        delivered: DeliveredMarks | None = None,
         chunk: int = WRITE_CHUNK,
     ) -> None:
         self._store = store
@@ -52,6 +57,10 @@ class AckBatcher:
         self._flush_seconds = flush_seconds
         self._cursor_flush_seconds = cursor_flush_seconds
         self._group_flush_seconds = group_flush_seconds or flush_seconds
+        self._group_persist_seconds = group_persist_seconds
+        self._delivered = delivered
+        # Group delivered watermarks raised in Redis, not yet in the database.
+        self._durable_pending: dict[tuple[str, str], int] = {}
         self._clock = clock
         self._chunk = chunk
         # Direct conversations, and groups, each by (conversation, account).
@@ -82,6 +91,9 @@ class AckBatcher:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._every(self._flush_seconds, self.flush_watermarks))
             tasks.create_task(self._every(self._group_flush_seconds, self.flush_group_watermarks))
+            tasks.create_task(
+                self._every(self._group_persist_seconds, self.persist_group_watermarks)
+            )
             tasks.create_task(self._every(self._cursor_flush_seconds, self.flush_cursors))
 
     @staticmethod
@@ -91,9 +103,9 @@ class AckBatcher:
             await flush()
 
     async def flush(self) -> None:
-        await asyncio.gather(
-            self.flush_watermarks(), self.flush_group_watermarks(), self.flush_cursors()
-        )
+        await asyncio.gather(self.flush_watermarks(), self.flush_cursors())
+        await self.flush_group_watermarks()
+        await self.persist_group_watermarks()
 
     async def flush_device(self, device_id: str) -> None:
         """Write one device's positions now: its stream ended, and it may come
@@ -123,7 +135,46 @@ class AckBatcher:
 
     async def flush_group_watermarks(self) -> None:
         members, self._group_members = self._group_members, {}
-        await self._flush(members, group=True)
+        if not members:
+            return
+        by_conversation: dict[str, dict[str, int]] = {}
+        for (conversation_id, account_id), seq in members.items():
+            by_conversation.setdefault(conversation_id, {})[account_id] = seq
+        risen = (
+            None if self._delivered is None else await self._delivered.raise_many(by_conversation)
+        )
+        if risen is None:
+            # Redis cannot hold them: straight to the database, as for 1:1.
+            await self._flush(members, group=True)
+            return
+        deliveries: list[tuple[tuple[str, ...], bytes]] = []
+        for conversation_id, marks in risen.items():
+            for account_id, seq in marks.items():
+                key = (conversation_id, account_id)
+                self._durable_pending[key] = max(self._durable_pending.get(key, 0), seq)
+            # Delivered only: read watermarks travel with MarkRead's receipts,
+            # and each field only rises, so clients keep the max per field.
+            envelope = self._codec.receipts(
+                conversation_id,
+                [Watermarks(conversation_id, a, delivered_seq=seq) for a, seq in marks.items()],
+            )
+            deliveries.append(((topic(conversation_id),), self._codec.encode(envelope)))
+        await self._publisher.publish(deliveries)
+
+    async def persist_group_watermarks(self) -> None:
+        """Write the group delivered watermarks Redis holds to the database."""
+        pending, self._durable_pending = self._durable_pending, {}
+        if not pending:
+            return
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        raises = [(c, a, seq, 0) for (c, a), seq in pending.items()]
+        try:
+            for i in range(0, len(raises), self._chunk):
+                await self._store.raise_watermarks(raises[i : i + self._chunk], now=now)
+        except Exception as exc:
+            for key, seq in pending.items():
+                self._durable_pending[key] = max(self._durable_pending.get(key, 0), seq)
+            log.warning("group_watermark_persist_failed", error=str(exc))
 
     async def _flush(self, members: dict[tuple[str, str], int], *, group: bool) -> None:
         if not members:

@@ -9,6 +9,7 @@ before the ack, so history and the recent cache show the current state.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from parley_core.errors import FailedPrecondition, NotFound, Reason
@@ -19,7 +20,8 @@ from svc_message.domain.conversations import (
     effective_watermarks,
 )
 from svc_message.domain.sending import Committed, Draft, SendPipeline
-from svc_message.model import CHANNEL, SYSTEM, Change, ChangeKind, Message
+from svc_message.model import CHANNEL, DIRECT, SYSTEM, Change, ChangeKind, Message, Watermarks
+from svc_message.storage.delivered import DeliveredMarks
 from svc_message.storage.messages import MessageStore
 
 _UNSET = datetime.fromtimestamp(0, UTC)
@@ -35,10 +37,12 @@ class ChangesHandler:
         conversations: ConversationsHandler,
         messages: MessageStore,
         pipeline: SendPipeline,
+        delivered: DeliveredMarks | None = None,
     ) -> None:
         self._conversations = conversations
         self._messages = messages
         self._pipeline = pipeline
+        self._delivered = delivered
 
     async def _target(
         self, membership: Membership, message_id: str, *, live: bool = True
@@ -181,9 +185,9 @@ class ChangesHandler:
             raise FailedPrecondition(
                 "channels have no per-message receipts", reason=Reason.WRONG_CONVERSATION_TYPE
             )
-        (current,) = await self._conversations.fresh(
-            [await self._conversations.conversation(conversation_id)]
-        )
+        # The stored document, not the membership cache: last_seq must be current.
+        stored_conversation = await self._conversations.store.get(conversation_id)
+        (current,) = await self._conversations.fresh([stored_conversation or conversation])
         if not 0 < seq <= current.last_seq:
             raise _not_found()
         members = [
@@ -192,6 +196,14 @@ class ChangesHandler:
         stored = await self._conversations.store.watermarks_of(
             (conversation_id, m) for m in members
         )
+        if self._delivered is not None and current.type != DIRECT:
+            # Group delivery ticks are current in Redis, durable behind.
+            recent = await self._delivered.of(conversation_id, members)
+            by_member = {w.account_id: w for w in stored}
+            for member, seq in recent.items():
+                w = by_member.get(member, Watermarks(conversation_id, member))
+                by_member[member] = replace(w, delivered_seq=max(w.delivered_seq, seq))
+            stored = list(by_member.values())
         return [
             (w.account_id, w.delivered_seq >= seq, w.read_seq >= seq)
             for w in effective_watermarks(current, stored, sorted(members))
