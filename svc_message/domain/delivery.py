@@ -254,7 +254,7 @@ class DeliveryService:
             else:
                 grouped.setdefault(w.conversation_id, []).append(w)
         for conversation_id, marks in grouped.items():
-            shown = session.filter_receipts(marks)
+            shown = session.filter_receipts(conversation_id, marks)
             if shown:
                 receipts.append(self._codec.receipts(conversation_id, shown))
         for i in range(0, len(receipts), MAX_EVENTS_PER_WRITE):
@@ -313,7 +313,7 @@ class DeliveryService:
         for envelope in batch:
             conversation_id = envelope.conversation_id
             if envelope.kind == EventKind.RECEIPTS:
-                shown = session.filter_receipts(envelope.watermarks)
+                shown = session.filter_receipts(conversation_id, envelope.watermarks)
                 if shown:
                     out.append(self._codec.receipts(conversation_id, shown))
                 continue

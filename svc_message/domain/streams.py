@@ -144,10 +144,16 @@ class StreamSession:
             if watch is None or watch.seq < envelope.seq:
                 self.receipts[conversation_id] = ReceiptWatch(envelope.seq)
 
-    def filter_receipts(self, watermarks: Iterable[Watermarks]) -> list[Watermarks]:
+    def filter_receipts(
+        self, conversation_id: str, watermarks: Iterable[Watermarks]
+    ) -> list[Watermarks]:
         """The group receipts worth telling this device: members reaching the
         account's newest message, delivered or read, each once."""
-        shown = []
+        shown: list[Watermarks] = []
+        if conversation_id not in self.receipts:
+            # Most streams of a big group belong to members with nothing of
+            # their own to tick: no need to look at a thousand watermarks.
+            return shown
         for w in watermarks:
             watch = self.receipts.get(w.conversation_id)
             if watch is None or w.account_id == self.account_id:

@@ -179,14 +179,18 @@ def test_group_receipts_reach_a_sender_once_per_member_and_tick() -> None:
     session = StreamSession(account_id="me", device_id="d", expires_at=1e12, queue_limit=8)
     session.follow("g", kind=2, position=0, own_last=5)
     first = session.filter_receipts(
-        [Watermarks("g", "x", 5, 0), Watermarks("g", "y", 4, 4), Watermarks("g", "me", 5, 5)]
+        "g", [Watermarks("g", "x", 5, 0), Watermarks("g", "y", 4, 4), Watermarks("g", "me", 5, 5)]
     )
     assert first == [Watermarks("g", "x", 5, 0)]
-    assert session.filter_receipts([Watermarks("g", "x", 6, 0)]) == []  # nothing new for 5
-    assert session.filter_receipts([Watermarks("g", "x", 6, 5)]) == [Watermarks("g", "x", 6, 5)]
+    assert session.filter_receipts("g", [Watermarks("g", "x", 6, 0)]) == []  # nothing new for 5
+    assert session.filter_receipts("g", [Watermarks("g", "x", 6, 5)]) == [
+        Watermarks("g", "x", 6, 5)
+    ]
     # A newer own message starts over.
     session.note_sent(Envelope(EventKind.MESSAGE, "g", 7, object(), "me", version=9))
-    assert session.filter_receipts([Watermarks("g", "x", 7, 5)]) == [Watermarks("g", "x", 7, 5)]
+    assert session.filter_receipts("g", [Watermarks("g", "x", 7, 5)]) == [
+        Watermarks("g", "x", 7, 5)
+    ]
 
 
 async def test_session_queue_is_bounded_in_bytes_too() -> None:
