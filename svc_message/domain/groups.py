@@ -135,6 +135,32 @@ class GroupsHandler:
             Draft(conversation=conversation, template=template, notify=tuple(notify))
         )
 
+    async def _joined(
+        self,
+        conversation: Conversation,
+        account_ids: Sequence[str],
+        committed: Committed,
+        *,
+        now: float,
+    ) -> None:
+        """Record where the accounts' history starts: the system message that
+        added them."""
+        message = committed.message
+        assert message is not None
+        conversation_id = conversation.conversation_id
+        await self._store.set_joined(
+            conversation_id, account_ids, seq=message.seq, version=message.version
+        )
+        await self._store.record_joins(
+            conversation_id,
+            account_ids,
+            seq=message.seq,
+            version=message.version,
+            channel=conversation.type == CHANNEL,
+            now=_at(now),
+        )
+        await self._changed(conversation_id)
+
     async def _changed(self, conversation_id: str) -> None:
         self._conversations.forget(conversation_id)
         await self._bus.membership_changed(conversation_id)
@@ -221,20 +247,7 @@ class GroupsHandler:
             ),
             notify=members,
         )
-        message = committed.message
-        assert message is not None
-        await self._store.set_joined(
-            conversation_id, members, seq=message.seq, version=message.version
-        )
-        await self._store.record_joins(
-            conversation_id,
-            members,
-            seq=message.seq,
-            version=message.version,
-            channel=kind == CHANNEL,
-            now=_at(now),
-        )
-        await self._changed(conversation_id)
+        await self._joined(conversation, members, committed, now=now)
         return await self._conversations.get(conversation_id=conversation_id, account_id=account_id)
 
     # -- members -----------------------------------------------------------------
@@ -289,20 +302,7 @@ class GroupsHandler:
             event=SystemEvent(SystemAction.MEMBERS_ADDED, account_id, tuple(joining)),
             notify=joining,
         )
-        message = committed.message
-        assert message is not None
-        await self._store.set_joined(
-            conversation_id, joining, seq=message.seq, version=message.version
-        )
-        await self._store.record_joins(
-            conversation_id,
-            joining,
-            seq=message.seq,
-            version=message.version,
-            channel=False,
-            now=_at(now),
-        )
-        await self._changed(conversation_id)
+        await self._joined(conversation, joining, committed, now=now)
         return await self._conversations.get(conversation_id=conversation_id, account_id=account_id)
 
     async def _subscribe(self, conversation: Conversation, account_id: str, *, now: float) -> None:
