@@ -325,15 +325,23 @@ class ConversationsHandler:
         return entry
 
     async def entries(self, account_id: str, conversation_ids: Sequence[str]) -> list[InboxEntry]:
-        """The account's entries for those conversations it is an active member of."""
-        memberships = []
-        for conversation_id in conversation_ids:
-            try:
-                membership = await self.membership(conversation_id, account_id)
-            except NotFound:
-                continue
-            if membership is not None and membership.active:
-                memberships.append(membership)
+        """The account's entries for those conversations it is an active member
+        of: two queries whatever their number (conversations, then the member
+        records of those the account is not listed in)."""
+        conversations = await self._store.get_many(conversation_ids)
+        unlisted = [
+            c.conversation_id
+            for c in conversations
+            if c.type != DIRECT and account_id not in c.member_ids
+        ]
+        records = await self._store.members_of(account_id, unlisted)
+        memberships = [
+            m
+            for m in (
+                membership_of(c, account_id, records.get(c.conversation_id)) for c in conversations
+            )
+            if m is not None and m.active
+        ]
         return await self._entries(memberships)
 
     async def inbox(

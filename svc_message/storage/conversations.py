@@ -322,6 +322,16 @@ class ConversationStore:
             return None
         return _record(doc)
 
+    async def members_of(
+        self, account_id: str, conversation_ids: Iterable[str]
+    ) -> dict[str, MemberRecord]:
+        """The account's member records in those conversations, by conversation."""
+        keys = [member_key(c, account_id) for c in conversation_ids]
+        if not keys:
+            return {}
+        cursor = self._members.find({"_id": {"$in": keys}, "active": {"$exists": True}})
+        return {doc["conversation_id"]: _record(doc) async for doc in cursor}
+
     async def active_members(
         self, conversation_id: str, *, after: str, limit: int
     ) -> list[MemberRecord]:
