@@ -166,8 +166,15 @@ class DeliveryService:
                 continue  # a position for a conversation that does not exist
             if membership is None or membership.active or membership.left_version <= position:
                 continue
+            if membership.conversation.type == CHANNEL and position < membership.joined_version:
+                continue  # a channel's posts are read by paging history, not replayed
+            kind = membership.conversation.type
             session.follow(
-                conversation_id, kind=membership.conversation.type, position=position, own_last=0
+                conversation_id,
+                kind=kind,
+                position=position,
+                own_last=0,
+                floor_seq=membership.joined_seq if kind == GROUP else 0,
             )
             async for batch in self._replay(
                 session, conversation_id, until=membership.left_version
@@ -208,7 +215,15 @@ class DeliveryService:
             async for batch in self._catch_up(session, conversations):
                 yield batch
             active = {c.conversation_id for c in conversations}
-            async for batch in self._departed(session, {**cursors, **positions}, active):
+            held = {**cursors, **positions}
+            since = decode_sync_token(sync_token)
+            if since is not None:
+                # Groups the account joined and left while this device was
+                # away: the device never held them, but should show them.
+                for record in await self._conversations.departures_since(session.account_id, since):
+                    if record.conversation_id not in held and record.joined_version:
+                        held[record.conversation_id] = record.joined_version - 1
+            async for batch in self._departed(session, held, active):
                 yield batch
             async for batch in self._receipts(session, conversations, sync_token):
                 yield batch

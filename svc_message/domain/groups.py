@@ -364,7 +364,7 @@ class GroupsHandler:
         if target is None or not target.active:
             retry = await self._retry_of(conversation_id, account_id, request_id)
             if retry is not None and retry.message is not None:
-                await self._finish_departure(conversation, target_id, retry.message)
+                await self._finish_departure(conversation, target_id, retry.message, now=now)
                 return await self._conversations.get(
                     conversation_id=conversation_id, account_id=account_id
                 )
@@ -373,7 +373,7 @@ class GroupsHandler:
             )
         roles.check_remove(actor.role, target.role)
         if conversation.type == CHANNEL and target_id not in conversation.member_ids:
-            await self._unsubscribe(conversation, target_id)
+            await self._unsubscribe(conversation, target_id, now=now)
         else:
             committed = await self._system(
                 conversation,
@@ -384,30 +384,31 @@ class GroupsHandler:
                 notify=(target_id,),
             )
             assert committed.message is not None
-            await self._finish_departure(conversation, target_id, committed.message)
+            await self._finish_departure(conversation, target_id, committed.message, now=now)
         return await self._conversations.get(conversation_id=conversation_id, account_id=account_id)
 
     async def _finish_departure(
-        self, conversation: Conversation, account_id: str, message: Message
+        self, conversation: Conversation, account_id: str, message: Message, *, now: float
     ) -> None:
         conversation_id = conversation.conversation_id
         # A group counts member_ids; a channel counts active member records.
         channel = conversation.type == CHANNEL
         await self._store.remove_member(conversation_id, account_id, count=not channel)
         gone = await self._store.record_departure(
-            conversation_id, account_id, seq=message.seq, version=message.version
+            conversation_id, account_id, seq=message.seq, version=message.version, now=_at(now)
         )
         if gone and channel:
             await self._store.count_subscriber(conversation_id, -1)
         await self._changed(conversation_id)
 
-    async def _unsubscribe(self, conversation: Conversation, account_id: str) -> int:
+    async def _unsubscribe(self, conversation: Conversation, account_id: str, *, now: float) -> int:
         (current,) = await self._conversations.fresh([conversation])
         if await self._store.record_departure(
             conversation.conversation_id,
             account_id,
             seq=current.last_seq,
             version=current.last_version,
+            now=_at(now),
         ):
             await self._store.count_subscriber(conversation.conversation_id, -1)
         await self._changed(conversation.conversation_id)
@@ -415,7 +416,13 @@ class GroupsHandler:
         return current.last_seq
 
     async def leave(
-        self, *, account_id: str, device_id: str, request_id: str, conversation_id: str
+        self,
+        *,
+        account_id: str,
+        device_id: str,
+        request_id: str,
+        conversation_id: str,
+        now: float,
     ) -> int:
         """Leave; the seq where the caller's history ends."""
         membership = await self._conversations.membership(conversation_id, account_id)
@@ -423,7 +430,7 @@ class GroupsHandler:
             retry = await self._retry_of(conversation_id, account_id, request_id)
             if retry is not None and retry.message is not None:
                 conversation = await self._fresh(conversation_id)
-                await self._finish_departure(conversation, account_id, retry.message)
+                await self._finish_departure(conversation, account_id, retry.message, now=now)
                 return retry.message.seq
             raise PermissionDenied("you are not a member of this conversation")
         conversation = await self._fresh(conversation_id)
@@ -432,7 +439,7 @@ class GroupsHandler:
                 "direct conversations cannot be left", reason=Reason.WRONG_CONVERSATION_TYPE
             )
         if conversation.type == CHANNEL and account_id not in conversation.member_ids:
-            return await self._unsubscribe(conversation, account_id)
+            return await self._unsubscribe(conversation, account_id, now=now)
         owners = sum(1 for _, role in conversation.roles if role == OWNER)
         roles.check_leave(
             role=conversation.role_of(account_id),
@@ -448,7 +455,7 @@ class GroupsHandler:
             notify=(account_id,),
         )
         assert committed.message is not None
-        await self._finish_departure(conversation, account_id, committed.message)
+        await self._finish_departure(conversation, account_id, committed.message, now=now)
         return committed.message.seq
 
     async def set_role(

@@ -153,6 +153,7 @@ class GroupsServicer:
             device_id=caller.device_id,
             request_id=request.request_id.lower(),
             conversation_id=request.conversation_id,
+            now=self._clock(),
         )
         return pb.LeaveConversationResponse(left_seq=left_seq)
 

@@ -307,14 +307,28 @@ class ConversationStore:
         return [a for a in ids if a not in before]
 
     async def record_departure(
-        self, conversation_id: str, account_id: str, *, seq: int, version: int
+        self, conversation_id: str, account_id: str, *, seq: int, version: int, now: datetime
     ) -> bool:
         """Mark the member gone as of (seq, version); False if already gone."""
         result = await self._members.update_one(
             {"_id": member_key(conversation_id, account_id), "active": True},
-            {"$set": {"active": False, "left_seq": seq, "left_version": version}},
+            {
+                "$set": {
+                    "active": False,
+                    "left_seq": seq,
+                    "left_version": version,
+                    "left_at": now,
+                }
+            },
         )
         return result.modified_count == 1
+
+    async def departures_since(self, account_id: str, since: datetime) -> list[MemberRecord]:
+        """The account's group and channel departures at or after ``since``."""
+        cursor = self._members.find(
+            {"account_id": account_id, "active": False, "left_at": {"$gte": since}}
+        )
+        return [_record(doc) async for doc in cursor]
 
     async def member(self, conversation_id: str, account_id: str) -> MemberRecord | None:
         doc = await self._members.find_one({"_id": member_key(conversation_id, account_id)})
