@@ -215,15 +215,7 @@ class DeliveryService:
             async for batch in self._catch_up(session, conversations):
                 yield batch
             active = {c.conversation_id for c in conversations}
-            held = {**cursors, **positions}
-            since = decode_sync_token(sync_token)
-            if since is not None:
-                # Groups the account joined and left while this device was
-                # away: the device never held them, but should show them.
-                for record in await self._conversations.departures_since(session.account_id, since):
-                    if record.conversation_id not in held and record.joined_version:
-                        held[record.conversation_id] = record.joined_version - 1
-            async for batch in self._departed(session, held, active):
+            async for batch in self._departed(session, {**cursors, **positions}, active):
                 yield batch
             async for batch in self._receipts(session, conversations, sync_token):
                 yield batch

@@ -323,13 +323,6 @@ class ConversationStore:
         )
         return result.modified_count == 1
 
-    async def departures_since(self, account_id: str, since: datetime) -> list[MemberRecord]:
-        """The account's group and channel departures at or after ``since``."""
-        cursor = self._members.find(
-            {"account_id": account_id, "active": False, "left_at": {"$gte": since}}
-        )
-        return [_record(doc) async for doc in cursor]
-
     async def member(self, conversation_id: str, account_id: str) -> MemberRecord | None:
         doc = await self._members.find_one({"_id": member_key(conversation_id, account_id)})
         if doc is None or "active" not in doc:

@@ -20,13 +20,11 @@ from tests.users import (
     all_messages,
     error_fields,
     link_device,
-    open_stream,
     rid,
     rpc,
     send,
     sign_up,
     sign_up_many,
-    synced,
 )
 
 # -- messages that are not there ---------------------------------------------------------
@@ -261,41 +259,3 @@ async def test_a_channel_subscriber_sees_the_whole_history(keys, messages) -> No
     assert again.conversation.last_version == subscribed.conversation.last_version
     owner_again = await rpc(messages, "SubscribeChannel", owner, conversation_id=cid)
     assert owner_again.role == mpb.ROLE_OWNER
-
-
-async def test_a_device_away_for_a_whole_membership_still_sees_it(
-    keys, messages, messages_b
-) -> None:
-    owner, member, guest = await sign_up_many(keys, 3)
-    view = await rpc(
-        messages, "CreateGroup", owner, title="brief", member_account_ids=[member.account_id]
-    )
-    cid = view.conversation.conversation_id
-    before = await send(messages, owner, cid, b"before the guest")
-    away = await open_stream(messages_b, guest)
-    await away.wait_for(synced)
-    token = next(e.sync_complete.sync_token for e in away.events if e.HasField("sync_complete"))
-    await away.close()
-
-    # While the guest's device is away, the guest is added and removed again.
-    await rpc(messages, "AddMembers", owner, conversation_id=cid, account_ids=[guest.account_id])
-    during = await send(messages, owner, cid, b"while the guest was in")
-    await rpc(
-        messages, "EditMessage", owner, conversation_id=cid, message_id=before.message_id, body=b"x"
-    )
-    await rpc(messages, "RemoveMember", owner, conversation_id=cid, account_id=guest.account_id)
-    await send(messages, owner, cid, b"after the guest")
-
-    back = await open_stream(messages_b, guest, sync_token=token)
-    try:
-        await back.wait_for(synced)
-        shown = back.messages(cid)
-        assert [m.body for m in shown if m.type != mpb.MESSAGE_TYPE_SYSTEM] == [during.body]
-        actions = [m.system.action for m in shown if m.type == mpb.MESSAGE_TYPE_SYSTEM]
-        assert actions == [
-            mpb.SystemEvent.ACTION_MEMBERS_ADDED,
-            mpb.SystemEvent.ACTION_MEMBER_REMOVED,
-        ]
-        assert "edit" not in back.kinds(), "an edit of a message from before joining"
-    finally:
-        await back.close()
