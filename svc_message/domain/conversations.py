@@ -190,7 +190,10 @@ class ConversationsHandler:
         # remembered for good; groups and channels for a moment (and until
         # a membership change is announced). This keeps a send read-free.
         self._cached: OrderedDict[str, tuple[Conversation, float]] = OrderedDict()
-        self._records: dict[tuple[str, str], tuple[MemberRecord | None, float]] = {}
+        # Per conversation, per account: channel subscribers' and former
+        # members' records, so a membership change drops a conversation's at once.
+        self._records: dict[str, dict[str, tuple[MemberRecord | None, float]]] = {}
+        self._record_count = 0
         self._cache_size = membership_cache_size
 
     @property
@@ -200,8 +203,9 @@ class ConversationsHandler:
     def forget(self, conversation_id: str) -> None:
         """Its membership changed: read it again next time."""
         self._cached.pop(conversation_id, None)
-        for key in [k for k in self._records if k[0] == conversation_id]:
-            del self._records[key]
+        dropped = self._records.pop(conversation_id, None)
+        if dropped:
+            self._record_count -= len(dropped)
 
     def _expired(self, stored_at: float) -> bool:
         return self._monotonic() - stored_at > MEMBERSHIP_TTL_SECONDS
@@ -222,14 +226,17 @@ class ConversationsHandler:
     async def _record(self, conversation: Conversation, account_id: str) -> MemberRecord | None:
         if conversation.type == DIRECT or account_id in conversation.member_ids:
             return None
-        key = (conversation.conversation_id, account_id)
-        cached = self._records.get(key)
+        conversation_id = conversation.conversation_id
+        cached = self._records.get(conversation_id, {}).get(account_id)
         if cached is not None and not self._expired(cached[1]):
             return cached[0]
-        record = await self._store.member(conversation.conversation_id, account_id)
-        if len(self._records) > self._cache_size:
+        record = await self._store.member(conversation_id, account_id)
+        if self._record_count > self._cache_size:
             self._records.clear()
-        self._records[key] = (record, self._monotonic())
+            self._record_count = 0
+        records = self._records.setdefault(conversation_id, {})
+        self._record_count += account_id not in records
+        records[account_id] = (record, self._monotonic())
         return record
 
     async def membership(self, conversation_id: str, account_id: str) -> Membership | None:
