@@ -246,12 +246,3 @@ class Page:
     messages: list[Message]
     wire: list[bytes]
     next_start: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Sent:
-    """A stored message with its stream event, built once per message and
-    reused for the doorbell, the recent cache and the sender's ack."""
-
-    message: Message
-    envelope: Envelope
