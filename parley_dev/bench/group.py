@@ -41,7 +41,6 @@ from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_dev.bench import procstat
 from parley_dev.bench.args import MAX_GROUP_MEMBERS
-from parley_dev.bench.baseline import BaselineServer, push_phase, unary_phase
 from parley_dev.bench.group_report import GroupMeasurements, build_group_report
 from parley_dev.bench.group_report import render_group as render_group
 from parley_dev.bench.load import (
@@ -54,7 +53,13 @@ from parley_dev.bench.load import (
 )
 from parley_dev.bench.population import BodyCodec, User, request_id, sign_up_users, wire_sizes
 from parley_dev.bench.report import machine_info
-from parley_dev.bench.runner import BenchConfig, StackTargets, progress, stack_targets
+from parley_dev.bench.runner import (
+    BenchConfig,
+    StackTargets,
+    progress,
+    run_baselines,
+    stack_targets,
+)
 from parley_dev.bench.streams import DeviceStream, close_streams, stream_errors
 
 # The body header's phase byte of this scenario's messages.
@@ -327,37 +332,11 @@ async def group_bench(config: BenchConfig) -> dict[str, Any]:
     work_dir = Path(tempfile.mkdtemp(prefix="parley-bench-group-"))
     machine = machine_info()
     cpu = procstat.CpuBook()
-    send_bytes, event_bytes = wire_sizes(config.body_bytes)
     ok = False
     try:
-        baseline = BaselineServer(work_dir=work_dir, loop=config.loop)
-        progress(f"baseline server on {baseline.target} ({config.loop})")
-        async with grpc.aio.insecure_channel(baseline.target) as channel:
-            await baseline.start(channel)
-            try:
-                pids = {"bench_client": os.getpid(), "baseline_server": baseline.process.pid or 0}
-                begin, end = cpu.hooks("baseline_unary", pids)
-                progress(f"baseline unary: {BASELINE_UNARY_CALLERS} caller")
-                unary = await unary_phase(
-                    channel,
-                    callers=BASELINE_UNARY_CALLERS,
-                    payload_bytes=send_bytes,
-                    window=Window.after(config.warmup_s, config.duration_s),
-                    on_start=[begin],
-                    on_end=[end],
-                )
-                begin, end = cpu.hooks("baseline_push", pids)
-                progress(f"baseline push: {params.streams} streams")
-                push = await push_phase(
-                    channel,
-                    streams=params.streams,
-                    payload_bytes=event_bytes,
-                    window=Window.after(config.warmup_s, config.duration_s),
-                    on_start=[begin],
-                    on_end=[end],
-                )
-            finally:
-                await baseline.stop()
+        unary, push = await run_baselines(
+            config, work_dir, cpu, callers=BASELINE_UNARY_CALLERS, streams=params.streams
+        )
         async with stack_targets(config, work_dir) as targets:
             measurements = await _measure_group(config, params, cpu, targets, unary, push)
         ok = True

@@ -168,42 +168,52 @@ def progress(text: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
+async def run_baselines(
+    config: BenchConfig, work_dir: Path, cpu: procstat.CpuBook, *, callers: int, streams: int
+) -> tuple[Any, Any]:
+    """The bare-gRPC baselines of a run: unary calls, then a push to streams,
+    on a server process of their own, with the CPU each phase used."""
+    send_bytes, event_bytes = wire_sizes(config.body_bytes)
+    baseline = BaselineServer(work_dir=work_dir, loop=config.loop)
+    progress(f"baseline server on {baseline.target} ({config.loop})")
+    async with grpc.aio.insecure_channel(baseline.target) as channel:
+        await baseline.start(channel)
+        try:
+            pids = {"bench_client": os.getpid(), "baseline_server": baseline.process.pid or 0}
+            begin, end = cpu.hooks("baseline_unary", pids)
+            progress(f"baseline unary: {callers} callers")
+            unary = await unary_phase(
+                channel,
+                callers=callers,
+                payload_bytes=send_bytes,
+                window=Window.after(config.warmup_s, config.duration_s),
+                on_start=[begin],
+                on_end=[end],
+            )
+            begin, end = cpu.hooks("baseline_push", pids)
+            progress(f"baseline push: {streams} streams")
+            push = await push_phase(
+                channel,
+                streams=streams,
+                payload_bytes=event_bytes,
+                window=Window.after(config.warmup_s, config.duration_s),
+                on_start=[begin],
+                on_end=[end],
+            )
+        finally:
+            await baseline.stop()
+    return unary, push
+
+
 async def bench(config: BenchConfig) -> dict[str, Any]:
     work_dir = Path(tempfile.mkdtemp(prefix="parley-bench-"))
     machine = machine_info()
     cpu = procstat.CpuBook()
-    me = {"bench_client": os.getpid()}
-    send_bytes, event_bytes = wire_sizes(config.body_bytes)
     ok = False
     try:
-        baseline = BaselineServer(work_dir=work_dir, loop=config.loop)
-        progress(f"baseline server on {baseline.target} ({config.loop})")
-        async with grpc.aio.insecure_channel(baseline.target) as channel:
-            await baseline.start(channel)
-            try:
-                pids = {**me, "baseline_server": baseline.process.pid or 0}
-                begin, end = cpu.hooks("baseline_unary", pids)
-                progress(f"baseline unary: {config.concurrency} callers")
-                unary = await unary_phase(
-                    channel,
-                    callers=config.concurrency,
-                    payload_bytes=send_bytes,
-                    window=Window.after(config.warmup_s, config.duration_s),
-                    on_start=[begin],
-                    on_end=[end],
-                )
-                begin, end = cpu.hooks("baseline_push", pids)
-                progress(f"baseline push: {2 * config.pairs} streams")
-                push = await push_phase(
-                    channel,
-                    streams=2 * config.pairs,
-                    payload_bytes=event_bytes,
-                    window=Window.after(config.warmup_s, config.duration_s),
-                    on_start=[begin],
-                    on_end=[end],
-                )
-            finally:
-                await baseline.stop()
+        unary, push = await run_baselines(
+            config, work_dir, cpu, callers=config.concurrency, streams=2 * config.pairs
+        )
         measurements = await _stack_phases(config, work_dir, cpu, unary, push)
         ok = True
         return build_report(measurements, machine=machine, parameters=config.parameters())
