@@ -90,6 +90,68 @@ class KeysServiceSettings(_Section):
     max_devices_per_account: int = Field(default=5, ge=1, le=64)
 
 
+class WebhookPushSettings(_Section):
+    # Unset: webhook tokens are accepted but their notifications dead-letter.
+    url: str | None = None
+    # HMAC-SHA256 key for the signature header; give it through
+    # PARLEY_MESSAGE__PUSH__WEBHOOK__SECRET_FILE, never in the YAML.
+    secret: str | None = Field(default=None, min_length=16, repr=False)
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+
+class ApnsPushSettings(_Section):
+    # Production; https://api.sandbox.push.apple.com for development builds.
+    endpoint: str = "https://api.push.apple.com"
+    team_id: str | None = None
+    key_id: str | None = None
+    # The .p8 signing key from the Apple developer account.
+    private_key_file: Path | None = None
+    # The app's bundle id (apns-topic).
+    topic: str | None = None
+    # CA bundle to trust instead of the system's (tests with a local server).
+    ca_file: Path | None = None
+    timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+
+
+class FcmPushSettings(_Section):
+    endpoint: str = "https://fcm.googleapis.com"
+    # The Firebase service account JSON (client_email, private_key, token_uri).
+    service_account_file: Path | None = None
+    project_id: str | None = None
+    ca_file: Path | None = None
+    timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+
+
+class PushSettings(_Section):
+    # Run an outbox worker in this process; any number of processes may.
+    worker: bool = True
+    # Messages for one device within this window become one notification.
+    collapse_seconds: float = Field(default=2.0, ge=0, le=300)
+    # Delivery attempts before a notification is dead-lettered.
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    # Exponential backoff with full jitter between attempts.
+    backoff_base_seconds: float = Field(default=1.0, gt=0, le=600)
+    backoff_max_seconds: float = Field(default=300.0, gt=0, le=86400)
+    # A claimed notification whose worker vanished is retried after this.
+    lease_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # How often an idle worker looks for due notifications.
+    poll_seconds: float = Field(default=0.5, gt=0, le=60)
+    # Notifications worked on at once per worker.
+    concurrency: int = Field(default=16, ge=1, le=1000)
+    # Delivered and dead-lettered notifications are kept this long.
+    retention_seconds: int = Field(default=7 * 86400, ge=60)
+    webhook: WebhookPushSettings = WebhookPushSettings()
+    apns: ApnsPushSettings = ApnsPushSettings()
+    fcm: FcmPushSettings = FcmPushSettings()
+
+
 class MessageServiceSettings(_Section):
     server: ServerSettings = ServerSettings(port=7102)
     # Where svc_message reaches svc_keys (peer account checks).
@@ -130,6 +192,31 @@ class MessageServiceSettings(_Section):
     # costs one write per flush however many messages it got, and inbox order
     # trails by about this much (unread counts and last_seq do not trail).
     projector_interval_seconds: float = Field(default=0.25, ge=0, le=60)
+    # Typing indicators: how long a recipient shows one unless renewed, the
+    # least time between two forwarded starts per device and conversation, and
+    # a per-device token bucket over all conversations (burst, then per second).
+    typing_expires_seconds: float = Field(default=6.0, gt=0, le=60)
+    typing_min_interval_seconds: float = Field(default=2.0, ge=0, le=60)
+    typing_burst: int = Field(default=5, ge=1, le=100)
+    typing_per_second: float = Field(default=2.0, gt=0, le=100)
+    push: PushSettings = PushSettings()
+
+
+class PresenceServiceSettings(_Section):
+    server: ServerSettings = ServerSettings(port=7103)
+    # A device counts as online this long after its last heartbeat or stream
+    # refresh; streams are refreshed every third of it.
+    device_ttl_seconds: float = Field(default=45.0, ge=1, le=3600)
+    # How often each process looks for users whose devices all expired.
+    sweep_interval_seconds: float = Field(default=0.5, gt=0, le=60)
+    # Last seen is written to MongoDB when a user goes offline and at most this
+    # often while online, so a Redis restart loses at most this much of it.
+    last_seen_persist_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # Redis calls of presence RPCs give up after this (fail fast when it is down).
+    redis_timeout_seconds: float = Field(default=0.5, gt=0, le=30)
+    max_contacts: int = Field(default=5000, ge=1, le=100_000)
+    # Open SubscribePresence streams per process.
+    max_subscriptions: int = Field(default=10_000, ge=1)
 
 
 class Settings(_Section):
@@ -141,6 +228,7 @@ class Settings(_Section):
     auth: AuthSettings = AuthSettings()
     keys: KeysServiceSettings = KeysServiceSettings()
     message: MessageServiceSettings = MessageServiceSettings()
+    presence: PresenceServiceSettings = PresenceServiceSettings()
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:

@@ -17,6 +17,7 @@ HOST = "127.0.0.1"
 DB = "secantusdb"
 REDIS = "redis"
 KEYS = "svc_keys"
+PRESENCE = "svc_presence"
 # Extra svc_message instances step by 10 so they stay clear of the ports of the
 # services that follow it in the default layout (7103, 7104, ...).
 MESSAGE_PORT_STEP = 10
@@ -44,6 +45,8 @@ class StackPorts:
     keys_metrics: int = 9101
     message: tuple[int, ...] = (7102,)
     message_metrics: tuple[int, ...] = (9102,)
+    presence: int = 7103
+    presence_metrics: int = 9103
 
     @classmethod
     def defaults(cls, message_instances: int = 1, *, offset: int = 0) -> StackPorts:
@@ -56,19 +59,23 @@ class StackPorts:
             keys_metrics=9101 + offset,
             message=tuple(7102 + offset + step for step in steps),
             message_metrics=tuple(9102 + offset + step for step in steps),
+            presence=7103 + offset,
+            presence_metrics=9103 + offset,
         )
 
     @classmethod
     def free(cls, message_instances: int = 1) -> StackPorts:
         """Ports the OS reports free now (tests)."""
-        ports = free_ports(4 + 2 * message_instances)
+        ports = free_ports(6 + 2 * message_instances)
         return cls(
             mongo=ports[0],
             redis=ports[1],
             keys=ports[2],
             keys_metrics=ports[3],
-            message=tuple(ports[4 : 4 + message_instances]),
-            message_metrics=tuple(ports[4 + message_instances :]),
+            presence=ports[4],
+            presence_metrics=ports[5],
+            message=tuple(ports[6 : 6 + message_instances]),
+            message_metrics=tuple(ports[6 + message_instances :]),
         )
 
     def all(self) -> list[int]:
@@ -79,6 +86,8 @@ class StackPorts:
             self.keys_metrics,
             *self.message,
             *self.message_metrics,
+            self.presence,
+            self.presence_metrics,
         ]
 
 

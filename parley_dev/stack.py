@@ -1,9 +1,10 @@
 """The whole Parley stack on one machine, as child processes: for ``parley up`` and tests.
 
 SecantusDB (MongoDB wire protocol) and Redis come first, then svc_keys, then the
-svc_message instances, each started as ``python -m svc_...`` with a generated
-config file. Everything lives under one root directory, so the database, the
-signing keys and the logs survive a restart of the stack.
+svc_message instances and svc_presence side by side, each started as
+``python -m svc_...`` with a generated config file. Everything lives under one
+root directory, so the database, the signing keys and the logs survive a
+restart of the stack.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from parley_dev.layout import (
     DB_STOP_SECONDS,
     HOST,
     KEYS,
+    PRESENCE,
     REDIS,
     REDIS_READY_SECONDS,
     REDIS_STOP_SECONDS,
@@ -46,7 +48,16 @@ from parley_dev.probes import (
 )
 from parley_dev.process import ManagedProcess, port_is_free
 
-__all__ = ["DB", "KEYS", "REDIS", "LocalStack", "StackError", "StackPorts", "message_name"]
+__all__ = [
+    "DB",
+    "KEYS",
+    "PRESENCE",
+    "REDIS",
+    "LocalStack",
+    "StackError",
+    "StackPorts",
+    "message_name",
+]
 
 
 async def _together(*steps: Coroutine[Any, Any, None]) -> None:
@@ -102,6 +113,8 @@ class LocalStack:
         self.message_metrics_urls = [
             f"http://{HOST}:{p}/metrics" for p in ports.message_metrics[:message_instances]
         ]
+        self.presence_target = f"{HOST}:{ports.presence}"
+        self.presence_metrics_url = f"http://{HOST}:{ports.presence_metrics}/metrics"
         self._config = self._config_tree(log_format, log_level, shutdown_grace_seconds)
         if extra_config:
             self._config = deep_merge(self._config, extra_config)
@@ -110,6 +123,7 @@ class LocalStack:
         self._grace = max(
             self.settings.keys.server.shutdown_grace_seconds,
             self.settings.message.server.shutdown_grace_seconds,
+            self.settings.presence.server.shutdown_grace_seconds,
         )
         self._processes = self._build_processes()
 
@@ -141,6 +155,8 @@ class LocalStack:
         """(gRPC port, metrics port) of a service component."""
         if name == KEYS:
             return self.ports.keys, self.ports.keys_metrics
+        if name == PRESENCE:
+            return self.ports.presence, self.ports.presence_metrics
         index = self._message_index(name)
         return self.ports.message[index], self.ports.message_metrics[index]
 
@@ -162,12 +178,19 @@ class LocalStack:
 
     async def start_services(self) -> None:
         await self.start_keys()
-        # svc_message instances only depend on svc_keys, so they start side by side.
-        await _together(*(self.start_message(i) for i in range(self.message_instances)))
+        # svc_message instances only depend on svc_keys, and svc_presence on the
+        # backends alone, so they start side by side.
+        await _together(
+            *(self.start_message(i) for i in range(self.message_instances)),
+            self.start_presence(),
+        )
 
     async def stop(self) -> None:
         """Stop every running process in reverse start order (SIGTERM, then SIGKILL)."""
-        await asyncio.gather(*(self.stop_message(i) for i in range(self.message_instances)))
+        await asyncio.gather(
+            *(self.stop_message(i) for i in range(self.message_instances)),
+            self.stop_presence(),
+        )
         await self.stop_keys()
         # Neither backend needs the other to shut down cleanly.
         await asyncio.gather(self.stop_redis(), self.stop_db())
@@ -212,6 +235,8 @@ class LocalStack:
             await self.start_redis()
         elif name == KEYS:
             await self.start_keys()
+        elif name == PRESENCE:
+            await self.start_presence()
         else:
             await self.start_message(self._message_index(name))
 
@@ -263,6 +288,17 @@ class LocalStack:
         """SIGKILL svc_message instance ``index`` (a crash, for failure tests)."""
         await self._processes[message_name(self._check_index(index))].kill()
 
+    async def start_presence(self) -> None:
+        """Start (or restart, on the same ports) svc_presence."""
+        await self._start_service(PRESENCE)
+
+    async def stop_presence(self) -> None:
+        await self._processes[PRESENCE].terminate(self._grace + SERVICE_STOP_MARGIN_SECONDS)
+
+    async def kill_presence(self) -> None:
+        """SIGKILL svc_presence (a crash, for failure tests)."""
+        await self._processes[PRESENCE].kill()
+
     # -- internals ----------------------------------------------------------------
 
     def _config_tree(
@@ -289,6 +325,7 @@ class LocalStack:
                 "server": server(ports.message[0], ports.message_metrics[0]),
                 "keys_target": self.keys_target,
             },
+            "presence": {"server": server(ports.presence, ports.presence_metrics)},
         }
 
     def _build_processes(self) -> dict[str, ManagedProcess]:
@@ -346,6 +383,13 @@ class LocalStack:
                 env=instance_env,
                 cwd=self.root,
             )
+        processes[PRESENCE] = ManagedProcess(
+            PRESENCE,
+            [sys.executable, "-m", "svc_presence"],
+            log_path=self.logs_dir / f"{PRESENCE}.log",
+            env=service_env,
+            cwd=self.root,
+        )
         return processes
 
     async def _start_service(self, name: str) -> None:

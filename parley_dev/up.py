@@ -1,4 +1,5 @@
-"""``parley up``: start the local stack, keep it running, stop it cleanly on a signal."""
+"""``parley up``: start the local stack (backends, svc_keys, svc_message, svc_presence),
+keep it running, stop it cleanly on a signal."""
 
 from __future__ import annotations
 
@@ -134,6 +135,7 @@ def banner(stack: LocalStack, client_commands: Sequence[str] = ()) -> str:
             lines.append(
                 f"  with --keys-target {stack.keys_target}"
                 f" --message-target {stack.message_targets[0]}"
+                f" --presence-target {stack.presence_target}"
             )
     else:
         lines.append(f"Client commands: ./{PROG} --help ({KEYS} is {stack.keys_target})")

@@ -3,29 +3,39 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 from parley_core.config import Settings
 from parley_core.errors import Reason, Unavailable
 from parley_core.rpc.server import ServiceHost
 from parley_core.runtime import open_runtime, service_main
+from parley_core.storage.liveness import Liveness
 from svc_message.domain.acks import AckBatcher
 from svc_message.domain.changes import ChangesHandler
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.delivery import DeliveryService
 from svc_message.domain.groups import GroupsHandler
 from svc_message.domain.inbox import InboxHandler
+from svc_message.domain.leases import StreamLeases
 from svc_message.domain.messages import MessagesHandler
 from svc_message.domain.projection import Projector
+from svc_message.domain.push_devices import PushDevices
+from svc_message.domain.push_planner import PushPlanner
+from svc_message.domain.push_worker import PushWorker
 from svc_message.domain.sending import SendPipeline
 from svc_message.domain.streams import Hub
+from svc_message.domain.typing import TypingLimits, TypingRelay
 from svc_message.metrics import MessageMetrics
 from svc_message.model import MemberSettings
 from svc_message.peers.keys import AccountDirectory
+from svc_message.peers.push import Router, build_providers
+from svc_message.push_metrics import PushMetrics
 from svc_message.servicer.changes import ChangesServicer
 from svc_message.servicer.convert import ProtoEventCodec
 from svc_message.servicer.groups import GroupsServicer
 from svc_message.servicer.inbox import InboxServicer
 from svc_message.servicer.messages import MessageUnaryServicer
+from svc_message.servicer.push import PushServicer
 from svc_message.servicer.service import SERVICE_NAME, register
 from svc_message.servicer.stream import StreamServicer
 from svc_message.storage.conversations import ConversationStore
@@ -35,6 +45,7 @@ from svc_message.storage.doorbell import inbox as inbox_channel
 from svc_message.storage.inbox import InboxSettingsStore
 from svc_message.storage.messages import MessageStore
 from svc_message.storage.projection import ProjectorStore
+from svc_message.storage.push import MuteLookup, PushOutbox, PushSettingsStore, PushTokenStore
 from svc_message.storage.recent import RecentCache
 
 
@@ -78,6 +89,49 @@ async def build(settings: Settings) -> ServiceHost:
         ttl_seconds=config.recent_cache_ttl_seconds,
     )
     conversations = ConversationsHandler(conversation_store, recent, accounts, doorbell, codec)
+    # Push notifications: planned by the projector, delivered by the worker.
+    push_config = config.push
+    push_tokens = PushTokenStore(runtime.db)
+    push_outbox = PushOutbox(runtime.db, retention=timedelta(seconds=push_config.retention_seconds))
+    await push_tokens.ensure_indexes()
+    await push_outbox.ensure_indexes()
+    push_settings = PushSettingsStore(runtime.db)
+    push_devices = PushDevices(push_tokens, push_settings, push_outbox, clock=clock)
+    # Device leases in Redis: delivery streams keep theirs (the record
+    # svc_presence reads), and push skips devices that hold one.
+    liveness = Liveness(
+        runtime.redis,
+        ttl_seconds=settings.presence.device_ttl_seconds,
+        persist_seconds=settings.presence.last_seen_persist_seconds,
+    )
+    push_router = Router(build_providers(push_config, clock=clock))
+    push_worker = PushWorker(
+        push_outbox,
+        push_tokens,
+        liveness,
+        push_router,
+        is_revoked=lambda device_id: runtime.revocations.is_revoked(
+            device_id=device_id, issued_at=0.0
+        ),
+        max_attempts=push_config.max_attempts,
+        backoff_base_seconds=push_config.backoff_base_seconds,
+        backoff_max_seconds=push_config.backoff_max_seconds,
+        lease_seconds=push_config.lease_seconds,
+        poll_seconds=push_config.poll_seconds,
+        concurrency=push_config.concurrency,
+        clock=clock,
+    )
+    push_planner = PushPlanner(
+        conversations,
+        push_tokens,
+        push_settings,
+        MuteLookup(runtime.db),
+        push_outbox,
+        liveness,
+        collapse_seconds=push_config.collapse_seconds,
+        clock=clock,
+        on_enqueued=push_worker.due_at,
+    )
     projector = Projector(
         conversation_store,
         message_store,
@@ -85,6 +139,7 @@ async def build(settings: Settings) -> ServiceHost:
         heartbeat_seconds=config.projector_heartbeat_seconds,
         interval_seconds=config.projector_interval_seconds,
         clock=clock,
+        push=push_planner,
     )
     pipeline = SendPipeline(
         message_store,
@@ -104,6 +159,22 @@ async def build(settings: Settings) -> ServiceHost:
     )
     delivered = DeliveredMarks(runtime.redis)
     changes = ChangesHandler(conversations, message_store, pipeline, delivered)
+    leases = StreamLeases(
+        liveness,
+        ttl_seconds=settings.presence.device_ttl_seconds,
+        clock=clock,
+    )
+    typing = TypingRelay(
+        conversations,
+        doorbell,
+        codec,
+        limits=TypingLimits(
+            expires_seconds=config.typing_expires_seconds,
+            min_interval_seconds=config.typing_min_interval_seconds,
+            burst=config.typing_burst,
+            per_second=config.typing_per_second,
+        ),
+    )
     delivery = DeliveryService(
         hub,
         conversation_store,
@@ -114,6 +185,7 @@ async def build(settings: Settings) -> ServiceHost:
         queue_bytes=config.stream_queue_bytes,
         replay_page_size=config.replay_page_size,
         clock=clock,
+        leases=leases,
     )
     acks = AckBatcher(
         conversation_store,
@@ -128,17 +200,35 @@ async def build(settings: Settings) -> ServiceHost:
     )
     runtime.registry.register(
         MessageMetrics(
-            hub=hub, pipeline=pipeline, projector=projector, recent=recent, doorbell=doorbell
+            hub=hub,
+            pipeline=pipeline,
+            projector=projector,
+            recent=recent,
+            doorbell=doorbell,
+            typing=typing,
+            leases=leases,
         )
     )
 
-    await runtime.start_revocation_feed(on_revoked=hub.device_revoked)
+    runtime.registry.register(
+        PushMetrics(planner=push_planner, worker=push_worker, projector=projector)
+    )
+
+    def device_revoked(device_id: str) -> None:
+        hub.device_revoked(device_id)
+        push_devices.device_revoked(device_id)
+
+    await runtime.start_revocation_feed(on_revoked=device_revoked)
     runtime.spawn(doorbell.run())
     await projector.start()
     runtime.spawn(projector.run())
     runtime.spawn(pipeline.run())
     runtime.spawn(recent.run())
     runtime.spawn(acks.run())
+    # Every process samples the outbox depth; those configured to also deliver.
+    runtime.spawn(push_worker.run() if push_config.worker else push_worker.sample_depth_forever())
+    runtime.spawn(typing.run())
+    runtime.spawn(leases.run())
 
     unary = MessageUnaryServicer(
         conversations, messages, inbox, max_body_bytes=config.max_body_bytes, clock=clock
@@ -147,13 +237,16 @@ async def build(settings: Settings) -> ServiceHost:
         InboxServicer(inbox, conversations, clock=clock),
         GroupsServicer(groups, clock=clock),
         ChangesServicer(changes, max_body_bytes=config.max_body_bytes),
+        PushServicer(push_devices),
         unary,
     ]
-    stream = StreamServicer(delivery, acks, codec)
+    stream = StreamServicer(delivery, acks, codec, typing)
 
     async def stop() -> None:
         await acks.flush()
         await projector.drain()
+        await push_worker.drain()
+        await push_router.close()
         await accounts.close()
         await runtime.close()
 

@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from svc_message.domain.leases import StreamLeases
 from svc_message.domain.projection import Projector
 from svc_message.domain.sending import SendPipeline
 from svc_message.domain.streams import Hub
+from svc_message.domain.typing import REASONS, TypingRelay
 from svc_message.storage.doorbell import Doorbell
 from svc_message.storage.recent import RecentCache
 
@@ -27,12 +29,16 @@ class MessageMetrics(Collector):
         projector: Projector,
         recent: RecentCache,
         doorbell: Doorbell,
+        typing: TypingRelay | None = None,
+        leases: StreamLeases | None = None,
     ) -> None:
         self._hub = hub
         self._pipeline = pipeline
         self._projector = projector
         self._recent = recent
         self._doorbell = doorbell
+        self._typing = typing
+        self._leases = leases
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         yield GaugeMetricFamily(
@@ -67,4 +73,60 @@ class MessageMetrics(Collector):
             "parley_doorbell_publish_failures",
             "Doorbell publishes Redis did not take (delivery then relies on sync).",
             value=self._doorbell.publish_failures,
+        )
+        if self._typing is not None:
+            yield from self._typing_metrics(self._typing)
+        if self._leases is not None:
+            yield from self._lease_metrics(self._leases)
+
+    @staticmethod
+    def _typing_metrics(
+        typing: TypingRelay,
+    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield CounterMetricFamily(
+            "parley_typing_events_received",
+            "Typing events devices sent on their delivery streams.",
+            value=typing.received,
+        )
+        yield CounterMetricFamily(
+            "parley_typing_events_forwarded",
+            "Typing events published to the conversation's streams.",
+            value=typing.forwarded,
+        )
+        dropped = CounterMetricFamily(
+            "parley_typing_events_dropped",
+            "Typing events not forwarded, by reason (stale, forbidden, rate limited, "
+            "Redis unavailable...).",
+            labels=["reason"],
+        )
+        for reason in REASONS:
+            dropped.add_metric([reason], typing.dropped[reason])
+        yield dropped
+        yield GaugeMetricFamily(
+            "parley_typing_outbox",
+            "Typing events waiting for their publish.",
+            value=typing.queued,
+        )
+
+    @staticmethod
+    def _lease_metrics(
+        leases: StreamLeases,
+    ) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "parley_stream_lease_devices",
+            "Devices this process keeps online through their delivery streams.",
+            value=leases.live_devices,
+        )
+        ops = CounterMetricFamily(
+            "parley_stream_lease_operations",
+            "Presence lease writes for delivery streams, by operation.",
+            labels=["operation"],
+        )
+        ops.add_metric(["touch"], leases.touched)
+        ops.add_metric(["drop"], leases.dropped)
+        yield ops
+        yield CounterMetricFamily(
+            "parley_stream_lease_failures",
+            "Lease writes Redis did not take (presence only: streams are not affected).",
+            value=leases.failures,
         )

@@ -204,6 +204,8 @@ class EventKind:
     # Group receipts, filtered per stream.
     RECEIPTS = 6
     SETTINGS = 7
+    # Someone is typing: ephemeral, not part of the feed (no version).
+    TYPING = 8
 
 
 FEED_KINDS = frozenset({EventKind.MESSAGE, EventKind.CHANGE})
@@ -246,3 +248,71 @@ class Page:
     messages: list[Message]
     wire: list[bytes]
     next_start: int | None
+
+
+# parley.message.v1.PushProvider
+WEBHOOK, APNS, FCM = 1, 2, 3
+
+
+@dataclass(frozen=True, slots=True)
+class PushToken:
+    account_id: str
+    device_id: str
+    provider: int
+    token: str
+    locale: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DoNotDisturb:
+    """Daily quiet hours in the user's time zone (end before start: past midnight)."""
+
+    enabled: bool = False
+    start_minute: int = 0
+    end_minute: int = 0
+    time_zone: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One push to one device: what the providers send. Never a message body."""
+
+    # The outbox job id; also the idempotency key at the provider.
+    job_id: str
+    account_id: str
+    device_id: str
+    provider: int
+    token: str
+    locale: str
+    # Messages it stands for (collapsed), newest last, as (conversation, seq).
+    messages: tuple[tuple[str, int], ...]
+    # Who sent the newest of them, and its id.
+    sender_account_id: str
+    message_id: str
+    # How many messages it stands for.
+    count: int
+    # Attempt number, from 1.
+    attempt: int = 1
+
+    @property
+    def conversation_ids(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c for c, _ in self.messages))
+
+
+class PushOutcome:
+    DELIVERED = "delivered"
+    # Try again later (network error, 429, 5xx); ``retry_after`` if the
+    # provider said when.
+    RETRY = "retry"
+    # Will never work (bad request, unknown token): dead-letter it.
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    outcome: str
+    detail: str = ""
+    retry_after_seconds: float | None = None
+    # The provider says the token no longer exists: forget it.
+    token_gone: bool = False

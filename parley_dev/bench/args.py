@@ -16,6 +16,12 @@ FULL_SECONDS = (2.0, 15.0)
 # Measured messages of the group scenario, quick and full.
 QUICK_GROUP_MESSAGES = 40
 FULL_GROUP_MESSAGES = 200
+# The presence scenario, quick and full: users (all heartbeat but the watched
+# one), subscribers of the watched user, online/offline toggles of it.
+QUICK_PRESENCE = (1000, 200, 10)
+FULL_PRESENCE = (5000, 1000, 50)
+# The API's cap of one user's contact list.
+MAX_CONTACTS = 5000
 # The API's group cap, owner included.
 MAX_GROUP_MEMBERS = 1024
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
@@ -30,7 +36,8 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
             "durable sends, delivery latency at half that rate and fetches of recent "
             "messages, beside a bare gRPC baseline run on this machine in the same run. "
             "--scenario group instead times every delivery of one big group's messages to "
-            "its members' live streams."
+            "its members' live streams; --scenario presence measures heartbeats/s with their "
+            "Redis cost, and the fan-out of presence changes to allowed and hidden subscribers."
         ),
     )
     where = bench.add_argument_group("which stack")
@@ -61,11 +68,17 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
         help="svc_message of a running stack; repeat for several (default: 127.0.0.1:7102)",
     )
     where.add_argument(
+        "--presence-target",
+        type=_local_target,
+        default="127.0.0.1:7103",
+        help="svc_presence of a running stack (default: 127.0.0.1:7103)",
+    )
+    where.add_argument(
         "--data-dir",
         type=Path,
         default=Path(".parley"),
         help="data dir of the running `parley up`, to find SecantusDB's and Redis's ports "
-        "for CPU accounting (default: ./.parley)",
+        "for CPU accounting and Redis for command counts (default: ./.parley)",
     )
     where.add_argument(
         "--pid",
@@ -77,10 +90,11 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
     )
     bench.add_argument(
         "--scenario",
-        choices=["messaging", "group"],
+        choices=["messaging", "group", "presence"],
         default="messaging",
         help="messaging: sends, delivery and fetch over direct conversations (default); "
-        "group: send-to-delivery time on every live stream of one big group",
+        "group: send-to-delivery time on every live stream of one big group; "
+        "presence: heartbeats/s and their Redis cost, fan-out of presence changes",
     )
     load = bench.add_argument_group("load")
     load.add_argument(
@@ -98,7 +112,8 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
         type=_positive_int,
         default=64,
         metavar="C",
-        help="closed-loop senders, and baseline unary callers (default: 64)",
+        help="closed-loop senders (presence: heartbeat callers), and baseline unary callers "
+        "(default: 64)",
     )
     load.add_argument(
         "--pairs",
@@ -177,6 +192,45 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
         help="streams never ack (no delivered watermarks, device positions or group receipts "
         "follow): isolates the send and the push from the ack-driven writes",
     )
+    presence = bench.add_argument_group("presence scenario")
+    presence.add_argument(
+        "--presence-users",
+        type=_positive_int,
+        metavar="N",
+        help="users; all but the watched one heartbeat "
+        f"(default: {FULL_PRESENCE[0]}, --quick {QUICK_PRESENCE[0]})",
+    )
+    presence.add_argument(
+        "--presence-subscribers",
+        type=_positive_int,
+        metavar="S",
+        help="users subscribed to the watched user's presence "
+        f"(default: {FULL_PRESENCE[1]}, --quick {QUICK_PRESENCE[1]}; fewer than N)",
+    )
+    presence.add_argument(
+        "--presence-allowed",
+        type=_fraction,
+        default=0.5,
+        metavar="F",
+        dest="presence_allowed_fraction",
+        help="share of the subscribers on the watched user's contact list, who may see it "
+        "(default: 0.5)",
+    )
+    presence.add_argument(
+        "--presence-toggles",
+        type=_positive_int,
+        metavar="K",
+        help="measured online/offline toggles of the watched user, two changes each "
+        f"(default: {FULL_PRESENCE[2]}, --quick {QUICK_PRESENCE[2]})",
+    )
+    presence.add_argument(
+        "--presence-channels",
+        type=_positive_int,
+        default=4,
+        metavar="K",
+        help="gRPC channels (connections) to svc_presence for heartbeats and subscriptions, "
+        "and to the baseline server (default: 4)",
+    )
     out = bench.add_argument_group("output")
     out.add_argument("--json", type=Path, dest="json_path", metavar="PATH", help="write the report")
     out.add_argument(
@@ -204,6 +258,14 @@ def run_command(args: argparse.Namespace) -> int:
     if fetch > args.pairs:
         raise SystemExit("parley bench: --fetch-conversations cannot exceed --pairs")
     warmup, duration = QUICK_SECONDS if args.quick else FULL_SECONDS
+    users, subscribers, toggles = QUICK_PRESENCE if args.quick else FULL_PRESENCE
+    users = args.presence_users or users
+    subscribers = args.presence_subscribers or min(subscribers, users - 1)
+    if args.scenario == "presence":
+        if subscribers >= users:
+            raise SystemExit("parley bench: --presence-subscribers must be below --presence-users")
+        if round(subscribers * args.presence_allowed_fraction) > MAX_CONTACTS:
+            raise SystemExit(f"parley bench: at most {MAX_CONTACTS} allowed subscribers")
     config = BenchConfig(
         start=args.start,
         keys_target=args.keys_target,
@@ -232,6 +294,12 @@ def run_command(args: argparse.Namespace) -> int:
         group_rate=args.group_rate,
         group_channels=args.group_channels,
         group_ack=args.group_ack,
+        presence_target=args.presence_target,
+        presence_users=users,
+        presence_subscribers=subscribers,
+        presence_allowed_fraction=args.presence_allowed_fraction,
+        presence_toggles=args.presence_toggles or toggles,
+        presence_channels=args.presence_channels,
     )
     return run_bench(config)
 
@@ -247,6 +315,13 @@ def _group_size(text: str) -> int:
     value = int(text)
     if not 2 <= value <= MAX_GROUP_MEMBERS:
         raise argparse.ArgumentTypeError(f"must be between 2 and {MAX_GROUP_MEMBERS}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError("must be more than 0 and at most 1")
     return value
 
 

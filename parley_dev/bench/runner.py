@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import grpc
+import yaml
 
 from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.message.v1 import messages_pb2_grpc as mgrpc
@@ -53,7 +54,7 @@ from parley_dev.bench.streams import (
 from parley_dev.probes import StackError
 
 EventLoop = Literal["uvloop", "asyncio"]
-Scenario = Literal["messaging", "group"]
+Scenario = Literal["messaging", "group", "presence"]
 T = TypeVar("T")
 # Streams left open by a crashed bench must not hold up the stack's stop for long.
 STACK_SHUTDOWN_GRACE_SECONDS = 2.0
@@ -88,6 +89,13 @@ class BenchConfig:
     group_rate: float = 4.0
     group_channels: int = 4
     group_ack: bool = True
+    # The presence scenario (parley_dev.bench.presence).
+    presence_target: str = "127.0.0.1:7103"
+    presence_users: int = 5000
+    presence_subscribers: int = 1000
+    presence_allowed_fraction: float = 0.5
+    presence_toggles: int = 50
+    presence_channels: int = 4
 
     def parameters(self) -> dict[str, Any]:
         send_bytes, event_bytes = wire_sizes(self.body_bytes)
@@ -144,6 +152,10 @@ def run_bench(config: BenchConfig) -> int:
         from parley_dev.bench.group import group_bench, render_group
 
         measure, show = group_bench, render_group
+    elif config.scenario == "presence":
+        from parley_dev.bench.presence import presence_bench, render_presence
+
+        measure, show = presence_bench, render_presence
     try:
         report = run_on_loop(lambda: measure(config), config.loop)
     except (StackError, grpc.aio.AioRpcError, RuntimeError, TimeoutError) as exc:
@@ -161,7 +173,8 @@ def run_bench(config: BenchConfig) -> int:
         config.json_path.parent.mkdir(parents=True, exist_ok=True)
         config.json_path.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {config.json_path}", flush=True)
-    return 0 if report["complete"] else 1
+    # A failed check (presence: a change reached someone it is hidden from) fails the run too.
+    return 0 if report["complete"] and not report.get("failed_checks") else 1
 
 
 def progress(text: str) -> None:
@@ -174,35 +187,100 @@ async def run_baselines(
     """The bare-gRPC baselines of a run: unary calls, then a push to streams,
     on a server process of their own, with the CPU each phase used."""
     send_bytes, event_bytes = wire_sizes(config.body_bytes)
+    async with _baseline_server(config, work_dir) as (baseline, channel):
+        pids = {"bench_client": os.getpid(), "baseline_server": baseline.process.pid or 0}
+        begin, end = cpu.hooks("baseline_unary", pids)
+        progress(f"baseline unary: {callers} callers")
+        unary = await unary_phase(
+            channel,
+            callers=callers,
+            payload_bytes=send_bytes,
+            window=Window.after(config.warmup_s, config.duration_s),
+            on_start=[begin],
+            on_end=[end],
+        )
+        begin, end = cpu.hooks("baseline_push", pids)
+        progress(f"baseline push: {streams} streams")
+        push = await push_phase(
+            channel,
+            streams=streams,
+            payload_bytes=event_bytes,
+            window=Window.after(config.warmup_s, config.duration_s),
+            on_start=[begin],
+            on_end=[end],
+        )
+    return unary, push
+
+
+async def run_unary_baseline(
+    config: BenchConfig,
+    work_dir: Path,
+    cpu: procstat.CpuBook,
+    *,
+    callers: int,
+    channels: int,
+    payload_bytes: int,
+) -> LoadResult:
+    """The bare-gRPC unary baseline alone: ``callers`` closed-loop callers spread
+    over ``channels`` connections (as the load it is compared with), echoing
+    ``payload_bytes``; CPU recorded as phase ``baseline_unary``."""
+    async with _baseline_server(config, work_dir) as (baseline, first):
+        extra = [own_connection(baseline.target, i) for i in range(1, channels)]
+        try:
+            pids = {"bench_client": os.getpid(), "baseline_server": baseline.process.pid or 0}
+            begin, end = cpu.hooks("baseline_unary", pids)
+            progress(f"baseline unary: {callers} callers over {channels} channels")
+            window = Window.after(config.warmup_s, config.duration_s)
+            shares = [callers // channels + (i < callers % channels) for i in range(channels)]
+            results = await asyncio.gather(
+                *(
+                    unary_phase(
+                        channel,
+                        callers=share,
+                        payload_bytes=payload_bytes,
+                        window=window,
+                        # One set of hooks: the window's edges are the same for all.
+                        on_start=[begin] if i == 0 else [],
+                        on_end=[end] if i == 0 else [],
+                    )
+                    for i, (channel, share) in enumerate(zip([first, *extra], shares, strict=True))
+                    if share > 0
+                )
+            )
+        finally:
+            for channel in extra:
+                await channel.close(None)
+    merged = LoadResult(window.seconds)
+    for result in results:
+        merged.completed += result.completed
+        merged.latencies_ns.extend(result.latencies_ns)
+        merged.errors.update(result.errors)
+    return merged
+
+
+def own_connection(target: str, index: int) -> grpc.aio.Channel:
+    """A channel on its own HTTP/2 connection.
+
+    Channels with the same target and arguments share one connection (the
+    global subchannel pool): a local pool and a distinct argument keep them apart.
+    """
+    return grpc.aio.insecure_channel(
+        target, options=[("grpc.use_local_subchannel_pool", 1), ("parley.bench.channel", index)]
+    )
+
+
+@contextlib.asynccontextmanager
+async def _baseline_server(
+    config: BenchConfig, work_dir: Path
+) -> AsyncIterator[tuple[BaselineServer, grpc.aio.Channel]]:
     baseline = BaselineServer(work_dir=work_dir, loop=config.loop)
     progress(f"baseline server on {baseline.target} ({config.loop})")
     async with grpc.aio.insecure_channel(baseline.target) as channel:
         await baseline.start(channel)
         try:
-            pids = {"bench_client": os.getpid(), "baseline_server": baseline.process.pid or 0}
-            begin, end = cpu.hooks("baseline_unary", pids)
-            progress(f"baseline unary: {callers} callers")
-            unary = await unary_phase(
-                channel,
-                callers=callers,
-                payload_bytes=send_bytes,
-                window=Window.after(config.warmup_s, config.duration_s),
-                on_start=[begin],
-                on_end=[end],
-            )
-            begin, end = cpu.hooks("baseline_push", pids)
-            progress(f"baseline push: {streams} streams")
-            push = await push_phase(
-                channel,
-                streams=streams,
-                payload_bytes=event_bytes,
-                window=Window.after(config.warmup_s, config.duration_s),
-                on_start=[begin],
-                on_end=[end],
-            )
+            yield baseline, channel
         finally:
             await baseline.stop()
-    return unary, push
 
 
 async def bench(config: BenchConfig) -> dict[str, Any]:
@@ -232,13 +310,19 @@ class StackTargets:
     pids: dict[str, int]
     # svc_message's /metrics URLs: known only for a stack this run started.
     message_metrics_urls: list[str] = field(default_factory=list)
+    presence_target: str | None = None
+    # svc_presence's /metrics URL: known only for a stack this run started.
+    presence_metrics_url: str | None = None
+    # The stack's Redis (for INFO commandstats); None when not known.
+    redis_url: str | None = None
+    # The stack's presence settings (TTL, sweep interval) when this run started it.
+    presence_settings: dict[str, Any] | None = None
 
 
 @contextlib.asynccontextmanager
 async def stack_targets(config: BenchConfig, work_dir: Path) -> AsyncIterator[StackTargets]:
     """The stack to load: started here (and stopped after) with --start, else found."""
     stack = None
-    metrics_urls: list[str] = []
     if config.start:
         from parley_dev.stack import LocalStack
 
@@ -247,25 +331,58 @@ async def stack_targets(config: BenchConfig, work_dir: Path) -> AsyncIterator[St
             root=work_dir / "stack",
             message_instances=config.message_instances,
             shutdown_grace_seconds=STACK_SHUTDOWN_GRACE_SECONDS,
-            extra_config={"keys": loop_config, "message": loop_config},
+            extra_config={"keys": loop_config, "message": loop_config, "presence": loop_config},
         )
         progress(f"starting a local stack in {stack.root}")
         await stack.start()
-        keys_target, message_targets = stack.keys_target, list(stack.message_targets)
-        stack_pids = {name: stack.process(name).pid or 0 for name in stack.component_names}
-        metrics_urls = list(stack.message_metrics_urls)
+        targets = StackTargets(
+            keys_target=stack.keys_target,
+            message_targets=list(stack.message_targets),
+            pids={name: stack.process(name).pid or 0 for name in stack.component_names},
+            message_metrics_urls=list(stack.message_metrics_urls),
+            presence_target=stack.presence_target,
+            presence_metrics_url=stack.presence_metrics_url,
+            redis_url=stack.redis_url,
+            presence_settings=stack.settings.presence.model_dump(mode="json", exclude={"server"}),
+        )
     else:
-        keys_target, message_targets = config.keys_target, list(config.message_targets)
-        stack_pids, notes = discover_stack_pids(keys_target, message_targets, config.data_dir)
+        message_targets = list(config.message_targets)
+        stack_pids, notes = discover_stack_pids(
+            config.keys_target, message_targets, config.data_dir
+        )
+        if config.scenario == "presence":
+            port = int(config.presence_target.rsplit(":", 1)[1])
+            found = procstat.pids_listening_on([port]).get(port)
+            if found is None:
+                notes.append("no listening process found for svc_presence: CPU not measured")
+            else:
+                stack_pids["svc_presence"] = found
         for note in notes:
             progress(note)
-    stack_pids.update(config.pids)
+        targets = StackTargets(
+            keys_target=config.keys_target,
+            message_targets=message_targets,
+            pids=stack_pids,
+            presence_target=config.presence_target,
+            redis_url=_configured_redis_url(config.data_dir),
+        )
+    targets.pids.update(config.pids)
     try:
-        yield StackTargets(keys_target, message_targets, stack_pids, metrics_urls)
+        yield targets
     finally:
         if stack is not None:
             progress("stopping the local stack")
             await stack.stop()
+
+
+def _configured_redis_url(data_dir: Path) -> str | None:
+    """Redis of the running `parley up` whose data dir this is, if it says."""
+    try:
+        tree = yaml.safe_load((data_dir / "parley.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    url = tree.get("redis", {}).get("url") if isinstance(tree, dict) else None
+    return url if isinstance(url, str) else None
 
 
 async def _stack_phases(

@@ -5,15 +5,20 @@
 >>> async with client.events() as stream:
 ...     async for event in stream:
 ...         ...
+>>> async for update in client.subscribe_presence([bob_id]):
+...     ...
 """
 
 from parley_sdk._conversations import ConversationMethods
 from parley_sdk._messages import MessageMethods
 from parley_sdk._paging import MessageReceiptPager, Pager
+from parley_sdk._presence import OnlineKeeper, PresenceMethods, PresenceSubscription
+from parley_sdk._push import PushMethods
 from parley_sdk._session import NotSignedInError
 from parley_sdk.client import (
     DEFAULT_KEYS_TARGET,
     DEFAULT_MESSAGE_TARGET,
+    DEFAULT_PRESENCE_TARGET,
     DEFAULT_STREAM_RETRY_POLICY,
     Client,
     ConnectOptions,
@@ -39,6 +44,7 @@ from parley_sdk.errors import (
     RoleRequiredError,
     TokenExpiredError,
     TokenRevokedError,
+    TooManyContactsError,
     TooManyPinsError,
     UnauthenticatedError,
     UnavailableError,
@@ -48,6 +54,8 @@ from parley_sdk.errors import (
 from parley_sdk.models import (
     Account,
     ArchiveFilter,
+    Availability,
+    Contact,
     Conversation,
     ConversationEvent,
     ConversationType,
@@ -55,6 +63,7 @@ from parley_sdk.models import (
     DeleteScope,
     Device,
     Direction,
+    DoNotDisturb,
     GroupReceiptsEvent,
     InboxSettings,
     Member,
@@ -70,6 +79,12 @@ from parley_sdk.models import (
     MessageType,
     Platform,
     PongEvent,
+    Presence,
+    PresenceSettings,
+    PresenceUpdate,
+    PushProvider,
+    PushRegistration,
+    PushSettings,
     Reaction,
     ReactionChanged,
     ReactionChangedEvent,
@@ -85,23 +100,29 @@ from parley_sdk.models import (
     SystemAction,
     SystemEvent,
     SystemMessageEvent,
+    TypingIndicatorEvent,
+    Visibility,
     Watermarks,
     muted_forever,
     muted_until,
 )
 from parley_sdk.retry import RetryPolicy, new_request_id
 from parley_sdk.stream import DeliveryStream
+from parley_sdk.typing_indicators import TypingThrottle, TypingTracker
 
 __all__ = [
     "DEFAULT_KEYS_TARGET",
     "DEFAULT_MESSAGE_TARGET",
+    "DEFAULT_PRESENCE_TARGET",
     "DEFAULT_STREAM_RETRY_POLICY",
     "AbortedError",
     "Account",
     "AlreadyExistsError",
     "ArchiveFilter",
+    "Availability",
     "Client",
     "ConnectOptions",
+    "Contact",
     "Conversation",
     "ConversationEvent",
     "ConversationMethods",
@@ -113,6 +134,7 @@ __all__ = [
     "DeliveryStream",
     "Device",
     "Direction",
+    "DoNotDisturb",
     "ErrorReason",
     "FailedPreconditionError",
     "GroupFullError",
@@ -139,11 +161,21 @@ __all__ = [
     "NotFoundError",
     "NotSignedInError",
     "NotTheSenderError",
+    "OnlineKeeper",
     "Pager",
     "ParleyError",
     "PermissionDeniedError",
     "Platform",
     "PongEvent",
+    "Presence",
+    "PresenceMethods",
+    "PresenceSettings",
+    "PresenceSubscription",
+    "PresenceUpdate",
+    "PushMethods",
+    "PushProvider",
+    "PushRegistration",
+    "PushSettings",
     "Reaction",
     "ReactionChanged",
     "ReactionChangedEvent",
@@ -164,9 +196,14 @@ __all__ = [
     "SystemMessageEvent",
     "TokenExpiredError",
     "TokenRevokedError",
+    "TooManyContactsError",
     "TooManyPinsError",
+    "TypingIndicatorEvent",
+    "TypingThrottle",
+    "TypingTracker",
     "UnauthenticatedError",
     "UnavailableError",
+    "Visibility",
     "Watermarks",
     "WrongConversationTypeError",
     "from_rpc_error",

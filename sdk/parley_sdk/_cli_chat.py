@@ -33,10 +33,12 @@ from parley_sdk.models import (
     StreamEvent,
     SyncCompleteEvent,
     SystemMessageEvent,
+    TypingIndicatorEvent,
     Watermarks,
     muted_forever,
     muted_until,
 )
+from parley_sdk.typing_indicators import TypingTracker
 
 __all__ = ["describe_change", "run_chat", "run_follow"]
 
@@ -136,6 +138,10 @@ async def run_follow(
                 conversation = event.conversation
                 members = [f"@{await directory.handle(a)}" for a in conversation.member_account_ids]
                 emit(f"conversation {conversation.conversation_id} {','.join(members)}")
+            elif isinstance(event, TypingIndicatorEvent):
+                state = "started" if event.typing else "stopped"
+                who = await directory.handle(event.account_id)
+                emit(f"typing {event.conversation_id} @{who} {state}")
             elif isinstance(event, SyncCompleteEvent):
                 # Reload first: a token refresh may have rewritten the profile.
                 store.save(replace(store.load(profile.name), sync_token=event.sync_token))
@@ -194,12 +200,22 @@ async def run_chat(
     directory.remember(client.account_id, profile.handle)
     directory.remember(peer_id, peer_handle)
     receipts = _ReceiptFilter()
+    typists = TypingTracker(ignore_account_id=client.account_id)
     my_device = client.device_id
     stream = client.events()
 
     async def incoming() -> None:
         read_up_to = 0
         async for event in stream:
+            started = typists.observe(event) and (
+                isinstance(event, TypingIndicatorEvent)
+                and event.typing
+                and (event.conversation_id, event.account_id) == (conversation_id, peer_id)
+            )
+            if started:
+                # Only the start shows: a line-based terminal cannot take a line
+                # back when the indicator stops or expires.
+                emit(f".. @{peer_handle} is typing…")
             if isinstance(event, MessageEvent):
                 message = event.message
                 # Lines sent from here are printed when the send returns.

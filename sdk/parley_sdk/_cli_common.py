@@ -12,7 +12,12 @@ from typing import Any
 
 from parley_sdk._cli_output import warn
 from parley_sdk._cli_profiles import Profile, ProfileError, ProfileStore
-from parley_sdk.client import DEFAULT_KEYS_TARGET, DEFAULT_MESSAGE_TARGET, Client
+from parley_sdk.client import (
+    DEFAULT_KEYS_TARGET,
+    DEFAULT_MESSAGE_TARGET,
+    DEFAULT_PRESENCE_TARGET,
+    Client,
+)
 from parley_sdk.credentials import Credentials
 from parley_sdk.errors import ParleyError, UnauthenticatedError
 from parley_sdk.models import Direction
@@ -65,6 +70,12 @@ class Commands:
             default=None,
             metavar="HOST:PORT",
             help=f"svc_message address (default: the profile's, else {DEFAULT_MESSAGE_TARGET})",
+        )
+        self.common.add_argument(
+            "--presence-target",
+            default=None,
+            metavar="HOST:PORT",
+            help=f"svc_presence address (default: the profile's, else {DEFAULT_PRESENCE_TARGET})",
         )
 
     def add(
@@ -142,6 +153,7 @@ async def connect(args: argparse.Namespace, store: ProfileStore) -> tuple[Client
     client = await Client.connect(
         keys_target=args.keys_target or profile.keys_target,
         message_target=args.message_target or profile.message_target,
+        presence_target=args.presence_target or profile.presence_target,
         credentials=profile.credentials,
         on_credentials_changed=persist,
     )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from parley_sdk.client import DEFAULT_PRESENCE_TARGET
 from parley_sdk.credentials import Credentials
 
 __all__ = ["Profile", "ProfileError", "ProfileStore"]
@@ -35,6 +36,9 @@ class Profile:
     keys_target: str
     message_target: str
     credentials: Credentials
+    # Profiles written before presence existed have no presence target: they get
+    # the default, as the other targets would.
+    presence_target: str = DEFAULT_PRESENCE_TARGET
     # From the last SyncComplete that `follow` saw, so the next run replays only
     # the receipts that changed since.
     sync_token: str = ""
@@ -48,6 +52,7 @@ class Profile:
             "handle": self.handle,
             "keys_target": self.keys_target,
             "message_target": self.message_target,
+            "presence_target": self.presence_target,
             "sync_token": self.sync_token,
             "credentials": self.credentials.to_dict(),
         }
@@ -60,6 +65,7 @@ class Profile:
                 handle=str(data["handle"]),
                 keys_target=str(data["keys_target"]),
                 message_target=str(data["message_target"]),
+                presence_target=str(data.get("presence_target", DEFAULT_PRESENCE_TARGET)),
                 sync_token=str(data.get("sync_token", "")),
                 credentials=Credentials.from_dict(data["credentials"]),
             )

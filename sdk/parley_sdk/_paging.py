@@ -29,11 +29,14 @@ class Pager(Generic[T]):
         method: Any,
         request_for: Callable[[str], Any],
         field: str,
+        convert: Callable[[Any], T] | None = None,
     ) -> None:
         self._session = session
         self._method = method
         self._request_for = request_for
         self._field = field
+        # Most lists yield the protos themselves; typed models convert each item.
+        self._convert = convert
         self._items: deque[T] = deque()
         self._page_token = ""
         self._done = False
@@ -59,7 +62,10 @@ class Pager(Generic[T]):
             # Asking again would return the same page forever.
             self._done = True
             raise InternalError("the server returned the page token it was sent")
-        self._items.extend(getattr(response, self._field))
+        items = getattr(response, self._field)
+        if self._convert is not None:
+            items = [self._convert(item) for item in items]
+        self._items.extend(items)
         self._page_token = response.next_page_token
         self._done = not self._page_token
 

@@ -7,19 +7,17 @@ import inspect
 import weakref
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 from grpc import aio
 
 from parley.keys.v1 import accounts_pb2, accounts_pb2_grpc
 from parley.message.v1 import messages_pb2_grpc
+from parley.presence.v1 import presence_pb2_grpc
 from parley_sdk.credentials import Credentials
 from parley_sdk.errors import TokenExpiredError, UnauthenticatedError, from_rpc_error
 from parley_sdk.retry import RetryPolicy, call_with_retry, new_request_id
-
-if TYPE_CHECKING:
-    from parley_sdk.stream import DeliveryStream
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -30,6 +28,12 @@ Metadata = tuple[tuple[str, str], ...]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class Closable(Protocol):
+    """A long-lived call (delivery stream, presence subscription) the session ends on close."""
+
+    async def close(self) -> None: ...
 
 
 class NotSignedInError(UnauthenticatedError):
@@ -51,10 +55,15 @@ class Session:
         timeout: float | None,
         refresh_margin: timedelta,
         on_credentials_changed: CredentialsListener | None,
+        presence_channel: aio.Channel | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._keys_channel = keys_channel
         self._message_channel = message_channel
+        self._presence_channel = presence_channel
+        self._presence: presence_pb2_grpc.PresenceServiceAsyncStub | None = None
+        if presence_channel is not None:
+            self._presence = presence_pb2_grpc.PresenceServiceStub(presence_channel)
         self.accounts: accounts_pb2_grpc.AccountServiceAsyncStub = (
             accounts_pb2_grpc.AccountServiceStub(keys_channel)
         )
@@ -77,7 +86,17 @@ class Session:
         self._pending_refresh: tuple[str, str] | None = None
         # When we were handed the current access token, to know its lifetime.
         self._received: tuple[str, datetime] | None = None
-        self.streams: weakref.WeakSet[DeliveryStream] = weakref.WeakSet()
+        self.streams: weakref.WeakSet[Closable] = weakref.WeakSet()
+
+    @property
+    def presence(self) -> presence_pb2_grpc.PresenceServiceAsyncStub:
+        if self._presence is None:
+            raise RuntimeError("this session was opened without a presence channel")
+        return self._presence
+
+    @presence.setter
+    def presence(self, stub: presence_pb2_grpc.PresenceServiceAsyncStub) -> None:
+        self._presence = stub
 
     @property
     def credentials(self) -> Credentials | None:
@@ -97,7 +116,10 @@ class Session:
         # with a bare CancelledError instead of a clean end of iteration.
         for stream in list(self.streams):
             await stream.close()
-        await asyncio.gather(self._keys_channel.close(None), self._message_channel.close(None))
+        channels = [self._keys_channel, self._message_channel]
+        if self._presence_channel is not None:
+            channels.append(self._presence_channel)
+        await asyncio.gather(*(channel.close(None) for channel in channels))
 
     # -- auth ---------------------------------------------------------------
 

@@ -29,8 +29,15 @@ from parley_sdk._cli_common import (
 from parley_sdk._cli_groups import register_group_commands
 from parley_sdk._cli_inbox import register_message_commands
 from parley_sdk._cli_output import Directory, emit, format_message, format_view, local_time
+from parley_sdk._cli_presence import register_presence_commands
 from parley_sdk._cli_profiles import Profile, ProfileError, ProfileStore
-from parley_sdk.client import DEFAULT_KEYS_TARGET, DEFAULT_MESSAGE_TARGET, Client
+from parley_sdk._cli_push import register_push_commands
+from parley_sdk.client import (
+    DEFAULT_KEYS_TARGET,
+    DEFAULT_MESSAGE_TARGET,
+    DEFAULT_PRESENCE_TARGET,
+    Client,
+)
 from parley_sdk.models import ArchiveFilter, Direction, Platform
 
 __all__ = ["register_commands"]
@@ -100,6 +107,8 @@ def register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
 
     register_group_commands(commands)
     register_message_commands(commands)
+    register_presence_commands(commands)
+    register_push_commands(commands)
 
 
 async def _signup(args: argparse.Namespace) -> int:
@@ -111,6 +120,7 @@ async def _signup(args: argparse.Namespace) -> int:
         )
     keys_target = args.keys_target or DEFAULT_KEYS_TARGET
     message_target = args.message_target or DEFAULT_MESSAGE_TARGET
+    presence_target = args.presence_target or DEFAULT_PRESENCE_TARGET
     async with await Client.sign_up(
         handle=handle(args.handle),
         display_name=args.display_name,
@@ -118,6 +128,7 @@ async def _signup(args: argparse.Namespace) -> int:
         platform=Platform.CLI,
         keys_target=keys_target,
         message_target=message_target,
+        presence_target=presence_target,
     ) as client:
         credentials = client.credentials
         assert credentials is not None
@@ -127,6 +138,7 @@ async def _signup(args: argparse.Namespace) -> int:
                 handle=handle(args.handle),
                 keys_target=keys_target,
                 message_target=message_target,
+                presence_target=presence_target,
                 credentials=credentials,
             )
         )
@@ -145,7 +157,8 @@ async def _whoami(args: argparse.Namespace) -> int:
         emit(
             f"@{account.handle}{name} account={account.account_id} device={client.device_id} "
             f"profile={profile.name} keys={args.keys_target or profile.keys_target} "
-            f"message={args.message_target or profile.message_target}"
+            f"message={args.message_target or profile.message_target} "
+            f"presence={args.presence_target or profile.presence_target}"
         )
     return 0
 

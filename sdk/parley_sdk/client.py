@@ -1,4 +1,4 @@
-"""The Parley client: accounts, conversations, messages and the delivery stream."""
+"""The Parley client: accounts, conversations, messages, presence, push and the delivery stream."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from parley.keys.v1 import accounts_pb2
 from parley_sdk._conversations import ConversationMethods
 from parley_sdk._messages import MessageMethods
 from parley_sdk._paging import Pager
+from parley_sdk._presence import PresenceMethods
+from parley_sdk._push import PushMethods
 from parley_sdk._session import CredentialsListener, NotSignedInError, Session
 from parley_sdk.credentials import Credentials
 from parley_sdk.models import Account, Device, Platform, RegisteredDevice, StreamPosition
@@ -24,6 +26,7 @@ from parley_sdk.stream import DeliveryStream
 __all__ = [
     "DEFAULT_KEYS_TARGET",
     "DEFAULT_MESSAGE_TARGET",
+    "DEFAULT_PRESENCE_TARGET",
     "DEFAULT_STREAM_RETRY_POLICY",
     "Client",
     "ConnectOptions",
@@ -31,6 +34,7 @@ __all__ = [
 
 DEFAULT_KEYS_TARGET = "127.0.0.1:7101"
 DEFAULT_MESSAGE_TARGET = "127.0.0.1:7102"
+DEFAULT_PRESENCE_TARGET = "127.0.0.1:7103"
 
 # Client keepalive lets a long-lived delivery stream notice a dead connection
 # (laptop sleep, NAT timeout). gRPC servers by default refuse pings more often
@@ -64,7 +68,7 @@ def _platform(value: Platform) -> common_pb2.Platform.ValueType:
     return common_pb2.Platform.ValueType(int(value))
 
 
-class Client(ConversationMethods, MessageMethods):
+class Client(ConversationMethods, MessageMethods, PresenceMethods, PushMethods):
     """A connection to one Parley deployment, acting as one device.
 
     Create it with :meth:`connect` (existing credentials, or none to only sign up)
@@ -75,7 +79,9 @@ class Client(ConversationMethods, MessageMethods):
 
     Besides accounts and devices (here), it has the conversation, membership
     and inbox methods of :class:`ConversationMethods`, the message, reaction
-    and receipt methods of :class:`MessageMethods`, and :meth:`events`, the
+    and receipt methods of :class:`MessageMethods`, the presence, privacy and
+    contact methods of :class:`PresenceMethods`, the push token and
+    do-not-disturb methods of :class:`PushMethods`, and :meth:`events`, the
     delivery stream. Paged lists return async iterators that fetch pages as
     they are consumed.
     """
@@ -86,6 +92,7 @@ class Client(ConversationMethods, MessageMethods):
         *,
         keys_target: str = DEFAULT_KEYS_TARGET,
         message_target: str = DEFAULT_MESSAGE_TARGET,
+        presence_target: str = DEFAULT_PRESENCE_TARGET,
         credentials: Credentials | None = None,
         channel_credentials: grpc.ChannelCredentials | None = None,
         retry_policy: RetryPolicy | None = None,
@@ -96,7 +103,7 @@ class Client(ConversationMethods, MessageMethods):
         on_credentials_changed: CredentialsListener | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
     ) -> Client:
-        """Opens channels to the keys and message services.
+        """Opens channels to the keys, message and presence services.
 
         Channels connect lazily: an unreachable server shows up as
         ``UnavailableError`` on the first call, after the retry policy gave up.
@@ -116,6 +123,7 @@ class Client(ConversationMethods, MessageMethods):
         session = Session(
             keys_channel=open_channel(keys_target),
             message_channel=open_channel(message_target),
+            presence_channel=open_channel(presence_target),
             credentials=credentials,
             retry_policy=retry_policy or RetryPolicy(),
             stream_retry_policy=stream_retry_policy or DEFAULT_STREAM_RETRY_POLICY,
@@ -135,6 +143,7 @@ class Client(ConversationMethods, MessageMethods):
         platform: Platform = Platform.CLI,
         keys_target: str = DEFAULT_KEYS_TARGET,
         message_target: str = DEFAULT_MESSAGE_TARGET,
+        presence_target: str = DEFAULT_PRESENCE_TARGET,
         **options: Unpack[ConnectOptions],
     ) -> Client:
         """Creates an account and its first device; returns a client signed in as it.
@@ -143,7 +152,10 @@ class Client(ConversationMethods, MessageMethods):
         :attr:`credentials` (``account_id``, ``device_id``) and persist it.
         """
         client = await cls.connect(
-            keys_target=keys_target, message_target=message_target, **options
+            keys_target=keys_target,
+            message_target=message_target,
+            presence_target=presence_target,
+            **options,
         )
         try:
             await client._sign_up(

@@ -41,6 +41,7 @@ __all__ = [
     "RoleRequiredError",
     "TokenExpiredError",
     "TokenRevokedError",
+    "TooManyContactsError",
     "TooManyPinsError",
     "UnauthenticatedError",
     "UnavailableError",
@@ -83,6 +84,7 @@ class ErrorReason(enum.StrEnum):
     NOT_THE_SENDER = "ERROR_REASON_NOT_THE_SENDER"
     WRONG_CONVERSATION_TYPE = "ERROR_REASON_WRONG_CONVERSATION_TYPE"
     TOO_MANY_PINS = "ERROR_REASON_TOO_MANY_PINS"
+    TOO_MANY_CONTACTS = "ERROR_REASON_TOO_MANY_CONTACTS"
 
 
 class ParleyError(Exception):
@@ -197,6 +199,10 @@ class GroupFullError(ResourceExhaustedError):
     """The group would exceed its member cap; the message names the cap."""
 
 
+class TooManyContactsError(ResourceExhaustedError):
+    """The contact list is full."""
+
+
 class UnavailableError(ParleyError):
     pass
 
@@ -242,6 +248,7 @@ _BY_REASON: dict[tuple[grpc.StatusCode, str], type[ParleyError]] = {
         ErrorReason.WRONG_CONVERSATION_TYPE,
     ): WrongConversationTypeError,
     (grpc.StatusCode.FAILED_PRECONDITION, ErrorReason.TOO_MANY_PINS): TooManyPinsError,
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.TOO_MANY_CONTACTS): TooManyContactsError,
 }
 
 _GRPC_CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}

@@ -6,23 +6,37 @@ Enums get Python mirrors so callers need not spell ``ROLE_ADMIN``; a value a
 newer server sends that this SDK does not know becomes an ``UNKNOWN_<n>``
 member instead of an error. Stream events are small dataclasses around the
 protos, one class per kind, so consumers dispatch with ``isinstance``/``match``.
+Presence and push values (:class:`Presence`, :class:`PresenceSettings`,
+:class:`DoNotDisturb`, ...) are frozen dataclasses with ``datetime`` and
+``time`` fields; they are defined beside their methods and listed here too.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Self
+from datetime import UTC, datetime, timedelta
+from typing import Self
 
 from parley.keys.v1 import accounts_pb2
 from parley.message.v1 import messages_pb2
+from parley_sdk._presence_models import (
+    Availability,
+    Contact,
+    Presence,
+    PresenceSettings,
+    PresenceUpdate,
+    Visibility,
+)
+from parley_sdk._push_models import DoNotDisturb, PushProvider, PushRegistration, PushSettings
+from parley_sdk._wire import WireEnum as _WireEnum
 from parley_sdk.credentials import Credentials
 
 __all__ = [
     "Account",
     "ArchiveFilter",
+    "Availability",
+    "Contact",
     "Conversation",
     "ConversationEvent",
     "ConversationType",
@@ -30,6 +44,7 @@ __all__ = [
     "DeleteScope",
     "Device",
     "Direction",
+    "DoNotDisturb",
     "GroupReceiptsEvent",
     "InboxSettings",
     "Member",
@@ -45,6 +60,12 @@ __all__ = [
     "MessageType",
     "Platform",
     "PongEvent",
+    "Presence",
+    "PresenceSettings",
+    "PresenceUpdate",
+    "PushProvider",
+    "PushRegistration",
+    "PushSettings",
     "Reaction",
     "ReactionChanged",
     "ReactionChangedEvent",
@@ -60,6 +81,8 @@ __all__ = [
     "SystemAction",
     "SystemEvent",
     "SystemMessageEvent",
+    "TypingIndicatorEvent",
+    "Visibility",
     "Watermarks",
     "muted_forever",
     "muted_until",
@@ -81,21 +104,6 @@ SystemEvent = messages_pb2.SystemEvent
 MessageEdited = messages_pb2.MessageEdited
 MessageDeleted = messages_pb2.MessageDeleted
 ReactionChanged = messages_pb2.ReactionChanged
-
-
-class _WireEnum(enum.IntEnum):
-    """An enum mirroring a proto enum: values equal the wire numbers."""
-
-    @classmethod
-    def _missing_(cls, value: object) -> Any:
-        # A newer server may send values this SDK predates; keep the number
-        # rather than fail the caller's whole read over a label.
-        if isinstance(value, int) and not isinstance(value, bool):
-            member = int.__new__(cls, value)
-            member._name_ = f"UNKNOWN_{value}"
-            member._value_ = value
-            return member
-        return None
 
 
 class Platform(_WireEnum):
@@ -437,6 +445,22 @@ class SyncCompleteEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class TypingIndicatorEvent:
+    """Another member is typing (``typing``) or stopped, in a conversation.
+
+    Ephemeral: never replayed after a reconnect and not part of any position.
+    Show it for at most ``expires_in`` unless another indicator renews it: the
+    typist may vanish without saying they stopped. A message from the typist
+    ends it too. :class:`parley_sdk.TypingTracker` does this bookkeeping.
+    """
+
+    conversation_id: str
+    account_id: str
+    typing: bool
+    expires_in: timedelta
+
+
+@dataclass(frozen=True, slots=True)
 class PongEvent:
     nonce: int
 
@@ -452,6 +476,7 @@ StreamEvent = (
     | ConversationEvent
     | SettingsEvent
     | SyncCompleteEvent
+    | TypingIndicatorEvent
     | PongEvent
 )
 
@@ -500,4 +525,12 @@ def event_from_proto(event: messages_pb2.Event) -> StreamEvent | None:
         return SyncCompleteEvent(event.sync_complete.sync_token)
     if kind == "pong":
         return PongEvent(event.pong.nonce)
+    if kind == "typing":
+        typing = event.typing
+        return TypingIndicatorEvent(
+            conversation_id=typing.conversation_id,
+            account_id=typing.account_id,
+            typing=typing.typing,
+            expires_in=typing.expires_in.ToTimedelta(),
+        )
     return None

@@ -27,13 +27,14 @@ from parley_sdk.models import (
     position_of,
     positions_proto,
 )
+from parley_sdk.typing_indicators import TypingThrottle
 
 __all__ = ["DeliveryStream", "PositionTracker"]
 
 _Call = aio.StreamStreamCall[messages_pb2.ClientEvent, messages_pb2.ServerEvent]
 
 
-def _reconnectable(error: ParleyError) -> bool:
+def reconnectable(error: ParleyError) -> bool:
     # SLOW_CONSUMER is the server asking us to reconnect and resume, whatever code
     # carries it.
     return isinstance(error, UnavailableError) or error.reason == ErrorReason.SLOW_CONSUMER
@@ -103,7 +104,7 @@ class PositionTracker:
         return bool(self._unacked)
 
 
-def _cancel_requested() -> bool:
+def cancel_requested() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
 
@@ -125,6 +126,10 @@ class DeliveryStream:
     once the consumer comes back for the next event, i.e. after it has handled
     it; acks are batched per server batch. Use it as an async context manager,
     or call :meth:`close`, to end it; ``close`` may be called from another task.
+
+    Holding the stream keeps the device online (presence). Other members'
+    typing arrives as :class:`~parley_sdk.TypingIndicatorEvent` (never
+    replayed); send this user's with :meth:`typing`.
     """
 
     def __init__(
@@ -147,6 +152,7 @@ class DeliveryStream:
         self._synced = False
         self._next_nonce = 1
         self._stream_token = ""
+        self._typing = TypingThrottle()
         session.streams.add(self)
 
     # -- state a caller persists to resume later --------------------------------
@@ -228,6 +234,32 @@ class DeliveryStream:
         await self._write(messages_pb2.ClientEvent(ping=messages_pb2.Ping(nonce=nonce)))
         return nonce
 
+    async def typing(self, conversation_id: str, typing: bool = True) -> bool:
+        """Tells the other members this user is typing in a conversation, or stopped.
+
+        Call it on every keystroke (``typing=True``) and when the user sends,
+        clears the draft or leaves (``typing=False``): the stream sends a start
+        at most every :data:`~parley_sdk.typing_indicators.TYPING_RENEW_INTERVAL`
+        seconds per conversation (renewing it before recipients expire it) and a
+        stop only after a start. Returns whether anything was sent.
+
+        Indicators are ephemeral: they reach members with a live stream only,
+        are rate limited per device (the server drops the excess silently) and
+        are ignored in channels. Recipients see a
+        :class:`~parley_sdk.TypingIndicatorEvent`.
+        """
+        if not self._typing.should_send(conversation_id, typing):
+            return False
+        event = messages_pb2.ClientEvent(
+            typing=messages_pb2.Typing(conversation_id=conversation_id, typing=typing)
+        )
+        try:
+            await self._write(event)
+        except BaseException:
+            self._typing.unsent(conversation_id)
+            raise
+        return True
+
     async def _write(self, event: messages_pb2.ClientEvent) -> None:
         call = self._call if self._call is not None else await self._ensure_call()
         if call is None:
@@ -303,7 +335,7 @@ class DeliveryStream:
                     # close() from another task cancels the call, which wakes our
                     # read with CancelledError; that is an ordinary end, not ours
                     # being cancelled.
-                    if self._closed and not _cancel_requested():
+                    if self._closed and not cancel_requested():
                         return
                     raise
                 except (aio.AioRpcError, ParleyError) as failure:
@@ -322,7 +354,7 @@ class DeliveryStream:
                         await self._session.refresh(stale_access_token=self._stream_token)
                         continue
                     failures += 1
-                    if not _reconnectable(error) or failures >= policy.max_attempts:
+                    if not reconnectable(error) or failures >= policy.max_attempts:
                         raise error from cause
                     await asyncio.sleep(policy.backoff(failures, retry_after=error.retry_after))
         finally:

@@ -16,13 +16,14 @@ following it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 
 import structlog
 
 from parley_core.errors import NotFound
 from svc_message.domain.conversations import ConversationsHandler, Membership
+from svc_message.domain.leases import StreamLeases
 from svc_message.domain.ports import EventCodec
 from svc_message.domain.streams import (
     MAX_EVENTS_PER_WRITE,
@@ -75,6 +76,7 @@ class DeliveryService:
         queue_bytes: int,
         replay_page_size: int,
         clock: Callable[[], float],
+        leases: StreamLeases | None = None,
     ) -> None:
         self._hub = hub
         self._conversations = conversations
@@ -87,6 +89,8 @@ class DeliveryService:
         self._queue_bytes = queue_bytes
         self._page = replay_page_size
         self._clock = clock
+        # Keeps the devices of live streams online (presence); never awaited.
+        self._leases = leases
 
     def open(self, *, account_id: str, device_id: str, expires_at: float) -> StreamSession:
         return StreamSession(
@@ -188,11 +192,13 @@ class DeliveryService:
         *,
         positions: dict[str, int],
         sync_token: str,
-    ) -> AsyncIterator[list[Envelope]]:
+    ) -> AsyncGenerator[list[Envelope]]:
         """Replay, then SyncComplete, then live batches, until the session ends."""
         conversations = await self._members.of_member(session.account_id)
         await self._hub.attach(session, (c.conversation_id for c in conversations))
         try:
+            if self._leases is not None:
+                self._leases.opened(session)
             started = datetime.fromtimestamp(self._clock(), UTC)
             # Read again once subscribed: a conversation created or a change
             # committed meanwhile is then either replayed or arrives live
@@ -231,7 +237,12 @@ class DeliveryService:
                 if out:
                     yield out
         finally:
+            self._end(session)
             await self._hub.detach(session)
+
+    def _end(self, session: StreamSession) -> None:
+        if self._leases is not None:
+            self._leases.closed(session)
 
     async def _receipts(
         self, session: StreamSession, conversations: list[Conversation], sync_token: str
@@ -337,6 +348,12 @@ class DeliveryService:
                         await self._stop_following(session, conversation_id)
                     out.append(envelope)
                 continue
+            if envelope.kind == EventKind.TYPING:
+                # Ephemeral: no version, so it never touches the feed
+                # bookkeeping below (duplicates, gap fills, acks).
+                if session.shows_typing(envelope):
+                    out.append(envelope)
+                continue
             if envelope.kind not in FEED_KINDS:
                 out.append(envelope)
                 continue
@@ -378,6 +395,7 @@ class DeliveryService:
     async def release(self, session: StreamSession) -> None:
         """Stop routing events to a session whose stream could not end itself
         (its transport was stuck); ``stream`` does the same when it ends."""
+        self._end(session)
         await self._hub.detach(session)
 
     def ackable(

@@ -12,18 +12,29 @@ Crash safety does not rest on Redis: after each flush the projector records
 stale is presumed dead, and any live one replays the conversation heads of
 messages committed since its ``flushed_through`` (minus a margin for messages
 that were committed before being handed over).
+
+Push notifications ride on the same guarantee. The send pipeline hands each
+acked batch's changes over here too (``hand_over``), and a flush passes the
+new messages to the push planner before it records ``flushed_through``; the
+replay of a dead process passes its pages to the planner as well. A process
+killed between a send's ack and the enqueue of its notification is therefore
+repaired by the replay, which tells the planner to leave out what jobs
+already hold. A failed planning keeps its messages for the next flush (and
+holds ``flushed_through`` back), up to ``PUSH_PLAN_ATTEMPTS`` in a row: a
+batch that can never be planned must not stop the projector for good.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import structlog
 
 from parley_core.ids import random_id
-from svc_message.model import Change
+from svc_message.model import Change, ChangeKind
 from svc_message.storage.conversations import Commit, ConversationStore
 from svc_message.storage.messages import MessageStore
 from svc_message.storage.projection import ProjectorStore, first_id_at
@@ -33,6 +44,15 @@ log = structlog.get_logger(__name__)
 # A message's id is minted before its insert; it reaches the projector after.
 REPLAY_MARGIN = timedelta(seconds=60)
 REPLAY_PAGE = 5000
+# Consecutive failed plannings of the same push batch before it is given up.
+PUSH_PLAN_ATTEMPTS = 50
+# Failed replays of one dead process before its pages are replayed without
+# push planning.
+REPLAY_PUSH_ATTEMPTS = 5
+
+
+class PushPlanning(Protocol):
+    async def plan(self, changes: Sequence[Change], *, dedupe: bool = False) -> int: ...
 
 
 def merge(into: dict[str, Commit], commits: Iterable[Commit]) -> None:
@@ -86,6 +106,7 @@ class Projector:
         heartbeat_seconds: float,
         interval_seconds: float,
         clock: Callable[[], float],
+        push: PushPlanning | None = None,
     ) -> None:
         self._conversations = conversations
         self._messages = messages
@@ -95,6 +116,12 @@ class Projector:
         self._clock = clock
         self.instance_id = random_id()
         self._pending: dict[str, Commit] = {}
+        self._push = push
+        # Committed messages waiting for the push planner.
+        self._pushes: list[Change] = []
+        self._push_failures = 0
+        self._replay_push_failures: dict[str, int] = {}
+        self.pushes_abandoned = 0
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -108,6 +135,22 @@ class Projector:
     def lag(self) -> int:
         """Conversations waiting to be written."""
         return len(self._pending)
+
+    @property
+    def push_lag(self) -> int:
+        """Messages waiting for the push planner."""
+        return len(self._pushes)
+
+    def hand_over(self, changes: Iterable[Change]) -> None:
+        """Committed changes, before their ack: new messages are planned for
+        push on the next flush (see the module doc)."""
+        if self._push is None:
+            return
+        pushes = [c for c in changes if c.kind == ChangeKind.MESSAGE]
+        if pushes:
+            self._pushes.extend(pushes)
+            self._idle.clear()
+            self._wake.set()
 
     def submit(self, commits: Iterable[Commit]) -> None:
         merge(self._pending, commits)
@@ -129,19 +172,18 @@ class Projector:
 
     async def flush(self) -> bool:
         """Write what is pending; True when nothing is left."""
-        if not self._pending:
+        if not self._pending and not self._pushes:
             self._idle.set()
             return True
         started = self._now()
         batch, self._pending = self._pending, {}
-        try:
-            await self._conversations.record_commits(batch.values())
-        except Exception as exc:
-            merge(self._pending, batch.values())
-            log.warning("projection_flush_failed", conversations=len(batch), error=str(exc))
+        pushes, self._pushes = self._pushes, []
+        # Independent work: side by side, so a big planning (a large group
+        # whose members have tokens) does not add to the metadata's lag.
+        recorded, planned = await asyncio.gather(self._record(batch), self._plan_pushes(pushes))
+        if not (recorded and planned):
             return False
-        self.flushes += 1
-        if not self._pending:
+        if not self._pending and not self._pushes:
             self._idle.set()
         # Everything submitted before `started` is written now. Recording that
         # at most twice per heartbeat keeps it one extra write per many flushes.
@@ -151,7 +193,37 @@ class Projector:
                 self._last_beat = self._clock()
             except Exception as exc:
                 log.warning("projection_heartbeat_failed", error=str(exc))
-        return not self._pending
+        return not self._pending and not self._pushes
+
+    async def _record(self, batch: dict[str, Commit]) -> bool:
+        """Write the batch; on failure keep it for the next flush."""
+        if not batch:
+            return True
+        try:
+            await self._conversations.record_commits(batch.values())
+        except Exception as exc:
+            merge(self._pending, batch.values())
+            log.warning("projection_flush_failed", conversations=len(batch), error=str(exc))
+            return False
+        self.flushes += 1
+        return True
+
+    async def _plan_pushes(self, pushes: list[Change]) -> bool:
+        """Plan the batch; on failure keep it (in front) for the next flush."""
+        if not pushes or self._push is None:
+            return True
+        try:
+            await self._push.plan(pushes, dedupe=self._push_failures > 0)
+        except Exception as exc:
+            self._push_failures += 1
+            if self._push_failures < PUSH_PLAN_ATTEMPTS:
+                self._pushes[:0] = pushes
+                log.warning("push_planning_failed", messages=len(pushes), error=str(exc))
+                return False
+            self.pushes_abandoned += len(pushes)
+            log.error("push_planning_abandoned", messages=len(pushes), error=str(exc))
+        self._push_failures = 0
+        return True
 
     async def drain(self) -> None:
         """Flush until nothing is pending (shutdown), then retire this instance."""
@@ -203,10 +275,30 @@ class Projector:
                 # idempotent, so the replay simply applies them again.
                 await self._messages.apply(page)
                 await self._conversations.record_commits(commits_of(page))
+                await self._replay_pushes(record.instance_id, page)
                 replayed += len(page)
                 if len(page) < REPLAY_PAGE:
                     break
                 first = page[-1].change_id
             await self._state.forget(record.instance_id)
+            self._replay_push_failures.pop(record.instance_id, None)
             log.info("projection_replayed", instance=record.instance_id, messages=replayed)
         return replayed
+
+    async def _replay_pushes(self, instance_id: str, page: list[Change]) -> None:
+        """Plan a replayed page (leaving out what jobs hold). A failure fails
+        the replay, which is tried again at the next watch, up to
+        REPLAY_PUSH_ATTEMPTS times; then the process is replayed without it."""
+        if self._push is None:
+            return
+        failures = self._replay_push_failures.get(instance_id, 0)
+        if failures >= REPLAY_PUSH_ATTEMPTS:
+            return
+        try:
+            await self._push.plan(page, dedupe=True)
+        except Exception:
+            self._replay_push_failures[instance_id] = failures + 1
+            if failures + 1 >= REPLAY_PUSH_ATTEMPTS:
+                self.pushes_abandoned += len(page)
+                log.error("push_replay_abandoned", instance=instance_id)
+            raise

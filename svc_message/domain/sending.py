@@ -253,6 +253,10 @@ class SendPipeline:
         """Make readers see the batch: Redis first (before the ack), the
         conversation metadata behind it, or now if Redis cannot take it."""
         commits = commits_of(done.change for _, done in acked)
+        # Push notifications are planned behind the ack, with the metadata; a
+        # crash in between is repaired by the projector's replay. A retried
+        # request was handed over by its first attempt.
+        self._projector.hand_over(done.change for _, done in acked if not done.duplicate)
         items: dict[str, list[tuple[int, int, bytes]]] = {}
         updated: dict[str, list[tuple[int, int, bytes]]] = {}
         hides: dict[str, set[str]] = {}

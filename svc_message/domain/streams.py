@@ -15,13 +15,17 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import structlog
 
 from parley_core.errors import ParleyError, Reason, ResourceExhausted, Unauthenticated
 from svc_message.domain.ports import EventCodec, Subscriptions
-from svc_message.model import Envelope, EventKind, Watermarks
+from svc_message.model import CHANNEL, Envelope, EventKind, Watermarks
 from svc_message.storage.doorbell import ACCOUNT_PREFIX, CONVERSATION_PREFIX, inbox, topic
+
+if TYPE_CHECKING:
+    from svc_message.domain.typing import TypingLimiter
 
 log = structlog.get_logger(__name__)
 
@@ -103,6 +107,8 @@ class StreamSession:
         # Group members joined late: changes to messages before this seq
         # are not theirs to see.
         self.floors: dict[str, int] = {}
+        # The device's typing rate limit, made on its first typing event.
+        self.typing: TypingLimiter | None = None
 
     def follow(
         self, conversation_id: str, *, kind: int, position: int, own_last: int, floor_seq: int = 0
@@ -130,6 +136,14 @@ class StreamSession:
         return not (
             envelope.kind == EventKind.CHANGE
             and envelope.seq < self.floors.get(envelope.conversation_id, 0)
+        )
+
+    def shows_typing(self, envelope: Envelope) -> bool:
+        """Whether to show a typing indicator: someone else's, in a
+        conversation the stream follows (so the account is still in it)."""
+        kind = self.types.get(envelope.conversation_id)
+        return (
+            kind is not None and kind != CHANNEL and envelope.sender_account_id != self.account_id
         )
 
     def note_sent(self, envelope: Envelope) -> None:
@@ -194,6 +208,11 @@ class StreamSession:
             self._queued_bytes = 0
             self._closed.set()
         self._wake.set()
+
+    @property
+    def error(self) -> ParleyError | None:
+        """What the session was closed with; None while it is open."""
+        return self._error
 
     async def wait_closed(self) -> ParleyError:
         """Wait until the session is closed; the error it was closed with."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import cast
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError
 
 from parley.message.v1 import messages_pb2 as pb
@@ -291,6 +293,21 @@ class ProtoEventCodec:
     def pong(self, nonce: int) -> Envelope:
         return Envelope(EventKind.CONTROL, "", 0, pb.Event(pong=pb.Pong(nonce=nonce)))
 
+    def typing(
+        self, conversation_id: str, account_id: str, typing: bool, expires_seconds: float
+    ) -> Envelope:
+        expires_in = Duration()
+        expires_in.FromTimedelta(timedelta(seconds=expires_seconds))
+        event = pb.Event(
+            typing=pb.TypingIndicator(
+                conversation_id=conversation_id,
+                account_id=account_id,
+                typing=typing,
+                expires_in=expires_in,
+            )
+        )
+        return Envelope(EventKind.TYPING, conversation_id, 0, event, account_id)
+
     def encode(self, envelope: Envelope) -> bytes:
         return cast(pb.Event, envelope.wire).SerializeToString()
 
@@ -326,4 +343,7 @@ class ProtoEventCodec:
             return Envelope(
                 EventKind.CONVERSATION, event.conversation.conversation_id, 0, event, size=size
             )
+        if kind == "typing":
+            t = event.typing
+            return Envelope(EventKind.TYPING, t.conversation_id, 0, event, t.account_id, size)
         return None

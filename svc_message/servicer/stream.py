@@ -31,6 +31,7 @@ from parley_core.validation import Check
 from svc_message.domain.acks import AckBatcher
 from svc_message.domain.delivery import DeliveryService
 from svc_message.domain.streams import StreamSession, valid_sync_token
+from svc_message.domain.typing import TypingRelay
 from svc_message.servicer.convert import ProtoEventCodec
 
 log = structlog.get_logger(__name__)
@@ -83,12 +84,14 @@ class StreamServicer:
         delivery: DeliveryService,
         acks: AckBatcher,
         codec: ProtoEventCodec,
+        typing: TypingRelay,
         *,
         write_stall_seconds: float = WRITE_STALL_SECONDS,
     ) -> None:
         self._delivery = delivery
         self._acks = acks
         self._codec = codec
+        self._typing = typing
         self._write_stall = write_stall_seconds
         # Statuses queued for clients that are not reading (see the module doc).
         self._pending_aborts: set[asyncio.Task[None]] = set()
@@ -118,12 +121,16 @@ class StreamServicer:
         handler = asyncio.current_task()
         assert handler is not None
         watchdog = asyncio.create_task(self._end_if_stuck(session, context, handler, reader))
+        events = self._delivery.stream(
+            session, positions=positions, sync_token=first.resume.sync_token
+        )
         try:
-            async for batch in self._delivery.stream(
-                session, positions=positions, sync_token=first.resume.sync_token
-            ):
-                for server_event in server_events([envelope.wire for envelope in batch]):
-                    yield server_event
+            # Closed here, not whenever it is collected: its cleanup ends the
+            # device's routing and presence lease.
+            async with contextlib.aclosing(events):
+                async for batch in events:
+                    for server_event in server_events([envelope.wire for envelope in batch]):
+                        yield server_event
         finally:
             watchdog.cancel()
             reader.cancel()
@@ -204,8 +211,18 @@ class StreamServicer:
                         )
             elif kind == "ping":
                 session.offer(self._codec.pong(event.ping.nonce))
+            elif kind == "typing":
+                conversation_id = event.typing.conversation_id
+                # Ignored like an ack for an unknown conversation: a typing
+                # event is a hint, not worth ending the stream over.
+                if Check().id("typing.conversation_id", conversation_id).violations:
+                    self._typing.malformed()
+                else:
+                    await self._typing.handle(session, conversation_id, event.typing.typing)
             else:
                 session.close(
-                    InvalidArgument.field(kind or "kind", "only ack and ping may follow resume")
+                    InvalidArgument.field(
+                        kind or "kind", "only ack, ping and typing may follow resume"
+                    )
                 )
                 return

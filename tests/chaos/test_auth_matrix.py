@@ -24,6 +24,8 @@ from parley.keys.v1 import accounts_pb2 as kpb
 from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
+from parley.presence.v1 import presence_pb2 as ppb
+from parley.presence.v1 import presence_pb2_grpc as pgrpc
 from parley_core.auth.tokens import TokenIssuer, load_private_key, write_key_pair
 from parley_dev.stack import LocalStack
 from tests.helpers import Metadata, auth
@@ -108,6 +110,65 @@ def unary_calls(
         ),
         **change_calls(messages, v),
         **membership_calls(messages, v),
+        **push_calls(messages),
+    }
+
+
+def push_calls(messages: mgrpc.MessageServiceStub) -> dict[str, Call]:
+    """Push registration and settings: always the caller's own device and account."""
+    dnd = mpb.DoNotDisturb(enabled=True, start_minute=0, end_minute=1439, time_zone="UTC")
+    return {
+        "RegisterPushToken": lambda md: messages.RegisterPushToken(
+            mpb.RegisterPushTokenRequest(provider=mpb.PUSH_PROVIDER_WEBHOOK, token="intruder"),
+            metadata=md,
+        ),
+        "RemovePushToken": lambda md: messages.RemovePushToken(
+            mpb.RemovePushTokenRequest(), metadata=md
+        ),
+        "GetPushSettings": lambda md: messages.GetPushSettings(
+            mpb.GetPushSettingsRequest(), metadata=md
+        ),
+        "UpdatePushSettings": lambda md: messages.UpdatePushSettings(
+            mpb.UpdatePushSettingsRequest(do_not_disturb=dnd), metadata=md
+        ),
+    }
+
+
+def presence_calls(presence: pgrpc.PresenceServiceStub, v: Victim) -> dict[str, Call]:
+    """Every presence RPC, aimed at the victim (SubscribePresence read to its first event)."""
+    victim = [v.alice.account_id]
+
+    async def subscribe(md: Metadata) -> Any:
+        call = presence.SubscribePresence(
+            ppb.SubscribePresenceRequest(account_ids=victim), metadata=md, timeout=10
+        )
+        try:
+            async for event in call:
+                return event
+        finally:
+            call.cancel()
+        return None
+
+    return {
+        "Heartbeat": lambda md: presence.Heartbeat(ppb.HeartbeatRequest(), metadata=md),
+        "GoOffline": lambda md: presence.GoOffline(ppb.GoOfflineRequest(), metadata=md),
+        "GetPresence": lambda md: presence.GetPresence(
+            ppb.GetPresenceRequest(account_ids=victim), metadata=md
+        ),
+        "SubscribePresence": subscribe,
+        "GetPresenceSettings": lambda md: presence.GetPresenceSettings(
+            ppb.GetPresenceSettingsRequest(), metadata=md
+        ),
+        "UpdatePresenceSettings": lambda md: presence.UpdatePresenceSettings(
+            ppb.UpdatePresenceSettingsRequest(online=ppb.VISIBILITY_EVERYONE), metadata=md
+        ),
+        "AddContacts": lambda md: presence.AddContacts(
+            ppb.AddContactsRequest(account_ids=victim), metadata=md
+        ),
+        "RemoveContacts": lambda md: presence.RemoveContacts(
+            ppb.RemoveContactsRequest(account_ids=victim), metadata=md
+        ),
+        "ListContacts": lambda md: presence.ListContacts(ppb.ListContactsRequest(), metadata=md),
     }
 
 
@@ -208,6 +269,9 @@ AUTHENTICATED = {
 } - {"SignUp", "RefreshToken"}
 
 
+PRESENCE_RPCS = {m.name for m in ppb.DESCRIPTOR.services_by_name["PresenceService"].methods}
+
+
 async def connect_refused(messages: mgrpc.MessageServiceStub, md: Metadata, v: Victim) -> Any:
     """Connect with these credentials: the error, after no event at all."""
 
@@ -291,7 +355,7 @@ async def test_bad_credentials_are_refused_by_every_rpc(
         ("revoked", v.laptop.md, "ERROR_REASON_TOKEN_REVOKED"),
     ]
 
-    targets = [chaos.keys_target, *chaos.message_targets]
+    targets = [chaos.keys_target, *chaos.message_targets, chaos.presence_target]
     channels = {t: grpc.aio.insecure_channel(t) for t in targets}
     try:
         keys = kgrpc.AccountServiceStub(channels[chaos.keys_target])
@@ -323,6 +387,23 @@ async def test_bad_credentials_are_refused_by_every_rpc(
                 assert reason_of(error) == reason, (name, "Connect")
                 checked += 1
         assert checked == len(chaos.message_targets) * len(cases) * len(AUTHENTICATED)
+
+        # svc_presence: every RPC, the same cases, once the revocation reached it.
+        presence = pgrpc.PresenceServiceStub(channels[chaos.presence_target])
+        calls = presence_calls(presence, v)
+        assert set(calls) == PRESENCE_RPCS, "the matrix misses a presence RPC"
+        deadline = time.monotonic() + 10
+        while True:
+            error = await refused(calls["GetPresenceSettings"](v.laptop.md))
+            if reason_of(error) == "ERROR_REASON_TOKEN_REVOKED":
+                break
+            assert time.monotonic() < deadline, "the revocation did not reach svc_presence"
+            await asyncio.sleep(0.05)
+        for name, md, reason in cases:
+            for rpc, call in calls.items():
+                error = await refused(call(md))
+                assert error.code() == grpc.StatusCode.UNAUTHENTICATED, (name, rpc, error)
+                assert reason_of(error) == reason, (name, rpc)
 
         # The public RPCs: a refresh token of the revoked device, or an access
         # token presented as a refresh token, gets nothing.

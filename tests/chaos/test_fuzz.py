@@ -1,4 +1,4 @@
-"""Fuzz every RPC of AccountService and MessageService, Connect included.
+"""Fuzz every RPC of AccountService, MessageService and PresenceService, Connect included.
 
 Requests come from hypothesis: random fields, huge and empty values, invalid
 ids and ids of the wrong kind (a message id where a conversation id is
@@ -36,6 +36,7 @@ from parley.keys.v1 import accounts_pb2 as kpb
 from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
+from parley.presence.v1 import presence_pb2 as ppb
 from parley_core.ids import is_valid_id
 from parley_dev.stack import LocalStack
 from tests.chaos.clients import Channels
@@ -47,9 +48,11 @@ pytestmark = pytest.mark.chaos
 
 ACCOUNT_SERVICE = kpb.DESCRIPTOR.services_by_name["AccountService"]
 MESSAGE_SERVICE = mpb.DESCRIPTOR.services_by_name["MessageService"]
+PRESENCE_SERVICE = ppb.DESCRIPTOR.services_by_name["PresenceService"]
+# One request each: unary RPCs, and server streams (read to their first answer).
 UNARY = [
     (service, method)
-    for service in (ACCOUNT_SERVICE, MESSAGE_SERVICE)
+    for service in (ACCOUNT_SERVICE, MESSAGE_SERVICE, PRESENCE_SERVICE)
     for method in service.methods
     if not method.client_streaming
 ]
@@ -87,6 +90,7 @@ class World:
 
     keys_target: str
     message_targets: list[str]
+    presence_target: str
     me: Device
     peer: Device
     conversation: str
@@ -139,6 +143,7 @@ async def world(chaos_stack: LocalStack) -> World:
     return World(
         keys_target=chaos_stack.keys_target,
         message_targets=list(chaos_stack.message_targets),
+        presence_target=chaos_stack.presence_target,
         me=me,
         peer=peer,
         conversation=conversation,
@@ -152,6 +157,7 @@ async def world(chaos_stack: LocalStack) -> World:
         max_request_bytes=min(
             chaos_stack.settings.keys.server.max_receive_message_bytes,
             chaos_stack.settings.message.server.max_receive_message_bytes,
+            chaos_stack.settings.presence.server.max_receive_message_bytes,
         ),
     )
 
@@ -344,9 +350,12 @@ class Caller:
         self.world = world
         self.keys = grpc.insecure_channel(world.keys_target)
         self.message = grpc.insecure_channel(world.message_targets[0])
+        self.presence = grpc.insecure_channel(world.presence_target)
         self._disposable: str | None = None
 
     def channel(self, service: Any) -> grpc.Channel:
+        if service is PRESENCE_SERVICE:
+            return self.presence
         return self.keys if service is ACCOUNT_SERVICE else self.message
 
     def disposable_token(self) -> str:
@@ -371,6 +380,8 @@ class Caller:
         return self.world.me.md
 
     def unary(self, service: Any, method: Any, raw: bytes) -> grpc.RpcError | None:
+        if method.server_streaming:
+            return self._first_of_stream(service, method, raw)
         call = self.channel(service).unary_unary(
             path(service, method), request_serializer=None, response_deserializer=None
         )
@@ -384,9 +395,25 @@ class Caller:
             self._disposable = None  # it may have signed itself out
         return None
 
+    def _first_of_stream(self, service: Any, method: Any, raw: bytes) -> grpc.RpcError | None:
+        stream = self.channel(service).unary_stream(
+            path(service, method), request_serializer=None, response_deserializer=None
+        )
+        responses = stream(raw, metadata=self.metadata(method), timeout=CALL_TIMEOUT)
+        try:
+            next(responses)
+        except StopIteration:
+            return None
+        except grpc.RpcError as error:
+            return error
+        finally:
+            responses.cancel()
+        return None
+
     def close(self) -> None:
         self.keys.close()
         self.message.close()
+        self.presence.close()
 
 
 @pytest.fixture(scope="module")
@@ -398,7 +425,7 @@ def caller(world: World) -> Iterator[Caller]:
 
 
 def assert_healthy(world: World) -> None:
-    for target in [world.keys_target, *world.message_targets]:
+    for target in [world.keys_target, *world.message_targets, world.presence_target]:
         with grpc.insecure_channel(target) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=10
@@ -512,7 +539,7 @@ class Prediction:
 
 def predict(frames: Sequence[bytes]) -> Prediction:
     """What the server must do with these frames, from the API's contract:
-    the first event is a valid resume, then only acks and pings."""
+    the first event is a valid resume, then only acks, pings and typing."""
     pings: list[int] = []
     for index, raw in enumerate(frames):
         event = parses(mpb.ClientEvent.DESCRIPTOR, raw)
@@ -524,7 +551,7 @@ def predict(frames: Sequence[bytes]) -> Prediction:
                 return Prediction(True, pings)
         elif kind == "ping":
             pings.append(event.ping.nonce)  # type: ignore[attr-defined]
-        elif kind != "ack":
+        elif kind not in ("ack", "typing"):
             return Prediction(True, pings)
     return Prediction(False, pings)
 

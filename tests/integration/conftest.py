@@ -9,6 +9,7 @@ import pytest_asyncio
 
 from parley.keys.v1 import accounts_pb2_grpc
 from parley.message.v1 import messages_pb2_grpc
+from parley.presence.v1 import presence_pb2_grpc
 from parley_dev.stack import LocalStack
 
 
@@ -35,3 +36,10 @@ async def messages(channels: list[grpc.aio.Channel]) -> messages_pb2_grpc.Messag
 async def messages_b(channels: list[grpc.aio.Channel]) -> messages_pb2_grpc.MessageServiceStub:
     """svc_message instance 1: another process on another port."""
     return messages_pb2_grpc.MessageServiceStub(channels[2])
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def presence(stack: LocalStack) -> AsyncIterator[presence_pb2_grpc.PresenceServiceStub]:
+    """svc_presence of the session stack."""
+    async with grpc.aio.insecure_channel(stack.presence_target) as channel:
+        yield presence_pb2_grpc.PresenceServiceStub(channel)

@@ -13,6 +13,7 @@ import pytest
 from parley_dev.bench.baseline import BaselineServer, push_phase, unary_phase
 from parley_dev.bench.group_report import GROUP_HEADLINE_KEYS
 from parley_dev.bench.load import Window
+from parley_dev.bench.presence_report import PRESENCE_HEADLINE_KEYS
 from parley_dev.bench.report import HEADLINE_KEYS
 
 # The whole --start --quick run takes about 35 s on an idle 2-core machine.
@@ -129,3 +130,51 @@ def test_quick_group_bench_times_every_delivery(tmp_path: Path) -> None:
     params = report["parameters"]
     assert params["group_members"] == params["streams"] == params["baseline_push_streams"]
     assert report["cpu_seconds"]["group_send"].keys() >= STACK_PROCESSES
+
+
+@pytest.mark.slow
+def test_quick_presence_bench_measures_heartbeats_and_where_changes_go(tmp_path: Path) -> None:
+    users, subscribers, toggles = 60, 20, 3
+    out = tmp_path / "presence.json"
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "parley_dev.cli", "bench", "--scenario", "presence"),
+            *("--start", "--quick", "--duration", "1", "--json", str(out)),
+            *("--presence-users", str(users), "--presence-subscribers", str(subscribers)),
+            *("--presence-toggles", str(toggles)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    assert "heartbeats/s sustained" in run.stdout and "unary rps" in run.stdout
+    report = json.loads(out.read_text())
+
+    assert report["scenario"] == "presence" and report["complete"] is True
+    assert report["failed_checks"] == [] and report["warnings"] == []
+    assert {c["verdict"] for c in report["checks"]} == {"PASS"}
+    for key in PRESENCE_HEADLINE_KEYS:
+        assert isinstance(report[key], int | float), key
+    assert report["presence_heartbeats_per_s"] > 0 and report["baseline_unary_rps"] > 0
+    assert report["presence_heartbeat_p99_ms"] >= report["presence_heartbeat_p50_ms"] > 0
+    assert report["phases"]["heartbeat"]["errors"] == {}
+    # Half the subscribers may see the watched user: every change reaches those
+    # 10, once each, through one PUBLISH, and none of the other 10.
+    allowed = subscribers // 2
+    fanout = report["phases"]["fanout"]
+    assert fanout["allowed_subscribers"] == fanout["hidden_subscribers"] == allowed
+    assert fanout["measured_changes"] == 2 * toggles
+    assert report["presence_change_deliveries"] == 2 * toggles * allowed
+    assert report["presence_hidden_deliveries"] == 0
+    assert report["presence_events_per_change"] == allowed
+    assert report["presence_publishes_per_change"] == pytest.approx(1.0, abs=0.05)
+    assert fanout["snapshots"]["hidden"] == {"AVAILABILITY_UNSPECIFIED": allowed}
+    assert report["presence_redis_scripts_per_heartbeat"] >= 1
+    cpu = report["cpu_seconds"]
+    assert cpu["heartbeat"].keys() >= {"svc_presence", "redis", "bench_client"}
+    assert cpu["heartbeat"]["svc_presence"] > 0
+    params = report["parameters"]
+    assert params["users"] == users and params["subscribers"] == subscribers
+    assert params["baseline_unary_callers"] == params["concurrency"] == 64

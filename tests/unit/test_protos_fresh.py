@@ -33,8 +33,9 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
 def test_every_enum_starts_with_unspecified() -> None:
     from parley.common.v1 import common_pb2
     from parley.message.v1 import messages_pb2
+    from parley.presence.v1 import presence_pb2
 
-    for module in (common_pb2, messages_pb2):
+    for module in (common_pb2, messages_pb2, presence_pb2):
         for enum in module.DESCRIPTOR.enum_types_by_name.values():
             zero = enum.values_by_number[0].name
             assert zero.endswith("_UNSPECIFIED"), f"{enum.full_name} starts with {zero}"
@@ -43,14 +44,28 @@ def test_every_enum_starts_with_unspecified() -> None:
 def test_every_mutating_rpc_has_a_request_id_and_every_list_pages() -> None:
     from parley.keys.v1 import accounts_pb2
     from parley.message.v1 import messages_pb2
+    from parley.presence.v1 import presence_pb2
 
     reads = {"GetAccount", "ListDevices", "GetConversation", "ListConversations", "ListMessages"}
-    for module in (accounts_pb2, messages_pb2):
+    reads |= {"GetPresence", "SubscribePresence", "GetPresenceSettings", "GetPushSettings"}
+    # Setting a value or a set membership: a retry leaves the same state, so
+    # no request id is needed to make it safe (AIP-155 is for the rest).
+    naturally_idempotent = {
+        "Heartbeat",
+        "GoOffline",
+        "UpdatePresenceSettings",
+        "AddContacts",
+        "RemoveContacts",
+        "RegisterPushToken",
+        "RemovePushToken",
+        "UpdatePushSettings",
+    }
+    for module in (accounts_pb2, messages_pb2, presence_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 fields = set(method.input_type.fields_by_name)
                 if method.name.startswith("List"):
                     assert {"page_size", "page_token"} <= fields, method.full_name
                     assert "next_page_token" in method.output_type.fields_by_name
-                elif method.name not in reads and method.name != "Connect":
+                elif method.name not in reads | naturally_idempotent | {"Connect"}:
                     assert "request_id" in fields, method.full_name

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime, timedelta
+import asyncio
+import io
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -11,8 +14,22 @@ import pytest
 
 from parley.message.v1 import messages_pb2 as pb
 from parley_dev.cli import build_parser
-from parley_sdk import MessageDeletedEvent, MessageEditedEvent, ReactionChangedEvent
-from parley_sdk._cli_chat import describe_change
+from parley_sdk import (
+    DEFAULT_PRESENCE_TARGET,
+    Availability,
+    Credentials,
+    DoNotDisturb,
+    MessageDeletedEvent,
+    MessageEditedEvent,
+    MessageEvent,
+    Presence,
+    PresenceSettings,
+    PushSettings,
+    ReactionChangedEvent,
+    TypingIndicatorEvent,
+    Visibility,
+)
+from parley_sdk._cli_chat import describe_change, run_chat
 from parley_sdk._cli_common import (
     UsageError,
     parse_duration,
@@ -21,6 +38,14 @@ from parley_sdk._cli_common import (
     resolve_message,
 )
 from parley_sdk._cli_output import Directory, format_member, format_message, format_view
+from parley_sdk._cli_presence import format_presence, format_presence_settings
+from parley_sdk._cli_profiles import Profile, ProfileStore
+from parley_sdk._cli_push import (
+    clock_time,
+    dnd_from_args,
+    format_push_settings,
+    local_time_zone,
+)
 
 CONVERSATION = "0190f2a4-1111-7000-8000-000000000001"
 MESSAGE = "0190f2a4-2222-7000-8000-000000000002"
@@ -231,3 +256,210 @@ async def test_members_and_changes_render() -> None:
         pb.ReactionChanged(seq=2, account_id="c", emoji="🎉", removed=True)
     )
     assert await describe_change(reaction, directory) == "#2 @cy -🎉"
+
+
+# -- presence, contacts and push --------------------------------------------------------------
+
+
+def test_presence_and_contacts_commands_parse() -> None:
+    args = parse("presence", "get", "@bob", CONVERSATION, "--presence-target", "127.0.0.1:1")
+    assert (args.accounts, args.presence_target) == (["@bob", CONVERSATION], "127.0.0.1:1")
+    assert parse("presence", "watch", "@bob", "--exit-after", "2").exit_after == 2.0
+    args = parse("presence", "settings", "--online", "contacts", "--last-seen", "nobody")
+    assert (args.online, args.last_seen, args.invisible) == ("contacts", "nobody", None)
+    assert parse("presence", "settings", "--invisible").invisible is True
+    assert parse("presence", "settings", "--visible").invisible is False
+    assert parse("presence", "settings").online is None
+    assert parse("contacts", "add", "@bob", "@cy").accounts == ["@bob", "@cy"]
+    assert parse("contacts", "remove", "@bob").accounts == ["@bob"]
+    assert parse("contacts", "list").profile == "default"
+    for argv in (
+        ["presence", "get"],
+        ["presence", "settings", "--online", "friends"],
+        ["presence", "settings", "--invisible", "--visible"],
+        ["contacts"],
+    ):
+        with pytest.raises(SystemExit):
+            parse(*argv)
+
+
+def test_push_commands_parse() -> None:
+    args = parse("push", "register", "--provider", "apns", "--token", "ab12", "--locale", "de")
+    assert (args.provider, args.token, args.locale) == ("apns", "ab12", "de")
+    args = parse("push", "dnd", "--from", "22:00", "--to", "7:30", "--tz", "Europe/Berlin")
+    assert (args.start, args.end, args.tz) == (time(22), time(7, 30), "Europe/Berlin")
+    assert parse("push", "dnd", "--off").off
+    assert parse("push", "remove").profile == "default"
+    for argv in (
+        ["push", "register", "--token", "t"],
+        ["push", "register", "--provider", "sms", "--token", "t"],
+        ["push", "dnd", "--from", "25:00", "--to", "07:00"],
+    ):
+        with pytest.raises(SystemExit):
+            parse(*argv)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("22:00", time(22)), ("7:05", time(7, 5)), ("00:00", time(0))]
+)
+def test_clock_times(text: str, expected: time) -> None:
+    assert clock_time(text) == expected
+
+
+@pytest.mark.parametrize("text", ["24:00", "7", "7:5", "12:60", "noon", ""])
+def test_bad_clock_times(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        clock_time(text)
+
+
+def test_dnd_options_make_a_window_or_turn_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    def dnd(*argv: str) -> DoNotDisturb | None:
+        return dnd_from_args(parse("push", "dnd", *argv))
+
+    assert dnd() is None, "no options: show the settings"
+    assert dnd("--off") == DoNotDisturb.off()
+    assert dnd("--from", "22:00", "--to", "07:00", "--tz", "Asia/Tokyo") == DoNotDisturb(
+        start=time(22), end=time(7), time_zone="Asia/Tokyo"
+    )
+    monkeypatch.setenv("TZ", "America/New_York")
+    window = dnd("--from", "22:00", "--to", "07:00")
+    assert window is not None and window.time_zone == "America/New_York"
+    for argv in (["--from", "22:00"], ["--off", "--from", "22:00"], ["--tz", "UTC"]):
+        with pytest.raises(UsageError):
+            dnd(*argv)
+
+
+def test_the_local_time_zone_comes_from_tz_or_etc_localtime(tmp_path: Path) -> None:
+    assert local_time_zone({"TZ": "Europe/Berlin"}, tmp_path / "none") == "Europe/Berlin"
+    assert local_time_zone({"TZ": ":Europe/Paris"}, tmp_path / "none") == "Europe/Paris"
+    zone = tmp_path / "usr" / "share" / "zoneinfo" / "Asia" / "Tokyo"
+    zone.parent.mkdir(parents=True)
+    zone.write_bytes(b"TZif")
+    link = tmp_path / "localtime"
+    link.symlink_to(zone)
+    # A TZ that is a file path or a POSIX rule is no IANA name: fall back to the link.
+    assert local_time_zone({"TZ": "/etc/zone"}, link) == "Asia/Tokyo"
+    assert local_time_zone({"TZ": "CET-1CEST,M3.5.0"}, link) == "Asia/Tokyo"
+    assert local_time_zone({}, tmp_path / "none") == "", "unknown: the server reads UTC"
+
+
+def test_presence_lines() -> None:
+    seen = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    offline = format_presence(Presence("b", Availability.OFFLINE, seen), "bob")
+    local = seen.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    assert offline == f"@bob offline last-seen={local} account=b"
+    assert format_presence(Presence("b", Availability.ONLINE), "bob") == "@bob online account=b"
+    assert format_presence(Presence("x", Availability.UNKNOWN), "x") == "@x unknown account=x"
+    settings = PresenceSettings(Visibility.EVERYONE, Visibility.CONTACTS, invisible=False)
+    assert format_presence_settings(settings) == "online=everyone last-seen=contacts invisible=no"
+
+
+def test_push_settings_lines() -> None:
+    window = DoNotDisturb(start=time(22), end=time(7, 30), time_zone="Europe/Berlin")
+    assert format_push_settings(PushSettings(window)) == "dnd 22:00-07:30 Europe/Berlin"
+    utc = DoNotDisturb(start=time(1), end=time(2))
+    assert format_push_settings(PushSettings(utc)) == "dnd 01:00-02:00 UTC"
+    assert format_push_settings(PushSettings(DoNotDisturb.off())) == "dnd off"
+
+
+def test_profiles_keep_the_presence_target_and_old_ones_get_the_default(tmp_path: Path) -> None:
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    credentials = Credentials(
+        access_token="at",
+        access_token_expire_time=now,
+        refresh_token="rt",
+        refresh_token_expire_time=now,
+        account_id="a",
+        device_id="d",
+    )
+    store = ProfileStore(tmp_path)
+    profile = Profile(
+        name="p",
+        handle="ann",
+        keys_target="k:1",
+        message_target="m:2",
+        presence_target="p:3",
+        credentials=credentials,
+    )
+    store.save(profile)
+    assert store.load("p") == profile
+    old = profile.to_dict()
+    del old["presence_target"]
+    assert Profile.from_dict("p", old).presence_target == DEFAULT_PRESENCE_TARGET
+
+
+class FakeStream:
+    """A delivery stream that yields its events, then waits to be closed."""
+
+    def __init__(self, events: list[Any]) -> None:
+        self.events = events
+        self.closed = asyncio.Event()
+
+    async def __aenter__(self) -> FakeStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self.closed.set()
+
+    async def __aiter__(self) -> Any:
+        for event in self.events:
+            yield event
+        await self.closed.wait()
+
+
+class ChatClient(FakeClient):
+    device_id = "my-device"
+
+    def __init__(self, events: list[Any]) -> None:
+        super().__init__()
+        self.stream = FakeStream(events)
+        self.read: list[int] = []
+
+    def events(self) -> FakeStream:
+        return self.stream
+
+    async def mark_read(self, conversation_id: str, seq: int) -> None:
+        self.read.append(seq)
+
+
+async def test_chat_shows_when_the_peer_starts_typing(capsys: pytest.CaptureFixture[str]) -> None:
+    def typing(account_id: str, conversation_id: str = "direct-b", on: bool = True) -> Any:
+        return TypingIndicatorEvent(conversation_id, account_id, on, timedelta(seconds=6))
+
+    message = MessageEvent(
+        pb.Message(
+            conversation_id="direct-b",
+            sender_account_id="b",
+            seq=1,
+            type=pb.MESSAGE_TYPE_TEXT,
+            body=b"hi",
+        )
+    )
+    events = [
+        typing("b"),
+        typing("b"),  # a renewal: not shown again
+        typing("c", "elsewhere"),  # another conversation
+        typing("me"),  # this account on another device
+        message,  # ends bob's typing
+        typing("b"),  # so this is a new start
+        typing("b", on=False),
+    ]
+    client: Any = ChatClient(events)
+    profile = SimpleNamespace(handle="ann")
+    code = await run_chat(
+        client,
+        profile,  # type: ignore[arg-type]
+        conversation_id="direct-b",
+        peer=("b", "bob"),
+        linger=0.3,
+        stdin=io.StringIO(""),
+    )
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ".. @bob is typing…"
+    assert lines[1].endswith("@bob: hi")
+    assert lines[2:] == [".. @bob is typing…"]
+    assert client.read == [1]

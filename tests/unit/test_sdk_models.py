@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import pytest
+from google.protobuf import duration_pb2
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 import parley_sdk
 from parley.common.v1 import common_pb2
 from parley.message.v1 import messages_pb2 as pb
+from parley.presence.v1 import presence_pb2
 from parley_sdk import (
     ArchiveFilter,
+    Availability,
+    Contact,
     ConversationEvent,
     ConversationType,
     DeleteScope,
     Direction,
+    DoNotDisturb,
     GroupReceiptsEvent,
     MembershipState,
     MessageDeletedEvent,
@@ -26,6 +31,12 @@ from parley_sdk import (
     MessageType,
     Platform,
     PongEvent,
+    Presence,
+    PresenceSettings,
+    PresenceUpdate,
+    PushProvider,
+    PushRegistration,
+    PushSettings,
     ReactionChangedEvent,
     ReactionResult,
     ReceiptEvent,
@@ -35,6 +46,8 @@ from parley_sdk import (
     SyncCompleteEvent,
     SystemAction,
     SystemMessageEvent,
+    TypingIndicatorEvent,
+    Visibility,
     muted_forever,
     muted_until,
 )
@@ -55,6 +68,8 @@ from parley_sdk.models import event_from_proto, position_of, positions_proto
         (ArchiveFilter, pb.ArchiveFilter, "ARCHIVE_FILTER_"),
         (MembershipState, pb.MembershipState, "MEMBERSHIP_STATE_"),
         (SystemAction, pb.SystemEvent.Action, "ACTION_"),
+        (Visibility, presence_pb2.Visibility, "VISIBILITY_"),
+        (PushProvider, pb.PushProvider, "PUSH_PROVIDER_"),
     ],
 )
 def test_enums_mirror_the_proto_exactly(
@@ -66,6 +81,14 @@ def test_enums_mirror_the_proto_exactly(
     mirrored = {member.name: member.value for member in mirror}
     assert wire_without_default.items() <= mirrored.items()
     assert mirrored.items() <= wire.items()
+
+
+def test_availability_mirrors_the_proto_with_unknown_for_unspecified() -> None:
+    wire = dict(presence_pb2.Availability.items())
+    assert {member.value for member in Availability} == set(wire.values())
+    assert Availability(wire["AVAILABILITY_UNSPECIFIED"]) is Availability.UNKNOWN
+    assert Availability(wire["AVAILABILITY_ONLINE"]) is Availability.ONLINE
+    assert Availability(wire["AVAILABILITY_OFFLINE"]) is Availability.OFFLINE
 
 
 def test_unknown_wire_values_become_unknown_members_not_errors() -> None:
@@ -121,6 +144,14 @@ def _event_of_every_kind() -> dict[str, pb.Event]:
         ),
         "receipts": pb.Event(receipts=pb.Receipts(conversation_id="c1", watermarks=[watermarks])),
         "settings": pb.Event(settings=pb.InboxSettings(conversation_id="c1", pinned=True)),
+        "typing": pb.Event(
+            typing=pb.TypingIndicator(
+                conversation_id="c1",
+                account_id="a2",
+                typing=True,
+                expires_in=duration_pb2.Duration(seconds=6, nanos=500_000_000),
+            )
+        ),
     }
 
 
@@ -164,6 +195,9 @@ def test_events_convert_to_their_typed_models() -> None:
     assert isinstance(event_from_proto(samples["conversation"]), ConversationEvent)
     assert event_from_proto(samples["sync_complete"]) == SyncCompleteEvent("tok")
     assert event_from_proto(samples["pong"]) == PongEvent(9)
+    assert event_from_proto(samples["typing"]) == TypingIndicatorEvent(
+        conversation_id="c1", account_id="a2", typing=True, expires_in=timedelta(seconds=6.5)
+    )
 
 
 def test_system_messages_get_their_own_event_with_typed_fields() -> None:
@@ -200,7 +234,8 @@ def test_only_feed_changes_carry_a_position() -> None:
     assert positions["edit"] == ("c1", StreamPosition(seq=0, version=8))
     assert positions["deletion"] == ("c1", StreamPosition(seq=0, version=9))
     assert positions["reaction"] == ("c1", StreamPosition(seq=0, version=10))
-    for kind in ("receipt", "receipts", "conversation", "settings", "sync_complete", "pong"):
+    unversioned = ("receipt", "receipts", "conversation", "settings", "sync_complete", "pong")
+    for kind in (*unversioned, "typing"):
         assert positions[kind] is None, kind
 
 
@@ -254,3 +289,86 @@ def test_reaction_result_counts_keep_the_server_order() -> None:
 def test_the_package_exports_what_it_lists() -> None:
     for name in parley_sdk.__all__:
         assert hasattr(parley_sdk, name), name
+
+
+# -- presence and push values -----------------------------------------------------------------
+
+
+def test_presence_converts_times_and_hides_what_is_not_shared() -> None:
+    seen = presence_pb2.Presence(account_id="a1", availability=presence_pb2.AVAILABILITY_OFFLINE)
+    seen.last_seen_time.FromDatetime(datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC))
+    presence = Presence.from_proto(seen)
+    assert presence == Presence(
+        "a1", Availability.OFFLINE, last_seen=datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC)
+    )
+    assert presence.last_seen is not None and presence.last_seen.tzinfo is not None
+    assert not presence.online
+    hidden = Presence.from_proto(presence_pb2.Presence(account_id="a2"))
+    assert hidden == Presence("a2", Availability.UNKNOWN, last_seen=None)
+    online = Presence.from_proto(
+        presence_pb2.Presence(account_id="a3", availability=presence_pb2.AVAILABILITY_ONLINE)
+    )
+    assert online.online
+
+
+def test_presence_updates_key_by_account_and_keep_the_snapshot_flag() -> None:
+    event = presence_pb2.PresenceEvent(
+        snapshot=True,
+        presences=[
+            presence_pb2.Presence(account_id="a1", availability=presence_pb2.AVAILABILITY_ONLINE),
+            presence_pb2.Presence(account_id="a2"),
+        ],
+    )
+    update = PresenceUpdate.from_proto(event)
+    assert update.snapshot
+    assert [p.account_id for p in update.presences] == ["a1", "a2"]
+    assert update.by_account["a1"].availability is Availability.ONLINE
+    with pytest.raises(TypeError):
+        update.by_account["a3"] = update.presences[0]  # type: ignore[index]
+
+
+def test_presence_settings_and_contacts_convert() -> None:
+    proto = presence_pb2.PresenceSettings(
+        online=presence_pb2.VISIBILITY_CONTACTS,
+        last_seen=presence_pb2.VISIBILITY_NOBODY,
+        invisible=True,
+    )
+    settings = PresenceSettings.from_proto(proto)
+    assert settings == PresenceSettings(Visibility.CONTACTS, Visibility.NOBODY, True, None)
+    contact = presence_pb2.Contact(account_id="a1")
+    assert Contact.from_proto(contact) == Contact("a1", None)
+    contact.add_time.FromDatetime(datetime(2030, 5, 6, tzinfo=UTC))
+    assert Contact.from_proto(contact).added_at == datetime(2030, 5, 6, tzinfo=UTC)
+
+
+def test_do_not_disturb_goes_on_the_wire_in_minutes() -> None:
+    window = DoNotDisturb(start=time(22, 30), end=time(7), time_zone="Europe/Berlin")
+    wire = window.to_proto()
+    assert (wire.enabled, wire.start_minute, wire.end_minute, wire.time_zone) == (
+        True,
+        22 * 60 + 30,
+        7 * 60,
+        "Europe/Berlin",
+    )
+    assert DoNotDisturb.from_proto(wire) == window
+    assert not DoNotDisturb.off().to_proto().enabled
+    settings = PushSettings.from_proto(pb.PushSettings(do_not_disturb=wire))
+    assert settings.do_not_disturb == window
+    assert settings.updated_at is None
+    # Settings never written: quiet hours are off.
+    assert not PushSettings.from_proto(pb.PushSettings()).do_not_disturb.enabled
+
+
+@pytest.mark.parametrize("moment", [time(22, 0, 30), time(22, 0, 0, 5), time(22, 0, tzinfo=UTC)])
+def test_do_not_disturb_refuses_what_the_wire_cannot_hold(moment: time) -> None:
+    with pytest.raises(ValueError, match="start"):
+        DoNotDisturb(start=moment, end=time(7))
+
+
+def test_push_registration_converts() -> None:
+    proto = pb.PushRegistration(device_id="d1", provider=pb.PUSH_PROVIDER_APNS, locale="en-GB")
+    proto.update_time.FromDatetime(datetime(2030, 1, 1, tzinfo=UTC))
+    registration = PushRegistration.from_proto(proto)
+    assert registration == PushRegistration(
+        "d1", PushProvider.APNS, "en-GB", datetime(2030, 1, 1, tzinfo=UTC)
+    )

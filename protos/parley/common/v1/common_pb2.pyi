@@ -60,6 +60,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The operation does not apply to this type of conversation (FAILED_PRECONDITION)."""
     ERROR_REASON_TOO_MANY_PINS: _ErrorReason.ValueType  # 26
     """Too many pinned conversations (FAILED_PRECONDITION)."""
+    ERROR_REASON_TOO_MANY_CONTACTS: _ErrorReason.ValueType  # 27
+    """The caller's contact list is full (RESOURCE_EXHAUSTED)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reasons carried in google.rpc.ErrorInfo.reason (AIP-193).
@@ -105,6 +107,8 @@ ERROR_REASON_WRONG_CONVERSATION_TYPE: ErrorReason.ValueType  # 25
 """The operation does not apply to this type of conversation (FAILED_PRECONDITION)."""
 ERROR_REASON_TOO_MANY_PINS: ErrorReason.ValueType  # 26
 """Too many pinned conversations (FAILED_PRECONDITION)."""
+ERROR_REASON_TOO_MANY_CONTACTS: ErrorReason.ValueType  # 27
+"""The caller's contact list is full (RESOURCE_EXHAUSTED)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _Platform:

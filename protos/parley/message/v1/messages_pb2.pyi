@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -187,6 +188,32 @@ MEMBERSHIP_STATE_ACTIVE: MembershipState.ValueType  # 1
 MEMBERSHIP_STATE_LEFT: MembershipState.ValueType  # 2
 """The caller left or was removed; history up to then stays readable."""
 Global___MembershipState: _TypeAlias = MembershipState  # noqa: Y015
+
+class _PushProvider:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PushProviderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PushProvider.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PUSH_PROVIDER_UNSPECIFIED: _PushProvider.ValueType  # 0
+    PUSH_PROVIDER_WEBHOOK: _PushProvider.ValueType  # 1
+    """An HTTPS POST to the operator's endpoint, signed with HMAC-SHA256."""
+    PUSH_PROVIDER_APNS: _PushProvider.ValueType  # 2
+    """Apple Push Notification service (HTTP/2, token authentication)."""
+    PUSH_PROVIDER_FCM: _PushProvider.ValueType  # 3
+    """Firebase Cloud Messaging (HTTP v1 API)."""
+
+class PushProvider(_PushProvider, metaclass=_PushProviderEnumTypeWrapper):
+    """-- Push notifications -------------------------------------------------------"""
+
+PUSH_PROVIDER_UNSPECIFIED: PushProvider.ValueType  # 0
+PUSH_PROVIDER_WEBHOOK: PushProvider.ValueType  # 1
+"""An HTTPS POST to the operator's endpoint, signed with HMAC-SHA256."""
+PUSH_PROVIDER_APNS: PushProvider.ValueType  # 2
+"""Apple Push Notification service (HTTP/2, token authentication)."""
+PUSH_PROVIDER_FCM: PushProvider.ValueType  # 3
+"""Firebase Cloud Messaging (HTTP v1 API)."""
+Global___PushProvider: _TypeAlias = PushProvider  # noqa: Y015
 
 @_typing.final
 class Conversation(_message.Message):
@@ -1638,28 +1665,61 @@ class ClientEvent(_message.Message):
     RESUME_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
     PING_FIELD_NUMBER: _builtins.int
+    TYPING_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def resume(self) -> Global___Resume: ...
     @_builtins.property
     def ack(self) -> Global___Ack: ...
     @_builtins.property
     def ping(self) -> Global___Ping: ...
+    @_builtins.property
+    def typing(self) -> Global___Typing: ...
     def __init__(
         self,
         *,
         resume: Global___Resume | None = ...,
         ack: Global___Ack | None = ...,
         ping: Global___Ping | None = ...,
+        typing: Global___Typing | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "kind", b"kind", "ping", b"ping", "resume", b"resume"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "kind", b"kind", "ping", b"ping", "resume", b"resume", "typing", b"typing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "kind", b"kind", "ping", b"ping", "resume", b"resume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "kind", b"kind", "ping", b"ping", "resume", b"resume", "typing", b"typing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["resume", "ack", "ping"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["resume", "ack", "ping", "typing"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___ClientEvent: _TypeAlias = ClientEvent  # noqa: Y015
+
+@_typing.final
+class Typing(_message.Message):
+    """The user is composing (typing=true, repeated every few seconds while it
+    lasts) or stopped (typing=false) in a conversation. Ephemeral: never
+    stored, forwarded only to members with a live stream, at most one start
+    per conversation every 2 s and a few per second per device (the rest is
+    dropped), and ignored in channels and conversations the caller is not in.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    TYPING_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    typing: _builtins.bool
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        typing: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "typing", b"typing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Typing: _TypeAlias = Typing  # noqa: Y015
 
 @_typing.final
 class Resume(_message.Message):
@@ -1909,6 +1969,7 @@ class Event(_message.Message):
     REACTION_FIELD_NUMBER: _builtins.int
     RECEIPTS_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
+    TYPING_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def message(self) -> Global___Message: ...
     @_builtins.property
@@ -1939,6 +2000,10 @@ class Event(_message.Message):
     def settings(self) -> Global___InboxSettings:
         """The account's own settings changed (from another of its devices)."""
 
+    @_builtins.property
+    def typing(self) -> Global___TypingIndicator:
+        """Another member is typing; not part of the feed (no version)."""
+
     def __init__(
         self,
         *,
@@ -1952,12 +2017,13 @@ class Event(_message.Message):
         reaction: Global___ReactionChanged | None = ...,
         receipts: Global___Receipts | None = ...,
         settings: Global___InboxSettings | None = ...,
+        typing: Global___TypingIndicator | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "deletion", b"deletion", "edit", b"edit", "kind", b"kind", "message", b"message", "pong", b"pong", "reaction", b"reaction", "receipt", b"receipt", "receipts", b"receipts", "settings", b"settings", "sync_complete", b"sync_complete"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "deletion", b"deletion", "edit", b"edit", "kind", b"kind", "message", b"message", "pong", b"pong", "reaction", b"reaction", "receipt", b"receipt", "receipts", b"receipts", "settings", b"settings", "sync_complete", b"sync_complete", "typing", b"typing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "deletion", b"deletion", "edit", b"edit", "kind", b"kind", "message", b"message", "pong", b"pong", "reaction", b"reaction", "receipt", b"receipt", "receipts", b"receipts", "settings", b"settings", "sync_complete", b"sync_complete"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "deletion", b"deletion", "edit", b"edit", "kind", b"kind", "message", b"message", "pong", b"pong", "reaction", b"reaction", "receipt", b"receipt", "receipts", b"receipts", "settings", b"settings", "sync_complete", b"sync_complete", "typing", b"typing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message", "receipt", "conversation", "sync_complete", "pong", "edit", "deletion", "reaction", "receipts", "settings"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message", "receipt", "conversation", "sync_complete", "pong", "edit", "deletion", "reaction", "receipts", "settings", "typing"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -2002,3 +2068,220 @@ class Pong(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Pong: _TypeAlias = Pong  # noqa: Y015
+
+@_typing.final
+class TypingIndicator(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    TYPING_FIELD_NUMBER: _builtins.int
+    EXPIRES_IN_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    account_id: _builtins.str
+    typing: _builtins.bool
+    @_builtins.property
+    def expires_in(self) -> _duration_pb2.Duration:
+        """Show it for at most this long unless another indicator renews it: the
+        typist may vanish without saying it stopped.
+        """
+
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        typing: _builtins.bool = ...,
+        expires_in: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_in", b"expires_in"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "conversation_id", b"conversation_id", "expires_in", b"expires_in", "typing", b"typing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TypingIndicator: _TypeAlias = TypingIndicator  # noqa: Y015
+
+@_typing.final
+class RegisterPushTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    LOCALE_FIELD_NUMBER: _builtins.int
+    provider: Global___PushProvider.ValueType
+    token: _builtins.str
+    """The provider's device token (APNs device token in hex, FCM registration
+    token, or the opaque address the webhook receiver understands); at most
+    4096 characters.
+    """
+    locale: _builtins.str
+    """BCP 47 language tag for the notification text, e.g. "en-GB"; empty: "en"."""
+    def __init__(
+        self,
+        *,
+        provider: Global___PushProvider.ValueType = ...,
+        token: _builtins.str = ...,
+        locale: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["locale", b"locale", "provider", b"provider", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterPushTokenRequest: _TypeAlias = RegisterPushTokenRequest  # noqa: Y015
+
+@_typing.final
+class PushRegistration(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    LOCALE_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    provider: Global___PushProvider.ValueType
+    locale: _builtins.str
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        provider: Global___PushProvider.ValueType = ...,
+        locale: _builtins.str = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "locale", b"locale", "provider", b"provider", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushRegistration: _TypeAlias = PushRegistration  # noqa: Y015
+
+@_typing.final
+class RemovePushTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemovePushTokenRequest: _TypeAlias = RemovePushTokenRequest  # noqa: Y015
+
+@_typing.final
+class RemovePushTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemovePushTokenResponse: _TypeAlias = RemovePushTokenResponse  # noqa: Y015
+
+@_typing.final
+class DoNotDisturb(_message.Message):
+    """Quiet hours, every day, in the user's time zone. A window whose end is
+    before its start runs past midnight (22:00-07:00); one whose start equals
+    its end covers the whole day. Notifications for
+    messages arriving inside it are not sent (the messages still arrive).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENABLED_FIELD_NUMBER: _builtins.int
+    START_MINUTE_FIELD_NUMBER: _builtins.int
+    END_MINUTE_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    enabled: _builtins.bool
+    start_minute: _builtins.int
+    """Minutes after local midnight, 0 to 1439."""
+    end_minute: _builtins.int
+    time_zone: _builtins.str
+    """IANA time zone name, e.g. "Europe/Berlin"; empty: UTC."""
+    def __init__(
+        self,
+        *,
+        enabled: _builtins.bool = ...,
+        start_minute: _builtins.int = ...,
+        end_minute: _builtins.int = ...,
+        time_zone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["enabled", b"enabled", "end_minute", b"end_minute", "start_minute", b"start_minute", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DoNotDisturb: _TypeAlias = DoNotDisturb  # noqa: Y015
+
+@_typing.final
+class PushSettings(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DO_NOT_DISTURB_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def do_not_disturb(self) -> Global___DoNotDisturb: ...
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        do_not_disturb: Global___DoNotDisturb | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["do_not_disturb", b"do_not_disturb", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["do_not_disturb", b"do_not_disturb", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushSettings: _TypeAlias = PushSettings  # noqa: Y015
+
+@_typing.final
+class GetPushSettingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPushSettingsRequest: _TypeAlias = GetPushSettingsRequest  # noqa: Y015
+
+@_typing.final
+class UpdatePushSettingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DO_NOT_DISTURB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def do_not_disturb(self) -> Global___DoNotDisturb: ...
+    def __init__(
+        self,
+        *,
+        do_not_disturb: Global___DoNotDisturb | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["do_not_disturb", b"do_not_disturb"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["do_not_disturb", b"do_not_disturb"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePushSettingsRequest: _TypeAlias = UpdatePushSettingsRequest  # noqa: Y015

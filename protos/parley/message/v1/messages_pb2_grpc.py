@@ -164,6 +164,26 @@ class MessageServiceStub:
                 request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.MarkUnreadRequest.SerializeToString,
                 response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
                 _registered_method=True)
+        self.RegisterPushToken = channel.unary_unary(
+                '/parley.message.v1.MessageService/RegisterPushToken',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.RegisterPushTokenRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.PushRegistration.FromString,
+                _registered_method=True)
+        self.RemovePushToken = channel.unary_unary(
+                '/parley.message.v1.MessageService/RemovePushToken',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.RemovePushTokenRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.RemovePushTokenResponse.FromString,
+                _registered_method=True)
+        self.GetPushSettings = channel.unary_unary(
+                '/parley.message.v1.MessageService/GetPushSettings',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.GetPushSettingsRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.PushSettings.FromString,
+                _registered_method=True)
+        self.UpdatePushSettings = channel.unary_unary(
+                '/parley.message.v1.MessageService/UpdatePushSettings',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.UpdatePushSettingsRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.PushSettings.FromString,
+                _registered_method=True)
         self.Connect = channel.stream_stream(
                 '/parley.message.v1.MessageService/Connect',
                 request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ClientEvent.SerializeToString,
@@ -385,6 +405,42 @@ class MessageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterPushToken(self, request, context):
+        """-- Push notifications -------------------------------------------------------
+
+        Registers (or replaces) the calling device's push token. A device with a
+        token and no live delivery stream gets a notification for new messages
+        in conversations it has not muted, outside its account's do-not-disturb
+        window. Notifications carry ids, the sender and a count, never a body.
+        Channels are never pushed (readers see posts when they open the app).
+        A token registered by another device moves to this one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemovePushToken(self, request, context):
+        """Removes the calling device's push token (idempotent); pending
+        notifications to it are dropped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPushSettings(self, request, context):
+        """The caller's account-wide notification settings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePushSettings(self, request, context):
+        """Sets the account's do-not-disturb window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Connect(self, request_iterator, context):
         """-- Delivery ---------------------------------------------------------------
 
@@ -526,6 +582,26 @@ def add_MessageServiceServicer_to_server(servicer, server):
                     servicer.MarkUnread,
                     request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.MarkUnreadRequest.FromString,
                     response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.SerializeToString,
+            ),
+            'RegisterPushToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterPushToken,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.RegisterPushTokenRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.PushRegistration.SerializeToString,
+            ),
+            'RemovePushToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemovePushToken,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.RemovePushTokenRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.RemovePushTokenResponse.SerializeToString,
+            ),
+            'GetPushSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPushSettings,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.GetPushSettingsRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.PushSettings.SerializeToString,
+            ),
+            'UpdatePushSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePushSettings,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.UpdatePushSettingsRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.PushSettings.SerializeToString,
             ),
             'Connect': grpc.stream_stream_rpc_method_handler(
                     servicer.Connect,
@@ -1213,6 +1289,114 @@ class MessageService:
             '/parley.message.v1.MessageService/MarkUnread',
             parley_dot_message_dot_v1_dot_messages__pb2.MarkUnreadRequest.SerializeToString,
             parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterPushToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/RegisterPushToken',
+            parley_dot_message_dot_v1_dot_messages__pb2.RegisterPushTokenRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.PushRegistration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemovePushToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/RemovePushToken',
+            parley_dot_message_dot_v1_dot_messages__pb2.RemovePushTokenRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.RemovePushTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPushSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/GetPushSettings',
+            parley_dot_message_dot_v1_dot_messages__pb2.GetPushSettingsRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.PushSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePushSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/UpdatePushSettings',
+            parley_dot_message_dot_v1_dot_messages__pb2.UpdatePushSettingsRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.PushSettings.FromString,
             options,
             channel_credentials,
             insecure,

@@ -138,6 +138,24 @@ class MessageServiceStub:
     """
     MarkUnread: _grpc.UnaryUnaryMultiCallable[_messages_pb2.MarkUnreadRequest, _messages_pb2.ConversationView]
     """Flags a conversation as unread until the caller next marks it read."""
+    RegisterPushToken: _grpc.UnaryUnaryMultiCallable[_messages_pb2.RegisterPushTokenRequest, _messages_pb2.PushRegistration]
+    """-- Push notifications -------------------------------------------------------
+
+    Registers (or replaces) the calling device's push token. A device with a
+    token and no live delivery stream gets a notification for new messages
+    in conversations it has not muted, outside its account's do-not-disturb
+    window. Notifications carry ids, the sender and a count, never a body.
+    Channels are never pushed (readers see posts when they open the app).
+    A token registered by another device moves to this one.
+    """
+    RemovePushToken: _grpc.UnaryUnaryMultiCallable[_messages_pb2.RemovePushTokenRequest, _messages_pb2.RemovePushTokenResponse]
+    """Removes the calling device's push token (idempotent); pending
+    notifications to it are dropped.
+    """
+    GetPushSettings: _grpc.UnaryUnaryMultiCallable[_messages_pb2.GetPushSettingsRequest, _messages_pb2.PushSettings]
+    """The caller's account-wide notification settings."""
+    UpdatePushSettings: _grpc.UnaryUnaryMultiCallable[_messages_pb2.UpdatePushSettingsRequest, _messages_pb2.PushSettings]
+    """Sets the account's do-not-disturb window."""
     Connect: _grpc.StreamStreamMultiCallable[_messages_pb2.ClientEvent, _messages_pb2.ServerEvent]
     """-- Delivery ---------------------------------------------------------------
 
@@ -259,6 +277,24 @@ class MessageServiceAsyncStub(MessageServiceStub):
     """
     MarkUnread: _aio.UnaryUnaryMultiCallable[_messages_pb2.MarkUnreadRequest, _messages_pb2.ConversationView]  # type: ignore[assignment]
     """Flags a conversation as unread until the caller next marks it read."""
+    RegisterPushToken: _aio.UnaryUnaryMultiCallable[_messages_pb2.RegisterPushTokenRequest, _messages_pb2.PushRegistration]  # type: ignore[assignment]
+    """-- Push notifications -------------------------------------------------------
+
+    Registers (or replaces) the calling device's push token. A device with a
+    token and no live delivery stream gets a notification for new messages
+    in conversations it has not muted, outside its account's do-not-disturb
+    window. Notifications carry ids, the sender and a count, never a body.
+    Channels are never pushed (readers see posts when they open the app).
+    A token registered by another device moves to this one.
+    """
+    RemovePushToken: _aio.UnaryUnaryMultiCallable[_messages_pb2.RemovePushTokenRequest, _messages_pb2.RemovePushTokenResponse]  # type: ignore[assignment]
+    """Removes the calling device's push token (idempotent); pending
+    notifications to it are dropped.
+    """
+    GetPushSettings: _aio.UnaryUnaryMultiCallable[_messages_pb2.GetPushSettingsRequest, _messages_pb2.PushSettings]  # type: ignore[assignment]
+    """The caller's account-wide notification settings."""
+    UpdatePushSettings: _aio.UnaryUnaryMultiCallable[_messages_pb2.UpdatePushSettingsRequest, _messages_pb2.PushSettings]  # type: ignore[assignment]
+    """Sets the account's do-not-disturb window."""
     Connect: _aio.StreamStreamMultiCallable[_messages_pb2.ClientEvent, _messages_pb2.ServerEvent]  # type: ignore[assignment]
     """-- Delivery ---------------------------------------------------------------
 
@@ -527,6 +563,48 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_messages_pb2.ConversationView, _abc.Awaitable[_messages_pb2.ConversationView]]:
         """Flags a conversation as unread until the caller next marks it read."""
+
+    @_abc_1.abstractmethod
+    def RegisterPushToken(
+        self,
+        request: _messages_pb2.RegisterPushTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.PushRegistration, _abc.Awaitable[_messages_pb2.PushRegistration]]:
+        """-- Push notifications -------------------------------------------------------
+
+        Registers (or replaces) the calling device's push token. A device with a
+        token and no live delivery stream gets a notification for new messages
+        in conversations it has not muted, outside its account's do-not-disturb
+        window. Notifications carry ids, the sender and a count, never a body.
+        Channels are never pushed (readers see posts when they open the app).
+        A token registered by another device moves to this one.
+        """
+
+    @_abc_1.abstractmethod
+    def RemovePushToken(
+        self,
+        request: _messages_pb2.RemovePushTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.RemovePushTokenResponse, _abc.Awaitable[_messages_pb2.RemovePushTokenResponse]]:
+        """Removes the calling device's push token (idempotent); pending
+        notifications to it are dropped.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPushSettings(
+        self,
+        request: _messages_pb2.GetPushSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.PushSettings, _abc.Awaitable[_messages_pb2.PushSettings]]:
+        """The caller's account-wide notification settings."""
+
+    @_abc_1.abstractmethod
+    def UpdatePushSettings(
+        self,
+        request: _messages_pb2.UpdatePushSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.PushSettings, _abc.Awaitable[_messages_pb2.PushSettings]]:
+        """Sets the account's do-not-disturb window."""
 
     @_abc_1.abstractmethod
     def Connect(

@@ -1,0 +1,3 @@
+from svc_presence.app import main
+
+main()

@@ -1,0 +1,120 @@
+"""Composition root of svc_presence: builds every dependency once and runs the host."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from parley.presence.v1 import presence_pb2_grpc
+from parley_core.config import Settings
+from parley_core.errors import Reason, Unavailable
+from parley_core.rpc.server import ServiceHost
+from parley_core.runtime import open_runtime, service_main
+from parley_core.storage.liveness import Liveness
+from svc_presence.domain.presence import PresenceHandler
+from svc_presence.domain.rules import RuleLoader
+from svc_presence.domain.subscriptions import Hub
+from svc_presence.domain.sweeper import SeenBuffer, Sweeper
+from svc_presence.metrics import PresenceMetrics
+from svc_presence.model import PresenceStats
+from svc_presence.servicer.presence import SERVICE_NAME, PresenceServicer
+from svc_presence.storage.channels import PresenceChannels, stop_tasks
+from svc_presence.storage.contacts import ContactStore
+from svc_presence.storage.documents import LastSeenStore, SettingsStore
+from svc_presence.storage.live import LiveStore, connect_fast, connect_listener
+
+log = structlog.get_logger(__name__)
+
+
+async def build(settings: Settings) -> ServiceHost:
+    config = settings.presence
+    runtime = await open_runtime(settings, service="presence")
+    stats = PresenceStats()
+    # Presence's own Redis clients: short timeouts, so its RPCs fail fast
+    # when Redis is down (the runtime's client is for the revocation feed).
+    fast = connect_fast(settings.redis.url, timeout_seconds=config.redis_timeout_seconds)
+    listener = connect_listener(settings.redis.url, timeout_seconds=config.redis_timeout_seconds)
+    live = LiveStore(
+        Liveness(
+            fast,
+            ttl_seconds=config.device_ttl_seconds,
+            persist_seconds=config.last_seen_persist_seconds,
+        ),
+        stats,
+    )
+    settings_store = SettingsStore(runtime.db)
+    contacts = ContactStore(runtime.mongo, runtime.db)
+    await contacts.ensure_indexes()
+    last_seen = LastSeenStore(runtime.db)
+    rules = RuleLoader(settings_store, contacts)
+    buffer = SeenBuffer(last_seen, stats)
+    sweeper = Sweeper(live, buffer, stats, interval_seconds=config.sweep_interval_seconds)
+    presence = PresenceHandler(
+        live,
+        settings_store,
+        contacts,
+        last_seen,
+        rules,
+        stats,
+        max_contacts=config.max_contacts,
+        after_drop=sweeper.poke,
+    )
+    hub: Hub
+    channels = PresenceChannels(
+        listener,
+        timeout_seconds=config.redis_timeout_seconds,
+        on_message=lambda account_id, payload: hub.on_message(account_id, payload),
+        on_disconnect=lambda: hub.on_disconnect(),
+    )
+    hub = Hub(channels, live, rules, last_seen, stats, max_sessions=config.max_subscriptions)
+    runtime.registry.register(PresenceMetrics(stats, hub, channels))
+    await runtime.start_revocation_feed()
+    tasks = [
+        asyncio.create_task(channels.run()),
+        asyncio.create_task(hub.run()),
+        asyncio.create_task(sweeper.run()),
+        asyncio.create_task(sweeper.run_flusher()),
+    ]
+
+    async def stop() -> None:
+        await stop_tasks(tasks)
+        # Last seen taken from Redis but not yet written would otherwise be lost.
+        try:
+            await buffer.flush()
+        except Exception as exc:
+            log.warning("last_seen_final_flush_failed", error=repr(exc))
+        await fast.aclose()
+        await listener.aclose()
+        await runtime.close()
+
+    servicer = PresenceServicer(presence, hub)
+    return ServiceHost(
+        name="svc_presence",
+        settings=config.server,
+        interceptors=[runtime.interceptor(public_methods=())],
+        register=lambda server: presence_pb2_grpc.add_PresenceServiceServicer_to_server(
+            servicer, server
+        ),
+        service_names=[SERVICE_NAME],
+        registry=runtime.registry,
+        on_stop=[stop],
+        on_draining=[
+            lambda: hub.fail_all(
+                Unavailable(
+                    "this server is shutting down; subscribe again",
+                    reason=Reason.SHUTTING_DOWN,
+                )
+            )
+        ],
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    service_main(
+        argv,
+        name="svc_presence",
+        description="Parley presence",
+        build=build,
+        server=lambda settings: settings.presence.server,
+    )

@@ -1,0 +1,71 @@
+"""What the domain needs from storage, as protocols (fakes in unit tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from svc_presence.model import Contact, LiveState, PresenceSettings, SeenRecord
+
+
+class LiveStates(Protocol):
+    """Online state in Redis; every method raises PresenceStoreDown when it is unreachable."""
+
+    @property
+    def ttl_ms(self) -> int: ...
+
+    async def touch_heartbeat(self, account_id: str, device_id: str, *, now_ms: int) -> Any: ...
+
+    async def drop_heartbeat(self, account_id: str, device_id: str, *, now_ms: int) -> None: ...
+
+    async def states(self, account_ids: Sequence[str]) -> dict[str, LiveState]: ...
+
+    async def settings_changed(self, account_id: str) -> bool: ...
+
+
+class Sweepable(Protocol):
+    async def sweep(self, *, now_ms: int, limit: int) -> Any: ...
+
+    async def drain_seen(self, *, now_ms: int, limit: int) -> list[SeenRecord]: ...
+
+
+class Channels(Protocol):
+    """Per-account presence channels of this process (reference counted)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def subscribe(self, account_ids: Iterable[str]) -> None: ...
+
+    def unsubscribe(self, account_ids: Iterable[str]) -> None: ...
+
+
+class SettingsReader(Protocol):
+    async def get(self, account_id: str) -> PresenceSettings: ...
+
+    async def get_many(self, account_ids: Sequence[str]) -> dict[str, PresenceSettings]: ...
+
+    async def replace(
+        self, account_id: str, settings: PresenceSettings, *, now: datetime
+    ) -> PresenceSettings | None: ...
+
+
+class ContactLists(Protocol):
+    async def add(self, owner: str, contacts: Sequence[str], *, cap: int, now: datetime) -> int: ...
+
+    async def remove(self, owner: str, contacts: Sequence[str]) -> int: ...
+
+    async def page(
+        self, owner: str, *, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Contact]: ...
+
+    async def listed(
+        self, owners: Sequence[str], contacts: Sequence[str]
+    ) -> set[tuple[str, str]]: ...
+
+
+class LastSeenLog(Protocol):
+    async def get_many(self, account_ids: Sequence[str]) -> dict[str, int]: ...
+
+    async def write(self, records: Iterable[SeenRecord]) -> int: ...
