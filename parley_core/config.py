@@ -217,6 +217,8 @@ class PresenceServiceSettings(_Section):
     max_contacts: int = Field(default=5000, ge=1, le=100_000)
     # Open SubscribePresence streams per process.
     max_subscriptions: int = Field(default=10_000, ge=1)
+    # ... and per account per process, so one user cannot take every slot.
+    max_subscriptions_per_account: int = Field(default=32, ge=1, le=10_000)
 
 
 class Settings(_Section):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from parley_core.storage import redis as redis_storage
 from parley_core.storage.metrics import DbWriteMetrics
 from parley_core.storage.mongo import Database, MongoClient, WriteCounter
 from parley_core.storage.revocations import RevocationFeed, RevocationStore
+from parley_core.tasks import stop_tasks
 
 
 @dataclass
@@ -68,11 +68,7 @@ class Runtime:
         self.tasks.append(asyncio.create_task(self._feed.run()))
 
     async def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(self.tasks)
         await self.redis.aclose()
         await self.mongo.close()
 

@@ -12,6 +12,7 @@ from parley_core.errors import Reason, Unavailable
 from parley_core.rpc.server import ServiceHost
 from parley_core.runtime import open_runtime, service_main
 from parley_core.storage.liveness import Liveness
+from parley_core.tasks import stop_tasks
 from svc_presence.domain.presence import PresenceHandler
 from svc_presence.domain.rules import RuleLoader
 from svc_presence.domain.subscriptions import Hub
@@ -19,7 +20,7 @@ from svc_presence.domain.sweeper import SeenBuffer, Sweeper
 from svc_presence.metrics import PresenceMetrics
 from svc_presence.model import PresenceStats
 from svc_presence.servicer.presence import SERVICE_NAME, PresenceServicer
-from svc_presence.storage.channels import PresenceChannels, stop_tasks
+from svc_presence.storage.channels import PresenceChannels
 from svc_presence.storage.contacts import ContactStore
 from svc_presence.storage.documents import LastSeenStore, SettingsStore
 from svc_presence.storage.live import LiveStore, connect_fast, connect_listener
@@ -67,7 +68,15 @@ async def build(settings: Settings) -> ServiceHost:
         on_message=lambda account_id, payload: hub.on_message(account_id, payload),
         on_disconnect=lambda: hub.on_disconnect(),
     )
-    hub = Hub(channels, live, rules, last_seen, stats, max_sessions=config.max_subscriptions)
+    hub = Hub(
+        channels,
+        live,
+        rules,
+        last_seen,
+        stats,
+        max_sessions=config.max_subscriptions,
+        max_per_viewer=config.max_subscriptions_per_account,
+    )
     runtime.registry.register(PresenceMetrics(stats, hub, channels))
     await runtime.start_revocation_feed()
     tasks = [

@@ -22,8 +22,8 @@ from parley_sdk._presence_models import (
     account_id_list,
 )
 from parley_sdk._session import Session, bearer_token
-from parley_sdk.errors import ParleyError, TokenExpiredError, UnavailableError, from_rpc_error
-from parley_sdk.stream import cancel_requested, reconnectable
+from parley_sdk.errors import ParleyError, UnavailableError
+from parley_sdk.stream import Reconnects, cancel_requested
 
 __all__ = ["OnlineKeeper", "PresenceMethods", "PresenceSubscription"]
 
@@ -274,9 +274,7 @@ class PresenceSubscription:
         return call, bearer_token(metadata)
 
     async def _updates(self) -> AsyncIterator[PresenceUpdate]:
-        policy = self._session.stream_retry_policy
-        failures = 0
-        refreshed = False
+        reconnects = Reconnects(self._session)
         token = ""
         try:
             while not self._closed:
@@ -289,7 +287,7 @@ class PresenceSubscription:
                         response = await call.read()
                         if not isinstance(response, presence_pb2.PresenceEvent):
                             return  # grpc.aio.EOF: the server ended the stream cleanly
-                        failures, refreshed = 0, False
+                        reconnects.succeeded()
                         yield PresenceUpdate.from_proto(response)
                 except asyncio.CancelledError:
                     # close() from another task cancels the call: an ordinary end.
@@ -297,25 +295,12 @@ class PresenceSubscription:
                         return
                     raise
                 except (aio.AioRpcError, ParleyError) as failure:
-                    cause: BaseException | None
-                    if isinstance(failure, aio.AioRpcError):
-                        error, cause = from_rpc_error(failure), failure
-                    else:
-                        error, cause = failure, failure.__cause__
                     if self._closed:
                         return
                     old_call, self._call = self._call, None
                     if old_call is not None:
                         old_call.cancel()
-                    if isinstance(error, TokenExpiredError) and not refreshed:
-                        refreshed = True
-                        await self._session.refresh(stale_access_token=token)
-                        self.reconnects += 1
-                        continue
-                    failures += 1
-                    if not reconnectable(error) or failures >= policy.max_attempts:
-                        raise error from cause
-                    await asyncio.sleep(policy.backoff(failures, retry_after=error.retry_after))
+                    await reconnects.wait_or_raise(failure, token=token)
                     self.reconnects += 1
         finally:
             if not self._closed:

@@ -109,6 +109,39 @@ def cancel_requested() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+class Reconnects:
+    """Whether and when a long-lived stream that failed opens again: after an
+    expired token, at once with a refreshed one (once per expiry); after an
+    error worth retrying, with backoff under the stream retry policy;
+    otherwise never (the error is raised)."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._policy = session.stream_retry_policy
+        self._failures = 0
+        self._refreshed = False
+
+    def succeeded(self) -> None:
+        """The stream delivered something: later failures start afresh."""
+        self._failures, self._refreshed = 0, False
+
+    async def wait_or_raise(self, failure: aio.AioRpcError | ParleyError, *, token: str) -> None:
+        """Return when the stream may be opened again, or raise why not."""
+        cause: BaseException | None
+        if isinstance(failure, aio.AioRpcError):
+            error, cause = from_rpc_error(failure), failure
+        else:
+            error, cause = failure, failure.__cause__
+        if isinstance(error, TokenExpiredError) and not self._refreshed:
+            self._refreshed = True
+            await self._session.refresh(stale_access_token=token)
+            return
+        self._failures += 1
+        if not reconnectable(error) or self._failures >= self._policy.max_attempts:
+            raise error from cause
+        await asyncio.sleep(self._policy.backoff(self._failures, retry_after=error.retry_after))
+
+
 class DeliveryStream:
     """One device's delivery stream.
 
@@ -302,9 +335,7 @@ class DeliveryStream:
         return self._events()
 
     async def _events(self) -> AsyncIterator[StreamEvent]:
-        policy = self._session.stream_retry_policy
-        failures = 0
-        refreshed = False
+        reconnects = Reconnects(self._session)
         try:
             while not self._closed:
                 try:
@@ -315,7 +346,7 @@ class DeliveryStream:
                         response = await call.read()
                         if not isinstance(response, messages_pb2.ServerEvent):
                             return  # grpc.aio.EOF: the server ended the stream cleanly
-                        failures, refreshed = 0, False
+                        reconnects.succeeded()
                         for proto_event in response.events:
                             event = event_from_proto(proto_event)
                             if event is None or self._tracker.is_replay(event):
@@ -339,24 +370,12 @@ class DeliveryStream:
                         return
                     raise
                 except (aio.AioRpcError, ParleyError) as failure:
-                    cause: BaseException | None
-                    if isinstance(failure, aio.AioRpcError):
-                        error, cause = from_rpc_error(failure), failure
-                    else:
-                        error, cause = failure, failure.__cause__
                     if self._closed:
                         return
                     old_call, self._call = self._call, None
                     if old_call is not None:
                         old_call.cancel()
-                    if isinstance(error, TokenExpiredError) and not refreshed:
-                        refreshed = True
-                        await self._session.refresh(stale_access_token=self._stream_token)
-                        continue
-                    failures += 1
-                    if not reconnectable(error) or failures >= policy.max_attempts:
-                        raise error from cause
-                    await asyncio.sleep(policy.backoff(failures, retry_after=error.retry_after))
+                    await reconnects.wait_or_raise(failure, token=self._stream_token)
         finally:
             if not self._closed:
                 await self.close()

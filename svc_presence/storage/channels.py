@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 
 from parley_core.storage.liveness import CHANNEL_PREFIX
 from parley_core.storage.redis import Redis
+from parley_core.tasks import stop_tasks
 from svc_presence.model import PresenceStoreDown
 
 log = structlog.get_logger(__name__)
@@ -38,28 +39,6 @@ KEEPALIVE_PREFIX = "parley:p:k:"
 WATCHDOG_SECONDS = 5.0
 BACKOFF_MIN_SECONDS = 0.05
 BACKOFF_MAX_SECONDS = 1.0
-
-
-async def stop_tasks(tasks: Sequence[asyncio.Task[Any]], *, rounds: int = 20) -> None:
-    """Cancel the tasks and wait until they ended.
-
-    One cancel is not always enough on Python 3.11: ``asyncio.wait_for``
-    (which redis-py uses for socket writes) returns normally when it is
-    cancelled just as its operation completes, so a loop around such a call
-    carries on; it is then cancelled again at its next wait.
-    """
-    pending = {t for t in tasks if not t.done()}
-    for _ in range(rounds):
-        if not pending:
-            break
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.5)
-    for task in pending:
-        log.error("task_would_not_stop", task=task.get_name())
-    for task in tasks:
-        if task.done() and not task.cancelled():
-            task.exception()  # retrieved: it was handled (or logged) by the caller
 
 
 def _text(value: Any) -> str:
