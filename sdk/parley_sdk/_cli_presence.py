@@ -170,12 +170,17 @@ async def _settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count_line(verb: str, done: int, asked: int, others: str) -> str:
+    line = f"{verb} {done} of {asked}"
+    return line if done == asked else f"{line} (the others {others})"
+
+
 async def _contacts_add(args: argparse.Namespace) -> int:
     client, _ = await connect(args, ProfileStore())
     async with client:
         account_ids = await _resolve(client, args.accounts, Directory(client))
         added = await client.add_contacts(account_ids)
-        emit(f"added {added} of {len(set(account_ids))} (the others were contacts already)")
+        emit(_count_line("added", added, len(set(account_ids)), "were contacts already"))
     return 0
 
 
@@ -184,7 +189,7 @@ async def _contacts_remove(args: argparse.Namespace) -> int:
     async with client:
         account_ids = await _resolve(client, args.accounts, Directory(client))
         removed = await client.remove_contacts(account_ids)
-        emit(f"removed {removed} of {len(set(account_ids))} (the others were not contacts)")
+        emit(_count_line("removed", removed, len(set(account_ids)), "were not contacts"))
     return 0
 
 
