@@ -110,6 +110,7 @@ async def build(settings: Settings) -> ServiceHost:
         push_tokens,
         liveness,
         push_router,
+        conversation_store,
         is_revoked=lambda device_id: runtime.revocations.is_revoked(
             device_id=device_id, issued_at=0.0
         ),

@@ -29,7 +29,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -55,9 +55,20 @@ class Suppressed:
     DND = "dnd"
     STREAMING = "streaming"
     STALE = "stale"
-    # Worker side: the device lost its token or was revoked before the send.
+    # Worker side: the device lost its token or was revoked before the send,
+    # or the account read every message of it on another device meanwhile.
     NO_TOKEN = "no_token"
     REVOKED = "revoked"
+    READ = "read"
+
+
+def read_already(keys: Iterable[str], read_seqs: Mapping[str, int]) -> bool:
+    """Whether the account has read every message a notification stands for
+    (``read_seqs``: its read watermark per conversation), so it would only
+    announce what the user has seen."""
+    return all(
+        seq <= read_seqs.get(conversation_id, 0) for conversation_id, seq in map(parse_key, keys)
+    )
 
 
 def message_key(conversation_id: str, seq: int) -> str:

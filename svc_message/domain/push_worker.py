@@ -18,7 +18,9 @@ the outbox safely:
   so an idle cluster writes nothing.
 
 Before sending, a job is dropped when its device has meanwhile opened a live
-stream (it got the messages there), lost its token, or was revoked.
+stream (it got the messages there), lost its token, or was revoked, or when
+the account has read all of its messages on another device (one read of
+watermarks per batch).
 """
 
 from __future__ import annotations
@@ -27,16 +29,17 @@ import asyncio
 import contextlib
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import structlog
 
 from parley_core.ids import new_id
 from svc_message.domain.ports import PushProvider
 from svc_message.domain.push_planner import StreamingDevices, live_devices
-from svc_message.domain.push_policy import Next, Suppressed, decide, parse_key
-from svc_message.model import Notification, PushOutcome, PushResult, PushToken
+from svc_message.domain.push_policy import Next, Suppressed, decide, parse_key, read_already
+from svc_message.model import Notification, PushOutcome, PushResult, PushToken, Watermarks
 from svc_message.storage.push import OutboxJob, PushOutbox, PushTokenStore
 
 log = structlog.get_logger(__name__)
@@ -54,6 +57,10 @@ def _at(now: float) -> datetime:
     return datetime.fromtimestamp(now, UTC)
 
 
+class ReadMarks(Protocol):
+    async def watermarks_of(self, members: Iterable[tuple[str, str]]) -> list[Watermarks]: ...
+
+
 class PushWorker:
     def __init__(
         self,
@@ -61,6 +68,7 @@ class PushWorker:
         tokens: PushTokenStore,
         liveness: StreamingDevices,
         provider: PushProvider,
+        read_marks: ReadMarks,
         *,
         is_revoked: Callable[[str], bool],
         max_attempts: int,
@@ -76,6 +84,7 @@ class PushWorker:
         self._tokens = tokens
         self._liveness = liveness
         self._provider = provider
+        self._read_marks = read_marks
         self._is_revoked = is_revoked
         self._max_attempts = max_attempts
         self._base = backoff_base_seconds
@@ -186,6 +195,14 @@ class PushWorker:
 
     # -- one batch of claimed jobs -----------------------------------------------------
 
+    async def _read_seqs(self, jobs: Sequence[OutboxJob]) -> dict[str, dict[str, int]]:
+        """Per account, its read watermark in each conversation of its jobs."""
+        members = {(parse_key(key)[0], job.account_id) for job in jobs for key in job.keys}
+        read: dict[str, dict[str, int]] = {}
+        for marks in await self._read_marks.watermarks_of(members):
+            read.setdefault(marks.account_id, {})[marks.conversation_id] = marks.read_seq
+        return read
+
     async def deliver(self, jobs: Sequence[OutboxJob]) -> None:
         """Send a claimed batch and record the outcomes, a write per outcome
         rather than per job (retries excepted: each has its own time). If a
@@ -194,6 +211,7 @@ class PushWorker:
         streaming = await live_devices(
             self._liveness, {j.account_id for j in jobs}, now=self._clock()
         )
+        read = await self._read_seqs(jobs)
         drops: dict[str, list[OutboxJob]] = {}
         sends: list[tuple[OutboxJob, PushToken]] = []
         for job in jobs:
@@ -206,6 +224,8 @@ class PushWorker:
                 drops.setdefault(Suppressed.NO_TOKEN, []).append(job)
             elif job.device_id in streaming.get(job.account_id, ()):
                 drops.setdefault(Suppressed.STREAMING, []).append(job)
+            elif read_already(job.keys, read.get(job.account_id, {})):
+                drops.setdefault(Suppressed.READ, []).append(job)
             else:
                 sends.append((job, token))
         for reason, dropped in drops.items():

@@ -571,6 +571,38 @@ async def test_removing_the_token_drops_pending_notifications(
     assert await clients.jobs(bob) == []
 
 
+async def test_messages_read_on_another_device_are_not_pushed_any_more(
+    clients: Clients, webhook: Webhook
+) -> None:
+    alice, bob = await sign_up(clients.keys), await sign_up(clients.keys)
+    token = await clients.register(bob)
+    # The first attempt fails and asks for a wait: the job stays pending.
+    webhook.script(503, {"error": "later"}, headers={"Retry-After": "2"}, token=token, times=1)
+    conversation = await direct(clients.m, alice, bob)
+    await send(clients.m, alice, conversation, b"one")
+    second = await send(clients.m, alice, conversation, b"two")
+
+    async def rescheduled() -> bool:
+        jobs = await clients.jobs(bob)
+        return bool(jobs) and jobs[0]["state"] == "pending" and jobs[0]["attempts"] == 1
+
+    await wait_until(rescheduled, timeout=10, what="the job rescheduled")
+    # Bob reads both on another device (through the other process).
+    await clients.messages[1].MarkRead(
+        mpb.MarkReadRequest(request_id=rid(), conversation_id=conversation, seq=second.seq),
+        metadata=bob.md,
+    )
+
+    async def dropped() -> bool:
+        jobs = await clients.jobs(bob)
+        return bool(jobs) and jobs[0]["state"] == "dropped"
+
+    await wait_until(dropped, timeout=15, what="the job dropped")
+    (job,) = await clients.jobs(bob)
+    assert job["reason"] == "read"
+    assert [r.status for r in webhook.to(token, delivered_only=False)] == [503]
+
+
 async def test_a_revoked_device_loses_its_token(clients: Clients, webhook: Webhook) -> None:
     alice, bob = await sign_up(clients.keys), await sign_up(clients.keys)
     token = await clients.register(bob)

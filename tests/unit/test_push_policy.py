@@ -21,6 +21,7 @@ from svc_message.domain.push_policy import (
     message_key,
     parse_key,
     plan,
+    read_already,
     time_zone,
 )
 from svc_message.model import DoNotDisturb, PushOutcome, PushResult
@@ -325,3 +326,14 @@ def test_retry_honours_the_providers_retry_after() -> None:
         rng=random.Random(0),
     )
     assert (decision.next, decision.delay) == (Next.RETRY, 42)
+
+
+def test_a_notification_is_read_already_only_when_every_message_is() -> None:
+    keys = ["c1:4", "c1:5", "c2:9"]
+    assert read_already(keys, {"c1": 5, "c2": 9})
+    assert read_already(keys, {"c1": 7, "c2": 12})
+    assert not read_already(keys, {"c1": 5, "c2": 8})
+    assert not read_already(keys, {"c1": 4, "c2": 9})
+    # No watermark in a conversation: nothing there is read.
+    assert not read_already(keys, {"c1": 5})
+    assert not read_already(["c:1"], {})
