@@ -88,6 +88,12 @@ class AuthSettings(_Section):
 class KeysServiceSettings(_Section):
     server: ServerSettings = ServerSettings(port=7101)
     max_devices_per_account: int = Field(default=5, ge=1, le=64)
+    # One-time prekeys a device may hold; uploads beyond it are refused.
+    max_pre_keys_per_device: int = Field(default=1000, ge=100, le=100_000)
+    # Token bucket per requesting account on GetPreKeyBundles: each fetch
+    # consumes other devices' one-time prekeys, so draining them is the attack.
+    bundle_fetch_burst: int = Field(default=20, ge=1, le=10_000)
+    bundle_fetch_per_minute: float = Field(default=20.0, gt=0, le=100_000)
 
 
 class WebhookPushSettings(_Section):

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from parley.keys.v1 import accounts_pb2_grpc
+import grpc
+
+from parley.keys.v1 import accounts_pb2_grpc, keys_pb2_grpc
 from parley_core.auth.tokens import TokenIssuer, load_private_key
 from parley_core.config import ConfigError, Settings
 from parley_core.rpc.server import ServiceHost
 from parley_core.runtime import open_runtime, service_main
 from svc_keys.domain.accounts import AccountsHandler
+from svc_keys.domain.keys import KeysHandler
 from svc_keys.servicer.accounts import PUBLIC_METHODS, SERVICE_NAME, AccountServicer
+from svc_keys.servicer.keys import SERVICE_NAME as KEY_SERVICE_NAME
+from svc_keys.servicer.keys import KeyServicer
 from svc_keys.storage.accounts import AccountStore
+from svc_keys.storage.keys import KeyStore
+from svc_keys.storage.ratelimit import BundleRateLimiter
 
 
 async def build(settings: Settings) -> ServiceHost:
@@ -22,23 +29,40 @@ async def build(settings: Settings) -> ServiceHost:
     runtime = await open_runtime(settings, service="keys")
     store = AccountStore(runtime.db)
     await store.ensure_indexes()
+    key_store = KeyStore(runtime.db)
+    await key_store.ensure_indexes()
     await runtime.start_revocation_feed()
+    keys = KeysHandler(
+        key_store,
+        store,
+        BundleRateLimiter(
+            runtime.redis,
+            burst=settings.keys.bundle_fetch_burst,
+            per_minute=settings.keys.bundle_fetch_per_minute,
+        ),
+        max_pre_keys=settings.keys.max_pre_keys_per_device,
+    )
     accounts = AccountsHandler(
         store,
         TokenIssuer(signing_key, ttl_seconds=settings.auth.access_token_ttl_seconds),
         runtime.revocation_store,
+        keys,
         max_devices=settings.keys.max_devices_per_account,
         refresh_ttl_seconds=settings.auth.refresh_token_ttl_seconds,
     )
     servicer = AccountServicer(accounts)
+    key_servicer = KeyServicer(keys)
+
+    def register(server: grpc.aio.Server) -> None:
+        accounts_pb2_grpc.add_AccountServiceServicer_to_server(servicer, server)
+        keys_pb2_grpc.add_KeyServiceServicer_to_server(key_servicer, server)
+
     return ServiceHost(
         name="svc_keys",
         settings=settings.keys.server,
         interceptors=[runtime.interceptor(public_methods=PUBLIC_METHODS)],
-        register=lambda server: accounts_pb2_grpc.add_AccountServiceServicer_to_server(
-            servicer, server
-        ),
-        service_names=[SERVICE_NAME],
+        register=register,
+        service_names=[SERVICE_NAME, KEY_SERVICE_NAME],
         registry=runtime.registry,
         on_stop=[runtime.close],
     )

@@ -39,3 +39,36 @@ class DeviceSession:
     account: Account
     device: Device
     credentials: Credentials
+
+
+@dataclass(frozen=True, slots=True)
+class SignedPreKey:
+    key_id: int
+    public_key: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PreKey:
+    """A one-time prekey."""
+
+    key_id: int
+    public_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceKeys:
+    device_id: str
+    account_id: str
+    identity_key: bytes
+    signed_pre_key: SignedPreKey
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PreKeyBundle:
+    device_id: str
+    identity_key: bytes
+    signed_pre_key: SignedPreKey
+    # None when the device had none left.
+    pre_key: PreKey | None

@@ -43,6 +43,7 @@ __all__ = [
     "TokenRevokedError",
     "TooManyContactsError",
     "TooManyPinsError",
+    "TooManyPreKeysError",
     "UnauthenticatedError",
     "UnavailableError",
     "WrongConversationTypeError",
@@ -85,6 +86,7 @@ class ErrorReason(enum.StrEnum):
     WRONG_CONVERSATION_TYPE = "ERROR_REASON_WRONG_CONVERSATION_TYPE"
     TOO_MANY_PINS = "ERROR_REASON_TOO_MANY_PINS"
     TOO_MANY_CONTACTS = "ERROR_REASON_TOO_MANY_CONTACTS"
+    TOO_MANY_PRE_KEYS = "ERROR_REASON_TOO_MANY_PRE_KEYS"
 
 
 class ParleyError(Exception):
@@ -203,6 +205,10 @@ class TooManyContactsError(ResourceExhaustedError):
     """The contact list is full."""
 
 
+class TooManyPreKeysError(ResourceExhaustedError):
+    """The device already holds the most one-time prekeys it may upload."""
+
+
 class UnavailableError(ParleyError):
     pass
 
@@ -249,6 +255,7 @@ _BY_REASON: dict[tuple[grpc.StatusCode, str], type[ParleyError]] = {
     ): WrongConversationTypeError,
     (grpc.StatusCode.FAILED_PRECONDITION, ErrorReason.TOO_MANY_PINS): TooManyPinsError,
     (grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.TOO_MANY_CONTACTS): TooManyContactsError,
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.TOO_MANY_PRE_KEYS): TooManyPreKeysError,
 }
 
 _GRPC_CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}

@@ -25,6 +25,7 @@ from parley_core.errors import (
 from parley_core.ids import new_id
 from parley_core.storage.revocations import RevocationStore
 from svc_keys.domain.handles import handle_key, handle_problem
+from svc_keys.domain.keys import KeysHandler
 from svc_keys.model import Account, Credentials, Device, DeviceSession
 from svc_keys.storage.accounts import AccountStore, HandleTaken, SignupRequestSeen
 
@@ -43,6 +44,7 @@ class AccountsHandler:
         store: AccountStore,
         issuer: TokenIssuer,
         revocations: RevocationStore,
+        keys: KeysHandler,
         *,
         max_devices: int,
         refresh_ttl_seconds: int,
@@ -50,6 +52,7 @@ class AccountsHandler:
         self._store = store
         self._issuer = issuer
         self._revocations = revocations
+        self._keys = keys
         self._max_devices = max_devices
         self._refresh_ttl = refresh_ttl_seconds
 
@@ -219,6 +222,10 @@ class AccountsHandler:
             await self._store.release_device_slot(account_id)
         # Recorded even on a repeat, so a lost publish is made good by a retry.
         await self._revocations.revoke_device(device_id, now=now)
+        # After revoking, so its tokens are refused and it cannot re-add keys
+        # behind the deletion (bundles skip revoked devices meanwhile); a
+        # repeated RevokeDevice finishes a deletion cut short.
+        await self._keys.forget_device(device_id)
 
     async def list_devices(
         self, *, account_id: str, after_device_id: str | None, limit: int

@@ -22,6 +22,8 @@ from grpc_status import rpc_status
 
 from parley.keys.v1 import accounts_pb2 as kpb
 from parley.keys.v1 import accounts_pb2_grpc as kgrpc
+from parley.keys.v1 import keys_pb2 as keypb
+from parley.keys.v1 import keys_pb2_grpc as keygrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley.presence.v1 import presence_pb2 as ppb
@@ -111,6 +113,29 @@ def unary_calls(
         **change_calls(messages, v),
         **membership_calls(messages, v),
         **push_calls(messages),
+    }
+
+
+def key_calls(key_service: keygrpc.KeyServiceStub, v: Victim) -> dict[str, Call]:
+    """The key directory, aimed at the victim's keys."""
+    signed = keypb.SignedPreKey(key_id=1, public_key=b"\x01" * 32, signature=b"\x02" * 64)
+    return {
+        "PublishKeys": lambda md: key_service.PublishKeys(
+            keypb.PublishKeysRequest(identity_key=b"\x03" * 32, signed_pre_key=signed),
+            metadata=md,
+        ),
+        "UploadPreKeys": lambda md: key_service.UploadPreKeys(
+            keypb.UploadPreKeysRequest(
+                pre_keys=[keypb.OneTimePreKey(key_id=1, public_key=b"\x04" * 32)]
+            ),
+            metadata=md,
+        ),
+        "GetPreKeyBundles": lambda md: key_service.GetPreKeyBundles(
+            keypb.GetPreKeyBundlesRequest(account_id=v.alice.account_id), metadata=md
+        ),
+        "GetPreKeyCount": lambda md: key_service.GetPreKeyCount(
+            keypb.GetPreKeyCountRequest(), metadata=md
+        ),
     }
 
 
@@ -263,6 +288,7 @@ AUTHENTICATED = {
     m.name
     for service in (
         kpb.DESCRIPTOR.services_by_name["AccountService"],
+        keypb.DESCRIPTOR.services_by_name["KeyService"],
         mpb.DESCRIPTOR.services_by_name["MessageService"],
     )
     for m in service.methods
@@ -374,7 +400,8 @@ async def test_bad_credentials_are_refused_by_every_rpc(
         checked = 0
         for target in chaos.message_targets:
             messages = mgrpc.MessageServiceStub(channels[target])
-            calls = unary_calls(keys, messages, v)
+            key_service = keygrpc.KeyServiceStub(channels[chaos.keys_target])
+            calls = {**unary_calls(keys, messages, v), **key_calls(key_service, v)}
             assert set(calls) | {"Connect"} == AUTHENTICATED, "the matrix misses an RPC"
             for name, md, reason in cases:
                 for rpc, call in calls.items():

@@ -1,4 +1,5 @@
-"""Fuzz every RPC of AccountService, MessageService and PresenceService, Connect included.
+"""Fuzz every RPC of AccountService, KeyService, MessageService and PresenceService, Connect
+included.
 
 Requests come from hypothesis: random fields, huge and empty values, invalid
 ids and ids of the wrong kind (a message id where a conversation id is
@@ -34,6 +35,7 @@ from hypothesis import strategies as st
 
 from parley.keys.v1 import accounts_pb2 as kpb
 from parley.keys.v1 import accounts_pb2_grpc as kgrpc
+from parley.keys.v1 import keys_pb2
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley.presence.v1 import presence_pb2 as ppb
@@ -47,12 +49,13 @@ from tests.users import Device, direct, send, sign_up
 pytestmark = pytest.mark.chaos
 
 ACCOUNT_SERVICE = kpb.DESCRIPTOR.services_by_name["AccountService"]
+KEY_SERVICE = keys_pb2.DESCRIPTOR.services_by_name["KeyService"]
 MESSAGE_SERVICE = mpb.DESCRIPTOR.services_by_name["MessageService"]
 PRESENCE_SERVICE = ppb.DESCRIPTOR.services_by_name["PresenceService"]
 # One request each: unary RPCs, and server streams (read to their first answer).
 UNARY = [
     (service, method)
-    for service in (ACCOUNT_SERVICE, MESSAGE_SERVICE, PRESENCE_SERVICE)
+    for service in (ACCOUNT_SERVICE, KEY_SERVICE, MESSAGE_SERVICE, PRESENCE_SERVICE)
     for method in service.methods
     if not method.client_streaming
 ]
@@ -207,11 +210,23 @@ def string_values(world: World, name: str) -> st.SearchStrategy[str]:
     return st.one_of(choices)
 
 
+UNSIGNED = {
+    FieldDescriptor.TYPE_UINT32: 2**32 - 1,
+    FieldDescriptor.TYPE_FIXED32: 2**32 - 1,
+    FieldDescriptor.TYPE_UINT64: 2**64 - 1,
+    FieldDescriptor.TYPE_FIXED64: 2**64 - 1,
+}
+
+
 def int_values(field: FieldDescriptor) -> st.SearchStrategy[int]:
-    wide = field.type in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64)
-    low, high = (-(2**63), 2**63 - 1) if wide else (-(2**31), 2**31 - 1)
+    if field.type in UNSIGNED:
+        low, high = 0, UNSIGNED[field.type]
+    else:
+        wide = field.type in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64)
+        low, high = (-(2**63), 2**63 - 1) if wide else (-(2**31), 2**31 - 1)
+    edges = [v for v in (0, 1, -1, 2, 5, 50, 200, 201, 10_000) if low <= v <= high]
     return st.one_of(
-        st.sampled_from([0, 1, -1, 2, 5, 50, 200, 201, 10_000, low, high]),
+        st.sampled_from([*edges, low, high]),
         st.integers(min_value=low, max_value=high),
     )
 
@@ -356,7 +371,7 @@ class Caller:
     def channel(self, service: Any) -> grpc.Channel:
         if service is PRESENCE_SERVICE:
             return self.presence
-        return self.keys if service is ACCOUNT_SERVICE else self.message
+        return self.keys if service in (ACCOUNT_SERVICE, KEY_SERVICE) else self.message
 
     def disposable_token(self) -> str:
         if self._disposable is None:

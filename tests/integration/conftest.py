@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest_asyncio
 
-from parley.keys.v1 import accounts_pb2_grpc
+from parley.keys.v1 import accounts_pb2_grpc, keys_pb2_grpc
 from parley.message.v1 import messages_pb2_grpc
 from parley.presence.v1 import presence_pb2_grpc
 from parley_dev.stack import LocalStack
@@ -24,6 +24,12 @@ async def channels(stack: LocalStack) -> AsyncIterator[list[grpc.aio.Channel]]:
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def keys(channels: list[grpc.aio.Channel]) -> accounts_pb2_grpc.AccountServiceStub:
     return accounts_pb2_grpc.AccountServiceStub(channels[0])
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def key_service(channels: list[grpc.aio.Channel]) -> keys_pb2_grpc.KeyServiceStub:
+    """The key directory, served by svc_keys beside AccountService."""
+    return keys_pb2_grpc.KeyServiceStub(channels[0])
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -42,12 +42,13 @@ def test_every_enum_starts_with_unspecified() -> None:
 
 
 def test_every_mutating_rpc_has_a_request_id_and_every_list_pages() -> None:
-    from parley.keys.v1 import accounts_pb2
+    from parley.keys.v1 import accounts_pb2, keys_pb2
     from parley.message.v1 import messages_pb2
     from parley.presence.v1 import presence_pb2
 
     reads = {"GetAccount", "ListDevices", "GetConversation", "ListConversations", "ListMessages"}
     reads |= {"GetPresence", "SubscribePresence", "GetPresenceSettings", "GetPushSettings"}
+    reads |= {"GetPreKeyBundles", "GetPreKeyCount"}
     # Setting a value or a set membership: a retry leaves the same state, so
     # no request id is needed to make it safe (AIP-155 is for the rest).
     naturally_idempotent = {
@@ -59,8 +60,10 @@ def test_every_mutating_rpc_has_a_request_id_and_every_list_pages() -> None:
         "RegisterPushToken",
         "RemovePushToken",
         "UpdatePushSettings",
+        "PublishKeys",
+        "UploadPreKeys",
     }
-    for module in (accounts_pb2, messages_pb2, presence_pb2):
+    for module in (accounts_pb2, keys_pb2, messages_pb2, presence_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 fields = set(method.input_type.fields_by_name)

@@ -62,6 +62,8 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """Too many pinned conversations (FAILED_PRECONDITION)."""
     ERROR_REASON_TOO_MANY_CONTACTS: _ErrorReason.ValueType  # 27
     """The caller's contact list is full (RESOURCE_EXHAUSTED)."""
+    ERROR_REASON_TOO_MANY_PRE_KEYS: _ErrorReason.ValueType  # 28
+    """The device holds the most one-time prekeys it may (RESOURCE_EXHAUSTED)."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reasons carried in google.rpc.ErrorInfo.reason (AIP-193).
@@ -109,6 +111,8 @@ ERROR_REASON_TOO_MANY_PINS: ErrorReason.ValueType  # 26
 """Too many pinned conversations (FAILED_PRECONDITION)."""
 ERROR_REASON_TOO_MANY_CONTACTS: ErrorReason.ValueType  # 27
 """The caller's contact list is full (RESOURCE_EXHAUSTED)."""
+ERROR_REASON_TOO_MANY_PRE_KEYS: ErrorReason.ValueType  # 28
+"""The device holds the most one-time prekeys it may (RESOURCE_EXHAUSTED)."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _Platform:

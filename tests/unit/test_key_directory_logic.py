@@ -1,0 +1,126 @@
+"""Pure parts of the key directory: the signed-prekey contract and the
+in-process token bucket that stands in when Redis does not answer."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from parley_core.errors import Unauthenticated
+from svc_keys.domain.keys import KeysHandler, signature_valid
+from svc_keys.model import Device, SignedPreKey
+from svc_keys.storage.ratelimit import BundleRateLimiter, LocalBuckets
+
+
+def _raw(key: Any) -> bytes:
+    return bytes(key.public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+def test_signature_contract_is_ed25519_over_prefixed_key() -> None:
+    identity = Ed25519PrivateKey.generate()
+    identity_pub = _raw(identity.public_key())
+    spk = _raw(X25519PrivateKey.generate().public_key())
+    good = SignedPreKey(1, spk, identity.sign(b"\x05" + spk))
+    assert signature_valid(identity_pub, good)
+    assert not signature_valid(identity_pub, SignedPreKey(1, spk, identity.sign(spk)))
+    other = _raw(Ed25519PrivateKey.generate().public_key())
+    assert not signature_valid(other, good)
+    assert not signature_valid(identity_pub[:31], good)
+    assert not signature_valid(identity_pub, SignedPreKey(1, spk, good.signature[:63]))
+
+
+def test_local_bucket_allows_the_burst_then_refills() -> None:
+    buckets = LocalBuckets(burst=3, per_minute=60)  # one token per second
+    assert [buckets.take("a", now_ms=0) for _ in range(3)] == [None, None, None]
+    assert buckets.take("a", now_ms=0) == 1.0
+    assert buckets.take("a", now_ms=400) == 0.6
+    assert buckets.take("b", now_ms=400) is None, "buckets are per requester"
+    assert buckets.take("a", now_ms=1000) is None
+    assert buckets.take("a", now_ms=1000) == 1.0
+    # Idle long enough refills to the burst, never beyond.
+    assert [buckets.take("a", now_ms=100_000) for _ in range(4)][-1] == 1.0
+
+
+def test_local_buckets_stay_bounded() -> None:
+    buckets = LocalBuckets(burst=2, per_minute=60, max_buckets=10)
+    for i in range(50):
+        buckets.take(str(i), now_ms=i)
+    assert len(buckets._buckets) <= 10
+
+
+class _DownRedis:
+    def register_script(self, _source: str) -> Any:
+        async def run(**_: Any) -> Any:
+            raise RedisConnectionError("down")
+
+        return run
+
+
+async def test_limiter_falls_back_to_local_buckets_when_redis_is_down() -> None:
+    limiter = BundleRateLimiter(_DownRedis(), burst=2, per_minute=60)  # type: ignore[arg-type]
+    results = [await limiter.take("a", now_ms=0) for _ in range(3)]
+    assert results == [None, None, 1.0]
+
+
+class _Keys:
+    """Just enough of KeyStore for the publish path."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, object] = {}
+
+    async def set_device_keys(self, keys: Any) -> None:
+        self.stored[keys.device_id] = keys
+
+    async def count_pre_keys(self, device_id: str) -> int:
+        return 0
+
+    async def delete_device(self, device_id: str) -> None:
+        self.stored.pop(device_id, None)
+
+
+class _Accounts:
+    def __init__(self, revoked: bool) -> None:
+        self.revoked = revoked
+
+    async def device_by_id(self, device_id: str) -> Device:
+        at = datetime(2026, 1, 1, tzinfo=UTC)
+        return Device(device_id, "acc", "phone", 1, at, revoked_at=at if self.revoked else None)
+
+
+@pytest.mark.parametrize("revoked", [False, True])
+async def test_keys_published_by_a_device_revoked_meanwhile_are_removed(revoked: bool) -> None:
+    """RevokeDevice may delete the keys just before a racing publish writes
+    them; the publish then sees the revocation and removes them itself."""
+    identity = Ed25519PrivateKey.generate()
+    spk = _raw(X25519PrivateKey.generate().public_key())
+    keys = _Keys()
+    handler = KeysHandler(
+        keys,  # type: ignore[arg-type]
+        _Accounts(revoked),  # type: ignore[arg-type]
+        BundleRateLimiter(_DownRedis(), burst=1, per_minute=1),  # type: ignore[arg-type]
+        max_pre_keys=1000,
+    )
+
+    async def publish() -> int:
+        return await handler.publish_keys(
+            account_id="acc",
+            device_id="dev",
+            identity_key=_raw(identity.public_key()),
+            signed_pre_key=SignedPreKey(1, spk, identity.sign(b"\x05" + spk)),
+            pre_keys=[],
+            now=1.0,
+        )
+
+    if revoked:
+        with pytest.raises(Unauthenticated):
+            await publish()
+        assert keys.stored == {}
+    else:
+        assert await publish() == 0
+        assert list(keys.stored) == ["dev"]
