@@ -10,6 +10,8 @@
 """
 
 from parley_sdk._conversations import ConversationMethods
+from parley_sdk._key_models import OneTimePreKey, PreKeyBundle, SignedPreKey
+from parley_sdk._keys import KeyMethods
 from parley_sdk._messages import MessageMethods
 from parley_sdk._paging import MessageReceiptPager, Pager
 from parley_sdk._presence import OnlineKeeper, PresenceMethods, PresenceSubscription
@@ -144,6 +146,7 @@ __all__ = [
     "InboxSettings",
     "InternalError",
     "InvalidArgumentError",
+    "KeyMethods",
     "LastOwnerError",
     "Member",
     "MembershipState",
@@ -162,12 +165,14 @@ __all__ = [
     "NotFoundError",
     "NotSignedInError",
     "NotTheSenderError",
+    "OneTimePreKey",
     "OnlineKeeper",
     "Pager",
     "ParleyError",
     "PermissionDeniedError",
     "Platform",
     "PongEvent",
+    "PreKeyBundle",
     "Presence",
     "PresenceMethods",
     "PresenceSettings",
@@ -189,6 +194,7 @@ __all__ = [
     "Role",
     "RoleRequiredError",
     "SettingsEvent",
+    "SignedPreKey",
     "StreamEvent",
     "StreamPosition",
     "SyncCompleteEvent",

@@ -12,7 +12,7 @@ from typing import Protocol, TypeVar
 import grpc
 from grpc import aio
 
-from parley.keys.v1 import accounts_pb2, accounts_pb2_grpc
+from parley.keys.v1 import accounts_pb2, accounts_pb2_grpc, keys_pb2_grpc
 from parley.message.v1 import messages_pb2_grpc
 from parley.presence.v1 import presence_pb2_grpc
 from parley_sdk.credentials import Credentials
@@ -66,6 +66,10 @@ class Session:
             self._presence = presence_pb2_grpc.PresenceServiceStub(presence_channel)
         self.accounts: accounts_pb2_grpc.AccountServiceAsyncStub = (
             accounts_pb2_grpc.AccountServiceStub(keys_channel)
+        )
+        # The key directory is served by svc_keys beside AccountService.
+        self.key_directory: keys_pb2_grpc.KeyServiceAsyncStub = keys_pb2_grpc.KeyServiceStub(
+            keys_channel
         )
         self.messages: messages_pb2_grpc.MessageServiceAsyncStub = (
             messages_pb2_grpc.MessageServiceStub(message_channel)

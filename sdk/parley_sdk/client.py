@@ -13,6 +13,7 @@ from grpc import aio
 from parley.common.v1 import common_pb2
 from parley.keys.v1 import accounts_pb2
 from parley_sdk._conversations import ConversationMethods
+from parley_sdk._keys import KeyMethods
 from parley_sdk._messages import MessageMethods
 from parley_sdk._paging import Pager
 from parley_sdk._presence import PresenceMethods
@@ -68,7 +69,7 @@ def _platform(value: Platform) -> common_pb2.Platform.ValueType:
     return common_pb2.Platform.ValueType(int(value))
 
 
-class Client(ConversationMethods, MessageMethods, PresenceMethods, PushMethods):
+class Client(ConversationMethods, MessageMethods, PresenceMethods, PushMethods, KeyMethods):
     """A connection to one Parley deployment, acting as one device.
 
     Create it with :meth:`connect` (existing credentials, or none to only sign up)
@@ -81,7 +82,8 @@ class Client(ConversationMethods, MessageMethods, PresenceMethods, PushMethods):
     and inbox methods of :class:`ConversationMethods`, the message, reaction
     and receipt methods of :class:`MessageMethods`, the presence, privacy and
     contact methods of :class:`PresenceMethods`, the push token and
-    do-not-disturb methods of :class:`PushMethods`, and :meth:`events`, the
+    do-not-disturb methods of :class:`PushMethods`, the end-to-end encryption
+    key directory methods of :class:`KeyMethods`, and :meth:`events`, the
     delivery stream. Paged lists return async iterators that fetch pages as
     they are consumed.
     """
