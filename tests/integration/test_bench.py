@@ -171,7 +171,9 @@ def test_quick_presence_bench_measures_heartbeats_and_where_changes_go(tmp_path:
     assert report["presence_events_per_change"] == allowed
     assert report["presence_publishes_per_change"] == pytest.approx(1.0, abs=0.05)
     assert fanout["snapshots"]["hidden"] == {"AVAILABILITY_UNSPECIFIED": allowed}
-    assert report["presence_redis_scripts_per_heartbeat"] >= 1
+    # One script call each; the idle background subtracted from the count is
+    # an estimate, so allow a little noise either way.
+    assert report["presence_redis_scripts_per_heartbeat"] == pytest.approx(1.0, abs=0.05)
     cpu = report["cpu_seconds"]
     assert cpu["heartbeat"].keys() >= {"svc_presence", "redis", "bench_client"}
     assert cpu["heartbeat"]["svc_presence"] > 0
