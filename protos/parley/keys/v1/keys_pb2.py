@@ -22,37 +22,54 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19parley/keys/v1/keys.proto\x12\x0eparley.keys.v1\"E\n\x0cSignedPreKey\x12\x0e\n\x06key_id\x18\x01 \x01(\r\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"3\n\rOneTimePreKey\x12\x0e\n\x06key_id\x18\x01 \x01(\r\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\"\x9a\x01\n\x12PublishKeysRequest\x12\x14\n\x0cidentity_key\x18\x01 \x01(\x0c\x12\x34\n\x0esigned_pre_key\x18\x02 \x01(\x0b\x32\x1c.parley.keys.v1.SignedPreKey\x12\x38\n\x11one_time_pre_keys\x18\x03 \x03(\x0b\x32\x1d.parley.keys.v1.OneTimePreKey\",\n\x13PublishKeysResponse\x12\x15\n\rpre_key_count\x18\x01 \x01(\x05\"G\n\x14UploadPreKeysRequest\x12/\n\x08pre_keys\x18\x01 \x03(\x0b\x32\x1d.parley.keys.v1.OneTimePreKey\".\n\x15UploadPreKeysResponse\x12\x15\n\rpre_key_count\x18\x01 \x01(\x05\"-\n\x17GetPreKeyBundlesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\xca\x01\n\x0cPreKeyBundle\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x14\n\x0cidentity_key\x18\x02 \x01(\x0c\x12\x34\n\x0esigned_pre_key\x18\x03 \x01(\x0b\x32\x1c.parley.keys.v1.SignedPreKey\x12\x37\n\x10one_time_pre_key\x18\x04 \x01(\x0b\x32\x1d.parley.keys.v1.OneTimePreKey\x12\"\n\x1aone_time_pre_key_exhausted\x18\x05 \x01(\x08\"I\n\x18GetPreKeyBundlesResponse\x12-\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x1c.parley.keys.v1.PreKeyBundle\"\x17\n\x15GetPreKeyCountRequest\"\'\n\x16GetPreKeyCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\x32\x8a\x03\n\nKeyService\x12V\n\x0bPublishKeys\x12\".parley.keys.v1.PublishKeysRequest\x1a#.parley.keys.v1.PublishKeysResponse\x12\\\n\rUploadPreKeys\x12$.parley.keys.v1.UploadPreKeysRequest\x1a%.parley.keys.v1.UploadPreKeysResponse\x12\x65\n\x10GetPreKeyBundles\x12\'.parley.keys.v1.GetPreKeyBundlesRequest\x1a(.parley.keys.v1.GetPreKeyBundlesResponse\x12_\n\x0eGetPreKeyCount\x12%.parley.keys.v1.GetPreKeyCountRequest\x1a&.parley.keys.v1.GetPreKeyCountResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19parley/keys/v1/keys.proto\x12\x0eparley.keys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"E\n\x0cSignedPreKey\x12\x0e\n\x06key_id\x18\x01 \x01(\r\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"3\n\rOneTimePreKey\x12\x0e\n\x06key_id\x18\x01 \x01(\r\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\"\x9a\x01\n\x12PublishKeysRequest\x12\x14\n\x0cidentity_key\x18\x01 \x01(\x0c\x12\x34\n\x0esigned_pre_key\x18\x02 \x01(\x0b\x32\x1c.parley.keys.v1.SignedPreKey\x12\x38\n\x11one_time_pre_keys\x18\x03 \x03(\x0b\x32\x1d.parley.keys.v1.OneTimePreKey\"F\n\x13PublishKeysResponse\x12\x15\n\rpre_key_count\x18\x01 \x01(\x05\x12\x18\n\x10identity_changed\x18\x02 \x01(\x08\"G\n\x14UploadPreKeysRequest\x12/\n\x08pre_keys\x18\x01 \x03(\x0b\x32\x1d.parley.keys.v1.OneTimePreKey\".\n\x15UploadPreKeysResponse\x12\x15\n\rpre_key_count\x18\x01 \x01(\x05\"A\n\x17GetPreKeyBundlesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\ndevice_ids\x18\x02 \x03(\t\"\xca\x01\n\x0cPreKeyBundle\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x14\n\x0cidentity_key\x18\x02 \x01(\x0c\x12\x34\n\x0esigned_pre_key\x18\x03 \x01(\x0b\x32\x1c.parley.keys.v1.SignedPreKey\x12\x37\n\x10one_time_pre_key\x18\x04 \x01(\x0b\x32\x1d.parley.keys.v1.OneTimePreKey\x12\"\n\x1aone_time_pre_key_exhausted\x18\x05 \x01(\x08\"I\n\x18GetPreKeyBundlesResponse\x12-\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x1c.parley.keys.v1.PreKeyBundle\"\x17\n\x15GetPreKeyCountRequest\"\'\n\x16GetPreKeyCountResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\"+\n\x14GetDeviceKeysRequest\x12\x13\n\x0b\x61\x63\x63ount_ids\x18\x01 \x03(\t\"H\n\tDeviceKey\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x14\n\x0cidentity_key\x18\x03 \x01(\x0c\"C\n\x15GetDeviceKeysResponse\x12*\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x19.parley.keys.v1.DeviceKey\"\xf6\x01\n\x11SenderKeyEnvelope\x12\x13\n\x0b\x65nvelope_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x19\n\x11sender_account_id\x18\x03 \x01(\t\x12\x18\n\x10sender_device_id\x18\x04 \x01(\t\x12\x1c\n\x14recipient_account_id\x18\x05 \x01(\t\x12\x1b\n\x13recipient_device_id\x18\x06 \x01(\t\x12\x12\n\nciphertext\x18\x07 \x01(\x0c\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"z\n\x15SendSenderKeysRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x34\n\tenvelopes\x18\x03 \x03(\x0b\x32!.parley.keys.v1.SenderKeyEnvelope\"(\n\x16SendSenderKeysResponse\x12\x0e\n\x06stored\x18\x01 \x01(\x05\"+\n\x16\x43laimSenderKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\"]\n\x17\x43laimSenderKeysResponse\x12\x34\n\tenvelopes\x18\x01 \x03(\x0b\x32!.parley.keys.v1.SenderKeyEnvelope\x12\x0c\n\x04more\x18\x02 \x01(\x08\x32\xad\x05\n\nKeyService\x12V\n\x0bPublishKeys\x12\".parley.keys.v1.PublishKeysRequest\x1a#.parley.keys.v1.PublishKeysResponse\x12\\\n\rUploadPreKeys\x12$.parley.keys.v1.UploadPreKeysRequest\x1a%.parley.keys.v1.UploadPreKeysResponse\x12\x65\n\x10GetPreKeyBundles\x12\'.parley.keys.v1.GetPreKeyBundlesRequest\x1a(.parley.keys.v1.GetPreKeyBundlesResponse\x12_\n\x0eGetPreKeyCount\x12%.parley.keys.v1.GetPreKeyCountRequest\x1a&.parley.keys.v1.GetPreKeyCountResponse\x12\\\n\rGetDeviceKeys\x12$.parley.keys.v1.GetDeviceKeysRequest\x1a%.parley.keys.v1.GetDeviceKeysResponse\x12_\n\x0eSendSenderKeys\x12%.parley.keys.v1.SendSenderKeysRequest\x1a&.parley.keys.v1.SendSenderKeysResponse\x12\x62\n\x0f\x43laimSenderKeys\x12&.parley.keys.v1.ClaimSenderKeysRequest\x1a\'.parley.keys.v1.ClaimSenderKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.keys.v1.keys_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SIGNEDPREKEY']._serialized_start=45
-  _globals['_SIGNEDPREKEY']._serialized_end=114
-  _globals['_ONETIMEPREKEY']._serialized_start=116
-  _globals['_ONETIMEPREKEY']._serialized_end=167
-  _globals['_PUBLISHKEYSREQUEST']._serialized_start=170
-  _globals['_PUBLISHKEYSREQUEST']._serialized_end=324
-  _globals['_PUBLISHKEYSRESPONSE']._serialized_start=326
-  _globals['_PUBLISHKEYSRESPONSE']._serialized_end=370
-  _globals['_UPLOADPREKEYSREQUEST']._serialized_start=372
-  _globals['_UPLOADPREKEYSREQUEST']._serialized_end=443
-  _globals['_UPLOADPREKEYSRESPONSE']._serialized_start=445
-  _globals['_UPLOADPREKEYSRESPONSE']._serialized_end=491
-  _globals['_GETPREKEYBUNDLESREQUEST']._serialized_start=493
-  _globals['_GETPREKEYBUNDLESREQUEST']._serialized_end=538
-  _globals['_PREKEYBUNDLE']._serialized_start=541
-  _globals['_PREKEYBUNDLE']._serialized_end=743
-  _globals['_GETPREKEYBUNDLESRESPONSE']._serialized_start=745
-  _globals['_GETPREKEYBUNDLESRESPONSE']._serialized_end=818
-  _globals['_GETPREKEYCOUNTREQUEST']._serialized_start=820
-  _globals['_GETPREKEYCOUNTREQUEST']._serialized_end=843
-  _globals['_GETPREKEYCOUNTRESPONSE']._serialized_start=845
-  _globals['_GETPREKEYCOUNTRESPONSE']._serialized_end=884
-  _globals['_KEYSERVICE']._serialized_start=887
-  _globals['_KEYSERVICE']._serialized_end=1281
+  _globals['_SIGNEDPREKEY']._serialized_start=78
+  _globals['_SIGNEDPREKEY']._serialized_end=147
+  _globals['_ONETIMEPREKEY']._serialized_start=149
+  _globals['_ONETIMEPREKEY']._serialized_end=200
+  _globals['_PUBLISHKEYSREQUEST']._serialized_start=203
+  _globals['_PUBLISHKEYSREQUEST']._serialized_end=357
+  _globals['_PUBLISHKEYSRESPONSE']._serialized_start=359
+  _globals['_PUBLISHKEYSRESPONSE']._serialized_end=429
+  _globals['_UPLOADPREKEYSREQUEST']._serialized_start=431
+  _globals['_UPLOADPREKEYSREQUEST']._serialized_end=502
+  _globals['_UPLOADPREKEYSRESPONSE']._serialized_start=504
+  _globals['_UPLOADPREKEYSRESPONSE']._serialized_end=550
+  _globals['_GETPREKEYBUNDLESREQUEST']._serialized_start=552
+  _globals['_GETPREKEYBUNDLESREQUEST']._serialized_end=617
+  _globals['_PREKEYBUNDLE']._serialized_start=620
+  _globals['_PREKEYBUNDLE']._serialized_end=822
+  _globals['_GETPREKEYBUNDLESRESPONSE']._serialized_start=824
+  _globals['_GETPREKEYBUNDLESRESPONSE']._serialized_end=897
+  _globals['_GETPREKEYCOUNTREQUEST']._serialized_start=899
+  _globals['_GETPREKEYCOUNTREQUEST']._serialized_end=922
+  _globals['_GETPREKEYCOUNTRESPONSE']._serialized_start=924
+  _globals['_GETPREKEYCOUNTRESPONSE']._serialized_end=963
+  _globals['_GETDEVICEKEYSREQUEST']._serialized_start=965
+  _globals['_GETDEVICEKEYSREQUEST']._serialized_end=1008
+  _globals['_DEVICEKEY']._serialized_start=1010
+  _globals['_DEVICEKEY']._serialized_end=1082
+  _globals['_GETDEVICEKEYSRESPONSE']._serialized_start=1084
+  _globals['_GETDEVICEKEYSRESPONSE']._serialized_end=1151
+  _globals['_SENDERKEYENVELOPE']._serialized_start=1154
+  _globals['_SENDERKEYENVELOPE']._serialized_end=1400
+  _globals['_SENDSENDERKEYSREQUEST']._serialized_start=1402
+  _globals['_SENDSENDERKEYSREQUEST']._serialized_end=1524
+  _globals['_SENDSENDERKEYSRESPONSE']._serialized_start=1526
+  _globals['_SENDSENDERKEYSRESPONSE']._serialized_end=1566
+  _globals['_CLAIMSENDERKEYSREQUEST']._serialized_start=1568
+  _globals['_CLAIMSENDERKEYSREQUEST']._serialized_end=1611
+  _globals['_CLAIMSENDERKEYSRESPONSE']._serialized_start=1613
+  _globals['_CLAIMSENDERKEYSRESPONSE']._serialized_end=1706
+  _globals['_KEYSERVICE']._serialized_start=1709
+  _globals['_KEYSERVICE']._serialized_end=2394
 # @@protoc_insertion_point(module_scope)

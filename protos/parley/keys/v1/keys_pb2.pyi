@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -109,16 +110,23 @@ class PublishKeysResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PRE_KEY_COUNT_FIELD_NUMBER: _builtins.int
+    IDENTITY_CHANGED_FIELD_NUMBER: _builtins.int
     pre_key_count: _builtins.int
     """One-time prekeys the device now holds."""
+    identity_changed: _builtins.bool
+    """The device had published another identity key before (a re-install).
+    Every conversation the account is in (direct and group, not channels)
+    gets a SystemEvent ACTION_IDENTITY_CHANGED naming this device.
+    """
     def __init__(
         self,
         *,
         pre_key_count: _builtins.int = ...,
+        identity_changed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["pre_key_count", b"pre_key_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity_changed", b"identity_changed", "pre_key_count", b"pre_key_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -171,15 +179,24 @@ class GetPreKeyBundlesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_IDS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
+    @_builtins.property
+    def device_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these devices of the account (at most 64), e.g. those the caller has
+        no session with yet, so no prekey of another device is consumed. Empty:
+        every device. Ids that are not active devices with keys are left out.
+        """
+
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
+        device_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "device_ids", b"device_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -277,3 +294,217 @@ class GetPreKeyCountResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetPreKeyCountResponse: _TypeAlias = GetPreKeyCountResponse  # noqa: Y015
+
+@_typing.final
+class GetDeviceKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """1-256 distinct account ids."""
+
+    def __init__(
+        self,
+        *,
+        account_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_ids", b"account_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeviceKeysRequest: _TypeAlias = GetDeviceKeysRequest  # noqa: Y015
+
+@_typing.final
+class DeviceKey(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_KEY_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    device_id: _builtins.str
+    identity_key: _builtins.bytes
+    """32 bytes: the device's Ed25519 identity key."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        identity_key: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "device_id", b"device_id", "identity_key", b"identity_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceKey: _TypeAlias = DeviceKey  # noqa: Y015
+
+@_typing.final
+class GetDeviceKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeviceKey]:
+        """Grouped by account in request order, devices by id."""
+
+    def __init__(
+        self,
+        *,
+        devices: _abc.Iterable[Global___DeviceKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeviceKeysResponse: _TypeAlias = GetDeviceKeysResponse  # noqa: Y015
+
+@_typing.final
+class SenderKeyEnvelope(_message.Message):
+    """A sender-key distribution message sealed for one recipient device."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPE_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    SENDER_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    SENDER_DEVICE_ID_FIELD_NUMBER: _builtins.int
+    RECIPIENT_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    RECIPIENT_DEVICE_ID_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    envelope_id: _builtins.str
+    """Assigned by the server."""
+    conversation_id: _builtins.str
+    """The group whose sender key it carries."""
+    sender_account_id: _builtins.str
+    """Set by the server from the caller's token."""
+    sender_device_id: _builtins.str
+    recipient_account_id: _builtins.str
+    recipient_device_id: _builtins.str
+    ciphertext: _builtins.bytes
+    """1-65536 bytes, opaque to the server."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """Assigned by the server."""
+
+    def __init__(
+        self,
+        *,
+        envelope_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        sender_account_id: _builtins.str = ...,
+        sender_device_id: _builtins.str = ...,
+        recipient_account_id: _builtins.str = ...,
+        recipient_device_id: _builtins.str = ...,
+        ciphertext: _builtins.bytes = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "conversation_id", b"conversation_id", "create_time", b"create_time", "envelope_id", b"envelope_id", "recipient_account_id", b"recipient_account_id", "recipient_device_id", b"recipient_device_id", "sender_account_id", b"sender_account_id", "sender_device_id", b"sender_device_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SenderKeyEnvelope: _TypeAlias = SenderKeyEnvelope  # noqa: Y015
+
+@_typing.final
+class SendSenderKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    ENVELOPES_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """AIP-155: a UUID chosen by the client, reused on every retry."""
+    conversation_id: _builtins.str
+    @_builtins.property
+    def envelopes(self) -> _containers.RepeatedCompositeFieldContainer[Global___SenderKeyEnvelope]:
+        """1-500 envelopes with recipient_account_id, recipient_device_id and
+        ciphertext set; at most one per recipient device. Other fields are
+        ignored.
+        """
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        envelopes: _abc.Iterable[Global___SenderKeyEnvelope] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "envelopes", b"envelopes", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendSenderKeysRequest: _TypeAlias = SendSenderKeysRequest  # noqa: Y015
+
+@_typing.final
+class SendSenderKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORED_FIELD_NUMBER: _builtins.int
+    stored: _builtins.int
+    def __init__(
+        self,
+        *,
+        stored: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stored", b"stored"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendSenderKeysResponse: _TypeAlias = SendSenderKeysResponse  # noqa: Y015
+
+@_typing.final
+class ClaimSenderKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """1-500; 0 means 100."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimSenderKeysRequest: _TypeAlias = ClaimSenderKeysRequest  # noqa: Y015
+
+@_typing.final
+class ClaimSenderKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENVELOPES_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    """More envelopes are waiting."""
+    @_builtins.property
+    def envelopes(self) -> _containers.RepeatedCompositeFieldContainer[Global___SenderKeyEnvelope]: ...
+    def __init__(
+        self,
+        *,
+        envelopes: _abc.Iterable[Global___SenderKeyEnvelope] | None = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["envelopes", b"envelopes", "more", b"more"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimSenderKeysResponse: _TypeAlias = ClaimSenderKeysResponse  # noqa: Y015

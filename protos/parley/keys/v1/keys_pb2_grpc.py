@@ -60,6 +60,21 @@ class KeyServiceStub:
                 request_serializer=parley_dot_keys_dot_v1_dot_keys__pb2.GetPreKeyCountRequest.SerializeToString,
                 response_deserializer=parley_dot_keys_dot_v1_dot_keys__pb2.GetPreKeyCountResponse.FromString,
                 _registered_method=True)
+        self.GetDeviceKeys = channel.unary_unary(
+                '/parley.keys.v1.KeyService/GetDeviceKeys',
+                request_serializer=parley_dot_keys_dot_v1_dot_keys__pb2.GetDeviceKeysRequest.SerializeToString,
+                response_deserializer=parley_dot_keys_dot_v1_dot_keys__pb2.GetDeviceKeysResponse.FromString,
+                _registered_method=True)
+        self.SendSenderKeys = channel.unary_unary(
+                '/parley.keys.v1.KeyService/SendSenderKeys',
+                request_serializer=parley_dot_keys_dot_v1_dot_keys__pb2.SendSenderKeysRequest.SerializeToString,
+                response_deserializer=parley_dot_keys_dot_v1_dot_keys__pb2.SendSenderKeysResponse.FromString,
+                _registered_method=True)
+        self.ClaimSenderKeys = channel.unary_unary(
+                '/parley.keys.v1.KeyService/ClaimSenderKeys',
+                request_serializer=parley_dot_keys_dot_v1_dot_keys__pb2.ClaimSenderKeysRequest.SerializeToString,
+                response_deserializer=parley_dot_keys_dot_v1_dot_keys__pb2.ClaimSenderKeysResponse.FromString,
+                _registered_method=True)
 
 
 class KeyServiceServicer:
@@ -110,6 +125,40 @@ class KeyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDeviceKeys(self, request, context):
+        """The identity keys of the active devices of up to 256 accounts (only
+        devices that published keys). Consumes nothing and is not rate-limited
+        like bundles: clients call it before encrypting, to find devices they
+        have no session with and identity keys that changed. Unknown accounts
+        are left out of the answer rather than refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendSenderKeys(self, request, context):
+        """Stores sender-key distribution envelopes, each already encrypted by the
+        client for one recipient device (a pairwise Double Ratchet message, see
+        parley.e2ee.v1). At most 500 per call, 64 KiB each; a recipient device
+        holds at most 10,000 unclaimed envelopes (RESOURCE_EXHAUSTED), and an
+        envelope nobody claims is dropped after 30 days. Each recipient device
+        with a live delivery stream gets KeyNotice KIND_SENDER_KEYS_WAITING.
+        Idempotent by request_id. Envelopes for devices without keys are refused
+        (FAILED_PRECONDITION naming them), since nobody could open them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimSenderKeys(self, request, context):
+        """Hands the calling device the envelopes addressed to it, oldest first,
+        and deletes them: each envelope is handed out once, even to concurrent
+        callers. Call again while `more` is true.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +181,21 @@ def add_KeyServiceServicer_to_server(servicer, server):
                     servicer.GetPreKeyCount,
                     request_deserializer=parley_dot_keys_dot_v1_dot_keys__pb2.GetPreKeyCountRequest.FromString,
                     response_serializer=parley_dot_keys_dot_v1_dot_keys__pb2.GetPreKeyCountResponse.SerializeToString,
+            ),
+            'GetDeviceKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeviceKeys,
+                    request_deserializer=parley_dot_keys_dot_v1_dot_keys__pb2.GetDeviceKeysRequest.FromString,
+                    response_serializer=parley_dot_keys_dot_v1_dot_keys__pb2.GetDeviceKeysResponse.SerializeToString,
+            ),
+            'SendSenderKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendSenderKeys,
+                    request_deserializer=parley_dot_keys_dot_v1_dot_keys__pb2.SendSenderKeysRequest.FromString,
+                    response_serializer=parley_dot_keys_dot_v1_dot_keys__pb2.SendSenderKeysResponse.SerializeToString,
+            ),
+            'ClaimSenderKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimSenderKeys,
+                    request_deserializer=parley_dot_keys_dot_v1_dot_keys__pb2.ClaimSenderKeysRequest.FromString,
+                    response_serializer=parley_dot_keys_dot_v1_dot_keys__pb2.ClaimSenderKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -248,6 +312,87 @@ class KeyService:
             '/parley.keys.v1.KeyService/GetPreKeyCount',
             parley_dot_keys_dot_v1_dot_keys__pb2.GetPreKeyCountRequest.SerializeToString,
             parley_dot_keys_dot_v1_dot_keys__pb2.GetPreKeyCountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeviceKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.keys.v1.KeyService/GetDeviceKeys',
+            parley_dot_keys_dot_v1_dot_keys__pb2.GetDeviceKeysRequest.SerializeToString,
+            parley_dot_keys_dot_v1_dot_keys__pb2.GetDeviceKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendSenderKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.keys.v1.KeyService/SendSenderKeys',
+            parley_dot_keys_dot_v1_dot_keys__pb2.SendSenderKeysRequest.SerializeToString,
+            parley_dot_keys_dot_v1_dot_keys__pb2.SendSenderKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimSenderKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.keys.v1.KeyService/ClaimSenderKeys',
+            parley_dot_keys_dot_v1_dot_keys__pb2.ClaimSenderKeysRequest.SerializeToString,
+            parley_dot_keys_dot_v1_dot_keys__pb2.ClaimSenderKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,28 @@ class KeyServiceStub:
     """
     GetPreKeyCount: _grpc.UnaryUnaryMultiCallable[_keys_pb2.GetPreKeyCountRequest, _keys_pb2.GetPreKeyCountResponse]
     """How many one-time prekeys the calling device has left, so it can refill."""
+    GetDeviceKeys: _grpc.UnaryUnaryMultiCallable[_keys_pb2.GetDeviceKeysRequest, _keys_pb2.GetDeviceKeysResponse]
+    """The identity keys of the active devices of up to 256 accounts (only
+    devices that published keys). Consumes nothing and is not rate-limited
+    like bundles: clients call it before encrypting, to find devices they
+    have no session with and identity keys that changed. Unknown accounts
+    are left out of the answer rather than refused.
+    """
+    SendSenderKeys: _grpc.UnaryUnaryMultiCallable[_keys_pb2.SendSenderKeysRequest, _keys_pb2.SendSenderKeysResponse]
+    """Stores sender-key distribution envelopes, each already encrypted by the
+    client for one recipient device (a pairwise Double Ratchet message, see
+    parley.e2ee.v1). At most 500 per call, 64 KiB each; a recipient device
+    holds at most 10,000 unclaimed envelopes (RESOURCE_EXHAUSTED), and an
+    envelope nobody claims is dropped after 30 days. Each recipient device
+    with a live delivery stream gets KeyNotice KIND_SENDER_KEYS_WAITING.
+    Idempotent by request_id. Envelopes for devices without keys are refused
+    (FAILED_PRECONDITION naming them), since nobody could open them.
+    """
+    ClaimSenderKeys: _grpc.UnaryUnaryMultiCallable[_keys_pb2.ClaimSenderKeysRequest, _keys_pb2.ClaimSenderKeysResponse]
+    """Hands the calling device the envelopes addressed to it, oldest first,
+    and deletes them: each envelope is handed out once, even to concurrent
+    callers. Call again while `more` is true.
+    """
 
 @_typing.type_check_only
 class KeyServiceAsyncStub(KeyServiceStub):
@@ -95,6 +117,28 @@ class KeyServiceAsyncStub(KeyServiceStub):
     """
     GetPreKeyCount: _aio.UnaryUnaryMultiCallable[_keys_pb2.GetPreKeyCountRequest, _keys_pb2.GetPreKeyCountResponse]  # type: ignore[assignment]
     """How many one-time prekeys the calling device has left, so it can refill."""
+    GetDeviceKeys: _aio.UnaryUnaryMultiCallable[_keys_pb2.GetDeviceKeysRequest, _keys_pb2.GetDeviceKeysResponse]  # type: ignore[assignment]
+    """The identity keys of the active devices of up to 256 accounts (only
+    devices that published keys). Consumes nothing and is not rate-limited
+    like bundles: clients call it before encrypting, to find devices they
+    have no session with and identity keys that changed. Unknown accounts
+    are left out of the answer rather than refused.
+    """
+    SendSenderKeys: _aio.UnaryUnaryMultiCallable[_keys_pb2.SendSenderKeysRequest, _keys_pb2.SendSenderKeysResponse]  # type: ignore[assignment]
+    """Stores sender-key distribution envelopes, each already encrypted by the
+    client for one recipient device (a pairwise Double Ratchet message, see
+    parley.e2ee.v1). At most 500 per call, 64 KiB each; a recipient device
+    holds at most 10,000 unclaimed envelopes (RESOURCE_EXHAUSTED), and an
+    envelope nobody claims is dropped after 30 days. Each recipient device
+    with a live delivery stream gets KeyNotice KIND_SENDER_KEYS_WAITING.
+    Idempotent by request_id. Envelopes for devices without keys are refused
+    (FAILED_PRECONDITION naming them), since nobody could open them.
+    """
+    ClaimSenderKeys: _aio.UnaryUnaryMultiCallable[_keys_pb2.ClaimSenderKeysRequest, _keys_pb2.ClaimSenderKeysResponse]  # type: ignore[assignment]
+    """Hands the calling device the envelopes addressed to it, oldest first,
+    and deletes them: each envelope is handed out once, even to concurrent
+    callers. Call again while `more` is true.
+    """
 
 class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
     """The end-to-end encryption key directory (X3DH prekeys, see
@@ -150,5 +194,45 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_keys_pb2.GetPreKeyCountResponse, _abc.Awaitable[_keys_pb2.GetPreKeyCountResponse]]:
         """How many one-time prekeys the calling device has left, so it can refill."""
+
+    @_abc_1.abstractmethod
+    def GetDeviceKeys(
+        self,
+        request: _keys_pb2.GetDeviceKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_pb2.GetDeviceKeysResponse, _abc.Awaitable[_keys_pb2.GetDeviceKeysResponse]]:
+        """The identity keys of the active devices of up to 256 accounts (only
+        devices that published keys). Consumes nothing and is not rate-limited
+        like bundles: clients call it before encrypting, to find devices they
+        have no session with and identity keys that changed. Unknown accounts
+        are left out of the answer rather than refused.
+        """
+
+    @_abc_1.abstractmethod
+    def SendSenderKeys(
+        self,
+        request: _keys_pb2.SendSenderKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_pb2.SendSenderKeysResponse, _abc.Awaitable[_keys_pb2.SendSenderKeysResponse]]:
+        """Stores sender-key distribution envelopes, each already encrypted by the
+        client for one recipient device (a pairwise Double Ratchet message, see
+        parley.e2ee.v1). At most 500 per call, 64 KiB each; a recipient device
+        holds at most 10,000 unclaimed envelopes (RESOURCE_EXHAUSTED), and an
+        envelope nobody claims is dropped after 30 days. Each recipient device
+        with a live delivery stream gets KeyNotice KIND_SENDER_KEYS_WAITING.
+        Idempotent by request_id. Envelopes for devices without keys are refused
+        (FAILED_PRECONDITION naming them), since nobody could open them.
+        """
+
+    @_abc_1.abstractmethod
+    def ClaimSenderKeys(
+        self,
+        request: _keys_pb2.ClaimSenderKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_pb2.ClaimSenderKeysResponse, _abc.Awaitable[_keys_pb2.ClaimSenderKeysResponse]]:
+        """Hands the calling device the envelopes addressed to it, oldest first,
+        and deletes them: each envelope is handed out once, even to concurrent
+        callers. Call again while `more` is true.
+        """
 
 def add_KeyServiceServicer_to_server(servicer: KeyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

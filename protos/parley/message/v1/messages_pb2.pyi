@@ -353,6 +353,11 @@ class SystemEvent(_message.Message):
         ACTION_ROLE_CHANGED: SystemEvent._Action.ValueType  # 5
         ACTION_INFO_CHANGED: SystemEvent._Action.ValueType  # 6
         ACTION_SUBSCRIBED: SystemEvent._Action.ValueType  # 7
+        ACTION_IDENTITY_CHANGED: SystemEvent._Action.ValueType  # 8
+        """A device of the actor got a new identity key (re-installed): messages
+        from it are no longer from the key the other members verified. Written
+        by the server into every direct and group conversation of the actor.
+        """
 
     class Action(_Action, metaclass=_ActionEnumTypeWrapper): ...
     ACTION_UNSPECIFIED: SystemEvent.Action.ValueType  # 0
@@ -363,6 +368,11 @@ class SystemEvent(_message.Message):
     ACTION_ROLE_CHANGED: SystemEvent.Action.ValueType  # 5
     ACTION_INFO_CHANGED: SystemEvent.Action.ValueType  # 6
     ACTION_SUBSCRIBED: SystemEvent.Action.ValueType  # 7
+    ACTION_IDENTITY_CHANGED: SystemEvent.Action.ValueType  # 8
+    """A device of the actor got a new identity key (re-installed): messages
+    from it are no longer from the key the other members verified. Written
+    by the server into every direct and group conversation of the actor.
+    """
 
     ACTION_FIELD_NUMBER: _builtins.int
     ACTOR_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
@@ -370,6 +380,7 @@ class SystemEvent(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     TITLE_FIELD_NUMBER: _builtins.int
     AVATAR_REF_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
     action: Global___SystemEvent.Action.ValueType
     actor_account_id: _builtins.str
     """Who did it."""
@@ -378,6 +389,8 @@ class SystemEvent(_message.Message):
     title: _builtins.str
     """CREATED / INFO_CHANGED: the title and avatar after the change."""
     avatar_ref: _builtins.str
+    device_id: _builtins.str
+    """IDENTITY_CHANGED: the actor's device whose identity key changed."""
     @_builtins.property
     def target_account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Whom it concerns (added, removed, promoted, ...)."""
@@ -391,10 +404,11 @@ class SystemEvent(_message.Message):
         role: Global___Role.ValueType = ...,
         title: _builtins.str = ...,
         avatar_ref: _builtins.str = ...,
+        device_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor_account_id", b"actor_account_id", "avatar_ref", b"avatar_ref", "role", b"role", "target_account_ids", b"target_account_ids", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor_account_id", b"actor_account_id", "avatar_ref", b"avatar_ref", "device_id", b"device_id", "role", b"role", "target_account_ids", b"target_account_ids", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1970,6 +1984,7 @@ class Event(_message.Message):
     RECEIPTS_FIELD_NUMBER: _builtins.int
     SETTINGS_FIELD_NUMBER: _builtins.int
     TYPING_FIELD_NUMBER: _builtins.int
+    KEY_NOTICE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def message(self) -> Global___Message: ...
     @_builtins.property
@@ -2004,6 +2019,10 @@ class Event(_message.Message):
     def typing(self) -> Global___TypingIndicator:
         """Another member is typing; not part of the feed (no version)."""
 
+    @_builtins.property
+    def key_notice(self) -> Global___KeyNotice:
+        """Something the device's end-to-end encryption must act on."""
+
     def __init__(
         self,
         *,
@@ -2018,16 +2037,91 @@ class Event(_message.Message):
         receipts: Global___Receipts | None = ...,
         settings: Global___InboxSettings | None = ...,
         typing: Global___TypingIndicator | None = ...,
+        key_notice: Global___KeyNotice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "deletion", b"deletion", "edit", b"edit", "kind", b"kind", "message", b"message", "pong", b"pong", "reaction", b"reaction", "receipt", b"receipt", "receipts", b"receipts", "settings", b"settings", "sync_complete", b"sync_complete", "typing", b"typing"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "deletion", b"deletion", "edit", b"edit", "key_notice", b"key_notice", "kind", b"kind", "message", b"message", "pong", b"pong", "reaction", b"reaction", "receipt", b"receipt", "receipts", b"receipts", "settings", b"settings", "sync_complete", b"sync_complete", "typing", b"typing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "deletion", b"deletion", "edit", b"edit", "kind", b"kind", "message", b"message", "pong", b"pong", "reaction", b"reaction", "receipt", b"receipt", "receipts", b"receipts", "settings", b"settings", "sync_complete", b"sync_complete", "typing", b"typing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "deletion", b"deletion", "edit", b"edit", "key_notice", b"key_notice", "kind", b"kind", "message", b"message", "pong", b"pong", "reaction", b"reaction", "receipt", b"receipt", "receipts", b"receipts", "settings", b"settings", "sync_complete", b"sync_complete", "typing", b"typing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message", "receipt", "conversation", "sync_complete", "pong", "edit", "deletion", "reaction", "receipts", "settings", "typing"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message", "receipt", "conversation", "sync_complete", "pong", "edit", "deletion", "reaction", "receipts", "settings", "typing", "key_notice"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class KeyNotice(_message.Message):
+    """Told to a device over its delivery stream; never part of the feed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[KeyNotice._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: KeyNotice._Kind.ValueType  # 0
+        KIND_PRE_KEYS_LOW: KeyNotice._Kind.ValueType  # 1
+        """This device holds fewer than 20 one-time prekeys: upload more. Sent
+        when a bundle fetch takes it below 20, and after SyncComplete on every
+        stream start while it stays below.
+        """
+        KIND_GROUP_REKEY: KeyNotice._Kind.ValueType  # 2
+        """Members left a group or were removed (account_ids): start a new sender
+        key and give it to the remaining members only. Sent right after the
+        system message that records the departure, live and on replay.
+        """
+        KIND_SENDER_KEYS_WAITING: KeyNotice._Kind.ValueType  # 3
+        """Sender-key envelopes wait for this device: call ClaimSenderKeys."""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: KeyNotice.Kind.ValueType  # 0
+    KIND_PRE_KEYS_LOW: KeyNotice.Kind.ValueType  # 1
+    """This device holds fewer than 20 one-time prekeys: upload more. Sent
+    when a bundle fetch takes it below 20, and after SyncComplete on every
+    stream start while it stays below.
+    """
+    KIND_GROUP_REKEY: KeyNotice.Kind.ValueType  # 2
+    """Members left a group or were removed (account_ids): start a new sender
+    key and give it to the remaining members only. Sent right after the
+    system message that records the departure, live and on replay.
+    """
+    KIND_SENDER_KEYS_WAITING: KeyNotice.Kind.ValueType  # 3
+    """Sender-key envelopes wait for this device: call ClaimSenderKeys."""
+
+    KIND_FIELD_NUMBER: _builtins.int
+    PRE_KEY_COUNT_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_IDS_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    kind: Global___KeyNotice.Kind.ValueType
+    pre_key_count: _builtins.int
+    """PRE_KEYS_LOW: the one-time prekeys the device holds."""
+    conversation_id: _builtins.str
+    """GROUP_REKEY, SENDER_KEYS_WAITING: the group."""
+    device_id: _builtins.str
+    """The device the notice is for; empty: every device of the account."""
+    @_builtins.property
+    def account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """GROUP_REKEY: the accounts that left."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___KeyNotice.Kind.ValueType = ...,
+        pre_key_count: _builtins.int = ...,
+        conversation_id: _builtins.str = ...,
+        account_ids: _abc.Iterable[_builtins.str] | None = ...,
+        device_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_ids", b"account_ids", "conversation_id", b"conversation_id", "device_id", b"device_id", "kind", b"kind", "pre_key_count", b"pre_key_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyNotice: _TypeAlias = KeyNotice  # noqa: Y015
 
 @_typing.final
 class SyncComplete(_message.Message):
