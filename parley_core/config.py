@@ -94,6 +94,9 @@ class KeysServiceSettings(_Section):
     # consumes other devices' one-time prekeys, so draining them is the attack.
     bundle_fetch_burst: int = Field(default=20, ge=1, le=10_000)
     bundle_fetch_per_minute: float = Field(default=20.0, gt=0, le=100_000)
+    # Sender-key envelopes waiting for one recipient device; sends beyond it
+    # are refused until the device claims some.
+    max_unclaimed_sender_keys_per_device: int = Field(default=10_000, ge=1, le=1_000_000)
 
 
 class WebhookPushSettings(_Section):
@@ -205,6 +208,11 @@ class MessageServiceSettings(_Section):
     typing_min_interval_seconds: float = Field(default=2.0, ge=0, le=60)
     typing_burst: int = Field(default=5, ge=1, le=100)
     typing_per_second: float = Field(default=2.0, gt=0, le=100)
+    # Identity-change system messages: how often an idle worker looks for
+    # changes to announce, and how long a claimed change is held before
+    # another process may redo it (a redo writes nothing twice).
+    identity_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    identity_lease_seconds: float = Field(default=30.0, gt=0, le=3600)
     push: PushSettings = PushSettings()
 
 

@@ -9,14 +9,18 @@ from parley_core.auth.tokens import TokenIssuer, load_private_key
 from parley_core.config import ConfigError, Settings
 from parley_core.rpc.server import ServiceHost
 from parley_core.runtime import open_runtime, service_main
+from parley_core.storage.key_notices import IdentityChanges, PreKeyLows
 from svc_keys.domain.accounts import AccountsHandler
 from svc_keys.domain.keys import KeysHandler
+from svc_keys.domain.sender_keys import SenderKeysHandler
 from svc_keys.servicer.accounts import PUBLIC_METHODS, SERVICE_NAME, AccountServicer
 from svc_keys.servicer.keys import SERVICE_NAME as KEY_SERVICE_NAME
 from svc_keys.servicer.keys import KeyServicer
 from svc_keys.storage.accounts import AccountStore
 from svc_keys.storage.keys import KeyStore
+from svc_keys.storage.notices import KeyNoticePublisher
 from svc_keys.storage.ratelimit import BundleRateLimiter
+from svc_keys.storage.sender_keys import SenderKeyStore
 
 
 async def build(settings: Settings) -> ServiceHost:
@@ -31,6 +35,14 @@ async def build(settings: Settings) -> ServiceHost:
     await store.ensure_indexes()
     key_store = KeyStore(runtime.db)
     await key_store.ensure_indexes()
+    pre_key_lows = PreKeyLows(runtime.db)
+    await pre_key_lows.ensure_indexes()
+    identity_changes = IdentityChanges(runtime.db)
+    await identity_changes.ensure_indexes()
+    sender_key_store = SenderKeyStore(runtime.db)
+    await sender_key_store.ensure_indexes()
+    # The rate limiter's Redis client also carries the live key notices.
+    notices = KeyNoticePublisher(runtime.redis)
     await runtime.start_revocation_feed()
     keys = KeysHandler(
         key_store,
@@ -40,7 +52,18 @@ async def build(settings: Settings) -> ServiceHost:
             burst=settings.keys.bundle_fetch_burst,
             per_minute=settings.keys.bundle_fetch_per_minute,
         ),
+        pre_key_lows=pre_key_lows,
+        identity_changes=identity_changes,
+        notices=notices,
+        sender_keys=sender_key_store,
         max_pre_keys=settings.keys.max_pre_keys_per_device,
+    )
+    sender_keys = SenderKeysHandler(
+        sender_key_store,
+        key_store,
+        store,
+        notices,
+        max_waiting_per_device=settings.keys.max_unclaimed_sender_keys_per_device,
     )
     accounts = AccountsHandler(
         store,
@@ -51,7 +74,7 @@ async def build(settings: Settings) -> ServiceHost:
         refresh_ttl_seconds=settings.auth.refresh_token_ttl_seconds,
     )
     servicer = AccountServicer(accounts)
-    key_servicer = KeyServicer(keys)
+    key_servicer = KeyServicer(keys, sender_keys)
 
     def register(server: grpc.aio.Server) -> None:
         accounts_pb2_grpc.add_AccountServiceServicer_to_server(servicer, server)

@@ -63,6 +63,9 @@ class DeviceKeys:
     identity_key: bytes
     signed_pre_key: SignedPreKey
     updated_at: datetime
+    # The identity key replaced another one and the change is not yet
+    # recorded for svc_message (a publish that stopped half-way).
+    identity_change_pending: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,3 +75,33 @@ class PreKeyBundle:
     signed_pre_key: SignedPreKey
     # None when the device had none left.
     pre_key: PreKey | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """A device's identity key as GetDeviceKeys lists it."""
+
+    account_id: str
+    device_id: str
+    identity_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NewEnvelope:
+    """A sender-key envelope as a sender hands it in (no id or time yet)."""
+
+    recipient_account_id: str
+    recipient_device_id: str
+    ciphertext: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SenderKeyEnvelope:
+    envelope_id: str
+    conversation_id: str
+    sender_account_id: str
+    sender_device_id: str
+    recipient_account_id: str
+    recipient_device_id: str
+    ciphertext: bytes
+    created_at: datetime

@@ -9,12 +9,14 @@ from parley_core.config import Settings
 from parley_core.errors import Reason, Unavailable
 from parley_core.rpc.server import ServiceHost
 from parley_core.runtime import open_runtime, service_main
+from parley_core.storage.key_notices import IdentityChanges, PreKeyLows
 from parley_core.storage.liveness import Liveness
 from svc_message.domain.acks import AckBatcher
 from svc_message.domain.changes import ChangesHandler
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.delivery import DeliveryService
 from svc_message.domain.groups import GroupsHandler
+from svc_message.domain.identity_notices import IdentityNotifier
 from svc_message.domain.inbox import InboxHandler
 from svc_message.domain.leases import StreamLeases
 from svc_message.domain.messages import MessagesHandler
@@ -176,6 +178,18 @@ async def build(settings: Settings) -> ServiceHost:
             per_second=config.typing_per_second,
         ),
     )
+    # The key directory's records: svc_keys writes them, this service reads
+    # them (and polls the outbox, whose index either side may create first).
+    identity_changes = IdentityChanges(runtime.db)
+    await identity_changes.ensure_indexes()
+    identity_notifier = IdentityNotifier(
+        identity_changes,
+        conversation_store,
+        pipeline,
+        poll_seconds=config.identity_poll_seconds,
+        lease_seconds=config.identity_lease_seconds,
+        clock=clock,
+    )
     delivery = DeliveryService(
         hub,
         conversation_store,
@@ -187,6 +201,7 @@ async def build(settings: Settings) -> ServiceHost:
         replay_page_size=config.replay_page_size,
         clock=clock,
         leases=leases,
+        pre_keys=PreKeyLows(runtime.db),
     )
     acks = AckBatcher(
         conversation_store,
@@ -208,6 +223,7 @@ async def build(settings: Settings) -> ServiceHost:
             doorbell=doorbell,
             typing=typing,
             leases=leases,
+            identity=identity_notifier,
         )
     )
 
@@ -230,6 +246,7 @@ async def build(settings: Settings) -> ServiceHost:
     runtime.spawn(push_worker.run() if push_config.worker else push_worker.sample_depth_forever())
     runtime.spawn(typing.run())
     runtime.spawn(leases.run())
+    runtime.spawn(identity_notifier.run())
 
     unary = MessageUnaryServicer(
         conversations, messages, inbox, max_body_bytes=config.max_body_bytes, clock=clock

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from svc_message.domain.identity_notices import IdentityNotifier
 from svc_message.domain.leases import StreamLeases
 from svc_message.domain.projection import Projector
 from svc_message.domain.sending import SendPipeline
@@ -31,6 +32,7 @@ class MessageMetrics(Collector):
         doorbell: Doorbell,
         typing: TypingRelay | None = None,
         leases: StreamLeases | None = None,
+        identity: IdentityNotifier | None = None,
     ) -> None:
         self._hub = hub
         self._pipeline = pipeline
@@ -39,6 +41,7 @@ class MessageMetrics(Collector):
         self._doorbell = doorbell
         self._typing = typing
         self._leases = leases
+        self._identity = identity
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         yield GaugeMetricFamily(
@@ -78,6 +81,28 @@ class MessageMetrics(Collector):
             yield from self._typing_metrics(self._typing)
         if self._leases is not None:
             yield from self._lease_metrics(self._leases)
+        if self._identity is not None:
+            yield from self._identity_metrics(self._identity)
+
+    @staticmethod
+    def _identity_metrics(identity: IdentityNotifier) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "parley_identity_changes_announced",
+            "Identity changes this process wrote system messages for (a redo after a "
+            "lost lease counts again).",
+            value=identity.changes_done,
+        )
+        yield CounterMetricFamily(
+            "parley_identity_change_messages",
+            "Identity-change system messages this process submitted (found already "
+            "written included).",
+            value=identity.messages_written,
+        )
+        yield CounterMetricFamily(
+            "parley_identity_change_failures",
+            "Identity changes left for their lease to run out after an error.",
+            value=identity.failures,
+        )
 
     @staticmethod
     def _typing_metrics(

@@ -81,6 +81,8 @@ class SystemEvent:
     role: int = 0
     title: str = ""
     avatar_ref: str = ""
+    # IDENTITY_CHANGED: the actor's device whose identity key changed.
+    device_id: str = ""
 
 
 class SystemAction:
@@ -93,6 +95,7 @@ class SystemAction:
     ROLE_CHANGED = 5
     INFO_CHANGED = 6
     SUBSCRIBED = 7
+    IDENTITY_CHANGED = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +209,9 @@ class EventKind:
     SETTINGS = 7
     # Someone is typing: ephemeral, not part of the feed (no version).
     TYPING = 8
+    # From the key directory to one device or all of an account's: never
+    # stored, not part of the feed, not acked.
+    KEY_NOTICE = 9
 
 
 FEED_KINDS = frozenset({EventKind.MESSAGE, EventKind.CHANGE})
@@ -237,6 +243,8 @@ class Envelope:
     leaving: tuple[str, ...] = ()
     # RECEIPTS: the members' watermarks.
     watermarks: tuple[Watermarks, ...] = ()
+    # KEY_NOTICE: the one device it is for; empty for every device of the account.
+    device_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,14 +8,22 @@ from typing import Any
 
 from parley.keys.v1 import keys_pb2, keys_pb2_grpc
 from parley_core.auth.caller import current_caller
+from parley_core.rpc.convert import timestamp
 from parley_core.validation import Check
 from svc_keys.domain.keys import KeysHandler
-from svc_keys.model import PreKey, PreKeyBundle, SignedPreKey
+from svc_keys.domain.sender_keys import SenderKeysHandler
+from svc_keys.model import NewEnvelope, PreKey, PreKeyBundle, SenderKeyEnvelope, SignedPreKey
 
 SERVICE_NAME = keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
 KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 PRE_KEYS_PER_CALL = 100
+DEVICE_KEYS_ACCOUNTS = 256
+BUNDLE_DEVICE_IDS = 64
+ENVELOPES_PER_CALL = 500
+ENVELOPE_BYTES = 65_536
+CLAIM_PAGE_DEFAULT = 100
+CLAIM_PAGE_MAX = 500
 
 
 def _check_key(check: Check, field: str, value: bytes) -> None:
@@ -37,6 +45,82 @@ def _check_pre_keys(
         if key.key_id in seen:
             check.fail(f"{field}[{i}].key_id", f"key id {key.key_id} appears twice")
         seen.add(key.key_id)
+
+
+def _check_distinct_ids(
+    check: Check, field: str, values: Sequence[str], *, minimum: int, maximum: int
+) -> None:
+    if not minimum <= len(values) <= maximum:
+        check.fail(field, f"{minimum}-{maximum} ids, got {len(values)}")
+        return
+    seen: set[str] = set()
+    for i, value in enumerate(values):
+        check.id(f"{field}[{i}]", value)
+        if value in seen:
+            check.fail(f"{field}[{i}]", f"{value} appears twice")
+        seen.add(value)
+
+
+def check_device_keys_request(request: keys_pb2.GetDeviceKeysRequest) -> Check:
+    check = Check()
+    _check_distinct_ids(
+        check, "account_ids", request.account_ids, minimum=1, maximum=DEVICE_KEYS_ACCOUNTS
+    )
+    return check
+
+
+def check_bundles_request(request: keys_pb2.GetPreKeyBundlesRequest) -> Check:
+    check = Check().id("account_id", request.account_id)
+    if request.device_ids:
+        _check_distinct_ids(
+            check, "device_ids", request.device_ids, minimum=0, maximum=BUNDLE_DEVICE_IDS
+        )
+    return check
+
+
+def check_send_sender_keys(
+    request: keys_pb2.SendSenderKeysRequest,
+) -> tuple[Check, list[NewEnvelope]]:
+    """The wire shape of a send, and its envelopes (only meaningful when the
+    check passes)."""
+    check = Check().request_id(request.request_id).id("conversation_id", request.conversation_id)
+    envelopes = request.envelopes
+    if not 1 <= len(envelopes) <= ENVELOPES_PER_CALL:
+        check.fail("envelopes", f"1-{ENVELOPES_PER_CALL} envelopes, got {len(envelopes)}")
+        return check, []
+    seen: set[str] = set()
+    for i, envelope in enumerate(envelopes):
+        field = f"envelopes[{i}]"
+        check.id(f"{field}.recipient_account_id", envelope.recipient_account_id)
+        check.id(f"{field}.recipient_device_id", envelope.recipient_device_id)
+        if envelope.recipient_device_id in seen:
+            check.fail(
+                f"{field}.recipient_device_id",
+                f"{envelope.recipient_device_id} has another envelope in this request",
+            )
+        seen.add(envelope.recipient_device_id)
+        check.payload(f"{field}.ciphertext", envelope.ciphertext, max_bytes=ENVELOPE_BYTES)
+    return check, [
+        NewEnvelope(
+            recipient_account_id=e.recipient_account_id,
+            recipient_device_id=e.recipient_device_id,
+            ciphertext=e.ciphertext,
+        )
+        for e in envelopes
+    ]
+
+
+def envelope_proto(envelope: SenderKeyEnvelope) -> keys_pb2.SenderKeyEnvelope:
+    return keys_pb2.SenderKeyEnvelope(
+        envelope_id=envelope.envelope_id,
+        conversation_id=envelope.conversation_id,
+        sender_account_id=envelope.sender_account_id,
+        sender_device_id=envelope.sender_device_id,
+        recipient_account_id=envelope.recipient_account_id,
+        recipient_device_id=envelope.recipient_device_id,
+        ciphertext=envelope.ciphertext,
+        create_time=timestamp(envelope.created_at),
+    )
 
 
 def _pre_keys(pre_keys: Sequence[keys_pb2.OneTimePreKey]) -> list[PreKey]:
@@ -66,8 +150,15 @@ def bundle_proto(bundle: PreKeyBundle) -> keys_pb2.PreKeyBundle:
 
 
 class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
-    def __init__(self, keys: KeysHandler, *, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        keys: KeysHandler,
+        sender_keys: SenderKeysHandler,
+        *,
+        clock: Callable[[], float] = time.time,
+    ):
         self._keys = keys
+        self._sender_keys = sender_keys
         self._clock = clock
 
     async def PublishKeys(
@@ -88,7 +179,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         _check_pre_keys(check, "one_time_pre_keys", request.one_time_pre_keys, required=False)
         check.done()
         caller = current_caller()
-        count = await self._keys.publish_keys(
+        published = await self._keys.publish_keys(
             account_id=caller.account_id,
             device_id=caller.device_id,
             identity_key=request.identity_key,
@@ -98,7 +189,9 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
             pre_keys=_pre_keys(request.one_time_pre_keys),
             now=self._clock(),
         )
-        return keys_pb2.PublishKeysResponse(pre_key_count=count)
+        return keys_pb2.PublishKeysResponse(
+            pre_key_count=published.pre_key_count, identity_changed=published.identity_changed
+        )
 
     async def UploadPreKeys(
         self, request: keys_pb2.UploadPreKeysRequest, context: Any
@@ -106,8 +199,10 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         check = Check()
         _check_pre_keys(check, "pre_keys", request.pre_keys, required=True)
         check.done()
+        caller = current_caller()
         count = await self._keys.upload_pre_keys(
-            device_id=current_caller().device_id,
+            account_id=caller.account_id,
+            device_id=caller.device_id,
             pre_keys=_pre_keys(request.pre_keys),
             now=self._clock(),
         )
@@ -116,10 +211,11 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     async def GetPreKeyBundles(
         self, request: keys_pb2.GetPreKeyBundlesRequest, context: Any
     ) -> keys_pb2.GetPreKeyBundlesResponse:
-        Check().id("account_id", request.account_id).done()
+        check_bundles_request(request).done()
         bundles = await self._keys.bundles(
             requester_account_id=current_caller().account_id,
             account_id=request.account_id,
+            device_ids=list(request.device_ids),
             now=self._clock(),
         )
         return keys_pb2.GetPreKeyBundlesResponse(bundles=[bundle_proto(b) for b in bundles])
@@ -129,3 +225,48 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     ) -> keys_pb2.GetPreKeyCountResponse:
         count = await self._keys.pre_key_count(device_id=current_caller().device_id)
         return keys_pb2.GetPreKeyCountResponse(count=count)
+
+    async def GetDeviceKeys(
+        self, request: keys_pb2.GetDeviceKeysRequest, context: Any
+    ) -> keys_pb2.GetDeviceKeysResponse:
+        check_device_keys_request(request).done()
+        listed = await self._keys.device_keys(account_ids=list(request.account_ids))
+        return keys_pb2.GetDeviceKeysResponse(
+            devices=[
+                keys_pb2.DeviceKey(
+                    account_id=d.account_id, device_id=d.device_id, identity_key=d.identity_key
+                )
+                for d in listed
+            ]
+        )
+
+    async def SendSenderKeys(
+        self, request: keys_pb2.SendSenderKeysRequest, context: Any
+    ) -> keys_pb2.SendSenderKeysResponse:
+        check, envelopes = check_send_sender_keys(request)
+        check.done()
+        caller = current_caller()
+        stored = await self._sender_keys.send(
+            sender_account_id=caller.account_id,
+            sender_device_id=caller.device_id,
+            request_id=request.request_id,
+            conversation_id=request.conversation_id,
+            envelopes=envelopes,
+            now=self._clock(),
+        )
+        return keys_pb2.SendSenderKeysResponse(stored=stored)
+
+    async def ClaimSenderKeys(
+        self, request: keys_pb2.ClaimSenderKeysRequest, context: Any
+    ) -> keys_pb2.ClaimSenderKeysResponse:
+        check = Check()
+        page_size = check.page_size(
+            request.page_size, default=CLAIM_PAGE_DEFAULT, maximum=CLAIM_PAGE_MAX
+        )
+        check.done()
+        envelopes, more = await self._sender_keys.claim(
+            device_id=current_caller().device_id, page_size=page_size
+        )
+        return keys_pb2.ClaimSenderKeysResponse(
+            envelopes=[envelope_proto(e) for e in envelopes], more=more
+        )

@@ -10,7 +10,7 @@ Collections:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -194,6 +194,20 @@ class AccountStore:
             {"$set": {"revoked_at": now, "refresh_hash": None}},
         )
         return result.modified_count == 1
+
+    async def active_devices_of(self, account_ids: Sequence[str]) -> set[str]:
+        """The ids of the active devices of these accounts."""
+        cursor = self._devices.find(
+            {"account_id": {"$in": list(account_ids)}, "revoked_at": None}, {"_id": 1}
+        )
+        return {doc["_id"] async for doc in cursor}
+
+    async def active_device_accounts(self, device_ids: Sequence[str]) -> dict[str, str]:
+        """Device id -> account id, for those of the ids that are active devices."""
+        cursor = self._devices.find(
+            {"_id": {"$in": list(device_ids)}, "revoked_at": None}, {"account_id": 1}
+        )
+        return {doc["_id"]: doc["account_id"] async for doc in cursor}
 
     async def list_devices(
         self, account_id: str, *, after_device_id: str | None, limit: int

@@ -3,7 +3,8 @@
 Collections:
 - ``device_keys``: ``_id`` device id, ``account_id``, ``identity_key``,
   ``signed_pre_key`` (``key_id``, ``public_key``, ``signature``),
-  ``updated_at``.
+  ``updated_at``, ``identity_change_pending`` (the identity key replaced
+  another and the change is not recorded yet).
 - ``one_time_pre_keys``: ``_id`` ``<device>:<key_id>``, ``device_id``,
   ``key_id``, ``public_key``, ``uploaded_at``; indexed by ``device_id``.
 
@@ -51,6 +52,7 @@ def _device_keys(doc: Document) -> DeviceKeys:
             signature=bytes(spk["signature"]),
         ),
         updated_at=doc["updated_at"],
+        identity_change_pending=bool(doc.get("identity_change_pending", False)),
     )
 
 
@@ -84,8 +86,17 @@ class KeyStore:
                     "signature": spk.signature,
                 },
                 "updated_at": keys.updated_at,
+                "identity_change_pending": keys.identity_change_pending,
             },
             upsert=True,
+        )
+
+    async def identity_change_recorded(self, device_id: str, identity_key: bytes) -> None:
+        """Clear the pending mark, unless the key was replaced again meanwhile
+        (that publish records its own change)."""
+        await self._device_keys.update_one(
+            {"_id": device_id, "identity_key": identity_key},
+            {"$set": {"identity_change_pending": False}},
         )
 
     async def device_keys(self, device_id: str) -> DeviceKeys | None:
@@ -96,8 +107,16 @@ class KeyStore:
         cursor = self._device_keys.find({"_id": {"$in": list(device_ids)}}).sort("_id", ASCENDING)
         return [_device_keys(doc) async for doc in cursor]
 
-    async def count_pre_keys(self, device_id: str) -> int:
-        return await self._pre_keys.count_documents({"device_id": device_id})
+    async def accounts_keys(self, account_ids: Sequence[str]) -> list[DeviceKeys]:
+        cursor = self._device_keys.find({"account_id": {"$in": list(account_ids)}})
+        return [_device_keys(doc) async for doc in cursor]
+
+    async def count_pre_keys(self, device_id: str, *, up_to: int | None = None) -> int:
+        """How many one-time prekeys the device holds; with ``up_to``, the
+        count stops there (enough to compare with a low-water mark)."""
+        if up_to is None:
+            return await self._pre_keys.count_documents({"device_id": device_id})
+        return await self._pre_keys.count_documents({"device_id": device_id}, limit=up_to)
 
     async def _conflicts(self, device_id: str, pre_keys: Sequence[PreKey]) -> list[int]:
         wanted = {_pre_key_id(device_id, k.key_id): k for k in pre_keys}
@@ -162,6 +181,9 @@ class KeyStore:
                 if result.deleted_count == 1:
                     return PreKey(key_id=int(doc["key_id"]), public_key=bytes(doc["public_key"]))
         return None
+
+    async def delete_pre_keys(self, device_id: str) -> None:
+        await self._pre_keys.delete_many({"device_id": device_id})
 
     async def delete_device(self, device_id: str) -> None:
         """Forget every key of a device (it was removed)."""

@@ -12,10 +12,18 @@ announced on the account's own channel (the stream then follows it and
 replays it from where the account joined); a conversation it leaves ends
 with the system message that says so, after which the stream stops
 following it.
+
+Key notices ride along without being part of the feed: those of the key
+directory arrive on the account's channel for one device or all of them; a
+device low on one-time prekeys is told again after SyncComplete at every
+stream start; and a group's remaining members are told to re-key right after
+each system message that records a departure (derived here, live and on
+replay alike, so nothing more is stored or published for it).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 
@@ -24,7 +32,7 @@ import structlog
 from parley_core.errors import NotFound
 from svc_message.domain.conversations import ConversationsHandler, Membership
 from svc_message.domain.leases import StreamLeases
-from svc_message.domain.ports import EventCodec
+from svc_message.domain.ports import EventCodec, PreKeyCounts
 from svc_message.domain.streams import (
     MAX_EVENTS_PER_WRITE,
     Hub,
@@ -77,6 +85,7 @@ class DeliveryService:
         replay_page_size: int,
         clock: Callable[[], float],
         leases: StreamLeases | None = None,
+        pre_keys: PreKeyCounts | None = None,
     ) -> None:
         self._hub = hub
         self._conversations = conversations
@@ -91,6 +100,7 @@ class DeliveryService:
         self._clock = clock
         # Keeps the devices of live streams online (presence); never awaited.
         self._leases = leases
+        self._pre_keys = pre_keys
 
     def open(self, *, account_id: str, device_id: str, expires_at: float) -> StreamSession:
         return StreamSession(
@@ -194,6 +204,50 @@ class DeliveryService:
         sync_token: str,
     ) -> AsyncGenerator[list[Envelope]]:
         """Replay, then SyncComplete, then live batches, until the session ends."""
+        events = self._events(session, positions=positions, sync_token=sync_token)
+        async with contextlib.aclosing(events):
+            async for batch in events:
+                yield self._with_rekeys(session, batch)
+
+    def _with_rekeys(self, session: StreamSession, batch: list[Envelope]) -> list[Envelope]:
+        """The batch with a re-key notice after each departure from a group,
+        except on the streams of those who left (nothing follows their
+        departure). Every envelope sent passes here, replayed or live."""
+        if not any(envelope.leaving for envelope in batch):
+            return batch
+        out: list[Envelope] = []
+        for envelope in batch:
+            out.append(envelope)
+            if (
+                envelope.leaving
+                and session.account_id not in envelope.leaving
+                # Still followed when sent; a stream that itself left the
+                # group later in the same batch has nothing to re-key.
+                and session.types.get(envelope.conversation_id) == GROUP
+            ):
+                out.append(self._codec.group_rekey(envelope.conversation_id, envelope.leaving))
+        return out
+
+    async def _low_on_pre_keys(self, session: StreamSession) -> list[Envelope]:
+        """A notice for a device still low on one-time prekeys: the live
+        notice may have been missed while it was offline."""
+        if self._pre_keys is None:
+            return []
+        try:
+            count = await self._pre_keys.low_count(session.device_id)
+        except Exception as exc:
+            # A hint: the stream is worth more than it.
+            log.warning("pre_key_count_unreadable", device=session.device_id, error=str(exc))
+            return []
+        return [] if count is None else [self._codec.pre_keys_low(session.device_id, count)]
+
+    async def _events(
+        self,
+        session: StreamSession,
+        *,
+        positions: dict[str, int],
+        sync_token: str,
+    ) -> AsyncGenerator[list[Envelope]]:
         conversations = await self._members.of_member(session.account_id)
         await self._hub.attach(session, (c.conversation_id for c in conversations))
         try:
@@ -226,6 +280,9 @@ class DeliveryService:
             async for batch in self._receipts(session, conversations, sync_token):
                 yield batch
             yield [self._codec.sync_complete(encode_sync_token(started))]
+            notice = await self._low_on_pre_keys(session)
+            if notice:
+                yield notice
             while True:
                 batch = await session.next_batch(clock=self._clock)
                 if session.resync_wanted:

@@ -7,6 +7,7 @@ the wire codec); unit tests of pure policy can pass simple stand-ins.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from svc_message.model import (
@@ -63,9 +64,50 @@ class EventCodec(Protocol):
         """A typing indicator from ``account_id``, shown for ``expires_seconds``."""
         ...
 
+    def pre_keys_low(self, device_id: str, count: int) -> Envelope:
+        """Tells one device that it holds only ``count`` one-time prekeys."""
+        ...
+
+    def group_rekey(self, conversation_id: str, account_ids: Iterable[str]) -> Envelope:
+        """Tells a group's remaining members that these accounts left it."""
+        ...
+
     def encode(self, envelope: Envelope) -> bytes: ...
 
     def decode(self, payload: bytes) -> Envelope | None: ...
+
+
+class PreKeyCounts(Protocol):
+    """The key directory's record of devices low on one-time prekeys
+    (parley_core.storage.key_notices.PreKeyLows)."""
+
+    async def low_count(self, device_id: str) -> int | None:
+        """The device's count while below the low-water mark, else None."""
+        ...
+
+
+class IdentityChangeRecord(Protocol):
+    @property
+    def change_id(self) -> str: ...
+
+    @property
+    def account_id(self) -> str: ...
+
+    @property
+    def device_id(self) -> str: ...
+
+
+class IdentityChangeOutbox(Protocol):
+    """Devices whose identity key changed, written by the key directory
+    (parley_core.storage.key_notices.IdentityChanges)."""
+
+    async def claim(
+        self, *, worker_id: str, now: datetime, lease: timedelta
+    ) -> IdentityChangeRecord | None:
+        """The oldest change nobody holds, now held for ``lease``."""
+        ...
+
+    async def done(self, change_id: str) -> None: ...
 
 
 class LeaseTouched(Protocol):

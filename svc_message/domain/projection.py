@@ -34,7 +34,7 @@ from typing import Protocol
 import structlog
 
 from parley_core.ids import random_id
-from svc_message.model import Change, ChangeKind
+from svc_message.model import Change, ChangeKind, Message, SystemAction
 from svc_message.storage.conversations import Commit, ConversationStore
 from svc_message.storage.messages import MessageStore
 from svc_message.storage.projection import ProjectorStore, first_id_at
@@ -79,6 +79,15 @@ def merge(into: dict[str, Commit], commits: Iterable[Commit]) -> None:
         into[commit.conversation_id] = merged
 
 
+def read_by_sender(message: Message) -> bool:
+    """Whether the item counts as read by its sender up to it. A new identity
+    key is written in the account's name by the server, not by someone who
+    read the conversation: counting it would mark unread messages read and
+    send peers read receipts nobody earned."""
+    system = message.system
+    return system is None or system.action != SystemAction.IDENTITY_CHANGED
+
+
 def commits_of(changes: Iterable[Change]) -> list[Commit]:
     merged: dict[str, Commit] = {}
     for change in changes:
@@ -87,7 +96,7 @@ def commits_of(changes: Iterable[Change]) -> list[Commit]:
             commit = Commit(
                 change.conversation_id,
                 message.summary(),
-                {message.sender_account_id: message.seq},
+                {message.sender_account_id: message.seq} if read_by_sender(message) else {},
                 change.version,
             )
         else:

@@ -186,6 +186,12 @@ class StreamSession:
         if self._error is not None:
             return
         if (
+            envelope.kind == EventKind.KEY_NOTICE
+            and envelope.device_id
+            and envelope.device_id != self.device_id
+        ):
+            return  # another device of the account: its keys are not ours
+        if (
             len(self._queue) >= self._limit
             or self._queued_bytes + envelope.size > self._byte_budget
         ):

@@ -34,6 +34,7 @@ def system_proto(system: SystemEvent) -> pb.SystemEvent:
         role=system.role,  # type: ignore[arg-type]
         title=system.title,
         avatar_ref=system.avatar_ref,
+        device_id=system.device_id,
     )
 
 
@@ -249,6 +250,18 @@ def _change_envelope(event: pb.Event, size: int = 0) -> Envelope | None:
     return None
 
 
+def _key_notice_envelope(event: pb.Event, size: int = 0) -> Envelope:
+    notice = event.key_notice
+    return Envelope(
+        EventKind.KEY_NOTICE,
+        notice.conversation_id,
+        0,
+        event,
+        size=size,
+        device_id=notice.device_id,
+    )
+
+
 class ProtoEventCodec:
     """Envelopes whose wire form is a parley.message.v1.Event."""
 
@@ -308,6 +321,20 @@ class ProtoEventCodec:
         )
         return Envelope(EventKind.TYPING, conversation_id, 0, event, account_id)
 
+    def pre_keys_low(self, device_id: str, count: int) -> Envelope:
+        notice = pb.KeyNotice(
+            kind=pb.KeyNotice.KIND_PRE_KEYS_LOW, pre_key_count=count, device_id=device_id
+        )
+        return _key_notice_envelope(pb.Event(key_notice=notice))
+
+    def group_rekey(self, conversation_id: str, account_ids: Iterable[str]) -> Envelope:
+        notice = pb.KeyNotice(
+            kind=pb.KeyNotice.KIND_GROUP_REKEY,
+            conversation_id=conversation_id,
+            account_ids=account_ids,
+        )
+        return _key_notice_envelope(pb.Event(key_notice=notice))
+
     def encode(self, envelope: Envelope) -> bytes:
         return cast(pb.Event, envelope.wire).SerializeToString()
 
@@ -346,4 +373,6 @@ class ProtoEventCodec:
         if kind == "typing":
             t = event.typing
             return Envelope(EventKind.TYPING, t.conversation_id, 0, event, t.account_id, size)
+        if kind == "key_notice":
+            return _key_notice_envelope(event, size)
         return None

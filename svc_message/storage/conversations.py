@@ -369,6 +369,20 @@ class ConversationStore:
         cursor = self._conversations.find({"member_ids": account_id})
         return [conversation_from_doc(doc) async for doc in cursor]
 
+    async def member_conversations(
+        self, account_id: str, *, types: Iterable[int], after: str, limit: int
+    ) -> list[Conversation]:
+        """The account's conversations of those types by id, after ``after``:
+        a walk that activity elsewhere cannot reorder."""
+        cursor = (
+            self._conversations.find(
+                {"member_ids": account_id, "type": {"$in": list(types)}, "_id": {"$gt": after}}
+            )
+            .sort("_id", ASCENDING)
+            .limit(limit)
+        )
+        return [conversation_from_doc(doc) async for doc in cursor]
+
     async def inbox_page(
         self,
         account_id: str,

@@ -5,7 +5,8 @@ from the database.
 Two kinds of channel: one per conversation (``parley:c:<id>``), on which
 every change of the conversation is published once, whatever its member
 count; and one per account (``parley:u:<id>``) for what concerns the account
-itself (added to a conversation, removed, its own settings). Each process
+itself (added to a conversation, removed, its own settings, and the key
+directory's notices, which svc_keys publishes there). Each process
 subscribes to the channels of the conversations and accounts that have a
 live stream on it, over a single pub/sub connection that reconnects by
 itself; after a reconnect the owner is told to resync, since events may have
@@ -23,16 +24,18 @@ from collections.abc import Callable, Iterable
 import structlog
 from redis.exceptions import RedisError
 
+from parley_core.storage.key_notices import ACCOUNT_CHANNEL_PREFIX, account_channel
 from parley_core.storage.redis import Redis
 
-ACCOUNT_PREFIX = "parley:u:"
+# The account channel is shared with svc_keys, which publishes key notices on it.
+ACCOUNT_PREFIX = ACCOUNT_CHANNEL_PREFIX
 CONVERSATION_PREFIX = "parley:c:"
 MEMBERSHIP_CHANNEL = "parley:membership"
 log = structlog.get_logger(__name__)
 
 
 def inbox(account_id: str) -> str:
-    return ACCOUNT_PREFIX + account_id
+    return account_channel(account_id)
 
 
 def topic(conversation_id: str) -> str:

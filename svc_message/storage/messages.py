@@ -59,6 +59,7 @@ def _system_from_doc(doc: Mapping[str, Any] | None) -> SystemEvent | None:
         role=doc.get("role", 0),
         title=doc.get("title", ""),
         avatar_ref=doc.get("avatar", ""),
+        device_id=doc.get("device", ""),
     )
 
 
@@ -70,6 +71,7 @@ def _system_doc(system: SystemEvent) -> Document:
         "role": system.role,
         "title": system.title,
         "avatar": system.avatar_ref,
+        **({"device": system.device_id} if system.device_id else {}),
     }
 
 

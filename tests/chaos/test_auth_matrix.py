@@ -136,6 +136,26 @@ def key_calls(key_service: keygrpc.KeyServiceStub, v: Victim) -> dict[str, Call]
         "GetPreKeyCount": lambda md: key_service.GetPreKeyCount(
             keypb.GetPreKeyCountRequest(), metadata=md
         ),
+        "GetDeviceKeys": lambda md: key_service.GetDeviceKeys(
+            keypb.GetDeviceKeysRequest(account_ids=[v.alice.account_id]), metadata=md
+        ),
+        "SendSenderKeys": lambda md: key_service.SendSenderKeys(
+            keypb.SendSenderKeysRequest(
+                request_id=rid(),
+                conversation_id=v.conversation,
+                envelopes=[
+                    keypb.SenderKeyEnvelope(
+                        recipient_account_id=v.alice.account_id,
+                        recipient_device_id=v.alice.device_id,
+                        ciphertext=b"intruder",
+                    )
+                ],
+            ),
+            metadata=md,
+        ),
+        "ClaimSenderKeys": lambda md: key_service.ClaimSenderKeys(
+            keypb.ClaimSenderKeysRequest(), metadata=md
+        ),
     }
 
 

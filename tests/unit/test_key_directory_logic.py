@@ -74,6 +74,9 @@ class _Keys:
     def __init__(self) -> None:
         self.stored: dict[str, object] = {}
 
+    async def device_keys(self, device_id: str) -> Any:
+        return self.stored.get(device_id)
+
     async def set_device_keys(self, keys: Any) -> None:
         self.stored[keys.device_id] = keys
 
@@ -82,6 +85,11 @@ class _Keys:
 
     async def delete_device(self, device_id: str) -> None:
         self.stored.pop(device_id, None)
+
+
+class _Lows:
+    async def record(self, **_: Any) -> None:
+        pass
 
 
 class _Accounts:
@@ -104,11 +112,15 @@ async def test_keys_published_by_a_device_revoked_meanwhile_are_removed(revoked:
         keys,  # type: ignore[arg-type]
         _Accounts(revoked),  # type: ignore[arg-type]
         BundleRateLimiter(_DownRedis(), burst=1, per_minute=1),  # type: ignore[arg-type]
+        pre_key_lows=_Lows(),  # type: ignore[arg-type]
+        identity_changes=None,  # type: ignore[arg-type]
+        notices=None,  # type: ignore[arg-type]
+        sender_keys=None,  # type: ignore[arg-type]
         max_pre_keys=1000,
     )
 
     async def publish() -> int:
-        return await handler.publish_keys(
+        published = await handler.publish_keys(
             account_id="acc",
             device_id="dev",
             identity_key=_raw(identity.public_key()),
@@ -116,6 +128,7 @@ async def test_keys_published_by_a_device_revoked_meanwhile_are_removed(revoked:
             pre_keys=[],
             now=1.0,
         )
+        return published.pre_key_count
 
     if revoked:
         with pytest.raises(Unauthenticated):

@@ -48,7 +48,9 @@ def test_every_mutating_rpc_has_a_request_id_and_every_list_pages() -> None:
 
     reads = {"GetAccount", "ListDevices", "GetConversation", "ListConversations", "ListMessages"}
     reads |= {"GetPresence", "SubscribePresence", "GetPresenceSettings", "GetPushSettings"}
-    reads |= {"GetPreKeyBundles", "GetPreKeyCount"}
+    reads |= {"GetPreKeyBundles", "GetPreKeyCount", "GetDeviceKeys"}
+    # Hands each envelope out at most once: a retry gets whatever is next.
+    reads |= {"ClaimSenderKeys"}
     # Setting a value or a set membership: a retry leaves the same state, so
     # no request id is needed to make it safe (AIP-155 is for the rest).
     naturally_idempotent = {

@@ -64,6 +64,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The caller's contact list is full (RESOURCE_EXHAUSTED)."""
     ERROR_REASON_TOO_MANY_PRE_KEYS: _ErrorReason.ValueType  # 28
     """The device holds the most one-time prekeys it may (RESOURCE_EXHAUSTED)."""
+    ERROR_REASON_TOO_MANY_ENVELOPES: _ErrorReason.ValueType  # 29
+    """A recipient device holds the most unclaimed sender-key envelopes it may
+    (RESOURCE_EXHAUSTED).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reasons carried in google.rpc.ErrorInfo.reason (AIP-193).
@@ -113,6 +117,10 @@ ERROR_REASON_TOO_MANY_CONTACTS: ErrorReason.ValueType  # 27
 """The caller's contact list is full (RESOURCE_EXHAUSTED)."""
 ERROR_REASON_TOO_MANY_PRE_KEYS: ErrorReason.ValueType  # 28
 """The device holds the most one-time prekeys it may (RESOURCE_EXHAUSTED)."""
+ERROR_REASON_TOO_MANY_ENVELOPES: ErrorReason.ValueType  # 29
+"""A recipient device holds the most unclaimed sender-key envelopes it may
+(RESOURCE_EXHAUSTED).
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _Platform:
