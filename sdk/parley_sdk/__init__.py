@@ -10,12 +10,20 @@
 """
 
 from parley_sdk._conversations import ConversationMethods
-from parley_sdk._key_models import OneTimePreKey, PreKeyBundle, SignedPreKey
+from parley_sdk._key_models import (
+    DeviceKey,
+    OneTimePreKey,
+    PreKeyBundle,
+    SenderKeyEnvelope,
+    SignedPreKey,
+)
 from parley_sdk._keys import KeyMethods
 from parley_sdk._messages import MessageMethods
 from parley_sdk._paging import MessageReceiptPager, Pager
 from parley_sdk._presence import OnlineKeeper, PresenceMethods, PresenceSubscription
 from parley_sdk._push import PushMethods
+from parley_sdk._secure import NoRecipientDevicesError
+from parley_sdk._secure_client import NotEncryptedError, SecureMethods
 from parley_sdk._session import NotSignedInError
 from parley_sdk.client import (
     DEFAULT_KEYS_TARGET,
@@ -24,8 +32,15 @@ from parley_sdk.client import (
     DEFAULT_STREAM_RETRY_POLICY,
     Client,
     ConnectOptions,
+    StoreLike,
 )
 from parley_sdk.credentials import Credentials
+from parley_sdk.e2ee import (
+    DecryptionError,
+    DeviceStore,
+    MissingSenderKeyError,
+    UntrustedIdentityError,
+)
 from parley_sdk.errors import (
     AbortedError,
     AlreadyExistsError,
@@ -47,6 +62,7 @@ from parley_sdk.errors import (
     TokenExpiredError,
     TokenRevokedError,
     TooManyContactsError,
+    TooManyEnvelopesError,
     TooManyPinsError,
     TooManyPreKeysError,
     UnauthenticatedError,
@@ -63,12 +79,15 @@ from parley_sdk.models import (
     ConversationEvent,
     ConversationType,
     ConversationView,
+    DecryptedMessage,
     DeleteScope,
     Device,
     Direction,
     DoNotDisturb,
     GroupReceiptsEvent,
     InboxSettings,
+    KeyNoticeEvent,
+    KeyNoticeKind,
     Member,
     MembershipState,
     Message,
@@ -133,9 +152,13 @@ __all__ = [
     "ConversationView",
     "Credentials",
     "DeadlineExceededError",
+    "DecryptedMessage",
+    "DecryptionError",
     "DeleteScope",
     "DeliveryStream",
     "Device",
+    "DeviceKey",
+    "DeviceStore",
     "Direction",
     "DoNotDisturb",
     "ErrorReason",
@@ -147,6 +170,8 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "KeyMethods",
+    "KeyNoticeEvent",
+    "KeyNoticeKind",
     "LastOwnerError",
     "Member",
     "MembershipState",
@@ -162,6 +187,9 @@ __all__ = [
     "MessageReceiptPager",
     "MessageSummary",
     "MessageType",
+    "MissingSenderKeyError",
+    "NoRecipientDevicesError",
+    "NotEncryptedError",
     "NotFoundError",
     "NotSignedInError",
     "NotTheSenderError",
@@ -193,8 +221,11 @@ __all__ = [
     "RetryPolicy",
     "Role",
     "RoleRequiredError",
+    "SecureMethods",
+    "SenderKeyEnvelope",
     "SettingsEvent",
     "SignedPreKey",
+    "StoreLike",
     "StreamEvent",
     "StreamPosition",
     "SyncCompleteEvent",
@@ -204,6 +235,7 @@ __all__ = [
     "TokenExpiredError",
     "TokenRevokedError",
     "TooManyContactsError",
+    "TooManyEnvelopesError",
     "TooManyPinsError",
     "TooManyPreKeysError",
     "TypingIndicatorEvent",
@@ -211,6 +243,7 @@ __all__ = [
     "TypingTracker",
     "UnauthenticatedError",
     "UnavailableError",
+    "UntrustedIdentityError",
     "Visibility",
     "Watermarks",
     "WrongConversationTypeError",

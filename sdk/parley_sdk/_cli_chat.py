@@ -74,7 +74,12 @@ async def describe_change(event: StreamEvent, directory: Directory) -> str | Non
     """An edit, deletion or reaction in words (without the conversation); None otherwise."""
     if isinstance(event, MessageEditedEvent):
         edit = event.edit
-        body = one_line(edit.body.decode("utf-8", errors="replace"))
+        if event.text is not None:
+            body = one_line(event.text)
+        elif event.decryption_error is not None:
+            body = f"<cannot decrypt: {one_line(event.decryption_error)}>"
+        else:
+            body = one_line(edit.body.decode("utf-8", errors="replace"))
         return f"#{edit.seq} edited {local_time(edit.edit_time)}: {body}"
     if isinstance(event, MessageDeletedEvent):
         deletion = event.deletion
@@ -101,7 +106,14 @@ async def run_follow(
     async def consume() -> None:
         async for event in stream:
             if isinstance(event, MessageEvent):
-                emit("message " + await format_message(event.message, directory, conversation=True))
+                line = await format_message(
+                    event.message,
+                    directory,
+                    conversation=True,
+                    text=event.text,
+                    error=event.decryption_error,
+                )
+                emit("message " + line)
             elif isinstance(event, SystemMessageEvent):
                 emit("system " + await format_message(event.message, directory, conversation=True))
             elif isinstance(event, MessageEditedEvent | MessageDeletedEvent | ReactionChangedEvent):
@@ -223,7 +235,11 @@ async def run_chat(
                     message.sender_device_id == my_device
                 ):
                     continue
-                emit(await format_message(message, directory))
+                emit(
+                    await format_message(
+                        message, directory, text=event.text, error=event.decryption_error
+                    )
+                )
                 if message.sender_account_id != client.account_id and message.seq > read_up_to:
                     read_up_to = message.seq
                     # Shown in a chat window is read; the peer sees it as a receipt.
@@ -250,8 +266,8 @@ async def run_chat(
             text = line.rstrip("\r\n")
             if not text.strip():
                 continue
-            message = await client.send_message(conversation_id, text.encode())
-            emit(await format_message(message, directory))
+            sent = await client.send_text(conversation_id, text)
+            emit(await format_message(sent.message, directory, text=sent.text))
         if linger > 0:
             await asyncio.sleep(linger)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from parley_sdk._cli_output import warn
 from parley_sdk._cli_profiles import Profile, ProfileError, ProfileStore
+from parley_sdk._secure import NoRecipientDevicesError
 from parley_sdk.client import (
     DEFAULT_KEYS_TARGET,
     DEFAULT_MESSAGE_TARGET,
@@ -126,6 +127,10 @@ def run(command: Command, args: argparse.Namespace, *, interrupt_code: int) -> i
     except (ProfileError, UsageError) as error:
         warn(f"error: {error}")
         return 2
+    except NoRecipientDevicesError as error:
+        warn(f"error: {error}")
+        warn("hint: they need a client with end-to-end encryption (a newer `parley`)")
+        return 1
     except UnauthenticatedError as error:
         warn(f"error: {error}")
         warn(f"hint: the profile {args.profile!r} may be signed out; `parley signup` again")
@@ -150,13 +155,21 @@ async def connect(args: argparse.Namespace, store: ProfileStore) -> tuple[Client
         # Reloaded first so as not to undo what `follow` saved meanwhile.
         store.save(store.load(profile.name).with_credentials(credentials))
 
-    client = await Client.connect(
-        keys_target=args.keys_target or profile.keys_target,
-        message_target=args.message_target or profile.message_target,
-        presence_target=args.presence_target or profile.presence_target,
-        credentials=profile.credentials,
-        on_credentials_changed=persist,
-    )
+    device_store = store.device_store_path(profile.name)
+    if not device_store.exists():
+        # A profile from before encryption: its device gets keys on this connect.
+        store.new_device_store(profile.name)
+    try:
+        client = await Client.connect(
+            keys_target=args.keys_target or profile.keys_target,
+            message_target=args.message_target or profile.message_target,
+            presence_target=args.presence_target or profile.presence_target,
+            credentials=profile.credentials,
+            on_credentials_changed=persist,
+            store=device_store,
+        )
+    except ValueError as error:  # the store belongs to another device
+        raise ProfileError(f"profile {profile.name!r}: {error}") from None
     return client, profile
 
 

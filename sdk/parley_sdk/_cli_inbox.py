@@ -125,7 +125,7 @@ async def _edit(args: argparse.Namespace) -> int:
     client, conversation_id, _ = await _target(args)
     async with client:
         message_id = await resolve_message(client, conversation_id, args.message)
-        edit = await client.edit_message(conversation_id, message_id, " ".join(args.text).encode())
+        edit = await client.edit_text(conversation_id, message_id, " ".join(args.text))
         emit(f"edited #{edit.seq} message={message_id}")
     return 0
 

@@ -58,9 +58,15 @@ def one_line(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
 
 
-def render_body(message: Message) -> str:
+def render_body(message: Message, text: str | None = None, error: str | None = None) -> str:
+    """The decrypted ``text`` if there is one; without, why not, or (for clients
+    without encryption) the body as UTF-8."""
     if message.deleted:
         return "<deleted>"
+    if text is not None:
+        return one_line(text)
+    if error is not None:
+        return f"<cannot decrypt: {one_line(error)}>"
     if int(message.type) in (MessageType.TEXT, MessageType.UNSPECIFIED):
         return one_line(message.body.decode("utf-8", errors="replace"))
     kind = MessageType(message.type).name.lower()
@@ -118,8 +124,15 @@ async def describe_system(message: Message, directory: Directory) -> str:
 
 
 async def format_message(
-    message: Message, directory: Directory, *, with_date: bool = False, conversation: bool = False
+    message: Message,
+    directory: Directory,
+    *,
+    with_date: bool = False,
+    conversation: bool = False,
+    text: str | None = None,
+    error: str | None = None,
 ) -> str:
+    """One history line; ``text``/``error`` are the decryption's outcome."""
     where = f"{message.conversation_id} " if conversation else ""
     when = local_time(message.create_time, with_date=with_date)
     if MessageType(message.type) is MessageType.SYSTEM:
@@ -131,7 +144,7 @@ async def format_message(
     if message.reply_to_message_id:
         marks.append(f"(reply to {message.reply_to_message_id})")
     prefix = " ".join(marks) + " " if marks else ""
-    line = f"{where}#{message.seq} {when} @{sender}: {prefix}{render_body(message)}"
+    line = f"{where}#{message.seq} {when} @{sender}: {prefix}{render_body(message, text, error)}"
     # A tombstone shows only that it was deleted.
     if message.edited and not message.deleted:
         line += " (edited)"

@@ -2,7 +2,9 @@
 
 Files live in ``$PARLEY_HOME`` (or ``~/.parley-cli``) as ``<profile>.json``,
 readable by the owner only, since they hold a refresh token that signs in as
-the device until it is revoked.
+the device until it is revoked. Beside each, ``<profile>.db`` is the device's
+end-to-end encryption store (private keys, sessions, decrypted history), also
+owner-only.
 """
 
 from __future__ import annotations
@@ -87,6 +89,23 @@ class ProfileStore:
         if not _PROFILE_NAME.match(name):
             raise ProfileError(f"invalid profile name {name!r}: use letters, digits, '_', '.', '-'")
         return self.home / f"{name}.json"
+
+    def device_store_path(self, name: str) -> Path:
+        """The profile's encryption store (SQLite), next to its JSON file."""
+        return self.path(name).with_suffix(".db")
+
+    def new_device_store(self, name: str) -> Path:
+        """An empty, owner-only encryption store for a new device of the profile;
+        the previous device's store (and its keys) is deleted."""
+        path = self.device_store_path(name)
+        for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Created 0600 before SQLite opens it: SQLite gives its -wal and -shm
+        # files the database file's permissions.
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
+        return path
 
     def exists(self, name: str) -> bool:
         return self.path(name).exists()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Self
 
 from parley.keys.v1 import keys_pb2
 
-__all__ = ["OneTimePreKey", "PreKeyBundle", "SignedPreKey"]
+__all__ = ["DeviceKey", "OneTimePreKey", "PreKeyBundle", "SenderKeyEnvelope", "SignedPreKey"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,4 +86,62 @@ class PreKeyBundle:
             signed_pre_key=SignedPreKey.from_proto(proto.signed_pre_key),
             one_time_pre_key=one_time,
             exhausted=proto.one_time_pre_key_exhausted,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceKey:
+    """The identity key a device of an account published (GetDeviceKeys)."""
+
+    account_id: str
+    device_id: str
+    identity_key: bytes
+
+    @classmethod
+    def from_proto(cls, proto: keys_pb2.DeviceKey) -> Self:
+        return cls(
+            account_id=proto.account_id,
+            device_id=proto.device_id,
+            identity_key=proto.identity_key,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SenderKeyEnvelope:
+    """A group sender key sealed (pairwise) for one recipient device.
+
+    To send one, set the recipient and ``ciphertext``; the server fills in the
+    rest, which :meth:`KeyMethods.claim_sender_keys` returns.
+    """
+
+    recipient_account_id: str
+    recipient_device_id: str
+    ciphertext: bytes
+    conversation_id: str = ""
+    sender_account_id: str = ""
+    sender_device_id: str = ""
+    envelope_id: str = ""
+    create_time: datetime | None = None
+
+    def to_proto(self) -> keys_pb2.SenderKeyEnvelope:
+        return keys_pb2.SenderKeyEnvelope(
+            recipient_account_id=self.recipient_account_id,
+            recipient_device_id=self.recipient_device_id,
+            ciphertext=self.ciphertext,
+        )
+
+    @classmethod
+    def from_proto(cls, proto: keys_pb2.SenderKeyEnvelope) -> Self:
+        created = None
+        if proto.HasField("create_time"):
+            created = proto.create_time.ToDatetime(tzinfo=UTC)
+        return cls(
+            recipient_account_id=proto.recipient_account_id,
+            recipient_device_id=proto.recipient_device_id,
+            ciphertext=proto.ciphertext,
+            conversation_id=proto.conversation_id,
+            sender_account_id=proto.sender_account_id,
+            sender_device_id=proto.sender_device_id,
+            envelope_id=proto.envelope_id,
+            create_time=created,
         )

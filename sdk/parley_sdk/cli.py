@@ -1,8 +1,8 @@
 """Chat commands of the ``parley`` console script (``parley signup``, ``send``, ``chat``...).
 
-``parley_dev.cli`` owns the parser and calls :func:`register_commands`. Message
-bodies are sent as plain UTF-8 for now: end-to-end encryption arrives in a later
-version, and the server already treats bodies as opaque ciphertext.
+``parley_dev.cli`` owns the parser and calls :func:`register_commands`. Messages
+are end-to-end encrypted: each profile keeps its device's keys and decrypted
+history in ``<profile>.db`` beside its JSON file (channels are not encrypted).
 
 Where a command takes a CONVERSATION, it is a conversation id (``parley inbox``
 lists them) or ``@HANDLE`` for the direct conversation with that account; a
@@ -42,8 +42,8 @@ from parley_sdk.models import ArchiveFilter, Direction, Platform
 
 __all__ = ["register_commands"]
 
-PLAINTEXT_NOTE = (
-    "Bodies are sent as plain UTF-8 for now; end-to-end encryption comes in a later version."
+ENCRYPTION_NOTE = (
+    "Messages are end-to-end encrypted (except in channels, which any subscriber may read)."
 )
 
 
@@ -66,7 +66,7 @@ def register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     send = add(
         "send",
         _send,
-        f"send a text message to @HANDLE or to a conversation id. {PLAINTEXT_NOTE}",
+        f"send a text message to @HANDLE or to a conversation id. {ENCRYPTION_NOTE}",
     )
     send.add_argument("peer", metavar="@HANDLE|CONVERSATION")
     send.add_argument("text", metavar="TEXT", nargs="+", help="words are joined with spaces")
@@ -93,7 +93,7 @@ def register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     chat = add(
         "chat",
         _chat,
-        "chat with @HANDLE: print their messages live, send each stdin line. " + PLAINTEXT_NOTE,
+        "chat with @HANDLE: print their messages live, send each stdin line. " + ENCRYPTION_NOTE,
         interrupt_code=0,
     )
     chat.add_argument("peer", metavar="@HANDLE")
@@ -129,6 +129,7 @@ async def _signup(args: argparse.Namespace) -> int:
         keys_target=keys_target,
         message_target=message_target,
         presence_target=presence_target,
+        store=store.new_device_store(args.profile),
     ) as client:
         credentials = client.credentials
         assert credentials is not None
@@ -178,12 +179,13 @@ async def _send(args: argparse.Namespace) -> int:
         reply_to = ""
         if args.reply_to:
             reply_to = await resolve_message(client, conversation_id, args.reply_to)
-        message = await client.send_message(
+        sent = await client.send_text(
             conversation_id,
-            " ".join(args.text).encode(),
+            " ".join(args.text),
             reply_to_message_id=reply_to,
             forwarded=args.forwarded,
         )
+        message = sent.message
         to = f"@{handle(args.peer)}" if args.peer != conversation_id else conversation_id
         emit(
             f"sent #{message.seq} to {to} at {local_time(message.create_time)} "
@@ -207,8 +209,14 @@ async def _history(args: argparse.Namespace) -> int:
                 break
         if not newest_first:
             emit("(no messages)")
+        # Oldest first, the order their keys were made in.
         for message in reversed(newest_first):
-            emit(await format_message(message, directory, with_date=True))
+            decrypted = await client.decrypt(message)
+            emit(
+                await format_message(
+                    message, directory, with_date=True, text=decrypted.text, error=decrypted.error
+                )
+            )
     return 0
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import inspect
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypedDict, Unpack
@@ -18,9 +20,19 @@ from parley_sdk._messages import MessageMethods
 from parley_sdk._paging import Pager
 from parley_sdk._presence import PresenceMethods
 from parley_sdk._push import PushMethods
+from parley_sdk._secure import E2EE
+from parley_sdk._secure_client import SecureMethods
 from parley_sdk._session import CredentialsListener, NotSignedInError, Session
 from parley_sdk.credentials import Credentials
-from parley_sdk.models import Account, Device, Platform, RegisteredDevice, StreamPosition
+from parley_sdk.e2ee import DeviceStore
+from parley_sdk.models import (
+    Account,
+    ConversationView,
+    Device,
+    Platform,
+    RegisteredDevice,
+    StreamPosition,
+)
 from parley_sdk.retry import RetryPolicy, new_request_id
 from parley_sdk.stream import DeliveryStream
 
@@ -31,7 +43,14 @@ __all__ = [
     "DEFAULT_STREAM_RETRY_POLICY",
     "Client",
     "ConnectOptions",
+    "StoreLike",
 ]
+
+StoreLike = str | os.PathLike[str] | DeviceStore
+"""Where a device keeps its encryption state: a SQLite file path, or an open store."""
+
+# The store's settings key for the device's credentials (JSON).
+_CREDENTIALS_SETTING = "credentials"
 
 DEFAULT_KEYS_TARGET = "127.0.0.1:7101"
 DEFAULT_MESSAGE_TARGET = "127.0.0.1:7102"
@@ -63,13 +82,40 @@ class ConnectOptions(TypedDict, total=False):
     refresh_margin: timedelta
     on_credentials_changed: CredentialsListener | None
     channel_options: Sequence[tuple[str, Any]]
+    store: StoreLike | None
+
+
+def _open_store(store: StoreLike) -> tuple[DeviceStore, bool]:
+    """The store, and whether the client opened it (so closes it)."""
+    if isinstance(store, DeviceStore):
+        return store, False
+    return DeviceStore.open(store), True
+
+
+def _stored_credentials(store: DeviceStore) -> Credentials | None:
+    saved = store.get_setting(_CREDENTIALS_SETTING)
+    return None if saved is None else Credentials.from_json(saved)
+
+
+def _saving_to(store: DeviceStore, listener: CredentialsListener | None) -> CredentialsListener:
+    async def save(credentials: Credentials) -> None:
+        # Refresh tokens are single use: the store must hold the newest one.
+        store.set_setting(_CREDENTIALS_SETTING, credentials.to_json())
+        if listener is not None:
+            result = listener(credentials)
+            if inspect.isawaitable(result):
+                await result
+
+    return save
 
 
 def _platform(value: Platform) -> common_pb2.Platform.ValueType:
     return common_pb2.Platform.ValueType(int(value))
 
 
-class Client(ConversationMethods, MessageMethods, PresenceMethods, PushMethods, KeyMethods):
+class Client(
+    SecureMethods, ConversationMethods, MessageMethods, PresenceMethods, PushMethods, KeyMethods
+):
     """A connection to one Parley deployment, acting as one device.
 
     Create it with :meth:`connect` (existing credentials, or none to only sign up)
@@ -86,6 +132,11 @@ class Client(ConversationMethods, MessageMethods, PresenceMethods, PushMethods, 
     key directory methods of :class:`KeyMethods`, and :meth:`events`, the
     delivery stream. Paged lists return async iterators that fetch pages as
     they are consumed.
+
+    Connected with a ``store``, it is end-to-end encrypted
+    (:class:`SecureMethods`: :meth:`send_text`, :meth:`decrypt`,
+    :meth:`read_history`), and its delivery stream decrypts messages and acts
+    on key notices before yielding them.
     """
 
     @classmethod
@@ -104,6 +155,11 @@ class Client(ConversationMethods, MessageMethods, PresenceMethods, PushMethods, 
         refresh_margin: timedelta = timedelta(seconds=60),
         on_credentials_changed: CredentialsListener | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
+        store: StoreLike | None = None,
+        handle: str | None = None,
+        display_name: str = "",
+        device_name: str | None = None,
+        platform: Platform = Platform.CLI,
     ) -> Client:
         """Opens channels to the keys, message and presence services.
 
@@ -114,7 +170,43 @@ class Client(ConversationMethods, MessageMethods, PresenceMethods, PushMethods, 
         ``channel_credentials`` switches to TLS. ``on_credentials_changed`` (sync
         or async) gets every refreshed :class:`Credentials`; persist them, since
         the previous refresh token stops working.
+
+        ``store`` (a SQLite path, one per device) turns end-to-end encryption
+        on. Credentials then come from ``credentials``, else the store, else a
+        sign-up with ``handle``, ``display_name``, ``device_name`` and
+        ``platform`` (``ValueError`` if none of these). Every refreshed
+        :class:`Credentials` is saved in the store (and still passed to
+        ``on_credentials_changed``). Then the device's keys are ensured: a new
+        identity is created and published (with 100 one-time prekeys) when the
+        store has none, else prekeys are topped up to 100 when below 20. A
+        store holds one device: credentials of another are a ``ValueError``.
+        Without a store, ``handle`` signs up too when no credentials are given.
         """
+        device_store, owns_store = _open_store(store) if store is not None else (None, False)
+        try:
+            if device_store is not None:
+                stored = _stored_credentials(device_store)
+                if credentials is None:
+                    credentials = stored
+                elif stored is not None and (stored.account_id, stored.device_id) != (
+                    credentials.account_id,
+                    credentials.device_id,
+                ):
+                    raise ValueError(
+                        f"the store belongs to device {stored.device_id} of account "
+                        f"{stored.account_id}; use another store for these credentials"
+                    )
+                else:
+                    device_store.set_setting(_CREDENTIALS_SETTING, credentials.to_json())
+                on_credentials_changed = _saving_to(device_store, on_credentials_changed)
+                if credentials is None and not handle:
+                    raise ValueError(
+                        "the store holds no credentials: pass credentials= or handle= to sign up"
+                    )
+        except BaseException:
+            if owns_store and device_store is not None:
+                device_store.close()
+            raise
         options = [*_DEFAULT_CHANNEL_OPTIONS, *channel_options]
 
         def open_channel(target: str) -> aio.Channel:
@@ -133,7 +225,25 @@ class Client(ConversationMethods, MessageMethods, PresenceMethods, PushMethods, 
             refresh_margin=refresh_margin,
             on_credentials_changed=on_credentials_changed,
         )
-        return cls(session, page_size=page_size)
+        client = cls(session, page_size=page_size)
+        try:
+            if credentials is None and handle:
+                await client._sign_up(
+                    handle=handle,
+                    display_name=display_name,
+                    device_name=device_name or handle,
+                    platform=platform,
+                )
+            if device_store is not None:
+                client._e2ee = E2EE(client, device_store, owns_store=owns_store)
+                owns_store = False  # the client closes it now
+                client.identity_changed_on_connect = await client._e2ee.ensure_keys()
+        except BaseException:
+            await client.close()
+            if owns_store and device_store is not None:
+                device_store.close()
+            raise
+        return client
 
     @classmethod
     async def sign_up(
@@ -152,7 +262,31 @@ class Client(ConversationMethods, MessageMethods, PresenceMethods, PushMethods, 
 
         ``options`` are those of :meth:`connect`. Read the new identity from
         :attr:`credentials` (``account_id``, ``device_id``) and persist it.
+        With ``store``, the new device's credentials and keys go into it (a
+        store that already holds a device's credentials is a ``ValueError``).
         """
+        store = options.get("store")
+        if store is not None:
+            if isinstance(store, DeviceStore):
+                taken = _stored_credentials(store) is not None
+            else:
+                peek = DeviceStore.open(store)
+                try:
+                    taken = _stored_credentials(peek) is not None
+                finally:
+                    peek.close()
+            if taken:
+                raise ValueError("the store already holds a device's credentials")
+            return await cls.connect(
+                keys_target=keys_target,
+                message_target=message_target,
+                presence_target=presence_target,
+                handle=handle,
+                display_name=display_name,
+                device_name=device_name,
+                platform=platform,
+                **options,
+            )
         client = await cls.connect(
             keys_target=keys_target,
             message_target=message_target,
@@ -191,6 +325,8 @@ class Client(ConversationMethods, MessageMethods, PresenceMethods, PushMethods, 
 
     async def close(self) -> None:
         await self._session.close()
+        if self._e2ee is not None:
+            self._e2ee.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -300,5 +436,33 @@ class Client(ConversationMethods, MessageMethods, PresenceMethods, PushMethods, 
         receipts). The stream opens on first iteration or ``async with``.
         """
         return DeliveryStream(
-            self._session, positions=positions, sync_token=sync_token, auto_ack=auto_ack
+            self._session,
+            positions=positions,
+            sync_token=sync_token,
+            auto_ack=auto_ack,
+            prepare=None if self._e2ee is None else self._e2ee.prepare,
         )
+
+    # -- membership changes the sender keys follow at once -----------------------------
+
+    async def add_members(
+        self, conversation_id: str, account_ids: Iterable[str], *, request_id: str | None = None
+    ) -> ConversationView:
+        """As :meth:`ConversationMethods.add_members`; an encrypted client's next
+        send in the group also hands its sender key to the new members' devices."""
+        view = await super().add_members(conversation_id, account_ids, request_id=request_id)
+        if self._e2ee is not None:
+            self._e2ee.groups.forget_members(conversation_id)
+        return view
+
+    async def remove_member(
+        self, conversation_id: str, account_id: str, *, request_id: str | None = None
+    ) -> ConversationView:
+        """As :meth:`ConversationMethods.remove_member`; an encrypted client also
+        starts a new sender key for the group, so the removed member cannot
+        read what it sends next."""
+        view = await super().remove_member(conversation_id, account_id, request_id=request_id)
+        if self._e2ee is not None:
+            # Not waiting for the stream: the next send must not reach them.
+            self._e2ee.groups.on_departure(conversation_id, [account_id], from_notice=False)
+        return view

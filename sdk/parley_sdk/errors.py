@@ -42,6 +42,7 @@ __all__ = [
     "TokenExpiredError",
     "TokenRevokedError",
     "TooManyContactsError",
+    "TooManyEnvelopesError",
     "TooManyPinsError",
     "TooManyPreKeysError",
     "UnauthenticatedError",
@@ -87,6 +88,7 @@ class ErrorReason(enum.StrEnum):
     TOO_MANY_PINS = "ERROR_REASON_TOO_MANY_PINS"
     TOO_MANY_CONTACTS = "ERROR_REASON_TOO_MANY_CONTACTS"
     TOO_MANY_PRE_KEYS = "ERROR_REASON_TOO_MANY_PRE_KEYS"
+    TOO_MANY_ENVELOPES = "ERROR_REASON_TOO_MANY_ENVELOPES"
 
 
 class ParleyError(Exception):
@@ -209,6 +211,10 @@ class TooManyPreKeysError(ResourceExhaustedError):
     """The device already holds the most one-time prekeys it may upload."""
 
 
+class TooManyEnvelopesError(ResourceExhaustedError):
+    """A recipient device holds the most unclaimed sender-key envelopes it may."""
+
+
 class UnavailableError(ParleyError):
     pass
 
@@ -256,6 +262,7 @@ _BY_REASON: dict[tuple[grpc.StatusCode, str], type[ParleyError]] = {
     (grpc.StatusCode.FAILED_PRECONDITION, ErrorReason.TOO_MANY_PINS): TooManyPinsError,
     (grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.TOO_MANY_CONTACTS): TooManyContactsError,
     (grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.TOO_MANY_PRE_KEYS): TooManyPreKeysError,
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.TOO_MANY_ENVELOPES): TooManyEnvelopesError,
 }
 
 _GRPC_CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}

@@ -20,6 +20,7 @@ from typing import Self
 
 from parley.keys.v1 import accounts_pb2
 from parley.message.v1 import messages_pb2
+from parley_sdk._e2ee_models import DecryptedMessage, KeyNoticeEvent, KeyNoticeKind
 from parley_sdk._presence_models import (
     Availability,
     Contact,
@@ -41,12 +42,15 @@ __all__ = [
     "ConversationEvent",
     "ConversationType",
     "ConversationView",
+    "DecryptedMessage",
     "DeleteScope",
     "Device",
     "Direction",
     "DoNotDisturb",
     "GroupReceiptsEvent",
     "InboxSettings",
+    "KeyNoticeEvent",
+    "KeyNoticeKind",
     "Member",
     "MembershipState",
     "Message",
@@ -199,6 +203,8 @@ class SystemAction(_WireEnum):
     ROLE_CHANGED = 5
     INFO_CHANGED = 6
     SUBSCRIBED = 7
+    IDENTITY_CHANGED = 8
+    """A device of the actor (``device_id``) got a new identity key: it was re-installed."""
 
 
 # -- inbox settings -------------------------------------------------------------------
@@ -300,9 +306,16 @@ def positions_proto(
 
 @dataclass(frozen=True, slots=True)
 class MessageEvent:
-    """A new message (not a system message: see :class:`SystemMessageEvent`)."""
+    """A new message (not a system message: see :class:`SystemMessageEvent`).
+
+    From a client with a store, ``text`` is the decrypted text, or None with
+    ``decryption_error`` saying why it could not be read. Without a store
+    both stay None.
+    """
 
     message: Message
+    text: str | None = None
+    decryption_error: str | None = None
 
     @property
     def conversation_id(self) -> str:
@@ -357,12 +370,23 @@ class SystemMessageEvent:
     def avatar_ref(self) -> str:
         return self.message.system.avatar_ref
 
+    @property
+    def device_id(self) -> str:
+        """IDENTITY_CHANGED: the actor's device whose identity key changed."""
+        return self.message.system.device_id
+
 
 @dataclass(frozen=True, slots=True)
 class MessageEditedEvent:
-    """A message's body was replaced by its sender."""
+    """A message's body was replaced by its sender.
+
+    From a client with a store, ``text`` is the new text decrypted, or None
+    with ``decryption_error`` saying why.
+    """
 
     edit: MessageEdited
+    text: str | None = None
+    decryption_error: str | None = None
 
     @property
     def conversation_id(self) -> str:
@@ -478,6 +502,7 @@ StreamEvent = (
     | SyncCompleteEvent
     | TypingIndicatorEvent
     | PongEvent
+    | KeyNoticeEvent
 )
 
 # Events that carry a change-feed version: they move a stream position.
@@ -523,6 +548,8 @@ def event_from_proto(event: messages_pb2.Event) -> StreamEvent | None:
         return SettingsEvent(event.settings)
     if kind == "sync_complete":
         return SyncCompleteEvent(event.sync_complete.sync_token)
+    if kind == "key_notice":
+        return KeyNoticeEvent.from_proto(event.key_notice)
     if kind == "pong":
         return PongEvent(event.pong.nonce)
     if kind == "typing":

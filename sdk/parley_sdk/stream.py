@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Self
 
@@ -29,9 +29,13 @@ from parley_sdk.models import (
 )
 from parley_sdk.typing_indicators import TypingThrottle
 
-__all__ = ["DeliveryStream", "PositionTracker"]
+__all__ = ["DeliveryStream", "EventPreparer", "PositionTracker"]
 
 _Call = aio.StreamStreamCall[messages_pb2.ClientEvent, messages_pb2.ServerEvent]
+
+EventPreparer = Callable[[StreamEvent], Awaitable[StreamEvent]]
+"""Runs on each new event before it is yielded (so before it is acked), e.g. to
+decrypt a message; returns the event to yield."""
 
 
 def reconnectable(error: ParleyError) -> bool:
@@ -172,8 +176,10 @@ class DeliveryStream:
         positions: Mapping[str, StreamPosition] | None,
         sync_token: str,
         auto_ack: bool,
+        prepare: EventPreparer | None = None,
     ) -> None:
         self._session = session
+        self._prepare = prepare
         self._tracker = PositionTracker(positions)
         self._sync_token = sync_token
         self._auto_ack = auto_ack
@@ -351,6 +357,8 @@ class DeliveryStream:
                             event = event_from_proto(proto_event)
                             if event is None or self._tracker.is_replay(event):
                                 continue
+                            if self._prepare is not None:
+                                event = await self._prepare(event)
                             if isinstance(event, SyncCompleteEvent):
                                 self._sync_token = event.sync_token
                                 self._synced = True

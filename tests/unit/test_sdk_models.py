@@ -20,10 +20,13 @@ from parley_sdk import (
     Contact,
     ConversationEvent,
     ConversationType,
+    DecryptedMessage,
     DeleteScope,
     Direction,
     DoNotDisturb,
     GroupReceiptsEvent,
+    KeyNoticeEvent,
+    KeyNoticeKind,
     MembershipState,
     MessageDeletedEvent,
     MessageEditedEvent,
@@ -70,6 +73,7 @@ from parley_sdk.models import event_from_proto, position_of, positions_proto
         (SystemAction, pb.SystemEvent.Action, "ACTION_"),
         (Visibility, presence_pb2.Visibility, "VISIBILITY_"),
         (PushProvider, pb.PushProvider, "PUSH_PROVIDER_"),
+        (KeyNoticeKind, pb.KeyNotice.Kind, "KIND_"),
     ],
 )
 def test_enums_mirror_the_proto_exactly(
@@ -152,6 +156,14 @@ def _event_of_every_kind() -> dict[str, pb.Event]:
                 expires_in=duration_pb2.Duration(seconds=6, nanos=500_000_000),
             )
         ),
+        "key_notice": pb.Event(
+            key_notice=pb.KeyNotice(
+                kind=pb.KeyNotice.KIND_GROUP_REKEY,
+                conversation_id="g1",
+                account_ids=["a3"],
+                device_id="d1",
+            )
+        ),
     }
 
 
@@ -198,6 +210,35 @@ def test_events_convert_to_their_typed_models() -> None:
     assert event_from_proto(samples["typing"]) == TypingIndicatorEvent(
         conversation_id="c1", account_id="a2", typing=True, expires_in=timedelta(seconds=6.5)
     )
+    assert event_from_proto(samples["key_notice"]) == KeyNoticeEvent(
+        KeyNoticeKind.GROUP_REKEY, conversation_id="g1", account_ids=("a3",), device_id="d1"
+    )
+    low = event_from_proto(pb.Event(key_notice=pb.KeyNotice(kind=1, pre_key_count=7)))
+    assert low == KeyNoticeEvent(KeyNoticeKind.PRE_KEYS_LOW, pre_key_count=7)
+    # Without a store nothing decrypts: text and error stay unset.
+    assert (message.text, message.decryption_error) == (None, None)
+
+
+def test_identity_changes_name_the_device_and_decrypted_messages_their_ids() -> None:
+    system = event_from_proto(
+        pb.Event(
+            message=_message(
+                type=pb.MESSAGE_TYPE_SYSTEM,
+                system=pb.SystemEvent(
+                    action=pb.SystemEvent.ACTION_IDENTITY_CHANGED,
+                    actor_account_id="a1",
+                    device_id="d9",
+                ),
+            )
+        )
+    )
+    assert isinstance(system, SystemMessageEvent)
+    assert system.action is SystemAction.IDENTITY_CHANGED
+    assert (system.actor_account_id, system.device_id) == ("a1", "d9")
+    decrypted = DecryptedMessage(_message(sender_account_id="a1", sender_device_id="d1"), "hello")
+    assert (decrypted.message_id, decrypted.conversation_id, decrypted.seq) == ("m1", "c1", 3)
+    assert (decrypted.sender_account_id, decrypted.sender_device_id) == ("a1", "d1")
+    assert decrypted.error is None
 
 
 def test_system_messages_get_their_own_event_with_typed_fields() -> None:
