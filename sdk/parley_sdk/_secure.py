@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC
@@ -52,7 +53,14 @@ from parley_sdk.retry import new_request_id
 if TYPE_CHECKING:
     from parley_sdk.client import Client
 
-__all__ = ["E2EE", "PRE_KEY_LOW_WATER", "PRE_KEY_TARGET", "NoRecipientDevicesError"]
+__all__ = [
+    "E2EE",
+    "PRE_KEY_LOW_WATER",
+    "PRE_KEY_TARGET",
+    "SIGNED_PRE_KEY_MAX_AGE",
+    "SIGNED_PRE_KEY_SINCE",
+    "NoRecipientDevicesError",
+]
 
 PRE_KEY_LOW_WATER = 20
 """Below this many one-time prekeys on the server, the device uploads more."""
@@ -64,6 +72,11 @@ _MAX_BUNDLE_DEVICES = 64
 _BUNDLE_RETRIES = 3
 _MAX_BUNDLE_WAIT = 15.0
 _PUBLISHED_IDENTITY = "e2ee.published_identity"
+SIGNED_PRE_KEY_SINCE = "e2ee.signed_pre_key_since"
+SIGNED_PRE_KEY_MAX_AGE = 7 * 24 * 3600.0
+"""Seconds after which connecting replaces the signed prekey (as Signal clients
+do every few days), bounding what a stolen signed prekey exposes; the
+previous one keeps answering starts already under way."""
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +156,24 @@ class E2EE:
             current = crypto.public_keys()
             fresh = crypto.new_pre_keys(PRE_KEY_TARGET)
             return await self._publish(dataclasses.replace(current, one_time_pre_keys=fresh))
+        await self.rotate_signed_pre_key_if_old(now=time.time())
         await self.replenish()
         return False
+
+    async def rotate_signed_pre_key_if_old(self, *, now: float) -> bool:
+        """Publishes a new signed prekey when the current one is older than
+        SIGNED_PRE_KEY_MAX_AGE; returns whether it did."""
+        since = self.store.get_setting(SIGNED_PRE_KEY_SINCE)
+        if since is None:
+            # A store from before rotation was tracked: count from now.
+            self.store.set_setting(SIGNED_PRE_KEY_SINCE, repr(now))
+            return False
+        if now - float(since) < SIGNED_PRE_KEY_MAX_AGE:
+            return False
+        self.crypto.rotate_signed_pre_key()
+        await self._publish(self.crypto.public_keys())
+        self.store.set_setting(SIGNED_PRE_KEY_SINCE, repr(now))
+        return True
 
     async def _publish(self, keys: PublicKeys) -> bool:
         signed = keys.signed_pre_key
@@ -155,6 +184,8 @@ class E2EE:
             one_time_pre_keys=one_time,
         )
         self.store.set_setting(_PUBLISHED_IDENTITY, keys.identity_key.hex())
+        if self.store.get_setting(SIGNED_PRE_KEY_SINCE) is None:
+            self.store.set_setting(SIGNED_PRE_KEY_SINCE, repr(time.time()))
         return changed
 
     async def replenish(self) -> int:

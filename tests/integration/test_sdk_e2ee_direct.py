@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from parley_dev.stack import LocalStack
-from parley_sdk import Client, Direction, KeyNoticeEvent, KeyNoticeKind
+from parley_sdk import Client, DeviceStore, Direction, KeyNoticeEvent, KeyNoticeKind
+from parley_sdk._secure import SIGNED_PRE_KEY_MAX_AGE, SIGNED_PRE_KEY_SINCE
 from tests.helpers import wait_until
 from tests.sdk_e2ee_inbox import WAIT, connect, link_device, listening, new_user, unique
 
@@ -126,3 +127,30 @@ async def test_prekeys_are_topped_up_when_the_server_says_they_run_low(
         held = await bob.pre_key_count()
         # Above the low-water mark: nothing to upload.
         assert await bob.replenish_pre_keys() == held
+
+
+async def test_an_old_signed_prekey_is_replaced_at_connect(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    alice = await new_user(stack, tmp_path / "alice.db", "salice")
+    bob = await new_user(stack, tmp_path / "bob.db", "sbob")
+    async with bob:
+        async with alice:
+            [before] = await bob.get_pre_key_bundles(alice.account_id)
+        # Connecting again a week later.
+        store = DeviceStore.open(tmp_path / "alice.db")
+        since = float(store.get_setting(SIGNED_PRE_KEY_SINCE) or 0)
+        assert since > 0
+        store.set_setting(SIGNED_PRE_KEY_SINCE, repr(since - SIGNED_PRE_KEY_MAX_AGE - 1))
+        store.close()
+        async with await connect(stack, tmp_path / "alice.db") as alice_again:
+            [after] = await bob.get_pre_key_bundles(alice.account_id)
+            assert after.identity_key == before.identity_key
+            assert after.signed_pre_key.key_id != before.signed_pre_key.key_id
+            assert after.signed_pre_key.public_key != before.signed_pre_key.public_key
+            assert not alice_again.identity_changed_on_connect
+            # Sessions started from either prekey still work.
+            cid = (await bob.create_direct_conversation(alice.account_id)).conversation
+            async with listening(alice_again) as alice_in:
+                await bob.send_text(cid.conversation_id, "after the rotation")
+                await alice_in.wait_texts(cid.conversation_id, ["after the rotation"])
