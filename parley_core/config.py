@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_PREFIX = "PARLEY_"
 NESTED = "__"
@@ -90,10 +97,14 @@ class KeysServiceSettings(_Section):
     max_devices_per_account: int = Field(default=5, ge=1, le=64)
     # One-time prekeys a device may hold; uploads beyond it are refused.
     max_pre_keys_per_device: int = Field(default=1000, ge=100, le=100_000)
-    # Token bucket per requesting account on GetPreKeyBundles: each fetch
-    # consumes other devices' one-time prekeys, so draining them is the attack.
+    # Token buckets on GetPreKeyBundles: each fetch consumes the target's
+    # one-time prekeys, so draining them is the attack. One bucket per
+    # (requester, target account), and a looser one per requester so a client
+    # can still start sessions with every member of a new large group.
     bundle_fetch_burst: int = Field(default=20, ge=1, le=10_000)
     bundle_fetch_per_minute: float = Field(default=20.0, gt=0, le=100_000)
+    bundle_fetch_requester_burst: int = Field(default=1100, ge=1, le=100_000)
+    bundle_fetch_requester_per_minute: float = Field(default=300.0, gt=0, le=1_000_000)
     # Sender-key envelopes waiting for one recipient device; sends beyond it
     # are refused until the device claims some.
     max_unclaimed_sender_keys_per_device: int = Field(default=10_000, ge=1, le=1_000_000)
@@ -235,6 +246,38 @@ class PresenceServiceSettings(_Section):
     max_subscriptions_per_account: int = Field(default=32, ge=1, le=10_000)
 
 
+class TracingSettings(_Section):
+    # OpenTelemetry traces of every RPC, of svc_message's calls to svc_keys, and
+    # of a message from SendMessage to its delivery on each recipient's stream.
+    enabled: bool = False
+    # OTLP over gRPC, e.g. http://127.0.0.1:4317 (a Jaeger all-in-one or an
+    # OpenTelemetry Collector); https:// for TLS.
+    otlp_endpoint: str = ""
+    # Share of new traces kept; a call from a traced caller follows the
+    # caller's decision (parent-based).
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    # The traces' service.name; empty: the process's own (svc_keys, ...).
+    service_name: str = Field(default="", max_length=64)
+    export_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _endpoint_when_enabled(self) -> TracingSettings:
+        if self.enabled and not self.otlp_endpoint:
+            raise ValueError("otlp_endpoint is needed when tracing is enabled")
+        return self
+
+
+class TelemetrySettings(_Section):
+    tracing: TracingSettings = TracingSettings()
+
+
 class Settings(_Section):
     region: str = Field(default="local", min_length=1, max_length=32)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -245,6 +288,7 @@ class Settings(_Section):
     keys: KeysServiceSettings = KeysServiceSettings()
     message: MessageServiceSettings = MessageServiceSettings()
     presence: PresenceServiceSettings = PresenceServiceSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:

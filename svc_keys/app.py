@@ -9,17 +9,20 @@ from parley_core.auth.tokens import TokenIssuer, load_private_key
 from parley_core.config import ConfigError, Settings
 from parley_core.rpc.server import ServiceHost
 from parley_core.runtime import open_runtime, service_main
+from parley_core.sampling import SampledCount
 from parley_core.storage.key_notices import IdentityChanges, PreKeyLows
+from parley_core.telemetry import build_tracing
 from svc_keys.domain.accounts import AccountsHandler
 from svc_keys.domain.keys import KeysHandler
 from svc_keys.domain.sender_keys import SenderKeysHandler
+from svc_keys.metrics import KeyMetrics
 from svc_keys.servicer.accounts import PUBLIC_METHODS, SERVICE_NAME, AccountServicer
 from svc_keys.servicer.keys import SERVICE_NAME as KEY_SERVICE_NAME
 from svc_keys.servicer.keys import KeyServicer
 from svc_keys.storage.accounts import AccountStore
 from svc_keys.storage.keys import KeyStore
 from svc_keys.storage.notices import KeyNoticePublisher
-from svc_keys.storage.ratelimit import BundleRateLimiter
+from svc_keys.storage.ratelimit import BundleRateLimiter, Rate
 from svc_keys.storage.sender_keys import SenderKeyStore
 
 
@@ -30,7 +33,8 @@ async def build(settings: Settings) -> ServiceHost:
         signing_key = load_private_key(settings.auth.private_key_file)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"auth.private_key_file: {exc}") from None
-    runtime = await open_runtime(settings, service="keys")
+    tracing = build_tracing(settings.telemetry.tracing, service="svc_keys", region=settings.region)
+    runtime = await open_runtime(settings, service="keys", tracing=tracing)
     store = AccountStore(runtime.db)
     await store.ensure_indexes()
     key_store = KeyStore(runtime.db)
@@ -49,8 +53,13 @@ async def build(settings: Settings) -> ServiceHost:
         store,
         BundleRateLimiter(
             runtime.redis,
-            burst=settings.keys.bundle_fetch_burst,
-            per_minute=settings.keys.bundle_fetch_per_minute,
+            per_target=Rate(
+                settings.keys.bundle_fetch_burst, settings.keys.bundle_fetch_per_minute
+            ),
+            per_requester=Rate(
+                settings.keys.bundle_fetch_requester_burst,
+                settings.keys.bundle_fetch_requester_per_minute,
+            ),
         ),
         pre_key_lows=pre_key_lows,
         identity_changes=identity_changes,
@@ -73,6 +82,9 @@ async def build(settings: Settings) -> ServiceHost:
         max_devices=settings.keys.max_devices_per_account,
         refresh_ttl_seconds=settings.auth.refresh_token_ttl_seconds,
     )
+    low_devices = SampledCount("pre_key_low_devices", pre_key_lows.devices_below)
+    runtime.spawn(low_devices.run())
+    runtime.registry.register(KeyMetrics(keys, low_devices))
     servicer = AccountServicer(accounts)
     key_servicer = KeyServicer(keys, sender_keys)
 
@@ -83,7 +95,7 @@ async def build(settings: Settings) -> ServiceHost:
     return ServiceHost(
         name="svc_keys",
         settings=settings.keys.server,
-        interceptors=[runtime.interceptor(public_methods=PUBLIC_METHODS)],
+        interceptors=runtime.interceptors(public_methods=PUBLIC_METHODS),
         register=register,
         service_names=[SERVICE_NAME, KEY_SERVICE_NAME],
         registry=runtime.registry,

@@ -76,6 +76,10 @@ class KeysHandler:
         self._notices = notices
         self._sender_keys = sender_keys
         self._max_pre_keys = max_pre_keys
+        # Bundles handed out, by whether a one-time prekey was left to put in
+        # (otherwise the session starts from the signed prekey alone).
+        self.bundles_with_pre_key = 0
+        self.bundles_signed_only = 0
 
     async def _add_pre_keys(
         self, device_id: str, pre_keys: Sequence[PreKey], *, field: str, now: float
@@ -199,7 +203,7 @@ class KeysHandler:
     ) -> list[PreKeyBundle]:
         """One bundle per active device with keys (only ``device_ids`` when
         given), each consuming one one-time prekey if any is left."""
-        wait = await self._limiter.take(requester_account_id, now_ms=int(now * 1000))
+        wait = await self._limiter.take(requester_account_id, account_id, now_ms=int(now * 1000))
         if wait is not None:
             raise ResourceExhausted(
                 "too many prekey bundle fetches; retry later",
@@ -226,7 +230,10 @@ class KeysHandler:
                 continue
             pre_key = await self._keys.take_pre_key(keys.device_id)
             if pre_key is not None:
+                self.bundles_with_pre_key += 1
                 await self._after_pre_key_taken(account_id, keys.device_id, now=now)
+            else:
+                self.bundles_signed_only += 1
             bundles.append(
                 PreKeyBundle(
                     device_id=keys.device_id,

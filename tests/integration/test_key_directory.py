@@ -100,16 +100,36 @@ async def test_publish_and_fetch_round_trip(keys, key_service) -> None:
     assert await count(key_service, owner) == 2
 
 
-async def test_republishing_replaces_the_identity_and_keeps_prekeys(keys, key_service) -> None:
+async def test_a_new_signed_prekey_keeps_prekeys_and_a_new_identity_drops_them(
+    keys, key_service
+) -> None:
     owner, requester = await sign_up(keys), await sign_up(keys)
-    await publish(key_service, owner, count=2)
+    identity = Identity()
+    first = pb.PublishKeysRequest(
+        identity_key=identity.public,
+        signed_pre_key=identity.signed_pre_key(1),
+        one_time_pre_keys=pre_keys(3),
+    )
+    await key_service.PublishKeys(first, metadata=owner.md)
+    # Rotating the signed prekey under the same identity keeps the prekeys.
+    rotated = pb.PublishKeysRequest(
+        identity_key=identity.public, signed_pre_key=identity.signed_pre_key(2)
+    )
+    reply = await key_service.PublishKeys(rotated, metadata=owner.md)
+    assert (reply.pre_key_count, reply.identity_changed) == (3, False)
+    fetched = await key_service.GetPreKeyBundles(
+        pb.GetPreKeyBundlesRequest(account_id=owner.account_id), metadata=requester.md
+    )
+    assert fetched.bundles[0].identity_key == identity.public
+    assert fetched.bundles[0].signed_pre_key == rotated.signed_pre_key
+    # A new identity (a re-install) makes the old install's prekeys useless.
     second, reply = await publish(key_service, owner, count=0)
-    assert reply.pre_key_count == 2
+    assert (reply.pre_key_count, reply.identity_changed) == (0, True)
     fetched = await key_service.GetPreKeyBundles(
         pb.GetPreKeyBundlesRequest(account_id=owner.account_id), metadata=requester.md
     )
     assert fetched.bundles[0].identity_key == second.identity_key
-    assert fetched.bundles[0].signed_pre_key == second.signed_pre_key
+    assert fetched.bundles[0].one_time_pre_key_exhausted
 
 
 async def test_bad_signatures_are_refused(keys, key_service) -> None:

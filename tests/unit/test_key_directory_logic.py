@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from parley_core.errors import Unauthenticated
 from svc_keys.domain.keys import KeysHandler, signature_valid
 from svc_keys.model import Device, SignedPreKey
-from svc_keys.storage.ratelimit import BundleRateLimiter, LocalBuckets
+from svc_keys.storage.ratelimit import BundleRateLimiter, LocalBuckets, Rate
 
 
 def _raw(key: Any) -> bytes:
@@ -62,10 +62,32 @@ class _DownRedis:
         return run
 
 
+def limiter(per_target: Rate, per_requester: Rate) -> BundleRateLimiter:
+    return BundleRateLimiter(
+        _DownRedis(),  # type: ignore[arg-type]
+        per_target=per_target,
+        per_requester=per_requester,
+    )
+
+
 async def test_limiter_falls_back_to_local_buckets_when_redis_is_down() -> None:
-    limiter = BundleRateLimiter(_DownRedis(), burst=2, per_minute=60)  # type: ignore[arg-type]
-    results = [await limiter.take("a", now_ms=0) for _ in range(3)]
+    local = limiter(Rate(2, 60), Rate(10, 60))
+    results = [await local.take("a", "victim", now_ms=0) for _ in range(3)]
     assert results == [None, None, 1.0]
+
+
+async def test_one_requester_is_limited_per_target_and_overall() -> None:
+    """Draining one user is held to the tight per-target rate, while fetches
+    across many targets (starting a big group) use the requester's own bucket;
+    a refused fetch takes no token from either."""
+    local = limiter(Rate(2, 60), Rate(5, 60))
+    assert [await local.take("a", "t1", now_ms=0) for _ in range(3)] == [None, None, 1.0]
+    assert [await local.take("a", f"t{i}", now_ms=0) for i in range(2, 5)] == [None] * 3
+    # The requester's bucket is empty now (2 + 3 taken); others are unaffected.
+    assert await local.take("a", "t9", now_ms=0) == 1.0
+    assert await local.take("b", "t1", now_ms=0) is None
+    # After a second both buckets have a token again; the refused tries took none.
+    assert await local.take("a", "t1", now_ms=1000) is None
 
 
 class _Keys:
@@ -111,7 +133,7 @@ async def test_keys_published_by_a_device_revoked_meanwhile_are_removed(revoked:
     handler = KeysHandler(
         keys,  # type: ignore[arg-type]
         _Accounts(revoked),  # type: ignore[arg-type]
-        BundleRateLimiter(_DownRedis(), burst=1, per_minute=1),  # type: ignore[arg-type]
+        limiter(Rate(1, 1), Rate(1, 1)),
         pre_key_lows=_Lows(),  # type: ignore[arg-type]
         identity_changes=None,  # type: ignore[arg-type]
         notices=None,  # type: ignore[arg-type]

@@ -1,0 +1,37 @@
+"""Domain metrics of svc_keys, read from the key directory's plain counters
+and a sampled count at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from parley_core.sampling import SampledCount
+from svc_keys.domain.keys import KeysHandler
+
+
+class KeyMetrics(Collector):
+    def __init__(self, keys: KeysHandler, low_devices: SampledCount) -> None:
+        self._keys = keys
+        self._low_devices = low_devices
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        bundles = CounterMetricFamily(
+            "parley_prekey_bundles",
+            "Prekey bundles handed out by this process, by whether a one-time prekey "
+            "was left (one_time) or the bundle holds only the signed prekey "
+            "(signed_fallback).",
+            labels=["pre_key"],
+        )
+        bundles.add_metric(["one_time"], self._keys.bundles_with_pre_key)
+        bundles.add_metric(["signed_fallback"], self._keys.bundles_signed_only)
+        yield bundles
+        if self._low_devices.value is not None:
+            yield GaugeMetricFamily(
+                "parley_prekey_low_devices",
+                "Devices holding fewer one-time prekeys than the low-water mark (all "
+                "accounts; sampled every 5 s from pre_key_lows).",
+                value=self._low_devices.value,
+            )
