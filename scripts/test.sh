@@ -24,6 +24,9 @@ step ruff check .
 step ruff format --check .
 step mypy
 step lint-imports
+# The chart tests run the real helm: fetch it now (once; cached in .cache/k8s-tools/)
+# so a slow download is not charged to a test's timeout.
+step python scripts/fetch_k8s_tools.py
 
 printf '\n==> pytest %s\n' "$*" >&2
 status=0

@@ -1,0 +1,297 @@
+"""The ParleyRegion spec as typed, defaulted values.
+
+The API server already applies the CRD's defaults and checks its schema; this
+parse repeats the defaults (the same constants feed the schema in ``crds``) so
+the builders never see a missing field, and checks what a schema cannot say
+(min <= max, residency regions must be peers, names short enough for DNS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+SERVICES: tuple[str, ...] = ("keys", "message", "presence")
+# The service modules, gRPC ports and metrics ports the processes are started with;
+# they match parley_core.config's defaults and parley_dev's layout.
+SERVICE_MODULES: Mapping[str, str] = {
+    "keys": "svc_keys",
+    "message": "svc_message",
+    "presence": "svc_presence",
+}
+GRPC_PORTS: Mapping[str, int] = {"keys": 7101, "message": 7102, "presence": 7103}
+METRICS_PORTS: Mapping[str, int] = {"keys": 9101, "message": 9102, "presence": 9103}
+
+# Data kinds a region can keep at home (never replicated to peers).
+DATA_KINDS: tuple[str, ...] = ("messages", "media", "keys", "presence", "search")
+PULL_POLICIES: tuple[str, ...] = ("Always", "IfNotPresent", "Never")
+# Kubernetes names are DNS labels (63); the longest suffix added is "-presence-config".
+MAX_NAME_LENGTH = 40
+REGION_PATTERN = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
+
+MetricKind = Literal["Gauge", "Rate"]
+
+
+class SpecError(ValueError):
+    """The resource asks for something the operator cannot build; the message says what."""
+
+
+@dataclass(frozen=True)
+class ScalingTarget:
+    """One load signal: the sum of a metric's samples on a pod, per second for counters."""
+
+    metric: str
+    kind: MetricKind
+    per_pod: float
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    min_replicas: int
+    max_replicas: int
+    targets: tuple[ScalingTarget, ...]
+    enabled: bool = True
+    scale_up_cooldown_seconds: float = 60.0
+    scale_down_cooldown_seconds: float = 300.0
+    # Within this fraction of the target, load counts as on target (no flapping).
+    tolerance: float = 0.1
+    # Pods removed per scale-down: each one drains its streams onto the others.
+    scale_down_max_step: int = 1
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    scaling: ScalingPolicy
+    resources: Mapping[str, Any]
+    shutdown_grace_seconds: float
+    # Seconds between SIGTERM being due and being sent, so endpoints drop the pod first.
+    pre_stop_seconds: int
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    endpoint: str
+    public_endpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class Image:
+    repository: str
+    tag: str
+    pull_policy: str
+
+    @property
+    def reference(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+
+@dataclass(frozen=True)
+class TokenKeys:
+    secret_name: str
+    signing_key: str
+    verification_keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class S3Spec:
+    bucket: str
+    credentials_secret: str
+    endpoint: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True)
+class RegionSpec:
+    name: str
+    namespace: str
+    region: str
+    public_endpoint: str | None
+    image: Image
+    mongo_uri: SecretKeyRef
+    mongo_database: str
+    redis_url: SecretKeyRef
+    tokens: TokenKeys
+    s3: S3Spec | None
+    peers: tuple[Peer, ...]
+    home_only_data: tuple[str, ...]
+    replicate_to: tuple[str, ...]
+    conversation_shards: int
+    services: Mapping[str, ServiceSpec]
+    log_level: str
+    extra_config: Mapping[str, Any]
+
+
+DEFAULT_TARGETS: Mapping[str, tuple[ScalingTarget, ...]] = {
+    "keys": (ScalingTarget("parley_rpc_requests_total", "Rate", 300.0),),
+    "message": (
+        ScalingTarget("parley_delivery_streams_open", "Gauge", 2000.0),
+        ScalingTarget("parley_messages_committed_total", "Rate", 500.0),
+    ),
+    "presence": (
+        ScalingTarget("parley_presence_subscriptions_open", "Gauge", 5000.0),
+        ScalingTarget("parley_presence_heartbeats_total", "Rate", 1000.0),
+    ),
+}
+DEFAULT_MIN_REPLICAS = 2
+DEFAULT_MAX_REPLICAS: Mapping[str, int] = {"keys": 10, "message": 20, "presence": 10}
+DEFAULT_RESOURCES: Mapping[str, Any] = {
+    "requests": {"cpu": "250m", "memory": "256Mi"},
+    "limits": {"memory": "512Mi"},
+}
+DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
+DEFAULT_PRE_STOP_SECONDS = 5
+DEFAULT_CONVERSATION_SHARDS = 64
+DEFAULT_IMAGE_TAG = "latest"
+DEFAULT_PULL_POLICY = "IfNotPresent"
+
+
+def _mapping(tree: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = tree.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise SpecError(f"spec.{key} must be an object")
+    return value
+
+
+def _secret_ref(tree: Mapping[str, Any], where: str) -> SecretKeyRef:
+    if not isinstance(tree, Mapping) or not tree.get("name") or not tree.get("key"):
+        raise SpecError(f"{where} needs a secret name and key")
+    return SecretKeyRef(name=str(tree["name"]), key=str(tree["key"]))
+
+
+def _target(tree: Mapping[str, Any], where: str) -> ScalingTarget:
+    kind = tree.get("type", "Gauge")
+    if kind not in ("Gauge", "Rate"):
+        raise SpecError(f"{where}.type must be Gauge or Rate")
+    per_pod = float(tree.get("perPod", 0))
+    if per_pod <= 0:
+        raise SpecError(f"{where}.perPod must be positive")
+    metric = str(tree.get("metric", ""))
+    if not metric:
+        raise SpecError(f"{where}.metric is required")
+    labels = {str(k): str(v) for k, v in (tree.get("labels") or {}).items()}
+    return ScalingTarget(metric=metric, kind=kind, per_pod=per_pod, labels=labels)
+
+
+def _service(name: str, tree: Mapping[str, Any]) -> ServiceSpec:
+    where = f"spec.services.{name}"
+    min_replicas = int(tree.get("minReplicas", DEFAULT_MIN_REPLICAS))
+    max_replicas = int(tree.get("maxReplicas", max(DEFAULT_MAX_REPLICAS[name], min_replicas)))
+    if min_replicas < 1:
+        raise SpecError(f"{where}.minReplicas must be at least 1")
+    if max_replicas < min_replicas:
+        raise SpecError(
+            f"{where}.maxReplicas ({max_replicas}) is below minReplicas ({min_replicas})"
+        )
+    scaling = tree.get("scaling") or {}
+    raw_targets: Sequence[Mapping[str, Any]] = scaling.get("targets") or ()
+    targets = (
+        tuple(_target(t, f"{where}.scaling.targets[{i}]") for i, t in enumerate(raw_targets))
+        or DEFAULT_TARGETS[name]
+    )
+    policy = ScalingPolicy(
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        targets=targets,
+        enabled=bool(scaling.get("enabled", True)),
+        scale_up_cooldown_seconds=float(scaling.get("scaleUpCooldownSeconds", 60)),
+        scale_down_cooldown_seconds=float(scaling.get("scaleDownCooldownSeconds", 300)),
+        tolerance=float(scaling.get("tolerance", 0.1)),
+        scale_down_max_step=int(scaling.get("scaleDownMaxStep", 1)),
+    )
+    if policy.scale_down_max_step < 1:
+        raise SpecError(f"{where}.scaling.scaleDownMaxStep must be at least 1")
+    return ServiceSpec(
+        name=name,
+        scaling=policy,
+        resources=tree.get("resources") or DEFAULT_RESOURCES,
+        shutdown_grace_seconds=float(
+            tree.get("shutdownGraceSeconds", DEFAULT_SHUTDOWN_GRACE_SECONDS)
+        ),
+        pre_stop_seconds=int(tree.get("preStopSeconds", DEFAULT_PRE_STOP_SECONDS)),
+    )
+
+
+def parse_region(name: str, namespace: str, spec: Mapping[str, Any]) -> RegionSpec:
+    """The resource's spec with every default filled in, or SpecError naming the field."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise SpecError(f"metadata.name is longer than {MAX_NAME_LENGTH} characters")
+    region = str(spec.get("region") or "")
+    if not region:
+        raise SpecError("spec.region is required")
+    image_tree = _mapping(spec, "image")
+    if not image_tree.get("repository"):
+        raise SpecError("spec.image.repository is required")
+    image = Image(
+        repository=str(image_tree["repository"]),
+        tag=str(image_tree.get("tag") or DEFAULT_IMAGE_TAG),
+        pull_policy=str(image_tree.get("pullPolicy") or DEFAULT_PULL_POLICY),
+    )
+    mongo = _mapping(spec, "mongo")
+    redis = _mapping(spec, "redis")
+    tokens_tree = _mapping(spec, "tokens")
+    if not tokens_tree.get("secretName"):
+        raise SpecError("spec.tokens.secretName is required")
+    tokens = TokenKeys(
+        secret_name=str(tokens_tree["secretName"]),
+        signing_key=str(tokens_tree.get("signingKey") or "signing.pem"),
+        verification_keys=tuple(tokens_tree.get("verificationKeys") or ("signing.pub.pem",)),
+    )
+    s3_tree = spec.get("s3")
+    s3 = None
+    if s3_tree:
+        s3 = S3Spec(
+            bucket=str(s3_tree["bucket"]),
+            credentials_secret=str(s3_tree["credentialsSecretRef"]["name"]),
+            endpoint=s3_tree.get("endpoint"),
+            region=s3_tree.get("region"),
+        )
+    peers = tuple(
+        Peer(
+            name=str(p["name"]),
+            endpoint=str(p["endpoint"]),
+            public_endpoint=p.get("publicEndpoint"),
+        )
+        for p in spec.get("peers") or ()
+    )
+    peer_names = [p.name for p in peers]
+    if region in peer_names:
+        raise SpecError(f"spec.peers lists the region itself ({region})")
+    if len(set(peer_names)) != len(peer_names):
+        raise SpecError("spec.peers names a region twice")
+    residency = _mapping(spec, "residency")
+    replicate_to = tuple(residency.get("replicateTo") or peer_names)
+    unknown = sorted(set(replicate_to) - set(peer_names))
+    if unknown:
+        raise SpecError(f"spec.residency.replicateTo names regions that are not peers: {unknown}")
+    services_tree = _mapping(spec, "services")
+    services = {svc: _service(svc, services_tree.get(svc) or {}) for svc in SERVICES}
+    routing = _mapping(spec, "routing")
+    return RegionSpec(
+        name=name,
+        namespace=namespace,
+        region=region,
+        public_endpoint=spec.get("publicEndpoint"),
+        image=image,
+        mongo_uri=_secret_ref(mongo.get("uriSecretRef") or {}, "spec.mongo.uriSecretRef"),
+        mongo_database=str(mongo.get("database") or "parley"),
+        redis_url=_secret_ref(redis.get("urlSecretRef") or {}, "spec.redis.urlSecretRef"),
+        tokens=tokens,
+        s3=s3,
+        peers=peers,
+        home_only_data=tuple(residency.get("homeOnlyData") or ()),
+        replicate_to=replicate_to,
+        conversation_shards=int(routing.get("conversationShards", DEFAULT_CONVERSATION_SHARDS)),
+        services=services,
+        log_level=str(spec.get("logLevel") or "INFO"),
+        extra_config=dict(spec.get("config") or {}),
+    )
