@@ -278,6 +278,14 @@ class TelemetrySettings(_Section):
     tracing: TracingSettings = TracingSettings()
 
 
+class TopologySettings(_Section):
+    # The operator's topology.json (/etc/parley/topology/topology.json in its
+    # pods); empty: no topology, one region. A missing file means the same.
+    path: str = ""
+    # How often the file is re-read; a changed document applies without a restart.
+    poll_seconds: float = Field(default=5.0, gt=0, le=300)
+
+
 class Settings(_Section):
     region: str = Field(default="local", min_length=1, max_length=32)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -289,6 +297,7 @@ class Settings(_Section):
     message: MessageServiceSettings = MessageServiceSettings()
     presence: PresenceServiceSettings = PresenceServiceSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    topology: TopologySettings = TopologySettings()
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 from prometheus_client import CollectorRegistry
 
 from parley_core.auth.revocations import RevocationList
@@ -27,8 +28,11 @@ from parley_core.storage import mongo as mongo_storage
 from parley_core.storage import redis as redis_storage
 from parley_core.storage.metrics import DbWriteMetrics
 from parley_core.storage.mongo import Database, MongoClient, WriteCounter
+from parley_core.storage.probes import BackendMetrics, BackendProbe
 from parley_core.storage.revocations import RevocationFeed, RevocationStore
 from parley_core.tasks import stop_tasks
+from parley_core.telemetry import Tracing
+from parley_core.topology import Topology, TopologyMetrics, TopologyWatcher, file_reader
 
 
 @dataclass
@@ -42,8 +46,10 @@ class Runtime:
     revocation_store: RevocationStore
     verifier: TokenVerifier
     registry: CollectorRegistry
+    tracing: Tracing = field(default_factory=Tracing)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _feed: RevocationFeed | None = None
+    topology_watcher: TopologyWatcher | None = None
 
     def interceptor(self, *, public_methods: Iterable[str]) -> ServiceInterceptor:
         return ServiceInterceptor(
@@ -51,6 +57,15 @@ class Runtime:
             public_methods=public_methods,
             metrics=RpcMetrics(self.registry, service=self.service),
         )
+
+    def interceptors(
+        self, *, public_methods: Iterable[str]
+    ) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+        """Tracing's (when on) around the service's own."""
+        return [
+            *self.tracing.server_interceptors(),
+            self.interceptor(public_methods=public_methods),
+        ]
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a background task for the life of the service."""
@@ -67,13 +82,39 @@ class Runtime:
         await self._feed.load()
         self.tasks.append(asyncio.create_task(self._feed.run()))
 
+    @property
+    def topology(self) -> Topology | None:
+        """The region topology in force; None in single-region (local) mode."""
+        return None if self.topology_watcher is None else self.topology_watcher.current
+
+    def start_topology_watcher(self) -> TopologyWatcher:
+        """Load the topology file now, then follow its changes for the life of the service."""
+        config = self.settings.topology
+        read = file_reader(Path(config.path)) if config.path else _no_topology_file
+        watcher = TopologyWatcher(read, poll_seconds=config.poll_seconds)
+        watcher.poll()
+        # Registered even when off, so /metrics always says generation 0.
+        self.registry.register(TopologyMetrics(watcher))
+        if config.path:
+            self.spawn(watcher.run())
+        self.topology_watcher = watcher
+        return watcher
+
     async def close(self) -> None:
         await stop_tasks(self.tasks)
         await self.redis.aclose()
         await self.mongo.close()
+        # Last, so the spans of everything above are exported.
+        await self.tracing.shutdown()
 
 
-async def open_runtime(settings: Settings, *, service: str) -> Runtime:
+def _no_topology_file() -> bytes | None:
+    return None
+
+
+async def open_runtime(
+    settings: Settings, *, service: str, tracing: Tracing | None = None
+) -> Runtime:
     if not settings.auth.public_key_files:
         raise ConfigError("auth.public_key_files: at least one token verification key is needed")
     try:
@@ -92,7 +133,9 @@ async def open_runtime(settings: Settings, *, service: str) -> Runtime:
     await revocation_store.ensure_indexes()
     registry = CollectorRegistry()
     registry.register(DbWriteMetrics(writes))
-    return Runtime(
+    probe = BackendProbe(mongo, redis)
+    registry.register(BackendMetrics(probe, service=service))
+    runtime = Runtime(
         settings=settings,
         service=service,
         mongo=mongo,
@@ -102,7 +145,10 @@ async def open_runtime(settings: Settings, *, service: str) -> Runtime:
         revocation_store=revocation_store,
         verifier=TokenVerifier(public_keys, revocations),
         registry=registry,
+        tracing=tracing or Tracing(),
     )
+    runtime.spawn(probe.run())
+    return runtime
 
 
 def service_main(

@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="json",
         help="format of the services' logs under DATA_DIR/logs (default: json)",
     )
+    up.add_argument(
+        "--otlp-endpoint",
+        metavar="URL",
+        help="turn tracing on, exporting OTLP/gRPC to URL (e.g. http://127.0.0.1:4317)",
+    )
     _register_client_commands(parser, commands)
     client_commands = sorted(name for name in commands.choices if name != "up")
     up.set_defaults(func=_cmd_up, client_commands=client_commands)
@@ -98,6 +103,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         port_offset=args.port_offset,
         log_format=args.log_format,
         client_commands=args.client_commands,
+        otlp_endpoint=args.otlp_endpoint,
     )
 
 

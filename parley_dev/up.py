@@ -26,6 +26,7 @@ def run_up_command(
     port_offset: int,
     log_format: Literal["json", "console"],
     client_commands: Sequence[str],
+    otlp_endpoint: str | None = None,
 ) -> int:
     logging.basicConfig(
         level=logging.INFO,
@@ -38,6 +39,11 @@ def run_up_command(
         ports=StackPorts.defaults(message_instances, offset=port_offset),
         message_instances=message_instances,
         log_format=log_format,
+        extra_config=(
+            {"telemetry": {"tracing": {"enabled": True, "otlp_endpoint": otlp_endpoint}}}
+            if otlp_endpoint
+            else None
+        ),
     )
     return asyncio.run(run_up(stack, client_commands=client_commands))
 

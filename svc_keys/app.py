@@ -48,6 +48,7 @@ async def build(settings: Settings) -> ServiceHost:
     # The rate limiter's Redis client also carries the live key notices.
     notices = KeyNoticePublisher(runtime.redis)
     await runtime.start_revocation_feed()
+    runtime.start_topology_watcher()
     keys = KeysHandler(
         key_store,
         store,

@@ -9,8 +9,10 @@ from parley_core.config import Settings
 from parley_core.errors import Reason, Unavailable
 from parley_core.rpc.server import ServiceHost
 from parley_core.runtime import open_runtime, service_main
+from parley_core.sampling import SampledCount
 from parley_core.storage.key_notices import IdentityChanges, PreKeyLows
 from parley_core.storage.liveness import Liveness
+from parley_core.telemetry import build_tracing
 from svc_message.domain.acks import AckBatcher
 from svc_message.domain.changes import ChangesHandler
 from svc_message.domain.conversations import ConversationsHandler
@@ -66,7 +68,10 @@ class SettingsPublisher:
 async def build(settings: Settings) -> ServiceHost:
     config = settings.message
     clock = time.time
-    runtime = await open_runtime(settings, service="message")
+    tracing = build_tracing(
+        settings.telemetry.tracing, service="svc_message", region=settings.region
+    )
+    runtime = await open_runtime(settings, service="message", tracing=tracing)
     conversation_store = ConversationStore(runtime.db)
     message_store = MessageStore(runtime.db)
     projector_store = ProjectorStore(runtime.db)
@@ -84,7 +89,7 @@ async def build(settings: Settings) -> ServiceHost:
         on_membership_change=lambda conversation_id: conversations.forget(conversation_id),
     )
     hub = Hub(doorbell, codec)
-    accounts = AccountDirectory(config.keys_target)
+    accounts = AccountDirectory(config.keys_target, interceptors=tracing.client_interceptors())
     recent = RecentCache(
         runtime.redis,
         capacity=config.recent_cache_messages,
@@ -152,6 +157,7 @@ async def build(settings: Settings) -> ServiceHost:
         codec,
         batch_max=config.send_batch_max,
         clock=clock,
+        trace_context=tracing.capture if tracing.enabled else None,
     )
     messages = MessagesHandler(conversations, message_store, recent, pipeline, codec)
     inbox_store = InboxSettingsStore(runtime.db)
@@ -214,8 +220,11 @@ async def build(settings: Settings) -> ServiceHost:
         delivered=delivered,
         clock=clock,
     )
+    identity_pending = SampledCount("identity_changes_pending", identity_changes.pending)
     runtime.registry.register(
         MessageMetrics(
+            delivery=delivery,
+            identity_pending=identity_pending,
             hub=hub,
             pipeline=pipeline,
             projector=projector,
@@ -236,6 +245,7 @@ async def build(settings: Settings) -> ServiceHost:
         push_devices.device_revoked(device_id)
 
     await runtime.start_revocation_feed(on_revoked=device_revoked)
+    runtime.start_topology_watcher()
     runtime.spawn(doorbell.run())
     await projector.start()
     runtime.spawn(projector.run())
@@ -247,6 +257,7 @@ async def build(settings: Settings) -> ServiceHost:
     runtime.spawn(typing.run())
     runtime.spawn(leases.run())
     runtime.spawn(identity_notifier.run())
+    runtime.spawn(identity_pending.run())
 
     unary = MessageUnaryServicer(
         conversations, messages, inbox, max_body_bytes=config.max_body_bytes, clock=clock
@@ -258,7 +269,7 @@ async def build(settings: Settings) -> ServiceHost:
         PushServicer(push_devices),
         unary,
     ]
-    stream = StreamServicer(delivery, acks, codec, typing)
+    stream = StreamServicer(delivery, acks, codec, typing, tracing=tracing)
 
     async def stop() -> None:
         await acks.flush()
@@ -271,7 +282,7 @@ async def build(settings: Settings) -> ServiceHost:
     return ServiceHost(
         name="svc_message",
         settings=config.server,
-        interceptors=[runtime.interceptor(public_methods=())],
+        interceptors=runtime.interceptors(public_methods=()),
         register=lambda server: register(server, servicers, stream),
         service_names=[SERVICE_NAME],
         registry=runtime.registry,

@@ -8,17 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from parley_core.sampling import SampledCount
+from svc_message.domain.delivery import DeliveryService
 from svc_message.domain.identity_notices import IdentityNotifier
 from svc_message.domain.leases import StreamLeases
 from svc_message.domain.projection import Projector
 from svc_message.domain.sending import SendPipeline
 from svc_message.domain.streams import Hub
 from svc_message.domain.typing import REASONS, TypingRelay
+from svc_message.model import CHANNEL, DIRECT, GROUP
 from svc_message.storage.doorbell import Doorbell
 from svc_message.storage.recent import RecentCache
+
+CONVERSATION_TYPES = {DIRECT: "direct", GROUP: "group", CHANNEL: "channel"}
+Family = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
 
 
 class MessageMetrics(Collector):
@@ -33,6 +39,8 @@ class MessageMetrics(Collector):
         typing: TypingRelay | None = None,
         leases: StreamLeases | None = None,
         identity: IdentityNotifier | None = None,
+        delivery: DeliveryService | None = None,
+        identity_pending: SampledCount | None = None,
     ) -> None:
         self._hub = hub
         self._pipeline = pipeline
@@ -42,8 +50,10 @@ class MessageMetrics(Collector):
         self._typing = typing
         self._leases = leases
         self._identity = identity
+        self._delivery = delivery
+        self._identity_pending = identity_pending
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def collect(self) -> Iterator[Family]:
         yield GaugeMetricFamily(
             "parley_delivery_streams_open",
             "Delivery streams open on this process.",
@@ -54,6 +64,32 @@ class MessageMetrics(Collector):
             "Messages durably committed by this process.",
             value=self._pipeline.committed,
         )
+        sent = CounterMetricFamily(
+            "parley_messages_sent",
+            "Messages (not system messages, edits, deletes or reactions) committed by "
+            "this process, by conversation type.",
+            labels=["conversation_type"],
+        )
+        for kind, name in CONVERSATION_TYPES.items():
+            sent.add_metric([name], self._pipeline.sent_by_type.get(kind, 0))
+        yield sent
+        yield self._hub.fanout.family(
+            "parley_fanout_streams",
+            "Delivery streams of this process one doorbell event was handed to.",
+        )
+        if self._delivery is not None:
+            yield self._delivery.lag.family(
+                "parley_delivery_lag_seconds",
+                "From a message's commit to its write on a recipient's delivery stream "
+                "(live events, not replays).",
+            )
+        if self._identity_pending is not None and self._identity_pending.value is not None:
+            yield GaugeMetricFamily(
+                "parley_identity_changes_pending",
+                "Identity changes waiting to be announced in the accounts' conversations "
+                "(all processes; sampled every 5 s).",
+                value=self._identity_pending.value,
+            )
         yield CounterMetricFamily(
             "parley_send_batches",
             "Group-commit batches written (messages / batches = batch size).",

@@ -245,6 +245,12 @@ class Envelope:
     watermarks: tuple[Watermarks, ...] = ()
     # KEY_NOTICE: the one device it is for; empty for every device of the account.
     device_id: str = ""
+    # Messages that came live through the doorbell: when they were committed
+    # (Unix ms), for the delivery lag; 0 for everything replayed from the log.
+    committed_ms: int = 0
+    # The sender's span context (parley_core.telemetry) when the send was
+    # traced: the delivery span continues its trace.
+    trace: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

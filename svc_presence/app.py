@@ -13,6 +13,7 @@ from parley_core.rpc.server import ServiceHost
 from parley_core.runtime import open_runtime, service_main
 from parley_core.storage.liveness import Liveness
 from parley_core.tasks import stop_tasks
+from parley_core.telemetry import build_tracing
 from svc_presence.domain.presence import PresenceHandler
 from svc_presence.domain.rules import RuleLoader
 from svc_presence.domain.subscriptions import Hub
@@ -30,7 +31,10 @@ log = structlog.get_logger(__name__)
 
 async def build(settings: Settings) -> ServiceHost:
     config = settings.presence
-    runtime = await open_runtime(settings, service="presence")
+    tracing = build_tracing(
+        settings.telemetry.tracing, service="svc_presence", region=settings.region
+    )
+    runtime = await open_runtime(settings, service="presence", tracing=tracing)
     stats = PresenceStats()
     # Presence's own Redis clients: short timeouts, so its RPCs fail fast
     # when Redis is down (the runtime's client is for the revocation feed).
@@ -79,6 +83,7 @@ async def build(settings: Settings) -> ServiceHost:
     )
     runtime.registry.register(PresenceMetrics(stats, hub, channels))
     await runtime.start_revocation_feed()
+    runtime.start_topology_watcher()
     tasks = [
         asyncio.create_task(channels.run()),
         asyncio.create_task(hub.run()),
@@ -101,7 +106,7 @@ async def build(settings: Settings) -> ServiceHost:
     return ServiceHost(
         name="svc_presence",
         settings=config.server,
-        interceptors=[runtime.interceptor(public_methods=())],
+        interceptors=runtime.interceptors(public_methods=()),
         register=lambda server: presence_pb2_grpc.add_PresenceServiceServicer_to_server(
             servicer, server
         ),

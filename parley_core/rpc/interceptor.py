@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 
 from parley_core.auth.caller import Caller, set_caller
 from parley_core.auth.tokens import TokenVerifier
@@ -85,6 +87,30 @@ def _as_parley_error(error: BaseException) -> BaseException:
     if not isinstance(error, ParleyError) and _unreachable(error):
         return _store_unreachable()
     return error
+
+
+# Statuses that are the server's failure, not the caller's: the trace span of
+# such a call is marked as an error (OpenTelemetry's gRPC conventions).
+_SERVER_FAILURES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+def _mark_span(code: grpc.StatusCode) -> None:
+    """Record the status on the call's server span. The tracing interceptor
+    only sees statuses set through ``abort``; Parley aborts with details
+    (``abort_with_status``). Without tracing the current span is a no-op."""
+    span = trace.get_current_span()
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code in _SERVER_FAILURES:
+        span.set_status(Status(StatusCode.ERROR, code.name))
 
 
 def _code_name(error: BaseException) -> str:
@@ -181,6 +207,7 @@ class ServiceInterceptor(_InterceptorBase):
         else:
             log.error("rpc_crashed", method=method, exc_info=error)
             status = internal_status()
+        _mark_span(status.code)
         await context.abort_with_status(status)
         return status.code.name  # pragma: no cover - abort raises
 

@@ -77,6 +77,10 @@ class PreKeyLows:
         doc = await self._docs.find_one({"_id": device_id}, {"count": 1})
         return None if doc is None else int(doc["count"])
 
+    async def devices_below(self) -> int:
+        """How many devices are below the low-water mark now (all accounts)."""
+        return await self._docs.count_documents({})
+
 
 @dataclass(frozen=True, slots=True)
 class IdentityChange:

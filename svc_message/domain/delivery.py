@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 import structlog
 
 from parley_core.errors import NotFound
+from parley_core.histogram import LATENCY_BOUNDS, Histogram
 from svc_message.domain.conversations import ConversationsHandler, Membership
 from svc_message.domain.leases import StreamLeases
 from svc_message.domain.ports import EventCodec, PreKeyCounts
@@ -101,6 +102,9 @@ class DeliveryService:
         # Keeps the devices of live streams online (presence); never awaited.
         self._leases = leases
         self._pre_keys = pre_keys
+        # From a message's commit to its write on a stream, live events only
+        # (a replay to a device that was offline says nothing about the system).
+        self.lag = Histogram(LATENCY_BOUNDS)
 
     def open(self, *, account_id: str, device_id: str, expires_at: float) -> StreamSession:
         return StreamSession(
@@ -207,7 +211,18 @@ class DeliveryService:
         events = self._events(session, positions=positions, sync_token=sync_token)
         async with contextlib.aclosing(events):
             async for batch in events:
-                yield self._with_rekeys(session, batch)
+                out = self._with_rekeys(session, batch)
+                yield out
+                # Resumed: the transport wrote the batch.
+                self._written(out)
+
+    def _written(self, batch: list[Envelope]) -> None:
+        now_ms = -1.0
+        for envelope in batch:
+            if envelope.committed_ms:
+                if now_ms < 0:
+                    now_ms = self._clock() * 1000
+                self.lag.observe(max(now_ms - envelope.committed_ms, 0.0) / 1000)
 
     def _with_rekeys(self, session: StreamSession, batch: list[Envelope]) -> list[Envelope]:
         """The batch with a re-key notice after each departure from a group,

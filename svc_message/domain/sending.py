@@ -30,8 +30,18 @@ from parley_core.errors import Aborted, ParleyError, Unavailable
 from parley_core.ids import new_id
 from svc_message.domain.ports import EventCodec, Publisher
 from svc_message.domain.projection import Projector, commits_of
-from svc_message.model import HISTORY_KINDS, Change, Conversation, Envelope, Message
-from svc_message.storage.doorbell import inbox, topic
+from svc_message.model import (
+    CHANNEL,
+    DIRECT,
+    GROUP,
+    HISTORY_KINDS,
+    Change,
+    ChangeKind,
+    Conversation,
+    Envelope,
+    Message,
+)
+from svc_message.storage.doorbell import inbox, topic, traced
 from svc_message.storage.messages import Conflict, MessageStore
 from svc_message.storage.recent import Heads, RecentCache
 
@@ -50,6 +60,9 @@ class Draft:
     # Extra doorbell targets: accounts that must hear of it even when not
     # (or no longer) listening to the conversation (added, removed).
     notify: tuple[str, ...] = ()
+    # The sending call's span context, when it is traced: it travels with
+    # the doorbell payload so delivery continues the trace.
+    trace: bytes | None = None
     future: asyncio.Future[Committed] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -95,6 +108,7 @@ class SendPipeline:
         batch_max: int,
         clock: Callable[[], float],
         position_cache_size: int = 200_000,
+        trace_context: Callable[[], bytes | None] | None = None,
     ) -> None:
         self._messages = messages
         self._projector = projector
@@ -111,8 +125,16 @@ class SendPipeline:
         self._outbox: asyncio.Queue[list[tuple[tuple[str, ...], bytes]]] = asyncio.Queue()
         self.batches = 0
         self.committed = 0
+        # Messages (not system messages or other changes) committed, by
+        # conversation type.
+        self.sent_by_type: dict[int, int] = {DIRECT: 0, GROUP: 0, CHANNEL: 0}
+        # Only when tracing is on; otherwise a send costs nothing more.
+        self._trace_context = trace_context
 
     async def submit(self, draft: Draft) -> Committed:
+        if self._trace_context is not None:
+            # Here, in the caller's task: the committer runs in its own.
+            draft.trace = self._trace_context()
         self._queue.append(draft)
         self._wake.set()
         # Shielded: a caller that gives up must not cancel a write that the
@@ -203,6 +225,11 @@ class SendPipeline:
         _fail(pending, Aborted("too much contention on this conversation; retry"))
         self.batches += 1
         self.committed += len(committed)
+        sent = self.sent_by_type
+        for draft, change in committed:
+            if change.kind == ChangeKind.MESSAGE:
+                kind = draft.conversation.type
+                sent[kind] = sent.get(kind, 0) + 1
 
         duplicates = await self._resolve_retries(retried)
         everything = committed + duplicates
@@ -234,7 +261,7 @@ class SendPipeline:
             [
                 (
                     (topic(draft.conversation_id), *(inbox(a) for a in draft.notify)),
-                    self._codec.encode(result.envelope),
+                    self._payload(draft, result),
                 )
                 for draft, result in acked
             ]
@@ -242,6 +269,10 @@ class SendPipeline:
         for draft, result in acked:
             if not draft.future.done():
                 draft.future.set_result(result)
+
+    def _payload(self, draft: Draft, result: Committed) -> bytes:
+        payload = self._codec.encode(result.envelope)
+        return payload if draft.trace is None else traced(draft.trace, payload)
 
     async def _targets(self, changes: Iterable[Change]) -> dict[str, Message]:
         ids = {c.target_id for c in changes if c.target_id}

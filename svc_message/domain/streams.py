@@ -13,16 +13,24 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import structlog
 
 from parley_core.errors import ParleyError, Reason, ResourceExhausted, Unauthenticated
+from parley_core.histogram import SIZE_BOUNDS, Histogram
 from svc_message.domain.ports import EventCodec, Subscriptions
 from svc_message.model import CHANNEL, Envelope, EventKind, Watermarks
-from svc_message.storage.doorbell import ACCOUNT_PREFIX, CONVERSATION_PREFIX, inbox, topic
+from svc_message.storage.doorbell import (
+    ACCOUNT_PREFIX,
+    CONVERSATION_PREFIX,
+    TRACED_MARK,
+    inbox,
+    topic,
+    untraced,
+)
 
 if TYPE_CHECKING:
     from svc_message.domain.typing import TypingLimiter
@@ -259,6 +267,8 @@ class Hub:
         self._codec = codec
         self._sessions: dict[str, set[StreamSession]] = {}
         self._topics: dict[str, set[StreamSession]] = {}
+        # Streams each doorbell event was handed to on this process.
+        self.fanout = Histogram(SIZE_BOUNDS)
 
     @property
     def stream_count(self) -> int:
@@ -320,10 +330,16 @@ class Hub:
             return
         if not sessions:
             return
+        trace = b""
+        if payload and payload[0] == TRACED_MARK:
+            trace, payload = untraced(payload)
         envelope = self._codec.decode(payload)
         if envelope is None:
             log.warning("doorbell_payload_unreadable", size=len(payload))
             return
+        if trace:
+            envelope = replace(envelope, trace=trace)
+        self.fanout.observe(len(sessions))
         for session in sessions:
             session.offer(envelope)
 

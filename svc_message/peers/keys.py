@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import grpc
 
@@ -17,8 +18,15 @@ class AccountDirectory:
     exist are remembered (bounded), so a chat's first message does not wait on
     another service."""
 
-    def __init__(self, target: str, *, cache_size: int = 100_000) -> None:
-        self._channel = grpc.aio.insecure_channel(target)
+    def __init__(
+        self,
+        target: str,
+        *,
+        cache_size: int = 100_000,
+        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+    ) -> None:
+        # Interceptors: tracing's, when it is on (client spans, context sent along).
+        self._channel = grpc.aio.insecure_channel(target, interceptors=list(interceptors) or None)
         self._stub = accounts_pb2_grpc.AccountServiceStub(self._channel)
         self._known: OrderedDict[str, None] = OrderedDict()
         self._cache_size = cache_size

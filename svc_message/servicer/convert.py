@@ -166,7 +166,7 @@ def encode_list_messages(entries: list[bytes], next_page_token: str) -> bytes:
 _LEAVING = frozenset({pb.SystemEvent.ACTION_MEMBER_REMOVED, pb.SystemEvent.ACTION_MEMBER_LEFT})
 
 
-def _message_envelope(event: pb.Event, size: int = 0) -> Envelope:
+def _message_envelope(event: pb.Event, size: int = 0, *, committed_ms: int = 0) -> Envelope:
     message = event.message
     leaving: tuple[str, ...] = ()
     if message.HasField("system") and message.system.action in _LEAVING:
@@ -180,6 +180,7 @@ def _message_envelope(event: pb.Event, size: int = 0) -> Envelope:
         size,
         version=message.version,
         leaving=leaving,
+        committed_ms=committed_ms,
     )
 
 
@@ -346,7 +347,12 @@ class ProtoEventCodec:
         kind = event.WhichOneof("kind")
         size = len(payload)
         if kind == "message":
-            return _message_envelope(event, size)
+            # Only doorbell payloads are decoded: these are live, so their
+            # commit time is what the delivery lag is measured from.
+            created = event.message.create_time
+            return _message_envelope(
+                event, size, committed_ms=created.seconds * 1000 + created.nanos // 1_000_000
+            )
         if kind in ("edit", "deletion", "reaction"):
             return _change_envelope(event, size)
         if kind == "receipts":

@@ -22,16 +22,19 @@ from typing import Any
 
 import grpc
 import structlog
+from opentelemetry.trace import Span
 
 from parley.message.v1 import messages_pb2 as pb
 from parley_core.auth.caller import Caller, current_caller
 from parley_core.errors import InvalidArgument, ParleyError
 from parley_core.rpc.status import to_grpc_status
+from parley_core.telemetry import Tracing
 from parley_core.validation import Check
 from svc_message.domain.acks import AckBatcher
 from svc_message.domain.delivery import DeliveryService
 from svc_message.domain.streams import StreamSession, valid_sync_token
 from svc_message.domain.typing import TypingRelay
+from svc_message.model import Envelope
 from svc_message.servicer.convert import ProtoEventCodec
 
 log = structlog.get_logger(__name__)
@@ -63,6 +66,26 @@ def server_events(events: list[Any], *, max_bytes: int = MAX_SERVER_EVENT_BYTES)
     return out
 
 
+def _deliver_spans(tracing: Tracing, batch: list[Envelope], device_id: str) -> list[Span]:
+    """A "deliver" span per traced event, child of its sending call's span."""
+    spans: list[Span] = []
+    for envelope in batch:
+        if envelope.trace:
+            span = tracing.start_child(
+                "deliver",
+                envelope.trace,
+                attributes={
+                    "parley.conversation_id": envelope.conversation_id,
+                    "parley.seq": envelope.seq,
+                    "parley.version": envelope.version,
+                    "parley.device_id": device_id,
+                },
+            )
+            if span is not None:
+                spans.append(span)
+    return spans
+
+
 def _positions(check: Check, field: str, positions: Any) -> dict[str, int]:
     if len(positions) > MAX_POSITIONS:
         check.fail(field, f"at most {MAX_POSITIONS} positions")
@@ -87,8 +110,12 @@ class StreamServicer:
         typing: TypingRelay,
         *,
         write_stall_seconds: float = WRITE_STALL_SECONDS,
+        tracing: Tracing | None = None,
     ) -> None:
         self._delivery = delivery
+        # Only when tracing is on: then each traced event's write is a span
+        # in its sender's trace.
+        self._tracing = tracing if tracing is not None and tracing.enabled else None
         self._acks = acks
         self._codec = codec
         self._typing = typing
@@ -129,8 +156,17 @@ class StreamServicer:
             # device's routing and presence lease.
             async with contextlib.aclosing(events):
                 async for batch in events:
-                    for server_event in server_events([envelope.wire for envelope in batch]):
-                        yield server_event
+                    spans = (
+                        None
+                        if self._tracing is None
+                        else _deliver_spans(self._tracing, batch, caller.device_id)
+                    )
+                    try:
+                        for server_event in server_events([envelope.wire for envelope in batch]):
+                            yield server_event
+                    finally:
+                        for span in spans or ():
+                            span.end()
         finally:
             watchdog.cancel()
             reader.cancel()

@@ -26,12 +26,33 @@ from redis.exceptions import RedisError
 
 from parley_core.storage.key_notices import ACCOUNT_CHANNEL_PREFIX, account_channel
 from parley_core.storage.redis import Redis
+from parley_core.telemetry import SPAN_CONTEXT_BYTES
 
 # The account channel is shared with svc_keys, which publishes key notices on it.
 ACCOUNT_PREFIX = ACCOUNT_CHANNEL_PREFIX
 CONVERSATION_PREFIX = "parley:c:"
 MEMBERSHIP_CHANNEL = "parley:membership"
 log = structlog.get_logger(__name__)
+
+
+# A payload is an encoded parley.message.v1.Event or, when the change was
+# sent in a traced call, TRACED_MARK, the sender's span context
+# (parley_core.telemetry: trace id, span id, flags) and then the Event. No
+# protobuf message starts with 0x07 (field 0, wire type 7: both invalid), so
+# untraced payloads, svc_keys' key notices among them, read as before.
+TRACED_MARK = 0x07
+_TRACED_PREFIX = bytes((TRACED_MARK,))
+_TRACED_HEADER = 1 + SPAN_CONTEXT_BYTES
+
+
+def traced(span_context: bytes, payload: bytes) -> bytes:
+    """The payload with the sender's span context in front."""
+    return b"".join((_TRACED_PREFIX, span_context, payload))
+
+
+def untraced(payload: bytes) -> tuple[bytes, bytes]:
+    """(span context, event bytes) of a payload that starts with TRACED_MARK."""
+    return payload[1:_TRACED_HEADER], payload[_TRACED_HEADER:]
 
 
 def inbox(account_id: str) -> str:

@@ -169,6 +169,7 @@ def _raw(key: Any) -> bytes:
 class _Keys:
     def __init__(self) -> None:
         self.stored: dict[str, DeviceKeys] = {}
+        self.pre_keys_dropped: list[str] = []
 
     async def device_keys(self, device_id: str) -> DeviceKeys | None:
         return self.stored.get(device_id)
@@ -183,6 +184,9 @@ class _Keys:
 
     async def count_pre_keys(self, device_id: str) -> int:
         return 0
+
+    async def delete_pre_keys(self, device_id: str) -> None:
+        self.pre_keys_dropped.append(device_id)
 
 
 class _Changes:
@@ -203,13 +207,21 @@ class _Lows:
         pass
 
 
+class _Envelopes:
+    def __init__(self) -> None:
+        self.dropped: list[str] = []
+
+    async def delete_for_device(self, recipient_device_id: str) -> None:
+        self.dropped.append(recipient_device_id)
+
+
 class _Accounts:
     async def device_by_id(self, device_id: str) -> Device:
         return Device(device_id, A1, "phone", 1, datetime(2026, 1, 1, tzinfo=UTC))
 
 
 async def test_an_identity_change_is_recorded_once_and_survives_a_stopped_publish() -> None:
-    keys, changes = _Keys(), _Changes()
+    keys, changes, envelopes = _Keys(), _Changes(), _Envelopes()
     handler = KeysHandler(
         keys,  # type: ignore[arg-type]
         _Accounts(),  # type: ignore[arg-type]
@@ -217,7 +229,7 @@ async def test_an_identity_change_is_recorded_once_and_survives_a_stopped_publis
         pre_key_lows=_Lows(),  # type: ignore[arg-type]
         identity_changes=changes,  # type: ignore[arg-type]
         notices=None,  # type: ignore[arg-type]
-        sender_keys=None,  # type: ignore[arg-type]
+        sender_keys=envelopes,  # type: ignore[arg-type]
         max_pre_keys=1000,
     )
 
@@ -246,3 +258,7 @@ async def test_an_identity_change_is_recorded_once_and_survives_a_stopped_publis
     assert await publish(second) is False
     assert changes.recorded == [D1]
     assert not keys.stored[D1].identity_change_pending
+    # The old install's prekeys and envelopes went, on the stopped attempt and
+    # again on its retry (which cannot know how far the first one got).
+    assert keys.pre_keys_dropped == [D1, D1]
+    assert envelopes.dropped == [D1, D1]
