@@ -164,17 +164,22 @@ async def _true(value: bool) -> bool:
 # -- the CLI --------------------------------------------------------------------------
 
 
-async def run_cli(
-    home: Path, *args: str, stdin: bytes | None = None, timeout: float = 60
-) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
+async def start_cli(home: Path, *args: str, stdin: bool = False) -> asyncio.subprocess.Process:
+    """A `parley` command running under ``home``, its output piped."""
+    return await asyncio.create_subprocess_exec(
         *CLI,
         *args,
         env={**os.environ, "PARLEY_HOME": str(home)},
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def run_cli(
+    home: Path, *args: str, stdin: bytes | None = None, timeout: float = 60
+) -> tuple[int, str, str]:
+    process = await start_cli(home, *args, stdin=stdin is not None)
     out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
@@ -214,16 +219,7 @@ async def test_cli_scripted_chat_reaches_the_follower(stack: LocalStack, tmp_pat
     assert code == 0, err
     assert out.startswith(f"@{bob} ")
 
-    follower = await asyncio.create_subprocess_exec(
-        *CLI,
-        "follow",
-        "--profile",
-        "b",
-        env={**os.environ, "PARLEY_HOME": str(home)},
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    follower = await start_cli(home, "follow", "--profile", "b")
     try:
         assert follower.stdout is not None
         await read_until(follower.stdout, "synced", timeout=30)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import stat
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from parley_dev.stack import LocalStack
 from parley_sdk import Client, Credentials, Direction
 from parley_sdk._cli_profiles import Profile, ProfileStore
-from tests.integration.test_sdk_cli import CLI, read_until, run_cli
+from tests.integration.test_sdk_cli import read_until, run_cli, start_cli
 from tests.sdk_e2ee_inbox import unique
 
 
@@ -33,16 +32,7 @@ async def test_cli_messages_are_encrypted_and_read_back(stack: LocalStack, tmp_p
         store = home / f"{profile}.db"
         assert stat.S_IMODE(store.stat().st_mode) == 0o600
 
-    follower = await asyncio.create_subprocess_exec(
-        *CLI,
-        "follow",
-        "--profile",
-        "b",
-        env={**os.environ, "PARLEY_HOME": str(home)},
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    follower = await start_cli(home, "follow", "--profile", "b")
     try:
         assert follower.stdout is not None
         await read_until(follower.stdout, "synced", timeout=30)

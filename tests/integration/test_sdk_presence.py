@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -37,8 +35,8 @@ from parley_sdk import (
 )
 from parley_sdk._cli_profiles import ProfileStore
 from tests.helpers import wait_until
+from tests.integration.test_sdk_cli import read_until, run_cli, start_cli
 
-CLI = [sys.executable, "-c", "import sys; from parley_dev.cli import main; sys.exit(main())"]
 WAIT = 20.0
 
 
@@ -302,38 +300,6 @@ async def test_push_token_and_do_not_disturb_round_trip(stack: LocalStack) -> No
 # -- the CLI ------------------------------------------------------------------------------------
 
 
-async def run_cli(home: Path, *args: str, timeout: float = 60) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *CLI,
-        *args,
-        env={**os.environ, "PARLEY_HOME": str(home)},
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
-async def read_until(stream: asyncio.StreamReader, needle: str, *, timeout: float) -> list[str]:
-    lines: list[str] = []
-
-    async def scan() -> list[str]:
-        while True:
-            raw = await stream.readline()
-            if not raw:
-                raise AssertionError(f"output ended before {needle!r}; got {lines}")
-            lines.append(raw.decode().rstrip("\n"))
-            if needle in lines[-1]:
-                return lines
-
-    try:
-        return await asyncio.wait_for(scan(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"no {needle!r} within {timeout}s; got {lines}") from None
-
-
 @pytest.mark.slow
 async def test_cli_presence_contacts_and_push(stack: LocalStack, tmp_path: Path) -> None:
     home = tmp_path / "parley-home"
@@ -376,18 +342,7 @@ async def test_cli_presence_contacts_and_push(stack: LocalStack, tmp_path: Path)
     assert code == 0, err
     assert out.startswith("online=everyone ")
 
-    watcher = await asyncio.create_subprocess_exec(
-        *CLI,
-        "presence",
-        "watch",
-        f"@{alice}",
-        "--profile",
-        "b",
-        env={**os.environ, "PARLEY_HOME": str(home)},
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    watcher = await start_cli(home, "presence", "watch", f"@{alice}", "--profile", "b")
     try:
         assert watcher.stdout is not None
         [snapshot] = await read_until(watcher.stdout, f"@{alice} ", timeout=30)
