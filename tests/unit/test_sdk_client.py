@@ -76,7 +76,8 @@ class FakeRpc:
 
 
 class FakeMessages:
-    """Every MessageService method; answers are set per method name."""
+    """Any service's methods (MessageService here, KeyService elsewhere);
+    answers are set per method name, any other call fails the test."""
 
     def __init__(self) -> None:
         self.rpcs: dict[str, FakeRpc] = {}

@@ -3,10 +3,7 @@ into calls of at most 100, and the usual UNAVAILABLE-only retries."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import grpc
 import pytest
@@ -24,50 +21,15 @@ from parley_sdk import (
     UnavailableError,
 )
 from parley_sdk._session import Session
-
-Responder = Callable[[Any], Any]
+from tests.unit.test_sdk_client import FakeMessages, Responder
 
 
 def rpc_error(code: grpc.StatusCode) -> aio.AioRpcError:
     return aio.AioRpcError(code, aio.Metadata(), aio.Metadata(), "nope", None)
 
 
-class FakeRpc:
-    """A unary multi-callable: fails with queued errors, then answers via ``respond``."""
-
-    def __init__(self, respond: Responder, errors: list[aio.AioRpcError]) -> None:
-        self.respond = respond
-        self.errors = errors
-        self.requests: list[Any] = []
-
-    def __call__(self, request: Any, *, metadata: Any, timeout: float | None) -> Any:
-        self.requests.append(request)
-
-        async def answer() -> Any:
-            await asyncio.sleep(0)
-            if self.errors:
-                raise self.errors.pop(0)
-            return self.respond(request)
-
-        return answer()
-
-
-class FakeKeyService:
-    """KeyService methods answered per name; any other call fails the test."""
-
-    def __init__(self) -> None:
-        self.rpcs: dict[str, FakeRpc] = {}
-
-    def answer(
-        self, name: str, respond: Responder, errors: list[aio.AioRpcError] | None = None
-    ) -> FakeRpc:
-        self.rpcs[name] = FakeRpc(respond, errors or [])
-        return self.rpcs[name]
-
-    def __getattr__(self, name: str) -> FakeRpc:
-        if name not in self.rpcs:
-            raise AssertionError(f"unexpected call to {name}")
-        return self.rpcs[name]
+# The key directory answers like any other service in these tests.
+FakeKeyService = FakeMessages
 
 
 SPK = SignedPreKey(key_id=7, public_key=b"\x01" * 32, signature=b"\x02" * 64)
