@@ -152,7 +152,7 @@ def sections(model: BaseModel, path: tuple[str, ...] = (), text: str = "") -> It
             children.append((value, where, what))
         else:
             keys.append(Key(where, info, value))
-    if keys:
+    if keys or path:
         yield Section(path, text, keys)
     for child, where, what in children:
         yield from sections(child, where, what)
@@ -224,6 +224,8 @@ def render_section(section: Section) -> str:
     else:
         level = "#" * min(len(section.path) + 1, 4)
         title, intro = f"{level} `{'.'.join(section.path)}`", section.description + "\n\n"
+    if not section.keys:
+        return f"{title}\n\n{section.description}\n"
     rows = "\n".join(row(key) for key in section.keys)
     return f"{title}\n\n{intro}{COLUMNS}\n{RULE}\n{rows}\n"
 
