@@ -39,25 +39,33 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
-    # 0 picks a free port (tests); the bound port is logged and reported.
+    """Address the gRPC server and the metrics endpoint bind to; 0.0.0.0 is every interface."""
     port: int = Field(default=0, ge=0, le=65535)
-    # Prometheus /metrics; None disables the endpoint.
+    """gRPC port; 0 picks a free port (tests), and the bound port is logged and reported."""
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    # How long in-flight RPCs may run after a shutdown signal.
+    """Port of the Prometheus /metrics endpoint; unset disables it."""
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
+    """Seconds in-flight RPCs may still run after a shutdown signal before they are cancelled."""
     max_receive_message_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    """Largest request message the server accepts, in bytes; larger ones fail with
+    RESOURCE_EXHAUSTED."""
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """The asyncio event loop implementation the process runs on."""
 
 
 class MongoSettings(_Section):
     uri: str = "mongodb://127.0.0.1:27017/"
+    """MongoDB (or SecantusDB) connection string, mongodb:// or mongodb+srv://; retryWrites is
+    always off whatever it says. It may hold a password: give it through a _FILE secret."""
     database: str = Field(default="parley", min_length=1, max_length=60)
+    """Name of the database holding every collection of the services."""
     server_selection_timeout_ms: int = Field(default=5000, ge=100)
+    """Milliseconds an operation waits for a usable server before it fails."""
 
     @field_validator("uri")
     @classmethod
@@ -69,7 +77,10 @@ class MongoSettings(_Section):
 
 class RedisSettings(_Section):
     url: str = "redis://127.0.0.1:6379/0"
+    """Redis connection URL (redis://, rediss:// for TLS, or unix://); it may hold a password: give
+    it through a _FILE secret."""
     socket_timeout_seconds: float = Field(default=2.0, gt=0)
+    """Seconds a Redis connect or command may take before it fails (timeouts are not retried)."""
 
     @field_validator("url")
     @classmethod
@@ -80,43 +91,55 @@ class RedisSettings(_Section):
 
 
 class AuthSettings(_Section):
-    # PEM Ed25519 public keys that may have signed access tokens. Several allow
-    # key rotation: sign with the new key while the old one still verifies.
+    # Several keys allow rotation: sign with the new key while the old one still verifies.
     public_key_files: tuple[Path, ...] = ()
-    # PEM Ed25519 private key; only the service that issues tokens needs it.
+    """PEM Ed25519 public keys that may have signed access tokens; every service needs at least one.
+    List several to rotate keys."""
     private_key_file: Path | None = None
+    """PEM Ed25519 private key that signs access tokens; only svc_keys (the issuer) needs it."""
     access_token_ttl_seconds: int = Field(default=3600, ge=30, le=86400)
+    """Lifetime of an access token in seconds; also how long a revocation is remembered."""
     refresh_token_ttl_seconds: int = Field(default=30 * 86400, ge=300)
-    # Revocations arrive over Redis at once; this poll of MongoDB bounds how late
-    # one can be when Redis is down.
+    """Lifetime of a device's refresh token in seconds."""
     revocation_poll_seconds: float = Field(default=5.0, gt=0, le=300)
+    """Seconds between polls of MongoDB for token revocations; revocations arrive over Redis at
+    once, so this bounds how late one is when Redis is down."""
 
 
 class KeysServiceSettings(_Section):
     server: ServerSettings = ServerSettings(port=7101)
+    """gRPC server of svc_keys."""
     max_devices_per_account: int = Field(default=5, ge=1, le=64)
-    # One-time prekeys a device may hold; uploads beyond it are refused.
+    """Devices one account may have registered at once."""
     max_pre_keys_per_device: int = Field(default=1000, ge=100, le=100_000)
+    """One-time prekeys a device may hold; uploads beyond it are refused."""
     # Token buckets on GetPreKeyBundles: each fetch consumes the target's
     # one-time prekeys, so draining them is the attack. One bucket per
     # (requester, target account), and a looser one per requester so a client
     # can still start sessions with every member of a new large group.
     bundle_fetch_burst: int = Field(default=20, ge=1, le=10_000)
+    """Prekey bundle fetches one requester may make for one target account in a burst."""
     bundle_fetch_per_minute: float = Field(default=20.0, gt=0, le=100_000)
+    """Refill rate of the per (requester, target account) bundle-fetch bucket, in fetches per
+    minute."""
     bundle_fetch_requester_burst: int = Field(default=1100, ge=1, le=100_000)
+    """Prekey bundle fetches one requester may make across all targets in a burst."""
     bundle_fetch_requester_per_minute: float = Field(default=300.0, gt=0, le=1_000_000)
-    # Sender-key envelopes waiting for one recipient device; sends beyond it
-    # are refused until the device claims some.
+    """Refill rate of the per-requester bundle-fetch bucket, in fetches per minute."""
     max_unclaimed_sender_keys_per_device: int = Field(default=10_000, ge=1, le=1_000_000)
+    """Sender-key envelopes that may wait for one recipient device; sends beyond it are refused
+    until the device claims some."""
 
 
 class WebhookPushSettings(_Section):
-    # Unset: webhook tokens are accepted but their notifications dead-letter.
     url: str | None = None
-    # HMAC-SHA256 key for the signature header; give it through
-    # PARLEY_MESSAGE__PUSH__WEBHOOK__SECRET_FILE, never in the YAML.
+    """http(s) URL the webhook provider POSTs notifications to; unset: webhook tokens are accepted
+    but their notifications dead-letter."""
     secret: str | None = Field(default=None, min_length=16, repr=False)
+    """HMAC-SHA256 key of the webhook signature header; give it through
+    PARLEY_MESSAGE__PUSH__WEBHOOK__SECRET_FILE, never in the YAML."""
     timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    """Seconds one webhook request may take before the attempt fails."""
 
     @field_validator("url")
     @classmethod
@@ -127,138 +150,169 @@ class WebhookPushSettings(_Section):
 
 
 class ApnsPushSettings(_Section):
-    # Production; https://api.sandbox.push.apple.com for development builds.
     endpoint: str = "https://api.push.apple.com"
+    """APNs base URL: production; https://api.sandbox.push.apple.com for development builds."""
     team_id: str | None = None
+    """Apple developer team id, the issuer of the provider token; APNs push needs team_id, key_id,
+    private_key_file and topic together."""
     key_id: str | None = None
-    # The .p8 signing key from the Apple developer account.
+    """Id of the APNs signing key (the provider token's kid)."""
     private_key_file: Path | None = None
-    # The app's bundle id (apns-topic).
+    """The .p8 APNs signing key from the Apple developer account."""
     topic: str | None = None
-    # CA bundle to trust instead of the system's (tests with a local server).
+    """The app's bundle id, sent as apns-topic."""
     ca_file: Path | None = None
+    """CA bundle to trust instead of the system's (tests with a local server)."""
     timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    """Seconds one APNs request may take before the attempt fails."""
 
 
 class FcmPushSettings(_Section):
     endpoint: str = "https://fcm.googleapis.com"
-    # The Firebase service account JSON (client_email, private_key, token_uri).
+    """FCM base URL the HTTP v1 send requests go to."""
     service_account_file: Path | None = None
+    """The Firebase service account JSON (client_email, private_key, token_uri); setting it turns
+    FCM push on."""
     project_id: str | None = None
+    """Firebase project id; unset: the service account's project_id."""
     ca_file: Path | None = None
+    """CA bundle to trust instead of the system's (tests with a local server)."""
     timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    """Seconds one FCM request (or token exchange) may take before the attempt fails."""
 
 
 class PushSettings(_Section):
-    # Run an outbox worker in this process; any number of processes may.
     worker: bool = True
-    # Messages for one device within this window become one notification.
+    """Run a push outbox worker in this process; any number of processes may."""
     collapse_seconds: float = Field(default=2.0, ge=0, le=300)
-    # Delivery attempts before a notification is dead-lettered.
+    """Messages for one device within this many seconds become one notification."""
     max_attempts: int = Field(default=8, ge=1, le=100)
-    # Exponential backoff with full jitter between attempts.
+    """Delivery attempts before a notification is dead-lettered."""
+    # Full jitter: the wait is uniform below the bound, so the retries of many
+    # notifications failing together (a provider outage) do not come in waves.
     backoff_base_seconds: float = Field(default=1.0, gt=0, le=600)
+    """Bound of the wait after the first failed attempt, in seconds; the bound doubles with each
+    further attempt."""
     backoff_max_seconds: float = Field(default=300.0, gt=0, le=86400)
-    # A claimed notification whose worker vanished is retried after this.
+    """Largest bound of the wait between two attempts, in seconds (a provider's Retry-After may
+    still ask for longer)."""
     lease_seconds: float = Field(default=30.0, gt=0, le=3600)
-    # How often an idle worker looks for due notifications.
+    """Seconds after which a claimed notification whose worker vanished is retried."""
     poll_seconds: float = Field(default=0.5, gt=0, le=60)
-    # Notifications worked on at once per worker.
+    """Seconds between an idle worker's looks for due notifications."""
     concurrency: int = Field(default=16, ge=1, le=1000)
-    # Delivered and dead-lettered notifications are kept this long.
+    """Notifications one worker sends at once."""
     retention_seconds: int = Field(default=7 * 86400, ge=60)
+    """Seconds delivered and dead-lettered notifications are kept."""
     webhook: WebhookPushSettings = WebhookPushSettings()
+    """Push through a signed HTTP webhook (your own push gateway)."""
     apns: ApnsPushSettings = ApnsPushSettings()
+    """Push to iOS devices through Apple Push Notification service."""
     fcm: FcmPushSettings = FcmPushSettings()
+    """Push to Android devices through Firebase Cloud Messaging."""
 
 
 class MessageServiceSettings(_Section):
     server: ServerSettings = ServerSettings(port=7102)
-    # Where svc_message reaches svc_keys (peer account checks).
+    """gRPC server of svc_message."""
     keys_target: str = "127.0.0.1:7101"
+    """host:port where svc_message reaches svc_keys (peer account checks)."""
     max_body_bytes: int = Field(default=65536, ge=1, le=1 << 20)
-    # Events buffered per delivery stream before the stream counts as a slow
-    # consumer and is closed (it resumes from its watermarks on reconnect).
+    """Largest message body (ciphertext included) a send or edit may carry, in bytes."""
     stream_queue_events: int = Field(default=4096, ge=16)
-    # The same bound in encoded bytes, so large messages cannot make one slow
-    # stream hold hundreds of megabytes.
+    """Events buffered per delivery stream before the stream counts as a slow consumer and is closed
+    (it resumes from its watermarks on reconnect)."""
+    # Without a byte bound, large messages could make one slow stream hold
+    # hundreds of megabytes.
     stream_queue_bytes: int = Field(default=8 << 20, ge=1 << 16)
-    # Most sends committed by one group-commit write.
+    """Encoded bytes buffered per delivery stream before it counts as a slow consumer and is
+    closed."""
     send_batch_max: int = Field(default=512, ge=1, le=10000)
-    # Delivered-watermark acks from streams are coalesced for this long: every
-    # online device acks every delivery, so this bounds those writes to one per
-    # (conversation, member) per interval. It is also the delay of delivery ticks.
+    """Most sends committed by one group-commit write."""
+    # Every online device acks every delivery, so this bounds those writes to
+    # one per (conversation, member) per interval.
     ack_flush_seconds: float = Field(default=0.25, gt=0, le=5)
-    # The same for groups, where each message moves every member's delivered
-    # watermark: a longer interval coalesces more messages per write.
+    """Seconds delivered-watermark acks from streams are coalesced before they are written; also the
+    delay of delivery ticks."""
+    # Each group message moves every member's delivered watermark, so a longer
+    # interval coalesces more messages per write.
     group_ack_flush_seconds: float = Field(default=2.0, gt=0, le=30)
-    # Group delivered watermarks are raised in Redis at each flush and
-    # written to the database this often (and at shutdown).
+    """Seconds delivered-watermark acks of group messages are coalesced before they are written."""
     group_delivered_persist_seconds: float = Field(default=30.0, gt=0, le=600)
-    # Devices' acked positions (used when a device resumes without giving its
-    # own) are written this often and when the device's stream ends; a crash
-    # makes such a device get up to this much again, which it drops by version.
+    """Seconds between database writes of group delivered watermarks, which are raised in Redis at
+    each flush (they are also written at shutdown)."""
+    # A crash makes such a device get up to this much again, which it drops by version.
     cursor_flush_seconds: float = Field(default=30.0, gt=0, le=300)
-    # Messages replayed per database page while a stream catches up.
+    """Seconds between writes of devices' acked positions (used when a device resumes without giving
+    its own); a position is also written when the device's stream ends."""
     replay_page_size: int = Field(default=200, ge=1, le=5000)
-    # Newest messages kept in Redis per conversation being read; history pages
-    # within it are served without the database. 0 turns the cache off.
+    """Messages replayed per database page while a stream catches up."""
     recent_cache_messages: int = Field(default=200, ge=0, le=10000)
+    """Newest messages kept in Redis per conversation being read; history pages within them are
+    served without the database. 0 turns the cache off."""
     recent_cache_ttl_seconds: int = Field(default=3600, ge=10)
-    # How often the conversation projector records its progress; a process
-    # silent for three of these is presumed dead and its tail is replayed.
+    """Seconds a conversation's cached messages stay in Redis after the cache last added to them."""
     projector_heartbeat_seconds: float = Field(default=5.0, gt=0, le=300)
-    # Pause between projector flushes: every conversation touched meanwhile
-    # costs one write per flush however many messages it got, and inbox order
-    # trails by about this much (unread counts and last_seq do not trail).
+    """Seconds between the conversation projector's progress records; a process silent for three of
+    these is presumed dead and its tail is replayed."""
+    # Every conversation touched meanwhile costs one write per flush however
+    # many messages it got.
     projector_interval_seconds: float = Field(default=0.25, ge=0, le=60)
-    # Typing indicators: how long a recipient shows one unless renewed, the
-    # least time between two forwarded starts per device and conversation, and
-    # a per-device token bucket over all conversations (burst, then per second).
+    """Pause between projector flushes, in seconds: inbox order trails by about this much (unread
+    counts and last_seq do not)."""
     typing_expires_seconds: float = Field(default=6.0, gt=0, le=60)
+    """Seconds a recipient shows a typing indicator unless it is renewed."""
     typing_min_interval_seconds: float = Field(default=2.0, ge=0, le=60)
+    """Least seconds between two forwarded typing starts per device and conversation."""
     typing_burst: int = Field(default=5, ge=1, le=100)
+    """Burst of the per-device typing token bucket over all conversations."""
     typing_per_second: float = Field(default=2.0, gt=0, le=100)
-    # Identity-change system messages: how often an idle worker looks for
-    # changes to announce, and how long a claimed change is held before
-    # another process may redo it (a redo writes nothing twice).
+    """Refill rate of the per-device typing token bucket, in indicators per second."""
     identity_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    """Seconds between an idle worker's looks for identity changes to announce in conversations."""
     identity_lease_seconds: float = Field(default=30.0, gt=0, le=3600)
+    """Seconds a claimed identity change is held before another process may redo it (a redo writes
+    nothing twice)."""
     push: PushSettings = PushSettings()
+    """Push notifications to offline devices."""
 
 
 class PresenceServiceSettings(_Section):
     server: ServerSettings = ServerSettings(port=7103)
-    # A device counts as online this long after its last heartbeat or stream
-    # refresh; streams are refreshed every third of it.
+    """gRPC server of svc_presence."""
     device_ttl_seconds: float = Field(default=45.0, ge=1, le=3600)
-    # How often each process looks for users whose devices all expired.
+    """Seconds a device counts as online after its last heartbeat or stream refresh; streams are
+    refreshed every third of it."""
     sweep_interval_seconds: float = Field(default=0.5, gt=0, le=60)
-    # Last seen is written to MongoDB when a user goes offline and at most this
-    # often while online, so a Redis restart loses at most this much of it.
+    """Seconds between each process's looks for users whose devices all expired."""
     last_seen_persist_seconds: float = Field(default=60.0, gt=0, le=3600)
-    # Redis calls of presence RPCs give up after this (fail fast when it is down).
+    """Seconds between writes of an online user's last seen to MongoDB (it is also written when the
+    user goes offline), so a Redis restart loses at most this much of it."""
     redis_timeout_seconds: float = Field(default=0.5, gt=0, le=30)
+    """Seconds the Redis calls of presence RPCs may take before they give up (fail fast when Redis
+    is down)."""
     max_contacts: int = Field(default=5000, ge=1, le=100_000)
-    # Open SubscribePresence streams per process.
+    """Accounts one contact list may hold."""
     max_subscriptions: int = Field(default=10_000, ge=1)
-    # ... and per account per process, so one user cannot take every slot.
+    """Open SubscribePresence streams per process."""
     max_subscriptions_per_account: int = Field(default=32, ge=1, le=10_000)
+    """Open SubscribePresence streams per account per process, so one user cannot take them all."""
 
 
 class TracingSettings(_Section):
-    # OpenTelemetry traces of every RPC, of svc_message's calls to svc_keys, and
-    # of a message from SendMessage to its delivery on each recipient's stream.
     enabled: bool = False
-    # OTLP over gRPC, e.g. http://127.0.0.1:4317 (a Jaeger all-in-one or an
-    # OpenTelemetry Collector); https:// for TLS.
+    """Export OpenTelemetry traces of every RPC, of svc_message's calls to svc_keys, and of each
+    message from SendMessage to its delivery on every recipient's stream."""
     otlp_endpoint: str = ""
-    # Share of new traces kept; a call from a traced caller follows the
-    # caller's decision (parent-based).
+    """OTLP/gRPC collector, e.g. http://127.0.0.1:4317 (a Jaeger all-in-one or an OpenTelemetry
+    Collector); https:// for TLS. Needed when tracing is enabled."""
     sample_ratio: float = Field(default=1.0, ge=0, le=1)
-    # The traces' service.name; empty: the process's own (svc_keys, ...).
+    """Share of new traces kept, 0 to 1; a call from a traced caller follows the caller's decision
+    (parent-based)."""
     service_name: str = Field(default="", max_length=64)
+    """The traces' service.name; empty: the process's own (svc_keys, ...)."""
     export_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    """Seconds one export of a batch of spans to the collector may take."""
 
     @field_validator("otlp_endpoint")
     @classmethod
@@ -276,28 +330,40 @@ class TracingSettings(_Section):
 
 class TelemetrySettings(_Section):
     tracing: TracingSettings = TracingSettings()
+    """OpenTelemetry tracing."""
 
 
 class TopologySettings(_Section):
-    # The operator's topology.json (/etc/parley/topology/topology.json in its
-    # pods); empty: no topology, one region. A missing file means the same.
     path: str = ""
-    # How often the file is re-read; a changed document applies without a restart.
+    """The operator's topology.json (/etc/parley/topology/topology.json in its pods); empty or a
+    missing file: no topology, one region."""
     poll_seconds: float = Field(default=5.0, gt=0, le=300)
+    """Seconds between re-reads of the topology file; a changed document applies at once."""
 
 
 class Settings(_Section):
     region: str = Field(default="local", min_length=1, max_length=32)
+    """Name of the region this process serves, reported as cloud.region in traces."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Least severity of the log records written."""
     log_format: Literal["json", "console"] = "json"
+    """Log records as one JSON object a line, or plain text for a terminal."""
     mongo: MongoSettings = MongoSettings()
+    """The MongoDB (SecantusDB) database."""
     redis: RedisSettings = RedisSettings()
+    """Redis: fan-out, presence, rate limits and caches."""
     auth: AuthSettings = AuthSettings()
+    """Access and refresh tokens."""
     keys: KeysServiceSettings = KeysServiceSettings()
+    """svc_keys: accounts, devices and keys."""
     message: MessageServiceSettings = MessageServiceSettings()
+    """svc_message: conversations, messages, delivery streams and push."""
     presence: PresenceServiceSettings = PresenceServiceSettings()
+    """svc_presence: online state, last seen and contacts."""
     telemetry: TelemetrySettings = TelemetrySettings()
+    """Traces (metrics are per server)."""
     topology: TopologySettings = TopologySettings()
+    """The multi-region topology file."""
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
