@@ -13,6 +13,7 @@ Any bad value fails at start with a ConfigError naming the key.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Mapping
@@ -415,19 +416,29 @@ def load_settings(
     """Build Settings from the YAML file and the environment, or fail naming the key."""
     env = os.environ if environ is None else environ
     path = config_file or env.get(f"{ENV_PREFIX}CONFIG")
-    tree: dict[str, Any] = {}
-    if path:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"config file {path}: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path}: the top level must be a mapping")
-        tree = loaded
-    for key_path, value in _env_overrides(env):
-        _set_path(tree, key_path, value)
+    tree = read_config_file(path) if path else {}
+    return settings_from_tree(tree, env)
+
+
+def read_config_file(path: Path | str) -> dict[str, Any]:
+    """The YAML config file as a tree, unchecked; a ConfigError if it is no mapping."""
     try:
-        return Settings.model_validate(tree)
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping")
+    return loaded
+
+
+def settings_from_tree(tree: Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
+    """Settings from a loaded config tree with ``environ``'s overrides applied, or
+    a ConfigError naming the key (what a service started with them would do)."""
+    merged: dict[str, Any] = copy.deepcopy(dict(tree))
+    for key_path, value in _env_overrides(environ):
+        _set_path(merged, key_path, value)
+    try:
+        return Settings.model_validate(merged)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()

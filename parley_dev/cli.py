@@ -49,6 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="format of the services' logs under DATA_DIR/logs (default: json)",
     )
     up.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=(
+            "YAML settings merged over the generated config: any key of the typed config"
+            " (push providers, limits, retention, ...). The stack owns, and ignores from"
+            " FILE and from PARLEY_* variables: mongo.uri, redis.url,"
+            " auth.private_key_file, auth.public_key_files, message.keys_target,"
+            " log_format (--log-format), and host, port and metrics_port of keys.server,"
+            " message.server and presence.server (--port-offset). PARLEY_<SECTION>__<KEY>"
+            " variables (and *_FILE secrets) reach the services and win over FILE;"
+            " PARLEY_CONFIG is not read. A bad key or value stops before anything starts."
+        ),
+    )
+    up.add_argument(
         "--otlp-endpoint",
         metavar="URL",
         help="turn tracing on, exporting OTLP/gRPC to URL (e.g. http://127.0.0.1:4317)",
@@ -104,6 +119,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         log_format=args.log_format,
         client_commands=args.client_commands,
         otlp_endpoint=args.otlp_endpoint,
+        config_file=args.config,
     )
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from parley_core.auth.tokens import write_key_pair
-from parley_core.config import Settings
+from parley_core.config import Settings, settings_from_tree
 from parley_dev.layout import (
     DB,
     DB_READY_SECONDS,
@@ -47,6 +47,7 @@ from parley_dev.probes import (
     wait_until_ready,
 )
 from parley_dev.process import ManagedProcess, port_is_free
+from parley_dev.stack_config import merge_user_config
 
 __all__ = [
     "DB",
@@ -87,8 +88,14 @@ class LocalStack:
         log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO",
         shutdown_grace_seconds: float | None = None,
         extra_config: Mapping[str, Any] | None = None,
+        user_config: Mapping[str, Any] | None = None,
+        service_environ: Mapping[str, str] | None = None,
         ready_timeout: float = SERVICE_READY_SECONDS,
     ) -> None:
+        """``user_config`` is merged over the generated config but cannot change the
+        keys the stack owns (parley_dev.stack_config); ``extra_config`` (tests,
+        ``parley up`` flags) can. ``service_environ`` holds ``PARLEY_*`` variables
+        for the services, as stack_config.service_environment vets them."""
         if message_instances < 1:
             raise ValueError("message_instances must be at least 1")
         ports = ports or StackPorts.defaults(message_instances)
@@ -116,10 +123,14 @@ class LocalStack:
         self.presence_target = f"{HOST}:{ports.presence}"
         self.presence_metrics_url = f"http://{HOST}:{ports.presence_metrics}/metrics"
         self._config = self._config_tree(log_format, log_level, shutdown_grace_seconds)
+        if user_config:
+            self._config = merge_user_config(self._config, user_config)
         if extra_config:
             self._config = deep_merge(self._config, extra_config)
-        # Validated now, so a bad extra_config fails before any process starts.
-        self.settings: Settings = Settings.model_validate(self._config)
+        self._service_environ = dict(service_environ or {})
+        # Validated now as the services will read it, so a bad key (ConfigError)
+        # fails before any process starts.
+        self.settings: Settings = settings_from_tree(self._config, self._service_environ)
         self._grace = max(
             self.settings.keys.server.shutdown_grace_seconds,
             self.settings.message.server.shutdown_grace_seconds,
@@ -220,6 +231,9 @@ class LocalStack:
         if not (self.private_key_path.exists() and self.public_key_path.exists()):
             write_key_pair(self.private_key_path, self.public_key_path)
         header = "# Written by parley_dev.stack at every start; edits are overwritten.\n"
+        # The user's settings (--config) may hold secrets.
+        self.config_path.touch(mode=0o600)
+        self.config_path.chmod(0o600)
         self.config_path.write_text(header + yaml.safe_dump(self._config, sort_keys=False))
         # An explicit (empty) config stops secantusd-py from picking up a stray
         # ./secantusd.toml or ~/.secantus/secantusd.toml.
@@ -334,7 +348,7 @@ class LocalStack:
             "redis-server", "install it with `apt-get install -y redis-server`"
         )
         env = child_env({})
-        service_env = child_env({"PARLEY_CONFIG": str(self.config_path)})
+        service_env = child_env({**self._service_environ, "PARLEY_CONFIG": str(self.config_path)})
         processes = {
             DB: ManagedProcess(
                 DB,

@@ -6,16 +6,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from parley_core.config import ConfigError, read_config_file
 from parley_dev.cli import PROG
 from parley_dev.layout import KEYS, StackPorts
 from parley_dev.probes import StackError
 from parley_dev.stack import LocalStack
+from parley_dev.stack_config import (
+    OWNED_KEYS,
+    owned_keys_in,
+    resolve_paths,
+    service_environment,
+)
 from parley_dev.supervisor import Supervisor
 
 
@@ -27,6 +35,7 @@ def run_up_command(
     log_format: Literal["json", "console"],
     client_commands: Sequence[str],
     otlp_endpoint: str | None = None,
+    config_file: Path | None = None,
 ) -> int:
     logging.basicConfig(
         level=logging.INFO,
@@ -34,17 +43,39 @@ def run_up_command(
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    stack = LocalStack(
-        root=data_dir,
-        ports=StackPorts.defaults(message_instances, offset=port_offset),
-        message_instances=message_instances,
-        log_format=log_format,
-        extra_config=(
-            {"telemetry": {"tracing": {"enabled": True, "otlp_endpoint": otlp_endpoint}}}
-            if otlp_endpoint
-            else None
-        ),
-    )
+    log = logging.getLogger("parley.up")
+    try:
+        user_config = (
+            resolve_paths(read_config_file(config_file), config_file.resolve().parent)
+            if config_file
+            else {}
+        )
+        service_environ, ignored_variables = service_environment(os.environ, Path.cwd())
+        stack = LocalStack(
+            root=data_dir,
+            ports=StackPorts.defaults(message_instances, offset=port_offset),
+            message_instances=message_instances,
+            log_format=log_format,
+            user_config=user_config,
+            service_environ=service_environ,
+            extra_config=(
+                {"telemetry": {"tracing": {"enabled": True, "otlp_endpoint": otlp_endpoint}}}
+                if otlp_endpoint
+                else None
+            ),
+        )
+    except ConfigError as error:
+        # Before anything started: the message names the file or key at fault.
+        log.error("%s", error)
+        return 2
+    for key in owned_keys_in(user_config):
+        log.warning("ignoring %s from %s: %s", key, config_file, OWNED_KEYS[key])
+    for name in ignored_variables:
+        log.warning("ignoring %s: parley up sets that part of the config itself", name)
+    if config_file:
+        log.info("settings from %s, over the generated %s", config_file, stack.config_path)
+    if service_environ:
+        log.info("passing to the services: %s", ", ".join(sorted(service_environ)))
     return asyncio.run(run_up(stack, client_commands=client_commands))
 
 
