@@ -697,7 +697,10 @@ class CreateGroupRequest(_message.Message):
     avatar_ref: _builtins.str
     @_builtins.property
     def member_account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Other members (the caller is the owner). Up to 1023."""
+        """Other members (the caller is the owner): up to 1023 distinct accounts
+        besides the caller (repeats and the caller's own id do not count). More
+        is INVALID_ARGUMENT with a BadRequest field violation naming this field.
+        """
 
     def __init__(
         self,
