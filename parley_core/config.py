@@ -50,6 +50,10 @@ class ServerSettings(_Section):
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     # How long in-flight RPCs may run after a shutdown signal.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
+    # Largest request message gRPC reads; a larger one gets gRPC's own
+    # RESOURCE_EXHAUSTED with no details, before the service sees it. A service
+    # whose legal requests come close (svc_message: bodies) reads more, see
+    # MessageServiceSettings.receive_limit_bytes.
     max_receive_message_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
@@ -172,6 +176,15 @@ class PushSettings(_Section):
     fcm: FcmPushSettings = FcmPushSettings()
 
 
+# svc_message reads a message body up to this size, so that a body over
+# max_body_bytes is answered by the service (INVALID_ARGUMENT/BODY_TOO_LARGE
+# naming `body`) rather than by gRPC without details; 4 times the largest
+# max_body_bytes allowed. It also bounds the memory one request can take.
+ANSWERED_BODY_BYTES = 4 << 20
+# Room for the rest of a request beside its body (ids, flags).
+REQUEST_HEADROOM_BYTES = 64 << 10
+
+
 class MessageServiceSettings(_Section):
     server: ServerSettings = ServerSettings(port=7102)
     # Where svc_message reaches svc_keys (peer account checks).
@@ -225,6 +238,14 @@ class MessageServiceSettings(_Section):
     identity_poll_seconds: float = Field(default=1.0, gt=0, le=60)
     identity_lease_seconds: float = Field(default=30.0, gt=0, le=3600)
     push: PushSettings = PushSettings()
+
+    @property
+    def receive_limit_bytes(self) -> int:
+        """gRPC's receive limit for svc_message: the server setting, raised to
+        fit a body of ANSWERED_BODY_BYTES (see there for why)."""
+        return max(
+            self.server.max_receive_message_bytes, ANSWERED_BODY_BYTES + REQUEST_HEADROOM_BYTES
+        )
 
 
 class PresenceServiceSettings(_Section):

@@ -1065,7 +1065,12 @@ class SendMessageRequest(_message.Message):
     conversation_id: _builtins.str
     type: Global___MessageType.ValueType
     body: _builtins.bytes
-    """Ciphertext, 1-65536 bytes."""
+    """Ciphertext, 1-65536 bytes by default (a deployment's max_body_bytes, at
+    most 1 MiB). A longer body of up to 4 MiB is INVALID_ARGUMENT/
+    BODY_TOO_LARGE with a BadRequest field violation naming `body`; a larger
+    one makes the request too large for the server, and gRPC itself refuses
+    it unread (RESOURCE_EXHAUSTED, no details).
+    """
     reply_to_message_id: _builtins.str
     """Optional; must name a message of the same conversation."""
     forwarded: _builtins.bool
@@ -1119,7 +1124,7 @@ class EditMessageRequest(_message.Message):
     conversation_id: _builtins.str
     message_id: _builtins.str
     body: _builtins.bytes
-    """The new ciphertext, 1-65536 bytes."""
+    """The new ciphertext; the same limits as SendMessageRequest.body."""
     def __init__(
         self,
         *,
