@@ -774,7 +774,9 @@ class ListConversationsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     ARCHIVE_FILTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """1-100; 0 means 20."""
+    """1-100; 0 means 20. Larger values are treated as 100 (AIP-158);
+    a negative one is INVALID_ARGUMENT naming page_size.
+    """
     page_token: _builtins.str
     archive_filter: Global___ArchiveFilter.ValueType
     def __init__(
@@ -1010,7 +1012,9 @@ class ListMembersRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     page_size: _builtins.int
-    """1-1000; 0 means 100."""
+    """1-1000; 0 means 100. Larger values are treated as 1000 (AIP-158);
+    a negative one is INVALID_ARGUMENT naming page_size.
+    """
     page_token: _builtins.str
     def __init__(
         self,
@@ -1301,7 +1305,9 @@ class ListReactionsRequest(_message.Message):
     conversation_id: _builtins.str
     message_id: _builtins.str
     page_size: _builtins.int
-    """1-1000; 0 means 100."""
+    """1-1000; 0 means 100. Larger values are treated as 1000 (AIP-158);
+    a negative one is INVALID_ARGUMENT naming page_size.
+    """
     page_token: _builtins.str
     def __init__(
         self,
@@ -1379,7 +1385,9 @@ class ListMessageReceiptsRequest(_message.Message):
     seq: _builtins.int
     """The message, by seq."""
     page_size: _builtins.int
-    """1-1024; 0 means 256."""
+    """1-1024; 0 means 256. Larger values are treated as 1024 (AIP-158);
+    a negative one is INVALID_ARGUMENT naming page_size.
+    """
     page_token: _builtins.str
     def __init__(
         self,
@@ -1440,7 +1448,9 @@ class ListMessagesRequest(_message.Message):
     START_SEQ_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     page_size: _builtins.int
-    """1-200; 0 means 50."""
+    """1-200; 0 means 50. Larger values are treated as 200 (AIP-158);
+    a negative one is INVALID_ARGUMENT naming page_size.
+    """
     page_token: _builtins.str
     direction: Global___Direction.ValueType
     start_seq: _builtins.int
