@@ -53,8 +53,9 @@ class ServerSettings(_Section):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
     """Seconds in-flight RPCs may still run after a shutdown signal before they are cancelled."""
     max_receive_message_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
-    """Largest request message the server accepts, in bytes; larger ones fail with
-    RESOURCE_EXHAUSTED."""
+    """Largest request message the server reads, in bytes; a larger one gets gRPC's own
+    RESOURCE_EXHAUSTED with no details before the service sees it. svc_message reads at least
+    enough to answer a body of up to 4 MiB itself (BODY_TOO_LARGE naming body)."""
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     """The asyncio event loop implementation the process runs on."""
 
@@ -213,6 +214,15 @@ class PushSettings(_Section):
     """Push to Android devices through Firebase Cloud Messaging."""
 
 
+# svc_message reads a message body up to this size, so that a body over
+# max_body_bytes is answered by the service (INVALID_ARGUMENT/BODY_TOO_LARGE
+# naming `body`) rather than by gRPC without details; 4 times the largest
+# max_body_bytes allowed. It also bounds the memory one request can take.
+ANSWERED_BODY_BYTES = 4 << 20
+# Room for the rest of a request beside its body (ids, flags).
+REQUEST_HEADROOM_BYTES = 64 << 10
+
+
 class MessageServiceSettings(_Section):
     server: ServerSettings = ServerSettings(port=7102)
     """gRPC server of svc_message."""
@@ -276,6 +286,14 @@ class MessageServiceSettings(_Section):
     nothing twice)."""
     push: PushSettings = PushSettings()
     """Push notifications to offline devices."""
+
+    @property
+    def receive_limit_bytes(self) -> int:
+        """gRPC's receive limit for svc_message: the server setting, raised to
+        fit a body of ANSWERED_BODY_BYTES (see there for why)."""
+        return max(
+            self.server.max_receive_message_bytes, ANSWERED_BODY_BYTES + REQUEST_HEADROOM_BYTES
+        )
 
 
 class PresenceServiceSettings(_Section):

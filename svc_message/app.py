@@ -281,7 +281,9 @@ async def build(settings: Settings) -> ServiceHost:
 
     return ServiceHost(
         name="svc_message",
-        settings=config.server,
+        settings=config.server.model_copy(
+            update={"max_receive_message_bytes": config.receive_limit_bytes}
+        ),
         interceptors=runtime.interceptors(public_methods=()),
         register=lambda server: register(server, servicers, stream),
         service_names=[SERVICE_NAME],

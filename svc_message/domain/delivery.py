@@ -298,7 +298,8 @@ class DeliveryService:
             notice = await self._low_on_pre_keys(session)
             if notice:
                 yield notice
-            while True:
+            # Ends normally (an OK status) after a client's half-close.
+            while not session.finished:
                 batch = await session.next_batch(clock=self._clock)
                 if session.resync_wanted:
                     session.resync_wanted = False

@@ -97,6 +97,8 @@ class StreamSession:
         self._wake = asyncio.Event()
         self._closed = asyncio.Event()
         self._error: ParleyError | None = None
+        # The client half-closed: it will send nothing more, not even acks.
+        self._client_done = False
         self.resync_wanted = False
         # Per conversation the session follows: the newest version sent.
         self.sent: dict[str, int] = {}
@@ -223,6 +225,17 @@ class StreamSession:
             self._closed.set()
         self._wake.set()
 
+    def finish(self) -> None:
+        """The client is done writing: end the stream once what is queued was
+        handed out, so the device goes offline now, not when it cancels."""
+        self._client_done = True
+        self._wake.set()
+
+    @property
+    def finished(self) -> bool:
+        """Half-closed by the client, with nothing left to hand out."""
+        return self._client_done and not self._queue and not self.resync_wanted
+
     @property
     def error(self) -> ParleyError | None:
         """What the session was closed with; None while it is open."""
@@ -239,7 +252,8 @@ class StreamSession:
         self._wake.set()
 
     async def next_batch(self, *, clock: Callable[[], float]) -> list[Envelope]:
-        """Wait for events; raises when the stream must end."""
+        """Wait for events; raises when the stream must end, and returns an
+        empty batch once it is ``finished``."""
         while True:
             if self._error is not None:
                 raise self._error
@@ -248,6 +262,8 @@ class StreamSession:
                 batch = [self._queue.popleft() for _ in range(count)]
                 self._queued_bytes -= sum(e.size for e in batch)
                 return batch
+            if self._client_done:
+                return []
             remaining = self.expires_at - clock()
             if remaining <= 0:
                 raise Unauthenticated(

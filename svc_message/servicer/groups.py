@@ -45,7 +45,6 @@ class GroupsServicer:
         check.text("avatar_ref", request.avatar_ref, max_len=AVATAR_REF_MAX)
         members: list[str] = []
         if kind == GROUP:
-            # The cap itself is checked by the domain, which answers GROUP_FULL.
             members = _ids(
                 check,
                 "member_account_ids",
@@ -53,6 +52,16 @@ class GroupsServicer:
                 minimum=0,
                 maximum=GROUP_MEMBER_CAP * 4,
             )
+            # Repeats and the caller's own id do not count. A list that cannot
+            # fit whatever the state is a bad request naming the field, not
+            # the RESOURCE_EXHAUSTED the domain answers for a full group.
+            others = len(set(members) - {current_caller().account_id})
+            if others > GROUP_MEMBER_CAP - 1:
+                check.fail(
+                    "member_account_ids",
+                    f"at most {GROUP_MEMBER_CAP - 1} other accounts (a group has at most "
+                    f"{GROUP_MEMBER_CAP} members, the caller included), got {others}",
+                )
         check.done()
         caller = current_caller()
         entry = await self._groups.create(

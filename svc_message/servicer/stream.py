@@ -222,6 +222,11 @@ class StreamServicer:
             # A client event that is not one (undecodable bytes): end the stream
             # with the error instead of silently ignoring the client from now on.
             session.close(error)
+            return
+        # The client half-closed. Left open, the stream would keep the device
+        # online until the client cancels; ended after what is pending, it
+        # goes offline now.
+        session.finish()
 
     async def _read_events(
         self, requests: AsyncIterator[pb.ClientEvent], session: StreamSession, caller: Caller

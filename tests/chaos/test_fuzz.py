@@ -100,8 +100,8 @@ class World:
     foreign_conversation: str
     message_ids: list[str]
     page_tokens: list[str]
-    # Larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED.
-    max_request_bytes: int
+    # Per service: larger requests are refused by gRPC itself with RESOURCE_EXHAUSTED.
+    max_request_bytes: dict[str, int]
 
     def ids(self) -> list[str]:
         return [
@@ -143,6 +143,7 @@ async def world(chaos_stack: LocalStack) -> World:
         )
     finally:
         await channels.close()
+    keys_limit = chaos_stack.settings.keys.server.max_receive_message_bytes
     return World(
         keys_target=chaos_stack.keys_target,
         message_targets=list(chaos_stack.message_targets),
@@ -157,11 +158,14 @@ async def world(chaos_stack: LocalStack) -> World:
             inbox.next_page_token,
             devices.next_page_token,
         ],
-        max_request_bytes=min(
-            chaos_stack.settings.keys.server.max_receive_message_bytes,
-            chaos_stack.settings.message.server.max_receive_message_bytes,
-            chaos_stack.settings.presence.server.max_receive_message_bytes,
-        ),
+        max_request_bytes={
+            ACCOUNT_SERVICE.full_name: keys_limit,
+            KEY_SERVICE.full_name: keys_limit,
+            MESSAGE_SERVICE.full_name: chaos_stack.settings.message.receive_limit_bytes,
+            PRESENCE_SERVICE.full_name: (
+                chaos_stack.settings.presence.server.max_receive_message_bytes
+            ),
+        },
     )
 
 
@@ -501,7 +505,7 @@ def test_bytes_that_are_no_request_are_invalid_argument(
     @given(raw=raw_values(world, method.input_type))
     def run(raw: bytes) -> None:
         error = caller.unary(service, method, raw)
-        if len(raw) > world.max_request_bytes:
+        if len(raw) > world.max_request_bytes[service.full_name]:
             assert error is not None
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
             return

@@ -147,9 +147,13 @@ async def test_a_group_holds_at_most_1024_members(keys, messages, messages_b) ->
     ids = [d.account_id for d in await sign_up_many(keys, 1024, prefix="cap")]
     full = (grpc.StatusCode.RESOURCE_EXHAUSTED, "ERROR_REASON_GROUP_FULL")
 
+    # A member list that cannot fit is a bad request, whatever the state.
     error = await expect(
-        rpc(messages, "CreateGroup", owner, title="too big", member_account_ids=ids), *full
+        rpc(messages, "CreateGroup", owner, title="too big", member_account_ids=ids),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ERROR_REASON_INVALID_FIELD",
     )
+    assert error_fields(error) == ["member_account_ids"]
     assert "1024" in (error.details() or ""), "the message names the cap"
     view = await rpc(messages, "CreateGroup", owner, title="full", member_account_ids=ids[:1023])
     cid = view.conversation.conversation_id

@@ -4,7 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from parley_core.config import ConfigError, load_settings
+from parley_core.config import (
+    ANSWERED_BODY_BYTES,
+    REQUEST_HEADROOM_BYTES,
+    ConfigError,
+    MessageServiceSettings,
+    load_settings,
+)
 
 
 def test_defaults_load_without_a_file() -> None:
@@ -32,6 +38,18 @@ def test_yaml_then_environment_then_secret_files(tmp_path: Path) -> None:
     assert settings.mongo.uri == "mongodb://secret:27017/"
     assert settings.message.server.port == 7300
     assert [str(p) for p in settings.auth.public_key_files] == ["/a.pem", "/b.pem"]
+
+
+def test_svc_message_reads_a_body_too_large_to_answer_it() -> None:
+    bounds = MessageServiceSettings.model_fields["max_body_bytes"].metadata
+    largest_max_body = max(bound.le for bound in bounds if hasattr(bound, "le"))
+    assert largest_max_body * 4 <= ANSWERED_BODY_BYTES, "as documented in messages.proto"
+    settings = load_settings(environ={})
+    assert settings.message.receive_limit_bytes == ANSWERED_BODY_BYTES + REQUEST_HEADROOM_BYTES
+    # The keys and presence services keep the server setting as it is.
+    assert settings.keys.server.max_receive_message_bytes == 1 << 20
+    raised = load_settings(environ={"PARLEY_MESSAGE__SERVER__MAX_RECEIVE_MESSAGE_BYTES": "9000000"})
+    assert raised.message.receive_limit_bytes == 9_000_000
 
 
 @pytest.mark.parametrize(

@@ -111,6 +111,26 @@ async def test_session_batches_and_ends_a_slow_consumer() -> None:
         await session.next_batch(clock=lambda: 0.0)
 
 
+async def test_a_finished_session_hands_out_what_is_queued_then_ends() -> None:
+    session = StreamSession(account_id="a", device_id="d", expires_at=1e12, queue_limit=8)
+    waiter = asyncio.create_task(session.next_batch(clock=lambda: 0.0))
+    await asyncio.sleep(0.01)
+    session.offer(envelope(1))
+    session.finish()
+    assert [e.seq for e in await asyncio.wait_for(waiter, timeout=2)] == [1]
+    assert session.finished
+    assert await asyncio.wait_for(session.next_batch(clock=lambda: 0.0), timeout=2) == []
+
+
+async def test_a_finished_session_is_not_done_while_events_are_queued() -> None:
+    session = StreamSession(account_id="a", device_id="d", expires_at=1e12, queue_limit=8)
+    session.offer(envelope(1))
+    session.finish()
+    assert not session.finished
+    assert [e.seq for e in await session.next_batch(clock=lambda: 0.0)] == [1]
+    assert session.finished
+
+
 async def test_session_ends_when_its_token_expires() -> None:
     now = [100.0]
     session = StreamSession(account_id="a", device_id="d", expires_at=100.05, queue_limit=3)

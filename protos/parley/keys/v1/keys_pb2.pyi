@@ -471,7 +471,9 @@ class ClaimSenderKeysRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """1-500; 0 means 100."""
+    """1-500; 0 means 100. Larger values are treated as 500 (AIP-158);
+    a negative one is INVALID_ARGUMENT naming page_size.
+    """
     def __init__(
         self,
         *,

@@ -697,7 +697,10 @@ class CreateGroupRequest(_message.Message):
     avatar_ref: _builtins.str
     @_builtins.property
     def member_account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Other members (the caller is the owner). Up to 1023."""
+        """Other members (the caller is the owner): up to 1023 distinct accounts
+        besides the caller (repeats and the caller's own id do not count). More
+        is INVALID_ARGUMENT with a BadRequest field violation naming this field.
+        """
 
     def __init__(
         self,
@@ -771,7 +774,9 @@ class ListConversationsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     ARCHIVE_FILTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """1-100; 0 means 20."""
+    """1-100; 0 means 20. Larger values are treated as 100 (AIP-158);
+    a negative one is INVALID_ARGUMENT naming page_size.
+    """
     page_token: _builtins.str
     archive_filter: Global___ArchiveFilter.ValueType
     def __init__(
@@ -1007,7 +1012,9 @@ class ListMembersRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     page_size: _builtins.int
-    """1-1000; 0 means 100."""
+    """1-1000; 0 means 100. Larger values are treated as 1000 (AIP-158);
+    a negative one is INVALID_ARGUMENT naming page_size.
+    """
     page_token: _builtins.str
     def __init__(
         self,
@@ -1062,7 +1069,12 @@ class SendMessageRequest(_message.Message):
     conversation_id: _builtins.str
     type: Global___MessageType.ValueType
     body: _builtins.bytes
-    """Ciphertext, 1-65536 bytes."""
+    """Ciphertext, 1-65536 bytes by default (a deployment's max_body_bytes, at
+    most 1 MiB). A longer body of up to 4 MiB is INVALID_ARGUMENT/
+    BODY_TOO_LARGE with a BadRequest field violation naming `body`; a larger
+    one makes the request too large for the server, and gRPC itself refuses
+    it unread (RESOURCE_EXHAUSTED, no details).
+    """
     reply_to_message_id: _builtins.str
     """Optional; must name a message of the same conversation."""
     forwarded: _builtins.bool
@@ -1116,7 +1128,7 @@ class EditMessageRequest(_message.Message):
     conversation_id: _builtins.str
     message_id: _builtins.str
     body: _builtins.bytes
-    """The new ciphertext, 1-65536 bytes."""
+    """The new ciphertext; the same limits as SendMessageRequest.body."""
     def __init__(
         self,
         *,
@@ -1293,7 +1305,9 @@ class ListReactionsRequest(_message.Message):
     conversation_id: _builtins.str
     message_id: _builtins.str
     page_size: _builtins.int
-    """1-1000; 0 means 100."""
+    """1-1000; 0 means 100. Larger values are treated as 1000 (AIP-158);
+    a negative one is INVALID_ARGUMENT naming page_size.
+    """
     page_token: _builtins.str
     def __init__(
         self,
@@ -1371,7 +1385,9 @@ class ListMessageReceiptsRequest(_message.Message):
     seq: _builtins.int
     """The message, by seq."""
     page_size: _builtins.int
-    """1-1024; 0 means 256."""
+    """1-1024; 0 means 256. Larger values are treated as 1024 (AIP-158);
+    a negative one is INVALID_ARGUMENT naming page_size.
+    """
     page_token: _builtins.str
     def __init__(
         self,
@@ -1432,7 +1448,9 @@ class ListMessagesRequest(_message.Message):
     START_SEQ_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     page_size: _builtins.int
-    """1-200; 0 means 50."""
+    """1-200; 0 means 50. Larger values are treated as 200 (AIP-158);
+    a negative one is INVALID_ARGUMENT naming page_size.
+    """
     page_token: _builtins.str
     direction: Global___Direction.ValueType
     start_seq: _builtins.int

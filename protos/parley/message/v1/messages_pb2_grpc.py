@@ -449,7 +449,9 @@ class MessageServiceServicer:
         missed since its positions (messages, edits, deletes, reactions,
         membership changes; receipts since the sync token), sends
         `sync_complete`, then pushes live events for all of the account's
-        conversations, in per-conversation version order.
+        conversations, in per-conversation version order. A client that
+        half-closes (is done writing) has the stream ended with OK once what was
+        pending for it is written, and the device goes offline at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

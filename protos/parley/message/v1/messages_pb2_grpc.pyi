@@ -164,7 +164,9 @@ class MessageServiceStub:
     missed since its positions (messages, edits, deletes, reactions,
     membership changes; receipts since the sync token), sends
     `sync_complete`, then pushes live events for all of the account's
-    conversations, in per-conversation version order.
+    conversations, in per-conversation version order. A client that
+    half-closes (is done writing) has the stream ended with OK once what was
+    pending for it is written, and the device goes offline at once.
     """
 
 @_typing.type_check_only
@@ -303,7 +305,9 @@ class MessageServiceAsyncStub(MessageServiceStub):
     missed since its positions (messages, edits, deletes, reactions,
     membership changes; receipts since the sync token), sends
     `sync_complete`, then pushes live events for all of the account's
-    conversations, in per-conversation version order.
+    conversations, in per-conversation version order. A client that
+    half-closes (is done writing) has the stream ended with OK once what was
+    pending for it is written, and the device goes offline at once.
     """
 
 class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -619,7 +623,9 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         missed since its positions (messages, edits, deletes, reactions,
         membership changes; receipts since the sync token), sends
         `sync_complete`, then pushes live events for all of the account's
-        conversations, in per-conversation version order.
+        conversations, in per-conversation version order. A client that
+        half-closes (is done writing) has the stream ended with OK once what was
+        pending for it is written, and the device goes offline at once.
         """
 
 def add_MessageServiceServicer_to_server(servicer: MessageServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -424,7 +424,9 @@ class ListContactsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """At most 1000; 0 means 100."""
+    """1-1000; 0 means 100. Larger values are treated as 1000 (AIP-158);
+    a negative one is INVALID_ARGUMENT naming page_size.
+    """
     page_token: _builtins.str
     def __init__(
         self,
