@@ -28,7 +28,8 @@ from svc_message.domain.push_planner import PushPlanner
 from svc_message.domain.push_worker import PushWorker
 from svc_message.domain.sending import SendPipeline
 from svc_message.domain.streams import Hub
-from svc_message.domain.typing import TypingLimits, TypingRelay
+from svc_message.domain.typing_indicators import TypingRelay
+from svc_message.domain.typing_limits import TypingLimits
 from svc_message.metrics import MessageMetrics
 from svc_message.model import MemberSettings
 from svc_message.peers.keys import AccountDirectory

@@ -15,13 +15,13 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 import structlog
 
 from parley_core.errors import ParleyError, Reason, ResourceExhausted, Unauthenticated
 from parley_core.histogram import SIZE_BOUNDS, Histogram
 from svc_message.domain.ports import EventCodec, Subscriptions
+from svc_message.domain.typing_limits import TypingLimiter
 from svc_message.model import CHANNEL, Envelope, EventKind, Watermarks
 from svc_message.storage.doorbell import (
     ACCOUNT_PREFIX,
@@ -31,9 +31,6 @@ from svc_message.storage.doorbell import (
     topic,
     untraced,
 )
-
-if TYPE_CHECKING:
-    from svc_message.domain.typing import TypingLimiter
 
 log = structlog.get_logger(__name__)
 

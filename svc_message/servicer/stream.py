@@ -33,7 +33,7 @@ from parley_core.validation import Check
 from svc_message.domain.acks import AckBatcher
 from svc_message.domain.delivery import DeliveryService
 from svc_message.domain.streams import StreamSession, valid_sync_token
-from svc_message.domain.typing import TypingRelay
+from svc_message.domain.typing_indicators import TypingRelay
 from svc_message.model import Envelope
 from svc_message.servicer.convert import ProtoEventCodec
 
