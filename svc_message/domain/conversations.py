@@ -21,10 +21,12 @@ from svc_message.model import (
     InboxEntry,
     Watermarks,
 )
-from svc_message.storage.conversations import ConversationStore, MemberRecord
+from svc_message.model.conversations import MemberRecord
+from svc_message.model.messages import HeadState
+from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.doorbell import inbox as inbox_channel
 from svc_message.storage.doorbell import topic
-from svc_message.storage.recent import HeadState, RecentCache
+from svc_message.storage.recent import RecentCache
 
 # How long a group's or channel's cached membership may be used without
 # re-reading; changes also invalidate it at once through the doorbell.

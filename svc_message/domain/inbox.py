@@ -23,7 +23,8 @@ from typing import Protocol
 
 from parley_core.errors import FailedPrecondition, Reason
 from svc_message.model import MAX_PINNED, InboxEntry, MemberSettings
-from svc_message.storage.inbox import InboxSettingsStore, Pin, StoredSettings
+from svc_message.model.inbox import Pin, StoredSettings
+from svc_message.storage.inbox import InboxSettingsStore
 
 # parley.message.v1.ArchiveFilter (UNSPECIFIED means ACTIVE).
 ACTIVE, ARCHIVED, ALL = 1, 2, 3

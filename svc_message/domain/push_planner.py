@@ -30,13 +30,8 @@ from parley_core.errors import ParleyError
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.push_policy import PushMessage, plan
 from svc_message.model import CHANNEL, SYSTEM, Change, ChangeKind, Conversation
-from svc_message.storage.push import (
-    MuteLookup,
-    NewMessages,
-    PushOutbox,
-    PushSettingsStore,
-    PushTokenStore,
-)
+from svc_message.model.push import NewMessages
+from svc_message.storage.push import MuteLookup, PushOutbox, PushSettingsStore, PushTokenStore
 
 log = structlog.get_logger(__name__)
 

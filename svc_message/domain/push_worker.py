@@ -40,7 +40,8 @@ from svc_message.domain.ports import PushProvider
 from svc_message.domain.push_planner import StreamingDevices, live_devices
 from svc_message.domain.push_policy import Next, Suppressed, decide, parse_key, read_already
 from svc_message.model import Notification, PushOutcome, PushResult, PushToken, Watermarks
-from svc_message.storage.push import OutboxJob, PushOutbox, PushTokenStore
+from svc_message.model.push import OutboxJob
+from svc_message.storage.push import PushOutbox, PushTokenStore
 
 log = structlog.get_logger(__name__)
 

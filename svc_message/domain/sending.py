@@ -41,9 +41,10 @@ from svc_message.model import (
     Envelope,
     Message,
 )
+from svc_message.model.messages import Conflict, Heads
 from svc_message.storage.doorbell import inbox, topic, traced
-from svc_message.storage.messages import Conflict, MessageStore
-from svc_message.storage.recent import Heads, RecentCache
+from svc_message.storage.messages import MessageStore
+from svc_message.storage.recent import RecentCache
 
 log = structlog.get_logger(__name__)
 

@@ -12,7 +12,7 @@ from parley_core.validation import Check
 from svc_message.domain.push_devices import PushDevices
 from svc_message.domain.push_policy import MINUTES_PER_DAY, time_zone
 from svc_message.model import APNS, FCM, WEBHOOK, DoNotDisturb, PushToken
-from svc_message.storage.push import StoredPushSettings
+from svc_message.model.push import StoredPushSettings
 
 MAX_TOKEN_CHARS = 4096
 MAX_LOCALE_CHARS = 35
