@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 
 import structlog
 
-from svc_message.domain.ports import EventCodec, Publisher
 from svc_message.model import DIRECT, Watermarks
+from svc_message.ports import EventCodec, Publisher
 from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.delivered import DeliveredMarks
 from svc_message.storage.doorbell import topic

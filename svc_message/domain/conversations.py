@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Reason
 from parley_core.ids import random_id
-from svc_message.domain.ports import Accounts, EventCodec, Publisher
 from svc_message.model import (
     ADMIN,
     CHANNEL,
@@ -23,6 +22,7 @@ from svc_message.model import (
 )
 from svc_message.model.conversations import MemberRecord
 from svc_message.model.messages import HeadState
+from svc_message.ports import Accounts, EventCodec, Publisher
 from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.doorbell import inbox as inbox_channel
 from svc_message.storage.doorbell import topic

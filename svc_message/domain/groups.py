@@ -32,7 +32,6 @@ from parley_core.errors import (
 )
 from svc_message.domain import roles
 from svc_message.domain.conversations import ConversationsHandler, Membership
-from svc_message.domain.ports import Accounts, EventCodec, Publisher
 from svc_message.domain.sending import Committed, Draft, SendPipeline
 from svc_message.model import (
     ADMIN,
@@ -49,6 +48,7 @@ from svc_message.model import (
     SystemAction,
     SystemEvent,
 )
+from svc_message.ports import Accounts, EventCodec, Publisher
 from svc_message.storage.doorbell import Doorbell, inbox
 from svc_message.storage.messages import MessageStore
 

@@ -28,7 +28,6 @@ import structlog
 
 from parley_core.errors import Aborted, ParleyError, Unavailable
 from parley_core.ids import new_id
-from svc_message.domain.ports import EventCodec, Publisher
 from svc_message.domain.projection import Projector, commits_of
 from svc_message.model import (
     CHANNEL,
@@ -42,6 +41,7 @@ from svc_message.model import (
     Message,
 )
 from svc_message.model.messages import Conflict, Heads
+from svc_message.ports import EventCodec, Publisher
 from svc_message.storage.doorbell import inbox, topic, traced
 from svc_message.storage.messages import MessageStore
 from svc_message.storage.recent import RecentCache

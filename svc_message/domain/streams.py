@@ -20,9 +20,9 @@ import structlog
 
 from parley_core.errors import ParleyError, Reason, ResourceExhausted, Unauthenticated
 from parley_core.histogram import SIZE_BOUNDS, Histogram
-from svc_message.domain.ports import EventCodec, Subscriptions
 from svc_message.domain.typing_limits import TypingLimiter
 from svc_message.model import CHANNEL, Envelope, EventKind, Watermarks
+from svc_message.ports import EventCodec, Subscriptions
 from svc_message.storage.doorbell import (
     ACCOUNT_PREFIX,
     CONVERSATION_PREFIX,

@@ -27,7 +27,6 @@ import structlog
 
 from parley_core.errors import ParleyError
 from svc_message.domain.conversations import ConversationsHandler
-from svc_message.domain.ports import EventCodec, Publisher
 from svc_message.domain.streams import StreamSession
 from svc_message.domain.typing_limits import (
     NOT_STARTED,
@@ -37,6 +36,7 @@ from svc_message.domain.typing_limits import (
     TypingLimits,
 )
 from svc_message.model import CHANNEL
+from svc_message.ports import EventCodec, Publisher
 from svc_message.storage.doorbell import topic
 
 log = structlog.get_logger(__name__)
