@@ -22,6 +22,7 @@ from svc_message.model import (
     PushResult,
     Watermarks,
 )
+from svc_message.model.broadcast import Broadcast
 
 
 class Accounts(Protocol):
@@ -29,13 +30,27 @@ class Accounts(Protocol):
 
 
 class Publisher(Protocol):
-    async def publish(self, deliveries: Iterable[tuple[Iterable[str], bytes]]) -> bool: ...
+    async def publish(self, broadcasts: Iterable[Broadcast]) -> bool:
+        """Tell every process, in one round trip; False when it was not taken."""
+        ...
+
+
+class MembershipChanges(Protocol):
+    async def membership_changed(self, conversation_id: str) -> None:
+        """Tell every process to drop what it cached of the membership."""
+        ...
 
 
 class Subscriptions(Protocol):
-    async def subscribe(self, channels: Iterable[str]) -> None: ...
+    """This process's interest in broadcasts (reference counted)."""
 
-    async def unsubscribe(self, channels: Iterable[str]) -> None: ...
+    async def subscribe(
+        self, *, conversations: Iterable[str] = (), accounts: Iterable[str] = ()
+    ) -> None: ...
+
+    async def unsubscribe(
+        self, *, conversations: Iterable[str] = (), accounts: Iterable[str] = ()
+    ) -> None: ...
 
 
 class EventCodec(Protocol):

@@ -36,8 +36,8 @@ from svc_message.domain.typing_limits import (
     TypingLimits,
 )
 from svc_message.model import CHANNEL
+from svc_message.model.broadcast import Broadcast
 from svc_message.ports import EventCodec, Publisher
-from svc_message.storage.doorbell import topic
 
 log = structlog.get_logger(__name__)
 
@@ -88,7 +88,7 @@ class TypingRelay:
         self._codec = codec
         self._limits = limits
         self._monotonic = monotonic
-        self._outbox: deque[tuple[tuple[str, ...], bytes]] = deque()
+        self._outbox: deque[Broadcast] = deque()
         self._outbox_limit = outbox_limit
         self._wake = asyncio.Event()
         self.received = 0
@@ -128,7 +128,9 @@ class TypingRelay:
         envelope = self._codec.typing(
             conversation_id, session.account_id, typing, self._limits.expires_seconds
         )
-        self._outbox.append(((topic(conversation_id),), self._codec.encode(envelope)))
+        self._outbox.append(
+            Broadcast(self._codec.encode(envelope), conversations=(conversation_id,))
+        )
         self._wake.set()
         return None
 
