@@ -2,14 +2,17 @@
 
 Domain code raises these; ``parley_core.rpc.status`` turns them into gRPC status
 codes with google.rpc details in one place. Reasons are the names of
-``parley.common.v1.ErrorReason`` (a unit test keeps the two in step). This module
-imports nothing from gRPC so the domain layer stays free of transport types.
+``parley.common.v1.ErrorReason``, from the pure-Python module generated beside
+the proto. This module imports nothing from gRPC or protobuf so the domain
+layer stays free of transport types.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+
+from parley.common.v1.reasons import ErrorReason
 
 
 class Code(enum.Enum):
@@ -27,36 +30,9 @@ class Code(enum.Enum):
     INTERNAL = "INTERNAL"
 
 
-class Reason(enum.StrEnum):
-    INVALID_FIELD = "ERROR_REASON_INVALID_FIELD"
-    TOKEN_INVALID = "ERROR_REASON_TOKEN_INVALID"
-    TOKEN_EXPIRED = "ERROR_REASON_TOKEN_EXPIRED"
-    TOKEN_REVOKED = "ERROR_REASON_TOKEN_REVOKED"
-    HANDLE_TAKEN = "ERROR_REASON_HANDLE_TAKEN"
-    DEVICE_LIMIT_REACHED = "ERROR_REASON_DEVICE_LIMIT_REACHED"
-    ACCOUNT_NOT_FOUND = "ERROR_REASON_ACCOUNT_NOT_FOUND"
-    DEVICE_NOT_FOUND = "ERROR_REASON_DEVICE_NOT_FOUND"
-    CONVERSATION_NOT_FOUND = "ERROR_REASON_CONVERSATION_NOT_FOUND"
-    NOT_A_MEMBER = "ERROR_REASON_NOT_A_MEMBER"
-    MESSAGE_NOT_FOUND = "ERROR_REASON_MESSAGE_NOT_FOUND"
-    BODY_TOO_LARGE = "ERROR_REASON_BODY_TOO_LARGE"
-    RATE_LIMITED = "ERROR_REASON_RATE_LIMITED"
-    SLOW_CONSUMER = "ERROR_REASON_SLOW_CONSUMER"
-    DEPENDENCY_UNAVAILABLE = "ERROR_REASON_DEPENDENCY_UNAVAILABLE"
-    PAGE_TOKEN_INVALID = "ERROR_REASON_PAGE_TOKEN_INVALID"
-    REFRESH_TOKEN_INVALID = "ERROR_REASON_REFRESH_TOKEN_INVALID"
-    INTERNAL = "ERROR_REASON_INTERNAL"
-    SHUTTING_DOWN = "ERROR_REASON_SHUTTING_DOWN"
-    GROUP_FULL = "ERROR_REASON_GROUP_FULL"
-    ROLE_REQUIRED = "ERROR_REASON_ROLE_REQUIRED"
-    LAST_OWNER = "ERROR_REASON_LAST_OWNER"
-    MESSAGE_DELETED = "ERROR_REASON_MESSAGE_DELETED"
-    NOT_THE_SENDER = "ERROR_REASON_NOT_THE_SENDER"
-    WRONG_CONVERSATION_TYPE = "ERROR_REASON_WRONG_CONVERSATION_TYPE"
-    TOO_MANY_PINS = "ERROR_REASON_TOO_MANY_PINS"
-    TOO_MANY_CONTACTS = "ERROR_REASON_TOO_MANY_CONTACTS"
-    TOO_MANY_PRE_KEYS = "ERROR_REASON_TOO_MANY_PRE_KEYS"
-    TOO_MANY_ENVELOPES = "ERROR_REASON_TOO_MANY_ENVELOPES"
+# The names exist once, generated from the proto enum; ``Reason`` is the
+# services' name for it.
+Reason = ErrorReason
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from parley_core.auth.revocations import RevocationList
 from parley_core.auth.tokens import TokenVerifier, load_public_keys
 from parley_core.config import ConfigError, ServerSettings, Settings, load_settings
-from parley_core.logging import configure_logging
+from parley_core.log_setup import configure_logging
 from parley_core.rpc.interceptor import ServiceInterceptor
 from parley_core.rpc.metrics import RpcMetrics
 from parley_core.rpc.server import ServiceHost, run

@@ -105,3 +105,19 @@ class SenderKeyEnvelope:
     recipient_device_id: str
     ciphertext: bytes
     created_at: datetime
+
+
+class HandleTaken(Exception):
+    pass
+
+
+class SignupRequestSeen(Exception):
+    pass
+
+
+class PreKeyConflict(Exception):
+    """Some key ids are already stored with other public keys."""
+
+    def __init__(self, key_ids: list[int]) -> None:
+        super().__init__(f"key ids already used with another key: {key_ids}")
+        self.key_ids = key_ids

@@ -28,9 +28,11 @@ from svc_message.domain.push_planner import PushPlanner
 from svc_message.domain.push_worker import PushWorker
 from svc_message.domain.sending import SendPipeline
 from svc_message.domain.streams import Hub
-from svc_message.domain.typing import TypingLimits, TypingRelay
+from svc_message.domain.typing_indicators import TypingRelay
+from svc_message.domain.typing_limits import TypingLimits
 from svc_message.metrics import MessageMetrics
 from svc_message.model import MemberSettings
+from svc_message.model.broadcast import Broadcast
 from svc_message.peers.keys import AccountDirectory
 from svc_message.peers.push import Router, build_providers
 from svc_message.push_metrics import PushMetrics
@@ -45,7 +47,6 @@ from svc_message.servicer.stream import StreamServicer
 from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.delivered import DeliveredMarks
 from svc_message.storage.doorbell import Doorbell
-from svc_message.storage.doorbell import inbox as inbox_channel
 from svc_message.storage.inbox import InboxSettingsStore
 from svc_message.storage.messages import MessageStore
 from svc_message.storage.projection import ProjectorStore
@@ -62,7 +63,9 @@ class SettingsPublisher:
 
     async def settings_changed(self, account_id: str, settings: MemberSettings) -> None:
         envelope = self._codec.settings(settings)
-        await self._doorbell.publish([((inbox_channel(account_id),), self._codec.encode(envelope))])
+        await self._doorbell.publish(
+            [Broadcast(self._codec.encode(envelope), accounts=(account_id,))]
+        )
 
 
 async def build(settings: Settings) -> ServiceHost:
@@ -84,7 +87,7 @@ async def build(settings: Settings) -> ServiceHost:
     conversations: ConversationsHandler
     doorbell = Doorbell(
         runtime.redis,
-        on_event=lambda channel, payload: hub.dispatch(channel, payload),
+        on_event=lambda broadcast: hub.dispatch(broadcast),
         on_reconnect=lambda: hub.resync_all(),
         on_membership_change=lambda conversation_id: conversations.forget(conversation_id),
     )

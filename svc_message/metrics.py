@@ -18,7 +18,7 @@ from svc_message.domain.leases import StreamLeases
 from svc_message.domain.projection import Projector
 from svc_message.domain.sending import SendPipeline
 from svc_message.domain.streams import Hub
-from svc_message.domain.typing import REASONS, TypingRelay
+from svc_message.domain.typing_indicators import REASONS, TypingRelay
 from svc_message.model import CHANNEL, DIRECT, GROUP
 from svc_message.storage.doorbell import Doorbell
 from svc_message.storage.recent import RecentCache

@@ -9,13 +9,17 @@ never on the human-readable message.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
+
+# Generated from the proto enum. A StrEnum, so ``error.reason ==
+# ErrorReason.NOT_A_MEMBER`` works on the plain string; a reason newer than
+# this SDK still arrives as its string.
+from parley.common.v1.reasons import ErrorReason
 
 ERROR_DOMAIN = "parley.dev"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -51,44 +55,6 @@ __all__ = [
     "from_rpc_error",
     "from_status",
 ]
-
-
-class ErrorReason(enum.StrEnum):
-    """``parley.common.v1.ErrorReason`` names, as ``ParleyError.reason`` holds them.
-
-    A ``StrEnum``, so ``error.reason == ErrorReason.NOT_A_MEMBER`` works on the
-    plain string; a reason newer than this SDK still arrives as its string.
-    """
-
-    INVALID_FIELD = "ERROR_REASON_INVALID_FIELD"
-    TOKEN_INVALID = "ERROR_REASON_TOKEN_INVALID"
-    TOKEN_EXPIRED = "ERROR_REASON_TOKEN_EXPIRED"
-    TOKEN_REVOKED = "ERROR_REASON_TOKEN_REVOKED"
-    HANDLE_TAKEN = "ERROR_REASON_HANDLE_TAKEN"
-    DEVICE_LIMIT_REACHED = "ERROR_REASON_DEVICE_LIMIT_REACHED"
-    ACCOUNT_NOT_FOUND = "ERROR_REASON_ACCOUNT_NOT_FOUND"
-    DEVICE_NOT_FOUND = "ERROR_REASON_DEVICE_NOT_FOUND"
-    CONVERSATION_NOT_FOUND = "ERROR_REASON_CONVERSATION_NOT_FOUND"
-    NOT_A_MEMBER = "ERROR_REASON_NOT_A_MEMBER"
-    MESSAGE_NOT_FOUND = "ERROR_REASON_MESSAGE_NOT_FOUND"
-    BODY_TOO_LARGE = "ERROR_REASON_BODY_TOO_LARGE"
-    RATE_LIMITED = "ERROR_REASON_RATE_LIMITED"
-    SLOW_CONSUMER = "ERROR_REASON_SLOW_CONSUMER"
-    DEPENDENCY_UNAVAILABLE = "ERROR_REASON_DEPENDENCY_UNAVAILABLE"
-    PAGE_TOKEN_INVALID = "ERROR_REASON_PAGE_TOKEN_INVALID"
-    REFRESH_TOKEN_INVALID = "ERROR_REASON_REFRESH_TOKEN_INVALID"
-    INTERNAL = "ERROR_REASON_INTERNAL"
-    SHUTTING_DOWN = "ERROR_REASON_SHUTTING_DOWN"
-    GROUP_FULL = "ERROR_REASON_GROUP_FULL"
-    ROLE_REQUIRED = "ERROR_REASON_ROLE_REQUIRED"
-    LAST_OWNER = "ERROR_REASON_LAST_OWNER"
-    MESSAGE_DELETED = "ERROR_REASON_MESSAGE_DELETED"
-    NOT_THE_SENDER = "ERROR_REASON_NOT_THE_SENDER"
-    WRONG_CONVERSATION_TYPE = "ERROR_REASON_WRONG_CONVERSATION_TYPE"
-    TOO_MANY_PINS = "ERROR_REASON_TOO_MANY_PINS"
-    TOO_MANY_CONTACTS = "ERROR_REASON_TOO_MANY_CONTACTS"
-    TOO_MANY_PRE_KEYS = "ERROR_REASON_TOO_MANY_PRE_KEYS"
-    TOO_MANY_ENVELOPES = "ERROR_REASON_TOO_MANY_ENVELOPES"
 
 
 class ParleyError(Exception):

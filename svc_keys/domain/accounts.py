@@ -26,8 +26,15 @@ from parley_core.ids import new_id
 from parley_core.storage.revocations import RevocationStore
 from svc_keys.domain.handles import handle_key, handle_problem
 from svc_keys.domain.keys import KeysHandler
-from svc_keys.model import Account, Credentials, Device, DeviceSession
-from svc_keys.storage.accounts import AccountStore, HandleTaken, SignupRequestSeen
+from svc_keys.model import (
+    Account,
+    Credentials,
+    Device,
+    DeviceSession,
+    HandleTaken,
+    SignupRequestSeen,
+)
+from svc_keys.storage.accounts import AccountStore
 
 
 def _at(now: float) -> datetime:

@@ -22,9 +22,16 @@ from parley_core.errors import (
     Unauthenticated,
 )
 from parley_core.storage.key_notices import PRE_KEY_LOW_WATER, IdentityChanges, PreKeyLows
-from svc_keys.model import DeviceIdentity, DeviceKeys, PreKey, PreKeyBundle, SignedPreKey
+from svc_keys.model import (
+    DeviceIdentity,
+    DeviceKeys,
+    PreKey,
+    PreKeyBundle,
+    PreKeyConflict,
+    SignedPreKey,
+)
 from svc_keys.storage.accounts import AccountStore
-from svc_keys.storage.keys import KeyStore, PreKeyConflict
+from svc_keys.storage.keys import KeyStore
 from svc_keys.storage.notices import KeyNoticePublisher
 from svc_keys.storage.ratelimit import BundleRateLimiter
 from svc_keys.storage.sender_keys import SenderKeyStore

@@ -8,9 +8,9 @@ from typing import Any
 
 from parley.common.v1 import common_pb2
 from parley.keys.v1 import accounts_pb2, accounts_pb2_grpc
-from parley_core.auth.caller import current_caller
 from parley_core.pagination import decode_page_token, encode_page_token
 from parley_core.rpc.convert import timestamp
+from parley_core.rpc.request import request_context
 from parley_core.validation import Check
 from svc_keys.domain.accounts import AccountsHandler
 from svc_keys.model import Account, Credentials, Device
@@ -96,13 +96,13 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         else:
             _check_new_device(check, request.device, "device")
         check.done()
-        caller = current_caller()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         session = await self._accounts.register_device(
-            account_id=caller.account_id,
-            request_id=request.request_id.lower(),
+            account_id=rpc.account_id,
+            request_id=rpc.request_id,
             name=request.device.name,
             platform=request.device.platform,
-            now=self._clock(),
+            now=rpc.now,
         )
         return accounts_pb2.RegisterDeviceResponse(
             device=device_proto(session.device),
@@ -126,11 +126,11 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         check = Check().request_id(request.request_id)
         check.id("device_id", request.device_id, required=False)
         check.done()
-        caller = current_caller()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         await self._accounts.revoke_device(
-            account_id=caller.account_id,
-            device_id=request.device_id or caller.device_id,
-            now=self._clock(),
+            account_id=rpc.account_id,
+            device_id=request.device_id or rpc.device_id,
+            now=rpc.now,
         )
         return accounts_pb2.RevokeDeviceResponse()
 
@@ -142,13 +142,13 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
             request.page_size, default=DEVICES_PAGE_DEFAULT, maximum=DEVICES_PAGE_MAX
         )
         check.done()
-        caller = current_caller()
-        scope = {"rpc": "ListDevices", "account": caller.account_id}
+        rpc = request_context(context, clock=self._clock)
+        scope = {"rpc": "ListDevices", "account": rpc.account_id}
         after = None
         if request.page_token:
             after = str(decode_page_token(request.page_token, scope=scope).get("after", ""))
         devices = await self._accounts.list_devices(
-            account_id=caller.account_id, after_device_id=after, limit=limit + 1
+            account_id=rpc.account_id, after_device_id=after, limit=limit + 1
         )
         next_token = ""
         if len(devices) > limit:
@@ -168,9 +168,10 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         elif lookup == "handle":
             check.text("handle", request.handle, min_len=1, max_len=64)
         check.done()
+        rpc = request_context(context, clock=self._clock)
         if lookup == "handle":
             account = await self._accounts.get_account(handle=request.handle)
         else:
-            account_id = request.account_id if lookup else current_caller().account_id
+            account_id = request.account_id if lookup else rpc.account_id
             account = await self._accounts.get_account(account_id=account_id)
         return account_proto(account)

@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from parley.keys.v1 import keys_pb2, keys_pb2_grpc
-from parley_core.auth.caller import current_caller
 from parley_core.rpc.convert import timestamp
+from parley_core.rpc.request import request_context
 from parley_core.validation import Check
 from svc_keys.domain.keys import KeysHandler
 from svc_keys.domain.sender_keys import SenderKeysHandler
@@ -178,16 +178,16 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
                 )
         _check_pre_keys(check, "one_time_pre_keys", request.one_time_pre_keys, required=False)
         check.done()
-        caller = current_caller()
+        rpc = request_context(context, clock=self._clock)
         published = await self._keys.publish_keys(
-            account_id=caller.account_id,
-            device_id=caller.device_id,
+            account_id=rpc.account_id,
+            device_id=rpc.device_id,
             identity_key=request.identity_key,
             signed_pre_key=SignedPreKey(
                 key_id=spk.key_id, public_key=spk.public_key, signature=spk.signature
             ),
             pre_keys=_pre_keys(request.one_time_pre_keys),
-            now=self._clock(),
+            now=rpc.now,
         )
         return keys_pb2.PublishKeysResponse(
             pre_key_count=published.pre_key_count, identity_changed=published.identity_changed
@@ -199,12 +199,12 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         check = Check()
         _check_pre_keys(check, "pre_keys", request.pre_keys, required=True)
         check.done()
-        caller = current_caller()
+        rpc = request_context(context, clock=self._clock)
         count = await self._keys.upload_pre_keys(
-            account_id=caller.account_id,
-            device_id=caller.device_id,
+            account_id=rpc.account_id,
+            device_id=rpc.device_id,
             pre_keys=_pre_keys(request.pre_keys),
-            now=self._clock(),
+            now=rpc.now,
         )
         return keys_pb2.UploadPreKeysResponse(pre_key_count=count)
 
@@ -212,18 +212,20 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         self, request: keys_pb2.GetPreKeyBundlesRequest, context: Any
     ) -> keys_pb2.GetPreKeyBundlesResponse:
         check_bundles_request(request).done()
+        rpc = request_context(context, clock=self._clock)
         bundles = await self._keys.bundles(
-            requester_account_id=current_caller().account_id,
+            requester_account_id=rpc.account_id,
             account_id=request.account_id,
             device_ids=list(request.device_ids),
-            now=self._clock(),
+            now=rpc.now,
         )
         return keys_pb2.GetPreKeyBundlesResponse(bundles=[bundle_proto(b) for b in bundles])
 
     async def GetPreKeyCount(
         self, request: keys_pb2.GetPreKeyCountRequest, context: Any
     ) -> keys_pb2.GetPreKeyCountResponse:
-        count = await self._keys.pre_key_count(device_id=current_caller().device_id)
+        rpc = request_context(context, clock=self._clock)
+        count = await self._keys.pre_key_count(device_id=rpc.device_id)
         return keys_pb2.GetPreKeyCountResponse(count=count)
 
     async def GetDeviceKeys(
@@ -245,14 +247,14 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     ) -> keys_pb2.SendSenderKeysResponse:
         check, envelopes = check_send_sender_keys(request)
         check.done()
-        caller = current_caller()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         stored = await self._sender_keys.send(
-            sender_account_id=caller.account_id,
-            sender_device_id=caller.device_id,
-            request_id=request.request_id,
+            sender_account_id=rpc.account_id,
+            sender_device_id=rpc.device_id,
+            request_id=rpc.request_id,
             conversation_id=request.conversation_id,
             envelopes=envelopes,
-            now=self._clock(),
+            now=rpc.now,
         )
         return keys_pb2.SendSenderKeysResponse(stored=stored)
 
@@ -264,8 +266,9 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
             request.page_size, default=CLAIM_PAGE_DEFAULT, maximum=CLAIM_PAGE_MAX
         )
         check.done()
+        rpc = request_context(context, clock=self._clock)
         envelopes, more = await self._sender_keys.claim(
-            device_id=current_caller().device_id, page_size=page_size
+            device_id=rpc.device_id, page_size=page_size
         )
         return keys_pb2.ClaimSenderKeysResponse(
             envelopes=[envelope_proto(e) for e in envelopes], more=more

@@ -18,15 +18,7 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from parley_core.storage.mongo import Database, Document
-from svc_keys.model import Account, Device
-
-
-class HandleTaken(Exception):
-    pass
-
-
-class SignupRequestSeen(Exception):
-    pass
+from svc_keys.model import Account, Device, HandleTaken, SignupRequestSeen
 
 
 def _account(doc: Document) -> Account:

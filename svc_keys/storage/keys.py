@@ -24,7 +24,7 @@ from pymongo import ASCENDING
 from pymongo.errors import BulkWriteError
 
 from parley_core.storage.mongo import Database, Document
-from svc_keys.model import DeviceKeys, PreKey, SignedPreKey
+from svc_keys.model import DeviceKeys, PreKey, PreKeyConflict, SignedPreKey
 
 # Candidates read per attempt: a few, so concurrent fetchers mostly pick
 # different keys instead of all racing for the first one.
@@ -54,14 +54,6 @@ def _device_keys(doc: Document) -> DeviceKeys:
         updated_at=doc["updated_at"],
         identity_change_pending=bool(doc.get("identity_change_pending", False)),
     )
-
-
-class PreKeyConflict(Exception):
-    """Some key ids are already stored with other public keys."""
-
-    def __init__(self, key_ids: list[int]) -> None:
-        super().__init__(f"key ids already used with another key: {key_ids}")
-        self.key_ids = key_ids
 
 
 class KeyStore:

@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 
 import structlog
 
-from svc_message.domain.ports import EventCodec, Publisher
 from svc_message.model import DIRECT, Watermarks
+from svc_message.model.broadcast import Broadcast
+from svc_message.ports import EventCodec, Publisher
 from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.delivered import DeliveredMarks
-from svc_message.storage.doorbell import topic
 
 log = structlog.get_logger(__name__)
 
@@ -147,7 +147,7 @@ class AckBatcher:
             # Redis cannot hold them: straight to the database, as for 1:1.
             await self._flush(members, group=True)
             return
-        deliveries: list[tuple[tuple[str, ...], bytes]] = []
+        deliveries: list[Broadcast] = []
         for conversation_id, marks in risen.items():
             for account_id, seq in marks.items():
                 key = (conversation_id, account_id)
@@ -158,7 +158,9 @@ class AckBatcher:
                 conversation_id,
                 [Watermarks(conversation_id, a, delivered_seq=seq) for a, seq in marks.items()],
             )
-            deliveries.append(((topic(conversation_id),), self._codec.encode(envelope)))
+            deliveries.append(
+                Broadcast(self._codec.encode(envelope), conversations=(conversation_id,))
+            )
         await self._publisher.publish(deliveries)
 
     async def persist_group_watermarks(self) -> None:
@@ -191,12 +193,14 @@ class AckBatcher:
             # Acks are hints: the device acks again on its next delivery or resume.
             log.warning("ack_flush_failed", error=str(exc))
             return
-        deliveries: list[tuple[tuple[str, ...], bytes]] = []
+        deliveries: list[Broadcast] = []
         if not group:
             for watermarks in current:
                 envelope = self._codec.receipt(watermarks)
                 deliveries.append(
-                    ((topic(watermarks.conversation_id),), self._codec.encode(envelope))
+                    Broadcast(
+                        self._codec.encode(envelope), conversations=(watermarks.conversation_id,)
+                    )
                 )
         else:
             batches: dict[str, list[Watermarks]] = {}
@@ -204,5 +208,7 @@ class AckBatcher:
                 batches.setdefault(watermarks.conversation_id, []).append(watermarks)
             for conversation_id, batch in batches.items():
                 envelope = self._codec.receipts(conversation_id, batch)
-                deliveries.append(((topic(conversation_id),), self._codec.encode(envelope)))
+                deliveries.append(
+                    Broadcast(self._codec.encode(envelope), conversations=(conversation_id,))
+                )
         await self._publisher.publish(deliveries)

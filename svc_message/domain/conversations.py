@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Reason
 from parley_core.ids import random_id
-from svc_message.domain.ports import Accounts, EventCodec, Publisher
 from svc_message.model import (
     ADMIN,
     CHANNEL,
@@ -21,10 +20,12 @@ from svc_message.model import (
     InboxEntry,
     Watermarks,
 )
-from svc_message.storage.conversations import ConversationStore, MemberRecord
-from svc_message.storage.doorbell import inbox as inbox_channel
-from svc_message.storage.doorbell import topic
-from svc_message.storage.recent import HeadState, RecentCache
+from svc_message.model.broadcast import Broadcast
+from svc_message.model.conversations import MemberRecord
+from svc_message.model.messages import HeadState
+from svc_message.ports import Accounts, EventCodec, Publisher
+from svc_message.storage.conversations import ConversationStore
+from svc_message.storage.recent import RecentCache
 
 # How long a group's or channel's cached membership may be used without
 # re-reading; changes also invalidate it at once through the doorbell.
@@ -282,12 +283,7 @@ class ConversationsHandler:
         if await self._store.ensure(candidate):
             envelope = self._codec.conversation(candidate)
             await self._publisher.publish(
-                [
-                    (
-                        tuple(inbox_channel(a) for a in candidate.member_ids),
-                        self._codec.encode(envelope),
-                    )
-                ]
+                [Broadcast(self._codec.encode(envelope), accounts=candidate.member_ids)]
             )
         return await self.get(conversation_id=conversation_id, account_id=account_id)
 
@@ -415,6 +411,6 @@ class ConversationsHandler:
                 else self._codec.receipts(conversation_id, (watermarks,))
             )
             await self._publisher.publish(
-                [((topic(conversation_id),), self._codec.encode(envelope))]
+                [Broadcast(self._codec.encode(envelope), conversations=(conversation_id,))]
             )
         return watermarks

@@ -33,7 +33,6 @@ from parley_core.errors import NotFound
 from parley_core.histogram import LATENCY_BOUNDS, Histogram
 from svc_message.domain.conversations import ConversationsHandler, Membership
 from svc_message.domain.leases import StreamLeases
-from svc_message.domain.ports import EventCodec, PreKeyCounts
 from svc_message.domain.streams import (
     MAX_EVENTS_PER_WRITE,
     Hub,
@@ -51,6 +50,7 @@ from svc_message.model import (
     EventKind,
     Watermarks,
 )
+from svc_message.ports import EventCodec, PreKeyCounts
 from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.messages import MessageStore
 

@@ -32,7 +32,6 @@ from parley_core.errors import (
 )
 from svc_message.domain import roles
 from svc_message.domain.conversations import ConversationsHandler, Membership
-from svc_message.domain.ports import Accounts, EventCodec, Publisher
 from svc_message.domain.sending import Committed, Draft, SendPipeline
 from svc_message.model import (
     ADMIN,
@@ -49,7 +48,8 @@ from svc_message.model import (
     SystemAction,
     SystemEvent,
 )
-from svc_message.storage.doorbell import Doorbell, inbox
+from svc_message.model.broadcast import Broadcast
+from svc_message.ports import Accounts, EventCodec, MembershipChanges, Publisher
 from svc_message.storage.messages import MessageStore
 
 # Concurrent account look-ups in svc_keys when a group is created.
@@ -84,7 +84,7 @@ class GroupsHandler:
         messages: MessageStore,
         pipeline: SendPipeline,
         accounts: Accounts,
-        bus: Doorbell,
+        bus: MembershipChanges,
         publisher: Publisher,
         codec: EventCodec,
     ) -> None:
@@ -323,7 +323,9 @@ class GroupsHandler:
     async def _tell(self, account_id: str, conversation: Conversation) -> None:
         """Tell the account's streams to look at the conversation again."""
         envelope = self._codec.conversation(conversation)
-        await self._publisher.publish([((inbox(account_id),), self._codec.encode(envelope))])
+        await self._publisher.publish(
+            [Broadcast(self._codec.encode(envelope), accounts=(account_id,))]
+        )
 
     async def subscribe(self, *, account_id: str, conversation_id: str, now: float) -> InboxEntry:
         conversation = await self._conversations.conversation(conversation_id)

@@ -26,7 +26,6 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from parley_core.ids import new_id
-from svc_message.domain.ports import IdentityChangeOutbox, IdentityChangeRecord
 from svc_message.domain.sending import Draft, SendPipeline
 from svc_message.model import (
     DIRECT,
@@ -39,6 +38,7 @@ from svc_message.model import (
     SystemAction,
     SystemEvent,
 )
+from svc_message.ports import IdentityChangeOutbox, IdentityChangeRecord
 from svc_message.storage.conversations import ConversationStore
 
 log = structlog.get_logger(__name__)

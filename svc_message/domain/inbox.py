@@ -23,7 +23,9 @@ from typing import Protocol
 
 from parley_core.errors import FailedPrecondition, Reason
 from svc_message.model import MAX_PINNED, InboxEntry, MemberSettings
-from svc_message.storage.inbox import InboxSettingsStore, Pin, StoredSettings
+from svc_message.model.inbox import Pin, StoredSettings
+from svc_message.ports import SettingsListener
+from svc_message.storage.inbox import InboxSettingsStore
 
 # parley.message.v1.ArchiveFilter (UNSPECIFIED means ACTIVE).
 ACTIVE, ARCHIVED, ALL = 1, 2, 3
@@ -173,12 +175,6 @@ class Conversations(Protocol):
         limit: int,
         exclude: frozenset[str] = frozenset(),
     ) -> list[InboxEntry]: ...
-
-
-class SettingsListener(Protocol):
-    """Told after a member's settings changed, e.g. to tell their other devices."""
-
-    async def settings_changed(self, account_id: str, settings: MemberSettings) -> None: ...
 
 
 class InboxHandler:

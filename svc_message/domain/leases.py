@@ -23,8 +23,8 @@ from collections.abc import Callable
 import structlog
 
 from parley_core.errors import Reason
-from svc_message.domain.ports import DeviceLeases
 from svc_message.domain.streams import StreamSession
+from svc_message.ports import DeviceLeases
 
 log = structlog.get_logger(__name__)
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from parley_core.errors import InvalidArgument
 from svc_message.domain import roles
 from svc_message.domain.conversations import ConversationsHandler, Membership
-from svc_message.domain.ports import EventCodec
 from svc_message.domain.sending import Committed, Draft, SendPipeline
 from svc_message.model import Change, ChangeKind, Message, Page
+from svc_message.ports import EventCodec
 from svc_message.storage.messages import MessageStore
 from svc_message.storage.recent import RecentCache
 

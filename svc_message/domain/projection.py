@@ -35,7 +35,8 @@ import structlog
 
 from parley_core.ids import random_id
 from svc_message.model import Change, ChangeKind, Message, SystemAction
-from svc_message.storage.conversations import Commit, ConversationStore
+from svc_message.model.conversations import Commit
+from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.messages import MessageStore
 from svc_message.storage.projection import ProjectorStore, first_id_at
 

@@ -16,12 +16,8 @@ from datetime import UTC, datetime
 import structlog
 
 from svc_message.model import DoNotDisturb, PushToken
-from svc_message.storage.push import (
-    PushOutbox,
-    PushSettingsStore,
-    PushTokenStore,
-    StoredPushSettings,
-)
+from svc_message.model.push import StoredPushSettings
+from svc_message.storage.push import PushOutbox, PushSettingsStore, PushTokenStore
 
 log = structlog.get_logger(__name__)
 

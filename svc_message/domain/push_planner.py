@@ -22,7 +22,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Protocol
 
 import structlog
 
@@ -30,25 +29,15 @@ from parley_core.errors import ParleyError
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.push_policy import PushMessage, plan
 from svc_message.model import CHANNEL, SYSTEM, Change, ChangeKind, Conversation
-from svc_message.storage.push import (
-    MuteLookup,
-    NewMessages,
-    PushOutbox,
-    PushSettingsStore,
-    PushTokenStore,
-)
+from svc_message.model.push import NewMessages
+from svc_message.ports import StreamingDevices
+from svc_message.storage.push import MuteLookup, PushOutbox, PushSettingsStore, PushTokenStore
 
 log = structlog.get_logger(__name__)
 
 # Redis is asked which devices stream; if it does not answer by then, every
 # device counts as offline (a push too many beats a push missing).
 STREAMING_TIMEOUT_SECONDS = 0.5
-
-
-class StreamingDevices(Protocol):
-    async def streaming_devices(
-        self, account_ids: Iterable[str], *, now_ms: int
-    ) -> dict[str, set[str]]: ...
 
 
 def wants_push(change: Change) -> bool:

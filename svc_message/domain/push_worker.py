@@ -29,18 +29,18 @@ import asyncio
 import contextlib
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
 
 import structlog
 
 from parley_core.ids import new_id
-from svc_message.domain.ports import PushProvider
-from svc_message.domain.push_planner import StreamingDevices, live_devices
+from svc_message.domain.push_planner import live_devices
 from svc_message.domain.push_policy import Next, Suppressed, decide, parse_key, read_already
-from svc_message.model import Notification, PushOutcome, PushResult, PushToken, Watermarks
-from svc_message.storage.push import OutboxJob, PushOutbox, PushTokenStore
+from svc_message.model import Notification, PushOutcome, PushResult, PushToken
+from svc_message.model.push import OutboxJob
+from svc_message.ports import PushProvider, ReadMarks, StreamingDevices
+from svc_message.storage.push import PushOutbox, PushTokenStore
 
 log = structlog.get_logger(__name__)
 
@@ -55,10 +55,6 @@ SEND_SHARE_OF_LEASE = 0.8
 
 def _at(now: float) -> datetime:
     return datetime.fromtimestamp(now, UTC)
-
-
-class ReadMarks(Protocol):
-    async def watermarks_of(self, members: Iterable[tuple[str, str]]) -> list[Watermarks]: ...
 
 
 class PushWorker:

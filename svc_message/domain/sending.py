@@ -28,7 +28,6 @@ import structlog
 
 from parley_core.errors import Aborted, ParleyError, Unavailable
 from parley_core.ids import new_id
-from svc_message.domain.ports import EventCodec, Publisher
 from svc_message.domain.projection import Projector, commits_of
 from svc_message.model import (
     CHANNEL,
@@ -41,9 +40,11 @@ from svc_message.model import (
     Envelope,
     Message,
 )
-from svc_message.storage.doorbell import inbox, topic, traced
-from svc_message.storage.messages import Conflict, MessageStore
-from svc_message.storage.recent import Heads, RecentCache
+from svc_message.model.broadcast import Broadcast
+from svc_message.model.messages import Conflict, Heads
+from svc_message.ports import EventCodec, Publisher
+from svc_message.storage.messages import MessageStore
+from svc_message.storage.recent import RecentCache
 
 log = structlog.get_logger(__name__)
 
@@ -122,7 +123,7 @@ class SendPipeline:
         # Per conversation, the next (version, seq) to hand out.
         self._next: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._cache_size = position_cache_size
-        self._outbox: asyncio.Queue[list[tuple[tuple[str, ...], bytes]]] = asyncio.Queue()
+        self._outbox: asyncio.Queue[list[Broadcast]] = asyncio.Queue()
         self.batches = 0
         self.committed = 0
         # Messages (not system messages or other changes) committed, by
@@ -259,9 +260,11 @@ class SendPipeline:
         await self._record(acked)
         self._outbox.put_nowait(
             [
-                (
-                    (topic(draft.conversation_id), *(inbox(a) for a in draft.notify)),
-                    self._payload(draft, result),
+                Broadcast(
+                    self._codec.encode(result.envelope),
+                    conversations=(draft.conversation_id,),
+                    accounts=tuple(draft.notify),
+                    trace=draft.trace or b"",
                 )
                 for draft, result in acked
             ]
@@ -269,10 +272,6 @@ class SendPipeline:
         for draft, result in acked:
             if not draft.future.done():
                 draft.future.set_result(result)
-
-    def _payload(self, draft: Draft, result: Committed) -> bytes:
-        payload = self._codec.encode(result.envelope)
-        return payload if draft.trace is None else traced(draft.trace, payload)
 
     async def _targets(self, changes: Iterable[Change]) -> dict[str, Message]:
         ids = {c.target_id for c in changes if c.target_id}

@@ -15,25 +15,15 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 import structlog
 
 from parley_core.errors import ParleyError, Reason, ResourceExhausted, Unauthenticated
 from parley_core.histogram import SIZE_BOUNDS, Histogram
-from svc_message.domain.ports import EventCodec, Subscriptions
+from svc_message.domain.typing_limits import TypingLimiter
 from svc_message.model import CHANNEL, Envelope, EventKind, Watermarks
-from svc_message.storage.doorbell import (
-    ACCOUNT_PREFIX,
-    CONVERSATION_PREFIX,
-    TRACED_MARK,
-    inbox,
-    topic,
-    untraced,
-)
-
-if TYPE_CHECKING:
-    from svc_message.domain.typing import TypingLimiter
+from svc_message.model.broadcast import Broadcast
+from svc_message.ports import EventCodec, Subscriptions
 
 log = structlog.get_logger(__name__)
 
@@ -295,20 +285,21 @@ class Hub:
         session; before the replay, so nothing committed after it is missed."""
         sessions = self._sessions.setdefault(session.account_id, set())
         sessions.add(session)
-        wanted = [inbox(session.account_id)] if len(sessions) == 1 else []
+        accounts = [session.account_id] if len(sessions) == 1 else []
+        conversations = []
         for conversation_id in conversation_ids:
             members = self._topics.setdefault(conversation_id, set())
             members.add(session)
             if len(members) == 1:
-                wanted.append(topic(conversation_id))
-        await self._subscriptions.subscribe(wanted)
+                conversations.append(conversation_id)
+        await self._subscriptions.subscribe(conversations=conversations, accounts=accounts)
 
     async def join(self, session: StreamSession, conversation_id: str) -> None:
         members = self._topics.setdefault(conversation_id, set())
         if session not in members:
             members.add(session)
             if len(members) == 1:
-                await self._subscriptions.subscribe([topic(conversation_id)])
+                await self._subscriptions.subscribe(conversations=[conversation_id])
 
     async def leave(self, session: StreamSession, conversation_id: str) -> None:
         members = self._topics.get(conversation_id)
@@ -317,44 +308,41 @@ class Hub:
         members.discard(session)
         if not members:
             del self._topics[conversation_id]
-            await self._subscriptions.unsubscribe([topic(conversation_id)])
+            await self._subscriptions.unsubscribe(conversations=[conversation_id])
 
     async def detach(self, session: StreamSession) -> None:
         sessions = self._sessions.get(session.account_id)
         if sessions is None or session not in sessions:
             return
         sessions.discard(session)
-        gone = []
+        accounts = []
         if not sessions:
             del self._sessions[session.account_id]
-            gone.append(inbox(session.account_id))
+            accounts.append(session.account_id)
+        conversations = []
         for conversation_id in list(session.sent):
             members = self._topics.get(conversation_id)
             if members is not None and session in members:
                 members.discard(session)
                 if not members:
                     del self._topics[conversation_id]
-                    gone.append(topic(conversation_id))
-        await self._subscriptions.unsubscribe(gone)
+                    conversations.append(conversation_id)
+        await self._subscriptions.unsubscribe(conversations=conversations, accounts=accounts)
 
-    def dispatch(self, channel: str, payload: bytes) -> None:
-        if channel.startswith(CONVERSATION_PREFIX):
-            sessions = self._topics.get(channel[len(CONVERSATION_PREFIX) :])
-        elif channel.startswith(ACCOUNT_PREFIX):
-            sessions = self._sessions.get(channel[len(ACCOUNT_PREFIX) :])
-        else:
-            return
+    def dispatch(self, broadcast: Broadcast) -> None:
+        sessions: set[StreamSession] = set()
+        for conversation_id in broadcast.conversations:
+            sessions.update(self._topics.get(conversation_id, ()))
+        for account_id in broadcast.accounts:
+            sessions.update(self._sessions.get(account_id, ()))
         if not sessions:
             return
-        trace = b""
-        if payload and payload[0] == TRACED_MARK:
-            trace, payload = untraced(payload)
-        envelope = self._codec.decode(payload)
+        envelope = self._codec.decode(broadcast.payload)
         if envelope is None:
-            log.warning("doorbell_payload_unreadable", size=len(payload))
+            log.warning("doorbell_payload_unreadable", size=len(broadcast.payload))
             return
-        if trace:
-            envelope = replace(envelope, trace=trace)
+        if broadcast.trace:
+            envelope = replace(envelope, trace=broadcast.trace)
         self.fanout.observe(len(sessions))
         for session in sessions:
             session.offer(envelope)

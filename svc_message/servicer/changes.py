@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 import unicodedata
+from collections.abc import Callable
 from typing import Any, cast
 
 from parley.message.v1 import messages_pb2 as pb
-from parley_core.auth.caller import current_caller
 from parley_core.errors import Reason
 from parley_core.pagination import decode_page_token, encode_page_token
+from parley_core.rpc.request import request_context
 from parley_core.validation import Check
 from svc_message.domain.changes import ChangesHandler, reaction_counts
 
@@ -50,9 +52,16 @@ def _paged(request: Any, scope: dict[str, Any], *, default: int, maximum: int) -
 
 
 class ChangesServicer:
-    def __init__(self, changes: ChangesHandler, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        changes: ChangesHandler,
+        *,
+        max_body_bytes: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._changes = changes
         self._max_body = max_body_bytes
+        self._clock = clock
 
     async def EditMessage(
         self, request: pb.EditMessageRequest, context: Any
@@ -63,12 +72,13 @@ class ChangesServicer:
         check.id("message_id", request.message_id)
         check.payload("body", request.body, max_bytes=self._max_body, reason=Reason.BODY_TOO_LARGE)
         check.done()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         done = await self._changes.edit(
-            account_id=current_caller().account_id,
+            account_id=rpc.account_id,
             conversation_id=request.conversation_id,
             message_id=request.message_id,
             body=request.body,
-            request_id=request.request_id.lower(),
+            request_id=rpc.request_id,
         )
         return pb.EditMessageResponse(edit=cast(pb.Event, done.envelope.wire).edit)
 
@@ -81,12 +91,13 @@ class ChangesServicer:
         check.id("message_id", request.message_id)
         check.enum("scope", request.scope, DELETE_SCOPES)
         check.done()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         done = await self._changes.delete(
-            account_id=current_caller().account_id,
+            account_id=rpc.account_id,
             conversation_id=request.conversation_id,
             message_id=request.message_id,
             for_everyone=request.scope == pb.DELETE_SCOPE_FOR_EVERYONE,
-            request_id=request.request_id.lower(),
+            request_id=rpc.request_id,
         )
         return pb.DeleteMessageResponse(deletion=cast(pb.Event, done.envelope.wire).deletion)
 
@@ -99,13 +110,14 @@ class ChangesServicer:
         check.id("message_id", request.message_id)
         check_emoji(check, request.emoji)
         check.done()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         message, changed = await self._changes.react(
-            account_id=current_caller().account_id,
+            account_id=rpc.account_id,
             conversation_id=request.conversation_id,
             message_id=request.message_id,
             emoji=request.emoji,
             remove=request.remove,
-            request_id=request.request_id.lower(),
+            request_id=rpc.request_id,
         )
         return pb.ReactToMessageResponse(
             reactions=[pb.ReactionCount(emoji=e, count=n) for e, n in reaction_counts(message)],
@@ -118,7 +130,8 @@ class ChangesServicer:
         Check().id("conversation_id", request.conversation_id).id(
             "message_id", request.message_id
         ).done()
-        account_id = current_caller().account_id
+        rpc = request_context(context, clock=self._clock)
+        account_id = rpc.account_id
         scope = {"rpc": "ListReactions", "account": account_id, "message": request.message_id}
         offset, limit = _paged(request, scope, default=LIST_PAGE_DEFAULT, maximum=LIST_PAGE_MAX)
         rows = await self._changes.reactions(
@@ -141,7 +154,8 @@ class ChangesServicer:
         if request.seq <= 0:
             check.fail("seq", "must be a message seq (1 or more)")
         check.done()
-        account_id = current_caller().account_id
+        rpc = request_context(context, clock=self._clock)
+        account_id = rpc.account_id
         scope = {
             "rpc": "ListMessageReceipts",
             "account": account_id,

@@ -7,10 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from parley.message.v1 import messages_pb2 as pb
-from parley_core.auth.caller import current_caller
 from parley_core.pagination import decode_page_token, encode_page_token
 from parley_core.rpc.convert import timestamp
-from parley_core.rpc.interceptor import bearer_token
+from parley_core.rpc.request import request_context
 from parley_core.validation import Check
 from svc_message.domain.groups import GroupsHandler
 from svc_message.model import CHANNEL, GROUP, GROUP_MEMBER_CAP
@@ -63,18 +62,18 @@ class GroupsServicer:
                     f"{GROUP_MEMBER_CAP} members, the caller included), got {others}",
                 )
         check.done()
-        caller = current_caller()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         entry = await self._groups.create(
-            account_id=caller.account_id,
-            device_id=caller.device_id,
-            request_id=request.request_id.lower(),
+            account_id=rpc.account_id,
+            device_id=rpc.device_id,
+            request_id=rpc.request_id,
             kind=kind,
             title=request.title,
             avatar_ref=request.avatar_ref,
             member_ids=members,
             public=kind == CHANNEL and request.public,
-            bearer_token=bearer_token(context.invocation_metadata()),
-            now=self._clock(),
+            bearer_token=rpc.bearer_token,
+            now=rpc.now,
         )
         return view_proto(entry)
 
@@ -103,11 +102,11 @@ class GroupsServicer:
         if title is None and avatar_ref is None:
             check.fail("title", "set title or avatar_ref")
         check.done()
-        caller = current_caller()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         entry = await self._groups.update_info(
-            account_id=caller.account_id,
-            device_id=caller.device_id,
-            request_id=request.request_id.lower(),
+            account_id=rpc.account_id,
+            device_id=rpc.device_id,
+            request_id=rpc.request_id,
             conversation_id=request.conversation_id,
             title=title,
             avatar_ref=avatar_ref,
@@ -122,15 +121,15 @@ class GroupsServicer:
             check, "account_ids", request.account_ids, minimum=1, maximum=GROUP_MEMBER_CAP * 4
         )
         check.done()
-        caller = current_caller()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         entry = await self._groups.add_members(
-            account_id=caller.account_id,
-            device_id=caller.device_id,
-            request_id=request.request_id.lower(),
+            account_id=rpc.account_id,
+            device_id=rpc.device_id,
+            request_id=rpc.request_id,
             conversation_id=request.conversation_id,
             account_ids=accounts,
-            bearer_token=bearer_token(context.invocation_metadata()),
-            now=self._clock(),
+            bearer_token=rpc.bearer_token,
+            now=rpc.now,
         )
         return view_proto(entry)
 
@@ -141,14 +140,14 @@ class GroupsServicer:
             Check().request_id(request.request_id).id("conversation_id", request.conversation_id)
         )
         check.id("account_id", request.account_id).done()
-        caller = current_caller()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         entry = await self._groups.remove_member(
-            account_id=caller.account_id,
-            device_id=caller.device_id,
-            request_id=request.request_id.lower(),
+            account_id=rpc.account_id,
+            device_id=rpc.device_id,
+            request_id=rpc.request_id,
             conversation_id=request.conversation_id,
             target_id=request.account_id,
-            now=self._clock(),
+            now=rpc.now,
         )
         return view_proto(entry)
 
@@ -156,13 +155,13 @@ class GroupsServicer:
         self, request: pb.LeaveConversationRequest, context: Any
     ) -> pb.LeaveConversationResponse:
         Check().request_id(request.request_id).id("conversation_id", request.conversation_id).done()
-        caller = current_caller()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         left_seq = await self._groups.leave(
-            account_id=caller.account_id,
-            device_id=caller.device_id,
-            request_id=request.request_id.lower(),
+            account_id=rpc.account_id,
+            device_id=rpc.device_id,
+            request_id=rpc.request_id,
             conversation_id=request.conversation_id,
-            now=self._clock(),
+            now=rpc.now,
         )
         return pb.LeaveConversationResponse(left_seq=left_seq)
 
@@ -175,11 +174,11 @@ class GroupsServicer:
         check.id("account_id", request.account_id)
         check.enum("role", request.role, ASSIGNABLE_ROLES)
         check.done()
-        caller = current_caller()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         entry = await self._groups.set_role(
-            account_id=caller.account_id,
-            device_id=caller.device_id,
-            request_id=request.request_id.lower(),
+            account_id=rpc.account_id,
+            device_id=rpc.device_id,
+            request_id=rpc.request_id,
             conversation_id=request.conversation_id,
             target_id=request.account_id,
             role=request.role,
@@ -190,10 +189,11 @@ class GroupsServicer:
         self, request: pb.SubscribeChannelRequest, context: Any
     ) -> pb.ConversationView:
         Check().request_id(request.request_id).id("conversation_id", request.conversation_id).done()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         entry = await self._groups.subscribe(
-            account_id=current_caller().account_id,
+            account_id=rpc.account_id,
             conversation_id=request.conversation_id,
-            now=self._clock(),
+            now=rpc.now,
         )
         return view_proto(entry)
 
@@ -205,7 +205,8 @@ class GroupsServicer:
             request.page_size, default=MEMBERS_PAGE_DEFAULT, maximum=MEMBERS_PAGE_MAX
         )
         check.done()
-        account_id = current_caller().account_id
+        rpc = request_context(context, clock=self._clock)
+        account_id = rpc.account_id
         scope = {
             "rpc": "ListMembers",
             "account": account_id,

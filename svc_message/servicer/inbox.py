@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from parley.message.v1 import messages_pb2 as pb
-from parley_core.auth.caller import current_caller
 from parley_core.errors import InvalidArgument, Reason
 from parley_core.pagination import decode_page_token, encode_page_token
+from parley_core.rpc.request import request_context
 from parley_core.validation import Check
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.inbox import (
@@ -98,8 +98,9 @@ class InboxServicer:
         if archive_filter is None:
             check.fail("archive_filter", f"unknown value {request.archive_filter}")
         check.done()
+        rpc = request_context(context, clock=self._clock)
         assert archive_filter is not None
-        account_id = current_caller().account_id
+        account_id = rpc.account_id
         # UNSPECIFIED and ACTIVE share tokens: they are the same list.
         scope = {"rpc": "ListConversations", "account": account_id, "filter": archive_filter}
         after = decode_cursor(request.page_token, scope=scope) if request.page_token else None
@@ -108,7 +109,7 @@ class InboxServicer:
             after=after,
             limit=limit,
             archive_filter=archive_filter,
-            now=self._clock(),
+            now=rpc.now,
         )
         token = "" if page.next is None else encode_cursor(page.next, scope=scope)
         return pb.ListConversationsResponse(
@@ -128,24 +129,26 @@ class InboxServicer:
             else:
                 until = request.until.ToDatetime(tzinfo=UTC)
         check.done()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         entry = await self._inbox.set_muted(
             conversation_id=request.conversation_id,
-            account_id=current_caller().account_id,
+            account_id=rpc.account_id,
             until=until,
             forever=request.forever,
-            request_id=request.request_id.lower(),
-            now=self._clock(),
+            request_id=rpc.request_id,
+            now=rpc.now,
         )
         return view_proto(entry)
 
     async def SetPinned(self, request: pb.SetPinnedRequest, context: Any) -> pb.ConversationView:
         Check().request_id(request.request_id).id("conversation_id", request.conversation_id).done()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         entry = await self._inbox.set_pinned(
             conversation_id=request.conversation_id,
-            account_id=current_caller().account_id,
+            account_id=rpc.account_id,
             pinned=request.pinned,
-            request_id=request.request_id.lower(),
-            now=self._clock(),
+            request_id=rpc.request_id,
+            now=rpc.now,
         )
         return view_proto(entry)
 
@@ -153,21 +156,23 @@ class InboxServicer:
         self, request: pb.SetArchivedRequest, context: Any
     ) -> pb.ConversationView:
         Check().request_id(request.request_id).id("conversation_id", request.conversation_id).done()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         entry = await self._inbox.set_archived(
             conversation_id=request.conversation_id,
-            account_id=current_caller().account_id,
+            account_id=rpc.account_id,
             archived=request.archived,
-            request_id=request.request_id.lower(),
-            now=self._clock(),
+            request_id=rpc.request_id,
+            now=rpc.now,
         )
         return view_proto(entry)
 
     async def MarkUnread(self, request: pb.MarkUnreadRequest, context: Any) -> pb.ConversationView:
         Check().request_id(request.request_id).id("conversation_id", request.conversation_id).done()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         entry = await self._inbox.mark_unread(
             conversation_id=request.conversation_id,
-            account_id=current_caller().account_id,
-            request_id=request.request_id.lower(),
-            now=self._clock(),
+            account_id=rpc.account_id,
+            request_id=rpc.request_id,
+            now=rpc.now,
         )
         return view_proto(entry)

@@ -7,10 +7,9 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from parley.message.v1 import messages_pb2 as pb
-from parley_core.auth.caller import current_caller
 from parley_core.errors import InvalidArgument, Reason
 from parley_core.pagination import decode_page_token, encode_page_token
-from parley_core.rpc.interceptor import bearer_token
+from parley_core.rpc.request import request_context
 from parley_core.validation import Check
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.inbox import InboxHandler
@@ -53,26 +52,25 @@ class MessageUnaryServicer:
         self, request: pb.CreateDirectConversationRequest, context: Any
     ) -> pb.ConversationView:
         Check().request_id(request.request_id).id("peer_account_id", request.peer_account_id).done()
-        caller = current_caller()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         entry = await self._conversations.create_direct(
-            account_id=caller.account_id,
+            account_id=rpc.account_id,
             peer_account_id=request.peer_account_id,
-            bearer_token=bearer_token(context.invocation_metadata()),
-            now=self._clock(),
+            bearer_token=rpc.bearer_token,
+            now=rpc.now,
         )
-        return view_proto(
-            await self._inbox.decorate_one(caller.account_id, entry, now=self._clock())
-        )
+        return view_proto(await self._inbox.decorate_one(rpc.account_id, entry, now=rpc.now))
 
     async def GetConversation(
         self, request: pb.GetConversationRequest, context: Any
     ) -> pb.ConversationView:
         Check().id("conversation_id", request.conversation_id).done()
-        account_id = current_caller().account_id
+        rpc = request_context(context, clock=self._clock)
+        account_id = rpc.account_id
         entry = await self._conversations.get(
             conversation_id=request.conversation_id, account_id=account_id
         )
-        return view_proto(await self._inbox.decorate_one(account_id, entry, now=self._clock()))
+        return view_proto(await self._inbox.decorate_one(account_id, entry, now=rpc.now))
 
     async def SendMessage(
         self, request: pb.SendMessageRequest, context: Any
@@ -83,12 +81,12 @@ class MessageUnaryServicer:
         check.payload("body", request.body, max_bytes=self._max_body, reason=Reason.BODY_TOO_LARGE)
         check.id("reply_to_message_id", request.reply_to_message_id, required=False)
         check.done()
-        caller = current_caller()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         sent = await self._messages.send(
-            account_id=caller.account_id,
-            device_id=caller.device_id,
+            account_id=rpc.account_id,
+            device_id=rpc.device_id,
             conversation_id=request.conversation_id,
-            request_id=request.request_id.lower(),
+            request_id=rpc.request_id,
             type=request.type,
             body=request.body,
             reply_to_message_id=request.reply_to_message_id,
@@ -109,7 +107,8 @@ class MessageUnaryServicer:
             check.fail("direction", f"unknown value {request.direction}")
         check.non_negative("start_seq", request.start_seq)
         check.done()
-        account_id = current_caller().account_id
+        rpc = request_context(context, clock=self._clock)
+        account_id = rpc.account_id
         forward = direction == pb.DIRECTION_FORWARD
         scope = {
             "rpc": "ListMessages",
@@ -142,25 +141,25 @@ class MessageUnaryServicer:
             messages=[message_proto(m) for m in page.messages], next_page_token=token
         )
 
-    async def _mark(self, request: Any, *, read: bool) -> pb.Watermarks:
+    async def _mark(self, request: Any, context: Any, *, read: bool) -> pb.Watermarks:
         check = Check().request_id(request.request_id)
         check.id("conversation_id", request.conversation_id)
         check.non_negative("seq", request.seq)
         check.done()
-        account_id = current_caller().account_id
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         watermarks = await self._conversations.mark(
             conversation_id=request.conversation_id,
-            account_id=account_id,
+            account_id=rpc.account_id,
             delivered=request.seq,
             read=request.seq if read else 0,
-            now=self._clock(),
+            now=rpc.now,
         )
         if read:
-            await self._inbox.clear_unread_mark(request.conversation_id, account_id)
+            await self._inbox.clear_unread_mark(request.conversation_id, rpc.account_id)
         return watermarks_proto(watermarks)
 
     async def MarkDelivered(self, request: pb.MarkDeliveredRequest, context: Any) -> pb.Watermarks:
-        return await self._mark(request, read=False)
+        return await self._mark(request, context, read=False)
 
     async def MarkRead(self, request: pb.MarkReadRequest, context: Any) -> pb.Watermarks:
-        return await self._mark(request, read=True)
+        return await self._mark(request, context, read=True)

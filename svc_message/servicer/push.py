@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from typing import Any
 
 from parley.message.v1 import messages_pb2 as pb
-from parley_core.auth.caller import current_caller
 from parley_core.rpc.convert import timestamp
+from parley_core.rpc.request import request_context
 from parley_core.validation import Check
 from svc_message.domain.push_devices import PushDevices
 from svc_message.domain.push_policy import MINUTES_PER_DAY, time_zone
 from svc_message.model import APNS, FCM, WEBHOOK, DoNotDisturb, PushToken
-from svc_message.storage.push import StoredPushSettings
+from svc_message.model.push import StoredPushSettings
 
 MAX_TOKEN_CHARS = 4096
 MAX_LOCALE_CHARS = 35
@@ -82,8 +84,9 @@ def settings_proto(stored: StoredPushSettings) -> pb.PushSettings:
 class PushServicer:
     """RegisterPushToken, RemovePushToken, GetPushSettings, UpdatePushSettings."""
 
-    def __init__(self, devices: PushDevices) -> None:
+    def __init__(self, devices: PushDevices, *, clock: Callable[[], float] = time.time) -> None:
         self._devices = devices
+        self._clock = clock
 
     async def RegisterPushToken(
         self, request: pb.RegisterPushTokenRequest, context: Any
@@ -92,10 +95,10 @@ class PushServicer:
         check_token(check, request.token)
         check_locale(check, request.locale)
         check.done()
-        caller = current_caller()
+        rpc = request_context(context, clock=self._clock)
         registration = await self._devices.register(
-            account_id=caller.account_id,
-            device_id=caller.device_id,
+            account_id=rpc.account_id,
+            device_id=rpc.device_id,
             provider=request.provider,
             token=request.token,
             locale=request.locale,
@@ -105,14 +108,15 @@ class PushServicer:
     async def RemovePushToken(
         self, request: pb.RemovePushTokenRequest, context: Any
     ) -> pb.RemovePushTokenResponse:
-        caller = current_caller()
-        await self._devices.remove(account_id=caller.account_id, device_id=caller.device_id)
+        rpc = request_context(context, clock=self._clock)
+        await self._devices.remove(account_id=rpc.account_id, device_id=rpc.device_id)
         return pb.RemovePushTokenResponse()
 
     async def GetPushSettings(
         self, request: pb.GetPushSettingsRequest, context: Any
     ) -> pb.PushSettings:
-        return settings_proto(await self._devices.settings(current_caller().account_id))
+        rpc = request_context(context, clock=self._clock)
+        return settings_proto(await self._devices.settings(rpc.account_id))
 
     async def UpdatePushSettings(
         self, request: pb.UpdatePushSettingsRequest, context: Any
@@ -123,9 +127,10 @@ class PushServicer:
         else:
             check_dnd(check, request.do_not_disturb)
         check.done()
+        rpc = request_context(context, clock=self._clock)
         dnd = request.do_not_disturb
         stored = await self._devices.update_settings(
-            current_caller().account_id,
+            rpc.account_id,
             DoNotDisturb(
                 enabled=dnd.enabled,
                 start_minute=dnd.start_minute,

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -25,15 +26,16 @@ import structlog
 from opentelemetry.trace import Span
 
 from parley.message.v1 import messages_pb2 as pb
-from parley_core.auth.caller import Caller, current_caller
+from parley_core.auth.caller import Caller
 from parley_core.errors import InvalidArgument, ParleyError
+from parley_core.rpc.request import request_context
 from parley_core.rpc.status import to_grpc_status
 from parley_core.telemetry import Tracing
 from parley_core.validation import Check
 from svc_message.domain.acks import AckBatcher
 from svc_message.domain.delivery import DeliveryService
 from svc_message.domain.streams import StreamSession, valid_sync_token
-from svc_message.domain.typing import TypingRelay
+from svc_message.domain.typing_indicators import TypingRelay
 from svc_message.model import Envelope
 from svc_message.servicer.convert import ProtoEventCodec
 
@@ -111,7 +113,9 @@ class StreamServicer:
         *,
         write_stall_seconds: float = WRITE_STALL_SECONDS,
         tracing: Tracing | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._clock = clock
         self._delivery = delivery
         # Only when tracing is on: then each traced event's write is a span
         # in its sender's trace.
@@ -126,7 +130,7 @@ class StreamServicer:
     async def Connect(
         self, request_iterator: AsyncIterator[pb.ClientEvent], context: Any
     ) -> AsyncIterator[pb.ServerEvent]:
-        caller = current_caller()
+        caller = request_context(context, clock=self._clock).caller
         try:
             first = await asyncio.wait_for(anext(request_iterator), RESUME_TIMEOUT_SECONDS)
         except StopAsyncIteration:

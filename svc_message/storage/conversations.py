@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +23,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from parley_core.storage.mongo import Database, Document
 from svc_message.model import Conversation, MessageSummary, Watermarks
+from svc_message.model.conversations import Commit, MemberRecord
 
 
 def _summary(doc: Mapping[str, Any] | None) -> MessageSummary | None:
@@ -58,20 +58,6 @@ def conversation_from_doc(doc: Mapping[str, Any]) -> Conversation:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class MemberRecord:
-    """A member's own record: when they joined and, once gone, when they left."""
-
-    conversation_id: str
-    account_id: str
-    active: bool
-    joined_seq: int = 0
-    joined_version: int = 0
-    left_seq: int = 0
-    left_version: int = 0
-    joined_at: datetime | None = None
-
-
 def _record(doc: Mapping[str, Any]) -> MemberRecord:
     return MemberRecord(
         conversation_id=doc["conversation_id"],
@@ -92,18 +78,6 @@ def _watermarks(doc: Mapping[str, Any]) -> Watermarks:
         delivered_seq=doc.get("delivered_seq", 0),
         read_seq=doc.get("read_seq", 0),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Commit:
-    """What one commit batch changed in a conversation."""
-
-    conversation_id: str
-    # The newest history item, if the batch added any.
-    newest: MessageSummary | None
-    # Per sender, the highest seq they sent: sending means having read it.
-    sent: dict[str, int]
-    last_version: int = 0
 
 
 def member_key(conversation_id: str, account_id: str) -> str:

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from parley_core.storage.key_notices import ACCOUNT_CHANNEL_PREFIX, account_channel
 from parley_core.storage.redis import Redis
 from parley_core.telemetry import SPAN_CONTEXT_BYTES
+from svc_message.model.broadcast import Broadcast
 
 # The account channel is shared with svc_keys, which publishes key notices on it.
 ACCOUNT_PREFIX = ACCOUNT_CHANNEL_PREFIX
@@ -63,12 +64,35 @@ def topic(conversation_id: str) -> str:
     return CONVERSATION_PREFIX + conversation_id
 
 
+def channels_of(conversations: Iterable[str], accounts: Iterable[str]) -> list[str]:
+    return [*(topic(c) for c in conversations), *(inbox(a) for a in accounts)]
+
+
+def framed(broadcast: Broadcast) -> bytes:
+    """The payload as published: behind the span context when traced."""
+    if not broadcast.trace:
+        return broadcast.payload
+    return traced(broadcast.trace, broadcast.payload)
+
+
+def heard(channel: str, payload: bytes) -> Broadcast | None:
+    """What a payload on one of our channels says; None for a foreign channel."""
+    trace = b""
+    if payload and payload[0] == TRACED_MARK:
+        trace, payload = untraced(payload)
+    if channel.startswith(CONVERSATION_PREFIX):
+        return Broadcast(payload, conversations=(channel[len(CONVERSATION_PREFIX) :],), trace=trace)
+    if channel.startswith(ACCOUNT_PREFIX):
+        return Broadcast(payload, accounts=(channel[len(ACCOUNT_PREFIX) :],), trace=trace)
+    return None
+
+
 class Doorbell:
     def __init__(
         self,
         redis: Redis,
         *,
-        on_event: Callable[[str, bytes], None],
+        on_event: Callable[[Broadcast], None],
         on_reconnect: Callable[[], None],
         on_membership_change: Callable[[str], None] = lambda conversation_id: None,
     ) -> None:
@@ -85,13 +109,14 @@ class Doorbell:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    async def publish(self, deliveries: Iterable[tuple[Iterable[str], bytes]]) -> bool:
-        """Publish each payload on its channels (see ``topic`` and ``inbox``),
+    async def publish(self, broadcasts: Iterable[Broadcast]) -> bool:
+        """Publish each broadcast on its channels (see ``topic`` and ``inbox``),
         in one round trip; False when Redis did not take it."""
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for channels, payload in deliveries:
-                    for name in channels:
+                for broadcast in broadcasts:
+                    payload = framed(broadcast)
+                    for name in channels_of(broadcast.conversations, broadcast.accounts):
                         pipe.publish(name, payload)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
@@ -104,10 +129,13 @@ class Doorbell:
         with contextlib.suppress(RedisError, OSError):
             await self._redis.publish(MEMBERSHIP_CHANNEL, conversation_id)
 
-    async def subscribe(self, channels: Iterable[str]) -> None:
-        """Listen to the channels (reference counted)."""
+    async def subscribe(
+        self, *, conversations: Iterable[str] = (), accounts: Iterable[str] = ()
+    ) -> None:
+        """Listen to the channels of these conversations and accounts
+        (reference counted)."""
         fresh = []
-        for name in channels:
+        for name in channels_of(conversations, accounts):
             self._wanted[name] += 1
             if self._wanted[name] == 1:
                 fresh.append(name)
@@ -115,9 +143,11 @@ class Doorbell:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.subscribe(*fresh)  # type: ignore[attr-defined]
 
-    async def unsubscribe(self, channels: Iterable[str]) -> None:
+    async def unsubscribe(
+        self, *, conversations: Iterable[str] = (), accounts: Iterable[str] = ()
+    ) -> None:
         gone = []
-        for name in channels:
+        for name in channels_of(conversations, accounts):
             self._wanted[name] -= 1
             if self._wanted[name] <= 0:
                 del self._wanted[name]
@@ -152,7 +182,9 @@ class Doorbell:
                             data.decode() if isinstance(data, bytes) else str(data)
                         )
                     else:
-                        self._on_event(name, message["data"])
+                        broadcast = heard(name, message["data"])
+                        if broadcast is not None:
+                            self._on_event(broadcast)
             except (RedisError, OSError) as exc:
                 if self._connected.is_set():
                     log.warning("doorbell_disconnected", error=str(exc))

@@ -28,9 +28,7 @@ the race for that slot is a duplicate-key error, and it reads again.
 from __future__ import annotations
 
 import contextlib
-import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +37,7 @@ from pymongo.errors import DuplicateKeyError
 
 from parley_core.errors import Aborted
 from parley_core.storage.mongo import Database, Document
+from svc_message.model.inbox import Pin, StoredSettings
 
 # How many recent request ids a settings document remembers: a retry arriving
 # after this many other changes of the same conversation's settings applies again.
@@ -47,24 +46,6 @@ REMEMBERED_REQUESTS = 16
 
 def settings_key(conversation_id: str, account_id: str) -> str:
     return f"{conversation_id}:{account_id}"
-
-
-@dataclass(frozen=True, slots=True)
-class StoredSettings:
-    """A member's settings as stored, before the inbox applies time and news."""
-
-    conversation_id: str
-    account_id: str
-    muted_until: datetime | None = None
-    pin_rank: int = 0
-    pin_slot: int | None = None
-    archived: bool = False
-    archived_seq: int = 0
-    unread_mark_seq: int | None = None
-
-    @property
-    def pinned(self) -> bool:
-        return self.pin_slot is not None
 
 
 def _settings(doc: Mapping[str, Any]) -> StoredSettings:
@@ -78,14 +59,6 @@ def _settings(doc: Mapping[str, Any]) -> StoredSettings:
         archived_seq=doc.get("archived_seq") or 0,
         unread_mark_seq=doc.get("unread_mark_seq"),
     )
-
-
-class Pin(enum.Enum):
-    PINNED = "pinned"
-    # Already pinned, or this request was applied before: nothing changed.
-    UNCHANGED = "unchanged"
-    # Every slot is taken.
-    FULL = "full"
 
 
 class InboxSettingsStore:

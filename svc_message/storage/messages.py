@@ -16,9 +16,7 @@ so it stays valid on a cluster sharded by conversation_id:
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from bson import Binary
@@ -27,21 +25,7 @@ from pymongo.errors import BulkWriteError
 
 from parley_core.storage.mongo import Database, Document
 from svc_message.model import HISTORY_KINDS, Change, ChangeKind, Message, SystemEvent
-
-
-class Conflict(enum.Enum):
-    POSITION_TAKEN = "position_taken"
-    DUPLICATE_REQUEST = "duplicate_request"
-
-
-@dataclass(frozen=True, slots=True)
-class InsertOutcome:
-    """How far an ordered batch insert got: ``inserted`` documents from the
-    start are committed; when ``conflict`` is set, the document at index
-    ``inserted`` hit it and nothing after it was attempted."""
-
-    inserted: int
-    conflict: Conflict | None = None
+from svc_message.model.messages import Conflict, InsertOutcome
 
 
 def _emoji_key(emoji: str) -> str:

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -52,6 +51,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from parley_core.ids import new_id
 from parley_core.storage.mongo import Database, Document
 from svc_message.model import DoNotDisturb, PushToken
+from svc_message.model.push import NewMessages, OutboxJob, StoredPushSettings
 from svc_message.storage.inbox import settings_key
 
 PENDING, SENDING, DELIVERED, DEAD, DROPPED = "pending", "sending", "delivered", "dead", "dropped"
@@ -147,13 +147,6 @@ def _dnd(doc: Mapping[str, Any] | None) -> DoNotDisturb:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class StoredPushSettings:
-    do_not_disturb: DoNotDisturb
-    # None: never set (the defaults apply).
-    updated_at: datetime | None
-
-
 class PushSettingsStore:
     def __init__(self, db: Database) -> None:
         self._coll = db["push_settings"]
@@ -215,38 +208,6 @@ class MuteLookup:
         return {
             (doc["conversation_id"], doc["account_id"]): doc["muted_until"] async for doc in cursor
         }
-
-
-@dataclass(frozen=True, slots=True)
-class NewMessages:
-    """Messages to add to a device's pending notification (or to start one with)."""
-
-    account_id: str
-    device_id: str
-    keys: tuple[str, ...]
-    newest: str
-    due_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxJob:
-    job_id: str
-    # The batch claim that holds it (see the module doc).
-    claim: str
-    account_id: str
-    device_id: str
-    keys: tuple[str, ...]
-    newest: str
-    attempts: int
-    due_at: datetime
-
-    @property
-    def message_id(self) -> str:
-        return self.newest.partition("|")[0]
-
-    @property
-    def sender_account_id(self) -> str:
-        return self.newest.partition("|")[2]
 
 
 def _job(doc: Mapping[str, Any]) -> OutboxJob:

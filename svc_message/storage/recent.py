@@ -24,6 +24,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from parley_core.storage.redis import Redis
+from svc_message.model.messages import Heads, HeadState
 
 log = structlog.get_logger(__name__)
 
@@ -126,20 +127,6 @@ return out
 
 
 @dataclass(frozen=True, slots=True)
-class Heads:
-    """What one commit batch changes in a conversation: new history items as
-    (seq, state version, wire form), per sender the highest seq it sent, the
-    newest version, the new state of changed messages, and the accounts that
-    deleted a message for themselves."""
-
-    items: Sequence[tuple[int, int, bytes]]
-    sent: Mapping[str, int]
-    last_version: int = 0
-    updated: Sequence[tuple[int, int, bytes]] = ()
-    hiders: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True, slots=True)
 class CachedRange:
     """Messages ``lo``..``hi`` in the order asked for; ``last`` is the newest
     seq the cache knows, which tells whether a next page exists."""
@@ -150,13 +137,6 @@ class CachedRange:
     blobs: list[bytes]
     # The reader deleted messages here for itself: filter the range.
     filtered: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class HeadState:
-    last_seq: int
-    last_version: int
-    sent: dict[str, int]
 
 
 class Unreachable(Exception):

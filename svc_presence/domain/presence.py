@@ -17,7 +17,6 @@ import structlog
 
 from parley_core.errors import Aborted, Reason, ResourceExhausted, Unavailable
 from svc_presence.domain import privacy
-from svc_presence.domain.ports import ContactLists, LastSeenLog, LiveStates, SettingsReader
 from svc_presence.domain.rules import RuleLoader
 from svc_presence.model import (
     UNSEEN,
@@ -31,6 +30,7 @@ from svc_presence.model import (
     PresenceView,
     Visibility,
 )
+from svc_presence.ports import ContactLists, LastSeenLog, LiveStates, SettingsReader
 
 log = structlog.get_logger(__name__)
 

@@ -12,8 +12,8 @@ import asyncio
 from collections.abc import Sequence
 
 from svc_presence.domain import privacy
-from svc_presence.domain.ports import ContactLists, SettingsReader
 from svc_presence.model import EVERYTHING, HIDDEN, PresenceSettings, Rule, Visibility
+from svc_presence.ports import ContactLists, SettingsReader
 
 
 class RuleLoader:

@@ -26,7 +26,6 @@ import structlog
 
 from parley_core.errors import ParleyError, ResourceExhausted
 from svc_presence.domain import privacy
-from svc_presence.domain.ports import Channels, LastSeenLog, LiveStates
 from svc_presence.domain.presence import both, presence_unavailable
 from svc_presence.domain.rules import RuleLoader
 from svc_presence.model import (
@@ -37,6 +36,7 @@ from svc_presence.model import (
     PresenceView,
     Rule,
 )
+from svc_presence.ports import Channels, LastSeenLog, LiveStates
 
 log = structlog.get_logger(__name__)
 

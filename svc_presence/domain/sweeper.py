@@ -15,12 +15,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 import structlog
 
-from svc_presence.domain.ports import LastSeenLog, Sweepable
 from svc_presence.model import PresenceStats, PresenceStoreDown, SeenRecord
+from svc_presence.ports import LastSeenLog, OfflineRecord, Sweepable
 
 log = structlog.get_logger(__name__)
 
@@ -32,11 +31,6 @@ FLUSH_SECONDS = 1.0
 # Records held for a database that does not take them; beyond that the
 # oldest accounts' records are dropped (a later flush or transition rewrites them).
 MAX_BUFFERED = 100_000
-
-
-class _Offline(Protocol):
-    account_id: str
-    seen_ms: int
 
 
 class SeenBuffer:
@@ -106,7 +100,7 @@ class Sweeper:
         try:
             for _ in range(MAX_SWEEPS_PER_TICK):
                 batch = await self._live.sweep(now_ms=now_ms, limit=SWEEP_LIMIT)
-                offline: list[_Offline] = batch.went_offline
+                offline: list[OfflineRecord] = batch.went_offline
                 for record in offline:
                     self._buffer.add(record.account_id, record.seen_ms)
                 went += len(offline)

@@ -12,9 +12,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from parley.presence.v1 import presence_pb2 as pb
 from parley.presence.v1 import presence_pb2_grpc
-from parley_core.auth.caller import current_caller
 from parley_core.pagination import decode_page_token, encode_page_token
 from parley_core.rpc.convert import timestamp
+from parley_core.rpc.request import request_context
 from parley_core.validation import Check
 from svc_presence.domain.presence import PresenceHandler
 from svc_presence.domain.subscriptions import Hub, stream
@@ -90,16 +90,16 @@ class PresenceServicer(presence_pb2_grpc.PresenceServiceServicer):
         self._clock = clock
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
-        caller = current_caller()
+        rpc = request_context(context, clock=self._clock)
         ttl = await self._presence.heartbeat(
-            account_id=caller.account_id, device_id=caller.device_id, now=self._clock()
+            account_id=rpc.account_id, device_id=rpc.device_id, now=rpc.now
         )
         return pb.HeartbeatResponse(ttl=_duration(ttl), interval=_duration(ttl / 3))
 
     async def GoOffline(self, request: pb.GoOfflineRequest, context: Any) -> pb.GoOfflineResponse:
-        caller = current_caller()
+        rpc = request_context(context, clock=self._clock)
         await self._presence.go_offline(
-            account_id=caller.account_id, device_id=caller.device_id, now=self._clock()
+            account_id=rpc.account_id, device_id=rpc.device_id, now=rpc.now
         )
         return pb.GoOfflineResponse()
 
@@ -109,8 +109,9 @@ class PresenceServicer(presence_pb2_grpc.PresenceServiceServicer):
         check = Check()
         check_account_ids(check, request.account_ids)
         check.done()
+        rpc = request_context(context, clock=self._clock)
         views = await self._presence.get_presence(
-            viewer=current_caller().account_id, account_ids=list(request.account_ids)
+            viewer=rpc.account_id, account_ids=list(request.account_ids)
         )
         return pb.GetPresenceResponse(presences=[presence_proto(v) for v in views])
 
@@ -120,9 +121,8 @@ class PresenceServicer(presence_pb2_grpc.PresenceServiceServicer):
         check = Check()
         check_account_ids(check, request.account_ids)
         check.done()
-        session, snapshot = await self._hub.open(
-            current_caller().account_id, list(request.account_ids)
-        )
+        rpc = request_context(context, clock=self._clock)
+        session, snapshot = await self._hub.open(rpc.account_id, list(request.account_ids))
         async for batch in stream(self._hub, session, first=snapshot):
             yield pb.PresenceEvent(
                 presences=[presence_proto(v) for v in batch.views], snapshot=batch.snapshot
@@ -131,7 +131,8 @@ class PresenceServicer(presence_pb2_grpc.PresenceServiceServicer):
     async def GetPresenceSettings(
         self, request: pb.GetPresenceSettingsRequest, context: Any
     ) -> pb.PresenceSettings:
-        settings = await self._presence.get_settings(account_id=current_caller().account_id)
+        rpc = request_context(context, clock=self._clock)
+        settings = await self._presence.get_settings(account_id=rpc.account_id)
         return settings_proto(settings)
 
     async def UpdatePresenceSettings(
@@ -141,24 +142,25 @@ class PresenceServicer(presence_pb2_grpc.PresenceServiceServicer):
         online = _visibility(check, "online", request.online)
         last_seen = _visibility(check, "last_seen", request.last_seen)
         check.done()
+        rpc = request_context(context, clock=self._clock)
         settings = await self._presence.update_settings(
-            account_id=current_caller().account_id,
+            account_id=rpc.account_id,
             online=online,
             last_seen=last_seen,
             invisible=request.invisible if request.HasField("invisible") else None,
-            now=self._clock(),
+            now=rpc.now,
         )
         return settings_proto(settings)
 
     async def AddContacts(
         self, request: pb.AddContactsRequest, context: Any
     ) -> pb.AddContactsResponse:
-        caller = current_caller()
+        rpc = request_context(context, clock=self._clock)
         check = Check()
-        check_account_ids(check, request.account_ids, not_self=caller.account_id)
+        check_account_ids(check, request.account_ids, not_self=rpc.account_id)
         check.done()
         added = await self._presence.add_contacts(
-            owner=caller.account_id, account_ids=list(request.account_ids), now=self._clock()
+            owner=rpc.account_id, account_ids=list(request.account_ids), now=rpc.now
         )
         return pb.AddContactsResponse(added_count=added)
 
@@ -168,8 +170,9 @@ class PresenceServicer(presence_pb2_grpc.PresenceServiceServicer):
         check = Check()
         check_account_ids(check, request.account_ids)
         check.done()
+        rpc = request_context(context, clock=self._clock)
         removed = await self._presence.remove_contacts(
-            owner=current_caller().account_id, account_ids=list(request.account_ids)
+            owner=rpc.account_id, account_ids=list(request.account_ids)
         )
         return pb.RemoveContactsResponse(removed_count=removed)
 
@@ -181,7 +184,8 @@ class PresenceServicer(presence_pb2_grpc.PresenceServiceServicer):
             request.page_size, default=CONTACTS_PAGE_DEFAULT, maximum=CONTACTS_PAGE_MAX
         )
         check.done()
-        owner = current_caller().account_id
+        rpc = request_context(context, clock=self._clock)
+        owner = rpc.account_id
         scope = {"rpc": "ListContacts", "account": owner}
         after = None
         if request.page_token:

@@ -23,7 +23,8 @@ from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_core.config import MongoSettings
 from parley_core.storage.mongo import connect, durable_database
 from parley_dev.stack import LocalStack
-from svc_message.storage.inbox import InboxSettingsStore, Pin
+from svc_message.model.inbox import Pin
+from svc_message.storage.inbox import InboxSettingsStore
 from tests.helpers import wait_until
 from tests.integration.test_accounts import details
 from tests.users import Device, Stream, direct, link_device, open_stream, rid, send, sign_up, synced

@@ -9,7 +9,6 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from parley.common.v1 import common_pb2
 from parley_core.auth.revocations import Revocation, RevocationList
 from parley_core.auth.tokens import (
     TokenIssuer,
@@ -29,11 +28,6 @@ from parley_core.ids import is_valid_id, new_id
 from parley_core.pagination import decode_page_token, encode_page_token
 from parley_core.rpc.status import internal_status, to_grpc_status
 from parley_core.validation import Check
-
-
-def test_every_reason_is_in_the_api_enum() -> None:
-    names = set(common_pb2.ErrorReason.keys())
-    assert {reason.value for reason in Reason} <= names
 
 
 def unpack(status: grpc.Status) -> dict[str, object]:

@@ -24,7 +24,7 @@ from svc_message.domain.inbox import (
     muted_until_at,
 )
 from svc_message.model import DIRECT, Conversation, InboxEntry, MemberSettings, Watermarks
-from svc_message.storage.inbox import Pin, StoredSettings
+from svc_message.model.inbox import Pin, StoredSettings
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
 T = NOW.timestamp()

@@ -30,6 +30,16 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     )
 
 
+def test_the_generated_reasons_are_the_proto_enum() -> None:
+    from parley.common.v1 import common_pb2
+    from parley.common.v1.reasons import ErrorReason
+
+    wire = {v.name for v in common_pb2.ErrorReason.DESCRIPTOR.values if v.number != 0}
+    assert {reason.value for reason in ErrorReason} == wire
+    assert all(reason.value == f"ERROR_REASON_{reason.name}" for reason in ErrorReason)
+    assert len(ErrorReason) == len(wire)
+
+
 def test_every_enum_starts_with_unspecified() -> None:
     from parley.common.v1 import common_pb2
     from parley.message.v1 import messages_pb2

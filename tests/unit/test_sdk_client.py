@@ -13,7 +13,6 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 
-from parley.common.v1 import common_pb2
 from parley.message.v1 import messages_pb2 as pb
 from parley_sdk import (
     ArchiveFilter,
@@ -470,9 +469,3 @@ def test_issue_4_reasons_map_to_typed_errors(
     # Under another code the reason refines nothing: the code's class stands.
     other = from_rpc_error(rpc_error(grpc.StatusCode.INVALID_ARGUMENT, f"ERROR_REASON_{reason}"))
     assert type(other).__name__ == "InvalidArgumentError"
-
-
-def test_error_reasons_mirror_the_proto_enum() -> None:
-    wire = set(common_pb2.ErrorReason.keys()) - {"ERROR_REASON_UNSPECIFIED"}
-    assert {reason.value for reason in ErrorReason} == wire
-    assert all(reason.value == f"ERROR_REASON_{reason.name}" for reason in ErrorReason)

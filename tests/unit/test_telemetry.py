@@ -26,8 +26,17 @@ from parley_core.telemetry import (
 from svc_keys.storage.notices import pre_keys_low_event
 from svc_message.domain.streams import Hub, StreamSession
 from svc_message.model import EventKind
+from svc_message.model.broadcast import Broadcast
 from svc_message.servicer.convert import ProtoEventCodec
-from svc_message.storage.doorbell import TRACED_MARK, inbox, topic, traced, untraced
+from svc_message.storage.doorbell import (
+    TRACED_MARK,
+    framed,
+    heard,
+    inbox,
+    topic,
+    traced,
+    untraced,
+)
 
 ON = TracingSettings(enabled=True, otlp_endpoint="http://127.0.0.1:4317")
 
@@ -124,13 +133,17 @@ def test_interceptors_exist_only_when_tracing_is_on() -> None:
 
 class Subscriptions:
     def __init__(self) -> None:
-        self.channels: set[str] = set()
+        self.followed: set[str] = set()
 
-    async def subscribe(self, channels: Iterable[str]) -> None:
-        self.channels.update(channels)
+    async def subscribe(
+        self, *, conversations: Iterable[str] = (), accounts: Iterable[str] = ()
+    ) -> None:
+        self.followed.update(conversations, accounts)
 
-    async def unsubscribe(self, channels: Iterable[str]) -> None:
-        self.channels.difference_update(channels)
+    async def unsubscribe(
+        self, *, conversations: Iterable[str] = (), accounts: Iterable[str] = ()
+    ) -> None:
+        self.followed.difference_update(conversations, accounts)
 
 
 def message_event(conversation_id: str, seq: int) -> bytes:
@@ -145,9 +158,24 @@ def test_no_event_starts_with_the_traced_mark() -> None:
     assert message_event("c", 1)[0] != TRACED_MARK
     assert codec.decode(bytes((TRACED_MARK,)) + message_event("c", 1)) is None
     context = b"\x01" * SPAN_CONTEXT_BYTES
-    framed = traced(context, message_event("c", 1))
-    assert framed[0] == TRACED_MARK
-    assert untraced(framed) == (context, message_event("c", 1))
+    wrapped = traced(context, message_event("c", 1))
+    assert wrapped[0] == TRACED_MARK
+    assert untraced(wrapped) == (context, message_event("c", 1))
+
+
+def test_the_doorbell_names_channels_and_frames_traces_itself() -> None:
+    context = b"\x03" * SPAN_CONTEXT_BYTES
+    sent = Broadcast(message_event("c1", 1), conversations=("c1",), trace=context)
+    assert heard(topic("c1"), framed(sent)) == sent
+    assert framed(Broadcast(b"plain", accounts=("a1",))) == b"plain"
+    assert heard(inbox("a1"), b"plain") == Broadcast(b"plain", accounts=("a1",))
+    assert heard("parley:elsewhere", b"plain") is None
+
+
+def ring(channel: str, payload: bytes) -> Broadcast:
+    broadcast = heard(channel, payload)
+    assert broadcast is not None
+    return broadcast
 
 
 async def test_the_hub_reads_traced_and_plain_payloads() -> None:
@@ -157,11 +185,11 @@ async def test_the_hub_reads_traced_and_plain_payloads() -> None:
     )
     await hub.attach(session, ["c1"])
     context = b"\x02" * SPAN_CONTEXT_BYTES
-    hub.dispatch(topic("c1"), traced(context, message_event("c1", 1)))
-    hub.dispatch(topic("c1"), message_event("c1", 2))
+    hub.dispatch(ring(topic("c1"), traced(context, message_event("c1", 1))))
+    hub.dispatch(ring(topic("c1"), message_event("c1", 2)))
     # svc_keys publishes key notices without a frame: they still arrive.
-    hub.dispatch(inbox("a1"), pre_keys_low_event(device_id="d1", count=3))
-    hub.dispatch(inbox("a1"), b"\xff\xff not an event")
+    hub.dispatch(ring(inbox("a1"), pre_keys_low_event(device_id="d1", count=3)))
+    hub.dispatch(ring(inbox("a1"), b"\xff\xff not an event"))
     batch = await session.next_batch(clock=time.time)
     assert [e.kind for e in batch] == [EventKind.MESSAGE, EventKind.MESSAGE, EventKind.KEY_NOTICE]
     assert [e.trace for e in batch] == [context, b"", b""]

@@ -9,7 +9,7 @@ import pytest
 
 from parley.message.v1 import messages_pb2 as mpb
 from svc_message.domain.streams import StreamSession
-from svc_message.domain.typing import (
+from svc_message.domain.typing_limits import (
     NOT_STARTED,
     RATE_LIMITED,
     REPEAT,

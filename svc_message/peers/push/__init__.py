@@ -1,4 +1,4 @@
-"""Push providers behind the domain's ``PushProvider`` port: a signed webhook,
+"""Push providers behind the ``PushProvider`` port (svc_message.ports): a signed webhook,
 APNs and FCM, each written against its documented HTTP API.
 
 ``build_providers`` makes one provider per configured service; ``Router``
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from typing import Protocol
 
 import structlog
 
@@ -19,19 +18,11 @@ from svc_message.model import APNS, FCM, WEBHOOK, Notification, PushOutcome, Pus
 from svc_message.peers.push.apns import ApnsProvider
 from svc_message.peers.push.fcm import FcmProvider
 from svc_message.peers.push.webhook import WebhookProvider
+from svc_message.ports import PushProvider
 
 log = structlog.get_logger(__name__)
 
 PROVIDER_NAMES = {WEBHOOK: "webhook", APNS: "apns", FCM: "fcm"}
-
-
-class PushProvider(Protocol):
-    """The domain's port (svc_message.domain.ports.PushProvider), restated:
-    peers sit below the domain and may not import it."""
-
-    async def send(self, notification: Notification) -> PushResult: ...
-
-    async def close(self) -> None: ...
 
 
 __all__ = [

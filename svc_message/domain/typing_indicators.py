@@ -22,16 +22,22 @@ import asyncio
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import structlog
 
 from parley_core.errors import ParleyError
 from svc_message.domain.conversations import ConversationsHandler
-from svc_message.domain.ports import EventCodec, Publisher
 from svc_message.domain.streams import StreamSession
+from svc_message.domain.typing_limits import (
+    NOT_STARTED,
+    RATE_LIMITED,
+    REPEAT,
+    TypingLimiter,
+    TypingLimits,
+)
 from svc_message.model import CHANNEL
-from svc_message.storage.doorbell import topic
+from svc_message.model.broadcast import Broadcast
+from svc_message.ports import EventCodec, Publisher
 
 log = structlog.get_logger(__name__)
 
@@ -39,9 +45,6 @@ log = structlog.get_logger(__name__)
 INVALID = "invalid"  # malformed conversation id
 NOT_MEMBER = "not_member"  # the stream does not follow it, or the account left
 CHANNEL_SUPPRESSED = "channel"
-REPEAT = "repeat"  # a start inside the minimum interval of the last one
-RATE_LIMITED = "rate_limited"  # the device's token bucket is empty
-NOT_STARTED = "not_started"  # a stop with no forwarded start still showing
 OVERLOAD = "overload"  # this process's publish queue is full
 UNAVAILABLE = "unavailable"  # Redis did not take the publish
 ERROR = "error"  # the membership check failed (database slow or down)
@@ -65,69 +68,6 @@ PUBLISH_TIMEOUT_SECONDS = 2.0
 # A membership check that has to read the database may not hold the typist's
 # read loop (its acks) longer than this.
 MEMBERSHIP_TIMEOUT_SECONDS = 1.0
-# Starts remembered per device before expired ones are pruned.
-PRUNE_AT = 64
-
-
-@dataclass(frozen=True, slots=True)
-class TypingLimits:
-    # How long recipients show an indicator unless renewed.
-    expires_seconds: float
-    # At most one forwarded start per (device, conversation) this often.
-    min_interval_seconds: float
-    # Per device over all its conversations: a token bucket of this size,
-    # refilled at this rate; each forwarded start takes a token.
-    burst: int
-    per_second: float
-
-
-class TypingLimiter:
-    """One device's typing rate limit (pure; ``now`` is a monotonic time).
-
-    Stops take no token: only a forwarded start that is still showing can be
-    stopped, so there are never more stops than starts."""
-
-    __slots__ = ("_limits", "_prune_at", "_refilled_at", "_started", "_tokens")
-
-    def __init__(self, limits: TypingLimits, *, now: float) -> None:
-        self._limits = limits
-        self._tokens = float(limits.burst)
-        self._refilled_at = now
-        # Conversation -> when its showing start was forwarded.
-        self._started: dict[str, float] = {}
-        self._prune_at = PRUNE_AT
-
-    def admit(self, conversation_id: str, typing: bool, *, now: float) -> str | None:
-        """None to forward the event, else the reason to drop it."""
-        limits = self._limits
-        if not typing:
-            started = self._started.pop(conversation_id, None)
-            if started is None or now - started >= limits.expires_seconds:
-                # Recipients show nothing to stop (never forwarded, already
-                # stopped, or expired on their side).
-                return NOT_STARTED
-            return None
-        started = self._started.get(conversation_id)
-        if started is not None and now - started < limits.min_interval_seconds:
-            return REPEAT
-        elapsed = max(now - self._refilled_at, 0.0)
-        self._tokens = min(float(limits.burst), self._tokens + elapsed * limits.per_second)
-        self._refilled_at = now
-        if self._tokens < 1.0:
-            return RATE_LIMITED
-        self._tokens -= 1.0
-        self._started[conversation_id] = now
-        if len(self._started) > self._prune_at:
-            self._prune(now)
-        return None
-
-    def _prune(self, now: float) -> None:
-        # The bucket bounds how many starts can be showing at once, so this
-        # keeps the map small; the threshold grows with what is left so a
-        # busy device does not prune on every start.
-        expires = self._limits.expires_seconds
-        self._started = {c: at for c, at in self._started.items() if now - at < expires}
-        self._prune_at = max(PRUNE_AT, 2 * len(self._started))
 
 
 class TypingRelay:
@@ -148,7 +88,7 @@ class TypingRelay:
         self._codec = codec
         self._limits = limits
         self._monotonic = monotonic
-        self._outbox: deque[tuple[tuple[str, ...], bytes]] = deque()
+        self._outbox: deque[Broadcast] = deque()
         self._outbox_limit = outbox_limit
         self._wake = asyncio.Event()
         self.received = 0
@@ -188,7 +128,9 @@ class TypingRelay:
         envelope = self._codec.typing(
             conversation_id, session.account_id, typing, self._limits.expires_seconds
         )
-        self._outbox.append(((topic(conversation_id),), self._codec.encode(envelope)))
+        self._outbox.append(
+            Broadcast(self._codec.encode(envelope), conversations=(conversation_id,))
+        )
         self._wake.set()
         return None
 

@@ -1,4 +1,6 @@
-"""What the domain needs from storage, as protocols (fakes in unit tests)."""
+"""What the domain needs from storage, as protocols (fakes in unit tests).
+
+Below the domain, beside the model, so the storage adapters may import them."""
 
 from __future__ import annotations
 
@@ -69,3 +71,8 @@ class LastSeenLog(Protocol):
     async def get_many(self, account_ids: Sequence[str]) -> dict[str, int]: ...
 
     async def write(self, records: Iterable[SeenRecord]) -> int: ...
+
+
+class OfflineRecord(Protocol):
+    account_id: str
+    seen_ms: int

@@ -1,7 +1,9 @@
 """What the domain needs from the outside, as protocols.
 
-The composition root passes the real adapters (storage, doorbell, svc_keys,
-the wire codec); unit tests of pure policy can pass simple stand-ins.
+They sit below the domain, beside the model, so the adapters that implement
+them (storage, peers) import the same declaration the domain does. The
+composition root passes the real adapters (storage, doorbell, svc_keys, the
+wire codec); unit tests of pure policy can pass simple stand-ins.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from svc_message.model import (
     Change,
     Conversation,
     Envelope,
+    MemberSettings,
     Message,
     Notification,
     PushResult,
     Watermarks,
 )
+from svc_message.model.broadcast import Broadcast
 
 
 class Accounts(Protocol):
@@ -26,13 +30,27 @@ class Accounts(Protocol):
 
 
 class Publisher(Protocol):
-    async def publish(self, deliveries: Iterable[tuple[Iterable[str], bytes]]) -> bool: ...
+    async def publish(self, broadcasts: Iterable[Broadcast]) -> bool:
+        """Tell every process, in one round trip; False when it was not taken."""
+        ...
+
+
+class MembershipChanges(Protocol):
+    async def membership_changed(self, conversation_id: str) -> None:
+        """Tell every process to drop what it cached of the membership."""
+        ...
 
 
 class Subscriptions(Protocol):
-    async def subscribe(self, channels: Iterable[str]) -> None: ...
+    """This process's interest in broadcasts (reference counted)."""
 
-    async def unsubscribe(self, channels: Iterable[str]) -> None: ...
+    async def subscribe(
+        self, *, conversations: Iterable[str] = (), accounts: Iterable[str] = ()
+    ) -> None: ...
+
+    async def unsubscribe(
+        self, *, conversations: Iterable[str] = (), accounts: Iterable[str] = ()
+    ) -> None: ...
 
 
 class EventCodec(Protocol):
@@ -141,3 +159,19 @@ class PushProvider(Protocol):
     async def send(self, notification: Notification) -> PushResult: ...
 
     async def close(self) -> None: ...
+
+
+class StreamingDevices(Protocol):
+    async def streaming_devices(
+        self, account_ids: Iterable[str], *, now_ms: int
+    ) -> dict[str, set[str]]: ...
+
+
+class ReadMarks(Protocol):
+    async def watermarks_of(self, members: Iterable[tuple[str, str]]) -> list[Watermarks]: ...
+
+
+class SettingsListener(Protocol):
+    """Told after a member's settings changed, e.g. to tell their other devices."""
+
+    async def settings_changed(self, account_id: str, settings: MemberSettings) -> None: ...

@@ -1,4 +1,8 @@
-"""Plain data shared by the layers of svc_message."""
+"""Plain data shared by the layers of svc_message.
+
+The records the domain and storage exchange live in the feature modules
+beside this one (conversations, messages, inbox, push, broadcast).
+"""
 
 from __future__ import annotations
 
