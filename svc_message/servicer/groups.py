@@ -39,6 +39,7 @@ class GroupsServicer:
         self._clock = clock
 
     async def _create(self, request: Any, context: Any, *, kind: int) -> pb.ConversationView:
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         check = Check().request_id(request.request_id)
         check.text("title", request.title, min_len=1, max_len=TITLE_MAX)
         check.text("avatar_ref", request.avatar_ref, max_len=AVATAR_REF_MAX)
@@ -54,7 +55,7 @@ class GroupsServicer:
             # Repeats and the caller's own id do not count. A list that cannot
             # fit whatever the state is a bad request naming the field, not
             # the RESOURCE_EXHAUSTED the domain answers for a full group.
-            others = len(set(members) - {current_caller().account_id})
+            others = len(set(members) - {rpc.account_id})
             if others > GROUP_MEMBER_CAP - 1:
                 check.fail(
                     "member_account_ids",
@@ -62,7 +63,6 @@ class GroupsServicer:
                     f"{GROUP_MEMBER_CAP} members, the caller included), got {others}",
                 )
         check.done()
-        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         entry = await self._groups.create(
             account_id=rpc.account_id,
             device_id=rpc.device_id,
