@@ -1,6 +1,7 @@
-"""Chat commands of the ``parley`` console script (``parley signup``, ``send``, ``chat``...).
+"""The chat commands of ``parley`` (``parley signup``, ``send``, ``chat``...).
 
-``parley_dev.cli`` owns the parser and calls :func:`register_commands`. Messages
+:mod:`parley_cli.console` builds the parser around :func:`register_commands`;
+the developer tooling adds its own commands beside them. Messages
 are end-to-end encrypted: each profile keeps its device's keys and decrypted
 history in ``<profile>.db`` beside its JSON file (channels are not encrypted).
 
@@ -16,8 +17,8 @@ import socket
 import sys
 from typing import Any
 
-from parley_sdk._cli_chat import run_chat, run_follow
-from parley_sdk._cli_common import (
+from parley_cli.chat import run_chat, run_follow
+from parley_cli.common import (
     Commands,
     connect,
     handle,
@@ -26,19 +27,21 @@ from parley_sdk._cli_common import (
     resolve_conversation,
     resolve_message,
 )
-from parley_sdk._cli_groups import register_group_commands
-from parley_sdk._cli_inbox import register_message_commands
-from parley_sdk._cli_output import Directory, emit, format_message, format_view, local_time
-from parley_sdk._cli_presence import register_presence_commands
-from parley_sdk._cli_profiles import Profile, ProfileError, ProfileStore
-from parley_sdk._cli_push import register_push_commands
-from parley_sdk.client import (
+from parley_cli.groups import register_group_commands
+from parley_cli.inbox import register_message_commands
+from parley_cli.output import Directory, emit, format_message, format_view, local_time
+from parley_cli.presence import register_presence_commands
+from parley_cli.profiles import Profile, ProfileError, ProfileStore
+from parley_cli.push import register_push_commands
+from parley_sdk import (
     DEFAULT_KEYS_TARGET,
     DEFAULT_MESSAGE_TARGET,
     DEFAULT_PRESENCE_TARGET,
+    ArchiveFilter,
     Client,
+    Direction,
+    Platform,
 )
-from parley_sdk.models import ArchiveFilter, Direction, Platform
 
 __all__ = ["register_commands"]
 

@@ -18,8 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from parley_sdk.client import DEFAULT_PRESENCE_TARGET
-from parley_sdk.credentials import Credentials
+from parley_sdk import DEFAULT_PRESENCE_TARGET, Credentials
 
 __all__ = ["Profile", "ProfileError", "ProfileStore"]
 

@@ -10,18 +10,19 @@ from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
-from parley_sdk._cli_output import warn
-from parley_sdk._cli_profiles import Profile, ProfileError, ProfileStore
-from parley_sdk._secure import NoRecipientDevicesError
-from parley_sdk.client import (
+from parley_cli.output import warn
+from parley_cli.profiles import Profile, ProfileError, ProfileStore
+from parley_sdk import (
     DEFAULT_KEYS_TARGET,
     DEFAULT_MESSAGE_TARGET,
     DEFAULT_PRESENCE_TARGET,
     Client,
+    Credentials,
+    Direction,
+    NoRecipientDevicesError,
+    ParleyError,
+    UnauthenticatedError,
 )
-from parley_sdk.credentials import Credentials
-from parley_sdk.errors import ParleyError, UnauthenticatedError
-from parley_sdk.models import Direction
 
 __all__ = [
     "Command",
