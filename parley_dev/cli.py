@@ -1,15 +1,15 @@
-"""The ``parley`` command: ``parley up`` runs the local stack; client commands come from the SDK."""
+"""The developers' ``parley`` command (``./parley``): the chat commands of
+:mod:`parley_cli`, plus ``parley up`` to run the local stack and ``parley bench``."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-PROG = "parley"
+from parley_cli import PROG, register_commands, run
+from parley_dev.bench.args import add_bench_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,26 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="turn tracing on, exporting OTLP/gRPC to URL (e.g. http://127.0.0.1:4317)",
     )
-    _register_client_commands(parser, commands)
+    register_commands(commands)
     client_commands = sorted(name for name in commands.choices if name != "up")
     up.set_defaults(func=_cmd_up, client_commands=client_commands)
     # After client_commands: bench is a developer tool, not a chat command for the banner.
-    from parley_dev.bench.args import add_bench_parser
-
     add_bench_parser(commands)
     return parser
-
-
-def _register_client_commands(
-    parser: argparse.ArgumentParser, commands: argparse._SubParsersAction[Any]
-) -> None:
-    # The SDK may be missing or broken; `parley up` must keep working regardless.
-    # Imported by name so that this module type-checks whether or not it exists yet.
-    try:
-        sdk_cli = importlib.import_module("parley_sdk.cli")
-        sdk_cli.register_commands(commands)
-    except Exception as exc:
-        parser.epilog = f"(client commands unavailable: {type(exc).__name__}: {exc})"
 
 
 def _positive_int(text: str) -> int:
@@ -98,13 +84,7 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func = getattr(args, "func", None)
-    if func is None:
-        parser.print_help()
-        return 2
-    return int(func(args))
+    return run(build_parser(), argv)
 
 
 def _cmd_up(args: argparse.Namespace) -> int:

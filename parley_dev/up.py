@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from parley_cli import PROG
 from parley_core.config import ConfigError, read_config_file
-from parley_dev.cli import PROG
 from parley_dev.layout import KEYS, StackPorts
 from parley_dev.probes import StackError
 from parley_dev.stack import LocalStack

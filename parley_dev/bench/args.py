@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from parley_dev.bench.limits import MAX_CONTACTS, MAX_GROUP_MEMBERS
+
 # (warm-up, measured seconds) of each phase.
 QUICK_SECONDS = (0.5, 3.0)
 FULL_SECONDS = (2.0, 15.0)
@@ -20,10 +22,6 @@ FULL_GROUP_MESSAGES = 200
 # one), subscribers of the watched user, online/offline toggles of it.
 QUICK_PRESENCE = (1000, 200, 10)
 FULL_PRESENCE = (5000, 1000, 50)
-# The API's cap of one user's contact list.
-MAX_CONTACTS = 5000
-# The API's group cap, owner included.
-MAX_GROUP_MEMBERS = 1024
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
 
@@ -250,7 +248,8 @@ def run_command(args: argparse.Namespace) -> int:
     # Imported here so that `parley --help` and the client commands do not load
     # grpc, pymongo and the stack.
     from parley_dev.bench.population import MIN_BODY_BYTES
-    from parley_dev.bench.runner import BenchConfig, run_bench
+    from parley_dev.bench.runner import BenchConfig
+    from parley_dev.bench.scenarios import run_bench
 
     if args.body_bytes < MIN_BODY_BYTES:
         raise SystemExit(f"parley bench: --body-bytes must be at least {MIN_BODY_BYTES}")

@@ -23,14 +23,12 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import re
 import secrets
 import shutil
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +38,10 @@ from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_dev.bench import procstat
-from parley_dev.bench.args import MAX_GROUP_MEMBERS
+from parley_dev.bench.db_writes import documents_written
+from parley_dev.bench.fanout import PHASE_GROUP, FanoutRecorder
 from parley_dev.bench.group_report import GroupMeasurements, build_group_report
-from parley_dev.bench.group_report import render_group as render_group
+from parley_dev.bench.limits import MAX_GROUP_MEMBERS
 from parley_dev.bench.load import (
     CALL_TIMEOUT_SECONDS,
     NS,
@@ -62,8 +61,6 @@ from parley_dev.bench.runner import (
 )
 from parley_dev.bench.streams import DeviceStream, close_streams, stream_errors
 
-# The body header's phase byte of this scenario's messages.
-PHASE_GROUP = 3
 # Streams are opened this many at a time, each batch synced before the next,
 # so setup does not flood the service with replays.
 OPEN_BATCH = 64
@@ -74,36 +71,6 @@ MAX_IN_FLIGHT = 64
 DRAIN_SECONDS = 15.0
 DRAIN_POLL_SECONDS = 0.05
 BASELINE_UNARY_CALLERS = 1
-METRICS_TIMEOUT_SECONDS = 5.0
-_DOCUMENTS_WRITTEN = re.compile(
-    r'^parley_db_documents_written_total\{collection="([^"]*)",op="([^"]*)"\} (\S+)$'
-)
-
-
-def parse_documents_written(text: str) -> dict[str, int]:
-    """``collection/op`` -> documents written, from a Prometheus text page."""
-    written: dict[str, int] = {}
-    for line in text.splitlines():
-        match = _DOCUMENTS_WRITTEN.match(line)
-        if match:
-            key = f"{match.group(1)}/{match.group(2)}"
-            written[key] = written.get(key, 0) + int(float(match.group(3)))
-    return written
-
-
-async def documents_written(urls: Sequence[str]) -> dict[str, int]:
-    """svc_message's database writes so far, summed over its processes."""
-
-    def fetch(url: str) -> str:
-        with urllib.request.urlopen(url, timeout=METRICS_TIMEOUT_SECONDS) as response:  # noqa: S310
-            text: str = response.read().decode()
-            return text
-
-    total: dict[str, int] = {}
-    for text in await asyncio.gather(*(asyncio.to_thread(fetch, url) for url in urls)):
-        for key, count in parse_documents_written(text).items():
-            total[key] = total.get(key, 0) + count
-    return total
 
 
 @dataclass(frozen=True)
@@ -126,66 +93,6 @@ class GroupParams:
             channels=config.group_channels,
             ack=config.group_ack,
         )
-
-
-@dataclass
-class FanoutRecorder:
-    """Arrivals of the group's messages on every stream."""
-
-    codec: BodyCodec
-    # Serials of measured sends the server acknowledged.
-    acked: set[int] = field(default_factory=set)
-    latencies_ns: list[int] = field(default_factory=list)
-    # Per measured serial: streams it reached, and its slowest arrival.
-    reached: dict[int, int] = field(default_factory=dict)
-    slowest_ns: dict[int, int] = field(default_factory=dict)
-    duplicates: int = 0
-    # Group message events on all streams (warm-up included), the ServerEvents
-    # that carried them and the most one carried: the stream writes' batching.
-    message_events: int = 0
-    server_events: int = 0
-    most_per_server_event: int = 0
-    _seen: set[tuple[int, str]] = field(default_factory=set)
-    _last_write: tuple[str, int] = ("", 0)
-    _run: int = 0
-
-    def on_message(self, stream_account: str, message: mpb.Message, arrived_ns: int) -> None:
-        header = self.codec.decode(message.body)
-        if header is None or header.phase != PHASE_GROUP:
-            return
-        self.message_events += 1
-        # A stream stamps every event of one ServerEvent with the same arrival
-        # time, and each stream is one account's: this pair is one stream write.
-        write = (stream_account, arrived_ns)
-        if write != self._last_write:
-            self._last_write, self._run = write, 0
-            self.server_events += 1
-        self._run += 1
-        self.most_per_server_event = max(self.most_per_server_event, self._run)
-        if not header.measured:
-            return
-        key = (header.serial, stream_account)
-        if key in self._seen:
-            self.duplicates += 1
-            return
-        self._seen.add(key)
-        latency = arrived_ns - header.sent_ns
-        self.latencies_ns.append(latency)
-        self.reached[header.serial] = self.reached.get(header.serial, 0) + 1
-        if latency > self.slowest_ns.get(header.serial, 0):
-            self.slowest_ns[header.serial] = latency
-
-    def missing(self, streams: int) -> int:
-        """Deliveries of acknowledged measured sends that have not arrived yet."""
-        return sum(streams - self.reached.get(serial, 0) for serial in self.acked)
-
-    def complete_latencies_ns(self, streams: int) -> list[int]:
-        """Per acknowledged message that reached every stream: its slowest arrival."""
-        return [
-            self.slowest_ns[serial]
-            for serial in self.acked
-            if self.reached.get(serial, 0) >= streams
-        ]
 
 
 def _own_connection(target: str, index: int) -> grpc.aio.Channel:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from parley_dev.bench.fanout import FanoutRecorder
 from parley_dev.bench.load import LoadResult, OpenLoopResult
 from parley_dev.bench.report import _num, _phase, _round, _rows
 from parley_dev.bench.stats import per_second, ratio, summarize_ns
-
-if TYPE_CHECKING:
-    from parley_dev.bench.group import FanoutRecorder
 
 GROUP_HEADLINE_KEYS = (
     "group_deliver_p50_ms",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -42,7 +41,7 @@ from parley_dev.bench.phases import (
 )
 from parley_dev.bench.population import BodyCodec, pair_up, sign_up_users, wire_sizes
 from parley_dev.bench.profile import Profiler, find_py_spy
-from parley_dev.bench.report import Measurements, build_report, machine_info, render
+from parley_dev.bench.report import Measurements, build_report, machine_info
 from parley_dev.bench.stats import half_rate
 from parley_dev.bench.streams import (
     DeliveryRecorder,
@@ -51,7 +50,6 @@ from parley_dev.bench.streams import (
     open_streams,
     stream_errors,
 )
-from parley_dev.probes import StackError
 
 EventLoop = Literal["uvloop", "asyncio"]
 Scenario = Literal["messaging", "group", "presence"]
@@ -141,40 +139,6 @@ def run_on_loop(main: Callable[[], Awaitable[T]], loop: EventLoop) -> T:
 
         return uvloop.run(wrapper())
     return asyncio.run(wrapper())
-
-
-def run_bench(config: BenchConfig) -> int:
-    """Run everything, print the table, write the JSON; 0 when every figure was measured."""
-    measure: Callable[[BenchConfig], Awaitable[dict[str, Any]]] = bench
-    show: Callable[[Mapping[str, Any]], str] = render
-    if config.scenario == "group":
-        # Imported here: the group scenario builds on this module.
-        from parley_dev.bench.group import group_bench, render_group
-
-        measure, show = group_bench, render_group
-    elif config.scenario == "presence":
-        from parley_dev.bench.presence import presence_bench, render_presence
-
-        measure, show = presence_bench, render_presence
-    try:
-        report = run_on_loop(lambda: measure(config), config.loop)
-    except (StackError, grpc.aio.AioRpcError, RuntimeError, TimeoutError) as exc:
-        # Expected ways for a run to fail (a stack that does not start, a service
-        # that refuses the load): say what happened without a traceback.
-        detail = (
-            f"{exc.code().name}: {exc.details()}"
-            if isinstance(exc, grpc.aio.AioRpcError)
-            else str(exc)
-        )
-        print(f"parley bench: failed: {type(exc).__name__}: {detail}", file=sys.stderr)
-        return 1
-    print(show(report), flush=True)
-    if config.json_path is not None:
-        config.json_path.parent.mkdir(parents=True, exist_ok=True)
-        config.json_path.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nwrote {config.json_path}", flush=True)
-    # A failed check (presence: a change reached someone it is hidden from) fails the run too.
-    return 0 if report["complete"] and not report.get("failed_checks") else 1
 
 
 def progress(text: str) -> None:

@@ -16,7 +16,6 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC
-from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
 
@@ -24,6 +23,7 @@ from parley.e2ee.v1 import e2ee_pb2
 from parley.message.v1 import messages_pb2
 from parley_sdk._e2ee_models import DecryptedMessage, KeyNoticeEvent, KeyNoticeKind
 from parley_sdk._key_models import DeviceKey, OneTimePreKey, PreKeyBundle, SignedPreKey
+from parley_sdk._secure_calls import EncryptionCalls
 from parley_sdk._secure_groups import GroupKeys
 from parley_sdk.e2ee import (
     Crypto,
@@ -49,9 +49,6 @@ from parley_sdk.models import (
     SystemMessageEvent,
 )
 from parley_sdk.retry import new_request_id
-
-if TYPE_CHECKING:
-    from parley_sdk.client import Client
 
 __all__ = [
     "E2EE",
@@ -125,7 +122,7 @@ def remote_bundle(account_id: str, bundle: PreKeyBundle) -> RemoteBundle:
 class E2EE:
     """One device's end-to-end encryption, driven by the client it belongs to."""
 
-    def __init__(self, client: Client, store: DeviceStore, *, owns_store: bool) -> None:
+    def __init__(self, client: EncryptionCalls, store: DeviceStore, *, owns_store: bool) -> None:
         self.me = DeviceAddress(client.account_id, client.device_id)
         self.store = store
         self.crypto = Crypto(store, self.me)
@@ -136,7 +133,7 @@ class E2EE:
         self._replenish_lock = asyncio.Lock()
         # Direct conversations never change members, and no conversation its type.
         self._kinds: dict[str, tuple[ConversationType, tuple[str, ...]]] = {}
-        self.groups = GroupKeys(self)
+        self.groups = GroupKeys(self, client)
 
     def close(self) -> None:
         if self._owns_store:

@@ -14,19 +14,24 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from parley.e2ee.v1 import e2ee_pb2
-from parley_sdk._key_models import SenderKeyEnvelope
-from parley_sdk.e2ee import DecryptionError, DeviceAddress, HistoryEntry, MissingSenderKeyError
+from parley_sdk._key_models import DeviceKey, SenderKeyEnvelope
+from parley_sdk._secure_calls import EncryptionCalls
+from parley_sdk.e2ee import (
+    Crypto,
+    DecryptionError,
+    DeviceAddress,
+    DeviceStore,
+    HistoryEntry,
+    MissingSenderKeyError,
+)
 from parley_sdk.e2ee.content import parse_content, sender_key_content
 from parley_sdk.errors import ParleyError
 from parley_sdk.models import SystemAction, SystemMessageEvent
 
-if TYPE_CHECKING:
-    from parley_sdk._secure import E2EE
-
-__all__ = ["MEMBERS_CACHE_SECONDS", "GroupKeys"]
+__all__ = ["MEMBERS_CACHE_SECONDS", "GroupKeys", "PairwiseSealer"]
 
 MEMBERS_CACHE_SECONDS = 30.0
 """How long a group's member list is reused without asking the server again.
@@ -45,11 +50,27 @@ def _redistribute_key(conversation_id: str) -> str:
     return f"e2ee.redistribute.{conversation_id}"
 
 
+class PairwiseSealer(Protocol):
+    """The device's pairwise encryption (:class:`parley_sdk._secure.E2EE`), which
+    hands its sender keys to other devices."""
+
+    me: DeviceAddress
+    store: DeviceStore
+    crypto: Crypto
+
+    async def device_keys(self, account_ids: Sequence[str]) -> list[DeviceKey]: ...
+
+    async def seal_pairwise(
+        self, content: bytes, listed: Sequence[DeviceKey], wanted: Sequence[DeviceAddress]
+    ) -> list[tuple[DeviceAddress, bytes]]: ...
+
+
 class GroupKeys:
     """Sender keys of one device across its groups."""
 
-    def __init__(self, owner: E2EE) -> None:
+    def __init__(self, owner: PairwiseSealer, client: EncryptionCalls) -> None:
         self._owner = owner
+        self._client = client
         self._cache: dict[str, tuple[float, frozenset[str]]] = {}
         self._claim_lock = asyncio.Lock()
 
@@ -61,8 +82,8 @@ class GroupKeys:
         cached = self._cache.get(conversation_id)
         if cached and not refresh and time.monotonic() - cached[0] < MEMBERS_CACHE_SECONDS:
             return cached[1]
-        client = self._owner._client
-        current = frozenset([m.account_id async for m in client.list_members(conversation_id)])
+        members = self._client.list_members(conversation_id)
+        current = frozenset([m.account_id async for m in members])
         known = self._known(conversation_id)
         if known is not None and known - current:
             self._owner.crypto.rotate_sender_key(conversation_id)
@@ -154,7 +175,7 @@ class GroupKeys:
         if pending:
             sealed = await owner.seal_pairwise(sender_key_content(distribution), listed, pending)
             if sealed:
-                await owner._client.send_sender_keys(
+                await self._client.send_sender_keys(
                     conversation_id,
                     [SenderKeyEnvelope(a.account_id, a.device_id, copy) for a, copy in sealed],
                 )
@@ -214,7 +235,7 @@ class GroupKeys:
         async with self._claim_lock:
             accepted = 0
             while True:
-                page, more = await self._owner._client._claim_sender_keys_page(_CLAIM_PAGE)
+                page, more = await self._client._claim_sender_keys_page(_CLAIM_PAGE)
                 for envelope in page:
                     accepted += await self._accept(envelope)
                 if not more or not page:

@@ -28,8 +28,8 @@ from parley_sdk import (
 )
 from tests.helpers import wait_until
 
-# `parley_dev.cli` has no `__main__` guard, so call main() explicitly.
-CLI = [sys.executable, "-c", "import sys; from parley_dev.cli import main; sys.exit(main())"]
+# The chat client as `pip install ./cli` installs it.
+CLI = [sys.executable, "-m", "parley_cli"]
 
 
 def unique(prefix: str) -> str:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from parley_cli.profiles import Profile, ProfileStore
 from parley_dev.stack import LocalStack
 from parley_sdk import Client, Credentials, Direction
-from parley_sdk._cli_profiles import Profile, ProfileStore
 from tests.integration.test_sdk_cli import read_until, run_cli, start_cli
 from tests.sdk_e2ee_inbox import unique
 

@@ -51,7 +51,7 @@ from parley_sdk import (
 )
 from tests.helpers import wait_until
 
-CLI = [sys.executable, "-c", "import sys; from parley_dev.cli import main; sys.exit(main())"]
+CLI = [sys.executable, "-m", "parley_cli"]
 WAIT = 20.0
 
 

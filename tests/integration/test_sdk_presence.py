@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from parley_cli.profiles import ProfileStore
 from parley_dev.stack import LocalStack
 from parley_sdk import (
     Availability,
@@ -33,7 +34,6 @@ from parley_sdk import (
     TypingTracker,
     Visibility,
 )
-from parley_sdk._cli_profiles import ProfileStore
 from tests.helpers import wait_until
 from tests.integration.test_sdk_cli import read_until, run_cli, start_cli
 

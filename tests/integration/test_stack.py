@@ -116,13 +116,15 @@ async def test_readiness_times_out_with_the_last_error(tmp_path: Path) -> None:
         await process.terminate(timeout=5)
 
 
-def test_parser_keeps_up_when_client_commands_cannot_load(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setitem(sys.modules, "parley_sdk.cli", None)  # makes the import fail
-    args = build_parser().parse_args(["up", "--data-dir", "/tmp/x", "--message-instances", "2"])
+def test_parser_has_up_bench_and_the_chat_commands() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["up", "--data-dir", "/tmp/x", "--message-instances", "2"])
     assert args.message_instances == 2
     assert args.data_dir == Path("/tmp/x")
+    # The banner lists the chat commands, not the developer tools.
+    assert "signup" in args.client_commands
+    assert "bench" not in args.client_commands
+    assert parser.parse_args(["signup", "alice"]).handle == "alice"
 
 
 # -- the shared stack -------------------------------------------------------------------

@@ -669,10 +669,10 @@ def test_presence_report_fails_a_change_that_reached_a_hidden_subscriber() -> No
 
 
 def test_presence_arguments_take_the_quick_or_full_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
-    from parley_dev.bench import runner
+    from parley_dev.bench import runner, scenarios
 
     seen: list[runner.BenchConfig] = []
-    monkeypatch.setattr(runner, "run_bench", lambda config: seen.append(config) or 0)
+    monkeypatch.setattr(scenarios, "run_bench", lambda config: seen.append(config) or 0)
 
     def run(*extra: str) -> runner.BenchConfig:
         args = build_parser().parse_args(["bench", "--scenario", "presence", *extra])

@@ -19,6 +19,7 @@ from grpc import aio
 import parley_sdk
 from parley.common.v1 import common_pb2
 from parley.keys.v1 import accounts_pb2
+from parley_cli.profiles import Profile, ProfileError, ProfileStore
 from parley_sdk import (
     AlreadyExistsError,
     Credentials,
@@ -36,7 +37,6 @@ from parley_sdk import (
     UnavailableError,
     from_rpc_error,
 )
-from parley_sdk._cli_profiles import Profile, ProfileError, ProfileStore
 from parley_sdk._session import Session
 from parley_sdk.retry import call_with_retry, new_request_id
 

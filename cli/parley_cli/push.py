@@ -8,10 +8,10 @@ import re
 from datetime import time
 from pathlib import Path
 
-from parley_sdk._cli_common import Commands, UsageError, connect
-from parley_sdk._cli_output import emit
-from parley_sdk._cli_profiles import ProfileStore
-from parley_sdk._push_models import DoNotDisturb, PushProvider, PushSettings
+from parley_cli.common import Commands, UsageError, connect
+from parley_cli.output import emit
+from parley_cli.profiles import ProfileStore
+from parley_sdk import DoNotDisturb, PushProvider, PushSettings
 
 __all__ = [
     "clock_time",

@@ -10,18 +10,21 @@ from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
-from parley_sdk._cli_output import warn
-from parley_sdk._cli_profiles import Profile, ProfileError, ProfileStore
-from parley_sdk._secure import NoRecipientDevicesError
-from parley_sdk.client import (
+from parley_cli.output import warn
+from parley_cli.profiles import Profile, ProfileError, ProfileStore
+from parley_cli.targets import Targets, unreachable_message
+from parley_sdk import (
     DEFAULT_KEYS_TARGET,
     DEFAULT_MESSAGE_TARGET,
     DEFAULT_PRESENCE_TARGET,
     Client,
+    Credentials,
+    Direction,
+    NoRecipientDevicesError,
+    ParleyError,
+    UnauthenticatedError,
+    UnavailableError,
 )
-from parley_sdk.credentials import Credentials
-from parley_sdk.errors import ParleyError, UnauthenticatedError
-from parley_sdk.models import Direction
 
 __all__ = [
     "Command",
@@ -131,6 +134,10 @@ def run(command: Command, args: argparse.Namespace, *, interrupt_code: int) -> i
         warn(f"error: {error}")
         warn("hint: they need a client with end-to-end encryption (a newer `parley`)")
         return 1
+    except UnavailableError:
+        # The SDK gave up retrying: say which address is down, not gRPC's details.
+        warn(unreachable_message(Targets.used_by(args, ProfileStore())))
+        return 1
     except UnauthenticatedError as error:
         warn(f"error: {error}")
         warn(f"hint: the profile {args.profile!r} may be signed out; `parley signup` again")
@@ -159,11 +166,12 @@ async def connect(args: argparse.Namespace, store: ProfileStore) -> tuple[Client
     if not device_store.exists():
         # A profile from before encryption: its device gets keys on this connect.
         store.new_device_store(profile.name)
+    targets = Targets.of(args, profile)
     try:
         client = await Client.connect(
-            keys_target=args.keys_target or profile.keys_target,
-            message_target=args.message_target or profile.message_target,
-            presence_target=args.presence_target or profile.presence_target,
+            keys_target=targets.keys,
+            message_target=targets.message,
+            presence_target=targets.presence,
             credentials=profile.credentials,
             on_credentials_changed=persist,
             store=device_store,

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from parley_sdk._cli_common import (
+from parley_cli.common import (
     Commands,
     connect,
     handle,
     resolve_account,
     resolve_conversation,
 )
-from parley_sdk._cli_output import Directory, emit, format_member, format_view, one_line
-from parley_sdk._cli_profiles import ProfileStore
-from parley_sdk.client import Client
-from parley_sdk.models import ConversationType, ConversationView, Role
+from parley_cli.output import Directory, emit, format_member, format_view, one_line
+from parley_cli.profiles import ProfileStore
+from parley_sdk import Client, ConversationType, ConversationView, Role
 
 __all__ = ["register_group_commands"]
 

@@ -8,7 +8,7 @@ import threading
 from dataclasses import replace
 from typing import TextIO
 
-from parley_sdk._cli_output import (
+from parley_cli.output import (
     Directory,
     emit,
     format_message,
@@ -17,16 +17,16 @@ from parley_sdk._cli_output import (
     one_line,
     warn,
 )
-from parley_sdk._cli_profiles import Profile, ProfileStore
-from parley_sdk.client import Client
-from parley_sdk.errors import ParleyError
-from parley_sdk.models import (
+from parley_cli.profiles import Profile, ProfileStore
+from parley_sdk import (
+    Client,
     ConversationEvent,
     DeleteScope,
     GroupReceiptsEvent,
     MessageDeletedEvent,
     MessageEditedEvent,
     MessageEvent,
+    ParleyError,
     ReactionChangedEvent,
     ReceiptEvent,
     SettingsEvent,
@@ -34,11 +34,11 @@ from parley_sdk.models import (
     SyncCompleteEvent,
     SystemMessageEvent,
     TypingIndicatorEvent,
+    TypingTracker,
     Watermarks,
     muted_forever,
     muted_until,
 )
-from parley_sdk.typing_indicators import TypingTracker
 
 __all__ = ["describe_change", "run_chat", "run_follow"]
 

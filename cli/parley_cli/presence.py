@@ -11,11 +11,10 @@ import argparse
 import asyncio
 from datetime import datetime
 
-from parley_sdk._cli_common import Commands, connect, handle, resolve_account
-from parley_sdk._cli_output import Directory, emit, warn
-from parley_sdk._cli_profiles import ProfileStore
-from parley_sdk._presence_models import Presence, PresenceSettings, Visibility
-from parley_sdk.client import Client
+from parley_cli.common import Commands, connect, handle, resolve_account
+from parley_cli.output import Directory, emit, warn
+from parley_cli.profiles import ProfileStore
+from parley_sdk import Client, Presence, PresenceSettings, Visibility
 
 __all__ = ["format_presence", "format_presence_settings", "register_presence_commands"]
 

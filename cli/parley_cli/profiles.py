@@ -18,13 +18,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from parley_sdk.client import DEFAULT_PRESENCE_TARGET
-from parley_sdk.credentials import Credentials
+from parley_sdk import DEFAULT_PRESENCE_TARGET, Credentials
 
-__all__ = ["Profile", "ProfileError", "ProfileStore"]
+__all__ = ["Profile", "ProfileError", "ProfileStore", "discard_store"]
 
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FORMAT_VERSION = 1
+# A SQLite database is its file and, while or after it is used, these beside it.
+_SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")
 
 
 class ProfileError(Exception):
@@ -75,6 +76,13 @@ class Profile:
             raise ProfileError(f"profile {name!r} is malformed: {error}") from None
 
 
+def discard_store(path: Path) -> None:
+    """Deletes an encryption store and SQLite's files beside it."""
+    for suffix in _SQLITE_SUFFIXES:
+        with contextlib.suppress(FileNotFoundError):
+            path.with_name(path.name + suffix).unlink()
+
+
 def default_home() -> Path:
     configured = os.environ.get("PARLEY_HOME")
     return Path(configured) if configured else Path.home() / ".parley-cli"
@@ -98,14 +106,34 @@ class ProfileStore:
         """An empty, owner-only encryption store for a new device of the profile;
         the previous device's store (and its keys) is deleted."""
         path = self.device_store_path(name)
-        for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
+        discard_store(path)
+        self._create_private(path)
+        return path
+
+    def pending_device_store(self, name: str) -> Path:
+        """An empty, owner-only store for a device still signing up, beside the
+        profile's own: the profile (and any previous device's store) stays as it
+        is until :meth:`adopt_device_store`, so a failed sign-up changes nothing."""
+        path = self.device_store_path(name).with_name(f".{name}.signup.db")
+        discard_store(path)
+        self._create_private(path)
+        return path
+
+    def adopt_device_store(self, name: str, pending: Path) -> Path:
+        """Makes a closed pending store the profile's, replacing the previous one."""
+        path = self.device_store_path(name)
+        discard_store(path)
+        for suffix in _SQLITE_SUFFIXES:
+            source = pending.with_name(pending.name + suffix)
+            if source.exists():
+                os.replace(source, path.with_name(path.name + suffix))
+        return path
+
+    def _create_private(self, path: Path) -> None:
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Created 0600 before SQLite opens it: SQLite gives its -wal and -shm
         # files the database file's permissions.
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
-        return path
 
     def exists(self, name: str) -> bool:
         return self.path(name).exists()

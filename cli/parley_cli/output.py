@@ -7,15 +7,15 @@ from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 
-from parley_sdk.client import Client
-from parley_sdk.errors import ParleyError
-from parley_sdk.models import (
+from parley_sdk import (
+    Client,
     ConversationType,
     ConversationView,
     Member,
     MembershipState,
     Message,
     MessageType,
+    ParleyError,
     Role,
     SystemAction,
     Watermarks,

@@ -1,4 +1,4 @@
-"""The new `parley` commands without servers: parsing, naming things, rendering."""
+"""The `parley` chat commands (parley_cli) without servers: parsing, naming things, rendering."""
 
 from __future__ import annotations
 
@@ -13,7 +13,24 @@ from typing import Any
 import pytest
 
 from parley.message.v1 import messages_pb2 as pb
-from parley_dev.cli import build_parser
+from parley_cli import build_parser
+from parley_cli.chat import describe_change, run_chat
+from parley_cli.common import (
+    UsageError,
+    parse_duration,
+    resolve_account,
+    resolve_conversation,
+    resolve_message,
+)
+from parley_cli.output import Directory, format_member, format_message, format_view
+from parley_cli.presence import format_presence, format_presence_settings
+from parley_cli.profiles import Profile, ProfileStore
+from parley_cli.push import (
+    clock_time,
+    dnd_from_args,
+    format_push_settings,
+    local_time_zone,
+)
 from parley_sdk import (
     DEFAULT_PRESENCE_TARGET,
     Availability,
@@ -28,23 +45,6 @@ from parley_sdk import (
     ReactionChangedEvent,
     TypingIndicatorEvent,
     Visibility,
-)
-from parley_sdk._cli_chat import describe_change, run_chat
-from parley_sdk._cli_common import (
-    UsageError,
-    parse_duration,
-    resolve_account,
-    resolve_conversation,
-    resolve_message,
-)
-from parley_sdk._cli_output import Directory, format_member, format_message, format_view
-from parley_sdk._cli_presence import format_presence, format_presence_settings
-from parley_sdk._cli_profiles import Profile, ProfileStore
-from parley_sdk._cli_push import (
-    clock_time,
-    dnd_from_args,
-    format_push_settings,
-    local_time_zone,
 )
 
 CONVERSATION = "0190f2a4-1111-7000-8000-000000000001"

@@ -6,17 +6,16 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
-from parley_sdk._cli_common import (
+from parley_cli.common import (
     Commands,
     connect,
     parse_duration,
     resolve_conversation,
     resolve_message,
 )
-from parley_sdk._cli_output import Directory, emit, format_view, warn
-from parley_sdk._cli_profiles import ProfileStore
-from parley_sdk.client import Client
-from parley_sdk.models import ConversationView, DeleteScope
+from parley_cli.output import Directory, emit, format_view, warn
+from parley_cli.profiles import ProfileStore
+from parley_sdk import Client, ConversationView, DeleteScope
 
 __all__ = ["register_message_commands"]
 

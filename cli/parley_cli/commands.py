@@ -1,6 +1,7 @@
-"""Chat commands of the ``parley`` console script (``parley signup``, ``send``, ``chat``...).
+"""The chat commands of ``parley`` (``parley signup``, ``send``, ``chat``...).
 
-``parley_dev.cli`` owns the parser and calls :func:`register_commands`. Messages
+:mod:`parley_cli.console` builds the parser around :func:`register_commands`;
+the developer tooling adds its own commands beside them. Messages
 are end-to-end encrypted: each profile keeps its device's keys and decrypted
 history in ``<profile>.db`` beside its JSON file (channels are not encrypted).
 
@@ -16,8 +17,8 @@ import socket
 import sys
 from typing import Any
 
-from parley_sdk._cli_chat import run_chat, run_follow
-from parley_sdk._cli_common import (
+from parley_cli.chat import run_chat, run_follow
+from parley_cli.common import (
     Commands,
     connect,
     handle,
@@ -26,19 +27,19 @@ from parley_sdk._cli_common import (
     resolve_conversation,
     resolve_message,
 )
-from parley_sdk._cli_groups import register_group_commands
-from parley_sdk._cli_inbox import register_message_commands
-from parley_sdk._cli_output import Directory, emit, format_message, format_view, local_time
-from parley_sdk._cli_presence import register_presence_commands
-from parley_sdk._cli_profiles import Profile, ProfileError, ProfileStore
-from parley_sdk._cli_push import register_push_commands
-from parley_sdk.client import (
-    DEFAULT_KEYS_TARGET,
-    DEFAULT_MESSAGE_TARGET,
-    DEFAULT_PRESENCE_TARGET,
+from parley_cli.groups import register_group_commands
+from parley_cli.inbox import register_message_commands
+from parley_cli.output import Directory, emit, format_message, format_view, local_time
+from parley_cli.presence import register_presence_commands
+from parley_cli.profiles import Profile, ProfileError, ProfileStore, discard_store
+from parley_cli.push import register_push_commands
+from parley_cli.targets import Targets
+from parley_sdk import (
+    ArchiveFilter,
     Client,
+    Direction,
+    Platform,
 )
-from parley_sdk.models import ArchiveFilter, Direction, Platform
 
 __all__ = ["register_commands"]
 
@@ -57,6 +58,7 @@ def register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     signup.add_argument("--display-name", default="", help="name shown to others")
     signup.add_argument("--device-name", default=None, help="label of this device")
     signup.add_argument("--force", action="store_true", help="overwrite an existing profile")
+    signup.set_defaults(makes_profile=True)
 
     add("whoami", _whoami, "show the profile's account and device")
 
@@ -118,35 +120,41 @@ async def _signup(args: argparse.Namespace) -> int:
             f"profile {args.profile!r} already exists; pick another with --profile NAME "
             "or pass --force to replace it"
         )
-    keys_target = args.keys_target or DEFAULT_KEYS_TARGET
-    message_target = args.message_target or DEFAULT_MESSAGE_TARGET
-    presence_target = args.presence_target or DEFAULT_PRESENCE_TARGET
-    async with await Client.sign_up(
-        handle=handle(args.handle),
-        display_name=args.display_name,
-        device_name=args.device_name or f"cli@{socket.gethostname()}"[:64],
-        platform=Platform.CLI,
-        keys_target=keys_target,
-        message_target=message_target,
-        presence_target=presence_target,
-        store=store.new_device_store(args.profile),
-    ) as client:
-        credentials = client.credentials
-        assert credentials is not None
-        store.save(
-            Profile(
-                name=args.profile,
-                handle=handle(args.handle),
-                keys_target=keys_target,
-                message_target=message_target,
-                presence_target=presence_target,
-                credentials=credentials,
-            )
+    targets = Targets.of(args)
+    # Nothing of the profile is written until the account exists: a sign-up that
+    # fails (the server unreachable, the handle taken) leaves no half profile.
+    pending = store.pending_device_store(args.profile)
+    try:
+        async with await Client.sign_up(
+            handle=handle(args.handle),
+            display_name=args.display_name,
+            device_name=args.device_name or f"cli@{socket.gethostname()}"[:64],
+            platform=Platform.CLI,
+            keys_target=targets.keys,
+            message_target=targets.message,
+            presence_target=targets.presence,
+            store=pending,
+        ) as client:
+            credentials = client.credentials
+    except BaseException:
+        discard_store(pending)
+        raise
+    assert credentials is not None
+    store.adopt_device_store(args.profile, pending)
+    store.save(
+        Profile(
+            name=args.profile,
+            handle=handle(args.handle),
+            keys_target=targets.keys,
+            message_target=targets.message,
+            presence_target=targets.presence,
+            credentials=credentials,
         )
-        emit(
-            f"signed up @{handle(args.handle)} account={credentials.account_id} "
-            f"device={credentials.device_id} profile={args.profile}"
-        )
+    )
+    emit(
+        f"signed up @{handle(args.handle)} account={credentials.account_id} "
+        f"device={credentials.device_id} profile={args.profile}"
+    )
     return 0
 
 
