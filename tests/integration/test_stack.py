@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import signal
 import socket
 import sys
@@ -22,6 +20,7 @@ from parley_dev.process import ManagedProcess, free_port, free_ports, port_is_fr
 from parley_dev.stack import LocalStack, StackPorts
 from parley_dev.supervisor import Supervisor
 from tests.helpers import SERVING, health_status, http_get, is_serving, wait_until
+from tests.parley_up import free_offset, parley_up
 
 Doc = dict[str, object]
 
@@ -293,53 +292,14 @@ def test_backoff_doubles_up_to_the_cap(tmp_path: Path) -> None:
 # -- `parley up` ------------------------------------------------------------------------
 
 
-def _free_offset() -> int:
-    for _ in range(100):
-        offset = random.randrange(20000, 30000)
-        if all(port_is_free(p) for p in StackPorts.defaults(1, offset=offset).all()):
-            return offset
-    raise AssertionError("no free block of ports for `parley up`")
-
-
 @pytest.mark.slow
 async def test_parley_up_serves_until_sigterm_then_exits_zero(tmp_path: Path) -> None:
-    offset = _free_offset()
+    offset = free_offset()
     ports = StackPorts.defaults(1, offset=offset)
-    parley = Path(sys.executable).parent / "parley"
-    child = await asyncio.create_subprocess_exec(
-        str(parley),
-        "up",
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--port-offset",
-        str(offset),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert child.stdout is not None
-    output: list[str] = []
-    try:
-
-        async def read_until_up() -> None:
-            assert child.stdout is not None
-            while line := (await child.stdout.readline()).decode():
-                output.append(line)
-                if "Parley is up." in line:
-                    return
-            raise AssertionError("parley up exited early:\n" + "".join(output))
-
-        await asyncio.wait_for(read_until_up(), 120)
+    args = ["--data-dir", str(tmp_path / "data"), "--port-offset", str(offset)]
+    async with parley_up(args) as output:
         assert await health_status(f"127.0.0.1:{ports.keys}") == SERVING
         assert await health_status(f"127.0.0.1:{ports.message[0]}") == SERVING
-        child.send_signal(signal.SIGTERM)
-        rest, _ = await asyncio.wait_for(child.communicate(), 90)
-        output.append(rest.decode())
-        assert child.returncode == 0, "".join(output)
-    finally:
-        if child.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                child.kill()
-            await child.wait()
     text = "".join(output)
     assert f"127.0.0.1:{ports.keys}" in text
     assert f"mongodb://127.0.0.1:{ports.mongo}/" in text

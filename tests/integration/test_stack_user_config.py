@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import random
-import signal
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -18,27 +12,13 @@ import yaml
 from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
-from parley_dev.process import port_is_free
 from parley_dev.stack import StackPorts
 from tests.helpers import wait_until
+from tests.parley_up import PARLEY, free_offset, parley_environment, parley_up
 from tests.pushservers import WebhookServer
 from tests.users import direct, send, sign_up
 
-PARLEY = Path(sys.executable).parent / "parley"
 MAX_BODY_BYTES = 64
-
-
-def free_offset() -> int:
-    for _ in range(100):
-        offset = random.randrange(20000, 30000)
-        if all(port_is_free(p) for p in StackPorts.defaults(1, offset=offset).all()):
-            return offset
-    raise AssertionError("no free block of ports for `parley up`")
-
-
-def parley_environment(**variables: str) -> dict[str, str]:
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
-    return {**inherited, **variables}
 
 
 async def test_a_bad_setting_stops_parley_up_before_it_starts_anything(tmp_path: Path) -> None:
@@ -50,7 +30,7 @@ async def test_a_bad_setting_stops_parley_up_before_it_starts_anything(tmp_path:
         (None, {"PARLEY_PRESENCE__MAX_CONTACTS": "lots"}, "presence.max_contacts"),
     ]:
         child = await asyncio.create_subprocess_exec(
-            str(PARLEY),
+            *PARLEY,
             "up",
             *(["--config", str(config)] if config else []),
             *("--data-dir", str(data), "--port-offset", str(free_offset())),
@@ -62,41 +42,6 @@ async def test_a_bad_setting_stops_parley_up_before_it_starts_anything(tmp_path:
         assert child.returncode == 2, output.decode()
         assert key in output.decode()
     assert not data.exists()
-
-
-@contextlib.asynccontextmanager
-async def parley_up(args: list[str], environment: dict[str, str], cwd: Path) -> AsyncIterator[str]:
-    """Run `parley up` until it says it is up; yield what it printed, then SIGTERM it."""
-    child = await asyncio.create_subprocess_exec(
-        str(PARLEY),
-        "up",
-        *args,
-        env=parley_environment(**environment),
-        cwd=cwd,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output: list[str] = []
-
-    async def read_until_up() -> None:
-        assert child.stdout is not None
-        while line := (await child.stdout.readline()).decode():
-            output.append(line)
-            if "Parley is up." in line:
-                return
-        raise AssertionError("parley up exited early:\n" + "".join(output))
-
-    try:
-        await asyncio.wait_for(read_until_up(), 120)
-        yield "".join(output)
-        child.send_signal(signal.SIGTERM)
-        rest, _ = await asyncio.wait_for(child.communicate(), 90)
-        assert child.returncode == 0, "".join(output) + rest.decode()
-    finally:
-        if child.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                child.kill()
-            await child.wait()
 
 
 @pytest.mark.slow
@@ -132,7 +77,8 @@ async def test_settings_from_the_file_and_the_environment_reach_the_services(
         }
         args = ["--config", str(settings), "--data-dir", str(tmp_path / "data")]
         args += ["--port-offset", str(offset)]
-        async with parley_up(args, environment, cwd=tmp_path / "conf") as output:
+        async with parley_up(args, environment=environment, cwd=tmp_path / "conf") as lines:
+            output = "".join(lines)
             assert f"ignoring mongo.uri from {settings}" in output
             assert "ignoring PARLEY_REDIS__URL" in output
             async with (
