@@ -223,8 +223,11 @@ class StreamSession:
 
     @property
     def finished(self) -> bool:
-        """Half-closed by the client, with nothing left to hand out."""
-        return self._client_done and not self._queue and not self.resync_wanted
+        """Half-closed by the client, with nothing left to hand out; never while
+        closed with an error, which the stream must end with instead."""
+        return (
+            self._error is None and self._client_done and not self._queue and not self.resync_wanted
+        )
 
     @property
     def error(self) -> ParleyError | None:

@@ -223,8 +223,9 @@ class StreamServicer:
         try:
             await self._read_events(requests, session, caller)
         except ParleyError as error:
-            # A client event that is not one (undecodable bytes): end the stream
-            # with the error instead of silently ignoring the client from now on.
+            # A client event that is not one (undecodable bytes, or a kind that may
+            # not follow resume): end the stream with the error instead of
+            # silently ignoring the client from now on.
             session.close(error)
             return
         # The client half-closed. Left open, the stream would keep the device
@@ -265,9 +266,6 @@ class StreamServicer:
                 else:
                     await self._typing.handle(session, conversation_id, event.typing.typing)
             else:
-                session.close(
-                    InvalidArgument.field(
-                        kind or "kind", "only ack, ping and typing may follow resume"
-                    )
+                raise InvalidArgument.field(
+                    kind or "kind", "only ack, ping and typing may follow resume"
                 )
-                return

@@ -17,7 +17,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def encrypted_example() -> str:
     text = README.read_text()
-    section = text[text.index("With the Python SDK") :]
+    section = text[text.index("## Connecting a client") :]
     match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert match is not None, "the README lost its SDK example"
     return match.group(1)

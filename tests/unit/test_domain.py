@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from parley_core.errors import ResourceExhausted, Unauthenticated
+from parley_core.errors import InvalidArgument, ResourceExhausted, Unauthenticated
 from svc_keys.domain.handles import handle_key, handle_problem
 from svc_message.domain.conversations import Membership, direct_key, inbox_entry
 from svc_message.domain.streams import (
@@ -129,6 +129,15 @@ async def test_a_finished_session_is_not_done_while_events_are_queued() -> None:
     assert not session.finished
     assert [e.seq for e in await session.next_batch(clock=lambda: 0.0)] == [1]
     assert session.finished
+
+
+async def test_a_session_closed_with_an_error_ends_with_it_even_once_half_closed() -> None:
+    session = StreamSession(account_id="a", device_id="d", expires_at=1e12, queue_limit=8)
+    session.close(InvalidArgument.field("kind", "not a client event"))
+    session.finish()
+    assert not session.finished
+    with pytest.raises(InvalidArgument):
+        await session.next_batch(clock=lambda: 0.0)
 
 
 async def test_session_ends_when_its_token_expires() -> None:
