@@ -52,8 +52,8 @@ def test_quick_bench_on_a_fresh_stack_writes_every_figure(tmp_path: Path) -> Non
     run = subprocess.run(
         [
             *(sys.executable, "-m", "parley_dev.cli", "bench"),
-            # 2 s phases (not --quick's 3) pay for the thin durable phase.
-            *("--start", "--quick", "--duration", "2", "--json", str(out)),
+            # 1.5 s phases (not --quick's 3) pay for the thin durable phase and its server.
+            *("--start", "--quick", "--duration", "1.5", "--json", str(out)),
             *("--history", str(history)),
         ],
         capture_output=True,
@@ -99,7 +99,7 @@ def test_quick_bench_on_a_fresh_stack_writes_every_figure(tmp_path: Path) -> Non
     assert params["concurrency"] == params["baseline_unary_callers"] == 64
     assert params["pairs"] == 32 and params["users"] == 64 and params["readers"] == 16
     assert params["loop"] == "uvloop" and params["started_stack"] is True
-    assert params["duration_s"] == 2 and params["warmup_s"] == 0.5
+    assert params["duration_s"] == 1.5 and params["warmup_s"] == 0.5
     assert params["thin_durable_callers"] == 64
     assert params["thin_durable_payload_bytes"] == params["baseline_unary_payload_bytes"]
 
