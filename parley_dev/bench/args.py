@@ -240,13 +240,42 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
     out.add_argument(
         "--keep", action="store_true", help="keep the temp dir (logs, database) after the run"
     )
+    history = bench.add_argument_group("history and comparison")
+    history.add_argument(
+        "--history",
+        type=Path,
+        dest="history_path",
+        metavar="PATH",
+        help="the run history each run is appended to, one JSON object per line "
+        "(default: bench/results/history.jsonl of this checkout)",
+    )
+    history.add_argument(
+        "--no-history", action="store_true", help="do not append this run to the history"
+    )
+    history.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="run nothing: print what moved from run A to run B, each a JSON report or a "
+        "history entry (history:-1 the newest, history:-2, history:0 the oldest)",
+    )
+    history.add_argument(
+        "--threshold",
+        type=_positive_float,
+        default=10.0,
+        metavar="PCT",
+        help="--compare flags changes beyond this many percent (default: 10)",
+    )
     bench.set_defaults(func=run_command)
     return bench
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if args.compare:
+        return compare_command(args)
     # Imported here so that `parley --help` and the client commands do not load
     # grpc, pymongo and the stack.
+    from parley_dev.bench.history import DEFAULT_HISTORY
     from parley_dev.bench.population import MIN_BODY_BYTES
     from parley_dev.bench.runner import BenchConfig
     from parley_dev.bench.scenarios import run_bench
@@ -299,8 +328,25 @@ def run_command(args: argparse.Namespace) -> int:
         presence_allowed_fraction=args.presence_allowed_fraction,
         presence_toggles=args.presence_toggles or toggles,
         presence_channels=args.presence_channels,
+        history_path=None if args.no_history else (args.history_path or DEFAULT_HISTORY),
     )
     return run_bench(config)
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    from parley_dev.bench.compare import compare_runs, render_comparison
+    from parley_dev.bench.history import DEFAULT_HISTORY, RunNotFound, load_run
+
+    history_path = args.history_path or DEFAULT_HISTORY
+    try:
+        (label_a, run_a), (label_b, run_b) = (load_run(ref, history_path) for ref in args.compare)
+    except RunNotFound as exc:
+        raise SystemExit(f"parley bench --compare: {exc}") from None
+    rows = compare_runs(run_a, run_b, threshold_pct=args.threshold)
+    if not rows:
+        raise SystemExit("parley bench --compare: the two runs have no figure in common")
+    print(render_comparison((label_a, label_b), (run_a, run_b), rows, threshold_pct=args.threshold))
+    return 0
 
 
 def _positive_int(text: str) -> int:

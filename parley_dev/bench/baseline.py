@@ -111,17 +111,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 class BaselineServer:
     """The baseline server as a child process, stopped by its own PID."""
 
-    def __init__(self, *, work_dir: Path, loop: EventLoop) -> None:
+    def __init__(
+        self,
+        *,
+        work_dir: Path,
+        loop: EventLoop,
+        module: str = "parley_dev.bench.baseline",
+        extra_args: Sequence[str] = (),
+        name: str = "baseline",
+    ) -> None:
+        # ``module``: another server of the same shape (it must answer Echo).
         self.port = free_port()
         self.target = f"{HOST}:{self.port}"
+        self.name = name
         self.process = ManagedProcess(
-            "baseline",
+            name,
             [
                 sys.executable,
-                *("-m", "parley_dev.bench.baseline"),
-                *("--port", str(self.port), "--loop", loop),
+                *("-m", module),
+                *("--port", str(self.port), "--loop", loop, *extra_args),
             ],
-            log_path=work_dir / "baseline.log",
+            log_path=work_dir / f"{name}.log",
             cwd=work_dir,
         )
 
@@ -132,7 +142,7 @@ class BaselineServer:
         while True:
             if not self.process.alive():
                 raise RuntimeError(
-                    f"baseline server exited with {self.process.returncode}:\n"
+                    f"{self.name} server exited with {self.process.returncode}:\n"
                     f"{self.process.log_tail()}"
                 )
             try:

@@ -10,6 +10,7 @@ from parley_dev.bench.fanout import FanoutRecorder
 from parley_dev.bench.load import LoadResult, OpenLoopResult
 from parley_dev.bench.report import _num, _phase, _round, _rows
 from parley_dev.bench.stats import per_second, ratio, summarize_ns
+from parley_dev.bench.targets import evaluate, render_targets
 
 GROUP_HEADLINE_KEYS = (
     "group_deliver_p50_ms",
@@ -82,6 +83,7 @@ def build_group_report(
         "scenario": "group",
         **{k: _round(v) for k, v in figures.items()},
         "ratios": {k: _round(v, 3) for k, v in ratios.items()},
+        "targets": evaluate("group", {**figures, "ratios": ratios}, parameters),
         "phases": {
             "baseline_unary": _phase(m.baseline_unary),
             "baseline_push": _phase(m.baseline_push, latency=None),
@@ -215,6 +217,7 @@ def render_group(report: Mapping[str, Any]) -> str:
         ),
     ]
     lines += _rows(rows, "<>>>")
+    lines += ["", *render_targets(r["targets"])]
     lines += ["", "CPU seconds per process (measurement windows; setup: all of it):"]
     cpu: Mapping[str, Mapping[str, float | None]] = r["cpu_seconds"]
     phases = [p for p in GROUP_PHASE_ORDER if p in cpu]

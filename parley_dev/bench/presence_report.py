@@ -16,6 +16,7 @@ from typing import Any, Literal
 from parley_dev.bench.load import LoadResult
 from parley_dev.bench.report import _num, _phase, _round, _rows
 from parley_dev.bench.stats import ratio, summarize_ns
+from parley_dev.bench.targets import evaluate, render_targets
 
 SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"})
 # The bench's own INFO calls are not the service's work.
@@ -288,6 +289,7 @@ def build_presence_report(
         "scenario": "presence",
         **{k: _round(v, 3 if k.endswith(_FINE) else 2) for k, v in figures.items()},
         "ratios": {k: _round(v, 3) for k, v in ratios.items()},
+        "targets": evaluate("presence", {**figures, "ratios": ratios}, parameters),
         "checks": checks,
         "failed_checks": failed,
         "phases": {
@@ -473,6 +475,7 @@ def render_presence(report: Mapping[str, Any]) -> str:
     lines += _rows(rows, "<>>>")
     lines += ["", "checks:"]
     lines += [f"  {c['verdict']:4}  {c['name']}" for c in r["checks"]]
+    lines += ["", *render_targets(r["targets"])]
     lines += ["", "CPU seconds per process (measurement windows; setup: all of it):"]
     cpu: Mapping[str, Mapping[str, float | None]] = r["cpu_seconds"]
     phases = [p for p in PRESENCE_PHASE_ORDER if p in cpu]

@@ -18,8 +18,9 @@ import grpc
 
 from parley_dev.bench.load import LoadResult
 from parley_dev.bench.phases import DeliverOutcome
-from parley_dev.bench.stats import evaluate_targets, per_second, ratio, summarize_ns
+from parley_dev.bench.stats import per_second, ratio, summarize_ns
 from parley_dev.bench.streams import DeliveryRecorder
+from parley_dev.bench.targets import SEND_P99_RATIO, SEND_RATIO, evaluate, render_targets
 
 HEADLINE_KEYS = (
     "send_rps",
@@ -32,8 +33,19 @@ HEADLINE_KEYS = (
     "baseline_unary_rps",
     "baseline_unary_p50_ms",
     "baseline_push_msgs_per_s",
+    "thin_durable_rps",
+    "thin_durable_p50_ms",
+    "thin_durable_p99_ms",
 )
-PHASE_ORDER = ("baseline_unary", "baseline_push", "setup", "send", "deliver", "fetch")
+PHASE_ORDER = (
+    "baseline_unary",
+    "baseline_push",
+    "setup",
+    "thin_durable",
+    "send",
+    "deliver",
+    "fetch",
+)
 
 
 def machine_info() -> dict[str, Any]:
@@ -64,6 +76,10 @@ class Measurements:
     recorder: DeliveryRecorder
     fetch: LoadResult
     cpu_seconds: dict[str, dict[str, float | None]]
+    # None: the stack's database was not known, so the thin durable service did not run.
+    thin_durable: LoadResult | None = None
+    # Batches and documents it committed in its window.
+    thin_durable_batches: dict[str, int] | None = None
     stream_errors: list[str] = field(default_factory=list)
     profile_files: list[str] = field(default_factory=list)
     profile_notes: list[str] = field(default_factory=list)
@@ -86,6 +102,8 @@ def build_report(
     m: Measurements, *, machine: Mapping[str, Any], parameters: Mapping[str, Any]
 ) -> dict[str, Any]:
     unary, send, fetch = m.baseline_unary.latency, m.send.latency, m.fetch.latency
+    thin = m.thin_durable.latency if m.thin_durable else summarize_ns([])
+    thin_rps = m.thin_durable.rate if m.thin_durable else None
     deliver = summarize_ns(m.recorder.deliver_latencies_ns)
     deliver_load = m.deliver.load
     deliver_msgs_per_s = per_second(m.send_window_events, m.send.window_s)
@@ -100,6 +118,9 @@ def build_report(
         "baseline_unary_rps": m.baseline_unary.rate,
         "baseline_unary_p50_ms": unary.p50_ms,
         "baseline_push_msgs_per_s": m.baseline_push.rate,
+        "thin_durable_rps": thin_rps,
+        "thin_durable_p50_ms": thin.p50_ms,
+        "thin_durable_p99_ms": thin.p99_ms,
     }
     extra: dict[str, float | None] = {
         "baseline_unary_p99_ms": unary.p99_ms,
@@ -107,27 +128,30 @@ def build_report(
         "fetch_recent_rps": m.fetch.rate,
     }
     ratios = {
+        SEND_RATIO: ratio(m.send.rate, thin_rps),
+        SEND_P99_RATIO: ratio(send.p99_ms, thin.p99_ms),
         "send_rps / baseline_unary_rps": ratio(m.send.rate, m.baseline_unary.rate),
         "send_ack_p50_ms / baseline_unary_p50_ms": ratio(send.p50_ms, unary.p50_ms),
         "deliver_msgs_per_s / baseline_push_msgs_per_s": ratio(
             deliver_msgs_per_s, m.baseline_push.rate
         ),
     }
-    targets = evaluate_targets(figures)
+    rounded_ratios = {k: _round(v, 3) for k, v in ratios.items()}
+    targets = evaluate("messaging", {**figures, "ratios": ratios}, parameters)
     warnings = _warnings(m)
     missing = [k for k in HEADLINE_KEYS if figures[k] is None]
     if missing:
         warnings.insert(0, f"not measured: {', '.join(missing)}")
     return {
+        "scenario": "messaging",
         **{k: _round(v) for k, v in figures.items()},
         **{k: _round(v) for k, v in extra.items()},
-        "ratios": {k: _round(v, 3) for k, v in ratios.items()},
-        "targets": [
-            {**t.as_dict(), "value": _round(t.value), "limit": _round(t.limit)} for t in targets
-        ],
+        "ratios": rounded_ratios,
+        "targets": targets,
         "phases": {
             "baseline_unary": _phase(m.baseline_unary),
             "baseline_push": _phase(m.baseline_push, latency=None),
+            "thin_durable": _thin_phase(m),
             "send": {**_phase(m.send), "stream_message_events": m.send_window_events},
             "deliver": {
                 # Its call latency is the send ack under the offered load.
@@ -155,11 +179,25 @@ def build_report(
     }
 
 
+def _thin_phase(m: Measurements) -> dict[str, Any] | None:
+    if m.thin_durable is None:
+        return None
+    batches = m.thin_durable_batches or {}
+    count, documents = batches.get("batches"), batches.get("documents")
+    return {
+        **_phase(m.thin_durable),
+        "batches": count,
+        "documents_per_batch": _round(ratio(documents, count)),
+    }
+
+
 def _warnings(m: Measurements) -> list[str]:
     notes: list[str] = []
+    thin = [("thin_durable", m.thin_durable)] if m.thin_durable else []
     for name, result in (
         ("baseline_unary", m.baseline_unary),
         ("baseline_push", m.baseline_push),
+        *thin,
         ("send", m.send),
         ("deliver", m.deliver.load),
         ("fetch", m.fetch),
@@ -226,45 +264,45 @@ def render(report: Mapping[str, Any]) -> str:
         "",
     ]
     rows = [
-        ("figure", "parley", "baseline (bare gRPC)", "ratio"),
+        ("figure", "parley", "thin durable", "ratio", "baseline (bare gRPC)", "ratio"),
         (
             "sustained sends/s (durable acks)",
             _num(r["send_rps"], 0),
+            f"{_num(r['thin_durable_rps'], 0)} rps",
+            _num(ratios[SEND_RATIO], 2),
             f"{_num(r['baseline_unary_rps'], 0)} unary rps",
             _num(ratios["send_rps / baseline_unary_rps"], 2),
         ),
         (
             "send ack p50 / p99 ms",
             f"{_num(r['send_ack_p50_ms'])} / {_num(r['send_ack_p99_ms'])}",
+            f"{_num(r['thin_durable_p50_ms'])} / {_num(r['thin_durable_p99_ms'])}",
+            _num(ratios[SEND_P99_RATIO], 2),
             f"{_num(r['baseline_unary_p50_ms'])} / {_num(r['baseline_unary_p99_ms'])} unary",
             _num(ratios["send_ack_p50_ms / baseline_unary_p50_ms"], 2),
         ),
         (
             "deliver msgs/s on streams (send phase)",
             _num(r["deliver_msgs_per_s"], 0),
+            "",
+            "",
             f"{_num(r['baseline_push_msgs_per_s'], 0)} push msgs/s",
             _num(ratios["deliver_msgs_per_s / baseline_push_msgs_per_s"], 2),
         ),
         (
             "delivery p50 / p99 ms (open loop)",
             f"{_num(r['deliver_p50_ms'])} / {_num(r['deliver_p99_ms'])}",
-            "",
-            "",
+            *("", "", "", ""),
         ),
         (
             "fetch 50 newest p50 / p99 ms",
             f"{_num(r['fetch_recent_p50_ms'])} / {_num(r['fetch_recent_p99_ms'])}",
-            "",
-            "",
+            *("", "", "", ""),
         ),
     ]
-    lines += _rows(rows, "<>>>")
-    lines += ["", "targets:"]
-    for target in r["targets"]:
-        lines.append(
-            f"  {target['verdict']:4}  {target['name']}  "
-            f"(measured {_num(target['value'])}, limit {_num(target['limit'])})"
-        )
+    lines += _rows(rows, "<>>>>>")
+    lines += ["  (ratios: parley / thin durable p99 for latency, p50 against bare gRPC)"]
+    lines += ["", *render_targets(r["targets"])]
     lines += ["", "CPU seconds per process (measurement windows; setup: all of it):"]
     cpu: Mapping[str, Mapping[str, float | None]] = r["cpu_seconds"]
     phases = [p for p in PHASE_ORDER if p in cpu]

@@ -2,9 +2,11 @@
 
 Order: the bare gRPC baseline first (its own server process; the stack, if
 this run starts one, is not running yet), then the stack: setup (users,
-conversations, streams synced, prefill), send, deliver at half the measured
-send rate, fetch. Connect streams stay open through all stack phases, as the
-devices of online users would.
+conversations, streams synced, prefill), the thin durable service (its own
+server process writing to the stack's database) right before send, so the
+database is as warm and as quiet for both, then send, deliver at half the
+measured send rate, fetch. Connect streams stay open through all stack
+phases, as the devices of online users would.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ from parley_dev.bench.streams import (
     open_streams,
     stream_errors,
 )
+from parley_dev.bench.thin_durable import (
+    running_thin_durable,
+    thin_durable_phase,
+    thin_durable_stats,
+)
 
 EventLoop = Literal["uvloop", "asyncio"]
 Scenario = Literal["messaging", "group", "presence"]
@@ -80,6 +87,8 @@ class BenchConfig:
     keep: bool = False
     pids: Mapping[str, int] = field(default_factory=dict)
     scenario: Scenario = "messaging"
+    # Where each run is appended (None: nowhere).
+    history_path: Path | None = None
     # The group scenario (parley_dev.bench.group).
     group_members: int = 1024
     group_streams: int = 1024
@@ -106,6 +115,7 @@ class BenchConfig:
             else len(self.message_targets),
             "concurrency": self.concurrency,
             "baseline_unary_callers": self.concurrency,
+            "thin_durable_callers": self.concurrency,
             "pairs": self.pairs,
             "users": 2 * self.pairs,
             "streams": 2 * self.pairs,
@@ -115,6 +125,7 @@ class BenchConfig:
             "fetch_page_size": FETCH_PAGE,
             "body_bytes": self.body_bytes,
             "baseline_unary_payload_bytes": send_bytes,
+            "thin_durable_payload_bytes": send_bytes,
             "baseline_push_payload_bytes": event_bytes,
             "warmup_s": self.warmup_s,
             "duration_s": self.duration_s,
@@ -281,6 +292,8 @@ class StackTargets:
     redis_url: str | None = None
     # The stack's presence settings (TTL, sweep interval) when this run started it.
     presence_settings: dict[str, Any] | None = None
+    # The stack's database server (for the thin durable service); None when not known.
+    mongo_uri: str | None = None
 
 
 @contextlib.asynccontextmanager
@@ -307,6 +320,7 @@ async def stack_targets(config: BenchConfig, work_dir: Path) -> AsyncIterator[St
             presence_target=stack.presence_target,
             presence_metrics_url=stack.presence_metrics_url,
             redis_url=stack.redis_url,
+            mongo_uri=stack.mongo_uri,
             presence_settings=stack.settings.presence.model_dump(mode="json", exclude={"server"}),
         )
     else:
@@ -328,7 +342,8 @@ async def stack_targets(config: BenchConfig, work_dir: Path) -> AsyncIterator[St
             message_targets=message_targets,
             pids=stack_pids,
             presence_target=config.presence_target,
-            redis_url=_configured_redis_url(config.data_dir),
+            redis_url=_configured_url(config.data_dir, "redis", "url"),
+            mongo_uri=_configured_url(config.data_dir, "mongo", "uri"),
         )
     targets.pids.update(config.pids)
     try:
@@ -339,20 +354,32 @@ async def stack_targets(config: BenchConfig, work_dir: Path) -> AsyncIterator[St
             await stack.stop()
 
 
-def _configured_redis_url(data_dir: Path) -> str | None:
-    """Redis of the running `parley up` whose data dir this is, if it says."""
+def _configured_url(data_dir: Path, section: str, key: str) -> str | None:
+    """Redis's or the database's URL in the running `parley up` whose data dir this is."""
     try:
         tree = yaml.safe_load((data_dir / "parley.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
         return None
-    url = tree.get("redis", {}).get("url") if isinstance(tree, dict) else None
+    part = tree.get(section) if isinstance(tree, dict) else None
+    url = part.get(key) if isinstance(part, dict) else None
     return url if isinstance(url, str) else None
 
 
 async def _stack_phases(
     config: BenchConfig, work_dir: Path, cpu: procstat.CpuBook, unary: LoadResult, push: LoadResult
 ) -> Measurements:
-    async with stack_targets(config, work_dir) as targets:
+    async with stack_targets(config, work_dir) as targets, contextlib.AsyncExitStack() as stack:
+        thin: ThinDurable | None = None
+        if targets.mongo_uri is None:
+            progress("the stack's database is not known: no thin durable baseline (use --data-dir)")
+        else:
+            # Started before setup, so that its start-up is not in anything measured.
+            server, channel = await stack.enter_async_context(
+                running_thin_durable(
+                    work_dir=work_dir, loop=config.loop, mongo_uri=targets.mongo_uri
+                )
+            )
+            thin = ThinDurable(channel=channel, pid=server.process.pid or 0)
         return await _measure_stack(
             config,
             cpu,
@@ -361,7 +388,40 @@ async def _stack_phases(
             targets.keys_target,
             targets.message_targets,
             targets.pids,
+            thin,
         )
+
+
+@dataclass(frozen=True)
+class ThinDurable:
+    channel: grpc.aio.Channel
+    pid: int
+
+
+async def _thin_durable(
+    config: BenchConfig, cpu: procstat.CpuBook, pids: Mapping[str, int], thin: ThinDurable | None
+) -> tuple[LoadResult | None, dict[str, int] | None]:
+    """The thin durable phase, with the same callers and payload as send; its batches."""
+    if thin is None:
+        return None, None
+    begin, end = cpu.hooks("thin_durable", {**pids, "thin_durable_server": thin.pid})
+    at_edges: list[dict[str, int]] = []
+
+    async def mark() -> None:
+        at_edges.append(await thin_durable_stats(thin.channel))
+
+    progress(f"thin durable: {config.concurrency} closed-loop callers")
+    result = await thin_durable_phase(
+        thin.channel,
+        callers=config.concurrency,
+        payload_bytes=wire_sizes(config.body_bytes)[0],
+        window=Window.after(config.warmup_s, config.duration_s),
+        on_start=[begin, mark],
+        on_end=[end, mark],
+    )
+    if len(at_edges) != 2:
+        return result, None
+    return result, {k: at_edges[1][k] - at_edges[0][k] for k in at_edges[0]}
 
 
 async def _measure_stack(
@@ -372,6 +432,7 @@ async def _measure_stack(
     keys_target: str,
     message_targets: list[str],
     stack_pids: dict[str, int],
+    thin: ThinDurable | None,
 ) -> Measurements:
     pids = {**stack_pids, "bench_client": os.getpid()}
     channels = [grpc.aio.insecure_channel(t) for t in [keys_target, *message_targets]]
@@ -394,6 +455,8 @@ async def _measure_stack(
         fetch_pairs = pairs[: config.fetch_conversations]
         await prefill(messaging, fetch_pairs)
         await setup_end()
+
+        thin_durable, thin_durable_batches = await _thin_durable(config, cpu, pids, thin)
 
         window = Window.after(config.warmup_s, config.duration_s)
         events_at: list[int] = []
@@ -445,6 +508,8 @@ async def _measure_stack(
         return Measurements(
             baseline_unary=unary,
             baseline_push=push,
+            thin_durable=thin_durable,
+            thin_durable_batches=thin_durable_batches,
             send=send,
             send_window_events=events_at[1] - events_at[0] if len(events_at) == 2 else 0,
             deliver=deliver,

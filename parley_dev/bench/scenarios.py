@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 
+from parley_dev.bench import history
 from parley_dev.bench.group import group_bench
 from parley_dev.bench.group_report import render_group
 from parley_dev.bench.presence import presence_bench
@@ -51,5 +53,16 @@ def run_bench(config: BenchConfig) -> int:
         config.json_path.parent.mkdir(parents=True, exist_ok=True)
         config.json_path.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {config.json_path}", flush=True)
+    if config.history_path is not None:
+        entry = history.history_entry(
+            report,
+            scenario=config.scenario,
+            timestamp=datetime.now(UTC),
+            git=history.git_commit(),
+            machine=history.machine_facts(),
+            json_path=config.json_path,
+        )
+        history.append(config.history_path, entry)
+        print(f"appended this run to {config.history_path}", flush=True)
     # A failed check (presence: a change reached someone it is hidden from) fails the run too.
     return 0 if report["complete"] and not report.get("failed_checks") else 1

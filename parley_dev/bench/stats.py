@@ -1,4 +1,4 @@
-"""Pure measurement helpers: percentiles, latency summaries, ratios and targets.
+"""Pure measurement helpers: percentiles, latency summaries and ratios (targets: ``targets``).
 
 No I/O and no clock here, so every figure the report prints can be checked by
 unit tests against hand-computed values.
@@ -7,18 +7,10 @@ unit tests against hand-computed values.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 NS_PER_MS = 1_000_000
-
-# The targets of the issue. send_rps is judged against the bare gRPC baseline
-# measured in the same run, so a slower or busier machine moves both sides.
-SEND_FRACTION_OF_BASELINE = 0.5
-DELIVER_P99_MAX_MS = 50.0
-FETCH_P50_MAX_MS = 5.0
-FETCH_P99_MAX_MS = 20.0
 
 
 def percentile(sorted_samples: Sequence[float], q: float) -> float:
@@ -87,73 +79,6 @@ def ratio(value: float | None, baseline: float | None) -> float | None:
     if value is None or baseline is None or baseline <= 0:
         return None
     return value / baseline
-
-
-@dataclass(frozen=True, slots=True)
-class TargetResult:
-    """One target of the issue and whether this run met it (None: not measured)."""
-
-    name: str
-    key: str
-    value: float | None
-    op: Literal[">=", "<="]
-    limit: float | None
-
-    @property
-    def passed(self) -> bool | None:
-        if self.value is None or self.limit is None:
-            return None
-        return self.value >= self.limit if self.op == ">=" else self.value <= self.limit
-
-    @property
-    def verdict(self) -> str:
-        return {True: "PASS", False: "MISS", None: "N/A"}[self.passed]
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "key": self.key,
-            "value": self.value,
-            "op": self.op,
-            "limit": self.limit,
-            "verdict": self.verdict,
-        }
-
-
-def evaluate_targets(figures: Mapping[str, float | None]) -> list[TargetResult]:
-    """The issue's targets against the headline figures (keys as in the JSON report)."""
-    baseline = figures.get("baseline_unary_rps")
-    send_limit = None if baseline is None else SEND_FRACTION_OF_BASELINE * baseline
-    return [
-        TargetResult(
-            f"send_rps >= {SEND_FRACTION_OF_BASELINE} x baseline_unary_rps",
-            "send_rps",
-            figures.get("send_rps"),
-            ">=",
-            send_limit,
-        ),
-        TargetResult(
-            f"deliver_p99_ms <= {DELIVER_P99_MAX_MS:g} at half the max send rate",
-            "deliver_p99_ms",
-            figures.get("deliver_p99_ms"),
-            "<=",
-            DELIVER_P99_MAX_MS,
-        ),
-        TargetResult(
-            f"fetch_recent_p50_ms <= {FETCH_P50_MAX_MS:g}",
-            "fetch_recent_p50_ms",
-            figures.get("fetch_recent_p50_ms"),
-            "<=",
-            FETCH_P50_MAX_MS,
-        ),
-        TargetResult(
-            f"fetch_recent_p99_ms <= {FETCH_P99_MAX_MS:g}",
-            "fetch_recent_p99_ms",
-            figures.get("fetch_recent_p99_ms"),
-            "<=",
-            FETCH_P99_MAX_MS,
-        ),
-    ]
 
 
 def half_rate(send_rps: float, *, floor: float = 1.0) -> float:

@@ -1,4 +1,6 @@
-"""`parley bench` end to end: a fresh stack, every phase, the JSON report."""
+"""`parley bench` end to end: a fresh stack, every phase, the JSON report, its
+targets and the run history (in a temp dir: CI never writes into the checkout);
+and `--compare` of two small reports."""
 
 from __future__ import annotations
 
@@ -6,29 +8,53 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from pymongo import AsyncMongoClient
 
 from parley_dev.bench.baseline import BaselineServer, push_phase, unary_phase
 from parley_dev.bench.group_report import GROUP_HEADLINE_KEYS
 from parley_dev.bench.load import Window
 from parley_dev.bench.presence_report import PRESENCE_HEADLINE_KEYS
 from parley_dev.bench.report import HEADLINE_KEYS
+from parley_dev.bench.thin_durable import (
+    COLLECTION,
+    DATABASE,
+    running_thin_durable,
+    thin_durable_phase,
+    thin_durable_stats,
+)
+from parley_dev.stack import LocalStack
 
 # The whole --start --quick run takes about 35 s on an idle 2-core machine.
 RUN_TIMEOUT_SECONDS = 170
 STACK_PROCESSES = {"secantusdb", "redis", "svc_keys", "svc_message-0", "bench_client"}
-STACK_PHASES = ("setup", "send", "deliver", "fetch")
+STACK_PHASES = ("setup", "thin_durable", "send", "deliver", "fetch")
+TARGET_KEYS = {"name", "value", "limit", "comparison", "unit", "verdict"}
+
+
+def assert_targets(report: dict[str, Any], names: set[str]) -> None:
+    """The scenario's targets, each judged: every figure they need was measured."""
+    targets = report["targets"]
+    assert {t["name"] for t in targets} == names
+    for target in targets:
+        assert target.keys() >= TARGET_KEYS, target
+        assert target["comparison"] in ("<=", ">=") and isinstance(target["limit"], float)
+        assert isinstance(target["value"], int | float), target
+        assert target["verdict"] in ("PASS", "MISS"), target
 
 
 @pytest.mark.slow
 def test_quick_bench_on_a_fresh_stack_writes_every_figure(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
+    out, history = tmp_path / "bench.json", tmp_path / "results" / "history.jsonl"
     run = subprocess.run(
         [
             *(sys.executable, "-m", "parley_dev.cli", "bench"),
-            *("--start", "--quick", "--duration", "2.5", "--json", str(out)),
+            # 1.5 s phases (not --quick's 3) pay for the thin durable phase and its server.
+            *("--start", "--quick", "--duration", "1.5", "--json", str(out)),
+            *("--history", str(history)),
         ],
         capture_output=True,
         text=True,
@@ -37,7 +63,9 @@ def test_quick_bench_on_a_fresh_stack_writes_every_figure(tmp_path: Path) -> Non
     )
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
     assert "targets:" in run.stdout and "baseline (bare gRPC)" in run.stdout
+    assert "thin durable" in run.stdout
     report = json.loads(out.read_text())
+    assert report["scenario"] == "messaging"
 
     for key in HEADLINE_KEYS:
         assert isinstance(report[key], int | float), key
@@ -46,7 +74,24 @@ def test_quick_bench_on_a_fresh_stack_writes_every_figure(tmp_path: Path) -> Non
         assert report[f"{name}_p99_ms"] >= report[f"{name}_p50_ms"], name
     assert report["baseline_unary_p99_ms"] >= report["baseline_unary_p50_ms"]
     assert all(r is not None and r > 0 for r in report["ratios"].values())
-    assert [t["verdict"] in ("PASS", "MISS") for t in report["targets"]] == [True] * 4
+    assert report["thin_durable_p99_ms"] >= report["thin_durable_p50_ms"]
+    assert report["ratios"]["send_rps / thin_durable_rps"] == pytest.approx(
+        report["send_rps"] / report["thin_durable_rps"], rel=0.01
+    )
+    assert_targets(
+        report,
+        {
+            "send_rps / thin_durable_rps",
+            "send_ack_p99_ms / thin_durable_p99_ms",
+            "deliver_p99_ms",
+            "fetch_recent_p50_ms",
+            "fetch_recent_p99_ms",
+        },
+    )
+    thin = report["phases"]["thin_durable"]
+    assert thin["errors"] == {} and thin["batches"] > 0
+    # Group commit: 64 callers share batches.
+    assert thin["documents_per_batch"] > 1
 
     machine, params = report["machine"], report["parameters"]
     assert {"cores", "python", "grpcio", "platform"} <= machine.keys()
@@ -54,7 +99,9 @@ def test_quick_bench_on_a_fresh_stack_writes_every_figure(tmp_path: Path) -> Non
     assert params["concurrency"] == params["baseline_unary_callers"] == 64
     assert params["pairs"] == 32 and params["users"] == 64 and params["readers"] == 16
     assert params["loop"] == "uvloop" and params["started_stack"] is True
-    assert params["duration_s"] == 2.5 and params["warmup_s"] == 0.5
+    assert params["duration_s"] == 1.5 and params["warmup_s"] == 0.5
+    assert params["thin_durable_callers"] == 64
+    assert params["thin_durable_payload_bytes"] == params["baseline_unary_payload_bytes"]
 
     cpu = report["cpu_seconds"]
     for phase in STACK_PHASES:
@@ -63,6 +110,7 @@ def test_quick_bench_on_a_fresh_stack_writes_every_figure(tmp_path: Path) -> Non
     # Sending is durable writes: the database and svc_message must have worked.
     assert cpu["send"]["secantusdb"] > 0 and cpu["send"]["svc_message-0"] > 0
     assert cpu["baseline_unary"]["baseline_server"] > 0
+    assert cpu["thin_durable"]["thin_durable_server"] > 0 and cpu["thin_durable"]["secantusdb"] > 0
 
     deliver = report["phases"]["deliver"]
     assert deliver["offered_rps"] == pytest.approx(report["send_rps"] / 2, rel=0.01, abs=1)
@@ -73,6 +121,13 @@ def test_quick_bench_on_a_fresh_stack_writes_every_figure(tmp_path: Path) -> Non
     assert report["complete"] is True
     # Each send reaches the recipient's stream and the sender's own: twice the sends.
     assert report["deliver_msgs_per_s"] == pytest.approx(2 * report["send_rps"], rel=0.25)
+
+    (line,) = history.read_text().splitlines()
+    entry = json.loads(line)
+    assert entry["scenario"] == "messaging" and entry["run"] == "quick"
+    assert entry["figures"]["thin_durable_rps"] == report["thin_durable_rps"]
+    assert entry["targets"] == report["targets"] and entry["json"] == str(out)
+    assert entry["machine"]["cpu_count"] >= 1 and len(entry["git"]["commit"]) == 40
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
@@ -95,6 +150,36 @@ async def test_baseline_server_answers_unary_and_push(tmp_path: Path, loop: str)
     assert push.completed > 0 and not push.errors
 
 
+async def test_thin_durable_server_group_commits_durably_and_drops_its_database(
+    tmp_path: Path, stack: LocalStack
+) -> None:
+    async with running_thin_durable(
+        work_dir=tmp_path, loop="uvloop", mongo_uri=stack.mongo_uri
+    ) as (server, channel):
+        result = await thin_durable_phase(
+            channel, callers=16, payload_bytes=120, window=Window.after(0.2, 0.5)
+        )
+        stats = await thin_durable_stats(channel)
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_uri)
+        try:
+            stored = await client[DATABASE][COLLECTION].count_documents({})
+            assert await client[DATABASE][COLLECTION].find_one({"payload": b"\x5a" * 120})
+            assert result.completed > 0 and not result.errors
+            # Every acked call is stored; batches hold several of the 16 callers' calls.
+            assert stored == stats["documents"] >= result.completed
+            assert stats["documents"] > stats["batches"] > 0
+        finally:
+            await client.close()
+    # SIGTERM stopped it cleanly, and it dropped its database on the way out.
+    assert server.process.returncode == 0, server.process.log_tail()
+    client = AsyncMongoClient(stack.mongo_uri)
+    try:
+        assert DATABASE not in await client.list_database_names()
+        assert "parley" in await client.list_database_names()
+    finally:
+        await client.close()
+
+
 @pytest.mark.slow
 def test_quick_group_bench_times_every_delivery(tmp_path: Path) -> None:
     members, messages = 64, 20
@@ -104,6 +189,7 @@ def test_quick_group_bench_times_every_delivery(tmp_path: Path) -> None:
             *(sys.executable, "-m", "parley_dev.cli", "bench", "--scenario", "group"),
             *("--start", "--quick", "--duration", "1", "--json", str(out)),
             *("--group-members", str(members), "--group-messages", str(messages)),
+            "--no-history",
         ],
         capture_output=True,
         text=True,
@@ -115,6 +201,9 @@ def test_quick_group_bench_times_every_delivery(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
 
     assert report["scenario"] == "group" and report["complete"] is True
+    assert_targets(report, {"group_deliver_p99_ms"})
+    # 64 members, not the target's 1024: judged, and said so.
+    assert "group_members=64" in report["targets"][0]["caveat"]
     for key in GROUP_HEADLINE_KEYS:
         assert isinstance(report[key], int | float) and report[key] > 0, key
     for name in ("group_deliver", "group_deliver_last_stream", "group_send_ack"):
@@ -142,6 +231,7 @@ def test_quick_presence_bench_measures_heartbeats_and_where_changes_go(tmp_path:
             *("--start", "--quick", "--duration", "1", "--json", str(out)),
             *("--presence-users", str(users), "--presence-subscribers", str(subscribers)),
             *("--presence-toggles", str(toggles)),
+            "--no-history",
         ],
         capture_output=True,
         text=True,
@@ -155,6 +245,15 @@ def test_quick_presence_bench_measures_heartbeats_and_where_changes_go(tmp_path:
     assert report["scenario"] == "presence" and report["complete"] is True
     assert report["failed_checks"] == [] and report["warnings"] == []
     assert {c["verdict"] for c in report["checks"]} == {"PASS"}
+    assert_targets(
+        report,
+        {
+            "presence_heartbeats_per_s / baseline_unary_rps",
+            "presence_redis_scripts_per_heartbeat",
+            "presence_online_change_p99_ms",
+            "presence_offline_change_p99_ms",
+        },
+    )
     for key in PRESENCE_HEADLINE_KEYS:
         assert isinstance(report[key], int | float), key
     assert report["presence_heartbeats_per_s"] > 0 and report["baseline_unary_rps"] > 0
@@ -180,3 +279,39 @@ def test_quick_presence_bench_measures_heartbeats_and_where_changes_go(tmp_path:
     params = report["parameters"]
     assert params["users"] == users and params["subscribers"] == subscribers
     assert params["baseline_unary_callers"] == params["concurrency"] == 64
+
+
+def test_compare_prints_what_moved_between_two_reports(tmp_path: Path) -> None:
+    def report(send_rps: float, fetch_p50_ms: float, verdict: str) -> dict[str, Any]:
+        return {
+            "scenario": "messaging",
+            "send_rps": send_rps,
+            "fetch_recent_p50_ms": fetch_p50_ms,
+            "ratios": {},
+            "targets": [
+                {
+                    "name": "fetch_recent_p50_ms",
+                    "value": fetch_p50_ms,
+                    "limit": 5.0,
+                    "comparison": "<=",
+                    "unit": "ms",
+                    "verdict": verdict,
+                }
+            ],
+            "parameters": {"quick": True},
+        }
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(report(1000.0, 4.0, "PASS")))
+    b.write_text(json.dumps(report(1050.0, 6.0, "MISS")))
+    run = subprocess.run(
+        [sys.executable, "-m", "parley_dev.cli", "bench", "--compare", str(a), str(b)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = {line.split()[0]: line for line in run.stdout.splitlines() if line.startswith("  ")}
+    assert "+5.0%" in lines["send_rps"] and "<<" not in lines["send_rps"]
+    assert "+50.0%  << worse  PASS -> MISS !" in lines["fetch_recent_p50_ms"]

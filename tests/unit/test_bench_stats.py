@@ -26,7 +26,6 @@ from parley_dev.bench.population import (
 )
 from parley_dev.bench.report import HEADLINE_KEYS, Measurements, build_report, render
 from parley_dev.bench.stats import (
-    evaluate_targets,
     half_rate,
     per_second,
     percentile,
@@ -84,43 +83,6 @@ def test_rates_and_ratios() -> None:
     assert ratio(1.0, 0.0) is None
     assert half_rate(400.0) == 200.0
     assert half_rate(0.0) == 1.0
-
-
-# -- targets -------------------------------------------------------------------------
-
-
-def _figures(**overrides: float | None) -> dict[str, float | None]:
-    figures: dict[str, float | None] = {
-        "send_rps": 2000.0,
-        "baseline_unary_rps": 4000.0,
-        "deliver_p99_ms": 50.0,
-        "fetch_recent_p50_ms": 5.0,
-        "fetch_recent_p99_ms": 20.0,
-    }
-    figures.update(overrides)
-    return figures
-
-
-def test_targets_pass_at_their_limits() -> None:
-    targets = evaluate_targets(_figures())
-    assert [t.verdict for t in targets] == ["PASS"] * 4
-    assert targets[0].limit == 2000.0  # half the baseline measured in the same run
-
-
-def test_targets_miss_just_past_their_limits() -> None:
-    targets = evaluate_targets(
-        _figures(
-            send_rps=1999.0, deliver_p99_ms=50.1, fetch_recent_p50_ms=5.1, fetch_recent_p99_ms=21
-        )
-    )
-    assert [t.verdict for t in targets] == ["MISS"] * 4
-
-
-def test_targets_not_measured_are_not_applicable() -> None:
-    targets = evaluate_targets(_figures(baseline_unary_rps=None, deliver_p99_ms=None))
-    assert targets[0].passed is None and targets[0].verdict == "N/A"
-    assert targets[1].verdict == "N/A"
-    assert targets[2].verdict == "PASS"
 
 
 # -- CPU from /proc -------------------------------------------------------------------
@@ -400,6 +362,8 @@ def test_report_has_every_key_and_the_table_shows_them() -> None:
         recorder=recorder,
         fetch=_load(500, [4.0, 19.0]),
         cpu_seconds={"send": {"svc_message-0": 1.5, "bench_client": 0.4}},
+        thin_durable=_load(1600, [20.0, 50.0]),
+        thin_durable_batches={"batches": 100, "documents": 1600},
     )
     params = {
         "loop": "uvloop",
@@ -419,13 +383,25 @@ def test_report_has_every_key_and_the_table_shows_them() -> None:
     assert report["baseline_unary_rps"] == 4000.0
     assert report["deliver_msgs_per_s"] == 1000.0
     assert report["ratios"]["send_rps / baseline_unary_rps"] == 0.125
+    assert report["thin_durable_rps"] == 800.0
+    assert report["ratios"]["send_rps / thin_durable_rps"] == 0.625
+    assert report["phases"]["thin_durable"]["documents_per_batch"] == 16.0
+    verdicts = {t["name"]: t["verdict"] for t in report["targets"]}
+    assert verdicts == {
+        "send_rps / thin_durable_rps": "MISS",
+        "send_ack_p99_ms / thin_durable_p99_ms": "PASS",
+        "deliver_p99_ms": "PASS",
+        # p50 of 4 and 19 ms
+        "fetch_recent_p50_ms": "MISS",
+        "fetch_recent_p99_ms": "PASS",
+    }
     assert report["phases"]["deliver"]["missing"] == 1
     assert any("never reached" in w for w in report["warnings"])
     assert report["complete"] is True
     json.dumps(report)
     table = render(report)
-    assert "MISS  send_rps >= 0.5 x baseline_unary_rps" in table
-    assert "svc_message-0" in table and "4,000 unary rps" in table
+    assert "MISS  send_rps / thin_durable_rps >= 0.7 x" in table
+    assert "svc_message-0" in table and "4,000 unary rps" in table and "800 rps" in table
 
 
 def test_profile_is_skipped_with_a_message_without_py_spy(
