@@ -170,6 +170,13 @@ class SendPipeline:
         while len(self._next) > self._cache_size:
             self._next.popitem(last=False)
 
+    def forget_positions(self, stale: Callable[[str], bool]) -> None:
+        """Drop the cached next positions of the conversations ``stale`` names
+        (this process just became their owner: another may have written since),
+        so they are read from the log again."""
+        for conversation_id in [c for c in self._next if stale(c)]:
+            del self._next[conversation_id]
+
     def _forget(self, drafts: Iterable[Draft]) -> None:
         for draft in drafts:
             self._next.pop(draft.conversation_id, None)
