@@ -13,7 +13,9 @@ index: if another process took a version, the insert stops there, the cache
 is reloaded from the log and the rest retried. Only one batch is in flight
 per process and batches are ordered, so what commits is always a prefix and
 versions and seqs stay gapless. Seqs need no check of their own: they advance
-with versions, so a fresh version implies a fresh seq.
+with versions, so a fresh version implies a fresh seq. With several processes,
+each conversation's changes are routed to its one owner (ownership.py), so
+this check is the safety net rather than the common path.
 """
 
 from __future__ import annotations
