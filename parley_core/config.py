@@ -229,7 +229,8 @@ class OwnershipSettings(_Section):
 
     address: str = ""
     """host:port at which the other svc_message processes of the region reach this one (the pod IP
-    and gRPC port); empty: the server's host (127.0.0.1 when it binds every interface) and port."""
+    and gRPC port); empty: the server's host and port, where binding every interface means the
+    address the machine's host name resolves to (a pod's IP in Kubernetes)."""
     shards: int = Field(default=64, ge=1, le=4096)
     """Shards conversations are split into for ownership when no topology is loaded (with one,
     its routing.conversationShards). Every process of a region must use the same count."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from datetime import timedelta
 
@@ -266,14 +267,20 @@ async def build(settings: Settings) -> ServiceHost:
         topology.routing.conversation_shards if topology is not None else ownership_config.shards
     )
 
+    bind = config.server.host
+    if bind in ("", "0.0.0.0", "::"):
+        # Bound to every interface: the address the host name resolves to (a
+        # pod's own IP in Kubernetes), which the other processes can reach.
+        try:
+            bind = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            bind = "127.0.0.1"
+
     def own_address() -> str:
         if ownership_config.address:
             return ownership_config.address
         port = config.server.port or host.port
-        if not port:
-            return ""
-        bind = config.server.host
-        return f"{'127.0.0.1' if bind in ('', '0.0.0.0', '::') else bind}:{port}"
+        return f"{bind}:{port}" if port else ""
 
     ownership = ShardOwnership(
         lease_store,

@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -72,6 +73,23 @@ class Burst:
     channels: Channels
     member: Device
     group: str
+
+
+async def lease_holders(stack: LocalStack) -> dict[str, int]:
+    """Unexpired shard leases per owner address."""
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(stack.mongo_uri)
+    try:
+        now = datetime.now(UTC)
+        counts: dict[str, int] = {}
+        async for lease in client["parley"]["message_shard_leases"].find({}):
+            expires = lease["expires_at"]
+            assert isinstance(expires, datetime)
+            if expires.replace(tzinfo=UTC) > now:
+                address = str(lease["address"])
+                counts[address] = counts.get(address, 0) + 1
+        return counts
+    finally:
+        await client.close()
 
 
 async def burst(stack: LocalStack, keys_url: str, *, kill_owner: bool = False) -> Burst:
@@ -155,6 +173,8 @@ async def retries_return_the_same_message(
 
 async def test_two_processes_one_conversation_no_aborted(stack: LocalStack) -> None:
     assert len(stack.message_targets) == 2
+    # Both processes own half the shards, so one of them forwards the group's sends.
+    assert await lease_holders(stack) == dict.fromkeys(stack.message_targets, SHARDS // 2)
     run = await burst(stack, stack.keys_target)
     try:
         check(run.log, run.histories)
