@@ -223,6 +223,38 @@ ANSWERED_BODY_BYTES = 4 << 20
 REQUEST_HEADROOM_BYTES = 64 << 10
 
 
+class OwnershipSettings(_Section):
+    """Conversation owners across svc_message processes: each conversation's feed changes are
+    sequenced by the one process holding its shard's lease (in MongoDB); the others forward."""
+
+    address: str = ""
+    """host:port at which the other svc_message processes of the region reach this one (the pod IP
+    and gRPC port); empty: the server's host and port, where binding every interface means the
+    address the machine's host name resolves to (a pod's IP in Kubernetes)."""
+    shards: int = Field(default=64, ge=1, le=4096)
+    """Shards conversations are split into for ownership when no topology is loaded (with one,
+    its routing.conversationShards). Every process of a region must use the same count."""
+    lease_seconds: float = Field(default=4.0, ge=1, le=120)
+    """Seconds a shard lease lasts unless renewed: a process that died stops owning its shards
+    this long after its last renewal, and another takes them over."""
+    renew_seconds: float = Field(default=1.0, gt=0, le=30)
+    """Seconds between a process's lease renewals, which also rebalance shards over the live
+    processes; must be well below lease_seconds."""
+    owner_wait_seconds: float = Field(default=6.0, ge=0, le=60)
+    """Seconds a feed change waits for a conversation without a reachable owner (taken over after
+    a crash) before it is answered UNAVAILABLE, which clients retry."""
+    forward_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    """Longest wait for the owner's answer to a forwarded request (less when the caller's deadline
+    is nearer); then the caller gets UNAVAILABLE and retries with the same request_id."""
+
+    @model_validator(mode="after")
+    def _renewed_before_expiry(self) -> OwnershipSettings:
+        # A lease must survive a missed renewal or two, or owners flap.
+        if self.renew_seconds * 2 > self.lease_seconds:
+            raise ValueError("renew_seconds must be at most half of lease_seconds")
+        return self
+
+
 class MessageServiceSettings(_Section):
     server: ServerSettings = ServerSettings(port=7102)
     """gRPC server of svc_message."""
@@ -286,6 +318,8 @@ class MessageServiceSettings(_Section):
     nothing twice)."""
     push: PushSettings = PushSettings()
     """Push notifications to offline devices."""
+    ownership: OwnershipSettings = OwnershipSettings()
+    """Which process sequences which conversations when several run."""
 
     @property
     def receive_limit_bytes(self) -> int:

@@ -388,6 +388,8 @@ class LocalStack:
             instance_env = {
                 **service_env,
                 "PARLEY_MESSAGE__SERVER__PORT": str(self.ports.message[index]),
+                # Where the other instances forward changes of conversations it owns.
+                "PARLEY_MESSAGE__OWNERSHIP__ADDRESS": f"{HOST}:{self.ports.message[index]}",
                 "PARLEY_MESSAGE__SERVER__METRICS_PORT": str(self.ports.message_metrics[index]),
             }
             processes[name] = ManagedProcess(

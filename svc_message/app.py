@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from datetime import timedelta
 
 from parley_core.config import Settings
 from parley_core.errors import Reason, Unavailable
+from parley_core.ids import random_id
 from parley_core.rpc.server import ServiceHost
 from parley_core.runtime import open_runtime, service_main
 from parley_core.sampling import SampledCount
@@ -22,10 +24,12 @@ from svc_message.domain.identity_notices import IdentityNotifier
 from svc_message.domain.inbox import InboxHandler
 from svc_message.domain.leases import StreamLeases
 from svc_message.domain.messages import MessagesHandler
+from svc_message.domain.ownership import ShardOwnership
 from svc_message.domain.projection import Projector
 from svc_message.domain.push_devices import PushDevices
 from svc_message.domain.push_planner import PushPlanner
 from svc_message.domain.push_worker import PushWorker
+from svc_message.domain.routing import OwnerRouter
 from svc_message.domain.sending import SendPipeline
 from svc_message.domain.streams import Hub
 from svc_message.domain.typing_indicators import TypingRelay
@@ -34,6 +38,7 @@ from svc_message.metrics import MessageMetrics
 from svc_message.model import MemberSettings
 from svc_message.model.broadcast import Broadcast
 from svc_message.peers.keys import AccountDirectory
+from svc_message.peers.owners import OwnerChannels
 from svc_message.peers.push import Router, build_providers
 from svc_message.push_metrics import PushMetrics
 from svc_message.servicer.changes import ChangesServicer
@@ -42,6 +47,7 @@ from svc_message.servicer.groups import GroupsServicer
 from svc_message.servicer.inbox import InboxServicer
 from svc_message.servicer.messages import MessageUnaryServicer
 from svc_message.servicer.push import PushServicer
+from svc_message.servicer.routing import OwnerRouting
 from svc_message.servicer.service import SERVICE_NAME, register
 from svc_message.servicer.stream import StreamServicer
 from svc_message.storage.conversations import ConversationStore
@@ -52,6 +58,7 @@ from svc_message.storage.messages import MessageStore
 from svc_message.storage.projection import ProjectorStore
 from svc_message.storage.push import MuteLookup, PushOutbox, PushSettingsStore, PushTokenStore
 from svc_message.storage.recent import RecentCache
+from svc_message.storage.shard_leases import ShardLeaseStore
 
 
 class SettingsPublisher:
@@ -81,6 +88,8 @@ async def build(settings: Settings) -> ServiceHost:
     await conversation_store.ensure_indexes()
     await message_store.ensure_indexes()
     await projector_store.ensure_indexes()
+    lease_store = ShardLeaseStore(runtime.db)
+    await lease_store.ensure_indexes()
 
     codec = ProtoEventCodec()
     hub: Hub
@@ -249,10 +258,57 @@ async def build(settings: Settings) -> ServiceHost:
 
     await runtime.start_revocation_feed(on_revoked=device_revoked)
     runtime.start_topology_watcher()
+
+    # One owner per conversation: the topology's shard routing when there is
+    # one. The shard count is fixed for the life of the process.
+    ownership_config = config.ownership
+    topology = runtime.topology
+    shards = (
+        topology.routing.conversation_shards if topology is not None else ownership_config.shards
+    )
+
+    bind = config.server.host
+    if bind in ("", "0.0.0.0", "::"):
+        # Bound to every interface: the address the host name resolves to (a
+        # pod's own IP in Kubernetes), which the other processes can reach.
+        try:
+            bind = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            bind = "127.0.0.1"
+
+    def own_address() -> str:
+        if ownership_config.address:
+            return ownership_config.address
+        port = config.server.port or host.port
+        return f"{bind}:{port}" if port else ""
+
+    ownership = ShardOwnership(
+        lease_store,
+        instance_id=random_id(),
+        address=own_address,
+        shards=shards,
+        lease_seconds=ownership_config.lease_seconds,
+        renew_seconds=ownership_config.renew_seconds,
+        clock=clock,
+        on_acquired=lambda acquired: pipeline.forget_positions(
+            lambda conversation_id: ownership.shard_of(conversation_id) in acquired
+        ),
+    )
+    owner_channels = OwnerChannels(interceptors=tracing.client_interceptors())
+    router = OwnerRouter(
+        ownership,
+        owner_channels,
+        wait_seconds=ownership_config.owner_wait_seconds,
+        forward_timeout_seconds=ownership_config.forward_timeout_seconds,
+        clock=time.monotonic,
+    )
+    # Before serving: alone, this process owns every shard from its first request.
+    await ownership.tick()
     runtime.spawn(doorbell.run())
     await projector.start()
     runtime.spawn(projector.run())
     runtime.spawn(pipeline.run())
+    runtime.spawn(ownership.run())
     runtime.spawn(recent.run())
     runtime.spawn(acks.run())
     # Every process samples the outbox depth; those configured to also deliver.
@@ -275,6 +331,8 @@ async def build(settings: Settings) -> ServiceHost:
     stream = StreamServicer(delivery, acks, codec, typing, tracing=tracing)
 
     async def stop() -> None:
+        await ownership.leave()
+        await owner_channels.close()
         await acks.flush()
         await projector.drain()
         await push_worker.drain()
@@ -282,25 +340,31 @@ async def build(settings: Settings) -> ServiceHost:
         await accounts.close()
         await runtime.close()
 
-    return ServiceHost(
+    def drain() -> None:
+        # Shards are handed back first, so other processes take them over
+        # while this one finishes what it was given.
+        ownership.drain()
+        hub.close_all(
+            Unavailable(
+                "this server is shutting down; reconnect to resume",
+                reason=Reason.SHUTTING_DOWN,
+            )
+        )
+
+    routing = OwnerRouting(router)
+    host = ServiceHost(
         name="svc_message",
         settings=config.server.model_copy(
             update={"max_receive_message_bytes": config.receive_limit_bytes}
         ),
         interceptors=runtime.interceptors(public_methods=()),
-        register=lambda server: register(server, servicers, stream),
+        register=lambda server: register(server, servicers, stream, routing),
         service_names=[SERVICE_NAME],
         registry=runtime.registry,
         on_stop=[stop],
-        on_draining=[
-            lambda: hub.close_all(
-                Unavailable(
-                    "this server is shutting down; reconnect to resume",
-                    reason=Reason.SHUTTING_DOWN,
-                )
-            )
-        ],
+        on_draining=[drain],
     )
+    return host
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -175,3 +175,14 @@ class SettingsListener(Protocol):
     """Told after a member's settings changed, e.g. to tell their other devices."""
 
     async def settings_changed(self, account_id: str, settings: MemberSettings) -> None: ...
+
+
+class OwnerLink(Protocol):
+    async def forward(
+        self, address: str, method: str, request: bytes, *, bearer_token: str, timeout: float
+    ) -> bytes:
+        """Call ``method`` of the process at ``address`` with the serialized
+        request, as the caller (its own token), marked as forwarded; the
+        serialized answer. Raises ``OwnerUnreachable`` when the request did
+        not reach it and ``OwnerRefused`` with the status it answered."""
+        ...

@@ -194,7 +194,7 @@ class Session:
         *,
         authenticated: bool = True,
     ) -> Resp:
-        """One logical call: retried on UNAVAILABLE, refreshed once on TOKEN_EXPIRED.
+        """One logical call: retried on UNAVAILABLE and ABORTED, refreshed once on TOKEN_EXPIRED.
 
         ``request`` is sent unchanged on every attempt, so a mutating request keeps
         the request_id its builder gave it.

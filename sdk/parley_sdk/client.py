@@ -120,7 +120,7 @@ class Client(
 
     Create it with :meth:`connect` (existing credentials, or none to only sign up)
     or :meth:`sign_up`. Every method raises a :class:`parley_sdk.ParleyError`
-    subclass on failure. Calls are retried on UNAVAILABLE only, and mutating
+    subclass on failure. Calls are retried on UNAVAILABLE and ABORTED, and mutating
     calls keep one request_id across their retries so the server applies them
     once. The access token is refreshed automatically.
 
@@ -165,7 +165,7 @@ class Client(
 
         Channels connect lazily: an unreachable server shows up as
         ``UnavailableError`` on the first call, after the retry policy gave up.
-        ``retry_policy`` bounds retries of unary calls (UNAVAILABLE only);
+        ``retry_policy`` bounds retries of unary calls (UNAVAILABLE and ABORTED);
         ``stream_retry_policy`` bounds reconnects of a delivery stream.
         ``channel_credentials`` switches to TLS. ``on_credentials_changed`` (sync
         or async) gets every refreshed :class:`Credentials`; persist them, since

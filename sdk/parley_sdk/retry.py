@@ -1,9 +1,12 @@
-"""Retry policy: only UNAVAILABLE is retried, with bounded exponential backoff.
+"""Retry policy: UNAVAILABLE and ABORTED are retried, with bounded exponential backoff.
 
-Every other failure is either the caller's fault or a server decision that a
-blind retry would not change. Retrying a mutating call is safe because the SDK
-reuses the request's AIP-155 ``request_id`` on every attempt, so the server
-answers a replay with the original result.
+UNAVAILABLE means the server could not do it now (restarting, a dependency
+down, a conversation between owners); ABORTED means a concurrent change got in
+the way (AIP-194: retry the whole call). Every other failure is either the
+caller's fault or a server decision that a blind retry would not change.
+Retrying a mutating call is safe because the SDK reuses the request's AIP-155
+``request_id`` on every attempt, so the server answers a replay with the
+original result.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from parley_sdk.errors import ParleyError, UnavailableError
+from parley_sdk.errors import AbortedError, ParleyError, UnavailableError
 
 __all__ = ["RetryPolicy", "call_with_retry", "new_request_id"]
 
@@ -29,7 +32,7 @@ def new_request_id() -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryPolicy:
-    """How often and how patiently to retry UNAVAILABLE.
+    """How often and how patiently to retry UNAVAILABLE and ABORTED.
 
     ``max_attempts`` counts the first try, so 1 disables retries.
     """
@@ -56,7 +59,7 @@ class RetryPolicy:
 
     def should_retry(self, error: BaseException, *, attempt: int) -> bool:
         """Whether a failure of try number ``attempt`` (from 1) earns another try."""
-        return isinstance(error, UnavailableError) and attempt < self.max_attempts
+        return isinstance(error, UnavailableError | AbortedError) and attempt < self.max_attempts
 
     def backoff(
         self,

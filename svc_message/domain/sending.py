@@ -13,7 +13,9 @@ index: if another process took a version, the insert stops there, the cache
 is reloaded from the log and the rest retried. Only one batch is in flight
 per process and batches are ordered, so what commits is always a prefix and
 versions and seqs stay gapless. Seqs need no check of their own: they advance
-with versions, so a fresh version implies a fresh seq.
+with versions, so a fresh version implies a fresh seq. With several processes,
+each conversation's changes are routed to its one owner (ownership.py), so
+this check is the safety net rather than the common path.
 """
 
 from __future__ import annotations
@@ -169,6 +171,13 @@ class SendPipeline:
             self._next.move_to_end(conversation_id)
         while len(self._next) > self._cache_size:
             self._next.popitem(last=False)
+
+    def forget_positions(self, stale: Callable[[str], bool]) -> None:
+        """Drop the cached next positions of the conversations ``stale`` names
+        (this process just became their owner: another may have written since),
+        so they are read from the log again."""
+        for conversation_id in [c for c in self._next if stale(c)]:
+            del self._next[conversation_id]
 
     def _forget(self, drafts: Iterable[Draft]) -> None:
         for draft in drafts:

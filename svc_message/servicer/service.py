@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from parley.message.v1 import messages_pb2 as pb
+from svc_message.servicer.routing import OwnerRouting
 from svc_message.servicer.stream import StreamServicer
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MessageService"].full_name
@@ -29,8 +30,14 @@ def _serialize(message_type: Any) -> Callable[[Any], bytes]:
     return serialize
 
 
-def register(server: grpc.aio.Server, servicers: Sequence[object], stream: StreamServicer) -> None:
-    """Each unary RPC is served by the first servicer with a method of its name."""
+def register(
+    server: grpc.aio.Server,
+    servicers: Sequence[object],
+    stream: StreamServicer,
+    routing: OwnerRouting | None = None,
+) -> None:
+    """Each unary RPC is served by the first servicer with a method of its name;
+    with ``routing``, feed changes of conversations owned elsewhere go there."""
 
     def method(behavior: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
         return grpc.unary_unary_rpc_method_handler(
@@ -51,6 +58,8 @@ def register(server: grpc.aio.Server, servicers: Sequence[object], stream: Strea
             continue
         behavior = next((getattr(s, rpc.name) for s in servicers if hasattr(s, rpc.name)), None)
         assert behavior is not None, f"no servicer implements {rpc.name}"
+        if routing is not None:
+            behavior = routing.wrap(rpc.name, behavior)
         handlers[rpc.name] = method(
             behavior, getattr(pb, rpc.input_type.name), getattr(pb, rpc.output_type.name)
         )

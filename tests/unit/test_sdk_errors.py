@@ -245,12 +245,15 @@ def test_policy_rejects_nonsense(kwargs: dict[str, Any]) -> None:
         RetryPolicy(**kwargs)
 
 
-def test_only_unavailable_is_retried() -> None:
+def test_only_unavailable_and_aborted_are_retried() -> None:
     policy = RetryPolicy(max_attempts=3)
-    unavailable = UnavailableError("down", code=grpc.StatusCode.UNAVAILABLE)
-    assert policy.should_retry(unavailable, attempt=1)
-    assert policy.should_retry(unavailable, attempt=2)
-    assert not policy.should_retry(unavailable, attempt=3)
+    for retryable in (
+        UnavailableError("down", code=grpc.StatusCode.UNAVAILABLE),
+        parley_sdk.AbortedError("contention", code=grpc.StatusCode.ABORTED),
+    ):
+        assert policy.should_retry(retryable, attempt=1)
+        assert policy.should_retry(retryable, attempt=2)
+        assert not policy.should_retry(retryable, attempt=3)
     for other in (
         InternalError("x", code=grpc.StatusCode.INTERNAL),
         ResourceExhaustedError("x", code=grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -300,6 +303,18 @@ async def test_call_with_retry_recovers_from_unavailable() -> None:
     assert await call_with_retry(attempt, policy=policy, sleep=sleep) == "ok"
     assert len(calls) == 3
     assert sleep.delays == pytest.approx([0.1, 0.2])
+
+
+async def test_call_with_retry_recovers_from_aborted_after_the_servers_hint() -> None:
+    sleep = FakeSleep()
+    aborted = from_rpc_error(rpc_error(grpc.StatusCode.ABORTED, retry_after=0.7))
+    assert isinstance(aborted, parley_sdk.AbortedError)
+    attempt, calls = failing([aborted, unavailable()])
+    policy = RetryPolicy(max_attempts=5, initial_backoff=0.1, jitter=0.0)
+    assert await call_with_retry(attempt, policy=policy, sleep=sleep) == "ok"
+    assert len(calls) == 3
+    # RetryInfo is a floor for the first wait; the second follows the backoff.
+    assert sleep.delays == pytest.approx([0.7, 0.2])
 
 
 async def test_call_with_retry_gives_up_after_max_attempts() -> None:
@@ -407,6 +422,21 @@ async def test_retries_resend_the_same_request_id() -> None:
     assert len(method.calls) == 3
     assert {sent.request_id for sent, _ in method.calls} == {request.request_id}
     assert all(md["authorization"] == "Bearer at-1" for _, md in method.calls)
+
+
+async def test_aborted_is_retried_with_the_same_request_id() -> None:
+    seen: list[Credentials] = []
+    session = await make_session(credentials(), seen)
+    method = FakeMethod(
+        [rpc_error(grpc.StatusCode.ABORTED), rpc_error(grpc.StatusCode.UNAVAILABLE)]
+    )
+    request = accounts_pb2.RegisterDeviceRequest(request_id=new_request_id())
+    try:
+        await session.unary(method, request)  # type: ignore[arg-type]
+    finally:
+        await session.close()
+    assert len(method.calls) == 3
+    assert {sent.request_id for sent, _ in method.calls} == {request.request_id}
 
 
 async def test_token_expired_refreshes_once_and_retries() -> None:
