@@ -75,6 +75,25 @@ class Draft:
         return self.conversation.conversation_id
 
 
+def _first_attempts(batch: list[Draft]) -> tuple[list[Draft], list[Draft]]:
+    """The batch split into the first draft of each request id and the later
+    copies of one (a client's retries racing each other through the owner).
+    Copies get what the first stored; inserted with it, each would cost a
+    conflict round, and a burst of retries would run out of rounds."""
+    seen: set[tuple[str, str, str]] = set()
+    first: list[Draft] = []
+    copies: list[Draft] = []
+    for draft in batch:
+        template = draft.template
+        key = (draft.conversation_id, template.account_id, template.request_id)
+        if template.request_id and key in seen:
+            copies.append(draft)
+        else:
+            seen.add(key)
+            first.append(draft)
+    return first, copies
+
+
 def _fail(drafts: Iterable[Draft], error: ParleyError) -> None:
     for draft in drafts:
         if not draft.future.done():
@@ -208,8 +227,7 @@ class SendPipeline:
         # and history then show the same timestamp.
         created_at = datetime.fromtimestamp(int(self._clock() * 1000) / 1000, UTC)
         committed: list[tuple[Draft, Change]] = []
-        retried: list[Draft] = []
-        pending = batch
+        pending, retried = _first_attempts(batch)
         for _round in range(MAX_CONFLICT_ROUNDS):
             if not pending:
                 break

@@ -74,6 +74,21 @@ async def test_retried_send_returns_the_original_and_stores_one(keys, messages, 
     assert [m.body for m in history] == [b"once"]
 
 
+async def test_a_burst_of_retries_in_one_batch_all_get_the_first_attempts_message(
+    keys, messages
+) -> None:
+    # More copies of one request than a batch has conflict rounds: the owner
+    # commits the first and hands its message to every copy.
+    alice, bob = await sign_up(keys), await sign_up(keys)
+    conversation = await direct(messages, alice, bob)
+    request_id = rid()
+    sent = await asyncio.gather(
+        *(send(messages, alice, conversation, b"once", request_id=request_id) for _ in range(20))
+    )
+    assert len({m.message_id for m in sent}) == 1
+    assert [m.body for m in await all_messages(messages, bob, conversation)] == [b"once"]
+
+
 async def test_fifty_concurrent_senders_get_gapless_seqs(keys, messages, messages_b) -> None:
     alice, bob = await sign_up(keys), await sign_up(keys)
     devices = [alice, bob, await link_device(keys, alice), await link_device(keys, bob)]
