@@ -166,13 +166,15 @@ async def unary_phase(
     window: Window,
     on_start: Sequence[Hook] = (),
     on_end: Sequence[Hook] = (),
+    method: str = ECHO,
 ) -> LoadResult:
+    """``callers`` closed-loop callers of a unary ``method`` taking bytes."""
     # No serializers: requests and replies are bytes as they are.
-    echo = channel.unary_unary(ECHO, None, None)
+    unary = channel.unary_unary(method, None, None)
     payload = b"\x5a" * payload_bytes
 
     async def call(_worker: int) -> None:
-        await echo(payload, timeout=CALL_TIMEOUT_SECONDS)
+        await unary(payload, timeout=CALL_TIMEOUT_SECONDS)
 
     return await closed_loop(callers, call, window=window, on_start=on_start, on_end=on_end)
 

@@ -33,8 +33,15 @@ import grpc
 
 from parley_core.config import MessageServiceSettings, MongoSettings
 from parley_core.storage.mongo import connect, durable_database
-from parley_dev.bench.baseline import HOST, SERVICE, BaselineServer, EventLoop, run_loop
-from parley_dev.bench.load import CALL_TIMEOUT_SECONDS, Hook, LoadResult, Window, closed_loop
+from parley_dev.bench.baseline import (
+    HOST,
+    SERVICE,
+    BaselineServer,
+    EventLoop,
+    run_loop,
+    unary_phase,
+)
+from parley_dev.bench.load import CALL_TIMEOUT_SECONDS, Hook, LoadResult, Window
 
 SEND = f"/{SERVICE}/DurableSend"
 STATS = f"/{SERVICE}/DurableStats"
@@ -188,13 +195,15 @@ async def thin_durable_phase(
     on_end: Sequence[Hook] = (),
 ) -> LoadResult:
     """``callers`` closed-loop callers, each request one durable document."""
-    send = channel.unary_unary(SEND, None, None)
-    payload = b"\x5a" * payload_bytes
-
-    async def call(_worker: int) -> None:
-        await send(payload, timeout=CALL_TIMEOUT_SECONDS)
-
-    return await closed_loop(callers, call, window=window, on_start=on_start, on_end=on_end)
+    return await unary_phase(
+        channel,
+        callers=callers,
+        payload_bytes=payload_bytes,
+        window=window,
+        on_start=on_start,
+        on_end=on_end,
+        method=SEND,
+    )
 
 
 async def thin_durable_stats(channel: grpc.aio.Channel) -> dict[str, int]:
