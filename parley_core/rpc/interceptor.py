@@ -245,32 +245,38 @@ class ServiceInterceptor(_InterceptorBase):
             finally:
                 metrics.finished(short, code, time.perf_counter() - started)
 
-        async def run_stream(
-            behavior: Callable[..., AsyncIterator[Any]], request: Any, context: Any
-        ) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            metrics.started(short)
-            code = "OK"
-            try:
-                begin(context)
-                if streaming_requests:
-                    request = _checked_stream(request)
-                else:
-                    _check_decoded(request)
-                async for response in behavior(request, context):
-                    yield response
-            except grpc.aio.AbortError:
-                code = code_of(context, "UNKNOWN")
-                raise
-            except Exception as error:
-                code = _code_name(_as_parley_error(error))
-                await self._fail(context, method, error)
-            finally:
-                if code == "OK":
-                    # Closed from outside (a stream the servicer ended for a
-                    # client that stopped reading): the status it was given.
-                    code = code_of(context, code)
-                metrics.finished(short, code, time.perf_counter() - started)
+        def run_stream(
+            behavior: Callable[..., AsyncIterator[Any]],
+        ) -> Callable[[Any, Any], AsyncIterator[Any]]:
+            # The handler itself, not a generator around one: each response
+            # passes every generator layer, and a big group's fan-out writes
+            # one response per member's stream per message.
+            async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+                started = time.perf_counter()
+                metrics.started(short)
+                code = "OK"
+                try:
+                    begin(context)
+                    if streaming_requests:
+                        request = _checked_stream(request)
+                    else:
+                        _check_decoded(request)
+                    async for response in behavior(request, context):
+                        yield response
+                except grpc.aio.AbortError:
+                    code = code_of(context, "UNKNOWN")
+                    raise
+                except Exception as error:
+                    code = _code_name(_as_parley_error(error))
+                    await self._fail(context, method, error)
+                finally:
+                    if code == "OK":
+                        # Closed from outside (a stream the servicer ended for a
+                        # client that stopped reading): the status it was given.
+                        code = code_of(context, code)
+                    metrics.finished(short, code, time.perf_counter() - started)
+
+            return streaming
 
         def wrap(behavior: Callable[..., Any] | None) -> Callable[..., Any] | None:
             if behavior is None:
@@ -278,11 +284,7 @@ class ServiceInterceptor(_InterceptorBase):
             if inspect.isasyncgenfunction(behavior):
                 # gRPC picks the streaming mode by inspecting the function itself,
                 # so the wrapper must be an async generator function too.
-                async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-                    async for response in run_stream(behavior, request, context):
-                        yield response
-
-                return streaming
+                return run_stream(behavior)
 
             async def unary(request: Any, context: Any) -> Any:
                 return await run_unary(behavior, request, context)

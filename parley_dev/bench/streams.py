@@ -1,8 +1,9 @@
 """Connect streams held by the simulated devices, and what arrives on them.
 
 A device behaves like a real client: it resumes, waits for SyncComplete, and
-after every ServerEvent acks the newest seq it received per conversation. The
-arrival time is taken once per ServerEvent, as soon as it is read.
+acks the newest seq it received per conversation as the SDK does
+(``parley_sdk.AckPolicy``: at most every 0.25 s or 64 events). The arrival
+time is taken once per ServerEvent, as soon as it is read.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import grpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_dev.bench.population import PHASE_DELIVER, BodyCodec, User
+from parley_sdk import AckPolicy
 
 SYNC_TIMEOUT_SECONDS = 30.0
 CLOSE_TIMEOUT_SECONDS = 5.0
@@ -79,9 +81,15 @@ class DeviceStream:
         recorder: MessageSink,
         *,
         ack: bool = True,
+        ack_policy: AckPolicy | None = None,
     ) -> None:
         self.user = user
         self._ack = ack
+        self._ack_policy = ack_policy or AckPolicy()
+        # Per conversation, the newest seq received and not yet acked.
+        self._unacked: dict[str, int] = {}
+        self._unacked_events = 0
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._stub = stub
         self._recorder = recorder
         self._outgoing: asyncio.Queue[mpb.ClientEvent | None] = asyncio.Queue()
@@ -121,17 +129,7 @@ class DeviceStream:
                     elif kind == "sync_complete":
                         self.synced.set()
                 if newest and self._ack:
-                    self._outgoing.put_nowait(
-                        mpb.ClientEvent(
-                            ack=mpb.Ack(
-                                positions=[
-                                    mpb.ConversationPosition(conversation_id=c, seq=s, version=s)
-                                    for c, s in newest.items()
-                                ]
-                            )
-                        )
-                    )
-                    self.acks_sent += 1
+                    self._held(newest, len(server_event.events))
         except grpc.aio.AioRpcError as exc:
             if not self._closing:
                 self.error = f"{exc.code().name}: {exc.details()}"
@@ -143,6 +141,31 @@ class DeviceStream:
                 self.error = "the server ended the stream"
         finally:
             self.ended.set()
+
+    def _held(self, newest: dict[str, int], events: int) -> None:
+        for conversation_id, seq in newest.items():
+            if seq > self._unacked.get(conversation_id, 0):
+                self._unacked[conversation_id] = seq
+        self._unacked_events += events
+        policy = self._ack_policy
+        if policy.interval == 0 or self._unacked_events >= policy.max_events:
+            self._send_ack()
+        elif self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(policy.interval, self._send_ack)
+
+    def _send_ack(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        if not self._unacked or self._closing:
+            return
+        positions = [
+            mpb.ConversationPosition(conversation_id=c, seq=s, version=s)
+            for c, s in self._unacked.items()
+        ]
+        self._unacked, self._unacked_events = {}, 0
+        self._outgoing.put_nowait(mpb.ClientEvent(ack=mpb.Ack(positions=positions)))
+        self.acks_sent += 1
 
     async def wait_synced(self, timeout: float = SYNC_TIMEOUT_SECONDS) -> None:
         synced = asyncio.create_task(self.synced.wait())
@@ -158,6 +181,8 @@ class DeviceStream:
 
     async def close(self) -> None:
         self._closing = True
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
         self._outgoing.put_nowait(None)
         if self._call is not None:
             self._call.cancel()

@@ -129,7 +129,7 @@ from parley_sdk.models import (
     muted_until,
 )
 from parley_sdk.retry import RetryPolicy, new_request_id
-from parley_sdk.stream import DeliveryStream
+from parley_sdk.stream import AckPolicy, DeliveryStream
 from parley_sdk.typing_indicators import TypingThrottle, TypingTracker
 
 __all__ = [
@@ -139,6 +139,7 @@ __all__ = [
     "DEFAULT_STREAM_RETRY_POLICY",
     "AbortedError",
     "Account",
+    "AckPolicy",
     "AlreadyExistsError",
     "ArchiveFilter",
     "Availability",

@@ -34,7 +34,7 @@ from parley_sdk.models import (
     StreamPosition,
 )
 from parley_sdk.retry import RetryPolicy, new_request_id
-from parley_sdk.stream import DeliveryStream
+from parley_sdk.stream import AckPolicy, DeliveryStream
 
 __all__ = [
     "DEFAULT_KEYS_TARGET",
@@ -425,6 +425,7 @@ class Client(
         positions: Mapping[str, StreamPosition] | None = None,
         sync_token: str = "",
         auto_ack: bool = True,
+        ack_policy: AckPolicy | None = None,
     ) -> DeliveryStream:
         """The delivery stream: replay since the given positions, then live events.
 
@@ -434,12 +435,15 @@ class Client(
         from the device's last ack. ``sync_token`` is the last
         :class:`SyncCompleteEvent` token seen (``""`` replays all current
         receipts). The stream opens on first iteration or ``async with``.
+        With ``auto_ack``, handled events are acked as ``ack_policy`` says
+        (default :class:`AckPolicy`: at most every 0.25 s or 64 events).
         """
         return DeliveryStream(
             self._session,
             positions=positions,
             sync_token=sync_token,
             auto_ack=auto_ack,
+            ack_policy=ack_policy,
             prepare=None if self._e2ee is None else self._e2ee.prepare,
         )
 

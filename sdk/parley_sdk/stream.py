@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
@@ -29,13 +30,37 @@ from parley_sdk.models import (
 )
 from parley_sdk.typing_indicators import TypingThrottle
 
-__all__ = ["DeliveryStream", "EventPreparer", "PositionTracker"]
+__all__ = ["AckPolicy", "DeliveryStream", "EventPreparer", "PositionTracker"]
 
 _Call = aio.StreamStreamCall[messages_pb2.ClientEvent, messages_pb2.ServerEvent]
 
 EventPreparer = Callable[[StreamEvent], Awaitable[StreamEvent]]
 """Runs on each new event before it is yielded (so before it is acked), e.g. to
 decrypt a message; returns the event to yield."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AckPolicy:
+    """When an auto-acking stream tells the server what the consumer handled.
+
+    An ack goes out once ``max_events`` handled events are waiting, or
+    ``interval`` seconds after the first of them was handled, whichever comes
+    first; a closing stream sends what is waiting. Coalescing changes nothing
+    in what an ack means (the device stored everything up to those
+    positions); it only spares the server an ack per event: in a busy group
+    every member's device would otherwise send one for every message. The
+    cost is that senders see "delivered" up to ``interval`` later. An
+    ``interval`` of 0 acks after every batch the server sends.
+    """
+
+    interval: float = 0.25
+    max_events: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.interval <= 60:
+            raise ValueError("interval must be within [0, 60] seconds")
+        if self.max_events < 1:
+            raise ValueError("max_events must be >= 1")
 
 
 def reconnectable(error: ParleyError) -> bool:
@@ -55,6 +80,8 @@ class PositionTracker:
     def __init__(self, positions: Mapping[str, StreamPosition] | None = None) -> None:
         self._held: dict[str, StreamPosition] = {}
         self._unacked: dict[str, StreamPosition] = {}
+        # Events handled since the last take_unacked (what AckPolicy counts).
+        self.unacked_events = 0
         positions_proto(positions or {})  # rejects what is not a StreamPosition
         self._held.update(positions or {})
 
@@ -90,9 +117,11 @@ class PositionTracker:
         if located is not None:
             conversation_id = located[0]
             self._unacked[conversation_id] = self._held[conversation_id]
+            self.unacked_events += 1
 
     def take_unacked(self) -> dict[str, StreamPosition]:
         pending, self._unacked = self._unacked, {}
+        self.unacked_events = 0
         return pending
 
     def restore_unacked(self, pending: Mapping[str, StreamPosition]) -> None:
@@ -161,8 +190,9 @@ class DeliveryStream:
     ack raises the delivered watermark to). With ``auto_ack`` (the default), a
     versioned event (message, system message, edit, deletion, reaction) is acked
     once the consumer comes back for the next event, i.e. after it has handled
-    it; acks are batched per server batch. Use it as an async context manager,
-    or call :meth:`close`, to end it; ``close`` may be called from another task.
+    it; acks are coalesced as ``ack_policy`` says (:class:`AckPolicy`). Use it
+    as an async context manager, or call :meth:`close`, to end it; ``close``
+    may be called from another task.
 
     Holding the stream keeps the device online (presence). Other members'
     typing arrives as :class:`~parley_sdk.TypingIndicatorEvent` (never
@@ -176,6 +206,7 @@ class DeliveryStream:
         positions: Mapping[str, StreamPosition] | None,
         sync_token: str,
         auto_ack: bool,
+        ack_policy: AckPolicy | None = None,
         prepare: EventPreparer | None = None,
     ) -> None:
         self._session = session
@@ -183,6 +214,9 @@ class DeliveryStream:
         self._tracker = PositionTracker(positions)
         self._sync_token = sync_token
         self._auto_ack = auto_ack
+        self._ack_policy = ack_policy or AckPolicy()
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._ack_tasks: set[asyncio.Task[None]] = set()
         self._call: _Call | None = None
         self._write_lock = asyncio.Lock()
         self._connect_lock = asyncio.Lock()
@@ -249,6 +283,7 @@ class DeliveryStream:
             return
         self._closed = True
         self._session.streams.discard(self)
+        self._cancel_ack_timer()
         with contextlib.suppress(Exception):
             await self._flush_acks()
         call, self._call = self._call, None
@@ -321,6 +356,36 @@ class DeliveryStream:
         with contextlib.suppress(aio.AioRpcError, asyncio.InvalidStateError):
             await self._call.write(messages_pb2.ClientEvent(resume=resume))
 
+    async def _ack_when_due(self) -> None:
+        """After a server batch: ack now, or make sure an ack follows (AckPolicy)."""
+        if not self._tracker.has_unacked:
+            return
+        policy = self._ack_policy
+        if policy.interval == 0 or self._tracker.unacked_events >= policy.max_events:
+            self._cancel_ack_timer()
+            await self._flush_acks()
+        elif self._ack_timer is None:
+            loop = asyncio.get_running_loop()
+            self._ack_timer = loop.call_later(policy.interval, self._ack_timer_fired)
+
+    def _ack_timer_fired(self) -> None:
+        self._ack_timer = None
+        task = asyncio.create_task(self._flush_acks_in_background())
+        # Held until done: the loop keeps only weak references to tasks.
+        self._ack_tasks.add(task)
+        task.add_done_callback(self._ack_tasks.discard)
+
+    async def _flush_acks_in_background(self) -> None:
+        # A failed ack keeps its positions (see _flush_acks); anything else
+        # wrong with the stream surfaces on its next read, not here.
+        with contextlib.suppress(Exception):
+            await self._flush_acks()
+
+    def _cancel_ack_timer(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+
     async def _flush_acks(self) -> None:
         if not self._tracker.has_unacked or self._call is None:
             return
@@ -369,7 +434,7 @@ class DeliveryStream:
                                 # handled (stored) this one.
                                 self._tracker.handled(event)
                         if self._auto_ack:
-                            await self._flush_acks()
+                            await self._ack_when_due()
                 except asyncio.CancelledError:
                     # close() from another task cancels the call, which wakes our
                     # read with CancelledError; that is an ordinary end, not ours

@@ -310,6 +310,7 @@ class DeliveryService:
                 if out:
                     yield out
         finally:
+            session.stop_waiting()
             self._end(session)
             await self._hub.detach(session)
 

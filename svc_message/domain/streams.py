@@ -10,7 +10,6 @@ need: each account's own channel and one channel per conversation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -85,6 +84,10 @@ class StreamSession:
         self._queued_bytes = 0
         self._queue: deque[Envelope] = deque()
         self._wake = asyncio.Event()
+        # Wakes the wait in next_batch when the access token expires: one timer
+        # per session, not one per wait (a big group wakes every member's
+        # stream for each message).
+        self._expiry: asyncio.TimerHandle | None = None
         self._closed = asyncio.Event()
         self._error: ParleyError | None = None
         # The client half-closed: it will send nothing more, not even acks.
@@ -263,9 +266,16 @@ class StreamSession:
                     "access token expired; refresh it and reconnect",
                     reason=Reason.TOKEN_EXPIRED,
                 )
+            if self._expiry is None:
+                self._expiry = asyncio.get_running_loop().call_later(remaining, self._wake.set)
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=remaining)
+            await self._wake.wait()
+
+    def stop_waiting(self) -> None:
+        """The stream ended: drop the expiry timer."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
 
 class Hub:

@@ -61,18 +61,23 @@ class Conversation:
     # Groups: per member, (seq, version) of the system message that added them.
     joined: tuple[tuple[str, tuple[int, int]], ...] = ()
     last_version: int = 0
+    # Lookups by member, built once: per-message work over a 1,024-member group
+    # (push planning, change fan-out) asks for every member.
+    _roles_by_member: dict[str, int] = field(init=False, repr=False, compare=False)
+    _joined_by_member: dict[str, tuple[int, int]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_roles_by_member", dict(self.roles))
+        object.__setattr__(self, "_joined_by_member", dict(self.joined))
 
     def role_of(self, account_id: str) -> int:
-        for member, role in self.roles:
-            if member == account_id:
-                return role
+        role = self._roles_by_member.get(account_id)
+        if role is not None:
+            return role
         return SUBSCRIBER if self.type == CHANNEL else MEMBER
 
     def joined_at(self, account_id: str) -> tuple[int, int]:
-        for member, position in self.joined:
-            if member == account_id:
-                return position
-        return (0, 0)
+        return self._joined_by_member.get(account_id, (0, 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +260,10 @@ class Envelope:
     # The sender's span context (parley_core.telemetry) when the send was
     # traced: the delivery span continues its trace.
     trace: bytes = b""
+    # The event already framed as an element of the transport's batch (empty
+    # when not known): a live event is framed once per process and written
+    # as is to every stream that shows it.
+    framed: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

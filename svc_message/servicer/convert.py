@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import timedelta
 from typing import cast
 
@@ -148,6 +149,7 @@ def _length_delimited(field_number: int, payload: bytes) -> bytes:
 
 _MESSAGES_FIELD = pb.ListMessagesResponse.DESCRIPTOR.fields_by_name["messages"].number
 _TOKEN_FIELD = pb.ListMessagesResponse.DESCRIPTOR.fields_by_name["next_page_token"].number
+_EVENTS_FIELD = pb.ServerEvent.DESCRIPTOR.fields_by_name["events"].number
 
 
 def history_entry(message: pb.Message) -> bytes:
@@ -340,6 +342,12 @@ class ProtoEventCodec:
         return cast(pb.Event, envelope.wire).SerializeToString()
 
     def decode(self, payload: bytes) -> Envelope | None:
+        envelope = self._decode(payload)
+        if envelope is None:
+            return None
+        return replace(envelope, framed=_length_delimited(_EVENTS_FIELD, payload))
+
+    def _decode(self, payload: bytes) -> Envelope | None:
         try:
             event = pb.Event.FromString(payload)
         except DecodeError:

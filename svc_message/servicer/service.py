@@ -1,9 +1,9 @@
 """MessageService as registered with gRPC: the unary servicer plus the stream.
 
 Registered by hand rather than with the generated ``add_..._to_server`` so that
-ListMessages may answer with bytes it encoded itself: pages served from the
-recent cache are already in wire form and are sent without a parse and a
-re-serialization.
+ListMessages and Connect may answer with bytes encoded ahead: pages served from
+the recent cache, and live events decoded once per process from the doorbell,
+are already in wire form and are sent without a re-serialization.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def register(
         "Connect": grpc.stream_stream_rpc_method_handler(
             stream.Connect,
             request_deserializer=pb.ClientEvent.FromString,
-            response_serializer=pb.ServerEvent.SerializeToString,
+            # Live events come framed: their ServerEvents are bytes already.
+            response_serializer=_serialize(pb.ServerEvent),
         ),
     }
     for rpc in pb.DESCRIPTOR.services_by_name["MessageService"].methods:

@@ -50,21 +50,39 @@ MAX_SERVER_EVENT_BYTES = 1 << 20
 WRITE_STALL_SECONDS = 2.0
 
 
-def server_events(events: list[Any], *, max_bytes: int = MAX_SERVER_EVENT_BYTES) -> list[Any]:
-    """The events in order, as ServerEvents of at most ``max_bytes`` each (an
-    event larger than that travels alone)."""
+def server_events(batch: list[Envelope], *, max_bytes: int = MAX_SERVER_EVENT_BYTES) -> list[Any]:
+    """The batch's events in order, as ServerEvents of at most ``max_bytes``
+    each (an event larger than that travels alone). Events that came framed
+    (live, from the doorbell) make ServerEvents in wire form: a repeated field
+    is its elements one after another, so no stream copies or re-encodes them."""
+    if batch and all(envelope.framed for envelope in batch):
+        return _chunks([e.framed for e in batch], len, b"".join, max_bytes)
+    return _chunks(
+        [e.wire for e in batch],
+        lambda event: event.ByteSize(),
+        lambda events: pb.ServerEvent(events=events),
+        max_bytes,
+    )
+
+
+def _chunks(
+    items: list[Any],
+    size_of: Callable[[Any], int],
+    make: Callable[[list[Any]], Any],
+    max_bytes: int,
+) -> list[Any]:
     out: list[Any] = []
     chunk: list[Any] = []
     size = 0
-    for event in events:
-        event_size = event.ByteSize()
-        if chunk and size + event_size > max_bytes:
-            out.append(pb.ServerEvent(events=chunk))
+    for item in items:
+        item_size = size_of(item)
+        if chunk and size + item_size > max_bytes:
+            out.append(make(chunk))
             chunk, size = [], 0
-        chunk.append(event)
-        size += event_size
+        chunk.append(item)
+        size += item_size
     if chunk or not out:
-        out.append(pb.ServerEvent(events=chunk))
+        out.append(make(chunk))
     return out
 
 
@@ -166,7 +184,7 @@ class StreamServicer:
                         else _deliver_spans(self._tracing, batch, caller.device_id)
                     )
                     try:
-                        for server_event in server_events([envelope.wire for envelope in batch]):
+                        for server_event in server_events(batch):
                             yield server_event
                     finally:
                         for span in spans or ():

@@ -234,3 +234,50 @@ async def test_session_queue_is_bounded_in_bytes_too() -> None:
         session.offer(Envelope(EventKind.MESSAGE, "c", seq, object(), "b", 30_000))
     with pytest.raises(ResourceExhausted):  # the fourth 30 kB event passes 100 kB
         await session.next_batch(clock=lambda: 0.0)
+
+
+def test_live_events_are_written_as_framed_bytes_that_parse_as_server_events() -> None:
+    from parley.message.v1 import messages_pb2 as mpb
+    from svc_message.servicer.convert import ProtoEventCodec
+    from svc_message.servicer.stream import server_events
+
+    events = [
+        mpb.Event(message=mpb.Message(conversation_id="c", seq=seq, body=b"x" * 40))
+        for seq in (1, 2, 3)
+    ]
+    codec = ProtoEventCodec()
+    decoded = [codec.decode(e.SerializeToString()) for e in events]
+    live = [e for e in decoded if e is not None]
+    [whole] = server_events(live)
+    assert isinstance(whole, bytes)
+    assert mpb.ServerEvent.FromString(whole) == mpb.ServerEvent(events=events)
+    # Chunked by size as before: two framed events per ServerEvent here.
+    chunks = server_events(live, max_bytes=2 * len(live[0].framed))
+    assert [len(mpb.ServerEvent.FromString(c).events) for c in chunks] == [2, 1]
+    # An event built here (not from the doorbell) makes the batch a message again.
+    built = Envelope(EventKind.MESSAGE, "c", 4, mpb.Event(message=mpb.Message(seq=4)))
+    [mixed] = server_events([*live, built])
+    assert isinstance(mixed, mpb.ServerEvent)
+    assert [e.message.seq for e in mixed.events] == [1, 2, 3, 4]
+
+
+def test_conversation_member_lookups_follow_replace() -> None:
+    from dataclasses import replace
+
+    from svc_message.model import CHANNEL, GROUP, MEMBER, OWNER, SUBSCRIBER
+
+    group = Conversation(
+        conversation_id="g",
+        type=GROUP,
+        member_ids=("a", "b"),
+        created_at=datetime.now(UTC),
+        roles=(("a", OWNER),),
+        joined=(("b", (7, 9)),),
+    )
+    assert (group.role_of("a"), group.role_of("b")) == (OWNER, MEMBER)
+    assert (group.joined_at("b"), group.joined_at("a")) == ((7, 9), (0, 0))
+    moved = replace(group, roles=(("b", OWNER),), joined=(("a", (1, 1)),))
+    assert (moved.role_of("a"), moved.role_of("b")) == (MEMBER, OWNER)
+    assert (moved.joined_at("a"), moved.joined_at("b")) == ((1, 1), (0, 0))
+    assert moved == replace(moved)
+    assert replace(group, type=CHANNEL, roles=()).role_of("a") == SUBSCRIBER

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +24,7 @@ from parley_sdk import (
 )
 from parley_sdk._session import Session
 from parley_sdk.models import event_from_proto
-from parley_sdk.stream import DeliveryStream, PositionTracker
+from parley_sdk.stream import AckPolicy, DeliveryStream, PositionTracker
 
 
 def message(conversation_id: str, seq: int, version: int, *, system: bool = False) -> pb.Event:
@@ -129,6 +130,7 @@ async def open_stream(
     *,
     positions: dict[str, StreamPosition] | None = None,
     auto_ack: bool = True,
+    ack_policy: AckPolicy | None = None,
 ) -> tuple[Session, DeliveryStream]:
     session = Session(
         keys_channel=aio.insecure_channel("127.0.0.1:9"),
@@ -141,7 +143,9 @@ async def open_stream(
         on_credentials_changed=None,
     )
     session.messages = fake  # type: ignore[assignment]
-    stream = DeliveryStream(session, positions=positions, sync_token="", auto_ack=auto_ack)
+    stream = DeliveryStream(
+        session, positions=positions, sync_token="", auto_ack=auto_ack, ack_policy=ack_policy
+    )
     return session, stream
 
 
@@ -228,7 +232,7 @@ async def test_every_feed_change_is_acked_with_seq_and_version() -> None:
             batch(message("c1", 3, 4, system=True)),
         ]
     )
-    session, stream = await open_stream(fake)
+    session, stream = await open_stream(fake, ack_policy=AckPolicy(interval=0))
     try:
         events = await drain(stream)
     finally:
@@ -241,7 +245,7 @@ async def test_every_feed_change_is_acked_with_seq_and_version() -> None:
         type(event_from_proto(reaction("c2", 5, 8))),
         SystemMessageEvent,
     ]
-    # One ack per server batch, covering what the consumer handled.
+    # interval=0: one ack per server batch, covering what the consumer handled.
     assert fake.calls[0].acks == [
         [("c1", 2, 2)],
         [("c1", 2, 3), ("c2", 0, 8)],
@@ -322,3 +326,127 @@ async def test_a_reconnect_resumes_after_what_was_yielded() -> None:
     versions = [getattr(e, "version", None) for e in events]
     assert versions == [1, 2, 3]
     assert fake.calls[0].cancelled
+
+
+# -- ack coalescing (AckPolicy) ------------------------------------------------------
+
+
+class HeldCall(FakeCall):
+    """A call whose reads, once the script is done, wait until released."""
+
+    def __init__(self, script: list[pb.ServerEvent | BaseException]) -> None:
+        super().__init__(script)
+        self.release = asyncio.Event()
+
+    async def read(self) -> Any:
+        if not self.script:
+            await self.release.wait()
+        return await super().read()
+
+
+def test_ack_policy_refuses_nonsense() -> None:
+    with pytest.raises(ValueError):
+        AckPolicy(interval=-1)
+    with pytest.raises(ValueError):
+        AckPolicy(max_events=0)
+
+
+async def test_acks_of_quick_batches_go_out_together_after_the_interval() -> None:
+    fake = FakeMessages([])
+    call = HeldCall(
+        [
+            batch(message("c1", 1, 1), synced()),
+            batch(message("c1", 2, 2)),
+            batch(message("c2", 7, 9)),
+        ]
+    )
+    fake.calls = [call]
+    session, stream = await open_stream(fake, ack_policy=AckPolicy(interval=0.05, max_events=64))
+    received: list[StreamEvent] = []
+
+    async def consume() -> None:
+        async for event in stream:
+            received.append(event)
+
+    consumer = asyncio.create_task(consume())
+    try:
+        async with asyncio.timeout(5):
+            while len(received) < 4:
+                await asyncio.sleep(0.001)
+        # Every batch handled, none acked yet: the interval has not passed.
+        assert call.acks == []
+        async with asyncio.timeout(5):
+            while not call.acks:
+                await asyncio.sleep(0.01)
+        # One ack for all three batches; the last event is acked once the
+        # consumer comes back for more, i.e. it counts as handled here.
+        assert call.acks == [[("c1", 2, 2), ("c2", 7, 9)]]
+    finally:
+        call.release.set()
+        await stream.close()
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+        await session.close()
+
+
+async def test_an_ack_goes_out_at_once_when_max_events_are_waiting() -> None:
+    fake = FakeMessages([])
+    call = HeldCall(
+        [
+            batch(message("c1", 1, 1), message("c1", 2, 2), synced()),
+            batch(message("c1", 3, 3), message("c1", 4, 4)),
+        ]
+    )
+    fake.calls = [call]
+    session, stream = await open_stream(fake, ack_policy=AckPolicy(interval=30, max_events=3))
+    received: list[StreamEvent] = []
+
+    async def consume() -> None:
+        async for event in stream:
+            received.append(event)
+
+    consumer = asyncio.create_task(consume())
+    try:
+        async with asyncio.timeout(5):
+            while not call.acks:
+                await asyncio.sleep(0.001)
+        # The first batch leaves two handled events (the SyncComplete is not
+        # versioned): below max_events, and the interval is long. The second
+        # brings four: acked at once.
+        assert call.acks == [[("c1", 4, 4)]]
+    finally:
+        call.release.set()
+        await stream.close()
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+        await session.close()
+    assert call.acks == [[("c1", 4, 4)]]
+
+
+async def test_closing_sends_the_acks_still_waiting() -> None:
+    fake = FakeMessages([])
+    call = HeldCall([batch(message("c1", 1, 1), message("c1", 2, 2), synced())])
+    fake.calls = [call]
+    session, stream = await open_stream(fake, ack_policy=AckPolicy(interval=30, max_events=64))
+    received: list[StreamEvent] = []
+
+    async def consume() -> None:
+        async for event in stream:
+            received.append(event)
+
+    consumer = asyncio.create_task(consume())
+    try:
+        async with asyncio.timeout(5):
+            while len(received) < 3:
+                await asyncio.sleep(0.001)
+        assert call.acks == []
+        await stream.close()
+        assert call.acks == [[("c1", 2, 2)]]
+    finally:
+        call.release.set()
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+        await session.close()
