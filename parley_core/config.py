@@ -288,6 +288,10 @@ class MessageServiceSettings(_Section):
     cursor_flush_seconds: float = Field(default=30.0, gt=0, le=300)
     """Seconds between writes of devices' acked positions (used when a device resumes without giving
     its own); a position is also written when the device's stream ends."""
+    ack_write_rate: float = Field(default=500.0, gt=0, le=1_000_000)
+    """Most delivered-watermark and device-position updates written per second when their periodic
+    flushes come due (in chunks of 32): a flush of many devices spreads out instead of holding the
+    database while sends wait. A real MongoDB deployment can raise it."""
     replay_page_size: int = Field(default=200, ge=1, le=5000)
     """Messages replayed per database page while a stream catches up."""
     recent_cache_messages: int = Field(default=200, ge=0, le=10000)

@@ -230,6 +230,7 @@ async def build(settings: Settings) -> ServiceHost:
         group_flush_seconds=config.group_ack_flush_seconds,
         group_persist_seconds=config.group_delivered_persist_seconds,
         delivered=delivered,
+        write_rate=config.ack_write_rate,
         clock=clock,
     )
     identity_pending = SampledCount("identity_changes_pending", identity_changes.pending)

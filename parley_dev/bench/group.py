@@ -5,7 +5,7 @@ creates a group with all the others; the first S users (the owner included:
 its own device gets the copy that multi-device sync sends) open a Connect
 stream each, spread over a few gRPC channels (each its own HTTP/2 connection)
 per svc_message target, and wait for SyncComplete. Streams ack as the SDK
-does (``parley_sdk.AckPolicy``: at most every 0.25 s or 64 events), so the
+does (``parley_sdk.AckPolicy``: at most one ack a second), so the
 delivered watermarks move as they would (``--group-no-ack``: never, to
 isolate the send and the push from those writes).
 

@@ -2,7 +2,8 @@
 
 A device behaves like a real client: it resumes, waits for SyncComplete, and
 acks the newest seq it received per conversation as the SDK does
-(``parley_sdk.AckPolicy``: at most every 0.25 s or 64 events). The arrival
+(``parley_sdk.AckPolicy``: at most one ack a second, at once after a quiet
+second or when 64 events wait). The arrival
 time is taken once per ServerEvent, as soon as it is read.
 """
 
@@ -90,6 +91,7 @@ class DeviceStream:
         self._unacked: dict[str, int] = {}
         self._unacked_events = 0
         self._ack_timer: asyncio.TimerHandle | None = None
+        self._last_ack_at = float("-inf")
         self._stub = stub
         self._recorder = recorder
         self._outgoing: asyncio.Queue[mpb.ClientEvent | None] = asyncio.Queue()
@@ -147,11 +149,14 @@ class DeviceStream:
             if seq > self._unacked.get(conversation_id, 0):
                 self._unacked[conversation_id] = seq
         self._unacked_events += events
-        policy = self._ack_policy
-        if policy.interval == 0 or self._unacked_events >= policy.max_events:
+        loop = asyncio.get_running_loop()
+        delay = self._ack_policy.delay(
+            waiting=self._unacked_events, since_last_ack=loop.time() - self._last_ack_at
+        )
+        if delay == 0:
             self._send_ack()
         elif self._ack_timer is None:
-            self._ack_timer = asyncio.get_running_loop().call_later(policy.interval, self._send_ack)
+            self._ack_timer = loop.call_later(delay, self._send_ack)
 
     def _send_ack(self) -> None:
         if self._ack_timer is not None:
@@ -164,6 +169,7 @@ class DeviceStream:
             for c, s in self._unacked.items()
         ]
         self._unacked, self._unacked_events = {}, 0
+        self._last_ack_at = asyncio.get_running_loop().time()
         self._outgoing.put_nowait(mpb.ClientEvent(ack=mpb.Ack(positions=positions)))
         self.acks_sent += 1
 

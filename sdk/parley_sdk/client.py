@@ -436,7 +436,8 @@ class Client(
         :class:`SyncCompleteEvent` token seen (``""`` replays all current
         receipts). The stream opens on first iteration or ``async with``.
         With ``auto_ack``, handled events are acked as ``ack_policy`` says
-        (default :class:`AckPolicy`: at most every 0.25 s or 64 events).
+        (default :class:`AckPolicy`: at most one ack a second, or at once
+        when 64 events wait).
         """
         return DeliveryStream(
             self._session,

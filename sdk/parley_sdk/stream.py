@@ -43,17 +43,18 @@ decrypt a message; returns the event to yield."""
 class AckPolicy:
     """When an auto-acking stream tells the server what the consumer handled.
 
-    An ack goes out once ``max_events`` handled events are waiting, or
-    ``interval`` seconds after the first of them was handled, whichever comes
-    first; a closing stream sends what is waiting. Coalescing changes nothing
-    in what an ack means (the device stored everything up to those
-    positions); it only spares the server an ack per event: in a busy group
-    every member's device would otherwise send one for every message. The
-    cost is that senders see "delivered" up to ``interval`` later. An
-    ``interval`` of 0 acks after every batch the server sends.
+    At most one ack per ``interval`` seconds: handled events are acked at
+    once when no ack went out for ``interval`` (a quiet chat's "delivered"
+    tick is immediate), otherwise together when ``interval`` has passed since
+    the last ack, or at once when ``max_events`` are waiting; a closing
+    stream sends what is waiting. Coalescing changes nothing in what an ack
+    means (the device stored everything up to those positions); it spares the
+    server an ack per event, which in a busy group every member's device
+    would otherwise send for every message. An ``interval`` of 0 acks after
+    every batch the server sends.
     """
 
-    interval: float = 0.25
+    interval: float = 1.0
     max_events: int = 64
 
     def __post_init__(self) -> None:
@@ -61,6 +62,13 @@ class AckPolicy:
             raise ValueError("interval must be within [0, 60] seconds")
         if self.max_events < 1:
             raise ValueError("max_events must be >= 1")
+
+    def delay(self, *, waiting: int, since_last_ack: float) -> float:
+        """Seconds until ``waiting`` handled events should be acked (0: now),
+        ``since_last_ack`` seconds after the previous ack."""
+        if waiting >= self.max_events or since_last_ack >= self.interval:
+            return 0.0
+        return self.interval - since_last_ack
 
 
 def reconnectable(error: ParleyError) -> bool:
@@ -217,6 +225,8 @@ class DeliveryStream:
         self._ack_policy = ack_policy or AckPolicy()
         self._ack_timer: asyncio.TimerHandle | None = None
         self._ack_tasks: set[asyncio.Task[None]] = set()
+        # Event-loop time of the last ack sent (none yet: the first goes at once).
+        self._last_ack_at = float("-inf")
         self._call: _Call | None = None
         self._write_lock = asyncio.Lock()
         self._connect_lock = asyncio.Lock()
@@ -360,13 +370,15 @@ class DeliveryStream:
         """After a server batch: ack now, or make sure an ack follows (AckPolicy)."""
         if not self._tracker.has_unacked:
             return
-        policy = self._ack_policy
-        if policy.interval == 0 or self._tracker.unacked_events >= policy.max_events:
+        loop = asyncio.get_running_loop()
+        delay = self._ack_policy.delay(
+            waiting=self._tracker.unacked_events, since_last_ack=loop.time() - self._last_ack_at
+        )
+        if delay == 0:
             self._cancel_ack_timer()
             await self._flush_acks()
         elif self._ack_timer is None:
-            loop = asyncio.get_running_loop()
-            self._ack_timer = loop.call_later(policy.interval, self._ack_timer_fired)
+            self._ack_timer = loop.call_later(delay, self._ack_timer_fired)
 
     def _ack_timer_fired(self) -> None:
         self._ack_timer = None
@@ -390,6 +402,7 @@ class DeliveryStream:
         if not self._tracker.has_unacked or self._call is None:
             return
         pending = self._tracker.take_unacked()
+        self._last_ack_at = asyncio.get_running_loop().time()
         try:
             await self.ack(pending)
         except (ParleyError, asyncio.InvalidStateError):

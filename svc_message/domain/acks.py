@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
+from typing import TypeVar
 
 import structlog
 
@@ -17,8 +19,14 @@ from svc_message.storage.delivered import DeliveredMarks
 log = structlog.get_logger(__name__)
 
 # Watermark and cursor updates per database write: small enough that a send's
-# insert does not wait behind a thousand of them.
-WRITE_CHUNK = 128
+# insert does not wait long behind one.
+WRITE_CHUNK = 32
+# Default pace of those writes when they come due periodically (documents per
+# second), so that a flush of a thousand devices' cursors or a big group's
+# watermarks spreads over seconds instead of holding the database for them.
+WRITE_RATE = 500.0
+
+T = TypeVar("T")
 
 
 class AckBatcher:
@@ -30,11 +38,15 @@ class AckBatcher:
     message moves every member's delivered watermark, so their acks are
     coalesced longer (``group_flush_seconds``), raised in Redis
     (``DeliveredMarks``) and written to the database only every
-    ``group_persist_seconds``, in chunks that let the sends' own writes
-    through in between. Device positions only serve a
-    device that resumes without saying where it is, so they are written every
+    ``group_persist_seconds``. Device positions only serve a device that
+    resumes without saying where it is, so they are written every
     ``cursor_flush_seconds``: after a crash such a device gets a few changes
     again, and drops them by version.
+
+    Periodic writes go in chunks of ``chunk`` at most ``write_rate`` documents
+    per second: the sends' inserts get through in between, and the next
+    flush of a kind waits for the last (its pending marks coalesce
+    meanwhile). ``flush`` (at shutdown) writes everything at once.
     """
 
     def __init__(
@@ -50,6 +62,7 @@ class AckBatcher:
         group_persist_seconds: float = 30.0,
         delivered: DeliveredMarks | None = None,
         chunk: int = WRITE_CHUNK,
+        write_rate: float = WRITE_RATE,
     ) -> None:
         self._store = store
         self._publisher = publisher
@@ -63,6 +76,9 @@ class AckBatcher:
         self._durable_pending: dict[tuple[str, str], int] = {}
         self._clock = clock
         self._chunk = chunk
+        self._chunk_pause = chunk / write_rate
+        # Off while flushing at shutdown, where the grace period is short.
+        self._paced = True
         # Direct conversations, and groups, each by (conversation, account).
         self._members: dict[tuple[str, str], int] = {}
         self._group_members: dict[tuple[str, str], int] = {}
@@ -103,9 +119,22 @@ class AckBatcher:
             await flush()
 
     async def flush(self) -> None:
-        await asyncio.gather(self.flush_watermarks(), self.flush_cursors())
-        await self.flush_group_watermarks()
-        await self.persist_group_watermarks()
+        """Write everything pending now, unpaced (at shutdown)."""
+        self._paced = False
+        try:
+            await asyncio.gather(self.flush_watermarks(), self.flush_cursors())
+            await self.flush_group_watermarks()
+            await self.persist_group_watermarks()
+        finally:
+            self._paced = True
+
+    async def _in_chunks(
+        self, items: Sequence[T], write: Callable[[Sequence[T]], Awaitable[None]]
+    ) -> None:
+        for i in range(0, len(items), self._chunk):
+            if i and self._paced:
+                await asyncio.sleep(self._chunk_pause)
+            await write(items[i : i + self._chunk])
 
     async def flush_device(self, device_id: str) -> None:
         """Write one device's positions now: its stream ended, and it may come
@@ -124,8 +153,7 @@ class AckBatcher:
             return
         try:
             items = [(d, c, seq) for (d, c), seq in devices.items()]
-            for i in range(0, len(items), self._chunk):
-                await self._store.raise_device_cursors(items[i : i + self._chunk])
+            await self._in_chunks(items, self._store.raise_device_cursors)
         except Exception as exc:
             log.warning("cursor_flush_failed", error=str(exc))
 
@@ -171,8 +199,7 @@ class AckBatcher:
         now = datetime.fromtimestamp(self._clock(), UTC)
         raises = [(c, a, seq, 0) for (c, a), seq in pending.items()]
         try:
-            for i in range(0, len(raises), self._chunk):
-                await self._store.raise_watermarks(raises[i : i + self._chunk], now=now)
+            await self._in_chunks(raises, partial(self._store.raise_watermarks, now=now))
         except Exception as exc:
             for key, seq in pending.items():
                 self._durable_pending[key] = max(self._durable_pending.get(key, 0), seq)
@@ -184,8 +211,7 @@ class AckBatcher:
         now = datetime.fromtimestamp(self._clock(), UTC)
         raises = [(c, a, seq, 0) for (c, a), seq in members.items()]
         try:
-            for i in range(0, len(raises), self._chunk):
-                await self._store.raise_watermarks(raises[i : i + self._chunk], now=now)
+            await self._in_chunks(raises, partial(self._store.raise_watermarks, now=now))
             # Receipts carry the member's whole watermarks, read included:
             # one event per 1:1 receipt, one batch per group per flush.
             current = await self._store.watermarks_of(members)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -345,13 +346,32 @@ class HeldCall(FakeCall):
 
 
 def test_ack_policy_refuses_nonsense() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="interval"):
         AckPolicy(interval=-1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_events"):
         AckPolicy(max_events=0)
 
 
-async def test_acks_of_quick_batches_go_out_together_after_the_interval() -> None:
+async def consumed(stream: DeliveryStream, received: list[StreamEvent]) -> None:
+    async for event in stream:
+        received.append(event)
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float = 5) -> None:
+    async with asyncio.timeout(seconds):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+def test_the_ack_delay_leads_then_throttles() -> None:
+    policy = AckPolicy(interval=1.0, max_events=3)
+    assert policy.delay(waiting=1, since_last_ack=float("inf")) == 0
+    assert policy.delay(waiting=1, since_last_ack=0.25) == 0.75
+    assert policy.delay(waiting=3, since_last_ack=0.25) == 0
+    assert AckPolicy(interval=0).delay(waiting=1, since_last_ack=0) == 0
+
+
+async def test_the_first_ack_goes_at_once_and_later_ones_together_after_the_interval() -> None:
     fake = FakeMessages([])
     call = HeldCall(
         [
@@ -361,26 +381,16 @@ async def test_acks_of_quick_batches_go_out_together_after_the_interval() -> Non
         ]
     )
     fake.calls = [call]
-    session, stream = await open_stream(fake, ack_policy=AckPolicy(interval=0.05, max_events=64))
+    session, stream = await open_stream(fake, ack_policy=AckPolicy(interval=0.2, max_events=64))
     received: list[StreamEvent] = []
-
-    async def consume() -> None:
-        async for event in stream:
-            received.append(event)
-
-    consumer = asyncio.create_task(consume())
+    consumer = asyncio.create_task(consumed(stream, received))
     try:
-        async with asyncio.timeout(5):
-            while len(received) < 4:
-                await asyncio.sleep(0.001)
-        # Every batch handled, none acked yet: the interval has not passed.
-        assert call.acks == []
-        async with asyncio.timeout(5):
-            while not call.acks:
-                await asyncio.sleep(0.01)
-        # One ack for all three batches; the last event is acked once the
-        # consumer comes back for more, i.e. it counts as handled here.
-        assert call.acks == [[("c1", 2, 2), ("c2", 7, 9)]]
+        await wait_until(lambda: len(received) == 4)
+        # No ack for a while before the first batch: acked at once. The next
+        # two came within the interval: they wait.
+        assert call.acks == [[("c1", 1, 1)]]
+        await wait_until(lambda: len(call.acks) == 2)
+        assert call.acks[1] == [("c1", 2, 2), ("c2", 7, 9)]
     finally:
         call.release.set()
         await stream.close()
@@ -394,27 +404,21 @@ async def test_an_ack_goes_out_at_once_when_max_events_are_waiting() -> None:
     fake = FakeMessages([])
     call = HeldCall(
         [
-            batch(message("c1", 1, 1), message("c1", 2, 2), synced()),
-            batch(message("c1", 3, 3), message("c1", 4, 4)),
+            batch(message("c1", 1, 1), synced()),
+            batch(message("c1", 2, 2), message("c1", 3, 3)),
+            batch(message("c1", 4, 4), message("c1", 5, 5)),
         ]
     )
     fake.calls = [call]
     session, stream = await open_stream(fake, ack_policy=AckPolicy(interval=30, max_events=3))
     received: list[StreamEvent] = []
-
-    async def consume() -> None:
-        async for event in stream:
-            received.append(event)
-
-    consumer = asyncio.create_task(consume())
+    consumer = asyncio.create_task(consumed(stream, received))
     try:
-        async with asyncio.timeout(5):
-            while not call.acks:
-                await asyncio.sleep(0.001)
-        # The first batch leaves two handled events (the SyncComplete is not
-        # versioned): below max_events, and the interval is long. The second
-        # brings four: acked at once.
-        assert call.acks == [[("c1", 4, 4)]]
+        await wait_until(lambda: len(received) == 6)
+        await wait_until(lambda: len(call.acks) == 2)
+        # The second batch leaves two handled events waiting (below
+        # max_events, and the interval is long); the third makes four.
+        assert call.acks == [[("c1", 1, 1)], [("c1", 5, 5)]]
     finally:
         call.release.set()
         await stream.close()
@@ -422,28 +426,20 @@ async def test_an_ack_goes_out_at_once_when_max_events_are_waiting() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await consumer
         await session.close()
-    assert call.acks == [[("c1", 4, 4)]]
 
 
 async def test_closing_sends_the_acks_still_waiting() -> None:
     fake = FakeMessages([])
-    call = HeldCall([batch(message("c1", 1, 1), message("c1", 2, 2), synced())])
+    call = HeldCall([batch(message("c1", 1, 1), synced()), batch(message("c1", 2, 2))])
     fake.calls = [call]
     session, stream = await open_stream(fake, ack_policy=AckPolicy(interval=30, max_events=64))
     received: list[StreamEvent] = []
-
-    async def consume() -> None:
-        async for event in stream:
-            received.append(event)
-
-    consumer = asyncio.create_task(consume())
+    consumer = asyncio.create_task(consumed(stream, received))
     try:
-        async with asyncio.timeout(5):
-            while len(received) < 3:
-                await asyncio.sleep(0.001)
-        assert call.acks == []
+        await wait_until(lambda: len(received) == 3)
+        assert call.acks == [[("c1", 1, 1)]]
         await stream.close()
-        assert call.acks == [[("c1", 2, 2)]]
+        assert call.acks == [[("c1", 1, 1)], [("c1", 2, 2)]]
     finally:
         call.release.set()
         consumer.cancel()
