@@ -24,7 +24,7 @@ from svc_message.domain.identity_notices import IdentityNotifier
 from svc_message.domain.inbox import InboxHandler
 from svc_message.domain.leases import StreamLeases
 from svc_message.domain.messages import MessagesHandler
-from svc_message.domain.ownership import ShardOwnership
+from svc_message.domain.ownership import ShardOwnership, dialable
 from svc_message.domain.projection import Projector
 from svc_message.domain.push_devices import PushDevices
 from svc_message.domain.push_planner import PushPlanner
@@ -279,7 +279,7 @@ async def build(settings: Settings) -> ServiceHost:
 
     def own_address() -> str:
         if ownership_config.address:
-            return ownership_config.address
+            return dialable(ownership_config.address)
         port = config.server.port or host.port
         return f"{bind}:{port}" if port else ""
 

@@ -274,6 +274,14 @@ def _container(region: RegionSpec, service: str) -> dict[str, Any]:
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
         ],
     }
+    if service == "message":
+        # Where the other svc_message pods forward a conversation's feed
+        # changes to this one when it owns the conversation: the pod's own IP
+        # (Kubernetes substitutes $(POD_IP) from the variable before it).
+        container["env"] += [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "PARLEY_MESSAGE__OWNERSHIP__ADDRESS", "value": f"$(POD_IP):{port}"},
+        ]
     if spec.pre_stop_seconds > 0:
         # The pod leaves the Service endpoints while this runs; SIGTERM then
         # starts the drain (health NOT_SERVING, streams end with UNAVAILABLE).

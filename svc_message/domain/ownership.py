@@ -166,3 +166,12 @@ class ShardOwnership:
         self.drain()
         await self._store.release_all(self.instance_id)
         await self._store.leave(self.instance_id)
+
+
+def dialable(address: str) -> str:
+    """``address`` (host:port) as a gRPC target: an IPv6 host in brackets, as
+    a pod IP substituted into "$(POD_IP):port" would not be."""
+    host, sep, port = address.rpartition(":")
+    if sep and ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return address

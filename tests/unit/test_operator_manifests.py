@@ -5,6 +5,7 @@ config files it writes are ones the services accept."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,24 @@ def test_everything_is_owned_by_the_region_and_labelled() -> None:
         assert SPEC_HASH_ANNOTATION in meta["annotations"]
 
 
+def test_message_pods_tell_their_peers_their_own_ip_for_forwarding() -> None:
+    built = _built()
+    env = {
+        e["name"]: e
+        for e in _find(built, "Deployment", "eu-west-message")["spec"]["template"]["spec"][
+            "containers"
+        ][0]["env"]
+    }
+    assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["PARLEY_MESSAGE__OWNERSHIP__ADDRESS"]["value"] == "$(POD_IP):7102"
+    names = list(env)
+    # Kubernetes substitutes $(VAR) only from variables defined before.
+    assert names.index("POD_IP") < names.index("PARLEY_MESSAGE__OWNERSHIP__ADDRESS")
+    for svc in ("keys", "presence"):
+        other = _find(built, "Deployment", f"eu-west-{svc}")["spec"]["template"]["spec"]
+        assert "POD_IP" not in {e["name"] for e in other["containers"][0]["env"]}
+
+
 def test_deployment_pods_are_locked_down_and_probed_over_grpc_health() -> None:
     built = _built()
     for svc, port in (("keys", 7101), ("message", 7102), ("presence", 7103)):
@@ -164,7 +183,15 @@ def test_service_config_is_accepted_by_parley_core(tmp_path: Path, svc: str) -> 
     (tmp_path / "url").write_text("redis://redis:6379/0\n")
     # The pod's env, with the secret files where this test put them.
     pod = _find(_built(), "Deployment", f"eu-west-{svc}")["spec"]["template"]["spec"]
-    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    env: dict[str, str] = {}
+    for variable in pod["containers"][0]["env"]:
+        if "valueFrom" in variable:
+            env[variable["name"]] = "10.0.0.7"  # status.podIP, as Kubernetes fills it in
+        else:
+            # $(VAR) from a variable defined before, as Kubernetes substitutes it.
+            env[variable["name"]] = re.sub(
+                r"\$\((\w+)\)", lambda m: env[m.group(1)], variable["value"]
+            )
     assert env["PARLEY_MONGO__URI_FILE"] == "/var/run/secrets/parley/mongo/uri"
     assert env["PARLEY_REDIS__URL_FILE"] == "/var/run/secrets/parley/redis/url"
     env["PARLEY_MONGO__URI_FILE"] = str(tmp_path / "uri")
@@ -177,6 +204,8 @@ def test_service_config_is_accepted_by_parley_core(tmp_path: Path, svc: str) -> 
     mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     assert settings.topology.path == "/etc/parley/topology/topology.json"
     assert "/etc/parley/topology" in mounts
+    if svc == "message":
+        assert settings.message.ownership.address == "10.0.0.7:7102"
     server = getattr(settings, svc).server
     assert (server.host, server.port) == (
         "0.0.0.0",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from svc_message.domain.ownership import dialable
 from svc_message.domain.shard_policy import plan, quota
 from svc_message.model.ownership import ShardLease
 
@@ -119,3 +120,10 @@ def test_claims_of_two_processes_start_from_different_shards() -> None:
     assert len(a.claim) == len(b.claim) == 32
     # Ranked by a hash of (shard, process): far from the same order.
     assert len(set(a.claim[:8]) & set(b.claim[:8])) < 8
+
+
+def test_owner_addresses_are_dialable_with_ipv6_pod_ips() -> None:
+    assert dialable("10.1.2.3:7102") == "10.1.2.3:7102"
+    assert dialable("fd00::5:7102") == "[fd00::5]:7102"
+    assert dialable("[fd00::5]:7102") == "[fd00::5]:7102"
+    assert dialable("svc-message-0.parley:7102") == "svc-message-0.parley:7102"
