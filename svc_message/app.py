@@ -37,6 +37,7 @@ from svc_message.domain.typing_limits import TypingLimits
 from svc_message.metrics import MessageMetrics
 from svc_message.model import MemberSettings
 from svc_message.model.broadcast import Broadcast
+from svc_message.ownership_metrics import OwnershipMetrics
 from svc_message.peers.keys import AccountDirectory
 from svc_message.peers.owners import OwnerChannels
 from svc_message.peers.push import Router, build_providers
@@ -303,6 +304,7 @@ async def build(settings: Settings) -> ServiceHost:
         forward_timeout_seconds=ownership_config.forward_timeout_seconds,
         clock=time.monotonic,
     )
+    runtime.registry.register(OwnershipMetrics(ownership, router))
     # Before serving: alone, this process owns every shard from its first request.
     await ownership.tick()
     runtime.spawn(doorbell.run())
