@@ -19,6 +19,11 @@ from parley_core.config import MongoSettings
 # An acknowledged write is on a majority of the replica set and in its journal,
 # so it survives the loss of the primary or a kill -9 of the database.
 DURABLE = WriteConcern(w="majority", j=True)
+# For writes that are hints a client repeats anyway (delivered watermarks
+# from stream acks, device positions): acknowledged by the primary before its
+# journal flush. A crash of the database may lose the last of them; the next
+# ack or resume writes them again. Never for anything a client was promised.
+HINT = WriteConcern(w=1, j=False)
 
 Document = dict[str, Any]
 MongoClient = AsyncMongoClient[Document]

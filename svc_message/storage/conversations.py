@@ -21,7 +21,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from parley_core.storage.mongo import Database, Document
+from parley_core.storage.mongo import HINT, Database, Document
 from svc_message.model import Conversation, MessageSummary, Watermarks
 from svc_message.model.conversations import Commit, MemberRecord
 
@@ -89,7 +89,10 @@ class ConversationStore:
         self._conversations = db["conversations"]
         self._pairs = db["direct_pairs"]
         self._members = db["members"]
-        self._cursors = db["device_cursors"]
+        # Delivered watermarks from acks and device positions are hints the
+        # device repeats (see HINT); MarkRead's watermarks stay durable.
+        self._member_hints = self._members.with_options(write_concern=HINT)
+        self._cursors = db["device_cursors"].with_options(write_concern=HINT)
 
     async def ensure_indexes(self) -> None:
         await self._conversations.create_index(
@@ -465,7 +468,8 @@ class ConversationStore:
         *,
         now: datetime,
     ) -> None:
-        """Apply (conversation, account, delivered, read) raises; lower values change nothing."""
+        """Apply (conversation, account, delivered, read) raises from stream acks (hints,
+        written with HINT); lower values change nothing."""
         requests = []
         for conversation_id, account_id, delivered, read in raises:
             query, update = self._raise(conversation_id, account_id, delivered, read)
@@ -474,7 +478,7 @@ class ConversationStore:
         if not requests:
             return
         try:
-            await self._members.bulk_write(requests, ordered=False)
+            await self._member_hints.bulk_write(requests, ordered=False)
         except BulkWriteError as exc:
             if exc.details.get("writeConcernErrors") or any(
                 error.get("code") != 11000 for error in exc.details.get("writeErrors", [])
