@@ -50,7 +50,10 @@ from svc_message.storage.recent import RecentCache
 
 log = structlog.get_logger(__name__)
 
-MAX_CONFLICT_ROUNDS = 8
+# Insert rounds of one batch that commit nothing (every position taken by
+# another writer) before the rest is answered ABORTED. A round that commits
+# something or finds a request already in the log is progress, however many.
+MAX_STALLED_ROUNDS = 8
 
 
 @dataclass(eq=False, slots=True)
@@ -228,9 +231,8 @@ class SendPipeline:
         created_at = datetime.fromtimestamp(int(self._clock() * 1000) / 1000, UTC)
         committed: list[tuple[Draft, Change]] = []
         pending, retried = _first_attempts(batch)
-        for _round in range(MAX_CONFLICT_ROUNDS):
-            if not pending:
-                break
+        stalled = 0
+        while pending and stalled < MAX_STALLED_ROUNDS:
             await self._load_positions({d.conversation_id for d in pending})
             changes = [self._place(draft, created_at) for draft in pending]
             try:
@@ -247,8 +249,12 @@ class SendPipeline:
             rest = pending[done:]
             self._forget(rest)
             if outcome.conflict is Conflict.DUPLICATE_REQUEST:
+                # A retry of a request the log holds (e.g. committed by an
+                # owner that died before answering): its first attempt's change.
                 retried.append(rest[0])
                 rest = rest[1:]
+            elif done == 0:
+                stalled += 1
             pending = rest
         _fail(pending, Aborted("too much contention on this conversation; retry"))
         self.batches += 1

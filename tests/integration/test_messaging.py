@@ -89,6 +89,32 @@ async def test_a_burst_of_retries_in_one_batch_all_get_the_first_attempts_messag
     assert [m.body for m in await all_messages(messages, bob, conversation)] == [b"once"]
 
 
+async def test_many_retries_of_committed_sends_in_one_batch_are_answered_not_aborted(
+    keys, messages
+) -> None:
+    # As after an owner's crash: every sender retries a send the log already
+    # holds, and the retries arrive together. Each is found in the log (a
+    # round each), which is progress, not contention: none is ABORTED.
+    alice, bob = await sign_up(keys), await sign_up(keys)
+    conversation = await direct(messages, alice, bob)
+    request_ids = [rid() for _ in range(24)]
+    first = [
+        await send(messages, alice, conversation, f"m{i}".encode(), request_id=request_id)
+        for i, request_id in enumerate(request_ids)
+    ]
+    again = await asyncio.gather(
+        *(
+            send(messages, alice, conversation, f"m{i}".encode(), request_id=request_id)
+            for i, request_id in enumerate(request_ids)
+        ),
+        send(messages, alice, conversation, b"new"),
+    )
+    assert [m.message_id for m in again[:-1]] == [m.message_id for m in first]
+    history = await all_messages(messages, bob, conversation)
+    assert [m.seq for m in history] == list(range(1, 26))
+    assert history[-1].body == b"new"
+
+
 async def test_fifty_concurrent_senders_get_gapless_seqs(keys, messages, messages_b) -> None:
     alice, bob = await sign_up(keys), await sign_up(keys)
     devices = [alice, bob, await link_device(keys, alice), await link_device(keys, bob)]
