@@ -6,10 +6,12 @@ and the client address behind trusted proxies."""
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import yaml
 from google.rpc import error_details_pb2, status_pb2
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -30,6 +32,9 @@ from parley_core.limits.metrics import LimiterMetrics
 from parley_core.rpc.address import ClientAddresses, address_key, client_ip, peer_ip
 from parley_core.rpc.status import to_grpc_status
 from parley_core.storage.ratelimit import RedisBuckets
+from parley_dev.limits import unreached_limits
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SECOND = 60.0  # per_minute of one token a second
 
@@ -284,3 +289,10 @@ def test_client_addresses_read_the_forwarded_header_only_from_listed_proxies() -
     context = _Context("ipv4:127.0.0.1:9", [("x-forwarded-for", "198.51.100.9")])
     assert ClientAddresses([]).of(context) == "127.0.0.1"
     assert ClientAddresses(["127.0.0.1/32"]).of(context) == "198.51.100.9"
+
+
+def test_the_bench_limits_file_names_every_limit_unreached() -> None:
+    loaded = yaml.safe_load((ROOT / "bench" / "limits.yaml").read_text())
+    assert loaded == {"limits": unreached_limits()}
+    assert set(loaded["limits"]) == {name.value for name in LimitName}
+    settings_from_tree(loaded, {})
