@@ -15,7 +15,7 @@ tag, ``parley:rl:{<tag>}:<limit>:<key>``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from parley_core.errors import Reason, ResourceExhausted
@@ -107,16 +107,21 @@ class Limiter:
         request through after all (a replay of one already applied)."""
         if not self.enabled or not takes:
             return None
-        groups: dict[str, list[Take]] = {}
-        for take in takes:
-            if take.limit not in self._rates:
-                raise ValueError(f"{take.limit.value} is not a limit of this service")
-            groups.setdefault(take.tag, []).append(take)
-        ordered = list(groups.values())
-        shortfall = await self._store.take(
-            [[Bucket(t.bucket_key, self._rates[t.limit]) for t in group] for group in ordered],
-            now_ms=int(now * 1000),
-        )
+        tag = takes[0].tag
+        ordered: list[Sequence[Take]]
+        if all(take.tag == tag for take in takes):
+            ordered = [takes]
+        else:
+            groups: dict[str, list[Take]] = {}
+            for take in takes:
+                groups.setdefault(take.tag, []).append(take)
+            ordered = list(groups.values())
+        rates = self._rates
+        try:
+            buckets = [[Bucket(t.bucket_key, rates[t.limit]) for t in group] for group in ordered]
+        except KeyError as unknown:
+            raise ValueError(f"{unknown.args[0]} is not a limit of this service") from None
+        shortfall = await self._store.take(buckets, now_ms=int(now * 1000))
         if shortfall is None:
             return None
         limit = ordered[shortfall.group][shortfall.bucket].limit

@@ -3,9 +3,15 @@
 Each bucket is a hash (``t`` tokens left, ``ts`` last refill in Unix ms) that
 expires once it would be full again. One script call takes a token from
 every bucket of a group or from none; a group's keys share a hash tag, so the
-call works on Redis Cluster. Several groups (a send's account and its
-conversation) go out in one pipelined round trip, and when one is refused the
-others get their token back (a second call, on refusals only).
+call works on Redis Cluster. A request's groups on different tags (a send's
+account and its conversation) go out in the same round trip, and when one is
+refused the others get their token back (a second call, on refusals only).
+
+Takes are batched like sends are: the takes of concurrent requests that
+arrive while a batch is in flight go out together in the next one, one
+pipelined round trip with one EVALSHA per group. A lone request costs one
+round trip as before; under load, the client's cost per take falls about
+fourfold (measured: ~80 us of CPU alone, ~20 us in batches of 16+).
 
 When Redis does not answer within ``timeout_seconds`` (or errs), the takes use
 this process's own buckets (``parley_core.limits.LocalBuckets``) for
@@ -18,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
-from parley_core.limits.buckets import Bucket, LocalBuckets, Shortfall
+from parley_core.limits.buckets import Bucket, LocalBuckets, Rate, Shortfall
 from parley_core.storage.redis import Redis
 
 log = structlog.get_logger(__name__)
@@ -89,15 +97,17 @@ def _keys(group: Sequence[Bucket]) -> list[str]:
     return [b.key for b in group]
 
 
-def _argv(group: Sequence[Bucket], now_ms: int) -> list[Any]:
-    args: list[Any] = [now_ms]
-    for bucket in group:
-        args += [bucket.rate.burst, repr(bucket.rate.per_ms)]
-    return args
-
-
 def _granted(reply: Any) -> bool:
     return not isinstance(reply, Exception) and bool(int(reply[0]))
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    """One request's takes waiting for a batch: its replies, one per group."""
+
+    groups: Sequence[Sequence[Bucket]]
+    now_ms: int
+    replies: asyncio.Future[list[Any]]
 
 
 class RedisBuckets:
@@ -119,6 +129,10 @@ class RedisBuckets:
         self._local = local or LocalBuckets()
         # Until when (Unix ms) takes stay local; None while Redis answers.
         self._local_until: float | None = None
+        # Each rate's script arguments, spelt once (the send path is hot).
+        self._rate_args: dict[Rate, tuple[int, str]] = {}
+        self._queue: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @property
     def degraded(self) -> bool:
@@ -127,9 +141,12 @@ class RedisBuckets:
     async def take(self, groups: Sequence[Sequence[Bucket]], *, now_ms: int) -> Shortfall | None:
         if self._local_until is not None and now_ms < self._local_until:
             return self._local.take(groups, now_ms=now_ms)
+        pending = _Pending(groups, now_ms, asyncio.get_running_loop().create_future())
+        self._queue.append(pending)
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
         try:
-            async with asyncio.timeout(self._timeout):
-                replies = await self._call(groups, now_ms)
+            replies = await pending.replies
         except (RedisError, OSError, TimeoutError) as exc:
             if self._local_until is None:
                 log.warning("rate_limit_local_fallback", error=repr(exc))
@@ -149,32 +166,74 @@ class RedisBuckets:
             await self._return([g for g, r in zip(groups, replies, strict=True) if _granted(r)])
         return worst
 
-    async def _call(self, groups: Sequence[Sequence[Bucket]], now_ms: int) -> list[Any]:
-        if len(groups) == 1:
-            # The script object sends EVALSHA, and loads the script on NOSCRIPT.
-            group = groups[0]
-            return [await self._take(keys=_keys(group), args=_argv(group, now_ms))]
-        return await self._pipelined(groups, now_ms)
+    async def _flush(self) -> None:
+        """Runs batches while takes are queued; one batch in flight at a time."""
+        batch: list[_Pending] = []
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    async with asyncio.timeout(self._timeout):
+                        results = await self._run(batch)
+                except (RedisError, OSError, TimeoutError) as exc:
+                    for pending in batch:
+                        if not pending.replies.done():
+                            pending.replies.set_exception(exc)
+                    continue
+                for pending, replies in zip(batch, results, strict=True):
+                    if not pending.replies.done():
+                        pending.replies.set_result(replies)
+                batch = []
+        except asyncio.CancelledError:
+            # Shutting down: whoever still waits limits on its own buckets.
+            stopped = RedisConnectionError("the rate limiter stopped")
+            for pending in [*batch, *self._queue]:
+                if not pending.replies.done():
+                    pending.replies.set_exception(stopped)
+            self._queue = []
+            raise
+        finally:
+            self._flusher = None
 
-    async def _pipelined(
-        self, groups: Sequence[Sequence[Bucket]], now_ms: int, *, loaded: bool = False
-    ) -> list[Any]:
-        # Plain EVALSHA in the pipeline: redis-py's script objects would add a
-        # SCRIPT EXISTS round trip to every execute.
+    def _argv(self, group: Sequence[Bucket], now_ms: int) -> list[Any]:
+        args: list[Any] = [now_ms]
+        for bucket in group:
+            spelt = self._rate_args.get(bucket.rate)
+            if spelt is None:
+                spelt = self._rate_args[bucket.rate] = (bucket.rate.burst, repr(bucket.rate.per_ms))
+            args += spelt
+        return args
+
+    async def _run(self, batch: list[_Pending], *, loaded: bool = False) -> list[list[Any]]:
+        """Every group of every request of ``batch`` in one pipeline; the
+        replies per request. Plain EVALSHA: redis-py's script objects would
+        add a SCRIPT EXISTS round trip to every pipeline."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            for group in groups:
-                pipe.evalsha(self._take.sha, len(group), *_keys(group), *_argv(group, now_ms))
-            replies = await pipe.execute(raise_on_error=False)
-        if not loaded and any(isinstance(r, NoScriptError) for r in replies):
+            for pending in batch:
+                for group in pending.groups:
+                    keys = _keys(group)
+                    pipe.evalsha(
+                        self._take.sha, len(keys), *keys, *self._argv(group, pending.now_ms)
+                    )
+            flat = await pipe.execute(raise_on_error=False)
+        results: list[list[Any]] = []
+        at = 0
+        for pending in batch:
+            results.append(flat[at : at + len(pending.groups)])
+            at += len(pending.groups)
+        if not loaded and any(isinstance(r, NoScriptError) for r in flat):
             # A restarted or another server: give back what the calls that did
             # run took, load the script and take again.
-            await self._return([g for g, r in zip(groups, replies, strict=True) if _granted(r)])
+            for pending, replies in zip(batch, results, strict=True):
+                await self._return(
+                    [g for g, r in zip(pending.groups, replies, strict=True) if _granted(r)]
+                )
             self._take.sha = await self._redis.script_load(_TAKE)
-            return await self._pipelined(groups, now_ms, loaded=True)
-        for reply in replies:
+            return await self._run(batch, loaded=True)
+        for reply in flat:
             if isinstance(reply, Exception):
                 raise reply
-        return list(replies)
+        return results
 
     async def _return(self, groups: Sequence[Sequence[Bucket]]) -> None:
         """Give a token back to each of ``groups`` (taken for a request that

@@ -39,11 +39,8 @@ class FeedLimits:
     def limiter(self) -> Limiter:
         return self._limiter
 
-    async def take(self, *takes: Take, now: float) -> None:
-        """For requests that are not feed changes (no replay to recognise)."""
-        await self._limiter.take(*takes, now=now)
-
     async def per_account(self, limit: LimitName, account_id: str, *, now: float) -> None:
+        """For requests that are not feed changes (no replay to recognise)."""
         await self._limiter.take(Take(limit, account_id), now=now)
 
     async def change(

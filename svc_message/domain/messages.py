@@ -56,6 +56,17 @@ class MessagesHandler:
     ) -> Committed:
         membership = await self._conversations.require_member(conversation_id, account_id)
         roles.require_poster(membership.conversation.type, membership.role)
+        if reply_to_message_id:
+            original = await self._messages.by_id(reply_to_message_id)
+            if (
+                original is None
+                or original.conversation_id != conversation_id
+                or original.seq < membership.joined_seq
+            ):
+                raise InvalidArgument.field(
+                    "reply_to_message_id", "must name a message of this conversation"
+                )
+        # After every check of the request: bad input stays INVALID_ARGUMENT.
         await self._limits.change(
             *send_takes(
                 account_id=account_id,
@@ -68,16 +79,6 @@ class MessagesHandler:
             request_id=request_id,
             now=now,
         )
-        if reply_to_message_id:
-            original = await self._messages.by_id(reply_to_message_id)
-            if (
-                original is None
-                or original.conversation_id != conversation_id
-                or original.seq < membership.joined_seq
-            ):
-                raise InvalidArgument.field(
-                    "reply_to_message_id", "must name a message of this conversation"
-                )
         message = Message(
             message_id="",
             conversation_id=conversation_id,

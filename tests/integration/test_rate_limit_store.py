@@ -7,6 +7,7 @@ makes the takes local without failing (and Redis is used again when back)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -148,3 +149,25 @@ async def test_without_redis_takes_are_local_and_redis_is_used_again_once_back(
     assert await refused_by(limits, DEVICE, ACCOUNT, now=T0 + 3) is None
     assert not limits.degraded
     assert await redis.exists(DEVICE.bucket_key)
+
+
+async def test_concurrent_takes_share_round_trips_and_never_overspend(redis: Redis) -> None:
+    """Takes of concurrent requests go out in batches; a bucket still gives
+    exactly its burst, whoever asks and however they interleave."""
+    limits = limiter(redis)
+    group = Take(LimitName.SEND_PER_CONVERSATION, "crowded")
+
+    async def member(n: int) -> str | None:
+        own = Take(LimitName.SEND_PER_DEVICE, f"m{n}", key="phone")
+        return await refused_by(limits, own, group, now=T0)
+
+    outcomes = await asyncio.gather(*(member(n) for n in range(40)))
+    assert outcomes.count(None) == 3
+    assert set(outcomes) == {None, "send_per_conversation"}
+    # Every refused member got its device's token back: each of the 40 has
+    # one left for a send elsewhere (burst 2, one spent at most).
+    elsewhere = [
+        await refused_by(limits, Take(LimitName.SEND_PER_DEVICE, f"m{n}", key="phone"), now=T0)
+        for n in range(40)
+    ]
+    assert elsewhere == [None] * 40

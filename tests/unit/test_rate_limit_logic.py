@@ -5,6 +5,7 @@ and the client address behind trusted proxies."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from pathlib import Path
 from typing import Any
@@ -206,15 +207,34 @@ def test_limits_are_configurable_and_checked() -> None:
 
 
 class _DownRedis:
+    """A Redis whose every pipeline fails to connect."""
+
     def __init__(self) -> None:
         self.calls = 0
 
     def register_script(self, _source: str) -> Any:
-        async def run(**_: Any) -> Any:
-            self.calls += 1
-            raise RedisConnectionError("down")
+        return type("Script", (), {"sha": "0" * 40})()
 
-        return run
+    def pipeline(self, **_: Any) -> Any:
+        return _DownPipeline(self)
+
+
+class _DownPipeline:
+    def __init__(self, redis: _DownRedis) -> None:
+        self._redis = redis
+
+    async def __aenter__(self) -> _DownPipeline:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        pass
+
+    def evalsha(self, *_: Any) -> None:
+        pass
+
+    async def execute(self, **_: Any) -> Any:
+        self._redis.calls += 1
+        raise RedisConnectionError("down")
 
 
 async def test_without_redis_the_store_limits_in_process_and_retries_redis_later() -> None:
@@ -296,3 +316,55 @@ def test_the_bench_limits_file_names_every_limit_unreached() -> None:
     assert loaded == {"limits": unreached_limits()}
     assert set(loaded["limits"]) == {name.value for name in LimitName}
     settings_from_tree(loaded, {})
+
+
+class _CountingRedis:
+    """A Redis that grants every take and records each pipeline's size."""
+
+    def __init__(self) -> None:
+        self.pipelines: list[int] = []
+
+    def register_script(self, _source: str) -> Any:
+        return type("Script", (), {"sha": "0" * 40})()
+
+    def pipeline(self, **_: Any) -> Any:
+        return _CountingPipeline(self)
+
+
+class _CountingPipeline:
+    def __init__(self, redis: _CountingRedis) -> None:
+        self._redis = redis
+        self._calls = 0
+
+    async def __aenter__(self) -> _CountingPipeline:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        pass
+
+    def evalsha(self, *_: Any) -> None:
+        self._calls += 1
+
+    async def execute(self, **_: Any) -> Any:
+        await asyncio.sleep(0.01)  # the round trip
+        self._redis.pipelines.append(self._calls)
+        return [[1, 0, 0]] * self._calls
+
+
+async def test_takes_of_concurrent_requests_share_a_round_trip() -> None:
+    redis = _CountingRedis()
+    store = RedisBuckets(redis, timeout_seconds=1, fallback_seconds=1)  # type: ignore[arg-type]
+    limits = Limiter(store, RATES, names=RATES)
+
+    async def send(n: int) -> None:
+        await limits.take(
+            Take(LimitName.SEND_PER_DEVICE, f"a{n}", key="d"),
+            Take(LimitName.SEND_PER_CONVERSATION, "group"),
+            now=0,
+        )
+
+    await send(0)
+    await asyncio.gather(*(send(n) for n in range(1, 21)))
+    # The lone request went alone; the twenty that came together share one
+    # round trip (two script calls each: their device's tag and the group's).
+    assert redis.pipelines == [2, 40]
