@@ -12,6 +12,7 @@ still hold (per process) and nothing fails.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,8 +33,10 @@ from parley_dev.stack import LocalStack
 from tests.helpers import http_get
 from tests.users import Device, direct, rid, send, unique_handle
 
+FALLBACK_SECONDS = 0.5
 LIMITS = {
     "trusted_proxies": ["127.0.0.1/32"],
+    "fallback_seconds": FALLBACK_SECONDS,
     "signup_per_address": {"burst": 3, "per_minute": 1},
     "send_per_device": {"burst": 5, "per_minute": 6},
     "send_per_account": {"burst": 8, "per_minute": 6},
@@ -131,6 +134,18 @@ async def refused_counts(url: str) -> dict[str, float]:
         for sample in family.samples
         if sample.name == "parley_rate_limited_total"
     }
+
+
+async def local_buckets(url: str) -> float:
+    """parley_rate_limit_local of the process at ``url``."""
+    _status, text = await http_get(url)
+    (value,) = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "parley_rate_limit_local"
+        for sample in family.samples
+    ]
+    return value
 
 
 async def test_sign_ups_are_held_per_client_address(limited: LocalStack, clients: Clients) -> None:
@@ -253,6 +268,7 @@ async def test_without_redis_the_limits_hold_per_process_and_nothing_fails(
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await send(clients.messages, alice, conversation, b"sixth")
         assert refusal(refused.value)[1] == "send_per_device"
+        assert await local_buckets(limited.message_metrics_urls[0]) == 1
         address = fresh_address()
         for _ in range(3):
             await sign_up_from(clients.keys, address)
@@ -261,3 +277,7 @@ async def test_without_redis_the_limits_hold_per_process_and_nothing_fails(
         assert refusal(signup.value)[1] == "signup_per_address"
     finally:
         await limited.start_redis()
+    # Redis is asked again after the fallback window, and the gauge clears.
+    await asyncio.sleep(FALLBACK_SECONDS + 0.1)
+    await send(clients.messages, bob, conversation, b"back")
+    assert await local_buckets(limited.message_metrics_urls[0]) == 0

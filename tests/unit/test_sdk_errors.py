@@ -40,6 +40,7 @@ from parley_sdk import (
 )
 from parley_sdk._session import Session
 from parley_sdk.retry import call_with_retry, new_request_id
+from parley_sdk.stream import reconnectable
 
 DETAILS_KEY = "grpc-status-details-bin"
 
@@ -610,3 +611,13 @@ def test_profiles_are_private_files(tmp_path: Path) -> None:
         store.path("../escape")
     with pytest.raises(ProfileError, match="no profile"):
         store.load("bob")
+
+
+def test_a_stream_reopens_after_a_rate_limit_only_when_told_when() -> None:
+    assert reconnectable(rate_limited(1.0))
+    assert not reconnectable(rate_limited(None))
+    group_full = from_rpc_error(
+        rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, reason="ERROR_REASON_GROUP_FULL")
+    )
+    assert not reconnectable(group_full)
+    assert reconnectable(unavailable())
