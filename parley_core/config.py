@@ -14,6 +14,7 @@ Any bad value fails at start with a ConfigError naming the key.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -115,19 +116,6 @@ class KeysServiceSettings(_Section):
     """Devices one account may have registered at once."""
     max_pre_keys_per_device: int = Field(default=1000, ge=100, le=100_000)
     """One-time prekeys a device may hold; uploads beyond it are refused."""
-    # Token buckets on GetPreKeyBundles: each fetch consumes the target's
-    # one-time prekeys, so draining them is the attack. One bucket per
-    # (requester, target account), and a looser one per requester so a client
-    # can still start sessions with every member of a new large group.
-    bundle_fetch_burst: int = Field(default=20, ge=1, le=10_000)
-    """Prekey bundle fetches one requester may make for one target account in a burst."""
-    bundle_fetch_per_minute: float = Field(default=20.0, gt=0, le=100_000)
-    """Refill rate of the per (requester, target account) bundle-fetch bucket, in fetches per
-    minute."""
-    bundle_fetch_requester_burst: int = Field(default=1100, ge=1, le=100_000)
-    """Prekey bundle fetches one requester may make across all targets in a burst."""
-    bundle_fetch_requester_per_minute: float = Field(default=300.0, gt=0, le=1_000_000)
-    """Refill rate of the per-requester bundle-fetch bucket, in fetches per minute."""
     max_unclaimed_sender_keys_per_device: int = Field(default=10_000, ge=1, le=1_000_000)
     """Sender-key envelopes that may wait for one recipient device; sends beyond it are refused
     until the device claims some."""
@@ -356,6 +344,92 @@ class PresenceServiceSettings(_Section):
     """Open SubscribePresence streams per account per process, so one user cannot take them all."""
 
 
+class LimitRate(_Section):
+    """A token bucket: ``burst`` requests at once, refilled at ``per_minute``."""
+
+    burst: int = Field(ge=1, le=1_000_000_000)
+    """Requests allowed at once: the bucket's size, full when unused."""
+    per_minute: float = Field(gt=0, le=1_000_000_000)
+    """Tokens the bucket regains a minute (a steady rate of that many requests a minute)."""
+
+
+class LimitsSettings(_Section):
+    """Abuse limits of every service: token buckets shared through Redis (one script call per
+    request), per this process while Redis does not answer. A refusal is RESOURCE_EXHAUSTED with
+    reason RATE_LIMITED, a RetryInfo and the limit's name. The table of limits, what each keys on
+    and why, is in docs/ARCHITECTURE.md (Abuse limits)."""
+
+    enabled: bool = True
+    """Apply the limits below; off, no request is refused and Redis is not asked."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or CIDR blocks (10.0.0.0/8, fd00::/8) of the load balancers in front of the
+    services: only a request whose peer is one of them has its client address taken from
+    x-forwarded-for (the rightmost hop not in this list). Empty: the peer is the client."""
+    redis_timeout_seconds: float = Field(default=0.25, gt=0, le=10)
+    """Seconds a take may wait for Redis before this process uses its own buckets instead."""
+    fallback_seconds: float = Field(default=2.0, gt=0, le=300)
+    """Seconds this process keeps to its own buckets after Redis failed before asking it again."""
+    signup_per_address: LimitRate = LimitRate(burst=20, per_minute=1)
+    """SignUp per client address (IPv6: per /64)."""
+    signup_overall: LimitRate = LimitRate(burst=1000, per_minute=600)
+    """SignUp over the whole region, one bucket."""
+    refresh_per_address: LimitRate = LimitRate(burst=600, per_minute=600)
+    """RefreshToken per client address (IPv6: per /64)."""
+    refresh_per_device: LimitRate = LimitRate(burst=10, per_minute=2)
+    """RefreshToken per device named by the refresh token."""
+    device_register_per_account: LimitRate = LimitRate(burst=10, per_minute=0.2)
+    """RegisterDevice per account."""
+    key_upload_per_device: LimitRate = LimitRate(burst=30, per_minute=10)
+    """PublishKeys and UploadPreKeys per device."""
+    sender_keys_per_device: LimitRate = LimitRate(burst=300, per_minute=60)
+    """SendSenderKeys per device."""
+    bundle_fetch_per_target: LimitRate = LimitRate(burst=20, per_minute=20)
+    """GetPreKeyBundles per (requester, target account): draining one user's one-time prekeys is
+    the attack."""
+    bundle_fetch_per_requester: LimitRate = LimitRate(burst=1100, per_minute=300)
+    """GetPreKeyBundles per requester over all targets; large enough to start sessions with every
+    member of a new 1,024-member group at once."""
+    send_per_device: LimitRate = LimitRate(burst=60, per_minute=120)
+    """SendMessage per device."""
+    send_per_account: LimitRate = LimitRate(burst=120, per_minute=240)
+    """SendMessage per account, all its devices together."""
+    send_per_conversation: LimitRate = LimitRate(burst=200, per_minute=600)
+    """SendMessage per group or channel, all senders together (direct conversations have only the
+    per-account limits)."""
+    edit_per_account: LimitRate = LimitRate(burst=30, per_minute=30)
+    """EditMessage per account."""
+    delete_per_account: LimitRate = LimitRate(burst=100, per_minute=60)
+    """DeleteMessage (for me and for everyone) per account."""
+    react_per_account: LimitRate = LimitRate(burst=60, per_minute=60)
+    """ReactToMessage per account."""
+    direct_create_per_account: LimitRate = LimitRate(burst=50, per_minute=10)
+    """CreateDirectConversation per account."""
+    group_create_per_account: LimitRate = LimitRate(burst=10, per_minute=1)
+    """CreateGroup and CreateChannel per account."""
+    add_members_per_account: LimitRate = LimitRate(burst=30, per_minute=10)
+    """AddMembers calls per account."""
+    group_admin_per_account: LimitRate = LimitRate(burst=30, per_minute=10)
+    """UpdateConversationInfo, RemoveMember and SetMemberRole per account."""
+    channel_subscribe_per_account: LimitRate = LimitRate(burst=30, per_minute=10)
+    """SubscribeChannel per account."""
+    push_token_per_device: LimitRate = LimitRate(burst=10, per_minute=2)
+    """RegisterPushToken and RemovePushToken per device."""
+    contact_add_per_account: LimitRate = LimitRate(burst=30, per_minute=10)
+    """AddContacts calls (up to 256 accounts each) per account."""
+    presence_subscribe_per_account: LimitRate = LimitRate(burst=30, per_minute=30)
+    """SubscribePresence streams opened per account."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or CIDR block") from None
+        return value
+
+
 class TracingSettings(_Section):
     enabled: bool = False
     """Export OpenTelemetry traces of every RPC, of svc_message's calls to svc_keys, and of each
@@ -421,6 +495,8 @@ class Settings(_Section):
     """Traces (metrics are per server)."""
     topology: TopologySettings = TopologySettings()
     """The multi-region topology file."""
+    limits: LimitsSettings = LimitsSettings()
+    """Abuse limits (rate limits) of every service."""
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:

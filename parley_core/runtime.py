@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry
 from parley_core.auth.revocations import RevocationList
 from parley_core.auth.tokens import TokenVerifier, load_public_keys
 from parley_core.config import ConfigError, ServerSettings, Settings, load_settings
+from parley_core.limits import Limiter, LimitName, rates_from_settings
+from parley_core.limits.metrics import LimiterMetrics
 from parley_core.log_setup import configure_logging
 from parley_core.rpc.interceptor import ServiceInterceptor
 from parley_core.rpc.metrics import RpcMetrics
@@ -29,6 +31,7 @@ from parley_core.storage import redis as redis_storage
 from parley_core.storage.metrics import DbWriteMetrics
 from parley_core.storage.mongo import Database, MongoClient, WriteCounter
 from parley_core.storage.probes import BackendMetrics, BackendProbe
+from parley_core.storage.ratelimit import RedisBuckets
 from parley_core.storage.revocations import RevocationFeed, RevocationStore
 from parley_core.tasks import stop_tasks
 from parley_core.telemetry import Tracing
@@ -66,6 +69,24 @@ class Runtime:
             *self.tracing.server_interceptors(),
             self.interceptor(public_methods=public_methods),
         ]
+
+    def limiter(self, names: Iterable[LimitName]) -> Limiter:
+        """The service's rate limiter over the limits it applies (``names``),
+        with their rates from ``limits`` in the config; its refusals are
+        exported as ``parley_rate_limited_total``. Build one per process."""
+        config = self.settings.limits
+        limiter = Limiter(
+            RedisBuckets(
+                self.redis,
+                timeout_seconds=config.redis_timeout_seconds,
+                fallback_seconds=config.fallback_seconds,
+            ),
+            rates_from_settings(config),
+            names=names,
+            enabled=config.enabled,
+        )
+        self.registry.register(LimiterMetrics(limiter, service=self.service))
+        return limiter
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a background task for the life of the service."""

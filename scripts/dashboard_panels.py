@@ -1,126 +1,22 @@
 """The Parley dashboards as data: panels and their PromQL (scripts/gen_dashboards.py
 renders them). Every selector has ``region=~"$region"``; the region label is
-added by Prometheus when it scrapes."""
+added by Prometheus when it scrapes. The shared pieces are in dashboard_parts.py."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dashboard_parts import (
+    Dashboard,
+    Panel,
+    backends,
+    error_ratio,
+    quantile,
+    rate,
+    rate_limit_panel,
+    rpc_panels,
+    sel,
+)
 
-RATE = "[$__rate_interval]"
-SERVER_ERRORS = "INTERNAL|UNKNOWN|DATA_LOSS|UNAVAILABLE|DEADLINE_EXCEEDED"
-
-
-def sel(name: str, **labels: str) -> str:
-    """``name{region=~"$region",k="v"}``; a value starting with ``~`` is a
-    regex, with ``!~`` a regex the label must not match."""
-    parts = ['region=~"$region"']
-    for key, value in labels.items():
-        if value.startswith("!~"):
-            parts.append(f'{key}!~"{value[2:]}"')
-        elif value.startswith("~"):
-            parts.append(f'{key}=~"{value[1:]}"')
-        else:
-            parts.append(f'{key}="{value}"')
-    return f"{name}{{{','.join(parts)}}}"
-
-
-def rate(name: str, **labels: str) -> str:
-    return f"rate({sel(name, **labels)}{RATE})"
-
-
-def quantile(q: float, name: str, by: str = "region", **labels: str) -> str:
-    return f"histogram_quantile({q}, sum by ({by}, le) ({rate(name + '_bucket', **labels)}))"
-
-
-@dataclass
-class Panel:
-    title: str
-    description: str
-    targets: list[tuple[str, str]]  # (expr, legend)
-    unit: str = "short"
-    kind: str = "timeseries"
-    width: int = 12
-    stack: bool = False
-    max_value: float | None = None
-
-
-@dataclass
-class Dashboard:
-    name: str
-    title: str
-    description: str
-    panels: list[Panel] = field(default_factory=list)
-
-
-def error_ratio(by: str, **labels: str) -> str:
-    failed = rate("parley_rpc_requests_total", code="~" + SERVER_ERRORS, **labels)
-    return (
-        f"sum by ({by}) ({failed}) / sum by ({by}) ({rate('parley_rpc_requests_total', **labels)})"
-    )
-
-
-def rpc_panels(service: str) -> list[Panel]:
-    return [
-        Panel(
-            "RPC rate by method",
-            f"svc_{service} RPCs handled, all status codes.",
-            [
-                (
-                    "sum by (region, method) "
-                    f"({rate('parley_rpc_requests_total', service=service)})",
-                    "{{region}} {{method}}",
-                )
-            ],
-            unit="reqps",
-        ),
-        Panel(
-            "Server-side error ratio by method",
-            "Share ending INTERNAL, UNKNOWN, UNAVAILABLE, DEADLINE_EXCEEDED or DATA_LOSS "
-            "(client mistakes are not counted).",
-            [(error_ratio("region, method", service=service), "{{region}} {{method}}")],
-            unit="percentunit",
-        ),
-        Panel(
-            "p99 latency by method",
-            "Streams count their whole life, so Connect and SubscribePresence are left out.",
-            [
-                (
-                    quantile(
-                        0.99,
-                        "parley_rpc_duration_seconds",
-                        by="region, method",
-                        service=service,
-                        method="!~Connect|SubscribePresence",
-                    ),
-                    "{{region}} {{method}}",
-                )
-            ],
-            unit="s",
-        ),
-        Panel(
-            "In flight",
-            "RPCs being handled now (streams included).",
-            [
-                (
-                    f"sum by (region, method) ({sel('parley_rpc_in_flight', service=service)})",
-                    "{{region}} {{method}}",
-                )
-            ],
-        ),
-    ]
-
-
-def backends(service: str) -> Panel:
-    return Panel(
-        "MongoDB and Redis reachable",
-        "Lowest of every process's last ping (1 up, 0 down); checked every 5 s.",
-        [
-            (f"min by (region) ({sel('parley_mongo_up', service=service)})", "{{region}} MongoDB"),
-            (f"min by (region) ({sel('parley_redis_up', service=service)})", "{{region}} Redis"),
-        ],
-        max_value=1,
-    )
-
+__all__ = ["DASHBOARDS", "Dashboard", "Panel"]
 
 OVERVIEW = Dashboard(
     "overview",
@@ -215,6 +111,7 @@ OVERVIEW = Dashboard(
                 ),
             ],
         ),
+        rate_limit_panel(),
         Panel(
             "MongoDB and Redis reachable",
             "Lowest of every process's last ping, per service (1 up, 0 down).",
@@ -348,6 +245,7 @@ MESSAGING = Dashboard(
             ],
             unit="ops",
         ),
+        rate_limit_panel("message"),
         backends("message"),
     ],
 )
@@ -533,6 +431,7 @@ PRESENCE = Dashboard(
             ],
         ),
         *rpc_panels("presence"),
+        rate_limit_panel("presence"),
         backends("presence"),
     ],
 )
@@ -575,6 +474,7 @@ KEYS = Dashboard(
             "Devices below the low-water mark (20), sampled from pre_key_lows.",
             [(f"max by (region) ({sel('parley_prekey_low_devices')})", "{{region}}")],
         ),
+        rate_limit_panel("keys"),
         backends("keys"),
     ],
 )

@@ -55,7 +55,7 @@ SOURCES = f"""\
 
 Every service process (`svc_keys`, `svc_message`, `svc_presence`) reads the same
 settings tree; each uses the top-level keys, `mongo`, `redis`, `auth`,
-`telemetry`, `topology` and its own section. Values come from, later ones winning:
+`telemetry`, `topology`, `limits` and its own section. Values come from, later ones winning:
 
 1. the defaults listed below;
 2. a YAML file, given as `--config PATH` or in `{ENV_PREFIX}CONFIG`;

@@ -7,6 +7,8 @@ import grpc
 from parley.keys.v1 import accounts_pb2_grpc, keys_pb2_grpc
 from parley_core.auth.tokens import TokenIssuer, load_private_key
 from parley_core.config import ConfigError, Settings
+from parley_core.limits import LimitName
+from parley_core.rpc.address import ClientAddresses
 from parley_core.rpc.server import ServiceHost
 from parley_core.runtime import open_runtime, service_main
 from parley_core.sampling import SampledCount
@@ -22,8 +24,20 @@ from svc_keys.servicer.keys import KeyServicer
 from svc_keys.storage.accounts import AccountStore
 from svc_keys.storage.keys import KeyStore
 from svc_keys.storage.notices import KeyNoticePublisher
-from svc_keys.storage.ratelimit import BundleRateLimiter, Rate
 from svc_keys.storage.sender_keys import SenderKeyStore
+
+# The abuse limits svc_keys applies (docs/ARCHITECTURE.md, Abuse limits).
+LIMITS = (
+    LimitName.SIGNUP_PER_ADDRESS,
+    LimitName.SIGNUP_OVERALL,
+    LimitName.REFRESH_PER_ADDRESS,
+    LimitName.REFRESH_PER_DEVICE,
+    LimitName.DEVICE_REGISTER_PER_ACCOUNT,
+    LimitName.KEY_UPLOAD_PER_DEVICE,
+    LimitName.SENDER_KEYS_PER_DEVICE,
+    LimitName.BUNDLE_FETCH_PER_TARGET,
+    LimitName.BUNDLE_FETCH_PER_REQUESTER,
+)
 
 
 async def build(settings: Settings) -> ServiceHost:
@@ -45,23 +59,14 @@ async def build(settings: Settings) -> ServiceHost:
     await identity_changes.ensure_indexes()
     sender_key_store = SenderKeyStore(runtime.db)
     await sender_key_store.ensure_indexes()
-    # The rate limiter's Redis client also carries the live key notices.
     notices = KeyNoticePublisher(runtime.redis)
     await runtime.start_revocation_feed()
     runtime.start_topology_watcher()
+    limiter = runtime.limiter(LIMITS)
     keys = KeysHandler(
         key_store,
         store,
-        BundleRateLimiter(
-            runtime.redis,
-            per_target=Rate(
-                settings.keys.bundle_fetch_burst, settings.keys.bundle_fetch_per_minute
-            ),
-            per_requester=Rate(
-                settings.keys.bundle_fetch_requester_burst,
-                settings.keys.bundle_fetch_requester_per_minute,
-            ),
-        ),
+        limiter,
         pre_key_lows=pre_key_lows,
         identity_changes=identity_changes,
         notices=notices,
@@ -73,6 +78,7 @@ async def build(settings: Settings) -> ServiceHost:
         key_store,
         store,
         notices,
+        limiter=limiter,
         max_waiting_per_device=settings.keys.max_unclaimed_sender_keys_per_device,
     )
     accounts = AccountsHandler(
@@ -80,13 +86,14 @@ async def build(settings: Settings) -> ServiceHost:
         TokenIssuer(signing_key, ttl_seconds=settings.auth.access_token_ttl_seconds),
         runtime.revocation_store,
         keys,
+        limiter=limiter,
         max_devices=settings.keys.max_devices_per_account,
         refresh_ttl_seconds=settings.auth.refresh_token_ttl_seconds,
     )
     low_devices = SampledCount("pre_key_low_devices", pre_key_lows.devices_below)
     runtime.spawn(low_devices.run())
     runtime.registry.register(KeyMetrics(keys, low_devices))
-    servicer = AccountServicer(accounts)
+    servicer = AccountServicer(accounts, addresses=ClientAddresses(settings.limits.trusted_proxies))
     key_servicer = KeyServicer(keys, sender_keys)
 
     def register(server: grpc.aio.Server) -> None:

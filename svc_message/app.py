@@ -9,6 +9,7 @@ from datetime import timedelta
 from parley_core.config import Settings
 from parley_core.errors import Reason, Unavailable
 from parley_core.ids import random_id
+from parley_core.limits import LimitName
 from parley_core.rpc.server import ServiceHost
 from parley_core.runtime import open_runtime, service_main
 from parley_core.sampling import SampledCount
@@ -23,6 +24,7 @@ from svc_message.domain.groups import GroupsHandler
 from svc_message.domain.identity_notices import IdentityNotifier
 from svc_message.domain.inbox import InboxHandler
 from svc_message.domain.leases import StreamLeases
+from svc_message.domain.limits import FeedLimits
 from svc_message.domain.messages import MessagesHandler
 from svc_message.domain.ownership import ShardOwnership, dialable
 from svc_message.domain.projection import Projector
@@ -76,6 +78,23 @@ class SettingsPublisher:
         )
 
 
+# The abuse limits svc_message applies (docs/ARCHITECTURE.md, Abuse limits).
+LIMITS = (
+    LimitName.SEND_PER_DEVICE,
+    LimitName.SEND_PER_ACCOUNT,
+    LimitName.SEND_PER_CONVERSATION,
+    LimitName.EDIT_PER_ACCOUNT,
+    LimitName.DELETE_PER_ACCOUNT,
+    LimitName.REACT_PER_ACCOUNT,
+    LimitName.DIRECT_CREATE_PER_ACCOUNT,
+    LimitName.GROUP_CREATE_PER_ACCOUNT,
+    LimitName.ADD_MEMBERS_PER_ACCOUNT,
+    LimitName.GROUP_ADMIN_PER_ACCOUNT,
+    LimitName.CHANNEL_SUBSCRIBE_PER_ACCOUNT,
+    LimitName.PUSH_TOKEN_PER_DEVICE,
+)
+
+
 async def build(settings: Settings) -> ServiceHost:
     config = settings.message
     clock = time.time
@@ -108,7 +127,10 @@ async def build(settings: Settings) -> ServiceHost:
         capacity=config.recent_cache_messages,
         ttl_seconds=config.recent_cache_ttl_seconds,
     )
-    conversations = ConversationsHandler(conversation_store, recent, accounts, doorbell, codec)
+    limits = FeedLimits(runtime.limiter(LIMITS), message_store)
+    conversations = ConversationsHandler(
+        conversation_store, recent, accounts, doorbell, codec, limits=limits
+    )
     # Push notifications: planned by the projector, delivered by the worker.
     push_config = config.push
     push_tokens = PushTokenStore(runtime.db)
@@ -116,7 +138,9 @@ async def build(settings: Settings) -> ServiceHost:
     await push_tokens.ensure_indexes()
     await push_outbox.ensure_indexes()
     push_settings = PushSettingsStore(runtime.db)
-    push_devices = PushDevices(push_tokens, push_settings, push_outbox, clock=clock)
+    push_devices = PushDevices(
+        push_tokens, push_settings, push_outbox, limits=limits.limiter, clock=clock
+    )
     # Device leases in Redis: delivery streams keep theirs (the record
     # svc_presence reads), and push skips devices that hold one.
     liveness = Liveness(
@@ -172,15 +196,15 @@ async def build(settings: Settings) -> ServiceHost:
         clock=clock,
         trace_context=tracing.capture if tracing.enabled else None,
     )
-    messages = MessagesHandler(conversations, message_store, recent, pipeline, codec)
+    messages = MessagesHandler(conversations, message_store, recent, pipeline, codec, limits)
     inbox_store = InboxSettingsStore(runtime.db)
     await inbox_store.ensure_indexes()
     inbox = InboxHandler(inbox_store, conversations, listener=SettingsPublisher(doorbell, codec))
     groups = GroupsHandler(
-        conversations, message_store, pipeline, accounts, doorbell, doorbell, codec
+        conversations, message_store, pipeline, accounts, doorbell, doorbell, codec, limits
     )
     delivered = DeliveredMarks(runtime.redis)
-    changes = ChangesHandler(conversations, message_store, pipeline, delivered)
+    changes = ChangesHandler(conversations, message_store, pipeline, limits, delivered)
     leases = StreamLeases(
         liveness,
         ttl_seconds=settings.presence.device_ttl_seconds,

@@ -9,6 +9,7 @@ import structlog
 from parley.presence.v1 import presence_pb2_grpc
 from parley_core.config import Settings
 from parley_core.errors import Reason, Unavailable
+from parley_core.limits import LimitName
 from parley_core.rpc.server import ServiceHost
 from parley_core.runtime import open_runtime, service_main
 from parley_core.storage.liveness import Liveness
@@ -27,6 +28,10 @@ from svc_presence.storage.documents import LastSeenStore, SettingsStore
 from svc_presence.storage.live import LiveStore, connect_fast, connect_listener
 
 log = structlog.get_logger(__name__)
+
+# The abuse limits svc_presence applies (docs/ARCHITECTURE.md, Abuse limits).
+# Heartbeats are not limited: each is one O(1) Redis script, renewing a lease.
+LIMITS = (LimitName.CONTACT_ADD_PER_ACCOUNT, LimitName.PRESENCE_SUBSCRIBE_PER_ACCOUNT)
 
 
 async def build(settings: Settings) -> ServiceHost:
@@ -62,6 +67,7 @@ async def build(settings: Settings) -> ServiceHost:
         last_seen,
         rules,
         stats,
+        limits=runtime.limiter(LIMITS),
         max_contacts=config.max_contacts,
         after_drop=sweeper.poke,
     )

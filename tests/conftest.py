@@ -9,6 +9,7 @@ import pytest
 import pytest_asyncio
 
 from parley_dev.stack import LocalStack
+from tests.helpers import TEST_LIMITS
 
 # Short, so stopping a stack with delivery streams still open does not stall the suite.
 TEST_SHUTDOWN_GRACE_SECONDS = 2.0
@@ -21,6 +22,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Local
         root=tmp_path_factory.mktemp("stack"),
         message_instances=2,
         shutdown_grace_seconds=TEST_SHUTDOWN_GRACE_SECONDS,
+        extra_config=TEST_LIMITS,
     ) as local:
         yield local
 
@@ -32,5 +34,6 @@ async def fresh_stack(tmp_path: Path) -> AsyncIterator[LocalStack]:
         root=tmp_path / "stack",
         message_instances=1,
         shutdown_grace_seconds=TEST_SHUTDOWN_GRACE_SECONDS,
+        extra_config=TEST_LIMITS,
     ) as local:
         yield local

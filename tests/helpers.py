@@ -10,7 +10,21 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from parley_core.limits import LimitName
+from parley_dev.limits import unreached_limits
+
 Metadata = tuple[tuple[str, str], ...]
+
+# For stacks whose tests are legitimate floods by the limits' standards:
+# hundreds of sign-ups from one address, or sends as fast as a test can make
+# them. The limits are still taken, none refuses; but the bundle-fetch limits
+# keep their defaults, which the key directory's tests check. The others are
+# tested on a stack of their own (tests/integration/test_rate_limits.py).
+TEST_LIMITS = {
+    "limits": unreached_limits(
+        keep=(LimitName.BUNDLE_FETCH_PER_TARGET, LimitName.BUNDLE_FETCH_PER_REQUESTER)
+    )
+}
 
 
 def channel(target: str) -> grpc.aio.Channel:

@@ -38,7 +38,7 @@ from parley_sdk.e2ee import (
     RemoteBundle,
 )
 from parley_sdk.e2ee.content import parse_content, text_content
-from parley_sdk.errors import ParleyError, ResourceExhaustedError
+from parley_sdk.errors import ParleyError, RateLimitedError
 from parley_sdk.models import (
     ConversationType,
     Direction,
@@ -242,7 +242,7 @@ class E2EE:
         for attempt in range(_BUNDLE_RETRIES + 1):
             try:
                 return await self._client.get_pre_key_bundles(account_id, device_ids=device_ids)
-            except ResourceExhaustedError as error:
+            except RateLimitedError as error:
                 wait = error.retry_after
                 if attempt == _BUNDLE_RETRIES or wait is None or wait > _MAX_BUNDLE_WAIT:
                     raise

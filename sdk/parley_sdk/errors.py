@@ -41,6 +41,7 @@ __all__ = [
     "NotTheSenderError",
     "ParleyError",
     "PermissionDeniedError",
+    "RateLimitedError",
     "ResourceExhaustedError",
     "RoleRequiredError",
     "TokenExpiredError",
@@ -165,6 +166,18 @@ class ResourceExhaustedError(ParleyError):
     pass
 
 
+class RateLimitedError(ResourceExhaustedError):
+    """A rate limit refused the call (reason ``RATE_LIMITED``): ``retry_after``
+    says in how many seconds the same call can pass, ``limit`` names the limit
+    (e.g. ``send_per_device``). The client's retry policy already waited as
+    long as it was allowed to (``RetryPolicy.rate_limit_max_wait``)."""
+
+    @property
+    def limit(self) -> str:
+        """The refusing limit's name, or "" when the server named none."""
+        return self.metadata.get("limit", "")
+
+
 class GroupFullError(ResourceExhaustedError):
     """The group would exceed its member cap; the message names the cap."""
 
@@ -217,6 +230,7 @@ _BY_REASON: dict[tuple[grpc.StatusCode, str], type[ParleyError]] = {
     (grpc.StatusCode.UNAUTHENTICATED, ErrorReason.TOKEN_REVOKED): TokenRevokedError,
     (grpc.StatusCode.ALREADY_EXISTS, ErrorReason.HANDLE_TAKEN): HandleTakenError,
     (grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.GROUP_FULL): GroupFullError,
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.RATE_LIMITED): RateLimitedError,
     (grpc.StatusCode.PERMISSION_DENIED, ErrorReason.ROLE_REQUIRED): RoleRequiredError,
     (grpc.StatusCode.PERMISSION_DENIED, ErrorReason.NOT_THE_SENDER): NotTheSenderError,
     (grpc.StatusCode.FAILED_PRECONDITION, ErrorReason.LAST_OWNER): LastOwnerError,

@@ -16,6 +16,7 @@ from parley_sdk._session import Session, bearer_token
 from parley_sdk.errors import (
     ErrorReason,
     ParleyError,
+    RateLimitedError,
     TokenExpiredError,
     UnavailableError,
     from_rpc_error,
@@ -73,8 +74,12 @@ class AckPolicy:
 
 def reconnectable(error: ParleyError) -> bool:
     # SLOW_CONSUMER is the server asking us to reconnect and resume, whatever code
-    # carries it.
-    return isinstance(error, UnavailableError) or error.reason == ErrorReason.SLOW_CONSUMER
+    # carries it. A rate limit on opening (presence subscriptions) says when.
+    return (
+        isinstance(error, UnavailableError)
+        or error.reason == ErrorReason.SLOW_CONSUMER
+        or (isinstance(error, RateLimitedError) and error.retry_after is not None)
+    )
 
 
 class PositionTracker:

@@ -23,6 +23,7 @@ from parley_core.errors import (
     Unauthenticated,
 )
 from parley_core.ids import new_id
+from parley_core.limits import Limiter, LimitName, Take
 from parley_core.storage.revocations import RevocationStore
 from svc_keys.domain.handles import handle_key, handle_problem
 from svc_keys.domain.keys import KeysHandler
@@ -53,9 +54,11 @@ class AccountsHandler:
         revocations: RevocationStore,
         keys: KeysHandler,
         *,
+        limiter: Limiter,
         max_devices: int,
         refresh_ttl_seconds: int,
     ) -> None:
+        self._limiter = limiter
         self._store = store
         self._issuer = issuer
         self._revocations = revocations
@@ -130,11 +133,23 @@ class AccountsHandler:
         display_name: str,
         device_name: str,
         platform: int,
+        client_address: str,
         now: float,
     ) -> DeviceSession:
+        """``client_address``: the key of the caller's address (rpc/address.py)."""
         problem = handle_problem(handle)
         if problem is not None:
             raise InvalidArgument.field("handle", problem)
+        # One tag for both, so one script call; every sign-up shares the
+        # overall bucket anyway.
+        refusal = await self._limiter.check(
+            Take(LimitName.SIGNUP_PER_ADDRESS, "signup", key=client_address),
+            Take(LimitName.SIGNUP_OVERALL, "signup"),
+            now=now,
+        )
+        # A retry of a sign-up that went through is answered, never refused.
+        if refusal is not None and await self._store.account_by_signup_request(request_id) is None:
+            raise self._limiter.refuse(refusal)
         account = Account(
             account_id=new_id(int(now * 1000)),
             handle=handle,
@@ -171,6 +186,8 @@ class AccountsHandler:
         existing = await self._store.device_by_request(account_id, request_id)
         if existing is not None and existing.revoked_at is None:
             return await self._reissue(account, existing, now)
+        # After the replay check: a retry of a registration is never refused.
+        await self._limiter.take(Take(LimitName.DEVICE_REGISTER_PER_ACCOUNT, account_id), now=now)
         if not await self._store.reserve_device_slot(account_id, cap=self._max_devices):
             active = await self._store.recount_device_slots(account_id)
             if active >= self._max_devices or not await self._store.reserve_device_slot(
@@ -193,13 +210,21 @@ class AccountsHandler:
             await self._store.release_device_slot(account_id)
         return session
 
-    async def refresh(self, *, refresh_token: str, now: float) -> Credentials:
+    async def refresh(self, *, refresh_token: str, client_address: str, now: float) -> Credentials:
         def invalid(why: str) -> Unauthenticated:
             return Unauthenticated(why, reason=Reason.REFRESH_TOKEN_INVALID)
 
         device_id, _, secret = refresh_token.partition(".")
         if not device_id or not secret:
             raise invalid("malformed refresh token")
+        # Before the token is looked up, so guessing tokens is held to the
+        # address's budget. The device is the one the token names, unchecked:
+        # a made-up one only spends its own bucket.
+        await self._limiter.take(
+            Take(LimitName.REFRESH_PER_ADDRESS, client_address),
+            Take(LimitName.REFRESH_PER_DEVICE, device_id),
+            now=now,
+        )
         try:
             device, stored_hash, expires_at = await self._store.refresh_state(device_id)
         except KeyError:

@@ -21,6 +21,7 @@ from parley_core.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from parley_core.limits import Limiter, LimitName, Take
 from parley_core.storage.key_notices import PRE_KEY_LOW_WATER, IdentityChanges, PreKeyLows
 from svc_keys.model import (
     DeviceIdentity,
@@ -33,7 +34,6 @@ from svc_keys.model import (
 from svc_keys.storage.accounts import AccountStore
 from svc_keys.storage.keys import KeyStore
 from svc_keys.storage.notices import KeyNoticePublisher
-from svc_keys.storage.ratelimit import BundleRateLimiter
 from svc_keys.storage.sender_keys import SenderKeyStore
 
 # Curve25519 keys are signed in the 33-byte encoding with this type prefix.
@@ -67,7 +67,7 @@ class KeysHandler:
         self,
         keys: KeyStore,
         accounts: AccountStore,
-        limiter: BundleRateLimiter,
+        limiter: Limiter,
         *,
         pre_key_lows: PreKeyLows,
         identity_changes: IdentityChanges,
@@ -87,6 +87,10 @@ class KeysHandler:
         # (otherwise the session starts from the signed prekey alone).
         self.bundles_with_pre_key = 0
         self.bundles_signed_only = 0
+
+    @staticmethod
+    def _upload(account_id: str, device_id: str) -> Take:
+        return Take(LimitName.KEY_UPLOAD_PER_DEVICE, account_id, key=device_id)
 
     async def _add_pre_keys(
         self, device_id: str, pre_keys: Sequence[PreKey], *, field: str, now: float
@@ -146,6 +150,7 @@ class KeysHandler:
                 "signed_pre_key.signature",
                 "not a valid Ed25519 signature by identity_key over 0x05 || public_key",
             )
+        await self._limiter.take(self._upload(account_id, device_id), now=now)
         previous = await self._keys.device_keys(device_id)
         changed = previous is not None and (
             previous.identity_key != identity_key or previous.identity_change_pending
@@ -188,6 +193,7 @@ class KeysHandler:
     ) -> int:
         if await self._keys.device_keys(device_id) is None:
             raise FailedPrecondition("publish the device's keys (PublishKeys) before prekeys")
+        await self._limiter.take(self._upload(account_id, device_id), now=now)
         try:
             count = await self._add_pre_keys(device_id, pre_keys, field="pre_keys", now=now)
         finally:
@@ -210,13 +216,12 @@ class KeysHandler:
     ) -> list[PreKeyBundle]:
         """One bundle per active device with keys (only ``device_ids`` when
         given), each consuming one one-time prekey if any is left."""
-        wait = await self._limiter.take(requester_account_id, account_id, now_ms=int(now * 1000))
-        if wait is not None:
-            raise ResourceExhausted(
-                "too many prekey bundle fetches; retry later",
-                reason=Reason.RATE_LIMITED,
-                retry_after_seconds=max(wait, 0.001),
-            )
+        # Both buckets or neither: a refused fetch spends nothing.
+        await self._limiter.take(
+            Take(LimitName.BUNDLE_FETCH_PER_TARGET, requester_account_id, key=account_id),
+            Take(LimitName.BUNDLE_FETCH_PER_REQUESTER, requester_account_id),
+            now=now,
+        )
         if await self._accounts.account_by_id(account_id) is None:
             raise NotFound("account not found", reason=Reason.ACCOUNT_NOT_FOUND)
         # Only active devices: keys of a device revoked a moment ago may not be

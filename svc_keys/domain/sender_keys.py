@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from parley_core.errors import AlreadyExists, FailedPrecondition, Reason, ResourceExhausted
+from parley_core.limits import Limiter, LimitName, Take
 from svc_keys.model import NewEnvelope, SenderKeyEnvelope
 from svc_keys.storage.accounts import AccountStore
 from svc_keys.storage.keys import KeyStore
@@ -57,8 +58,10 @@ class SenderKeysHandler:
         accounts: AccountStore,
         notices: KeyNoticePublisher,
         *,
+        limiter: Limiter,
         max_waiting_per_device: int,
     ) -> None:
+        self._limiter = limiter
         self._store = store
         self._keys = keys
         self._accounts = accounts
@@ -87,6 +90,11 @@ class SenderKeysHandler:
             # The first attempt may have stopped before its notices went out.
             await self._notify(conversation_id, envelopes)
             return previous.stored
+        # After the replay check: a retry of a stored request is never refused.
+        await self._limiter.take(
+            Take(LimitName.SENDER_KEYS_PER_DEVICE, sender_account_id, key=sender_device_id),
+            now=now,
+        )
         device_ids = [e.recipient_device_id for e in envelopes]
         active, published, waiting = await asyncio.gather(
             self._accounts.active_device_accounts(device_ids),

@@ -9,6 +9,7 @@ from typing import Any
 from parley.common.v1 import common_pb2
 from parley.keys.v1 import accounts_pb2, accounts_pb2_grpc
 from parley_core.pagination import decode_page_token, encode_page_token
+from parley_core.rpc.address import ClientAddresses
 from parley_core.rpc.convert import timestamp
 from parley_core.rpc.request import request_context
 from parley_core.validation import Check
@@ -57,8 +58,15 @@ def _check_new_device(check: Check, device: accounts_pb2.NewDevice, field: str) 
 
 
 class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
-    def __init__(self, accounts: AccountsHandler, *, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        accounts: AccountsHandler,
+        *,
+        addresses: ClientAddresses,
+        clock: Callable[[], float] = time.time,
+    ):
         self._accounts = accounts
+        self._addresses = addresses
         self._clock = clock
 
     async def SignUp(
@@ -79,6 +87,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
             display_name=request.display_name,
             device_name=request.device.name,
             platform=request.device.platform,
+            client_address=self._addresses.of(context),
             now=self._clock(),
         )
         return accounts_pb2.SignUpResponse(
@@ -116,7 +125,9 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         check.text("refresh_token", request.refresh_token, min_len=1, max_len=256)
         check.done()
         credentials = await self._accounts.refresh(
-            refresh_token=request.refresh_token, now=self._clock()
+            refresh_token=request.refresh_token,
+            client_address=self._addresses.of(context),
+            now=self._clock(),
         )
         return accounts_pb2.RefreshTokenResponse(credentials=credentials_proto(credentials))
 

@@ -13,12 +13,14 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from parley_core.errors import FailedPrecondition, NotFound, Reason
+from parley_core.limits import LimitName
 from svc_message.domain import roles
 from svc_message.domain.conversations import (
     ConversationsHandler,
     Membership,
     effective_watermarks,
 )
+from svc_message.domain.limits import FeedLimits
 from svc_message.domain.sending import Committed, Draft, SendPipeline
 from svc_message.model import CHANNEL, DIRECT, SYSTEM, Change, ChangeKind, Message, Watermarks
 from svc_message.storage.delivered import DeliveredMarks
@@ -37,8 +39,10 @@ class ChangesHandler:
         conversations: ConversationsHandler,
         messages: MessageStore,
         pipeline: SendPipeline,
+        limits: FeedLimits,
         delivered: DeliveredMarks | None = None,
     ) -> None:
+        self._limits = limits
         self._conversations = conversations
         self._messages = messages
         self._pipeline = pipeline
@@ -64,7 +68,14 @@ class ChangesHandler:
             )
         return message
 
-    async def _commit(self, membership: Membership, template: Change) -> Committed:
+    async def _commit(
+        self, membership: Membership, template: Change, *, limit: LimitName, now: float
+    ) -> Committed:
+        """Spends a token of the account's ``limit`` (a retry of a change
+        already in the feed spends none), then commits."""
+        await self._limits.account_change(
+            limit, template.conversation_id, template.account_id, template.request_id, now
+        )
         return await self._pipeline.submit(
             Draft(conversation=membership.conversation, template=template)
         )
@@ -100,6 +111,7 @@ class ChangesHandler:
         message_id: str,
         body: bytes,
         request_id: str,
+        now: float,
     ) -> Committed:
         membership = await self._conversations.require_member(conversation_id, account_id)
         target = await self._target(membership, message_id, live=False)
@@ -111,7 +123,10 @@ class ChangesHandler:
                 "the message was deleted for everyone", reason=Reason.MESSAGE_DELETED
             )
         return await self._commit(
-            membership, self._template(ChangeKind.EDIT, membership, target, request_id, body=body)
+            membership,
+            self._template(ChangeKind.EDIT, membership, target, request_id, body=body),
+            limit=LimitName.EDIT_PER_ACCOUNT,
+            now=now,
         )
 
     async def delete(
@@ -122,6 +137,7 @@ class ChangesHandler:
         message_id: str,
         for_everyone: bool,
         request_id: str,
+        now: float,
     ) -> Committed:
         membership = await self._conversations.require_member(conversation_id, account_id)
         target = await self._target(membership, message_id, live=False)
@@ -138,7 +154,7 @@ class ChangesHandler:
             template = self._template(
                 ChangeKind.HIDE, membership, target, request_id, only_for=account_id
             )
-        return await self._commit(membership, template)
+        return await self._commit(membership, template, limit=LimitName.DELETE_PER_ACCOUNT, now=now)
 
     async def react(
         self,
@@ -149,6 +165,7 @@ class ChangesHandler:
         emoji: str,
         remove: bool,
         request_id: str,
+        now: float,
     ) -> tuple[Message, bool]:
         """The message's state after the change, and whether anything changed."""
         membership = await self._conversations.require_member(conversation_id, account_id)
@@ -164,6 +181,8 @@ class ChangesHandler:
             self._template(
                 ChangeKind.REACTION, membership, target, request_id, emoji=emoji, removed=remove
             ),
+            limit=LimitName.REACT_PER_ACCOUNT,
+            now=now,
         )
         return committed.message or target, True
 

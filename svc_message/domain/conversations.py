@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 
 from parley_core.errors import InvalidArgument, NotFound, PermissionDenied, Reason
 from parley_core.ids import random_id
+from parley_core.limits import LimitName
+from svc_message.domain.limits import FeedLimits
 from svc_message.model import (
     ADMIN,
     CHANNEL,
@@ -178,10 +180,12 @@ class ConversationsHandler:
         publisher: Publisher,
         codec: EventCodec,
         *,
+        limits: FeedLimits,
         membership_cache_size: int = 100_000,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        self._limits = limits
         self._recent = recent
         self._accounts = accounts
         self._publisher = publisher
@@ -269,6 +273,8 @@ class ConversationsHandler:
         key = direct_key(account_id, peer_account_id)
         conversation_id = await self._store.direct_pair(key)
         if conversation_id is None:
+            # Only a new pair spends a token: opening an existing chat is a read.
+            await self._limits.per_account(LimitName.DIRECT_CREATE_PER_ACCOUNT, account_id, now=now)
             if not await self._accounts.exists(peer_account_id, bearer_token=bearer_token):
                 raise NotFound("no account with that id", reason=Reason.ACCOUNT_NOT_FOUND)
             conversation_id = await self._store.claim_direct_pair(key, random_id())

@@ -30,8 +30,10 @@ from parley_core.errors import (
     Reason,
     ResourceExhausted,
 )
+from parley_core.limits import LimitName
 from svc_message.domain import roles
 from svc_message.domain.conversations import ConversationsHandler, Membership
+from svc_message.domain.limits import FeedLimits
 from svc_message.domain.sending import Committed, Draft, SendPipeline
 from svc_message.model import (
     ADMIN,
@@ -87,7 +89,9 @@ class GroupsHandler:
         bus: MembershipChanges,
         publisher: Publisher,
         codec: EventCodec,
+        limits: FeedLimits,
     ) -> None:
+        self._limits = limits
         self._conversations = conversations
         self._store = conversations.store
         self._messages = messages
@@ -213,8 +217,11 @@ class GroupsHandler:
         others = sorted({m for m in member_ids if m != account_id})
         if len(others) + 1 > GROUP_MEMBER_CAP:
             raise group_full(f"; asked for {len(others) + 1}")
-        await self._require_accounts(others, bearer_token)
         conversation_id = conversation_id_for(account_id, request_id)
+        await self._limits.account_change(
+            LimitName.GROUP_CREATE_PER_ACCOUNT, conversation_id, account_id, request_id, now
+        )
+        await self._require_accounts(others, bearer_token)
         members = (account_id, *others)
         conversation = Conversation(
             conversation_id=conversation_id,
@@ -265,6 +272,9 @@ class GroupsHandler:
     ) -> InboxEntry:
         actor = await self._manageable(conversation_id, account_id)
         roles.require_admin(actor.role)
+        await self._limits.account_change(
+            LimitName.ADD_MEMBERS_PER_ACCOUNT, conversation_id, account_id, request_id, now
+        )
         conversation = await self._fresh(conversation_id)
         wanted = sorted(set(account_ids))
         if conversation.type == CHANNEL:
@@ -340,6 +350,9 @@ class GroupsHandler:
                     "this channel is not public; its admins add subscribers",
                     reason=Reason.ROLE_REQUIRED,
                 )
+            await self._limits.per_account(
+                LimitName.CHANNEL_SUBSCRIBE_PER_ACCOUNT, account_id, now=now
+            )
             await self._subscribe(conversation, account_id, now=now)
         return await self._conversations.get(conversation_id=conversation_id, account_id=account_id)
 
@@ -374,6 +387,9 @@ class GroupsHandler:
                 "that account is not a member of this conversation", reason=Reason.NOT_A_MEMBER
             )
         roles.check_remove(actor.role, target.role)
+        await self._limits.account_change(
+            LimitName.GROUP_ADMIN_PER_ACCOUNT, conversation_id, account_id, request_id, now
+        )
         if conversation.type == CHANNEL and target_id not in conversation.member_ids:
             await self._unsubscribe(conversation, target_id, now=now)
         else:
@@ -469,6 +485,7 @@ class GroupsHandler:
         conversation_id: str,
         target_id: str,
         role: int,
+        now: float,
     ) -> InboxEntry:
         actor = await self._manageable(conversation_id, account_id)
         conversation = await self._fresh(conversation_id)
@@ -491,6 +508,9 @@ class GroupsHandler:
             return await self._conversations.get(
                 conversation_id=conversation_id, account_id=account_id
             )
+        await self._limits.account_change(
+            LimitName.GROUP_ADMIN_PER_ACCOUNT, conversation_id, account_id, request_id, now
+        )
         await self._system(
             conversation,
             actor=account_id,
@@ -519,6 +539,7 @@ class GroupsHandler:
         conversation_id: str,
         title: str | None,
         avatar_ref: str | None,
+        now: float,
     ) -> InboxEntry:
         actor = await self._manageable(conversation_id, account_id)
         roles.require_admin(actor.role)
@@ -529,6 +550,9 @@ class GroupsHandler:
             avatar_ref=conversation.avatar_ref if avatar_ref is None else avatar_ref,
         )
         if (changed.title, changed.avatar_ref) != (conversation.title, conversation.avatar_ref):
+            await self._limits.account_change(
+                LimitName.GROUP_ADMIN_PER_ACCOUNT, conversation_id, account_id, request_id, now
+            )
             await self._system(
                 conversation,
                 actor=account_id,

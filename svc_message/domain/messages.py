@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from parley_core.errors import InvalidArgument
 from svc_message.domain import roles
 from svc_message.domain.conversations import ConversationsHandler, Membership
+from svc_message.domain.limits import FeedLimits, send_takes
 from svc_message.domain.sending import Committed, Draft, SendPipeline
 from svc_message.model import Change, ChangeKind, Message, Page
 from svc_message.ports import EventCodec
@@ -31,7 +32,9 @@ class MessagesHandler:
         recent: RecentCache,
         pipeline: SendPipeline,
         codec: EventCodec,
+        limits: FeedLimits,
     ) -> None:
+        self._limits = limits
         self._conversations = conversations
         self._messages = messages
         self._recent = recent
@@ -48,6 +51,7 @@ class MessagesHandler:
         type: int,
         body: bytes,
         reply_to_message_id: str,
+        now: float,
         forwarded: bool = False,
     ) -> Committed:
         membership = await self._conversations.require_member(conversation_id, account_id)
@@ -62,6 +66,19 @@ class MessagesHandler:
                 raise InvalidArgument.field(
                     "reply_to_message_id", "must name a message of this conversation"
                 )
+        # After every check of the request: bad input stays INVALID_ARGUMENT.
+        await self._limits.change(
+            *send_takes(
+                account_id=account_id,
+                device_id=device_id,
+                conversation_id=conversation_id,
+                conversation_type=membership.conversation.type,
+            ),
+            conversation_id=conversation_id,
+            account_id=account_id,
+            request_id=request_id,
+            now=now,
+        )
         message = Message(
             message_id="",
             conversation_id=conversation_id,

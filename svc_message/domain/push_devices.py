@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from parley_core.limits import Limiter, LimitName, Take
 from svc_message.model import DoNotDisturb, PushToken
 from svc_message.model.push import StoredPushSettings
 from svc_message.storage.push import PushOutbox, PushSettingsStore, PushTokenStore
@@ -39,8 +40,10 @@ class PushDevices:
         settings: PushSettingsStore,
         outbox: PushOutbox,
         *,
+        limits: Limiter,
         clock: Callable[[], float],
     ) -> None:
+        self._limits = limits
         self._tokens = tokens
         self._settings = settings
         self._outbox = outbox
@@ -51,13 +54,15 @@ class PushDevices:
     async def register(
         self, *, account_id: str, device_id: str, provider: int, token: str, locale: str
     ) -> PushToken:
+        now = self._clock()
+        await self._limits.take(self._token_change(account_id, device_id), now=now)
         registration = PushToken(
             account_id=account_id,
             device_id=device_id,
             provider=provider,
             token=token,
             locale=locale or DEFAULT_LOCALE,
-            updated_at=_at(self._clock()),
+            updated_at=_at(now),
         )
         for device in await self._tokens.put(registration):
             await self._outbox.remove_pending(device)
@@ -65,8 +70,13 @@ class PushDevices:
 
     async def remove(self, *, account_id: str, device_id: str) -> None:
         """Idempotent: removing a token that is not there is no error."""
+        await self._limits.take(self._token_change(account_id, device_id), now=self._clock())
         await self._tokens.remove(device_id, account_id=account_id)
         await self._outbox.remove_pending(device_id)
+
+    @staticmethod
+    def _token_change(account_id: str, device_id: str) -> Take:
+        return Take(LimitName.PUSH_TOKEN_PER_DEVICE, account_id, key=device_id)
 
     async def settings(self, account_id: str) -> StoredPushSettings:
         return await self._settings.get(account_id)

@@ -79,6 +79,7 @@ class ChangesServicer:
             message_id=request.message_id,
             body=request.body,
             request_id=rpc.request_id,
+            now=rpc.now,
         )
         return pb.EditMessageResponse(edit=cast(pb.Event, done.envelope.wire).edit)
 
@@ -98,6 +99,7 @@ class ChangesServicer:
             message_id=request.message_id,
             for_everyone=request.scope == pb.DELETE_SCOPE_FOR_EVERYONE,
             request_id=rpc.request_id,
+            now=rpc.now,
         )
         return pb.DeleteMessageResponse(deletion=cast(pb.Event, done.envelope.wire).deletion)
 
@@ -118,6 +120,7 @@ class ChangesServicer:
             emoji=request.emoji,
             remove=request.remove,
             request_id=rpc.request_id,
+            now=rpc.now,
         )
         return pb.ReactToMessageResponse(
             reactions=[pb.ReactionCount(emoji=e, count=n) for e, n in reaction_counts(message)],

@@ -110,6 +110,7 @@ class GroupsServicer:
             conversation_id=request.conversation_id,
             title=title,
             avatar_ref=avatar_ref,
+            now=rpc.now,
         )
         return view_proto(entry)
 
@@ -182,6 +183,7 @@ class GroupsServicer:
             conversation_id=request.conversation_id,
             target_id=request.account_id,
             role=request.role,
+            now=rpc.now,
         )
         return view_proto(entry)
 

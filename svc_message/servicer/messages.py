@@ -91,6 +91,7 @@ class MessageUnaryServicer:
             body=request.body,
             reply_to_message_id=request.reply_to_message_id,
             forwarded=request.forwarded,
+            now=rpc.now,
         )
         # The stream event built at commit already holds the message proto.
         return pb.SendMessageResponse(message=cast(pb.Event, sent.envelope.wire).message)

@@ -16,6 +16,7 @@ from typing import TypeVar
 import structlog
 
 from parley_core.errors import Aborted, Reason, ResourceExhausted, Unavailable
+from parley_core.limits import Limiter, LimitName, Take
 from svc_presence.domain import privacy
 from svc_presence.domain.rules import RuleLoader
 from svc_presence.model import (
@@ -78,9 +79,11 @@ class PresenceHandler:
         rules: RuleLoader,
         stats: PresenceStats,
         *,
+        limits: Limiter,
         max_contacts: int,
         after_drop: Callable[[], None] = lambda: None,
     ) -> None:
+        self._limits = limits
         self._after_drop = after_drop
         self._live = live
         self._settings = settings
@@ -171,6 +174,7 @@ class PresenceHandler:
     # -- contacts ----------------------------------------------------------------
 
     async def add_contacts(self, *, owner: str, account_ids: Sequence[str], now: float) -> int:
+        await self._limits.take(Take(LimitName.CONTACT_ADD_PER_ACCOUNT, owner), now=now)
         try:
             added = await self._contacts.add(
                 owner, privacy.dedup(account_ids), cap=self._max_contacts, now=_at(now)
@@ -186,6 +190,11 @@ class PresenceHandler:
         if added:
             await self._changed(owner)
         return added
+
+    async def admit_subscription(self, *, viewer: str, now: float) -> None:
+        """Spends a token of the viewer's subscription limit (before SubscribePresence
+        opens anything), or raises ResourceExhausted."""
+        await self._limits.take(Take(LimitName.PRESENCE_SUBSCRIBE_PER_ACCOUNT, viewer), now=now)
 
     async def remove_contacts(self, *, owner: str, account_ids: Sequence[str]) -> int:
         try:

@@ -122,6 +122,7 @@ class PresenceServicer(presence_pb2_grpc.PresenceServiceServicer):
         check_account_ids(check, request.account_ids)
         check.done()
         rpc = request_context(context, clock=self._clock)
+        await self._presence.admit_subscription(viewer=rpc.account_id, now=rpc.now)
         session, snapshot = await self._hub.open(rpc.account_id, list(request.account_ids))
         async for batch in stream(self._hub, session, first=snapshot):
             yield pb.PresenceEvent(

@@ -17,7 +17,7 @@ import pytest_asyncio
 from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley_dev.stack import LocalStack
 from tests.chaos.clients import Channels
-from tests.helpers import is_serving, wait_until
+from tests.helpers import TEST_LIMITS, is_serving, wait_until
 
 # As in tests/conftest.py: stopping a stack with streams open must not stall.
 TEST_SHUTDOWN_GRACE_SECONDS = 2.0
@@ -29,6 +29,7 @@ async def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
         root=tmp_path_factory.mktemp("chaos_stack"),
         message_instances=2,
         shutdown_grace_seconds=TEST_SHUTDOWN_GRACE_SECONDS,
+        extra_config=TEST_LIMITS,
     ) as local:
         yield local
 

@@ -38,6 +38,7 @@ from tests.chaos.clients import (
     rss_kib,
     send_until_acked,
 )
+from tests.helpers import TEST_LIMITS
 from tests.users import Device, direct, sign_up
 
 pytestmark = pytest.mark.chaos
@@ -60,7 +61,8 @@ async def small_queue_stack(tmp_path: Path) -> AsyncIterator[LocalStack]:
         root=tmp_path / "stack",
         message_instances=1,
         shutdown_grace_seconds=2.0,
-        extra_config={"message": {"stream_queue_events": QUEUE_EVENTS}},
+        # Senders flood on purpose here; the limits would hold them back.
+        extra_config={**TEST_LIMITS, "message": {"stream_queue_events": QUEUE_EVENTS}},
     )
     await local.start()
     try:

@@ -27,7 +27,7 @@ from parley.message.v1 import messages_pb2 as mpb
 from parley_core.topology import conversation_shard
 from parley_dev.stack import LocalStack
 from tests.chaos.clients import Channels, SendLog, send_until_acked
-from tests.helpers import wait_until
+from tests.helpers import TEST_LIMITS, wait_until
 from tests.users import Device, all_messages, direct, rid, sign_up
 
 SENDERS = 20
@@ -41,6 +41,7 @@ async def three(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Local
         root=Path(tmp_path_factory.mktemp("three_owners")),
         message_instances=3,
         shutdown_grace_seconds=2.0,
+        extra_config=TEST_LIMITS,
     ) as local:
         yield local
 

@@ -32,7 +32,7 @@ from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_dev.stack import LocalStack
-from tests.helpers import http_get, wait_until
+from tests.helpers import TEST_LIMITS, http_get, wait_until
 from tests.pushservers import Received, WebhookServer
 from tests.users import (
     Device,
@@ -102,7 +102,10 @@ async def push_stack(
         root=tmp_path_factory.mktemp("push_stack"),
         message_instances=2,
         shutdown_grace_seconds=2.0,
-        extra_config={"message": {"push": {**PUSH_CONFIG, "webhook": webhook.config()}}},
+        extra_config={
+            **TEST_LIMITS,
+            "message": {"push": {**PUSH_CONFIG, "webhook": webhook.config()}},
+        },
     ) as local:
         yield local
 

@@ -26,6 +26,7 @@ ALERTS = {
     "ParleyDeliveryLagHigh",
     "ParleyErrorRateHigh",
     "ParleyPreKeysExhausted",
+    "ParleyRateLimitedHigh",
     "ParleyRedisDown",
     "ParleyMongoDown",
     "ParleyTargetDown",
@@ -119,7 +120,7 @@ def test_alert_values_reach_the_rules(helm: Path) -> None:
 
 def test_no_rule_file_when_every_alert_is_off(helm: Path) -> None:
     off = {name: {"enabled": False} for name in ("sendLatency", "deliveryLag", "errorRate")}
-    off |= {name: {"enabled": False} for name in ("preKeyExhaustion", "redisDown")}
+    off |= {name: {"enabled": False} for name in ("preKeyExhaustion", "rateLimited", "redisDown")}
     off |= {name: {"enabled": False} for name in ("mongoDown", "targetDown")}
     args: list[str] = []
     for name, value in off.items():

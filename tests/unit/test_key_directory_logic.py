@@ -1,5 +1,5 @@
 """Pure parts of the key directory: the signed-prekey contract and the
-in-process token bucket that stands in when Redis does not answer."""
+bundle-fetch limits (per target and per requester, both or neither)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from redis.exceptions import ConnectionError as RedisConnectionError
 
-from parley_core.errors import Unauthenticated
+from parley_core.errors import NotFound, ResourceExhausted, Unauthenticated
+from parley_core.limits import InProcessBuckets, Limiter, LimitName, Rate
 from svc_keys.domain.keys import KeysHandler, signature_valid
 from svc_keys.model import Device, SignedPreKey
-from svc_keys.storage.ratelimit import BundleRateLimiter, LocalBuckets, Rate
 
 
 def _raw(key: Any) -> bytes:
@@ -35,59 +34,50 @@ def test_signature_contract_is_ed25519_over_prefixed_key() -> None:
     assert not signature_valid(identity_pub, SignedPreKey(1, spk, good.signature[:63]))
 
 
-def test_local_bucket_allows_the_burst_then_refills() -> None:
-    buckets = LocalBuckets(burst=3, per_minute=60)  # one token per second
-    assert [buckets.take("a", now_ms=0) for _ in range(3)] == [None, None, None]
-    assert buckets.take("a", now_ms=0) == 1.0
-    assert buckets.take("a", now_ms=400) == 0.6
-    assert buckets.take("b", now_ms=400) is None, "buckets are per requester"
-    assert buckets.take("a", now_ms=1000) is None
-    assert buckets.take("a", now_ms=1000) == 1.0
-    # Idle long enough refills to the burst, never beyond.
-    assert [buckets.take("a", now_ms=100_000) for _ in range(4)][-1] == 1.0
+def limiter(per_target: Rate, per_requester: Rate) -> Limiter:
+    rates = {name: Rate(1000, 1000) for name in LimitName}
+    rates[LimitName.BUNDLE_FETCH_PER_TARGET] = per_target
+    rates[LimitName.BUNDLE_FETCH_PER_REQUESTER] = per_requester
+    return Limiter(InProcessBuckets(), rates, names=list(LimitName))
 
 
-def test_local_buckets_stay_bounded() -> None:
-    buckets = LocalBuckets(burst=2, per_minute=60, max_buckets=10)
-    for i in range(50):
-        buckets.take(str(i), now_ms=i)
-    assert len(buckets._buckets) <= 10
-
-
-class _DownRedis:
-    def register_script(self, _source: str) -> Any:
-        async def run(**_: Any) -> Any:
-            raise RedisConnectionError("down")
-
-        return run
-
-
-def limiter(per_target: Rate, per_requester: Rate) -> BundleRateLimiter:
-    return BundleRateLimiter(
-        _DownRedis(),  # type: ignore[arg-type]
-        per_target=per_target,
-        per_requester=per_requester,
-    )
-
-
-async def test_limiter_falls_back_to_local_buckets_when_redis_is_down() -> None:
-    local = limiter(Rate(2, 60), Rate(10, 60))
-    results = [await local.take("a", "victim", now_ms=0) for _ in range(3)]
-    assert results == [None, None, 1.0]
+class _NoAccount:
+    async def account_by_id(self, account_id: str) -> None:
+        return None
 
 
 async def test_one_requester_is_limited_per_target_and_overall() -> None:
     """Draining one user is held to the tight per-target rate, while fetches
     across many targets (starting a big group) use the requester's own bucket;
     a refused fetch takes no token from either."""
-    local = limiter(Rate(2, 60), Rate(5, 60))
-    assert [await local.take("a", "t1", now_ms=0) for _ in range(3)] == [None, None, 1.0]
-    assert [await local.take("a", f"t{i}", now_ms=0) for i in range(2, 5)] == [None] * 3
+    handler = KeysHandler(
+        None,  # type: ignore[arg-type]
+        _NoAccount(),  # type: ignore[arg-type]
+        limiter(Rate(2, 60), Rate(5, 60)),
+        pre_key_lows=None,  # type: ignore[arg-type]
+        identity_changes=None,  # type: ignore[arg-type]
+        notices=None,  # type: ignore[arg-type]
+        sender_keys=None,  # type: ignore[arg-type]
+        max_pre_keys=1000,
+    )
+
+    async def fetch(requester: str, target: str, now: float) -> str:
+        try:
+            await handler.bundles(requester_account_id=requester, account_id=target, now=now)
+        except ResourceExhausted as refused:
+            return refused.metadata["limit"]
+        except NotFound:
+            return "allowed"  # past the limit: the (absent) account was looked up
+        raise AssertionError("unreachable")
+
+    per_target, per_requester = "bundle_fetch_per_target", "bundle_fetch_per_requester"
+    assert [await fetch("a", "t1", 0) for _ in range(3)] == ["allowed", "allowed", per_target]
+    assert [await fetch("a", f"t{i}", 0) for i in range(2, 5)] == ["allowed"] * 3
     # The requester's bucket is empty now (2 + 3 taken); others are unaffected.
-    assert await local.take("a", "t9", now_ms=0) == 1.0
-    assert await local.take("b", "t1", now_ms=0) is None
+    assert await fetch("a", "t9", 0) == per_requester
+    assert await fetch("b", "t1", 0) == "allowed"
     # After a second both buckets have a token again; the refused tries took none.
-    assert await local.take("a", "t1", now_ms=1000) is None
+    assert await fetch("a", "t1", 1.0) == "allowed"
 
 
 class _Keys:

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from parley.keys.v1 import keys_pb2 as pb
 from parley.message.v1 import messages_pb2 as mpb
 from parley_core.errors import InvalidArgument
+from parley_core.limits import InProcessBuckets, Limiter
 from svc_keys.domain.keys import KeysHandler
 from svc_keys.domain.sender_keys import over_cap, unreachable_recipients
 from svc_keys.model import Device, DeviceKeys, NewEnvelope, SignedPreKey
@@ -225,7 +226,7 @@ async def test_an_identity_change_is_recorded_once_and_survives_a_stopped_publis
     handler = KeysHandler(
         keys,  # type: ignore[arg-type]
         _Accounts(),  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]
+        Limiter(InProcessBuckets(), {}, names=(), enabled=False),
         pre_key_lows=_Lows(),  # type: ignore[arg-type]
         identity_changes=changes,  # type: ignore[arg-type]
         notices=None,  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from parley_core.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from parley_core.limits import InProcessBuckets, Limiter
 from svc_presence.domain.presence import PRESENCE_DOWN, PresenceHandler
 from svc_presence.domain.rules import RuleLoader
 from svc_presence.domain.subscriptions import Hub, Session, parse_state, stream
@@ -39,6 +40,8 @@ from svc_presence.model import (
 
 E, C, N = Visibility.EVERYONE, Visibility.CONTACTS, Visibility.NOBODY
 ONLINE, OFFLINE, UNKNOWN = Availability.ONLINE, Availability.OFFLINE, Availability.UNKNOWN
+
+UNLIMITED = Limiter(InProcessBuckets(), {}, names=(), enabled=False)
 
 
 # -- fakes --------------------------------------------------------------------------
@@ -555,6 +558,7 @@ async def test_go_offline_wakes_the_sweeper_at_once() -> None:
         LastSeen(world),
         RuleLoader(world, world),
         stats,
+        limits=UNLIMITED,
         max_contacts=3,
         after_drop=sweeper.poke,
     )
@@ -578,6 +582,7 @@ def handler(world: FakeWorld, *, max_contacts: int = 3) -> PresenceHandler:
         LastSeen(world),
         RuleLoader(world, world),
         PresenceStats(),
+        limits=UNLIMITED,
         max_contacts=max_contacts,
     )
 

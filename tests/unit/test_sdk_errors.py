@@ -29,6 +29,7 @@ from parley_sdk import (
     NotFoundError,
     ParleyError,
     PermissionDeniedError,
+    RateLimitedError,
     ResourceExhaustedError,
     RetryPolicy,
     TokenExpiredError,
@@ -39,6 +40,7 @@ from parley_sdk import (
 )
 from parley_sdk._session import Session
 from parley_sdk.retry import call_with_retry, new_request_id
+from parley_sdk.stream import reconnectable
 
 DETAILS_KEY = "grpc-status-details-bin"
 
@@ -58,11 +60,13 @@ def rpc_error(
     violations: list[tuple[str, str]] = (),  # type: ignore[assignment]
     retry_after: float | None = None,
     raw_details: bytes | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> aio.AioRpcError:
     """What grpc.aio raises for a failed call whose server attached google.rpc details."""
     status = status_pb2.Status(code=code.value[0], message=message)
     if reason is not None:
-        status.details.append(_pack(error_details_pb2.ErrorInfo(reason=reason, domain=domain)))
+        info = error_details_pb2.ErrorInfo(reason=reason, domain=domain, metadata=metadata or {})
+        status.details.append(_pack(info))
     if violations:
         bad = error_details_pb2.BadRequest(
             field_violations=[
@@ -94,7 +98,8 @@ def rpc_error(
         (grpc.StatusCode.NOT_FOUND, "ERROR_REASON_ACCOUNT_NOT_FOUND", NotFoundError),
         (grpc.StatusCode.ALREADY_EXISTS, "ERROR_REASON_HANDLE_TAKEN", HandleTakenError),
         (grpc.StatusCode.FAILED_PRECONDITION, "", parley_sdk.FailedPreconditionError),
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, "ERROR_REASON_RATE_LIMITED", ResourceExhaustedError),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "ERROR_REASON_RATE_LIMITED", RateLimitedError),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "ERROR_REASON_GROUP_FULL", parley_sdk.GroupFullError),
         (grpc.StatusCode.UNAVAILABLE, "ERROR_REASON_SHUTTING_DOWN", UnavailableError),
         (grpc.StatusCode.INTERNAL, "ERROR_REASON_INTERNAL", InternalError),
         (grpc.StatusCode.ABORTED, "", parley_sdk.AbortedError),
@@ -335,6 +340,62 @@ async def test_call_with_retry_never_retries_other_errors() -> None:
     assert sleep.delays == []
 
 
+def rate_limited(retry_after: float | None, limit: str = "send_per_device") -> ParleyError:
+    return from_rpc_error(
+        rpc_error(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "slow down",
+            reason="ERROR_REASON_RATE_LIMITED",
+            retry_after=retry_after,
+            metadata={"limit": limit},
+        )
+    )
+
+
+def test_a_rate_limit_refusal_names_its_limit_and_when_to_retry() -> None:
+    error = rate_limited(1.5)
+    assert isinstance(error, RateLimitedError) and isinstance(error, ResourceExhaustedError)
+    assert error.limit == "send_per_device"
+    assert error.retry_after == 1.5
+    assert RateLimitedError("x").limit == ""
+
+
+def test_rate_limits_are_waited_out_within_the_bound_and_the_attempts() -> None:
+    policy = RetryPolicy(max_attempts=4, jitter=0.0, rate_limit_max_wait=2.0)
+    assert policy.rate_limit_delay(rate_limited(0.5), attempt=1) == 0.5
+    # The waits of one call add up to the bound, not beyond it.
+    assert policy.rate_limit_delay(rate_limited(0.5), attempt=2, waited=1.5) == 0.5
+    assert policy.rate_limit_delay(rate_limited(0.6), attempt=2, waited=1.5) is None
+    assert policy.rate_limit_delay(rate_limited(2.5), attempt=1) is None
+    assert policy.rate_limit_delay(rate_limited(0.1), attempt=4) is None
+    # Without RetryInfo there is nothing to wait for; other errors are not rate limits.
+    assert policy.rate_limit_delay(rate_limited(None), attempt=1) is None
+    assert policy.rate_limit_delay(unavailable(), attempt=1) is None
+    assert RetryPolicy(rate_limit_max_wait=0).rate_limit_delay(rate_limited(0.1), attempt=1) is None
+    # Jitter only ever lengthens the wait: a retry before the token is there fails again.
+    jittered = RetryPolicy(jitter=0.2).rate_limit_delay(
+        rate_limited(1.0), attempt=1, rand=lambda: 1
+    )
+    assert jittered is not None and 1.0 < jittered <= 1.05
+    assert not policy.should_retry(rate_limited(0.5), attempt=1)
+
+
+async def test_call_with_retry_waits_out_a_rate_limit_then_raises_past_the_bound() -> None:
+    sleep = FakeSleep()
+    attempt, calls = failing([rate_limited(0.4), rate_limited(0.7)])
+    policy = RetryPolicy(jitter=0.0, rate_limit_max_wait=2.0)
+    assert await call_with_retry(attempt, policy=policy, sleep=sleep) == "ok"
+    assert len(calls) == 3
+    assert sleep.delays == pytest.approx([0.4, 0.7])
+    # A refusal asking for longer than the bound is the caller's at once.
+    sleep = FakeSleep()
+    attempt, calls = failing([rate_limited(0.4), rate_limited(1.7)])
+    with pytest.raises(RateLimitedError) as refused:
+        await call_with_retry(attempt, policy=policy, sleep=sleep)
+    assert refused.value.retry_after == 1.7 and refused.value.limit == "send_per_device"
+    assert len(calls) == 2 and sleep.delays == pytest.approx([0.4])
+
+
 # -- the unary call path: same request_id on retries, refresh once ----------------------
 
 
@@ -439,6 +500,22 @@ async def test_aborted_is_retried_with_the_same_request_id() -> None:
     assert {sent.request_id for sent, _ in method.calls} == {request.request_id}
 
 
+async def test_a_rate_limited_call_is_repeated_with_the_same_request_id() -> None:
+    seen: list[Credentials] = []
+    session = await make_session(credentials(), seen)
+    refusal = rpc_error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, reason="ERROR_REASON_RATE_LIMITED", retry_after=0.01
+    )
+    method = FakeMethod([refusal])
+    request = accounts_pb2.RegisterDeviceRequest(request_id=new_request_id())
+    try:
+        await session.unary(method, request)  # type: ignore[arg-type]
+    finally:
+        await session.close()
+    assert len(method.calls) == 2
+    assert {sent.request_id for sent, _ in method.calls} == {request.request_id}
+
+
 async def test_token_expired_refreshes_once_and_retries() -> None:
     seen: list[Credentials] = []
     session = await make_session(credentials(), seen)
@@ -534,3 +611,13 @@ def test_profiles_are_private_files(tmp_path: Path) -> None:
         store.path("../escape")
     with pytest.raises(ProfileError, match="no profile"):
         store.load("bob")
+
+
+def test_a_stream_reopens_after_a_rate_limit_only_when_told_when() -> None:
+    assert reconnectable(rate_limited(1.0))
+    assert not reconnectable(rate_limited(None))
+    group_full = from_rpc_error(
+        rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, reason="ERROR_REASON_GROUP_FULL")
+    )
+    assert not reconnectable(group_full)
+    assert reconnectable(unavailable())
