@@ -11,25 +11,29 @@ burst comes from one address of its own.
 
 Twenty users in ten direct conversations send at a steady pace, each to its
 own svc_message process (so half the sends are forwarded to their
-conversation's owner, as in production). Three phases:
+conversation's owner, as in production), through five windows of
+WINDOW_SECONDS: baseline, flood, baseline, flood, full speed. Baseline and
+flood alternate so that a drift in whatever else the machine runs falls on
+both alike.
 
 - baseline: the users alone;
 - flood: the same load while, from another process, one account sends from
   four devices (two per svc_message process, to four conversations, ignoring
   every RetryInfo) at FLOOD_SENDS_PER_SECOND a device (25x its account's
-  sustained budget), and one address tries SIGNUP_BURST sign-ups as fast as
-  answers come;
+  sustained budget), and, in the first flood window, one address tries
+  SIGNUP_BURST sign-ups as fast as answers come;
 - full speed: the same load while the four devices send as fast as answers
   come back (one call in flight each).
 
 Asserted: the flooder gets at most its account's burst plus its rate over
-both flood phases (and at least the burst); each device is held to its own
+all its windows (and at least the burst); each device is held to its own
 budget; every refusal is RESOURCE_EXHAUSTED / RATE_LIMITED with a RetryInfo
 and the limit's name, counted in /metrics; the sign-ups from the one address
 beyond its budget are refused the same way while another address still signs
-up; the users are never refused or failed, their send-ack p99 in the flood
-phase stays within twice the baseline's (both floored at P99_FLOOR_SECONDS),
-and every acknowledged message is in history exactly once, with gapless seqs.
+up; the users are never refused or failed, their send-ack p99 over the flood
+windows stays within twice the baseline windows' (both floored at
+P99_FLOOR_SECONDS), and every acknowledged message is in history exactly
+once, with gapless seqs.
 
 Why the compared flood is paced: at full speed the four devices are held back
 only by how fast the servers answer, and refusals come back faster than
@@ -81,13 +85,14 @@ pytestmark = pytest.mark.chaos
 REPO = Path(__file__).resolve().parents[2]
 USERS = 20
 # Each user sends this often: a little over send_per_device's steady 2 a
-# second, for ~27 s in all (66 sends), which its burst of 60 plus the refill
+# second, for ~32 s in all (76 sends), which its burst of 60 plus the refill
 # covers, so the limits never refuse them; 50 sends a second in all, which
 # the 2-core machine carries with room to spare.
 USER_SENDS_PER_SECOND = 2.5
-BASELINE_SECONDS = 10.0
-FLOOD_SECONDS = 10.0
-FULL_SPEED_SECONDS = 6.0
+# Baseline and flood alternate, so that a drift in what else the machine runs
+# falls on both alike; the flood at full speed comes last.
+WINDOWS = ("baseline", "flood", "baseline", "flood", "full_speed")
+WINDOW_SECONDS = 6.0
 FLOOD_DEVICES = 4
 # Per device: 100 attempts a second from the account, 25x send_per_account's
 # steady 4 a second and twice what the twenty users send together.
@@ -188,12 +193,18 @@ class User:
 
 @dataclass
 class Phase:
+    """The users' sends in every window of one kind."""
+
     name: str
-    seconds: float
-    # (seconds from the phase's start to the send, its ack latency)
+    windows: int = 0
+    # (seconds from the window's start to the send, its ack latency)
     samples: list[tuple[float, float]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)
+
+    def add_cpu(self, spent: dict[str, float]) -> None:
+        for name, seconds in spent.items():
+            self.cpu[name] = round(self.cpu.get(name, 0.0) + seconds, 2)
 
     @property
     def latencies(self) -> list[float]:
@@ -207,8 +218,9 @@ class Phase:
             "sends": len(self.samples),
             "p50_ms": round(self.p(50) * 1000, 1),
             "p99_ms": round(self.p(99) * 1000, 1),
-            # Once the bursts the limits allow (the flooder's 120 sends, the
-            # address's 20 sign-ups) have landed.
+            # Each window's first second left out: in the first flood window,
+            # when the bursts the limits allow (the account's 120 sends, the
+            # address's 20 sign-ups) land.
             "p99_after_1s_ms": round(self.p(99, after=1.0) * 1000, 1),
             "max_ms": round(max(self.latencies) * 1000, 1),
             "cpu_seconds": self.cpu,
@@ -218,10 +230,12 @@ class Phase:
 async def users_load(
     channels: Channels, users: list[User], phase: Phase, logs: dict[str, SendLog]
 ) -> None:
-    """Every user sends the phase's seconds x USER_SENDS_PER_SECOND messages
-    on a fixed schedule (staggered between users), one call in flight each."""
+    """One window: every user sends WINDOW_SECONDS x USER_SENDS_PER_SECOND
+    messages on a fixed schedule (staggered between users), one call in
+    flight each."""
     period = 1.0 / USER_SENDS_PER_SECOND
-    count = int(phase.seconds * USER_SENDS_PER_SECOND)
+    count = int(WINDOW_SECONDS * USER_SENDS_PER_SECOND)
+    phase.windows += 1
     started = time.monotonic()
 
     async def user(u: User) -> None:
@@ -229,7 +243,7 @@ async def users_load(
         first = started + period * u.index / len(users)
         for k in range(count):
             await asyncio.sleep(max(0.0, first + k * period - time.monotonic()))
-            body = f"{phase.name} {u.index} {k}".encode()
+            body = f"{phase.name} {phase.windows} {u.index} {k}".encode()
             sent_at = time.monotonic()
             try:
                 reply = await stub.SendMessage(
@@ -248,7 +262,7 @@ async def users_load(
             phase.samples.append((sent_at - started, time.monotonic() - sent_at))
             logs[u.conversation].acked[body] = reply.message
 
-    async with asyncio.timeout(phase.seconds + 3 * CALL_TIMEOUT):
+    async with asyncio.timeout(WINDOW_SECONDS + 3 * CALL_TIMEOUT):
         await asyncio.gather(*(user(u) for u in users))
 
 
@@ -409,9 +423,14 @@ def flood_plan(stack: LocalStack, world: World) -> dict[str, Any]:
             }
             for n, device in enumerate(world.flood_devices)
         ],
+        # One per flood window; the sign-up burst in the first.
         "phases": [
-            {"seconds": FLOOD_SECONDS, "sends_per_second": FLOOD_SENDS_PER_SECOND, "signups": 0},
-            {"seconds": FULL_SPEED_SECONDS, "sends_per_second": 0, "signups": 0},
+            {
+                "seconds": WINDOW_SECONDS,
+                "sends_per_second": 0 if name == "full_speed" else FLOOD_SENDS_PER_SECOND,
+                "signups": SIGNUP_BURST if n == 0 else 0,
+            }
+            for n, name in enumerate(w for w in WINDOWS if w != "baseline")
         ],
         "max_send_attempts": 100_000,
         "signup_address": FLOOD_ADDRESS,
@@ -435,9 +454,7 @@ async def test_a_flood_is_held_to_its_budget_and_the_others_do_not_notice(
         setup_seconds = time.monotonic() - test_started
         users = world.users
         logs = {u.conversation: SendLog() for u in users}
-        plan = flood_plan(stack, world)
-        plan["phases"][0]["signups"] = SIGNUP_BURST
-        flooder = FlooderProcess(plan, tmp_path)
+        flooder = FlooderProcess(flood_plan(stack, world), tmp_path)
         await flooder.start()
         pids = {name: stack.process(name).pid for name in stack.component_names}
         meter = CpuMeter(
@@ -446,22 +463,19 @@ async def test_a_flood_is_held_to_its_budget_and_the_others_do_not_notice(
         )
         await warm_up(channels, users, logs)
 
-        phases = [
-            Phase("baseline", BASELINE_SECONDS),
-            Phase("flood", FLOOD_SECONDS),
-            Phase("full_speed", FULL_SPEED_SECONDS),
-        ]
+        baseline, flood, full_speed = Phase("baseline"), Phase("flood"), Phase("full_speed")
+        phases = [baseline, flood, full_speed]
         results: list[dict[str, Any]] = []
-        for phase in phases:
+        for name in WINDOWS:
+            phase = next(p for p in phases if p.name == name)
             meter.start()
-            flooding = phase.name != "baseline"
+            flooding = name != "baseline"
             if flooding:
                 await flooder.go()
             await users_load(channels, users, phase, logs)
             if flooding:
-                results = await flooder.done(timeout=phase.seconds + 3 * CALL_TIMEOUT)
-            phase.cpu = meter.stop()
-        baseline, flood, full_speed = phases
+                results = await flooder.done(timeout=WINDOW_SECONDS + 3 * CALL_TIMEOUT)
+            phase.add_cpu(meter.stop())
         sends = [r["sends"] for r in results]
         signups = results[0]["signups"]
 
@@ -540,9 +554,11 @@ async def test_a_flood_is_held_to_its_budget_and_the_others_do_not_notice(
     # The users were never refused, never failed.
     for phase in phases:
         assert phase.failures == [], (phase.name, phase.failures[:5])
-        assert len(phase.latencies) == int(phase.seconds * USER_SENDS_PER_SECOND) * USERS
+        per_window = int(WINDOW_SECONDS * USER_SENDS_PER_SECOND) * USERS
+        assert len(phase.latencies) == phase.windows * per_window
 
-    # The flooder is held to its account's budget over both phases, and gets it.
+    # The flooder is held to its account's budget over all its windows (the
+    # pauses between them included), and gets at least its burst in the first.
     for s in sends:
         assert s["bad"] == [] and s["bad_count"] == 0, s["bad"]
         assert sum(s["refusals"].values()) == s["attempts"] - len(s["accepted"]) > 0
