@@ -53,12 +53,13 @@ def _check_distinct_ids(
     if not minimum <= len(values) <= maximum:
         check.fail(field, f"{minimum}-{maximum} ids, got {len(values)}")
         return
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for i, value in enumerate(values):
         check.id(f"{field}[{i}]", value)
         if value in seen:
-            check.fail(f"{field}[{i}]", f"{value} appears twice")
-        seen.add(value)
+            # Named by position, not echoed (see check_send_sender_keys).
+            check.fail(f"{field}[{i}]", f"the same id as {field}[{seen[value]}]")
+        seen.setdefault(value, i)
 
 
 def check_device_keys_request(request: keys_pb2.GetDeviceKeysRequest) -> Check:
@@ -88,17 +89,19 @@ def check_send_sender_keys(
     if not 1 <= len(envelopes) <= ENVELOPES_PER_CALL:
         check.fail("envelopes", f"1-{ENVELOPES_PER_CALL} envelopes, got {len(envelopes)}")
         return check, []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for i, envelope in enumerate(envelopes):
         field = f"envelopes[{i}]"
         check.id(f"{field}.recipient_account_id", envelope.recipient_account_id)
         check.id(f"{field}.recipient_device_id", envelope.recipient_device_id)
         if envelope.recipient_device_id in seen:
+            # Named by position, not echoed: the id may be any size, and the
+            # details travel in trailing metadata that clients cap.
             check.fail(
                 f"{field}.recipient_device_id",
-                f"{envelope.recipient_device_id} has another envelope in this request",
+                f"the same device as envelopes[{seen[envelope.recipient_device_id]}]",
             )
-        seen.add(envelope.recipient_device_id)
+        seen.setdefault(envelope.recipient_device_id, i)
         check.payload(f"{field}.ciphertext", envelope.ciphertext, max_bytes=ENVELOPE_BYTES)
     return check, [
         NewEnvelope(

@@ -5,6 +5,11 @@ token are UNAUTHENTICATED with the matching reason, on every process; a valid
 token of another user is PERMISSION_DENIED on a conversation they are not in,
 and the RPCs that are not about a conversation only ever show the caller's
 own data. Requests aim at the victim's real data, so any leak would show.
+
+Abuse limits are taken after these checks, so no bad credential or outsider
+ever spends a budget or sees RATE_LIMITED. This stack's limits are never
+reached; tests/chaos/test_limit_matrix.py calls every limited RPC until its
+limit refuses it, and with the budget spent checks these answers again.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from parley.presence.v1 import presence_pb2_grpc as pgrpc
 from parley_core.auth.tokens import TokenIssuer, load_private_key, write_key_pair
 from parley_dev.stack import LocalStack
 from tests.helpers import Metadata, auth
+from tests.limited_rpcs import LIMITS_BY_RPC
 from tests.users import Device, direct, link_device, rid, send, sign_up
 
 pytestmark = pytest.mark.chaos
@@ -316,6 +322,12 @@ AUTHENTICATED = {
 
 
 PRESENCE_RPCS = {m.name for m in ppb.DESCRIPTOR.services_by_name["PresenceService"].methods}
+
+
+def test_every_limited_rpc_is_in_the_matrix() -> None:
+    # Public RPCs have no credentials to refuse; RefreshToken's bad refresh
+    # tokens are checked below.
+    assert set(LIMITS_BY_RPC) <= AUTHENTICATED | PRESENCE_RPCS | {"SignUp", "RefreshToken"}
 
 
 async def connect_refused(messages: mgrpc.MessageServiceStub, md: Metadata, v: Victim) -> Any:

@@ -94,6 +94,36 @@ def test_send_shape_violations_name_every_field() -> None:
     ]
 
 
+def test_a_repeated_recipient_is_named_by_position_whatever_its_size() -> None:
+    # Details travel in trailing metadata (clients refuse values over 16 KiB):
+    # a 64 KiB id echoed back once turned INVALID_ARGUMENT into the client's
+    # own RESOURCE_EXHAUSTED.
+    huge = "a" * 65_537
+    request = pb.SendSenderKeysRequest(
+        request_id=REQUEST,
+        conversation_id=GROUP,
+        envelopes=[envelope(A1, D1), envelope(A1, huge), envelope(A1, huge), envelope(A2, D1)],
+    )
+    check, _ = check_send_sender_keys(request)
+    assert [(v.field, v.description) for v in check.violations] == [
+        ("envelopes[1].recipient_device_id", "must be a lower-case UUID"),
+        ("envelopes[2].recipient_device_id", "must be a lower-case UUID"),
+        ("envelopes[2].recipient_device_id", "the same device as envelopes[1]"),
+        ("envelopes[3].recipient_device_id", "the same device as envelopes[0]"),
+    ]
+
+
+def test_a_repeated_id_is_named_by_position_whatever_its_size() -> None:
+    huge = "a" * 65_537
+    check = check_device_keys_request(pb.GetDeviceKeysRequest(account_ids=[A1, huge, huge, A1]))
+    assert [(v.field, v.description) for v in check.violations] == [
+        ("account_ids[1]", "must be a lower-case UUID"),
+        ("account_ids[2]", "must be a lower-case UUID"),
+        ("account_ids[2]", "the same id as account_ids[1]"),
+        ("account_ids[3]", "the same id as account_ids[0]"),
+    ]
+
+
 @pytest.mark.parametrize("count", [0, 501])
 def test_a_send_holds_1_to_500_envelopes(count: int) -> None:
     devices = [f"0190d3a4-6f1e-7c2a-9b1e-{i:012x}" for i in range(count)]
