@@ -50,6 +50,7 @@ def build_group_report(
     ack, unary = send.latency, m.baseline_unary.latency
     fanout = per_second(m.window_events, send.window_s)
     missing = recorder.missing(m.streams)
+    event_cpu, push_cpu = _cpu_per_event(m)
     figures: dict[str, float | None] = {
         "group_deliver_p50_ms": every.p50_ms,
         "group_deliver_p99_ms": every.p99_ms,
@@ -60,12 +61,15 @@ def build_group_report(
         "group_send_ack_p99_ms": ack.p99_ms,
         "group_fanout_events_per_s": fanout or None,
         "baseline_push_msgs_per_s": m.baseline_push.rate or None,
+        "group_cpu_us_per_event": event_cpu,
+        "baseline_push_cpu_us_per_msg": push_cpu,
         "baseline_unary_p50_ms": unary.p50_ms,
         "baseline_unary_p99_ms": unary.p99_ms,
     }
     ratios = {
         "group_fanout_events_per_s / baseline_push_msgs_per_s": ratio(fanout, m.baseline_push.rate),
         "group_send_ack_p50_ms / baseline_unary_p50_ms": ratio(ack.p50_ms, unary.p50_ms),
+        "group_cpu_us_per_event / baseline_push_cpu_us_per_msg": ratio(event_cpu, push_cpu),
     }
     written = m.documents_written
     # Sends due in the window; their writes are what the window holds, give or
@@ -121,6 +125,26 @@ def build_group_report(
         "warnings": warnings,
         "complete": not unmeasured,
     }
+
+
+def _cpu_per_event(m: GroupMeasurements) -> tuple[float | None, float | None]:
+    """Microseconds of CPU per delivered event: every svc_message process in the
+    send window over the events the streams got in it; and the bare push
+    server's per message pushed."""
+    window = m.cpu_seconds.get("group_send", {})
+    service = [v for name, v in window.items() if name.startswith("svc_message")]
+    event_cpu = (
+        sum(v for v in service if v is not None) * 1e6 / m.window_events
+        if service and None not in service and m.window_events
+        else None
+    )
+    push_seconds = m.cpu_seconds.get("baseline_push", {}).get("baseline_server")
+    push_cpu = (
+        push_seconds * 1e6 / m.baseline_push.completed
+        if push_seconds is not None and m.baseline_push.completed
+        else None
+    )
+    return event_cpu, push_cpu
 
 
 def _warnings(m: GroupMeasurements, missing: int) -> list[str]:
@@ -202,6 +226,12 @@ def render_group(report: Mapping[str, Any]) -> str:
             f"{_num(r['baseline_push_msgs_per_s'], 0)} push msgs/s, "
             f"{params['baseline_push_streams']} streams",
             _num(r["ratios"]["group_fanout_events_per_s / baseline_push_msgs_per_s"], 2),
+        ),
+        (
+            "svc_message CPU µs per delivered event",
+            _num(r.get("group_cpu_us_per_event"), 1),
+            f"{_num(r.get('baseline_push_cpu_us_per_msg'), 1)} per push msg",
+            _num(r["ratios"].get("group_cpu_us_per_event / baseline_push_cpu_us_per_msg"), 2),
         ),
         (
             "svc_message db documents written per send",

@@ -214,6 +214,9 @@ def test_quick_group_bench_times_every_delivery(tmp_path: Path) -> None:
     assert report["group_deliver_count"] == send["expected_deliveries"] == messages * members
     assert send["missing"] == 0 and send["duplicates"] == 0 and send["shed"] == 0
     assert send["events_per_server_event"]["max"] >= 1
+    # CPU per delivered event, beside the bare push server's per message.
+    assert report["group_cpu_us_per_event"] > 0
+    assert report["baseline_push_cpu_us_per_msg"] > 0
     assert send["db_documents_written"]["messages/insert"] > 0
     assert report["stream_errors"] == [] and report["warnings"] == []
     params = report["parameters"]
