@@ -112,18 +112,28 @@ class Doorbell:
     async def publish(self, broadcasts: Iterable[Broadcast]) -> bool:
         """Publish each broadcast on its channels (see ``topic`` and ``inbox``),
         in one round trip; False when Redis did not take it."""
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for broadcast in broadcasts:
-                    payload = framed(broadcast)
-                    for name in channels_of(broadcast.conversations, broadcast.accounts):
+        messages = [
+            (name, framed(broadcast))
+            for broadcast in broadcasts
+            for name in channels_of(broadcast.conversations, broadcast.accounts)
+        ]
+        # Twice: after Redis restarts, the first use of each pooled connection
+        # fails and drops it; a second try goes over a fresh one instead of
+        # losing these events' live delivery.
+        for attempt in (1, 2):
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for name, payload in messages:
                         pipe.publish(name, payload)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            self.publish_failures += 1
-            log.warning("doorbell_publish_failed", error=str(exc))
-            return False
-        return True
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                if attempt == 2:
+                    self.publish_failures += 1
+                    log.warning("doorbell_publish_failed", error=str(exc))
+                    return False
+            else:
+                return True
+        return False
 
     async def membership_changed(self, conversation_id: str) -> None:
         with contextlib.suppress(RedisError, OSError):

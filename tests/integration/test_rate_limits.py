@@ -278,6 +278,12 @@ async def test_without_redis_the_limits_hold_per_process_and_nothing_fails(
     finally:
         await limited.start_redis()
     # Redis is asked again after the fallback window, and the gauge clears.
-    await asyncio.sleep(FALLBACK_SECONDS + 0.1)
-    await send(clients.messages, bob, conversation, b"back")
+    # The first asks after a restart open connections and reload the script;
+    # on a loaded machine one may exceed the limiter's Redis deadline and
+    # start another window, so a few windows are allowed.
+    for window in range(4):
+        await asyncio.sleep(FALLBACK_SECONDS + 0.1)
+        await send(clients.messages, bob, conversation, b"back %d" % window)
+        if await local_buckets(limited.message_metrics_urls[0]) == 0:
+            break
     assert await local_buckets(limited.message_metrics_urls[0]) == 0
