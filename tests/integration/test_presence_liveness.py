@@ -10,19 +10,18 @@ import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
 from parley_core.storage.liveness import DUE_KEY, SAVE_KEY, Liveness, WentOffline
-from parley_dev.layout import find_executable
 from parley_dev.probes import redis_ping, wait_until_ready
-from parley_dev.process import ManagedProcess, free_port
+from parley_dev.process import ManagedProcess
 from svc_presence.model import PresenceStoreDown
 from svc_presence.storage.channels import PresenceChannels
 from svc_presence.storage.live import connect_listener
+from tests.redis_server import own_redis_server
 
 T0 = 1_700_000_000_000
 TTL = 30_000
@@ -32,25 +31,8 @@ TTL = 30_000
 async def redis_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[tuple[str, ManagedProcess]]:
-    root: Path = tmp_path_factory.mktemp("liveness_redis")
-    port = free_port()
-    process = ManagedProcess(
-        "redis",
-        [
-            find_executable("redis-server", "apt-get install -y redis-server"),
-            *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
-            *("--dir", str(root), "--daemonize", "no"),
-        ],
-        log_path=root / "redis.log",
-        cwd=root,
-    )
-    process.start()
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        await wait_until_ready(process, lambda: redis_ping(url), what="PING", timeout=15)
-        yield url, process
-    finally:
-        await process.terminate(10)
+    async with own_redis_server(tmp_path_factory.mktemp("liveness_redis")) as server:
+        yield server
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -19,9 +18,9 @@ from redis.crc import key_slot
 from parley_core.errors import ResourceExhausted
 from parley_core.limits import Limiter, LimitName, Rate, Take
 from parley_core.storage.ratelimit import RedisBuckets
-from parley_dev.layout import find_executable
 from parley_dev.probes import redis_ping, wait_until_ready
-from parley_dev.process import ManagedProcess, free_port
+from parley_dev.process import ManagedProcess
+from tests.redis_server import own_redis_server
 
 T0 = 1_700_000_000.0
 RATES = {name: Rate(1000, 1000) for name in LimitName} | {
@@ -35,25 +34,8 @@ RATES = {name: Rate(1000, 1000) for name in LimitName} | {
 async def redis_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[tuple[str, ManagedProcess]]:
-    root: Path = tmp_path_factory.mktemp("ratelimit_redis")
-    port = free_port()
-    process = ManagedProcess(
-        "redis",
-        [
-            find_executable("redis-server", "apt-get install -y redis-server"),
-            *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
-            *("--dir", str(root), "--daemonize", "no"),
-        ],
-        log_path=root / "redis.log",
-        cwd=root,
-    )
-    process.start()
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        await wait_until_ready(process, lambda: redis_ping(url), what="PING", timeout=15)
-        yield url, process
-    finally:
-        await process.terminate(10)
+    async with own_redis_server(tmp_path_factory.mktemp("ratelimit_redis")) as server:
+        yield server
 
 
 @pytest_asyncio.fixture(loop_scope="session")
