@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -352,9 +352,32 @@ def test_ack_policy_refuses_nonsense() -> None:
         AckPolicy(max_events=0)
 
 
-async def consumed(stream: DeliveryStream, received: list[StreamEvent]) -> None:
-    async for event in stream:
-        received.append(event)
+@contextlib.asynccontextmanager
+async def consuming(
+    script: list[pb.ServerEvent | BaseException], policy: AckPolicy
+) -> AsyncIterator[tuple[HeldCall, DeliveryStream, list[StreamEvent]]]:
+    """A stream over one held call, consumed in the background: the call, the
+    stream and what the consumer received so far."""
+    fake = FakeMessages([])
+    call = HeldCall(script)
+    fake.calls = [call]
+    session, stream = await open_stream(fake, ack_policy=policy)
+    received: list[StreamEvent] = []
+
+    async def consume() -> None:
+        async for event in stream:
+            received.append(event)
+
+    consumer = asyncio.create_task(consume())
+    try:
+        yield call, stream, received
+    finally:
+        call.release.set()
+        await stream.close()
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+        await session.close()
 
 
 async def wait_until(condition: Callable[[], bool], seconds: float = 5) -> None:
@@ -372,77 +395,42 @@ def test_the_ack_delay_leads_then_throttles() -> None:
 
 
 async def test_the_first_ack_goes_at_once_and_later_ones_together_after_the_interval() -> None:
-    fake = FakeMessages([])
-    call = HeldCall(
-        [
-            batch(message("c1", 1, 1), synced()),
-            batch(message("c1", 2, 2)),
-            batch(message("c2", 7, 9)),
-        ]
-    )
-    fake.calls = [call]
-    session, stream = await open_stream(fake, ack_policy=AckPolicy(interval=0.2, max_events=64))
-    received: list[StreamEvent] = []
-    consumer = asyncio.create_task(consumed(stream, received))
-    try:
+    script = [
+        batch(message("c1", 1, 1), synced()),
+        batch(message("c1", 2, 2)),
+        batch(message("c2", 7, 9)),
+    ]
+    async with consuming(script, AckPolicy(interval=0.2, max_events=64)) as (call, _, received):
         await wait_until(lambda: len(received) == 4)
         # No ack for a while before the first batch: acked at once. The next
         # two came within the interval: they wait.
         assert call.acks == [[("c1", 1, 1)]]
         await wait_until(lambda: len(call.acks) == 2)
         assert call.acks[1] == [("c1", 2, 2), ("c2", 7, 9)]
-    finally:
-        call.release.set()
-        await stream.close()
-        consumer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await consumer
-        await session.close()
 
 
 async def test_an_ack_goes_out_at_once_when_max_events_are_waiting() -> None:
-    fake = FakeMessages([])
-    call = HeldCall(
-        [
-            batch(message("c1", 1, 1), synced()),
-            batch(message("c1", 2, 2), message("c1", 3, 3)),
-            batch(message("c1", 4, 4), message("c1", 5, 5)),
-        ]
-    )
-    fake.calls = [call]
-    session, stream = await open_stream(fake, ack_policy=AckPolicy(interval=30, max_events=3))
-    received: list[StreamEvent] = []
-    consumer = asyncio.create_task(consumed(stream, received))
-    try:
+    script = [
+        batch(message("c1", 1, 1), synced()),
+        batch(message("c1", 2, 2), message("c1", 3, 3)),
+        batch(message("c1", 4, 4), message("c1", 5, 5)),
+    ]
+    async with consuming(script, AckPolicy(interval=30, max_events=3)) as (call, _, received):
         await wait_until(lambda: len(received) == 6)
         await wait_until(lambda: len(call.acks) == 2)
         # The second batch leaves two handled events waiting (below
         # max_events, and the interval is long); the third makes four.
         assert call.acks == [[("c1", 1, 1)], [("c1", 5, 5)]]
-    finally:
-        call.release.set()
-        await stream.close()
-        consumer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await consumer
-        await session.close()
 
 
 async def test_closing_sends_the_acks_still_waiting() -> None:
-    fake = FakeMessages([])
-    call = HeldCall([batch(message("c1", 1, 1), synced()), batch(message("c1", 2, 2))])
-    fake.calls = [call]
-    session, stream = await open_stream(fake, ack_policy=AckPolicy(interval=30, max_events=64))
-    received: list[StreamEvent] = []
-    consumer = asyncio.create_task(consumed(stream, received))
-    try:
+    script = [batch(message("c1", 1, 1), synced()), batch(message("c1", 2, 2))]
+    async with consuming(script, AckPolicy(interval=30, max_events=64)) as (
+        call,
+        stream,
+        received,
+    ):
         await wait_until(lambda: len(received) == 3)
         assert call.acks == [[("c1", 1, 1)]]
         await stream.close()
         assert call.acks == [[("c1", 1, 1)], [("c1", 2, 2)]]
-    finally:
-        call.release.set()
-        consumer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await consumer
-        await session.close()
