@@ -39,6 +39,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     ERROR_REASON_MESSAGE_NOT_FOUND: _ErrorReason.ValueType  # 11
     ERROR_REASON_BODY_TOO_LARGE: _ErrorReason.ValueType  # 12
     ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 13
+    """An abuse limit refused the call (RESOURCE_EXHAUSTED): google.rpc.RetryInfo
+    says when a retry can pass, and ErrorInfo.metadata["limit"] names the limit
+    (e.g. "send_per_device"). Retry after that delay with the same request_id;
+    a retry of a change that was already applied is answered, not refused.
+    Each service's comment lists the RPCs that take limits.
+    """
     ERROR_REASON_SLOW_CONSUMER: _ErrorReason.ValueType  # 14
     """The delivery stream fell too far behind; reconnect and resume."""
     ERROR_REASON_DEPENDENCY_UNAVAILABLE: _ErrorReason.ValueType  # 15
@@ -92,6 +98,12 @@ ERROR_REASON_NOT_A_MEMBER: ErrorReason.ValueType  # 10
 ERROR_REASON_MESSAGE_NOT_FOUND: ErrorReason.ValueType  # 11
 ERROR_REASON_BODY_TOO_LARGE: ErrorReason.ValueType  # 12
 ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 13
+"""An abuse limit refused the call (RESOURCE_EXHAUSTED): google.rpc.RetryInfo
+says when a retry can pass, and ErrorInfo.metadata["limit"] names the limit
+(e.g. "send_per_device"). Retry after that delay with the same request_id;
+a retry of a change that was already applied is answered, not refused.
+Each service's comment lists the RPCs that take limits.
+"""
 ERROR_REASON_SLOW_CONSUMER: ErrorReason.ValueType  # 14
 """The delivery stream fell too far behind; reconnect and resume."""
 ERROR_REASON_DEPENDENCY_UNAVAILABLE: ErrorReason.ValueType  # 15

@@ -31,6 +31,10 @@ class AccountServiceStub:
     Every RPC except SignUp and RefreshToken needs `authorization: Bearer <access
     token>` metadata. The caller's account and device always come from that token,
     never from the request body.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): SignUp (per
+    client address and overall), RefreshToken (per client address and per
+    device), RegisterDevice (per account).
     """
 
     def __init__(self, channel):
@@ -77,6 +81,10 @@ class AccountServiceServicer:
     Every RPC except SignUp and RefreshToken needs `authorization: Bearer <access
     token>` metadata. The caller's account and device always come from that token,
     never from the request body.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): SignUp (per
+    client address and overall), RefreshToken (per client address and per
+    device), RegisterDevice (per account).
     """
 
     def SignUp(self, request, context):
@@ -175,6 +183,10 @@ class AccountService:
     Every RPC except SignUp and RefreshToken needs `authorization: Bearer <access
     token>` metadata. The caller's account and device always come from that token,
     never from the request body.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): SignUp (per
+    client address and overall), RefreshToken (per client address and per
+    device), RegisterDevice (per account).
     """
 
     @staticmethod

@@ -32,6 +32,10 @@ class AccountServiceStub:
     Every RPC except SignUp and RefreshToken needs `authorization: Bearer <access
     token>` metadata. The caller's account and device always come from that token,
     never from the request body.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): SignUp (per
+    client address and overall), RefreshToken (per client address and per
+    device), RegisterDevice (per account).
     """
 
     @_typing.overload
@@ -69,6 +73,10 @@ class AccountServiceAsyncStub(AccountServiceStub):
     Every RPC except SignUp and RefreshToken needs `authorization: Bearer <access
     token>` metadata. The caller's account and device always come from that token,
     never from the request body.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): SignUp (per
+    client address and overall), RefreshToken (per client address and per
+    device), RegisterDevice (per account).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -102,6 +110,10 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
     Every RPC except SignUp and RefreshToken needs `authorization: Bearer <access
     token>` metadata. The caller's account and device always come from that token,
     never from the request body.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): SignUp (per
+    client address and overall), RefreshToken (per client address and per
+    device), RegisterDevice (per account).
     """
 
     @_abc_1.abstractmethod

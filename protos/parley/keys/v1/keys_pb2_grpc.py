@@ -32,6 +32,10 @@ class KeyServiceStub:
 
     Every RPC needs `authorization: Bearer <access token>` metadata; the calling
     account and device come from that token, never from the request body.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): PublishKeys
+    and UploadPreKeys (per device), SendSenderKeys (per device),
+    GetPreKeyBundles (per requester and target, and per requester).
     """
 
     def __init__(self, channel):
@@ -84,6 +88,10 @@ class KeyServiceServicer:
 
     Every RPC needs `authorization: Bearer <access token>` metadata; the calling
     account and device come from that token, never from the request body.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): PublishKeys
+    and UploadPreKeys (per device), SendSenderKeys (per device),
+    GetPreKeyBundles (per requester and target, and per requester).
     """
 
     def PublishKeys(self, request, context):
@@ -212,6 +220,10 @@ class KeyService:
 
     Every RPC needs `authorization: Bearer <access token>` metadata; the calling
     account and device come from that token, never from the request body.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): PublishKeys
+    and UploadPreKeys (per device), SendSenderKeys (per device),
+    GetPreKeyBundles (per requester and target, and per requester).
     """
 
     @staticmethod

@@ -33,6 +33,10 @@ class KeyServiceStub:
 
     Every RPC needs `authorization: Bearer <access token>` metadata; the calling
     account and device come from that token, never from the request body.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): PublishKeys
+    and UploadPreKeys (per device), SendSenderKeys (per device),
+    GetPreKeyBundles (per requester and target, and per requester).
     """
 
     @_typing.overload
@@ -92,6 +96,10 @@ class KeyServiceAsyncStub(KeyServiceStub):
 
     Every RPC needs `authorization: Bearer <access token>` metadata; the calling
     account and device come from that token, never from the request body.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): PublishKeys
+    and UploadPreKeys (per device), SendSenderKeys (per device),
+    GetPreKeyBundles (per requester and target, and per requester).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -147,6 +155,10 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every RPC needs `authorization: Bearer <access token>` metadata; the calling
     account and device come from that token, never from the request body.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): PublishKeys
+    and UploadPreKeys (per device), SendSenderKeys (per device),
+    GetPreKeyBundles (per requester and target, and per requester).
     """
 
     @_abc_1.abstractmethod

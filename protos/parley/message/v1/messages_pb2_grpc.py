@@ -30,6 +30,13 @@ class MessageServiceStub:
 
     Every RPC needs `authorization: Bearer <access token>` metadata from
     parley.keys.v1.AccountService; the caller's account and device come from it.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): SendMessage
+    (per device, per account, and per conversation in groups and channels),
+    EditMessage, DeleteMessage, ReactToMessage, CreateDirectConversation (a new
+    pair), CreateGroup, CreateChannel, AddMembers, UpdateConversationInfo,
+    RemoveMember, SetMemberRole, SubscribeChannel (per account), and
+    RegisterPushToken, RemovePushToken (per device).
     -- Conversations ------------------------------------------------------
     """
 
@@ -196,6 +203,13 @@ class MessageServiceServicer:
 
     Every RPC needs `authorization: Bearer <access token>` metadata from
     parley.keys.v1.AccountService; the caller's account and device come from it.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): SendMessage
+    (per device, per account, and per conversation in groups and channels),
+    EditMessage, DeleteMessage, ReactToMessage, CreateDirectConversation (a new
+    pair), CreateGroup, CreateChannel, AddMembers, UpdateConversationInfo,
+    RemoveMember, SetMemberRole, SubscribeChannel (per account), and
+    RegisterPushToken, RemovePushToken (per device).
     -- Conversations ------------------------------------------------------
     """
 
@@ -623,6 +637,13 @@ class MessageService:
 
     Every RPC needs `authorization: Bearer <access token>` metadata from
     parley.keys.v1.AccountService; the caller's account and device come from it.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): SendMessage
+    (per device, per account, and per conversation in groups and channels),
+    EditMessage, DeleteMessage, ReactToMessage, CreateDirectConversation (a new
+    pair), CreateGroup, CreateChannel, AddMembers, UpdateConversationInfo,
+    RemoveMember, SetMemberRole, SubscribeChannel (per account), and
+    RegisterPushToken, RemovePushToken (per device).
     -- Conversations ------------------------------------------------------
     """
 

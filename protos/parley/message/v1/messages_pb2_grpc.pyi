@@ -31,6 +31,13 @@ class MessageServiceStub:
 
     Every RPC needs `authorization: Bearer <access token>` metadata from
     parley.keys.v1.AccountService; the caller's account and device come from it.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): SendMessage
+    (per device, per account, and per conversation in groups and channels),
+    EditMessage, DeleteMessage, ReactToMessage, CreateDirectConversation (a new
+    pair), CreateGroup, CreateChannel, AddMembers, UpdateConversationInfo,
+    RemoveMember, SetMemberRole, SubscribeChannel (per account), and
+    RegisterPushToken, RemovePushToken (per device).
     -- Conversations ------------------------------------------------------
     """
 
@@ -175,6 +182,13 @@ class MessageServiceAsyncStub(MessageServiceStub):
 
     Every RPC needs `authorization: Bearer <access token>` metadata from
     parley.keys.v1.AccountService; the caller's account and device come from it.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): SendMessage
+    (per device, per account, and per conversation in groups and channels),
+    EditMessage, DeleteMessage, ReactToMessage, CreateDirectConversation (a new
+    pair), CreateGroup, CreateChannel, AddMembers, UpdateConversationInfo,
+    RemoveMember, SetMemberRole, SubscribeChannel (per account), and
+    RegisterPushToken, RemovePushToken (per device).
     -- Conversations ------------------------------------------------------
     """
 
@@ -315,6 +329,13 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every RPC needs `authorization: Bearer <access token>` metadata from
     parley.keys.v1.AccountService; the caller's account and device come from it.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): SendMessage
+    (per device, per account, and per conversation in groups and channels),
+    EditMessage, DeleteMessage, ReactToMessage, CreateDirectConversation (a new
+    pair), CreateGroup, CreateChannel, AddMembers, UpdateConversationInfo,
+    RemoveMember, SetMemberRole, SubscribeChannel (per account), and
+    RegisterPushToken, RemovePushToken (per device).
     -- Conversations ------------------------------------------------------
     """
 

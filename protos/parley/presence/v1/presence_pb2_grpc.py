@@ -55,6 +55,9 @@ class PresenceServiceStub:
     When Redis (where presence lives) is unreachable, every RPC of this service
     except the settings and contact RPCs fails at once with UNAVAILABLE and
     reason ERROR_REASON_DEPENDENCY_UNAVAILABLE; messaging is unaffected.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): AddContacts and
+    SubscribePresence (per account).
     """
 
     def __init__(self, channel):
@@ -140,6 +143,9 @@ class PresenceServiceServicer:
     When Redis (where presence lives) is unreachable, every RPC of this service
     except the settings and contact RPCs fails at once with UNAVAILABLE and
     reason ERROR_REASON_DEPENDENCY_UNAVAILABLE; messaging is unaffected.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): AddContacts and
+    SubscribePresence (per account).
     """
 
     def Heartbeat(self, request, context):
@@ -297,6 +303,9 @@ class PresenceService:
     When Redis (where presence lives) is unreachable, every RPC of this service
     except the settings and contact RPCs fails at once with UNAVAILABLE and
     reason ERROR_REASON_DEPENDENCY_UNAVAILABLE; messaging is unaffected.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): AddContacts and
+    SubscribePresence (per account).
     """
 
     @staticmethod

@@ -56,6 +56,9 @@ class PresenceServiceStub:
     When Redis (where presence lives) is unreachable, every RPC of this service
     except the settings and contact RPCs fails at once with UNAVAILABLE and
     reason ERROR_REASON_DEPENDENCY_UNAVAILABLE; messaging is unaffected.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): AddContacts and
+    SubscribePresence (per account).
     """
 
     @_typing.overload
@@ -122,6 +125,9 @@ class PresenceServiceAsyncStub(PresenceServiceStub):
     When Redis (where presence lives) is unreachable, every RPC of this service
     except the settings and contact RPCs fails at once with UNAVAILABLE and
     reason ERROR_REASON_DEPENDENCY_UNAVAILABLE; messaging is unaffected.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): AddContacts and
+    SubscribePresence (per account).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -184,6 +190,9 @@ class PresenceServiceServicer(metaclass=_abc_1.ABCMeta):
     When Redis (where presence lives) is unreachable, every RPC of this service
     except the settings and contact RPCs fails at once with UNAVAILABLE and
     reason ERROR_REASON_DEPENDENCY_UNAVAILABLE; messaging is unaffected.
+
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): AddContacts and
+    SubscribePresence (per account).
     """
 
     @_abc_1.abstractmethod
