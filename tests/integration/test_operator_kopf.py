@@ -472,6 +472,8 @@ async def test_the_container_entry_point_logs_in_with_a_kubeconfig_and_serves_li
             process.kill()
             await process.wait()
         log.close()
-    # kopf exits on SIGTERM without waiting out a timer or a watch.
+    # kopf exits on SIGTERM without waiting out a timer (the scale timer's
+    # interval is 15 s) or a watch. Seen taking 7 s with the whole suite on
+    # two cores, so the bound is below the timer, not a tight one.
     assert process.returncode == 0
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 9
