@@ -107,6 +107,13 @@ class AuthSettings(_Section):
     revocation_poll_seconds: float = Field(default=5.0, gt=0, le=300)
     """Seconds between polls of MongoDB for token revocations; revocations arrive over Redis at
     once, so this bounds how late one is when Redis is down."""
+    service_token_file: Path | None = None
+    """File holding the deployment's service credential (a random secret of at least 32
+    characters, the same for every service): services send it on internal RPCs and require it
+    there. Without it, internal RPCs refuse every call."""
+    operator_tokens_file: Path | None = None
+    """File listing operator credentials for administrative RPCs, one `<name> <sha256 hex of the
+    token>` per line; the name is what audit logs record. Without it, no one can call them."""
 
 
 class KeysServiceSettings(_Section):

@@ -17,9 +17,11 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry
 
+from parley_core.auth.credentials import OperatorCredentials, Principal, ServiceCredential
 from parley_core.auth.revocations import RevocationList
 from parley_core.auth.tokens import TokenVerifier, load_public_keys
 from parley_core.config import ConfigError, ServerSettings, Settings, load_settings
+from parley_core.errors import Unauthenticated
 from parley_core.limits import Limiter, LimitName, rates_from_settings
 from parley_core.limits.metrics import LimiterMetrics
 from parley_core.log_setup import configure_logging
@@ -54,21 +56,61 @@ class Runtime:
     _feed: RevocationFeed | None = None
     topology_watcher: TopologyWatcher | None = None
 
-    def interceptor(self, *, public_methods: Iterable[str]) -> ServiceInterceptor:
+    def interceptor(
+        self,
+        *,
+        public_methods: Iterable[str],
+        internal_services: Iterable[str] = (),
+        operator_services: Iterable[str] = (),
+    ) -> ServiceInterceptor:
+        """``internal_services`` and ``operator_services`` (full service names)
+        take the service credential or an operator credential instead of an
+        access token."""
+        privileged: dict[str, Callable[[str], Principal]] = {}
+        if internal_services:
+            privileged.update(dict.fromkeys(internal_services, self.service_credential_check()))
+        if operator_services:
+            operators = OperatorCredentials.from_file(self.settings.auth.operator_tokens_file)
+            privileged.update(dict.fromkeys(operator_services, operators.verify))
         return ServiceInterceptor(
             verifier=self.verifier,
             public_methods=public_methods,
             metrics=RpcMetrics(self.registry, service=self.service),
+            privileged_services=privileged,
         )
 
     def interceptors(
-        self, *, public_methods: Iterable[str]
+        self,
+        *,
+        public_methods: Iterable[str],
+        internal_services: Iterable[str] = (),
+        operator_services: Iterable[str] = (),
     ) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         """Tracing's (when on) around the service's own."""
         return [
             *self.tracing.server_interceptors(),
-            self.interceptor(public_methods=public_methods),
+            self.interceptor(
+                public_methods=public_methods,
+                internal_services=internal_services,
+                operator_services=operator_services,
+            ),
         ]
+
+    def service_credential(self) -> ServiceCredential | None:
+        """The deployment's service credential, for outgoing internal calls;
+        None when the config names no file."""
+        path = self.settings.auth.service_token_file
+        return None if path is None else ServiceCredential.from_file(path)
+
+    def service_credential_check(self) -> Callable[[str], Principal]:
+        credential = self.service_credential()
+        if credential is not None:
+            return credential.verify
+
+        def refuse(_token: str) -> Principal:
+            raise Unauthenticated("internal RPCs are off: no service credential is configured")
+
+        return refuse
 
     def limiter(self, names: Iterable[LimitName]) -> Limiter:
         """The service's rate limiter over the limits it applies (``names``),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 from dataclasses import dataclass
 
+from parley_core.auth.credentials import Principal
 from parley_core.errors import Unauthenticated
 
 
@@ -35,3 +36,20 @@ def current_caller() -> Caller:
     if caller is None:
         raise Unauthenticated("this call needs an access token")
     return caller
+
+
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "parley_principal", default=None
+)
+
+
+def set_principal(principal: Principal | None) -> contextvars.Token[Principal | None]:
+    return _principal.set(principal)
+
+
+def current_principal() -> Principal:
+    """The service or operator behind a privileged RPC (see credentials.py)."""
+    principal = _principal.get()
+    if principal is None:
+        raise Unauthenticated("this call needs a service or operator credential")
+    return principal

@@ -2,7 +2,9 @@
 
 In a single wrapper (one layer is cheaper than a chain on the hot path) it:
 - authenticates the caller from ``authorization: Bearer`` metadata, except for
-  the public methods, and exposes it through ``current_caller()``;
+  the public methods, and exposes it through ``current_caller()``; the RPCs of
+  privileged services (internal, operator-only) take their own credential
+  instead, exposed through ``current_principal()``, and never an access token;
 - answers INVALID_ARGUMENT for a request whose bytes are not a message of the
   method's request type (gRPC itself would answer INTERNAL before any
   interceptor runs): each handler's deserializer is wrapped so that a failure
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -26,7 +28,8 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from parley_core.auth.caller import Caller, set_caller
+from parley_core.auth.caller import Caller, set_caller, set_principal
+from parley_core.auth.credentials import Principal
 from parley_core.auth.tokens import TokenVerifier
 from parley_core.errors import InvalidArgument, ParleyError, Unauthenticated, Unavailable
 from parley_core.rpc.metrics import RpcMetrics
@@ -157,10 +160,14 @@ class ServiceInterceptor(_InterceptorBase):
         verifier: TokenVerifier,
         public_methods: Iterable[str],
         metrics: RpcMetrics,
+        privileged_services: Mapping[str, Callable[[str], Principal]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._verifier = verifier
         self._public = frozenset(public_methods)
+        # Full service name (e.g. "parley.media.v1.MediaAdminService") -> the
+        # check of its credential.
+        self._privileged = dict(privileged_services or {})
         self._metrics = metrics
         self._clock = clock
         self._wrapped: dict[str, Handler] = {}
@@ -213,11 +220,17 @@ class ServiceInterceptor(_InterceptorBase):
 
     def _wrap(self, method: str, handler: Handler) -> Handler:
         public = self._is_public(method)
-        short = method.rsplit("/", 1)[-1]
+        service, _, short = method.lstrip("/").rpartition("/")
         metrics = self._metrics
         streaming_requests = bool(handler.request_streaming)
+        privileged = self._privileged.get(service)
 
         def begin(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            if privileged is not None:
+                set_caller(None)
+                set_principal(privileged(bearer_token(context.invocation_metadata())))
+                return
+            set_principal(None)
             set_caller(None if public else self._authenticate(context))
 
         def code_of(context: grpc.aio.ServicerContext[Any, Any], fallback: str) -> str:

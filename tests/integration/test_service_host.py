@@ -16,9 +16,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from parley.message.v1 import internal_pb2 as ipb
+from parley.message.v1 import internal_pb2_grpc as igrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
-from parley_core.auth.caller import current_caller
+from parley_core.auth.caller import current_caller, current_principal
+from parley_core.auth.credentials import ServiceCredential, new_token
 from parley_core.auth.revocations import RevocationList
 from parley_core.auth.tokens import (
     TokenIssuer,
@@ -152,3 +155,52 @@ async def test_graceful_shutdown_lets_in_flight_calls_finish(host) -> None:
         reply = await slow
         assert reply.next_page_token == "acct"
         await stopping
+
+
+PRIVILEGED = "parley.message.v1.MessageInternalService"
+
+
+class Internal(igrpc.MessageInternalServiceServicer):
+    async def CountMediaReferences(self, request, context):
+        principal = current_principal()
+        return ipb.CountMediaReferencesResponse(references={principal.name: 1})
+
+
+async def test_privileged_services_take_their_credential_never_an_access_token(
+    tmp_path: Path,
+) -> None:
+    write_key_pair(tmp_path / "k.pem", tmp_path / "k.pub.pem")
+    issuer = TokenIssuer(load_private_key(tmp_path / "k.pem"), ttl_seconds=60)
+    registry = CollectorRegistry()
+    service_token = new_token()
+    interceptor = ServiceInterceptor(
+        verifier=TokenVerifier(load_public_keys([tmp_path / "k.pub.pem"]), RevocationList()),
+        public_methods=[],
+        metrics=RpcMetrics(registry, service="probe"),
+        privileged_services={PRIVILEGED: ServiceCredential(service_token).verify},
+    )
+    server = ServiceHost(
+        name="probe",
+        settings=ServerSettings(port=0, metrics_port=0, shutdown_grace_seconds=5),
+        interceptors=[interceptor],
+        register=lambda s: igrpc.add_MessageInternalServiceServicer_to_server(Internal(), s),
+        service_names=[PRIVILEGED],
+        registry=registry,
+    )
+    await server.start()
+    try:
+        access = issuer.issue(account_id="acct", device_id="dev", now=time.time()).token
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = igrpc.MessageInternalServiceStub(channel)
+            answer = await stub.CountMediaReferences(
+                ipb.CountMediaReferencesRequest(), metadata=auth(service_token)
+            )
+            assert dict(answer.references) == {"service": 1}
+            for metadata in (auth(access), auth(new_token()), ()):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub.CountMediaReferences(
+                        ipb.CountMediaReferencesRequest(), metadata=metadata
+                    )
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await server.stop()

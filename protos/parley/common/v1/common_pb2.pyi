@@ -74,6 +74,27 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A recipient device holds the most unclaimed sender-key envelopes it may
     (RESOURCE_EXHAUSTED).
     """
+    ERROR_REASON_QUOTA_EXCEEDED: _ErrorReason.ValueType  # 30
+    """A media quota would be exceeded (RESOURCE_EXHAUSTED); ErrorInfo.metadata
+    "quota" names it ("daily_upload_bytes" or "stored_bytes") with
+    "limit_bytes" and "used_bytes".
+    """
+    ERROR_REASON_TOO_MANY_UPLOADS: _ErrorReason.ValueType  # 31
+    """The account holds the most pending upload sessions it may (RESOURCE_EXHAUSTED)."""
+    ERROR_REASON_UPLOAD_INCOMPLETE: _ErrorReason.ValueType  # 32
+    """CompleteUpload before every part was stored (FAILED_PRECONDITION)."""
+    ERROR_REASON_UPLOAD_NOT_FOUND: _ErrorReason.ValueType  # 33
+    """The upload session expired or was aborted (NOT_FOUND)."""
+    ERROR_REASON_MEDIA_ACCESS_DENIED: _ErrorReason.ValueType  # 34
+    """The caller may not read this media, or it does not exist (PERMISSION_DENIED)."""
+    ERROR_REASON_MEDIA_ARCHIVED: _ErrorReason.ValueType  # 35
+    """The object is in the archive tier: RestoreMedia first (FAILED_PRECONDITION)."""
+    ERROR_REASON_MEDIA_QUARANTINED: _ErrorReason.ValueType  # 36
+    """An operator banned this ciphertext (FAILED_PRECONDITION)."""
+    ERROR_REASON_MEDIA_NOT_FOUND: _ErrorReason.ValueType  # 37
+    """A message names a media id that is not a completed upload the sender may
+    use (NOT_FOUND).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reasons carried in google.rpc.ErrorInfo.reason (AIP-193).
@@ -132,6 +153,27 @@ ERROR_REASON_TOO_MANY_PRE_KEYS: ErrorReason.ValueType  # 28
 ERROR_REASON_TOO_MANY_ENVELOPES: ErrorReason.ValueType  # 29
 """A recipient device holds the most unclaimed sender-key envelopes it may
 (RESOURCE_EXHAUSTED).
+"""
+ERROR_REASON_QUOTA_EXCEEDED: ErrorReason.ValueType  # 30
+"""A media quota would be exceeded (RESOURCE_EXHAUSTED); ErrorInfo.metadata
+"quota" names it ("daily_upload_bytes" or "stored_bytes") with
+"limit_bytes" and "used_bytes".
+"""
+ERROR_REASON_TOO_MANY_UPLOADS: ErrorReason.ValueType  # 31
+"""The account holds the most pending upload sessions it may (RESOURCE_EXHAUSTED)."""
+ERROR_REASON_UPLOAD_INCOMPLETE: ErrorReason.ValueType  # 32
+"""CompleteUpload before every part was stored (FAILED_PRECONDITION)."""
+ERROR_REASON_UPLOAD_NOT_FOUND: ErrorReason.ValueType  # 33
+"""The upload session expired or was aborted (NOT_FOUND)."""
+ERROR_REASON_MEDIA_ACCESS_DENIED: ErrorReason.ValueType  # 34
+"""The caller may not read this media, or it does not exist (PERMISSION_DENIED)."""
+ERROR_REASON_MEDIA_ARCHIVED: ErrorReason.ValueType  # 35
+"""The object is in the archive tier: RestoreMedia first (FAILED_PRECONDITION)."""
+ERROR_REASON_MEDIA_QUARANTINED: ErrorReason.ValueType  # 36
+"""An operator banned this ciphertext (FAILED_PRECONDITION)."""
+ERROR_REASON_MEDIA_NOT_FOUND: ErrorReason.ValueType  # 37
+"""A message names a media id that is not a completed upload the sender may
+use (NOT_FOUND).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

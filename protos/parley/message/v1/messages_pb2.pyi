@@ -434,6 +434,7 @@ class Message(_message.Message):
     DELETED_FIELD_NUMBER: _builtins.int
     REACTIONS_FIELD_NUMBER: _builtins.int
     SYSTEM_FIELD_NUMBER: _builtins.int
+    MEDIA_IDS_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Globally unique, roughly time-ordered."""
     conversation_id: _builtins.str
@@ -467,6 +468,10 @@ class Message(_message.Message):
     def system(self) -> Global___SystemEvent:
         """For MESSAGE_TYPE_SYSTEM."""
 
+    @_builtins.property
+    def media_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """As sent (SendMessageRequest.media_ids); empty once deleted for everyone."""
+
     def __init__(
         self,
         *,
@@ -486,10 +491,11 @@ class Message(_message.Message):
         deleted: _builtins.bool = ...,
         reactions: _abc.Iterable[Global___ReactionCount] | None = ...,
         system: Global___SystemEvent | None = ...,
+        media_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "edit_time", b"edit_time", "system", b"system"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "conversation_id", b"conversation_id", "create_time", b"create_time", "deleted", b"deleted", "edit_time", b"edit_time", "edited", b"edited", "forwarded", b"forwarded", "message_id", b"message_id", "reactions", b"reactions", "reply_to_message_id", b"reply_to_message_id", "sender_account_id", b"sender_account_id", "sender_device_id", b"sender_device_id", "seq", b"seq", "system", b"system", "type", b"type", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "conversation_id", b"conversation_id", "create_time", b"create_time", "deleted", b"deleted", "edit_time", b"edit_time", "edited", b"edited", "forwarded", b"forwarded", "media_ids", b"media_ids", "message_id", b"message_id", "reactions", b"reactions", "reply_to_message_id", b"reply_to_message_id", "sender_account_id", b"sender_account_id", "sender_device_id", b"sender_device_id", "seq", b"seq", "system", b"system", "type", b"type", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1064,6 +1070,7 @@ class SendMessageRequest(_message.Message):
     BODY_FIELD_NUMBER: _builtins.int
     REPLY_TO_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     FORWARDED_FIELD_NUMBER: _builtins.int
+    MEDIA_IDS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """AIP-155: a UUID chosen by the client, reused on every retry of this send."""
     conversation_id: _builtins.str
@@ -1078,6 +1085,17 @@ class SendMessageRequest(_message.Message):
     reply_to_message_id: _builtins.str
     """Optional; must name a message of the same conversation."""
     forwarded: _builtins.bool
+    @_builtins.property
+    def media_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Media the message's attachment pointers (inside the encrypted body)
+        refer to, at most 16 distinct ids from MediaService: each must be an
+        upload of the sender's that CompleteUpload accepted, or media the sender
+        can read through another message (a forward). Recipients may download
+        them while they may read this message; once no message names a media id
+        (deleted for everyone), the object is removed after a grace period.
+        The server sees which media a message carries, never their keys.
+        """
+
     def __init__(
         self,
         *,
@@ -1087,10 +1105,11 @@ class SendMessageRequest(_message.Message):
         body: _builtins.bytes = ...,
         reply_to_message_id: _builtins.str = ...,
         forwarded: _builtins.bool = ...,
+        media_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "conversation_id", b"conversation_id", "forwarded", b"forwarded", "reply_to_message_id", b"reply_to_message_id", "request_id", b"request_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "conversation_id", b"conversation_id", "forwarded", b"forwarded", "media_ids", b"media_ids", "reply_to_message_id", b"reply_to_message_id", "request_id", b"request_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2003,6 +2022,7 @@ class Event(_message.Message):
     SETTINGS_FIELD_NUMBER: _builtins.int
     TYPING_FIELD_NUMBER: _builtins.int
     KEY_NOTICE_FIELD_NUMBER: _builtins.int
+    MEDIA_NOTICE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def message(self) -> Global___Message: ...
     @_builtins.property
@@ -2041,6 +2061,10 @@ class Event(_message.Message):
     def key_notice(self) -> Global___KeyNotice:
         """Something the device's end-to-end encryption must act on."""
 
+    @_builtins.property
+    def media_notice(self) -> Global___MediaNotice:
+        """About media this device asked for (MediaService)."""
+
     def __init__(
         self,
         *,
@@ -2056,16 +2080,64 @@ class Event(_message.Message):
         settings: Global___InboxSettings | None = ...,
         typing: Global___TypingIndicator | None = ...,
         key_notice: Global___KeyNotice | None = ...,
+        media_notice: Global___MediaNotice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "deletion", b"deletion", "edit", b"edit", "key_notice", b"key_notice", "kind", b"kind", "message", b"message", "pong", b"pong", "reaction", b"reaction", "receipt", b"receipt", "receipts", b"receipts", "settings", b"settings", "sync_complete", b"sync_complete", "typing", b"typing"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "deletion", b"deletion", "edit", b"edit", "key_notice", b"key_notice", "kind", b"kind", "media_notice", b"media_notice", "message", b"message", "pong", b"pong", "reaction", b"reaction", "receipt", b"receipt", "receipts", b"receipts", "settings", b"settings", "sync_complete", b"sync_complete", "typing", b"typing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "deletion", b"deletion", "edit", b"edit", "key_notice", b"key_notice", "kind", b"kind", "message", b"message", "pong", b"pong", "reaction", b"reaction", "receipt", b"receipt", "receipts", b"receipts", "settings", b"settings", "sync_complete", b"sync_complete", "typing", b"typing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "deletion", b"deletion", "edit", b"edit", "key_notice", b"key_notice", "kind", b"kind", "media_notice", b"media_notice", "message", b"message", "pong", b"pong", "reaction", b"reaction", "receipt", b"receipt", "receipts", b"receipts", "settings", b"settings", "sync_complete", b"sync_complete", "typing", b"typing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message", "receipt", "conversation", "sync_complete", "pong", "edit", "deletion", "reaction", "receipts", "settings", "typing", "key_notice"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message", "receipt", "conversation", "sync_complete", "pong", "edit", "deletion", "reaction", "receipts", "settings", "typing", "key_notice", "media_notice"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class MediaNotice(_message.Message):
+    """Told to one device over its delivery stream; never part of the feed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[MediaNotice._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: MediaNotice._Kind.ValueType  # 0
+        KIND_RESTORE_READY: MediaNotice._Kind.ValueType  # 1
+        """A restore this device started (MediaService.RestoreMedia) is done:
+        GetDownload works until expire_time.
+        """
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: MediaNotice.Kind.ValueType  # 0
+    KIND_RESTORE_READY: MediaNotice.Kind.ValueType  # 1
+    """A restore this device started (MediaService.RestoreMedia) is done:
+    GetDownload works until expire_time.
+    """
+
+    KIND_FIELD_NUMBER: _builtins.int
+    MEDIA_ID_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    kind: Global___MediaNotice.Kind.ValueType
+    media_id: _builtins.str
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        kind: Global___MediaNotice.Kind.ValueType = ...,
+        media_id: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "kind", b"kind", "media_id", b"media_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MediaNotice: _TypeAlias = MediaNotice  # noqa: Y015
 
 @_typing.final
 class KeyNotice(_message.Message):
