@@ -76,6 +76,9 @@ class Measurements:
     recorder: DeliveryRecorder
     fetch: LoadResult
     cpu_seconds: dict[str, dict[str, float | None]]
+    # Phase -> collection/op -> svc_message's write commands and documents per
+    # send in that phase (empty when its metrics were not reachable).
+    db_writes_per_send: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     # None: the stack's database was not known, so the thin durable service did not run.
     thin_durable: LoadResult | None = None
     # Batches and documents it committed in its window.
@@ -170,6 +173,7 @@ def build_report(
             "fetch": _phase(m.fetch),
         },
         "cpu_seconds": m.cpu_seconds,
+        "db_writes_per_send": m.db_writes_per_send,
         "machine": dict(machine),
         "parameters": dict(parameters),
         "stream_errors": m.stream_errors,
@@ -311,6 +315,25 @@ def render(report: Mapping[str, Any]) -> str:
     for name in processes:
         cpu_rows.append((name, *(_num(cpu[p].get(name), 2) for p in phases)))
     lines += _rows(cpu_rows, "<" + ">" * len(phases))
+    writes: Mapping[str, Mapping[str, Mapping[str, float]]] = r.get("db_writes_per_send") or {}
+    if any(writes.values()):
+        lines += ["", "svc_message database writes per send (commands / documents):"]
+        write_phases = [p for p in ("send", "deliver") if writes.get(p)]
+        keys = sorted({k for p in write_phases for k in writes[p]})
+        write_rows = [("collection/op", *write_phases)]
+        for key in keys:
+            write_rows.append(
+                (
+                    key,
+                    *(
+                        "{commands:.3f} / {documents:.3f}".format(**writes[p][key])
+                        if key in writes[p]
+                        else "-"
+                        for p in write_phases
+                    ),
+                )
+            )
+        lines += _rows(write_rows, "<" + ">" * len(write_phases))
     if r["profile"]["files"] or r["profile"]["notes"]:
         notes = [*r["profile"]["notes"], *r["profile"]["files"]]
         lines += ["", "profile:", *(f"  {x}" for x in notes)]

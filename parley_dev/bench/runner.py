@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -31,6 +31,7 @@ from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_dev.bench import procstat
 from parley_dev.bench.baseline import BaselineServer, push_phase, unary_phase
+from parley_dev.bench.db_writes import WriteBook
 from parley_dev.bench.discovery import discover_stack_pids
 from parley_dev.bench.load import Hook, LoadResult, Window
 from parley_dev.bench.phases import (
@@ -397,6 +398,7 @@ async def _stack_phases(
             targets.message_targets,
             targets.pids,
             thin,
+            targets.message_metrics_urls,
         )
 
 
@@ -441,8 +443,10 @@ async def _measure_stack(
     message_targets: list[str],
     stack_pids: dict[str, int],
     thin: ThinDurable | None,
+    metrics_urls: Sequence[str],
 ) -> Measurements:
     pids = {**stack_pids, "bench_client": os.getpid()}
+    writes = WriteBook(metrics_urls)
     channels = [grpc.aio.insecure_channel(t) for t in [keys_target, *message_targets]]
     codec = BodyCodec(run=secrets.token_bytes(4), size=config.body_bytes)
     recorder = DeliveryRecorder(codec)
@@ -473,7 +477,7 @@ async def _measure_stack(
             events_at.append(recorder.message_events)
 
         begin, end = cpu.hooks("send", pids)
-        on_start, on_end = [begin, mark_events], [end, mark_events]
+        on_start, on_end = [begin, mark_events, writes.hook()], [end, mark_events, writes.hook()]
         if config.profile:
             profiler = _profiler(config)
             if profiler is not None:
@@ -498,8 +502,8 @@ async def _measure_stack(
             warmup_s=config.warmup_s,
             duration_s=config.duration_s,
             max_in_flight=config.max_in_flight,
-            on_start=[begin],
-            on_end=[end],
+            on_start=[begin, writes.hook()],
+            on_end=[end, writes.hook()],
         )
 
         await prefill(messaging, fetch_pairs)
@@ -524,6 +528,10 @@ async def _measure_stack(
             recorder=recorder,
             fetch=fetch,
             cpu_seconds=cpu.phases,
+            db_writes_per_send={
+                "send": writes.per_operation(0, send.completed),
+                "deliver": writes.per_operation(1, deliver.load.completed),
+            },
             stream_errors=stream_errors(streams),
             profile_files=profiler.files if profiler else [],
             profile_notes=_profile_notes(config, profiler),

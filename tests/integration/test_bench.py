@@ -111,6 +111,13 @@ def test_quick_bench_on_a_fresh_stack_writes_every_figure(tmp_path: Path) -> Non
     assert cpu["send"]["secantusdb"] > 0 and cpu["send"]["svc_message-0"] > 0
     assert cpu["baseline_unary"]["baseline_server"] > 0
     assert cpu["thin_durable"]["thin_durable_server"] > 0 and cpu["thin_durable"]["secantusdb"] > 0
+    # Every send is one inserted document, whatever the batching; the
+    # figures the report gives per send come from svc_message's counters.
+    for phase in ("send", "deliver"):
+        inserted = report["db_writes_per_send"][phase]["messages/insert"]
+        assert inserted["documents"] == pytest.approx(1.0, abs=0.05), phase
+        assert 0 < inserted["commands"] <= 1.0, phase
+    assert "database writes per send" in run.stdout
 
     deliver = report["phases"]["deliver"]
     assert deliver["offered_rps"] == pytest.approx(report["send_rps"] / 2, rel=0.01, abs=1)
