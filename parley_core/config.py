@@ -376,6 +376,11 @@ class LimitsSettings(_Section):
     """Seconds a take may wait for Redis before this process uses its own buckets instead."""
     fallback_seconds: float = Field(default=2.0, gt=0, le=300)
     """Seconds this process keeps to its own buckets after Redis failed before asking it again."""
+    refusal_hold_seconds: float = Field(default=0.25, ge=0, le=5)
+    """Seconds a refused call is held before its answer (at most its RetryInfo delay, which is
+    shortened by as much, so a client that waits as told loses nothing): a client that ignores
+    RetryInfo and resends as soon as an answer comes back is slowed to a few calls a second per
+    call it keeps open, instead of taking a core in refusals. 0 answers at once."""
     signup_per_address: LimitRate = LimitRate(burst=20, per_minute=1)
     """SignUp per client address (IPv6: per /64)."""
     signup_overall: LimitRate = LimitRate(burst=1000, per_minute=600)

@@ -77,6 +77,7 @@ class Runtime:
             public_methods=public_methods,
             metrics=RpcMetrics(self.registry, service=self.service),
             privileged_services=privileged,
+            refusal_hold_seconds=self.settings.limits.refusal_hold_seconds,
         )
 
     def interceptors(

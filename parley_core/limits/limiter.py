@@ -11,6 +11,12 @@ error's metadata (``{"limit": "<name>"}``).
 
 Bucket keys are ``parley:rl:{<tag>}:<limit>`` and, for a limit finer than its
 tag, ``parley:rl:{<tag>}:<limit>:<key>``.
+
+A refused bucket is remembered in the process until its next token is due:
+takes from it before then are refused without asking the store, which would
+refuse them too (a bucket refills at its rate, and the refusal said when the
+next token comes). A client that ignores RetryInfo and resends at once then
+costs no Redis round trip per refusal.
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ class Refusal:
 
 # A refusal always says to wait a little, never "now".
 _LEAST_WAIT_SECONDS = 0.001
+# Refused buckets remembered at most; beyond it the expired ones are dropped,
+# then the oldest.
+EMPTY_BUCKETS_REMEMBERED = 100_000
 
 
 class Limiter:
@@ -88,6 +97,10 @@ class Limiter:
         self._rates = {name: rates[name] for name in self._names}
         self.enabled = enabled
         self.refused: dict[LimitName, int] = dict.fromkeys(self._names, 0)
+        # Bucket key -> (its limit, when its next token is due, Unix seconds).
+        self._empty_until: dict[str, tuple[LimitName, float]] = {}
+        # Refusals answered from that memory, without the store.
+        self.remembered_refusals = 0
 
     @property
     def names(self) -> tuple[LimitName, ...]:
@@ -107,6 +120,11 @@ class Limiter:
         request through after all (a replay of one already applied)."""
         if not self.enabled or not takes:
             return None
+        if self._empty_until:
+            remembered = self._remembered(takes, now)
+            if remembered is not None:
+                self.remembered_refusals += 1
+                return remembered
         tag = takes[0].tag
         ordered: list[Sequence[Take]]
         if all(take.tag == tag for take in takes):
@@ -124,8 +142,32 @@ class Limiter:
         shortfall = await self._store.take(buckets, now_ms=int(now * 1000))
         if shortfall is None:
             return None
-        limit = ordered[shortfall.group][shortfall.bucket].limit
-        return Refusal(limit, max(shortfall.seconds, _LEAST_WAIT_SECONDS))
+        refused = ordered[shortfall.group][shortfall.bucket]
+        seconds = max(shortfall.seconds, _LEAST_WAIT_SECONDS)
+        self._remember(refused, until=now + seconds, now=now)
+        return Refusal(refused.limit, seconds)
+
+    def _remembered(self, takes: Sequence[Take], now: float) -> Refusal | None:
+        for take in takes:
+            entry = self._empty_until.get(take.bucket_key)
+            if entry is None:
+                continue
+            limit, until = entry
+            if until > now:
+                return Refusal(limit, max(until - now, _LEAST_WAIT_SECONDS))
+            del self._empty_until[take.bucket_key]
+        return None
+
+    def _remember(self, take: Take, *, until: float, now: float) -> None:
+        memory = self._empty_until
+        # Re-inserted, so the dict's order stays oldest first.
+        memory.pop(take.bucket_key, None)
+        memory[take.bucket_key] = (take.limit, until)
+        if len(memory) > EMPTY_BUCKETS_REMEMBERED:
+            for key in [k for k, (_, due) in memory.items() if due <= now]:
+                del memory[key]
+            while len(memory) > EMPTY_BUCKETS_REMEMBERED:
+                del memory[next(iter(memory))]
 
     def refuse(self, refusal: Refusal) -> ResourceExhausted:
         """Counts the refusal; the error to raise."""

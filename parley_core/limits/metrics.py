@@ -34,3 +34,11 @@ class LimiterMetrics(Collector):
         )
         local.add_metric([self._service], 1 if self._limiter.degraded else 0)
         yield local
+        remembered = CounterMetricFamily(
+            "parley_rate_limit_remembered",
+            "Refusals answered from this process's memory of an empty bucket, without a Redis "
+            "round trip (a client resending before its RetryInfo delay).",
+            labels=["service"],
+        )
+        remembered.add_metric([self._service], self._limiter.remembered_refusals)
+        yield remembered

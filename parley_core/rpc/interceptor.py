@@ -18,6 +18,7 @@ In a single wrapper (one layer is cheaper than a chain on the hot path) it:
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -31,13 +32,24 @@ from opentelemetry.trace import Status, StatusCode
 from parley_core.auth.caller import Caller, set_caller, set_principal
 from parley_core.auth.credentials import Principal
 from parley_core.auth.tokens import TokenVerifier
-from parley_core.errors import InvalidArgument, ParleyError, Unauthenticated, Unavailable
+from parley_core.errors import (
+    InvalidArgument,
+    ParleyError,
+    Reason,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
 from parley_core.rpc.metrics import RpcMetrics
 from parley_core.rpc.status import internal_status, to_grpc_status
 
 log = structlog.get_logger(__name__)
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# A held refusal is answered this long before the call's deadline at the latest.
+DEADLINE_MARGIN_SECONDS = 0.05
+# RetryInfo never says "now" (as the limiter's own refusals).
+LEAST_RETRY_SECONDS = 0.001
 REFLECTION_PREFIXES = (
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
@@ -161,6 +173,7 @@ class ServiceInterceptor(_InterceptorBase):
         public_methods: Iterable[str],
         metrics: RpcMetrics,
         privileged_services: Mapping[str, Callable[[str], Principal]] | None = None,
+        refusal_hold_seconds: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._verifier = verifier
@@ -168,6 +181,7 @@ class ServiceInterceptor(_InterceptorBase):
         # Full service name (e.g. "parley.media.v1.MediaAdminService") -> the
         # check of its credential.
         self._privileged = dict(privileged_services or {})
+        self._refusal_hold = refusal_hold_seconds
         self._metrics = metrics
         self._clock = clock
         self._wrapped: dict[str, Handler] = {}
@@ -199,8 +213,28 @@ class ServiceInterceptor(_InterceptorBase):
         token = bearer_token(context.invocation_metadata())
         return self._verifier.verify(token, now=self._clock())
 
+    async def _hold(self, context: Any, refusal: ResourceExhausted) -> None:
+        """Hold a rate-limit refusal for up to ``refusal_hold_seconds``, within
+        its RetryInfo delay and the call's deadline, and shorten the delay by
+        the time held."""
+        wait = refusal.retry_after_seconds or 0.0
+        hold = min(self._refusal_hold, wait)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            hold = min(hold, remaining - DEADLINE_MARGIN_SECONDS)
+        if hold <= 0:
+            return
+        await asyncio.sleep(hold)
+        refusal.retry_after_seconds = max(wait - hold, LEAST_RETRY_SECONDS)
+
     async def _fail(self, context: Any, method: str, error: BaseException) -> str:
         """Abort the call with the mapped status; returns the code name for metrics."""
+        if (
+            self._refusal_hold
+            and isinstance(error, ResourceExhausted)
+            and error.reason == Reason.RATE_LIMITED
+        ):
+            await self._hold(context, error)
         if isinstance(error, NotImplementedError):
             # How generated servicer bases say "this RPC is not implemented".
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "method not implemented")

@@ -31,23 +31,17 @@ budget; every refusal is RESOURCE_EXHAUSTED / RATE_LIMITED with a RetryInfo
 and the limit's name, counted in /metrics; the sign-ups from the one address
 beyond its budget are refused the same way while another address still signs
 up; the users are never refused or failed, their send-ack p99 over the flood
-windows stays within twice the baseline windows' (both floored at
-P99_FLOOR_SECONDS), and every acknowledged message is in history exactly
-once, with gapless seqs.
+windows, and over the full-speed window, stays within twice the baseline
+windows' (all floored at P99_FLOOR_SECONDS), and every acknowledged message
+is in history exactly once, with gapless seqs.
 
-Why the compared flood is paced: at full speed the four devices are held back
-only by how fast the servers answer, and refusals come back faster than
-accepted sends, so a client that ignores RetryInfo sends more of them (300-600
-a second here). On a 2-core machine that runs the servers, the clients and
-the database, answering them takes about a core (a refused send costs ~1-2 ms
-of svc_message CPU, twice when it is forwarded to the owner, plus a database
-read for the replay check): the users then wait for CPU, and measured so,
-their p99 is worse than with the limits switched off, when the flooder's
-accepted sends wait on the database's group commit instead. That is the cost
-of a refusal, worth its own work (see the closing note of issue 15), not what
-this comparison is about. The full-speed phase still checks every budget and
-shape under the most pressure one client can make, and its latencies are
-printed beside the others, but only checked to be bounded.
+What keeps full speed cheap: a client that ignores RetryInfo is answered
+from the process's memory of the empty bucket (no Redis round trip) after
+its refusal is held for limits.refusal_hold_seconds (0.25 s; the RetryInfo
+delay is shortened by as much), so four devices with one call in flight each
+make about 16 attempts a second, not the 400-650 they made when every refusal
+came back at once and took ~1-2 ms of svc_message CPU (twice when forwarded
+to the owner), about a core of this 2-core machine.
 
 The flooder is a process of its own (tests/chaos/flooder.py) so that its
 client work does not run on the measured users' event loop. The figures are
@@ -111,9 +105,6 @@ FLOOD_ADDRESS = "203.0.113.66"
 # the limiter; a p99 ratio of two under 50 ms would measure it, and the
 # scheduler's noise, instead.
 P99_FLOOR_SECONDS = 0.050
-# At full speed the users wait for CPU (see the module's text); still, none
-# is starved.
-FULL_SPEED_P99_BOUND_SECONDS = 2.0
 # Tokens the bounds on accepted calls allow on top of burst + rate x elapsed:
 # the client's clock brackets the server's takes, so none should be needed;
 # one covers the rounding of the server's millisecond clock.
@@ -587,8 +578,8 @@ async def test_a_flood_is_held_to_its_budget_and_the_others_do_not_notice(
     assert refused_signups == signups["refusals"]["signup_per_address"]
     assert local_buckets == [0] * len(local_buckets), "a process fell back to its own buckets"
 
-    # The others did not notice the flood; at full speed, none was starved.
+    # The others did not notice the flood, paced or at full speed.
     floor = P99_FLOOR_SECONDS
     assert max(flood.p(99), floor) <= 2 * max(baseline.p(99), floor), figures
-    assert full_speed.p(99) < FULL_SPEED_P99_BOUND_SECONDS, figures
+    assert max(full_speed.p(99), floor) <= 2 * max(baseline.p(99), floor), figures
     assert time.monotonic() - test_started < TEST_SECONDS, figures

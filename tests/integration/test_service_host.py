@@ -31,12 +31,13 @@ from parley_core.auth.tokens import (
     write_key_pair,
 )
 from parley_core.config import ServerSettings
-from parley_core.errors import NotFound, Reason
+from parley_core.errors import NotFound, Reason, ResourceExhausted
 from parley_core.rpc.interceptor import ServiceInterceptor
 from parley_core.rpc.metrics import RpcMetrics
 from parley_core.rpc.server import ServiceHost
 from tests.helpers import auth
 from tests.integration.test_accounts import details
+from tests.refusals import refused as refused_shape
 
 SERVICE = "parley.message.v1.MessageService"
 
@@ -202,5 +203,66 @@ async def test_privileged_services_take_their_credential_never_an_access_token(
                         ipb.CountMediaReferencesRequest(), metadata=metadata
                     )
                 assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await server.stop()
+
+
+class Refuser(mgrpc.MessageServiceServicer):
+    async def SendMessage(self, request, context):
+        raise ResourceExhausted(
+            "rate limit send_per_device reached",
+            reason=Reason.RATE_LIMITED,
+            retry_after_seconds=float(request.body.decode()),
+            metadata={"limit": "send_per_device"},
+        )
+
+
+async def test_a_rate_limit_refusal_is_held_within_its_retry_delay(tmp_path: Path) -> None:
+    write_key_pair(tmp_path / "k.pem", tmp_path / "k.pub.pem")
+    issuer = TokenIssuer(load_private_key(tmp_path / "k.pem"), ttl_seconds=60)
+    registry = CollectorRegistry()
+    interceptor = ServiceInterceptor(
+        verifier=TokenVerifier(load_public_keys([tmp_path / "k.pub.pem"]), RevocationList()),
+        public_methods=[],
+        metrics=RpcMetrics(registry, service="probe"),
+        refusal_hold_seconds=0.3,
+    )
+    server = ServiceHost(
+        name="probe",
+        settings=ServerSettings(port=0, metrics_port=0, shutdown_grace_seconds=5),
+        interceptors=[interceptor],
+        register=lambda s: mgrpc.add_MessageServiceServicer_to_server(Refuser(), s),
+        service_names=[SERVICE],
+        registry=registry,
+    )
+    await server.start()
+    try:
+        token = issuer.issue(account_id="acct", device_id="dev", now=time.time()).token
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = mgrpc.MessageServiceStub(channel)
+
+            async def refused(retry_after: float, timeout: float) -> tuple[float, float]:
+                started = time.monotonic()
+                with pytest.raises(grpc.aio.AioRpcError) as error:
+                    await stub.SendMessage(
+                        mpb.SendMessageRequest(body=str(retry_after).encode()),
+                        metadata=auth(token),
+                        timeout=timeout,
+                    )
+                took = time.monotonic() - started
+                assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                delay = refused_shape(error.value).retry_delay
+                assert delay is not None
+                return took, delay
+
+            # Held for the configured time; RetryInfo shortened by as much.
+            took, delay = await refused(2.0, timeout=5)
+            assert 0.3 <= took < 1.0 and delay == pytest.approx(1.7, abs=0.01)
+            # Never longer than the client was told to wait anyway.
+            took, delay = await refused(0.1, timeout=5)
+            assert 0.1 <= took < 0.3 and delay == pytest.approx(0.001, abs=0.001)
+            # Nor past the call's deadline.
+            took, delay = await refused(2.0, timeout=0.2)
+            assert took < 0.2 and delay > 1.8
     finally:
         await server.stop()

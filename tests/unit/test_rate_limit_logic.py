@@ -137,6 +137,39 @@ async def test_check_counts_nothing_until_the_caller_refuses() -> None:
     assert isinstance(error, ResourceExhausted)
 
 
+class _CountingStore(InProcessBuckets):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def take(self, groups: Any, *, now_ms: int) -> Any:
+        self.calls += 1
+        return await super().take(groups, now_ms=now_ms)
+
+
+async def test_a_refused_bucket_is_remembered_until_its_next_token_is_due() -> None:
+    store = _CountingStore()
+    table = rates_from_settings(LimitsSettings())
+    table[LimitName.SEND_PER_DEVICE] = Rate(1, 60)
+    limits = Limiter(store, table, names=list(LimitName))
+    device = Take(LimitName.SEND_PER_DEVICE, "alice", key="phone")
+    account = Take(LimitName.SEND_PER_ACCOUNT, "alice")
+    assert await limits.check(device, account, now=0) is None
+    first = await limits.check(device, account, now=0.25)
+    assert first is not None and first.retry_after_seconds == 0.75
+    assert store.calls == 2
+    # Until the token is due the refusal is answered here, with the time left.
+    again = await limits.check(device, account, now=0.5)
+    assert again == Refusal(LimitName.SEND_PER_DEVICE, 0.5)
+    assert store.calls == 2 and limits.remembered_refusals == 1
+    # Another device of the account is not held back by it.
+    other = Take(LimitName.SEND_PER_DEVICE, "alice", key="laptop")
+    assert await limits.check(other, account, now=0.5) is None
+    # Once due, the store is asked again and the take passes.
+    assert await limits.check(device, account, now=1.0) is None
+    assert store.calls == 4
+
+
 async def test_a_limiter_takes_only_its_own_limits_and_can_be_off() -> None:
     keys_only = Limiter(InProcessBuckets(), RATES, names=[LimitName.SIGNUP_OVERALL])
     with pytest.raises(ValueError, match="send_per_device"):
