@@ -188,12 +188,16 @@ class Hub:
                 f"this server holds its maximum of {self._max_sessions} presence "
                 "subscriptions; retry shortly",
                 retry_after_seconds=5.0,
+                # Caps on open streams, not token buckets; named like them so
+                # clients and dashboards tell them apart.
+                metadata={"limit": "presence_subscriptions_per_process"},
             )
         if len(self._by_viewer.get(viewer, ())) >= self._max_per_viewer:
             raise ResourceExhausted(
                 f"an account may hold at most {self._max_per_viewer} presence subscriptions "
                 "at once; close one first",
                 retry_after_seconds=5.0,
+                metadata={"limit": "presence_subscriptions_per_account"},
             )
         session = Session(viewer, privacy.dedup(targets))
         self._add(session)

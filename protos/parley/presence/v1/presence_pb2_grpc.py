@@ -175,6 +175,10 @@ class PresenceServiceServicer:
         """The presence of up to 256 users: first a snapshot of all of them, then
         only changes the caller may see, until the caller cancels. A change of
         privacy settings that hides or reveals someone is sent as a change.
+        Besides its rate limit, open subscriptions are capped per account (32 by
+        default) and per server process: over a cap, RESOURCE_EXHAUSTED with
+        ERROR_REASON_RATE_LIMITED, a RetryInfo and ErrorInfo.metadata "limit"
+        "presence_subscriptions_per_account" or "presence_subscriptions_per_process".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -79,6 +79,10 @@ class PresenceServiceStub:
     """The presence of up to 256 users: first a snapshot of all of them, then
     only changes the caller may see, until the caller cancels. A change of
     privacy settings that hides or reveals someone is sent as a change.
+    Besides its rate limit, open subscriptions are capped per account (32 by
+    default) and per server process: over a cap, RESOURCE_EXHAUSTED with
+    ERROR_REASON_RATE_LIMITED, a RetryInfo and ErrorInfo.metadata "limit"
+    "presence_subscriptions_per_account" or "presence_subscriptions_per_process".
     """
     GetPresenceSettings: _grpc.UnaryUnaryMultiCallable[_presence_pb2.GetPresenceSettingsRequest, _presence_pb2.PresenceSettings]
     UpdatePresenceSettings: _grpc.UnaryUnaryMultiCallable[_presence_pb2.UpdatePresenceSettingsRequest, _presence_pb2.PresenceSettings]
@@ -145,6 +149,10 @@ class PresenceServiceAsyncStub(PresenceServiceStub):
     """The presence of up to 256 users: first a snapshot of all of them, then
     only changes the caller may see, until the caller cancels. A change of
     privacy settings that hides or reveals someone is sent as a change.
+    Besides its rate limit, open subscriptions are capped per account (32 by
+    default) and per server process: over a cap, RESOURCE_EXHAUSTED with
+    ERROR_REASON_RATE_LIMITED, a RetryInfo and ErrorInfo.metadata "limit"
+    "presence_subscriptions_per_account" or "presence_subscriptions_per_process".
     """
     GetPresenceSettings: _aio.UnaryUnaryMultiCallable[_presence_pb2.GetPresenceSettingsRequest, _presence_pb2.PresenceSettings]  # type: ignore[assignment]
     UpdatePresenceSettings: _aio.UnaryUnaryMultiCallable[_presence_pb2.UpdatePresenceSettingsRequest, _presence_pb2.PresenceSettings]  # type: ignore[assignment]
@@ -232,6 +240,10 @@ class PresenceServiceServicer(metaclass=_abc_1.ABCMeta):
         """The presence of up to 256 users: first a snapshot of all of them, then
         only changes the caller may see, until the caller cancels. A change of
         privacy settings that hides or reveals someone is sent as a change.
+        Besides its rate limit, open subscriptions are capped per account (32 by
+        default) and per server process: over a cap, RESOURCE_EXHAUSTED with
+        ERROR_REASON_RATE_LIMITED, a RetryInfo and ErrorInfo.metadata "limit"
+        "presence_subscriptions_per_account" or "presence_subscriptions_per_process".
         """
 
     @_abc_1.abstractmethod
