@@ -284,6 +284,7 @@ async def build(settings: Settings) -> ServiceHost:
             typing=typing,
             leases=leases,
             identity=identity_notifier,
+            media=media,
         )
     )
 
