@@ -255,6 +255,10 @@ class MessageServiceSettings(_Section):
     """gRPC server of svc_message."""
     keys_target: str = "127.0.0.1:7101"
     """host:port where svc_message reaches svc_keys (peer account checks)."""
+    media_target: str = "127.0.0.1:7104"
+    """host:port where svc_message reaches svc_media, with the service credential
+    (auth.service_token_file): sends that name media reserve them there, deletes for everyone
+    release them. Sends without media never call it, so messaging works while it is down."""
     max_body_bytes: int = Field(default=65536, ge=1, le=1 << 20)
     """Largest message body (ciphertext included) a send or edit may carry, in bytes."""
     stream_queue_events: int = Field(default=4096, ge=16)

@@ -47,6 +47,8 @@ class StackPorts:
     message_metrics: tuple[int, ...] = (9102,)
     presence: int = 7103
     presence_metrics: int = 9103
+    # Where svc_message reaches svc_media (message.media_target).
+    media: int = 7104
 
     @classmethod
     def defaults(cls, message_instances: int = 1, *, offset: int = 0) -> StackPorts:
@@ -61,12 +63,13 @@ class StackPorts:
             message_metrics=tuple(9102 + offset + step for step in steps),
             presence=7103 + offset,
             presence_metrics=9103 + offset,
+            media=7104 + offset,
         )
 
     @classmethod
     def free(cls, message_instances: int = 1) -> StackPorts:
         """Ports the OS reports free now (tests)."""
-        ports = free_ports(6 + 2 * message_instances)
+        ports = free_ports(7 + 2 * message_instances)
         return cls(
             mongo=ports[0],
             redis=ports[1],
@@ -75,7 +78,8 @@ class StackPorts:
             presence=ports[4],
             presence_metrics=ports[5],
             message=tuple(ports[6 : 6 + message_instances]),
-            message_metrics=tuple(ports[6 + message_instances :]),
+            message_metrics=tuple(ports[6 + message_instances : 6 + 2 * message_instances]),
+            media=ports[6 + 2 * message_instances],
         )
 
     def all(self) -> list[int]:
@@ -88,6 +92,7 @@ class StackPorts:
             *self.message_metrics,
             self.presence,
             self.presence_metrics,
+            self.media,
         ]
 
 

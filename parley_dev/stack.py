@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from parley_core.auth.credentials import new_token
 from parley_core.auth.tokens import write_key_pair
 from parley_core.config import Settings, settings_from_tree
 from parley_dev.layout import (
@@ -112,6 +113,9 @@ class LocalStack:
         self.config_path = self.root / "parley.yaml"
         self.private_key_path = self.secrets_dir / "token_signing.pem"
         self.public_key_path = self.secrets_dir / "token_signing.pub.pem"
+        # The deployment's service credential for internal RPCs (svc_media <->
+        # svc_message): made once, kept across restarts like the signing keys.
+        self.service_token_path = self.secrets_dir / "service_token"
         self.mongo_uri = f"mongodb://{HOST}:{ports.mongo}/?retryWrites=false"
         self.redis_url = f"redis://{HOST}:{ports.redis}/0"
         self.keys_target = f"{HOST}:{ports.keys}"
@@ -121,6 +125,7 @@ class LocalStack:
             f"http://{HOST}:{p}/metrics" for p in ports.message_metrics[:message_instances]
         ]
         self.presence_target = f"{HOST}:{ports.presence}"
+        self.media_target = f"{HOST}:{ports.media}"
         self.presence_metrics_url = f"http://{HOST}:{ports.presence_metrics}/metrics"
         self._config = self._config_tree(log_format, log_level, shutdown_grace_seconds)
         if user_config:
@@ -230,6 +235,9 @@ class LocalStack:
         # Keep an existing pair: tokens issued before a restart must stay valid.
         if not (self.private_key_path.exists() and self.public_key_path.exists()):
             write_key_pair(self.private_key_path, self.public_key_path)
+        if not self.service_token_path.exists():
+            self.service_token_path.touch(mode=0o600)
+            self.service_token_path.write_text(new_token() + "\n")
         header = "# Written by parley_dev.stack at every start; edits are overwritten.\n"
         # The user's settings (--config) may hold secrets.
         self.config_path.touch(mode=0o600)
@@ -238,6 +246,11 @@ class LocalStack:
         # An explicit (empty) config stops secantusd-py from picking up a stray
         # ./secantusd.toml or ~/.secantus/secantusd.toml.
         (self.root / "secantusd.toml").write_text("# parley: built-in defaults only\n")
+
+    @property
+    def service_token(self) -> str:
+        """The service credential the stack's services share (after prepare_files)."""
+        return self.service_token_path.read_text().strip()
 
     # -- one component at a time ------------------------------------------------
 
@@ -333,11 +346,13 @@ class LocalStack:
             "auth": {
                 "private_key_file": str(self.private_key_path),
                 "public_key_files": [str(self.public_key_path)],
+                "service_token_file": str(self.service_token_path),
             },
             "keys": {"server": server(ports.keys, ports.keys_metrics)},
             "message": {
                 "server": server(ports.message[0], ports.message_metrics[0]),
                 "keys_target": self.keys_target,
+                "media_target": self.media_target,
             },
             "presence": {"server": server(ports.presence, ports.presence_metrics)},
         }

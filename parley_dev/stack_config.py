@@ -29,7 +29,9 @@ OWNED_KEYS: dict[str, str] = {
     "redis.url": "the stack runs its own Redis",
     "auth.private_key_file": "the stack's signing key under --data-dir",
     "auth.public_key_files": "the stack's signing key under --data-dir",
+    "auth.service_token_file": "the stack's service credential under --data-dir",
     "message.keys_target": "the stack's own svc_keys",
+    "message.media_target": "the stack's own svc_media",
     "log_format": "set by --log-format",
     **{
         f"{service}.server.{key}": _PORTS

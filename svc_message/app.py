@@ -25,6 +25,7 @@ from svc_message.domain.identity_notices import IdentityNotifier
 from svc_message.domain.inbox import InboxHandler
 from svc_message.domain.leases import StreamLeases
 from svc_message.domain.limits import FeedLimits
+from svc_message.domain.media import MediaAccess, MediaNotices, MediaReservations
 from svc_message.domain.messages import MessagesHandler
 from svc_message.domain.ownership import ShardOwnership, dialable
 from svc_message.domain.projection import Projector
@@ -41,6 +42,7 @@ from svc_message.model import MemberSettings
 from svc_message.model.broadcast import Broadcast
 from svc_message.ownership_metrics import OwnershipMetrics
 from svc_message.peers.keys import AccountDirectory
+from svc_message.peers.media import MediaReferenceClient
 from svc_message.peers.owners import OwnerChannels
 from svc_message.peers.push import Router, build_providers
 from svc_message.push_metrics import PushMetrics
@@ -48,6 +50,8 @@ from svc_message.servicer.changes import ChangesServicer
 from svc_message.servicer.convert import ProtoEventCodec
 from svc_message.servicer.groups import GroupsServicer
 from svc_message.servicer.inbox import InboxServicer
+from svc_message.servicer.media import SERVICE_NAME as INTERNAL_SERVICE_NAME
+from svc_message.servicer.media import MessageInternalServicer
 from svc_message.servicer.messages import MessageUnaryServicer
 from svc_message.servicer.push import PushServicer
 from svc_message.servicer.routing import OwnerRouting
@@ -196,7 +200,16 @@ async def build(settings: Settings) -> ServiceHost:
         clock=clock,
         trace_context=tracing.capture if tracing.enabled else None,
     )
-    messages = MessagesHandler(conversations, message_store, recent, pipeline, codec, limits)
+    # Media references: svc_media asks about them (MessageInternalService),
+    # and sends and deletes tell it (MediaReferenceService).
+    media_references = MediaReferenceClient(
+        config.media_target,
+        credential=runtime.service_credential(),
+        interceptors=tracing.client_interceptors(),
+    )
+    media_access = MediaAccess(message_store, conversations)
+    media = MediaReservations(media_access, media_references, message_store)
+    messages = MessagesHandler(conversations, message_store, recent, pipeline, codec, limits, media)
     inbox_store = InboxSettingsStore(runtime.db)
     await inbox_store.ensure_indexes()
     inbox = InboxHandler(inbox_store, conversations, listener=SettingsPublisher(doorbell, codec))
@@ -204,7 +217,7 @@ async def build(settings: Settings) -> ServiceHost:
         conversations, message_store, pipeline, accounts, doorbell, doorbell, codec, limits
     )
     delivered = DeliveredMarks(runtime.redis)
-    changes = ChangesHandler(conversations, message_store, pipeline, limits, delivered)
+    changes = ChangesHandler(conversations, message_store, pipeline, limits, delivered, media)
     leases = StreamLeases(
         liveness,
         ttl_seconds=settings.presence.device_ttl_seconds,
@@ -271,6 +284,7 @@ async def build(settings: Settings) -> ServiceHost:
             typing=typing,
             leases=leases,
             identity=identity_notifier,
+            media=media,
         )
     )
 
@@ -356,6 +370,7 @@ async def build(settings: Settings) -> ServiceHost:
         unary,
     ]
     stream = StreamServicer(delivery, acks, codec, typing, tracing=tracing)
+    internal = MessageInternalServicer(media_access, MediaNotices(doorbell, codec))
 
     async def stop() -> None:
         await ownership.leave()
@@ -364,6 +379,8 @@ async def build(settings: Settings) -> ServiceHost:
         await projector.drain()
         await push_worker.drain()
         await push_router.close()
+        await media.drain()
+        await media_references.close()
         await accounts.close()
         await runtime.close()
 
@@ -384,9 +401,11 @@ async def build(settings: Settings) -> ServiceHost:
         settings=config.server.model_copy(
             update={"max_receive_message_bytes": config.receive_limit_bytes}
         ),
-        interceptors=runtime.interceptors(public_methods=()),
-        register=lambda server: register(server, servicers, stream, routing),
-        service_names=[SERVICE_NAME],
+        interceptors=runtime.interceptors(
+            public_methods=(), internal_services=[INTERNAL_SERVICE_NAME]
+        ),
+        register=lambda server: register(server, servicers, stream, routing, internal),
+        service_names=[SERVICE_NAME, INTERNAL_SERVICE_NAME],
         registry=runtime.registry,
         on_stop=[stop],
         on_draining=[drain],

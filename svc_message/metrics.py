@@ -15,6 +15,7 @@ from parley_core.sampling import SampledCount
 from svc_message.domain.delivery import DeliveryService
 from svc_message.domain.identity_notices import IdentityNotifier
 from svc_message.domain.leases import StreamLeases
+from svc_message.domain.media import MediaReservations
 from svc_message.domain.projection import Projector
 from svc_message.domain.sending import SendPipeline
 from svc_message.domain.streams import Hub
@@ -41,7 +42,9 @@ class MessageMetrics(Collector):
         identity: IdentityNotifier | None = None,
         delivery: DeliveryService | None = None,
         identity_pending: SampledCount | None = None,
+        media: MediaReservations | None = None,
     ) -> None:
+        self._media = media
         self._hub = hub
         self._pipeline = pipeline
         self._projector = projector
@@ -119,6 +122,26 @@ class MessageMetrics(Collector):
             yield from self._lease_metrics(self._leases)
         if self._identity is not None:
             yield from self._identity_metrics(self._identity)
+        if self._media is not None:
+            yield from self._media_metrics(self._media)
+
+    @staticmethod
+    def _media_metrics(media: MediaReservations) -> Iterator[CounterMetricFamily]:
+        reservations = CounterMetricFamily(
+            "parley_message_media_reservations",
+            "Sends naming media whose reservation at svc_media this process asked for, "
+            "by result (refused: svc_media refused or could not be reached).",
+            labels=["result"],
+        )
+        reservations.add_metric(["reserved"], media.reserved)
+        reservations.add_metric(["refused"], media.refused)
+        yield reservations
+        yield CounterMetricFamily(
+            "parley_message_media_release_failures",
+            "Releases of deleted messages' media svc_media did not take (its garbage "
+            "collector re-checks them).",
+            value=media.release_failures,
+        )
 
     @staticmethod
     def _identity_metrics(identity: IdentityNotifier) -> Iterator[CounterMetricFamily]:

@@ -23,6 +23,7 @@ from svc_message.model import (
     Watermarks,
 )
 from svc_message.model.broadcast import Broadcast
+from svc_message.model.media import MediaNotice
 
 
 class Accounts(Protocol):
@@ -90,9 +91,35 @@ class EventCodec(Protocol):
         """Tells a group's remaining members that these accounts left it."""
         ...
 
+    def media_notice(self, device_id: str, notice: MediaNotice) -> Envelope:
+        """Tells one device about media it asked for (a restore is ready)."""
+        ...
+
     def encode(self, envelope: Envelope) -> bytes: ...
 
     def decode(self, payload: bytes) -> Envelope | None: ...
+
+
+class MediaReferences(Protocol):
+    """svc_media's reference bookkeeping (MediaReferenceService). Its refusals
+    are the ParleyErrors it answered (code, reason, fields); UNAVAILABLE when
+    it cannot be reached."""
+
+    async def reserve(
+        self,
+        *,
+        account_id: str,
+        conversation_id: str,
+        media_ids: Sequence[str],
+        readable_media_ids: Sequence[str],
+    ) -> None:
+        """Before a send naming ``media_ids`` commits: every id must be
+        usable by the sender; each one's garbage collection is put off."""
+        ...
+
+    async def release(self, media_ids: Sequence[str]) -> None:
+        """Messages naming these ids were deleted for everyone."""
+        ...
 
 
 class PreKeyCounts(Protocol):

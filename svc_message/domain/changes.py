@@ -21,6 +21,7 @@ from svc_message.domain.conversations import (
     effective_watermarks,
 )
 from svc_message.domain.limits import FeedLimits
+from svc_message.domain.media import MediaReservations
 from svc_message.domain.sending import Committed, Draft, SendPipeline
 from svc_message.model import CHANNEL, DIRECT, SYSTEM, Change, ChangeKind, Message, Watermarks
 from svc_message.storage.delivered import DeliveredMarks
@@ -41,8 +42,10 @@ class ChangesHandler:
         pipeline: SendPipeline,
         limits: FeedLimits,
         delivered: DeliveredMarks | None = None,
+        media: MediaReservations | None = None,
     ) -> None:
         self._limits = limits
+        self._media = media
         self._conversations = conversations
         self._messages = messages
         self._pipeline = pipeline
@@ -154,7 +157,14 @@ class ChangesHandler:
             template = self._template(
                 ChangeKind.HIDE, membership, target, request_id, only_for=account_id
             )
-        return await self._commit(membership, template, limit=LimitName.DELETE_PER_ACCOUNT, now=now)
+        committed = await self._commit(
+            membership, template, limit=LimitName.DELETE_PER_ACCOUNT, now=now
+        )
+        if for_everyone and target.media_ids and self._media is not None:
+            # After the commit, which cleared them from the message. A retry
+            # whose first attempt got this far finds them cleared already.
+            self._media.release_later(target.media_ids)
+        return committed
 
     async def react(
         self,

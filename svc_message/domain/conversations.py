@@ -62,6 +62,11 @@ class Membership:
         return self.active and self.role in (OWNER, ADMIN)
 
 
+def visible_window(membership: Membership) -> tuple[int, int]:
+    """The seqs a member may read: [joined, left] (0 = unbounded)."""
+    return membership.joined_seq, membership.left_seq
+
+
 def freshen(conversations: list[Conversation], heads: dict[str, HeadState]) -> list[Conversation]:
     """Conversations with last_seq, last_version and senders' positions raised
     to what Redis knows: the stored values trail while the projector writes
@@ -327,6 +332,25 @@ class ConversationsHandler:
                     )
                 )
         return result
+
+    async def memberships(
+        self, account_id: str, conversation_ids: Iterable[str]
+    ) -> dict[str, Membership]:
+        """The account's memberships, current or former, in those of the
+        conversations it ever joined: two queries whatever their number, and
+        no cache (the answer is not for a request of the account's own)."""
+        conversations = await self._store.get_many(conversation_ids)
+        unlisted = [
+            c.conversation_id
+            for c in conversations
+            if c.type != DIRECT and account_id not in c.member_ids
+        ]
+        records = await self._store.members_of(account_id, unlisted)
+        found = {
+            c.conversation_id: membership_of(c, account_id, records.get(c.conversation_id))
+            for c in conversations
+        }
+        return {c: m for c, m in found.items() if m is not None}
 
     async def get(self, *, conversation_id: str, account_id: str) -> InboxEntry:
         membership = await self.require_reader(conversation_id, account_id)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from parley_core.errors import InvalidArgument
 from svc_message.domain import roles
-from svc_message.domain.conversations import ConversationsHandler, Membership
+from svc_message.domain.conversations import ConversationsHandler, visible_window
 from svc_message.domain.limits import FeedLimits, send_takes
+from svc_message.domain.media import MediaReservations
 from svc_message.domain.sending import Committed, Draft, SendPipeline
 from svc_message.model import Change, ChangeKind, Message, Page
 from svc_message.ports import EventCodec
@@ -19,11 +21,6 @@ NEWEST = 2**62
 _UNSET = datetime.fromtimestamp(0, UTC)
 
 
-def visible_window(membership: Membership) -> tuple[int, int]:
-    """The seqs a member may read: [joined, left] (0 = unbounded)."""
-    return membership.joined_seq, membership.left_seq
-
-
 class MessagesHandler:
     def __init__(
         self,
@@ -33,8 +30,10 @@ class MessagesHandler:
         pipeline: SendPipeline,
         codec: EventCodec,
         limits: FeedLimits,
+        media: MediaReservations,
     ) -> None:
         self._limits = limits
+        self._media = media
         self._conversations = conversations
         self._messages = messages
         self._recent = recent
@@ -53,7 +52,9 @@ class MessagesHandler:
         reply_to_message_id: str,
         now: float,
         forwarded: bool = False,
+        media_ids: Sequence[str] = (),
     ) -> Committed:
+        """``media_ids``: distinct, as validated by the transport."""
         membership = await self._conversations.require_member(conversation_id, account_id)
         roles.require_poster(membership.conversation.type, membership.role)
         if reply_to_message_id:
@@ -79,6 +80,15 @@ class MessagesHandler:
             request_id=request_id,
             now=now,
         )
+        if media_ids:
+            # Here, where the send is handled (the conversation's owner, after
+            # any forward): one reservation per attempt that gets this far.
+            await self._media.reserve(
+                account_id=account_id,
+                conversation_id=conversation_id,
+                media_ids=media_ids,
+                request_id=request_id,
+            )
         message = Message(
             message_id="",
             conversation_id=conversation_id,
@@ -91,6 +101,7 @@ class MessagesHandler:
             created_at=_UNSET,
             request_id=request_id,
             forwarded=forwarded,
+            media_ids=tuple(media_ids),
         )
         template = Change(
             kind=ChangeKind.MESSAGE,

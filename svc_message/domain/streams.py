@@ -27,6 +27,8 @@ from svc_message.ports import EventCodec, Subscriptions
 log = structlog.get_logger(__name__)
 
 MAX_EVENTS_PER_WRITE = 512
+# Notices that may be for one device of the account only (Envelope.device_id).
+_DEVICE_NOTICES = frozenset({EventKind.KEY_NOTICE, EventKind.MEDIA_NOTICE})
 # Receipt replay looks back a little further than the token, to cover writers
 # whose clocks trail ours.
 SYNC_TOKEN_SLACK = timedelta(seconds=2)
@@ -189,11 +191,11 @@ class StreamSession:
         if self._error is not None:
             return
         if (
-            envelope.kind == EventKind.KEY_NOTICE
+            envelope.kind in _DEVICE_NOTICES
             and envelope.device_id
             and envelope.device_id != self.device_id
         ):
-            return  # another device of the account: its keys are not ours
+            return  # for another device of the account
         if (
             len(self._queue) >= self._limit
             or self._queued_bytes + envelope.size > self._byte_budget

@@ -133,6 +133,9 @@ class Message:
     state_version: int = 0
     # Accounts that deleted it for themselves; never sent to clients.
     hidden_for: tuple[str, ...] = field(default=(), compare=False)
+    # Media its encrypted attachment pointers refer to, as sent (distinct, in
+    # order); cleared when it is deleted for everyone.
+    media_ids: tuple[str, ...] = ()
 
     def summary(self) -> MessageSummary:
         return MessageSummary(
@@ -221,6 +224,9 @@ class EventKind:
     # From the key directory to one device or all of an account's: never
     # stored, not part of the feed, not acked.
     KEY_NOTICE = 9
+    # From svc_media to one device (a restore it asked for is ready): like
+    # key notices, never stored, not part of the feed, not acked.
+    MEDIA_NOTICE = 10
 
 
 FEED_KINDS = frozenset({EventKind.MESSAGE, EventKind.CHANGE})
@@ -252,7 +258,8 @@ class Envelope:
     leaving: tuple[str, ...] = ()
     # RECEIPTS: the members' watermarks.
     watermarks: tuple[Watermarks, ...] = ()
-    # KEY_NOTICE: the one device it is for; empty for every device of the account.
+    # KEY_NOTICE: the one device it is for, empty for every device of the
+    # account; MEDIA_NOTICE: always the one device it is for.
     device_id: str = ""
     # Messages that came live through the doorbell: when they were committed
     # (Unix ms), for the delivery lag; 0 for everything replayed from the log.

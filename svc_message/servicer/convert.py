@@ -25,6 +25,7 @@ from svc_message.model import (
     SystemEvent,
     Watermarks,
 )
+from svc_message.model.media import MediaNotice
 
 
 def system_proto(system: SystemEvent) -> pb.SystemEvent:
@@ -58,6 +59,7 @@ def message_proto(message: Message) -> pb.Message:
             for emoji, accounts in message.reactions
             if accounts
         ],
+        media_ids=message.media_ids,
     )
     if message.edited_at is not None:
         result.edited = True
@@ -253,6 +255,12 @@ def _change_envelope(event: pb.Event, size: int = 0) -> Envelope | None:
     return None
 
 
+def _media_notice_envelope(event: pb.Event, size: int = 0) -> Envelope:
+    return Envelope(
+        EventKind.MEDIA_NOTICE, "", 0, event, size=size, device_id=event.media_notice.device_id
+    )
+
+
 def _key_notice_envelope(event: pb.Event, size: int = 0) -> Envelope:
     notice = event.key_notice
     return Envelope(
@@ -338,6 +346,16 @@ class ProtoEventCodec:
         )
         return _key_notice_envelope(pb.Event(key_notice=notice))
 
+    def media_notice(self, device_id: str, notice: MediaNotice) -> Envelope:
+        wire = pb.MediaNotice(
+            kind=notice.kind,  # type: ignore[arg-type]
+            media_id=notice.media_id,
+            device_id=device_id,
+        )
+        if notice.expire_at is not None:
+            wire.expire_time.CopyFrom(timestamp(notice.expire_at))
+        return _media_notice_envelope(pb.Event(media_notice=wire))
+
     def encode(self, envelope: Envelope) -> bytes:
         return cast(pb.Event, envelope.wire).SerializeToString()
 
@@ -389,4 +407,6 @@ class ProtoEventCodec:
             return Envelope(EventKind.TYPING, t.conversation_id, 0, event, t.account_id, size)
         if kind == "key_notice":
             return _key_notice_envelope(event, size)
+        if kind == "media_notice":
+            return _media_notice_envelope(event, size)
         return None

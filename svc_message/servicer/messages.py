@@ -14,12 +14,14 @@ from parley_core.validation import Check
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.inbox import InboxHandler
 from svc_message.domain.messages import MessagesHandler
+from svc_message.model.media import MAX_MEDIA_PER_MESSAGE
 from svc_message.servicer.convert import (
     encode_list_messages,
     message_proto,
     view_proto,
     watermarks_proto,
 )
+from svc_message.servicer.media import check_media_ids
 
 # Clients cannot write system messages.
 MESSAGE_TYPES = frozenset(pb.MessageType.values()) - {
@@ -80,6 +82,9 @@ class MessageUnaryServicer:
         check.enum("type", request.type, MESSAGE_TYPES)
         check.payload("body", request.body, max_bytes=self._max_body, reason=Reason.BODY_TOO_LARGE)
         check.id("reply_to_message_id", request.reply_to_message_id, required=False)
+        media_ids = check_media_ids(check, request.media_ids, maximum=MAX_MEDIA_PER_MESSAGE)
+        if media_ids and request.type == pb.MESSAGE_TYPE_SYSTEM:
+            check.fail("media_ids", "not allowed on system messages")
         check.done()
         rpc = request_context(context, clock=self._clock, request_id=request.request_id)
         sent = await self._messages.send(
@@ -92,6 +97,7 @@ class MessageUnaryServicer:
             reply_to_message_id=request.reply_to_message_id,
             forwarded=request.forwarded,
             now=rpc.now,
+            media_ids=media_ids,
         )
         # The stream event built at commit already holds the message proto.
         return pb.SendMessageResponse(message=cast(pb.Event, sent.envelope.wire).message)

@@ -13,7 +13,9 @@ from typing import Any
 
 import grpc
 
+from parley.message.v1 import internal_pb2_grpc as igrpc
 from parley.message.v1 import messages_pb2 as pb
+from svc_message.servicer.media import MessageInternalServicer
 from svc_message.servicer.routing import OwnerRouting
 from svc_message.servicer.stream import StreamServicer
 
@@ -35,9 +37,13 @@ def register(
     servicers: Sequence[object],
     stream: StreamServicer,
     routing: OwnerRouting | None = None,
+    internal: MessageInternalServicer | None = None,
 ) -> None:
     """Each unary RPC is served by the first servicer with a method of its name;
-    with ``routing``, feed changes of conversations owned elsewhere go there."""
+    with ``routing``, feed changes of conversations owned elsewhere go there.
+    ``internal`` serves MessageInternalService (svc_media's questions)."""
+    if internal is not None:
+        igrpc.add_MessageInternalServiceServicer_to_server(internal, server)
 
     def method(behavior: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
         return grpc.unary_unary_rpc_method_handler(

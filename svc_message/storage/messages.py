@@ -12,11 +12,19 @@ so it stays valid on a cluster sharded by conversation_id:
 - (conversation_id, version): two writers can never commit the same version;
 - (conversation_id, seq), over history items only (a partial index);
 - (conversation_id, sender_id, request_id): a retried change cannot commit twice.
+
+A message that carries media names their ids in ``media`` (absent when it
+names none, removed when it is deleted for everyone). A sparse multikey index
+on it answers svc_media's questions about an id (who may read it, how many
+messages still name it). The collection is sharded by conversation_id, so
+those queries are scatter-gather over the shards: acceptable for them, since
+they come from downloads that are not by the uploader and from the garbage
+collector's checks, never from the send or read paths of other messages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from typing import Any
 
 from bson import Binary
@@ -25,6 +33,7 @@ from pymongo.errors import BulkWriteError
 
 from parley_core.storage.mongo import Database, Document
 from svc_message.model import HISTORY_KINDS, Change, ChangeKind, Message, SystemEvent
+from svc_message.model.media import MediaReference
 from svc_message.model.messages import Conflict, InsertOutcome
 
 
@@ -84,6 +93,19 @@ def message_from_doc(doc: Mapping[str, Any]) -> Message:
         system=_system_from_doc(doc.get("system")),
         state_version=doc.get("state_version", doc.get("version", 0)),
         hidden_for=tuple(doc.get("hidden_for") or ()),
+        media_ids=tuple(doc.get("media") or ()),
+    )
+
+
+_REFERENCE_FIELDS = {"conversation_id": 1, "seq": 1, "media": 1, "hidden_for": 1}
+
+
+def _reference(doc: Mapping[str, Any], asked: frozenset[str]) -> MediaReference:
+    return MediaReference(
+        conversation_id=doc["conversation_id"],
+        seq=int(doc.get("seq", 0)),
+        media_ids=tuple(m for m in doc.get("media") or () if m in asked),
+        hidden_for=tuple(doc.get("hidden_for") or ()),
     )
 
 
@@ -134,6 +156,9 @@ def _doc(change: Change) -> Document:
         )
         if message.system is not None:
             doc["system"] = _system_doc(message.system)
+        if message.media_ids:
+            # Only when present: the sparse index then holds messages with media alone.
+            doc["media"] = list(message.media_ids)
         return doc
     doc.update(target=change.target_id, target_seq=change.target_seq)
     if change.kind == ChangeKind.EDIT:
@@ -165,10 +190,13 @@ def mutation(change: Change) -> UpdateOne | None:
             },
         )
     if change.kind == ChangeKind.DELETE:
+        # Its media ids go with the body: it no longer references them, and
+        # the garbage collector of svc_media counts what still does.
         return UpdateOne(
             {"_id": target},
             {
                 "$set": {"deleted": True, "body": Binary(b""), "deleted_by": change.account_id},
+                "$unset": {"media": ""},
                 "$max": bump,
             },
         )
@@ -198,6 +226,12 @@ class MessageStore:
             [("conversation_id", ASCENDING), ("sender_id", ASCENDING), ("request_id", ASCENDING)],
             unique=True,
         )
+        # Sparse, on one field: only messages with media are in it (a compound
+        # sparse index would hold every message), and SecantusDB's planner
+        # uses a sparse index but not a partial one. Queries on it filter by
+        # ``media`` alone (SecantusDB scans the collection as soon as a query
+        # names a field its index lacks); the rest is filtered here.
+        await self._messages.create_index([("media", ASCENDING)], sparse=True)
 
     async def insert_ordered(self, changes: Sequence[Change]) -> InsertOutcome:
         """One durable write for the whole batch. Ordered, so what commits is a
@@ -244,6 +278,42 @@ class MessageStore:
     async def many(self, message_ids: Sequence[str]) -> list[Message]:
         cursor = self._messages.find({"_id": {"$in": list(message_ids)}})
         return [message_from_doc(doc) async for doc in cursor]
+
+    async def media_references(
+        self, media_ids: Sequence[str], *, limit: int, batch: int = 500
+    ) -> AsyncGenerator[list[MediaReference]]:
+        """The messages naming any of ``media_ids``, in batches, at most
+        ``limit`` of them; a caller that has seen enough stops iterating.
+        Deleted messages name none."""
+        cursor = self._messages.find(
+            {"media": {"$in": list(media_ids)}}, _REFERENCE_FIELDS, batch_size=batch
+        ).limit(limit)
+        asked = frozenset(media_ids)
+        found: list[MediaReference] = []
+        try:
+            async for doc in cursor:
+                found.append(_reference(doc, asked))
+                if len(found) >= batch:
+                    yield found
+                    found = []
+            if found:
+                yield found
+        finally:
+            await cursor.close()
+
+    async def media_reference_counts(self, media_ids: Sequence[str]) -> dict[str, int]:
+        """Per media id, how many messages name it (ids no message names are absent)."""
+        ids = list(media_ids)
+        cursor = await self._messages.aggregate(
+            [
+                {"$match": {"media": {"$in": ids}}},
+                {"$project": {"media": 1}},
+                {"$unwind": "$media"},
+                {"$match": {"media": {"$in": ids}}},
+                {"$group": {"_id": "$media", "n": {"$sum": 1}}},
+            ]
+        )
+        return {str(doc["_id"]): int(doc["n"]) async for doc in cursor}
 
     async def heads(self, conversation_id: str) -> tuple[int, int]:
         """(newest version, newest seq) in the log; (0, 0) when empty."""

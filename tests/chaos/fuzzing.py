@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from parley.keys.v1 import accounts_pb2 as kpb
 from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.keys.v1 import keys_pb2
+from parley.message.v1 import internal_pb2 as ipb
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley.presence.v1 import presence_pb2 as ppb
@@ -45,10 +46,20 @@ ACCOUNT_SERVICE = kpb.DESCRIPTOR.services_by_name["AccountService"]
 KEY_SERVICE = keys_pb2.DESCRIPTOR.services_by_name["KeyService"]
 MESSAGE_SERVICE = mpb.DESCRIPTOR.services_by_name["MessageService"]
 PRESENCE_SERVICE = ppb.DESCRIPTOR.services_by_name["PresenceService"]
+# svc_media's questions to svc_message: called with the service credential,
+# so the fuzz reaches past authentication into their checks.
+MESSAGE_INTERNAL_SERVICE = ipb.DESCRIPTOR.services_by_name["MessageInternalService"]
+INTERNAL_SERVICES = (MESSAGE_INTERNAL_SERVICE,)
 # One request each: unary RPCs, and server streams (read to their first answer).
 UNARY = [
     (service, method)
-    for service in (ACCOUNT_SERVICE, KEY_SERVICE, MESSAGE_SERVICE, PRESENCE_SERVICE)
+    for service in (
+        ACCOUNT_SERVICE,
+        KEY_SERVICE,
+        MESSAGE_SERVICE,
+        PRESENCE_SERVICE,
+        MESSAGE_INTERNAL_SERVICE,
+    )
     for method in service.methods
     if not method.client_streaming
 ]
@@ -97,6 +108,8 @@ class World:
     max_request_bytes: dict[str, int]
     # Where the caller's own sign-ups say they come from (see build_world).
     address: Callable[[], str] | None = None
+    # The deployment's service credential, for the internal services.
+    service_token: str = ""
 
     def ids(self) -> list[str]:
         return [
@@ -163,9 +176,11 @@ async def build_world(
             ACCOUNT_SERVICE.full_name: keys_limit,
             KEY_SERVICE.full_name: keys_limit,
             MESSAGE_SERVICE.full_name: stack.settings.message.receive_limit_bytes,
+            MESSAGE_INTERNAL_SERVICE.full_name: stack.settings.message.receive_limit_bytes,
             PRESENCE_SERVICE.full_name: stack.settings.presence.server.max_receive_message_bytes,
         },
         address=address,
+        service_token=stack.service_token,
     )
 
 
@@ -419,6 +434,8 @@ class Caller:
         return self._disposable
 
     def metadata(self, method: Any) -> tuple[tuple[str, str], ...]:
+        if method.containing_service in INTERNAL_SERVICES:
+            return auth(self.world.service_token)
         if method.name in PUBLIC:
             return ()
         if method.name == "RevokeDevice":

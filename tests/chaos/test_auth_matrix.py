@@ -5,6 +5,8 @@ token are UNAUTHENTICATED with the matching reason, on every process; a valid
 token of another user is PERMISSION_DENIED on a conversation they are not in,
 and the RPCs that are not about a conversation only ever show the caller's
 own data. Requests aim at the victim's real data, so any leak would show.
+The internal RPCs other services call take the deployment's service
+credential and nothing else: no access token, however valid.
 
 Abuse limits are taken after these checks, so no bad credential or outsider
 ever spends a budget or sees RATE_LIMITED. This stack's limits are never
@@ -29,10 +31,13 @@ from parley.keys.v1 import accounts_pb2 as kpb
 from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.keys.v1 import keys_pb2 as keypb
 from parley.keys.v1 import keys_pb2_grpc as keygrpc
+from parley.message.v1 import internal_pb2 as ipb
+from parley.message.v1 import internal_pb2_grpc as igrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley.presence.v1 import presence_pb2 as ppb
 from parley.presence.v1 import presence_pb2_grpc as pgrpc
+from parley_core.auth.credentials import new_token
 from parley_core.auth.tokens import TokenIssuer, load_private_key, write_key_pair
 from parley_dev.stack import LocalStack
 from tests.helpers import Metadata, auth
@@ -322,6 +327,8 @@ AUTHENTICATED = {
 
 
 PRESENCE_RPCS = {m.name for m in ppb.DESCRIPTOR.services_by_name["PresenceService"].methods}
+# Called by other services with the deployment's service credential only.
+INTERNAL_RPCS = {m.name for m in ipb.DESCRIPTOR.services_by_name["MessageInternalService"].methods}
 
 
 def test_every_limited_rpc_is_in_the_matrix() -> None:
@@ -614,6 +621,65 @@ async def test_another_users_token_never_reaches_a_conversation_they_are_not_in(
         }
         alice_marks = next(w for w in view.member_watermarks if w.account_id == v.alice.account_id)
         assert alice_marks.delivered_seq == 4  # her own send, not mallory's ack
+
+
+def internal_calls(internal: igrpc.MessageInternalServiceStub, v: Victim) -> dict[str, Call]:
+    """svc_media's questions to svc_message, aimed at the victim's data."""
+    return {
+        "CheckMediaAccess": lambda md: internal.CheckMediaAccess(
+            ipb.CheckMediaAccessRequest(account_id=v.alice.account_id, media_ids=["m"]),
+            metadata=md,
+        ),
+        "CountMediaReferences": lambda md: internal.CountMediaReferences(
+            ipb.CountMediaReferencesRequest(media_ids=["m"]), metadata=md
+        ),
+        "NotifyDevice": lambda md: internal.NotifyDevice(
+            ipb.NotifyDeviceRequest(
+                account_id=v.alice.account_id,
+                device_id=v.alice.device_id,
+                notice=mpb.MediaNotice(kind=mpb.MediaNotice.KIND_RESTORE_READY, media_id="m"),
+            ),
+            metadata=md,
+        ),
+    }
+
+
+async def test_internal_rpcs_take_the_service_credential_and_nothing_else(
+    chaos: LocalStack, keys_stub: kgrpc.AccountServiceStub
+) -> None:
+    v = await victim_world(chaos, keys_stub)
+    issuer = TokenIssuer(load_private_key(chaos.private_key_path), ttl_seconds=3600)
+    # A valid access token of a real account, even with a long life, is no
+    # service credential; nor is a random token of the right shape.
+    fresh = issuer.issue(
+        account_id=v.alice.account_id, device_id=v.alice.device_id, now=time.time()
+    ).token
+    cases: list[tuple[str, Metadata]] = [
+        ("no token", ()),
+        ("empty bearer", (("authorization", "Bearer "),)),
+        ("access token", v.alice.md),
+        ("fresh access token", auth(fresh)),
+        ("other service token", auth(new_token())),
+        ("service token as basic", (("authorization", f"Basic {chaos.service_token}"),)),
+    ]
+    for target in chaos.message_targets:
+        async with grpc.aio.insecure_channel(target) as channel:
+            calls = internal_calls(igrpc.MessageInternalServiceStub(channel), v)
+            assert set(calls) == INTERNAL_RPCS, "the matrix misses an internal RPC"
+            for name, md in cases:
+                for rpc, call in calls.items():
+                    error = await refused(call(md))
+                    assert error.code() == grpc.StatusCode.UNAUTHENTICATED, (name, rpc, error)
+                    assert reason_of(error) == "ERROR_REASON_TOKEN_INVALID", (name, rpc)
+            for call in calls.values():
+                await call(auth(chaos.service_token))
+            # And the service credential opens no user RPC.
+            error = await refused(
+                mgrpc.MessageServiceStub(channel).ListConversations(
+                    mpb.ListConversationsRequest(), metadata=auth(chaos.service_token)
+                )
+            )
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_a_stream_ends_when_its_token_expires(

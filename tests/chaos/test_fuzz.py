@@ -1,5 +1,5 @@
-"""Fuzz every RPC of AccountService, KeyService, MessageService and PresenceService, Connect
-included.
+"""Fuzz every RPC of AccountService, KeyService, MessageService (Connect included),
+PresenceService and MessageInternalService (with the service credential).
 
 Requests come from hypothesis: random fields, huge and empty values, invalid
 ids and ids of the wrong kind (a message id where a conversation id is

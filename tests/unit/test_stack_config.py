@@ -142,6 +142,23 @@ def test_the_stack_runs_with_the_user_settings_and_its_own_addresses(tmp_path: P
     assert "s" * 20 not in local.config_path.read_text()
 
 
+def test_the_stack_shares_one_service_credential_made_once(tmp_path: Path) -> None:
+    local = stack(
+        tmp_path,
+        {"auth": {"service_token_file": "/elsewhere"}, "message": {"media_target": "x:1"}},
+    )
+    assert local.settings.auth.service_token_file == local.service_token_path
+    assert local.settings.message.media_target == local.media_target
+    assert local.media_target == f"127.0.0.1:{local.ports.media}"
+    local.prepare_files()
+    token = local.service_token
+    assert len(token) >= 32
+    assert local.service_token_path.stat().st_mode & 0o077 == 0
+    # Kept across restarts, like the signing keys.
+    local.prepare_files()
+    assert local.service_token == token
+
+
 def test_environment_config_passes_and_owned_or_foreign_variables_do_not() -> None:
     passed, ignored = service_environment(
         {

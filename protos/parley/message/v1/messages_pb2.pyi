@@ -2120,8 +2120,13 @@ class MediaNotice(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     MEDIA_ID_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
     kind: Global___MediaNotice.Kind.ValueType
     media_id: _builtins.str
+    device_id: _builtins.str
+    """The device the notice is for (MessageInternalService.NotifyDevice): it
+    routes the notice to that device's stream only.
+    """
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -2130,10 +2135,11 @@ class MediaNotice(_message.Message):
         kind: Global___MediaNotice.Kind.ValueType = ...,
         media_id: _builtins.str = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        device_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "kind", b"kind", "media_id", b"media_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "expire_time", b"expire_time", "kind", b"kind", "media_id", b"media_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
