@@ -386,12 +386,12 @@ class MediaServiceSettings(_Section):
     """Largest part size a client may choose."""
     default_part_bytes: int = Field(default=8 * MIB, ge=5 * MIB, le=5 * GIB)
     """Part size used when the client leaves part_size at 0."""
-    upload_session_seconds: int = Field(default=24 * 3600, ge=60, le=7 * 86400)
+    upload_session_seconds: int = Field(default=24 * 3600, ge=5, le=7 * 86400)
     """Seconds an upload session lasts; then an unfinished one is aborted and its parts removed,
     and a completed media nothing references yet gets its first garbage-collection check."""
-    put_url_seconds: int = Field(default=900, ge=30, le=3600)
+    put_url_seconds: int = Field(default=900, ge=5, le=3600)
     """Seconds a presigned PUT (or part) URL stays valid; GetUpload hands out fresh ones."""
-    get_url_seconds: int = Field(default=300, ge=10, le=300)
+    get_url_seconds: int = Field(default=300, ge=5, le=300)
     """Seconds a presigned GET URL stays valid (at most 5 minutes)."""
     max_pending_uploads_per_account: int = Field(default=16, ge=1, le=10_000)
     """Upload sessions one account may have open (created, not completed or aborted) at once."""

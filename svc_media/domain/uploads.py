@@ -360,7 +360,8 @@ class UploadHandler:
             size=session.size,
             content_class=session.content_class,
             object_key=session.object_key,
-            created_at=now,
+            # BSON dates hold milliseconds: answer with what a later read returns.
+            created_at=int(now * 1000) / 1000,
             state=MediaState.READY,
             uploaders=(account,),
             touch=0,
