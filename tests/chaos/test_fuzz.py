@@ -1,5 +1,6 @@
-"""Fuzz every RPC of AccountService, KeyService, MessageService and PresenceService, Connect
-included.
+"""Fuzz every RPC of AccountService, KeyService, MessageService, PresenceService and the
+media services (MediaService with a user's token, MediaAdminService with an operator's,
+MediaReferenceService with the service credential), Connect included.
 
 Requests come from hypothesis: random fields, huge and empty values, invalid
 ids and ids of the wrong kind (a message id where a conversation id is
