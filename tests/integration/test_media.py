@@ -1,155 +1,58 @@
 """svc_media end to end on a real stack (SecantusDB, Redis, SeaweedFS, gRPC):
 presigned uploads the object store itself checks, resumable multipart,
-verified completion, dedup by forwarding, download permissions, quotas,
-quarantine and what is (and is not) stored.
+verified completion, dedup by forwarding, download permissions and what is
+(and is not) stored.
 
 svc_message's internal service is played by a stand-in served over real gRPC
 in this process (tests/media_world.py), so each test sets who may read what.
+The stack is the session's media stack (tests/integration/conftest.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
 from pymongo import AsyncMongoClient
 
-from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.media.v1 import media_pb2 as mpb
-from parley.media.v1 import media_pb2_grpc as mgrpc
 from parley.media.v1 import references_pb2 as rpb
-from parley.media.v1 import references_pb2_grpc as rgrpc
 from parley_dev.seaweed import s3_client
 from parley_dev.stack import LocalStack
 from tests.chaos.clients import metric
-from tests.helpers import TEST_LIMITS
+from tests.media_stack import (
+    PENDING_CAP,
+    failure,
+    multipart_uploads,
+    objects_of,
+    objects_of_key,
+    service_md,
+    upload,
+    users,
+)
 from tests.media_world import (
     MIB,
     Blob,
     MessageStandIn,
     bad_fields,
     error_info,
-    operator,
     send,
     upload_parts,
 )
-from tests.users import Device, rid, sign_up
+from tests.users import rid
 
 pytestmark = pytest.mark.slow
-
-PENDING_CAP = 4
-DAILY_QUOTA = 24 * MIB
-STORED_QUOTA = 16 * MIB
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def stand_in() -> AsyncIterator[MessageStandIn]:
-    messages = MessageStandIn()
-    await messages.start()
-    yield messages
-    await messages.stop()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def media_stack(
-    tmp_path_factory: pytest.TempPathFactory, stand_in: MessageStandIn
-) -> AsyncIterator[LocalStack]:
-    config: dict[str, Any] = {
-        **TEST_LIMITS,
-        "media": {
-            "message_target": stand_in.target,
-            "max_pending_uploads_per_account": PENDING_CAP,
-            "quotas": {"daily_upload_bytes": DAILY_QUOTA, "stored_bytes": STORED_QUOTA},
-        },
-    }
-    stack = LocalStack.with_free_ports(
-        root=Path(tmp_path_factory.mktemp("media")),
-        shutdown_grace_seconds=2.0,
-        extra_config=config,
-    )
-    # The stand-in refuses anything but the deployment's service credential.
-    stack.prepare_files()
-    stand_in.expected_token = stack.service_token
-    async with stack:
-        yield stack
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def stubs(
-    media_stack: LocalStack,
-) -> AsyncIterator[tuple[kgrpc.AccountServiceStub, mgrpc.MediaServiceStub, Any, Any]]:
-    keys_channel = grpc.aio.insecure_channel(media_stack.keys_target)
-    media_channel = grpc.aio.insecure_channel(media_stack.media_target)
-    yield (
-        kgrpc.AccountServiceStub(keys_channel),
-        mgrpc.MediaServiceStub(media_channel),
-        mgrpc.MediaAdminServiceStub(media_channel),
-        rgrpc.MediaReferenceServiceStub(media_channel),
-    )
-    await keys_channel.close()
-    await media_channel.close()
-
-
-async def users(stubs: Any, count: int) -> list[Device]:
-    return [await sign_up(stubs[0]) for _ in range(count)]
-
-
-async def failure(call: Any) -> grpc.aio.AioRpcError:
-    try:
-        reply = await call
-    except grpc.aio.AioRpcError as error:
-        return error
-    raise AssertionError(f"the call succeeded: {reply!r:.300}")
-
-
-async def upload(media: mgrpc.MediaServiceStub, device: Device, blob: Blob) -> mpb.Media:
-    """The whole upload as a client does it; the completed media."""
-    created = await media.CreateUpload(blob.request(), metadata=device.md)
-    if created.HasField("already_stored"):
-        return created.already_stored
-    if blob.part_size:
-        await upload_parts(created.upload, blob)
-    else:
-        reply = await send(created.upload.put, blob.data)
-        assert reply.status_code == 200, reply.text
-    return await media.CompleteUpload(
-        mpb.CompleteUploadRequest(upload_id=created.upload.upload_id), metadata=device.md
-    )
-
-
-def objects_of(stack: LocalStack, media_id: str) -> list[str]:
-    client: Any = s3_client(stack.s3_endpoint, stack.s3_keys)
-    reply = client.list_objects_v2(
-        Bucket=stack.s3_bucket, Prefix=f"media/{media_id[:2]}/{media_id}/"
-    )
-    return [item["Key"] for item in reply.get("Contents", ())]
-
-
-def multipart_uploads(stack: LocalStack) -> list[str]:
-    client: Any = s3_client(stack.s3_endpoint, stack.s3_keys)
-    return [
-        u["Key"] for u in client.list_multipart_uploads(Bucket=stack.s3_bucket).get("Uploads", ())
-    ]
-
-
-def service_md(stack: LocalStack) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {stack.service_token}"),)
-
 
 # -- uploads ---------------------------------------------------------------------------
 
 
 async def test_single_put_upload_is_checked_by_the_store_then_downloads_with_ranges(
-    media_stack: LocalStack, stubs: Any
+    media_stack: LocalStack, media_stubs: Any
 ) -> None:
-    _, media, _, _ = stubs
-    (alice,) = await users(stubs, 1)
+    _, media, _, _ = media_stubs
+    (alice,) = await users(media_stubs, 1)
     blob = Blob.random(300_000)
     created = await media.CreateUpload(blob.request(mpb.CONTENT_CLASS_IMAGE), metadata=alice.md)
     put = created.upload.put
@@ -183,9 +86,9 @@ async def test_single_put_upload_is_checked_by_the_store_then_downloads_with_ran
     assert part.status_code == 206 and part.content == blob.data[1000:2000]
 
 
-async def test_create_upload_is_idempotent_by_request_id(stubs: Any) -> None:
-    _, media, _, _ = stubs
-    (alice,) = await users(stubs, 1)
+async def test_create_upload_is_idempotent_by_request_id(media_stubs: Any) -> None:
+    _, media, _, _ = media_stubs
+    (alice,) = await users(media_stubs, 1)
     blob = Blob.random(1000)
     request = blob.request()
     first = await media.CreateUpload(request, metadata=alice.md)
@@ -198,10 +101,10 @@ async def test_create_upload_is_idempotent_by_request_id(stubs: Any) -> None:
 
 
 async def test_multipart_upload_resumes_without_resending_stored_parts(
-    media_stack: LocalStack, stubs: Any
+    media_stack: LocalStack, media_stubs: Any
 ) -> None:
-    _, media, _, _ = stubs
-    (alice,) = await users(stubs, 1)
+    _, media, _, _ = media_stubs
+    (alice,) = await users(media_stubs, 1)
     blob = Blob.random(12 * MIB, part_size=5 * MIB)
     created = await media.CreateUpload(blob.request(mpb.CONTENT_CLASS_VIDEO), metadata=alice.md)
     upload = created.upload
@@ -247,10 +150,10 @@ async def test_multipart_upload_resumes_without_resending_stored_parts(
 
 
 async def test_a_completion_that_does_not_match_deletes_the_object_and_names_the_field(
-    media_stack: LocalStack, stubs: Any
+    media_stack: LocalStack, media_stubs: Any
 ) -> None:
-    _, media, _, _ = stubs
-    (alice,) = await users(stubs, 1)
+    _, media, _, _ = media_stubs
+    (alice,) = await users(media_stubs, 1)
     # Parts hashed right, but the whole file declared with another SHA-256.
     blob = Blob.random(11 * MIB, part_size=5 * MIB)
     request = blob.request()
@@ -284,16 +187,11 @@ async def test_a_completion_that_does_not_match_deletes_the_object_and_names_the
     assert error_info(gone).reason == "ERROR_REASON_UPLOAD_NOT_FOUND"
 
 
-def objects_of_key(upload: mpb.Upload) -> str:
-    media_id = upload.media_id
-    return f"media/{media_id[:2]}/{media_id}/{upload.upload_id}"
-
-
 async def test_abort_removes_the_stored_parts_and_the_pending_cap_holds(
-    media_stack: LocalStack, stubs: Any
+    media_stack: LocalStack, media_stubs: Any
 ) -> None:
-    _, media, _, _ = stubs
-    (alice,) = await users(stubs, 1)
+    _, media, _, _ = media_stubs
+    (alice,) = await users(media_stubs, 1)
     big = Blob.random(9 * MIB, part_size=5 * MIB)
     first = await media.CreateUpload(big.request(), metadata=alice.md)
     await upload_parts(first.upload, big, numbers=[1])
@@ -318,9 +216,9 @@ async def test_abort_removes_the_stored_parts_and_the_pending_cap_holds(
     await media.CreateUpload(Blob.random(10).request(), metadata=alice.md)
 
 
-async def test_bad_requests_name_their_fields(stubs: Any) -> None:
-    _, media, _, _ = stubs
-    (alice,) = await users(stubs, 1)
+async def test_bad_requests_name_their_fields(media_stubs: Any) -> None:
+    _, media, _, _ = media_stubs
+    (alice,) = await users(media_stubs, 1)
     error = await failure(
         media.CreateUpload(
             mpb.CreateUploadRequest(request_id="x", size=-1, sha256=b"short"), metadata=alice.md
@@ -346,10 +244,10 @@ async def test_bad_requests_name_their_fields(stubs: Any) -> None:
 
 
 async def test_forwarding_fifty_times_keeps_one_object_and_uploads_nothing(
-    media_stack: LocalStack, stubs: Any, stand_in: MessageStandIn
+    media_stack: LocalStack, media_stubs: Any, stand_in: MessageStandIn
 ) -> None:
-    _, media, _, references = stubs
-    alice, *forwarders = await users(stubs, 6)
+    _, media, _, references = media_stubs
+    alice, *forwarders = await users(media_stubs, 6)
     blob = Blob.random(200_000)
     stored = await upload(media, alice, blob)
     uploaded = await metric(media_stack.media_metrics_url, "parley_media_uploaded_bytes_total")
@@ -380,10 +278,10 @@ async def test_forwarding_fifty_times_keeps_one_object_and_uploads_nothing(
 
 
 async def test_an_upload_racing_a_stored_copy_is_deduplicated_at_completion(
-    media_stack: LocalStack, stubs: Any
+    media_stack: LocalStack, media_stubs: Any
 ) -> None:
-    _, media, _, _ = stubs
-    alice, bob = await users(stubs, 2)
+    _, media, _, _ = media_stubs
+    alice, bob = await users(media_stubs, 2)
     blob = Blob.random(50_000)
     # Bob may not read alice's copy, so he uploads his own; both complete.
     alice_session = await media.CreateUpload(blob.request(), metadata=alice.md)
@@ -399,10 +297,10 @@ async def test_an_upload_racing_a_stored_copy_is_deduplicated_at_completion(
 
 
 async def test_downloads_are_for_uploaders_and_readers_only(
-    stubs: Any, stand_in: MessageStandIn
+    media_stubs: Any, stand_in: MessageStandIn
 ) -> None:
-    _, media, _, _ = stubs
-    uploader, member, removed, outsider = await users(stubs, 4)
+    _, media, _, _ = media_stubs
+    uploader, member, removed, outsider = await users(media_stubs, 4)
     blob = Blob.random(10_000)
     stored = await upload(media, uploader, blob)
     stand_in.grant(member.account_id, stored.media_id)
@@ -430,10 +328,10 @@ async def test_downloads_are_for_uploaders_and_readers_only(
 
 
 async def test_stored_metadata_has_no_key_and_no_plaintext_hash(
-    media_stack: LocalStack, stubs: Any
+    media_stack: LocalStack, media_stubs: Any
 ) -> None:
-    _, media, _, _ = stubs
-    (alice,) = await users(stubs, 1)
+    _, media, _, _ = media_stubs
+    (alice,) = await users(media_stubs, 1)
     stored = await upload(media, alice, Blob.random(4096))
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(media_stack.mongo_uri)
     try:
@@ -481,141 +379,3 @@ async def test_stored_metadata_has_no_key_and_no_plaintext_hash(
     for value in (*doc.values(), *session.values()):
         if isinstance(value, bytes):
             assert value == stored.sha256
-
-
-# -- quotas ---------------------------------------------------------------------------
-
-
-async def test_quotas_refuse_with_the_limit_and_the_usage(stubs: Any) -> None:
-    _, media, _, _ = stubs
-    keeper, starter = await users(stubs, 2)
-    for _ in range(2):
-        await upload(media, keeper, Blob.random(6 * MIB))
-    error = await failure(media.CreateUpload(Blob.random(6 * MIB).request(), metadata=keeper.md))
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    info = error_info(error)
-    assert info.reason == "ERROR_REASON_QUOTA_EXCEEDED"
-    assert dict(info.metadata) == {
-        "quota": "stored_bytes",
-        "limit_bytes": str(STORED_QUOTA),
-        "used_bytes": str(12 * MIB),
-    }
-    for _ in range(3):
-        await media.CreateUpload(Blob.random(7 * MIB).request(), metadata=starter.md)
-    error = await failure(media.CreateUpload(Blob.random(7 * MIB).request(), metadata=starter.md))
-    assert dict(error_info(error).metadata) == {
-        "quota": "daily_upload_bytes",
-        "limit_bytes": str(DAILY_QUOTA),
-        "used_bytes": str(21 * MIB),
-    }
-    quota = await media.GetQuota(mpb.GetQuotaRequest(), metadata=keeper.md)
-    assert (quota.uploaded_today_bytes, quota.stored_bytes) == (12 * MIB, 12 * MIB)
-    assert (quota.daily_upload_limit_bytes, quota.stored_limit_bytes) == (DAILY_QUOTA, STORED_QUOTA)
-
-
-# -- quarantine and credentials ---------------------------------------------------------
-
-
-async def test_quarantine_blocks_downloads_and_new_references_and_is_audited(
-    media_stack: LocalStack, stubs: Any
-) -> None:
-    _, media, admin, references = stubs
-    alice, bob = await users(stubs, 2)
-    blob = Blob.random(5000)
-    stored = await upload(media, alice, blob)
-    ops = operator(media_stack.operator_token)
-    entry = await admin.QuarantineMedia(
-        mpb.QuarantineMediaRequest(sha256=blob.sha256, reason="reported abuse"), metadata=ops
-    )
-    assert (entry.operator, entry.reason) == ("local", "reported abuse")
-    again = await admin.QuarantineMedia(
-        mpb.QuarantineMediaRequest(sha256=blob.sha256, reason="twice"), metadata=ops
-    )
-    assert again.reason == "reported abuse", "idempotent: the first entry stands"
-
-    error = await failure(
-        media.GetDownload(mpb.GetDownloadRequest(media_id=stored.media_id), metadata=alice.md)
-    )
-    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert error_info(error).reason == "ERROR_REASON_MEDIA_QUARANTINED"
-    error = await failure(
-        references.ReserveReferences(
-            rpb.ReserveReferencesRequest(
-                account_id=alice.account_id, conversation_id=rid(), media_ids=[stored.media_id]
-            ),
-            metadata=service_md(media_stack),
-        )
-    )
-    assert error_info(error).reason == "ERROR_REASON_MEDIA_QUARANTINED"
-    error = await failure(media.CreateUpload(blob.request(), metadata=bob.md))
-    assert error_info(error).reason == "ERROR_REASON_MEDIA_QUARANTINED"
-
-    await admin.LiftQuarantine(
-        mpb.LiftQuarantineRequest(sha256=blob.sha256, reason="appeal upheld"), metadata=ops
-    )
-    await media.GetDownload(mpb.GetDownloadRequest(media_id=stored.media_id), metadata=alice.md)
-    events = await admin.ListAuditEvents(mpb.ListAuditEventsRequest(page_size=1), metadata=ops)
-    assert [(e.action, e.reason, e.operator) for e in events.events] == [
-        (mpb.AuditEvent.ACTION_LIFT_QUARANTINE, "appeal upheld", "local")
-    ]
-    older = await admin.ListAuditEvents(
-        mpb.ListAuditEventsRequest(page_size=1, page_token=events.next_page_token), metadata=ops
-    )
-    assert [(e.action, e.sha256) for e in older.events] == [
-        (mpb.AuditEvent.ACTION_QUARANTINE, blob.sha256)
-    ]
-
-
-async def test_privileged_services_refuse_user_tokens(media_stack: LocalStack, stubs: Any) -> None:
-    _, _, admin, references = stubs
-    (alice,) = await users(stubs, 1)
-    for md in (alice.md, service_md(media_stack), ()):
-        error = await failure(admin.ListAuditEvents(mpb.ListAuditEventsRequest(), metadata=md))
-        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-    for md in (alice.md, operator(media_stack.operator_token)):
-        error = await failure(
-            references.ReleaseReferences(
-                rpb.ReleaseReferencesRequest(media_ids=[Blob.random(5).media_id]), metadata=md
-            )
-        )
-        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-
-
-async def test_reserve_refuses_media_the_sender_may_not_use(
-    media_stack: LocalStack, stubs: Any
-) -> None:
-    _, media, _, references = stubs
-    alice, mallory = await users(stubs, 2)
-    stored = await upload(media, alice, Blob.random(700))
-    for account, media_ids in (
-        (mallory.account_id, [stored.media_id]),
-        (alice.account_id, [stored.media_id, Blob.random(3).media_id]),
-    ):
-        error = await failure(
-            references.ReserveReferences(
-                rpb.ReserveReferencesRequest(
-                    account_id=account, conversation_id=rid(), media_ids=media_ids
-                ),
-                metadata=service_md(media_stack),
-            )
-        )
-        assert error.code() == grpc.StatusCode.NOT_FOUND
-        assert error_info(error).reason == "ERROR_REASON_MEDIA_NOT_FOUND"
-
-
-async def test_media_metrics_are_exported(media_stack: LocalStack, stubs: Any) -> None:
-    for name in (
-        "parley_media_uploaded_bytes_total",
-        "parley_media_download_granted_bytes_total",
-        "parley_media_objects",
-        "parley_media_stored_bytes",
-        "parley_media_references_per_object",
-        "parley_media_gc_lag_seconds",
-        "parley_media_orphans_collected_total",
-        "parley_media_quota_refusals_total",
-        "parley_media_restore_queue",
-        "parley_media_store_available",
-    ):
-        await metric(media_stack.media_metrics_url, name)
-    assert await metric(media_stack.media_metrics_url, "parley_media_store_available") == 1
-    await asyncio.sleep(0)
