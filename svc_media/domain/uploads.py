@@ -128,8 +128,9 @@ class UploadHandler:
             return UploadOutcome(stored=existing)
         if await self._uploads.pending_count(account_id, now=now) >= policy.max_pending:
             raise too_many_uploads(policy.max_pending)
-        await self._charge(account_id, size, now=now)
+        # Before the charge: an upload the store cannot take costs no quota.
         self._objects.ensure_available()
+        await self._charge(account_id, size, now=now)
         upload_id = str(uuid.uuid4())
         key = object_key(media_id, upload_id)
         multipart_id = await self._objects.create_multipart(key) if chosen_part else None
