@@ -355,6 +355,109 @@ class PresenceServiceSettings(_Section):
     """Open SubscribePresence streams per account per process, so one user cannot take them all."""
 
 
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+class MediaQuotaSettings(_Section):
+    """Per-account media quotas, in ciphertext bytes. A forward (a message naming media someone
+    else uploaded) uploads nothing and is charged to no quota of the forwarder."""
+
+    daily_upload_bytes: int = Field(default=4 * GIB, ge=1)
+    """Bytes one account may start uploading per UTC day (counted when an upload starts and
+    checked again when it completes)."""
+    stored_bytes: int = Field(default=20 * GIB, ge=1)
+    """Bytes of the objects one account uploaded that may be stored at once (media it uploaded
+    that is still kept)."""
+
+
+class MediaServiceSettings(_Section):
+    server: ServerSettings = ServerSettings(port=7104)
+    """gRPC server of svc_media."""
+    message_target: str = "127.0.0.1:7102"
+    """host:port where svc_media reaches svc_message's internal service (access checks, reference
+    counts, device notices)."""
+    max_object_bytes: int = Field(default=2 * GIB, ge=1, le=5 * 1024 * GIB)
+    """Largest ciphertext one upload may carry, in bytes."""
+    max_thumbnail_bytes: int = Field(default=64 << 10, ge=1, le=16 * MIB)
+    """Largest upload of content class THUMBNAIL, in bytes."""
+    multipart_threshold_bytes: int = Field(default=8 * MIB, ge=MIB, le=5 * GIB)
+    """Uploads larger than this use multipart (one presigned URL per part, resumable); smaller
+    ones one presigned PUT."""
+    min_part_bytes: int = Field(default=5 * MIB, ge=5 * MIB, le=5 * GIB)
+    """Smallest part size a client may choose (S3 refuses smaller parts but the last)."""
+    max_part_bytes: int = Field(default=64 * MIB, ge=5 * MIB, le=5 * GIB)
+    """Largest part size a client may choose."""
+    default_part_bytes: int = Field(default=8 * MIB, ge=5 * MIB, le=5 * GIB)
+    """Part size used when the client leaves part_size at 0."""
+    upload_session_seconds: int = Field(default=24 * 3600, ge=5, le=7 * 86400)
+    """Seconds an upload session lasts; then an unfinished one is aborted and its parts removed,
+    and a completed media nothing references yet gets its first garbage-collection check."""
+    put_url_seconds: int = Field(default=900, ge=5, le=3600)
+    """Seconds a presigned PUT (or part) URL stays valid; GetUpload hands out fresh ones."""
+    get_url_seconds: int = Field(default=300, ge=5, le=300)
+    """Seconds a presigned GET URL stays valid (at most 5 minutes)."""
+    max_pending_uploads_per_account: int = Field(default=16, ge=1, le=10_000)
+    """Upload sessions one account may have open (created, not completed or aborted) at once."""
+    gc_grace_seconds: int = Field(default=24 * 3600, ge=0, le=30 * 86400)
+    """Seconds media stays after it was last referenced or released before garbage collection
+    checks whether any message still names it."""
+    gc_max_backoff_seconds: int = Field(default=30 * 86400, ge=60, le=30 * 86400)
+    """Longest wait between two garbage-collection checks of media still referenced (the wait
+    doubles from gc_grace_seconds), so nothing unreferenced is kept for longer than this."""
+    sweep_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
+    """Seconds between each process's sweeps for expired upload sessions and media due for a
+    garbage-collection check."""
+    sweep_batch: int = Field(default=100, ge=1, le=1000)
+    """Sessions or media one sweep handles at most before the next pass."""
+    s3_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    """Seconds one call to the object store may take before the RPC answers UNAVAILABLE."""
+    quotas: MediaQuotaSettings = MediaQuotaSettings()
+    """Per-account upload and storage quotas."""
+
+    @model_validator(mode="after")
+    def _part_bounds(self) -> MediaServiceSettings:
+        if not self.min_part_bytes <= self.default_part_bytes <= self.max_part_bytes:
+            raise ValueError("need min_part_bytes <= default_part_bytes <= max_part_bytes")
+        return self
+
+
+class S3Settings(_Section):
+    """The S3-compatible object store holding media (AWS S3, MinIO, Ceph RGW, SeaweedFS), one
+    bucket per region. Credentials come from files only (Kubernetes Secrets)."""
+
+    endpoint_url: str = ""
+    """http(s) URL of the S3 API the services call; empty: AWS S3 of `region`."""
+    public_endpoint_url: str = ""
+    """http(s) URL clients reach the store at, used in presigned URLs (they sign the host);
+    empty: endpoint_url."""
+    region: str = Field(default="us-east-1", min_length=1, max_length=64)
+    """The store's region name, used in request signatures."""
+    bucket: str = Field(default="parley-media", min_length=3, max_length=63)
+    """The region's media bucket."""
+    access_key_id_file: Path | None = None
+    """File holding the access key id; unset: the default AWS credential chain (instance or pod
+    role)."""
+    secret_access_key_file: Path | None = None
+    """File holding the secret access key; needed with access_key_id_file."""
+    addressing_style: Literal["path", "virtual", "auto"] = "path"
+    """Bucket addressing in URLs: path (endpoint/bucket/key, works everywhere) or virtual
+    (bucket.endpoint/key)."""
+
+    @field_validator("endpoint_url", "public_endpoint_url")
+    @classmethod
+    def _http_endpoint(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _keys_together(self) -> S3Settings:
+        if (self.access_key_id_file is None) != (self.secret_access_key_file is None):
+            raise ValueError("access_key_id_file and secret_access_key_file go together")
+        return self
+
+
 class LimitRate(_Section):
     """A token bucket: ``burst`` requests at once, refilled at ``per_minute``."""
 
@@ -434,6 +537,10 @@ class LimitsSettings(_Section):
     """AddContacts calls (up to 256 accounts each) per account."""
     presence_subscribe_per_account: LimitRate = LimitRate(burst=30, per_minute=30)
     """SubscribePresence streams opened per account."""
+    media_upload_per_account: LimitRate = LimitRate(burst=60, per_minute=60)
+    """CreateUpload per account."""
+    media_download_per_account: LimitRate = LimitRate(burst=600, per_minute=600)
+    """GetDownload per account."""
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -507,6 +614,10 @@ class Settings(_Section):
     """svc_message: conversations, messages, delivery streams and push."""
     presence: PresenceServiceSettings = PresenceServiceSettings()
     """svc_presence: online state, last seen and contacts."""
+    media: MediaServiceSettings = MediaServiceSettings()
+    """svc_media: encrypted attachments on S3-compatible storage."""
+    s3: S3Settings = S3Settings()
+    """The S3-compatible object store of the region's media."""
     telemetry: TelemetrySettings = TelemetrySettings()
     """Traces (metrics are per server)."""
     topology: TopologySettings = TopologySettings()

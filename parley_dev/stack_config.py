@@ -29,13 +29,27 @@ OWNED_KEYS: dict[str, str] = {
     "redis.url": "the stack runs its own Redis",
     "auth.private_key_file": "the stack's signing key under --data-dir",
     "auth.public_key_files": "the stack's signing key under --data-dir",
-    "auth.service_token_file": "the stack's service credential under --data-dir",
     "message.keys_target": "the stack's own svc_keys",
     "message.media_target": "the stack's own svc_media",
+    "media.message_target": "the stack's own svc_message",
+    "auth.service_token_file": "the stack's service credential under --data-dir",
+    "auth.operator_tokens_file": "the stack's operator credential under --data-dir",
+    **{
+        f"s3.{key}": "the stack runs its own SeaweedFS"
+        for key in (
+            "endpoint_url",
+            "public_endpoint_url",
+            "region",
+            "bucket",
+            "access_key_id_file",
+            "secret_access_key_file",
+            "addressing_style",
+        )
+    },
     "log_format": "set by --log-format",
     **{
         f"{service}.server.{key}": _PORTS
-        for service in ("keys", "message", "presence")
+        for service in ("keys", "message", "presence", "media")
         for key in ("host", "port", "metrics_port")
     },
 }

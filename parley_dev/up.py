@@ -1,5 +1,5 @@
-"""``parley up``: start the local stack (backends, svc_keys, svc_message, svc_presence),
-keep it running, stop it cleanly on a signal."""
+"""``parley up``: start the local stack (backends, svc_keys, svc_message, svc_presence,
+svc_media), keep it running, stop it cleanly on a signal."""
 
 from __future__ import annotations
 
@@ -159,6 +159,7 @@ def banner(stack: LocalStack, client_commands: Sequence[str] = ()) -> str:
         )
     rows.append(("MongoDB", stack.mongo_uri))
     rows.append(("Redis", stack.redis_url))
+    rows.append(("S3", f"{stack.s3_endpoint} (bucket {stack.s3_bucket})"))
     rows.append(("Config", str(stack.config_path)))
     rows.append(("Logs", f"{stack.logs_dir}/"))
     width = max(len(label) for label, _ in rows)

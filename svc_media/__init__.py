@@ -1,1 +1,1 @@
-"""svc_media: media uploads and downloads on S3-compatible storage. Not built yet."""
+"""svc_media: end-to-end encrypted attachments on S3-compatible storage."""

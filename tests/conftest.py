@@ -10,6 +10,7 @@ import pytest_asyncio
 
 from parley_dev.stack import LocalStack
 from tests.helpers import TEST_LIMITS
+from tests.moto_server import MotoS3, own_moto_server
 
 # Short, so stopping a stack with delivery streams still open does not stall the suite.
 TEST_SHUTDOWN_GRACE_SECONDS = 2.0
@@ -37,3 +38,11 @@ async def fresh_stack(tmp_path: Path) -> AsyncIterator[LocalStack]:
         extra_config=TEST_LIMITS,
     ) as local:
         yield local
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def moto_s3(tmp_path: Path) -> AsyncIterator[MotoS3]:
+    """A moto S3 server with the media bucket, for tests that need archived
+    objects (GLACIER, RestoreObject); everything else uses SeaweedFS."""
+    async with own_moto_server(tmp_path / "moto") as server:
+        yield server

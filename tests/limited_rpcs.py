@@ -37,6 +37,8 @@ LIMITS_BY_RPC: dict[str, frozenset[str]] = {
         "RemovePushToken": ("push_token_per_device",),
         "AddContacts": ("contact_add_per_account",),
         "SubscribePresence": ("presence_subscribe_per_account",),
+        "CreateUpload": ("media_upload_per_account",),
+        "GetDownload": ("media_download_per_account",),
     }.items()
 }
 

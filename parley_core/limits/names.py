@@ -35,3 +35,6 @@ class LimitName(enum.StrEnum):
     # svc_presence.
     CONTACT_ADD_PER_ACCOUNT = "contact_add_per_account"
     PRESENCE_SUBSCRIBE_PER_ACCOUNT = "presence_subscribe_per_account"
+    # svc_media.
+    MEDIA_UPLOAD_PER_ACCOUNT = "media_upload_per_account"
+    MEDIA_DOWNLOAD_PER_ACCOUNT = "media_download_per_account"

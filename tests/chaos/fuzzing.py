@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from parley.keys.v1 import accounts_pb2 as kpb
 from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.keys.v1 import keys_pb2
+from parley.media.v1 import media_pb2, references_pb2
 from parley.message.v1 import internal_pb2 as ipb
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
@@ -50,6 +51,12 @@ PRESENCE_SERVICE = ppb.DESCRIPTOR.services_by_name["PresenceService"]
 # so the fuzz reaches past authentication into their checks.
 MESSAGE_INTERNAL_SERVICE = ipb.DESCRIPTOR.services_by_name["MessageInternalService"]
 INTERNAL_SERVICES = (MESSAGE_INTERNAL_SERVICE,)
+MEDIA_SERVICE = media_pb2.DESCRIPTOR.services_by_name["MediaService"]
+# Called with the stack's operator and service credentials, so the fuzzer
+# reaches their servicers (a user's token is refused before any field is read).
+MEDIA_ADMIN_SERVICE = media_pb2.DESCRIPTOR.services_by_name["MediaAdminService"]
+MEDIA_REFERENCE_SERVICE = references_pb2.DESCRIPTOR.services_by_name["MediaReferenceService"]
+MEDIA_SERVICES = (MEDIA_SERVICE, MEDIA_ADMIN_SERVICE, MEDIA_REFERENCE_SERVICE)
 # One request each: unary RPCs, and server streams (read to their first answer).
 UNARY = [
     (service, method)
@@ -59,6 +66,7 @@ UNARY = [
         MESSAGE_SERVICE,
         PRESENCE_SERVICE,
         MESSAGE_INTERNAL_SERVICE,
+        *MEDIA_SERVICES,
     )
     for method in service.methods
     if not method.client_streaming
@@ -98,6 +106,9 @@ class World:
     keys_target: str
     message_targets: list[str]
     presence_target: str
+    media_target: str
+    operator_token: str
+    service_token: str
     me: Device
     peer: Device
     conversation: str
@@ -108,8 +119,6 @@ class World:
     max_request_bytes: dict[str, int]
     # Where the caller's own sign-ups say they come from (see build_world).
     address: Callable[[], str] | None = None
-    # The deployment's service credential, for the internal services.
-    service_token: str = ""
 
     def ids(self) -> list[str]:
         return [
@@ -162,6 +171,9 @@ async def build_world(
         keys_target=stack.keys_target,
         message_targets=list(stack.message_targets),
         presence_target=stack.presence_target,
+        media_target=stack.media_target,
+        operator_token=stack.operator_token,
+        service_token=stack.service_token,
         me=me,
         peer=peer,
         conversation=conversation,
@@ -178,9 +190,12 @@ async def build_world(
             MESSAGE_SERVICE.full_name: stack.settings.message.receive_limit_bytes,
             MESSAGE_INTERNAL_SERVICE.full_name: stack.settings.message.receive_limit_bytes,
             PRESENCE_SERVICE.full_name: stack.settings.presence.server.max_receive_message_bytes,
+            **{
+                service.full_name: stack.settings.media.server.max_receive_message_bytes
+                for service in MEDIA_SERVICES
+            },
         },
         address=address,
-        service_token=stack.service_token,
     )
 
 
@@ -409,6 +424,7 @@ class Caller:
         self.keys = grpc.insecure_channel(world.keys_target)
         self.message = grpc.insecure_channel(world.message_targets[0])
         self.presence = grpc.insecure_channel(world.presence_target)
+        self.media = grpc.insecure_channel(world.media_target)
         self._disposable: str | None = None
         # Well-formed rate-limit refusals seen, by RPC.
         self.rate_limited: dict[str, int] = {}
@@ -416,6 +432,8 @@ class Caller:
     def channel(self, service: Any) -> grpc.Channel:
         if service is PRESENCE_SERVICE:
             return self.presence
+        if service in MEDIA_SERVICES:
+            return self.media
         return self.keys if service in (ACCOUNT_SERVICE, KEY_SERVICE) else self.message
 
     def disposable_token(self) -> str:
@@ -438,6 +456,10 @@ class Caller:
             return auth(self.world.service_token)
         if method.name in PUBLIC:
             return ()
+        if method.containing_service is MEDIA_ADMIN_SERVICE:
+            return auth(self.world.operator_token)
+        if method.containing_service is MEDIA_REFERENCE_SERVICE:
+            return auth(self.world.service_token)
         if method.name == "RevokeDevice":
             return auth(self.disposable_token())
         return self.world.me.md
@@ -477,10 +499,12 @@ class Caller:
         self.keys.close()
         self.message.close()
         self.presence.close()
+        self.media.close()
 
 
 def assert_healthy(world: World) -> None:
-    for target in [world.keys_target, *world.message_targets, world.presence_target]:
+    targets = [world.keys_target, *world.message_targets, world.presence_target, world.media_target]
+    for target in targets:
         with grpc.insecure_channel(target) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=10

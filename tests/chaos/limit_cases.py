@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from parley.keys.v1 import accounts_pb2 as kpb
 from parley.keys.v1 import keys_pb2 as keypb
+from parley.media.v1 import media_pb2 as mediapb
 from parley.message.v1 import messages_pb2 as mpb
 from parley.presence.v1 import presence_pb2 as ppb
 from tests.chaos.limit_lab import (
@@ -31,6 +32,7 @@ from tests.chaos.limit_lab import (
     signup,
 )
 from tests.helpers import Metadata
+from tests.media_world import Blob, send
 from tests.users import Device, rid
 
 Case = Callable[[Lab], Awaitable[Probe]]
@@ -498,6 +500,53 @@ async def subscribe_presence(lab: Lab) -> Probe:
     )
 
 
+# -- svc_media ---------------------------------------------------------------------------
+
+
+async def create_upload(lab: Lab) -> Probe:
+    uploader = await lab.account()
+
+    async def call(md: Metadata | None) -> Any:
+        return await lab.media.CreateUpload(Blob.random(64).request(), metadata=own(uploader, md))
+
+    async def invalid(md: Metadata | None) -> Any:
+        request = Blob.random(64).request()
+        request.sha256 = b"short"
+        return await lab.media.CreateUpload(request, metadata=own(uploader, md))
+
+    return Probe(uploader, call, invalid=invalid)
+
+
+async def get_download(lab: Lab) -> Probe:
+    uploader = await lab.account()
+    blob = Blob.random(64)
+    # One upload: CreateUpload spends the uploader's only upload token.
+    created = await lab.media.CreateUpload(blob.request(), metadata=uploader.md)
+    assert (await send(created.upload.put, blob.data)).status_code == 200
+    await lab.media.CompleteUpload(
+        mediapb.CompleteUploadRequest(upload_id=created.upload.upload_id), metadata=uploader.md
+    )
+
+    async def call(md: Metadata | None) -> Any:
+        return await lab.media.GetDownload(
+            mediapb.GetDownloadRequest(media_id=blob.media_id), metadata=own(uploader, md)
+        )
+
+    async def elsewhere(md: Metadata | None) -> Any:
+        # Media the caller may not read (none by that id): denied before the limit.
+        return await lab.media.GetDownload(
+            mediapb.GetDownloadRequest(media_id=Blob.random(8).media_id),
+            metadata=own(uploader, md),
+        )
+
+    async def invalid(md: Metadata | None) -> Any:
+        return await lab.media.GetDownload(
+            mediapb.GetDownloadRequest(media_id="not-a-media-id"), metadata=own(uploader, md)
+        )
+
+    return Probe(uploader, call, elsewhere, invalid)
+
+
 CASES: dict[tuple[str, str], Case] = {
     ("signup_per_address", "SignUp"): signup_per_address,
     ("refresh_per_address", "RefreshToken"): refresh_per_address,
@@ -526,5 +575,7 @@ CASES: dict[tuple[str, str], Case] = {
     ("push_token_per_device", "RemovePushToken"): remove_push_token,
     ("contact_add_per_account", "AddContacts"): add_contacts,
     ("presence_subscribe_per_account", "SubscribePresence"): subscribe_presence,
+    ("media_upload_per_account", "CreateUpload"): create_upload,
+    ("media_download_per_account", "GetDownload"): get_download,
     # signup_overall: the last test of this module (it ends every sign-up here).
 }

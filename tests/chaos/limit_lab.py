@@ -21,6 +21,7 @@ from parley.keys.v1 import accounts_pb2 as kpb
 from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.keys.v1 import keys_pb2 as keypb
 from parley.keys.v1 import keys_pb2_grpc as keygrpc
+from parley.media.v1 import media_pb2_grpc as mediagrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley.presence.v1 import presence_pb2_grpc as pgrpc
@@ -84,12 +85,18 @@ class Lab:
         self.stack = stack
         self._channels = [
             grpc.aio.insecure_channel(t)
-            for t in (stack.keys_target, stack.message_targets[0], stack.presence_target)
+            for t in (
+                stack.keys_target,
+                stack.message_targets[0],
+                stack.presence_target,
+                stack.media_target,
+            )
         ]
         self.accounts = kgrpc.AccountServiceStub(self._channels[0])
         self.keys = keygrpc.KeyServiceStub(self._channels[0])
         self.messages = mgrpc.MessageServiceStub(self._channels[1])
         self.presence = pgrpc.PresenceServiceStub(self._channels[2])
+        self.media = mediagrpc.MediaServiceStub(self._channels[3])
 
     async def close(self) -> None:
         for channel in self._channels:

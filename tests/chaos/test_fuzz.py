@@ -1,5 +1,7 @@
-"""Fuzz every RPC of AccountService, KeyService, MessageService (Connect included),
-PresenceService and MessageInternalService (with the service credential).
+"""Fuzz every RPC of AccountService, KeyService, MessageService, PresenceService, the
+media services (MediaService with a user's token, MediaAdminService with an operator's,
+MediaReferenceService with the service credential) and MessageInternalService (with the
+service credential), Connect included.
 
 Requests come from hypothesis: random fields, huge and empty values, invalid
 ids and ids of the wrong kind (a message id where a conversation id is

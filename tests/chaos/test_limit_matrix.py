@@ -32,6 +32,7 @@ import pytest_asyncio
 
 from parley.keys.v1 import accounts_pb2 as kpb
 from parley.keys.v1 import keys_pb2 as keypb
+from parley.media.v1 import media_pb2 as mediapb
 from parley.presence.v1 import presence_pb2 as ppb
 from parley_core.limits import LimitName
 from parley_dev.stack import LocalStack
@@ -71,11 +72,14 @@ KEYS_RPCS = {
     for m in service.methods
 }
 PRESENCE_RPCS = {m.name for m in ppb.DESCRIPTOR.services_by_name["PresenceService"].methods}
+MEDIA_RPCS = {m.name for m in mediapb.DESCRIPTOR.services_by_name["MediaService"].methods}
 
 
 def metrics_url(stack: LocalStack, rpc: str) -> str:
     if rpc in KEYS_RPCS:
         return stack.keys_metrics_url
+    if rpc in MEDIA_RPCS:
+        return stack.media_metrics_url
     return stack.presence_metrics_url if rpc in PRESENCE_RPCS else stack.message_metrics_urls[0]
 
 

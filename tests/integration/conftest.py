@@ -1,16 +1,24 @@
-"""Stubs bound to the session stack's services."""
+"""Stubs bound to the session stack's services, and the media tests' own stack."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import grpc
+import pytest
 import pytest_asyncio
 
 from parley.keys.v1 import accounts_pb2_grpc, keys_pb2_grpc
+from parley.media.v1 import media_pb2_grpc as mgrpc
+from parley.media.v1 import references_pb2_grpc as rgrpc
 from parley.message.v1 import messages_pb2_grpc
 from parley.presence.v1 import presence_pb2_grpc
 from parley_dev.stack import LocalStack
+from tests.helpers import TEST_LIMITS
+from tests.media_stack import DAILY_QUOTA, PENDING_CAP, STORED_QUOTA
+from tests.media_world import MessageStandIn
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -49,3 +57,54 @@ async def presence(stack: LocalStack) -> AsyncIterator[presence_pb2_grpc.Presenc
     """svc_presence of the session stack."""
     async with grpc.aio.insecure_channel(stack.presence_target) as channel:
         yield presence_pb2_grpc.PresenceServiceStub(channel)
+
+
+# -- svc_media against a stand-in for svc_message (tests/media_stack.py) ---------------
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def stand_in() -> AsyncIterator[MessageStandIn]:
+    messages = MessageStandIn()
+    await messages.start()
+    yield messages
+    await messages.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def media_stack(
+    tmp_path_factory: pytest.TempPathFactory, stand_in: MessageStandIn
+) -> AsyncIterator[LocalStack]:
+    config: dict[str, Any] = {
+        **TEST_LIMITS,
+        "media": {
+            "message_target": stand_in.target,
+            "max_pending_uploads_per_account": PENDING_CAP,
+            "quotas": {"daily_upload_bytes": DAILY_QUOTA, "stored_bytes": STORED_QUOTA},
+        },
+    }
+    stack = LocalStack.with_free_ports(
+        root=Path(tmp_path_factory.mktemp("media")),
+        shutdown_grace_seconds=2.0,
+        extra_config=config,
+    )
+    # The stand-in refuses anything but the deployment's service credential.
+    stack.prepare_files()
+    stand_in.expected_token = stack.service_token
+    async with stack:
+        yield stack
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def media_stubs(
+    media_stack: LocalStack,
+) -> AsyncIterator[tuple[accounts_pb2_grpc.AccountServiceStub, mgrpc.MediaServiceStub, Any, Any]]:
+    keys_channel = grpc.aio.insecure_channel(media_stack.keys_target)
+    media_channel = grpc.aio.insecure_channel(media_stack.media_target)
+    yield (
+        accounts_pb2_grpc.AccountServiceStub(keys_channel),
+        mgrpc.MediaServiceStub(media_channel),
+        mgrpc.MediaAdminServiceStub(media_channel),
+        rgrpc.MediaReferenceServiceStub(media_channel),
+    )
+    await keys_channel.close()
+    await media_channel.close()

@@ -204,7 +204,12 @@ async def exercise(stack: LocalStack) -> None:
 
 
 def metrics_urls(stack: LocalStack) -> list[str]:
-    return [stack.keys_metrics_url, *stack.message_metrics_urls, stack.presence_metrics_url]
+    return [
+        stack.keys_metrics_url,
+        *stack.message_metrics_urls,
+        stack.presence_metrics_url,
+        stack.media_metrics_url,
+    ]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")

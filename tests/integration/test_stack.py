@@ -1,4 +1,5 @@
-"""The local stack manager against real processes: SecantusDB, Redis and the services."""
+"""The local stack manager against real processes: SecantusDB, Redis, SeaweedFS and the
+services."""
 
 from __future__ import annotations
 
@@ -10,17 +11,24 @@ import sys
 from collections.abc import Awaitable
 from pathlib import Path
 
+import grpc
 import pytest
 from pymongo import AsyncMongoClient, WriteConcern
 from redis.asyncio import Redis
 
+from parley.keys.v1.accounts_pb2_grpc import AccountServiceStub
+from parley.media.v1 import media_pb2 as media_pb
+from parley.media.v1 import media_pb2_grpc as media_grpc
 from parley_dev.cli import build_parser
 from parley_dev.probes import StackError, mongo_ping, redis_ping, wait_until_ready
 from parley_dev.process import ManagedProcess, free_port, free_ports, port_is_free
 from parley_dev.stack import LocalStack, StackPorts
 from parley_dev.supervisor import Supervisor
 from tests.helpers import SERVING, health_status, http_get, is_serving, wait_until
+from tests.media_world import Blob
+from tests.media_world import send as send_presigned
 from tests.parley_up import free_offset, parley_up
+from tests.users import Device, sign_up
 
 Doc = dict[str, object]
 
@@ -178,6 +186,8 @@ async def test_data_and_keys_survive_a_stack_restart(tmp_path: Path) -> None:
         await durable.things.insert_one({"_id": "kept", "n": 1})
         await client.close()
         signing_key = first.private_key_path.read_bytes()
+        credentials = (first.service_token, first.operator_token, first.s3_keys.read())
+        owner, blob = await stored_media(first)
     finally:
         await first.stop()
     assert all(not first.process(n).alive() for n in first.component_names)
@@ -190,8 +200,32 @@ async def test_data_and_keys_survive_a_stack_restart(tmp_path: Path) -> None:
         await client.close()
         assert second.private_key_path.read_bytes() == signing_key
         assert await is_serving(second.keys_target)
+        assert (second.service_token, second.operator_token, second.s3_keys.read()) == credentials
+        # The media uploaded before the restart is still there.
+        async with grpc.aio.insecure_channel(second.media_target) as channel:
+            download = await media_grpc.MediaServiceStub(channel).GetDownload(
+                media_pb.GetDownloadRequest(media_id=blob.media_id), metadata=owner.md
+            )
+        assert (await send_presigned(download.get)).content == blob.data
     finally:
         await second.stop()
+
+
+async def stored_media(stack: LocalStack) -> tuple[Device, Blob]:
+    """An account and a file it uploaded through svc_media."""
+    blob = Blob.random(10_000)
+    async with (
+        grpc.aio.insecure_channel(stack.keys_target) as keys_channel,
+        grpc.aio.insecure_channel(stack.media_target) as media_channel,
+    ):
+        owner = await sign_up(AccountServiceStub(keys_channel))
+        media = media_grpc.MediaServiceStub(media_channel)
+        created = await media.CreateUpload(blob.request(), metadata=owner.md)
+        assert (await send_presigned(created.upload.put, blob.data)).status_code == 200
+        await media.CompleteUpload(
+            media_pb.CompleteUploadRequest(upload_id=created.upload.upload_id), metadata=owner.md
+        )
+    return owner, blob
 
 
 @pytest.mark.chaos
@@ -300,8 +334,10 @@ async def test_parley_up_serves_until_sigterm_then_exits_zero(tmp_path: Path) ->
     async with parley_up(args) as output:
         assert await health_status(f"127.0.0.1:{ports.keys}") == SERVING
         assert await health_status(f"127.0.0.1:{ports.message[0]}") == SERVING
+        assert await health_status(f"127.0.0.1:{ports.media}") == SERVING
     text = "".join(output)
     assert f"127.0.0.1:{ports.keys}" in text
+    assert f"http://127.0.0.1:{ports.s3} (bucket parley-media)" in text
     assert f"mongodb://127.0.0.1:{ports.mongo}/" in text
     assert f"redis://127.0.0.1:{ports.redis}/0" in text
     assert all(port_is_free(p) for p in ports.all()), "a child outlived `parley up`"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from svc_keys.servicer.accounts import DEVICES_PAGE_DEFAULT, DEVICES_PAGE_MAX
 from svc_keys.servicer.keys import CLAIM_PAGE_DEFAULT, CLAIM_PAGE_MAX
+from svc_media.servicer.admin import AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX
 from svc_message.servicer.changes import (
     LIST_PAGE_DEFAULT,
     LIST_PAGE_MAX,
@@ -31,6 +32,7 @@ APPLIED = {
     "ListMessageReceiptsRequest": (RECEIPTS_PAGE_DEFAULT, RECEIPTS_PAGE_MAX),
     "ListMessagesRequest": (HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX),
     "ListContactsRequest": (CONTACTS_PAGE_DEFAULT, CONTACTS_PAGE_MAX),
+    "ListAuditEventsRequest": (AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX),
 }
 
 PROMISE = re.compile(

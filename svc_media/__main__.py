@@ -1,0 +1,3 @@
+from svc_media.app import main
+
+main()

@@ -1,0 +1,254 @@
+"""Plain data shared by the layers of svc_media.
+
+Nothing here holds a key, a key hash or a plaintext hash: the server only ever
+knows the ciphertext's SHA-256, its size and a coarse content class.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+# A media id is the lower-case hex SHA-256 of the ciphertext: one media per
+# ciphertext, so a forward names the same id and no byte is uploaded again.
+MEDIA_ID = re.compile(r"^[0-9a-f]{64}$")
+SHA256_BYTES = 32
+
+
+def media_id_of(sha256: bytes) -> str:
+    return sha256.hex()
+
+
+def sha256_of_media_id(media_id: str) -> bytes:
+    return bytes.fromhex(media_id)
+
+
+def is_media_id(value: str) -> bool:
+    return MEDIA_ID.match(value) is not None
+
+
+def digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+class ContentClass(enum.IntEnum):
+    """The numbers of parley.media.v1.ContentClass."""
+
+    IMAGE = 1
+    VIDEO = 2
+    AUDIO = 3
+    DOCUMENT = 4
+    THUMBNAIL = 5
+    STICKER = 6
+
+
+class Tier(enum.IntEnum):
+    """The numbers of parley.media.v1.StorageTier."""
+
+    STANDARD = 1
+    INFREQUENT = 2
+    ARCHIVE = 3
+
+
+class UploadState(enum.StrEnum):
+    PENDING = "pending"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+    # Found expired by a sweeper, which removed (or kept, if completed
+    # meanwhile) what it stored.
+    EXPIRED = "expired"
+
+
+class MediaState(enum.StrEnum):
+    READY = "ready"
+    # Garbage collection decided nobody references it: the object and the
+    # document are being removed; new references are refused.
+    COLLECTING = "collecting"
+
+
+class StoreRefused(Exception):
+    """The object store refused a request for a reason of the request (not an
+    outage): a part too small, an upload that no longer exists."""
+
+    def __init__(self, code: str, status: int) -> None:
+        super().__init__(f"{code} ({status})")
+        self.code = code
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Presigned:
+    """A presigned request a client sends as is (its headers are signed)."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PartPlan:
+    number: int
+    size: int
+    sha256: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPart:
+    number: int
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadSession:
+    upload_id: str
+    account_id: str
+    request_id: str
+    media_id: str
+    sha256: bytes
+    size: int
+    content_class: ContentClass
+    object_key: str
+    created_at: float
+    expires_at: float
+    state: UploadState
+    # Multipart only: the store's upload id, the part size and each part's SHA-256.
+    multipart_id: str | None = None
+    part_size: int = 0
+    part_sha256s: tuple[bytes, ...] = ()
+    # A CompleteUpload in progress holds the session until then (Unix seconds).
+    lease_until: float = 0.0
+
+    @property
+    def multipart(self) -> bool:
+        return self.multipart_id is not None
+
+    def parts(self) -> list[PartPlan]:
+        plans: list[PartPlan] = []
+        for index, sha in enumerate(self.part_sha256s):
+            start = index * self.part_size
+            plans.append(PartPlan(index + 1, min(self.part_size, self.size - start), sha))
+        return plans
+
+    def same_request(
+        self,
+        *,
+        size: int,
+        sha256: bytes,
+        content_class: ContentClass,
+        part_size: int,
+        part_sha256s: tuple[bytes, ...],
+    ) -> bool:
+        return (
+            self.size == size
+            and self.sha256 == sha256
+            and self.content_class == content_class
+            and self.part_sha256s == part_sha256s
+            and (not self.multipart or self.part_size == part_size)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MediaRecord:
+    media_id: str
+    sha256: bytes
+    size: int
+    content_class: ContentClass
+    object_key: str
+    created_at: float
+    state: MediaState
+    uploaders: tuple[str, ...]
+    # Bumped by every reference: garbage collection removes the media only if
+    # it did not change between its reference count and its removal.
+    touch: int
+    next_check_at: float
+    check_backoff_seconds: float
+    tier: Tier = Tier.STANDARD
+    reserves: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a download hands out."""
+
+    media: MediaRecord
+    get: Presigned
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    size: int
+    sha256: bytes | None
+    storage_class: str
+    # The x-amz-restore header, when the store reports one (archived objects).
+    restore: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaUsage:
+    uploaded_today: int
+    daily_limit: int
+    stored: int
+    stored_limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    sha256: bytes
+    reason: str
+    operator: str
+    created_at: float
+
+
+class AuditAction(enum.IntEnum):
+    """The numbers of parley.media.v1.AuditEvent.Action."""
+
+    QUARANTINE = 1
+    LIFT_QUARANTINE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    event_id: str
+    action: AuditAction
+    sha256: bytes
+    reason: str
+    operator: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UploadOutcome:
+    """CreateUpload's answer: media the caller may already read, or a session."""
+
+    stored: MediaRecord | None = None
+    session: UploadSession | None = None
+    put: Presigned | None = None
+    parts: list[tuple[PartPlan, Presigned | None]] = field(default_factory=list)
+
+
+@dataclass
+class MediaStats:
+    """Counters the metrics collector reads at scrape time."""
+
+    uploads_started: int = 0
+    uploads_completed: int = 0
+    bytes_uploaded: int = 0
+    dedup_completions: int = 0
+    already_stored: int = 0
+    downloads_granted: int = 0
+    bytes_granted: int = 0
+    reserves: int = 0
+    reserved_ids: int = 0
+    releases: int = 0
+    orphans_collected: int = 0
+    bytes_collected: int = 0
+    sessions_expired: int = 0
+    quota_refusals: dict[str, int] = field(default_factory=dict)
+    verification_failures: int = 0
+    store_errors: int = 0
+    sweeps: int = 0
+    sweep_failures: int = 0
