@@ -1,0 +1,287 @@
+"""The upload of a file send's objects: sessions, parts, resume, completion.
+
+Each step the server remembers is written to the device's store right after
+it (:class:`UploadRecord`), so a process killed anywhere resumes: a session
+already created is asked for again (GetUpload lists the stored parts and
+signs fresh URLs for the rest), a part stored is never sent again, and a
+session the server dropped (expired, aborted) is started over with the same
+ciphertext.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from parley.media.v1 import media_pb2
+from parley_sdk._session import Session
+from parley_sdk._transfer import ObjectStore, UrlExpiredError
+from parley_sdk._uploads import ObjectUpload, UploadRecord, part_slices
+from parley_sdk.e2ee import DeviceStore
+from parley_sdk.errors import (
+    InvalidArgumentError,
+    MediaTransferError,
+    ParleyError,
+    UploadIncompleteError,
+    UploadNotFoundError,
+)
+from parley_sdk.retry import new_request_id
+
+__all__ = ["CiphertextAt", "ProgressCallback", "Uploader"]
+
+CiphertextAt = Callable[[int, int], bytes]
+"""``slice(start, end)``: the object's ciphertext bytes ``[start, end)``."""
+ProgressCallback = Callable[[int, int], object]
+"""Called with (ciphertext bytes stored so far, ciphertext bytes in all) as
+parts are stored; a resumed send starts from what was stored before."""
+
+# A session that keeps disappearing (expiring under a very slow client, or
+# aborted by another device of the account) is started again this often.
+_SESSION_TRIES = 3
+_CUT_FIELDS = ("part_size", "part_sha256s")
+
+
+@dataclass(slots=True)
+class _Tally:
+    """Progress of one send, and what this call put on the wire."""
+
+    done: int
+    total: int
+    sent: int
+    report: ProgressCallback | None
+
+    def stored(self, size: int, *, sent: bool) -> None:
+        self.done += size
+        if sent:
+            self.sent += size
+        if self.report is not None:
+            self.report(min(self.done, self.total), self.total)
+
+
+class Uploader:
+    """Uploads the objects of :class:`UploadRecord` values, saving each step."""
+
+    def __init__(
+        self,
+        session: Session,
+        store: DeviceStore,
+        objects: ObjectStore,
+        *,
+        part_concurrency: int = 3,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self._store = store
+        self._objects = objects
+        self._concurrency = max(1, part_concurrency)
+        self._clock = clock
+
+    def save(self, record: UploadRecord) -> None:
+        self._store.save_upload(
+            record.request_id, record.conversation_id, record.to_json(), now=self._clock()
+        )
+
+    async def upload(
+        self,
+        record: UploadRecord,
+        ciphertexts: dict[int, CiphertextAt],
+        progress: ProgressCallback | None = None,
+    ) -> int:
+        """Completes every object of ``record`` (``ciphertexts`` by index in
+        ``record.objects``); returns the bytes this call PUT."""
+        tally = _Tally(record.stored_bytes(), record.total_bytes, 0, progress)
+        for index, upload in enumerate(record.objects):
+            if not upload.completed:
+                await self._complete(record, upload, ciphertexts[index], tally)
+        return tally.sent
+
+    async def abort(self, record: UploadRecord) -> None:
+        """Abandons the record's sessions (best effort: the server aborts
+        expired ones by itself) and forgets the record."""
+        for upload in record.objects:
+            if upload.upload_id and not upload.completed:
+                request = media_pb2.AbortUploadRequest(upload_id=upload.upload_id)
+                # Expired, gone, or the service is away: its sweeper cleans up.
+                with contextlib.suppress(ParleyError):
+                    await self._session.unary(self._session.media.AbortUpload, request)
+        self._store.delete_upload(record.request_id)
+
+    async def _complete(
+        self, record: UploadRecord, upload: ObjectUpload, ciphertext: CiphertextAt, tally: _Tally
+    ) -> None:
+        for _ in range(_SESSION_TRIES):
+            session = await self._session_for(record, upload)
+            if session is None:  # already stored: nothing to send
+                tally.stored(upload.size - self._known_stored(upload), sent=False)
+                return
+            try:
+                await self._send(record, upload, session, ciphertext, tally)
+                request = media_pb2.CompleteUploadRequest(upload_id=upload.upload_id)
+                media = await self._session.unary(self._session.media.CompleteUpload, request)
+            except UploadNotFoundError:
+                self._restart(record, upload)
+                continue
+            except UploadIncompleteError:
+                continue  # GetUpload says which parts are missing
+            upload.media_id = media.media_id or upload.media_id
+            upload.completed = True
+            self.save(record)
+            return
+        raise MediaTransferError("the upload session kept failing; try again later")
+
+    async def _session_for(
+        self, record: UploadRecord, upload: ObjectUpload
+    ) -> media_pb2.Upload | None:
+        """The server's session for ``upload`` (created now, or the one the record
+        names), or None when the server already stores this ciphertext."""
+        if upload.upload_id:
+            request = media_pb2.GetUploadRequest(upload_id=upload.upload_id)
+            try:
+                return await self._session.unary(self._session.media.GetUpload, request)
+            except UploadNotFoundError:
+                self._restart(record, upload)
+        flipped = False
+        while True:
+            try:
+                response = await self._session.unary(
+                    self._session.media.CreateUpload, _create_request(upload)
+                )
+                break
+            except InvalidArgumentError as error:
+                # The deployment's multipart threshold is not the default: cut
+                # (or stop cutting) the ciphertext as it says, once.
+                if flipped or not any(f in _CUT_FIELDS for f, _ in error.field_violations):
+                    raise
+                flipped = True
+                upload.restart(new_request_id(), multipart=not upload.multipart)
+                self.save(record)
+        if response.WhichOneof("result") == "already_stored":
+            upload.media_id = response.already_stored.media_id
+            upload.completed = True
+            self.save(record)
+            return None
+        session = response.upload
+        upload.upload_id = session.upload_id
+        upload.media_id = session.media_id
+        upload.multipart = not session.HasField("put")
+        if session.HasField("expire_time"):
+            upload.expire_time = float(session.expire_time.ToSeconds())
+        self.save(record)
+        return session
+
+    def _restart(self, record: UploadRecord, upload: ObjectUpload) -> None:
+        upload.restart(new_request_id())
+        self.save(record)
+
+    @staticmethod
+    def _known_stored(upload: ObjectUpload) -> int:
+        if not upload.multipart or not upload.part_size:
+            return 0
+        slices = part_slices(upload.size, upload.part_size)
+        return sum(s.size for s in slices if s.number in upload.stored_parts)
+
+    async def _send(
+        self,
+        record: UploadRecord,
+        upload: ObjectUpload,
+        session: media_pb2.Upload,
+        ciphertext: CiphertextAt,
+        tally: _Tally,
+    ) -> None:
+        if session.HasField("put"):
+            body = await asyncio.to_thread(ciphertext, 0, upload.size)
+            await self._put(upload, body, session.put, part_number=None)
+            tally.stored(upload.size, sent=True)
+            return
+        part_size = session.part_size or upload.part_size
+        slices = {s.number: s for s in part_slices(upload.size, part_size)}
+        before = self._known_stored(upload)
+        upload.part_size = part_size
+        upload.stored_parts = {p.part_number for p in session.parts if p.stored}
+        self.save(record)
+        # The server's word on stored parts wins over the record's.
+        tally.stored(self._known_stored(upload) - before, sent=False)
+        missing = [p for p in session.parts if not p.stored]
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def send_part(part: media_pb2.UploadPart) -> None:
+            where = slices.get(part.part_number)
+            if where is None or (part.size and part.size != where.size):
+                raise MediaTransferError(f"the server cut part {part.part_number} unexpectedly")
+            async with gate:
+                body = await asyncio.to_thread(ciphertext, where.start, where.end)
+                await self._put(upload, body, part.request, part_number=part.part_number)
+            upload.stored_parts.add(part.part_number)
+            self.save(record)
+            tally.stored(where.size, sent=True)
+
+        await _all_or_first_error([send_part(part) for part in missing])
+
+    async def _put(
+        self,
+        upload: ObjectUpload,
+        body: bytes,
+        request: media_pb2.PresignedRequest,
+        *,
+        part_number: int | None,
+    ) -> None:
+        try:
+            await self._objects.put(request, body)
+        except UrlExpiredError:
+            # Signed URLs are short-lived: a slow part outlives its URL. Ask for
+            # fresh ones once; a second refusal is not about time.
+            fresh = await self._session.unary(
+                self._session.media.GetUpload,
+                media_pb2.GetUploadRequest(upload_id=upload.upload_id),
+            )
+            renewed = fresh.put if part_number is None else _part_request(fresh, part_number)
+            if renewed is None:
+                return  # stored meanwhile
+            await self._objects.put(renewed, body)
+
+
+async def _all_or_first_error(jobs: list[Coroutine[Any, Any, None]]) -> None:
+    """Runs ``jobs`` together; on the first failure cancels the rest and raises it
+    as it is (not wrapped in an ExceptionGroup, so callers catch the SDK's errors)."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    if not tasks:
+        return
+    try:
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            error = task.exception()
+            if error is not None:
+                raise error
+
+
+def _part_request(session: media_pb2.Upload, number: int) -> media_pb2.PresignedRequest | None:
+    for part in session.parts:
+        if part.part_number == number:
+            return None if part.stored else part.request
+    raise MediaTransferError(f"the upload session has no part {number}")
+
+
+def _create_request(upload: ObjectUpload) -> media_pb2.CreateUploadRequest:
+    request = media_pb2.CreateUploadRequest(
+        request_id=upload.create_request_id,
+        size=upload.size,
+        sha256=upload.sha256,
+        content_class=media_pb2.ContentClass.ValueType(int(upload.content_class)),
+    )
+    if upload.multipart:
+        request.part_size = upload.part_size
+        request.part_sha256s.extend(upload.part_sha256s)
+    return request
