@@ -27,7 +27,6 @@ __all__ = ["ObjectStore", "UrlExpiredError"]
 # Reading a part or a download chunk may legitimately take long on a slow
 # link; connecting should not.
 _TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=30.0)
-_DOWNLOAD_PIECE = 256 * 1024
 
 
 class UrlExpiredError(MediaTransferError):
@@ -174,7 +173,7 @@ class ObjectStore:
                 raise _failure("download", _Answer(response.status_code, response.text))
             # A store that ignored the Range sends everything again: skip what we have.
             skip = offset if (offset and response.status_code == 200) else 0
-            async for piece in response.aiter_bytes(_DOWNLOAD_PIECE):
+            async for piece in response.aiter_bytes():
                 if skip:
                     dropped = min(skip, len(piece))
                     piece, skip = piece[dropped:], skip - dropped
