@@ -134,6 +134,8 @@ class FakeMediaService:
         self.media: dict[str, Session] = {}
         self.calls: list[str] = []
         self.archived: set[str] = set()
+        # Completions that finish on the server but whose answer is lost.
+        self.lose_completions = 0
         self._ids = itertools.count(1)
 
     # Every RPC takes (request, caller) through FakeSession.
@@ -167,7 +169,10 @@ class FakeMediaService:
 
     async def GetUpload(self, request: media_pb2.GetUploadRequest, caller: str) -> Any:
         self.calls.append("GetUpload")
-        return self._upload(self._session(request.upload_id, caller))
+        session = self._session(request.upload_id, caller)
+        if session.completed:  # only pending sessions are listed
+            raise refuse(grpc.StatusCode.NOT_FOUND, ErrorReason.UPLOAD_NOT_FOUND)
+        return self._upload(session)
 
     async def CompleteUpload(self, request: media_pb2.CompleteUploadRequest, caller: str) -> Any:
         self.calls.append("CompleteUpload")
@@ -186,6 +191,9 @@ class FakeMediaService:
         self.objects.objects[session.media_id] = data
         session.completed = True
         self.media[session.media_id] = session
+        if self.lose_completions:
+            self.lose_completions -= 1
+            raise refuse(grpc.StatusCode.DEADLINE_EXCEEDED, "", "deadline exceeded")
         return self._media(session)
 
     async def AbortUpload(self, request: media_pb2.AbortUploadRequest, caller: str) -> Any:
@@ -297,7 +305,7 @@ class FakeSession:
         self.media = _Stubs(service, caller)
         self.retry_policy = RetryPolicy(max_attempts=3, initial_backoff=0.0, max_backoff=0.0)
 
-    async def unary(self, method: Any, request: Any) -> Any:
+    async def unary(self, method: Any, request: Any, **options: Any) -> Any:
         return await method(request)
 
 

@@ -47,12 +47,14 @@ from parley_sdk._uploads import (
     UploadRecord,
     content_class_of,
     message_type_of,
+    part_size_for,
 )
 from parley_sdk.e2ee import attachment_content
 from parley_sdk.e2ee.files import (
     FileCipher,
     FileDecryptionError,
     FileDecryptor,
+    ciphertext_size,
     digest_ciphertext,
     encrypt_bytes,
     encrypt_range,
@@ -460,8 +462,9 @@ def _new_record(
 ) -> UploadRecord:
     """A record with fresh keys and the digests of one encryption pass (blocking)."""
     cipher = FileCipher.generate()
+    part_size = part_size_for(ciphertext_size(prepared.plaintext_size))
     digest = digest_ciphertext(
-        cipher, prepared.read_at, prepared.plaintext_size, part_size=PART_SIZE
+        cipher, prepared.read_at, prepared.plaintext_size, part_size=part_size
     )
     main = ObjectUpload(
         cipher=cipher,
@@ -471,7 +474,7 @@ def _new_record(
         content_class=content_class_of(prepared.content_type),
         create_request_id=new_request_id(),
         multipart=digest.size > MULTIPART_THRESHOLD,
-        part_size=PART_SIZE,
+        part_size=part_size,
         part_sha256s=digest.part_sha256s,
     )
     record = UploadRecord(

@@ -23,6 +23,8 @@ from parley_sdk._transfer import ObjectStore, UrlExpiredError
 from parley_sdk._uploads import ObjectUpload, UploadRecord, part_slices
 from parley_sdk.e2ee import DeviceStore
 from parley_sdk.errors import (
+    AbortedError,
+    DeadlineExceededError,
     InvalidArgumentError,
     MediaTransferError,
     ParleyError,
@@ -43,6 +45,10 @@ parts are stored; a resumed send starts from what was stored before."""
 # aborted by another device of the account) is started again this often.
 _SESSION_TRIES = 3
 _CUT_FIELDS = ("part_size", "part_sha256s")
+# CompleteUpload reads the whole object back to verify it: give it time to,
+# at the pace the media service plans for (its completion lease).
+_COMPLETE_SECONDS = 120.0
+_VERIFY_BYTES_PER_SECOND = 8 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -121,12 +127,20 @@ class Uploader:
             try:
                 await self._send(record, upload, session, ciphertext, tally)
                 request = media_pb2.CompleteUploadRequest(upload_id=upload.upload_id)
-                media = await self._session.unary(self._session.media.CompleteUpload, request)
+                media = await self._session.unary(
+                    self._session.media.CompleteUpload,
+                    request,
+                    min_timeout=_COMPLETE_SECONDS + upload.size / _VERIFY_BYTES_PER_SECOND,
+                )
             except UploadNotFoundError:
                 self._restart(record, upload)
                 continue
             except UploadIncompleteError:
                 continue  # GetUpload says which parts are missing
+            except (DeadlineExceededError, AbortedError):
+                # Still verifying (a completion is idempotent): ask again; a
+                # finished session then answers CreateUpload with the media.
+                continue
             upload.media_id = media.media_id or upload.media_id
             upload.completed = True
             self.save(record)

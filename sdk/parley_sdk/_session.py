@@ -199,9 +199,10 @@ class Session:
         method: aio.UnaryUnaryMultiCallable[Req, Resp],
         request: Req,
         metadata: Metadata,
+        timeout: float | None,
     ) -> Resp:
         try:
-            return await method(request, metadata=metadata, timeout=self.timeout)
+            return await method(request, metadata=metadata, timeout=timeout)
         except aio.AioRpcError as rpc_error:
             raise from_rpc_error(rpc_error) from rpc_error
 
@@ -211,21 +212,26 @@ class Session:
         request: Req,
         *,
         authenticated: bool = True,
+        min_timeout: float | None = None,
     ) -> Resp:
         """One logical call: retried on UNAVAILABLE and ABORTED, refreshed once on TOKEN_EXPIRED.
 
         ``request`` is sent unchanged on every attempt, so a mutating request keeps
-        the request_id its builder gave it.
+        the request_id its builder gave it. ``min_timeout`` lengthens the
+        deadline of each attempt for a call known to take long (never shortens it).
         """
         refreshed = False
+        timeout = self.timeout
+        if timeout is not None and min_timeout is not None:
+            timeout = max(timeout, min_timeout)
 
         async def attempt() -> Resp:
             nonlocal refreshed
             if not authenticated:
-                return await self._attempt(method, request, ())
+                return await self._attempt(method, request, (), timeout)
             metadata = await self.auth_metadata()
             try:
-                return await self._attempt(method, request, metadata)
+                return await self._attempt(method, request, metadata, timeout)
             except TokenExpiredError:
                 # Clocks disagree or the token aged in flight: the server's word
                 # wins. Only once, so a server that rejects every token can't loop.
@@ -233,7 +239,7 @@ class Session:
                     raise
                 await self.refresh(stale_access_token=bearer_token(metadata))
                 refreshed = True
-                return await self._attempt(method, request, await self.auth_metadata())
+                return await self._attempt(method, request, await self.auth_metadata(), timeout)
 
         return await call_with_retry(attempt, policy=self.retry_policy)
 

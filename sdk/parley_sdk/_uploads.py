@@ -33,6 +33,7 @@ __all__ = [
     "UploadRecord",
     "content_class_of",
     "message_type_of",
+    "part_size_for",
     "part_slices",
 ]
 
@@ -41,6 +42,9 @@ MULTIPART_THRESHOLD = 8 * 1024 * 1024
 threshold; a deployment with another one says so, and the SDK follows)."""
 PART_SIZE = 8 * 1024 * 1024
 """Bytes per part; S3 wants at least 5 MiB for every part but the last."""
+MAX_PARTS = 10_000
+"""S3's (and so the media service's) most parts per upload."""
+_MiB = 1024 * 1024
 _RECORD_VERSION = 1
 
 
@@ -55,6 +59,13 @@ class PartSlice:
     @property
     def size(self) -> int:
         return self.end - self.start
+
+
+def part_size_for(size: int) -> int:
+    """PART_SIZE, or whole MiB more for a ciphertext that would need more than
+    MAX_PARTS parts of it (above 80 GiB)."""
+    needed = -(-size // MAX_PARTS)
+    return max(PART_SIZE, -(-needed // _MiB) * _MiB)
 
 
 def part_slices(size: int, part_size: int) -> list[PartSlice]:

@@ -323,3 +323,15 @@ async def test_a_message_without_a_file_cannot_be_downloaded() -> None:
     with pytest.raises(ValueError, match="carries no file"):
         await bob.download(received)
     assert MessageType(received.message.type) is MessageType.TEXT
+
+
+async def test_a_completion_whose_answer_was_lost_is_found_again() -> None:
+    world = new_world()
+    alice, bob, chat = await pair(world)
+    data = os.urandom(2 * PART_SIZE + 7)
+    world.media.lose_completions = 1
+    sent = await alice.send_file(chat, data)
+    assert sent.uploaded_bytes == sent.attachment.size, "nothing went up twice"
+    assert world.media.calls.count("CompleteUpload") == 1
+    assert world.media.calls.count("CreateUpload") == 2  # the second answers already_stored
+    assert await bob.download(sent.attachment) == data

@@ -35,12 +35,15 @@ from parley_sdk import (
 )
 from parley_sdk._secure import read_content
 from parley_sdk._uploads import (
+    MAX_PARTS,
+    PART_SIZE,
     ObjectUpload,
     PartSlice,
     SourceIdentity,
     UploadRecord,
     content_class_of,
     message_type_of,
+    part_size_for,
     part_slices,
 )
 from parley_sdk.e2ee import PADDING_BLOCK, attachment_content, parse_content
@@ -271,3 +274,11 @@ def test_media_reasons_map_to_their_classes(
 def test_a_media_reason_under_another_code_keeps_the_codes_class() -> None:
     error = from_status(status(grpc.StatusCode.FAILED_PRECONDITION, ErrorReason.MEDIA_NOT_FOUND))
     assert type(error) is FailedPreconditionError
+
+
+def test_huge_files_get_larger_parts_within_the_part_count() -> None:
+    assert part_size_for(1) == PART_SIZE
+    assert part_size_for(PART_SIZE * MAX_PARTS) == PART_SIZE
+    bigger = part_size_for(PART_SIZE * MAX_PARTS + 1)
+    assert bigger == PART_SIZE + 1024 * 1024
+    assert len(part_slices(PART_SIZE * MAX_PARTS + 1, bigger)) <= MAX_PARTS
