@@ -59,6 +59,7 @@ from parley_sdk.e2ee.files import (
     encrypt_bytes,
     encrypt_range,
 )
+from parley_sdk.errors import MediaNotFoundError
 from parley_sdk.models import MessageEvent
 from parley_sdk.retry import new_request_id
 
@@ -136,17 +137,21 @@ class MediaMethods(SecureMethods):
                 requested=(content_type, file_name),
                 caption=caption or "",
             )
-            uploaded = await uploader.upload(record, _ciphertexts(record, prepared), progress)
+            ciphertexts = _ciphertexts(record, prepared)
+            uploaded = await uploader.upload(record, ciphertexts, progress)
+            try:
+                message = await _send_pointer(e2ee, record)
+            except MediaNotFoundError:
+                # Collected between completion and send (a send resumed after
+                # the media's first check, say): upload it again, once.
+                for upload in record.objects:
+                    upload.restart(new_request_id())
+                uploader.save(record)
+                uploaded += await uploader.upload(record, ciphertexts, progress)
+                message = await _send_pointer(e2ee, record)
         finally:
             prepared.close()
         attachment = record.attachment()
-        message = await e2ee.send_content(
-            conversation_id,
-            attachment_content(attachment.to_proto()),
-            type=message_type_of(attachment.content_type),
-            media_ids=attachment.media_ids,
-            request_id=request_id,
-        )
         e2ee.store.delete_upload(request_id)
         return SentFile(message, attachment, uploaded)
 
@@ -439,6 +444,18 @@ class MediaMethods(SecureMethods):
 
     async def _media_id(self, media: str | MediaItem) -> str:
         return media if isinstance(media, str) else (await self._attachment_of(media)).media_id
+
+
+async def _send_pointer(e2ee: E2EE, record: UploadRecord) -> messages_pb2.Message:
+    """The message announcing the record's completed upload, under its request id."""
+    attachment = record.attachment()
+    return await e2ee.send_content(
+        record.conversation_id,
+        attachment_content(attachment.to_proto()),
+        type=message_type_of(attachment.content_type),
+        media_ids=attachment.media_ids,
+        request_id=record.request_id,
+    )
 
 
 def _load_record(e2ee: E2EE, request_id: str) -> UploadRecord | None:

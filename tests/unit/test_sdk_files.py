@@ -9,7 +9,9 @@ import hashlib
 import io
 import os
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 from PIL import ExifTags, Image
 
@@ -17,6 +19,7 @@ from parley.e2ee.v1 import e2ee_pb2
 from parley.message.v1 import messages_pb2 as pb
 from parley_sdk import (
     Attachment,
+    ErrorReason,
     FileDecryptionError,
     MediaArchivedError,
     MediaTransferError,
@@ -26,7 +29,7 @@ from parley_sdk import (
 )
 from parley_sdk._uploads import PART_SIZE
 from parley_sdk.e2ee.files import ciphertext_size
-from tests.sdk_media_fakes import MediaDevice, World, fresh_id, new_world
+from tests.sdk_media_fakes import MediaDevice, World, fresh_id, new_world, refuse
 from tests.unit.test_sdk_images import photo
 
 DIRECT = pb.CONVERSATION_TYPE_DIRECT
@@ -335,3 +338,26 @@ async def test_a_completion_whose_answer_was_lost_is_found_again() -> None:
     assert world.media.calls.count("CompleteUpload") == 1
     assert world.media.calls.count("CreateUpload") == 2  # the second answers already_stored
     assert await bob.download(sent.attachment) == data
+
+
+async def test_media_collected_before_the_send_is_uploaded_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world = new_world()
+    alice, bob, chat = await pair(world)
+    messages: Any = alice._require_e2ee()._client
+    send = messages.send_message
+    refused: list[str] = []
+
+    async def collected_once(*args: Any, **kwargs: Any) -> pb.Message:
+        if not refused:
+            refused.append(kwargs["request_id"])
+            world.media.media.clear()  # the collector got there first
+            raise refuse(grpc.StatusCode.NOT_FOUND, ErrorReason.MEDIA_NOT_FOUND)
+        return await send(*args, **kwargs)
+
+    monkeypatch.setattr(messages, "send_message", collected_once)
+    sent = await alice.send_file(chat, b"x" * 1000, content_type="text/plain")
+    assert sent.uploaded_bytes == 2 * sent.attachment.size
+    assert len(refused) == 1 and len(world.server.messages[chat]) == 1
+    assert await bob.download(sent.attachment) == b"x" * 1000
