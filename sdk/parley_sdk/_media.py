@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import os
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,34 +29,32 @@ from parley_sdk._e2ee_models import DecryptedMessage
 from parley_sdk._file_sources import FileSource, PreparedFile, prepare_file, safe_file_name
 from parley_sdk._media_models import (
     Attachment,
-    ContentClass,
     MediaQuota,
     PendingUpload,
     Restore,
     SentFile,
 )
-from parley_sdk._media_upload import CiphertextAt, ProgressCallback, Uploader
+from parley_sdk._media_upload import (
+    ProgressCallback,
+    Uploader,
+    ciphertexts_of,
+    new_record,
+    session_expired,
+    source_unchanged,
+)
 from parley_sdk._secure import E2EE
 from parley_sdk._secure_client import SecureMethods
 from parley_sdk._transfer import ObjectStore
 from parley_sdk._uploads import (
-    MULTIPART_THRESHOLD,
     PART_SIZE,
-    ObjectUpload,
     UploadRecord,
-    content_class_of,
     message_type_of,
-    part_size_for,
 )
 from parley_sdk.e2ee import attachment_content
 from parley_sdk.e2ee.files import (
-    FileCipher,
     FileDecryptionError,
     FileDecryptor,
-    ciphertext_size,
     digest_ciphertext,
-    encrypt_bytes,
-    encrypt_range,
 )
 from parley_sdk.errors import MediaNotFoundError
 from parley_sdk.models import MessageEvent
@@ -137,7 +134,7 @@ class MediaMethods(SecureMethods):
                 requested=(content_type, file_name),
                 caption=caption or "",
             )
-            ciphertexts = _ciphertexts(record, prepared)
+            ciphertexts = ciphertexts_of(record, prepared)
             uploaded = await uploader.upload(record, ciphertexts, progress)
             try:
                 message = await _send_pointer(e2ee, record)
@@ -187,7 +184,7 @@ class MediaMethods(SecureMethods):
             # Another file under the same request id: the old upload is useless.
             await uploader.abort(saved)
         record = await asyncio.to_thread(
-            _new_record,
+            new_record,
             prepared,
             request_id=request_id,
             conversation_id=conversation_id,
@@ -264,10 +261,10 @@ class MediaMethods(SecureMethods):
                 continue
             path = record.source.path
             if path is None:
-                if _expired(record):
+                if session_expired(record):
                     await uploader.abort(record)
                 continue
-            if not _unchanged(path, record):
+            if not source_unchanged(path, record):
                 await uploader.abort(record)
                 continue
             content_type, file_name = record.requested_content_type, record.requested_file_name
@@ -467,91 +464,6 @@ def _load_record(e2ee: E2EE, request_id: str) -> UploadRecord | None:
     except ValueError:
         e2ee.store.delete_upload(request_id)  # unreadable: start afresh
         return None
-
-
-def _new_record(
-    prepared: PreparedFile,
-    *,
-    request_id: str,
-    conversation_id: str,
-    requested: tuple[str | None, str | None],
-    caption: str,
-) -> UploadRecord:
-    """A record with fresh keys and the digests of one encryption pass (blocking)."""
-    cipher = FileCipher.generate()
-    part_size = part_size_for(ciphertext_size(prepared.plaintext_size))
-    digest = digest_ciphertext(
-        cipher, prepared.read_at, prepared.plaintext_size, part_size=part_size
-    )
-    main = ObjectUpload(
-        cipher=cipher,
-        plaintext_size=prepared.plaintext_size,
-        size=digest.size,
-        sha256=digest.sha256,
-        content_class=content_class_of(prepared.content_type),
-        create_request_id=new_request_id(),
-        multipart=digest.size > MULTIPART_THRESHOLD,
-        part_size=part_size,
-        part_sha256s=digest.part_sha256s,
-    )
-    record = UploadRecord(
-        request_id=request_id,
-        conversation_id=conversation_id,
-        source=prepared.identity,
-        requested_content_type=requested[0],
-        requested_file_name=requested[1],
-        caption=caption,
-        content_type=prepared.content_type,
-        file_name=prepared.file_name,
-        main=main,
-        started_at=time.time(),
-    )
-    image = prepared.image
-    if image is not None:
-        record.width, record.height, record.blurhash = image.width, image.height, image.blurhash
-        if image.thumbnail is not None:
-            thumbnail_cipher = FileCipher.generate()
-            sealed = encrypt_bytes(thumbnail_cipher, image.thumbnail)
-            record.thumbnail = ObjectUpload(
-                cipher=thumbnail_cipher,
-                plaintext_size=len(image.thumbnail),
-                size=len(sealed),
-                sha256=hashlib.sha256(sealed).digest(),
-                content_class=ContentClass.THUMBNAIL,
-                create_request_id=new_request_id(),
-                multipart=False,
-                part_size=PART_SIZE,
-            )
-            record.thumbnail_ciphertext = sealed
-            record.thumbnail_width = image.thumbnail_width
-            record.thumbnail_height = image.thumbnail_height
-    return record
-
-
-def _ciphertexts(record: UploadRecord, prepared: PreparedFile) -> dict[int, CiphertextAt]:
-    """How to rebuild each object's ciphertext, by its index in ``record.objects``."""
-    cipher, size = record.main.cipher, prepared.plaintext_size
-
-    def main(start: int, end: int) -> bytes:
-        return encrypt_range(cipher, prepared.read_at, size, start, end)
-
-    def preview(start: int, end: int) -> bytes:
-        return record.thumbnail_ciphertext[start:end]
-
-    return {0: main} if record.thumbnail is None else {0: preview, 1: main}
-
-
-def _expired(record: UploadRecord) -> bool:
-    expiries = [o.expire_time for o in record.objects if o.expire_time is not None]
-    return bool(expiries) and max(expiries) < time.time()
-
-
-def _unchanged(path: str, record: UploadRecord) -> bool:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return False
-    return (stat.st_size, stat.st_mtime_ns) == (record.source.size, record.source.mtime_ns)
 
 
 def _destination(dest: Path, name: str) -> Path:

@@ -5,23 +5,43 @@ it (:class:`UploadRecord`), so a process killed anywhere resumes: a session
 already created is asked for again (GetUpload lists the stored parts and
 signs fresh URLs for the rest), a part stored is never sent again, and a
 session the server dropped (expired, aborted) is started over with the same
-ciphertext.
+ciphertext. :func:`new_record` makes a send's record (keys, digests) from the
+prepared file; :func:`ciphertexts_of` rebuilds any byte range of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import os
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from parley.media.v1 import media_pb2
+from parley_sdk._file_sources import PreparedFile
+from parley_sdk._media_models import ContentClass
 from parley_sdk._session import Session
 from parley_sdk._transfer import ObjectStore, UrlExpiredError
-from parley_sdk._uploads import ObjectUpload, UploadRecord, part_slices
+from parley_sdk._uploads import (
+    MULTIPART_THRESHOLD,
+    PART_SIZE,
+    ObjectUpload,
+    UploadRecord,
+    content_class_of,
+    part_size_for,
+    part_slices,
+)
 from parley_sdk.e2ee import DeviceStore
+from parley_sdk.e2ee.files import (
+    FileCipher,
+    ciphertext_size,
+    digest_ciphertext,
+    encrypt_bytes,
+    encrypt_range,
+)
 from parley_sdk.errors import (
     AbortedError,
     DeadlineExceededError,
@@ -33,7 +53,15 @@ from parley_sdk.errors import (
 )
 from parley_sdk.retry import new_request_id
 
-__all__ = ["CiphertextAt", "ProgressCallback", "Uploader"]
+__all__ = [
+    "CiphertextAt",
+    "ProgressCallback",
+    "Uploader",
+    "ciphertexts_of",
+    "new_record",
+    "session_expired",
+    "source_unchanged",
+]
 
 CiphertextAt = Callable[[int, int], bytes]
 """``slice(start, end)``: the object's ciphertext bytes ``[start, end)``."""
@@ -299,3 +327,88 @@ def _create_request(upload: ObjectUpload) -> media_pb2.CreateUploadRequest:
         request.part_size = upload.part_size
         request.part_sha256s.extend(upload.part_sha256s)
     return request
+
+
+def new_record(
+    prepared: PreparedFile,
+    *,
+    request_id: str,
+    conversation_id: str,
+    requested: tuple[str | None, str | None],
+    caption: str,
+) -> UploadRecord:
+    """A record with fresh keys and the digests of one encryption pass (blocking)."""
+    cipher = FileCipher.generate()
+    part_size = part_size_for(ciphertext_size(prepared.plaintext_size))
+    digest = digest_ciphertext(
+        cipher, prepared.read_at, prepared.plaintext_size, part_size=part_size
+    )
+    main = ObjectUpload(
+        cipher=cipher,
+        plaintext_size=prepared.plaintext_size,
+        size=digest.size,
+        sha256=digest.sha256,
+        content_class=content_class_of(prepared.content_type),
+        create_request_id=new_request_id(),
+        multipart=digest.size > MULTIPART_THRESHOLD,
+        part_size=part_size,
+        part_sha256s=digest.part_sha256s,
+    )
+    record = UploadRecord(
+        request_id=request_id,
+        conversation_id=conversation_id,
+        source=prepared.identity,
+        requested_content_type=requested[0],
+        requested_file_name=requested[1],
+        caption=caption,
+        content_type=prepared.content_type,
+        file_name=prepared.file_name,
+        main=main,
+        started_at=time.time(),
+    )
+    image = prepared.image
+    if image is not None:
+        record.width, record.height, record.blurhash = image.width, image.height, image.blurhash
+        if image.thumbnail is not None:
+            thumbnail_cipher = FileCipher.generate()
+            sealed = encrypt_bytes(thumbnail_cipher, image.thumbnail)
+            record.thumbnail = ObjectUpload(
+                cipher=thumbnail_cipher,
+                plaintext_size=len(image.thumbnail),
+                size=len(sealed),
+                sha256=hashlib.sha256(sealed).digest(),
+                content_class=ContentClass.THUMBNAIL,
+                create_request_id=new_request_id(),
+                multipart=False,
+                part_size=PART_SIZE,
+            )
+            record.thumbnail_ciphertext = sealed
+            record.thumbnail_width = image.thumbnail_width
+            record.thumbnail_height = image.thumbnail_height
+    return record
+
+
+def ciphertexts_of(record: UploadRecord, prepared: PreparedFile) -> dict[int, CiphertextAt]:
+    """How to rebuild each object's ciphertext, by its index in ``record.objects``."""
+    cipher, size = record.main.cipher, prepared.plaintext_size
+
+    def main(start: int, end: int) -> bytes:
+        return encrypt_range(cipher, prepared.read_at, size, start, end)
+
+    def preview(start: int, end: int) -> bytes:
+        return record.thumbnail_ciphertext[start:end]
+
+    return {0: main} if record.thumbnail is None else {0: preview, 1: main}
+
+
+def session_expired(record: UploadRecord) -> bool:
+    expiries = [o.expire_time for o in record.objects if o.expire_time is not None]
+    return bool(expiries) and max(expiries) < time.time()
+
+
+def source_unchanged(path: str, record: UploadRecord) -> bool:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return False
+    return (stat.st_size, stat.st_mtime_ns) == (record.source.size, record.source.mtime_ns)
