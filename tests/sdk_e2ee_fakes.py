@@ -38,6 +38,7 @@ class FakeServer:
         self.messages: dict[str, list[pb.Message]] = defaultdict(list)
         self.envelopes: dict[tuple[str, str], list[SenderKeyEnvelope]] = defaultdict(list)
         self.calls: list[tuple[str, str, Any]] = []
+        self.sends: dict[str, pb.Message] = {}
         self._seconds = itertools.count(1_700_000_000)
 
     def conversation(self, kind: int, members: Sequence[str]) -> str:
@@ -161,9 +162,12 @@ class FakeClient:
         type: MessageType = MessageType.TEXT,
         reply_to_message_id: str = "",
         forwarded: bool = False,
+        media_ids: Sequence[str] = (),
         request_id: str | None = None,
     ) -> pb.Message:
         log = self.server.messages[conversation_id]
+        if request_id is not None and request_id in self.server.sends:
+            return self.server.sends[request_id]  # AIP-155: a retry gets the first answer
         message = pb.Message(
             message_id=str(uuid.uuid4()),
             conversation_id=conversation_id,
@@ -174,9 +178,12 @@ class FakeClient:
             body=body,
             reply_to_message_id=reply_to_message_id,
             forwarded=forwarded,
+            media_ids=list(dict.fromkeys(media_ids)),
         )
         message.create_time.FromSeconds(next(self.server._seconds))
         log.append(message)
+        if request_id is not None:
+            self.server.sends[request_id] = message
         return message
 
     async def edit_message(

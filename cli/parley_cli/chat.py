@@ -112,6 +112,7 @@ async def run_follow(
                     conversation=True,
                     text=event.text,
                     error=event.decryption_error,
+                    attachment=event.attachment,
                 )
                 emit("message " + line)
             elif isinstance(event, SystemMessageEvent):
@@ -237,7 +238,11 @@ async def run_chat(
                     continue
                 emit(
                     await format_message(
-                        message, directory, text=event.text, error=event.decryption_error
+                        message,
+                        directory,
+                        text=event.text,
+                        error=event.decryption_error,
+                        attachment=event.attachment,
                     )
                 )
                 if message.sender_account_id != client.account_id and message.seq > read_up_to:

@@ -27,6 +27,7 @@ from parley_cli.common import (
     resolve_conversation,
     resolve_message,
 )
+from parley_cli.files import register_file_commands
 from parley_cli.groups import register_group_commands
 from parley_cli.inbox import register_message_commands
 from parley_cli.output import Directory, emit, format_message, format_view, local_time
@@ -107,6 +108,7 @@ def register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="after stdin ends, keep printing incoming messages this long (for scripts)",
     )
 
+    register_file_commands(commands)
     register_group_commands(commands)
     register_message_commands(commands)
     register_presence_commands(commands)
@@ -133,6 +135,7 @@ async def _signup(args: argparse.Namespace) -> int:
             keys_target=targets.keys,
             message_target=targets.message,
             presence_target=targets.presence,
+            media_target=targets.media,
             store=pending,
         ) as client:
             credentials = client.credentials
@@ -148,6 +151,7 @@ async def _signup(args: argparse.Namespace) -> int:
             keys_target=targets.keys,
             message_target=targets.message,
             presence_target=targets.presence,
+            media_target=targets.media,
             credentials=credentials,
         )
     )
@@ -167,7 +171,8 @@ async def _whoami(args: argparse.Namespace) -> int:
             f"@{account.handle}{name} account={account.account_id} device={client.device_id} "
             f"profile={profile.name} keys={args.keys_target or profile.keys_target} "
             f"message={args.message_target or profile.message_target} "
-            f"presence={args.presence_target or profile.presence_target}"
+            f"presence={args.presence_target or profile.presence_target} "
+            f"media={args.media_target or profile.media_target}"
         )
     return 0
 
@@ -222,7 +227,12 @@ async def _history(args: argparse.Namespace) -> int:
             decrypted = await client.decrypt(message)
             emit(
                 await format_message(
-                    message, directory, with_date=True, text=decrypted.text, error=decrypted.error
+                    message,
+                    directory,
+                    with_date=True,
+                    text=decrypted.text,
+                    error=decrypted.error,
+                    attachment=decrypted.attachment,
                 )
             )
     return 0

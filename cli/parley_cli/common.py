@@ -15,6 +15,7 @@ from parley_cli.profiles import Profile, ProfileError, ProfileStore
 from parley_cli.targets import Targets, unreachable_message
 from parley_sdk import (
     DEFAULT_KEYS_TARGET,
+    DEFAULT_MEDIA_TARGET,
     DEFAULT_MESSAGE_TARGET,
     DEFAULT_PRESENCE_TARGET,
     Client,
@@ -81,6 +82,12 @@ class Commands:
             metavar="HOST:PORT",
             help=f"svc_presence address (default: the profile's, else {DEFAULT_PRESENCE_TARGET})",
         )
+        self.common.add_argument(
+            "--media-target",
+            default=None,
+            metavar="HOST:PORT",
+            help=f"svc_media address (default: the profile's, else {DEFAULT_MEDIA_TARGET})",
+        )
 
     def add(
         self,
@@ -136,7 +143,8 @@ def run(command: Command, args: argparse.Namespace, *, interrupt_code: int) -> i
         return 1
     except UnavailableError:
         # The SDK gave up retrying: say which address is down, not gRPC's details.
-        warn(unreachable_message(Targets.used_by(args, ProfileStore())))
+        targets = Targets.used_by(args, ProfileStore())
+        warn(unreachable_message(targets, media=getattr(args, "uses_media", False)))
         return 1
     except UnauthenticatedError as error:
         warn(f"error: {error}")
@@ -172,6 +180,7 @@ async def connect(args: argparse.Namespace, store: ProfileStore) -> tuple[Client
             keys_target=targets.keys,
             message_target=targets.message,
             presence_target=targets.presence,
+            media_target=targets.media,
             credentials=profile.credentials,
             on_credentials_changed=persist,
             store=device_store,

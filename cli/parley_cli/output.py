@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from google.protobuf import timestamp_pb2
 
 from parley_sdk import (
+    Attachment,
     Client,
     ConversationType,
     ConversationView,
@@ -25,6 +26,7 @@ from parley_sdk import (
 
 __all__ = [
     "Directory",
+    "describe_file",
     "describe_system",
     "emit",
     "format_member",
@@ -58,11 +60,36 @@ def one_line(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
 
 
-def render_body(message: Message, text: str | None = None, error: str | None = None) -> str:
-    """The decrypted ``text`` if there is one; without, why not, or (for clients
-    without encryption) the body as UTF-8."""
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def describe_file(attachment: Attachment) -> str:
+    """``[file "crag.jpg" image/jpeg 2.1 MB 4032x3024]``"""
+    name = f'"{one_line(attachment.file_name)}" ' if attachment.file_name else ""
+    size = human_size(attachment.plaintext_size)
+    pixels = f" {attachment.width}x{attachment.height}" if attachment.width else ""
+    return f"[file {name}{attachment.content_type} {size}{pixels}]"
+
+
+def render_body(
+    message: Message,
+    text: str | None = None,
+    error: str | None = None,
+    attachment: Attachment | None = None,
+) -> str:
+    """The decrypted ``text`` if there is one (with the file it carries); without,
+    why not, or (for clients without encryption) the body as UTF-8."""
     if message.deleted:
         return "<deleted>"
+    if attachment is not None:
+        caption = f" {one_line(text)}" if text else ""
+        return describe_file(attachment) + caption
     if text is not None:
         return one_line(text)
     if error is not None:
@@ -131,8 +158,9 @@ async def format_message(
     conversation: bool = False,
     text: str | None = None,
     error: str | None = None,
+    attachment: Attachment | None = None,
 ) -> str:
-    """One history line; ``text``/``error`` are the decryption's outcome."""
+    """One history line; ``text``/``error``/``attachment`` are the decryption's outcome."""
     where = f"{message.conversation_id} " if conversation else ""
     when = local_time(message.create_time, with_date=with_date)
     if MessageType(message.type) is MessageType.SYSTEM:
@@ -144,7 +172,8 @@ async def format_message(
     if message.reply_to_message_id:
         marks.append(f"(reply to {message.reply_to_message_id})")
     prefix = " ".join(marks) + " " if marks else ""
-    line = f"{where}#{message.seq} {when} @{sender}: {prefix}{render_body(message, text, error)}"
+    body = render_body(message, text, error, attachment)
+    line = f"{where}#{message.seq} {when} @{sender}: {prefix}{body}"
     # A tombstone shows only that it was deleted.
     if message.edited and not message.deleted:
         line += " (edited)"

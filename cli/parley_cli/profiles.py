@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from parley_sdk import DEFAULT_PRESENCE_TARGET, Credentials
+from parley_sdk import DEFAULT_MEDIA_TARGET, DEFAULT_PRESENCE_TARGET, Credentials
 
 __all__ = ["Profile", "ProfileError", "ProfileStore", "discard_store"]
 
@@ -42,6 +42,8 @@ class Profile:
     # Profiles written before presence existed have no presence target: they get
     # the default, as the other targets would.
     presence_target: str = DEFAULT_PRESENCE_TARGET
+    # Likewise for media (files), which came later still.
+    media_target: str = DEFAULT_MEDIA_TARGET
     # From the last SyncComplete that `follow` saw, so the next run replays only
     # the receipts that changed since.
     sync_token: str = ""
@@ -56,6 +58,7 @@ class Profile:
             "keys_target": self.keys_target,
             "message_target": self.message_target,
             "presence_target": self.presence_target,
+            "media_target": self.media_target,
             "sync_token": self.sync_token,
             "credentials": self.credentials.to_dict(),
         }
@@ -69,6 +72,7 @@ class Profile:
                 keys_target=str(data["keys_target"]),
                 message_target=str(data["message_target"]),
                 presence_target=str(data.get("presence_target", DEFAULT_PRESENCE_TARGET)),
+                media_target=str(data.get("media_target", DEFAULT_MEDIA_TARGET)),
                 sync_token=str(data.get("sync_token", "")),
                 credentials=Credentials.from_dict(data["credentials"]),
             )

@@ -8,7 +8,12 @@ import socket
 from dataclasses import dataclass
 
 from parley_cli.profiles import Profile, ProfileError, ProfileStore
-from parley_sdk import DEFAULT_KEYS_TARGET, DEFAULT_MESSAGE_TARGET, DEFAULT_PRESENCE_TARGET
+from parley_sdk import (
+    DEFAULT_KEYS_TARGET,
+    DEFAULT_MEDIA_TARGET,
+    DEFAULT_MESSAGE_TARGET,
+    DEFAULT_PRESENCE_TARGET,
+)
 
 __all__ = ["PROBE_SECONDS", "Targets", "unreachable_message"]
 
@@ -21,6 +26,7 @@ class Targets:
     keys: str
     message: str
     presence: str
+    media: str = DEFAULT_MEDIA_TARGET
 
     @classmethod
     def of(cls, args: argparse.Namespace, profile: Profile | None = None) -> Targets:
@@ -31,6 +37,9 @@ class Targets:
             or (profile.message_target if profile else DEFAULT_MESSAGE_TARGET),
             presence=args.presence_target
             or (profile.presence_target if profile else DEFAULT_PRESENCE_TARGET),
+            # Parsers of other tools may predate media and lack the option.
+            media=getattr(args, "media_target", None)
+            or (profile.media_target if profile else DEFAULT_MEDIA_TARGET),
         )
 
     @classmethod
@@ -43,20 +52,24 @@ class Targets:
                 profile = store.load(args.profile)
         return cls.of(args, profile)
 
-    def named(self) -> list[tuple[str, str]]:
-        return [
+    def named(self, *, media: bool = False) -> list[tuple[str, str]]:
+        """The services a command talks to; the media service only for ``media``
+        (file) commands, so a deployment without it is not blamed for others."""
+        named = [
             ("svc_keys", self.keys),
             ("svc_message", self.message),
             ("svc_presence", self.presence),
         ]
+        return [*named, ("svc_media", self.media)] if media else named
 
 
-def unreachable_message(targets: Targets) -> str:
+def unreachable_message(targets: Targets, *, media: bool = False) -> str:
     """One line for a command whose server did not answer: which address, and what to do."""
-    down = [f"{service} at {target}" for service, target in targets.named() if not _answers(target)]
+    named = targets.named(media=media)
+    down = [f"{service} at {target}" for service, target in named if not _answers(target)]
     if not down:
         # Every port takes connections now: the server went away or came back meanwhile.
-        down = [f"{service} at {target}" for service, target in targets.named()]
+        down = [f"{service} at {target}" for service, target in named]
         what = "a Parley service did not answer (" + ", ".join(down) + ")"
     else:
         what = "cannot reach " + ", ".join(down)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from parley.message.v1 import messages_pb2
+from parley_sdk._media_models import Attachment
 from parley_sdk._wire import WireEnum
 
 __all__ = ["DecryptedMessage", "KeyNoticeEvent", "KeyNoticeKind"]
@@ -58,11 +59,14 @@ class DecryptedMessage:
 
     ``text`` is None for system messages and deleted ones (``error`` None
     too), and for messages this device cannot read, when ``error`` says why.
+    A message carrying a file has its ``attachment`` (download it with
+    :meth:`Client.download`) and its caption as ``text`` ("" for none).
     """
 
     message: messages_pb2.Message
     text: str | None
     error: str | None = None
+    attachment: Attachment | None = None
 
     @property
     def message_id(self) -> str:

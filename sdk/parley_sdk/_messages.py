@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from parley.message.v1 import messages_pb2
 from parley_sdk._paging import ClientBase, MessageReceiptPager, Pager
 from parley_sdk.models import (
@@ -32,11 +34,15 @@ class MessageMethods(ClientBase):
         type: MessageType = MessageType.TEXT,
         reply_to_message_id: str = "",
         forwarded: bool = False,
+        media_ids: Sequence[str] = (),
         request_id: str | None = None,
     ) -> Message:
         """Appends a message; returns it once the server stored it durably.
 
         ``reply_to_message_id`` must name a message of the same conversation.
+        ``media_ids`` name the uploaded media the body points to (at most 16;
+        :meth:`Client.send_file` fills them in); recipients may then download
+        them.
         Pass your own ``request_id`` to make a send idempotent across restarts of
         your app (persist it with the outgoing message); retries inside one call
         always reuse one id.
@@ -48,6 +54,7 @@ class MessageMethods(ClientBase):
             body=body,
             reply_to_message_id=reply_to_message_id,
             forwarded=forwarded,
+            media_ids=list(media_ids),
         )
         response = await self._session.unary(self._session.messages.SendMessage, request)
         return response.message

@@ -23,6 +23,7 @@ from parley.e2ee.v1 import e2ee_pb2
 from parley.message.v1 import messages_pb2
 from parley_sdk._e2ee_models import DecryptedMessage, KeyNoticeEvent, KeyNoticeKind
 from parley_sdk._key_models import DeviceKey, OneTimePreKey, PreKeyBundle, SignedPreKey
+from parley_sdk._media_models import Attachment
 from parley_sdk._secure_calls import EncryptionCalls
 from parley_sdk._secure_groups import GroupKeys
 from parley_sdk.e2ee import (
@@ -95,12 +96,16 @@ def history_key(message_id: str, body: bytes, *, edited: bool) -> str:
     return f"{message_id}#edit-{hashlib.sha256(body).hexdigest()[:32]}"
 
 
-def text_of(content: bytes) -> str:
-    """The text of a serialized Content; DecryptionError when it holds none."""
+def read_content(content: bytes) -> tuple[str, Attachment | None]:
+    """The text of a serialized Content (a file's caption) and the file it
+    carries, if any; DecryptionError when it holds neither."""
     parsed = parse_content(content)
-    if parsed.WhichOneof("kind") != "text":
-        raise DecryptionError("the message carries no text")
-    return parsed.text.text
+    kind = parsed.WhichOneof("kind")
+    if kind == "text":
+        return parsed.text.text, None
+    if kind == "attachment":
+        return parsed.attachment.caption, Attachment.from_proto(parsed.attachment)
+    raise DecryptionError("the message carries no text")
 
 
 def remote_bundle(account_id: str, bundle: PreKeyBundle) -> RemoteBundle:
@@ -282,7 +287,29 @@ class E2EE:
     async def send_text(
         self, conversation_id: str, text: str, *, reply_to_message_id: str, forwarded: bool
     ) -> DecryptedMessage:
-        content = text_content(text)
+        message = await self.send_content(
+            conversation_id,
+            text_content(text),
+            type=MessageType.TEXT,
+            reply_to_message_id=reply_to_message_id,
+            forwarded=forwarded,
+            request_id=new_request_id(),
+        )
+        return DecryptedMessage(message, text)
+
+    async def send_content(
+        self,
+        conversation_id: str,
+        content: bytes,
+        *,
+        type: MessageType,
+        reply_to_message_id: str = "",
+        forwarded: bool = False,
+        media_ids: Sequence[str] = (),
+        request_id: str,
+    ) -> messages_pb2.Message:
+        """Sends a serialized Content encrypted as the conversation's kind wants
+        (the body of every message this device sends)."""
         # One send at a time per conversation, so ratchets and sender-key
         # iterations advance in the order the messages are stored.
         async with self._send_locks[conversation_id]:
@@ -290,10 +317,11 @@ class E2EE:
             message = await self._client.send_message(
                 conversation_id,
                 body,
-                type=MessageType.TEXT,
+                type=type,
                 reply_to_message_id=reply_to_message_id,
                 forwarded=forwarded,
-                request_id=new_request_id(),
+                media_ids=media_ids,
+                request_id=request_id,
             )
             # This device holds no copy of its own message: keep the plaintext.
             self.store.remember_plaintext(
@@ -303,7 +331,7 @@ class E2EE:
                 content=content,
                 sent_at=_sent_at(message),
             )
-        return DecryptedMessage(message, text)
+        return message
 
     async def edit_text(
         self, conversation_id: str, message_id: str, text: str
@@ -359,7 +387,8 @@ class E2EE:
             return DecryptedMessage(message, None)
         async with self._decrypt_locks[message.conversation_id]:
             try:
-                return DecryptedMessage(message, text_of(await self._plaintext(message)))
+                text, attachment = read_content(await self._plaintext(message))
+                return DecryptedMessage(message, text, attachment=attachment)
             except DecryptionError as error:
                 return DecryptedMessage(message, None, str(error) or "cannot decrypt")
             except ParleyError as error:
@@ -444,7 +473,12 @@ class E2EE:
         """Decrypts a message, or acts on a key notice, before the consumer sees it."""
         if isinstance(event, MessageEvent):
             decrypted = await self.decrypt(event.message)
-            return dataclasses.replace(event, text=decrypted.text, decryption_error=decrypted.error)
+            return dataclasses.replace(
+                event,
+                text=decrypted.text,
+                decryption_error=decrypted.error,
+                attachment=decrypted.attachment,
+            )
         if isinstance(event, MessageEditedEvent):
             return await self._prepare_edit(event)
         if isinstance(event, SystemMessageEvent):

@@ -79,6 +79,7 @@ class EncryptionCalls(Protocol):
         type: MessageType = MessageType.TEXT,
         reply_to_message_id: str = "",
         forwarded: bool = False,
+        media_ids: Sequence[str] = (),
         request_id: str | None = None,
     ) -> Message: ...
 

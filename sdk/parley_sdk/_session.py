@@ -13,6 +13,7 @@ import grpc
 from grpc import aio
 
 from parley.keys.v1 import accounts_pb2, accounts_pb2_grpc, keys_pb2_grpc
+from parley.media.v1 import media_pb2_grpc
 from parley.message.v1 import messages_pb2_grpc
 from parley.presence.v1 import presence_pb2_grpc
 from parley_sdk.credentials import Credentials
@@ -56,6 +57,7 @@ class Session:
         refresh_margin: timedelta,
         on_credentials_changed: CredentialsListener | None,
         presence_channel: aio.Channel | None = None,
+        media_channel: aio.Channel | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._keys_channel = keys_channel
@@ -64,6 +66,10 @@ class Session:
         self._presence: presence_pb2_grpc.PresenceServiceAsyncStub | None = None
         if presence_channel is not None:
             self._presence = presence_pb2_grpc.PresenceServiceStub(presence_channel)
+        self._media_channel = media_channel
+        self._media: media_pb2_grpc.MediaServiceAsyncStub | None = None
+        if media_channel is not None:
+            self._media = media_pb2_grpc.MediaServiceStub(media_channel)
         self.accounts: accounts_pb2_grpc.AccountServiceAsyncStub = (
             accounts_pb2_grpc.AccountServiceStub(keys_channel)
         )
@@ -103,6 +109,16 @@ class Session:
         self._presence = stub
 
     @property
+    def media(self) -> media_pb2_grpc.MediaServiceAsyncStub:
+        if self._media is None:
+            raise RuntimeError("this session was opened without a media channel")
+        return self._media
+
+    @media.setter
+    def media(self, stub: media_pb2_grpc.MediaServiceAsyncStub) -> None:
+        self._media = stub
+
+    @property
     def credentials(self) -> Credentials | None:
         return self._credentials
 
@@ -123,6 +139,8 @@ class Session:
         channels = [self._keys_channel, self._message_channel]
         if self._presence_channel is not None:
             channels.append(self._presence_channel)
+        if self._media_channel is not None:
+            channels.append(self._media_channel)
         await asyncio.gather(*(channel.close(None) for channel in channels))
 
     # -- auth ---------------------------------------------------------------
@@ -181,9 +199,10 @@ class Session:
         method: aio.UnaryUnaryMultiCallable[Req, Resp],
         request: Req,
         metadata: Metadata,
+        timeout: float | None,
     ) -> Resp:
         try:
-            return await method(request, metadata=metadata, timeout=self.timeout)
+            return await method(request, metadata=metadata, timeout=timeout)
         except aio.AioRpcError as rpc_error:
             raise from_rpc_error(rpc_error) from rpc_error
 
@@ -193,21 +212,26 @@ class Session:
         request: Req,
         *,
         authenticated: bool = True,
+        min_timeout: float | None = None,
     ) -> Resp:
         """One logical call: retried on UNAVAILABLE and ABORTED, refreshed once on TOKEN_EXPIRED.
 
         ``request`` is sent unchanged on every attempt, so a mutating request keeps
-        the request_id its builder gave it.
+        the request_id its builder gave it. ``min_timeout`` lengthens the
+        deadline of each attempt for a call known to take long (never shortens it).
         """
         refreshed = False
+        timeout = self.timeout
+        if timeout is not None and min_timeout is not None:
+            timeout = max(timeout, min_timeout)
 
         async def attempt() -> Resp:
             nonlocal refreshed
             if not authenticated:
-                return await self._attempt(method, request, ())
+                return await self._attempt(method, request, (), timeout)
             metadata = await self.auth_metadata()
             try:
-                return await self._attempt(method, request, metadata)
+                return await self._attempt(method, request, metadata, timeout)
             except TokenExpiredError:
                 # Clocks disagree or the token aged in flight: the server's word
                 # wins. Only once, so a server that rejects every token can't loop.
@@ -215,7 +239,7 @@ class Session:
                     raise
                 await self.refresh(stale_access_token=bearer_token(metadata))
                 refreshed = True
-                return await self._attempt(method, request, await self.auth_metadata())
+                return await self._attempt(method, request, await self.auth_metadata(), timeout)
 
         return await call_with_retry(attempt, policy=self.retry_policy)
 

@@ -10,18 +10,19 @@ from types import TracebackType
 from typing import Any, Self, TypedDict, Unpack
 
 import grpc
+import httpx
 from grpc import aio
 
 from parley.common.v1 import common_pb2
 from parley.keys.v1 import accounts_pb2
 from parley_sdk._conversations import ConversationMethods
 from parley_sdk._keys import KeyMethods
+from parley_sdk._media import MediaMethods
 from parley_sdk._messages import MessageMethods
 from parley_sdk._paging import Pager
 from parley_sdk._presence import PresenceMethods
 from parley_sdk._push import PushMethods
 from parley_sdk._secure import E2EE
-from parley_sdk._secure_client import SecureMethods
 from parley_sdk._session import CredentialsListener, NotSignedInError, Session
 from parley_sdk.credentials import Credentials
 from parley_sdk.e2ee import DeviceStore
@@ -38,6 +39,7 @@ from parley_sdk.stream import AckPolicy, DeliveryStream
 
 __all__ = [
     "DEFAULT_KEYS_TARGET",
+    "DEFAULT_MEDIA_TARGET",
     "DEFAULT_MESSAGE_TARGET",
     "DEFAULT_PRESENCE_TARGET",
     "DEFAULT_STREAM_RETRY_POLICY",
@@ -55,6 +57,7 @@ _CREDENTIALS_SETTING = "credentials"
 DEFAULT_KEYS_TARGET = "127.0.0.1:7101"
 DEFAULT_MESSAGE_TARGET = "127.0.0.1:7102"
 DEFAULT_PRESENCE_TARGET = "127.0.0.1:7103"
+DEFAULT_MEDIA_TARGET = "127.0.0.1:7104"
 
 # Client keepalive lets a long-lived delivery stream notice a dead connection
 # (laptop sleep, NAT timeout). gRPC servers by default refuse pings more often
@@ -83,6 +86,8 @@ class ConnectOptions(TypedDict, total=False):
     on_credentials_changed: CredentialsListener | None
     channel_options: Sequence[tuple[str, Any]]
     store: StoreLike | None
+    media_target: str
+    http_client: httpx.AsyncClient | None
 
 
 def _open_store(store: StoreLike) -> tuple[DeviceStore, bool]:
@@ -114,7 +119,7 @@ def _platform(value: Platform) -> common_pb2.Platform.ValueType:
 
 
 class Client(
-    SecureMethods, ConversationMethods, MessageMethods, PresenceMethods, PushMethods, KeyMethods
+    MediaMethods, ConversationMethods, MessageMethods, PresenceMethods, PushMethods, KeyMethods
 ):
     """A connection to one Parley deployment, acting as one device.
 
@@ -136,7 +141,9 @@ class Client(
     Connected with a ``store``, it is end-to-end encrypted
     (:class:`SecureMethods`: :meth:`send_text`, :meth:`decrypt`,
     :meth:`read_history`), and its delivery stream decrypts messages and acts
-    on key notices before yielding them.
+    on key notices before yielding them. It then also sends and reads files
+    (:class:`MediaMethods`: :meth:`send_file`, :meth:`download`,
+    :meth:`forward`), encrypted on this device before they are uploaded.
     """
 
     @classmethod
@@ -156,6 +163,8 @@ class Client(
         on_credentials_changed: CredentialsListener | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         store: StoreLike | None = None,
+        media_target: str = DEFAULT_MEDIA_TARGET,
+        http_client: httpx.AsyncClient | None = None,
         handle: str | None = None,
         display_name: str = "",
         device_name: str | None = None,
@@ -181,6 +190,11 @@ class Client(
         store has none, else prekeys are topped up to 100 when below 20. A
         store holds one device: credentials of another are a ``ValueError``.
         Without a store, ``handle`` signs up too when no credentials are given.
+
+        ``media_target`` is the media service (files); its presigned URLs are
+        fetched with ``http_client`` when given (proxies, TLS settings; the
+        client leaves closing it to you), else with an ``httpx.AsyncClient``
+        of its own.
         """
         device_store, owns_store = _open_store(store) if store is not None else (None, False)
         try:
@@ -218,6 +232,7 @@ class Client(
             keys_channel=open_channel(keys_target),
             message_channel=open_channel(message_target),
             presence_channel=open_channel(presence_target),
+            media_channel=open_channel(media_target),
             credentials=credentials,
             retry_policy=retry_policy or RetryPolicy(),
             stream_retry_policy=stream_retry_policy or DEFAULT_STREAM_RETRY_POLICY,
@@ -226,6 +241,7 @@ class Client(
             on_credentials_changed=on_credentials_changed,
         )
         client = cls(session, page_size=page_size)
+        client._http_client = http_client
         try:
             if credentials is None and handle:
                 await client._sign_up(
@@ -325,6 +341,7 @@ class Client(
 
     async def close(self) -> None:
         await self._session.close()
+        await self._close_object_store()
         if self._e2ee is not None:
             self._e2ee.close()
 

@@ -36,11 +36,17 @@ __all__ = [
     "InternalError",
     "InvalidArgumentError",
     "LastOwnerError",
+    "MediaAccessDeniedError",
+    "MediaArchivedError",
+    "MediaNotFoundError",
+    "MediaQuarantinedError",
+    "MediaTransferError",
     "MessageDeletedError",
     "NotFoundError",
     "NotTheSenderError",
     "ParleyError",
     "PermissionDeniedError",
+    "QuotaExceededError",
     "RateLimitedError",
     "ResourceExhaustedError",
     "RoleRequiredError",
@@ -50,8 +56,11 @@ __all__ = [
     "TooManyEnvelopesError",
     "TooManyPinsError",
     "TooManyPreKeysError",
+    "TooManyUploadsError",
     "UnauthenticatedError",
     "UnavailableError",
+    "UploadIncompleteError",
+    "UploadNotFoundError",
     "WrongConversationTypeError",
     "from_rpc_error",
     "from_status",
@@ -125,8 +134,22 @@ class NotTheSenderError(PermissionDeniedError):
     """Only the message's sender may do this (edit; delete for everyone, unless admin)."""
 
 
+class MediaAccessDeniedError(PermissionDeniedError):
+    """This account may not read the media: it neither uploaded it nor may read
+    a message that carries it (a media id that does not exist looks the same)."""
+
+
 class NotFoundError(ParleyError):
     pass
+
+
+class MediaNotFoundError(NotFoundError):
+    """A message names a media id that is not a completed upload the sender may
+    use: upload the file again (it may have been collected meanwhile)."""
+
+
+class UploadNotFoundError(NotFoundError):
+    """The upload session expired or was aborted: start the upload again."""
 
 
 class AlreadyExistsError(ParleyError):
@@ -156,6 +179,19 @@ class WrongConversationTypeError(FailedPreconditionError):
 
 class TooManyPinsError(FailedPreconditionError):
     """The inbox already has the maximum number of pinned conversations."""
+
+
+class MediaArchivedError(FailedPreconditionError):
+    """The object is in the archive tier: :meth:`Client.restore_media` first,
+    then download once the restore is ready."""
+
+
+class MediaQuarantinedError(FailedPreconditionError):
+    """An operator banned this ciphertext: it can no longer be downloaded or sent."""
+
+
+class UploadIncompleteError(FailedPreconditionError):
+    """CompleteUpload came before every part of the upload was stored."""
 
 
 class AbortedError(ParleyError):
@@ -194,6 +230,36 @@ class TooManyEnvelopesError(ResourceExhaustedError):
     """A recipient device holds the most unclaimed sender-key envelopes it may."""
 
 
+class QuotaExceededError(ResourceExhaustedError):
+    """A media quota would be exceeded: ``quota`` names it (``daily_upload_bytes``
+    or ``stored_bytes``), with its ``limit_bytes`` and the ``used_bytes`` so
+    far. Forwarding a file counts against no quota of the forwarder."""
+
+    @property
+    def quota(self) -> str:
+        return self.metadata.get("quota", "")
+
+    @property
+    def limit_bytes(self) -> int | None:
+        return _int_or_none(self.metadata.get("limit_bytes"))
+
+    @property
+    def used_bytes(self) -> int | None:
+        return _int_or_none(self.metadata.get("used_bytes"))
+
+
+class TooManyUploadsError(ResourceExhaustedError):
+    """The account holds the most pending upload sessions it may: finish or
+    abort some (:meth:`Client.resume_uploads`, :meth:`Client.discard_upload`)."""
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
+
+
 class UnavailableError(ParleyError):
     pass
 
@@ -204,6 +270,16 @@ class DeadlineExceededError(ParleyError):
 
 class InternalError(ParleyError):
     pass
+
+
+class MediaTransferError(ParleyError):
+    """A presigned request to the object store failed (not a gRPC call):
+    ``status`` is the HTTP status, or None when no answer came. Raised once
+    the SDK's own retries of the transfer gave up."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message, code=grpc.StatusCode.UNAVAILABLE)
+        self.status = status
 
 
 _BY_CODE: dict[grpc.StatusCode, type[ParleyError]] = {
@@ -243,6 +319,14 @@ _BY_REASON: dict[tuple[grpc.StatusCode, str], type[ParleyError]] = {
     (grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.TOO_MANY_CONTACTS): TooManyContactsError,
     (grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.TOO_MANY_PRE_KEYS): TooManyPreKeysError,
     (grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.TOO_MANY_ENVELOPES): TooManyEnvelopesError,
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.QUOTA_EXCEEDED): QuotaExceededError,
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorReason.TOO_MANY_UPLOADS): TooManyUploadsError,
+    (grpc.StatusCode.FAILED_PRECONDITION, ErrorReason.UPLOAD_INCOMPLETE): UploadIncompleteError,
+    (grpc.StatusCode.FAILED_PRECONDITION, ErrorReason.MEDIA_ARCHIVED): MediaArchivedError,
+    (grpc.StatusCode.FAILED_PRECONDITION, ErrorReason.MEDIA_QUARANTINED): MediaQuarantinedError,
+    (grpc.StatusCode.NOT_FOUND, ErrorReason.UPLOAD_NOT_FOUND): UploadNotFoundError,
+    (grpc.StatusCode.NOT_FOUND, ErrorReason.MEDIA_NOT_FOUND): MediaNotFoundError,
+    (grpc.StatusCode.PERMISSION_DENIED, ErrorReason.MEDIA_ACCESS_DENIED): MediaAccessDeniedError,
 }
 
 _GRPC_CODE_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}

@@ -21,6 +21,18 @@ from typing import Self
 from parley.keys.v1 import accounts_pb2
 from parley.message.v1 import messages_pb2
 from parley_sdk._e2ee_models import DecryptedMessage, KeyNoticeEvent, KeyNoticeKind
+from parley_sdk._media_models import (
+    Attachment,
+    ContentClass,
+    MediaNoticeEvent,
+    MediaNoticeKind,
+    MediaQuota,
+    PendingUpload,
+    Restore,
+    RestoreState,
+    SentFile,
+    Thumbnail,
+)
 from parley_sdk._presence_models import (
     Availability,
     Contact,
@@ -36,8 +48,10 @@ from parley_sdk.credentials import Credentials
 __all__ = [
     "Account",
     "ArchiveFilter",
+    "Attachment",
     "Availability",
     "Contact",
+    "ContentClass",
     "Conversation",
     "ConversationEvent",
     "ConversationType",
@@ -51,6 +65,9 @@ __all__ = [
     "InboxSettings",
     "KeyNoticeEvent",
     "KeyNoticeKind",
+    "MediaNoticeEvent",
+    "MediaNoticeKind",
+    "MediaQuota",
     "Member",
     "MembershipState",
     "Message",
@@ -62,6 +79,7 @@ __all__ = [
     "MessageReceipt",
     "MessageSummary",
     "MessageType",
+    "PendingUpload",
     "Platform",
     "PongEvent",
     "Presence",
@@ -77,7 +95,10 @@ __all__ = [
     "ReactionResult",
     "ReceiptEvent",
     "RegisteredDevice",
+    "Restore",
+    "RestoreState",
     "Role",
+    "SentFile",
     "SettingsEvent",
     "StreamEvent",
     "StreamPosition",
@@ -85,6 +106,7 @@ __all__ = [
     "SystemAction",
     "SystemEvent",
     "SystemMessageEvent",
+    "Thumbnail",
     "TypingIndicatorEvent",
     "Visibility",
     "Watermarks",
@@ -310,12 +332,14 @@ class MessageEvent:
 
     From a client with a store, ``text`` is the decrypted text, or None with
     ``decryption_error`` saying why it could not be read. Without a store
-    both stay None.
+    both stay None. A message carrying a file has its ``attachment`` (and
+    its caption as ``text``).
     """
 
     message: Message
     text: str | None = None
     decryption_error: str | None = None
+    attachment: Attachment | None = None
 
     @property
     def conversation_id(self) -> str:
@@ -503,6 +527,7 @@ StreamEvent = (
     | TypingIndicatorEvent
     | PongEvent
     | KeyNoticeEvent
+    | MediaNoticeEvent
 )
 
 # Events that carry a change-feed version: they move a stream position.
@@ -550,6 +575,8 @@ def event_from_proto(event: messages_pb2.Event) -> StreamEvent | None:
         return SyncCompleteEvent(event.sync_complete.sync_token)
     if kind == "key_notice":
         return KeyNoticeEvent.from_proto(event.key_notice)
+    if kind == "media_notice":
+        return MediaNoticeEvent.from_proto(event.media_notice)
     if kind == "pong":
         return PongEvent(event.pong.nonce)
     if kind == "typing":

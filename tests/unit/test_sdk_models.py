@@ -7,7 +7,7 @@ from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
 import pytest
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 import parley_sdk
@@ -27,6 +27,8 @@ from parley_sdk import (
     GroupReceiptsEvent,
     KeyNoticeEvent,
     KeyNoticeKind,
+    MediaNoticeEvent,
+    MediaNoticeKind,
     MembershipState,
     MessageDeletedEvent,
     MessageEditedEvent,
@@ -164,6 +166,13 @@ def _event_of_every_kind() -> dict[str, pb.Event]:
                 device_id="d1",
             )
         ),
+        "media_notice": pb.Event(
+            media_notice=pb.MediaNotice(
+                kind=pb.MediaNotice.KIND_RESTORE_READY,
+                media_id="m9",
+                expire_time=timestamp_pb2.Timestamp(seconds=1_800_000_000),
+            )
+        ),
     }
 
 
@@ -193,6 +202,12 @@ def test_events_convert_to_their_typed_models() -> None:
     reaction = event_from_proto(samples["reaction"])
     assert isinstance(reaction, ReactionChangedEvent)
     assert (reaction.reaction.emoji, reaction.version) == ("👍", 10)
+
+    notice = event_from_proto(samples["media_notice"])
+    assert isinstance(notice, MediaNoticeEvent)
+    assert notice.kind is MediaNoticeKind.RESTORE_READY
+    assert notice.media_id == "m9"
+    assert notice.expire_time == datetime.fromtimestamp(1_800_000_000, UTC)
 
     receipts = event_from_proto(samples["receipts"])
     assert isinstance(receipts, GroupReceiptsEvent)

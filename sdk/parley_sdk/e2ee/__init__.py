@@ -12,6 +12,7 @@ format: protos/parley/e2ee/v1/e2ee.proto.
 
 from parley_sdk.e2ee.content import (
     PADDING_BLOCK,
+    attachment_content,
     parse_content,
     sender_key_content,
     text_content,
@@ -46,6 +47,7 @@ __all__ = [
     "PublicSignedPreKey",
     "RemoteBundle",
     "UntrustedIdentityError",
+    "attachment_content",
     "parse_content",
     "sender_key_content",
     "text_content",

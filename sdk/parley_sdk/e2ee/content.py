@@ -8,7 +8,13 @@ from google.protobuf.message import DecodeError
 from parley.e2ee.v1 import e2ee_pb2
 from parley_sdk.e2ee.errors import DecryptionError
 
-__all__ = ["PADDING_BLOCK", "parse_content", "sender_key_content", "text_content"]
+__all__ = [
+    "PADDING_BLOCK",
+    "attachment_content",
+    "parse_content",
+    "sender_key_content",
+    "text_content",
+]
 
 PADDING_BLOCK = 64
 # Field 15, wire type 2 (length-delimited).
@@ -39,6 +45,13 @@ def _padded(content: e2ee_pb2.Content) -> bytes:
 def text_content(text: str) -> bytes:
     """A serialized Content holding ``text``, padded to a multiple of 64 bytes."""
     return _padded(e2ee_pb2.Content(text=e2ee_pb2.Text(text=text)))
+
+
+def attachment_content(attachment: e2ee_pb2.Attachment) -> bytes:
+    """A serialized Content carrying a file's pointer (with its key), padded like text."""
+    content = e2ee_pb2.Content()
+    content.attachment.CopyFrom(attachment)
+    return _padded(content)
 
 
 def sender_key_content(distribution: bytes) -> bytes:

@@ -1,8 +1,9 @@
 """The device's encryption state in one SQLite file (stdlib sqlite3, WAL).
 
 Holds the identity and prekeys, the pairwise sessions, own and received sender
-keys, who was given which sender key, a small settings table for the SDK, and
-the decrypted history (message keys work once, so history that must read after
+keys, who was given which sender key, a small settings table for the SDK, the
+state of file uploads under way (with their file keys, so an interrupted
+upload resumes), and the decrypted history (message keys work once, so history that must read after
 a restart is kept as plaintext). Private keys are stored unencrypted: the file
 is as sensitive as the device itself.
 """
@@ -79,6 +80,12 @@ CREATE TABLE IF NOT EXISTS skipped_sender_keys (
     iteration INTEGER NOT NULL,
     message_key BLOB NOT NULL,
     PRIMARY KEY (conversation_id, account_id, device_id, epoch, iteration)
+);
+CREATE TABLE IF NOT EXISTS media_uploads (
+    request_id TEXT PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    updated_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS plaintext (
     message_id TEXT PRIMARY KEY,
@@ -230,6 +237,33 @@ class DeviceStore:
             "SELECT content FROM plaintext WHERE message_id = ?", (message_id,)
         ).fetchone()
         return None if row is None else bytes(row[0])
+
+    # --- file uploads under way (parley_sdk._uploads)
+
+    def save_upload(self, request_id: str, conversation_id: str, state: str, *, now: float) -> None:
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO media_uploads (request_id, conversation_id, state,"
+                " updated_at) VALUES (?, ?, ?, ?)",
+                (request_id, conversation_id, state, now),
+            )
+
+    def load_upload(self, request_id: str) -> str | None:
+        row = self._db.execute(
+            "SELECT state FROM media_uploads WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def pending_uploads(self) -> list[str]:
+        """Every saved upload state, oldest first."""
+        rows = self._db.execute(
+            "SELECT state FROM media_uploads ORDER BY updated_at, request_id"
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def delete_upload(self, request_id: str) -> None:
+        with self.transaction():
+            self._db.execute("DELETE FROM media_uploads WHERE request_id = ?", (request_id,))
 
     # --- identity and prekeys (used by Crypto)
 

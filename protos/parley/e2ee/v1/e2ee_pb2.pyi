@@ -230,6 +230,7 @@ class Content(_message.Message):
 
     TEXT_FIELD_NUMBER: _builtins.int
     SENDER_KEY_FIELD_NUMBER: _builtins.int
+    ATTACHMENT_FIELD_NUMBER: _builtins.int
     PADDING_FIELD_NUMBER: _builtins.int
     padding: _builtins.bytes
     """Hides the exact length; ignored."""
@@ -239,18 +240,23 @@ class Content(_message.Message):
     def sender_key(self) -> Global___SenderKeyDistribution:
         """Only inside sender-key envelopes."""
 
+    @_builtins.property
+    def attachment(self) -> Global___Attachment:
+        """A file (one per message); its key travels here, never to the server."""
+
     def __init__(
         self,
         *,
         text: Global___Text | None = ...,
         sender_key: Global___SenderKeyDistribution | None = ...,
+        attachment: Global___Attachment | None = ...,
         padding: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "sender_key", b"sender_key", "text", b"text"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attachment", b"attachment", "kind", b"kind", "sender_key", b"sender_key", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "padding", b"padding", "sender_key", b"sender_key", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment", b"attachment", "kind", b"kind", "padding", b"padding", "sender_key", b"sender_key", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["text", "sender_key"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["text", "sender_key", "attachment"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -274,6 +280,128 @@ class Text(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Text: _TypeAlias = Text  # noqa: Y015
+
+@_typing.final
+class Attachment(_message.Message):
+    """A pointer to an encrypted file stored by parley.media.v1.MediaService.
+
+    The file is encrypted on the client with a fresh random key (one per file)
+    by the chunked AEAD of docs/design/e2ee.md ("Attachments"): AES-256-GCM
+    over 64 KiB chunks, each authenticated with its index and whether it is the
+    last, so a flipped byte, a truncation or a reordering fails at the chunk
+    where it occurs. The server stores the ciphertext under a media id derived
+    from its SHA-256; it never sees the key. Forwarding a file sends this
+    pointer again (same media id, same key): nothing is uploaded twice.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEDIA_ID_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    PLAINTEXT_SIZE_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    CAPTION_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    BLURHASH_FIELD_NUMBER: _builtins.int
+    THUMBNAIL_FIELD_NUMBER: _builtins.int
+    media_id: _builtins.str
+    """MediaService's id of the ciphertext; also in SendMessageRequest.media_ids."""
+    key: _builtins.bytes
+    """The file's AES-256 key, 32 bytes."""
+    digest: _builtins.bytes
+    """SHA-256 of the whole ciphertext, 32 bytes (what MediaService verified)."""
+    size: _builtins.int
+    """Ciphertext bytes (header and tags included)."""
+    plaintext_size: _builtins.int
+    """The file's own bytes, before encryption."""
+    content_type: _builtins.str
+    """MIME type, e.g. "image/jpeg"; "application/octet-stream" when unknown."""
+    file_name: _builtins.str
+    """As the sender named it, without a directory; may be empty."""
+    caption: _builtins.str
+    """Text shown with the file; empty for none."""
+    width: _builtins.int
+    """Images (and video): pixels after orientation was applied; 0 when unknown."""
+    height: _builtins.int
+    blurhash: _builtins.str
+    """Images: a BlurHash (https://blurha.sh) to paint before the thumbnail arrives."""
+    @_builtins.property
+    def thumbnail(self) -> Global___EncryptedThumbnail:
+        """Images: a small JPEG preview, uploaded and encrypted on its own (content
+        class THUMBNAIL, at most 64 KiB of ciphertext) since a message body is
+        capped at 64 KiB. Unset when there is none.
+        """
+
+    def __init__(
+        self,
+        *,
+        media_id: _builtins.str = ...,
+        key: _builtins.bytes = ...,
+        digest: _builtins.bytes = ...,
+        size: _builtins.int = ...,
+        plaintext_size: _builtins.int = ...,
+        content_type: _builtins.str = ...,
+        file_name: _builtins.str = ...,
+        caption: _builtins.str = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+        blurhash: _builtins.str = ...,
+        thumbnail: Global___EncryptedThumbnail | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["thumbnail", b"thumbnail"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blurhash", b"blurhash", "caption", b"caption", "content_type", b"content_type", "digest", b"digest", "file_name", b"file_name", "height", b"height", "key", b"key", "media_id", b"media_id", "plaintext_size", b"plaintext_size", "size", b"size", "thumbnail", b"thumbnail", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Attachment: _TypeAlias = Attachment  # noqa: Y015
+
+@_typing.final
+class EncryptedThumbnail(_message.Message):
+    """The preview of an attachment: a file of its own with its own key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEDIA_ID_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    media_id: _builtins.str
+    key: _builtins.bytes
+    """32 bytes."""
+    digest: _builtins.bytes
+    """SHA-256 of the ciphertext, 32 bytes."""
+    size: _builtins.int
+    """Ciphertext bytes."""
+    content_type: _builtins.str
+    """"image/jpeg"."""
+    width: _builtins.int
+    height: _builtins.int
+    def __init__(
+        self,
+        *,
+        media_id: _builtins.str = ...,
+        key: _builtins.bytes = ...,
+        digest: _builtins.bytes = ...,
+        size: _builtins.int = ...,
+        content_type: _builtins.str = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "digest", b"digest", "height", b"height", "key", b"key", "media_id", b"media_id", "size", b"size", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EncryptedThumbnail: _TypeAlias = EncryptedThumbnail  # noqa: Y015
 
 @_typing.final
 class SenderKeyDistribution(_message.Message):
