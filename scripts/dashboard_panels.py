@@ -4,6 +4,7 @@ added by Prometheus when it scrapes. The shared pieces are in dashboard_parts.py
 
 from __future__ import annotations
 
+from dashboard_media import MEDIA
 from dashboard_parts import (
     Dashboard,
     Panel,
@@ -479,4 +480,4 @@ KEYS = Dashboard(
     ],
 )
 
-DASHBOARDS = (OVERVIEW, MESSAGING, DELIVERY, PRESENCE, KEYS)
+DASHBOARDS = (OVERVIEW, MESSAGING, DELIVERY, PRESENCE, KEYS, MEDIA)

@@ -8,8 +8,8 @@ with a ``test`` on the resourceVersion (and retries on 422), waits for the
 resourceVersion of its own patches to come back through the watch, and
 watches from the version its list returned. This subclass keeps one revision
 counter and one event log for all objects and serves creates, patches and
-deletes itself (with uids, generations, finalizers and owner-reference
-garbage collection); discovery and request parsing stay kmock's.
+deletes itself (with uids, generations, finalizers, delete preconditions and
+owner-reference garbage collection); discovery and request parsing stay kmock's.
 """
 
 from __future__ import annotations
@@ -174,6 +174,18 @@ class ConsistentEmulator(kmock.KubernetesEmulator):
             await self._record(key, "MODIFIED", copy.deepcopy(new))
         return copy.deepcopy(new)
 
+    def _check_preconditions(self, key: Key, options: Any) -> None:
+        """DeleteOptions.preconditions: a uid or version that no longer matches is a 409."""
+        wanted = (options or {}).get("preconditions") if isinstance(options, Mapping) else None
+        if not wanted or key not in self.objects or self.objects[key].deleted:
+            return
+        meta = self.objects[key].raw.get("metadata", {})
+        for field in ("uid", "resourceVersion"):
+            if field in wanted and wanted[field] != meta.get(field):
+                raise kmock.KubernetesError(
+                    409, "Conflict", f"precondition failed: {field} is {meta.get(field)}"
+                )
+
     async def _delete(self, key: Key) -> dict[str, Any]:
         if key not in self.objects or self.objects[key].deleted:
             raise kmock.KubernetesObjectNotFoundError()
@@ -225,6 +237,7 @@ class ConsistentEmulator(kmock.KubernetesEmulator):
                 raise kmock.KubernetesError(405, "MethodNotAllowed", "no collection changes")
             key: Key = (request.resource, request.namespace, request.name)
             if request.action == enums.action.DELETE:
+                self._check_preconditions(key, request.data)
                 return aiohttp.web.json_response(await self._delete(key))
             content_type = request.headers.get("Content-Type", "")
             body = await self._patch(

@@ -22,6 +22,7 @@ from parley_operator.spec import (
     MAX_NAME_LENGTH,
     PULL_POLICIES,
     REGION_PATTERN,
+    S3_ADDRESSING_STYLES,
     SERVICES,
 )
 
@@ -103,7 +104,9 @@ def _scaling_target() -> Schema:
 
 def _service(name: str) -> Schema:
     defaults = [
-        {"metric": t.metric, "type": t.kind, "perPod": t.per_pod} for t in DEFAULT_TARGETS[name]
+        {"metric": t.metric, "type": t.kind, "perPod": t.per_pod}
+        | ({"labels": dict(t.labels)} if t.labels else {})
+        for t in DEFAULT_TARGETS[name]
     ]
     return _object(
         f"The {name} service: replicas, load-based scaling, resources, shutdown.",
@@ -174,6 +177,131 @@ def _validations(rule: str, message: str) -> dict[str, Any]:
     return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
 
 
+# A service token is a random secret; an operator-tokens file lists digests.
+# Both are Secret keys mounted as files, never values in the spec.
+def _auth() -> Schema:
+    return _object(
+        "Credentials of service-to-service and operator-only RPCs, each a key of a Secret "
+        "mounted as a file.",
+        {
+            "serviceTokenSecretRef": _secret_key_ref(
+                "The deployment's service token (a random secret of at least 32 characters): "
+                "every service mounts it (auth.service_token_file) to call and accept internal "
+                "RPCs. Needed with media."
+            ),
+            "operatorTokensSecretRef": _secret_key_ref(
+                "Operator credentials, one `<name> <sha256 hex of the token>` line each "
+                "(auth.operator_tokens_file): svc_media mounts it for MediaAdminService "
+                "(quarantine). Without it no one can call operator-only RPCs."
+            ),
+        },
+    )
+
+
+def _s3() -> Schema:
+    return _object(
+        "S3-compatible object storage (AWS S3, MinIO, Ceph RGW) for media and the archive: "
+        "one bucket per region.",
+        {
+            "bucket": _string("Bucket name.", minLength=3, maxLength=63),
+            "endpoint": _string(
+                "Endpoint URL the services call (empty: AWS S3 of `region`).",
+                pattern=r"^https?://",
+            ),
+            "publicEndpoint": _string(
+                "Endpoint URL clients reach the store at, put in presigned URLs (they sign "
+                "the host); empty: `endpoint`.",
+                pattern=r"^https?://",
+            ),
+            "region": _string("Bucket region (used in request signatures).", maxLength=64),
+            "addressingStyle": _string(
+                "Bucket addressing: path (endpoint/bucket/key, works everywhere), virtual "
+                "(bucket.endpoint/key) or auto.",
+                enum=list(S3_ADDRESSING_STYLES),
+                default="path",
+            ),
+            "credentialsSecretRef": _object(
+                "Secret with the access key pair, mounted as files into svc_media. Leave it "
+                "out to use the default AWS credential chain (a role bound to "
+                "media.serviceAccountName, or the node's).",
+                {
+                    "name": _string("Secret name.", minLength=1),
+                    "accessKeyIdKey": _string(
+                        "Key of the access key id.", minLength=1, default="AWS_ACCESS_KEY_ID"
+                    ),
+                    "secretAccessKeyKey": _string(
+                        "Key of the secret access key.",
+                        minLength=1,
+                        default="AWS_SECRET_ACCESS_KEY",
+                    ),
+                },
+                required=["name"],
+            ),
+        },
+        required=["bucket"],
+    )
+
+
+def _media() -> Schema:
+    return _object(
+        "svc_media, end-to-end encrypted attachments in the region's bucket (spec.s3). Its "
+        "replicas and scaling are under services.media; other settings go in config.media.",
+        {
+            "enabled": {
+                "type": "boolean",
+                "description": "Run svc_media. Needs spec.s3 and spec.auth.serviceTokenSecretRef.",
+                "default": False,
+            },
+            "serviceAccountName": _string(
+                "ServiceAccount of the media pods, e.g. one bound to an IAM role that may use "
+                "the bucket (then leave out s3.credentialsSecretRef); empty: none.",
+                pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+                maxLength=253,
+            ),
+            "maxObjectBytes": _integer(
+                "Largest ciphertext one upload may carry, in bytes (media.max_object_bytes).",
+                minimum=1,
+                maximum=5 * 1024**4,
+            ),
+            "gcGraceSeconds": _integer(
+                "Seconds media stays after its last reference went before garbage collection "
+                "checks it (media.gc_grace_seconds).",
+                minimum=0,
+                maximum=30 * 86400,
+            ),
+            "quotas": _object(
+                "Per-account quotas in ciphertext bytes (media.quotas); forwards count against "
+                "no quota of the forwarder.",
+                {
+                    "dailyUploadBytes": _integer(
+                        "Bytes one account may upload per UTC day.", minimum=1
+                    ),
+                    "storedBytes": _integer(
+                        "Bytes of the media one account uploaded that may be kept at once.",
+                        minimum=1,
+                    ),
+                },
+            ),
+        },
+        default={},
+    )
+
+
+# What the operator refuses too (spec.parse_region), said to the API server in CEL.
+MEDIA_ENABLED = "has(self.media) && has(self.media.enabled) && self.media.enabled"
+SPEC_RULES = [
+    {
+        "rule": f"!({MEDIA_ENABLED}) || has(self.s3)",
+        "message": "media.enabled needs spec.s3 (the bucket media is kept in)",
+    },
+    {
+        "rule": f"!({MEDIA_ENABLED}) || (has(self.auth) && has(self.auth.serviceTokenSecretRef))",
+        "message": "media.enabled needs auth.serviceTokenSecretRef "
+        "(svc_message and svc_media call each other with it)",
+    },
+]
+
+
 def region_spec_schema() -> Schema:
     return _object(
         "A Parley region: where it runs, what it connects to, how it scales.",
@@ -233,20 +361,9 @@ def region_spec_schema() -> Schema:
                 },
                 required=["secretName"],
             ),
-            "s3": _object(
-                "S3-compatible object storage for media and the archive.",
-                {
-                    "bucket": _string("Bucket name.", minLength=3, maxLength=63),
-                    "endpoint": _string("Endpoint URL (empty: AWS).", pattern=r"^https?://"),
-                    "region": _string("Bucket region."),
-                    "credentialsSecretRef": _object(
-                        "Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.",
-                        {"name": _string("Secret name.", minLength=1)},
-                        required=["name"],
-                    ),
-                },
-                required=["bucket", "credentialsSecretRef"],
-            ),
+            "auth": _auth(),
+            "s3": _s3(),
+            "media": _media(),
             "peers": {
                 "type": "array",
                 "description": "The other regions: conversation events replicate to them and "
@@ -313,6 +430,7 @@ def region_spec_schema() -> Schema:
             },
         },
         required=["region", "image", "mongo", "redis", "tokens"],
+        **{"x-kubernetes-validations": SPEC_RULES},
     )
 
 
@@ -401,6 +519,12 @@ def region_crd() -> Schema:
                             "name": "Message pods",
                             "type": "integer",
                             "jsonPath": ".status.services.message.replicas",
+                        },
+                        {
+                            "name": "Media pods",
+                            "type": "integer",
+                            "jsonPath": ".status.services.media.replicas",
+                            "priority": 1,
                         },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],

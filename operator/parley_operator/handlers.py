@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +25,7 @@ from parley_operator.manifests import (
     Owner,
     deployment_name,
     region_manifests,
+    retired,
     selector_labels,
 )
 from parley_operator.scaling import (
@@ -36,7 +37,6 @@ from parley_operator.scaling import (
 )
 from parley_operator.spec import (
     METRICS_PORTS,
-    SERVICES,
     RegionSpec,
     ServiceSpec,
     SpecError,
@@ -127,8 +127,21 @@ def _parse(name: str, namespace: str | None, spec: Mapping[str, Any]) -> RegionS
     return parse_region(name, namespace, spec)
 
 
+def _mounted_secrets(region: RegionSpec) -> set[str]:
+    """Every Secret some pod of the region mounts."""
+    names = {region.mongo_uri.name, region.redis_url.name, region.tokens.secret_name}
+    if region.auth.service_token is not None:
+        names.add(region.auth.service_token.name)
+    if "media" in region.services:
+        if region.auth.operator_tokens is not None:
+            names.add(region.auth.operator_tokens.name)
+        if region.s3 is not None and region.s3.credentials is not None:
+            names.add(region.s3.credentials.secret_name)
+    return names
+
+
 async def _missing_secrets(kube: Kube, region: RegionSpec) -> list[str]:
-    wanted = sorted({region.mongo_uri.name, region.redis_url.name, region.tokens.secret_name})
+    wanted = sorted(_mounted_secrets(region))
     found = await asyncio.gather(*(kube.get("v1", "Secret", region.namespace, n) for n in wanted))
     return [name for name, secret in zip(wanted, found, strict=True) if secret is None]
 
@@ -137,11 +150,11 @@ async def _readiness(kube: Kube, region: RegionSpec) -> dict[str, ServiceReadine
     deployments = await asyncio.gather(
         *(
             kube.get("apps/v1", "Deployment", region.namespace, deployment_name(region, svc))
-            for svc in SERVICES
+            for svc in region.services
         )
     )
     readiness = {}
-    for svc, found in zip(SERVICES, deployments, strict=True):
+    for svc, found in zip(region.services, deployments, strict=True):
         if found is not None:
             readiness[svc] = ServiceReadiness(
                 replicas=int(found.get("spec", {}).get("replicas") or 0),
@@ -159,6 +172,7 @@ def _write_status(
     readiness: Mapping[str, ServiceReadiness],
     observed: bool,
     service_updates: Mapping[str, Mapping[str, Any]] | None = None,
+    running: Iterable[str] | None = None,
 ) -> None:
     changes = status_changes(
         status,
@@ -167,6 +181,7 @@ def _write_status(
         readiness=readiness,
         observed=observed,
         service_updates=service_updates,
+        running=running,
     )
     for key, value in changes.items():
         patch.status[key] = value
@@ -256,6 +271,12 @@ def register(registry: kopf.OperatorRegistry, options: OperatorOptions) -> None:
                     replicas={svc: seen.replicas for svc, seen in current.items()},
                 )
                 outcomes = [await kube.apply(manifest) for manifest in manifests]
+                # A service the spec turned off (media) goes: the operator made it.
+                for api_version, kind, object_name in retired(region):
+                    removed = await kube.delete_owned(
+                        api_version, kind, region.namespace, object_name, str(meta["uid"])
+                    )
+                    outcomes.append("deleted" if removed else "unchanged")
                 readiness = await _readiness(kube, region)
         except ApiException as exc:
             fail("ApiError", f"Kubernetes API: {exc.status} {exc.reason}")
@@ -290,6 +311,7 @@ def register(registry: kopf.OperatorRegistry, options: OperatorOptions) -> None:
             conditions=updated,
             readiness=readiness,
             observed=True,
+            running=region.services,
         )
 
     @kopf.on.delete(*resource, id="delete", registry=registry)
@@ -338,7 +360,7 @@ def register(registry: kopf.OperatorRegistry, options: OperatorOptions) -> None:
             state.scaling.add(task)
         updates: dict[str, dict[str, Any]] = {}
         try:
-            for svc in SERVICES:
+            for svc in region.services:
                 if stopped:
                     return  # the region is being deleted or the operator is exiting
                 async with state.lock(uid):
@@ -370,6 +392,7 @@ def register(registry: kopf.OperatorRegistry, options: OperatorOptions) -> None:
             readiness=readiness,
             observed=False,
             service_updates=updates,
+            running=region.services,
         )
 
 

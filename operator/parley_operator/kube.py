@@ -15,7 +15,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
-from parley_operator.manifests import SPEC_HASH_ANNOTATION, Manifest
+from parley_operator.manifests import SPEC_HASH_ANNOTATION, Manifest, owned_by
 
 __all__ = ["ApiException", "Kube", "connect"]
 
@@ -81,7 +81,7 @@ def _collection(api_version: str, plural: str, namespace: str) -> str:
 
 
 class Kube:
-    """Namespaced get/list/create/patch of the kinds the operator manages."""
+    """Namespaced get/list/create/patch of the kinds the operator manages, and delete of its own."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self._api = api
@@ -104,7 +104,7 @@ class Kube:
             query_params=query or [],
             header_params={"Accept": "application/json", "Content-Type": content_type},
             body=body,
-            response_types_map={200: "object", 201: "object"},
+            response_types_map={200: "object", 201: "object", 202: "object"},
             auth_settings=["BearerToken"],
             _return_http_data_only=True,
         )
@@ -150,6 +150,34 @@ class Kube:
     ) -> Manifest:
         path = f"{_collection(api_version, PLURALS[kind], namespace)}/{quote(name)}"
         return await self._call("PATCH", path, body=dict(patch), content_type=MERGE_PATCH)
+
+    async def delete_owned(
+        self, api_version: str, kind: str, namespace: str, name: str, owner_uid: str
+    ) -> bool:
+        """Delete the object if the owner ``owner_uid`` controls it; whether it was deleted.
+
+        The uid precondition makes the API server refuse (409) when the object
+        was replaced between the read and the delete, so only what was
+        checked is ever deleted.
+        """
+        live = await self.get(api_version, kind, namespace, name)
+        if live is None or not owned_by(live, owner_uid):
+            return False
+        path = f"{_collection(api_version, PLURALS[kind], namespace)}/{quote(name)}"
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "preconditions": {"uid": live["metadata"]["uid"]},
+            # Pods go in the background, after the Deployment (its ReplicaSet owns them).
+            "propagationPolicy": "Background",
+        }
+        try:
+            await self._call("DELETE", path, body=body)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return False  # gone already, or replaced: the next reconcile looks again
+            raise
+        return True
 
     async def apply(self, manifest: Manifest) -> str:
         """Create the object or bring it to the manifest; 'created', 'updated' or 'unchanged'.

@@ -1,9 +1,11 @@
 """Pure builders: a ParleyRegion spec in, the Kubernetes manifests of its region out.
 
-Per service (keys, message, presence): a Deployment, a Service and a
-PodDisruptionBudget. Per region: a ConfigMap with each service's config file
-and a ConfigMap with the topology document (``topology``). Everything carries
-an owner reference to the ParleyRegion, so deleting it garbage-collects them.
+Per service the region runs (keys, message, presence, and media when enabled):
+a Deployment, a Service and a PodDisruptionBudget. Per region: a ConfigMap
+with each service's config file and a ConfigMap with the topology document
+(``topology``). Everything carries an owner reference to the ParleyRegion, so
+deleting it garbage-collects them; ``retired`` names what an optional service
+left behind when the spec turns it off.
 """
 
 from __future__ import annotations
@@ -18,21 +20,24 @@ from typing import Any
 import yaml
 
 from parley_operator import API_VERSION, REGION_KIND
+from parley_operator.service_config import (
+    CONFIG_DIR,
+    SECRETS_DIR,
+    TOPOLOGY_DIR,
+    service_config,
+)
 from parley_operator.spec import (
     GRPC_PORTS,
     METRICS_PORTS,
+    OPTIONAL_SERVICES,
     SERVICE_MODULES,
-    SERVICES,
     RegionSpec,
     ServiceSpec,
 )
-from parley_operator.topology import TOPOLOGY_FILE, service_address, topology_document
+from parley_operator.topology import TOPOLOGY_FILE, topology_document
 
 Manifest = dict[str, Any]
 
-CONFIG_DIR = "/etc/parley/config"
-TOPOLOGY_DIR = "/etc/parley/topology"
-SECRETS_DIR = "/var/run/secrets/parley"
 # Non-root user and group of the image; fsGroup makes the secret files readable to it.
 RUN_AS = 10001
 # Time the stop hooks (projector and ack flushes) get after in-flight RPCs ended.
@@ -106,53 +111,6 @@ def _metadata(
     }
 
 
-def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in top.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def service_config(region: RegionSpec, service: str) -> dict[str, Any]:
-    """The parley_core.config tree one service is started with.
-
-    The spec's extra ``config`` goes first and the operator's own keys on top,
-    so an override cannot move the ports the probes and Services point at.
-    Secrets are not in it: they come as files through ``*_FILE`` variables.
-    """
-    spec = region.services[service]
-    tokens_dir = f"{SECRETS_DIR}/tokens"
-    auth: dict[str, Any] = {
-        "public_key_files": [f"{tokens_dir}/{key}" for key in region.tokens.verification_keys]
-    }
-    if service == "keys":
-        auth["private_key_file"] = f"{tokens_dir}/{region.tokens.signing_key}"
-    section: dict[str, Any] = {
-        "server": {
-            "host": "0.0.0.0",
-            "port": GRPC_PORTS[service],
-            "metrics_port": METRICS_PORTS[service],
-            "shutdown_grace_seconds": spec.shutdown_grace_seconds,
-        }
-    }
-    if service == "message":
-        section["keys_target"] = service_address(region, "keys")
-    owned = {
-        "region": region.region,
-        "log_level": region.log_level,
-        "log_format": "json",
-        "mongo": {"database": region.mongo_database},
-        "auth": auth,
-        # The mounted topology ConfigMap, which the services reload in place.
-        "topology": {"path": f"{TOPOLOGY_DIR}/{TOPOLOGY_FILE}"},
-        service: section,
-    }
-    return _deep_merge(region.extra_config, owned)
-
-
 def _hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -160,7 +118,7 @@ def _hash(data: Any) -> str:
 def config_map(region: RegionSpec, owner: Owner) -> Manifest:
     data = {
         f"{service}.yaml": yaml.safe_dump(service_config(region, service), sort_keys=True)
-        for service in SERVICES
+        for service in region.services
     }
     return {
         "apiVersion": "v1",
@@ -194,6 +152,39 @@ def _grpc_probe(port: int, period: int, failures: int, timeout: int) -> dict[str
     }
 
 
+def _secret_volume(name: str, secret: str, items: dict[str, str]) -> dict[str, Any]:
+    """A Secret volume of the entries ``items`` (key in the Secret -> file name)."""
+    return {
+        "name": name,
+        "secret": {
+            "secretName": secret,
+            "items": [{"key": key, "path": path} for key, path in items.items()],
+            "defaultMode": 0o440,
+        },
+    }
+
+
+def _credential_volumes(region: RegionSpec, service: str) -> list[dict[str, Any]]:
+    """The service token (every service), operator tokens and S3 keys (svc_media)."""
+    volumes = []
+    token = region.auth.service_token
+    if token is not None:
+        volumes.append(_secret_volume("service-token", token.name, {token.key: "token"}))
+    if service != "media":
+        return volumes
+    operators = region.auth.operator_tokens
+    if operators is not None:
+        volumes.append(_secret_volume("operator-tokens", operators.name, {operators.key: "tokens"}))
+    credentials = None if region.s3 is None else region.s3.credentials
+    if credentials is not None:
+        keys = {
+            credentials.access_key_id_key: "access_key_id",
+            credentials.secret_access_key_key: "secret_access_key",
+        }
+        volumes.append(_secret_volume("s3", credentials.secret_name, keys))
+    return volumes
+
+
 def _volumes(region: RegionSpec, service: str) -> list[dict[str, Any]]:
     token_keys = list(region.tokens.verification_keys)
     if service == "keys":
@@ -203,30 +194,12 @@ def _volumes(region: RegionSpec, service: str) -> list[dict[str, Any]]:
         # Mounted as a directory (no subPath) so the kubelet swaps in a new
         # topology while the pod runs; services reload it.
         {"name": "topology", "configMap": {"name": topology_map_name(region)}},
-        {
-            "name": "mongo",
-            "secret": {
-                "secretName": region.mongo_uri.name,
-                "items": [{"key": region.mongo_uri.key, "path": "uri"}],
-                "defaultMode": 0o440,
-            },
-        },
-        {
-            "name": "redis",
-            "secret": {
-                "secretName": region.redis_url.name,
-                "items": [{"key": region.redis_url.key, "path": "url"}],
-                "defaultMode": 0o440,
-            },
-        },
-        {
-            "name": "tokens",
-            "secret": {
-                "secretName": region.tokens.secret_name,
-                "items": [{"key": key, "path": key} for key in sorted(set(token_keys))],
-                "defaultMode": 0o440,
-            },
-        },
+        _secret_volume("mongo", region.mongo_uri.name, {region.mongo_uri.key: "uri"}),
+        _secret_volume("redis", region.redis_url.name, {region.redis_url.key: "url"}),
+        _secret_volume(
+            "tokens", region.tokens.secret_name, {key: key for key in sorted(set(token_keys))}
+        ),
+        *_credential_volumes(region, service),
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
     ]
 
@@ -270,6 +243,10 @@ def _container(region: RegionSpec, service: str) -> dict[str, Any]:
             {"name": "mongo", "mountPath": f"{SECRETS_DIR}/mongo", "readOnly": True},
             {"name": "redis", "mountPath": f"{SECRETS_DIR}/redis", "readOnly": True},
             {"name": "tokens", "mountPath": f"{SECRETS_DIR}/tokens", "readOnly": True},
+            *(
+                {"name": name, "mountPath": f"{SECRETS_DIR}/{name}", "readOnly": True}
+                for name in (volume["name"] for volume in _credential_volumes(region, service))
+            ),
             # The root filesystem is read-only; Python and grpc may still want a scratch dir.
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
         ],
@@ -287,6 +264,13 @@ def _container(region: RegionSpec, service: str) -> dict[str, Any]:
         # starts the drain (health NOT_SERVING, streams end with UNAVAILABLE).
         container["lifecycle"] = {"preStop": {"sleep": {"seconds": spec.pre_stop_seconds}}}
     return container
+
+
+def _pod_identity(region: RegionSpec, service: str) -> dict[str, Any]:
+    """A ServiceAccount for media pods when the spec names one (an IAM role bound to it)."""
+    if service == "media" and region.media is not None and region.media.service_account_name:
+        return {"serviceAccountName": region.media.service_account_name}
+    return {}
 
 
 def deployment(
@@ -318,6 +302,9 @@ def deployment(
                     },
                 },
                 "spec": {
+                    # No API token: cloud role webhooks (IRSA, workload identity)
+                    # project their own token for the ServiceAccount.
+                    **_pod_identity(region, service),
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": termination_grace_seconds(spec),
@@ -386,8 +373,9 @@ def pod_disruption_budget(region: RegionSpec, service_name: str, owner: Owner) -
     }
 
 
-def config_hash(config: Manifest) -> str:
-    return _hash(config["data"])
+def config_hash(config: Manifest, service: str) -> str:
+    """The hash of one service's config file: a change rolls that service's pods only."""
+    return _hash(config["data"][f"{service}.yaml"])
 
 
 def clamp_replicas(region: RegionSpec, service_name: str, current: int | None) -> int:
@@ -407,10 +395,10 @@ def region_manifests(
 ) -> list[Manifest]:
     """Everything a region consists of, ConfigMaps first (the pods mount them)."""
     config = config_map(region, owner)
-    digest = config_hash(config)
     built = [config, topology_config_map(region, owner, generation)]
-    for name in SERVICES:
+    for name in region.services:
         count = clamp_replicas(region, name, replicas.get(name))
+        digest = config_hash(config, name)
         built.append(deployment(region, name, owner, replicas=count, config_hash=digest))
         built.append(service(region, name, owner))
         built.append(pod_disruption_budget(region, name, owner))
@@ -419,6 +407,34 @@ def region_manifests(
             manifest
         )
     return built
+
+
+# What one service consists of besides its config file, for retiring it.
+SERVICE_KINDS: tuple[tuple[str, str], ...] = (
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("policy/v1", "PodDisruptionBudget"),
+)
+
+
+def retired(region: RegionSpec) -> list[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of the objects of optional services the spec turned off.
+
+    The operator deletes each only if this region owns it (``owned_by``): the
+    name alone could be someone else's object.
+    """
+    return [
+        (api_version, kind, deployment_name(region, service))
+        for service in OPTIONAL_SERVICES
+        if service not in region.services
+        for api_version, kind in SERVICE_KINDS
+    ]
+
+
+def owned_by(live: Manifest, uid: str) -> bool:
+    """Whether the region with ``uid`` controls the object (its owner reference says so)."""
+    references = live.get("metadata", {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in references)
 
 
 def spec_hash(manifest: Manifest) -> str:

@@ -12,20 +12,31 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-SERVICES: tuple[str, ...] = ("keys", "message", "presence")
+# Every service the operator knows; a region runs the core ones always and
+# the optional ones (media: it needs an object store) when its spec turns them on.
+SERVICES: tuple[str, ...] = ("keys", "message", "presence", "media")
+CORE_SERVICES: tuple[str, ...] = ("keys", "message", "presence")
+OPTIONAL_SERVICES: tuple[str, ...] = ("media",)
 # The service modules, gRPC ports and metrics ports the processes are started with;
 # they match parley_core.config's defaults and parley_dev's layout.
 SERVICE_MODULES: Mapping[str, str] = {
     "keys": "svc_keys",
     "message": "svc_message",
     "presence": "svc_presence",
+    "media": "svc_media",
 }
-GRPC_PORTS: Mapping[str, int] = {"keys": 7101, "message": 7102, "presence": 7103}
-METRICS_PORTS: Mapping[str, int] = {"keys": 9101, "message": 9102, "presence": 9103}
+GRPC_PORTS: Mapping[str, int] = {"keys": 7101, "message": 7102, "presence": 7103, "media": 7104}
+METRICS_PORTS: Mapping[str, int] = {
+    "keys": 9101,
+    "message": 9102,
+    "presence": 9103,
+    "media": 9104,
+}
 
 # Data kinds a region can keep at home (never replicated to peers).
 DATA_KINDS: tuple[str, ...] = ("messages", "media", "keys", "presence", "search")
 PULL_POLICIES: tuple[str, ...] = ("Always", "IfNotPresent", "Never")
+S3_ADDRESSING_STYLES: tuple[str, ...] = ("path", "virtual", "auto")
 # Kubernetes names are DNS labels (63); the longest suffix added is "-presence-config".
 MAX_NAME_LENGTH = 40
 REGION_PATTERN = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
@@ -103,11 +114,51 @@ class TokenKeys:
 
 
 @dataclass(frozen=True)
+class S3Credentials:
+    """A Secret holding an access key pair, and the keys of its two entries."""
+
+    secret_name: str
+    access_key_id_key: str = "AWS_ACCESS_KEY_ID"
+    secret_access_key_key: str = "AWS_SECRET_ACCESS_KEY"
+
+
+@dataclass(frozen=True)
 class S3Spec:
     bucket: str
-    credentials_secret: str
+    # None: the AWS default credential chain (a pod role, the node's instance role).
+    credentials: S3Credentials | None
     endpoint: str | None = None
     region: str | None = None
+    # Where clients reach the store, when not at ``endpoint``: presigned URLs sign the host.
+    public_endpoint: str | None = None
+    addressing_style: str = "path"
+
+
+@dataclass(frozen=True)
+class AuthSecrets:
+    """Credentials of service-to-service and operator-only RPCs, each a Secret key."""
+
+    # The deployment's service token: every service mounts it (internal RPCs).
+    service_token: SecretKeyRef | None = None
+    # `<name> <sha256 hex>` lines: services with operator-only RPCs mount it.
+    operator_tokens: SecretKeyRef | None = None
+
+
+@dataclass(frozen=True)
+class MediaQuotas:
+    daily_upload_bytes: int | None = None
+    stored_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class MediaSpec:
+    """svc_media's own settings; present only when the region runs media."""
+
+    quotas: MediaQuotas = MediaQuotas()
+    max_object_bytes: int | None = None
+    gc_grace_seconds: int | None = None
+    # A ServiceAccount for the media pods (an IAM role bound to it instead of keys).
+    service_account_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,9 +177,12 @@ class RegionSpec:
     home_only_data: tuple[str, ...]
     replicate_to: tuple[str, ...]
     conversation_shards: int
+    # The services this region runs (the core ones, and media when enabled), in SERVICES order.
     services: Mapping[str, ServiceSpec]
     log_level: str
     extra_config: Mapping[str, Any]
+    auth: AuthSecrets = AuthSecrets()
+    media: MediaSpec | None = None
 
 
 DEFAULT_TARGETS: Mapping[str, tuple[ScalingTarget, ...]] = {
@@ -141,9 +195,16 @@ DEFAULT_TARGETS: Mapping[str, tuple[ScalingTarget, ...]] = {
         ScalingTarget("parley_presence_subscriptions_open", "Gauge", 5000.0),
         ScalingTarget("parley_presence_heartbeats_total", "Rate", 1000.0),
     ),
+    # Uploads and downloads go straight to the object store on presigned URLs,
+    # so RPCs are cheap, except a multipart CompleteUpload: it reads the whole
+    # object back to check its SHA-256, one such stream keeping a core busy.
+    "media": (
+        ScalingTarget("parley_rpc_requests_total", "Rate", 300.0),
+        ScalingTarget("parley_rpc_in_flight", "Gauge", 4.0, {"method": "CompleteUpload"}),
+    ),
 }
 DEFAULT_MIN_REPLICAS = 2
-DEFAULT_MAX_REPLICAS: Mapping[str, int] = {"keys": 10, "message": 20, "presence": 10}
+DEFAULT_MAX_REPLICAS: Mapping[str, int] = {"keys": 10, "message": 20, "presence": 10, "media": 10}
 DEFAULT_RESOURCES: Mapping[str, Any] = {
     "requests": {"cpu": "250m", "memory": "256Mi"},
     "limits": {"memory": "512Mi"},
@@ -166,6 +227,72 @@ def _secret_ref(tree: Mapping[str, Any], where: str) -> SecretKeyRef:
     if not isinstance(tree, Mapping) or not tree.get("name") or not tree.get("key"):
         raise SpecError(f"{where} needs a secret name and key")
     return SecretKeyRef(name=str(tree["name"]), key=str(tree["key"]))
+
+
+def _optional_secret_ref(tree: Mapping[str, Any], key: str, where: str) -> SecretKeyRef | None:
+    value = tree.get(key)
+    return None if value is None else _secret_ref(value, f"{where}.{key}")
+
+
+def _optional_int(tree: Mapping[str, Any], key: str, where: str, minimum: int) -> int | None:
+    value = tree.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SpecError(f"{where}.{key} must be an integer of at least {minimum}")
+    return value
+
+
+def _s3(tree: Mapping[str, Any]) -> S3Spec:
+    if not tree.get("bucket"):
+        raise SpecError("spec.s3.bucket is required")
+    style = str(tree.get("addressingStyle") or "path")
+    if style not in S3_ADDRESSING_STYLES:
+        raise SpecError(f"spec.s3.addressingStyle must be one of {list(S3_ADDRESSING_STYLES)}")
+    credentials = None
+    ref = tree.get("credentialsSecretRef")
+    if ref is not None:
+        if not isinstance(ref, Mapping) or not ref.get("name"):
+            raise SpecError("spec.s3.credentialsSecretRef needs a secret name")
+        credentials = S3Credentials(
+            secret_name=str(ref["name"]),
+            access_key_id_key=str(ref.get("accessKeyIdKey") or "AWS_ACCESS_KEY_ID"),
+            secret_access_key_key=str(ref.get("secretAccessKeyKey") or "AWS_SECRET_ACCESS_KEY"),
+        )
+    return S3Spec(
+        bucket=str(tree["bucket"]),
+        credentials=credentials,
+        endpoint=tree.get("endpoint") or None,
+        region=tree.get("region") or None,
+        public_endpoint=tree.get("publicEndpoint") or None,
+        addressing_style=style,
+    )
+
+
+def _media(tree: Mapping[str, Any], s3: S3Spec | None, auth: AuthSecrets) -> MediaSpec | None:
+    """svc_media's settings when the region runs it, else None."""
+    if not tree.get("enabled", False):
+        return None
+    # svc_message and svc_media call each other with the service token, and
+    # media lives in the region's bucket: without either, svc_media cannot work.
+    if s3 is None:
+        raise SpecError("spec.media.enabled needs spec.s3 (the bucket media is kept in)")
+    if auth.service_token is None:
+        raise SpecError(
+            "spec.media.enabled needs spec.auth.serviceTokenSecretRef "
+            "(svc_message and svc_media call each other with it)"
+        )
+    quotas = _mapping(tree, "quotas")
+    where = "spec.media"
+    return MediaSpec(
+        quotas=MediaQuotas(
+            daily_upload_bytes=_optional_int(quotas, "dailyUploadBytes", f"{where}.quotas", 1),
+            stored_bytes=_optional_int(quotas, "storedBytes", f"{where}.quotas", 1),
+        ),
+        max_object_bytes=_optional_int(tree, "maxObjectBytes", where, 1),
+        gc_grace_seconds=_optional_int(tree, "gcGraceSeconds", where, 0),
+        service_account_name=tree.get("serviceAccountName") or None,
+    )
 
 
 def _target(tree: Mapping[str, Any], where: str) -> ScalingTarget:
@@ -246,15 +373,14 @@ def parse_region(name: str, namespace: str, spec: Mapping[str, Any]) -> RegionSp
         signing_key=str(tokens_tree.get("signingKey") or "signing.pem"),
         verification_keys=tuple(tokens_tree.get("verificationKeys") or ("signing.pub.pem",)),
     )
-    s3_tree = spec.get("s3")
-    s3 = None
-    if s3_tree:
-        s3 = S3Spec(
-            bucket=str(s3_tree["bucket"]),
-            credentials_secret=str(s3_tree["credentialsSecretRef"]["name"]),
-            endpoint=s3_tree.get("endpoint"),
-            region=s3_tree.get("region"),
-        )
+    s3_tree = _mapping(spec, "s3")
+    s3 = _s3(s3_tree) if s3_tree else None
+    auth_tree = _mapping(spec, "auth")
+    auth = AuthSecrets(
+        service_token=_optional_secret_ref(auth_tree, "serviceTokenSecretRef", "spec.auth"),
+        operator_tokens=_optional_secret_ref(auth_tree, "operatorTokensSecretRef", "spec.auth"),
+    )
+    media = _media(_mapping(spec, "media"), s3, auth)
     peers = tuple(
         Peer(
             name=str(p["name"]),
@@ -274,7 +400,8 @@ def parse_region(name: str, namespace: str, spec: Mapping[str, Any]) -> RegionSp
     if unknown:
         raise SpecError(f"spec.residency.replicateTo names regions that are not peers: {unknown}")
     services_tree = _mapping(spec, "services")
-    services = {svc: _service(svc, services_tree.get(svc) or {}) for svc in SERVICES}
+    running = CORE_SERVICES + (("media",) if media is not None else ())
+    services = {svc: _service(svc, services_tree.get(svc) or {}) for svc in running}
     routing = _mapping(spec, "routing")
     return RegionSpec(
         name=name,
@@ -294,4 +421,6 @@ def parse_region(name: str, namespace: str, spec: Mapping[str, Any]) -> RegionSp
         services=services,
         log_level=str(spec.get("logLevel") or "INFO"),
         extra_config=dict(spec.get("config") or {}),
+        auth=auth,
+        media=media,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -98,12 +98,14 @@ def status_changes(
     readiness: Mapping[str, ServiceReadiness],
     observed: bool,
     service_updates: Mapping[str, Mapping[str, Any]] | None = None,
+    running: Iterable[str] | None = None,
 ) -> dict[str, Any]:
     """The status fields that change, as a merge patch of the status.
 
     A patch that changes nothing produces no watch event, and kopf, having
     patched, waits for one before it sleeps towards its next retry or check:
-    so unchanged fields stay out.
+    so unchanged fields stay out. A service not ``running`` (default: all)
+    loses its entry (a null in the merge patch).
     """
     desired: dict[str, Any] = {
         "conditions": conditions,
@@ -113,7 +115,12 @@ def status_changes(
         desired["observedGeneration"] = generation
     changes = {key: value for key, value in desired.items() if status.get(key) != value}
     current = status.get("services") or {}
+    kept = set(SERVICES if running is None else running)
     for name in SERVICES:
+        if name not in kept:
+            if current.get(name) is not None:
+                changes.setdefault("services", {})[name] = None
+            continue
         merged = {**(current.get(name) or {}), **(service_updates or {}).get(name, {})}
         if name in readiness:
             merged.update(replicas=readiness[name].replicas, readyReplicas=readiness[name].ready)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from parley_operator.spec import GRPC_PORTS, SERVICES, RegionSpec
+from parley_operator.spec import GRPC_PORTS, RegionSpec
 
 TOPOLOGY_FILE = "topology.json"
 FORMAT_VERSION = 1
@@ -56,6 +56,7 @@ def topology_document(region: RegionSpec, generation: int) -> dict[str, Any]:
         "routing": {
             "conversationShards": region.conversation_shards,
             "shardHash": SHARD_HASH,
-            "services": {name: service_address(region, name) for name in SERVICES},
+            # The services this region runs (media only when enabled).
+            "services": {name: service_address(region, name) for name in region.services},
         },
     }

@@ -2,7 +2,7 @@
 
 The session stack is exercised a little (sign-up, a direct conversation, a
 stream on the other svc_message process, a send, a history read, a presence
-heartbeat) so that labelled series exist, then every /metrics endpoint is
+heartbeat, a media quota read) so that labelled series exist, then every /metrics endpoint is
 scraped. Each metric named in a dashboard panel or variable
 (helm/parley/dashboards/*.json) or in an alert expression (the chart rendered
 with the real helm, or its template read directly when helm cannot be had)
@@ -29,6 +29,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from parley.keys.v1 import accounts_pb2_grpc
+from parley.media.v1 import media_pb2 as mepb
+from parley.media.v1 import media_pb2_grpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc
 from parley.presence.v1 import presence_pb2 as ppb
@@ -181,6 +183,7 @@ async def exercise(stack: LocalStack) -> None:
         grpc.aio.insecure_channel(stack.message_targets[0]) as a_channel,
         grpc.aio.insecure_channel(stack.message_targets[1]) as b_channel,
         grpc.aio.insecure_channel(stack.presence_target) as presence_channel,
+        grpc.aio.insecure_channel(stack.media_target) as media_channel,
     ):
         keys = accounts_pb2_grpc.AccountServiceStub(keys_channel)
         on_a = messages_pb2_grpc.MessageServiceStub(a_channel)
@@ -201,6 +204,9 @@ async def exercise(stack: LocalStack) -> None:
                 metadata=alice.md,
             )
         await presence.Heartbeat(ppb.HeartbeatRequest(), metadata=alice.md)
+        # The media dashboard's RPC panels select service="media".
+        media = media_pb2_grpc.MediaServiceStub(media_channel)
+        await media.GetQuota(mepb.GetQuotaRequest(), metadata=alice.md)
 
 
 def metrics_urls(stack: LocalStack) -> list[str]:
@@ -258,16 +264,19 @@ def helm_binary() -> Path | None:
 def alert_expressions() -> dict[str, str]:
     helm = helm_binary()
     if helm is not None:
-        rendered = subprocess.run(
-            [str(helm), "template", "parley-eu", str(CHART), "--namespace", "parley-eu",
-             "-f", str(CHART / "ci" / "eu-values.yaml")],
-            capture_output=True, text=True, check=True, timeout=120,
-        ).stdout  # fmt: skip
         rules = {}
-        for doc in yaml.safe_load_all(rendered):
-            if doc and doc["kind"] == "PrometheusRule":
-                for group in doc["spec"]["groups"]:
-                    rules.update({r["alert"]: r["expr"] for r in group["rules"]})
+        # eu has every alert but the media ones, which only a region with media renders.
+        examples = (("parley-eu", "eu-values.yaml"), ("parley-ap", "media-values.yaml"))
+        for release, values in examples:
+            rendered = subprocess.run(
+                [str(helm), "template", release, str(CHART), "--namespace", release,
+                 "-f", str(CHART / "ci" / values)],
+                capture_output=True, text=True, check=True, timeout=120,
+            ).stdout  # fmt: skip
+            for doc in yaml.safe_load_all(rendered):
+                if doc and doc["kind"] == "PrometheusRule":
+                    for group in doc["spec"]["groups"]:
+                        rules.update({r["alert"]: r["expr"] for r in group["rules"]})
         return rules
     # No helm here: the expressions as written in the template, its actions
     # replaced by harmless text.
@@ -295,6 +304,7 @@ def test_dashboards_are_generated_from_their_source() -> None:
 def test_alert_rules_are_found() -> None:
     rules = alert_expressions()
     assert "ParleyDeliveryLagHigh" in rules
+    assert "ParleyMediaGcLagHigh" in rules
     assert "parley_delivery_lag_seconds_bucket" in metric_names(rules["ParleyDeliveryLagHigh"])
 
 
@@ -331,6 +341,7 @@ async def test_dashboards_query_only_exported_metrics(exported: Exported) -> Non
         "delivery.json",
         "presence.json",
         "keys.json",
+        "media.json",
     }
     assert unknown_names(exported, queries) == []
     assert unmatched_selectors(exported, queries) == []
@@ -365,7 +376,7 @@ async def test_the_exercise_shows_in_the_domain_metrics(exported: Exported) -> N
     assert 0 <= lag / exported.total("parley_delivery_lag_seconds_count") < 5
     assert exported.total("parley_fanout_streams_count") >= 1
     assert exported.total("parley_recent_cache_reads_total", result="hit") >= 1
-    for service in ("keys", "message", "presence"):
+    for service in ("keys", "message", "presence", "media"):
         assert exported.total("parley_mongo_up", service=service) >= 1
         assert exported.total("parley_redis_up", service=service) >= 1
     assert exported.has_series("parley_prekey_bundles_total", "pre_key", "signed_fallback")

@@ -136,9 +136,19 @@ def _region_resource(**services: Any) -> dict[str, Any]:
     return resource
 
 
-async def _secrets(emulator: ConsistentEmulator) -> None:
-    for name in ("parley-mongo", "parley-redis", "parley-token-keys"):
+async def _secrets(emulator: ConsistentEmulator, *names: str) -> None:
+    for name in names or ("parley-mongo", "parley-redis", "parley-token-keys"):
         await emulator.put(SECRETS, {"metadata": {"name": name, "namespace": NS}, "data": {}})
+
+
+def _with_media(resource: dict[str, Any]) -> dict[str, Any]:
+    """The region with svc_media on: the service token, operator tokens, S3 keys."""
+    resource["spec"]["auth"] = {
+        "serviceTokenSecretRef": {"name": "parley-service-token", "key": "token"},
+        "operatorTokensSecretRef": {"name": "parley-operator-tokens", "key": "tokens"},
+    }
+    resource["spec"]["media"] = {"enabled": True, "quotas": {"storedBytes": 1 << 30}}
+    return resource
 
 
 def _status(emulator: ConsistentEmulator) -> dict[str, Any]:
@@ -217,6 +227,54 @@ async def test_create_update_and_delete_a_region(api: tuple[ConsistentEmulator, 
         phases = [((v or {}).get("status") or {}).get("phase") for v in history.raw]
         assert "Deleting" in phases
         assert emulator.names(DEPLOYMENTS, NS) == []
+
+
+async def test_media_is_run_when_enabled_and_retired_when_turned_off(
+    api: tuple[ConsistentEmulator, str],
+) -> None:
+    emulator, url = api
+    await _secrets(emulator)
+    await _secrets(emulator, "parley-service-token", "parley-s3")
+    core = [f"eu-west-{s}" for s in ("keys", "message", "presence")]
+    with_media = sorted([*core, "eu-west-media"])
+    async with operator(url, retry_delay_seconds=0.3):
+        await emulator.put(REGIONS, _with_media(_region_resource()))
+
+        def reconciled() -> dict[str, Any]:
+            return {c["type"]: c for c in _status(emulator).get("conditions", [])}.get(
+                "Reconciled", {}
+            )
+
+        # svc_media mounts the operator tokens: nothing is built until they exist.
+        await eventually(lambda: reconciled().get("reason") == "SecretsMissing")
+        assert "parley-operator-tokens" in reconciled()["message"]
+        await _secrets(emulator, "parley-operator-tokens")
+        await eventually(lambda: _status(emulator).get("observedGeneration") == 1, what="status")
+        for resource in (DEPLOYMENTS, SERVICES, PDBS):
+            assert emulator.names(resource, NS) == with_media
+        config = (emulator.get(CONFIGMAPS, NS, "eu-west-config") or {})["data"]
+        assert yaml.safe_load(config["message.yaml"])["message"]["media_target"] == (
+            "eu-west-media.parley.svc.cluster.local:7104"
+        )
+        topology = (emulator.get(CONFIGMAPS, NS, "eu-west-topology") or {})["data"]
+        services = json.loads(topology["topology.json"])["routing"]["services"]
+        assert services["media"] == "eu-west-media.parley.svc.cluster.local:7104"
+        assert _status(emulator)["services"]["media"] == {"replicas": 2, "readyReplicas": 0}
+
+        # Off: what the operator made for media goes, and so does its status.
+        await emulator.merge(REGIONS, NS, "eu-west", {"spec": {"media": {"enabled": False}}})
+        await eventually(lambda: emulator.names(DEPLOYMENTS, NS) == core, what="media retired")
+        await eventually(lambda: _status(emulator).get("observedGeneration") == 2)
+        for resource in (SERVICES, PDBS):
+            assert emulator.names(resource, NS) == core
+        config = (emulator.get(CONFIGMAPS, NS, "eu-west-config") or {})["data"]
+        assert "media.yaml" not in config
+        assert "media_target" not in yaml.safe_load(config["message.yaml"])["message"]
+        assert "media" not in _status(emulator)["services"]
+
+        # On again: it comes back.
+        await emulator.merge(REGIONS, NS, "eu-west", {"spec": {"media": {"enabled": True}}})
+        await eventually(lambda: emulator.names(DEPLOYMENTS, NS) == with_media, what="media")
 
 
 class FakePods:
@@ -398,7 +456,7 @@ async def test_a_spec_the_schema_cannot_catch_fails_until_fixed(
         assert len(emulator.names(DEPLOYMENTS, NS)) == 3
 
 
-async def test_emulator_keeps_versions_refuses_failed_tests_and_resumes_watches(
+async def test_emulator_keeps_versions_refuses_failed_tests_resumes_watches_checks_deletes(
     api: tuple[ConsistentEmulator, str],
 ) -> None:
     emulator, url = api
@@ -425,6 +483,15 @@ async def test_emulator_keeps_versions_refuses_failed_tests_and_resumes_watches(
         event = json.loads(line)
         assert event["type"] == "MODIFIED"
         assert event["object"]["data"] == {"k": "v"}
+        # A delete whose uid precondition no longer holds is refused.
+        other = {"preconditions": {"uid": "not-this-one"}}
+        async with http.delete(path, json=other) as response:
+            assert response.status == 409
+        assert emulator.get(CONFIGMAPS, NS, "c") is not None
+        same = {"preconditions": {"uid": created["metadata"]["uid"]}}
+        async with http.delete(path, json=same) as response:
+            assert response.status == 200
+        assert emulator.get(CONFIGMAPS, NS, "c") is None
 
 
 async def test_the_container_entry_point_logs_in_with_a_kubeconfig_and_serves_liveness(

@@ -65,7 +65,10 @@ CASES: dict[str, tuple[str | None, str]] = {
     "default-values": ("default-values.yaml", "parley"),
     "eu": ("eu-values.yaml", "parley-eu"),
     "us": ("us-values.yaml", "parley-us"),
+    "media": ("media-values.yaml", "parley-ap"),
 }
+# Region name of each case.
+REGIONS = {"eu": "eu", "us": "us", "media": "ap"}
 
 
 def _dashboards() -> list[str]:
@@ -81,7 +84,9 @@ def expected_resources(case: str) -> list[tuple[str, str]]:
     """(kind, name) of everything a case renders, CRDs included."""
     _, release = CASES[case]
     prefix = release  # the release name contains "parley", so it is the fullname
-    region = {"eu": "eu", "us": "us"}.get(case, "local")
+    region = REGIONS.get(case, "local")
+    # Only the media case runs svc_media, so only it scrapes it.
+    services = ("keys", "message", "presence") + (("media",) if case == "media" else ())
     kinds = [("CustomResourceDefinition", d["metadata"]["name"]) for d in _crd_docs()]
     kinds += [
         ("ServiceAccount", f"{prefix}-operator"),
@@ -90,7 +95,7 @@ def expected_resources(case: str) -> list[tuple[str, str]]:
         ("Deployment", f"{prefix}-operator"),
         ("ParleyRegion", region),
         ("PrometheusRule", prefix),
-        *(("ServiceMonitor", f"{prefix}-{svc}") for svc in ("keys", "message", "presence")),
+        *(("ServiceMonitor", f"{prefix}-{svc}") for svc in services),
     ]
     if case != "us":  # us turns the dashboards off: its Grafana lives in eu
         kinds += [("ConfigMap", f"{prefix}-dashboard-{name}") for name in _dashboards()]
@@ -498,10 +503,10 @@ RBAC = {
     ("parley.dev", "parleyregions"): {"get", "list", "watch", "patch"},
     ("parley.dev", "parleyregions/status"): {"patch"},
     ("parley.dev", "parleyregions/finalizers"): {"update"},
-    ("apps", "deployments"): {"get", "create", "patch"},
-    ("", "services"): {"get", "create", "patch"},
+    ("apps", "deployments"): {"get", "create", "patch", "delete"},
+    ("", "services"): {"get", "create", "patch", "delete"},
     ("", "configmaps"): {"get", "create", "patch"},
-    ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
+    ("policy", "poddisruptionbudgets"): {"get", "create", "patch", "delete"},
     ("", "pods"): {"list", "patch"},
     ("", "events"): {"create"},
     ("", "secrets"): {"get"},
@@ -522,8 +527,12 @@ def test_operator_rbac_is_least_privilege(helm: Path) -> None:
                 "parley-s3",
                 "parley-tokens",
             ]
+        # Deleting only svc_media's objects, by name (retiring it when turned off).
+        elif rule["verbs"] == ["delete"]:
+            assert rule["resourceNames"] == ["eu-media"]
         else:
             assert "resourceNames" not in rule
+            assert "delete" not in rule["verbs"]
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 granted.setdefault((group, resource), set()).update(rule["verbs"])
@@ -593,3 +602,55 @@ def test_examples_are_peers_of_each_other(helm: Path) -> None:
     assert [p["name"] for p in us["spec"]["peers"]] == ["eu"]
     assert eu["spec"]["peers"][0]["publicEndpoint"] == us["spec"]["publicEndpoint"]
     assert us["spec"]["peers"][0]["publicEndpoint"] == eu["spec"]["publicEndpoint"]
+
+
+def test_media_region_names_its_secrets_and_scrapes_media(helm: Path) -> None:
+    docs = render(helm, "media")
+    (role,) = only(docs, "Role")
+    (secrets,) = [r for r in role["rules"] if r["resources"] == ["secrets"]]
+    assert secrets["resourceNames"] == [
+        "parley-mongo",
+        "parley-operator-tokens",
+        "parley-redis",
+        "parley-s3",
+        "parley-service-token",
+        "parley-tokens",
+    ]
+    (region,) = only(docs, "ParleyRegion")
+    assert region["spec"]["media"]["enabled"] is True
+    assert region["spec"]["services"]["media"]["maxReplicas"] == 8
+    # The chart's defaults fill what the example leaves out.
+    assert region["spec"]["services"]["media"]["resources"]["limits"] == {"memory": "512Mi"}
+    monitors = {m["metadata"]["name"] for m in only(docs, "ServiceMonitor")}
+    assert "parley-ap-media" in monitors
+
+
+@pytest.mark.parametrize(
+    ("dropped", "message"),
+    [
+        ("s3", "needs region.spec.s3"),
+        ("auth", "needs region.spec.auth.serviceTokenSecretRef"),
+    ],
+)
+def test_media_without_its_bucket_or_service_token_is_refused(
+    helm: Path, tmp_path: Path, dropped: str, message: str
+) -> None:
+    """The CRD's CEL rules, which values.schema.json cannot say."""
+    values = yaml.safe_load((CHART / "ci" / "media-values.yaml").read_text())
+    del values["region"]["spec"][dropped]
+    without = tmp_path / "values.yaml"
+    without.write_text(yaml.safe_dump(values))
+    result = run_helm(helm, "template", "parley", str(CHART), "-f", str(without))
+    assert result.returncode != 0
+    assert message in result.stderr
+    off = run_helm(
+        helm,
+        "template",
+        "parley",
+        str(CHART),
+        "-f",
+        str(without),
+        "--set",
+        "region.spec.media.enabled=false",
+    )
+    assert off.returncode == 0, off.stderr

@@ -19,6 +19,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "parley"
 EU_VALUES = CHART / "ci" / "eu-values.yaml"
+MEDIA_VALUES = CHART / "ci" / "media-values.yaml"
 Doc = dict[str, Any]
 
 ALERTS = {
@@ -31,14 +32,39 @@ ALERTS = {
     "ParleyMongoDown",
     "ParleyTargetDown",
 }
+# Rendered only for a region that runs svc_media (eu does not).
+MEDIA_ALERTS = {"ParleyMediaGcLagHigh", "ParleyMediaObjectStoreDown"}
 # Series the rules and dashboards query that no service exports yet; the
 # observability work adds them (svc_message: delivery lag histogram; svc_keys:
 # bundles by whether a one-time prekey was left; every service: 0/1 gauges of
 # its last Redis and MongoDB check).
-# Metrics the chart may query before a service exports them (none now; the
-# live check is tests/integration/test_metrics_coverage.py).
-PENDING_METRICS: set[str] = set()
-SERVICE_PACKAGES = ("parley_core", "svc_keys", "svc_message", "svc_presence")
+# Metrics the chart may query before a service exports them: svc_media's
+# (the names it registers on the branch that builds it, svc_media/metrics.py;
+# once it is merged they drop out of `unknown`). The
+# live check is tests/integration/test_metrics_coverage.py.
+PENDING_METRICS: set[str] = {
+    "parley_media_uploads_started_total",
+    "parley_media_uploads_completed_total",
+    "parley_media_already_stored_total",
+    "parley_media_dedup_completions_total",
+    "parley_media_verification_failures_total",
+    "parley_media_references_reserved_total",
+    "parley_media_references_released_total",
+    "parley_media_sweeps_total",
+    "parley_media_sweep_failures_total",
+    "parley_media_sessions_expired_total",
+    "parley_media_uploaded_bytes_total",
+    "parley_media_download_granted_bytes_total",
+    "parley_media_objects",
+    "parley_media_stored_bytes",
+    "parley_media_references_per_object",
+    "parley_media_gc_lag_seconds",
+    "parley_media_orphans_collected_total",
+    "parley_media_quota_refusals_total",
+    "parley_media_restore_queue",
+    "parley_media_store_available",
+}
+SERVICE_PACKAGES = ("parley_core", "svc_keys", "svc_message", "svc_presence", "svc_media")
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +80,19 @@ def helm() -> Path:
     return Path(result.stdout.strip())
 
 
-def render(helm: Path, *extra: str) -> list[Doc]:
+def render(
+    helm: Path, *extra: str, values: Path = EU_VALUES, release: str = "parley-eu"
+) -> list[Doc]:
     result = subprocess.run(
         [
             str(helm),
             "template",
-            "parley-eu",
+            release,
             str(CHART),
             "--namespace",
-            "parley-eu",
+            release,
             "-f",
-            str(EU_VALUES),
+            str(values),
             *extra,
         ],
         capture_output=True,
@@ -153,14 +181,58 @@ def dashboard_expressions(dashboard: Doc) -> list[str]:
     return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
 
 
+def render_media(helm: Path, *extra: str) -> list[Doc]:
+    return render(helm, *extra, values=MEDIA_VALUES, release="parley-ap")
+
+
+def test_media_alerts_come_with_media(helm: Path) -> None:
+    rules = alert_rules(render_media(helm))
+    assert set(rules) == ALERTS | MEDIA_ALERTS
+    for name in MEDIA_ALERTS:
+        rule = rules[name]
+        for selector in re.findall(r"\{([^{}]*)\}", rule["expr"]):
+            assert selector.startswith('namespace="parley-ap",region="ap"'), (name, selector)
+        assert rule["annotations"]["runbook_url"].endswith("#" + name.lower())
+        assert "{{ $labels.region }}" in rule["annotations"]["description"]
+    gc = rules["ParleyMediaGcLagHigh"]
+    assert "parley_media_gc_lag_seconds" in gc["expr"]
+    assert gc["expr"].rstrip().endswith("> 7200")  # media-values.yaml's threshold
+    assert (gc["for"], gc["labels"]) == ("15m", {"severity": "warning"})
+    store = rules["ParleyMediaObjectStoreDown"]
+    assert "parley_media_store_available" in store["expr"]
+    assert store["expr"].rstrip().endswith("== 0")
+    assert store["labels"] == {"severity": "critical"}
+    assert 'job=~"keys|message|presence|media"' in rules["ParleyTargetDown"]["expr"]
+    off = alert_rules(
+        render_media(
+            helm, "--set-json", "monitoring.prometheusRules.alerts.mediaGcLag.enabled=false"
+        )
+    )
+    assert set(off) == ALERTS | MEDIA_ALERTS - {"ParleyMediaGcLagHigh"}
+
+
+def test_only_media_alerts_on_make_no_rule_file_without_media(helm: Path) -> None:
+    names = ["sendLatency", "deliveryLag", "errorRate", "preKeyExhaustion", "rateLimited"]
+    names += ["redisDown", "mongoDown", "targetDown"]
+    args: list[str] = []
+    for name in names:
+        args += ["--set-json", f"monitoring.prometheusRules.alerts.{name}.enabled=false"]
+    assert [d for d in render(helm, *args) if d["kind"] == "PrometheusRule"] == []
+    (rule_file,) = [d for d in render_media(helm, *args) if d["kind"] == "PrometheusRule"]
+    assert set(alert_rules([rule_file])) == MEDIA_ALERTS
+
+
 def test_rules_and_dashboards_query_only_known_metrics(helm: Path) -> None:
     expressions = [rule["expr"] for rule in alert_rules(render(helm)).values()]
+    expressions += [rule["expr"] for rule in alert_rules(render_media(helm)).values()]
     for path in dashboard_files():
         expressions += dashboard_expressions(json.loads(path.read_text()))
     queried = queried_metrics(expressions)
     assert "parley_rpc_duration_seconds_bucket" in queried
     unknown = queried - exported_metrics()
     assert unknown <= PENDING_METRICS, f"no service exports {sorted(unknown - PENDING_METRICS)}"
+    # Each name waiting for its service is one the chart really queries.
+    assert queried >= PENDING_METRICS
 
 
 def test_metric_check_notices_a_misspelt_name() -> None:
@@ -174,6 +246,13 @@ def test_service_monitors_select_each_service_of_the_region(helm: Path) -> None:
         m["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]: m for m in monitors
     }
     assert set(by_component) == {"keys", "message", "presence"}
+    media = [d for d in render_media(helm) if d["kind"] == "ServiceMonitor"]
+    assert {m["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] for m in media} == {
+        "keys",
+        "message",
+        "presence",
+        "media",
+    }
     for component, monitor in by_component.items():
         spec = monitor["spec"]
         assert spec["selector"]["matchLabels"] == {

@@ -17,13 +17,18 @@ from typing import Any
 import pytest
 import yaml
 
-from parley_operator.manifests import Owner, region_manifests
-from parley_operator.spec import SERVICES, parse_region
+from parley_operator.manifests import Owner, region_manifests, retired
+from parley_operator.spec import parse_region
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "parley"
 Doc = dict[str, Any]
-EXAMPLES = {"eu": "eu-values.yaml", "us": "us-values.yaml", "local": "default-values.yaml"}
+EXAMPLES = {
+    "eu": "eu-values.yaml",
+    "us": "us-values.yaml",
+    "local": "default-values.yaml",
+    "ap": "media-values.yaml",
+}
 # What kube.apply does to each child: read it, then create or merge-patch it.
 APPLY_VERBS = {"get", "create", "patch"}
 
@@ -54,19 +59,26 @@ def render(helm: Path, values_file: str) -> list[Doc]:
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
+def parsed(region_doc: Doc) -> Any:
+    meta = region_doc["metadata"]
+    return parse_region(meta["name"], meta["namespace"], region_doc["spec"])
+
+
 def operator_objects(region_doc: Doc) -> list[Doc]:
     meta = region_doc["metadata"]
-    region = parse_region(meta["name"], meta["namespace"], region_doc["spec"])
     owner = Owner(name=meta["name"], uid="00000000-0000-0000-0000-000000000000")
-    return region_manifests(region, owner, generation=1, replicas={})
+    return region_manifests(parsed(region_doc), owner, generation=1, replicas={})
 
 
-def allowed(role: Doc, api_version: str, plural: str) -> set[str]:
+def allowed(role: Doc, api_version: str, plural: str, name: str | None = None) -> set[str]:
+    """Verbs the Role grants on a kind (on the object ``name`` when given)."""
     group = api_version.rpartition("/")[0]
     verbs: set[str] = set()
     for rule in role["rules"]:
         if group in rule["apiGroups"] and plural in rule["resources"]:
-            verbs.update(rule["verbs"])
+            names = rule.get("resourceNames")
+            if names is None or (name is not None and name in names):
+                verbs.update(rule["verbs"])
     return verbs
 
 
@@ -87,7 +99,8 @@ def test_operator_builds_what_the_chart_watches_and_permits(helm: Path, region_n
 
     services = [o for o in built if o["kind"] == "Service"]
     monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
-    assert len(monitors) == len(SERVICES)
+    # One per service the region runs: media's only when it is enabled.
+    assert len(monitors) == len(parsed(region_doc).services)
     for monitor in monitors:
         wanted = monitor["spec"]["selector"]["matchLabels"]
         chosen = [s for s in services if wanted.items() <= s["metadata"]["labels"].items()]
@@ -99,6 +112,12 @@ def test_operator_builds_what_the_chart_watches_and_permits(helm: Path, region_n
     for obj in built:
         verbs = allowed(role, obj["apiVersion"], PLURALS[obj["kind"]])
         assert verbs >= APPLY_VERBS, f"the Role lets the operator {verbs} {obj['kind']}"
+    # What it deletes when the spec turns media off: allowed by name, and only that.
+    region = parsed(region_doc)
+    media_off = parse_region(region.name, region.namespace, {**region_doc["spec"], "media": {}})
+    for api_version, kind, name in retired(media_off):
+        assert "delete" in allowed(role, api_version, PLURALS[kind], name), (kind, name)
+        assert "delete" not in allowed(role, api_version, PLURALS[kind], "someone-else")
     secret_rules = [r for r in role["rules"] if r["resources"] == ["secrets"]]
     named = {name for rule in secret_rules for name in rule["resourceNames"]}
     mounted = {

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from parley_operator.crd_files import CRD_DIR, rendered_crds
-from parley_operator.crds import region_crd
-from parley_operator.spec import SERVICES, parse_region
+from parley_operator.crds import SPEC_RULES, region_crd
+from parley_operator.spec import CORE_SERVICES, SpecError, parse_region
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "operator" / "examples").glob("*.yaml"))
@@ -81,11 +81,13 @@ def test_examples_pass_the_schema_and_parse(path: Path) -> None:
     resource = yaml.safe_load(path.read_text())
     assert _errors(resource) == []
     region = parse_region(resource["metadata"]["name"], "parley", resource["spec"])
-    assert set(region.services) == set(SERVICES)
+    media = resource["spec"].get("media", {}).get("enabled", False)
+    assert list(region.services) == [*CORE_SERVICES, *(["media"] if media else [])]
 
 
 def test_examples_exist() -> None:
-    assert {p.name for p in EXAMPLES} >= {"region-minimal.yaml", "region-eu-west.yaml"}
+    names = {p.name for p in EXAMPLES}
+    assert names >= {"region-minimal.yaml", "region-eu-west.yaml", "region-media.yaml"}
 
 
 @pytest.mark.parametrize(
@@ -108,10 +110,20 @@ def test_examples_exist() -> None:
             "is not one of",
         ),
         (lambda r: r["spec"]["residency"].update(homeOnlyData=["selfies"]), "is not one of"),
+        (lambda r: r["spec"]["s3"].update(addressingStyle="dns"), "is not one of"),
+        (lambda r: r["spec"]["s3"].update(publicEndpoint="media.example.com"), "does not match"),
+        (lambda r: r["spec"]["media"]["quotas"].update(storedBytes=0), "less than the minimum"),
+        (lambda r: r["spec"]["media"].update(gcGraceSeconds=31 * 86400), "greater than the max"),
+        (lambda r: r["spec"]["media"].update(enabled="yes"), "is not of type 'boolean'"),
+        (lambda r: r["spec"]["auth"]["serviceTokenSecretRef"].pop("key"), "'key' is a required"),
+        (lambda r: r["spec"]["services"]["media"].update(maxReplicas=0), "less than the minimum"),
     ],
 )
 def test_schema_rejects_bad_resources(change: Any, expected: str) -> None:
     resource = copy.deepcopy(_example("region-eu-west.yaml"))
+    media = copy.deepcopy(_example("region-media.yaml"))["spec"]
+    resource["spec"].update({key: media[key] for key in ("auth", "s3", "media")})
+    resource["spec"]["services"]["media"] = media["services"]["media"]
     change(resource)
     errors = _errors(resource)
     assert any(expected in e for e in errors), errors
@@ -163,3 +175,60 @@ def test_schema_defaults_are_the_operators_defaults() -> None:
         "type": "Gauge",
         "perPod": 2000.0,
     }
+
+
+# The CEL rules need an API server; the operator's parse refuses the same
+# specs (it is what reports them when the CRD is older than the operator).
+@pytest.mark.parametrize(
+    ("change", "rule_message", "parse_message"),
+    [
+        (lambda s: s.pop("s3"), "needs spec.s3", r"media\.enabled needs spec\.s3"),
+        (
+            lambda s: s["auth"].pop("serviceTokenSecretRef"),
+            "needs auth.serviceTokenSecretRef",
+            "needs spec.auth.serviceTokenSecretRef",
+        ),
+    ],
+)
+def test_media_needs_a_bucket_and_the_service_token(
+    change: Any, rule_message: str, parse_message: str
+) -> None:
+    spec = copy.deepcopy(_example("region-media.yaml")["spec"])
+    change(spec)
+    resource = {"apiVersion": "parley.dev/v1alpha1", "kind": "ParleyRegion", "spec": spec}
+    assert _errors(resource) == []  # only the CEL rules refuse it
+    assert any(rule_message in rule["message"] for rule in SPEC_RULES)
+    with pytest.raises(SpecError, match=parse_message):
+        parse_region("ap-south", "parley", spec)
+    # Turned off, neither is needed.
+    spec["media"]["enabled"] = False
+    assert "media" not in parse_region("ap-south", "parley", spec).services
+
+
+def test_cel_rules_are_on_the_spec() -> None:
+    spec = _schema()["properties"]["spec"]
+    assert spec["x-kubernetes-validations"] == SPEC_RULES
+    for rule in SPEC_RULES:
+        assert rule["rule"].startswith("!(has(self.media) && has(self.media.enabled)")
+
+
+def test_media_defaults_are_the_operators_defaults() -> None:
+    resource = _example("region-media.yaml")
+    defaulted = _apply_defaults(_schema(), copy.deepcopy(resource))
+    assert _errors(defaulted) == []
+    assert parse_region("ap-south", "parley", defaulted["spec"]) == parse_region(
+        "ap-south", "parley", resource["spec"]
+    )
+    media_targets = defaulted["spec"]["services"]["media"]["scaling"]["targets"]
+    assert media_targets == [
+        {"metric": "parley_rpc_requests_total", "type": "Rate", "perPod": 300.0},
+        {
+            "metric": "parley_rpc_in_flight",
+            "type": "Gauge",
+            "perPod": 4.0,
+            "labels": {"method": "CompleteUpload"},
+        },
+    ]
+    # Off by default, so a region written before media keeps running as it did.
+    minimal = _apply_defaults(_schema(), copy.deepcopy(_example("region-minimal.yaml")))
+    assert minimal["spec"]["media"] == {"enabled": False}

@@ -22,11 +22,11 @@ from parley_operator.manifests import (
     config_map,
     deployment,
     region_manifests,
-    service_config,
     spec_hash,
     termination_grace_seconds,
 )
-from parley_operator.spec import SERVICES, SpecError, parse_region
+from parley_operator.service_config import service_config
+from parley_operator.spec import CORE_SERVICES, SpecError, parse_region
 from parley_operator.topology import conversation_shard, topology_document
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +72,7 @@ def test_region_is_two_configmaps_and_a_deployment_service_pdb_per_service() -> 
     built = _built()
     kinds = sorted((m["kind"], m["metadata"]["name"]) for m in built)
     expected = [("ConfigMap", "eu-west-config"), ("ConfigMap", "eu-west-topology")]
-    for svc in SERVICES:
+    for svc in CORE_SERVICES:  # media is off in this example
         expected += [
             ("Deployment", f"eu-west-{svc}"),
             ("PodDisruptionBudget", f"eu-west-{svc}"),
@@ -158,7 +158,7 @@ def test_shutdown_budget_covers_pre_stop_drain_and_flush() -> None:
 
 def test_only_svc_keys_mounts_the_signing_key() -> None:
     built = _built()
-    for svc in SERVICES:
+    for svc in CORE_SERVICES:
         pod = _find(built, "Deployment", f"eu-west-{svc}")["spec"]["template"]["spec"]
         tokens = next(v for v in pod["volumes"] if v["name"] == "tokens")
         paths = {item["path"] for item in tokens["secret"]["items"]}
@@ -174,7 +174,7 @@ def test_topology_is_mounted_as_a_directory_so_updates_reach_running_pods() -> N
     assert "subPath" not in topology
 
 
-@pytest.mark.parametrize("svc", SERVICES)
+@pytest.mark.parametrize("svc", CORE_SERVICES)
 def test_service_config_is_accepted_by_parley_core(tmp_path: Path, svc: str) -> None:
     region = _region()
     config_file = tmp_path / f"{svc}.yaml"

@@ -62,6 +62,11 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
+{{/* "true" when the region runs svc_media (region.spec.media.enabled), else empty. */}}
+{{- define "parley.mediaEnabled" -}}
+{{- with .Values.region.spec.media }}{{ if .enabled }}true{{ end }}{{ end }}
+{{- end }}
+
 {{/*
 PromQL label matcher that keeps alert and dashboard queries on this region's
 series only, however many regions one Prometheus (or Thanos) holds.
