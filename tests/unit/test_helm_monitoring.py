@@ -34,36 +34,9 @@ ALERTS = {
 }
 # Rendered only for a region that runs svc_media (eu does not).
 MEDIA_ALERTS = {"ParleyMediaGcLagHigh", "ParleyMediaObjectStoreDown"}
-# Series the rules and dashboards query that no service exports yet; the
-# observability work adds them (svc_message: delivery lag histogram; svc_keys:
-# bundles by whether a one-time prekey was left; every service: 0/1 gauges of
-# its last Redis and MongoDB check).
-# Metrics the chart may query before a service exports them: svc_media's
-# (the names it registers on the branch that builds it, svc_media/metrics.py;
-# once it is merged they drop out of `unknown`). The
-# live check is tests/integration/test_metrics_coverage.py.
-PENDING_METRICS: set[str] = {
-    "parley_media_uploads_started_total",
-    "parley_media_uploads_completed_total",
-    "parley_media_already_stored_total",
-    "parley_media_dedup_completions_total",
-    "parley_media_verification_failures_total",
-    "parley_media_references_reserved_total",
-    "parley_media_references_released_total",
-    "parley_media_sweeps_total",
-    "parley_media_sweep_failures_total",
-    "parley_media_sessions_expired_total",
-    "parley_media_uploaded_bytes_total",
-    "parley_media_download_granted_bytes_total",
-    "parley_media_objects",
-    "parley_media_stored_bytes",
-    "parley_media_references_per_object",
-    "parley_media_gc_lag_seconds",
-    "parley_media_orphans_collected_total",
-    "parley_media_quota_refusals_total",
-    "parley_media_restore_queue",
-    "parley_media_store_available",
-}
+# Metrics the chart may query before a service exports them (none now; the
+# live check is tests/integration/test_metrics_coverage.py).
+PENDING_METRICS: set[str] = set()
 SERVICE_PACKAGES = ("parley_core", "svc_keys", "svc_message", "svc_presence", "svc_media")
 
 
