@@ -20,15 +20,17 @@ from parley_sdk._messages import MessageMethods
 from parley_sdk._paging import Pager
 from parley_sdk._presence import PresenceMethods
 from parley_sdk._push import PushMethods
+from parley_sdk._search_client import SearchMethods
 from parley_sdk._secure import E2EE
-from parley_sdk._secure_client import SecureMethods
 from parley_sdk._session import CredentialsListener, NotSignedInError, Session
 from parley_sdk.credentials import Credentials
 from parley_sdk.e2ee import DeviceStore
 from parley_sdk.models import (
     Account,
     ConversationView,
+    DeleteScope,
     Device,
+    MessageDeleted,
     Platform,
     RegisteredDevice,
     StreamPosition,
@@ -114,7 +116,7 @@ def _platform(value: Platform) -> common_pb2.Platform.ValueType:
 
 
 class Client(
-    SecureMethods, ConversationMethods, MessageMethods, PresenceMethods, PushMethods, KeyMethods
+    SearchMethods, ConversationMethods, MessageMethods, PresenceMethods, PushMethods, KeyMethods
 ):
     """A connection to one Parley deployment, acting as one device.
 
@@ -136,7 +138,9 @@ class Client(
     Connected with a ``store``, it is end-to-end encrypted
     (:class:`SecureMethods`: :meth:`send_text`, :meth:`decrypt`,
     :meth:`read_history`), and its delivery stream decrypts messages and acts
-    on key notices before yielding them.
+    on key notices before yielding them. It also keeps a full-text index of
+    what it reads (:class:`SearchMethods`: :meth:`search`,
+    :meth:`backfill_search_index`).
     """
 
     @classmethod
@@ -471,3 +475,20 @@ class Client(
             # Not waiting for the stream: the next send must not reach them.
             self._e2ee.groups.on_departure(conversation_id, [account_id], from_notice=False)
         return view
+
+    async def delete_message(
+        self,
+        conversation_id: str,
+        message_id: str,
+        *,
+        scope: DeleteScope = DeleteScope.FOR_ME,
+        request_id: str | None = None,
+    ) -> MessageDeleted:
+        """As :meth:`MessageMethods.delete_message`; an encrypted client also takes
+        the message out of its search index."""
+        deletion = await super().delete_message(
+            conversation_id, message_id, scope=scope, request_id=request_id
+        )
+        if self._e2ee is not None:
+            self._e2ee.search.remove([message_id])
+        return deletion

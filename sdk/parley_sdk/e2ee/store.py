@@ -164,6 +164,12 @@ class DeviceStore:
     def close(self) -> None:
         self._db.close()
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The SQLite connection, for SDK parts that keep their own tables in the
+        device's file (the search index); write inside :meth:`transaction`."""
+        return self._db
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """All writes inside commit together; nested uses join the outer transaction."""
@@ -230,6 +236,11 @@ class DeviceStore:
             "SELECT content FROM plaintext WHERE message_id = ?", (message_id,)
         ).fetchone()
         return None if row is None else bytes(row[0])
+
+    def plaintext_conversations(self) -> set[str]:
+        """The conversations this device holds decrypted history of."""
+        rows = self._db.execute("SELECT DISTINCT conversation_id FROM plaintext").fetchall()
+        return {str(row[0]) for row in rows}
 
     # --- identity and prekeys (used by Crypto)
 

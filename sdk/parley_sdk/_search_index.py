@@ -1,0 +1,473 @@
+"""The device's full-text index of the messages it can read: SQLite FTS5 in its store.
+
+Two tables beside the encryption state. ``search_docs`` holds each indexed
+message (ids, seq, sender, time and its text, for results and snippets);
+``search_fts`` is a contentless FTS5 table over the terms
+:mod:`parley_sdk.search_text` makes of that text, plus one term naming the
+conversation (so a search inside one conversation is an index intersection,
+not a filter over every match). The text is folded in Python, so FTS5's own
+tokenizer only splits at the spaces between terms.
+
+A document's FTS rowid is its send time in microseconds times 1024 (plus a
+slot for messages sent in the same microsecond), so "newest first" is FTS5's
+native descending rowid order and a page stops after ``page_size`` matches
+however many messages match. An edit keeps its message's place.
+
+Deleting from a contentless table takes the exact terms it was indexed with;
+they are made again from the stored text, which is why the index records the
+:data:`parley_sdk.search_text.NORMALISER_VERSION` it was built with and is
+rebuilt from ``search_docs`` when that changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import sqlite3
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+from parley_sdk.e2ee import DeviceStore
+from parley_sdk.search_text import (
+    NORMALISER_VERSION,
+    Query,
+    QueryError,
+    document_terms,
+    highlight_spans,
+    parse_query,
+    snippet,
+)
+
+__all__ = [
+    "DEFAULT_SEARCH_PAGE_SIZE",
+    "MAX_SEARCH_PAGE_SIZE",
+    "IndexedMessage",
+    "SearchIndex",
+    "SearchPage",
+    "SearchResult",
+    "SearchUnavailableError",
+]
+
+DEFAULT_SEARCH_PAGE_SIZE = 20
+MAX_SEARCH_PAGE_SIZE = 100
+
+_SLOTS = 1024
+_MAX_DOC_ID = (1 << 63) - 1
+_VERSION_SETTING = "search.normaliser"
+_REBUILD_BATCH = 2000
+# Letters, digits and marks make terms; everything else (the spaces between
+# terms) separates them. Case and diacritics are already folded.
+_TOKENIZER = "unicode61 remove_diacritics 0 categories 'L* N* Co M*'"
+
+_TABLES = (
+    """CREATE TABLE IF NOT EXISTS search_docs (
+        doc_id INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL UNIQUE,
+        conversation_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        sender_account_id TEXT NOT NULL,
+        sender_device_id TEXT NOT NULL,
+        sent_at REAL NOT NULL,
+        text TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS search_docs_by_conversation ON search_docs (conversation_id, seq)",
+    """CREATE TABLE IF NOT EXISTS search_backfill (
+        conversation_id TEXT PRIMARY KEY,
+        done_seq INTEGER NOT NULL
+    )""",
+    "CREATE VIRTUAL TABLE IF NOT EXISTS search_fts USING fts5("
+    f"terms, scope, content='', columnsize=0, tokenize=\"{_TOKENIZER}\")",
+)
+
+_FOREIGN_TOKEN = "page_token is not a token this index issued"
+
+log = logging.getLogger(__name__)
+
+
+class SearchUnavailableError(RuntimeError):
+    """This Python's SQLite has no FTS5, so the device cannot keep a search index."""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedMessage:
+    """A message as the index takes it: where it is, who sent it when, its text."""
+
+    conversation_id: str
+    message_id: str
+    seq: int
+    sender_account_id: str
+    sender_device_id: str
+    sent_at: float
+    """Seconds since the epoch (the server's send time)."""
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    """One matching message.
+
+    ``snippet`` is about 80 characters of ``text`` around the first match, on
+    one line, matches wrapped in the search's ``marks``; ``highlights`` are the
+    matches as (start, end) offsets into ``text``, for drawing them yourself.
+    """
+
+    conversation_id: str
+    message_id: str
+    seq: int
+    sender_account_id: str
+    sender_device_id: str
+    sent_at: datetime
+    text: str
+    snippet: str
+    highlights: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    """A page of results, newest first; ``next_page_token`` is empty on the last."""
+
+    results: tuple[SearchResult, ...]
+    next_page_token: str
+
+
+def _scope(conversation_id: str) -> str:
+    # Hex keeps the term inside what the tokenizer calls a word.
+    return "c" + hashlib.blake2b(conversation_id.encode(), digest_size=8).hexdigest()
+
+
+def _fts_terms(text: str) -> str:
+    terms = document_terms(text)
+    return " ".join(terms.positional + terms.alternates)
+
+
+def _phrase(terms: Sequence[str], *, prefix: bool) -> str:
+    # Terms hold no double quotes (punctuation never makes a term).
+    return 'terms : "' + " ".join(terms) + '"' + (" *" if prefix else "")
+
+
+def _match_expression(parsed: Query, conversation_id: str | None) -> str:
+    clauses = [
+        "(" + " OR ".join(_phrase(a, prefix=term.prefix) for a in term.alternatives) + ")"
+        for term in parsed.terms
+    ]
+    if conversation_id:
+        clauses.append(f'scope : "{_scope(conversation_id)}"')
+    return " AND ".join(clauses)
+
+
+def _page_size(page_size: int | None) -> int:
+    if page_size is None or page_size == 0:
+        return DEFAULT_SEARCH_PAGE_SIZE
+    if page_size < 0:
+        raise QueryError("page_size must not be negative", field="page_size")
+    return min(page_size, MAX_SEARCH_PAGE_SIZE)
+
+
+def _query_key(query: str, conversation_id: str | None) -> str:
+    digest = hashlib.sha256(f"{query}\x00{conversation_id or ''}".encode()).digest()
+    return base64.urlsafe_b64encode(digest[:9]).decode()
+
+
+def _encode_token(key: str, before: int) -> str:
+    raw = json.dumps({"k": key, "b": before}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str, key: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        fields = json.loads(raw)
+        before = fields["b"]
+        same_query = fields["k"] == key
+    except (binascii.Error, ValueError, TypeError, KeyError):
+        raise QueryError(_FOREIGN_TOKEN, field="page_token") from None
+    if not same_query:
+        raise QueryError("page_token belongs to another query or conversation", field="page_token")
+    if not isinstance(before, int) or isinstance(before, bool):
+        raise QueryError(_FOREIGN_TOKEN, field="page_token")
+    return before
+
+
+class _Doc(NamedTuple):
+    doc_id: int
+    conversation_id: str
+    message_id: str
+    seq: int
+    sender_account_id: str
+    sender_device_id: str
+    sent_at: float
+    text: str
+
+
+class SearchIndex:
+    """The search index in one device store. Writes are idempotent: indexing a
+    message again with the same text changes nothing."""
+
+    def __init__(self, store: DeviceStore) -> None:
+        self._store = store
+        self._db = store.connection
+        self.unavailable_reason: str | None = None
+        try:
+            for statement in _TABLES:
+                self._db.execute(statement)
+        except sqlite3.OperationalError as error:
+            if "fts5" not in str(error).lower():
+                raise
+            self.unavailable_reason = (
+                f"this Python's SQLite ({sqlite3.sqlite_version}) was built without FTS5, "
+                "which the search index needs; use a Python whose sqlite3 module has it"
+            )
+            log.warning("search index disabled: %s", self.unavailable_reason)
+            return
+        if store.get_setting(_VERSION_SETTING) != NORMALISER_VERSION:
+            self.rebuild()
+
+    @property
+    def available(self) -> bool:
+        """Whether SQLite has FTS5; without it, indexing does nothing and
+        searching raises :class:`SearchUnavailableError`."""
+        return self.unavailable_reason is None
+
+    def _require(self) -> None:
+        if self.unavailable_reason is not None:
+            raise SearchUnavailableError(self.unavailable_reason)
+
+    # -- writing ----------------------------------------------------------------
+
+    def index(self, message: IndexedMessage) -> bool:
+        """Indexes the message, or its new text; returns whether anything changed."""
+        if not self.available:
+            return False
+        with self._store.transaction():
+            return self._put(message)
+
+    def remove(self, message_ids: Iterable[str]) -> int:
+        """Takes messages out of the index (deleted ones); returns how many were in it."""
+        if not self.available:
+            return 0
+        with self._store.transaction():
+            return sum(self._remove(message_id) for message_id in message_ids)
+
+    def erase_conversation(self, conversation_id: str) -> int:
+        """Takes every message of a conversation out of the index (its history
+        was erased on this device); returns how many. A later backfill does not
+        bring them back: the conversation's checkpoint stays."""
+        if not self.available:
+            return 0
+        rows = self._db.execute(
+            "SELECT message_id FROM search_docs WHERE conversation_id = ?", (conversation_id,)
+        ).fetchall()
+        return self.remove(str(row[0]) for row in rows)
+
+    def record_backfill(
+        self,
+        conversation_id: str,
+        messages: Sequence[IndexedMessage],
+        *,
+        listed: Collection[str],
+        after_seq: int,
+        through_seq: int,
+    ) -> int:
+        """One step of a backfill, in one transaction: indexes ``messages``, drops
+        indexed messages of the seqs after ``after_seq`` up to ``through_seq``
+        that the history no longer ``listed`` (deleted since), and moves the
+        conversation's checkpoint to ``through_seq``. Returns how many messages
+        were written."""
+        self._require()
+        with self._store.transaction():
+            written = sum(self._put(message) for message in messages)
+            rows = self._db.execute(
+                "SELECT message_id FROM search_docs WHERE conversation_id = ?"
+                " AND seq > ? AND seq <= ?",
+                (conversation_id, after_seq, through_seq),
+            ).fetchall()
+            for (message_id,) in rows:
+                if message_id not in listed:
+                    self._remove(str(message_id))
+            self._db.execute(
+                "INSERT INTO search_backfill (conversation_id, done_seq) VALUES (?, ?)"
+                " ON CONFLICT (conversation_id) DO UPDATE SET done_seq = excluded.done_seq",
+                (conversation_id, through_seq),
+            )
+        return written
+
+    def backfilled_through(self, conversation_id: str) -> int:
+        """The seq up to which a backfill has walked this conversation (0: not yet)."""
+        if not self.available:
+            return 0
+        row = self._db.execute(
+            "SELECT done_seq FROM search_backfill WHERE conversation_id = ?", (conversation_id,)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _put(self, message: IndexedMessage) -> bool:
+        row = self._db.execute(
+            "SELECT doc_id, conversation_id, text FROM search_docs WHERE message_id = ?",
+            (message.message_id,),
+        ).fetchone()
+        if row is not None:
+            doc_id, conversation_id, text = int(row[0]), str(row[1]), str(row[2])
+            if text == message.text and conversation_id == message.conversation_id:
+                return False
+            self._fts("delete", doc_id, conversation_id, text)
+            self._db.execute(
+                "UPDATE search_docs SET conversation_id = ?, seq = ?, text = ? WHERE doc_id = ?",
+                (message.conversation_id, message.seq, message.text, doc_id),
+            )
+        else:
+            doc_id = self._free_doc_id(message.sent_at)
+            self._db.execute(
+                "INSERT INTO search_docs (doc_id, message_id, conversation_id, seq,"
+                " sender_account_id, sender_device_id, sent_at, text)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    doc_id,
+                    message.message_id,
+                    message.conversation_id,
+                    message.seq,
+                    message.sender_account_id,
+                    message.sender_device_id,
+                    message.sent_at,
+                    message.text,
+                ),
+            )
+        self._fts("insert", doc_id, message.conversation_id, message.text)
+        return True
+
+    def _remove(self, message_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT doc_id, conversation_id, text FROM search_docs WHERE message_id = ?",
+            (message_id,),
+        ).fetchone()
+        if row is None:
+            return False
+        self._fts("delete", int(row[0]), str(row[1]), str(row[2]))
+        self._db.execute("DELETE FROM search_docs WHERE doc_id = ?", (row[0],))
+        return True
+
+    def _fts(self, command: str, doc_id: int, conversation_id: str, text: str) -> None:
+        values = (doc_id, _fts_terms(text), _scope(conversation_id))
+        if command == "delete":
+            self._db.execute(
+                "INSERT INTO search_fts (search_fts, rowid, terms, scope)"
+                " VALUES ('delete', ?, ?, ?)",
+                values,
+            )
+        else:
+            self._db.execute(
+                "INSERT INTO search_fts (rowid, terms, scope) VALUES (?, ?, ?)", values
+            )
+
+    def _free_doc_id(self, sent_at: float) -> int:
+        base = min(max(0, round(sent_at * 1_000_000)) * _SLOTS, _MAX_DOC_ID - _SLOTS)
+        row = self._db.execute(
+            "SELECT max(doc_id) FROM search_docs WHERE doc_id >= ? AND doc_id < ?",
+            (base, base + _SLOTS),
+        ).fetchone()
+        if row[0] is None:
+            return base
+        if int(row[0]) + 1 < base + _SLOTS:
+            return int(row[0]) + 1
+        # Over a thousand messages in one microsecond: the first free id after.
+        row = self._db.execute(
+            "SELECT d.doc_id + 1 FROM search_docs AS d WHERE d.doc_id >= ? AND NOT EXISTS"
+            " (SELECT 1 FROM search_docs AS e WHERE e.doc_id = d.doc_id + 1)"
+            " ORDER BY d.doc_id LIMIT 1",
+            (base,),
+        ).fetchone()
+        return int(row[0])
+
+    def rebuild(self) -> int:
+        """Indexes every stored message again under the current normaliser (done
+        by itself when the normaliser changed); returns how many."""
+        self._require()
+        count = 0
+        with self._store.transaction():
+            self._db.execute("INSERT INTO search_fts (search_fts) VALUES ('delete-all')")
+            cursor = self._db.execute("SELECT doc_id, conversation_id, text FROM search_docs")
+            while rows := cursor.fetchmany(_REBUILD_BATCH):
+                for doc_id, conversation_id, text in rows:
+                    self._fts("insert", int(doc_id), str(conversation_id), str(text))
+                count += len(rows)
+            self._db.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (_VERSION_SETTING, NORMALISER_VERSION),
+            )
+        return count
+
+    # -- reading ----------------------------------------------------------------
+
+    def count(self) -> int:
+        """How many messages the index holds."""
+        if not self.available:
+            return 0
+        return int(self._db.execute("SELECT count(*) FROM search_docs").fetchone()[0])
+
+    def search(
+        self,
+        query: str,
+        *,
+        conversation_id: str | None = None,
+        page_size: int | None = DEFAULT_SEARCH_PAGE_SIZE,
+        page_token: str | None = None,
+        marks: tuple[str, str] = ("[", "]"),
+    ) -> SearchPage:
+        """Messages matching ``query`` (see :func:`parley_sdk.search_text.parse_query`),
+        newest first, in pages of ``page_size`` (1-100; 0 or None: 20).
+
+        Raises :class:`parley_sdk.search_text.QueryError` (a ``ValueError``) for a
+        query without words, a negative page size, or a page token of another
+        query; :class:`SearchUnavailableError` without FTS5.
+        """
+        self._require()
+        size = _page_size(page_size)
+        parsed = parse_query(query)
+        expression = _match_expression(parsed, conversation_id)
+        key = _query_key(query, conversation_id)
+        parameters: list[object] = [expression]
+        sql = "SELECT rowid FROM search_fts WHERE search_fts MATCH ?"
+        if page_token:
+            sql += " AND rowid < ?"
+            parameters.append(_decode_token(page_token, key))
+        sql += " ORDER BY rowid DESC LIMIT ?"
+        parameters.append(size + 1)
+        doc_ids = [int(row[0]) for row in self._db.execute(sql, parameters)]
+        more = len(doc_ids) > size
+        doc_ids = doc_ids[:size]
+        results = []
+        for doc in self._docs(doc_ids):
+            if conversation_id and doc.conversation_id != conversation_id:
+                continue  # another conversation whose scope term collides
+            spans = highlight_spans(doc.text, parsed)
+            results.append(
+                SearchResult(
+                    conversation_id=doc.conversation_id,
+                    message_id=doc.message_id,
+                    seq=doc.seq,
+                    sender_account_id=doc.sender_account_id,
+                    sender_device_id=doc.sender_device_id,
+                    sent_at=datetime.fromtimestamp(doc.sent_at, UTC),
+                    text=doc.text,
+                    snippet=snippet(doc.text, spans, marks=marks),
+                    highlights=tuple(spans),
+                )
+            )
+        return SearchPage(tuple(results), _encode_token(key, doc_ids[-1]) if more else "")
+
+    def _docs(self, doc_ids: Sequence[int]) -> list[_Doc]:
+        if not doc_ids:
+            return []
+        placeholders = ", ".join("?" * len(doc_ids))
+        rows = self._db.execute(
+            f"SELECT doc_id, conversation_id, message_id, seq, sender_account_id, sender_device_id,"  # noqa: S608
+            f" sent_at, text FROM search_docs WHERE doc_id IN ({placeholders})",
+            doc_ids,
+        ).fetchall()
+        by_id = {int(row[0]): _Doc(*row) for row in rows}
+        return [by_id[doc_id] for doc_id in doc_ids if doc_id in by_id]
