@@ -1,17 +1,19 @@
 """The device's full-text index of the messages it can read: SQLite FTS5 in its store.
 
-Two tables beside the encryption state. ``search_docs`` holds each indexed
-message (ids, seq, sender, time and its text, for results and snippets);
-``search_fts`` is a contentless FTS5 table over the terms
+Tables beside the encryption state. ``search_docs`` holds each indexed
+message (its id, conversation, seq, sender and text, for results and
+snippets); ``search_fts`` is a contentless FTS5 table over the terms
 :mod:`parley_sdk.search_text` makes of that text, plus one term naming the
 conversation (so a search inside one conversation is an index intersection,
 not a filter over every match). The text is folded in Python, so FTS5's own
-tokenizer only splits at the spaces between terms.
+tokenizer only splits at the spaces between terms. Conversation and sender
+ids are stored once in ``search_names`` and message ids that are UUIDs as 16
+bytes: ids are most of what a short message costs.
 
-A document's FTS rowid is its send time in microseconds times 1024 (plus a
-slot for messages sent in the same microsecond), so "newest first" is FTS5's
-native descending rowid order and a page stops after ``page_size`` matches
-however many messages match. An edit keeps its message's place.
+A document's id (its FTS rowid) is its send time in microseconds times 1024
+(plus a slot for messages sent in the same microsecond), so "newest first" is
+FTS5's native descending rowid order and a page stops after ``page_size``
+matches however many messages match. An edit keeps its message's place.
 
 Deleting from a contentless table takes the exact terms it was indexed with;
 they are made again from the stored text, which is why the index records the
@@ -21,27 +23,29 @@ rebuilt from ``search_docs`` when that changes.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import json
 import logging
 import sqlite3
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from parley_sdk.e2ee import DeviceStore
-from parley_sdk.search_text import (
-    NORMALISER_VERSION,
-    Query,
-    QueryError,
-    document_terms,
-    highlight_spans,
-    parse_query,
-    snippet,
+from parley_sdk._search_query import (
+    DEFAULT_SEARCH_PAGE_SIZE,
+    MAX_SEARCH_PAGE_SIZE,
+    clamp_page_size,
+    decode_page_token,
+    encode_page_token,
+    fts_terms,
+    match_expression,
+    message_id_of,
+    message_key,
+    query_key,
+    scope_term,
 )
+from parley_sdk.e2ee import DeviceStore
+from parley_sdk.search_text import NORMALISER_VERSION, highlight_spans, parse_query, snippet
 
 __all__ = [
     "DEFAULT_SEARCH_PAGE_SIZE",
@@ -53,9 +57,6 @@ __all__ = [
     "SearchUnavailableError",
 ]
 
-DEFAULT_SEARCH_PAGE_SIZE = 20
-MAX_SEARCH_PAGE_SIZE = 100
-
 _SLOTS = 1024
 _MAX_DOC_ID = (1 << 63) - 1
 _VERSION_SETTING = "search.normaliser"
@@ -65,17 +66,21 @@ _REBUILD_BATCH = 2000
 _TOKENIZER = "unicode61 remove_diacritics 0 categories 'L* N* Co M*'"
 
 _TABLES = (
+    """CREATE TABLE IF NOT EXISTS search_names (
+        name_id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE
+    )""",
+    # message_key has no type: a UUID's 16 bytes, or another id's text.
     """CREATE TABLE IF NOT EXISTS search_docs (
         doc_id INTEGER PRIMARY KEY,
-        message_id TEXT NOT NULL UNIQUE,
-        conversation_id TEXT NOT NULL,
+        message_key NOT NULL UNIQUE,
+        conversation INTEGER NOT NULL,
         seq INTEGER NOT NULL,
-        sender_account_id TEXT NOT NULL,
-        sender_device_id TEXT NOT NULL,
-        sent_at REAL NOT NULL,
+        sender_account INTEGER NOT NULL,
+        sender_device INTEGER NOT NULL,
         text TEXT NOT NULL
     )""",
-    "CREATE INDEX IF NOT EXISTS search_docs_by_conversation ON search_docs (conversation_id, seq)",
+    "CREATE INDEX IF NOT EXISTS search_docs_by_conversation ON search_docs (conversation, seq)",
     """CREATE TABLE IF NOT EXISTS search_backfill (
         conversation_id TEXT PRIMARY KEY,
         done_seq INTEGER NOT NULL
@@ -83,8 +88,6 @@ _TABLES = (
     "CREATE VIRTUAL TABLE IF NOT EXISTS search_fts USING fts5("
     f"terms, scope, content='', columnsize=0, tokenize=\"{_TOKENIZER}\")",
 )
-
-_FOREIGN_TOKEN = "page_token is not a token this index issued"
 
 log = logging.getLogger(__name__)
 
@@ -135,73 +138,24 @@ class SearchPage:
     next_page_token: str
 
 
-def _scope(conversation_id: str) -> str:
-    # Hex keeps the term inside what the tokenizer calls a word.
-    return "c" + hashlib.blake2b(conversation_id.encode(), digest_size=8).hexdigest()
-
-
-def _fts_terms(text: str) -> str:
-    terms = document_terms(text)
-    return " ".join(terms.positional + terms.alternates)
-
-
-def _phrase(terms: Sequence[str], *, prefix: bool) -> str:
-    # Terms hold no double quotes (punctuation never makes a term).
-    return 'terms : "' + " ".join(terms) + '"' + (" *" if prefix else "")
-
-
-def _match_expression(parsed: Query, conversation_id: str | None) -> str:
-    clauses = [
-        "(" + " OR ".join(_phrase(a, prefix=term.prefix) for a in term.alternatives) + ")"
-        for term in parsed.terms
-    ]
-    if conversation_id:
-        clauses.append(f'scope : "{_scope(conversation_id)}"')
-    return " AND ".join(clauses)
-
-
-def _page_size(page_size: int | None) -> int:
-    if page_size is None or page_size == 0:
-        return DEFAULT_SEARCH_PAGE_SIZE
-    if page_size < 0:
-        raise QueryError("page_size must not be negative", field="page_size")
-    return min(page_size, MAX_SEARCH_PAGE_SIZE)
-
-
-def _query_key(query: str, conversation_id: str | None) -> str:
-    digest = hashlib.sha256(f"{query}\x00{conversation_id or ''}".encode()).digest()
-    return base64.urlsafe_b64encode(digest[:9]).decode()
-
-
-def _encode_token(key: str, before: int) -> str:
-    raw = json.dumps({"k": key, "b": before}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_token(token: str, key: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        fields = json.loads(raw)
-        before = fields["b"]
-        same_query = fields["k"] == key
-    except (binascii.Error, ValueError, TypeError, KeyError):
-        raise QueryError(_FOREIGN_TOKEN, field="page_token") from None
-    if not same_query:
-        raise QueryError("page_token belongs to another query or conversation", field="page_token")
-    if not isinstance(before, int) or isinstance(before, bool):
-        raise QueryError(_FOREIGN_TOKEN, field="page_token")
-    return before
-
-
-class _Doc(NamedTuple):
+class _Stored(NamedTuple):
     doc_id: int
-    conversation_id: str
-    message_id: str
-    seq: int
-    sender_account_id: str
-    sender_device_id: str
-    sent_at: float
+    conversation: int
     text: str
+
+
+class _Row(NamedTuple):
+    doc_id: int
+    message_key: bytes | str
+    conversation: int
+    seq: int
+    sender_account: int
+    sender_device: int
+    text: str
+
+
+def _sent_at(doc_id: int) -> datetime:
+    return datetime.fromtimestamp(doc_id // _SLOTS / 1_000_000, UTC)
 
 
 class SearchIndex:
@@ -211,6 +165,9 @@ class SearchIndex:
     def __init__(self, store: DeviceStore) -> None:
         self._store = store
         self._db = store.connection
+        # Conversation and sender ids are few and never change their number.
+        self._name_ids: dict[str, int] = {}
+        self._names: dict[int, str] = {}
         self.unavailable_reason: str | None = None
         try:
             for statement in _TABLES:
@@ -243,15 +200,15 @@ class SearchIndex:
         """Indexes the message, or its new text; returns whether anything changed."""
         if not self.available:
             return False
-        with self._store.transaction():
+        with self._writing():
             return self._put(message)
 
     def remove(self, message_ids: Iterable[str]) -> int:
         """Takes messages out of the index (deleted ones); returns how many were in it."""
         if not self.available:
             return 0
-        with self._store.transaction():
-            return sum(self._remove(message_id) for message_id in message_ids)
+        with self._writing():
+            return sum(self._remove(message_key(message_id)) for message_id in message_ids)
 
     def erase_conversation(self, conversation_id: str) -> int:
         """Takes every message of a conversation out of the index (its history
@@ -259,10 +216,12 @@ class SearchIndex:
         bring them back: the conversation's checkpoint stays."""
         if not self.available:
             return 0
-        rows = self._db.execute(
-            "SELECT message_id FROM search_docs WHERE conversation_id = ?", (conversation_id,)
-        ).fetchall()
-        return self.remove(str(row[0]) for row in rows)
+        conversation = self._name_id(conversation_id, create=False)
+        with self._writing():
+            rows = self._db.execute(
+                "SELECT message_key FROM search_docs WHERE conversation = ?", (conversation,)
+            ).fetchall()
+            return sum(self._remove(row[0]) for row in rows)
 
     def record_backfill(
         self,
@@ -279,16 +238,18 @@ class SearchIndex:
         conversation's checkpoint to ``through_seq``. Returns how many messages
         were written."""
         self._require()
-        with self._store.transaction():
+        with self._writing():
             written = sum(self._put(message) for message in messages)
+            conversation = self._name_id(conversation_id, create=False)
             rows = self._db.execute(
-                "SELECT message_id FROM search_docs WHERE conversation_id = ?"
+                "SELECT message_key FROM search_docs WHERE conversation = ?"
                 " AND seq > ? AND seq <= ?",
-                (conversation_id, after_seq, through_seq),
+                (conversation, after_seq, through_seq),
             ).fetchall()
-            for (message_id,) in rows:
-                if message_id not in listed:
-                    self._remove(str(message_id))
+            kept = {message_key(message_id) for message_id in listed}
+            for (key,) in rows:
+                if key not in kept:
+                    self._remove(key)
             self._db.execute(
                 "INSERT INTO search_backfill (conversation_id, done_seq) VALUES (?, ?)"
                 " ON CONFLICT (conversation_id) DO UPDATE SET done_seq = excluded.done_seq",
@@ -305,53 +266,90 @@ class SearchIndex:
         ).fetchone()
         return 0 if row is None else int(row[0])
 
-    def _put(self, message: IndexedMessage) -> bool:
+    def _name_id(self, name: str, *, create: bool = True) -> int:
+        """The number standing for a conversation or sender id (-1: none yet)."""
+        known = self._name_ids.get(name)
+        if known is not None:
+            return known
         row = self._db.execute(
-            "SELECT doc_id, conversation_id, text FROM search_docs WHERE message_id = ?",
-            (message.message_id,),
+            "SELECT name_id FROM search_names WHERE name = ?", (name,)
         ).fetchone()
-        if row is not None:
-            doc_id, conversation_id, text = int(row[0]), str(row[1]), str(row[2])
-            if text == message.text and conversation_id == message.conversation_id:
+        if row is None:
+            if not create:
+                return -1
+            cursor = self._db.execute("INSERT INTO search_names (name) VALUES (?)", (name,))
+            assert cursor.lastrowid is not None
+            row = (cursor.lastrowid,)
+        self._name_ids[name] = int(row[0])
+        return int(row[0])
+
+    def _name(self, name_id: int) -> str:
+        known = self._names.get(name_id)
+        if known is None:
+            row = self._db.execute(
+                "SELECT name FROM search_names WHERE name_id = ?", (name_id,)
+            ).fetchone()
+            known = self._names[name_id] = str(row[0])
+        return known
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            with self._store.transaction():
+                yield
+        except BaseException:
+            # A rolled-back write may have numbered new names: forget them.
+            self._name_ids.clear()
+            self._names.clear()
+            raise
+
+    def _stored(self, key: bytes | str) -> _Stored | None:
+        row = self._db.execute(
+            "SELECT doc_id, conversation, text FROM search_docs WHERE message_key = ?", (key,)
+        ).fetchone()
+        return None if row is None else _Stored(int(row[0]), int(row[1]), str(row[2]))
+
+    def _put(self, message: IndexedMessage) -> bool:
+        key = message_key(message.message_id)
+        conversation = self._name_id(message.conversation_id)
+        stored = self._stored(key)
+        if stored is not None:
+            if stored.text == message.text and stored.conversation == conversation:
                 return False
-            self._fts("delete", doc_id, conversation_id, text)
+            doc_id = stored.doc_id
+            self._fts("delete", doc_id, self._name(stored.conversation), stored.text)
             self._db.execute(
-                "UPDATE search_docs SET conversation_id = ?, seq = ?, text = ? WHERE doc_id = ?",
-                (message.conversation_id, message.seq, message.text, doc_id),
+                "UPDATE search_docs SET conversation = ?, seq = ?, text = ? WHERE doc_id = ?",
+                (conversation, message.seq, message.text, doc_id),
             )
         else:
             doc_id = self._free_doc_id(message.sent_at)
             self._db.execute(
-                "INSERT INTO search_docs (doc_id, message_id, conversation_id, seq,"
-                " sender_account_id, sender_device_id, sent_at, text)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO search_docs (doc_id, message_key, conversation, seq,"
+                " sender_account, sender_device, text) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     doc_id,
-                    message.message_id,
-                    message.conversation_id,
+                    key,
+                    conversation,
                     message.seq,
-                    message.sender_account_id,
-                    message.sender_device_id,
-                    message.sent_at,
+                    self._name_id(message.sender_account_id),
+                    self._name_id(message.sender_device_id),
                     message.text,
                 ),
             )
         self._fts("insert", doc_id, message.conversation_id, message.text)
         return True
 
-    def _remove(self, message_id: str) -> bool:
-        row = self._db.execute(
-            "SELECT doc_id, conversation_id, text FROM search_docs WHERE message_id = ?",
-            (message_id,),
-        ).fetchone()
-        if row is None:
+    def _remove(self, key: bytes | str) -> bool:
+        stored = self._stored(key)
+        if stored is None:
             return False
-        self._fts("delete", int(row[0]), str(row[1]), str(row[2]))
-        self._db.execute("DELETE FROM search_docs WHERE doc_id = ?", (row[0],))
+        self._fts("delete", stored.doc_id, self._name(stored.conversation), stored.text)
+        self._db.execute("DELETE FROM search_docs WHERE doc_id = ?", (stored.doc_id,))
         return True
 
     def _fts(self, command: str, doc_id: int, conversation_id: str, text: str) -> None:
-        values = (doc_id, _fts_terms(text), _scope(conversation_id))
+        values = (doc_id, fts_terms(text), scope_term(conversation_id))
         if command == "delete":
             self._db.execute(
                 "INSERT INTO search_fts (search_fts, rowid, terms, scope)"
@@ -387,9 +385,12 @@ class SearchIndex:
         by itself when the normaliser changed); returns how many."""
         self._require()
         count = 0
-        with self._store.transaction():
+        with self._writing():
             self._db.execute("INSERT INTO search_fts (search_fts) VALUES ('delete-all')")
-            cursor = self._db.execute("SELECT doc_id, conversation_id, text FROM search_docs")
+            cursor = self._db.execute(
+                "SELECT d.doc_id, n.name, d.text FROM search_docs AS d"
+                " JOIN search_names AS n ON n.name_id = d.conversation"
+            )
             while rows := cursor.fetchmany(_REBUILD_BATCH):
                 for doc_id, conversation_id, text in rows:
                     self._fts("insert", int(doc_id), str(conversation_id), str(text))
@@ -426,48 +427,48 @@ class SearchIndex:
         query; :class:`SearchUnavailableError` without FTS5.
         """
         self._require()
-        size = _page_size(page_size)
+        size = clamp_page_size(page_size)
         parsed = parse_query(query)
-        expression = _match_expression(parsed, conversation_id)
-        key = _query_key(query, conversation_id)
-        parameters: list[object] = [expression]
+        key = query_key(query, conversation_id)
+        parameters: list[object] = [match_expression(parsed, conversation_id)]
         sql = "SELECT rowid FROM search_fts WHERE search_fts MATCH ?"
         if page_token:
             sql += " AND rowid < ?"
-            parameters.append(_decode_token(page_token, key))
+            parameters.append(decode_page_token(page_token, key))
         sql += " ORDER BY rowid DESC LIMIT ?"
         parameters.append(size + 1)
         doc_ids = [int(row[0]) for row in self._db.execute(sql, parameters)]
         more = len(doc_ids) > size
         doc_ids = doc_ids[:size]
         results = []
-        for doc in self._docs(doc_ids):
-            if conversation_id and doc.conversation_id != conversation_id:
+        for row in self._rows(doc_ids):
+            doc_id, key_value, conversation, seq, account, device, text = row
+            if conversation_id and self._name(conversation) != conversation_id:
                 continue  # another conversation whose scope term collides
-            spans = highlight_spans(doc.text, parsed)
+            spans = highlight_spans(text, parsed)
             results.append(
                 SearchResult(
-                    conversation_id=doc.conversation_id,
-                    message_id=doc.message_id,
-                    seq=doc.seq,
-                    sender_account_id=doc.sender_account_id,
-                    sender_device_id=doc.sender_device_id,
-                    sent_at=datetime.fromtimestamp(doc.sent_at, UTC),
-                    text=doc.text,
-                    snippet=snippet(doc.text, spans, marks=marks),
+                    conversation_id=self._name(conversation),
+                    message_id=message_id_of(key_value),
+                    seq=seq,
+                    sender_account_id=self._name(account),
+                    sender_device_id=self._name(device),
+                    sent_at=_sent_at(doc_id),
+                    text=text,
+                    snippet=snippet(text, spans, marks=marks),
                     highlights=tuple(spans),
                 )
             )
-        return SearchPage(tuple(results), _encode_token(key, doc_ids[-1]) if more else "")
+        return SearchPage(tuple(results), encode_page_token(key, doc_ids[-1]) if more else "")
 
-    def _docs(self, doc_ids: Sequence[int]) -> list[_Doc]:
+    def _rows(self, doc_ids: Sequence[int]) -> list[_Row]:
         if not doc_ids:
             return []
         placeholders = ", ".join("?" * len(doc_ids))
         rows = self._db.execute(
-            f"SELECT doc_id, conversation_id, message_id, seq, sender_account_id, sender_device_id,"  # noqa: S608
-            f" sent_at, text FROM search_docs WHERE doc_id IN ({placeholders})",
+            f"SELECT doc_id, message_key, conversation, seq, sender_account, sender_device, text"  # noqa: S608
+            f" FROM search_docs WHERE doc_id IN ({placeholders})",
             doc_ids,
         ).fetchall()
-        by_id = {int(row[0]): _Doc(*row) for row in rows}
+        by_id = {int(row[0]): _Row(*row) for row in rows}
         return [by_id[doc_id] for doc_id in doc_ids if doc_id in by_id]

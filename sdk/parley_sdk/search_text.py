@@ -31,6 +31,7 @@ The rules:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import unicodedata
@@ -67,6 +68,10 @@ MAX_QUERY_TERMS = 16
 
 _APOSTROPHES = frozenset("'\u2019\u02bc")
 _APOSTROPHE_SPLIT = re.compile("['\u2019\u02bc]+")
+# Whitespace always separates words, and ASCII words need no per-character look.
+_CHUNK = re.compile(r"\S+")
+_SPACE = re.compile(r"\s")
+_ASCII_WORD = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z0-9]+)*")
 # Kana voicing marks are meaning, not decoration: kept when marks are dropped.
 _KEPT_MARKS = frozenset("\u3099\u309a")
 # Letters NFKD leaves whole that readers treat as the base letter.
@@ -205,8 +210,9 @@ def _cut(token: str) -> str:
     return token[:MAX_TOKEN_CHARS]
 
 
-def _word(text: str, start: int, end: int) -> Word | None:
-    written = text[start:end]
+@functools.lru_cache(maxsize=32_768)
+def _forms(written: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """A written word's parts and alternates (chat words repeat: cached)."""
     parts = tuple(_cut(p) for p in _APOSTROPHE_SPLIT.split(fold(written)) if p)
     if not parts:
         return None
@@ -217,15 +223,24 @@ def _word(text: str, start: int, end: int) -> Word | None:
     if lowered.translate(_UMLAUTS) != lowered:
         spelled = _cut("".join(_APOSTROPHE_SPLIT.split(fold(lowered.translate(_UMLAUTS)))))
         alternates.append(spelled)
-    kept = tuple(a for a in dict.fromkeys(alternates) if a not in parts)
-    return Word(start, end, parts, kept)
+    return parts, tuple(a for a in dict.fromkeys(alternates) if a not in parts)
+
+
+def _word(text: str, start: int, end: int) -> Word | None:
+    forms = _forms(text[start:end])
+    return None if forms is None else Word(start, end, *forms)
+
+
+@functools.lru_cache(maxsize=16_384)
+def _fold_char(char: str) -> str:
+    return fold(char)
 
 
 def _run(text: str, start: int, end: int) -> Run | None:
     chars: list[str] = []
     spans: list[tuple[int, int]] = []
     for index in range(start, end):
-        folded = fold(text[index])
+        folded = _fold_char(text[index])
         if not folded:
             continue
         if chars and all(unicodedata.category(c).startswith("M") for c in folded):
@@ -242,23 +257,35 @@ def _run(text: str, start: int, end: int) -> Run | None:
 
 def segment(text: str) -> Iterator[Word | Run]:
     """The words and unspaced runs of ``text``, in order."""
-    length = len(text)
-    index = 0
-    while index < length:
+    for chunk in _CHUNK.finditer(text):
+        start, end = chunk.span()
+        if chunk.group().isascii():
+            # Most chat words: letters and digits, maybe an apostrophe inside.
+            for match in _ASCII_WORD.finditer(text, start, end):
+                word = _word(text, match.start(), match.end())
+                if word is not None:
+                    yield word
+        else:
+            yield from _segment_chunk(text, start, end)
+
+
+def _segment_chunk(text: str, start: int, end: int) -> Iterator[Word | Run]:
+    index = start
+    while index < end:
         if not _starts_word(text[index]):
             index += 1
             continue
-        end = index + 1
-        while end < length:
-            char = text[end]
+        stop = index + 1
+        while stop < end:
+            char = text[stop]
             inner_apostrophe = (
-                char in _APOSTROPHES and end + 1 < length and _starts_word(text[end + 1])
+                char in _APOSTROPHES and stop + 1 < end and _starts_word(text[stop + 1])
             )
             if not (_continues_word(char) or inner_apostrophe):
                 break
-            end += 1
-        yield from _split_scripts(text, index, end)
-        index = end
+            stop += 1
+        yield from _split_scripts(text, index, stop)
+        index = stop
 
 
 def _split_scripts(text: str, start: int, end: int) -> Iterator[Word | Run]:
@@ -441,7 +468,7 @@ def snippet(
     line, matches wrapped in ``marks``; cut at spaces where one is near, with
     ``ellipsis`` where cut."""
     # Same length, so the spans still point at the same characters.
-    flat = "".join(" " if c.isspace() else c for c in text)
+    flat = _SPACE.sub(" ", text)
     first_start, first_end = spans[0] if spans else (0, 0)
     start = max(0, first_start - width // 3)
     end = min(len(flat), start + width)

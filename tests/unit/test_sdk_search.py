@@ -237,10 +237,10 @@ async def test_an_interrupted_backfill_resumes_without_repeats(tmp_path: Path) -
     ids = await history(server, alice, bob)
     forget_index(bob)
     db = bob.store.connection
-    db.execute("CREATE TABLE writes (message_id TEXT NOT NULL)")
+    db.execute("CREATE TABLE writes (message_key NOT NULL)")
     db.execute(
         "CREATE TRIGGER count_writes AFTER INSERT ON search_docs"
-        " BEGIN INSERT INTO writes VALUES (new.message_id); END"
+        " BEGIN INSERT INTO writes VALUES (new.message_key); END"
     )
 
     killed_at: list[int] = []
@@ -267,7 +267,7 @@ async def test_an_interrupted_backfill_resumes_without_repeats(tmp_path: Path) -
     assert report.indexed == 19 - partial
     # It resumed after the last committed page.
     assert seen[0] == (0, 20 - killed_at[0])
-    writes = [row[0] for row in reopened.store.connection.execute("SELECT message_id FROM writes")]
+    writes = [row[0] for row in reopened.store.connection.execute("SELECT message_key FROM writes")]
     assert len(writes) == len(set(writes)) == 19
     assert len(found(reopened, "北京", ids["channel"])) == 11
     reopened.close()

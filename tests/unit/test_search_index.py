@@ -5,6 +5,7 @@ deletes, erasure, backfill steps, a normaliser change, and SQLite without FTS5."
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -284,3 +285,38 @@ def test_without_fts5_indexing_is_off_and_search_says_why(
     with pytest.raises(SearchUnavailableError, match="without FTS5"):
         index.search("words")
     store.close()
+
+
+def test_ids_come_back_as_they_were_given(index: SearchIndex) -> None:
+    canonical, upper, other = str(uuid.uuid4()), str(uuid.uuid4()).upper(), "msg-7"
+    conversation, account = str(uuid.uuid4()), str(uuid.uuid4())
+    for number, message_id in enumerate((canonical, upper, other), start=1):
+        index.index(
+            IndexedMessage(conversation, message_id, number, account, "d1", BASE + number, "hi")
+        )
+    results = index.search("hi", conversation_id=conversation).results
+    assert [r.message_id for r in results] == [other, upper, canonical]
+    assert {(r.conversation_id, r.sender_account_id) for r in results} == {(conversation, account)}
+    # A canonical UUID takes 16 bytes; other spellings stay text (and never collide).
+    kinds = index._db.execute("SELECT typeof(message_key) FROM search_docs ORDER BY seq")
+    assert [row[0] for row in kinds] == ["blob", "text", "text"]
+    assert index.remove([canonical.upper()]) == 0
+    assert index.remove([canonical]) == 1
+
+
+def test_a_failed_write_leaves_no_half_message(
+    index: SearchIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = SearchIndex._fts
+
+    def failing(self: SearchIndex, command: str, *args: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(SearchIndex, "_fts", failing)
+    with pytest.raises(sqlite3.OperationalError):
+        index.index(message(1, "lost", conversation="new-conversation"))
+    monkeypatch.setattr(SearchIndex, "_fts", real)
+    assert index.count() == 0
+    index.index(message(2, "kept", conversation="new-conversation"))
+    [result] = index.search("kept").results
+    assert result.conversation_id == "new-conversation"
