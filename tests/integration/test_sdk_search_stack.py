@@ -16,8 +16,8 @@ import pytest
 from parley_dev.stack import LocalStack
 from parley_sdk import Client, DeleteScope, DeviceStore, SearchIndex
 from tests.helpers import wait_until
-from tests.integration.test_sdk_cli import read_until
-from tests.sdk_e2ee_inbox import WAIT, connect, listening, new_user
+from tests.integration.test_sdk_cli import read_until, run_cli
+from tests.sdk_e2ee_inbox import WAIT, connect, listening, new_user, unique
 
 
 async def texts(client: Client, query: str, conversation_id: str | None = None) -> list[str]:
@@ -186,3 +186,33 @@ async def test_a_killed_backfill_resumes_and_writes_each_message_once(
         assert len(await texts(again, "direct", chat_id)) == 5
         report = await again.backfill_search_index()
         assert (report.total, report.indexed) == (0, 0)
+
+
+@pytest.mark.slow
+async def test_the_cli_searches_its_profile(stack: LocalStack, tmp_path: Path) -> None:
+    home = tmp_path / "parley-home"
+    targets = ["--keys-target", stack.keys_target, "--message-target", stack.message_targets[0]]
+    ann, ben = unique("sann"), unique("sben")
+    for profile, handle in (("a", ann), ("b", ben)):
+        code, _, err = await run_cli(home, "signup", handle, "--profile", profile, *targets)
+        assert code == 0, err
+    code, _, err = await run_cli(home, "send", f"@{ben}", "l'arbre", "du", "Café", "--profile", "a")
+    assert code == 0, err
+
+    # The sender indexed what it sent.
+    code, out, err = await run_cli(home, "search", "cafe", "--profile", "a")
+    assert code == 0, err
+    [line] = out.splitlines()
+    assert line.endswith(f"@{ann}: l'arbre du [Café]"), line
+    # The reader has not read it yet: a backfill reads and indexes it.
+    code, out, _ = await run_cli(home, "search", "arbre", "--profile", "b")
+    assert out.strip() == "(no matches)"
+    code, out, err = await run_cli(
+        home, "search", "arbre", "--conversation", f"@{ann}", "--backfill", "--profile", "b"
+    )
+    assert code == 0, err
+    assert out.strip().endswith(f"@{ann}: [l'arbre] du Café"), out
+    assert "indexing history:" in err
+    code, _, err = await run_cli(home, "search", "🍕", "--profile", "b")
+    assert code == 2
+    assert "no words" in err
