@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -268,6 +271,12 @@ def run(*, messages: int, queries: int = 600, seed: int = 18, directory: Path) -
     store.close()
     p99 = _percentile(every, 0.99)
     return {
+        "environment": {
+            "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version,
+            "cpus": os.cpu_count(),
+            "load_average_1m": round(os.getloadavg()[0], 2),
+        },
         "messages": total,
         "index_msgs_per_s": round(messages / index_seconds),
         "index_live_msgs_per_s": round(live_sample / live_seconds),
