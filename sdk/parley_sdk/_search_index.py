@@ -200,6 +200,14 @@ class SearchIndex:
         """Indexes the message, or its new text; returns whether anything changed."""
         if not self.available:
             return False
+        stored = self._stored(message_key(message.message_id))
+        # Read again (history, a replayed stream): no write lock, no commit.
+        if (
+            stored is not None
+            and stored.text == message.text
+            and self._name(stored.conversation) == message.conversation_id
+        ):
+            return False
         with self._writing():
             return self._put(message)
 
@@ -207,8 +215,11 @@ class SearchIndex:
         """Takes messages out of the index (deleted ones); returns how many were in it."""
         if not self.available:
             return 0
+        keys = [message_key(message_id) for message_id in message_ids]
+        if not any(self._stored(key) is not None for key in keys):
+            return 0
         with self._writing():
-            return sum(self._remove(message_key(message_id)) for message_id in message_ids)
+            return sum(self._remove(key) for key in keys)
 
     def erase_conversation(self, conversation_id: str) -> int:
         """Takes every message of a conversation out of the index (its history

@@ -43,8 +43,9 @@ def fts_terms(text: str) -> str:
 
 
 def _phrase(terms: Sequence[str], *, prefix: bool) -> str:
-    # Terms hold no double quotes (punctuation never makes a term).
-    return 'terms : "' + " ".join(terms) + '"' + (" *" if prefix else "")
+    # Punctuation never makes a term, but a quote inside must not end the string.
+    quoted = " ".join(terms).replace('"', '""')
+    return f'terms : "{quoted}"' + (" *" if prefix else "")
 
 
 def match_expression(parsed: Query, conversation_id: str | None) -> str:

@@ -387,7 +387,7 @@ class E2EE:
         reads goes into the search index; a message deleted for everyone leaves it."""
         decrypted = await self.decrypt_unindexed(message)
         if message.deleted:
-            self._unindex([message.message_id])
+            self.unindex([message.message_id])
         elif decrypted.text is not None:
             self._index(message, decrypted.text)
         return decrypted
@@ -448,7 +448,8 @@ class E2EE:
         except sqlite3.Error as error:
             log.warning("could not index message %s: %s", message.message_id, error)
 
-    def _unindex(self, message_ids: Sequence[str]) -> None:
+    def unindex(self, message_ids: Sequence[str]) -> None:
+        """Takes messages out of the search index; a failure is logged, not raised."""
         try:
             self.search.remove(message_ids)
         except sqlite3.Error as error:
@@ -503,7 +504,7 @@ class E2EE:
             return await self._prepare_edit(event)
         if isinstance(event, MessageDeletedEvent):
             # For everyone, or for this account on another of its devices.
-            self._unindex([event.deletion.message_id])
+            self.unindex([event.deletion.message_id])
         if isinstance(event, SystemMessageEvent):
             self.groups.on_system_message(event)
         elif isinstance(event, KeyNoticeEvent):

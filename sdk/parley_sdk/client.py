@@ -490,5 +490,5 @@ class Client(
             conversation_id, message_id, scope=scope, request_id=request_id
         )
         if self._e2ee is not None:
-            self._e2ee.search.remove([message_id])
+            self._e2ee.unindex([message_id])
         return deletion

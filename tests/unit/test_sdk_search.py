@@ -15,11 +15,13 @@ from parley_sdk import (
     MessageDeletedEvent,
     MessageEditedEvent,
     MessageEvent,
+    NotEncryptedError,
     SearchIndex,
 )
 from parley_sdk._search_backfill import backfill
 from parley_sdk._secure import E2EE
 from tests.sdk_search_fakes import SearchFakeServer, online
+from tests.unit.test_sdk_sender_key_calls import key_client
 
 DIRECT = pb.CONVERSATION_TYPE_DIRECT
 GROUP = pb.CONVERSATION_TYPE_GROUP
@@ -288,3 +290,28 @@ async def test_a_backfill_drops_what_was_deleted_meanwhile() -> None:
     await backfill(bob._client, bob, progress=None, page_size=2)  # type: ignore[arg-type]
     assert found(bob, "deleted") == []
     assert found(bob, "still") == ["still here"]
+
+
+async def test_search_needs_a_store() -> None:
+    client, _ = key_client()
+    async with client:
+        with pytest.raises(NotEncryptedError):
+            await client.search("hello")
+        with pytest.raises(NotEncryptedError):
+            await client.backfill_search_index()
+        with pytest.raises(NotEncryptedError):
+            _ = client.search_index
+
+
+async def test_reading_again_takes_no_write_lock() -> None:
+    server = SearchFakeServer()
+    alice = await online(server, "alice", "a1")
+    bob = await online(server, "bob", "b1")
+    cid = server.conversation(GROUP, ["alice", "bob"])
+    sent = await say(alice, cid, "read twice")
+    await bob.decrypt(sent)
+    statements: list[str] = []
+    bob.store.connection.set_trace_callback(statements.append)
+    await bob.decrypt(sent)
+    bob.store.connection.set_trace_callback(None)
+    assert not [s for s in statements if s.startswith(("BEGIN", "INSERT", "UPDATE", "DELETE"))]
