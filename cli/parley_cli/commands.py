@@ -34,6 +34,7 @@ from parley_cli.output import Directory, emit, format_message, format_view, loca
 from parley_cli.presence import register_presence_commands
 from parley_cli.profiles import Profile, ProfileError, ProfileStore, discard_store
 from parley_cli.push import register_push_commands
+from parley_cli.search import register_search_commands
 from parley_cli.targets import Targets
 from parley_sdk import (
     ArchiveFilter,
@@ -113,6 +114,7 @@ def register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     register_message_commands(commands)
     register_presence_commands(commands)
     register_push_commands(commands)
+    register_search_commands(commands)
 
 
 async def _signup(args: argparse.Namespace) -> int:

@@ -25,6 +25,15 @@ from parley_sdk._messages import MessageMethods
 from parley_sdk._paging import MessageReceiptPager, Pager
 from parley_sdk._presence import OnlineKeeper, PresenceMethods, PresenceSubscription
 from parley_sdk._push import PushMethods
+from parley_sdk._search_backfill import BackfillProgress, BackfillReport
+from parley_sdk._search_client import SearchMethods
+from parley_sdk._search_index import (
+    IndexedMessage,
+    SearchIndex,
+    SearchPage,
+    SearchResult,
+    SearchUnavailableError,
+)
 from parley_sdk._secure import NoRecipientDevicesError
 from parley_sdk._secure_client import NotEncryptedError, SecureMethods
 from parley_sdk._session import NotSignedInError
@@ -154,6 +163,7 @@ from parley_sdk.models import (
     muted_until,
 )
 from parley_sdk.retry import RetryPolicy, new_request_id
+from parley_sdk.search_text import QueryError
 from parley_sdk.stream import AckPolicy, DeliveryStream
 from parley_sdk.typing_indicators import TypingThrottle, TypingTracker
 
@@ -170,6 +180,8 @@ __all__ = [
     "ArchiveFilter",
     "Attachment",
     "Availability",
+    "BackfillProgress",
+    "BackfillReport",
     "Client",
     "ConnectOptions",
     "Contact",
@@ -198,6 +210,7 @@ __all__ = [
     "GroupReceiptsEvent",
     "HandleTakenError",
     "InboxSettings",
+    "IndexedMessage",
     "InternalError",
     "InvalidArgumentError",
     "KeyMethods",
@@ -253,6 +266,7 @@ __all__ = [
     "PushProvider",
     "PushRegistration",
     "PushSettings",
+    "QueryError",
     "QuotaExceededError",
     "RateLimitedError",
     "Reaction",
@@ -268,6 +282,11 @@ __all__ = [
     "RetryPolicy",
     "Role",
     "RoleRequiredError",
+    "SearchIndex",
+    "SearchMethods",
+    "SearchPage",
+    "SearchResult",
+    "SearchUnavailableError",
     "SecureMethods",
     "SenderKeyEnvelope",
     "SentFile",

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
@@ -24,6 +25,7 @@ from parley.message.v1 import messages_pb2
 from parley_sdk._e2ee_models import DecryptedMessage, KeyNoticeEvent, KeyNoticeKind
 from parley_sdk._key_models import DeviceKey, OneTimePreKey, PreKeyBundle, SignedPreKey
 from parley_sdk._media_models import Attachment
+from parley_sdk._search_index import IndexedMessage, SearchIndex
 from parley_sdk._secure_calls import EncryptionCalls
 from parley_sdk._secure_groups import GroupKeys
 from parley_sdk.e2ee import (
@@ -43,6 +45,7 @@ from parley_sdk.errors import ParleyError, RateLimitedError
 from parley_sdk.models import (
     ConversationType,
     Direction,
+    MessageDeletedEvent,
     MessageEditedEvent,
     MessageEvent,
     MessageType,
@@ -58,6 +61,7 @@ __all__ = [
     "SIGNED_PRE_KEY_MAX_AGE",
     "SIGNED_PRE_KEY_SINCE",
     "NoRecipientDevicesError",
+    "indexed_message",
 ]
 
 PRE_KEY_LOW_WATER = 20
@@ -94,6 +98,19 @@ def history_key(message_id: str, body: bytes, *, edited: bool) -> str:
     if not edited:
         return message_id
     return f"{message_id}#edit-{hashlib.sha256(body).hexdigest()[:32]}"
+
+
+def indexed_message(message: messages_pb2.Message, text: str) -> IndexedMessage:
+    """What the search index keeps of a message this device read."""
+    return IndexedMessage(
+        conversation_id=message.conversation_id,
+        message_id=message.message_id,
+        seq=message.seq,
+        sender_account_id=message.sender_account_id,
+        sender_device_id=message.sender_device_id,
+        sent_at=_sent_at(message),
+        text=text,
+    )
 
 
 def read_content(content: bytes) -> tuple[str, Attachment | None]:
@@ -139,6 +156,7 @@ class E2EE:
         # Direct conversations never change members, and no conversation its type.
         self._kinds: dict[str, tuple[ConversationType, tuple[str, ...]]] = {}
         self.groups = GroupKeys(self, client)
+        self.search = SearchIndex(store)
 
     def close(self) -> None:
         if self._owns_store:
@@ -331,6 +349,11 @@ class E2EE:
                 content=content,
                 sent_at=_sent_at(message),
             )
+        try:
+            text, _ = read_content(content)
+        except DecryptionError:
+            return message
+        self._index(message, text)
         return message
 
     async def edit_text(
@@ -349,6 +372,16 @@ class E2EE:
                 content=content,
                 sent_at=edit.edit_time.ToDatetime(tzinfo=UTC).timestamp(),
             )
+        # Only a message new to the index takes the edit's time as its place.
+        edited = messages_pb2.Message(
+            conversation_id=conversation_id,
+            message_id=message_id,
+            seq=edit.seq,
+            sender_account_id=self.me.account_id,
+            sender_device_id=self.me.device_id,
+            create_time=edit.edit_time,
+        )
+        self._index(edited, text)
         return edit
 
     async def _body(self, conversation_id: str, content: bytes) -> bytes:
@@ -382,7 +415,18 @@ class E2EE:
     # -- reading ------------------------------------------------------------------
 
     async def decrypt(self, message: messages_pb2.Message) -> DecryptedMessage:
-        """Never raises for bad input: ``error`` says why there is no text."""
+        """Never raises for bad input: ``error`` says why there is no text. What it
+        reads goes into the search index; a message deleted for everyone leaves it."""
+        decrypted = await self.decrypt_unindexed(message)
+        if message.deleted:
+            self.unindex([message.message_id])
+        elif decrypted.text is not None:
+            self._index(message, decrypted.text)
+        return decrypted
+
+    async def decrypt_unindexed(self, message: messages_pb2.Message) -> DecryptedMessage:
+        """:meth:`decrypt` without touching the search index (a backfill indexes
+        a page at a time)."""
         if message.type == messages_pb2.MESSAGE_TYPE_SYSTEM or message.deleted:
             return DecryptedMessage(message, None)
         async with self._decrypt_locks[message.conversation_id]:
@@ -428,6 +472,21 @@ class E2EE:
                 message.conversation_id, senders, envelope.group.SerializeToString(), entry
             )
         raise DecryptionError("not an end-to-end encrypted message")
+
+    def _index(self, message: messages_pb2.Message, text: str) -> None:
+        # The index is derived from what the store holds and a backfill repairs
+        # it, so a failure here must not fail a send or a read.
+        try:
+            self.search.index(indexed_message(message, text))
+        except sqlite3.Error as error:
+            log.warning("could not index message %s: %s", message.message_id, error)
+
+    def unindex(self, message_ids: Sequence[str]) -> None:
+        """Takes messages out of the search index; a failure is logged, not raised."""
+        try:
+            self.search.remove(message_ids)
+        except sqlite3.Error as error:
+            log.warning("could not take messages out of the index: %s", error)
 
     def _senders(self, message: messages_pb2.Message) -> list[DeviceAddress]:
         """The devices that may have encrypted the body: the sender's, and for an
@@ -481,6 +540,9 @@ class E2EE:
             )
         if isinstance(event, MessageEditedEvent):
             return await self._prepare_edit(event)
+        if isinstance(event, MessageDeletedEvent):
+            # For everyone, or for this account on another of its devices.
+            self.unindex([event.deletion.message_id])
         if isinstance(event, SystemMessageEvent):
             self.groups.on_system_message(event)
         elif isinstance(event, KeyNoticeEvent):

@@ -22,6 +22,7 @@ from parley_sdk._messages import MessageMethods
 from parley_sdk._paging import Pager
 from parley_sdk._presence import PresenceMethods
 from parley_sdk._push import PushMethods
+from parley_sdk._search_client import SearchMethods
 from parley_sdk._secure import E2EE
 from parley_sdk._session import CredentialsListener, NotSignedInError, Session
 from parley_sdk.credentials import Credentials
@@ -29,7 +30,9 @@ from parley_sdk.e2ee import DeviceStore
 from parley_sdk.models import (
     Account,
     ConversationView,
+    DeleteScope,
     Device,
+    MessageDeleted,
     Platform,
     RegisteredDevice,
     StreamPosition,
@@ -119,7 +122,13 @@ def _platform(value: Platform) -> common_pb2.Platform.ValueType:
 
 
 class Client(
-    MediaMethods, ConversationMethods, MessageMethods, PresenceMethods, PushMethods, KeyMethods
+    MediaMethods,
+    SearchMethods,
+    ConversationMethods,
+    MessageMethods,
+    PresenceMethods,
+    PushMethods,
+    KeyMethods,
 ):
     """A connection to one Parley deployment, acting as one device.
 
@@ -143,7 +152,9 @@ class Client(
     :meth:`read_history`), and its delivery stream decrypts messages and acts
     on key notices before yielding them. It then also sends and reads files
     (:class:`MediaMethods`: :meth:`send_file`, :meth:`download`,
-    :meth:`forward`), encrypted on this device before they are uploaded.
+    :meth:`forward`), encrypted on this device before they are uploaded, and
+    keeps a full-text index of what it reads (:class:`SearchMethods`:
+    :meth:`search`, :meth:`backfill_search_index`).
     """
 
     @classmethod
@@ -488,3 +499,20 @@ class Client(
             # Not waiting for the stream: the next send must not reach them.
             self._e2ee.groups.on_departure(conversation_id, [account_id], from_notice=False)
         return view
+
+    async def delete_message(
+        self,
+        conversation_id: str,
+        message_id: str,
+        *,
+        scope: DeleteScope = DeleteScope.FOR_ME,
+        request_id: str | None = None,
+    ) -> MessageDeleted:
+        """As :meth:`MessageMethods.delete_message`; an encrypted client also takes
+        the message out of its search index."""
+        deletion = await super().delete_message(
+            conversation_id, message_id, scope=scope, request_id=request_id
+        )
+        if self._e2ee is not None:
+            self._e2ee.unindex([message_id])
+        return deletion

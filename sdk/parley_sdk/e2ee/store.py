@@ -171,6 +171,12 @@ class DeviceStore:
     def close(self) -> None:
         self._db.close()
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The SQLite connection, for SDK parts that keep their own tables in the
+        device's file (the search index); write inside :meth:`transaction`."""
+        return self._db
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """All writes inside commit together; nested uses join the outer transaction."""
@@ -264,6 +270,11 @@ class DeviceStore:
     def delete_upload(self, request_id: str) -> None:
         with self.transaction():
             self._db.execute("DELETE FROM media_uploads WHERE request_id = ?", (request_id,))
+
+    def plaintext_conversations(self) -> set[str]:
+        """The conversations this device holds decrypted history of."""
+        rows = self._db.execute("SELECT DISTINCT conversation_id FROM plaintext").fetchall()
+        return {str(row[0]) for row in rows}
 
     # --- identity and prekeys (used by Crypto)
 
