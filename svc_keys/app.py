@@ -16,6 +16,7 @@ from parley_core.rpc.server import ServiceHost
 from parley_core.runtime import open_runtime, service_main
 from parley_core.sampling import SampledCount
 from parley_core.storage.key_notices import IdentityChanges, PreKeyLows
+from parley_core.storage.ratelimit import BucketEraser
 from parley_core.telemetry import Tracing, build_tracing
 from svc_keys.domain.accounts import AccountsHandler
 from svc_keys.domain.erasure import ErasureHandler, ErasurePolicy
@@ -126,6 +127,7 @@ async def build(settings: Settings) -> ServiceHost:
         runtime.revocation_store,
         erasers=erasers,
         cold=NoColdErasure(),
+        buckets=BucketEraser(runtime.redis),
         policy=ErasurePolicy(
             handle_cooling_off=timedelta(days=settings.keys.handle_cooling_off_days),
             cold_window=timedelta(days=settings.keys.cold_erasure_days),

@@ -27,3 +27,11 @@ class ColdErasure(Protocol):
     what to rewrite; this only hands the account over."""
 
     async def schedule(self, *, account_id: str, erasure_id: str, deadline: datetime) -> None: ...
+
+
+class RateBuckets(Protocol):
+    """The shared rate-limit buckets (Redis)."""
+
+    async def forget(self, ids: Sequence[str]) -> int:
+        """Delete every bucket naming one of the ids; how many."""
+        ...

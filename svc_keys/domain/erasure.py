@@ -14,6 +14,7 @@ Steps, in order:
   their internal RPCs (svc_message's is called until it says done);
 - ``keys``: identity keys, prekeys, prekey-low notices, identity-change
   notices, sender-key envelopes to and from its devices;
+- ``limits``: the rate-limit buckets naming the account or its devices;
 - ``cold``: hands the account to the archive's rewrite (ports.ColdErasure);
 - ``account``: holds the handle for the cooling-off period (by its hash),
   then deletes the devices (names, refresh token hashes) and the account
@@ -40,7 +41,7 @@ from parley_core.storage.key_notices import IdentityChanges, PreKeyLows
 from parley_core.storage.revocations import RevocationStore
 from svc_keys.domain.handles import handle_key
 from svc_keys.model import ErasureJob
-from svc_keys.ports import AccountEraser, ColdErasure
+from svc_keys.ports import AccountEraser, ColdErasure, RateBuckets
 from svc_keys.storage.accounts import AccountStore
 from svc_keys.storage.erasures import ErasureStore
 from svc_keys.storage.keys import KeyStore
@@ -48,7 +49,7 @@ from svc_keys.storage.sender_keys import SenderKeyStore
 
 log = structlog.get_logger(__name__)
 
-DEVICES, KEYS, COLD, ACCOUNT = "devices", "keys", "cold", "account"
+DEVICES, KEYS, LIMITS, COLD, ACCOUNT = "devices", "keys", "limits", "cold", "account"
 # A service's part that keeps answering "not done" is given this many calls
 # per claim of the job; the job then yields and resumes later.
 MAX_CALLS_PER_STEP = 200
@@ -87,6 +88,7 @@ class ErasureHandler:
         *,
         erasers: Sequence[AccountEraser],
         cold: ColdErasure,
+        buckets: RateBuckets,
         policy: ErasurePolicy,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -99,11 +101,12 @@ class ErasureHandler:
         self._revocations = revocations
         self._erasers = list(erasers)
         self._cold = cold
+        self._buckets = buckets
         self._policy = policy
         self._clock = clock
         self._holder = secrets.token_hex(8)
         self._wake = asyncio.Event()
-        self.steps = (DEVICES, *(e.step for e in self._erasers), KEYS, COLD, ACCOUNT)
+        self.steps = (DEVICES, *(e.step for e in self._erasers), KEYS, LIMITS, COLD, ACCOUNT)
 
     # -- the RPC -----------------------------------------------------------
 
@@ -208,6 +211,8 @@ class ErasureHandler:
                 await self._sender_keys.delete_for_device(device_id)
             await self._sender_keys.delete_from_devices(device_ids)
             await self._identity_changes.forget_account(job.account_id)
+        elif step == LIMITS:
+            await self._buckets.forget([job.account_id, *device_ids])
         elif step == COLD:
             await self._cold.schedule(
                 account_id=job.account_id, erasure_id=job.erasure_id, deadline=job.cold_deadline
