@@ -8,6 +8,9 @@ svc_keys itself."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
+import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-import pytest
-import pytest_asyncio
 from pymongo import AsyncMongoClient
 
 from parley.keys.v1 import accounts_pb2 as apb
@@ -32,12 +35,12 @@ from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley.presence.v1 import presence_pb2 as ppb
 from parley.presence.v1 import presence_pb2_grpc as pgrpc
 from parley_dev.stack import LocalStack
+from parley_sdk import Client, HandleTakenError, InvalidArgumentError
 from tests.helpers import TEST_LIMITS, wait_until
 from tests.media_stack import objects_of, upload
 from tests.media_world import Blob
 from tests.store_scan import Hit, scan_all
 from tests.users import Device, all_messages, direct, rid, send, sign_up, unique_handle
-
 
 ERASED = "erased"
 JOB_SECONDS = 60.0
@@ -347,3 +350,61 @@ async def test_a_repeated_delete_finds_the_running_job(stack: LocalStack, stubs:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await delete_account(stubs, alice)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# -- the SDK and the CLI ---------------------------------------------------------------------------
+
+CLI = [sys.executable, "-m", "parley_cli"]
+
+
+async def run_cli(home: Path, *args: str, timeout: float = 60) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *CLI,
+        *args,
+        env={**os.environ, "PARLEY_HOME": str(home)},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_sdk_delete_account(stack: LocalStack) -> None:
+    handle = unique_handle("sdk")
+    client = await Client.sign_up(
+        handle=handle,
+        device_name="phone",
+        keys_target=stack.keys_target,
+        message_target=stack.message_targets[0],
+    )
+    async with client:
+        with pytest.raises(InvalidArgumentError):
+            await client.delete_account(confirm="someone_else")
+        erased = await client.delete_account(confirm=f"@{handle.upper()}")
+        assert client.credentials is None
+    await wait_erased(stack, erased.erasure_id)
+    with pytest.raises(HandleTakenError):
+        await Client.sign_up(
+            handle=handle,
+            device_name="phone",
+            keys_target=stack.keys_target,
+            message_target=stack.message_targets[0],
+        )
+
+
+async def test_cli_delete_account(stack: LocalStack, tmp_path: Path) -> None:
+    home = tmp_path / "parley-home"
+    targets = ["--keys-target", stack.keys_target, "--message-target", stack.message_targets[0]]
+    handle = unique_handle("cli")
+    code, _, err = await run_cli(home, "signup", handle, "--profile", "gone", *targets)
+    assert code == 0, err
+    code, _, err = await run_cli(home, "delete-account", "--profile", "gone", "--confirm", "nope")
+    assert code != 0 and "confirm_handle" in err
+    code, out, err = await run_cli(home, "delete-account", "--profile", "gone", "--confirm", handle)
+    assert code == 0, err
+    assert f"deleted @{handle}: erasure=" in out
+    assert not (home / "gone.json").exists()
+    erasure_id = out.split("erasure=")[1].split(";")[0]
+    await wait_erased(stack, erasure_id)
