@@ -124,7 +124,7 @@ class ErasureHandler:
         at = _at(now)
         job = await self._store.start(
             ErasureJob(
-                erasure_id=uuid.uuid4().hex,
+                erasure_id=str(uuid.uuid4()),
                 account_id=account_id,
                 device_ids=tuple(await self._accounts.device_ids_of(account_id)),
                 steps=(),
