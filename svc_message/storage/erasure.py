@@ -108,7 +108,10 @@ class ErasureStore:
 
     async def scrub_mentions(self, conversation_id: str, account_id: str) -> None:
         """Others' entries that name the account: system messages about it,
-        deletions it made as an admin, messages it deleted for itself."""
+        deletions it made as an admin, messages it deleted for itself. Each
+        query is narrowed to the conversation by the (conversation_id, ...)
+        indexes and filtered there: an erasure is rare, so no index of its
+        own on these fields."""
         in_conversation: Document = {"conversation_id": conversation_id}
         await self._messages.update_many(
             {**in_conversation, "system.actor": account_id}, {"$set": {"system.actor": ERASED}}
@@ -127,15 +130,8 @@ class ErasureStore:
         await self._messages.update_many(
             {**in_conversation, "hidden_for": account_id}, {"$pull": {"hidden_for": account_id}}
         )
-        cursor = self._messages.find({**in_conversation, "reactions": {"$exists": True}})
-        async for doc in cursor:
-            pulls = {
-                f"reactions.{key}": account_id
-                for key, who in (doc.get("reactions") or {}).items()
-                if account_id in (who or ())
-            }
-            if pulls:
-                await self._messages.update_one({"_id": doc["_id"]}, {"$pull": pulls})
+        # Its reactions were pulled with the reaction entries that made them
+        # (scrub_messages): every reaction has one.
 
     # -- the conversation ------------------------------------------------------
 

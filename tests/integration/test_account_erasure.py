@@ -286,6 +286,12 @@ async def test_erasure_leaves_nothing_of_the_account(stack: LocalStack, stubs: S
     tomb = next(m for m in history if m.message_id == world.alice_said.message_id)
     assert tomb.deleted and tomb.body == b"" and tomb.sender_account_id == ERASED
     assert any(m.body == b"bob keeps this" for m in history)
+    # ... and may go on writing in it; the peer is the erased marker.
+    await send(stubs.messages, world.bob, world.direct_id, b"still here")
+    view = await stubs.messages.GetConversation(
+        mpb.GetConversationRequest(conversation_id=world.direct_id), metadata=world.bob.md
+    )
+    assert set(view.conversation.member_account_ids) == {world.bob.account_id, ERASED}
     group_history = await all_messages(stubs.messages, world.carol, world.group_id)
     left = group_history[-1]
     assert left.system.action == mpb.SystemEvent.ACTION_MEMBER_LEFT
