@@ -138,7 +138,9 @@ async def build(settings: Settings) -> ServiceHost:
     runtime.spawn(erasure_handler.run())
     low_devices = SampledCount("pre_key_low_devices", pre_key_lows.devices_below)
     runtime.spawn(low_devices.run())
-    runtime.registry.register(KeyMetrics(keys, low_devices))
+    erasures_running = SampledCount("erasures_running", erasure_handler.running)
+    runtime.spawn(erasures_running.run())
+    runtime.registry.register(KeyMetrics(keys, low_devices, erasure_handler, erasures_running))
     servicer = AccountServicer(
         accounts,
         addresses=ClientAddresses(settings.limits.trusted_proxies),

@@ -106,6 +106,9 @@ class ErasureHandler:
         self._clock = clock
         self._holder = secrets.token_hex(8)
         self._wake = asyncio.Event()
+        # Metrics: jobs this process finished, and steps it had to postpone.
+        self.finished = 0
+        self.postponed = 0
         self.steps = (DEVICES, *(e.step for e in self._erasers), KEYS, LIMITS, COLD, ACCOUNT)
 
     # -- the RPC -----------------------------------------------------------
@@ -184,10 +187,12 @@ class ErasureHandler:
                     return False  # lost the lease: whoever has it carries on
         except (ParleyError, _NotYet) as exc:
             log.info("erasure_step_postponed", erasure_id=job.erasure_id, error=str(exc))
+            self.postponed += 1
             retry_at = _at(self._clock() + RETRY_SECONDS)
             await self._store.release(job.erasure_id, holder=self._holder, retry_at=retry_at)
             return False
         await self._store.finish(job.erasure_id, now=_at(self._clock()))
+        self.finished += 1
         log.info("erasure_finished", erasure_id=job.erasure_id)
         return True
 
@@ -235,6 +240,10 @@ class ErasureHandler:
         for device_id in device_ids:
             await self._accounts.revoke_device(device_id, now=_at(now))
             await self._revocations.revoke_device(device_id, now=now)
+
+    async def running(self) -> int:
+        """Erasure jobs not finished yet (all processes)."""
+        return await self._store.running()
 
     async def handle_held(self, handle: str, *, now: float) -> bool:
         return await self._store.handle_held(handle_key(handle), now=_at(now))
