@@ -10,15 +10,16 @@ short is simply done again.
 Steps, in order:
 - ``devices``: revoke every device (as RevokeDevice does: tokens refused
   everywhere), picking up any device registered while the job ran;
-- ``message``, ``presence``, ``media``: the other services' parts, over
-  their internal RPCs (svc_message's is called until it says done);
 - ``keys``: identity keys, prekeys, prekey-low notices, identity-change
   notices, sender-key envelopes to and from its devices;
 - ``limits``: the rate-limit buckets naming the account or its devices;
-- ``cold``: hands the account to the archive's rewrite (ports.ColdErasure);
 - ``account``: holds the handle for the cooling-off period (by its hash),
   then deletes the devices (names, refresh token hashes) and the account
-  (handle, display name).
+  (handle, display name);
+- ``message``, ``presence``, ``media``: the other services' parts, over
+  their internal RPCs (svc_message's is called until it says done), with
+  the account and device ids the job document keeps;
+- ``cold``: hands the account to the archive's rewrite (ports.ColdErasure).
 Then the job document is stripped of the account and device ids: what is
 left is the erasure record.
 """
@@ -109,7 +110,10 @@ class ErasureHandler:
         # Metrics: jobs this process finished, and steps it had to postpone.
         self.finished = 0
         self.postponed = 0
-        self.steps = (DEVICES, *(e.step for e in self._erasers), KEYS, LIMITS, COLD, ACCOUNT)
+        # Its own stores first: a service that stays down (a deployment
+        # that named a svc_media it does not run) then holds back only its
+        # own part, never the account's keys and profile.
+        self.steps = (DEVICES, KEYS, LIMITS, ACCOUNT, *(e.step for e in self._erasers), COLD)
 
     # -- the RPC -----------------------------------------------------------
 

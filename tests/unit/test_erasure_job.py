@@ -192,7 +192,7 @@ async def test_devices_are_revoked_before_the_answer_and_the_rest_follows() -> N
     assert message.calls == 3  # called until done
     doc = store.docs[started.erasure_id]
     assert doc["state"] == "done" and "job" not in doc
-    assert doc["steps"] == ["devices", "message", "presence", "keys", "limits", "cold", "account"]
+    assert doc["steps"] == ["devices", "keys", "limits", "account", "message", "presence", "cold"]
     assert not accounts.present and not accounts.devices
     assert await handler.handle_held("alice", now=clock.now + 29 * 86400)
     assert not await handler.handle_held("alice", now=clock.now + 31 * 86400)
@@ -207,8 +207,9 @@ async def test_a_failed_step_is_postponed_and_resumed_where_it_stopped() -> None
     started = await handler.delete_account(account_id="acc-1", confirm_handle="alice", now=T0)
     clock.now += 61
     assert await handler.run_once() == 0
-    assert store.docs[started.erasure_id]["steps"] == ["devices", "message"]
-    assert accounts.present  # the account goes last
+    steps = store.docs[started.erasure_id]["steps"]
+    assert steps == ["devices", "keys", "limits", "account", "message"]
+    assert not accounts.present  # its own stores first, whoever is down
     clock.now += 10
     assert await handler.run_once() == 1
     assert message.calls == 1 and presence.calls == 2
