@@ -90,6 +90,9 @@ class ErasureStore:
                 if kind == ChangeKind.MESSAGE:
                     fields.update(deleted=True, body=Binary(b""), deleted_by=ERASED)
                     unset["media"] = ""
+                else:
+                    # An identity change names the device whose key changed.
+                    unset["system.device"] = ""
             else:
                 unset["body"] = ""
             if kind == ChangeKind.REACTION and doc.get("target"):

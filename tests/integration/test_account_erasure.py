@@ -160,6 +160,15 @@ class World:
         await publish_keys(stubs, self.alice)
         messages = stubs.messages
         self.direct_id = await direct(messages, self.alice, self.bob)
+        # A new identity key (a re-install): a system message naming the
+        # device goes into her conversations.
+        await publish_keys(stubs, self.alice)
+
+        async def announced() -> bool:
+            history = await all_messages(messages, self.bob, self.direct_id)
+            return any(m.system.action == mpb.SystemEvent.ACTION_IDENTITY_CHANGED for m in history)
+
+        await wait_until(announced, timeout=30.0, interval=0.25, what="the identity change")
         alice_said = await send(messages, self.alice, self.direct_id, self._body())
         bob_said = await send(messages, self.bob, self.direct_id, b"bob keeps this")
         await messages.ReactToMessage(
