@@ -133,6 +133,7 @@ async def build(settings: Settings) -> ServiceHost:
             cold_window=timedelta(days=settings.keys.cold_erasure_days),
             lease=timedelta(seconds=settings.keys.erasure_lease_seconds),
             poll_seconds=settings.keys.erasure_poll_seconds,
+            settle=timedelta(seconds=settings.auth.revocation_poll_seconds + 1),
         ),
     )
     runtime.spawn(erasure_handler.run())

@@ -74,6 +74,11 @@ class ErasurePolicy:
     cold_window: timedelta
     lease: timedelta
     poll_seconds: float
+    # How long every service may take to learn of a revocation (its poll
+    # interval when Redis lost the announcement): the other services' parts
+    # wait that long after the devices were revoked, so no request the
+    # account's tokens still passed can write behind them.
+    settle: timedelta = timedelta(0)
 
 
 class ErasureHandler:
@@ -189,6 +194,9 @@ class ErasureHandler:
                     job.erasure_id, holder=self._holder, until=_at(now) + self._policy.lease
                 ):
                     return False  # lost the lease: whoever has it carries on
+        except _Settling as settling:
+            await self._store.release(job.erasure_id, holder=self._holder, retry_at=settling.until)
+            return False
         except (ParleyError, _NotYet) as exc:
             log.info("erasure_step_postponed", erasure_id=job.erasure_id, error=str(exc))
             self.postponed += 1
@@ -207,6 +215,9 @@ class ErasureHandler:
         device_ids = await self._device_ids(job)
         for eraser in self._erasers:
             if eraser.step == step:
+                settled = job.created_at + self._policy.settle
+                if _at(self._clock()) < settled:
+                    raise _Settling(settled)
                 for _ in range(MAX_CALLS_PER_STEP):
                     if await eraser.erase(
                         account_id=job.account_id, device_ids=device_ids, erasure_id=job.erasure_id
@@ -255,3 +266,11 @@ class ErasureHandler:
 
 class _NotYet(Exception):
     """A service's part is not finished after the calls one claim allows."""
+
+
+class _Settling(Exception):
+    """The revocations may not have reached every service yet."""
+
+    def __init__(self, until: datetime) -> None:
+        super().__init__(f"revocations settle until {until.isoformat()}")
+        self.until = until

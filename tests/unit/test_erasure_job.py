@@ -165,6 +165,7 @@ def build(erasers: list[Eraser]) -> tuple[ErasureHandler, Store, Accounts, Recor
             cold_window=timedelta(days=30),
             lease=timedelta(seconds=60),
             poll_seconds=1,
+            settle=timedelta(seconds=6),
         ),
         clock=clock,
     )
@@ -221,3 +222,17 @@ async def test_a_repeated_delete_returns_the_running_job() -> None:
     first = await handler.delete_account(account_id="acc-1", confirm_handle="alice", now=T0)
     again = await handler.delete_account(account_id="acc-1", confirm_handle="alice", now=T0 + 5)
     assert again.erasure_id == first.erasure_id
+
+
+async def test_the_other_services_wait_until_revocations_settled() -> None:
+    message = Eraser("message")
+    handler, store, _, _, clock = build([message])
+    started = await handler.delete_account(account_id="acc-1", confirm_handle="alice", now=T0)
+    await store.release(started.erasure_id, holder="", retry_at=datetime.fromtimestamp(T0, UTC))
+    clock.now = T0 + 1
+    assert await handler.run_once() == 0
+    assert message.calls == 0
+    assert store.docs[started.erasure_id]["steps"] == ["devices", "keys", "limits", "account"]
+    clock.now = T0 + 7
+    assert await handler.run_once() == 1
+    assert message.calls == 1
