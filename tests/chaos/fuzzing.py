@@ -39,6 +39,7 @@ from parley.presence.v1 import internal_pb2 as presence_internal_pb
 from parley.presence.v1 import presence_pb2 as ppb
 from parley_dev.stack import LocalStack
 from tests.chaos.clients import Channels
+from tests.chaos.spared import spared
 from tests.helpers import Metadata, auth
 from tests.limited_rpcs import LIMITS_BY_RPC
 from tests.refusals import RATE_LIMITED, rate_limit_problem, refused
@@ -55,9 +56,6 @@ PRESENCE_INTERNAL_SERVICE = presence_internal_pb.DESCRIPTOR.services_by_name[
     "PresenceInternalService"
 ]
 INTERNAL_SERVICES = (MESSAGE_INTERNAL_SERVICE, PRESENCE_INTERNAL_SERVICE)
-# Erasures with the service credential: the account they name is swapped for
-# a random id when it is one the fuzzer's own calls rely on.
-ERASING = frozenset({"EraseAccount", "EraseUploader"})
 MEDIA_SERVICE = media_pb2.DESCRIPTOR.services_by_name["MediaService"]
 # Called with the stack's operator and service credentials, so the fuzzer
 # reaches their servicers (a user's token is refused before any field is read).
@@ -476,23 +474,9 @@ class Caller:
         return self.world.me.md
 
     def _spared(self, method: Any, raw: bytes) -> bytes:
-        """``raw``, unless it would erase the fuzzer's own accounts."""
-        if method.name not in ERASING:
-            return raw
-        try:
-            request = message_factory.GetMessageClass(method.input_type).FromString(raw)
-        except DecodeError:
-            return raw
-        world = self.world
-        if request.account_id in (world.me.account_id, world.peer.account_id):
-            request.account_id = str(uuid.uuid4())
-        if "device_ids" in request.DESCRIPTOR.fields_by_name:
-            kept = [
-                d for d in request.device_ids if d not in (world.me.device_id, world.peer.device_id)
-            ]
-            del request.device_ids[:]
-            request.device_ids.extend(kept)
-        return bytes(request.SerializeToString())
+        me, peer = self.world.me, self.world.peer
+        accounts, devices = (me.account_id, peer.account_id), (me.device_id, peer.device_id)
+        return spared(method, raw, accounts=accounts, devices=devices)
 
     def unary(self, service: Any, method: Any, raw: bytes) -> grpc.RpcError | None:
         if method.server_streaming:
