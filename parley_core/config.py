@@ -126,6 +126,24 @@ class KeysServiceSettings(_Section):
     max_unclaimed_sender_keys_per_device: int = Field(default=10_000, ge=1, le=1_000_000)
     """Sender-key envelopes that may wait for one recipient device; sends beyond it are refused
     until the device claims some."""
+    message_target: str = "127.0.0.1:7102"
+    """svc_message's gRPC address, for the account erasure job."""
+    presence_target: str = "127.0.0.1:7103"
+    """svc_presence's gRPC address, for the account erasure job."""
+    media_target: str | None = "127.0.0.1:7104"
+    """svc_media's gRPC address, for the account erasure job; unset when the deployment runs no
+    svc_media (the job then skips that step)."""
+    handle_cooling_off_days: float = Field(default=30.0, ge=0, le=3650)
+    """Days after an account erasure during which its handle cannot be signed up again."""
+    cold_erasure_days: float = Field(default=30.0, gt=0, le=365)
+    """Days within which archived (cold) history must be rewritten without an erased account's
+    messages; the erasure record carries the deadline."""
+    erasure_poll_seconds: float = Field(default=5.0, gt=0, le=600)
+    """Seconds between each process's looks for erasure jobs to start or resume (one started by
+    this process runs at once)."""
+    erasure_lease_seconds: float = Field(default=60.0, ge=5, le=3600)
+    """Seconds an erasure job is held by the process running it; a process that died loses it
+    after this and another one resumes the job."""
 
 
 class WebhookPushSettings(_Section):

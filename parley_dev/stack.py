@@ -431,7 +431,13 @@ class LocalStack:
                 "service_token_file": str(self.service_token_path),
                 "operator_tokens_file": str(self.operator_tokens_path),
             },
-            "keys": {"server": server(ports.keys, ports.keys_metrics)},
+            "keys": {
+                "server": server(ports.keys, ports.keys_metrics),
+                # The erasure job's peers.
+                "message_target": self.message_targets[0],
+                "presence_target": self.presence_target,
+                "media_target": self.media_target,
+            },
             "message": {
                 "server": server(ports.message[0], ports.message_metrics[0]),
                 "keys_target": self.keys_target,

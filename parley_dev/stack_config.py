@@ -32,6 +32,9 @@ OWNED_KEYS: dict[str, str] = {
     "message.keys_target": "the stack's own svc_keys",
     "message.media_target": "the stack's own svc_media",
     "media.message_target": "the stack's own svc_message",
+    "keys.message_target": "the stack's own svc_message",
+    "keys.presence_target": "the stack's own svc_presence",
+    "keys.media_target": "the stack's own svc_media",
     "auth.service_token_file": "the stack's service credential under --data-dir",
     "auth.operator_tokens_file": "the stack's operator credential under --data-dir",
     **{

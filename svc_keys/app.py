@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import grpc
 
 from parley.keys.v1 import accounts_pb2_grpc, keys_pb2_grpc
+from parley_core.auth.credentials import ServiceCredential
 from parley_core.auth.tokens import TokenIssuer, load_private_key
 from parley_core.config import ConfigError, Settings
 from parley_core.limits import LimitName
@@ -13,15 +16,20 @@ from parley_core.rpc.server import ServiceHost
 from parley_core.runtime import open_runtime, service_main
 from parley_core.sampling import SampledCount
 from parley_core.storage.key_notices import IdentityChanges, PreKeyLows
-from parley_core.telemetry import build_tracing
+from parley_core.storage.ratelimit import BucketEraser
+from parley_core.telemetry import Tracing, build_tracing
 from svc_keys.domain.accounts import AccountsHandler
+from svc_keys.domain.erasure import ErasureHandler, ErasurePolicy
 from svc_keys.domain.keys import KeysHandler
 from svc_keys.domain.sender_keys import SenderKeysHandler
 from svc_keys.metrics import KeyMetrics
+from svc_keys.peers.cold import NoColdErasure
+from svc_keys.peers.erasers import MediaEraser, MessageEraser, PresenceEraser
 from svc_keys.servicer.accounts import PUBLIC_METHODS, SERVICE_NAME, AccountServicer
 from svc_keys.servicer.keys import SERVICE_NAME as KEY_SERVICE_NAME
 from svc_keys.servicer.keys import KeyServicer
 from svc_keys.storage.accounts import AccountStore
+from svc_keys.storage.erasures import ErasureStore
 from svc_keys.storage.keys import KeyStore
 from svc_keys.storage.notices import KeyNoticePublisher
 from svc_keys.storage.sender_keys import SenderKeyStore
@@ -38,6 +46,21 @@ LIMITS = (
     LimitName.BUNDLE_FETCH_PER_TARGET,
     LimitName.BUNDLE_FETCH_PER_REQUESTER,
 )
+
+
+def _erasers(
+    settings: Settings, credential: ServiceCredential | None, tracing: Tracing
+) -> list[MessageEraser | PresenceEraser | MediaEraser]:
+    """The other services' parts of an account erasure, in the job's order."""
+    config = settings.keys
+    options = {"credential": credential, "interceptors": tracing.client_interceptors()}
+    erasers: list[MessageEraser | PresenceEraser | MediaEraser] = [
+        MessageEraser(config.message_target, **options),
+        PresenceEraser(config.presence_target, **options),
+    ]
+    if config.media_target:
+        erasers.append(MediaEraser(config.media_target, **options))
+    return erasers
 
 
 async def build(settings: Settings) -> ServiceHost:
@@ -59,6 +82,8 @@ async def build(settings: Settings) -> ServiceHost:
     await identity_changes.ensure_indexes()
     sender_key_store = SenderKeyStore(runtime.db)
     await sender_key_store.ensure_indexes()
+    erasure_store = ErasureStore(runtime.db)
+    await erasure_store.ensure_indexes()
     notices = KeyNoticePublisher(runtime.redis)
     await runtime.start_revocation_feed()
     runtime.start_topology_watcher()
@@ -89,11 +114,39 @@ async def build(settings: Settings) -> ServiceHost:
         limiter=limiter,
         max_devices=settings.keys.max_devices_per_account,
         refresh_ttl_seconds=settings.auth.refresh_token_ttl_seconds,
+        erasures=erasure_store,
     )
+    erasers = _erasers(settings, runtime.service_credential(), tracing)
+    erasure_handler = ErasureHandler(
+        erasure_store,
+        store,
+        key_store,
+        sender_key_store,
+        pre_key_lows,
+        identity_changes,
+        runtime.revocation_store,
+        erasers=erasers,
+        cold=NoColdErasure(),
+        buckets=BucketEraser(runtime.redis),
+        policy=ErasurePolicy(
+            handle_cooling_off=timedelta(days=settings.keys.handle_cooling_off_days),
+            cold_window=timedelta(days=settings.keys.cold_erasure_days),
+            lease=timedelta(seconds=settings.keys.erasure_lease_seconds),
+            poll_seconds=settings.keys.erasure_poll_seconds,
+            settle=timedelta(seconds=settings.auth.revocation_poll_seconds + 1),
+        ),
+    )
+    runtime.spawn(erasure_handler.run())
     low_devices = SampledCount("pre_key_low_devices", pre_key_lows.devices_below)
     runtime.spawn(low_devices.run())
-    runtime.registry.register(KeyMetrics(keys, low_devices))
-    servicer = AccountServicer(accounts, addresses=ClientAddresses(settings.limits.trusted_proxies))
+    erasures_running = SampledCount("erasures_running", erasure_handler.running)
+    runtime.spawn(erasures_running.run())
+    runtime.registry.register(KeyMetrics(keys, low_devices, erasure_handler, erasures_running))
+    servicer = AccountServicer(
+        accounts,
+        addresses=ClientAddresses(settings.limits.trusted_proxies),
+        erasure=erasure_handler,
+    )
     key_servicer = KeyServicer(keys, sender_keys)
 
     def register(server: grpc.aio.Server) -> None:
@@ -107,7 +160,7 @@ async def build(settings: Settings) -> ServiceHost:
         register=register,
         service_names=[SERVICE_NAME, KEY_SERVICE_NAME],
         registry=runtime.registry,
-        on_stop=[runtime.close],
+        on_stop=[*(e.close for e in erasers), runtime.close],
     )
 
 

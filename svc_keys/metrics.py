@@ -9,13 +9,22 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from parley_core.sampling import SampledCount
+from svc_keys.domain.erasure import ErasureHandler
 from svc_keys.domain.keys import KeysHandler
 
 
 class KeyMetrics(Collector):
-    def __init__(self, keys: KeysHandler, low_devices: SampledCount) -> None:
+    def __init__(
+        self,
+        keys: KeysHandler,
+        low_devices: SampledCount,
+        erasure: ErasureHandler,
+        erasures_running: SampledCount,
+    ) -> None:
         self._keys = keys
         self._low_devices = low_devices
+        self._erasure = erasure
+        self._erasures_running = erasures_running
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         bundles = CounterMetricFamily(
@@ -34,4 +43,22 @@ class KeyMetrics(Collector):
                 "Devices holding fewer one-time prekeys than the low-water mark (all "
                 "accounts; sampled every 5 s from pre_key_lows).",
                 value=self._low_devices.value,
+            )
+        yield CounterMetricFamily(
+            "parley_erasures_finished",
+            "Account erasure jobs this process finished.",
+            value=self._erasure.finished,
+        )
+        yield CounterMetricFamily(
+            "parley_erasure_steps_postponed",
+            "Erasure steps this process postponed because a service did not answer "
+            "(retried a few seconds later).",
+            value=self._erasure.postponed,
+        )
+        if self._erasures_running.value is not None:
+            yield GaugeMetricFamily(
+                "parley_erasures_running",
+                "Account erasure jobs not finished yet (all processes; sampled every 5 s "
+                "from erasures).",
+                value=self._erasures_running.value,
             )

@@ -121,3 +121,29 @@ class PreKeyConflict(Exception):
     def __init__(self, key_ids: list[int]) -> None:
         super().__init__(f"key ids already used with another key: {key_ids}")
         self.key_ids = key_ids
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureJob:
+    """An account erasure in progress (its document until it finishes)."""
+
+    erasure_id: str
+    account_id: str
+    device_ids: tuple[str, ...]
+    steps: tuple[str, ...]
+    created_at: datetime
+    cold_deadline: datetime
+    handle_release_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureRecord:
+    """What stays of an erasure: no account id, handle or device id."""
+
+    erasure_id: str
+    state: str
+    steps: tuple[str, ...]
+    created_at: datetime
+    finished_at: datetime | None
+    cold_deadline: datetime
+    handle_release_at: datetime

@@ -120,7 +120,7 @@ async def build(settings: Settings) -> ServiceHost:
 
     media = media_servicer.MediaServicer(uploads, downloads)
     operators = admin_servicer.MediaAdminServicer(admin)
-    internal = reference_servicer.MediaReferenceServicer(references)
+    internal = reference_servicer.MediaReferenceServicer(references, uploads)
 
     def register(server: grpc.aio.Server) -> None:
         media_pb2_grpc.add_MediaServiceServicer_to_server(media, server)

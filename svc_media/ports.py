@@ -20,6 +20,10 @@ from svc_media.model import (
 
 
 class Uploads(Protocol):
+    async def of_account(self, account_id: str, *, limit: int) -> list[UploadSession]: ...
+
+    async def delete(self, upload_ids: Sequence[str]) -> None: ...
+
     async def insert(self, session: UploadSession) -> UploadSession:
         """Store a new session; the existing one when (account, request_id) exists."""
         ...
@@ -45,6 +49,8 @@ class Uploads(Protocol):
 
 class MediaDocs(Protocol):
     async def get(self, media_id: str) -> MediaRecord | None: ...
+
+    async def forget_uploader(self, account_id: str, *, check_at: float, backoff: float) -> int: ...
 
     async def get_many(self, media_ids: Sequence[str]) -> dict[str, MediaRecord]: ...
 
@@ -92,6 +98,8 @@ class MediaDocs(Protocol):
 
 
 class Usage(Protocol):
+    async def forget(self, account_id: str) -> None: ...
+
     async def charge_upload(
         self, account_id: str, size: int, *, day: str, limit: int
     ) -> int | None:

@@ -20,6 +20,7 @@ from svc_message.domain.acks import AckBatcher
 from svc_message.domain.changes import ChangesHandler
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.delivery import DeliveryService
+from svc_message.domain.erasure import AccountErasure
 from svc_message.domain.groups import GroupsHandler
 from svc_message.domain.identity_notices import IdentityNotifier
 from svc_message.domain.inbox import InboxHandler
@@ -60,6 +61,7 @@ from svc_message.servicer.stream import StreamServicer
 from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.delivered import DeliveredMarks
 from svc_message.storage.doorbell import Doorbell
+from svc_message.storage.erasure import ErasureStore
 from svc_message.storage.inbox import InboxSettingsStore
 from svc_message.storage.messages import MessageStore
 from svc_message.storage.projection import ProjectorStore
@@ -370,7 +372,10 @@ async def build(settings: Settings) -> ServiceHost:
         unary,
     ]
     stream = StreamServicer(delivery, acks, codec, typing, tracing=tracing)
-    internal = MessageInternalServicer(media_access, MediaNotices(doorbell, codec))
+    erasure = AccountErasure(
+        ErasureStore(runtime.db, runtime.redis), conversations, pipeline, media_references, doorbell
+    )
+    internal = MessageInternalServicer(media_access, MediaNotices(doorbell, codec), erasure)
 
     async def stop() -> None:
         await ownership.leave()

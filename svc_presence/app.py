@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import structlog
 
-from parley.presence.v1 import presence_pb2_grpc
+from parley.presence.v1 import internal_pb2_grpc, presence_pb2_grpc
 from parley_core.config import Settings
 from parley_core.errors import Reason, Unavailable
 from parley_core.limits import LimitName
@@ -15,16 +16,19 @@ from parley_core.runtime import open_runtime, service_main
 from parley_core.storage.liveness import Liveness
 from parley_core.tasks import stop_tasks
 from parley_core.telemetry import build_tracing
+from svc_presence.domain.erasure import PresenceErasure
 from svc_presence.domain.presence import PresenceHandler
 from svc_presence.domain.rules import RuleLoader
 from svc_presence.domain.subscriptions import Hub
 from svc_presence.domain.sweeper import SeenBuffer, Sweeper
 from svc_presence.metrics import PresenceMetrics
 from svc_presence.model import PresenceStats
+from svc_presence.servicer.internal import INTERNAL_SERVICE_NAME, PresenceInternalServicer
 from svc_presence.servicer.presence import SERVICE_NAME, PresenceServicer
 from svc_presence.storage.channels import PresenceChannels
 from svc_presence.storage.contacts import ContactStore
 from svc_presence.storage.documents import LastSeenStore, SettingsStore
+from svc_presence.storage.erasure import PresenceErasureStore
 from svc_presence.storage.live import LiveStore, connect_fast, connect_listener
 
 log = structlog.get_logger(__name__)
@@ -109,14 +113,22 @@ async def build(settings: Settings) -> ServiceHost:
         await runtime.close()
 
     servicer = PresenceServicer(presence, hub)
+    internal = PresenceInternalServicer(
+        PresenceErasure(PresenceErasureStore(runtime.db, fast), contacts, buffer)
+    )
+
+    def register(server: grpc.aio.Server) -> None:
+        presence_pb2_grpc.add_PresenceServiceServicer_to_server(servicer, server)
+        internal_pb2_grpc.add_PresenceInternalServiceServicer_to_server(internal, server)
+
     return ServiceHost(
         name="svc_presence",
         settings=config.server,
-        interceptors=runtime.interceptors(public_methods=()),
-        register=lambda server: presence_pb2_grpc.add_PresenceServiceServicer_to_server(
-            servicer, server
+        interceptors=runtime.interceptors(
+            public_methods=(), internal_services=[INTERNAL_SERVICE_NAME]
         ),
-        service_names=[SERVICE_NAME],
+        register=register,
+        service_names=[SERVICE_NAME, INTERNAL_SERVICE_NAME],
         registry=runtime.registry,
         on_stop=[stop],
         on_draining=[

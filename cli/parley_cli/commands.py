@@ -109,6 +109,19 @@ def register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="after stdin ends, keep printing incoming messages this long (for scripts)",
     )
 
+    erase = add(
+        "delete-account",
+        _delete_account,
+        "erase this profile's account everywhere (devices, keys, messages it sent, contacts,"
+        " presence, media); its handle is free again after a cooling-off period",
+    )
+    erase.add_argument(
+        "--confirm",
+        required=True,
+        metavar="HANDLE",
+        help="the account's handle, typed again",
+    )
+
     register_file_commands(commands)
     register_group_commands(commands)
     register_message_commands(commands)
@@ -176,6 +189,20 @@ async def _whoami(args: argparse.Namespace) -> int:
             f"presence={args.presence_target or profile.presence_target} "
             f"media={args.media_target or profile.media_target}"
         )
+    return 0
+
+
+async def _delete_account(args: argparse.Namespace) -> int:
+    store = ProfileStore()
+    client, profile = await connect(args, store)
+    async with client:
+        erased = await client.delete_account(confirm=args.confirm)
+    store.forget(profile.name)
+    released = local_time(erased.handle_release_time, with_date=True)
+    emit(
+        f"deleted @{profile.handle}: erasure={erased.erasure_id}; the handle is free again "
+        f"from {released}; profile {profile.name} removed"
+    )
     return 0
 
 

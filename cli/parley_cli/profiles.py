@@ -177,3 +177,8 @@ class ProfileStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp_name)
             raise
+
+    def forget(self, name: str) -> None:
+        """Remove the profile and its device store (the account is gone)."""
+        self.path(name).unlink(missing_ok=True)
+        discard_store(self.device_store_path(name))

@@ -59,6 +59,13 @@ def service_config(region: RegionSpec, service: str) -> dict[str, Any]:
     }
     if region.auth.service_token is not None:
         auth["service_token_file"] = SERVICE_TOKEN_FILE
+    if service == "keys":
+        # The account erasure job calls the other services' internal RPCs.
+        section["message_target"] = service_address(region, "message")
+        section["presence_target"] = service_address(region, "presence")
+        section["media_target"] = (
+            service_address(region, "media") if "media" in region.services else None
+        )
     if service == "message":
         section["keys_target"] = service_address(region, "keys")
         if "media" in region.services:

@@ -140,3 +140,7 @@ class IdentityChanges:
 
     async def pending(self) -> int:
         return await self._docs.count_documents({})
+
+    async def forget_account(self, account_id: str) -> None:
+        """An erased account's changes are moot: it is in no conversation."""
+        await self._docs.delete_many({"account_id": account_id})

@@ -32,6 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from parley_core.limits.buckets import Bucket, LocalBuckets, Rate, Shortfall
+from parley_core.limits.limiter import KEY_PREFIX
 from parley_core.storage.redis import Redis
 
 log = structlog.get_logger(__name__)
@@ -247,3 +248,32 @@ class RedisBuckets:
         except (RedisError, OSError, TimeoutError) as exc:
             # The token stays spent; it comes back with the refill.
             log.warning("rate_limit_give_back_failed", error=repr(exc))
+
+
+class BucketEraser:
+    """Deletes the rate-limit buckets that name an id (an erased account's or
+    device's): as a bucket's tag, or as the key refining another tag. They
+    would expire once full anyway; an erasure removes them at once.
+
+    A SCAN of the keyspace per id: erasures are rare, and the scan is
+    bounded (``max_rounds`` cursors of ``count`` keys)."""
+
+    def __init__(self, redis: Redis, *, count: int = 1000, max_rounds: int = 100_000) -> None:
+        self._redis = redis
+        self._count = count
+        self._max_rounds = max_rounds
+
+    async def forget(self, ids: Sequence[str]) -> int:
+        deleted = 0
+        for id_ in ids:
+            for pattern in (f"{KEY_PREFIX}{{{id_}}}:*", f"{KEY_PREFIX}*:{id_}"):
+                cursor: int = 0
+                for _ in range(self._max_rounds):
+                    cursor, keys = await self._redis.scan(
+                        cursor=cursor, match=pattern, count=self._count
+                    )
+                    if keys:
+                        deleted += int(await self._redis.delete(*keys))
+                    if cursor == 0:
+                        break
+        return deleted

@@ -445,6 +445,24 @@ class Client(
             request = accounts_pb2.GetAccountRequest()
         return await self._session.unary(self._session.accounts.GetAccount, request)
 
+    async def delete_account(self, *, confirm: str) -> accounts_pb2.DeleteAccountResponse:
+        """Erases this account (every device is signed out before the answer,
+        the rest follows within minutes; see AccountService.DeleteAccount).
+
+        ``confirm`` must be the account's handle (``@`` optional, case
+        ignored), as a guard against a mistaken call. Afterwards the client
+        holds no credentials. The answer names the erasure record and when
+        the handle can be signed up again.
+        """
+        request = accounts_pb2.DeleteAccountRequest(
+            request_id=new_request_id(), confirm_handle=confirm.removeprefix("@")
+        )
+        response: accounts_pb2.DeleteAccountResponse = await self._session.unary(
+            self._session.accounts.DeleteAccount, request
+        )
+        await self._session.set_credentials(None, notify=False)
+        return response
+
     # -- delivery stream ------------------------------------------------------------
 
     def events(

@@ -36,6 +36,7 @@ from svc_keys.model import (
     SignupRequestSeen,
 )
 from svc_keys.storage.accounts import AccountStore
+from svc_keys.storage.erasures import ErasureStore
 
 
 def _at(now: float) -> datetime:
@@ -57,7 +58,9 @@ class AccountsHandler:
         limiter: Limiter,
         max_devices: int,
         refresh_ttl_seconds: int,
+        erasures: ErasureStore | None = None,
     ) -> None:
+        self._erasures = erasures
         self._limiter = limiter
         self._store = store
         self._issuer = issuer
@@ -150,6 +153,8 @@ class AccountsHandler:
         # A retry of a sign-up that went through is answered, never refused.
         if refusal is not None and await self._store.account_by_signup_request(request_id) is None:
             raise self._limiter.refuse(refusal)
+        if await self._handle_held(handle, now):
+            raise AlreadyExists(f"the handle {handle!r} is taken", reason=Reason.HANDLE_TAKEN)
         account = Account(
             account_id=new_id(int(now * 1000)),
             handle=handle,
@@ -172,10 +177,22 @@ class AccountsHandler:
                     "this request_id was already used to sign up another handle"
                 ) from None
             account = previous
+        else:
+            if await self._handle_held(handle, now):
+                # An erasure placed its hold between the check above and
+                # this insert: the hold wins.
+                await self._store.delete_account(account.account_id)
+                raise AlreadyExists(f"the handle {handle!r} is taken", reason=Reason.HANDLE_TAKEN)
         session, _created = await self._create_device(
             account, name=device_name, platform=platform, request_id=request_id, now=now
         )
         return session
+
+    async def _handle_held(self, handle: str, now: float) -> bool:
+        """The handle belonged to an erased account and is still cooling off."""
+        if self._erasures is None:
+            return False
+        return await self._erasures.handle_held(handle_key(handle), now=_at(now))
 
     async def register_device(
         self, *, account_id: str, request_id: str, name: str, platform: int, now: float

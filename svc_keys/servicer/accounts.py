@@ -14,6 +14,7 @@ from parley_core.rpc.convert import timestamp
 from parley_core.rpc.request import request_context
 from parley_core.validation import Check
 from svc_keys.domain.accounts import AccountsHandler
+from svc_keys.domain.erasure import ErasureHandler
 from svc_keys.model import Account, Credentials, Device
 
 SERVICE_NAME = accounts_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name
@@ -63,8 +64,10 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         accounts: AccountsHandler,
         *,
         addresses: ClientAddresses,
+        erasure: ErasureHandler,
         clock: Callable[[], float] = time.time,
     ):
+        self._erasure = erasure
         self._accounts = accounts
         self._addresses = addresses
         self._clock = clock
@@ -186,3 +189,19 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
             account_id = request.account_id if lookup else rpc.account_id
             account = await self._accounts.get_account(account_id=account_id)
         return account_proto(account)
+
+    async def DeleteAccount(
+        self, request: accounts_pb2.DeleteAccountRequest, context: Any
+    ) -> accounts_pb2.DeleteAccountResponse:
+        check = Check().request_id(request.request_id)
+        check.text("confirm_handle", request.confirm_handle, min_len=1, max_len=64)
+        check.done()
+        rpc = request_context(context, clock=self._clock, request_id=request.request_id)
+        started = await self._erasure.delete_account(
+            account_id=rpc.account_id, confirm_handle=request.confirm_handle, now=rpc.now
+        )
+        return accounts_pb2.DeleteAccountResponse(
+            erasure_id=started.erasure_id,
+            handle_release_time=timestamp(started.handle_release_at),
+            cold_erase_deadline=timestamp(started.cold_deadline),
+        )

@@ -209,3 +209,21 @@ class AccountStore:
             query["_id"] = {"$gt": after_device_id}
         cursor = self._devices.find(query).sort("_id", ASCENDING).limit(limit)
         return [_device(doc) async for doc in cursor]
+
+    # -- erasure -----------------------------------------------------------
+
+    async def handle_key_of(self, account_id: str) -> str | None:
+        doc = await self._accounts.find_one({"_id": account_id}, {"handle_key": 1})
+        return None if doc is None else str(doc["handle_key"])
+
+    async def device_ids_of(self, account_id: str) -> list[str]:
+        """Every device the account ever had, revoked ones included."""
+        cursor = self._devices.find({"account_id": account_id}, {"_id": 1})
+        return [doc["_id"] async for doc in cursor]
+
+    async def delete_devices(self, account_id: str) -> None:
+        """With them go their names and refresh token hashes."""
+        await self._devices.delete_many({"account_id": account_id})
+
+    async def delete_account(self, account_id: str) -> None:
+        await self._accounts.delete_one({"_id": account_id})

@@ -212,3 +212,13 @@ class SenderKeyStore:
     async def delete_for_device(self, recipient_device_id: str) -> None:
         """Drop what waits for a removed device (its tombstones expire)."""
         await self._envelopes.delete_many({"recipient_device_id": recipient_device_id})
+
+    async def delete_from_devices(self, sender_device_ids: Sequence[str]) -> None:
+        """Drop what erased devices sent (and their request records)."""
+        ids = list(sender_device_ids)
+        await self._envelopes.delete_many({"sender_device_id": {"$in": ids}})
+        for device_id in ids:
+            # Request records are keyed "<sender device>:<request id>".
+            await self._requests.delete_many(
+                {"_id": {"$gte": f"{device_id}:", "$lt": f"{device_id};"}}
+            )

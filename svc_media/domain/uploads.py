@@ -54,6 +54,10 @@ from svc_media.ports import MediaDocs, ObjectStore, Quarantine, Uploads, Usage
 
 log = structlog.get_logger(__name__)
 
+# An erased account's sessions are removed this many at a time, at most
+# this many times (sessions expire and are capped per account, so far fewer).
+ERASE_BATCH, ERASE_ROUNDS = 500, 1000
+
 
 def object_key(media_id: str, upload_id: str) -> str:
     return f"media/{media_id[:2]}/{media_id}/{upload_id}"
@@ -443,6 +447,20 @@ class UploadHandler:
                 done += 1
         self._stats.sessions_expired += done
         return done
+
+    async def erase_uploader(self, *, account_id: str, now: float) -> None:
+        """An account erasure: its sessions (and what pending ones stored),
+        its usage, and its place among uploaders. Idempotent."""
+        for _ in range(ERASE_ROUNDS):
+            sessions = await self._uploads.of_account(account_id, limit=ERASE_BATCH)
+            if not sessions:
+                break
+            for session in sessions:
+                await self._discard(session)
+            await self._uploads.delete([s.upload_id for s in sessions])
+        grace = self._policy.grace_seconds
+        await self._media.forget_uploader(account_id, check_at=now + grace, backoff=grace)
+        await self._usage.forget(account_id)
 
     async def quota(self, *, account_id: str, now: float) -> QuotaUsage:
         uploaded, stored = await self._usage.usage(account_id, day=utc_day(now))

@@ -1,5 +1,6 @@
-"""parley.media.v1.MediaReferenceService: internal, for svc_message only (the
-interceptor requires the service credential)."""
+"""parley.media.v1.MediaReferenceService: internal, for svc_message (and
+svc_keys' erasure job: EraseUploader) only (the interceptor requires the
+service credential)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from parley.media.v1 import references_pb2 as pb
 from parley.media.v1 import references_pb2_grpc
 from parley_core.validation import Check
 from svc_media.domain.references import ReferenceHandler
+from svc_media.domain.uploads import UploadHandler
 from svc_media.servicer.media import check_media_id
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MediaReferenceService"].full_name
@@ -36,8 +38,13 @@ def check_ids(check: Check, field: str, ids: Sequence[str], *, most: int, requir
 
 class MediaReferenceServicer(references_pb2_grpc.MediaReferenceServiceServicer):
     def __init__(
-        self, references: ReferenceHandler, *, clock: Callable[[], float] = time.time
+        self,
+        references: ReferenceHandler,
+        uploads: UploadHandler,
+        *,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._uploads = uploads
         self._references = references
         self._clock = clock
 
@@ -67,3 +74,10 @@ class MediaReferenceServicer(references_pb2_grpc.MediaReferenceServiceServicer):
         check.done()
         await self._references.release(media_ids=list(request.media_ids), now=self._clock())
         return pb.ReleaseReferencesResponse()
+
+    async def EraseUploader(
+        self, request: pb.EraseUploaderRequest, context: Any
+    ) -> pb.EraseUploaderResponse:
+        Check().id("account_id", request.account_id).done()
+        await self._uploads.erase_uploader(account_id=request.account_id, now=self._clock())
+        return pb.EraseUploaderResponse()

@@ -134,6 +134,18 @@ class MediaStore:
         )
         return result.modified_count
 
+    async def forget_uploader(self, account_id: str, *, check_at: float, backoff: float) -> int:
+        """The account no longer uploaded anything; its media are checked
+        again at ``check_at`` (what nothing references is then collected)."""
+        await self._media.update_many(
+            {"uploaders": account_id, "state": READY},
+            {"$set": {"next_check_at": at(check_at), "backoff": backoff}},
+        )
+        result = await self._media.update_many(
+            {"uploaders": account_id}, {"$pull": {"uploaders": account_id}}
+        )
+        return result.modified_count
+
     async def due(self, *, now: float, limit: int) -> list[MediaRecord]:
         cursor = (
             self._media.find({"state": READY, "next_check_at": {"$lte": at(now)}})

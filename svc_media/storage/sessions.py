@@ -11,6 +11,7 @@ so a sweeper never removes what a completion is verifying).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -157,3 +158,10 @@ class UploadStore:
             .limit(limit)
         )
         return [_session(doc) async for doc in cursor]
+
+    async def of_account(self, account_id: str, *, limit: int) -> list[UploadSession]:
+        cursor = self._uploads.find({"account": account_id}).limit(limit)
+        return [_session(doc) async for doc in cursor]
+
+    async def delete(self, upload_ids: Sequence[str]) -> None:
+        await self._uploads.delete_many({"_id": {"$in": list(upload_ids)}})

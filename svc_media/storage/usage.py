@@ -65,3 +65,6 @@ class UsageStore:
             return 0, 0
         uploaded = int(doc.get("uploaded", 0)) if doc.get("day") == day else 0
         return uploaded, max(0, int(doc.get("stored", 0)))
+
+    async def forget(self, account_id: str) -> None:
+        await self._usage.delete_one({"_id": account_id})

@@ -15,6 +15,10 @@ DIRECT, GROUP, CHANNEL = 1, 2, 3
 OWNER, ADMIN, MEMBER, SUBSCRIBER = 1, 2, 3, 4
 # parley.message.v1.MessageType.MESSAGE_TYPE_SYSTEM
 SYSTEM = 9
+# Stands in for an erased account wherever others' history keeps its place
+# (sender of its tombstones, actor of system messages, a direct peer). Not
+# a valid account id, so it can never name a live account.
+ERASED = "erased"
 GROUP_MEMBER_CAP = 1024
 MAX_PINNED = 5
 

@@ -1,10 +1,11 @@
-"""parley.message.v1.MessageInternalService (called by svc_media with the
-service credential, which the interceptor checks), and the checks of media
-ids shared with SendMessage."""
+"""parley.message.v1.MessageInternalService (called by svc_media, and by
+svc_keys for erasures, with the service credential, which the interceptor
+checks), and the checks of media ids shared with SendMessage."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +13,7 @@ from parley.message.v1 import internal_pb2 as ipb
 from parley.message.v1 import internal_pb2_grpc as igrpc
 from parley.message.v1 import messages_pb2 as pb
 from parley_core.validation import Check
+from svc_message.domain.erasure import AccountErasure
 from svc_message.domain.media import MediaAccess, MediaNotices, distinct
 from svc_message.model.media import (
     MAX_ACCESS_CHECK_IDS,
@@ -22,6 +24,9 @@ from svc_message.model.media import (
 
 SERVICE_NAME = ipb.DESCRIPTOR.services_by_name["MessageInternalService"].full_name
 NOTICE_KINDS = frozenset(pb.MediaNotice.Kind.values()) - {pb.MediaNotice.KIND_UNSPECIFIED}
+# Every device an account ever had: revoked ones free their slot, so more
+# than the cap over a lifetime, but not without bound.
+MAX_ERASED_DEVICES = 10_000
 # The range of google.protobuf.Timestamp: 0001-01-01 to 9999-12-31T23:59:59Z.
 _MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
 
@@ -58,7 +63,15 @@ def check_media_ids(
 
 
 class MessageInternalServicer(igrpc.MessageInternalServiceServicer):
-    def __init__(self, access: MediaAccess, notices: MediaNotices) -> None:
+    def __init__(
+        self,
+        access: MediaAccess,
+        notices: MediaNotices,
+        erasure: AccountErasure,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._erasure = erasure
+        self._clock = clock
         self._access = access
         self._notices = notices
 
@@ -105,3 +118,21 @@ class MessageInternalServicer(igrpc.MessageInternalServiceServicer):
             notice=MediaNotice(kind=notice.kind, media_id=notice.media_id, expire_at=expire_at),
         )
         return ipb.NotifyDeviceResponse()
+
+    async def EraseAccount(
+        self, request: ipb.EraseAccountRequest, context: Any
+    ) -> ipb.EraseAccountResponse:
+        check = Check().id("account_id", request.account_id)
+        check.text("erasure_id", request.erasure_id, min_len=1, max_len=64)
+        if len(request.device_ids) > MAX_ERASED_DEVICES:
+            check.fail("device_ids", f"at most {MAX_ERASED_DEVICES}")
+        for i, device_id in enumerate(request.device_ids[:MAX_ERASED_DEVICES]):
+            check.id(f"device_ids[{i}]", device_id)
+        check.done()
+        done = await self._erasure.erase(
+            account_id=request.account_id,
+            device_ids=list(request.device_ids),
+            erasure_id=request.erasure_id,
+            now=self._clock(),
+        )
+        return ipb.EraseAccountResponse(done=done)

@@ -171,3 +171,13 @@ class ContactStore:
             (doc["owner"], doc["contact"])
             async for doc in self._contacts.find(query, {"owner": 1, "contact": 1, "_id": 0})
         }
+
+    async def owners_listing(self, contact: str, *, limit: int) -> list[str]:
+        """Accounts whose lists hold ``contact`` (a scan: erasures only)."""
+        cursor = self._contacts.find({"contact": contact}, {"owner": 1}).limit(limit)
+        return list(dict.fromkeys([doc["owner"] async for doc in cursor]))
+
+    async def delete_list(self, owner: str) -> None:
+        """The owner's whole list and its count (the owner is erased)."""
+        await self._contacts.delete_many({"owner": owner})
+        await self._counts.delete_one({"_id": owner})

@@ -35,9 +35,11 @@ from parley.media.v1 import media_pb2, references_pb2
 from parley.message.v1 import internal_pb2 as ipb
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
+from parley.presence.v1 import internal_pb2 as presence_internal_pb
 from parley.presence.v1 import presence_pb2 as ppb
 from parley_dev.stack import LocalStack
 from tests.chaos.clients import Channels
+from tests.chaos.spared import spared
 from tests.helpers import Metadata, auth
 from tests.limited_rpcs import LIMITS_BY_RPC
 from tests.refusals import RATE_LIMITED, rate_limit_problem, refused
@@ -50,7 +52,10 @@ PRESENCE_SERVICE = ppb.DESCRIPTOR.services_by_name["PresenceService"]
 # svc_media's questions to svc_message: called with the service credential,
 # so the fuzz reaches past authentication into their checks.
 MESSAGE_INTERNAL_SERVICE = ipb.DESCRIPTOR.services_by_name["MessageInternalService"]
-INTERNAL_SERVICES = (MESSAGE_INTERNAL_SERVICE,)
+PRESENCE_INTERNAL_SERVICE = presence_internal_pb.DESCRIPTOR.services_by_name[
+    "PresenceInternalService"
+]
+INTERNAL_SERVICES = (MESSAGE_INTERNAL_SERVICE, PRESENCE_INTERNAL_SERVICE)
 MEDIA_SERVICE = media_pb2.DESCRIPTOR.services_by_name["MediaService"]
 # Called with the stack's operator and service credentials, so the fuzzer
 # reaches their servicers (a user's token is refused before any field is read).
@@ -66,6 +71,7 @@ UNARY = [
         MESSAGE_SERVICE,
         PRESENCE_SERVICE,
         MESSAGE_INTERNAL_SERVICE,
+        PRESENCE_INTERNAL_SERVICE,
         *MEDIA_SERVICES,
     )
     for method in service.methods
@@ -190,6 +196,9 @@ async def build_world(
             MESSAGE_SERVICE.full_name: stack.settings.message.receive_limit_bytes,
             MESSAGE_INTERNAL_SERVICE.full_name: stack.settings.message.receive_limit_bytes,
             PRESENCE_SERVICE.full_name: stack.settings.presence.server.max_receive_message_bytes,
+            PRESENCE_INTERNAL_SERVICE.full_name: (
+                stack.settings.presence.server.max_receive_message_bytes
+            ),
             **{
                 service.full_name: stack.settings.media.server.max_receive_message_bytes
                 for service in MEDIA_SERVICES
@@ -430,7 +439,7 @@ class Caller:
         self.rate_limited: dict[str, int] = {}
 
     def channel(self, service: Any) -> grpc.Channel:
-        if service is PRESENCE_SERVICE:
+        if service in (PRESENCE_SERVICE, PRESENCE_INTERNAL_SERVICE):
             return self.presence
         if service in MEDIA_SERVICES:
             return self.media
@@ -460,9 +469,14 @@ class Caller:
             return auth(self.world.operator_token)
         if method.containing_service is MEDIA_REFERENCE_SERVICE:
             return auth(self.world.service_token)
-        if method.name == "RevokeDevice":
+        if method.name in ("RevokeDevice", "DeleteAccount"):
             return auth(self.disposable_token())
         return self.world.me.md
+
+    def _spared(self, method: Any, raw: bytes) -> bytes:
+        me, peer = self.world.me, self.world.peer
+        accounts, devices = (me.account_id, peer.account_id), (me.device_id, peer.device_id)
+        return spared(method, raw, accounts=accounts, devices=devices)
 
     def unary(self, service: Any, method: Any, raw: bytes) -> grpc.RpcError | None:
         if method.server_streaming:
@@ -471,13 +485,13 @@ class Caller:
             path(service, method), request_serializer=None, response_deserializer=None
         )
         try:
-            call(raw, metadata=self.metadata(method), timeout=CALL_TIMEOUT)
+            call(self._spared(method, raw), metadata=self.metadata(method), timeout=CALL_TIMEOUT)
         except grpc.RpcError as error:
             if method.name == "RevokeDevice" or _details(error)[0] == "ERROR_REASON_TOKEN_REVOKED":
                 self._disposable = None
             return error
-        if method.name == "RevokeDevice":
-            self._disposable = None  # it may have signed itself out
+        if method.name in ("RevokeDevice", "DeleteAccount"):
+            self._disposable = None  # it may have signed itself out, or be erased
         return None
 
     def _first_of_stream(self, service: Any, method: Any, raw: bytes) -> grpc.RpcError | None:

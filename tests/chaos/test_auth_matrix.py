@@ -36,6 +36,8 @@ from parley.message.v1 import internal_pb2 as ipb
 from parley.message.v1 import internal_pb2_grpc as igrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
+from parley.presence.v1 import internal_pb2 as pinternal_pb
+from parley.presence.v1 import internal_pb2_grpc as pinternal_grpc
 from parley.presence.v1 import presence_pb2 as ppb
 from parley.presence.v1 import presence_pb2_grpc as pgrpc
 from parley_core.auth.credentials import new_token
@@ -95,6 +97,12 @@ def unary_calls(
         ),
         "ListDevices": lambda md: keys.ListDevices(kpb.ListDevicesRequest(), metadata=md),
         "GetAccount": lambda md: keys.GetAccount(kpb.GetAccountRequest(), metadata=md),
+        # Confirmed with the victim's handle: a credential that passed as
+        # hers would erase her account.
+        "DeleteAccount": lambda md: keys.DeleteAccount(
+            kpb.DeleteAccountRequest(request_id=rid(), confirm_handle=v.alice.handle),
+            metadata=md,
+        ),
         "CreateDirectConversation": lambda md: messages.CreateDirectConversation(
             mpb.CreateDirectConversationRequest(request_id=rid(), peer_account_id=v.bob.account_id),
             metadata=md,
@@ -330,6 +338,9 @@ AUTHENTICATED = {
 PRESENCE_RPCS = {m.name for m in ppb.DESCRIPTOR.services_by_name["PresenceService"].methods}
 # Called by other services with the deployment's service credential only.
 INTERNAL_RPCS = {m.name for m in ipb.DESCRIPTOR.services_by_name["MessageInternalService"].methods}
+PRESENCE_INTERNAL_RPCS = {
+    m.name for m in pinternal_pb.DESCRIPTOR.services_by_name["PresenceInternalService"].methods
+}
 MEDIA_RPCS = {m.name for m in media_pb2.DESCRIPTOR.services_by_name["MediaService"].methods}
 
 
@@ -552,6 +563,11 @@ async def test_another_users_token_never_reaches_a_conversation_they_are_not_in(
         assert error.code() == grpc.StatusCode.NOT_FOUND, error
         linked = await calls["RegisterDevice"](mallory.md)
         assert linked.device.account_id == mallory.account_id
+        # Another's handle as the confirmation erases nothing: it names
+        # only the caller's own account, and it is not mallory's handle.
+        error = await refused(calls["DeleteAccount"](mallory.md))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+        assert (await calls["GetAccount"](v.alice.md)).account_id == v.alice.account_id
 
         # Connect: positions naming the victim's conversation bring nothing of
         # it, now or live, and acks for it move no watermark.
@@ -644,6 +660,22 @@ def internal_calls(internal: igrpc.MessageInternalServiceStub, v: Victim) -> dic
             ),
             metadata=md,
         ),
+        # An account that does not exist: the service credential's own call
+        # at the end of the test must not erase the victim.
+        "EraseAccount": lambda md: internal.EraseAccount(
+            ipb.EraseAccountRequest(account_id=rid(), erasure_id=rid()), metadata=md
+        ),
+    }
+
+
+def presence_internal_calls(
+    internal: pinternal_grpc.PresenceInternalServiceStub,
+) -> dict[str, Call]:
+    """svc_keys' erasure call to svc_presence, for an account that does not exist."""
+    return {
+        "EraseAccount": lambda md: internal.EraseAccount(
+            pinternal_pb.EraseAccountRequest(account_id=rid()), metadata=md
+        ),
     }
 
 
@@ -683,6 +715,21 @@ async def test_internal_rpcs_take_the_service_credential_and_nothing_else(
                 )
             )
             assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_presence_internal_rpcs_take_the_service_credential_only(
+    chaos: LocalStack, keys_stub: kgrpc.AccountServiceStub
+) -> None:
+    v = await victim_world(chaos, keys_stub)
+    async with grpc.aio.insecure_channel(chaos.presence_target) as channel:
+        calls = presence_internal_calls(pinternal_grpc.PresenceInternalServiceStub(channel))
+        assert set(calls) == PRESENCE_INTERNAL_RPCS, "the matrix misses an internal RPC"
+        for md in ((), v.alice.md, auth(new_token())):
+            for rpc, call in calls.items():
+                error = await refused(call(md))
+                assert error.code() == grpc.StatusCode.UNAUTHENTICATED, (rpc, error)
+        for call in calls.values():
+            await call(auth(chaos.service_token))
 
 
 async def test_a_stream_ends_when_its_token_expires(

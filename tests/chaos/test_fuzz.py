@@ -1,7 +1,8 @@
 """Fuzz every RPC of AccountService, KeyService, MessageService, PresenceService, the
 media services (MediaService with a user's token, MediaAdminService with an operator's,
-MediaReferenceService with the service credential) and MessageInternalService (with the
-service credential), Connect included.
+MediaReferenceService with the service credential), MessageInternalService and
+PresenceInternalService (with the service credential), Connect included. The erasure
+RPCs never name the fuzzer's own accounts (tests/chaos/fuzzing.py swaps them).
 
 Requests come from hypothesis: random fields, huge and empty values, invalid
 ids and ids of the wrong kind (a message id where a conversation id is

@@ -131,6 +131,10 @@ def privileged_calls(
         "ReleaseReferences": lambda md: references.ReleaseReferences(
             rpb.ReleaseReferencesRequest(media_ids=[v.media_id]), metadata=md
         ),
+        # Aimed at the victim: a credential that passed would erase her uploads.
+        "EraseUploader": lambda md: references.EraseUploader(
+            rpb.EraseUploaderRequest(account_id=v.alice.account_id), metadata=md
+        ),
     }
 
 

@@ -219,6 +219,9 @@ def test_service_config_is_accepted_by_parley_core(tmp_path: Path, svc: str) -> 
     if svc == "keys":
         signing = "/var/run/secrets/parley/tokens/signing.pem"
         assert str(settings.auth.private_key_file) == signing
+        # The erasure job's peers.
+        assert settings.keys.message_target == "eu-west-message.parley.svc.cluster.local:7102"
+        assert settings.keys.presence_target == "eu-west-presence.parley.svc.cluster.local:7103"
     else:
         assert settings.auth.private_key_file is None
     if svc == "message":

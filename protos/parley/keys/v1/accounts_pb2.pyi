@@ -399,3 +399,59 @@ class GetAccountRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_lookup) -> _WhichOneofReturnType_lookup | None: ...
 
 Global___GetAccountRequest: _TypeAlias = GetAccountRequest  # noqa: Y015
+
+@_typing.final
+class DeleteAccountRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONFIRM_HANDLE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """AIP-155: a UUID chosen by the client, reused on retries."""
+    confirm_handle: _builtins.str
+    """The account's handle typed again, as a guard against a mistaken call."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        confirm_handle: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirm_handle", b"confirm_handle", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAccountRequest: _TypeAlias = DeleteAccountRequest  # noqa: Y015
+
+@_typing.final
+class DeleteAccountResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERASURE_ID_FIELD_NUMBER: _builtins.int
+    HANDLE_RELEASE_TIME_FIELD_NUMBER: _builtins.int
+    COLD_ERASE_DEADLINE_FIELD_NUMBER: _builtins.int
+    erasure_id: _builtins.str
+    """Opaque id of the erasure record (no account id or handle in it)."""
+    @_builtins.property
+    def handle_release_time(self) -> _timestamp_pb2.Timestamp:
+        """From then on the handle can be signed up again."""
+
+    @_builtins.property
+    def cold_erase_deadline(self) -> _timestamp_pb2.Timestamp:
+        """By then archived history no longer holds the account's messages."""
+
+    def __init__(
+        self,
+        *,
+        erasure_id: _builtins.str = ...,
+        handle_release_time: _timestamp_pb2.Timestamp | None = ...,
+        cold_erase_deadline: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cold_erase_deadline", b"cold_erase_deadline", "handle_release_time", b"handle_release_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cold_erase_deadline", b"cold_erase_deadline", "erasure_id", b"erasure_id", "handle_release_time", b"handle_release_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteAccountResponse: _TypeAlias = DeleteAccountResponse  # noqa: Y015

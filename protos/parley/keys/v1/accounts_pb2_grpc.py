@@ -73,6 +73,11 @@ class AccountServiceStub:
                 request_serializer=parley_dot_keys_dot_v1_dot_accounts__pb2.GetAccountRequest.SerializeToString,
                 response_deserializer=parley_dot_keys_dot_v1_dot_accounts__pb2.Account.FromString,
                 _registered_method=True)
+        self.DeleteAccount = channel.unary_unary(
+                '/parley.keys.v1.AccountService/DeleteAccount',
+                request_serializer=parley_dot_keys_dot_v1_dot_accounts__pb2.DeleteAccountRequest.SerializeToString,
+                response_deserializer=parley_dot_keys_dot_v1_dot_accounts__pb2.DeleteAccountResponse.FromString,
+                _registered_method=True)
 
 
 class AccountServiceServicer:
@@ -136,6 +141,34 @@ class AccountServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteAccount(self, request, context):
+        """Erases the caller's account (GDPR Art. 17). Before it answers, every
+        device of the account is revoked (its tokens are refused everywhere) and
+        a durable erasure job is recorded; the job then removes, within minutes:
+        identity keys, signed and one-time prekeys, sender-key envelopes to and
+        from its devices, refresh tokens, the account's profile (handle, display
+        name); in svc_message every membership (groups and channels: a departure
+        system message; direct conversations stay with the other party, the peer
+        shown as erased), the body and media ids of every message it sent (they
+        become tombstones, their sender an opaque erased marker), its reactions,
+        push tokens, inbox settings, device cursors and watermarks; in
+        svc_presence its presence, last seen, contact list, its entries on
+        others' lists and its privacy settings; in svc_media its upload sessions
+        and usage (media nothing else references are collected after the grace
+        period). Archived history is rewritten within the cold erasure window
+        (30 days by default). The handle can be signed up again only after the
+        cooling-off period (30 days by default). What stays is an erasure record
+        (an opaque id, what was erased and when) with no personal data.
+
+        Idempotent by request_id while the caller's token still works; once the
+        devices are revoked a retry is UNAUTHENTICATED, and the erasure goes on.
+        `confirm_handle` must be the account's handle (case ignored), else
+        INVALID_ARGUMENT naming it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,6 +201,11 @@ def add_AccountServiceServicer_to_server(servicer, server):
                     servicer.GetAccount,
                     request_deserializer=parley_dot_keys_dot_v1_dot_accounts__pb2.GetAccountRequest.FromString,
                     response_serializer=parley_dot_keys_dot_v1_dot_accounts__pb2.Account.SerializeToString,
+            ),
+            'DeleteAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAccount,
+                    request_deserializer=parley_dot_keys_dot_v1_dot_accounts__pb2.DeleteAccountRequest.FromString,
+                    response_serializer=parley_dot_keys_dot_v1_dot_accounts__pb2.DeleteAccountResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -341,6 +379,33 @@ class AccountService:
             '/parley.keys.v1.AccountService/GetAccount',
             parley_dot_keys_dot_v1_dot_accounts__pb2.GetAccountRequest.SerializeToString,
             parley_dot_keys_dot_v1_dot_accounts__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.keys.v1.AccountService/DeleteAccount',
+            parley_dot_keys_dot_v1_dot_accounts__pb2.DeleteAccountRequest.SerializeToString,
+            parley_dot_keys_dot_v1_dot_accounts__pb2.DeleteAccountResponse.FromString,
             options,
             channel_credentials,
             insecure,

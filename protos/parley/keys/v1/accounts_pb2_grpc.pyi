@@ -65,6 +65,30 @@ class AccountServiceStub:
     """Lists the caller's active devices (AIP-158)."""
     GetAccount: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.GetAccountRequest, _accounts_pb2.Account]
     """Looks up an account by id or handle. An empty lookup returns the caller's."""
+    DeleteAccount: _grpc.UnaryUnaryMultiCallable[_accounts_pb2.DeleteAccountRequest, _accounts_pb2.DeleteAccountResponse]
+    """Erases the caller's account (GDPR Art. 17). Before it answers, every
+    device of the account is revoked (its tokens are refused everywhere) and
+    a durable erasure job is recorded; the job then removes, within minutes:
+    identity keys, signed and one-time prekeys, sender-key envelopes to and
+    from its devices, refresh tokens, the account's profile (handle, display
+    name); in svc_message every membership (groups and channels: a departure
+    system message; direct conversations stay with the other party, the peer
+    shown as erased), the body and media ids of every message it sent (they
+    become tombstones, their sender an opaque erased marker), its reactions,
+    push tokens, inbox settings, device cursors and watermarks; in
+    svc_presence its presence, last seen, contact list, its entries on
+    others' lists and its privacy settings; in svc_media its upload sessions
+    and usage (media nothing else references are collected after the grace
+    period). Archived history is rewritten within the cold erasure window
+    (30 days by default). The handle can be signed up again only after the
+    cooling-off period (30 days by default). What stays is an erasure record
+    (an opaque id, what was erased and when) with no personal data.
+
+    Idempotent by request_id while the caller's token still works; once the
+    devices are revoked a retry is UNAUTHENTICATED, and the erasure goes on.
+    `confirm_handle` must be the account's handle (case ignored), else
+    INVALID_ARGUMENT naming it.
+    """
 
 @_typing.type_check_only
 class AccountServiceAsyncStub(AccountServiceStub):
@@ -103,6 +127,30 @@ class AccountServiceAsyncStub(AccountServiceStub):
     """Lists the caller's active devices (AIP-158)."""
     GetAccount: _aio.UnaryUnaryMultiCallable[_accounts_pb2.GetAccountRequest, _accounts_pb2.Account]  # type: ignore[assignment]
     """Looks up an account by id or handle. An empty lookup returns the caller's."""
+    DeleteAccount: _aio.UnaryUnaryMultiCallable[_accounts_pb2.DeleteAccountRequest, _accounts_pb2.DeleteAccountResponse]  # type: ignore[assignment]
+    """Erases the caller's account (GDPR Art. 17). Before it answers, every
+    device of the account is revoked (its tokens are refused everywhere) and
+    a durable erasure job is recorded; the job then removes, within minutes:
+    identity keys, signed and one-time prekeys, sender-key envelopes to and
+    from its devices, refresh tokens, the account's profile (handle, display
+    name); in svc_message every membership (groups and channels: a departure
+    system message; direct conversations stay with the other party, the peer
+    shown as erased), the body and media ids of every message it sent (they
+    become tombstones, their sender an opaque erased marker), its reactions,
+    push tokens, inbox settings, device cursors and watermarks; in
+    svc_presence its presence, last seen, contact list, its entries on
+    others' lists and its privacy settings; in svc_media its upload sessions
+    and usage (media nothing else references are collected after the grace
+    period). Archived history is rewritten within the cold erasure window
+    (30 days by default). The handle can be signed up again only after the
+    cooling-off period (30 days by default). What stays is an erasure record
+    (an opaque id, what was erased and when) with no personal data.
+
+    Idempotent by request_id while the caller's token still works; once the
+    devices are revoked a retry is UNAUTHENTICATED, and the erasure goes on.
+    `confirm_handle` must be the account's handle (case ignored), else
+    INVALID_ARGUMENT naming it.
+    """
 
 class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
     """Accounts, devices and device tokens.
@@ -174,5 +222,35 @@ class AccountServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_accounts_pb2.Account, _abc.Awaitable[_accounts_pb2.Account]]:
         """Looks up an account by id or handle. An empty lookup returns the caller's."""
+
+    @_abc_1.abstractmethod
+    def DeleteAccount(
+        self,
+        request: _accounts_pb2.DeleteAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_accounts_pb2.DeleteAccountResponse, _abc.Awaitable[_accounts_pb2.DeleteAccountResponse]]:
+        """Erases the caller's account (GDPR Art. 17). Before it answers, every
+        device of the account is revoked (its tokens are refused everywhere) and
+        a durable erasure job is recorded; the job then removes, within minutes:
+        identity keys, signed and one-time prekeys, sender-key envelopes to and
+        from its devices, refresh tokens, the account's profile (handle, display
+        name); in svc_message every membership (groups and channels: a departure
+        system message; direct conversations stay with the other party, the peer
+        shown as erased), the body and media ids of every message it sent (they
+        become tombstones, their sender an opaque erased marker), its reactions,
+        push tokens, inbox settings, device cursors and watermarks; in
+        svc_presence its presence, last seen, contact list, its entries on
+        others' lists and its privacy settings; in svc_media its upload sessions
+        and usage (media nothing else references are collected after the grace
+        period). Archived history is rewritten within the cold erasure window
+        (30 days by default). The handle can be signed up again only after the
+        cooling-off period (30 days by default). What stays is an erasure record
+        (an opaque id, what was erased and when) with no personal data.
+
+        Idempotent by request_id while the caller's token still works; once the
+        devices are revoked a retry is UNAUTHENTICATED, and the erasure goes on.
+        `confirm_handle` must be the account's handle (case ignored), else
+        INVALID_ARGUMENT naming it.
+        """
 
 def add_AccountServiceServicer_to_server(servicer: AccountServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

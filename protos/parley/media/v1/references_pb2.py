@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parley/media/v1/references.proto\x12\x0fparley.media.v1\"v\n\x18ReserveReferencesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x11\n\tmedia_ids\x18\x03 \x03(\t\x12\x1a\n\x12readable_media_ids\x18\x04 \x03(\t\"\x1b\n\x19ReserveReferencesResponse\"-\n\x18ReleaseReferencesRequest\x12\x11\n\tmedia_ids\x18\x01 \x03(\t\"\x1b\n\x19ReleaseReferencesResponse2\xef\x01\n\x15MediaReferenceService\x12j\n\x11ReserveReferences\x12).parley.media.v1.ReserveReferencesRequest\x1a*.parley.media.v1.ReserveReferencesResponse\x12j\n\x11ReleaseReferences\x12).parley.media.v1.ReleaseReferencesRequest\x1a*.parley.media.v1.ReleaseReferencesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parley/media/v1/references.proto\x12\x0fparley.media.v1\"v\n\x18ReserveReferencesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x11\n\tmedia_ids\x18\x03 \x03(\t\x12\x1a\n\x12readable_media_ids\x18\x04 \x03(\t\"\x1b\n\x19ReserveReferencesResponse\"-\n\x18ReleaseReferencesRequest\x12\x11\n\tmedia_ids\x18\x01 \x03(\t\"\x1b\n\x19ReleaseReferencesResponse\"*\n\x14\x45raseUploaderRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\x17\n\x15\x45raseUploaderResponse2\xcf\x02\n\x15MediaReferenceService\x12j\n\x11ReserveReferences\x12).parley.media.v1.ReserveReferencesRequest\x1a*.parley.media.v1.ReserveReferencesResponse\x12j\n\x11ReleaseReferences\x12).parley.media.v1.ReleaseReferencesRequest\x1a*.parley.media.v1.ReleaseReferencesResponse\x12^\n\rEraseUploader\x12%.parley.media.v1.EraseUploaderRequest\x1a&.parley.media.v1.EraseUploaderResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +39,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RELEASEREFERENCESREQUEST']._serialized_end=247
   _globals['_RELEASEREFERENCESRESPONSE']._serialized_start=249
   _globals['_RELEASEREFERENCESRESPONSE']._serialized_end=276
-  _globals['_MEDIAREFERENCESERVICE']._serialized_start=279
-  _globals['_MEDIAREFERENCESERVICE']._serialized_end=518
+  _globals['_ERASEUPLOADERREQUEST']._serialized_start=278
+  _globals['_ERASEUPLOADERREQUEST']._serialized_end=320
+  _globals['_ERASEUPLOADERRESPONSE']._serialized_start=322
+  _globals['_ERASEUPLOADERRESPONSE']._serialized_end=345
+  _globals['_MEDIAREFERENCESERVICE']._serialized_start=348
+  _globals['_MEDIAREFERENCESERVICE']._serialized_end=683
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class MediaReferenceServiceStub:
-    """Internal: called by svc_message only, with `authorization: Bearer <service
+    """Internal: called by svc_message (and svc_keys for EraseUploader) only, with `authorization: Bearer <service
     token>` (the deployment's service credential, never an account's access
     token; one is UNAUTHENTICATED here). Clients never call it.
     """
@@ -47,10 +47,15 @@ class MediaReferenceServiceStub:
                 request_serializer=parley_dot_media_dot_v1_dot_references__pb2.ReleaseReferencesRequest.SerializeToString,
                 response_deserializer=parley_dot_media_dot_v1_dot_references__pb2.ReleaseReferencesResponse.FromString,
                 _registered_method=True)
+        self.EraseUploader = channel.unary_unary(
+                '/parley.media.v1.MediaReferenceService/EraseUploader',
+                request_serializer=parley_dot_media_dot_v1_dot_references__pb2.EraseUploaderRequest.SerializeToString,
+                response_deserializer=parley_dot_media_dot_v1_dot_references__pb2.EraseUploaderResponse.FromString,
+                _registered_method=True)
 
 
 class MediaReferenceServiceServicer:
-    """Internal: called by svc_message only, with `authorization: Bearer <service
+    """Internal: called by svc_message (and svc_keys for EraseUploader) only, with `authorization: Bearer <service
     token>` (the deployment's service credential, never an account's access
     token; one is UNAUTHENTICATED here). Clients never call it.
     """
@@ -79,6 +84,17 @@ class MediaReferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseUploader(self, request, context):
+        """Part of an account erasure: forgets the account as an uploader (its
+        upload sessions, their staging objects and its usage record; it is
+        removed from every media's uploaders) and checks each of its media again
+        after the grace period, so what nothing references is collected.
+        Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MediaReferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +108,11 @@ def add_MediaReferenceServiceServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_media_dot_v1_dot_references__pb2.ReleaseReferencesRequest.FromString,
                     response_serializer=parley_dot_media_dot_v1_dot_references__pb2.ReleaseReferencesResponse.SerializeToString,
             ),
+            'EraseUploader': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseUploader,
+                    request_deserializer=parley_dot_media_dot_v1_dot_references__pb2.EraseUploaderRequest.FromString,
+                    response_serializer=parley_dot_media_dot_v1_dot_references__pb2.EraseUploaderResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'parley.media.v1.MediaReferenceService', rpc_method_handlers)
@@ -101,7 +122,7 @@ def add_MediaReferenceServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MediaReferenceService:
-    """Internal: called by svc_message only, with `authorization: Bearer <service
+    """Internal: called by svc_message (and svc_keys for EraseUploader) only, with `authorization: Bearer <service
     token>` (the deployment's service credential, never an account's access
     token; one is UNAUTHENTICATED here). Clients never call it.
     """
@@ -150,6 +171,33 @@ class MediaReferenceService:
             '/parley.media.v1.MediaReferenceService/ReleaseReferences',
             parley_dot_media_dot_v1_dot_references__pb2.ReleaseReferencesRequest.SerializeToString,
             parley_dot_media_dot_v1_dot_references__pb2.ReleaseReferencesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseUploader(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.media.v1.MediaReferenceService/EraseUploader',
+            parley_dot_media_dot_v1_dot_references__pb2.EraseUploaderRequest.SerializeToString,
+            parley_dot_media_dot_v1_dot_references__pb2.EraseUploaderResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,7 +27,7 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class MediaReferenceServiceStub:
-    """Internal: called by svc_message only, with `authorization: Bearer <service
+    """Internal: called by svc_message (and svc_keys for EraseUploader) only, with `authorization: Bearer <service
     token>` (the deployment's service credential, never an account's access
     token; one is UNAUTHENTICATED here). Clients never call it.
     """
@@ -52,10 +52,17 @@ class MediaReferenceServiceStub:
     sender's account erased): each id is checked again after the grace
     period and removed if nothing references it then.
     """
+    EraseUploader: _grpc.UnaryUnaryMultiCallable[_references_pb2.EraseUploaderRequest, _references_pb2.EraseUploaderResponse]
+    """Part of an account erasure: forgets the account as an uploader (its
+    upload sessions, their staging objects and its usage record; it is
+    removed from every media's uploaders) and checks each of its media again
+    after the grace period, so what nothing references is collected.
+    Idempotent.
+    """
 
 @_typing.type_check_only
 class MediaReferenceServiceAsyncStub(MediaReferenceServiceStub):
-    """Internal: called by svc_message only, with `authorization: Bearer <service
+    """Internal: called by svc_message (and svc_keys for EraseUploader) only, with `authorization: Bearer <service
     token>` (the deployment's service credential, never an account's access
     token; one is UNAUTHENTICATED here). Clients never call it.
     """
@@ -77,9 +84,16 @@ class MediaReferenceServiceAsyncStub(MediaReferenceServiceStub):
     sender's account erased): each id is checked again after the grace
     period and removed if nothing references it then.
     """
+    EraseUploader: _aio.UnaryUnaryMultiCallable[_references_pb2.EraseUploaderRequest, _references_pb2.EraseUploaderResponse]  # type: ignore[assignment]
+    """Part of an account erasure: forgets the account as an uploader (its
+    upload sessions, their staging objects and its usage record; it is
+    removed from every media's uploaders) and checks each of its media again
+    after the grace period, so what nothing references is collected.
+    Idempotent.
+    """
 
 class MediaReferenceServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Internal: called by svc_message only, with `authorization: Bearer <service
+    """Internal: called by svc_message (and svc_keys for EraseUploader) only, with `authorization: Bearer <service
     token>` (the deployment's service credential, never an account's access
     token; one is UNAUTHENTICATED here). Clients never call it.
     """
@@ -110,6 +124,19 @@ class MediaReferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         """Messages naming these media ids were deleted for everyone (or their
         sender's account erased): each id is checked again after the grace
         period and removed if nothing references it then.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseUploader(
+        self,
+        request: _references_pb2.EraseUploaderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_references_pb2.EraseUploaderResponse, _abc.Awaitable[_references_pb2.EraseUploaderResponse]]:
+        """Part of an account erasure: forgets the account as an uploader (its
+        upload sessions, their staging objects and its usage record; it is
+        removed from every media's uploaders) and checks each of its media again
+        after the grace period, so what nothing references is collected.
+        Idempotent.
         """
 
 def add_MediaReferenceServiceServicer_to_server(servicer: MediaReferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from parley.message.v1 import messages_pb2 as parley_dot_message_dot_v1_dot_messages__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parley/message/v1/internal.proto\x12\x11parley.message.v1\x1a parley/message/v1/messages.proto\"@\n\x17\x43heckMediaAccessRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tmedia_ids\x18\x02 \x03(\t\"6\n\x18\x43heckMediaAccessResponse\x12\x1a\n\x12readable_media_ids\x18\x01 \x03(\t\"0\n\x1b\x43ountMediaReferencesRequest\x12\x11\n\tmedia_ids\x18\x01 \x03(\t\"\xa6\x01\n\x1c\x43ountMediaReferencesResponse\x12S\n\nreferences\x18\x01 \x03(\x0b\x32?.parley.message.v1.CountMediaReferencesResponse.ReferencesEntry\x1a\x31\n\x0fReferencesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"l\n\x13NotifyDeviceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12.\n\x06notice\x18\x03 \x01(\x0b\x32\x1e.parley.message.v1.MediaNotice\"\x16\n\x14NotifyDeviceResponse2\xdf\x02\n\x16MessageInternalService\x12k\n\x10\x43heckMediaAccess\x12*.parley.message.v1.CheckMediaAccessRequest\x1a+.parley.message.v1.CheckMediaAccessResponse\x12w\n\x14\x43ountMediaReferences\x12..parley.message.v1.CountMediaReferencesRequest\x1a/.parley.message.v1.CountMediaReferencesResponse\x12_\n\x0cNotifyDevice\x12&.parley.message.v1.NotifyDeviceRequest\x1a\'.parley.message.v1.NotifyDeviceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parley/message/v1/internal.proto\x12\x11parley.message.v1\x1a parley/message/v1/messages.proto\"@\n\x17\x43heckMediaAccessRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tmedia_ids\x18\x02 \x03(\t\"6\n\x18\x43heckMediaAccessResponse\x12\x1a\n\x12readable_media_ids\x18\x01 \x03(\t\"0\n\x1b\x43ountMediaReferencesRequest\x12\x11\n\tmedia_ids\x18\x01 \x03(\t\"\xa6\x01\n\x1c\x43ountMediaReferencesResponse\x12S\n\nreferences\x18\x01 \x03(\x0b\x32?.parley.message.v1.CountMediaReferencesResponse.ReferencesEntry\x1a\x31\n\x0fReferencesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"l\n\x13NotifyDeviceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12.\n\x06notice\x18\x03 \x01(\x0b\x32\x1e.parley.message.v1.MediaNotice\"\x16\n\x14NotifyDeviceResponse\"Q\n\x13\x45raseAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\ndevice_ids\x18\x02 \x03(\t\x12\x12\n\nerasure_id\x18\x03 \x01(\t\"$\n\x14\x45raseAccountResponse\x12\x0c\n\x04\x64one\x18\x01 \x01(\x08\x32\xc0\x03\n\x16MessageInternalService\x12k\n\x10\x43heckMediaAccess\x12*.parley.message.v1.CheckMediaAccessRequest\x1a+.parley.message.v1.CheckMediaAccessResponse\x12w\n\x14\x43ountMediaReferences\x12..parley.message.v1.CountMediaReferencesRequest\x1a/.parley.message.v1.CountMediaReferencesResponse\x12_\n\x0cNotifyDevice\x12&.parley.message.v1.NotifyDeviceRequest\x1a\'.parley.message.v1.NotifyDeviceResponse\x12_\n\x0c\x45raseAccount\x12&.parley.message.v1.EraseAccountRequest\x1a\'.parley.message.v1.EraseAccountResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,6 +48,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NOTIFYDEVICEREQUEST']._serialized_end=538
   _globals['_NOTIFYDEVICERESPONSE']._serialized_start=540
   _globals['_NOTIFYDEVICERESPONSE']._serialized_end=562
-  _globals['_MESSAGEINTERNALSERVICE']._serialized_start=565
-  _globals['_MESSAGEINTERNALSERVICE']._serialized_end=916
+  _globals['_ERASEACCOUNTREQUEST']._serialized_start=564
+  _globals['_ERASEACCOUNTREQUEST']._serialized_end=645
+  _globals['_ERASEACCOUNTRESPONSE']._serialized_start=647
+  _globals['_ERASEACCOUNTRESPONSE']._serialized_end=683
+  _globals['_MESSAGEINTERNALSERVICE']._serialized_start=686
+  _globals['_MESSAGEINTERNALSERVICE']._serialized_end=1134
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class MessageInternalServiceStub:
-    """Internal: called by svc_media only, with `authorization: Bearer <service
+    """Internal: called by svc_media (media RPCs) and svc_keys (EraseAccount) only, with `authorization: Bearer <service
     token>` (the deployment's service credential, never an account's access
     token; one is UNAUTHENTICATED here). Clients never call it.
     """
@@ -52,10 +52,15 @@ class MessageInternalServiceStub:
                 request_serializer=parley_dot_message_dot_v1_dot_internal__pb2.NotifyDeviceRequest.SerializeToString,
                 response_deserializer=parley_dot_message_dot_v1_dot_internal__pb2.NotifyDeviceResponse.FromString,
                 _registered_method=True)
+        self.EraseAccount = channel.unary_unary(
+                '/parley.message.v1.MessageInternalService/EraseAccount',
+                request_serializer=parley_dot_message_dot_v1_dot_internal__pb2.EraseAccountRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_internal__pb2.EraseAccountResponse.FromString,
+                _registered_method=True)
 
 
 class MessageInternalServiceServicer:
-    """Internal: called by svc_media only, with `authorization: Bearer <service
+    """Internal: called by svc_media (media RPCs) and svc_keys (EraseAccount) only, with `authorization: Bearer <service
     token>` (the deployment's service credential, never an account's access
     token; one is UNAUTHENTICATED here). Clients never call it.
     """
@@ -87,6 +92,21 @@ class MessageInternalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseAccount(self, request, context):
+        """Part of an account erasure (AccountService.DeleteAccount): leaves every
+        group and channel with a departure system message, turns every message
+        the account sent into a tombstone (body and media ids removed, the sender
+        replaced by an erased marker; its media references released), removes
+        its reactions, marks it erased in its direct conversations, deletes its
+        push tokens, inbox settings, device cursors and watermarks and drops the
+        cached recent messages of its conversations. Does a bounded amount of
+        work per call: call again with the same request until `done`.
+        Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessageInternalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +125,11 @@ def add_MessageInternalServiceServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_message_dot_v1_dot_internal__pb2.NotifyDeviceRequest.FromString,
                     response_serializer=parley_dot_message_dot_v1_dot_internal__pb2.NotifyDeviceResponse.SerializeToString,
             ),
+            'EraseAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseAccount,
+                    request_deserializer=parley_dot_message_dot_v1_dot_internal__pb2.EraseAccountRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_internal__pb2.EraseAccountResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'parley.message.v1.MessageInternalService', rpc_method_handlers)
@@ -114,7 +139,7 @@ def add_MessageInternalServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MessageInternalService:
-    """Internal: called by svc_media only, with `authorization: Bearer <service
+    """Internal: called by svc_media (media RPCs) and svc_keys (EraseAccount) only, with `authorization: Bearer <service
     token>` (the deployment's service credential, never an account's access
     token; one is UNAUTHENTICATED here). Clients never call it.
     """
@@ -190,6 +215,33 @@ class MessageInternalService:
             '/parley.message.v1.MessageInternalService/NotifyDevice',
             parley_dot_message_dot_v1_dot_internal__pb2.NotifyDeviceRequest.SerializeToString,
             parley_dot_message_dot_v1_dot_internal__pb2.NotifyDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageInternalService/EraseAccount',
+            parley_dot_message_dot_v1_dot_internal__pb2.EraseAccountRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_internal__pb2.EraseAccountResponse.FromString,
             options,
             channel_credentials,
             insecure,

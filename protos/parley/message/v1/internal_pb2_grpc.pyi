@@ -27,7 +27,7 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class MessageInternalServiceStub:
-    """Internal: called by svc_media only, with `authorization: Bearer <service
+    """Internal: called by svc_media (media RPCs) and svc_keys (EraseAccount) only, with `authorization: Bearer <service
     token>` (the deployment's service credential, never an account's access
     token; one is UNAUTHENTICATED here). Clients never call it.
     """
@@ -51,10 +51,21 @@ class MessageInternalServiceStub:
     device without a stream gets it from the RPC it polls, e.g.
     MediaService.GetRestore).
     """
+    EraseAccount: _grpc.UnaryUnaryMultiCallable[_internal_pb2.EraseAccountRequest, _internal_pb2.EraseAccountResponse]
+    """Part of an account erasure (AccountService.DeleteAccount): leaves every
+    group and channel with a departure system message, turns every message
+    the account sent into a tombstone (body and media ids removed, the sender
+    replaced by an erased marker; its media references released), removes
+    its reactions, marks it erased in its direct conversations, deletes its
+    push tokens, inbox settings, device cursors and watermarks and drops the
+    cached recent messages of its conversations. Does a bounded amount of
+    work per call: call again with the same request until `done`.
+    Idempotent.
+    """
 
 @_typing.type_check_only
 class MessageInternalServiceAsyncStub(MessageInternalServiceStub):
-    """Internal: called by svc_media only, with `authorization: Bearer <service
+    """Internal: called by svc_media (media RPCs) and svc_keys (EraseAccount) only, with `authorization: Bearer <service
     token>` (the deployment's service credential, never an account's access
     token; one is UNAUTHENTICATED here). Clients never call it.
     """
@@ -75,9 +86,20 @@ class MessageInternalServiceAsyncStub(MessageInternalServiceStub):
     device without a stream gets it from the RPC it polls, e.g.
     MediaService.GetRestore).
     """
+    EraseAccount: _aio.UnaryUnaryMultiCallable[_internal_pb2.EraseAccountRequest, _internal_pb2.EraseAccountResponse]  # type: ignore[assignment]
+    """Part of an account erasure (AccountService.DeleteAccount): leaves every
+    group and channel with a departure system message, turns every message
+    the account sent into a tombstone (body and media ids removed, the sender
+    replaced by an erased marker; its media references released), removes
+    its reactions, marks it erased in its direct conversations, deletes its
+    push tokens, inbox settings, device cursors and watermarks and drops the
+    cached recent messages of its conversations. Does a bounded amount of
+    work per call: call again with the same request until `done`.
+    Idempotent.
+    """
 
 class MessageInternalServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Internal: called by svc_media only, with `authorization: Bearer <service
+    """Internal: called by svc_media (media RPCs) and svc_keys (EraseAccount) only, with `authorization: Bearer <service
     token>` (the deployment's service credential, never an account's access
     token; one is UNAUTHENTICATED here). Clients never call it.
     """
@@ -113,6 +135,23 @@ class MessageInternalServiceServicer(metaclass=_abc_1.ABCMeta):
         """Delivers a notice to one device over its delivery stream (live only: a
         device without a stream gets it from the RPC it polls, e.g.
         MediaService.GetRestore).
+        """
+
+    @_abc_1.abstractmethod
+    def EraseAccount(
+        self,
+        request: _internal_pb2.EraseAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_internal_pb2.EraseAccountResponse, _abc.Awaitable[_internal_pb2.EraseAccountResponse]]:
+        """Part of an account erasure (AccountService.DeleteAccount): leaves every
+        group and channel with a departure system message, turns every message
+        the account sent into a tombstone (body and media ids removed, the sender
+        replaced by an erased marker; its media references released), removes
+        its reactions, marks it erased in its direct conversations, deletes its
+        push tokens, inbox settings, device cursors and watermarks and drops the
+        cached recent messages of its conversations. Does a bounded amount of
+        work per call: call again with the same request until `done`.
+        Idempotent.
         """
 
 def add_MessageInternalServiceServicer_to_server(servicer: MessageInternalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,1 @@
+"""Other services and stores as svc_keys' erasure job reaches them."""
