@@ -358,17 +358,24 @@ class Archiver:
         self, entries: Iterable[ManifestEntry], *, transform: Transform | None
     ) -> int:
         """Rewrite chunks with the log's overlay folded in and ``transform``
-        applied; a chunk neither changes is left alone. Returns chunks rewritten."""
-        rewritten: list[tuple[ManifestEntry, Chunk]] = []
+        applied. An object with any chunk changed is rewritten whole (its other
+        chunks copied), so the old object, which still holds the old rows,
+        can be deleted; objects nothing changes are left alone. Returns
+        chunks rewritten."""
+        changed_keys: set[str] = set()
+        prepared: dict[str, Chunk] = {}
         for entry in entries:
-            before = await self._tiered.chunk_docs(entry)
-            docs = await self._tiered.current_docs(entry)
-            changed = docs != before
-            if transform is not None:
-                for doc in docs:
-                    changed = transform(doc) or changed
-            if changed:
-                rewritten.append((entry, Chunk(entry.conversation_id, entry.week, docs)))
+            chunk = await self._changed(entry, transform)
+            if chunk is not None:
+                prepared[entry.chunk_id] = chunk
+                changed_keys.add(entry.object_key)
+        rewritten: list[tuple[ManifestEntry, Chunk]] = []
+        for entry in await self._ledger.in_objects(sorted(changed_keys)):
+            chunk = prepared.get(entry.chunk_id) or await self._changed(
+                entry, transform, always=True
+            )
+            assert chunk is not None
+            rewritten.append((entry, chunk))
         count = 0
         for group in bundles([c for _, c in rewritten], target_bytes=self._target_bytes):
             olds = {c.chunk_id: e for e, c in rewritten if any(c is g for g in group)}
@@ -382,6 +389,20 @@ class Archiver:
             if not await self._ledger.references(new_entries[0].object_key):
                 await self._objects.delete(new_entries[0].object_key)
         return count
+
+    async def _changed(
+        self, entry: ManifestEntry, transform: Transform | None, *, always: bool = False
+    ) -> Chunk | None:
+        """The chunk as rewritten, or None when nothing would change."""
+        before = await self._tiered.chunk_docs(entry)
+        docs = await self._tiered.current_docs(entry)
+        changed = docs != before
+        if transform is not None:
+            for doc in docs:
+                changed = transform(doc) or changed
+        if not (changed or always):
+            return None
+        return Chunk(entry.conversation_id, entry.week, docs)
 
     async def rewrite_weeks_with(
         self, transform: Transform, *, conversation_ids: Sequence[str] | None, limit: int = 100_000

@@ -260,6 +260,12 @@ class ArchiveLedger:
         cursor = self._manifest.find(query).sort("_id", ASCENDING).limit(limit)
         return [_entry(doc) async for doc in cursor]
 
+    async def in_objects(self, object_keys: Sequence[str]) -> list[ManifestEntry]:
+        cursor = self._manifest.find({"object_key": {"$in": list(object_keys)}}).sort(
+            "_id", ASCENDING
+        )
+        return [_entry(doc) async for doc in cursor]
+
     async def with_media(self, media_ids: Sequence[str]) -> list[ManifestEntry]:
         cursor = self._manifest.find({"media": {"$in": list(media_ids)}})
         return [_entry(doc) async for doc in cursor]

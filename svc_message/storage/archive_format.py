@@ -206,8 +206,10 @@ def encode(chunks: Sequence[Chunk]) -> Encoded:
     with pq.ParquetWriter(
         sink,
         SCHEMA,
-        compression="zstd",
-        # Row groups are the chunks; no writer-chosen split.
+        # Ciphertext does not compress; stored plain, a body can be found in
+        # the object's bytes (an erasure check scans for them).
+        compression={name: ("none" if name == "body" else "zstd") for name in SCHEMA.names},
+        use_dictionary=[name for name in SCHEMA.names if name != "body"],
         write_statistics=True,
         store_schema=True,
     ) as writer:
