@@ -18,6 +18,7 @@ from parley_core.storage.key_notices import IdentityChanges, PreKeyLows
 from parley_core.storage.liveness import Liveness
 from parley_core.storage.mongo import Database
 from parley_core.telemetry import build_tracing
+from svc_message.archive_metrics import ArchiveMetrics
 from svc_message.domain.acks import AckBatcher
 from svc_message.domain.archiver import Archiver
 from svc_message.domain.changes import ChangesHandler
@@ -85,6 +86,9 @@ class SettingsPublisher:
             [Broadcast(self._codec.encode(envelope), accounts=(account_id,))]
         )
 
+
+# Seconds between reads of the archive's sizes for the metrics.
+ARCHIVE_SAMPLE_SECONDS = 30.0
 
 # The abuse limits svc_message applies (docs/ARCHITECTURE.md, Abuse limits).
 LIMITS = (
@@ -397,6 +401,8 @@ async def build(settings: Settings) -> ServiceHost:
     runtime.spawn(leases.run())
     runtime.spawn(identity_notifier.run())
     runtime.spawn(identity_pending.run())
+    runtime.registry.register(ArchiveMetrics(archiver, clock=clock))
+    runtime.spawn(archiver.sample_forever(ARCHIVE_SAMPLE_SECONDS))
     if settings.archive.enabled:
         runtime.spawn(archiver.run())
 

@@ -209,6 +209,7 @@ class Archiver:
         self.objects_total = 0
         self.bytes_total = 0
         self.failures = 0
+        self.sampled: ArchiveStatus | None = None
 
     async def _step(self, name: str) -> None:
         if self._on_step is not None:
@@ -247,6 +248,29 @@ class Archiver:
     async def release(self) -> None:
         await self._ledger.release_lease(self._instance_id)
 
+    async def sample_forever(self, interval_seconds: float) -> None:
+        """Keep ``sampled`` current for the metrics (the totals read the
+        manifest, too much for every scrape)."""
+        while True:
+            try:
+                self.sampled = await self.status()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("archive_status_failed", error=repr(exc))
+            await self._sleep(interval_seconds)
+
+    def lag_seconds(self, now: float) -> float:
+        """How far the archive is behind the window: the last pass's lag, or
+        for how long no pass has run beyond its interval (paused, failing,
+        or no process holding the lease)."""
+        sampled = self.sampled
+        if sampled is None:
+            return 0.0
+        state = sampled.state
+        idle = now - state.last_pass_at - self._interval if state.last_pass_at else 0.0
+        return max(state.lag_seconds, idle, 0.0)
+
     async def status(self) -> ArchiveStatus:
         rows, objects, size = await self._ledger.totals()
         return ArchiveStatus(
@@ -266,8 +290,10 @@ class Archiver:
             id_floor(cutoff.timestamp()), limit=self._conversations_per_pass
         )
         pending: list[Chunk] = []
+        behind = len(candidates) >= self._conversations_per_pass
         for conversation_id in sorted(candidates):
-            chunks = await self._prepare(conversation_id, cutoff, report)
+            chunks, truncated = await self._prepare(conversation_id, cutoff, report)
+            behind = behind or truncated
             if chunks:
                 report.conversations += 1
                 pending += chunks
@@ -275,7 +301,8 @@ class Archiver:
             moved = await self._move(bundle, report)
             if self._rate > 0:
                 await self._sleep(moved / self._rate)
-        behind = len(candidates) >= self._conversations_per_pass
+        # Behind: this pass could not take everything due. The lag is then
+        # how far past the window the oldest entry it found was (more may wait).
         oldest = min((_at(c.docs[0]["created_at"]) for c in pending), default=None)
         report.lag_seconds = (
             max(0.0, (cutoff - oldest).total_seconds()) if behind and oldest else 0.0
@@ -286,19 +313,21 @@ class Archiver:
 
     async def _prepare(
         self, conversation_id: str, cutoff: datetime, report: PassReport
-    ) -> list[Chunk]:
+    ) -> tuple[list[Chunk], bool]:
+        """The chunks to move, and whether entries due were left for a later pass."""
         head = await self._ledger.head(conversation_id)
         # A move that stopped after advancing the head left entries behind.
         await self._hot.delete_through(conversation_id, head.version)
         newest = await self._hot.newest(conversation_id)
         if newest is None:
-            return []
+            return [], False
         docs = await self._hot.entries(
             conversation_id, after_version=head.version, limit=self._entries_per_conversation
         )
         moved = movable_prefix(docs, cutoff=cutoff, newest_at=_at(newest["created_at"]))
         if not moved:
-            return []
+            return [], False
+        truncated = len(moved) == len(docs) == self._entries_per_conversation
         folded = {
             int(d.get("target_seq") or 0)
             for d in moved
@@ -308,7 +337,7 @@ class Archiver:
             entries = await self._ledger.by_seq(conversation_id, min(folded), max(folded))
             targets = [e for e in entries if any(e.seq_lo <= s <= e.seq_hi for s in folded)]
             report.rewritten += await self._rewrite(targets, transform=None)
-        return chunks_of(conversation_id, moved)
+        return chunks_of(conversation_id, moved), truncated
 
     async def _write(self, chunks: Sequence[Chunk]) -> tuple[list[ManifestEntry], int]:
         """Write and verify one object holding ``chunks``: its manifest entries
