@@ -30,7 +30,8 @@ async def _command(command: str, config: Path | None) -> dict[str, object]:
         try:
             if command in ("pause", "resume"):
                 await archiver.set_paused(command == "pause")
-            elif command == "run":
+                return {"paused": command == "pause"}
+            if command == "run":
                 report = await archiver.tick()
                 if report is None:
                     return {"ran": False, "why": "paused, or another process holds the lease"}

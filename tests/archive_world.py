@@ -55,7 +55,10 @@ async def open_world(
     on_step: Callable[[str], Awaitable[None]] | None = None,
     target_object_bytes: int = 1 << 20,
     name: str | None = None,
+    stack_database: bool = False,
 ) -> World:
+    """A world of its own database and key prefix; ``stack_database``: the
+    stack's database, which its config file (and so the CLI) names."""
     name = name or uuid.uuid4().hex[:12]
     prefix = f"history-test/{name}/"
     settings = stack.settings.model_copy(
@@ -70,8 +73,9 @@ async def open_world(
             )
         }
     )
+    database = stack.settings.mongo.database if stack_database else f"archive_{name}"
     db = mongo_storage.durable_database(
-        client, stack.settings.mongo.model_copy(update={"database": f"archive_{name}"})
+        client, stack.settings.mongo.model_copy(update={"database": database})
     )
     clock = [NOW]
     store, archiver, objects = await build_archive(settings, db, clock=lambda: clock[0])

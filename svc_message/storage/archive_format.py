@@ -223,7 +223,8 @@ def encode(chunks: Sequence[Chunk]) -> Encoded:
 
 def _open(data: bytes) -> pq.ParquetFile:
     parquet = pq.ParquetFile(io.BytesIO(data))
-    metadata = parquet.schema_arrow.metadata or {}
+    # The file's own key-value metadata, which every Parquet reader sees.
+    metadata = parquet.metadata.metadata or {}
     version = metadata.get(b"schema_version", b"").decode()
     if version != SCHEMA_VERSION:
         raise UnknownSchema(f"history archive schema_version {version!r} is not known")

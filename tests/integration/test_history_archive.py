@@ -6,7 +6,10 @@ removes ciphertext from the objects."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -437,3 +440,43 @@ async def test_erasure_rewrite_tombstones_an_account_in_cold_objects(
         )
         == 0
     )
+
+
+async def test_operator_commands_pause_resume_run_and_report(
+    backends: LocalStack, mongo: AsyncMongoClient
+) -> None:
+    """``python -m svc_message archive ...`` against the stack's config: pause
+    is seen by every archiver (this test's too), run makes one pass."""
+    world = await _world(backends, mongo, stack_database=True)
+
+    async def archive(action: str) -> dict[str, object]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "svc_message",
+            "archive",
+            action,
+            "--config",
+            str(backends.config_path),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert process.returncode == 0, err.decode()[-2000:]
+        return json.loads(out)  # type: ignore[no-any-return]
+
+    try:
+        assert (await archive("pause"))["paused"] is True
+        assert (await world.archiver.tick()) is None, "paused for every process"
+        ran = await archive("run")
+        assert ran["ran"] is False
+        resumed = await archive("resume")
+        assert resumed["paused"] is False
+        ran = await archive("run")
+        assert ran["ran"] is True, ran
+        status = await archive("status")
+        assert {"hot_entries", "cold_rows", "cold_objects", "cold_bytes", "lag_seconds"} <= set(
+            status
+        )
+    finally:
+        await world.archiver.set_paused(False)
