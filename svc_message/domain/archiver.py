@@ -51,6 +51,8 @@ STEPS = ("written", "verified", "recorded", "advanced", "deleted")
 
 Transform = Callable[[dict[str, Any]], bool]
 StepHook = Callable[[str], Awaitable[None]]
+# Seconds between two sweeps for objects no chunk names.
+ORPHAN_SWEEP_SECONDS = 86400.0
 
 
 class VerifyFailed(Exception):
@@ -157,6 +159,7 @@ class PassReport:
     objects: int = 0
     bytes: int = 0
     rewritten: int = 0
+    orphans: int = 0
     lag_seconds: float = 0.0
 
 
@@ -210,6 +213,7 @@ class Archiver:
         self.bytes_total = 0
         self.failures = 0
         self.sampled: ArchiveStatus | None = None
+        self._swept_at = 0.0
 
     async def _step(self, name: str) -> None:
         if self._on_step is not None:
@@ -241,6 +245,22 @@ class Archiver:
         ):
             return None
         return await self.run_pass(now)
+
+    async def sweep_orphans(self, now: float, *, min_age_seconds: float) -> int:
+        """Delete objects under the prefix that no chunk names and that were
+        written more than ``min_age_seconds`` ago: written by a move that
+        crashed before recording them and was then bundled differently, or
+        by a rewrite that lost its race. The age spares objects a move or a
+        rewrite is recording right now."""
+        named = await self._ledger.object_keys()
+        deleted = 0
+        for key, (_, written_at) in (await self._objects.keys()).items():
+            if key not in named and now - written_at > min_age_seconds:
+                await self._objects.delete(key)
+                deleted += 1
+        if deleted:
+            log.info("archive_orphans_deleted", count=deleted)
+        return deleted
 
     async def set_paused(self, paused: bool) -> None:
         await self._ledger.set_paused(paused)
@@ -307,6 +327,10 @@ class Archiver:
         report.lag_seconds = (
             max(0.0, (cutoff - oldest).total_seconds()) if behind and oldest else 0.0
         )
+        if now - self._swept_at >= ORPHAN_SWEEP_SECONDS:
+            # Listing the prefix costs one request per 1,000 objects: daily.
+            report.orphans = await self.sweep_orphans(now, min_age_seconds=self._lease_seconds)
+            self._swept_at = now
         self.last = report
         await self._ledger.finish_pass(now=now, lag_seconds=report.lag_seconds, moved=report.moved)
         return report

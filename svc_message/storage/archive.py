@@ -129,9 +129,10 @@ class ArchiveObjects:
         self._cache.pop(key, None)
         await self._call("delete_object", Key=key)
 
-    async def keys(self, *, limit: int = 100_000) -> dict[str, int]:
-        """Every object under the prefix with its size (at most ``limit``)."""
-        found: dict[str, int] = {}
+    async def keys(self, *, limit: int = 1_000_000) -> dict[str, tuple[int, float]]:
+        """Every object under the prefix (at most ``limit``): its size and
+        when it was last written (Unix seconds)."""
+        found: dict[str, tuple[int, float]] = {}
         token: str | None = None
         while len(found) < limit:
             params: dict[str, Any] = {"Prefix": self.prefix, "MaxKeys": 1000}
@@ -139,7 +140,7 @@ class ArchiveObjects:
                 params["ContinuationToken"] = token
             reply = await self._call("list_objects_v2", **params)
             for item in reply.get("Contents", ()):
-                found[item["Key"]] = int(item["Size"])
+                found[item["Key"]] = (int(item["Size"]), item["LastModified"].timestamp())
             token = reply.get("NextContinuationToken")
             if not token:
                 break

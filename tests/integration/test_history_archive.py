@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -480,3 +481,19 @@ async def test_operator_commands_pause_resume_run_and_report(
         )
     finally:
         await world.archiver.set_paused(False)
+
+
+async def test_objects_no_chunk_names_are_swept_once_old_enough(
+    backends: LocalStack, mongo: AsyncMongoClient
+) -> None:
+    """A move that crashed after writing and was then bundled differently
+    leaves an object nothing names; the daily sweep deletes it."""
+    world = await _world(backends, mongo)
+    await write_history(world.store, "c-orphan", [at(60), at(59), at(1)])
+    await world.archiver.run_pass(NOW)
+    named = world.object_keys()
+    stray = f"{world.prefix}c-orphan/2026-W40/9/{'0' * 64}.parquet"
+    world.s3().put_object(Bucket=backends.s3_bucket, Key=stray, Body=b"x")
+    assert await world.archiver.sweep_orphans(time.time(), min_age_seconds=3600) == 0, "too young"
+    assert await world.archiver.sweep_orphans(time.time() + 7200, min_age_seconds=3600) == 1
+    assert world.object_keys() == named
