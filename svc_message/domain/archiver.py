@@ -214,6 +214,9 @@ class Archiver:
         self.failures = 0
         self.sampled: ArchiveStatus | None = None
         self._swept_at = 0.0
+        # The oldest entry id of the last candidate of a pass that could not
+        # take them all; the next pass goes on from there.
+        self._turn = ""
 
     async def _step(self, name: str) -> None:
         if self._on_step is not None:
@@ -306,11 +309,16 @@ class Archiver:
     async def run_pass(self, now: float) -> PassReport:
         report = PassReport()
         cutoff = datetime.fromtimestamp(now - self._window, UTC)
-        candidates = await self._hot.conversations_before(
-            id_floor(cutoff.timestamp()), limit=self._conversations_per_pass
+        # Quiet conversations keep their newest week in the log past the
+        # window and stay candidates; passes go through the candidates in
+        # turns (by oldest entry), so they cannot crowd the others out.
+        found = await self._hot.conversations_before(
+            id_floor(cutoff.timestamp()), after=self._turn, limit=self._conversations_per_pass
         )
+        behind = len(found) >= self._conversations_per_pass
+        self._turn = found[-1][1] if behind else ""
+        candidates = [conversation_id for conversation_id, _ in found]
         pending: list[Chunk] = []
-        behind = len(candidates) >= self._conversations_per_pass
         for conversation_id in sorted(candidates):
             chunks, truncated = await self._prepare(conversation_id, cutoff, report)
             behind = behind or truncated

@@ -364,18 +364,22 @@ class HotLog:
             [("conversation_id", ASCENDING), ("target_seq", ASCENDING)]
         )
 
-    async def conversations_before(self, first_id: str, *, limit: int) -> list[str]:
-        """Conversations with entries older than the id ``first_id`` (ids are
-        UUIDv7: they sort by creation time), oldest such entry first."""
+    async def conversations_before(
+        self, first_id: str, *, after: str = "", limit: int
+    ) -> list[tuple[str, str]]:
+        """(conversation, its oldest entry id) for conversations with entries
+        older than the id ``first_id`` (ids are UUIDv7: they sort by creation
+        time), whose oldest entry id is above ``after``, in that order."""
         cursor = await self._messages.aggregate(
             [
                 {"$match": {"_id": {"$lt": first_id}}},
                 {"$group": {"_id": "$conversation_id", "oldest": {"$min": "$_id"}}},
+                {"$match": {"oldest": {"$gt": after}}},
                 {"$sort": {"oldest": 1}},
                 {"$limit": limit},
             ]
         )
-        return [str(doc["_id"]) async for doc in cursor]
+        return [(str(doc["_id"]), str(doc["oldest"])) async for doc in cursor]
 
     async def newest(self, conversation_id: str) -> Document | None:
         return await self._messages.find_one(

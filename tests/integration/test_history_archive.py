@@ -497,3 +497,52 @@ async def test_objects_no_chunk_names_are_swept_once_old_enough(
     assert await world.archiver.sweep_orphans(time.time(), min_age_seconds=3600) == 0, "too young"
     assert await world.archiver.sweep_orphans(time.time() + 7200, min_age_seconds=3600) == 1
     assert world.object_keys() == named
+
+
+async def test_one_lease_holder_a_rate_limit_and_the_lag(
+    backends: LocalStack, mongo: AsyncMongoClient
+) -> None:
+    world = await _world(backends, mongo)
+    ledger = world.archiver._ledger
+    assert await ledger.take_lease("a", now=NOW, seconds=60)
+    assert await ledger.take_lease("a", now=NOW + 30, seconds=60), "renewed by its holder"
+    assert not await ledger.take_lease("b", now=NOW + 60, seconds=60), "held until it expires"
+    assert await ledger.take_lease("b", now=NOW + 91, seconds=60), "then another takes it"
+    await ledger.release_lease("b")
+    assert await ledger.take_lease("a", now=NOW + 92, seconds=60), "released: free at once"
+    await ledger.release_lease("a")
+
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    world.archiver._sleep = sleep
+    world.archiver._rate = 10.0
+    world.archiver._conversations_per_pass = 2
+    for i in range(3):
+        await write_history(world.store, f"c-rate-{i}", [at(60), at(59), at(58), at(1)])
+    report = await world.archiver.run_pass(NOW)
+    assert report.moved == 6 and sum(slept) == pytest.approx(0.6), slept
+    # Two conversations per pass: one was left, 60 days old, 30 past the window.
+    assert report.lag_seconds == pytest.approx(30 * DAY, abs=2 * DAY), report
+    world.archiver.sampled = await world.archiver.status()
+    assert world.archiver.lag_seconds(NOW) >= report.lag_seconds
+    assert (await world.archiver.run_pass(NOW)).moved == 3
+    assert world.archiver.last.lag_seconds == 0.0
+
+
+async def test_quiet_conversations_do_not_crowd_out_the_others(
+    backends: LocalStack, mongo: AsyncMongoClient
+) -> None:
+    """A conversation silent for months keeps its newest week in the log, so it
+    stays a candidate; passes take candidates in turns."""
+    world = await _world(backends, mongo)
+    world.archiver._conversations_per_pass = 2
+    for i in range(4):
+        await write_history(world.store, f"c-silent-{i}", [at(200 + i)])
+    await write_history(world.store, "c-busy", [at(60), at(59), at(1)])
+    moved = 0
+    for _ in range(4):
+        moved += (await world.archiver.run_pass(NOW)).moved
+    assert moved == 2, "c-busy's old week moved within a few passes"
