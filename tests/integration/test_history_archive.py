@@ -441,6 +441,13 @@ async def test_erasure_rewrite_tombstones_an_account_in_cold_objects(
         )
         == 0
     )
+    # With a pseudonym, the account id itself leaves every object.
+    await world.archiver.rewrite_weeks_with(
+        tombstone_sender("mallory", pseudonym="erased-1"), conversation_ids=None
+    )
+    for key in world.object_keys():
+        rows = pq.read_table(io.BytesIO(world.object_bytes(key))).to_pylist()
+        assert rows and not [r for r in rows if "mallory" in repr(r)], key
 
 
 async def test_operator_commands_pause_resume_run_and_report(
