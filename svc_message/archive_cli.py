@@ -44,6 +44,7 @@ async def _command(command: str, config: Path | None) -> dict[str, object]:
                 "lag_seconds": status.state.lag_seconds,
                 "moved_total": status.state.moved_total,
                 "hot_entries": status.hot_entries,
+                "hot_bytes": status.hot_bytes,
                 "cold_rows": status.cold_rows,
                 "cold_objects": status.cold_objects,
                 "cold_bytes": status.cold_bytes,

@@ -31,7 +31,8 @@ class ArchiveMetrics(Collector):
         )
         size = GaugeMetricFamily(
             "parley_history_bytes",
-            "Bytes of the conversation log per tier (cold: archive objects on S3)",
+            "Bytes of the conversation log per tier (hot: MongoDB documents, uncompressed; "
+            "cold: archive objects on S3)",
             labels=["tier"],
         )
         objects = GaugeMetricFamily(
@@ -40,6 +41,7 @@ class ArchiveMetrics(Collector):
         if sampled is not None:
             entries.add_metric(["hot"], sampled.hot_entries)
             entries.add_metric(["cold"], sampled.cold_rows)
+            size.add_metric(["hot"], sampled.hot_bytes)
             size.add_metric(["cold"], sampled.cold_bytes)
             objects.add_metric([], sampled.cold_objects)
         yield entries

@@ -202,6 +202,7 @@ class PassReport:
 class ArchiveStatus:
     state: ArchiveState
     hot_entries: int
+    hot_bytes: int
     cold_rows: int
     cold_objects: int
     cold_bytes: int
@@ -334,6 +335,7 @@ class Archiver:
         return ArchiveStatus(
             state=await self._ledger.state(),
             hot_entries=await self._hot.count(),
+            hot_bytes=await self._hot.size_bytes(),
             cold_rows=rows,
             cold_objects=objects,
             cold_bytes=size,

@@ -416,3 +416,8 @@ class HotLog:
 
     async def count(self) -> int:
         return int(await self._messages.estimated_document_count())
+
+    async def size_bytes(self) -> int:
+        """The log's documents' size (collStats ``size``, uncompressed)."""
+        stats = await self._messages.database.command("collStats", self._messages.name)
+        return int(stats.get("size") or 0)
