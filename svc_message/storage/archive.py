@@ -41,6 +41,10 @@ _CONTROL = "archiver"
 _CACHE_OBJECTS = 16
 
 
+class MissingObject(Exception):
+    """The object is not in the bucket (a rewrite replaced and deleted it)."""
+
+
 class CorruptObject(Exception):
     """An archive object whose bytes do not hash to what the manifest says."""
 
@@ -102,7 +106,11 @@ class ArchiveObjects:
     async def _call(self, operation: str, **params: Any) -> Any:
         try:
             return await getattr(self._client, operation)(Bucket=self._bucket, **params)
-        except (TimeoutError, BotoCoreError, ClientError, OSError):
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) in ("NoSuchKey", "404"):
+                raise MissingObject(params.get("Key", "")) from None
+            raise _unavailable() from None
+        except (TimeoutError, BotoCoreError, OSError):
             raise _unavailable() from None
 
     async def put(self, key: str, data: bytes) -> None:
@@ -218,6 +226,10 @@ class ArchiveLedger:
             {"_id": entry.chunk_id, "object_key": was}, _doc(entry, object_bytes)
         )
         return bool(reply.matched_count)
+
+    async def entry(self, chunk_id: str) -> ManifestEntry | None:
+        doc = await self._manifest.find_one({"_id": chunk_id})
+        return None if doc is None else _entry(doc)
 
     async def references(self, object_key: str) -> int:
         return int(await self._manifest.count_documents({"object_key": object_key}, limit=1))

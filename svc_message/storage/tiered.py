@@ -30,7 +30,7 @@ from parley_core.storage.mongo import Database, Document
 from svc_message.model import HISTORY_KINDS, Change, ChangeKind, Message
 from svc_message.model.archive import ColdHead, ManifestEntry
 from svc_message.model.media import MediaReference
-from svc_message.storage.archive import ArchiveLedger, ArchiveObjects, HotLog
+from svc_message.storage.archive import ArchiveLedger, ArchiveObjects, HotLog, MissingObject
 from svc_message.storage.archive_format import iso_week, read_row_group
 from svc_message.storage.messages import MessageStore, change_from_doc, message_from_doc
 
@@ -113,7 +113,15 @@ class TieredMessageStore(MessageStore):
 
     async def chunk_docs(self, entry: ManifestEntry) -> list[dict[str, Any]]:
         """The chunk's documents as archived (no overlay)."""
-        data = await self._objects.get(entry.object_key, sha256=entry.sha256)
+        try:
+            data = await self._objects.get(entry.object_key, sha256=entry.sha256)
+        except MissingObject:
+            # A rewrite moved the chunk after this read found it: where it is now.
+            moved = await self._ledger.entry(entry.chunk_id)
+            if moved is None or moved.object_key == entry.object_key:
+                raise
+            entry = moved
+            data = await self._objects.get(entry.object_key, sha256=entry.sha256)
         return read_row_group(data, entry.row_group)
 
     async def current_docs(self, entry: ManifestEntry) -> list[dict[str, Any]]:
