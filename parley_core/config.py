@@ -613,6 +613,40 @@ class TopologySettings(_Section):
     """Seconds between re-reads of the topology file; a changed document applies at once."""
 
 
+class ArchiveSettings(_Section):
+    """svc_message's history archive: the log's old weeks as Parquet objects in the `s3`
+    section's bucket, read through transparently (docs/ARCHITECTURE.md, History tiers)."""
+
+    enabled: bool = True
+    """Run the archiver (one svc_message process at a time holds its lease). Reads of archived
+    history work either way."""
+    hot_window_days: float = Field(default=30.0, gt=0, le=3650)
+    """Entries stay in MongoDB at least this long; a conversation's older ISO weeks move to the
+    archive (never the week of its newest entry). Fractions are allowed (tests use seconds)."""
+    prefix: str = Field(default="history/", min_length=1, max_length=200, pattern=r"^[^/].*/$")
+    """Key prefix of archive objects in the bucket, ending in '/'."""
+    target_object_bytes: int = Field(default=1 << 20, ge=1024, le=1 << 30)
+    """Objects bundle the weeks of quiet conversations until they reach this size (the last
+    of a pass may be smaller)."""
+    messages_per_second: float = Field(default=2000.0, ge=0, le=1_000_000)
+    """Rate limit of the archiver, in log entries moved per second; 0: unlimited."""
+    interval_seconds: float = Field(default=60.0, gt=0, le=86400)
+    """Seconds between two passes of the archiver."""
+    lease_seconds: float = Field(default=300.0, gt=0, le=86400)
+    """The archiver's lease: another process takes over this long after the holder stops."""
+    conversations_per_pass: int = Field(default=1000, ge=1, le=1_000_000)
+    """Conversations one pass considers at most (the oldest first); the rest wait for the
+    next pass and count as lag."""
+    entries_per_conversation: int = Field(default=20_000, ge=10, le=1_000_000)
+    """Log entries of one conversation one pass reads at most."""
+    s3_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    """Seconds one call to the object store may take."""
+
+    @property
+    def hot_window_seconds(self) -> float:
+        return self.hot_window_days * 86400
+
+
 class Settings(_Section):
     region: str = Field(default="local", min_length=1, max_length=32)
     """Name of the region this process serves, reported as cloud.region in traces."""
@@ -636,6 +670,8 @@ class Settings(_Section):
     """svc_media: encrypted attachments on S3-compatible storage."""
     s3: S3Settings = S3Settings()
     """The S3-compatible object store of the region's media."""
+    archive: ArchiveSettings = ArchiveSettings()
+    """svc_message's history archive on the `s3` section's store."""
     telemetry: TelemetrySettings = TelemetrySettings()
     """Traces (metrics are per server)."""
     topology: TopologySettings = TopologySettings()

@@ -1,9 +1,11 @@
 """The developers' ``parley`` command (``./parley``): the chat commands of
-:mod:`parley_cli`, plus ``parley up`` to run the local stack and ``parley bench``."""
+:mod:`parley_cli`, plus ``parley up`` to run the local stack, ``parley bench`` and
+``parley archive`` (the history archiver of the local stack)."""
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,7 +81,34 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=_cmd_up, client_commands=client_commands)
     # After client_commands: bench is a developer tool, not a chat command for the banner.
     add_bench_parser(commands)
+    archive = commands.add_parser(
+        "archive",
+        help="the history archiver of the local stack: run a pass, status, pause, resume",
+        description=(
+            "Runs `python -m svc_message archive ACTION` against the local stack's config"
+            " (DATA_DIR/parley.yaml); a deployment runs the same command in a svc_message pod."
+        ),
+    )
+    archive.add_argument("action", choices=["run", "status", "pause", "resume"])
+    archive.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".parley"),
+        help="the stack's data directory, as given to `parley up` (default: ./.parley)",
+    )
+    archive.set_defaults(func=_cmd_archive)
     return parser
+
+
+def _cmd_archive(args: argparse.Namespace) -> int:
+    config = args.data_dir / "parley.yaml"
+    if not config.exists():
+        print(
+            f"parley archive: no {config}; start the stack with `parley up` first", file=sys.stderr
+        )
+        return 2
+    command = [sys.executable, "-m", "svc_message", "archive", args.action, "--config", str(config)]
+    return subprocess.run(command, check=False).returncode
 
 
 def _positive_int(text: str) -> int:

@@ -246,6 +246,29 @@ MESSAGING = Dashboard(
             ],
             unit="ops",
         ),
+        Panel(
+            "History per tier",
+            "Conversation log entries in MongoDB (hot, estimated) and in the Parquet archive "
+            "on S3 (cold rows); every process reports the same region-wide numbers.",
+            [
+                (
+                    f"max by (region, tier) ({sel('parley_history_entries')})",
+                    "{{region}} {{tier}}",
+                ),
+            ],
+        ),
+        Panel(
+            "History archiver",
+            "How far the archive is behind the hot window (the alert ParleyArchiverBehind "
+            "fires above its threshold), and entries moved per second by the lease holder.",
+            [
+                (f"max by (region) ({sel('parley_archiver_lag_seconds')})", "{{region}} lag s"),
+                (
+                    f"sum by (region) ({rate('parley_archiver_moved_entries_total')})",
+                    "{{region}} moved/s",
+                ),
+            ],
+        ),
         rate_limit_panel("message"),
         backends("message"),
     ],

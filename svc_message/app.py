@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from parley_core.config import Settings
@@ -15,8 +16,11 @@ from parley_core.runtime import open_runtime, service_main
 from parley_core.sampling import SampledCount
 from parley_core.storage.key_notices import IdentityChanges, PreKeyLows
 from parley_core.storage.liveness import Liveness
+from parley_core.storage.mongo import Database
 from parley_core.telemetry import build_tracing
+from svc_message.archive_metrics import ArchiveMetrics
 from svc_message.domain.acks import AckBatcher
+from svc_message.domain.archiver import Archiver
 from svc_message.domain.changes import ChangesHandler
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.delivery import DeliveryService
@@ -58,16 +62,17 @@ from svc_message.servicer.push import PushServicer
 from svc_message.servicer.routing import OwnerRouting
 from svc_message.servicer.service import SERVICE_NAME, register
 from svc_message.servicer.stream import StreamServicer
+from svc_message.storage.archive import ArchiveLedger, ArchiveObjects, HotLog
 from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.delivered import DeliveredMarks
 from svc_message.storage.doorbell import Doorbell
 from svc_message.storage.erasure import ErasureStore
 from svc_message.storage.inbox import InboxSettingsStore
-from svc_message.storage.messages import MessageStore
 from svc_message.storage.projection import ProjectorStore
 from svc_message.storage.push import MuteLookup, PushOutbox, PushSettingsStore, PushTokenStore
 from svc_message.storage.recent import RecentCache
 from svc_message.storage.shard_leases import ShardLeaseStore
+from svc_message.storage.tiered import TieredMessageStore
 
 
 class SettingsPublisher:
@@ -83,6 +88,9 @@ class SettingsPublisher:
             [Broadcast(self._codec.encode(envelope), accounts=(account_id,))]
         )
 
+
+# Seconds between reads of the archive's sizes for the metrics.
+ARCHIVE_SAMPLE_SECONDS = 30.0
 
 # The abuse limits svc_message applies (docs/ARCHITECTURE.md, Abuse limits).
 LIMITS = (
@@ -101,6 +109,39 @@ LIMITS = (
 )
 
 
+async def build_archive(
+    settings: Settings, db: Database, *, clock: Callable[[], float] = time.time
+) -> tuple[TieredMessageStore, Archiver, ArchiveObjects]:
+    """The log across its tiers and the archiver that moves it (also used by
+    ``python -m svc_message archive``)."""
+    config = settings.archive
+    ledger = ArchiveLedger(db)
+    hot = HotLog(db)
+    await ledger.ensure_indexes()
+    await hot.ensure_indexes()
+    objects = await ArchiveObjects.open(
+        settings.s3, prefix=config.prefix, timeout_seconds=config.s3_timeout_seconds
+    )
+    store = TieredMessageStore(db, ledger, hot, objects)
+    await store.ensure_indexes()
+    archiver = Archiver(
+        hot,
+        ledger,
+        objects,
+        store,
+        instance_id=random_id(),
+        hot_window_seconds=config.hot_window_seconds,
+        target_object_bytes=config.target_object_bytes,
+        messages_per_second=config.messages_per_second,
+        conversations_per_pass=config.conversations_per_pass,
+        entries_per_conversation=config.entries_per_conversation,
+        interval_seconds=config.interval_seconds,
+        lease_seconds=config.lease_seconds,
+        clock=clock,
+    )
+    return store, archiver, objects
+
+
 async def build(settings: Settings) -> ServiceHost:
     config = settings.message
     clock = time.time
@@ -109,10 +150,12 @@ async def build(settings: Settings) -> ServiceHost:
     )
     runtime = await open_runtime(settings, service="message", tracing=tracing)
     conversation_store = ConversationStore(runtime.db)
-    message_store = MessageStore(runtime.db)
+    # The log is read across its tiers (hot MongoDB, archived Parquet on S3).
+    message_store, archiver, archive_objects = await build_archive(
+        settings, runtime.db, clock=clock
+    )
     projector_store = ProjectorStore(runtime.db)
     await conversation_store.ensure_indexes()
-    await message_store.ensure_indexes()
     await projector_store.ensure_indexes()
     lease_store = ShardLeaseStore(runtime.db)
     await lease_store.ensure_indexes()
@@ -360,6 +403,10 @@ async def build(settings: Settings) -> ServiceHost:
     runtime.spawn(leases.run())
     runtime.spawn(identity_notifier.run())
     runtime.spawn(identity_pending.run())
+    runtime.registry.register(ArchiveMetrics(archiver, clock=clock))
+    runtime.spawn(archiver.sample_forever(ARCHIVE_SAMPLE_SECONDS))
+    if settings.archive.enabled:
+        runtime.spawn(archiver.run())
 
     unary = MessageUnaryServicer(
         conversations, messages, inbox, max_body_bytes=config.max_body_bytes, clock=clock
@@ -387,7 +434,11 @@ async def build(settings: Settings) -> ServiceHost:
         await media.drain()
         await media_references.close()
         await accounts.close()
+        # Handed over at once rather than when the lease expires; a pass still
+        # running meanwhile is harmless (every step of a move is idempotent).
+        await archiver.release()
         await runtime.close()
+        await archive_objects.close()
 
     def drain() -> None:
         # Shards are handed back first, so other processes take them over

@@ -165,16 +165,18 @@ def _secret_volume(name: str, secret: str, items: dict[str, str]) -> dict[str, A
 
 
 def _credential_volumes(region: RegionSpec, service: str) -> list[dict[str, Any]]:
-    """The service token (every service), operator tokens and S3 keys (svc_media)."""
+    """The service token (every service), operator tokens (svc_media) and S3 keys
+    (svc_media, and svc_message for its history archive)."""
     volumes = []
     token = region.auth.service_token
     if token is not None:
         volumes.append(_secret_volume("service-token", token.name, {token.key: "token"}))
-    if service != "media":
+    if service not in ("media", "message"):
         return volumes
     operators = region.auth.operator_tokens
-    if operators is not None:
+    if service == "media" and operators is not None:
         volumes.append(_secret_volume("operator-tokens", operators.name, {operators.key: "tokens"}))
+    # svc_media's bucket, which also holds svc_message's history archive.
     credentials = None if region.s3 is None else region.s3.credentials
     if credentials is not None:
         keys = {

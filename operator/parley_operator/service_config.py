@@ -80,6 +80,13 @@ def service_config(region: RegionSpec, service: str) -> dict[str, Any]:
         "topology": {"path": f"{TOPOLOGY_DIR}/{TOPOLOGY_FILE}"},
         service: section,
     }
+    if service == "message":
+        # svc_message's history archive lives in the region's bucket; without
+        # one its archiver stays off (history then stays in MongoDB).
+        if region.s3 is not None:
+            owned["s3"] = _s3_settings(region)
+        else:
+            owned["archive"] = {"enabled": False}
     if service == "media":
         section.update(_media_settings(region))
         owned["s3"] = _s3_settings(region)

@@ -31,6 +31,7 @@ ALERTS = {
     "ParleyRedisDown",
     "ParleyMongoDown",
     "ParleyTargetDown",
+    "ParleyArchiverBehind",
 }
 # Rendered only for a region that runs svc_media (eu does not).
 MEDIA_ALERTS = {"ParleyMediaGcLagHigh", "ParleyMediaObjectStoreDown"}
@@ -119,10 +120,17 @@ def test_alert_values_reach_the_rules(helm: Path) -> None:
     assert set(rules) == ALERTS - {"ParleyTargetDown"}
 
 
+def test_archiver_alert_watches_the_lag_behind_the_hot_window(helm: Path) -> None:
+    rule = alert_rules(render(helm))["ParleyArchiverBehind"]
+    assert "parley_archiver_lag_seconds" in rule["expr"]
+    assert rule["expr"].rstrip().endswith("> 86400")
+    assert (rule["for"], rule["labels"]) == ("1h", {"severity": "warning"})
+
+
 def test_no_rule_file_when_every_alert_is_off(helm: Path) -> None:
     off = {name: {"enabled": False} for name in ("sendLatency", "deliveryLag", "errorRate")}
     off |= {name: {"enabled": False} for name in ("preKeyExhaustion", "rateLimited", "redisDown")}
-    off |= {name: {"enabled": False} for name in ("mongoDown", "targetDown")}
+    off |= {name: {"enabled": False} for name in ("mongoDown", "targetDown", "archiverBehind")}
     args: list[str] = []
     for name, value in off.items():
         args += ["--set-json", f"monitoring.prometheusRules.alerts.{name}={json.dumps(value)}"]
@@ -186,7 +194,7 @@ def test_media_alerts_come_with_media(helm: Path) -> None:
 
 def test_only_media_alerts_on_make_no_rule_file_without_media(helm: Path) -> None:
     names = ["sendLatency", "deliveryLag", "errorRate", "preKeyExhaustion", "rateLimited"]
-    names += ["redisDown", "mongoDown", "targetDown"]
+    names += ["redisDown", "mongoDown", "targetDown", "archiverBehind"]
     args: list[str] = []
     for name in names:
         args += ["--set-json", f"monitoring.prometheusRules.alerts.{name}.enabled=false"]

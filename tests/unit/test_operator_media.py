@@ -132,8 +132,11 @@ def test_every_service_mounts_the_service_token_and_only_media_the_rest() -> Non
         assert _mounts(pod)["service-token"] == f"{SECRETS}/service-token"
         assert _config(built, svc)["auth"]["service_token_file"] == f"{SECRETS}/service-token/token"
         if svc != "media":
-            assert "operator-tokens" not in secrets and "s3" not in secrets
+            assert "operator-tokens" not in secrets
             assert "operator_tokens_file" not in _config(built, svc)["auth"]
+        # svc_message's history archive shares the bucket, and its keys.
+        if svc not in ("media", "message"):
+            assert "s3" not in secrets
     media = _pod(built, "media")
     secrets = _secret_items(media)
     assert secrets["operator-tokens"] == ("parley-operator-tokens", {"tokens": "tokens"})
@@ -181,7 +184,14 @@ def test_media_config_carries_s3_and_media_settings_but_no_secret() -> None:
         "ap-south-media.parley.svc.cluster.local:7104"
     )
     for svc in CORE_SERVICES:
-        assert "s3" not in _config(built, svc)
+        if svc == "message":
+            # The history archive: the same bucket and key files as svc_media.
+            assert _config(built, svc)["s3"] == config["s3"]
+            assert (
+                _secret_items(_pod(built, svc))["s3"] == _secret_items(_pod(built, "media"))["s3"]
+            )
+        else:
+            assert "s3" not in _config(built, svc)
 
 
 def test_extra_config_cannot_move_media_ports_or_peers() -> None:
@@ -360,3 +370,12 @@ def test_status_drops_a_service_the_region_no_longer_runs() -> None:
         running=CORE_SERVICES,
     )
     assert "services" not in unchanged
+
+
+def test_message_archive_is_off_without_a_bucket() -> None:
+    spec = _spec()
+    del spec["s3"]
+    spec.pop("media", None)
+    config = service_config(_region(spec), "message")
+    assert config["archive"] == {"enabled": False}
+    assert "s3" not in config

@@ -1,0 +1,70 @@
+"""``python -m svc_message archive run|status|pause|resume``: the operator's
+handle on the history archiver, against the deployment's MongoDB and S3.
+
+``pause``/``resume`` flip the switch every svc_message process reads before
+each pass; ``run`` makes one pass now from this process (it takes the lease
+like a service process would, so it never runs beside one); ``status``
+prints the tiers' sizes and the last pass as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from parley_core.config import ConfigError, load_settings
+from parley_core.storage import mongo as mongo_storage
+from svc_message.app import build_archive
+
+
+async def _command(command: str, config: Path | None) -> dict[str, object]:
+    settings = load_settings(config)
+    client = mongo_storage.connect(settings.mongo, app_name="svc_message-archive")
+    try:
+        db = mongo_storage.durable_database(client, settings.mongo)
+        _, archiver, objects = await build_archive(settings, db)
+        try:
+            if command in ("pause", "resume"):
+                await archiver.set_paused(command == "pause")
+                return {"paused": command == "pause"}
+            if command == "run":
+                report = await archiver.tick()
+                if report is None:
+                    return {"ran": False, "why": "paused, or another process holds the lease"}
+                await archiver.release()
+                return {"ran": True, **dataclasses.asdict(report)}
+            status = await archiver.status()
+            return {
+                "paused": status.state.paused,
+                "last_pass_at": status.state.last_pass_at,
+                "lag_seconds": status.state.lag_seconds,
+                "moved_total": status.state.moved_total,
+                "hot_entries": status.hot_entries,
+                "hot_bytes": status.hot_bytes,
+                "cold_rows": status.cold_rows,
+                "cold_objects": status.cold_objects,
+                "cold_bytes": status.cold_bytes,
+            }
+        finally:
+            await objects.close()
+    finally:
+        await client.close()
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m svc_message archive", description="The history archiver"
+    )
+    parser.add_argument("command", choices=("run", "status", "pause", "resume"))
+    parser.add_argument("--config", type=Path, help="YAML config file (or PARLEY_CONFIG)")
+    args = parser.parse_args(argv)
+    try:
+        result = asyncio.run(_command(args.command, args.config))
+    except ConfigError as exc:
+        raise SystemExit(f"svc_message archive: {exc}") from None
+    json.dump(result, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")

@@ -1,0 +1,80 @@
+"""Metrics of the history archive: the log's size per tier, the archiver's
+lag behind the hot window, what it moved. Every process exports the tier
+sizes and the lag (read from MongoDB); the counters are this process's own,
+so only the lease holder's rise."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from svc_message.domain.archiver import Archiver
+
+Family = CounterMetricFamily | GaugeMetricFamily
+
+
+class ArchiveMetrics(Collector):
+    def __init__(self, archiver: Archiver, *, clock: Callable[[], float] = time.time) -> None:
+        self._archiver = archiver
+        self._clock = clock
+
+    def collect(self) -> Iterator[Family]:
+        archiver = self._archiver
+        sampled = archiver.sampled
+        entries = GaugeMetricFamily(
+            "parley_history_entries",
+            "Conversation log entries per tier (hot: MongoDB, estimated; cold: archive rows)",
+            labels=["tier"],
+        )
+        size = GaugeMetricFamily(
+            "parley_history_bytes",
+            "Bytes of the conversation log per tier (hot: MongoDB documents, uncompressed; "
+            "cold: archive objects on S3)",
+            labels=["tier"],
+        )
+        objects = GaugeMetricFamily(
+            "parley_history_objects", "Archive objects (Parquet on S3) the manifest names"
+        )
+        if sampled is not None:
+            entries.add_metric(["hot"], sampled.hot_entries)
+            entries.add_metric(["cold"], sampled.cold_rows)
+            size.add_metric(["hot"], sampled.hot_bytes)
+            size.add_metric(["cold"], sampled.cold_bytes)
+            objects.add_metric([], sampled.cold_objects)
+        yield entries
+        yield size
+        yield objects
+        yield GaugeMetricFamily(
+            "parley_archiver_lag_seconds",
+            "How far the archive is behind the hot window: the oldest entry due that the "
+            "last pass could not move, or how long no pass has run",
+            value=archiver.lag_seconds(self._clock()),
+        )
+        yield GaugeMetricFamily(
+            "parley_archiver_paused",
+            "1 while an operator has paused the archiver (every process)",
+            value=1 if sampled is not None and sampled.state.paused else 0,
+        )
+        yield CounterMetricFamily(
+            "parley_archiver_moved_entries",
+            "Log entries this process moved to the archive",
+            value=archiver.moved_total,
+        )
+        yield CounterMetricFamily(
+            "parley_archiver_objects_written",
+            "Archive objects this process wrote (moves and rewrites)",
+            value=archiver.objects_total,
+        )
+        yield CounterMetricFamily(
+            "parley_archiver_bytes_written",
+            "Bytes of archive objects this process wrote",
+            value=archiver.bytes_total,
+        )
+        yield CounterMetricFamily(
+            "parley_archiver_pass_failures",
+            "Archiver passes that failed (S3 or MongoDB unavailable)",
+            value=archiver.failures,
+        )

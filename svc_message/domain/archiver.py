@@ -1,0 +1,514 @@
+"""The history archiver: moves the log's old weeks to Parquet objects on S3.
+
+A leased worker inside svc_message: every process runs the loop, the one
+holding the lease in ``archive_control`` does the work, so the archive has
+one writer however many processes run (``parley up``, the operator and the
+chart start it with svc_message). An operator pauses it for every process
+through the same document (``python -m svc_message archive pause``).
+
+What moves: per conversation, the oldest entries of the log (history items
+and feed entries alike) whose ISO week ended before the hot window began,
+never the week of the conversation's newest entry, so the log keeps its
+head (``MessageStore.heads`` and the send pipeline read the newest entry)
+and the archive always holds a prefix of the log by version and by seq.
+
+Order, per object: write it -> read it back, check its SHA-256 and row
+counts -> record the manifest -> advance the conversations' cold heads ->
+delete the moved entries from the log. Keys and bytes derive from the rows
+(content addressed), so a crash at any step followed by a rerun writes the
+same objects and records the same chunk ids: nothing lost (the log keeps
+an entry until the head is past it), nothing twice (readers split the tiers
+at the head; the manifest is keyed by chunk id).
+
+A change whose target is already archived is folded into the target's
+chunk (a rewrite) before the change itself leaves the log, so no overlay is
+ever lost: ``rewrite_weeks_with`` is the same machinery with a transform,
+which account erasure uses to tombstone what an account sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import groupby
+from typing import Any
+
+import structlog
+
+from svc_message.model import HISTORY_KINDS, ChangeKind
+from svc_message.model.archive import ArchiveState, ColdHead, ManifestEntry
+from svc_message.storage.archive import ArchiveLedger, ArchiveObjects, HotLog
+from svc_message.storage.archive_format import Chunk, encode, iso_week, row_group_sizes
+from svc_message.storage.tiered import TieredMessageStore
+
+log = structlog.get_logger(__name__)
+
+# Steps of a move, in order; a test hook may stop the archiver after any.
+STEPS = ("written", "verified", "recorded", "advanced", "deleted")
+
+Transform = Callable[[dict[str, Any]], bool]
+StepHook = Callable[[str], Awaitable[None]]
+# Seconds between two sweeps for objects no chunk names.
+ORPHAN_SWEEP_SECONDS = 86400.0
+
+
+class VerifyFailed(Exception):
+    """An object read back is not what was written: nothing is recorded."""
+
+
+def id_floor(at_seconds: float) -> str:
+    """The smallest UUIDv7 of that millisecond: ids below it are older."""
+    hex_ms = f"{int(at_seconds * 1000):012x}"
+    return f"{hex_ms[:8]}-{hex_ms[8:12]}-7000-8000-000000000000"
+
+
+def _at(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _is_history(doc: Mapping[str, Any]) -> bool:
+    return doc.get("kind", ChangeKind.MESSAGE) in HISTORY_KINDS
+
+
+def movable_prefix(
+    docs: Sequence[Mapping[str, Any]], *, cutoff: datetime, newest_at: datetime
+) -> list[Mapping[str, Any]]:
+    """The leading entries (by version) whose week ended before ``cutoff``
+    and is older than the week of the conversation's newest entry."""
+    boundary = min(iso_week(cutoff), iso_week(newest_at))
+    moved: list[Mapping[str, Any]] = []
+    for doc in docs:
+        if iso_week(_at(doc["created_at"])) >= boundary:
+            break
+        moved.append(doc)
+    return moved
+
+
+def chunks_of(conversation_id: str, docs: Sequence[Mapping[str, Any]]) -> list[Chunk]:
+    return [
+        Chunk(conversation_id, week, list(group))
+        for week, group in groupby(docs, key=lambda d: iso_week(_at(d["created_at"])))
+    ]
+
+
+def bundles(chunks: Sequence[Chunk], *, target_bytes: int) -> list[list[Chunk]]:
+    """Chunks in order, cut into objects of at least ``target_bytes`` (by the
+    size of their bodies and fields; the last one may be smaller)."""
+    out: list[list[Chunk]] = []
+    current: list[Chunk] = []
+    size = 0
+    for chunk in chunks:
+        current.append(chunk)
+        size += sum(len(d.get("body") or b"") + 200 for d in chunk.docs)
+        if size >= target_bytes:
+            out.append(current)
+            current, size = [], 0
+    if current:
+        out.append(current)
+    return out
+
+
+def manifest_entry(chunk: Chunk, key: str, row_group: int, sha256: str) -> ManifestEntry:
+    seqs = [int(d["seq"]) for d in chunk.docs if _is_history(d)]
+    media = sorted({m for d in chunk.docs if _is_history(d) for m in d.get("media") or ()})
+    ids = [str(d["_id"]) for d in chunk.docs]
+    return ManifestEntry(
+        chunk_id=chunk.chunk_id,
+        conversation_id=chunk.conversation_id,
+        week=chunk.week,
+        object_key=key,
+        row_group=row_group,
+        rows=len(chunk.docs),
+        seq_lo=min(seqs, default=0),
+        seq_hi=max(seqs, default=0),
+        version_lo=chunk.first_version,
+        version_hi=int(chunk.docs[-1]["version"]),
+        id_lo=min(ids),
+        id_hi=max(ids),
+        sha256=sha256,
+        media_ids=tuple(media),
+    )
+
+
+def _replace_id(doc: dict[str, Any], account_id: str, pseudonym: str) -> bool:
+    """Every mention of ``account_id`` in a row becomes ``pseudonym``."""
+    changed = False
+
+    def swap(values: Iterable[str]) -> list[str]:
+        nonlocal changed
+        out = []
+        for value in values:
+            if value == account_id:
+                changed = True
+                value = pseudonym
+            out.append(value)
+        return out
+
+    for field in ("sender_id", "deleted_by", "only_for"):
+        if doc.get(field) == account_id:
+            doc[field] = pseudonym
+            changed = True
+    if "hidden_for" in doc:
+        doc["hidden_for"] = swap(doc["hidden_for"])
+    if "reactions" in doc:
+        doc["reactions"] = {k: swap(v) for k, v in doc["reactions"].items()}
+    system = doc.get("system")
+    if system:
+        if system.get("actor") == account_id:
+            system["actor"] = pseudonym
+            changed = True
+        system["targets"] = swap(system.get("targets") or ())
+    return changed
+
+
+def tombstone_sender(account_id: str, *, pseudonym: str = "") -> Transform:
+    """A rewrite transform: whatever ``account_id`` sent loses its ciphertext
+    and media (messages become tombstones, edits lose their bodies); with
+    ``pseudonym``, every mention of the account id in a row (sender, deleter,
+    reactions, hidden_for, system events) becomes it."""
+
+    def transform(doc: dict[str, Any]) -> bool:
+        changed = False
+        if doc.get("sender_id") == account_id:
+            changed = bool(doc.get("body")) or "media" in doc
+            doc["body"] = b""
+            doc.pop("media", None)
+            if _is_history(doc) and not doc.get("deleted"):
+                doc["deleted"] = True
+                doc["deleted_by"] = account_id
+                changed = True
+        if pseudonym:
+            changed = _replace_id(doc, account_id, pseudonym) or changed
+        return changed
+
+    return transform
+
+
+@dataclass(slots=True)
+class PassReport:
+    conversations: int = 0
+    moved: int = 0
+    objects: int = 0
+    bytes: int = 0
+    rewritten: int = 0
+    orphans: int = 0
+    lag_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveStatus:
+    state: ArchiveState
+    hot_entries: int
+    hot_bytes: int
+    cold_rows: int
+    cold_objects: int
+    cold_bytes: int
+
+
+class Archiver:
+    def __init__(
+        self,
+        hot: HotLog,
+        ledger: ArchiveLedger,
+        objects: ArchiveObjects,
+        tiered: TieredMessageStore,
+        *,
+        instance_id: str,
+        hot_window_seconds: float,
+        target_object_bytes: int,
+        messages_per_second: float,
+        conversations_per_pass: int,
+        entries_per_conversation: int,
+        interval_seconds: float,
+        lease_seconds: float,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_step: StepHook | None = None,
+    ) -> None:
+        self._hot = hot
+        self._ledger = ledger
+        self._objects = objects
+        self._tiered = tiered
+        self._instance_id = instance_id
+        self._window = hot_window_seconds
+        self._target_bytes = target_object_bytes
+        self._rate = messages_per_second
+        self._conversations_per_pass = conversations_per_pass
+        self._entries_per_conversation = entries_per_conversation
+        self._interval = interval_seconds
+        self._lease_seconds = lease_seconds
+        self._clock = clock
+        self._sleep = sleep
+        self._on_step = on_step
+        self.last = PassReport()
+        self.moved_total = 0
+        self.objects_total = 0
+        self.bytes_total = 0
+        self.failures = 0
+        self.sampled: ArchiveStatus | None = None
+        self._swept_at = 0.0
+        # The oldest entry id of the last candidate of a pass that could not
+        # take them all; the next pass goes on from there.
+        self._turn = ""
+
+    async def _step(self, name: str) -> None:
+        if self._on_step is not None:
+            await self._on_step(name)
+
+    # -- the loop ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Passes every interval while this process holds the lease and the
+        archiver is not paused, until cancelled."""
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # S3 or MongoDB unavailable: the log keeps everything, the
+                # next pass starts over where the heads are.
+                self.failures += 1
+                log.warning("archiver_pass_failed", error=repr(exc))
+            await self._sleep(self._interval)
+
+    async def tick(self) -> PassReport | None:
+        now = self._clock()
+        if (await self._ledger.state()).paused:
+            return None
+        if not await self._ledger.take_lease(
+            self._instance_id, now=now, seconds=self._lease_seconds
+        ):
+            return None
+        return await self.run_pass(now)
+
+    async def sweep_orphans(self, now: float, *, min_age_seconds: float) -> int:
+        """Delete objects under the prefix that no chunk names and that were
+        written more than ``min_age_seconds`` ago: written by a move that
+        crashed before recording them and was then bundled differently, or
+        by a rewrite that lost its race. The age spares objects a move or a
+        rewrite is recording right now."""
+        named = await self._ledger.object_keys()
+        deleted = 0
+        for key, (_, written_at) in (await self._objects.keys()).items():
+            if key not in named and now - written_at > min_age_seconds:
+                await self._objects.delete(key)
+                deleted += 1
+        if deleted:
+            log.info("archive_orphans_deleted", count=deleted)
+        return deleted
+
+    async def set_paused(self, paused: bool) -> None:
+        await self._ledger.set_paused(paused)
+
+    async def release(self) -> None:
+        await self._ledger.release_lease(self._instance_id)
+
+    async def sample_forever(self, interval_seconds: float) -> None:
+        """Keep ``sampled`` current for the metrics (the totals read the
+        manifest, too much for every scrape)."""
+        while True:
+            try:
+                self.sampled = await self.status()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("archive_status_failed", error=repr(exc))
+            await self._sleep(interval_seconds)
+
+    def lag_seconds(self, now: float) -> float:
+        """How far the archive is behind the window: the last pass's lag, or
+        for how long no pass has run beyond its interval (paused, failing,
+        or no process holding the lease)."""
+        sampled = self.sampled
+        if sampled is None:
+            return 0.0
+        state = sampled.state
+        idle = now - state.last_pass_at - self._interval if state.last_pass_at else 0.0
+        return max(state.lag_seconds, idle, 0.0)
+
+    async def status(self) -> ArchiveStatus:
+        rows, objects, size = await self._ledger.totals()
+        return ArchiveStatus(
+            state=await self._ledger.state(),
+            hot_entries=await self._hot.count(),
+            hot_bytes=await self._hot.size_bytes(),
+            cold_rows=rows,
+            cold_objects=objects,
+            cold_bytes=size,
+        )
+
+    # -- one pass ----------------------------------------------------------------
+
+    async def run_pass(self, now: float) -> PassReport:
+        report = PassReport()
+        cutoff = datetime.fromtimestamp(now - self._window, UTC)
+        # Quiet conversations keep their newest week in the log past the
+        # window and stay candidates; passes go through the candidates in
+        # turns (by oldest entry), so they cannot crowd the others out.
+        found = await self._hot.conversations_before(
+            id_floor(cutoff.timestamp()), after=self._turn, limit=self._conversations_per_pass
+        )
+        behind = len(found) >= self._conversations_per_pass
+        self._turn = found[-1][1] if behind else ""
+        candidates = [conversation_id for conversation_id, _ in found]
+        pending: list[Chunk] = []
+        for conversation_id in sorted(candidates):
+            chunks, truncated = await self._prepare(conversation_id, cutoff, report)
+            behind = behind or truncated
+            if chunks:
+                report.conversations += 1
+                pending += chunks
+        for bundle in bundles(pending, target_bytes=self._target_bytes):
+            moved = await self._move(bundle, report)
+            if self._rate > 0:
+                await self._sleep(moved / self._rate)
+        # Behind: this pass could not take everything due. The lag is then
+        # how far past the window the oldest entry it found was (more may wait).
+        oldest = min((_at(c.docs[0]["created_at"]) for c in pending), default=None)
+        report.lag_seconds = (
+            max(0.0, (cutoff - oldest).total_seconds()) if behind and oldest else 0.0
+        )
+        if now - self._swept_at >= ORPHAN_SWEEP_SECONDS:
+            # Listing the prefix costs one request per 1,000 objects: daily.
+            report.orphans = await self.sweep_orphans(now, min_age_seconds=self._lease_seconds)
+            self._swept_at = now
+        self.last = report
+        await self._ledger.finish_pass(now=now, lag_seconds=report.lag_seconds, moved=report.moved)
+        return report
+
+    async def _prepare(
+        self, conversation_id: str, cutoff: datetime, report: PassReport
+    ) -> tuple[list[Chunk], bool]:
+        """The chunks to move, and whether entries due were left for a later pass."""
+        head = await self._ledger.head(conversation_id)
+        # A move that stopped after advancing the head left entries behind.
+        await self._hot.delete_through(conversation_id, head.version)
+        newest = await self._hot.newest(conversation_id)
+        if newest is None:
+            return [], False
+        docs = await self._hot.entries(
+            conversation_id, after_version=head.version, limit=self._entries_per_conversation
+        )
+        moved = movable_prefix(docs, cutoff=cutoff, newest_at=_at(newest["created_at"]))
+        if not moved:
+            return [], False
+        truncated = len(moved) == len(docs) == self._entries_per_conversation
+        folded = {
+            int(d.get("target_seq") or 0)
+            for d in moved
+            if not _is_history(d) and 0 < int(d.get("target_seq") or 0) <= head.seq
+        }
+        if folded:
+            entries = await self._ledger.by_seq(conversation_id, min(folded), max(folded))
+            targets = [e for e in entries if any(e.seq_lo <= s <= e.seq_hi for s in folded)]
+            report.rewritten += await self._rewrite(targets, transform=None)
+        return chunks_of(conversation_id, moved), truncated
+
+    async def _write(self, chunks: Sequence[Chunk]) -> tuple[list[ManifestEntry], int]:
+        """Write and verify one object holding ``chunks``: its manifest entries
+        and size. Nothing is recorded yet."""
+        encoded = encode(chunks)
+        key = self._objects.key_for(chunks[0].chunk_id, encoded.sha256)
+        await self._objects.put(key, encoded.data)
+        await self._step("written")
+        back = await self._objects.get(key, sha256=encoded.sha256, cached=False)
+        if row_group_sizes(back) != [rows for _, rows in encoded.row_groups]:
+            raise VerifyFailed(key)
+        await self._step("verified")
+        entries = [
+            manifest_entry(chunk, key, group, encoded.sha256)
+            for chunk, (group, _) in zip(chunks, encoded.row_groups, strict=True)
+        ]
+        return entries, len(encoded.data)
+
+    async def _move(self, bundle: Sequence[Chunk], report: PassReport) -> int:
+        entries, size = await self._write(bundle)
+        await self._ledger.record(entries, size)
+        await self._step("recorded")
+        heads: dict[str, ColdHead] = {}
+        for entry in entries:
+            was = heads.get(entry.conversation_id, ColdHead())
+            heads[entry.conversation_id] = ColdHead(
+                version=max(was.version, entry.version_hi), seq=max(was.seq, entry.seq_hi)
+            )
+        for conversation_id, head in heads.items():
+            await self._ledger.advance(conversation_id, head)
+        await self._step("advanced")
+        for conversation_id, head in heads.items():
+            await self._hot.delete_through(conversation_id, head.version)
+        await self._step("deleted")
+        moved = sum(e.rows for e in entries)
+        report.moved += moved
+        report.objects += 1
+        report.bytes += size
+        self.moved_total += moved
+        self.objects_total += 1
+        self.bytes_total += size
+        return moved
+
+    # -- rewrites ----------------------------------------------------------------
+
+    async def _rewrite(
+        self, entries: Iterable[ManifestEntry], *, transform: Transform | None
+    ) -> int:
+        """Rewrite chunks with the log's overlay folded in and ``transform``
+        applied. An object with any chunk changed is rewritten whole (its other
+        chunks copied), so the old object, which still holds the old rows,
+        can be deleted; objects nothing changes are left alone. Returns
+        chunks rewritten."""
+        changed_keys: set[str] = set()
+        prepared: dict[str, Chunk] = {}
+        for entry in entries:
+            chunk = await self._changed(entry, transform)
+            if chunk is not None:
+                prepared[entry.chunk_id] = chunk
+                changed_keys.add(entry.object_key)
+        rewritten: list[tuple[ManifestEntry, Chunk]] = []
+        for entry in await self._ledger.in_objects(sorted(changed_keys)):
+            chunk = prepared.get(entry.chunk_id) or await self._changed(
+                entry, transform, always=True
+            )
+            assert chunk is not None
+            rewritten.append((entry, chunk))
+        count = 0
+        for group in bundles([c for _, c in rewritten], target_bytes=self._target_bytes):
+            olds = {c.chunk_id: e for e, c in rewritten if any(c is g for g in group)}
+            new_entries, size = await self._write(group)
+            for entry in new_entries:
+                old = olds[entry.chunk_id]
+                if await self._ledger.repoint(entry, was=old.object_key, object_bytes=size):
+                    count += 1
+                if not await self._ledger.references(old.object_key):
+                    await self._objects.delete(old.object_key)
+            if not await self._ledger.references(new_entries[0].object_key):
+                await self._objects.delete(new_entries[0].object_key)
+        return count
+
+    async def _changed(
+        self, entry: ManifestEntry, transform: Transform | None, *, always: bool = False
+    ) -> Chunk | None:
+        """The chunk as rewritten, or None when nothing would change."""
+        before = await self._tiered.chunk_docs(entry)
+        docs = await self._tiered.current_docs(entry)
+        changed = docs != before
+        if transform is not None:
+            for doc in docs:
+                changed = transform(doc) or changed
+        if not (changed or always):
+            return None
+        return Chunk(entry.conversation_id, entry.week, docs)
+
+    async def rewrite_weeks_with(
+        self, transform: Transform, *, conversation_ids: Sequence[str] | None, limit: int = 100_000
+    ) -> int:
+        """Rewrite the archived chunks of ``conversation_ids`` (None: every
+        chunk, at most ``limit``) through ``transform``, which edits a
+        document in place and says whether it changed it; overlays are folded
+        in too. Idempotent; returns the chunks rewritten. Account erasure:
+        ``rewrite_weeks_with(tombstone_sender(account_id), conversation_ids=...)``."""
+        entries = await self._ledger.of_conversations(conversation_ids, limit=limit)
+        return await self._rewrite(entries, transform=transform)

@@ -1,0 +1,46 @@
+"""Records of the history archive as the domain and storage exchange them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestEntry:
+    """Where one archived (conversation, week) chunk lives: its object, row
+    group, and the ranges of seq (0, 0 when it holds no history item) and
+    version it covers. ``sha256`` is the whole object's, checked when read."""
+
+    chunk_id: str
+    conversation_id: str
+    week: str
+    object_key: str
+    row_group: int
+    rows: int
+    seq_lo: int
+    seq_hi: int
+    version_lo: int
+    version_hi: int
+    id_lo: str
+    id_hi: str
+    sha256: str
+    media_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ColdHead:
+    """Per conversation, everything at or below these is in the archive (and
+    the hot log no longer serves it)."""
+
+    version: int = 0
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveState:
+    """The archiver's shared switch and its last pass, across processes."""
+
+    paused: bool = False
+    last_pass_at: float = 0.0
+    lag_seconds: float = 0.0
+    moved_total: int = 0

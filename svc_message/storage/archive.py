@@ -1,0 +1,435 @@
+"""The history archive's stores: Parquet objects on S3, and in MongoDB the
+manifest that maps chunks to them, each conversation's cold head, and the
+archiver's shared state (pause switch, lease, last pass).
+
+``archive_manifest``: one document per (conversation, week, first version)
+chunk: object key, row group, seq/version/id ranges, row count, the object's
+SHA-256, the media ids its rows name. ``archive_heads``: per conversation the
+highest version and seq in the archive; readers split hot from cold there,
+and the archiver advances it only after the manifest is recorded and before
+it deletes anything from the log. ``archive_control``: one document.
+
+Objects are immutable and content-addressed (the key ends in the SHA-256 of
+the bytes), so a read cache never serves a stale object and a rerun after a
+crash writes the same key again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from parley_core.config import S3Settings
+from parley_core.errors import Reason, Unavailable
+from parley_core.storage.mongo import Database, Document
+from svc_message.model.archive import ArchiveState, ColdHead, ManifestEntry
+
+STORE_DOWN = "the object store (S3) holding archived history cannot be reached"
+_CONTROL = "archiver"
+# Objects kept in memory per process: archived chunks are read in runs
+# (paging through a week), and objects never change.
+_CACHE_OBJECTS = 16
+
+
+class MissingObject(Exception):
+    """The object is not in the bucket (a rewrite replaced and deleted it)."""
+
+
+class CorruptObject(Exception):
+    """An archive object whose bytes do not hash to what the manifest says."""
+
+
+def _unavailable() -> Unavailable:
+    return Unavailable(STORE_DOWN, reason=Reason.DEPENDENCY_UNAVAILABLE, retry_after_seconds=2.0)
+
+
+def _credentials(settings: S3Settings) -> dict[str, str]:
+    if settings.access_key_id_file is None or settings.secret_access_key_file is None:
+        return {}
+    return {
+        "aws_access_key_id": settings.access_key_id_file.read_text().strip(),
+        "aws_secret_access_key": settings.secret_access_key_file.read_text().strip(),
+    }
+
+
+class ArchiveObjects:
+    """Archive objects under ``prefix`` in the deployment's bucket."""
+
+    def __init__(self, settings: S3Settings, prefix: str, client: Any, exit: Any) -> None:
+        self._bucket = settings.bucket
+        self.prefix = prefix
+        self._client = client
+        self._exit = exit
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+
+    @classmethod
+    async def open(
+        cls, settings: S3Settings, *, prefix: str, timeout_seconds: float
+    ) -> ArchiveObjects:
+        config = AioConfig(
+            connect_timeout=min(timeout_seconds, 5.0),
+            read_timeout=timeout_seconds,
+            retries={"max_attempts": 2, "mode": "standard"},
+            signature_version="s3v4",
+            s3={"addressing_style": settings.addressing_style},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        exit = contextlib.AsyncExitStack()
+        client = await exit.enter_async_context(
+            get_session().create_client(
+                "s3",
+                region_name=settings.region,
+                endpoint_url=settings.endpoint_url or None,
+                config=config,
+                **_credentials(settings),
+            )
+        )
+        return cls(settings, prefix, client, exit)
+
+    async def close(self) -> None:
+        await self._exit.aclose()
+
+    def key_for(self, first_chunk_id: str, sha256: str) -> str:
+        return f"{self.prefix}{first_chunk_id}/{sha256}.parquet"
+
+    async def _call(self, operation: str, **params: Any) -> Any:
+        try:
+            return await getattr(self._client, operation)(Bucket=self._bucket, **params)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code", "")) in ("NoSuchKey", "404"):
+                raise MissingObject(params.get("Key", "")) from None
+            raise _unavailable() from None
+        except (TimeoutError, BotoCoreError, OSError):
+            raise _unavailable() from None
+
+    async def put(self, key: str, data: bytes) -> None:
+        await self._call("put_object", Key=key, Body=data)
+
+    async def get(self, key: str, *, sha256: str = "", cached: bool = True) -> bytes:
+        """The object's bytes; with ``sha256``, refused (CorruptObject) unless
+        they hash to it."""
+        if cached and key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        reply = await self._call("get_object", Key=key)
+        async with reply["Body"] as body:
+            data = bytes(await body.read())
+        if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+            raise CorruptObject(key)
+        if cached:
+            self._cache[key] = data
+            while len(self._cache) > _CACHE_OBJECTS:
+                self._cache.popitem(last=False)
+        return data
+
+    async def delete(self, key: str) -> None:
+        self._cache.pop(key, None)
+        await self._call("delete_object", Key=key)
+
+    async def keys(self, *, limit: int = 1_000_000) -> dict[str, tuple[int, float]]:
+        """Every object under the prefix (at most ``limit``): its size and
+        when it was last written (Unix seconds)."""
+        found: dict[str, tuple[int, float]] = {}
+        token: str | None = None
+        while len(found) < limit:
+            params: dict[str, Any] = {"Prefix": self.prefix, "MaxKeys": 1000}
+            if token:
+                params["ContinuationToken"] = token
+            reply = await self._call("list_objects_v2", **params)
+            for item in reply.get("Contents", ()):
+                found[item["Key"]] = (int(item["Size"]), item["LastModified"].timestamp())
+            token = reply.get("NextContinuationToken")
+            if not token:
+                break
+        return found
+
+
+def _entry(doc: Mapping[str, Any]) -> ManifestEntry:
+    return ManifestEntry(
+        chunk_id=doc["_id"],
+        conversation_id=doc["conversation_id"],
+        week=doc["week"],
+        object_key=doc["object_key"],
+        row_group=int(doc["row_group"]),
+        rows=int(doc["rows"]),
+        seq_lo=int(doc["seq_lo"]),
+        seq_hi=int(doc["seq_hi"]),
+        version_lo=int(doc["version_lo"]),
+        version_hi=int(doc["version_hi"]),
+        id_lo=doc["id_lo"],
+        id_hi=doc["id_hi"],
+        sha256=doc["sha256"],
+        media_ids=tuple(doc.get("media") or ()),
+    )
+
+
+def _doc(entry: ManifestEntry, object_bytes: int) -> Document:
+    doc: Document = {
+        "conversation_id": entry.conversation_id,
+        "week": entry.week,
+        "object_key": entry.object_key,
+        "object_bytes": object_bytes,
+        "row_group": entry.row_group,
+        "rows": entry.rows,
+        "seq_lo": entry.seq_lo,
+        "seq_hi": entry.seq_hi,
+        "version_lo": entry.version_lo,
+        "version_hi": entry.version_hi,
+        "id_lo": entry.id_lo,
+        "id_hi": entry.id_hi,
+        "sha256": entry.sha256,
+    }
+    if entry.media_ids:
+        doc["media"] = list(entry.media_ids)
+    return doc
+
+
+class ArchiveLedger:
+    def __init__(self, db: Database) -> None:
+        self._manifest = db["archive_manifest"]
+        self._heads = db["archive_heads"]
+        self._control = db["archive_control"]
+
+    async def ensure_indexes(self) -> None:
+        await self._manifest.create_index([("conversation_id", ASCENDING), ("seq_hi", ASCENDING)])
+        await self._manifest.create_index(
+            [("conversation_id", ASCENDING), ("version_hi", ASCENDING)]
+        )
+        await self._manifest.create_index([("week", ASCENDING), ("id_lo", ASCENDING)])
+        await self._manifest.create_index([("object_key", ASCENDING)])
+        await self._manifest.create_index([("media", ASCENDING)], sparse=True)
+
+    # -- manifest ------------------------------------------------------------
+
+    async def record(self, entries: Sequence[ManifestEntry], object_bytes: int) -> None:
+        """Idempotent: a rerun records the same chunk ids with the same values."""
+        for entry in entries:
+            await self._manifest.replace_one(
+                {"_id": entry.chunk_id}, _doc(entry, object_bytes), upsert=True
+            )
+
+    async def repoint(self, entry: ManifestEntry, *, was: str, object_bytes: int) -> bool:
+        """A rewritten chunk now lives in ``entry.object_key``; only if it still
+        lived in ``was`` (a concurrent rewrite wins otherwise)."""
+        reply = await self._manifest.replace_one(
+            {"_id": entry.chunk_id, "object_key": was}, _doc(entry, object_bytes)
+        )
+        return bool(reply.matched_count)
+
+    async def entry(self, chunk_id: str) -> ManifestEntry | None:
+        doc = await self._manifest.find_one({"_id": chunk_id})
+        return None if doc is None else _entry(doc)
+
+    async def references(self, object_key: str) -> int:
+        return int(await self._manifest.count_documents({"object_key": object_key}, limit=1))
+
+    async def by_seq(self, conversation_id: str, lo: int, hi: int) -> list[ManifestEntry]:
+        """Chunks holding history items with seq in [lo, hi], in seq order."""
+        cursor = self._manifest.find(
+            {"conversation_id": conversation_id, "seq_hi": {"$gte": max(lo, 1)}}
+        ).sort("seq_hi", ASCENDING)
+        found: list[ManifestEntry] = []
+        async for doc in cursor:
+            entry = _entry(doc)
+            if entry.seq_lo > hi:
+                break
+            if entry.seq_hi:
+                found.append(entry)
+        return found
+
+    async def by_version(self, conversation_id: str, lo: int, hi: int) -> list[ManifestEntry]:
+        cursor = self._manifest.find(
+            {"conversation_id": conversation_id, "version_hi": {"$gte": lo}}
+        ).sort("version_hi", ASCENDING)
+        found: list[ManifestEntry] = []
+        async for doc in cursor:
+            entry = _entry(doc)
+            if entry.version_lo > hi:
+                break
+            found.append(entry)
+        return found
+
+    async def by_message_id(self, weeks: Sequence[str], message_id: str) -> list[ManifestEntry]:
+        cursor = self._manifest.find({"week": {"$in": list(weeks)}, "id_lo": {"$lte": message_id}})
+        return [_entry(doc) async for doc in cursor if doc["id_hi"] >= message_id]
+
+    async def of_conversations(
+        self, conversation_ids: Sequence[str] | None, *, limit: int
+    ) -> list[ManifestEntry]:
+        query: Document = (
+            {} if conversation_ids is None else {"conversation_id": {"$in": list(conversation_ids)}}
+        )
+        cursor = self._manifest.find(query).sort("_id", ASCENDING).limit(limit)
+        return [_entry(doc) async for doc in cursor]
+
+    async def in_objects(self, object_keys: Sequence[str]) -> list[ManifestEntry]:
+        cursor = self._manifest.find({"object_key": {"$in": list(object_keys)}}).sort(
+            "_id", ASCENDING
+        )
+        return [_entry(doc) async for doc in cursor]
+
+    async def with_media(self, media_ids: Sequence[str]) -> list[ManifestEntry]:
+        cursor = self._manifest.find({"media": {"$in": list(media_ids)}})
+        return [_entry(doc) async for doc in cursor]
+
+    async def totals(self) -> tuple[int, int, int]:
+        """(rows, objects, bytes) in the archive."""
+        rows = 0
+        sizes: dict[str, int] = {}
+        async for doc in self._manifest.find({}, {"rows": 1, "object_key": 1, "object_bytes": 1}):
+            rows += int(doc["rows"])
+            sizes[doc["object_key"]] = int(doc.get("object_bytes", 0))
+        return rows, len(sizes), sum(sizes.values())
+
+    async def object_keys(self) -> set[str]:
+        return {doc["object_key"] async for doc in self._manifest.find({}, {"object_key": 1})}
+
+    # -- cold heads ----------------------------------------------------------
+
+    async def head(self, conversation_id: str) -> ColdHead:
+        doc = await self._heads.find_one({"_id": conversation_id})
+        if doc is None:
+            return ColdHead()
+        return ColdHead(version=int(doc["version"]), seq=int(doc["seq"]))
+
+    async def advance(self, conversation_id: str, head: ColdHead) -> None:
+        await self._heads.update_one(
+            {"_id": conversation_id},
+            {"$max": {"version": head.version, "seq": head.seq}},
+            upsert=True,
+        )
+
+    # -- shared state --------------------------------------------------------
+
+    async def state(self) -> ArchiveState:
+        doc = await self._control.find_one({"_id": _CONTROL}) or {}
+        return ArchiveState(
+            paused=bool(doc.get("paused")),
+            last_pass_at=float(doc.get("last_pass_at", 0.0)),
+            lag_seconds=float(doc.get("lag_seconds", 0.0)),
+            moved_total=int(doc.get("moved_total", 0)),
+        )
+
+    async def set_paused(self, paused: bool) -> None:
+        await self._control.update_one({"_id": _CONTROL}, {"$set": {"paused": paused}}, upsert=True)
+
+    async def take_lease(self, owner: str, *, now: float, seconds: float) -> bool:
+        """The archiver's lease: free, expired, or already ``owner``'s."""
+        until = datetime.fromtimestamp(now + seconds, UTC)
+        try:
+            doc = await self._control.find_one_and_update(
+                {
+                    "_id": _CONTROL,
+                    "$or": [
+                        {"lease_owner": owner},
+                        {"lease_until": {"$lt": datetime.fromtimestamp(now, UTC)}},
+                        {"lease_owner": {"$exists": False}},
+                    ],
+                },
+                {"$set": {"lease_owner": owner, "lease_until": until}},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        except DuplicateKeyError:
+            # The filter missed a live lease of another owner and the upsert
+            # then collided with its document.
+            return False
+        return doc is not None and doc.get("lease_owner") == owner
+
+    async def release_lease(self, owner: str) -> None:
+        await self._control.update_one(
+            {"_id": _CONTROL, "lease_owner": owner}, {"$unset": {"lease_owner": ""}}
+        )
+
+    async def finish_pass(self, *, now: float, lag_seconds: float, moved: int) -> None:
+        await self._control.update_one(
+            {"_id": _CONTROL},
+            {
+                "$set": {"last_pass_at": now, "lag_seconds": lag_seconds},
+                "$inc": {"moved_total": moved},
+            },
+            upsert=True,
+        )
+
+
+class HotLog:
+    """What the archiver and the read path ask the ``messages`` collection."""
+
+    def __init__(self, db: Database) -> None:
+        self._messages = db["messages"]
+
+    async def ensure_indexes(self) -> None:
+        # Changes naming an archived message are its overlay: found by the seq
+        # they target.
+        await self._messages.create_index(
+            [("conversation_id", ASCENDING), ("target_seq", ASCENDING)]
+        )
+
+    async def conversations_before(
+        self, first_id: str, *, after: str = "", limit: int
+    ) -> list[tuple[str, str]]:
+        """(conversation, its oldest entry id) for conversations with entries
+        older than the id ``first_id`` (ids are UUIDv7: they sort by creation
+        time), whose oldest entry id is above ``after``, in that order."""
+        cursor = await self._messages.aggregate(
+            [
+                {"$match": {"_id": {"$lt": first_id}}},
+                {"$group": {"_id": "$conversation_id", "oldest": {"$min": "$_id"}}},
+                {"$match": {"oldest": {"$gt": after}}},
+                {"$sort": {"oldest": 1}},
+                {"$limit": limit},
+            ]
+        )
+        return [(str(doc["_id"]), str(doc["oldest"])) async for doc in cursor]
+
+    async def newest(self, conversation_id: str) -> Document | None:
+        return await self._messages.find_one(
+            {"conversation_id": conversation_id},
+            {"version": 1, "created_at": 1},
+            sort=[("version", DESCENDING)],
+        )
+
+    async def entries(
+        self, conversation_id: str, *, after_version: int, limit: int
+    ) -> list[Document]:
+        cursor = (
+            self._messages.find(
+                {"conversation_id": conversation_id, "version": {"$gt": after_version}}
+            )
+            .sort("version", ASCENDING)
+            .limit(limit)
+        )
+        return [doc async for doc in cursor]
+
+    async def delete_through(self, conversation_id: str, version: int) -> int:
+        reply = await self._messages.delete_many(
+            {"conversation_id": conversation_id, "version": {"$lte": version}}
+        )
+        return int(reply.deleted_count)
+
+    async def overlays(self, conversation_id: str, seq_lo: int, seq_hi: int) -> list[Document]:
+        """Changes (edits, deletes, hides, reactions) of messages seq_lo..seq_hi
+        still in the log, oldest first."""
+        cursor = self._messages.find(
+            {"conversation_id": conversation_id, "target_seq": {"$gte": seq_lo, "$lte": seq_hi}}
+        ).sort("version", ASCENDING)
+        return [doc async for doc in cursor]
+
+    async def count(self) -> int:
+        return int(await self._messages.estimated_document_count())
+
+    async def size_bytes(self) -> int:
+        """The log's documents' size (collStats ``size``, uncompressed)."""
+        stats = await self._messages.database.command("collStats", self._messages.name)
+        return int(stats.get("size") or 0)
