@@ -420,7 +420,12 @@ async def build(settings: Settings) -> ServiceHost:
     ]
     stream = StreamServicer(delivery, acks, codec, typing, tracing=tracing)
     erasure = AccountErasure(
-        ErasureStore(runtime.db, runtime.redis), conversations, pipeline, media_references, doorbell
+        ErasureStore(runtime.db, runtime.redis),
+        conversations,
+        pipeline,
+        media_references,
+        doorbell,
+        archive=archiver,
     )
     internal = MessageInternalServicer(media_access, MediaNotices(doorbell, codec), erasure)
 

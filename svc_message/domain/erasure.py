@@ -15,7 +15,10 @@ erasure job:
 4. the conversation document forgets its per-member fields; a direct
    conversation keeps ERASED as the peer; its member record and inbox
    settings go;
-5. the recent-message cache and delivery ticks of the conversation are
+5. its archived history (cold Parquet objects) is rewritten the same way
+   (the archiver's ``rewrite_weeks_with`` with ``tombstone_sender``): at once,
+   well within the erasure's cold deadline, and idempotent like the rest;
+6. the recent-message cache and delivery ticks of the conversation are
    dropped (readers refill them from the log).
 Then its push tokens, push settings, outbox jobs, inbox settings and device
 cursors go. Work per call is bounded; the caller calls again until done.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from svc_message.domain.archiver import Archiver, tombstone_sender
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.sending import Draft, SendPipeline
 from svc_message.model import (
@@ -52,6 +56,9 @@ CONVERSATIONS_PER_CALL = 20
 ENTRIES_PER_CALL = 2000
 BATCH = 500
 REQUEST_PREFIX = "erased:"
+# Rewrites of one conversation's archived chunks per call; each round rewrites
+# up to the archiver's own limit, so a round that rewrote nothing ends it.
+COLD_REWRITE_ROUNDS = 10
 
 
 def _at(now: float) -> datetime:
@@ -93,12 +100,14 @@ class AccountErasure:
         pipeline: SendPipeline,
         media: MediaReferences,
         bus: MembershipChanges,
+        archive: Archiver | None = None,
     ) -> None:
         self._store = store
         self._conversations = conversations
         self._pipeline = pipeline
         self._media = media
         self._bus = bus
+        self._archive = archive
 
     async def erase(
         self, *, account_id: str, device_ids: list[str], erasure_id: str, now: float
@@ -134,6 +143,8 @@ class AccountErasure:
             budget -= batch
             if not more:
                 break
+        if not await self._erase_cold(conversation_id, account_id):
+            return False, 0
         await self._store.scrub_mentions(conversation_id, account_id)
         await self._store.scrub_conversation(conversation_id, account_id)
         await self._store.forget_member(conversation_id, account_id)
@@ -141,6 +152,20 @@ class AccountErasure:
         self._conversations.forget(conversation_id)
         await self._bus.membership_changed(conversation_id)
         return True, budget
+
+    async def _erase_cold(self, conversation_id: str, account_id: str) -> bool:
+        """Rewrite the conversation's archived chunks without the account;
+        False when rounds remain for the next call."""
+        if self._archive is None:
+            return True
+        transform = tombstone_sender(account_id, pseudonym=ERASED)
+        for _ in range(COLD_REWRITE_ROUNDS):
+            rewritten = await self._archive.rewrite_weeks_with(
+                transform, conversation_ids=[conversation_id]
+            )
+            if not rewritten:
+                return True
+        return False
 
     async def _depart(
         self, conversation: Conversation, account_id: str, erasure_id: str, *, now: float
