@@ -555,6 +555,15 @@ async def test_the_internal_service_takes_only_the_service_credential(world: Wor
             ),
             metadata=md,
         ),
+        # Alice is this test's own: the last call (with the credential) erases her.
+        "EraseAccount": lambda md: w.internal.EraseAccount(
+            ipb.EraseAccountRequest(
+                account_id=alice.account_id,
+                device_ids=[alice.device_id],
+                erasure_id="erasure-of-a-test-account",
+            ),
+            metadata=md,
+        ),
     }
     assert set(calls) == {
         m.name for m in ipb.DESCRIPTOR.services_by_name["MessageInternalService"].methods
