@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=_cmd_up, client_commands=client_commands)
     # After client_commands: bench is a developer tool, not a chat command for the banner.
     add_bench_parser(commands)
+    # `archive` is the chat client's (archiving a conversation in the inbox).
     archive = commands.add_parser(
-        "archive",
+        "archiver",
         help="the history archiver of the local stack: run a pass, status, pause, resume",
         description=(
             "Runs `python -m svc_message archive ACTION` against the local stack's config"
@@ -104,7 +105,8 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     config = args.data_dir / "parley.yaml"
     if not config.exists():
         print(
-            f"parley archive: no {config}; start the stack with `parley up` first", file=sys.stderr
+            f"parley archiver: no {config}; start the stack with `parley up` first",
+            file=sys.stderr,
         )
         return 2
     command = [sys.executable, "-m", "svc_message", "archive", args.action, "--config", str(config)]
