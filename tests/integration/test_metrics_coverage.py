@@ -224,10 +224,13 @@ async def exported(stack: LocalStack) -> Exported:
     # Sampled gauges (backlogs, prekey lows) appear after their first count.
     sampled = {"parley_push_outbox_depth", "parley_identity_changes_pending"}
     sampled |= {"parley_prekey_low_devices", "parley_delivery_lag_seconds_count"}
-    deadline = asyncio.get_running_loop().time() + 15
+    deadline = asyncio.get_running_loop().time() + 30
     while True:
         found = await asyncio.to_thread(scrape, metrics_urls(stack))
-        if all(found.knows(name) for name in sampled):
+        # The delivery lag is observed when the stream's write is done, which
+        # on a loaded machine can come after the first scrape that knows it.
+        lag_seen = found.total("parley_delivery_lag_seconds_count") >= 1
+        if lag_seen and all(found.knows(name) for name in sampled):
             return found
         if asyncio.get_running_loop().time() > deadline:
             return found
