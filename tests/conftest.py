@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from parley_dev.redis_cluster import LocalRedisCluster
 from parley_dev.stack import LocalStack
 from tests.helpers import TEST_LIMITS
+from tests.redis_server import own_redis_cluster
 
 # Short, so stopping a stack with delivery streams still open does not stall the suite.
 TEST_SHUTDOWN_GRACE_SECONDS = 2.0
@@ -37,3 +39,14 @@ async def fresh_stack(tmp_path: Path) -> AsyncIterator[LocalStack]:
         extra_config=TEST_LIMITS,
     ) as local:
         yield local
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def redis_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[LocalRedisCluster]:
+    """One Redis Cluster (3 masters, 3 replicas) for the store tests of the
+    session, which empty it first. Do not break it: tests that kill nodes
+    start a cluster of their own."""
+    async with own_redis_cluster(tmp_path_factory.mktemp("redis_cluster")) as cluster:
+        yield cluster
