@@ -55,12 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "YAML settings merged over the generated config: any key of the typed config"
             " (push providers, limits, retention, ...). The stack owns, and ignores from"
-            " FILE and from PARLEY_* variables: mongo.uri, redis.url,"
+            " FILE and from PARLEY_* variables: mongo.uri, redis.url, redis.cluster,"
+            " redis.cluster_nodes (--redis-cluster),"
             " auth.private_key_file, auth.public_key_files, message.keys_target,"
             " log_format (--log-format), and host, port and metrics_port of keys.server,"
             " message.server and presence.server (--port-offset). PARLEY_<SECTION>__<KEY>"
             " variables (and *_FILE secrets) reach the services and win over FILE;"
             " PARLEY_CONFIG is not read. A bad key or value stops before anything starts."
+        ),
+    )
+    up.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help=(
+            "run Redis as a Redis Cluster of 3 masters and 3 replicas (ports from 6380 up,"
+            " buses 10000 higher) and the services with redis.cluster on"
         ),
     )
     up.add_argument(
@@ -100,6 +109,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         client_commands=args.client_commands,
         otlp_endpoint=args.otlp_endpoint,
         config_file=args.config,
+        redis_cluster=args.redis_cluster,
     )
 
 

@@ -29,6 +29,8 @@ DB_STOP_SECONDS = 20.0
 REDIS_STOP_SECONDS = 10.0
 # A service gets its shutdown grace plus this to flush and exit before SIGKILL.
 SERVICE_STOP_MARGIN_SECONDS = 5.0
+# A local Redis Cluster: 3 masters and 3 replicas (parley_dev.redis_cluster).
+REDIS_CLUSTER_NODES = 6
 
 
 def message_name(index: int) -> str:
@@ -47,11 +49,22 @@ class StackPorts:
     message_metrics: tuple[int, ...] = (9102,)
     presence: int = 7103
     presence_metrics: int = 9103
+    # A Redis Cluster instead of the single Redis: each node's port and
+    # cluster bus port (empty: no cluster).
+    redis_nodes: tuple[int, ...] = ()
+    redis_buses: tuple[int, ...] = ()
 
     @classmethod
-    def defaults(cls, message_instances: int = 1, *, offset: int = 0) -> StackPorts:
-        """The ``parley up`` layout, every port shifted by ``offset`` (side-by-side stacks)."""
+    def defaults(
+        cls, message_instances: int = 1, *, offset: int = 0, redis_cluster: bool = False
+    ) -> StackPorts:
+        """The ``parley up`` layout, every port shifted by ``offset`` (side-by-side stacks).
+        A cluster's nodes take the Redis port and the ones after it, their
+        buses those 10000 higher (Redis' own convention)."""
         steps = [i * MESSAGE_PORT_STEP for i in range(message_instances)]
+        nodes = (
+            tuple(6380 + offset + i for i in range(REDIS_CLUSTER_NODES)) if redis_cluster else ()
+        )
         return cls(
             mongo=27117 + offset,
             redis=6380 + offset,
@@ -61,33 +74,41 @@ class StackPorts:
             message_metrics=tuple(9102 + offset + step for step in steps),
             presence=7103 + offset,
             presence_metrics=9103 + offset,
+            redis_nodes=nodes,
+            redis_buses=tuple(port + 10000 for port in nodes),
         )
 
     @classmethod
-    def free(cls, message_instances: int = 1) -> StackPorts:
+    def free(cls, message_instances: int = 1, *, redis_cluster: bool = False) -> StackPorts:
         """Ports the OS reports free now (tests)."""
-        ports = free_ports(6 + 2 * message_instances)
+        cluster = 2 * REDIS_CLUSTER_NODES if redis_cluster else 0
+        ports = free_ports(6 + 2 * message_instances + cluster)
+        nodes = ports[len(ports) - cluster :]
         return cls(
             mongo=ports[0],
-            redis=ports[1],
+            redis=nodes[0] if nodes else ports[1],
             keys=ports[2],
             keys_metrics=ports[3],
             presence=ports[4],
             presence_metrics=ports[5],
             message=tuple(ports[6 : 6 + message_instances]),
-            message_metrics=tuple(ports[6 + message_instances :]),
+            message_metrics=tuple(ports[6 + message_instances : 6 + 2 * message_instances]),
+            redis_nodes=tuple(nodes[:REDIS_CLUSTER_NODES]),
+            redis_buses=tuple(nodes[REDIS_CLUSTER_NODES:]),
         )
 
     def all(self) -> list[int]:
         return [
             self.mongo,
-            self.redis,
+            *((self.redis,) if not self.redis_nodes else ()),
             self.keys,
             self.keys_metrics,
             *self.message,
             *self.message_metrics,
             self.presence,
             self.presence_metrics,
+            *self.redis_nodes,
+            *self.redis_buses,
         ]
 
 

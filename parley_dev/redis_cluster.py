@@ -23,12 +23,12 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
 
-from parley_dev.layout import HOST, find_executable
+from parley_dev.layout import HOST, REDIS_CLUSTER_NODES, find_executable
 from parley_dev.probes import StackError
 from parley_dev.process import ManagedProcess
 
-MASTERS = 3
-NODES = MASTERS * 2
+NODES = REDIS_CLUSTER_NODES
+MASTERS = NODES // 2
 NODE_TIMEOUT_MS = 2000
 READY_SECONDS = 30.0
 STOP_SECONDS = 10.0

@@ -29,6 +29,21 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Local
         yield local
 
 
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def cluster_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalStack]:
+    """The session stack's twin on a Redis Cluster (3 masters, 3 replicas), for
+    the modules whose tests run on both (tests/integration/conftest.py,
+    ``redis_stack``). Do not break it either."""
+    async with LocalStack.with_free_ports(
+        root=tmp_path_factory.mktemp("cluster_stack"),
+        message_instances=2,
+        shutdown_grace_seconds=TEST_SHUTDOWN_GRACE_SECONDS,
+        extra_config=TEST_LIMITS,
+        redis_cluster=True,
+    ) as local:
+        yield local
+
+
 @pytest_asyncio.fixture(loop_scope="session")
 async def fresh_stack(tmp_path: Path) -> AsyncIterator[LocalStack]:
     """A stack of its own (one svc_message instance) for tests that kill or stop parts."""

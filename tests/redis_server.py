@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from parley.keys.v1 import accounts_pb2_grpc
+from parley.message.v1 import messages_pb2_grpc
 from parley_core.config import RedisSettings
 from parley_core.storage import redis as redis_storage
 from parley_dev.layout import find_executable
@@ -81,3 +83,12 @@ class RedisUnderTest:
         redis = self.connect()
         await redis.client.flushall()
         return redis
+
+
+@dataclass(frozen=True, slots=True)
+class Stubs:
+    """svc_keys and both svc_message instances of a stack (``redis_stubs``)."""
+
+    keys: accounts_pb2_grpc.AccountServiceStub
+    messages: messages_pb2_grpc.MessageServiceStub
+    messages_b: messages_pb2_grpc.MessageServiceStub
