@@ -140,7 +140,7 @@ def service_config(region: RegionSpec, service: str) -> dict[str, Any]:
     }
     if service == "message":
         section["keys_target"] = service_address(region, "keys")
-    owned = {
+    owned: dict[str, Any] = {
         "region": region.region,
         "log_level": region.log_level,
         "log_format": "json",
@@ -150,6 +150,9 @@ def service_config(region: RegionSpec, service: str) -> dict[str, Any]:
         "topology": {"path": f"{TOPOLOGY_DIR}/{TOPOLOGY_FILE}"},
         service: section,
     }
+    if region.redis_cluster:
+        # Only when on, so the config (and its hash) of other regions is unchanged.
+        owned["redis"] = {"cluster": True, "cluster_nodes": list(region.redis_cluster_nodes)}
     return _deep_merge(region.extra_config, owned)
 
 
