@@ -85,7 +85,9 @@ class Subscription(abc.ABC):
 
     @abc.abstractmethod
     def listen(self) -> AsyncIterator[Heard]:
-        """What arrives, until the subscription breaks (raises) or is closed."""
+        """What arrives, until the subscription breaks (raises) or is closed.
+        Subscribe first: a single server's listening ends when no channel is
+        held (every user here keeps one)."""
 
     @abc.abstractmethod
     async def ping(self) -> int:
@@ -145,7 +147,10 @@ class ClusterSubscription(Subscription):
         try:
             if not self._mapped:
                 # The client's slot map is refreshed by its own commands; a
-                # subscription opened after a failover must not trust it.
+                # subscription opened after a failover must not trust it. (The
+                # client itself is set up first: a refreshed map alone would
+                # leave its command parser unset.)
+                await self._cluster.initialize()
                 await self._cluster.nodes_manager.initialize()
                 self._mapped = True
             for name, groups in self._by_node(channels).items():
@@ -233,7 +238,8 @@ class ClusterSubscription(Subscription):
             node = self._cluster.get_node_from_key(channel)
             if node is None:
                 raise RedisConnectionError(f"no master serves the slot of {channel!r}")
-            self._pools.setdefault(node.name, self._pool_for(node.host, int(node.port)))
+            if node.name not in self._pools:
+                self._pools[node.name] = self._pool_for(node.host, int(node.port))
             nodes[node.name].append(channel)
         return {name: self._per_slot(mine) for name, mine in nodes.items()}
 
@@ -264,3 +270,7 @@ class ClusterSubscription(Subscription):
                 self._heard.put_nowait(heard)
         except REDIS_ERRORS as exc:
             self._fail(exc)
+        except Exception as exc:
+            # Whatever else stops a reader ends the subscription the way its
+            # owners handle: as a lost connection.
+            self._fail(RedisConnectionError(f"a pub/sub reader failed: {exc!r}"))
