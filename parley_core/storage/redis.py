@@ -19,8 +19,10 @@ Cluster (``redis.cluster``), so that the stores do not care which:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,13 +97,36 @@ class Redis:
         # The publish command for scripts that publish (on a cluster the
         # channel must then hash to the slot of the script's keys).
         self.publish_command = "SPUBLISH" if self.cluster else "PUBLISH"
+        self._setup: asyncio.Task[Any] | None = None
 
     def tag(self, part: str) -> str:
         """``part`` as the hash tag of a key on a cluster; as is on a single server."""
         return f"{{{part}}}" if self.cluster else part
 
-    def pipeline(self) -> Pipeline:
-        return self.client.pipeline(transaction=False)
+    @contextlib.asynccontextmanager
+    async def pipeline(self) -> AsyncIterator[Pipeline]:
+        await self._ready()
+        async with self.client.pipeline(transaction=False) as pipe:
+            yield pipe
+
+    async def _ready(self) -> None:
+        """On a cluster whose client must (re)load the slot map (at start,
+        after a node failed), load it in a task of its own. Loading takes a
+        few round trips (CLUSTER SLOTS, COMMAND); done inside a caller with
+        a short deadline (the rate limiter's 0.25 s) it could be cancelled
+        every time, and a cancelled load starts over from nothing."""
+        if not isinstance(self.client, RedisCluster):
+            return
+        # redis-py keeps "needs loading" in a private flag; reading it saves a
+        # task per call on the hot path.
+        if not getattr(self.client, "_initialize", True):
+            return
+        if self._setup is None or self._setup.done():
+            self._setup = asyncio.create_task(self.client.initialize())
+            # Its failure is the awaiting callers' to see; a task nobody
+            # awaits any more must not log it as never retrieved.
+            self._setup.add_done_callback(_retrieved)
+        await asyncio.shield(self._setup)
 
     # -- scripts ----------------------------------------------------------------
 
@@ -132,8 +157,11 @@ class Redis:
         return replies
 
     async def load(self, script: Script) -> None:
-        """Load ``script`` (on every master of a cluster)."""
-        await self.client.script_load(script.source)
+        """Load ``script`` (on every master of a cluster). Shielded: a caller
+        that gives up meanwhile still leaves it loaded for the next call."""
+        loading = asyncio.ensure_future(self.client.script_load(script.source))
+        loading.add_done_callback(_retrieved)
+        await asyncio.shield(loading)
 
     async def _evalsha(self, calls: Sequence[ScriptCall]) -> list[Any]:
         async with self.pipeline() as pipe:
@@ -148,6 +176,7 @@ class Redis:
     # -- channels ---------------------------------------------------------------
 
     async def publish(self, channel: str, payload: bytes | str) -> None:
+        await self._ready()
         if isinstance(self.client, RedisCluster):
             await self.client.spublish(channel, payload)
         else:
@@ -193,6 +222,11 @@ class _NodePools:
             socket_connect_timeout=self.timeout_seconds,
             retry=Retry(NoBackoff(), 0),
         )
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _host_port(node: str) -> tuple[str, int]:

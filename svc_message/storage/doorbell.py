@@ -41,7 +41,7 @@ CONVERSATION_PREFIX = "parley:c:"
 MEMBERSHIP_CHANNEL = "parley:membership"
 # Reconnect attempts back off to this: short, so that after a cluster
 # failover (seconds) the streams hear their conversations again soon.
-BACKOFF_MAX_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 0.25
 log = structlog.get_logger(__name__)
 
 

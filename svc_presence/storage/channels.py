@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 
@@ -42,7 +43,8 @@ KEEPALIVE_PREFIX = "parley:p:k:"
 WATCHDOG_SECONDS = 5.0
 BACKOFF_MIN_SECONDS = 0.05
 # Short, so that after a cluster failover (seconds) presence is heard again soon.
-BACKOFF_MAX_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 0.25
+STABLE_SECONDS = 1.0
 _CONNECTION_LOST: tuple[type[Exception], ...] = (*REDIS_ERRORS, PresenceStoreDown)
 
 
@@ -79,6 +81,7 @@ class PresenceChannels:
         # The watchdog's wait for its pongs, and how many are still to come.
         self._echo: asyncio.Future[None] | None = None
         self._pongs_due = 0
+        self._connected_at = 0.0
         self.reconnects = 0
 
     @property
@@ -181,7 +184,11 @@ class PresenceChannels:
                     await subscription.aclose()
                 if was_connected:
                     self._on_disconnect()
-                    backoff = BACKOFF_MIN_SECONDS
+                    # A connection that held a while starts the backoff over;
+                    # one that broke at once (a cluster master still failing
+                    # over) lets it grow, instead of reconnecting every 50 ms.
+                    if time.monotonic() - self._connected_at >= STABLE_SECONDS:
+                        backoff = BACKOFF_MIN_SECONDS
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(backoff):
                     await self._retry_now.wait()
@@ -218,6 +225,7 @@ class PresenceChannels:
                     self._echo.set_result(None)
             elif heard.kind == "subscribe":
                 if heard.channel == self._keepalive:
+                    self._connected_at = time.monotonic()
                     self._connected.set()
                     self._attempt_over.set()
                     # After a reconnect: whoever still holds a channel gets it back.
