@@ -7,8 +7,9 @@ a directory of its own, named by absolute path (nodes.conf is written
 relative to the working directory otherwise). A fresh set of nodes is joined
 with ``redis-cli --cluster create``; nodes started again on their old
 directories find each other from nodes.conf. Ready means every node reports
-the cluster ok with all slots served and every replica has its master's
-data (a replica that never synced is refused the failover).
+the cluster ok with all slots served, every replica has its master's data (a
+replica that never synced is refused the failover), and every node agrees on
+who replicates whom.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class NodeState:
     synced: bool
     # (master port, first slot, last slot) of every slot range it knows of.
     ranges: tuple[tuple[int, int, int], ...]
+    # Port -> the port of its master (0 for a master), of every node it knows.
+    roles: dict[int, int]
 
 
 async def node_state(port: int) -> NodeState:
@@ -64,9 +67,15 @@ async def node_state(port: int) -> NodeState:
         info = await client.cluster("INFO")
         replication = await client.info("replication")
         slots = await client.cluster("SLOTS")
+        nodes = await client.cluster("NODES")
     finally:
         await client.aclose()
     master = replication.get("role") == "master"
+    port_of = {entry["node_id"]: int(address.split(":")[1]) for address, entry in nodes.items()}
+    roles = {
+        int(address.split(":")[1]): port_of.get(entry["master_id"], 0)
+        for address, entry in nodes.items()
+    }
     return NodeState(
         port=port,
         state_ok=info.get("cluster_state") == "ok",
@@ -74,6 +83,7 @@ async def node_state(port: int) -> NodeState:
         master=master,
         synced=master or replication.get("master_link_status") == "up",
         ranges=tuple((int(entry[2][1]), int(entry[0]), int(entry[1])) for entry in slots),
+        roles=roles,
     )
 
 
@@ -215,6 +225,14 @@ class LocalRedisCluster:
             )
             if served != SLOTS:
                 return f"node {state.port} sees {SLOTS - served} slots on stopped masters"
+        # Every running node agrees who follows whom: a master that has not
+        # heard of its replica yet ignores its manual failover request.
+        views = [
+            {port: master for port, master in state.roles.items() if port in alive_ports}
+            for state in states
+        ]
+        if any(view != views[0] for view in views):
+            return "the nodes do not agree yet on which node replicates which"
         return ""
 
     def _alive(self) -> list[int]:

@@ -141,8 +141,16 @@ class ClusterSubscription(Subscription):
         self._heard: asyncio.Queue[Heard | BaseException] = asyncio.Queue()
         self._failure: BaseException | None = None
         self._mapped = False
+        # One change at a time: a node's connection is opened by its first
+        # command, and two first commands at once would open two, one of
+        # which nobody reads.
+        self._changing = asyncio.Lock()
 
     async def subscribe(self, *channels: str) -> None:
+        async with self._changing:
+            await self._subscribe(channels)
+
+    async def _subscribe(self, channels: Iterable[str]) -> None:
         self._check()
         try:
             if not self._mapped:
@@ -164,6 +172,10 @@ class ClusterSubscription(Subscription):
             raise
 
     async def unsubscribe(self, *channels: str) -> None:
+        async with self._changing:
+            await self._unsubscribe(channels)
+
+    async def _unsubscribe(self, channels: Iterable[str]) -> None:
         self._check()
         held: dict[str, list[str]] = defaultdict(list)
         for channel in channels:
@@ -187,16 +199,17 @@ class ClusterSubscription(Subscription):
             yield item
 
     async def ping(self) -> int:
-        self._check()
-        # Only connections in subscribed mode answer PING with a pong message.
-        busy = set(self._where.values())
-        try:
-            for name in busy:
-                await self._nodes[name].ping()
-        except REDIS_ERRORS as exc:
-            self._fail(exc)
-            raise
-        return len(busy)
+        async with self._changing:
+            self._check()
+            # Only connections in subscribed mode answer PING with a pong message.
+            busy = set(self._where.values())
+            try:
+                for name in busy:
+                    await self._nodes[name].ping()
+            except REDIS_ERRORS as exc:
+                self._fail(exc)
+                raise
+            return len(busy)
 
     async def aclose(self) -> None:
         readers = list(self._readers.values())

@@ -111,6 +111,23 @@ async def test_a_subscription_hears_its_channels_and_answers_pings(redis: Redis)
         await reader.close()
 
 
+async def test_subscribes_at_the_same_time_are_all_heard(redis: Redis) -> None:
+    """Streams open side by side: their subscribes run concurrently, also
+    while the connection to a master they need is still being opened."""
+    subscription = redis.subscription()
+    await subscription.subscribe("parley:membership")
+    reader = Reader(subscription)
+    try:
+        await asyncio.gather(*(subscription.subscribe(c) for c in CHANNELS))
+        await reader.until(lambda r: len(r.of("subscribe")) == len(CHANNELS) + 1, "confirmations")
+        for channel in CHANNELS:
+            await redis.publish(channel, channel.encode())
+        await reader.until(lambda r: len(r.of("message")) == len(CHANNELS), "every message")
+        assert reader.error is None
+    finally:
+        await reader.close()
+
+
 async def test_a_master_giving_its_slots_up_fails_the_subscription(
     redis_cluster: LocalRedisCluster,
 ) -> None:
@@ -144,17 +161,23 @@ async def test_a_master_giving_its_slots_up_fails_the_subscription(
 
 
 async def promote_replica_of(cluster: LocalRedisCluster, master: int) -> None:
-    """CLUSTER FAILOVER on the master's replica: the slots move while both run."""
+    """CLUSTER FAILOVER on the master's replica: the slots move while both
+    run. Asked again if the master did not act on it (a master that heard of
+    its replica only just now may still ignore the request)."""
     master_port = cluster.ports[master]
+    replica = None
     for state in await cluster.states():
-        if state.master:
-            continue
-        node = NodeClient(host="127.0.0.1", port=state.port)
-        try:
-            replication = await node.info("replication")
-            if int(replication.get("master_port", 0)) == master_port:
-                await node.cluster("FAILOVER")
-                return
-        finally:
-            await node.aclose()
-    raise AssertionError(f"no replica follows the master on port {master_port}")
+        if not state.master and state.roles.get(state.port) == master_port:
+            replica = NodeClient(host="127.0.0.1", port=state.port)
+    assert replica is not None, f"no replica follows the master on port {master_port}"
+    try:
+        for _ in range(3):
+            await replica.cluster("FAILOVER")
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline:
+                if (await replica.info("replication")).get("role") == "master":
+                    return
+                await asyncio.sleep(0.1)
+        raise AssertionError("the replica was not promoted")
+    finally:
+        await replica.aclose()
