@@ -4,6 +4,8 @@ shares one hash slot, and that a single server keeps its old key names."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from redis.crc import key_slot
 
@@ -12,6 +14,7 @@ from parley_core.storage import redis as redis_storage
 from parley_core.storage.liveness import PresenceKeys
 from parley_core.storage.redis import Redis
 from parley_dev.layout import REDIS_CLUSTER_NODES, StackPorts
+from parley_dev.stack import LocalStack
 from svc_message.storage.recent import RecentCache
 
 
@@ -118,3 +121,18 @@ def test_stack_ports_of_a_cluster_are_distinct() -> None:
     assert defaults.redis_nodes == tuple(range(6380, 6380 + REDIS_CLUSTER_NODES))
     assert defaults.redis_buses == tuple(p + 10000 for p in defaults.redis_nodes)
     assert len(set(defaults.all())) == len(defaults.all())
+
+
+def test_a_local_stack_on_a_cluster_configures_the_services_for_it(tmp_path: Path) -> None:
+    stack = LocalStack(
+        root=tmp_path, ports=StackPorts.free(1, redis_cluster=True), redis_cluster=True
+    )
+    nodes = [f"redis-{i}" for i in range(REDIS_CLUSTER_NODES)]
+    assert [name for name in stack.component_names if name.startswith("redis")] == nodes
+    assert stack.settings.redis.cluster
+    assert stack.settings.redis.url == f"redis://127.0.0.1:{stack.ports.redis_nodes[0]}/0"
+    assert stack.settings.redis.cluster_nodes == tuple(
+        f"127.0.0.1:{port}" for port in stack.ports.redis_nodes[1:]
+    )
+    single = LocalStack(root=tmp_path / "single", ports=StackPorts.free(1))
+    assert "redis" in single.component_names and not single.settings.redis.cluster
