@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -81,9 +82,22 @@ class MongoSettings(_Section):
 class RedisSettings(_Section):
     url: str = "redis://127.0.0.1:6379/0"
     """Redis connection URL (redis://, rediss:// for TLS, or unix://); it may hold a password: give
-    it through a _FILE secret."""
+    it through a _FILE secret. With cluster on, the address of one node of the cluster."""
     socket_timeout_seconds: float = Field(default=2.0, gt=0)
     """Seconds a Redis connect or command may take before it fails (timeouts are not retried)."""
+    cluster: bool = False
+    """Redis is a Redis Cluster (url and cluster_nodes name some of its nodes; the client
+    finds the rest): keys that a script touches together share a hash tag, and channels are sharded
+    (SPUBLISH/SSUBSCRIBE). Off, a single server (or a primary with replicas) is used with the same
+    key names as before clusters were supported. Every service of a region must agree."""
+    cluster_nodes: tuple[str, ...] = ()
+    """More nodes of the cluster as host:port, tried at start when the node of url does not
+    answer (same credentials and TLS as url). Only with cluster on."""
+    cluster_presence_shards: int = Field(default=128, ge=1, le=16384)
+    """Hash tags the presence records of a Redis Cluster are spread over: each has its own
+    due-for-sweep and due-for-save sets in the slot of its accounts, so the presence sweeper visits
+    every one. More spread the load over more masters; changing it forgets who is online (devices
+    come back with their next heartbeat or stream refresh)."""
 
     @field_validator("url")
     @classmethod
@@ -91,6 +105,26 @@ class RedisSettings(_Section):
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("cluster_nodes")
+    @classmethod
+    def _host_ports(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for node in value:
+            host, _, port = node.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{node!r} is not host:port")
+        return value
+
+    @model_validator(mode="after")
+    def _cluster_url(self) -> RedisSettings:
+        if self.cluster:
+            if self.url.startswith("unix://"):
+                raise ValueError("url: a Redis Cluster is reached over TCP, not unix://")
+            if urlsplit(self.url).path.strip("/") not in ("", "0"):
+                raise ValueError("url: a Redis Cluster has database 0 only")
+        elif self.cluster_nodes:
+            raise ValueError("cluster_nodes: only with cluster on")
+        return self
 
 
 class AuthSettings(_Section):

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "YAML settings merged over the generated config: any key of the typed config"
             " (push providers, limits, retention, ...). The stack owns, and ignores from"
-            " FILE and from PARLEY_* variables: mongo.uri, redis.url,"
+            " FILE and from PARLEY_* variables: mongo.uri, redis.url, redis.cluster,"
+            " redis.cluster_nodes (--redis-cluster),"
             " auth.private_key_file, auth.public_key_files, auth.service_token_file,"
             " auth.operator_tokens_file, message.keys_target, message.media_target,"
             " media.message_target, keys.message_target, keys.presence_target,"
@@ -69,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
             " PARLEY_<SECTION>__<KEY>"
             " variables (and *_FILE secrets) reach the services and win over FILE;"
             " PARLEY_CONFIG is not read. A bad key or value stops before anything starts."
+        ),
+    )
+    up.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help=(
+            "run Redis as a Redis Cluster of 3 masters and 3 replicas (ports from 6380 up,"
+            " buses 10000 higher) and the services with redis.cluster on"
         ),
     )
     up.add_argument(
@@ -137,6 +146,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         client_commands=args.client_commands,
         otlp_endpoint=args.otlp_endpoint,
         config_file=args.config,
+        redis_cluster=args.redis_cluster,
     )
 
 

@@ -35,6 +35,8 @@ REDIS_STOP_SECONDS = 10.0
 # A service gets its shutdown grace plus this to flush and exit before SIGKILL.
 SERVICE_STOP_MARGIN_SECONDS = 5.0
 ADMIN_GRPC_STEP = 10000
+# A local Redis Cluster: 3 masters and 3 replicas (parley_dev.redis_cluster).
+REDIS_CLUSTER_NODES = 6
 
 
 def message_name(index: int) -> str:
@@ -61,11 +63,22 @@ class StackPorts:
     # the admin port + 10000 whatever the flags say: that is the admin's gRPC port.
     s3: int = 9333
     seaweed: tuple[int, ...] = (*range(9334, 9342), 9341 + ADMIN_GRPC_STEP)
+    # A Redis Cluster instead of the single Redis: each node's port and
+    # cluster bus port (empty: no cluster).
+    redis_nodes: tuple[int, ...] = ()
+    redis_buses: tuple[int, ...] = ()
 
     @classmethod
-    def defaults(cls, message_instances: int = 1, *, offset: int = 0) -> StackPorts:
-        """The ``parley up`` layout, every port shifted by ``offset`` (side-by-side stacks)."""
+    def defaults(
+        cls, message_instances: int = 1, *, offset: int = 0, redis_cluster: bool = False
+    ) -> StackPorts:
+        """The ``parley up`` layout, every port shifted by ``offset`` (side-by-side stacks).
+        A cluster's nodes take the Redis port and the ones after it, their
+        buses those 10000 higher (Redis' own convention)."""
         steps = [i * MESSAGE_PORT_STEP for i in range(message_instances)]
+        nodes = (
+            tuple(6380 + offset + i for i in range(REDIS_CLUSTER_NODES)) if redis_cluster else ()
+        )
         return cls(
             mongo=27117 + offset,
             redis=6380 + offset,
@@ -79,17 +92,21 @@ class StackPorts:
             media_metrics=9104 + offset,
             s3=9333 + offset,
             seaweed=tuple(p + offset for p in (*range(9334, 9342), 9341 + ADMIN_GRPC_STEP)),
+            redis_nodes=nodes,
+            redis_buses=tuple(port + 10000 for port in nodes),
         )
 
     @classmethod
-    def free(cls, message_instances: int = 1) -> StackPorts:
+    def free(cls, message_instances: int = 1, *, redis_cluster: bool = False) -> StackPorts:
         """Ports the OS reports free now (tests)."""
         fixed = 16
-        ports = free_ports(fixed + 2 * message_instances)
+        cluster = 2 * REDIS_CLUSTER_NODES if redis_cluster else 0
+        ports = free_ports(fixed + 2 * message_instances + cluster)
         admin = free_port_pair(ADMIN_GRPC_STEP, avoid=ports)
+        nodes = ports[len(ports) - cluster :]
         return cls(
             mongo=ports[0],
-            redis=ports[1],
+            redis=nodes[0] if nodes else ports[1],
             keys=ports[2],
             keys_metrics=ports[3],
             presence=ports[4],
@@ -99,13 +116,15 @@ class StackPorts:
             s3=ports[8],
             seaweed=(*ports[9:fixed], admin, admin + ADMIN_GRPC_STEP),
             message=tuple(ports[fixed : fixed + message_instances]),
-            message_metrics=tuple(ports[fixed + message_instances :]),
+            message_metrics=tuple(ports[fixed + message_instances : fixed + 2 * message_instances]),
+            redis_nodes=tuple(nodes[:REDIS_CLUSTER_NODES]),
+            redis_buses=tuple(nodes[REDIS_CLUSTER_NODES:]),
         )
 
     def all(self) -> list[int]:
         return [
             self.mongo,
-            self.redis,
+            *((self.redis,) if not self.redis_nodes else ()),
             self.keys,
             self.keys_metrics,
             *self.message,
@@ -116,6 +135,8 @@ class StackPorts:
             self.media_metrics,
             self.s3,
             *self.seaweed,
+            *self.redis_nodes,
+            *self.redis_buses,
         ]
 
 

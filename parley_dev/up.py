@@ -36,6 +36,7 @@ def run_up_command(
     client_commands: Sequence[str],
     otlp_endpoint: str | None = None,
     config_file: Path | None = None,
+    redis_cluster: bool = False,
 ) -> int:
     logging.basicConfig(
         level=logging.INFO,
@@ -53,8 +54,11 @@ def run_up_command(
         service_environ, ignored_variables = service_environment(os.environ, Path.cwd())
         stack = LocalStack(
             root=data_dir,
-            ports=StackPorts.defaults(message_instances, offset=port_offset),
+            ports=StackPorts.defaults(
+                message_instances, offset=port_offset, redis_cluster=redis_cluster
+            ),
             message_instances=message_instances,
+            redis_cluster=redis_cluster,
             log_format=log_format,
             user_config=user_config,
             service_environ=service_environ,
@@ -158,7 +162,11 @@ def banner(stack: LocalStack, client_commands: Sequence[str] = ()) -> str:
             (name, f"grpc 127.0.0.1:{port}   metrics http://127.0.0.1:{metrics_port}/metrics")
         )
     rows.append(("MongoDB", stack.mongo_uri))
-    rows.append(("Redis", stack.redis_url))
+    if stack.redis_cluster is not None:
+        nodes = len(stack.redis_cluster.processes)
+        rows.append(("Redis", f"{stack.redis_url} (a Redis Cluster of {nodes} nodes)"))
+    else:
+        rows.append(("Redis", stack.redis_url))
     rows.append(("S3", f"{stack.s3_endpoint} (bucket {stack.s3_bucket})"))
     rows.append(("Config", str(stack.config_path)))
     rows.append(("Logs", f"{stack.logs_dir}/"))
@@ -168,7 +176,10 @@ def banner(stack: LocalStack, client_commands: Sequence[str] = ()) -> str:
         example = "signup alice" if "signup" in client_commands else f"{client_commands[0]} --help"
         lines.append(f"In another terminal: ./{PROG} {{{','.join(client_commands)}}} ...")
         lines.append(f"  e.g. ./{PROG} {example}")
-        if stack.ports != StackPorts.defaults(stack.message_instances):
+        defaults = StackPorts.defaults(
+            stack.message_instances, redis_cluster=stack.redis_cluster is not None
+        )
+        if stack.ports != defaults:
             # The client commands default to the standard ports; say where this stack is.
             lines.append(
                 f"  with --keys-target {stack.keys_target}"

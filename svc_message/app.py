@@ -196,6 +196,7 @@ async def build(settings: Settings) -> ServiceHost:
         runtime.redis,
         ttl_seconds=settings.presence.device_ttl_seconds,
         persist_seconds=settings.presence.last_seen_persist_seconds,
+        cluster_shards=settings.redis.cluster_presence_shards,
     )
     push_router = Router(build_providers(push_config, clock=clock))
     push_worker = PushWorker(

@@ -47,16 +47,15 @@ async def build(settings: Settings) -> ServiceHost:
     stats = PresenceStats()
     # Presence's own Redis clients: short timeouts, so its RPCs fail fast
     # when Redis is down (the runtime's client is for the revocation feed).
-    fast = connect_fast(settings.redis.url, timeout_seconds=config.redis_timeout_seconds)
-    listener = connect_listener(settings.redis.url, timeout_seconds=config.redis_timeout_seconds)
-    live = LiveStore(
-        Liveness(
-            fast,
-            ttl_seconds=config.device_ttl_seconds,
-            persist_seconds=config.last_seen_persist_seconds,
-        ),
-        stats,
+    fast = connect_fast(settings.redis, timeout_seconds=config.redis_timeout_seconds)
+    listener = connect_listener(settings.redis, timeout_seconds=config.redis_timeout_seconds)
+    liveness = Liveness(
+        fast,
+        ttl_seconds=config.device_ttl_seconds,
+        persist_seconds=config.last_seen_persist_seconds,
+        cluster_shards=settings.redis.cluster_presence_shards,
     )
+    live = LiveStore(liveness, stats)
     settings_store = SettingsStore(runtime.db)
     contacts = ContactStore(runtime.mongo, runtime.db)
     await contacts.ensure_indexes()
@@ -78,6 +77,7 @@ async def build(settings: Settings) -> ServiceHost:
     hub: Hub
     channels = PresenceChannels(
         listener,
+        keys=liveness.keys,
         timeout_seconds=config.redis_timeout_seconds,
         on_message=lambda account_id, payload: hub.on_message(account_id, payload),
         on_disconnect=lambda: hub.on_disconnect(),

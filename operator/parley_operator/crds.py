@@ -340,7 +340,23 @@ def region_spec_schema() -> Schema:
             ),
             "redis": _object(
                 "Redis: the URL comes from a Secret (mounted as a file).",
-                {"urlSecretRef": _secret_key_ref("Secret key holding the redis:// URL.")},
+                {
+                    "urlSecretRef": _secret_key_ref("Secret key holding the redis:// URL."),
+                    "cluster": {
+                        "type": "boolean",
+                        "description": "Redis is a Redis Cluster: the URL names one of its "
+                        "nodes, keys carry hash tags and channels are sharded (redis.cluster).",
+                        "default": False,
+                    },
+                    "clusterNodes": {
+                        "type": "array",
+                        "description": "More nodes of the cluster (host:port), tried at start "
+                        "when the URL's node does not answer; only with cluster.",
+                        "items": _string("host:port of a node.", pattern=ENDPOINT_PATTERN),
+                        "maxItems": 64,
+                        "x-kubernetes-list-type": "set",
+                    },
+                },
                 required=["urlSecretRef"],
             ),
             "tokens": _object(

@@ -92,6 +92,9 @@ def service_config(region: RegionSpec, service: str) -> dict[str, Any]:
         owned["s3"] = _s3_settings(region)
         if region.auth.operator_tokens is not None:
             auth["operator_tokens_file"] = OPERATOR_TOKENS_FILE
+    if region.redis_cluster:
+        # Only when on, so the config (and its hash) of other regions is unchanged.
+        owned["redis"] = {"cluster": True, "cluster_nodes": list(region.redis_cluster_nodes)}
     return _deep_merge(region.extra_config, owned)
 
 

@@ -183,6 +183,9 @@ class RegionSpec:
     extra_config: Mapping[str, Any]
     auth: AuthSecrets = AuthSecrets()
     media: MediaSpec | None = None
+    # Redis is a Redis Cluster: the URL names one node, these (host:port) more.
+    redis_cluster: bool = False
+    redis_cluster_nodes: tuple[str, ...] = ()
 
 
 DEFAULT_TARGETS: Mapping[str, tuple[ScalingTarget, ...]] = {
@@ -221,6 +224,13 @@ def _mapping(tree: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise SpecError(f"spec.{key} must be an object")
     return value
+
+
+def _cluster_nodes(redis: Mapping[str, Any]) -> tuple[str, ...]:
+    nodes = tuple(str(node) for node in redis.get("clusterNodes") or ())
+    if nodes and not redis.get("cluster"):
+        raise SpecError("spec.redis.clusterNodes needs spec.redis.cluster: true")
+    return nodes
 
 
 def _secret_ref(tree: Mapping[str, Any], where: str) -> SecretKeyRef:
@@ -423,4 +433,6 @@ def parse_region(name: str, namespace: str, spec: Mapping[str, Any]) -> RegionSp
         extra_config=dict(spec.get("config") or {}),
         auth=auth,
         media=media,
+        redis_cluster=bool(redis.get("cluster", False)),
+        redis_cluster_nodes=_cluster_nodes(redis),
     )

@@ -78,12 +78,16 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str:
 # Errors of the drivers that mean "the dependency cannot be reached right now",
 # by (module, class name) so the transport layer needs no driver import: the
 # MongoDB driver's connection failures (server selection, network, pool
-# timeouts) and Redis connection errors and timeouts.
+# timeouts), Redis connection errors and timeouts, and a Redis Cluster in the
+# middle of a failover (down, a slot without a master, try again).
 _UNREACHABLE = frozenset(
     {
         ("pymongo.errors", "ConnectionFailure"),
         ("redis.exceptions", "ConnectionError"),
         ("redis.exceptions", "TimeoutError"),
+        ("redis.exceptions", "ClusterError"),
+        ("redis.exceptions", "SlotNotCoveredError"),
+        ("redis.exceptions", "TryAgainError"),
         ("builtins", "ConnectionError"),
     }
 )

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pymongo import ASCENDING
-from redis.exceptions import RedisError
 
 from parley_core.storage.mongo import Database
-from parley_core.storage.redis import Redis
+from parley_core.storage.redis import REDIS_ERRORS, Redis
 
 # One-time prekeys below this many: the device is told to upload more.
 PRE_KEY_LOW_WATER = 20
@@ -44,7 +43,7 @@ async def publish_to_account(redis: Redis, account_id: str, event: bytes) -> boo
     any, is delivered at the next stream start)."""
     try:
         await redis.publish(account_channel(account_id), event)
-    except (RedisError, OSError):
+    except REDIS_ERRORS:
         return False
     return True
 

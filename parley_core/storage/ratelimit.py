@@ -29,11 +29,10 @@ from typing import Any
 
 import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
 
 from parley_core.limits.buckets import Bucket, LocalBuckets, Rate, Shortfall
 from parley_core.limits.limiter import KEY_PREFIX
-from parley_core.storage.redis import Redis
+from parley_core.storage.redis import REDIS_ERRORS, Redis, Script, ScriptCall
 
 log = structlog.get_logger(__name__)
 
@@ -125,8 +124,8 @@ class RedisBuckets:
         self._redis = redis
         self._timeout = timeout_seconds
         self._fallback_ms = fallback_seconds * 1000
-        self._take = redis.register_script(_TAKE)
-        self._give_back = redis.register_script(_GIVE_BACK)
+        self._take = Script.of(_TAKE)
+        self._give_back = Script.of(_GIVE_BACK)
         self._local = local or LocalBuckets()
         # Until when (Unix ms) takes stay local; None while Redis answers.
         self._local_until: float | None = None
@@ -148,7 +147,7 @@ class RedisBuckets:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
         try:
             replies = await pending.replies
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             if self._local_until is None:
                 log.warning("rate_limit_local_fallback", error=repr(exc))
             self._local_until = now_ms + self._fallback_ms
@@ -176,7 +175,7 @@ class RedisBuckets:
                 try:
                     async with asyncio.timeout(self._timeout):
                         results = await self._run(batch)
-                except (RedisError, OSError, TimeoutError) as exc:
+                except REDIS_ERRORS as exc:
                     for pending in batch:
                         if not pending.replies.done():
                             pending.replies.set_exception(exc)
@@ -205,35 +204,22 @@ class RedisBuckets:
             args += spelt
         return args
 
-    async def _run(self, batch: list[_Pending], *, loaded: bool = False) -> list[list[Any]]:
+    async def _run(self, batch: list[_Pending]) -> list[list[Any]]:
         """Every group of every request of ``batch`` in one pipeline; the
-        replies per request. Plain EVALSHA: redis-py's script objects would
-        add a SCRIPT EXISTS round trip to every pipeline."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for pending in batch:
-                for group in pending.groups:
-                    keys = _keys(group)
-                    pipe.evalsha(
-                        self._take.sha, len(keys), *keys, *self._argv(group, pending.now_ms)
-                    )
-            flat = await pipe.execute(raise_on_error=False)
+        replies per request. A server that lost the script refuses the calls
+        before they take anything; they are sent again once it is loaded."""
+        flat = await self._redis.call_many(
+            [
+                ScriptCall(self._take, _keys(group), self._argv(group, pending.now_ms))
+                for pending in batch
+                for group in pending.groups
+            ]
+        )
         results: list[list[Any]] = []
         at = 0
         for pending in batch:
             results.append(flat[at : at + len(pending.groups)])
             at += len(pending.groups)
-        if not loaded and any(isinstance(r, NoScriptError) for r in flat):
-            # A restarted or another server: give back what the calls that did
-            # run took, load the script and take again.
-            for pending, replies in zip(batch, results, strict=True):
-                await self._return(
-                    [g for g, r in zip(pending.groups, replies, strict=True) if _granted(r)]
-                )
-            self._take.sha = await self._redis.script_load(_TAKE)
-            return await self._run(batch, loaded=True)
-        for reply in flat:
-            if isinstance(reply, Exception):
-                raise reply
         return results
 
     async def _return(self, groups: Sequence[Sequence[Bucket]]) -> None:
@@ -244,8 +230,10 @@ class RedisBuckets:
         try:
             async with asyncio.timeout(self._timeout):
                 for group in groups:
-                    await self._give_back(keys=_keys(group), args=[b.rate.burst for b in group])
-        except (RedisError, OSError, TimeoutError) as exc:
+                    await self._redis.call(
+                        self._give_back, _keys(group), [b.rate.burst for b in group]
+                    )
+        except REDIS_ERRORS as exc:
             # The token stays spent; it comes back with the refill.
             log.warning("rate_limit_give_back_failed", error=repr(exc))
 

@@ -17,13 +17,14 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from redis.exceptions import RedisError
 
 from parley_core.auth.revocations import Revocation, RevocationList
 from parley_core.storage.mongo import Document
-from parley_core.storage.redis import Redis
+from parley_core.storage.redis import REDIS_ERRORS, Redis
 
 CHANNEL = "parley:revocations"
+# Redis failing, or a payload that is not a revocation.
+_LISTEN_ERRORS: tuple[type[Exception], ...] = (*REDIS_ERRORS, ValueError, KeyError)
 log = structlog.get_logger(__name__)
 
 
@@ -50,7 +51,7 @@ class RevocationStore:
         )
         try:
             await self._redis.publish(CHANNEL, json.dumps({"d": device_id, "t": now}))
-        except RedisError as exc:
+        except REDIS_ERRORS as exc:
             log.warning("revocation_publish_failed", error=str(exc))
 
     async def load_since(self, since: datetime | None) -> list[Revocation]:
@@ -116,17 +117,19 @@ class RevocationFeed:
     async def _listen_forever(self) -> None:
         backoff = 0.1
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            subscription = self._redis.subscription()
             try:
-                await pubsub.subscribe(CHANNEL)
+                await subscription.subscribe(CHANNEL)
                 backoff = 0.1
-                async for message in pubsub.listen():
-                    data = json.loads(message["data"])
+                async for heard in subscription.listen():
+                    if heard.kind != "message":
+                        continue
+                    data = json.loads(heard.data)
                     self._apply(Revocation(device_id=data["d"], revoked_at=float(data["t"])))
-            except (RedisError, OSError, ValueError, KeyError) as exc:
+            except _LISTEN_ERRORS as exc:
                 log.warning("revocation_listen_failed", error=str(exc))
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await subscription.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)

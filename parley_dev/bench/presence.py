@@ -54,7 +54,7 @@ from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.presence.v1 import presence_pb2 as ppb
 from parley.presence.v1 import presence_pb2_grpc as pgrpc
 from parley_core.config import PresenceServiceSettings
-from parley_core.storage.liveness import channel as presence_channel
+from parley_core.storage.liveness import PresenceKeys
 from parley_dev.bench import procstat
 from parley_dev.bench.db_writes import documents_written
 from parley_dev.bench.load import CALL_TIMEOUT_SECONDS, Hook, LoadResult, Window, closed_loop
@@ -248,7 +248,8 @@ class _Published:
 
     def __init__(self, stats: RedisStats | None, watched: User) -> None:
         self._stats = stats
-        self._channel = presence_channel(watched.account_id)
+        # The benchmarks run on a single Redis: one presence shard.
+        self._channel = PresenceKeys(1).channel(watched.account_id)
         self._before: Counter[str] = Counter()
 
     def mark(self) -> None:

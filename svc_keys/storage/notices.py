@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import structlog
-from redis.exceptions import RedisError
 
 from parley.message.v1 import messages_pb2
 from parley_core.storage.key_notices import account_channel, publish_to_account
-from parley_core.storage.redis import Redis
+from parley_core.storage.redis import REDIS_ERRORS, Redis
 
 log = structlog.get_logger(__name__)
 
@@ -52,15 +51,15 @@ class KeyNoticePublisher:
         """One notice per (account, device) recipient, in one round trip."""
         if not recipients:
             return True
-        pipe = self._redis.pipeline(transaction=False)
-        for account_id, device_id in recipients:
-            pipe.publish(
-                account_channel(account_id),
-                sender_keys_waiting_event(conversation_id=conversation_id, device_id=device_id),
-            )
         try:
-            await pipe.execute()
-        except (RedisError, OSError) as exc:
+            await self._redis.publish_many(
+                (
+                    account_channel(account_id),
+                    sender_keys_waiting_event(conversation_id=conversation_id, device_id=device_id),
+                )
+                for account_id, device_id in recipients
+            )
+        except REDIS_ERRORS as exc:
             log.info("sender_keys_notice_not_published", error=repr(exc))
             return False
         return True

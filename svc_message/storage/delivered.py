@@ -8,16 +8,15 @@ field = account, value = seq, only ever raised), and the ack batcher writes
 the highest values to the members' documents every so often. Readers take
 the max of the two. If Redis loses the hash, ticks since the last durable
 write fall back to that write until the members' next acks raise them again;
-read watermarks, unread counts and messages are not affected.
+read watermarks, unread counts and messages are not affected. Each script
+call touches one hash, so it works on a Redis Cluster as it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from redis.exceptions import RedisError
-
-from parley_core.storage.redis import Redis
+from parley_core.storage.redis import REDIS_ERRORS, Redis, Script, ScriptCall
 
 PREFIX = "parley:dw:"
 # Idle groups' hashes go away; the durable copy remains.
@@ -43,7 +42,7 @@ return risen
 class DeliveredMarks:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._raise = redis.register_script(_RAISE)
+        self._raise = Script.of(_RAISE)
 
     async def raise_many(
         self, raises: Mapping[str, Mapping[str, int]]
@@ -52,15 +51,15 @@ class DeliveredMarks:
         Redis did not answer (the caller then writes the database directly)."""
         if not raises:
             return {}
+        calls = []
+        for conversation_id, marks in raises.items():
+            args: list[str | int] = [TTL_SECONDS]
+            for account_id, seq in marks.items():
+                args += [account_id, seq]
+            calls.append(ScriptCall(self._raise, [PREFIX + conversation_id], args))
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for conversation_id, marks in raises.items():
-                    args: list[str | int] = [TTL_SECONDS]
-                    for account_id, seq in marks.items():
-                        args += [account_id, seq]
-                    await self._raise(keys=[PREFIX + conversation_id], args=args, client=pipe)
-                replies = await pipe.execute()
-        except (RedisError, OSError):
+            replies = await self._redis.call_many(calls)
+        except REDIS_ERRORS:
             return None
         risen: dict[str, dict[str, int]] = {}
         for conversation_id, reply in zip(raises, replies, strict=True):
@@ -76,7 +75,7 @@ class DeliveredMarks:
         if not account_ids:
             return {}
         try:
-            values = await self._redis.hmget(PREFIX + conversation_id, list(account_ids))
-        except (RedisError, OSError):
+            values = await self._redis.client.hmget(PREFIX + conversation_id, list(account_ids))
+        except REDIS_ERRORS:
             return {}
         return {a: int(v) for a, v in zip(account_ids, values, strict=True) if v is not None}

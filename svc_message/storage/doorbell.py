@@ -12,6 +12,13 @@ live stream on it, over a single pub/sub connection that reconnects by
 itself; after a reconnect the owner is told to resync, since events may have
 been missed meanwhile. ``parley:membership`` tells every process that a
 conversation's membership changed, so cached memberships are dropped.
+
+On a Redis Cluster every channel is sharded (SPUBLISH/SSUBSCRIBE): a
+conversation's events reach only the master of its channel's slot and the
+processes subscribed there, instead of every node over the cluster bus. The
+subscription then holds a connection per master it needs; losing any of them
+counts as a reconnect (the owner resyncs), and after a failover the new
+master is found by the next subscription (parley_core.storage.pubsub).
 """
 
 from __future__ import annotations
@@ -22,10 +29,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 
 import structlog
-from redis.exceptions import RedisError
 
 from parley_core.storage.key_notices import ACCOUNT_CHANNEL_PREFIX, account_channel
-from parley_core.storage.redis import Redis
+from parley_core.storage.redis import REDIS_ERRORS, Redis, Subscription
 from parley_core.telemetry import SPAN_CONTEXT_BYTES
 from svc_message.model.broadcast import Broadcast
 
@@ -33,6 +39,9 @@ from svc_message.model.broadcast import Broadcast
 ACCOUNT_PREFIX = ACCOUNT_CHANNEL_PREFIX
 CONVERSATION_PREFIX = "parley:c:"
 MEMBERSHIP_CHANNEL = "parley:membership"
+# Reconnect attempts back off to this: short, so that after a cluster
+# failover (seconds) the streams hear their conversations again soon.
+BACKOFF_MAX_SECONDS = 0.25
 log = structlog.get_logger(__name__)
 
 
@@ -101,7 +110,7 @@ class Doorbell:
         self._on_reconnect = on_reconnect
         self._on_membership_change = on_membership_change
         self._wanted: Counter[str] = Counter()
-        self._pubsub: object | None = None
+        self._subscription: Subscription | None = None
         self._connected = asyncio.Event()
         self.publish_failures = 0
 
@@ -122,11 +131,8 @@ class Doorbell:
         # losing these events' live delivery.
         for attempt in (1, 2):
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for name, payload in messages:
-                        pipe.publish(name, payload)
-                    await pipe.execute()
-            except (RedisError, OSError) as exc:
+                await self._redis.publish_many(messages)
+            except REDIS_ERRORS as exc:
                 if attempt == 2:
                     self.publish_failures += 1
                     log.warning("doorbell_publish_failed", error=str(exc))
@@ -136,7 +142,7 @@ class Doorbell:
         return False
 
     async def membership_changed(self, conversation_id: str) -> None:
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*REDIS_ERRORS):
             await self._redis.publish(MEMBERSHIP_CHANNEL, conversation_id)
 
     async def subscribe(
@@ -149,9 +155,10 @@ class Doorbell:
             self._wanted[name] += 1
             if self._wanted[name] == 1:
                 fresh.append(name)
-        if fresh and self._pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.subscribe(*fresh)  # type: ignore[attr-defined]
+        if fresh and self._subscription is not None:
+            # A failure breaks the subscription: run() reconnects with them all.
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._subscription.subscribe(*fresh)
 
     async def unsubscribe(
         self, *, conversations: Iterable[str] = (), accounts: Iterable[str] = ()
@@ -162,47 +169,44 @@ class Doorbell:
             if self._wanted[name] <= 0:
                 del self._wanted[name]
                 gone.append(name)
-        if gone and self._pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._pubsub.unsubscribe(*gone)  # type: ignore[attr-defined]
+        if gone and self._subscription is not None:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._subscription.unsubscribe(*gone)
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting with backoff."""
         backoff = 0.05
         first = True
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            subscription = self._redis.subscription()
             try:
                 # The membership channel keeps the connection in subscribe mode
                 # even while no stream is open.
-                await pubsub.subscribe(MEMBERSHIP_CHANNEL, *self._wanted)
-                self._pubsub = pubsub
+                await subscription.subscribe(MEMBERSHIP_CHANNEL, *self._wanted)
+                self._subscription = subscription
                 self._connected.set()
                 backoff = 0.05
                 if not first:
                     log.info("doorbell_reconnected")
                     self._on_reconnect()
                 first = False
-                async for message in pubsub.listen():
-                    name = message["channel"]
-                    name = name.decode() if isinstance(name, bytes) else name
-                    if name == MEMBERSHIP_CHANNEL:
-                        data = message["data"]
-                        self._on_membership_change(
-                            data.decode() if isinstance(data, bytes) else str(data)
-                        )
+                async for item in subscription.listen():
+                    if item.kind != "message":
+                        continue
+                    if item.channel == MEMBERSHIP_CHANNEL:
+                        self._on_membership_change(item.data.decode())
                     else:
-                        broadcast = heard(name, message["data"])
+                        broadcast = heard(item.channel, item.data)
                         if broadcast is not None:
                             self._on_event(broadcast)
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 if self._connected.is_set():
                     log.warning("doorbell_disconnected", error=str(exc))
             finally:
                 self._connected.clear()
-                self._pubsub = None
+                self._subscription = None
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await subscription.aclose()
             first = False
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            backoff = min(backoff * 2, BACKOFF_MAX_SECONDS)

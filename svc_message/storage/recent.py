@@ -9,6 +9,11 @@ seq of the requested range is present, so an add that was lost (a crash or a
 Redis hiccup between the database write and the cache) shows up as a gap, and
 the read goes to the log, which then refills the cache. Redis being down only
 costs the cache: every failure falls back to the database.
+
+Keys: ``parley:recent:<conversation>`` (the sorted set) and
+``parley:recent:<conversation>:m`` (``last`` and the rest); on a Redis
+Cluster the conversation id is their hash tag (``parley:recent:{<id>}``), so
+each script call stays in one slot.
 """
 
 from __future__ import annotations
@@ -21,9 +26,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
-from redis.exceptions import RedisError
 
-from parley_core.storage.redis import Redis
+from parley_core.storage.redis import REDIS_ERRORS, Redis, Script, ScriptCall
 from svc_message.model.messages import Heads, HeadState
 
 log = structlog.get_logger(__name__)
@@ -167,8 +171,8 @@ class RecentCache:
         self._ttl = ttl_seconds
         self._deadline = deadline_seconds
         self._cooldown = cooldown_seconds
-        self._add = redis.register_script(_ADD)
-        self._read = redis.register_script(_READ)
+        self._add = Script.of(_ADD)
+        self._read = Script.of(_READ)
         self._skip_until = 0.0
         self._suspect: set[str] = set()
         self.hits = 0
@@ -182,7 +186,7 @@ class RecentCache:
         try:
             async with asyncio.timeout(self._deadline):
                 result = await coro
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             self._skip_until = time.monotonic() + self._cooldown
             log.warning("recent_cache_unreachable", operation=what, error=repr(exc))
             raise Unreachable(what) from None
@@ -197,22 +201,29 @@ class RecentCache:
             if not self._suspect:
                 continue
             batch = set(self._suspect)
-            keys = [key for conversation_id in batch for key in self._keys(conversation_id)]
             try:
                 # Also the probe that ends the cool-down once Redis answers.
-                await self._call("forget", self._redis.delete(*keys), probe=True)
+                await self._call("forget", self._forget(batch), probe=True)
             except Unreachable:
                 continue
             self._suspect -= batch
             log.info("recent_cache_forgot_suspects", conversations=len(batch))
 
+    async def _forget(self, conversation_ids: Iterable[str]) -> None:
+        # One DEL per conversation: its two keys share a slot.
+        async with self._redis.pipeline() as pipe:
+            for conversation_id in conversation_ids:
+                pipe.delete(*self._keys(conversation_id))
+            await pipe.execute()
+
     @property
     def capacity(self) -> int:
         return self._capacity
 
-    @staticmethod
-    def _keys(conversation_id: str) -> list[str]:
-        return [f"{PREFIX}{conversation_id}", f"{PREFIX}{conversation_id}:m"]
+    def _keys(self, conversation_id: str) -> list[str]:
+        # One hash tag on a cluster, so the scripts stay in one slot.
+        key = PREFIX + self._redis.tag(conversation_id)
+        return [key, f"{key}:m"]
 
     def _args(
         self,
@@ -247,22 +258,20 @@ class RecentCache:
         if not committed:
             return True
 
-        async def pipelined() -> None:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for conversation_id, heads in committed.items():
-                    await self._add(
-                        keys=self._keys(conversation_id),
-                        args=self._args(
-                            create=False,
-                            newest=max((seq for seq, _, _ in heads.items), default=0),
-                            heads=heads,
-                        ),
-                        client=pipe,
-                    )
-                await pipe.execute()
-
+        calls = [
+            ScriptCall(
+                self._add,
+                self._keys(conversation_id),
+                self._args(
+                    create=False,
+                    newest=max((seq for seq, _, _ in heads.items), default=0),
+                    heads=heads,
+                ),
+            )
+            for conversation_id, heads in committed.items()
+        ]
         try:
-            await self._call("add", pipelined())
+            await self._call("add", self._redis.call_many(calls))
         except Unreachable:
             # Even a timed-out add may have reached Redis partly.
             self._suspect.update(committed)
@@ -289,9 +298,10 @@ class RecentCache:
         with contextlib.suppress(Unreachable):
             await self._call(
                 "fill",
-                self._add(
-                    keys=self._keys(conversation_id),
-                    args=self._args(create=True, newest=newest, heads=heads),
+                self._redis.call(
+                    self._add,
+                    self._keys(conversation_id),
+                    self._args(create=True, newest=newest, heads=heads),
                 ),
             )
 
@@ -305,7 +315,7 @@ class RecentCache:
             return {}
 
         async def pipelined() -> list[Any]:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with self._redis.pipeline() as pipe:
                 for conversation_id in conversation_ids:
                     pipe.hgetall(self._keys(conversation_id)[1])
                 return list(await pipe.execute())
@@ -337,9 +347,10 @@ class RecentCache:
         try:
             reply = await self._call(
                 "read",
-                self._read(
-                    keys=self._keys(conversation_id),
-                    args=[start_seq, 1 if forward else 0, limit, account_id],
+                self._redis.call(
+                    self._read,
+                    self._keys(conversation_id),
+                    [start_seq, 1 if forward else 0, limit, account_id],
                 ),
             )
         except Unreachable:

@@ -7,13 +7,18 @@ so a presence change reaches only the processes whose subscribers may care.
 ``subscribe`` returns once Redis confirmed the subscription: anything
 published after that reaches this process, so a snapshot read afterwards
 cannot miss a change. One task writes (UNSUBSCRIBE is queued, so it can be
-called from cleanup code), one reads, and a watchdog publishes on this
-process's own keepalive channel every few seconds and expects to hear it
-back: a Redis that hangs, or a connection that silently died, is noticed
-within seconds instead of never. When the connection is lost every
-subscriber is told (``on_disconnect``), since changes may have been missed;
-the listener then reconnects with backoff, or at once when a subscriber
-asks for it.
+called from cleanup code), one reads, and a watchdog PINGs the connection
+every few seconds and expects the pong back: a Redis that hangs, or a
+connection that silently died, is noticed within seconds instead of never.
+The process's own keepalive channel is subscribed first: its confirmation
+says the connection is up. When the connection is lost every subscriber is
+told (``on_disconnect``), since changes may have been missed; the listener
+then reconnects with backoff, or at once when a subscriber asks for it.
+
+On a Redis Cluster the channels are sharded and named by the accounts'
+presence shards (``PresenceKeys``); "the connection" is then one per master
+that holds a channel of ours, each pinged by the watchdog, and losing any
+of them counts as losing the connection (parley_core.storage.pubsub).
 """
 
 from __future__ import annotations
@@ -21,15 +26,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import structlog
-from redis.exceptions import RedisError
 
-from parley_core.storage.liveness import CHANNEL_PREFIX
-from parley_core.storage.redis import Redis
+from parley_core.storage.liveness import PresenceKeys
+from parley_core.storage.redis import REDIS_ERRORS, Redis, Subscription
 from parley_core.tasks import stop_tasks
 from svc_presence.model import PresenceStoreDown
 
@@ -38,11 +42,10 @@ log = structlog.get_logger(__name__)
 KEEPALIVE_PREFIX = "parley:p:k:"
 WATCHDOG_SECONDS = 5.0
 BACKOFF_MIN_SECONDS = 0.05
-BACKOFF_MAX_SECONDS = 1.0
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+# Short, so that after a cluster failover (seconds) presence is heard again soon.
+BACKOFF_MAX_SECONDS = 0.25
+STABLE_SECONDS = 1.0
+_CONNECTION_LOST: tuple[type[Exception], ...] = (*REDIS_ERRORS, PresenceStoreDown)
 
 
 class PresenceChannels:
@@ -50,6 +53,7 @@ class PresenceChannels:
         self,
         redis: Redis,
         *,
+        keys: PresenceKeys,
         timeout_seconds: float,
         on_message: Callable[[str, bytes], None],
         on_disconnect: Callable[[], None],
@@ -58,6 +62,7 @@ class PresenceChannels:
         # A client of its own, without retries: redis-py would otherwise
         # reconnect and resubscribe behind our back, hiding a gap in events.
         self._redis = redis
+        self._keys = keys
         self._timeout = timeout_seconds
         self._on_message = on_message
         self._on_disconnect = on_disconnect
@@ -73,7 +78,10 @@ class PresenceChannels:
         self._retry_now = asyncio.Event()
         # Set when a connection attempt ends, either way.
         self._attempt_over = asyncio.Event()
+        # The watchdog's wait for its pongs, and how many are still to come.
         self._echo: asyncio.Future[None] | None = None
+        self._pongs_due = 0
+        self._connected_at = 0.0
         self.reconnects = 0
 
     @property
@@ -89,7 +97,7 @@ class PresenceChannels:
     async def subscribe(self, account_ids: Iterable[str]) -> None:
         """Listen to these accounts' channels (reference counted); returns once
         Redis confirmed them, or raises PresenceStoreDown (nothing is then held)."""
-        names = [CHANNEL_PREFIX + a for a in account_ids]
+        names = [self._keys.channel(a) for a in account_ids]
         if not self._connected.is_set():
             # Try now rather than at the end of the backoff, and answer as
             # soon as that attempt is over (a refused connection is quick).
@@ -126,7 +134,7 @@ class PresenceChannels:
 
     def unsubscribe(self, account_ids: Iterable[str]) -> None:
         """Stop listening (once no one else here listens); never blocks."""
-        self._release([CHANNEL_PREFIX + a for a in account_ids])
+        self._release([self._keys.channel(a) for a in account_ids])
 
     def _release(self, names: list[str]) -> None:
         for name in names:
@@ -144,22 +152,22 @@ class PresenceChannels:
         """Listen until cancelled, reconnecting with backoff."""
         backoff = BACKOFF_MIN_SECONDS
         while True:
-            pubsub = self._redis.pubsub()
+            subscription = self._redis.subscription()
             tasks: list[asyncio.Task[None]] = []
             try:
                 async with asyncio.timeout(self._timeout * 2):
-                    await pubsub.subscribe(self._keepalive)
+                    await subscription.subscribe(self._keepalive)
                 tasks = [
-                    asyncio.create_task(self._read(pubsub)),
-                    asyncio.create_task(self._write(pubsub)),
-                    asyncio.create_task(self._watch()),
+                    asyncio.create_task(self._read(subscription)),
+                    asyncio.create_task(self._write(subscription)),
+                    asyncio.create_task(self._watch(subscription)),
                 ]
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     error = task.exception()
                     if error is not None:
                         raise error
-            except (RedisError, OSError, TimeoutError, PresenceStoreDown) as exc:
+            except _CONNECTION_LOST as exc:
                 if self._connected.is_set():
                     log.warning("presence_channels_disconnected", error=repr(exc))
                 else:
@@ -173,10 +181,14 @@ class PresenceChannels:
                 self._lost()
                 self._attempt_over.set()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await subscription.aclose()
                 if was_connected:
                     self._on_disconnect()
-                    backoff = BACKOFF_MIN_SECONDS
+                    # A connection that held a while starts the backoff over;
+                    # one that broke at once (a cluster master still failing
+                    # over) lets it grow, instead of reconnecting every 50 ms.
+                    if time.monotonic() - self._connected_at >= STABLE_SECONDS:
+                        backoff = BACKOFF_MIN_SECONDS
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(backoff):
                     await self._retry_now.wait()
@@ -199,35 +211,34 @@ class PresenceChannels:
             self._echo.cancel()
         self._echo = None
 
-    async def _read(self, pubsub: Any) -> None:
-        async for message in pubsub.listen():
-            kind = _text(message.get("type", ""))
-            name = _text(message.get("channel", ""))
-            if kind == "message":
-                if name == self._keepalive:
-                    if self._echo is not None and not self._echo.done():
-                        self._echo.set_result(None)
-                elif name.startswith(CHANNEL_PREFIX):
-                    data = message["data"]
-                    self._on_message(
-                        name[len(CHANNEL_PREFIX) :],
-                        data if isinstance(data, bytes) else str(data).encode(),
-                    )
-            elif kind == "subscribe":
-                if name == self._keepalive:
+    async def _read(self, subscription: Subscription) -> None:
+        async for heard in subscription.listen():
+            if heard.kind == "message":
+                account_id = self._keys.account_of(heard.channel)
+                if account_id is not None:
+                    self._on_message(account_id, heard.data)
+            elif heard.kind == "pong":
+                # A pong may come back before ping() returned its count: the
+                # count goes negative first, and is added to after.
+                self._pongs_due -= 1
+                if self._pongs_due == 0 and self._echo is not None and not self._echo.done():
+                    self._echo.set_result(None)
+            elif heard.kind == "subscribe":
+                if heard.channel == self._keepalive:
+                    self._connected_at = time.monotonic()
                     self._connected.set()
                     self._attempt_over.set()
                     # After a reconnect: whoever still holds a channel gets it back.
                     self._to_subscribe.update(self._refs)
                     self._wake.set()
-                elif name in self._refs:
-                    self._confirmed.add(name)
-                    for future in self._waiters.pop(name, []):
+                elif heard.channel in self._refs:
+                    self._confirmed.add(heard.channel)
+                    for future in self._waiters.pop(heard.channel, []):
                         if not future.done():
                             future.set_result(None)
         raise PresenceStoreDown("the pub/sub connection stopped listening")
 
-    async def _write(self, pubsub: Any) -> None:
+    async def _write(self, subscription: Subscription) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -240,11 +251,11 @@ class PresenceChannels:
             async with asyncio.timeout(self._timeout * 2):
                 if gone:
                     self._confirmed.difference_update(gone)
-                    await pubsub.unsubscribe(*gone)
+                    await subscription.unsubscribe(*gone)
                 if fresh:
-                    await pubsub.subscribe(*fresh)
+                    await subscription.subscribe(*fresh)
 
-    async def _watch(self) -> None:
+    async def _watch(self, subscription: Subscription) -> None:
         deadline = self._timeout * 2 + 1.0
         try:
             async with asyncio.timeout(deadline):
@@ -254,10 +265,12 @@ class PresenceChannels:
         while True:
             await asyncio.sleep(self._watchdog_seconds)
             self._echo = asyncio.get_running_loop().create_future()
+            self._pongs_due = 0
             try:
                 async with asyncio.timeout(deadline):
-                    await self._redis.publish(self._keepalive, b"k")
-                    await self._echo
+                    self._pongs_due += await subscription.ping()
+                    if self._pongs_due > 0:
+                        await self._echo
             except TimeoutError:
                 raise PresenceStoreDown("the pub/sub connection stopped answering") from None
             finally:

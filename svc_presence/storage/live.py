@@ -11,30 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-
+from parley_core.config import RedisSettings
+from parley_core.storage import redis as redis_storage
 from parley_core.storage.liveness import Liveness, SweepBatch, Touched, WentOffline
-from parley_core.storage.redis import Redis
+from parley_core.storage.redis import REDIS_ERRORS, Redis
 from svc_presence.model import LiveState, PresenceStats, PresenceStoreDown, SeenRecord
 
 
-def connect_fast(url: str, *, timeout_seconds: float) -> Redis:
+def connect_fast(settings: RedisSettings, *, timeout_seconds: float) -> Redis:
     """A client that fails within ``timeout_seconds`` when Redis is down.
 
     A refused or reset connection is retried once at once: a pooled
     connection that died with a restarted Redis must not fail the first call
-    after it is back. A timeout is never retried (that is a hung Redis).
+    after it is back (on a cluster: the first call after a failover, on the
+    refreshed slot map). A timeout is never retried (that is a hung Redis).
     """
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout_seconds,
-        socket_connect_timeout=timeout_seconds,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-    )
+    return redis_storage.connect(settings, timeout_seconds=timeout_seconds, connection_retries=1)
 
 
 class LiveStore:
@@ -53,20 +45,20 @@ class LiveStore:
     async def touch_heartbeat(self, account_id: str, device_id: str, *, now_ms: int) -> Touched:
         try:
             return await self._liveness.touch(account_id, device_id, stream=False, now_ms=now_ms)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise self._down(exc) from exc
 
     async def drop_heartbeat(self, account_id: str, device_id: str, *, now_ms: int) -> None:
         try:
             await self._liveness.drop(account_id, device_id, stream=False, now_ms=now_ms)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise self._down(exc) from exc
 
     async def states(self, account_ids: Sequence[str]) -> dict[str, LiveState]:
         """Every requested account's state; never seen ones as offline with no last seen."""
         try:
             found = await self._liveness.states(account_ids)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise self._down(exc) from exc
         return {
             account_id: LiveState(online=state.online, seen_ms=state.seen_ms)
@@ -76,13 +68,13 @@ class LiveStore:
     async def sweep(self, *, now_ms: int, limit: int) -> SweepBatch:
         try:
             return await self._liveness.sweep_batch(now_ms=now_ms, limit=limit)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise self._down(exc) from exc
 
     async def drain_seen(self, *, now_ms: int, limit: int) -> list[SeenRecord]:
         try:
             due: list[WentOffline] = await self._liveness.drain_seen(now_ms=now_ms, limit=limit)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise self._down(exc) from exc
         return [SeenRecord(d.account_id, d.seen_ms) for d in due]
 
@@ -90,19 +82,14 @@ class LiveStore:
         """Tell this user's subscribers to look again; False when Redis did not take it."""
         try:
             await self._liveness.settings_changed(account_id)
-        except (RedisError, OSError):
+        except REDIS_ERRORS:
             self._stats.redis_errors += 1
             self._stats.publish_failures += 1
             return False
         return True
 
 
-def connect_listener(url: str, *, timeout_seconds: float) -> Redis:
+def connect_listener(settings: RedisSettings, *, timeout_seconds: float) -> Redis:
     """The client of the pub/sub listener: fast to fail, and never retrying
     by itself (a silent reconnect would hide a gap in the events)."""
-    return aioredis.Redis.from_url(
-        url,
-        socket_timeout=timeout_seconds,
-        socket_connect_timeout=timeout_seconds,
-        retry=Retry(NoBackoff(), 0),
-    )
+    return redis_storage.connect(settings, timeout_seconds=timeout_seconds, connection_retries=0)

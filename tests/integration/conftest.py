@@ -1,4 +1,6 @@
-"""Stubs bound to the session stack's services, and the media tests' own stack."""
+"""Stubs bound to the session stack's services, the media tests' own stack,
+and the same stubs on either Redis for modules whose tests run on a single
+Redis and on a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from parley_dev.stack import LocalStack
 from tests.helpers import TEST_LIMITS
 from tests.media_stack import DAILY_QUOTA, PENDING_CAP, STORED_QUOTA
 from tests.media_world import MessageStandIn
+from tests.redis_server import REDIS_KINDS, Stubs
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -108,3 +111,34 @@ async def media_stubs(
     )
     await keys_channel.close()
     await media_channel.close()
+
+
+# -- on a single Redis and on a Redis Cluster ----------------------------------------
+# A module whose tests should run on both binds its ``keys``, ``messages`` and
+# ``messages_b`` to ``redis_stubs`` (module-scoped fixtures of the same
+# names) and takes ``redis_stack`` where it needs the stack itself.
+
+
+@pytest.fixture(scope="module", params=REDIS_KINDS)
+def redis_stack(request: pytest.FixtureRequest) -> LocalStack:
+    """The session stack, then its twin on a Redis Cluster."""
+    stack: LocalStack = request.getfixturevalue(
+        "stack" if request.param == "single" else "cluster_stack"
+    )
+    return stack
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def redis_stubs(redis_stack: LocalStack) -> AsyncIterator[Stubs]:
+    """Stubs of ``redis_stack``: svc_keys and both svc_message instances."""
+    opened = [
+        grpc.aio.insecure_channel(t)
+        for t in [redis_stack.keys_target, *redis_stack.message_targets]
+    ]
+    yield Stubs(
+        keys=accounts_pb2_grpc.AccountServiceStub(opened[0]),
+        messages=messages_pb2_grpc.MessageServiceStub(opened[1]),
+        messages_b=messages_pb2_grpc.MessageServiceStub(opened[2]),
+    )
+    for channel in opened:
+        await channel.close()

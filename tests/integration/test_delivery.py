@@ -1,4 +1,6 @@
-"""The Connect stream against the real stack: live delivery, resume, receipts."""
+"""The Connect stream against the real stack: live delivery, resume,
+receipts; on a single Redis and on a Redis Cluster (the doorbell's channels
+sharded)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,27 @@ from bson import Binary
 from pymongo import AsyncMongoClient
 
 from parley.keys.v1 import accounts_pb2 as kpb
+from parley.keys.v1 import accounts_pb2_grpc
 from parley.message.v1 import messages_pb2 as mpb
+from parley.message.v1 import messages_pb2_grpc
 from parley_dev.stack import LocalStack
+from tests.redis_server import Stubs
 from tests.users import Stream, direct, link_device, open_stream, rid, send, sign_up, synced
+
+
+@pytest.fixture(scope="module")
+def keys(redis_stubs: Stubs) -> accounts_pb2_grpc.AccountServiceStub:
+    return redis_stubs.keys
+
+
+@pytest.fixture(scope="module")
+def messages(redis_stubs: Stubs) -> messages_pb2_grpc.MessageServiceStub:
+    return redis_stubs.messages
+
+
+@pytest.fixture(scope="module")
+def messages_b(redis_stubs: Stubs) -> messages_pb2_grpc.MessageServiceStub:
+    return redis_stubs.messages_b
 
 
 def bodies(stream: Stream, conversation_id: str) -> list[bytes]:
@@ -132,7 +152,8 @@ async def test_acked_positions_are_remembered_per_device(keys, messages) -> None
         await again.close()
 
 
-async def test_lost_publish_is_filled_from_the_log(keys, messages, stack: LocalStack) -> None:
+async def test_lost_publish_is_filled_from_the_log(keys, messages, redis_stack: LocalStack) -> None:
+    stack = redis_stack
     alice, bob = await sign_up(keys), await sign_up(keys)
     conversation = await direct(messages, alice, bob)
     stream = await open_stream(messages, bob)

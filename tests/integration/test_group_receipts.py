@@ -1,4 +1,5 @@
-"""Group delivery ticks: current in Redis at once, durable in the database behind."""
+"""Group delivery ticks: current in Redis at once, durable in the database
+behind; on a single Redis and on a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-import redis.asyncio as aioredis
 from pymongo import AsyncMongoClient
 
 from parley.keys.v1 import accounts_pb2_grpc
 from parley.message.v1 import messages_pb2_grpc
+from parley_core.storage import redis as redis_storage
 from parley_dev.stack import LocalStack
 from tests.users import open_stream, rpc, send, sign_up_many, synced
 
@@ -25,11 +26,15 @@ async def receipts(
     return reply.delivered_count, reply.read_count
 
 
-async def test_group_delivery_ticks_are_live_then_durable(tmp_path: Path) -> None:
+@pytest.mark.parametrize("redis_cluster", [False, True], ids=["single", "cluster"])
+async def test_group_delivery_ticks_are_live_then_durable(
+    tmp_path: Path, redis_cluster: bool
+) -> None:
     stack = LocalStack.with_free_ports(
         root=tmp_path / "stack",
         message_instances=1,
         shutdown_grace_seconds=2,
+        redis_cluster=redis_cluster,
         extra_config={
             "message": {"group_ack_flush_seconds": 0.2, "group_delivered_persist_seconds": 1.0}
         },
@@ -94,8 +99,8 @@ async def test_group_delivery_ticks_are_live_then_durable(tmp_path: Path) -> Non
                 if sum(1 for d in docs if d.get("delivered_seq", 0) >= hello.seq) >= 2:
                     break
                 await asyncio.sleep(0.1)
-            redis = aioredis.Redis.from_url(stack.redis_url)
-            await redis.flushall()
+            redis = redis_storage.connect(stack.settings.redis)
+            await redis.client.flushall()
             await redis.aclose()
             assert await receipts(messages, owner, cid, hello.seq) == (2, 0)
             await rpc(messages, "MarkRead", a, conversation_id=cid, seq=hello.seq)

@@ -1,7 +1,8 @@
 """The Redis scripts behind presence (parley_core.storage.liveness) against a
-real redis-server, with the clock injected through ``now_ms``: online and
-offline transitions, each published exactly once, leases of several devices
-and kinds, durable last seen hand-off, and the cost of a heartbeat."""
+real redis-server and a real Redis Cluster, with the clock injected through
+``now_ms``: online and offline transitions, each published exactly once,
+leases of several devices and kinds, durable last seen hand-off, and the
+cost of a heartbeat; then svc_presence's pub/sub listener."""
 
 from __future__ import annotations
 
@@ -13,18 +14,22 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 import pytest_asyncio
-from redis.asyncio import Redis
 
-from parley_core.storage.liveness import DUE_KEY, SAVE_KEY, Liveness, WentOffline
+from parley_core.config import RedisSettings
+from parley_core.storage import redis as redis_storage
+from parley_core.storage.liveness import Liveness, PresenceKeys, WentOffline
+from parley_core.storage.redis import Redis, Subscription
 from parley_dev.probes import redis_ping, wait_until_ready
 from parley_dev.process import ManagedProcess
 from svc_presence.model import PresenceStoreDown
 from svc_presence.storage.channels import PresenceChannels
 from svc_presence.storage.live import connect_listener
-from tests.redis_server import own_redis_server
+from tests.redis_server import REDIS_KINDS, RedisUnderTest, cluster_settings, own_redis_server
 
 T0 = 1_700_000_000_000
 TTL = 30_000
+# Fewer shards than the default, so shards hold several of a test's accounts.
+SHARDS = 16
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -35,32 +40,68 @@ async def redis_server(
         yield server
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def redis(redis_server: tuple[str, ManagedProcess]) -> AsyncIterator[Redis]:
+@pytest.fixture(scope="module", params=REDIS_KINDS)
+def target(
+    request: pytest.FixtureRequest, redis_server: tuple[str, ManagedProcess]
+) -> RedisUnderTest:
+    if request.param == "single":
+        return RedisUnderTest("single", RedisSettings(url=redis_server[0]))
+    return RedisUnderTest("cluster", cluster_settings(request.getfixturevalue("redis_cluster")))
+
+
+async def running(redis_server: tuple[str, ManagedProcess]) -> str:
     url, process = redis_server
     if not process.alive():
         process.start()
     await wait_until_ready(process, lambda: redis_ping(url), what="PING", timeout=15)
-    client = Redis.from_url(url)
-    await client.flushdb()
+    return url
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def redis(
+    target: RedisUnderTest, redis_server: tuple[str, ManagedProcess]
+) -> AsyncIterator[Redis]:
+    await running(redis_server)
+    client = await target.fresh()
     yield client
     await client.aclose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def single_redis(redis_server: tuple[str, ManagedProcess]) -> AsyncIterator[Redis]:
+    """The single server alone, for what a cluster cannot show (commandstats)."""
+    url = await running(redis_server)
+    client = redis_storage.connect(RedisSettings(url=url))
+    await client.client.flushdb()
+    yield client
+    await client.aclose()
+
+
+def liveness(redis: Redis) -> Liveness:
+    return Liveness(redis, ttl_seconds=TTL / 1000, persist_seconds=60, cluster_shards=SHARDS)
+
+
+async def queued(redis: Redis, live: Liveness, set_of: Callable[[int], str]) -> int:
+    """Accounts in every shard's due (or save) set."""
+    return sum([await redis.client.zcard(set_of(s)) for s in range(live.keys.shards)])
 
 
 class Listener:
     """Everything published on some presence channels, in order."""
 
     def __init__(self, redis: Redis) -> None:
-        self.pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        self.subscription: Subscription = redis.subscription()
+        self.keys = PresenceKeys.of(redis, cluster_shards=SHARDS)
         self.got: list[tuple[str, bytes]] = []
         self.task: asyncio.Task[None] | None = None
 
     async def start(self, *accounts: str) -> None:
-        await self.pubsub.subscribe(*(f"parley:p:c:{a}" for a in accounts))
+        await self.subscription.subscribe(*(self.keys.channel(a) for a in accounts))
 
         async def read() -> None:
-            async for message in self.pubsub.listen():
-                self.got.append((message["channel"].decode()[11:], message["data"]))
+            async for heard in self.subscription.listen():
+                if heard.kind == "message":
+                    self.got.append((self.keys.account_of(heard.channel) or "?", heard.data))
 
         self.task = asyncio.create_task(read())
 
@@ -74,7 +115,7 @@ class Listener:
     async def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
-        await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self.subscription.aclose()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -87,7 +128,7 @@ async def listener(redis: Redis) -> AsyncIterator[Listener]:
 async def test_heartbeat_online_then_expiry_offline_with_last_seen(
     redis: Redis, listener: Listener
 ) -> None:
-    live = Liveness(redis, ttl_seconds=TTL / 1000, persist_seconds=60)
+    live = liveness(redis)
     await listener.start("a")
     first = await live.touch("a", "d1", stream=False, now_ms=T0)
     again = await live.touch("a", "d1", stream=False, now_ms=T0 + 10_000)
@@ -104,13 +145,13 @@ async def test_heartbeat_online_then_expiry_offline_with_last_seen(
         ("a", f"1:{T0}".encode()),
         ("a", f"0:{T0 + 10_000}".encode()),
     ]
-    assert await redis.zcard(DUE_KEY) == 0
+    assert await queued(redis, live, live.keys.due) == 0
 
 
 async def test_each_transition_is_published_once_however_many_sweep(
     redis: Redis, listener: Listener
 ) -> None:
-    live = Liveness(redis, ttl_seconds=TTL / 1000, persist_seconds=60)
+    live = liveness(redis)
     accounts = [f"u{i}" for i in range(300)]
     await listener.start(*accounts)
     replies = await live.touch_many([(a, "d") for a in accounts], stream=True, now_ms=T0)
@@ -132,7 +173,7 @@ async def test_each_transition_is_published_once_however_many_sweep(
 async def test_devices_and_lease_kinds_keep_the_account_online_together(
     redis: Redis, listener: Listener
 ) -> None:
-    live = Liveness(redis, ttl_seconds=TTL / 1000, persist_seconds=60)
+    live = liveness(redis)
     await listener.start("a")
     await live.touch("a", "phone", stream=True, now_ms=T0)
     await live.touch("a", "laptop", stream=False, now_ms=T0 + 5_000)
@@ -156,7 +197,7 @@ async def test_devices_and_lease_kinds_keep_the_account_online_together(
 
 
 async def test_a_drop_of_an_unknown_lease_changes_nothing(redis: Redis) -> None:
-    live = Liveness(redis, ttl_seconds=TTL / 1000, persist_seconds=60)
+    live = liveness(redis)
     await live.touch("a", "d", stream=False, now_ms=T0)
     await live.drop("a", "other", stream=False, now_ms=T0 + 1_000)
     await live.drop("a", "d", stream=True, now_ms=T0 + 1_000)
@@ -167,7 +208,7 @@ async def test_a_drop_of_an_unknown_lease_changes_nothing(redis: Redis) -> None:
 async def test_a_late_drop_from_the_old_process_keeps_the_new_stream_lease(
     redis: Redis,
 ) -> None:
-    live = Liveness(redis, ttl_seconds=TTL / 1000, persist_seconds=60)
+    live = liveness(redis)
     # The device streams through process A, then reconnects through B before
     # A notices its stream ended; A's drop arrives last.
     first = await live.touch("a", "phone", stream=True, now_ms=T0)
@@ -184,7 +225,7 @@ async def test_a_late_drop_from_the_old_process_keeps_the_new_stream_lease(
 async def test_last_seen_never_moves_backwards(redis: Redis) -> None:
     """Processes' clocks differ a little: a late touch with an older now
     must not make the user look less recently active."""
-    live = Liveness(redis, ttl_seconds=TTL / 1000, persist_seconds=60)
+    live = liveness(redis)
     await live.touch("a", "d1", stream=False, now_ms=T0 + 500)
     await live.touch("a", "d2", stream=True, now_ms=T0)
     assert (await live.states(["a"]))["a"].seen_ms == T0 + 500
@@ -193,7 +234,7 @@ async def test_last_seen_never_moves_backwards(redis: Redis) -> None:
 
 
 async def test_last_seen_is_handed_out_for_storage_once_per_interval(redis: Redis) -> None:
-    live = Liveness(redis, ttl_seconds=TTL / 1000, persist_seconds=60)
+    live = liveness(redis)
     touches = [
         await live.touch("a", "d", stream=True, now_ms=T0 + step * 20_000) for step in range(7)
     ]
@@ -206,11 +247,11 @@ async def test_last_seen_is_handed_out_for_storage_once_per_interval(redis: Redi
     # Going offline stores last seen with the transition: no separate save.
     assert await live.sweep(now_ms=T0 + TTL) == [WentOffline("b", T0)]
     assert await live.drain_seen(now_ms=T0 + TTL) == []
-    assert await redis.zcard(SAVE_KEY) == 0
+    assert await queued(redis, live, live.keys.save) == 0
 
 
 async def test_sweep_batch_says_when_more_are_due(redis: Redis) -> None:
-    live = Liveness(redis, ttl_seconds=TTL / 1000, persist_seconds=60)
+    live = liveness(redis)
     await live.touch_many([(f"u{i}", "d") for i in range(25)], stream=False, now_ms=T0)
     first = await live.sweep_batch(now_ms=T0 + TTL, limit=10)
     assert (first.scanned, len(first.went_offline)) == (10, 10)
@@ -218,9 +259,10 @@ async def test_sweep_batch_says_when_more_are_due(redis: Redis) -> None:
     assert (rest.scanned, len(rest.went_offline)) == (15, 15)
 
 
-async def test_a_heartbeat_costs_constant_redis_work(redis: Redis) -> None:
+async def test_a_heartbeat_costs_constant_redis_work(single_redis: Redis) -> None:
     """O(1) per heartbeat: the same commands whether 10 or 5000 users are online."""
-    live = Liveness(redis, ttl_seconds=TTL / 1000, persist_seconds=60)
+    redis = single_redis.client
+    live = liveness(single_redis)
 
     async def commands_per_touch(online: int) -> float:
         await redis.flushdb()
@@ -269,14 +311,58 @@ async def until(condition: Callable[[], bool], timeout: float, what: str) -> flo
     return time.monotonic() - started
 
 
-async def test_channels_are_reference_counted_and_survive_redis_failures(
-    redis_server: tuple[str, ManagedProcess], redis: Redis
+async def test_channels_are_reference_counted_and_confirmed(
+    target: RedisUnderTest, redis: Redis
 ) -> None:
-    url, process = redis_server
+    """On a cluster the accounts' channels live on different masters: each is
+    confirmed there, and the watchdog pings every connection that holds one."""
     heard = Heard()
-    client = connect_listener(url, timeout_seconds=0.5)
+    client = connect_listener(target.settings, timeout_seconds=0.5)
+    keys = PresenceKeys.of(client, cluster_shards=SHARDS)
     channels = PresenceChannels(
         client,
+        keys=keys,
+        timeout_seconds=0.5,
+        on_message=heard.on_message,
+        on_disconnect=heard.on_disconnect,
+        watchdog_seconds=0.1,
+    )
+    accounts = [f"acc{i}" for i in range(12)]
+    running = asyncio.create_task(channels.run())
+    try:
+        await channels.subscribe(accounts)
+        await channels.subscribe(accounts[:1])
+        # Confirmed on return: publishes right now are heard.
+        for account in accounts:
+            await redis.publish(keys.channel(account), f"1:{account}".encode())
+        await until(lambda: len(heard.messages) == len(accounts), 5, "the messages")
+        assert sorted(heard.messages) == sorted((a, f"1:{a}".encode()) for a in accounts)
+        channels.unsubscribe(accounts)
+        await until(lambda: channels.channel_count == 1, 5, "all but one released")
+        # Several watchdog rounds pass without a false alarm.
+        await asyncio.sleep(0.5)
+        assert (heard.disconnects, channels.connected) == (0, True)
+        await redis.publish(keys.channel(accounts[1]), b"0:1")
+        await redis.publish(keys.channel(accounts[0]), b"0:0")
+        await until(lambda: heard.messages[-1] == (accounts[0], b"0:0"), 5, "the one still held")
+        assert (accounts[1], b"0:1") not in heard.messages
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await client.aclose()
+
+
+async def test_channels_survive_redis_failures(
+    redis_server: tuple[str, ManagedProcess], single_redis: Redis
+) -> None:
+    url, process = redis_server
+    redis = single_redis.client
+    heard = Heard()
+    client = connect_listener(RedisSettings(url=url), timeout_seconds=0.5)
+    channels = PresenceChannels(
+        client,
+        keys=PresenceKeys(1),
         timeout_seconds=0.5,
         on_message=heard.on_message,
         on_disconnect=heard.on_disconnect,
@@ -315,7 +401,7 @@ async def test_channels_are_reference_counted_and_survive_redis_failures(
         await until(lambda: channels.connected, 5, "the reconnect")
         # What was still held is listened to again (a fresh publisher: the
         # fixture's pooled connection died with the server).
-        publisher = Redis.from_url(url)
+        publisher = redis_storage.connect(RedisSettings(url=url))
         await publisher.publish("parley:p:c:a", b"0:6")
         await publisher.aclose()
         await until(lambda: heard.messages[-1] == ("a", b"0:6"), 5, "a after the restart")

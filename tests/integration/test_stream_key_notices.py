@@ -1,7 +1,8 @@
 """Key notices on the delivery stream, against the session stack (two
-svc_message instances). svc_keys is simulated: the tests write its records
-(pre_key_lows) and publish its live notices on the account's channel as it
-does, through parley_core.storage.key_notices.
+svc_message instances) on a single Redis and on a Redis Cluster. svc_keys is
+simulated: the tests write its records (pre_key_lows) and publish its live
+notices on the account's channel as it does, through
+parley_core.storage.key_notices.
 
 Negative checks use a barrier: a later notice that must arrive after the one
 that must not (Redis delivers one connection's publishes in order, and each
@@ -14,14 +15,18 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import pytest_asyncio
 from pymongo import AsyncMongoClient
-from redis.asyncio import Redis
 
+from parley.keys.v1 import accounts_pb2_grpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
+from parley_core.storage import redis as redis_storage
 from parley_core.storage.key_notices import PreKeyLows, account_channel, publish_to_account
+from parley_core.storage.redis import Redis
 from parley_dev.stack import LocalStack
+from tests.redis_server import Stubs
 from tests.users import Device, Stream, link_device, open_stream, rpc, sign_up_many, synced
 
 WAITING = mpb.KeyNotice.KIND_SENDER_KEYS_WAITING
@@ -32,17 +37,34 @@ LEFT = mpb.SystemEvent.ACTION_MEMBER_LEFT
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def redis(stack: LocalStack) -> AsyncIterator[Redis]:
-    client = Redis.from_url(stack.redis_url)
+async def redis(redis_stack: LocalStack) -> AsyncIterator[Redis]:
+    client = redis_storage.connect(redis_stack.settings.redis)
     yield client
     await client.aclose()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def pre_key_lows(stack: LocalStack) -> AsyncIterator[PreKeyLows]:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(stack.mongo_uri, tz_aware=True)
-    yield PreKeyLows(client[stack.settings.mongo.database])
+async def pre_key_lows(redis_stack: LocalStack) -> AsyncIterator[PreKeyLows]:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        redis_stack.mongo_uri, tz_aware=True
+    )
+    yield PreKeyLows(client[redis_stack.settings.mongo.database])
     await client.close()
+
+
+@pytest.fixture(scope="module")
+def keys(redis_stubs: Stubs) -> accounts_pb2_grpc.AccountServiceStub:
+    return redis_stubs.keys
+
+
+@pytest.fixture(scope="module")
+def messages(redis_stubs: Stubs) -> mgrpc.MessageServiceStub:
+    return redis_stubs.messages
+
+
+@pytest.fixture(scope="module")
+def messages_b(redis_stubs: Stubs) -> mgrpc.MessageServiceStub:
+    return redis_stubs.messages_b
 
 
 def notices(stream: Stream) -> list[mpb.KeyNotice]:

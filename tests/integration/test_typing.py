@@ -1,6 +1,6 @@
 """Typing indicators over real Connect streams, across both svc_message
-instances of the session stack: the typist's stream is on instance 0, the
-recipients' mostly on instance 1.
+instances of the session stack, on a single Redis and on a Redis Cluster:
+the typist's stream is on instance 0, the recipients' mostly on instance 1.
 
 Negative checks need a barrier, since "nothing arrived" proves nothing on
 its own. Two are used: a later event that must arrive after the one that
@@ -12,10 +12,14 @@ handled).
 
 from __future__ import annotations
 
+import pytest
+
+from parley.keys.v1 import accounts_pb2_grpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_dev.stack import LocalStack
 from tests.chaos.clients import metric
+from tests.redis_server import Stubs
 from tests.users import (
     Device,
     Stream,
@@ -29,6 +33,21 @@ from tests.users import (
     sign_up_many,
     synced,
 )
+
+
+@pytest.fixture(scope="module")
+def keys(redis_stubs: Stubs) -> accounts_pb2_grpc.AccountServiceStub:
+    return redis_stubs.keys
+
+
+@pytest.fixture(scope="module")
+def messages(redis_stubs: Stubs) -> mgrpc.MessageServiceStub:
+    return redis_stubs.messages
+
+
+@pytest.fixture(scope="module")
+def messages_b(redis_stubs: Stubs) -> mgrpc.MessageServiceStub:
+    return redis_stubs.messages_b
 
 
 def typing(conversation_id: str, on: bool = True) -> mpb.ClientEvent:
@@ -85,8 +104,9 @@ def no_errors(streams: list[Stream]) -> None:
 
 
 async def test_members_see_who_is_typing_and_the_typists_devices_do_not(
-    keys, messages, messages_b, stack: LocalStack
+    keys, messages, messages_b, redis_stack: LocalStack
 ) -> None:
+    stack = redis_stack
     alice, bob, carol = await sign_up_many(keys, 3)
     alice_laptop = await link_device(keys, alice)
     conversation = await group(messages, alice, bob, carol)
@@ -121,8 +141,9 @@ async def test_members_see_who_is_typing_and_the_typists_devices_do_not(
 
 
 async def test_repeated_starts_within_the_interval_are_forwarded_once(
-    keys, messages, messages_b, stack: LocalStack
+    keys, messages, messages_b, redis_stack: LocalStack
 ) -> None:
+    stack = redis_stack
     url = stack.message_metrics_urls[0]
     repeats = await metric(url, "parley_typing_events_dropped_total", reason="repeat")
     unstarted = await metric(url, "parley_typing_events_dropped_total", reason="not_started")
@@ -156,8 +177,9 @@ async def test_repeated_starts_within_the_interval_are_forwarded_once(
 
 
 async def test_typing_from_outside_a_conversation_is_dropped_and_the_stream_lives(
-    keys, messages, messages_b, stack: LocalStack
+    keys, messages, messages_b, redis_stack: LocalStack
 ) -> None:
+    stack = redis_stack
     url = stack.message_metrics_urls[0]
     outside = await metric(url, "parley_typing_events_dropped_total", reason="not_member")
     malformed = await metric(url, "parley_typing_events_dropped_total", reason="invalid")
@@ -242,8 +264,9 @@ async def test_a_removed_member_neither_types_nor_sees_typing(keys, messages, me
 
 
 async def test_typing_is_suppressed_in_channels(
-    keys, messages, messages_b, stack: LocalStack
+    keys, messages, messages_b, redis_stack: LocalStack
 ) -> None:
+    stack = redis_stack
     urls = stack.message_metrics_urls
     name = "parley_typing_events_dropped_total"
     before = [await metric(url, name, reason="channel") for url in urls]

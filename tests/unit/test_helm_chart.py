@@ -446,6 +446,16 @@ BAD_VALUES = {
         "endpoint",
         'region.spec.peers=[{"name": "us", "endpoint": "us.example.com:7443"}]',
     ),
+    "bad redis cluster node": (
+        'region.spec.redis.clusterNodes=["redis-1"]',
+        "clusterNodes",
+        'region.spec.redis.clusterNodes=["redis-1.redis:6379"]',
+    ),
+    "redis cluster not a boolean": (
+        'region.spec.redis.cluster="yes"',
+        "cluster",
+        "region.spec.redis.cluster=true",
+    ),
     "reserved label": (
         'commonLabels={"app.kubernetes.io/name": "x"}',
         "commonLabels",
@@ -593,6 +603,19 @@ def test_region_spec_is_passed_through_with_its_name(helm: Path) -> None:
     assert region["spec"]["services"]["message"]["scaling"] == message["scaling"]
     # The chart's defaults fill what the example leaves out.
     assert region["spec"]["services"]["keys"]["minReplicas"] == 2
+
+
+def test_a_redis_cluster_reaches_the_region_spec(helm: Path) -> None:
+    cluster = '{"cluster": true, "clusterNodes": ["redis-1.redis:6379", "redis-2.redis:6379"]}'
+    (region,) = only(
+        render(helm, "eu", "--set-json", f"region.spec.redis={cluster}"), "ParleyRegion"
+    )
+    assert region["spec"]["redis"]["cluster"] is True
+    assert region["spec"]["redis"]["clusterNodes"] == ["redis-1.redis:6379", "redis-2.redis:6379"]
+    # Only the cluster keys were given: the chart's Secret reference stays.
+    assert region["spec"]["redis"]["urlSecretRef"] == {"name": "parley-redis", "key": "url"}
+    (default,) = only(render(helm, "eu"), "ParleyRegion")
+    assert default["spec"]["redis"]["cluster"] is False
 
 
 def test_examples_are_peers_of_each_other(helm: Path) -> None:

@@ -229,6 +229,21 @@ def test_service_config_is_accepted_by_parley_core(tmp_path: Path, svc: str) -> 
         assert settings.message.send_batch_max == 256  # from spec.config
 
 
+@pytest.mark.parametrize("svc", CORE_SERVICES)
+def test_a_redis_cluster_reaches_every_services_config(tmp_path: Path, svc: str) -> None:
+    spec = _spec()
+    spec["redis"].update(cluster=True, clusterNodes=["redis-1.redis:6379", "redis-2.redis:6379"])
+    config_file = tmp_path / f"{svc}.yaml"
+    config_file.write_text(config_map(_region(spec), OWNER)["data"][f"{svc}.yaml"])
+    (tmp_path / "url").write_text("redis://redis-0.redis:6379\n")
+    settings = load_settings(config_file, environ={"PARLEY_REDIS__URL_FILE": str(tmp_path / "url")})
+    assert settings.redis.cluster
+    assert settings.redis.url == "redis://redis-0.redis:6379"
+    assert settings.redis.cluster_nodes == ("redis-1.redis:6379", "redis-2.redis:6379")
+    # Off (the default), the rendered config says nothing about Redis.
+    assert "redis" not in service_config(_region(), svc)
+
+
 def test_extra_config_cannot_move_the_ports_the_probes_use() -> None:
     spec = _spec()
     spec["config"] = {"message": {"server": {"port": 1, "host": "127.0.0.1"}}}
@@ -327,6 +342,7 @@ def test_conversation_shard_is_stable_and_spread() -> None:
         (lambda s: s["peers"].append({"name": "us-east", "endpoint": "x:1"}), "twice"),
         (lambda s: s.pop("tokens"), "tokens.secretName"),
         (lambda s: s["mongo"].pop("uriSecretRef"), "mongo.uriSecretRef"),
+        (lambda s: s["redis"].update(clusterNodes=["redis-1:6379"]), "redis.cluster"),
         (
             lambda s: s["services"]["keys"].update(
                 scaling={"targets": [{"metric": "x", "perPod": 0}]}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -245,28 +246,8 @@ class _DownRedis:
     def __init__(self) -> None:
         self.calls = 0
 
-    def register_script(self, _source: str) -> Any:
-        return type("Script", (), {"sha": "0" * 40})()
-
-    def pipeline(self, **_: Any) -> Any:
-        return _DownPipeline(self)
-
-
-class _DownPipeline:
-    def __init__(self, redis: _DownRedis) -> None:
-        self._redis = redis
-
-    async def __aenter__(self) -> _DownPipeline:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        pass
-
-    def evalsha(self, *_: Any) -> None:
-        pass
-
-    async def execute(self, **_: Any) -> Any:
-        self._redis.calls += 1
+    async def call_many(self, calls: Sequence[Any], **_: Any) -> list[Any]:
+        self.calls += 1
         raise RedisConnectionError("down")
 
 
@@ -357,31 +338,10 @@ class _CountingRedis:
     def __init__(self) -> None:
         self.pipelines: list[int] = []
 
-    def register_script(self, _source: str) -> Any:
-        return type("Script", (), {"sha": "0" * 40})()
-
-    def pipeline(self, **_: Any) -> Any:
-        return _CountingPipeline(self)
-
-
-class _CountingPipeline:
-    def __init__(self, redis: _CountingRedis) -> None:
-        self._redis = redis
-        self._calls = 0
-
-    async def __aenter__(self) -> _CountingPipeline:
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        pass
-
-    def evalsha(self, *_: Any) -> None:
-        self._calls += 1
-
-    async def execute(self, **_: Any) -> Any:
+    async def call_many(self, calls: Sequence[Any], **_: Any) -> list[Any]:
         await asyncio.sleep(0.01)  # the round trip
-        self._redis.pipelines.append(self._calls)
-        return [[1, 0, 0]] * self._calls
+        self.pipelines.append(len(calls))
+        return [[1, 0, 0]] * len(calls)
 
 
 async def test_takes_of_concurrent_requests_share_a_round_trip() -> None:
