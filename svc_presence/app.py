@@ -114,7 +114,7 @@ async def build(settings: Settings) -> ServiceHost:
 
     servicer = PresenceServicer(presence, hub)
     internal = PresenceInternalServicer(
-        PresenceErasure(PresenceErasureStore(runtime.db, fast), contacts, buffer)
+        PresenceErasure(PresenceErasureStore(runtime.db, fast, liveness.keys), contacts, buffer)
     )
 
     def register(server: grpc.aio.Server) -> None:

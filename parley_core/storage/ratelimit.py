@@ -252,16 +252,16 @@ class BucketEraser:
         self._max_rounds = max_rounds
 
     async def forget(self, ids: Sequence[str]) -> int:
+        # scan_iter walks every primary of a Redis Cluster; keys are deleted
+        # one by one, as the matches of a pattern live in several slots.
+        client = self._redis.client
         deleted = 0
         for id_ in ids:
             for pattern in (f"{KEY_PREFIX}{{{id_}}}:*", f"{KEY_PREFIX}*:{id_}"):
-                cursor: int = 0
-                for _ in range(self._max_rounds):
-                    cursor, keys = await self._redis.scan(
-                        cursor=cursor, match=pattern, count=self._count
-                    )
-                    if keys:
-                        deleted += int(await self._redis.delete(*keys))
-                    if cursor == 0:
+                seen = 0
+                async for key in client.scan_iter(match=pattern, count=self._count):
+                    deleted += int(await client.delete(key))
+                    seen += 1
+                    if seen >= self._count * self._max_rounds:
                         break
         return deleted

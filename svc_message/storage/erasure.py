@@ -178,15 +178,18 @@ class ErasureStore:
         they held the account's messages and id. Readers refill from the log."""
         keys: list[str] = []
         for conversation_id in conversation_ids:
-            keys += [
-                f"{RECENT_PREFIX}{conversation_id}",
-                f"{RECENT_PREFIX}{conversation_id}:m",
-                f"{DELIVERED_PREFIX}{conversation_id}",
-            ]
+            # The recent cache's keys carry the conversation as their hash tag
+            # on a Redis Cluster (RecentCache._keys); each key is deleted on
+            # its own, as keys of several conversations live in several slots.
+            recent = RECENT_PREFIX + self._redis.tag(conversation_id)
+            keys += [recent, f"{recent}:m", f"{DELIVERED_PREFIX}{conversation_id}"]
         if not keys:
             return
         try:
-            await self._redis.delete(*keys)
+            async with self._redis.pipeline() as pipe:
+                for key in keys:
+                    pipe.delete(key)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             raise CacheDown(str(exc)) from None
 

@@ -7,24 +7,27 @@ from __future__ import annotations
 
 from redis.exceptions import RedisError
 
-from parley_core.storage.liveness import ACCOUNT_PREFIX, DUE_KEY, SAVE_KEY
+from parley_core.storage.liveness import PresenceKeys
 from parley_core.storage.mongo import Database
 from parley_core.storage.redis import Redis
 from svc_presence.model import PresenceStoreDown
 
 
 class PresenceErasureStore:
-    def __init__(self, db: Database, redis: Redis) -> None:
+    def __init__(self, db: Database, redis: Redis, keys: PresenceKeys) -> None:
         self._settings = db["presence_settings"]
         self._seen = db["presence_last_seen"]
         self._redis = redis
+        self._keys = keys
 
     async def forget_live(self, account_id: str) -> None:
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(ACCOUNT_PREFIX + account_id)
-                pipe.zrem(DUE_KEY, account_id)
-                pipe.zrem(SAVE_KEY, account_id)
+            # The hash and the shard's due and save sets share a hash tag.
+            shard = self._keys.shard(account_id)
+            async with self._redis.pipeline() as pipe:
+                pipe.delete(self._keys.account(account_id))
+                pipe.zrem(self._keys.due(shard), account_id)
+                pipe.zrem(self._keys.save(shard), account_id)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise PresenceStoreDown(str(exc)) from None
