@@ -85,4 +85,8 @@ async def install_until_done(
                 status=exc.status,
             )
             return None
+        except Exception:
+            # Media works without the rules; the start must not fail on them.
+            log.exception("media_lifecycle_failed")
+            return None
         await asyncio.sleep(retry_seconds)

@@ -28,7 +28,7 @@ import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from parley_core.config import S3Settings
 from parley_core.errors import Reason, Unavailable
@@ -359,6 +359,9 @@ class S3Objects:
             await self._client.put_bucket_lifecycle_configuration(
                 Bucket=self._bucket, LifecycleConfiguration={"Rules": rules}
             )
+        except ParamValidationError as exc:
+            # An operator's rule as the store reported it that botocore will not send back.
+            raise StoreRefused(f"InvalidRules: {exc}", 400) from None
         except ClientError as exc:
             if _status(exc) == 501 and plan.transitions:
                 raise TransitionsUnsupported(_code(exc) or "501") from None

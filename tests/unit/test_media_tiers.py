@@ -9,10 +9,17 @@ from typing import Any
 import pytest
 
 from parley_core.config import ConfigError, MediaServiceSettings, settings_from_tree
-from parley_core.errors import InvalidArgument
+from parley_core.errors import InvalidArgument, Unavailable
 from svc_media.domain.restores import restore_days, view_of
-from svc_media.domain.tiers import lifecycle_plan
-from svc_media.model import LifecyclePlan, Requester, RestoreRecord, RestoreState
+from svc_media.domain.tiers import install_until_done, lifecycle_plan
+from svc_media.model import (
+    LifecyclePlan,
+    Requester,
+    RestoreRecord,
+    RestoreState,
+    StoreRefused,
+    TransitionsUnsupported,
+)
 from svc_media.storage.lifecycle import (
     STALE_UPLOADS_RULE,
     TIERS_RULE,
@@ -140,3 +147,31 @@ def test_a_ready_restore_past_its_expiry_reads_expired_before_the_poller_marks_i
     assert view_of(record, now=99.0).state == RestoreState.READY
     assert view_of(record, now=100.0).state == RestoreState.EXPIRED
     assert record.unnotified() == [Requester("a", "d")]
+
+
+class Store:
+    """install_lifecycle answering from a script: an exception or a result each call."""
+
+    def __init__(self, *answers: Any) -> None:
+        self.answers = list(answers)
+        self.plans: list[LifecyclePlan] = []
+
+    async def install_lifecycle(self, plan: LifecyclePlan) -> bool:
+        self.plans.append(plan)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return bool(answer)
+
+
+async def test_a_store_down_at_start_is_asked_again_and_one_without_transitions_gets_the_rest() -> (
+    None
+):
+    plan = LifecyclePlan(30, 90, 2)
+    store = Store(Unavailable("down"), TransitionsUnsupported("501"), True)
+    in_force = await install_until_done(store, plan, retry_seconds=0)  # type: ignore[arg-type]
+    assert in_force == LifecyclePlan(0, 0, 2)
+    assert store.plans == [plan, plan, LifecyclePlan(0, 0, 2)]
+    # A refusal (or anything unexpected) ends it: media works without the rules.
+    for answer in (StoreRefused("MalformedXML", 400), ValueError("odd")):
+        assert await install_until_done(Store(answer), plan, retry_seconds=0) is None  # type: ignore[arg-type]
