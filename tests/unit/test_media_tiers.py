@@ -164,9 +164,7 @@ class Store:
         return bool(answer)
 
 
-async def test_a_store_down_at_start_is_asked_again_and_one_without_transitions_gets_the_rest() -> (
-    None
-):
+async def test_install_retries_a_store_down_and_falls_back_without_transitions() -> None:
     plan = LifecyclePlan(30, 90, 2)
     store = Store(Unavailable("down"), TransitionsUnsupported("501"), True)
     in_force = await install_until_done(store, plan, retry_seconds=0)  # type: ignore[arg-type]
