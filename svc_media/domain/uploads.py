@@ -17,6 +17,7 @@ leaks nothing past the session's expiry.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import Sequence
@@ -251,11 +252,15 @@ class UploadHandler:
             if again is None or again.state != UploadState.PENDING or again.expires_at <= now:
                 raise upload_not_found()
             raise Aborted("a completion of this upload is in progress; retry in a moment")
+        finished = False
         try:
-            return await self._complete_held(session, now=now)
+            media = await self._complete_held(session, now=now)
+            finished = True
+            return media
         finally:
-            # No-op once the session is finished; otherwise a retry may go on.
-            await self._uploads.unlease(upload_id)
+            # A finished session holds no lease; otherwise a retry may go on.
+            if not finished:
+                await self._uploads.unlease(upload_id)
 
     async def _completed(self, session: UploadSession) -> MediaRecord:
         media = await self._media.get(session.media_id)
@@ -264,9 +269,12 @@ class UploadHandler:
         return media
 
     async def _complete_held(self, session: UploadSession, *, now: float) -> MediaRecord:
-        if await self._quarantine.get(session.sha256) is not None:
+        # Independent reads, side by side: each is a round trip to the database.
+        banned, existing = await asyncio.gather(
+            self._quarantine.get(session.sha256), self._media.get(session.media_id)
+        )
+        if banned is not None:
             raise quarantined()
-        existing = await self._media.get(session.media_id)
         if (
             existing is not None
             and existing.state == MediaState.READY
@@ -277,7 +285,7 @@ class UploadHandler:
             await self._uploads.finish(session.upload_id, UploadState.COMPLETED, now=now)
             return existing
         await self._verify(session, now=now)
-        return await self._publish(session, now=now)
+        return await self._publish(session, existing, now=now)
 
     async def _verify(self, session: UploadSession, *, now: float) -> None:
         objects = self._objects
@@ -345,11 +353,14 @@ class UploadHandler:
         await self._uploads.finish(session.upload_id, UploadState.ABORTED, now=now)
         raise InvalidArgument.field(field, f"does not match the upload: {why}; upload again")
 
-    async def _publish(self, session: UploadSession, *, now: float) -> MediaRecord:
+    async def _publish(
+        self, session: UploadSession, existing: MediaRecord | None, *, now: float
+    ) -> MediaRecord:
+        """Write the media document for the verified object; ``existing`` is the
+        media as read before the verification (a later race is found by create)."""
         policy = self._policy
         account = session.account_id
         _, stored = await self._usage.usage(account, day=utc_day(now))
-        existing = await self._media.get(session.media_id)
         new_uploader = existing is None or account not in existing.uploaders
         if new_uploader and stored + session.size > policy.stored_bytes:
             # The session stays pending: free space and complete again.
@@ -374,8 +385,12 @@ class UploadHandler:
         created = await self._media.create(record)
         if created is None:
             return await self._join(session, now=now)
-        await self._usage.add_stored(account, session.size)
-        await self._uploads.finish(session.upload_id, UploadState.COMPLETED, now=now)
+        # Both only after the document: a crash before either leaves a pending
+        # session whose retry finds its own media and finishes it.
+        await asyncio.gather(
+            self._usage.add_stored(account, session.size),
+            self._uploads.finish(session.upload_id, UploadState.COMPLETED, now=now),
+        )
         self._stats.uploads_completed += 1
         self._stats.bytes_uploaded += session.size
         return created
