@@ -116,10 +116,17 @@ class UploadHandler:
                 )
             return await self._describe(previous, now=now)
         await self._limits.take(Take(LimitName.MEDIA_UPLOAD_PER_ACCOUNT, account_id), now=now)
-        if await self._quarantine.get(sha256) is not None:
-            raise quarantined()
         media_id = media_id_of(sha256)
-        existing = await self._media.get(media_id)
+        # Independent reads side by side (each a database round trip), judged
+        # below in the order the checks have always had.
+        banned, existing, pending, (_, stored_bytes) = await asyncio.gather(
+            self._quarantine.get(sha256),
+            self._media.get(media_id),
+            self._uploads.pending_count(account_id, now=now),
+            self._usage.usage(account_id, day=utc_day(now)),
+        )
+        if banned is not None:
+            raise quarantined()
         if (
             existing is not None
             and existing.state == MediaState.READY
@@ -127,11 +134,11 @@ class UploadHandler:
         ):
             self._stats.already_stored += 1
             return UploadOutcome(stored=existing)
-        if await self._uploads.pending_count(account_id, now=now) >= policy.max_pending:
+        if pending >= policy.max_pending:
             raise too_many_uploads(policy.max_pending)
         # Before the charge: an upload the store cannot take costs no quota.
         self._objects.ensure_available()
-        await self._charge(account_id, size, now=now)
+        await self._charge(account_id, size, stored=stored_bytes, now=now)
         upload_id = str(uuid.uuid4())
         key = object_key(media_id, upload_id)
         multipart_id = await self._objects.create_multipart(key) if chosen_part else None
@@ -159,9 +166,9 @@ class UploadHandler:
             self._stats.uploads_started += 1
         return await self._describe(stored, now=now)
 
-    async def _charge(self, account_id: str, size: int, *, now: float) -> None:
+    async def _charge(self, account_id: str, size: int, *, stored: int, now: float) -> None:
+        """Charge today's uploads; ``stored`` is the account's stored bytes as read."""
         policy = self._policy
-        uploaded, stored = await self._usage.usage(account_id, day=utc_day(now))
         if stored + size > policy.stored_bytes:
             self._refused("stored_bytes")
             raise quota_exceeded("stored_bytes", limit=policy.stored_bytes, used=stored)
