@@ -8,6 +8,7 @@ about either and spend no budget.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 from parley_core.limits import Limiter, LimitName, Take
@@ -78,13 +79,26 @@ class DownloadHandler:
         await self._media.set_tier(media.media_id, tier)
         return replace(media, tier=tier)
 
+    async def _head(self, key: str) -> ObjectInfo | None:
+        self._objects.ensure_available()
+        return await self._objects.head(key)
+
     async def grant(self, *, account_id: str, media_id: str, now: float) -> Grant:
         media = await self.readable_media(account_id=account_id, media_id=media_id)
         await self._limits.take(Take(LimitName.MEDIA_DOWNLOAD_PER_ACCOUNT, account_id), now=now)
-        if await self._quarantine.get(media.sha256) is not None:
+        # Side by side (a database read, a request to the store); the
+        # quarantine's answer still wins over anything the store says.
+        banned, info = await asyncio.gather(
+            self._quarantine.get(media.sha256),
+            self._head(media.object_key),
+            return_exceptions=True,
+        )
+        if isinstance(banned, BaseException):
+            raise banned
+        if banned is not None:
             raise quarantined()
-        self._objects.ensure_available()
-        info = await self._objects.head(media.object_key)
+        if isinstance(info, BaseException):
+            raise info
         if info is None:
             # The document outlived its object (removed by hand): nothing to give.
             raise access_denied()
