@@ -363,6 +363,8 @@ async def media_bench(config: BenchConfig) -> dict[str, Any]:
     try:
         async with stack_targets(config, work_dir) as targets:
             measurements = await _measure(config, cpu, targets)
+        # Others share the machine: how busy it was at the end says as much as the start.
+        machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         ok = True
         return build_media_report(measurements, machine=machine, parameters=_parameters(config))
     finally:

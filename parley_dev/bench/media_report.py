@@ -220,7 +220,8 @@ def render_media(report: Mapping[str, Any]) -> str:
     lines = [
         f"parley bench --scenario media: {machine['cores']} cores, Python {machine['python']}, "
         f"loop {params['loop']}, {'quick' if params['quick'] else 'full'} run, load average "
-        f"at start {machine['loadavg_at_start'][0]}",
+        f"at start {machine['loadavg_at_start'][0]}, at end "
+        f"{(machine.get('loadavg_at_end') or ['-'])[0]}",
         f"  {params['concurrency']} closed-loop workers per phase (one account each), sizes "
         f"{', '.join(params['sizes'])}, {params['duration_s']:g} s per phase after "
         f"{params['warmup_s']:g} s warm-up; MB = 10^6 bytes",
