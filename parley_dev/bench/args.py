@@ -25,6 +25,7 @@ FULL_PRESENCE = (5000, 1000, 50)
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 MIB = 1 << 20
 DEFAULT_MEDIA_SIZES_MIB = (1.0, 16.0)
+FULL_MEDIA_ROUNDS = 3
 # Largest file the media scenario takes: the services' single-object default.
 MAX_MEDIA_MIB = 2048.0
 
@@ -259,6 +260,14 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
         help="closed-loop workers per phase, one account each, for svc_media and the bare "
         "store alike (default: 4)",
     )
+    media.add_argument(
+        "--media-rounds",
+        type=_positive_int,
+        metavar="R",
+        help="turns each phase's window is cut into, bare and svc_media alternating, so that "
+        f"other work on the machine falls on both alike (default: {FULL_MEDIA_ROUNDS}, "
+        "--quick 1)",
+    )
     out = bench.add_argument_group("output")
     out.add_argument("--json", type=Path, dest="json_path", metavar="PATH", help="write the report")
     out.add_argument(
@@ -361,6 +370,7 @@ def run_command(args: argparse.Namespace) -> int:
         media_target=args.media_target,
         media_sizes=tuple(int(mib * MIB) for mib in args.media_sizes),
         media_concurrency=args.media_concurrency,
+        media_rounds=args.media_rounds or (1 if args.quick else FULL_MEDIA_ROUNDS),
         history_path=None if args.no_history else (args.history_path or DEFAULT_HISTORY),
     )
     return run_bench(config)

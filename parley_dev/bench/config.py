@@ -57,6 +57,8 @@ class BenchConfig:
     media_target: str = "127.0.0.1:7104"
     media_sizes: tuple[int, ...] = (1 << 20, 16 << 20)
     media_concurrency: int = 4
+    # Turns each phase's window is cut into, bare and svc_media alternating.
+    media_rounds: int = 3
 
     def parameters(self) -> dict[str, Any]:
         send_bytes, event_bytes = wire_sizes(self.body_bytes)

@@ -4,7 +4,10 @@ beside bare presigned requests to the same object store in the same run.
 Setup (CPU recorded): C users sign up, one per worker (each worker uploads
 as itself and downloads what it uploaded, so every download passes the
 uploader check). Then, for each size (1 MiB and 16 MiB by default), four
-closed-loop phases of C workers, each a warm-up then the window:
+closed-loop phases of C workers. Each phase's window is cut into turns (3 in
+a full run), each after its own warm-up, bare_put and media_upload taking
+turns, then bare_get and media_download, so that a burst of other work on a
+shared machine falls on both sides alike:
 
 - bare_put: the store alone. The client presigns a PUT with the store's keys
   (signing Content-Length and x-amz-checksum-sha256, as svc_media does) and
@@ -35,7 +38,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +69,8 @@ HTTP_TIMEOUT_SECONDS = 120.0
 PRESIGN_SECONDS = 300
 # Where the bare phases keep their objects, apart from svc_media's media/.
 BARE_PREFIX = "bench-bare"
+# Between a phase's name and its round in the CPU book.
+ROUND_MARK = "#"
 
 
 class TransferFailed(Exception):
@@ -239,19 +244,47 @@ class Workbench:
     run_tag: str
     multipart_threshold: int
 
-    def window(self) -> Window:
-        return Window.after(self.config.warmup_s, self.config.duration_s)
-
     async def phase(
-        self, name: str, call: Callable[[int], Awaitable[None]]
+        self, name: str, round_: int, call: Callable[[int], Awaitable[None]]
     ) -> tuple[LoadResult, Window]:
-        begin, end = self.cpu.hooks(name, self.pids)
-        window = self.window()
-        progress(f"{name}: {self.config.media_concurrency} closed-loop workers")
+        """One round of a phase: a warm-up, then its share of the phase's window."""
+        rounds = self.config.media_rounds
+        begin, end = self.cpu.hooks(f"{name}{ROUND_MARK}{round_}", self.pids)
+        window = Window.after(self.config.warmup_s, self.config.duration_s / rounds)
+        progress(
+            f"{name} ({round_ + 1}/{rounds}): {self.config.media_concurrency} closed-loop workers"
+        )
         result = await closed_loop(
             self.config.media_concurrency, call, window=window, on_start=[begin], on_end=[end]
         )
         return result, window
+
+
+def merged(results: Sequence[LoadResult]) -> LoadResult:
+    """The rounds of one phase as one: their windows, completions and latencies summed."""
+    total = LoadResult(sum(r.window_s for r in results))
+    for result in results:
+        total.completed += result.completed
+        total.latencies_ns.extend(result.latencies_ns)
+        total.errors.update(result.errors)
+    return total
+
+
+def merged_cpu(
+    rounds: Mapping[str, Mapping[str, float | None]],
+) -> dict[str, dict[str, float | None]]:
+    """CPU seconds of each phase's rounds summed per process; None where a
+    round did not measure it (a wrong sum would be worse than none)."""
+    total: dict[str, dict[str, float | None]] = {}
+    for name, per_process in rounds.items():
+        into = total.setdefault(name.split(ROUND_MARK, 1)[0], {})
+        for process, seconds in per_process.items():
+            before = into.get(process, 0.0)
+            into[process] = None if before is None or seconds is None else before + seconds
+    return {
+        phase: {p: None if v is None else round(v, 3) for p, v in sorted(per.items())}
+        for phase, per in total.items()
+    }
 
 
 async def measure_size(bench: Workbench, size: int, label: str) -> SizeRun:
@@ -330,23 +363,26 @@ async def measure_size(bench: Workbench, size: int, label: str) -> SizeRun:
         )
         await fetch(bench.http, download.get.url, size)
 
-    results: dict[str, LoadResult] = {}
+    rounds: dict[str, list[LoadResult]] = {}
     step_samples: dict[str, list[int]] = {}
-    for kind, call, steps in (
-        ("bare_put", bare_put, None),
-        ("media_upload", media_upload, upload_steps),
-        ("bare_get", bare_get, None),
-        ("media_download", media_download, download_steps),
+    # Bare and svc_media take turns, a share of the window each, so a burst of
+    # other work on the machine falls on both sides alike.
+    for pair in (
+        (("bare_put", bare_put, None), ("media_upload", media_upload, upload_steps)),
+        (("bare_get", bare_get, None), ("media_download", media_download, download_steps)),
     ):
-        result, window = await bench.phase(f"{kind}_{label}", call)
-        results[kind] = result
-        if steps is not None:
-            step_samples.update(steps.within(window))
+        for round_ in range(bench.config.media_rounds):
+            for kind, call, steps in pair:
+                result, window = await bench.phase(f"{kind}_{label}", round_, call)
+                rounds.setdefault(kind, []).append(result)
+                if steps is not None:
+                    for step, samples in steps.within(window).items():
+                        step_samples.setdefault(step, []).extend(samples)
     return SizeRun(
         label=label,
         size=size,
         parts=-(-size // part_size) if part_size else 1,
-        results=results,
+        results={kind: merged(results) for kind, results in rounds.items()},
         steps=step_samples,
     )
 
@@ -411,7 +447,7 @@ async def _measure(
             multipart_threshold=multipart_threshold(targets),
         )
         runs = [await measure_size(bench, size, size_label(size)) for size in config.media_sizes]
-        return MediaMeasurements(sizes=runs, cpu_seconds=cpu.phases)
+        return MediaMeasurements(sizes=runs, cpu_seconds=merged_cpu(cpu.phases))
     finally:
         await http.aclose()
         await keys_channel.close(None)
@@ -443,6 +479,7 @@ def _parameters(config: BenchConfig) -> dict[str, Any]:
         "part_size_bytes": PART_SIZE,
         "warmup_s": config.warmup_s,
         "duration_s": config.duration_s,
+        "rounds": config.media_rounds,
         "bare_put_signs": ["Content-Length", "x-amz-checksum-sha256"],
         "mb": "10^6 bytes",
     }

@@ -223,7 +223,8 @@ def render_media(report: Mapping[str, Any]) -> str:
         f"at start {machine['loadavg_at_start'][0]}, at end "
         f"{(machine.get('loadavg_at_end') or ['-'])[0]}",
         f"  {params['concurrency']} closed-loop workers per phase (one account each), sizes "
-        f"{', '.join(params['sizes'])}, {params['duration_s']:g} s per phase after "
+        f"{', '.join(params['sizes'])}, {params['duration_s']:g} s per phase in "
+        f"{params.get('rounds', 1)} turns (bare and svc_media alternating), each after "
         f"{params['warmup_s']:g} s warm-up; MB = 10^6 bytes",
         "",
     ]

@@ -8,7 +8,7 @@ import hashlib
 import json
 
 from parley_dev.bench.load import LoadResult
-from parley_dev.bench.media import TAIL_BYTES, Ciphertexts, size_label
+from parley_dev.bench.media import TAIL_BYTES, Ciphertexts, merged, merged_cpu, size_label
 from parley_dev.bench.media_report import (
     MediaMeasurements,
     SizeRun,
@@ -110,3 +110,22 @@ def test_the_report_puts_each_size_beside_the_bare_store() -> None:
     assert broken["complete"] is False
     assert broken["warnings"][0].startswith("not measured: media_download_1mib_mb_per_s")
     assert "media_download_1mib: errors {'TransferFailed': 3}" in broken["warnings"]
+
+
+def test_the_turns_of_a_phase_add_up() -> None:
+    first, second = result(3, 10.0, window_s=1.0), result(5, 20.0, window_s=2.0)
+    second.errors["TransferFailed"] += 1
+    total = merged([first, second])
+    assert (total.window_s, total.completed, len(total.latencies_ns)) == (3.0, 8, 8)
+    assert total.errors == {"TransferFailed": 1}
+    cpu = merged_cpu(
+        {
+            "bare_put_1mib#0": {"seaweedfs": 0.5, "svc_media": 0.0},
+            "bare_put_1mib#1": {"seaweedfs": 0.25, "svc_media": None},
+            "media_upload_1mib#0": {"seaweedfs": 1.0},
+        }
+    )
+    assert cpu == {
+        "bare_put_1mib": {"seaweedfs": 0.75, "svc_media": None},
+        "media_upload_1mib": {"seaweedfs": 1.0},
+    }
