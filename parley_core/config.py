@@ -423,6 +423,59 @@ class MediaQuotaSettings(_Section):
     that is still kept)."""
 
 
+# What real S3 allows or bills (docs/ARCHITECTURE.md, Media: tiers): no
+# transition to STANDARD_IA before day 30, and 30 days there before a further
+# transition; Glacier bills 90 days at least, so archiving sooner costs more.
+MIN_INFREQUENT_DAYS = 30
+MIN_ARCHIVE_DAYS = 90
+MIN_DAYS_IN_INFREQUENT = 30
+
+
+class MediaTierSettings(_Section):
+    """Storage tiers of the media bucket: svc_media sets them as the bucket's lifecycle rules
+    when it starts (objects of 128 KiB or less never move). A store without lifecycle
+    transitions (SeaweedFS) keeps everything in STANDARD; svc_media logs it once and carries
+    on. Archived objects must be restored (RestoreMedia) before they download."""
+
+    infrequent_after_days: int = Field(default=30, ge=0, le=36_500)
+    """Days after upload an object moves to STANDARD_IA; 0 never. At least 30 (S3 refuses
+    earlier)."""
+    archive_after_days: int = Field(default=0, ge=0, le=36_500)
+    """Days after upload an object moves to GLACIER (downloads then need RestoreMedia); 0 never.
+    At least 90 (Glacier bills 90 days at least), and at least infrequent_after_days + 30 when
+    both are on (S3 keeps objects 30 days in STANDARD_IA before a further transition)."""
+    restore_tier: Literal["Expedited", "Standard", "Bulk"] = "Standard"
+    """S3 retrieval tier of the restores RestoreMedia starts: Expedited (minutes, dearest),
+    Standard (3-5 hours) or Bulk (5-12 hours, cheapest)."""
+    restore_poll_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """Seconds between each process's passes over restores: it starts queued ones, HEADs running
+    ones (one request per object), tells the requesting devices of ready ones and marks expired
+    ones."""
+    restore_batch: int = Field(default=100, ge=1, le=1000)
+    """Restores one pass handles at most."""
+
+    @model_validator(mode="after")
+    def _schedule_s3_can_run(self) -> MediaTierSettings:
+        infrequent, archive = self.infrequent_after_days, self.archive_after_days
+        if infrequent and infrequent < MIN_INFREQUENT_DAYS:
+            raise ValueError(
+                f"infrequent_after_days must be 0 (off) or at least {MIN_INFREQUENT_DAYS}: "
+                "S3 moves nothing to STANDARD_IA sooner"
+            )
+        if archive and archive < MIN_ARCHIVE_DAYS:
+            raise ValueError(
+                f"archive_after_days must be 0 (off) or at least {MIN_ARCHIVE_DAYS}: Glacier "
+                f"bills {MIN_ARCHIVE_DAYS} days at least"
+            )
+        if infrequent and archive and archive < infrequent + MIN_DAYS_IN_INFREQUENT:
+            raise ValueError(
+                f"archive_after_days must be at least infrequent_after_days + "
+                f"{MIN_DAYS_IN_INFREQUENT} ({infrequent + MIN_DAYS_IN_INFREQUENT}): S3 keeps "
+                f"objects {MIN_DAYS_IN_INFREQUENT} days in STANDARD_IA before archiving them"
+            )
+        return self
+
+
 class MediaServiceSettings(_Section):
     server: ServerSettings = ServerSettings(port=7104)
     """gRPC server of svc_media."""
@@ -466,6 +519,8 @@ class MediaServiceSettings(_Section):
     """Seconds one call to the object store may take before the RPC answers UNAVAILABLE."""
     quotas: MediaQuotaSettings = MediaQuotaSettings()
     """Per-account upload and storage quotas."""
+    tiers: MediaTierSettings = MediaTierSettings()
+    """Storage tiers (bucket lifecycle rules) and restores of archived media."""
 
     @model_validator(mode="after")
     def _part_bounds(self) -> MediaServiceSettings:

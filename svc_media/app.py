@@ -20,6 +20,8 @@ from svc_media.domain.collector import Collector, Sweeper
 from svc_media.domain.downloads import DownloadHandler
 from svc_media.domain.policy import MediaPolicy
 from svc_media.domain.references import ReferenceHandler
+from svc_media.domain.restores import RestoreHandler, RestorePolicy, RestorePoller
+from svc_media.domain.tiers import install_until_done, lifecycle_plan
 from svc_media.domain.uploads import UploadHandler
 from svc_media.metrics import Inventory, MediaMetrics
 from svc_media.model import MediaStats
@@ -30,6 +32,7 @@ from svc_media.servicer import references as reference_servicer
 from svc_media.storage.admin import AuditStore, QuarantineStore
 from svc_media.storage.media import MediaStore
 from svc_media.storage.objects import S3Objects
+from svc_media.storage.restores import RestoreStore
 from svc_media.storage.sessions import UploadStore
 from svc_media.storage.usage import UsageStore
 
@@ -48,7 +51,8 @@ async def build(settings: Settings) -> ServiceHost:
     uploads_store = UploadStore(runtime.db)
     media_store = MediaStore(runtime.db)
     audit = AuditStore(runtime.db)
-    for store in (uploads_store, media_store, audit):
+    restore_store = RestoreStore(runtime.db)
+    for store in (uploads_store, media_store, audit, restore_store):
         await store.ensure_indexes()
     usage = UsageStore(runtime.db)
     quarantine = QuarantineStore(runtime.db)
@@ -83,6 +87,16 @@ async def build(settings: Settings) -> ServiceHost:
         policy=policy,
         stats=stats,
     )
+    restore_policy = RestorePolicy.from_settings(config.tiers)
+    restores = RestoreHandler(
+        downloads=downloads,
+        restores=restore_store,
+        quarantine=quarantine,
+        objects=objects,
+        notices=messages,
+        policy=restore_policy,
+        stats=stats,
+    )
     references = ReferenceHandler(
         media=media_store, quarantine=quarantine, policy=policy, stats=stats
     )
@@ -107,9 +121,13 @@ async def build(settings: Settings) -> ServiceHost:
     runtime.registry.register(MediaMetrics(stats, inventory, lambda: objects.available))
     await runtime.start_revocation_feed()
     runtime.start_topology_watcher()
+    poller = RestorePoller(restores, interval_seconds=restore_policy.poll_seconds)
     tasks = [
         asyncio.create_task(objects.run_probe()),
         asyncio.create_task(sweeper.run()),
+        asyncio.create_task(poller.run()),
+        # Beside serving: a store that does not answer yet must not hold up the start.
+        asyncio.create_task(install_until_done(objects, lifecycle_plan(config))),
     ]
 
     async def stop() -> None:
@@ -118,7 +136,7 @@ async def build(settings: Settings) -> ServiceHost:
         await objects.close()
         await runtime.close()
 
-    media = media_servicer.MediaServicer(uploads, downloads)
+    media = media_servicer.MediaServicer(uploads, downloads, restores)
     operators = admin_servicer.MediaAdminServicer(admin)
     internal = reference_servicer.MediaReferenceServicer(references, uploads)
 

@@ -149,10 +149,25 @@ class MediaMetrics(Collector):
             "How long the most overdue garbage-collection check has waited (0: none overdue).",
             value=lag,
         )
+        yield counter(
+            "parley_media_restores_started",
+            "Restores of archived media the object store started (RestoreObject accepted).",
+            s.restores_started,
+        )
+        yield counter(
+            "parley_media_restores_ready",
+            "Restores whose copy the object store reported readable.",
+            s.restores_ready,
+        )
+        yield counter(
+            "parley_media_restore_notices",
+            "Restore-ready notices svc_message took for the requesting devices.",
+            s.restore_notices,
+        )
         yield GaugeMetricFamily(
             "parley_media_restore_queue",
-            "Restores of archived media queued or running.",
-            value=0,
+            "Restores of archived media queued or running (counted by each process's poller).",
+            value=s.restore_queue,
         )
         yield GaugeMetricFamily(
             "parley_media_store_available",

@@ -61,6 +61,35 @@ class UploadState(enum.StrEnum):
     EXPIRED = "expired"
 
 
+class RestoreState(enum.StrEnum):
+    """Where the restore of an archived object stands (a record's state, or
+    NOT_ARCHIVED when there is nothing to restore)."""
+
+    NOT_ARCHIVED = "not_archived"
+    # Recorded; S3 has not taken the RestoreObject yet (the store did not
+    # answer): the poller starts it.
+    QUEUED = "queued"
+    RESTORING = "restoring"
+    # A restored copy is readable until the record's expires_at.
+    READY = "ready"
+    EXPIRED = "expired"
+
+
+# Record states the poller still has work for.
+ACTIVE_RESTORES = (RestoreState.QUEUED, RestoreState.RESTORING, RestoreState.READY)
+
+
+class RestoreStart(enum.Enum):
+    """What the store answered to a RestoreObject."""
+
+    STARTED = "started"
+    IN_PROGRESS = "in_progress"
+    # A restored copy exists already; its expiry was moved to the new days.
+    ALREADY_RESTORED = "already_restored"
+    NOT_ARCHIVED = "not_archived"
+    MISSING = "missing"
+
+
 class MediaState(enum.StrEnum):
     READY = "ready"
     # Garbage collection decided nobody references it: the object and the
@@ -183,8 +212,71 @@ class ObjectInfo:
     size: int
     sha256: bytes | None
     storage_class: str
-    # The x-amz-restore header, when the store reports one (archived objects).
-    restore: str | None = None
+    # From x-amz-restore (archived objects): a restore is running, or a
+    # restored copy is readable until this time (Unix seconds).
+    restoring: bool = False
+    restored_until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LifecyclePlan:
+    """The bucket's lifecycle rules svc_media owns (0 days: that transition off)."""
+
+    infrequent_after_days: int
+    archive_after_days: int
+    # Incomplete multipart uploads older than this are aborted by the store
+    # itself: the safety net behind the sweeper, past any upload session.
+    abort_incomplete_after_days: int
+
+    @property
+    def transitions(self) -> bool:
+        return bool(self.infrequent_after_days or self.archive_after_days)
+
+    def without_transitions(self) -> LifecyclePlan:
+        return LifecyclePlan(0, 0, self.abort_incomplete_after_days)
+
+
+class TransitionsUnsupported(Exception):
+    """The object store refused lifecycle transitions (SeaweedFS answers 501)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    account_id: str
+    device_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreRecord:
+    """One restore of an archived object (one record per media at a time)."""
+
+    media_id: str
+    object_key: str
+    state: RestoreState
+    days: int
+    requested_at: float
+    # Unix seconds; 0 until known.
+    ready_at: float
+    expires_at: float
+    # When a poller looks at it next (claimed by moving it forward).
+    next_poll_at: float
+    requesters: tuple[Requester, ...]
+    # Requesters whose device svc_message took the ready notice for.
+    notified: tuple[Requester, ...] = ()
+
+    def unnotified(self) -> list[Requester]:
+        return [r for r in self.requesters if r not in self.notified]
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreView:
+    """What RestoreMedia and GetRestore answer."""
+
+    media_id: str
+    state: RestoreState
+    requested_at: float = 0.0
+    ready_at: float = 0.0
+    expires_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,3 +344,8 @@ class MediaStats:
     store_errors: int = 0
     sweeps: int = 0
     sweep_failures: int = 0
+    restores_started: int = 0
+    restores_ready: int = 0
+    restore_notices: int = 0
+    # Restores queued or running, counted by the poller after each pass.
+    restore_queue: int = 0

@@ -9,12 +9,17 @@ from typing import Protocol
 
 from svc_media.model import (
     AuditEvent,
+    LifecyclePlan,
     MediaRecord,
     ObjectInfo,
     PartPlan,
     Presigned,
     QuarantineEntry,
+    Requester,
+    RestoreRecord,
+    RestoreStart,
     StoredPart,
+    Tier,
     UploadSession,
 )
 
@@ -96,6 +101,69 @@ class MediaDocs(Protocol):
 
     async def oldest_overdue(self, *, now: float) -> float | None: ...
 
+    async def set_tier(self, media_id: str, tier: Tier) -> None:
+        """Record the storage tier the store reported (lifecycle rules move objects)."""
+        ...
+
+
+class Restores(Protocol):
+    """Restores of archived objects, one record per media; every change is
+    conditional on the state it starts from, so any number of processes may
+    poll at once."""
+
+    async def get(self, media_id: str) -> RestoreRecord | None: ...
+
+    async def open(self, record: RestoreRecord) -> RestoreRecord:
+        """Insert ``record`` (queued, one requester) unless a restore of this
+        media is queued, running or ready: then add the requester to a queued
+        or running one and answer it. An expired record is replaced."""
+        ...
+
+    async def started(self, media_id: str, *, next_poll_at: float) -> bool:
+        """queued -> restoring."""
+        ...
+
+    async def requeue(self, media_id: str, *, next_poll_at: float) -> bool:
+        """restoring -> queued (the store lost the restore)."""
+        ...
+
+    async def ready(
+        self, media_id: str, *, ready_at: float, expires_at: float, next_poll_at: float
+    ) -> RestoreRecord | None:
+        """restoring -> ready; the record after the change."""
+        ...
+
+    async def expire(self, media_id: str, *, now: float) -> bool:
+        """ready -> expired."""
+        ...
+
+    async def notified(self, media_id: str, requester: Requester) -> None: ...
+
+    async def settle(self, media_id: str, *, next_poll_at: float) -> None:
+        """Set the next look at a ready record (its expiry, or a retry)."""
+        ...
+
+    async def drop(self, media_id: str) -> None:
+        """Forget the restore (its object is gone or no longer archived)."""
+        ...
+
+    async def claim_due(self, *, now: float, limit: int, until: float) -> list[RestoreRecord]:
+        """Due records this process now holds: each moved to ``until`` by a
+        write conditional on its previous next_poll_at, so one poller wins."""
+        ...
+
+    async def queue_length(self) -> int:
+        """Restores queued or running."""
+        ...
+
+
+class DeviceNotices(Protocol):
+    """svc_message's NotifyDevice; raises Unavailable when it does not answer."""
+
+    async def restore_ready(
+        self, requester: Requester, *, media_id: str, expires_at: float
+    ) -> None: ...
+
 
 class Usage(Protocol):
     async def forget(self, account_id: str) -> None: ...
@@ -163,6 +231,13 @@ class ObjectStore(Protocol):
     async def abort_multipart(self, key: str, multipart_id: str) -> None: ...
 
     async def head(self, key: str) -> ObjectInfo | None: ...
+
+    async def restore(self, key: str, *, days: int, tier: str) -> RestoreStart: ...
+
+    async def install_lifecycle(self, plan: LifecyclePlan) -> bool:
+        """Set our lifecycle rules (the operator's kept); whether anything changed.
+        Raises TransitionsUnsupported when the store refuses transitions."""
+        ...
 
     def stream(self, key: str) -> AsyncIterator[bytes]: ...
 

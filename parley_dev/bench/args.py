@@ -23,6 +23,11 @@ FULL_GROUP_MESSAGES = 200
 QUICK_PRESENCE = (1000, 200, 10)
 FULL_PRESENCE = (5000, 1000, 50)
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
+MIB = 1 << 20
+DEFAULT_MEDIA_SIZES_MIB = (1.0, 16.0)
+FULL_MEDIA_ROUNDS = 3
+# Largest file the media scenario takes: the services' single-object default.
+MAX_MEDIA_MIB = 2048.0
 
 
 def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
@@ -35,7 +40,9 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
             "messages, beside a bare gRPC baseline run on this machine in the same run. "
             "--scenario group instead times every delivery of one big group's messages to "
             "its members' live streams; --scenario presence measures heartbeats/s with their "
-            "Redis cost, and the fan-out of presence changes to allowed and hidden subscribers."
+            "Redis cost, and the fan-out of presence changes to allowed and hidden subscribers; "
+            "--scenario media measures upload and download MB/s through svc_media beside bare "
+            "presigned requests to the same object store."
         ),
     )
     where = bench.add_argument_group("which stack")
@@ -88,11 +95,12 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
     )
     bench.add_argument(
         "--scenario",
-        choices=["messaging", "group", "presence"],
+        choices=["messaging", "group", "presence", "media"],
         default="messaging",
         help="messaging: sends, delivery and fetch over direct conversations (default); "
         "group: send-to-delivery time on every live stream of one big group; "
-        "presence: heartbeats/s and their Redis cost, fan-out of presence changes",
+        "presence: heartbeats/s and their Redis cost, fan-out of presence changes; "
+        "media: upload and download MB/s through svc_media beside bare presigned S3 requests",
     )
     load = bench.add_argument_group("load")
     load.add_argument(
@@ -229,6 +237,37 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
         help="gRPC channels (connections) to svc_presence for heartbeats and subscriptions, "
         "and to the baseline server (default: 4)",
     )
+    media = bench.add_argument_group("media scenario")
+    media.add_argument(
+        "--media-target",
+        type=_local_target,
+        default="127.0.0.1:7104",
+        help="svc_media of a running stack (default: 127.0.0.1:7104); the object store and "
+        "its keys come from --data-dir/parley.yaml",
+    )
+    media.add_argument(
+        "--media-sizes",
+        type=_sizes_mib,
+        default=DEFAULT_MEDIA_SIZES_MIB,
+        metavar="MIB[,MIB...]",
+        help="file sizes in MiB, each measured in its own phases (default: 1,16)",
+    )
+    media.add_argument(
+        "--media-concurrency",
+        type=_positive_int,
+        default=4,
+        metavar="W",
+        help="closed-loop workers per phase, one account each, for svc_media and the bare "
+        "store alike (default: 4)",
+    )
+    media.add_argument(
+        "--media-rounds",
+        type=_positive_int,
+        metavar="R",
+        help="turns each phase's window is cut into, bare and svc_media alternating, so that "
+        f"other work on the machine falls on both alike (default: {FULL_MEDIA_ROUNDS}, "
+        "--quick 1)",
+    )
     out = bench.add_argument_group("output")
     out.add_argument("--json", type=Path, dest="json_path", metavar="PATH", help="write the report")
     out.add_argument(
@@ -275,9 +314,9 @@ def run_command(args: argparse.Namespace) -> int:
         return compare_command(args)
     # Imported here so that `parley --help` and the client commands do not load
     # grpc, pymongo and the stack.
+    from parley_dev.bench.config import BenchConfig
     from parley_dev.bench.history import DEFAULT_HISTORY
     from parley_dev.bench.population import MIN_BODY_BYTES
-    from parley_dev.bench.runner import BenchConfig
     from parley_dev.bench.scenarios import run_bench
 
     if args.body_bytes < MIN_BODY_BYTES:
@@ -328,6 +367,10 @@ def run_command(args: argparse.Namespace) -> int:
         presence_allowed_fraction=args.presence_allowed_fraction,
         presence_toggles=args.presence_toggles or toggles,
         presence_channels=args.presence_channels,
+        media_target=args.media_target,
+        media_sizes=tuple(int(mib * MIB) for mib in args.media_sizes),
+        media_concurrency=args.media_concurrency,
+        media_rounds=args.media_rounds or (1 if args.quick else FULL_MEDIA_ROUNDS),
         history_path=None if args.no_history else (args.history_path or DEFAULT_HISTORY),
     )
     return run_bench(config)
@@ -399,6 +442,16 @@ def _local_target(text: str) -> str:
     if host not in LOCAL_HOSTS:
         raise argparse.ArgumentTypeError("the bench only targets 127.0.0.1")
     return f"127.0.0.1:{port}"
+
+
+def _sizes_mib(text: str) -> tuple[float, ...]:
+    try:
+        sizes = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected MiB values such as 1,16") from None
+    if not sizes or any(not 0.01 <= size <= MAX_MEDIA_MIB for size in sizes):
+        raise argparse.ArgumentTypeError(f"each size must be 0.01 to {MAX_MEDIA_MIB:g} MiB")
+    return sizes
 
 
 def _name_pid(text: str) -> tuple[str, int]:

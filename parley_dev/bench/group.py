@@ -39,6 +39,7 @@ from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_dev.bench import procstat
+from parley_dev.bench.config import BenchConfig
 from parley_dev.bench.db_writes import documents_written
 from parley_dev.bench.fanout import PHASE_GROUP, FanoutRecorder
 from parley_dev.bench.group_report import GroupMeasurements, build_group_report
@@ -54,7 +55,6 @@ from parley_dev.bench.load import (
 from parley_dev.bench.population import BodyCodec, User, request_id, sign_up_users, wire_sizes
 from parley_dev.bench.report import machine_info
 from parley_dev.bench.runner import (
-    BenchConfig,
     StackTargets,
     progress,
     run_baselines,

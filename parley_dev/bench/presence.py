@@ -56,6 +56,7 @@ from parley.presence.v1 import presence_pb2_grpc as pgrpc
 from parley_core.config import PresenceServiceSettings
 from parley_core.storage.liveness import PresenceKeys
 from parley_dev.bench import procstat
+from parley_dev.bench.config import BenchConfig
 from parley_dev.bench.db_writes import documents_written
 from parley_dev.bench.load import CALL_TIMEOUT_SECONDS, Hook, LoadResult, Window, closed_loop
 from parley_dev.bench.population import User, bounded_gather, sign_up_users
@@ -80,7 +81,6 @@ from parley_dev.bench.presence_watch import (
 )
 from parley_dev.bench.report import machine_info
 from parley_dev.bench.runner import (
-    BenchConfig,
     StackTargets,
     own_connection,
     progress,

@@ -22,7 +22,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import grpc
 import yaml
@@ -31,11 +32,11 @@ from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_dev.bench import procstat
 from parley_dev.bench.baseline import BaselineServer, push_phase, unary_phase
+from parley_dev.bench.config import BenchConfig, EventLoop
 from parley_dev.bench.db_writes import WriteBook
 from parley_dev.bench.discovery import discover_stack_pids
 from parley_dev.bench.load import Hook, LoadResult, Window
 from parley_dev.bench.phases import (
-    FETCH_PAGE,
     Messaging,
     deliver_phase,
     fetch_phase,
@@ -60,87 +61,9 @@ from parley_dev.bench.thin_durable import (
 )
 from parley_dev.limits import unreached_limits
 
-EventLoop = Literal["uvloop", "asyncio"]
-Scenario = Literal["messaging", "group", "presence"]
 T = TypeVar("T")
 # Streams left open by a crashed bench must not hold up the stack's stop for long.
 STACK_SHUTDOWN_GRACE_SECONDS = 2.0
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    start: bool
-    keys_target: str
-    message_targets: tuple[str, ...]
-    message_instances: int
-    data_dir: Path
-    loop: EventLoop
-    quick: bool
-    concurrency: int
-    pairs: int
-    readers: int
-    fetch_conversations: int
-    body_bytes: int
-    warmup_s: float
-    duration_s: float
-    deliver_rate: float | None
-    json_path: Path | None
-    profile: bool
-    keep: bool = False
-    pids: Mapping[str, int] = field(default_factory=dict)
-    scenario: Scenario = "messaging"
-    # Where each run is appended (None: nowhere).
-    history_path: Path | None = None
-    # The group scenario (parley_dev.bench.group).
-    group_members: int = 1024
-    group_streams: int = 1024
-    group_messages: int = 200
-    group_rate: float = 4.0
-    group_channels: int = 4
-    group_ack: bool = True
-    # The presence scenario (parley_dev.bench.presence).
-    presence_target: str = "127.0.0.1:7103"
-    presence_users: int = 5000
-    presence_subscribers: int = 1000
-    presence_allowed_fraction: float = 0.5
-    presence_toggles: int = 50
-    presence_channels: int = 4
-
-    def parameters(self) -> dict[str, Any]:
-        send_bytes, event_bytes = wire_sizes(self.body_bytes)
-        return {
-            "quick": self.quick,
-            "loop": self.loop,
-            "started_stack": self.start,
-            "message_instances": self.message_instances
-            if self.start
-            else len(self.message_targets),
-            "concurrency": self.concurrency,
-            "baseline_unary_callers": self.concurrency,
-            "thin_durable_callers": self.concurrency,
-            "pairs": self.pairs,
-            "users": 2 * self.pairs,
-            "streams": 2 * self.pairs,
-            "baseline_push_streams": 2 * self.pairs,
-            "readers": self.readers,
-            "fetch_conversations": self.fetch_conversations,
-            "fetch_page_size": FETCH_PAGE,
-            "body_bytes": self.body_bytes,
-            "baseline_unary_payload_bytes": send_bytes,
-            "thin_durable_payload_bytes": send_bytes,
-            "baseline_push_payload_bytes": event_bytes,
-            "warmup_s": self.warmup_s,
-            "duration_s": self.duration_s,
-            "deliver_rate_override": self.deliver_rate,
-            "deliver_max_in_flight": self.max_in_flight,
-            "deliver_arrivals": "evenly spaced",
-            "channels_per_target": 1,
-            "profile": self.profile,
-        }
-
-    @property
-    def max_in_flight(self) -> int:
-        return 4 * self.concurrency
 
 
 def run_on_loop(main: Callable[[], Awaitable[T]], loop: EventLoop) -> T:
@@ -296,6 +219,13 @@ class StackTargets:
     presence_settings: dict[str, Any] | None = None
     # The stack's database server (for the thin durable service); None when not known.
     mongo_uri: str | None = None
+    media_target: str | None = None
+    # svc_media's /metrics URL: known only for a stack this run started.
+    media_metrics_url: str | None = None
+    # The stack's media section (multipart threshold, ...) when known.
+    media_settings: dict[str, Any] | None = None
+    # The stack's s3 config section (endpoint, bucket, key files); None when not known.
+    s3: dict[str, Any] | None = None
 
 
 @contextlib.asynccontextmanager
@@ -314,6 +244,7 @@ async def stack_targets(config: BenchConfig, work_dir: Path) -> AsyncIterator[St
                 "keys": loop_config,
                 "message": loop_config,
                 "presence": loop_config,
+                "media": loop_config,
                 # The bench's own load is no abuse: every limit is still taken
                 # (its cost is in the figures), none refuses (bench/README.md).
                 "limits": unreached_limits(),
@@ -331,19 +262,31 @@ async def stack_targets(config: BenchConfig, work_dir: Path) -> AsyncIterator[St
             redis_url=stack.redis_url,
             mongo_uri=stack.mongo_uri,
             presence_settings=stack.settings.presence.model_dump(mode="json", exclude={"server"}),
+            media_target=stack.media_target,
+            media_metrics_url=stack.media_metrics_url,
+            media_settings=stack.settings.media.model_dump(mode="json", exclude={"server"}),
+            s3=stack.settings.s3.model_dump(mode="json"),
         )
     else:
         message_targets = list(config.message_targets)
         stack_pids, notes = discover_stack_pids(
             config.keys_target, message_targets, config.data_dir
         )
+        s3 = _configured_section(config.data_dir, "s3")
+        extra: dict[str, int] = {}
         if config.scenario == "presence":
-            port = int(config.presence_target.rsplit(":", 1)[1])
-            found = procstat.pids_listening_on([port]).get(port)
-            if found is None:
-                notes.append("no listening process found for svc_presence: CPU not measured")
+            extra["svc_presence"] = _port(config.presence_target)
+        if config.scenario == "media":
+            extra["svc_media"] = _port(config.media_target)
+            s3_port = urlsplit(str((s3 or {}).get("endpoint_url", ""))).port
+            if s3_port is not None:
+                extra["seaweedfs"] = s3_port
+        found = procstat.pids_listening_on(extra.values())
+        for name, port in extra.items():
+            if port in found:
+                stack_pids[name] = found[port]
             else:
-                stack_pids["svc_presence"] = found
+                notes.append(f"no listening process found for {name}: CPU not measured")
         for note in notes:
             progress(note)
         targets = StackTargets(
@@ -353,6 +296,9 @@ async def stack_targets(config: BenchConfig, work_dir: Path) -> AsyncIterator[St
             presence_target=config.presence_target,
             redis_url=_configured_url(config.data_dir, "redis", "url"),
             mongo_uri=_configured_url(config.data_dir, "mongo", "uri"),
+            media_target=config.media_target,
+            media_settings=_configured_section(config.data_dir, "media"),
+            s3=s3,
         )
     targets.pids.update(config.pids)
     try:
@@ -363,15 +309,24 @@ async def stack_targets(config: BenchConfig, work_dir: Path) -> AsyncIterator[St
             await stack.stop()
 
 
-def _configured_url(data_dir: Path, section: str, key: str) -> str | None:
-    """Redis's or the database's URL in the running `parley up` whose data dir this is."""
+def _configured_section(data_dir: Path, section: str) -> dict[str, Any] | None:
+    """A section of the config the running `parley up` whose data dir this is wrote."""
     try:
         tree = yaml.safe_load((data_dir / "parley.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
         return None
     part = tree.get(section) if isinstance(tree, dict) else None
-    url = part.get(key) if isinstance(part, dict) else None
+    return part if isinstance(part, dict) else None
+
+
+def _configured_url(data_dir: Path, section: str, key: str) -> str | None:
+    """Redis's or the database's URL in the running `parley up` whose data dir this is."""
+    url = (_configured_section(data_dir, section) or {}).get(key)
     return url if isinstance(url, str) else None
+
+
+def _port(target: str) -> int:
+    return int(target.rsplit(":", 1)[1])
 
 
 async def _stack_phases(

@@ -15,12 +15,15 @@ from typing import Any
 import grpc
 
 from parley_dev.bench import history
+from parley_dev.bench.config import BenchConfig, Scenario
 from parley_dev.bench.group import group_bench
 from parley_dev.bench.group_report import render_group
+from parley_dev.bench.media import media_bench
+from parley_dev.bench.media_report import render_media
 from parley_dev.bench.presence import presence_bench
 from parley_dev.bench.presence_report import render_presence
 from parley_dev.bench.report import render
-from parley_dev.bench.runner import BenchConfig, Scenario, bench, run_on_loop
+from parley_dev.bench.runner import bench, run_on_loop
 from parley_dev.probes import StackError
 
 Measure = Callable[[BenchConfig], Awaitable[dict[str, Any]]]
@@ -30,6 +33,7 @@ SCENARIOS: dict[Scenario, tuple[Measure, Show]] = {
     "messaging": (bench, render),
     "group": (group_bench, render_group),
     "presence": (presence_bench, render_presence),
+    "media": (media_bench, render_media),
 }
 
 

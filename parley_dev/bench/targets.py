@@ -40,6 +40,11 @@ HEARTBEAT_FRACTION_OF_UNARY = 0.4
 REDIS_SCRIPTS_PER_HEARTBEAT_MAX = 1.05
 PRESENCE_CHANGE_P99_MAX_MS = 100.0
 
+# media: svc_media's transfers against bare presigned requests to the same
+# store in the same run (issue 16): the service may cost a fifth of the bytes' rate.
+MEDIA_FRACTION_OF_BARE = 0.8
+MEDIA_SIZES = (1 << 20, 16 << 20)
+
 SEND_RATIO = "send_rps / thin_durable_rps"
 SEND_P99_RATIO = "send_ack_p99_ms / thin_durable_p99_ms"
 HEARTBEAT_RATIO = "presence_heartbeats_per_s / baseline_unary_rps"
@@ -205,10 +210,43 @@ def presence_targets(figures: Figures, parameters: Figures) -> list[Target]:
     ]
 
 
+def _size_label(size: int) -> str:
+    return f"{size >> 20}mib" if size % (1 << 20) == 0 else f"{size}b"
+
+
+def media_targets(figures: Figures, parameters: Figures) -> list[Target]:
+    sizes = [int(s) for s in parameters.get("sizes_bytes") or MEDIA_SIZES]
+    caveat = _differs(
+        {"sizes": [_size_label(s) for s in sizes]},
+        sizes=[_size_label(s) for s in MEDIA_SIZES],
+    )
+    targets: list[Target] = []
+    for size in sizes:
+        label = _size_label(size)
+        for name, what in (
+            (f"media_upload_{label}_mb_per_s / bare_put_{label}_mb_per_s", "upload+complete"),
+            (f"media_download_{label}_mb_per_s / bare_get_{label}_mb_per_s", "download"),
+        ):
+            targets.append(
+                Target(
+                    name,
+                    _figure(figures, name),
+                    ">=",
+                    MEDIA_FRACTION_OF_BARE,
+                    "x",
+                    note=f"{what} MB/s of {label} files against bare presigned requests, "
+                    "same store, sizes and concurrency",
+                    caveat=caveat,
+                )
+            )
+    return targets
+
+
 SCENARIO_TARGETS: dict[str, TargetsOf] = {
     "messaging": messaging_targets,
     "group": group_targets,
     "presence": presence_targets,
+    "media": media_targets,
 }
 
 

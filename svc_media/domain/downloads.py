@@ -8,6 +8,9 @@ about either and spend no budget.
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
+
 from parley_core.limits import Limiter, LimitName, Take
 from svc_media.domain.access import AccessCheck
 from svc_media.domain.policy import MediaPolicy, access_denied, archived, quarantined
@@ -16,19 +19,27 @@ from svc_media.ports import MediaDocs, ObjectStore, Quarantine
 
 # Storage classes S3 must restore before a GET works.
 ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+# Classes a GET reads at once but that bill retrieval: the infrequent tier.
+INFREQUENT_CLASSES = frozenset({"STANDARD_IA", "ONEZONE_IA", "GLACIER_IR", "INTELLIGENT_TIERING"})
 
 
-def needs_restore(media: MediaRecord, info: ObjectInfo) -> bool:
-    """The tiers hook: whether a GET of this object would fail until restored.
+def tier_of(storage_class: str) -> Tier:
+    if storage_class in ARCHIVE_CLASSES:
+        return Tier.ARCHIVE
+    if storage_class in INFREQUENT_CLASSES:
+        return Tier.INFREQUENT
+    return Tier.STANDARD
 
-    An object in an archive class is downloadable only while a restored copy
-    exists (``x-amz-restore: ongoing-request="false", expiry-date=...``). The
-    tiers work keeps ``media.tier`` and the restore records; this reads the
-    store's own answer, which is what a GET will meet."""
-    if info.storage_class not in ARCHIVE_CLASSES and media.tier != Tier.ARCHIVE:
+
+def needs_restore(info: ObjectInfo, *, now: float) -> bool:
+    """Whether a GET of this object fails until it is restored: it is in an
+    archive class and no restored copy is readable now (none was made, one
+    is still being made, or its expiry has passed; S3 removes an expired
+    copy some time after its expiry, and a download started then could fail
+    half-way)."""
+    if info.storage_class not in ARCHIVE_CLASSES:
         return False
-    restore = info.restore or ""
-    return 'ongoing-request="false"' not in restore
+    return info.restoring or info.restored_until is None or info.restored_until <= now
 
 
 class DownloadHandler:
@@ -60,17 +71,39 @@ class DownloadHandler:
             raise access_denied()
         return media
 
+    async def note_tier(self, media: MediaRecord, info: ObjectInfo) -> MediaRecord:
+        """The media with the tier the store reports, recorded when it moved."""
+        tier = tier_of(info.storage_class)
+        if tier == media.tier:
+            return media
+        await self._media.set_tier(media.media_id, tier)
+        return replace(media, tier=tier)
+
+    async def _head(self, key: str) -> ObjectInfo | None:
+        self._objects.ensure_available()
+        return await self._objects.head(key)
+
     async def grant(self, *, account_id: str, media_id: str, now: float) -> Grant:
         media = await self.readable_media(account_id=account_id, media_id=media_id)
         await self._limits.take(Take(LimitName.MEDIA_DOWNLOAD_PER_ACCOUNT, account_id), now=now)
-        if await self._quarantine.get(media.sha256) is not None:
+        # Side by side (a database read, a request to the store); the
+        # quarantine's answer still wins over anything the store says.
+        banned, info = await asyncio.gather(
+            self._quarantine.get(media.sha256),
+            self._head(media.object_key),
+            return_exceptions=True,
+        )
+        if isinstance(banned, BaseException):
+            raise banned
+        if banned is not None:
             raise quarantined()
-        self._objects.ensure_available()
-        info = await self._objects.head(media.object_key)
+        if isinstance(info, BaseException):
+            raise info
         if info is None:
             # The document outlived its object (removed by hand): nothing to give.
             raise access_denied()
-        if needs_restore(media, info):
+        media = await self.note_tier(media, info)
+        if needs_restore(info, now=now):
             raise archived()
         get = self._objects.presign_get(
             media.object_key, expires_in=self._policy.get_url_seconds, now=now

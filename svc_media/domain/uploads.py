@@ -17,6 +17,7 @@ leaks nothing past the session's expiry.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import Sequence
@@ -119,10 +120,17 @@ class UploadHandler:
                 )
             return await self._describe(previous, now=now)
         await self._limits.take(Take(LimitName.MEDIA_UPLOAD_PER_ACCOUNT, account_id), now=now)
-        if await self._quarantine.get(sha256) is not None:
-            raise quarantined()
         media_id = media_id_of(sha256)
-        existing = await self._media.get(media_id)
+        # Independent reads side by side (each a database round trip), judged
+        # below in the order the checks have always had.
+        banned, existing, pending, (_, stored_bytes) = await asyncio.gather(
+            self._quarantine.get(sha256),
+            self._media.get(media_id),
+            self._uploads.pending_count(account_id, now=now),
+            self._usage.usage(account_id, day=utc_day(now)),
+        )
+        if banned is not None:
+            raise quarantined()
         if (
             existing is not None
             and existing.state == MediaState.READY
@@ -130,11 +138,11 @@ class UploadHandler:
         ):
             self._stats.already_stored += 1
             return UploadOutcome(stored=existing)
-        if await self._uploads.pending_count(account_id, now=now) >= policy.max_pending:
+        if pending >= policy.max_pending:
             raise too_many_uploads(policy.max_pending)
         # Before the charge: an upload the store cannot take costs no quota.
         self._objects.ensure_available()
-        await self._charge(account_id, size, now=now)
+        await self._charge(account_id, size, stored=stored_bytes, now=now)
         upload_id = str(uuid.uuid4())
         key = object_key(media_id, upload_id)
         multipart_id = await self._objects.create_multipart(key) if chosen_part else None
@@ -162,9 +170,9 @@ class UploadHandler:
             self._stats.uploads_started += 1
         return await self._describe(stored, now=now)
 
-    async def _charge(self, account_id: str, size: int, *, now: float) -> None:
+    async def _charge(self, account_id: str, size: int, *, stored: int, now: float) -> None:
+        """Charge today's uploads; ``stored`` is the account's stored bytes as read."""
         policy = self._policy
-        uploaded, stored = await self._usage.usage(account_id, day=utc_day(now))
         if stored + size > policy.stored_bytes:
             self._refused("stored_bytes")
             raise quota_exceeded("stored_bytes", limit=policy.stored_bytes, used=stored)
@@ -255,11 +263,15 @@ class UploadHandler:
             if again is None or again.state != UploadState.PENDING or again.expires_at <= now:
                 raise upload_not_found()
             raise Aborted("a completion of this upload is in progress; retry in a moment")
+        finished = False
         try:
-            return await self._complete_held(session, now=now)
+            media = await self._complete_held(session, now=now)
+            finished = True
+            return media
         finally:
-            # No-op once the session is finished; otherwise a retry may go on.
-            await self._uploads.unlease(upload_id)
+            # A finished session holds no lease; otherwise a retry may go on.
+            if not finished:
+                await self._uploads.unlease(upload_id)
 
     async def _completed(self, session: UploadSession) -> MediaRecord:
         media = await self._media.get(session.media_id)
@@ -268,9 +280,12 @@ class UploadHandler:
         return media
 
     async def _complete_held(self, session: UploadSession, *, now: float) -> MediaRecord:
-        if await self._quarantine.get(session.sha256) is not None:
+        # Independent reads, side by side: each is a round trip to the database.
+        banned, existing = await asyncio.gather(
+            self._quarantine.get(session.sha256), self._media.get(session.media_id)
+        )
+        if banned is not None:
             raise quarantined()
-        existing = await self._media.get(session.media_id)
         if (
             existing is not None
             and existing.state == MediaState.READY
@@ -281,7 +296,7 @@ class UploadHandler:
             await self._uploads.finish(session.upload_id, UploadState.COMPLETED, now=now)
             return existing
         await self._verify(session, now=now)
-        return await self._publish(session, now=now)
+        return await self._publish(session, existing, now=now)
 
     async def _verify(self, session: UploadSession, *, now: float) -> None:
         objects = self._objects
@@ -349,11 +364,14 @@ class UploadHandler:
         await self._uploads.finish(session.upload_id, UploadState.ABORTED, now=now)
         raise InvalidArgument.field(field, f"does not match the upload: {why}; upload again")
 
-    async def _publish(self, session: UploadSession, *, now: float) -> MediaRecord:
+    async def _publish(
+        self, session: UploadSession, existing: MediaRecord | None, *, now: float
+    ) -> MediaRecord:
+        """Write the media document for the verified object; ``existing`` is the
+        media as read before the verification (a later race is found by create)."""
         policy = self._policy
         account = session.account_id
         _, stored = await self._usage.usage(account, day=utc_day(now))
-        existing = await self._media.get(session.media_id)
         new_uploader = existing is None or account not in existing.uploaders
         if new_uploader and stored + session.size > policy.stored_bytes:
             # The session stays pending: free space and complete again.
@@ -378,8 +396,12 @@ class UploadHandler:
         created = await self._media.create(record)
         if created is None:
             return await self._join(session, now=now)
-        await self._usage.add_stored(account, session.size)
-        await self._uploads.finish(session.upload_id, UploadState.COMPLETED, now=now)
+        # Both only after the document: a crash before either leaves a pending
+        # session whose retry finds its own media and finishes it.
+        await asyncio.gather(
+            self._usage.add_stored(account, session.size),
+            self._uploads.finish(session.upload_id, UploadState.COMPLETED, now=now),
+        )
         self._stats.uploads_completed += 1
         self._stats.bytes_uploaded += session.size
         return created

@@ -9,9 +9,11 @@ from collections.abc import Mapping, Sequence
 import grpc
 import structlog
 
-from parley.message.v1 import internal_pb2, internal_pb2_grpc
+from parley.message.v1 import internal_pb2, internal_pb2_grpc, messages_pb2
 from parley_core.auth.credentials import ServiceCredential
 from parley_core.errors import Reason, Unavailable
+from parley_core.rpc.convert import timestamp
+from svc_media.model import Requester
 
 log = structlog.get_logger(__name__)
 
@@ -21,6 +23,17 @@ ACCESS_BATCH = 64
 COUNT_BATCH = 256
 
 MESSAGES_DOWN = "svc_message did not answer a media check; retry"
+# Answers worth asking again; any other refusal of a notice is final.
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+    }
+)
 
 
 def _unavailable(exc: grpc.aio.AioRpcError) -> Unavailable:
@@ -78,6 +91,35 @@ class MessagePeerClient:
                     )
                 counts[media_id] = int(answered[media_id])
         return counts
+
+    async def restore_ready(
+        self, requester: Requester, *, media_id: str, expires_at: float
+    ) -> None:
+        notice = messages_pb2.MediaNotice(
+            kind=messages_pb2.MediaNotice.KIND_RESTORE_READY,
+            media_id=media_id,
+            expire_time=timestamp(expires_at),
+            device_id=requester.device_id,
+        )
+        try:
+            await self._stub.NotifyDevice(
+                internal_pb2.NotifyDeviceRequest(
+                    account_id=requester.account_id, device_id=requester.device_id, notice=notice
+                ),
+                metadata=self._metadata,
+                timeout=CALL_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in RETRYABLE:
+                raise _unavailable(exc) from None
+            # A refusal of the request itself (a device id svc_message does not
+            # take): telling it again would be refused again.
+            log.warning(
+                "restore_notice_refused",
+                code=exc.code().name,
+                details=exc.details(),
+                media_id=media_id,
+            )
 
     async def close(self) -> None:
         await self._channel.close(grace=None)

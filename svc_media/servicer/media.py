@@ -12,12 +12,16 @@ from parley_core.rpc.convert import timestamp
 from parley_core.rpc.request import request_context
 from parley_core.validation import Check
 from svc_media.domain.downloads import DownloadHandler
+from svc_media.domain.restores import MAX_DAYS as MAX_RESTORE_DAYS
+from svc_media.domain.restores import RestoreHandler
 from svc_media.domain.uploads import UploadHandler
 from svc_media.model import (
     SHA256_BYTES,
     ContentClass,
     MediaRecord,
     Presigned,
+    RestoreState,
+    RestoreView,
     UploadOutcome,
     is_media_id,
 )
@@ -25,6 +29,13 @@ from svc_media.model import (
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MediaService"].full_name
 CONTENT_CLASSES = frozenset(int(c) for c in ContentClass)
 MAX_PART_HASHES = 10_000
+RESTORE_STATES = {
+    RestoreState.NOT_ARCHIVED: pb.Restore.STATE_NOT_ARCHIVED,
+    RestoreState.QUEUED: pb.Restore.STATE_QUEUED,
+    RestoreState.RESTORING: pb.Restore.STATE_RESTORING,
+    RestoreState.READY: pb.Restore.STATE_READY,
+    RestoreState.EXPIRED: pb.Restore.STATE_EXPIRED,
+}
 
 
 def check_sha256(check: Check, field: str, value: bytes) -> None:
@@ -82,16 +93,30 @@ def upload_proto(outcome: UploadOutcome) -> pb.Upload:
     return upload
 
 
+def restore_proto(view: RestoreView) -> pb.Restore:
+    restore = pb.Restore(media_id=view.media_id, state=RESTORE_STATES[view.state])
+    for name, value in (
+        ("request_time", view.requested_at),
+        ("ready_time", view.ready_at),
+        ("expire_time", view.expires_at),
+    ):
+        if value:
+            getattr(restore, name).CopyFrom(timestamp(value))
+    return restore
+
+
 class MediaServicer(media_pb2_grpc.MediaServiceServicer):
     def __init__(
         self,
         uploads: UploadHandler,
         downloads: DownloadHandler,
+        restores: RestoreHandler,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._uploads = uploads
         self._downloads = downloads
+        self._restores = restores
         self._clock = clock
 
     async def CreateUpload(
@@ -169,20 +194,30 @@ class MediaServicer(media_pb2_grpc.MediaServiceServicer):
         return pb.Download(media=media_proto(grant.media), get=presigned_proto(grant.get))
 
     async def RestoreMedia(self, request: pb.RestoreMediaRequest, context: Any) -> pb.Restore:
-        return await self._restore_not_yet(request.media_id, context)
-
-    async def GetRestore(self, request: pb.GetRestoreRequest, context: Any) -> pb.Restore:
-        return await self._restore_not_yet(request.media_id, context)
-
-    async def _restore_not_yet(self, media_id: str, context: Any) -> pb.Restore:
         check = Check()
-        check_media_id(check, "media_id", media_id)
+        check_media_id(check, "media_id", request.media_id)
+        if not 0 <= request.days <= MAX_RESTORE_DAYS:
+            check.fail("days", f"must be 1 to {MAX_RESTORE_DAYS} (0: 1)")
         check.done()
         rpc = request_context(context, clock=self._clock)
-        # Same access rule as GetDownload, so the answer tells outsiders nothing.
-        media = await self._downloads.readable_media(account_id=rpc.account_id, media_id=media_id)
-        # No object is archived until lifecycle tiers exist: nothing to restore.
-        return pb.Restore(media_id=media.media_id, state=pb.Restore.STATE_NOT_ARCHIVED)
+        view = await self._restores.request(
+            account_id=rpc.account_id,
+            device_id=rpc.device_id,
+            media_id=request.media_id,
+            days=request.days,
+            now=rpc.now,
+        )
+        return restore_proto(view)
+
+    async def GetRestore(self, request: pb.GetRestoreRequest, context: Any) -> pb.Restore:
+        check = Check()
+        check_media_id(check, "media_id", request.media_id)
+        check.done()
+        rpc = request_context(context, clock=self._clock)
+        view = await self._restores.status(
+            account_id=rpc.account_id, media_id=request.media_id, now=rpc.now
+        )
+        return restore_proto(view)
 
     async def GetQuota(self, request: pb.GetQuotaRequest, context: Any) -> pb.Quota:
         rpc = request_context(context, clock=self._clock)

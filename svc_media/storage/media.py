@@ -202,6 +202,11 @@ class MediaStore:
         )
         return None if doc is None else seconds(doc["next_check_at"])
 
+    async def set_tier(self, media_id: str, tier: Tier) -> None:
+        await self._media.update_one(
+            {"_id": media_id, "tier": {"$ne": int(tier)}}, {"$set": {"tier": int(tier)}}
+        )
+
     async def raw(self, media_id: str) -> Document | None:
         """The stored document as is (tests check what is and is not stored)."""
         return await self._media.find_one({"_id": media_id})

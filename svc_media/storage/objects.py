@@ -18,19 +18,31 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from email.utils import parsedate_to_datetime
+from typing import Any, NoReturn
 
 import botocore.session
 import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from parley_core.config import S3Settings
 from parley_core.errors import Reason, Unavailable
-from svc_media.model import ObjectInfo, PartPlan, Presigned, StoredPart, StoreRefused
+from svc_media.model import (
+    LifecyclePlan,
+    ObjectInfo,
+    PartPlan,
+    Presigned,
+    RestoreStart,
+    StoredPart,
+    StoreRefused,
+    TransitionsUnsupported,
+)
+from svc_media.storage.lifecycle import merged_rules
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +51,27 @@ STORE_DOWN = "the object store (S3) cannot be reached; media is unavailable, mes
 PROBE_SECONDS = 2.0
 STREAM_CHUNK = 1 << 20
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
+_NO_LIFECYCLE = "NoSuchLifecycleConfiguration"
+_ONGOING = re.compile(r'ongoing-request\s*=\s*"(true|false)"')
+_EXPIRY = re.compile(r'expiry-date\s*=\s*"([^"]+)"')
+
+
+def parse_restore(header: str | None) -> tuple[bool, float | None]:
+    """(a restore is running, the restored copy's expiry in Unix seconds) from
+    ``x-amz-restore``: ``ongoing-request="true"``, or ``ongoing-request="false",
+    expiry-date="Fri, 21 Dec 2012 00:00:00 GMT"`` once the copy is readable."""
+    if not header:
+        return False, None
+    ongoing = _ONGOING.search(header)
+    if ongoing is not None and ongoing.group(1) == "true":
+        return True, None
+    expiry = _EXPIRY.search(header)
+    if ongoing is None or expiry is None:
+        return False, None
+    try:
+        return False, parsedate_to_datetime(expiry.group(1)).timestamp()
+    except (TypeError, ValueError):
+        return False, None
 
 
 def store_unavailable() -> Unavailable:
@@ -156,7 +189,7 @@ class S3Objects:
             self._failed(operation, exc)
         raise AssertionError("unreachable")
 
-    def _failed(self, operation: str, exc: BaseException) -> None:
+    def _failed(self, operation: str, exc: BaseException) -> NoReturn:
         self.errors += 1
         self.available = False
         log.warning("object_store_call_failed", operation=operation, error=repr(exc))
@@ -268,12 +301,90 @@ class S3Objects:
         checksum = reply.get("ChecksumSHA256")
         # A multipart object's checksum is of its parts' checksums ("...-N").
         sha = base64.b64decode(checksum) if checksum and "-" not in checksum else None
+        restoring, restored_until = parse_restore(reply.get("Restore"))
         return ObjectInfo(
             size=int(reply["ContentLength"]),
             sha256=sha,
             storage_class=str(reply.get("StorageClass") or "STANDARD"),
-            restore=reply.get("Restore"),
+            restoring=restoring,
+            restored_until=restored_until,
         )
+
+    async def restore(self, key: str, *, days: int, tier: str) -> RestoreStart:
+        """RestoreObject: a readable copy of an archived object for ``days``."""
+        try:
+            reply = await self._client.restore_object(
+                Bucket=self._bucket,
+                Key=key,
+                RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}},
+            )
+        except ClientError as exc:
+            code, status = _code(exc), _status(exc)
+            # InvalidObjectState comes as a 403: the object's class, not our
+            # credentials, so it must not mark the store down.
+            if code == "InvalidObjectState":
+                return RestoreStart.NOT_ARCHIVED
+            if code == "RestoreAlreadyInProgress" or status == 409:
+                return RestoreStart.IN_PROGRESS
+            if code in _MISSING or status == 404:
+                return RestoreStart.MISSING
+            if status >= 500 or status in (401, 403):
+                self._failed("restore_object", exc)
+            raise StoreRefused(code or str(status), status) from None
+        except (TimeoutError, BotoCoreError, OSError) as exc:
+            self._failed("restore_object", exc)
+        # 202: a restore started; 200: a restored copy exists (its days moved).
+        status = int(reply.get("ResponseMetadata", {}).get("HTTPStatusCode", 202))
+        return RestoreStart.ALREADY_RESTORED if status == 200 else RestoreStart.STARTED
+
+    async def install_lifecycle(self, plan: LifecyclePlan) -> bool:
+        """Put our lifecycle rules beside the operator's; whether anything changed.
+
+        TransitionsUnsupported when the store refuses transition rules with
+        501 (SeaweedFS); StoreRefused for any other refusal. Neither marks
+        the store down: its objects still work."""
+        try:
+            reply = await self._client.get_bucket_lifecycle_configuration(Bucket=self._bucket)
+            existing = list(reply.get("Rules", ()))
+        except ClientError as exc:
+            if _code(exc) != _NO_LIFECYCLE:
+                raise self._lifecycle_refused(exc) from None
+            existing = []
+        except (TimeoutError, BotoCoreError, OSError):
+            raise store_unavailable() from None
+        rules = merged_rules(existing, plan)
+        if rules == existing:
+            return False
+        try:
+            await self._client.put_bucket_lifecycle_configuration(
+                Bucket=self._bucket, LifecycleConfiguration={"Rules": rules}
+            )
+        except ParamValidationError as exc:
+            # An operator's rule as the store reported it that botocore will not send back.
+            raise StoreRefused(f"InvalidRules: {exc}", 400) from None
+        except ClientError as exc:
+            if _status(exc) == 501 and plan.transitions:
+                raise TransitionsUnsupported(_code(exc) or "501") from None
+            raise self._lifecycle_refused(exc) from None
+        except (TimeoutError, BotoCoreError, OSError):
+            raise store_unavailable() from None
+        return True
+
+    def _lifecycle_refused(self, exc: ClientError) -> Exception:
+        status = _status(exc)
+        if status >= 500:
+            return store_unavailable()
+        return StoreRefused(_code(exc) or str(status), status)
+
+    async def lifecycle_rules(self) -> list[dict[str, Any]]:
+        """The bucket's lifecycle rules as the store keeps them (tests, operators)."""
+        try:
+            reply = await self._client.get_bucket_lifecycle_configuration(Bucket=self._bucket)
+        except ClientError as exc:
+            if _code(exc) == _NO_LIFECYCLE:
+                return []
+            raise
+        return list(reply.get("Rules", ()))
 
     async def stream(self, key: str) -> AsyncIterator[bytes]:
         reply = await self._call("get_object", Key=key)

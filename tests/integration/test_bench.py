@@ -325,3 +325,53 @@ def test_compare_prints_what_moved_between_two_reports(tmp_path: Path) -> None:
     lines = {line.split()[0]: line for line in run.stdout.splitlines() if line.startswith("  ")}
     assert "+5.0%" in lines["send_rps"] and "<<" not in lines["send_rps"]
     assert "+50.0%  << worse  PASS -> MISS !" in lines["fetch_recent_p50_ms"]
+
+
+@pytest.mark.slow
+def test_quick_media_bench_puts_svc_media_beside_the_bare_store(tmp_path: Path) -> None:
+    out = tmp_path / "media.json"
+    # A quarter MiB (one PUT) and 9 MiB (two parts): both upload paths, little data.
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "parley_dev.cli", "bench", "--scenario", "media"),
+            *("--start", "--quick", "--duration", "1", "--json", str(out)),
+            *("--media-sizes", "0.25,9", "--media-concurrency", "2"),
+            "--no-history",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    assert "upload+complete MB/s" in run.stdout and "bare S3 (presigned)" in run.stdout
+    report = json.loads(out.read_text())
+
+    assert report["scenario"] == "media" and report["complete"] is True
+    assert report["warnings"] == []
+    labels = ("262144b", "9mib")
+    assert_targets(
+        report,
+        {
+            f"media_{kind}_{label}_mb_per_s / bare_{bare}_{label}_mb_per_s"
+            for label in labels
+            for kind, bare in (("upload", "put"), ("download", "get"))
+        },
+    )
+    assert "sizes=" in report["targets"][0]["caveat"]
+    for label in labels:
+        for kind in ("bare_put", "media_upload", "bare_get", "media_download"):
+            phase = report["phases"][f"{kind}_{label}"]
+            assert phase["errors"] == {} and phase["completed"] > 0, (kind, label)
+            assert report[f"{kind}_{label}_mb_per_s"] > 0
+            assert phase["cpu_ms_per_op"].keys() >= {"svc_media", "seaweedfs", "bench_client"}
+        for step in ("create_upload", "complete_upload", "get_download"):
+            assert report[f"media_{step}_{label}_p99_ms"] >= report[f"media_{step}_{label}_p50_ms"]
+    assert report["phases"]["media_upload_262144b"]["parts_per_upload"] == 1
+    assert report["phases"]["media_upload_9mib"]["parts_per_upload"] == 2
+    # svc_media did the work of its phases, and none of the bare ones' RPCs.
+    cpu = report["cpu_seconds"]
+    assert cpu["media_upload_9mib"]["svc_media"] > 0 and cpu["bare_put_9mib"]["seaweedfs"] > 0
+    params = report["parameters"]
+    assert params["concurrency"] == params["users"] == 2
+    assert params["sizes_bytes"] == [262144, 9 << 20]

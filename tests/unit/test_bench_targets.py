@@ -93,7 +93,30 @@ def test_group_and_presence_targets() -> None:
         {},
     )
     assert [t["verdict"] for t in presence] == ["PASS", "PASS", "PASS", "MISS"]
-    assert set(SCENARIO_TARGETS) == {"messaging", "group", "presence"}
+    assert set(SCENARIO_TARGETS) == {"messaging", "group", "presence", "media"}
+
+
+def test_media_targets_judge_each_size_against_the_bare_store() -> None:
+    ratios = {
+        "media_upload_1mib_mb_per_s / bare_put_1mib_mb_per_s": 0.8,
+        "media_download_1mib_mb_per_s / bare_get_1mib_mb_per_s": 0.79,
+        "media_upload_16mib_mb_per_s / bare_put_16mib_mb_per_s": 0.95,
+    }
+    media = evaluate("media", {"ratios": ratios}, {"sizes_bytes": [1 << 20, 16 << 20]})
+    assert [(t["name"].split(" / ")[0], t["verdict"]) for t in media] == [
+        ("media_upload_1mib_mb_per_s", "PASS"),
+        ("media_download_1mib_mb_per_s", "MISS"),
+        ("media_upload_16mib_mb_per_s", "PASS"),
+        ("media_download_16mib_mb_per_s", "N/A"),
+    ]
+    assert {t["limit"] for t in media} == {0.8} and all(t["caveat"] == "" for t in media)
+    # Other sizes are judged too, and told apart from the stated ones.
+    small = evaluate("media", {"ratios": {}}, {"sizes_bytes": [1 << 18]})
+    assert [t["name"] for t in small] == [
+        "media_upload_262144b_mb_per_s / bare_put_262144b_mb_per_s",
+        "media_download_262144b_mb_per_s / bare_get_262144b_mb_per_s",
+    ]
+    assert "sizes=['262144b'] (target: ['1mib', '16mib'])" in small[0]["caveat"]
 
 
 def test_every_target_entry_is_well_formed_and_rendered() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from parley_core.config import ConfigError, MediaServiceSettings, settings_from_tree
 from parley_core.errors import InvalidArgument
-from svc_media.domain.downloads import needs_restore
+from svc_media.domain.downloads import needs_restore, tier_of
 from svc_media.domain.policy import (
     MIN_BACKOFF_SECONDS,
     MediaPolicy,
@@ -18,8 +18,6 @@ from svc_media.domain.policy import (
 )
 from svc_media.model import (
     ContentClass,
-    MediaRecord,
-    MediaState,
     ObjectInfo,
     Tier,
     UploadSession,
@@ -85,31 +83,19 @@ def test_media_ids_are_the_hex_sha256_of_the_ciphertext() -> None:
         assert not is_media_id(bad)
 
 
-def record(tier: Tier = Tier.STANDARD) -> MediaRecord:
-    return MediaRecord(
-        media_id="0" * 64,
-        sha256=b"\0" * 32,
-        size=1,
-        content_class=ContentClass.IMAGE,
-        object_key="k",
-        created_at=0,
-        state=MediaState.READY,
-        uploaders=("a",),
-        touch=0,
-        next_check_at=0,
-        check_backoff_seconds=0,
-        tier=tier,
-    )
-
-
 def test_the_archive_hook_reads_the_stores_storage_class_and_restore_state() -> None:
-    assert not needs_restore(record(), ObjectInfo(1, None, "STANDARD"))
-    assert not needs_restore(record(), ObjectInfo(1, None, "STANDARD_IA"))
-    assert needs_restore(record(), ObjectInfo(1, None, "GLACIER"))
-    assert needs_restore(record(), ObjectInfo(1, None, "GLACIER", 'ongoing-request="true"'))
-    restored = 'ongoing-request="false", expiry-date="Fri, 21 Dec 2012 00:00:00 GMT"'
-    assert not needs_restore(record(), ObjectInfo(1, None, "DEEP_ARCHIVE", restored))
-    assert needs_restore(record(Tier.ARCHIVE), ObjectInfo(1, None, "STANDARD"))
+    now = 1_900_000_000.0
+    assert not needs_restore(ObjectInfo(1, None, "STANDARD"), now=now)
+    assert not needs_restore(ObjectInfo(1, None, "STANDARD_IA"), now=now)
+    assert needs_restore(ObjectInfo(1, None, "GLACIER"), now=now)
+    assert needs_restore(ObjectInfo(1, None, "GLACIER", restoring=True), now=now)
+    restored = ObjectInfo(1, None, "DEEP_ARCHIVE", restored_until=now + 60)
+    assert not needs_restore(restored, now=now)
+    # Past the copy's expiry it is archived again, whatever the store still says.
+    assert needs_restore(restored, now=now + 60)
+    assert tier_of("GLACIER") == tier_of("DEEP_ARCHIVE") == Tier.ARCHIVE
+    assert tier_of("STANDARD_IA") == Tier.INFREQUENT
+    assert tier_of("STANDARD") == tier_of("") == Tier.STANDARD
 
 
 def test_a_retry_must_repeat_the_request() -> None:

@@ -213,7 +213,12 @@ class MediaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetRestore(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Where the restore of this media stands, for the same callers as
+        RestoreMedia: a restore's state with its times, STATE_NOT_ARCHIVED for
+        an object in no archive tier, or FAILED_PRECONDITION
+        (ERROR_REASON_MEDIA_ARCHIVED) for an archived object nobody asked to
+        restore.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

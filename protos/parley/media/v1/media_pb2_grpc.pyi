@@ -105,6 +105,12 @@ class MediaServiceStub:
     delivery stream when the object can be downloaded.
     """
     GetRestore: _grpc.UnaryUnaryMultiCallable[_media_pb2.GetRestoreRequest, _media_pb2.Restore]
+    """Where the restore of this media stands, for the same callers as
+    RestoreMedia: a restore's state with its times, STATE_NOT_ARCHIVED for
+    an object in no archive tier, or FAILED_PRECONDITION
+    (ERROR_REASON_MEDIA_ARCHIVED) for an archived object nobody asked to
+    restore.
+    """
     GetQuota: _grpc.UnaryUnaryMultiCallable[_media_pb2.GetQuotaRequest, _media_pb2.Quota]
     """The caller's quota usage."""
 
@@ -185,6 +191,12 @@ class MediaServiceAsyncStub(MediaServiceStub):
     delivery stream when the object can be downloaded.
     """
     GetRestore: _aio.UnaryUnaryMultiCallable[_media_pb2.GetRestoreRequest, _media_pb2.Restore]  # type: ignore[assignment]
+    """Where the restore of this media stands, for the same callers as
+    RestoreMedia: a restore's state with its times, STATE_NOT_ARCHIVED for
+    an object in no archive tier, or FAILED_PRECONDITION
+    (ERROR_REASON_MEDIA_ARCHIVED) for an archived object nobody asked to
+    restore.
+    """
     GetQuota: _aio.UnaryUnaryMultiCallable[_media_pb2.GetQuotaRequest, _media_pb2.Quota]  # type: ignore[assignment]
     """The caller's quota usage."""
 
@@ -303,7 +315,13 @@ class MediaServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _media_pb2.GetRestoreRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_media_pb2.Restore, _abc.Awaitable[_media_pb2.Restore]]: ...
+    ) -> _typing.Union[_media_pb2.Restore, _abc.Awaitable[_media_pb2.Restore]]:
+        """Where the restore of this media stands, for the same callers as
+        RestoreMedia: a restore's state with its times, STATE_NOT_ARCHIVED for
+        an object in no archive tier, or FAILED_PRECONDITION
+        (ERROR_REASON_MEDIA_ARCHIVED) for an archived object nobody asked to
+        restore.
+        """
 
     @_abc_1.abstractmethod
     def GetQuota(
