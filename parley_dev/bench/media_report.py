@@ -215,6 +215,10 @@ def _size_rows(r: Mapping[str, Any], label: str, size_text: str) -> list[Sequenc
     ]
 
 
+def _turns(rounds: int) -> str:
+    return "1 turn" if rounds == 1 else f"{rounds} turns"
+
+
 def render_media(report: Mapping[str, Any]) -> str:
     r, params, machine = report, report["parameters"], report["machine"]
     lines = [
@@ -224,7 +228,7 @@ def render_media(report: Mapping[str, Any]) -> str:
         f"{(machine.get('loadavg_at_end') or ['-'])[0]}",
         f"  {params['concurrency']} closed-loop workers per phase (one account each), sizes "
         f"{', '.join(params['sizes'])}, {params['duration_s']:g} s per phase in "
-        f"{params.get('rounds', 1)} turns (bare and svc_media alternating), each after "
+        f"{_turns(params.get('rounds', 1))} (bare and svc_media alternating), each after "
         f"{params['warmup_s']:g} s warm-up; MB = 10^6 bytes",
         "",
     ]
