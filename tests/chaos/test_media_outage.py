@@ -37,7 +37,9 @@ from tests.users import send as send_message
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
-SESSION_SECONDS = 8
+# Long enough that svc_media's restart on a loaded machine ends before the
+# session it must complete expires; short enough for the sweep wait below.
+SESSION_SECONDS = 20
 
 
 async def failure(call: Any) -> grpc.aio.AioRpcError:
