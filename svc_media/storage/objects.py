@@ -25,13 +25,12 @@ from typing import Any, NoReturn
 
 import botocore.session
 import structlog
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from parley_core.config import S3Settings
 from parley_core.errors import Reason, Unavailable
+from parley_core.storage.s3 import open_client, read_credentials, signing_options
 from svc_media.model import (
     LifecyclePlan,
     ObjectInfo,
@@ -90,15 +89,6 @@ def _status(error: ClientError) -> int:
     return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
-def read_credentials(settings: S3Settings) -> dict[str, str]:
-    if settings.access_key_id_file is None or settings.secret_access_key_file is None:
-        return {}
-    return {
-        "aws_access_key_id": settings.access_key_id_file.read_text().strip(),
-        "aws_secret_access_key": settings.secret_access_key_file.read_text().strip(),
-    }
-
-
 class S3Objects:
     """The bucket of ``settings``; open with ``await S3Objects.open(...)``."""
 
@@ -113,38 +103,14 @@ class S3Objects:
 
     @classmethod
     async def open(cls, settings: S3Settings, *, timeout_seconds: float) -> S3Objects:
-        credentials = read_credentials(settings)
-        common: dict[str, Any] = {
-            "signature_version": "s3v4",
-            "s3": {"addressing_style": settings.addressing_style},
-            # Newer botocore adds CRC checksums to every upload; not every
-            # S3-compatible store takes them, and ours are explicit.
-            "request_checksum_calculation": "when_required",
-            "response_checksum_validation": "when_required",
-        }
-        config = AioConfig(
-            connect_timeout=min(timeout_seconds, 5.0),
-            read_timeout=timeout_seconds,
-            retries={"max_attempts": 2, "mode": "standard"},
-            **common,
-        )
-        endpoint = settings.endpoint_url or None
         exit = contextlib.AsyncExitStack()
-        client = await exit.enter_async_context(
-            get_session().create_client(
-                "s3",
-                region_name=settings.region,
-                endpoint_url=endpoint,
-                config=config,
-                **credentials,
-            )
-        )
+        client = await open_client(settings, timeout_seconds=timeout_seconds, exit=exit)
         presigner = botocore.session.get_session().create_client(
             "s3",
             region_name=settings.region,
-            endpoint_url=settings.public_endpoint_url or endpoint,
-            config=Config(**common),
-            **credentials,
+            endpoint_url=settings.public_endpoint_url or settings.endpoint_url or None,
+            config=Config(**signing_options(settings)),
+            **read_credentials(settings),
         )
         return cls(settings, client, presigner, exit)
 

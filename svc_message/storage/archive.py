@@ -23,8 +23,6 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
@@ -32,6 +30,7 @@ from pymongo.errors import DuplicateKeyError
 from parley_core.config import S3Settings
 from parley_core.errors import Reason, Unavailable
 from parley_core.storage.mongo import Database, Document
+from parley_core.storage.s3 import open_client
 from svc_message.model.archive import ArchiveState, ColdHead, ManifestEntry
 
 STORE_DOWN = "the object store (S3) holding archived history cannot be reached"
@@ -53,15 +52,6 @@ def _unavailable() -> Unavailable:
     return Unavailable(STORE_DOWN, reason=Reason.DEPENDENCY_UNAVAILABLE, retry_after_seconds=2.0)
 
 
-def _credentials(settings: S3Settings) -> dict[str, str]:
-    if settings.access_key_id_file is None or settings.secret_access_key_file is None:
-        return {}
-    return {
-        "aws_access_key_id": settings.access_key_id_file.read_text().strip(),
-        "aws_secret_access_key": settings.secret_access_key_file.read_text().strip(),
-    }
-
-
 class ArchiveObjects:
     """Archive objects under ``prefix`` in the deployment's bucket."""
 
@@ -76,25 +66,8 @@ class ArchiveObjects:
     async def open(
         cls, settings: S3Settings, *, prefix: str, timeout_seconds: float
     ) -> ArchiveObjects:
-        config = AioConfig(
-            connect_timeout=min(timeout_seconds, 5.0),
-            read_timeout=timeout_seconds,
-            retries={"max_attempts": 2, "mode": "standard"},
-            signature_version="s3v4",
-            s3={"addressing_style": settings.addressing_style},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        )
         exit = contextlib.AsyncExitStack()
-        client = await exit.enter_async_context(
-            get_session().create_client(
-                "s3",
-                region_name=settings.region,
-                endpoint_url=settings.endpoint_url or None,
-                config=config,
-                **_credentials(settings),
-            )
-        )
+        client = await open_client(settings, timeout_seconds=timeout_seconds, exit=exit)
         return cls(settings, prefix, client, exit)
 
     async def close(self) -> None:
