@@ -95,6 +95,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """A message names a media id that is not a completed upload the sender may
     use (NOT_FOUND).
     """
+    ERROR_REASON_SEARCH_DISABLED: _ErrorReason.ValueType  # 38
+    """The conversation's server search (MessageService.SetServerSearch) is off
+    (FAILED_PRECONDITION).
+    """
+    ERROR_REASON_HISTORY_ARCHIVED: _ErrorReason.ValueType  # 39
+    """The history asked for is in the glacier tier: request a history export,
+    which restores it first (FAILED_PRECONDITION).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reasons carried in google.rpc.ErrorInfo.reason (AIP-193).
@@ -174,6 +182,14 @@ ERROR_REASON_MEDIA_QUARANTINED: ErrorReason.ValueType  # 36
 ERROR_REASON_MEDIA_NOT_FOUND: ErrorReason.ValueType  # 37
 """A message names a media id that is not a completed upload the sender may
 use (NOT_FOUND).
+"""
+ERROR_REASON_SEARCH_DISABLED: ErrorReason.ValueType  # 38
+"""The conversation's server search (MessageService.SetServerSearch) is off
+(FAILED_PRECONDITION).
+"""
+ERROR_REASON_HISTORY_ARCHIVED: ErrorReason.ValueType  # 39
+"""The history asked for is in the glacier tier: request a history export,
+which restores it first (FAILED_PRECONDITION).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -230,6 +230,7 @@ class Conversation(_message.Message):
     MEMBER_COUNT_FIELD_NUMBER: _builtins.int
     PUBLIC_FIELD_NUMBER: _builtins.int
     LAST_VERSION_FIELD_NUMBER: _builtins.int
+    SERVER_SEARCH_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     type: Global___ConversationType.ValueType
     last_seq: _builtins.int
@@ -244,6 +245,11 @@ class Conversation(_message.Message):
     """Channels: whether anyone may subscribe."""
     last_version: _builtins.int
     """The newest version of the conversation's change feed."""
+    server_search: _builtins.bool
+    """Whether the members index this conversation on svc_search's blind index
+    (parley.search.v1.SearchService). Off by default; every member sees it
+    and every change is a SystemEvent (ACTION_SEARCH_CHANGED).
+    """
     @_builtins.property
     def member_account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Direct and group: every member. Channel: the owners and admins only (the
@@ -268,10 +274,11 @@ class Conversation(_message.Message):
         member_count: _builtins.int = ...,
         public: _builtins.bool = ...,
         last_version: _builtins.int = ...,
+        server_search: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_activity_time", b"last_activity_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["avatar_ref", b"avatar_ref", "conversation_id", b"conversation_id", "create_time", b"create_time", "last_activity_time", b"last_activity_time", "last_seq", b"last_seq", "last_version", b"last_version", "member_account_ids", b"member_account_ids", "member_count", b"member_count", "public", b"public", "title", b"title", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["avatar_ref", b"avatar_ref", "conversation_id", b"conversation_id", "create_time", b"create_time", "last_activity_time", b"last_activity_time", "last_seq", b"last_seq", "last_version", b"last_version", "member_account_ids", b"member_account_ids", "member_count", b"member_count", "public", b"public", "server_search", b"server_search", "title", b"title", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -358,6 +365,8 @@ class SystemEvent(_message.Message):
         from it are no longer from the key the other members verified. Written
         by the server into every direct and group conversation of the actor.
         """
+        ACTION_SEARCH_CHANGED: SystemEvent._Action.ValueType  # 9
+        """SetServerSearch turned the blind index on or off (`server_search`)."""
 
     class Action(_Action, metaclass=_ActionEnumTypeWrapper): ...
     ACTION_UNSPECIFIED: SystemEvent.Action.ValueType  # 0
@@ -373,6 +382,8 @@ class SystemEvent(_message.Message):
     from it are no longer from the key the other members verified. Written
     by the server into every direct and group conversation of the actor.
     """
+    ACTION_SEARCH_CHANGED: SystemEvent.Action.ValueType  # 9
+    """SetServerSearch turned the blind index on or off (`server_search`)."""
 
     ACTION_FIELD_NUMBER: _builtins.int
     ACTOR_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
@@ -381,6 +392,7 @@ class SystemEvent(_message.Message):
     TITLE_FIELD_NUMBER: _builtins.int
     AVATAR_REF_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SERVER_SEARCH_FIELD_NUMBER: _builtins.int
     action: Global___SystemEvent.Action.ValueType
     actor_account_id: _builtins.str
     """Who did it."""
@@ -391,6 +403,8 @@ class SystemEvent(_message.Message):
     avatar_ref: _builtins.str
     device_id: _builtins.str
     """IDENTITY_CHANGED: the actor's device whose identity key changed."""
+    server_search: _builtins.bool
+    """SEARCH_CHANGED: the setting after the change."""
     @_builtins.property
     def target_account_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Whom it concerns (added, removed, promoted, ...)."""
@@ -405,10 +419,11 @@ class SystemEvent(_message.Message):
         title: _builtins.str = ...,
         avatar_ref: _builtins.str = ...,
         device_id: _builtins.str = ...,
+        server_search: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor_account_id", b"actor_account_id", "avatar_ref", b"avatar_ref", "device_id", b"device_id", "role", b"role", "target_account_ids", b"target_account_ids", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor_account_id", b"actor_account_id", "avatar_ref", b"avatar_ref", "device_id", b"device_id", "role", b"role", "server_search", b"server_search", "target_account_ids", b"target_account_ids", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -862,6 +877,31 @@ class UpdateConversationInfoRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__title) -> _WhichOneofReturnType__title | None: ...
 
 Global___UpdateConversationInfoRequest: _TypeAlias = UpdateConversationInfoRequest  # noqa: Y015
+
+@_typing.final
+class SetServerSearchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    conversation_id: _builtins.str
+    enabled: _builtins.bool
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "enabled", b"enabled", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetServerSearchRequest: _TypeAlias = SetServerSearchRequest  # noqa: Y015
 
 @_typing.final
 class AddMembersRequest(_message.Message):

@@ -76,6 +76,11 @@ class MessageServiceStub:
                 request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.UpdateConversationInfoRequest.SerializeToString,
                 response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
                 _registered_method=True)
+        self.SetServerSearch = channel.unary_unary(
+                '/parley.message.v1.MessageService/SetServerSearch',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.SetServerSearchRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+                _registered_method=True)
         self.AddMembers = channel.unary_unary(
                 '/parley.message.v1.MessageService/AddMembers',
                 request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.AddMembersRequest.SerializeToString,
@@ -259,6 +264,17 @@ class MessageServiceServicer:
         """-- Membership (groups and channels) ----------------------------------------
 
         Renames a group or channel or changes its avatar. Admins only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetServerSearch(self, request, context):
+        """Turns the server blind index (parley.search.v1.SearchService) on or off
+        for a conversation. Direct: either member; groups and channels: admins.
+        Writes a SystemEvent (ACTION_SEARCH_CHANGED) that every member sees.
+        Turning it off makes svc_search drop the conversation's postings.
+        Idempotent by request_id; setting the current value changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -502,6 +518,11 @@ def add_MessageServiceServicer_to_server(servicer, server):
             'UpdateConversationInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateConversationInfo,
                     request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.UpdateConversationInfoRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.SerializeToString,
+            ),
+            'SetServerSearch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetServerSearch,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.SetServerSearchRequest.FromString,
                     response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.SerializeToString,
             ),
             'AddMembers': grpc.unary_unary_rpc_method_handler(
@@ -798,6 +819,33 @@ class MessageService:
             target,
             '/parley.message.v1.MessageService/UpdateConversationInfo',
             parley_dot_message_dot_v1_dot_messages__pb2.UpdateConversationInfoRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetServerSearch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/SetServerSearch',
+            parley_dot_message_dot_v1_dot_messages__pb2.SetServerSearchRequest.SerializeToString,
             parley_dot_message_dot_v1_dot_messages__pb2.ConversationView.FromString,
             options,
             channel_credentials,

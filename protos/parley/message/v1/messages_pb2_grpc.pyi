@@ -72,6 +72,13 @@ class MessageServiceStub:
 
     Renames a group or channel or changes its avatar. Admins only.
     """
+    SetServerSearch: _grpc.UnaryUnaryMultiCallable[_messages_pb2.SetServerSearchRequest, _messages_pb2.ConversationView]
+    """Turns the server blind index (parley.search.v1.SearchService) on or off
+    for a conversation. Direct: either member; groups and channels: admins.
+    Writes a SystemEvent (ACTION_SEARCH_CHANGED) that every member sees.
+    Turning it off makes svc_search drop the conversation's postings.
+    Idempotent by request_id; setting the current value changes nothing.
+    """
     AddMembers: _grpc.UnaryUnaryMultiCallable[_messages_pb2.AddMembersRequest, _messages_pb2.ConversationView]
     """Adds members to a group (admins only), or subscribers to a channel that is
     not public (admins only). RESOURCE_EXHAUSTED/GROUP_FULL past the cap.
@@ -219,6 +226,13 @@ class MessageServiceAsyncStub(MessageServiceStub):
     """-- Membership (groups and channels) ----------------------------------------
 
     Renames a group or channel or changes its avatar. Admins only.
+    """
+    SetServerSearch: _aio.UnaryUnaryMultiCallable[_messages_pb2.SetServerSearchRequest, _messages_pb2.ConversationView]  # type: ignore[assignment]
+    """Turns the server blind index (parley.search.v1.SearchService) on or off
+    for a conversation. Direct: either member; groups and channels: admins.
+    Writes a SystemEvent (ACTION_SEARCH_CHANGED) that every member sees.
+    Turning it off makes svc_search drop the conversation's postings.
+    Idempotent by request_id; setting the current value changes nothing.
     """
     AddMembers: _aio.UnaryUnaryMultiCallable[_messages_pb2.AddMembersRequest, _messages_pb2.ConversationView]  # type: ignore[assignment]
     """Adds members to a group (admins only), or subscribers to a channel that is
@@ -400,6 +414,19 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         """-- Membership (groups and channels) ----------------------------------------
 
         Renames a group or channel or changes its avatar. Admins only.
+        """
+
+    @_abc_1.abstractmethod
+    def SetServerSearch(
+        self,
+        request: _messages_pb2.SetServerSearchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.ConversationView, _abc.Awaitable[_messages_pb2.ConversationView]]:
+        """Turns the server blind index (parley.search.v1.SearchService) on or off
+        for a conversation. Direct: either member; groups and channels: admins.
+        Writes a SystemEvent (ACTION_SEARCH_CHANGED) that every member sees.
+        Turning it off makes svc_search drop the conversation's postings.
+        Idempotent by request_id; setting the current value changes nothing.
         """
 
     @_abc_1.abstractmethod
