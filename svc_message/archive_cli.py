@@ -17,12 +17,17 @@ import sys
 from pathlib import Path
 
 from parley_core.config import ConfigError, load_settings
+from parley_core.log_setup import configure_logging
 from parley_core.storage import mongo as mongo_storage
 from svc_message.app import build_archive
 
 
 async def _command(command: str, config: Path | None) -> dict[str, object]:
     settings = load_settings(config)
+    # Logs to stderr, as the services write them: stdout is the JSON answer.
+    configure_logging(
+        service="svc_message-archive", level=settings.log_level, fmt=settings.log_format
+    )
     client = mongo_storage.connect(settings.mongo, app_name="svc_message-archive")
     try:
         db = mongo_storage.durable_database(client, settings.mongo)

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
+
+from parley_core.errors import FailedPrecondition, Reason
+
+
+class Tier(enum.StrEnum):
+    """Where an archive object's bytes are: readable (cold), or in the
+    glacier class (a restore first)."""
+
+    COLD = "cold"
+    GLACIER = "glacier"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +36,7 @@ class ManifestEntry:
     id_hi: str
     sha256: str
     media_ids: tuple[str, ...] = ()
+    tier: Tier = Tier.COLD
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,3 +56,19 @@ class ArchiveState:
     last_pass_at: float = 0.0
     lag_seconds: float = 0.0
     moved_total: int = 0
+
+
+def history_archived(entry: ManifestEntry) -> FailedPrecondition:
+    """A read reached a chunk in the glacier tier: which conversation, week
+    and seq range, so a client can tell the user what needs an export."""
+    return FailedPrecondition(
+        "this part of the conversation's history is in the glacier tier and needs a "
+        "restore before it can be read",
+        reason=Reason.HISTORY_ARCHIVED,
+        metadata={
+            "conversation_id": entry.conversation_id,
+            "week": entry.week,
+            "seq_lo": str(entry.seq_lo),
+            "seq_hi": str(entry.seq_hi),
+        },
+    )

@@ -1,0 +1,279 @@
+"""The glacier tier of the history archive against moto (the one local S3
+with archived objects) and real SecantusDB: objects whose weeks are older
+than the cold window go to the GLACIER class (copied in tests, a bucket
+lifecycle rule in production), the manifest records the tier, every read of
+that history is FAILED_PRECONDITION HISTORY_ARCHIVED naming the range while
+the rest of the conversation reads as before, and a rewrite (account
+erasure) restores the objects first."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import botocore.session
+import pytest
+import pytest_asyncio
+from botocore.config import Config
+from pymongo import AsyncMongoClient
+
+from parley_core.errors import FailedPrecondition, Reason, Unavailable
+from parley_dev.stack import LocalStack
+from svc_message.domain.archiver import tombstone_sender
+from svc_message.domain.messages import NEWEST
+from svc_message.model.archive import ManifestEntry, Tier
+from svc_message.storage.archive_format import iso_week
+from svc_message.storage.archive_lifecycle import GLACIER_RULE
+from tests.archive_world import DAY, NOW, World, at, days_spread, open_world, seqs, write_history
+from tests.moto_server import MotoS3, own_moto_server
+
+pytestmark = pytest.mark.slow
+
+COLD_DAYS = 365
+# 80 messages from 500 days ago to 2 days ago: the oldest weeks are past the
+# cold window, the middle ones cold, the newest hot.
+COUNT = 80
+GLACIER_COPY = {"cold_window_days": COLD_DAYS, "glacier_transition": "copy"}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def backends(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[LocalStack]:
+    stack = LocalStack.with_free_ports(root=tmp_path_factory.mktemp("glacier") / "stack")
+    try:
+        await stack.start_backends()
+        yield stack
+    finally:
+        await stack.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def moto(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[MotoS3]:
+    async with own_moto_server(Path(tmp_path_factory.mktemp("glacier_moto"))) as server:
+        yield server
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def mongo(backends: LocalStack) -> AsyncIterator[AsyncMongoClient]:
+    client: AsyncMongoClient = AsyncMongoClient(
+        backends.mongo_uri, retryWrites=False, tz_aware=True
+    )
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def worlds() -> AsyncIterator[list[World]]:
+    opened: list[World] = []
+    yield opened
+    for world in opened:
+        await world.objects.close()
+
+
+def s3_client(moto: MotoS3) -> Any:
+    return botocore.session.get_session().create_client(
+        "s3",
+        region_name=moto.settings.region,
+        endpoint_url=moto.endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
+async def manifest(world: World, conversation_id: str) -> list[ManifestEntry]:
+    return sorted(
+        await world.store._ledger.of_conversations([conversation_id], limit=1000),
+        key=lambda e: e.seq_lo,
+    )
+
+
+def glacier_week() -> str:
+    """Weeks before this one are past the cold window at NOW."""
+    return iso_week(at(COLD_DAYS))
+
+
+async def archived_world(
+    backends: LocalStack,
+    mongo: AsyncMongoClient,
+    moto: MotoS3,
+    worlds: list[World],
+    conversation_id: str,
+    **archive: Any,
+) -> World:
+    world = await open_world(
+        backends, mongo, s3=moto.settings, archive=archive, target_object_bytes=4096
+    )
+    worlds.append(world)
+    await write_history(
+        world.store,
+        conversation_id,
+        days_spread(COUNT, first_days_ago=500, last_days_ago=2),
+    )
+    return world
+
+
+def assert_tiers_by_newest_week(entries: list[ManifestEntry], s3: Any, bucket: str) -> None:
+    """An object moves whole, once its newest week is past the cold window:
+    the manifest and the store agree on it."""
+    by_object: dict[str, list[ManifestEntry]] = {}
+    for entry in entries:
+        by_object.setdefault(entry.object_key, []).append(entry)
+    for key, chunks in by_object.items():
+        head = s3.head_object(Bucket=bucket, Key=key)
+        due = max(c.week for c in chunks) < glacier_week()
+        assert {c.tier for c in chunks} == {Tier.GLACIER if due else Tier.COLD}, key
+        assert head.get("StorageClass", "STANDARD") == ("GLACIER" if due else "STANDARD"), key
+
+
+def archived_error(excinfo: pytest.ExceptionInfo[FailedPrecondition]) -> dict[str, str]:
+    assert excinfo.value.reason is Reason.HISTORY_ARCHIVED
+    return excinfo.value.metadata
+
+
+async def test_old_objects_go_to_glacier_and_reads_of_them_answer_history_archived(
+    backends: LocalStack, mongo: AsyncMongoClient, moto: MotoS3, worlds: list[World]
+) -> None:
+    world = await archived_world(backends, mongo, moto, worlds, "g1", **GLACIER_COPY)
+    report = await world.archiver.run_pass(NOW)
+    assert report.moved > 0 and report.to_glacier > 0, report
+
+    entries = await manifest(world, "g1")
+    frozen = [e for e in entries if e.tier is Tier.GLACIER]
+    cold = [e for e in entries if e.tier is Tier.COLD]
+    assert frozen and cold
+    assert_tiers_by_newest_week(entries, s3_client(moto), moto.settings.bucket)
+    s3 = s3_client(moto)
+    # The glacier tier is a prefix of the archive (by seq).
+    boundary = max(e.seq_hi for e in frozen)
+    assert boundary < min(e.seq_lo for e in cold)
+
+    # Everything after the boundary reads as before, across cold and hot.
+    rest = await world.store.page("g1", start_seq=boundary + 1, forward=True, limit=COUNT)
+    assert seqs(rest) == list(range(boundary + 1, COUNT + 1))
+    back = await world.store.page("g1", start_seq=NEWEST, forward=False, limit=COUNT - boundary)
+    assert seqs(back) == list(range(COUNT, boundary, -1))
+
+    # Reading into the glacier tier, either way, and lookups by id.
+    with pytest.raises(FailedPrecondition) as backward:
+        await world.store.page("g1", start_seq=NEWEST, forward=False, limit=COUNT)
+    meta = archived_error(backward)
+    assert meta["conversation_id"] == "g1"
+    assert 1 <= int(meta["seq_lo"]) <= int(meta["seq_hi"]) <= boundary
+    with pytest.raises(FailedPrecondition) as forward:
+        await world.store.page("g1", start_seq=1, forward=True, limit=5)
+    assert archived_error(forward)["seq_lo"] == "1"
+    oldest = (await world.store._ledger.by_seq("g1", 1, 1))[0]
+    with pytest.raises(FailedPrecondition):
+        await world.store.chunk_docs(oldest)
+    with pytest.raises(FailedPrecondition):
+        await world.store.changes("g1", after_version=0, until_version=None, limit=10)
+    # Replay from a position in the cold tier works.
+    replay = await world.store.changes("g1", after_version=boundary, until_version=None, limit=5)
+    assert [c.version for c in replay] == list(range(boundary + 1, boundary + 6))
+
+    # A rerun moves nothing again; the store's GET of a glacier object is refused.
+    again = await world.archiver.run_pass(NOW)
+    assert (again.moved, again.to_glacier) == (0, 0)
+    error = s3.exceptions.ClientError
+    with pytest.raises(error) as refused:
+        s3.get_object(Bucket=moto.settings.bucket, Key=frozen[0].object_key)
+    assert refused.value.response["Error"]["Code"] == "InvalidObjectState"
+
+
+async def test_a_rewrite_restores_glacier_objects_first(
+    backends: LocalStack, mongo: AsyncMongoClient, moto: MotoS3, worlds: list[World]
+) -> None:
+    world = await archived_world(backends, mongo, moto, worlds, "g2", **GLACIER_COPY)
+    await world.archiver.run_pass(NOW)
+    frozen_keys = {e.object_key for e in await manifest(world, "g2") if e.tier is Tier.GLACIER}
+    assert frozen_keys
+
+    erase = tombstone_sender("alice", pseudonym="erased")
+    # The first call asks the store for restored copies and says to come back.
+    with pytest.raises(Unavailable):
+        await world.archiver.rewrite_weeks_with(erase, conversation_ids=["g2"])
+    rewritten = await world.archiver.rewrite_weeks_with(erase, conversation_ids=["g2"])
+    assert rewritten > 0
+    entries = await manifest(world, "g2")
+    assert not frozen_keys & {e.object_key for e in entries}, "old objects replaced"
+    s3 = s3_client(moto)
+    listed = s3.list_objects_v2(Bucket=moto.settings.bucket, Prefix=world.prefix)
+    keys = {item["Key"] for item in listed.get("Contents", ())}
+    assert not frozen_keys & keys, "old objects deleted"
+    # Rewritten objects are new (readable) until the next pass moves them again.
+    for entry in entries:
+        docs = await world.store.chunk_docs(entry)
+        assert all(d["sender_id"] != "alice" for d in docs)
+        assert all(not d.get("body") for d in docs if d["sender_id"] == "erased")
+    report = await world.archiver.run_pass(NOW)
+    assert report.to_glacier > 0
+    assert_tiers_by_newest_week(await manifest(world, "g2"), s3, moto.settings.bucket)
+
+
+async def test_lifecycle_rule_beside_others_and_the_tier_the_store_reports(
+    backends: LocalStack, mongo: AsyncMongoClient, moto: MotoS3, worlds: list[World]
+) -> None:
+    s3 = s3_client(moto)
+    bucket = moto.settings.bucket
+    operators = {
+        "ID": "operator-expire-tmp",
+        "Status": "Enabled",
+        "Filter": {"Prefix": "tmp/"},
+        "Expiration": {"Days": 7},
+    }
+    s3.put_bucket_lifecycle_configuration(
+        Bucket=bucket, LifecycleConfiguration={"Rules": [operators]}
+    )
+    world = await archived_world(
+        backends, mongo, moto, worlds, "g3", cold_window_days=COLD_DAYS, hot_window_days=30
+    )
+    report = await world.archiver.run_pass(NOW)
+    assert report.moved > 0 and report.to_glacier == 0, "the store has not moved anything yet"
+    rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
+    assert rules["operator-expire-tmp"]["Expiration"] == {"Days": 7}
+    ours = rules[GLACIER_RULE]
+    assert ours["Transitions"] == [{"Days": COLD_DAYS - 30, "StorageClass": "GLACIER"}]
+    assert ours["Filter"]["And"]["Prefix"] == world.prefix
+
+    # The store moves the oldest object (as its rule would): the next read of
+    # it finds out and records it, before any pass does.
+    entries = await manifest(world, "g3")
+    oldest = entries[0]
+    s3.copy_object(
+        Bucket=bucket,
+        Key=oldest.object_key,
+        CopySource={"Bucket": bucket, "Key": oldest.object_key},
+        StorageClass="GLACIER",
+    )
+    with pytest.raises(FailedPrecondition) as read:
+        await world.store.page("g3", start_seq=1, forward=True, limit=3)
+    assert archived_error(read)["conversation_id"] == "g3"
+    assert (await manifest(world, "g3"))[0].tier is Tier.GLACIER
+
+    # A pass HEADs the other due objects (once a day each) and records what
+    # the store reports: none has moved, so none is glacier.
+    later = await world.archiver.run_pass(NOW + DAY + 1)
+    assert later.to_glacier == 0
+    tiers = {e.object_key: e.tier for e in await manifest(world, "g3")}
+    assert tiers[oldest.object_key] is Tier.GLACIER
+    assert sum(t is Tier.GLACIER for t in tiers.values()) == 1
+
+
+async def test_a_store_without_transitions_has_no_glacier_tier(
+    backends: LocalStack, mongo: AsyncMongoClient, worlds: list[World]
+) -> None:
+    """SeaweedFS refuses transition rules (501): the archiver carries on,
+    nothing is HEADed or recorded as glacier, everything stays readable."""
+    world = await open_world(
+        backends, mongo, archive={"cold_window_days": COLD_DAYS}, target_object_bytes=4096
+    )
+    worlds.append(world)
+    await write_history(world.store, "g4", days_spread(COUNT, first_days_ago=500, last_days_ago=2))
+    report = await world.archiver.run_pass(NOW)
+    assert report.moved > 0 and report.to_glacier == 0
+    assert {e.tier for e in await manifest(world, "g4")} == {Tier.COLD}
+    items = await world.store.page("g4", start_seq=1, forward=True, limit=COUNT)
+    assert seqs(items) == list(range(1, COUNT + 1))
