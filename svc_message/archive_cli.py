@@ -53,6 +53,9 @@ async def _command(command: str, config: Path | None) -> dict[str, object]:
                 "cold_rows": status.cold_rows,
                 "cold_objects": status.cold_objects,
                 "cold_bytes": status.cold_bytes,
+                "glacier_rows": status.glacier_rows,
+                "glacier_objects": status.glacier_objects,
+                "glacier_bytes": status.glacier_bytes,
             }
         finally:
             await objects.close()

@@ -219,6 +219,9 @@ class ArchiveStatus:
     cold_rows: int
     cold_objects: int
     cold_bytes: int
+    glacier_rows: int = 0
+    glacier_objects: int = 0
+    glacier_bytes: int = 0
 
 
 class Archiver:
@@ -262,6 +265,7 @@ class Archiver:
         self.moved_total = 0
         self.objects_total = 0
         self.bytes_total = 0
+        self.to_glacier_total = 0
         self.failures = 0
         self.sampled: ArchiveStatus | None = None
         self._swept_at = 0.0
@@ -346,7 +350,9 @@ class Archiver:
         return max(state.lag_seconds, idle, 0.0)
 
     async def status(self) -> ArchiveStatus:
-        rows, objects, size = await self._ledger.totals()
+        tiers = await self._ledger.tier_totals()
+        rows, objects, size = tiers[Tier.COLD]
+        glacier_rows, glacier_objects, glacier_bytes = tiers[Tier.GLACIER]
         return ArchiveStatus(
             state=await self._ledger.state(),
             hot_entries=await self._hot.count(),
@@ -354,6 +360,9 @@ class Archiver:
             cold_rows=rows,
             cold_objects=objects,
             cold_bytes=size,
+            glacier_rows=glacier_rows,
+            glacier_objects=glacier_objects,
+            glacier_bytes=glacier_bytes,
         )
 
     # -- one pass ----------------------------------------------------------------
@@ -389,6 +398,7 @@ class Archiver:
         )
         if self.glacier is not None:
             report.to_glacier = await self.glacier.run(now)
+            self.to_glacier_total += report.to_glacier
         if now - self._swept_at >= ORPHAN_SWEEP_SECONDS:
             # Listing the prefix costs one request per 1,000 objects: daily.
             report.orphans = await self.sweep_orphans(now, min_age_seconds=self._lease_seconds)

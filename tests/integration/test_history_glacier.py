@@ -8,25 +8,36 @@ erasure) restores the objects first."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import botocore.session
+import grpc
 import pytest
 import pytest_asyncio
 from botocore.config import Config
 from pymongo import AsyncMongoClient
 
+from parley.keys.v1 import accounts_pb2_grpc
+from parley.message.v1 import messages_pb2 as mpb
+from parley.message.v1 import messages_pb2_grpc
 from parley_core.errors import FailedPrecondition, Reason, Unavailable
 from parley_dev.stack import LocalStack
+from svc_message.app import build_archive
 from svc_message.domain.archiver import tombstone_sender
 from svc_message.domain.messages import NEWEST
 from svc_message.model.archive import ManifestEntry, Tier
 from svc_message.storage.archive_format import iso_week
 from svc_message.storage.archive_lifecycle import GLACIER_RULE
 from tests.archive_world import DAY, NOW, World, at, days_spread, open_world, seqs, write_history
+from tests.groups import expect
+from tests.helpers import TEST_LIMITS, channel
+from tests.media_world import error_info
 from tests.moto_server import MotoS3, own_moto_server
+from tests.users import direct, send, sign_up
 
 pytestmark = pytest.mark.slow
 
@@ -277,3 +288,83 @@ async def test_a_store_without_transitions_has_no_glacier_tier(
     assert {e.tier for e in await manifest(world, "g4")} == {Tier.COLD}
     items = await world.store.page("g4", start_seq=1, forward=True, limit=COUNT)
     assert seqs(items) == list(range(1, COUNT + 1))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def moto_stack(
+    tmp_path_factory: pytest.TempPathFactory, moto: MotoS3
+) -> AsyncIterator[LocalStack]:
+    config: dict[str, Any] = {
+        **TEST_LIMITS,
+        "s3": moto.settings.model_dump(mode="json"),
+        "message": {"recent_cache_messages": 0},
+        # The service's own archiver stays off: the test runs one with its clock.
+        "archive": {"enabled": False, **GLACIER_COPY, "prefix": "history-glacier-e2e/"},
+    }
+    async with LocalStack.with_free_ports(
+        root=Path(tmp_path_factory.mktemp("glacier_stack")),
+        shutdown_grace_seconds=2.0,
+        extra_config=config,
+    ) as stack:
+        yield stack
+
+
+async def test_list_messages_into_glacier_history_is_history_archived(
+    moto_stack: LocalStack,
+) -> None:
+    stack = moto_stack
+    mongo: AsyncMongoClient = AsyncMongoClient(stack.mongo_uri, retryWrites=False, tz_aware=True)
+    try:
+        async with (
+            channel(stack.keys_target) as kc,
+            channel(stack.message_targets[0]) as mc,
+        ):
+            keys = accounts_pb2_grpc.AccountServiceStub(kc)
+            messages = messages_pb2_grpc.MessageServiceStub(mc)
+            alice, bob = await sign_up(keys), await sign_up(keys)
+            conversation = await direct(messages, alice, bob)
+            for i in range(20):
+                await send(messages, alice, conversation, f"ciphertext {i}".encode())
+            # The log as if written over weeks well over a year ago; the
+            # newest three stay recent.
+            db = mongo[stack.settings.mongo.database]
+            docs = [
+                d
+                async for d in db["messages"]
+                .find({"conversation_id": conversation})
+                .sort("version", 1)
+            ]
+            now = time.time()
+            start = datetime.fromtimestamp(now, UTC) - timedelta(days=500)
+            for i, doc in enumerate(docs[:-3]):
+                await db["messages"].update_one(
+                    {"_id": doc["_id"]}, {"$set": {"created_at": start + timedelta(days=4 * i)}}
+                )
+            _, archiver, objects = await build_archive(stack.settings, db)
+            try:
+                # Two months on, so the ids (which find candidates) are old too.
+                report = await archiver.run_pass(now + 60 * DAY)
+            finally:
+                await objects.close()
+            assert report.moved >= 10 and report.to_glacier >= 1, report
+
+            def page(size: int) -> Any:
+                return messages.ListMessages(
+                    mpb.ListMessagesRequest(
+                        conversation_id=conversation,
+                        page_size=size,
+                        direction=mpb.DIRECTION_BACKWARD,
+                    ),
+                    metadata=bob.md,
+                )
+
+            recent = await page(2)
+            assert [m.body for m in recent.messages] == [b"ciphertext 19", b"ciphertext 18"]
+            error = await expect(
+                page(50), grpc.StatusCode.FAILED_PRECONDITION, "ERROR_REASON_HISTORY_ARCHIVED"
+            )
+            info = error_info(error)
+            assert info.metadata["conversation_id"] == conversation
+            assert 1 <= int(info.metadata["seq_lo"]) <= int(info.metadata["seq_hi"]) < 20
+    finally:
+        await mongo.close()
