@@ -29,10 +29,21 @@ from parley_dev.stack import LocalStack
 from svc_message.app import build_archive
 from svc_message.domain.archiver import tombstone_sender
 from svc_message.domain.messages import NEWEST
+from svc_message.model import ChangeKind
 from svc_message.model.archive import ManifestEntry, Tier
 from svc_message.storage.archive_format import iso_week
 from svc_message.storage.archive_lifecycle import GLACIER_RULE
-from tests.archive_world import DAY, NOW, World, at, days_spread, open_world, seqs, write_history
+from tests.archive_world import (
+    DAY,
+    NOW,
+    World,
+    at,
+    days_spread,
+    open_world,
+    seqs,
+    write_change,
+    write_history,
+)
 from tests.groups import expect
 from tests.helpers import TEST_LIMITS, channel
 from tests.media_world import error_info
@@ -368,3 +379,67 @@ async def test_list_messages_into_glacier_history_is_history_archived(
             assert 1 <= int(info.metadata["seq_lo"]) <= int(info.metadata["seq_hi"]) < 20
     finally:
         await mongo.close()
+
+
+async def test_a_change_to_a_glacier_message_is_folded_after_a_restore(
+    backends: LocalStack, mongo: AsyncMongoClient, moto: MotoS3, worlds: list[World]
+) -> None:
+    """A change (here a delete for everyone, made before its target went to
+    glacier) leaves the log only folded into its target's object: while the
+    store restores that object the change stays in the log, overlay and all."""
+    world = await open_world(
+        backends, mongo, s3=moto.settings, archive=GLACIER_COPY, target_object_bytes=4096
+    )
+    worlds.append(world)
+    sent = await write_history(
+        world.store, "g5", days_spread(COUNT, first_days_ago=500, last_days_ago=60)
+    )
+    first = await world.archiver.run_pass(NOW)
+    assert first.to_glacier > 0
+    oldest = sent[0].message
+    assert oldest is not None
+    await write_change(
+        world.store,
+        oldest,
+        kind=ChangeKind.DELETE,
+        version=COUNT + 1,
+        account_id="bob",
+        when=at(50),
+        for_everyone=True,
+    )
+    newest = sent[-1].message
+    assert newest is not None
+    await write_change(
+        world.store,
+        newest,
+        kind=ChangeKind.REACTION,
+        version=COUNT + 2,
+        account_id="carol",
+        when=at(1),
+        emoji="+1",
+    )
+
+    async def in_log(version: int) -> bool:
+        found = await world.db["messages"].find_one({"conversation_id": "g5", "version": version})
+        return found is not None
+
+    held = await world.archiver.run_pass(NOW)
+    assert held.rewritten == 0
+    assert await in_log(COUNT + 1), "the change waits in the log for the restore"
+    assert (await world.archiver._ledger.head("g5")).version < COUNT + 1
+
+    folded = await world.archiver.run_pass(NOW)
+    assert folded.rewritten > 0 and folded.to_glacier > 0, folded
+    assert not await in_log(COUNT + 1)
+    assert (await world.archiver._ledger.head("g5")).version == COUNT + 1
+    assert await in_log(COUNT + 2), "the newest entry stays hot"
+    # The target's object was rewritten with the delete folded in, and is
+    # back in glacier: read it from a restored copy.
+    (entry,) = await world.store._ledger.by_seq("g5", 1, 1)
+    assert entry.tier is Tier.GLACIER
+    s3_client(moto).restore_object(
+        Bucket=moto.settings.bucket, Key=entry.object_key, RestoreRequest={"Days": 1}
+    )
+    rows = await world.store.chunk_docs(entry, restored=True)
+    target = next(d for d in rows if d.get("seq") == 1 and d["_id"] == oldest.message_id)
+    assert target["deleted"] and not target.get("body")
