@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from parley_core.errors import Unavailable
 from svc_message.model.archive import Tier
 from svc_message.storage.archive import ArchiveLedger, ArchiveObjects, TransitionsUnsupported
 from svc_message.storage.archive_format import iso_week
@@ -90,17 +91,23 @@ class Glacier:
         except TransitionsUnsupported as exc:
             log.warning("history_glacier_unsupported", store_answer=str(exc))
             self._transitions = False
+        except Unavailable as exc:
+            # Asked again next pass; moves and copies do not wait for it.
+            log.warning("history_lifecycle_unavailable", error=exc.message)
+            return None
         return self._transitions
 
     async def run(self, now: float) -> int:
         """Record (and in ``copy`` mode make) the objects due for glacier;
         returns how many moved to the glacier tier."""
+        # Also takes our rule off the bucket when the tier is off or copies
+        # are used.
+        transitions = await self.ensure_lifecycle()
         if not self.enabled:
-            await self.ensure_lifecycle()
             return 0
         policy = self._policy
         lifecycle = policy.transition == "lifecycle"
-        if lifecycle and not await self.ensure_lifecycle():
+        if lifecycle and not transitions:
             return 0
         before = iso_week(datetime.fromtimestamp(now - policy.cold_window_seconds, UTC))
         keys = await self._ledger.due_for_glacier(

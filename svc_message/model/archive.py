@@ -58,17 +58,22 @@ class ArchiveState:
     moved_total: int = 0
 
 
-def history_archived(entry: ManifestEntry) -> FailedPrecondition:
-    """A read reached a chunk in the glacier tier: which conversation, week
-    and seq range, so a client can tell the user what needs an export."""
+def history_archived(*entries: ManifestEntry) -> FailedPrecondition:
+    """A read reached chunks in the glacier tier (a run of them, in the order
+    the read met them): which conversation, weeks, seq and version range, so
+    a client can tell the user what needs a restore, and a device resuming
+    its stream can resume past it."""
+    first = entries[0]
     return FailedPrecondition(
         "this part of the conversation's history is in the glacier tier and needs a "
         "restore before it can be read",
         reason=Reason.HISTORY_ARCHIVED,
         metadata={
-            "conversation_id": entry.conversation_id,
-            "week": entry.week,
-            "seq_lo": str(entry.seq_lo),
-            "seq_hi": str(entry.seq_hi),
+            "conversation_id": first.conversation_id,
+            "week": min(e.week for e in entries),
+            "seq_lo": str(min(e.seq_lo for e in entries)),
+            "seq_hi": str(max(e.seq_hi for e in entries)),
+            "version_lo": str(min(e.version_lo for e in entries)),
+            "version_hi": str(max(e.version_hi for e in entries)),
         },
     )

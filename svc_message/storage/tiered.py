@@ -95,6 +95,17 @@ def overlaid(docs: Iterable[dict[str, Any]], changes: Iterable[Mapping[str, Any]
             apply_overlay(target, change)
 
 
+def _glacier_run(entries: Sequence[ManifestEntry], start: int) -> list[ManifestEntry]:
+    """The glacier chunks from ``start`` on, up to the first readable one: the
+    whole range a read cannot pass, named in one error."""
+    run: list[ManifestEntry] = []
+    for entry in entries[start:]:
+        if entry.tier is not Tier.GLACIER:
+            break
+        run.append(entry)
+    return run
+
+
 def _weeks_around(message_id: str) -> list[str]:
     """ISO weeks a UUIDv7 id's creation time may have been filed under (the id
     and created_at are taken a moment apart)."""
@@ -173,7 +184,9 @@ class TieredMessageStore(MessageStore):
         if not forward:
             entries.reverse()
         found: list[Message] = []
-        for entry in entries:
+        for i, entry in enumerate(entries):
+            if entry.tier is Tier.GLACIER:
+                raise history_archived(*_glacier_run(entries, i))
             docs = [
                 d
                 for d in await self.current_docs(entry)
@@ -278,7 +291,10 @@ class TieredMessageStore(MessageStore):
             if after_version < head.version:
                 hi = head.version if until_version is None else min(until_version, head.version)
                 docs: list[dict[str, Any]] = []
-                for entry in await self._ledger.by_version(conversation_id, after_version + 1, hi):
+                entries = await self._ledger.by_version(conversation_id, after_version + 1, hi)
+                for i, entry in enumerate(entries):
+                    if entry.tier is Tier.GLACIER:
+                        raise history_archived(*_glacier_run(entries, i))
                     docs += [
                         d
                         for d in await self.current_docs(entry)

@@ -183,15 +183,21 @@ async def test_old_objects_go_to_glacier_and_reads_of_them_answer_history_archiv
         await world.store.page("g1", start_seq=NEWEST, forward=False, limit=COUNT)
     meta = archived_error(backward)
     assert meta["conversation_id"] == "g1"
-    assert 1 <= int(meta["seq_lo"]) <= int(meta["seq_hi"]) <= boundary
+    # One error names the whole glacier range the read cannot pass.
+    assert (meta["seq_lo"], meta["seq_hi"]) == ("1", str(boundary))
+    assert (meta["version_lo"], meta["version_hi"]) == ("1", str(boundary))
     with pytest.raises(FailedPrecondition) as forward:
         await world.store.page("g1", start_seq=1, forward=True, limit=5)
     assert archived_error(forward)["seq_lo"] == "1"
     oldest = (await world.store._ledger.by_seq("g1", 1, 1))[0]
     with pytest.raises(FailedPrecondition):
         await world.store.chunk_docs(oldest)
-    with pytest.raises(FailedPrecondition):
+    with pytest.raises(FailedPrecondition) as replayed:
         await world.store.changes("g1", after_version=0, until_version=None, limit=10)
+    # A device resumes past the range the error names.
+    past = int(archived_error(replayed)["version_hi"])
+    resumed = await world.store.changes("g1", after_version=past, until_version=None, limit=1)
+    assert [c.version for c in resumed] == [past + 1]
     # Replay from a position in the cold tier works.
     replay = await world.store.changes("g1", after_version=boundary, until_version=None, limit=5)
     assert [c.version for c in replay] == list(range(boundary + 1, boundary + 6))

@@ -113,10 +113,11 @@ class MessageServiceStub:
     History older than the archive's cold window (a year by default) may be
     in the glacier tier: a page that reaches it fails with
     FAILED_PRECONDITION, ErrorInfo reason HISTORY_ARCHIVED, and metadata
-    naming the range (conversation_id, week, seq_lo, seq_hi); pages of the
-    newer history still work. The same applies to every read of that history
-    (a stream resumed from a position in it, a reply to, edit of, delete of
-    or reaction to a message in it).
+    naming the range (conversation_id, week, seq_lo, seq_hi, version_lo,
+    version_hi); pages of the newer history still work. The same applies to
+    every read of that history: a reply to, edit of, delete of or reaction to
+    a message in it, and a delivery stream resumed from a position in it
+    (resume from version_hi instead).
     """
     EditMessage: _grpc.UnaryUnaryMultiCallable[_messages_pb2.EditMessageRequest, _messages_pb2.EditMessageResponse]
     """Replaces the body of one of the caller's own messages and marks it edited."""
@@ -276,10 +277,11 @@ class MessageServiceAsyncStub(MessageServiceStub):
     History older than the archive's cold window (a year by default) may be
     in the glacier tier: a page that reaches it fails with
     FAILED_PRECONDITION, ErrorInfo reason HISTORY_ARCHIVED, and metadata
-    naming the range (conversation_id, week, seq_lo, seq_hi); pages of the
-    newer history still work. The same applies to every read of that history
-    (a stream resumed from a position in it, a reply to, edit of, delete of
-    or reaction to a message in it).
+    naming the range (conversation_id, week, seq_lo, seq_hi, version_lo,
+    version_hi); pages of the newer history still work. The same applies to
+    every read of that history: a reply to, edit of, delete of or reaction to
+    a message in it, and a delivery stream resumed from a position in it
+    (resume from version_hi instead).
     """
     EditMessage: _aio.UnaryUnaryMultiCallable[_messages_pb2.EditMessageRequest, _messages_pb2.EditMessageResponse]  # type: ignore[assignment]
     """Replaces the body of one of the caller's own messages and marks it edited."""
@@ -526,10 +528,11 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         History older than the archive's cold window (a year by default) may be
         in the glacier tier: a page that reaches it fails with
         FAILED_PRECONDITION, ErrorInfo reason HISTORY_ARCHIVED, and metadata
-        naming the range (conversation_id, week, seq_lo, seq_hi); pages of the
-        newer history still work. The same applies to every read of that history
-        (a stream resumed from a position in it, a reply to, edit of, delete of
-        or reaction to a message in it).
+        naming the range (conversation_id, week, seq_lo, seq_hi, version_lo,
+        version_hi); pages of the newer history still work. The same applies to
+        every read of that history: a reply to, edit of, delete of or reaction to
+        a message in it, and a delivery stream resumed from a position in it
+        (resume from version_hi instead).
         """
 
     @_abc_1.abstractmethod
