@@ -28,6 +28,7 @@ from parley_sdk._media_models import Attachment
 from parley_sdk._search_index import IndexedMessage, SearchIndex
 from parley_sdk._secure_calls import EncryptionCalls
 from parley_sdk._secure_groups import GroupKeys
+from parley_sdk._server_search import ServerSearch
 from parley_sdk.e2ee import (
     Crypto,
     DecryptionError,
@@ -157,6 +158,7 @@ class E2EE:
         self._kinds: dict[str, tuple[ConversationType, tuple[str, ...]]] = {}
         self.groups = GroupKeys(self, client)
         self.search = SearchIndex(store)
+        self.server = ServerSearch(self, client)
 
     def close(self) -> None:
         if self._owns_store:
@@ -354,6 +356,7 @@ class E2EE:
         except DecryptionError:
             return message
         self._index(message, text)
+        await self.server.index(message, text)
         return message
 
     async def edit_text(
@@ -382,6 +385,8 @@ class E2EE:
             create_time=edit.edit_time,
         )
         self._index(edited, text)
+        # The edit replaces the message's postings, under its own epoch's key.
+        await self.server.index(edited, text)
         return edit
 
     async def _body(self, conversation_id: str, content: bytes) -> bytes:
@@ -488,6 +493,10 @@ class E2EE:
         except sqlite3.Error as error:
             log.warning("could not take messages out of the index: %s", error)
 
+    def accept_search_key(self, sender: DeviceAddress, key: e2ee_pb2.SearchKey) -> bool:
+        """Keeps a conversation's search key a member's device sent."""
+        return self.server.accept_key(sender, key)
+
     def _senders(self, message: messages_pb2.Message) -> list[DeviceAddress]:
         """The devices that may have encrypted the body: the sender's, and for an
         edit (which any device of the account may make) the account's others."""
@@ -545,6 +554,7 @@ class E2EE:
             self.unindex([event.deletion.message_id])
         if isinstance(event, SystemMessageEvent):
             self.groups.on_system_message(event)
+            await self.server.on_system_message(event)
         elif isinstance(event, KeyNoticeEvent):
             await self._on_notice(event)
         return event
