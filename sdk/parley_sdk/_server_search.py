@@ -256,6 +256,9 @@ class ServerSearch:
 
     async def _make_if_mine(self, epoch: Epoch) -> None:
         async with self._locks[epoch.conversation_id]:
+            if not self.keys.keys_of(epoch.conversation_id, epoch.seq):
+                # Another member may have made it already (this device was slow).
+                await self._owner.groups.claim()
             if self.keys.keys_of(epoch.conversation_id, epoch.seq):
                 return
             members = await self._members(epoch.conversation_id)
@@ -325,6 +328,8 @@ class ServerSearch:
                 raise QueryError("page_token is not a token of this query", field="page_token")
         else:
             settings = await self.settings()
+            # Keys sent while no stream was open wait among the envelopes.
+            await self._owner.groups.claim()
             pool = self.keys.all_keys()
             if not pool:
                 return SearchPage((), "")
