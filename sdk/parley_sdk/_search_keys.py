@@ -155,14 +155,15 @@ class SearchKeys:
         with self._store.transaction():
             for message in items:
                 epoch, setting = epoch_of(message)
+                # Postings of earlier epochs went when search was turned off;
+                # a key of a later epoch may have arrived before this scan.
                 if setting is False:
                     enabled = False
-                    self._forget(conversation_id)
+                    self._forget(conversation_id, before_seq=message.seq)
                     continue
                 if setting is True:
                     enabled = True
-                    # Postings of earlier epochs went when search was turned off.
-                    self._forget(conversation_id)
+                    self._forget(conversation_id, before_seq=message.seq)
                 if epoch is not None and enabled:
                     self._db.execute(
                         "INSERT OR IGNORE INTO search_epochs"
@@ -179,9 +180,12 @@ class SearchKeys:
         assert state is not None
         return state
 
-    def _forget(self, conversation_id: str) -> None:
-        self._db.execute("DELETE FROM search_keys WHERE conversation_id = ?", (conversation_id,))
-        self._db.execute("DELETE FROM search_epochs WHERE conversation_id = ?", (conversation_id,))
+    def _forget(self, conversation_id: str, *, before_seq: int) -> None:
+        for table in ("search_keys", "search_epochs"):
+            self._db.execute(
+                f"DELETE FROM {table} WHERE conversation_id = ? AND epoch_seq < ?",  # noqa: S608
+                (conversation_id, before_seq),
+            )
 
     def epoch_at(self, conversation_id: str, seq: int) -> Epoch | None:
         """The epoch a message of ``seq`` belongs to (the latest that started before it)."""

@@ -245,3 +245,21 @@ async def test_a_device_without_any_key_asks_nothing() -> None:
     assert await found(loner, "anything") == []
     assert server.search_calls == []
     assert isinstance(server.settings, search_pb2.SearchSettings)
+
+
+async def test_a_key_that_arrives_before_the_first_scan_is_kept() -> None:
+    server, group, alice, bob, _carol = await trio()
+    await turn_on(server, alice, group)
+    # Bob claims the key before his device ever read the conversation's history.
+    await bob.groups.claim()
+    [key] = bob.server.keys.all_keys()
+    await say(bob, group, "indexed under alice's key")
+    assert server.index_calls[-1].key_id == key.key_id
+    assert bob.server.keys.all_keys() == [key]
+    # Turning search off and on again forgets the old epoch's key only.
+    server.set_server_search(group, "alice", False)
+    seq = server.set_server_search(group, "alice", True)
+    await alice.server.after_change(group, seq)
+    await bob.groups.claim()
+    await bob.server.sync(group)
+    assert [k.epoch_seq for k in bob.server.keys.all_keys()] == [seq]
