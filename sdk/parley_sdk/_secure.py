@@ -156,9 +156,9 @@ class E2EE:
         self._replenish_lock = asyncio.Lock()
         # Direct conversations never change members, and no conversation its type.
         self._kinds: dict[str, tuple[ConversationType, tuple[str, ...]]] = {}
-        self.groups = GroupKeys(self, client)
-        self.search = SearchIndex(store)
         self.server = ServerSearch(self, client)
+        self.groups = GroupKeys(self, client, search_keys=self.server.accept_key)
+        self.search = SearchIndex(store)
 
     def close(self) -> None:
         if self._owns_store:
@@ -385,7 +385,6 @@ class E2EE:
             create_time=edit.edit_time,
         )
         self._index(edited, text)
-        # The edit replaces the message's postings, under its own epoch's key.
         await self.server.index(edited, text)
         return edit
 
@@ -492,10 +491,6 @@ class E2EE:
             self.search.remove(message_ids)
         except sqlite3.Error as error:
             log.warning("could not take messages out of the index: %s", error)
-
-    def accept_search_key(self, sender: DeviceAddress, key: e2ee_pb2.SearchKey) -> bool:
-        """Keeps a conversation's search key a member's device sent."""
-        return self.server.accept_key(sender, key)
 
     def _senders(self, message: messages_pb2.Message) -> list[DeviceAddress]:
         """The devices that may have encrypted the body: the sender's, and for an

@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from parley.e2ee.v1 import e2ee_pb2
@@ -62,8 +62,6 @@ class PairwiseSealer(Protocol):
 
     async def device_keys(self, account_ids: Sequence[str]) -> list[DeviceKey]: ...
 
-    def accept_search_key(self, sender: DeviceAddress, key: e2ee_pb2.SearchKey) -> bool: ...
-
     async def seal_pairwise(
         self, content: bytes, listed: Sequence[DeviceKey], wanted: Sequence[DeviceAddress]
     ) -> list[tuple[DeviceAddress, bytes]]: ...
@@ -72,9 +70,17 @@ class PairwiseSealer(Protocol):
 class GroupKeys:
     """Sender keys of one device across its groups."""
 
-    def __init__(self, owner: PairwiseSealer, client: EncryptionCalls) -> None:
+    def __init__(
+        self,
+        owner: PairwiseSealer,
+        client: EncryptionCalls,
+        *,
+        search_keys: Callable[[DeviceAddress, e2ee_pb2.SearchKey], bool] | None = None,
+    ) -> None:
         self._owner = owner
         self._client = client
+        # Where a conversation's search key (a kind of envelope) is kept.
+        self._search_keys = search_keys
         self._cache: dict[str, tuple[float, frozenset[str]]] = {}
         self._claim_lock = asyncio.Lock()
 
@@ -275,6 +281,8 @@ class GroupKeys:
             log.warning("dropped a sender key from non-member %s", sender)
             return False
         if kind == "search_key":
-            return self._owner.accept_search_key(sender, content.search_key)
+            if self._search_keys is None:
+                return False
+            return self._search_keys(sender, content.search_key)
         self._owner.crypto.accept_sender_key(sender, distribution.SerializeToString())
         return True
