@@ -11,6 +11,7 @@ from typing import Any
 
 from parley_dev.stack import LocalStack
 from parley_sdk import Client, DeleteScope, SystemAction
+from tests.integration.test_sdk_cli import run_cli
 from tests.sdk_e2ee_inbox import connect, unique
 
 
@@ -78,3 +79,38 @@ async def test_members_find_by_server_search_and_a_removed_member_finds_nothing_
 
         await alice.set_server_search(group, False)
         assert await server_texts(bob, "plan") == []
+
+
+async def test_the_cli_turns_server_search_on_and_searches_the_server(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    home = tmp_path / "parley-home"
+    targets = [
+        "--keys-target",
+        stack.keys_target,
+        "--message-target",
+        stack.message_targets[0],
+        "--search-target",
+        stack.search_target,
+    ]
+    alice, bob = unique("svalice"), unique("svbob")
+    for profile, handle in (("a", alice), ("b", bob)):
+        code, _, err = await run_cli(home, "signup", handle, "--profile", profile, *targets)
+        assert code == 0, err
+    code, out, err = await run_cli(home, "send", f"@{bob}", "before", "--profile", "a")
+    assert code == 0, err
+    code, out, err = await run_cli(home, "server-search", "on", f"@{bob}", "--profile", "a")
+    assert code == 0, err
+    assert out.startswith("server search is on for ")
+    code, _, err = await run_cli(home, "send", f"@{bob}", "Lunch on Friday?", "--profile", "a")
+    assert code == 0, err
+    # Bob's device never read it: only the server's index can find it.
+    code, out, err = await run_cli(home, "search", "lunch", "--profile", "b")
+    assert (code, out.strip()) == (0, "(no matches)"), err
+    code, out, err = await run_cli(home, "search", "friday", "--server", "--profile", "b")
+    assert code == 0, err
+    [line] = out.splitlines()
+    assert line.endswith(f"@{alice}: Lunch on [Friday]?")
+    code, out, err = await run_cli(home, "search", "hel*", "--server", "--profile", "b")
+    assert code == 2
+    assert "prefixes" in err
