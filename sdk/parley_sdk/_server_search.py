@@ -276,7 +276,13 @@ class ServerSearch:
             kind, _ = await self._owner.conversation(conversation_id)
             if kind is ConversationType.CHANNEL:
                 return False
-            state = await self.sync(conversation_id, message.seq)
+            # The message itself starts no epoch: history up to the one before it
+            # decides, and a send right after this device's last look costs no read.
+            state = await self.sync(conversation_id, message.seq - 1)
+            if state.scanned_seq == message.seq - 1:
+                state = self.keys.record_scan(
+                    conversation_id, [], through_seq=message.seq, enabled=state.enabled
+                )
             if not state.enabled:
                 return False
             key = await self.key_for(conversation_id, message.seq)
