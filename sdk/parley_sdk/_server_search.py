@@ -55,11 +55,14 @@ from parley_sdk.models import ConversationType, Direction, SystemAction, SystemM
 from parley_sdk.retry import new_request_id
 from parley_sdk.search_text import QueryError, parse_query
 
-__all__ = ["SCAN_LIMIT", "SearchOwner", "ServerSearch"]
+__all__ = ["OFF_RECHECK_SECONDS", "SCAN_LIMIT", "SearchOwner", "ServerSearch"]
 
 SCAN_LIMIT = 50_000
 """History items a first look at a conversation reads back, at most, to find
 when server search was turned on; older epochs are not searched from here."""
+OFF_RECHECK_SECONDS = 30.0
+"""How long a device trusts that a conversation's server search is off
+before asking again (without a stream to bring the change)."""
 _SCAN_PAGE = 100
 _ENVELOPES_PER_CALL = 500
 # A page examines at most this many hits per wanted result before it returns
@@ -103,6 +106,7 @@ class ServerSearch:
         self._rng: Randomness = rng or random.SystemRandom()
         self._settings: BlindSettings | None = None
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._off_checked: dict[str, float] = {}
 
     async def settings(self) -> BlindSettings:
         """The deployment's query shape (asked once per client)."""
@@ -266,6 +270,26 @@ class ServerSearch:
             if creator == self._owner.me.account_id:
                 await self._make_key(epoch, members)
 
+    async def _still_off(self, conversation_id: str) -> bool:
+        """Whether server search is off there, asking the server at most every
+        OFF_RECHECK_SECONDS: most conversations never turn it on, and their
+        sends should not read history to find out (a stream's SEARCH_CHANGED
+        tells at once)."""
+        state = self.keys.scan_state(conversation_id)
+        if state is None or state.enabled:
+            return False
+        now = time.monotonic()
+        if now - self._off_checked.get(conversation_id, -OFF_RECHECK_SECONDS) < OFF_RECHECK_SECONDS:
+            return True
+        self._off_checked[conversation_id] = now
+        view = await self._client.get_conversation(conversation_id)
+        if view.conversation.server_search:
+            return False
+        self.keys.record_scan(
+            conversation_id, [], through_seq=int(view.conversation.last_seq), enabled=False
+        )
+        return True
+
     # -- postings -----------------------------------------------------------------
 
     async def index(self, message: messages_pb2.Message, text: str) -> bool:
@@ -274,7 +298,7 @@ class ServerSearch:
         conversation_id = message.conversation_id
         try:
             kind, _ = await self._owner.conversation(conversation_id)
-            if kind is ConversationType.CHANNEL:
+            if kind is ConversationType.CHANNEL or await self._still_off(conversation_id):
                 return False
             # The message itself starts no epoch: history up to the one before it
             # decides, and a send right after this device's last look costs no read.

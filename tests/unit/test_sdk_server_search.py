@@ -263,3 +263,22 @@ async def test_a_key_that_arrives_before_the_first_scan_is_kept() -> None:
     await bob.groups.claim()
     await bob.server.sync(group)
     assert [k.epoch_seq for k in bob.server.keys.all_keys()] == [seq]
+
+
+async def test_sends_where_search_is_off_read_no_history_and_a_stream_event_turns_it_on() -> None:
+    server, group, alice, bob, _carol = await trio()
+    await say(alice, group, "first")
+    await say(bob, group, "second")
+    pages = server.pages_served
+    for i in range(5):
+        await say(bob, group, f"bob off {i}")
+        await say(alice, group, f"alice off {i}")
+    assert server.pages_served == pages  # no history read per send
+    assert server.index_calls == []
+    # Bob turns it on; alice hears it on her stream and indexes her next send.
+    seq = server.set_server_search(group, "bob", True)
+    await bob.server.after_change(group, seq)
+    await alice.server.on_system_message(SystemMessageEvent(server.messages[group][seq - 1]))
+    await say(alice, group, "now indexed")
+    assert len(server.index_calls) == 1
+    assert await found(bob, "indexed") == ["now indexed"]
