@@ -103,7 +103,10 @@ class IndexHandler:
         message = check.messages.get(message_id)
         if message is None or message.conversation_id != conversation_id:
             return
-        if message.sender_account_id != account_id and not message.deleted:
+        if message.sender_account_id != account_id:
+            # One it may not read looks like one that does not exist.
+            if not message.readable:
+                raise message_not_found()
             raise PermissionDenied(
                 "only a message's sender removes its postings", reason=Reason.NOT_THE_SENDER
             )
