@@ -21,7 +21,7 @@ from svc_media.domain.downloads import DownloadHandler
 from svc_media.domain.policy import MediaPolicy
 from svc_media.domain.references import ReferenceHandler
 from svc_media.domain.restores import RestoreHandler, RestorePolicy, RestorePoller
-from svc_media.domain.tiers import install_until_done, lifecycle_plan
+from svc_media.domain.tiers import ArchiveHorizon, keep_tiers, lifecycle_plan
 from svc_media.domain.uploads import UploadHandler
 from svc_media.metrics import Inventory, MediaMetrics
 from svc_media.model import MediaStats
@@ -78,7 +78,9 @@ async def build(settings: Settings) -> ServiceHost:
         policy=policy,
         stats=stats,
     )
+    horizon = ArchiveHorizon()
     downloads = DownloadHandler(
+        horizon=horizon,
         media=media_store,
         quarantine=quarantine,
         objects=objects,
@@ -127,7 +129,7 @@ async def build(settings: Settings) -> ServiceHost:
         asyncio.create_task(sweeper.run()),
         asyncio.create_task(poller.run()),
         # Beside serving: a store that does not answer yet must not hold up the start.
-        asyncio.create_task(install_until_done(objects, lifecycle_plan(config))),
+        asyncio.create_task(keep_tiers(objects, lifecycle_plan(config), horizon)),
     ]
 
     async def stop() -> None:

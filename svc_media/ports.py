@@ -5,7 +5,7 @@ Below the domain, beside the model, so the adapters may import them."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from svc_media.model import (
     AuditEvent,
@@ -237,6 +237,10 @@ class ObjectStore(Protocol):
     async def install_lifecycle(self, plan: LifecyclePlan) -> bool:
         """Set our lifecycle rules (the operator's kept); whether anything changed.
         Raises TransitionsUnsupported when the store refuses transitions."""
+        ...
+
+    async def lifecycle_rules(self) -> list[dict[str, Any]]:
+        """The bucket's lifecycle rules as the store keeps them (ours and the operator's)."""
         ...
 
     def stream(self, key: str) -> AsyncIterator[bytes]: ...

@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -390,6 +391,20 @@ async def moto_stack(
         yield stack
 
 
+async def age_media(stack: LocalStack, media_id: str, *, days: int) -> None:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        stack.mongo_uri, retryWrites=False, tz_aware=True
+    )
+    try:
+        changed = await client["parley"]["media_objects"].update_one(
+            {"_id": media_id},
+            {"$set": {"created_at": datetime.now(UTC) - timedelta(days=days)}},
+        )
+    finally:
+        await client.close()
+    assert changed.modified_count == 1
+
+
 async def test_the_requesting_device_hears_when_its_restore_is_ready(
     moto_stack: LocalStack, moto: MotoS3, tmp_path: Path
 ) -> None:
@@ -413,6 +428,9 @@ async def test_the_requesting_device_hears_when_its_restore_is_ready(
         ]
         ciphertext = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         s3.put_object(Bucket=bucket, Key=key, Body=ciphertext, StorageClass="GLACIER")
+        # As old as the rules (archive_after_days 90) need: svc_media asks the
+        # store about an object's class only once they may have moved it.
+        await age_media(moto_stack, sent.attachment.media_id, days=91)
         with pytest.raises(MediaArchivedError):
             await bob.download(received)
 
