@@ -453,6 +453,10 @@ class MediaTierSettings(_Section):
     ones."""
     restore_batch: int = Field(default=100, ge=1, le=1000)
     """Restores one pass handles at most."""
+    max_active_restores_per_account: int = Field(default=20, ge=1, le=10_000)
+    """Restores one account may have queued or running at once (asking for one already running
+    for someone else counts too); one more is RESOURCE_EXHAUSTED (QUOTA_EXCEEDED) until one is
+    ready. Each is a paid retrieval from the archive."""
 
     @model_validator(mode="after")
     def _schedule_s3_can_run(self) -> MediaTierSettings:
@@ -648,6 +652,8 @@ class LimitsSettings(_Section):
     """CreateUpload per account."""
     media_download_per_account: LimitRate = LimitRate(burst=600, per_minute=600)
     """GetDownload per account."""
+    media_restore_per_account: LimitRate = LimitRate(burst=10, per_minute=2)
+    """RestoreMedia per account (each may start a paid retrieval from the archive)."""
 
     @field_validator("trusted_proxies")
     @classmethod

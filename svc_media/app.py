@@ -39,7 +39,11 @@ from svc_media.storage.usage import UsageStore
 log = structlog.get_logger(__name__)
 
 # The abuse limits svc_media applies (docs/ARCHITECTURE.md, Abuse limits).
-LIMITS = (LimitName.MEDIA_UPLOAD_PER_ACCOUNT, LimitName.MEDIA_DOWNLOAD_PER_ACCOUNT)
+LIMITS = (
+    LimitName.MEDIA_UPLOAD_PER_ACCOUNT,
+    LimitName.MEDIA_DOWNLOAD_PER_ACCOUNT,
+    LimitName.MEDIA_RESTORE_PER_ACCOUNT,
+)
 
 
 async def build(settings: Settings) -> ServiceHost:
@@ -96,6 +100,7 @@ async def build(settings: Settings) -> ServiceHost:
         quarantine=quarantine,
         objects=objects,
         notices=messages,
+        limits=limits,
         policy=restore_policy,
         stats=stats,
     )

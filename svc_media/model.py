@@ -347,5 +347,6 @@ class MediaStats:
     restores_started: int = 0
     restores_ready: int = 0
     restore_notices: int = 0
+    restore_refusals: int = 0
     # Restores queued or running, counted by the poller after each pass.
     restore_queue: int = 0

@@ -119,6 +119,14 @@ class Restores(Protocol):
         or running one and answer it. An expired record is replaced."""
         ...
 
+    async def asked_by(self, media_id: str, account_id: str) -> bool:
+        """Whether the account asked for the media's queued or running restore."""
+        ...
+
+    async def active_of(self, account_id: str, *, limit: int) -> int:
+        """Queued or running restores the account asked for, counted up to ``limit``."""
+        ...
+
     async def started(self, media_id: str, *, next_poll_at: float) -> bool:
         """queued -> restoring."""
         ...

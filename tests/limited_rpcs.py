@@ -39,6 +39,7 @@ LIMITS_BY_RPC: dict[str, frozenset[str]] = {
         "SubscribePresence": ("presence_subscribe_per_account",),
         "CreateUpload": ("media_upload_per_account",),
         "GetDownload": ("media_download_per_account",),
+        "RestoreMedia": ("media_restore_per_account",),
     }.items()
 }
 

@@ -38,3 +38,4 @@ class LimitName(enum.StrEnum):
     # svc_media.
     MEDIA_UPLOAD_PER_ACCOUNT = "media_upload_per_account"
     MEDIA_DOWNLOAD_PER_ACCOUNT = "media_download_per_account"
+    MEDIA_RESTORE_PER_ACCOUNT = "media_restore_per_account"

@@ -145,8 +145,9 @@ class World:
     notices: Notices
     downloads: DownloadHandler
     stats: MediaStats
+    limiter: Limiter
 
-    def handler(self) -> RestoreHandler:
+    def handler(self, *, max_active: int = 20) -> RestoreHandler:
         """A handler of its own, as another process would have."""
         return RestoreHandler(
             downloads=self.downloads,
@@ -154,7 +155,10 @@ class World:
             quarantine=self.quarantine,
             objects=self.objects,  # type: ignore[arg-type]
             notices=self.notices,
-            policy=RestorePolicy(tier="Standard", poll_seconds=POLL, batch=10),
+            limits=self.limiter,
+            policy=RestorePolicy(
+                tier="Standard", poll_seconds=POLL, batch=10, max_active_per_account=max_active
+            ),
             stats=self.stats,
         )
 
@@ -196,7 +200,9 @@ async def world(backends: LocalStack, moto: MotoS3) -> AsyncIterator[World]:
         policy=MediaPolicy.from_settings(backends.settings.media),
         stats=stats,
     )
-    yield World(moto, media, restores, quarantine, flaky, readers, Notices(), downloads, stats)
+    yield World(
+        moto, media, restores, quarantine, flaky, readers, Notices(), downloads, stats, limiter
+    )
     await objects.close()
     await client.close()
 
