@@ -444,6 +444,9 @@ class MediaTierSettings(_Section):
     """Days after upload an object moves to GLACIER (downloads then need RestoreMedia); 0 never.
     At least 90 (Glacier bills 90 days at least), and at least infrequent_after_days + 30 when
     both are on (S3 keeps objects 30 days in STANDARD_IA before a further transition)."""
+    min_object_bytes: int = Field(default=128 * 1024, ge=0, le=5 * 1024 * GIB)
+    """Objects of at most this many bytes never move (S3 transitions nothing under 128 KiB by
+    default, and a thumbnail in Glacier would need a restore for a few kilobytes)."""
     restore_tier: Literal["Expedited", "Standard", "Bulk"] = "Standard"
     """S3 retrieval tier of the restores RestoreMedia starts: Expedited (minutes, dearest),
     Standard (3-5 hours) or Bulk (5-12 hours, cheapest)."""

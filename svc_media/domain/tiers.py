@@ -38,6 +38,7 @@ def lifecycle_plan(config: MediaServiceSettings) -> LifecyclePlan:
         infrequent_after_days=config.tiers.infrequent_after_days,
         archive_after_days=config.tiers.archive_after_days,
         abort_incomplete_after_days=session_days + 1,
+        min_object_bytes=config.tiers.min_object_bytes,
     )
 
 
