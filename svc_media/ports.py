@@ -43,6 +43,14 @@ class Uploads(Protocol):
         """Hold a pending, unexpired, unleased session for a completion."""
         ...
 
+    async def lease_session(
+        self, upload_id: str, account_id: str, *, now: float, until: float
+    ) -> UploadSession | None:
+        """``lease``, answering the session it holds (None: not held)."""
+        ...
+
+    async def extend_lease(self, upload_id: str, *, now: float, until: float) -> bool: ...
+
     async def unlease(self, upload_id: str) -> None: ...
 
     async def finish(self, upload_id: str, state: str, *, now: float) -> bool:

@@ -25,6 +25,10 @@ class UsageStore:
     async def charge_upload(
         self, account_id: str, size: int, *, day: str, limit: int
     ) -> int | None:
+        charged = await self._charge_today(account_id, size, day=day, limit=limit)
+        if charged is not None:
+            # The usual case: one round trip.
+            return charged
         for _ in range(_ATTEMPTS):
             # A new day starts at zero; only a document still on an older day
             # is reset, so two processes resetting at once agree.
@@ -32,13 +36,9 @@ class UsageStore:
                 {"_id": account_id, "day": {"$ne": day}}, {"$set": {"day": day, "uploaded": 0}}
             )
             try:
-                doc = await self._usage.find_one_and_update(
-                    {"_id": account_id, "day": day, "uploaded": {"$lte": limit - size}},
-                    {"$inc": {"uploaded": size}},
-                    return_document=ReturnDocument.AFTER,
-                )
-                if doc is not None:
-                    return int(doc["uploaded"])
+                charged = await self._charge_today(account_id, size, day=day, limit=limit)
+                if charged is not None:
+                    return charged
                 if size > limit:
                     return None
                 await self._usage.insert_one(
@@ -55,6 +55,16 @@ class UsageStore:
                 ):
                     return None
         return None
+
+    async def _charge_today(
+        self, account_id: str, size: int, *, day: str, limit: int
+    ) -> int | None:
+        doc = await self._usage.find_one_and_update(
+            {"_id": account_id, "day": day, "uploaded": {"$lte": limit - size}},
+            {"$inc": {"uploaded": size}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return None if doc is None else int(doc["uploaded"])
 
     async def add_stored(self, account_id: str, size: int) -> None:
         await self._usage.update_one({"_id": account_id}, {"$inc": {"stored": size}}, upsert=True)
