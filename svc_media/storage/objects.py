@@ -242,6 +242,9 @@ class S3Objects:
 
     # -- presigning (local, no request) -------------------------------------------
 
+    # The store checks a URL's date against its own clock: URLs are signed at
+    # the wall clock's time (botocore does the same), ``now`` (the request's
+    # time, injected in tests) dates only the Presigned's expiry.
     def _presign(
         self, operation: str, params: dict[str, Any], *, expires_in: int, now: float
     ) -> str:
@@ -257,7 +260,7 @@ class S3Objects:
         headers = {"Content-Length": str(size), "x-amz-checksum-sha256": checksum}
         if self._fast is not None:
             url = self._fast.public.presign(
-                "PUT", key, expires_in=expires_in, now=now, headers=_lower(headers)
+                "PUT", key, expires_in=expires_in, now=time.time(), headers=_lower(headers)
             )
         else:
             url = self._presign(
@@ -278,7 +281,7 @@ class S3Objects:
                 "PUT",
                 key,
                 expires_in=expires_in,
-                now=now,
+                now=time.time(),
                 params={"uploadId": multipart_id, "partNumber": str(part.number)},
                 headers=_lower(headers),
             )
@@ -299,7 +302,7 @@ class S3Objects:
 
     def presign_get(self, key: str, *, expires_in: int, now: float) -> Presigned:
         if self._fast is not None:
-            url = self._fast.public.presign("GET", key, expires_in=expires_in, now=now)
+            url = self._fast.public.presign("GET", key, expires_in=expires_in, now=time.time())
         else:
             url = self._presign("get_object", {"Key": key}, expires_in=expires_in, now=now)
         return Presigned("GET", url, {}, now + expires_in)
