@@ -4,9 +4,7 @@ SeaweedFS locally).
 Presigned URLs are made locally (no request), against the public endpoint
 clients use: they sign the host. With static keys they are signed by
 ``presign.Signer`` (the same URLs as botocore's, without its per-call
-machinery), and so is the HEAD a completion and a download of possibly
-archived media make, sent with a plain HTTP client; with an IAM role's
-rotating credentials both go through botocore. A PUT signs its exact
+machinery); with an IAM role's rotating credentials, by botocore. A PUT signs its exact
 Content-Length and ``x-amz-checksum-sha256``, so the store itself refuses a
 body of another length (403) or another hash (400) before anything is kept;
 multipart part URLs do the same per part.
@@ -25,12 +23,10 @@ import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, NoReturn
 
 import botocore.session
-import httpx
 import structlog
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
@@ -59,7 +55,6 @@ PROBE_SECONDS = 2.0
 STREAM_CHUNK = 1 << 20
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 _NO_LIFECYCLE = "NoSuchLifecycleConfiguration"
-_CHECKSUM_MODE = "x-amz-checksum-mode"
 _ONGOING = re.compile(r'ongoing-request\s*=\s*"(true|false)"')
 _EXPIRY = re.compile(r'expiry-date\s*=\s*"([^"]+)"')
 
@@ -117,15 +112,6 @@ def _status(error: ClientError) -> int:
     return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
-@dataclass(frozen=True, slots=True)
-class FastPath:
-    """Static-key signing: URLs for clients, and HEADs svc_media sends itself."""
-
-    public: Signer
-    internal: Signer
-    http: httpx.AsyncClient
-
-
 def _signer(presigner: Any, bucket: str, credentials: dict[str, str], region: str) -> Signer:
     probe = presigner.generate_presigned_url(
         "get_object", Params={"Bucket": bucket, "Key": PROBE_KEY}, ExpiresIn=1
@@ -147,14 +133,14 @@ class S3Objects:
         client: Any,
         presigner: Any,
         exit: Any,
-        fast: FastPath | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self._settings = settings
         self._bucket = settings.bucket
         self._client = client
         self._presigner = presigner
         self._exit = exit
-        self._fast = fast
+        self._signer = signer
         self.available = True
         self.errors = 0
 
@@ -163,35 +149,17 @@ class S3Objects:
         exit = contextlib.AsyncExitStack()
         client = await open_client(settings, timeout_seconds=timeout_seconds, exit=exit)
         credentials = read_credentials(settings)
-
-        def presigner_for(endpoint: str) -> Any:
-            return botocore.session.get_session().create_client(
-                "s3",
-                region_name=settings.region,
-                endpoint_url=endpoint or None,
-                config=Config(**signing_options(settings)),
-                **credentials,
-            )
-
-        presigner = presigner_for(settings.public_endpoint_url or settings.endpoint_url)
-        fast = None
+        presigner = botocore.session.get_session().create_client(
+            "s3",
+            region_name=settings.region,
+            endpoint_url=settings.public_endpoint_url or settings.endpoint_url or None,
+            config=Config(**signing_options(settings)),
+            **credentials,
+        )
+        signer = None
         if credentials:
-            http = await exit.enter_async_context(
-                httpx.AsyncClient(
-                    timeout=httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, 5.0))
-                )
-            )
-            fast = FastPath(
-                public=_signer(presigner, settings.bucket, credentials, settings.region),
-                internal=_signer(
-                    presigner_for(settings.endpoint_url),
-                    settings.bucket,
-                    credentials,
-                    settings.region,
-                ),
-                http=http,
-            )
-        return cls(settings, client, presigner, exit, fast)
+            signer = _signer(presigner, settings.bucket, credentials, settings.region)
+        return cls(settings, client, presigner, exit, signer)
 
     async def close(self) -> None:
         await self._exit.aclose()
@@ -258,8 +226,8 @@ class S3Objects:
     ) -> Presigned:
         checksum = _b64(sha256)
         headers = {"Content-Length": str(size), "x-amz-checksum-sha256": checksum}
-        if self._fast is not None:
-            url = self._fast.public.presign(
+        if self._signer is not None:
+            url = self._signer.presign(
                 "PUT", key, expires_in=expires_in, now=time.time(), headers=_lower(headers)
             )
         else:
@@ -276,8 +244,8 @@ class S3Objects:
     ) -> Presigned:
         checksum = _b64(part.sha256)
         headers = {"Content-Length": str(part.size), "x-amz-checksum-sha256": checksum}
-        if self._fast is not None:
-            url = self._fast.public.presign(
+        if self._signer is not None:
+            url = self._signer.presign(
                 "PUT",
                 key,
                 expires_in=expires_in,
@@ -301,8 +269,8 @@ class S3Objects:
         return Presigned("PUT", url, headers, now + expires_in)
 
     def presign_get(self, key: str, *, expires_in: int, now: float) -> Presigned:
-        if self._fast is not None:
-            url = self._fast.public.presign("GET", key, expires_in=expires_in, now=time.time())
+        if self._signer is not None:
+            url = self._signer.presign("GET", key, expires_in=expires_in, now=time.time())
         else:
             url = self._presign("get_object", {"Key": key}, expires_in=expires_in, now=now)
         return Presigned("GET", url, {}, now + expires_in)
@@ -358,8 +326,6 @@ class S3Objects:
                 raise
 
     async def head(self, key: str) -> ObjectInfo | None:
-        if self._fast is not None:
-            return await self._fast_head(self._fast, key)
         try:
             reply = await self._call("head_object", Key=key, ChecksumMode="ENABLED")
         except StoreRefused as exc:
@@ -371,31 +337,6 @@ class S3Objects:
             checksum=reply.get("ChecksumSHA256"),
             storage_class=reply.get("StorageClass"),
             restore=reply.get("Restore"),
-        )
-
-    async def _fast_head(self, fast: FastPath, key: str) -> ObjectInfo | None:
-        """HEAD with a URL signed here, through a plain HTTP client (a tenth of
-        aiobotocore's CPU per call)."""
-        url = fast.internal.presign(
-            "HEAD", key, expires_in=60, now=time.time(), headers={_CHECKSUM_MODE: "ENABLED"}
-        )
-        try:
-            reply = await fast.http.head(url, headers={_CHECKSUM_MODE: "ENABLED"})
-        except (httpx.HTTPError, OSError) as exc:
-            self._failed("head_object", exc)
-        status = reply.status_code
-        if status == 404:
-            return None
-        if status >= 500 or status in (401, 403):
-            self._failed("head_object", RuntimeError(f"HEAD answered {status}"))
-        if status != 200:
-            raise StoreRefused(str(status), status)
-        headers = reply.headers
-        return _object_info(
-            size=headers.get("content-length", 0),
-            checksum=headers.get("x-amz-checksum-sha256"),
-            storage_class=headers.get("x-amz-storage-class"),
-            restore=headers.get("x-amz-restore"),
         )
 
     async def restore(self, key: str, *, days: int, tier: str) -> RestoreStart:
@@ -475,10 +416,6 @@ class S3Objects:
         return list(reply.get("Rules", ()))
 
     async def stream(self, key: str) -> AsyncIterator[bytes]:
-        if self._fast is not None:
-            async for chunk in self._fast_stream(self._fast, key):
-                yield chunk
-            return
         reply = await self._call("get_object", Key=key)
         body = reply["Body"]
         try:
@@ -492,20 +429,6 @@ class S3Objects:
                 yield chunk
         finally:
             body.close()
-
-    async def _fast_stream(self, fast: FastPath, key: str) -> AsyncIterator[bytes]:
-        url = fast.internal.presign("GET", key, expires_in=60, now=time.time())
-        try:
-            async with fast.http.stream("GET", url) as reply:
-                status = reply.status_code
-                if status >= 500 or status in (401, 403):
-                    self._failed("get_object", RuntimeError(f"GET answered {status}"))
-                if status != 200:
-                    raise StoreRefused("NoSuchKey" if status == 404 else str(status), status)
-                async for chunk in reply.aiter_raw(STREAM_CHUNK):
-                    yield chunk
-        except (httpx.HTTPError, OSError) as exc:
-            self._failed("get_object", exc)
 
     async def delete(self, key: str) -> None:
         try:
