@@ -43,14 +43,6 @@ class Uploads(Protocol):
         """Hold a pending, unexpired, unleased session for a completion."""
         ...
 
-    async def lease_session(
-        self, upload_id: str, account_id: str, *, now: float, until: float
-    ) -> UploadSession | None:
-        """``lease``, answering the session it holds (None: not held)."""
-        ...
-
-    async def extend_lease(self, upload_id: str, *, now: float, until: float) -> bool: ...
-
     async def unlease(self, upload_id: str) -> None: ...
 
     async def finish(self, upload_id: str, state: str, *, now: float) -> bool:
@@ -184,11 +176,9 @@ class DeviceNotices(Protocol):
 class Usage(Protocol):
     async def forget(self, account_id: str) -> None: ...
 
-    async def charge_upload(
-        self, account_id: str, size: int, *, day: str, limit: int
-    ) -> int | None:
+    async def charge_upload(self, account_id: str, size: int, *, day: str, limit: int) -> bool:
         """Add ``size`` to today's uploaded bytes if that stays within ``limit``;
-        None when it would not (the bytes used so far are then in ``used``)."""
+        False when it would not (the bytes used so far are then in ``usage``)."""
         ...
 
     async def add_stored(self, account_id: str, size: int) -> None: ...

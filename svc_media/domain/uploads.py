@@ -179,7 +179,7 @@ class UploadHandler:
         charged = await self._usage.charge_upload(
             account_id, size, day=utc_day(now), limit=policy.daily_upload_bytes
         )
-        if charged is None:
+        if not charged:
             uploaded, _ = await self._usage.usage(account_id, day=utc_day(now))
             self._refused("daily_upload_bytes")
             raise quota_exceeded(
@@ -248,22 +248,22 @@ class UploadHandler:
     # -- CompleteUpload -------------------------------------------------------------------
 
     async def complete(self, *, account_id: str, upload_id: str, now: float) -> MediaRecord:
-        # Leased and read in one round trip, for as long as a HEAD takes; a
-        # multipart upload (read back to hash) then gets its longer lease.
-        short = now + self._policy.complete_lease(0)
-        session = await self._uploads.lease_session(upload_id, account_id, now=now, until=short)
-        if session is None:
-            held = await self._uploads.get(upload_id)
-            if held is None or held.account_id != account_id:
+        session = await self._uploads.get(upload_id)
+        if session is None or session.account_id != account_id:
+            raise upload_not_found()
+        if session.state == UploadState.COMPLETED:
+            return await self._completed(session)
+        if session.state != UploadState.PENDING or session.expires_at <= now:
+            raise upload_not_found()
+        # A read and an update_one rather than one find_one_and_update:
+        # SecantusDB answers the pair in under half the time.
+        lease = now + self._policy.complete_lease(session.size)
+        if not await self._uploads.lease(upload_id, account_id, now=now, until=lease):
+            again = await self._uploads.get(upload_id)
+            if again is not None and again.state == UploadState.COMPLETED:
+                return await self._completed(again)
+            if again is None or again.state != UploadState.PENDING or again.expires_at <= now:
                 raise upload_not_found()
-            if held.state == UploadState.COMPLETED:
-                return await self._completed(held)
-            if held.state != UploadState.PENDING or held.expires_at <= now:
-                raise upload_not_found()
-            raise Aborted("a completion of this upload is in progress; retry in a moment")
-        if session.multipart and not await self._uploads.extend_lease(
-            upload_id, now=now, until=now + self._policy.complete_lease(session.size)
-        ):
             raise Aborted("a completion of this upload is in progress; retry in a moment")
         finished = False
         try:

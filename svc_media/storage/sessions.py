@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
 from parley_core.storage.mongo import Database, Document
@@ -126,36 +126,6 @@ class UploadStore:
                 "state": UploadState.PENDING.value,
                 "expires_at": {"$gt": at(now)},
                 "lease_until": {"$lte": at(now)},
-            },
-            {"$set": {"lease_until": at(until)}},
-        )
-        return result.modified_count == 1
-
-    async def lease_session(
-        self, upload_id: str, account_id: str, *, now: float, until: float
-    ) -> UploadSession | None:
-        """``lease`` answering the leased session (None: not leased), in one round trip."""
-        doc = await self._uploads.find_one_and_update(
-            {
-                "_id": upload_id,
-                "account": account_id,
-                "state": UploadState.PENDING.value,
-                "expires_at": {"$gt": at(now)},
-                "lease_until": {"$lte": at(now)},
-            },
-            {"$set": {"lease_until": at(until)}},
-            return_document=ReturnDocument.AFTER,
-        )
-        return None if doc is None else _session(doc)
-
-    async def extend_lease(self, upload_id: str, *, now: float, until: float) -> bool:
-        """Move the lease the caller took moments ago (still running at ``now``:
-        nobody else can hold it) to ``until``."""
-        result = await self._uploads.update_one(
-            {
-                "_id": upload_id,
-                "state": UploadState.PENDING.value,
-                "lease_until": {"$gt": at(now)},
             },
             {"$set": {"lease_until": at(until)}},
         )
