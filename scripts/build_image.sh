@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Parley image (Containerfile) with podman, hermetically:
-#   1. installs podman, buildah, runc, skopeo and debootstrap when missing (apt-get);
+#   1. installs podman, buildah, runc, skopeo, catatonit and debootstrap when missing (apt-get);
 #   2. the base image: PARLEY_BASE_IMAGE if set (e.g. python:3.11-slim), else a
 #      local Debian bookworm root filesystem (debootstrap, cached in .cache/image/);
 #   3. downloads the locked third-party wheels (uv.lock, cp311 manylinux; cached)
@@ -57,6 +57,9 @@ missing=()
 for tool in podman buildah runc skopeo debootstrap; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+# The init of a pod's infra container (`podman kube play`, `podman pod`).
+[ -x /usr/libexec/podman/catatonit ] || command -v catatonit >/dev/null 2>&1 ||
+    missing+=(catatonit)
 if [ ${#missing[@]} -gt 0 ]; then
     parley_apt_install "${missing[@]}"
 fi
