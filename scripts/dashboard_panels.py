@@ -16,6 +16,7 @@ from dashboard_parts import (
     rpc_panels,
     sel,
 )
+from dashboard_search import SEARCH
 
 __all__ = ["DASHBOARDS", "Dashboard", "Panel"]
 
@@ -249,7 +250,8 @@ MESSAGING = Dashboard(
         Panel(
             "History per tier",
             "Conversation log entries in MongoDB (hot, estimated) and in the Parquet archive "
-            "on S3 (cold rows); every process reports the same region-wide numbers.",
+            "on S3 (cold rows, and glacier rows: objects past the cold window, which need a "
+            "restore); every process reports the same region-wide numbers.",
             [
                 (
                     f"max by (region, tier) ({sel('parley_history_entries')})",
@@ -503,4 +505,4 @@ KEYS = Dashboard(
     ],
 )
 
-DASHBOARDS = (OVERVIEW, MESSAGING, DELIVERY, PRESENCE, KEYS, MEDIA)
+DASHBOARDS = (OVERVIEW, MESSAGING, DELIVERY, PRESENCE, KEYS, MEDIA, SEARCH)

@@ -179,6 +179,7 @@ async def test_services_run_from_the_image_and_carry_a_message(
         "message": stack.message_targets[0],
         "presence": stack.presence_target,
         "media": stack.media_target,
+        "search": stack.search_target,
     }
     async with containers() as names:
 
@@ -202,8 +203,8 @@ async def test_services_run_from_the_image_and_carry_a_message(
 
         started = time.monotonic()
         await start("keys")
-        await asyncio.gather(*(start(s) for s in ("message", "presence", "media")))
-        print(f"four services SERVING {time.monotonic() - started:.1f} s after the first start")
+        await asyncio.gather(*(start(s) for s in ("message", "presence", "media", "search")))
+        print(f"five services SERVING {time.monotonic() - started:.1f} s after the first start")
 
         for name in names:
             inspected = yaml.safe_load(
