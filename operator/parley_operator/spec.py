@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from typing import Any, Literal
 
 # Every service the operator knows; a region runs the core ones always and
@@ -253,7 +254,10 @@ DEFAULT_RESOURCES: Mapping[str, Any] = {
 DEFAULT_SHUTDOWN_GRACE_SECONDS = 10.0
 DEFAULT_PRE_STOP_SECONDS = 5
 DEFAULT_CONVERSATION_SHARDS = 64
-DEFAULT_IMAGE_TAG = "latest"
+# The operator's own release (the `parley` distribution it ships in): the
+# services' image scripts/build_image.sh tags with the same version, so a
+# region without a tag runs the services of the operator's release.
+DEFAULT_IMAGE_TAG = version("parley")
 DEFAULT_PULL_POLICY = "IfNotPresent"
 
 

@@ -66,9 +66,10 @@ CASES: dict[str, tuple[str | None, str]] = {
     "eu": ("eu-values.yaml", "parley-eu"),
     "us": ("us-values.yaml", "parley-us"),
     "media": ("media-values.yaml", "parley-ap"),
+    "cluster": ("cluster-values.yaml", "parley-ca"),
 }
 # Region name of each case.
-REGIONS = {"eu": "eu", "us": "us", "media": "ap"}
+REGIONS = {"eu": "eu", "us": "us", "media": "ap", "cluster": "ca"}
 
 
 def _dashboards() -> list[str]:
@@ -449,7 +450,9 @@ BAD_VALUES = {
     "bad redis cluster node": (
         'region.spec.redis.clusterNodes=["redis-1"]',
         "clusterNodes",
-        'region.spec.redis.clusterNodes=["redis-1.redis:6379"]',
+        # Nodes only with cluster on (templates/parleyregion.yaml refuses them otherwise).
+        'region.spec.redis={"urlSecretRef": {"name": "parley-redis", "key": "url"},'
+        ' "cluster": true, "clusterNodes": ["redis-1.redis:6379"]}',
     ),
     "redis cluster not a boolean": (
         'region.spec.redis.cluster="yes"',
