@@ -16,6 +16,7 @@ from parley.search.v1 import search_pb2 as spb
 from parley_core.limits import InProcessBuckets, Limiter, LimitName, Rate
 from svc_search.domain.pages import padding_length
 from svc_search.domain.queries import SearchHandler
+from svc_search.domain.sweeper import Sweeper
 from svc_search.model import (
     Check,
     ConversationState,
@@ -198,3 +199,48 @@ def test_padding_reaches_a_power_of_two_exactly(size: int) -> None:
     total = reply.ByteSize()
     assert total >= 1024 and total & (total - 1) == 0, (base, total)
     assert total < max(2048, 2 * (base + 8))
+
+
+class SweptStore:
+    def __init__(self, conversations: list[str]) -> None:
+        self.conversations = sorted(conversations)
+        self.dropped: list[str] = []
+
+    async def conversations_after(self, after: str, *, limit: int) -> list[str]:
+        return [c for c in self.conversations if c > after][:limit]
+
+    async def drop_conversation(self, conversation_id: str) -> int:
+        self.dropped.append(conversation_id)
+        return 1
+
+
+class Settings:
+    """svc_message's answer about conversations: on, off, or gone."""
+
+    def __init__(self, on: set[str], off: set[str]) -> None:
+        self.on, self.off = on, off
+        self.asked: list[list[str]] = []
+
+    async def check(
+        self, account_id: str, conversation_ids: Sequence[str], message_ids: Sequence[str]
+    ) -> Check:
+        assert account_id == "" and not message_ids
+        self.asked.append(list(conversation_ids))
+        return Check(
+            conversations={
+                c: ConversationState(c, server_search=c in self.on, searchable=False)
+                for c in conversation_ids
+                if c in self.on | self.off
+            }
+        )
+
+
+async def test_the_sweeper_drops_conversations_turned_off_or_gone() -> None:
+    names = [f"c{i:02d}" for i in range(10)]
+    on, off = set(names[::2]), {"c01", "c03"}
+    store = SweptStore(names)
+    settings = Settings(on, off)
+    sweeper = Sweeper(store, settings, SearchStats(), interval_seconds=1, batch=3)  # type: ignore[arg-type]
+    assert await sweeper.sweep() == 5
+    assert store.dropped == sorted(set(names) - on)
+    assert [len(batch) for batch in settings.asked] == [3, 3, 3, 1]
