@@ -20,7 +20,7 @@ from parley_core.storage.mongo import Database
 from parley_core.telemetry import build_tracing
 from svc_message.archive_metrics import ArchiveMetrics
 from svc_message.domain.acks import AckBatcher
-from svc_message.domain.archiver import Archiver
+from svc_message.domain.archiver import Archiver, StepHook
 from svc_message.domain.changes import ChangesHandler
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.delivery import DeliveryService
@@ -110,10 +110,15 @@ LIMITS = (
 
 
 async def build_archive(
-    settings: Settings, db: Database, *, clock: Callable[[], float] = time.time
+    settings: Settings,
+    db: Database,
+    *,
+    clock: Callable[[], float] = time.time,
+    on_step: StepHook | None = None,
 ) -> tuple[TieredMessageStore, Archiver, ArchiveObjects]:
     """The log across its tiers and the archiver that moves it (also used by
-    ``python -m svc_message archive``)."""
+    ``python -m svc_message archive`` and the history benchmark, which times
+    the archiver's steps through ``on_step``)."""
     config = settings.archive
     ledger = ArchiveLedger(db)
     hot = HotLog(db)
@@ -138,6 +143,7 @@ async def build_archive(
         interval_seconds=config.interval_seconds,
         lease_seconds=config.lease_seconds,
         clock=clock,
+        on_step=on_step,
     )
     return store, archiver, objects
 
