@@ -730,10 +730,18 @@ class ArchiveSettings(_Section):
     """Log entries of one conversation one pass reads at most."""
     s3_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     """Seconds one call to the object store may take."""
+    request_ids_days: float = Field(default=90.0, gt=0, le=3650)
+    """Archived entries' request ids (hashed) are kept this long after they move, so a retry of
+    a send older than the hot window gets its first attempt's message instead of a second
+    one; later than the hot window plus this, a retry is a new message."""
 
     @property
     def hot_window_seconds(self) -> float:
         return self.hot_window_days * 86400
+
+    @property
+    def request_ids_seconds(self) -> float:
+        return self.request_ids_days * 86400
 
 
 class Settings(_Section):

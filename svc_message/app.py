@@ -142,6 +142,7 @@ async def build_archive(
         entries_per_conversation=config.entries_per_conversation,
         interval_seconds=config.interval_seconds,
         lease_seconds=config.lease_seconds,
+        request_ids_seconds=config.request_ids_seconds,
         clock=clock,
         on_step=on_step,
     )

@@ -13,8 +13,9 @@ head (``MessageStore.heads`` and the send pipeline read the newest entry)
 and the archive always holds a prefix of the log by version and by seq.
 
 Order, per object: write it -> read it back, check its SHA-256 and row
-counts -> record the manifest -> advance the conversations' cold heads ->
-delete the moved entries from the log. Keys and bytes derive from the rows
+counts -> record the manifest (and the moved entries' request ids, so a late
+retry of a send is still recognised) -> advance the conversations' cold
+heads -> delete the moved entries from the log. Keys and bytes derive from the rows
 (content addressed), so a crash at any step followed by a rerun writes the
 same objects and records the same chunk ids: nothing lost (the log keeps
 an entry until the head is past it), nothing twice (readers split the tiers
@@ -40,7 +41,7 @@ import structlog
 
 from svc_message.model import HISTORY_KINDS, ChangeKind
 from svc_message.model.archive import ArchiveState, ColdHead, ManifestEntry
-from svc_message.storage.archive import ArchiveLedger, ArchiveObjects, HotLog
+from svc_message.storage.archive import ArchiveLedger, ArchiveObjects, HotLog, request_key
 from svc_message.storage.archive_format import Chunk, encode, iso_week, row_group_sizes
 from svc_message.storage.tiered import TieredMessageStore
 
@@ -224,6 +225,7 @@ class Archiver:
         entries_per_conversation: int,
         interval_seconds: float,
         lease_seconds: float,
+        request_ids_seconds: float = 90 * 86400.0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_step: StepHook | None = None,
@@ -240,6 +242,7 @@ class Archiver:
         self._entries_per_conversation = entries_per_conversation
         self._interval = interval_seconds
         self._lease_seconds = lease_seconds
+        self._request_ids_seconds = request_ids_seconds
         self._clock = clock
         self._sleep = sleep
         self._on_step = on_step
@@ -363,7 +366,7 @@ class Archiver:
                 report.conversations += 1
                 pending += chunks
         for bundle in bundles(pending, target_bytes=self._target_bytes):
-            moved = await self._move(bundle, report)
+            moved = await self._move(bundle, report, now=now)
             if self._rate > 0:
                 await self._sleep(moved / self._rate)
         # Behind: this pass could not take everything due. The lag is then
@@ -425,9 +428,21 @@ class Archiver:
         ]
         return entries, len(encoded.data)
 
-    async def _move(self, bundle: Sequence[Chunk], report: PassReport) -> int:
+    async def _move(self, bundle: Sequence[Chunk], report: PassReport, *, now: float) -> int:
         entries, size = await self._write(bundle)
         await self._ledger.record(entries, size)
+        # Before the log forgets them: the send pipeline's late-retry check.
+        await self._ledger.remember_requests(
+            {
+                request_key(chunk.conversation_id, str(d["sender_id"]), str(d["request_id"])): int(
+                    d["version"]
+                )
+                for chunk in bundle
+                for d in chunk.docs
+                if d.get("request_id")
+            },
+            expire_at=datetime.fromtimestamp(now + self._request_ids_seconds, UTC),
+        )
         await self._step("recorded")
         heads: dict[str, ColdHead] = {}
         for entry in entries:

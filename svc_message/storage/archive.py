@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 from parley_core.config import S3Settings
@@ -168,11 +168,19 @@ def _doc(entry: ManifestEntry, object_bytes: int) -> Document:
     return doc
 
 
+def request_key(conversation_id: str, sender_id: str, request_id: str) -> str:
+    """The id of an archived entry's request in ``archive_requests``: a hash,
+    so the collection names no account (erasure scans every store for ids)."""
+    joined = "\x1f".join((conversation_id, sender_id, request_id))
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
 class ArchiveLedger:
     def __init__(self, db: Database) -> None:
         self._manifest = db["archive_manifest"]
         self._heads = db["archive_heads"]
         self._control = db["archive_control"]
+        self._requests = db["archive_requests"]
 
     async def ensure_indexes(self) -> None:
         await self._manifest.create_index([("conversation_id", ASCENDING), ("seq_hi", ASCENDING)])
@@ -182,6 +190,7 @@ class ArchiveLedger:
         await self._manifest.create_index([("week", ASCENDING), ("id_lo", ASCENDING)])
         await self._manifest.create_index([("object_key", ASCENDING)])
         await self._manifest.create_index([("media", ASCENDING)], sparse=True)
+        await self._requests.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
 
     # -- manifest ------------------------------------------------------------
 
@@ -269,6 +278,33 @@ class ArchiveLedger:
         return {doc["object_key"] async for doc in self._manifest.find({}, {"object_key": 1})}
 
     # -- cold heads ----------------------------------------------------------
+
+    # -- request ids of archived entries -------------------------------------
+
+    async def remember_requests(self, versions: Mapping[str, int], *, expire_at: datetime) -> None:
+        """``request_key`` -> version of the archived entries that had a
+        request id, kept until ``expire_at`` so a late retry is recognised.
+        Idempotent (a rerun after a crash writes the same documents)."""
+        if not versions:
+            return
+        await self._requests.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": key},
+                    {"$set": {"version": version, "expire_at": expire_at}},
+                    upsert=True,
+                )
+                for key, version in versions.items()
+            ],
+            ordered=False,
+        )
+
+    async def archived_requests(self, keys: Sequence[str]) -> dict[str, int]:
+        """The versions of the archived entries these request keys name."""
+        if not keys:
+            return {}
+        cursor = self._requests.find({"_id": {"$in": list(keys)}}, {"version": 1})
+        return {doc["_id"]: int(doc["version"]) async for doc in cursor}
 
     async def head(self, conversation_id: str) -> ColdHead:
         doc = await self._heads.find_one({"_id": conversation_id})

@@ -319,6 +319,39 @@ async def test_changes_after_archiving_are_overlaid_then_folded(
         assert b"ciphertext c-overlay #1c" not in world.object_bytes(key)
 
 
+async def test_request_ids_of_archived_entries_still_find_their_first_attempt(
+    backends: LocalStack, mongo: AsyncMongoClient
+) -> None:
+    """The log's unique request index no longer sees archived entries: the
+    archiver keeps their request ids (hashed) so a late retry is recognised."""
+    world = await _world(backends, mongo)
+    conversation = "c-retry"
+    changes = await write_history(
+        world.store, conversation, days_spread(10, first_days_ago=60, last_days_ago=1)
+    )
+    await world.archiver.run_pass(NOW)
+    head = await world.archiver._ledger.head(conversation)
+    assert 0 < head.version < 10
+    old, new = changes[0], changes[-1]
+    asked = [
+        (conversation, old.account_id, old.request_id),
+        (conversation, new.account_id, new.request_id),
+        (conversation, "mallory", old.request_id),
+        (conversation, old.account_id, "r-never-sent"),
+    ]
+    assert await world.store.archived_retries(asked) == {asked[0]}
+    found = await world.store.by_request(conversation, old.account_id, old.request_id)
+    assert found is not None and (found.version, found.change_id) == (old.version, old.change_id)
+    assert found.message is not None and found.message.body == old.message.body  # type: ignore[union-attr]
+    hot = await world.store.by_request(conversation, new.account_id, new.request_id)
+    assert hot is not None and hot.change_id == new.change_id
+    assert await world.store.by_request(conversation, "mallory", old.request_id) is None
+    # One document per archived entry, and none names an account.
+    docs = [d async for d in world.db["archive_requests"].find({})]
+    assert len(docs) == head.version
+    assert not [d for d in docs if "alice" in repr(d) or "bob" in repr(d)]
+
+
 async def _crash_at(step: str):  # type: ignore[no-untyped-def]
     class Crash(Exception):
         pass
