@@ -23,9 +23,10 @@ HEADLINE_KEYS = [
 ]
 # What each of the archiver's steps covers (the interval that ends at it).
 STEP_MEANING = {
-    "written": "read the log (first object) + encode Parquet + PUT",
+    "prepared": "find candidates, read their log entries (before any move)",
+    "written": "encode Parquet + PUT",
     "verified": "GET the object back + check SHA-256 and row groups",
-    "recorded": "manifest entries inserted",
+    "recorded": "manifest entries and request ids recorded",
     "advanced": "cold heads advanced",
     "deleted": "moved entries deleted from MongoDB",
 }

@@ -64,7 +64,7 @@ from parley_dev.bench.profile import Profiler, find_py_spy
 from parley_dev.bench.report import machine_info
 from parley_dev.bench.runner import StackTargets, progress, run_unary_baseline, stack_targets
 from svc_message.app import build_archive
-from svc_message.domain.archiver import STEPS, bundles, chunks_of, movable_prefix
+from svc_message.domain.archiver import PREPARED, STEPS, bundles, chunks_of, movable_prefix
 from svc_message.storage.archive import ArchiveLedger
 from svc_message.storage.archive_format import SCHEMA, Chunk, table_of
 
@@ -228,11 +228,13 @@ def bare_write(fs: pafs.S3FileSystem, root: str, plan: Sequence[Sequence[Chunk]]
 @dataclass
 class StepClock:
     """Seconds between the archiver's steps, summed per step: each interval is
-    named by the step that ends it (``written``: from the previous step, so
-    the first one holds the pass's reads of the log)."""
+    named by the step that ends it (``prepared``: the pass's reads of the log;
+    ``written``: encoding and PUT of each object)."""
 
     last: float = 0.0
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STEPS, 0.0))
+    seconds: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys((PREPARED, *STEPS), 0.0)
+    )
 
     def start(self) -> None:
         self.last = time.perf_counter()
