@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
-from pymongo.errors import DuplicateKeyError
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from parley_core.config import S3Settings
 from parley_core.errors import Reason, Unavailable
@@ -287,17 +287,20 @@ class ArchiveLedger:
         Idempotent (a rerun after a crash writes the same documents)."""
         if not versions:
             return
-        await self._requests.bulk_write(
-            [
-                UpdateOne(
-                    {"_id": key},
-                    {"$set": {"version": version, "expire_at": expire_at}},
-                    upsert=True,
-                )
-                for key, version in versions.items()
-            ],
-            ordered=False,
-        )
+        # Plain inserts (a batch is one command; upserts cost a lookup each):
+        # a rerun's duplicates name the same versions and are skipped.
+        try:
+            await self._requests.insert_many(
+                [
+                    {"_id": key, "version": version, "expire_at": expire_at}
+                    for key, version in versions.items()
+                ],
+                ordered=False,
+            )
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            if exc.details.get("writeConcernErrors") or any(e.get("code") != 11000 for e in errors):
+                raise
 
     async def archived_requests(self, keys: Sequence[str]) -> dict[str, int]:
         """The versions of the archived entries these request keys name."""
