@@ -734,6 +734,22 @@ class ArchiveSettings(_Section):
     """Archived entries' request ids (hashed) are kept this long after they move, so a retry of
     a send older than the hot window gets its first attempt's message instead of a second
     one; later than the hot window plus this, a retry is a new message."""
+    cold_window_days: float = Field(default=365.0, ge=0, le=36_500)
+    """Archive objects whose newest week ended longer ago than this go to the glacier class
+    (reads of them answer HISTORY_ARCHIVED; a history export restores them first); 0 never. At
+    least hot_window_days + 90 when on (Glacier bills 90 days at least)."""
+    glacier_transition: Literal["lifecycle", "copy"] = "lifecycle"
+    """How objects reach the glacier class: `lifecycle`, a bucket lifecycle rule svc_message puts
+    beside the others (the store moves them; cold_window_days - hot_window_days after an
+    object is written) and the archiver records the class the store reports; `copy`, the
+    archiver copies each due object onto itself with the class (stores without lifecycle
+    transitions, tests)."""
+    glacier_storage_class: Literal["GLACIER", "DEEP_ARCHIVE"] = "GLACIER"
+    """The S3 storage class of the glacier tier."""
+    restore_tier: Literal["Expedited", "Standard", "Bulk"] = "Standard"
+    """S3 retrieval tier of the restores of glacier objects (history exports, rewrites)."""
+    restore_days: int = Field(default=2, ge=1, le=30)
+    """Days a restored copy of a glacier object stays readable."""
 
     @property
     def hot_window_seconds(self) -> float:
@@ -742,6 +758,20 @@ class ArchiveSettings(_Section):
     @property
     def request_ids_seconds(self) -> float:
         return self.request_ids_days * 86400
+
+    @property
+    def cold_window_seconds(self) -> float:
+        return self.cold_window_days * 86400
+
+    @model_validator(mode="after")
+    def _glacier_after_hot(self) -> ArchiveSettings:
+        cold, hot = self.cold_window_days, self.hot_window_days
+        if cold and cold < hot + MIN_ARCHIVE_DAYS:
+            raise ValueError(
+                f"cold_window_days must be 0 (off) or at least hot_window_days + "
+                f"{MIN_ARCHIVE_DAYS}: Glacier bills {MIN_ARCHIVE_DAYS} days at least"
+            )
+        return self
 
 
 class Settings(_Section):

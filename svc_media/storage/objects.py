@@ -18,9 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import re
 from collections.abc import AsyncIterator, Sequence
-from email.utils import parsedate_to_datetime
 from typing import Any, NoReturn
 
 import botocore.session
@@ -30,7 +28,12 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from parley_core.config import S3Settings
 from parley_core.errors import Reason, Unavailable
-from parley_core.storage.s3 import open_client, read_credentials, signing_options
+from parley_core.storage.s3 import (
+    open_client,
+    parse_restore,
+    read_credentials,
+    signing_options,
+)
 from svc_media.model import (
     LifecyclePlan,
     ObjectInfo,
@@ -51,26 +54,6 @@ PROBE_SECONDS = 2.0
 STREAM_CHUNK = 1 << 20
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 _NO_LIFECYCLE = "NoSuchLifecycleConfiguration"
-_ONGOING = re.compile(r'ongoing-request\s*=\s*"(true|false)"')
-_EXPIRY = re.compile(r'expiry-date\s*=\s*"([^"]+)"')
-
-
-def parse_restore(header: str | None) -> tuple[bool, float | None]:
-    """(a restore is running, the restored copy's expiry in Unix seconds) from
-    ``x-amz-restore``: ``ongoing-request="true"``, or ``ongoing-request="false",
-    expiry-date="Fri, 21 Dec 2012 00:00:00 GMT"`` once the copy is readable."""
-    if not header:
-        return False, None
-    ongoing = _ONGOING.search(header)
-    if ongoing is not None and ongoing.group(1) == "true":
-        return True, None
-    expiry = _EXPIRY.search(header)
-    if ongoing is None or expiry is None:
-        return False, None
-    try:
-        return False, parsedate_to_datetime(expiry.group(1)).timestamp()
-    except (TypeError, ValueError):
-        return False, None
 
 
 def store_unavailable() -> Unavailable:
