@@ -63,12 +63,13 @@ from svc_message.servicer.push import PushServicer
 from svc_message.servicer.routing import OwnerRouting
 from svc_message.servicer.service import SERVICE_NAME, register
 from svc_message.servicer.stream import StreamServicer
-from svc_message.storage.archive import ArchiveLedger, ArchiveObjects, HotLog
+from svc_message.storage.archive import ArchiveLedger, ArchiveObjects
 from svc_message.storage.archive_lifecycle import transition_days
 from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.delivered import DeliveredMarks
 from svc_message.storage.doorbell import Doorbell
 from svc_message.storage.erasure import ErasureStore
+from svc_message.storage.hot_log import HotLog
 from svc_message.storage.inbox import InboxSettingsStore
 from svc_message.storage.projection import ProjectorStore
 from svc_message.storage.push import MuteLookup, PushOutbox, PushSettingsStore, PushTokenStore

@@ -43,8 +43,9 @@ from parley_core.errors import Reason, Unavailable
 from svc_message.domain.glacier import Glacier
 from svc_message.model import HISTORY_KINDS, ChangeKind
 from svc_message.model.archive import ArchiveState, ColdHead, ManifestEntry, Tier
-from svc_message.storage.archive import ArchiveLedger, ArchiveObjects, HotLog, request_key
+from svc_message.storage.archive import ArchiveLedger, ArchiveObjects, request_key
 from svc_message.storage.archive_format import Chunk, encode, iso_week, row_group_sizes
+from svc_message.storage.hot_log import HotLog
 from svc_message.storage.tiered import TieredMessageStore
 
 log = structlog.get_logger(__name__)

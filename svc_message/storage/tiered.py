@@ -38,11 +38,11 @@ from svc_message.storage.archive import (
     ArchivedObject,
     ArchiveLedger,
     ArchiveObjects,
-    HotLog,
     MissingObject,
     request_key,
 )
 from svc_message.storage.archive_format import iso_week, read_row_group
+from svc_message.storage.hot_log import HotLog
 from svc_message.storage.messages import MessageStore, change_from_doc, message_from_doc
 
 # Reads that saw the cold head move under them try again at most this often.
