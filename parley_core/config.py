@@ -779,6 +779,10 @@ class ArchiveSettings(_Section):
     """Log entries of one conversation one pass reads at most."""
     s3_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     """Seconds one call to the object store may take."""
+    request_ids_days: float = Field(default=90.0, gt=0, le=3650)
+    """Archived entries' request ids (hashed) are kept this long after they move, so a retry of
+    a send older than the hot window gets its first attempt's message instead of a second
+    one; later than the hot window plus this, a retry is a new message."""
     cold_window_days: float = Field(default=365.0, ge=0, le=36_500)
     """Archive objects whose newest week ended longer ago than this go to the glacier class
     (reads of them answer HISTORY_ARCHIVED; a history export restores them first); 0 never. At
@@ -799,6 +803,10 @@ class ArchiveSettings(_Section):
     @property
     def hot_window_seconds(self) -> float:
         return self.hot_window_days * 86400
+
+    @property
+    def request_ids_seconds(self) -> float:
+        return self.request_ids_days * 86400
 
     @property
     def cold_window_seconds(self) -> float:

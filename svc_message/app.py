@@ -20,7 +20,7 @@ from parley_core.storage.mongo import Database
 from parley_core.telemetry import build_tracing
 from svc_message.archive_metrics import ArchiveMetrics
 from svc_message.domain.acks import AckBatcher
-from svc_message.domain.archiver import Archiver
+from svc_message.domain.archiver import Archiver, StepHook
 from svc_message.domain.changes import ChangesHandler
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.delivery import DeliveryService
@@ -66,12 +66,13 @@ from svc_message.servicer.routing import OwnerRouting
 from svc_message.servicer.search import ServerSearchServicer
 from svc_message.servicer.service import SERVICE_NAME, register
 from svc_message.servicer.stream import StreamServicer
-from svc_message.storage.archive import ArchiveLedger, ArchiveObjects, HotLog
+from svc_message.storage.archive import ArchiveLedger, ArchiveObjects
 from svc_message.storage.archive_lifecycle import transition_days
 from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.delivered import DeliveredMarks
 from svc_message.storage.doorbell import Doorbell
 from svc_message.storage.erasure import ErasureStore
+from svc_message.storage.hot_log import HotLog
 from svc_message.storage.inbox import InboxSettingsStore
 from svc_message.storage.projection import ProjectorStore
 from svc_message.storage.push import MuteLookup, PushOutbox, PushSettingsStore, PushTokenStore
@@ -115,10 +116,15 @@ LIMITS = (
 
 
 async def build_archive(
-    settings: Settings, db: Database, *, clock: Callable[[], float] = time.time
+    settings: Settings,
+    db: Database,
+    *,
+    clock: Callable[[], float] = time.time,
+    on_step: StepHook | None = None,
 ) -> tuple[TieredMessageStore, Archiver, ArchiveObjects]:
     """The log across its tiers and the archiver that moves it (also used by
-    ``python -m svc_message archive``)."""
+    ``python -m svc_message archive`` and the history benchmark, which times
+    the archiver's steps through ``on_step``)."""
     config = settings.archive
     ledger = ArchiveLedger(db)
     hot = HotLog(db)
@@ -156,7 +162,9 @@ async def build_archive(
         entries_per_conversation=config.entries_per_conversation,
         interval_seconds=config.interval_seconds,
         lease_seconds=config.lease_seconds,
+        request_ids_seconds=config.request_ids_seconds,
         clock=clock,
+        on_step=on_step,
         glacier=glacier,
     )
     return store, archiver, objects

@@ -5,6 +5,10 @@ handle on the history archiver, against the deployment's MongoDB and S3.
 each pass; ``run`` makes one pass now from this process (it takes the lease
 like a service process would, so it never runs beside one); ``status``
 prints the tiers' sizes and the last pass as JSON.
+
+``run --hold-at STEP`` stops the pass right after that step of its first
+move, says so on stdout and waits to be killed: the crash tests SIGKILL it
+there and check that a rerun repairs the half-done move.
 """
 
 from __future__ import annotations
@@ -20,9 +24,25 @@ from parley_core.config import ConfigError, load_settings
 from parley_core.log_setup import configure_logging
 from parley_core.storage import mongo as mongo_storage
 from svc_message.app import build_archive
+from svc_message.domain.archiver import STEPS, StepHook
 
 
-async def _command(command: str, config: Path | None) -> dict[str, object]:
+def _holding_at(step: str | None) -> StepHook | None:
+    if step is None:
+        return None
+
+    async def hold(reached: str) -> None:
+        if reached == step:
+            print(f"held at {step}", flush=True)
+            # Until killed: the caller's SIGKILL is the point.
+            await asyncio.Event().wait()
+
+    return hold
+
+
+async def _command(
+    command: str, config: Path | None, hold_at: str | None = None
+) -> dict[str, object]:
     settings = load_settings(config)
     # Logs to stderr, as the services write them: stdout is the JSON answer.
     configure_logging(
@@ -31,7 +51,7 @@ async def _command(command: str, config: Path | None) -> dict[str, object]:
     client = mongo_storage.connect(settings.mongo, app_name="svc_message-archive")
     try:
         db = mongo_storage.durable_database(client, settings.mongo)
-        _, archiver, objects = await build_archive(settings, db)
+        _, archiver, objects = await build_archive(settings, db, on_step=_holding_at(hold_at))
         try:
             if command in ("pause", "resume"):
                 await archiver.set_paused(command == "pause")
@@ -69,9 +89,16 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("command", choices=("run", "status", "pause", "resume"))
     parser.add_argument("--config", type=Path, help="YAML config file (or PARLEY_CONFIG)")
+    parser.add_argument(
+        "--hold-at",
+        choices=STEPS,
+        help="run: stop after this step of the first move and wait to be killed (crash tests)",
+    )
     args = parser.parse_args(argv)
+    if args.hold_at and args.command != "run":
+        parser.error("--hold-at goes with run")
     try:
-        result = asyncio.run(_command(args.command, args.config))
+        result = asyncio.run(_command(args.command, args.config, args.hold_at))
     except ConfigError as exc:
         raise SystemExit(f"svc_message archive: {exc}") from None
     json.dump(result, sys.stdout, indent=2, sort_keys=True)

@@ -26,6 +26,9 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost")
 MIB = 1 << 20
 DEFAULT_MEDIA_SIZES_MIB = (1.0, 16.0)
 FULL_MEDIA_ROUNDS = 3
+# The history scenario, quick and full: conversations, messages in each.
+QUICK_HISTORY = (4, 400)
+FULL_HISTORY = (16, 1500)
 # Largest file the media scenario takes: the services' single-object default.
 MAX_MEDIA_MIB = 2048.0
 
@@ -42,7 +45,8 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
             "its members' live streams; --scenario presence measures heartbeats/s with their "
             "Redis cost, and the fan-out of presence changes to allowed and hidden subscribers; "
             "--scenario media measures upload and download MB/s through svc_media beside bare "
-            "presigned requests to the same object store."
+            "presigned requests to the same object store; --scenario history measures pages of "
+            "50 from the hot and the cold tier and the archiver beside a bare pyarrow write."
         ),
     )
     where = bench.add_argument_group("which stack")
@@ -95,12 +99,13 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
     )
     bench.add_argument(
         "--scenario",
-        choices=["messaging", "group", "presence", "media"],
+        choices=["messaging", "group", "presence", "media", "history"],
         default="messaging",
         help="messaging: sends, delivery and fetch over direct conversations (default); "
         "group: send-to-delivery time on every live stream of one big group; "
         "presence: heartbeats/s and their Redis cost, fan-out of presence changes; "
-        "media: upload and download MB/s through svc_media beside bare presigned S3 requests",
+        "media: upload and download MB/s through svc_media beside bare presigned S3 requests; "
+        "history: pages of 50 from hot and cold history, the archiver beside bare pyarrow",
     )
     load = bench.add_argument_group("load")
     load.add_argument(
@@ -268,6 +273,35 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
         f"other work on the machine falls on both alike (default: {FULL_MEDIA_ROUNDS}, "
         "--quick 1)",
     )
+    tiers = bench.add_argument_group("history scenario")
+    tiers.add_argument(
+        "--history-conversations",
+        type=_positive_int,
+        metavar="C",
+        help="direct conversations of the dataset "
+        f"(default: {FULL_HISTORY[0]}, --quick {QUICK_HISTORY[0]})",
+    )
+    tiers.add_argument(
+        "--history-messages",
+        type=_history_messages,
+        metavar="M",
+        help="messages sent in each, aged over eight weeks so about half is archived "
+        f"(default: {FULL_HISTORY[1]}, --quick {QUICK_HISTORY[1]}; at least 200)",
+    )
+    tiers.add_argument(
+        "--history-readers",
+        type=_positive_int,
+        default=4,
+        metavar="R",
+        help="closed-loop readers of each read phase, and baseline unary callers (default: 4)",
+    )
+    tiers.add_argument(
+        "--history-seed",
+        type=int,
+        default=17,
+        metavar="N",
+        help="seed of the dataset (bodies, ages) and of the pages read (default: 17)",
+    )
     out = bench.add_argument_group("output")
     out.add_argument("--json", type=Path, dest="json_path", metavar="PATH", help="write the report")
     out.add_argument(
@@ -325,6 +359,7 @@ def run_command(args: argparse.Namespace) -> int:
     if fetch > args.pairs:
         raise SystemExit("parley bench: --fetch-conversations cannot exceed --pairs")
     warmup, duration = QUICK_SECONDS if args.quick else FULL_SECONDS
+    history_default = QUICK_HISTORY if args.quick else FULL_HISTORY
     users, subscribers, toggles = QUICK_PRESENCE if args.quick else FULL_PRESENCE
     users = args.presence_users or users
     subscribers = args.presence_subscribers or min(subscribers, users - 1)
@@ -371,6 +406,10 @@ def run_command(args: argparse.Namespace) -> int:
         media_sizes=tuple(int(mib * MIB) for mib in args.media_sizes),
         media_concurrency=args.media_concurrency,
         media_rounds=args.media_rounds or (1 if args.quick else FULL_MEDIA_ROUNDS),
+        history_conversations=args.history_conversations or history_default[0],
+        history_messages=args.history_messages or history_default[1],
+        history_readers=args.history_readers,
+        history_seed=args.history_seed,
         history_path=None if args.no_history else (args.history_path or DEFAULT_HISTORY),
     )
     return run_bench(config)
@@ -396,6 +435,14 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _history_messages(text: str) -> int:
+    value = int(text)
+    # Both tiers must hold full pages of 50 in every conversation.
+    if not 200 <= value <= 100_000:
+        raise argparse.ArgumentTypeError("must be between 200 and 100000")
     return value
 
 

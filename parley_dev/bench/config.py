@@ -12,7 +12,7 @@ from parley_dev.bench.phases import FETCH_PAGE
 from parley_dev.bench.population import wire_sizes
 
 EventLoop = Literal["uvloop", "asyncio"]
-Scenario = Literal["messaging", "group", "presence", "media"]
+Scenario = Literal["messaging", "group", "presence", "media", "history"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,12 @@ class BenchConfig:
     media_concurrency: int = 4
     # Turns each phase's window is cut into, bare and svc_media alternating.
     media_rounds: int = 3
+    # The history scenario (parley_dev.bench.history_tiers): conversations,
+    # messages in each, readers per read phase, the dataset's seed.
+    history_conversations: int = 16
+    history_messages: int = 1500
+    history_readers: int = 4
+    history_seed: int = 17
 
     def parameters(self) -> dict[str, Any]:
         send_bytes, event_bytes = wire_sizes(self.body_bytes)

@@ -30,6 +30,7 @@ import yaml
 
 from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.message.v1 import messages_pb2_grpc as mgrpc
+from parley_core.config import ConfigError, Settings, load_settings
 from parley_dev.bench import procstat
 from parley_dev.bench.baseline import BaselineServer, push_phase, unary_phase
 from parley_dev.bench.config import BenchConfig, EventLoop
@@ -59,6 +60,7 @@ from parley_dev.bench.thin_durable import (
     thin_durable_phase,
     thin_durable_stats,
 )
+from parley_dev.layout import deep_merge
 from parley_dev.limits import unreached_limits
 
 T = TypeVar("T")
@@ -226,6 +228,8 @@ class StackTargets:
     media_settings: dict[str, Any] | None = None
     # The stack's s3 config section (endpoint, bucket, key files); None when not known.
     s3: dict[str, Any] | None = None
+    # The stack's whole config (the history scenario runs the archiver against it).
+    settings: Settings | None = None
 
 
 @contextlib.asynccontextmanager
@@ -240,15 +244,18 @@ async def stack_targets(config: BenchConfig, work_dir: Path) -> AsyncIterator[St
             root=work_dir / "stack",
             message_instances=config.message_instances,
             shutdown_grace_seconds=STACK_SHUTDOWN_GRACE_SECONDS,
-            extra_config={
-                "keys": loop_config,
-                "message": loop_config,
-                "presence": loop_config,
-                "media": loop_config,
-                # The bench's own load is no abuse: every limit is still taken
-                # (its cost is in the figures), none refuses (bench/README.md).
-                "limits": unreached_limits(),
-            },
+            extra_config=deep_merge(
+                {
+                    "keys": loop_config,
+                    "message": loop_config,
+                    "presence": loop_config,
+                    "media": loop_config,
+                    # The bench's own load is no abuse: every limit is still taken
+                    # (its cost is in the figures), none refuses (bench/README.md).
+                    "limits": unreached_limits(),
+                },
+                _scenario_config(config),
+            ),
         )
         progress(f"starting a local stack in {stack.root}")
         await stack.start()
@@ -266,6 +273,7 @@ async def stack_targets(config: BenchConfig, work_dir: Path) -> AsyncIterator[St
             media_metrics_url=stack.media_metrics_url,
             media_settings=stack.settings.media.model_dump(mode="json", exclude={"server"}),
             s3=stack.settings.s3.model_dump(mode="json"),
+            settings=stack.settings,
         )
     else:
         message_targets = list(config.message_targets)
@@ -278,6 +286,7 @@ async def stack_targets(config: BenchConfig, work_dir: Path) -> AsyncIterator[St
             extra["svc_presence"] = _port(config.presence_target)
         if config.scenario == "media":
             extra["svc_media"] = _port(config.media_target)
+        if config.scenario in ("media", "history"):
             s3_port = urlsplit(str((s3 or {}).get("endpoint_url", ""))).port
             if s3_port is not None:
                 extra["seaweedfs"] = s3_port
@@ -299,6 +308,7 @@ async def stack_targets(config: BenchConfig, work_dir: Path) -> AsyncIterator[St
             media_target=config.media_target,
             media_settings=_configured_section(config.data_dir, "media"),
             s3=s3,
+            settings=_configured_settings(config.data_dir),
         )
     targets.pids.update(config.pids)
     try:
@@ -307,6 +317,27 @@ async def stack_targets(config: BenchConfig, work_dir: Path) -> AsyncIterator[St
         if stack is not None:
             progress("stopping the local stack")
             await stack.stop()
+
+
+def _scenario_config(config: BenchConfig) -> dict[str, Any]:
+    """What a scenario changes in the stack it starts."""
+    if config.scenario != "history":
+        return {}
+    # The history scenario measures the tiers: the recent cache would answer
+    # pages from Redis instead, and the bench runs the archiver itself, with
+    # its clock, so the services' own archiver stays off.
+    return {"message": {"recent_cache_messages": 0}, "archive": {"enabled": False}}
+
+
+def _configured_settings(data_dir: Path) -> Settings | None:
+    """The config of the running `parley up` whose data dir this is."""
+    path = data_dir / "parley.yaml"
+    if not path.exists():
+        return None
+    try:
+        return load_settings(path, environ={})
+    except ConfigError:
+        return None
 
 
 def _configured_section(data_dir: Path, section: str) -> dict[str, Any] | None:

@@ -18,6 +18,8 @@ from parley_dev.bench import history
 from parley_dev.bench.config import BenchConfig, Scenario
 from parley_dev.bench.group import group_bench
 from parley_dev.bench.group_report import render_group
+from parley_dev.bench.history_report import render_history
+from parley_dev.bench.history_tiers import history_bench
 from parley_dev.bench.media import media_bench
 from parley_dev.bench.media_report import render_media
 from parley_dev.bench.presence import presence_bench
@@ -34,6 +36,7 @@ SCENARIOS: dict[Scenario, tuple[Measure, Show]] = {
     "group": (group_bench, render_group),
     "presence": (presence_bench, render_presence),
     "media": (media_bench, render_media),
+    "history": (history_bench, render_history),
 }
 
 

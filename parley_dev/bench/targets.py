@@ -45,7 +45,15 @@ PRESENCE_CHANGE_P99_MAX_MS = 100.0
 MEDIA_FRACTION_OF_BARE = 0.8
 MEDIA_SIZES = (1 << 20, 16 << 20)
 
+# history: the design's tier table (a page of 50: hot p99 < 10 ms, cold
+# p99 < 500 ms) and issue 17's archiver rate against a bare pyarrow write of
+# the same rows to the same store in the same run.
+HISTORY_HOT_P99_MAX_MS = 10.0
+HISTORY_COLD_P99_MAX_MS = 500.0
+ARCHIVER_FRACTION_OF_BARE = 0.5
+
 SEND_RATIO = "send_rps / thin_durable_rps"
+ARCHIVER_RATIO = "archiver_messages_per_s / bare_pyarrow_messages_per_s"
 SEND_P99_RATIO = "send_ack_p99_ms / thin_durable_p99_ms"
 HEARTBEAT_RATIO = "presence_heartbeats_per_s / baseline_unary_rps"
 
@@ -242,11 +250,41 @@ def media_targets(figures: Figures, parameters: Figures) -> list[Target]:
     return targets
 
 
+def history_targets(figures: Figures, parameters: Figures) -> list[Target]:
+    readers = parameters.get("readers")
+    targets = [
+        Target(
+            f"history_{tier}_{direction}_p99_ms",
+            _figure(figures, f"history_{tier}_{direction}_p99_ms"),
+            "<=",
+            limit,
+            "ms",
+            note=f"a page of 50 from the {tier} tier, {direction}, through ListMessages, "
+            f"{readers} readers",
+        )
+        for tier, limit in (("hot", HISTORY_HOT_P99_MAX_MS), ("cold", HISTORY_COLD_P99_MAX_MS))
+        for direction in ("backward", "forward")
+    ]
+    targets.append(
+        Target(
+            ARCHIVER_RATIO,
+            _figure(figures, ARCHIVER_RATIO),
+            ">=",
+            ARCHIVER_FRACTION_OF_BARE,
+            "x",
+            note="one archiver pass (write, read back, manifest, delete) against a bare pyarrow "
+            "write of the same rows to the same store",
+        )
+    )
+    return targets
+
+
 SCENARIO_TARGETS: dict[str, TargetsOf] = {
     "messaging": messaging_targets,
     "group": group_targets,
     "presence": presence_targets,
     "media": media_targets,
+    "history": history_targets,
 }
 
 

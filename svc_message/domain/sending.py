@@ -231,6 +231,13 @@ class SendPipeline:
         created_at = datetime.fromtimestamp(int(self._clock() * 1000) / 1000, UTC)
         committed: list[tuple[Draft, Change]] = []
         pending, retried = _first_attempts(batch)
+        try:
+            pending, late = await self._archived_retries(pending)
+        except Exception as exc:
+            log.warning("archived_retries_failed", size=len(pending), error=str(exc))
+            _fail(batch, _store_failed())
+            return
+        retried += late
         stalled = 0
         while pending and stalled < MAX_STALLED_ROUNDS:
             await self._load_positions({d.conversation_id for d in pending})
@@ -360,6 +367,25 @@ class SendPipeline:
 
     def _history(self, message: Message) -> bytes:
         return self._codec.history_entry(self._codec.message(message))
+
+    async def _archived_retries(self, drafts: list[Draft]) -> tuple[list[Draft], list[Draft]]:
+        """Drafts split into new ones and retries of entries already archived:
+        the log's unique request index no longer holds those, so an insert
+        would commit them twice. One lookup per batch."""
+        keys = [
+            (d.conversation_id, d.template.account_id, d.template.request_id)
+            for d in drafts
+            if d.template.request_id
+        ]
+        archived = await self._messages.archived_retries(keys) if keys else set()
+        if not archived:
+            return drafts, []
+        new: list[Draft] = []
+        late: list[Draft] = []
+        for draft in drafts:
+            key = (draft.conversation_id, draft.template.account_id, draft.template.request_id)
+            (late if key in archived else new).append(draft)
+        return new, late
 
     async def _resolve_retries(self, retried: list[Draft]) -> list[tuple[Draft, Change]]:
         """A retried request_id gets the change its first attempt stored."""

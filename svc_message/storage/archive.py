@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from parley_core.config import S3Settings
 from parley_core.errors import Reason, Unavailable
@@ -284,11 +284,19 @@ def _doc(entry: ManifestEntry, object_bytes: int) -> Document:
     return doc
 
 
+def request_key(conversation_id: str, sender_id: str, request_id: str) -> str:
+    """The id of an archived entry's request in ``archive_requests``: a hash,
+    so the collection names no account (erasure scans every store for ids)."""
+    joined = "\x1f".join((conversation_id, sender_id, request_id))
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
 class ArchiveLedger:
     def __init__(self, db: Database) -> None:
         self._manifest = db["archive_manifest"]
         self._heads = db["archive_heads"]
         self._control = db["archive_control"]
+        self._requests = db["archive_requests"]
 
     async def ensure_indexes(self) -> None:
         await self._manifest.create_index([("conversation_id", ASCENDING), ("seq_hi", ASCENDING)])
@@ -298,6 +306,7 @@ class ArchiveLedger:
         await self._manifest.create_index([("week", ASCENDING), ("id_lo", ASCENDING)])
         await self._manifest.create_index([("object_key", ASCENDING)])
         await self._manifest.create_index([("media", ASCENDING)], sparse=True)
+        await self._requests.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
 
     # -- manifest ------------------------------------------------------------
 
@@ -442,6 +451,36 @@ class ArchiveLedger:
 
     # -- cold heads ----------------------------------------------------------
 
+    # -- request ids of archived entries -------------------------------------
+
+    async def remember_requests(self, versions: Mapping[str, int], *, expire_at: datetime) -> None:
+        """``request_key`` -> version of the archived entries that had a
+        request id, kept until ``expire_at`` so a late retry is recognised.
+        Idempotent (a rerun after a crash writes the same documents)."""
+        if not versions:
+            return
+        # Plain inserts (a batch is one command; upserts cost a lookup each):
+        # a rerun's duplicates name the same versions and are skipped.
+        try:
+            await self._requests.insert_many(
+                [
+                    {"_id": key, "version": version, "expire_at": expire_at}
+                    for key, version in versions.items()
+                ],
+                ordered=False,
+            )
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            if exc.details.get("writeConcernErrors") or any(e.get("code") != 11000 for e in errors):
+                raise
+
+    async def archived_requests(self, keys: Sequence[str]) -> dict[str, int]:
+        """The versions of the archived entries these request keys name."""
+        if not keys:
+            return {}
+        cursor = self._requests.find({"_id": {"$in": list(keys)}}, {"version": 1})
+        return {doc["_id"]: int(doc["version"]) async for doc in cursor}
+
     async def head(self, conversation_id: str) -> ColdHead:
         doc = await self._heads.find_one({"_id": conversation_id})
         if doc is None:
@@ -506,75 +545,3 @@ class ArchiveLedger:
             },
             upsert=True,
         )
-
-
-class HotLog:
-    """What the archiver and the read path ask the ``messages`` collection."""
-
-    def __init__(self, db: Database) -> None:
-        self._messages = db["messages"]
-
-    async def ensure_indexes(self) -> None:
-        # Changes naming an archived message are its overlay: found by the seq
-        # they target.
-        await self._messages.create_index(
-            [("conversation_id", ASCENDING), ("target_seq", ASCENDING)]
-        )
-
-    async def conversations_before(
-        self, first_id: str, *, after: str = "", limit: int
-    ) -> list[tuple[str, str]]:
-        """(conversation, its oldest entry id) for conversations with entries
-        older than the id ``first_id`` (ids are UUIDv7: they sort by creation
-        time), whose oldest entry id is above ``after``, in that order."""
-        cursor = await self._messages.aggregate(
-            [
-                {"$match": {"_id": {"$lt": first_id}}},
-                {"$group": {"_id": "$conversation_id", "oldest": {"$min": "$_id"}}},
-                {"$match": {"oldest": {"$gt": after}}},
-                {"$sort": {"oldest": 1}},
-                {"$limit": limit},
-            ]
-        )
-        return [(str(doc["_id"]), str(doc["oldest"])) async for doc in cursor]
-
-    async def newest(self, conversation_id: str) -> Document | None:
-        return await self._messages.find_one(
-            {"conversation_id": conversation_id},
-            {"version": 1, "created_at": 1},
-            sort=[("version", DESCENDING)],
-        )
-
-    async def entries(
-        self, conversation_id: str, *, after_version: int, limit: int
-    ) -> list[Document]:
-        cursor = (
-            self._messages.find(
-                {"conversation_id": conversation_id, "version": {"$gt": after_version}}
-            )
-            .sort("version", ASCENDING)
-            .limit(limit)
-        )
-        return [doc async for doc in cursor]
-
-    async def delete_through(self, conversation_id: str, version: int) -> int:
-        reply = await self._messages.delete_many(
-            {"conversation_id": conversation_id, "version": {"$lte": version}}
-        )
-        return int(reply.deleted_count)
-
-    async def overlays(self, conversation_id: str, seq_lo: int, seq_hi: int) -> list[Document]:
-        """Changes (edits, deletes, hides, reactions) of messages seq_lo..seq_hi
-        still in the log, oldest first."""
-        cursor = self._messages.find(
-            {"conversation_id": conversation_id, "target_seq": {"$gte": seq_lo, "$lte": seq_hi}}
-        ).sort("version", ASCENDING)
-        return [doc async for doc in cursor]
-
-    async def count(self) -> int:
-        return int(await self._messages.estimated_document_count())
-
-    async def size_bytes(self) -> int:
-        """The log's documents' size (collStats ``size``, uncompressed)."""
-        stats = await self._messages.database.command("collStats", self._messages.name)
-        return int(stats.get("size") or 0)

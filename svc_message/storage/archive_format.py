@@ -201,6 +201,11 @@ def doc_from_row(row: Mapping[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def table_of(chunk: Chunk) -> pa.Table:
+    """The chunk's rows as an Arrow table of the archive's schema."""
+    return pa.Table.from_pylist([_row(d, chunk.week) for d in chunk.docs], schema=SCHEMA)
+
+
 def encode(chunks: Sequence[Chunk]) -> Encoded:
     """One Parquet object holding each chunk as its own row group."""
     sink = io.BytesIO()
@@ -216,8 +221,7 @@ def encode(chunks: Sequence[Chunk]) -> Encoded:
         store_schema=True,
     ) as writer:
         for chunk in chunks:
-            table = pa.Table.from_pylist([_row(d, chunk.week) for d in chunk.docs], schema=SCHEMA)
-            writer.write_table(table, row_group_size=max(len(chunk.docs), 1))
+            writer.write_table(table_of(chunk), row_group_size=max(len(chunk.docs), 1))
             groups.append((len(groups), len(chunk.docs)))
     data = sink.getvalue()
     return Encoded(data=data, sha256=hashlib.sha256(data).hexdigest(), row_groups=tuple(groups))

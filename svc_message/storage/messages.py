@@ -262,6 +262,13 @@ class MessageStore:
         if requests:
             await self._messages.bulk_write(requests, ordered=True)
 
+    async def archived_retries(
+        self, requests: Sequence[tuple[str, str, str]]
+    ) -> set[tuple[str, str, str]]:
+        """Which (conversation_id, sender_id, request_id) name entries that left
+        this log for an archive (none: this store has no archive)."""
+        return set()
+
     async def by_request(
         self, conversation_id: str, sender_id: str, request_id: str
     ) -> Change | None:

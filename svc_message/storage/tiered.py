@@ -17,7 +17,11 @@ object while they are still in the log. A message deleted for everyone has
 no body in either tier.
 
 Writes are unchanged: they go to the hot log; a mutation of an archived
-message there matches no document and only its feed entry stays.
+message there matches no document and only its feed entry stays. The log's
+unique request index cannot see archived entries: the archiver keeps their
+request ids (hashed) in ``archive_requests`` for a while, and the send
+pipeline asks ``archived_retries`` before it inserts, so a late retry gets
+its first attempt's change (``by_request`` reads it from the archive).
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ from svc_message.storage.archive import (
     ArchivedObject,
     ArchiveLedger,
     ArchiveObjects,
-    HotLog,
     MissingObject,
+    request_key,
 )
 from svc_message.storage.archive_format import iso_week, read_row_group
+from svc_message.storage.hot_log import HotLog
 from svc_message.storage.messages import MessageStore, change_from_doc, message_from_doc
 
 # Reads that saw the cold head move under them try again at most this often.
@@ -315,6 +320,31 @@ class TieredMessageStore(MessageStore):
             if await self._ledger.head(conversation_id) == head:
                 break
         return found
+
+    async def archived_retries(
+        self, requests: Sequence[tuple[str, str, str]]
+    ) -> set[tuple[str, str, str]]:
+        keys = {request_key(*request): request for request in requests}
+        found = await self._ledger.archived_requests(sorted(keys))
+        return {keys[key] for key in found}
+
+    async def by_request(
+        self, conversation_id: str, sender_id: str, request_id: str
+    ) -> Change | None:
+        found = await super().by_request(conversation_id, sender_id, request_id)
+        if found is not None:
+            return found
+        versions = await self._ledger.archived_requests(
+            [request_key(conversation_id, sender_id, request_id)]
+        )
+        if not versions:
+            return None
+        (version,) = versions.values()
+        for entry in await self._ledger.by_version(conversation_id, version, version):
+            for doc in await self.current_docs(entry):
+                if int(doc["version"]) == version:
+                    return change_from_doc(doc)
+        return None
 
     async def _cold_by_id(self, message_id: str) -> Message | None:
         entries = await self._ledger.by_message_id(_weeks_around(message_id), message_id)

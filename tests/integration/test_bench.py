@@ -375,3 +375,54 @@ def test_quick_media_bench_puts_svc_media_beside_the_bare_store(tmp_path: Path) 
     params = report["parameters"]
     assert params["concurrency"] == params["users"] == 2
     assert params["sizes_bytes"] == [262144, 9 << 20]
+
+
+@pytest.mark.slow
+def test_quick_history_bench_reads_both_tiers_and_times_the_archiver(tmp_path: Path) -> None:
+    out = tmp_path / "history.json"
+    # Two conversations of 200 messages: both tiers hold full pages, little to send.
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "parley_dev.cli", "bench", "--scenario", "history"),
+            *("--start", "--quick", "--duration", "1", "--json", str(out)),
+            *("--history-conversations", "2", "--history-messages", "200"),
+            "--no-history",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    assert "page of 50 from cold, backward" in run.stdout and "unary rps" in run.stdout
+    report = json.loads(out.read_text())
+
+    assert report["scenario"] == "history" and report["complete"] is True
+    assert report["warnings"] == []
+    assert_targets(
+        report,
+        {
+            *(f"history_{t}_{d}_p99_ms" for t in ("hot", "cold") for d in ("backward", "forward")),
+            "archiver_messages_per_s / bare_pyarrow_messages_per_s",
+        },
+    )
+    for read in ("hot_backward", "cold_backward", "hot_forward", "cold_forward"):
+        phase = report["phases"][read]
+        assert phase["errors"] == {} and phase["completed"] > 0, read
+        assert report[f"history_{read}_p99_ms"] >= report[f"history_{read}_p50_ms"] > 0
+    # The archiver moved exactly the rows the bare write wrote, the older part.
+    archive, bare = report["phases"]["archive"], report["phases"]["bare_write"]
+    assert archive["rows"] == bare["rows"] == report["archived_rows"] > 0
+    assert archive["objects"] == bare["objects"] >= 1
+    cold, last = report["dataset"].values()
+    assert all(50 <= c <= n - 50 for c, n in zip(cold, last, strict=True)), (cold, last)
+    assert archive["rows"] >= sum(cold)
+    assert list(archive["step_seconds"]) == [
+        *("prepared", "written", "verified", "recorded", "advanced", "deleted")
+    ]
+    # Cold pages are svc_message's work on objects; the archive pass is the bench's.
+    cpu = report["cpu_seconds"]
+    assert cpu["cold_backward"]["svc_message-0"] > 0 and cpu["archive"]["bench_client"] > 0
+    assert report["baseline_unary_rps"] > 0
+    params = report["parameters"]
+    assert params["recent_cache_messages"] == 0 and params["conversations"] == 2

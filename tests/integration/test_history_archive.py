@@ -21,6 +21,7 @@ import pytest_asyncio
 from pymongo import AsyncMongoClient
 
 from parley_dev.stack import LocalStack
+from svc_message.domain import archiver as archiver_module
 from svc_message.domain.archiver import STEPS, tombstone_sender
 from svc_message.domain.messages import NEWEST
 from svc_message.model import ChangeKind, Message
@@ -317,6 +318,61 @@ async def test_changes_after_archiving_are_overlaid_then_folded(
     # No object still holds the deleted message's ciphertext.
     for key in keys_after:
         assert b"ciphertext c-overlay #1c" not in world.object_bytes(key)
+
+
+async def test_a_pass_reads_the_log_in_batches_up_to_what_stays(
+    backends: LocalStack, mongo: AsyncMongoClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(archiver_module, "READ_BATCH", 7)
+    world = await _world(backends, mongo)
+    times = days_spread(40, first_days_ago=70, last_days_ago=1)
+    await write_history(world.store, "c-batches", times)
+    due = sum(1 for t in times if t.timestamp() < NOW - 37 * DAY)
+    # At most 10 entries per conversation and pass: behind, then the rest.
+    world.archiver._entries_per_conversation = 10
+    first = await world.archiver.run_pass(NOW)
+    assert first.moved == 10 and first.lag_seconds > 0, first
+    world.archiver._entries_per_conversation = 1000
+    rest = await world.archiver.run_pass(NOW)
+    head = await world.archiver._ledger.head("c-batches")
+    # Every entry of a week that ended before the window moved, none after.
+    assert first.moved + rest.moved == head.version >= due, (first, rest, due)
+    left = [d async for d in world.db["messages"].find({"conversation_id": "c-batches"})]
+    assert left and all(d["created_at"].timestamp() > NOW - 37 * DAY for d in left)
+    assert len(left) == 40 - head.version
+
+
+async def test_request_ids_of_archived_entries_still_find_their_first_attempt(
+    backends: LocalStack, mongo: AsyncMongoClient
+) -> None:
+    """The log's unique request index no longer sees archived entries: the
+    archiver keeps their request ids (hashed) so a late retry is recognised."""
+    world = await _world(backends, mongo)
+    conversation = "c-retry"
+    changes = await write_history(
+        world.store, conversation, days_spread(10, first_days_ago=60, last_days_ago=1)
+    )
+    await world.archiver.run_pass(NOW)
+    head = await world.archiver._ledger.head(conversation)
+    assert 0 < head.version < 10
+    old, new = changes[0], changes[-1]
+    asked = [
+        (conversation, old.account_id, old.request_id),
+        (conversation, new.account_id, new.request_id),
+        (conversation, "mallory", old.request_id),
+        (conversation, old.account_id, "r-never-sent"),
+    ]
+    assert await world.store.archived_retries(asked) == {asked[0]}
+    found = await world.store.by_request(conversation, old.account_id, old.request_id)
+    assert found is not None and (found.version, found.change_id) == (old.version, old.change_id)
+    assert found.message is not None and found.message.body == old.message.body  # type: ignore[union-attr]
+    hot = await world.store.by_request(conversation, new.account_id, new.request_id)
+    assert hot is not None and hot.change_id == new.change_id
+    assert await world.store.by_request(conversation, "mallory", old.request_id) is None
+    # One document per archived entry, and none names an account.
+    docs = [d async for d in world.db["archive_requests"].find({})]
+    assert len(docs) == head.version
+    assert not [d for d in docs if "alice" in repr(d) or "bob" in repr(d)]
 
 
 async def _crash_at(step: str):  # type: ignore[no-untyped-def]

@@ -1,11 +1,13 @@
 """Archived history through the public API of a running svc_message: pages of
 ListMessages (recent cache off, so the log answers) and a device resuming its
 stream from an old position get the same messages before and after the
-archiver moved the conversation's old weeks to S3."""
+archiver moved the conversation's old weeks to S3, and a retry of an archived
+send gets its first attempt's message."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -73,8 +75,11 @@ async def test_list_messages_and_resume_read_through_the_archive(tmp_path: Path)
             messages = messages_pb2_grpc.MessageServiceStub(mc)
             alice, bob = await sign_up(keys), await sign_up(keys)
             conversation = await direct(messages, alice, bob)
-            for i in range(SENT):
-                await send(messages, alice, conversation, f"ciphertext {i}".encode())
+            request_ids = [str(uuid.uuid4()) for _ in range(SENT)]
+            for i, request_id in enumerate(request_ids):
+                await send(
+                    messages, alice, conversation, f"ciphertext {i}".encode(), request_id=request_id
+                )
             before = await all_messages(messages, bob, conversation)
             assert len(before) == SENT
 
@@ -109,6 +114,14 @@ async def test_list_messages_and_resume_read_through_the_archive(tmp_path: Path)
             for size in (1, 2, 7, 50):
                 got = await pages_backward(messages, bob, conversation, size)
                 assert shown(got) == shown(before[::-1]), size
+
+            # A retry of the first send, long archived, is still a retry: the
+            # first attempt's message, not a second one.
+            retried = await send(
+                messages, alice, conversation, b"ciphertext 0", request_id=request_ids[0]
+            )
+            assert (retried.message_id, retried.seq) == (before[0].message_id, 1)
+            assert shown(await all_messages(messages, bob, conversation)) == shown(before)
 
             # A device that last held the first version resumes: the replay
             # comes from the archive, then the log.

@@ -93,7 +93,28 @@ def test_group_and_presence_targets() -> None:
         {},
     )
     assert [t["verdict"] for t in presence] == ["PASS", "PASS", "PASS", "MISS"]
-    assert set(SCENARIO_TARGETS) == {"messaging", "group", "presence", "media"}
+    assert set(SCENARIO_TARGETS) == {"messaging", "group", "presence", "media", "history"}
+
+
+def test_history_targets_judge_each_tier_and_direction_and_the_archiver() -> None:
+    history = evaluate(
+        "history",
+        {
+            "history_hot_backward_p99_ms": 10.0,
+            "history_hot_forward_p99_ms": 10.5,
+            "history_cold_backward_p99_ms": 499.0,
+            "ratios": {"archiver_messages_per_s / bare_pyarrow_messages_per_s": 0.5},
+        },
+        {"readers": 4},
+    )
+    assert [(t["name"], t["limit"], t["verdict"]) for t in history] == [
+        ("history_hot_backward_p99_ms", 10.0, "PASS"),
+        ("history_hot_forward_p99_ms", 10.0, "MISS"),
+        ("history_cold_backward_p99_ms", 500.0, "PASS"),
+        ("history_cold_forward_p99_ms", 500.0, "N/A"),
+        ("archiver_messages_per_s / bare_pyarrow_messages_per_s", 0.5, "PASS"),
+    ]
+    assert "4 readers" in history[0]["note"]
 
 
 def test_media_targets_judge_each_size_against_the_bare_store() -> None:
