@@ -167,6 +167,9 @@ class KeysServiceSettings(_Section):
     media_target: str | None = "127.0.0.1:7104"
     """svc_media's gRPC address, for the account erasure job; unset when the deployment runs no
     svc_media (the job then skips that step)."""
+    search_target: str | None = "127.0.0.1:7105"
+    """svc_search's gRPC address, for the account erasure job (drops the postings of the account's
+    messages); unset when the deployment runs no svc_search (the job then skips that step)."""
     handle_cooling_off_days: float = Field(default=30.0, ge=0, le=3650)
     """Days after an account erasure during which its handle cannot be signed up again."""
     cold_erasure_days: float = Field(default=30.0, gt=0, le=365)
@@ -529,6 +532,39 @@ class MediaServiceSettings(_Section):
         return self
 
 
+class SearchServiceSettings(_Section):
+    server: ServerSettings = ServerSettings(port=7105)
+    """gRPC server of svc_search."""
+    message_target: str = "127.0.0.1:7102"
+    """host:port where svc_search reaches svc_message's internal service (who sent a message,
+    who may read the hits of a page, whether a conversation's server search is on)."""
+    groups_per_query: int = Field(default=4, ge=1, le=16)
+    """Token groups every SearchRequest carries (real ones plus decoys): one shape for every
+    query, so the request tells the server nothing of how many terms or conversations it holds."""
+    tokens_per_group: int = Field(default=4, ge=1, le=16)
+    """Tokens every group carries (a group's real tokens repeated or padded up to it)."""
+    min_token_bytes: int = Field(default=4, ge=2, le=32)
+    """Shortest token accepted, in bytes."""
+    max_token_bytes: int = Field(default=32, ge=2, le=32)
+    """Longest token accepted, in bytes (a full HMAC-SHA256)."""
+    max_tokens_per_message: int = Field(default=256, ge=1, le=4096)
+    """Most tokens (postings) one message may have."""
+    response_bucket_bytes: int = Field(default=1024, ge=256, le=1 << 20)
+    """Smallest padded SearchResponse, in bytes; larger ones are padded to the next power of two,
+    so a response's size tells an observer only its bucket."""
+    sweep_interval_seconds: float = Field(default=300.0, gt=0, le=86400)
+    """Seconds between each process's passes over the indexed conversations, dropping the
+    postings of those whose server search was turned off (queries drop them on sight too)."""
+    sweep_batch: int = Field(default=64, ge=1, le=64)
+    """Conversations one sweep asks svc_message about per call."""
+
+    @model_validator(mode="after")
+    def _token_bounds(self) -> SearchServiceSettings:
+        if self.min_token_bytes > self.max_token_bytes:
+            raise ValueError("need min_token_bytes <= max_token_bytes")
+        return self
+
+
 class S3Settings(_Section):
     """The S3-compatible object store holding media (AWS S3, MinIO, Ceph RGW, SeaweedFS), one
     bucket per region. Credentials come from files only (Kubernetes Secrets)."""
@@ -635,7 +671,7 @@ class LimitsSettings(_Section):
     add_members_per_account: LimitRate = LimitRate(burst=30, per_minute=10)
     """AddMembers calls per account."""
     group_admin_per_account: LimitRate = LimitRate(burst=30, per_minute=10)
-    """UpdateConversationInfo, RemoveMember and SetMemberRole per account."""
+    """UpdateConversationInfo, SetServerSearch, RemoveMember and SetMemberRole per account."""
     channel_subscribe_per_account: LimitRate = LimitRate(burst=30, per_minute=10)
     """SubscribeChannel per account."""
     push_token_per_device: LimitRate = LimitRate(burst=10, per_minute=2)
@@ -648,6 +684,10 @@ class LimitsSettings(_Section):
     """CreateUpload per account."""
     media_download_per_account: LimitRate = LimitRate(burst=600, per_minute=600)
     """GetDownload per account."""
+    search_index_per_account: LimitRate = LimitRate(burst=120, per_minute=240)
+    """IndexMessage and RemoveMessage per account (about one per message sent or edited)."""
+    search_query_per_account: LimitRate = LimitRate(burst=60, per_minute=60)
+    """Search per account (each page is one call)."""
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -787,6 +827,8 @@ class Settings(_Section):
     """svc_presence: online state, last seen and contacts."""
     media: MediaServiceSettings = MediaServiceSettings()
     """svc_media: encrypted attachments on S3-compatible storage."""
+    search: SearchServiceSettings = SearchServiceSettings()
+    """svc_search: the opt-in server blind index over encrypted history."""
     s3: S3Settings = S3Settings()
     """The S3-compatible object store of the region's media."""
     archive: ArchiveSettings = ArchiveSettings()

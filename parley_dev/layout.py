@@ -19,6 +19,7 @@ REDIS = "redis"
 KEYS = "svc_keys"
 PRESENCE = "svc_presence"
 MEDIA = "svc_media"
+SEARCH = "svc_search"
 S3 = "seaweedfs"
 # Extra svc_message instances step by 10 so they stay clear of the ports of the
 # services that follow it in the default layout (7103, 7104, ...).
@@ -57,6 +58,8 @@ class StackPorts:
     presence_metrics: int = 9103
     media: int = 7104
     media_metrics: int = 9104
+    search: int = 7105
+    search_metrics: int = 9105
     # SeaweedFS's S3 API, then the ports of its other parts (master, volume,
     # filer, admin, and their gRPC ports), every one of them set so that two
     # stacks never collide. Its maintenance worker dials the admin server at
@@ -90,6 +93,8 @@ class StackPorts:
             presence_metrics=9103 + offset,
             media=7104 + offset,
             media_metrics=9104 + offset,
+            search=7105 + offset,
+            search_metrics=9105 + offset,
             s3=9333 + offset,
             seaweed=tuple(p + offset for p in (*range(9334, 9342), 9341 + ADMIN_GRPC_STEP)),
             redis_nodes=nodes,
@@ -99,7 +104,7 @@ class StackPorts:
     @classmethod
     def free(cls, message_instances: int = 1, *, redis_cluster: bool = False) -> StackPorts:
         """Ports the OS reports free now (tests)."""
-        fixed = 16
+        fixed = 18
         cluster = 2 * REDIS_CLUSTER_NODES if redis_cluster else 0
         ports = free_ports(fixed + 2 * message_instances + cluster)
         admin = free_port_pair(ADMIN_GRPC_STEP, avoid=ports)
@@ -113,8 +118,10 @@ class StackPorts:
             presence_metrics=ports[5],
             media=ports[6],
             media_metrics=ports[7],
-            s3=ports[8],
-            seaweed=(*ports[9:fixed], admin, admin + ADMIN_GRPC_STEP),
+            search=ports[8],
+            search_metrics=ports[9],
+            s3=ports[10],
+            seaweed=(*ports[11:fixed], admin, admin + ADMIN_GRPC_STEP),
             message=tuple(ports[fixed : fixed + message_instances]),
             message_metrics=tuple(ports[fixed + message_instances : fixed + 2 * message_instances]),
             redis_nodes=tuple(nodes[:REDIS_CLUSTER_NODES]),
@@ -133,6 +140,8 @@ class StackPorts:
             self.presence_metrics,
             self.media,
             self.media_metrics,
+            self.search,
+            self.search_metrics,
             self.s3,
             *self.seaweed,
             *self.redis_nodes,

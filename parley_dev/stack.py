@@ -1,7 +1,7 @@
 """The whole Parley stack on one machine, as child processes: for ``parley up`` and tests.
 
 SecantusDB (MongoDB wire protocol), Redis and SeaweedFS (S3) come first, then
-svc_keys, then the svc_message instances, svc_presence and svc_media side by
+svc_keys, then the svc_message instances, svc_presence, svc_media and svc_search side by
 side, each started as ``python -m svc_...`` with a generated config file.
 Everything lives under one root directory, so the database, the stored
 media, the signing keys, the service and operator credentials and the logs
@@ -38,6 +38,7 @@ from parley_dev.layout import (
     S3,
     S3_READY_SECONDS,
     S3_STOP_SECONDS,
+    SEARCH,
     SERVICE_READY_SECONDS,
     SERVICE_STOP_MARGIN_SECONDS,
     StackPorts,
@@ -174,6 +175,8 @@ class LocalStack:
         self.presence_metrics_url = f"http://{HOST}:{ports.presence_metrics}/metrics"
         self.media_target = f"{HOST}:{ports.media}"
         self.media_metrics_url = f"http://{HOST}:{ports.media_metrics}/metrics"
+        self.search_target = f"{HOST}:{ports.search}"
+        self.search_metrics_url = f"http://{HOST}:{ports.search_metrics}/metrics"
         self.s3_endpoint = f"http://{HOST}:{ports.s3}"
         self.s3_bucket = BUCKET
         self._config = self._config_tree(log_format, log_level, shutdown_grace_seconds)
@@ -190,6 +193,7 @@ class LocalStack:
             self.settings.message.server.shutdown_grace_seconds,
             self.settings.presence.server.shutdown_grace_seconds,
             self.settings.media.server.shutdown_grace_seconds,
+            self.settings.search.server.shutdown_grace_seconds,
         )
         self._processes = self._build_processes()
 
@@ -226,6 +230,8 @@ class LocalStack:
             return self.ports.presence, self.ports.presence_metrics
         if name == MEDIA:
             return self.ports.media, self.ports.media_metrics
+        if name == SEARCH:
+            return self.ports.search, self.ports.search_metrics
         index = self._message_index(name)
         return self.ports.message[index], self.ports.message_metrics[index]
 
@@ -254,6 +260,7 @@ class LocalStack:
             *(self.start_message(i) for i in range(self.message_instances)),
             self.start_presence(),
             self.start_media(),
+            self.start_search(),
         )
 
     async def stop(self) -> None:
@@ -262,6 +269,7 @@ class LocalStack:
             *(self.stop_message(i) for i in range(self.message_instances)),
             self.stop_presence(),
             self.stop_media(),
+            self.stop_search(),
         )
         await self.stop_keys()
         # No backend needs another to shut down cleanly.
@@ -343,6 +351,8 @@ class LocalStack:
             await self.start_s3()
         elif name == MEDIA:
             await self.start_media()
+        elif name == SEARCH:
+            await self.start_search()
         else:
             await self.start_message(self._message_index(name))
 
@@ -424,6 +434,17 @@ class LocalStack:
         """SIGKILL svc_media (a crash, for failure tests)."""
         await self._processes[MEDIA].kill()
 
+    async def start_search(self) -> None:
+        """Start (or restart, on the same ports) svc_search."""
+        await self._start_service(SEARCH)
+
+    async def stop_search(self) -> None:
+        await self._processes[SEARCH].terminate(self._grace + SERVICE_STOP_MARGIN_SECONDS)
+
+    async def kill_search(self) -> None:
+        """SIGKILL svc_search (a crash, for failure tests)."""
+        await self._processes[SEARCH].kill()
+
     def _cluster_nodes(self) -> dict[str, int]:
         """Component name -> index of each Redis Cluster node."""
         if self.redis_cluster is None:
@@ -499,6 +520,7 @@ class LocalStack:
                 "message_target": self.message_targets[0],
                 "presence_target": self.presence_target,
                 "media_target": self.media_target,
+                "search_target": self.search_target,
             },
             "message": {
                 "server": server(ports.message[0], ports.message_metrics[0]),
@@ -508,6 +530,10 @@ class LocalStack:
             "presence": {"server": server(ports.presence, ports.presence_metrics)},
             "media": {
                 "server": server(ports.media, ports.media_metrics),
+                "message_target": self.message_targets[0],
+            },
+            "search": {
+                "server": server(ports.search, ports.search_metrics),
                 "message_target": self.message_targets[0],
             },
             "s3": {
@@ -605,6 +631,13 @@ class LocalStack:
             MEDIA,
             [sys.executable, "-m", "svc_media"],
             log_path=self.logs_dir / f"{MEDIA}.log",
+            env=service_env,
+            cwd=self.root,
+        )
+        processes[SEARCH] = ManagedProcess(
+            SEARCH,
+            [sys.executable, "-m", "svc_search"],
+            log_path=self.logs_dir / f"{SEARCH}.log",
             env=service_env,
             cwd=self.root,
         )

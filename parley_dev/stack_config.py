@@ -37,6 +37,8 @@ OWNED_KEYS: dict[str, str] = {
     "keys.message_target": "the stack's own svc_message",
     "keys.presence_target": "the stack's own svc_presence",
     "keys.media_target": "the stack's own svc_media",
+    "keys.search_target": "the stack's own svc_search",
+    "search.message_target": "the stack's own svc_message",
     "auth.service_token_file": "the stack's service credential under --data-dir",
     "auth.operator_tokens_file": "the stack's operator credential under --data-dir",
     **{
@@ -54,7 +56,7 @@ OWNED_KEYS: dict[str, str] = {
     "log_format": "set by --log-format",
     **{
         f"{service}.server.{key}": _PORTS
-        for service in ("keys", "message", "presence", "media")
+        for service in ("keys", "message", "presence", "media", "search")
         for key in ("host", "port", "metrics_port")
     },
 }

@@ -1,5 +1,5 @@
 """``parley up``: start the local stack (backends, svc_keys, svc_message, svc_presence,
-svc_media), keep it running, stop it cleanly on a signal."""
+svc_media, svc_search), keep it running, stop it cleanly on a signal."""
 
 from __future__ import annotations
 

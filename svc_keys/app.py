@@ -24,7 +24,7 @@ from svc_keys.domain.keys import KeysHandler
 from svc_keys.domain.sender_keys import SenderKeysHandler
 from svc_keys.metrics import KeyMetrics
 from svc_keys.peers.cold import NoColdErasure
-from svc_keys.peers.erasers import MediaEraser, MessageEraser, PresenceEraser
+from svc_keys.peers.erasers import MediaEraser, MessageEraser, PresenceEraser, SearchEraser
 from svc_keys.servicer.accounts import PUBLIC_METHODS, SERVICE_NAME, AccountServicer
 from svc_keys.servicer.keys import SERVICE_NAME as KEY_SERVICE_NAME
 from svc_keys.servicer.keys import KeyServicer
@@ -50,16 +50,18 @@ LIMITS = (
 
 def _erasers(
     settings: Settings, credential: ServiceCredential | None, tracing: Tracing
-) -> list[MessageEraser | PresenceEraser | MediaEraser]:
+) -> list[MessageEraser | PresenceEraser | MediaEraser | SearchEraser]:
     """The other services' parts of an account erasure, in the job's order."""
     config = settings.keys
     options = {"credential": credential, "interceptors": tracing.client_interceptors()}
-    erasers: list[MessageEraser | PresenceEraser | MediaEraser] = [
+    erasers: list[MessageEraser | PresenceEraser | MediaEraser | SearchEraser] = [
         MessageEraser(config.message_target, **options),
         PresenceEraser(config.presence_target, **options),
     ]
     if config.media_target:
         erasers.append(MediaEraser(config.media_target, **options))
+    if config.search_target:
+        erasers.append(SearchEraser(config.search_target, **options))
     return erasers
 
 

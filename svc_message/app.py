@@ -39,6 +39,8 @@ from svc_message.domain.push_devices import PushDevices
 from svc_message.domain.push_planner import PushPlanner
 from svc_message.domain.push_worker import PushWorker
 from svc_message.domain.routing import OwnerRouter
+from svc_message.domain.search_access import SearchAccess
+from svc_message.domain.search_setting import ServerSearchSetting
 from svc_message.domain.sending import SendPipeline
 from svc_message.domain.streams import Hub
 from svc_message.domain.typing_indicators import TypingRelay
@@ -61,6 +63,7 @@ from svc_message.servicer.media import MessageInternalServicer
 from svc_message.servicer.messages import MessageUnaryServicer
 from svc_message.servicer.push import PushServicer
 from svc_message.servicer.routing import OwnerRouting
+from svc_message.servicer.search import ServerSearchServicer
 from svc_message.servicer.service import SERVICE_NAME, register
 from svc_message.servicer.stream import StreamServicer
 from svc_message.storage.archive import ArchiveLedger, ArchiveObjects, HotLog
@@ -432,6 +435,10 @@ async def build(settings: Settings) -> ServiceHost:
     servicers = [
         InboxServicer(inbox, conversations, clock=clock),
         GroupsServicer(groups, clock=clock),
+        ServerSearchServicer(
+            ServerSearchSetting(conversations, conversation_store, pipeline, doorbell, limits),
+            clock=clock,
+        ),
         ChangesServicer(changes, max_body_bytes=config.max_body_bytes),
         PushServicer(push_devices),
         unary,
@@ -445,7 +452,10 @@ async def build(settings: Settings) -> ServiceHost:
         doorbell,
         archive=archiver,
     )
-    internal = MessageInternalServicer(media_access, MediaNotices(doorbell, codec), erasure)
+    search_access = SearchAccess(message_store, conversations, conversation_store)
+    internal = MessageInternalServicer(
+        media_access, MediaNotices(doorbell, codec), erasure, search_access
+    )
 
     async def stop() -> None:
         await ownership.leave()

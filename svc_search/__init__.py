@@ -1,1 +1,1 @@
-"""svc_search: search over end-to-end encrypted history (blind index). Not built yet."""
+"""svc_search: the opt-in server blind index over end-to-end encrypted history."""

@@ -30,6 +30,7 @@ LIMITS_BY_RPC: dict[str, frozenset[str]] = {
         "CreateChannel": ("group_create_per_account",),
         "AddMembers": ("add_members_per_account",),
         "UpdateConversationInfo": ("group_admin_per_account",),
+        "SetServerSearch": ("group_admin_per_account",),
         "RemoveMember": ("group_admin_per_account",),
         "SetMemberRole": ("group_admin_per_account",),
         "SubscribeChannel": ("channel_subscribe_per_account",),
@@ -39,6 +40,9 @@ LIMITS_BY_RPC: dict[str, frozenset[str]] = {
         "SubscribePresence": ("presence_subscribe_per_account",),
         "CreateUpload": ("media_upload_per_account",),
         "GetDownload": ("media_download_per_account",),
+        "IndexMessage": ("search_index_per_account",),
+        "RemoveMessage": ("search_index_per_account",),
+        "Search": ("search_query_per_account",),
     }.items()
 }
 

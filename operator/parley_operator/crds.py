@@ -287,8 +287,25 @@ def _media() -> Schema:
     )
 
 
+def _search() -> Schema:
+    return _object(
+        "svc_search, the opt-in server blind index over end-to-end encrypted history (postings "
+        "in MongoDB). Its replicas and scaling are under services.search; other settings go in "
+        "config.search.",
+        {
+            "enabled": {
+                "type": "boolean",
+                "description": "Run svc_search. Needs spec.auth.serviceTokenSecretRef.",
+                "default": False,
+            },
+        },
+        default={},
+    )
+
+
 # What the operator refuses too (spec.parse_region), said to the API server in CEL.
 MEDIA_ENABLED = "has(self.media) && has(self.media.enabled) && self.media.enabled"
+SEARCH_ENABLED = "has(self.search) && has(self.search.enabled) && self.search.enabled"
 SPEC_RULES = [
     {
         "rule": f"!({MEDIA_ENABLED}) || has(self.s3)",
@@ -298,6 +315,11 @@ SPEC_RULES = [
         "rule": f"!({MEDIA_ENABLED}) || (has(self.auth) && has(self.auth.serviceTokenSecretRef))",
         "message": "media.enabled needs auth.serviceTokenSecretRef "
         "(svc_message and svc_media call each other with it)",
+    },
+    {
+        "rule": f"!({SEARCH_ENABLED}) || (has(self.auth) && has(self.auth.serviceTokenSecretRef))",
+        "message": "search.enabled needs auth.serviceTokenSecretRef "
+        "(svc_search asks svc_message about messages with it)",
     },
 ]
 
@@ -380,6 +402,7 @@ def region_spec_schema() -> Schema:
             "auth": _auth(),
             "s3": _s3(),
             "media": _media(),
+            "search": _search(),
             "peers": {
                 "type": "array",
                 "description": "The other regions: conversation events replicate to them and "
@@ -540,6 +563,12 @@ def region_crd() -> Schema:
                             "name": "Media pods",
                             "type": "integer",
                             "jsonPath": ".status.services.media.replicas",
+                            "priority": 1,
+                        },
+                        {
+                            "name": "Search pods",
+                            "type": "integer",
+                            "jsonPath": ".status.services.search.replicas",
                             "priority": 1,
                         },
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -66,6 +66,9 @@ def service_config(region: RegionSpec, service: str) -> dict[str, Any]:
         section["media_target"] = (
             service_address(region, "media") if "media" in region.services else None
         )
+        section["search_target"] = (
+            service_address(region, "search") if "search" in region.services else None
+        )
     if service == "message":
         section["keys_target"] = service_address(region, "keys")
         if "media" in region.services:
@@ -87,6 +90,8 @@ def service_config(region: RegionSpec, service: str) -> dict[str, Any]:
             owned["s3"] = _s3_settings(region)
         else:
             owned["archive"] = {"enabled": False}
+    if service == "search":
+        section["message_target"] = service_address(region, "message")
     if service == "media":
         section.update(_media_settings(region))
         owned["s3"] = _s3_settings(region)

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 # Every service the operator knows; a region runs the core ones always and
-# the optional ones (media: it needs an object store) when its spec turns them on.
-SERVICES: tuple[str, ...] = ("keys", "message", "presence", "media")
+# the optional ones (media: it needs an object store; search: the opt-in blind
+# index) when its spec turns them on.
+SERVICES: tuple[str, ...] = ("keys", "message", "presence", "media", "search")
 CORE_SERVICES: tuple[str, ...] = ("keys", "message", "presence")
-OPTIONAL_SERVICES: tuple[str, ...] = ("media",)
+OPTIONAL_SERVICES: tuple[str, ...] = ("media", "search")
 # The service modules, gRPC ports and metrics ports the processes are started with;
 # they match parley_core.config's defaults and parley_dev's layout.
 SERVICE_MODULES: Mapping[str, str] = {
@@ -24,13 +25,21 @@ SERVICE_MODULES: Mapping[str, str] = {
     "message": "svc_message",
     "presence": "svc_presence",
     "media": "svc_media",
+    "search": "svc_search",
 }
-GRPC_PORTS: Mapping[str, int] = {"keys": 7101, "message": 7102, "presence": 7103, "media": 7104}
+GRPC_PORTS: Mapping[str, int] = {
+    "keys": 7101,
+    "message": 7102,
+    "presence": 7103,
+    "media": 7104,
+    "search": 7105,
+}
 METRICS_PORTS: Mapping[str, int] = {
     "keys": 9101,
     "message": 9102,
     "presence": 9103,
     "media": 9104,
+    "search": 9105,
 }
 
 # Data kinds a region can keep at home (never replicated to peers).
@@ -183,6 +192,8 @@ class RegionSpec:
     extra_config: Mapping[str, Any]
     auth: AuthSecrets = AuthSecrets()
     media: MediaSpec | None = None
+    # svc_search runs (spec.search.enabled).
+    search: bool = False
     # Redis is a Redis Cluster: the URL names one node, these (host:port) more.
     redis_cluster: bool = False
     redis_cluster_nodes: tuple[str, ...] = ()
@@ -205,9 +216,20 @@ DEFAULT_TARGETS: Mapping[str, tuple[ScalingTarget, ...]] = {
         ScalingTarget("parley_rpc_requests_total", "Rate", 300.0),
         ScalingTarget("parley_rpc_in_flight", "Gauge", 4.0, {"method": "CompleteUpload"}),
     ),
+    # A Search page is up to 16 indexed scans and one call to svc_message.
+    "search": (
+        ScalingTarget("parley_rpc_requests_total", "Rate", 200.0),
+        ScalingTarget("parley_search_queries_total", "Rate", 100.0),
+    ),
 }
 DEFAULT_MIN_REPLICAS = 2
-DEFAULT_MAX_REPLICAS: Mapping[str, int] = {"keys": 10, "message": 20, "presence": 10, "media": 10}
+DEFAULT_MAX_REPLICAS: Mapping[str, int] = {
+    "keys": 10,
+    "message": 20,
+    "presence": 10,
+    "media": 10,
+    "search": 10,
+}
 DEFAULT_RESOURCES: Mapping[str, Any] = {
     "requests": {"cpu": "250m", "memory": "256Mi"},
     "limits": {"memory": "512Mi"},
@@ -305,6 +327,18 @@ def _media(tree: Mapping[str, Any], s3: S3Spec | None, auth: AuthSecrets) -> Med
     )
 
 
+def _search(tree: Mapping[str, Any], auth: AuthSecrets) -> bool:
+    """Whether the region runs svc_search."""
+    if not tree.get("enabled", False):
+        return False
+    if auth.service_token is None:
+        raise SpecError(
+            "spec.search.enabled needs spec.auth.serviceTokenSecretRef "
+            "(svc_search asks svc_message about messages with it)"
+        )
+    return True
+
+
 def _target(tree: Mapping[str, Any], where: str) -> ScalingTarget:
     kind = tree.get("type", "Gauge")
     if kind not in ("Gauge", "Rate"):
@@ -391,6 +425,7 @@ def parse_region(name: str, namespace: str, spec: Mapping[str, Any]) -> RegionSp
         operator_tokens=_optional_secret_ref(auth_tree, "operatorTokensSecretRef", "spec.auth"),
     )
     media = _media(_mapping(spec, "media"), s3, auth)
+    search = _search(_mapping(spec, "search"), auth)
     peers = tuple(
         Peer(
             name=str(p["name"]),
@@ -410,7 +445,9 @@ def parse_region(name: str, namespace: str, spec: Mapping[str, Any]) -> RegionSp
     if unknown:
         raise SpecError(f"spec.residency.replicateTo names regions that are not peers: {unknown}")
     services_tree = _mapping(spec, "services")
-    running = CORE_SERVICES + (("media",) if media is not None else ())
+    running = (
+        CORE_SERVICES + (("media",) if media is not None else ()) + (("search",) if search else ())
+    )
     services = {svc: _service(svc, services_tree.get(svc) or {}) for svc in running}
     routing = _mapping(spec, "routing")
     return RegionSpec(
@@ -433,6 +470,7 @@ def parse_region(name: str, namespace: str, spec: Mapping[str, Any]) -> RegionSp
         extra_config=dict(spec.get("config") or {}),
         auth=auth,
         media=media,
+        search=search,
         redis_cluster=bool(redis.get("cluster", False)),
         redis_cluster_nodes=_cluster_nodes(redis),
     )

@@ -38,3 +38,6 @@ class LimitName(enum.StrEnum):
     # svc_media.
     MEDIA_UPLOAD_PER_ACCOUNT = "media_upload_per_account"
     MEDIA_DOWNLOAD_PER_ACCOUNT = "media_download_per_account"
+    # svc_search.
+    SEARCH_INDEX_PER_ACCOUNT = "search_index_per_account"
+    SEARCH_QUERY_PER_ACCOUNT = "search_query_per_account"

@@ -16,8 +16,9 @@ Steps, in order:
 - ``account``: holds the handle for the cooling-off period (by its hash),
   then deletes the devices (names, refresh token hashes) and the account
   (handle, display name);
-- ``message``, ``presence``, ``media``: the other services' parts, over
-  their internal RPCs (svc_message's is called until it says done), with
+- ``message``, ``presence``, ``media``, ``search``: the other services'
+  parts, over their internal RPCs (svc_message's and svc_search's are
+  called until they say done), with
   the account and device ids the job document keeps;
 - ``cold``: hands the account to the archive's rewrite (ports.ColdErasure).
 Then the job document is stripped of the account and device ids: what is

@@ -1,4 +1,4 @@
-"""The erasure RPCs of svc_message, svc_presence and svc_media, called with
+"""The erasure RPCs of svc_message, svc_presence, svc_media and svc_search, called with
 the deployment's service credential. Any failure is Unavailable: the job
 keeps the step and tries again later."""
 
@@ -15,6 +15,8 @@ from parley.message.v1 import internal_pb2 as message_pb2
 from parley.message.v1 import internal_pb2_grpc as message_grpc
 from parley.presence.v1 import internal_pb2 as presence_pb2
 from parley.presence.v1 import internal_pb2_grpc as presence_grpc
+from parley.search.v1 import internal_pb2 as search_pb2
+from parley.search.v1 import internal_pb2_grpc as search_grpc
 from parley_core.auth.credentials import ServiceCredential
 from parley_core.errors import Reason, Unavailable
 
@@ -110,3 +112,17 @@ class MediaEraser(_Client):
             self._stub.EraseUploader, references_pb2.EraseUploaderRequest(account_id=account_id)
         )
         return True
+
+
+class SearchEraser(_Client):
+    step = "search"
+
+    def __init__(self, target: str, **kwargs: Any) -> None:
+        super().__init__(target, **kwargs)
+        self._stub = search_grpc.SearchInternalServiceStub(self._channel)
+
+    async def erase(self, *, account_id: str, device_ids: Sequence[str], erasure_id: str) -> bool:
+        response = await self._call(
+            self._stub.EraseAccount, search_pb2.EraseAccountRequest(account_id=account_id)
+        )
+        return bool(response.done)

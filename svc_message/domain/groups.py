@@ -34,16 +34,15 @@ from parley_core.limits import LimitName
 from svc_message.domain import roles
 from svc_message.domain.conversations import ConversationsHandler, Membership
 from svc_message.domain.limits import FeedLimits
-from svc_message.domain.sending import Committed, Draft, SendPipeline
+from svc_message.domain.sending import Committed, SendPipeline
+from svc_message.domain.system_messages import commit_system
 from svc_message.model import (
     ADMIN,
     CHANNEL,
     DIRECT,
     GROUP_MEMBER_CAP,
     OWNER,
-    SYSTEM,
     Change,
-    ChangeKind,
     Conversation,
     InboxEntry,
     Message,
@@ -113,30 +112,14 @@ class GroupsHandler:
         event: SystemEvent,
         notify: Sequence[str] = (),
     ) -> Committed:
-        template = Change(
-            kind=ChangeKind.SYSTEM,
-            conversation_id=conversation.conversation_id,
-            version=0,
-            change_id="",
-            account_id=actor,
-            created_at=_at(0),
+        return await commit_system(
+            self._pipeline,
+            conversation,
+            actor=actor,
+            device_id=device_id,
             request_id=request_id,
-            message=Message(
-                message_id="",
-                conversation_id=conversation.conversation_id,
-                seq=0,
-                sender_account_id=actor,
-                sender_device_id=device_id,
-                type=SYSTEM,
-                body=b"",
-                reply_to_message_id="",
-                created_at=_at(0),
-                request_id=request_id,
-                system=event,
-            ),
-        )
-        return await self._pipeline.submit(
-            Draft(conversation=conversation, template=template, notify=tuple(notify))
+            event=event,
+            notify=notify,
         )
 
     async def _joined(

@@ -65,6 +65,8 @@ class Conversation:
     # Groups: per member, (seq, version) of the system message that added them.
     joined: tuple[tuple[str, tuple[int, int]], ...] = ()
     last_version: int = 0
+    # Whether members index it on svc_search (MessageService.SetServerSearch).
+    server_search: bool = False
     # Lookups by member, built once: per-message work over a 1,024-member group
     # (push planning, change fan-out) asks for every member.
     _roles_by_member: dict[str, int] = field(init=False, repr=False, compare=False)
@@ -96,6 +98,8 @@ class SystemEvent:
     avatar_ref: str = ""
     # IDENTITY_CHANGED: the actor's device whose identity key changed.
     device_id: str = ""
+    # SEARCH_CHANGED: the setting after the change.
+    server_search: bool = False
 
 
 class SystemAction:
@@ -109,6 +113,7 @@ class SystemAction:
     INFO_CHANGED = 6
     SUBSCRIBED = 7
     IDENTITY_CHANGED = 8
+    SEARCH_CHANGED = 9
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ def system_proto(system: SystemEvent) -> pb.SystemEvent:
         title=system.title,
         avatar_ref=system.avatar_ref,
         device_id=system.device_id,
+        server_search=system.server_search,
     )
 
 
@@ -91,6 +92,7 @@ def conversation_proto(conversation: Conversation) -> pb.Conversation:
         member_count=conversation.member_count or len(conversation.member_ids),
         public=conversation.public,
         last_version=conversation.last_version,
+        server_search=conversation.server_search,
     )
     if conversation.last_activity_at is not None:
         result.last_activity_time.CopyFrom(timestamp(conversation.last_activity_at))

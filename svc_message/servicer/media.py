@@ -1,5 +1,5 @@
-"""parley.message.v1.MessageInternalService (called by svc_media, and by
-svc_keys for erasures, with the service credential, which the interceptor
+"""parley.message.v1.MessageInternalService (called by svc_media, svc_search,
+and by svc_keys for erasures, with the service credential, which the interceptor
 checks), and the checks of media ids shared with SendMessage."""
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from parley.message.v1 import messages_pb2 as pb
 from parley_core.validation import Check
 from svc_message.domain.erasure import AccountErasure
 from svc_message.domain.media import MediaAccess, MediaNotices, distinct
+from svc_message.domain.search_access import SearchAccess
 from svc_message.model.media import (
     MAX_ACCESS_CHECK_IDS,
     MAX_COUNTED_IDS,
     MEDIA_ID_MAX_CHARS,
     MediaNotice,
 )
+from svc_message.servicer.search import check_search_messages
 
 SERVICE_NAME = ipb.DESCRIPTOR.services_by_name["MessageInternalService"].full_name
 NOTICE_KINDS = frozenset(pb.MediaNotice.Kind.values()) - {pb.MediaNotice.KIND_UNSPECIFIED}
@@ -68,9 +70,11 @@ class MessageInternalServicer(igrpc.MessageInternalServiceServicer):
         access: MediaAccess,
         notices: MediaNotices,
         erasure: AccountErasure,
+        search: SearchAccess,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._erasure = erasure
+        self._search = search
         self._clock = clock
         self._access = access
         self._notices = notices
@@ -136,3 +140,8 @@ class MessageInternalServicer(igrpc.MessageInternalServiceServicer):
             now=self._clock(),
         )
         return ipb.EraseAccountResponse(done=done)
+
+    async def CheckSearchMessages(
+        self, request: ipb.CheckSearchMessagesRequest, context: Any
+    ) -> ipb.CheckSearchMessagesResponse:
+        return await check_search_messages(self._search, request)

@@ -27,6 +27,7 @@ ROUTED_METHODS = frozenset(
         "DeleteMessage",
         "ReactToMessage",
         "UpdateConversationInfo",
+        "SetServerSearch",
         "AddMembers",
         "RemoveMember",
         "LeaveConversation",

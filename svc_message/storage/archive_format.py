@@ -36,6 +36,7 @@ _SYSTEM = pa.struct(
         ("title", pa.string()),
         ("avatar", pa.string()),
         ("device", pa.string()),
+        ("search", pa.bool_()),
     ]
 )
 _REACTION = pa.struct([("emoji_hex", pa.string()), ("accounts", pa.list_(pa.string()))])
@@ -167,6 +168,7 @@ def _row(doc: Mapping[str, Any], week: str) -> dict[str, Any]:
             "title": system.get("title", ""),
             "avatar": system.get("avatar", ""),
             "device": system.get("device"),
+            "search": system.get("search"),
         },
         "target_seq": doc.get("target_seq"),
         "removed": doc.get("removed"),

@@ -55,6 +55,7 @@ def conversation_from_doc(doc: Mapping[str, Any]) -> Conversation:
         roles=tuple(sorted((doc.get("roles") or {}).items())),
         joined=tuple(sorted((k, (v[0], v[1])) for k, v in (doc.get("joined") or {}).items())),
         last_version=doc.get("last_version", 0),
+        server_search=bool(doc.get("server_search")),
     )
 
 
@@ -223,6 +224,20 @@ class ConversationStore:
     async def set_info(self, conversation_id: str, *, title: str, avatar_ref: str) -> None:
         await self._conversations.update_one(
             {"_id": conversation_id}, {"$set": {"title": title, "avatar_ref": avatar_ref}}
+        )
+
+    async def set_server_search(self, conversation_id: str, *, enabled: bool, seq: int) -> None:
+        """Applied only over an older change: a retried request whose system
+        message a later change already followed must not put its value back."""
+        await self._conversations.update_one(
+            {
+                "_id": conversation_id,
+                "$or": [
+                    {"server_search_seq": {"$exists": False}},
+                    {"server_search_seq": {"$lt": seq}},
+                ],
+            },
+            {"$set": {"server_search": enabled, "server_search_seq": seq}},
         )
 
     async def count_subscriber(self, conversation_id: str, delta: int) -> None:

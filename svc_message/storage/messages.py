@@ -53,6 +53,7 @@ def _system_from_doc(doc: Mapping[str, Any] | None) -> SystemEvent | None:
         title=doc.get("title", ""),
         avatar_ref=doc.get("avatar", ""),
         device_id=doc.get("device", ""),
+        server_search=bool(doc.get("search")),
     )
 
 
@@ -65,6 +66,7 @@ def _system_doc(system: SystemEvent) -> Document:
         "title": system.title,
         "avatar": system.avatar_ref,
         **({"device": system.device_id} if system.device_id else {}),
+        **({"search": True} if system.server_search else {}),
     }
 
 
@@ -276,8 +278,13 @@ class MessageStore:
         return message_from_doc(doc)
 
     async def many(self, message_ids: Sequence[str]) -> list[Message]:
+        """The history items among ``message_ids`` (other entries left out)."""
         cursor = self._messages.find({"_id": {"$in": list(message_ids)}})
-        return [message_from_doc(doc) async for doc in cursor]
+        return [
+            message_from_doc(doc)
+            async for doc in cursor
+            if doc.get("kind", ChangeKind.MESSAGE) in HISTORY_KINDS
+        ]
 
     async def media_references(
         self, media_ids: Sequence[str], *, limit: int, batch: int = 500

@@ -111,9 +111,10 @@ def _weeks_around(message_id: str) -> list[str]:
     and created_at are taken a moment apart)."""
     try:
         ms = int(message_id.replace("-", "")[:12], 16)
-    except ValueError:
+        at = datetime.fromtimestamp(ms / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        # Not a UUIDv7 of this era (a client's made-up id): filed nowhere.
         return []
-    at = datetime.fromtimestamp(ms / 1000, UTC)
     return sorted({iso_week(at + timedelta(hours=h)) for h in (-1, 0, 1)})
 
 

@@ -45,7 +45,12 @@ async def ensure_running(stack: LocalStack) -> None:
     for name in stack.component_names:
         if not stack.process(name).alive():
             await stack.start_component(name)
-    for target in [stack.keys_target, *stack.message_targets, stack.presence_target]:
+    for target in [
+        stack.keys_target,
+        *stack.message_targets,
+        stack.presence_target,
+        stack.search_target,
+    ]:
 
         async def serving(target: str = target) -> bool:
             return await is_serving(target)

@@ -25,6 +25,7 @@ from parley.media.v1 import media_pb2_grpc as mediagrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley.presence.v1 import presence_pb2_grpc as pgrpc
+from parley.search.v1 import search_pb2_grpc as sgrpc
 from parley_core.limits import LimitName
 from parley_dev.stack import LocalStack
 from tests.helpers import Metadata, auth
@@ -90,6 +91,7 @@ class Lab:
                 stack.message_targets[0],
                 stack.presence_target,
                 stack.media_target,
+                stack.search_target,
             )
         ]
         self.accounts = kgrpc.AccountServiceStub(self._channels[0])
@@ -97,6 +99,7 @@ class Lab:
         self.messages = mgrpc.MessageServiceStub(self._channels[1])
         self.presence = pgrpc.PresenceServiceStub(self._channels[2])
         self.media = mediagrpc.MediaServiceStub(self._channels[3])
+        self.search = sgrpc.SearchServiceStub(self._channels[4])
 
     async def close(self) -> None:
         for channel in self._channels:

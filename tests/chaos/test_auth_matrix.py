@@ -40,6 +40,7 @@ from parley.presence.v1 import internal_pb2 as pinternal_pb
 from parley.presence.v1 import internal_pb2_grpc as pinternal_grpc
 from parley.presence.v1 import presence_pb2 as ppb
 from parley.presence.v1 import presence_pb2_grpc as pgrpc
+from parley.search.v1 import search_pb2 as spb
 from parley_core.auth.credentials import new_token
 from parley_core.auth.tokens import TokenIssuer, load_private_key, write_key_pair
 from parley_dev.stack import LocalStack
@@ -293,6 +294,9 @@ def membership_calls(messages: mgrpc.MessageServiceStub, v: Victim) -> dict[str,
             mpb.UpdateConversationInfoRequest(request_id=rid(), title="t", **conversation),
             metadata=md,
         ),
+        "SetServerSearch": lambda md: messages.SetServerSearch(
+            mpb.SetServerSearchRequest(request_id=rid(), enabled=True, **conversation), metadata=md
+        ),
         "AddMembers": lambda md: messages.AddMembers(
             mpb.AddMembersRequest(
                 request_id=rid(), account_ids=[v.alice.account_id], **conversation
@@ -342,12 +346,14 @@ PRESENCE_INTERNAL_RPCS = {
     m.name for m in pinternal_pb.DESCRIPTOR.services_by_name["PresenceInternalService"].methods
 }
 MEDIA_RPCS = {m.name for m in media_pb2.DESCRIPTOR.services_by_name["MediaService"].methods}
+SEARCH_RPCS = {m.name for m in spb.DESCRIPTOR.services_by_name["SearchService"].methods}
 
 
 def test_every_limited_rpc_is_in_the_matrix() -> None:
     # Public RPCs have no credentials to refuse; RefreshToken's bad refresh
-    # tokens are checked below; the media RPCs in tests/chaos/test_media_auth.py.
-    covered = AUTHENTICATED | PRESENCE_RPCS | MEDIA_RPCS | {"SignUp", "RefreshToken"}
+    # tokens are checked below; the media RPCs in tests/chaos/test_media_auth.py,
+    # the search RPCs in tests/chaos/test_search_auth.py.
+    covered = AUTHENTICATED | PRESENCE_RPCS | MEDIA_RPCS | SEARCH_RPCS | {"SignUp", "RefreshToken"}
     assert set(LIMITS_BY_RPC) <= covered
 
 
@@ -657,6 +663,12 @@ def internal_calls(internal: igrpc.MessageInternalServiceStub, v: Victim) -> dic
                 account_id=v.alice.account_id,
                 device_id=v.alice.device_id,
                 notice=mpb.MediaNotice(kind=mpb.MediaNotice.KIND_RESTORE_READY, media_id="m"),
+            ),
+            metadata=md,
+        ),
+        "CheckSearchMessages": lambda md: internal.CheckSearchMessages(
+            ipb.CheckSearchMessagesRequest(
+                account_id=v.alice.account_id, conversation_ids=[v.conversation]
             ),
             metadata=md,
         ),

@@ -37,15 +37,14 @@ from parley.message.v1 import messages_pb2 as mpb
 from parley_core.ids import is_valid_id
 from parley_dev.stack import LocalStack
 from tests.chaos.conftest import ensure_running
+from tests.chaos.fuzz_world import MESSAGE_SERVICE, build_world
 from tests.chaos.fuzzing import (
     CALL_TIMEOUT,
     FUZZ,
-    MESSAGE_SERVICE,
     UNARY,
     Caller,
     World,
     assert_healthy,
-    build_world,
     fuzz_bytes,
     fuzz_fields,
     message_values,

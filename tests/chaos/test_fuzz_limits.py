@@ -30,13 +30,13 @@ from hypothesis import settings
 
 from parley_core.limits import LimitName
 from parley_dev.stack import LocalStack
+from tests.chaos.fuzz_world import build_world
 from tests.chaos.fuzzing import (
     FUZZ,
     UNARY,
     Caller,
     World,
     assert_healthy,
-    build_world,
     fuzz_bytes,
     fuzz_fields,
 )

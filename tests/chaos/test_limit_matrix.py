@@ -34,10 +34,12 @@ from parley.keys.v1 import accounts_pb2 as kpb
 from parley.keys.v1 import keys_pb2 as keypb
 from parley.media.v1 import media_pb2 as mediapb
 from parley.presence.v1 import presence_pb2 as ppb
+from parley.search.v1 import search_pb2 as spb
 from parley_core.limits import LimitName
 from parley_dev.stack import LocalStack
 from tests.chaos.clients import metric
-from tests.chaos.limit_cases import CASES
+from tests.chaos.limit_cases import CASES as OTHER_CASES
+from tests.chaos.limit_cases_search import SEARCH_CASES
 from tests.chaos.limit_lab import (
     BAD_TOKEN,
     CALL_TIMEOUT,
@@ -51,6 +53,8 @@ from tests.limited_rpcs import LIMITS_BY_RPC, documented_limits, limits_to_rpcs
 from tests.refusals import assert_rate_limited, refused
 
 pytestmark = pytest.mark.chaos
+
+CASES = {**OTHER_CASES, **SEARCH_CASES}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -73,6 +77,7 @@ KEYS_RPCS = {
 }
 PRESENCE_RPCS = {m.name for m in ppb.DESCRIPTOR.services_by_name["PresenceService"].methods}
 MEDIA_RPCS = {m.name for m in mediapb.DESCRIPTOR.services_by_name["MediaService"].methods}
+SEARCH_RPCS = {m.name for m in spb.DESCRIPTOR.services_by_name["SearchService"].methods}
 
 
 def metrics_url(stack: LocalStack, rpc: str) -> str:
@@ -80,6 +85,8 @@ def metrics_url(stack: LocalStack, rpc: str) -> str:
         return stack.keys_metrics_url
     if rpc in MEDIA_RPCS:
         return stack.media_metrics_url
+    if rpc in SEARCH_RPCS:
+        return stack.search_metrics_url
     return stack.presence_metrics_url if rpc in PRESENCE_RPCS else stack.message_metrics_urls[0]
 
 

@@ -1,5 +1,5 @@
 """Account erasure end to end: DeleteAccount, then every store is scanned for
-the account's ids, handle and message bodies (the same scan finds them all
+the account's ids, handle, message bodies and search tokens (the same scan finds them all
 before: the positive control), with svc_media's grace period set to a
 second so the account's media are collected within the test. Also: the
 handle is refused during the cooling-off period, a wrong confirmation is
@@ -34,11 +34,13 @@ from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley.presence.v1 import presence_pb2 as ppb
 from parley.presence.v1 import presence_pb2_grpc as pgrpc
+from parley.search.v1 import search_pb2_grpc as search_grpc
 from parley_dev.stack import LocalStack
 from parley_sdk import Client, HandleTakenError, InvalidArgumentError
 from tests.helpers import TEST_LIMITS, wait_until
 from tests.media_stack import objects_of, upload
 from tests.media_world import Blob
+from tests.search_world import Epoch, index, set_search
 from tests.store_scan import Hit, scan_all
 from tests.users import Device, all_messages, direct, rid, send, sign_up, unique_handle
 
@@ -68,12 +70,14 @@ class Stubs:
             for t in (stack.keys_target, stack.message_targets[0], stack.presence_target)
         ]
         self._channels.append(grpc.aio.insecure_channel(stack.media_target))
-        keys, message, presence, media = self._channels
+        self._channels.append(grpc.aio.insecure_channel(stack.search_target))
+        keys, message, presence, media, search = self._channels
         self.accounts = agrpc.AccountServiceStub(keys)
         self.keys = kgrpc.KeyServiceStub(keys)
         self.messages = mgrpc.MessageServiceStub(message)
         self.presence = pgrpc.PresenceServiceStub(presence)
         self.media = media_grpc.MediaServiceStub(media)
+        self.search = search_grpc.SearchServiceStub(search)
 
     async def close(self) -> None:
         for channel in self._channels:
@@ -171,6 +175,13 @@ class World:
         await wait_until(announced, timeout=30.0, interval=0.25, what="the identity change")
         alice_said = await send(messages, self.alice, self.direct_id, self._body())
         bob_said = await send(messages, self.bob, self.direct_id, b"bob keeps this")
+        # Her message on the server blind index: its postings name her as sender.
+        await set_search(messages, self.alice, self.direct_id, True)
+        epoch = Epoch()
+        terms = ["erasable", "postings"]
+        self.tokens = epoch.tokens(terms)
+        said = alice_said.message_id
+        await index(stubs.search, self.alice, self.direct_id, said, epoch, terms)
         await messages.ReactToMessage(
             mpb.ReactToMessageRequest(
                 request_id=rid(),
@@ -247,7 +258,7 @@ class World:
     @property
     def needles(self) -> list[bytes]:
         ids = [self.alice.account_id, *self.alice_devices, self.alice.handle]
-        return [*(i.encode() for i in ids), *self.bodies]
+        return [*(i.encode() for i in ids), *self.bodies, *self.tokens]
 
 
 def unexpected(hits: list[Hit], world: World) -> list[Hit]:

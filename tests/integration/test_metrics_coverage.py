@@ -215,6 +215,7 @@ def metrics_urls(stack: LocalStack) -> list[str]:
         *stack.message_metrics_urls,
         stack.presence_metrics_url,
         stack.media_metrics_url,
+        stack.search_metrics_url,
     ]
 
 
@@ -379,7 +380,7 @@ async def test_the_exercise_shows_in_the_domain_metrics(exported: Exported) -> N
     assert 0 <= lag / exported.total("parley_delivery_lag_seconds_count") < 5
     assert exported.total("parley_fanout_streams_count") >= 1
     assert exported.total("parley_recent_cache_reads_total", result="hit") >= 1
-    for service in ("keys", "message", "presence", "media"):
+    for service in ("keys", "message", "presence", "media", "search"):
         assert exported.total("parley_mongo_up", service=service) >= 1
         assert exported.total("parley_redis_up", service=service) >= 1
     assert exported.has_series("parley_prekey_bundles_total", "pre_key", "signed_fallback")

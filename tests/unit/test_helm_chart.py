@@ -537,9 +537,10 @@ def test_operator_rbac_is_least_privilege(helm: Path) -> None:
                 "parley-s3",
                 "parley-tokens",
             ]
-        # Deleting only svc_media's objects, by name (retiring it when turned off).
+        # Deleting only svc_media's and svc_search's objects, by name (retiring
+        # them when turned off).
         elif rule["verbs"] == ["delete"]:
-            assert rule["resourceNames"] == ["eu-media"]
+            assert rule["resourceNames"] == ["eu-media", "eu-search"]
         else:
             assert "resourceNames" not in rule
             assert "delete" not in rule["verbs"]

@@ -82,7 +82,9 @@ def test_examples_pass_the_schema_and_parse(path: Path) -> None:
     assert _errors(resource) == []
     region = parse_region(resource["metadata"]["name"], "parley", resource["spec"])
     media = resource["spec"].get("media", {}).get("enabled", False)
-    assert list(region.services) == [*CORE_SERVICES, *(["media"] if media else [])]
+    search = resource["spec"].get("search", {}).get("enabled", False)
+    optional = [*(["media"] if media else []), *(["search"] if search else [])]
+    assert list(region.services) == [*CORE_SERVICES, *optional]
 
 
 def test_examples_exist() -> None:
@@ -194,6 +196,7 @@ def test_media_needs_a_bucket_and_the_service_token(
     change: Any, rule_message: str, parse_message: str
 ) -> None:
     spec = copy.deepcopy(_example("region-media.yaml")["spec"])
+    spec.pop("search")  # its own rule: tests/unit/test_operator_search.py
     change(spec)
     resource = {"apiVersion": "parley.dev/v1alpha1", "kind": "ParleyRegion", "spec": spec}
     assert _errors(resource) == []  # only the CEL rules refuse it
@@ -209,7 +212,9 @@ def test_cel_rules_are_on_the_spec() -> None:
     spec = _schema()["properties"]["spec"]
     assert spec["x-kubernetes-validations"] == SPEC_RULES
     for rule in SPEC_RULES:
-        assert rule["rule"].startswith("!(has(self.media) && has(self.media.enabled)")
+        assert rule["rule"].startswith(
+            ("!(has(self.media) && has(self.media.enabled)", "!(has(self.search) && ")
+        )
 
 
 def test_media_defaults_are_the_operators_defaults() -> None:

@@ -251,7 +251,7 @@ def test_topology_names_media_only_when_the_region_runs_it() -> None:
     document = json.loads(
         _find(_built(off), "ConfigMap", "ap-south-topology")["data"]["topology.json"]
     )
-    assert set(document["routing"]["services"]) == set(CORE_SERVICES)
+    assert set(document["routing"]["services"]) == {*CORE_SERVICES, "search"}
 
 
 def test_media_off_builds_nothing_of_it_and_retires_what_it_left() -> None:
@@ -269,6 +269,7 @@ def test_media_off_builds_nothing_of_it_and_retires_what_it_left() -> None:
     assert retired(_region()) == []
     # No service token given: nothing mounts one (a region from before media).
     off.pop("auth")
+    off.pop("search")
     for svc in CORE_SERVICES:
         assert "service-token" not in _secret_items(_pod(_built(off), svc))
         assert "service_token_file" not in _config(_built(off), svc)["auth"]

@@ -67,6 +67,11 @@ app.kubernetes.io/component: operator
 {{- with .Values.region.spec.media }}{{ if .enabled }}true{{ end }}{{ end }}
 {{- end }}
 
+{{/* "true" when the region runs svc_search (region.spec.search.enabled), else empty. */}}
+{{- define "parley.searchEnabled" -}}
+{{- with .Values.region.spec.search }}{{ if .enabled }}true{{ end }}{{ end }}
+{{- end }}
+
 {{/*
 PromQL label matcher that keeps alert and dashboard queries on this region's
 series only, however many regions one Prometheus (or Thanos) holds.

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from parley.message.v1 import messages_pb2 as parley_dot_message_dot_v1_dot_messages__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parley/message/v1/internal.proto\x12\x11parley.message.v1\x1a parley/message/v1/messages.proto\"@\n\x17\x43heckMediaAccessRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tmedia_ids\x18\x02 \x03(\t\"6\n\x18\x43heckMediaAccessResponse\x12\x1a\n\x12readable_media_ids\x18\x01 \x03(\t\"0\n\x1b\x43ountMediaReferencesRequest\x12\x11\n\tmedia_ids\x18\x01 \x03(\t\"\xa6\x01\n\x1c\x43ountMediaReferencesResponse\x12S\n\nreferences\x18\x01 \x03(\x0b\x32?.parley.message.v1.CountMediaReferencesResponse.ReferencesEntry\x1a\x31\n\x0fReferencesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"l\n\x13NotifyDeviceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12.\n\x06notice\x18\x03 \x01(\x0b\x32\x1e.parley.message.v1.MediaNotice\"\x16\n\x14NotifyDeviceResponse\"Q\n\x13\x45raseAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\ndevice_ids\x18\x02 \x03(\t\x12\x12\n\nerasure_id\x18\x03 \x01(\t\"$\n\x14\x45raseAccountResponse\x12\x0c\n\x04\x64one\x18\x01 \x01(\x08\x32\xc0\x03\n\x16MessageInternalService\x12k\n\x10\x43heckMediaAccess\x12*.parley.message.v1.CheckMediaAccessRequest\x1a+.parley.message.v1.CheckMediaAccessResponse\x12w\n\x14\x43ountMediaReferences\x12..parley.message.v1.CountMediaReferencesRequest\x1a/.parley.message.v1.CountMediaReferencesResponse\x12_\n\x0cNotifyDevice\x12&.parley.message.v1.NotifyDeviceRequest\x1a\'.parley.message.v1.NotifyDeviceResponse\x12_\n\x0c\x45raseAccount\x12&.parley.message.v1.EraseAccountRequest\x1a\'.parley.message.v1.EraseAccountResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n parley/message/v1/internal.proto\x12\x11parley.message.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a parley/message/v1/messages.proto\"@\n\x17\x43heckMediaAccessRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tmedia_ids\x18\x02 \x03(\t\"6\n\x18\x43heckMediaAccessResponse\x12\x1a\n\x12readable_media_ids\x18\x01 \x03(\t\"0\n\x1b\x43ountMediaReferencesRequest\x12\x11\n\tmedia_ids\x18\x01 \x03(\t\"\xa6\x01\n\x1c\x43ountMediaReferencesResponse\x12S\n\nreferences\x18\x01 \x03(\x0b\x32?.parley.message.v1.CountMediaReferencesResponse.ReferencesEntry\x1a\x31\n\x0fReferencesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"l\n\x13NotifyDeviceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12.\n\x06notice\x18\x03 \x01(\x0b\x32\x1e.parley.message.v1.MediaNotice\"\x16\n\x14NotifyDeviceResponse\"Q\n\x13\x45raseAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\ndevice_ids\x18\x02 \x03(\t\x12\x12\n\nerasure_id\x18\x03 \x01(\t\"$\n\x14\x45raseAccountResponse\x12\x0c\n\x04\x64one\x18\x01 \x01(\x08\"_\n\x1a\x43heckSearchMessagesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x18\n\x10\x63onversation_ids\x18\x02 \x03(\t\x12\x13\n\x0bmessage_ids\x18\x03 \x03(\t\"]\n\x17SearchConversationState\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x15\n\rserver_search\x18\x02 \x01(\x08\x12\x12\n\nsearchable\x18\x03 \x01(\x08\"\xbb\x01\n\x12SearchMessageState\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x19\n\x11sender_account_id\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x03\x12-\n\tsend_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x64\x65leted\x18\x06 \x01(\x08\x12\x10\n\x08readable\x18\x07 \x01(\x08\"\x99\x01\n\x1b\x43heckSearchMessagesResponse\x12\x41\n\rconversations\x18\x01 \x03(\x0b\x32*.parley.message.v1.SearchConversationState\x12\x37\n\x08messages\x18\x02 \x03(\x0b\x32%.parley.message.v1.SearchMessageState2\xb6\x04\n\x16MessageInternalService\x12k\n\x10\x43heckMediaAccess\x12*.parley.message.v1.CheckMediaAccessRequest\x1a+.parley.message.v1.CheckMediaAccessResponse\x12w\n\x14\x43ountMediaReferences\x12..parley.message.v1.CountMediaReferencesRequest\x1a/.parley.message.v1.CountMediaReferencesResponse\x12_\n\x0cNotifyDevice\x12&.parley.message.v1.NotifyDeviceRequest\x1a\'.parley.message.v1.NotifyDeviceResponse\x12_\n\x0c\x45raseAccount\x12&.parley.message.v1.EraseAccountRequest\x1a\'.parley.message.v1.EraseAccountResponse\x12t\n\x13\x43heckSearchMessages\x12-.parley.message.v1.CheckSearchMessagesRequest\x1a..parley.message.v1.CheckSearchMessagesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,24 +35,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_COUNTMEDIAREFERENCESRESPONSE_REFERENCESENTRY']._loaded_options = None
   _globals['_COUNTMEDIAREFERENCESRESPONSE_REFERENCESENTRY']._serialized_options = b'8\001'
-  _globals['_CHECKMEDIAACCESSREQUEST']._serialized_start=89
-  _globals['_CHECKMEDIAACCESSREQUEST']._serialized_end=153
-  _globals['_CHECKMEDIAACCESSRESPONSE']._serialized_start=155
-  _globals['_CHECKMEDIAACCESSRESPONSE']._serialized_end=209
-  _globals['_COUNTMEDIAREFERENCESREQUEST']._serialized_start=211
-  _globals['_COUNTMEDIAREFERENCESREQUEST']._serialized_end=259
-  _globals['_COUNTMEDIAREFERENCESRESPONSE']._serialized_start=262
-  _globals['_COUNTMEDIAREFERENCESRESPONSE']._serialized_end=428
-  _globals['_COUNTMEDIAREFERENCESRESPONSE_REFERENCESENTRY']._serialized_start=379
-  _globals['_COUNTMEDIAREFERENCESRESPONSE_REFERENCESENTRY']._serialized_end=428
-  _globals['_NOTIFYDEVICEREQUEST']._serialized_start=430
-  _globals['_NOTIFYDEVICEREQUEST']._serialized_end=538
-  _globals['_NOTIFYDEVICERESPONSE']._serialized_start=540
-  _globals['_NOTIFYDEVICERESPONSE']._serialized_end=562
-  _globals['_ERASEACCOUNTREQUEST']._serialized_start=564
-  _globals['_ERASEACCOUNTREQUEST']._serialized_end=645
-  _globals['_ERASEACCOUNTRESPONSE']._serialized_start=647
-  _globals['_ERASEACCOUNTRESPONSE']._serialized_end=683
-  _globals['_MESSAGEINTERNALSERVICE']._serialized_start=686
-  _globals['_MESSAGEINTERNALSERVICE']._serialized_end=1134
+  _globals['_CHECKMEDIAACCESSREQUEST']._serialized_start=122
+  _globals['_CHECKMEDIAACCESSREQUEST']._serialized_end=186
+  _globals['_CHECKMEDIAACCESSRESPONSE']._serialized_start=188
+  _globals['_CHECKMEDIAACCESSRESPONSE']._serialized_end=242
+  _globals['_COUNTMEDIAREFERENCESREQUEST']._serialized_start=244
+  _globals['_COUNTMEDIAREFERENCESREQUEST']._serialized_end=292
+  _globals['_COUNTMEDIAREFERENCESRESPONSE']._serialized_start=295
+  _globals['_COUNTMEDIAREFERENCESRESPONSE']._serialized_end=461
+  _globals['_COUNTMEDIAREFERENCESRESPONSE_REFERENCESENTRY']._serialized_start=412
+  _globals['_COUNTMEDIAREFERENCESRESPONSE_REFERENCESENTRY']._serialized_end=461
+  _globals['_NOTIFYDEVICEREQUEST']._serialized_start=463
+  _globals['_NOTIFYDEVICEREQUEST']._serialized_end=571
+  _globals['_NOTIFYDEVICERESPONSE']._serialized_start=573
+  _globals['_NOTIFYDEVICERESPONSE']._serialized_end=595
+  _globals['_ERASEACCOUNTREQUEST']._serialized_start=597
+  _globals['_ERASEACCOUNTREQUEST']._serialized_end=678
+  _globals['_ERASEACCOUNTRESPONSE']._serialized_start=680
+  _globals['_ERASEACCOUNTRESPONSE']._serialized_end=716
+  _globals['_CHECKSEARCHMESSAGESREQUEST']._serialized_start=718
+  _globals['_CHECKSEARCHMESSAGESREQUEST']._serialized_end=813
+  _globals['_SEARCHCONVERSATIONSTATE']._serialized_start=815
+  _globals['_SEARCHCONVERSATIONSTATE']._serialized_end=908
+  _globals['_SEARCHMESSAGESTATE']._serialized_start=911
+  _globals['_SEARCHMESSAGESTATE']._serialized_end=1098
+  _globals['_CHECKSEARCHMESSAGESRESPONSE']._serialized_start=1101
+  _globals['_CHECKSEARCHMESSAGESRESPONSE']._serialized_end=1254
+  _globals['_MESSAGEINTERNALSERVICE']._serialized_start=1257
+  _globals['_MESSAGEINTERNALSERVICE']._serialized_end=1823
 # @@protoc_insertion_point(module_scope)

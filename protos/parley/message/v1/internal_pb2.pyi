@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from parley.message.v1 import messages_pb2 as _messages_pb2
 import builtins as _builtins
@@ -219,3 +220,130 @@ class EraseAccountResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EraseAccountResponse: _TypeAlias = EraseAccountResponse  # noqa: Y015
+
+@_typing.final
+class CheckSearchMessagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_IDS_FIELD_NUMBER: _builtins.int
+    MESSAGE_IDS_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    @_builtins.property
+    def conversation_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 64."""
+
+    @_builtins.property
+    def message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """At most 512."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        conversation_ids: _abc.Iterable[_builtins.str] | None = ...,
+        message_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "conversation_ids", b"conversation_ids", "message_ids", b"message_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckSearchMessagesRequest: _TypeAlias = CheckSearchMessagesRequest  # noqa: Y015
+
+@_typing.final
+class SearchConversationState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    SERVER_SEARCH_FIELD_NUMBER: _builtins.int
+    SEARCHABLE_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    server_search: _builtins.bool
+    searchable: _builtins.bool
+    """The account is or was a member (a former member searches what it could
+    read until it left).
+    """
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        server_search: _builtins.bool = ...,
+        searchable: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "searchable", b"searchable", "server_search", b"server_search"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchConversationState: _TypeAlias = SearchConversationState  # noqa: Y015
+
+@_typing.final
+class SearchMessageState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    SENDER_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    SEND_TIME_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    READABLE_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    conversation_id: _builtins.str
+    sender_account_id: _builtins.str
+    seq: _builtins.int
+    deleted: _builtins.bool
+    """Deleted for everyone (or its sender erased): never a hit again."""
+    readable: _builtins.bool
+    """The account may read it now."""
+    @_builtins.property
+    def send_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        sender_account_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        send_time: _timestamp_pb2.Timestamp | None = ...,
+        deleted: _builtins.bool = ...,
+        readable: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["send_time", b"send_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "deleted", b"deleted", "message_id", b"message_id", "readable", b"readable", "send_time", b"send_time", "sender_account_id", b"sender_account_id", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchMessageState: _TypeAlias = SearchMessageState  # noqa: Y015
+
+@_typing.final
+class CheckSearchMessagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATIONS_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def conversations(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchConversationState]:
+        """The request's conversations that exist."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchMessageState]:
+        """The request's messages that exist (system messages included)."""
+
+    def __init__(
+        self,
+        *,
+        conversations: _abc.Iterable[Global___SearchConversationState] | None = ...,
+        messages: _abc.Iterable[Global___SearchMessageState] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversations", b"conversations", "messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckSearchMessagesResponse: _TypeAlias = CheckSearchMessagesResponse  # noqa: Y015

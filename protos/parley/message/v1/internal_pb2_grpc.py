@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class MessageInternalServiceStub:
-    """Internal: called by svc_media (media RPCs) and svc_keys (EraseAccount) only, with `authorization: Bearer <service
+    """Internal: called by svc_media (media RPCs), svc_search (CheckSearchMessages)
+    and svc_keys (EraseAccount) only, with `authorization: Bearer <service
     token>` (the deployment's service credential, never an account's access
     token; one is UNAUTHENTICATED here). Clients never call it.
     """
@@ -57,10 +58,16 @@ class MessageInternalServiceStub:
                 request_serializer=parley_dot_message_dot_v1_dot_internal__pb2.EraseAccountRequest.SerializeToString,
                 response_deserializer=parley_dot_message_dot_v1_dot_internal__pb2.EraseAccountResponse.FromString,
                 _registered_method=True)
+        self.CheckSearchMessages = channel.unary_unary(
+                '/parley.message.v1.MessageInternalService/CheckSearchMessages',
+                request_serializer=parley_dot_message_dot_v1_dot_internal__pb2.CheckSearchMessagesRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_internal__pb2.CheckSearchMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class MessageInternalServiceServicer:
-    """Internal: called by svc_media (media RPCs) and svc_keys (EraseAccount) only, with `authorization: Bearer <service
+    """Internal: called by svc_media (media RPCs), svc_search (CheckSearchMessages)
+    and svc_keys (EraseAccount) only, with `authorization: Bearer <service
     token>` (the deployment's service credential, never an account's access
     token; one is UNAUTHENTICATED here). Clients never call it.
     """
@@ -107,6 +114,19 @@ class MessageInternalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckSearchMessages(self, request, context):
+        """svc_search's one question per page of candidate hits (and per
+        IndexMessage): for each conversation, whether its server search is on
+        and whether `account_id` may search it (a member now or before: what it
+        may read is bounded by its history window); for each message found, its
+        sender, seq, send time, whether it is deleted for everyone and whether
+        `account_id` may read it (member, within its window, not deleted for
+        everyone nor for that account). Unknown ids are left out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessageInternalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +150,11 @@ def add_MessageInternalServiceServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_message_dot_v1_dot_internal__pb2.EraseAccountRequest.FromString,
                     response_serializer=parley_dot_message_dot_v1_dot_internal__pb2.EraseAccountResponse.SerializeToString,
             ),
+            'CheckSearchMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckSearchMessages,
+                    request_deserializer=parley_dot_message_dot_v1_dot_internal__pb2.CheckSearchMessagesRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_internal__pb2.CheckSearchMessagesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'parley.message.v1.MessageInternalService', rpc_method_handlers)
@@ -139,7 +164,8 @@ def add_MessageInternalServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MessageInternalService:
-    """Internal: called by svc_media (media RPCs) and svc_keys (EraseAccount) only, with `authorization: Bearer <service
+    """Internal: called by svc_media (media RPCs), svc_search (CheckSearchMessages)
+    and svc_keys (EraseAccount) only, with `authorization: Bearer <service
     token>` (the deployment's service credential, never an account's access
     token; one is UNAUTHENTICATED here). Clients never call it.
     """
@@ -242,6 +268,33 @@ class MessageInternalService:
             '/parley.message.v1.MessageInternalService/EraseAccount',
             parley_dot_message_dot_v1_dot_internal__pb2.EraseAccountRequest.SerializeToString,
             parley_dot_message_dot_v1_dot_internal__pb2.EraseAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckSearchMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageInternalService/CheckSearchMessages',
+            parley_dot_message_dot_v1_dot_internal__pb2.CheckSearchMessagesRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_internal__pb2.CheckSearchMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

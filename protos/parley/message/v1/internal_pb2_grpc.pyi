@@ -27,7 +27,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class MessageInternalServiceStub:
-    """Internal: called by svc_media (media RPCs) and svc_keys (EraseAccount) only, with `authorization: Bearer <service
+    """Internal: called by svc_media (media RPCs), svc_search (CheckSearchMessages)
+    and svc_keys (EraseAccount) only, with `authorization: Bearer <service
     token>` (the deployment's service credential, never an account's access
     token; one is UNAUTHENTICATED here). Clients never call it.
     """
@@ -62,10 +63,20 @@ class MessageInternalServiceStub:
     work per call: call again with the same request until `done`.
     Idempotent.
     """
+    CheckSearchMessages: _grpc.UnaryUnaryMultiCallable[_internal_pb2.CheckSearchMessagesRequest, _internal_pb2.CheckSearchMessagesResponse]
+    """svc_search's one question per page of candidate hits (and per
+    IndexMessage): for each conversation, whether its server search is on
+    and whether `account_id` may search it (a member now or before: what it
+    may read is bounded by its history window); for each message found, its
+    sender, seq, send time, whether it is deleted for everyone and whether
+    `account_id` may read it (member, within its window, not deleted for
+    everyone nor for that account). Unknown ids are left out.
+    """
 
 @_typing.type_check_only
 class MessageInternalServiceAsyncStub(MessageInternalServiceStub):
-    """Internal: called by svc_media (media RPCs) and svc_keys (EraseAccount) only, with `authorization: Bearer <service
+    """Internal: called by svc_media (media RPCs), svc_search (CheckSearchMessages)
+    and svc_keys (EraseAccount) only, with `authorization: Bearer <service
     token>` (the deployment's service credential, never an account's access
     token; one is UNAUTHENTICATED here). Clients never call it.
     """
@@ -97,9 +108,19 @@ class MessageInternalServiceAsyncStub(MessageInternalServiceStub):
     work per call: call again with the same request until `done`.
     Idempotent.
     """
+    CheckSearchMessages: _aio.UnaryUnaryMultiCallable[_internal_pb2.CheckSearchMessagesRequest, _internal_pb2.CheckSearchMessagesResponse]  # type: ignore[assignment]
+    """svc_search's one question per page of candidate hits (and per
+    IndexMessage): for each conversation, whether its server search is on
+    and whether `account_id` may search it (a member now or before: what it
+    may read is bounded by its history window); for each message found, its
+    sender, seq, send time, whether it is deleted for everyone and whether
+    `account_id` may read it (member, within its window, not deleted for
+    everyone nor for that account). Unknown ids are left out.
+    """
 
 class MessageInternalServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Internal: called by svc_media (media RPCs) and svc_keys (EraseAccount) only, with `authorization: Bearer <service
+    """Internal: called by svc_media (media RPCs), svc_search (CheckSearchMessages)
+    and svc_keys (EraseAccount) only, with `authorization: Bearer <service
     token>` (the deployment's service credential, never an account's access
     token; one is UNAUTHENTICATED here). Clients never call it.
     """
@@ -152,6 +173,21 @@ class MessageInternalServiceServicer(metaclass=_abc_1.ABCMeta):
         cached recent messages of its conversations. Does a bounded amount of
         work per call: call again with the same request until `done`.
         Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckSearchMessages(
+        self,
+        request: _internal_pb2.CheckSearchMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_internal_pb2.CheckSearchMessagesResponse, _abc.Awaitable[_internal_pb2.CheckSearchMessagesResponse]]:
+        """svc_search's one question per page of candidate hits (and per
+        IndexMessage): for each conversation, whether its server search is on
+        and whether `account_id` may search it (a member now or before: what it
+        may read is bounded by its history window); for each message found, its
+        sender, seq, send time, whether it is deleted for everyone and whether
+        `account_id` may read it (member, within its window, not deleted for
+        everyone nor for that account). Unknown ids are left out.
         """
 
 def add_MessageInternalServiceServicer_to_server(servicer: MessageInternalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,3 @@
+from svc_search.app import main
+
+main()

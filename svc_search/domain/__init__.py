@@ -1,0 +1,1 @@
+"""Search policy: query shape, postings, result pages; pure where it can be."""

@@ -1,0 +1,1 @@
+"""Other services as svc_search sees them."""

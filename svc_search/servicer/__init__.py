@@ -1,0 +1,1 @@
+"""parley.search.v1 over gRPC: validation and conversion only."""

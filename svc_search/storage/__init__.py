@@ -1,0 +1,1 @@
+"""MongoDB collections of svc_search: postings and per-message records."""
