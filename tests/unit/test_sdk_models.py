@@ -24,6 +24,8 @@ from parley_sdk import (
     DeleteScope,
     Direction,
     DoNotDisturb,
+    ExportNoticeEvent,
+    ExportNoticeKind,
     GroupReceiptsEvent,
     KeyNoticeEvent,
     KeyNoticeKind,
@@ -173,6 +175,14 @@ def _event_of_every_kind() -> dict[str, pb.Event]:
                 expire_time=timestamp_pb2.Timestamp(seconds=1_800_000_000),
             )
         ),
+        "export_notice": pb.Event(
+            export_notice=pb.ExportNotice(
+                kind=pb.ExportNotice.KIND_EXPORT_READY,
+                export_id="e1",
+                expire_time=timestamp_pb2.Timestamp(seconds=1_800_000_000),
+                device_id="d1",
+            )
+        ),
     }
 
 
@@ -208,6 +218,11 @@ def test_events_convert_to_their_typed_models() -> None:
     assert notice.kind is MediaNoticeKind.RESTORE_READY
     assert notice.media_id == "m9"
     assert notice.expire_time == datetime.fromtimestamp(1_800_000_000, UTC)
+
+    ready = event_from_proto(samples["export_notice"])
+    assert ready == ExportNoticeEvent(
+        ExportNoticeKind.EXPORT_READY, "e1", datetime.fromtimestamp(1_800_000_000, UTC)
+    )
 
     receipts = event_from_proto(samples["receipts"])
     assert isinstance(receipts, GroupReceiptsEvent)
