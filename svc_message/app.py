@@ -46,6 +46,7 @@ from svc_message.domain.sending import SendPipeline
 from svc_message.domain.streams import Hub
 from svc_message.domain.typing_indicators import TypingRelay
 from svc_message.domain.typing_limits import TypingLimits
+from svc_message.export_metrics import ExportMetrics
 from svc_message.metrics import MessageMetrics
 from svc_message.model import MemberSettings
 from svc_message.model.broadcast import Broadcast
@@ -492,6 +493,8 @@ async def build(settings: Settings) -> ServiceHost:
         codec,
         clock=clock,
     )
+    runtime.registry.register(ExportMetrics(export_worker))
+    runtime.spawn(export_worker.sample_forever(ARCHIVE_SAMPLE_SECONDS))
     if settings.archive.export_worker:
         runtime.spawn(export_worker.run())
 

@@ -226,6 +226,10 @@ class ExportWorker:
         self._instance_id = instance_id
         self._clock = clock
         self._woken = asyncio.Event()
+        # For the metrics: the queue as last sampled, and this process's own work.
+        self.unfinished: dict[ExportState, int] | None = None
+        self.ready_total = 0
+        self.bytes_written = 0
 
     def wake(self) -> None:
         self._woken.set()
@@ -243,6 +247,15 @@ class ExportWorker:
             self._woken.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._woken.wait(), self._policy.poll_seconds)
+
+    async def sample_forever(self, seconds: float) -> None:
+        while True:
+            try:
+                self.unfinished = await self._store.unfinished()
+            except Exception as exc:
+                # The last value stays: a gauge that vanishes looks like an empty queue.
+                log.warning("history_export_sample_failed", error=str(exc))
+            await asyncio.sleep(seconds)
 
     async def release(self) -> None:
         await self._store.release_lease(self._instance_id)
@@ -359,6 +372,7 @@ class ExportWorker:
                 return False  # a restore again (a copy expired, or a new glacier object)
             data = b"".join(record(m) for m in readable(items, job.account_id))
             await self._objects.put(self._objects.part_key(job.export_id, part.index), data)
+            self.bytes_written += len(data)
             moved = await self._store.update(
                 job.export_id,
                 states=[ExportState.RUNNING],
@@ -387,6 +401,7 @@ class ExportWorker:
         data = b"".join(chunks)
         key = self._objects.export_key(job.export_id)
         await self._objects.put(key, data)
+        self.bytes_written += len(data)
         ready = await self._store.update(
             job.export_id,
             states=[ExportState.RUNNING],
@@ -405,6 +420,7 @@ class ExportWorker:
         if ready is None:
             await self._objects.delete(key)
             return True
+        self.ready_total += 1
         await self._objects.delete_parts(job.export_id)
         await self._store.drop_plan(job.export_id)
         log.info(

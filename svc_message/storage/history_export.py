@@ -162,6 +162,13 @@ class ExportStore:
         found = [_job(doc) async for doc in cursor]
         return found[0] if found else None
 
+    async def unfinished(self) -> dict[ExportState, int]:
+        """Jobs per unfinished state (the export queue)."""
+        return {
+            state: await self._jobs.count_documents({"state": int(state)})
+            for state in ACTIVE_STATES
+        }
+
     async def expired(self, now: datetime, *, limit: int) -> list[ExportJob]:
         cursor = self._jobs.find(
             {"state": int(ExportState.READY), "expire_at": {"$lte": now}}
