@@ -20,6 +20,8 @@ from svc_message.model.history_export import ExportJob, ExportState
 
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
+# Tokens carry an offset; no account has this many exports.
+MAX_OFFSET = 1_000_000
 
 
 class HistoryExportServicer:
@@ -89,7 +91,7 @@ class HistoryExportServicer:
         if request.page_token:
             position = decode_page_token(request.page_token, scope=scope)
             offset = position.get("offset", 0)
-            if not isinstance(offset, int) or offset < 0:
+            if not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
                 Check().fail(
                     "page_token",
                     "not a page token from this API",
