@@ -21,7 +21,12 @@ from typing import Self
 from parley.keys.v1 import accounts_pb2
 from parley.message.v1 import messages_pb2
 from parley_sdk._e2ee_models import DecryptedMessage, KeyNoticeEvent, KeyNoticeKind
-from parley_sdk._export_models import ExportNoticeEvent, ExportNoticeKind
+from parley_sdk._export_models import (
+    ExportNoticeEvent,
+    ExportNoticeKind,
+    ExportState,
+    HistoryExport,
+)
 from parley_sdk._media_models import (
     Attachment,
     ContentClass,
@@ -64,7 +69,9 @@ __all__ = [
     "DoNotDisturb",
     "ExportNoticeEvent",
     "ExportNoticeKind",
+    "ExportState",
     "GroupReceiptsEvent",
+    "HistoryExport",
     "InboxSettings",
     "KeyNoticeEvent",
     "KeyNoticeKind",

@@ -18,6 +18,7 @@ import base64
 import json
 import time
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,8 @@ from parley.keys.v1 import accounts_pb2_grpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc
 from parley_dev.stack import LocalStack
+from parley_sdk import Client, ExportState
+from parley_sdk.errors import FailedPreconditionError
 from svc_message.app import build_archive
 from tests.archive_world import DAY
 from tests.groups import expect
@@ -376,3 +379,40 @@ async def test_a_job_survives_sigkill_of_svc_message_and_can_be_cancelled_and_re
         {"export_id": {"$in": [doomed.export_id, retry.export_id]}}
     )
     assert parts == 0
+
+
+async def test_the_sdk_requests_watches_lists_and_downloads_an_export(world: World) -> None:
+    w = world
+    alice = await Client.sign_up(
+        handle=f"exporter_{uuid.uuid4().hex[:8]}",
+        device_name="test",
+        keys_target=w.stack.keys_target,
+        message_target=w.stack.message_targets[0],
+        presence_target=w.stack.presence_target,
+    )
+    async with alice:
+        bob = await sign_up(w.keys)
+        view = await alice.create_direct_conversation(bob.account_id)
+        conversation_id = view.conversation.conversation_id
+        for i in range(3):
+            await alice.send_message(conversation_id, f"sdk {i}".encode())
+
+        started = await alice.request_history_export(conversation_id)
+        assert started.state is ExportState.QUEUED
+        assert started.conversation_id == conversation_id
+        assert [e.export_id async for e in alice.iter_history_exports(page_size=1)] == [
+            started.export_id
+        ]
+        with pytest.raises(FailedPreconditionError):
+            await alice.download_history_export(started.export_id)
+        deadline = time.monotonic() + WAIT_SECONDS
+        export = started
+        while export.state is not ExportState.READY:
+            assert time.monotonic() < deadline, export
+            await asyncio.sleep(0.1)
+            export = await alice.get_history_export(started.export_id)
+        assert export.progress == 1.0 and export.message_count == 3
+        records = await alice.download_history_export(started.export_id)
+        assert [base64.b64decode(r["body"]) for r in records] == [b"sdk 0", b"sdk 1", b"sdk 2"]
+        with pytest.raises(FailedPreconditionError):
+            await alice.cancel_history_export(started.export_id)

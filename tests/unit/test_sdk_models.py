@@ -26,6 +26,7 @@ from parley_sdk import (
     DoNotDisturb,
     ExportNoticeEvent,
     ExportNoticeKind,
+    ExportState,
     GroupReceiptsEvent,
     KeyNoticeEvent,
     KeyNoticeKind,
@@ -78,6 +79,8 @@ from parley_sdk.models import event_from_proto, position_of, positions_proto
         (Visibility, presence_pb2.Visibility, "VISIBILITY_"),
         (PushProvider, pb.PushProvider, "PUSH_PROVIDER_"),
         (KeyNoticeKind, pb.KeyNotice.Kind, "KIND_"),
+        (ExportNoticeKind, pb.ExportNotice.Kind, "KIND_"),
+        (ExportState, pb.HistoryExport.State, "STATE_"),
     ],
 )
 def test_enums_mirror_the_proto_exactly(
