@@ -805,8 +805,9 @@ class ArchiveSettings(_Section):
     export_part_messages: int = Field(default=1000, ge=1, le=100_000)
     """Seqs of one conversation the export worker reads and writes as one part (the unit of
     progress, and of what a restart redoes)."""
-    export_lease_seconds: float = Field(default=60.0, gt=0, le=86400)
-    """The export worker's lease: another process takes over this long after the holder stops."""
+    export_lease_seconds: float = Field(default=60.0, ge=5, le=86400)
+    """The export worker's lease: another process takes over this long after the holder stops
+    (the holder renews it after every part it writes)."""
 
     @property
     def hot_window_seconds(self) -> float:

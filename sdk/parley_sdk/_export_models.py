@@ -54,7 +54,9 @@ class HistoryExport:
 
     @property
     def progress(self) -> float:
-        """0.0 to 1.0 (bytes): 1.0 exactly from READY on."""
+        """0.0 to 1.0 (bytes): 1.0 exactly from READY on (an empty export too)."""
+        if self.state in (ExportState.READY, ExportState.EXPIRED):
+            return 1.0
         return self.bytes_done / self.bytes_total if self.bytes_total else 0.0
 
     @classmethod

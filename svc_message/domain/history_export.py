@@ -393,6 +393,11 @@ class ExportWorker:
                 await asyncio.sleep(data.count(b"\n") / self._policy.messages_per_second)
             if self._clock() - started > self._policy.pass_seconds:
                 return True
+            # Renewed per part, so a short lease never lapses mid-pass.
+            if not await self._store.take_lease(
+                self._instance_id, now=self._clock(), seconds=self._policy.lease_seconds
+            ):
+                return False
 
     async def _finish(self, job: ExportJob, now: float) -> bool:
         chunks: list[bytes] = []
@@ -421,8 +426,7 @@ class ExportWorker:
             await self._objects.delete(key)
             return True
         self.ready_total += 1
-        await self._objects.delete_parts(job.export_id)
-        await self._store.drop_plan(job.export_id)
+        await self._clean()
         log.info(
             "history_export_ready",
             export_id=job.export_id,
@@ -458,8 +462,10 @@ class ExportWorker:
             )
 
     async def _clean(self) -> None:
+        """Parts and plans of finished jobs (READY ones keep their export)."""
         for job in await self._store.uncleaned(limit=BATCH):
             await self._objects.delete_parts(job.export_id)
-            await self._objects.delete(self._objects.export_key(job.export_id))
+            if job.state in (ExportState.CANCELLED, ExportState.FAILED):
+                await self._objects.delete(self._objects.export_key(job.export_id))
             await self._store.drop_plan(job.export_id)
             await self._store.update(job.export_id, states=[job.state], fields={"cleaned": True})

@@ -95,6 +95,7 @@ class ExportStore:
         )
         await self._jobs.create_index([("account_id", ASCENDING), ("created_at", DESCENDING)])
         await self._jobs.create_index([("state", ASCENDING), ("created_at", ASCENDING)])
+        await self._jobs.create_index([("cleaned", ASCENDING), ("state", ASCENDING)])
         await self._parts.create_index(
             [("export_id", ASCENDING), ("index", ASCENDING)], unique=True
         )
@@ -116,6 +117,7 @@ class ExportStore:
                     "created_at": job.created_at,
                     "updated_at": job.updated_at,
                     "next_part": 0,
+                    "cleaned": False,
                 }
             )
         except DuplicateKeyError:
@@ -180,9 +182,10 @@ class ExportStore:
         return [_job(doc) async for doc in cursor]
 
     async def uncleaned(self, *, limit: int) -> list[ExportJob]:
-        """Stopped jobs whose part objects may remain."""
-        stopped = [int(ExportState.CANCELLED), int(ExportState.FAILED)]
-        cursor = self._jobs.find({"state": {"$in": stopped}, "cleaned": {"$ne": True}}).limit(limit)
+        """Finished jobs whose parts and plan may remain."""
+        stopped = [int(s) for s in ExportState if s not in ACTIVE_STATES]
+        # Every job starts uncleaned: the index keeps this to the few not done yet.
+        cursor = self._jobs.find({"cleaned": False, "state": {"$in": stopped}}).limit(limit)
         return [_job(doc) async for doc in cursor]
 
     async def update(

@@ -28,6 +28,7 @@ from parley_sdk import (
     ExportNoticeKind,
     ExportState,
     GroupReceiptsEvent,
+    HistoryExport,
     KeyNoticeEvent,
     KeyNoticeKind,
     MediaNoticeEvent,
@@ -446,3 +447,29 @@ def test_push_registration_converts() -> None:
     assert registration == PushRegistration(
         "d1", PushProvider.APNS, "en-GB", datetime(2030, 1, 1, tzinfo=UTC)
     )
+
+
+def test_a_history_export_converts_and_is_complete_exactly_when_ready() -> None:
+    running = HistoryExport.from_proto(
+        pb.HistoryExport(
+            export_id="e1",
+            state=pb.HistoryExport.STATE_RUNNING,
+            objects_done=1,
+            objects_total=4,
+            bytes_done=250,
+            bytes_total=1000,
+            eta=duration_pb2.Duration(seconds=3),
+        )
+    )
+    assert running.state is ExportState.RUNNING
+    assert (running.progress, running.eta, running.conversation_id) == (
+        0.25,
+        timedelta(seconds=3),
+        None,
+    )
+    assert running.expire_time is None and not running.download_url
+    # An empty export is READY with zero bytes, and complete.
+    empty = HistoryExport.from_proto(
+        pb.HistoryExport(export_id="e2", state=pb.HistoryExport.STATE_READY, objects_total=1)
+    )
+    assert empty.progress == 1.0
