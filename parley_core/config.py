@@ -447,6 +447,9 @@ class MediaTierSettings(_Section):
     """Days after upload an object moves to GLACIER (downloads then need RestoreMedia); 0 never.
     At least 90 (Glacier bills 90 days at least), and at least infrequent_after_days + 30 when
     both are on (S3 keeps objects 30 days in STANDARD_IA before a further transition)."""
+    min_object_bytes: int = Field(default=128 * 1024, ge=0, le=5 * 1024 * GIB)
+    """Objects of at most this many bytes never move (S3 transitions nothing under 128 KiB by
+    default, and a thumbnail in Glacier would need a restore for a few kilobytes)."""
     restore_tier: Literal["Expedited", "Standard", "Bulk"] = "Standard"
     """S3 retrieval tier of the restores RestoreMedia starts: Expedited (minutes, dearest),
     Standard (3-5 hours) or Bulk (5-12 hours, cheapest)."""
@@ -456,6 +459,10 @@ class MediaTierSettings(_Section):
     ones."""
     restore_batch: int = Field(default=100, ge=1, le=1000)
     """Restores one pass handles at most."""
+    max_active_restores_per_account: int = Field(default=20, ge=1, le=10_000)
+    """Restores one account may have queued or running at once (asking for one already running
+    for someone else counts too); one more is RESOURCE_EXHAUSTED (QUOTA_EXCEEDED) until one is
+    ready. Each is a paid retrieval from the archive."""
 
     @model_validator(mode="after")
     def _schedule_s3_can_run(self) -> MediaTierSettings:
@@ -688,6 +695,8 @@ class LimitsSettings(_Section):
     """IndexMessage and RemoveMessage per account (about one per message sent or edited)."""
     search_query_per_account: LimitRate = LimitRate(burst=60, per_minute=60)
     """Search per account (each page is one call)."""
+    media_restore_per_account: LimitRate = LimitRate(burst=10, per_minute=2)
+    """RestoreMedia per account (each may start a paid retrieval from the archive)."""
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -66,9 +66,10 @@ CASES: dict[str, tuple[str | None, str]] = {
     "eu": ("eu-values.yaml", "parley-eu"),
     "us": ("us-values.yaml", "parley-us"),
     "media": ("media-values.yaml", "parley-ap"),
+    "cluster": ("cluster-values.yaml", "parley-ca"),
 }
 # Region name of each case.
-REGIONS = {"eu": "eu", "us": "us", "media": "ap"}
+REGIONS = {"eu": "eu", "us": "us", "media": "ap", "cluster": "ca"}
 
 
 def _dashboards() -> list[str]:
@@ -85,8 +86,8 @@ def expected_resources(case: str) -> list[tuple[str, str]]:
     _, release = CASES[case]
     prefix = release  # the release name contains "parley", so it is the fullname
     region = REGIONS.get(case, "local")
-    # Only the media case runs svc_media, so only it scrapes it.
-    services = ("keys", "message", "presence") + (("media",) if case == "media" else ())
+    # Only the media case runs svc_media and svc_search, so only it scrapes them.
+    services = ("keys", "message", "presence") + (("media", "search") if case == "media" else ())
     kinds = [("CustomResourceDefinition", d["metadata"]["name"]) for d in _crd_docs()]
     kinds += [
         ("ServiceAccount", f"{prefix}-operator"),
@@ -449,7 +450,9 @@ BAD_VALUES = {
     "bad redis cluster node": (
         'region.spec.redis.clusterNodes=["redis-1"]',
         "clusterNodes",
-        'region.spec.redis.clusterNodes=["redis-1.redis:6379"]',
+        # Nodes only with cluster on (templates/parleyregion.yaml refuses them otherwise).
+        'region.spec.redis={"urlSecretRef": {"name": "parley-redis", "key": "url"},'
+        ' "cluster": true, "clusterNodes": ["redis-1.redis:6379"]}',
     ),
     "redis cluster not a boolean": (
         'region.spec.redis.cluster="yes"',
@@ -676,5 +679,7 @@ def test_media_without_its_bucket_or_service_token_is_refused(
         str(without),
         "--set",
         "region.spec.media.enabled=false",
+        "--set",
+        "region.spec.search.enabled=false",
     )
     assert off.returncode == 0, off.stderr

@@ -35,7 +35,8 @@ class MessageServiceStub:
     (per device, per account, and per conversation in groups and channels),
     EditMessage, DeleteMessage, ReactToMessage, CreateDirectConversation (a new
     pair), CreateGroup, CreateChannel, AddMembers, UpdateConversationInfo,
-    RemoveMember, SetMemberRole, SubscribeChannel (per account), and
+    SetServerSearch, RemoveMember, SetMemberRole, SubscribeChannel (per
+    account), and
     RegisterPushToken, RemovePushToken (per device).
     -- Conversations ------------------------------------------------------
     """
@@ -233,7 +234,8 @@ class MessageServiceServicer:
     (per device, per account, and per conversation in groups and channels),
     EditMessage, DeleteMessage, ReactToMessage, CreateDirectConversation (a new
     pair), CreateGroup, CreateChannel, AddMembers, UpdateConversationInfo,
-    RemoveMember, SetMemberRole, SubscribeChannel (per account), and
+    SetServerSearch, RemoveMember, SetMemberRole, SubscribeChannel (per
+    account), and
     RegisterPushToken, RemovePushToken (per device).
     -- Conversations ------------------------------------------------------
     """
@@ -752,7 +754,8 @@ class MessageService:
     (per device, per account, and per conversation in groups and channels),
     EditMessage, DeleteMessage, ReactToMessage, CreateDirectConversation (a new
     pair), CreateGroup, CreateChannel, AddMembers, UpdateConversationInfo,
-    RemoveMember, SetMemberRole, SubscribeChannel (per account), and
+    SetServerSearch, RemoveMember, SetMemberRole, SubscribeChannel (per
+    account), and
     RegisterPushToken, RemovePushToken (per device).
     -- Conversations ------------------------------------------------------
     """

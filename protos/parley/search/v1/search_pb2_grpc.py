@@ -56,7 +56,7 @@ class SearchServiceStub:
     search is on.
 
     Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): IndexMessage
-    and Search, per account.
+    and RemoveMessage (one budget), and Search, per account.
     """
 
     def __init__(self, channel):
@@ -118,7 +118,7 @@ class SearchServiceServicer:
     search is on.
 
     Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): IndexMessage
-    and Search, per account.
+    and RemoveMessage (one budget), and Search, per account.
     """
 
     def GetSearchSettings(self, request, context):
@@ -225,7 +225,7 @@ class SearchService:
     search is on.
 
     Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): IndexMessage
-    and Search, per account.
+    and RemoveMessage (one budget), and Search, per account.
     """
 
     @staticmethod

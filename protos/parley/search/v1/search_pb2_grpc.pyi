@@ -57,7 +57,7 @@ class SearchServiceStub:
     search is on.
 
     Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): IndexMessage
-    and Search, per account.
+    and RemoveMessage (one budget), and Search, per account.
     """
 
     @_typing.overload
@@ -123,7 +123,7 @@ class SearchServiceAsyncStub(SearchServiceStub):
     search is on.
 
     Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): IndexMessage
-    and Search, per account.
+    and RemoveMessage (one budget), and Search, per account.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -185,7 +185,7 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
     search is on.
 
     Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): IndexMessage
-    and Search, per account.
+    and RemoveMessage (one budget), and Search, per account.
     """
 
     @_abc_1.abstractmethod
