@@ -799,6 +799,28 @@ class ArchiveSettings(_Section):
     """S3 retrieval tier of the restores of glacier objects (history exports, rewrites)."""
     restore_days: int = Field(default=2, ge=1, le=30)
     """Days a restored copy of a glacier object stays readable."""
+    export_worker: bool = True
+    """Run the history export worker (RequestHistoryExport; one svc_message process at a time
+    holds its lease). Requests are taken either way and wait for a worker."""
+    export_prefix: str = Field(
+        default="exports/", min_length=1, max_length=200, pattern=r"^[^/].*/$"
+    )
+    """Key prefix of history exports (and their parts while running) in the bucket."""
+    export_ttl_seconds: float = Field(default=604_800.0, ge=1, le=30 * 86400)
+    """Seconds a READY export stays downloadable; then it is EXPIRED and its object removed."""
+    export_url_seconds: int = Field(default=3600, ge=60, le=604_800)
+    """Seconds a download URL handed out stays valid (never past the export's expiry)."""
+    export_poll_seconds: float = Field(default=2.0, gt=0, le=3600)
+    """Seconds between the export worker's looks for work (restores, queued jobs, expiries)."""
+    export_messages_per_second: float = Field(default=5000.0, ge=0, le=1_000_000)
+    """Rate limit of the export worker, in messages written per second (it reads the same
+    databases as live traffic); 0: unlimited."""
+    export_part_messages: int = Field(default=1000, ge=1, le=100_000)
+    """Seqs of one conversation the export worker reads and writes as one part (the unit of
+    progress, and of what a restart redoes)."""
+    export_lease_seconds: float = Field(default=60.0, ge=5, le=86400)
+    """The export worker's lease: another process takes over this long after the holder stops
+    (the holder renews it after every part it writes)."""
 
     @property
     def hot_window_seconds(self) -> float:

@@ -27,6 +27,7 @@ from svc_message.domain.delivery import DeliveryService
 from svc_message.domain.erasure import AccountErasure
 from svc_message.domain.glacier import Glacier, GlacierPolicy
 from svc_message.domain.groups import GroupsHandler
+from svc_message.domain.history_export import ExportPolicy, ExportWorker, HistoryExports
 from svc_message.domain.identity_notices import IdentityNotifier
 from svc_message.domain.inbox import InboxHandler
 from svc_message.domain.leases import StreamLeases
@@ -45,6 +46,7 @@ from svc_message.domain.sending import SendPipeline
 from svc_message.domain.streams import Hub
 from svc_message.domain.typing_indicators import TypingRelay
 from svc_message.domain.typing_limits import TypingLimits
+from svc_message.export_metrics import ExportMetrics
 from svc_message.metrics import MessageMetrics
 from svc_message.model import MemberSettings
 from svc_message.model.broadcast import Broadcast
@@ -57,6 +59,7 @@ from svc_message.push_metrics import PushMetrics
 from svc_message.servicer.changes import ChangesServicer
 from svc_message.servicer.convert import ProtoEventCodec
 from svc_message.servicer.groups import GroupsServicer
+from svc_message.servicer.history_export import HistoryExportServicer
 from svc_message.servicer.inbox import InboxServicer
 from svc_message.servicer.media import SERVICE_NAME as INTERNAL_SERVICE_NAME
 from svc_message.servicer.media import MessageInternalServicer
@@ -72,6 +75,7 @@ from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.delivered import DeliveredMarks
 from svc_message.storage.doorbell import Doorbell
 from svc_message.storage.erasure import ErasureStore
+from svc_message.storage.history_export import ExportObjects, ExportStore
 from svc_message.storage.hot_log import HotLog
 from svc_message.storage.inbox import InboxSettingsStore
 from svc_message.storage.projection import ProjectorStore
@@ -115,6 +119,70 @@ LIMITS = (
 )
 
 
+def build_glacier(settings: Settings, ledger: ArchiveLedger, objects: ArchiveObjects) -> Glacier:
+    config = settings.archive
+    return Glacier(
+        ledger,
+        objects,
+        GlacierPolicy(
+            cold_window_seconds=config.cold_window_seconds,
+            transition=config.glacier_transition,
+            storage_class=config.glacier_storage_class,
+            lifecycle_days=transition_days(
+                cold_window_days=config.cold_window_days, hot_window_days=config.hot_window_days
+            ),
+            restore_tier=config.restore_tier,
+            restore_days=config.restore_days,
+        ),
+    )
+
+
+async def build_history_exports(
+    settings: Settings,
+    db: Database,
+    store: TieredMessageStore,
+    archive_objects: ArchiveObjects,
+    conversations: ConversationsHandler,
+    publisher: Doorbell,
+    codec: ProtoEventCodec,
+    *,
+    clock: Callable[[], float],
+) -> tuple[HistoryExports, ExportWorker, ExportObjects]:
+    """The history export requests and their worker (one per deployment by lease)."""
+    config = settings.archive
+    exports_store = ExportStore(db)
+    await exports_store.ensure_indexes()
+    objects = await ExportObjects.open(
+        settings.s3, prefix=config.export_prefix, timeout_seconds=config.s3_timeout_seconds
+    )
+    worker = ExportWorker(
+        exports_store,
+        objects,
+        store,
+        conversations,
+        build_glacier(settings, ArchiveLedger(db), archive_objects),
+        publisher,
+        codec,
+        ExportPolicy(
+            ttl_seconds=config.export_ttl_seconds,
+            poll_seconds=config.export_poll_seconds,
+            lease_seconds=config.export_lease_seconds,
+            messages_per_second=config.export_messages_per_second,
+            part_messages=config.export_part_messages,
+        ),
+        instance_id=random_id(),
+        clock=clock,
+    )
+    exports = HistoryExports(
+        exports_store,
+        objects,
+        conversations,
+        url_seconds=config.export_url_seconds,
+        wake=worker.wake,
+    )
+    return exports, worker, objects
+
+
 async def build_archive(
     settings: Settings,
     db: Database,
@@ -135,20 +203,7 @@ async def build_archive(
     )
     store = TieredMessageStore(db, ledger, hot, objects)
     await store.ensure_indexes()
-    glacier = Glacier(
-        ledger,
-        objects,
-        GlacierPolicy(
-            cold_window_seconds=config.cold_window_seconds,
-            transition=config.glacier_transition,
-            storage_class=config.glacier_storage_class,
-            lifecycle_days=transition_days(
-                cold_window_days=config.cold_window_days, hot_window_days=config.hot_window_days
-            ),
-            restore_tier=config.restore_tier,
-            restore_days=config.restore_days,
-        ),
-    )
+    glacier = build_glacier(settings, ledger, objects)
     archiver = Archiver(
         hot,
         ledger,
@@ -436,6 +491,20 @@ async def build(settings: Settings) -> ServiceHost:
     runtime.spawn(archiver.sample_forever(ARCHIVE_SAMPLE_SECONDS))
     if settings.archive.enabled:
         runtime.spawn(archiver.run())
+    exports, export_worker, export_objects = await build_history_exports(
+        settings,
+        runtime.db,
+        message_store,
+        archive_objects,
+        conversations,
+        doorbell,
+        codec,
+        clock=clock,
+    )
+    runtime.registry.register(ExportMetrics(export_worker))
+    runtime.spawn(export_worker.sample_forever(ARCHIVE_SAMPLE_SECONDS))
+    if settings.archive.export_worker:
+        runtime.spawn(export_worker.run())
 
     unary = MessageUnaryServicer(
         conversations, messages, inbox, max_body_bytes=config.max_body_bytes, clock=clock
@@ -448,6 +517,7 @@ async def build(settings: Settings) -> ServiceHost:
             clock=clock,
         ),
         ChangesServicer(changes, max_body_bytes=config.max_body_bytes),
+        HistoryExportServicer(exports, clock=clock),
         PushServicer(push_devices),
         unary,
     ]
@@ -478,8 +548,10 @@ async def build(settings: Settings) -> ServiceHost:
         # Handed over at once rather than when the lease expires; a pass still
         # running meanwhile is harmless (every step of a move is idempotent).
         await archiver.release()
+        await export_worker.release()
         await runtime.close()
         await archive_objects.close()
+        await export_objects.close()
 
     def drain() -> None:
         # Shards are handed back first, so other processes take them over

@@ -27,6 +27,7 @@ from parley_cli.common import (
     resolve_conversation,
     resolve_message,
 )
+from parley_cli.export import register_export_commands
 from parley_cli.files import register_file_commands
 from parley_cli.groups import register_group_commands
 from parley_cli.inbox import register_message_commands
@@ -127,6 +128,7 @@ def register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     register_message_commands(commands)
     register_presence_commands(commands)
     register_push_commands(commands)
+    register_export_commands(commands)
     register_search_commands(commands)
 
 

@@ -16,6 +16,7 @@ from grpc import aio
 from parley.common.v1 import common_pb2
 from parley.keys.v1 import accounts_pb2
 from parley_sdk._conversations import ConversationMethods
+from parley_sdk._exports import ExportMethods
 from parley_sdk._keys import KeyMethods
 from parley_sdk._media import MediaMethods
 from parley_sdk._messages import MessageMethods
@@ -131,6 +132,7 @@ class Client(
     MessageMethods,
     PresenceMethods,
     PushMethods,
+    ExportMethods,
     KeyMethods,
 ):
     """A connection to one Parley deployment, acting as one device.

@@ -21,6 +21,12 @@ from typing import Self
 from parley.keys.v1 import accounts_pb2
 from parley.message.v1 import messages_pb2
 from parley_sdk._e2ee_models import DecryptedMessage, KeyNoticeEvent, KeyNoticeKind
+from parley_sdk._export_models import (
+    ExportNoticeEvent,
+    ExportNoticeKind,
+    ExportState,
+    HistoryExport,
+)
 from parley_sdk._media_models import (
     Attachment,
     ContentClass,
@@ -61,7 +67,11 @@ __all__ = [
     "Device",
     "Direction",
     "DoNotDisturb",
+    "ExportNoticeEvent",
+    "ExportNoticeKind",
+    "ExportState",
     "GroupReceiptsEvent",
+    "HistoryExport",
     "InboxSettings",
     "KeyNoticeEvent",
     "KeyNoticeKind",
@@ -535,6 +545,7 @@ StreamEvent = (
     | PongEvent
     | KeyNoticeEvent
     | MediaNoticeEvent
+    | ExportNoticeEvent
 )
 
 # Events that carry a change-feed version: they move a stream position.
@@ -584,6 +595,8 @@ def event_from_proto(event: messages_pb2.Event) -> StreamEvent | None:
         return KeyNoticeEvent.from_proto(event.key_notice)
     if kind == "media_notice":
         return MediaNoticeEvent.from_proto(event.media_notice)
+    if kind == "export_notice":
+        return ExportNoticeEvent.from_proto(event.export_notice)
     if kind == "pong":
         return PongEvent(event.pong.nonce)
     if kind == "typing":

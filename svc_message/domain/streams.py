@@ -28,7 +28,7 @@ log = structlog.get_logger(__name__)
 
 MAX_EVENTS_PER_WRITE = 512
 # Notices that may be for one device of the account only (Envelope.device_id).
-_DEVICE_NOTICES = frozenset({EventKind.KEY_NOTICE, EventKind.MEDIA_NOTICE})
+_DEVICE_NOTICES = frozenset({EventKind.KEY_NOTICE, EventKind.MEDIA_NOTICE, EventKind.EXPORT_NOTICE})
 # Receipt replay looks back a little further than the token, to cover writers
 # whose clocks trail ours.
 SYNC_TOKEN_SLACK = timedelta(seconds=2)

@@ -236,6 +236,8 @@ class EventKind:
     # From svc_media to one device (a restore it asked for is ready): like
     # key notices, never stored, not part of the feed, not acked.
     MEDIA_NOTICE = 10
+    # A history export the device asked for is ready: like media notices.
+    EXPORT_NOTICE = 11
 
 
 FEED_KINDS = frozenset({EventKind.MESSAGE, EventKind.CHANGE})
@@ -268,7 +270,7 @@ class Envelope:
     # RECEIPTS: the members' watermarks.
     watermarks: tuple[Watermarks, ...] = ()
     # KEY_NOTICE: the one device it is for, empty for every device of the
-    # account; MEDIA_NOTICE: always the one device it is for.
+    # account; MEDIA_NOTICE, EXPORT_NOTICE: always the one device it is for.
     device_id: str = ""
     # Messages that came live through the doorbell: when they were committed
     # (Unix ms), for the delivery lag; 0 for everything replayed from the log.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import cast
 
 from google.protobuf.duration_pb2 import Duration
@@ -263,6 +263,12 @@ def _media_notice_envelope(event: pb.Event, size: int = 0) -> Envelope:
     )
 
 
+def _export_notice_envelope(event: pb.Event, size: int = 0) -> Envelope:
+    return Envelope(
+        EventKind.EXPORT_NOTICE, "", 0, event, size=size, device_id=event.export_notice.device_id
+    )
+
+
 def _key_notice_envelope(event: pb.Event, size: int = 0) -> Envelope:
     notice = event.key_notice
     return Envelope(
@@ -358,6 +364,15 @@ class ProtoEventCodec:
             wire.expire_time.CopyFrom(timestamp(notice.expire_at))
         return _media_notice_envelope(pb.Event(media_notice=wire))
 
+    def export_notice(self, device_id: str, export_id: str, expire_at: datetime) -> Envelope:
+        wire = pb.ExportNotice(
+            kind=pb.ExportNotice.KIND_EXPORT_READY,
+            export_id=export_id,
+            device_id=device_id,
+            expire_time=timestamp(expire_at),
+        )
+        return _export_notice_envelope(pb.Event(export_notice=wire))
+
     def encode(self, envelope: Envelope) -> bytes:
         return cast(pb.Event, envelope.wire).SerializeToString()
 
@@ -411,4 +426,6 @@ class ProtoEventCodec:
             return _key_notice_envelope(event, size)
         if kind == "media_notice":
             return _media_notice_envelope(event, size)
+        if kind == "export_notice":
+            return _export_notice_envelope(event, size)
         return None

@@ -26,7 +26,7 @@ its first attempt's change (``by_request`` reads it from the archive).
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -388,6 +388,56 @@ class TieredMessageStore(MessageStore):
                     and account_id in (d.get("hidden_for") or ())
                 }
         return hidden
+
+    # -- whole ranges, glacier included (history exports) ------------------------------
+
+    async def glacier_keys(self, conversation_id: str, lo: int, hi: int) -> list[str]:
+        """Glacier objects holding some of the conversation's seqs [lo, hi]."""
+        entries = await self._ledger.by_seq(conversation_id, lo, hi)
+        return sorted({e.object_key for e in entries if e.tier is Tier.GLACIER})
+
+    async def whole_range(
+        self,
+        conversation_id: str,
+        lo: int,
+        hi: int,
+        *,
+        unreadable: Callable[[list[str]], Awaitable[set[str]]],
+    ) -> list[Message] | None:
+        """The history items of seqs [lo, hi] in seq order, from every tier;
+        None while ``unreadable`` reports glacier objects of the range still
+        waiting for their restore."""
+        items: list[Message] = []
+        for _ in range(_HEAD_RETRIES):
+            head = await self._ledger.head(conversation_id)
+            docs: list[dict[str, Any]] = []
+            top = min(hi, head.seq)
+            if lo <= top:
+                entries = await self._ledger.by_seq(conversation_id, lo, top)
+                frozen = [e.object_key for e in entries if e.tier is Tier.GLACIER]
+                if frozen and await unreadable(frozen):
+                    return None
+                for entry in entries:
+                    docs += [
+                        d
+                        for d in await self.current_docs(entry, restored=True)
+                        if _is_history(d) and lo <= int(d["seq"]) <= top
+                    ]
+            docs.sort(key=lambda d: int(d["seq"]))
+            items = [message_from_doc(d) for d in docs]
+            start = max(lo, head.seq + 1)
+            if start <= hi:
+                items += await super().page(
+                    conversation_id,
+                    start_seq=start,
+                    forward=True,
+                    limit=hi - start + 1,
+                    floor_seq=start,
+                    ceiling_seq=hi,
+                )
+            if await self._ledger.head(conversation_id) == head:
+                break
+        return items
 
     # -- media named by archived messages -----------------------------------------------
 

@@ -44,6 +44,7 @@ from parley.search.v1 import search_pb2 as spb
 from parley_core.auth.credentials import new_token
 from parley_core.auth.tokens import TokenIssuer, load_private_key, write_key_pair
 from parley_dev.stack import LocalStack
+from tests.chaos.export_calls import EXPORT_RPCS
 from tests.helpers import Metadata, auth
 from tests.limited_rpcs import LIMITS_BY_RPC
 from tests.users import Device, direct, link_device, rid, send, sign_up
@@ -336,7 +337,8 @@ AUTHENTICATED = {
         mpb.DESCRIPTOR.services_by_name["MessageService"],
     )
     for m in service.methods
-} - {"SignUp", "RefreshToken"}
+    # The history export RPCs have a matrix of their own (test_export_auth.py).
+} - {"SignUp", "RefreshToken", *EXPORT_RPCS}
 
 
 PRESENCE_RPCS = {m.name for m in ppb.DESCRIPTOR.services_by_name["PresenceService"].methods}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import stat
@@ -265,3 +266,39 @@ async def test_cli_scripted_chat_reaches_the_follower(stack: LocalStack, tmp_pat
     code, _, err = await run_cli(home, "whoami", "--profile", "missing")
     assert code == 2
     assert "no profile 'missing'" in err
+
+
+@pytest.mark.slow
+async def test_cli_exports_history_and_downloads_it(stack: LocalStack, tmp_path: Path) -> None:
+    home = tmp_path / "parley-home"
+    targets = ["--keys-target", stack.keys_target, "--message-target", stack.message_targets[0]]
+    alice, bob = unique("alice"), unique("bob")
+    for profile, handle in (("a", alice), ("b", bob)):
+        code, _, err = await run_cli(home, "signup", handle, "--profile", profile, *targets)
+        assert code == 0, err
+    code, _, err = await run_cli(
+        home, "chat", f"@{bob}", "--profile", "a", "--linger", "1", stdin=b"for the record\n"
+    )
+    assert code == 0, err
+
+    code, out, err = await run_cli(home, "export", "start", f"@{bob}", "--profile", "a")
+    assert code == 0, err
+    export_id, state = out.split()[:2]
+    assert state == "queued"
+    out_file = tmp_path / "history.jsonl"
+    code, _, err = await run_cli(
+        home, "export", "download", export_id, "--wait", "60", "--out", str(out_file),
+        "--profile", "a",
+    )  # fmt: skip
+    assert code == 0, err
+    records = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert {r["format"] for r in records} == {"parley.history_export.v1"}
+    assert len([r for r in records if not r["system"]]) == 1
+    code, out, err = await run_cli(home, "export", "list", "--profile", "a")
+    assert code == 0, err
+    assert out.startswith(f"{export_id} ready ") and "100%" in out
+    # Bob sees none of it.
+    code, out, err = await run_cli(home, "export", "list", "--profile", "b")
+    assert (code, out.strip()) == (0, "(no exports)"), err
+    code, _, err = await run_cli(home, "export", "status", export_id, "--profile", "b")
+    assert code != 0 and "EXPORT_NOT_FOUND" in err

@@ -58,7 +58,7 @@ def test_every_mutating_rpc_has_a_request_id_and_every_list_pages() -> None:
 
     reads = {"GetAccount", "ListDevices", "GetConversation", "ListConversations", "ListMessages"}
     reads |= {"GetPresence", "SubscribePresence", "GetPresenceSettings", "GetPushSettings"}
-    reads |= {"GetPreKeyBundles", "GetPreKeyCount", "GetDeviceKeys"}
+    reads |= {"GetPreKeyBundles", "GetPreKeyCount", "GetDeviceKeys", "GetHistoryExport"}
     # Hands each envelope out at most once: a retry gets whatever is next.
     reads |= {"ClaimSenderKeys"}
     # Setting a value or a set membership: a retry leaves the same state, so
@@ -74,6 +74,8 @@ def test_every_mutating_rpc_has_a_request_id_and_every_list_pages() -> None:
         "UpdatePushSettings",
         "PublishKeys",
         "UploadPreKeys",
+        # A cancelled export stays cancelled; cancelling it again answers it.
+        "CancelHistoryExport",
     }
     for module in (accounts_pb2, keys_pb2, messages_pb2, presence_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():

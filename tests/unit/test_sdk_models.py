@@ -24,7 +24,11 @@ from parley_sdk import (
     DeleteScope,
     Direction,
     DoNotDisturb,
+    ExportNoticeEvent,
+    ExportNoticeKind,
+    ExportState,
     GroupReceiptsEvent,
+    HistoryExport,
     KeyNoticeEvent,
     KeyNoticeKind,
     MediaNoticeEvent,
@@ -76,6 +80,8 @@ from parley_sdk.models import event_from_proto, position_of, positions_proto
         (Visibility, presence_pb2.Visibility, "VISIBILITY_"),
         (PushProvider, pb.PushProvider, "PUSH_PROVIDER_"),
         (KeyNoticeKind, pb.KeyNotice.Kind, "KIND_"),
+        (ExportNoticeKind, pb.ExportNotice.Kind, "KIND_"),
+        (ExportState, pb.HistoryExport.State, "STATE_"),
     ],
 )
 def test_enums_mirror_the_proto_exactly(
@@ -173,6 +179,14 @@ def _event_of_every_kind() -> dict[str, pb.Event]:
                 expire_time=timestamp_pb2.Timestamp(seconds=1_800_000_000),
             )
         ),
+        "export_notice": pb.Event(
+            export_notice=pb.ExportNotice(
+                kind=pb.ExportNotice.KIND_EXPORT_READY,
+                export_id="e1",
+                expire_time=timestamp_pb2.Timestamp(seconds=1_800_000_000),
+                device_id="d1",
+            )
+        ),
     }
 
 
@@ -208,6 +222,11 @@ def test_events_convert_to_their_typed_models() -> None:
     assert notice.kind is MediaNoticeKind.RESTORE_READY
     assert notice.media_id == "m9"
     assert notice.expire_time == datetime.fromtimestamp(1_800_000_000, UTC)
+
+    ready = event_from_proto(samples["export_notice"])
+    assert ready == ExportNoticeEvent(
+        ExportNoticeKind.EXPORT_READY, "e1", datetime.fromtimestamp(1_800_000_000, UTC)
+    )
 
     receipts = event_from_proto(samples["receipts"])
     assert isinstance(receipts, GroupReceiptsEvent)
@@ -428,3 +447,29 @@ def test_push_registration_converts() -> None:
     assert registration == PushRegistration(
         "d1", PushProvider.APNS, "en-GB", datetime(2030, 1, 1, tzinfo=UTC)
     )
+
+
+def test_a_history_export_converts_and_is_complete_exactly_when_ready() -> None:
+    running = HistoryExport.from_proto(
+        pb.HistoryExport(
+            export_id="e1",
+            state=pb.HistoryExport.STATE_RUNNING,
+            objects_done=1,
+            objects_total=4,
+            bytes_done=250,
+            bytes_total=1000,
+            eta=duration_pb2.Duration(seconds=3),
+        )
+    )
+    assert running.state is ExportState.RUNNING
+    assert (running.progress, running.eta, running.conversation_id) == (
+        0.25,
+        timedelta(seconds=3),
+        None,
+    )
+    assert running.expire_time is None and not running.download_url
+    # An empty export is READY with zero bytes, and complete.
+    empty = HistoryExport.from_proto(
+        pb.HistoryExport(export_id="e2", state=pb.HistoryExport.STATE_READY, objects_total=1)
+    )
+    assert empty.progress == 1.0

@@ -103,6 +103,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The history asked for is in the glacier tier: request a history export,
     which restores it first (FAILED_PRECONDITION).
     """
+    ERROR_REASON_EXPORT_NOT_FOUND: _ErrorReason.ValueType  # 40
+    """No history export of the caller's with that id (NOT_FOUND)."""
+    ERROR_REASON_EXPORT_OVER: _ErrorReason.ValueType  # 41
+    """The history export is READY, EXPIRED or FAILED: it can no longer be
+    cancelled (FAILED_PRECONDITION).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reasons carried in google.rpc.ErrorInfo.reason (AIP-193).
@@ -190,6 +196,12 @@ ERROR_REASON_SEARCH_DISABLED: ErrorReason.ValueType  # 38
 ERROR_REASON_HISTORY_ARCHIVED: ErrorReason.ValueType  # 39
 """The history asked for is in the glacier tier: request a history export,
 which restores it first (FAILED_PRECONDITION).
+"""
+ERROR_REASON_EXPORT_NOT_FOUND: ErrorReason.ValueType  # 40
+"""No history export of the caller's with that id (NOT_FOUND)."""
+ERROR_REASON_EXPORT_OVER: ErrorReason.ValueType  # 41
+"""The history export is READY, EXPIRED or FAILED: it can no longer be
+cancelled (FAILED_PRECONDITION).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

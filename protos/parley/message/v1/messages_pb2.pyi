@@ -2063,6 +2063,7 @@ class Event(_message.Message):
     TYPING_FIELD_NUMBER: _builtins.int
     KEY_NOTICE_FIELD_NUMBER: _builtins.int
     MEDIA_NOTICE_FIELD_NUMBER: _builtins.int
+    EXPORT_NOTICE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def message(self) -> Global___Message: ...
     @_builtins.property
@@ -2105,6 +2106,10 @@ class Event(_message.Message):
     def media_notice(self) -> Global___MediaNotice:
         """About media this device asked for (MediaService)."""
 
+    @_builtins.property
+    def export_notice(self) -> Global___ExportNotice:
+        """About a history export this device asked for."""
+
     def __init__(
         self,
         *,
@@ -2121,16 +2126,68 @@ class Event(_message.Message):
         typing: Global___TypingIndicator | None = ...,
         key_notice: Global___KeyNotice | None = ...,
         media_notice: Global___MediaNotice | None = ...,
+        export_notice: Global___ExportNotice | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "deletion", b"deletion", "edit", b"edit", "key_notice", b"key_notice", "kind", b"kind", "media_notice", b"media_notice", "message", b"message", "pong", b"pong", "reaction", b"reaction", "receipt", b"receipt", "receipts", b"receipts", "settings", b"settings", "sync_complete", b"sync_complete", "typing", b"typing"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "deletion", b"deletion", "edit", b"edit", "export_notice", b"export_notice", "key_notice", b"key_notice", "kind", b"kind", "media_notice", b"media_notice", "message", b"message", "pong", b"pong", "reaction", b"reaction", "receipt", b"receipt", "receipts", b"receipts", "settings", b"settings", "sync_complete", b"sync_complete", "typing", b"typing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "deletion", b"deletion", "edit", b"edit", "key_notice", b"key_notice", "kind", b"kind", "media_notice", b"media_notice", "message", b"message", "pong", b"pong", "reaction", b"reaction", "receipt", b"receipt", "receipts", b"receipts", "settings", b"settings", "sync_complete", b"sync_complete", "typing", b"typing"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "deletion", b"deletion", "edit", b"edit", "export_notice", b"export_notice", "key_notice", b"key_notice", "kind", b"kind", "media_notice", b"media_notice", "message", b"message", "pong", b"pong", "reaction", b"reaction", "receipt", b"receipt", "receipts", b"receipts", "settings", b"settings", "sync_complete", b"sync_complete", "typing", b"typing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message", "receipt", "conversation", "sync_complete", "pong", "edit", "deletion", "reaction", "receipts", "settings", "typing", "key_notice", "media_notice"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["message", "receipt", "conversation", "sync_complete", "pong", "edit", "deletion", "reaction", "receipts", "settings", "typing", "key_notice", "media_notice", "export_notice"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Event: _TypeAlias = Event  # noqa: Y015
+
+@_typing.final
+class ExportNotice(_message.Message):
+    """Told to one device over its delivery stream; never part of the feed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[ExportNotice._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: ExportNotice._Kind.ValueType  # 0
+        KIND_EXPORT_READY: ExportNotice._Kind.ValueType  # 1
+        """An export this device requested (RequestHistoryExport) is READY:
+        GetHistoryExport hands out its download_url until expire_time.
+        """
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: ExportNotice.Kind.ValueType  # 0
+    KIND_EXPORT_READY: ExportNotice.Kind.ValueType  # 1
+    """An export this device requested (RequestHistoryExport) is READY:
+    GetHistoryExport hands out its download_url until expire_time.
+    """
+
+    KIND_FIELD_NUMBER: _builtins.int
+    EXPORT_ID_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    kind: Global___ExportNotice.Kind.ValueType
+    export_id: _builtins.str
+    device_id: _builtins.str
+    """The device the notice is for: only that device's stream shows it."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        kind: Global___ExportNotice.Kind.ValueType = ...,
+        export_id: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        device_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "expire_time", b"expire_time", "export_id", b"export_id", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportNotice: _TypeAlias = ExportNotice  # noqa: Y015
 
 @_typing.final
 class MediaNotice(_message.Message):
@@ -2515,3 +2572,234 @@ class UpdatePushSettingsRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdatePushSettingsRequest: _TypeAlias = UpdatePushSettingsRequest  # noqa: Y015
+
+@_typing.final
+class HistoryExport(_message.Message):
+    """-- History export -----------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[HistoryExport._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: HistoryExport._State.ValueType  # 0
+        STATE_QUEUED: HistoryExport._State.ValueType  # 1
+        """Waiting for the export worker (one per deployment)."""
+        STATE_RESTORING: HistoryExport._State.ValueType  # 2
+        """Glacier objects holding some of the history are being restored."""
+        STATE_RUNNING: HistoryExport._State.ValueType  # 3
+        """The history is being read and written."""
+        STATE_READY: HistoryExport._State.ValueType  # 4
+        """download_url works until expire_time."""
+        STATE_EXPIRED: HistoryExport._State.ValueType  # 5
+        """Past expire_time: the object is removed."""
+        STATE_CANCELLED: HistoryExport._State.ValueType  # 6
+        STATE_FAILED: HistoryExport._State.ValueType  # 7
+        """The export could not be made (failure says why); request another."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    STATE_UNSPECIFIED: HistoryExport.State.ValueType  # 0
+    STATE_QUEUED: HistoryExport.State.ValueType  # 1
+    """Waiting for the export worker (one per deployment)."""
+    STATE_RESTORING: HistoryExport.State.ValueType  # 2
+    """Glacier objects holding some of the history are being restored."""
+    STATE_RUNNING: HistoryExport.State.ValueType  # 3
+    """The history is being read and written."""
+    STATE_READY: HistoryExport.State.ValueType  # 4
+    """download_url works until expire_time."""
+    STATE_EXPIRED: HistoryExport.State.ValueType  # 5
+    """Past expire_time: the object is removed."""
+    STATE_CANCELLED: HistoryExport.State.ValueType  # 6
+    STATE_FAILED: HistoryExport.State.ValueType  # 7
+    """The export could not be made (failure says why); request another."""
+
+    EXPORT_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    OBJECTS_DONE_FIELD_NUMBER: _builtins.int
+    OBJECTS_TOTAL_FIELD_NUMBER: _builtins.int
+    BYTES_DONE_FIELD_NUMBER: _builtins.int
+    BYTES_TOTAL_FIELD_NUMBER: _builtins.int
+    ETA_FIELD_NUMBER: _builtins.int
+    DOWNLOAD_URL_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    MESSAGE_COUNT_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    export_id: _builtins.str
+    state: Global___HistoryExport.State.ValueType
+    conversation_id: _builtins.str
+    """Empty: every conversation the caller is or was a member of."""
+    objects_done: _builtins.int
+    """Progress: parts of the history (an archived chunk, or a range of recent
+    messages) and bytes of the export. Both only rise and reach their
+    totals exactly when the export is READY; bytes_total is an estimate
+    until then (the object's size once READY). Zero totals: not yet planned.
+    """
+    objects_total: _builtins.int
+    bytes_done: _builtins.int
+    bytes_total: _builtins.int
+    download_url: _builtins.str
+    """READY: a presigned GET of the export (JSON lines), valid for a short
+    time (ask again for a fresh one) and never past expire_time.
+    """
+    message_count: _builtins.int
+    """READY: the messages the export holds."""
+    failure: _builtins.str
+    """FAILED: why."""
+    @_builtins.property
+    def eta(self) -> _duration_pb2.Duration:
+        """Estimated time left while RUNNING (from the rate so far); unset when
+        unknown.
+        """
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """READY: when the export is removed (EXPIRED)."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        export_id: _builtins.str = ...,
+        state: Global___HistoryExport.State.ValueType = ...,
+        conversation_id: _builtins.str = ...,
+        objects_done: _builtins.int = ...,
+        objects_total: _builtins.int = ...,
+        bytes_done: _builtins.int = ...,
+        bytes_total: _builtins.int = ...,
+        eta: _duration_pb2.Duration | None = ...,
+        download_url: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        message_count: _builtins.int = ...,
+        failure: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "eta", b"eta", "expire_time", b"expire_time", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_done", b"bytes_done", "bytes_total", b"bytes_total", "conversation_id", b"conversation_id", "create_time", b"create_time", "download_url", b"download_url", "eta", b"eta", "expire_time", b"expire_time", "export_id", b"export_id", "failure", b"failure", "message_count", b"message_count", "objects_done", b"objects_done", "objects_total", b"objects_total", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryExport: _TypeAlias = HistoryExport  # noqa: Y015
+
+@_typing.final
+class RequestHistoryExportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    conversation_id: _builtins.str
+    """One conversation the caller is or was a member of."""
+    all: _builtins.bool
+    """Every conversation the caller is or was a member of."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
+        all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "conversation_id", b"conversation_id", "scope", b"scope"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "conversation_id", b"conversation_id", "request_id", b"request_id", "scope", b"scope"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_scope: _TypeAlias = _typing.Literal["conversation_id", "all"]  # noqa: Y015
+    _WhichOneofArgType_scope: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_scope) -> _WhichOneofReturnType_scope | None: ...
+
+Global___RequestHistoryExportRequest: _TypeAlias = RequestHistoryExportRequest  # noqa: Y015
+
+@_typing.final
+class GetHistoryExportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPORT_ID_FIELD_NUMBER: _builtins.int
+    export_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        export_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["export_id", b"export_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHistoryExportRequest: _TypeAlias = GetHistoryExportRequest  # noqa: Y015
+
+@_typing.final
+class ListHistoryExportsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """1-100; 0: 20."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHistoryExportsRequest: _TypeAlias = ListHistoryExportsRequest  # noqa: Y015
+
+@_typing.final
+class ListHistoryExportsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPORTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def exports(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryExport]: ...
+    def __init__(
+        self,
+        *,
+        exports: _abc.Iterable[Global___HistoryExport] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exports", b"exports", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListHistoryExportsResponse: _TypeAlias = ListHistoryExportsResponse  # noqa: Y015
+
+@_typing.final
+class CancelHistoryExportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPORT_ID_FIELD_NUMBER: _builtins.int
+    export_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        export_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["export_id", b"export_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelHistoryExportRequest: _TypeAlias = CancelHistoryExportRequest  # noqa: Y015

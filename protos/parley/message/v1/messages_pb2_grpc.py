@@ -197,6 +197,26 @@ class MessageServiceStub:
                 request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.UpdatePushSettingsRequest.SerializeToString,
                 response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.PushSettings.FromString,
                 _registered_method=True)
+        self.RequestHistoryExport = channel.unary_unary(
+                '/parley.message.v1.MessageService/RequestHistoryExport',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.RequestHistoryExportRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.HistoryExport.FromString,
+                _registered_method=True)
+        self.GetHistoryExport = channel.unary_unary(
+                '/parley.message.v1.MessageService/GetHistoryExport',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.GetHistoryExportRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.HistoryExport.FromString,
+                _registered_method=True)
+        self.ListHistoryExports = channel.unary_unary(
+                '/parley.message.v1.MessageService/ListHistoryExports',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ListHistoryExportsRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ListHistoryExportsResponse.FromString,
+                _registered_method=True)
+        self.CancelHistoryExport = channel.unary_unary(
+                '/parley.message.v1.MessageService/CancelHistoryExport',
+                request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.CancelHistoryExportRequest.SerializeToString,
+                response_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.HistoryExport.FromString,
+                _registered_method=True)
         self.Connect = channel.stream_stream(
                 '/parley.message.v1.MessageService/Connect',
                 request_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ClientEvent.SerializeToString,
@@ -481,6 +501,47 @@ class MessageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestHistoryExport(self, request, context):
+        """-- History export ("download my history") ----------------------------------
+
+        Starts an export of the caller's readable history (one conversation, or
+        every conversation it is or was a member of) as one JSON-lines object
+        of ciphertext records (docs/ARCHITECTURE.md, History export). A job:
+        QUEUED, RESTORING (glacier objects are restored first), RUNNING, then
+        READY with a presigned download_url until expire_time. The requesting
+        device is told on its delivery stream (ExportNotice) when it is READY.
+        Idempotent by request_id; while an export of the same scope is QUEUED,
+        RESTORING or RUNNING, that one is answered. A new request after a
+        CANCELLED, FAILED or EXPIRED one is a retry (a new export).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHistoryExport(self, request, context):
+        """One of the caller's exports; NOT_FOUND for anyone else's. When READY,
+        download_url is a fresh presigned GET.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListHistoryExports(self, request, context):
+        """The caller's exports, newest first (AIP-158).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelHistoryExport(self, request, context):
+        """Cancels a QUEUED, RESTORING or RUNNING export (its partial output is
+        removed); FAILED_PRECONDITION once it is READY or over. Idempotent for
+        one already CANCELLED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Connect(self, request_iterator, context):
         """-- Delivery ---------------------------------------------------------------
 
@@ -649,6 +710,26 @@ def add_MessageServiceServicer_to_server(servicer, server):
                     servicer.UpdatePushSettings,
                     request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.UpdatePushSettingsRequest.FromString,
                     response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.PushSettings.SerializeToString,
+            ),
+            'RequestHistoryExport': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestHistoryExport,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.RequestHistoryExportRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.HistoryExport.SerializeToString,
+            ),
+            'GetHistoryExport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHistoryExport,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.GetHistoryExportRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.HistoryExport.SerializeToString,
+            ),
+            'ListHistoryExports': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHistoryExports,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.ListHistoryExportsRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.ListHistoryExportsResponse.SerializeToString,
+            ),
+            'CancelHistoryExport': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelHistoryExport,
+                    request_deserializer=parley_dot_message_dot_v1_dot_messages__pb2.CancelHistoryExportRequest.FromString,
+                    response_serializer=parley_dot_message_dot_v1_dot_messages__pb2.HistoryExport.SerializeToString,
             ),
             'Connect': grpc.stream_stream_rpc_method_handler(
                     servicer.Connect,
@@ -1479,6 +1560,114 @@ class MessageService:
             '/parley.message.v1.MessageService/UpdatePushSettings',
             parley_dot_message_dot_v1_dot_messages__pb2.UpdatePushSettingsRequest.SerializeToString,
             parley_dot_message_dot_v1_dot_messages__pb2.PushSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestHistoryExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/RequestHistoryExport',
+            parley_dot_message_dot_v1_dot_messages__pb2.RequestHistoryExportRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.HistoryExport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHistoryExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/GetHistoryExport',
+            parley_dot_message_dot_v1_dot_messages__pb2.GetHistoryExportRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.HistoryExport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHistoryExports(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/ListHistoryExports',
+            parley_dot_message_dot_v1_dot_messages__pb2.ListHistoryExportsRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.ListHistoryExportsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelHistoryExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.message.v1.MessageService/CancelHistoryExport',
+            parley_dot_message_dot_v1_dot_messages__pb2.CancelHistoryExportRequest.SerializeToString,
+            parley_dot_message_dot_v1_dot_messages__pb2.HistoryExport.FromString,
             options,
             channel_credentials,
             insecure,

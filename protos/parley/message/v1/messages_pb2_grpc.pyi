@@ -180,6 +180,30 @@ class MessageServiceStub:
     """The caller's account-wide notification settings."""
     UpdatePushSettings: _grpc.UnaryUnaryMultiCallable[_messages_pb2.UpdatePushSettingsRequest, _messages_pb2.PushSettings]
     """Sets the account's do-not-disturb window."""
+    RequestHistoryExport: _grpc.UnaryUnaryMultiCallable[_messages_pb2.RequestHistoryExportRequest, _messages_pb2.HistoryExport]
+    """-- History export ("download my history") ----------------------------------
+
+    Starts an export of the caller's readable history (one conversation, or
+    every conversation it is or was a member of) as one JSON-lines object
+    of ciphertext records (docs/ARCHITECTURE.md, History export). A job:
+    QUEUED, RESTORING (glacier objects are restored first), RUNNING, then
+    READY with a presigned download_url until expire_time. The requesting
+    device is told on its delivery stream (ExportNotice) when it is READY.
+    Idempotent by request_id; while an export of the same scope is QUEUED,
+    RESTORING or RUNNING, that one is answered. A new request after a
+    CANCELLED, FAILED or EXPIRED one is a retry (a new export).
+    """
+    GetHistoryExport: _grpc.UnaryUnaryMultiCallable[_messages_pb2.GetHistoryExportRequest, _messages_pb2.HistoryExport]
+    """One of the caller's exports; NOT_FOUND for anyone else's. When READY,
+    download_url is a fresh presigned GET.
+    """
+    ListHistoryExports: _grpc.UnaryUnaryMultiCallable[_messages_pb2.ListHistoryExportsRequest, _messages_pb2.ListHistoryExportsResponse]
+    """The caller's exports, newest first (AIP-158)."""
+    CancelHistoryExport: _grpc.UnaryUnaryMultiCallable[_messages_pb2.CancelHistoryExportRequest, _messages_pb2.HistoryExport]
+    """Cancels a QUEUED, RESTORING or RUNNING export (its partial output is
+    removed); FAILED_PRECONDITION once it is READY or over. Idempotent for
+    one already CANCELLED.
+    """
     Connect: _grpc.StreamStreamMultiCallable[_messages_pb2.ClientEvent, _messages_pb2.ServerEvent]
     """-- Delivery ---------------------------------------------------------------
 
@@ -345,6 +369,30 @@ class MessageServiceAsyncStub(MessageServiceStub):
     """The caller's account-wide notification settings."""
     UpdatePushSettings: _aio.UnaryUnaryMultiCallable[_messages_pb2.UpdatePushSettingsRequest, _messages_pb2.PushSettings]  # type: ignore[assignment]
     """Sets the account's do-not-disturb window."""
+    RequestHistoryExport: _aio.UnaryUnaryMultiCallable[_messages_pb2.RequestHistoryExportRequest, _messages_pb2.HistoryExport]  # type: ignore[assignment]
+    """-- History export ("download my history") ----------------------------------
+
+    Starts an export of the caller's readable history (one conversation, or
+    every conversation it is or was a member of) as one JSON-lines object
+    of ciphertext records (docs/ARCHITECTURE.md, History export). A job:
+    QUEUED, RESTORING (glacier objects are restored first), RUNNING, then
+    READY with a presigned download_url until expire_time. The requesting
+    device is told on its delivery stream (ExportNotice) when it is READY.
+    Idempotent by request_id; while an export of the same scope is QUEUED,
+    RESTORING or RUNNING, that one is answered. A new request after a
+    CANCELLED, FAILED or EXPIRED one is a retry (a new export).
+    """
+    GetHistoryExport: _aio.UnaryUnaryMultiCallable[_messages_pb2.GetHistoryExportRequest, _messages_pb2.HistoryExport]  # type: ignore[assignment]
+    """One of the caller's exports; NOT_FOUND for anyone else's. When READY,
+    download_url is a fresh presigned GET.
+    """
+    ListHistoryExports: _aio.UnaryUnaryMultiCallable[_messages_pb2.ListHistoryExportsRequest, _messages_pb2.ListHistoryExportsResponse]  # type: ignore[assignment]
+    """The caller's exports, newest first (AIP-158)."""
+    CancelHistoryExport: _aio.UnaryUnaryMultiCallable[_messages_pb2.CancelHistoryExportRequest, _messages_pb2.HistoryExport]  # type: ignore[assignment]
+    """Cancels a QUEUED, RESTORING or RUNNING export (its partial output is
+    removed); FAILED_PRECONDITION once it is READY or over. Idempotent for
+    one already CANCELLED.
+    """
     Connect: _aio.StreamStreamMultiCallable[_messages_pb2.ClientEvent, _messages_pb2.ServerEvent]  # type: ignore[assignment]
     """-- Delivery ---------------------------------------------------------------
 
@@ -687,6 +735,54 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_messages_pb2.PushSettings, _abc.Awaitable[_messages_pb2.PushSettings]]:
         """Sets the account's do-not-disturb window."""
+
+    @_abc_1.abstractmethod
+    def RequestHistoryExport(
+        self,
+        request: _messages_pb2.RequestHistoryExportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.HistoryExport, _abc.Awaitable[_messages_pb2.HistoryExport]]:
+        """-- History export ("download my history") ----------------------------------
+
+        Starts an export of the caller's readable history (one conversation, or
+        every conversation it is or was a member of) as one JSON-lines object
+        of ciphertext records (docs/ARCHITECTURE.md, History export). A job:
+        QUEUED, RESTORING (glacier objects are restored first), RUNNING, then
+        READY with a presigned download_url until expire_time. The requesting
+        device is told on its delivery stream (ExportNotice) when it is READY.
+        Idempotent by request_id; while an export of the same scope is QUEUED,
+        RESTORING or RUNNING, that one is answered. A new request after a
+        CANCELLED, FAILED or EXPIRED one is a retry (a new export).
+        """
+
+    @_abc_1.abstractmethod
+    def GetHistoryExport(
+        self,
+        request: _messages_pb2.GetHistoryExportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.HistoryExport, _abc.Awaitable[_messages_pb2.HistoryExport]]:
+        """One of the caller's exports; NOT_FOUND for anyone else's. When READY,
+        download_url is a fresh presigned GET.
+        """
+
+    @_abc_1.abstractmethod
+    def ListHistoryExports(
+        self,
+        request: _messages_pb2.ListHistoryExportsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.ListHistoryExportsResponse, _abc.Awaitable[_messages_pb2.ListHistoryExportsResponse]]:
+        """The caller's exports, newest first (AIP-158)."""
+
+    @_abc_1.abstractmethod
+    def CancelHistoryExport(
+        self,
+        request: _messages_pb2.CancelHistoryExportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messages_pb2.HistoryExport, _abc.Awaitable[_messages_pb2.HistoryExport]]:
+        """Cancels a QUEUED, RESTORING or RUNNING export (its partial output is
+        removed); FAILED_PRECONDITION once it is READY or over. Idempotent for
+        one already CANCELLED.
+        """
 
     @_abc_1.abstractmethod
     def Connect(
