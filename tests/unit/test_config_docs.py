@@ -1,4 +1,4 @@
-"""docs/configuration.md is generated from parley_core/config.py: it must be
+"""docs/configuration.md is generated from parley_core/config/: it must be
 fresh, and every key must say what it does."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def test_every_setting_says_what_it_does() -> None:
     keys = every_key(Settings())
     assert len(keys) > 50
     undocumented = [key for key, text in keys if not (text and text.strip())]
-    assert not undocumented, f"fields without a docstring in parley_core/config.py: {undocumented}"
+    assert not undocumented, f"fields without a docstring in parley_core/config/: {undocumented}"
 
 
 def test_the_configuration_reference_is_fresh(tmp_path: Path) -> None:
