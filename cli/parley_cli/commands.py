@@ -151,6 +151,7 @@ async def _signup(args: argparse.Namespace) -> int:
             message_target=targets.message,
             presence_target=targets.presence,
             media_target=targets.media,
+            search_target=targets.search,
             store=pending,
         ) as client:
             credentials = client.credentials
@@ -167,6 +168,7 @@ async def _signup(args: argparse.Namespace) -> int:
             message_target=targets.message,
             presence_target=targets.presence,
             media_target=targets.media,
+            search_target=targets.search,
             credentials=credentials,
         )
     )
@@ -187,7 +189,8 @@ async def _whoami(args: argparse.Namespace) -> int:
             f"profile={profile.name} keys={args.keys_target or profile.keys_target} "
             f"message={args.message_target or profile.message_target} "
             f"presence={args.presence_target or profile.presence_target} "
-            f"media={args.media_target or profile.media_target}"
+            f"media={args.media_target or profile.media_target} "
+            f"search={args.search_target or profile.search_target}"
         )
     return 0
 

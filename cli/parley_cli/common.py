@@ -18,6 +18,7 @@ from parley_sdk import (
     DEFAULT_MEDIA_TARGET,
     DEFAULT_MESSAGE_TARGET,
     DEFAULT_PRESENCE_TARGET,
+    DEFAULT_SEARCH_TARGET,
     Client,
     Credentials,
     Direction,
@@ -88,6 +89,12 @@ class Commands:
             metavar="HOST:PORT",
             help=f"svc_media address (default: the profile's, else {DEFAULT_MEDIA_TARGET})",
         )
+        self.common.add_argument(
+            "--search-target",
+            default=None,
+            metavar="HOST:PORT",
+            help=f"svc_search address (default: the profile's, else {DEFAULT_SEARCH_TARGET})",
+        )
 
     def add(
         self,
@@ -144,7 +151,13 @@ def run(command: Command, args: argparse.Namespace, *, interrupt_code: int) -> i
     except UnavailableError:
         # The SDK gave up retrying: say which address is down, not gRPC's details.
         targets = Targets.used_by(args, ProfileStore())
-        warn(unreachable_message(targets, media=getattr(args, "uses_media", False)))
+        warn(
+            unreachable_message(
+                targets,
+                media=getattr(args, "uses_media", False),
+                search=getattr(args, "uses_search", False),
+            )
+        )
         return 1
     except UnauthenticatedError as error:
         warn(f"error: {error}")
@@ -181,6 +194,7 @@ async def connect(args: argparse.Namespace, store: ProfileStore) -> tuple[Client
             message_target=targets.message,
             presence_target=targets.presence,
             media_target=targets.media,
+            search_target=targets.search,
             credentials=profile.credentials,
             on_credentials_changed=persist,
             store=device_store,

@@ -18,7 +18,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from parley_sdk import DEFAULT_MEDIA_TARGET, DEFAULT_PRESENCE_TARGET, Credentials
+from parley_sdk import (
+    DEFAULT_MEDIA_TARGET,
+    DEFAULT_PRESENCE_TARGET,
+    DEFAULT_SEARCH_TARGET,
+    Credentials,
+)
 
 __all__ = ["Profile", "ProfileError", "ProfileStore", "discard_store"]
 
@@ -44,6 +49,8 @@ class Profile:
     presence_target: str = DEFAULT_PRESENCE_TARGET
     # Likewise for media (files), which came later still.
     media_target: str = DEFAULT_MEDIA_TARGET
+    # And server search.
+    search_target: str = DEFAULT_SEARCH_TARGET
     # From the last SyncComplete that `follow` saw, so the next run replays only
     # the receipts that changed since.
     sync_token: str = ""
@@ -59,6 +66,7 @@ class Profile:
             "message_target": self.message_target,
             "presence_target": self.presence_target,
             "media_target": self.media_target,
+            "search_target": self.search_target,
             "sync_token": self.sync_token,
             "credentials": self.credentials.to_dict(),
         }
@@ -73,6 +81,7 @@ class Profile:
                 message_target=str(data["message_target"]),
                 presence_target=str(data.get("presence_target", DEFAULT_PRESENCE_TARGET)),
                 media_target=str(data.get("media_target", DEFAULT_MEDIA_TARGET)),
+                search_target=str(data.get("search_target", DEFAULT_SEARCH_TARGET)),
                 sync_token=str(data.get("sync_token", "")),
                 credentials=Credentials.from_dict(data["credentials"]),
             )

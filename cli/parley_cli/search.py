@@ -1,5 +1,7 @@
 """``parley search``: full-text search of what this profile's device has read or
-sent, in its own store (nothing is sent to the server)."""
+sent, in its own store (nothing is sent to the server); with ``--server``, the
+server's blind index of conversations whose server search is on. ``parley
+server-search on|off`` turns that on or off for a conversation."""
 
 from __future__ import annotations
 
@@ -35,6 +37,20 @@ def register_search_commands(commands: Commands) -> None:
         help="first index the history this device can read and has not indexed yet "
         "(resumable; progress on stderr)",
     )
+    search.add_argument(
+        "--server",
+        action="store_true",
+        help="ask the server's blind index (conversations with server search on; "
+        "finds what this device never read; no prefixes)",
+    )
+    toggle = commands.add(
+        "server-search",
+        _server_search,
+        "turn server search (the blind index, off by default) on or off for a "
+        "conversation; every member sees the change",
+    )
+    toggle.add_argument("state", choices=("on", "off"))
+    toggle.add_argument("conversation", metavar="@HANDLE|CONVERSATION")
 
 
 def _when(moment: datetime) -> str:
@@ -49,7 +65,19 @@ async def _line(result: SearchResult, directory: Directory) -> str:
     )
 
 
+async def _server_search(args: argparse.Namespace) -> int:
+    args.uses_search = True
+    client, _ = await connect(args, ProfileStore())
+    async with client:
+        conversation_id = await resolve_conversation(client, args.conversation)
+        view = await client.set_server_search(conversation_id, args.state == "on")
+        state = "on" if view.conversation.server_search else "off"
+        emit(f"server search is {state} for {conversation_id}")
+    return 0
+
+
 async def _search(args: argparse.Namespace) -> int:
+    args.uses_search = args.server
     client, profile = await connect(args, ProfileStore())
     async with client:
         directory = Directory(client)
@@ -58,6 +86,8 @@ async def _search(args: argparse.Namespace) -> int:
         if args.conversation:
             conversation_id = await resolve_conversation(client, args.conversation)
         try:
+            if args.backfill and args.server:
+                raise UsageError("--backfill fills the device's index; --server does not use it")
             if args.backfill:
                 report = await client.backfill_search_index(
                     progress=lambda done, total: warn(f"indexing history: {done}/{total}")
@@ -68,6 +98,7 @@ async def _search(args: argparse.Namespace) -> int:
                 " ".join(args.query),
                 conversation_id=conversation_id,
                 page_size=min(args.limit, 100),
+                server=args.server,
             ):
                 emit(await _line(result, directory))
                 found += 1

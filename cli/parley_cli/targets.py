@@ -13,6 +13,7 @@ from parley_sdk import (
     DEFAULT_MEDIA_TARGET,
     DEFAULT_MESSAGE_TARGET,
     DEFAULT_PRESENCE_TARGET,
+    DEFAULT_SEARCH_TARGET,
 )
 
 __all__ = ["PROBE_SECONDS", "Targets", "unreachable_message"]
@@ -27,6 +28,7 @@ class Targets:
     message: str
     presence: str
     media: str = DEFAULT_MEDIA_TARGET
+    search: str = DEFAULT_SEARCH_TARGET
 
     @classmethod
     def of(cls, args: argparse.Namespace, profile: Profile | None = None) -> Targets:
@@ -40,6 +42,8 @@ class Targets:
             # Parsers of other tools may predate media and lack the option.
             media=getattr(args, "media_target", None)
             or (profile.media_target if profile else DEFAULT_MEDIA_TARGET),
+            search=getattr(args, "search_target", None)
+            or (profile.search_target if profile else DEFAULT_SEARCH_TARGET),
         )
 
     @classmethod
@@ -52,20 +56,25 @@ class Targets:
                 profile = store.load(args.profile)
         return cls.of(args, profile)
 
-    def named(self, *, media: bool = False) -> list[tuple[str, str]]:
+    def named(self, *, media: bool = False, search: bool = False) -> list[tuple[str, str]]:
         """The services a command talks to; the media service only for ``media``
-        (file) commands, so a deployment without it is not blamed for others."""
+        (file) commands and the search service only for ``search`` (server
+        search) ones, so a deployment without them is not blamed for others."""
         named = [
             ("svc_keys", self.keys),
             ("svc_message", self.message),
             ("svc_presence", self.presence),
         ]
-        return [*named, ("svc_media", self.media)] if media else named
+        if media:
+            named.append(("svc_media", self.media))
+        if search:
+            named.append(("svc_search", self.search))
+        return named
 
 
-def unreachable_message(targets: Targets, *, media: bool = False) -> str:
+def unreachable_message(targets: Targets, *, media: bool = False, search: bool = False) -> str:
     """One line for a command whose server did not answer: which address, and what to do."""
-    named = targets.named(media=media)
+    named = targets.named(media=media, search=search)
     down = [f"{service} at {target}" for service, target in named if not _answers(target)]
     if not down:
         # Every port takes connections now: the server went away or came back meanwhile.

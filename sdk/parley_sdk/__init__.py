@@ -11,6 +11,7 @@
 >>> data = await other_client.download(sent.message)
 """
 
+from parley_sdk._blind_tokens import BlindSettings
 from parley_sdk._conversations import ConversationMethods
 from parley_sdk._key_models import (
     DeviceKey,
@@ -42,6 +43,7 @@ from parley_sdk.client import (
     DEFAULT_MEDIA_TARGET,
     DEFAULT_MESSAGE_TARGET,
     DEFAULT_PRESENCE_TARGET,
+    DEFAULT_SEARCH_TARGET,
     DEFAULT_STREAM_RETRY_POLICY,
     Client,
     ConnectOptions,
@@ -172,6 +174,7 @@ __all__ = [
     "DEFAULT_MEDIA_TARGET",
     "DEFAULT_MESSAGE_TARGET",
     "DEFAULT_PRESENCE_TARGET",
+    "DEFAULT_SEARCH_TARGET",
     "DEFAULT_STREAM_RETRY_POLICY",
     "AbortedError",
     "Account",
@@ -182,6 +185,7 @@ __all__ = [
     "Availability",
     "BackfillProgress",
     "BackfillReport",
+    "BlindSettings",
     "Client",
     "ConnectOptions",
     "Contact",

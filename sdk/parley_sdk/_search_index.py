@@ -415,6 +415,27 @@ class SearchIndex:
 
     # -- reading ----------------------------------------------------------------
 
+    def document(self, message_id: str) -> IndexedMessage | None:
+        """The indexed message with this id, as its newest text was indexed."""
+        if not self.available:
+            return None
+        row = self._db.execute(
+            "SELECT doc_id, conversation, seq, sender_account, sender_device, text"
+            " FROM search_docs WHERE message_key = ?",
+            (message_key(message_id),),
+        ).fetchone()
+        if row is None:
+            return None
+        return IndexedMessage(
+            conversation_id=self._name(int(row[1])),
+            message_id=message_id,
+            seq=int(row[2]),
+            sender_account_id=self._name(int(row[3])),
+            sender_device_id=self._name(int(row[4])),
+            sent_at=_sent_at(int(row[0])).timestamp(),
+            text=str(row[5]),
+        )
+
     def count(self) -> int:
         """How many messages the index holds."""
         if not self.available:

@@ -28,6 +28,7 @@ from parley_sdk._media_models import Attachment
 from parley_sdk._search_index import IndexedMessage, SearchIndex
 from parley_sdk._secure_calls import EncryptionCalls
 from parley_sdk._secure_groups import GroupKeys
+from parley_sdk._server_search import ServerSearch
 from parley_sdk.e2ee import (
     Crypto,
     DecryptionError,
@@ -155,7 +156,8 @@ class E2EE:
         self._replenish_lock = asyncio.Lock()
         # Direct conversations never change members, and no conversation its type.
         self._kinds: dict[str, tuple[ConversationType, tuple[str, ...]]] = {}
-        self.groups = GroupKeys(self, client)
+        self.server = ServerSearch(self, client)
+        self.groups = GroupKeys(self, client, search_keys=self.server.accept_key)
         self.search = SearchIndex(store)
 
     def close(self) -> None:
@@ -354,6 +356,7 @@ class E2EE:
         except DecryptionError:
             return message
         self._index(message, text)
+        await self.server.index(message, text)
         return message
 
     async def edit_text(
@@ -382,6 +385,7 @@ class E2EE:
             create_time=edit.edit_time,
         )
         self._index(edited, text)
+        await self.server.index(edited, text)
         return edit
 
     async def _body(self, conversation_id: str, content: bytes) -> bytes:
@@ -545,6 +549,7 @@ class E2EE:
             self.unindex([event.deletion.message_id])
         if isinstance(event, SystemMessageEvent):
             self.groups.on_system_message(event)
+            await self.server.on_system_message(event)
         elif isinstance(event, KeyNoticeEvent):
             await self._on_notice(event)
         return event

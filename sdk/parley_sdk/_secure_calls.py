@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from parley.search.v1 import search_pb2
 from parley_sdk._key_models import (
     DeviceKey,
     OneTimePreKey,
@@ -31,7 +32,8 @@ __all__ = ["EncryptionCalls"]
 
 
 class EncryptionCalls(Protocol):
-    """The key directory, message and membership calls of one signed-in device."""
+    """The key directory, message, membership and blind-index calls of one
+    signed-in device."""
 
     @property
     def account_id(self) -> str: ...
@@ -100,3 +102,15 @@ class EncryptionCalls(Protocol):
         start_seq: int = 0,
         page_size: int | None = None,
     ) -> Pager[Message]: ...
+
+    async def _search_settings(self) -> search_pb2.SearchSettings: ...
+
+    async def _index_message(
+        self, request: search_pb2.IndexMessageRequest
+    ) -> search_pb2.IndexMessageResponse: ...
+
+    async def _remove_message(self, conversation_id: str, message_id: str) -> None: ...
+
+    async def _search_blind(
+        self, request: search_pb2.SearchRequest
+    ) -> search_pb2.SearchResponse: ...

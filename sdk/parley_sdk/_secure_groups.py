@@ -4,7 +4,9 @@ Each device encrypts group messages under its own sender key (one epoch at a
 time). Before a send, member devices that lack the current epoch get it
 sealed pairwise through SendSenderKeys. When members leave, the device starts
 a new epoch, so departed members cannot read what follows. Received keys are
-claimed from the server and kept only when their sender is a member.
+claimed from the server and kept only when their sender is a member. The same
+envelopes carry conversations' search keys (the server blind index,
+:mod:`parley_sdk._server_search`), also kept only from members.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from parley.e2ee.v1 import e2ee_pb2
@@ -68,9 +70,17 @@ class PairwiseSealer(Protocol):
 class GroupKeys:
     """Sender keys of one device across its groups."""
 
-    def __init__(self, owner: PairwiseSealer, client: EncryptionCalls) -> None:
+    def __init__(
+        self,
+        owner: PairwiseSealer,
+        client: EncryptionCalls,
+        *,
+        search_keys: Callable[[DeviceAddress, e2ee_pb2.SearchKey], bool] | None = None,
+    ) -> None:
         self._owner = owner
         self._client = client
+        # Where a conversation's search key (a kind of envelope) is kept.
+        self._search_keys = search_keys
         self._cache: dict[str, tuple[float, frozenset[str]]] = {}
         self._claim_lock = asyncio.Lock()
 
@@ -250,11 +260,13 @@ class GroupKeys:
         except (DecryptionError, ValueError) as error:
             log.warning("dropped a sender-key envelope from %s: %s", sender, error)
             return False
+        kind = content.WhichOneof("kind")
         distribution = content.sender_key
-        if (
-            content.WhichOneof("kind") != "sender_key"
-            or distribution.conversation_id != envelope.conversation_id
-        ):
+        # A search key (server blind index) travels the same way as a sender key.
+        named = content.search_key.conversation_id if kind == "search_key" else None
+        if kind == "sender_key":
+            named = distribution.conversation_id
+        if named != envelope.conversation_id:
             log.warning("dropped a sender-key envelope from %s: not a key for its group", sender)
             return False
         try:
@@ -268,5 +280,9 @@ class GroupKeys:
         if sender.account_id not in members:
             log.warning("dropped a sender key from non-member %s", sender)
             return False
+        if kind == "search_key":
+            if self._search_keys is None:
+                return False
+            return self._search_keys(sender, content.search_key)
         self._owner.crypto.accept_sender_key(sender, distribution.SerializeToString())
         return True

@@ -16,6 +16,7 @@ from parley.keys.v1 import accounts_pb2, accounts_pb2_grpc, keys_pb2_grpc
 from parley.media.v1 import media_pb2_grpc
 from parley.message.v1 import messages_pb2_grpc
 from parley.presence.v1 import presence_pb2_grpc
+from parley.search.v1 import search_pb2_grpc
 from parley_sdk.credentials import Credentials
 from parley_sdk.errors import TokenExpiredError, UnauthenticatedError, from_rpc_error
 from parley_sdk.retry import RetryPolicy, call_with_retry, new_request_id
@@ -58,6 +59,7 @@ class Session:
         on_credentials_changed: CredentialsListener | None,
         presence_channel: aio.Channel | None = None,
         media_channel: aio.Channel | None = None,
+        search_channel: aio.Channel | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._keys_channel = keys_channel
@@ -70,6 +72,10 @@ class Session:
         self._media: media_pb2_grpc.MediaServiceAsyncStub | None = None
         if media_channel is not None:
             self._media = media_pb2_grpc.MediaServiceStub(media_channel)
+        self._search_channel = search_channel
+        self._search: search_pb2_grpc.SearchServiceAsyncStub | None = None
+        if search_channel is not None:
+            self._search = search_pb2_grpc.SearchServiceStub(search_channel)
         self.accounts: accounts_pb2_grpc.AccountServiceAsyncStub = (
             accounts_pb2_grpc.AccountServiceStub(keys_channel)
         )
@@ -119,6 +125,16 @@ class Session:
         self._media = stub
 
     @property
+    def search(self) -> search_pb2_grpc.SearchServiceAsyncStub:
+        if self._search is None:
+            raise RuntimeError("this session was opened without a search channel")
+        return self._search
+
+    @search.setter
+    def search(self, stub: search_pb2_grpc.SearchServiceAsyncStub) -> None:
+        self._search = stub
+
+    @property
     def credentials(self) -> Credentials | None:
         return self._credentials
 
@@ -141,6 +157,8 @@ class Session:
             channels.append(self._presence_channel)
         if self._media_channel is not None:
             channels.append(self._media_channel)
+        if self._search_channel is not None:
+            channels.append(self._search_channel)
         await asyncio.gather(*(channel.close(None) for channel in channels))
 
     # -- auth ---------------------------------------------------------------

@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_MEDIA_TARGET",
     "DEFAULT_MESSAGE_TARGET",
     "DEFAULT_PRESENCE_TARGET",
+    "DEFAULT_SEARCH_TARGET",
     "DEFAULT_STREAM_RETRY_POLICY",
     "Client",
     "ConnectOptions",
@@ -61,6 +62,7 @@ DEFAULT_KEYS_TARGET = "127.0.0.1:7101"
 DEFAULT_MESSAGE_TARGET = "127.0.0.1:7102"
 DEFAULT_PRESENCE_TARGET = "127.0.0.1:7103"
 DEFAULT_MEDIA_TARGET = "127.0.0.1:7104"
+DEFAULT_SEARCH_TARGET = "127.0.0.1:7105"
 
 # Client keepalive lets a long-lived delivery stream notice a dead connection
 # (laptop sleep, NAT timeout). gRPC servers by default refuse pings more often
@@ -90,6 +92,7 @@ class ConnectOptions(TypedDict, total=False):
     channel_options: Sequence[tuple[str, Any]]
     store: StoreLike | None
     media_target: str
+    search_target: str
     http_client: httpx.AsyncClient | None
 
 
@@ -175,6 +178,7 @@ class Client(
         channel_options: Sequence[tuple[str, Any]] = (),
         store: StoreLike | None = None,
         media_target: str = DEFAULT_MEDIA_TARGET,
+        search_target: str = DEFAULT_SEARCH_TARGET,
         http_client: httpx.AsyncClient | None = None,
         handle: str | None = None,
         display_name: str = "",
@@ -205,7 +209,8 @@ class Client(
         ``media_target`` is the media service (files); its presigned URLs are
         fetched with ``http_client`` when given (proxies, TLS settings; the
         client leaves closing it to you), else with an ``httpx.AsyncClient``
-        of its own.
+        of its own. ``search_target`` is the search service (server search,
+        opt-in per conversation; the default search stays on the device).
         """
         device_store, owns_store = _open_store(store) if store is not None else (None, False)
         try:
@@ -244,6 +249,7 @@ class Client(
             message_channel=open_channel(message_target),
             presence_channel=open_channel(presence_target),
             media_channel=open_channel(media_target),
+            search_channel=open_channel(search_target),
             credentials=credentials,
             retry_policy=retry_policy or RetryPolicy(),
             stream_retry_policy=stream_retry_policy or DEFAULT_STREAM_RETRY_POLICY,
@@ -504,6 +510,9 @@ class Client(
         view = await super().add_members(conversation_id, account_ids, request_id=request_id)
         if self._e2ee is not None:
             self._e2ee.groups.forget_members(conversation_id)
+            if view.conversation.server_search:
+                # A new epoch of the blind index: this device makes its key.
+                await self._e2ee.server.after_change(conversation_id, view.conversation.last_seq)
         return view
 
     async def remove_member(
@@ -516,6 +525,8 @@ class Client(
         if self._e2ee is not None:
             # Not waiting for the stream: the next send must not reach them.
             self._e2ee.groups.on_departure(conversation_id, [account_id], from_notice=False)
+            if view.conversation.server_search:
+                await self._e2ee.server.after_change(conversation_id, view.conversation.last_seq)
         return view
 
     async def delete_message(
@@ -527,10 +538,13 @@ class Client(
         request_id: str | None = None,
     ) -> MessageDeleted:
         """As :meth:`MessageMethods.delete_message`; an encrypted client also takes
-        the message out of its search index."""
+        the message out of its search index, and a delete for everyone out of
+        the server's blind index when the conversation has server search on."""
         deletion = await super().delete_message(
             conversation_id, message_id, scope=scope, request_id=request_id
         )
         if self._e2ee is not None:
             self._e2ee.unindex([message_id])
+            if scope is DeleteScope.FOR_EVERYONE:
+                await self._e2ee.server.remove(conversation_id, message_id)
         return deletion

@@ -227,6 +227,8 @@ class SystemAction(_WireEnum):
     SUBSCRIBED = 7
     IDENTITY_CHANGED = 8
     """A device of the actor (``device_id``) got a new identity key: it was re-installed."""
+    SEARCH_CHANGED = 9
+    """Server search (the blind index) was turned on or off: ``server_search``."""
 
 
 # -- inbox settings -------------------------------------------------------------------
@@ -398,6 +400,11 @@ class SystemMessageEvent:
     def device_id(self) -> str:
         """IDENTITY_CHANGED: the actor's device whose identity key changed."""
         return self.message.system.device_id
+
+    @property
+    def server_search(self) -> bool:
+        """SEARCH_CHANGED: whether server search is on after the change."""
+        return self.message.system.server_search
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,3 +58,23 @@ async def test_a_result_is_one_line_with_where_who_and_the_snippet() -> None:
     line = await _line(result, Directory(Accounts()))  # type: ignore[arg-type]
     assert line.startswith(f"{CONVERSATION} #7 ")
     assert line.endswith(" @bob: first line Lunch at [noon]")
+
+
+def test_server_search_options_parse() -> None:
+    args = build_parser().parse_args(["search", "lunch", "--server", "--search-target", "h:9"])
+    assert (args.server, args.search_target) == (True, "h:9")
+    assert build_parser().parse_args(["search", "lunch"]).server is False
+    toggle = build_parser().parse_args(["server-search", "on", "@bob"])
+    assert (toggle.state, toggle.conversation) == ("on", "@bob")
+    assert build_parser().parse_args(["server-search", "off", CONVERSATION]).state == "off"
+    for argv in (["server-search", "maybe", "@bob"], ["server-search", "on"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(argv)
+
+
+def test_an_unreachable_search_service_is_named_only_for_server_search() -> None:
+    from parley_cli.targets import Targets
+
+    targets = Targets("k:1", "m:2", "p:3", search="s:5")
+    assert ("svc_search", "s:5") in targets.named(search=True)
+    assert all(name != "svc_search" for name, _ in targets.named())

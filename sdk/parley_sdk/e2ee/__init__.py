@@ -14,6 +14,7 @@ from parley_sdk.e2ee.content import (
     PADDING_BLOCK,
     attachment_content,
     parse_content,
+    search_key_content,
     sender_key_content,
     text_content,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "UntrustedIdentityError",
     "attachment_content",
     "parse_content",
+    "search_key_content",
     "sender_key_content",
     "text_content",
 ]

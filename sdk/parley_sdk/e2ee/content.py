@@ -12,6 +12,7 @@ __all__ = [
     "PADDING_BLOCK",
     "attachment_content",
     "parse_content",
+    "search_key_content",
     "sender_key_content",
     "text_content",
 ]
@@ -62,6 +63,14 @@ def sender_key_content(distribution: bytes) -> bytes:
     except DecodeError:
         raise ValueError("not a SenderKeyDistribution") from None
     return _padded(e2ee_pb2.Content(sender_key=parsed))
+
+
+def search_key_content(key: e2ee_pb2.SearchKey) -> bytes:
+    """A serialized Content carrying a conversation's search key for one epoch
+    (sealed pairwise like a sender key; never a chat message), padded like text."""
+    content = e2ee_pb2.Content()
+    content.search_key.CopyFrom(key)
+    return _padded(content)
 
 
 def parse_content(data: bytes) -> e2ee_pb2.Content:

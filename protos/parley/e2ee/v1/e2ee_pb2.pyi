@@ -231,6 +231,7 @@ class Content(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     SENDER_KEY_FIELD_NUMBER: _builtins.int
     ATTACHMENT_FIELD_NUMBER: _builtins.int
+    SEARCH_KEY_FIELD_NUMBER: _builtins.int
     PADDING_FIELD_NUMBER: _builtins.int
     padding: _builtins.bytes
     """Hides the exact length; ignored."""
@@ -244,19 +245,26 @@ class Content(_message.Message):
     def attachment(self) -> Global___Attachment:
         """A file (one per message); its key travels here, never to the server."""
 
+    @_builtins.property
+    def search_key(self) -> Global___SearchKey:
+        """Only inside sender-key envelopes: a conversation's search key for
+        the server blind index (parley.search.v1); never shown as a message.
+        """
+
     def __init__(
         self,
         *,
         text: Global___Text | None = ...,
         sender_key: Global___SenderKeyDistribution | None = ...,
         attachment: Global___Attachment | None = ...,
+        search_key: Global___SearchKey | None = ...,
         padding: _builtins.bytes = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["attachment", b"attachment", "kind", b"kind", "sender_key", b"sender_key", "text", b"text"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attachment", b"attachment", "kind", b"kind", "search_key", b"search_key", "sender_key", b"sender_key", "text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment", b"attachment", "kind", b"kind", "padding", b"padding", "sender_key", b"sender_key", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachment", b"attachment", "kind", b"kind", "padding", b"padding", "search_key", b"search_key", "sender_key", b"sender_key", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["text", "sender_key", "attachment"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["text", "sender_key", "attachment", "search_key"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -439,3 +447,48 @@ class SenderKeyDistribution(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SenderKeyDistribution: _TypeAlias = SenderKeyDistribution  # noqa: Y015
+
+@_typing.final
+class SearchKey(_message.Message):
+    """One epoch's key of a conversation's server blind index
+    (parley.search.v1.SearchService; docs/design/search.md). Sent pairwise to
+    the devices of the members of that epoch, in sender-key envelopes, by the
+    member who started the epoch (or, failing that, by another member: an
+    epoch may have two keys, and both keep working).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    EPOCH_SEQ_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    TOKEN_BYTES_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    epoch_seq: _builtins.int
+    """The epoch: the seq of the system message that started it (server search
+    turned on, or a membership change while it was on).
+    """
+    key: _builtins.bytes
+    """K, 32 bytes. Tokens are HMAC-SHA256(K, term) truncated to token_bytes;
+    the key id the server sees is the first 16 bytes of
+    HMAC-SHA256(K, "parley search key id").
+    """
+    token_bytes: _builtins.int
+    """Token length, bytes, chosen by the key's creator from the expected
+    number of messages (docs/design/search.md, "Token length").
+    """
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        epoch_seq: _builtins.int = ...,
+        key: _builtins.bytes = ...,
+        token_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "epoch_seq", b"epoch_seq", "key", b"key", "token_bytes", b"token_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchKey: _TypeAlias = SearchKey  # noqa: Y015
