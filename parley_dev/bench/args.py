@@ -26,6 +26,10 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost")
 MIB = 1 << 20
 DEFAULT_MEDIA_SIZES_MIB = (1.0, 16.0)
 FULL_MEDIA_ROUNDS = 3
+# The search scenario, quick and full: postings of the searched conversation,
+# messages of them indexed through IndexMessage, messages in the device index.
+QUICK_SEARCH = (50_000, 200, 10_000)
+FULL_SEARCH = (1_000_000, 2000, 100_000)
 # Largest file the media scenario takes: the services' single-object default.
 MAX_MEDIA_MIB = 2048.0
 
@@ -42,7 +46,9 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
             "its members' live streams; --scenario presence measures heartbeats/s with their "
             "Redis cost, and the fan-out of presence changes to allowed and hidden subscribers; "
             "--scenario media measures upload and download MB/s through svc_media beside bare "
-            "presigned requests to the same object store."
+            "presigned requests to the same object store; --scenario search measures queries "
+            "through svc_search's blind index beside a bare indexed MongoDB read of the same "
+            "postings, and the SDK's on-device index."
         ),
     )
     where = bench.add_argument_group("which stack")
@@ -95,12 +101,14 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
     )
     bench.add_argument(
         "--scenario",
-        choices=["messaging", "group", "presence", "media"],
+        choices=["messaging", "group", "presence", "media", "search"],
         default="messaging",
         help="messaging: sends, delivery and fetch over direct conversations (default); "
         "group: send-to-delivery time on every live stream of one big group; "
         "presence: heartbeats/s and their Redis cost, fan-out of presence changes; "
-        "media: upload and download MB/s through svc_media beside bare presigned S3 requests",
+        "media: upload and download MB/s through svc_media beside bare presigned S3 requests; "
+        "search: blind-index queries through svc_search beside a bare MongoDB read, and the "
+        "SDK's on-device index",
     )
     load = bench.add_argument_group("load")
     load.add_argument(
@@ -268,6 +276,35 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
         f"other work on the machine falls on both alike (default: {FULL_MEDIA_ROUNDS}, "
         "--quick 1)",
     )
+    search = bench.add_argument_group("search scenario")
+    search.add_argument(
+        "--search-target",
+        type=_local_target,
+        default="127.0.0.1:7105",
+        help="svc_search of a running stack (default: 127.0.0.1:7105); its database comes "
+        "from --data-dir/parley.yaml",
+    )
+    search.add_argument(
+        "--search-postings",
+        type=_positive_int,
+        metavar="N",
+        help=f"postings loaded for the searched conversation (default: {FULL_SEARCH[0]:,}, "
+        f"--quick {QUICK_SEARCH[0]:,})",
+    )
+    search.add_argument(
+        "--search-callers",
+        type=_positive_int,
+        default=4,
+        metavar="Q",
+        help="closed-loop query callers, for svc_search and the bare read alike (default: 4)",
+    )
+    search.add_argument(
+        "--search-local-messages",
+        type=_positive_int,
+        metavar="N",
+        help=f"messages in the SDK's on-device index (default: {FULL_SEARCH[2]:,}, "
+        f"--quick {QUICK_SEARCH[2]:,})",
+    )
     out = bench.add_argument_group("output")
     out.add_argument("--json", type=Path, dest="json_path", metavar="PATH", help="write the report")
     out.add_argument(
@@ -326,6 +363,7 @@ def run_command(args: argparse.Namespace) -> int:
         raise SystemExit("parley bench: --fetch-conversations cannot exceed --pairs")
     warmup, duration = QUICK_SECONDS if args.quick else FULL_SECONDS
     users, subscribers, toggles = QUICK_PRESENCE if args.quick else FULL_PRESENCE
+    postings, by_rpc, local_messages = QUICK_SEARCH if args.quick else FULL_SEARCH
     users = args.presence_users or users
     subscribers = args.presence_subscribers or min(subscribers, users - 1)
     if args.scenario == "presence":
@@ -371,6 +409,12 @@ def run_command(args: argparse.Namespace) -> int:
         media_sizes=tuple(int(mib * MIB) for mib in args.media_sizes),
         media_concurrency=args.media_concurrency,
         media_rounds=args.media_rounds or (1 if args.quick else FULL_MEDIA_ROUNDS),
+        search_target=args.search_target,
+        search_postings=args.search_postings or postings,
+        search_indexed_by_rpc=by_rpc,
+        search_callers=args.search_callers,
+        search_rounds=1 if args.quick else FULL_MEDIA_ROUNDS,
+        search_local_messages=args.search_local_messages or local_messages,
         history_path=None if args.no_history else (args.history_path or DEFAULT_HISTORY),
     )
     return run_bench(config)

@@ -375,3 +375,51 @@ def test_quick_media_bench_puts_svc_media_beside_the_bare_store(tmp_path: Path) 
     params = report["parameters"]
     assert params["concurrency"] == params["users"] == 2
     assert params["sizes_bytes"] == [262144, 9 << 20]
+
+
+@pytest.mark.slow
+def test_quick_search_bench_puts_svc_search_beside_the_bare_read(tmp_path: Path) -> None:
+    out = tmp_path / "search.json"
+    # A few thousand postings: every step of the scenario, little data.
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "parley_dev.cli", "bench", "--scenario", "search"),
+            *("--start", "--quick", "--duration", "1", "--json", str(out)),
+            *("--search-postings", "3000", "--search-local-messages", "1000"),
+            "--no-history",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    assert "bare MongoDB read" in run.stdout and "where a query's time goes" in run.stdout
+    report = json.loads(out.read_text())
+
+    assert report["scenario"] == "search" and report["complete"] is True
+    assert report["warnings"] == []
+    assert_targets(report, {"search_query_p99_ms", "local_query_p99_ms"})
+    assert [t["caveat"] for t in report["targets"]] == [
+        "postings=3000 (target: 1000000)",
+        "local_messages=1000 (target: 100000)",
+    ]
+    data = report["dataset"]
+    # Both ways in: IndexMessage for some, the bulk for the rest, all stored.
+    assert (
+        data["postings_stored"] == 3000 == data["postings_by_index_message"] + data["postings_bulk"]
+    )
+    assert data["postings_by_index_message"] > 0 and data["postings_bulk"] > 0
+    for phase in ("search_query", "bare_read", "baseline_unary"):
+        assert report["phases"][phase]["errors"] == {} and report["phases"][phase]["completed"] > 0
+    assert report["search_query_p99_ms"] >= report["search_query_p50_ms"] > 0
+    assert report["bare_read_p99_ms"] >= report["bare_read_p50_ms"] > 0
+    # Common words found their messages through svc_message's page filter.
+    assert report["empty_pages"].get("common_word", 0) == 0
+    assert report["empty_pages"].get("no_match", 0) > 0
+    assert set(report["by_kind"]["search_query"]) == set(report["parameters"]["query_kinds"])
+    where = report["where_the_time_goes"]
+    assert where["svc_search_handler_mean_ms"] > 0
+    assert where["bare_read_plan"]["stages"] and where["db_step_mean_ms"]["page_of_one_token"] > 0
+    assert report["cpu_seconds"]["search_query"]["svc_search"] > 0
+    assert report["local_index_msgs_per_s"] > 0 and report["local_index_bytes_per_100k"] > 0
