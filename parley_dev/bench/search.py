@@ -35,13 +35,11 @@ import asyncio
 import collections
 import itertools
 import os
-import random
 import secrets
 import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +65,7 @@ from parley_dev.bench.load import (
     sleep_until,
 )
 from parley_dev.bench.media import Steps, merged, merged_cpu
-from parley_dev.bench.population import User, bounded_gather, pair_up, request_id, sign_up_users
+from parley_dev.bench.population import User, pair_up, request_id, sign_up_users
 from parley_dev.bench.report import machine_info
 from parley_dev.bench.runner import (
     StackTargets,
@@ -75,33 +73,33 @@ from parley_dev.bench.runner import (
     run_unary_baseline,
     stack_targets,
 )
+from parley_dev.bench.search_data import (
+    BULK_MESSAGES,
+    INDEX_CONCURRENCY,
+    PAGE_SIZE,
+    QUERIES,
+    REQUESTS_PER_QUERY,
+    SEED,
+    SEND_CONCURRENCY,
+    Dataset,
+    Query,
+    bulk_load,
+    check_shape,
+    index_by_rpc,
+    make_dataset,
+    make_queries,
+    send_all,
+)
 from parley_dev.bench.search_report import (
     Components,
     Loaded,
     SearchMeasurements,
     build_search_report,
 )
-from parley_sdk._blind_query import build_requests, pad_request, plan_query, real_group
-from parley_sdk._blind_tokens import (
-    BlindSettings,
-    EpochKey,
-    filler_tokens,
-    message_tokens,
-    term_token,
-    token_bytes_for,
-)
-from parley_sdk.search_text import parse_query
+from parley_sdk._blind_tokens import BlindSettings, filler_tokens
 
-SEED = 18
-PAGE_SIZE = 20
 # The SDK's Search page: a padded response is at least this (svc_search's default bucket).
 RESPONSE_BYTES = 1024
-SEND_CONCURRENCY = 16
-INDEX_CONCURRENCY = 8
-# Messages per insert_many of the bulk load (about 20 postings each).
-BULK_MESSAGES = 100
-# Different requests (decoys and order drawn anew, as the SDK does) per query.
-REQUESTS_PER_QUERY = 16
 # One-caller samples of each database step in "where the time goes": up to
 # COMPONENT_SAMPLES within COMPONENT_SECONDS, at least MIN_COMPONENT_SAMPLES.
 COMPONENT_SAMPLES = 40
@@ -113,215 +111,9 @@ ROUND_MARK = "#"
 # Queries each side completes at least (over all turns), however slow the
 # database, and how far past its share of the duration a turn may run for them.
 MIN_SAMPLES = 100
-MAX_STRETCH = 20.0
+MAX_STRETCH = 12.0
 # A query over a slow database may take seconds: longer than the bench's usual call timeout.
-QUERY_TIMEOUT_SECONDS = 60.0
-QUERIES: dict[str, tuple[str, ...]] = {
-    "common_word": ("the", "lunch", "tomorrow", "merci", "danke", "gracias"),
-    "rare_word": (),  # words of the corpus' long tail the loaded messages hold
-    "two_words": ("see you", "dinner tonight", "coffee morning", "merci demain"),
-    "cjk_word": ("北京", "出差", "会议", "서울에서"),
-    "no_match": ("xylophonic", "quetzalcoatl", "zzyzx"),
-}
-POSTING_KEYS = {"_id", "c", "k", "t", "at", "m", "s"}
-RECORD_KEYS = {"_id", "c", "sender", "k", "n", "at", "s", "requests"}
-
-
-@dataclass(frozen=True, slots=True)
-class Sent:
-    message_id: str
-    sender: int
-    at_ms: int
-    seq: int
-    tokens: tuple[bytes, ...]
-
-
-@dataclass
-class Dataset:
-    key: EpochKey
-    texts: list[str]
-    tokens: list[list[bytes]]
-    # Postings per token, to pick a query's rarest real token for the bare read.
-    counts: collections.Counter[bytes] = field(default_factory=collections.Counter)
-    rare_words: list[str] = field(default_factory=list)
-
-
-def make_dataset(postings: int, conversation_id: str, settings: BlindSettings) -> Dataset:
-    """Seeded texts and their tokens (the SDK's) until they hold ``postings`` postings."""
-    corpus = search_local.Corpus.seeded(SEED)
-    rng = random.Random(SEED)
-    rare = set(corpus.rare)
-    # Sized as the SDK sizes an epoch: by the messages it expects.
-    expected = max(1, postings // 16)
-    key = EpochKey(conversation_id, 1, rng.randbytes(32), token_bytes_for(expected, settings))
-    data = Dataset(key=key, texts=[], tokens=[])
-    total = 0
-    seen_rare: dict[str, None] = {}
-    for message in corpus.messages(10 * postings):
-        if total >= postings:
-            break
-        tokens = message_tokens(key, message.text, settings, rng)[: postings - total]
-        data.texts.append(message.text)
-        data.tokens.append(tokens)
-        data.counts.update(tokens)
-        total += len(tokens)
-        for word in message.text.lower().split():
-            if word in rare:
-                seen_rare.setdefault(word, None)
-    data.rare_words = random.Random(SEED).sample(list(seen_rare), min(8, len(seen_rare)))
-    return data
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    kind: str
-    request: spb.SearchRequest
-    # The token the bare read pages through: the query's rarest real token.
-    token: bytes
-
-
-def make_queries(data: Dataset, settings: BlindSettings) -> list[Query]:
-    """Every query kind's requests as the SDK builds them, interleaved by kind."""
-    rng = random.Random(SEED + 1)
-    by_kind: dict[str, list[Query]] = {}
-    for kind, texts in QUERIES.items():
-        for text in texts or tuple(data.rare_words):
-            plan = plan_query(parse_query(text), settings.tokens_per_group)
-            tokens = [term_token(data.key, t) for t in plan[0]]
-            rarest = min(tokens, key=lambda t: data.counts.get(t, 0))
-            for _ in range(REQUESTS_PER_QUERY):
-                real = [real_group(data.key, terms, settings, rng) for terms in plan]
-                # A plan of more than groups_per_query sets would need more requests: the first.
-                request = build_requests(real, [data.key], settings, rng)[0]
-                request.page_size = PAGE_SIZE
-                by_kind.setdefault(kind, []).append(Query(kind, pad_request(request), rarest))
-    return [q for group in itertools.zip_longest(*by_kind.values()) for q in group if q]
-
-
-# -- loading ------------------------------------------------------------------------------
-
-
-async def send_all(
-    messages: mgrpc.MessageServiceAsyncStub,
-    users: Sequence[User],
-    conversation_id: str,
-    data: Dataset,
-) -> list[Sent]:
-    """Every text through SendMessage (the members alternate)."""
-
-    async def one(index: int) -> Sent:
-        sender = index % 2
-        reply = await messages.SendMessage(
-            mpb.SendMessageRequest(
-                request_id=request_id(),
-                conversation_id=conversation_id,
-                type=mpb.MESSAGE_TYPE_TEXT,
-                body=data.texts[index].encode(),
-            ),
-            metadata=users[sender].metadata,
-            timeout=CALL_TIMEOUT_SECONDS,
-        )
-        m = reply.message
-        at_ms = m.create_time.seconds * 1000 + m.create_time.nanos // 1_000_000
-        return Sent(m.message_id, sender, at_ms, m.seq, tuple(data.tokens[index]))
-
-    return await bounded_gather(len(data.texts), one, limit=SEND_CONCURRENCY)
-
-
-async def index_by_rpc(
-    search: sgrpc.SearchServiceAsyncStub,
-    users: Sequence[User],
-    data: Dataset,
-    sent: Sequence[Sent],
-) -> tuple[list[int], float]:
-    """IndexMessage for each of ``sent``, as its sender's SDK does; latencies (ns), seconds."""
-    latencies: list[int] = []
-
-    async def one(index: int) -> None:
-        message = sent[index]
-        began = time.perf_counter_ns()
-        await search.IndexMessage(
-            spb.IndexMessageRequest(
-                request_id=request_id(),
-                conversation_id=data.key.conversation_id,
-                message_id=message.message_id,
-                key_id=data.key.key_id,
-                tokens=list(message.tokens),
-            ),
-            metadata=users[message.sender].metadata,
-            timeout=CALL_TIMEOUT_SECONDS,
-        )
-        latencies.append(time.perf_counter_ns() - began)
-
-    began = time.perf_counter()
-    await bounded_gather(len(sent), one, limit=INDEX_CONCURRENCY)
-    return latencies, time.perf_counter() - began
-
-
-def posting_docs(conversation_id: str, key_id: bytes, message: Sent) -> list[dict[str, Any]]:
-    return [
-        {
-            "c": conversation_id,
-            "k": key_id,
-            "t": t,
-            "at": message.at_ms,
-            "m": message.message_id,
-            "s": message.seq,
-        }
-        for t in message.tokens
-    ]
-
-
-def record_doc(
-    conversation_id: str, key_id: bytes, message: Sent, sender_account_id: str
-) -> dict[str, Any]:
-    return {
-        "_id": message.message_id,
-        "c": conversation_id,
-        "sender": sender_account_id,
-        "k": key_id,
-        "n": len(message.tokens),
-        "at": message.at_ms,
-        "s": message.seq,
-        "requests": [request_id()],
-    }
-
-
-async def check_shape(db: Any, conversation_id: str, key_id: bytes, message: Sent) -> None:
-    """The bulk writes what IndexMessage wrote for ``message``, or the run stops."""
-    posting = await db["search_postings"].find_one({"m": message.message_id})
-    record = await db["search_messages"].find_one({"_id": message.message_id})
-    if posting is None or record is None:
-        raise RuntimeError(f"IndexMessage left no postings for {message.message_id}")
-    mine = posting_docs(conversation_id, key_id, message)[0]
-    if set(posting) != POSTING_KEYS or set(record) != RECORD_KEYS:
-        raise RuntimeError(
-            f"svc_search's documents changed shape ({sorted(posting)}, {sorted(record)}): "
-            "update the search bench's bulk load"
-        )
-    for name in ("c", "k", "at", "m", "s"):
-        if posting[name] != mine[name]:
-            raise RuntimeError(
-                f"bulk posting field {name!r}: {mine[name]!r}, svc_search wrote {posting[name]!r}"
-            )
-
-
-async def bulk_load(
-    db: Any, users: Sequence[User], data: Dataset, sent: Sequence[Sent]
-) -> tuple[int, float]:
-    """Postings and records of ``sent`` straight into svc_search's collections."""
-    c, k = data.key.conversation_id, data.key.key_id
-    written = 0
-    began = time.perf_counter()
-    for start in range(0, len(sent), BULK_MESSAGES):
-        chunk = sent[start : start + BULK_MESSAGES]
-        docs = [d for m in chunk for d in posting_docs(c, k, m)]
-        await db["search_postings"].insert_many(docs, ordered=False)
-        await db["search_messages"].insert_many(
-            [record_doc(c, k, m, users[m.sender].account_id) for m in chunk], ordered=False
-        )
-        written += len(docs)
-    return written, time.perf_counter() - began
+QUERY_TIMEOUT_SECONDS = 120.0
 
 
 # -- the run ------------------------------------------------------------------------------

@@ -10,14 +10,8 @@ from typing import Any
 
 from parley.search.v1 import search_pb2 as spb
 from parley_dev.bench.load import NS, LoadResult
-from parley_dev.bench.search import (
-    QUERIES,
-    make_dataset,
-    make_queries,
-    parse_histogram,
-    plan_of,
-    sampled_loop,
-)
+from parley_dev.bench.search import parse_histogram, plan_of, sampled_loop
+from parley_dev.bench.search_data import QUERIES, make_dataset, make_queries
 from parley_dev.bench.search_report import (
     Components,
     Loaded,

@@ -93,7 +93,7 @@ def test_group_and_presence_targets() -> None:
         {},
     )
     assert [t["verdict"] for t in presence] == ["PASS", "PASS", "PASS", "MISS"]
-    assert set(SCENARIO_TARGETS) == {"messaging", "group", "presence", "media"}
+    assert set(SCENARIO_TARGETS) == {"messaging", "group", "presence", "media", "search"}
 
 
 def test_media_targets_judge_each_size_against_the_bare_store() -> None:
