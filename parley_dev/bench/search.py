@@ -304,8 +304,12 @@ async def _query_rounds(
                 on_end=hooks[1],
             )
             rounds.setdefault(kind, []).append(result)
-            for name, samples in steps.within(window).items():
-                into.by_kind.setdefault(kind, {}).setdefault(name, []).extend(samples)
+            for name, ended in steps.ended.items():
+                # As the loop counts them: the calls begun after the warm-up.
+                into.by_kind.setdefault(kind, {}).setdefault(name, []).extend(
+                    ns for done, ns in ended if window.contains(done - ns)
+                )
+            steps.ended.clear()
     into.search_query = merged(rounds["search_query"])
     into.bare_read = merged(rounds["bare_read"])
     into.empty_pages = dict(empty)
@@ -357,7 +361,6 @@ async def sampled_loop(
     for hook in on_end:
         await hook()
     result.window_s = (finished - start) / NS
-    # Steps.within keeps the calls that ended in it: those begun after the warm-up.
     return result, Window(start, finished)
 
 
