@@ -16,6 +16,7 @@ from dashboard_parts import (
     rpc_panels,
     sel,
 )
+from dashboard_search import SEARCH
 
 __all__ = ["DASHBOARDS", "Dashboard", "Panel"]
 
@@ -503,4 +504,4 @@ KEYS = Dashboard(
     ],
 )
 
-DASHBOARDS = (OVERVIEW, MESSAGING, DELIVERY, PRESENCE, KEYS, MEDIA)
+DASHBOARDS = (OVERVIEW, MESSAGING, DELIVERY, PRESENCE, KEYS, MEDIA, SEARCH)

@@ -4,8 +4,8 @@ per page.
 Every group is scanned, whether or not the caller may search its
 conversation, and only then are the groups it may not search dropped: a
 query takes the same steps for a conversation it is not in as for one
-without matches. A group walks the postings of its rarest token newest
-first and keeps the messages that carry the other tokens too.
+without matches. A group reads its tokens' postings in time windows walking
+back from where the page starts and keeps the messages every token names.
 """
 
 from __future__ import annotations
@@ -24,13 +24,19 @@ from svc_search.storage.postings import PostingStore
 
 log = structlog.get_logger(__name__)
 
-# Postings counted at most when picking a group's rarest token.
-COUNT_CAP = 10_000
-# Postings of the rarest token looked at per batch, and at most per group
-# and page: a page stops there (shorter, with a next page token) rather
-# than scanning without bound.
-BATCH = 256
+# The first window a group reads back from its start, and how much wider
+# each next one is; at most this many windows per group and page.
+FIRST_WINDOW_MS = 10_000
+WINDOW_GROWTH = 4
+MAX_WINDOWS = 24
+# Postings read at most per group and page: a page stops there (shorter,
+# with a next page token) rather than reading without bound.
 MAX_SCANNED_PER_GROUP = 4096
+# Later than any send time (the first page's window is open at the top).
+NEWEST = 2**62
+# Above any group index: a frontier position sorts before every hit of its
+# millisecond that it does not cover.
+MAX_GROUPS = 2**31
 
 
 class SearchHandler:
@@ -59,7 +65,7 @@ class SearchHandler:
         began = time.perf_counter()
         want = page_size + 1
         scans = await asyncio.gather(
-            *(self._scan(i, g, start=start, want=want) for i, g in enumerate(groups))
+            *(self._scan(i, g, start=start, want=want, now=now) for i, g in enumerate(groups))
         )
         candidates = [c for scan in scans for c in scan.candidates]
         check = await self._messages.check(
@@ -118,43 +124,49 @@ class SearchHandler:
             self._stats.dropped_deleted += len(messages)
 
     async def _scan(
-        self, index: int, group: Group, *, start: Position | None, want: int
+        self, index: int, group: Group, *, start: Position | None, want: int, now: float
     ) -> GroupScan:
-        c, k = group.conversation_id, group.key_id
-        counts = await asyncio.gather(
-            *(self._store.count_token(c, k, t, cap=COUNT_CAP) for t in group.tokens)
-        )
-        if min(counts) == 0:
-            return GroupScan(candidates=(), frontier=None)
-        order = sorted(range(len(group.tokens)), key=lambda i: counts[i])
-        driver = group.tokens[order[0]]
-        others = [group.tokens[i] for i in order[1:]]
+        """The group's candidates below ``start``, newest first, until
+        ``want`` of them: its tokens' postings in time windows walking back
+        from the start, each window four times the last, intersected here."""
+        c, k, tokens = group.conversation_id, group.key_id, group.tokens
+        at_most = start[0] if start is not None else NEWEST
+        width = FIRST_WINDOW_MS
+        above = (int(now * 1000) if start is None else at_most) - width
         found: list[Candidate] = []
-        position = start
         scanned = 0
-        while True:
-            # One token: every posting is a hit, so a page needs no more than it wants.
-            batch_size = min(want, BATCH) if not others else BATCH
-            at_most = None if position is None else (position[0], position[1])
-            postings = await self._store.scan(c, k, driver, at_most=at_most, limit=batch_size + 1)
-            fresh = [
-                Candidate(index, c, p)
-                for p in postings
-                if below(Candidate(index, c, p).position, position)
-            ][:batch_size]
-            if not fresh:
-                return GroupScan(candidates=tuple(found), frontier=None)
-            scanned += len(fresh)
-            carrying = await self._store.carrying_all(
-                c, k, others, [f.posting.message_id for f in fresh]
+        for _ in range(MAX_WINDOWS):
+            windows = await asyncio.gather(
+                *(self._store.window(c, k, t, above=above, at_most=at_most) for t in tokens)
+            )
+            scanned += sum(len(w) for w in windows)
+            carrying = set.intersection(*({p.message_id for p in w} for w in windows))
+            fresh = sorted(
+                (
+                    candidate
+                    for p in windows[0]
+                    if p.message_id in carrying
+                    and below((candidate := Candidate(index, c, p)).position, start)
+                ),
+                key=lambda candidate: candidate.position,
+                reverse=True,
             )
             for candidate in fresh:
-                if candidate.posting.message_id in carrying:
-                    found.append(candidate)
-                    if len(found) >= want:
-                        return GroupScan(candidates=tuple(found), frontier=candidate.position)
-            if len(postings) <= batch_size:
+                found.append(candidate)
+                if len(found) >= want:
+                    return GroupScan(candidates=tuple(found), frontier=candidate.position)
+            # A token with nothing in this window and nothing before it ends
+            # the AND; one with postings here is asked in the next round.
+            empty = [t for t, w in zip(tokens, windows, strict=True) if not w]
+            older = await asyncio.gather(
+                *(self._store.any_at_or_before(c, k, t, above) for t in empty)
+            )
+            if not all(older):
                 return GroupScan(candidates=tuple(found), frontier=None)
-            position = fresh[-1].position
+            # Everything sent after ``above`` is known.
+            frontier: Position = (above + 1, "", -MAX_GROUPS)
             if scanned >= MAX_SCANNED_PER_GROUP:
-                return GroupScan(candidates=tuple(found), frontier=position)
+                return GroupScan(candidates=tuple(found), frontier=frontier)
+            at_most, width = above, width * WINDOW_GROWTH
+            above = at_most - width
+        return GroupScan(candidates=tuple(found), frontier=frontier)

@@ -3,11 +3,12 @@
 ``search_postings``: one document per (conversation ``c``, epoch key id
 ``k``, token ``t``, message ``m``) with the message's send time ``at``
 (milliseconds) and ``s`` (seq). The compound index (c, k, t, at desc, m
-desc) makes a token's postings a newest-first range scan from any position,
-and whether a batch of messages carries another token one indexed read.
+desc) makes a token's postings within a time window one bounded index range
+(queries walk back in growing windows: SecantusDB sorts a whole token's
+postings before a limit, a window it reads no further than asked).
 
 ``search_messages``: ``_id`` the message id; its conversation, sender,
-key id, tokens, time, seq and the request ids that set them. An edit
+key id, posting count, time, seq and the request ids that set them. An edit
 replaces its postings through it; erasure finds an account's messages by
 ``sender``; the sweeper lists indexed conversations by ``c``.
 
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 
 from pymongo import ASCENDING, DESCENDING
 
-from parley_core.storage.mongo import Database, Document
+from parley_core.storage.mongo import Database
 from svc_search.model import Posting
 
 # Request ids remembered per message, for AIP-155 retries of IndexMessage.
@@ -136,63 +137,25 @@ class PostingStore:
 
     # -- queries ----------------------------------------------------------------
 
-    async def scan(
-        self,
-        conversation_id: str,
-        key_id: bytes,
-        token: bytes,
-        *,
-        at_most: tuple[int, str] | None,
-        limit: int,
+    async def window(
+        self, conversation_id: str, key_id: bytes, token: bytes, *, above: int, at_most: int
     ) -> list[Posting]:
-        """A token's postings newest first, from ``at_most`` (time ms, message
-        id) down, inclusive. The time bounds the index range; the few
-        postings of the same millisecond above the id are skipped here."""
-        query: Document = {"c": conversation_id, "k": key_id, "t": token}
-        if at_most is not None:
-            query["at"] = {"$lte": at_most[0]}
-        cursor = (
-            self._postings.find(query, {"_id": 0, "m": 1, "at": 1, "s": 1})
-            .sort([("at", DESCENDING), ("m", DESCENDING)])
-            .limit(limit)
-        )
-        found: list[Posting] = []
-        async for doc in cursor:
-            if at_most is not None and doc["at"] == at_most[0] and doc["m"] > at_most[1]:
-                continue
-            found.append(Posting(message_id=doc["m"], at_ms=int(doc["at"]), seq=int(doc["s"])))
-        return found
-
-    async def count_token(
-        self, conversation_id: str, key_id: bytes, token: bytes, *, cap: int
-    ) -> int:
-        return int(
-            await self._postings.count_documents(
-                {"c": conversation_id, "k": key_id, "t": token}, limit=cap
-            )
-        )
-
-    async def carrying_all(
-        self,
-        conversation_id: str,
-        key_id: bytes,
-        tokens: Sequence[bytes],
-        message_ids: Sequence[str],
-    ) -> set[str]:
-        """The messages among ``message_ids`` that carry every one of ``tokens``."""
-        if not tokens:
-            return set(message_ids)
+        """A token's postings sent in (``above``, ``at_most``] ms, unordered.
+        A bounded index range: cheap whatever the token's total, where a
+        sorted scan of it may fetch every posting first."""
         cursor = self._postings.find(
-            {
-                "c": conversation_id,
-                "k": key_id,
-                "t": {"$in": list(tokens)},
-                "m": {"$in": list(message_ids)},
-            },
-            {"_id": 0, "m": 1, "t": 1},
+            {"c": conversation_id, "k": key_id, "t": token, "at": {"$gt": above, "$lte": at_most}},
+            {"_id": 0, "m": 1, "at": 1, "s": 1},
         )
-        seen: dict[str, set[bytes]] = {}
-        async for doc in cursor:
-            seen.setdefault(doc["m"], set()).add(bytes(doc["t"]))
-        wanted = len(set(tokens))
-        return {m for m, found in seen.items() if len(found) == wanted}
+        return [
+            Posting(message_id=doc["m"], at_ms=int(doc["at"]), seq=int(doc["s"]))
+            async for doc in cursor
+        ]
+
+    async def any_at_or_before(
+        self, conversation_id: str, key_id: bytes, token: bytes, at_most: int
+    ) -> bool:
+        doc = await self._postings.find_one(
+            {"c": conversation_id, "k": key_id, "t": token, "at": {"$lte": at_most}}, {"_id": 1}
+        )
+        return doc is not None

@@ -2,8 +2,8 @@
 
 The session stack is exercised a little (sign-up, a direct conversation, a
 stream on the other svc_message process, a send, a history read, a presence
-heartbeat, a media quota read) so that labelled series exist, then every /metrics endpoint is
-scraped. Each metric named in a dashboard panel or variable
+heartbeat, a media quota read, the search settings) so that labelled series
+exist, then every /metrics endpoint is scraped. Each metric named in a dashboard panel or variable
 (helm/parley/dashboards/*.json) or in an alert expression (the chart rendered
 with the real helm, or its template read directly when helm cannot be had)
 must be one of those, and each plain ``label="value"`` matcher must match an
@@ -35,6 +35,8 @@ from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc
 from parley.presence.v1 import presence_pb2 as ppb
 from parley.presence.v1 import presence_pb2_grpc
+from parley.search.v1 import search_pb2 as spb
+from parley.search.v1 import search_pb2_grpc
 from parley_dev.stack import LocalStack
 from tests.users import direct, open_stream, send, sign_up, synced
 
@@ -184,6 +186,7 @@ async def exercise(stack: LocalStack) -> None:
         grpc.aio.insecure_channel(stack.message_targets[1]) as b_channel,
         grpc.aio.insecure_channel(stack.presence_target) as presence_channel,
         grpc.aio.insecure_channel(stack.media_target) as media_channel,
+        grpc.aio.insecure_channel(stack.search_target) as search_channel,
     ):
         keys = accounts_pb2_grpc.AccountServiceStub(keys_channel)
         on_a = messages_pb2_grpc.MessageServiceStub(a_channel)
@@ -207,6 +210,9 @@ async def exercise(stack: LocalStack) -> None:
         # The media dashboard's RPC panels select service="media".
         media = media_pb2_grpc.MediaServiceStub(media_channel)
         await media.GetQuota(mepb.GetQuotaRequest(), metadata=alice.md)
+        # And the search dashboard's, service="search".
+        search = search_pb2_grpc.SearchServiceStub(search_channel)
+        await search.GetSearchSettings(spb.GetSearchSettingsRequest(), metadata=alice.md)
 
 
 def metrics_urls(stack: LocalStack) -> list[str]:
@@ -346,6 +352,7 @@ async def test_dashboards_query_only_exported_metrics(exported: Exported) -> Non
         "presence.json",
         "keys.json",
         "media.json",
+        "search.json",
     }
     assert unknown_names(exported, queries) == []
     assert unmatched_selectors(exported, queries) == []

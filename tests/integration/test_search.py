@@ -198,6 +198,21 @@ async def test_index_and_query_and_pages(
     assert await hits(search, chat.bob, [chat.query("banana", "bread")]) == [sent[4]]
     assert await postings_of(stack, sent[4]) == 2
 
+    # A retried IndexMessage (same request id) after a later edit changes nothing.
+    retried = spb.IndexMessageRequest(
+        request_id=rid(),
+        conversation_id=chat.id,
+        message_id=sent[0],
+        key_id=chat.epoch.key_id,
+        tokens=chat.epoch.tokens(["kiwi"]),
+    )
+    assert (await search.IndexMessage(retried, metadata=chat.alice.md)).posting_count == 1
+    await index(search, chat.alice, chat.id, sent[0], chat.epoch, ["mango", "lime", "fig"])
+    again = await search.IndexMessage(retried, metadata=chat.alice.md)
+    assert again.posting_count == 3  # what the message has now (the proto's promise)
+    assert await hits(search, chat.bob, [chat.query("kiwi")]) == []
+    assert await hits(search, chat.bob, [chat.query("mango", "fig")]) == [sent[0]]
+
 
 async def test_deletes_and_the_setting(
     chat: Chat,

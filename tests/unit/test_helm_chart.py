@@ -85,8 +85,8 @@ def expected_resources(case: str) -> list[tuple[str, str]]:
     _, release = CASES[case]
     prefix = release  # the release name contains "parley", so it is the fullname
     region = REGIONS.get(case, "local")
-    # Only the media case runs svc_media, so only it scrapes it.
-    services = ("keys", "message", "presence") + (("media",) if case == "media" else ())
+    # Only the media case runs svc_media and svc_search, so only it scrapes them.
+    services = ("keys", "message", "presence") + (("media", "search") if case == "media" else ())
     kinds = [("CustomResourceDefinition", d["metadata"]["name"]) for d in _crd_docs()]
     kinds += [
         ("ServiceAccount", f"{prefix}-operator"),
@@ -676,5 +676,7 @@ def test_media_without_its_bucket_or_service_token_is_refused(
         str(without),
         "--set",
         "region.spec.media.enabled=false",
+        "--set",
+        "region.spec.search.enabled=false",
     )
     assert off.returncode == 0, off.stderr

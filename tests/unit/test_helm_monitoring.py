@@ -38,7 +38,14 @@ MEDIA_ALERTS = {"ParleyMediaGcLagHigh", "ParleyMediaObjectStoreDown"}
 # Metrics the chart may query before a service exports them (none now; the
 # live check is tests/integration/test_metrics_coverage.py).
 PENDING_METRICS: set[str] = set()
-SERVICE_PACKAGES = ("parley_core", "svc_keys", "svc_message", "svc_presence", "svc_media")
+SERVICE_PACKAGES = (
+    "parley_core",
+    "svc_keys",
+    "svc_message",
+    "svc_presence",
+    "svc_media",
+    "svc_search",
+)
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +190,7 @@ def test_media_alerts_come_with_media(helm: Path) -> None:
     assert "parley_media_store_available" in store["expr"]
     assert store["expr"].rstrip().endswith("== 0")
     assert store["labels"] == {"severity": "critical"}
-    assert 'job=~"keys|message|presence|media"' in rules["ParleyTargetDown"]["expr"]
+    assert 'job=~"keys|message|presence|media|search"' in rules["ParleyTargetDown"]["expr"]
     off = alert_rules(
         render_media(
             helm, "--set-json", "monitoring.prometheusRules.alerts.mediaGcLag.enabled=false"
@@ -233,6 +240,7 @@ def test_service_monitors_select_each_service_of_the_region(helm: Path) -> None:
         "message",
         "presence",
         "media",
+        "search",
     }
     for component, monitor in by_component.items():
         spec = monitor["spec"]

@@ -19,6 +19,8 @@ from svc_message.servicer.groups import MEMBERS_PAGE_DEFAULT, MEMBERS_PAGE_MAX
 from svc_message.servicer.inbox import INBOX_PAGE_DEFAULT, INBOX_PAGE_MAX
 from svc_message.servicer.messages import HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX
 from svc_presence.servicer.presence import CONTACTS_PAGE_DEFAULT, CONTACTS_PAGE_MAX
+from svc_search.servicer.search import PAGE_DEFAULT as SEARCH_PAGE_DEFAULT
+from svc_search.servicer.search import PAGE_MAX as SEARCH_PAGE_MAX
 
 PROTOS = Path(__file__).resolve().parents[2] / "protos" / "parley"
 
@@ -33,6 +35,7 @@ APPLIED = {
     "ListMessagesRequest": (HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX),
     "ListContactsRequest": (CONTACTS_PAGE_DEFAULT, CONTACTS_PAGE_MAX),
     "ListAuditEventsRequest": (AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX),
+    "SearchRequest": (SEARCH_PAGE_DEFAULT, SEARCH_PAGE_MAX),
 }
 
 PROMISE = re.compile(

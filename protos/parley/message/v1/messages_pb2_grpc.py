@@ -35,7 +35,8 @@ class MessageServiceStub:
     (per device, per account, and per conversation in groups and channels),
     EditMessage, DeleteMessage, ReactToMessage, CreateDirectConversation (a new
     pair), CreateGroup, CreateChannel, AddMembers, UpdateConversationInfo,
-    RemoveMember, SetMemberRole, SubscribeChannel (per account), and
+    SetServerSearch, RemoveMember, SetMemberRole, SubscribeChannel (per
+    account), and
     RegisterPushToken, RemovePushToken (per device).
     -- Conversations ------------------------------------------------------
     """
@@ -213,7 +214,8 @@ class MessageServiceServicer:
     (per device, per account, and per conversation in groups and channels),
     EditMessage, DeleteMessage, ReactToMessage, CreateDirectConversation (a new
     pair), CreateGroup, CreateChannel, AddMembers, UpdateConversationInfo,
-    RemoveMember, SetMemberRole, SubscribeChannel (per account), and
+    SetServerSearch, RemoveMember, SetMemberRole, SubscribeChannel (per
+    account), and
     RegisterPushToken, RemovePushToken (per device).
     -- Conversations ------------------------------------------------------
     """
@@ -663,7 +665,8 @@ class MessageService:
     (per device, per account, and per conversation in groups and channels),
     EditMessage, DeleteMessage, ReactToMessage, CreateDirectConversation (a new
     pair), CreateGroup, CreateChannel, AddMembers, UpdateConversationInfo,
-    RemoveMember, SetMemberRole, SubscribeChannel (per account), and
+    SetServerSearch, RemoveMember, SetMemberRole, SubscribeChannel (per
+    account), and
     RegisterPushToken, RemovePushToken (per device).
     -- Conversations ------------------------------------------------------
     """

@@ -36,7 +36,8 @@ class MessageServiceStub:
     (per device, per account, and per conversation in groups and channels),
     EditMessage, DeleteMessage, ReactToMessage, CreateDirectConversation (a new
     pair), CreateGroup, CreateChannel, AddMembers, UpdateConversationInfo,
-    RemoveMember, SetMemberRole, SubscribeChannel (per account), and
+    SetServerSearch, RemoveMember, SetMemberRole, SubscribeChannel (per
+    account), and
     RegisterPushToken, RemovePushToken (per device).
     -- Conversations ------------------------------------------------------
     """
@@ -194,7 +195,8 @@ class MessageServiceAsyncStub(MessageServiceStub):
     (per device, per account, and per conversation in groups and channels),
     EditMessage, DeleteMessage, ReactToMessage, CreateDirectConversation (a new
     pair), CreateGroup, CreateChannel, AddMembers, UpdateConversationInfo,
-    RemoveMember, SetMemberRole, SubscribeChannel (per account), and
+    SetServerSearch, RemoveMember, SetMemberRole, SubscribeChannel (per
+    account), and
     RegisterPushToken, RemovePushToken (per device).
     -- Conversations ------------------------------------------------------
     """
@@ -348,7 +350,8 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
     (per device, per account, and per conversation in groups and channels),
     EditMessage, DeleteMessage, ReactToMessage, CreateDirectConversation (a new
     pair), CreateGroup, CreateChannel, AddMembers, UpdateConversationInfo,
-    RemoveMember, SetMemberRole, SubscribeChannel (per account), and
+    SetServerSearch, RemoveMember, SetMemberRole, SubscribeChannel (per
+    account), and
     RegisterPushToken, RemovePushToken (per device).
     -- Conversations ------------------------------------------------------
     """

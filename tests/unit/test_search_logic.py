@@ -1,0 +1,246 @@
+"""svc_search's query logic with its store and svc_message played in memory
+(pure logic: the real stack's behaviour is tests/integration/test_search.py).
+
+Pages walk back through windows of growing width over months of postings
+and return every AND hit once, newest first, whatever the page size; page
+boundaries between groups hold; padding lands exactly on a size bucket."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import pytest
+
+from parley.search.v1 import search_pb2 as spb
+from parley_core.limits import InProcessBuckets, Limiter, LimitName, Rate
+from svc_search.domain.pages import padding_length
+from svc_search.domain.queries import SearchHandler
+from svc_search.domain.sweeper import Sweeper
+from svc_search.model import (
+    Check,
+    ConversationState,
+    Group,
+    MessageState,
+    Position,
+    Posting,
+    SearchStats,
+)
+
+NOW_MS = 1_800_000_000_000
+DAY_MS = 86_400_000
+KEY = b"k" * 16
+
+
+class Store:
+    """Postings as (conversation, key, token) -> [Posting]."""
+
+    def __init__(self) -> None:
+        self.postings: dict[tuple[str, bytes, bytes], list[Posting]] = {}
+        self.reads = 0
+
+    def add(self, conversation: str, message_id: str, at_ms: int, tokens: Sequence[bytes]) -> None:
+        for token in tokens:
+            self.postings.setdefault((conversation, KEY, token), []).append(
+                Posting(message_id=message_id, at_ms=at_ms, seq=at_ms // 1000)
+            )
+
+    async def window(
+        self, conversation_id: str, key_id: bytes, token: bytes, *, above: int, at_most: int
+    ) -> list[Posting]:
+        self.reads += 1
+        return [
+            p
+            for p in self.postings.get((conversation_id, key_id, token), [])
+            if above < p.at_ms <= at_most
+        ]
+
+    async def any_at_or_before(
+        self, conversation_id: str, key_id: bytes, token: bytes, at_most: int
+    ) -> bool:
+        self.reads += 1
+        return any(
+            p.at_ms <= at_most for p in self.postings.get((conversation_id, key_id, token), [])
+        )
+
+    async def drop_conversation(self, conversation_id: str) -> int:
+        return 0
+
+    async def remove_messages(self, message_ids: Sequence[str]) -> int:
+        return 0
+
+
+class Messages:
+    """Every message readable, every conversation searchable but ``hidden``."""
+
+    def __init__(self, store: Store, hidden: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        self._store = store
+        self.hidden = hidden
+        self.calls = 0
+
+    async def check(
+        self, account_id: str, conversation_ids: Sequence[str], message_ids: Sequence[str]
+    ) -> Check:
+        self.calls += 1
+        where = {
+            p.message_id: (c, p)
+            for (c, _, _), postings in self._store.postings.items()
+            for p in postings
+        }
+        return Check(
+            conversations={
+                c: ConversationState(c, server_search=True, searchable=c not in self.hidden)
+                for c in conversation_ids
+            },
+            messages={
+                m: MessageState(
+                    m, where[m][0], "alice", where[m][1].seq, where[m][1].at_ms, False, True
+                )
+                for m in message_ids
+            },
+        )
+
+
+def handler(store: Store, messages: Messages) -> SearchHandler:
+    limiter = Limiter(
+        InProcessBuckets(), {n: Rate(10**9, 10**9) for n in LimitName}, names=list(LimitName)
+    )
+    return SearchHandler(store, messages, limiter, SearchStats())  # type: ignore[arg-type]
+
+
+async def every_hit(
+    search: SearchHandler, groups: list[Group], page_size: int
+) -> list[tuple[int, str]]:
+    found: list[tuple[int, str]] = []
+    start: Position | None = None
+    for _ in range(10_000):
+        page = await search.search(
+            account_id="alice", groups=groups, start=start, page_size=page_size, now=NOW_MS / 1000
+        )
+        found += [(h.group_index, h.message_id) for h in page.hits]
+        if page.next_position is None:
+            return found
+        start = page.next_position
+    raise AssertionError("no end")
+
+
+@pytest.fixture
+def months() -> tuple[Store, dict[str, set[bytes]], dict[str, int]]:
+    """300 messages over a year in two conversations, with bursts."""
+    rng = random.Random(5)
+    store = Store()
+    words = [bytes([i]) * 8 for i in range(12)]
+    tokens: dict[str, set[bytes]] = {}
+    times: dict[str, int] = {}
+    for i in range(300):
+        at = NOW_MS - rng.choice([rng.randrange(60_000), rng.randrange(365 * DAY_MS)])
+        conversation = "c1" if i % 3 else "c2"
+        message_id = f"m{i:04d}"
+        chosen = set(rng.sample(words, 3)) | ({words[0]} if i % 2 else set())
+        store.add(conversation, message_id, at, sorted(chosen))
+        tokens[message_id], times[message_id] = chosen, at
+    return store, tokens, times
+
+
+@pytest.mark.parametrize("page_size", [1, 3, 20, 100])
+async def test_pages_give_every_and_hit_once_newest_first(
+    months: tuple[Store, dict[str, set[bytes]], dict[str, int]], page_size: int
+) -> None:
+    store, tokens, times = months
+    w0, w1, w2 = bytes([0]) * 8, bytes([1]) * 8, bytes([2]) * 8
+    groups = [
+        Group("c1", KEY, (w0, w1)),
+        Group("c2", KEY, (w2,)),
+        Group("c1", KEY, (b"decoy123",)),
+        Group("c9", KEY, (w0,)),
+    ]
+    messages = Messages(store)
+    found = await every_hit(handler(store, messages), groups, page_size)
+
+    def expected_for(index: int, conversation: str, wanted: set[bytes]) -> list[tuple[int, str]]:
+        in_conversation = {
+            p.message_id
+            for (c, _, _), ps in store.postings.items()
+            if c == conversation
+            for p in ps
+        }
+        return [(index, m) for m in in_conversation if wanted <= tokens[m]]
+
+    expected = expected_for(0, "c1", {w0, w1}) + expected_for(1, "c2", {w2})
+    expected.sort(key=lambda hit: (times[hit[1]], hit[1], -hit[0]), reverse=True)
+    assert len(expected) > 40
+    assert found == expected
+    # One svc_message call per page.
+    assert (
+        messages.calls == -(-len(expected) // page_size)
+        or messages.calls >= len(expected) // page_size
+    )
+
+
+async def test_a_group_the_caller_may_not_search_finds_nothing_and_shapes_no_page(
+    months: tuple[Store, dict[str, set[bytes]], dict[str, int]],
+) -> None:
+    store, _, _ = months
+    w0 = bytes([0]) * 8
+    open_groups = [Group("c1", KEY, (w0,))] + [Group("c9", KEY, (b"x" * 8,))] * 3
+    hidden_groups = [Group("c1", KEY, (w0,)), Group("c2", KEY, (w0,))] + [
+        Group("c9", KEY, (b"x" * 8,))
+    ] * 2
+    visible = await every_hit(handler(store, Messages(store)), open_groups, 7)
+    shaped = await every_hit(handler(store, Messages(store, hidden={"c2"})), hidden_groups, 7)
+    assert visible == shaped
+
+
+@pytest.mark.parametrize("size", [0, 1, 100, 1000, 1021, 1022, 1023, 1024, 1500, 5000, 16381])
+def test_padding_reaches_a_power_of_two_exactly(size: int) -> None:
+    reply = spb.SearchResponse(next_page_token="x" * max(0, size - 2) if size else "")
+    base = reply.ByteSize()
+    reply.padding = b"\x00" * padding_length(base, smallest=1024)
+    total = reply.ByteSize()
+    assert total >= 1024 and total & (total - 1) == 0, (base, total)
+    assert total < max(2048, 2 * (base + 8))
+
+
+class SweptStore:
+    def __init__(self, conversations: list[str]) -> None:
+        self.conversations = sorted(conversations)
+        self.dropped: list[str] = []
+
+    async def conversations_after(self, after: str, *, limit: int) -> list[str]:
+        return [c for c in self.conversations if c > after][:limit]
+
+    async def drop_conversation(self, conversation_id: str) -> int:
+        self.dropped.append(conversation_id)
+        return 1
+
+
+class Settings:
+    """svc_message's answer about conversations: on, off, or gone."""
+
+    def __init__(self, on: set[str], off: set[str]) -> None:
+        self.on, self.off = on, off
+        self.asked: list[list[str]] = []
+
+    async def check(
+        self, account_id: str, conversation_ids: Sequence[str], message_ids: Sequence[str]
+    ) -> Check:
+        assert account_id == "" and not message_ids
+        self.asked.append(list(conversation_ids))
+        return Check(
+            conversations={
+                c: ConversationState(c, server_search=c in self.on, searchable=False)
+                for c in conversation_ids
+                if c in self.on | self.off
+            }
+        )
+
+
+async def test_the_sweeper_drops_conversations_turned_off_or_gone() -> None:
+    names = [f"c{i:02d}" for i in range(10)]
+    on, off = set(names[::2]), {"c01", "c03"}
+    store = SweptStore(names)
+    settings = Settings(on, off)
+    sweeper = Sweeper(store, settings, SearchStats(), interval_seconds=1, batch=3)  # type: ignore[arg-type]
+    assert await sweeper.sweep() == 5
+    assert store.dropped == sorted(set(names) - on)
+    assert [len(batch) for batch in settings.asked] == [3, 3, 3, 1]
