@@ -147,6 +147,8 @@ async def describe_system(message: Message, directory: Directory) -> str:
         )
     if action is SystemAction.SUBSCRIBED:
         return f"{actor} subscribed"
+    if action is SystemAction.SEARCH_CHANGED:
+        return f"{actor} turned server search {'on' if system.server_search else 'off'}"
     return f"{actor} {action.name.lower()} {targets}".rstrip()
 
 

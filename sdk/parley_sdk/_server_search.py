@@ -143,6 +143,7 @@ class ServerSearch:
     async def _first_look(self, conversation_id: str) -> ScanState:
         view = await self._client.get_conversation(conversation_id)
         last_seq = int(view.conversation.last_seq)
+        self._off_checked[conversation_id] = time.monotonic()
         if not view.conversation.server_search:
             return self.keys.record_scan(conversation_id, [], through_seq=last_seq, enabled=False)
         # On: read back to where it was turned on (or as far as this account sees).

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from parley_dev.stack import LocalStack
-from parley_sdk import Client, DeleteScope, SystemAction
+from parley_sdk import Client, DeleteScope, Role, SystemAction
 from tests.integration.test_sdk_cli import run_cli
-from tests.sdk_e2ee_inbox import connect, unique
+from tests.sdk_e2ee_inbox import connect, listening, unique
 
 
 async def user(stack: LocalStack, store: Path, prefix: str) -> Client:
@@ -114,3 +114,30 @@ async def test_the_cli_turns_server_search_on_and_searches_the_server(
     code, out, err = await run_cli(home, "search", "hel*", "--server", "--profile", "b")
     assert code == 2
     assert "prefixes" in err
+
+
+async def test_when_the_changer_leaves_the_lowest_admin_makes_the_key_from_its_stream(
+    stack: LocalStack, tmp_path: Path
+) -> None:
+    alice = await user(stack, tmp_path / "alice.db", "lsalice")
+    bob = await user(stack, tmp_path / "bob.db", "lsbob")
+    carol = await user(stack, tmp_path / "carol.db", "lscarol")
+    async with alice, bob, carol:
+        view = await alice.create_group("Leaving", members=[bob.account_id, carol.account_id])
+        group = view.conversation.conversation_id
+        await alice.set_member_role(group, bob.account_id, Role.OWNER)
+        await alice.set_server_search(group, True)
+        async with listening(bob) as inbox:
+            left_seq = await alice.leave_conversation(group)
+            # Bob (the only owner left) hears MEMBER_LEFT on his stream and
+            # makes the new epoch's key before anyone needs it.
+            await inbox.wait_for(
+                "bob's key for the new epoch",
+                lambda: bool(bob._require_e2ee().server.keys.keys_of(group, left_seq)),
+            )
+        [key] = bob._require_e2ee().server.keys.keys_of(group, left_seq)
+        await carol.send_text(group, "written after alice left")
+        # Carol took bob's key rather than making one.
+        assert carol._require_e2ee().server.keys.keys_of(group, left_seq) == [key]
+        assert await server_texts(bob, "after") == ["written after alice left"]
+        assert await server_texts(alice, "after") == []

@@ -186,6 +186,11 @@ def system(action: Any, **fields: Any) -> pb.Message:
             "* @ann made @bob admin",
         ),
         (system(pb.SystemEvent.ACTION_SUBSCRIBED), "* @ann subscribed"),
+        (
+            system(pb.SystemEvent.ACTION_SEARCH_CHANGED, server_search=True),
+            "* @ann turned server search on",
+        ),
+        (system(pb.SystemEvent.ACTION_SEARCH_CHANGED), "* @ann turned server search off"),
         (system(99), "* @ann unknown_99"),
     ],
 )
