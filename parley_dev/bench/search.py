@@ -9,7 +9,8 @@ on-device index.
    texts and the SDK's own code (``message_tokens``) their tokens under one
    epoch key, until they hold ``--search-postings`` postings. Every message
    is sent through SendMessage, so the hits a page names exist in
-   svc_message and its page filter does its real work. The first
+   svc_message and its page filter does its real work; their send times are
+   then spread over a year in svc_message's log. The first
    ``search_indexed_by_rpc`` messages are indexed through IndexMessage (its
    rate and latency are figures); the rest are written in bulk straight into
    svc_search's collections, in the shape IndexMessage wrote (checked against
@@ -23,8 +24,9 @@ on-device index.
      first, a page of 20, through pymongo on the index svc_search scans.
 4. **Where the time goes**: svc_search's own handler time (its metrics)
    against what the client saw, and, one caller, the database steps a query
-   takes: a page of one token, a capped count of a token every message
-   carries (the fillers: every group counts its tokens first).
+   takes: the sorted page of one token, the time-window reads of its walk
+   (of a common token, and of a filler every message carries), the probe
+   for anything older.
 5. **On-device index** (after the stack stopped):
    :func:`parley_dev.bench.search_local.run` over the SDK's SQLite FTS5 index.
 """
@@ -75,14 +77,17 @@ from parley_dev.bench.runner import (
 )
 from parley_dev.bench.search_data import (
     BULK_MESSAGES,
+    DAY_MS,
     INDEX_CONCURRENCY,
     PAGE_SIZE,
     QUERIES,
     REQUESTS_PER_QUERY,
     SEED,
     SEND_CONCURRENCY,
+    SPAN_DAYS,
     Dataset,
     Query,
+    backdate,
     bulk_load,
     check_shape,
     index_by_rpc,
@@ -105,8 +110,6 @@ RESPONSE_BYTES = 1024
 COMPONENT_SAMPLES = 40
 COMPONENT_SECONDS = 5.0
 MIN_COMPONENT_SAMPLES = 3
-# svc_search counts at most this many postings of a token (domain/queries.py).
-COUNT_CAP = 10_000
 ROUND_MARK = "#"
 # Queries each side completes at least (over all turns), however slow the
 # database, and how far past its share of the duration a turn may run for them.
@@ -206,6 +209,8 @@ async def _measure(
         loaded.send_seconds = time.perf_counter() - began
         await end()
 
+        progress(f"backdate: send times spread over {SPAN_DAYS} days")
+        sent = await backdate(db, sent, now_ms=int(time.time() * 1000))
         by_rpc = sent[: config.search_indexed_by_rpc]
         begin, end = cpu.hooks("index_message", pids)
         progress(f"index: {len(by_rpc):,} messages through IndexMessage")
@@ -259,6 +264,7 @@ async def _query_rounds(
     turn = itertools.count()
     server_steps, bare_steps = Steps(), Steps()
     empty: collections.Counter[str] = collections.Counter()
+    missed: collections.Counter[str] = collections.Counter()
 
     async def server(worker: int) -> None:
         query = queries[next(turn) % len(queries)]
@@ -268,6 +274,8 @@ async def _query_rounds(
         )
         if not page.hits:
             empty[query.kind] += 1
+            if query.must_hit:
+                missed[query.kind] += 1
 
     async def bare(worker: int) -> None:
         query = queries[next(turn) % len(queries)]
@@ -313,6 +321,7 @@ async def _query_rounds(
     into.search_query = merged(rounds["search_query"])
     into.bare_read = merged(rounds["bare_read"])
     into.empty_pages = dict(empty)
+    into.missed_hits = dict(missed)
     into.handler_seconds, into.handler_queries = handler.totals()
 
 
@@ -414,12 +423,14 @@ async def _components(
     c, k = data.key.conversation_id, data.key.key_id
     filler = filler_tokens(data.key, settings.fillers)[0] if settings.fillers else None
     common = next(q.token for q in queries if q.kind == "common_word")
-    ids = [
-        doc["m"]
-        async for doc in postings.find({"c": c, "k": k, "t": common}, {"m": 1})
-        .sort([("at", DESCENDING), ("m", DESCENDING)])
-        .limit(256)
-    ]
+    now_ms = int(time.time() * 1000)
+
+    def window(token: bytes, days: float) -> Callable[[], Awaitable[Any]]:
+        # As svc_search's PostingStore.window: one bounded index range, unordered.
+        at = {"$gt": now_ms - int(days * DAY_MS), "$lte": now_ms}
+        return lambda: postings.find(
+            {"c": c, "k": k, "t": token, "at": at}, {"_id": 0, "m": 1, "at": 1, "s": 1}
+        ).to_list()
 
     async def timed(make: Callable[[], Awaitable[Any]]) -> list[int]:
         samples: list[int] = []
@@ -448,21 +459,17 @@ async def _components(
             .to_list()
         )
     )
-    found.samples["count_common_token_capped"] = await timed(
-        lambda: postings.count_documents({"c": c, "k": k, "t": common}, limit=COUNT_CAP)
-    )
+    found.samples["window_common_token_7d"] = await timed(window(common, 7))
     if filler is not None:
-        found.samples["count_filler_token_capped"] = await timed(
-            lambda: postings.count_documents({"c": c, "k": k, "t": filler}, limit=COUNT_CAP)
-        )
+        found.samples["window_filler_token_7d"] = await timed(window(filler, 7))
+        found.samples["window_filler_token_30d"] = await timed(window(filler, 30))
         found.filler_postings = data.counts.get(filler, 0)
-    found.samples["carrying_all_256"] = await timed(
-        lambda: postings.find(
-            {"c": c, "k": k, "t": {"$in": [common]}, "m": {"$in": ids}}, {"_id": 0, "m": 1, "t": 1}
-        ).to_list()
+    # What a walk asks of a token its window found nothing of.
+    found.samples["any_at_or_before"] = await timed(
+        lambda: postings.find_one({"c": c, "k": k, "t": common, "at": {"$lte": now_ms}}, {"_id": 1})
     )
     found.common_postings = data.counts.get(common, 0)
-    found.counts_per_query = settings.groups_per_query * settings.tokens_per_group
+    found.windows_per_round = settings.groups_per_query * settings.tokens_per_group
     return found
 
 
@@ -509,4 +516,5 @@ def _parameters(config: BenchConfig) -> dict[str, Any]:
         "duration_s": config.duration_s,
         "rounds": config.search_rounds,
         "seed": SEED,
+        "send_times_span_days": SPAN_DAYS,
     }

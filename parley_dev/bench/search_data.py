@@ -9,8 +9,11 @@ import itertools
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
+
+from pymongo import UpdateOne
 
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
@@ -35,6 +38,13 @@ SEND_CONCURRENCY = 16
 INDEX_CONCURRENCY = 8
 # Messages per insert_many of the bulk load (about 20 postings each).
 BULK_MESSAGES = 100
+# The messages' send times are spread evenly over this span before they are
+# indexed, ending now: a year of one busy conversation, not a burst of minutes
+# (svc_search reads postings in time windows walking back from now).
+SPAN_DAYS = 365
+DAY_MS = 86_400_000
+# Send times rewritten per bulk_write.
+BACKDATE_BATCH = 500
 # Different requests (decoys and order drawn anew, as the SDK does) per query.
 REQUESTS_PER_QUERY = 16
 QUERIES: dict[str, tuple[str, ...]] = {
@@ -99,6 +109,8 @@ class Query:
     request: spb.SearchRequest
     # The token the bare read pages through: the query's rarest real token.
     token: bytes
+    # A one-word query whose word the dataset holds: its page cannot be empty.
+    must_hit: bool = False
 
 
 def make_queries(data: Dataset, settings: BlindSettings) -> list[Query]:
@@ -110,12 +122,15 @@ def make_queries(data: Dataset, settings: BlindSettings) -> list[Query]:
             plan = plan_query(parse_query(text), settings.tokens_per_group)
             tokens = [term_token(data.key, t) for t in plan[0]]
             rarest = min(tokens, key=lambda t: data.counts.get(t, 0))
+            must_hit = len(plan) == 1 and len(tokens) == 1 and data.counts.get(rarest, 0) > 0
             for _ in range(REQUESTS_PER_QUERY):
                 real = [real_group(data.key, terms, settings, rng) for terms in plan]
                 # A plan of more than groups_per_query sets would need more requests: the first.
                 request = build_requests(real, [data.key], settings, rng)[0]
                 request.page_size = PAGE_SIZE
-                by_kind.setdefault(kind, []).append(Query(kind, pad_request(request), rarest))
+                by_kind.setdefault(kind, []).append(
+                    Query(kind, pad_request(request), rarest, must_hit)
+                )
     return [q for group in itertools.zip_longest(*by_kind.values()) for q in group if q]
 
 
@@ -147,6 +162,33 @@ async def send_all(
         return Sent(m.message_id, sender, at_ms, m.seq, tuple(data.tokens[index]))
 
     return await bounded_gather(len(data.texts), one, limit=SEND_CONCURRENCY)
+
+
+def spread_times(count: int, *, now_ms: int) -> list[int]:
+    """Send times (ms) of ``count`` messages in seq order, evenly over SPAN_DAYS to ``now_ms``."""
+    step = SPAN_DAYS * DAY_MS // max(1, count)
+    return [now_ms - (count - 1 - i) * step for i in range(count)]
+
+
+async def backdate(db: Any, sent: Sequence[Sent], *, now_ms: int) -> list[Sent]:
+    """Rewrite the messages' send times in svc_message's log (as
+    parley_dev's history bench does) to a year's spread; ``sent`` with them."""
+    ordered = sorted(sent, key=lambda m: m.seq)
+    times = spread_times(len(ordered), now_ms=now_ms)
+    moved = [replace(m, at_ms=at) for m, at in zip(ordered, times, strict=True)]
+    for start in range(0, len(moved), BACKDATE_BATCH):
+        batch = moved[start : start + BACKDATE_BATCH]
+        await db["messages"].bulk_write(
+            [
+                UpdateOne(
+                    {"_id": m.message_id},
+                    {"$set": {"created_at": datetime.fromtimestamp(m.at_ms / 1000, UTC)}},
+                )
+                for m in batch
+            ],
+            ordered=False,
+        )
+    return moved
 
 
 async def index_by_rpc(

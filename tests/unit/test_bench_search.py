@@ -5,13 +5,21 @@ sampled load loop, and what it reads of metrics and query plans."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
 from parley.search.v1 import search_pb2 as spb
 from parley_dev.bench.load import NS, LoadResult
 from parley_dev.bench.search import parse_histogram, plan_of, sampled_loop
-from parley_dev.bench.search_data import QUERIES, make_dataset, make_queries
+from parley_dev.bench.search_data import (
+    DAY_MS,
+    QUERIES,
+    SPAN_DAYS,
+    make_dataset,
+    make_queries,
+    spread_times,
+)
 from parley_dev.bench.search_report import (
     Components,
     Loaded,
@@ -80,7 +88,7 @@ def _measurements(**overrides: Any) -> SearchMeasurements:
         handler_queries=100,
         components=Components(
             samples={"page_of_one_token": [int(2e6)] * 4},
-            counts_per_query=16,
+            windows_per_round=16,
             bare_plan={"stages": ["FETCH", "IXSCAN(token_newest_first)"], "keys_examined": 20},
         ),
         local={
@@ -151,7 +159,7 @@ def test_the_report_puts_svc_search_beside_the_bare_read_and_judges_it() -> None
 
 
 def test_the_report_warns_of_what_went_wrong_and_is_incomplete_without_figures() -> None:
-    m = _measurements(search_query=None, empty_pages={"common_word": 2})
+    m = _measurements(search_query=None, missed_hits={"common_word": 2})
     m.loaded.postings_stored = 1999
     report = _report(m)
     assert report["complete"] is False
@@ -159,7 +167,7 @@ def test_the_report_warns_of_what_went_wrong_and_is_incomplete_without_figures()
         "not measured: search_query_p50_ms, search_query_p99_ms"
     )
     assert "postings stored 1,999, loaded 2,000" in report["warnings"]
-    assert "common_word: 2 pages without a hit" in report["warnings"]
+    assert "common_word: 2 pages without a hit for a word the messages hold" in report["warnings"]
     assert {t["name"]: t["verdict"] for t in report["targets"]}["search_query_p99_ms"] == "N/A"
 
 
@@ -189,6 +197,9 @@ def test_queries_have_one_shape_and_the_bare_read_takes_the_rarest_real_token() 
     # A small dataset need not hold every common word; "the" is in many messages.
     assert max(data.counts[q.token] for q in queries if q.kind == "common_word") > 10
     assert all(data.counts[q.token] == 0 for q in queries if q.kind == "no_match")
+    # Only one-word queries of words the messages hold must find something.
+    assert any(q.must_hit for q in queries if q.kind == "common_word")
+    assert not any(q.must_hit for q in queries if q.kind in ("no_match", "two_words"))
 
 
 def test_the_sampled_loop_runs_on_until_it_has_its_samples_but_no_longer_than_its_bound() -> None:
@@ -245,3 +256,12 @@ def test_handler_time_and_plans_are_read_from_what_the_servers_say() -> None:
         "docs_examined": 900,
         "returned": 20,
     }
+
+
+def test_send_times_spread_evenly_over_a_year_up_to_now() -> None:
+    now = 1_800_000_000_000
+    times = spread_times(5, now_ms=now)
+    assert times == sorted(times) and times[-1] == now
+    step = SPAN_DAYS * DAY_MS // 5
+    assert [b - a for a, b in itertools.pairwise(times)] == [step] * 4
+    assert spread_times(1, now_ms=now) == [now]
