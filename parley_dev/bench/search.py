@@ -274,7 +274,8 @@ async def _query_rounds(
         )
         if not page.hits:
             empty[query.kind] += 1
-            if query.must_hit:
+            # A page may stop short (at svc_search's read cap) with a next page token.
+            if query.must_hit and not page.next_page_token:
                 missed[query.kind] += 1
 
     async def bare(worker: int) -> None:

@@ -64,7 +64,7 @@ class SearchMeasurements:
     # "search_query" / "bare_read" -> query kind -> latencies (ns) in the windows.
     by_kind: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     empty_pages: dict[str, int] = field(default_factory=dict)
-    # Empty pages of one-word queries whose word the dataset holds (a fault).
+    # Empty last pages of one-word queries whose word the dataset holds (a fault).
     missed_hits: dict[str, int] = field(default_factory=dict)
     handler_seconds: float | None = None
     handler_queries: int | None = None
@@ -208,7 +208,7 @@ def _warnings(m: SearchMeasurements) -> list[str]:
     if m.loaded.postings_stored != wanted:
         notes.append(f"postings stored {m.loaded.postings_stored:,}, loaded {wanted:,}")
     for kind, count in m.missed_hits.items():
-        notes.append(f"{kind}: {count} pages without a hit for a word the messages hold")
+        notes.append(f"{kind}: {count} last pages without a hit for a word the messages hold")
     return notes
 
 
