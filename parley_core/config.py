@@ -447,6 +447,9 @@ class MediaTierSettings(_Section):
     """Days after upload an object moves to GLACIER (downloads then need RestoreMedia); 0 never.
     At least 90 (Glacier bills 90 days at least), and at least infrequent_after_days + 30 when
     both are on (S3 keeps objects 30 days in STANDARD_IA before a further transition)."""
+    min_object_bytes: int = Field(default=128 * 1024, ge=0, le=5 * 1024 * GIB)
+    """Objects of at most this many bytes never move (S3 transitions nothing under 128 KiB by
+    default, and a thumbnail in Glacier would need a restore for a few kilobytes)."""
     restore_tier: Literal["Expedited", "Standard", "Bulk"] = "Standard"
     """S3 retrieval tier of the restores RestoreMedia starts: Expedited (minutes, dearest),
     Standard (3-5 hours) or Bulk (5-12 hours, cheapest)."""
@@ -456,6 +459,10 @@ class MediaTierSettings(_Section):
     ones."""
     restore_batch: int = Field(default=100, ge=1, le=1000)
     """Restores one pass handles at most."""
+    max_active_restores_per_account: int = Field(default=20, ge=1, le=10_000)
+    """Restores one account may have queued or running at once (asking for one already running
+    for someone else counts too); one more is RESOURCE_EXHAUSTED (QUOTA_EXCEEDED) until one is
+    ready. Each is a paid retrieval from the archive."""
 
     @model_validator(mode="after")
     def _schedule_s3_can_run(self) -> MediaTierSettings:
@@ -688,6 +695,8 @@ class LimitsSettings(_Section):
     """IndexMessage and RemoveMessage per account (about one per message sent or edited)."""
     search_query_per_account: LimitRate = LimitRate(burst=60, per_minute=60)
     """Search per account (each page is one call)."""
+    media_restore_per_account: LimitRate = LimitRate(burst=10, per_minute=2)
+    """RestoreMedia per account (each may start a paid retrieval from the archive)."""
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -770,10 +779,40 @@ class ArchiveSettings(_Section):
     """Log entries of one conversation one pass reads at most."""
     s3_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     """Seconds one call to the object store may take."""
+    cold_window_days: float = Field(default=365.0, ge=0, le=36_500)
+    """Archive objects whose newest week ended longer ago than this go to the glacier class
+    (reads of them answer HISTORY_ARCHIVED; a history export restores them first); 0 never. At
+    least hot_window_days + 90 when on (Glacier bills 90 days at least)."""
+    glacier_transition: Literal["lifecycle", "copy"] = "lifecycle"
+    """How objects reach the glacier class: `lifecycle`, a bucket lifecycle rule svc_message puts
+    beside the others (the store moves them; cold_window_days - hot_window_days after an
+    object is written) and the archiver records the class the store reports; `copy`, the
+    archiver copies each due object onto itself with the class (stores without lifecycle
+    transitions, tests)."""
+    glacier_storage_class: Literal["GLACIER", "DEEP_ARCHIVE"] = "GLACIER"
+    """The S3 storage class of the glacier tier."""
+    restore_tier: Literal["Expedited", "Standard", "Bulk"] = "Standard"
+    """S3 retrieval tier of the restores of glacier objects (history exports, rewrites)."""
+    restore_days: int = Field(default=2, ge=1, le=30)
+    """Days a restored copy of a glacier object stays readable."""
 
     @property
     def hot_window_seconds(self) -> float:
         return self.hot_window_days * 86400
+
+    @property
+    def cold_window_seconds(self) -> float:
+        return self.cold_window_days * 86400
+
+    @model_validator(mode="after")
+    def _glacier_after_hot(self) -> ArchiveSettings:
+        cold, hot = self.cold_window_days, self.hot_window_days
+        if cold and cold < hot + MIN_ARCHIVE_DAYS:
+            raise ValueError(
+                f"cold_window_days must be 0 (off) or at least hot_window_days + "
+                f"{MIN_ARCHIVE_DAYS}: Glacier bills {MIN_ARCHIVE_DAYS} days at least"
+            )
+        return self
 
 
 class Settings(_Section):

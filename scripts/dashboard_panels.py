@@ -250,7 +250,8 @@ MESSAGING = Dashboard(
         Panel(
             "History per tier",
             "Conversation log entries in MongoDB (hot, estimated) and in the Parquet archive "
-            "on S3 (cold rows); every process reports the same region-wide numbers.",
+            "on S3 (cold rows, and glacier rows: objects past the cold window, which need a "
+            "restore); every process reports the same region-wide numbers.",
             [
                 (
                     f"max by (region, tier) ({sel('parley_history_entries')})",

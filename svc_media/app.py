@@ -21,7 +21,7 @@ from svc_media.domain.downloads import DownloadHandler
 from svc_media.domain.policy import MediaPolicy
 from svc_media.domain.references import ReferenceHandler
 from svc_media.domain.restores import RestoreHandler, RestorePolicy, RestorePoller
-from svc_media.domain.tiers import install_until_done, lifecycle_plan
+from svc_media.domain.tiers import ArchiveHorizon, keep_tiers, lifecycle_plan
 from svc_media.domain.uploads import UploadHandler
 from svc_media.metrics import Inventory, MediaMetrics
 from svc_media.model import MediaStats
@@ -39,7 +39,11 @@ from svc_media.storage.usage import UsageStore
 log = structlog.get_logger(__name__)
 
 # The abuse limits svc_media applies (docs/ARCHITECTURE.md, Abuse limits).
-LIMITS = (LimitName.MEDIA_UPLOAD_PER_ACCOUNT, LimitName.MEDIA_DOWNLOAD_PER_ACCOUNT)
+LIMITS = (
+    LimitName.MEDIA_UPLOAD_PER_ACCOUNT,
+    LimitName.MEDIA_DOWNLOAD_PER_ACCOUNT,
+    LimitName.MEDIA_RESTORE_PER_ACCOUNT,
+)
 
 
 async def build(settings: Settings) -> ServiceHost:
@@ -78,7 +82,9 @@ async def build(settings: Settings) -> ServiceHost:
         policy=policy,
         stats=stats,
     )
+    horizon = ArchiveHorizon()
     downloads = DownloadHandler(
+        horizon=horizon,
         media=media_store,
         quarantine=quarantine,
         objects=objects,
@@ -94,6 +100,7 @@ async def build(settings: Settings) -> ServiceHost:
         quarantine=quarantine,
         objects=objects,
         notices=messages,
+        limits=limits,
         policy=restore_policy,
         stats=stats,
     )
@@ -127,7 +134,7 @@ async def build(settings: Settings) -> ServiceHost:
         asyncio.create_task(sweeper.run()),
         asyncio.create_task(poller.run()),
         # Beside serving: a store that does not answer yet must not hold up the start.
-        asyncio.create_task(install_until_done(objects, lifecycle_plan(config))),
+        asyncio.create_task(keep_tiers(objects, lifecycle_plan(config), horizon)),
     ]
 
     async def stop() -> None:

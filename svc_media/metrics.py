@@ -164,6 +164,11 @@ class MediaMetrics(Collector):
             "Restore-ready notices svc_message took for the requesting devices.",
             s.restore_notices,
         )
+        yield counter(
+            "parley_media_restore_refusals",
+            "RestoreMedia calls refused because the account had its most restores running.",
+            s.restore_refusals,
+        )
         yield GaugeMetricFamily(
             "parley_media_restore_queue",
             "Restores of archived media queued or running (counted by each process's poller).",

@@ -227,13 +227,15 @@ class LifecyclePlan:
     # Incomplete multipart uploads older than this are aborted by the store
     # itself: the safety net behind the sweeper, past any upload session.
     abort_incomplete_after_days: int
+    # Objects of at most this many bytes keep their storage class.
+    min_object_bytes: int = 128 * 1024
 
     @property
     def transitions(self) -> bool:
         return bool(self.infrequent_after_days or self.archive_after_days)
 
     def without_transitions(self) -> LifecyclePlan:
-        return LifecyclePlan(0, 0, self.abort_incomplete_after_days)
+        return LifecyclePlan(0, 0, self.abort_incomplete_after_days, self.min_object_bytes)
 
 
 class TransitionsUnsupported(Exception):
@@ -347,5 +349,6 @@ class MediaStats:
     restores_started: int = 0
     restores_ready: int = 0
     restore_notices: int = 0
+    restore_refusals: int = 0
     # Restores queued or running, counted by the poller after each pass.
     restore_queue: int = 0

@@ -5,7 +5,7 @@ Below the domain, beside the model, so the adapters may import them."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from svc_media.model import (
     AuditEvent,
@@ -119,6 +119,14 @@ class Restores(Protocol):
         or running one and answer it. An expired record is replaced."""
         ...
 
+    async def asked_by(self, media_id: str, account_id: str) -> bool:
+        """Whether the account asked for the media's queued or running restore."""
+        ...
+
+    async def active_of(self, account_id: str, *, limit: int) -> int:
+        """Queued or running restores the account asked for, counted up to ``limit``."""
+        ...
+
     async def started(self, media_id: str, *, next_poll_at: float) -> bool:
         """queued -> restoring."""
         ...
@@ -168,11 +176,9 @@ class DeviceNotices(Protocol):
 class Usage(Protocol):
     async def forget(self, account_id: str) -> None: ...
 
-    async def charge_upload(
-        self, account_id: str, size: int, *, day: str, limit: int
-    ) -> int | None:
+    async def charge_upload(self, account_id: str, size: int, *, day: str, limit: int) -> bool:
         """Add ``size`` to today's uploaded bytes if that stays within ``limit``;
-        None when it would not (the bytes used so far are then in ``used``)."""
+        False when it would not (the bytes used so far are then in ``usage``)."""
         ...
 
     async def add_stored(self, account_id: str, size: int) -> None: ...
@@ -237,6 +243,10 @@ class ObjectStore(Protocol):
     async def install_lifecycle(self, plan: LifecyclePlan) -> bool:
         """Set our lifecycle rules (the operator's kept); whether anything changed.
         Raises TransitionsUnsupported when the store refuses transitions."""
+        ...
+
+    async def lifecycle_rules(self) -> list[dict[str, Any]]:
+        """The bucket's lifecycle rules as the store keeps them (ours and the operator's)."""
         ...
 
     def stream(self, key: str) -> AsyncIterator[bytes]: ...

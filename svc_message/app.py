@@ -25,6 +25,7 @@ from svc_message.domain.changes import ChangesHandler
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.delivery import DeliveryService
 from svc_message.domain.erasure import AccountErasure
+from svc_message.domain.glacier import Glacier, GlacierPolicy
 from svc_message.domain.groups import GroupsHandler
 from svc_message.domain.identity_notices import IdentityNotifier
 from svc_message.domain.inbox import InboxHandler
@@ -66,6 +67,7 @@ from svc_message.servicer.search import ServerSearchServicer
 from svc_message.servicer.service import SERVICE_NAME, register
 from svc_message.servicer.stream import StreamServicer
 from svc_message.storage.archive import ArchiveLedger, ArchiveObjects, HotLog
+from svc_message.storage.archive_lifecycle import transition_days
 from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.delivered import DeliveredMarks
 from svc_message.storage.doorbell import Doorbell
@@ -127,6 +129,20 @@ async def build_archive(
     )
     store = TieredMessageStore(db, ledger, hot, objects)
     await store.ensure_indexes()
+    glacier = Glacier(
+        ledger,
+        objects,
+        GlacierPolicy(
+            cold_window_seconds=config.cold_window_seconds,
+            transition=config.glacier_transition,
+            storage_class=config.glacier_storage_class,
+            lifecycle_days=transition_days(
+                cold_window_days=config.cold_window_days, hot_window_days=config.hot_window_days
+            ),
+            restore_tier=config.restore_tier,
+            restore_days=config.restore_days,
+        ),
+    )
     archiver = Archiver(
         hot,
         ledger,
@@ -141,6 +157,7 @@ async def build_archive(
         interval_seconds=config.interval_seconds,
         lease_seconds=config.lease_seconds,
         clock=clock,
+        glacier=glacier,
     )
     return store, archiver, objects
 

@@ -17,12 +17,17 @@ import sys
 from pathlib import Path
 
 from parley_core.config import ConfigError, load_settings
+from parley_core.log_setup import configure_logging
 from parley_core.storage import mongo as mongo_storage
 from svc_message.app import build_archive
 
 
 async def _command(command: str, config: Path | None) -> dict[str, object]:
     settings = load_settings(config)
+    # Logs to stderr, as the services write them: stdout is the JSON answer.
+    configure_logging(
+        service="svc_message-archive", level=settings.log_level, fmt=settings.log_format
+    )
     client = mongo_storage.connect(settings.mongo, app_name="svc_message-archive")
     try:
         db = mongo_storage.durable_database(client, settings.mongo)
@@ -48,6 +53,9 @@ async def _command(command: str, config: Path | None) -> dict[str, object]:
                 "cold_rows": status.cold_rows,
                 "cold_objects": status.cold_objects,
                 "cold_bytes": status.cold_bytes,
+                "glacier_rows": status.glacier_rows,
+                "glacier_objects": status.glacier_objects,
+                "glacier_bytes": status.glacier_bytes,
             }
         finally:
             await objects.close()

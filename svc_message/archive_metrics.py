@@ -26,13 +26,14 @@ class ArchiveMetrics(Collector):
         sampled = archiver.sampled
         entries = GaugeMetricFamily(
             "parley_history_entries",
-            "Conversation log entries per tier (hot: MongoDB, estimated; cold: archive rows)",
+            "Conversation log entries per tier (hot: MongoDB, estimated; cold: readable "
+            "archive rows; glacier: archive rows in the glacier class)",
             labels=["tier"],
         )
         size = GaugeMetricFamily(
             "parley_history_bytes",
             "Bytes of the conversation log per tier (hot: MongoDB documents, uncompressed; "
-            "cold: archive objects on S3)",
+            "cold, glacier: archive objects on S3 by their tier)",
             labels=["tier"],
         )
         objects = GaugeMetricFamily(
@@ -41,9 +42,11 @@ class ArchiveMetrics(Collector):
         if sampled is not None:
             entries.add_metric(["hot"], sampled.hot_entries)
             entries.add_metric(["cold"], sampled.cold_rows)
+            entries.add_metric(["glacier"], sampled.glacier_rows)
             size.add_metric(["hot"], sampled.hot_bytes)
             size.add_metric(["cold"], sampled.cold_bytes)
-            objects.add_metric([], sampled.cold_objects)
+            size.add_metric(["glacier"], sampled.glacier_bytes)
+            objects.add_metric([], sampled.cold_objects + sampled.glacier_objects)
         yield entries
         yield size
         yield objects
@@ -72,6 +75,11 @@ class ArchiveMetrics(Collector):
             "parley_archiver_bytes_written",
             "Bytes of archive objects this process wrote",
             value=archiver.bytes_total,
+        )
+        yield CounterMetricFamily(
+            "parley_archiver_glacier_objects",
+            "Archive objects this process recorded as moved to the glacier class",
+            value=archiver.to_glacier_total,
         )
         yield CounterMetricFamily(
             "parley_archiver_pass_failures",

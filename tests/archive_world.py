@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from parley_core.config import S3Settings
 from parley_core.ids import new_id
 from parley_core.storage import mongo as mongo_storage
 from parley_dev.seaweed import s3_client
@@ -56,9 +57,13 @@ async def open_world(
     target_object_bytes: int = 1 << 20,
     name: str | None = None,
     stack_database: bool = False,
+    s3: S3Settings | None = None,
+    archive: dict[str, Any] | None = None,
 ) -> World:
     """A world of its own database and key prefix; ``stack_database``: the
-    stack's database, which its config file (and so the CLI) names."""
+    stack's database, which its config file (and so the CLI) names; ``s3``:
+    another object store (moto, for the glacier tier); ``archive``: more
+    archive settings."""
     name = name or uuid.uuid4().hex[:12]
     prefix = f"history-test/{name}/"
     settings = stack.settings.model_copy(
@@ -69,8 +74,10 @@ async def open_world(
                     "prefix": prefix,
                     "target_object_bytes": target_object_bytes,
                     "messages_per_second": 0,
+                    **(archive or {}),
                 }
-            )
+            ),
+            "s3": s3 or stack.settings.s3,
         }
     )
     database = stack.settings.mongo.database if stack_database else f"archive_{name}"

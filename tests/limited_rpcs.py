@@ -43,6 +43,7 @@ LIMITS_BY_RPC: dict[str, frozenset[str]] = {
         "IndexMessage": ("search_index_per_account",),
         "RemoveMessage": ("search_index_per_account",),
         "Search": ("search_query_per_account",),
+        "RestoreMedia": ("media_restore_per_account",),
     }.items()
 }
 

@@ -20,6 +20,10 @@ from parley_operator.spec import (
     DEFAULT_SHUTDOWN_GRACE_SECONDS,
     DEFAULT_TARGETS,
     MAX_NAME_LENGTH,
+    MAX_TIER_DAYS,
+    MIN_ARCHIVE_DAYS,
+    MIN_DAYS_IN_INFREQUENT,
+    MIN_INFREQUENT_DAYS,
     PULL_POLICIES,
     REGION_PATTERN,
     S3_ADDRESSING_STYLES,
@@ -269,6 +273,7 @@ def _media() -> Schema:
                 minimum=0,
                 maximum=30 * 86400,
             ),
+            "tiers": _media_tiers(),
             "quotas": _object(
                 "Per-account quotas in ciphertext bytes (media.quotas); forwards count against "
                 "no quota of the forwarder.",
@@ -300,6 +305,54 @@ def _search() -> Schema:
             },
         },
         default={},
+    )
+
+
+# What real S3 runs and bills (parley_core.config, MediaTierSettings), said to the API server.
+TIERS_RULE = (
+    "!has(self.infrequentAfterDays) || !has(self.archiveAfterDays) "
+    "|| self.infrequentAfterDays == 0 || self.archiveAfterDays == 0 "
+    f"|| self.archiveAfterDays >= self.infrequentAfterDays + {MIN_DAYS_IN_INFREQUENT}"
+)
+
+
+def _days_or_off(description: str, least: int) -> Schema:
+    # 0 turns the transition off; otherwise S3's floor (a JSON schema can say "0 or >= n").
+    return _integer(
+        description, minimum=0, maximum=MAX_TIER_DAYS, anyOf=[{"enum": [0]}, {"minimum": least}]
+    )
+
+
+def _media_tiers() -> Schema:
+    return _object(
+        "Storage tiers of the media bucket (media.tiers), set as its lifecycle rules: objects "
+        "move STANDARD -> STANDARD_IA -> GLACIER. Left out, svc_media's defaults apply "
+        "(STANDARD_IA after 30 days, no GLACIER, objects of 128 KiB or less never move).",
+        {
+            "infrequentAfterDays": _days_or_off(
+                f"Days after upload an object moves to STANDARD_IA; 0 never, else at least "
+                f"{MIN_INFREQUENT_DAYS} (S3 moves nothing sooner).",
+                MIN_INFREQUENT_DAYS,
+            ),
+            "archiveAfterDays": _days_or_off(
+                f"Days after upload an object moves to GLACIER (downloads then need RestoreMedia); "
+                f"0 never, else at least {MIN_ARCHIVE_DAYS} (Glacier bills {MIN_ARCHIVE_DAYS} days "
+                f"at least) and at least infrequentAfterDays + {MIN_DAYS_IN_INFREQUENT} when both "
+                "are on.",
+                MIN_ARCHIVE_DAYS,
+            ),
+            "minObjectBytes": _integer(
+                "Objects of at most this many bytes never move (S3 transitions nothing under "
+                "128 KiB by default, and a thumbnail in Glacier would need a restore).",
+                minimum=0,
+                maximum=5 * 1024**4,
+            ),
+        },
+        **_validations(
+            TIERS_RULE,
+            f"archiveAfterDays must be at least infrequentAfterDays + {MIN_DAYS_IN_INFREQUENT} "
+            "(S3 keeps objects 30 days in STANDARD_IA before archiving them)",
+        ),
     )
 
 

@@ -121,6 +121,14 @@ def _media_settings(region: RegionSpec) -> dict[str, Any]:
     quotas = {key: value for key, value in quotas.items() if value is not None}
     if quotas:
         settings["quotas"] = quotas
+    tiers = {
+        "infrequent_after_days": media.tiers.infrequent_after_days,
+        "archive_after_days": media.tiers.archive_after_days,
+        "min_object_bytes": media.tiers.min_object_bytes,
+    }
+    tiers = {key: value for key, value in tiers.items() if value is not None}
+    if tiers:
+        settings["tiers"] = tiers
     return settings
 
 

@@ -153,6 +153,21 @@ class AuthSecrets:
     operator_tokens: SecretKeyRef | None = None
 
 
+# S3's lifecycle floors, as parley_core.config's MediaTierSettings refuses them
+# (the operator imports no parley_core; a test keeps the two the same).
+MIN_INFREQUENT_DAYS = 30
+MIN_ARCHIVE_DAYS = 90
+MIN_DAYS_IN_INFREQUENT = 30
+MAX_TIER_DAYS = 36_500
+
+
+@dataclass(frozen=True)
+class MediaTiers:
+    infrequent_after_days: int | None = None
+    archive_after_days: int | None = None
+    min_object_bytes: int | None = None
+
+
 @dataclass(frozen=True)
 class MediaQuotas:
     daily_upload_bytes: int | None = None
@@ -164,6 +179,7 @@ class MediaSpec:
     """svc_media's own settings; present only when the region runs media."""
 
     quotas: MediaQuotas = MediaQuotas()
+    tiers: MediaTiers = MediaTiers()
     max_object_bytes: int | None = None
     gc_grace_seconds: int | None = None
     # A ServiceAccount for the media pods (an IAM role bound to it instead of keys).
@@ -301,6 +317,30 @@ def _s3(tree: Mapping[str, Any]) -> S3Spec:
     )
 
 
+def _days_or_off(tree: Mapping[str, Any], key: str, where: str, least: int) -> int | None:
+    value = _optional_int(tree, key, where, 0)
+    if value is not None and (0 < value < least or value > MAX_TIER_DAYS):
+        raise SpecError(f"{where}.{key} must be 0 (off) or {least} to {MAX_TIER_DAYS}")
+    return value
+
+
+def _tiers(tree: Mapping[str, Any], where: str) -> MediaTiers:
+    """The bucket's tier schedule, refused where S3 could not run it (the CRD's rules)."""
+    infrequent = _days_or_off(tree, "infrequentAfterDays", where, MIN_INFREQUENT_DAYS)
+    archive = _days_or_off(tree, "archiveAfterDays", where, MIN_ARCHIVE_DAYS)
+    if infrequent and archive and archive < infrequent + MIN_DAYS_IN_INFREQUENT:
+        raise SpecError(
+            f"{where}.archiveAfterDays must be at least infrequentAfterDays + "
+            f"{MIN_DAYS_IN_INFREQUENT} (S3 keeps objects {MIN_DAYS_IN_INFREQUENT} days in "
+            "STANDARD_IA before archiving them)"
+        )
+    return MediaTiers(
+        infrequent_after_days=infrequent,
+        archive_after_days=archive,
+        min_object_bytes=_optional_int(tree, "minObjectBytes", where, 0),
+    )
+
+
 def _media(tree: Mapping[str, Any], s3: S3Spec | None, auth: AuthSecrets) -> MediaSpec | None:
     """svc_media's settings when the region runs it, else None."""
     if not tree.get("enabled", False):
@@ -321,6 +361,7 @@ def _media(tree: Mapping[str, Any], s3: S3Spec | None, auth: AuthSecrets) -> Med
             daily_upload_bytes=_optional_int(quotas, "dailyUploadBytes", f"{where}.quotas", 1),
             stored_bytes=_optional_int(quotas, "storedBytes", f"{where}.quotas", 1),
         ),
+        tiers=_tiers(_mapping(tree, "tiers"), f"{where}.tiers"),
         max_object_bytes=_optional_int(tree, "maxObjectBytes", where, 1),
         gc_grace_seconds=_optional_int(tree, "gcGraceSeconds", where, 0),
         service_account_name=tree.get("serviceAccountName") or None,

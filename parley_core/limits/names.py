@@ -41,3 +41,4 @@ class LimitName(enum.StrEnum):
     # svc_search.
     SEARCH_INDEX_PER_ACCOUNT = "search_index_per_account"
     SEARCH_QUERY_PER_ACCOUNT = "search_query_per_account"
+    MEDIA_RESTORE_PER_ACCOUNT = "media_restore_per_account"

@@ -6,12 +6,37 @@ two attempts."""
 from __future__ import annotations
 
 import contextlib
+import re
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from parley_core.config import S3Settings
+
+_ONGOING = re.compile(r'ongoing-request\s*=\s*"(true|false)"')
+_EXPIRY = re.compile(r'expiry-date\s*=\s*"([^"]+)"')
+# Storage classes whose objects need a RestoreObject before a GET.
+ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+
+
+def parse_restore(header: str | None) -> tuple[bool, float | None]:
+    """(a restore is running, the restored copy's expiry in Unix seconds) from
+    ``x-amz-restore``: ``ongoing-request="true"``, or ``ongoing-request="false",
+    expiry-date="Fri, 21 Dec 2012 00:00:00 GMT"`` once the copy is readable."""
+    if not header:
+        return False, None
+    ongoing = _ONGOING.search(header)
+    if ongoing is not None and ongoing.group(1) == "true":
+        return True, None
+    expiry = _EXPIRY.search(header)
+    if ongoing is None or expiry is None:
+        return False, None
+    try:
+        return False, parsedate_to_datetime(expiry.group(1)).timestamp()
+    except (TypeError, ValueError):
+        return False, None
 
 
 def read_credentials(settings: S3Settings) -> dict[str, str]:

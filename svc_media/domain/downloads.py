@@ -4,6 +4,14 @@ Order of checks: the media must exist and the caller may read it (else
 PERMISSION_DENIED, the same for both, so ids cannot be probed); only then the
 rate limit, the quarantine and the storage tier, so outsiders learn nothing
 about either and spend no budget.
+
+The media document and the quarantine entry are read side by side (the
+media id is the ciphertext hash the quarantine is keyed by); the object is
+HEADed only when the bucket's rules may have archived it by now
+(``ArchiveHorizon``): a download of anything younger is one indexed read, a
+rate-limit call and a URL signed in memory. Such a download of an object
+removed by hand gets a URL that answers 404, as a URL handed out just before
+the removal would.
 """
 
 from __future__ import annotations
@@ -14,7 +22,16 @@ from dataclasses import replace
 from parley_core.limits import Limiter, LimitName, Take
 from svc_media.domain.access import AccessCheck
 from svc_media.domain.policy import MediaPolicy, access_denied, archived, quarantined
-from svc_media.model import Grant, MediaRecord, MediaState, MediaStats, ObjectInfo, Tier
+from svc_media.domain.tiers import ArchiveHorizon
+from svc_media.model import (
+    Grant,
+    MediaRecord,
+    MediaState,
+    MediaStats,
+    ObjectInfo,
+    Tier,
+    sha256_of_media_id,
+)
 from svc_media.ports import MediaDocs, ObjectStore, Quarantine
 
 # Storage classes S3 must restore before a GET works.
@@ -53,7 +70,9 @@ class DownloadHandler:
         limits: Limiter,
         policy: MediaPolicy,
         stats: MediaStats,
+        horizon: ArchiveHorizon | None = None,
     ) -> None:
+        self._horizon = horizon or ArchiveHorizon()
         self._media = media
         self._quarantine = quarantine
         self._objects = objects
@@ -84,27 +103,25 @@ class DownloadHandler:
         return await self._objects.head(key)
 
     async def grant(self, *, account_id: str, media_id: str, now: float) -> Grant:
-        media = await self.readable_media(account_id=account_id, media_id=media_id)
-        await self._limits.take(Take(LimitName.MEDIA_DOWNLOAD_PER_ACCOUNT, account_id), now=now)
-        # Side by side (a database read, a request to the store); the
-        # quarantine's answer still wins over anything the store says.
-        banned, info = await asyncio.gather(
-            self._quarantine.get(media.sha256),
-            self._head(media.object_key),
-            return_exceptions=True,
+        media, banned = await asyncio.gather(
+            self._media.get(media_id), self._quarantine.get(sha256_of_media_id(media_id))
         )
-        if isinstance(banned, BaseException):
-            raise banned
+        if media is None or media.state != MediaState.READY:
+            raise access_denied()
+        if not await self._access.may_read(account_id, media):
+            raise access_denied()
+        await self._limits.take(Take(LimitName.MEDIA_DOWNLOAD_PER_ACCOUNT, account_id), now=now)
         if banned is not None:
             raise quarantined()
-        if isinstance(info, BaseException):
-            raise info
-        if info is None:
-            # The document outlived its object (removed by hand): nothing to give.
-            raise access_denied()
-        media = await self.note_tier(media, info)
-        if needs_restore(info, now=now):
-            raise archived()
+        self._objects.ensure_available()
+        if self._horizon.may_be_archived(created_at=media.created_at, now=now):
+            info = await self._head(media.object_key)
+            if info is None:
+                # The document outlived its object (removed by hand): nothing to give.
+                raise access_denied()
+            media = await self.note_tier(media, info)
+            if needs_restore(info, now=now):
+                raise archived()
         get = self._objects.presign_get(
             media.object_key, expires_in=self._policy.get_url_seconds, now=now
         )

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import structlog
 
 from parley_core.config import MediaTierSettings
-from parley_core.errors import InvalidArgument, Unavailable
+from parley_core.errors import InvalidArgument, Reason, ResourceExhausted, Unavailable
+from parley_core.limits import Limiter, LimitName, Take
 from svc_media.domain.downloads import ARCHIVE_CLASSES, DownloadHandler, needs_restore
 from svc_media.domain.policy import access_denied, archived, quarantined
 from svc_media.model import (
@@ -52,6 +53,7 @@ class RestorePolicy:
     tier: str
     poll_seconds: float
     batch: int
+    max_active_per_account: int = 20
 
     @classmethod
     def from_settings(cls, tiers: MediaTierSettings) -> RestorePolicy:
@@ -59,7 +61,17 @@ class RestorePolicy:
             tier=tiers.restore_tier,
             poll_seconds=float(tiers.restore_poll_seconds),
             batch=tiers.restore_batch,
+            max_active_per_account=tiers.max_active_restores_per_account,
         )
+
+
+def too_many_restores(cap: int, active: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"at most {cap} restores may be queued or running for one account at once "
+        f"({active} are): ask again when one is ready",
+        reason=Reason.QUOTA_EXCEEDED,
+        metadata={"quota": "active_restores", "limit": str(cap), "used": str(active)},
+    )
 
 
 def restore_days(days: int) -> int:
@@ -94,9 +106,11 @@ class RestoreHandler:
         quarantine: Quarantine,
         objects: ObjectStore,
         notices: DeviceNotices,
+        limits: Limiter,
         policy: RestorePolicy,
         stats: MediaStats,
     ) -> None:
+        self._limits = limits
         self._downloads = downloads
         self._restores = restores
         self._quarantine = quarantine
@@ -110,22 +124,32 @@ class RestoreHandler:
     async def request(
         self, *, account_id: str, device_id: str, media_id: str, days: int, now: float
     ) -> RestoreView:
-        """RestoreMedia: idempotent while a restore is queued, running or ready."""
+        """RestoreMedia: idempotent while a restore is queued, running or ready.
+
+        Outsiders are refused before the rate limit (they spend nothing and
+        learn nothing); an account is refused one more queued or running
+        restore beyond its cap, the one it already asked for excepted."""
         days = restore_days(days)
         media = await self._downloads.readable_media(account_id=account_id, media_id=media_id)
+        await self._limits.take(Take(LimitName.MEDIA_RESTORE_PER_ACCOUNT, account_id), now=now)
         if await self._quarantine.get(media.sha256) is not None:
             raise quarantined()
         info = await self._archived_object(media)
         if info is None:
             return RestoreView(media.media_id, RestoreState.NOT_ARCHIVED)
         current = await self._restores.get(media.media_id)
+        ready = current is not None and current.state == RestoreState.READY
         if (
-            current is not None
-            and current.state == RestoreState.READY
+            ready
+            and current is not None
             and (current.expires_at <= now or needs_restore(info, now=now))
         ):
             # Its copy is gone: a new restore replaces the record.
             await self._restores.expire(media.media_id, now=now)
+            ready = False
+        if not ready:
+            # A readable copy is answered as it is: nothing new to cap.
+            await self._check_cap(account_id, media.media_id)
         record = await self._restores.open(
             RestoreRecord(
                 media_id=media.media_id,
@@ -151,6 +175,18 @@ class RestoreHandler:
                     return RestoreView(media.media_id, RestoreState.NOT_ARCHIVED)
                 record = started
         return view_of(record, now=now)
+
+    async def _check_cap(self, account_id: str, media_id: str) -> None:
+        """Refuse the account one more active restore beyond its cap. Two
+        requests at once may both pass at the cap's edge: the cap bounds
+        cost, it is not a lock."""
+        cap = self._policy.max_active_per_account
+        if await self._restores.asked_by(media_id, account_id):
+            return
+        active = await self._restores.active_of(account_id, limit=cap)
+        if active >= cap:
+            self._stats.restore_refusals += 1
+            raise too_many_restores(cap, active)
 
     async def status(self, *, account_id: str, media_id: str, now: float) -> RestoreView:
         """GetRestore: the restore's state, NOT_ARCHIVED, or MEDIA_ARCHIVED when

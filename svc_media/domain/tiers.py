@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import structlog
 
@@ -36,6 +38,7 @@ def lifecycle_plan(config: MediaServiceSettings) -> LifecyclePlan:
         infrequent_after_days=config.tiers.infrequent_after_days,
         archive_after_days=config.tiers.archive_after_days,
         abort_incomplete_after_days=session_days + 1,
+        min_object_bytes=config.tiers.min_object_bytes,
     )
 
 
@@ -90,3 +93,60 @@ async def install_until_done(
             log.exception("media_lifecycle_failed")
             return None
         await asyncio.sleep(retry_seconds)
+
+
+# Classes a GET needs a restore for, or may (Intelligent-Tiering's archive tiers).
+RESTORE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE", "INTELLIGENT_TIERING"})
+# Seconds between reads of the bucket's rules after the start: an operator's
+# rule added later is seen this soon (S3 runs lifecycle once a day).
+RULES_RECHECK_SECONDS = 600.0
+
+
+def archive_after_days(rules: Sequence[Mapping[str, Any]]) -> float:
+    """The fewest days after upload any enabled rule may move an object to a
+    class a GET needs a restore for; inf when no rule does. A transition on a
+    date (not after days) counts as day 0; filters are not looked at (an
+    operator's rule may cover media/)."""
+    earliest = math.inf
+    for rule in rules:
+        if rule.get("Status") != "Enabled":
+            continue
+        for transition in rule.get("Transitions") or ():
+            if transition.get("StorageClass") in RESTORE_CLASSES:
+                earliest = min(earliest, float(transition.get("Days", 0)))
+    return earliest
+
+
+class ArchiveHorizon:
+    """When objects may have been archived, from the bucket's rules as last
+    read: a download HEADs the object (to refuse an archived one with
+    MEDIA_ARCHIVED) only when it may be; before the rules are read, always."""
+
+    def __init__(self) -> None:
+        self.days: float | None = None
+
+    def may_be_archived(self, *, created_at: float, now: float) -> bool:
+        if self.days is None:
+            return True
+        # S3 moves an object at a midnight UTC after it is that many days
+        # old, never sooner: a day of margin covers any clock difference.
+        return now - created_at >= (self.days - 1) * DAY_SECONDS
+
+
+async def keep_tiers(
+    objects: ObjectStore,
+    plan: LifecyclePlan,
+    horizon: ArchiveHorizon,
+    *,
+    recheck_seconds: float = RULES_RECHECK_SECONDS,
+) -> None:
+    """Install the rules (``install_until_done``), then keep ``horizon`` to
+    the bucket's rules, read again every ``recheck_seconds``."""
+    await install_until_done(objects, plan)
+    while True:
+        try:
+            horizon.days = archive_after_days(await objects.lifecycle_rules())
+        except Exception as exc:
+            # Kept as last read: a store that does not answer serves no downloads anyway.
+            log.info("media_lifecycle_read_failed", error=repr(exc))
+        await asyncio.sleep(recheck_seconds)

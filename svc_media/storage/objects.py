@@ -1,8 +1,10 @@
 """The region's media bucket on any S3-compatible store (AWS S3, MinIO, Ceph RGW,
 SeaweedFS locally).
 
-Presigned URLs are made by botocore locally (no request), against the public
-endpoint clients use: they sign the host. A PUT signs its exact
+Presigned URLs are made locally (no request), against the public endpoint
+clients use: they sign the host. With static keys they are signed by
+``presign.Signer`` (the same URLs as botocore's, without its per-call
+machinery); with an IAM role's rotating credentials, by botocore. A PUT signs its exact
 Content-Length and ``x-amz-checksum-sha256``, so the store itself refuses a
 body of another length (403) or another hash (400) before anything is kept;
 multipart part URLs do the same per part.
@@ -18,9 +20,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import re
+import time
 from collections.abc import AsyncIterator, Sequence
-from email.utils import parsedate_to_datetime
 from typing import Any, NoReturn
 
 import botocore.session
@@ -30,7 +31,12 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from parley_core.config import S3Settings
 from parley_core.errors import Reason, Unavailable
-from parley_core.storage.s3 import open_client, read_credentials, signing_options
+from parley_core.storage.s3 import (
+    open_client,
+    parse_restore,
+    read_credentials,
+    signing_options,
+)
 from svc_media.model import (
     LifecyclePlan,
     ObjectInfo,
@@ -42,6 +48,7 @@ from svc_media.model import (
     TransitionsUnsupported,
 )
 from svc_media.storage.lifecycle import merged_rules
+from svc_media.storage.presign import PROBE_KEY, Endpoint, Signer
 
 log = structlog.get_logger(__name__)
 
@@ -51,26 +58,6 @@ PROBE_SECONDS = 2.0
 STREAM_CHUNK = 1 << 20
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 _NO_LIFECYCLE = "NoSuchLifecycleConfiguration"
-_ONGOING = re.compile(r'ongoing-request\s*=\s*"(true|false)"')
-_EXPIRY = re.compile(r'expiry-date\s*=\s*"([^"]+)"')
-
-
-def parse_restore(header: str | None) -> tuple[bool, float | None]:
-    """(a restore is running, the restored copy's expiry in Unix seconds) from
-    ``x-amz-restore``: ``ongoing-request="true"``, or ``ongoing-request="false",
-    expiry-date="Fri, 21 Dec 2012 00:00:00 GMT"`` once the copy is readable."""
-    if not header:
-        return False, None
-    ongoing = _ONGOING.search(header)
-    if ongoing is not None and ongoing.group(1) == "true":
-        return True, None
-    expiry = _EXPIRY.search(header)
-    if ongoing is None or expiry is None:
-        return False, None
-    try:
-        return False, parsedate_to_datetime(expiry.group(1)).timestamp()
-    except (TypeError, ValueError):
-        return False, None
 
 
 def store_unavailable() -> Unavailable:
@@ -81,6 +68,25 @@ def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
+def _lower(headers: dict[str, str]) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers.items()}
+
+
+def _object_info(
+    *, size: Any, checksum: str | None, storage_class: str | None, restore: str | None
+) -> ObjectInfo:
+    # A multipart object's checksum is of its parts' checksums ("...-N").
+    sha = base64.b64decode(checksum) if checksum and "-" not in checksum else None
+    restoring, restored_until = parse_restore(restore)
+    return ObjectInfo(
+        size=int(size),
+        sha256=sha,
+        storage_class=str(storage_class or "STANDARD"),
+        restoring=restoring,
+        restored_until=restored_until,
+    )
+
+
 def _code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
@@ -89,15 +95,35 @@ def _status(error: ClientError) -> int:
     return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
+def _signer(presigner: Any, bucket: str, credentials: dict[str, str], region: str) -> Signer:
+    probe = presigner.generate_presigned_url(
+        "get_object", Params={"Bucket": bucket, "Key": PROBE_KEY}, ExpiresIn=1
+    )
+    return Signer(
+        Endpoint.from_probe(str(probe)),
+        access_key=credentials["aws_access_key_id"],
+        secret_key=credentials["aws_secret_access_key"],
+        region=region,
+    )
+
+
 class S3Objects:
     """The bucket of ``settings``; open with ``await S3Objects.open(...)``."""
 
-    def __init__(self, settings: S3Settings, client: Any, presigner: Any, exit: Any) -> None:
+    def __init__(
+        self,
+        settings: S3Settings,
+        client: Any,
+        presigner: Any,
+        exit: Any,
+        signer: Signer | None = None,
+    ) -> None:
         self._settings = settings
         self._bucket = settings.bucket
         self._client = client
         self._presigner = presigner
         self._exit = exit
+        self._signer = signer
         self.available = True
         self.errors = 0
 
@@ -105,14 +131,18 @@ class S3Objects:
     async def open(cls, settings: S3Settings, *, timeout_seconds: float) -> S3Objects:
         exit = contextlib.AsyncExitStack()
         client = await open_client(settings, timeout_seconds=timeout_seconds, exit=exit)
+        credentials = read_credentials(settings)
         presigner = botocore.session.get_session().create_client(
             "s3",
             region_name=settings.region,
             endpoint_url=settings.public_endpoint_url or settings.endpoint_url or None,
             config=Config(**signing_options(settings)),
-            **read_credentials(settings),
+            **credentials,
         )
-        return cls(settings, client, presigner, exit)
+        signer = None
+        if credentials:
+            signer = _signer(presigner, settings.bucket, credentials, settings.region)
+        return cls(settings, client, presigner, exit, signer)
 
     async def close(self) -> None:
         await self._exit.aclose()
@@ -163,6 +193,9 @@ class S3Objects:
 
     # -- presigning (local, no request) -------------------------------------------
 
+    # The store checks a URL's date against its own clock: URLs are signed at
+    # the wall clock's time (botocore does the same), ``now`` (the request's
+    # time, injected in tests) dates only the Presigned's expiry.
     def _presign(
         self, operation: str, params: dict[str, Any], *, expires_in: int, now: float
     ) -> str:
@@ -175,36 +208,54 @@ class S3Objects:
         self, key: str, *, size: int, sha256: bytes, expires_in: int, now: float
     ) -> Presigned:
         checksum = _b64(sha256)
-        url = self._presign(
-            "put_object",
-            {"Key": key, "ContentLength": size, "ChecksumSHA256": checksum},
-            expires_in=expires_in,
-            now=now,
-        )
         headers = {"Content-Length": str(size), "x-amz-checksum-sha256": checksum}
+        if self._signer is not None:
+            url = self._signer.presign(
+                "PUT", key, expires_in=expires_in, now=time.time(), headers=_lower(headers)
+            )
+        else:
+            url = self._presign(
+                "put_object",
+                {"Key": key, "ContentLength": size, "ChecksumSHA256": checksum},
+                expires_in=expires_in,
+                now=now,
+            )
         return Presigned("PUT", url, headers, now + expires_in)
 
     def presign_part(
         self, key: str, multipart_id: str, part: PartPlan, *, expires_in: int, now: float
     ) -> Presigned:
         checksum = _b64(part.sha256)
-        url = self._presign(
-            "upload_part",
-            {
-                "Key": key,
-                "UploadId": multipart_id,
-                "PartNumber": part.number,
-                "ContentLength": part.size,
-                "ChecksumSHA256": checksum,
-            },
-            expires_in=expires_in,
-            now=now,
-        )
         headers = {"Content-Length": str(part.size), "x-amz-checksum-sha256": checksum}
+        if self._signer is not None:
+            url = self._signer.presign(
+                "PUT",
+                key,
+                expires_in=expires_in,
+                now=time.time(),
+                params={"uploadId": multipart_id, "partNumber": str(part.number)},
+                headers=_lower(headers),
+            )
+        else:
+            url = self._presign(
+                "upload_part",
+                {
+                    "Key": key,
+                    "UploadId": multipart_id,
+                    "PartNumber": part.number,
+                    "ContentLength": part.size,
+                    "ChecksumSHA256": checksum,
+                },
+                expires_in=expires_in,
+                now=now,
+            )
         return Presigned("PUT", url, headers, now + expires_in)
 
     def presign_get(self, key: str, *, expires_in: int, now: float) -> Presigned:
-        url = self._presign("get_object", {"Key": key}, expires_in=expires_in, now=now)
+        if self._signer is not None:
+            url = self._signer.presign("GET", key, expires_in=expires_in, now=time.time())
+        else:
+            url = self._presign("get_object", {"Key": key}, expires_in=expires_in, now=now)
         return Presigned("GET", url, {}, now + expires_in)
 
     # -- calls ------------------------------------------------------------------------
@@ -264,16 +315,11 @@ class S3Objects:
             if exc.code in _MISSING or exc.status == 404:
                 return None
             raise
-        checksum = reply.get("ChecksumSHA256")
-        # A multipart object's checksum is of its parts' checksums ("...-N").
-        sha = base64.b64decode(checksum) if checksum and "-" not in checksum else None
-        restoring, restored_until = parse_restore(reply.get("Restore"))
-        return ObjectInfo(
-            size=int(reply["ContentLength"]),
-            sha256=sha,
-            storage_class=str(reply.get("StorageClass") or "STANDARD"),
-            restoring=restoring,
-            restored_until=restored_until,
+        return _object_info(
+            size=reply["ContentLength"],
+            checksum=reply.get("ChecksumSHA256"),
+            storage_class=reply.get("StorageClass"),
+            restore=reply.get("Restore"),
         )
 
     async def restore(self, key: str, *, days: int, tier: str) -> RestoreStart:

@@ -5,7 +5,9 @@
 ``requested_at``, ``ready_at`` and ``expires_at`` (the restored copy's
 expiry, from the store), ``next_poll_at`` (when a poller looks at it next),
 ``requesters`` and ``notified`` (``<account id>/<device id>`` of the devices
-that asked, and of those svc_message took the ready notice for), and
+that asked, and of those svc_message took the ready notice for),
+``accounts`` (the accounts among the requesters: each account's active
+restores are counted against its cap by an index), and
 ``forget_at`` (expired records go a week after they expired: a TTL index).
 
 Every change is conditional on the state it starts from; a poller claims a
@@ -70,6 +72,7 @@ def _document(record: RestoreRecord) -> Document:
         "requested_at": at(record.requested_at),
         "next_poll_at": at(record.next_poll_at),
         "requesters": [_key(r) for r in record.requesters],
+        "accounts": sorted({r.account_id for r in record.requesters}),
         "notified": [_key(r) for r in record.notified],
     }
     if record.ready_at:
@@ -86,6 +89,21 @@ class RestoreStore:
     async def ensure_indexes(self) -> None:
         await self._restores.create_index([("state", ASCENDING), ("next_poll_at", ASCENDING)])
         await self._restores.create_index([("forget_at", ASCENDING)], expireAfterSeconds=0)
+        await self._restores.create_index([("accounts", ASCENDING), ("state", ASCENDING)])
+
+    async def asked_by(self, media_id: str, account_id: str) -> bool:
+        """Whether the account is among the requesters of the media's active restore."""
+        found = await self._restores.count_documents(
+            {"_id": media_id, "accounts": account_id, "state": {"$in": [_QUEUED, _RESTORING]}},
+            limit=1,
+        )
+        return found > 0
+
+    async def active_of(self, account_id: str, *, limit: int) -> int:
+        """The account's queued or running restores, counted up to ``limit``."""
+        return await self._restores.count_documents(
+            {"accounts": account_id, "state": {"$in": [_QUEUED, _RESTORING]}}, limit=limit
+        )
 
     async def get(self, media_id: str) -> RestoreRecord | None:
         doc = await self._restores.find_one({"_id": media_id})
@@ -96,7 +114,12 @@ class RestoreStore:
         for _ in range(OPEN_ATTEMPTS):
             joined = await self._restores.find_one_and_update(
                 {"_id": record.media_id, "state": {"$in": [_QUEUED, _RESTORING]}},
-                {"$addToSet": {"requesters": {"$each": keys}}},
+                {
+                    "$addToSet": {
+                        "requesters": {"$each": keys},
+                        "accounts": {"$each": sorted({r.account_id for r in record.requesters})},
+                    }
+                },
                 return_document=ReturnDocument.AFTER,
             )
             if joined is not None:

@@ -9,7 +9,6 @@ not at all), so concurrent uploads cannot together pass it.
 
 from __future__ import annotations
 
-from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from parley_core.storage.mongo import Database
@@ -22,9 +21,11 @@ class UsageStore:
     def __init__(self, db: Database) -> None:
         self._usage = db["media_usage"]
 
-    async def charge_upload(
-        self, account_id: str, size: int, *, day: str, limit: int
-    ) -> int | None:
+    async def charge_upload(self, account_id: str, size: int, *, day: str, limit: int) -> bool:
+        # The usual case (today's document, room left) is one update_one:
+        # SecantusDB answers it in a third of a find_one_and_update's time.
+        if await self._charge_today(account_id, size, day=day, limit=limit):
+            return True
         for _ in range(_ATTEMPTS):
             # A new day starts at zero; only a document still on an older day
             # is reset, so two processes resetting at once agree.
@@ -32,19 +33,14 @@ class UsageStore:
                 {"_id": account_id, "day": {"$ne": day}}, {"$set": {"day": day, "uploaded": 0}}
             )
             try:
-                doc = await self._usage.find_one_and_update(
-                    {"_id": account_id, "day": day, "uploaded": {"$lte": limit - size}},
-                    {"$inc": {"uploaded": size}},
-                    return_document=ReturnDocument.AFTER,
-                )
-                if doc is not None:
-                    return int(doc["uploaded"])
+                if await self._charge_today(account_id, size, day=day, limit=limit):
+                    return True
                 if size > limit:
-                    return None
+                    return False
                 await self._usage.insert_one(
                     {"_id": account_id, "day": day, "uploaded": size, "stored": 0}
                 )
-                return size
+                return True
             except DuplicateKeyError:
                 # It exists: either over the limit, or created meanwhile.
                 existing = await self._usage.find_one({"_id": account_id})
@@ -53,8 +49,15 @@ class UsageStore:
                     and existing.get("day") == day
                     and int(existing.get("uploaded", 0)) > limit - size
                 ):
-                    return None
-        return None
+                    return False
+        return False
+
+    async def _charge_today(self, account_id: str, size: int, *, day: str, limit: int) -> bool:
+        result = await self._usage.update_one(
+            {"_id": account_id, "day": day, "uploaded": {"$lte": limit - size}},
+            {"$inc": {"uploaded": size}},
+        )
+        return result.modified_count == 1
 
     async def add_stored(self, account_id: str, size: int) -> None:
         await self._usage.update_one({"_id": account_id}, {"$inc": {"stored": size}}, upsert=True)

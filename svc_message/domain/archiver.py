@@ -38,8 +38,10 @@ from typing import Any
 
 import structlog
 
+from parley_core.errors import Reason, Unavailable
+from svc_message.domain.glacier import Glacier
 from svc_message.model import HISTORY_KINDS, ChangeKind
-from svc_message.model.archive import ArchiveState, ColdHead, ManifestEntry
+from svc_message.model.archive import ArchiveState, ColdHead, ManifestEntry, Tier
 from svc_message.storage.archive import ArchiveLedger, ArchiveObjects, HotLog
 from svc_message.storage.archive_format import Chunk, encode, iso_week, row_group_sizes
 from svc_message.storage.tiered import TieredMessageStore
@@ -57,6 +59,16 @@ ORPHAN_SWEEP_SECONDS = 86400.0
 
 class VerifyFailed(Exception):
     """An object read back is not what was written: nothing is recorded."""
+
+
+def restore_pending(count: int) -> Unavailable:
+    """A rewrite needs glacier objects the store is still restoring."""
+    return Unavailable(
+        f"{count} archived history object(s) in the glacier tier are being restored for this "
+        "rewrite; try again later",
+        reason=Reason.DEPENDENCY_UNAVAILABLE,
+        retry_after_seconds=600.0,
+    )
 
 
 def id_floor(at_seconds: float) -> str:
@@ -195,6 +207,7 @@ class PassReport:
     bytes: int = 0
     rewritten: int = 0
     orphans: int = 0
+    to_glacier: int = 0
     lag_seconds: float = 0.0
 
 
@@ -206,6 +219,9 @@ class ArchiveStatus:
     cold_rows: int
     cold_objects: int
     cold_bytes: int
+    glacier_rows: int = 0
+    glacier_objects: int = 0
+    glacier_bytes: int = 0
 
 
 class Archiver:
@@ -227,6 +243,7 @@ class Archiver:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_step: StepHook | None = None,
+        glacier: Glacier | None = None,
     ) -> None:
         self._hot = hot
         self._ledger = ledger
@@ -243,10 +260,12 @@ class Archiver:
         self._clock = clock
         self._sleep = sleep
         self._on_step = on_step
+        self.glacier = glacier
         self.last = PassReport()
         self.moved_total = 0
         self.objects_total = 0
         self.bytes_total = 0
+        self.to_glacier_total = 0
         self.failures = 0
         self.sampled: ArchiveStatus | None = None
         self._swept_at = 0.0
@@ -331,7 +350,9 @@ class Archiver:
         return max(state.lag_seconds, idle, 0.0)
 
     async def status(self) -> ArchiveStatus:
-        rows, objects, size = await self._ledger.totals()
+        tiers = await self._ledger.tier_totals()
+        rows, objects, size = tiers[Tier.COLD]
+        glacier_rows, glacier_objects, glacier_bytes = tiers[Tier.GLACIER]
         return ArchiveStatus(
             state=await self._ledger.state(),
             hot_entries=await self._hot.count(),
@@ -339,6 +360,9 @@ class Archiver:
             cold_rows=rows,
             cold_objects=objects,
             cold_bytes=size,
+            glacier_rows=glacier_rows,
+            glacier_objects=glacier_objects,
+            glacier_bytes=glacier_bytes,
         )
 
     # -- one pass ----------------------------------------------------------------
@@ -357,7 +381,7 @@ class Archiver:
         candidates = [conversation_id for conversation_id, _ in found]
         pending: list[Chunk] = []
         for conversation_id in sorted(candidates):
-            chunks, truncated = await self._prepare(conversation_id, cutoff, report)
+            chunks, truncated = await self._prepare(conversation_id, cutoff, report, now)
             behind = behind or truncated
             if chunks:
                 report.conversations += 1
@@ -372,6 +396,9 @@ class Archiver:
         report.lag_seconds = (
             max(0.0, (cutoff - oldest).total_seconds()) if behind and oldest else 0.0
         )
+        if self.glacier is not None:
+            report.to_glacier = await self.glacier.run(now)
+            self.to_glacier_total += report.to_glacier
         if now - self._swept_at >= ORPHAN_SWEEP_SECONDS:
             # Listing the prefix costs one request per 1,000 objects: daily.
             report.orphans = await self.sweep_orphans(now, min_age_seconds=self._lease_seconds)
@@ -381,7 +408,7 @@ class Archiver:
         return report
 
     async def _prepare(
-        self, conversation_id: str, cutoff: datetime, report: PassReport
+        self, conversation_id: str, cutoff: datetime, report: PassReport, now: float
     ) -> tuple[list[Chunk], bool]:
         """The chunks to move, and whether entries due were left for a later pass."""
         head = await self._ledger.head(conversation_id)
@@ -405,7 +432,22 @@ class Archiver:
         if folded:
             entries = await self._ledger.by_seq(conversation_id, min(folded), max(folded))
             targets = [e for e in entries if any(e.seq_lo <= s <= e.seq_hi for s in folded)]
-            report.rewritten += await self._rewrite(targets, transform=None)
+            rewritten, waiting = await self._rewrite(targets, transform=None, now=now)
+            report.rewritten += rewritten
+            if waiting:
+                # A change whose target's object is being restored stays in
+                # the log (its overlay with it) until the fold can be made.
+                held = [(e.seq_lo, e.seq_hi) for e in targets if e.object_key in waiting]
+                keep = next(
+                    (
+                        i
+                        for i, d in enumerate(moved)
+                        if not _is_history(d)
+                        and any(lo <= int(d.get("target_seq") or 0) <= hi for lo, hi in held)
+                    ),
+                    len(moved),
+                )
+                moved, truncated = moved[:keep], True
         return chunks_of(conversation_id, moved), truncated
 
     async def _write(self, chunks: Sequence[Chunk]) -> tuple[list[ManifestEntry], int]:
@@ -453,16 +495,26 @@ class Archiver:
     # -- rewrites ----------------------------------------------------------------
 
     async def _rewrite(
-        self, entries: Iterable[ManifestEntry], *, transform: Transform | None
-    ) -> int:
+        self, entries: Iterable[ManifestEntry], *, transform: Transform | None, now: float
+    ) -> tuple[int, set[str]]:
         """Rewrite chunks with the log's overlay folded in and ``transform``
         applied. An object with any chunk changed is rewritten whole (its other
         chunks copied), so the old object, which still holds the old rows,
-        can be deleted; objects nothing changes are left alone. Returns
-        chunks rewritten."""
+        can be deleted; objects nothing changes are left alone. Objects in
+        the glacier tier are read from a restored copy; those the store has
+        not restored yet are left for a later call (a restore is asked for).
+        Returns chunks rewritten and the keys of the objects left."""
+        entries = list(entries)
+        frozen = {e.object_key for e in entries if e.tier is Tier.GLACIER}
+        waiting: set[str] = set()
+        if frozen:
+            assert self.glacier is not None, "glacier objects without a glacier tier"
+            waiting = await self.glacier.unreadable(frozen, now)
         changed_keys: set[str] = set()
         prepared: dict[str, Chunk] = {}
         for entry in entries:
+            if entry.object_key in waiting:
+                continue
             chunk = await self._changed(entry, transform)
             if chunk is not None:
                 prepared[entry.chunk_id] = chunk
@@ -476,6 +528,8 @@ class Archiver:
             rewritten.append((entry, chunk))
         count = 0
         for group in bundles([c for _, c in rewritten], target_bytes=self._target_bytes):
+            # Rewritten chunks are written anew (STANDARD, the cold tier); the
+            # glacier pass moves them again while their weeks are that old.
             olds = {c.chunk_id: e for e, c in rewritten if any(c is g for g in group)}
             new_entries, size = await self._write(group)
             for entry in new_entries:
@@ -486,14 +540,15 @@ class Archiver:
                     await self._objects.delete(old.object_key)
             if not await self._ledger.references(new_entries[0].object_key):
                 await self._objects.delete(new_entries[0].object_key)
-        return count
+        return count, waiting
 
     async def _changed(
         self, entry: ManifestEntry, transform: Transform | None, *, always: bool = False
     ) -> Chunk | None:
         """The chunk as rewritten, or None when nothing would change."""
-        before = await self._tiered.chunk_docs(entry)
-        docs = await self._tiered.current_docs(entry)
+        restored = entry.tier is Tier.GLACIER
+        before = await self._tiered.chunk_docs(entry, restored=restored)
+        docs = await self._tiered.current_docs(entry, restored=restored)
         changed = docs != before
         if transform is not None:
             for doc in docs:
@@ -509,6 +564,12 @@ class Archiver:
         chunk, at most ``limit``) through ``transform``, which edits a
         document in place and says whether it changed it; overlays are folded
         in too. Idempotent; returns the chunks rewritten. Account erasure:
-        ``rewrite_weeks_with(tombstone_sender(account_id), conversation_ids=...)``."""
+        ``rewrite_weeks_with(tombstone_sender(account_id), conversation_ids=...)``.
+        Chunks in the glacier tier are restored first: while any is still
+        being restored, the others are rewritten and then UNAVAILABLE
+        (retry later) says the work is not done."""
         entries = await self._ledger.of_conversations(conversation_ids, limit=limit)
-        return await self._rewrite(entries, transform=transform)
+        count, waiting = await self._rewrite(entries, transform=transform, now=self._clock())
+        if waiting:
+            raise restore_pending(len(waiting))
+        return count

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
+
+from parley_core.errors import FailedPrecondition, Reason
+
+
+class Tier(enum.StrEnum):
+    """Where an archive object's bytes are: readable (cold), or in the
+    glacier class (a restore first)."""
+
+    COLD = "cold"
+    GLACIER = "glacier"
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +36,7 @@ class ManifestEntry:
     id_hi: str
     sha256: str
     media_ids: tuple[str, ...] = ()
+    tier: Tier = Tier.COLD
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,3 +56,24 @@ class ArchiveState:
     last_pass_at: float = 0.0
     lag_seconds: float = 0.0
     moved_total: int = 0
+
+
+def history_archived(*entries: ManifestEntry) -> FailedPrecondition:
+    """A read reached chunks in the glacier tier (a run of them, in the order
+    the read met them): which conversation, weeks, seq and version range, so
+    a client can tell the user what needs a restore, and a device resuming
+    its stream can resume past it."""
+    first = entries[0]
+    return FailedPrecondition(
+        "this part of the conversation's history is in the glacier tier and needs a "
+        "restore before it can be read",
+        reason=Reason.HISTORY_ARCHIVED,
+        metadata={
+            "conversation_id": first.conversation_id,
+            "week": min(e.week for e in entries),
+            "seq_lo": str(min(e.seq_lo for e in entries)),
+            "seq_hi": str(max(e.seq_hi for e in entries)),
+            "version_lo": str(min(e.version_lo for e in entries)),
+            "version_hi": str(max(e.version_hi for e in entries)),
+        },
+    )

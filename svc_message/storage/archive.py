@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,8 +31,9 @@ from pymongo.errors import DuplicateKeyError
 from parley_core.config import S3Settings
 from parley_core.errors import Reason, Unavailable
 from parley_core.storage.mongo import Database, Document
-from parley_core.storage.s3 import open_client
-from svc_message.model.archive import ArchiveState, ColdHead, ManifestEntry
+from parley_core.storage.s3 import ARCHIVE_CLASSES, open_client, parse_restore
+from svc_message.model.archive import ArchiveState, ColdHead, ManifestEntry, Tier
+from svc_message.storage.archive_lifecycle import Rule, merged_rules
 
 STORE_DOWN = "the object store (S3) holding archived history cannot be reached"
 _CONTROL = "archiver"
@@ -46,6 +48,39 @@ class MissingObject(Exception):
 
 class CorruptObject(Exception):
     """An archive object whose bytes do not hash to what the manifest says."""
+
+
+class ArchivedObject(Exception):
+    """The object is in the glacier class and has no readable restored copy."""
+
+
+class TransitionsUnsupported(Exception):
+    """The store refuses lifecycle transition rules (SeaweedFS answers 501)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectClass:
+    """What a HEAD says of an object's tier: its storage class, whether a
+    restore is running, and until when a restored copy is readable."""
+
+    storage_class: str
+    restoring: bool = False
+    restored_until: float | None = None
+
+    @property
+    def archived(self) -> bool:
+        return self.storage_class in ARCHIVE_CLASSES
+
+    def readable(self, now: float) -> bool:
+        return not self.archived or (self.restored_until or 0.0) > now
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
 def _unavailable() -> Unavailable:
@@ -80,8 +115,12 @@ class ArchiveObjects:
         try:
             return await getattr(self._client, operation)(Bucket=self._bucket, **params)
         except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code", "")) in ("NoSuchKey", "404"):
+            code = _code(exc)
+            if code in ("NoSuchKey", "404", "NotFound"):
                 raise MissingObject(params.get("Key", "")) from None
+            if code == "InvalidObjectState":
+                # A 403 for the object's class, not for our credentials.
+                raise ArchivedObject(params.get("Key", "")) from None
             raise _unavailable() from None
         except (TimeoutError, BotoCoreError, OSError):
             raise _unavailable() from None
@@ -105,6 +144,81 @@ class ArchiveObjects:
             while len(self._cache) > _CACHE_OBJECTS:
                 self._cache.popitem(last=False)
         return data
+
+    async def head(self, key: str) -> ObjectClass:
+        reply = await self._call("head_object", Key=key)
+        restoring, until = parse_restore(reply.get("Restore"))
+        return ObjectClass(str(reply.get("StorageClass") or "STANDARD"), restoring, until)
+
+    async def freeze(self, key: str, storage_class: str) -> None:
+        """Copy the object onto itself in ``storage_class`` (stores without
+        lifecycle transitions). Already archived: nothing to do."""
+        with contextlib.suppress(ArchivedObject):
+            await self._call(
+                "copy_object",
+                Key=key,
+                CopySource={"Bucket": self._bucket, "Key": key},
+                StorageClass=storage_class,
+                MetadataDirective="COPY",
+            )
+
+    async def restore(self, key: str, *, days: int, tier: str) -> None:
+        """Ask for a readable copy of an archived object for ``days``; one
+        already running or an object not archived is fine."""
+        try:
+            await self._client.restore_object(
+                Bucket=self._bucket,
+                Key=key,
+                RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}},
+            )
+        except ClientError as exc:
+            code = _code(exc)
+            if code in ("RestoreAlreadyInProgress", "InvalidObjectState") or _status(exc) == 409:
+                return
+            if code in ("NoSuchKey", "404"):
+                raise MissingObject(key) from None
+            raise _unavailable() from None
+        except (TimeoutError, BotoCoreError, OSError):
+            raise _unavailable() from None
+
+    async def install_lifecycle(self, rule: Rule | None) -> bool:
+        """Put our rule beside the bucket's others; whether anything changed.
+        TransitionsUnsupported when the store refuses transitions (501)."""
+        try:
+            reply = await self._client.get_bucket_lifecycle_configuration(Bucket=self._bucket)
+            existing = list(reply.get("Rules", ()))
+        except ClientError as exc:
+            if _code(exc) != "NoSuchLifecycleConfiguration":
+                raise _unavailable() from None
+            existing = []
+        except (TimeoutError, BotoCoreError, OSError):
+            raise _unavailable() from None
+        rules = merged_rules(existing, rule)
+        if rules == existing:
+            return False
+        try:
+            if rules:
+                await self._client.put_bucket_lifecycle_configuration(
+                    Bucket=self._bucket, LifecycleConfiguration={"Rules": rules}
+                )
+            else:
+                await self._client.delete_bucket_lifecycle(Bucket=self._bucket)
+        except ClientError as exc:
+            if _status(exc) == 501:
+                raise TransitionsUnsupported(_code(exc) or "501") from None
+            raise _unavailable() from None
+        except (TimeoutError, BotoCoreError, OSError):
+            raise _unavailable() from None
+        return True
+
+    async def lifecycle_rules(self) -> list[Rule]:
+        try:
+            reply = await self._client.get_bucket_lifecycle_configuration(Bucket=self._bucket)
+        except ClientError as exc:
+            if _code(exc) == "NoSuchLifecycleConfiguration":
+                return []
+            raise
+        return list(reply.get("Rules", ()))
 
     async def delete(self, key: str) -> None:
         self._cache.pop(key, None)
@@ -144,6 +258,7 @@ def _entry(doc: Mapping[str, Any]) -> ManifestEntry:
         id_hi=doc["id_hi"],
         sha256=doc["sha256"],
         media_ids=tuple(doc.get("media") or ()),
+        tier=Tier(doc.get("tier", Tier.COLD)),
     )
 
 
@@ -162,6 +277,7 @@ def _doc(entry: ManifestEntry, object_bytes: int) -> Document:
         "id_lo": entry.id_lo,
         "id_hi": entry.id_hi,
         "sha256": entry.sha256,
+        "tier": entry.tier.value,
     }
     if entry.media_ids:
         doc["media"] = list(entry.media_ids)
@@ -199,6 +315,62 @@ class ArchiveLedger:
             {"_id": entry.chunk_id, "object_key": was}, _doc(entry, object_bytes)
         )
         return bool(reply.matched_count)
+
+    async def set_tier(self, object_key: str, tier: Tier) -> None:
+        """Every chunk of the object is in ``tier`` (the object moves whole)."""
+        await self._manifest.update_many(
+            {"object_key": object_key, "tier": {"$ne": tier.value}}, {"$set": {"tier": tier.value}}
+        )
+
+    async def due_for_glacier(
+        self, before_week: str, *, limit: int, checked_before: float | None = None
+    ) -> list[str]:
+        """Keys of objects not yet in glacier whose chunks' weeks are all
+        before ``before_week`` (an object moves whole: its newest week
+        decides), at most ``limit``, oldest first; with ``checked_before``,
+        only those not checked since."""
+        checked: Document = (
+            {}
+            if checked_before is None
+            else {"$or": [{"checked": None}, {"checked": {"$lt": checked_before}}]}
+        )
+        cursor = await self._manifest.aggregate(
+            [
+                {"$match": {"tier": {"$ne": Tier.GLACIER.value}}},
+                {
+                    "$group": {
+                        "_id": "$object_key",
+                        "newest": {"$max": "$week"},
+                        "checked": {"$max": "$tier_checked_at"},
+                    }
+                },
+                {"$match": {"newest": {"$lt": before_week}, **checked}},
+                {"$sort": {"newest": 1, "_id": 1}},
+                {"$limit": limit},
+            ]
+        )
+        return [str(doc["_id"]) async for doc in cursor]
+
+    async def checked(self, object_key: str, now: float) -> None:
+        """The store was asked about the object's class at ``now``."""
+        await self._manifest.update_many(
+            {"object_key": object_key}, {"$set": {"tier_checked_at": now}}
+        )
+
+    async def tier_totals(self) -> dict[Tier, tuple[int, int, int]]:
+        """Per tier: (rows, objects, bytes)."""
+        rows: dict[Tier, int] = {}
+        sizes: dict[Tier, dict[str, int]] = {}
+        async for doc in self._manifest.find(
+            {}, {"rows": 1, "object_key": 1, "object_bytes": 1, "tier": 1}
+        ):
+            tier = Tier(doc.get("tier", Tier.COLD))
+            rows[tier] = rows.get(tier, 0) + int(doc["rows"])
+            sizes.setdefault(tier, {})[doc["object_key"]] = int(doc.get("object_bytes", 0))
+        return {
+            tier: (rows.get(tier, 0), len(sizes.get(tier, {})), sum(sizes.get(tier, {}).values()))
+            for tier in Tier
+        }
 
     async def entry(self, chunk_id: str) -> ManifestEntry | None:
         doc = await self._manifest.find_one({"_id": chunk_id})

@@ -28,9 +28,15 @@ from typing import Any
 
 from parley_core.storage.mongo import Database, Document
 from svc_message.model import HISTORY_KINDS, Change, ChangeKind, Message
-from svc_message.model.archive import ColdHead, ManifestEntry
+from svc_message.model.archive import ColdHead, ManifestEntry, Tier, history_archived
 from svc_message.model.media import MediaReference
-from svc_message.storage.archive import ArchiveLedger, ArchiveObjects, HotLog, MissingObject
+from svc_message.storage.archive import (
+    ArchivedObject,
+    ArchiveLedger,
+    ArchiveObjects,
+    HotLog,
+    MissingObject,
+)
 from svc_message.storage.archive_format import iso_week, read_row_group
 from svc_message.storage.messages import MessageStore, change_from_doc, message_from_doc
 
@@ -89,6 +95,17 @@ def overlaid(docs: Iterable[dict[str, Any]], changes: Iterable[Mapping[str, Any]
             apply_overlay(target, change)
 
 
+def _glacier_run(entries: Sequence[ManifestEntry], start: int) -> list[ManifestEntry]:
+    """The glacier chunks from ``start`` on, up to the first readable one: the
+    whole range a read cannot pass, named in one error."""
+    run: list[ManifestEntry] = []
+    for entry in entries[start:]:
+        if entry.tier is not Tier.GLACIER:
+            break
+        run.append(entry)
+    return run
+
+
 def _weeks_around(message_id: str) -> list[str]:
     """ISO weeks a UUIDv7 id's creation time may have been filed under (the id
     and created_at are taken a moment apart)."""
@@ -112,22 +129,40 @@ class TieredMessageStore(MessageStore):
 
     # -- cold rows ---------------------------------------------------------------
 
-    async def chunk_docs(self, entry: ManifestEntry) -> list[dict[str, Any]]:
-        """The chunk's documents as archived (no overlay)."""
+    async def chunk_docs(
+        self, entry: ManifestEntry, *, restored: bool = False
+    ) -> list[dict[str, Any]]:
+        """The chunk's documents as archived (no overlay). A chunk in the
+        glacier tier is FAILED_PRECONDITION HISTORY_ARCHIVED unless
+        ``restored`` (the caller restored its object first)."""
+        if entry.tier is Tier.GLACIER and not restored:
+            raise history_archived(entry)
         try:
-            data = await self._objects.get(entry.object_key, sha256=entry.sha256)
+            data = await self._read(entry)
         except MissingObject:
             # A rewrite moved the chunk after this read found it: where it is now.
             moved = await self._ledger.entry(entry.chunk_id)
             if moved is None or moved.object_key == entry.object_key:
                 raise
+            if moved.tier is Tier.GLACIER and not restored:
+                raise history_archived(moved) from None
             entry = moved
-            data = await self._objects.get(entry.object_key, sha256=entry.sha256)
+            data = await self._read(entry)
         return read_row_group(data, entry.row_group)
 
-    async def current_docs(self, entry: ManifestEntry) -> list[dict[str, Any]]:
+    async def _read(self, entry: ManifestEntry) -> bytes:
+        try:
+            return await self._objects.get(entry.object_key, sha256=entry.sha256)
+        except ArchivedObject:
+            # The store moved it (a lifecycle rule) before the archiver saw it.
+            await self._ledger.set_tier(entry.object_key, Tier.GLACIER)
+            raise history_archived(entry) from None
+
+    async def current_docs(
+        self, entry: ManifestEntry, *, restored: bool = False
+    ) -> list[dict[str, Any]]:
         """The chunk's documents with the changes still in the log applied."""
-        docs = await self.chunk_docs(entry)
+        docs = await self.chunk_docs(entry, restored=restored)
         if entry.seq_hi:
             overlaid(
                 docs, await self._hot.overlays(entry.conversation_id, entry.seq_lo, entry.seq_hi)
@@ -150,7 +185,9 @@ class TieredMessageStore(MessageStore):
         if not forward:
             entries.reverse()
         found: list[Message] = []
-        for entry in entries:
+        for i, entry in enumerate(entries):
+            if entry.tier is Tier.GLACIER:
+                raise history_archived(*_glacier_run(entries, i))
             docs = [
                 d
                 for d in await self.current_docs(entry)
@@ -255,7 +292,10 @@ class TieredMessageStore(MessageStore):
             if after_version < head.version:
                 hi = head.version if until_version is None else min(until_version, head.version)
                 docs: list[dict[str, Any]] = []
-                for entry in await self._ledger.by_version(conversation_id, after_version + 1, hi):
+                entries = await self._ledger.by_version(conversation_id, after_version + 1, hi)
+                for i, entry in enumerate(entries):
+                    if entry.tier is Tier.GLACIER:
+                        raise history_archived(*_glacier_run(entries, i))
                     docs += [
                         d
                         for d in await self.current_docs(entry)
@@ -277,7 +317,12 @@ class TieredMessageStore(MessageStore):
         return found
 
     async def _cold_by_id(self, message_id: str) -> Message | None:
-        for entry in await self._ledger.by_message_id(_weeks_around(message_id), message_id):
+        entries = await self._ledger.by_message_id(_weeks_around(message_id), message_id)
+        # Chunks of other conversations share the week's id range: the
+        # readable ones first, and a glacier chunk stops the lookup only when
+        # the message may be in it.
+        entries.sort(key=lambda e: e.tier is Tier.GLACIER)
+        for entry in entries:
             for doc in await self.current_docs(entry):
                 if doc["_id"] == message_id:
                     return message_from_doc(doc) if _is_history(doc) else None
@@ -316,16 +361,24 @@ class TieredMessageStore(MessageStore):
 
     # -- media named by archived messages -----------------------------------------------
 
-    async def _cold_media_docs(self, media_ids: Sequence[str]) -> list[Document]:
+    async def _cold_media_docs(
+        self, media_ids: Sequence[str]
+    ) -> tuple[list[Document], list[ManifestEntry]]:
+        """Archived messages naming ``media_ids``, and the glacier chunks that
+        name some (unread: their rows need a restore)."""
         asked = set(media_ids)
         docs: list[Document] = []
+        frozen: list[ManifestEntry] = []
         for entry in await self._ledger.with_media(list(asked)):
+            if entry.tier is Tier.GLACIER:
+                frozen.append(entry)
+                continue
             docs += [
                 d
                 for d in await self.current_docs(entry)
                 if _is_history(d) and asked & set(d.get("media") or ())
             ]
-        return docs
+        return docs, frozen
 
     async def media_references(
         self, media_ids: Sequence[str], *, limit: int, batch: int = 500
@@ -344,7 +397,7 @@ class TieredMessageStore(MessageStore):
                 media_ids=tuple(m for m in d.get("media") or () if m in asked),
                 hidden_for=tuple(d.get("hidden_for") or ()),
             )
-            for d in await self._cold_media_docs(media_ids)
+            for d in (await self._cold_media_docs(media_ids))[0]
         ][: limit - seen]
         for i in range(0, len(cold), batch):
             yield cold[i : i + batch]
@@ -352,7 +405,13 @@ class TieredMessageStore(MessageStore):
     async def media_reference_counts(self, media_ids: Sequence[str]) -> dict[str, int]:
         counts = await super().media_reference_counts(media_ids)
         asked = set(media_ids)
-        for doc in await self._cold_media_docs(media_ids):
+        docs, frozen = await self._cold_media_docs(media_ids)
+        for doc in docs:
             for media_id in set(doc.get("media") or ()) & asked:
+                counts[media_id] = counts.get(media_id, 0) + 1
+        # A glacier chunk's rows are not read: the manifest's media ids keep
+        # what it names referenced (garbage collection must not take them).
+        for entry in frozen:
+            for media_id in set(entry.media_ids) & asked:
                 counts[media_id] = counts.get(media_id, 0) + 1
         return counts

@@ -32,6 +32,9 @@ MAX_WINDOWS = 24
 # Postings read at most per group and page: a page stops there (shorter,
 # with a next page token) rather than reading without bound.
 MAX_SCANNED_PER_GROUP = 4096
+# Postings one token's window returns at most; a full one is read again
+# narrower (a window must be complete to say what is above it).
+WINDOW_CAP = 2048
 # Later than any send time (the first page's window is open at the top).
 NEWEST = 2**62
 # Above any group index: a frontier position sorts before every hit of its
@@ -131,15 +134,28 @@ class SearchHandler:
         from the start, each window four times the last, intersected here."""
         c, k, tokens = group.conversation_id, group.key_id, group.tokens
         at_most = start[0] if start is not None else NEWEST
+        # Where the windows are measured from (the first is open at the top).
+        top = int(now * 1000) if start is None else at_most
         width = FIRST_WINDOW_MS
-        above = (int(now * 1000) if start is None else at_most) - width
         found: list[Candidate] = []
         scanned = 0
+        # Set by every round that reads a whole window; only rounds that all
+        # narrowed a window too full (postings by the thousand a millisecond)
+        # could leave it unset, and then the group ends here.
+        frontier: Position | None = None
         for _ in range(MAX_WINDOWS):
+            above = top - width
             windows = await asyncio.gather(
-                *(self._store.window(c, k, t, above=above, at_most=at_most) for t in tokens)
+                *(
+                    self._store.window(c, k, t, above=above, at_most=at_most, limit=WINDOW_CAP)
+                    for t in tokens
+                )
             )
             scanned += sum(len(w) for w in windows)
+            if width > 1 and any(len(w) >= WINDOW_CAP for w in windows):
+                # More than a window may hold: the same place, narrower.
+                width = max(1, width // WINDOW_GROWTH)
+                continue
             carrying = set.intersection(*({p.message_id for p in w} for w in windows))
             fresh = sorted(
                 (
@@ -164,9 +180,9 @@ class SearchHandler:
             if not all(older):
                 return GroupScan(candidates=tuple(found), frontier=None)
             # Everything sent after ``above`` is known.
-            frontier: Position = (above + 1, "", -MAX_GROUPS)
+            frontier = (above + 1, "", -MAX_GROUPS)
             if scanned >= MAX_SCANNED_PER_GROUP:
                 return GroupScan(candidates=tuple(found), frontier=frontier)
-            at_most, width = above, width * WINDOW_GROWTH
-            above = at_most - width
+            at_most = top = above
+            width *= WINDOW_GROWTH
         return GroupScan(candidates=tuple(found), frontier=frontier)

@@ -138,7 +138,14 @@ class PostingStore:
     # -- queries ----------------------------------------------------------------
 
     async def window(
-        self, conversation_id: str, key_id: bytes, token: bytes, *, above: int, at_most: int
+        self,
+        conversation_id: str,
+        key_id: bytes,
+        token: bytes,
+        *,
+        above: int,
+        at_most: int,
+        limit: int,
     ) -> list[Posting]:
         """A token's postings sent in (``above``, ``at_most``] ms, unordered.
         A bounded index range: cheap whatever the token's total, where a
@@ -146,7 +153,7 @@ class PostingStore:
         cursor = self._postings.find(
             {"c": conversation_id, "k": key_id, "t": token, "at": {"$gt": above, "$lte": at_most}},
             {"_id": 0, "m": 1, "at": 1, "s": 1},
-        )
+        ).limit(limit)
         return [
             Posting(message_id=doc["m"], at_ms=int(doc["at"]), seq=int(doc["s"]))
             async for doc in cursor

@@ -547,6 +547,37 @@ async def get_download(lab: Lab) -> Probe:
     return Probe(uploader, call, elsewhere, invalid)
 
 
+async def restore_media(lab: Lab) -> Probe:
+    uploader = await lab.account()
+    blob = Blob.random(64)
+    created = await lab.media.CreateUpload(blob.request(), metadata=uploader.md)
+    assert (await send(created.upload.put, blob.data)).status_code == 200
+    await lab.media.CompleteUpload(
+        mediapb.CompleteUploadRequest(upload_id=created.upload.upload_id), metadata=uploader.md
+    )
+
+    async def call(md: Metadata | None) -> Any:
+        # Not archived (no local store archives): answered NOT_ARCHIVED, limit taken.
+        return await lab.media.RestoreMedia(
+            mediapb.RestoreMediaRequest(media_id=blob.media_id), metadata=own(uploader, md)
+        )
+
+    async def elsewhere(md: Metadata | None) -> Any:
+        # Media the caller may not read: denied before the limit.
+        return await lab.media.RestoreMedia(
+            mediapb.RestoreMediaRequest(media_id=Blob.random(8).media_id),
+            metadata=own(uploader, md),
+        )
+
+    async def invalid(md: Metadata | None) -> Any:
+        return await lab.media.RestoreMedia(
+            mediapb.RestoreMediaRequest(media_id=blob.media_id, days=31),
+            metadata=own(uploader, md),
+        )
+
+    return Probe(uploader, call, elsewhere, invalid)
+
+
 CASES: dict[tuple[str, str], Case] = {
     ("signup_per_address", "SignUp"): signup_per_address,
     ("refresh_per_address", "RefreshToken"): refresh_per_address,
@@ -577,5 +608,6 @@ CASES: dict[tuple[str, str], Case] = {
     ("presence_subscribe_per_account", "SubscribePresence"): subscribe_presence,
     ("media_upload_per_account", "CreateUpload"): create_upload,
     ("media_download_per_account", "GetDownload"): get_download,
+    ("media_restore_per_account", "RestoreMedia"): restore_media,
     # signup_overall: the last test of this module (it ends every sign-up here).
 }

@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +145,9 @@ class World:
     notices: Notices
     downloads: DownloadHandler
     stats: MediaStats
+    limiter: Limiter
 
-    def handler(self) -> RestoreHandler:
+    def handler(self, *, max_active: int = 20) -> RestoreHandler:
         """A handler of its own, as another process would have."""
         return RestoreHandler(
             downloads=self.downloads,
@@ -153,7 +155,10 @@ class World:
             quarantine=self.quarantine,
             objects=self.objects,  # type: ignore[arg-type]
             notices=self.notices,
-            policy=RestorePolicy(tier="Standard", poll_seconds=POLL, batch=10),
+            limits=self.limiter,
+            policy=RestorePolicy(
+                tier="Standard", poll_seconds=POLL, batch=10, max_active_per_account=max_active
+            ),
             stats=self.stats,
         )
 
@@ -195,7 +200,9 @@ async def world(backends: LocalStack, moto: MotoS3) -> AsyncIterator[World]:
         policy=MediaPolicy.from_settings(backends.settings.media),
         stats=stats,
     )
-    yield World(moto, media, restores, quarantine, flaky, readers, Notices(), downloads, stats)
+    yield World(
+        moto, media, restores, quarantine, flaky, readers, Notices(), downloads, stats, limiter
+    )
     await objects.close()
     await client.close()
 
@@ -390,6 +397,20 @@ async def moto_stack(
         yield stack
 
 
+async def age_media(stack: LocalStack, media_id: str, *, days: int) -> None:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        stack.mongo_uri, retryWrites=False, tz_aware=True
+    )
+    try:
+        changed = await client["parley"]["media_objects"].update_one(
+            {"_id": media_id},
+            {"$set": {"created_at": datetime.now(UTC) - timedelta(days=days)}},
+        )
+    finally:
+        await client.close()
+    assert changed.modified_count == 1
+
+
 async def test_the_requesting_device_hears_when_its_restore_is_ready(
     moto_stack: LocalStack, moto: MotoS3, tmp_path: Path
 ) -> None:
@@ -413,6 +434,9 @@ async def test_the_requesting_device_hears_when_its_restore_is_ready(
         ]
         ciphertext = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         s3.put_object(Bucket=bucket, Key=key, Body=ciphertext, StorageClass="GLACIER")
+        # As old as the rules (archive_after_days 90) need: svc_media asks the
+        # store about an object's class only once they may have moved it.
+        await age_media(moto_stack, sent.attachment.media_id, days=91)
         with pytest.raises(MediaArchivedError):
             await bob.download(received)
 

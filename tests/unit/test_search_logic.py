@@ -46,14 +46,21 @@ class Store:
             )
 
     async def window(
-        self, conversation_id: str, key_id: bytes, token: bytes, *, above: int, at_most: int
+        self,
+        conversation_id: str,
+        key_id: bytes,
+        token: bytes,
+        *,
+        above: int,
+        at_most: int,
+        limit: int,
     ) -> list[Posting]:
         self.reads += 1
         return [
             p
             for p in self.postings.get((conversation_id, key_id, token), [])
             if above < p.at_ms <= at_most
-        ]
+        ][:limit]
 
     async def any_at_or_before(
         self, conversation_id: str, key_id: bytes, token: bytes, at_most: int
@@ -244,3 +251,14 @@ async def test_the_sweeper_drops_conversations_turned_off_or_gone() -> None:
     assert await sweeper.sweep() == 5
     assert store.dropped == sorted(set(names) - on)
     assert [len(batch) for batch in settings.asked] == [3, 3, 3, 1]
+
+
+async def test_a_burst_larger_than_a_window_is_read_in_narrower_windows() -> None:
+    store = Store()
+    word = b"burst123"
+    # 5,000 messages in the last five seconds: more than one window holds.
+    for i in range(5000):
+        store.add("c1", f"b{i:05d}", NOW_MS - 5000 + i, [word])
+    groups = [Group("c1", KEY, (word,))] + [Group("c9", KEY, (b"x" * 8,))] * 3
+    found = await every_hit(handler(store, Messages(store)), groups, 100)
+    assert [m for _, m in found] == [f"b{i:05d}" for i in reversed(range(5000))]

@@ -61,8 +61,8 @@ class MediaServiceStub:
     When the object store is unreachable, media RPCs answer UNAVAILABLE with
     ERROR_REASON_DEPENDENCY_UNAVAILABLE; messaging is unaffected.
 
-    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): CreateUpload
-    and GetDownload (per account).
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): CreateUpload,
+    GetDownload and RestoreMedia (per account).
     """
 
     def __init__(self, channel):
@@ -149,8 +149,8 @@ class MediaServiceServicer:
     When the object store is unreachable, media RPCs answer UNAVAILABLE with
     ERROR_REASON_DEPENDENCY_UNAVAILABLE; messaging is unaffected.
 
-    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): CreateUpload
-    and GetDownload (per account).
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): CreateUpload,
+    GetDownload and RestoreMedia (per account).
     """
 
     def CreateUpload(self, request, context):
@@ -206,7 +206,11 @@ class MediaServiceServicer:
         """Starts restoring an archived object for `days`; idempotent while a
         restore is queued, running or ready. Same access rule as GetDownload.
         The requesting device gets a MediaNotice (KIND_RESTORE_READY) on its
-        delivery stream when the object can be downloaded.
+        delivery stream when the object can be downloaded. Rate limited per
+        account (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED, limit
+        media_restore_per_account); an account with its most restores queued or
+        running (media.tiers.max_active_restores_per_account) is RESOURCE_EXHAUSTED
+        (ERROR_REASON_QUOTA_EXCEEDED, quota active_restores) until one is ready.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -317,8 +321,8 @@ class MediaService:
     When the object store is unreachable, media RPCs answer UNAVAILABLE with
     ERROR_REASON_DEPENDENCY_UNAVAILABLE; messaging is unaffected.
 
-    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): CreateUpload
-    and GetDownload (per account).
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): CreateUpload,
+    GetDownload and RestoreMedia (per account).
     """
 
     @staticmethod

@@ -62,8 +62,8 @@ class MediaServiceStub:
     When the object store is unreachable, media RPCs answer UNAVAILABLE with
     ERROR_REASON_DEPENDENCY_UNAVAILABLE; messaging is unaffected.
 
-    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): CreateUpload
-    and GetDownload (per account).
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): CreateUpload,
+    GetDownload and RestoreMedia (per account).
     """
 
     @_typing.overload
@@ -102,7 +102,11 @@ class MediaServiceStub:
     """Starts restoring an archived object for `days`; idempotent while a
     restore is queued, running or ready. Same access rule as GetDownload.
     The requesting device gets a MediaNotice (KIND_RESTORE_READY) on its
-    delivery stream when the object can be downloaded.
+    delivery stream when the object can be downloaded. Rate limited per
+    account (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED, limit
+    media_restore_per_account); an account with its most restores queued or
+    running (media.tiers.max_active_restores_per_account) is RESOURCE_EXHAUSTED
+    (ERROR_REASON_QUOTA_EXCEEDED, quota active_restores) until one is ready.
     """
     GetRestore: _grpc.UnaryUnaryMultiCallable[_media_pb2.GetRestoreRequest, _media_pb2.Restore]
     """Where the restore of this media stands, for the same callers as
@@ -151,8 +155,8 @@ class MediaServiceAsyncStub(MediaServiceStub):
     When the object store is unreachable, media RPCs answer UNAVAILABLE with
     ERROR_REASON_DEPENDENCY_UNAVAILABLE; messaging is unaffected.
 
-    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): CreateUpload
-    and GetDownload (per account).
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): CreateUpload,
+    GetDownload and RestoreMedia (per account).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -188,7 +192,11 @@ class MediaServiceAsyncStub(MediaServiceStub):
     """Starts restoring an archived object for `days`; idempotent while a
     restore is queued, running or ready. Same access rule as GetDownload.
     The requesting device gets a MediaNotice (KIND_RESTORE_READY) on its
-    delivery stream when the object can be downloaded.
+    delivery stream when the object can be downloaded. Rate limited per
+    account (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED, limit
+    media_restore_per_account); an account with its most restores queued or
+    running (media.tiers.max_active_restores_per_account) is RESOURCE_EXHAUSTED
+    (ERROR_REASON_QUOTA_EXCEEDED, quota active_restores) until one is ready.
     """
     GetRestore: _aio.UnaryUnaryMultiCallable[_media_pb2.GetRestoreRequest, _media_pb2.Restore]  # type: ignore[assignment]
     """Where the restore of this media stands, for the same callers as
@@ -236,8 +244,8 @@ class MediaServiceServicer(metaclass=_abc_1.ABCMeta):
     When the object store is unreachable, media RPCs answer UNAVAILABLE with
     ERROR_REASON_DEPENDENCY_UNAVAILABLE; messaging is unaffected.
 
-    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): CreateUpload
-    and GetDownload (per account).
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): CreateUpload,
+    GetDownload and RestoreMedia (per account).
     """
 
     @_abc_1.abstractmethod
@@ -307,7 +315,11 @@ class MediaServiceServicer(metaclass=_abc_1.ABCMeta):
         """Starts restoring an archived object for `days`; idempotent while a
         restore is queued, running or ready. Same access rule as GetDownload.
         The requesting device gets a MediaNotice (KIND_RESTORE_READY) on its
-        delivery stream when the object can be downloaded.
+        delivery stream when the object can be downloaded. Rate limited per
+        account (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED, limit
+        media_restore_per_account); an account with its most restores queued or
+        running (media.tiers.max_active_restores_per_account) is RESOURCE_EXHAUSTED
+        (ERROR_REASON_QUOTA_EXCEEDED, quota active_restores) until one is ready.
         """
 
     @_abc_1.abstractmethod

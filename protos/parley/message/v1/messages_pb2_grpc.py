@@ -342,6 +342,14 @@ class MessageServiceServicer:
 
     def ListMessages(self, request, context):
         """Pages through a conversation by seq, in either direction (AIP-158).
+        History older than the archive's cold window (a year by default) may be
+        in the glacier tier: a page that reaches it fails with
+        FAILED_PRECONDITION, ErrorInfo reason HISTORY_ARCHIVED, and metadata
+        naming the range (conversation_id, week, seq_lo, seq_hi, version_lo,
+        version_hi); pages of the newer history still work. The same applies to
+        every read of that history: a reply to, edit of, delete of or reaction to
+        a message in it, and a delivery stream resumed from a position in it
+        (resume from version_hi instead).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -110,7 +110,16 @@ class MessageServiceStub:
     original message and never creates a second one.
     """
     ListMessages: _grpc.UnaryUnaryMultiCallable[_messages_pb2.ListMessagesRequest, _messages_pb2.ListMessagesResponse]
-    """Pages through a conversation by seq, in either direction (AIP-158)."""
+    """Pages through a conversation by seq, in either direction (AIP-158).
+    History older than the archive's cold window (a year by default) may be
+    in the glacier tier: a page that reaches it fails with
+    FAILED_PRECONDITION, ErrorInfo reason HISTORY_ARCHIVED, and metadata
+    naming the range (conversation_id, week, seq_lo, seq_hi, version_lo,
+    version_hi); pages of the newer history still work. The same applies to
+    every read of that history: a reply to, edit of, delete of or reaction to
+    a message in it, and a delivery stream resumed from a position in it
+    (resume from version_hi instead).
+    """
     EditMessage: _grpc.UnaryUnaryMultiCallable[_messages_pb2.EditMessageRequest, _messages_pb2.EditMessageResponse]
     """Replaces the body of one of the caller's own messages and marks it edited."""
     DeleteMessage: _grpc.UnaryUnaryMultiCallable[_messages_pb2.DeleteMessageRequest, _messages_pb2.DeleteMessageResponse]
@@ -266,7 +275,16 @@ class MessageServiceAsyncStub(MessageServiceStub):
     original message and never creates a second one.
     """
     ListMessages: _aio.UnaryUnaryMultiCallable[_messages_pb2.ListMessagesRequest, _messages_pb2.ListMessagesResponse]  # type: ignore[assignment]
-    """Pages through a conversation by seq, in either direction (AIP-158)."""
+    """Pages through a conversation by seq, in either direction (AIP-158).
+    History older than the archive's cold window (a year by default) may be
+    in the glacier tier: a page that reaches it fails with
+    FAILED_PRECONDITION, ErrorInfo reason HISTORY_ARCHIVED, and metadata
+    naming the range (conversation_id, week, seq_lo, seq_hi, version_lo,
+    version_hi); pages of the newer history still work. The same applies to
+    every read of that history: a reply to, edit of, delete of or reaction to
+    a message in it, and a delivery stream resumed from a position in it
+    (resume from version_hi instead).
+    """
     EditMessage: _aio.UnaryUnaryMultiCallable[_messages_pb2.EditMessageRequest, _messages_pb2.EditMessageResponse]  # type: ignore[assignment]
     """Replaces the body of one of the caller's own messages and marks it edited."""
     DeleteMessage: _aio.UnaryUnaryMultiCallable[_messages_pb2.DeleteMessageRequest, _messages_pb2.DeleteMessageResponse]  # type: ignore[assignment]
@@ -509,7 +527,16 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _messages_pb2.ListMessagesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_messages_pb2.ListMessagesResponse, _abc.Awaitable[_messages_pb2.ListMessagesResponse]]:
-        """Pages through a conversation by seq, in either direction (AIP-158)."""
+        """Pages through a conversation by seq, in either direction (AIP-158).
+        History older than the archive's cold window (a year by default) may be
+        in the glacier tier: a page that reaches it fails with
+        FAILED_PRECONDITION, ErrorInfo reason HISTORY_ARCHIVED, and metadata
+        naming the range (conversation_id, week, seq_lo, seq_hi, version_lo,
+        version_hi); pages of the newer history still work. The same applies to
+        every read of that history: a reply to, edit of, delete of or reaction to
+        a message in it, and a delivery stream resumed from a position in it
+        (resume from version_hi instead).
+        """
 
     @_abc_1.abstractmethod
     def EditMessage(

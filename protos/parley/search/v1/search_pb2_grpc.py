@@ -55,8 +55,8 @@ class SearchServiceStub:
     not deleted for everyone nor for the caller) in conversations whose server
     search is on.
 
-    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): IndexMessage,
-    RemoveMessage and Search, per account.
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): IndexMessage
+    and RemoveMessage (one budget), and Search, per account.
     """
 
     def __init__(self, channel):
@@ -117,8 +117,8 @@ class SearchServiceServicer:
     not deleted for everyone nor for the caller) in conversations whose server
     search is on.
 
-    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): IndexMessage,
-    RemoveMessage and Search, per account.
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): IndexMessage
+    and RemoveMessage (one budget), and Search, per account.
     """
 
     def GetSearchSettings(self, request, context):
@@ -224,8 +224,8 @@ class SearchService:
     not deleted for everyone nor for the caller) in conversations whose server
     search is on.
 
-    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): IndexMessage,
-    RemoveMessage and Search, per account.
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): IndexMessage
+    and RemoveMessage (one budget), and Search, per account.
     """
 
     @staticmethod

@@ -56,8 +56,8 @@ class SearchServiceStub:
     not deleted for everyone nor for the caller) in conversations whose server
     search is on.
 
-    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): IndexMessage,
-    RemoveMessage and Search, per account.
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): IndexMessage
+    and RemoveMessage (one budget), and Search, per account.
     """
 
     @_typing.overload
@@ -122,8 +122,8 @@ class SearchServiceAsyncStub(SearchServiceStub):
     not deleted for everyone nor for the caller) in conversations whose server
     search is on.
 
-    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): IndexMessage,
-    RemoveMessage and Search, per account.
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): IndexMessage
+    and RemoveMessage (one budget), and Search, per account.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -184,8 +184,8 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
     not deleted for everyone nor for the caller) in conversations whose server
     search is on.
 
-    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): IndexMessage,
-    RemoveMessage and Search, per account.
+    Rate limited (RESOURCE_EXHAUSTED, ERROR_REASON_RATE_LIMITED): IndexMessage
+    and RemoveMessage (one budget), and Search, per account.
     """
 
     @_abc_1.abstractmethod
