@@ -29,6 +29,10 @@ FULL_MEDIA_ROUNDS = 3
 # The history scenario, quick and full: conversations, messages in each.
 QUICK_HISTORY = (4, 400)
 FULL_HISTORY = (16, 1500)
+# The search scenario, quick and full: postings of the searched conversation,
+# messages of them indexed through IndexMessage, messages in the device index.
+QUICK_SEARCH = (50_000, 200, 10_000)
+FULL_SEARCH = (1_000_000, 2000, 100_000)
 # Largest file the media scenario takes: the services' single-object default.
 MAX_MEDIA_MIB = 2048.0
 
@@ -46,7 +50,9 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
             "Redis cost, and the fan-out of presence changes to allowed and hidden subscribers; "
             "--scenario media measures upload and download MB/s through svc_media beside bare "
             "presigned requests to the same object store; --scenario history measures pages of "
-            "50 from the hot and the cold tier and the archiver beside a bare pyarrow write."
+            "50 from the hot and the cold tier and the archiver beside a bare pyarrow write; "
+            "--scenario search measures queries through svc_search's blind index beside a "
+            "bare indexed MongoDB read of the same postings, and the SDK's on-device index."
         ),
     )
     where = bench.add_argument_group("which stack")
@@ -99,13 +105,15 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
     )
     bench.add_argument(
         "--scenario",
-        choices=["messaging", "group", "presence", "media", "history"],
+        choices=["messaging", "group", "presence", "media", "history", "search"],
         default="messaging",
         help="messaging: sends, delivery and fetch over direct conversations (default); "
         "group: send-to-delivery time on every live stream of one big group; "
         "presence: heartbeats/s and their Redis cost, fan-out of presence changes; "
         "media: upload and download MB/s through svc_media beside bare presigned S3 requests; "
-        "history: pages of 50 from hot and cold history, the archiver beside bare pyarrow",
+        "history: pages of 50 from hot and cold history, the archiver beside bare pyarrow; "
+        "search: blind-index queries through svc_search beside a bare MongoDB read, and the "
+        "SDK's on-device index",
     )
     load = bench.add_argument_group("load")
     load.add_argument(
@@ -302,6 +310,35 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
         metavar="N",
         help="seed of the dataset (bodies, ages) and of the pages read (default: 17)",
     )
+    search = bench.add_argument_group("search scenario")
+    search.add_argument(
+        "--search-target",
+        type=_local_target,
+        default="127.0.0.1:7105",
+        help="svc_search of a running stack (default: 127.0.0.1:7105); its database comes "
+        "from --data-dir/parley.yaml",
+    )
+    search.add_argument(
+        "--search-postings",
+        type=_positive_int,
+        metavar="N",
+        help=f"postings loaded for the searched conversation (default: {FULL_SEARCH[0]:,}, "
+        f"--quick {QUICK_SEARCH[0]:,})",
+    )
+    search.add_argument(
+        "--search-callers",
+        type=_positive_int,
+        default=4,
+        metavar="Q",
+        help="closed-loop query callers, for svc_search and the bare read alike (default: 4)",
+    )
+    search.add_argument(
+        "--search-local-messages",
+        type=_positive_int,
+        metavar="N",
+        help=f"messages in the SDK's on-device index (default: {FULL_SEARCH[2]:,}, "
+        f"--quick {QUICK_SEARCH[2]:,})",
+    )
     out = bench.add_argument_group("output")
     out.add_argument("--json", type=Path, dest="json_path", metavar="PATH", help="write the report")
     out.add_argument(
@@ -361,6 +398,7 @@ def run_command(args: argparse.Namespace) -> int:
     warmup, duration = QUICK_SECONDS if args.quick else FULL_SECONDS
     history_default = QUICK_HISTORY if args.quick else FULL_HISTORY
     users, subscribers, toggles = QUICK_PRESENCE if args.quick else FULL_PRESENCE
+    postings, by_rpc, local_messages = QUICK_SEARCH if args.quick else FULL_SEARCH
     users = args.presence_users or users
     subscribers = args.presence_subscribers or min(subscribers, users - 1)
     if args.scenario == "presence":
@@ -410,6 +448,12 @@ def run_command(args: argparse.Namespace) -> int:
         history_messages=args.history_messages or history_default[1],
         history_readers=args.history_readers,
         history_seed=args.history_seed,
+        search_target=args.search_target,
+        search_postings=args.search_postings or postings,
+        search_indexed_by_rpc=by_rpc,
+        search_callers=args.search_callers,
+        search_rounds=1 if args.quick else FULL_MEDIA_ROUNDS,
+        search_local_messages=args.search_local_messages or local_messages,
         history_path=None if args.no_history else (args.history_path or DEFAULT_HISTORY),
     )
     return run_bench(config)

@@ -12,7 +12,7 @@ from parley_dev.bench.phases import FETCH_PAGE
 from parley_dev.bench.population import wire_sizes
 
 EventLoop = Literal["uvloop", "asyncio"]
-Scenario = Literal["messaging", "group", "presence", "media", "history"]
+Scenario = Literal["messaging", "group", "presence", "media", "history", "search"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,16 @@ class BenchConfig:
     history_messages: int = 1500
     history_readers: int = 4
     history_seed: int = 17
+    # The search scenario (parley_dev.bench.search).
+    search_target: str = "127.0.0.1:7105"
+    # Postings loaded for the searched conversation, and how many of its
+    # messages are indexed through IndexMessage (the rest in bulk).
+    search_postings: int = 1_000_000
+    search_indexed_by_rpc: int = 2000
+    search_callers: int = 4
+    search_rounds: int = 3
+    # Messages in the SDK's on-device index for the client-side figures.
+    search_local_messages: int = 100_000
 
     def parameters(self) -> dict[str, Any]:
         send_bytes, event_bytes = wire_sizes(self.body_bytes)

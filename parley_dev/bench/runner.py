@@ -230,6 +230,10 @@ class StackTargets:
     s3: dict[str, Any] | None = None
     # The stack's whole config (the history scenario runs the archiver against it).
     settings: Settings | None = None
+    search_target: str | None = None
+    search_metrics_url: str | None = None
+    # The database holding the services' collections (the stack's mongo.database).
+    mongo_database: str | None = None
 
 
 @contextlib.asynccontextmanager
@@ -250,6 +254,7 @@ async def stack_targets(config: BenchConfig, work_dir: Path) -> AsyncIterator[St
                     "message": loop_config,
                     "presence": loop_config,
                     "media": loop_config,
+                    "search": loop_config,
                     # The bench's own load is no abuse: every limit is still taken
                     # (its cost is in the figures), none refuses (bench/README.md).
                     "limits": unreached_limits(),
@@ -274,6 +279,9 @@ async def stack_targets(config: BenchConfig, work_dir: Path) -> AsyncIterator[St
             media_settings=stack.settings.media.model_dump(mode="json", exclude={"server"}),
             s3=stack.settings.s3.model_dump(mode="json"),
             settings=stack.settings,
+            search_target=stack.search_target,
+            search_metrics_url=stack.search_metrics_url,
+            mongo_database=stack.settings.mongo.database,
         )
     else:
         message_targets = list(config.message_targets)
@@ -290,6 +298,8 @@ async def stack_targets(config: BenchConfig, work_dir: Path) -> AsyncIterator[St
             s3_port = urlsplit(str((s3 or {}).get("endpoint_url", ""))).port
             if s3_port is not None:
                 extra["seaweedfs"] = s3_port
+        if config.scenario == "search":
+            extra["svc_search"] = _port(config.search_target)
         found = procstat.pids_listening_on(extra.values())
         for name, port in extra.items():
             if port in found:
@@ -309,6 +319,10 @@ async def stack_targets(config: BenchConfig, work_dir: Path) -> AsyncIterator[St
             media_settings=_configured_section(config.data_dir, "media"),
             s3=s3,
             settings=_configured_settings(config.data_dir),
+            search_target=config.search_target,
+            mongo_database=(_configured_section(config.data_dir, "mongo") or {}).get(
+                "database", "parley"
+            ),
         )
     targets.pids.update(config.pids)
     try:

@@ -26,6 +26,8 @@ from parley_dev.bench.presence import presence_bench
 from parley_dev.bench.presence_report import render_presence
 from parley_dev.bench.report import render
 from parley_dev.bench.runner import bench, run_on_loop
+from parley_dev.bench.search import search_bench
+from parley_dev.bench.search_report import render_search
 from parley_dev.probes import StackError
 
 Measure = Callable[[BenchConfig], Awaitable[dict[str, Any]]]
@@ -37,6 +39,7 @@ SCENARIOS: dict[Scenario, tuple[Measure, Show]] = {
     "presence": (presence_bench, render_presence),
     "media": (media_bench, render_media),
     "history": (history_bench, render_history),
+    "search": (search_bench, render_search),
 }
 
 

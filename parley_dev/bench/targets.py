@@ -51,11 +51,18 @@ MEDIA_SIZES = (1 << 20, 16 << 20)
 HISTORY_HOT_P99_MAX_MS = 10.0
 HISTORY_COLD_P99_MAX_MS = 500.0
 ARCHIVER_FRACTION_OF_BARE = 0.5
+# search (issue 18): server queries over 1M postings of one conversation,
+# client-side queries over 100k messages in the SDK's index.
+SEARCH_QUERY_P99_MAX_MS = 50.0
+SEARCH_POSTINGS = 1_000_000
+LOCAL_QUERY_P99_MAX_MS = 20.0
+LOCAL_MESSAGES = 100_000
 
 SEND_RATIO = "send_rps / thin_durable_rps"
 ARCHIVER_RATIO = "archiver_messages_per_s / bare_pyarrow_messages_per_s"
 SEND_P99_RATIO = "send_ack_p99_ms / thin_durable_p99_ms"
 HEARTBEAT_RATIO = "presence_heartbeats_per_s / baseline_unary_rps"
+SEARCH_P99_RATIO = "search_query_p99_ms / bare_read_p99_ms"
 
 
 def judge(value: float | None, comparison: Comparison, limit: float | None) -> Verdict:
@@ -279,12 +286,37 @@ def history_targets(figures: Figures, parameters: Figures) -> list[Target]:
     return targets
 
 
+def search_targets(figures: Figures, parameters: Figures) -> list[Target]:
+    return [
+        Target(
+            "search_query_p99_ms",
+            _figure(figures, "search_query_p99_ms"),
+            "<=",
+            SEARCH_QUERY_P99_MAX_MS,
+            "ms",
+            note=f"Search through svc_search, {SEARCH_POSTINGS:,} postings in the conversation "
+            "(the bare indexed read of the same postings is in the same run)",
+            caveat=_differs(parameters, postings=SEARCH_POSTINGS),
+        ),
+        Target(
+            "local_query_p99_ms",
+            _figure(figures, "local_query_p99_ms"),
+            "<=",
+            LOCAL_QUERY_P99_MAX_MS,
+            "ms",
+            note=f"the SDK's on-device FTS5 index, {LOCAL_MESSAGES:,} messages",
+            caveat=_differs(parameters, local_messages=LOCAL_MESSAGES),
+        ),
+    ]
+
+
 SCENARIO_TARGETS: dict[str, TargetsOf] = {
     "messaging": messaging_targets,
     "group": group_targets,
     "presence": presence_targets,
     "media": media_targets,
     "history": history_targets,
+    "search": search_targets,
 }
 
 

@@ -30,6 +30,7 @@ from parley_dev.stack import LocalStack
 
 # The whole --start --quick run takes about 35 s on an idle 2-core machine.
 RUN_TIMEOUT_SECONDS = 170
+SEARCH_RUN_TIMEOUT_SECONDS = 400
 STACK_PROCESSES = {"secantusdb", "redis", "svc_keys", "svc_message-0", "bench_client"}
 STACK_PHASES = ("setup", "thin_durable", "send", "deliver", "fetch")
 TARGET_KEYS = {"name", "value", "limit", "comparison", "unit", "verdict"}
@@ -426,3 +427,52 @@ def test_quick_history_bench_reads_both_tiers_and_times_the_archiver(tmp_path: P
     assert report["baseline_unary_rps"] > 0
     params = report["parameters"]
     assert params["recent_cache_messages"] == 0 and params["conversations"] == 2
+
+
+@pytest.mark.slow
+def test_quick_search_bench_puts_svc_search_beside_the_bare_read(tmp_path: Path) -> None:
+    out = tmp_path / "search.json"
+    # A few thousand postings: every step of the scenario, little data (on
+    # SecantusDB a Search over them still takes seconds).
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "parley_dev.cli", "bench", "--scenario", "search"),
+            *("--start", "--quick", "--duration", "1", "--json", str(out)),
+            *("--search-postings", "6000", "--search-local-messages", "1000"),
+            "--no-history",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=SEARCH_RUN_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    assert "bare MongoDB read" in run.stdout and "where a query's time goes" in run.stdout
+    report = json.loads(out.read_text())
+
+    assert report["scenario"] == "search" and report["complete"] is True
+    assert report["warnings"] == []
+    assert_targets(report, {"search_query_p99_ms", "local_query_p99_ms"})
+    assert [t["caveat"] for t in report["targets"]] == [
+        "postings=6000 (target: 1000000)",
+        "local_messages=1000 (target: 100000)",
+    ]
+    data = report["dataset"]
+    # Both ways in: IndexMessage for some, the bulk for the rest, all stored.
+    assert (
+        data["postings_stored"] == 6000 == data["postings_by_index_message"] + data["postings_bulk"]
+    )
+    assert data["postings_by_index_message"] > 0 and data["postings_bulk"] > 0
+    for phase in ("search_query", "bare_read", "baseline_unary"):
+        assert report["phases"][phase]["errors"] == {} and report["phases"][phase]["completed"] > 0
+    assert report["search_query_p99_ms"] >= report["search_query_p50_ms"] > 0
+    assert report["bare_read_p99_ms"] >= report["bare_read_p50_ms"] > 0
+    # Words the messages hold found them through svc_message's page filter.
+    assert report["missed_hits"] == {}
+    assert report["empty_pages"].get("no_match", 0) > 0
+    assert set(report["by_kind"]["search_query"]) == set(report["parameters"]["query_kinds"])
+    where = report["where_the_time_goes"]
+    assert where["svc_search_handler_mean_ms"] > 0
+    assert where["bare_read_plan"]["stages"] and where["db_step_mean_ms"]["page_of_one_token"] > 0
+    assert report["cpu_seconds"]["search_query"]["svc_search"] > 0
+    assert report["local_index_msgs_per_s"] > 0 and report["local_index_bytes_per_100k"] > 0

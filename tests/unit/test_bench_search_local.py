@@ -1,14 +1,14 @@
-"""scripts/bench_search_local.py on a small corpus: it runs, reports every figure
-and judges its target (no timing is asserted; the committed full run is in
-bench/results/)."""
+"""parley_dev/bench/search_local.py (scripts/bench_search_local.py) on a small
+corpus: it runs, reports every figure and judges its target (no timing is
+asserted; the committed full run is in bench/results/)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from parley_dev.bench.search_local import Corpus, main, run
 from parley_sdk.search_text import document_terms
-from scripts.bench_search_local import Corpus, main, run
 
 
 def test_a_small_run_reports_every_figure(tmp_path: Path) -> None:
