@@ -13,6 +13,9 @@ so it stays valid on a cluster sharded by conversation_id:
 - (conversation_id, seq), over history items only (a partial index);
 - (conversation_id, sender_id, request_id): a retried change cannot commit twice.
 
+SecantusDB's planner never uses the partial one, so a plain (conversation_id,
+seq) index beside it serves reads by seq (see ensure_indexes).
+
 A message that carries media names their ids in ``media`` (absent when it
 names none, removed when it is deleted for everyone). A sparse multikey index
 on it answers svc_media's questions about an id (who may read it, how many
@@ -211,6 +214,9 @@ def mutation(change: Change) -> UpdateOne | None:
     return None
 
 
+_SEQ_READS = "conversation_id_1_seq_1_reads"
+
+
 class MessageStore:
     def __init__(self, db: Database) -> None:
         self._messages = db["messages"]
@@ -223,6 +229,14 @@ class MessageStore:
             [("conversation_id", ASCENDING), ("seq", ASCENDING)],
             unique=True,
             partialFilterExpression={"seq": {"$exists": True}},
+        )
+        # The partial index above only keeps seq unique: SecantusDB's planner
+        # never uses a partial index, so reads by seq scanned the collection.
+        # This plain one serves them; queries on it name only conversation_id
+        # and seq (any other field makes SecantusDB scan) and bound seq on both
+        # sides, since it sorts every key in range rather than walking the index.
+        await self._messages.create_index(
+            [("conversation_id", ASCENDING), ("seq", ASCENDING)], name=_SEQ_READS
         )
         await self._messages.create_index(
             [("conversation_id", ASCENDING), ("sender_id", ASCENDING), ("request_id", ASCENDING)],
@@ -341,7 +355,8 @@ class MessageStore:
         if "seq" in newest:
             return int(newest["version"]), int(newest["seq"])
         item = await self._messages.find_one(
-            {"conversation_id": conversation_id, "seq": {"$exists": True}},
+            # Not $exists, which SecantusDB answers with a collection scan.
+            {"conversation_id": conversation_id, "seq": {"$gte": 1}},
             {"seq": 1},
             sort=[("seq", DESCENDING)],
         )
@@ -361,33 +376,75 @@ class MessageStore:
         """History items from start_seq inclusive, in the given direction,
         within [floor_seq, ceiling_seq] (0 = unbounded), leaving out those
         ``hidden_for`` deleted for themselves."""
-        bounds: Document = {"$gte": start_seq} if forward else {"$lte": start_seq}
-        if floor_seq:
-            bounds["$gte"] = max(bounds.get("$gte", 0), floor_seq)
-        if ceiling_seq:
-            bounds["$lte"] = min(bounds.get("$lte", ceiling_seq), ceiling_seq)
-        query: Document = {"conversation_id": conversation_id, "seq": bounds}
-        if hidden_for:
-            query["hidden_for"] = {"$ne": hidden_for}
+        if forward:
+            lo, hi = max(start_seq, floor_seq, 1), ceiling_seq
+        else:
+            lo, hi = max(floor_seq, 1), min(start_seq, ceiling_seq) if ceiling_seq else start_seq
+        items: list[Message] = []
+
+        def keep(docs: list[Document]) -> None:
+            items.extend(
+                message_from_doc(doc)
+                for doc in docs
+                if not hidden_for or hidden_for not in (doc.get("hidden_for") or ())
+            )
+
+        # seq is gapless, so a window of the ``limit`` seqs next to start_seq
+        # usually holds the page; rows hidden from the reader leave the next
+        # window to fetch what they took.
+        while len(items) < limit and ((forward and not hi) or lo <= hi):
+            wanted = limit - len(items)
+            if forward:
+                window = (lo, min(lo + wanted - 1, hi) if hi else lo + wanted - 1)
+            else:
+                window = (max(lo, hi - wanted + 1), hi)
+            docs = await self._seq_range(conversation_id, *window, forward=forward)
+            keep(docs)
+            if len(docs) < window[1] - window[0] + 1:
+                # A short window: the log ends or has a gap there (or start_seq
+                # is past the newest). The rest of the range, limited: still on
+                # the index, though SecantusDB sorts all its keys.
+                rest_lo, rest_hi = (window[1] + 1, hi) if forward else (lo, window[0] - 1)
+                if rest_hi < rest_lo and (rest_hi or not forward):  # 0: unbounded
+                    break
+                docs = await self._seq_range(
+                    conversation_id, rest_lo, rest_hi, forward=forward, limit=wanted
+                )
+                keep(docs)
+                if len(docs) < wanted:
+                    break
+                window = (window[0], int(docs[-1]["seq"])) if forward else (int(docs[-1]["seq"]), 0)
+            if forward:
+                lo = window[1] + 1
+            else:
+                hi = window[0] - 1
+        return items[:limit]
+
+    async def _seq_range(
+        self, conversation_id: str, lo: int, hi: int, *, forward: bool, limit: int = 0
+    ) -> list[Document]:
+        """History items with lo <= seq <= hi (hi 0: no upper bound), in order."""
+        bounds: Document = {"$gte": lo}
+        if hi:
+            bounds["$lte"] = hi
         cursor = (
-            self._messages.find(query)
+            self._messages.find({"conversation_id": conversation_id, "seq": bounds})
             .sort("seq", ASCENDING if forward else DESCENDING)
             .limit(limit)
         )
-        return [message_from_doc(doc) async for doc in cursor]
+        return [doc async for doc in cursor]
 
     async def hidden_seqs(
         self, conversation_id: str, account_id: str, lo: int, hi: int
     ) -> set[int]:
+        # hidden_for is filtered here: naming it in the query makes SecantusDB scan.
         cursor = self._messages.find(
-            {
-                "conversation_id": conversation_id,
-                "seq": {"$gte": lo, "$lte": hi},
-                "hidden_for": account_id,
-            },
-            {"seq": 1},
+            {"conversation_id": conversation_id, "seq": {"$gte": lo, "$lte": hi}},
+            {"seq": 1, "hidden_for": 1},
         )
-        return {int(doc["seq"]) async for doc in cursor}
+        return {
+            int(doc["seq"]) async for doc in cursor if account_id in (doc.get("hidden_for") or ())
+        }
 
     async def committed_since(self, first_id: str, *, limit: int) -> list[Change]:
         """Entries whose id is at least ``first_id``, i.e. committed since its time."""
