@@ -38,6 +38,9 @@ log = structlog.get_logger(__name__)
 # each next one is; at most this many windows per group and page.
 FIRST_WINDOW_MS = 10_000
 WINDOW_GROWTH = 4
+# After a window its rarest token has nothing in, the next is this much
+# wider: a quiet stretch is crossed in a few rounds of one empty read.
+EMPTY_GROWTH = 16
 MAX_WINDOWS = 24
 # Postings read at most per group and page: a page stops there (shorter,
 # with a next page token) rather than reading without bound.
@@ -222,7 +225,7 @@ class SearchHandler:
             if scanned >= MAX_SCANNED_PER_GROUP:
                 return GroupScan(candidates=tuple(found), frontier=frontier)
             at_most = top = above
-            width *= WINDOW_GROWTH
+            width *= WINDOW_GROWTH if driver else EMPTY_GROWTH
         return GroupScan(candidates=tuple(found), frontier=frontier)
 
     async def _window(
