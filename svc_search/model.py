@@ -44,6 +44,15 @@ class Posting:
 
 
 @dataclass(frozen=True, slots=True)
+class Carried:
+    """The tokens one indexed message carries, under its conversation and key."""
+
+    conversation_id: str
+    key_id: bytes
+    tokens: frozenset[bytes]
+
+
+@dataclass(frozen=True, slots=True)
 class Candidate:
     group_index: int
     conversation_id: str

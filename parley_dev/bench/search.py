@@ -109,6 +109,9 @@ RESPONSE_BYTES = 1024
 # COMPONENT_SAMPLES within COMPONENT_SECONDS, at least MIN_COMPONENT_SAMPLES.
 COMPONENT_SAMPLES = 40
 COMPONENT_SECONDS = 5.0
+# Postings of a token svc_search samples per window for a page of PAGE_SIZE
+# (twice the page and one), and so the candidates it checks in one read.
+SAMPLE = 2 * (PAGE_SIZE + 1)
 MIN_COMPONENT_SAMPLES = 3
 ROUND_MARK = "#"
 # Queries each side completes at least (over all turns), however slow the
@@ -426,12 +429,16 @@ async def _components(
     common = next(q.token for q in queries if q.kind == "common_word")
     now_ms = int(time.time() * 1000)
 
-    def window(token: bytes, days: float) -> Callable[[], Awaitable[Any]]:
+    def window(token: bytes, days: float, limit: int = 0) -> Callable[[], Awaitable[Any]]:
         # As svc_search's PostingStore.window: one bounded index range, unordered.
         at = {"$gt": now_ms - int(days * DAY_MS), "$lte": now_ms}
-        return lambda: postings.find(
-            {"c": c, "k": k, "t": token, "at": at}, {"_id": 0, "m": 1, "at": 1, "s": 1}
-        ).to_list()
+        return lambda: (
+            postings.find(
+                {"c": c, "k": k, "t": token, "at": at}, {"_id": 0, "m": 1, "at": 1, "s": 1}
+            )
+            .limit(limit)
+            .to_list()
+        )
 
     async def timed(make: Callable[[], Awaitable[Any]]) -> list[int]:
         samples: list[int] = []
@@ -465,7 +472,20 @@ async def _components(
         found.samples["window_filler_token_7d"] = await timed(window(filler, 7))
         found.samples["window_filler_token_30d"] = await timed(window(filler, 30))
         found.filler_postings = data.counts.get(filler, 0)
-    # What a walk asks of a token its window found nothing of.
+        # What svc_search samples of each token to find a window's rarest.
+        found.samples["sample_filler_token_30d"] = await timed(window(filler, 30, SAMPLE))
+    # How svc_search checks a window's candidates for the group's other
+    # tokens: one read of their records by id.
+    candidates = [
+        doc["m"]
+        async for doc in postings.find({"c": c, "k": k, "t": common}, {"_id": 0, "m": 1}).limit(
+            SAMPLE
+        )
+    ]
+    found.samples[f"records_of_{len(candidates)}_candidates"] = await timed(
+        lambda: db["search_messages"].find({"_id": {"$in": candidates}}, {"t": 1}).to_list()
+    )
+    # The "anything older?" probe the window walk made before (no longer).
     found.samples["any_at_or_before"] = await timed(
         lambda: postings.find_one({"c": c, "k": k, "t": common, "at": {"$lte": now_ms}}, {"_id": 1})
     )

@@ -55,7 +55,7 @@ QUERIES: dict[str, tuple[str, ...]] = {
     "no_match": ("xylophonic", "quetzalcoatl", "zzyzx"),
 }
 POSTING_KEYS = {"_id", "c", "k", "t", "at", "m", "s"}
-RECORD_KEYS = {"_id", "c", "sender", "k", "n", "at", "s", "requests"}
+RECORD_KEYS = {"_id", "c", "sender", "k", "n", "t", "at", "s", "requests"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +244,7 @@ def record_doc(
         "sender": sender_account_id,
         "k": key_id,
         "n": len(message.tokens),
+        "t": list(message.tokens),
         "at": message.at_ms,
         "s": message.seq,
         "requests": [request_id()],

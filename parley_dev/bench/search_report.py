@@ -285,8 +285,9 @@ def render_search(report: Mapping[str, Any]) -> str:
         f"  client-seen {_num(where['search_query_mean_ms'], 2)}, svc_search's handler "
         f"{_num(where['svc_search_handler_mean_ms'], 2)}, outside it "
         f"{_num(where['outside_handler_mean_ms'], 2)}",
-        f"  a Search reads {where['windows_per_round']} token windows per round (every token "
-        f"of every group) walking back from now, 10 s then 4 times wider; one caller alone:",
+        f"  a Search samples up to {where['windows_per_round']} token windows per round (every "
+        f"token of every group), walking back from now, 10 s then 4 times wider, reads each "
+        f"group's rarest token's window and checks its candidates' records; one caller alone:",
     ]
     step_rows: list[Sequence[str]] = [("database step", "mean ms", "p99 ms")]
     for name, mean in where["db_step_mean_ms"].items():

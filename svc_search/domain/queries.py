@@ -4,8 +4,9 @@ per page.
 Every group is scanned, whether or not the caller may search its
 conversation, and only then are the groups it may not search dropped: a
 query takes the same steps for a conversation it is not in as for one
-without matches. A group reads its tokens' postings in time windows walking
-back from where the page starts and keeps the messages every token names.
+without matches. A group walks back in time windows from where the page
+starts; in each, its rarest token's postings are the candidates and the
+message records say which carry every other token.
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ import structlog
 
 from parley_core.limits import Limiter, LimitName, Take
 from svc_search.domain.pages import below, page_of
-from svc_search.model import Candidate, Group, GroupScan, Hit, Page, Position, SearchStats
+from svc_search.model import (
+    Candidate,
+    Group,
+    GroupScan,
+    Hit,
+    Page,
+    Position,
+    Posting,
+    SearchStats,
+)
 from svc_search.ports import Messages
 from svc_search.storage.postings import PostingStore
 
@@ -28,6 +38,9 @@ log = structlog.get_logger(__name__)
 # each next one is; at most this many windows per group and page.
 FIRST_WINDOW_MS = 10_000
 WINDOW_GROWTH = 4
+# After a window its rarest token has nothing in, the next is this much
+# wider: a quiet stretch is crossed in a few rounds of one empty read.
+EMPTY_GROWTH = 16
 MAX_WINDOWS = 24
 # Postings read at most per group and page: a page stops there (shorter,
 # with a next page token) rather than reading without bound.
@@ -35,6 +48,9 @@ MAX_SCANNED_PER_GROUP = 4096
 # Postings one token's window returns at most; a full one is read again
 # narrower (a window must be complete to say what is above it).
 WINDOW_CAP = 2048
+# Postings of each token a window samples first to find its rarest token
+# (at least; twice the page's want when larger).
+MIN_SAMPLE = 32
 # Later than any send time (the first page's window is open at the top).
 NEWEST = 2**62
 # Above any group index: a frontier position sorts before every hit of its
@@ -130,13 +146,21 @@ class SearchHandler:
         self, index: int, group: Group, *, start: Position | None, want: int, now: float
     ) -> GroupScan:
         """The group's candidates below ``start``, newest first, until
-        ``want`` of them: its tokens' postings in time windows walking back
-        from the start, each window four times the last, intersected here."""
-        c, k, tokens = group.conversation_id, group.key_id, group.tokens
+        ``want`` of them, in time windows walking back from the start, each
+        four times the last. A window is driven by its rarest token: every
+        token's window is sampled (a few postings), the one with the fewest
+        is read whole, and its messages are checked for the other tokens in
+        their records. A token every message carries (the SDK's fillers) so
+        costs a sample, never its whole list."""
+        c, k = group.conversation_id, group.key_id
         at_most = start[0] if start is not None else NEWEST
         # Where the windows are measured from (the first is open at the top).
         top = int(now * 1000) if start is None else at_most
         width = FIRST_WINDOW_MS
+        sample = max(MIN_SAMPLE, 2 * want)
+        # The rarest token of the last window first: when it has nothing
+        # here, the window has no hit and the others are not read.
+        order = list(group.tokens)
         found: list[Candidate] = []
         scanned = 0
         # Set by every round that reads a whole window; only rounds that all
@@ -145,44 +169,66 @@ class SearchHandler:
         frontier: Position | None = None
         for _ in range(MAX_WINDOWS):
             above = top - width
-            windows = await asyncio.gather(
-                *(
-                    self._store.window(c, k, t, above=above, at_most=at_most, limit=WINDOW_CAP)
-                    for t in tokens
+            samples = [await self._window(c, k, order[0], above, at_most, sample)]
+            if samples[0]:
+                samples += await asyncio.gather(
+                    *(self._window(c, k, t, above, at_most, sample) for t in order[1:])
                 )
-            )
-            scanned += sum(len(w) for w in windows)
-            if width > 1 and any(len(w) >= WINDOW_CAP for w in windows):
-                # More than a window may hold: the same place, narrower.
-                width = max(1, width // WINDOW_GROWTH)
-                continue
-            carrying = set.intersection(*({p.message_id for p in w} for w in windows))
+            scanned += sum(len(w) for w in samples)
+            rarest = min(range(len(samples)), key=lambda i: len(samples[i]))
+            order.insert(0, order.pop(rarest))
+            driver = samples[rarest]
+            if driver and len(driver) >= sample:
+                driver = await self._window(c, k, order[0], above, at_most, WINDOW_CAP)
+                scanned += len(driver)
+                if width > 1 and len(driver) >= WINDOW_CAP:
+                    # More than a window may hold: the same place, narrower.
+                    width = max(1, width // WINDOW_GROWTH)
+                    continue
             fresh = sorted(
                 (
                     candidate
-                    for p in windows[0]
-                    if p.message_id in carrying
-                    and below((candidate := Candidate(index, c, p)).position, start)
+                    for p in driver
+                    if below((candidate := Candidate(index, c, p)).position, start)
                 ),
                 key=lambda candidate: candidate.position,
                 reverse=True,
             )
-            for candidate in fresh:
-                found.append(candidate)
-                if len(found) >= want:
-                    return GroupScan(candidates=tuple(found), frontier=candidate.position)
-            # A token with nothing in this window and nothing before it ends
-            # the AND; one with postings here is asked in the next round.
-            empty = [t for t, w in zip(tokens, windows, strict=True) if not w]
-            older = await asyncio.gather(
-                *(self._store.any_at_or_before(c, k, t, above) for t in empty)
-            )
-            if not all(older):
+            others = frozenset(order[1:])
+            # Checked newest first, a sample's worth a read, so a page reads
+            # the records of about the candidates it needs.
+            for first in range(0, len(fresh), sample):
+                batch = fresh[first : first + sample]
+                carried = (
+                    await self._store.carried([b.posting.message_id for b in batch])
+                    if others
+                    else {}
+                )
+                scanned += len(batch) if others else 0
+                for candidate in batch:
+                    record = carried.get(candidate.posting.message_id)
+                    if others and (
+                        record is None
+                        or record.conversation_id != c
+                        or record.key_id != k
+                        or not others <= record.tokens
+                    ):
+                        continue
+                    found.append(candidate)
+                    if len(found) >= want:
+                        return GroupScan(candidates=tuple(found), frontier=candidate.position)
+            if above < 0:
+                # Every send time is after 1970: the walk has covered it all.
                 return GroupScan(candidates=tuple(found), frontier=None)
             # Everything sent after ``above`` is known.
             frontier = (above + 1, "", -MAX_GROUPS)
             if scanned >= MAX_SCANNED_PER_GROUP:
                 return GroupScan(candidates=tuple(found), frontier=frontier)
             at_most = top = above
-            width *= WINDOW_GROWTH
+            width *= WINDOW_GROWTH if driver else EMPTY_GROWTH
         return GroupScan(candidates=tuple(found), frontier=frontier)
+
+    async def _window(
+        self, c: str, k: bytes, token: bytes, above: int, at_most: int, limit: int
+    ) -> list[Posting]:
+        return await self._store.window(c, k, token, above=above, at_most=at_most, limit=limit)

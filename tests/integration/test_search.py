@@ -214,6 +214,31 @@ async def test_index_and_query_and_pages(
     assert await hits(search, chat.bob, [chat.query("mango", "fig")]) == [sent[0]]
 
 
+async def test_a_record_without_its_tokens_is_checked_through_its_postings(
+    stack: LocalStack,
+    chat: Chat,
+    messages: mgrpc.MessageServiceStub,
+    search: sgrpc.SearchServiceStub,
+) -> None:
+    """Records written before they held their tokens (no ``t``) still
+    answer an AND: the query reads those messages' postings instead."""
+    sent = []
+    for terms in (("plum", "jam"), ("plum", "cake"), ("plum", "jam", "toast")):
+        message = await send_opaque(messages, chat.alice, chat.id)
+        await index(search, chat.alice, chat.id, message.message_id, chat.epoch, terms)
+        sent.append(message.message_id)
+    assert await hits(search, chat.bob, [chat.query("plum", "jam")]) == [sent[2], sent[0]]
+    client: AsyncMongoClient[Any] = AsyncMongoClient(stack.mongo_uri)
+    try:
+        records = client["parley"]["search_messages"]
+        assert await records.count_documents({"_id": {"$in": sent}, "t": {"$exists": True}}) == 3
+        await records.update_many({"_id": {"$in": sent}}, {"$unset": {"t": ""}})
+    finally:
+        await client.close()
+    assert await hits(search, chat.bob, [chat.query("plum", "jam")]) == [sent[2], sent[0]]
+    assert await hits(search, chat.bob, [chat.query("jam", "cake")]) == []
+
+
 async def test_deletes_and_the_setting(
     chat: Chat,
     stack: LocalStack,

@@ -18,6 +18,7 @@ from svc_search.domain.pages import padding_length
 from svc_search.domain.queries import SearchHandler
 from svc_search.domain.sweeper import Sweeper
 from svc_search.model import (
+    Carried,
     Check,
     ConversationState,
     Group,
@@ -38,6 +39,8 @@ class Store:
     def __init__(self) -> None:
         self.postings: dict[tuple[str, bytes, bytes], list[Posting]] = {}
         self.reads = 0
+        # Postings and records the handler was given, all reads together.
+        self.returned = 0
 
     def add(self, conversation: str, message_id: str, at_ms: int, tokens: Sequence[bytes]) -> None:
         for token in tokens:
@@ -56,19 +59,26 @@ class Store:
         limit: int,
     ) -> list[Posting]:
         self.reads += 1
-        return [
+        found = [
             p
             for p in self.postings.get((conversation_id, key_id, token), [])
             if above < p.at_ms <= at_most
         ][:limit]
+        self.returned += len(found)
+        return found
 
-    async def any_at_or_before(
-        self, conversation_id: str, key_id: bytes, token: bytes, at_most: int
-    ) -> bool:
+    async def carried(self, message_ids: Sequence[str]) -> dict[str, Carried]:
         self.reads += 1
-        return any(
-            p.at_ms <= at_most for p in self.postings.get((conversation_id, key_id, token), [])
-        )
+        wanted = set(message_ids)
+        tokens: dict[str, set[bytes]] = {}
+        where: dict[str, tuple[str, bytes]] = {}
+        for (c, k, t), postings in self.postings.items():
+            for p in postings:
+                if p.message_id in wanted:
+                    tokens.setdefault(p.message_id, set()).add(t)
+                    where[p.message_id] = (c, k)
+        self.returned += len(tokens)
+        return {m: Carried(*where[m], frozenset(ts)) for m, ts in tokens.items()}
 
     async def drop_conversation(self, conversation_id: str) -> int:
         return 0
@@ -262,3 +272,27 @@ async def test_a_burst_larger_than_a_window_is_read_in_narrower_windows() -> Non
     groups = [Group("c1", KEY, (word,))] + [Group("c9", KEY, (b"x" * 8,))] * 3
     found = await every_hit(handler(store, Messages(store)), groups, 100)
     assert [m for _, m in found] == [f"b{i:05d}" for i in reversed(range(5000))]
+
+
+async def test_a_filler_on_every_message_costs_a_page_of_postings_not_its_list() -> None:
+    store = Store()
+    word, filler = b"rare1234", b"filler12"
+    # 6,000 messages over a year all carry the filler; one in 200 the word.
+    every = 365 * DAY_MS // 6000
+    for i in range(6000):
+        store.add(
+            "c1", f"f{i:05d}", NOW_MS - i * every, [filler] + ([word] if i % 200 == 0 else [])
+        )
+    groups = [Group("c1", KEY, (filler, word))] + [Group("c9", KEY, (b"x" * 8,))] * 3
+    search = handler(store, Messages(store))
+    page = await search.search(
+        account_id="alice", groups=groups, start=None, page_size=5, now=NOW_MS / 1000
+    )
+    assert [h.message_id for h in page.hits] == [f"f{i:05d}" for i in range(0, 1000, 200)]
+    # The whole filler list is 6,000 postings; the walk reads samples of it.
+    assert store.returned < 600
+    # Every page after it is as cheap, and together they give each hit once.
+    store.returned = 0
+    found = await every_hit(search, groups, 5)
+    assert [m for _, m in found] == [f"f{i:05d}" for i in range(0, 6000, 200)]
+    assert store.returned < 6 * 600
