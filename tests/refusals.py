@@ -7,7 +7,9 @@ trailing metadata ``rpc_status.from_call`` reads.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +18,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 RATE_LIMITED = "ERROR_REASON_RATE_LIMITED"
+TOKEN_REVOKED = "ERROR_REASON_TOKEN_REVOKED"
 # The ErrorInfo metadata key naming the limit (parley_core.limits.LIMIT_METADATA).
 LIMIT = "limit"
 
@@ -79,3 +82,20 @@ def assert_rate_limited(error: Any, limits: Collection[str], what: str = "") -> 
     problem = rate_limit_problem(shape, limits)
     assert problem is None, f"{what}: not a rate-limit refusal ({problem}): {shape.describe()}"
     return shape
+
+
+async def until_revoked(
+    call: Callable[[], Awaitable[Any]], *, service: str, timeout: float = 10.0
+) -> None:
+    """Calls until the answer is UNAUTHENTICATED/TOKEN_REVOKED. A revocation
+    reaches each process through its revocation feed, so a call made just after
+    RevokeDevice may still be served for a moment: that is retried, not failed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await call()
+        except grpc.aio.AioRpcError as error:
+            if refused(error).reason == TOKEN_REVOKED:
+                return
+        assert time.monotonic() < deadline, f"the revocation did not reach {service}"
+        await asyncio.sleep(0.05)

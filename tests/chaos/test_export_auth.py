@@ -9,7 +9,6 @@ of the victim's conversation is PERMISSION_DENIED.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from parley_core.auth.tokens import TokenIssuer, load_private_key, write_key_pai
 from parley_dev.stack import LocalStack
 from tests.chaos.export_calls import EXPORT_RPCS, export_calls
 from tests.helpers import Metadata, auth
+from tests.refusals import until_revoked
 from tests.users import direct, error_reason, link_device, rid, sign_up
 
 pytestmark = pytest.mark.chaos
@@ -101,15 +101,10 @@ async def test_bad_credentials_are_refused_by_every_export_rpc(
         ("revoked", laptop.md, "ERROR_REASON_TOKEN_REVOKED"),
     ]
     # Every process refuses the revoked token before the matrix runs.
-    deadline = time.monotonic() + 10
-    while True:
-        error = await refused(
-            messages.ListHistoryExports(mpb.ListHistoryExportsRequest(), metadata=laptop.md)
-        )
-        if error_reason(error) == "ERROR_REASON_TOKEN_REVOKED":
-            break
-        assert time.monotonic() < deadline, "the revocation did not reach svc_message"
-        await asyncio.sleep(0.05)
+    await until_revoked(
+        lambda: messages.ListHistoryExports(mpb.ListHistoryExportsRequest(), metadata=laptop.md),
+        service="svc_message",
+    )
 
     calls = export_calls(messages, conversation_id=conversation_id, export_id=export.export_id)
     assert set(calls) == EXPORT_RPCS, "the matrix misses an export RPC"

@@ -15,7 +15,6 @@ until svc_message serves it, so the victim's readers are known here.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from parley_core.auth.tokens import TokenIssuer, load_private_key, write_key_pai
 from parley_dev.stack import LocalStack
 from tests.helpers import TEST_LIMITS, Metadata, auth
 from tests.media_world import Blob, MessageStandIn, error_info, send
+from tests.refusals import until_revoked
 from tests.users import Device, link_device, rid, sign_up
 
 pytestmark = pytest.mark.chaos
@@ -207,13 +207,7 @@ async def test_bad_credentials_are_refused_by_every_media_rpc(
     ]
     calls = media_calls(media, v)
     assert set(calls) == MEDIA_RPCS, "the matrix misses a media RPC"
-    deadline = time.monotonic() + 10
-    while True:
-        error = await refused(calls["GetQuota"](v.laptop.md))
-        if error_info(error).reason == "ERROR_REASON_TOKEN_REVOKED":
-            break
-        assert time.monotonic() < deadline, "the revocation did not reach svc_media"
-        await asyncio.sleep(0.05)
+    await until_revoked(lambda: calls["GetQuota"](v.laptop.md), service="svc_media")
     for name, md, reason in cases:
         for rpc, call in calls.items():
             error = await refused(call(md))

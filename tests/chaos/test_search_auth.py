@@ -11,7 +11,6 @@ nor remove the victim's message.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from parley_core.auth.credentials import new_token
 from parley_core.auth.tokens import TokenIssuer, load_private_key, write_key_pair
 from parley_dev.stack import LocalStack
 from tests.helpers import Metadata, auth
+from tests.refusals import until_revoked
 from tests.search_world import Epoch, Query, index, request, send_opaque, set_search
 from tests.users import Device, direct, error_reason, link_device, rid, sign_up
 
@@ -154,13 +154,7 @@ async def test_bad_credentials_are_refused_by_every_search_rpc(
     ]
     calls = search_calls(search, v)
     assert set(calls) == SEARCH_RPCS, "the matrix misses a search RPC"
-    deadline = time.monotonic() + 10
-    while True:
-        error = await refused(calls["GetSearchSettings"](v.laptop.md))
-        if error_reason(error) == "ERROR_REASON_TOKEN_REVOKED":
-            break
-        assert time.monotonic() < deadline, "the revocation did not reach svc_search"
-        await asyncio.sleep(0.05)
+    await until_revoked(lambda: calls["GetSearchSettings"](v.laptop.md), service="svc_search")
     for name, md, reason in cases:
         for rpc, call in calls.items():
             error = await refused(call(md))

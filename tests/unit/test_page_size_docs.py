@@ -16,6 +16,8 @@ from svc_message.servicer.changes import (
     RECEIPTS_PAGE_MAX,
 )
 from svc_message.servicer.groups import MEMBERS_PAGE_DEFAULT, MEMBERS_PAGE_MAX
+from svc_message.servicer.history_export import DEFAULT_PAGE as EXPORTS_PAGE_DEFAULT
+from svc_message.servicer.history_export import MAX_PAGE as EXPORTS_PAGE_MAX
 from svc_message.servicer.inbox import INBOX_PAGE_DEFAULT, INBOX_PAGE_MAX
 from svc_message.servicer.messages import HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX
 from svc_presence.servicer.presence import CONTACTS_PAGE_DEFAULT, CONTACTS_PAGE_MAX
@@ -36,6 +38,7 @@ APPLIED = {
     "ListContactsRequest": (CONTACTS_PAGE_DEFAULT, CONTACTS_PAGE_MAX),
     "ListAuditEventsRequest": (AUDIT_PAGE_DEFAULT, AUDIT_PAGE_MAX),
     "SearchRequest": (SEARCH_PAGE_DEFAULT, SEARCH_PAGE_MAX),
+    "ListHistoryExportsRequest": (EXPORTS_PAGE_DEFAULT, EXPORTS_PAGE_MAX),
 }
 
 PROMISE = re.compile(

@@ -2746,7 +2746,9 @@ class ListHistoryExportsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """1-100; 0: 20."""
+    """1-100; 0 means 20. Larger values are treated as 100 (AIP-158); a
+    negative one is INVALID_ARGUMENT naming page_size.
+    """
     page_token: _builtins.str
     def __init__(
         self,
