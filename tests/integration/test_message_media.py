@@ -10,6 +10,7 @@ test tells it to, with the errors svc_media answers.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -552,6 +553,12 @@ async def test_the_internal_service_takes_only_the_service_credential(world: Wor
                 account_id=alice.account_id,
                 device_id=alice.device_id,
                 notice=mpb.MediaNotice(kind=RESTORE_READY, media_id="m"),
+            ),
+            metadata=md,
+        ),
+        "CheckSearchMessages": lambda md: w.internal.CheckSearchMessages(
+            ipb.CheckSearchMessagesRequest(
+                account_id=alice.account_id, conversation_ids=[str(uuid.uuid4())]
             ),
             metadata=md,
         ),

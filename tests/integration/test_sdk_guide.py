@@ -48,11 +48,14 @@ def pointed_at(block: Block, stack: LocalStack, suffix: str) -> str:
         f"keys_target={stack.keys_target!r}, message_target={stack.message_targets[0]!r}, "
         f"presence_target={stack.presence_target!r}, "
     )
-    # A stack without svc_media leaves the media examples at the default address,
+    # A stack without svc_media (or svc_search) leaves those examples at the default address,
     # where they fail: the other examples still run.
     media_target = getattr(stack, "media_target", None)
     if media_target is not None:
         targets += f"media_target={media_target!r}, "
+    search_target = getattr(stack, "search_target", None)
+    if search_target is not None:
+        targets += f"search_target={search_target!r}, "
     source = block.source
     for call in ("Client.connect(", "Client.sign_up("):
         source = source.replace(call, call + targets)
