@@ -222,7 +222,14 @@ class ConversationsHandler:
 
     async def conversation(self, conversation_id: str) -> Conversation:
         cached = self._cached.get(conversation_id)
-        if cached is not None and (cached[0].type == DIRECT or not self._expired(cached[1])):
+        # A cached document caught mid-AddMembers (another instance is adding
+        # someone) is read again: the join it lacks is recorded a moment later,
+        # and its announcement to this instance may come later still.
+        if (
+            cached is not None
+            and not cached[0].has_pending_joins
+            and (cached[0].type == DIRECT or not self._expired(cached[1]))
+        ):
             return cached[0]
         conversation = await self._store.get(conversation_id)
         if conversation is None:

@@ -42,6 +42,7 @@ from svc_message.model import (
     DIRECT,
     GROUP_MEMBER_CAP,
     OWNER,
+    PENDING_JOIN,
     Change,
     Conversation,
     InboxEntry,
@@ -55,9 +56,7 @@ from svc_message.storage.messages import MessageStore
 
 # Concurrent account look-ups in svc_keys when a group is created.
 LOOKUP_CONCURRENCY = 32
-# A member added but not yet announced sees nothing until the system message
-# that adds them is recorded as where their history starts.
-PENDING = (2**62, 2**62)
+PENDING = PENDING_JOIN
 
 
 def _at(now: float) -> datetime:

@@ -44,6 +44,12 @@ class MessageSummary:
     created_at: datetime
 
 
+# A member added but not yet announced sees nothing until the system message
+# that adds them is recorded as where their history starts: its (seq, version)
+# in Conversation.joined until then.
+PENDING_JOIN = (2**62, 2**62)
+
+
 @dataclass(frozen=True, slots=True)
 class Conversation:
     conversation_id: str
@@ -75,6 +81,11 @@ class Conversation:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_roles_by_member", dict(self.roles))
         object.__setattr__(self, "_joined_by_member", dict(self.joined))
+
+    @property
+    def has_pending_joins(self) -> bool:
+        """A member is being added right now: its join is about to be recorded."""
+        return any(position == PENDING_JOIN for position in self._joined_by_member.values())
 
     def role_of(self, account_id: str) -> int:
         role = self._roles_by_member.get(account_id)
