@@ -269,9 +269,17 @@ class StreamSession:
                     reason=Reason.TOKEN_EXPIRED,
                 )
             if self._expiry is None:
-                self._expiry = asyncio.get_running_loop().call_later(remaining, self._wake.set)
+                self._expiry = asyncio.get_running_loop().call_later(remaining, self._expired)
             self._wake.clear()
             await self._wake.wait()
+
+    def _expired(self) -> None:
+        # The loop may run a timer a little early (its clock resolution), and
+        # the expiry is checked on the wall clock: forget the fired timer so a
+        # wake that finds the token not quite expired arms a new one instead
+        # of waiting for an event that may never come.
+        self._expiry = None
+        self._wake.set()
 
     def stop_waiting(self) -> None:
         """The stream ended: drop the expiry timer."""
