@@ -24,6 +24,7 @@ from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_core.auth.tokens import TokenIssuer, load_private_key, write_key_pair
 from parley_dev.stack import LocalStack
+from tests.chaos.auth_calls import refused
 from tests.chaos.export_calls import EXPORT_RPCS, export_calls
 from tests.helpers import Metadata, auth
 from tests.refusals import until_revoked
@@ -32,14 +33,6 @@ from tests.users import direct, error_reason, link_device, rid, sign_up
 pytestmark = pytest.mark.chaos
 
 MESSAGE_RPCS = {m.name for m in mpb.DESCRIPTOR.services_by_name["MessageService"].methods}
-
-
-async def refused(call: Any) -> grpc.aio.AioRpcError:
-    try:
-        reply = await call
-    except grpc.aio.AioRpcError as error:
-        return error
-    raise AssertionError(f"the call succeeded and returned {reply!r:.300}")
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -33,6 +33,7 @@ from parley.media.v1 import references_pb2 as rpb
 from parley.media.v1 import references_pb2_grpc as rgrpc
 from parley_core.auth.tokens import TokenIssuer, load_private_key, write_key_pair
 from parley_dev.stack import LocalStack
+from tests.chaos.auth_calls import refused
 from tests.helpers import TEST_LIMITS, Metadata, auth
 from tests.media_world import Blob, MessageStandIn, error_info, send
 from tests.refusals import until_revoked
@@ -71,14 +72,6 @@ async def media_auth(
             yield stack, stand_in
     finally:
         await stand_in.stop()
-
-
-async def refused(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    try:
-        reply = await call
-    except grpc.aio.AioRpcError as error:
-        return error
-    raise AssertionError(f"the call succeeded and returned {reply!r:.300}")
 
 
 def media_calls(media: mgrpc.MediaServiceStub, v: Victim) -> dict[str, Call]:
