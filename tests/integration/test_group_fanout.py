@@ -38,7 +38,16 @@ BURST = 40
 # Heartbeats of the conversation projector: timed, not caused by sends.
 # Written on a timer, whatever is sent: projector heartbeats and the
 # conversation owners' shard leases.
-TIMED_COLLECTIONS = frozenset({"projectors", "message_shard_leases", "message_owners"})
+# Leases and heartbeats: written on a timer, whatever is being sent.
+TIMED_COLLECTIONS = frozenset(
+    {
+        "projectors",
+        "message_shard_leases",
+        "message_owners",
+        "archive_control",
+        "history_export_control",
+    }
+)
 SETTLE_QUIET_SECONDS = 0.3
 SETTLE_TIMEOUT_SECONDS = 15.0
 SYNC_TIMEOUT_SECONDS = 60.0
