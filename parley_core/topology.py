@@ -28,6 +28,8 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from parley_core.ids import MAX_REGION_NUMBER
+
 log = structlog.get_logger(__name__)
 
 FORMAT_VERSION = 1
@@ -56,6 +58,9 @@ class RegionEndpoints:
     public_endpoint: str | None
     # Where other regions forward requests and replicate events to.
     peer_endpoint: str | None
+    # The number tagged ids minted in this region carry (parley_core/ids.py);
+    # None only in a document with a single region.
+    number: int | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,12 @@ class Topology:
     regions: Mapping[str, RegionEndpoints]
     residency: Residency
     routing: Routing
+    # The regions that register handles, in the order the document lists them
+    # (docs/design/regions.md, "Handles stay unique across regions").
+    handle_registrars: tuple[str, ...] = ()
+    # The region that owns ids without a region tag (minted before the
+    # deployment had regions); None: the self region.
+    legacy_region: str | None = None
 
     @property
     def self_region(self) -> RegionEndpoints:
@@ -110,12 +121,14 @@ def _field(tree: Mapping[str, Any], key: str, where: str) -> Any:
     return tree[key]
 
 
-def _int(value: Any, where: str, *, minimum: int) -> int:
+def _int(value: Any, where: str, *, minimum: int, maximum: int | None = None) -> int:
     # bool is an int subclass; true is not a generation.
     if isinstance(value, bool) or not isinstance(value, int):
         raise TopologyError(f"{where}: must be an integer")
     if value < minimum:
         raise TopologyError(f"{where}: must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise TopologyError(f"{where}: must be at most {maximum}")
     return value
 
 
@@ -141,11 +154,15 @@ def _region(name: str, value: Any) -> RegionEndpoints:
     is_self = _field(tree, "self", where)
     if not isinstance(is_self, bool):
         raise TopologyError(f"{where}.self: must be true or false")
+    number = tree.get("number")
     return RegionEndpoints(
         name=name,
         is_self=is_self,
         public_endpoint=_optional_text(tree.get("publicEndpoint"), f"{where}.publicEndpoint"),
         peer_endpoint=_optional_text(tree.get("peerEndpoint"), f"{where}.peerEndpoint"),
+        number=None
+        if number is None
+        else _int(number, f"{where}.number", minimum=0, maximum=MAX_REGION_NUMBER),
     )
 
 
@@ -157,7 +174,35 @@ def _regions(value: Any, region: str) -> Mapping[str, RegionEndpoints]:
         raise TopologyError(f"regions: exactly one must have self: true, found {selves}")
     if selves[0] != region:
         raise TopologyError(f"regions: the self region is {selves[0]}, but region is {region}")
+    if len(regions) > 1:
+        # Tagged ids route by number: two regions sharing one would each take
+        # the other's conversations for their own.
+        unnumbered = sorted(name for name, r in regions.items() if r.number is None)
+        if unnumbered:
+            raise TopologyError(f"regions: every region needs a number, missing for {unnumbered}")
+        numbers = [r.number for r in regions.values()]
+        if len(set(numbers)) != len(numbers):
+            raise TopologyError("regions: two regions have the same number")
     return MappingProxyType(regions)
+
+
+def _region_names(
+    value: Any, where: str, regions: Mapping[str, RegionEndpoints]
+) -> tuple[str, ...]:
+    names = _texts(value, where)
+    unknown = sorted(set(names) - set(regions))
+    if unknown:
+        raise TopologyError(f"{where}: not regions of the document: {unknown}")
+    if len(set(names)) != len(names):
+        raise TopologyError(f"{where}: a region is listed twice")
+    return names
+
+
+def _registrars(value: Any, regions: Mapping[str, RegionEndpoints]) -> tuple[str, ...]:
+    names = _region_names(value, "handleRegistrars", regions)
+    if not names:
+        raise TopologyError("handleRegistrars: at least one region must register handles")
+    return names
 
 
 def _residency(value: Any, regions: Mapping[str, RegionEndpoints]) -> Residency:
@@ -208,6 +253,8 @@ def parse_topology(content: str | bytes) -> Topology:
         raise TopologyError(f"format: unknown version {document_format}, know {FORMAT_VERSION}")
     region = _text(_field(tree, "region", "document"), "region")
     regions = _regions(_field(tree, "regions", "document"), region)
+    registrars = tree.get("handleRegistrars")
+    legacy = tree.get("legacyRegion")
     return Topology(
         format=document_format,
         generation=_int(_field(tree, "generation", "document"), "generation", minimum=0),
@@ -215,6 +262,13 @@ def parse_topology(content: str | bytes) -> Topology:
         regions=regions,
         residency=_residency(_field(tree, "residency", "document"), regions),
         routing=_routing(_field(tree, "routing", "document")),
+        # Absent: every region registers handles.
+        handle_registrars=tuple(sorted(regions))
+        if registrars is None
+        else _registrars(registrars, regions),
+        legacy_region=None
+        if legacy is None
+        else _region_names([legacy], "legacyRegion", regions)[0],
     )
 
 

@@ -7,9 +7,19 @@ come from ``spec``, so the API server and the operator's parse agree.
 
 from __future__ import annotations
 
-from typing import Any
-
 from parley_operator import GROUP, REGION_KIND, REGION_PLURAL, VERSION
+from parley_operator.crd_schema import (
+    ENDPOINT_PATTERN,
+    Schema,
+    integer_schema,
+    number_schema,
+    object_schema,
+    quantities_schema,
+    secret_key_ref_schema,
+    string_schema,
+    validations,
+)
+from parley_operator.crd_storage import media_schema, s3_schema, search_schema
 from parley_operator.spec import (
     DATA_KINDS,
     DEFAULT_CONVERSATION_SHARDS,
@@ -20,82 +30,29 @@ from parley_operator.spec import (
     DEFAULT_SHUTDOWN_GRACE_SECONDS,
     DEFAULT_TARGETS,
     MAX_NAME_LENGTH,
-    MAX_TIER_DAYS,
-    MIN_ARCHIVE_DAYS,
-    MIN_DAYS_IN_INFREQUENT,
-    MIN_INFREQUENT_DAYS,
     PULL_POLICIES,
     REGION_PATTERN,
-    S3_ADDRESSING_STYLES,
     SERVICES,
 )
 
-Schema = dict[str, Any]
-
 PHASES = ("Pending", "Progressing", "Ready", "Degraded", "Failed", "Deleting")
-ENDPOINT_PATTERN = r"^[A-Za-z0-9.-]+:[0-9]{1,5}$"
-
-
-def _string(description: str, **extra: Any) -> Schema:
-    return {"type": "string", "description": description, **extra}
-
-
-def _integer(description: str, **extra: Any) -> Schema:
-    return {"type": "integer", "description": description, **extra}
-
-
-def _number(description: str, **extra: Any) -> Schema:
-    return {"type": "number", "description": description, **extra}
-
-
-def _object(
-    description: str, properties: Schema, *, required: list[str] | None = None, **extra: Any
-) -> Schema:
-    """An object node; ``extra`` carries other keywords (default, x-kubernetes-*)."""
-    node: Schema = {"type": "object", "description": description, "properties": properties}
-    if required:
-        node["required"] = required
-    node.update(extra)
-    return node
-
-
-def _secret_key_ref(description: str) -> Schema:
-    return _object(
-        description,
-        {
-            "name": _string("Name of a Secret in the region's namespace.", minLength=1),
-            "key": _string("Key inside the Secret.", minLength=1),
-        },
-        required=["name", "key"],
-    )
-
-
-def _quantities(description: str) -> Schema:
-    return {
-        "type": "object",
-        "description": description,
-        "additionalProperties": {
-            "anyOf": [{"type": "integer"}, {"type": "string"}],
-            "x-kubernetes-int-or-string": True,
-        },
-    }
 
 
 def _scaling_target() -> Schema:
-    return _object(
+    return object_schema(
         "One load signal read from every pod's Prometheus /metrics.",
         {
-            "metric": _string(
+            "metric": string_schema(
                 "Sample name as exposed (counters end in _total).",
                 pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$",
             ),
-            "type": _string(
+            "type": string_schema(
                 "Gauge: the value is the load. Rate: a counter, load is its per-second "
                 "increase between two scrapes.",
                 enum=["Gauge", "Rate"],
                 default="Gauge",
             ),
-            "perPod": _number("Load one pod should carry.", exclusiveMinimum=True, minimum=0),
+            "perPod": number_schema("Load one pod should carry.", exclusiveMinimum=True, minimum=0),
             "labels": {
                 "type": "object",
                 "description": "Only samples with these label values count.",
@@ -112,12 +69,14 @@ def _service(name: str) -> Schema:
         | ({"labels": dict(t.labels)} if t.labels else {})
         for t in DEFAULT_TARGETS[name]
     ]
-    return _object(
+    return object_schema(
         f"The {name} service: replicas, load-based scaling, resources, shutdown.",
         {
-            "minReplicas": _integer("Fewest pods.", minimum=1, default=DEFAULT_MIN_REPLICAS),
-            "maxReplicas": _integer("Most pods.", minimum=1, default=DEFAULT_MAX_REPLICAS[name]),
-            "scaling": _object(
+            "minReplicas": integer_schema("Fewest pods.", minimum=1, default=DEFAULT_MIN_REPLICAS),
+            "maxReplicas": integer_schema(
+                "Most pods.", minimum=1, default=DEFAULT_MAX_REPLICAS[name]
+            ),
+            "scaling": object_schema(
                 "Load-based scaling done by the operator (no HPA): the replica count is "
                 "the load summed over pods divided by perPod, the highest over targets.",
                 {
@@ -129,42 +88,42 @@ def _service(name: str) -> Schema:
                         "default": defaults,
                         "maxItems": 8,
                     },
-                    "scaleUpCooldownSeconds": _integer(
+                    "scaleUpCooldownSeconds": integer_schema(
                         "Least time since the last scaling before scaling up.",
                         minimum=0,
                         default=60,
                     ),
-                    "scaleDownCooldownSeconds": _integer(
+                    "scaleDownCooldownSeconds": integer_schema(
                         "Least time since the last scaling before scaling down.",
                         minimum=0,
                         default=300,
                     ),
-                    "tolerance": _number(
+                    "tolerance": number_schema(
                         "Load within this fraction of the target leaves replicas alone.",
                         minimum=0,
                         maximum=1,
                         default=0.1,
                     ),
-                    "scaleDownMaxStep": _integer(
+                    "scaleDownMaxStep": integer_schema(
                         "Most pods removed in one scale-down.", minimum=1, default=1
                     ),
                 },
                 default={},
             ),
-            "resources": _object(
+            "resources": object_schema(
                 "Container resources (core/v1 ResourceRequirements).",
                 {
-                    "requests": _quantities("Requested cpu and memory."),
-                    "limits": _quantities("Limits of cpu and memory."),
+                    "requests": quantities_schema("Requested cpu and memory."),
+                    "limits": quantities_schema("Limits of cpu and memory."),
                 },
             ),
-            "shutdownGraceSeconds": _number(
+            "shutdownGraceSeconds": number_schema(
                 "In-flight RPCs get this long after SIGTERM (server.shutdown_grace_seconds).",
                 minimum=0,
                 maximum=600,
                 default=DEFAULT_SHUTDOWN_GRACE_SECONDS,
             ),
-            "preStopSeconds": _integer(
+            "preStopSeconds": integer_schema(
                 "Wait before SIGTERM so the endpoints drop the pod first.",
                 minimum=0,
                 maximum=60,
@@ -172,28 +131,23 @@ def _service(name: str) -> Schema:
             ),
         },
         default={},
-        **_validations("self.minReplicas <= self.maxReplicas", "minReplicas exceeds maxReplicas"),
+        **validations("self.minReplicas <= self.maxReplicas", "minReplicas exceeds maxReplicas"),
     )
-
-
-def _validations(rule: str, message: str) -> dict[str, Any]:
-    """A CEL rule the API server checks (x-kubernetes-validations)."""
-    return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
 
 
 # A service token is a random secret; an operator-tokens file lists digests.
 # Both are Secret keys mounted as files, never values in the spec.
 def _auth() -> Schema:
-    return _object(
+    return object_schema(
         "Credentials of service-to-service and operator-only RPCs, each a key of a Secret "
         "mounted as a file.",
         {
-            "serviceTokenSecretRef": _secret_key_ref(
+            "serviceTokenSecretRef": secret_key_ref_schema(
                 "The deployment's service token (a random secret of at least 32 characters): "
                 "every service mounts it (auth.service_token_file) to call and accept internal "
                 "RPCs. Needed with media."
             ),
-            "operatorTokensSecretRef": _secret_key_ref(
+            "operatorTokensSecretRef": secret_key_ref_schema(
                 "Operator credentials, one `<name> <sha256 hex of the token>` line each "
                 "(auth.operator_tokens_file): svc_media mounts it for MediaAdminService "
                 "(quarantine). Without it no one can call operator-only RPCs."
@@ -202,164 +156,16 @@ def _auth() -> Schema:
     )
 
 
-def _s3() -> Schema:
-    return _object(
-        "S3-compatible object storage (AWS S3, MinIO, Ceph RGW) for media and the archive: "
-        "one bucket per region.",
-        {
-            "bucket": _string("Bucket name.", minLength=3, maxLength=63),
-            "endpoint": _string(
-                "Endpoint URL the services call (empty: AWS S3 of `region`).",
-                pattern=r"^https?://",
-            ),
-            "publicEndpoint": _string(
-                "Endpoint URL clients reach the store at, put in presigned URLs (they sign "
-                "the host); empty: `endpoint`.",
-                pattern=r"^https?://",
-            ),
-            "region": _string("Bucket region (used in request signatures).", maxLength=64),
-            "addressingStyle": _string(
-                "Bucket addressing: path (endpoint/bucket/key, works everywhere), virtual "
-                "(bucket.endpoint/key) or auto.",
-                enum=list(S3_ADDRESSING_STYLES),
-                default="path",
-            ),
-            "credentialsSecretRef": _object(
-                "Secret with the access key pair, mounted as files into svc_media. Leave it "
-                "out to use the default AWS credential chain (a role bound to "
-                "media.serviceAccountName, or the node's).",
-                {
-                    "name": _string("Secret name.", minLength=1),
-                    "accessKeyIdKey": _string(
-                        "Key of the access key id.", minLength=1, default="AWS_ACCESS_KEY_ID"
-                    ),
-                    "secretAccessKeyKey": _string(
-                        "Key of the secret access key.",
-                        minLength=1,
-                        default="AWS_SECRET_ACCESS_KEY",
-                    ),
-                },
-                required=["name"],
-            ),
-        },
-        required=["bucket"],
-    )
-
-
-def _media() -> Schema:
-    return _object(
-        "svc_media, end-to-end encrypted attachments in the region's bucket (spec.s3). Its "
-        "replicas and scaling are under services.media; other settings go in config.media.",
-        {
-            "enabled": {
-                "type": "boolean",
-                "description": "Run svc_media. Needs spec.s3 and spec.auth.serviceTokenSecretRef.",
-                "default": False,
-            },
-            "serviceAccountName": _string(
-                "ServiceAccount of the media pods, e.g. one bound to an IAM role that may use "
-                "the bucket (then leave out s3.credentialsSecretRef); empty: none.",
-                pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
-                maxLength=253,
-            ),
-            "maxObjectBytes": _integer(
-                "Largest ciphertext one upload may carry, in bytes (media.max_object_bytes).",
-                minimum=1,
-                maximum=5 * 1024**4,
-            ),
-            "gcGraceSeconds": _integer(
-                "Seconds media stays after its last reference went before garbage collection "
-                "checks it (media.gc_grace_seconds).",
-                minimum=0,
-                maximum=30 * 86400,
-            ),
-            "tiers": _media_tiers(),
-            "quotas": _object(
-                "Per-account quotas in ciphertext bytes (media.quotas); forwards count against "
-                "no quota of the forwarder.",
-                {
-                    "dailyUploadBytes": _integer(
-                        "Bytes one account may upload per UTC day.", minimum=1
-                    ),
-                    "storedBytes": _integer(
-                        "Bytes of the media one account uploaded that may be kept at once.",
-                        minimum=1,
-                    ),
-                },
-            ),
-        },
-        default={},
-    )
-
-
-def _search() -> Schema:
-    return _object(
-        "svc_search, the opt-in server blind index over end-to-end encrypted history (postings "
-        "in MongoDB). Its replicas and scaling are under services.search; other settings go in "
-        "config.search.",
-        {
-            "enabled": {
-                "type": "boolean",
-                "description": "Run svc_search. Needs spec.auth.serviceTokenSecretRef.",
-                "default": False,
-            },
-        },
-        default={},
-    )
-
-
-# What real S3 runs and bills (parley_core.config, MediaTierSettings), said to the API server.
-TIERS_RULE = (
-    "!has(self.infrequentAfterDays) || !has(self.archiveAfterDays) "
-    "|| self.infrequentAfterDays == 0 || self.archiveAfterDays == 0 "
-    f"|| self.archiveAfterDays >= self.infrequentAfterDays + {MIN_DAYS_IN_INFREQUENT}"
-)
-
-
-def _days_or_off(description: str, least: int) -> Schema:
-    # 0 turns the transition off; otherwise S3's floor (a JSON schema can say "0 or >= n").
-    return _integer(
-        description, minimum=0, maximum=MAX_TIER_DAYS, anyOf=[{"enum": [0]}, {"minimum": least}]
-    )
-
-
-def _media_tiers() -> Schema:
-    return _object(
-        "Storage tiers of the media bucket (media.tiers), set as its lifecycle rules: objects "
-        "move STANDARD -> STANDARD_IA -> GLACIER. Left out, svc_media's defaults apply "
-        "(STANDARD_IA after 30 days, no GLACIER, objects of 128 KiB or less never move).",
-        {
-            "infrequentAfterDays": _days_or_off(
-                f"Days after upload an object moves to STANDARD_IA; 0 never, else at least "
-                f"{MIN_INFREQUENT_DAYS} (S3 moves nothing sooner).",
-                MIN_INFREQUENT_DAYS,
-            ),
-            "archiveAfterDays": _days_or_off(
-                f"Days after upload an object moves to GLACIER (downloads then need RestoreMedia); "
-                f"0 never, else at least {MIN_ARCHIVE_DAYS} (Glacier bills {MIN_ARCHIVE_DAYS} days "
-                f"at least) and at least infrequentAfterDays + {MIN_DAYS_IN_INFREQUENT} when both "
-                "are on.",
-                MIN_ARCHIVE_DAYS,
-            ),
-            "minObjectBytes": _integer(
-                "Objects of at most this many bytes never move (S3 transitions nothing under "
-                "128 KiB by default, and a thumbnail in Glacier would need a restore).",
-                minimum=0,
-                maximum=5 * 1024**4,
-            ),
-        },
-        **_validations(
-            TIERS_RULE,
-            f"archiveAfterDays must be at least infrequentAfterDays + {MIN_DAYS_IN_INFREQUENT} "
-            "(S3 keeps objects 30 days in STANDARD_IA before archiving them)",
-        ),
-    )
-
-
 # What the operator refuses too (spec.parse_region), said to the API server in CEL.
 MEDIA_ENABLED = "has(self.media) && has(self.media.enabled) && self.media.enabled"
 SEARCH_ENABLED = "has(self.search) && has(self.search.enabled) && self.search.enabled"
 SPEC_RULES = [
+    {
+        "rule": "!has(self.peers) || size(self.peers) == 0 || "
+        "(has(self.number) && self.peers.all(p, has(p.number)))",
+        "message": "spec.number and every peers[].number are required with peers "
+        "(ids carry their region's number)",
+    },
     {
         "rule": f"!({MEDIA_ENABLED}) || has(self.s3)",
         "message": "media.enabled needs spec.s3 (the bucket media is kept in)",
@@ -378,45 +184,65 @@ SPEC_RULES = [
 
 
 def region_spec_schema() -> Schema:
-    return _object(
+    return object_schema(
         "A Parley region: where it runs, what it connects to, how it scales.",
         {
-            "region": _string(
+            "region": string_schema(
                 "The region's name, as users' home regions name it.", pattern=REGION_PATTERN
             ),
-            "publicEndpoint": _string(
+            "publicEndpoint": string_schema(
                 "host:port clients of this region connect to.", pattern=ENDPOINT_PATTERN
             ),
-            "logLevel": _string(
+            "number": integer_schema(
+                "The region's number, distinct among the regions: the ids of accounts and "
+                "conversations minted here carry it. Required with peers; never changes.",
+                minimum=0,
+                maximum=255,
+            ),
+            "handleRegistrars": {
+                "type": "array",
+                "description": "The regions that register handles (default: every region). "
+                "Every region must list the same ones; changing it is a migration.",
+                "items": string_schema("A region name.", pattern=REGION_PATTERN),
+                "minItems": 1,
+                "maxItems": 65,
+                "x-kubernetes-list-type": "set",
+            },
+            "legacyRegion": string_schema(
+                "The region that owns accounts and conversations created before the "
+                "deployment had regions (default: this region).",
+                pattern=REGION_PATTERN,
+            ),
+            "logLevel": string_schema(
                 "Log level of the services.",
                 enum=["DEBUG", "INFO", "WARNING", "ERROR"],
                 default="INFO",
             ),
-            "image": _object(
+            "image": object_schema(
                 "The Parley image (all services run from it).",
                 {
-                    "repository": _string("Image repository.", minLength=1),
-                    "tag": _string("Image tag.", minLength=1),
-                    "pullPolicy": _string(
+                    "repository": string_schema("Image repository.", minLength=1),
+                    "tag": string_schema("Image tag.", minLength=1),
+                    "pullPolicy": string_schema(
                         "Image pull policy.", enum=list(PULL_POLICIES), default=DEFAULT_PULL_POLICY
                     ),
                 },
                 required=["repository"],
             ),
-            "mongo": _object(
+            "mongo": object_schema(
                 "MongoDB: the URI comes from a Secret (mounted as a file).",
                 {
-                    "uriSecretRef": _secret_key_ref("Secret key holding the mongodb:// URI."),
-                    "database": _string(
+                    "uriSecretRef": secret_key_ref_schema("Secret key holding the mongodb:// URI."),
+                    "database": string_schema(
                         "Database name.", minLength=1, maxLength=60, default="parley"
                     ),
                 },
                 required=["uriSecretRef"],
             ),
-            "redis": _object(
+            "redis": object_schema(
                 "Redis: the URL comes from a Secret (mounted as a file).",
                 {
-                    "urlSecretRef": _secret_key_ref("Secret key holding the redis:// URL."),
+                    "urlSecretRef": secret_key_ref_schema("Secret key holding the redis:// URL."),
                     "cluster": {
                         "type": "boolean",
                         "description": "Redis is a Redis Cluster: the URL names one of its "
@@ -427,19 +253,19 @@ def region_spec_schema() -> Schema:
                         "type": "array",
                         "description": "More nodes of the cluster (host:port), tried at start "
                         "when the URL's node does not answer; only with cluster.",
-                        "items": _string("host:port of a node.", pattern=ENDPOINT_PATTERN),
+                        "items": string_schema("host:port of a node.", pattern=ENDPOINT_PATTERN),
                         "maxItems": 64,
                         "x-kubernetes-list-type": "set",
                     },
                 },
                 required=["urlSecretRef"],
             ),
-            "tokens": _object(
+            "tokens": object_schema(
                 "Token keys: one Secret holding the Ed25519 PEM keys. Only svc_keys "
                 "mounts the signing key; every service mounts the verification keys.",
                 {
-                    "secretName": _string("Secret with the PEM files.", minLength=1),
-                    "signingKey": _string(
+                    "secretName": string_schema("Secret with the PEM files.", minLength=1),
+                    "signingKey": string_schema(
                         "Key of the private signing key.", minLength=1, default="signing.pem"
                     ),
                     "verificationKeys": {
@@ -453,23 +279,26 @@ def region_spec_schema() -> Schema:
                 required=["secretName"],
             ),
             "auth": _auth(),
-            "s3": _s3(),
-            "media": _media(),
-            "search": _search(),
+            "s3": s3_schema(),
+            "media": media_schema(),
+            "search": search_schema(),
             "peers": {
                 "type": "array",
                 "description": "The other regions: conversation events replicate to them and "
                 "requests for conversations homed there are forwarded to them.",
-                "items": _object(
+                "items": object_schema(
                     "A peer region.",
                     {
-                        "name": _string("The peer's region name.", pattern=REGION_PATTERN),
-                        "endpoint": _string(
+                        "name": string_schema("The peer's region name.", pattern=REGION_PATTERN),
+                        "endpoint": string_schema(
                             "host:port of the peer's region-to-region endpoint.",
                             pattern=ENDPOINT_PATTERN,
                         ),
-                        "publicEndpoint": _string(
+                        "publicEndpoint": string_schema(
                             "host:port the peer's clients connect to.", pattern=ENDPOINT_PATTERN
+                        ),
+                        "number": integer_schema(
+                            "The peer's region number (its spec.number).", minimum=0, maximum=255
                         ),
                     },
                     required=["name", "endpoint"],
@@ -478,7 +307,7 @@ def region_spec_schema() -> Schema:
                 "x-kubernetes-list-type": "map",
                 "x-kubernetes-list-map-keys": ["name"],
             },
-            "residency": _object(
+            "residency": object_schema(
                 "Data residency of users homed in this region.",
                 {
                     "homeOnlyData": {
@@ -497,10 +326,10 @@ def region_spec_schema() -> Schema:
                 },
                 default={},
             ),
-            "routing": _object(
+            "routing": object_schema(
                 "Routing inside the region.",
                 {
-                    "conversationShards": _integer(
+                    "conversationShards": integer_schema(
                         "Conversation shards (a conversation's shard is a hash of its id).",
                         minimum=1,
                         maximum=65536,
@@ -509,7 +338,7 @@ def region_spec_schema() -> Schema:
                 },
                 default={},
             ),
-            "services": _object(
+            "services": object_schema(
                 "Per-service settings.",
                 {name: _service(name) for name in SERVICES},
                 default={},
@@ -527,28 +356,30 @@ def region_spec_schema() -> Schema:
 
 
 def _condition() -> Schema:
-    return _object(
+    return object_schema(
         "A metav1.Condition.",
         {
-            "type": _string("Condition type.", maxLength=316),
-            "status": _string("True, False or Unknown.", enum=["True", "False", "Unknown"]),
-            "reason": _string("CamelCase reason.", maxLength=1024),
-            "message": _string("Human-readable detail.", maxLength=32768),
-            "observedGeneration": _integer("Generation the condition was set for.", minimum=0),
-            "lastTransitionTime": _string("When status last changed.", format="date-time"),
+            "type": string_schema("Condition type.", maxLength=316),
+            "status": string_schema("True, False or Unknown.", enum=["True", "False", "Unknown"]),
+            "reason": string_schema("CamelCase reason.", maxLength=1024),
+            "message": string_schema("Human-readable detail.", maxLength=32768),
+            "observedGeneration": integer_schema(
+                "Generation the condition was set for.", minimum=0
+            ),
+            "lastTransitionTime": string_schema("When status last changed.", format="date-time"),
         },
         required=["type", "status", "lastTransitionTime", "reason", "message"],
     )
 
 
 def _service_status(name: str) -> Schema:
-    return _object(
+    return object_schema(
         f"Replicas of the {name} service.",
         {
-            "replicas": _integer("Replicas the Deployment asks for.", minimum=0),
-            "readyReplicas": _integer("Pods ready.", minimum=0),
-            "lastScaleTime": _string("When the operator last scaled it.", format="date-time"),
-            "lastScaleReason": _string("Why."),
+            "replicas": integer_schema("Replicas the Deployment asks for.", minimum=0),
+            "readyReplicas": integer_schema("Pods ready.", minimum=0),
+            "lastScaleTime": string_schema("When the operator last scaled it.", format="date-time"),
+            "lastScaleReason": string_schema("Why."),
             "load": {
                 "type": "object",
                 "description": "Last load read per target metric, summed over pods.",
@@ -559,21 +390,21 @@ def _service_status(name: str) -> Schema:
 
 
 def region_status_schema() -> Schema:
-    return _object(
+    return object_schema(
         "What the operator last did and saw.",
         {
-            "phase": _string("Summary of the conditions.", enum=list(PHASES)),
-            "observedGeneration": _integer("Generation last reconciled.", minimum=0),
+            "phase": string_schema("Summary of the conditions.", enum=list(PHASES)),
+            "observedGeneration": integer_schema("Generation last reconciled.", minimum=0),
             "conditions": {
                 "type": "array",
                 "items": _condition(),
                 "x-kubernetes-list-type": "map",
                 "x-kubernetes-list-map-keys": ["type"],
             },
-            "services": _object(
+            "services": object_schema(
                 "Per-service replicas.", {name: _service_status(name) for name in SERVICES}
             ),
-            "topologyHash": _string("Hash of the topology document last written."),
+            "topologyHash": string_schema("Hash of the topology document last written."),
         },
     )
 

@@ -103,6 +103,8 @@ class Peer:
     name: str
     endpoint: str
     public_endpoint: str | None = None
+    # The peer's region number (docs/design/regions.md, tagged ids).
+    number: int | None = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,12 @@ class RegionSpec:
     log_level: str
     extra_config: Mapping[str, Any]
     auth: AuthSecrets = AuthSecrets()
+    # This region's number; required once it has peers.
+    number: int | None = None
+    # The regions that register handles (None: every region).
+    handle_registrars: tuple[str, ...] | None = None
+    # The region owning ids minted before the deployment had regions.
+    legacy_region: str | None = None
     media: MediaSpec | None = None
     # svc_search runs (spec.search.enabled).
     search: bool = False
@@ -476,6 +484,7 @@ def parse_region(name: str, namespace: str, spec: Mapping[str, Any]) -> RegionSp
             name=str(p["name"]),
             endpoint=str(p["endpoint"]),
             public_endpoint=p.get("publicEndpoint"),
+            number=_region_number(p.get("number"), f"spec.peers[{p.get('name')}].number"),
         )
         for p in spec.get("peers") or ()
     )
@@ -484,6 +493,17 @@ def parse_region(name: str, namespace: str, spec: Mapping[str, Any]) -> RegionSp
         raise SpecError(f"spec.peers lists the region itself ({region})")
     if len(set(peer_names)) != len(peer_names):
         raise SpecError("spec.peers names a region twice")
+    number = _region_number(spec.get("number"), "spec.number")
+    _check_region_numbers(number, peers)
+    all_regions = {region, *peer_names}
+    registrars = spec.get("handleRegistrars")
+    if registrars is not None:
+        registrars = tuple(str(r) for r in registrars)
+        if not registrars or set(registrars) - all_regions:
+            raise SpecError("spec.handleRegistrars must list some of the region and its peers")
+    legacy_region = spec.get("legacyRegion")
+    if legacy_region is not None and legacy_region not in all_regions:
+        raise SpecError("spec.legacyRegion must be the region or one of its peers")
     residency = _mapping(spec, "residency")
     replicate_to = tuple(residency.get("replicateTo") or peer_names)
     unknown = sorted(set(replicate_to) - set(peer_names))
@@ -518,4 +538,26 @@ def parse_region(name: str, namespace: str, spec: Mapping[str, Any]) -> RegionSp
         search=search,
         redis_cluster=bool(redis.get("cluster", False)),
         redis_cluster_nodes=_cluster_nodes(redis),
+        number=number,
+        handle_registrars=registrars,
+        legacy_region=legacy_region,
     )
+
+
+def _region_number(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise SpecError(f"{where} must be an integer from 0 to 255")
+    return value
+
+
+def _check_region_numbers(number: int | None, peers: tuple[Peer, ...]) -> None:
+    """Ids carry their region's number, so with peers every region needs a distinct one."""
+    if not peers:
+        return
+    if number is None or any(p.number is None for p in peers):
+        raise SpecError("spec.number and every spec.peers[].number are required with peers")
+    numbers = [number, *(p.number for p in peers)]
+    if len(set(numbers)) != len(numbers):
+        raise SpecError("spec.number and spec.peers[].number must all differ")

@@ -36,6 +36,7 @@ def topology_document(region: RegionSpec, generation: int) -> dict[str, Any]:
             "self": True,
             "publicEndpoint": region.public_endpoint,
             "peerEndpoint": None,
+            "number": region.number,
         }
     }
     for peer in region.peers:
@@ -43,8 +44,15 @@ def topology_document(region: RegionSpec, generation: int) -> dict[str, Any]:
             "self": False,
             "publicEndpoint": peer.public_endpoint,
             "peerEndpoint": peer.endpoint,
+            "number": peer.number,
         }
+    extra: dict[str, Any] = {}
+    if region.handle_registrars is not None:
+        extra["handleRegistrars"] = list(region.handle_registrars)
+    if region.legacy_region is not None:
+        extra["legacyRegion"] = region.legacy_region
     return {
+        **extra,
         "format": FORMAT_VERSION,
         "generation": generation,
         "region": region.region,

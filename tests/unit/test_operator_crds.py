@@ -213,7 +213,11 @@ def test_cel_rules_are_on_the_spec() -> None:
     assert spec["x-kubernetes-validations"] == SPEC_RULES
     for rule in SPEC_RULES:
         assert rule["rule"].startswith(
-            ("!(has(self.media) && has(self.media.enabled)", "!(has(self.search) && ")
+            (
+                "!(has(self.media) && has(self.media.enabled)",
+                "!(has(self.search) && ",
+                "!has(self.peers) || ",
+            )
         )
 
 

@@ -311,8 +311,10 @@ def test_topology_document() -> None:
         "self": True,
         "publicEndpoint": "chat.eu.example.com:443",
         "peerEndpoint": None,
+        "number": 1,
     }
     assert document["regions"]["us-east"]["peerEndpoint"] == "peer.us-east.example.com:7443"
+    assert document["regions"]["us-east"]["number"] == 2
     assert document["regions"]["ap-south"]["publicEndpoint"] is None
     assert document["residency"] == {
         "homeOnlyData": ["media", "search"],

@@ -19,7 +19,8 @@ import yaml
 from parley_core import config as core_config
 from parley_core.config import Settings, load_settings
 from parley_operator import spec as operator_spec
-from parley_operator.crds import TIERS_RULE, region_crd
+from parley_operator.crd_storage import TIERS_RULE
+from parley_operator.crds import region_crd
 from parley_operator.service_config import service_config
 from parley_operator.spec import SpecError, parse_region
 from svc_media.domain.tiers import lifecycle_plan

@@ -1,0 +1,86 @@
+"""Which region an account is homed in, owns a conversation, registers a handle.
+
+Pure functions of the topology and the ids (docs/design/regions.md): a tagged
+id names the region that minted it; an untagged one belongs to the legacy
+region. Without a topology there is one region and everything is local.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from parley_core.ids import region_number_of
+from parley_core.topology import Topology
+
+
+class UnknownRegion(LookupError):
+    """An id names a region number the topology does not know."""
+
+
+@dataclass(frozen=True)
+class RegionMap:
+    """The topology's answer to "where does this live?"."""
+
+    self_region: str
+    # None: a single-region deployment, which mints untagged ids.
+    self_number: int | None
+    names_by_number: Mapping[int, str]
+    legacy_region: str
+    handle_registrars: tuple[str, ...]
+
+    @classmethod
+    def single(cls, name: str = "local") -> RegionMap:
+        return cls(
+            self_region=name,
+            self_number=None,
+            names_by_number=MappingProxyType({}),
+            legacy_region=name,
+            handle_registrars=(name,),
+        )
+
+    @classmethod
+    def from_topology(cls, topology: Topology | None, *, region: str = "local") -> RegionMap:
+        if topology is None or len(topology.regions) < 2:
+            return cls.single(topology.region if topology is not None else region)
+        numbers = {r.number: name for name, r in topology.regions.items() if r.number is not None}
+        return cls(
+            self_region=topology.region,
+            self_number=topology.self_region.number,
+            names_by_number=MappingProxyType(numbers),
+            legacy_region=topology.legacy_region or topology.region,
+            handle_registrars=topology.handle_registrars,
+        )
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.names_by_number.values()) | {self.self_region}))
+
+    def region_of(self, tagged_id: str) -> str:
+        """The region that minted ``tagged_id``: an account's birth region, a
+        conversation's owner. Untagged ids belong to the legacy region."""
+        if self.self_number is None:
+            return self.self_region
+        number = region_number_of(tagged_id)
+        if number is None:
+            return self.legacy_region
+        name = self.names_by_number.get(number)
+        if name is None:
+            raise UnknownRegion(f"no region has number {number}")
+        return name
+
+    def is_local(self, tagged_id: str) -> bool:
+        return self.region_of(tagged_id) == self.self_region
+
+    def handle_registrar(self, handle_key: str) -> str:
+        """The one region that registers ``handle_key``: rendezvous hashing, so
+        a registrar added or removed moves only the handles it wins or held."""
+        return max(
+            self.handle_registrars,
+            key=lambda region: hashlib.sha256(f"{handle_key}\x00{region}".encode()).digest(),
+        )
+
+    def knows(self, region: str) -> bool:
+        return region in self.regions
