@@ -131,6 +131,7 @@ class Unavailable(ParleyError):
         *,
         reason: Reason | None = None,
         retry_after_seconds: float | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message, reason=reason)
+        super().__init__(message, reason=reason, metadata=metadata)
         self.retry_after_seconds = retry_after_seconds

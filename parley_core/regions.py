@@ -15,6 +15,16 @@ from types import MappingProxyType
 from parley_core.ids import region_number_of
 from parley_core.topology import Topology
 
+# Set on a request one region forwards to another: the receiver never
+# forwards it again (hop limit 1), so a topology disagreement is an error,
+# never a loop.
+REGION_FORWARDED = "x-parley-region-forwarded"
+
+
+def region_forwarded(metadata: object) -> bool:
+    """Whether a call's invocation metadata carries the region-forwarded mark."""
+    return any(key == REGION_FORWARDED for key, _ in metadata or ())  # type: ignore[attr-defined]
+
 
 class UnknownRegion(LookupError):
     """An id names a region number the topology does not know."""

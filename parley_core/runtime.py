@@ -25,6 +25,7 @@ from parley_core.errors import Unauthenticated
 from parley_core.limits import Limiter, LimitName, rates_from_settings
 from parley_core.limits.metrics import LimiterMetrics
 from parley_core.log_setup import configure_logging
+from parley_core.regions import RegionMap
 from parley_core.rpc.interceptor import ServiceInterceptor
 from parley_core.rpc.metrics import RpcMetrics
 from parley_core.rpc.server import ServiceHost, run
@@ -55,6 +56,7 @@ class Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _feed: RevocationFeed | None = None
     topology_watcher: TopologyWatcher | None = None
+    _region_map: tuple[Topology | None, RegionMap] | None = None
 
     def interceptor(
         self,
@@ -150,6 +152,20 @@ class Runtime:
     def topology(self) -> Topology | None:
         """The region topology in force; None in single-region (local) mode."""
         return None if self.topology_watcher is None else self.topology_watcher.current
+
+    def current_topology(self) -> Topology | None:
+        """``topology`` as a callable, for components that follow reloads."""
+        return self.topology
+
+    def region_map(self) -> RegionMap:
+        """Where accounts, conversations and handles live under the topology
+        in force (one region without one); rebuilt only when it changes."""
+        topology = self.topology
+        cached = self._region_map
+        if cached is None or cached[0] is not topology:
+            cached = (topology, RegionMap.from_topology(topology, region=self.settings.region))
+            self._region_map = cached
+        return cached[1]
 
     def start_topology_watcher(self) -> TopologyWatcher:
         """Load the topology file now, then follow its changes for the life of the service."""

@@ -19,7 +19,7 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -61,6 +61,14 @@ class RegionEndpoints:
     # The number tagged ids minted in this region carry (parley_core/ids.py);
     # None only in a document with a single region.
     number: int | None = None
+    # Per-service peer addresses, where one peer endpoint does not route by
+    # service (the local multi-region harness); a service not listed uses
+    # peer_endpoint.
+    peer_services: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def peer_address(self, service: str) -> str | None:
+        """Where another region reaches this region's ``service``."""
+        return self.peer_services.get(service, self.peer_endpoint)
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,7 @@ def _region(name: str, value: Any) -> RegionEndpoints:
     if not isinstance(is_self, bool):
         raise TopologyError(f"{where}.self: must be true or false")
     number = tree.get("number")
+    services = _object(tree.get("peerServices") or {}, f"{where}.peerServices")
     return RegionEndpoints(
         name=name,
         is_self=is_self,
@@ -163,6 +172,14 @@ def _region(name: str, value: Any) -> RegionEndpoints:
         number=None
         if number is None
         else _int(number, f"{where}.number", minimum=0, maximum=MAX_REGION_NUMBER),
+        peer_services=MappingProxyType(
+            {
+                _text(name, f"{where}.peerServices: a name"): _text(
+                    address, f"{where}.peerServices.{name}"
+                )
+                for name, address in services.items()
+            }
+        ),
     )
 
 

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import grpc
 
-from parley.keys.v1 import accounts_pb2_grpc, keys_pb2_grpc
+from parley.keys.v1 import accounts_pb2_grpc, keys_pb2_grpc, regions_pb2_grpc
 from parley_core.auth.credentials import ServiceCredential
 from parley_core.auth.tokens import TokenIssuer, load_private_key
 from parley_core.config import ConfigError, Settings
@@ -21,15 +21,19 @@ from parley_core.telemetry import Tracing, build_tracing
 from svc_keys.domain.accounts import AccountsHandler
 from svc_keys.domain.erasure import ErasureHandler, ErasurePolicy
 from svc_keys.domain.keys import KeysHandler
+from svc_keys.domain.regions import HandleRegistry
 from svc_keys.domain.sender_keys import SenderKeysHandler
 from svc_keys.metrics import KeyMetrics
 from svc_keys.peers.cold import NoColdErasure
 from svc_keys.peers.erasers import MediaEraser, MessageEraser, PresenceEraser, SearchEraser
+from svc_keys.peers.regions import RegionPeerClient
 from svc_keys.servicer.accounts import PUBLIC_METHODS, SERVICE_NAME, AccountServicer
 from svc_keys.servicer.keys import SERVICE_NAME as KEY_SERVICE_NAME
 from svc_keys.servicer.keys import KeyServicer
+from svc_keys.servicer.regions import REGION_SERVICE_NAME, AccountRegionServicer
 from svc_keys.storage.accounts import AccountStore
 from svc_keys.storage.erasures import ErasureStore
+from svc_keys.storage.handle_reservations import HandleReservationStore
 from svc_keys.storage.keys import KeyStore
 from svc_keys.storage.notices import KeyNoticePublisher
 from svc_keys.storage.sender_keys import SenderKeyStore
@@ -108,6 +112,14 @@ async def build(settings: Settings) -> ServiceHost:
         limiter=limiter,
         max_waiting_per_device=settings.keys.max_unclaimed_sender_keys_per_device,
     )
+    regions = runtime.region_map
+    region_peers = RegionPeerClient(
+        runtime.current_topology,
+        credential=runtime.service_credential(),
+        interceptors=tracing.client_interceptors(),
+    )
+    handle_reservations = HandleReservationStore(runtime.db)
+    handles = HandleRegistry(regions, handle_reservations, region_peers, erasures=erasure_store)
     accounts = AccountsHandler(
         store,
         TokenIssuer(signing_key, ttl_seconds=settings.auth.access_token_ttl_seconds),
@@ -117,6 +129,9 @@ async def build(settings: Settings) -> ServiceHost:
         max_devices=settings.keys.max_devices_per_account,
         refresh_ttl_seconds=settings.auth.refresh_token_ttl_seconds,
         erasures=erasure_store,
+        regions=regions,
+        handles=handles,
+        peers=region_peers,
     )
     erasers = _erasers(settings, runtime.service_credential(), tracing)
     erasure_handler = ErasureHandler(
@@ -150,19 +165,23 @@ async def build(settings: Settings) -> ServiceHost:
         erasure=erasure_handler,
     )
     key_servicer = KeyServicer(keys, sender_keys)
+    region_servicer = AccountRegionServicer(handles)
 
     def register(server: grpc.aio.Server) -> None:
         accounts_pb2_grpc.add_AccountServiceServicer_to_server(servicer, server)
         keys_pb2_grpc.add_KeyServiceServicer_to_server(key_servicer, server)
+        regions_pb2_grpc.add_AccountRegionServiceServicer_to_server(region_servicer, server)
 
     return ServiceHost(
         name="svc_keys",
         settings=settings.keys.server,
-        interceptors=runtime.interceptors(public_methods=PUBLIC_METHODS),
+        interceptors=runtime.interceptors(
+            public_methods=PUBLIC_METHODS, internal_services=[REGION_SERVICE_NAME]
+        ),
         register=register,
-        service_names=[SERVICE_NAME, KEY_SERVICE_NAME],
+        service_names=[SERVICE_NAME, KEY_SERVICE_NAME, REGION_SERVICE_NAME],
         registry=runtime.registry,
-        on_stop=[*(e.close for e in erasers), runtime.close],
+        on_stop=[*(e.close for e in erasers), region_peers.close, runtime.close],
     )
 
 

@@ -147,3 +147,24 @@ class ErasureRecord:
     finished_at: datetime | None
     cold_deadline: datetime
     handle_release_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A handle held at its registrar region for an account (docs/design/regions.md)."""
+
+    account_id: str
+    home_region: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SignUpForward:
+    """A sign-up for an account homed in another region, as forwarded there."""
+
+    request_id: str
+    handle: str
+    display_name: str
+    device_name: str
+    platform: int
+    client_address: str

@@ -1,10 +1,12 @@
-"""What the erasure job of svc_keys needs from elsewhere, as the domain sees it."""
+"""What the domain of svc_keys needs from elsewhere: other services, other regions, storage."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
+
+from svc_keys.model import Account, DeviceSession, Reservation, SignUpForward
 
 
 class AccountEraser(Protocol):
@@ -34,4 +36,40 @@ class RateBuckets(Protocol):
 
     async def forget(self, ids: Sequence[str]) -> int:
         """Delete every bucket naming one of the ids; how many."""
+        ...
+
+
+class HandleReservations(Protocol):
+    """The handles this region registers (storage)."""
+
+    async def reserve(
+        self, handle_key: str, *, account_id: str, home_region: str, request_id: str, now: datetime
+    ) -> Reservation:
+        """Reserve ``handle_key`` for the account unless it is reserved: the
+        reservation now in force (this one, or the earlier holder's)."""
+        ...
+
+    async def find(self, handle_key: str) -> Reservation | None: ...
+
+
+class RegionPeers(Protocol):
+    """The svc_keys of the deployment's other regions."""
+
+    async def sign_up(self, region: str, forward: SignUpForward) -> DeviceSession:
+        """The sign-up as ``region`` answers it; its refusals are raised as
+        they came, Unavailable (REGION_UNAVAILABLE) when it cannot be reached."""
+        ...
+
+    async def reserve_handle(
+        self, region: str, *, handle: str, account_id: str, home_region: str, request_id: str
+    ) -> Reservation:
+        """ReserveHandle at the handle's registrar ``region``."""
+        ...
+
+    async def lookup_handle(self, region: str, handle: str) -> Reservation | None:
+        """LookupHandle at the handle's registrar ``region``."""
+        ...
+
+    async def get_account(self, region: str, account_id: str, *, bearer_token: str) -> Account:
+        """GetAccount at the account's home ``region``, as the caller."""
         ...

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable
 from datetime import timedelta
 
 from parley_core.config import Settings
@@ -16,18 +15,15 @@ from parley_core.runtime import open_runtime, service_main
 from parley_core.sampling import SampledCount
 from parley_core.storage.key_notices import IdentityChanges, PreKeyLows
 from parley_core.storage.liveness import Liveness
-from parley_core.storage.mongo import Database
 from parley_core.telemetry import build_tracing
 from svc_message.archive_metrics import ArchiveMetrics
+from svc_message.archive_wiring import build_archive, build_history_exports
 from svc_message.domain.acks import AckBatcher
-from svc_message.domain.archiver import Archiver, StepHook
 from svc_message.domain.changes import ChangesHandler
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.delivery import DeliveryService
 from svc_message.domain.erasure import AccountErasure
-from svc_message.domain.glacier import Glacier, GlacierPolicy
 from svc_message.domain.groups import GroupsHandler
-from svc_message.domain.history_export import ExportPolicy, ExportWorker, HistoryExports
 from svc_message.domain.identity_notices import IdentityNotifier
 from svc_message.domain.inbox import InboxHandler
 from svc_message.domain.leases import StreamLeases
@@ -39,6 +35,7 @@ from svc_message.domain.projection import Projector
 from svc_message.domain.push_devices import PushDevices
 from svc_message.domain.push_planner import PushPlanner
 from svc_message.domain.push_worker import PushWorker
+from svc_message.domain.region_routing import RegionRouter
 from svc_message.domain.routing import OwnerRouter
 from svc_message.domain.search_access import SearchAccess
 from svc_message.domain.search_setting import ServerSearchSetting
@@ -55,6 +52,7 @@ from svc_message.peers.keys import AccountDirectory
 from svc_message.peers.media import MediaReferenceClient
 from svc_message.peers.owners import OwnerChannels
 from svc_message.peers.push import Router, build_providers
+from svc_message.peers.regions import RegionChannels
 from svc_message.push_metrics import PushMetrics
 from svc_message.servicer.changes import ChangesServicer
 from svc_message.servicer.convert import ProtoEventCodec
@@ -65,24 +63,20 @@ from svc_message.servicer.media import SERVICE_NAME as INTERNAL_SERVICE_NAME
 from svc_message.servicer.media import MessageInternalServicer
 from svc_message.servicer.messages import MessageUnaryServicer
 from svc_message.servicer.push import PushServicer
+from svc_message.servicer.region_routing import RegionRouting
 from svc_message.servicer.routing import OwnerRouting
 from svc_message.servicer.search import ServerSearchServicer
 from svc_message.servicer.service import SERVICE_NAME, register
 from svc_message.servicer.stream import StreamServicer
-from svc_message.storage.archive import ArchiveLedger, ArchiveObjects
-from svc_message.storage.archive_lifecycle import transition_days
 from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.delivered import DeliveredMarks
 from svc_message.storage.doorbell import Doorbell
 from svc_message.storage.erasure import ErasureStore
-from svc_message.storage.history_export import ExportObjects, ExportStore
-from svc_message.storage.hot_log import HotLog
 from svc_message.storage.inbox import InboxSettingsStore
 from svc_message.storage.projection import ProjectorStore
 from svc_message.storage.push import MuteLookup, PushOutbox, PushSettingsStore, PushTokenStore
 from svc_message.storage.recent import RecentCache
 from svc_message.storage.shard_leases import ShardLeaseStore
-from svc_message.storage.tiered import TieredMessageStore
 
 
 class SettingsPublisher:
@@ -117,112 +111,6 @@ LIMITS = (
     LimitName.CHANNEL_SUBSCRIBE_PER_ACCOUNT,
     LimitName.PUSH_TOKEN_PER_DEVICE,
 )
-
-
-def build_glacier(settings: Settings, ledger: ArchiveLedger, objects: ArchiveObjects) -> Glacier:
-    config = settings.archive
-    return Glacier(
-        ledger,
-        objects,
-        GlacierPolicy(
-            cold_window_seconds=config.cold_window_seconds,
-            transition=config.glacier_transition,
-            storage_class=config.glacier_storage_class,
-            lifecycle_days=transition_days(
-                cold_window_days=config.cold_window_days, hot_window_days=config.hot_window_days
-            ),
-            restore_tier=config.restore_tier,
-            restore_days=config.restore_days,
-        ),
-    )
-
-
-async def build_history_exports(
-    settings: Settings,
-    db: Database,
-    store: TieredMessageStore,
-    archive_objects: ArchiveObjects,
-    conversations: ConversationsHandler,
-    publisher: Doorbell,
-    codec: ProtoEventCodec,
-    *,
-    clock: Callable[[], float],
-) -> tuple[HistoryExports, ExportWorker, ExportObjects]:
-    """The history export requests and their worker (one per deployment by lease)."""
-    config = settings.archive
-    exports_store = ExportStore(db)
-    await exports_store.ensure_indexes()
-    objects = await ExportObjects.open(
-        settings.s3, prefix=config.export_prefix, timeout_seconds=config.s3_timeout_seconds
-    )
-    worker = ExportWorker(
-        exports_store,
-        objects,
-        store,
-        conversations,
-        build_glacier(settings, ArchiveLedger(db), archive_objects),
-        publisher,
-        codec,
-        ExportPolicy(
-            ttl_seconds=config.export_ttl_seconds,
-            poll_seconds=config.export_poll_seconds,
-            lease_seconds=config.export_lease_seconds,
-            messages_per_second=config.export_messages_per_second,
-            part_messages=config.export_part_messages,
-        ),
-        instance_id=random_id(),
-        clock=clock,
-    )
-    exports = HistoryExports(
-        exports_store,
-        objects,
-        conversations,
-        url_seconds=config.export_url_seconds,
-        wake=worker.wake,
-    )
-    return exports, worker, objects
-
-
-async def build_archive(
-    settings: Settings,
-    db: Database,
-    *,
-    clock: Callable[[], float] = time.time,
-    on_step: StepHook | None = None,
-) -> tuple[TieredMessageStore, Archiver, ArchiveObjects]:
-    """The log across its tiers and the archiver that moves it (also used by
-    ``python -m svc_message archive`` and the history benchmark, which times
-    the archiver's steps through ``on_step``)."""
-    config = settings.archive
-    ledger = ArchiveLedger(db)
-    hot = HotLog(db)
-    await ledger.ensure_indexes()
-    await hot.ensure_indexes()
-    objects = await ArchiveObjects.open(
-        settings.s3, prefix=config.prefix, timeout_seconds=config.s3_timeout_seconds
-    )
-    store = TieredMessageStore(db, ledger, hot, objects)
-    await store.ensure_indexes()
-    glacier = build_glacier(settings, ledger, objects)
-    archiver = Archiver(
-        hot,
-        ledger,
-        objects,
-        store,
-        instance_id=random_id(),
-        hot_window_seconds=config.hot_window_seconds,
-        target_object_bytes=config.target_object_bytes,
-        messages_per_second=config.messages_per_second,
-        conversations_per_pass=config.conversations_per_pass,
-        entries_per_conversation=config.entries_per_conversation,
-        interval_seconds=config.interval_seconds,
-        lease_seconds=config.lease_seconds,
-        request_ids_seconds=config.request_ids_seconds,
-        clock=clock,
-        on_step=on_step,
-        glacier=glacier,
-    )
-    return store, archiver, objects
 
 
 async def build(settings: Settings) -> ServiceHost:
@@ -261,7 +149,13 @@ async def build(settings: Settings) -> ServiceHost:
     )
     limits = FeedLimits(runtime.limiter(LIMITS), message_store)
     conversations = ConversationsHandler(
-        conversation_store, recent, accounts, doorbell, codec, limits=limits
+        conversation_store,
+        recent,
+        accounts,
+        doorbell,
+        codec,
+        limits=limits,
+        region_number=lambda: runtime.region_map().self_number,
     )
     # Push notifications: planned by the projector, delivered by the worker.
     push_config = config.push
@@ -565,6 +459,13 @@ async def build(settings: Settings) -> ServiceHost:
         )
 
     routing = OwnerRouting(router)
+    region_routing = RegionRouting(
+        RegionRouter(
+            runtime.region_map,
+            RegionChannels(runtime.current_topology, owner_channels),
+            forward_timeout_seconds=ownership_config.forward_timeout_seconds,
+        )
+    )
     host = ServiceHost(
         name="svc_message",
         settings=config.server.model_copy(
@@ -573,7 +474,9 @@ async def build(settings: Settings) -> ServiceHost:
         interceptors=runtime.interceptors(
             public_methods=(), internal_services=[INTERNAL_SERVICE_NAME]
         ),
-        register=lambda server: register(server, servicers, stream, routing, internal),
+        register=lambda server: register(
+            server, servicers, stream, routing, internal, region_routing
+        ),
         service_names=[SERVICE_NAME, INTERNAL_SERVICE_NAME],
         registry=runtime.registry,
         on_stop=[stop],

@@ -23,7 +23,7 @@ from pathlib import Path
 from parley_core.config import ConfigError, load_settings
 from parley_core.log_setup import configure_logging
 from parley_core.storage import mongo as mongo_storage
-from svc_message.app import build_archive
+from svc_message.archive_wiring import build_archive
 from svc_message.domain.archiver import STEPS, StepHook
 
 

@@ -217,3 +217,15 @@ class OwnerLink(Protocol):
         serialized answer. Raises ``OwnerUnreachable`` when the request did
         not reach it and ``OwnerRefused`` with the status it answered."""
         ...
+
+
+class RegionLink(Protocol):
+    async def forward_to_region(
+        self, region: str, method: str, request: bytes, *, bearer_token: str, timeout: float
+    ) -> bytes:
+        """Call ``method`` of svc_message in ``region`` with the serialized
+        request, as the caller (its own token), marked as region-forwarded;
+        the serialized answer. Raises ``OwnerUnreachable`` when the request
+        did not reach that region and ``OwnerRefused`` with the status it
+        answered."""
+        ...

@@ -15,7 +15,7 @@ from parley_core.ids import new_id
 from parley_core.storage import mongo as mongo_storage
 from parley_dev.seaweed import s3_client
 from parley_dev.stack import LocalStack
-from svc_message.app import build_archive
+from svc_message.archive_wiring import build_archive
 from svc_message.domain.archiver import Archiver
 from svc_message.model import Change, ChangeKind, Message
 from svc_message.storage.archive import ArchiveObjects

@@ -121,7 +121,9 @@ def error_from_status(status: status_pb2.Status) -> ParleyError | None:
             status.message, reason=reason, retry_after_seconds=retry_after, metadata=metadata
         )
     elif error_type is Unavailable:
-        error = Unavailable(status.message, reason=reason, retry_after_seconds=retry_after)
+        error = Unavailable(
+            status.message, reason=reason, retry_after_seconds=retry_after, metadata=metadata
+        )
     else:
         error = error_type(status.message, reason=reason, metadata=metadata)
     return error

@@ -63,7 +63,7 @@ from parley_dev.bench.population import Pair, bounded_gather, pair_up, request_i
 from parley_dev.bench.profile import Profiler, find_py_spy
 from parley_dev.bench.report import machine_info
 from parley_dev.bench.runner import StackTargets, progress, run_unary_baseline, stack_targets
-from svc_message.app import build_archive
+from svc_message.archive_wiring import build_archive
 from svc_message.domain.archiver import PREPARED, STEPS, bundles, chunks_of, movable_prefix
 from svc_message.storage.archive import ArchiveLedger
 from svc_message.storage.archive_format import SCHEMA, Chunk, table_of

@@ -186,6 +186,7 @@ class Client(
         display_name: str = "",
         device_name: str | None = None,
         platform: Platform = Platform.CLI,
+        home_region: str = "",
     ) -> Client:
         """Opens channels to the keys, message and presence services.
 
@@ -268,6 +269,7 @@ class Client(
                     display_name=display_name,
                     device_name=device_name or handle,
                     platform=platform,
+                    home_region=home_region,
                 )
             if device_store is not None:
                 client._e2ee = E2EE(client, device_store, owns_store=owns_store)
@@ -288,6 +290,7 @@ class Client(
         display_name: str = "",
         device_name: str,
         platform: Platform = Platform.CLI,
+        home_region: str = "",
         keys_target: str = DEFAULT_KEYS_TARGET,
         message_target: str = DEFAULT_MESSAGE_TARGET,
         presence_target: str = DEFAULT_PRESENCE_TARGET,
@@ -299,6 +302,8 @@ class Client(
         :attr:`credentials` (``account_id``, ``device_id``) and persist it.
         With ``store``, the new device's credentials and keys go into it (a
         store that already holds a device's credentials is a ``ValueError``).
+        ``home_region`` names the region the account lives in (empty: the
+        region ``keys_target`` belongs to); the handle is unique across regions.
         """
         store = options.get("store")
         if store is not None:
@@ -320,6 +325,7 @@ class Client(
                 display_name=display_name,
                 device_name=device_name,
                 platform=platform,
+                home_region=home_region,
                 **options,
             )
         client = await cls.connect(
@@ -330,7 +336,11 @@ class Client(
         )
         try:
             await client._sign_up(
-                handle=handle, display_name=display_name, device_name=device_name, platform=platform
+                handle=handle,
+                display_name=display_name,
+                device_name=device_name,
+                platform=platform,
+                home_region=home_region,
             )
         except BaseException:
             await client.close()
@@ -338,13 +348,20 @@ class Client(
         return client
 
     async def _sign_up(
-        self, *, handle: str, display_name: str, device_name: str, platform: Platform
+        self,
+        *,
+        handle: str,
+        display_name: str,
+        device_name: str,
+        platform: Platform,
+        home_region: str = "",
     ) -> None:
         request = accounts_pb2.SignUpRequest(
             request_id=new_request_id(),
             handle=handle,
             display_name=display_name,
             device=accounts_pb2.NewDevice(name=device_name, platform=_platform(platform)),
+            home_region=home_region,
         )
         response = await self._session.unary(
             self._session.accounts.SignUp, request, authenticated=False

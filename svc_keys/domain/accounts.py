@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from parley_core.auth.tokens import TokenIssuer
@@ -24,17 +25,27 @@ from parley_core.errors import (
 )
 from parley_core.ids import new_id
 from parley_core.limits import Limiter, LimitName, Take
+from parley_core.regions import RegionMap
 from parley_core.storage.revocations import RevocationStore
 from svc_keys.domain.handles import handle_key, handle_problem
 from svc_keys.domain.keys import KeysHandler
+from svc_keys.domain.regions import (
+    HandleRegistry,
+    handle_taken,
+    home_for_sign_up,
+    home_of,
+    not_served_here,
+)
 from svc_keys.model import (
     Account,
     Credentials,
     Device,
     DeviceSession,
     HandleTaken,
+    SignUpForward,
     SignupRequestSeen,
 )
+from svc_keys.ports import RegionPeers
 from svc_keys.storage.accounts import AccountStore
 from svc_keys.storage.erasures import ErasureStore
 
@@ -59,8 +70,14 @@ class AccountsHandler:
         max_devices: int,
         refresh_ttl_seconds: int,
         erasures: ErasureStore | None = None,
+        regions: Callable[[], RegionMap] = RegionMap.single,
+        handles: HandleRegistry | None = None,
+        peers: RegionPeers | None = None,
     ) -> None:
         self._erasures = erasures
+        self._regions = regions
+        self._handles = handles
+        self._peers = peers
         self._limiter = limiter
         self._store = store
         self._issuer = issuer
@@ -138,11 +155,31 @@ class AccountsHandler:
         platform: int,
         client_address: str,
         now: float,
+        home_region: str = "",
+        forwarded: bool = False,
     ) -> DeviceSession:
-        """``client_address``: the key of the caller's address (rpc/address.py)."""
+        """``client_address``: the key of the caller's address (rpc/address.py).
+        ``home_region``: as asked for (empty: here); ``forwarded``: the request
+        came from another region, which must not happen twice."""
         problem = handle_problem(handle)
         if problem is not None:
             raise InvalidArgument.field("handle", problem)
+        regions = self._regions()
+        home = home_for_sign_up(regions, home_region)
+        if home != regions.self_region:
+            if forwarded or self._peers is None:
+                raise not_served_here("an account homed there", home)
+            return await self._peers.sign_up(
+                home,
+                SignUpForward(
+                    request_id=request_id,
+                    handle=handle,
+                    display_name=display_name,
+                    device_name=device_name,
+                    platform=platform,
+                    client_address=client_address,
+                ),
+            )
         # One tag for both, so one script call; every sign-up shares the
         # overall bucket anyway.
         refusal = await self._limiter.check(
@@ -154,9 +191,19 @@ class AccountsHandler:
         if refusal is not None and await self._store.account_by_signup_request(request_id) is None:
             raise self._limiter.refuse(refusal)
         if await self._handle_held(handle, now):
-            raise AlreadyExists(f"the handle {handle!r} is taken", reason=Reason.HANDLE_TAKEN)
+            raise handle_taken(handle)
+        account_id = new_id(int(now * 1000), region_number=regions.self_number)
+        if self._handles is not None:
+            reservation = await self._handles.reserve(
+                handle=handle,
+                account_id=account_id,
+                home_region=home,
+                request_id=request_id,
+                now=now,
+            )
+            account_id = reservation.account_id
         account = Account(
-            account_id=new_id(int(now * 1000)),
+            account_id=account_id,
             handle=handle,
             display_name=display_name,
             created_at=_at(now),
@@ -187,6 +234,9 @@ class AccountsHandler:
             account, name=device_name, platform=platform, request_id=request_id, now=now
         )
         return session
+
+    def home_region(self, account_id: str) -> str:
+        return home_of(self._regions(), account_id)
 
     async def _handle_held(self, handle: str, now: float) -> bool:
         """The handle belonged to an erased account and is still cooling off."""
@@ -284,12 +334,30 @@ class AccountsHandler:
         )
 
     async def get_account(
-        self, *, account_id: str | None = None, handle: str | None = None
+        self,
+        *,
+        account_id: str | None = None,
+        handle: str | None = None,
+        bearer_token: str = "",
+        forwarded: bool = False,
     ) -> Account:
+        """By id or handle, from whichever region holds it: the handle's
+        registrar names the account, the account's home region has it."""
+        if handle is not None and self._handles is not None:
+            account_id = await self._handles.holder(handle)
+            if account_id is not None:
+                handle = None
         if handle is not None:
             account = await self._store.account_by_handle_key(handle_key(handle))
         else:
-            account = await self._store.account_by_id(account_id or "")
+            account_id = account_id or ""
+            regions = self._regions()
+            home = home_of(regions, account_id)
+            if home not in ("", regions.self_region):
+                if forwarded or self._peers is None:
+                    raise not_served_here("that account", home)
+                return await self._peers.get_account(home, account_id, bearer_token=bearer_token)
+            account = await self._store.account_by_id(account_id)
         if account is None:
             raise NotFound("account not found", reason=Reason.ACCOUNT_NOT_FOUND)
         return account

@@ -9,6 +9,7 @@ from typing import Any
 from parley.common.v1 import common_pb2
 from parley.keys.v1 import accounts_pb2, accounts_pb2_grpc
 from parley_core.pagination import decode_page_token, encode_page_token
+from parley_core.regions import region_forwarded
 from parley_core.rpc.address import ClientAddresses
 from parley_core.rpc.convert import timestamp
 from parley_core.rpc.request import request_context
@@ -25,13 +26,21 @@ DEVICES_PAGE_DEFAULT = 20
 DEVICES_PAGE_MAX = 100
 
 
-def account_proto(account: Account) -> accounts_pb2.Account:
+REGION_NAME_MAX = 32
+
+
+def account_proto(account: Account, *, home_region: str) -> accounts_pb2.Account:
     return accounts_pb2.Account(
         account_id=account.account_id,
         handle=account.handle,
         display_name=account.display_name,
         create_time=timestamp(account.created_at),
+        home_region=home_region,
     )
+
+
+def _forwarded(context: Any) -> bool:
+    return region_forwarded(context.invocation_metadata())
 
 
 def device_proto(device: Device) -> accounts_pb2.Device:
@@ -79,6 +88,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         # Handle syntax is domain policy; here only its presence and size.
         check.text("handle", request.handle, min_len=1, max_len=64)
         check.text("display_name", request.display_name, max_len=NAME_MAX)
+        check.text("home_region", request.home_region, max_len=REGION_NAME_MAX)
         if not request.HasField("device"):
             check.fail("device", "required")
         else:
@@ -92,9 +102,13 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
             platform=request.device.platform,
             client_address=self._addresses.of(context),
             now=self._clock(),
+            home_region=request.home_region,
+            forwarded=_forwarded(context),
         )
         return accounts_pb2.SignUpResponse(
-            account=account_proto(session.account),
+            account=account_proto(
+                session.account, home_region=self._accounts.home_region(session.account.account_id)
+            ),
             device=device_proto(session.device),
             credentials=credentials_proto(session.credentials),
         )
@@ -184,11 +198,15 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         check.done()
         rpc = request_context(context, clock=self._clock)
         if lookup == "handle":
-            account = await self._accounts.get_account(handle=request.handle)
+            account = await self._accounts.get_account(
+                handle=request.handle, bearer_token=rpc.bearer_token, forwarded=_forwarded(context)
+            )
         else:
             account_id = request.account_id if lookup else rpc.account_id
-            account = await self._accounts.get_account(account_id=account_id)
-        return account_proto(account)
+            account = await self._accounts.get_account(
+                account_id=account_id, bearer_token=rpc.bearer_token, forwarded=_forwarded(context)
+            )
+        return account_proto(account, home_region=self._accounts.home_region(account.account_id))
 
     async def DeleteAccount(
         self, request: accounts_pb2.DeleteAccountRequest, context: Any

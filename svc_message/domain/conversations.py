@@ -188,7 +188,10 @@ class ConversationsHandler:
         limits: FeedLimits,
         membership_cache_size: int = 100_000,
         monotonic: Callable[[], float] = time.monotonic,
+        region_number: Callable[[], int | None] = lambda: None,
     ) -> None:
+        # The number new conversation ids carry (None: no regions, untagged).
+        self.region_number = region_number
         self._store = store
         self._limits = limits
         self._recent = recent
@@ -289,7 +292,9 @@ class ConversationsHandler:
             await self._limits.per_account(LimitName.DIRECT_CREATE_PER_ACCOUNT, account_id, now=now)
             if not await self._accounts.exists(peer_account_id, bearer_token=bearer_token):
                 raise NotFound("no account with that id", reason=Reason.ACCOUNT_NOT_FOUND)
-            conversation_id = await self._store.claim_direct_pair(key, random_id())
+            conversation_id = await self._store.claim_direct_pair(
+                key, random_id(region_number=self.region_number())
+            )
         candidate = Conversation(
             conversation_id=conversation_id,
             type=DIRECT,

@@ -30,6 +30,7 @@ from parley_core.errors import (
     Reason,
     ResourceExhausted,
 )
+from parley_core.ids import with_region
 from parley_core.limits import LimitName
 from svc_message.domain import roles
 from svc_message.domain.conversations import ConversationsHandler, Membership
@@ -63,12 +64,14 @@ def _at(now: float) -> datetime:
     return datetime.fromtimestamp(now, UTC)
 
 
-def conversation_id_for(account_id: str, request_id: str) -> str:
+def conversation_id_for(account_id: str, request_id: str, *, region_number: int | None) -> str:
     """A created conversation's id follows from who asked and the request id,
     so a retried create finds the first attempt's conversation. Hashed, so ids
-    stay random-looking (they are the shard key)."""
+    stay random-looking (they are the shard key). With regions, it carries the
+    number of the region that owns it (the creator's home)."""
     digest = hashlib.blake2b(f"{account_id}|{request_id}".encode(), digest_size=16).digest()
-    return str(uuid.UUID(bytes=digest, version=4))
+    value = str(uuid.UUID(bytes=digest, version=4))
+    return value if region_number is None else with_region(value, region_number)
 
 
 def group_full(extra: str = "") -> ResourceExhausted:
@@ -199,7 +202,9 @@ class GroupsHandler:
         others = sorted({m for m in member_ids if m != account_id})
         if len(others) + 1 > GROUP_MEMBER_CAP:
             raise group_full(f"; asked for {len(others) + 1}")
-        conversation_id = conversation_id_for(account_id, request_id)
+        conversation_id = conversation_id_for(
+            account_id, request_id, region_number=self._conversations.region_number()
+        )
         await self._limits.account_change(
             LimitName.GROUP_CREATE_PER_ACCOUNT, conversation_id, account_id, request_id, now
         )

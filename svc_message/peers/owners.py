@@ -40,8 +40,17 @@ class OwnerChannels:
         return channel
 
     async def forward(
-        self, address: str, method: str, request: bytes, *, bearer_token: str, timeout: float
+        self,
+        address: str,
+        method: str,
+        request: bytes,
+        *,
+        bearer_token: str,
+        timeout: float,
+        mark: str = FORWARDED_METADATA,
     ) -> bytes:
+        """``mark``: the metadata key that tells the receiver not to forward
+        again (another process of the region, or another region)."""
         # No (de)serializers: the request and the answer pass as bytes.
         call = self._channel(address).unary_unary(
             f"/{SERVICE}/{method}", request_serializer=None, response_deserializer=None
@@ -51,7 +60,7 @@ class OwnerChannels:
                 request,
                 metadata=(
                     ("authorization", f"Bearer {bearer_token}"),
-                    (FORWARDED_METADATA, "1"),
+                    (mark, "1"),
                 ),
                 timeout=timeout,
             )

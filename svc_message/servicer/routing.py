@@ -43,7 +43,7 @@ def _forwarded(context: Any) -> bool:
     return any(key == FORWARDED_METADATA for key, _ in context.invocation_metadata() or ())
 
 
-def _relayed(refused: OwnerRefused) -> grpc.Status:
+def relayed_status(refused: OwnerRefused) -> grpc.Status:
     status = (
         status_pb2.Status.FromString(refused.status)
         if refused.status
@@ -74,7 +74,7 @@ class OwnerRouting:
                     timeout=context.time_remaining(),
                 )
             except OwnerRefused as refused:
-                await context.abort_with_status(_relayed(refused))
+                await context.abort_with_status(relayed_status(refused))
                 raise  # pragma: no cover - abort raised
             if answer is None:
                 return await behavior(request, context)

@@ -16,6 +16,7 @@ import grpc
 from parley.message.v1 import internal_pb2_grpc as igrpc
 from parley.message.v1 import messages_pb2 as pb
 from svc_message.servicer.media import MessageInternalServicer
+from svc_message.servicer.region_routing import RegionRouting
 from svc_message.servicer.routing import OwnerRouting
 from svc_message.servicer.stream import StreamServicer
 
@@ -38,6 +39,7 @@ def register(
     stream: StreamServicer,
     routing: OwnerRouting | None = None,
     internal: MessageInternalServicer | None = None,
+    region_routing: RegionRouting | None = None,
 ) -> None:
     """Each unary RPC is served by the first servicer with a method of its name;
     with ``routing``, feed changes of conversations owned elsewhere go there.
@@ -67,6 +69,10 @@ def register(
         assert behavior is not None, f"no servicer implements {rpc.name}"
         if routing is not None:
             behavior = routing.wrap(rpc.name, behavior)
+        # Outermost: a conversation of another region never reaches this
+        # region's owner routing.
+        if region_routing is not None:
+            behavior = region_routing.wrap(rpc.name, behavior)
         handlers[rpc.name] = method(
             behavior, getattr(pb, rpc.input_type.name), getattr(pb, rpc.output_type.name)
         )

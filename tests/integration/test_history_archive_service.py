@@ -18,7 +18,7 @@ from parley.keys.v1 import accounts_pb2_grpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc
 from parley_dev.stack import LocalStack
-from svc_message.app import build_archive
+from svc_message.archive_wiring import build_archive
 from tests.helpers import TEST_LIMITS, channel
 from tests.users import all_messages, direct, open_stream, send, sign_up, synced
 

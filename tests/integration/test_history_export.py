@@ -37,7 +37,7 @@ from parley.message.v1 import messages_pb2_grpc
 from parley_dev.stack import LocalStack
 from parley_sdk import Client, ExportState
 from parley_sdk.errors import FailedPreconditionError
-from svc_message.app import build_archive
+from svc_message.archive_wiring import build_archive
 from tests.archive_world import DAY
 from tests.groups import expect
 from tests.helpers import TEST_LIMITS, channel

@@ -109,6 +109,17 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """The history export is READY, EXPIRED or FAILED: it can no longer be
     cancelled (FAILED_PRECONDITION).
     """
+    ERROR_REASON_REGION_UNAVAILABLE: _ErrorReason.ValueType  # 42
+    """The region that holds what the request needs (the account's home region,
+    the conversation's owner region, the handle's registrar) cannot be
+    reached now (UNAVAILABLE, with retry info). ErrorInfo metadata `region`
+    names it. Nothing was changed; retry with the same request_id.
+    """
+    ERROR_REASON_REGION_UNKNOWN: _ErrorReason.ValueType  # 43
+    """The request names a region the deployment does not have (INVALID_ARGUMENT),
+    or reached a region that cannot serve it after being forwarded once
+    (FAILED_PRECONDITION: the regions' topologies disagree).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """Machine-readable reasons carried in google.rpc.ErrorInfo.reason (AIP-193).
@@ -202,6 +213,17 @@ ERROR_REASON_EXPORT_NOT_FOUND: ErrorReason.ValueType  # 40
 ERROR_REASON_EXPORT_OVER: ErrorReason.ValueType  # 41
 """The history export is READY, EXPIRED or FAILED: it can no longer be
 cancelled (FAILED_PRECONDITION).
+"""
+ERROR_REASON_REGION_UNAVAILABLE: ErrorReason.ValueType  # 42
+"""The region that holds what the request needs (the account's home region,
+the conversation's owner region, the handle's registrar) cannot be
+reached now (UNAVAILABLE, with retry info). ErrorInfo metadata `region`
+names it. Nothing was changed; retry with the same request_id.
+"""
+ERROR_REASON_REGION_UNKNOWN: ErrorReason.ValueType  # 43
+"""The request names a region the deployment does not have (INVALID_ARGUMENT),
+or reached a region that cannot serve it after being forwarded once
+(FAILED_PRECONDITION: the regions' topologies disagree).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

@@ -26,47 +26,47 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from parley.common.v1 import common_pb2 as parley_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dparley/keys/v1/accounts.proto\x12\x0eparley.keys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dparley/common/v1/common.proto\"t\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06handle\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9c\x01\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12,\n\x08platform\x18\x04 \x01(\x0e\x32\x1a.parley.common.v1.Platform\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb7\x01\n\x0b\x43redentials\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12=\n\x19refresh_token_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\tNewDevice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x08platform\x18\x02 \x01(\x0e\x32\x1a.parley.common.v1.Platform\"t\n\rSignUpRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06handle\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12)\n\x06\x64\x65vice\x18\x04 \x01(\x0b\x32\x19.parley.keys.v1.NewDevice\"\x94\x01\n\x0eSignUpResponse\x12(\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x17.parley.keys.v1.Account\x12&\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x16.parley.keys.v1.Device\x12\x30\n\x0b\x63redentials\x18\x03 \x01(\x0b\x32\x1b.parley.keys.v1.Credentials\"V\n\x15RegisterDeviceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x19.parley.keys.v1.NewDevice\"r\n\x16RegisterDeviceResponse\x12&\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x16.parley.keys.v1.Device\x12\x30\n\x0b\x63redentials\x18\x02 \x01(\x0b\x32\x1b.parley.keys.v1.Credentials\"@\n\x13RefreshTokenRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\"H\n\x14RefreshTokenResponse\x12\x30\n\x0b\x63redentials\x18\x01 \x01(\x0b\x32\x1b.parley.keys.v1.Credentials\"<\n\x13RevokeDeviceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\"\x16\n\x14RevokeDeviceResponse\";\n\x12ListDevicesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x13ListDevicesResponse\x12\'\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x16.parley.keys.v1.Device\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"E\n\x11GetAccountRequest\x12\x14\n\naccount_id\x18\x01 \x01(\tH\x00\x12\x10\n\x06handle\x18\x02 \x01(\tH\x00\x42\x08\n\x06lookup\"B\n\x14\x44\x65leteAccountRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63onfirm_handle\x18\x02 \x01(\t\"\x9d\x01\n\x15\x44\x65leteAccountResponse\x12\x12\n\nerasure_id\x18\x01 \x01(\t\x12\x37\n\x13handle_release_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13\x63old_erase_deadline\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xf0\x04\n\x0e\x41\x63\x63ountService\x12G\n\x06SignUp\x12\x1d.parley.keys.v1.SignUpRequest\x1a\x1e.parley.keys.v1.SignUpResponse\x12_\n\x0eRegisterDevice\x12%.parley.keys.v1.RegisterDeviceRequest\x1a&.parley.keys.v1.RegisterDeviceResponse\x12Y\n\x0cRefreshToken\x12#.parley.keys.v1.RefreshTokenRequest\x1a$.parley.keys.v1.RefreshTokenResponse\x12Y\n\x0cRevokeDevice\x12#.parley.keys.v1.RevokeDeviceRequest\x1a$.parley.keys.v1.RevokeDeviceResponse\x12V\n\x0bListDevices\x12\".parley.keys.v1.ListDevicesRequest\x1a#.parley.keys.v1.ListDevicesResponse\x12H\n\nGetAccount\x12!.parley.keys.v1.GetAccountRequest\x1a\x17.parley.keys.v1.Account\x12\\\n\rDeleteAccount\x12$.parley.keys.v1.DeleteAccountRequest\x1a%.parley.keys.v1.DeleteAccountResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dparley/keys/v1/accounts.proto\x12\x0eparley.keys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dparley/common/v1/common.proto\"\x89\x01\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06handle\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bhome_region\x18\x05 \x01(\t\"\x9c\x01\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12,\n\x08platform\x18\x04 \x01(\x0e\x32\x1a.parley.common.v1.Platform\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb7\x01\n\x0b\x43redentials\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12=\n\x19refresh_token_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\tNewDevice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x08platform\x18\x02 \x01(\x0e\x32\x1a.parley.common.v1.Platform\"\x89\x01\n\rSignUpRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06handle\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12)\n\x06\x64\x65vice\x18\x04 \x01(\x0b\x32\x19.parley.keys.v1.NewDevice\x12\x13\n\x0bhome_region\x18\x05 \x01(\t\"\x94\x01\n\x0eSignUpResponse\x12(\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x17.parley.keys.v1.Account\x12&\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x16.parley.keys.v1.Device\x12\x30\n\x0b\x63redentials\x18\x03 \x01(\x0b\x32\x1b.parley.keys.v1.Credentials\"V\n\x15RegisterDeviceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x06\x64\x65vice\x18\x02 \x01(\x0b\x32\x19.parley.keys.v1.NewDevice\"r\n\x16RegisterDeviceResponse\x12&\n\x06\x64\x65vice\x18\x01 \x01(\x0b\x32\x16.parley.keys.v1.Device\x12\x30\n\x0b\x63redentials\x18\x02 \x01(\x0b\x32\x1b.parley.keys.v1.Credentials\"@\n\x13RefreshTokenRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\"H\n\x14RefreshTokenResponse\x12\x30\n\x0b\x63redentials\x18\x01 \x01(\x0b\x32\x1b.parley.keys.v1.Credentials\"<\n\x13RevokeDeviceRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\"\x16\n\x14RevokeDeviceResponse\";\n\x12ListDevicesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x13ListDevicesResponse\x12\'\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x16.parley.keys.v1.Device\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"E\n\x11GetAccountRequest\x12\x14\n\naccount_id\x18\x01 \x01(\tH\x00\x12\x10\n\x06handle\x18\x02 \x01(\tH\x00\x42\x08\n\x06lookup\"B\n\x14\x44\x65leteAccountRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63onfirm_handle\x18\x02 \x01(\t\"\x9d\x01\n\x15\x44\x65leteAccountResponse\x12\x12\n\nerasure_id\x18\x01 \x01(\t\x12\x37\n\x13handle_release_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13\x63old_erase_deadline\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xf0\x04\n\x0e\x41\x63\x63ountService\x12G\n\x06SignUp\x12\x1d.parley.keys.v1.SignUpRequest\x1a\x1e.parley.keys.v1.SignUpResponse\x12_\n\x0eRegisterDevice\x12%.parley.keys.v1.RegisterDeviceRequest\x1a&.parley.keys.v1.RegisterDeviceResponse\x12Y\n\x0cRefreshToken\x12#.parley.keys.v1.RefreshTokenRequest\x1a$.parley.keys.v1.RefreshTokenResponse\x12Y\n\x0cRevokeDevice\x12#.parley.keys.v1.RevokeDeviceRequest\x1a$.parley.keys.v1.RevokeDeviceResponse\x12V\n\x0bListDevices\x12\".parley.keys.v1.ListDevicesRequest\x1a#.parley.keys.v1.ListDevicesResponse\x12H\n\nGetAccount\x12!.parley.keys.v1.GetAccountRequest\x1a\x17.parley.keys.v1.Account\x12\\\n\rDeleteAccount\x12$.parley.keys.v1.DeleteAccountRequest\x1a%.parley.keys.v1.DeleteAccountResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.keys.v1.accounts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCOUNT']._serialized_start=113
-  _globals['_ACCOUNT']._serialized_end=229
-  _globals['_DEVICE']._serialized_start=232
-  _globals['_DEVICE']._serialized_end=388
-  _globals['_CREDENTIALS']._serialized_start=391
-  _globals['_CREDENTIALS']._serialized_end=574
-  _globals['_NEWDEVICE']._serialized_start=576
-  _globals['_NEWDEVICE']._serialized_end=647
-  _globals['_SIGNUPREQUEST']._serialized_start=649
-  _globals['_SIGNUPREQUEST']._serialized_end=765
-  _globals['_SIGNUPRESPONSE']._serialized_start=768
-  _globals['_SIGNUPRESPONSE']._serialized_end=916
-  _globals['_REGISTERDEVICEREQUEST']._serialized_start=918
-  _globals['_REGISTERDEVICEREQUEST']._serialized_end=1004
-  _globals['_REGISTERDEVICERESPONSE']._serialized_start=1006
-  _globals['_REGISTERDEVICERESPONSE']._serialized_end=1120
-  _globals['_REFRESHTOKENREQUEST']._serialized_start=1122
-  _globals['_REFRESHTOKENREQUEST']._serialized_end=1186
-  _globals['_REFRESHTOKENRESPONSE']._serialized_start=1188
-  _globals['_REFRESHTOKENRESPONSE']._serialized_end=1260
-  _globals['_REVOKEDEVICEREQUEST']._serialized_start=1262
-  _globals['_REVOKEDEVICEREQUEST']._serialized_end=1322
-  _globals['_REVOKEDEVICERESPONSE']._serialized_start=1324
-  _globals['_REVOKEDEVICERESPONSE']._serialized_end=1346
-  _globals['_LISTDEVICESREQUEST']._serialized_start=1348
-  _globals['_LISTDEVICESREQUEST']._serialized_end=1407
-  _globals['_LISTDEVICESRESPONSE']._serialized_start=1409
-  _globals['_LISTDEVICESRESPONSE']._serialized_end=1496
-  _globals['_GETACCOUNTREQUEST']._serialized_start=1498
-  _globals['_GETACCOUNTREQUEST']._serialized_end=1567
-  _globals['_DELETEACCOUNTREQUEST']._serialized_start=1569
-  _globals['_DELETEACCOUNTREQUEST']._serialized_end=1635
-  _globals['_DELETEACCOUNTRESPONSE']._serialized_start=1638
-  _globals['_DELETEACCOUNTRESPONSE']._serialized_end=1795
-  _globals['_ACCOUNTSERVICE']._serialized_start=1798
-  _globals['_ACCOUNTSERVICE']._serialized_end=2422
+  _globals['_ACCOUNT']._serialized_start=114
+  _globals['_ACCOUNT']._serialized_end=251
+  _globals['_DEVICE']._serialized_start=254
+  _globals['_DEVICE']._serialized_end=410
+  _globals['_CREDENTIALS']._serialized_start=413
+  _globals['_CREDENTIALS']._serialized_end=596
+  _globals['_NEWDEVICE']._serialized_start=598
+  _globals['_NEWDEVICE']._serialized_end=669
+  _globals['_SIGNUPREQUEST']._serialized_start=672
+  _globals['_SIGNUPREQUEST']._serialized_end=809
+  _globals['_SIGNUPRESPONSE']._serialized_start=812
+  _globals['_SIGNUPRESPONSE']._serialized_end=960
+  _globals['_REGISTERDEVICEREQUEST']._serialized_start=962
+  _globals['_REGISTERDEVICEREQUEST']._serialized_end=1048
+  _globals['_REGISTERDEVICERESPONSE']._serialized_start=1050
+  _globals['_REGISTERDEVICERESPONSE']._serialized_end=1164
+  _globals['_REFRESHTOKENREQUEST']._serialized_start=1166
+  _globals['_REFRESHTOKENREQUEST']._serialized_end=1230
+  _globals['_REFRESHTOKENRESPONSE']._serialized_start=1232
+  _globals['_REFRESHTOKENRESPONSE']._serialized_end=1304
+  _globals['_REVOKEDEVICEREQUEST']._serialized_start=1306
+  _globals['_REVOKEDEVICEREQUEST']._serialized_end=1366
+  _globals['_REVOKEDEVICERESPONSE']._serialized_start=1368
+  _globals['_REVOKEDEVICERESPONSE']._serialized_end=1390
+  _globals['_LISTDEVICESREQUEST']._serialized_start=1392
+  _globals['_LISTDEVICESREQUEST']._serialized_end=1451
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=1453
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=1540
+  _globals['_GETACCOUNTREQUEST']._serialized_start=1542
+  _globals['_GETACCOUNTREQUEST']._serialized_end=1611
+  _globals['_DELETEACCOUNTREQUEST']._serialized_start=1613
+  _globals['_DELETEACCOUNTREQUEST']._serialized_end=1679
+  _globals['_DELETEACCOUNTRESPONSE']._serialized_start=1682
+  _globals['_DELETEACCOUNTRESPONSE']._serialized_end=1839
+  _globals['_ACCOUNTSERVICE']._serialized_start=1842
+  _globals['_ACCOUNTSERVICE']._serialized_end=2466
 # @@protoc_insertion_point(module_scope)

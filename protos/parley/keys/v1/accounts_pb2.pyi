@@ -28,10 +28,15 @@ class Account(_message.Message):
     HANDLE_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    HOME_REGION_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     handle: _builtins.str
     """As the user typed it at sign-up; uniqueness ignores case."""
     display_name: _builtins.str
+    home_region: _builtins.str
+    """The region the account is homed in (its data lives there); the name of
+    the only region in a single-region deployment.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -41,10 +46,11 @@ class Account(_message.Message):
         handle: _builtins.str = ...,
         display_name: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        home_region: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "create_time", b"create_time", "display_name", b"display_name", "handle", b"handle"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "create_time", b"create_time", "display_name", b"display_name", "handle", b"handle", "home_region", b"home_region"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -147,6 +153,7 @@ class SignUpRequest(_message.Message):
     HANDLE_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     DEVICE_FIELD_NUMBER: _builtins.int
+    HOME_REGION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """AIP-155: a UUID chosen by the client, reused on retries."""
     handle: _builtins.str
@@ -155,6 +162,15 @@ class SignUpRequest(_message.Message):
     """
     display_name: _builtins.str
     """0-64 characters."""
+    home_region: _builtins.str
+    """The region the account lives in (docs/design/regions.md): its devices,
+    keys, profile and presence are kept there and nowhere else. Empty: the
+    region this request reached. Another region of the deployment: the
+    request is forwarded there (UNAVAILABLE with ERROR_REASON_REGION_UNAVAILABLE
+    while it cannot be reached). A name the deployment does not have:
+    INVALID_ARGUMENT, ERROR_REASON_REGION_UNKNOWN. The handle is unique across
+    every region.
+    """
     @_builtins.property
     def device(self) -> Global___NewDevice: ...
     def __init__(
@@ -164,10 +180,11 @@ class SignUpRequest(_message.Message):
         handle: _builtins.str = ...,
         display_name: _builtins.str = ...,
         device: Global___NewDevice | None = ...,
+        home_region: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "display_name", b"display_name", "handle", b"handle", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "display_name", b"display_name", "handle", b"handle", "home_region", b"home_region", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,51 @@
+"""parley.keys.v1.AccountRegionService over gRPC: what other regions' svc_keys ask this one."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from parley.keys.v1 import regions_pb2, regions_pb2_grpc
+from parley_core.errors import NotFound, Reason
+from parley_core.validation import Check
+from svc_keys.domain.regions import HandleRegistry
+
+REGION_SERVICE_NAME = regions_pb2.DESCRIPTOR.services_by_name["AccountRegionService"].full_name
+REGION_NAME_MAX = 32
+
+
+class AccountRegionServicer(regions_pb2_grpc.AccountRegionServiceServicer):
+    def __init__(self, handles: HandleRegistry, *, clock: Callable[[], float] = time.time) -> None:
+        self._handles = handles
+        self._clock = clock
+
+    async def ReserveHandle(
+        self, request: regions_pb2.ReserveHandleRequest, context: Any
+    ) -> regions_pb2.ReserveHandleResponse:
+        check = Check().request_id(request.request_id)
+        check.text("handle", request.handle, min_len=1, max_len=64)
+        check.id("account_id", request.account_id)
+        check.text("home_region", request.home_region, min_len=1, max_len=REGION_NAME_MAX)
+        check.done()
+        reservation = await self._handles.reserve_here(
+            handle=request.handle,
+            account_id=request.account_id,
+            home_region=request.home_region,
+            request_id=request.request_id.lower(),
+            now=self._clock(),
+        )
+        return regions_pb2.ReserveHandleResponse(
+            account_id=reservation.account_id, home_region=reservation.home_region
+        )
+
+    async def LookupHandle(
+        self, request: regions_pb2.LookupHandleRequest, context: Any
+    ) -> regions_pb2.ReserveHandleResponse:
+        Check().text("handle", request.handle, min_len=1, max_len=64).done()
+        reservation = await self._handles.holder_here(request.handle)
+        if reservation is None:
+            raise NotFound("account not found", reason=Reason.ACCOUNT_NOT_FOUND)
+        return regions_pb2.ReserveHandleResponse(
+            account_id=reservation.account_id, home_region=reservation.home_region
+        )
