@@ -296,7 +296,9 @@ def release_overflow(
     states: Iterable[MemberReplica], layout: PinLayout, *, stamp: Timestamp
 ) -> list[MemberReplica]:
     """Unpin the overflowing pins (they already show unpinned); the states to
-    write back. Run with a local pin write, so overflow never lingers past
-    the account's next pin."""
+    write back. Run with every local pin and unpin, computed before it: the
+    member acts on the list as shown, so an unpin must not promote a pin
+    they could not see, and overflow never outlives the account's next pin
+    write."""
     overflow = set(layout.overflow)
     return [unpin(s, stamp=stamp) for s in states if s.conversation_id in overflow]
