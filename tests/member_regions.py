@@ -46,9 +46,6 @@ class Region:
     def state(self, conversation_id: str) -> MemberReplica:
         return self.states.get(conversation_id) or MemberReplica(conversation_id, ACCOUNT)
 
-    def stamp(self, true_ms: int) -> Timestamp:
-        return self.clock.now(self.physical(true_ms))
-
     def receive(self, incoming: MemberReplica, true_ms: int) -> None:
         """Merge a replicated state in, observing its stamps first."""
         self.clock.observe(incoming.latest_stamp(), self.physical(true_ms))
@@ -60,7 +57,7 @@ class Region:
         """One local write, as the inbox would make it (pin cap included)."""
         now_ms = self.physical(true_ms)
         state = self.state(conversation_id)
-        stamp = self.stamp(true_ms)
+        stamp = mr.write_stamp(self.clock, state, now_ms)
         if op == "mute":
             state = mr.set_muted(state, now_ms + arg * MINUTE, stamp=stamp, now_ms=now_ms)
         elif op == "mute_forever":

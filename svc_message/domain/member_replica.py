@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from parley_core.hlc import Timestamp
+from parley_core.hlc import HybridClock, Timestamp
 from svc_message.domain.inbox import FOREVER
 from svc_message.model.inbox import StoredSettings
 from svc_message.model.member_replica import ArchiveMark, MemberReplica, merge
@@ -56,12 +56,23 @@ __all__ = [
     "unpin",
     "unread_count",
     "view",
+    "write_stamp",
 ]
 
 FOREVER_MS = int(FOREVER.timestamp() * 1000)
 
 
 # -- local writes ------------------------------------------------------------------
+
+
+def write_stamp(clock: HybridClock, state: MemberReplica, physical_ms: int) -> Timestamp:
+    """The stamp of a local write on ``state``: above every stamp in it, so
+    the write wins over everything it was made on top of, whichever process
+    or region wrote that and however its clock was set. (Replication observes
+    the stamps it merges too; this also covers a process that restarted or
+    shares the region with other writers.)"""
+    clock.observe(state.latest_stamp(), physical_ms)
+    return clock.now(physical_ms)
 
 
 def set_muted(

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parley_core.hlc import Timestamp
+from parley_core.hlc import HybridClock, Timestamp
 from svc_message.domain import member_replica as mr
 from svc_message.domain.inbox import effective_settings
 from svc_message.model.member_replica import MemberReplica, from_dict, merge, to_dict
@@ -260,6 +260,16 @@ def test_without_observing_a_slow_clock_loses_which_is_why_replicas_observe() ->
     a.apply("archive", "c1", 7, T0)
     b.apply("unarchive", "c1", 0, T0 + 2_000)
     assert mr.is_archived(merge(a.state("c1"), b.state("c1")))
+
+
+def test_a_restarted_writer_with_a_slow_clock_still_writes_above_the_stored_state() -> None:
+    a = Region("a")
+    a.apply("archive", "c1", 7, T0)
+    restarted = HybridClock("a")  # same node, clock state lost, 10 minutes slow
+    stored = a.state("c1")
+    stamp_ = mr.write_stamp(restarted, stored, T0 - 10 * MINUTE)
+    assert stamp_ > stored.latest_stamp()
+    assert not mr.is_archived(mr.set_archived(stored, False, archived_seq=0, stamp=stamp_))
 
 
 # -- the rules --------------------------------------------------------------------------
