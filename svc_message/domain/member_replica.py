@@ -70,9 +70,9 @@ def write_stamp(clock: HybridClock, state: MemberReplica, physical_ms: int) -> T
     the write wins over everything it was made on top of, whichever process
     or region wrote that and however its clock was set. (Replication observes
     the stamps it merges too; this also covers a process that restarted or
-    shares the region with other writers.)"""
-    clock.observe(state.latest_stamp(), physical_ms)
-    return clock.now(physical_ms)
+    shares the region with other writers.) Observing is itself an event of
+    the clock, above its last stamp too, so its stamp is the write's."""
+    return clock.observe(state.latest_stamp(), physical_ms)
 
 
 def set_muted(
