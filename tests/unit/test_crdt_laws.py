@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from parley_core.crdt import AddWinsSet, EpochMaxRegister, LWWRegister, MaxRegister
 from parley_core.hlc import HybridClock, Timestamp
 
-LAWS = settings(max_examples=150, deadline=None)
+LAWS = settings(max_examples=100, deadline=None)
 
 T0 = 1_900_000_000_000
 # Few distinct values so that collisions (equal stamps, shared tags) happen.

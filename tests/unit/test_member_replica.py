@@ -67,7 +67,7 @@ def three_states(draw: st.DrawFn) -> tuple[MemberReplica, MemberReplica, MemberR
     return draw(pick), draw(pick), draw(pick)
 
 
-LAWS = settings(max_examples=120, deadline=None)
+LAWS = settings(max_examples=100, deadline=None)
 
 
 @LAWS
