@@ -1,11 +1,12 @@
 """Local writes on a member's replicated metadata, and what the inbox shows of it.
 
-Each operation takes the HLC stamp of the write (the region's
-``HybridClock.now(physical_ms)``, after the clock observed every state merged
-in) and returns a new state no smaller than the old one in the merge order,
-so a write applied here and later merged elsewhere converges with whatever
-happened there meanwhile. Nothing here does I/O; the state type and its
-encoding are ``svc_message.model.member_replica``.
+Each operation takes the HLC stamp of the write (``write_stamp``: the
+region's clock after observing the state being changed, so the write lands
+above everything it was made on) and returns a new state no smaller than
+the old one in the merge order, so a write applied here and later merged
+elsewhere converges with whatever happened there meanwhile. Nothing here
+does I/O; the state type and its encoding are
+``svc_message.model.member_replica``.
 
 The rules, and why (docs/design/crdt.md):
 
@@ -16,7 +17,8 @@ The rules, and why (docs/design/crdt.md):
 - pinned and archived both set (a pin concurrent with an archive): the later
   stamp of the two decides which one shows;
 - the pin cap holds at write time (``pin_check``); a merged state over the cap
-  shows the ``cap`` highest ranks pinned and the rest unpinned;
+  shows the ``cap`` highest ranks pinned and the rest unpinned, until the
+  account's next pin or unpin releases them (``release_overflow``);
 - watermarks only rise; the unread count is derived from them, never merged.
 """
 
