@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from parley_cli import PROG
-from parley_core.config import ConfigError, read_config_file
+from parley_core.config import ENV_PREFIX, NESTED, ConfigError, read_config_file
 from parley_dev.regions import RegionsStack
 from parley_dev.stack_config import (
     OWNED_KEYS,
@@ -28,6 +28,8 @@ from parley_dev.stack_config import (
 )
 from parley_dev.supervisor import Supervisor
 from parley_dev.up import run_harness
+
+TOPOLOGY_VARIABLES = f"{ENV_PREFIX}TOPOLOGY{NESTED.upper()}"
 
 
 def run_regions_command(
@@ -54,6 +56,11 @@ def run_regions_command(
             else {}
         )
         service_environ, ignored_variables = service_environment(os.environ, Path.cwd())
+        # Each region's topology file is the harness's: a variable would point
+        # every region at one file (variables win over the config file).
+        for name in [n for n in service_environ if n.startswith(TOPOLOGY_VARIABLES)]:
+            del service_environ[name]
+            ignored_variables.append(name)
         harness = RegionsStack.with_fixed_ports(
             root=data_dir,
             regions=regions,
