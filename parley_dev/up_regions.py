@@ -108,7 +108,7 @@ def regions_banner(harness: RegionsStack) -> str:
     width = max(len(label) for label, _ in rows)
     lines = [
         "",
-        f"Parley is up in {len(harness.names)} regions: {', '.join(harness.names)}.",
+        f"Parley is up. Regions: {', '.join(harness.names)}.",
         *(f"  {label:<{width}}  {address}" for label, address in rows),
         "A region's traffic to another crosses the proxy listed for that pair.",
     ]

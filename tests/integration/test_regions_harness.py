@@ -22,7 +22,8 @@ from parley_dev.regions import RegionsStack
 from parley_dev.stack import LocalStack
 from tests.helpers import http_get, wait_until
 
-pytestmark = pytest.mark.slow
+# Two stacks start in the first test's time: more than one stack's 180 s on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
 # The topology file is read before a service serves, so no waiting is needed
 # for it; heal is followed by gRPC's reconnect backoff (1 s at first).
