@@ -1,0 +1,231 @@
+"""Two regions joined by fault proxies: homes, handles and the owner region of
+a conversation (issue 20, parts 1, 2 and 8; docs/design/regions.md).
+
+One two-region harness for the module: accounts are homed where they ask to
+be and live only there, handles are unique across regions, accounts are found
+from any region, writes to a conversation reach its owner region from the
+other one, and a cut link gives a fast, explicit REGION_UNAVAILABLE without a
+second writer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from pymongo import AsyncMongoClient
+
+from parley.common.v1 import common_pb2
+from parley.keys.v1 import accounts_pb2 as kpb
+from parley.keys.v1 import accounts_pb2_grpc as kgrpc
+from parley.message.v1 import messages_pb2 as mpb
+from parley.message.v1 import messages_pb2_grpc as mgrpc
+from parley_core.ids import region_number_of
+from parley_dev.regions import RegionsStack
+from tests.helpers import wait_until
+from tests.users import Device, all_messages, error_reason, rid, send, unique_handle
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+EU, US = "eu", "us"
+NUMBERS = {EU: 1, US: 2}
+CALL_SECONDS = 10.0
+# A refusal of a region that is down must not wait for the call's deadline.
+FAST_REFUSAL_SECONDS = 3.0
+HEAL_SECONDS = 20.0
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def regions(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RegionsStack]:
+    harness = RegionsStack(root=tmp_path_factory.mktemp("regions"), regions=[EU, US])
+    async with harness:
+        yield harness
+
+
+async def _sign_up(
+    regions: RegionsStack, reached: str, *, home: str = "", handle: str | None = None
+) -> tuple[Device, kpb.Account]:
+    handle = handle or unique_handle()
+    async with grpc.aio.insecure_channel(regions.region(reached).keys_target) as channel:
+        reply = await kgrpc.AccountServiceStub(channel).SignUp(
+            kpb.SignUpRequest(
+                request_id=rid(),
+                handle=handle,
+                display_name=handle,
+                device=kpb.NewDevice(name="phone", platform=common_pb2.PLATFORM_ANDROID),
+                home_region=home,
+            ),
+            timeout=CALL_SECONDS,
+        )
+    device = Device(
+        account_id=reply.account.account_id,
+        device_id=reply.device.device_id,
+        access_token=reply.credentials.access_token,
+        refresh_token=reply.credentials.refresh_token,
+        handle=handle,
+    )
+    return device, reply.account
+
+
+async def _stored_account(regions: RegionsStack, region: str, account_id: str) -> Any:
+    client: AsyncMongoClient[Any] = AsyncMongoClient(regions.region(region).mongo_uri)
+    try:
+        return await client["parley"]["accounts"].find_one({"_id": account_id})
+    finally:
+        await client.close()
+
+
+async def test_an_account_lives_in_the_region_it_asked_for(regions: RegionsStack) -> None:
+    here, account = await _sign_up(regions, EU)
+    assert account.home_region == EU
+    assert region_number_of(account.account_id) == NUMBERS[EU]
+
+    away, account = await _sign_up(regions, EU, home=US)
+    assert account.home_region == US
+    assert region_number_of(away.account_id) == NUMBERS[US]
+    assert await _stored_account(regions, US, away.account_id) is not None
+    assert await _stored_account(regions, EU, away.account_id) is None
+    assert await _stored_account(regions, US, here.account_id) is None
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _sign_up(regions, EU, home="mars")
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_reason(refused.value) == "ERROR_REASON_REGION_UNKNOWN"
+
+
+async def test_a_handle_is_unique_across_regions(regions: RegionsStack) -> None:
+    handle = unique_handle("solo")
+    await _sign_up(regions, EU, handle=handle)
+    for region in (EU, US):
+        with pytest.raises(grpc.aio.AioRpcError) as taken:
+            await _sign_up(regions, region, handle=handle.upper())
+        assert taken.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert error_reason(taken.value) == "ERROR_REASON_HANDLE_TAKEN"
+
+
+async def test_accounts_are_found_from_any_region(regions: RegionsStack) -> None:
+    eu_user, _ = await _sign_up(regions, EU)
+    us_user, _ = await _sign_up(regions, US)
+    async with grpc.aio.insecure_channel(regions.region(US).keys_target) as channel:
+        keys = kgrpc.AccountServiceStub(channel)
+        # An eu device's token works in us; eu accounts are answered from eu.
+        by_id = await keys.GetAccount(
+            kpb.GetAccountRequest(account_id=eu_user.account_id),
+            metadata=us_user.md,
+            timeout=CALL_SECONDS,
+        )
+        by_handle = await keys.GetAccount(
+            kpb.GetAccountRequest(handle=eu_user.handle),
+            metadata=eu_user.md,
+            timeout=CALL_SECONDS,
+        )
+    assert by_id.handle == eu_user.handle and by_id.home_region == EU
+    assert by_handle.account_id == eu_user.account_id
+
+
+async def _group(regions: RegionsStack, region: str, owner: Device, members: list[Device]) -> str:
+    async with grpc.aio.insecure_channel(regions.region(region).message_targets[0]) as channel:
+        view = await mgrpc.MessageServiceStub(channel).CreateGroup(
+            mpb.CreateGroupRequest(
+                request_id=rid(),
+                title="across",
+                member_account_ids=[m.account_id for m in members],
+            ),
+            metadata=owner.md,
+            timeout=CALL_SECONDS,
+        )
+    conversation_id: str = view.conversation.conversation_id
+    return conversation_id
+
+
+async def test_writes_reach_the_owner_region_from_the_other(regions: RegionsStack) -> None:
+    alice, _ = await _sign_up(regions, EU)
+    bob, _ = await _sign_up(regions, US)
+    # Created through us, owned by eu: the creator's home.
+    group = await _group(regions, US, alice, [bob])
+    assert region_number_of(group) == NUMBERS[EU]
+    async with (
+        grpc.aio.insecure_channel(regions.region(EU).message_targets[0]) as eu_channel,
+        grpc.aio.insecure_channel(regions.region(US).message_targets[0]) as us_channel,
+    ):
+        eu, us = mgrpc.MessageServiceStub(eu_channel), mgrpc.MessageServiceStub(us_channel)
+        sent = await send(us, bob, group, b"from us")
+        again = await us.SendMessage(
+            mpb.SendMessageRequest(
+                request_id=rid(), conversation_id=group, type=mpb.MESSAGE_TYPE_TEXT, body=b"2"
+            ),
+            metadata=bob.md,
+            timeout=CALL_SECONDS,
+        )
+        assert again.message.seq == sent.seq + 1
+        history = await all_messages(eu, alice, group)
+        assert [m.body for m in history if m.type == mpb.MESSAGE_TYPE_TEXT] == [b"from us", b"2"]
+        # A direct chat is owned by the home of the lesser account id, from either side.
+        views = [
+            await stub.CreateDirectConversation(
+                mpb.CreateDirectConversationRequest(request_id=rid(), peer_account_id=peer),
+                metadata=device.md,
+                timeout=CALL_SECONDS,
+            )
+            for stub, device, peer in ((eu, alice, bob.account_id), (us, bob, alice.account_id))
+        ]
+        direct = {v.conversation.conversation_id for v in views}
+        assert len(direct) == 1
+        lesser_home = EU if min(alice.account_id, bob.account_id) == alice.account_id else US
+        assert region_number_of(direct.pop()) == NUMBERS[lesser_home]
+
+
+async def test_a_cut_owner_region_is_refused_fast_and_nothing_writes_for_it(
+    regions: RegionsStack,
+) -> None:
+    alice, _ = await _sign_up(regions, EU)
+    bob, _ = await _sign_up(regions, US)
+    group = await _group(regions, EU, alice, [bob])
+    link = regions.proxy(US, EU)
+    async with (
+        grpc.aio.insecure_channel(regions.region(EU).message_targets[0]) as eu_channel,
+        grpc.aio.insecure_channel(regions.region(US).message_targets[0]) as us_channel,
+    ):
+        eu, us = mgrpc.MessageServiceStub(eu_channel), mgrpc.MessageServiceStub(us_channel)
+        await send(us, bob, group, b"before")
+        link.cut(refuse=True)
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await us.SendMessage(
+                        mpb.SendMessageRequest(
+                            request_id=rid(),
+                            conversation_id=group,
+                            type=mpb.MESSAGE_TYPE_TEXT,
+                            body=b"during",
+                        ),
+                        metadata=bob.md,
+                        timeout=CALL_SECONDS,
+                    )
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert error_reason(refused.value) == "ERROR_REASON_REGION_UNAVAILABLE"
+                assert time.monotonic() - started < FAST_REFUSAL_SECONDS
+            # The owner region keeps full service for its own users meanwhile.
+            await send(eu, alice, group, b"owner side")
+        finally:
+            link.heal()
+
+        async def delivered() -> bool:
+            try:
+                await send(us, bob, group, b"after")
+            except grpc.aio.AioRpcError:
+                return False
+            return True
+
+        await wait_until(delivered, timeout=HEAL_SECONDS)
+        bodies = [m.body for m in await all_messages(eu, alice, group)]
+        # Seqs stayed gapless and nothing refused was written anywhere.
+        assert b"during" not in bodies
+        assert bodies[-3:] == [b"before", b"owner side", b"after"]
+        seqs = [m.seq for m in await all_messages(eu, alice, group)]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
