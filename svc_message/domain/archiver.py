@@ -352,7 +352,7 @@ class Archiver:
         return await self._with_tiers(state, state.hot_entries, state.hot_bytes)
 
     async def status(self) -> ArchiveStatus:
-        """The status with the hot log measured now (``parley archiver status``)."""
+        """The status with the hot log measured now (``python -m svc_message archive status``)."""
         return await self._with_tiers(
             await self._ledger.state(), await self._hot.count(), await self._hot.size_bytes()
         )
