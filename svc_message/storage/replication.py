@@ -383,10 +383,11 @@ class ReplicaStore:
             requests.append(UpdateOne({"_id": doc["_id"]}, update, upsert=True))
             if rest:
                 # Metadata (members, title, roles...) from a head at least as new.
-                newer = {"$lte": int(doc.get("last_version", 0))}
-                requests.append(
-                    UpdateOne({"_id": doc["_id"], "last_version": newer}, {"$set": rest})
-                )
+                newer = [
+                    {"last_version": {"$lte": int(doc.get("last_version", 0))}},
+                    {"last_version": {"$exists": False}},
+                ]
+                requests.append(UpdateOne({"_id": doc["_id"], "$or": newer}, {"$set": rest}))
         if not requests:
             return ApplyOutcome()
         result = await self._conversations.bulk_write(requests, ordered=True)
