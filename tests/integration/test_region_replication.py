@@ -118,7 +118,9 @@ async def test_changes_reach_the_peer_in_order(regions: Regions) -> None:
     assert [d["seq"] for d in docs] == list(range(1, 13))
     source_docs = await held(regions.source, cid)
     assert docs == source_docs
-    assert head is not None and head["last_seq"] == 12 and head["member_ids"] == ["eu:alice", "us:bob"]
+    assert (
+        head is not None and head["last_seq"] == 12 and head["member_ids"] == ["eu:alice", "us:bob"]
+    )
     member = await database(regions.target)["members"].find_one({"_id": f"{cid}:eu:alice"})
     assert member is not None and member["read_seq"] == 12
 
@@ -149,9 +151,7 @@ async def test_an_older_state_never_replaces_a_newer_one(regions: Regions) -> No
     reader = SnapshotReader(database(regions.source))
     before = await reader.above(cid, HighWater())
     coll = database(regions.source)["messages"]
-    await coll.update_one(
-        {"_id": message_id}, {"$set": {"body": b"edited", "state_version": 5}}
-    )
+    await coll.update_one({"_id": message_id}, {"$set": {"body": b"edited", "state_version": 5}})
     after = await reader.above(cid, HighWater())
     peer = peer_client(regions.address)
     try:
