@@ -304,6 +304,16 @@ class DeliveryService:
                 if session.resync_wanted:
                     session.resync_wanted = False
                     latest = await self._members.of_member(session.account_id)
+                    # Conversations that arrived without an event (another
+                    # region's, by replication) are joined like created ones.
+                    for conversation in latest:
+                        conversation_id = conversation.conversation_id
+                        if conversation_id in session.sent or conversation_id in session.departed:
+                            continue
+                        if await self._join(session, conversation_id) is not None:
+                            yield [self._codec.conversation(conversation)]
+                            async for replay in self._replay(session, conversation_id):
+                                yield replay
                     async for replay in self._catch_up(session, latest):
                         yield replay
                 out = await self._in_order(session, batch)

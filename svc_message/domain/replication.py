@@ -14,7 +14,7 @@ Rules (docs/design/regions.md, "Part 3: replication"):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -178,14 +178,23 @@ class Replica(Protocol):
 class ReplicaApplier:
     """The replica side of RegionReplicationService, counting what it did."""
 
-    def __init__(self, replica: Replica) -> None:
+    def __init__(
+        self,
+        replica: Replica,
+        *,
+        on_applied: Callable[[Sequence[ReplicatedDoc]], Awaitable[None]] | None = None,
+    ) -> None:
         self._replica = replica
+        # Told about batches that wrote something, so live streams catch up.
+        self._on_applied = on_applied
         # Per source region: (applied, already present).
         self.counts: dict[str, ApplyOutcome] = {}
 
     async def apply(self, source_region: str, docs: Sequence[ReplicatedDoc]) -> ApplyOutcome:
         outcome = await self._replica.apply(docs)
         self.counts[source_region] = self.counts.get(source_region, ApplyOutcome()) + outcome
+        if outcome.applied and self._on_applied is not None:
+            await self._on_applied(docs)
         return outcome
 
     async def high_water(self, conversation_ids: Iterable[str]) -> dict[str, HighWater]:

@@ -305,6 +305,19 @@ class ReplicaStore:
         self._members = db["members"]
         self._merge_member = merge_member
 
+    @staticmethod
+    def touched(docs: Sequence[ReplicatedDoc]) -> tuple[set[str], set[str]]:
+        """The conversations a batch wrote to, and the accounts whose
+        membership documents it carried."""
+        conversations = {d.conversation_id for d in docs}
+        accounts = {
+            str(decode(d.document).get("account_id"))
+            for d in docs
+            if d.kind == ReplicatedKind.MEMBER
+        }
+        accounts.discard("None")
+        return conversations, accounts
+
     async def apply(self, docs: Sequence[ReplicatedDoc]) -> ApplyOutcome:
         """Applies in order, kind by kind in runs, so a later document of a
         batch is never overtaken by an earlier one."""

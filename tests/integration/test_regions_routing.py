@@ -27,7 +27,17 @@ from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_core.ids import region_number_of
 from parley_dev.regions import RegionsStack
 from tests.helpers import wait_until
-from tests.users import Device, all_messages, error_reason, rid, send, unique_handle
+from tests.users import (
+    Device,
+    Stream,
+    all_messages,
+    error_reason,
+    open_stream,
+    rid,
+    send,
+    synced,
+    unique_handle,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -229,3 +239,70 @@ async def test_a_cut_owner_region_is_refused_fast_and_nothing_writes_for_it(
         assert bodies[-3:] == [b"before", b"owner side", b"after"]
         seqs = [m.seq for m in await all_messages(eu, alice, group)]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+async def _stored_ids(regions: RegionsStack, region: str, conversation_id: str) -> list[str]:
+    client: AsyncMongoClient[Any] = AsyncMongoClient(regions.region(region).mongo_uri)
+    try:
+        cursor = client["parley"]["messages"].find({"conversation_id": conversation_id})
+        return [doc["_id"] async for doc in cursor]
+    finally:
+        await client.close()
+
+
+async def test_history_replicates_to_where_members_live_and_nowhere_else(
+    regions: RegionsStack,
+) -> None:
+    alice, _ = await _sign_up(regions, EU)
+    carol, _ = await _sign_up(regions, EU)
+    bob, _ = await _sign_up(regions, US)
+    shared = await _group(regions, EU, alice, [bob])
+    local = await _group(regions, EU, alice, [carol])
+    async with (
+        grpc.aio.insecure_channel(regions.region(EU).message_targets[0]) as eu_channel,
+        grpc.aio.insecure_channel(regions.region(US).message_targets[0]) as us_channel,
+    ):
+        eu, us = mgrpc.MessageServiceStub(eu_channel), mgrpc.MessageServiceStub(us_channel)
+        for i in range(3):
+            await send(eu, alice, shared, f"shared {i}".encode())
+            await send(eu, alice, local, f"local {i}".encode())
+        expected = [f"shared {i}".encode() for i in range(3)]
+
+        async def replicated() -> bool:
+            try:
+                history = await all_messages(us, bob, shared)
+            except grpc.aio.AioRpcError:
+                return False
+            return [m.body for m in history if m.type == mpb.MESSAGE_TYPE_TEXT] == expected
+
+        # bob reads the eu-owned group's history from his own region's replica.
+        await wait_until(replicated, timeout=HEAL_SECONDS, what="history replicated to us")
+    # A conversation with no member homed in us never reaches it.
+    assert await _stored_ids(regions, EU, local)
+    assert await _stored_ids(regions, US, local) == []
+
+
+async def test_a_device_connected_to_its_region_receives_the_owners_events(
+    regions: RegionsStack,
+) -> None:
+    alice, _ = await _sign_up(regions, EU)
+    bob, _ = await _sign_up(regions, US)
+    group = await _group(regions, EU, alice, [bob])
+    async with (
+        grpc.aio.insecure_channel(regions.region(EU).message_targets[0]) as eu_channel,
+        grpc.aio.insecure_channel(regions.region(US).message_targets[0]) as us_channel,
+    ):
+        eu, us = mgrpc.MessageServiceStub(eu_channel), mgrpc.MessageServiceStub(us_channel)
+        stream = await open_stream(us, bob)
+        try:
+            await stream.wait_for(synced, timeout=HEAL_SECONDS)
+            for i in range(3):
+                await send(eu, alice, group, f"live {i}".encode())
+
+            def arrived(s: Stream) -> bool:
+                bodies = [m.body for m in s.messages(group) if m.type == mpb.MESSAGE_TYPE_TEXT]
+                return bodies == [f"live {i}".encode() for i in range(3)]
+
+            await stream.wait_for(arrived, timeout=HEAL_SECONDS)
+        finally:
+            await stream.close()
