@@ -95,8 +95,7 @@ class DownloadHandler:
         return media
 
     async def _decide(self, account_id: str, media_id: str, *, now: float) -> MediaRecord:
-        """The media after the access, rate and quarantine checks, kept as a
-        decision when the caller is an uploader."""
+        """The media after the access, rate and quarantine checks."""
         media, banned = await asyncio.gather(
             self._media.get(media_id), self._quarantine.get(sha256_of_media_id(media_id))
         )
@@ -107,7 +106,6 @@ class DownloadHandler:
         await self._limits.take(Take(LimitName.MEDIA_DOWNLOAD_PER_ACCOUNT, account_id), now=now)
         if banned is not None:
             raise quarantined()
-        self._decisions.keep(account_id, media, now=now)
         return media
 
     async def note_tier(self, media: MediaRecord, info: ObjectInfo) -> MediaRecord:
@@ -124,6 +122,7 @@ class DownloadHandler:
 
     async def grant(self, *, account_id: str, media_id: str, now: float) -> Grant:
         media = self._decisions.get(account_id, media_id, now=now)
+        kept = media is not None
         if media is None:
             media = await self._decide(account_id, media_id, now=now)
         else:
@@ -140,6 +139,10 @@ class DownloadHandler:
         get = self._objects.presign_get(
             media.object_key, expires_in=self._policy.get_url_seconds, now=now
         )
+        if not kept:
+            # Only a download granted in full is kept (not one the store's
+            # outage or an archive class refused).
+            self._decisions.keep(account_id, media, now=now)
         self._stats.downloads_granted += 1
         self._stats.bytes_granted += media.size
         return Grant(media=media, get=get)
