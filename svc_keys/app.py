@@ -20,6 +20,7 @@ from parley_core.storage.ratelimit import BucketEraser
 from parley_core.telemetry import Tracing, build_tracing
 from svc_keys.domain.accounts import AccountsHandler
 from svc_keys.domain.erasure import ErasureHandler, ErasurePolicy
+from svc_keys.domain.key_routing import KeyRegionRouter
 from svc_keys.domain.keys import KeysHandler
 from svc_keys.domain.regions import HandleRegistry
 from svc_keys.domain.sender_keys import SenderKeysHandler
@@ -164,7 +165,7 @@ async def build(settings: Settings) -> ServiceHost:
         addresses=ClientAddresses(settings.limits.trusted_proxies),
         erasure=erasure_handler,
     )
-    key_servicer = KeyServicer(keys, sender_keys)
+    key_servicer = KeyServicer(keys, sender_keys, router=KeyRegionRouter(regions, region_peers))
     region_servicer = AccountRegionServicer(handles)
 
     def register(server: grpc.aio.Server) -> None:

@@ -73,3 +73,9 @@ class RegionPeers(Protocol):
     async def get_account(self, region: str, account_id: str, *, bearer_token: str) -> Account:
         """GetAccount at the account's home ``region``, as the caller."""
         ...
+
+    async def forward_key_call(
+        self, region: str, method: str, request: bytes, *, bearer_token: str
+    ) -> bytes:
+        """A KeyService call (serialized) at ``region``, as the caller; its answer."""
+        ...

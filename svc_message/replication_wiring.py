@@ -25,7 +25,7 @@ from svc_message.domain.replication import (
     merge_member_document,
 )
 from svc_message.domain.replicator import Replicator
-from svc_message.model.replication import ReplicatedDoc
+from svc_message.model.replication import ApplyOutcome, ReplicatedDoc
 from svc_message.peers.replication import ReplicationPeer
 from svc_message.replication_metrics import ReplicationMetrics
 from svc_message.servicer.replication import RegionReplicationServicer
@@ -92,9 +92,9 @@ def build_replication(
 ) -> Replication:
     replica = ReplicaStore(db, merge_member=merge_member_document)
 
-    async def wake_streams(docs: Sequence[ReplicatedDoc]) -> None:
-        conversations, accounts = replica.touched(docs)
-        await doorbell.replicated(conversations, accounts)
+    async def wake_streams(docs: Sequence[ReplicatedDoc], outcome: ApplyOutcome) -> None:
+        conversations = {d.conversation_id for d in docs}
+        await doorbell.replicated(conversations, outcome.wake_accounts)
 
     applier = ReplicaApplier(replica, on_applied=wake_streams)
     replicators: list[Replicator] = []

@@ -20,7 +20,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_status import rpc_status
 
 from parley.common.v1 import common_pb2
-from parley.keys.v1 import accounts_pb2, accounts_pb2_grpc, regions_pb2, regions_pb2_grpc
+from parley.keys.v1 import (
+    accounts_pb2,
+    accounts_pb2_grpc,
+    keys_pb2,
+    regions_pb2,
+    regions_pb2_grpc,
+)
 from parley_core.auth.credentials import ServiceCredential
 from parley_core.errors import ParleyError, Reason, Unavailable
 from parley_core.regions import REGION_FORWARDED
@@ -30,6 +36,8 @@ from parley_core.topology import Topology
 from svc_keys.model import Account, Credentials, Device, DeviceSession, Reservation, SignUpForward
 
 log = structlog.get_logger(__name__)
+
+KEY_SERVICE = keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
 
 CALL_TIMEOUT_SECONDS = 10.0
 RETRY_AFTER_SECONDS = 2.0
@@ -197,6 +205,23 @@ class RegionPeerClient:
         except grpc.aio.AioRpcError as error:
             raise _answered(region, error) from None
         return _account(answer)
+
+    async def forward_key_call(
+        self, region: str, method: str, request: bytes, *, bearer_token: str
+    ) -> bytes:
+        # No (de)serializers: the request and the answer pass as bytes.
+        call = self._channel(region).unary_unary(
+            f"/{KEY_SERVICE}/{method}", request_serializer=None, response_deserializer=None
+        )
+        try:
+            answer: bytes = await call(
+                request,
+                metadata=(("authorization", f"Bearer {bearer_token}"), (REGION_FORWARDED, "1")),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _answered(region, error) from None
+        return answer
 
     async def close(self) -> None:
         for channel in self._channels.values():

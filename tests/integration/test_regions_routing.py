@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,6 +28,7 @@ from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_core.ids import region_number_of
 from parley_dev.regions import RegionsStack
 from tests.helpers import wait_until
+from tests.sdk_e2ee_inbox import connect, listening, unique
 from tests.users import (
     Device,
     Stream,
@@ -306,3 +308,32 @@ async def test_a_device_connected_to_its_region_receives_the_owners_events(
             await stream.wait_for(arrived, timeout=HEAL_SECONDS)
         finally:
             await stream.close()
+
+
+async def test_encrypted_chat_between_users_of_two_regions(
+    regions: RegionsStack, tmp_path: Path
+) -> None:
+    """The SDK end to end: each user connected to its own region, keys fetched
+    from the other's home region, direct chat and group in both directions."""
+    eu_stack, us_stack = regions.region(EU), regions.region(US)
+    alice = await connect(eu_stack, tmp_path / "alice.db", handle=unique("alice"), device_name="a")
+    bob = await connect(
+        us_stack, tmp_path / "bob.db", handle=unique("bob"), device_name="b", home_region=US
+    )
+    try:
+        async with listening(alice) as alice_inbox, listening(bob) as bob_inbox:
+            found = await alice.get_account(account_id=bob.account_id)
+            assert found.home_region == US
+            chat = (await alice.create_direct_conversation(bob.account_id)).conversation
+            await alice.send_text(chat.conversation_id, "hello from eu")
+            await bob_inbox.wait_texts(chat.conversation_id, ["hello from eu"])
+            await bob.send_text(chat.conversation_id, "hello from us")
+            await alice_inbox.wait_texts(chat.conversation_id, ["hello from us"])
+            group = (await bob.create_group("two regions", members=[alice.account_id])).conversation
+            await bob.send_text(group.conversation_id, "group from us")
+            await alice_inbox.wait_texts(group.conversation_id, ["group from us"])
+            await alice.send_text(group.conversation_id, "group from eu")
+            await bob_inbox.wait_texts(group.conversation_id, ["group from eu"])
+    finally:
+        await alice.close()
+        await bob.close()
