@@ -295,11 +295,16 @@ class Envelope:
     framed: bytes = b""
 
 
+# A start beyond any seq: "from the newest".
+NEWEST = 2**62
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
-    """A page of history: decoded messages from the log, or, from the recent
-    cache, the messages as the transport sends them. ``next_start`` is where
-    the next page starts, None at the end."""
+    """A page of history, the messages as the transport sends them (``wire``;
+    ``messages`` is for callers that want them decoded and may be empty when
+    ``wire`` holds the page). ``next_start`` is where the next page starts,
+    None at the end."""
 
     messages: list[Message]
     wire: list[bytes]
