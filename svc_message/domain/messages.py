@@ -136,7 +136,7 @@ class MessagesHandler:
         if forward and start_seq < floor:
             start_seq = floor
         if (ceiling and forward and start_seq > ceiling) or (not forward and 0 < start_seq < floor):
-            return Page(messages=[], wire=[], next_start=None)
+            return Page(wire=[], next_start=None)
         cached = await self._recent.read(
             conversation_id,
             start_seq=start_seq,
@@ -158,7 +158,7 @@ class MessagesHandler:
                 next_start = cached.hi + 1 if cached.hi < end else None
             else:
                 next_start = cached.lo - 1 if cached.lo > max(floor, 1) else None
-            return Page(messages=[], wire=blobs, next_start=next_start)
+            return Page(wire=blobs, next_start=next_start)
 
         newest_first = not forward and start_seq == 0
         first = NEWEST if newest_first else start_seq
@@ -185,4 +185,4 @@ class MessagesHandler:
             for m, entry in zip(items[:limit], entries, strict=False)
             if account_id not in m.hidden_for
         ]
-        return Page(messages=[], wire=wire, next_start=next_start)
+        return Page(wire=wire, next_start=next_start)

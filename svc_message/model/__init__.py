@@ -301,12 +301,10 @@ NEWEST = 2**62
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """A page of history, the messages as the transport sends them (``wire``;
-    ``messages`` is for callers that want them decoded and may be empty when
-    ``wire`` holds the page). ``next_start`` is where the next page starts,
-    None at the end."""
+    """A page of history, its messages as the transport sends them (from the
+    recent cache as stored, from the log encoded once). ``next_start`` is
+    where the next page starts, None at the end."""
 
-    messages: list[Message]
     wire: list[bytes]
     next_start: int | None
 
