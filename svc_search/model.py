@@ -44,12 +44,13 @@ class Posting:
 
 
 @dataclass(frozen=True, slots=True)
-class Carried:
-    """The tokens one indexed message carries, under its conversation and key."""
+class TokenStats:
+    """One token's postings ever added (an upper bound) and the first and
+    last hour (send time ms // the bucket width) that held any."""
 
-    conversation_id: str
-    key_id: bytes
-    tokens: frozenset[bytes]
+    postings: int
+    first_hour: int
+    last_hour: int
 
 
 @dataclass(frozen=True, slots=True)
