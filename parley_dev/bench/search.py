@@ -76,7 +76,6 @@ from parley_dev.bench.runner import (
     stack_targets,
 )
 from parley_dev.bench.search_data import (
-    BUCKET_MS,
     BULK_DOCS,
     INDEX_CONCURRENCY,
     PAGE_SIZE,
@@ -102,6 +101,13 @@ from parley_dev.bench.search_report import (
     build_search_report,
 )
 from parley_sdk._blind_tokens import BlindSettings, filler_tokens
+from svc_search.storage.postings import BUCKET_MS, bucket_id
+
+
+def of_token(token: bytes, lo: int = 0, hi: int = 2**32 - 1) -> dict[str, bytes]:
+    """svc_search's bucket range of a token's hours ``lo`` to ``hi``."""
+    return {"$gte": bucket_id(token, lo), "$lte": bucket_id(token, hi)}
+
 
 # The SDK's Search page: a padded response is at least this (svc_search's default bucket).
 RESPONSE_BYTES = 1024
@@ -285,8 +291,8 @@ async def _query_rounds(
         query = queries[next(turn) % len(queries)]
         # The token's newest buckets, as many as a page's postings may need.
         cursor = (
-            buckets.find({"c": c, "k": k, "t": query.token}, {"_id": 0, "e": 1})
-            .sort([("w", DESCENDING)])
+            buckets.find({"c": c, "k": k, "b": of_token(query.token)}, {"_id": 0, "e": 1})
+            .sort([("b", DESCENDING)])
             .limit(PAGE_SIZE)
         )
         await bare_steps.timed(query.kind, cursor.to_list())
@@ -440,10 +446,8 @@ async def _components(
 
     def hours(token: bytes, days: float) -> Callable[[], Awaitable[Any]]:
         # As svc_search's PostingStore.hours: one index range of hour buckets.
-        w = {"$gte": now_w - int(days * 24) + 1, "$lte": now_w}
-        return lambda: buckets.find(
-            {"c": c, "k": k, "t": token, "w": w}, {"_id": 0, "e": 1}
-        ).to_list()
+        span = of_token(token, now_w - int(days * 24) + 1, now_w)
+        return lambda: buckets.find({"c": c, "k": k, "b": span}, {"_id": 0, "e": 1}).to_list()
 
     async def timed(make: Callable[[], Awaitable[Any]]) -> list[int]:
         samples: list[int] = []
@@ -459,8 +463,8 @@ async def _components(
     progress("where the time goes: database steps of a query, one caller")
     found = Components()
     found.bare_plan = plan_of(
-        await buckets.find({"c": c, "k": k, "t": common})
-        .sort([("w", DESCENDING)])
+        await buckets.find({"c": c, "k": k, "b": of_token(common)})
+        .sort([("b", DESCENDING)])
         .limit(PAGE_SIZE)
         .explain()
     )
@@ -470,8 +474,8 @@ async def _components(
     )
     found.samples["page_of_one_token"] = await timed(
         lambda: (
-            buckets.find({"c": c, "k": k, "t": common}, {"_id": 0, "e": 1})
-            .sort([("w", DESCENDING)])
+            buckets.find({"c": c, "k": k, "b": of_token(common)}, {"_id": 0, "e": 1})
+            .sort([("b", DESCENDING)])
             .limit(PAGE_SIZE)
             .to_list()
         )
@@ -484,16 +488,20 @@ async def _components(
     # How svc_search checks candidates for the group's other tokens: one
     # read of those tokens' buckets at the candidates' hours.
     newest = [
-        doc["w"]
-        async for doc in buckets.find({"c": c, "k": k, "t": common}, {"_id": 0, "w": 1})
-        .sort([("w", DESCENDING)])
+        int.from_bytes(bytes(doc["b"])[-4:], "big")
+        async for doc in buckets.find({"c": c, "k": k, "b": of_token(common)}, {"_id": 0, "b": 1})
+        .sort([("b", DESCENDING)])
         .limit(SAMPLE)
     ]
     if fillers:
         found.samples[f"fillers_at_{len(newest)}_hours"] = await timed(
             lambda: buckets.find(
-                {"c": c, "k": k, "t": {"$in": fillers}, "w": {"$in": newest}},
-                {"_id": 0, "t": 1, "e.m": 1},
+                {
+                    "c": c,
+                    "k": k,
+                    "b": {"$in": sorted(bucket_id(f, w) for f in fillers for w in newest)},
+                },
+                {"_id": 0, "b": 1, "e.m": 1},
             ).to_list()
         )
     found.common_postings = data.counts.get(common, 0)

@@ -31,6 +31,7 @@ from parley_sdk._blind_tokens import (
     token_bytes_for,
 )
 from parley_sdk.search_text import parse_query
+from svc_search.storage.postings import BUCKET_MS, bucket_id
 
 SEED = 18
 PAGE_SIZE = 20
@@ -43,10 +44,6 @@ BULK_DOCS = 500
 # (svc_search keeps postings in hour buckets and walks them back from now).
 SPAN_DAYS = 365
 DAY_MS = 86_400_000
-# svc_search's bucket width (svc_search.storage.postings.BUCKET_MS): the
-# bulk load gathers postings into the same hours, and check_shape stops the
-# run if they differ.
-BUCKET_MS = 3_600_000
 # Send times rewritten per bulk_write.
 BACKDATE_BATCH = 500
 # Different requests (decoys and order drawn anew, as the SDK does) per query.
@@ -58,7 +55,7 @@ QUERIES: dict[str, tuple[str, ...]] = {
     "cjk_word": ("北京", "出差", "会议", "서울에서"),
     "no_match": ("xylophonic", "quetzalcoatl", "zzyzx"),
 }
-BUCKET_KEYS = {"_id", "c", "k", "t", "w", "e"}
+BUCKET_KEYS = {"_id", "c", "k", "b", "e"}
 TOKEN_KEYS = {"_id", "c", "k", "t", "n", "lo", "hi"}
 RECORD_KEYS = {"_id", "c", "sender", "k", "n", "t", "at", "s", "requests"}
 
@@ -227,7 +224,7 @@ async def index_by_rpc(
 
 
 def bucket_key(conversation_id: str, key_id: bytes, token: bytes, at_ms: int) -> dict[str, Any]:
-    return {"c": conversation_id, "k": key_id, "t": token, "w": at_ms // BUCKET_MS}
+    return {"c": conversation_id, "k": key_id, "b": bucket_id(token, at_ms // BUCKET_MS)}
 
 
 def entry(message: Sent) -> dict[str, Any]:
@@ -291,14 +288,16 @@ async def bulk_load(
     made = {(t, m.at_ms // BUCKET_MS) for m in by_rpc for t in m.tokens}
     counted = {t for m in by_rpc for t in m.tokens}
     fresh = [
-        {"c": c, "k": k, "t": t, "w": w, "e": e}
+        {"c": c, "k": k, "b": bucket_id(t, w), "e": e}
         for (t, w), e in buckets.items()
         if (t, w) not in made
     ]
     for start in range(0, len(fresh), BULK_DOCS):
         await db["search_buckets"].insert_many(fresh[start : start + BULK_DOCS], ordered=False)
     grown = [
-        UpdateOne({"c": c, "k": k, "t": t, "w": w}, {"$push": {"e": {"$each": e}}}, upsert=True)
+        UpdateOne(
+            {"c": c, "k": k, "b": bucket_id(t, w)}, {"$push": {"e": {"$each": e}}}, upsert=True
+        )
         for (t, w), e in buckets.items()
         if (t, w) in made
     ]

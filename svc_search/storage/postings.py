@@ -1,9 +1,12 @@
 """Postings in hour buckets, per-token counts, and per-message records in MongoDB.
 
 ``search_buckets``: one document per (conversation ``c``, epoch key id
-``k``, token ``t``, hour ``w`` = send time ms // BUCKET_MS) holding that
-token's postings of that hour as entries ``e: [{m, a, s}]`` (message id,
-send time ms, seq). A token's postings over a stretch of time are a few
+``k``, token, hour = send time ms // BUCKET_MS) holding that token's
+postings of that hour as entries ``e: [{m, a, s}]`` (message id, send time
+ms, seq). Token and hour are one field ``b`` = token length, token, hour
+(4 bytes big-endian), so the index (c, k, b) answers both a token's hours
+in a range and a set of (token, hour) pairs (SecantusDB plans an ``$in``
+on an index only on its last field). A token's postings over a stretch of time are a few
 documents of one index range, and an AND reads the buckets of its other
 tokens only at the hours its rarest token has postings: a query makes a
 few round trips, whatever the number of postings (SecantusDB's cost is per
@@ -27,6 +30,7 @@ Tokens and key ids are opaque bytes from the SDK: no word is ever stored.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
 
@@ -43,6 +47,15 @@ def hour_of(at_ms: int) -> int:
     return at_ms // BUCKET_MS
 
 
+def bucket_id(token: bytes, hour: int) -> bytes:
+    """A bucket's ``b``: prefix-free per token, ordered by hour within one."""
+    return bytes([len(token)]) + token + hour.to_bytes(4, "big")
+
+
+def token_of(bucket: bytes) -> bytes:
+    return bucket[1 : 1 + bucket[0]]
+
+
 class PostingStore:
     def __init__(self, db: Database) -> None:
         self._buckets = db["search_buckets"]
@@ -51,7 +64,7 @@ class PostingStore:
 
     async def ensure_indexes(self) -> None:
         await self._buckets.create_index(
-            [("c", ASCENDING), ("k", ASCENDING), ("t", ASCENDING), ("w", ASCENDING)],
+            [("c", ASCENDING), ("k", ASCENDING), ("b", ASCENDING)],
             name="token_hour",
             unique=True,
         )
@@ -115,7 +128,7 @@ class PostingStore:
         await self._buckets.bulk_write(
             [
                 UpdateOne(
-                    {"c": conversation_id, "k": key_id, "t": t, "w": w},
+                    {"c": conversation_id, "k": key_id, "b": bucket_id(t, w)},
                     {"$push": {"e": entry}},
                     upsert=True,
                 )
@@ -139,21 +152,23 @@ class PostingStore:
             {"$push": {"requests": {"$each": [request_id], "$slice": -REMEMBERED_REQUESTS}}},
         )
 
-    async def _take_out(self, conversation_id: str, records: Sequence[dict[str, object]]) -> None:
+    async def _take_out(self, conversation_id: str, records: Sequence[dict[str, Any]]) -> None:
         """Pulls the records' messages from the buckets their tokens and
-        hours name: one write, whatever the number of messages."""
-        records = [r for r in records if r.get("t")]
-        if not records:
-            return
-        await self._buckets.update_many(
-            {
-                "c": conversation_id,
-                "k": {"$in": list({bytes(r["k"]) for r in records})},  # type: ignore[call-overload]
-                "t": {"$in": list({bytes(t) for r in records for t in r["t"]})},  # type: ignore[attr-defined]
-                "w": {"$in": list({hour_of(int(r["at"])) for r in records})},  # type: ignore[call-overload]
-            },
-            {"$pull": {"e": {"m": {"$in": list({r["_id"] for r in records})}}}},
-        )
+        hours name: one write per key id, whatever the number of messages."""
+        by_key: dict[bytes, set[bytes]] = {}
+        ids = []
+        for record in records:
+            if record.get("t"):
+                w = hour_of(int(record["at"]))
+                by_key.setdefault(bytes(record["k"]), set()).update(
+                    bucket_id(bytes(t), w) for t in record["t"]
+                )
+                ids.append(record["_id"])
+        for key_id, buckets in by_key.items():
+            await self._buckets.update_many(
+                {"c": conversation_id, "k": key_id, "b": {"$in": sorted(buckets)}},
+                {"$pull": {"e": {"m": {"$in": ids}}}},
+            )
 
     async def remove_messages(self, message_ids: Sequence[str]) -> int:
         """Drops their postings and records; how many postings went."""
@@ -163,7 +178,7 @@ class PostingStore:
         records = await self._messages.find(
             {"_id": {"$in": ids}}, {"c": 1, "k": 1, "t": 1, "at": 1}
         ).to_list()
-        by_conversation: dict[str, list[dict[str, object]]] = {}
+        by_conversation: dict[str, list[dict[str, Any]]] = {}
         for record in records:
             by_conversation.setdefault(record["c"], []).append(record)
         for conversation_id, mine in by_conversation.items():
@@ -220,7 +235,11 @@ class PostingStore:
         """A token's postings in hours ``lo`` to ``hi`` (both in), unordered:
         one index range of a document per non-empty hour."""
         cursor = self._buckets.find(
-            {"c": conversation_id, "k": key_id, "t": token, "w": {"$gte": lo, "$lte": hi}},
+            {
+                "c": conversation_id,
+                "k": key_id,
+                "b": {"$gte": bucket_id(token, max(0, lo)), "$lte": bucket_id(token, hi)},
+            },
             {"_id": 0, "e": 1},
         )
         return [
@@ -235,15 +254,13 @@ class PostingStore:
         """The messages of ``hours`` that carry each of ``tokens``: one read
         of those tokens' buckets at those hours."""
         found: dict[bytes, set[str]] = {t: set() for t in tokens}
+        wanted = sorted({bucket_id(t, w) for t in tokens for w in set(hours)})
         cursor = self._buckets.find(
-            {
-                "c": conversation_id,
-                "k": key_id,
-                "t": {"$in": list(tokens)},
-                "w": {"$in": sorted(set(hours))},
-            },
-            {"_id": 0, "t": 1, "e.m": 1},
+            {"c": conversation_id, "k": key_id, "b": {"$in": wanted}},
+            {"_id": 0, "b": 1, "e.m": 1},
         )
         async for doc in cursor:
-            found.setdefault(bytes(doc["t"]), set()).update(e["m"] for e in doc.get("e", ()))
+            found.setdefault(token_of(bytes(doc["b"])), set()).update(
+                e["m"] for e in doc.get("e", ())
+            )
         return found
