@@ -44,6 +44,15 @@ class Posting:
 
 
 @dataclass(frozen=True, slots=True)
+class Carried:
+    """The tokens one indexed message carries, under its conversation and key."""
+
+    conversation_id: str
+    key_id: bytes
+    tokens: frozenset[bytes]
+
+
+@dataclass(frozen=True, slots=True)
 class TokenStats:
     """One token's postings ever added (an upper bound) and the first and
     last hour (send time ms // the bucket width) that held any."""

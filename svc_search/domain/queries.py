@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
@@ -27,6 +27,7 @@ from svc_search.model import (
     Page,
     Position,
     SearchStats,
+    TokenStats,
 )
 from svc_search.ports import Messages
 from svc_search.storage.postings import BUCKET_MS, PostingStore, hour_of
@@ -74,8 +75,20 @@ class SearchHandler:
         await self._limits.take(Take(LimitName.SEARCH_QUERY_PER_ACCOUNT, account_id), now=now)
         began = time.perf_counter()
         want = page_size + 1
+        # One read of token counts per (conversation, key), whatever the
+        # number of groups under it.
+        keys = {(g.conversation_id, g.key_id): set[bytes]() for g in groups}
+        for g in groups:
+            keys[(g.conversation_id, g.key_id)].update(g.tokens)
+        counted = await asyncio.gather(
+            *(self._store.token_stats(c, k, sorted(tokens)) for (c, k), tokens in keys.items())
+        )
+        stats = dict(zip(keys, counted, strict=True))
         scans = await asyncio.gather(
-            *(self._scan(i, g, start=start, want=want, now=now) for i, g in enumerate(groups))
+            *(
+                self._scan(i, g, stats[(g.conversation_id, g.key_id)], start=start, want=want)
+                for i, g in enumerate(groups)
+            )
         )
         candidates = [c for scan in scans for c in scan.candidates]
         check = await self._messages.check(
@@ -134,20 +147,26 @@ class SearchHandler:
             self._stats.dropped_deleted += len(messages)
 
     async def _scan(
-        self, index: int, group: Group, *, start: Position | None, want: int, now: float
+        self,
+        index: int,
+        group: Group,
+        stats: Mapping[bytes, TokenStats],
+        *,
+        start: Position | None,
+        want: int,
     ) -> GroupScan:
         """The group's candidates below ``start``, newest first, until
-        ``want`` of them. One read of the group's token counts: a token
-        that never had a posting means no hit at all (a decoy's random
-        token, a word absent from the epoch). Otherwise the rarest token's
-        buckets are read in stretches of hours walking back from the start,
-        each four times the last, and its postings' hours of the other
-        tokens' buckets say which messages carry them all. A token every
-        message carries (the SDK's fillers) so costs the hours of the
-        rarest token's candidates, never its whole list."""
+        ``want`` of them. ``stats`` are the token counts of its
+        (conversation, key): a token that never had a posting means no hit
+        at all (a decoy's random token, a word absent from the epoch).
+        Otherwise the rarest token's buckets are read in stretches of hours
+        walking back from the start, each four times the last, and the
+        candidates are checked for the other tokens in one read a batch:
+        of the messages' records, or of the others' buckets at their hours
+        when those are fewer documents. A token every message carries (the
+        SDK's fillers) so costs a batch's records, never its whole list."""
         c, k = group.conversation_id, group.key_id
-        stats = await self._store.token_stats(c, k, group.tokens)
-        if len(stats) < len(group.tokens):
+        if any(t not in stats for t in group.tokens):
             return GroupScan(candidates=(), frontier=None)
         order = sorted(group.tokens, key=lambda t: stats[t].postings)
         rarest, others = stats[order[0]], order[1:]
@@ -155,7 +174,7 @@ class SearchHandler:
         # Hours that hold about ``want`` of the rarest token's postings, at its mean density.
         span_hours = rarest.last_hour - rarest.first_hour + 1
         length = max(1, (want * span_hours) // max(1, rarest.postings))
-        batch = max(MIN_BATCH, 2 * want)
+        batch = max(MIN_BATCH, want)
         found: list[Candidate] = []
         scanned = 0
         frontier: Position | None = None
@@ -178,16 +197,10 @@ class SearchHandler:
             # buckets of about the hours it needs.
             for first in range(0, len(fresh), batch):
                 chunk = fresh[first : first + batch]
-                carriers = (
-                    await self._store.carriers(
-                        c, k, others, [hour_of(x.posting.at_ms) for x in chunk]
-                    )
-                    if others
-                    else {}
-                )
-                scanned += sum(len(m) for m in carriers.values())
+                carries = await self._carries(c, k, others, chunk)
+                scanned += len(chunk)
                 for candidate in chunk:
-                    if all(candidate.posting.message_id in carriers[t] for t in others):
+                    if carries(candidate.posting.message_id):
                         found.append(candidate)
                         if len(found) >= want:
                             return GroupScan(candidates=tuple(found), frontier=candidate.position)
@@ -200,3 +213,29 @@ class SearchHandler:
             hi = lo - 1
             length *= STRETCH_GROWTH
         return GroupScan(candidates=tuple(found), frontier=frontier)
+
+    async def _carries(
+        self, c: str, k: bytes, others: Sequence[bytes], chunk: Sequence[Candidate]
+    ) -> Callable[[str], bool]:
+        """Which of ``chunk``'s messages carry every one of ``others``:
+        whichever read fetches fewer documents, their records or the other
+        tokens' buckets at their hours."""
+        if not others:
+            return lambda message_id: True
+        hours = {hour_of(x.posting.at_ms) for x in chunk}
+        if len(others) * len(hours) <= len(chunk):
+            carriers = await self._store.carriers(c, k, others, sorted(hours))
+            return lambda message_id: all(message_id in carriers[t] for t in others)
+        records = await self._store.carried([x.posting.message_id for x in chunk])
+        wanted = frozenset(others)
+
+        def carries(message_id: str) -> bool:
+            record = records.get(message_id)
+            return (
+                record is not None
+                and record.conversation_id == c
+                and record.key_id == k
+                and wanted <= record.tokens
+            )
+
+        return carries

@@ -21,8 +21,10 @@ rarest drives the walk, and its density sizes the first stretch read.
 ``search_messages``: ``_id`` the message id; its conversation, sender,
 key id, posting count, tokens ``t``, time, seq and the request ids that set
 them. An edit or a removal finds the buckets to take the message from in
-it; erasure finds an account's messages by ``sender``; the sweeper lists
-indexed conversations by ``c``.
+it; a query checks a page's candidates for a group's other tokens in it
+when that reads fewer documents than their buckets; erasure finds an
+account's messages by ``sender``; the sweeper lists indexed conversations
+by ``c``.
 
 Tokens and key ids are opaque bytes from the SDK: no word is ever stored.
 """
@@ -35,7 +37,7 @@ from typing import Any
 from pymongo import ASCENDING, UpdateOne
 
 from parley_core.storage.mongo import Database
-from svc_search.model import Posting, TokenStats
+from svc_search.model import Carried, Posting, TokenStats
 
 # Request ids remembered per message, for AIP-155 retries of IndexMessage.
 REMEMBERED_REQUESTS = 8
@@ -247,6 +249,19 @@ class PostingStore:
             async for doc in cursor
             for e in doc.get("e", ())
         ]
+
+    async def carried(self, message_ids: Sequence[str]) -> dict[str, Carried]:
+        """The tokens each of ``message_ids`` carries (absent: not indexed):
+        one read of their records by id."""
+        ids = list(dict.fromkeys(message_ids))
+        if not ids:
+            return {}
+        cursor = self._messages.find({"_id": {"$in": ids}}, {"c": 1, "k": 1, "t": 1})
+        return {
+            doc["_id"]: Carried(doc["c"], bytes(doc["k"]), frozenset(bytes(t) for t in doc["t"]))
+            async for doc in cursor
+            if "t" in doc
+        }
 
     async def carriers(
         self, conversation_id: str, key_id: bytes, tokens: Sequence[bytes], hours: Sequence[int]

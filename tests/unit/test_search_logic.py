@@ -18,6 +18,7 @@ from svc_search.domain.pages import padding_length
 from svc_search.domain.queries import SearchHandler
 from svc_search.domain.sweeper import Sweeper
 from svc_search.model import (
+    Carried,
     Check,
     ConversationState,
     Group,
@@ -41,6 +42,7 @@ class Store:
     def __init__(self) -> None:
         self.postings: dict[tuple[str, bytes, bytes], list[Posting]] = {}
         self.reads = 0
+        self.record_reads = 0
         # Postings (entries of buckets) the handler was given, all reads together.
         self.returned = 0
 
@@ -73,6 +75,20 @@ class Store:
         ]
         self.returned += len(found)
         return found
+
+    async def carried(self, message_ids: Sequence[str]) -> dict[str, Carried]:
+        self.reads += 1
+        self.record_reads += 1
+        wanted = set(message_ids)
+        tokens: dict[str, set[bytes]] = {}
+        where: dict[str, tuple[str, bytes]] = {}
+        for (c, k, t), postings in self.postings.items():
+            for p in postings:
+                if p.message_id in wanted:
+                    tokens.setdefault(p.message_id, set()).add(t)
+                    where[p.message_id] = (c, k)
+        self.returned += len(tokens)
+        return {m: Carried(*where[m], frozenset(ts)) for m, ts in tokens.items()}
 
     async def carriers(
         self, conversation_id: str, key_id: bytes, tokens: Sequence[bytes], hours: Sequence[int]
@@ -320,4 +336,17 @@ async def test_a_group_with_a_token_never_posted_reads_its_counts_only() -> None
         account_id="alice", groups=groups, start=None, page_size=5, now=NOW_MS / 1000
     )
     assert page.hits == () and page.next_position is None
-    assert (store.reads, store.returned) == (4, 0)
+    # One read of counts for the four groups under one (conversation, key).
+    assert (store.reads, store.returned) == (1, 0)
+
+
+async def test_candidates_of_one_hour_are_checked_in_the_other_tokens_buckets() -> None:
+    store = Store()
+    a, b = b"aaaa1234", b"bbbb1234"
+    # 500 messages in one hour: one bucket of each token holds every candidate.
+    for i in range(500):
+        store.add("c1", f"h{i:03d}", NOW_MS - 10 * i, [a] + ([b] if i % 2 == 0 else []))
+    groups = [Group("c1", KEY, (a, b))] + [Group("c9", KEY, (b"x" * 8,))] * 3
+    found = await every_hit(handler(store, Messages(store)), groups, 30)
+    assert [m for _, m in found] == [f"h{i:03d}" for i in range(0, 500, 2)]
+    assert store.record_reads == 0
