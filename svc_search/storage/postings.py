@@ -99,7 +99,7 @@ class PostingStore:
     ) -> None:
         """The message's postings become ``tokens`` (none: the record goes).
         Its entries leave every bucket its record names and every bucket it
-        is about to enter (a retry after a crash may have pushed some), the
+        is about to enter (a retry after a crash may have pushed some); the
         record (with its sender, for erasure) is written before the
         entries and the request id last, so a retry redoes the whole step."""
         old = await self._messages.find_one({"_id": message_id}, {"k": 1, "t": 1, "at": 1})
@@ -123,8 +123,12 @@ class PostingStore:
             },
             upsert=True,
         )
-        new = {"_id": message_id, "k": key_id, "t": list(tokens), "at": at_ms}
-        await self._take_out(conversation_id, [new] if old is None else [old, new])
+        if old is not None:
+            # An edit, or a retry that may have pushed some entries already.
+            # Without a record no bucket holds the message (the record is
+            # written before any entry and deleted after them all).
+            new = {"_id": message_id, "k": key_id, "t": list(tokens), "at": at_ms}
+            await self._take_out(conversation_id, [old, new])
         w = hour_of(at_ms)
         entry = {"m": message_id, "a": at_ms, "s": seq}
         await self._buckets.bulk_write(
