@@ -140,5 +140,6 @@ class SearchStats:
     dropped_conversations: int = 0
     dropped_deleted: int = 0
     erased_accounts: int = 0
-    # Postings stored, counted by the sweeper's loop (an estimate: collection metadata).
+    # Posting buckets stored (one per token and hour), counted by the
+    # sweeper's loop (an estimate: collection metadata).
     postings: int = 0
