@@ -20,13 +20,13 @@ on-device index.
    closed-loop callers:
    - search_query: Search with requests the SDK's code builds (the real
      group, decoys from the device's keys, padding), a page of 20;
-   - bare_read: the postings of the same query's rarest real token, newest
-     first, a page of 20, through pymongo on the index svc_search scans.
+   - bare_read: the same query's rarest real token's 20 newest hour
+     buckets, through pymongo on the index svc_search reads.
 4. **Where the time goes**: svc_search's own handler time (its metrics)
    against what the client saw, and, one caller, the database steps a query
-   takes: the sorted page of one token, the time-window reads of its walk
-   (of a common token, and of a filler every message carries), the probe
-   for anything older.
+   takes: a group's token counts, the bare sorted page of one token, the
+   hour ranges of its walk (of a common token, and of a filler every
+   message carries), the other tokens' buckets at a page's hours.
 5. **On-device index** (after the stack stopped):
    :func:`parley_dev.bench.search_local.run` over the SDK's SQLite FTS5 index.
 """
