@@ -1,11 +1,14 @@
 """Two regions joined by fault proxies: homes, handles and the owner region of
 a conversation (issue 20, parts 1, 2 and 8; docs/design/regions.md).
 
-One two-region harness for the module: accounts are homed where they ask to
-be and live only there, handles are unique across regions, accounts are found
-from any region, writes to a conversation reach its owner region from the
-other one, and a cut link gives a fast, explicit REGION_UNAVAILABLE without a
-second writer.
+One two-region harness for the module: every service of each region serves
+and reports its own region (from the topology file the harness wrote),
+accounts are homed where they ask to be and live only there, handles are
+unique across regions, accounts are found from any region, writes to a
+conversation reach its owner region from the other one, a cut link gives a
+fast, explicit REGION_UNAVAILABLE without a second writer, history and live
+events replicate to where members live, and the SDK chats encrypted across
+regions.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 
 from parley.common.v1 import common_pb2
@@ -26,8 +30,10 @@ from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_core.ids import region_number_of
+from parley_dev.probes import grpc_health_serving
 from parley_dev.regions import RegionsStack
-from tests.helpers import wait_until
+from parley_dev.stack import LocalStack
+from tests.helpers import http_get, wait_until
 from tests.sdk_e2ee_inbox import connect, listening, unique
 from tests.users import (
     Device,
@@ -56,6 +62,40 @@ async def regions(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Reg
     harness = RegionsStack(root=tmp_path_factory.mktemp("regions"), regions=[EU, US])
     async with harness:
         yield harness
+
+
+def _services(stack: LocalStack) -> dict[str, tuple[str, str]]:
+    """Service -> (gRPC target, metrics URL)."""
+    return {
+        "svc_keys": (stack.keys_target, stack.keys_metrics_url),
+        "svc_message": (stack.message_targets[0], stack.message_metrics_urls[0]),
+        "svc_presence": (stack.presence_target, stack.presence_metrics_url),
+        "svc_media": (stack.media_target, stack.media_metrics_url),
+        "svc_search": (stack.search_target, stack.search_metrics_url),
+    }
+
+
+async def _topology_series(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    status, body = await http_get(url)
+    assert status == 200
+    return {
+        sample.name: [(dict(s.labels), s.value) for s in family.samples if s.name == sample.name]
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+        if sample.name.startswith("parley_topology_")
+    }
+
+
+async def test_every_service_of_each_region_serves_and_names_its_region(
+    regions: RegionsStack,
+) -> None:
+    for name in ("eu", "us"):
+        for service, (target, metrics_url) in _services(regions.region(name)).items():
+            await grpc_health_serving(target, timeout=5.0)
+            series = await _topology_series(metrics_url)
+            assert series["parley_topology_region"] == [({"region": name}, 1.0)], service
+            assert series["parley_topology_regions"] == [({}, 2.0)], service
+            assert series["parley_topology_generation"] == [({}, 1.0)], service
 
 
 async def _sign_up(
