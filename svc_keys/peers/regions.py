@@ -206,6 +206,25 @@ class RegionPeerClient:
             raise _answered(region, error) from None
         return _account(answer)
 
+    async def release_handle(
+        self, region: str, handle_key: str, *, account_id: str, until: datetime
+    ) -> None:
+        if self._credential is None:
+            raise region_unavailable(region, "no service credential is configured")
+        stub = regions_pb2_grpc.AccountRegionServiceStub(self._channel(region))
+        release_time = Timestamp()
+        release_time.FromDatetime(until)
+        try:
+            await stub.ReleaseHandle(
+                regions_pb2.ReleaseHandleRequest(
+                    handle=handle_key, account_id=account_id, release_time=release_time
+                ),
+                metadata=self._credential.metadata(),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _answered(region, error) from None
+
     async def forward_key_call(
         self, region: str, method: str, request: bytes, *, bearer_token: str
     ) -> bytes:
