@@ -11,6 +11,7 @@ the region in the error's metadata; a refusal it answered is raised as it came.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -29,7 +30,7 @@ from parley.keys.v1 import (
 )
 from parley_core.auth.credentials import ServiceCredential
 from parley_core.errors import ParleyError, Reason, Unavailable
-from parley_core.regions import REGION_FORWARDED
+from parley_core.regions import REGION_FORWARDED, RegionBreaker
 from parley_core.rpc.address import FORWARDED_FOR
 from parley_core.rpc.status import error_from_status
 from parley_core.topology import Topology
@@ -41,6 +42,9 @@ KEY_SERVICE = keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
 
 CALL_TIMEOUT_SECONDS = 10.0
 RETRY_AFTER_SECONDS = 2.0
+# After a call that did not reach a region, calls to it are refused at once
+# for this long (a fast, explicit REGION_UNAVAILABLE).
+DOWN_SECONDS = 2.0
 CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
@@ -123,8 +127,17 @@ class RegionPeerClient:
         self._interceptors = list(interceptors) or None
         self._timeout = timeout_seconds
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._breaker = RegionBreaker(down_seconds=DOWN_SECONDS, clock=time.monotonic)
+
+    def _refusal(self, region: str, error: grpc.aio.AioRpcError) -> ParleyError:
+        refusal = _answered(region, error)
+        if refusal.reason == Reason.REGION_UNAVAILABLE and refusal.metadata.get("region") == region:
+            self._breaker.failed(region)
+        return refusal
 
     def _channel(self, region: str) -> grpc.aio.Channel:
+        if self._breaker.is_down(region):
+            raise region_unavailable(region, "it did not answer a moment ago")
         topology = self._topology()
         endpoints = topology.regions.get(region) if topology is not None else None
         address = endpoints.peer_address("keys") if endpoints is not None else None
@@ -154,7 +167,7 @@ class RegionPeerClient:
         try:
             answer = await stub.SignUp(request, metadata=metadata, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
-            raise _answered(region, error) from None
+            raise self._refusal(region, error) from None
         return session_of(answer)
 
     async def reserve_handle(
@@ -171,7 +184,7 @@ class RegionPeerClient:
                 request, metadata=self._credential.metadata(), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as error:
-            raise _answered(region, error) from None
+            raise self._refusal(region, error) from None
         return Reservation(
             account_id=answer.account_id, home_region=answer.home_region, request_id=request_id
         )
@@ -189,7 +202,7 @@ class RegionPeerClient:
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise _answered(region, error) from None
+            raise self._refusal(region, error) from None
         return Reservation(
             account_id=answer.account_id, home_region=answer.home_region, request_id=""
         )
@@ -203,7 +216,7 @@ class RegionPeerClient:
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as error:
-            raise _answered(region, error) from None
+            raise self._refusal(region, error) from None
         return _account(answer)
 
     async def release_handle(
@@ -223,7 +236,7 @@ class RegionPeerClient:
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as error:
-            raise _answered(region, error) from None
+            raise self._refusal(region, error) from None
 
     async def forward_key_call(
         self, region: str, method: str, request: bytes, *, bearer_token: str
@@ -239,7 +252,7 @@ class RegionPeerClient:
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as error:
-            raise _answered(region, error) from None
+            raise self._refusal(region, error) from None
         return answer
 
     async def close(self) -> None:

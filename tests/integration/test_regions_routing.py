@@ -377,3 +377,48 @@ async def test_encrypted_chat_between_users_of_two_regions(
     finally:
         await alice.close()
         await bob.close()
+
+
+async def test_accounts_of_an_unreachable_region_get_a_fast_explicit_error(
+    regions: RegionsStack,
+) -> None:
+    alice, _ = await _sign_up(regions, EU)
+    bob, _ = await _sign_up(regions, US)
+    link = regions.proxy(EU, US)
+    async with grpc.aio.insecure_channel(regions.region(EU).keys_target) as channel:
+        keys = kgrpc.AccountServiceStub(channel)
+        link.cut(refuse=True)
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await keys.GetAccount(
+                        kpb.GetAccountRequest(account_id=bob.account_id),
+                        metadata=alice.md,
+                        timeout=CALL_SECONDS,
+                    )
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert error_reason(refused.value) == "ERROR_REASON_REGION_UNAVAILABLE"
+                assert time.monotonic() - started < FAST_REFUSAL_SECONDS
+            # eu's own accounts are served meanwhile.
+            mine = await keys.GetAccount(
+                kpb.GetAccountRequest(account_id=alice.account_id),
+                metadata=alice.md,
+                timeout=CALL_SECONDS,
+            )
+            assert mine.account_id == alice.account_id
+        finally:
+            link.heal()
+
+        async def back() -> bool:
+            try:
+                await keys.GetAccount(
+                    kpb.GetAccountRequest(account_id=bob.account_id),
+                    metadata=alice.md,
+                    timeout=CALL_SECONDS,
+                )
+            except grpc.aio.AioRpcError:
+                return False
+            return True
+
+        await wait_until(back, timeout=HEAL_SECONDS, what="bob's account after the heal")
