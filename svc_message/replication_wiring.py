@@ -101,7 +101,7 @@ def build_replication(
     regions: Callable[[], RegionMap],
     credential: ServiceCredential | None,
     instance_id: str,
-    settings: ReplicatorSettings = ReplicatorSettings(),
+    settings: ReplicatorSettings,
 ) -> Replication:
     replica = ReplicaStore(db, merge_member=merge_member_document)
 

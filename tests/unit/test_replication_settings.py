@@ -21,9 +21,7 @@ def test_every_replicator_setting_is_configurable() -> None:
 
 def test_values_from_the_file_and_the_environment_reach_the_replicator() -> None:
     tree = {
-        "message": {
-            "replication": {"batch_changes": 50, "batch_seconds": 1.5, "lease_seconds": 30}
-        }
+        "message": {"replication": {"batch_changes": 50, "batch_seconds": 1.5, "lease_seconds": 30}}
     }
     settings = settings_from_tree(tree, {"PARLEY_MESSAGE__REPLICATION__RETRY_SECONDS": "2"})
     assert replicator_settings(settings.message.replication) == ReplicatorSettings(
