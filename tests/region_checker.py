@@ -123,16 +123,21 @@ class Entry:
     deleted: bool = False
     target: str = ""
 
-    def state(self) -> tuple[object, ...]:
-        return (
-            self.kind,
-            self.seq,
-            self.version,
-            self.state_version,
-            self.body_hash,
-            self.deleted,
-            self.target,
-        )
+    def state(self) -> dict[str, object]:
+        """What a replica must hold as the owner does (bodies as short hashes)."""
+        return {
+            "kind": self.kind,
+            "seq": self.seq,
+            "version": self.version,
+            "state_version": self.state_version,
+            "body": None if self.body_hash is None else self.body_hash[:12],
+            "deleted": self.deleted,
+            "target": self.target,
+        }
+
+    def differences(self, owner: Entry) -> str:
+        mine, theirs = self.state(), owner.state()
+        return ", ".join(f"{k} {mine[k]} (owner {theirs[k]})" for k in mine if mine[k] != theirs[k])
 
 
 @dataclass
@@ -176,7 +181,7 @@ def check(history: History, snapshots: Mapping[str, RegionSnapshot]) -> list[str
                 continue
             held = snapshot.entries.get(conversation_id, [])
             problems += _gaps(conversation_id, region, held)
-            problems += _tombstones(conversation_id, region, held)
+            problems += _tombstones(conversation_id, region, held, owned)
             if region != plan.owner:
                 problems += _convergence(conversation_id, plan.owner, region, owned, snapshot)
         for region, snapshot in sorted(snapshots.items()):
@@ -292,12 +297,18 @@ def _runs(numbers: list[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in runs) or "none"
 
 
-def _tombstones(conversation_id: str, region: str, held: list[Entry]) -> list[str]:
+def _tombstones(
+    conversation_id: str, region: str, held: list[Entry], owned: list[Entry]
+) -> list[str]:
+    """A message deleted for everyone at the owner is a tombstone without a
+    body wherever it is held."""
+    gone = {e.id for e in owned if e.kind in HISTORY and e.deleted}
     return [
         f"[resurrection] {conversation_id} in {region}: message {e.id} is deleted for "
-        f"everyone but holds body {e.body_hash[:12]}"
+        f"everyone but holds {'a body' if e.deleted else 'its body, not deleted'} "
+        f"{e.body_hash[:12] if e.body_hash else ''}".rstrip()
         for e in held
-        if e.kind in HISTORY and e.deleted and e.body_hash is not None
+        if e.kind in HISTORY and (e.deleted or e.id in gone) and (e.body_hash or not e.deleted)
     ]
 
 
@@ -318,7 +329,7 @@ def _convergence(
         elif mine is None:
             differences.append(f"{entry_id} not at the owner")
         elif mine.state() != copy.state():
-            differences.append(f"{entry_id} is {copy.state()}, owner has {mine.state()}")
+            differences.append(f"{entry_id}: {copy.differences(mine)}")
     problems: list[str] = []
     if differences:
         shown = "; ".join(differences[:_SHOWN])
@@ -347,3 +358,20 @@ def _residency(conversation_id: str, plan: Plan, snapshot: RegionSnapshot) -> li
         f"[residency] {conversation_id} (owner {plan.owner}, homes {sorted(plan.homes)}) "
         f"found in {snapshot.region}: {', '.join(sorted(where))}"
     ]
+
+
+def uncertain_outcomes(
+    history: History, snapshots: Mapping[str, RegionSnapshot]
+) -> tuple[int, int]:
+    """(uncertain writes, how many of them committed at their owner anyway)."""
+    committed = total = 0
+    for a in history.attempts:
+        if a.acknowledged:
+            continue
+        total += 1
+        owner = snapshots[history.plans[a.conversation_id].owner]
+        stored = owner.entries.get(a.conversation_id, [])
+        committed += any(
+            (e.sender_id, e.request_id) == (a.account_id, a.request_id) for e in stored
+        )
+    return total, committed

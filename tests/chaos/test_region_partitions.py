@@ -1,13 +1,15 @@
-"""Two regions under random partitions, then the history checker (issue 20,
+"""Three regions under random partitions, then the history checker (issue 20,
 part 9; tests/region_checker.py).
 
-Users are homed in each region; groups are owned by each with members in
-both, a direct conversation crosses them, and one group per region has only
-members homed there (residency pins it). A bounded random workload (sends,
-edits, deletes for everyone) goes through random regions while a seeded
-schedule cuts, heals, delays and slows the links between them. A write refused
-with UNAVAILABLE (REGION_UNAVAILABLE while its owner is cut off) or a deadline
-is recorded as uncertain, never as acknowledged. After a final heal the test
+Users are homed in each region; a group is owned by each, with members homed
+in all three or in two of them (the third must never hold it), a direct
+conversation crosses two, and one group per region has only members homed
+there (residency pins it); every group is created through another region.
+A bounded random workload (sends, edits, deletes for everyone) goes through
+random regions while a seeded schedule cuts, heals, delays and slows the
+links between them. A write refused with UNAVAILABLE (REGION_UNAVAILABLE while
+its owner is cut off) or a deadline is recorded as uncertain, never as
+acknowledged. After a final heal the test
 waits (bounded) until every replica caught up, then the checker must find
 nothing: no acknowledged write lost, seqs and versions gapless everywhere,
 replicas equal to their owner, no deleted message with a body, and the pinned
@@ -40,17 +42,29 @@ from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_core.ids import region_number_of
 from parley_dev.regions import RegionsStack
 from tests.helpers import TEST_LIMITS
-from tests.region_checker import DELETE, EDIT, SEND, Attempt, History, body_hash, check
+from tests.region_checker import (
+    DELETE,
+    EDIT,
+    SEND,
+    Attempt,
+    History,
+    body_hash,
+    check,
+    uncertain_outcomes,
+)
 from tests.region_snapshot import read_regions
+from tests.store_scan import scan_all
 from tests.users import Device, error_reason, rid, unique_handle
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(420)]
 
-EU, US = "eu", "us"
-REGIONS = (EU, US)
-OPERATIONS = 300
+EU, US, AP = "eu", "us", "ap"
+REGIONS = (EU, US, AP)
+OPERATIONS = 400
 WORKERS = 4
 WORKLOAD_SECONDS = 100.0
+# Between one worker's writes, so the workload spans many network changes.
+PAUSE_SECONDS = 0.15
 CALL_SECONDS = 5.0
 CONVERGE_SECONDS = 90.0
 # What a refused or timed-out write is: it may have committed before the answer was lost.
@@ -271,6 +285,7 @@ async def _workload(world: World, rng: random.Random) -> int:
         while remaining > 0 and time.monotonic() < deadline:
             remaining -= 1
             await _operate(world, rng)
+            await asyncio.sleep(PAUSE_SECONDS)
 
     await asyncio.gather(*(worker() for _ in range(WORKERS)))
     return OPERATIONS - remaining
@@ -308,7 +323,7 @@ async def _chaos(regions: RegionsStack, rng: random.Random, stop: asyncio.Event)
             link.clear()
             done.append(f"clear {a}->{b}")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=rng.uniform(0.3, 2.0))
+            await asyncio.wait_for(stop.wait(), timeout=rng.uniform(0.2, 1.0))
     return done
 
 
@@ -323,23 +338,28 @@ def _heal_all(regions: RegionsStack) -> None:
 async def test_random_partitions_lose_nothing_and_converge(regions: RegionsStack) -> None:
     seed = int(os.environ.get("PARLEY_PARTITION_SEED") or random.randrange(2**32))
     print(f"partition seed: {seed}")
-    ann, eve = await _sign_up(regions, EU), await _sign_up(regions, EU)
-    bob, uma = await _sign_up(regions, US), await _sign_up(regions, US)
-    homes = {d.account_id: home for d, home in ((ann, EU), (eve, EU), (bob, US), (uma, US))}
+    users = {r: [await _sign_up(regions, r), await _sign_up(regions, r)] for r in REGIONS}
+    homes = {d.account_id: r for r, devices in users.items() for d in devices}
     channels = {r: grpc.aio.insecure_channel(regions.region(r).message_targets[0]) for r in REGIONS}
     try:
         world = World({r: mgrpc.MessageServiceStub(c) for r, c in channels.items()}, homes)
-        await _create(world, US, ann, [eve, bob, uma])  # owned by eu, created through us
-        await _create(world, EU, bob, [uma, ann])  # owned by us
-        await _create(world, EU, ann, [eve])  # pinned to eu
-        await _create(world, US, uma, [bob])  # pinned to us
-        view = await world.stubs[EU].CreateDirectConversation(
+        for i, region in enumerate(REGIONS):
+            # Created through another region: the creator's home owns it anyway.
+            via = REGIONS[i - 1]
+            first, second = users[region]
+            # Members homed in every region for the first, in two for the others.
+            others = [users[r][0] for r in REGIONS if r != region][: 2 if i == 0 else 1]
+            await _create(world, via, first, [second, *others])
+            # Only members homed here: pinned to this region.
+            await _create(world, via, second, [first])
+        ann, bob = users[EU][0], users[US][0]
+        view = await world.stubs[AP].CreateDirectConversation(
             mpb.CreateDirectConversationRequest(request_id=rid(), peer_account_id=bob.account_id),
             metadata=ann.md,
             timeout=CALL_SECONDS * 4,
         )
         world.add(view.conversation.conversation_id, [ann, bob])
-        assert {p.owner for p in world.history.plans.values()} == {EU, US}
+        assert {p.owner for p in world.history.plans.values()} == set(REGIONS)
 
         rng = random.Random(seed)
         stop = asyncio.Event()
@@ -362,14 +382,28 @@ async def test_random_partitions_lose_nothing_and_converge(regions: RegionsStack
         assert world.refused > 0, "the schedule never refused a write: no partition was tested"
 
         # Replication catches up after the heal: poll without the full scans.
-        deadline = time.monotonic() + CONVERGE_SECONDS
+        healed = time.monotonic()
         while True:
             problems = check(world.history, await read_regions(regions, world.history, scan=False))
-            if not problems or time.monotonic() >= deadline:
+            if not problems or time.monotonic() >= healed + CONVERGE_SECONDS:
                 break
             await asyncio.sleep(1.0)
-        problems = check(world.history, await read_regions(regions, world.history))
+        print(f"converged {time.monotonic() - healed:.1f} s after the heal")
+        snapshots = await read_regions(regions, world.history)
+        problems = check(world.history, snapshots)
+        total, committed = uncertain_outcomes(world.history, snapshots)
+        print(f"uncertain writes {total}, committed at their owner anyway {committed}")
         assert not problems, f"seed {seed}:\n" + "\n".join(problems)
+        # The residency scan finds what it looks for where it belongs: a pinned
+        # group's id and ciphertexts in its own region.
+        pinned = next(c for c, p in world.history.plans.items() if p.homes == {p.owner})
+        home = world.history.plans[pinned].owner
+        stored = {e.body_hash for e in snapshots[home].entries[pinned]}
+        bodies = [b for b in world.history.ciphertexts[pinned] if body_hash(b) in stored]
+        needles = [pinned.encode(), *bodies[:3]]
+        assert len(needles) > 1
+        hits, _ = await scan_all(regions.region(home), needles)
+        assert {h.needle for h in hits} == set(needles)
     finally:
         for channel in channels.values():
             await channel.close()

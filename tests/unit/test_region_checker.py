@@ -163,10 +163,17 @@ def test_a_tombstone_with_a_body_is_a_resurrection_in_that_region() -> None:
     held[2] = replace(held[2], body_hash=body_hash(b"body 2"))
     problems = check(history, snapshots)
     assert problems[0] == (
-        f"[resurrection] {CID} in us: message m2 is deleted for everyone but holds body "
+        f"[resurrection] {CID} in us: message m2 is deleted for everyone but holds a body "
         f"{body_hash(b'body 2')[:12]}"
     )
     assert problems[1].startswith(f"[convergence] {CID} in us differs from owner eu")
+    # A replica that never applied the delete holds the message as it was.
+    held[2] = replace(held[2], deleted=False, state_version=3)
+    problems = check(history, snapshots)
+    assert problems[0] == (
+        f"[resurrection] {CID} in us: message m2 is deleted for everyone but holds its "
+        f"body, not deleted {body_hash(b'body 2')[:12]}"
+    )
 
 
 def test_gaps_in_seqs_and_versions_are_reported_per_region() -> None:
@@ -200,7 +207,10 @@ def test_a_replica_behind_or_ahead_does_not_converge() -> None:
     snapshots[US].heads.clear()
     problems = check(history, snapshots)
     assert len(problems) == 2
-    assert "m1 is ('message', 2, 2, 2," in problems[0]
+    assert problems[0].endswith(
+        f"m1: state_version 2 (owner 5), body {body_hash(b'body 1')[:12]} "
+        f"(owner {body_hash(b'e')[:12]})"
+    )
     assert problems[1] == f"[convergence] {CID} in us: no conversation head"
 
 
