@@ -12,6 +12,7 @@ reads every region's stored state (``tests/region_snapshot.py``) and
 - lost: an acknowledged write missing at the owner region (or stored with
   another id or seq than the client was told);
 - unexplained: an entry at the owner that no client attempted;
+- duplicate: two entries at the owner of one request (a retry committed twice);
 - final state: a message's body or tombstone at the owner that no order of
   the acknowledged and uncertain writes explains;
 - gaps: seqs of history items not exactly 1..n, or feed versions not exactly
@@ -218,6 +219,12 @@ def _lost_and_unexplained(
             problems.append(
                 f"[lost] {conversation_id}: {what} targets {entry.target}, not {a.message_id}"
             )
+    requests = [(e.sender_id, e.request_id) for e in owned if e.request_id]
+    for sender, request_id in sorted({r for r in requests if requests.count(r) > 1}):
+        problems.append(
+            f"[duplicate] {conversation_id}: {owner} holds request {request_id!r} of "
+            f"{sender} {requests.count((sender, request_id))} times"
+        )
     attempted = {(a.account_id, a.request_id) for a in attempts}
     for e in owned:
         if e.kind in (MESSAGE, EDIT, DELETE) and (e.sender_id, e.request_id) not in attempted:

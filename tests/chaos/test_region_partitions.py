@@ -9,11 +9,13 @@ A bounded random workload (sends, edits, deletes for everyone) goes through
 random regions while a seeded schedule cuts, heals, delays and slows the
 links between them. A write refused with UNAVAILABLE (REGION_UNAVAILABLE while
 its owner is cut off) or a deadline is recorded as uncertain, never as
-acknowledged. After a final heal the test
-waits (bounded) until every replica caught up, then the checker must find
-nothing: no acknowledged write lost, seqs and versions gapless everywhere,
-replicas equal to their owner, no deleted message with a body, and the pinned
-groups nowhere but at home (MongoDB, Redis, S3).
+acknowledged. After a final heal every uncertain send is sent again with its
+request id through a random region: it must come back as the one message the
+owner committed (or commits now). Then the test waits (bounded) until every
+replica caught up, and the checker must find nothing: no acknowledged write
+lost, none twice, seqs and versions gapless everywhere, replicas equal to
+their owner, no deleted message with a body, and the pinned groups nowhere
+but at home (MongoDB, Redis, S3).
 
 The seed is printed; PARLEY_PARTITION_SEED replays a schedule (the workload's
 interleaving with the network still varies from run to run).
@@ -67,6 +69,7 @@ WORKLOAD_SECONDS = 100.0
 PAUSE_SECONDS = 0.15
 CALL_SECONDS = 5.0
 CONVERGE_SECONDS = 90.0
+RETRY_SECONDS = 60.0
 # What a refused or timed-out write is: it may have committed before the answer was lost.
 UNCERTAIN = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
@@ -115,6 +118,8 @@ class World:
     busy: set[str] = field(default_factory=set)
     unexpected: list[str] = field(default_factory=list)
     refused: int = 0
+    # Uncertain sends, retried with their request id after the heal.
+    pending: list[tuple[Attempt, bytes, Device]] = field(default_factory=list)
 
     def region_name(self, conversation_id: str) -> str:
         return REGIONS[region_number_of(conversation_id) - 1]
@@ -173,7 +178,8 @@ async def _operate(world: World, rng: random.Random) -> None:
                 timeout=CALL_SECONDS,
             )
         except grpc.aio.AioRpcError as exc:
-            _failed(world, attempt, exc, body)
+            if _failed(world, attempt, exc, body):
+                world.pending.append((attempt, body, device))
             return
         done = Attempt(
             SEND,
@@ -265,15 +271,70 @@ def _acknowledged(attempt: Attempt) -> Attempt:
     )
 
 
-def _failed(world: World, attempt: Attempt, exc: grpc.aio.AioRpcError, body: bytes | None) -> None:
+def _failed(world: World, attempt: Attempt, exc: grpc.aio.AioRpcError, body: bytes | None) -> bool:
+    """Records a failed write; True when its outcome is uncertain."""
     world.history.record(attempt, body)
     if exc.code() in UNCERTAIN:
         world.refused += 1
-        return
+        return True
     world.unexpected.append(
         f"{attempt.kind} via {attempt.via_region} to {attempt.conversation_id}: "
         f"{exc.code().name} {error_reason(exc)} {exc.details()}"
     )
+    return False
+
+
+async def _retry_uncertain_sends(world: World, rng: random.Random) -> dict[str, str]:
+    """Each uncertain send again, with its request id, through a random region
+    (the region breakers may still refuse for a moment after the heal): the
+    owner must answer with the message it committed, or commit it now, once."""
+    started = time.monotonic()
+    deadline = started + RETRY_SECONDS
+    # Per route (region reached -> owner): refusals, and when it first answered.
+    refusals: dict[str, int] = {}
+    answered: dict[str, float] = {}
+    for attempt, body, device in world.pending:
+        owner = world.history.plans[attempt.conversation_id].owner
+        while True:
+            via = rng.choice(REGIONS)
+            try:
+                reply = await world.stubs[via].SendMessage(
+                    mpb.SendMessageRequest(
+                        request_id=attempt.request_id,
+                        conversation_id=attempt.conversation_id,
+                        type=mpb.MESSAGE_TYPE_TEXT,
+                        body=body,
+                    ),
+                    metadata=device.md,
+                    timeout=CALL_SECONDS,
+                )
+            except grpc.aio.AioRpcError as exc:
+                refusals[f"{via}->{owner}"] = refusals.get(f"{via}->{owner}", 0) + 1
+                if exc.code() not in UNCERTAIN or time.monotonic() >= deadline:
+                    raise AssertionError(
+                        f"retry of send {attempt.request_id} via {via}: "
+                        f"{exc.code().name} {error_reason(exc)} {exc.details()}"
+                    ) from exc
+                await asyncio.sleep(0.5)
+                continue
+            retried = Attempt(
+                SEND,
+                attempt.conversation_id,
+                attempt.request_id,
+                attempt.account_id,
+                via,
+                True,
+                message_id=reply.message.message_id,
+                seq=reply.message.seq,
+                body_hash=attempt.body_hash,
+            )
+            world.history.record(retried)
+            answered.setdefault(f"{via}->{owner}", time.monotonic() - started)
+            break
+    return {
+        route: f"{refusals.get(route, 0)} refused, answered after {answered.get(route, 0.0):.1f} s"
+        for route in sorted(refusals.keys() | answered.keys())
+    }
 
 
 async def _workload(world: World, rng: random.Random) -> int:
@@ -381,8 +442,15 @@ async def test_random_partitions_lose_nothing_and_converge(regions: RegionsStack
         assert acknowledged[EDIT] > 0 and acknowledged[DELETE] > 0
         assert world.refused > 0, "the schedule never refused a write: no partition was tested"
 
-        # Replication catches up after the heal: poll without the full scans.
         healed = time.monotonic()
+        total, committed = uncertain_outcomes(
+            world.history, await read_regions(regions, world.history, scan=False)
+        )
+        print(f"uncertain writes {total}, committed at their owner anyway {committed}")
+        routes = await _retry_uncertain_sends(world, rng)
+        print(f"retried {len(world.pending)} uncertain sends in {time.monotonic() - healed:.1f} s")
+        print(f"retries by route: {routes}")
+        # Replication catches up after the heal: poll without the full scans.
         while True:
             problems = check(world.history, await read_regions(regions, world.history, scan=False))
             if not problems or time.monotonic() >= healed + CONVERGE_SECONDS:
@@ -391,8 +459,6 @@ async def test_random_partitions_lose_nothing_and_converge(regions: RegionsStack
         print(f"converged {time.monotonic() - healed:.1f} s after the heal")
         snapshots = await read_regions(regions, world.history)
         problems = check(world.history, snapshots)
-        total, committed = uncertain_outcomes(world.history, snapshots)
-        print(f"uncertain writes {total}, committed at their owner anyway {committed}")
         assert not problems, f"seed {seed}:\n" + "\n".join(problems)
         # The residency scan finds what it looks for where it belongs: a pinned
         # group's id and ciphertexts in its own region.

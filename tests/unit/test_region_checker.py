@@ -240,3 +240,12 @@ def test_residency_needles_name_ids_and_ciphertexts_of_foreign_conversations() -
     )
     assert history.needles(US) == {PINNED.encode(): PINNED, b"secret": PINNED}
     assert history.needles(EU) == {}
+
+
+def test_a_retry_committed_twice_is_a_duplicate() -> None:
+    history, snapshots = _world()
+    twice = replace(snapshots[EU].entries[CID][3], id="m3b", seq=5, version=7)
+    for region in (EU, US):
+        snapshots[region].entries[CID].append(twice)
+    problems = check(history, snapshots)
+    assert problems == [f"[duplicate] {CID}: eu holds request 'r3' of ann 2 times"]
