@@ -382,3 +382,23 @@ def uncertain_outcomes(
             (e.sender_id, e.request_id) == (a.account_id, a.request_id) for e in stored
         )
     return total, committed
+
+
+def edit_bodies_of_deleted(history: History, snapshots: Mapping[str, RegionSnapshot]) -> list[str]:
+    """Edit entries that still hold a body although the message they edit was
+    deleted for everyone. Not a violation of ``check``: deleting for everyone
+    tombstones the message, not its earlier edit entries (svc_message keeps
+    them as they were, and replicates them so); listed so a test can report
+    how much ciphertext of deleted messages the feeds keep."""
+    found: list[str] = []
+    for conversation_id in sorted(history.plans):
+        for region, snapshot in sorted(snapshots.items()):
+            held = snapshot.entries.get(conversation_id, [])
+            gone = {e.id for e in held if e.kind in HISTORY and e.deleted}
+            found += [
+                f"[deleted edit body] {conversation_id} in {region}: edit {e.id} of "
+                f"deleted message {e.target} holds a body"
+                for e in held
+                if e.kind == EDIT and e.target in gone and e.body_hash is not None
+            ]
+    return found

@@ -52,6 +52,7 @@ from tests.region_checker import (
     History,
     body_hash,
     check,
+    edit_bodies_of_deleted,
     uncertain_outcomes,
 )
 from tests.region_snapshot import read_regions
@@ -459,6 +460,8 @@ async def test_random_partitions_lose_nothing_and_converge(regions: RegionsStack
         print(f"converged {time.monotonic() - healed:.1f} s after the heal")
         snapshots = await read_regions(regions, world.history)
         problems = check(world.history, snapshots)
+        leftovers = edit_bodies_of_deleted(world.history, snapshots)
+        print(f"edit entries of deleted messages still holding a body: {len(leftovers)}")
         assert not problems, f"seed {seed}:\n" + "\n".join(problems)
         # The residency scan finds what it looks for where it belongs: a pinned
         # group's id and ciphertexts in its own region.

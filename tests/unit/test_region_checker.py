@@ -16,6 +16,7 @@ from tests.region_checker import (
     RegionSnapshot,
     body_hash,
     check,
+    edit_bodies_of_deleted,
 )
 
 EU, US, AP = "eu", "us", "ap"
@@ -249,3 +250,16 @@ def test_a_retry_committed_twice_is_a_duplicate() -> None:
         snapshots[region].entries[CID].append(twice)
     problems = check(history, snapshots)
     assert problems == [f"[duplicate] {CID}: eu holds request 'r3' of ann 2 times"]
+
+
+def test_edit_bodies_of_deleted_messages_are_listed_apart() -> None:
+    history, snapshots = _world()
+    assert edit_bodies_of_deleted(history, snapshots) == []
+    for region in (EU, US):
+        snapshots[region].entries[CID].append(
+            Entry("e2", CID, "edit", 7, 7, ANN, "r-e2", body_hash="ab" * 32, target="m2")
+        )
+    assert edit_bodies_of_deleted(history, snapshots) == [
+        f"[deleted edit body] {CID} in {region}: edit e2 of deleted message m2 holds a body"
+        for region in (EU, US)
+    ]
