@@ -70,7 +70,7 @@ WORKLOAD_SECONDS = 100.0
 PAUSE_SECONDS = 0.15
 CALL_SECONDS = 5.0
 CONVERGE_SECONDS = 90.0
-RETRY_SECONDS = 60.0
+RETRY_SECONDS = 90.0
 # What a refused or timed-out write is: it may have committed before the answer was lost.
 UNCERTAIN = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
@@ -333,7 +333,7 @@ async def _retry_uncertain_sends(world: World, rng: random.Random) -> dict[str, 
             answered.setdefault(f"{via}->{owner}", time.monotonic() - started)
             break
     return {
-        route: f"{refusals.get(route, 0)} refused, answered after {answered.get(route, 0.0):.1f} s"
+        route: f"{refusals.get(route, 0)} refused, first answered at {answered.get(route, 0):.1f} s"
         for route in sorted(refusals.keys() | answered.keys())
     }
 
