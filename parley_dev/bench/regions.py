@@ -71,7 +71,14 @@ from parley_dev.bench.regions_report import (
     RegionsMeasurements,
     build_regions_report,
 )
-from parley_dev.bench.regions_watch import ArrivalBook, MetricSampler
+from parley_dev.bench.regions_watch import (
+    ArrivalBook,
+    MetricSampler,
+    ReplicatedWakes,
+    ReplicationCounters,
+    replication_between,
+    wake_split,
+)
 from parley_dev.bench.report import machine_info
 from parley_dev.bench.runner import STACK_SHUTDOWN_GRACE_SECONDS, progress
 from parley_dev.bench.streams import DeviceStream, close_streams, stream_errors
@@ -81,8 +88,10 @@ from svc_message.domain.replicator import ReplicatorSettings
 
 EU, US = "eu", "us"
 MAX_IN_FLIGHT = 64
-# After the last send of a phase: how long to wait for arrivals still under way.
+# After the last send of a phase: how long to wait for arrivals still under way
+# (the load phase's replication may be far behind when its sends stop).
 DRAIN_SECONDS = 20.0
+LOAD_DRAIN_SECONDS = 60.0
 DRAIN_POLL_SECONDS = 0.05
 METRICS_INTERVAL_SECONDS = 0.1
 CREATE_TIMEOUT_SECONDS = 30.0
@@ -199,6 +208,7 @@ async def paced_sends(
     warmup_s: float,
     cpu_hooks: tuple[Hook, Hook],
     expected: Callable[[], bool],
+    drain_s: float = DRAIN_SECONDS,
 ) -> OpenLoopResult:
     """Open loop at ``rate``: a warm-up, then exactly ``messages`` measured
     sends; then wait (bounded) until ``expected()`` says every arrival came."""
@@ -235,7 +245,7 @@ async def paced_sends(
         on_start=[begin],
         on_end=[end],
     )
-    deadline = time.monotonic() + DRAIN_SECONDS
+    deadline = time.monotonic() + drain_s
     # Polled: arrivals are counted by the stream readers, which know nothing of this wait.
     while not expected() and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(DRAIN_POLL_SECONDS)
@@ -325,7 +335,13 @@ async def _measure(
     book = ArrivalBook(codec)
     streams: list[DeviceStream] = []
     sampler = MetricSampler(eu_stack.message_metrics_urls[0], peer=US)
+    wakes = ReplicatedWakes(us_stack.redis_url)
+    counters = ReplicationCounters(
+        us_stack.message_metrics_urls[0], eu_stack.message_metrics_urls[0], peer=US
+    )
+    replication: dict[str, dict[str, float | None]] = {}
     try:
+        await wakes.start()
         begin, end = cpu.hooks("setup", pids)
         await begin()
         tag = secrets.token_hex(3)
@@ -370,6 +386,7 @@ async def _measure(
             cpu_hooks=cpu.hooks("local", pids),
             expected=lambda: book.complete(PHASE_LOCAL, [alice.account_id]),
         )
+        before = await counters.read()
         progress(f"cross: bob sends {params.messages} at us (forwarded to eu), {params.rate:g}/s")
         cross = await paced_sends(
             Sender(us, [bob], [group]),
@@ -382,6 +399,8 @@ async def _measure(
             cpu_hooks=cpu.hooks("cross", pids),
             expected=lambda: book.complete(PHASE_CROSS, [alice.account_id, carol.account_id]),
         )
+        after = await counters.read()
+        replication["cross"] = replication_between(before, after)
         load_messages = max(1, round(params.load_rate * params.load_seconds))
         progress(
             f"load: {load_messages} sends at eu, {params.load_rate:g}/s over "
@@ -398,8 +417,17 @@ async def _measure(
             warmup_s=min(warmup, 1.0),
             cpu_hooks=cpu.hooks("load", pids),
             expected=lambda: book.complete(PHASE_LOAD, [watcher.account_id]),
+            drain_s=LOAD_DRAIN_SECONDS,
         )
         samples = await sampler.stop()
+        replication["load"] = replication_between(after, await counters.read())
+        to_wake, wake_to_stream = wake_split(
+            book,
+            wakes.last_before,
+            phase=PHASE_CROSS,
+            conversation_id=group,
+            account=carol.account_id,
+        )
         return RegionsMeasurements(
             ping_direct=ping_direct,
             ping_proxy=ping_proxy,
@@ -411,6 +439,9 @@ async def _measure(
             us_receiver=carol.account_id,
             load_receiver=watcher.account_id,
             metric_samples=samples,
+            replication=replication,
+            send_to_replica_wake_ns=to_wake,
+            replica_wake_to_stream_ns=wake_to_stream,
             proxy_bytes=_proxy_bytes(harness),
             cpu_seconds=cpu.phases,
             batch_seconds=ReplicatorSettings().batch_seconds,
@@ -418,6 +449,7 @@ async def _measure(
         )
     finally:
         await sampler.stop()
+        await wakes.close()
         await close_streams(streams)
         for channel in channels.values():
             await channel.close(None)
@@ -454,4 +486,5 @@ def _parameters(config: BenchConfig, params: RegionsParams) -> dict[str, Any]:
         "replication_batch_seconds": ReplicatorSettings().batch_seconds,
         "metrics_interval_s": METRICS_INTERVAL_SECONDS,
         "drain_s_max": DRAIN_SECONDS,
+        "load_drain_s_max": LOAD_DRAIN_SECONDS,
     }

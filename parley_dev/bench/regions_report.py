@@ -48,6 +48,13 @@ class RegionsMeasurements:
     us_receiver: str
     load_receiver: str
     metric_samples: GaugeSamples
+    # Per phase (cross, load): Apply calls at us, their mean handling time,
+    # changes eu sent to us and changes per Apply.
+    replication: dict[str, dict[str, float | None]]
+    # Cross case at us: send -> us announced the replicated write on
+    # parley:replicated, and that announcement -> carol's stream had it.
+    send_to_replica_wake_ns: list[int]
+    replica_wake_to_stream_ns: list[int]
     proxy_bytes: dict[str, Mapping[str, int]]
     cpu_seconds: dict[str, dict[str, float | None]]
     # The replicator's batch window in force (svc_message's default).
@@ -67,24 +74,32 @@ def _delivery(m: RegionsMeasurements, phase: int, account: str, **kw: bool) -> d
 def where_the_time_goes(
     figures: Mapping[str, float | None], batch_seconds: float
 ) -> dict[str, Any]:
-    """Components of the p50s, each the difference of two figures of this run.
+    """Components of the p50s, each the difference of two figures of this run
+    (p50s of different samples: a component can come out slightly negative).
 
-    forwarded = one way through the proxy + the in-region send -> delivery +
-    the forward's own cost (us svc_message routing the bytes, a second gRPC
-    hop); replicated = forwarded + what carries the stored message from eu's
-    feed to carol's stream at us: the change stream read, the batch window,
-    one way through the eu->us proxy, Apply, the wake-up and the stream's resync.
+    forwarded = one way through the us->eu proxy + the in-region send ->
+    delivery + the forward's own cost (us svc_message routing the bytes, a
+    second gRPC hop); replicated = forwarded + what carries the stored message
+    from eu's feed to carol's stream at us. That part splits at the moment us
+    announces the replicated write (parley:replicated): before it, the change
+    stream read, the batch window, the member lookup, one way through the
+    eu->us proxy and Apply; after it, the wake-up and the stream's resync.
     """
-    names = ("ping_direct", "ping_proxy", "local_deliver", "forward_deliver", "replicated_deliver")
+    names = (
+        *("ping_direct", "ping_proxy", "local_deliver", "forward_deliver"),
+        *("replicated_deliver", "send_to_replica_wake", "replica_wake_to_stream"),
+    )
     values = [figures.get(f"regions_{name}_p50_ms") for name in names]
     if any(v is None for v in values):
         return {}
-    direct, proxied, local, forwarded, replicated = (float(v or 0.0) for v in values)
+    direct, proxied, local, forwarded, replicated, to_wake, wake_to_stream = (
+        float(v or 0.0) for v in values
+    )
     rtt = proxied - direct
     one_way = rtt / 2
     replication = replicated - forwarded
+    until_wake = to_wake - forwarded
     batch_ms = batch_seconds * 1000
-    rest = replication - one_way - batch_ms
     return {
         "proxy_rtt_ms": round(rtt, 2),
         "forwarded_deliver_p50_ms": round(forwarded, 2),
@@ -97,9 +112,11 @@ def where_the_time_goes(
         "replicated": {
             "forwarded_deliver_ms": round(forwarded, 2),
             "replication_after_eu_delivery_ms": round(replication, 2),
+            "eu_delivery_to_us_wake_ms": round(until_wake, 2),
             "of_which_batch_window_ms_at_most": round(batch_ms, 2),
             "of_which_one_way_eu_to_us_ms": round(one_way, 2),
-            "of_which_feed_read_apply_wake_resync_ms": round(rest, 2),
+            "of_which_feed_read_lookup_apply_ms": round(until_wake - batch_ms - one_way, 2),
+            "us_wake_to_stream_ms": round(wake_to_stream, 2),
         },
         "batch_window_dominates_replication": batch_ms >= replication / 2,
     }
@@ -119,6 +136,8 @@ def build_regions_report(
     lag = summarize_ns(book.delivery_ns(PHASE_LOAD, m.load_receiver, since_ack=True))
     load_deliver = summarize_ns(book.delivery_ns(PHASE_LOAD, m.load_receiver))
     gauge = _summary(m.metric_samples.lag_seconds)
+    to_wake = summarize_ns(m.send_to_replica_wake_ns)
+    wake_to_stream = summarize_ns(m.replica_wake_to_stream_ns)
     backlog = m.metric_samples.backlog
     figures: dict[str, float | None] = {
         "regions_rtt_ms": float(parameters["rtt_ms"]),
@@ -135,6 +154,10 @@ def build_regions_report(
         "regions_forward_deliver_p99_ms": forward.p99_ms,
         "regions_replicated_deliver_p50_ms": replicated.p50_ms,
         "regions_replicated_deliver_p99_ms": replicated.p99_ms,
+        "regions_send_to_replica_wake_p50_ms": to_wake.p50_ms,
+        "regions_send_to_replica_wake_p99_ms": to_wake.p99_ms,
+        "regions_replica_wake_to_stream_p50_ms": wake_to_stream.p50_ms,
+        "regions_replica_wake_to_stream_p99_ms": wake_to_stream.p99_ms,
         "regions_local_replicated_deliver_p50_ms": local_replicated.p50_ms,
         "regions_local_replicated_deliver_p99_ms": local_replicated.p99_ms,
         "regions_replication_lag_p50_ms": lag.p50_ms,
@@ -149,6 +172,10 @@ def build_regions_report(
         "regions_backlog_max": max(backlog) if backlog else None,
     }
     where = where_the_time_goes(figures, m.batch_seconds)
+    if where:
+        where["replicated"]["apply_at_us"] = {
+            phase: m.replication.get(phase, {}) for phase in ("cross", "load")
+        }
     warnings = _warnings(m)
     unmeasured = [k for k in REGIONS_HEADLINE_KEYS if figures[k] is None]
     if unmeasured:
@@ -171,6 +198,7 @@ def build_regions_report(
                 **_send_phase(m.cross, "forwarded_send_ack_latency"),
                 "deliver_eu_forwarded": _delivery(m, PHASE_CROSS, m.eu_receiver),
                 "deliver_us_replicated": _delivery(m, PHASE_CROSS, m.us_receiver),
+                "replication": m.replication.get("cross", {}),
             },
             "load": {
                 **_send_phase(m.load, "send_ack_latency"),
@@ -181,6 +209,7 @@ def build_regions_report(
                 "backlog_max": max(backlog) if backlog else None,
                 "backlog_mean": _round(sum(backlog) / len(backlog)) if backlog else None,
                 "metric_scrape_failures": m.metric_samples.failures,
+                "replication": m.replication.get("load", {}),
             },
         },
         "duplicates": book.duplicates,
@@ -265,6 +294,11 @@ def render_regions(report: Mapping[str, Any]) -> str:
         ("forwarded send ack (us -> eu)", _pair(r, "regions_forward_send_ack")),
         ("forwarded send -> delivery at eu", _pair(r, "regions_forward_deliver")),
         ("forwarded send -> replicated delivery at us", _pair(r, "regions_replicated_deliver")),
+        (
+            "forwarded send -> us announces the replicated write",
+            _pair(r, "regions_send_to_replica_wake"),
+        ),
+        ("us announcement -> delivery at us", _pair(r, "regions_replica_wake_to_stream")),
         ("eu send -> replicated delivery at us", _pair(r, "regions_local_replicated_deliver")),
         ("load: ack at eu -> arrival at us (replication lag)", _pair(r, "regions_replication_lag")),
         ("load: send at eu -> arrival at us", _pair(r, "regions_load_deliver")),
@@ -303,11 +337,20 @@ def _where_lines(where: Mapping[str, Any]) -> list[str]:
         f"{fwd['forward_overhead_ms']:.1f}",
         f"  replicated delivery {where['replicated_deliver_p50_ms']:.1f} ms = forwarded "
         f"{rep['forwarded_deliver_ms']:.1f} + replication "
-        f"{rep['replication_after_eu_delivery_ms']:.1f}"
-        f" (batch window up to {rep['of_which_batch_window_ms_at_most']:.0f}, one way eu->us "
-        f"{rep['of_which_one_way_eu_to_us_ms']:.1f}, feed read + Apply + wake + stream resync "
-        f"{rep['of_which_feed_read_apply_wake_resync_ms']:.1f})",
+        f"{rep['replication_after_eu_delivery_ms']:.1f}",
+        f"    replication = until us announces it {rep['eu_delivery_to_us_wake_ms']:.1f} "
+        f"(batch window up to {rep['of_which_batch_window_ms_at_most']:.0f}, one way eu->us "
+        f"{rep['of_which_one_way_eu_to_us_ms']:.1f}, change stream read + member lookup + Apply "
+        f"{rep['of_which_feed_read_lookup_apply_ms']:.1f}) + wake-up and stream resync "
+        f"{rep['us_wake_to_stream_ms']:.1f}",
     ]
+    for phase, apply in rep.get("apply_at_us", {}).items():
+        if apply.get("apply_calls"):
+            lines.append(
+                f"    {phase}: {apply['apply_calls']:.0f} Apply calls at us, "
+                f"{_num(apply['apply_mean_ms'])} ms each on average, "
+                f"{_num(apply['changes_per_apply'], 1)} changes per Apply"
+            )
     if where["batch_window_dominates_replication"]:
         lines.append("  the replicator's batch window is most of the replicated delivery")
     return lines

@@ -4,12 +4,16 @@ arrival on each stream, and eu's replication gauges sampled over time."""
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import re
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
 
 from parley.message.v1 import messages_pb2 as mpb
 from parley_dev.bench.population import BodyCodec
@@ -137,3 +141,163 @@ class MetricSampler:
                 await self._task
             self._task = None
         return self.samples
+
+
+# The channel a replica region's svc_message announces what replication wrote
+# on (svc_message/storage/doorbell.py REPLICATED_CHANNEL): "c:<conversation>".
+REPLICATED_CHANNEL = "parley:replicated"
+PUBSUB_POLL_SECONDS = 0.5
+REDIS_TIMEOUT_SECONDS = 5.0
+# At most this many announcements are kept (far more than a run makes).
+MAX_WAKES = 200_000
+
+
+class ReplicatedWakes:
+    """When the replica region announced each conversation's replicated writes
+    (the moment its streams are woken to read their log again), as heard by
+    a subscriber of the region's Redis."""
+
+    def __init__(self, url: str) -> None:
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+        )
+        self._pubsub: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        # conversation id -> perf_counter_ns of each announcement, ascending.
+        self.heard: dict[str, list[int]] = {}
+        self._count = 0
+
+    async def start(self) -> None:
+        self._pubsub = self._redis.pubsub()
+        await self._pubsub.subscribe(REPLICATED_CHANNEL)
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while self._count < MAX_WAKES:
+            message = await self._pubsub.get_message(
+                ignore_subscribe_messages=True, timeout=PUBSUB_POLL_SECONDS
+            )
+            if message is None or message["type"] != "message":
+                continue
+            heard = time.perf_counter_ns()
+            kind, _, conversation_id = bytes(message["data"]).decode().partition(":")
+            if kind == "c":
+                self.heard.setdefault(conversation_id, []).append(heard)
+                self._count += 1
+
+    def last_before(self, conversation_id: str, t_ns: int) -> int | None:
+        """The latest announcement of the conversation at or before ``t_ns``."""
+        times = self.heard.get(conversation_id, [])
+        index = bisect.bisect_right(times, t_ns)
+        return times[index - 1] if index else None
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        await self._redis.aclose()
+
+
+def wake_split(
+    book: ArrivalBook,
+    last_before: Callable[[str, int], int | None],
+    *,
+    phase: int,
+    conversation_id: str,
+    account: str,
+) -> tuple[list[int], list[int]]:
+    """Per message of ``phase`` that reached ``account``'s stream at the replica:
+    (send -> the replica's last announcement of the conversation before that
+    arrival, that announcement -> the arrival). The announcement that woke
+    the stream is taken to be the latest one before it read the message."""
+    to_wake: list[int] = []
+    wake_to_stream: list[int] = []
+    for serial in book.acked_serials(phase):
+        arrived = book.arrivals.get((phase, serial, account))
+        if arrived is None:
+            continue
+        woke = last_before(conversation_id, arrived)
+        sent_ns, _ = book.sends[(phase, serial)]
+        if woke is None or woke < sent_ns:
+            continue
+        to_wake.append(woke - sent_ns)
+        wake_to_stream.append(arrived - woke)
+    return to_wake, wake_to_stream
+
+
+_APPLY = re.compile(
+    r'^parley_rpc_duration_seconds_(count|sum)\{[^}]*method="[^"]*Apply"[^}]*\} (\S+)$'
+)
+_SENT = re.compile(r"^parley_replication_sent_changes_total\{([^}]*)\} (\S+)$")
+
+
+@dataclass(frozen=True)
+class ReplicationTotals:
+    """Counters at one moment: Apply calls the replica handled and their
+    seconds (its RPC histogram), changes the owner's replicator had sent."""
+
+    apply_calls: float
+    apply_seconds: float
+    changes_sent: float
+
+
+def parse_replication_totals(replica_page: str, owner_page: str, peer: str) -> ReplicationTotals:
+    calls = seconds = sent = 0.0
+    for line in replica_page.splitlines():
+        match = _APPLY.match(line)
+        if match is not None:
+            if match.group(1) == "count":
+                calls += float(match.group(2))
+            else:
+                seconds += float(match.group(2))
+    for line in owner_page.splitlines():
+        match = _SENT.match(line)
+        if match is not None and f'peer="{peer}"' in match.group(1):
+            sent += float(match.group(2))
+    return ReplicationTotals(calls, seconds, sent)
+
+
+class ReplicationCounters:
+    """Reads the totals from the replica's and the owner's svc_message metrics."""
+
+    def __init__(self, replica_url: str, owner_url: str, *, peer: str) -> None:
+        self._urls = (replica_url, owner_url)
+        self._peer = peer
+
+    async def read(self) -> ReplicationTotals | None:
+        try:
+            replica, owner = await asyncio.gather(
+                *(asyncio.to_thread(_fetch, url) for url in self._urls)
+            )
+        except OSError:
+            return None
+        return parse_replication_totals(replica, owner, self._peer)
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=METRICS_TIMEOUT_SECONDS) as response:  # noqa: S310
+        text: str = response.read().decode()
+        return text
+
+
+def replication_between(
+    before: ReplicationTotals | None, after: ReplicationTotals | None
+) -> dict[str, float | None]:
+    """What replication did between two readings: Apply calls, their mean
+    handling time at the replica, changes sent and changes per Apply."""
+    if before is None or after is None:
+        return {"apply_calls": None, "apply_mean_ms": None, "changes_sent": None}
+    calls = after.apply_calls - before.apply_calls
+    changes = after.changes_sent - before.changes_sent
+    return {
+        "apply_calls": calls,
+        "apply_mean_ms": round((after.apply_seconds - before.apply_seconds) * 1000 / calls, 2)
+        if calls
+        else None,
+        "changes_sent": changes,
+        "changes_per_apply": round(changes / calls, 2) if calls else None,
+    }
