@@ -23,8 +23,8 @@ from pymongo import AsyncMongoClient
 from parley.message.v1 import replication_pb2_grpc as rgrpc
 from parley_core.storage.mongo import DURABLE, Document
 from parley_core.storage.mongo import Database as MongoDatabase
+from parley_dev.layout import find_executable
 from parley_dev.process import free_port
-from parley_dev.stack import find_executable
 from svc_message.domain.replication import (
     ReplicaApplier,
     ReplicationPolicy,
