@@ -54,7 +54,7 @@ from svc_message.peers.owners import OwnerChannels
 from svc_message.peers.push import Router, build_providers
 from svc_message.peers.regions import RegionChannels
 from svc_message.push_metrics import PushMetrics
-from svc_message.replication_wiring import build_replication
+from svc_message.replication_wiring import build_replication, replicator_settings
 from svc_message.servicer.changes import ChangesServicer
 from svc_message.servicer.convert import ProtoEventCodec
 from svc_message.servicer.groups import GroupsServicer
@@ -476,6 +476,7 @@ async def build(settings: Settings) -> ServiceHost:
         regions=runtime.region_map,
         credential=runtime.service_credential(),
         instance_id=random_id(),
+        settings=replicator_settings(config.replication),
     )
     runtime.registry.register(replication.metrics)
     for replicator in replication.replicators:

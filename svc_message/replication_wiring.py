@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from parley_core.auth.credentials import ServiceCredential
+from parley_core.config import ReplicationSettings
 from parley_core.regions import RegionMap, UnknownRegion
 from parley_core.storage.mongo import Database
 from parley_core.topology import Topology
@@ -24,8 +25,8 @@ from svc_message.domain.replication import (
     ReplicationPolicy,
     merge_member_document,
 )
-from svc_message.domain.replicator import Replicator
-from svc_message.model.replication import ReplicatedDoc
+from svc_message.domain.replicator import Replicator, ReplicatorSettings
+from svc_message.model.replication import ApplyOutcome, ReplicatedDoc
 from svc_message.peers.replication import ReplicationPeer
 from svc_message.replication_metrics import ReplicationMetrics
 from svc_message.servicer.replication import RegionReplicationServicer
@@ -81,6 +82,17 @@ def replication_policy(topology: Topology, regions: Callable[[], RegionMap]) -> 
     )
 
 
+def replicator_settings(config: ReplicationSettings) -> ReplicatorSettings:
+    """The replicators' settings from message.replication."""
+    return ReplicatorSettings(
+        batch_changes=config.batch_changes,
+        batch_seconds=config.batch_seconds,
+        lease_seconds=config.lease_seconds,
+        retry_seconds=config.retry_seconds,
+        snapshot_page=config.snapshot_page,
+    )
+
+
 def build_replication(
     db: Database,
     *,
@@ -89,12 +101,13 @@ def build_replication(
     regions: Callable[[], RegionMap],
     credential: ServiceCredential | None,
     instance_id: str,
+    settings: ReplicatorSettings,
 ) -> Replication:
     replica = ReplicaStore(db, merge_member=merge_member_document)
 
-    async def wake_streams(docs: Sequence[ReplicatedDoc]) -> None:
-        conversations, accounts = replica.touched(docs)
-        await doorbell.replicated(conversations, accounts)
+    async def wake_streams(docs: Sequence[ReplicatedDoc], outcome: ApplyOutcome) -> None:
+        conversations = {d.conversation_id for d in docs}
+        await doorbell.replicated(conversations, outcome.wake_accounts)
 
     applier = ReplicaApplier(replica, on_applied=wake_streams)
     replicators: list[Replicator] = []
@@ -120,6 +133,7 @@ def build_replication(
                     snapshots=SnapshotReader(db),
                     client=client,
                     clock=time.time,
+                    settings=settings,
                 )
             )
     return Replication(

@@ -182,7 +182,8 @@ class ReplicaApplier:
         self,
         replica: Replica,
         *,
-        on_applied: Callable[[Sequence[ReplicatedDoc]], Awaitable[None]] | None = None,
+        on_applied: Callable[[Sequence[ReplicatedDoc], ApplyOutcome], Awaitable[None]]
+        | None = None,
     ) -> None:
         self._replica = replica
         # Told about batches that wrote something, so live streams catch up.
@@ -194,7 +195,7 @@ class ReplicaApplier:
         outcome = await self._replica.apply(docs)
         self.counts[source_region] = self.counts.get(source_region, ApplyOutcome()) + outcome
         if outcome.applied and self._on_applied is not None:
-            await self._on_applied(docs)
+            await self._on_applied(docs, outcome)
         return outcome
 
     async def high_water(self, conversation_ids: Iterable[str]) -> dict[str, HighWater]:

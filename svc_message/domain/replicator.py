@@ -162,6 +162,11 @@ class Replicator:
         try:
             while not stop.is_set():
                 if not await self._hold_lease():
+                    # Another process replicates to the peer now: this one's
+                    # last readings would otherwise stay on its gauges, and the
+                    # region's lag (the highest over processes) with them.
+                    self.state.lag_seconds = 0.0
+                    self.state.backlog = 0
                     await self._pause(stop, self._settings.lease_seconds / 3)
                     continue
                 try:

@@ -56,10 +56,16 @@ class HighWater:
 class ApplyOutcome:
     applied: int = 0
     already_present: int = 0
+    # Accounts whose streams must look for a conversation they do not follow
+    # yet: members whose membership documents were written, and the two of a
+    # direct conversation the replica had not held before.
+    wake_accounts: frozenset[str] = frozenset()
 
     def __add__(self, other: ApplyOutcome) -> ApplyOutcome:
         return ApplyOutcome(
-            self.applied + other.applied, self.already_present + other.already_present
+            self.applied + other.applied,
+            self.already_present + other.already_present,
+            self.wake_accounts | other.wake_accounts,
         )
 
 

@@ -38,6 +38,7 @@ from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from parley_core.storage.mongo import Database, Document
+from svc_message.model import DIRECT
 from svc_message.model.replication import (
     ApplyOutcome,
     FeedChange,
@@ -308,19 +309,6 @@ class ReplicaStore:
         self._members = db["members"]
         self._merge_member = merge_member
 
-    @staticmethod
-    def touched(docs: Sequence[ReplicatedDoc]) -> tuple[set[str], set[str]]:
-        """The conversations a batch wrote to, and the accounts whose
-        membership documents it carried."""
-        conversations = {d.conversation_id for d in docs}
-        accounts = {
-            str(decode(d.document).get("account_id"))
-            for d in docs
-            if d.kind == ReplicatedKind.MEMBER
-        }
-        accounts.discard("None")
-        return conversations, accounts
-
     async def apply(self, docs: Sequence[ReplicatedDoc]) -> ApplyOutcome:
         """Applies kind by kind: the batch's messages, then the conversation
         heads, then the member documents, each kind in one read and one bulk
@@ -413,7 +401,18 @@ class ReplicaStore:
         result = await self._conversations.bulk_write(requests, ordered=True)
         changed = result.upserted_count + result.modified_count
         applied = min(len(documents), changed)
-        return ApplyOutcome(applied=applied, already_present=len(documents) - applied)
+        # A direct conversation has no membership documents: its two members
+        # learn of it when the replica first holds it.
+        created = {str(_id) for _id in (result.upserted_ids or {}).values()}
+        wake = frozenset(
+            str(account)
+            for doc in documents
+            if str(doc["_id"]) in created and doc.get("type") == DIRECT
+            for account in doc.get("member_ids") or ()
+        )
+        return ApplyOutcome(
+            applied=applied, already_present=len(documents) - applied, wake_accounts=wake
+        )
 
     async def _apply_members(self, documents: Sequence[Mapping[str, Any]]) -> ApplyOutcome:
         merged: dict[Any, Document] = {}
@@ -430,7 +429,14 @@ class ReplicaStore:
             if present.get(_id) != doc
         ]
         applied = await self._write(self._members, requests)
-        return ApplyOutcome(applied=applied, already_present=len(documents) - applied)
+        wake = frozenset(
+            str(doc.get("account_id"))
+            for _id, doc in merged.items()
+            if present.get(_id) != doc and doc.get("account_id")
+        )
+        return ApplyOutcome(
+            applied=applied, already_present=len(documents) - applied, wake_accounts=wake
+        )
 
     @staticmethod
     async def _write(collection: Any, requests: Sequence[Any]) -> int:

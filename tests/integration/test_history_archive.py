@@ -22,7 +22,8 @@ from pymongo import AsyncMongoClient
 
 from parley_dev.stack import LocalStack
 from svc_message.domain import archiver as archiver_module
-from svc_message.domain.archiver import STEPS, tombstone_sender
+from svc_message.domain.archive_transforms import tombstone_sender
+from svc_message.domain.archiver import STEPS
 from svc_message.domain.messages import NEWEST
 from svc_message.model import ChangeKind, Message
 from svc_message.storage.archive_format import SCHEMA_VERSION

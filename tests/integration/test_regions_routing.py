@@ -1,22 +1,27 @@
 """Two regions joined by fault proxies: homes, handles and the owner region of
 a conversation (issue 20, parts 1, 2 and 8; docs/design/regions.md).
 
-One two-region harness for the module: accounts are homed where they ask to
-be and live only there, handles are unique across regions, accounts are found
-from any region, writes to a conversation reach its owner region from the
-other one, and a cut link gives a fast, explicit REGION_UNAVAILABLE without a
-second writer.
+One two-region harness for the module: every service of each region serves
+and reports its own region (from the topology file the harness wrote),
+accounts are homed where they ask to be and live only there, handles are
+unique across regions, accounts are found from any region, writes to a
+conversation reach its owner region from the other one, a cut link gives a
+fast, explicit REGION_UNAVAILABLE without a second writer, history and live
+events replicate to where members live, and the SDK chats encrypted across
+regions.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 
 from parley.common.v1 import common_pb2
@@ -25,8 +30,11 @@ from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_core.ids import region_number_of
+from parley_dev.probes import grpc_health_serving
 from parley_dev.regions import RegionsStack
-from tests.helpers import wait_until
+from parley_dev.stack import LocalStack
+from tests.helpers import http_get, wait_until
+from tests.sdk_e2ee_inbox import connect, listening, unique
 from tests.users import (
     Device,
     Stream,
@@ -54,6 +62,40 @@ async def regions(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Reg
     harness = RegionsStack(root=tmp_path_factory.mktemp("regions"), regions=[EU, US])
     async with harness:
         yield harness
+
+
+def _services(stack: LocalStack) -> dict[str, tuple[str, str]]:
+    """Service -> (gRPC target, metrics URL)."""
+    return {
+        "svc_keys": (stack.keys_target, stack.keys_metrics_url),
+        "svc_message": (stack.message_targets[0], stack.message_metrics_urls[0]),
+        "svc_presence": (stack.presence_target, stack.presence_metrics_url),
+        "svc_media": (stack.media_target, stack.media_metrics_url),
+        "svc_search": (stack.search_target, stack.search_metrics_url),
+    }
+
+
+async def _topology_series(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    status, body = await http_get(url)
+    assert status == 200
+    return {
+        sample.name: [(dict(s.labels), s.value) for s in family.samples if s.name == sample.name]
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+        if sample.name.startswith("parley_topology_")
+    }
+
+
+async def test_every_service_of_each_region_serves_and_names_its_region(
+    regions: RegionsStack,
+) -> None:
+    for name in ("eu", "us"):
+        for service, (target, metrics_url) in _services(regions.region(name)).items():
+            await grpc_health_serving(target, timeout=5.0)
+            series = await _topology_series(metrics_url)
+            assert series["parley_topology_region"] == [({"region": name}, 1.0)], service
+            assert series["parley_topology_regions"] == [({}, 2.0)], service
+            assert series["parley_topology_generation"] == [({}, 1.0)], service
 
 
 async def _sign_up(
@@ -306,3 +348,77 @@ async def test_a_device_connected_to_its_region_receives_the_owners_events(
             await stream.wait_for(arrived, timeout=HEAL_SECONDS)
         finally:
             await stream.close()
+
+
+async def test_encrypted_chat_between_users_of_two_regions(
+    regions: RegionsStack, tmp_path: Path
+) -> None:
+    """The SDK end to end: each user connected to its own region, keys fetched
+    from the other's home region, direct chat and group in both directions."""
+    eu_stack, us_stack = regions.region(EU), regions.region(US)
+    alice = await connect(eu_stack, tmp_path / "alice.db", handle=unique("alice"), device_name="a")
+    bob = await connect(
+        us_stack, tmp_path / "bob.db", handle=unique("bob"), device_name="b", home_region=US
+    )
+    try:
+        async with listening(alice) as alice_inbox, listening(bob) as bob_inbox:
+            found = await alice.get_account(account_id=bob.account_id)
+            assert found.home_region == US
+            chat = (await alice.create_direct_conversation(bob.account_id)).conversation
+            await alice.send_text(chat.conversation_id, "hello from eu")
+            await bob_inbox.wait_texts(chat.conversation_id, ["hello from eu"])
+            await bob.send_text(chat.conversation_id, "hello from us")
+            await alice_inbox.wait_texts(chat.conversation_id, ["hello from us"])
+            group = (await bob.create_group("two regions", members=[alice.account_id])).conversation
+            await bob.send_text(group.conversation_id, "group from us")
+            await alice_inbox.wait_texts(group.conversation_id, ["group from us"])
+            await alice.send_text(group.conversation_id, "group from eu")
+            await bob_inbox.wait_texts(group.conversation_id, ["group from eu"])
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_accounts_of_an_unreachable_region_get_a_fast_explicit_error(
+    regions: RegionsStack,
+) -> None:
+    alice, _ = await _sign_up(regions, EU)
+    bob, _ = await _sign_up(regions, US)
+    link = regions.proxy(EU, US)
+    async with grpc.aio.insecure_channel(regions.region(EU).keys_target) as channel:
+        keys = kgrpc.AccountServiceStub(channel)
+        link.cut(refuse=True)
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await keys.GetAccount(
+                        kpb.GetAccountRequest(account_id=bob.account_id),
+                        metadata=alice.md,
+                        timeout=CALL_SECONDS,
+                    )
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert error_reason(refused.value) == "ERROR_REASON_REGION_UNAVAILABLE"
+                assert time.monotonic() - started < FAST_REFUSAL_SECONDS
+            # eu's own accounts are served meanwhile.
+            mine = await keys.GetAccount(
+                kpb.GetAccountRequest(account_id=alice.account_id),
+                metadata=alice.md,
+                timeout=CALL_SECONDS,
+            )
+            assert mine.account_id == alice.account_id
+        finally:
+            link.heal()
+
+        async def back() -> bool:
+            try:
+                await keys.GetAccount(
+                    kpb.GetAccountRequest(account_id=bob.account_id),
+                    metadata=alice.md,
+                    timeout=CALL_SECONDS,
+                )
+            except grpc.aio.AioRpcError:
+                return False
+            return True
+
+        await wait_until(back, timeout=HEAL_SECONDS, what="bob's account after the heal")
