@@ -33,6 +33,10 @@ FULL_HISTORY = (16, 1500)
 # messages of them indexed through IndexMessage, messages in the device index.
 QUICK_SEARCH = (50_000, 200, 10_000)
 FULL_SEARCH = (1_000_000, 2000, 100_000)
+# The regions scenario, quick and full: pings per path, measured messages per
+# case, load sends/s and seconds.
+QUICK_REGIONS = (50, 30, 20.0, 3.0)
+FULL_REGIONS = (200, 200, 50.0, 20.0)
 # Largest file the media scenario takes: the services' single-object default.
 MAX_MEDIA_MIB = 2048.0
 
@@ -52,7 +56,11 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
             "presigned requests to the same object store; --scenario history measures pages of "
             "50 from the hot and the cold tier and the archiver beside a bare pyarrow write; "
             "--scenario search measures queries through svc_search's blind index beside a "
-            "bare indexed MongoDB read of the same postings, and the SDK's on-device index."
+            "bare indexed MongoDB read of the same postings, and the SDK's on-device index; "
+            "--scenario regions (with --start) starts regions eu and us joined by fault "
+            "proxies at an injected RTT and measures cross-region send to delivery, forwarded "
+            "and replicated, beside a bare gRPC ping through the same proxy, and the "
+            "replication lag under sustained sends."
         ),
     )
     where = bench.add_argument_group("which stack")
@@ -105,7 +113,7 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
     )
     bench.add_argument(
         "--scenario",
-        choices=["messaging", "group", "presence", "media", "history", "search"],
+        choices=["messaging", "group", "presence", "media", "history", "search", "regions"],
         default="messaging",
         help="messaging: sends, delivery and fetch over direct conversations (default); "
         "group: send-to-delivery time on every live stream of one big group; "
@@ -113,7 +121,9 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
         "media: upload and download MB/s through svc_media beside bare presigned S3 requests; "
         "history: pages of 50 from hot and cold history, the archiver beside bare pyarrow; "
         "search: blind-index queries through svc_search beside a bare MongoDB read, and the "
-        "SDK's on-device index",
+        "SDK's on-device index; "
+        "regions: cross-region send to delivery and replication lag at an injected RTT "
+        "(needs --start)",
     )
     load = bench.add_argument_group("load")
     load.add_argument(
@@ -339,6 +349,55 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
         help=f"messages in the SDK's on-device index (default: {FULL_SEARCH[2]:,}, "
         f"--quick {QUICK_SEARCH[2]:,})",
     )
+    regions = bench.add_argument_group("regions scenario")
+    regions.add_argument(
+        "--regions-rtt-ms",
+        type=_rtt_ms,
+        default=80.0,
+        metavar="MS",
+        help="round-trip time injected on the proxies between eu and us, both ways (default: 80)",
+    )
+    regions.add_argument(
+        "--regions-pings",
+        type=_positive_int,
+        metavar="N",
+        help="health Checks per path, straight and through the proxy "
+        f"(default: {FULL_REGIONS[0]}, --quick {QUICK_REGIONS[0]})",
+    )
+    regions.add_argument(
+        "--regions-messages",
+        type=_positive_int,
+        metavar="M",
+        help="measured messages of the in-region and of the cross-region case "
+        f"(default: {FULL_REGIONS[1]}, --quick {QUICK_REGIONS[1]})",
+    )
+    regions.add_argument(
+        "--regions-rate",
+        type=_positive_float,
+        default=10.0,
+        metavar="PER_S",
+        help="sends per second of those two cases (default: 10)",
+    )
+    regions.add_argument(
+        "--regions-load-rate",
+        type=_positive_float,
+        metavar="PER_S",
+        help="paced sends per second at eu to groups with a member in us "
+        f"(default: {FULL_REGIONS[2]:g}, --quick {QUICK_REGIONS[2]:g})",
+    )
+    regions.add_argument(
+        "--regions-load-seconds",
+        type=_positive_seconds,
+        metavar="S",
+        help=f"seconds of that load (default: {FULL_REGIONS[3]:g}, --quick {QUICK_REGIONS[3]:g})",
+    )
+    regions.add_argument(
+        "--regions-load-groups",
+        type=_positive_int,
+        default=16,
+        metavar="G",
+        help="eu-owned groups the load is spread over, each with one member in us (default: 16)",
+    )
     out = bench.add_argument_group("output")
     out.add_argument("--json", type=Path, dest="json_path", metavar="PATH", help="write the report")
     out.add_argument(
@@ -399,6 +458,7 @@ def run_command(args: argparse.Namespace) -> int:
     history_default = QUICK_HISTORY if args.quick else FULL_HISTORY
     users, subscribers, toggles = QUICK_PRESENCE if args.quick else FULL_PRESENCE
     postings, by_rpc, local_messages = QUICK_SEARCH if args.quick else FULL_SEARCH
+    pings, region_messages, load_rate, load_seconds = QUICK_REGIONS if args.quick else FULL_REGIONS
     users = args.presence_users or users
     subscribers = args.presence_subscribers or min(subscribers, users - 1)
     if args.scenario == "presence":
@@ -454,6 +514,13 @@ def run_command(args: argparse.Namespace) -> int:
         search_callers=args.search_callers,
         search_rounds=1 if args.quick else FULL_MEDIA_ROUNDS,
         search_local_messages=args.search_local_messages or local_messages,
+        regions_rtt_ms=args.regions_rtt_ms,
+        regions_pings=args.regions_pings or pings,
+        regions_messages=args.regions_messages or region_messages,
+        regions_rate=args.regions_rate,
+        regions_load_groups=args.regions_load_groups,
+        regions_load_rate=args.regions_load_rate or load_rate,
+        regions_load_seconds=args.regions_load_seconds or load_seconds,
         history_path=None if args.no_history else (args.history_path or DEFAULT_HISTORY),
     )
     return run_bench(config)
@@ -494,6 +561,13 @@ def _group_size(text: str) -> int:
     value = int(text)
     if not 2 <= value <= MAX_GROUP_MEMBERS:
         raise argparse.ArgumentTypeError(f"must be between 2 and {MAX_GROUP_MEMBERS}")
+    return value
+
+
+def _rtt_ms(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 2000:
+        raise argparse.ArgumentTypeError("must be between 0 and 2000 ms")
     return value
 
 

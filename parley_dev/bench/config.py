@@ -12,7 +12,7 @@ from parley_dev.bench.phases import FETCH_PAGE
 from parley_dev.bench.population import wire_sizes
 
 EventLoop = Literal["uvloop", "asyncio"]
-Scenario = Literal["messaging", "group", "presence", "media", "history", "search"]
+Scenario = Literal["messaging", "group", "presence", "media", "history", "search", "regions"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,16 @@ class BenchConfig:
     search_rounds: int = 3
     # Messages in the SDK's on-device index for the client-side figures.
     search_local_messages: int = 100_000
+    # The regions scenario (parley_dev.bench.regions): the RTT injected between
+    # eu and us, pings per path, measured messages per case and their rate,
+    # then the sustained load (groups, sends/s, seconds).
+    regions_rtt_ms: float = 80.0
+    regions_pings: int = 200
+    regions_messages: int = 200
+    regions_rate: float = 10.0
+    regions_load_groups: int = 16
+    regions_load_rate: float = 50.0
+    regions_load_seconds: float = 20.0
 
     def parameters(self) -> dict[str, Any]:
         send_bytes, event_bytes = wire_sizes(self.body_bytes)

@@ -24,6 +24,8 @@ from parley_dev.bench.media import media_bench
 from parley_dev.bench.media_report import render_media
 from parley_dev.bench.presence import presence_bench
 from parley_dev.bench.presence_report import render_presence
+from parley_dev.bench.regions import regions_bench
+from parley_dev.bench.regions_report import render_regions
 from parley_dev.bench.report import render
 from parley_dev.bench.runner import bench, run_on_loop
 from parley_dev.bench.search import search_bench
@@ -40,6 +42,7 @@ SCENARIOS: dict[Scenario, tuple[Measure, Show]] = {
     "media": (media_bench, render_media),
     "history": (history_bench, render_history),
     "search": (search_bench, render_search),
+    "regions": (regions_bench, render_regions),
 }
 
 

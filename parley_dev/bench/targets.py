@@ -58,6 +58,11 @@ SEARCH_POSTINGS = 1_000_000
 LOCAL_QUERY_P99_MAX_MS = 20.0
 LOCAL_MESSAGES = 100_000
 
+# regions (issue 20): cross-region send -> delivery p99 within the injected
+# RTT plus 100 ms, beside a bare gRPC ping through the same proxy.
+REGIONS_DELIVER_P99_OVER_RTT_MS = 100.0
+REGIONS_RTT_MS = 80.0
+
 SEND_RATIO = "send_rps / thin_durable_rps"
 ARCHIVER_RATIO = "archiver_messages_per_s / bare_pyarrow_messages_per_s"
 SEND_P99_RATIO = "send_ack_p99_ms / thin_durable_p99_ms"
@@ -310,6 +315,33 @@ def search_targets(figures: Figures, parameters: Figures) -> list[Target]:
     ]
 
 
+def regions_targets(figures: Figures, parameters: Figures) -> list[Target]:
+    rtt = float(parameters.get("rtt_ms", REGIONS_RTT_MS))
+    caveat = _differs(parameters, rtt_ms=REGIONS_RTT_MS)
+    return [
+        Target(
+            "regions_forward_deliver_p99_ms",
+            _figure(figures, "regions_forward_deliver_p99_ms"),
+            "<=",
+            rtt + REGIONS_DELIVER_P99_OVER_RTT_MS,
+            "ms",
+            note=f"RTT + {REGIONS_DELIVER_P99_OVER_RTT_MS:g} ms: a send at us to an eu-owned "
+            "group (forwarded) until its delivery to a device at eu",
+            caveat=caveat,
+        ),
+        Target(
+            "regions_replicated_deliver_p99_ms",
+            _figure(figures, "regions_replicated_deliver_p99_ms"),
+            "<=",
+            rtt + REGIONS_DELIVER_P99_OVER_RTT_MS,
+            "ms",
+            note=f"RTT + {REGIONS_DELIVER_P99_OVER_RTT_MS:g} ms: the same send until its delivery "
+            "to a device at us (forwarded us->eu, then replicated eu->us: one RTT of crossings)",
+            caveat=caveat,
+        ),
+    ]
+
+
 SCENARIO_TARGETS: dict[str, TargetsOf] = {
     "messaging": messaging_targets,
     "group": group_targets,
@@ -317,6 +349,7 @@ SCENARIO_TARGETS: dict[str, TargetsOf] = {
     "media": media_targets,
     "history": history_targets,
     "search": search_targets,
+    "regions": regions_targets,
 }
 
 

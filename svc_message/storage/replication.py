@@ -59,6 +59,9 @@ _AWAIT_MS = 200
 # Fields of a conversation head that only rise; the others follow last_version.
 _HEAD_MAXIMA = ("last_seq", "last_version", "last_activity_at", "last_message")
 _RELEASED = datetime(1970, 1, 1, tzinfo=UTC)
+# The order a replica applies a batch's kinds in (ReplicaStore.apply): the
+# enum's, messages, conversation heads, members; a kind added later is applied too.
+_APPLY_ORDER = tuple(ReplicatedKind)
 # As the services' clients read documents (tz_aware=True, see parley_core.storage.mongo).
 _CODEC: CodecOptions[Document] = CodecOptions(tz_aware=True)
 
@@ -307,17 +310,21 @@ class ReplicaStore:
         self._merge_member = merge_member
 
     async def apply(self, docs: Sequence[ReplicatedDoc]) -> ApplyOutcome:
-        """Applies in order, kind by kind in runs, so a later document of a
-        batch is never overtaken by an earlier one."""
+        """Applies kind by kind: the batch's messages, then the conversation
+        heads, then the member documents, each kind in one read and one bulk
+        write. Within a kind the batch's order is kept and every document
+        merges by its own versions (the newest copy of a message wins, heads
+        rise with $max, members merge), so grouping never lets an earlier
+        document overtake a later one; and the heads of a batch are raised
+        only once its messages are in. One bulk per kind instead of one per
+        run of alternating kinds: a replica applies a batch in a handful of
+        database round trips, not two per message (bench/README.md, the
+        regions scenario)."""
         outcome = ApplyOutcome()
-        run: list[ReplicatedDoc] = []
-        for doc in docs:
-            if run and run[-1].kind != doc.kind:
+        for kind in _APPLY_ORDER:
+            run = [doc for doc in docs if doc.kind == kind]
+            if run:
                 outcome += await self._apply_run(run)
-                run = []
-            run.append(doc)
-        if run:
-            outcome += await self._apply_run(run)
         return outcome
 
     async def _apply_run(self, run: Sequence[ReplicatedDoc]) -> ApplyOutcome:

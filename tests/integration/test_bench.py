@@ -18,6 +18,7 @@ from parley_dev.bench.baseline import BaselineServer, push_phase, unary_phase
 from parley_dev.bench.group_report import GROUP_HEADLINE_KEYS
 from parley_dev.bench.load import Window
 from parley_dev.bench.presence_report import PRESENCE_HEADLINE_KEYS
+from parley_dev.bench.regions_report import REGIONS_HEADLINE_KEYS
 from parley_dev.bench.report import HEADLINE_KEYS
 from parley_dev.bench.thin_durable import (
     COLLECTION,
@@ -31,6 +32,8 @@ from parley_dev.stack import LocalStack
 # The whole --start --quick run takes about 35 s on an idle 2-core machine.
 RUN_TIMEOUT_SECONDS = 170
 SEARCH_RUN_TIMEOUT_SECONDS = 400
+# Two regions start side by side (about 40 s on a loaded 2-core machine).
+REGIONS_RUN_TIMEOUT_SECONDS = 300
 STACK_PROCESSES = {"secantusdb", "redis", "svc_keys", "svc_message-0", "bench_client"}
 STACK_PHASES = ("setup", "thin_durable", "send", "deliver", "fetch")
 TARGET_KEYS = {"name", "value", "limit", "comparison", "unit", "verdict"}
@@ -475,3 +478,60 @@ def test_quick_search_bench_puts_svc_search_beside_the_bare_read(tmp_path: Path)
     assert where["bare_read_plan"]["stages"] and where["db_step_mean_ms"]["page_of_one_token"] > 0
     assert report["cpu_seconds"]["search_query"]["svc_search"] > 0
     assert report["local_index_msgs_per_s"] > 0 and report["local_index_bytes_per_100k"] > 0
+
+
+@pytest.mark.slow
+def test_quick_regions_bench_times_cross_region_delivery_beside_a_proxied_ping(
+    tmp_path: Path,
+) -> None:
+    messages, load_rate, load_seconds = 10, 10, 2
+    out = tmp_path / "regions.json"
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "parley_dev.cli", "bench", "--scenario", "regions"),
+            *("--start", "--quick", "--warmup", "0.3", "--json", str(out)),
+            *("--regions-pings", "20", "--regions-messages", str(messages)),
+            *("--regions-load-rate", str(load_rate), "--regions-load-seconds", str(load_seconds)),
+            *("--regions-load-groups", "4"),
+            "--no-history",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=REGIONS_RUN_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    assert "bare gRPC ping through the us->eu proxy" in run.stdout
+    assert "where the time goes" in run.stdout
+    report = json.loads(out.read_text())
+
+    assert report["scenario"] == "regions" and report["complete"] is True
+    assert report["warnings"] == [] and report["duplicates"] == 0
+    assert_targets(report, {"regions_forward_deliver_p99_ms", "regions_replicated_deliver_p99_ms"})
+    assert {t["limit"] for t in report["targets"]} == {180.0}
+    for key in REGIONS_HEADLINE_KEYS:
+        assert isinstance(report[key], int | float) and report[key] > 0, key
+    # The injected 80 ms RTT shows in the proxied ping, not in the direct one.
+    assert report["regions_ping_proxy_p50_ms"] >= report["regions_ping_direct_p50_ms"] + 70
+    # A forwarded send crosses us->eu once before eu stores and delivers it;
+    # its replica at us crosses back (eu->us) as well.
+    assert report["regions_forward_deliver_p50_ms"] >= 40
+    assert report["regions_replicated_deliver_p50_ms"] >= report["regions_forward_deliver_p50_ms"]
+    phases = report["phases"]
+    for case in ("local", "cross"):
+        assert phases[case]["completed"] == messages and phases[case]["errors"] == {}
+    cross = phases["cross"]
+    assert cross["deliver_eu_forwarded"]["count"] == messages
+    assert cross["deliver_us_replicated"]["count"] == messages
+    load = phases["load"]
+    assert load["completed"] == load_rate * load_seconds and load["deliver_us"]["missing"] == 0
+    assert report["regions_replication_lag_p99_ms"] >= report["regions_replication_lag_p50_ms"] > 0
+    # eu's replicator to us was sampled while the load ran.
+    assert load["lag_gauge_ms"]["count"] > 0 and load["backlog_samples"] > 0
+    # Traffic crossed the proxies both ways: forwards us->eu, replication eu->us.
+    assert report["proxy_bytes"]["us->eu"]["bytes_up"] > 0
+    assert report["proxy_bytes"]["eu->us"]["bytes_up"] > 0
+    where = report["where_the_time_goes"]
+    assert where["proxy_rtt_ms"] > 70 and "batch_window_dominates_replication" in where
+    assert report["cpu_seconds"]["cross"]["us/svc_message-0"] > 0
+    assert report["parameters"]["rtt_ms"] == 80.0

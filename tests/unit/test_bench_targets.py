@@ -93,7 +93,9 @@ def test_group_and_presence_targets() -> None:
         {},
     )
     assert [t["verdict"] for t in presence] == ["PASS", "PASS", "PASS", "MISS"]
-    assert set(SCENARIO_TARGETS) == {"messaging", "group", "presence", "media", "history", "search"}
+    assert set(SCENARIO_TARGETS) == {
+        *("messaging", "group", "presence", "media", "history", "search", "regions")
+    }
 
 
 def test_history_targets_judge_each_tier_and_direction_and_the_archiver() -> None:
