@@ -172,12 +172,14 @@ async def build(settings: Settings) -> ServiceHost:
     erasures_running = SampledCount("erasures_running", erasure_handler.running)
     runtime.spawn(erasures_running.run())
     runtime.registry.register(KeyMetrics(keys, low_devices, erasure_handler, erasures_running))
+    key_router = KeyRegionRouter(regions, region_peers)
     servicer = AccountServicer(
         accounts,
         addresses=ClientAddresses(settings.limits.trusted_proxies),
         erasure=erasure_handler,
+        router=key_router,
     )
-    key_servicer = KeyServicer(keys, sender_keys, router=KeyRegionRouter(regions, region_peers))
+    key_servicer = KeyServicer(keys, sender_keys, router=key_router)
     region_servicer = AccountRegionServicer(handles)
 
     def register(server: grpc.aio.Server) -> None:

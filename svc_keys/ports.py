@@ -84,8 +84,9 @@ class RegionPeers(Protocol):
         """ReleaseHandle at the handle's registrar ``region``."""
         ...
 
-    async def forward_key_call(
-        self, region: str, method: str, request: bytes, *, bearer_token: str
+    async def forward_call(
+        self, region: str, method: str, request: bytes, *, bearer_token: str | None
     ) -> bytes:
-        """A KeyService call (serialized) at ``region``, as the caller; its answer."""
+        """A call (``/package.Service/Method``, serialized) at ``region``, as the
+        caller (no token: an unauthenticated call); its answer."""
         ...

@@ -1,7 +1,7 @@
-"""The key directory across regions: an account's keys, prekeys and sender-key
-envelopes live in its home region (docs/design/regions.md), so reads of
-another region's accounts and envelopes for them are forwarded there, as the
-caller, once."""
+"""svc_keys across regions: an account's devices, tokens, keys, prekeys and
+sender-key envelopes live in its home region (docs/design/regions.md), so
+calls about another region's accounts (and a device's own calls made in
+another region) are forwarded there, as the caller, once."""
 
 from __future__ import annotations
 
@@ -33,10 +33,15 @@ class KeyRegionRouter:
         return groups
 
     async def forward(
-        self, region: str, method: str, request: bytes, *, bearer_token: str, forwarded: bool
+        self,
+        region: str,
+        method: str,
+        request: bytes,
+        *,
+        bearer_token: str | None,
+        forwarded: bool,
     ) -> bytes:
+        """``method``: the full path, ``/package.Service/Method``."""
         if forwarded or self._peers is None:
-            raise not_served_here("that account's keys", region)
-        return await self._peers.forward_key_call(
-            region, method, request, bearer_token=bearer_token
-        )
+            raise not_served_here("that account", region)
+        return await self._peers.forward_call(region, method, request, bearer_token=bearer_token)

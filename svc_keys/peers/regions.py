@@ -24,7 +24,6 @@ from parley.common.v1 import common_pb2
 from parley.keys.v1 import (
     accounts_pb2,
     accounts_pb2_grpc,
-    keys_pb2,
     regions_pb2,
     regions_pb2_grpc,
 )
@@ -38,7 +37,6 @@ from svc_keys.model import Account, Credentials, Device, DeviceSession, Reservat
 
 log = structlog.get_logger(__name__)
 
-KEY_SERVICE = keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
 
 CALL_TIMEOUT_SECONDS = 10.0
 RETRY_AFTER_SECONDS = 2.0
@@ -238,19 +236,18 @@ class RegionPeerClient:
         except grpc.aio.AioRpcError as error:
             raise self._refusal(region, error) from None
 
-    async def forward_key_call(
-        self, region: str, method: str, request: bytes, *, bearer_token: str
+    async def forward_call(
+        self, region: str, method: str, request: bytes, *, bearer_token: str | None
     ) -> bytes:
         # No (de)serializers: the request and the answer pass as bytes.
         call = self._channel(region).unary_unary(
-            f"/{KEY_SERVICE}/{method}", request_serializer=None, response_deserializer=None
+            method, request_serializer=None, response_deserializer=None
         )
+        metadata: tuple[tuple[str, str], ...] = ((REGION_FORWARDED, "1"),)
+        if bearer_token is not None:
+            metadata += (("authorization", f"Bearer {bearer_token}"),)
         try:
-            answer: bytes = await call(
-                request,
-                metadata=(("authorization", f"Bearer {bearer_token}"), (REGION_FORWARDED, "1")),
-                timeout=self._timeout,
-            )
+            answer: bytes = await call(request, metadata=metadata, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
             raise self._refusal(region, error) from None
         return answer

@@ -16,7 +16,9 @@ from parley_core.rpc.request import request_context
 from parley_core.validation import Check
 from svc_keys.domain.accounts import AccountsHandler
 from svc_keys.domain.erasure import ErasureHandler
+from svc_keys.domain.key_routing import KeyRegionRouter
 from svc_keys.model import Account, Credentials, Device
+from svc_keys.servicer.home_routing import refresh_tokens_home, served_at_home
 
 SERVICE_NAME = accounts_pb2.DESCRIPTOR.services_by_name["AccountService"].full_name
 PUBLIC_METHODS = (f"/{SERVICE_NAME}/SignUp", f"/{SERVICE_NAME}/RefreshToken")
@@ -74,8 +76,10 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         *,
         addresses: ClientAddresses,
         erasure: ErasureHandler,
+        router: KeyRegionRouter | None = None,
         clock: Callable[[], float] = time.time,
     ):
+        self._router = router
         self._erasure = erasure
         self._accounts = accounts
         self._addresses = addresses
@@ -113,6 +117,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
             credentials=credentials_proto(session.credentials),
         )
 
+    @served_at_home(SERVICE_NAME, accounts_pb2.RegisterDeviceResponse)
     async def RegisterDevice(
         self, request: accounts_pb2.RegisterDeviceRequest, context: Any
     ) -> accounts_pb2.RegisterDeviceResponse:
@@ -135,6 +140,12 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
             credentials=credentials_proto(session.credentials),
         )
 
+    @served_at_home(
+        SERVICE_NAME,
+        accounts_pb2.RefreshTokenResponse,
+        home_of=refresh_tokens_home,
+        authenticated=False,
+    )
     async def RefreshToken(
         self, request: accounts_pb2.RefreshTokenRequest, context: Any
     ) -> accounts_pb2.RefreshTokenResponse:
@@ -148,6 +159,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         )
         return accounts_pb2.RefreshTokenResponse(credentials=credentials_proto(credentials))
 
+    @served_at_home(SERVICE_NAME, accounts_pb2.RevokeDeviceResponse)
     async def RevokeDevice(
         self, request: accounts_pb2.RevokeDeviceRequest, context: Any
     ) -> accounts_pb2.RevokeDeviceResponse:
@@ -162,6 +174,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
         )
         return accounts_pb2.RevokeDeviceResponse()
 
+    @served_at_home(SERVICE_NAME, accounts_pb2.ListDevicesResponse)
     async def ListDevices(
         self, request: accounts_pb2.ListDevicesRequest, context: Any
     ) -> accounts_pb2.ListDevicesResponse:
@@ -208,6 +221,7 @@ class AccountServicer(accounts_pb2_grpc.AccountServiceServicer):
             )
         return account_proto(account, home_region=self._accounts.home_region(account.account_id))
 
+    @served_at_home(SERVICE_NAME, accounts_pb2.DeleteAccountResponse)
     async def DeleteAccount(
         self, request: accounts_pb2.DeleteAccountRequest, context: Any
     ) -> accounts_pb2.DeleteAccountResponse:

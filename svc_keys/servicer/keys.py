@@ -2,46 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from parley.keys.v1 import keys_pb2, keys_pb2_grpc
-from parley_core.auth.caller import current_caller
-from parley_core.regions import region_forwarded
 from parley_core.rpc.convert import timestamp
-from parley_core.rpc.interceptor import bearer_token
 from parley_core.rpc.request import request_context
 from parley_core.validation import Check
 from svc_keys.domain.key_routing import KeyRegionRouter
 from svc_keys.domain.keys import KeysHandler
 from svc_keys.domain.sender_keys import SenderKeysHandler
 from svc_keys.model import NewEnvelope, PreKey, PreKeyBundle, SenderKeyEnvelope, SignedPreKey
-
-Answer = TypeVar("Answer")
-Method = Callable[[Any, Any, Any], Awaitable[Any]]
-
-
-def at_callers_home(answer_type: Any) -> Callable[[Method], Method]:
-    """The caller's own keys and envelopes live in its home region: a device
-    connected to another region is served there, as itself."""
-
-    def decorate(method: Method) -> Method:
-        @functools.wraps(method)
-        async def served(self: KeyServicer, request: Any, context: Any) -> Any:
-            if self._router is not None:
-                home = self._router.remote_home(current_caller().account_id)
-                if home is not None:
-                    return await self._forwarded(
-                        home, method.__name__, request, context, answer_type
-                    )
-            return await method(self, request, context)
-
-        return served
-
-    return decorate
-
+from svc_keys.servicer.home_routing import Answer, forward, served_at_home
 
 SERVICE_NAME = keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
 KEY_BYTES = 32
@@ -199,17 +172,11 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         self, region: str, method: str, request: Any, context: Any, answer_type: type[Answer]
     ) -> Answer:
         assert self._router is not None
-        metadata = context.invocation_metadata()
-        answer = await self._router.forward(
-            region,
-            method,
-            request.SerializeToString(),
-            bearer_token=bearer_token(metadata),
-            forwarded=region_forwarded(metadata),
+        return await forward(
+            self._router, region, f"/{SERVICE_NAME}/{method}", request, context, answer_type
         )
-        return answer_type.FromString(answer)  # type: ignore[attr-defined,no-any-return]
 
-    @at_callers_home(keys_pb2.PublishKeysResponse)
+    @served_at_home(SERVICE_NAME, keys_pb2.PublishKeysResponse)
     async def PublishKeys(
         self, request: keys_pb2.PublishKeysRequest, context: Any
     ) -> keys_pb2.PublishKeysResponse:
@@ -242,7 +209,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
             pre_key_count=published.pre_key_count, identity_changed=published.identity_changed
         )
 
-    @at_callers_home(keys_pb2.UploadPreKeysResponse)
+    @served_at_home(SERVICE_NAME, keys_pb2.UploadPreKeysResponse)
     async def UploadPreKeys(
         self, request: keys_pb2.UploadPreKeysRequest, context: Any
     ) -> keys_pb2.UploadPreKeysResponse:
@@ -276,7 +243,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         )
         return keys_pb2.GetPreKeyBundlesResponse(bundles=[bundle_proto(b) for b in bundles])
 
-    @at_callers_home(keys_pb2.GetPreKeyCountResponse)
+    @served_at_home(SERVICE_NAME, keys_pb2.GetPreKeyCountResponse)
     async def GetPreKeyCount(
         self, request: keys_pb2.GetPreKeyCountRequest, context: Any
     ) -> keys_pb2.GetPreKeyCountResponse:
@@ -363,7 +330,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         )
         return keys_pb2.SendSenderKeysResponse(stored=stored)
 
-    @at_callers_home(keys_pb2.ClaimSenderKeysResponse)
+    @served_at_home(SERVICE_NAME, keys_pb2.ClaimSenderKeysResponse)
     async def ClaimSenderKeys(
         self, request: keys_pb2.ClaimSenderKeysRequest, context: Any
     ) -> keys_pb2.ClaimSenderKeysResponse:

@@ -422,3 +422,19 @@ async def test_accounts_of_an_unreachable_region_get_a_fast_explicit_error(
             return True
 
         await wait_until(back, timeout=HEAL_SECONDS, what="bob's account after the heal")
+
+
+async def test_a_device_is_served_its_own_account_by_any_region(regions: RegionsStack) -> None:
+    bob, _ = await _sign_up(regions, US)
+    async with grpc.aio.insecure_channel(regions.region(EU).keys_target) as channel:
+        keys = kgrpc.AccountServiceStub(channel)
+        devices = await keys.ListDevices(
+            kpb.ListDevicesRequest(), metadata=bob.md, timeout=CALL_SECONDS
+        )
+        assert [d.device_id for d in devices.devices] == [bob.device_id]
+        refreshed = await keys.RefreshToken(
+            kpb.RefreshTokenRequest(request_id=rid(), refresh_token=bob.refresh_token),
+            timeout=CALL_SECONDS,
+        )
+        assert refreshed.credentials.access_token
+        assert refreshed.credentials.refresh_token != bob.refresh_token
