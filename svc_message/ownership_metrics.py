@@ -11,13 +11,20 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from svc_message.domain.ownership import ShardOwnership
+from svc_message.domain.region_routing import RegionRouter
 from svc_message.domain.routing import OwnerRouter
 
 
 class OwnershipMetrics(Collector):
-    def __init__(self, ownership: ShardOwnership, router: OwnerRouter) -> None:
+    def __init__(
+        self,
+        ownership: ShardOwnership,
+        router: OwnerRouter,
+        regions: RegionRouter | None = None,
+    ) -> None:
         self._ownership = ownership
         self._router = router
+        self._regions = regions
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         ownership = self._ownership
@@ -52,3 +59,22 @@ class OwnershipMetrics(Collector):
             "within message.ownership.owner_wait_seconds (clients retry them).",
             value=self._router.unowned,
         )
+        forwards = CounterMetricFamily(
+            "parley_region_forwards",
+            "Requests forwarded to the region owning their conversation (or the new "
+            "conversation) and answered by it, by region.",
+            labels=["region"],
+        )
+        refusals = CounterMetricFamily(
+            "parley_region_refusals",
+            "Requests answered UNAVAILABLE (REGION_UNAVAILABLE) because the region owning their "
+            "conversation could not be reached, by region.",
+            labels=["region"],
+        )
+        if self._regions is not None:
+            for region, count in sorted(self._regions.forwarded.items()):
+                forwards.add_metric([region], count)
+            for region, count in sorted(self._regions.refused.items()):
+                refusals.add_metric([region], count)
+        yield forwards
+        yield refusals

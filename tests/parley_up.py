@@ -35,10 +35,15 @@ def parley_environment(**variables: str) -> dict[str, str]:
 
 @contextlib.asynccontextmanager
 async def parley_up(
-    args: list[str], *, environment: dict[str, str] | None = None, cwd: Path | None = None
+    args: list[str],
+    *,
+    environment: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    ready_seconds: float = 120.0,
 ) -> AsyncIterator[list[str]]:
     """Run `parley up ARGS` until it says it is up and yield the lines it printed;
-    then SIGTERM it, check it exits 0, and append the rest of its output."""
+    then SIGTERM it, check it exits 0, and append the rest of its output.
+    ``ready_seconds`` bounds the start (several regions start several stacks)."""
     child = await asyncio.create_subprocess_exec(
         *PARLEY,
         "up",
@@ -59,7 +64,7 @@ async def parley_up(
         raise AssertionError("parley up exited early:\n" + "".join(output))
 
     try:
-        await asyncio.wait_for(read_until_up(), 120)
+        await asyncio.wait_for(read_until_up(), ready_seconds)
         yield output
         child.send_signal(signal.SIGTERM)
         rest, _ = await asyncio.wait_for(child.communicate(), 90)

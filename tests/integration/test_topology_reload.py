@@ -105,6 +105,17 @@ async def _topology_metrics(url: str) -> dict[str, float]:
     }
 
 
+async def _region_labels(url: str) -> list[str]:
+    """The region each parley_topology_region series names."""
+    _, body = await http_get(url)
+    return [
+        sample.labels["region"]
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+        if sample.name == "parley_topology_region"
+    ]
+
+
 async def _all_show(stack: LocalStack, expected: dict[str, float]) -> bool:
     for url in _metrics_urls(stack):
         found = await _topology_metrics(url)
@@ -128,8 +139,10 @@ async def test_the_services_follow_the_file_and_keep_it_when_it_breaks(
         assert await _topology_metrics(url) == {
             "parley_topology_generation": 3,
             "parley_topology_regions": 2,
+            "parley_topology_region": 1,
             "parley_topology_reload_failures_total": 0,
         }
+        assert await _region_labels(url) == ["eu-west"]
 
     volume.publish(json.dumps(_document(generation=4, peers=2)))
     await wait_until(
@@ -160,6 +173,7 @@ async def test_the_services_follow_the_file_and_keep_it_when_it_breaks(
         assert await _topology_metrics(url) == {
             "parley_topology_generation": 4,
             "parley_topology_regions": 3,
+            "parley_topology_region": 1,
             "parley_topology_reload_failures_total": 2,
         }
 

@@ -315,6 +315,15 @@ def _metrics(watcher: TopologyWatcher) -> dict[str, float]:
     }
 
 
+def _region_series(watcher: TopologyWatcher) -> list[tuple[dict[str, str], float]]:
+    return [
+        (sample.labels, sample.value)
+        for family in TopologyMetrics(watcher).collect()
+        for sample in family.samples
+        if sample.name == "parley_topology_region"
+    ]
+
+
 def test_no_file_at_start_is_single_region_mode_not_an_error() -> None:
     file = FakeFile(None)
     watcher = _watcher(file)
@@ -326,6 +335,7 @@ def test_no_file_at_start_is_single_region_mode_not_an_error() -> None:
         "parley_topology_regions": 0,
         "parley_topology_reload_failures_total": 0,
     }
+    assert _region_series(watcher) == []
 
 
 def test_a_new_document_is_applied_and_subscribers_are_told() -> None:
@@ -343,6 +353,7 @@ def test_a_new_document_is_applied_and_subscribers_are_told() -> None:
     assert [t.generation for t in seen] == [7]
     assert _metrics(watcher)["parley_topology_generation"] == 7
     assert _metrics(watcher)["parley_topology_regions"] == 3
+    assert _region_series(watcher) == [({"region": watcher.current.region}, 1)]
 
 
 def test_the_same_content_is_not_applied_twice() -> None:
