@@ -5,7 +5,10 @@ Every region runs on 127.0.0.1 with its own ports and data directory
 ``FaultProxy`` relaying to B's svc_message (instance 0): region A's topology
 file gives that proxy as B's ``peerEndpoint``, so whatever A sends to B
 crosses it, and a test delays, slows or cuts that direction alone with
-``proxy(A, B)``. ``publicEndpoint`` is a region's own svc_message address (what
+``proxy(A, B)``. svc_presence pushes presence to its peers' svc_presence,
+so a second proxy per ordered pair relays to B's svc_presence, named in A's
+topology as B's ``peerServices.presence`` (``presence_proxy(A, B)``).
+``publicEndpoint`` is a region's own svc_message address (what
 its clients dial). Each region's topology file is ``ROOT/<region>/topology.json``,
 given to its services as ``topology.path``; the region names itself with
 ``self: true``. Forwarding and replication are the services' business: this
@@ -35,6 +38,8 @@ DEFAULT_REGIONS = ("eu", "us")
 REGION_PORT_STEP = 100
 # The proxy from region i to region j listens at this port + i * REGION_PORT_STEP + j.
 PROXY_PORT_BASE = 7190
+# The presence proxy from region i to region j listens at this port + i * REGION_PORT_STEP + j.
+PRESENCE_PROXY_PORT_BASE = 8190
 TOPOLOGY_FILE = "topology.json"
 # Low, so a rewritten topology (a test changing residency) applies quickly.
 TOPOLOGY_POLL_SECONDS = 1.0
@@ -73,6 +78,15 @@ def fixed_layout(
     return ports, proxies
 
 
+def fixed_presence_proxies(names: Sequence[str], *, offset: int = 0) -> dict[Pair, int]:
+    """The presence proxies' ports of ``fixed_layout``."""
+    index = {name: i for i, name in enumerate(names)}
+    return {
+        (a, b): PRESENCE_PROXY_PORT_BASE + offset + index[a] * REGION_PORT_STEP + index[b]
+        for a, b in _pairs(names)
+    }
+
+
 def free_layout(
     names: Sequence[str], *, message_instances: int = 1
 ) -> tuple[dict[str, StackPorts], dict[Pair, int]]:
@@ -108,6 +122,7 @@ class RegionsStack:
         generation: int = 1,
         topology_poll_seconds: float = TOPOLOGY_POLL_SECONDS,
         extra_config: Mapping[str, Any] | None = None,
+        presence_proxy_ports: Mapping[Pair, int] | None = None,
         **stack_options: Any,
     ) -> None:
         check_region_names(regions)
@@ -123,6 +138,15 @@ class RegionsStack:
         every = [p for n in self.names for p in ports[n].all()] + [
             proxy_ports[pair] for pair in _pairs(self.names)
         ]
+        if presence_proxy_ports is None:
+            presence_proxy_ports = dict(
+                zip(
+                    _pairs(self.names),
+                    _free_ports_avoiding(len(_pairs(self.names)), every),
+                    strict=True,
+                )
+            )
+        every += [presence_proxy_ports[pair] for pair in _pairs(self.names)]
         shared = sorted({p for p in every if every.count(p) > 1})
         if shared:
             raise ValueError(f"regions share ports {shared} (too many svc_message instances?)")
@@ -152,6 +176,12 @@ class RegionsStack:
             (a, b): FaultProxy(upstream_port=ports[b].message[0], listen_port=proxy_ports[(a, b)])
             for a, b in _pairs(self.names)
         }
+        self.presence_proxies: dict[Pair, FaultProxy] = {
+            (a, b): FaultProxy(
+                upstream_port=ports[b].presence, listen_port=presence_proxy_ports[(a, b)]
+            )
+            for a, b in _pairs(self.names)
+        }
         # Checked now, as the services will read them: a bad residency fails here.
         for name in self.names:
             parse_topology(json.dumps(self.topology_document(name)))
@@ -174,6 +204,7 @@ class RegionsStack:
             regions=regions,
             ports=ports,
             proxy_ports=proxies,
+            presence_proxy_ports=fixed_presence_proxies(regions, offset=port_offset),
             message_instances=message_instances,
             **kwargs,
         )
@@ -187,6 +218,10 @@ class RegionsStack:
     def proxy(self, source: str, target: str) -> FaultProxy:
         """The proxy ``source``'s traffic to ``target`` crosses."""
         return self.proxies[(source, target)]
+
+    def presence_proxy(self, source: str, target: str) -> FaultProxy:
+        """The proxy ``source``'s presence pushes to ``target`` cross."""
+        return self.presence_proxies[(source, target)]
 
     def peer_endpoint(self, source: str, target: str) -> str:
         """Where ``source`` reaches ``target`` (through the proxy)."""
@@ -210,6 +245,16 @@ class RegionsStack:
                     "self": other == name,
                     "publicEndpoint": self.stacks[other].message_targets[0],
                     "peerEndpoint": None if other == name else self.peer_endpoint(name, other),
+                    # Tagged ids name their region by number (parley_core/ids.py):
+                    # the order the regions were given in, from 1.
+                    "number": self.names.index(other) + 1,
+                    **(
+                        {}
+                        if other == name
+                        else {
+                            "peerServices": {"presence": self.presence_proxy(name, other).address}
+                        }
+                    ),
                 }
                 for other in self.names
             },
@@ -245,7 +290,7 @@ class RegionsStack:
     async def start(self) -> None:
         """Proxies, topology files, then every region side by side; on failure stop it all."""
         try:
-            for proxy in self.proxies.values():
+            for proxy in [*self.proxies.values(), *self.presence_proxies.values()]:
                 await proxy.start()
             for name in self.names:
                 self.write_topology(name)
@@ -261,11 +306,14 @@ class RegionsStack:
 
     async def stop(self) -> None:
         await asyncio.gather(*(stack.stop() for stack in self.stacks.values()))
-        await asyncio.gather(*(proxy.stop() for proxy in self.proxies.values()))
+        await asyncio.gather(*(proxy.stop() for proxy in self._all_proxies()))
 
     async def kill_all(self) -> None:
         await asyncio.gather(*(stack.kill_all() for stack in self.stacks.values()))
-        await asyncio.gather(*(proxy.stop() for proxy in self.proxies.values()))
+        await asyncio.gather(*(proxy.stop() for proxy in self._all_proxies()))
+
+    def _all_proxies(self) -> list[FaultProxy]:
+        return [*self.proxies.values(), *self.presence_proxies.values()]
 
     async def __aenter__(self) -> RegionsStack:
         await self.start()
@@ -297,4 +345,19 @@ class RegionsStack:
                     f"{proxy.address} (proxy to {HOST}:{proxy.upstream_port})",
                 )
             )
+        for (source, target), proxy in self.presence_proxies.items():
+            rows.append(
+                (
+                    f"{source} -> {target} presence",
+                    f"{proxy.address} (proxy to {HOST}:{proxy.upstream_port})",
+                )
+            )
         return rows
+
+
+def _free_ports_avoiding(count: int, taken: Sequence[int]) -> list[int]:
+    for _ in range(_PORT_DRAWS):
+        drawn = free_ports(count)
+        if not set(drawn) & set(taken) and len(set(drawn)) == count:
+            return drawn
+    raise RuntimeError(f"no {count} free ports apart from the regions' in {_PORT_DRAWS} draws")

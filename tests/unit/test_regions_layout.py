@@ -89,3 +89,21 @@ def test_bad_region_lists_are_refused(text: str, fault: str) -> None:
 def test_parley_up_takes_a_region_list() -> None:
     args = build_parser().parse_args(["up", "--regions", "eu, us"])
     assert args.regions == ["eu", "us"]
+
+
+def test_presence_crosses_a_proxy_of_its_own_to_the_peer_presence(tmp_path: Path) -> None:
+    harness = RegionsStack.with_fixed_ports(
+        root=tmp_path, regions=["eu", "us", "ap"], port_offset=20000
+    )
+    eu = parse_topology(json.dumps(harness.topology_document("eu")))
+    assert eu.regions["us"].peer_address("presence") == harness.presence_proxy("eu", "us").address
+    assert eu.regions["us"].peer_address("message") == harness.proxy("eu", "us").address
+    assert harness.presence_proxy("eu", "us").upstream_port == harness.region("us").ports.presence
+    ports, proxies = fixed_layout(["eu", "us", "ap"], message_instances=9, offset=20000)
+    every = _every_port(ports, proxies) + [p.port for p in harness.presence_proxies.values()]
+    assert len(every) == len(set(every))
+    free = RegionsStack(root=tmp_path / "free", regions=["eu", "us"])
+    every = [p for s in free.stacks.values() for p in s.ports.all()] + [
+        p.port for p in [*free.proxies.values(), *free.presence_proxies.values()]
+    ]
+    assert len(every) == len(set(every))
