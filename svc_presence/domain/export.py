@@ -180,8 +180,9 @@ class Exporter:
                 await asyncio.sleep(RENEW_SECONDS)
 
     async def release(self) -> None:
-        """At shutdown: let another process take over at once."""
-        if self.leading:
+        """At shutdown: let another process take over at once (the lease is
+        released only by its holder, so any process may call this)."""
+        if self.peer_names():
             with contextlib.suppress(PresenceStoreDown):
                 await self._feed.release_lease(self._holder)
 

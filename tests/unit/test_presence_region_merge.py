@@ -414,3 +414,18 @@ async def test_a_remote_flip_and_its_expiry_reach_a_subscriber() -> None:
     finally:
         expiry.cancel()
         await asyncio.gather(expiry, return_exceptions=True)
+
+
+async def test_a_stopped_exporter_hands_its_lease_back() -> None:
+    free = topology("eu")
+    feed = FakeFeed({})
+    running = exporter(feed, FakePeers(), free, digest_seconds=60)
+    task = asyncio.create_task(running.run())
+    async with asyncio.timeout(5):
+        while not running.leading:
+            await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert feed.holder == "me"
+    await running.release()
+    assert feed.holder is None
