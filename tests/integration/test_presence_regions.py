@@ -53,6 +53,7 @@ CONVERGENCE_P99_SECONDS = 2.0
 # next digest (2 s).
 EXPIRY_BOUND_SECONDS = 15.0
 HEAL_BOUND_SECONDS = 15.0
+MAX_REOPENS = 5
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -129,22 +130,51 @@ async def everyone_sees(regions: tuple[Region, ...], *users: Device) -> None:
             await settings(region.presence, user, E, E)
 
 
-def last_availability(sub: Sub, account_id: str) -> int | None:
-    for event in reversed(sub.events):
-        for presence in event.presences:
-            if presence.account_id == account_id:
-                return int(presence.availability)
-    return None
+class Watch:
+    """A SubscribePresence stream that, like a client, subscribes again when
+    the server ends it with UNAVAILABLE (its pub/sub watchdog, which two whole
+    stacks on this loaded machine sometimes trip even with no traffic at all);
+    the new stream's snapshot then says the state. Reopens are counted."""
 
+    def __init__(self, stub: pgrpc.PresenceServiceStub, viewer: Device, ids: list[str]) -> None:
+        self._open = lambda: Sub(stub, viewer, ids)
+        self.sub = self._open()
+        self.reopened = 0
 
-async def wait_availability(sub: Sub, account_id: str, want: int, *, timeout: float) -> float:
-    """Seconds (monotonic) when the subscriber saw ``want``."""
-    await sub.wait_for(
-        lambda s: last_availability(s, account_id) == want,
-        timeout=timeout,
-        what=f"{account_id} {'online' if want == ONLINE else 'offline'}",
-    )
-    return sub.times[-1]
+    async def started(self) -> Watch:
+        await self.sub.started()
+        return self
+
+    def last(self, account_id: str) -> int | None:
+        for event in reversed(self.sub.events):
+            for presence in event.presences:
+                if presence.account_id == account_id:
+                    return int(presence.availability)
+        return None
+
+    async def wait(self, account_id: str, want: int, *, timeout: float) -> float:
+        """Seconds (monotonic) when the subscriber saw ``want``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await self.sub.wait_for(
+                    lambda s: self.last(account_id) == want,
+                    timeout=max(0.0, deadline - time.monotonic()),
+                    what=f"{account_id} {'online' if want == ONLINE else 'offline'}",
+                )
+                return self.sub.times[-1]
+            except AssertionError:
+                error = self.sub.error
+                if error is None or error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                if time.monotonic() >= deadline or self.reopened >= MAX_REOPENS:
+                    raise
+            await self.sub.close()
+            self.reopened += 1
+            self.sub = self._open()
+
+    async def close(self) -> None:
+        await self.sub.close()
 
 
 async def bare_ping_ms(address: str, count: int = 20) -> float:
@@ -169,9 +199,9 @@ async def test_presence_in_eu_reaches_us_within_2s_then_expires_on_a_cut_and_ret
     await everyone_sees((eu, us), alice, viewer)
     regions.presence_proxy("eu", "us").set_rtt(80)
     ping = await bare_ping_ms(regions.presence_proxy("eu", "us").address)
-    sub = await Sub(us.presence, viewer, [alice.account_id]).started()
+    sub = await Watch(us.presence, viewer, [alice.account_id]).started()
     try:
-        assert sub.snapshot[0][1] == OFFLINE
+        assert sub.sub.snapshot[0][1] == OFFLINE
         took = []
         for flip in range(FLIPS):
             online = flip % 2 == 0
@@ -180,9 +210,7 @@ async def test_presence_in_eu_reaches_us_within_2s_then_expires_on_a_cut_and_ret
                 await eu.presence.Heartbeat(pb.HeartbeatRequest(), metadata=alice.md)
             else:
                 await eu.presence.GoOffline(pb.GoOfflineRequest(), metadata=alice.md)
-            seen_at = await wait_availability(
-                sub, alice.account_id, ONLINE if online else OFFLINE, timeout=10
-            )
+            seen_at = await sub.wait(alice.account_id, ONLINE if online else OFFLINE, timeout=10)
             took.append(seen_at - started)
         took.sort()
         p50 = statistics.median(took)
@@ -190,20 +218,19 @@ async def test_presence_in_eu_reaches_us_within_2s_then_expires_on_a_cut_and_ret
         print(
             f"\nconvergence eu -> us at 80 ms RTT over {FLIPS} flips: "
             f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {took[-1] * 1000:.0f} ms; "
-            f"a bare gRPC health check through the same proxy: p50 {ping:.0f} ms"
+            f"a bare gRPC health check through the same proxy: p50 {ping:.0f} ms "
+            f"(stream reopened {sub.reopened} times)"
         )
         assert p99 <= CONVERGENCE_P99_SECONDS, took
 
         # Online in eu (FLIPS is even: the last flip was offline).
         await eu.presence.Heartbeat(pb.HeartbeatRequest(), metadata=alice.md)
-        await wait_availability(sub, alice.account_id, ONLINE, timeout=10)
+        await sub.wait(alice.account_id, ONLINE, timeout=10)
         assert (await get(us.presence, viewer, [alice.account_id]))[0][1] == ONLINE
 
         regions.presence_proxy("eu", "us").cut()
         cut_at = time.monotonic()
-        gone_at = await wait_availability(
-            sub, alice.account_id, OFFLINE, timeout=EXPIRY_BOUND_SECONDS
-        )
+        gone_at = await sub.wait(alice.account_id, OFFLINE, timeout=EXPIRY_BOUND_SECONDS)
         assert (await get(us.presence, viewer, [alice.account_id]))[0][1] == OFFLINE
         # Still online where her device is.
         assert (await get(eu.presence, viewer, [alice.account_id]))[0][1] == ONLINE
@@ -211,9 +238,12 @@ async def test_presence_in_eu_reaches_us_within_2s_then_expires_on_a_cut_and_ret
 
         regions.presence_proxy("eu", "us").heal()
         healed_at = time.monotonic()
-        back_at = await wait_availability(sub, alice.account_id, ONLINE, timeout=HEAL_BOUND_SECONDS)
+        back_at = await sub.wait(alice.account_id, ONLINE, timeout=HEAL_BOUND_SECONDS)
         assert (await get(us.presence, viewer, [alice.account_id]))[0][1] == ONLINE
-        print(f"back in us {back_at - healed_at:.1f} s after the heal")
+        print(
+            f"back in us {back_at - healed_at:.1f} s after the heal "
+            f"(stream reopened {sub.reopened} times in all)"
+        )
     finally:
         regions.presence_proxy("eu", "us").heal()
         regions.presence_proxy("eu", "us").clear()
@@ -228,15 +258,15 @@ async def test_a_region_keeping_presence_home_exports_only_accounts_homed_elsewh
     visitor = await home_user(eu)  # homed in eu, connected to us
     viewer = await home_user(eu)
     await everyone_sees((eu, us), pinned, visitor, viewer)
-    sub = await Sub(eu.presence, viewer, [pinned.account_id, visitor.account_id]).started()
+    sub = await Watch(eu.presence, viewer, [pinned.account_id, visitor.account_id]).started()
     eu_redis = Redis.from_url(regions.region("eu").redis_url)
     try:
         for user in (pinned, visitor):
             await us.presence.Heartbeat(pb.HeartbeatRequest(), metadata=user.md)
-        await wait_availability(sub, visitor.account_id, ONLINE, timeout=10)
+        await sub.wait(visitor.account_id, ONLINE, timeout=10)
         # Two digests later the pinned account has still not reached eu.
         await asyncio.sleep(5)
-        assert last_availability(sub, pinned.account_id) == OFFLINE
+        assert sub.last(pinned.account_id) == OFFLINE
         assert (await get(eu.presence, viewer, [pinned.account_id]))[0][1] == OFFLINE
         assert await eu_redis.exists(f"parley:p:r:{pinned.account_id}") == 0
         assert await eu_redis.exists(f"parley:p:r:{visitor.account_id}") == 1
@@ -256,19 +286,17 @@ async def test_a_killed_exporter_expires_in_the_peer_and_its_restart_brings_it_b
     alice = await home_user(eu)
     viewer = await home_user(us)
     await everyone_sees((eu, us), alice, viewer)
-    sub = await Sub(us.presence, viewer, [alice.account_id]).started()
+    sub = await Watch(us.presence, viewer, [alice.account_id]).started()
     try:
         await eu.presence.Heartbeat(pb.HeartbeatRequest(), metadata=alice.md)
-        await wait_availability(sub, alice.account_id, ONLINE, timeout=10)
+        await sub.wait(alice.account_id, ONLINE, timeout=10)
         # Her lease (45 s) outlives the outage in eu's Redis; only the exporter dies.
         await regions.region("eu").kill_presence()
         killed_at = time.monotonic()
-        gone_at = await wait_availability(
-            sub, alice.account_id, OFFLINE, timeout=EXPIRY_BOUND_SECONDS
-        )
+        gone_at = await sub.wait(alice.account_id, OFFLINE, timeout=EXPIRY_BOUND_SECONDS)
         await regions.region("eu").start_presence()
         # The dead holder's lease lapses (6 s) before the new process exports.
-        back_at = await wait_availability(sub, alice.account_id, ONLINE, timeout=30)
+        back_at = await sub.wait(alice.account_id, ONLINE, timeout=30)
         print(
             f"\nexporter SIGKILLed: offline in us after {gone_at - killed_at:.1f} s, "
             f"back {back_at - killed_at:.1f} s after the kill (restart included)"
