@@ -8,7 +8,7 @@ region. Without a topology there is one region and everything is local.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -94,3 +94,23 @@ class RegionMap:
 
     def knows(self, region: str) -> bool:
         return region in self.regions
+
+
+class RegionBreaker:
+    """Which peer regions failed a moment ago: a request for one is refused
+    at once for ``down_seconds`` instead of waiting for its own timeout, and
+    the next one after that tries the region again."""
+
+    def __init__(self, *, down_seconds: float, clock: Callable[[], float]) -> None:
+        self._down_seconds = down_seconds
+        self._clock = clock
+        self._down_until: dict[str, float] = {}
+
+    def is_down(self, region: str) -> bool:
+        return self._down_until.get(region, 0.0) > self._clock()
+
+    def failed(self, region: str) -> None:
+        self._down_until[region] = self._clock() + self._down_seconds
+
+    def answered(self, region: str) -> None:
+        self._down_until.pop(region, None)

@@ -1,16 +1,16 @@
 """Several regions on one machine: a LocalStack per region, joined by fault proxies.
 
 Every region runs on 127.0.0.1 with its own ports and data directory
-(``ROOT/<region>``). Between each ordered pair of regions (A, B) sits a
-``FaultProxy`` relaying to B's svc_message (instance 0): region A's topology
-file gives that proxy as B's ``peerEndpoint``, so whatever A sends to B
-crosses it, and a test delays, slows or cuts that direction alone with
-``proxy(A, B)``. svc_presence pushes presence to its peers' svc_presence,
-so a second proxy per ordered pair relays to B's svc_presence, named in A's
-topology as B's ``peerServices.presence`` (``presence_proxy(A, B)``).
-``publicEndpoint`` is a region's own svc_message address (what
-its clients dial). Each region's topology file is ``ROOT/<region>/topology.json``,
-given to its services as ``topology.path``; the region names itself with
+(``ROOT/<region>``). Between each ordered pair of regions (A, B) sits one
+``FaultProxy`` per service regions call each other on (svc_message instance
+0, svc_keys, svc_presence): region A's topology file gives them as B's
+``peerEndpoint`` (svc_message) and ``peerServices``, so whatever A sends to B
+crosses them, and a test delays, slows or cuts that direction alone with
+``proxy(A, B)`` (a ``PeerLink`` controlling the pair's proxies together).
+Regions are numbered 1, 2, ... in the order given. ``publicEndpoint`` is a
+region's own svc_message address (what its clients dial). Each region's
+topology file is ``ROOT/<region>/topology.json``, given to its services as
+``topology.path``; the region names itself with
 ``self: true``. Forwarding and replication are the services' business: this
 module only lays the regions and the network between them out.
 """
@@ -25,21 +25,24 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from parley_core.auth.credentials import new_token
+from parley_core.auth.tokens import write_key_pair
 from parley_core.topology import FORMAT_VERSION, SHARD_HASH, parse_topology
-from parley_dev.fault_proxy import FaultProxy
+from parley_dev.fault_proxy import Direction, FaultProxy, ProxyStats
 from parley_dev.layout import HOST, StackPorts, deep_merge
 from parley_dev.process import free_ports
 from parley_dev.region_names import check_region_names
-from parley_dev.stack import LocalStack
+from parley_dev.stack import LocalStack, write_secret
 
 DEFAULT_REGIONS = ("eu", "us")
 # Fixed layouts (parley up --regions) shift each region's ports by this much; it
 # leaves room for 9 svc_message instances (their ports step by 10).
 REGION_PORT_STEP = 100
-# The proxy from region i to region j listens at this port + i * REGION_PORT_STEP + j.
-PROXY_PORT_BASE = 7190
-# The presence proxy from region i to region j listens at this port + i * REGION_PORT_STEP + j.
-PRESENCE_PROXY_PORT_BASE = 8190
+# The proxy from region i to region j for a service listens at its base
+# + i * REGION_PORT_STEP + j (none of them meets a service's own port).
+PROXY_PORT_BASES = {"message": 7190, "keys": 8150, "presence": 8190}
+PEER_SERVICES = tuple(PROXY_PORT_BASES)
+PROXY_PORT_BASE = PROXY_PORT_BASES["message"]
 TOPOLOGY_FILE = "topology.json"
 # Low, so a rewritten topology (a test changing residency) applies quickly.
 TOPOLOGY_POLL_SECONDS = 1.0
@@ -56,15 +59,67 @@ class RegionResidency:
 
 
 Pair = tuple[str, str]
+# (source region, target region, service)
+Route = tuple[str, str, str]
 
 
 def _pairs(names: Sequence[str]) -> list[Pair]:
     return [(a, b) for a in names for b in names if a != b]
 
 
+def _routes(names: Sequence[str]) -> list[Route]:
+    return [(a, b, service) for a, b in _pairs(names) for service in PEER_SERVICES]
+
+
+class PeerLink:
+    """The proxies of one ordered region pair, one per service, controlled as
+    one link: ``address`` and ``stats`` are svc_message's."""
+
+    def __init__(self, proxies: Mapping[str, FaultProxy]) -> None:
+        self.services = dict(proxies)
+
+    @property
+    def address(self) -> str:
+        return self.services["message"].address
+
+    @property
+    def stats(self) -> ProxyStats:
+        return self.services["message"].stats
+
+    @property
+    def is_cut(self) -> bool:
+        return any(p.is_cut for p in self.services.values())
+
+    def set_delay(
+        self, delay_ms: float, *, jitter_ms: float = 0.0, direction: Direction | None = None
+    ) -> None:
+        for proxy in self.services.values():
+            proxy.set_delay(delay_ms, jitter_ms=jitter_ms, direction=direction)
+
+    def set_rtt(self, rtt_ms: float, *, jitter_ms: float = 0.0) -> None:
+        for proxy in self.services.values():
+            proxy.set_rtt(rtt_ms, jitter_ms=jitter_ms)
+
+    def set_loss(self, probability: float, *, direction: Direction | None = None) -> None:
+        for proxy in self.services.values():
+            proxy.set_loss(probability, direction=direction)
+
+    def clear(self) -> None:
+        for proxy in self.services.values():
+            proxy.clear()
+
+    def cut(self, *, refuse: bool = False) -> None:
+        for proxy in self.services.values():
+            proxy.cut(refuse=refuse)
+
+    def heal(self) -> None:
+        for proxy in self.services.values():
+            proxy.heal()
+
+
 def fixed_layout(
     names: Sequence[str], *, message_instances: int = 1, offset: int = 0
-) -> tuple[dict[str, StackPorts], dict[Pair, int]]:
+) -> tuple[dict[str, StackPorts], dict[Route, int]]:
     """``parley up``'s ports, region i shifted by i * REGION_PORT_STEP, and the proxies'."""
     ports = {
         name: StackPorts.defaults(message_instances, offset=offset + i * REGION_PORT_STEP)
@@ -72,32 +127,23 @@ def fixed_layout(
     }
     index = {name: i for i, name in enumerate(names)}
     proxies = {
-        (a, b): PROXY_PORT_BASE + offset + index[a] * REGION_PORT_STEP + index[b]
-        for a, b in _pairs(names)
+        (a, b, service): PROXY_PORT_BASES[service] + offset + index[a] * REGION_PORT_STEP + index[b]
+        for a, b, service in _routes(names)
     }
     return ports, proxies
 
 
-def fixed_presence_proxies(names: Sequence[str], *, offset: int = 0) -> dict[Pair, int]:
-    """The presence proxies' ports of ``fixed_layout``."""
-    index = {name: i for i, name in enumerate(names)}
-    return {
-        (a, b): PRESENCE_PROXY_PORT_BASE + offset + index[a] * REGION_PORT_STEP + index[b]
-        for a, b in _pairs(names)
-    }
-
-
 def free_layout(
     names: Sequence[str], *, message_instances: int = 1
-) -> tuple[dict[str, StackPorts], dict[Pair, int]]:
+) -> tuple[dict[str, StackPorts], dict[Route, int]]:
     """Ports the OS reports free now, none shared between regions (tests)."""
     for _ in range(_PORT_DRAWS):
         ports = {name: StackPorts.free(message_instances) for name in names}
-        proxy_ports = free_ports(len(_pairs(names)))
+        proxy_ports = free_ports(len(_routes(names)))
         every = [p for each in ports.values() for p in each.all()] + proxy_ports
         # Each draw releases its ports before the next, so two may repeat one.
         if len(set(every)) == len(every):
-            return ports, dict(zip(_pairs(names), proxy_ports, strict=True))
+            return ports, dict(zip(_routes(names), proxy_ports, strict=True))
     raise RuntimeError(f"no {len(names)} disjoint sets of free ports in {_PORT_DRAWS} draws")
 
 
@@ -115,14 +161,13 @@ class RegionsStack:
         root: Path,
         regions: Sequence[str] = DEFAULT_REGIONS,
         ports: Mapping[str, StackPorts] | None = None,
-        proxy_ports: Mapping[Pair, int] | None = None,
+        proxy_ports: Mapping[Route, int] | None = None,
         message_instances: int = 1,
         residency: Mapping[str, RegionResidency] | None = None,
         conversation_shards: int = 64,
         generation: int = 1,
         topology_poll_seconds: float = TOPOLOGY_POLL_SECONDS,
         extra_config: Mapping[str, Any] | None = None,
-        presence_proxy_ports: Mapping[Pair, int] | None = None,
         **stack_options: Any,
     ) -> None:
         check_region_names(regions)
@@ -131,22 +176,13 @@ class RegionsStack:
         if ports is None or proxy_ports is None:
             ports, proxy_ports = free_layout(self.names, message_instances=message_instances)
         missing = [n for n in self.names if n not in ports] + [
-            f"{a}->{b}" for a, b in _pairs(self.names) if (a, b) not in proxy_ports
+            f"{a}->{b} {s}" for a, b, s in _routes(self.names) if (a, b, s) not in proxy_ports
         ]
         if missing:
             raise ValueError(f"no ports given for {missing}")
         every = [p for n in self.names for p in ports[n].all()] + [
-            proxy_ports[pair] for pair in _pairs(self.names)
+            proxy_ports[route] for route in _routes(self.names)
         ]
-        if presence_proxy_ports is None:
-            presence_proxy_ports = dict(
-                zip(
-                    _pairs(self.names),
-                    _free_ports_avoiding(len(_pairs(self.names)), every),
-                    strict=True,
-                )
-            )
-        every += [presence_proxy_ports[pair] for pair in _pairs(self.names)]
         shared = sorted({p for p in every if every.count(p) > 1})
         if shared:
             raise ValueError(f"regions share ports {shared} (too many svc_message instances?)")
@@ -172,14 +208,20 @@ class RegionsStack:
                 extra_config=deep_merge(dict(extra_config or {}), topology),
                 **stack_options,
             )
-        self.proxies: dict[Pair, FaultProxy] = {
-            (a, b): FaultProxy(upstream_port=ports[b].message[0], listen_port=proxy_ports[(a, b)])
-            for a, b in _pairs(self.names)
+        upstreams = {
+            name: {
+                "message": ports[name].message[0],
+                "keys": ports[name].keys,
+                "presence": ports[name].presence,
+            }
+            for name in self.names
         }
-        self.presence_proxies: dict[Pair, FaultProxy] = {
-            (a, b): FaultProxy(
-                upstream_port=ports[b].presence, listen_port=presence_proxy_ports[(a, b)]
-            )
+        self.proxies: dict[Route, FaultProxy] = {
+            (a, b, s): FaultProxy(upstream_port=upstreams[b][s], listen_port=proxy_ports[(a, b, s)])
+            for a, b, s in _routes(self.names)
+        }
+        self.links = {
+            (a, b): PeerLink({s: self.proxies[(a, b, s)] for s in PEER_SERVICES})
             for a, b in _pairs(self.names)
         }
         # Checked now, as the services will read them: a bad residency fails here.
@@ -204,7 +246,6 @@ class RegionsStack:
             regions=regions,
             ports=ports,
             proxy_ports=proxies,
-            presence_proxy_ports=fixed_presence_proxies(regions, offset=port_offset),
             message_instances=message_instances,
             **kwargs,
         )
@@ -215,13 +256,9 @@ class RegionsStack:
         """The region's stack: its targets, metrics URLs, processes and kill switches."""
         return self.stacks[name]
 
-    def proxy(self, source: str, target: str) -> FaultProxy:
-        """The proxy ``source``'s traffic to ``target`` crosses."""
-        return self.proxies[(source, target)]
-
-    def presence_proxy(self, source: str, target: str) -> FaultProxy:
-        """The proxy ``source``'s presence pushes to ``target`` cross."""
-        return self.presence_proxies[(source, target)]
+    def proxy(self, source: str, target: str) -> PeerLink:
+        """The proxies ``source``'s traffic to ``target`` crosses, as one link."""
+        return self.links[(source, target)]
 
     def peer_endpoint(self, source: str, target: str) -> str:
         """Where ``source`` reaches ``target`` (through the proxy)."""
@@ -243,20 +280,17 @@ class RegionsStack:
             "regions": {
                 other: {
                     "self": other == name,
+                    "number": index + 1,
                     "publicEndpoint": self.stacks[other].message_targets[0],
                     "peerEndpoint": None if other == name else self.peer_endpoint(name, other),
-                    # Tagged ids name their region by number (parley_core/ids.py):
-                    # the order the regions were given in, from 1.
-                    "number": self.names.index(other) + 1,
-                    **(
-                        {}
-                        if other == name
-                        else {
-                            "peerServices": {"presence": self.presence_proxy(name, other).address}
-                        }
-                    ),
+                    "peerServices": {}
+                    if other == name
+                    else {
+                        service: proxy.address
+                        for service, proxy in self.proxy(name, other).services.items()
+                    },
                 }
-                for other in self.names
+                for index, other in enumerate(self.names)
             },
             "residency": {
                 "homeOnlyData": list(residency.home_only_data),
@@ -287,10 +321,33 @@ class RegionsStack:
 
     # -- whole harness ------------------------------------------------------------
 
+    def share_deployment_secrets(self) -> None:
+        """One token signing key and one service credential for every region:
+        a device's token is then accepted by any region and requests forwarded
+        between regions are verified (in production every region lists every
+        region's verification key and mounts the same service token). Made
+        once, in the first region's secrets, and copied to the others."""
+        first = self.stacks[self.names[0]]
+        first.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not (first.private_key_path.exists() and first.public_key_path.exists()):
+            write_key_pair(first.private_key_path, first.public_key_path)
+        if not first.service_token_path.exists():
+            write_secret(first.service_token_path, new_token())
+        for name in self.names[1:]:
+            stack = self.stacks[name]
+            stack.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for source, target in (
+                (first.private_key_path, stack.private_key_path),
+                (first.public_key_path, stack.public_key_path),
+                (first.service_token_path, stack.service_token_path),
+            ):
+                write_secret(target, source.read_text().strip())
+
     async def start(self) -> None:
         """Proxies, topology files, then every region side by side; on failure stop it all."""
         try:
-            for proxy in [*self.proxies.values(), *self.presence_proxies.values()]:
+            self.share_deployment_secrets()
+            for proxy in self.proxies.values():
                 await proxy.start()
             for name in self.names:
                 self.write_topology(name)
@@ -306,14 +363,11 @@ class RegionsStack:
 
     async def stop(self) -> None:
         await asyncio.gather(*(stack.stop() for stack in self.stacks.values()))
-        await asyncio.gather(*(proxy.stop() for proxy in self._all_proxies()))
+        await asyncio.gather(*(proxy.stop() for proxy in self.proxies.values()))
 
     async def kill_all(self) -> None:
         await asyncio.gather(*(stack.kill_all() for stack in self.stacks.values()))
-        await asyncio.gather(*(proxy.stop() for proxy in self._all_proxies()))
-
-    def _all_proxies(self) -> list[FaultProxy]:
-        return [*self.proxies.values(), *self.presence_proxies.values()]
+        await asyncio.gather(*(proxy.stop() for proxy in self.proxies.values()))
 
     async def __aenter__(self) -> RegionsStack:
         await self.start()
@@ -338,26 +392,11 @@ class RegionsStack:
             rows.append((f"{name} svc_search", stack.search_target))
             rows.append((f"{name} topology", str(self.topology_path(name))))
             rows.append((f"{name} data", str(stack.root)))
-        for (source, target), proxy in self.proxies.items():
+        for (source, target, service), proxy in self.proxies.items():
             rows.append(
                 (
-                    f"{source} -> {target}",
-                    f"{proxy.address} (proxy to {HOST}:{proxy.upstream_port})",
-                )
-            )
-        for (source, target), proxy in self.presence_proxies.items():
-            rows.append(
-                (
-                    f"{source} -> {target} presence",
+                    f"{source} -> {target} {service}",
                     f"{proxy.address} (proxy to {HOST}:{proxy.upstream_port})",
                 )
             )
         return rows
-
-
-def _free_ports_avoiding(count: int, taken: Sequence[int]) -> list[int]:
-    for _ in range(_PORT_DRAWS):
-        drawn = free_ports(count)
-        if not set(drawn) & set(taken) and len(set(drawn)) == count:
-            return drawn
-    raise RuntimeError(f"no {count} free ports apart from the regions' in {_PORT_DRAWS} draws")

@@ -312,10 +312,10 @@ class LocalStack:
         ensure_keys(self.secrets_dir)
         write_identity(self.s3_identity_path, self.s3_keys)
         if not self.service_token_path.exists():
-            _write_secret(self.service_token_path, new_token())
+            write_secret(self.service_token_path, new_token())
         if not self.operator_token_path.exists():
-            _write_secret(self.operator_token_path, new_token())
-        _write_secret(
+            write_secret(self.operator_token_path, new_token())
+        write_secret(
             self.operator_tokens_path,
             f"local {token_digest_hex(self.operator_token)}",
         )
@@ -529,7 +529,7 @@ class LocalStack:
         return index
 
 
-def _write_secret(path: Path, value: str) -> None:
+def write_secret(path: Path, value: str) -> None:
     path.touch(mode=0o600)
     path.chmod(0o600)
     path.write_text(value + "\n")

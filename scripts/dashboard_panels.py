@@ -16,6 +16,7 @@ from dashboard_parts import (
     rpc_panels,
     sel,
 )
+from dashboard_regions import REGIONS
 from dashboard_search import SEARCH
 
 __all__ = ["DASHBOARDS", "Dashboard", "Panel"]
@@ -505,4 +506,4 @@ KEYS = Dashboard(
     ],
 )
 
-DASHBOARDS = (OVERVIEW, MESSAGING, DELIVERY, PRESENCE, KEYS, MEDIA, SEARCH)
+DASHBOARDS = (OVERVIEW, MESSAGING, DELIVERY, PRESENCE, KEYS, MEDIA, SEARCH, REGIONS)

@@ -49,9 +49,9 @@ SEARCH = Dashboard(
             unit="s",
         ),
         Panel(
-            "Postings stored",
-            "Postings kept (one per token of each indexed message), an estimate counted every "
-            "15 s by each process.",
+            "Posting buckets stored",
+            "Hour buckets of postings kept (one per token and hour of send time that has "
+            "postings), an estimate counted every 15 s by each process.",
             [(f"max by (region) ({sel('parley_search_postings')})", "{{region}}")],
             width=6,
         ),

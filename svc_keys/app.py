@@ -18,8 +18,10 @@ from parley_core.sampling import SampledCount
 from parley_core.storage.key_notices import IdentityChanges, PreKeyLows
 from parley_core.storage.ratelimit import BucketEraser
 from parley_core.telemetry import Tracing, build_tracing
+from parley_core.topology import Topology
 from svc_keys.domain.accounts import AccountsHandler
 from svc_keys.domain.erasure import ErasureHandler, ErasurePolicy
+from svc_keys.domain.key_routing import KeyRegionRouter
 from svc_keys.domain.keys import KeysHandler
 from svc_keys.domain.regions import HandleRegistry
 from svc_keys.domain.sender_keys import SenderKeysHandler
@@ -53,9 +55,15 @@ LIMITS = (
 
 
 def _erasers(
-    settings: Settings, credential: ServiceCredential | None, tracing: Tracing
+    settings: Settings,
+    credential: ServiceCredential | None,
+    tracing: Tracing,
+    topology: Topology | None,
 ) -> list[MessageEraser | PresenceEraser | MediaEraser | SearchEraser]:
-    """The other services' parts of an account erasure, in the job's order."""
+    """The other services' parts of an account erasure, in the job's order:
+    this region's services, then svc_message of every peer region (the
+    account's messages and memberships in conversations owned there), last so
+    an unreachable region delays only its own part."""
     config = settings.keys
     options = {"credential": credential, "interceptors": tracing.client_interceptors()}
     erasers: list[MessageEraser | PresenceEraser | MediaEraser | SearchEraser] = [
@@ -66,6 +74,10 @@ def _erasers(
         erasers.append(MediaEraser(config.media_target, **options))
     if config.search_target:
         erasers.append(SearchEraser(config.search_target, **options))
+    for peer in topology.peers if topology is not None else ():
+        address = peer.peer_address("message")
+        if address is not None:
+            erasers.append(MessageEraser(address, step=f"message@{peer.name}", **options))
     return erasers
 
 
@@ -133,7 +145,7 @@ async def build(settings: Settings) -> ServiceHost:
         handles=handles,
         peers=region_peers,
     )
-    erasers = _erasers(settings, runtime.service_credential(), tracing)
+    erasers = _erasers(settings, runtime.service_credential(), tracing, runtime.topology)
     erasure_handler = ErasureHandler(
         erasure_store,
         store,
@@ -152,6 +164,7 @@ async def build(settings: Settings) -> ServiceHost:
             poll_seconds=settings.keys.erasure_poll_seconds,
             settle=timedelta(seconds=settings.auth.revocation_poll_seconds + 1),
         ),
+        handles=handles,
     )
     runtime.spawn(erasure_handler.run())
     low_devices = SampledCount("pre_key_low_devices", pre_key_lows.devices_below)
@@ -164,7 +177,7 @@ async def build(settings: Settings) -> ServiceHost:
         addresses=ClientAddresses(settings.limits.trusted_proxies),
         erasure=erasure_handler,
     )
-    key_servicer = KeyServicer(keys, sender_keys)
+    key_servicer = KeyServicer(keys, sender_keys, router=KeyRegionRouter(regions, region_peers))
     region_servicer = AccountRegionServicer(handles)
 
     def register(server: grpc.aio.Server) -> None:

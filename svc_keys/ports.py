@@ -51,6 +51,10 @@ class HandleReservations(Protocol):
 
     async def find(self, handle_key: str) -> Reservation | None: ...
 
+    async def release(self, handle_key: str, *, account_id: str, until: datetime) -> None:
+        """The account's reservation ends at ``until`` (another account's is kept)."""
+        ...
+
 
 class RegionPeers(Protocol):
     """The svc_keys of the deployment's other regions."""
@@ -72,4 +76,16 @@ class RegionPeers(Protocol):
 
     async def get_account(self, region: str, account_id: str, *, bearer_token: str) -> Account:
         """GetAccount at the account's home ``region``, as the caller."""
+        ...
+
+    async def release_handle(
+        self, region: str, handle_key: str, *, account_id: str, until: datetime
+    ) -> None:
+        """ReleaseHandle at the handle's registrar ``region``."""
+        ...
+
+    async def forward_key_call(
+        self, region: str, method: str, request: bytes, *, bearer_token: str
+    ) -> bytes:
+        """A KeyService call (serialized) at ``region``, as the caller; its answer."""
         ...

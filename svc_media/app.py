@@ -17,6 +17,7 @@ from parley_core.telemetry import build_tracing
 from svc_media.domain.access import AccessCheck
 from svc_media.domain.admin import AdminHandler
 from svc_media.domain.collector import Collector, Sweeper
+from svc_media.domain.decisions import DECISION_SECONDS, DownloadDecisions
 from svc_media.domain.downloads import DownloadHandler
 from svc_media.domain.policy import MediaPolicy
 from svc_media.domain.references import ReferenceHandler
@@ -83,8 +84,10 @@ async def build(settings: Settings) -> ServiceHost:
         stats=stats,
     )
     horizon = ArchiveHorizon()
+    decisions = DownloadDecisions(ttl=min(DECISION_SECONDS, float(config.get_url_seconds)))
     downloads = DownloadHandler(
         horizon=horizon,
+        decisions=decisions,
         media=media_store,
         quarantine=quarantine,
         objects=objects,
@@ -107,7 +110,7 @@ async def build(settings: Settings) -> ServiceHost:
     references = ReferenceHandler(
         media=media_store, quarantine=quarantine, policy=policy, stats=stats
     )
-    admin = AdminHandler(quarantine=quarantine, audit=audit)
+    admin = AdminHandler(quarantine=quarantine, audit=audit, decisions=decisions)
     collector = Collector(
         media=media_store,
         usage=usage,

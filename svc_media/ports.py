@@ -176,9 +176,17 @@ class DeviceNotices(Protocol):
 class Usage(Protocol):
     async def forget(self, account_id: str) -> None: ...
 
-    async def charge_upload(self, account_id: str, size: int, *, day: str, limit: int) -> bool:
-        """Add ``size`` to today's uploaded bytes if that stays within ``limit``;
-        False when it would not (the bytes used so far are then in ``usage``)."""
+    async def charge_upload(
+        self, account_id: str, size: int, *, day: str, daily_limit: int, stored_limit: int
+    ) -> str | None:
+        """Add ``size`` to today's uploaded bytes if that stays within
+        ``daily_limit`` and the stored bytes plus ``size`` within
+        ``stored_limit``; otherwise the quota it would pass (``stored_bytes``
+        or ``daily_upload_bytes``; the bytes used are then in ``usage``)."""
+        ...
+
+    async def refund_upload(self, account_id: str, size: int, *, day: str) -> None:
+        """Give back a charge of today's (a retry found its first session)."""
         ...
 
     async def add_stored(self, account_id: str, size: int) -> None: ...

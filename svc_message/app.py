@@ -54,6 +54,7 @@ from svc_message.peers.owners import OwnerChannels
 from svc_message.peers.push import Router, build_providers
 from svc_message.peers.regions import RegionChannels
 from svc_message.push_metrics import PushMetrics
+from svc_message.replication_wiring import build_replication, replicator_settings
 from svc_message.servicer.changes import ChangesServicer
 from svc_message.servicer.convert import ProtoEventCodec
 from svc_message.servicer.groups import GroupsServicer
@@ -64,6 +65,7 @@ from svc_message.servicer.media import MessageInternalServicer
 from svc_message.servicer.messages import MessageUnaryServicer
 from svc_message.servicer.push import PushServicer
 from svc_message.servicer.region_routing import RegionRouting
+from svc_message.servicer.replication import SERVICE_NAME as REPLICATION_SERVICE_NAME
 from svc_message.servicer.routing import OwnerRouting
 from svc_message.servicer.search import ServerSearchServicer
 from svc_message.servicer.service import SERVICE_NAME, register
@@ -139,7 +141,16 @@ async def build(settings: Settings) -> ServiceHost:
         on_event=lambda broadcast: hub.dispatch(broadcast),
         on_reconnect=lambda: hub.resync_all(),
         on_membership_change=lambda conversation_id: conversations.forget(conversation_id),
+        on_replicated=lambda kind, replicated_id: replicated_here(kind, replicated_id),
     )
+
+    def replicated_here(kind: str, replicated_id: str) -> None:
+        if kind == "c":
+            conversations.forget(replicated_id)
+            hub.resync_conversation(replicated_id)
+        elif kind == "a":
+            hub.resync_account(replicated_id)
+
     hub = Hub(doorbell, codec)
     accounts = AccountDirectory(config.keys_target, interceptors=tracing.client_interceptors())
     recent = RecentCache(
@@ -442,6 +453,7 @@ async def build(settings: Settings) -> ServiceHost:
         # running meanwhile is harmless (every step of a move is idempotent).
         await archiver.release()
         await export_worker.release()
+        await replication.close()
         await runtime.close()
         await archive_objects.close()
         await export_objects.close()
@@ -457,6 +469,18 @@ async def build(settings: Settings) -> ServiceHost:
             )
         )
 
+    replication = build_replication(
+        runtime.db,
+        doorbell=doorbell,
+        topology=runtime.topology,
+        regions=runtime.region_map,
+        credential=runtime.service_credential(),
+        instance_id=random_id(),
+        settings=replicator_settings(config.replication),
+    )
+    runtime.registry.register(replication.metrics)
+    for replicator in replication.replicators:
+        runtime.spawn(replicator.run(replication.stop))
     routing = OwnerRouting(router)
     region_router = RegionRouter(
         runtime.region_map,
@@ -471,12 +495,13 @@ async def build(settings: Settings) -> ServiceHost:
             update={"max_receive_message_bytes": config.receive_limit_bytes}
         ),
         interceptors=runtime.interceptors(
-            public_methods=(), internal_services=[INTERNAL_SERVICE_NAME]
+            public_methods=(),
+            internal_services=[INTERNAL_SERVICE_NAME, REPLICATION_SERVICE_NAME],
         ),
         register=lambda server: register(
-            server, servicers, stream, routing, internal, region_routing
+            server, servicers, stream, routing, internal, region_routing, replication.servicer
         ),
-        service_names=[SERVICE_NAME, INTERNAL_SERVICE_NAME],
+        service_names=[SERVICE_NAME, INTERNAL_SERVICE_NAME, REPLICATION_SERVICE_NAME],
         registry=runtime.registry,
         on_stop=[stop],
         on_draining=[drain],

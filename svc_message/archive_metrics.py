@@ -40,10 +40,13 @@ class ArchiveMetrics(Collector):
             "parley_history_objects", "Archive objects (Parquet on S3) the manifest names"
         )
         if sampled is not None:
-            entries.add_metric(["hot"], sampled.hot_entries)
+            # Absent, not 0, until a pass has measured the hot log.
+            if sampled.hot_entries is not None:
+                entries.add_metric(["hot"], sampled.hot_entries)
+            if sampled.hot_bytes is not None:
+                size.add_metric(["hot"], sampled.hot_bytes)
             entries.add_metric(["cold"], sampled.cold_rows)
             entries.add_metric(["glacier"], sampled.glacier_rows)
-            size.add_metric(["hot"], sampled.hot_bytes)
             size.add_metric(["cold"], sampled.cold_bytes)
             size.add_metric(["glacier"], sampled.glacier_bytes)
             objects.add_metric([], sampled.cold_objects + sampled.glacier_objects)

@@ -62,14 +62,17 @@ class OwnershipMetrics(Collector):
         forwards = CounterMetricFamily(
             "parley_region_forwards",
             "Requests forwarded to the region owning their conversation (or the new "
-            "conversation) and answered by it, by region.",
-            labels=["region"],
+            "conversation) and answered by it, by that peer region.",
+            # Not "region": Prometheus gives every series the scraped region's
+            # name in that label, and the chart's ServiceMonitors honour the
+            # services' labels, so the peer's name would replace it.
+            labels=["peer"],
         )
         refusals = CounterMetricFamily(
             "parley_region_refusals",
             "Requests answered UNAVAILABLE (REGION_UNAVAILABLE) because the region owning their "
-            "conversation could not be reached, by region.",
-            labels=["region"],
+            "conversation could not be reached, by that peer region.",
+            labels=["peer"],
         )
         if self._regions is not None:
             for region, count in sorted(self._regions.forwarded.items()):

@@ -65,5 +65,7 @@ class SearchMetrics(Collector):
             s.erased_accounts,
         )
         yield GaugeMetricFamily(
-            "parley_search_postings", "Postings stored (an estimate).", value=s.postings
+            "parley_search_postings",
+            "Posting buckets stored, one per token and hour (an estimate).",
+            value=s.postings,
         )

@@ -53,6 +53,16 @@ class Carried:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenStats:
+    """One token's postings ever added (an upper bound) and the first and
+    last hour (send time ms // the bucket width) that held any."""
+
+    postings: int
+    first_hour: int
+    last_hour: int
+
+
+@dataclass(frozen=True, slots=True)
 class Candidate:
     group_index: int
     conversation_id: str
@@ -130,5 +140,6 @@ class SearchStats:
     dropped_conversations: int = 0
     dropped_deleted: int = 0
     erased_accounts: int = 0
-    # Postings stored, counted by the sweeper's loop (an estimate: collection metadata).
+    # Posting buckets stored (one per token and hour), counted by the
+    # sweeper's loop (an estimate: collection metadata).
     postings: int = 0

@@ -60,6 +60,11 @@ def register_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     signup.add_argument("handle", metavar="HANDLE", help="3-32 chars: a letter, then a-z 0-9 _ .")
     signup.add_argument("--display-name", default="", help="name shown to others")
     signup.add_argument("--device-name", default=None, help="label of this device")
+    signup.add_argument(
+        "--home-region",
+        default="",
+        help="the region the account lives in (default: the region the keys target serves)",
+    )
     signup.add_argument("--force", action="store_true", help="overwrite an existing profile")
     signup.set_defaults(makes_profile=True)
 
@@ -149,6 +154,7 @@ async def _signup(args: argparse.Namespace) -> int:
             display_name=args.display_name,
             device_name=args.device_name or f"cli@{socket.gethostname()}"[:64],
             platform=Platform.CLI,
+            home_region=args.home_region,
             keys_target=targets.keys,
             message_target=targets.message,
             presence_target=targets.presence,

@@ -8,6 +8,7 @@ come from ``spec``, so the API server and the operator's parse agree.
 from __future__ import annotations
 
 from parley_operator import GROUP, REGION_KIND, REGION_PLURAL, VERSION
+from parley_operator.crd_regions import peers_schema, replication_schema, residency_schema
 from parley_operator.crd_schema import (
     ENDPOINT_PATTERN,
     Schema,
@@ -21,7 +22,6 @@ from parley_operator.crd_schema import (
 )
 from parley_operator.crd_storage import media_schema, s3_schema, search_schema
 from parley_operator.spec import (
-    DATA_KINDS,
     DEFAULT_CONVERSATION_SHARDS,
     DEFAULT_MAX_REPLICAS,
     DEFAULT_MIN_REPLICAS,
@@ -282,50 +282,9 @@ def region_spec_schema() -> Schema:
             "s3": s3_schema(),
             "media": media_schema(),
             "search": search_schema(),
-            "peers": {
-                "type": "array",
-                "description": "The other regions: conversation events replicate to them and "
-                "requests for conversations homed there are forwarded to them.",
-                "items": object_schema(
-                    "A peer region.",
-                    {
-                        "name": string_schema("The peer's region name.", pattern=REGION_PATTERN),
-                        "endpoint": string_schema(
-                            "host:port of the peer's region-to-region endpoint.",
-                            pattern=ENDPOINT_PATTERN,
-                        ),
-                        "publicEndpoint": string_schema(
-                            "host:port the peer's clients connect to.", pattern=ENDPOINT_PATTERN
-                        ),
-                        "number": integer_schema(
-                            "The peer's region number (its spec.number).", minimum=0, maximum=255
-                        ),
-                    },
-                    required=["name", "endpoint"],
-                ),
-                "maxItems": 64,
-                "x-kubernetes-list-type": "map",
-                "x-kubernetes-list-map-keys": ["name"],
-            },
-            "residency": object_schema(
-                "Data residency of users homed in this region.",
-                {
-                    "homeOnlyData": {
-                        "type": "array",
-                        "description": "Data kinds that never leave this region.",
-                        "items": {"type": "string", "enum": list(DATA_KINDS)},
-                        "x-kubernetes-list-type": "set",
-                    },
-                    "replicateTo": {
-                        "type": "array",
-                        "description": "Peers conversation events may replicate to "
-                        "(empty: every peer).",
-                        "items": {"type": "string", "pattern": REGION_PATTERN},
-                        "x-kubernetes-list-type": "set",
-                    },
-                },
-                default={},
-            ),
+            "peers": peers_schema(),
+            "residency": residency_schema(),
+            "replication": replication_schema(),
             "routing": object_schema(
                 "Routing inside the region.",
                 {

@@ -73,6 +73,11 @@ def service_config(region: RegionSpec, service: str) -> dict[str, Any]:
         section["keys_target"] = service_address(region, "keys")
         if "media" in region.services:
             section["media_target"] = service_address(region, "media")
+        # Only the values the spec sets, so a region without them keeps the
+        # service's defaults (and its config hash).
+        replication = region.replication.config()
+        if replication:
+            section["replication"] = replication
     owned: dict[str, Any] = {
         "region": region.region,
         "log_level": region.log_level,

@@ -3,7 +3,8 @@
 The API server already applies the CRD's defaults and checks its schema; this
 parse repeats the defaults (the same constants feed the schema in ``crds``) so
 the builders never see a missing field, and checks what a schema cannot say
-(min <= max, residency regions must be peers, names short enough for DNS).
+(min <= max, names short enough for DNS; the region links, residency and
+replication are parsed in ``spec_regions``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any, Literal
+
+from parley_operator.spec_errors import SpecError as SpecError
+from parley_operator.spec_regions import Peer as Peer
+from parley_operator.spec_regions import ReplicationSpec, parse_links
 
 # Every service the operator knows; a region runs the core ones always and
 # the optional ones (media: it needs an object store; search: the opt-in blind
@@ -54,10 +59,6 @@ REGION_PATTERN = r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$"
 MetricKind = Literal["Gauge", "Rate"]
 
 
-class SpecError(ValueError):
-    """The resource asks for something the operator cannot build; the message says what."""
-
-
 @dataclass(frozen=True)
 class ScalingTarget:
     """One load signal: the sum of a metric's samples on a pod, per second for counters."""
@@ -96,15 +97,6 @@ class ServiceSpec:
 class SecretKeyRef:
     name: str
     key: str
-
-
-@dataclass(frozen=True)
-class Peer:
-    name: str
-    endpoint: str
-    public_endpoint: str | None = None
-    # The peer's region number (docs/design/regions.md, tagged ids).
-    number: int | None = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +214,8 @@ class RegionSpec:
     # Redis is a Redis Cluster: the URL names one node, these (host:port) more.
     redis_cluster: bool = False
     redis_cluster_nodes: tuple[str, ...] = ()
+    # spec.replication: svc_message's message.replication (unset: its defaults).
+    replication: ReplicationSpec = field(default_factory=ReplicationSpec)
 
 
 DEFAULT_TARGETS: Mapping[str, tuple[ScalingTarget, ...]] = {
@@ -479,36 +473,7 @@ def parse_region(name: str, namespace: str, spec: Mapping[str, Any]) -> RegionSp
     )
     media = _media(_mapping(spec, "media"), s3, auth)
     search = _search(_mapping(spec, "search"), auth)
-    peers = tuple(
-        Peer(
-            name=str(p["name"]),
-            endpoint=str(p["endpoint"]),
-            public_endpoint=p.get("publicEndpoint"),
-            number=_region_number(p.get("number"), f"spec.peers[{p.get('name')}].number"),
-        )
-        for p in spec.get("peers") or ()
-    )
-    peer_names = [p.name for p in peers]
-    if region in peer_names:
-        raise SpecError(f"spec.peers lists the region itself ({region})")
-    if len(set(peer_names)) != len(peer_names):
-        raise SpecError("spec.peers names a region twice")
-    number = _region_number(spec.get("number"), "spec.number")
-    _check_region_numbers(number, peers)
-    all_regions = {region, *peer_names}
-    registrars = spec.get("handleRegistrars")
-    if registrars is not None:
-        registrars = tuple(str(r) for r in registrars)
-        if not registrars or set(registrars) - all_regions:
-            raise SpecError("spec.handleRegistrars must list some of the region and its peers")
-    legacy_region = spec.get("legacyRegion")
-    if legacy_region is not None and legacy_region not in all_regions:
-        raise SpecError("spec.legacyRegion must be the region or one of its peers")
-    residency = _mapping(spec, "residency")
-    replicate_to = tuple(residency.get("replicateTo") or peer_names)
-    unknown = sorted(set(replicate_to) - set(peer_names))
-    if unknown:
-        raise SpecError(f"spec.residency.replicateTo names regions that are not peers: {unknown}")
+    links = parse_links(region, spec)
     services_tree = _mapping(spec, "services")
     running = (
         CORE_SERVICES + (("media",) if media is not None else ()) + (("search",) if search else ())
@@ -526,9 +491,9 @@ def parse_region(name: str, namespace: str, spec: Mapping[str, Any]) -> RegionSp
         redis_url=_secret_ref(redis.get("urlSecretRef") or {}, "spec.redis.urlSecretRef"),
         tokens=tokens,
         s3=s3,
-        peers=peers,
-        home_only_data=tuple(residency.get("homeOnlyData") or ()),
-        replicate_to=replicate_to,
+        peers=links.peers,
+        home_only_data=links.home_only_data,
+        replicate_to=links.replicate_to,
         conversation_shards=int(routing.get("conversationShards", DEFAULT_CONVERSATION_SHARDS)),
         services=services,
         log_level=str(spec.get("logLevel") or "INFO"),
@@ -538,26 +503,8 @@ def parse_region(name: str, namespace: str, spec: Mapping[str, Any]) -> RegionSp
         search=search,
         redis_cluster=bool(redis.get("cluster", False)),
         redis_cluster_nodes=_cluster_nodes(redis),
-        number=number,
-        handle_registrars=registrars,
-        legacy_region=legacy_region,
+        number=links.number,
+        handle_registrars=links.handle_registrars,
+        legacy_region=links.legacy_region,
+        replication=links.replication,
     )
-
-
-def _region_number(value: Any, where: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
-        raise SpecError(f"{where} must be an integer from 0 to 255")
-    return value
-
-
-def _check_region_numbers(number: int | None, peers: tuple[Peer, ...]) -> None:
-    """Ids carry their region's number, so with peers every region needs a distinct one."""
-    if not peers:
-        return
-    if number is None or any(p.number is None for p in peers):
-        raise SpecError("spec.number and every spec.peers[].number are required with peers")
-    numbers = [number, *(p.number for p in peers)]
-    if len(set(numbers)) != len(numbers):
-        raise SpecError("spec.number and spec.peers[].number must all differ")

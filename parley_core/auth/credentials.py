@@ -58,6 +58,11 @@ class ServiceCredential:
     def from_file(cls, path: Path) -> ServiceCredential:
         return cls(path.read_text().strip())
 
+    @property
+    def bearer_token(self) -> str:
+        """The token itself, for clients that set their own metadata."""
+        return self._token
+
     def metadata(self) -> tuple[tuple[str, str], ...]:
         """gRPC metadata for an outgoing internal call."""
         return (("authorization", f"Bearer {self._token}"),)

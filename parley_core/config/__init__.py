@@ -68,6 +68,7 @@ from parley_core.config.services import (
     MessageServiceSettings,
     OwnershipSettings,
     PresenceServiceSettings,
+    ReplicationSettings,
     SearchServiceSettings,
 )
 
@@ -99,6 +100,7 @@ __all__ = [
     "PresenceServiceSettings",
     "PushSettings",
     "RedisSettings",
+    "ReplicationSettings",
     "S3Settings",
     "SearchServiceSettings",
     "Section",

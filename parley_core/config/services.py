@@ -87,6 +87,25 @@ class OwnershipSettings(Section):
         return self
 
 
+class ReplicationSettings(Section):
+    """Region replication: the replicator each region's svc_message runs per peer region
+    (docs/design/regions.md, part 3). Only used when the topology has peers."""
+
+    batch_changes: int = Field(default=200, ge=1, le=10_000)
+    """Most feed changes sent to a peer in one Apply; also the page of a snapshot's sends."""
+    # A longer wait makes fewer, fuller batches over a slow link, at the cost
+    # of that much more lag when the feed is quiet.
+    batch_seconds: float = Field(default=0.2, gt=0, le=60)
+    """Longest wait, in seconds, for more changes before a batch that is not full is sent."""
+    lease_seconds: float = Field(default=10.0, ge=1, le=3600)
+    """Seconds a process holds the lease of replicating to one peer unless it renews it (at a
+    third of it): when the holder dies, another process takes over after at most this long."""
+    retry_seconds: float = Field(default=0.5, gt=0, le=300)
+    """Pause, in seconds, before the next try after a peer did not answer an Apply."""
+    snapshot_page: int = Field(default=200, ge=1, le=10_000)
+    """Conversations read per page while a snapshot asks a peer for its high-water marks."""
+
+
 class MessageServiceSettings(Section):
     server: ServerSettings = ServerSettings(port=7102)
     """gRPC server of svc_message."""
@@ -160,6 +179,8 @@ class MessageServiceSettings(Section):
     """Push notifications to offline devices."""
     ownership: OwnershipSettings = OwnershipSettings()
     """Which process sequences which conversations when several run."""
+    replication: ReplicationSettings = ReplicationSettings()
+    """How conversation changes are sent to peer regions."""
 
     @property
     def receive_limit_bytes(self) -> int:

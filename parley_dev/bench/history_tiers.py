@@ -78,6 +78,8 @@ BODY_BYTES = (64, 1024)
 BARE_PREFIX = "bench-bare-history"
 # The read phases, in the order they run: hot and cold alternate.
 READS = ("hot_backward", "cold_backward", "hot_forward", "cold_forward")
+# Tries of one dataset send that is answered UNAVAILABLE, 0.5 s apart.
+SEND_ATTEMPTS = 20
 # The phase py-spy samples svc_message in with --profile.
 PROFILED_READ = "cold_backward"
 
@@ -137,16 +139,24 @@ async def populate(
         seq = 0
         for turn, body in enumerate(dataset.bodies(pair.index)):
             sender, _ = pair.sender(turn)
-            reply = await stubs[sender.target].SendMessage(
-                mpb.SendMessageRequest(
-                    request_id=request_id(),
-                    conversation_id=pair.conversation_id,
-                    type=mpb.MESSAGE_TYPE_TEXT,
-                    body=body,
-                ),
-                metadata=sender.metadata,
-                timeout=CALL_TIMEOUT_SECONDS,
+            request = mpb.SendMessageRequest(
+                request_id=request_id(),
+                conversation_id=pair.conversation_id,
+                type=mpb.MESSAGE_TYPE_TEXT,
+                body=body,
             )
+            for attempt in range(SEND_ATTEMPTS):
+                try:
+                    reply = await stubs[sender.target].SendMessage(
+                        request, metadata=sender.metadata, timeout=CALL_TIMEOUT_SECONDS
+                    )
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    # UNAVAILABLE asks for a retry with the same request id (a
+                    # shard lease renewed late on a loaded machine), as the SDK does.
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt + 1 == SEND_ATTEMPTS:
+                        raise
+                    await asyncio.sleep(0.5)
             seq = max(seq, reply.message.seq)
         return seq
 

@@ -20,13 +20,13 @@ on-device index.
    closed-loop callers:
    - search_query: Search with requests the SDK's code builds (the real
      group, decoys from the device's keys, padding), a page of 20;
-   - bare_read: the postings of the same query's rarest real token, newest
-     first, a page of 20, through pymongo on the index svc_search scans.
+   - bare_read: the same query's rarest real token's 20 newest hour
+     buckets, through pymongo on the index svc_search reads.
 4. **Where the time goes**: svc_search's own handler time (its metrics)
    against what the client saw, and, one caller, the database steps a query
-   takes: the sorted page of one token, the time-window reads of its walk
-   (of a common token, and of a filler every message carries), the probe
-   for anything older.
+   takes: a group's token counts, the bare sorted page of one token, the
+   hour ranges of its walk (of a common token, and of a filler every
+   message carries), the other tokens' buckets at a page's hours.
 5. **On-device index** (after the stack stopped):
    :func:`parley_dev.bench.search_local.run` over the SDK's SQLite FTS5 index.
 """
@@ -76,8 +76,7 @@ from parley_dev.bench.runner import (
     stack_targets,
 )
 from parley_dev.bench.search_data import (
-    BULK_MESSAGES,
-    DAY_MS,
+    BULK_DOCS,
     INDEX_CONCURRENCY,
     PAGE_SIZE,
     QUERIES,
@@ -102,6 +101,13 @@ from parley_dev.bench.search_report import (
     build_search_report,
 )
 from parley_sdk._blind_tokens import BlindSettings, filler_tokens
+from svc_search.storage.postings import BUCKET_MS, bucket_id
+
+
+def of_token(token: bytes, lo: int = 0, hi: int = 2**32 - 1) -> dict[str, bytes]:
+    """svc_search's bucket range of a token's hours ``lo`` to ``hi``."""
+    return {"$gte": bucket_id(token, lo), "$lte": bucket_id(token, hi)}
+
 
 # The SDK's Search page: a padded response is at least this (svc_search's default bucket).
 RESPONSE_BYTES = 1024
@@ -231,10 +237,10 @@ async def _measure(
         )
         await begin()
         loaded.postings_bulk, loaded.bulk_seconds = await bulk_load(
-            db, users, data, sent[len(by_rpc) :]
+            db, users, data, by_rpc, sent[len(by_rpc) :]
         )
         await end()
-        loaded.postings_stored = await db["search_postings"].count_documents({"c": conversation_id})
+        loaded.postings_stored = await stored_postings(db, conversation_id)
 
         queries = make_queries(data, settings)
         measurements = SearchMeasurements(baseline_unary=baseline, loaded=loaded)
@@ -262,7 +268,7 @@ async def _query_rounds(
     queries: Sequence[Query],
     into: SearchMeasurements,
 ) -> None:
-    postings = db["search_postings"]
+    buckets = db["search_buckets"]
     c, k = data.key.conversation_id, data.key.key_id
     turn = itertools.count()
     server_steps, bare_steps = Steps(), Steps()
@@ -283,9 +289,10 @@ async def _query_rounds(
 
     async def bare(worker: int) -> None:
         query = queries[next(turn) % len(queries)]
+        # The token's newest buckets, as many as a page's postings may need.
         cursor = (
-            postings.find({"c": c, "k": k, "t": query.token}, {"_id": 0, "m": 1, "at": 1, "s": 1})
-            .sort([("at", DESCENDING), ("m", DESCENDING)])
+            buckets.find({"c": c, "k": k, "b": of_token(query.token)}, {"_id": 0, "e": 1})
+            .sort([("b", DESCENDING)])
             .limit(PAGE_SIZE)
         )
         await bare_steps.timed(query.kind, cursor.to_list())
@@ -419,26 +426,28 @@ def parse_histogram(text: str, name: str) -> tuple[float, float] | None:
     return found["_sum"], found["_count"]
 
 
+async def stored_postings(db: Any, conversation_id: str) -> int:
+    """Postings of the conversation: its indexed messages' token counts."""
+    total = 0
+    async for doc in db["search_messages"].find({"c": conversation_id}, {"_id": 0, "n": 1}):
+        total += int(doc.get("n", 0))
+    return total
+
+
 async def _components(
     db: Any, data: Dataset, settings: BlindSettings, queries: Sequence[Query]
 ) -> Components:
     """One caller: each database step a query makes, timed on its own."""
-    postings = db["search_postings"]
+    buckets, tokens = db["search_buckets"], db["search_tokens"]
     c, k = data.key.conversation_id, data.key.key_id
-    filler = filler_tokens(data.key, settings.fillers)[0] if settings.fillers else None
+    fillers = filler_tokens(data.key, settings.fillers) if settings.fillers else []
     common = next(q.token for q in queries if q.kind == "common_word")
-    now_ms = int(time.time() * 1000)
+    now_w = int(time.time() * 1000) // BUCKET_MS
 
-    def window(token: bytes, days: float, limit: int = 0) -> Callable[[], Awaitable[Any]]:
-        # As svc_search's PostingStore.window: one bounded index range, unordered.
-        at = {"$gt": now_ms - int(days * DAY_MS), "$lte": now_ms}
-        return lambda: (
-            postings.find(
-                {"c": c, "k": k, "t": token, "at": at}, {"_id": 0, "m": 1, "at": 1, "s": 1}
-            )
-            .limit(limit)
-            .to_list()
-        )
+    def hours(token: bytes, days: float) -> Callable[[], Awaitable[Any]]:
+        # As svc_search's PostingStore.hours: one index range of hour buckets.
+        span = of_token(token, now_w - int(days * 24) + 1, now_w)
+        return lambda: buckets.find({"c": c, "k": k, "b": span}, {"_id": 0, "e": 1}).to_list()
 
     async def timed(make: Callable[[], Awaitable[Any]]) -> list[int]:
         samples: list[int] = []
@@ -454,43 +463,49 @@ async def _components(
     progress("where the time goes: database steps of a query, one caller")
     found = Components()
     found.bare_plan = plan_of(
-        await postings.find({"c": c, "k": k, "t": common})
-        .sort([("at", DESCENDING), ("m", DESCENDING)])
+        await buckets.find({"c": c, "k": k, "b": of_token(common)})
+        .sort([("b", DESCENDING)])
         .limit(PAGE_SIZE)
         .explain()
     )
+    group = [common, *fillers]
+    found.samples["token_counts_of_a_group"] = await timed(
+        lambda: tokens.find({"c": c, "k": k, "t": {"$in": group}}, {"_id": 0}).to_list()
+    )
     found.samples["page_of_one_token"] = await timed(
         lambda: (
-            postings.find({"c": c, "k": k, "t": common}, {"_id": 0, "m": 1, "at": 1, "s": 1})
-            .sort([("at", DESCENDING), ("m", DESCENDING)])
-            .limit(PAGE_SIZE + 2)
+            buckets.find({"c": c, "k": k, "b": of_token(common)}, {"_id": 0, "e": 1})
+            .sort([("b", DESCENDING)])
+            .limit(PAGE_SIZE)
             .to_list()
         )
     )
-    found.samples["window_common_token_7d"] = await timed(window(common, 7))
-    if filler is not None:
-        found.samples["window_filler_token_7d"] = await timed(window(filler, 7))
-        found.samples["window_filler_token_30d"] = await timed(window(filler, 30))
-        found.filler_postings = data.counts.get(filler, 0)
-        # What svc_search samples of each token to find a window's rarest.
-        found.samples["sample_filler_token_30d"] = await timed(window(filler, 30, SAMPLE))
-    # How svc_search checks a window's candidates for the group's other
-    # tokens: one read of their records by id.
-    candidates = [
-        doc["m"]
-        async for doc in postings.find({"c": c, "k": k, "t": common}, {"_id": 0, "m": 1}).limit(
-            SAMPLE
-        )
+    found.samples["hours_common_token_7d"] = await timed(hours(common, 7))
+    found.samples["hours_common_token_30d"] = await timed(hours(common, 30))
+    if fillers:
+        found.samples["hours_filler_token_7d"] = await timed(hours(fillers[0], 7))
+        found.filler_postings = data.counts.get(fillers[0], 0)
+    # How svc_search checks candidates for the group's other tokens: one
+    # read of those tokens' buckets at the candidates' hours.
+    newest = [
+        int.from_bytes(bytes(doc["b"])[-4:], "big")
+        async for doc in buckets.find({"c": c, "k": k, "b": of_token(common)}, {"_id": 0, "b": 1})
+        .sort([("b", DESCENDING)])
+        .limit(SAMPLE)
     ]
-    found.samples[f"records_of_{len(candidates)}_candidates"] = await timed(
-        lambda: db["search_messages"].find({"_id": {"$in": candidates}}, {"t": 1}).to_list()
-    )
-    # The "anything older?" probe the window walk made before (no longer).
-    found.samples["any_at_or_before"] = await timed(
-        lambda: postings.find_one({"c": c, "k": k, "t": common, "at": {"$lte": now_ms}}, {"_id": 1})
-    )
+    if fillers:
+        found.samples[f"fillers_at_{len(newest)}_hours"] = await timed(
+            lambda: buckets.find(
+                {
+                    "c": c,
+                    "k": k,
+                    "b": {"$in": sorted(bucket_id(f, w) for f in fillers for w in newest)},
+                },
+                {"_id": 0, "b": 1, "e.m": 1},
+            ).to_list()
+        )
     found.common_postings = data.counts.get(common, 0)
-    found.windows_per_round = settings.groups_per_query * settings.tokens_per_group
+    found.windows_per_round = settings.groups_per_query
     return found
 
 
@@ -531,7 +546,7 @@ def _parameters(config: BenchConfig) -> dict[str, Any]:
         "decoy_pool": "the searched conversation's key only (every decoy group counts its fillers)",
         "send_concurrency": SEND_CONCURRENCY,
         "index_concurrency": INDEX_CONCURRENCY,
-        "bulk_messages_per_insert": BULK_MESSAGES,
+        "bulk_docs_per_write": BULK_DOCS,
         "local_messages": config.search_local_messages,
         "warmup_s": config.warmup_s,
         "duration_s": config.duration_s,

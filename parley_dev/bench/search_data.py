@@ -31,16 +31,17 @@ from parley_sdk._blind_tokens import (
     token_bytes_for,
 )
 from parley_sdk.search_text import parse_query
+from svc_search.storage.postings import BUCKET_MS, bucket_id
 
 SEED = 18
 PAGE_SIZE = 20
 SEND_CONCURRENCY = 16
 INDEX_CONCURRENCY = 8
-# Messages per insert_many of the bulk load (about 20 postings each).
-BULK_MESSAGES = 100
+# Documents per insert_many or bulk_write of the bulk load.
+BULK_DOCS = 500
 # The messages' send times are spread evenly over this span before they are
 # indexed, ending now: a year of one busy conversation, not a burst of minutes
-# (svc_search reads postings in time windows walking back from now).
+# (svc_search keeps postings in hour buckets and walks them back from now).
 SPAN_DAYS = 365
 DAY_MS = 86_400_000
 # Send times rewritten per bulk_write.
@@ -54,7 +55,8 @@ QUERIES: dict[str, tuple[str, ...]] = {
     "cjk_word": ("北京", "出差", "会议", "서울에서"),
     "no_match": ("xylophonic", "quetzalcoatl", "zzyzx"),
 }
-POSTING_KEYS = {"_id", "c", "k", "t", "at", "m", "s"}
+BUCKET_KEYS = {"_id", "c", "k", "b", "e"}
+TOKEN_KEYS = {"_id", "c", "k", "t", "n", "lo", "hi"}
 RECORD_KEYS = {"_id", "c", "sender", "k", "n", "t", "at", "s", "requests"}
 
 
@@ -221,18 +223,12 @@ async def index_by_rpc(
     return latencies, time.perf_counter() - began
 
 
-def posting_docs(conversation_id: str, key_id: bytes, message: Sent) -> list[dict[str, Any]]:
-    return [
-        {
-            "c": conversation_id,
-            "k": key_id,
-            "t": t,
-            "at": message.at_ms,
-            "m": message.message_id,
-            "s": message.seq,
-        }
-        for t in message.tokens
-    ]
+def bucket_key(conversation_id: str, key_id: bytes, token: bytes, at_ms: int) -> dict[str, Any]:
+    return {"c": conversation_id, "k": key_id, "b": bucket_id(token, at_ms // BUCKET_MS)}
+
+
+def entry(message: Sent) -> dict[str, Any]:
+    return {"m": message.message_id, "a": message.at_ms, "s": message.seq}
 
 
 def record_doc(
@@ -253,36 +249,83 @@ def record_doc(
 
 async def check_shape(db: Any, conversation_id: str, key_id: bytes, message: Sent) -> None:
     """The bulk writes what IndexMessage wrote for ``message``, or the run stops."""
-    posting = await db["search_postings"].find_one({"m": message.message_id})
+    token = message.tokens[0]
+    bucket = await db["search_buckets"].find_one(
+        bucket_key(conversation_id, key_id, token, message.at_ms)
+    )
+    stats = await db["search_tokens"].find_one({"c": conversation_id, "k": key_id, "t": token})
     record = await db["search_messages"].find_one({"_id": message.message_id})
-    if posting is None or record is None:
+    if bucket is None or stats is None or record is None:
         raise RuntimeError(f"IndexMessage left no postings for {message.message_id}")
-    mine = posting_docs(conversation_id, key_id, message)[0]
-    if set(posting) != POSTING_KEYS or set(record) != RECORD_KEYS:
+    if set(bucket) != BUCKET_KEYS or set(stats) != TOKEN_KEYS or set(record) != RECORD_KEYS:
         raise RuntimeError(
-            f"svc_search's documents changed shape ({sorted(posting)}, {sorted(record)}): "
-            "update the search bench's bulk load"
+            f"svc_search's documents changed shape ({sorted(bucket)}, {sorted(stats)}, "
+            f"{sorted(record)}): update the search bench's bulk load"
         )
-    for name in ("c", "k", "at", "m", "s"):
-        if posting[name] != mine[name]:
-            raise RuntimeError(
-                f"bulk posting field {name!r}: {mine[name]!r}, svc_search wrote {posting[name]!r}"
-            )
+    mine = entry(message)
+    if mine not in bucket["e"]:
+        raise RuntimeError(f"bulk entry {mine!r} is not among svc_search's {bucket['e'][:3]!r}")
 
 
 async def bulk_load(
-    db: Any, users: Sequence[User], data: Dataset, sent: Sequence[Sent]
+    db: Any, users: Sequence[User], data: Dataset, by_rpc: Sequence[Sent], sent: Sequence[Sent]
 ) -> tuple[int, float]:
-    """Postings and records of ``sent`` straight into svc_search's collections."""
+    """Postings and records of ``sent`` straight into svc_search's
+    collections, gathered into their hour buckets first: new buckets and
+    token counts are inserted, those ``by_rpc`` (indexed through
+    IndexMessage) already made are updated as IndexMessage would."""
     c, k = data.key.conversation_id, data.key.key_id
-    written = 0
     began = time.perf_counter()
-    for start in range(0, len(sent), BULK_MESSAGES):
-        chunk = sent[start : start + BULK_MESSAGES]
-        docs = [d for m in chunk for d in posting_docs(c, k, m)]
-        await db["search_postings"].insert_many(docs, ordered=False)
-        await db["search_messages"].insert_many(
-            [record_doc(c, k, m, users[m.sender].account_id) for m in chunk], ordered=False
+    buckets: dict[tuple[bytes, int], list[dict[str, Any]]] = collections.defaultdict(list)
+    counts: dict[bytes, list[int]] = {}
+    for message in sent:
+        w = message.at_ms // BUCKET_MS
+        for t in message.tokens:
+            buckets[(t, w)].append(entry(message))
+            n_lo_hi = counts.setdefault(t, [0, w, w])
+            n_lo_hi[0] += 1
+            n_lo_hi[1], n_lo_hi[2] = min(n_lo_hi[1], w), max(n_lo_hi[2], w)
+    made = {(t, m.at_ms // BUCKET_MS) for m in by_rpc for t in m.tokens}
+    counted = {t for m in by_rpc for t in m.tokens}
+    fresh = [
+        {"c": c, "k": k, "b": bucket_id(t, w), "e": e}
+        for (t, w), e in buckets.items()
+        if (t, w) not in made
+    ]
+    for start in range(0, len(fresh), BULK_DOCS):
+        await db["search_buckets"].insert_many(fresh[start : start + BULK_DOCS], ordered=False)
+    grown = [
+        UpdateOne(
+            {"c": c, "k": k, "b": bucket_id(t, w)}, {"$push": {"e": {"$each": e}}}, upsert=True
         )
-        written += len(docs)
-    return written, time.perf_counter() - began
+        for (t, w), e in buckets.items()
+        if (t, w) in made
+    ]
+    tokens = [
+        {"c": c, "k": k, "t": t, "n": n, "lo": lo, "hi": hi}
+        for t, (n, lo, hi) in counts.items()
+        if t not in counted
+    ]
+    for start in range(0, len(tokens), BULK_DOCS):
+        await db["search_tokens"].insert_many(tokens[start : start + BULK_DOCS], ordered=False)
+    grown_tokens = [
+        UpdateOne(
+            {"c": c, "k": k, "t": t},
+            {"$inc": {"n": n}, "$min": {"lo": lo}, "$max": {"hi": hi}},
+            upsert=True,
+        )
+        for t, (n, lo, hi) in counts.items()
+        if t in counted
+    ]
+    for collection, updates in (("search_buckets", grown), ("search_tokens", grown_tokens)):
+        for start in range(0, len(updates), BULK_DOCS):
+            await db[collection].bulk_write(updates[start : start + BULK_DOCS], ordered=False)
+    for start in range(0, len(sent), BULK_DOCS):
+        await db["search_messages"].insert_many(
+            [
+                record_doc(c, k, m, users[m.sender].account_id)
+                for m in sent[start : start + BULK_DOCS]
+            ],
+            ordered=False,
+        )
+    return sum(len(m.tokens) for m in sent), time.perf_counter() - began

@@ -49,7 +49,7 @@ class Components:
     samples: dict[str, list[int]] = field(default_factory=dict)
     common_postings: int = 0
     filler_postings: int = 0
-    # Window reads of one round of a Search's walk (every token of every group).
+    # Groups of a Search (each reads its token counts first).
     windows_per_round: int = 0
     # The database's plan for the bare read (search.plan_of).
     bare_plan: dict[str, Any] = field(default_factory=dict)
@@ -285,9 +285,10 @@ def render_search(report: Mapping[str, Any]) -> str:
         f"  client-seen {_num(where['search_query_mean_ms'], 2)}, svc_search's handler "
         f"{_num(where['svc_search_handler_mean_ms'], 2)}, outside it "
         f"{_num(where['outside_handler_mean_ms'], 2)}",
-        f"  a Search samples up to {where['windows_per_round']} token windows per round (every "
-        f"token of every group), walking back from now, 10 s then 4 times wider, reads each "
-        f"group's rarest token's window and checks its candidates' records; one caller alone:",
+        f"  a Search reads, for each of its {where['windows_per_round']} groups, the tokens' "
+        f"counts (one read; a token never posted ends the group), then its rarest token's hour "
+        f"buckets in stretches walking back from now (each 4 times the last) and the other "
+        f"tokens' buckets at its candidates' hours; one caller alone:",
     ]
     step_rows: list[Sequence[str]] = [("database step", "mean ms", "p99 ms")]
     for name, mean in where["db_step_mean_ms"].items():

@@ -123,7 +123,7 @@ class AccountsHandler:
         """The device session, and whether this call created the device (False
         when an earlier attempt with the same request_id already had)."""
         device = Device(
-            device_id=new_id(int(now * 1000)),
+            device_id=new_id(int(now * 1000), region_number=self._regions().self_number),
             account_id=account.account_id,
             name=name,
             platform=platform,

@@ -42,6 +42,7 @@ from parley_core.errors import InvalidArgument, NotFound, ParleyError, Reason
 from parley_core.storage.key_notices import IdentityChanges, PreKeyLows
 from parley_core.storage.revocations import RevocationStore
 from svc_keys.domain.handles import handle_key
+from svc_keys.domain.regions import HandleRegistry
 from svc_keys.model import ErasureJob
 from svc_keys.ports import AccountEraser, ColdErasure, RateBuckets
 from svc_keys.storage.accounts import AccountStore
@@ -97,8 +98,11 @@ class ErasureHandler:
         cold: ColdErasure,
         buckets: RateBuckets,
         policy: ErasurePolicy,
+        handles: HandleRegistry | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        # The handle's registrar region learns when it is free again.
+        self._handles = handles
         self._store = store
         self._accounts = accounts
         self._keys = keys
@@ -244,6 +248,10 @@ class ErasureHandler:
                 # Held before the account goes, so the unique handle index
                 # refuses a sign-up until the hold is in place.
                 await self._store.hold_handle(key, until=job.handle_release_at)
+                if self._handles is not None:
+                    await self._handles.release(
+                        key, account_id=job.account_id, until=job.handle_release_at
+                    )
             await self._accounts.delete_devices(job.account_id)
             await self._accounts.delete_account(job.account_id)
 

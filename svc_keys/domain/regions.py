@@ -103,6 +103,28 @@ class HandleRegistry:
             request_id=request_id,
         )
 
+    async def release(self, handle_key: str, *, account_id: str, until: datetime) -> None:
+        """An erased account's handle is free at ``until``, at its registrar."""
+        regions = self._regions()
+        if regions.self_number is None:
+            return
+        registrar = regions.handle_registrar(handle_key)
+        if registrar == regions.self_region or self._peers is None:
+            await self._reservations.release(handle_key, account_id=account_id, until=until)
+        else:
+            await self._peers.release_handle(
+                registrar, handle_key, account_id=account_id, until=until
+            )
+
+    async def release_here(self, handle: str, *, account_id: str, until: datetime) -> None:
+        """ReleaseHandle as the registrar serves it."""
+        regions = self._regions()
+        key = handle_key(handle)
+        registrar = regions.handle_registrar(key)
+        if registrar != regions.self_region:
+            raise not_served_here(f"the handle {handle!r}", registrar)
+        await self._reservations.release(key, account_id=account_id, until=until)
+
     async def holder(self, handle: str) -> str | None:
         """The account id a handle is reserved for, asked of its registrar;
         None without regions (the accounts collection is the directory)."""

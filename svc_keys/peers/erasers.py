@@ -45,7 +45,12 @@ class _Client:
         *,
         credential: ServiceCredential | None,
         interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        step: str | None = None,
     ) -> None:
+        """``step``: the job step's name when it is not the class's (the same
+        service in another region)."""
+        if step is not None:
+            self.step = step
         self._channel = grpc.aio.insecure_channel(
             target, options=CHANNEL_OPTIONS, interceptors=list(interceptors) or None
         )

@@ -11,6 +11,7 @@ the region in the error's metadata; a refusal it answered is raised as it came.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -20,10 +21,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_status import rpc_status
 
 from parley.common.v1 import common_pb2
-from parley.keys.v1 import accounts_pb2, accounts_pb2_grpc, regions_pb2, regions_pb2_grpc
+from parley.keys.v1 import (
+    accounts_pb2,
+    accounts_pb2_grpc,
+    keys_pb2,
+    regions_pb2,
+    regions_pb2_grpc,
+)
 from parley_core.auth.credentials import ServiceCredential
 from parley_core.errors import ParleyError, Reason, Unavailable
-from parley_core.regions import REGION_FORWARDED
+from parley_core.regions import REGION_FORWARDED, RegionBreaker
 from parley_core.rpc.address import FORWARDED_FOR
 from parley_core.rpc.status import error_from_status
 from parley_core.topology import Topology
@@ -31,8 +38,13 @@ from svc_keys.model import Account, Credentials, Device, DeviceSession, Reservat
 
 log = structlog.get_logger(__name__)
 
+KEY_SERVICE = keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
+
 CALL_TIMEOUT_SECONDS = 10.0
 RETRY_AFTER_SECONDS = 2.0
+# After a call that did not reach a region, calls to it are refused at once
+# for this long (a fast, explicit REGION_UNAVAILABLE).
+DOWN_SECONDS = 2.0
 CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
@@ -115,8 +127,17 @@ class RegionPeerClient:
         self._interceptors = list(interceptors) or None
         self._timeout = timeout_seconds
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._breaker = RegionBreaker(down_seconds=DOWN_SECONDS, clock=time.monotonic)
+
+    def _refusal(self, region: str, error: grpc.aio.AioRpcError) -> ParleyError:
+        refusal = _answered(region, error)
+        if refusal.reason == Reason.REGION_UNAVAILABLE and refusal.metadata.get("region") == region:
+            self._breaker.failed(region)
+        return refusal
 
     def _channel(self, region: str) -> grpc.aio.Channel:
+        if self._breaker.is_down(region):
+            raise region_unavailable(region, "it did not answer a moment ago")
         topology = self._topology()
         endpoints = topology.regions.get(region) if topology is not None else None
         address = endpoints.peer_address("keys") if endpoints is not None else None
@@ -146,7 +167,7 @@ class RegionPeerClient:
         try:
             answer = await stub.SignUp(request, metadata=metadata, timeout=self._timeout)
         except grpc.aio.AioRpcError as error:
-            raise _answered(region, error) from None
+            raise self._refusal(region, error) from None
         return session_of(answer)
 
     async def reserve_handle(
@@ -163,7 +184,7 @@ class RegionPeerClient:
                 request, metadata=self._credential.metadata(), timeout=self._timeout
             )
         except grpc.aio.AioRpcError as error:
-            raise _answered(region, error) from None
+            raise self._refusal(region, error) from None
         return Reservation(
             account_id=answer.account_id, home_region=answer.home_region, request_id=request_id
         )
@@ -181,7 +202,7 @@ class RegionPeerClient:
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise _answered(region, error) from None
+            raise self._refusal(region, error) from None
         return Reservation(
             account_id=answer.account_id, home_region=answer.home_region, request_id=""
         )
@@ -195,8 +216,44 @@ class RegionPeerClient:
                 timeout=self._timeout,
             )
         except grpc.aio.AioRpcError as error:
-            raise _answered(region, error) from None
+            raise self._refusal(region, error) from None
         return _account(answer)
+
+    async def release_handle(
+        self, region: str, handle_key: str, *, account_id: str, until: datetime
+    ) -> None:
+        if self._credential is None:
+            raise region_unavailable(region, "no service credential is configured")
+        stub = regions_pb2_grpc.AccountRegionServiceStub(self._channel(region))
+        release_time = Timestamp()
+        release_time.FromDatetime(until)
+        try:
+            await stub.ReleaseHandle(
+                regions_pb2.ReleaseHandleRequest(
+                    handle=handle_key, account_id=account_id, release_time=release_time
+                ),
+                metadata=self._credential.metadata(),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise self._refusal(region, error) from None
+
+    async def forward_key_call(
+        self, region: str, method: str, request: bytes, *, bearer_token: str
+    ) -> bytes:
+        # No (de)serializers: the request and the answer pass as bytes.
+        call = self._channel(region).unary_unary(
+            f"/{KEY_SERVICE}/{method}", request_serializer=None, response_deserializer=None
+        )
+        try:
+            answer: bytes = await call(
+                request,
+                metadata=(("authorization", f"Bearer {bearer_token}"), (REGION_FORWARDED, "1")),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise self._refusal(region, error) from None
+        return answer
 
     async def close(self) -> None:
         for channel in self._channels.values():

@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from parley.keys.v1 import keys_pb2, keys_pb2_grpc
+from parley_core.auth.caller import current_caller
+from parley_core.regions import region_forwarded
 from parley_core.rpc.convert import timestamp
+from parley_core.rpc.interceptor import bearer_token
 from parley_core.rpc.request import request_context
 from parley_core.validation import Check
+from svc_keys.domain.key_routing import KeyRegionRouter
 from svc_keys.domain.keys import KeysHandler
 from svc_keys.domain.sender_keys import SenderKeysHandler
 from svc_keys.model import NewEnvelope, PreKey, PreKeyBundle, SenderKeyEnvelope, SignedPreKey
+
+Answer = TypeVar("Answer")
+Method = Callable[[Any, Any, Any], Awaitable[Any]]
+
+
+def at_callers_home(answer_type: Any) -> Callable[[Method], Method]:
+    """The caller's own keys and envelopes live in its home region: a device
+    connected to another region is served there, as itself."""
+
+    def decorate(method: Method) -> Method:
+        @functools.wraps(method)
+        async def served(self: KeyServicer, request: Any, context: Any) -> Any:
+            if self._router is not None:
+                home = self._router.remote_home(current_caller().account_id)
+                if home is not None:
+                    return await self._forwarded(
+                        home, method.__name__, request, context, answer_type
+                    )
+            return await method(self, request, context)
+
+        return served
+
+    return decorate
+
 
 SERVICE_NAME = keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
 KEY_BYTES = 32
@@ -158,12 +187,29 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         keys: KeysHandler,
         sender_keys: SenderKeysHandler,
         *,
+        router: KeyRegionRouter | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self._keys = keys
         self._sender_keys = sender_keys
+        self._router = router
         self._clock = clock
 
+    async def _forwarded(
+        self, region: str, method: str, request: Any, context: Any, answer_type: type[Answer]
+    ) -> Answer:
+        assert self._router is not None
+        metadata = context.invocation_metadata()
+        answer = await self._router.forward(
+            region,
+            method,
+            request.SerializeToString(),
+            bearer_token=bearer_token(metadata),
+            forwarded=region_forwarded(metadata),
+        )
+        return answer_type.FromString(answer)  # type: ignore[attr-defined,no-any-return]
+
+    @at_callers_home(keys_pb2.PublishKeysResponse)
     async def PublishKeys(
         self, request: keys_pb2.PublishKeysRequest, context: Any
     ) -> keys_pb2.PublishKeysResponse:
@@ -196,6 +242,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
             pre_key_count=published.pre_key_count, identity_changed=published.identity_changed
         )
 
+    @at_callers_home(keys_pb2.UploadPreKeysResponse)
     async def UploadPreKeys(
         self, request: keys_pb2.UploadPreKeysRequest, context: Any
     ) -> keys_pb2.UploadPreKeysResponse:
@@ -215,6 +262,11 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         self, request: keys_pb2.GetPreKeyBundlesRequest, context: Any
     ) -> keys_pb2.GetPreKeyBundlesResponse:
         check_bundles_request(request).done()
+        home = self._router.remote_home(request.account_id) if self._router else None
+        if home is not None:
+            return await self._forwarded(
+                home, "GetPreKeyBundles", request, context, keys_pb2.GetPreKeyBundlesResponse
+            )
         rpc = request_context(context, clock=self._clock)
         bundles = await self._keys.bundles(
             requester_account_id=rpc.account_id,
@@ -224,6 +276,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         )
         return keys_pb2.GetPreKeyBundlesResponse(bundles=[bundle_proto(b) for b in bundles])
 
+    @at_callers_home(keys_pb2.GetPreKeyCountResponse)
     async def GetPreKeyCount(
         self, request: keys_pb2.GetPreKeyCountRequest, context: Any
     ) -> keys_pb2.GetPreKeyCountResponse:
@@ -235,23 +288,72 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         self, request: keys_pb2.GetDeviceKeysRequest, context: Any
     ) -> keys_pb2.GetDeviceKeysResponse:
         check_device_keys_request(request).done()
-        listed = await self._keys.device_keys(account_ids=list(request.account_ids))
-        return keys_pb2.GetDeviceKeysResponse(
-            devices=[
+        groups = self._router.by_home(request.account_ids) if self._router else {}
+        remote = {home: ids for home, ids in groups.items() if home is not None}
+        local_ids = list(request.account_ids) if not remote else groups.get(None, [])
+        found: dict[str, list[keys_pb2.DeviceKey]] = {}
+        for d in await self._keys.device_keys(account_ids=local_ids) if local_ids else []:
+            found.setdefault(d.account_id, []).append(
                 keys_pb2.DeviceKey(
                     account_id=d.account_id, device_id=d.device_id, identity_key=d.identity_key
                 )
-                for d in listed
-            ]
-        )
+            )
+        for home, ids in remote.items():
+            answer = await self._forwarded(
+                home,
+                "GetDeviceKeys",
+                keys_pb2.GetDeviceKeysRequest(account_ids=ids),
+                context,
+                keys_pb2.GetDeviceKeysResponse,
+            )
+            for key in answer.devices:
+                found.setdefault(key.account_id, []).append(key)
+        # Grouped by account in request order, as one region answers.
+        seen: set[str] = set()
+        devices: list[keys_pb2.DeviceKey] = []
+        for account_id in request.account_ids:
+            if account_id not in seen:
+                seen.add(account_id)
+                devices.extend(found.get(account_id, ()))
+        return keys_pb2.GetDeviceKeysResponse(devices=devices)
 
     async def SendSenderKeys(
         self, request: keys_pb2.SendSenderKeysRequest, context: Any
     ) -> keys_pb2.SendSenderKeysResponse:
         check, envelopes = check_send_sender_keys(request)
         check.done()
+        # Envelopes wait in their recipient's home region, where it claims them.
+        groups = (
+            self._router.by_home(e.recipient_account_id for e in request.envelopes)
+            if self._router
+            else {}
+        )
+        remote_homes = {home for home in groups if home is not None}
+        stored = 0
+        for home in sorted(remote_homes):
+            part = keys_pb2.SendSenderKeysRequest(
+                request_id=request.request_id,
+                conversation_id=request.conversation_id,
+                envelopes=[
+                    e
+                    for e in request.envelopes
+                    if self._router is not None
+                    and self._router.remote_home(e.recipient_account_id) == home
+                ],
+            )
+            answer = await self._forwarded(
+                home, "SendSenderKeys", part, context, keys_pb2.SendSenderKeysResponse
+            )
+            stored += answer.stored
+        if remote_homes:
+            kept = {e.recipient_account_id for e in request.envelopes} - {
+                a for home, ids in groups.items() if home is not None for a in ids
+            }
+            envelopes = [e for e in envelopes if e.recipient_account_id in kept]
+            if not envelopes:
+                return keys_pb2.SendSenderKeysResponse(stored=stored)
         rpc = request_context(context, clock=self._clock, request_id=request.request_id)
-        stored = await self._sender_keys.send(
+        stored += await self._sender_keys.send(
             sender_account_id=rpc.account_id,
             sender_device_id=rpc.device_id,
             request_id=rpc.request_id,
@@ -261,6 +363,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         )
         return keys_pb2.SendSenderKeysResponse(stored=stored)
 
+    @at_callers_home(keys_pb2.ClaimSenderKeysResponse)
     async def ClaimSenderKeys(
         self, request: keys_pb2.ClaimSenderKeysRequest, context: Any
     ) -> keys_pb2.ClaimSenderKeysResponse:

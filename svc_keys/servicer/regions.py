@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC
 from typing import Any
 
 from parley.keys.v1 import regions_pb2, regions_pb2_grpc
@@ -38,6 +39,22 @@ class AccountRegionServicer(regions_pb2_grpc.AccountRegionServiceServicer):
         return regions_pb2.ReserveHandleResponse(
             account_id=reservation.account_id, home_region=reservation.home_region
         )
+
+    async def ReleaseHandle(
+        self, request: regions_pb2.ReleaseHandleRequest, context: Any
+    ) -> regions_pb2.ReleaseHandleResponse:
+        check = Check()
+        check.text("handle", request.handle, min_len=1, max_len=64)
+        check.id("account_id", request.account_id)
+        if not request.HasField("release_time"):
+            check.fail("release_time", "required")
+        check.done()
+        await self._handles.release_here(
+            request.handle,
+            account_id=request.account_id,
+            until=request.release_time.ToDatetime(tzinfo=UTC),
+        )
+        return regions_pb2.ReleaseHandleResponse()
 
     async def LookupHandle(
         self, request: regions_pb2.LookupHandleRequest, context: Any

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 
+from svc_media.domain.decisions import DownloadDecisions
 from svc_media.model import AuditAction, AuditEvent, QuarantineEntry
 from svc_media.ports import AuditLog, Quarantine
 
@@ -15,9 +16,16 @@ def _event_id(now: float) -> str:
 
 
 class AdminHandler:
-    def __init__(self, *, quarantine: Quarantine, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        *,
+        quarantine: Quarantine,
+        audit: AuditLog,
+        decisions: DownloadDecisions | None = None,
+    ) -> None:
         self._quarantine = quarantine
         self._audit = audit
+        self._decisions = decisions
 
     async def quarantine(
         self, *, sha256: bytes, reason: str, operator: str, now: float
@@ -27,6 +35,9 @@ class AdminHandler:
         entry, created = await self._quarantine.add(
             QuarantineEntry(sha256=sha256, reason=reason, operator=operator, created_at=at)
         )
+        if self._decisions is not None:
+            # Downloads this process decided before are asked again.
+            self._decisions.forget_all()
         if created:
             await self._audit.record(
                 AuditEvent(_event_id(now), AuditAction.QUARANTINE, sha256, reason, operator, at)

@@ -11,7 +11,8 @@ HEADed only when the bucket's rules may have archived it by now
 (``ArchiveHorizon``): a download of anything younger is one indexed read, a
 rate-limit call and a URL signed in memory. Such a download of an object
 removed by hand gets a URL that answers 404, as a URL handed out just before
-the removal would.
+the removal would. An uploader's decision is kept for a short time
+(``DownloadDecisions``): its repeated download reads nothing at all.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import replace
 
 from parley_core.limits import Limiter, LimitName, Take
 from svc_media.domain.access import AccessCheck
+from svc_media.domain.decisions import DownloadDecisions
 from svc_media.domain.policy import MediaPolicy, access_denied, archived, quarantined
 from svc_media.domain.tiers import ArchiveHorizon
 from svc_media.model import (
@@ -71,8 +73,10 @@ class DownloadHandler:
         policy: MediaPolicy,
         stats: MediaStats,
         horizon: ArchiveHorizon | None = None,
+        decisions: DownloadDecisions | None = None,
     ) -> None:
         self._horizon = horizon or ArchiveHorizon()
+        self._decisions = decisions or DownloadDecisions(ttl=0)
         self._media = media
         self._quarantine = quarantine
         self._objects = objects
@@ -90,6 +94,20 @@ class DownloadHandler:
             raise access_denied()
         return media
 
+    async def _decide(self, account_id: str, media_id: str, *, now: float) -> MediaRecord:
+        """The media after the access, rate and quarantine checks."""
+        media, banned = await asyncio.gather(
+            self._media.get(media_id), self._quarantine.get(sha256_of_media_id(media_id))
+        )
+        if media is None or media.state != MediaState.READY:
+            raise access_denied()
+        if not await self._access.may_read(account_id, media):
+            raise access_denied()
+        await self._limits.take(Take(LimitName.MEDIA_DOWNLOAD_PER_ACCOUNT, account_id), now=now)
+        if banned is not None:
+            raise quarantined()
+        return media
+
     async def note_tier(self, media: MediaRecord, info: ObjectInfo) -> MediaRecord:
         """The media with the tier the store reports, recorded when it moved."""
         tier = tier_of(info.storage_class)
@@ -103,16 +121,12 @@ class DownloadHandler:
         return await self._objects.head(key)
 
     async def grant(self, *, account_id: str, media_id: str, now: float) -> Grant:
-        media, banned = await asyncio.gather(
-            self._media.get(media_id), self._quarantine.get(sha256_of_media_id(media_id))
-        )
-        if media is None or media.state != MediaState.READY:
-            raise access_denied()
-        if not await self._access.may_read(account_id, media):
-            raise access_denied()
-        await self._limits.take(Take(LimitName.MEDIA_DOWNLOAD_PER_ACCOUNT, account_id), now=now)
-        if banned is not None:
-            raise quarantined()
+        media = self._decisions.get(account_id, media_id, now=now)
+        kept = media is not None
+        if media is None:
+            media = await self._decide(account_id, media_id, now=now)
+        else:
+            await self._limits.take(Take(LimitName.MEDIA_DOWNLOAD_PER_ACCOUNT, account_id), now=now)
         self._objects.ensure_available()
         if self._horizon.may_be_archived(created_at=media.created_at, now=now):
             info = await self._head(media.object_key)
@@ -125,6 +139,10 @@ class DownloadHandler:
         get = self._objects.presign_get(
             media.object_key, expires_in=self._policy.get_url_seconds, now=now
         )
+        if not kept:
+            # Only a download granted in full is kept (not one the store's
+            # outage or an archive class refused).
+            self._decisions.keep(account_id, media, now=now)
         self._stats.downloads_granted += 1
         self._stats.bytes_granted += media.size
         return Grant(media=media, get=get)

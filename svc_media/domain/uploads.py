@@ -21,10 +21,11 @@ import asyncio
 import hashlib
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import structlog
 
-from parley_core.errors import Aborted, FailedPrecondition, InvalidArgument, Reason
+from parley_core.errors import Aborted, FailedPrecondition, InvalidArgument, ParleyError, Reason
 from parley_core.limits import Limiter, LimitName, Take
 from svc_media.domain.access import AccessCheck
 from svc_media.domain.policy import (
@@ -62,6 +63,32 @@ ERASE_BATCH, ERASE_ROUNDS = 500, 1000
 
 def object_key(media_id: str, upload_id: str) -> str:
     return f"media/{media_id[:2]}/{media_id}/{upload_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """What CreateUpload asks for, with the part size it was given."""
+
+    account_id: str
+    request_id: str
+    size: int
+    sha256: bytes
+    content_class: ContentClass
+    part_size: int
+    part_sha256s: tuple[bytes, ...]
+
+    def check_retry(self, previous: UploadSession) -> None:
+        """INVALID_ARGUMENT unless ``previous`` was created by this very request."""
+        if not previous.same_request(
+            size=self.size,
+            sha256=self.sha256,
+            content_class=self.content_class,
+            part_size=self.part_size,
+            part_sha256s=self.part_sha256s,
+        ):
+            raise InvalidArgument.field(
+                "request_id", "already used for an upload with other parameters"
+            )
 
 
 class UploadHandler:
@@ -105,29 +132,51 @@ class UploadHandler:
         policy = self._policy
         policy.check_size(size, content_class)
         chosen_part = policy.part_size_for(size, part_size, len(part_sha256s))
-        parts = tuple(part_sha256s)
-        previous = await self._uploads.by_request(account_id, request_id)
-        if previous is not None:
-            if not previous.same_request(
-                size=size,
-                sha256=sha256,
-                content_class=content_class,
-                part_size=chosen_part,
-                part_sha256s=parts,
-            ):
-                raise InvalidArgument.field(
-                    "request_id", "already used for an upload with other parameters"
-                )
+        request = _Request(
+            account_id=account_id,
+            request_id=request_id,
+            size=size,
+            sha256=sha256,
+            content_class=content_class,
+            part_size=chosen_part,
+            part_sha256s=tuple(part_sha256s),
+        )
+        # No read of an earlier session with this request id comes first: the
+        # unique (account, request_id) index finds a retry when the session is
+        # inserted, and any refusal or dedup answer looks for one before it is
+        # given, so a retry always gets its first answer (a database command
+        # less on every new upload).
+        try:
+            outcome = await self._start(request, now=now)
+        except ParleyError:
+            previous = await self._previous(request)
+            if previous is None:
+                raise
             return await self._describe(previous, now=now)
+        if outcome.stored is not None:
+            previous = await self._previous(request)
+            if previous is not None:
+                return await self._describe(previous, now=now)
+        return outcome
+
+    async def _previous(self, request: _Request) -> UploadSession | None:
+        """The session an earlier attempt of this request created, if any."""
+        previous = await self._uploads.by_request(request.account_id, request.request_id)
+        if previous is not None:
+            request.check_retry(previous)
+        return previous
+
+    async def _start(self, request: _Request, *, now: float) -> UploadOutcome:
+        policy = self._policy
+        account_id, size = request.account_id, request.size
         await self._limits.take(Take(LimitName.MEDIA_UPLOAD_PER_ACCOUNT, account_id), now=now)
-        media_id = media_id_of(sha256)
+        media_id = media_id_of(request.sha256)
         # Independent reads side by side (each a database round trip), judged
         # below in the order the checks have always had.
-        banned, existing, pending, (_, stored_bytes) = await asyncio.gather(
-            self._quarantine.get(sha256),
+        banned, existing, pending = await asyncio.gather(
+            self._quarantine.get(request.sha256),
             self._media.get(media_id),
             self._uploads.pending_count(account_id, now=now),
-            self._usage.usage(account_id, day=utc_day(now)),
         )
         if banned is not None:
             raise quarantined()
@@ -142,49 +191,55 @@ class UploadHandler:
             raise too_many_uploads(policy.max_pending)
         # Before the charge: an upload the store cannot take costs no quota.
         self._objects.ensure_available()
-        await self._charge(account_id, size, stored=stored_bytes, now=now)
+        await self._charge(account_id, size, now=now)
         upload_id = str(uuid.uuid4())
         key = object_key(media_id, upload_id)
-        multipart_id = await self._objects.create_multipart(key) if chosen_part else None
+        multipart_id = await self._objects.create_multipart(key) if request.part_size else None
         session = UploadSession(
             upload_id=upload_id,
             account_id=account_id,
-            request_id=request_id,
+            request_id=request.request_id,
             media_id=media_id,
-            sha256=sha256,
+            sha256=request.sha256,
             size=size,
-            content_class=content_class,
+            content_class=request.content_class,
             object_key=key,
             created_at=now,
             expires_at=now + policy.session_seconds,
             state=UploadState.PENDING,
             multipart_id=multipart_id,
-            part_size=chosen_part,
-            part_sha256s=parts,
+            part_size=request.part_size,
+            part_sha256s=request.part_sha256s,
         )
         stored = await self._uploads.insert(session)
-        if stored.upload_id != upload_id and multipart_id is not None:
-            # A concurrent retry of the same request won: its session stands.
-            await self._objects.abort_multipart(key, multipart_id)
-        if stored.upload_id == upload_id:
+        if stored.upload_id != upload_id:
+            # A retry (or a concurrent one) of a request that has its session:
+            # that session stands, and this attempt costs nothing.
+            if multipart_id is not None:
+                await self._objects.abort_multipart(key, multipart_id)
+            await self._usage.refund_upload(account_id, size, day=utc_day(now))
+            request.check_retry(stored)
+        else:
             self._stats.uploads_started += 1
         return await self._describe(stored, now=now)
 
-    async def _charge(self, account_id: str, size: int, *, stored: int, now: float) -> None:
-        """Charge today's uploads; ``stored`` is the account's stored bytes as read."""
+    async def _charge(self, account_id: str, size: int, *, now: float) -> None:
+        """Charge today's uploads, within the daily and the stored quota."""
         policy = self._policy
-        if stored + size > policy.stored_bytes:
-            self._refused("stored_bytes")
-            raise quota_exceeded("stored_bytes", limit=policy.stored_bytes, used=stored)
-        charged = await self._usage.charge_upload(
-            account_id, size, day=utc_day(now), limit=policy.daily_upload_bytes
+        refused = await self._usage.charge_upload(
+            account_id,
+            size,
+            day=utc_day(now),
+            daily_limit=policy.daily_upload_bytes,
+            stored_limit=policy.stored_bytes,
         )
-        if not charged:
-            uploaded, _ = await self._usage.usage(account_id, day=utc_day(now))
-            self._refused("daily_upload_bytes")
-            raise quota_exceeded(
-                "daily_upload_bytes", limit=policy.daily_upload_bytes, used=uploaded
-            )
+        if refused is None:
+            return
+        uploaded, stored = await self._usage.usage(account_id, day=utc_day(now))
+        self._refused(refused)
+        if refused == "stored_bytes":
+            raise quota_exceeded("stored_bytes", limit=policy.stored_bytes, used=stored)
+        raise quota_exceeded("daily_upload_bytes", limit=policy.daily_upload_bytes, used=uploaded)
 
     def _refused(self, quota: str) -> None:
         refusals = self._stats.quota_refusals
@@ -283,8 +338,12 @@ class UploadHandler:
 
     async def _complete_held(self, session: UploadSession, *, now: float) -> MediaRecord:
         # Independent reads, side by side: each is a round trip to the database.
-        banned, existing = await asyncio.gather(
-            self._quarantine.get(session.sha256), self._media.get(session.media_id)
+        # The stored bytes are read here too (they were never read atomically
+        # with the charge): one round trip less after the verification.
+        banned, existing, (_, stored) = await asyncio.gather(
+            self._quarantine.get(session.sha256),
+            self._media.get(session.media_id),
+            self._usage.usage(session.account_id, day=utc_day(now)),
         )
         if banned is not None:
             raise quarantined()
@@ -298,7 +357,7 @@ class UploadHandler:
             await self._uploads.finish(session.upload_id, UploadState.COMPLETED, now=now)
             return existing
         await self._verify(session, now=now)
-        return await self._publish(session, existing, now=now)
+        return await self._publish(session, existing, stored=stored, now=now)
 
     async def _verify(self, session: UploadSession, *, now: float) -> None:
         objects = self._objects
@@ -367,13 +426,13 @@ class UploadHandler:
         raise InvalidArgument.field(field, f"does not match the upload: {why}; upload again")
 
     async def _publish(
-        self, session: UploadSession, existing: MediaRecord | None, *, now: float
+        self, session: UploadSession, existing: MediaRecord | None, *, stored: int, now: float
     ) -> MediaRecord:
         """Write the media document for the verified object; ``existing`` is the
-        media as read before the verification (a later race is found by create)."""
+        media and ``stored`` the account's stored bytes as read before the
+        verification (a later race is found by create)."""
         policy = self._policy
         account = session.account_id
-        _, stored = await self._usage.usage(account, day=utc_day(now))
         new_uploader = existing is None or account not in existing.uploaders
         if new_uploader and stored + session.size > policy.stored_bytes:
             # The session stays pending: free space and complete again.

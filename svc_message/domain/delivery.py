@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import structlog
@@ -45,6 +46,8 @@ from svc_message.model import (
     DIRECT,
     FEED_KINDS,
     GROUP,
+    Change,
+    ChangeKind,
     Conversation,
     Envelope,
     EventKind,
@@ -133,6 +136,7 @@ class DeliveryService:
             )
             if not page:
                 break
+            page = await self._without_deleted_edits(conversation_id, page)
             envelopes = [self._codec.change(change) for change in page]
             for envelope in envelopes:
                 session.note_sent(envelope)
@@ -142,6 +146,23 @@ class DeliveryService:
             after = page[-1].version
             if len(page) < self._page:
                 break
+
+    async def _without_deleted_edits(
+        self, conversation_id: str, page: list[Change]
+    ) -> list[Change]:
+        """An edit replayed after its message was deleted for everyone carries
+        no body: the feed keeps the edit's ciphertext, a device catching up
+        must not receive what was deleted."""
+        edited = [c.target_id for c in page if c.kind == ChangeKind.EDIT and c.body]
+        if not edited:
+            return page
+        deleted = await self._messages.deleted_for_everyone(conversation_id, edited)
+        if not deleted:
+            return page
+        return [
+            replace(c, body=b"") if c.kind == ChangeKind.EDIT and c.target_id in deleted else c
+            for c in page
+        ]
 
     async def _catch_up(
         self, session: StreamSession, conversations: Iterable[Conversation]
@@ -304,6 +325,16 @@ class DeliveryService:
                 if session.resync_wanted:
                     session.resync_wanted = False
                     latest = await self._members.of_member(session.account_id)
+                    # Conversations that arrived without an event (another
+                    # region's, by replication) are joined like created ones.
+                    for conversation in latest:
+                        conversation_id = conversation.conversation_id
+                        if conversation_id in session.sent or conversation_id in session.departed:
+                            continue
+                        if await self._join(session, conversation_id) is not None:
+                            yield [self._codec.conversation(conversation)]
+                            async for replay in self._replay(session, conversation_id):
+                                yield replay
                     async for replay in self._catch_up(session, latest):
                         yield replay
                 out = await self._in_order(session, batch)

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from svc_message.domain.archiver import Archiver, tombstone_sender
+from svc_message.domain.archive_transforms import tombstone_sender
+from svc_message.domain.archiver import Archiver
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.sending import Draft, SendPipeline
 from svc_message.model import (

@@ -11,13 +11,13 @@ from svc_message.domain.conversations import ConversationsHandler, visible_windo
 from svc_message.domain.limits import FeedLimits, send_takes
 from svc_message.domain.media import MediaReservations
 from svc_message.domain.sending import Committed, Draft, SendPipeline
-from svc_message.model import Change, ChangeKind, Message, Page
+from svc_message.model import NEWEST, Change, ChangeKind, Message, Page
 from svc_message.ports import EventCodec
 from svc_message.storage.messages import MessageStore
 from svc_message.storage.recent import RecentCache
 
-# A start beyond any seq: "from the newest".
-NEWEST = 2**62
+__all__ = ["NEWEST", "MessagesHandler"]
+
 _UNSET = datetime.fromtimestamp(0, UTC)
 
 
@@ -136,7 +136,7 @@ class MessagesHandler:
         if forward and start_seq < floor:
             start_seq = floor
         if (ceiling and forward and start_seq > ceiling) or (not forward and 0 < start_seq < floor):
-            return Page(messages=[], wire=[], next_start=None)
+            return Page(wire=[], next_start=None)
         cached = await self._recent.read(
             conversation_id,
             start_seq=start_seq,
@@ -158,7 +158,7 @@ class MessagesHandler:
                 next_start = cached.hi + 1 if cached.hi < end else None
             else:
                 next_start = cached.lo - 1 if cached.lo > max(floor, 1) else None
-            return Page(messages=[], wire=blobs, next_start=next_start)
+            return Page(wire=blobs, next_start=next_start)
 
         newest_first = not forward and start_seq == 0
         first = NEWEST if newest_first else start_seq
@@ -171,15 +171,18 @@ class MessagesHandler:
             ceiling_seq=ceiling,
         )
         hiders = {a for m in items for a in m.hidden_for}
+        # Encoded once: the same entries fill the cache and make the response.
+        entries = [self._codec.history_entry(self._codec.message(m)) for m in items]
         await self._recent.fill(
             conversation_id,
-            [
-                (m.seq, m.state_version, self._codec.history_entry(self._codec.message(m)))
-                for m in items
-            ],
+            [(m.seq, m.state_version, entry) for m, entry in zip(items, entries, strict=True)],
             includes_newest=newest_first,
             hiders=hiders,
         )
         next_start = items[limit].seq if len(items) > limit else None
-        visible = [m for m in items[:limit] if account_id not in m.hidden_for]
-        return Page(messages=visible, wire=[], next_start=next_start)
+        wire = [
+            entry
+            for m, entry in zip(items[:limit], entries, strict=False)
+            if account_id not in m.hidden_for
+        ]
+        return Page(wire=wire, next_start=next_start)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from parley_core.errors import FailedPrecondition, Reason, Unavailable
-from parley_core.regions import RegionMap, UnknownRegion
+from parley_core.regions import RegionBreaker, RegionMap, UnknownRegion
 from svc_message.model.ownership import OwnerUnreachable
 from svc_message.ports import RegionLink
 
@@ -57,9 +57,7 @@ class RegionRouter:
         self._regions = regions
         self._link = link
         self._forward_timeout = forward_timeout_seconds
-        self._down_seconds = down_seconds
-        self._clock = clock
-        self._down_until: dict[str, float] = {}
+        self._breaker = RegionBreaker(down_seconds=down_seconds, clock=clock)
         self.forwarded: dict[str, int] = {}
         self.refused: dict[str, int] = {}
 
@@ -97,7 +95,7 @@ class RegionRouter:
         """The owner region's answer; its refusals come back as OwnerRefused."""
         if forwarded:
             raise not_served_here(region)
-        if self._down_until.get(region, 0.0) > self._clock():
+        if self._breaker.is_down(region):
             self.refused[region] = self.refused.get(region, 0) + 1
             raise region_unavailable(region)
         call_timeout = (
@@ -108,9 +106,9 @@ class RegionRouter:
                 region, method, request, bearer_token=bearer_token, timeout=max(0.01, call_timeout)
             )
         except OwnerUnreachable:
-            self._down_until[region] = self._clock() + self._down_seconds
+            self._breaker.failed(region)
             self.refused[region] = self.refused.get(region, 0) + 1
             raise region_unavailable(region) from None
-        self._down_until.pop(region, None)
+        self._breaker.answered(region)
         self.forwarded[region] = self.forwarded.get(region, 0) + 1
         return answer

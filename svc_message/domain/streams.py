@@ -370,6 +370,17 @@ class Hub:
         for session in sessions:
             session.offer(envelope)
 
+    def resync_conversation(self, conversation_id: str) -> None:
+        """Streams following the conversation read their log again."""
+        for session in self._topics.get(conversation_id, ()):
+            session.request_resync()
+
+    def resync_account(self, account_id: str) -> None:
+        """The account's streams read their log again (a conversation they
+        follow no topic of yet may have arrived)."""
+        for session in self._sessions.get(account_id, ()):
+            session.request_resync()
+
     def resync_all(self) -> None:
         for sessions in self._sessions.values():
             for session in sessions:

@@ -295,13 +295,16 @@ class Envelope:
     framed: bytes = b""
 
 
+# A start beyond any seq: "from the newest".
+NEWEST = 2**62
+
+
 @dataclass(frozen=True, slots=True)
 class Page:
-    """A page of history: decoded messages from the log, or, from the recent
-    cache, the messages as the transport sends them. ``next_start`` is where
-    the next page starts, None at the end."""
+    """A page of history, its messages as the transport sends them (from the
+    recent cache as stored, from the log encoded once). ``next_start`` is
+    where the next page starts, None at the end."""
 
-    messages: list[Message]
     wire: list[bytes]
     next_start: int | None
 

@@ -50,12 +50,33 @@ class ColdHead:
 
 @dataclass(frozen=True, slots=True)
 class ArchiveState:
-    """The archiver's shared switch and its last pass, across processes."""
+    """The archiver's shared switch and its last pass, across processes.
+
+    ``hot_entries`` and ``hot_bytes`` are the log's size as the last pass
+    measured it (None before any pass has): every process reports them from
+    here rather than measuring the log itself (see ``Archiver.sample``)."""
 
     paused: bool = False
     last_pass_at: float = 0.0
     lag_seconds: float = 0.0
     moved_total: int = 0
+    hot_entries: int | None = None
+    hot_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveStatus:
+    """The archive's tiers: ``hot_*`` None when not measured (see ArchiveState)."""
+
+    state: ArchiveState
+    hot_entries: int | None
+    hot_bytes: int | None
+    cold_rows: int
+    cold_objects: int
+    cold_bytes: int
+    glacier_rows: int = 0
+    glacier_objects: int = 0
+    glacier_bytes: int = 0
 
 
 def history_archived(*entries: ManifestEntry) -> FailedPrecondition:

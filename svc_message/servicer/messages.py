@@ -17,7 +17,6 @@ from svc_message.domain.messages import MessagesHandler
 from svc_message.model.media import MAX_MEDIA_PER_MESSAGE
 from svc_message.servicer.convert import (
     encode_list_messages,
-    message_proto,
     view_proto,
     watermarks_proto,
 )
@@ -102,9 +101,7 @@ class MessageUnaryServicer:
         # The stream event built at commit already holds the message proto.
         return pb.SendMessageResponse(message=cast(pb.Event, sent.envelope.wire).message)
 
-    async def ListMessages(
-        self, request: pb.ListMessagesRequest, context: Any
-    ) -> pb.ListMessagesResponse | bytes:
+    async def ListMessages(self, request: pb.ListMessagesRequest, context: Any) -> bytes:
         check = Check().id("conversation_id", request.conversation_id)
         limit = check.page_size(
             request.page_size, default=HISTORY_PAGE_DEFAULT, maximum=HISTORY_PAGE_MAX
@@ -141,12 +138,8 @@ class MessageUnaryServicer:
         token = ""
         if page.next_start is not None:
             token = encode_page_token({"seq": page.next_start}, scope=scope)
-        if page.wire:
-            # Cached messages are already in wire form: sent as they are.
-            return encode_list_messages(page.wire, token)
-        return pb.ListMessagesResponse(
-            messages=[message_proto(m) for m in page.messages], next_page_token=token
-        )
+        # The page is already in wire form: sent as it is.
+        return encode_list_messages(page.wire, token)
 
     async def _mark(self, request: Any, context: Any, *, read: bool) -> pb.Watermarks:
         check = Check().request_id(request.request_id)

@@ -15,8 +15,10 @@ import grpc
 
 from parley.message.v1 import internal_pb2_grpc as igrpc
 from parley.message.v1 import messages_pb2 as pb
+from parley.message.v1 import replication_pb2_grpc as rgrpc
 from svc_message.servicer.media import MessageInternalServicer
 from svc_message.servicer.region_routing import RegionRouting
+from svc_message.servicer.replication import RegionReplicationServicer
 from svc_message.servicer.routing import OwnerRouting
 from svc_message.servicer.stream import StreamServicer
 
@@ -40,12 +42,15 @@ def register(
     routing: OwnerRouting | None = None,
     internal: MessageInternalServicer | None = None,
     region_routing: RegionRouting | None = None,
+    replication: RegionReplicationServicer | None = None,
 ) -> None:
     """Each unary RPC is served by the first servicer with a method of its name;
     with ``routing``, feed changes of conversations owned elsewhere go there.
     ``internal`` serves MessageInternalService (svc_media's questions)."""
     if internal is not None:
         igrpc.add_MessageInternalServiceServicer_to_server(internal, server)
+    if replication is not None:
+        rgrpc.add_RegionReplicationServiceServicer_to_server(replication, server)
 
     def method(behavior: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
         return grpc.unary_unary_rpc_method_handler(

@@ -503,6 +503,8 @@ class ArchiveLedger:
             last_pass_at=float(doc.get("last_pass_at", 0.0)),
             lag_seconds=float(doc.get("lag_seconds", 0.0)),
             moved_total=int(doc.get("moved_total", 0)),
+            hot_entries=int(doc["hot_entries"]) if "hot_entries" in doc else None,
+            hot_bytes=int(doc["hot_bytes"]) if "hot_bytes" in doc else None,
         )
 
     async def set_paused(self, paused: bool) -> None:
@@ -536,11 +538,18 @@ class ArchiveLedger:
             {"_id": _CONTROL, "lease_owner": owner}, {"$unset": {"lease_owner": ""}}
         )
 
-    async def finish_pass(self, *, now: float, lag_seconds: float, moved: int) -> None:
+    async def finish_pass(
+        self, *, now: float, lag_seconds: float, moved: int, hot_entries: int, hot_bytes: int
+    ) -> None:
         await self._control.update_one(
             {"_id": _CONTROL},
             {
-                "$set": {"last_pass_at": now, "lag_seconds": lag_seconds},
+                "$set": {
+                    "last_pass_at": now,
+                    "lag_seconds": lag_seconds,
+                    "hot_entries": hot_entries,
+                    "hot_bytes": hot_bytes,
+                },
                 "$inc": {"moved_total": moved},
             },
             upsert=True,

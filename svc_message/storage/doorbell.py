@@ -39,6 +39,10 @@ from svc_message.model.broadcast import Broadcast
 ACCOUNT_PREFIX = ACCOUNT_CHANNEL_PREFIX
 CONVERSATION_PREFIX = "parley:c:"
 MEMBERSHIP_CHANNEL = "parley:membership"
+# What another region replicated here: "c:<conversation id>" or "a:<account id>".
+# Streams following it read their log again, since no event was published for
+# writes that arrived by replication.
+REPLICATED_CHANNEL = "parley:replicated"
 # Reconnect attempts back off to this: short, so that after a cluster
 # failover (seconds) the streams hear their conversations again soon.
 BACKOFF_MAX_SECONDS = 0.25
@@ -104,7 +108,10 @@ class Doorbell:
         on_event: Callable[[Broadcast], None],
         on_reconnect: Callable[[], None],
         on_membership_change: Callable[[str], None] = lambda conversation_id: None,
+        on_replicated: Callable[[str, str], None] = lambda kind, id_: None,
     ) -> None:
+        """``on_replicated(kind, id)``: kind "c" (a conversation) or "a" (an account)."""
+        self._on_replicated = on_replicated
         self._redis = redis
         self._on_event = on_event
         self._on_reconnect = on_reconnect
@@ -140,6 +147,15 @@ class Doorbell:
             else:
                 return True
         return False
+
+    async def replicated(self, conversation_ids: Iterable[str], account_ids: Iterable[str]) -> None:
+        """Tell every process of the region what replication just wrote."""
+        messages = [(REPLICATED_CHANNEL, f"c:{c}".encode()) for c in conversation_ids] + [
+            (REPLICATED_CHANNEL, f"a:{a}".encode()) for a in account_ids
+        ]
+        if messages:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._redis.publish_many(messages)
 
     async def membership_changed(self, conversation_id: str) -> None:
         with contextlib.suppress(*REDIS_ERRORS):
@@ -182,7 +198,7 @@ class Doorbell:
             try:
                 # The membership channel keeps the connection in subscribe mode
                 # even while no stream is open.
-                await subscription.subscribe(MEMBERSHIP_CHANNEL, *self._wanted)
+                await subscription.subscribe(MEMBERSHIP_CHANNEL, REPLICATED_CHANNEL, *self._wanted)
                 self._subscription = subscription
                 self._connected.set()
                 backoff = 0.05
@@ -195,6 +211,9 @@ class Doorbell:
                         continue
                     if item.channel == MEMBERSHIP_CHANNEL:
                         self._on_membership_change(item.data.decode())
+                    elif item.channel == REPLICATED_CHANNEL:
+                        kind, _, replicated_id = item.data.decode().partition(":")
+                        self._on_replicated(kind, replicated_id)
                     else:
                         broadcast = heard(item.channel, item.data)
                         if broadcast is not None:

@@ -446,6 +446,13 @@ class MessageStore:
             int(doc["seq"]) async for doc in cursor if account_id in (doc.get("hidden_for") or ())
         }
 
+    async def deleted_for_everyone(self, conversation_id: str, message_ids: list[str]) -> set[str]:
+        """Which of these messages are deleted for everyone now."""
+        cursor = self._messages.find(
+            {"_id": {"$in": message_ids}, "conversation_id": conversation_id}, {"deleted": 1}
+        )
+        return {str(doc["_id"]) async for doc in cursor if doc.get("deleted")}
+
     async def committed_since(self, first_id: str, *, limit: int) -> list[Change]:
         """Entries whose id is at least ``first_id``, i.e. committed since its time."""
         # Bodies stay behind (a page may span thousands of messages), except

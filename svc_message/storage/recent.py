@@ -290,7 +290,8 @@ class RecentCache:
         it. Only a read of the newest messages may tell the cache which seq
         is the newest: an older page would make a later newest-first read
         serve stale messages."""
-        if not items or conversation_id in self._suspect:
+        # A cache of no messages (configured off) has nothing to keep: no round trip.
+        if not items or self._capacity <= 0 or conversation_id in self._suspect:
             return
         kept = sorted(items)[-self._capacity :]
         newest = kept[-1][0] if includes_newest else 0

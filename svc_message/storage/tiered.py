@@ -26,12 +26,13 @@ its first attempt's change (``by_request`` reads it from the archive).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from parley_core.storage.mongo import Database, Document
-from svc_message.model import HISTORY_KINDS, Change, ChangeKind, Message
+from svc_message.model import HISTORY_KINDS, NEWEST, Change, ChangeKind, Message
 from svc_message.model.archive import ColdHead, ManifestEntry, Tier, history_archived
 from svc_message.model.media import MediaReference
 from svc_message.storage.archive import (
@@ -47,6 +48,9 @@ from svc_message.storage.messages import MessageStore, change_from_doc, message_
 
 # Reads that saw the cold head move under them try again at most this often.
 _HEAD_RETRIES = 3
+# Decoded row groups kept for pages (a chunk is a conversation's week, ~100s
+# of rows): decoding one costs more than the rest of a cold page.
+_DECODED_CHUNKS = 64
 
 
 def _is_history(doc: Mapping[str, Any]) -> bool:
@@ -131,6 +135,9 @@ class TieredMessageStore(MessageStore):
         self._ledger = ledger
         self._hot = hot
         self._objects = objects
+        # Keyed by (object key, row group): keys name the bytes' SHA-256, so
+        # an entry never goes stale; a rewrite's chunk has a new key.
+        self._decoded: OrderedDict[tuple[str, int], tuple[dict[str, Any], ...]] = OrderedDict()
 
     # -- cold rows ---------------------------------------------------------------
 
@@ -163,11 +170,29 @@ class TieredMessageStore(MessageStore):
             await self._ledger.set_tier(entry.object_key, Tier.GLACIER)
             raise history_archived(entry) from None
 
+    async def _page_docs(self, entry: ManifestEntry) -> list[dict[str, Any]]:
+        """The chunk's documents as archived, for a page: decoded once per
+        process, handed out as shallow copies (an overlay replaces a
+        document's fields, it never changes a value in place)."""
+        key = (entry.object_key, entry.row_group)
+        decoded = self._decoded.get(key)
+        if decoded is None:
+            self._decoded[key] = decoded = tuple(await self.chunk_docs(entry))
+            while len(self._decoded) > _DECODED_CHUNKS:
+                self._decoded.popitem(last=False)
+        else:
+            self._decoded.move_to_end(key)
+        return [dict(doc) for doc in decoded]
+
     async def current_docs(
-        self, entry: ManifestEntry, *, restored: bool = False
+        self, entry: ManifestEntry, *, restored: bool = False, for_page: bool = False
     ) -> list[dict[str, Any]]:
-        """The chunk's documents with the changes still in the log applied."""
-        docs = await self.chunk_docs(entry, restored=restored)
+        """The chunk's documents with the changes still in the log applied
+        (``for_page``: from the decoded chunks, for reads that only look)."""
+        if for_page and not restored:
+            docs = await self._page_docs(entry)
+        else:
+            docs = await self.chunk_docs(entry, restored=restored)
         if entry.seq_hi:
             overlaid(
                 docs, await self._hot.overlays(entry.conversation_id, entry.seq_lo, entry.seq_hi)
@@ -195,7 +220,7 @@ class TieredMessageStore(MessageStore):
                 raise history_archived(*_glacier_run(entries, i))
             docs = [
                 d
-                for d in await self.current_docs(entry)
+                for d in await self.current_docs(entry, for_page=True)
                 if _is_history(d) and lo <= int(d["seq"]) <= hi
             ]
             docs.sort(key=lambda d: int(d["seq"]), reverse=not forward)
@@ -220,6 +245,17 @@ class TieredMessageStore(MessageStore):
         floor_seq: int = 0,
         ceiling_seq: int = 0,
     ) -> list[Message]:
+        hot = await self._hot_page(
+            conversation_id,
+            start_seq=start_seq,
+            forward=forward,
+            limit=limit,
+            hidden_for=hidden_for,
+            floor_seq=floor_seq,
+            ceiling_seq=ceiling_seq,
+        )
+        if hot is not None:
+            return hot
         items: list[Message] = []
         for _ in range(_HEAD_RETRIES):
             head = await self._ledger.head(conversation_id)
@@ -236,6 +272,53 @@ class TieredMessageStore(MessageStore):
             if await self._ledger.head(conversation_id) == head:
                 break
         return items
+
+    async def _hot_page(
+        self,
+        conversation_id: str,
+        *,
+        start_seq: int,
+        forward: bool,
+        limit: int,
+        hidden_for: str,
+        floor_seq: int,
+        ceiling_seq: int,
+    ) -> list[Message] | None:
+        """The page from one read of the log when the log alone holds all of
+        it, else None (the caller then reads across the tiers).
+
+        No cold head is read: the archiver deletes an entry from the log only
+        after the head is past it, and the log's copy of a history item is
+        its current state, so the rows the log still has are right whatever
+        the head. The page is whole when its window's seqs are all there (seq
+        is gapless), or, forward, when they run from the first seq and stop
+        early: the log holds a suffix of the seqs, so nothing is newer."""
+        if forward:
+            lo = max(start_seq, floor_seq, 1)
+            hi = lo + limit - 1
+            if ceiling_seq:
+                hi = min(hi, ceiling_seq)
+        else:
+            if start_seq >= NEWEST:
+                # Where the newest is needs a read of its own: the tiered path's.
+                return None
+            hi = min(start_seq, ceiling_seq) if ceiling_seq else start_seq
+            lo = max(hi - limit + 1, floor_seq, 1)
+        if lo > hi:
+            return None
+        docs = await self._seq_range(conversation_id, lo, hi, forward=forward)
+        seqs = [int(d["seq"]) for d in docs]
+        wanted = range(lo, hi + 1) if forward else range(hi, lo - 1, -1)
+        whole = len(seqs) == len(wanted) or (forward and 0 < len(seqs) < len(wanted))
+        if not whole or seqs != list(wanted[: len(seqs)]):
+            return None
+        visible = [
+            d for d in docs if not hidden_for or hidden_for not in (d.get("hidden_for") or ())
+        ]
+        if len(visible) < len(docs) and len(seqs) == len(wanted):
+            # Rows hidden from the reader: the rest of the page lies further on.
+            return None
+        return [message_from_doc(d) for d in visible]
 
     async def _page(
         self,

@@ -4,16 +4,16 @@ per page.
 Every group is scanned, whether or not the caller may search its
 conversation, and only then are the groups it may not search dropped: a
 query takes the same steps for a conversation it is not in as for one
-without matches. A group walks back in time windows from where the page
-starts; in each, its rarest token's postings are the candidates and the
-message records say which carry every other token.
+without matches. A group reads its tokens' counts, then walks its rarest
+token's hour buckets back from where the page starts; the other tokens'
+buckets at those hours say which candidates carry them all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import structlog
 
@@ -26,33 +26,25 @@ from svc_search.model import (
     Hit,
     Page,
     Position,
-    Posting,
     SearchStats,
+    TokenStats,
 )
 from svc_search.ports import Messages
-from svc_search.storage.postings import PostingStore
+from svc_search.storage.postings import BUCKET_MS, PostingStore, hour_of
 
 log = structlog.get_logger(__name__)
 
-# The first window a group reads back from its start, and how much wider
-# each next one is; at most this many windows per group and page.
-FIRST_WINDOW_MS = 10_000
-WINDOW_GROWTH = 4
-# After a window its rarest token has nothing in, the next is this much
-# wider: a quiet stretch is crossed in a few rounds of one empty read.
-EMPTY_GROWTH = 16
-MAX_WINDOWS = 24
-# Postings read at most per group and page: a page stops there (shorter,
-# with a next page token) rather than reading without bound.
-MAX_SCANNED_PER_GROUP = 4096
-# Postings one token's window returns at most; a full one is read again
-# narrower (a window must be complete to say what is above it).
-WINDOW_CAP = 2048
-# Postings of each token a window samples first to find its rarest token
-# (at least; twice the page's want when larger).
-MIN_SAMPLE = 32
-# Later than any send time (the first page's window is open at the top).
-NEWEST = 2**62
+# Each stretch of hours a group reads is this much longer than the last
+# (the first is sized to hold about ``want`` of its rarest token's postings).
+STRETCH_GROWTH = 4
+MAX_STRETCHES = 16
+# Postings read at most per group and page (rarest token and the others'
+# buckets together): a page stops there (shorter, with a next page token)
+# rather than reading without bound.
+MAX_SCANNED_PER_GROUP = 20_000
+# Candidates whose other tokens one read checks (at least; twice the
+# page's want when larger).
+MIN_BATCH = 32
 # Above any group index: a frontier position sorts before every hit of its
 # millisecond that it does not cover.
 MAX_GROUPS = 2**31
@@ -83,8 +75,20 @@ class SearchHandler:
         await self._limits.take(Take(LimitName.SEARCH_QUERY_PER_ACCOUNT, account_id), now=now)
         began = time.perf_counter()
         want = page_size + 1
+        # One read of token counts per (conversation, key), whatever the
+        # number of groups under it.
+        keys = {(g.conversation_id, g.key_id): set[bytes]() for g in groups}
+        for g in groups:
+            keys[(g.conversation_id, g.key_id)].update(g.tokens)
+        counted = await asyncio.gather(
+            *(self._store.token_stats(c, k, sorted(tokens)) for (c, k), tokens in keys.items())
+        )
+        stats = dict(zip(keys, counted, strict=True))
         scans = await asyncio.gather(
-            *(self._scan(i, g, start=start, want=want, now=now) for i, g in enumerate(groups))
+            *(
+                self._scan(i, g, stats[(g.conversation_id, g.key_id)], start=start, want=want)
+                for i, g in enumerate(groups)
+            )
         )
         candidates = [c for scan in scans for c in scan.candidates]
         check = await self._messages.check(
@@ -143,92 +147,95 @@ class SearchHandler:
             self._stats.dropped_deleted += len(messages)
 
     async def _scan(
-        self, index: int, group: Group, *, start: Position | None, want: int, now: float
+        self,
+        index: int,
+        group: Group,
+        stats: Mapping[bytes, TokenStats],
+        *,
+        start: Position | None,
+        want: int,
     ) -> GroupScan:
         """The group's candidates below ``start``, newest first, until
-        ``want`` of them, in time windows walking back from the start, each
-        four times the last. A window is driven by its rarest token: every
-        token's window is sampled (a few postings), the one with the fewest
-        is read whole, and its messages are checked for the other tokens in
-        their records. A token every message carries (the SDK's fillers) so
-        costs a sample, never its whole list."""
+        ``want`` of them. ``stats`` are the token counts of its
+        (conversation, key): a token that never had a posting means no hit
+        at all (a decoy's random token, a word absent from the epoch).
+        Otherwise the rarest token's buckets are read in stretches of hours
+        walking back from the start, each four times the last, and the
+        candidates are checked for the other tokens in one read a batch:
+        of the messages' records, or of the others' buckets at their hours
+        when those are fewer documents. A token every message carries (the
+        SDK's fillers) so costs a batch's records, never its whole list."""
         c, k = group.conversation_id, group.key_id
-        at_most = start[0] if start is not None else NEWEST
-        # Where the windows are measured from (the first is open at the top).
-        top = int(now * 1000) if start is None else at_most
-        width = FIRST_WINDOW_MS
-        sample = max(MIN_SAMPLE, 2 * want)
-        # The rarest token of the last window first: when it has nothing
-        # here, the window has no hit and the others are not read.
-        order = list(group.tokens)
+        if any(t not in stats for t in group.tokens):
+            return GroupScan(candidates=(), frontier=None)
+        order = sorted(group.tokens, key=lambda t: stats[t].postings)
+        rarest, others = stats[order[0]], order[1:]
+        hi = rarest.last_hour if start is None else min(rarest.last_hour, hour_of(start[0]))
+        # Hours that hold about ``want`` of the rarest token's postings, at its mean density.
+        span_hours = rarest.last_hour - rarest.first_hour + 1
+        length = max(1, (want * span_hours) // max(1, rarest.postings))
+        batch = max(MIN_BATCH, want)
         found: list[Candidate] = []
         scanned = 0
-        # Set by every round that reads a whole window; only rounds that all
-        # narrowed a window too full (postings by the thousand a millisecond)
-        # could leave it unset, and then the group ends here.
         frontier: Position | None = None
-        for _ in range(MAX_WINDOWS):
-            above = top - width
-            samples = [await self._window(c, k, order[0], above, at_most, sample)]
-            if samples[0]:
-                samples += await asyncio.gather(
-                    *(self._window(c, k, t, above, at_most, sample) for t in order[1:])
-                )
-            scanned += sum(len(w) for w in samples)
-            rarest = min(range(len(samples)), key=lambda i: len(samples[i]))
-            order.insert(0, order.pop(rarest))
-            driver = samples[rarest]
-            if driver and len(driver) >= sample:
-                driver = await self._window(c, k, order[0], above, at_most, WINDOW_CAP)
-                scanned += len(driver)
-                if width > 1 and len(driver) >= WINDOW_CAP:
-                    # More than a window may hold: the same place, narrower.
-                    width = max(1, width // WINDOW_GROWTH)
-                    continue
+        for _ in range(MAX_STRETCHES):
+            if hi < rarest.first_hour:
+                return GroupScan(candidates=tuple(found), frontier=None)
+            lo = max(rarest.first_hour, hi - length + 1)
+            postings = await self._store.hours(c, k, order[0], lo=lo, hi=hi)
+            scanned += len(postings)
             fresh = sorted(
                 (
                     candidate
-                    for p in driver
+                    for p in postings
                     if below((candidate := Candidate(index, c, p)).position, start)
                 ),
                 key=lambda candidate: candidate.position,
                 reverse=True,
             )
-            others = frozenset(order[1:])
-            # Checked newest first, a sample's worth a read, so a page reads
-            # the records of about the candidates it needs.
-            for first in range(0, len(fresh), sample):
-                batch = fresh[first : first + sample]
-                carried = (
-                    await self._store.carried([b.posting.message_id for b in batch])
-                    if others
-                    else {}
-                )
-                scanned += len(batch) if others else 0
-                for candidate in batch:
-                    record = carried.get(candidate.posting.message_id)
-                    if others and (
-                        record is None
-                        or record.conversation_id != c
-                        or record.key_id != k
-                        or not others <= record.tokens
-                    ):
-                        continue
-                    found.append(candidate)
-                    if len(found) >= want:
-                        return GroupScan(candidates=tuple(found), frontier=candidate.position)
-            if above < 0:
-                # Every send time is after 1970: the walk has covered it all.
+            # Checked newest first, a batch a read, so a page reads the
+            # buckets of about the hours it needs.
+            for first in range(0, len(fresh), batch):
+                chunk = fresh[first : first + batch]
+                carries = await self._carries(c, k, others, chunk)
+                scanned += len(chunk)
+                for candidate in chunk:
+                    if carries(candidate.posting.message_id):
+                        found.append(candidate)
+                        if len(found) >= want:
+                            return GroupScan(candidates=tuple(found), frontier=candidate.position)
+            if lo <= rarest.first_hour:
                 return GroupScan(candidates=tuple(found), frontier=None)
-            # Everything sent after ``above`` is known.
-            frontier = (above + 1, "", -MAX_GROUPS)
+            # Everything sent in hour ``lo`` or later is known.
+            frontier = (lo * BUCKET_MS, "", -MAX_GROUPS)
             if scanned >= MAX_SCANNED_PER_GROUP:
                 return GroupScan(candidates=tuple(found), frontier=frontier)
-            at_most = top = above
-            width *= WINDOW_GROWTH if driver else EMPTY_GROWTH
+            hi = lo - 1
+            length *= STRETCH_GROWTH
         return GroupScan(candidates=tuple(found), frontier=frontier)
 
-    async def _window(
-        self, c: str, k: bytes, token: bytes, above: int, at_most: int, limit: int
-    ) -> list[Posting]:
-        return await self._store.window(c, k, token, above=above, at_most=at_most, limit=limit)
+    async def _carries(
+        self, c: str, k: bytes, others: Sequence[bytes], chunk: Sequence[Candidate]
+    ) -> Callable[[str], bool]:
+        """Which of ``chunk``'s messages carry every one of ``others``:
+        whichever read fetches fewer documents, their records or the other
+        tokens' buckets at their hours."""
+        if not others:
+            return lambda message_id: True
+        hours = {hour_of(x.posting.at_ms) for x in chunk}
+        if len(others) * len(hours) <= len(chunk):
+            carriers = await self._store.carriers(c, k, others, sorted(hours))
+            return lambda message_id: all(message_id in carriers[t] for t in others)
+        records = await self._store.carried([x.posting.message_id for x in chunk])
+        wanted = frozenset(others)
+
+        def carries(message_id: str) -> bool:
+            record = records.get(message_id)
+            return (
+                record is not None
+                and record.conversation_id == c
+                and record.key_id == k
+                and wanted <= record.tokens
+            )
+
+        return carries

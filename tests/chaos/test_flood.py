@@ -108,7 +108,6 @@ FLOOD_ADDRESS = "203.0.113.66"
 # the limiter; a p99 ratio of two under 50 ms would measure it, and the
 # scheduler's noise, instead.
 P99_FLOOR_SECONDS = 0.050
-FULL_SPEED_P99_FACTOR = 5
 # Tokens the bounds on accepted calls allow on top of burst + rate x elapsed:
 # the client's clock brackets the server's takes, so none should be needed;
 # one covers the rounding of the server's millisecond clock.
@@ -590,15 +589,11 @@ async def test_a_flood_is_held_to_its_budget_and_the_others_do_not_notice(
     assert refused_signups == signups["refusals"]["signup_per_address"]
     assert local_buckets == [0] * len(local_buckets), "a process fell back to its own buckets"
 
-    # The others did not notice the paced flood; at full speed the refused
-    # calls still cost the shared two cores something (on a quiet machine the
-    # users' p99 reached 108-152 ms here, against a 16-18 ms baseline, where
-    # it was under 100 ms before this change set; suspected: the send path's
-    # new archived-request lookup per batch): bounded at five times the floor
-    # until that cost is found and taken back out.
+    # The others did not notice the flood, paced or at full speed. A timer
+    # that reads a whole collection (SecantusDB walks it under its global
+    # lock) stalls every send of the window it lands in: the archive's
+    # 30 s status sample did, ~30 s after the stack's start, in full speed.
     floor = P99_FLOOR_SECONDS
     assert max(flood.p(99), floor) <= 2 * max(baseline.p(99), floor), figures
-    assert max(full_speed.p(99), floor) <= FULL_SPEED_P99_FACTOR * max(baseline.p(99), floor), (
-        figures
-    )
+    assert max(full_speed.p(99), floor) <= 2 * max(baseline.p(99), floor), figures
     assert time.monotonic() - test_started < TEST_SECONDS, figures

@@ -432,8 +432,7 @@ def test_quick_history_bench_reads_both_tiers_and_times_the_archiver(tmp_path: P
 @pytest.mark.slow
 def test_quick_search_bench_puts_svc_search_beside_the_bare_read(tmp_path: Path) -> None:
     out = tmp_path / "search.json"
-    # A few thousand postings: every step of the scenario, little data (on
-    # SecantusDB a Search over them still takes seconds).
+    # A few thousand postings: every step of the scenario, little data.
     run = subprocess.run(
         [
             *(sys.executable, "-m", "parley_dev.cli", "bench", "--scenario", "search"),

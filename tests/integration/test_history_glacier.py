@@ -27,7 +27,7 @@ from parley.message.v1 import messages_pb2_grpc
 from parley_core.errors import FailedPrecondition, Reason, Unavailable
 from parley_dev.stack import LocalStack
 from svc_message.archive_wiring import build_archive
-from svc_message.domain.archiver import tombstone_sender
+from svc_message.domain.archive_transforms import tombstone_sender
 from svc_message.domain.messages import NEWEST
 from svc_message.model import ChangeKind
 from svc_message.model.archive import ManifestEntry, Tier

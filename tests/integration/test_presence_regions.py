@@ -12,9 +12,8 @@ fault proxy with 40 ms each way (80 ms RTT).
   connected to us does.
 
 Privacy settings are still written per region (not yet routed to the home
-region, see docs/ARCHITECTURE.md), so the test sets them in both; every
-region verifies every region's tokens and the regions share the service
-credential (docs/design/regions.md).
+region, see docs/ARCHITECTURE.md), so the test sets them in both; the
+harness gives every region the same signing key and service credential.
 """
 
 from __future__ import annotations
@@ -36,13 +35,10 @@ from redis.asyncio import Redis
 from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.presence.v1 import presence_pb2 as pb
 from parley.presence.v1 import presence_pb2_grpc as pgrpc
-from parley_core.auth.credentials import new_token
-from parley_core.regions import RegionMap
-from parley_core.topology import parse_topology
+from parley_dev.fault_proxy import FaultProxy
 from parley_dev.regions import RegionResidency, RegionsStack
-from svc_keys.domain.handles import handle_key
 from tests.integration.test_presence import OFFLINE, ONLINE, E, Sub, get, settings
-from tests.users import Device, sign_up, unique_handle
+from tests.users import Device, sign_up
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -58,24 +54,15 @@ MAX_REOPENS = 5
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def regions(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RegionsStack]:
-    root = Path(tmp_path_factory.mktemp("presence_regions")).resolve()
-    keys = [str(root / name / "secrets" / "token_signing.pub.pem") for name in ("eu", "us")]
-    # One deployment, one service credential: peers call each other's internal RPCs.
-    credential = root / "service_token"
-    credential.write_text(new_token() + "\n")
-    credential.chmod(0o600)
     harness = RegionsStack(
-        root=root,
+        root=Path(tmp_path_factory.mktemp("presence_regions")),
         regions=["eu", "us"],
         residency={"us": RegionResidency(home_only_data=("presence",))},
         shutdown_grace_seconds=2.0,
-        extra_config={
-            "auth": {"public_key_files": keys, "service_token_file": str(credential)},
-            # Two whole stacks on a loaded 2-core machine: a pub/sub watchdog
-            # allowed 2 s (the default 0.5 s timeout) sometimes ends the
-            # subscriptions under test; what is tested here is not Redis.
-            "presence": {"redis_timeout_seconds": 2.0},
-        },
+        # Two whole stacks on a loaded 2-core machine: a pub/sub watchdog
+        # allowed 2 s (the default 0.5 s timeout) ends the subscriptions
+        # under test more often; what is tested here is not Redis.
+        extra_config={"presence": {"redis_timeout_seconds": 2.0}},
     )
     async with harness:
         yield harness
@@ -86,7 +73,6 @@ class Region:
     name: str
     keys: kgrpc.AccountServiceStub
     presence: pgrpc.PresenceServiceStub
-    registrars: RegionMap
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -98,13 +84,11 @@ async def eu_us(regions: RegionsStack) -> AsyncIterator[tuple[Region, Region]]:
         keys_channel = grpc.aio.insecure_channel(stack.keys_target)
         presence_channel = grpc.aio.insecure_channel(stack.presence_target)
         channels += [keys_channel, presence_channel]
-        topology = parse_topology(regions.topology_path(name).read_bytes())
         found.append(
             Region(
                 name,
                 kgrpc.AccountServiceStub(keys_channel),
                 pgrpc.PresenceServiceStub(presence_channel),
-                RegionMap.from_topology(topology),
             )
         )
     try:
@@ -115,13 +99,13 @@ async def eu_us(regions: RegionsStack) -> AsyncIterator[tuple[Region, Region]]:
 
 
 async def home_user(region: Region) -> Device:
-    """An account homed in ``region`` whose handle it registers itself (the
-    harness relays only svc_message and svc_presence between regions)."""
-    for _ in range(200):
-        handle = unique_handle()
-        if region.registrars.handle_registrar(handle_key(handle)) == region.name:
-            return await sign_up(region.keys, handle)
-    raise AssertionError(f"no handle registered by {region.name} in 200 tries")
+    """An account homed in ``region`` (a sign-up is homed where it lands)."""
+    return await sign_up(region.keys)
+
+
+def presence_link(regions: RegionsStack, source: str, target: str) -> FaultProxy:
+    """The proxy ``source``'s presence pushes to ``target`` cross (only that one)."""
+    return regions.proxy(source, target).services["presence"]
 
 
 async def everyone_sees(regions: tuple[Region, ...], *users: Device) -> None:
@@ -197,8 +181,8 @@ async def test_presence_in_eu_reaches_us_within_2s_then_expires_on_a_cut_and_ret
     alice = await home_user(eu)
     viewer = await home_user(us)
     await everyone_sees((eu, us), alice, viewer)
-    regions.presence_proxy("eu", "us").set_rtt(80)
-    ping = await bare_ping_ms(regions.presence_proxy("eu", "us").address)
+    presence_link(regions, "eu", "us").set_rtt(80)
+    ping = await bare_ping_ms(presence_link(regions, "eu", "us").address)
     sub = await Watch(us.presence, viewer, [alice.account_id]).started()
     try:
         assert sub.sub.snapshot[0][1] == OFFLINE
@@ -228,7 +212,7 @@ async def test_presence_in_eu_reaches_us_within_2s_then_expires_on_a_cut_and_ret
         await sub.wait(alice.account_id, ONLINE, timeout=10)
         assert (await get(us.presence, viewer, [alice.account_id]))[0][1] == ONLINE
 
-        regions.presence_proxy("eu", "us").cut()
+        presence_link(regions, "eu", "us").cut()
         cut_at = time.monotonic()
         gone_at = await sub.wait(alice.account_id, OFFLINE, timeout=EXPIRY_BOUND_SECONDS)
         assert (await get(us.presence, viewer, [alice.account_id]))[0][1] == OFFLINE
@@ -236,7 +220,7 @@ async def test_presence_in_eu_reaches_us_within_2s_then_expires_on_a_cut_and_ret
         assert (await get(eu.presence, viewer, [alice.account_id]))[0][1] == ONLINE
         print(f"expired in us {gone_at - cut_at:.1f} s after the cut")
 
-        regions.presence_proxy("eu", "us").heal()
+        presence_link(regions, "eu", "us").heal()
         healed_at = time.monotonic()
         back_at = await sub.wait(alice.account_id, ONLINE, timeout=HEAL_BOUND_SECONDS)
         assert (await get(us.presence, viewer, [alice.account_id]))[0][1] == ONLINE
@@ -245,8 +229,8 @@ async def test_presence_in_eu_reaches_us_within_2s_then_expires_on_a_cut_and_ret
             f"(stream reopened {sub.reopened} times in all)"
         )
     finally:
-        regions.presence_proxy("eu", "us").heal()
-        regions.presence_proxy("eu", "us").clear()
+        presence_link(regions, "eu", "us").heal()
+        presence_link(regions, "eu", "us").clear()
         await sub.close()
 
 

@@ -45,7 +45,7 @@ async def test_parley_up_runs_two_regions_joined_by_proxies(tmp_path: Path) -> N
             topology = parse_topology((tmp_path / name / "topology.json").read_bytes())
             assert topology.region == name
         eu = parse_topology((tmp_path / "eu" / "topology.json").read_bytes())
-        assert eu.regions["us"].peer_endpoint == f"127.0.0.1:{proxies[('eu', 'us')]}"
+        assert eu.regions["us"].peer_endpoint == f"127.0.0.1:{proxies[('eu', 'us', 'message')]}"
         # eu's way to us works: the proxy relays to us's svc_message.
-        await grpc_health_serving(f"127.0.0.1:{proxies[('eu', 'us')]}", timeout=5.0)
+        await grpc_health_serving(f"127.0.0.1:{proxies[('eu', 'us', 'message')]}", timeout=5.0)
     assert "stopped; data kept in" in "".join(output)

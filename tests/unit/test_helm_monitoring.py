@@ -35,6 +35,8 @@ ALERTS = {
 }
 # Rendered only for a region that runs svc_media (eu does not).
 MEDIA_ALERTS = {"ParleyMediaGcLagHigh", "ParleyMediaObjectStoreDown"}
+# Rendered only for a region with peers (eu has us; the media example has none).
+REGION_ALERTS = {"ParleyReplicationLagHigh", "ParleyRegionUnreachable"}
 # Metrics the chart may query before a service exports them (none now; the
 # live check is tests/integration/test_metrics_coverage.py).
 PENDING_METRICS: set[str] = set()
@@ -96,7 +98,7 @@ def alert_rules(docs: list[Doc]) -> dict[str, Doc]:
 
 def test_every_alert_is_rendered_for_the_region(helm: Path) -> None:
     rules = alert_rules(render(helm))
-    assert set(rules) == ALERTS
+    assert set(rules) == ALERTS | REGION_ALERTS
     for name, rule in rules.items():
         selectors = re.findall(r"\{([^{}]*)\}", rule["expr"])
         assert selectors, name
@@ -124,7 +126,7 @@ def test_alert_values_reach_the_rules(helm: Path) -> None:
     assert rules["ParleySendLatencyHigh"]["expr"].rstrip().endswith("> 0.25")
     assert rules["ParleyMongoDown"]["for"] == "3m"
     assert rules["ParleyMongoDown"]["labels"] == {"severity": "warning"}
-    assert set(rules) == ALERTS - {"ParleyTargetDown"}
+    assert set(rules) == (ALERTS | REGION_ALERTS) - {"ParleyTargetDown"}
 
 
 def test_archiver_alert_watches_the_lag_behind_the_hot_window(helm: Path) -> None:
@@ -138,12 +140,96 @@ def test_no_rule_file_when_every_alert_is_off(helm: Path) -> None:
     off = {name: {"enabled": False} for name in ("sendLatency", "deliveryLag", "errorRate")}
     off |= {name: {"enabled": False} for name in ("preKeyExhaustion", "rateLimited", "redisDown")}
     off |= {name: {"enabled": False} for name in ("mongoDown", "targetDown", "archiverBehind")}
+    off |= {name: {"enabled": False} for name in ("replicationLag", "regionUnreachable")}
     args: list[str] = []
     for name, value in off.items():
         args += ["--set-json", f"monitoring.prometheusRules.alerts.{name}={json.dumps(value)}"]
     docs = render(helm, *args)
     assert [d for d in docs if d["kind"] == "PrometheusRule"] == []
     assert [d for d in docs if d["kind"] == "ServiceMonitor"] != []
+
+
+def test_region_alerts_watch_each_peer_with_the_values_thresholds(helm: Path) -> None:
+    rules = alert_rules(render(helm))
+    lag = rules["ParleyReplicationLagHigh"]
+    assert "parley_replication_lag_seconds" in lag["expr"]
+    assert "peer)" in lag["expr"]  # one alert per peer region
+    assert lag["expr"].rstrip().endswith("> 60")
+    assert (lag["for"], lag["labels"]) == ("10m", {"severity": "warning"})
+    assert "{{ $labels.peer }}" in lag["annotations"]["description"]
+    unreachable = rules["ParleyRegionUnreachable"]
+    assert "rate(parley_region_refusals_total" in unreachable["expr"]
+    assert "peer)" in unreachable["expr"]
+    assert unreachable["expr"].rstrip().endswith("> 0.05")
+    assert (unreachable["for"], unreachable["labels"]) == ("5m", {"severity": "critical"})
+    tuned = alert_rules(
+        render(
+            helm,
+            "--set-json",
+            'monitoring.prometheusRules.alerts.replicationLag={"enabled": true,'
+            ' "thresholdSeconds": 300, "for": "30m", "severity": "critical"}',
+            "--set-json",
+            "monitoring.prometheusRules.alerts.regionUnreachable.threshold=1",
+        )
+    )
+    lag = tuned["ParleyReplicationLagHigh"]
+    assert lag["expr"].rstrip().endswith("> 300")
+    assert (lag["for"], lag["labels"]) == ("30m", {"severity": "critical"})
+    assert tuned["ParleyRegionUnreachable"]["expr"].rstrip().endswith("> 1")
+    off = render(
+        helm, "--set-json", "monitoring.prometheusRules.alerts.replicationLag.enabled=false"
+    )
+    assert set(alert_rules(off)) == (ALERTS | REGION_ALERTS) - {"ParleyReplicationLagHigh"}
+
+
+def test_region_alerts_need_peers(helm: Path) -> None:
+    rules = alert_rules(render(helm, "--set-json", "region.spec.peers=[]"))
+    assert set(rules) == ALERTS
+    # With only the region alerts on, a region without peers has no rule file.
+    names = ["sendLatency", "deliveryLag", "errorRate", "preKeyExhaustion", "rateLimited"]
+    names += ["redisDown", "mongoDown", "targetDown", "archiverBehind"]
+    args = ["--set-json", "region.spec.peers=[]"]
+    for name in names:
+        args += ["--set-json", f"monitoring.prometheusRules.alerts.{name}.enabled=false"]
+    assert [d for d in render(helm, *args) if d["kind"] == "PrometheusRule"] == []
+    (rule_file,) = [d for d in render(helm, *args[2:]) if d["kind"] == "PrometheusRule"]
+    assert set(alert_rules([rule_file])) == REGION_ALERTS
+
+
+def test_alert_values_are_checked_by_the_schema(helm: Path) -> None:
+    for bad in (
+        "monitoring.prometheusRules.alerts.replicationLag.thresholdSeconds=0",
+        'monitoring.prometheusRules.alerts.regionUnreachable.for="five minutes"',
+        'monitoring.prometheusRules.alerts.regionUnreachable.severity="page"',
+    ):
+        command = [str(helm), "template", "parley-eu", str(CHART), "-f", str(EU_VALUES)]
+        result = subprocess.run(
+            [*command, "--set-json", bad],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert result.returncode != 0, bad
+        assert "values don't meet the specifications of the schema" in result.stderr, bad
+
+
+def test_the_regions_dashboard_shows_every_region_metric() -> None:
+    dashboard = json.loads((CHART / "dashboards" / "regions.json").read_text())
+    queried = queried_metrics(dashboard_expressions(dashboard))
+    assert queried >= {
+        "parley_replication_lag_seconds",
+        "parley_replication_backlog",
+        "parley_replication_sent_changes_total",
+        "parley_replication_received_changes_total",
+        "parley_replication_snapshots_total",
+        "parley_region_forwards_total",
+        "parley_region_refusals_total",
+    }
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            # Per peer (or source) region: "region" is the scraped one.
+            assert "peer" in target["expr"] or "source" in target["expr"], panel["title"]
 
 
 def exported_metrics() -> set[str]:
@@ -202,6 +288,7 @@ def test_media_alerts_come_with_media(helm: Path) -> None:
 def test_only_media_alerts_on_make_no_rule_file_without_media(helm: Path) -> None:
     names = ["sendLatency", "deliveryLag", "errorRate", "preKeyExhaustion", "rateLimited"]
     names += ["redisDown", "mongoDown", "targetDown", "archiverBehind"]
+    names += ["replicationLag", "regionUnreachable"]
     args: list[str] = []
     for name in names:
         args += ["--set-json", f"monitoring.prometheusRules.alerts.{name}.enabled=false"]

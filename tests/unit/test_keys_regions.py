@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 
@@ -39,16 +39,36 @@ class MemoryReservations:
     def __init__(self) -> None:
         self.held: dict[str, Reservation] = {}
 
+        self.released: dict[str, datetime] = {}
+
     async def reserve(
         self, handle_key: str, *, account_id: str, home_region: str, request_id: str, now: datetime
     ) -> Reservation:
+        until = self.released.get(handle_key)
+        if until is not None and until <= now:
+            del self.held[handle_key], self.released[handle_key]
         return self.held.setdefault(handle_key, Reservation(account_id, home_region, request_id))
+
+    async def find(self, handle_key: str) -> Reservation | None:
+        return self.held.get(handle_key)
+
+    async def release(self, handle_key: str, *, account_id: str, until: datetime) -> None:
+        held = self.held.get(handle_key)
+        if held is not None and held.account_id == account_id:
+            self.released[handle_key] = until
 
 
 class RecordingPeers:
     def __init__(self, registrar: HandleRegistry | None = None) -> None:
         self.registrar = registrar
         self.calls: list[tuple[str, str]] = []
+
+    async def release_handle(
+        self, region: str, handle_key: str, *, account_id: str, until: datetime
+    ) -> None:
+        self.calls.append((region, handle_key))
+        assert self.registrar is not None
+        await self.registrar.release_here(handle_key, account_id=account_id, until=until)
 
     async def sign_up(self, region: str, forward: SignUpForward) -> DeviceSession:
         raise AssertionError("not used here")
@@ -169,3 +189,21 @@ async def test_a_handle_cooling_off_after_an_erasure_is_taken_at_the_registrar()
         await registry.reserve_here(
             handle="Erased1", account_id="x", home_region="eu", request_id="r", now=NOW
         )
+
+
+async def test_an_erased_accounts_handle_is_free_at_its_registrar_after_cooling_off() -> None:
+    eu, us, eu_peers, _us_peers = _registries()
+    handle = _handle_registered_by("us")
+    await eu.reserve(handle=handle, account_id="gone", home_region="eu", request_id="r1", now=NOW)
+    until = datetime.fromtimestamp(NOW + 3600, UTC)
+    # Released by the erasure in eu, at the registrar (us).
+    await eu.release(handle_key(handle), account_id="gone", until=until)
+    assert eu_peers.calls[-1] == ("us", handle_key(handle))
+    with pytest.raises(AlreadyExists):
+        await us.reserve(
+            handle=handle, account_id="new", home_region="us", request_id="r2", now=NOW + 60
+        )
+    again = await us.reserve(
+        handle=handle, account_id="new", home_region="us", request_id="r3", now=NOW + 3601
+    )
+    assert again.account_id == "new"

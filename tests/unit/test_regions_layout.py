@@ -17,7 +17,7 @@ from parley_dev.up_regions import regions_banner
 
 
 def _every_port(
-    ports: Mapping[str, StackPorts], proxies: Mapping[tuple[str, str], int]
+    ports: Mapping[str, StackPorts], proxies: Mapping[tuple[str, str, str], int]
 ) -> list[int]:
     return [p for each in ports.values() for p in each.all()] + list(proxies.values())
 
@@ -28,7 +28,11 @@ def test_fixed_ports_of_three_regions_never_collide(instances: int) -> None:
     every = _every_port(ports, proxies)
     assert len(every) == len(set(every))
     assert sorted(proxies) == sorted(
-        (a, b) for a in ("eu", "us", "ap") for b in ("eu", "us", "ap") if a != b
+        (a, b, s)
+        for a in ("eu", "us", "ap")
+        for b in ("eu", "us", "ap")
+        if a != b
+        for s in ("message", "keys", "presence")
     )
 
 
@@ -58,10 +62,17 @@ def test_each_region_reaches_its_peers_through_its_own_proxies(tmp_path: Path) -
     assert us.regions["eu"].peer_endpoint == harness.proxy("us", "eu").address
     # Without a residency given, a region replicates to every other.
     assert sorted(us.residency.replicate_to) == ["ap", "eu"]
-    # Proxy A->B relays to B's svc_message, whatever A is.
-    us_port = harness.region("us").ports.message[0]
-    assert harness.proxy("eu", "us").upstream_port == us_port
-    assert harness.proxy("ap", "us").upstream_port == us_port
+    # Proxies A->B relay to B's services, whatever A is; every region is numbered.
+    us_ports = harness.region("us").ports
+    for source in ("eu", "ap"):
+        link = harness.proxy(source, "us").services
+        assert link["message"].upstream_port == us_ports.message[0]
+        assert link["keys"].upstream_port == us_ports.keys
+        assert link["presence"].upstream_port == us_ports.presence
+    assert (
+        eu.regions["us"].peer_address("keys") == harness.proxy("eu", "us").services["keys"].address
+    )
+    assert [eu.regions[n].number for n in ("eu", "us", "ap")] == [1, 2, 3]
     assert harness.region("eu").settings.topology.path == str(tmp_path / "eu" / "topology.json")
     harness.write_topology("eu")
     assert parse_topology(harness.topology_path("eu").read_bytes()).region == "eu"
@@ -89,21 +100,3 @@ def test_bad_region_lists_are_refused(text: str, fault: str) -> None:
 def test_parley_up_takes_a_region_list() -> None:
     args = build_parser().parse_args(["up", "--regions", "eu, us"])
     assert args.regions == ["eu", "us"]
-
-
-def test_presence_crosses_a_proxy_of_its_own_to_the_peer_presence(tmp_path: Path) -> None:
-    harness = RegionsStack.with_fixed_ports(
-        root=tmp_path, regions=["eu", "us", "ap"], port_offset=20000
-    )
-    eu = parse_topology(json.dumps(harness.topology_document("eu")))
-    assert eu.regions["us"].peer_address("presence") == harness.presence_proxy("eu", "us").address
-    assert eu.regions["us"].peer_address("message") == harness.proxy("eu", "us").address
-    assert harness.presence_proxy("eu", "us").upstream_port == harness.region("us").ports.presence
-    ports, proxies = fixed_layout(["eu", "us", "ap"], message_instances=9, offset=20000)
-    every = _every_port(ports, proxies) + [p.port for p in harness.presence_proxies.values()]
-    assert len(every) == len(set(every))
-    free = RegionsStack(root=tmp_path / "free", regions=["eu", "us"])
-    every = [p for s in free.stacks.values() for p in s.ports.all()] + [
-        p.port for p in [*free.proxies.values(), *free.presence_proxies.values()]
-    ]
-    assert len(every) == len(set(every))

@@ -1,7 +1,7 @@
 """svc_search's query logic with its store and svc_message played in memory
 (pure logic: the real stack's behaviour is tests/integration/test_search.py).
 
-Pages walk back through windows of growing width over months of postings
+Pages walk back through hour buckets in growing stretches over months of postings
 and return every AND hit once, newest first, whatever the page size; page
 boundaries between groups hold; padding lands exactly on a size bucket."""
 
@@ -26,7 +26,9 @@ from svc_search.model import (
     Position,
     Posting,
     SearchStats,
+    TokenStats,
 )
+from svc_search.storage.postings import hour_of
 
 NOW_MS = 1_800_000_000_000
 DAY_MS = 86_400_000
@@ -34,12 +36,14 @@ KEY = b"k" * 16
 
 
 class Store:
-    """Postings as (conversation, key, token) -> [Posting]."""
+    """Postings as (conversation, key, token) -> [Posting], read as the real
+    store's hour buckets are."""
 
     def __init__(self) -> None:
         self.postings: dict[tuple[str, bytes, bytes], list[Posting]] = {}
         self.reads = 0
-        # Postings and records the handler was given, all reads together.
+        self.record_reads = 0
+        # Postings (entries of buckets) the handler was given, all reads together.
         self.returned = 0
 
     def add(self, conversation: str, message_id: str, at_ms: int, tokens: Sequence[bytes]) -> None:
@@ -48,27 +52,33 @@ class Store:
                 Posting(message_id=message_id, at_ms=at_ms, seq=at_ms // 1000)
             )
 
-    async def window(
-        self,
-        conversation_id: str,
-        key_id: bytes,
-        token: bytes,
-        *,
-        above: int,
-        at_most: int,
-        limit: int,
+    async def token_stats(
+        self, conversation_id: str, key_id: bytes, tokens: Sequence[bytes]
+    ) -> dict[bytes, TokenStats]:
+        self.reads += 1
+        found = {}
+        for t in tokens:
+            postings = self.postings.get((conversation_id, key_id, t))
+            if postings:
+                hours = [hour_of(p.at_ms) for p in postings]
+                found[t] = TokenStats(len(postings), min(hours), max(hours))
+        return found
+
+    async def hours(
+        self, conversation_id: str, key_id: bytes, token: bytes, *, lo: int, hi: int
     ) -> list[Posting]:
         self.reads += 1
         found = [
             p
             for p in self.postings.get((conversation_id, key_id, token), [])
-            if above < p.at_ms <= at_most
-        ][:limit]
+            if lo <= hour_of(p.at_ms) <= hi
+        ]
         self.returned += len(found)
         return found
 
     async def carried(self, message_ids: Sequence[str]) -> dict[str, Carried]:
         self.reads += 1
+        self.record_reads += 1
         wanted = set(message_ids)
         tokens: dict[str, set[bytes]] = {}
         where: dict[str, tuple[str, bytes]] = {}
@@ -79,6 +89,22 @@ class Store:
                     where[p.message_id] = (c, k)
         self.returned += len(tokens)
         return {m: Carried(*where[m], frozenset(ts)) for m, ts in tokens.items()}
+
+    async def carriers(
+        self, conversation_id: str, key_id: bytes, tokens: Sequence[bytes], hours: Sequence[int]
+    ) -> dict[bytes, set[str]]:
+        self.reads += 1
+        wanted = set(hours)
+        found = {
+            t: {
+                p.message_id
+                for p in self.postings.get((conversation_id, key_id, t), [])
+                if hour_of(p.at_ms) in wanted
+            }
+            for t in tokens
+        }
+        self.returned += sum(len(m) for m in found.values())
+        return found
 
     async def drop_conversation(self, conversation_id: str) -> int:
         return 0
@@ -263,10 +289,10 @@ async def test_the_sweeper_drops_conversations_turned_off_or_gone() -> None:
     assert [len(batch) for batch in settings.asked] == [3, 3, 3, 1]
 
 
-async def test_a_burst_larger_than_a_window_is_read_in_narrower_windows() -> None:
+async def test_a_burst_in_one_hour_pages_through_every_message() -> None:
     store = Store()
     word = b"burst123"
-    # 5,000 messages in the last five seconds: more than one window holds.
+    # 5,000 messages in the last five seconds: one bucket holds them all.
     for i in range(5000):
         store.add("c1", f"b{i:05d}", NOW_MS - 5000 + i, [word])
     groups = [Group("c1", KEY, (word,))] + [Group("c9", KEY, (b"x" * 8,))] * 3
@@ -289,10 +315,38 @@ async def test_a_filler_on_every_message_costs_a_page_of_postings_not_its_list()
         account_id="alice", groups=groups, start=None, page_size=5, now=NOW_MS / 1000
     )
     assert [h.message_id for h in page.hits] == [f"f{i:05d}" for i in range(0, 1000, 200)]
-    # The whole filler list is 6,000 postings; the walk reads samples of it.
+    # The whole filler list is 6,000 postings; the walk reads its buckets
+    # only at the hours of the word's candidates.
     assert store.returned < 600
+    assert store.reads <= 4 + 3
     # Every page after it is as cheap, and together they give each hit once.
-    store.returned = 0
+    store.returned = store.reads = 0
     found = await every_hit(search, groups, 5)
     assert [m for _, m in found] == [f"f{i:05d}" for i in range(0, 6000, 200)]
     assert store.returned < 6 * 600
+    # Decoys (a token never posted) cost one read of counts a page each.
+    assert store.reads < 6 * 8
+
+
+async def test_a_group_with_a_token_never_posted_reads_its_counts_only() -> None:
+    store = Store()
+    store.add("c1", "m1", NOW_MS - 1000, [b"word1234"])
+    groups = [Group("c1", KEY, (b"word1234", b"absent12"))] * 4
+    page = await handler(store, Messages(store)).search(
+        account_id="alice", groups=groups, start=None, page_size=5, now=NOW_MS / 1000
+    )
+    assert page.hits == () and page.next_position is None
+    # One read of counts for the four groups under one (conversation, key).
+    assert (store.reads, store.returned) == (1, 0)
+
+
+async def test_candidates_of_one_hour_are_checked_in_the_other_tokens_buckets() -> None:
+    store = Store()
+    a, b = b"aaaa1234", b"bbbb1234"
+    # 500 messages in one hour: one bucket of each token holds every candidate.
+    for i in range(500):
+        store.add("c1", f"h{i:03d}", NOW_MS - 10 * i, [a] + ([b] if i % 2 == 0 else []))
+    groups = [Group("c1", KEY, (a, b))] + [Group("c9", KEY, (b"x" * 8,))] * 3
+    found = await every_hit(handler(store, Messages(store)), groups, 30)
+    assert [m for _, m in found] == [f"h{i:03d}" for i in range(0, 500, 2)]
+    assert store.record_reads == 0

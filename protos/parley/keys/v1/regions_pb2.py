@@ -22,21 +22,26 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cparley/keys/v1/regions.proto\x12\x0eparley.keys.v1\"%\n\x13LookupHandleRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\"c\n\x14ReserveHandleRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x13\n\x0bhome_region\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"@\n\x15ReserveHandleResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x13\n\x0bhome_region\x18\x02 \x01(\t2\xd0\x01\n\x14\x41\x63\x63ountRegionService\x12\\\n\rReserveHandle\x12$.parley.keys.v1.ReserveHandleRequest\x1a%.parley.keys.v1.ReserveHandleResponse\x12Z\n\x0cLookupHandle\x12#.parley.keys.v1.LookupHandleRequest\x1a%.parley.keys.v1.ReserveHandleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cparley/keys/v1/regions.proto\x12\x0eparley.keys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"l\n\x14ReleaseHandleRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x30\n\x0crelease_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x17\n\x15ReleaseHandleResponse\"%\n\x13LookupHandleRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\"c\n\x14ReserveHandleRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x13\n\x0bhome_region\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"@\n\x15ReserveHandleResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x13\n\x0bhome_region\x18\x02 \x01(\t2\xae\x02\n\x14\x41\x63\x63ountRegionService\x12\\\n\rReserveHandle\x12$.parley.keys.v1.ReserveHandleRequest\x1a%.parley.keys.v1.ReserveHandleResponse\x12Z\n\x0cLookupHandle\x12#.parley.keys.v1.LookupHandleRequest\x1a%.parley.keys.v1.ReserveHandleResponse\x12\\\n\rReleaseHandle\x12$.parley.keys.v1.ReleaseHandleRequest\x1a%.parley.keys.v1.ReleaseHandleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.keys.v1.regions_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOOKUPHANDLEREQUEST']._serialized_start=48
-  _globals['_LOOKUPHANDLEREQUEST']._serialized_end=85
-  _globals['_RESERVEHANDLEREQUEST']._serialized_start=87
-  _globals['_RESERVEHANDLEREQUEST']._serialized_end=186
-  _globals['_RESERVEHANDLERESPONSE']._serialized_start=188
-  _globals['_RESERVEHANDLERESPONSE']._serialized_end=252
-  _globals['_ACCOUNTREGIONSERVICE']._serialized_start=255
-  _globals['_ACCOUNTREGIONSERVICE']._serialized_end=463
+  _globals['_RELEASEHANDLEREQUEST']._serialized_start=81
+  _globals['_RELEASEHANDLEREQUEST']._serialized_end=189
+  _globals['_RELEASEHANDLERESPONSE']._serialized_start=191
+  _globals['_RELEASEHANDLERESPONSE']._serialized_end=214
+  _globals['_LOOKUPHANDLEREQUEST']._serialized_start=216
+  _globals['_LOOKUPHANDLEREQUEST']._serialized_end=253
+  _globals['_RESERVEHANDLEREQUEST']._serialized_start=255
+  _globals['_RESERVEHANDLEREQUEST']._serialized_end=354
+  _globals['_RESERVEHANDLERESPONSE']._serialized_start=356
+  _globals['_RESERVEHANDLERESPONSE']._serialized_end=420
+  _globals['_ACCOUNTREGIONSERVICE']._serialized_start=423
+  _globals['_ACCOUNTREGIONSERVICE']._serialized_end=725
 # @@protoc_insertion_point(module_scope)

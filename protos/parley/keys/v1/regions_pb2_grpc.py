@@ -47,6 +47,11 @@ class AccountRegionServiceStub:
                 request_serializer=parley_dot_keys_dot_v1_dot_regions__pb2.LookupHandleRequest.SerializeToString,
                 response_deserializer=parley_dot_keys_dot_v1_dot_regions__pb2.ReserveHandleResponse.FromString,
                 _registered_method=True)
+        self.ReleaseHandle = channel.unary_unary(
+                '/parley.keys.v1.AccountRegionService/ReleaseHandle',
+                request_serializer=parley_dot_keys_dot_v1_dot_regions__pb2.ReleaseHandleRequest.SerializeToString,
+                response_deserializer=parley_dot_keys_dot_v1_dot_regions__pb2.ReleaseHandleResponse.FromString,
+                _registered_method=True)
 
 
 class AccountRegionServiceServicer:
@@ -79,6 +84,16 @@ class AccountRegionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReleaseHandle(self, request, context):
+        """Releases the handle of an erased account at its registrar: it stays taken
+        until `release_time` (the cooling-off period), then a sign-up may reserve
+        it again. Idempotent; a handle reserved for another account is left as it
+        is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountRegionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -91,6 +106,11 @@ def add_AccountRegionServiceServicer_to_server(servicer, server):
                     servicer.LookupHandle,
                     request_deserializer=parley_dot_keys_dot_v1_dot_regions__pb2.LookupHandleRequest.FromString,
                     response_serializer=parley_dot_keys_dot_v1_dot_regions__pb2.ReserveHandleResponse.SerializeToString,
+            ),
+            'ReleaseHandle': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseHandle,
+                    request_deserializer=parley_dot_keys_dot_v1_dot_regions__pb2.ReleaseHandleRequest.FromString,
+                    response_serializer=parley_dot_keys_dot_v1_dot_regions__pb2.ReleaseHandleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -150,6 +170,33 @@ class AccountRegionService:
             '/parley.keys.v1.AccountRegionService/LookupHandle',
             parley_dot_keys_dot_v1_dot_regions__pb2.LookupHandleRequest.SerializeToString,
             parley_dot_keys_dot_v1_dot_regions__pb2.ReserveHandleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseHandle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.keys.v1.AccountRegionService/ReleaseHandle',
+            parley_dot_keys_dot_v1_dot_regions__pb2.ReleaseHandleRequest.SerializeToString,
+            parley_dot_keys_dot_v1_dot_regions__pb2.ReleaseHandleResponse.FromString,
             options,
             channel_credentials,
             insecure,

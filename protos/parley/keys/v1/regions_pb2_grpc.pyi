@@ -52,6 +52,12 @@ class AccountRegionServiceStub:
     ERROR_REASON_ACCOUNT_NOT_FOUND when none is; FAILED_PRECONDITION with
     ERROR_REASON_REGION_UNKNOWN from a region that is not its registrar.
     """
+    ReleaseHandle: _grpc.UnaryUnaryMultiCallable[_regions_pb2.ReleaseHandleRequest, _regions_pb2.ReleaseHandleResponse]
+    """Releases the handle of an erased account at its registrar: it stays taken
+    until `release_time` (the cooling-off period), then a sign-up may reserve
+    it again. Idempotent; a handle reserved for another account is left as it
+    is.
+    """
 
 @_typing.type_check_only
 class AccountRegionServiceAsyncStub(AccountRegionServiceStub):
@@ -76,6 +82,12 @@ class AccountRegionServiceAsyncStub(AccountRegionServiceStub):
     (GetAccount by handle from any region). NOT_FOUND with
     ERROR_REASON_ACCOUNT_NOT_FOUND when none is; FAILED_PRECONDITION with
     ERROR_REASON_REGION_UNKNOWN from a region that is not its registrar.
+    """
+    ReleaseHandle: _aio.UnaryUnaryMultiCallable[_regions_pb2.ReleaseHandleRequest, _regions_pb2.ReleaseHandleResponse]  # type: ignore[assignment]
+    """Releases the handle of an erased account at its registrar: it stays taken
+    until `release_time` (the cooling-off period), then a sign-up may reserve
+    it again. Idempotent; a handle reserved for another account is left as it
+    is.
     """
 
 class AccountRegionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -110,6 +122,18 @@ class AccountRegionServiceServicer(metaclass=_abc_1.ABCMeta):
         (GetAccount by handle from any region). NOT_FOUND with
         ERROR_REASON_ACCOUNT_NOT_FOUND when none is; FAILED_PRECONDITION with
         ERROR_REASON_REGION_UNKNOWN from a region that is not its registrar.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseHandle(
+        self,
+        request: _regions_pb2.ReleaseHandleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_regions_pb2.ReleaseHandleResponse, _abc.Awaitable[_regions_pb2.ReleaseHandleResponse]]:
+        """Releases the handle of an erased account at its registrar: it stays taken
+        until `release_time` (the cooling-off period), then a sign-up may reserve
+        it again. Idempotent; a handle reserved for another account is left as it
+        is.
         """
 
 def add_AccountRegionServiceServicer_to_server(servicer: AccountRegionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

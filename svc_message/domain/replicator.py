@@ -1,0 +1,279 @@
+"""The replicator of one peer region: tails the owner's feed, sends the
+changes the policy routes to the peer in bounded batches, and persists the
+stream position only after the peer acknowledged them.
+
+Order of work per batch: read changes -> route -> ``Apply`` at the peer ->
+persist the position after the batch. A process killed between the apply
+and the persist resumes from the previous position and sends the batch
+again, which the replica applies as a no-op; nothing is skipped, since the
+position never passes an unacknowledged change.
+
+A position the database refuses (or none at all, for a new peer) starts a
+snapshot: a position is taken first, then for every conversation routed to
+the peer, the peer's high-water mark is asked and everything above it sent;
+the stream then resumes from the position taken before the snapshot, so a
+change made during it is sent again rather than missed.
+
+A lease per peer (``replication_leases``) keeps one process per region
+replicating to a peer; a process that loses it stops before its next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from svc_message.domain.replication import (
+    Batch,
+    ReplicationPolicy,
+    conversations_to_look_up,
+    lag_seconds,
+    route,
+)
+from svc_message.model.replication import (
+    ApplyOutcome,
+    FeedChange,
+    HighWater,
+    PeerUnavailable,
+    ReplicatedDoc,
+    ReplicationCursor,
+    ResumePointLost,
+)
+
+log = structlog.get_logger(__name__)
+
+Token = Mapping[str, Any]
+
+
+class Stream(Protocol):
+    async def next(self, timeout: float) -> FeedChange | None: ...
+    def position(self) -> Token | None: ...
+    async def close(self) -> None: ...
+
+
+class Feed(Protocol):
+    async def open(self, resume_token: Token | None) -> Stream: ...
+    async def position_now(self) -> Token: ...
+
+
+class Cursors(Protocol):
+    async def load(self, peer: str) -> ReplicationCursor | None: ...
+    async def save(
+        self, peer: str, resume_token: Token, *, now: float, lag_seconds: float, backlog: int
+    ) -> None: ...
+
+
+class Leases(Protocol):
+    async def claim(self, peer: str, *, owner: str, now: float, until: float) -> bool: ...
+    async def release(self, peer: str, *, owner: str) -> None: ...
+
+
+class Snapshots(Protocol):
+    async def conversation_page(
+        self, *, after_id: str, limit: int
+    ) -> list[tuple[str, tuple[str, ...]]]: ...
+    async def member_ids(self, conversation_ids: Iterable[str]) -> dict[str, tuple[str, ...]]: ...
+    async def above(self, conversation_id: str, high_water: HighWater) -> list[ReplicatedDoc]: ...
+
+
+class Peer(Protocol):
+    async def apply(self, batch_id: str, docs: Sequence[ReplicatedDoc]) -> ApplyOutcome: ...
+    async def high_water(self, conversation_ids: Sequence[str]) -> dict[str, HighWater]: ...
+
+
+@dataclass(frozen=True)
+class ReplicatorSettings:
+    batch_changes: int = 200
+    batch_seconds: float = 0.2
+    lease_seconds: float = 10.0
+    retry_seconds: float = 0.5
+    snapshot_page: int = 200
+
+
+@dataclass
+class ReplicatorState:
+    """What the metrics read: the peer's lag and unacknowledged changes, and
+    counts of what the peer did with what it was sent."""
+
+    lag_seconds: float = 0.0
+    backlog: int = 0
+    applied: int = 0
+    already_present: int = 0
+    snapshots: int = 0
+    batches: int = 0
+
+
+class Replicator:
+    def __init__(
+        self,
+        *,
+        peer: str,
+        instance_id: str,
+        policy: ReplicationPolicy,
+        feed: Feed,
+        cursors: Cursors,
+        leases: Leases,
+        snapshots: Snapshots,
+        client: Peer,
+        clock: Callable[[], float],
+        settings: ReplicatorSettings = ReplicatorSettings(),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.peer = peer
+        self._instance_id = instance_id
+        self._policy = policy
+        self._feed = feed
+        self._cursors = cursors
+        self._leases = leases
+        self._snapshots = snapshots
+        self._client = client
+        self._clock = clock
+        self._settings = settings
+        self._sleep = sleep
+        self._lease_until = 0.0
+        # Set when the database refused the persisted position: the next
+        # round snapshots first, whatever the cursor says.
+        self._resume_lost = False
+        self.state = ReplicatorState()
+
+    # -- lease -------------------------------------------------------------
+
+    async def _hold_lease(self) -> bool:
+        """True while this process holds the peer's lease (renewed at a third
+        of its length)."""
+        now = self._clock()
+        if self._lease_until - now > self._settings.lease_seconds * 2 / 3:
+            return True
+        until = now + self._settings.lease_seconds
+        if await self._leases.claim(self.peer, owner=self._instance_id, now=now, until=until):
+            self._lease_until = until
+            return True
+        self._lease_until = 0.0
+        return False
+
+    # -- the loop ----------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                if not await self._hold_lease():
+                    # Another process replicates to the peer now: this one's
+                    # last readings would otherwise stay on its gauges, and the
+                    # region's lag (the highest over processes) with them.
+                    self.state.lag_seconds = 0.0
+                    self.state.backlog = 0
+                    await self._pause(stop, self._settings.lease_seconds / 3)
+                    continue
+                try:
+                    cursor = await self._cursors.load(self.peer)
+                    token = None if cursor is None else cursor.resume_token
+                    if token is None or self._resume_lost:
+                        token = await self.snapshot()
+                        self._resume_lost = False
+                    await self._tail(token, stop)
+                except ResumePointLost as exc:
+                    log.warning("replication resume point lost", peer=self.peer, error=str(exc))
+                    self._resume_lost = True
+                except PeerUnavailable as exc:
+                    log.info("replication peer unavailable", peer=self.peer, error=str(exc))
+                    await self._pause(stop, self._settings.retry_seconds)
+        finally:
+            await self._leases.release(self.peer, owner=self._instance_id)
+
+    async def _pause(self, stop: asyncio.Event, seconds: float) -> None:
+        if not stop.is_set():
+            await self._sleep(seconds)
+
+    async def _tail(self, token: Token, stop: asyncio.Event) -> None:
+        stream = await self._feed.open(token)
+        try:
+            while not stop.is_set():
+                if not await self._hold_lease():
+                    return
+                batch = Batch(self._settings.batch_changes, self._settings.batch_seconds)
+                while not batch.full(now=self._clock()) and not stop.is_set():
+                    change = await stream.next(batch.wait_seconds(now=self._clock()))
+                    if change is None:
+                        break
+                    batch.add(change, now=self._clock())
+                    self.state.backlog = len(batch)
+                position = stream.position()
+                if not batch.changes:
+                    self.state.lag_seconds = 0.0
+                    continue
+                await self._deliver(batch.changes)
+                if position is not None:
+                    await self._cursors.save(
+                        self.peer,
+                        position,
+                        now=self._clock(),
+                        lag_seconds=self.state.lag_seconds,
+                        backlog=0,
+                    )
+                self.state.backlog = 0
+        finally:
+            await stream.close()
+
+    async def _deliver(self, changes: Sequence[FeedChange]) -> None:
+        """Sends the batch's routed changes until the peer acknowledges them."""
+        now = self._clock()
+        self.state.lag_seconds = lag_seconds(changes[0].committed_at, now=now)
+        members = await self._snapshots.member_ids(conversations_to_look_up(changes))
+        routed = route(changes, peer=self.peer, policy=self._policy, members=members)
+        if routed:
+            docs = [
+                ReplicatedDoc(c.kind, c.conversation_id, c.encoded)
+                for c in routed
+                if c.document is not None
+            ]
+            await self._send(docs)
+        # Acknowledged: the peer is now as far behind as the newest of them.
+        self.state.lag_seconds = lag_seconds(changes[-1].committed_at, now=self._clock())
+
+    async def _send(self, docs: Sequence[ReplicatedDoc]) -> None:
+        # PeerUnavailable propagates: the caller keeps the stream position,
+        # so the batch is read and sent again.
+        outcome = await self._client.apply(uuid.uuid4().hex, docs)
+        self.state.applied += outcome.applied
+        self.state.already_present += outcome.already_present
+        self.state.batches += 1
+
+    # -- snapshot ----------------------------------------------------------
+
+    async def snapshot(self) -> Token:
+        """Catches the peer up from its high-water marks; returns (and persists)
+        the position taken before it began."""
+        start = await self._feed.position_now()
+        self.state.snapshots += 1
+        after = ""
+        while True:
+            page = await self._snapshots.conversation_page(
+                after_id=after, limit=self._settings.snapshot_page
+            )
+            if not page:
+                break
+            after = page[-1][0]
+            routed = [c for c, m in page if self._policy.sends_to(self.peer, c, m)]
+            if not routed:
+                continue
+            marks = await self._client.high_water(routed)
+            pending: list[ReplicatedDoc] = []
+            for conversation_id in routed:
+                pending.extend(
+                    await self._snapshots.above(
+                        conversation_id, marks.get(conversation_id, HighWater())
+                    )
+                )
+                while len(pending) >= self._settings.batch_changes:
+                    await self._send(pending[: self._settings.batch_changes])
+                    del pending[: self._settings.batch_changes]
+            if pending:
+                await self._send(pending)
+        await self._cursors.save(self.peer, start, now=self._clock(), lag_seconds=0.0, backlog=0)
+        log.info("replication snapshot done", peer=self.peer)
+        return start

@@ -1,0 +1,144 @@
+"""How svc_message builds region replication (the composition root's helper,
+svc_message/app.py; docs/ARCHITECTURE.md "Regions: replication").
+
+Every process serves RegionReplicationService (what peers send here is
+applied to this region's replica). Replicators, one per peer, run only when
+the topology in force at start has peers: without regions nothing is built
+that costs anything. Peers added by a later topology take effect at the next
+restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+
+from parley_core.auth.credentials import ServiceCredential
+from parley_core.config import ReplicationSettings
+from parley_core.regions import RegionMap, UnknownRegion
+from parley_core.storage.mongo import Database
+from parley_core.topology import Topology
+from svc_message.domain.replication import (
+    ReplicaApplier,
+    ReplicationPolicy,
+    merge_member_document,
+)
+from svc_message.domain.replicator import Replicator, ReplicatorSettings
+from svc_message.model.replication import ApplyOutcome, ReplicatedDoc
+from svc_message.peers.replication import ReplicationPeer
+from svc_message.replication_metrics import ReplicationMetrics
+from svc_message.servicer.replication import RegionReplicationServicer
+from svc_message.storage.doorbell import Doorbell
+from svc_message.storage.replication import (
+    FeedTail,
+    ReplicaStore,
+    ReplicationCursorStore,
+    ReplicationLeaseStore,
+    SnapshotReader,
+)
+
+
+@dataclass
+class Replication:
+    servicer: RegionReplicationServicer
+    metrics: ReplicationMetrics
+    replicators: list[Replicator] = field(default_factory=list)
+    peers: list[ReplicationPeer] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def close(self) -> None:
+        self.stop.set()
+        for peer in self.peers:
+            await peer.close()
+
+
+def _region_of(regions: Callable[[], RegionMap]) -> Callable[[str], str]:
+    def region_of(tagged_id: str) -> str:
+        current = regions()
+        try:
+            return current.region_of(tagged_id)
+        except UnknownRegion:
+            return current.self_region
+
+    return region_of
+
+
+def replication_policy(topology: Topology, regions: Callable[[], RegionMap]) -> ReplicationPolicy:
+    home_only = tuple(topology.residency.home_only_data)
+
+    def home_only_data(region: str) -> Collection[str]:
+        # Only this region's residency is in its topology; a peer applies its own.
+        return home_only if region == topology.region else ()
+
+    region_of = _region_of(regions)
+    return ReplicationPolicy(
+        region=topology.region,
+        replicate_to=frozenset(topology.residency.replicate_to),
+        owner_region=region_of,
+        home_region=region_of,
+        home_only_data=home_only_data,
+    )
+
+
+def replicator_settings(config: ReplicationSettings) -> ReplicatorSettings:
+    """The replicators' settings from message.replication."""
+    return ReplicatorSettings(
+        batch_changes=config.batch_changes,
+        batch_seconds=config.batch_seconds,
+        lease_seconds=config.lease_seconds,
+        retry_seconds=config.retry_seconds,
+        snapshot_page=config.snapshot_page,
+    )
+
+
+def build_replication(
+    db: Database,
+    *,
+    doorbell: Doorbell,
+    topology: Topology | None,
+    regions: Callable[[], RegionMap],
+    credential: ServiceCredential | None,
+    instance_id: str,
+    settings: ReplicatorSettings,
+) -> Replication:
+    replica = ReplicaStore(db, merge_member=merge_member_document)
+
+    async def wake_streams(docs: Sequence[ReplicatedDoc], outcome: ApplyOutcome) -> None:
+        conversations = {d.conversation_id for d in docs}
+        await doorbell.replicated(conversations, outcome.wake_accounts)
+
+    applier = ReplicaApplier(replica, on_applied=wake_streams)
+    replicators: list[Replicator] = []
+    clients: list[ReplicationPeer] = []
+    if topology is not None and topology.peers and credential is not None:
+        policy = replication_policy(topology, regions)
+        for peer in topology.peers:
+            address = peer.peer_address("message")
+            if address is None:
+                continue
+            client = ReplicationPeer(
+                source_region=topology.region, address=address, bearer_token=credential.bearer_token
+            )
+            clients.append(client)
+            replicators.append(
+                Replicator(
+                    peer=peer.name,
+                    instance_id=instance_id,
+                    policy=policy,
+                    feed=FeedTail(db),
+                    cursors=ReplicationCursorStore(db),
+                    leases=ReplicationLeaseStore(db),
+                    snapshots=SnapshotReader(db),
+                    client=client,
+                    clock=time.time,
+                    settings=settings,
+                )
+            )
+    return Replication(
+        servicer=RegionReplicationServicer(applier),
+        metrics=ReplicationMetrics(replicators, applier),
+        replicators=replicators,
+        peers=clients,
+    )
