@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 
 import grpc
 import structlog
@@ -17,19 +18,25 @@ from parley_core.storage.liveness import Liveness
 from parley_core.tasks import stop_tasks
 from parley_core.telemetry import build_tracing
 from svc_presence.domain.erasure import PresenceErasure
+from svc_presence.domain.export import Exporter
 from svc_presence.domain.presence import PresenceHandler
+from svc_presence.domain.region_intake import RegionIntake
 from svc_presence.domain.rules import RuleLoader
 from svc_presence.domain.subscriptions import Hub
 from svc_presence.domain.sweeper import SeenBuffer, Sweeper
 from svc_presence.metrics import PresenceMetrics
-from svc_presence.model import PresenceStats
+from svc_presence.model import PresenceStats, RegionStats
+from svc_presence.peers.regions import PresencePeerClient
 from svc_presence.servicer.internal import INTERNAL_SERVICE_NAME, PresenceInternalServicer
 from svc_presence.servicer.presence import SERVICE_NAME, PresenceServicer
+from svc_presence.servicer.regions import REGION_SERVICE_NAME, PresenceRegionServicer
 from svc_presence.storage.channels import PresenceChannels
 from svc_presence.storage.contacts import ContactStore
 from svc_presence.storage.documents import LastSeenStore, SettingsStore
 from svc_presence.storage.erasure import PresenceErasureStore
+from svc_presence.storage.export import ExportSource
 from svc_presence.storage.live import LiveStore, connect_fast, connect_listener
+from svc_presence.storage.remote import RemotePresenceStore
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +63,13 @@ async def build(settings: Settings) -> ServiceHost:
         cluster_shards=settings.redis.cluster_presence_shards,
     )
     live = LiveStore(liveness, stats)
+    region_stats = RegionStats()
+    remote = RemotePresenceStore(fast, liveness.keys, stats)
+
+    def has_peers() -> bool:
+        topology = runtime.topology
+        return topology is not None and bool(topology.peers)
+
     settings_store = SettingsStore(runtime.db)
     contacts = ContactStore(runtime.mongo, runtime.db)
     await contacts.ensure_indexes()
@@ -73,6 +87,8 @@ async def build(settings: Settings) -> ServiceHost:
         limits=runtime.limiter(LIMITS),
         max_contacts=config.max_contacts,
         after_drop=sweeper.poke,
+        remote=remote,
+        has_peers=has_peers,
     )
     hub: Hub
     channels = PresenceChannels(
@@ -90,19 +106,37 @@ async def build(settings: Settings) -> ServiceHost:
         stats,
         max_sessions=config.max_subscriptions,
         max_per_viewer=config.max_subscriptions_per_account,
+        remote=remote,
+        has_peers=has_peers,
     )
-    runtime.registry.register(PresenceMetrics(stats, hub, channels))
     await runtime.start_revocation_feed()
     runtime.start_topology_watcher()
+    peers = PresencePeerClient(runtime.current_topology, credential=runtime.service_credential())
+    # Idle (one look at the topology every few seconds) while it names no peer.
+    exporter = Exporter(
+        ExportSource(fast, listener, liveness.keys),
+        peers,
+        region_stats,
+        topology=runtime.current_topology,
+        regions=runtime.region_map,
+        holder=secrets.token_hex(8),
+    )
+    runtime.registry.register(
+        PresenceMetrics(stats, hub, channels, region_stats, leading=lambda: exporter.leading)
+    )
     tasks = [
         asyncio.create_task(channels.run()),
         asyncio.create_task(hub.run()),
         asyncio.create_task(sweeper.run()),
         asyncio.create_task(sweeper.run_flusher()),
+        asyncio.create_task(hub.run_remote_expiry()),
+        asyncio.create_task(exporter.run()),
     ]
 
     async def stop() -> None:
         await stop_tasks(tasks)
+        await exporter.release()
+        await peers.close()
         # Last seen taken from Redis but not yet written would otherwise be lost.
         try:
             await buffer.flush()
@@ -116,19 +150,23 @@ async def build(settings: Settings) -> ServiceHost:
     internal = PresenceInternalServicer(
         PresenceErasure(PresenceErasureStore(runtime.db, fast, liveness.keys), contacts, buffer)
     )
+    regions = PresenceRegionServicer(
+        RegionIntake(remote, region_stats, topology=runtime.current_topology)
+    )
 
     def register(server: grpc.aio.Server) -> None:
         presence_pb2_grpc.add_PresenceServiceServicer_to_server(servicer, server)
         internal_pb2_grpc.add_PresenceInternalServiceServicer_to_server(internal, server)
+        internal_pb2_grpc.add_PresenceRegionServiceServicer_to_server(regions, server)
 
     return ServiceHost(
         name="svc_presence",
         settings=config.server,
         interceptors=runtime.interceptors(
-            public_methods=(), internal_services=[INTERNAL_SERVICE_NAME]
+            public_methods=(), internal_services=[INTERNAL_SERVICE_NAME, REGION_SERVICE_NAME]
         ),
         register=register,
-        service_names=[SERVICE_NAME, INTERNAL_SERVICE_NAME],
+        service_names=[SERVICE_NAME, INTERNAL_SERVICE_NAME, REGION_SERVICE_NAME],
         registry=runtime.registry,
         on_stop=[stop],
         on_draining=[

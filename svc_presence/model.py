@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 
@@ -74,6 +74,55 @@ UNSEEN = LiveState(online=False, seen_ms=None)
 
 
 @dataclass(frozen=True, slots=True)
+class RegionEntry:
+    """One peer region's word on one account, as this region keeps it."""
+
+    online: bool
+    # Unix ms of the account's last activity there (the peer's clock).
+    seen_ms: int
+    # Unix ms (this region's clock) after which the entry no longer counts.
+    expires_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteView:
+    """Every peer region's unexpired entries on one account, together."""
+
+    online: bool
+    seen_ms: int | None
+    # Online until then (the latest expiry of an online entry); 0 when offline.
+    until_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExportEntry:
+    """A local state pushed to the peer regions."""
+
+    account_id: str
+    online: bool
+    seen_ms: int
+    expires_in_ms: int
+
+
+@dataclass
+class RegionStats:
+    """Counters of presence across regions, per peer region."""
+
+    sent: dict[str, int] = field(default_factory=dict)
+    received: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    # Unix seconds of the last full digest sent to / received from each peer.
+    digest_sent_at: dict[str, float] = field(default_factory=dict)
+    digest_received_at: dict[str, float] = field(default_factory=dict)
+    # Local changes dropped because a peer's queue was full (its digest repairs them).
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    @staticmethod
+    def add(counter: dict[str, int], peer: str, amount: int = 1) -> None:
+        counter[peer] = counter.get(peer, 0) + amount
+
+
+@dataclass(frozen=True, slots=True)
 class PresenceView:
     """One user's presence as one viewer may see it."""
 
@@ -115,6 +164,10 @@ class PresenceStats:
 
 class PresenceStoreDown(Exception):
     """Redis did not answer (refused, reset or timed out)."""
+
+
+class PeerUnreachable(Exception):
+    """A peer region did not take a call (unreachable, timed out, refused)."""
 
 
 class ContactsBusy(Exception):

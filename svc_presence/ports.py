@@ -4,11 +4,18 @@ Below the domain, beside the model, so the storage adapters may import them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from svc_presence.model import Contact, LiveState, PresenceSettings, SeenRecord
+from svc_presence.model import (
+    Contact,
+    ExportEntry,
+    LiveState,
+    PresenceSettings,
+    RegionEntry,
+    SeenRecord,
+)
 
 
 class LiveStates(Protocol):
@@ -76,3 +83,45 @@ class LastSeenLog(Protocol):
 class OfflineRecord(Protocol):
     account_id: str
     seen_ms: int
+
+
+class RemoteStates(Protocol):
+    """Entries peer regions pushed; raises PresenceStoreDown when Redis is unreachable."""
+
+    async def apply(self, region: str, entries: Sequence[ExportEntry], *, now_ms: int) -> int: ...
+
+    async def entries(self, account_ids: Sequence[str]) -> dict[str, dict[str, RegionEntry]]: ...
+
+
+class ExportFeed(Protocol):
+    """This region's local presence, for the exporter (storage/export.py)."""
+
+    @property
+    def shards(self) -> int: ...
+
+    async def hold_lease(self, holder: str, *, ttl_ms: int) -> bool: ...
+
+    async def release_lease(self, holder: str) -> None: ...
+
+    def changes(self) -> AsyncIterator[LocalChangeLike]: ...
+
+    async def online_page(
+        self, shard: int, *, now_ms: int, offset: int, limit: int
+    ) -> list[tuple[str, int]]: ...
+
+
+class LocalChangeLike(Protocol):
+    @property
+    def account_id(self) -> str: ...
+
+    @property
+    def online(self) -> bool: ...
+
+    @property
+    def seen_ms(self) -> int: ...
+
+
+class PeerRegions(Protocol):
+    """svc_presence of the peer regions; raises PeerUnreachable."""
+
+    async def apply(self, region: str, entries: Sequence[ExportEntry], *, digest: bool) -> int: ...

@@ -19,7 +19,9 @@ database of its own for last seen.
 
 A touch renews a lease and stamps ``seen`` (never backwards); when the
 account was not online it becomes online and that is published on
-``parley:p:c:<account>``. Redis never
+``parley:p:c:<account>`` (and on the shard's ``parley:p:x``, which
+svc_presence's exporter to peer regions listens to; nobody else does, and a
+publish nobody hears costs next to nothing). Redis never
 expires leases by itself: the sweeper pops accounts whose due time passed,
 drops their expired leases and, when none is left, marks the account offline
 and publishes that. Each transition happens inside one script, so however many
@@ -51,6 +53,7 @@ from parley_core.storage.redis import Redis, Script, ScriptCall
 
 ACCOUNT_PREFIX = "parley:p:"
 CHANNEL_PREFIX = "parley:p:c:"
+EXPORT_CHANNEL = "parley:p:x"
 STREAM = "s:"
 HEARTBEAT = "h:"
 SETTINGS_CHANGED = b"s"
@@ -61,7 +64,8 @@ KEEP_MS = 30 * 86400 * 1000
 DUE_READ_ROUNDS = 3
 
 # KEYS: hash, due, save. ARGV: field, now, ttl_ms, persist_ms, channel,
-# account, keep_ms, publish command. Returns {came_online, persist_seen}.
+# account, keep_ms, publish command, export channel. Returns {came_online,
+# persist_seen}.
 _TOUCH = """
 local now = tonumber(ARGV[2])
 local expiry = now + tonumber(ARGV[3])
@@ -73,6 +77,7 @@ local came = 0
 if redis.call('HGET', KEYS[1], 'on') ~= '1' then
   redis.call('HSET', KEYS[1], 'on', '1')
   redis.call(ARGV[8], ARGV[5], '1:' .. now)
+  redis.call(ARGV[8], ARGV[9], ARGV[6] .. '|1:' .. now)
   came = 1
 end
 local persist = 0
@@ -102,14 +107,14 @@ return 0
 """
 
 # KEYS: due, save, then the hash of each account. ARGV: now, channel prefix,
-# publish command, then the accounts (read as due just before). Returns the
-# accounts that went offline with their last seen, flat.
+# publish command, export channel, then the accounts (read as due just
+# before). Returns the accounts that went offline with their last seen, flat.
 _SWEEP = """
 local now = tonumber(ARGV[1])
 local out = {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local account = ARGV[i]
-  local key = KEYS[i - 1]
+  local key = KEYS[i - 2]
   local due = redis.call('ZSCORE', KEYS[1], account)
   -- Another sweeper may have taken it meanwhile, or a touch moved it on.
   if due and tonumber(due) <= now then
@@ -134,6 +139,7 @@ for i = 4, #ARGV do
         redis.call('HSET', key, 'on', '0')
         local seen = redis.call('HGET', key, 'seen') or ARGV[1]
         redis.call(ARGV[3], ARGV[2] .. account, '0:' .. seen)
+        redis.call(ARGV[3], ARGV[4], account .. '|0:' .. seen)
         -- Stored with the transition; no separate save needed.
         redis.call('ZREM', KEYS[2], account)
         out[#out + 1] = account
@@ -190,6 +196,18 @@ class PresenceKeys:
 
     def save(self, shard: int) -> str:
         return ACCOUNT_PREFIX + self._space(shard) + "save"
+
+    def export_channel(self, shard: int) -> str:
+        """The shard's channel of local transitions, ``<account>|1:<ms>`` and
+        ``<account>|0:<ms>``, for svc_presence's exporter to peer regions."""
+        return EXPORT_CHANNEL + (f":{{p{shard}}}" if self.shards > 1 else "")
+
+    def export_channels(self) -> list[str]:
+        return [self.export_channel(shard) for shard in range(self.shards)]
+
+    def remote(self, account_id: str) -> str:
+        """The hash of the account's entries pushed by peer regions (svc_presence)."""
+        return ACCOUNT_PREFIX + self._space(self.shard(account_id)) + "r:" + account_id
 
     def channel_prefix(self, shard: int) -> str:
         return CHANNEL_PREFIX + self._space(shard)
@@ -283,6 +301,7 @@ class Liveness:
                 account_id,
                 KEEP_MS,
                 self._redis.publish_command,
+                self.keys.export_channel(shard),
             ],
         )
 
@@ -350,6 +369,7 @@ class Liveness:
                         now_ms,
                         self.keys.channel_prefix(shard),
                         self._redis.publish_command,
+                        self.keys.export_channel(shard),
                         *accounts,
                     ],
                 )

@@ -18,6 +18,7 @@ import structlog
 from parley_core.errors import Aborted, Reason, ResourceExhausted, Unavailable
 from parley_core.limits import Limiter, LimitName, Take
 from svc_presence.domain import privacy
+from svc_presence.domain.region_merge import combined, remote_view
 from svc_presence.domain.rules import RuleLoader
 from svc_presence.model import (
     UNSEEN,
@@ -29,9 +30,16 @@ from svc_presence.model import (
     PresenceStats,
     PresenceStoreDown,
     PresenceView,
+    RegionEntry,
     Visibility,
 )
-from svc_presence.ports import ContactLists, LastSeenLog, LiveStates, SettingsReader
+from svc_presence.ports import (
+    ContactLists,
+    LastSeenLog,
+    LiveStates,
+    RemoteStates,
+    SettingsReader,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -82,7 +90,11 @@ class PresenceHandler:
         limits: Limiter,
         max_contacts: int,
         after_drop: Callable[[], None] = lambda: None,
+        remote: RemoteStates | None = None,
+        has_peers: Callable[[], bool] = lambda: False,
     ) -> None:
+        self._remote = remote
+        self._has_peers = has_peers
         self._limits = limits
         self._after_drop = after_drop
         self._live = live
@@ -119,16 +131,29 @@ class PresenceHandler:
             raise presence_unavailable() from None
         self._after_drop()
 
-    async def get_presence(self, *, viewer: str, account_ids: Sequence[str]) -> list[PresenceView]:
-        """The accounts' presence as ``viewer`` may see it, in order, each once."""
+    async def get_presence(
+        self, *, viewer: str, account_ids: Sequence[str], now: float
+    ) -> list[PresenceView]:
+        """The accounts' presence as ``viewer`` may see it, in order, each once:
+        online here or in any peer region (whose entry is still good)."""
         targets = privacy.dedup(account_ids)
         try:
             # Redis first in line: when it is down the call fails at once.
-            states, rules = await both(
-                self._live.states(targets), self._rules.for_viewer(viewer, targets)
+            (local, remote), rules = await both(
+                both(self._live.states(targets), self._remote_entries(targets)),
+                self._rules.for_viewer(viewer, targets),
             )
         except PresenceStoreDown:
             raise presence_unavailable() from None
+        now_ms = int(now * 1000)
+        states = {
+            t: combined(
+                local.get(t, UNSEEN),
+                remote_view(remote[t], now_ms=now_ms) if t in remote else None,
+                now_ms=now_ms,
+            )
+            for t in targets
+        }
         # Redis forgets (a restart, or months of silence); MongoDB does not.
         forgotten = [t for t in targets if rules[t].last_seen and states[t].seen_ms is None]
         stored = await self._last_seen.get_many(forgotten) if forgotten else {}
@@ -139,6 +164,11 @@ class PresenceHandler:
                 state = LiveState(online=state.online, seen_ms=stored[target])
             views.append(privacy.view(target, rules[target], state))
         return views
+
+    async def _remote_entries(self, targets: Sequence[str]) -> dict[str, dict[str, RegionEntry]]:
+        if self._remote is None or not self._has_peers():
+            return {}
+        return await self._remote.entries(targets)
 
     # -- settings ----------------------------------------------------------------
 

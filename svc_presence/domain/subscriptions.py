@@ -9,6 +9,13 @@ sessions whose viewer may not see the change send nothing. Changes are
 coalesced per session (a set of dirty targets, at most 256), so a client
 that reads slowly gets the latest state instead of a backlog.
 
+Presence pushed by peer regions comes as ``r<0|1>:<seen>:<until>`` on the
+same channel when the regions' combined view flips (storage/remote.py); a
+session shows the account online when it is online here or there
+(region_merge.combined). A digest renewing a remote entry publishes nothing,
+so when the ``until`` the hub heard of passes, it reads the account's
+entries again, and only if they ran out does the account go offline.
+
 A ``s`` on a channel means that account's settings or contact list changed:
 the verdicts of the sessions watching it (and of its own sessions, since
 reciprocity depends on the viewer's settings too) are recomputed in the
@@ -19,7 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -27,6 +35,7 @@ import structlog
 from parley_core.errors import ParleyError, ResourceExhausted
 from svc_presence.domain import privacy
 from svc_presence.domain.presence import both, presence_unavailable
+from svc_presence.domain.region_merge import combined, parse_remote, remote_view
 from svc_presence.domain.rules import RuleLoader
 from svc_presence.model import (
     UNSEEN,
@@ -34,9 +43,11 @@ from svc_presence.model import (
     PresenceStats,
     PresenceStoreDown,
     PresenceView,
+    RegionEntry,
+    RemoteView,
     Rule,
 )
-from svc_presence.ports import Channels, LastSeenLog, LiveStates
+from svc_presence.ports import Channels, LastSeenLog, LiveStates, RemoteStates
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +59,8 @@ REFRESH_RETRY_SECONDS = 1.0
 # Open subscriptions of one account on one process: a few per device is
 # plenty, and one account must not take every slot of the process.
 MAX_SESSIONS_PER_VIEWER = 32
+# The longest the remote expiry loop sleeps with nothing due (a new entry wakes it).
+REMOTE_IDLE_SECONDS = 5.0
 
 
 def parse_state(payload: bytes) -> LiveState | None:
@@ -111,7 +124,15 @@ class Hub:
         max_sessions: int,
         max_per_viewer: int = MAX_SESSIONS_PER_VIEWER,
         refresh_retry_seconds: float = REFRESH_RETRY_SECONDS,
+        remote: RemoteStates | None = None,
+        has_peers: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._remote_store = remote
+        self._has_peers = has_peers
+        self._clock = clock
+        self._remote: dict[str, RemoteView] = {}
+        self._remote_wake = asyncio.Event()
         self._max_per_viewer = max_per_viewer
         self._channels = channels
         self._live = live
@@ -137,13 +158,20 @@ class Hub:
         return len(self._by_target)
 
     def state(self, account_id: str) -> LiveState:
-        return self._states.get(account_id, UNSEEN)
+        local = self._states.get(account_id, UNSEEN)
+        return combined(local, self._remote.get(account_id), now_ms=self._now_ms())
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
 
     # -- from the channels -------------------------------------------------------
 
     def on_message(self, account_id: str, payload: bytes) -> None:
         if payload == SETTINGS_CHANGED:
             self._settings_changed(account_id)
+            return
+        if payload.startswith(b"r"):
+            self._remote_changed(account_id, parse_remote(payload))
             return
         state = parse_state(payload)
         watchers = self._by_target.get(account_id)
@@ -152,6 +180,16 @@ class Hub:
         # In arrival order: Redis publishes an account's transitions in the
         # order they happened, and one connection receives them in order.
         self._states[account_id] = state
+        for session in watchers:
+            session.changed(account_id)
+
+    def _remote_changed(self, account_id: str, view: RemoteView | None) -> None:
+        watchers = self._by_target.get(account_id)
+        if view is None or not watchers:
+            return
+        self._remote[account_id] = view
+        if view.online:
+            self._remote_wake.set()
         for session in watchers:
             session.changed(account_id)
 
@@ -213,11 +251,20 @@ class Hub:
             # Subscribed first: a change after the read below is heard.
             await self._channels.subscribe(privacy.dedup([*targets, session.viewer]))
             session.subscribed = True
-            states, rules = await both(
-                self._live.states(targets), self._rules.for_viewer(session.viewer, targets)
+            (states, remote), rules = await both(
+                both(self._live.states(targets), self._remote_entries(targets)),
+                self._rules.for_viewer(session.viewer, targets),
             )
         except PresenceStoreDown:
             raise presence_unavailable() from None
+        now_ms = self._now_ms()
+        for target, entries in remote.items():
+            read_view = remote_view(entries, now_ms=now_ms)
+            held_view = self._remote.get(target)
+            if held_view is None or read_view.until_ms >= held_view.until_ms:
+                self._remote[target] = read_view
+                if read_view.online:
+                    self._remote_wake.set()
         forgotten = [t for t in targets if states[t].seen_ms is None and t not in self._states]
         stored = await self._last_seen.get_many(forgotten) if forgotten else {}
         if session.error is not None:
@@ -270,6 +317,7 @@ class Hub:
                 if not watchers:
                     del self._by_target[target]
                     self._states.pop(target, None)
+                    self._remote.pop(target, None)
         mine = self._by_viewer.get(session.viewer)
         if mine is not None:
             mine.discard(session)
@@ -285,6 +333,44 @@ class Hub:
             self._by_target.setdefault(target, set()).add(session)
         self._by_viewer.setdefault(session.viewer, set()).add(session)
         self._stats.subscriptions_open = len(self._sessions)
+
+    # -- remote entries running out ---------------------------------------------
+
+    async def _remote_entries(self, targets: Sequence[str]) -> dict[str, dict[str, RegionEntry]]:
+        if self._remote_store is None or not self._has_peers():
+            return {}
+        return await self._remote_store.entries(targets)
+
+    async def run_remote_expiry(self) -> None:
+        """Until cancelled: when a watched account's remote online state
+        reaches the expiry last heard, read its entries again (a digest may
+        have renewed them) and tell its sessions if it went offline."""
+        while True:
+            now_ms = self._now_ms()
+            due = [a for a, v in self._remote.items() if v.online and v.until_ms <= now_ms]
+            if due:
+                try:
+                    found = await self._remote_entries(due)
+                except PresenceStoreDown as exc:
+                    log.warning("presence_remote_read_failed", error=str(exc))
+                    await asyncio.sleep(self._refresh_retry)
+                    continue
+                now_ms = self._now_ms()
+                for account_id in due:
+                    if account_id not in self._remote:
+                        continue  # no longer watched
+                    before = self.state(account_id)
+                    self._remote[account_id] = remote_view(found.get(account_id, {}), now_ms=now_ms)
+                    if self.state(account_id) != before:
+                        for session in self._by_target.get(account_id, ()):
+                            session.changed(account_id)
+                continue
+            upcoming = [v.until_ms for v in self._remote.values() if v.online]
+            wait = (min(upcoming) - now_ms) / 1000 if upcoming else REMOTE_IDLE_SECONDS
+            self._remote_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.01, min(wait, REMOTE_IDLE_SECONDS))):
+                    await self._remote_wake.wait()
 
     # -- recomputing verdicts ----------------------------------------------------
 

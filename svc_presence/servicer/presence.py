@@ -111,7 +111,7 @@ class PresenceServicer(presence_pb2_grpc.PresenceServiceServicer):
         check.done()
         rpc = request_context(context, clock=self._clock)
         views = await self._presence.get_presence(
-            viewer=rpc.account_id, account_ids=list(request.account_ids)
+            viewer=rpc.account_id, account_ids=list(request.account_ids), now=self._clock()
         )
         return pb.GetPresenceResponse(presences=[presence_proto(v) for v in views])
 

@@ -1,6 +1,7 @@
 """What an account erasure removes from svc_presence's stores besides its
-contact lists (storage/contacts.py): the presence hash and the account's
-places in the due and save sets in Redis, its privacy settings and last
+contact lists (storage/contacts.py): the presence hash, the entries peer
+regions pushed of it and the account's places in the due and save sets in
+Redis, its privacy settings and last
 seen in MongoDB."""
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class PresenceErasureStore:
             shard = self._keys.shard(account_id)
             async with self._redis.pipeline() as pipe:
                 pipe.delete(self._keys.account(account_id))
+                # What peer regions pushed of it (they expire anyway; not kept longer).
+                pipe.delete(self._keys.remote(account_id))
                 pipe.zrem(self._keys.due(shard), account_id)
                 pipe.zrem(self._keys.save(shard), account_id)
                 await pipe.execute()

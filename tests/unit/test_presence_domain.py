@@ -42,6 +42,7 @@ E, C, N = Visibility.EVERYONE, Visibility.CONTACTS, Visibility.NOBODY
 ONLINE, OFFLINE, UNKNOWN = Availability.ONLINE, Availability.OFFLINE, Availability.UNKNOWN
 
 UNLIMITED = Limiter(InProcessBuckets(), {}, names=(), enabled=False)
+NOW = 1_900_000_000.0
 
 
 # -- fakes --------------------------------------------------------------------------
@@ -591,7 +592,9 @@ async def test_get_presence_is_ordered_deduplicated_and_private() -> None:
     world = FakeWorld(live={"a": LiveState(True, 50), "b": LiveState(False, 40)})
     world.settings["a"] = PresenceSettings(E, E, False)
     mutual(world, "b", "v")
-    views = await handler(world).get_presence(viewer="v", account_ids=["b", "a", "x", "b", "v"])
+    views = await handler(world).get_presence(
+        viewer="v", account_ids=["b", "a", "x", "b", "v"], now=NOW
+    )
     assert views == [
         PresenceView("b", OFFLINE, 40),
         PresenceView("a", UNKNOWN, None),  # reciprocity: v shows only its contacts
@@ -600,7 +603,7 @@ async def test_get_presence_is_ordered_deduplicated_and_private() -> None:
     ]
     world.redis_down = True
     with pytest.raises(Unavailable, match="messaging is not affected"):
-        await handler(world).get_presence(viewer="v", account_ids=["a"])
+        await handler(world).get_presence(viewer="v", account_ids=["a"], now=NOW)
 
 
 async def test_settings_and_contacts_work_without_redis_and_publish_when_they_can() -> None:

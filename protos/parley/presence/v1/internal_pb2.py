@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!parley/presence/v1/internal.proto\x12\x12parley.presence.v1\")\n\x13\x45raseAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\x16\n\x14\x45raseAccountResponse2|\n\x17PresenceInternalService\x12\x61\n\x0c\x45raseAccount\x12\'.parley.presence.v1.EraseAccountRequest\x1a(.parley.presence.v1.EraseAccountResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!parley/presence/v1/internal.proto\x12\x12parley.presence.v1\")\n\x13\x45raseAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\x16\n\x14\x45raseAccountResponse\"a\n\x0eRegionPresence\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12\x14\n\x0clast_seen_ms\x18\x03 \x01(\x03\x12\x15\n\rexpires_in_ms\x18\x04 \x01(\x03\"r\n\x14\x41pplyPresenceRequest\x12\x15\n\rsource_region\x18\x01 \x01(\t\x12\x33\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\".parley.presence.v1.RegionPresence\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x08\"(\n\x15\x41pplyPresenceResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x05\x32|\n\x17PresenceInternalService\x12\x61\n\x0c\x45raseAccount\x12\'.parley.presence.v1.EraseAccountRequest\x1a(.parley.presence.v1.EraseAccountResponse2}\n\x15PresenceRegionService\x12\x64\n\rApplyPresence\x12(.parley.presence.v1.ApplyPresenceRequest\x1a).parley.presence.v1.ApplyPresenceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ERASEACCOUNTREQUEST']._serialized_end=98
   _globals['_ERASEACCOUNTRESPONSE']._serialized_start=100
   _globals['_ERASEACCOUNTRESPONSE']._serialized_end=122
-  _globals['_PRESENCEINTERNALSERVICE']._serialized_start=124
-  _globals['_PRESENCEINTERNALSERVICE']._serialized_end=248
+  _globals['_REGIONPRESENCE']._serialized_start=124
+  _globals['_REGIONPRESENCE']._serialized_end=221
+  _globals['_APPLYPRESENCEREQUEST']._serialized_start=223
+  _globals['_APPLYPRESENCEREQUEST']._serialized_end=337
+  _globals['_APPLYPRESENCERESPONSE']._serialized_start=339
+  _globals['_APPLYPRESENCERESPONSE']._serialized_end=379
+  _globals['_PRESENCEINTERNALSERVICE']._serialized_start=381
+  _globals['_PRESENCEINTERNALSERVICE']._serialized_end=505
+  _globals['_PRESENCEREGIONSERVICE']._serialized_start=507
+  _globals['_PRESENCEREGIONSERVICE']._serialized_end=632
 # @@protoc_insertion_point(module_scope)

@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -49,3 +51,84 @@ class EraseAccountResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EraseAccountResponse: _TypeAlias = EraseAccountResponse  # noqa: Y015
+
+@_typing.final
+class RegionPresence(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ONLINE_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_MS_FIELD_NUMBER: _builtins.int
+    EXPIRES_IN_MS_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    online: _builtins.bool
+    """Online in the source region (a device there holds a lease)."""
+    last_seen_ms: _builtins.int
+    """Unix ms of the account's last activity in the source region."""
+    expires_in_ms: _builtins.int
+    """How long the receiver keeps the entry (its own clock): a few digest
+    periods for an online entry.
+    """
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        online: _builtins.bool = ...,
+        last_seen_ms: _builtins.int = ...,
+        expires_in_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "expires_in_ms", b"expires_in_ms", "last_seen_ms", b"last_seen_ms", "online", b"online"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegionPresence: _TypeAlias = RegionPresence  # noqa: Y015
+
+@_typing.final
+class ApplyPresenceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_REGION_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    source_region: _builtins.str
+    """The region whose devices these are (the sender's self region)."""
+    digest: _builtins.bool
+    """True for a page of the periodic digest of every online account."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegionPresence]: ...
+    def __init__(
+        self,
+        *,
+        source_region: _builtins.str = ...,
+        entries: _abc.Iterable[Global___RegionPresence] | None = ...,
+        digest: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "entries", b"entries", "source_region", b"source_region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyPresenceRequest: _TypeAlias = ApplyPresenceRequest  # noqa: Y015
+
+@_typing.final
+class ApplyPresenceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_FIELD_NUMBER: _builtins.int
+    applied: _builtins.int
+    """Entries stored (the others were older than what the receiver held)."""
+    def __init__(
+        self,
+        *,
+        applied: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyPresenceResponse: _TypeAlias = ApplyPresenceResponse  # noqa: Y015

@@ -108,3 +108,104 @@ class PresenceInternalService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class PresenceRegionServiceStub:
+    """Internal: called by the svc_presence of a peer region (the topology's
+    `peerServices.presence`, else `peerEndpoint`), with the deployment's
+    service credential. Presence across regions (docs/ARCHITECTURE.md,
+    "Presence across regions"): each region pushes the online state of the
+    devices connected to it, as it changes and as a full digest of its online
+    accounts every few seconds; the receiver keeps each entry in its own Redis,
+    per source region, for `expires_in_ms` of its own clock, so the entries of
+    a region that stops pushing expire by themselves.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ApplyPresence = channel.unary_unary(
+                '/parley.presence.v1.PresenceRegionService/ApplyPresence',
+                request_serializer=parley_dot_presence_dot_v1_dot_internal__pb2.ApplyPresenceRequest.SerializeToString,
+                response_deserializer=parley_dot_presence_dot_v1_dot_internal__pb2.ApplyPresenceResponse.FromString,
+                _registered_method=True)
+
+
+class PresenceRegionServiceServicer:
+    """Internal: called by the svc_presence of a peer region (the topology's
+    `peerServices.presence`, else `peerEndpoint`), with the deployment's
+    service credential. Presence across regions (docs/ARCHITECTURE.md,
+    "Presence across regions"): each region pushes the online state of the
+    devices connected to it, as it changes and as a full digest of its online
+    accounts every few seconds; the receiver keeps each entry in its own Redis,
+    per source region, for `expires_in_ms` of its own clock, so the entries of
+    a region that stops pushing expire by themselves.
+    """
+
+    def ApplyPresence(self, request, context):
+        """Stores the entries of `source_region`. An entry older than the one held
+        for the same account and region (by last seen, an offline one winning a
+        tie) is ignored, so batches may arrive late, twice or out of order.
+        FAILED_PRECONDITION (REGION_UNKNOWN) when `source_region` is not a peer
+        in the receiver's topology.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PresenceRegionServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ApplyPresence': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyPresence,
+                    request_deserializer=parley_dot_presence_dot_v1_dot_internal__pb2.ApplyPresenceRequest.FromString,
+                    response_serializer=parley_dot_presence_dot_v1_dot_internal__pb2.ApplyPresenceResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'parley.presence.v1.PresenceRegionService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('parley.presence.v1.PresenceRegionService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class PresenceRegionService:
+    """Internal: called by the svc_presence of a peer region (the topology's
+    `peerServices.presence`, else `peerEndpoint`), with the deployment's
+    service credential. Presence across regions (docs/ARCHITECTURE.md,
+    "Presence across regions"): each region pushes the online state of the
+    devices connected to it, as it changes and as a full digest of its online
+    accounts every few seconds; the receiver keeps each entry in its own Redis,
+    per source region, for `expires_in_ms` of its own clock, so the entries of
+    a region that stops pushing expire by themselves.
+    """
+
+    @staticmethod
+    def ApplyPresence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.presence.v1.PresenceRegionService/ApplyPresence',
+            parley_dot_presence_dot_v1_dot_internal__pb2.ApplyPresenceRequest.SerializeToString,
+            parley_dot_presence_dot_v1_dot_internal__pb2.ApplyPresenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -77,3 +77,73 @@ class PresenceInternalServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_PresenceInternalServiceServicer_to_server(servicer: PresenceInternalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class PresenceRegionServiceStub:
+    """Internal: called by the svc_presence of a peer region (the topology's
+    `peerServices.presence`, else `peerEndpoint`), with the deployment's
+    service credential. Presence across regions (docs/ARCHITECTURE.md,
+    "Presence across regions"): each region pushes the online state of the
+    devices connected to it, as it changes and as a full digest of its online
+    accounts every few seconds; the receiver keeps each entry in its own Redis,
+    per source region, for `expires_in_ms` of its own clock, so the entries of
+    a region that stops pushing expire by themselves.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> PresenceRegionServiceAsyncStub: ...
+    ApplyPresence: _grpc.UnaryUnaryMultiCallable[_internal_pb2.ApplyPresenceRequest, _internal_pb2.ApplyPresenceResponse]
+    """Stores the entries of `source_region`. An entry older than the one held
+    for the same account and region (by last seen, an offline one winning a
+    tie) is ignored, so batches may arrive late, twice or out of order.
+    FAILED_PRECONDITION (REGION_UNKNOWN) when `source_region` is not a peer
+    in the receiver's topology.
+    """
+
+@_typing.type_check_only
+class PresenceRegionServiceAsyncStub(PresenceRegionServiceStub):
+    """Internal: called by the svc_presence of a peer region (the topology's
+    `peerServices.presence`, else `peerEndpoint`), with the deployment's
+    service credential. Presence across regions (docs/ARCHITECTURE.md,
+    "Presence across regions"): each region pushes the online state of the
+    devices connected to it, as it changes and as a full digest of its online
+    accounts every few seconds; the receiver keeps each entry in its own Redis,
+    per source region, for `expires_in_ms` of its own clock, so the entries of
+    a region that stops pushing expire by themselves.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ApplyPresence: _aio.UnaryUnaryMultiCallable[_internal_pb2.ApplyPresenceRequest, _internal_pb2.ApplyPresenceResponse]  # type: ignore[assignment]
+    """Stores the entries of `source_region`. An entry older than the one held
+    for the same account and region (by last seen, an offline one winning a
+    tie) is ignored, so batches may arrive late, twice or out of order.
+    FAILED_PRECONDITION (REGION_UNKNOWN) when `source_region` is not a peer
+    in the receiver's topology.
+    """
+
+class PresenceRegionServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Internal: called by the svc_presence of a peer region (the topology's
+    `peerServices.presence`, else `peerEndpoint`), with the deployment's
+    service credential. Presence across regions (docs/ARCHITECTURE.md,
+    "Presence across regions"): each region pushes the online state of the
+    devices connected to it, as it changes and as a full digest of its online
+    accounts every few seconds; the receiver keeps each entry in its own Redis,
+    per source region, for `expires_in_ms` of its own clock, so the entries of
+    a region that stops pushing expire by themselves.
+    """
+
+    @_abc_1.abstractmethod
+    def ApplyPresence(
+        self,
+        request: _internal_pb2.ApplyPresenceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_internal_pb2.ApplyPresenceResponse, _abc.Awaitable[_internal_pb2.ApplyPresenceResponse]]:
+        """Stores the entries of `source_region`. An entry older than the one held
+        for the same account and region (by last seen, an offline one winning a
+        tie) is ignored, so batches may arrive late, twice or out of order.
+        FAILED_PRECONDITION (REGION_UNKNOWN) when `source_region` is not a peer
+        in the receiver's topology.
+        """
+
+def add_PresenceRegionServiceServicer_to_server(servicer: PresenceRegionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
