@@ -45,6 +45,10 @@ REMEMBERED_REQUESTS = 8
 BUCKET_MS = 3_600_000
 
 
+# The largest hour a bucket id can name (4 bytes).
+LAST_HOUR = 2**32 - 1
+
+
 def hour_of(at_ms: int) -> int:
     return at_ms // BUCKET_MS
 
@@ -171,10 +175,27 @@ class PostingStore:
                 )
                 ids.append(record["_id"])
         for key_id, buckets in by_key.items():
+            named = sorted(buckets)
             await self._buckets.update_many(
-                {"c": conversation_id, "k": key_id, "b": {"$in": sorted(buckets)}},
+                {"c": conversation_id, "k": key_id, "b": {"$in": named}},
                 {"$pull": {"e": {"m": {"$in": ids}}}},
             )
+            # A bucket or a token count left with no posting would still hold
+            # the token: an erased account's messages must leave none behind.
+            await self._buckets.delete_many(
+                {"c": conversation_id, "k": key_id, "b": {"$in": named}, "e": []}
+            )
+            for token in sorted({token_of(b) for b in buckets}):
+                left = await self._buckets.find_one(
+                    {
+                        "c": conversation_id,
+                        "k": key_id,
+                        "b": {"$gte": bucket_id(token, 0), "$lte": bucket_id(token, LAST_HOUR)},
+                    },
+                    {"_id": 1},
+                )
+                if left is None:
+                    await self._tokens.delete_one({"c": conversation_id, "k": key_id, "t": token})
 
     async def remove_messages(self, message_ids: Sequence[str]) -> int:
         """Drops their postings and records; how many postings went."""
