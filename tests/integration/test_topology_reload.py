@@ -28,13 +28,20 @@ POLL_SECONDS = 0.2
 
 def _document(generation: int, *, peers: int = 1) -> dict[str, Any]:
     regions: dict[str, Any] = {
-        "eu-west": {"self": True, "publicEndpoint": "chat.eu.example.com:443", "peerEndpoint": None}
+        "eu-west": {
+            "self": True,
+            "publicEndpoint": "chat.eu.example.com:443",
+            "peerEndpoint": None,
+            "number": 0,
+        }
     }
     for index in range(peers):
         regions[f"peer-{index}"] = {
             "self": False,
             "publicEndpoint": None,
-            "peerEndpoint": f"peer-{index}.example.com:7443",
+            # Loopback ports nothing listens on: the services may dial peers.
+            "peerEndpoint": f"127.0.0.1:{9 + index}",
+            "number": index + 1,
         }
     return {
         "format": 1,
