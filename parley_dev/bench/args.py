@@ -10,6 +10,19 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from parley_dev.bench.arg_types import (
+    fraction,
+    group_size,
+    history_messages,
+    local_target,
+    name_pid,
+    positive_float,
+    positive_int,
+    positive_seconds,
+    rtt_ms,
+    seconds,
+    sizes_mib,
+)
 from parley_dev.bench.limits import MAX_CONTACTS, MAX_GROUP_MEMBERS
 
 # (warm-up, measured seconds) of each phase.
@@ -22,7 +35,6 @@ FULL_GROUP_MESSAGES = 200
 # one), subscribers of the watched user, online/offline toggles of it.
 QUICK_PRESENCE = (1000, 200, 10)
 FULL_PRESENCE = (5000, 1000, 50)
-LOCAL_HOSTS = ("127.0.0.1", "localhost")
 MIB = 1 << 20
 DEFAULT_MEDIA_SIZES_MIB = (1.0, 16.0)
 FULL_MEDIA_ROUNDS = 3
@@ -37,8 +49,6 @@ FULL_SEARCH = (1_000_000, 2000, 100_000)
 # case, load sends/s and seconds.
 QUICK_REGIONS = (50, 30, 20.0, 3.0)
 FULL_REGIONS = (200, 200, 50.0, 20.0)
-# Largest file the media scenario takes: the services' single-object default.
-MAX_MEDIA_MIB = 2048.0
 
 
 def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.ArgumentParser:
@@ -71,20 +81,20 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
     )
     where.add_argument(
         "--message-instances",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="svc_message instances of the stack started by --start (default: 1)",
     )
     where.add_argument(
         "--keys-target",
-        type=_local_target,
+        type=local_target,
         default="127.0.0.1:7101",
         help="svc_keys of a running stack (default: 127.0.0.1:7101, as `parley up`)",
     )
     where.add_argument(
         "--message-target",
-        type=_local_target,
+        type=local_target,
         action="append",
         dest="message_targets",
         metavar="HOST:PORT",
@@ -92,7 +102,7 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
     )
     where.add_argument(
         "--presence-target",
-        type=_local_target,
+        type=local_target,
         default="127.0.0.1:7103",
         help="svc_presence of a running stack (default: 127.0.0.1:7103)",
     )
@@ -107,7 +117,7 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
         "--pid",
         action="append",
         default=[],
-        type=_name_pid,
+        type=name_pid,
         metavar="NAME=PID",
         help="account CPU of this process under NAME (repeatable; overrides discovery)",
     )
@@ -132,13 +142,13 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
         help=f"{QUICK_SECONDS[1]:g} s phases after {QUICK_SECONDS[0]:g} s warm-up "
         f"(default: {FULL_SECONDS[1]:g} s after {FULL_SECONDS[0]:g} s)",
     )
-    load.add_argument("--warmup", type=_seconds, metavar="S", help="warm-up seconds per phase")
+    load.add_argument("--warmup", type=seconds, metavar="S", help="warm-up seconds per phase")
     load.add_argument(
-        "--duration", type=_positive_seconds, metavar="S", help="measured seconds per phase"
+        "--duration", type=positive_seconds, metavar="S", help="measured seconds per phase"
     )
     load.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=positive_int,
         default=64,
         metavar="C",
         help="closed-loop senders (presence: heartbeat callers), and baseline unary callers "
@@ -146,30 +156,30 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
     )
     load.add_argument(
         "--pairs",
-        type=_positive_int,
+        type=positive_int,
         default=32,
         metavar="P",
         help="direct conversations; 2P users, each one device with one stream (default: 32)",
     )
     load.add_argument(
-        "--readers", type=_positive_int, default=16, metavar="R", help="fetch readers (default: 16)"
+        "--readers", type=positive_int, default=16, metavar="R", help="fetch readers (default: 16)"
     )
     load.add_argument(
         "--fetch-conversations",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="conversations the readers read, each prefilled to 50 messages (default: all)",
     )
     load.add_argument(
         "--body-bytes",
-        type=_positive_int,
+        type=positive_int,
         default=100,
         metavar="B",
         help="message body size (default: 100, at least 30)",
     )
     load.add_argument(
         "--deliver-rate",
-        type=_positive_float,
+        type=positive_float,
         metavar="PER_S",
         help="offered rate of the deliver phase (default: half the measured send rate)",
     )
@@ -183,33 +193,33 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
     group = bench.add_argument_group("group scenario")
     group.add_argument(
         "--group-members",
-        type=_group_size,
+        type=group_size,
         default=MAX_GROUP_MEMBERS,
         metavar="N",
         help=f"members of the group, owner included (default and most: {MAX_GROUP_MEMBERS})",
     )
     group.add_argument(
         "--group-streams",
-        type=_positive_int,
+        type=positive_int,
         metavar="S",
         help="members with a live stream, the owner first (default: every member)",
     )
     group.add_argument(
         "--group-messages",
-        type=_positive_int,
+        type=positive_int,
         metavar="M",
         help=f"measured messages (default: {FULL_GROUP_MESSAGES}, --quick {QUICK_GROUP_MESSAGES})",
     )
     group.add_argument(
         "--group-rate",
-        type=_positive_float,
+        type=positive_float,
         default=5.0,
         metavar="PER_S",
         help="the owner's sends per second (default: 5)",
     )
     group.add_argument(
         "--group-channels",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         metavar="K",
         help="gRPC channels (connections) per svc_message target for the streams (default: 4)",
@@ -224,21 +234,21 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
     presence = bench.add_argument_group("presence scenario")
     presence.add_argument(
         "--presence-users",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="users; all but the watched one heartbeat "
         f"(default: {FULL_PRESENCE[0]}, --quick {QUICK_PRESENCE[0]})",
     )
     presence.add_argument(
         "--presence-subscribers",
-        type=_positive_int,
+        type=positive_int,
         metavar="S",
         help="users subscribed to the watched user's presence "
         f"(default: {FULL_PRESENCE[1]}, --quick {QUICK_PRESENCE[1]}; fewer than N)",
     )
     presence.add_argument(
         "--presence-allowed",
-        type=_fraction,
+        type=fraction,
         default=0.5,
         metavar="F",
         dest="presence_allowed_fraction",
@@ -247,14 +257,14 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
     )
     presence.add_argument(
         "--presence-toggles",
-        type=_positive_int,
+        type=positive_int,
         metavar="K",
         help="measured online/offline toggles of the watched user, two changes each "
         f"(default: {FULL_PRESENCE[2]}, --quick {QUICK_PRESENCE[2]})",
     )
     presence.add_argument(
         "--presence-channels",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         metavar="K",
         help="gRPC channels (connections) to svc_presence for heartbeats and subscriptions, "
@@ -263,21 +273,21 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
     media = bench.add_argument_group("media scenario")
     media.add_argument(
         "--media-target",
-        type=_local_target,
+        type=local_target,
         default="127.0.0.1:7104",
         help="svc_media of a running stack (default: 127.0.0.1:7104); the object store and "
         "its keys come from --data-dir/parley.yaml",
     )
     media.add_argument(
         "--media-sizes",
-        type=_sizes_mib,
+        type=sizes_mib,
         default=DEFAULT_MEDIA_SIZES_MIB,
         metavar="MIB[,MIB...]",
         help="file sizes in MiB, each measured in its own phases (default: 1,16)",
     )
     media.add_argument(
         "--media-concurrency",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         metavar="W",
         help="closed-loop workers per phase, one account each, for svc_media and the bare "
@@ -285,7 +295,7 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
     )
     media.add_argument(
         "--media-rounds",
-        type=_positive_int,
+        type=positive_int,
         metavar="R",
         help="turns each phase's window is cut into, bare and svc_media alternating, so that "
         f"other work on the machine falls on both alike (default: {FULL_MEDIA_ROUNDS}, "
@@ -294,21 +304,21 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
     tiers = bench.add_argument_group("history scenario")
     tiers.add_argument(
         "--history-conversations",
-        type=_positive_int,
+        type=positive_int,
         metavar="C",
         help="direct conversations of the dataset "
         f"(default: {FULL_HISTORY[0]}, --quick {QUICK_HISTORY[0]})",
     )
     tiers.add_argument(
         "--history-messages",
-        type=_history_messages,
+        type=history_messages,
         metavar="M",
         help="messages sent in each, aged over eight weeks so about half is archived "
         f"(default: {FULL_HISTORY[1]}, --quick {QUICK_HISTORY[1]}; at least 200)",
     )
     tiers.add_argument(
         "--history-readers",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         metavar="R",
         help="closed-loop readers of each read phase, and baseline unary callers (default: 4)",
@@ -323,28 +333,28 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
     search = bench.add_argument_group("search scenario")
     search.add_argument(
         "--search-target",
-        type=_local_target,
+        type=local_target,
         default="127.0.0.1:7105",
         help="svc_search of a running stack (default: 127.0.0.1:7105); its database comes "
         "from --data-dir/parley.yaml",
     )
     search.add_argument(
         "--search-postings",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help=f"postings loaded for the searched conversation (default: {FULL_SEARCH[0]:,}, "
         f"--quick {QUICK_SEARCH[0]:,})",
     )
     search.add_argument(
         "--search-callers",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         metavar="Q",
         help="closed-loop query callers, for svc_search and the bare read alike (default: 4)",
     )
     search.add_argument(
         "--search-local-messages",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help=f"messages in the SDK's on-device index (default: {FULL_SEARCH[2]:,}, "
         f"--quick {QUICK_SEARCH[2]:,})",
@@ -352,48 +362,48 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
     regions = bench.add_argument_group("regions scenario")
     regions.add_argument(
         "--regions-rtt-ms",
-        type=_rtt_ms,
+        type=rtt_ms,
         default=80.0,
         metavar="MS",
         help="round-trip time injected on the proxies between eu and us, both ways (default: 80)",
     )
     regions.add_argument(
         "--regions-pings",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="health Checks per path, straight and through the proxy "
         f"(default: {FULL_REGIONS[0]}, --quick {QUICK_REGIONS[0]})",
     )
     regions.add_argument(
         "--regions-messages",
-        type=_positive_int,
+        type=positive_int,
         metavar="M",
         help="measured messages of the in-region and of the cross-region case "
         f"(default: {FULL_REGIONS[1]}, --quick {QUICK_REGIONS[1]})",
     )
     regions.add_argument(
         "--regions-rate",
-        type=_positive_float,
+        type=positive_float,
         default=10.0,
         metavar="PER_S",
         help="sends per second of those two cases (default: 10)",
     )
     regions.add_argument(
         "--regions-load-rate",
-        type=_positive_float,
+        type=positive_float,
         metavar="PER_S",
         help="paced sends per second at eu to groups with a member in us "
         f"(default: {FULL_REGIONS[2]:g}, --quick {QUICK_REGIONS[2]:g})",
     )
     regions.add_argument(
         "--regions-load-seconds",
-        type=_positive_seconds,
+        type=positive_seconds,
         metavar="S",
         help=f"seconds of that load (default: {FULL_REGIONS[3]:g}, --quick {QUICK_REGIONS[3]:g})",
     )
     regions.add_argument(
         "--regions-load-groups",
-        type=_positive_int,
+        type=positive_int,
         default=16,
         metavar="G",
         help="eu-owned groups the load is spread over, each with one member in us (default: 16)",
@@ -430,7 +440,7 @@ def add_bench_parser(commands: argparse._SubParsersAction[Any]) -> argparse.Argu
     )
     history.add_argument(
         "--threshold",
-        type=_positive_float,
+        type=positive_float,
         default=10.0,
         metavar="PCT",
         help="--compare flags changes beyond this many percent (default: 10)",
@@ -540,87 +550,3 @@ def compare_command(args: argparse.Namespace) -> int:
         raise SystemExit("parley bench --compare: the two runs have no figure in common")
     print(render_comparison((label_a, label_b), (run_a, run_b), rows, threshold_pct=args.threshold))
     return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _history_messages(text: str) -> int:
-    value = int(text)
-    # Both tiers must hold full pages of 50 in every conversation.
-    if not 200 <= value <= 100_000:
-        raise argparse.ArgumentTypeError("must be between 200 and 100000")
-    return value
-
-
-def _group_size(text: str) -> int:
-    value = int(text)
-    if not 2 <= value <= MAX_GROUP_MEMBERS:
-        raise argparse.ArgumentTypeError(f"must be between 2 and {MAX_GROUP_MEMBERS}")
-    return value
-
-
-def _rtt_ms(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 2000:
-        raise argparse.ArgumentTypeError("must be between 0 and 2000 ms")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError("must be more than 0 and at most 1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 600:
-        raise argparse.ArgumentTypeError("must be between 0 and 600 seconds")
-    return value
-
-
-def _positive_seconds(text: str) -> float:
-    value = _seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be more than 0 seconds")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return value
-
-
-def _local_target(text: str) -> str:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError("expected HOST:PORT")
-    # The bench only ever loads this machine.
-    if host not in LOCAL_HOSTS:
-        raise argparse.ArgumentTypeError("the bench only targets 127.0.0.1")
-    return f"127.0.0.1:{port}"
-
-
-def _sizes_mib(text: str) -> tuple[float, ...]:
-    try:
-        sizes = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError("expected MiB values such as 1,16") from None
-    if not sizes or any(not 0.01 <= size <= MAX_MEDIA_MIB for size in sizes):
-        raise argparse.ArgumentTypeError(f"each size must be 0.01 to {MAX_MEDIA_MIB:g} MiB")
-    return sizes
-
-
-def _name_pid(text: str) -> tuple[str, int]:
-    name, sep, pid = text.partition("=")
-    if not sep or not name or not pid.isdigit():
-        raise argparse.ArgumentTypeError("expected NAME=PID")
-    return name, int(pid)
