@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from parley_core.errors import FailedPrecondition, Reason, Unavailable
 from parley_core.ids import region_number_of
 from parley_core.topology import Topology
 
@@ -24,6 +25,30 @@ REGION_FORWARDED = "x-parley-region-forwarded"
 def region_forwarded(metadata: object) -> bool:
     """Whether a call's invocation metadata carries the region-forwarded mark."""
     return any(key == REGION_FORWARDED for key, _ in metadata or ())  # type: ignore[attr-defined]
+
+
+# How long a caller waits before retrying a region that did not answer.
+RETRY_AFTER_SECONDS = 2.0
+
+
+def region_unavailable(region: str, why: str) -> Unavailable:
+    """The region holding what a request needs cannot be reached now."""
+    return Unavailable(
+        f"region {region!r} cannot be reached ({why}); retry with the same request_id",
+        reason=Reason.REGION_UNAVAILABLE,
+        retry_after_seconds=RETRY_AFTER_SECONDS,
+        metadata={"region": region},
+    )
+
+
+def forwarded_twice(what: str, region: str) -> FailedPrecondition:
+    """A forwarded request reached a region that does not hold what it names:
+    the regions disagree on the topology. Never forwarded again."""
+    return FailedPrecondition(
+        f"{what} is served by region {region!r}, not this one (forwarded once already)",
+        reason=Reason.REGION_UNKNOWN,
+        metadata={"region": region},
+    )
 
 
 class UnknownRegion(LookupError):
@@ -80,6 +105,14 @@ class RegionMap:
         if name is None:
             raise UnknownRegion(f"no region has number {number}")
         return name
+
+    def region_or_self(self, tagged_id: str) -> str:
+        """``region_of``, or this region for an id no region of the topology
+        minted (handled here, where it is simply not found)."""
+        try:
+            return self.region_of(tagged_id)
+        except UnknownRegion:
+            return self.self_region
 
     def is_local(self, tagged_id: str) -> bool:
         return self.region_of(tagged_id) == self.self_region

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from parley_core.auth.credentials import ServiceCredential
 from parley_core.config import ReplicationSettings
-from parley_core.regions import RegionMap, UnknownRegion
+from parley_core.regions import RegionMap
 from parley_core.storage.mongo import Database
 from parley_core.topology import Topology
 from svc_message.domain.replication import (
@@ -54,17 +54,6 @@ class Replication:
             await peer.close()
 
 
-def _region_of(regions: Callable[[], RegionMap]) -> Callable[[str], str]:
-    def region_of(tagged_id: str) -> str:
-        current = regions()
-        try:
-            return current.region_of(tagged_id)
-        except UnknownRegion:
-            return current.self_region
-
-    return region_of
-
-
 def replication_policy(topology: Topology, regions: Callable[[], RegionMap]) -> ReplicationPolicy:
     home_only = tuple(topology.residency.home_only_data)
 
@@ -72,7 +61,9 @@ def replication_policy(topology: Topology, regions: Callable[[], RegionMap]) -> 
         # Only this region's residency is in its topology; a peer applies its own.
         return home_only if region == topology.region else ()
 
-    region_of = _region_of(regions)
+    def region_of(tagged_id: str) -> str:
+        return regions().region_or_self(tagged_id)
+
     return ReplicationPolicy(
         region=topology.region,
         replicate_to=frozenset(topology.residency.replicate_to),

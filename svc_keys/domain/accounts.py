@@ -25,7 +25,7 @@ from parley_core.errors import (
 )
 from parley_core.ids import new_id
 from parley_core.limits import Limiter, LimitName, Take
-from parley_core.regions import RegionMap
+from parley_core.regions import RegionMap, forwarded_twice
 from parley_core.storage.revocations import RevocationStore
 from svc_keys.domain.handles import handle_key, handle_problem
 from svc_keys.domain.keys import KeysHandler
@@ -34,7 +34,6 @@ from svc_keys.domain.regions import (
     handle_taken,
     home_for_sign_up,
     home_of,
-    not_served_here,
 )
 from svc_keys.model import (
     Account,
@@ -168,7 +167,7 @@ class AccountsHandler:
         home = home_for_sign_up(regions, home_region)
         if home != regions.self_region:
             if forwarded or self._peers is None:
-                raise not_served_here("an account homed there", home)
+                raise forwarded_twice("an account homed there", home)
             return await self._peers.sign_up(
                 home,
                 SignUpForward(
@@ -355,7 +354,7 @@ class AccountsHandler:
             home = home_of(regions, account_id)
             if home not in ("", regions.self_region):
                 if forwarded or self._peers is None:
-                    raise not_served_here("that account", home)
+                    raise forwarded_twice("that account", home)
                 return await self._peers.get_account(home, account_id, bearer_token=bearer_token)
             account = await self._store.account_by_id(account_id)
         if account is None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from parley_core.regions import RegionMap
-from svc_keys.domain.regions import home_of, not_served_here
+from parley_core.regions import RegionMap, forwarded_twice
+from svc_keys.domain.regions import home_of
 from svc_keys.ports import RegionPeers
 
 
@@ -43,5 +43,5 @@ class KeyRegionRouter:
     ) -> bytes:
         """``method``: the full path, ``/package.Service/Method``."""
         if forwarded or self._peers is None:
-            raise not_served_here("that account", region)
+            raise forwarded_twice("that account", region)
         return await self._peers.forward_call(region, method, request, bearer_token=bearer_token)

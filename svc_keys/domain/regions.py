@@ -12,12 +12,11 @@ from datetime import UTC, datetime
 
 from parley_core.errors import (
     AlreadyExists,
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
     Reason,
 )
-from parley_core.regions import RegionMap, UnknownRegion
+from parley_core.regions import RegionMap, UnknownRegion, forwarded_twice
 from svc_keys.domain.handles import handle_key
 from svc_keys.model import Reservation
 from svc_keys.ports import HandleReservations, RegionPeers
@@ -26,16 +25,6 @@ from svc_keys.storage.erasures import ErasureStore
 
 def handle_taken(handle: str) -> AlreadyExists:
     return AlreadyExists(f"the handle {handle!r} is taken", reason=Reason.HANDLE_TAKEN)
-
-
-def not_served_here(what: str, region: str) -> FailedPrecondition:
-    """A forwarded request that reached a region which does not hold what it
-    names: the regions disagree on the topology. Never forwarded again."""
-    return FailedPrecondition(
-        f"{what} is served by region {region!r}, not this one (forwarded once already)",
-        reason=Reason.REGION_UNKNOWN,
-        metadata={"region": region},
-    )
 
 
 def home_for_sign_up(regions: RegionMap, requested: str) -> str:
@@ -122,7 +111,7 @@ class HandleRegistry:
         key = handle_key(handle)
         registrar = regions.handle_registrar(key)
         if registrar != regions.self_region:
-            raise not_served_here(f"the handle {handle!r}", registrar)
+            raise forwarded_twice(f"the handle {handle!r}", registrar)
         await self._reservations.release(key, account_id=account_id, until=until)
 
     async def holder(self, handle: str) -> str | None:
@@ -146,7 +135,7 @@ class HandleRegistry:
         key = handle_key(handle)
         registrar = regions.handle_registrar(key)
         if registrar != regions.self_region:
-            raise not_served_here(f"the handle {handle!r}", registrar)
+            raise forwarded_twice(f"the handle {handle!r}", registrar)
         return await self._reservations.find(key)
 
     async def reserve_here(
@@ -157,7 +146,7 @@ class HandleRegistry:
         key = handle_key(handle)
         registrar = regions.handle_registrar(key)
         if registrar != regions.self_region:
-            raise not_served_here(f"the handle {handle!r}", registrar)
+            raise forwarded_twice(f"the handle {handle!r}", registrar)
         at = datetime.fromtimestamp(now, UTC)
         if self._erasures is not None and await self._erasures.handle_held(key, now=at):
             raise handle_taken(handle)

@@ -28,8 +28,8 @@ from parley.keys.v1 import (
     regions_pb2_grpc,
 )
 from parley_core.auth.credentials import ServiceCredential
-from parley_core.errors import ParleyError, Reason, Unavailable
-from parley_core.regions import REGION_FORWARDED, RegionBreaker
+from parley_core.errors import ParleyError, Reason
+from parley_core.regions import REGION_FORWARDED, RegionBreaker, region_unavailable
 from parley_core.rpc.address import FORWARDED_FOR
 from parley_core.rpc.status import error_from_status
 from parley_core.topology import Topology
@@ -39,7 +39,6 @@ log = structlog.get_logger(__name__)
 
 
 CALL_TIMEOUT_SECONDS = 10.0
-RETRY_AFTER_SECONDS = 2.0
 # After a call that did not reach a region, calls to it are refused at once
 # for this long (a fast, explicit REGION_UNAVAILABLE).
 DOWN_SECONDS = 2.0
@@ -48,15 +47,6 @@ CHANNEL_OPTIONS = (
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
 )
-
-
-def region_unavailable(region: str, why: str) -> Unavailable:
-    return Unavailable(
-        f"region {region!r} cannot be reached ({why}); retry with the same request_id",
-        reason=Reason.REGION_UNAVAILABLE,
-        retry_after_seconds=RETRY_AFTER_SECONDS,
-        metadata={"region": region},
-    )
 
 
 def _datetime(value: Timestamp) -> datetime:

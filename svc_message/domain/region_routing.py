@@ -16,32 +16,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from parley_core.errors import FailedPrecondition, Reason, Unavailable
-from parley_core.regions import RegionBreaker, RegionMap, UnknownRegion
+from parley_core.regions import (
+    RegionBreaker,
+    RegionMap,
+    forwarded_twice,
+    region_unavailable,
+)
 from svc_message.model.ownership import OwnerUnreachable
 from svc_message.ports import RegionLink
 
 DOWN_SECONDS = 2.0
-RETRY_AFTER_SECONDS = 2.0
-
-
-def region_unavailable(region: str) -> Unavailable:
-    return Unavailable(
-        f"region {region!r}, which holds this conversation, cannot be reached now; "
-        "retry with the same request_id",
-        reason=Reason.REGION_UNAVAILABLE,
-        retry_after_seconds=RETRY_AFTER_SECONDS,
-        metadata={"region": region},
-    )
-
-
-def not_served_here(region: str) -> FailedPrecondition:
-    return FailedPrecondition(
-        f"this conversation is owned by region {region!r}, and the request was already "
-        "forwarded once (the regions' topologies disagree)",
-        reason=Reason.REGION_UNKNOWN,
-        metadata={"region": region},
-    )
 
 
 class RegionRouter:
@@ -62,13 +46,7 @@ class RegionRouter:
         self.refused: dict[str, int] = {}
 
     def _region(self, tagged_id: str) -> str:
-        regions = self._regions()
-        try:
-            return regions.region_of(tagged_id)
-        except UnknownRegion:
-            # An id no region of this topology minted: handled here, where it
-            # is simply not found.
-            return regions.self_region
+        return self._regions().region_or_self(tagged_id)
 
     def owner_of(self, conversation_id: str) -> str:
         return self._region(conversation_id)
@@ -94,10 +72,10 @@ class RegionRouter:
     ) -> bytes:
         """The owner region's answer; its refusals come back as OwnerRefused."""
         if forwarded:
-            raise not_served_here(region)
+            raise forwarded_twice("this conversation", region)
         if self._breaker.is_down(region):
             self.refused[region] = self.refused.get(region, 0) + 1
-            raise region_unavailable(region)
+            raise region_unavailable(region, "it did not answer a moment ago")
         call_timeout = (
             self._forward_timeout if timeout is None else min(self._forward_timeout, timeout)
         )
@@ -108,7 +86,7 @@ class RegionRouter:
         except OwnerUnreachable:
             self._breaker.failed(region)
             self.refused[region] = self.refused.get(region, 0) + 1
-            raise region_unavailable(region) from None
+            raise region_unavailable(region, "the forward did not reach it") from None
         self._breaker.answered(region)
         self.forwarded[region] = self.forwarded.get(region, 0) + 1
         return answer
