@@ -165,6 +165,7 @@ async def build(settings: Settings) -> ServiceHost:
         accounts,
         doorbell,
         codec,
+        log=message_store,
         limits=limits,
         region_number=lambda: runtime.region_map().self_number,
     )

@@ -217,7 +217,7 @@ class ChangesHandler:
         # The stored document, not the membership cache: last_seq must be current.
         stored_conversation = await self._conversations.store.get(conversation_id)
         (current,) = await self._conversations.fresh([stored_conversation or conversation])
-        if not 0 < seq <= current.last_seq:
+        if not 0 < seq <= await self._conversations.last_seq_at_least(current, seq):
             raise _not_found()
         members = [
             m for m in current.member_ids if m != account_id and current.joined_at(m)[0] <= seq

@@ -27,6 +27,7 @@ from svc_message.model.conversations import MemberRecord
 from svc_message.model.messages import HeadState
 from svc_message.ports import Accounts, EventCodec, Publisher
 from svc_message.storage.conversations import ConversationStore
+from svc_message.storage.messages import MessageStore
 from svc_message.storage.recent import RecentCache
 
 # How long a group's or channel's cached membership may be used without
@@ -185,6 +186,7 @@ class ConversationsHandler:
         publisher: Publisher,
         codec: EventCodec,
         *,
+        log: MessageStore,
         limits: FeedLimits,
         membership_cache_size: int = 100_000,
         monotonic: Callable[[], float] = time.monotonic,
@@ -193,6 +195,7 @@ class ConversationsHandler:
         # The number new conversation ids carry (None: no regions, untagged).
         self.region_number = region_number
         self._store = store
+        self._log = log
         self._limits = limits
         self._recent = recent
         self._accounts = accounts
@@ -313,6 +316,16 @@ class ConversationsHandler:
     async def fresh(self, conversations: list[Conversation]) -> list[Conversation]:
         heads = await self._recent.heads([c.conversation_id for c in conversations])
         return freshen(conversations, heads)
+
+    async def last_seq_at_least(self, conversation: Conversation, seq: int) -> int:
+        """The conversation's newest seq, asked of the log when ``seq`` is past
+        what the stored document and Redis say: the stored head trails while a
+        projector flush is pending, and Redis, which is ahead, may be lost."""
+        (current,) = await self.fresh([conversation])
+        if seq <= current.last_seq:
+            return current.last_seq
+        _, logged = await self._log.heads(conversation.conversation_id)
+        return max(current.last_seq, logged)
 
     async def of_member(self, account_id: str) -> list[Conversation]:
         """Every conversation the account is an active member of (channel
@@ -440,7 +453,7 @@ class ConversationsHandler:
         """Raise the member's watermarks; lower values change nothing."""
         membership = await self.require_member(conversation_id, account_id)
         stored = await self._store.get(conversation_id)
-        last_seq = (await self.fresh([stored]))[0].last_seq if stored else 0
+        last_seq = await self.last_seq_at_least(stored, max(delivered, read)) if stored else 0
         # A watermark past the newest message would make unread counts negative.
         delivered, read = min(delivered, last_seq), min(read, last_seq)
         watermarks, moved = await self._store.raise_one(
