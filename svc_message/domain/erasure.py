@@ -3,9 +3,12 @@
 Per conversation that still names the account, in this order, each step
 idempotent so a call cut short (a SIGKILL) is simply made again by svc_keys'
 erasure job:
-1. a group or channel member leaves with a MEMBER_LEFT system message whose
-   actor is the ERASED marker (idempotent by a request id from the erasure
-   id); a channel subscriber leaves silently, as unsubscribing does;
+1. in a conversation this region owns, a group or channel member leaves with
+   a MEMBER_LEFT system message whose actor is the ERASED marker (idempotent
+   by a request id from the erasure id); a channel subscriber leaves
+   silently, as unsubscribing does. A replica commits nothing to another
+   region's feed: the owner region's own erasure step writes the departure,
+   which replicates here;
 2. its media references are released (svc_media collects what nothing else
    references after the grace period), then every entry it wrote becomes a
    tombstone: body and media ids removed, sender replaced by ERASED; its
@@ -32,6 +35,7 @@ the log's state).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from svc_message.domain.archive_transforms import tombstone_sender
@@ -102,8 +106,10 @@ class AccountErasure:
         media: MediaReferences,
         bus: MembershipChanges,
         archive: Archiver | None = None,
+        owned: Callable[[str], bool] = lambda _: True,
     ) -> None:
         self._store = store
+        self._owned = owned
         self._conversations = conversations
         self._pipeline = pipeline
         self._media = media
@@ -132,7 +138,7 @@ class AccountErasure:
     ) -> tuple[bool, int]:
         """(whether the conversation no longer names the account, budget left)."""
         conversation = await self._conversations.store.get(conversation_id)
-        if conversation is not None:
+        if conversation is not None and self._owned(conversation_id):
             await self._depart(conversation, account_id, erasure_id, now=now)
         while True:
             if budget <= 0:

@@ -8,11 +8,16 @@ and the persist resumes from the previous position and sends the batch
 again, which the replica applies as a no-op; nothing is skipped, since the
 position never passes an unacknowledged change.
 
-A position the database refuses (or none at all, for a new peer) starts a
-snapshot: a position is taken first, then for every conversation routed to
-the peer, the peer's high-water mark is asked and everything above it sent;
-the stream then resumes from the position taken before the snapshot, so a
-change made during it is sent again rather than missed.
+A position the database refuses (or none at all, for a new peer), or one the
+peer acknowledged longer than the tombstone window ago (a long partition),
+starts a snapshot instead of resuming: a position is taken first, then for
+every conversation routed to the peer, the peer's high-water mark is asked
+and everything above it sent, with every entry an account erasure rewrote
+and the member documents to delete (the snapshot leaves the peer's copy
+equal to the owner's, erased data included); the stream then resumes from
+the position taken before the snapshot, so a change made during it is sent
+again rather than missed. An idle stream persists its position every
+``IDLE_SAVE_SECONDS``, so a quiet peer is not taken for a cut-off one.
 
 A lease per peer (``replication_leases``) keeps one process per region
 replicating to a peer; a process that loses it stops before its next batch.
@@ -31,6 +36,7 @@ import structlog
 from svc_message.domain.replication import (
     Batch,
     ReplicationPolicy,
+    beyond_tombstone_window,
     conversations_to_look_up,
     lag_seconds,
     route,
@@ -48,6 +54,8 @@ from svc_message.model.replication import (
 log = structlog.get_logger(__name__)
 
 Token = Mapping[str, Any]
+# Nothing pending for this long: the stream position is persisted anyway.
+IDLE_SAVE_SECONDS = 60.0
 
 
 class Stream(Protocol):
@@ -93,6 +101,7 @@ class ReplicatorSettings:
     lease_seconds: float = 10.0
     retry_seconds: float = 0.5
     snapshot_page: int = 200
+    tombstone_window_seconds: float = 30 * 86400.0
 
 
 @dataclass
@@ -105,6 +114,9 @@ class ReplicatorState:
     applied: int = 0
     already_present: int = 0
     snapshots: int = 0
+    # Of the snapshots: those made because the peer was cut off longer than
+    # the tombstone window.
+    resyncs: int = 0
     batches: int = 0
 
 
@@ -172,7 +184,18 @@ class Replicator:
                 try:
                     cursor = await self._cursors.load(self.peer)
                     token = None if cursor is None else cursor.resume_token
-                    if token is None or self._resume_lost:
+                    stale = cursor is not None and beyond_tombstone_window(
+                        cursor.updated_at,
+                        now=self._clock(),
+                        window_seconds=self._settings.tombstone_window_seconds,
+                    )
+                    if token is None or self._resume_lost or stale:
+                        if stale:
+                            log.warning(
+                                "replication peer beyond the tombstone window: resync",
+                                peer=self.peer,
+                            )
+                            self.state.resyncs += 1
                         token = await self.snapshot()
                         self._resume_lost = False
                     await self._tail(token, stop)
@@ -191,6 +214,7 @@ class Replicator:
 
     async def _tail(self, token: Token, stop: asyncio.Event) -> None:
         stream = await self._feed.open(token)
+        saved_at = self._clock()
         try:
             while not stop.is_set():
                 if not await self._hold_lease():
@@ -205,9 +229,17 @@ class Replicator:
                 position = stream.position()
                 if not batch.changes:
                     self.state.lag_seconds = 0.0
+                    now = self._clock()
+                    if position is not None and now - saved_at >= IDLE_SAVE_SECONDS:
+                        # Nothing before the position is unacknowledged.
+                        await self._cursors.save(
+                            self.peer, position, now=now, lag_seconds=0.0, backlog=0
+                        )
+                        saved_at = now
                     continue
                 await self._deliver(batch.changes)
                 if position is not None:
+                    saved_at = self._clock()
                     await self._cursors.save(
                         self.peer,
                         position,

@@ -1,7 +1,9 @@
 """What an account erasure removes from svc_message's stores.
 
 Every write here is idempotent: a repeated call finds nothing left to do.
-The account's id is replaced by ``ERASED`` wherever other people's history
+Every message rewritten is flagged ``erased``, so a replica keeps this copy
+over any older one (storage/replication.py). The account's id is replaced
+by ``ERASED`` wherever other people's history
 keeps a place for it (the sender of its tombstones, the actor or target of
 system messages, the peer of its direct conversations); everything that
 exists only for the account is deleted.
@@ -26,6 +28,7 @@ from parley_core.storage.redis import Redis
 from svc_message.model import ERASED, HISTORY_KINDS, ChangeKind
 from svc_message.storage.delivered import PREFIX as DELIVERED_PREFIX
 from svc_message.storage.recent import PREFIX as RECENT_PREFIX
+from svc_message.storage.replication import ERASED_FLAG
 
 _HISTORY = list(HISTORY_KINDS)
 
@@ -83,7 +86,7 @@ class ErasureStore:
             kind = doc.get("kind", ChangeKind.MESSAGE)
             # The request id keeps (conversation, sender, request id) unique
             # once every erased sender is the same marker.
-            fields: Document = {"sender_id": ERASED, "request_id": doc["_id"]}
+            fields: Document = {"sender_id": ERASED, "request_id": doc["_id"], ERASED_FLAG: True}
             unset: Document = {"sender_device_id": "", "only_for": ""}
             if kind in HISTORY_KINDS:
                 media += list(doc.get("media") or ())
@@ -117,7 +120,8 @@ class ErasureStore:
         own on these fields."""
         in_conversation: Document = {"conversation_id": conversation_id}
         await self._messages.update_many(
-            {**in_conversation, "system.actor": account_id}, {"$set": {"system.actor": ERASED}}
+            {**in_conversation, "system.actor": account_id},
+            {"$set": {"system.actor": ERASED, ERASED_FLAG: True}},
         )
         cursor = self._messages.find(
             {**in_conversation, "system.targets": account_id}, {"system.targets": 1}
@@ -125,13 +129,15 @@ class ErasureStore:
         async for doc in cursor:
             targets = [ERASED if t == account_id else t for t in doc["system"]["targets"]]
             await self._messages.update_one(
-                {"_id": doc["_id"]}, {"$set": {"system.targets": targets}}
+                {"_id": doc["_id"]}, {"$set": {"system.targets": targets, ERASED_FLAG: True}}
             )
         await self._messages.update_many(
-            {**in_conversation, "deleted_by": account_id}, {"$set": {"deleted_by": ERASED}}
+            {**in_conversation, "deleted_by": account_id},
+            {"$set": {"deleted_by": ERASED, ERASED_FLAG: True}},
         )
         await self._messages.update_many(
-            {**in_conversation, "hidden_for": account_id}, {"$pull": {"hidden_for": account_id}}
+            {**in_conversation, "hidden_for": account_id},
+            {"$pull": {"hidden_for": account_id}, "$set": {ERASED_FLAG: True}},
         )
         # Its reactions were pulled with the reaction entries that made them
         # (scrub_messages): every reaction has one.
