@@ -431,18 +431,22 @@ async def build(settings: Settings) -> ServiceHost:
         unary,
     ]
     stream = StreamServicer(delivery, acks, codec, typing, tracing=tracing)
+
     def owned_here(conversation_id: str) -> bool:
         regions = runtime.region_map()
         return regions.region_or_self(conversation_id) == regions.self_region
 
+    erasure_store = ErasureStore(runtime.db, runtime.redis)
+    await erasure_store.ensure_indexes()
     erasure = AccountErasure(
-        ErasureStore(runtime.db, runtime.redis),
+        erasure_store,
         conversations,
         pipeline,
         media_references,
         doorbell,
         archive=archiver,
         owned=owned_here,
+        tombstone_window_seconds=config.replication.tombstone_window_days * 86400.0,
     )
     search_access = SearchAccess(message_store, conversations, conversation_store)
     internal = MessageInternalServicer(

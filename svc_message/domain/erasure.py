@@ -26,6 +26,12 @@ erasure job:
 Then its push tokens, push settings, outbox jobs, inbox settings and device
 cursors go. Work per call is bounded; the caller calls again until done.
 
+Before all of it, the region records the account as erased (by the SHA-256
+of its id, for the tombstone window): a peer that owns one of its
+conversations and has not run its own erasure step yet (a partition) may
+still replicate copies naming it, which this region's replica applies as the
+erasure leaves them.
+
 Tombstoning writes the log directly instead of committing a DELETE change
 per message: no change-feed entry names the account, and an erasure of a
 prolific account is a few bulk writes. Devices learn of the tombstones when
@@ -107,9 +113,11 @@ class AccountErasure:
         bus: MembershipChanges,
         archive: Archiver | None = None,
         owned: Callable[[str], bool] = lambda _: True,
+        tombstone_window_seconds: float = 30 * 86400.0,
     ) -> None:
         self._store = store
         self._owned = owned
+        self._window = tombstone_window_seconds
         self._conversations = conversations
         self._pipeline = pipeline
         self._media = media
@@ -121,6 +129,8 @@ class AccountErasure:
     ) -> bool:
         """Some of the erasure; True once nothing of the account remains."""
         budget = ENTRIES_PER_CALL
+        # First: from now on, replicated copies naming the account arrive erased.
+        await self._store.remember_erased(account_id, until=_at(now + self._window))
         pending = await self._store.conversations_of(account_id, limit=CONVERSATIONS_PER_CALL)
         for conversation_id in pending:
             finished, budget = await self._conversation(

@@ -17,18 +17,19 @@ one by one.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from bson import Binary
-from pymongo import UpdateOne
+from pymongo import ASCENDING, UpdateOne
 from redis.exceptions import RedisError
 
 from parley_core.storage.mongo import Database, Document
 from parley_core.storage.redis import Redis
 from svc_message.model import ERASED, HISTORY_KINDS, ChangeKind
 from svc_message.storage.delivered import PREFIX as DELIVERED_PREFIX
+from svc_message.storage.erased import ERASED_ACCOUNTS, ERASED_FLAG, account_key
 from svc_message.storage.recent import PREFIX as RECENT_PREFIX
-from svc_message.storage.replication import ERASED_FLAG
 
 _HISTORY = list(HISTORY_KINDS)
 
@@ -48,7 +49,19 @@ class ErasureStore:
         self._push_tokens = db["push_tokens"]
         self._push_settings = db["push_settings"]
         self._outbox = db["push_outbox"]
+        self._erased = db[ERASED_ACCOUNTS]
         self._redis = redis
+
+    async def ensure_indexes(self) -> None:
+        await self._erased.create_index([("until", ASCENDING)], expireAfterSeconds=0)
+
+    async def remember_erased(self, account_id: str, *, until: datetime) -> None:
+        """This region erased the account: until ``until`` (the tombstone
+        window), replicated copies naming it are applied as the erasure
+        leaves them (storage/erased.py)."""
+        await self._erased.update_one(
+            {"_id": account_key(account_id)}, {"$max": {"until": until}}, upsert=True
+        )
 
     # -- where the account is ----------------------------------------------
 
@@ -102,7 +115,10 @@ class ErasureStore:
                 requests.append(
                     UpdateOne(
                         {"_id": doc["target"]},
-                        {"$pull": {f"reactions.{_emoji_key(doc.get('emoji', ''))}": account_id}},
+                        {
+                            "$pull": {f"reactions.{_emoji_key(doc.get('emoji', ''))}": account_id},
+                            "$set": {ERASED_FLAG: True},
+                        },
                     )
                 )
             requests.append(UpdateOne({"_id": doc["_id"]}, {"$set": fields, "$unset": unset}))

@@ -28,7 +28,12 @@ Replica side (the same collections as the owner's, same schema):
   (so an erasure, which rewrites the head without raising it, replicates);
 - a member document is merged by an injected function (the CRDT merge);
 - a member removal deletes the member documents it names (or all but those
-  it keeps): the owner's erasure deleted them.
+  it keeps): the owner's erasure deleted them;
+- whatever names an account this region erased (``erased_accounts``, kept
+  for the tombstone window) is applied as the erasure leaves it: its member
+  documents are dropped, heads and messages scrubbed (storage/erased.py), so
+  an owner that replicates before its own erasure step ran brings nothing
+  of the account back.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from parley_core.storage.mongo import Database, Document
-from svc_message.model import DIRECT
+from svc_message.model import DIRECT, ERASED
 from svc_message.model.replication import (
     ApplyOutcome,
     FeedChange,
@@ -55,6 +60,14 @@ from svc_message.model.replication import (
     ReplicatedKind,
     ReplicationCursor,
     ResumePointLost,
+)
+from svc_message.storage.erased import (
+    ERASED_ACCOUNTS,
+    ERASED_FLAG,
+    account_key,
+    accounts_named,
+    scrub_head,
+    scrub_message,
 )
 
 FEED_COLLECTIONS = (
@@ -68,8 +81,6 @@ FEED_COLLECTIONS = (
 _LOST_RESUME_CODES = frozenset({9, 136, 260, 280, 286})
 # How long one getMore waits on the server for new events.
 _AWAIT_MS = 200
-# Set by an account erasure on every message it rewrote (storage/erasure.py).
-ERASED_FLAG = "erased"
 # Fields of a conversation head that only rise; the others follow last_version.
 _HEAD_MAXIMA = ("last_seq", "last_version", "last_activity_at", "last_message")
 _RELEASED = datetime(1970, 1, 1, tzinfo=UTC)
@@ -334,6 +345,7 @@ class ReplicaStore:
         self._messages = db["messages"]
         self._conversations = db["conversations"]
         self._members = db["members"]
+        self._erased = db[ERASED_ACCOUNTS]
         self._merge_member = merge_member
 
     async def apply(self, docs: Sequence[ReplicatedDoc]) -> ApplyOutcome:
@@ -348,22 +360,44 @@ class ReplicaStore:
         database round trips, not two per message (bench/README.md, the
         regions scenario)."""
         outcome = ApplyOutcome()
+        decoded = [(doc.kind, decode(doc.document)) for doc in docs]
+        erased = await self._erased_among(decoded)
         for kind in _APPLY_ORDER:
-            run = [doc for doc in docs if doc.kind == kind]
+            run = [doc for k, doc in decoded if k == kind]
             if run:
-                outcome += await self._apply_run(run)
+                outcome += await self._apply_run(kind, run, erased)
         return outcome
 
-    async def _apply_run(self, run: Sequence[ReplicatedDoc]) -> ApplyOutcome:
-        kind = run[0].kind
-        documents = [decode(d.document) for d in run]
+    async def _erased_among(
+        self, decoded: Sequence[tuple[ReplicatedKind, Mapping[str, Any]]]
+    ) -> frozenset[str]:
+        """The accounts named in the batch that this region erased."""
+        named: set[str] = set()
+        for kind, doc in decoded:
+            if kind != ReplicatedKind.MEMBER_REMOVAL:
+                named |= accounts_named(kind.value, doc)
+        named.discard(ERASED)
+        if not named:
+            return frozenset()
+        keys = {account_key(a): a for a in named}
+        cursor = self._erased.find({"_id": {"$in": sorted(keys)}}, {"_id": 1})
+        return frozenset([keys[d["_id"]] async for d in cursor])
+
+    async def _apply_run(
+        self,
+        kind: ReplicatedKind,
+        documents: Sequence[Mapping[str, Any]],
+        erased: frozenset[str],
+    ) -> ApplyOutcome:
         if kind == ReplicatedKind.MESSAGE:
-            return await self._apply_messages(documents)
+            return await self._apply_messages([scrub_message(d, erased) for d in documents])
         if kind == ReplicatedKind.CONVERSATION:
-            return await self._apply_heads(documents)
+            return await self._apply_heads([scrub_head(d, erased) for d in documents])
         if kind == ReplicatedKind.MEMBER_REMOVAL:
             return await self._apply_removals(documents)
-        return await self._apply_members(documents)
+        kept = [d for d in documents if str(d.get("account_id")) not in erased]
+        outcome = await self._apply_members(kept) if kept else ApplyOutcome()
+        return outcome + ApplyOutcome(already_present=len(documents) - len(kept))
 
     async def _apply_messages(self, documents: Sequence[Mapping[str, Any]]) -> ApplyOutcome:
         # The newest copy of each document in the run wins; earlier ones are
