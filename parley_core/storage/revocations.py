@@ -1,9 +1,10 @@
 """Device revocations: durable in MongoDB, announced on Redis.
 
-svc_keys records a revocation here; every service runs a RevocationFeed that
-keeps its in-memory RevocationList current: at once through Redis pub/sub, and
-within ``revocation_poll_seconds`` through MongoDB when a publish is lost or
-Redis is down.
+svc_keys records a revocation here (its own, or one a peer region pushed:
+docs/design/regions.md, "Revocations"); every service runs a RevocationFeed
+that keeps its in-memory RevocationList current: at once through Redis
+pub/sub, and within ``revocation_poll_seconds`` through MongoDB when a publish
+is lost or Redis is down.
 """
 
 from __future__ import annotations
@@ -72,9 +73,9 @@ class RevocationStore:
         self, revocations: Sequence[Revocation], *, source: str, now: float
     ) -> None:
         """Record and announce revocations the ``source`` region made."""
-        recorded_at = datetime.fromtimestamp(now, UTC)
         if not revocations:
             return
+        recorded_at = datetime.fromtimestamp(now, UTC)
         await self._coll.bulk_write(
             [
                 UpdateOne(
@@ -104,26 +105,27 @@ class RevocationStore:
             log.warning("revocation_publish_failed", error=str(exc))
 
     async def load_since(self, since: datetime | None) -> list[Revocation]:
-        # revoked_at too: documents written before recorded_at existed.
-        query: Document = (
-            {}
-            if since is None
-            else {"$or": [{"recorded_at": {"$gte": since}}, {"revoked_at": {"$gte": since}}]}
-        )
-        return [
-            Revocation(device_id=doc["_id"], revoked_at=doc["revoked_at"].timestamp())
-            async for doc in self._coll.find(query)
-        ]
+        if since is None:
+            return [self._revocation(doc) async for doc in self._coll.find({})]
+        # Two queries, each on its own index (an $or may scan the collection):
+        # by recorded_at for revocations peers pushed late, by revoked_at for
+        # documents written before recorded_at existed.
+        found: dict[str, Revocation] = {}
+        for field in ("recorded_at", "revoked_at"):
+            async for doc in self._coll.find({field: {"$gte": since}}):
+                found[doc["_id"]] = self._revocation(doc)
+        return list(found.values())
+
+    @staticmethod
+    def _revocation(doc: Document) -> Revocation:
+        return Revocation(device_id=doc["_id"], revoked_at=doc["revoked_at"].timestamp())
 
     # The outbox of the push to peer regions (svc_keys).
 
     async def unsent(self, peer: str, *, limit: int) -> list[Revocation]:
         """Revocations made here that ``peer`` has not acknowledged, oldest first."""
         cursor = self._coll.find({"unsent": peer}).sort("revoked_at", ASCENDING).limit(limit)
-        return [
-            Revocation(device_id=doc["_id"], revoked_at=doc["revoked_at"].timestamp())
-            async for doc in cursor
-        ]
+        return [self._revocation(doc) async for doc in cursor]
 
     async def mark_sent(self, peer: str, revocations: Sequence[Revocation]) -> None:
         """``peer`` acknowledged these; a newer revocation of the same device
