@@ -2,19 +2,26 @@
 is recorded is owed to every peer, a peer that fails keeps its backlog and
 is retried with a bounded, growing delay, acknowledged revocations leave the
 outbox, a newer revocation of the same device is owed again, and the loops
-follow the peers of the topology."""
+follow the peers of the topology; the receiving servicer records what a
+peer sends and refuses a malformed batch."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
+from parley.keys.v1 import regions_pb2 as rpb
 from parley_core.auth.revocations import Revocation
+from parley_core.errors import InvalidArgument
 from parley_core.regions import region_unavailable
 from svc_keys.domain.revocation_push import BATCH_LIMIT, PushBackoff, RevocationPush
+from svc_keys.servicer.regions import AccountRegionServicer
 
 T0 = 1_800_000_000.0
 LOOP_SECONDS = 5.0
@@ -77,15 +84,13 @@ class Receivers:
         self.received.setdefault(region, []).extend(revocations)
 
 
-def _push(
-    outbox: Outbox, receivers: Receivers, peers: list[str], **options: float
-) -> RevocationPush:
+def _push(outbox: Outbox, receivers: Receivers, peers: list[str], **options: Any) -> RevocationPush:
     return RevocationPush(
         outbox,
         receivers,
         peers=lambda: list(peers),
         clock=lambda: T0,
-        **options,  # type: ignore[arg-type]
+        **options,
     )
 
 
@@ -199,3 +204,37 @@ async def test_the_loops_retry_a_cut_peer_and_catch_it_up_after_the_heal() -> No
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def _request(count: int, *, device_id: str | None = None) -> Any:
+    when = Timestamp()
+    when.FromNanoseconds(int(T0 * 1e9))
+    return rpb.ApplyRevocationsRequest(
+        source_region="eu",
+        revocations=[
+            rpb.DeviceRevocation(device_id=device_id or str(uuid.uuid4()), revoke_time=when)
+            for _ in range(count)
+        ],
+    )
+
+
+async def test_the_receiving_end_records_what_a_peer_sends_and_checks_its_shape() -> None:
+    outbox = Outbox()
+    push = _push(outbox, Receivers(), [])
+    servicer = AccountRegionServicer(None, push)  # type: ignore[arg-type]
+    device_id = str(uuid.uuid4())
+    await servicer.ApplyRevocations(_request(1, device_id=device_id), None)
+    assert outbox.revoked == {device_id: T0} and outbox.sources == {device_id: "eu"}
+
+    bad = [
+        _request(BATCH_LIMIT + 1),
+        _request(1, device_id="NOT-AN-ID"),
+        rpb.ApplyRevocationsRequest(
+            source_region="eu", revocations=[rpb.DeviceRevocation(device_id=device_id)]
+        ),
+        rpb.ApplyRevocationsRequest(revocations=[]),
+    ]
+    for request in bad:
+        with pytest.raises(InvalidArgument):
+            await servicer.ApplyRevocations(request, None)
+    assert len(outbox.revoked) == 1
