@@ -364,3 +364,33 @@ async def test_a_peer_cut_off_longer_than_the_window_is_resynced(regions: Region
         assert await mentions(regions.target, f"ciphertext {cid} {n}") == []
     assert await mentions(regions.target, "eu:nora") == []
     assert len(await held(regions.target, cid)) == 5
+
+
+async def test_messages_raise_the_replica_head_before_the_owner_head_arrives(
+    regions: Regions,
+) -> None:
+    """A stream at the replica skips a conversation whose last_version it has
+    read up to: the replica's head must cover the messages it applied, without
+    waiting for the owner's projector to flush the owner's head."""
+    owner = Owner(regions.source)
+    cid = "eu-heads"
+    await owner.open(cid, ("eu:ivy", "us:jon"))
+    await owner.send(cid, "eu:ivy", 2)
+    reader = SnapshotReader(database(regions.source))
+    first = await reader.above(cid, HighWater())
+    peer = peer_client(regions.address)
+    try:
+        await peer.apply("first", first)
+        await owner.send(cid, "eu:ivy", 3)
+        later = [
+            d
+            for d in await reader.above(cid, HighWater(last_seq=2, max_version=2))
+            if d.kind == ReplicatedKind.MESSAGE
+        ]
+        await peer.apply("messages only", later)
+    finally:
+        await peer.close()
+    versions = [int(d["version"]) for d in await held(regions.source, cid)]
+    head = await database(regions.target)["conversations"].find_one({"_id": cid})
+    assert head is not None
+    assert (head["last_seq"], head["last_version"]) == (5, max(versions))

@@ -6,7 +6,8 @@ its position fresh so a peer that merely had nothing to receive is not."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -26,6 +27,10 @@ WINDOW = 30 * DAY
 NOW = 1_000 * DAY
 OLD = {"token": "old"}
 NOW_TOKEN = {"token": "now"}
+QUIET_TOKEN = {"token": "quiet"}
+# The replicator's clock runs this much faster than the loop's, so an idle
+# minute passes in a tenth of a second.
+SPEED = 600.0
 
 
 @pytest.mark.parametrize(
@@ -75,37 +80,26 @@ class Cursors:
 
 
 class QuietStream:
-    """No change ever; each read moves the clock on and the last one stops."""
-
-    def __init__(self, clock: list[float], stop: asyncio.Event, reads: int) -> None:
-        self._clock = clock
-        self._stop = stop
-        self._reads = reads
+    """No change ever."""
 
     async def next(self, timeout: float) -> FeedChange | None:
-        self._clock[0] += IDLE_SAVE_SECONDS / 2
-        self._reads -= 1
-        if self._reads <= 0:
-            self._stop.set()
+        await asyncio.sleep(min(timeout, 0.02))
         return None
 
     def position(self) -> Mapping[str, Any] | None:
-        return {"token": f"at {self._clock[0]}"}
+        return QUIET_TOKEN
 
     async def close(self) -> None:
         return None
 
 
 class Feed:
-    def __init__(self, clock: list[float], stop: asyncio.Event, reads: int = 1) -> None:
+    def __init__(self) -> None:
         self.opened: list[Mapping[str, Any] | None] = []
-        self._clock = clock
-        self._stop = stop
-        self._reads = reads
 
     async def open(self, resume_token: Mapping[str, Any] | None) -> QuietStream:
         self.opened.append(resume_token)
-        return QuietStream(self._clock, self._stop, self._reads)
+        return QuietStream()
 
     async def position_now(self) -> Mapping[str, Any]:
         return NOW_TOKEN
@@ -139,7 +133,7 @@ class Peer:
 
 
 def _replicator(
-    cursors: Cursors, feed: Feed, snapshots: Snapshots, clock: list[float]
+    cursors: Cursors, feed: Feed, snapshots: Snapshots, clock: Callable[[], float]
 ) -> Replicator:
     return Replicator(
         peer="us",
@@ -156,20 +150,27 @@ def _replicator(
         leases=Granted(),
         snapshots=snapshots,
         client=Peer(),
-        clock=lambda: clock[0],
-        settings=ReplicatorSettings(tombstone_window_seconds=WINDOW),
+        clock=clock,
+        # An empty batch waits a third of the lease: 0.1 s.
+        settings=ReplicatorSettings(tombstone_window_seconds=WINDOW, lease_seconds=0.3),
     )
 
 
 async def _run(
-    acknowledged_days_ago: float, reads: int = 1
+    acknowledged_days_ago: float, run_seconds: float = 0.3
 ) -> tuple[Replicator, Cursors, Feed, Snapshots]:
-    clock = [NOW]
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    def clock() -> float:
+        return NOW + (loop.time() - started) * SPEED
+
     stop = asyncio.Event()
     cursors = Cursors(ReplicationCursor("us", OLD, NOW - acknowledged_days_ago * DAY))
-    feed = Feed(clock, stop, reads)
+    feed = Feed()
     snapshots = Snapshots()
     replicator = _replicator(cursors, feed, snapshots, clock)
+    loop.call_later(run_seconds, stop.set)
     await asyncio.wait_for(replicator.run(stop), timeout=5)
     return replicator, cursors, feed, snapshots
 
@@ -182,7 +183,7 @@ async def test_a_peer_cut_off_longer_than_the_window_is_resynced_not_resumed() -
     # The snapshot asked the peer and read the conversation from its marks
     # (storage adds every erased entry and the member removal).
     assert snapshots.asked == [HighWater(last_seq=9, max_version=12)]
-    assert cursors.saved[0] == (NOW_TOKEN, NOW)
+    assert cursors.saved[0][0] == NOW_TOKEN
 
 
 async def test_a_peer_within_the_window_resumes_the_stream() -> None:
@@ -193,7 +194,10 @@ async def test_a_peer_within_the_window_resumes_the_stream() -> None:
 
 
 async def test_an_idle_stream_keeps_its_acknowledged_time_fresh() -> None:
-    # Four quiet reads, IDLE_SAVE_SECONDS apart two by two: saved twice.
-    _, cursors, feed, _ = await _run(29, reads=4)
+    _, cursors, feed, _ = await _run(29, run_seconds=0.6)
     assert feed.opened == [OLD]
-    assert [at for _, at in cursors.saved] == [NOW + IDLE_SAVE_SECONDS, NOW + 2 * IDLE_SAVE_SECONDS]
+    # About six idle minutes passed: the position was saved, a minute apart.
+    times = [at for token, at in cursors.saved if token == QUIET_TOKEN]
+    assert len(times) >= 2, cursors.saved
+    assert times[0] >= NOW + IDLE_SAVE_SECONDS
+    assert all(b - a >= IDLE_SAVE_SECONDS for a, b in itertools.pairwise(times))
