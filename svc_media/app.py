@@ -127,7 +127,11 @@ async def build(settings: Settings) -> ServiceHost:
         stats=stats,
     )
     references = ReferenceHandler(
-        media=media_store, quarantine=quarantine, policy=policy, stats=stats
+        media=media_store,
+        quarantine=quarantine,
+        policy=policy,
+        stats=stats,
+        messages=every_region_messages,
     )
     admin = AdminHandler(quarantine=quarantine, audit=audit, decisions=decisions)
     collector = Collector(

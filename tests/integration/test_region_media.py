@@ -6,7 +6,8 @@ An upload goes to the uploader's home region whichever region it reaches,
 and its media id names that region; a member of a conversation homed in the
 other region downloads it through its own region (bytes match); a media id
 forwarded into a conversation nobody in the object's region belongs to is
-still readable (the holder asks every region's svc_message); a cut holder
+still readable (the holder asks every region's svc_message), and so is
+a forward only the holder region can prove readable; a cut holder
 region is a fast REGION_UNAVAILABLE; and a conversation whose members are
 all homed in a pinned region (``residency.homeOnlyData`` holds messages)
 leaves nothing in the other region's MongoDB, Redis or S3 after traffic,
@@ -201,6 +202,23 @@ async def test_media_forwarded_where_nobody_is_homed_in_its_region_stays_readabl
     eu_only = await _group(regions, EU, alice, [carol])
     # alice may read it through the shared group, so she may forward it.
     await _send_media(regions, EU, alice, eu_only, b"forwarded", [media_id])
+    assert await _download(regions, EU, carol, media_id) == blob.data
+
+
+async def test_a_forward_proven_only_where_the_object_lives_is_accepted(
+    regions: RegionsStack,
+) -> None:
+    """ben may read ann's media through a us-only group, which eu never holds;
+    he forwards it into an eu-owned group: eu's svc_message cannot prove it,
+    us (holding the object and the group) can."""
+    ann, ben = await _sign_up(regions, US), await _sign_up(regions, US)
+    alice, carol = await _sign_up(regions, EU), await _sign_up(regions, EU)
+    blob = Blob.random(15_000)
+    media_id = await _upload(regions, US, ann, blob)
+    us_only = await _group(regions, US, ann, [ben])
+    await _send_media(regions, US, ann, us_only, b"original", [media_id])
+    mixed = await _group(regions, EU, alice, [ben, carol])
+    await _send_media(regions, US, ben, mixed, b"forwarded", [media_id])
     assert await _download(regions, EU, carol, media_id) == blob.data
 
 
