@@ -151,7 +151,15 @@ async def build(settings: Settings) -> ServiceHost:
         batch=config.sweep_batch,
         after_pass=inventory.refresh,
     )
-    runtime.registry.register(MediaMetrics(stats, inventory, lambda: objects.available))
+    runtime.registry.register(
+        MediaMetrics(
+            stats,
+            inventory,
+            lambda: objects.available,
+            region_forwards=region_router.forwarded,
+            region_refusals=region_router.refused,
+        )
+    )
     await runtime.start_revocation_feed()
     runtime.start_topology_watcher()
     poller = RestorePoller(restores, interval_seconds=restore_policy.poll_seconds)

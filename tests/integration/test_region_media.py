@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
 
 from parley.common.v1 import common_pb2
 from parley.keys.v1 import accounts_pb2 as kpb
@@ -33,7 +34,7 @@ from parley.message.v1 import messages_pb2 as pb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_dev.regions import RegionResidency, RegionsStack
 from svc_media.model import region_number_of_media
-from tests.helpers import TEST_LIMITS, wait_until
+from tests.helpers import TEST_LIMITS, http_get, wait_until
 from tests.media_world import Blob
 from tests.media_world import send as http_send
 from tests.store_scan import scan_all
@@ -250,6 +251,15 @@ async def test_a_cut_holder_region_is_refused_fast(regions: RegionsStack) -> Non
             return False
 
     await wait_until(healed, timeout=REPLICATION_SECONDS, interval=0.5, what="download healed")
+    status, body = await http_get(regions.region(US).media_metrics_url)
+    assert status == 200
+    by_peer = {
+        (sample.name, sample.labels.get("peer")): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+    assert by_peer[("parley_media_region_refusals_total", EU)] >= 2
+    assert by_peer[("parley_media_region_forwards_total", EU)] >= 1
 
 
 async def test_a_pinned_conversation_leaves_nothing_in_the_other_region(
