@@ -19,7 +19,7 @@ from svc_media.domain.admin import AdminHandler
 from svc_media.domain.collector import Collector, Sweeper
 from svc_media.domain.decisions import DECISION_SECONDS, DownloadDecisions
 from svc_media.domain.downloads import DownloadHandler
-from svc_media.domain.message_regions import RegionalMessages
+from svc_media.domain.message_regions import RegionalMessages, RegionalNotices
 from svc_media.domain.policy import MediaPolicy
 from svc_media.domain.references import ReferenceHandler
 from svc_media.domain.region_routing import MediaRegionRouter
@@ -121,7 +121,7 @@ async def build(settings: Settings) -> ServiceHost:
         restores=restore_store,
         quarantine=quarantine,
         objects=objects,
-        notices=messages,
+        notices=RegionalNotices(messages, message_peers, region_router.home_of),
         limits=limits,
         policy=restore_policy,
         stats=stats,

@@ -11,6 +11,11 @@ it. An access check lets in only on a region's yes; one a region could not
 answer is UNAVAILABLE (retry) rather than a wrong refusal. Counts for the
 collector need every region's answer: a region that does not answer leaves
 the ids uncounted, never read as zero.
+
+A restore-ready notice is published by this region's svc_message and, for a
+requester homed elsewhere, by its home region's too: a device mostly keeps
+its stream at home, and the notice is live only (a device connected to a
+third region polls GetRestore, as one without a stream does).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 
-from svc_media.ports import MessagePeer
+from svc_media.model import Requester
+from svc_media.ports import DeviceNotices, MessagePeer
 
 
 class RegionalMessages:
@@ -58,3 +64,27 @@ class RegionalMessages:
             for media_id in media_ids:
                 counts[media_id] += int(answer[media_id])
         return counts
+
+
+class RegionalNotices:
+    """Implements ports.DeviceNotices here and at the requester's home region."""
+
+    def __init__(
+        self,
+        local: DeviceNotices,
+        peers: Callable[[], Mapping[str, DeviceNotices]],
+        home_of: Callable[[str], str],
+    ) -> None:
+        self._local = local
+        self._peers = peers
+        self._home_of = home_of
+
+    async def restore_ready(
+        self, requester: Requester, *, media_id: str, expires_at: float
+    ) -> None:
+        await self._local.restore_ready(requester, media_id=media_id, expires_at=expires_at)
+        home = self._peers().get(self._home_of(requester.account_id))
+        if home is not None:
+            # Unavailable there: the device is told again on the next pass
+            # (here too: at least once, as within a region).
+            await home.restore_ready(requester, media_id=media_id, expires_at=expires_at)

@@ -23,7 +23,7 @@ from parley_core.regions import REGION_FORWARDED
 from parley_core.rpc.status import error_from_status
 from parley_core.topology import Topology
 from svc_media.peers.messages import MessagePeerClient
-from svc_media.ports import MessagePeer, RegionUnreachable
+from svc_media.ports import RegionUnreachable
 
 log = structlog.get_logger(__name__)
 
@@ -121,11 +121,11 @@ class MessagePeers:
         self._interceptors = interceptors
         self._clients: dict[str, MessagePeerClient] = {}
 
-    def __call__(self) -> Mapping[str, MessagePeer]:
+    def __call__(self) -> Mapping[str, MessagePeerClient]:
         topology = self._topology()
         if topology is None:
             return {}
-        peers: dict[str, MessagePeer] = {}
+        peers: dict[str, MessagePeerClient] = {}
         for region in topology.regions:
             address = _peer_address(topology, region, "message")
             if address is None:

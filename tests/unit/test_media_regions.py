@@ -13,9 +13,10 @@ import pytest
 from parley_core.errors import FailedPrecondition, Reason, Unavailable
 from parley_core.ids import random_id
 from parley_core.regions import RegionMap
-from svc_media.domain.message_regions import RegionalMessages
+from svc_media.domain.message_regions import RegionalMessages, RegionalNotices
 from svc_media.domain.region_routing import MediaRegionRouter
 from svc_media.model import (
+    Requester,
     is_media_id,
     media_id_of,
     region_number_of_media,
@@ -151,3 +152,23 @@ async def test_references_are_counted_in_every_region_or_not_at_all() -> None:
     us.down = True
     with pytest.raises(Unavailable):
         await messages.references(["c"])
+
+
+class Notices:
+    def __init__(self) -> None:
+        self.told: list[tuple[str, str]] = []
+
+    async def restore_ready(
+        self, requester: Requester, *, media_id: str, expires_at: float
+    ) -> None:
+        self.told.append((requester.device_id, media_id))
+
+
+async def test_a_restore_notice_reaches_the_requesters_home_region_too() -> None:
+    local, us = Notices(), Notices()
+    homes = {"eu-account": "eu", "us-account": "us"}
+    notices = RegionalNotices(local, lambda: {"us": us}, homes.__getitem__)
+    await notices.restore_ready(Requester("eu-account", "d1"), media_id="m", expires_at=1.0)
+    await notices.restore_ready(Requester("us-account", "d2"), media_id="m", expires_at=1.0)
+    assert local.told == [("d1", "m"), ("d2", "m")]
+    assert us.told == [("d2", "m")]
