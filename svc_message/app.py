@@ -54,7 +54,11 @@ from svc_message.peers.owners import OwnerChannels
 from svc_message.peers.push import Router, build_providers
 from svc_message.peers.regions import RegionChannels
 from svc_message.push_metrics import PushMetrics
-from svc_message.replication_wiring import build_replication, replicator_settings
+from svc_message.replication_wiring import (
+    build_replication,
+    replicator_clock,
+    replicator_settings,
+)
 from svc_message.servicer.changes import ChangesServicer
 from svc_message.servicer.convert import ProtoEventCodec
 from svc_message.servicer.groups import GroupsServicer
@@ -434,13 +438,22 @@ async def build(settings: Settings) -> ServiceHost:
         unary,
     ]
     stream = StreamServicer(delivery, acks, codec, typing, tracing=tracing)
+
+    def owned_here(conversation_id: str) -> bool:
+        regions = runtime.region_map()
+        return regions.region_or_self(conversation_id) == regions.self_region
+
+    erasure_store = ErasureStore(runtime.db, runtime.redis)
+    await erasure_store.ensure_indexes()
     erasure = AccountErasure(
-        ErasureStore(runtime.db, runtime.redis),
+        erasure_store,
         conversations,
         pipeline,
         media_references,
         doorbell,
         archive=archiver,
+        owned=owned_here,
+        tombstone_window_seconds=config.replication.tombstone_window_days * 86400.0,
     )
     search_access = SearchAccess(message_store, conversations, conversation_store)
     internal = MessageInternalServicer(
@@ -485,6 +498,7 @@ async def build(settings: Settings) -> ServiceHost:
         credential=runtime.service_credential(),
         instance_id=random_id(),
         settings=replicator_settings(config.replication),
+        clock=replicator_clock(config.replication.clock_offset_file),
     )
     runtime.registry.register(replication.metrics)
     for replicator in replication.replicators:

@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from parley_core.auth.credentials import ServiceCredential
 from parley_core.config import ReplicationSettings
@@ -81,7 +82,30 @@ def replicator_settings(config: ReplicationSettings) -> ReplicatorSettings:
         lease_seconds=config.lease_seconds,
         retry_seconds=config.retry_seconds,
         snapshot_page=config.snapshot_page,
+        tombstone_window_seconds=config.tombstone_window_days * 86400.0,
     )
+
+
+def replicator_clock(offset_file: str | None) -> Callable[[], float]:
+    """The replicators' clock: the wall clock, moved by the seconds the
+    ``clock_offset_file`` test hook holds (message.replication), so a test
+    can let a month pass for the tombstone window without waiting."""
+    if offset_file is None:
+        return time.time
+    path = Path(offset_file)
+    seen: list[float] = [-1.0, 0.0]  # the file's mtime, its offset
+
+    def clock() -> float:
+        try:
+            mtime = path.stat().st_mtime
+            if mtime != seen[0]:
+                text = path.read_text().strip()
+                seen[:] = [mtime, float(text) if text else 0.0]
+        except (OSError, ValueError):
+            seen[:] = [-1.0, 0.0]
+        return time.time() + seen[1]
+
+    return clock
 
 
 def build_replication(
@@ -93,6 +117,7 @@ def build_replication(
     credential: ServiceCredential | None,
     instance_id: str,
     settings: ReplicatorSettings,
+    clock: Callable[[], float] = time.time,
 ) -> Replication:
     replica = ReplicaStore(db, merge_member=merge_member_document)
 
@@ -123,7 +148,7 @@ def build_replication(
                     leases=ReplicationLeaseStore(db),
                     snapshots=SnapshotReader(db),
                     client=client,
-                    clock=time.time,
+                    clock=clock,
                     settings=settings,
                 )
             )

@@ -28,6 +28,9 @@ REPLICATION_FIELDS: dict[str, str] = {
     "default 0.5.",
     "snapshotPage": "Conversations read per page while a snapshot asks a peer for its "
     "high-water marks; default 200.",
+    "tombstoneWindowDays": "Days an erasure's tombstones are promised to peers: a peer that "
+    "last acknowledged a batch longer ago is resynced from a snapshot instead of resuming "
+    "the stream; default 30.",
 }
 
 

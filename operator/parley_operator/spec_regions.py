@@ -22,9 +22,10 @@ REPLICATION_BOUNDS: Mapping[str, tuple[str, float, float]] = {
     "leaseSeconds": ("lease_seconds", 1, 3600),
     "retrySeconds": ("retry_seconds", 0, 300),
     "snapshotPage": ("snapshot_page", 1, 10_000),
+    "tombstoneWindowDays": ("tombstone_window_days", 0, 3650),
 }
-# Keys whose least value is exclusive (a zero wait or pause makes no sense).
-EXCLUSIVE_MINIMUM = frozenset({"retrySeconds"})
+# Keys whose least value is exclusive (a zero pause or window makes no sense).
+EXCLUSIVE_MINIMUM = frozenset({"retrySeconds", "tombstoneWindowDays"})
 INTEGER_KEYS = frozenset({"batchChanges", "snapshotPage"})
 
 
@@ -46,6 +47,7 @@ class ReplicationSpec:
     lease_seconds: float | None = None
     retry_seconds: float | None = None
     snapshot_page: int | None = None
+    tombstone_window_days: float | None = None
 
     def config(self) -> dict[str, float]:
         """The set values as svc_message's message.replication section."""
@@ -55,6 +57,7 @@ class ReplicationSpec:
             "lease_seconds": self.lease_seconds,
             "retry_seconds": self.retry_seconds,
             "snapshot_page": self.snapshot_page,
+            "tombstone_window_days": self.tombstone_window_days,
         }
         return {key: value for key, value in values.items() if value is not None}
 
@@ -145,6 +148,7 @@ def parse_replication(tree: Mapping[str, Any]) -> ReplicationSpec:
         lease_seconds=values.get("lease_seconds"),
         retry_seconds=values.get("retry_seconds"),
         snapshot_page=_int_or_none(values.get("snapshot_page")),
+        tombstone_window_days=values.get("tombstone_window_days"),
     )
 
 

@@ -105,6 +105,15 @@ class ReplicationSettings(Section):
     """Pause, in seconds, before the next try after a peer did not answer an Apply."""
     snapshot_page: int = Field(default=200, ge=1, le=10_000)
     """Conversations read per page while a snapshot asks a peer for its high-water marks."""
+    tombstone_window_days: float = Field(default=30.0, gt=0, le=3650)
+    """Days an erasure's tombstones are promised to peers: a peer that last acknowledged a batch
+    longer ago than this (a partition) is resynced from a snapshot, which removes what was erased
+    meanwhile, instead of resuming the stream (docs/design/regions.md, part 7)."""
+    # Tests run the services as processes and cannot pass them a clock; this
+    # moves the replicators' clock (the tombstone window's) without a sleep.
+    clock_offset_file: str | None = None
+    """Test hook, never set in production: a file holding seconds added to the replicators'
+    clock (read again when the file changes; missing or empty means 0)."""
 
 
 class MessageServiceSettings(Section):

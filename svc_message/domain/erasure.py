@@ -3,9 +3,12 @@
 Per conversation that still names the account, in this order, each step
 idempotent so a call cut short (a SIGKILL) is simply made again by svc_keys'
 erasure job:
-1. a group or channel member leaves with a MEMBER_LEFT system message whose
-   actor is the ERASED marker (idempotent by a request id from the erasure
-   id); a channel subscriber leaves silently, as unsubscribing does;
+1. in a conversation this region owns, a group or channel member leaves with
+   a MEMBER_LEFT system message whose actor is the ERASED marker (idempotent
+   by a request id from the erasure id); a channel subscriber leaves
+   silently, as unsubscribing does. A replica commits nothing to another
+   region's feed: the owner region's own erasure step writes the departure,
+   which replicates here;
 2. its media references are released (svc_media collects what nothing else
    references after the grace period), then every entry it wrote becomes a
    tombstone: body and media ids removed, sender replaced by ERASED; its
@@ -23,6 +26,12 @@ erasure job:
 Then its push tokens, push settings, outbox jobs, inbox settings and device
 cursors go. Work per call is bounded; the caller calls again until done.
 
+Before all of it, the region records the account as erased (by the SHA-256
+of its id, for the tombstone window): a peer that owns one of its
+conversations and has not run its own erasure step yet (a partition) may
+still replicate copies naming it, which this region's replica applies as the
+erasure leaves them.
+
 Tombstoning writes the log directly instead of committing a DELETE change
 per message: no change-feed entry names the account, and an erasure of a
 prolific account is a few bulk writes. Devices learn of the tombstones when
@@ -32,6 +41,7 @@ the log's state).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from svc_message.domain.archive_transforms import tombstone_sender
@@ -102,8 +112,12 @@ class AccountErasure:
         media: MediaReferences,
         bus: MembershipChanges,
         archive: Archiver | None = None,
+        owned: Callable[[str], bool] = lambda _: True,
+        tombstone_window_seconds: float = 30 * 86400.0,
     ) -> None:
         self._store = store
+        self._owned = owned
+        self._window = tombstone_window_seconds
         self._conversations = conversations
         self._pipeline = pipeline
         self._media = media
@@ -115,6 +129,8 @@ class AccountErasure:
     ) -> bool:
         """Some of the erasure; True once nothing of the account remains."""
         budget = ENTRIES_PER_CALL
+        # First: from now on, replicated copies naming the account arrive erased.
+        await self._store.remember_erased(account_id, until=_at(now + self._window))
         pending = await self._store.conversations_of(account_id, limit=CONVERSATIONS_PER_CALL)
         for conversation_id in pending:
             finished, budget = await self._conversation(
@@ -132,7 +148,7 @@ class AccountErasure:
     ) -> tuple[bool, int]:
         """(whether the conversation no longer names the account, budget left)."""
         conversation = await self._conversations.store.get(conversation_id)
-        if conversation is not None:
+        if conversation is not None and self._owned(conversation_id):
             await self._depart(conversation, account_id, erasure_id, now=now)
         while True:
             if budget <= 0:

@@ -98,6 +98,18 @@ def route(
     return out
 
 
+def beyond_tombstone_window(
+    acknowledged_at: float | None, *, now: float, window_seconds: float
+) -> bool:
+    """Whether a peer last acknowledged a batch longer than the tombstone
+    window ago (or never): it then resyncs from a snapshot instead of
+    merging the stream, since nothing promises that what was erased
+    meanwhile is still in the stream for it (regions.md, part 7)."""
+    if acknowledged_at is None:
+        return True
+    return now - acknowledged_at > window_seconds
+
+
 def lag_seconds(oldest_unacknowledged: float | None, *, now: float) -> float:
     """How far the peer is behind: the age of the oldest change it has not
     acknowledged (0 when it has everything read so far)."""

@@ -8,11 +8,16 @@ and the persist resumes from the previous position and sends the batch
 again, which the replica applies as a no-op; nothing is skipped, since the
 position never passes an unacknowledged change.
 
-A position the database refuses (or none at all, for a new peer) starts a
-snapshot: a position is taken first, then for every conversation routed to
-the peer, the peer's high-water mark is asked and everything above it sent;
-the stream then resumes from the position taken before the snapshot, so a
-change made during it is sent again rather than missed.
+A position the database refuses (or none at all, for a new peer), or one the
+peer acknowledged longer than the tombstone window ago (a long partition),
+starts a snapshot instead of resuming: a position is taken first, then for
+every conversation routed to the peer, the peer's high-water mark is asked
+and everything above it sent, with every entry an account erasure rewrote
+and the member documents to delete (the snapshot leaves the peer's copy
+equal to the owner's, erased data included); the stream then resumes from
+the position taken before the snapshot, so a change made during it is sent
+again rather than missed. An idle stream persists its position every
+``IDLE_SAVE_SECONDS``, so a quiet peer is not taken for a cut-off one.
 
 A lease per peer (``replication_leases``) keeps one process per region
 replicating to a peer; a process that loses it stops before its next batch.
@@ -30,6 +35,7 @@ import structlog
 
 from svc_message.domain.replication import (
     ReplicationPolicy,
+    beyond_tombstone_window,
     conversations_to_look_up,
     lag_seconds,
     route,
@@ -51,6 +57,8 @@ log = structlog.get_logger(__name__)
 _READ_SECONDS = 1.0
 
 Token = Mapping[str, Any]
+# Nothing pending for this long: the stream position is persisted anyway.
+IDLE_SAVE_SECONDS = 60.0
 
 
 class Stream(Protocol):
@@ -96,6 +104,7 @@ class ReplicatorSettings:
     lease_seconds: float = 10.0
     retry_seconds: float = 0.5
     snapshot_page: int = 200
+    tombstone_window_seconds: float = 30 * 86400.0
 
 
 @dataclass
@@ -108,6 +117,9 @@ class ReplicatorState:
     applied: int = 0
     already_present: int = 0
     snapshots: int = 0
+    # Of the snapshots: those made because the peer was cut off longer than
+    # the tombstone window.
+    resyncs: int = 0
     batches: int = 0
 
 
@@ -175,7 +187,18 @@ class Replicator:
                 try:
                     cursor = await self._cursors.load(self.peer)
                     token = None if cursor is None else cursor.resume_token
-                    if token is None or self._resume_lost:
+                    stale = cursor is not None and beyond_tombstone_window(
+                        cursor.updated_at,
+                        now=self._clock(),
+                        window_seconds=self._settings.tombstone_window_seconds,
+                    )
+                    if token is None or self._resume_lost or stale:
+                        if stale:
+                            log.warning(
+                                "replication peer beyond the tombstone window: resync",
+                                peer=self.peer,
+                            )
+                            self.state.resyncs += 1
                         token = await self.snapshot()
                         self._resume_lost = False
                     await self._tail(token, stop)
@@ -200,6 +223,7 @@ class Replicator:
         stream = await self._feed.open(token)
         arrived: asyncio.Queue[FeedChange] = asyncio.Queue(maxsize=self._settings.batch_changes * 4)
         reader = asyncio.create_task(self._read(stream, arrived))
+        saved_at = self._clock()
         try:
             while not stop.is_set():
                 if not await self._hold_lease():
@@ -207,9 +231,21 @@ class Replicator:
                 changes = await self._next_batch(arrived, reader)
                 if not changes:
                     self.state.lag_seconds = 0.0
+                    now = self._clock()
+                    # With nothing queued the reader holds no change either
+                    # (it puts each one as it reads it), so nothing before
+                    # the stream's position is unacknowledged.
+                    position = stream.position()
+                    idle = now - saved_at >= IDLE_SAVE_SECONDS and arrived.empty()
+                    if idle and position is not None:
+                        await self._cursors.save(
+                            self.peer, position, now=now, lag_seconds=0.0, backlog=0
+                        )
+                        saved_at = now
                     continue
                 self.state.backlog = len(changes) + arrived.qsize()
                 await self._deliver(changes)
+                saved_at = self._clock()
                 await self._cursors.save(
                     self.peer,
                     changes[-1].token,

@@ -11,11 +11,14 @@ from typing import Any
 
 
 class ReplicatedKind(enum.StrEnum):
-    """The collection a replicated document belongs to (its name)."""
+    """What a replicated document is: a document of the collection named by
+    the value, or (``MEMBER_REMOVAL``) which ``members`` documents of a
+    conversation the replica must delete (an account erasure's)."""
 
     MESSAGE = "messages"
     CONVERSATION = "conversations"
     MEMBER = "members"
+    MEMBER_REMOVAL = "member_removals"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,8 @@ class ReplicationCursor:
 
     peer: str
     resume_token: Mapping[str, Any] | None
+    # When the peer last acknowledged everything before ``resume_token``
+    # (an applied batch, a snapshot, or an idle stream with nothing to send).
     updated_at: float
     lag_seconds: float = 0.0
 

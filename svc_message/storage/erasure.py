@@ -1,7 +1,9 @@
 """What an account erasure removes from svc_message's stores.
 
 Every write here is idempotent: a repeated call finds nothing left to do.
-The account's id is replaced by ``ERASED`` wherever other people's history
+Every message rewritten is flagged ``erased``, so a replica keeps this copy
+over any older one (storage/replication.py). The account's id is replaced
+by ``ERASED`` wherever other people's history
 keeps a place for it (the sender of its tombstones, the actor or target of
 system messages, the peer of its direct conversations); everything that
 exists only for the account is deleted.
@@ -15,16 +17,18 @@ one by one.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from bson import Binary
-from pymongo import UpdateOne
+from pymongo import ASCENDING, UpdateOne
 from redis.exceptions import RedisError
 
 from parley_core.storage.mongo import Database, Document
 from parley_core.storage.redis import Redis
 from svc_message.model import ERASED, HISTORY_KINDS, ChangeKind
 from svc_message.storage.delivered import PREFIX as DELIVERED_PREFIX
+from svc_message.storage.erased import ERASED_ACCOUNTS, ERASED_FLAG, account_key
 from svc_message.storage.recent import PREFIX as RECENT_PREFIX
 
 _HISTORY = list(HISTORY_KINDS)
@@ -45,7 +49,19 @@ class ErasureStore:
         self._push_tokens = db["push_tokens"]
         self._push_settings = db["push_settings"]
         self._outbox = db["push_outbox"]
+        self._erased = db[ERASED_ACCOUNTS]
         self._redis = redis
+
+    async def ensure_indexes(self) -> None:
+        await self._erased.create_index([("until", ASCENDING)], expireAfterSeconds=0)
+
+    async def remember_erased(self, account_id: str, *, until: datetime) -> None:
+        """This region erased the account: until ``until`` (the tombstone
+        window), replicated copies naming it are applied as the erasure
+        leaves them (storage/erased.py)."""
+        await self._erased.update_one(
+            {"_id": account_key(account_id)}, {"$max": {"until": until}}, upsert=True
+        )
 
     # -- where the account is ----------------------------------------------
 
@@ -83,7 +99,7 @@ class ErasureStore:
             kind = doc.get("kind", ChangeKind.MESSAGE)
             # The request id keeps (conversation, sender, request id) unique
             # once every erased sender is the same marker.
-            fields: Document = {"sender_id": ERASED, "request_id": doc["_id"]}
+            fields: Document = {"sender_id": ERASED, "request_id": doc["_id"], ERASED_FLAG: True}
             unset: Document = {"sender_device_id": "", "only_for": ""}
             if kind in HISTORY_KINDS:
                 media += list(doc.get("media") or ())
@@ -99,7 +115,10 @@ class ErasureStore:
                 requests.append(
                     UpdateOne(
                         {"_id": doc["target"]},
-                        {"$pull": {f"reactions.{_emoji_key(doc.get('emoji', ''))}": account_id}},
+                        {
+                            "$pull": {f"reactions.{_emoji_key(doc.get('emoji', ''))}": account_id},
+                            "$set": {ERASED_FLAG: True},
+                        },
                     )
                 )
             requests.append(UpdateOne({"_id": doc["_id"]}, {"$set": fields, "$unset": unset}))
@@ -117,7 +136,8 @@ class ErasureStore:
         own on these fields."""
         in_conversation: Document = {"conversation_id": conversation_id}
         await self._messages.update_many(
-            {**in_conversation, "system.actor": account_id}, {"$set": {"system.actor": ERASED}}
+            {**in_conversation, "system.actor": account_id},
+            {"$set": {"system.actor": ERASED, ERASED_FLAG: True}},
         )
         cursor = self._messages.find(
             {**in_conversation, "system.targets": account_id}, {"system.targets": 1}
@@ -125,13 +145,15 @@ class ErasureStore:
         async for doc in cursor:
             targets = [ERASED if t == account_id else t for t in doc["system"]["targets"]]
             await self._messages.update_one(
-                {"_id": doc["_id"]}, {"$set": {"system.targets": targets}}
+                {"_id": doc["_id"]}, {"$set": {"system.targets": targets, ERASED_FLAG: True}}
             )
         await self._messages.update_many(
-            {**in_conversation, "deleted_by": account_id}, {"$set": {"deleted_by": ERASED}}
+            {**in_conversation, "deleted_by": account_id},
+            {"$set": {"deleted_by": ERASED, ERASED_FLAG: True}},
         )
         await self._messages.update_many(
-            {**in_conversation, "hidden_for": account_id}, {"$pull": {"hidden_for": account_id}}
+            {**in_conversation, "hidden_for": account_id},
+            {"$pull": {"hidden_for": account_id}, "$set": {ERASED_FLAG: True}},
         )
         # Its reactions were pulled with the reaction entries that made them
         # (scrub_messages): every reaction has one.

@@ -17,10 +17,23 @@ Replica side (the same collections as the owner's, same schema):
   ``state_version`` (feed entries that are not history items have only
   ``version``, which never changes); at an equal one, ``hidden_for`` (which
   delete-for-me adds without raising the state version) is unioned;
+- an erasure's copy wins: a document the erasure touched (``erased``) is
+  never replaced by one it did not touch, whatever their state versions (the
+  erasure rewrites without raising them), and replaces one it did not touch
+  (the owner's stale copy, arriving after a partition, must not bring an
+  erased body back);
 - a conversation head is raised with ``$max`` (last seq, version, activity,
-  last message, per-sender positions); its other fields are set only from a
-  document whose ``last_version`` is at least the replica's;
-- a member document is merged by an injected function (the CRDT merge).
+  last message); its other fields, the per-sender positions included, are
+  set only from a document whose ``last_version`` is at least the replica's
+  (so an erasure, which rewrites the head without raising it, replicates);
+- a member document is merged by an injected function (the CRDT merge);
+- a member removal deletes the member documents it names (or all but those
+  it keeps): the owner's erasure deleted them;
+- whatever names an account this region erased (``erased_accounts``, kept
+  for the tombstone window) is applied as the erasure leaves it: its member
+  documents are dropped, heads and messages scrubbed (storage/erased.py), so
+  an owner that replicates before its own erasure step ran brings nothing
+  of the account back.
 """
 
 from __future__ import annotations
@@ -38,7 +51,7 @@ from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from parley_core.storage.mongo import Database, Document
-from svc_message.model import DIRECT
+from svc_message.model import DIRECT, ERASED
 from svc_message.model.replication import (
     ApplyOutcome,
     FeedChange,
@@ -48,8 +61,20 @@ from svc_message.model.replication import (
     ReplicationCursor,
     ResumePointLost,
 )
+from svc_message.storage.erased import (
+    ERASED_ACCOUNTS,
+    ERASED_FLAG,
+    account_key,
+    accounts_named,
+    scrub_head,
+    scrub_message,
+)
 
-FEED_COLLECTIONS = tuple(k.value for k in ReplicatedKind)
+FEED_COLLECTIONS = (
+    ReplicatedKind.MESSAGE.value,
+    ReplicatedKind.CONVERSATION.value,
+    ReplicatedKind.MEMBER.value,
+)
 # Server answers meaning "this resume token cannot be resumed from": not a
 # token (FailedToParse, SecantusDB's answer), invalid, history lost (the
 # oplog rolled past it), fatal, capped position lost.
@@ -97,6 +122,12 @@ def _feed_change(event: Mapping[str, Any]) -> FeedChange | None:
         conversation_id = conversation_of(kind, document)
     elif kind == ReplicatedKind.CONVERSATION:
         conversation_id = str(event["documentKey"]["_id"])
+    elif kind == ReplicatedKind.MEMBER:
+        # Only an account erasure deletes a member document; its key names
+        # the conversation and the account, and replicas must delete theirs.
+        conversation_id, _, account_id = str(event["documentKey"]["_id"]).partition(":")
+        kind = ReplicatedKind.MEMBER_REMOVAL
+        document = {"_id": conversation_id, "accounts": [account_id]}
     else:
         # A deleted message or member: nothing names its conversation any
         # more, and deletions are not replicated (see domain.replication.route).
@@ -267,23 +298,26 @@ class SnapshotReader:
         return {str(d["_id"]): tuple(d.get("member_ids") or ()) async for d in cursor}
 
     async def above(self, conversation_id: str, high_water: HighWater) -> list[ReplicatedDoc]:
-        """Everything of the conversation a replica at ``high_water`` may lack:
-        entries at or above its version (the boundary again, which applies
-        as a no-op), history items whose state changed since, the targets of
-        those entries, then the head and the member documents."""
+        """Everything of the conversation a replica at ``high_water`` may lack
+        or hold stale: entries at or above its version (the boundary again,
+        which applies as a no-op), history items whose state changed since,
+        the targets of those entries, every entry an account erasure
+        rewrote (it does not raise versions), then the head, the member
+        documents and a member removal keeping only those (the replica then
+        holds no member the owner erased)."""
         floor = high_water.max_version
         docs: dict[Any, Document] = {}
         # On the (conversation_id, version) index; the state version is
         # filtered here, since naming it in the query makes SecantusDB scan.
         cursor = self._messages.find(
             {"conversation_id": conversation_id, "version": {"$gte": 0}},
-            {"version": 1, "state_version": 1, "target": 1},
+            {"version": 1, "state_version": 1, "target": 1, ERASED_FLAG: 1},
         ).sort("version", ASCENDING)
         wanted: list[Any] = []
         async for doc in cursor:
             version = int(doc.get("version", 0))
             state = int(doc.get("state_version", version))
-            if version >= floor or state >= floor:
+            if version >= floor or state >= floor or doc.get(ERASED_FLAG):
                 wanted.append(doc["_id"])
                 if doc.get("target") and version >= floor:
                     wanted.append(doc["target"])
@@ -295,8 +329,12 @@ class SnapshotReader:
         head = await self._conversations.find_one({"_id": conversation_id})
         if head is not None:
             out.append(ReplicatedDoc(ReplicatedKind.CONVERSATION, conversation_id, encode(head)))
+        kept: list[str] = []
         async for doc in self._members.find({"conversation_id": conversation_id}):
             out.append(ReplicatedDoc(ReplicatedKind.MEMBER, conversation_id, encode(doc)))
+            kept.append(str(doc.get("account_id")))
+        removal = {"_id": conversation_id, "except": kept}
+        out.append(ReplicatedDoc(ReplicatedKind.MEMBER_REMOVAL, conversation_id, encode(removal)))
         return out
 
 
@@ -307,6 +345,7 @@ class ReplicaStore:
         self._messages = db["messages"]
         self._conversations = db["conversations"]
         self._members = db["members"]
+        self._erased = db[ERASED_ACCOUNTS]
         self._merge_member = merge_member
 
     async def apply(self, docs: Sequence[ReplicatedDoc]) -> ApplyOutcome:
@@ -321,20 +360,44 @@ class ReplicaStore:
         database round trips, not two per message (bench/README.md, the
         regions scenario)."""
         outcome = ApplyOutcome()
+        decoded = [(doc.kind, decode(doc.document)) for doc in docs]
+        erased = await self._erased_among(decoded)
         for kind in _APPLY_ORDER:
-            run = [doc for doc in docs if doc.kind == kind]
+            run = [doc for k, doc in decoded if k == kind]
             if run:
-                outcome += await self._apply_run(run)
+                outcome += await self._apply_run(kind, run, erased)
         return outcome
 
-    async def _apply_run(self, run: Sequence[ReplicatedDoc]) -> ApplyOutcome:
-        kind = run[0].kind
-        documents = [decode(d.document) for d in run]
+    async def _erased_among(
+        self, decoded: Sequence[tuple[ReplicatedKind, Mapping[str, Any]]]
+    ) -> frozenset[str]:
+        """The accounts named in the batch that this region erased."""
+        named: set[str] = set()
+        for kind, doc in decoded:
+            if kind != ReplicatedKind.MEMBER_REMOVAL:
+                named |= accounts_named(kind.value, doc)
+        named.discard(ERASED)
+        if not named:
+            return frozenset()
+        keys = {account_key(a): a for a in named}
+        cursor = self._erased.find({"_id": {"$in": sorted(keys)}}, {"_id": 1})
+        return frozenset([keys[d["_id"]] async for d in cursor])
+
+    async def _apply_run(
+        self,
+        kind: ReplicatedKind,
+        documents: Sequence[Mapping[str, Any]],
+        erased: frozenset[str],
+    ) -> ApplyOutcome:
         if kind == ReplicatedKind.MESSAGE:
-            return await self._apply_messages(documents)
+            return await self._apply_messages([scrub_message(d, erased) for d in documents])
         if kind == ReplicatedKind.CONVERSATION:
-            return await self._apply_heads(documents)
-        return await self._apply_members(documents)
+            return await self._apply_heads([scrub_head(d, erased) for d in documents])
+        if kind == ReplicatedKind.MEMBER_REMOVAL:
+            return await self._apply_removals(documents)
+        kept = [d for d in documents if str(d.get("account_id")) not in erased]
+        outcome = await self._apply_members(kept) if kept else ApplyOutcome()
+        return outcome + ApplyOutcome(already_present=len(documents) - len(kept))
 
     async def _apply_messages(self, documents: Sequence[Mapping[str, Any]]) -> ApplyOutcome:
         # The newest copy of each document in the run wins; earlier ones are
@@ -342,13 +405,13 @@ class ReplicaStore:
         newest: dict[Any, Mapping[str, Any]] = {}
         for doc in documents:
             held = newest.get(doc["_id"])
-            if held is None or _state_version(doc) >= _state_version(held):
+            if held is None or _rank(doc) >= _rank(held):
                 newest[doc["_id"]] = doc
         present = {
             d["_id"]: d
             async for d in self._messages.find(
                 {"_id": {"$in": list(newest)}},
-                {"version": 1, "state_version": 1, "hidden_for": 1},
+                {"version": 1, "state_version": 1, "hidden_for": 1, ERASED_FLAG: 1},
             )
         }
         requests: list[InsertOne[Document] | ReplaceOne[Document] | UpdateOne] = []
@@ -356,13 +419,13 @@ class ReplicaStore:
             held = present.get(_id)
             if held is None:
                 requests.append(InsertOne(dict(doc)))
-            elif _state_version(doc) > _state_version(held):
+            elif _rank(doc) > _rank(held):
                 requests.append(
                     ReplaceOne({"_id": _id, "state_version": held.get("state_version")}, dict(doc))
                 )
-            elif _state_version(doc) == _state_version(held) and not set(
-                doc.get("hidden_for") or ()
-            ) <= set(held.get("hidden_for") or ()):
+            elif _rank(doc) == _rank(held) and not set(doc.get("hidden_for") or ()) <= set(
+                held.get("hidden_for") or ()
+            ):
                 requests.append(
                     UpdateOne(
                         {"_id": _id},
@@ -395,11 +458,10 @@ class ReplicaStore:
         requests: list[UpdateOne] = []
         for doc in documents:
             maxima: Document = {k: doc[k] for k in _HEAD_MAXIMA if doc.get(k) is not None}
-            for account_id, seq in (doc.get("sent") or {}).items():
-                maxima[f"sent.{account_id}"] = seq
-            rest = {
-                k: v for k, v in doc.items() if k != "_id" and k != "sent" and k not in _HEAD_MAXIMA
-            }
+            # The per-sender positions (``sent``) go with the rest: a head at
+            # least as new holds every send the replica's does, and an
+            # erasure removes its account's entry without a new version.
+            rest = {k: v for k, v in doc.items() if k != "_id" and k not in _HEAD_MAXIMA}
             update: Document = {}
             if rest:
                 update["$setOnInsert"] = rest
@@ -457,6 +519,18 @@ class ReplicaStore:
             applied=applied, already_present=len(documents) - applied, wake_accounts=wake
         )
 
+    async def _apply_removals(self, documents: Sequence[Mapping[str, Any]]) -> ApplyOutcome:
+        applied = 0
+        for doc in documents:
+            query: Document = {"conversation_id": doc["_id"]}
+            if "except" in doc:
+                query["account_id"] = {"$nin": list(doc["except"])}
+            else:
+                query["account_id"] = {"$in": list(doc.get("accounts") or ())}
+            result = await self._members.delete_many(query)
+            applied += 1 if result.deleted_count else 0
+        return ApplyOutcome(applied=applied, already_present=len(documents) - applied)
+
     @staticmethod
     async def _write(collection: Any, requests: Sequence[Any]) -> int:
         """Runs the writes unordered; an insert that lost a race to the same
@@ -504,3 +578,9 @@ class ReplicaStore:
 
 def _state_version(doc: Mapping[str, Any]) -> int:
     return int(doc.get("state_version", doc.get("version", 0)))
+
+
+def _rank(doc: Mapping[str, Any]) -> tuple[bool, int]:
+    """Which copy of a message a replica keeps: the erasure's over any other
+    (tombstones win), then the higher state version."""
+    return bool(doc.get(ERASED_FLAG)), _state_version(doc)

@@ -1,13 +1,19 @@
 """Region replication between two real SecantusDB servers over real gRPC on
 loopback: changes written in the owner's database reach the peer's; apply is
 idempotent; a conversation residency keeps home never reaches the peer; a
-refused resume point is recovered by a snapshot with nothing twice."""
+refused resume point is recovered by a snapshot with nothing twice; an
+account erasure at the owner replicates (tombstones, the head, the deleted
+member documents), and a peer cut off longer than the tombstone window is
+resynced so that it holds nothing the owner erased, even when the stream no
+longer carries the erasure."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -15,8 +21,9 @@ from pymongo import AsyncMongoClient
 
 from parley_core.storage.mongo import Document
 from svc_message.domain.replication import ReplicaApplier
-from svc_message.model.replication import HighWater, ReplicatedKind
-from svc_message.storage.replication import SnapshotReader
+from svc_message.model.replication import HighWater, ReplicatedDoc, ReplicatedKind
+from svc_message.storage.erasure import ErasureStore
+from svc_message.storage.replication import FeedTail, SnapshotReader, decode, encode
 from tests.replication_world import (
     SOURCE,
     TARGET,
@@ -137,7 +144,9 @@ async def test_apply_twice_holds_one_copy(regions: Regions) -> None:
         again = await peer.apply("b1", docs)
     finally:
         await peer.close()
-    assert first.applied == len(docs) and first.already_present == 0
+    # The snapshot's member removal finds nothing to remove at a new replica.
+    assert [d.kind for d in docs].count(ReplicatedKind.MEMBER_REMOVAL) == 1
+    assert first.applied == len(docs) - 1 and first.already_present == 1
     assert again.applied == 0 and again.already_present == len(docs)
     held_docs = await held(regions.target, cid)
     assert [d["seq"] for d in held_docs] == list(range(1, 11))
@@ -212,6 +221,149 @@ async def test_a_refused_resume_point_is_recovered_by_a_snapshot(regions: Region
     await owner.send(cid, "eu:jo", 1)
     n, worker = await run_until(regions, cid, 51)
     assert n == 51 and worker.state.snapshots == 0  # type: ignore[attr-defined]
+
+
+async def run_until_true(
+    regions: Regions, done: Callable[[], Awaitable[bool]], *, timeout: float = WAIT_SECONDS
+) -> tuple[bool, Any]:
+    """Runs a replicator until ``done`` (bounded); whether it came true, and
+    the replicator."""
+    peer = peer_client(regions.address)
+    worker = replicator(regions.source, peer)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        while not await done() and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        reached = await done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WAIT_SECONDS)
+        await peer.close()
+    return reached, worker
+
+
+async def erase_at_owner(regions: Regions, conversation_id: str, account_id: str) -> None:
+    """What svc_message's erasure step writes to the owner's feed collections
+    (the departure aside, which replicates as any send)."""
+    store = ErasureStore(database(regions.source), redis=None)  # type: ignore[arg-type]
+
+    async def release(_: list[str]) -> None:
+        return None
+
+    for _ in range(10):
+        if not await store.scrub_messages(conversation_id, account_id, limit=100, release=release):
+            break
+    await store.scrub_mentions(conversation_id, account_id)
+    await store.scrub_conversation(conversation_id, account_id)
+    await store.forget_member(conversation_id, account_id)
+
+
+async def copies(client: Any, conversation_id: str) -> tuple[Any, ...]:
+    """A region's copy of a conversation: its messages, head and members."""
+    db = database(client)
+    head = await db["conversations"].find_one({"_id": conversation_id})
+    members = db["members"].find({"conversation_id": conversation_id}).sort("_id", 1)
+    return (
+        await held(client, conversation_id),
+        None if head is None else (head.get("member_ids"), head.get("sent"), head["last_version"]),
+        [doc async for doc in members],
+    )
+
+
+def erased_everywhere(regions: Regions, conversation_id: str, account_id: str, seqs: range) -> Any:
+    async def done() -> bool:
+        if await mentions(regions.target, account_id):
+            return False
+        for n in seqs:
+            if await mentions(regions.target, f"ciphertext {conversation_id} {n}"):
+                return False
+        return await copies(regions.source, conversation_id) == await copies(
+            regions.target, conversation_id
+        )
+
+    return done
+
+
+async def test_an_erasure_at_the_owner_replicates(regions: Regions) -> None:
+    owner = Owner(regions.source)
+    cid = "eu-erase-live"
+    await owner.open(cid, ("eu:lena", "us:max"))
+    await owner.send(cid, "eu:lena", 3)
+    await owner.send(cid, "eu:max", 2)
+    n, _ = await run_until(regions, cid, 5)
+    assert n == 5 and await mentions(regions.target, "eu:lena")
+    await erase_at_owner(regions, cid, "eu:lena")
+    # The stream carries it: tombstones (without a new state version), the
+    # head without her, her member document deleted.
+    reached, worker = await run_until_true(
+        regions, erased_everywhere(regions, cid, "eu:lena", range(1, 4))
+    )
+    assert reached, await copies(regions.target, cid)
+    assert (worker.state.snapshots, worker.state.resyncs) == (0, 0)
+
+
+async def test_a_peer_cut_off_longer_than_the_window_is_resynced(regions: Regions) -> None:
+    owner = Owner(regions.source)
+    cid = "eu-erase-resync"
+    await owner.open(cid, ("eu:nora", "us:otto"))
+    await owner.send(cid, "eu:nora", 3)
+    await owner.send(cid, "eu:otto", 2)
+    n, _ = await run_until(regions, cid, 5)
+    assert n == 5
+    before = await SnapshotReader(database(regions.source)).above(cid, HighWater())
+    await erase_at_owner(regions, cid, "eu:nora")
+    # The peer last acknowledged 31 days ago, from a position after the
+    # erasure: resuming there would never send it (as if the history that
+    # held it were gone); only the resync can.
+    position = await FeedTail(database(regions.source)).position_now()
+    await database(regions.source)["replication_cursors"].update_one(
+        {"_id": TARGET},
+        {
+            "$set": {
+                "resume_token": dict(position),
+                "updated_at": datetime.now(UTC) - timedelta(days=31),
+            }
+        },
+    )
+    reached, worker = await run_until_true(
+        regions, erased_everywhere(regions, cid, "eu:nora", range(1, 4))
+    )
+    assert reached, await copies(regions.target, cid)
+    assert worker.state.resyncs == 1
+    # Tombstones win: the owner's stale copies, even at a higher state
+    # version, never bring an erased body back.
+    stale = []
+    for doc in before:
+        if doc.kind == ReplicatedKind.MESSAGE:
+            fields = decode(doc.document)
+            fields["state_version"] = int(fields.get("state_version", 0)) + 100
+            stale.append(ReplicatedDoc(doc.kind, cid, encode(fields)))
+    peer = peer_client(regions.address)
+    try:
+        outcome = await peer.apply("stale", stale)
+        assert outcome.applied == 2  # otto's two messages; nora's three stay tombstones
+        for n in range(1, 4):
+            assert await mentions(regions.target, f"ciphertext {cid} {n}") == []
+        assert await mentions(regions.target, "eu:nora") == []
+        # An owner that has not erased yet (its step waits for the link) sends
+        # its whole copy: a region that erased the account applies it erased.
+        store = ErasureStore(database(regions.target), redis=None)  # type: ignore[arg-type]
+        await store.ensure_indexes()
+        await store.remember_erased("eu:nora", until=datetime.now(UTC) + timedelta(days=30))
+        unerased = [d for d in before if d.kind != ReplicatedKind.MEMBER_REMOVAL]
+        await database(regions.target)["messages"].delete_many(
+            {"conversation_id": cid, "seq": {"$lte": 3}}
+        )
+        await peer.apply("unerased", unerased)
+    finally:
+        await peer.close()
+    for n in range(1, 4):
+        assert await mentions(regions.target, f"ciphertext {cid} {n}") == []
+    assert await mentions(regions.target, "eu:nora") == []
+    assert len(await held(regions.target, cid)) == 5
 
 
 async def test_messages_raise_the_replica_head_before_the_owner_head_arrives(

@@ -108,6 +108,7 @@ def test_the_spec_wins_over_extra_config() -> None:
         ("leaseSeconds", 0.5, "at least 1"),
         ("retrySeconds", "fast", "must be a number"),
         ("snapshotPage", True, "must be a number"),
+        ("tombstoneWindowDays", 0, "above 0"),
     ],
 )
 def test_bad_values_are_refused_by_the_schema_and_the_operator(

@@ -4,17 +4,21 @@ is a config key, a file's values arrive unchanged, and a bad one is refused."""
 from __future__ import annotations
 
 import dataclasses
+import time
+from pathlib import Path
 
 import pytest
 
 from parley_core.config import ConfigError, ReplicationSettings, settings_from_tree
 from svc_message.domain.replicator import ReplicatorSettings
-from svc_message.replication_wiring import replicator_settings
+from svc_message.replication_wiring import replicator_clock, replicator_settings
 
 
 def test_every_replicator_setting_is_configurable() -> None:
     fields = {f.name for f in dataclasses.fields(ReplicatorSettings)}
-    assert fields == set(ReplicationSettings.model_fields)
+    # The window is configured in days; the clock hook is the composition root's.
+    configured = set(ReplicationSettings.model_fields) - {"clock_offset_file"}
+    assert fields - {"tombstone_window_seconds"} == configured - {"tombstone_window_days"}
     # The defaults agree, so a region without the section replicates as before.
     assert replicator_settings(ReplicationSettings()) == ReplicatorSettings()
 
@@ -36,3 +40,20 @@ def test_values_from_the_file_and_the_environment_reach_the_replicator() -> None
 def test_out_of_range_values_are_refused_naming_the_key(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"message.replication.{key}"):
         settings_from_tree({"message": {"replication": {key: value}}}, {})
+
+
+def test_the_tombstone_window_is_configured_in_days() -> None:
+    settings = settings_from_tree({"message": {"replication": {"tombstone_window_days": 2}}}, {})
+    window = replicator_settings(settings.message.replication).tombstone_window_seconds
+    assert window == 2 * 86400.0
+    with pytest.raises(ConfigError, match=r"message\.replication\.tombstone_window_days"):
+        settings_from_tree({"message": {"replication": {"tombstone_window_days": 0}}}, {})
+
+
+def test_the_clock_hook_moves_the_replicators_clock_by_its_file(tmp_path: Path) -> None:
+    offset = tmp_path / "offset"
+    clock = replicator_clock(str(offset))
+    assert abs(clock() - time.time()) < 5
+    offset.write_text(str(31 * 86400))
+    assert clock() - time.time() > 31 * 86400 - 5
+    assert replicator_clock(None) is time.time

@@ -34,6 +34,13 @@ class _ReplicatedKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Replic
     """
     REPLICATED_KIND_MEMBER: _ReplicatedKind.ValueType  # 3
     """A `members` document: one member's watermarks and membership."""
+    REPLICATED_KIND_MEMBER_REMOVAL: _ReplicatedKind.ValueType  # 4
+    """Member documents the owner no longer holds (an account erasure deletes
+    them): `{_id: conversation id, accounts: [...]}` names those to delete
+    (a deletion read from the owner's stream), `{_id: conversation id,
+    except: [...]}` the only ones to keep (a snapshot: the replica's copy of
+    the conversation then holds no member the owner erased).
+    """
 
 class ReplicatedKind(_ReplicatedKind, metaclass=_ReplicatedKindEnumTypeWrapper):
     """Which collection a replicated document belongs to."""
@@ -47,6 +54,13 @@ the conversation's metadata.
 """
 REPLICATED_KIND_MEMBER: ReplicatedKind.ValueType  # 3
 """A `members` document: one member's watermarks and membership."""
+REPLICATED_KIND_MEMBER_REMOVAL: ReplicatedKind.ValueType  # 4
+"""Member documents the owner no longer holds (an account erasure deletes
+them): `{_id: conversation id, accounts: [...]}` names those to delete
+(a deletion read from the owner's stream), `{_id: conversation id,
+except: [...]}` the only ones to keep (a snapshot: the replica's copy of
+the conversation then holds no member the owner erased).
+"""
 Global___ReplicatedKind: _TypeAlias = ReplicatedKind  # noqa: Y015
 
 @_typing.final
