@@ -75,7 +75,9 @@ class Cursors:
 
     async def load(self, peer: str) -> ReplicationCursor | None:
         token = self.saved[-1] if self.saved else {"n": 0}
-        return ReplicationCursor(peer=peer, resume_token=token, updated_at=0.0)
+        # Saved just now: a cursor older than the tombstone window would snapshot.
+        updated_at = asyncio.get_running_loop().time()
+        return ReplicationCursor(peer=peer, resume_token=token, updated_at=updated_at)
 
     async def save(
         self, peer: str, resume_token: Any, *, now: float, lag_seconds: float, backlog: int
