@@ -54,7 +54,11 @@ from svc_message.peers.owners import OwnerChannels
 from svc_message.peers.push import Router, build_providers
 from svc_message.peers.regions import RegionChannels
 from svc_message.push_metrics import PushMetrics
-from svc_message.replication_wiring import build_replication, replicator_settings
+from svc_message.replication_wiring import (
+    build_inbox_settings,
+    build_replication,
+    replicator_settings,
+)
 from svc_message.servicer.changes import ChangesServicer
 from svc_message.servicer.convert import ProtoEventCodec
 from svc_message.servicer.groups import GroupsServicer
@@ -247,7 +251,10 @@ async def build(settings: Settings) -> ServiceHost:
     messages = MessagesHandler(conversations, message_store, recent, pipeline, codec, limits, media)
     inbox_store = InboxSettingsStore(runtime.db)
     await inbox_store.ensure_indexes()
-    inbox = InboxHandler(inbox_store, conversations, listener=SettingsPublisher(doorbell, codec))
+    inbox_settings = build_inbox_settings(
+        inbox_store, region=settings.region, config=config.replication
+    )
+    inbox = InboxHandler(inbox_settings, conversations, listener=SettingsPublisher(doorbell, codec))
     groups = GroupsHandler(
         conversations, message_store, pipeline, accounts, doorbell, doorbell, codec, limits
     )
@@ -478,6 +485,7 @@ async def build(settings: Settings) -> ServiceHost:
         credential=runtime.service_credential(),
         instance_id=random_id(),
         settings=replicator_settings(config.replication),
+        inbox_settings=inbox_settings,
     )
     runtime.registry.register(replication.metrics)
     for replicator in replication.replicators:

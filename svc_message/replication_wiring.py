@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from parley_core.auth.credentials import ServiceCredential
 from parley_core.config import ReplicationSettings
+from parley_core.hlc import HybridClock
 from parley_core.regions import RegionMap
 from parley_core.storage.mongo import Database
 from parley_core.topology import Topology
+from svc_message.domain.inbox_settings import InboxSettings
 from svc_message.domain.replication import (
     ReplicaApplier,
     ReplicationPolicy,
@@ -31,6 +34,7 @@ from svc_message.peers.replication import ReplicationPeer
 from svc_message.replication_metrics import ReplicationMetrics
 from svc_message.servicer.replication import RegionReplicationServicer
 from svc_message.storage.doorbell import Doorbell
+from svc_message.storage.inbox import InboxSettingsStore
 from svc_message.storage.replication import (
     FeedTail,
     ReplicaStore,
@@ -73,6 +77,23 @@ def replication_policy(topology: Topology, regions: Callable[[], RegionMap]) -> 
     )
 
 
+def build_inbox_settings(
+    store: InboxSettingsStore, *, region: str, config: ReplicationSettings
+) -> InboxSettings:
+    """The inbox settings with this process's hybrid logical clock: one
+    writer per process (node id ``region.instance``, fresh at every start:
+    ``write_stamp`` keeps a restarted process's writes above its earlier
+    ones), reading the physical clock plus the configured skew (0 but in
+    tests that run a region's clock off)."""
+    skew_ms = config.settings_clock_skew_ms
+
+    def physical_ms() -> int:
+        return int(time.time() * 1000) + skew_ms
+
+    clock = HybridClock(f"{region}.{uuid.uuid4().hex[:12]}")
+    return InboxSettings(store, clock=clock, physical_ms=physical_ms)
+
+
 def replicator_settings(config: ReplicationSettings) -> ReplicatorSettings:
     """The replicators' settings from message.replication."""
     return ReplicatorSettings(
@@ -93,8 +114,11 @@ def build_replication(
     credential: ServiceCredential | None,
     instance_id: str,
     settings: ReplicatorSettings,
+    inbox_settings: InboxSettings,
 ) -> Replication:
-    replica = ReplicaStore(db, merge_member=merge_member_document)
+    replica = ReplicaStore(
+        db, merge_member=merge_member_document, merge_settings=inbox_settings.merge
+    )
 
     async def wake_streams(docs: Sequence[ReplicatedDoc], outcome: ApplyOutcome) -> None:
         conversations = {d.conversation_id for d in docs}

@@ -22,15 +22,13 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from parley_core.errors import FailedPrecondition, Reason
+from svc_message.domain.inbox_settings import InboxSettings
 from svc_message.model import MAX_PINNED, InboxEntry, MemberSettings
-from svc_message.model.inbox import Pin, StoredSettings
+from svc_message.model.inbox import FOREVER, Pin, StoredSettings
 from svc_message.ports import SettingsListener
-from svc_message.storage.inbox import InboxSettingsStore
 
 # parley.message.v1.ArchiveFilter (UNSPECIFIED means ACTIVE).
 ACTIVE, ARCHIVED, ALL = 1, 2, 3
-# Muted forever: the far end of what a protobuf Timestamp can carry.
-FOREVER = datetime(9999, 12, 31, tzinfo=UTC)
 
 
 # -- policy (pure) --------------------------------------------------------------
@@ -180,7 +178,7 @@ class Conversations(Protocol):
 class InboxHandler:
     def __init__(
         self,
-        store: InboxSettingsStore,
+        store: InboxSettings,
         conversations: Conversations,
         *,
         listener: SettingsListener | None = None,

@@ -16,6 +16,9 @@ class ReplicatedKind(enum.StrEnum):
     MESSAGE = "messages"
     CONVERSATION = "conversations"
     MEMBER = "members"
+    # A member's inbox settings (a CRDT state): replicated by whichever
+    # region wrote them, to every region holding the conversation.
+    SETTINGS = "inbox_settings"
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ KIND_TO_WIRE = {
     ReplicatedKind.MESSAGE: rpb.REPLICATED_KIND_MESSAGE,
     ReplicatedKind.CONVERSATION: rpb.REPLICATED_KIND_CONVERSATION,
     ReplicatedKind.MEMBER: rpb.REPLICATED_KIND_MEMBER,
+    ReplicatedKind.SETTINGS: rpb.REPLICATED_KIND_SETTINGS,
 }
 # What the server takes in one HighWater request (replication.proto).
 HIGH_WATER_IDS = 500

@@ -19,6 +19,7 @@ KIND_FROM_WIRE = {
     rpb.REPLICATED_KIND_MESSAGE: ReplicatedKind.MESSAGE,
     rpb.REPLICATED_KIND_CONVERSATION: ReplicatedKind.CONVERSATION,
     rpb.REPLICATED_KIND_MEMBER: ReplicatedKind.MEMBER,
+    rpb.REPLICATED_KIND_SETTINGS: ReplicatedKind.SETTINGS,
 }
 
 
@@ -36,7 +37,9 @@ class RegionReplicationServicer(rgrpc.RegionReplicationServiceServicer):
         for i, change in enumerate(request.changes[:MAX_CHANGES]):
             kind = KIND_FROM_WIRE.get(change.kind)
             if kind is None:
-                check.fail(f"changes[{i}].kind", "must be MESSAGE, CONVERSATION or MEMBER")
+                check.fail(
+                    f"changes[{i}].kind", "must be MESSAGE, CONVERSATION, MEMBER or SETTINGS"
+                )
             elif not change.conversation_id or not change.document:
                 check.fail(f"changes[{i}]", "conversation_id and document are required")
             else:

@@ -3,7 +3,8 @@ persisted stream positions and leases, the snapshot read, and the replica's
 idempotent apply.
 
 Owner side:
-- the tail watches ``messages``, ``conversations`` and ``members`` with full
+- the tail watches ``messages``, ``conversations``, ``members`` and
+  ``inbox_settings`` (written by any region, sent by any) with full
   documents (``updateLookup``: the document as it is when the event is read,
   which is at least as new as the change);
 - ``replication_cursors``: one document per peer region, ``_id`` the peer,
@@ -20,14 +21,17 @@ Replica side (the same collections as the owner's, same schema):
 - a conversation head is raised with ``$max`` (last seq, version, activity,
   last message, per-sender positions); its other fields are set only from a
   document whose ``last_version`` is at least the replica's;
-- a member document is merged by an injected function (the CRDT merge).
+- a member document is merged by an injected function;
+- an inbox settings document's CRDT state is merged by an injected function
+  (``domain.inbox_settings``: observe, merge, compare-and-set, write only
+  what changed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +43,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from parley_core.storage.mongo import Database, Document
 from svc_message.model import DIRECT
+from svc_message.model.member_replica import MemberReplica, from_dict
 from svc_message.model.replication import (
     ApplyOutcome,
     FeedChange,
@@ -66,6 +71,8 @@ _APPLY_ORDER = tuple(ReplicatedKind)
 _CODEC: CodecOptions[Document] = CodecOptions(tz_aware=True)
 
 MemberMerge = Callable[[Mapping[str, Any] | None, Mapping[str, Any]], Document]
+# Merges one replicated settings state into this region's; True if it changed it.
+SettingsMerge = Callable[[MemberReplica], Awaitable[bool]]
 
 
 def _at(seconds: float) -> datetime:
@@ -247,6 +254,7 @@ class SnapshotReader:
         self._messages = db["messages"]
         self._conversations = db["conversations"]
         self._members = db["members"]
+        self._settings = db["inbox_settings"]
 
     async def conversation_page(
         self, *, after_id: str, limit: int
@@ -299,15 +307,33 @@ class SnapshotReader:
             out.append(ReplicatedDoc(ReplicatedKind.MEMBER, conversation_id, encode(doc)))
         return out
 
+    async def settings_of(self, conversation_id: str) -> list[ReplicatedDoc]:
+        """Every member's inbox settings of the conversation (a range of
+        ``_id``, which starts with the conversation id and a colon)."""
+        prefix = f"{conversation_id}:"
+        cursor = self._settings.find({"_id": {"$gte": prefix, "$lt": prefix + "\uffff"}})
+        return [
+            ReplicatedDoc(ReplicatedKind.SETTINGS, conversation_id, encode(doc))
+            async for doc in cursor
+            if doc.get("conversation_id") == conversation_id and doc.get("crdt") is not None
+        ]
+
 
 class ReplicaStore:
     """The replica's side: idempotent apply and high-water marks."""
 
-    def __init__(self, db: Database, *, merge_member: MemberMerge) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        merge_member: MemberMerge,
+        merge_settings: SettingsMerge | None = None,
+    ) -> None:
         self._messages = db["messages"]
         self._conversations = db["conversations"]
         self._members = db["members"]
         self._merge_member = merge_member
+        self._merge_settings = merge_settings
 
     async def apply(self, docs: Sequence[ReplicatedDoc]) -> ApplyOutcome:
         """Applies kind by kind: the batch's messages, then the conversation
@@ -334,6 +360,8 @@ class ReplicaStore:
             return await self._apply_messages(documents)
         if kind == ReplicatedKind.CONVERSATION:
             return await self._apply_heads(documents)
+        if kind == ReplicatedKind.SETTINGS:
+            return await self._apply_settings(documents)
         return await self._apply_members(documents)
 
     async def _apply_messages(self, documents: Sequence[Mapping[str, Any]]) -> ApplyOutcome:
@@ -436,6 +464,24 @@ class ReplicaStore:
         )
         return ApplyOutcome(
             applied=applied, already_present=len(documents) - applied, wake_accounts=wake
+        )
+
+    async def _apply_settings(self, documents: Sequence[Mapping[str, Any]]) -> ApplyOutcome:
+        """Each document's CRDT state merged in, one by one (a merge is
+        idempotent, so a batch sent again changes nothing)."""
+        if self._merge_settings is None:
+            return ApplyOutcome(already_present=len(documents))
+        applied = 0
+        wake: set[str] = set()
+        for doc in documents:
+            state = from_dict(doc["crdt"])
+            if await self._merge_settings(state):
+                applied += 1
+                wake.add(state.account_id)
+        return ApplyOutcome(
+            applied=applied,
+            already_present=len(documents) - applied,
+            wake_accounts=frozenset(wake),
         )
 
     @staticmethod

@@ -7,6 +7,7 @@ unique index); the RPC tests run on the session stack, end to end.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,8 +22,10 @@ from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_core.config import MongoSettings
+from parley_core.hlc import HybridClock
 from parley_core.storage.mongo import connect, durable_database
 from parley_dev.stack import LocalStack
+from svc_message.domain.inbox_settings import InboxSettings
 from svc_message.model.inbox import Pin
 from svc_message.storage.inbox import InboxSettingsStore
 from tests.helpers import wait_until
@@ -39,8 +42,9 @@ ORDER_TIMEOUT_SECONDS = 10.0
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def inbox_store(
     tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[tuple[InboxSettingsStore, InboxSettingsStore]]:
-    """Two stores on two connections to one database: two processes' worth."""
+) -> AsyncIterator[tuple[InboxSettings, InboxSettings]]:
+    """Two stores on two connections to one database: two processes' worth
+    (each with its own hybrid logical clock, as each process has)."""
     local = LocalStack.with_free_ports(root=Path(tmp_path_factory.mktemp("inbox_db")))
     local.prepare_files()
     await local.start_db()
@@ -49,7 +53,15 @@ async def inbox_store(
     try:
         stores = [InboxSettingsStore(durable_database(c, settings)) for c in clients]
         await stores[0].ensure_indexes()
-        yield stores[0], stores[1]
+        one, other = (
+            InboxSettings(
+                store,
+                clock=HybridClock(f"test.{i}"),
+                physical_ms=lambda: int(time.time() * 1000),
+            )
+            for i, store in enumerate(stores)
+        )
+        yield one, other
     finally:
         for client in clients:
             await client.close()

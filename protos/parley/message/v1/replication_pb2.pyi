@@ -34,6 +34,11 @@ class _ReplicatedKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Replic
     """
     REPLICATED_KIND_MEMBER: _ReplicatedKind.ValueType  # 3
     """A `members` document: one member's watermarks and membership."""
+    REPLICATED_KIND_SETTINGS: _ReplicatedKind.ValueType  # 4
+    """An `inbox_settings` document: one member's inbox settings, a CRDT state
+    (docs/design/crdt.md) that the replica merges into its own. Sent by
+    whichever region wrote it, not only by the conversation's owner.
+    """
 
 class ReplicatedKind(_ReplicatedKind, metaclass=_ReplicatedKindEnumTypeWrapper):
     """Which collection a replicated document belongs to."""
@@ -47,6 +52,11 @@ the conversation's metadata.
 """
 REPLICATED_KIND_MEMBER: ReplicatedKind.ValueType  # 3
 """A `members` document: one member's watermarks and membership."""
+REPLICATED_KIND_SETTINGS: ReplicatedKind.ValueType  # 4
+"""An `inbox_settings` document: one member's inbox settings, a CRDT state
+(docs/design/crdt.md) that the replica merges into its own. Sent by
+whichever region wrote it, not only by the conversation's owner.
+"""
 Global___ReplicatedKind: _TypeAlias = ReplicatedKind  # noqa: Y015
 
 @_typing.final
