@@ -252,7 +252,7 @@ async def build(settings: Settings) -> ServiceHost:
     inbox_store = InboxSettingsStore(runtime.db)
     await inbox_store.ensure_indexes()
     inbox_settings = build_inbox_settings(
-        inbox_store, region=settings.region, config=config.replication
+        inbox_store, region=settings.region, skew_ms=config.settings_clock_skew_ms
     )
     inbox = InboxHandler(inbox_settings, conversations, listener=SettingsPublisher(doorbell, codec))
     groups = GroupsHandler(

@@ -77,15 +77,12 @@ def replication_policy(topology: Topology, regions: Callable[[], RegionMap]) -> 
     )
 
 
-def build_inbox_settings(
-    store: InboxSettingsStore, *, region: str, config: ReplicationSettings
-) -> InboxSettings:
+def build_inbox_settings(store: InboxSettingsStore, *, region: str, skew_ms: int) -> InboxSettings:
     """The inbox settings with this process's hybrid logical clock: one
     writer per process (node id ``region.instance``, fresh at every start:
     ``write_stamp`` keeps a restarted process's writes above its earlier
     ones), reading the physical clock plus the configured skew (0 but in
     tests that run a region's clock off)."""
-    skew_ms = config.settings_clock_skew_ms
 
     def physical_ms() -> int:
         return int(time.time() * 1000) + skew_ms

@@ -104,9 +104,6 @@ class ReplicationSettings(Section):
     """Pause, in seconds, before the next try after a peer did not answer an Apply."""
     snapshot_page: int = Field(default=200, ge=1, le=10_000)
     """Conversations read per page while a snapshot asks a peer for its high-water marks."""
-    settings_clock_skew_ms: int = Field(default=0, ge=-86_400_000, le=86_400_000)
-    """For tests only: milliseconds added to the physical time the inbox settings' hybrid logical
-    clock reads (docs/design/crdt.md), to run one region's clock off. Leave 0 in production."""
 
 
 class MessageServiceSettings(Section):
@@ -184,6 +181,9 @@ class MessageServiceSettings(Section):
     """Which process sequences which conversations when several run."""
     replication: ReplicationSettings = ReplicationSettings()
     """How conversation changes are sent to peer regions."""
+    settings_clock_skew_ms: int = Field(default=0, ge=-86_400_000, le=86_400_000)
+    """For tests only: milliseconds added to the physical time the inbox settings' hybrid logical
+    clock reads (docs/design/crdt.md), to run one region's clock off. Leave 0 in production."""
 
     @property
     def receive_limit_bytes(self) -> int:
