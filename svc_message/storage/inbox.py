@@ -152,9 +152,11 @@ class InboxSettingsStore:
                 )
                 return WriteOutcome.CONFLICT if exists is not None else WriteOutcome.SLOT_TAKEN
             return WriteOutcome.WRITTEN
+        # A document written before versions were stored reads as version 1.
+        version: Any = {"$in": [1, None]} if record.version == 1 else record.version
         try:
             result = await self._settings.replace_one(
-                {"_id": doc["_id"], "account_id": state.account_id, "version": record.version},
+                {"_id": doc["_id"], "account_id": state.account_id, "version": version},
                 doc,
             )
         except DuplicateKeyError:
