@@ -181,7 +181,7 @@ def _legacy_state(doc: Mapping[str, Any]) -> MemberReplica:
     state no write stamped (every later write, here or merged, wins)."""
     conversation_id, account_id = doc["conversation_id"], doc["account_id"]
     muted_until: datetime | None = doc.get("muted_until")
-    pin = AddWinsSet[str]()
+    pin: AddWinsSet[str] = AddWinsSet()
     if doc.get("pinned"):
         pin = pin.add(conversation_id, Timestamp(0, 0, _LEGACY_NODE))
     return MemberReplica(
