@@ -486,6 +486,7 @@ async def build(settings: Settings) -> ServiceHost:
         instance_id=random_id(),
         settings=replicator_settings(config.replication),
         inbox_settings=inbox_settings,
+        settings_merged=lambda c, a: inbox.settings_replicated(c, a, now=clock()),
     )
     runtime.registry.register(replication.metrics)
     for replicator in replication.replicators:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from parley_core.auth.credentials import ServiceCredential
@@ -29,6 +29,7 @@ from svc_message.domain.replication import (
     merge_member_document,
 )
 from svc_message.domain.replicator import Replicator, ReplicatorSettings
+from svc_message.model.member_replica import MemberReplica
 from svc_message.model.replication import ApplyOutcome, ReplicatedDoc
 from svc_message.peers.replication import ReplicationPeer
 from svc_message.replication_metrics import ReplicationMetrics
@@ -112,10 +113,15 @@ def build_replication(
     instance_id: str,
     settings: ReplicatorSettings,
     inbox_settings: InboxSettings,
+    settings_merged: Callable[[str, str], Awaitable[None]] | None = None,
 ) -> Replication:
-    replica = ReplicaStore(
-        db, merge_member=merge_member_document, merge_settings=inbox_settings.merge
-    )
+    async def merge_settings(state: MemberReplica) -> bool:
+        changed = await inbox_settings.merge(state)
+        if changed and settings_merged is not None:
+            await settings_merged(state.conversation_id, state.account_id)
+        return changed
+
+    replica = ReplicaStore(db, merge_member=merge_member_document, merge_settings=merge_settings)
 
     async def wake_streams(docs: Sequence[ReplicatedDoc], outcome: ApplyOutcome) -> None:
         conversations = {d.conversation_id for d in docs}

@@ -350,6 +350,21 @@ class InboxHandler:
             await self._listener.settings_changed(account_id, decorated.settings)
         return decorated
 
+    async def settings_replicated(
+        self, conversation_id: str, account_id: str, *, now: float
+    ) -> None:
+        """A state merged from another region changed the account's settings
+        here: its devices connected to this region hear of it as of a change
+        made here (none for a conversation it is no longer an active member of)."""
+        if self._listener is None:
+            return
+        found = await self._conversations.entries(account_id, [conversation_id])
+        if not found:
+            return
+        decorated = await self.decorate_one(account_id, found[0], now=now)
+        if decorated.settings is not None:
+            await self._listener.settings_changed(account_id, decorated.settings)
+
     async def set_muted(
         self,
         *,

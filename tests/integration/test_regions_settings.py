@@ -4,7 +4,8 @@ One two-region harness whose clocks disagree: the settings clock of eu runs
 10 minutes fast and us's 10 minutes slow (``settings_clock_skew_ms``). An
 account homed in eu shares groups, owned by either region, with one homed
 in us, so both regions hold them. Settings written through one region are
-seen through the other; conflicting writes made on both sides of a cut
+seen through the other (and heard live by a device connected there);
+conflicting writes made on both sides of a cut
 link converge once it heals, to the same inbox view in both regions, with
 no write echoing back and forth; and a write made in the slow region after
 it saw the fast region's still wins everywhere.
@@ -34,7 +35,7 @@ from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_dev.regions import RegionsStack
 from tests.helpers import wait_until
-from tests.users import Device, rid, unique_handle
+from tests.users import Device, Stream, open_stream, rid, synced, unique_handle
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -250,7 +251,23 @@ async def _stored_states(regions: RegionsStack, region: str, account_id: str) ->
 
 async def test_settings_written_in_one_region_are_seen_through_the_other(world: World) -> None:
     muted, pinned, archived = await _groups(world, 3)
-    await _write(world, EU, "mute", muted, 60)
+    # Alice's device connected to us hears of what was written through eu.
+    stream = await open_stream(world.stubs[US], world.alice)
+    try:
+        await stream.wait_for(synced, timeout=CALL_SECONDS)
+        await _write(world, EU, "mute", muted, 60)
+
+        def muted_event(s: Stream) -> bool:
+            return any(
+                e.WhichOneof("kind") == "settings"
+                and e.settings.conversation_id == muted
+                and e.settings.HasField("muted_until")
+                for e in s.events
+            )
+
+        await stream.wait_for(muted_event, timeout=CONVERGE_SECONDS)
+    finally:
+        await stream.close()
     await _write(world, EU, "pin", pinned, 0)
     await _write(world, US, "archive", archived, 0)
 
