@@ -3,7 +3,7 @@
 Every region runs on 127.0.0.1 with its own ports and data directory
 (``ROOT/<region>``). Between each ordered pair of regions (A, B) sits one
 ``FaultProxy`` per service regions call each other on (svc_message instance
-0, svc_keys, svc_presence): region A's topology file gives them as B's
+0, svc_keys, svc_presence, svc_media): region A's topology file gives them as B's
 ``peerEndpoint`` (svc_message) and ``peerServices``, so whatever A sends to B
 crosses them, and a test delays, slows or cuts that direction alone with
 ``proxy(A, B)`` (a ``PeerLink`` controlling the pair's proxies together).
@@ -40,7 +40,7 @@ DEFAULT_REGIONS = ("eu", "us")
 REGION_PORT_STEP = 100
 # The proxy from region i to region j for a service listens at its base
 # + i * REGION_PORT_STEP + j (none of them meets a service's own port).
-PROXY_PORT_BASES = {"message": 7190, "keys": 8150, "presence": 8190}
+PROXY_PORT_BASES = {"message": 7190, "keys": 8150, "media": 8170, "presence": 8190}
 PEER_SERVICES = tuple(PROXY_PORT_BASES)
 PROXY_PORT_BASE = PROXY_PORT_BASES["message"]
 TOPOLOGY_FILE = "topology.json"
@@ -218,6 +218,7 @@ class RegionsStack:
                 "message": ports[name].message[0],
                 "keys": ports[name].keys,
                 "presence": ports[name].presence,
+                "media": ports[name].media,
             }
             for name in self.names
         }

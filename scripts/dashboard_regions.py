@@ -4,7 +4,8 @@ Between regions (docs/design/regions.md): replication of this region's
 conversations to each peer (how far behind, how much is waiting, what the
 peer did with what it was sent, snapshots), what peers replicated here, and
 the requests forwarded to the region owning their conversation or refused
-because it could not be reached. The replication gauges are per process: only
+because it could not be reached, and the push of device revocations to
+each peer (sent, failed, not yet acknowledged). The replication gauges are per process: only
 the process holding a peer's lease replicates to it, so panels take the
 highest reading. Peers are labelled ``peer`` (``source`` for what arrives):
 ``region`` is the region that was scraped.
@@ -25,7 +26,8 @@ REGIONS = Dashboard(
     "regions",
     "Regions",
     "Between regions: replication lag and backlog per peer, changes sent and received, "
-    "snapshots, and requests forwarded to or refused for the region owning their conversation.",
+    "snapshots, revocations pushed, and requests forwarded to or refused for the region owning "
+    "their conversation.",
     [
         Panel(
             "Replication lag by peer",
@@ -87,6 +89,31 @@ REGIONS = Dashboard(
                 )
             ],
             stack=True,
+        ),
+        Panel(
+            "Revocations pushed by peer and outcome",
+            "Device revocations made in this region and pushed to the peer per second: sent "
+            "(acknowledged) or failed (the peer could not be reached; retried with backoff). "
+            "Until a peer has them it accepts the revoked devices' tokens.",
+            [
+                (
+                    f"sum by (region, peer, outcome) ({rate('parley_revocations_pushed_total')})",
+                    "{{region}} → {{peer}} {{outcome}}",
+                )
+            ],
+            unit="ops",
+        ),
+        Panel(
+            "Revocations not yet acknowledged by peer",
+            "Revocations made in this region the peer has not acknowledged (the outbox; every "
+            "svc_keys process samples the same count, so the panel takes the highest). Above 0 "
+            "for long: the peer is unreachable.",
+            [
+                (
+                    f"max by (region, peer) ({sel('parley_revocation_push_backlog')})",
+                    "{{region}} → {{peer}}",
+                )
+            ],
         ),
         Panel(
             "Requests forwarded by peer",

@@ -24,8 +24,9 @@ from svc_keys.domain.erasure import ErasureHandler, ErasurePolicy
 from svc_keys.domain.key_routing import KeyRegionRouter
 from svc_keys.domain.keys import KeysHandler
 from svc_keys.domain.regions import HandleRegistry
+from svc_keys.domain.revocation_push import RevocationPush
 from svc_keys.domain.sender_keys import SenderKeysHandler
-from svc_keys.metrics import KeyMetrics
+from svc_keys.metrics import KeyMetrics, RevocationPushMetrics
 from svc_keys.peers.cold import NoColdErasure
 from svc_keys.peers.erasers import MediaEraser, MessageEraser, PresenceEraser, SearchEraser
 from svc_keys.peers.regions import RegionPeerClient
@@ -130,12 +131,19 @@ async def build(settings: Settings) -> ServiceHost:
         credential=runtime.service_credential(),
         interceptors=tracing.client_interceptors(),
     )
+
+    def peer_regions() -> list[str]:
+        topology = runtime.topology
+        return [] if topology is None else [peer.name for peer in topology.peers]
+
+    revocations = RevocationPush(runtime.revocation_store, region_peers, peers=peer_regions)
+    runtime.spawn(revocations.run())
     handle_reservations = HandleReservationStore(runtime.db)
     handles = HandleRegistry(regions, handle_reservations, region_peers, erasures=erasure_store)
     accounts = AccountsHandler(
         store,
         TokenIssuer(signing_key, ttl_seconds=settings.auth.access_token_ttl_seconds),
-        runtime.revocation_store,
+        revocations,
         keys,
         limiter=limiter,
         max_devices=settings.keys.max_devices_per_account,
@@ -153,7 +161,7 @@ async def build(settings: Settings) -> ServiceHost:
         sender_key_store,
         pre_key_lows,
         identity_changes,
-        runtime.revocation_store,
+        revocations,
         erasers=erasers,
         cold=NoColdErasure(),
         buckets=BucketEraser(runtime.redis),
@@ -172,6 +180,7 @@ async def build(settings: Settings) -> ServiceHost:
     erasures_running = SampledCount("erasures_running", erasure_handler.running)
     runtime.spawn(erasures_running.run())
     runtime.registry.register(KeyMetrics(keys, low_devices, erasure_handler, erasures_running))
+    runtime.registry.register(RevocationPushMetrics(revocations))
     key_router = KeyRegionRouter(regions, region_peers)
     servicer = AccountServicer(
         accounts,
@@ -180,7 +189,7 @@ async def build(settings: Settings) -> ServiceHost:
         router=key_router,
     )
     key_servicer = KeyServicer(keys, sender_keys, router=key_router)
-    region_servicer = AccountRegionServicer(handles)
+    region_servicer = AccountRegionServicer(handles, revocations)
 
     def register(server: grpc.aio.Server) -> None:
         accounts_pb2_grpc.add_AccountServiceServicer_to_server(servicer, server)

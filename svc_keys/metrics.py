@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 from parley_core.sampling import SampledCount
 from svc_keys.domain.erasure import ErasureHandler
 from svc_keys.domain.keys import KeysHandler
+from svc_keys.domain.revocation_push import RevocationPush
 
 
 class KeyMetrics(Collector):
@@ -62,3 +63,31 @@ class KeyMetrics(Collector):
                 "from erasures).",
                 value=self._erasures_running.value,
             )
+
+
+class RevocationPushMetrics(Collector):
+    """The push of this region's revocations to each peer region."""
+
+    def __init__(self, push: RevocationPush) -> None:
+        self._push = push
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        pushed = CounterMetricFamily(
+            "parley_revocations_pushed",
+            "Device revocations this process pushed to the peer region, by outcome: sent "
+            "(acknowledged) or failed (the peer could not be reached or refused; retried).",
+            labels=["peer", "outcome"],
+        )
+        backlog = GaugeMetricFamily(
+            "parley_revocation_push_backlog",
+            "Revocations made in this region that the peer region has not acknowledged yet "
+            "(all processes; sampled every few seconds from the outbox).",
+            labels=["peer"],
+        )
+        for peer, state in sorted(self._push.states.items()):
+            pushed.add_metric([peer, "sent"], state.sent)
+            pushed.add_metric([peer, "failed"], state.failed)
+            if state.backlog is not None:
+                backlog.add_metric([peer], state.backlog)
+        yield pushed
+        yield backlog

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
+from parley_core.auth.revocations import Revocation
 from svc_keys.model import Account, DeviceSession, Reservation, SignUpForward
 
 
@@ -89,4 +90,45 @@ class RegionPeers(Protocol):
     ) -> bytes:
         """A call (``/package.Service/Method``, serialized) at ``region``, as the
         caller (no token: an unauthenticated call); its answer."""
+        ...
+
+
+class Revocations(Protocol):
+    """Where a device's revocation is recorded so every region refuses its tokens."""
+
+    async def revoke_device(self, device_id: str, *, now: float) -> None: ...
+
+
+class RevocationOutbox(Protocol):
+    """The region's revocations (storage) and its outbox of those owed to peers."""
+
+    async def revoke_device(self, device_id: str, *, now: float, peers: Sequence[str]) -> None:
+        """Record and announce a revocation made here, owed to ``peers``."""
+        ...
+
+    async def apply_from_peer(
+        self, revocations: Sequence[Revocation], *, source: str, now: float
+    ) -> None:
+        """Record and announce revocations the ``source`` region made."""
+        ...
+
+    async def unsent(self, peer: str, *, limit: int) -> list[Revocation]: ...
+
+    async def mark_sent(self, peer: str, revocations: Sequence[Revocation]) -> None: ...
+
+    async def backlog(self, peer: str) -> int:
+        """How many revocations ``peer`` has not acknowledged."""
+        ...
+
+    async def add_peer(self, peer: str, *, now: float) -> bool:
+        """Owe a peer seen for the first time every live revocation made here."""
+        ...
+
+
+class RevocationReceivers(Protocol):
+    """The svc_keys of the peer regions, as receivers of revocations."""
+
+    async def apply_revocations(self, region: str, revocations: Sequence[Revocation]) -> None:
+        """ApplyRevocations at ``region``; Unavailable (REGION_UNAVAILABLE)
+        when it cannot be reached, its refusal as it came otherwise."""
         ...

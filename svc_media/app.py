@@ -19,17 +19,21 @@ from svc_media.domain.admin import AdminHandler
 from svc_media.domain.collector import Collector, Sweeper
 from svc_media.domain.decisions import DECISION_SECONDS, DownloadDecisions
 from svc_media.domain.downloads import DownloadHandler
+from svc_media.domain.message_regions import RegionalMessages, RegionalNotices
 from svc_media.domain.policy import MediaPolicy
 from svc_media.domain.references import ReferenceHandler
+from svc_media.domain.region_routing import MediaRegionRouter
 from svc_media.domain.restores import RestoreHandler, RestorePolicy, RestorePoller
 from svc_media.domain.tiers import ArchiveHorizon, keep_tiers, lifecycle_plan
 from svc_media.domain.uploads import UploadHandler
 from svc_media.metrics import Inventory, MediaMetrics
 from svc_media.model import MediaStats
 from svc_media.peers.messages import MessagePeerClient
+from svc_media.peers.regions import MediaRegionClient, MessagePeers
 from svc_media.servicer import admin as admin_servicer
 from svc_media.servicer import media as media_servicer
 from svc_media.servicer import references as reference_servicer
+from svc_media.servicer.region_routing import RegionRoutedMedia, RegionRoutedReferences
 from svc_media.storage.admin import AuditStore, QuarantineStore
 from svc_media.storage.media import MediaStore
 from svc_media.storage.objects import S3Objects
@@ -70,7 +74,21 @@ async def build(settings: Settings) -> ServiceHost:
         runtime.service_credential(),
         interceptors=tracing.client_interceptors(),
     )
-    access = AccessCheck(messages)
+    # Peer regions: their svc_message answers for messages replicated only
+    # there; their svc_media holds the objects their ids name.
+    message_peers = MessagePeers(
+        runtime.current_topology,
+        credential=runtime.service_credential(),
+        interceptors=tracing.client_interceptors(),
+    )
+    every_region_messages = RegionalMessages(messages, message_peers)
+    region_link = MediaRegionClient(
+        runtime.current_topology,
+        credential=runtime.service_credential(),
+        interceptors=tracing.client_interceptors(),
+    )
+    region_router = MediaRegionRouter(runtime.region_map, region_link)
+    access = AccessCheck(every_region_messages)
     limits = runtime.limiter(LIMITS)
     uploads = UploadHandler(
         uploads=uploads_store,
@@ -82,6 +100,7 @@ async def build(settings: Settings) -> ServiceHost:
         limits=limits,
         policy=policy,
         stats=stats,
+        region_number=region_router.region_number,
     )
     horizon = ArchiveHorizon()
     decisions = DownloadDecisions(ttl=min(DECISION_SECONDS, float(config.get_url_seconds)))
@@ -102,20 +121,24 @@ async def build(settings: Settings) -> ServiceHost:
         restores=restore_store,
         quarantine=quarantine,
         objects=objects,
-        notices=messages,
+        notices=RegionalNotices(messages, message_peers, region_router.home_of),
         limits=limits,
         policy=restore_policy,
         stats=stats,
     )
     references = ReferenceHandler(
-        media=media_store, quarantine=quarantine, policy=policy, stats=stats
+        media=media_store,
+        quarantine=quarantine,
+        policy=policy,
+        stats=stats,
+        messages=every_region_messages,
     )
     admin = AdminHandler(quarantine=quarantine, audit=audit, decisions=decisions)
     collector = Collector(
         media=media_store,
         usage=usage,
         objects=objects,
-        messages=messages,
+        messages=every_region_messages,
         policy=policy,
         stats=stats,
     )
@@ -128,7 +151,15 @@ async def build(settings: Settings) -> ServiceHost:
         batch=config.sweep_batch,
         after_pass=inventory.refresh,
     )
-    runtime.registry.register(MediaMetrics(stats, inventory, lambda: objects.available))
+    runtime.registry.register(
+        MediaMetrics(
+            stats,
+            inventory,
+            lambda: objects.available,
+            region_forwards=region_router.forwarded,
+            region_refusals=region_router.refused,
+        )
+    )
     await runtime.start_revocation_feed()
     runtime.start_topology_watcher()
     poller = RestorePoller(restores, interval_seconds=restore_policy.poll_seconds)
@@ -143,12 +174,18 @@ async def build(settings: Settings) -> ServiceHost:
     async def stop() -> None:
         await stop_tasks(tasks)
         await messages.close()
+        await message_peers.close()
+        await region_link.close()
         await objects.close()
         await runtime.close()
 
-    media = media_servicer.MediaServicer(uploads, downloads, restores)
+    media = RegionRoutedMedia(
+        media_servicer.MediaServicer(uploads, downloads, restores), region_router
+    )
     operators = admin_servicer.MediaAdminServicer(admin)
-    internal = reference_servicer.MediaReferenceServicer(references, uploads)
+    internal = RegionRoutedReferences(
+        reference_servicer.MediaReferenceServicer(references, uploads), region_router
+    )
 
     def register(server: grpc.aio.Server) -> None:
         media_pb2_grpc.add_MediaServiceServicer_to_server(media, server)

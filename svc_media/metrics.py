@@ -5,7 +5,7 @@ scrape never scans the media collection."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -44,7 +44,12 @@ class MediaMetrics(Collector):
         store_available: Callable[[], bool],
         *,
         clock: Callable[[], float] = time.time,
+        region_forwards: Mapping[str, int] | None = None,
+        region_refusals: Mapping[str, int] | None = None,
     ) -> None:
+        # Live dictionaries of the region router, by peer region.
+        self._region_forwards = region_forwards if region_forwards is not None else {}
+        self._region_refusals = region_refusals if region_refusals is not None else {}
         self._stats = stats
         self._inventory = inventory
         self._store_available = store_available
@@ -179,3 +184,22 @@ class MediaMetrics(Collector):
             "1 while the object store answers, 0 while media RPCs answer UNAVAILABLE.",
             value=1 if self._store_available() else 0,
         )
+        forwards = CounterMetricFamily(
+            "parley_media_region_forwards",
+            "Media requests forwarded to the region holding their object (or the caller's "
+            "home, for uploads) and answered by it, by that peer region.",
+            # "peer", not "region": Prometheus owns "region" (docs/ARCHITECTURE.md, Metrics).
+            labels=["peer"],
+        )
+        for region, count in sorted(self._region_forwards.items()):
+            forwards.add_metric([region], count)
+        yield forwards
+        refusals = CounterMetricFamily(
+            "parley_media_region_refusals",
+            "Media requests answered UNAVAILABLE (REGION_UNAVAILABLE) because the region "
+            "holding their object could not be reached, by that peer region.",
+            labels=["peer"],
+        )
+        for region, count in sorted(self._region_refusals.items()):
+            refusals.add_metric([region], count)
+        yield refusals

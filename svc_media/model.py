@@ -13,16 +13,30 @@ from dataclasses import dataclass, field
 
 # A media id is the lower-case hex SHA-256 of the ciphertext: one media per
 # ciphertext, so a forward names the same id and no byte is uploaded again.
-MEDIA_ID = re.compile(r"^[0-9a-f]{64}$")
+# In a multi-region deployment it ends with "-" and the two hex digits of the
+# number of the region whose store holds the object (docs/design/regions.md,
+# "Residency"): any region routes a download by the id alone. Ids minted
+# before the deployment had regions stay bare (the legacy region's).
+MEDIA_ID = re.compile(r"^[0-9a-f]{64}(-[0-9a-f]{2})?$")
 SHA256_BYTES = 32
+_HASH_CHARS = 2 * SHA256_BYTES
 
 
-def media_id_of(sha256: bytes) -> str:
-    return sha256.hex()
+def media_id_of(sha256: bytes, region_number: int | None = None) -> str:
+    if region_number is None:
+        return sha256.hex()
+    return f"{sha256.hex()}-{region_number:02x}"
 
 
 def sha256_of_media_id(media_id: str) -> bytes:
-    return bytes.fromhex(media_id)
+    return bytes.fromhex(media_id[:_HASH_CHARS])
+
+
+def region_number_of_media(media_id: str) -> int | None:
+    """The number of the region holding the object; None for a bare id."""
+    if not is_media_id(media_id) or len(media_id) == _HASH_CHARS:
+        return None
+    return int(media_id[_HASH_CHARS + 1 :], 16)
 
 
 def is_media_id(value: str) -> bool:

@@ -268,3 +268,25 @@ class MessagePeer(Protocol):
     async def readable(self, account_id: str, media_ids: Sequence[str]) -> set[str]: ...
 
     async def references(self, media_ids: Sequence[str]) -> Mapping[str, int]: ...
+
+
+class RegionUnreachable(Exception):
+    """A call to another region's svc_media did not get an answer."""
+
+
+class RegionLink(Protocol):
+    """Other regions' svc_media, request and answer as bytes. A refusal the
+    region answered is raised as the ParleyError it was; a call that got no
+    answer raises RegionUnreachable."""
+
+    async def forward(
+        self,
+        region: str,
+        method: str,
+        request: bytes,
+        *,
+        bearer_token: str | None,
+        timeout: float | None,
+    ) -> bytes:
+        """``bearer_token`` None: the deployment's service credential."""
+        ...

@@ -128,8 +128,15 @@ async def build(settings: Settings) -> ServiceHost:
     runtime = await open_runtime(settings, service="message", tracing=tracing)
     conversation_store = ConversationStore(runtime.db)
     # The log is read across its tiers (hot MongoDB, archived Parquet on S3).
+    # Only conversations owned here: a replica never writes archive objects
+    # for another region's conversations (docs/design/regions.md).
     message_store, archiver, archive_objects = await build_archive(
-        settings, runtime.db, clock=clock
+        settings,
+        runtime.db,
+        clock=clock,
+        owns=lambda conversation_id: (
+            runtime.region_map().region_or_self(conversation_id) == runtime.region_map().self_region
+        ),
     )
     projector_store = ProjectorStore(runtime.db)
     await conversation_store.ensure_indexes()

@@ -92,6 +92,7 @@ async def build_archive(
     *,
     clock: Callable[[], float] = time.time,
     on_step: StepHook | None = None,
+    owns: Callable[[str], bool] | None = None,
 ) -> tuple[TieredMessageStore, Archiver, ArchiveObjects]:
     """The log across its tiers and the archiver that moves it (also used by
     ``python -m svc_message archive`` and the history benchmark, which times
@@ -124,5 +125,6 @@ async def build_archive(
         clock=clock,
         on_step=on_step,
         glacier=glacier,
+        owns=owns,
     )
     return store, archiver, objects

@@ -18,9 +18,9 @@ from parley_operator.spec_regions import EXCLUSIVE_MINIMUM, INTEGER_KEYS, REPLIC
 REPLICATION_FIELDS: dict[str, str] = {
     "batchChanges": "Most feed changes sent to a peer in one Apply (also the page of a "
     "snapshot's sends); svc_message's default: 200.",
-    "batchSeconds": "Longest wait, in seconds, for more changes before a batch that is not "
-    "full is sent: more makes fuller batches over a slow link and more lag when quiet; "
-    "default 0.2.",
+    "batchSeconds": "Seconds a batch waits, after its first change, for more before it is "
+    "sent (batches also fill while the previous one is at the peer): more makes fuller "
+    "batches over a slow link and more lag; default 0.",
     "leaseSeconds": "Seconds a svc_message process holds the lease of replicating to one "
     "peer unless it renews it: after the holder dies another takes over within this; "
     "default 10.",

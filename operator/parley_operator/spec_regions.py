@@ -16,7 +16,7 @@ from parley_operator.spec_errors import SpecError
 # message.replication (the operator does not import parley_core; the unit
 # tests check that a rendered config loads).
 REPLICATION_BOUNDS: Mapping[str, tuple[str, float, float]] = {
-    # CRD key -> (config key, least, most); batchSeconds and retrySeconds must be above 0.
+    # CRD key -> (config key, least, most); retrySeconds must be above 0.
     "batchChanges": ("batch_changes", 1, 10_000),
     "batchSeconds": ("batch_seconds", 0, 60),
     "leaseSeconds": ("lease_seconds", 1, 3600),
@@ -24,7 +24,7 @@ REPLICATION_BOUNDS: Mapping[str, tuple[str, float, float]] = {
     "snapshotPage": ("snapshot_page", 1, 10_000),
 }
 # Keys whose least value is exclusive (a zero wait or pause makes no sense).
-EXCLUSIVE_MINIMUM = frozenset({"batchSeconds", "retrySeconds"})
+EXCLUSIVE_MINIMUM = frozenset({"retrySeconds"})
 INTEGER_KEYS = frozenset({"batchChanges", "snapshotPage"})
 
 

@@ -93,10 +93,11 @@ class ReplicationSettings(Section):
 
     batch_changes: int = Field(default=200, ge=1, le=10_000)
     """Most feed changes sent to a peer in one Apply; also the page of a snapshot's sends."""
-    # A longer wait makes fewer, fuller batches over a slow link, at the cost
-    # of that much more lag when the feed is quiet.
-    batch_seconds: float = Field(default=0.2, gt=0, le=60)
-    """Longest wait, in seconds, for more changes before a batch that is not full is sent."""
+    # Batches form on their own while the previous one is at the peer (group
+    # commit); a wait only makes them fuller, at the cost of that much lag.
+    batch_seconds: float = Field(default=0.0, ge=0, le=60)
+    """Seconds a batch waits, after its first change, for more (0: it takes what arrived while
+    the previous batch was at the peer and goes)."""
     lease_seconds: float = Field(default=10.0, ge=1, le=3600)
     """Seconds a process holds the lease of replicating to one peer unless it renews it (at a
     third of it): when the holder dies, another process takes over after at most this long."""

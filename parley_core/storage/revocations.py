@@ -1,9 +1,10 @@
 """Device revocations: durable in MongoDB, announced on Redis.
 
-svc_keys records a revocation here; every service runs a RevocationFeed that
-keeps its in-memory RevocationList current: at once through Redis pub/sub, and
-within ``revocation_poll_seconds`` through MongoDB when a publish is lost or
-Redis is down.
+svc_keys records a revocation here (its own, or one a peer region pushed:
+docs/design/regions.md, "Revocations"); every service runs a RevocationFeed
+that keeps its in-memory RevocationList current: at once through Redis
+pub/sub, and within ``revocation_poll_seconds`` through MongoDB when a publish
+is lost or Redis is down.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from pymongo import ASCENDING
+from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from parley_core.auth.revocations import Revocation, RevocationList
@@ -29,8 +30,14 @@ log = structlog.get_logger(__name__)
 
 
 class RevocationStore:
+    """The region's ``revocations``: ``{_id: device_id, revoked_at, expire_at,
+    recorded_at}``, plus for revocations made here ``unsent`` (the peer regions
+    that have not acknowledged it yet: the outbox of svc_keys' push) and for
+    revocations pushed here by a peer ``source`` (that region)."""
+
     def __init__(self, db: AsyncDatabase[Document], redis: Redis, *, token_ttl_seconds: int):
         self._coll = db["revocations"]
+        self._peers_seen = db["revocation_peers"]
         self._redis = redis
         self.token_ttl_seconds = token_ttl_seconds
 
@@ -38,28 +45,127 @@ class RevocationStore:
         # Once every token issued before the revocation has expired, the entry is moot.
         await self._coll.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
         await self._coll.create_index([("revoked_at", ASCENDING)])
+        await self._coll.create_index([("recorded_at", ASCENDING)])
+        await self._coll.create_index([("unsent", ASCENDING)], sparse=True)
 
-    async def revoke_device(self, device_id: str, *, now: float) -> None:
-        revoked_at = datetime.fromtimestamp(now, UTC)
-        await self._coll.update_one(
-            {"_id": device_id},
-            {
-                "$max": {"revoked_at": revoked_at},
-                "$set": {"expire_at": revoked_at + timedelta(seconds=self.token_ttl_seconds)},
+    def _update(self, revoked_at: datetime, *, recorded_at: datetime) -> Document:
+        return {
+            "$max": {
+                "revoked_at": revoked_at,
+                "expire_at": revoked_at + timedelta(seconds=self.token_ttl_seconds),
             },
-            upsert=True,
+            # Polls read by the time of the write here, not of the revocation:
+            # a peer's revocation may arrive long after it was made.
+            "$set": {"recorded_at": recorded_at},
+        }
+
+    async def revoke_device(self, device_id: str, *, now: float, peers: Sequence[str] = ()) -> None:
+        """Record and announce a revocation made here; ``peers`` are the
+        regions it must still be pushed to."""
+        revoked_at = datetime.fromtimestamp(now, UTC)
+        update = self._update(revoked_at, recorded_at=revoked_at)
+        if peers:
+            update["$addToSet"] = {"unsent": {"$each": list(peers)}}
+        await self._coll.update_one({"_id": device_id}, update, upsert=True)
+        await self._announce([Revocation(device_id=device_id, revoked_at=now)])
+
+    async def apply_from_peer(
+        self, revocations: Sequence[Revocation], *, source: str, now: float
+    ) -> None:
+        """Record and announce revocations the ``source`` region made."""
+        if not revocations:
+            return
+        recorded_at = datetime.fromtimestamp(now, UTC)
+        await self._coll.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": r.device_id},
+                    {
+                        **self._update(
+                            datetime.fromtimestamp(r.revoked_at, UTC), recorded_at=recorded_at
+                        ),
+                        "$setOnInsert": {"source": source},
+                    },
+                    upsert=True,
+                )
+                for r in revocations
+            ],
+            ordered=False,
         )
+        await self._announce(revocations)
+
+    async def _announce(self, revocations: Sequence[Revocation]) -> None:
         try:
-            await self._redis.publish(CHANNEL, json.dumps({"d": device_id, "t": now}))
+            for r in revocations:
+                await self._redis.publish(
+                    CHANNEL, json.dumps({"d": r.device_id, "t": r.revoked_at})
+                )
         except REDIS_ERRORS as exc:
+            # The poll of every process finds it within revocation_poll_seconds.
             log.warning("revocation_publish_failed", error=str(exc))
 
     async def load_since(self, since: datetime | None) -> list[Revocation]:
-        query: Document = {} if since is None else {"revoked_at": {"$gte": since}}
-        return [
-            Revocation(device_id=doc["_id"], revoked_at=doc["revoked_at"].timestamp())
-            async for doc in self._coll.find(query)
-        ]
+        if since is None:
+            return [self._revocation(doc) async for doc in self._coll.find({})]
+        # Two queries, each on its own index (an $or may scan the collection):
+        # by recorded_at for revocations peers pushed late, by revoked_at for
+        # documents written before recorded_at existed.
+        found: dict[str, Revocation] = {}
+        for field in ("recorded_at", "revoked_at"):
+            async for doc in self._coll.find({field: {"$gte": since}}):
+                found[doc["_id"]] = self._revocation(doc)
+        return list(found.values())
+
+    @staticmethod
+    def _revocation(doc: Document) -> Revocation:
+        return Revocation(device_id=doc["_id"], revoked_at=doc["revoked_at"].timestamp())
+
+    # The outbox of the push to peer regions (svc_keys).
+
+    async def unsent(self, peer: str, *, limit: int) -> list[Revocation]:
+        """Revocations made here that ``peer`` has not acknowledged, oldest first."""
+        cursor = self._coll.find({"unsent": peer}).sort("revoked_at", ASCENDING).limit(limit)
+        return [self._revocation(doc) async for doc in cursor]
+
+    async def mark_sent(self, peer: str, revocations: Sequence[Revocation]) -> None:
+        """``peer`` acknowledged these; a newer revocation of the same device
+        made meanwhile stays unsent."""
+        if not revocations:
+            return
+        await self._coll.bulk_write(
+            [
+                UpdateOne(
+                    {
+                        "_id": r.device_id,
+                        # A millisecond of slack: the stored time is whole
+                        # milliseconds, the float read back may fall below it.
+                        "revoked_at": {"$lte": datetime.fromtimestamp(r.revoked_at + 0.001, UTC)},
+                    },
+                    {"$pull": {"unsent": peer}},
+                )
+                for r in revocations
+            ],
+            ordered=False,
+        )
+
+    async def backlog(self, peer: str) -> int:
+        return await self._coll.count_documents({"unsent": peer})
+
+    async def add_peer(self, peer: str, *, now: float) -> bool:
+        """The first time ``peer`` is seen, queue every live revocation made
+        here for it (a region that joins verifies tokens issued before it
+        did). True when it was new."""
+        if await self._peers_seen.find_one({"_id": peer}) is not None:
+            return False
+        await self._coll.update_many(
+            {"source": {"$exists": False}}, {"$addToSet": {"unsent": peer}}
+        )
+        await self._peers_seen.update_one(
+            {"_id": peer},
+            {"$setOnInsert": {"added_at": datetime.fromtimestamp(now, UTC)}},
+            upsert=True,
+        )
+        return True
 
 
 class RevocationFeed:

@@ -26,7 +26,6 @@ from parley_core.errors import (
 from parley_core.ids import new_id
 from parley_core.limits import Limiter, LimitName, Take
 from parley_core.regions import RegionMap, forwarded_twice
-from parley_core.storage.revocations import RevocationStore
 from svc_keys.domain.handles import handle_key, handle_problem
 from svc_keys.domain.keys import KeysHandler
 from svc_keys.domain.regions import (
@@ -44,7 +43,7 @@ from svc_keys.model import (
     SignUpForward,
     SignupRequestSeen,
 )
-from svc_keys.ports import RegionPeers
+from svc_keys.ports import RegionPeers, Revocations
 from svc_keys.storage.accounts import AccountStore
 from svc_keys.storage.erasures import ErasureStore
 
@@ -62,7 +61,7 @@ class AccountsHandler:
         self,
         store: AccountStore,
         issuer: TokenIssuer,
-        revocations: RevocationStore,
+        revocations: Revocations,
         keys: KeysHandler,
         *,
         limiter: Limiter,

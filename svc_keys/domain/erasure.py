@@ -40,11 +40,10 @@ import structlog
 
 from parley_core.errors import InvalidArgument, NotFound, ParleyError, Reason
 from parley_core.storage.key_notices import IdentityChanges, PreKeyLows
-from parley_core.storage.revocations import RevocationStore
 from svc_keys.domain.handles import handle_key
 from svc_keys.domain.regions import HandleRegistry
 from svc_keys.model import ErasureJob
-from svc_keys.ports import AccountEraser, ColdErasure, RateBuckets
+from svc_keys.ports import AccountEraser, ColdErasure, RateBuckets, Revocations
 from svc_keys.storage.accounts import AccountStore
 from svc_keys.storage.erasures import ErasureStore
 from svc_keys.storage.keys import KeyStore
@@ -92,7 +91,7 @@ class ErasureHandler:
         sender_keys: SenderKeyStore,
         pre_key_lows: PreKeyLows,
         identity_changes: IdentityChanges,
-        revocations: RevocationStore,
+        revocations: Revocations,
         *,
         erasers: Sequence[AccountEraser],
         cold: ColdErasure,

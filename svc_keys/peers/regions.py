@@ -4,7 +4,8 @@ Sign-ups for accounts homed elsewhere are forwarded to AccountService.SignUp
 there, marked as forwarded (the receiver never forwards again) and with the
 client's address appended to ``x-forwarded-for``, which the receiver believes
 only from a peer in its ``limits.trusted_proxies``. Handle reservations go to
-AccountRegionService.ReserveHandle with the deployment's service credential.
+AccountRegionService.ReserveHandle with the deployment's service credential,
+and so are revocations pushed to ApplyRevocations.
 A region that cannot be reached is Unavailable with REGION_UNAVAILABLE and
 the region in the error's metadata; a refusal it answered is raised as it came.
 """
@@ -28,6 +29,7 @@ from parley.keys.v1 import (
     regions_pb2_grpc,
 )
 from parley_core.auth.credentials import ServiceCredential
+from parley_core.auth.revocations import Revocation
 from parley_core.errors import ParleyError, Reason
 from parley_core.regions import REGION_FORWARDED, RegionBreaker, region_unavailable
 from parley_core.rpc.address import FORWARDED_FOR
@@ -225,6 +227,26 @@ class RegionPeerClient:
             )
         except grpc.aio.AioRpcError as error:
             raise self._refusal(region, error) from None
+
+    async def apply_revocations(self, region: str, revocations: Sequence[Revocation]) -> None:
+        if self._credential is None:
+            raise region_unavailable(region, "no service credential is configured")
+        stub = regions_pb2_grpc.AccountRegionServiceStub(self._channel(region))
+        request = regions_pb2.ApplyRevocationsRequest(source_region=self._self_region())
+        for revocation in revocations:
+            revoke_time = Timestamp()
+            revoke_time.FromNanoseconds(round(revocation.revoked_at * 1e9))
+            request.revocations.add(device_id=revocation.device_id, revoke_time=revoke_time)
+        try:
+            await stub.ApplyRevocations(
+                request, metadata=self._credential.metadata(), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as error:
+            raise self._refusal(region, error) from None
+
+    def _self_region(self) -> str:
+        topology = self._topology()
+        return topology.region if topology is not None else ""
 
     async def forward_call(
         self, region: str, method: str, request: bytes, *, bearer_token: str | None

@@ -8,6 +8,12 @@ collected between this call and the send's commit: a collection that counted
 references before the send committed finds the counter changed and backs off;
 one that already marked the media collecting makes this call fail, and the
 client uploads again.
+
+svc_message's ``readable_media_ids`` come from the conversation's owner
+region, which may not hold the message that lets the sender read an id (with
+regions, that message may live only where the sender and the object are):
+an id it left out is asked of ``messages`` (every region's svc_message)
+before it is refused.
 """
 
 from __future__ import annotations
@@ -16,13 +22,20 @@ from collections.abc import Sequence
 
 from svc_media.domain.policy import MediaPolicy, media_not_found, quarantined
 from svc_media.model import MediaState, MediaStats
-from svc_media.ports import MediaDocs, Quarantine
+from svc_media.ports import MediaDocs, MessagePeer, Quarantine
 
 
 class ReferenceHandler:
     def __init__(
-        self, *, media: MediaDocs, quarantine: Quarantine, policy: MediaPolicy, stats: MediaStats
+        self,
+        *,
+        media: MediaDocs,
+        quarantine: Quarantine,
+        policy: MediaPolicy,
+        stats: MediaStats,
+        messages: MessagePeer | None = None,
     ) -> None:
+        self._messages = messages
         self._media = media
         self._quarantine = quarantine
         self._policy = policy
@@ -42,7 +55,13 @@ class ReferenceHandler:
             record = records.get(media_id)
             if record is None or record.state != MediaState.READY:
                 raise media_not_found(media_id)
-            if account_id not in record.uploaders and media_id not in readable:
+        unproven = [
+            m for m in media_ids if account_id not in records[m].uploaders and m not in readable
+        ]
+        if unproven and self._messages is not None:
+            readable |= await self._messages.readable(account_id, unproven)
+        for media_id in unproven:
+            if media_id not in readable:
                 raise media_not_found(media_id)
         banned = await self._quarantine.any_of([records[m].sha256 for m in media_ids])
         if banned:

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import structlog
 
 from parley_core.errors import Aborted, FailedPrecondition, InvalidArgument, ParleyError, Reason
+from parley_core.ids import random_id
 from parley_core.limits import Limiter, LimitName, Take
 from svc_media.domain.access import AccessCheck
 from svc_media.domain.policy import (
@@ -104,7 +104,11 @@ class UploadHandler:
         limits: Limiter,
         policy: MediaPolicy,
         stats: MediaStats,
+        region_number: Callable[[], int | None] = lambda: None,
     ) -> None:
+        # This region's number (None: a deployment without regions), carried
+        # by the media and upload ids it mints so other regions route to it.
+        self._region_number = region_number
         self._uploads = uploads
         self._media = media
         self._usage = usage
@@ -170,7 +174,8 @@ class UploadHandler:
         policy = self._policy
         account_id, size = request.account_id, request.size
         await self._limits.take(Take(LimitName.MEDIA_UPLOAD_PER_ACCOUNT, account_id), now=now)
-        media_id = media_id_of(request.sha256)
+        region_number = self._region_number()
+        media_id = media_id_of(request.sha256, region_number)
         # Independent reads side by side (each a database round trip), judged
         # below in the order the checks have always had.
         banned, existing, pending = await asyncio.gather(
@@ -192,7 +197,7 @@ class UploadHandler:
         # Before the charge: an upload the store cannot take costs no quota.
         self._objects.ensure_available()
         await self._charge(account_id, size, now=now)
-        upload_id = str(uuid.uuid4())
+        upload_id = random_id(region_number=region_number)
         key = object_key(media_id, upload_id)
         multipart_id = await self._objects.create_multipart(key) if request.part_size else None
         session = UploadSession(

@@ -186,7 +186,12 @@ class Archiver:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_step: StepHook | None = None,
         glacier: Glacier | None = None,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
+        # Which conversations this region owns (None: all, one region). A
+        # replica keeps its copies in the log: archive objects are written
+        # only by the owner region, into its own store.
+        self._owns = owns
         self._hot = hot
         self._ledger = ledger
         self._objects = objects
@@ -335,7 +340,11 @@ class Archiver:
         )
         behind = len(found) >= self._conversations_per_pass
         self._turn = found[-1][1] if behind else ""
-        candidates = [conversation_id for conversation_id, _ in found]
+        candidates = [
+            conversation_id
+            for conversation_id, _ in found
+            if self._owns is None or self._owns(conversation_id)
+        ]
         pending: list[Chunk] = []
         for conversation_id in sorted(candidates):
             chunks, truncated = await self._prepare(conversation_id, cutoff, report, now)

@@ -18,7 +18,7 @@ Rules (docs/design/regions.md, "Part 3: replication"):
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from svc_message.model.replication import (
@@ -81,38 +81,6 @@ def member_ids_of(conversation: Mapping[str, Any] | None) -> tuple[str, ...]:
     if conversation is None:
         return ()
     return tuple(conversation.get("member_ids") or ())
-
-
-@dataclass
-class Batch:
-    """Changes read from the stream, not yet acknowledged by the peer. Full at
-    ``max_changes`` or ``max_seconds`` after its first change, so a quiet
-    stream still delivers within the time bound and a busy one in bounded
-    requests."""
-
-    max_changes: int
-    max_seconds: float
-    changes: list[FeedChange] = field(default_factory=list)
-    started_at: float | None = None
-
-    def add(self, change: FeedChange, *, now: float) -> None:
-        if self.started_at is None:
-            self.started_at = now
-        self.changes.append(change)
-
-    def full(self, *, now: float) -> bool:
-        if len(self.changes) >= self.max_changes:
-            return True
-        return self.started_at is not None and now - self.started_at >= self.max_seconds
-
-    def wait_seconds(self, *, now: float) -> float:
-        """How long the next read may wait before the batch must go."""
-        if self.started_at is None:
-            return self.max_seconds
-        return max(0.0, self.max_seconds - (now - self.started_at))
-
-    def __len__(self) -> int:
-        return len(self.changes)
 
 
 def conversations_to_look_up(changes: Iterable[FeedChange]) -> set[str]:

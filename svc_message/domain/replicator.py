@@ -29,7 +29,6 @@ from typing import Any, Protocol
 import structlog
 
 from svc_message.domain.replication import (
-    Batch,
     ReplicationPolicy,
     conversations_to_look_up,
     lag_seconds,
@@ -46,6 +45,10 @@ from svc_message.model.replication import (
 )
 
 log = structlog.get_logger(__name__)
+
+# How long one read of the stream waits; the reader task loops, so this only
+# bounds how late it notices its cancellation.
+_READ_SECONDS = 1.0
 
 Token = Mapping[str, Any]
 
@@ -90,7 +93,7 @@ class Peer(Protocol):
 @dataclass(frozen=True)
 class ReplicatorSettings:
     batch_changes: int = 200
-    batch_seconds: float = 0.2
+    batch_seconds: float = 0.0
     lease_seconds: float = 10.0
     retry_seconds: float = 0.5
     snapshot_page: int = 200
@@ -191,34 +194,87 @@ class Replicator:
             await self._sleep(seconds)
 
     async def _tail(self, token: Token, stop: asyncio.Event) -> None:
+        """Group commit: a reader task keeps taking changes off the stream
+        while a batch is at the peer, and the next batch is whatever arrived
+        meanwhile. A quiet feed therefore sends a change as soon as it is
+        read, and a busy one sends fuller batches, with no fixed window."""
         stream = await self._feed.open(token)
+        arrived: asyncio.Queue[FeedChange] = asyncio.Queue(maxsize=self._settings.batch_changes * 4)
+        reader = asyncio.create_task(self._read(stream, arrived))
         try:
             while not stop.is_set():
                 if not await self._hold_lease():
                     return
-                batch = Batch(self._settings.batch_changes, self._settings.batch_seconds)
-                while not batch.full(now=self._clock()) and not stop.is_set():
-                    change = await stream.next(batch.wait_seconds(now=self._clock()))
-                    if change is None:
-                        break
-                    batch.add(change, now=self._clock())
-                    self.state.backlog = len(batch)
-                position = stream.position()
-                if not batch.changes:
+                changes = await self._next_batch(arrived, reader)
+                if not changes:
                     self.state.lag_seconds = 0.0
                     continue
-                await self._deliver(batch.changes)
-                if position is not None:
-                    await self._cursors.save(
-                        self.peer,
-                        position,
-                        now=self._clock(),
-                        lag_seconds=self.state.lag_seconds,
-                        backlog=0,
-                    )
-                self.state.backlog = 0
+                self.state.backlog = len(changes) + arrived.qsize()
+                await self._deliver(changes)
+                await self._cursors.save(
+                    self.peer,
+                    changes[-1].token,
+                    now=self._clock(),
+                    lag_seconds=self.state.lag_seconds,
+                    backlog=arrived.qsize(),
+                )
+                self.state.backlog = arrived.qsize()
         finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
             await stream.close()
+
+    @staticmethod
+    async def _read(stream: Stream, arrived: asyncio.Queue[FeedChange]) -> None:
+        while True:
+            change = await stream.next(_READ_SECONDS)
+            if change is not None:
+                await arrived.put(change)
+
+    async def _next_batch(
+        self, arrived: asyncio.Queue[FeedChange], reader: asyncio.Task[None]
+    ) -> list[FeedChange]:
+        """Up to ``batch_changes`` changes: the first one to arrive (waiting at
+        most a third of the lease, so the lease is renewed), everything that
+        arrived with it, and what arrives within ``batch_seconds`` after it.
+        Raises what ended the reader (a lost resume point, a database error)."""
+        first = await self._arrival(arrived, reader, self._settings.lease_seconds / 3)
+        if first is None:
+            return []
+        changes = [first]
+        linger_until = self._clock() + self._settings.batch_seconds
+        while len(changes) < self._settings.batch_changes:
+            try:
+                changes.append(arrived.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            wait = linger_until - self._clock()
+            if wait <= 0:
+                break
+            change = await self._arrival(arrived, reader, wait)
+            if change is None:
+                break
+            changes.append(change)
+        return changes
+
+    @staticmethod
+    async def _arrival(
+        arrived: asyncio.Queue[FeedChange], reader: asyncio.Task[None], timeout: float
+    ) -> FeedChange | None:
+        getting = asyncio.ensure_future(arrived.get())
+        done, _ = await asyncio.wait(
+            {getting, reader}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if getting in done:
+            return getting.result()
+        # Queue.get leaves the item in the queue when cancelled before it ran.
+        getting.cancel()
+        await asyncio.gather(getting, return_exceptions=True)
+        if reader in done:
+            reader.result()
+            raise RuntimeError("the replication feed reader stopped")
+        return None
 
     async def _deliver(self, changes: Sequence[FeedChange]) -> None:
         """Sends the batch's routed changes until the peer acknowledges them."""

@@ -398,7 +398,26 @@ class ReplicaStore:
                     )
                 )
         applied = await self._write(self._messages, requests)
+        if applied:
+            await self._raise_heads_from(newest.values())
         return ApplyOutcome(applied=applied, already_present=len(documents) - applied)
+
+    async def _raise_heads_from(self, documents: Iterable[Mapping[str, Any]]) -> None:
+        """Raises the log positions (``last_version``, ``last_seq``) of the
+        conversations the replica already holds to the messages just applied.
+        The owner's head document follows only after its projector's next
+        flush; until then a stream here, which skips a conversation whose
+        ``last_version`` it has read up to, would not see them. The rest of
+        the head (inbox order, last message, senders' positions) waits for
+        the owner's."""
+        tops: dict[str, Document] = {}
+        for doc in documents:
+            top = tops.setdefault(str(doc["conversation_id"]), {"last_version": 0})
+            top["last_version"] = max(top["last_version"], int(doc.get("version", 0)))
+            if doc.get("seq"):
+                top["last_seq"] = max(top.get("last_seq", 0), int(doc["seq"]))
+        requests = [UpdateOne({"_id": cid}, {"$max": top}) for cid, top in tops.items()]
+        await self._conversations.bulk_write(requests, ordered=False)
 
     async def _apply_heads(self, documents: Sequence[Mapping[str, Any]]) -> ApplyOutcome:
         requests: list[UpdateOne] = []

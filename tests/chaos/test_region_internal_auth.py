@@ -1,6 +1,6 @@
 """The services regions call each other on take the deployment's service
 credential and nothing else: svc_keys' AccountRegionService (handle
-reservations) and svc_message's RegionReplicationService (replicated feed).
+reservations, revocations) and svc_message's RegionReplicationService (replicated feed).
 An account's token, a random token or none is UNAUTHENTICATED on every RPC;
 the service credential is served (on a single-region stack too)."""
 
@@ -47,6 +47,16 @@ def _keys_calls(stub: rgrpc.AccountRegionServiceStub, account_id: str) -> dict[s
             rpb.ReleaseHandleRequest(handle=handle, account_id=account_id, release_time=release),
             metadata=md,
         ),
+        # A device that does not exist: nothing it applies can refuse anyone.
+        "ApplyRevocations": lambda md: stub.ApplyRevocations(
+            rpb.ApplyRevocationsRequest(
+                source_region="elsewhere",
+                revocations=[
+                    rpb.DeviceRevocation(device_id=str(uuid.uuid4()), revoke_time=release)
+                ],
+            ),
+            metadata=md,
+        ),
     }
 
 
@@ -77,6 +87,7 @@ async def test_region_services_take_the_service_credential_only(
         await calls["ReserveHandle"](auth(chaos.service_token))
         await calls["LookupHandle"](auth(chaos.service_token))
         await calls["ReleaseHandle"](auth(chaos.service_token))
+        await calls["ApplyRevocations"](auth(chaos.service_token))
     for target in chaos.message_targets:
         async with grpc.aio.insecure_channel(target) as channel:
             calls = _replication_calls(repgrpc.RegionReplicationServiceStub(channel))

@@ -626,3 +626,19 @@ async def test_quiet_conversations_do_not_crowd_out_the_others(
     for _ in range(4):
         moved += (await world.archiver.run_pass(NOW)).moved
     assert moved == 2, "c-busy's old week moved within a few passes"
+
+
+async def test_a_replica_never_archives_another_regions_conversations(
+    backends: LocalStack, mongo: AsyncMongoClient
+) -> None:
+    """Archive objects are the owner region's: a replica keeps its copies in the log."""
+    world = await _world(backends, mongo)
+    world.archiver._owns = lambda conversation_id: conversation_id.startswith("c-owned")
+    await write_history(world.store, "c-owned-1", [at(60), at(59), at(1)])
+    await write_history(world.store, "c-replica-1", [at(60), at(59), at(1)])
+    report = await world.archiver.run_pass(NOW)
+    assert report.moved == 2 and report.conversations == 1
+    stored = b"".join(world.object_bytes(key) for key in world.object_keys())
+    assert b"c-owned-1" in stored and b"c-replica-1" not in stored
+    replica = await page_all(world, "c-replica-1", forward=True, size=10)
+    assert seqs(replica) == [1, 2, 3]

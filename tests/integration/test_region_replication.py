@@ -15,7 +15,7 @@ from pymongo import AsyncMongoClient
 
 from parley_core.storage.mongo import Document
 from svc_message.domain.replication import ReplicaApplier
-from svc_message.model.replication import HighWater
+from svc_message.model.replication import HighWater, ReplicatedKind
 from svc_message.storage.replication import SnapshotReader
 from tests.replication_world import (
     SOURCE,
@@ -212,3 +212,33 @@ async def test_a_refused_resume_point_is_recovered_by_a_snapshot(regions: Region
     await owner.send(cid, "eu:jo", 1)
     n, worker = await run_until(regions, cid, 51)
     assert n == 51 and worker.state.snapshots == 0  # type: ignore[attr-defined]
+
+
+async def test_messages_raise_the_replica_head_before_the_owner_head_arrives(
+    regions: Regions,
+) -> None:
+    """A stream at the replica skips a conversation whose last_version it has
+    read up to: the replica's head must cover the messages it applied, without
+    waiting for the owner's projector to flush the owner's head."""
+    owner = Owner(regions.source)
+    cid = "eu-heads"
+    await owner.open(cid, ("eu:ivy", "us:jon"))
+    await owner.send(cid, "eu:ivy", 2)
+    reader = SnapshotReader(database(regions.source))
+    first = await reader.above(cid, HighWater())
+    peer = peer_client(regions.address)
+    try:
+        await peer.apply("first", first)
+        await owner.send(cid, "eu:ivy", 3)
+        later = [
+            d
+            for d in await reader.above(cid, HighWater(last_seq=2, max_version=2))
+            if d.kind == ReplicatedKind.MESSAGE
+        ]
+        await peer.apply("messages only", later)
+    finally:
+        await peer.close()
+    versions = [int(d["version"]) for d in await held(regions.source, cid)]
+    head = await database(regions.target)["conversations"].find_one({"_id": cid})
+    assert head is not None
+    assert (head["last_seq"], head["last_version"]) == (5, max(versions))

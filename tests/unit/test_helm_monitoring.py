@@ -225,6 +225,8 @@ def test_the_regions_dashboard_shows_every_region_metric() -> None:
         "parley_replication_snapshots_total",
         "parley_region_forwards_total",
         "parley_region_refusals_total",
+        "parley_revocations_pushed_total",
+        "parley_revocation_push_backlog",
     }
     for panel in dashboard["panels"]:
         for target in panel["targets"]:

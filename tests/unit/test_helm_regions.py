@@ -124,7 +124,7 @@ def test_both_regions_alert_on_lag_and_an_unreachable_peer(
     ("setting", "value"),
     [
         ("batchChanges", "0"),
-        ("batchSeconds", "0"),
+        ("batchSeconds", "-1"),
         ("leaseSeconds", "0.5"),
         ("snapshotPage", "1.5"),
         ("batchSize", "10"),

@@ -32,7 +32,7 @@ def test_fixed_ports_of_three_regions_never_collide(instances: int) -> None:
         for a in ("eu", "us", "ap")
         for b in ("eu", "us", "ap")
         if a != b
-        for s in ("message", "keys", "presence")
+        for s in ("message", "keys", "media", "presence")
     )
 
 
@@ -69,6 +69,7 @@ def test_each_region_reaches_its_peers_through_its_own_proxies(tmp_path: Path) -
         assert link["message"].upstream_port == us_ports.message[0]
         assert link["keys"].upstream_port == us_ports.keys
         assert link["presence"].upstream_port == us_ports.presence
+        assert link["media"].upstream_port == us_ports.media
     assert (
         eu.regions["us"].peer_address("keys") == harness.proxy("eu", "us").services["keys"].address
     )

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from svc_message.domain.replication import (
-    Batch,
     ReplicationPolicy,
     conversations_to_look_up,
     lag_seconds,
@@ -86,19 +85,6 @@ def test_route_keeps_stream_order_and_uses_the_head_own_members() -> None:
     ]
     assert route(changes, peer="ap", policy=p, members=members) == []
     assert conversations_to_look_up(changes) == {"eu-1", "eu-2", "us-9"}
-
-
-def test_batch_is_full_by_count_or_age() -> None:
-    batch = Batch(max_changes=3, max_seconds=0.5)
-    assert not batch.full(now=100.0) and batch.wait_seconds(now=100.0) == 0.5
-    batch.add(change(ReplicatedKind.MESSAGE, "eu-1", {}), now=100.0)
-    assert not batch.full(now=100.2)
-    assert abs(batch.wait_seconds(now=100.2) - 0.3) < 1e-9
-    assert batch.full(now=100.5) and batch.wait_seconds(now=101.0) == 0.0
-    count = Batch(max_changes=2, max_seconds=60)
-    for _ in range(2):
-        count.add(change(ReplicatedKind.MESSAGE, "eu-1", {}), now=0.0)
-    assert count.full(now=0.0) and len(count) == 2
 
 
 def test_lag_is_the_age_of_the_oldest_unacknowledged_change() -> None:

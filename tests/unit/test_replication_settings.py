@@ -31,7 +31,7 @@ def test_values_from_the_file_and_the_environment_reach_the_replicator() -> None
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("batch_changes", 0), ("batch_seconds", 0), ("lease_seconds", 0.5), ("snapshot_page", 0)],
+    [("batch_changes", 0), ("batch_seconds", -1), ("lease_seconds", 0.5), ("snapshot_page", 0)],
 )
 def test_out_of_range_values_are_refused_naming_the_key(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"message.replication.{key}"):

@@ -25,23 +25,29 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cparley/keys/v1/regions.proto\x12\x0eparley.keys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"l\n\x14ReleaseHandleRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x30\n\x0crelease_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x17\n\x15ReleaseHandleResponse\"%\n\x13LookupHandleRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\"c\n\x14ReserveHandleRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x13\n\x0bhome_region\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"@\n\x15ReserveHandleResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x13\n\x0bhome_region\x18\x02 \x01(\t2\xae\x02\n\x14\x41\x63\x63ountRegionService\x12\\\n\rReserveHandle\x12$.parley.keys.v1.ReserveHandleRequest\x1a%.parley.keys.v1.ReserveHandleResponse\x12Z\n\x0cLookupHandle\x12#.parley.keys.v1.LookupHandleRequest\x1a%.parley.keys.v1.ReserveHandleResponse\x12\\\n\rReleaseHandle\x12$.parley.keys.v1.ReleaseHandleRequest\x1a%.parley.keys.v1.ReleaseHandleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cparley/keys/v1/regions.proto\x12\x0eparley.keys.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\x10\x44\x65viceRevocation\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12/\n\x0brevoke_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"g\n\x17\x41pplyRevocationsRequest\x12\x15\n\rsource_region\x18\x01 \x01(\t\x12\x35\n\x0brevocations\x18\x02 \x03(\x0b\x32 .parley.keys.v1.DeviceRevocation\"\x1a\n\x18\x41pplyRevocationsResponse\"l\n\x14ReleaseHandleRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x30\n\x0crelease_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x17\n\x15ReleaseHandleResponse\"%\n\x13LookupHandleRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\"c\n\x14ReserveHandleRequest\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x13\n\x0bhome_region\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"@\n\x15ReserveHandleResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x13\n\x0bhome_region\x18\x02 \x01(\t2\x95\x03\n\x14\x41\x63\x63ountRegionService\x12\\\n\rReserveHandle\x12$.parley.keys.v1.ReserveHandleRequest\x1a%.parley.keys.v1.ReserveHandleResponse\x12Z\n\x0cLookupHandle\x12#.parley.keys.v1.LookupHandleRequest\x1a%.parley.keys.v1.ReserveHandleResponse\x12\\\n\rReleaseHandle\x12$.parley.keys.v1.ReleaseHandleRequest\x1a%.parley.keys.v1.ReleaseHandleResponse\x12\x65\n\x10\x41pplyRevocations\x12\'.parley.keys.v1.ApplyRevocationsRequest\x1a(.parley.keys.v1.ApplyRevocationsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.keys.v1.regions_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RELEASEHANDLEREQUEST']._serialized_start=81
-  _globals['_RELEASEHANDLEREQUEST']._serialized_end=189
-  _globals['_RELEASEHANDLERESPONSE']._serialized_start=191
-  _globals['_RELEASEHANDLERESPONSE']._serialized_end=214
-  _globals['_LOOKUPHANDLEREQUEST']._serialized_start=216
-  _globals['_LOOKUPHANDLEREQUEST']._serialized_end=253
-  _globals['_RESERVEHANDLEREQUEST']._serialized_start=255
-  _globals['_RESERVEHANDLEREQUEST']._serialized_end=354
-  _globals['_RESERVEHANDLERESPONSE']._serialized_start=356
-  _globals['_RESERVEHANDLERESPONSE']._serialized_end=420
-  _globals['_ACCOUNTREGIONSERVICE']._serialized_start=423
-  _globals['_ACCOUNTREGIONSERVICE']._serialized_end=725
+  _globals['_DEVICEREVOCATION']._serialized_start=81
+  _globals['_DEVICEREVOCATION']._serialized_end=167
+  _globals['_APPLYREVOCATIONSREQUEST']._serialized_start=169
+  _globals['_APPLYREVOCATIONSREQUEST']._serialized_end=272
+  _globals['_APPLYREVOCATIONSRESPONSE']._serialized_start=274
+  _globals['_APPLYREVOCATIONSRESPONSE']._serialized_end=300
+  _globals['_RELEASEHANDLEREQUEST']._serialized_start=302
+  _globals['_RELEASEHANDLEREQUEST']._serialized_end=410
+  _globals['_RELEASEHANDLERESPONSE']._serialized_start=412
+  _globals['_RELEASEHANDLERESPONSE']._serialized_end=435
+  _globals['_LOOKUPHANDLEREQUEST']._serialized_start=437
+  _globals['_LOOKUPHANDLEREQUEST']._serialized_end=474
+  _globals['_RESERVEHANDLEREQUEST']._serialized_start=476
+  _globals['_RESERVEHANDLEREQUEST']._serialized_end=575
+  _globals['_RESERVEHANDLERESPONSE']._serialized_start=577
+  _globals['_RESERVEHANDLERESPONSE']._serialized_end=641
+  _globals['_ACCOUNTREGIONSERVICE']._serialized_start=644
+  _globals['_ACCOUNTREGIONSERVICE']._serialized_end=1049
 # @@protoc_insertion_point(module_scope)

@@ -52,6 +52,11 @@ class AccountRegionServiceStub:
                 request_serializer=parley_dot_keys_dot_v1_dot_regions__pb2.ReleaseHandleRequest.SerializeToString,
                 response_deserializer=parley_dot_keys_dot_v1_dot_regions__pb2.ReleaseHandleResponse.FromString,
                 _registered_method=True)
+        self.ApplyRevocations = channel.unary_unary(
+                '/parley.keys.v1.AccountRegionService/ApplyRevocations',
+                request_serializer=parley_dot_keys_dot_v1_dot_regions__pb2.ApplyRevocationsRequest.SerializeToString,
+                response_deserializer=parley_dot_keys_dot_v1_dot_regions__pb2.ApplyRevocationsResponse.FromString,
+                _registered_method=True)
 
 
 class AccountRegionServiceServicer:
@@ -94,6 +99,20 @@ class AccountRegionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyRevocations(self, request, context):
+        """Device revocations made in the sender's region (the home region of the
+        devices), pushed to every peer region because every region verifies
+        every region's access tokens. The receiver records them as its own (same
+        lifetime: until the longest access token issued before them has expired)
+        and announces them to its processes, which then refuse the devices'
+        tokens with UNAUTHENTICATED ERROR_REASON_TOKEN_REVOKED and end their
+        streams. Idempotent: a revocation already known, or an older one for the
+        same device, changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccountRegionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +130,11 @@ def add_AccountRegionServiceServicer_to_server(servicer, server):
                     servicer.ReleaseHandle,
                     request_deserializer=parley_dot_keys_dot_v1_dot_regions__pb2.ReleaseHandleRequest.FromString,
                     response_serializer=parley_dot_keys_dot_v1_dot_regions__pb2.ReleaseHandleResponse.SerializeToString,
+            ),
+            'ApplyRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyRevocations,
+                    request_deserializer=parley_dot_keys_dot_v1_dot_regions__pb2.ApplyRevocationsRequest.FromString,
+                    response_serializer=parley_dot_keys_dot_v1_dot_regions__pb2.ApplyRevocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -197,6 +221,33 @@ class AccountRegionService:
             '/parley.keys.v1.AccountRegionService/ReleaseHandle',
             parley_dot_keys_dot_v1_dot_regions__pb2.ReleaseHandleRequest.SerializeToString,
             parley_dot_keys_dot_v1_dot_regions__pb2.ReleaseHandleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.keys.v1.AccountRegionService/ApplyRevocations',
+            parley_dot_keys_dot_v1_dot_regions__pb2.ApplyRevocationsRequest.SerializeToString,
+            parley_dot_keys_dot_v1_dot_regions__pb2.ApplyRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,16 @@ class AccountRegionServiceStub:
     it again. Idempotent; a handle reserved for another account is left as it
     is.
     """
+    ApplyRevocations: _grpc.UnaryUnaryMultiCallable[_regions_pb2.ApplyRevocationsRequest, _regions_pb2.ApplyRevocationsResponse]
+    """Device revocations made in the sender's region (the home region of the
+    devices), pushed to every peer region because every region verifies
+    every region's access tokens. The receiver records them as its own (same
+    lifetime: until the longest access token issued before them has expired)
+    and announces them to its processes, which then refuse the devices'
+    tokens with UNAUTHENTICATED ERROR_REASON_TOKEN_REVOKED and end their
+    streams. Idempotent: a revocation already known, or an older one for the
+    same device, changes nothing.
+    """
 
 @_typing.type_check_only
 class AccountRegionServiceAsyncStub(AccountRegionServiceStub):
@@ -88,6 +98,16 @@ class AccountRegionServiceAsyncStub(AccountRegionServiceStub):
     until `release_time` (the cooling-off period), then a sign-up may reserve
     it again. Idempotent; a handle reserved for another account is left as it
     is.
+    """
+    ApplyRevocations: _aio.UnaryUnaryMultiCallable[_regions_pb2.ApplyRevocationsRequest, _regions_pb2.ApplyRevocationsResponse]  # type: ignore[assignment]
+    """Device revocations made in the sender's region (the home region of the
+    devices), pushed to every peer region because every region verifies
+    every region's access tokens. The receiver records them as its own (same
+    lifetime: until the longest access token issued before them has expired)
+    and announces them to its processes, which then refuse the devices'
+    tokens with UNAUTHENTICATED ERROR_REASON_TOKEN_REVOKED and end their
+    streams. Idempotent: a revocation already known, or an older one for the
+    same device, changes nothing.
     """
 
 class AccountRegionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -134,6 +154,22 @@ class AccountRegionServiceServicer(metaclass=_abc_1.ABCMeta):
         until `release_time` (the cooling-off period), then a sign-up may reserve
         it again. Idempotent; a handle reserved for another account is left as it
         is.
+        """
+
+    @_abc_1.abstractmethod
+    def ApplyRevocations(
+        self,
+        request: _regions_pb2.ApplyRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_regions_pb2.ApplyRevocationsResponse, _abc.Awaitable[_regions_pb2.ApplyRevocationsResponse]]:
+        """Device revocations made in the sender's region (the home region of the
+        devices), pushed to every peer region because every region verifies
+        every region's access tokens. The receiver records them as its own (same
+        lifetime: until the longest access token issued before them has expired)
+        and announces them to its processes, which then refuse the devices'
+        tokens with UNAUTHENTICATED ERROR_REASON_TOKEN_REVOKED and end their
+        streams. Idempotent: a revocation already known, or an older one for the
+        same device, changes nothing.
         """
 
 def add_AccountRegionServiceServicer_to_server(servicer: AccountRegionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
