@@ -152,7 +152,8 @@ class RegionsStack:
 
     ``stack_options`` go to every LocalStack (log format, user config, service
     environment, ...); ``extra_config`` is merged into each region's config
-    under the topology settings the harness sets.
+    under the topology settings the harness sets, and ``region_config[name]``
+    into that region's alone (e.g. one region's clock run off).
     """
 
     def __init__(
@@ -168,6 +169,7 @@ class RegionsStack:
         generation: int = 1,
         topology_poll_seconds: float = TOPOLOGY_POLL_SECONDS,
         extra_config: Mapping[str, Any] | None = None,
+        region_config: Mapping[str, Mapping[str, Any]] | None = None,
         **stack_options: Any,
     ) -> None:
         check_region_names(regions)
@@ -186,9 +188,9 @@ class RegionsStack:
         shared = sorted({p for p in every if every.count(p) > 1})
         if shared:
             raise ValueError(f"regions share ports {shared} (too many svc_message instances?)")
-        unknown = sorted(set(residency or {}) - set(self.names))
+        unknown = sorted((set(residency or {}) | set(region_config or {})) - set(self.names))
         if unknown:
-            raise ValueError(f"residency for unknown regions {unknown}")
+            raise ValueError(f"residency or config for unknown regions {unknown}")
         given = residency or {}
         self.residency = {name: given.get(name, RegionResidency()) for name in self.names}
         self.conversation_shards = conversation_shards
@@ -205,7 +207,10 @@ class RegionsStack:
                 root=self.root / name,
                 ports=ports[name],
                 message_instances=message_instances,
-                extra_config=deep_merge(dict(extra_config or {}), topology),
+                extra_config=deep_merge(
+                    deep_merge(dict(extra_config or {}), dict((region_config or {}).get(name, {}))),
+                    topology,
+                ),
                 **stack_options,
             )
         upstreams = {

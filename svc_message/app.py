@@ -55,6 +55,7 @@ from svc_message.peers.push import Router, build_providers
 from svc_message.peers.regions import RegionChannels
 from svc_message.push_metrics import PushMetrics
 from svc_message.replication_wiring import (
+    build_inbox_settings,
     build_replication,
     replicator_clock,
     replicator_settings,
@@ -258,7 +259,10 @@ async def build(settings: Settings) -> ServiceHost:
     messages = MessagesHandler(conversations, message_store, recent, pipeline, codec, limits, media)
     inbox_store = InboxSettingsStore(runtime.db)
     await inbox_store.ensure_indexes()
-    inbox = InboxHandler(inbox_store, conversations, listener=SettingsPublisher(doorbell, codec))
+    inbox_settings = build_inbox_settings(
+        inbox_store, region=settings.region, skew_ms=config.settings_clock_skew_ms
+    )
+    inbox = InboxHandler(inbox_settings, conversations, listener=SettingsPublisher(doorbell, codec))
     groups = GroupsHandler(
         conversations, message_store, pipeline, accounts, doorbell, doorbell, codec, limits
     )
@@ -499,6 +503,8 @@ async def build(settings: Settings) -> ServiceHost:
         instance_id=random_id(),
         settings=replicator_settings(config.replication),
         clock=replicator_clock(config.replication.clock_offset_file),
+        inbox_settings=inbox_settings,
+        settings_merged=lambda c, a: inbox.settings_replicated(c, a, now=clock()),
     )
     runtime.registry.register(replication.metrics)
     for replicator in replication.replicators:

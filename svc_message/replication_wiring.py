@@ -12,26 +12,31 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Collection, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from parley_core.auth.credentials import ServiceCredential
 from parley_core.config import ReplicationSettings
+from parley_core.hlc import HybridClock
 from parley_core.regions import RegionMap
 from parley_core.storage.mongo import Database
 from parley_core.topology import Topology
+from svc_message.domain.inbox_settings import InboxSettings
 from svc_message.domain.replication import (
     ReplicaApplier,
     ReplicationPolicy,
     merge_member_document,
 )
 from svc_message.domain.replicator import Replicator, ReplicatorSettings
+from svc_message.model.member_replica import MemberReplica
 from svc_message.model.replication import ApplyOutcome, ReplicatedDoc
 from svc_message.peers.replication import ReplicationPeer
 from svc_message.replication_metrics import ReplicationMetrics
 from svc_message.servicer.replication import RegionReplicationServicer
 from svc_message.storage.doorbell import Doorbell
+from svc_message.storage.inbox import InboxSettingsStore
 from svc_message.storage.replication import (
     FeedTail,
     ReplicaStore,
@@ -72,6 +77,20 @@ def replication_policy(topology: Topology, regions: Callable[[], RegionMap]) -> 
         home_region=region_of,
         home_only_data=home_only_data,
     )
+
+
+def build_inbox_settings(store: InboxSettingsStore, *, region: str, skew_ms: int) -> InboxSettings:
+    """The inbox settings with this process's hybrid logical clock: one
+    writer per process (node id ``region.instance``, fresh at every start:
+    ``write_stamp`` keeps a restarted process's writes above its earlier
+    ones), reading the physical clock plus the configured skew (0 but in
+    tests that run a region's clock off)."""
+
+    def physical_ms() -> int:
+        return int(time.time() * 1000) + skew_ms
+
+    clock = HybridClock(f"{region}.{uuid.uuid4().hex[:12]}")
+    return InboxSettings(store, clock=clock, physical_ms=physical_ms)
 
 
 def replicator_settings(config: ReplicationSettings) -> ReplicatorSettings:
@@ -118,8 +137,16 @@ def build_replication(
     instance_id: str,
     settings: ReplicatorSettings,
     clock: Callable[[], float] = time.time,
+    inbox_settings: InboxSettings,
+    settings_merged: Callable[[str, str], Awaitable[None]] | None = None,
 ) -> Replication:
-    replica = ReplicaStore(db, merge_member=merge_member_document)
+    async def merge_settings(state: MemberReplica) -> bool:
+        changed = await inbox_settings.merge(state)
+        if changed and settings_merged is not None:
+            await settings_merged(state.conversation_id, state.account_id)
+        return changed
+
+    replica = ReplicaStore(db, merge_member=merge_member_document, merge_settings=merge_settings)
 
     async def wake_streams(docs: Sequence[ReplicatedDoc], outcome: ApplyOutcome) -> None:
         conversations = {d.conversation_id for d in docs}

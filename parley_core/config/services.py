@@ -191,6 +191,9 @@ class MessageServiceSettings(Section):
     """Which process sequences which conversations when several run."""
     replication: ReplicationSettings = ReplicationSettings()
     """How conversation changes are sent to peer regions."""
+    settings_clock_skew_ms: int = Field(default=0, ge=-86_400_000, le=86_400_000)
+    """For tests only: milliseconds added to the physical time the inbox settings' hybrid logical
+    clock reads (docs/design/crdt.md), to run one region's clock off. Leave 0 in production."""
 
     @property
     def receive_limit_bytes(self) -> int:

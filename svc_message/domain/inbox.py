@@ -22,15 +22,13 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from parley_core.errors import FailedPrecondition, Reason
+from svc_message.domain.inbox_settings import InboxSettings
 from svc_message.model import MAX_PINNED, InboxEntry, MemberSettings
-from svc_message.model.inbox import Pin, StoredSettings
+from svc_message.model.inbox import FOREVER, Pin, StoredSettings
 from svc_message.ports import SettingsListener
-from svc_message.storage.inbox import InboxSettingsStore
 
 # parley.message.v1.ArchiveFilter (UNSPECIFIED means ACTIVE).
 ACTIVE, ARCHIVED, ALL = 1, 2, 3
-# Muted forever: the far end of what a protobuf Timestamp can carry.
-FOREVER = datetime(9999, 12, 31, tzinfo=UTC)
 
 
 # -- policy (pure) --------------------------------------------------------------
@@ -180,7 +178,7 @@ class Conversations(Protocol):
 class InboxHandler:
     def __init__(
         self,
-        store: InboxSettingsStore,
+        store: InboxSettings,
         conversations: Conversations,
         *,
         listener: SettingsListener | None = None,
@@ -351,6 +349,21 @@ class InboxHandler:
         if changed and self._listener is not None and decorated.settings is not None:
             await self._listener.settings_changed(account_id, decorated.settings)
         return decorated
+
+    async def settings_replicated(
+        self, conversation_id: str, account_id: str, *, now: float
+    ) -> None:
+        """A state merged from another region changed the account's settings
+        here: its devices connected to this region hear of it as of a change
+        made here (none for a conversation it is no longer an active member of)."""
+        if self._listener is None:
+            return
+        found = await self._conversations.entries(account_id, [conversation_id])
+        if not found:
+            return
+        decorated = await self.decorate_one(account_id, found[0], now=now)
+        if decorated.settings is not None:
+            await self._listener.settings_changed(account_id, decorated.settings)
 
     async def set_muted(
         self,

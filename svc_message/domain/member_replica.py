@@ -30,8 +30,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from parley_core.hlc import HybridClock, Timestamp
-from svc_message.domain.inbox import FOREVER
-from svc_message.model.inbox import StoredSettings
+from svc_message.model.inbox import FOREVER, StoredSettings
 from svc_message.model.member_replica import ArchiveMark, MemberReplica, merge
 
 __all__ = [

@@ -4,7 +4,10 @@ each region's residency are injected callables (parley_core's tagged ids and
 the account directory provide them), and time is passed in.
 
 Rules (docs/design/regions.md, "Part 3: replication"):
-- only conversations this region owns are replicated from here;
+- only conversations this region owns are replicated from here, except a
+  member's inbox settings: a CRDT state written in any region, sent by
+  whichever region holds a change to every other region holding the
+  conversation (its owner and its members' homes);
 - they go to the regions where a member is homed, other than this one;
 - never to a region missing from this region's ``residency.replicateTo``
   (the operator writes the list resolved: every peer unless restricted);
@@ -57,6 +60,21 @@ class ReplicationPolicy:
     def sends_to(self, peer: str, conversation_id: str, member_ids: Iterable[str]) -> bool:
         return peer in self.peers_for(conversation_id, member_ids)
 
+    def settings_peers_for(self, conversation_id: str, member_ids: Iterable[str]) -> frozenset[str]:
+        """The peer regions a member's inbox settings of this conversation go
+        to, whichever region wrote them: every region that holds the
+        conversation (its owner and its members' homes), within residency.
+        Settings are merged, not owned, so a replica sends them too."""
+        homes = {self.home_region(m) for m in member_ids}
+        holders = homes | {self.owner_region(conversation_id)}
+        peers = (holders - {self.region}) & self.replicate_to
+        if homes and all(MESSAGES_DATA in self.home_only_data(h) for h in homes):
+            peers &= homes
+        return frozenset(peers)
+
+    def sends_settings_to(self, peer: str, conversation_id: str, member_ids: Iterable[str]) -> bool:
+        return peer in self.settings_peers_for(conversation_id, member_ids)
+
 
 def member_ids_of(conversation: Mapping[str, Any] | None) -> tuple[str, ...]:
     """The members a ``conversations`` document names (none when unknown)."""
@@ -93,7 +111,11 @@ def route(
             member_ids = member_ids_of(change.document)
         else:
             member_ids = members.get(change.conversation_id, ())
-        if policy.sends_to(peer, change.conversation_id, member_ids):
+        if change.kind == ReplicatedKind.SETTINGS:
+            sends = policy.sends_settings_to(peer, change.conversation_id, member_ids)
+        else:
+            sends = policy.sends_to(peer, change.conversation_id, member_ids)
+        if sends:
             out.append(change)
     return out
 
@@ -124,10 +146,9 @@ def merge_member_document(
     """The member document a replica keeps. Watermarks only rise; membership
     comes from the side with the later membership change.
 
-    Hook: per-member settings (muted_until, pins, archive and unread marks)
-    merge as CRDTs in svc_message/domain/member_replica.py, injected in place
-    of this function at the composition root; until then the owner's copy of
-    them wins, which is right while every write goes through the owner.
+    Per-member inbox settings are not in this document: they replicate as
+    their own kind (``inbox_settings``) and merge as CRDTs
+    (``domain.inbox_settings.InboxSettings.merge``).
     """
     if existing is None:
         return dict(incoming)

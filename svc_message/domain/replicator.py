@@ -90,6 +90,7 @@ class Snapshots(Protocol):
     ) -> list[tuple[str, tuple[str, ...]]]: ...
     async def member_ids(self, conversation_ids: Iterable[str]) -> dict[str, tuple[str, ...]]: ...
     async def above(self, conversation_id: str, high_water: HighWater) -> list[ReplicatedDoc]: ...
+    async def settings_of(self, conversation_id: str) -> list[ReplicatedDoc]: ...
 
 
 class Peer(Protocol):
@@ -351,10 +352,12 @@ class Replicator:
                 break
             after = page[-1][0]
             routed = [c for c, m in page if self._policy.sends_to(self.peer, c, m)]
-            if not routed:
-                continue
-            marks = await self._client.high_water(routed)
             pending: list[ReplicatedDoc] = []
+            # Settings are sent by every region holding them, owner or not.
+            for conversation_id, member_ids in page:
+                if self._policy.sends_settings_to(self.peer, conversation_id, member_ids):
+                    pending.extend(await self._snapshots.settings_of(conversation_id))
+            marks = await self._client.high_water(routed) if routed else {}
             for conversation_id in routed:
                 pending.extend(
                     await self._snapshots.above(

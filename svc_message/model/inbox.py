@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+
+from svc_message.model.member_replica import MemberReplica
+
+# Muted forever: the far end of what a protobuf Timestamp can carry.
+FOREVER = datetime(9999, 12, 31, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,3 +36,39 @@ class Pin(enum.Enum):
     UNCHANGED = "unchanged"
     # Every slot is taken.
     FULL = "full"
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsRecord:
+    """One member's settings document: the replicated CRDT state and what is
+    local to this region (the document's version, the pin-cap slot it holds
+    here, the request ids it applied). ``version`` 0: not stored yet."""
+
+    state: MemberReplica
+    version: int = 0
+    pin_slot: int | None = None
+    requests: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsWrite:
+    """A new state to store in place of ``record`` (compare-and-set on its
+    version), with the fields the inbox's queries index, derived from it:
+    ``pinned`` (pinned as far as the conversation alone says; the cap is the
+    inbox's display rule), and ``shown`` (the rest, as the inbox policy reads
+    them)."""
+
+    record: SettingsRecord
+    state: MemberReplica
+    pinned: bool
+    pin_slot: int | None
+    shown: StoredSettings
+    request_id: str | None = None
+
+
+class WriteOutcome(enum.Enum):
+    WRITTEN = "written"
+    # The document changed since it was read: read again.
+    CONFLICT = "conflict"
+    # Another pin of the account holds that slot here: read again.
+    SLOT_TAKEN = "slot_taken"

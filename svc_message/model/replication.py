@@ -19,6 +19,9 @@ class ReplicatedKind(enum.StrEnum):
     CONVERSATION = "conversations"
     MEMBER = "members"
     MEMBER_REMOVAL = "member_removals"
+    # A member's inbox settings (a CRDT state): replicated by whichever
+    # region wrote them, to every region holding the conversation.
+    SETTINGS = "inbox_settings"
 
 
 @dataclass(frozen=True, slots=True)

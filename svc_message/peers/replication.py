@@ -24,6 +24,7 @@ KIND_TO_WIRE = {
     ReplicatedKind.CONVERSATION: rpb.REPLICATED_KIND_CONVERSATION,
     ReplicatedKind.MEMBER: rpb.REPLICATED_KIND_MEMBER,
     ReplicatedKind.MEMBER_REMOVAL: rpb.REPLICATED_KIND_MEMBER_REMOVAL,
+    ReplicatedKind.SETTINGS: rpb.REPLICATED_KIND_SETTINGS,
 }
 # What the server takes in one HighWater request (replication.proto).
 HIGH_WATER_IDS = 500

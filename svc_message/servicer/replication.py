@@ -20,6 +20,7 @@ KIND_FROM_WIRE = {
     rpb.REPLICATED_KIND_CONVERSATION: ReplicatedKind.CONVERSATION,
     rpb.REPLICATED_KIND_MEMBER: ReplicatedKind.MEMBER,
     rpb.REPLICATED_KIND_MEMBER_REMOVAL: ReplicatedKind.MEMBER_REMOVAL,
+    rpb.REPLICATED_KIND_SETTINGS: ReplicatedKind.SETTINGS,
 }
 
 
@@ -38,7 +39,8 @@ class RegionReplicationServicer(rgrpc.RegionReplicationServiceServicer):
             kind = KIND_FROM_WIRE.get(change.kind)
             if kind is None:
                 check.fail(
-                    f"changes[{i}].kind", "must be MESSAGE, CONVERSATION, MEMBER or MEMBER_REMOVAL"
+                    f"changes[{i}].kind",
+                    "must be MESSAGE, CONVERSATION, MEMBER, MEMBER_REMOVAL or SETTINGS",
                 )
             elif not change.conversation_id or not change.document:
                 check.fail(f"changes[{i}]", "conversation_id and document are required")

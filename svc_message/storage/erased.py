@@ -33,6 +33,9 @@ def accounts_named(kind: str, doc: Mapping[str, Any]) -> set[str]:
     """Every account id a feed document names (``kind``: its collection)."""
     if kind == "members":
         return {str(doc.get("account_id"))}
+    if kind == "inbox_settings":
+        account = doc.get("account_id") or (doc.get("crdt") or {}).get("account_id")
+        return {str(account)} if account else set()
     if kind == "conversations":
         return {str(a) for a in doc.get("member_ids") or ()} | set(doc.get("sent") or {})
     system = doc.get("system") or {}

@@ -3,7 +3,8 @@ persisted stream positions and leases, the snapshot read, and the replica's
 idempotent apply.
 
 Owner side:
-- the tail watches ``messages``, ``conversations`` and ``members`` with full
+- the tail watches ``messages``, ``conversations``, ``members`` and
+  ``inbox_settings`` (written by any region, sent by any) with full
   documents (``updateLookup``: the document as it is when the event is read,
   which is at least as new as the change);
 - ``replication_cursors``: one document per peer region, ``_id`` the peer,
@@ -34,13 +35,16 @@ Replica side (the same collections as the owner's, same schema):
   documents are dropped, heads and messages scrubbed (storage/erased.py), so
   an owner that replicates before its own erasure step ran brings nothing
   of the account back.
+- an inbox settings document's CRDT state is merged by an injected function
+  (``domain.inbox_settings``: observe, merge, compare-and-set, write only
+  what changed); the settings of an account this region erased are dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,6 +56,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from parley_core.storage.mongo import Database, Document
 from svc_message.model import DIRECT, ERASED
+from svc_message.model.member_replica import MemberReplica, from_dict
 from svc_message.model.replication import (
     ApplyOutcome,
     FeedChange,
@@ -74,6 +79,7 @@ FEED_COLLECTIONS = (
     ReplicatedKind.MESSAGE.value,
     ReplicatedKind.CONVERSATION.value,
     ReplicatedKind.MEMBER.value,
+    ReplicatedKind.SETTINGS.value,
 )
 # Server answers meaning "this resume token cannot be resumed from": not a
 # token (FailedToParse, SecantusDB's answer), invalid, history lost (the
@@ -91,6 +97,8 @@ _APPLY_ORDER = tuple(ReplicatedKind)
 _CODEC: CodecOptions[Document] = CodecOptions(tz_aware=True)
 
 MemberMerge = Callable[[Mapping[str, Any] | None, Mapping[str, Any]], Document]
+# Merges one replicated settings state into this region's; True if it changed it.
+SettingsMerge = Callable[[MemberReplica], Awaitable[bool]]
 
 
 def _at(seconds: float) -> datetime:
@@ -278,6 +286,7 @@ class SnapshotReader:
         self._messages = db["messages"]
         self._conversations = db["conversations"]
         self._members = db["members"]
+        self._settings = db["inbox_settings"]
 
     async def conversation_page(
         self, *, after_id: str, limit: int
@@ -337,16 +346,34 @@ class SnapshotReader:
         out.append(ReplicatedDoc(ReplicatedKind.MEMBER_REMOVAL, conversation_id, encode(removal)))
         return out
 
+    async def settings_of(self, conversation_id: str) -> list[ReplicatedDoc]:
+        """Every member's inbox settings of the conversation (a range of
+        ``_id``, which starts with the conversation id and a colon)."""
+        prefix = f"{conversation_id}:"
+        cursor = self._settings.find({"_id": {"$gte": prefix, "$lt": prefix + "\uffff"}})
+        return [
+            ReplicatedDoc(ReplicatedKind.SETTINGS, conversation_id, encode(doc))
+            async for doc in cursor
+            if doc.get("conversation_id") == conversation_id and doc.get("crdt") is not None
+        ]
+
 
 class ReplicaStore:
     """The replica's side: idempotent apply and high-water marks."""
 
-    def __init__(self, db: Database, *, merge_member: MemberMerge) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        merge_member: MemberMerge,
+        merge_settings: SettingsMerge | None = None,
+    ) -> None:
         self._messages = db["messages"]
         self._conversations = db["conversations"]
         self._members = db["members"]
         self._erased = db[ERASED_ACCOUNTS]
         self._merge_member = merge_member
+        self._merge_settings = merge_settings
 
     async def apply(self, docs: Sequence[ReplicatedDoc]) -> ApplyOutcome:
         """Applies kind by kind: the batch's messages, then the conversation
@@ -395,6 +422,10 @@ class ReplicaStore:
             return await self._apply_heads([scrub_head(d, erased) for d in documents])
         if kind == ReplicatedKind.MEMBER_REMOVAL:
             return await self._apply_removals(documents)
+        if kind == ReplicatedKind.SETTINGS:
+            settings = [d for d in documents if not accounts_named(kind.value, d) & erased]
+            outcome = await self._apply_settings(settings) if settings else ApplyOutcome()
+            return outcome + ApplyOutcome(already_present=len(documents) - len(settings))
         kept = [d for d in documents if str(d.get("account_id")) not in erased]
         outcome = await self._apply_members(kept) if kept else ApplyOutcome()
         return outcome + ApplyOutcome(already_present=len(documents) - len(kept))
@@ -530,6 +561,24 @@ class ReplicaStore:
             result = await self._members.delete_many(query)
             applied += 1 if result.deleted_count else 0
         return ApplyOutcome(applied=applied, already_present=len(documents) - applied)
+
+    async def _apply_settings(self, documents: Sequence[Mapping[str, Any]]) -> ApplyOutcome:
+        """Each document's CRDT state merged in, one by one (a merge is
+        idempotent, so a batch sent again changes nothing)."""
+        if self._merge_settings is None:
+            return ApplyOutcome(already_present=len(documents))
+        applied = 0
+        wake: set[str] = set()
+        for doc in documents:
+            state = from_dict(doc["crdt"])
+            if await self._merge_settings(state):
+                applied += 1
+                wake.add(state.account_id)
+        return ApplyOutcome(
+            applied=applied,
+            already_present=len(documents) - applied,
+            wake_accounts=frozenset(wake),
+        )
 
     @staticmethod
     async def _write(collection: Any, requests: Sequence[Any]) -> int:

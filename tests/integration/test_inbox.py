@@ -7,6 +7,7 @@ unique index); the RPC tests run on the session stack, end to end.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,8 +22,10 @@ from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_core.config import MongoSettings
-from parley_core.storage.mongo import connect, durable_database
+from parley_core.hlc import HybridClock
+from parley_core.storage.mongo import Database, connect, durable_database
 from parley_dev.stack import LocalStack
+from svc_message.domain.inbox_settings import InboxSettings
 from svc_message.model.inbox import Pin
 from svc_message.storage.inbox import InboxSettingsStore
 from tests.helpers import wait_until
@@ -37,23 +40,40 @@ ORDER_TIMEOUT_SECONDS = 10.0
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def inbox_store(
+async def inbox_databases(
     tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[tuple[InboxSettingsStore, InboxSettingsStore]]:
-    """Two stores on two connections to one database: two processes' worth."""
+) -> AsyncIterator[list[Database]]:
+    """Two connections to one database: two processes' worth."""
     local = LocalStack.with_free_ports(root=Path(tmp_path_factory.mktemp("inbox_db")))
     local.prepare_files()
     await local.start_db()
     settings = MongoSettings(uri=local.mongo_uri, database="inbox_test")
     clients = [connect(settings, app_name="test_inbox") for _ in range(2)]
     try:
-        stores = [InboxSettingsStore(durable_database(c, settings)) for c in clients]
-        await stores[0].ensure_indexes()
-        yield stores[0], stores[1]
+        yield [durable_database(c, settings) for c in clients]
     finally:
         for client in clients:
             await client.close()
         await local.stop_db()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def inbox_store(
+    inbox_databases: list[Database],
+) -> AsyncIterator[tuple[InboxSettings, InboxSettings]]:
+    """Two stores, one per connection, each with its own hybrid logical
+    clock, as each process has."""
+    stores = [InboxSettingsStore(db) for db in inbox_databases]
+    await stores[0].ensure_indexes()
+    one, other = (
+        InboxSettings(
+            store,
+            clock=HybridClock(f"test.{i}"),
+            physical_ms=lambda: int(time.time() * 1000),
+        )
+        for i, store in enumerate(stores)
+    )
+    yield one, other
 
 
 async def test_the_pin_cap_holds_under_concurrent_pins(inbox_store) -> None:
@@ -145,6 +165,54 @@ async def test_settings_read_back(inbox_store) -> None:
     await store.clear_unread_mark(c, account)
     assert (await store.one(c, account)).unread_mark_seq is None  # type: ignore[union-attr]
     assert await store.of_account(rid(), [a, b, c]) == {}
+
+
+async def test_a_document_written_before_the_crdt_state_reads_and_changes(
+    inbox_store, inbox_databases
+) -> None:
+    one, other = inbox_store
+    account, pinned, muted = rid(), rid(), rid()
+    until = datetime(2031, 1, 2, tzinfo=UTC)
+    # As the store wrote them before it kept a state and a version.
+    await inbox_databases[0]["inbox_settings"].insert_many(
+        [
+            {
+                "_id": f"{pinned}:{account}",
+                "account_id": account,
+                "conversation_id": pinned,
+                "pinned": True,
+                "pin_slot": 0,
+                "pin_rank": 7,
+                "archived": False,
+                "archived_seq": 0,
+                "muted_until": None,
+                "requests": ["old"],
+            },
+            {
+                "_id": f"{muted}:{account}",
+                "account_id": account,
+                "conversation_id": muted,
+                "muted_until": until,
+                "archived": True,
+                "archived_seq": 3,
+                "requests": [],
+            },
+        ]
+    )
+    assert [(p.conversation_id, p.pin_rank) for p in await one.pinned(account)] == [(pinned, 7)]
+    read = await one.of_account(account, [muted])
+    assert read[muted].muted_until == until and read[muted].archived_seq == 3
+    # A retry of a request it remembers changes nothing; a new one applies once.
+    assert not await other.set_archived(
+        pinned, account, archived=True, archived_seq=1, request_id="old"
+    )
+    changed = await asyncio.gather(
+        one.unpin(pinned, account, request_id=rid()),
+        other.set_muted(muted, account, until=None, request_id=rid()),
+    )
+    assert changed == [True, True]
+    assert await one.pinned(account) == []
+    assert (await other.one(muted, account)).muted_until is None  # type: ignore[union-attr]
 
 
 # -- the RPCs, end to end ---------------------------------------------------------------

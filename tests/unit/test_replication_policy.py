@@ -110,3 +110,26 @@ def test_member_merge_raises_watermarks_and_keeps_the_later_membership() -> None
     assert merge_member_document(None, incoming) == incoming
     # Idempotent: merging the same document again changes nothing.
     assert merge_member_document(merged, incoming) == merged
+
+
+def test_settings_go_to_every_region_holding_the_conversation_whoever_owns_it() -> None:
+    p = policy()
+    # Written here for a conversation owned by us: back to the owner and to
+    # the other homes.
+    assert p.settings_peers_for("us-1", ["eu:a", "us:b", "ap:c"]) == {"us", "ap"}
+    # The owner holds it even with no member homed there.
+    assert p.settings_peers_for("ap-1", ["eu:a", "us:b"]) == {"us", "ap"}
+    assert p.settings_peers_for("eu-1", ["eu:a"]) == frozenset()
+    assert policy(replicate_to=("us",)).settings_peers_for("ap-1", ["eu:a", "us:b"]) == {"us"}
+    pinned = policy(pinned={"eu": ("messages",)})
+    assert pinned.settings_peers_for("eu-1", ["eu:a", "eu:b"]) == frozenset()
+
+
+def test_a_settings_change_is_routed_by_the_settings_rule() -> None:
+    changes = [
+        change(ReplicatedKind.SETTINGS, "us-1", {"crdt": {}}),
+        change(ReplicatedKind.MEMBER, "us-1", {"account_id": "eu:a"}),
+    ]
+    routed = route(changes, peer="us", policy=policy(), members={"us-1": ("eu:a", "us:b")})
+    # Only the settings: the member document of a conversation owned elsewhere stays.
+    assert [c.kind for c in routed] == [ReplicatedKind.SETTINGS]

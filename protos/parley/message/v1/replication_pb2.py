@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#parley/message/v1/replication.proto\x12\x11parley.message.v1\"n\n\x10ReplicatedChange\x12/\n\x04kind\x18\x01 \x01(\x0e\x32!.parley.message.v1.ReplicatedKind\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x10\n\x08\x64ocument\x18\x03 \x01(\x0c\"m\n\x0c\x41pplyRequest\x12\x15\n\rsource_region\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\x34\n\x07\x63hanges\x18\x03 \x03(\x0b\x32#.parley.message.v1.ReplicatedChange\"9\n\rApplyResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\r\x12\x17\n\x0f\x61lready_present\x18\x02 \x01(\r\",\n\x10HighWaterRequest\x12\x18\n\x10\x63onversation_ids\x18\x01 \x03(\t\"W\n\x15\x43onversationHighWater\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x10\n\x08last_seq\x18\x02 \x01(\x03\x12\x13\n\x0bmax_version\x18\x03 \x01(\x03\"T\n\x11HighWaterResponse\x12?\n\rconversations\x18\x01 \x03(\x0b\x32(.parley.message.v1.ConversationHighWater*\xb0\x01\n\x0eReplicatedKind\x12\x1f\n\x1bREPLICATED_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17REPLICATED_KIND_MESSAGE\x10\x01\x12 \n\x1cREPLICATED_KIND_CONVERSATION\x10\x02\x12\x1a\n\x16REPLICATED_KIND_MEMBER\x10\x03\x12\"\n\x1eREPLICATED_KIND_MEMBER_REMOVAL\x10\x04\x32\xbe\x01\n\x18RegionReplicationService\x12J\n\x05\x41pply\x12\x1f.parley.message.v1.ApplyRequest\x1a .parley.message.v1.ApplyResponse\x12V\n\tHighWater\x12#.parley.message.v1.HighWaterRequest\x1a$.parley.message.v1.HighWaterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#parley/message/v1/replication.proto\x12\x11parley.message.v1\"n\n\x10ReplicatedChange\x12/\n\x04kind\x18\x01 \x01(\x0e\x32!.parley.message.v1.ReplicatedKind\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x10\n\x08\x64ocument\x18\x03 \x01(\x0c\"m\n\x0c\x41pplyRequest\x12\x15\n\rsource_region\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\t\x12\x34\n\x07\x63hanges\x18\x03 \x03(\x0b\x32#.parley.message.v1.ReplicatedChange\"9\n\rApplyResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\r\x12\x17\n\x0f\x61lready_present\x18\x02 \x01(\r\",\n\x10HighWaterRequest\x12\x18\n\x10\x63onversation_ids\x18\x01 \x03(\t\"W\n\x15\x43onversationHighWater\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x10\n\x08last_seq\x18\x02 \x01(\x03\x12\x13\n\x0bmax_version\x18\x03 \x01(\x03\"T\n\x11HighWaterResponse\x12?\n\rconversations\x18\x01 \x03(\x0b\x32(.parley.message.v1.ConversationHighWater*\xce\x01\n\x0eReplicatedKind\x12\x1f\n\x1bREPLICATED_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17REPLICATED_KIND_MESSAGE\x10\x01\x12 \n\x1cREPLICATED_KIND_CONVERSATION\x10\x02\x12\x1a\n\x16REPLICATED_KIND_MEMBER\x10\x03\x12\"\n\x1eREPLICATED_KIND_MEMBER_REMOVAL\x10\x04\x12\x1c\n\x18REPLICATED_KIND_SETTINGS\x10\x05\x32\xbe\x01\n\x18RegionReplicationService\x12J\n\x05\x41pply\x12\x1f.parley.message.v1.ApplyRequest\x1a .parley.message.v1.ApplyResponse\x12V\n\tHighWater\x12#.parley.message.v1.HighWaterRequest\x1a$.parley.message.v1.HighWaterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,7 +32,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.message.v1.replicati
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REPLICATEDKIND']._serialized_start=562
-  _globals['_REPLICATEDKIND']._serialized_end=738
+  _globals['_REPLICATEDKIND']._serialized_end=768
   _globals['_REPLICATEDCHANGE']._serialized_start=58
   _globals['_REPLICATEDCHANGE']._serialized_end=168
   _globals['_APPLYREQUEST']._serialized_start=170
@@ -45,6 +45,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONVERSATIONHIGHWATER']._serialized_end=473
   _globals['_HIGHWATERRESPONSE']._serialized_start=475
   _globals['_HIGHWATERRESPONSE']._serialized_end=559
-  _globals['_REGIONREPLICATIONSERVICE']._serialized_start=741
-  _globals['_REGIONREPLICATIONSERVICE']._serialized_end=931
+  _globals['_REGIONREPLICATIONSERVICE']._serialized_start=771
+  _globals['_REGIONREPLICATIONSERVICE']._serialized_end=961
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,11 @@ class _ReplicatedKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Replic
     except: [...]}` the only ones to keep (a snapshot: the replica's copy of
     the conversation then holds no member the owner erased).
     """
+    REPLICATED_KIND_SETTINGS: _ReplicatedKind.ValueType  # 5
+    """An `inbox_settings` document: one member's inbox settings, a CRDT state
+    (docs/design/crdt.md) that the replica merges into its own. Sent by
+    whichever region wrote it, not only by the conversation's owner.
+    """
 
 class ReplicatedKind(_ReplicatedKind, metaclass=_ReplicatedKindEnumTypeWrapper):
     """Which collection a replicated document belongs to."""
@@ -60,6 +65,11 @@ them): `{_id: conversation id, accounts: [...]}` names those to delete
 (a deletion read from the owner's stream), `{_id: conversation id,
 except: [...]}` the only ones to keep (a snapshot: the replica's copy of
 the conversation then holds no member the owner erased).
+"""
+REPLICATED_KIND_SETTINGS: ReplicatedKind.ValueType  # 5
+"""An `inbox_settings` document: one member's inbox settings, a CRDT state
+(docs/design/crdt.md) that the replica merges into its own. Sent by
+whichever region wrote it, not only by the conversation's owner.
 """
 Global___ReplicatedKind: _TypeAlias = ReplicatedKind  # noqa: Y015
 
