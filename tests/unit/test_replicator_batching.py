@@ -103,6 +103,9 @@ class Snapshots:
     async def above(self, conversation_id: str, high_water: HighWater) -> list[ReplicatedDoc]:
         return []
 
+    async def settings_of(self, conversation_id: str) -> list[ReplicatedDoc]:
+        return []
+
 
 class GatedPeer:
     """Holds each Apply until the test lets it through."""

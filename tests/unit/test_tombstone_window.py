@@ -123,6 +123,9 @@ class Snapshots:
         self.asked.append(high_water)
         return []
 
+    async def settings_of(self, conversation_id: str) -> list[ReplicatedDoc]:
+        return []
+
 
 class Peer:
     async def apply(self, batch_id: str, docs: Sequence[ReplicatedDoc]) -> ApplyOutcome:
