@@ -55,11 +55,19 @@ def settings_key(conversation_id: str, account_id: str) -> str:
     return f"{conversation_id}:{account_id}"
 
 
+_OLD_PIN_INDEX = "pinned"
+
+
 class InboxSettingsStore:
     def __init__(self, db: Database) -> None:
         self._settings = db["inbox_settings"]
 
     async def ensure_indexes(self) -> None:
+        # Before settings merged across regions, "pinned" was the unique
+        # (account, slot) index over every pin; merged pins hold no slot, so
+        # it would refuse them. "pin_slots" below replaces it.
+        if _OLD_PIN_INDEX in await self._settings.index_information():
+            await self._settings.drop_index(_OLD_PIN_INDEX)
         # The account's pinned ones (a merge may bring more than the cap).
         # Partial by an equality: SecantusDB plans no partial index filtered
         # by $exists.
