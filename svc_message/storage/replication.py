@@ -389,10 +389,16 @@ class ReplicaStore:
         outcome = ApplyOutcome()
         decoded = [(doc.kind, decode(doc.document)) for doc in docs]
         erased = await self._erased_among(decoded)
+        # Heads the batch itself brings, applied right after its messages.
+        heads: dict[str, int] = {}
+        for kind, doc in decoded:
+            if kind == ReplicatedKind.CONVERSATION:
+                cid = str(doc["_id"])
+                heads[cid] = max(heads.get(cid, 0), int(doc.get("last_version") or 0))
         for kind in _APPLY_ORDER:
             run = [doc for k, doc in decoded if k == kind]
             if run:
-                outcome += await self._apply_run(kind, run, erased)
+                outcome += await self._apply_run(kind, run, erased, heads)
         return outcome
 
     async def _erased_among(
@@ -415,9 +421,10 @@ class ReplicaStore:
         kind: ReplicatedKind,
         documents: Sequence[Mapping[str, Any]],
         erased: frozenset[str],
+        heads: Mapping[str, int],
     ) -> ApplyOutcome:
         if kind == ReplicatedKind.MESSAGE:
-            return await self._apply_messages([scrub_message(d, erased) for d in documents])
+            return await self._apply_messages([scrub_message(d, erased) for d in documents], heads)
         if kind == ReplicatedKind.CONVERSATION:
             return await self._apply_heads([scrub_head(d, erased) for d in documents])
         if kind == ReplicatedKind.MEMBER_REMOVAL:
@@ -430,7 +437,9 @@ class ReplicaStore:
         outcome = await self._apply_members(kept) if kept else ApplyOutcome()
         return outcome + ApplyOutcome(already_present=len(documents) - len(kept))
 
-    async def _apply_messages(self, documents: Sequence[Mapping[str, Any]]) -> ApplyOutcome:
+    async def _apply_messages(
+        self, documents: Sequence[Mapping[str, Any]], heads: Mapping[str, int]
+    ) -> ApplyOutcome:
         # The newest copy of each document in the run wins; earlier ones are
         # already contained in it.
         newest: dict[Any, Mapping[str, Any]] = {}
@@ -465,25 +474,33 @@ class ReplicaStore:
                 )
         applied = await self._write(self._messages, requests)
         if applied:
-            await self._raise_heads_from(newest.values())
+            await self._raise_heads_from(newest.values(), heads)
         return ApplyOutcome(applied=applied, already_present=len(documents) - applied)
 
-    async def _raise_heads_from(self, documents: Iterable[Mapping[str, Any]]) -> None:
+    async def _raise_heads_from(
+        self, documents: Iterable[Mapping[str, Any]], heads: Mapping[str, int]
+    ) -> None:
         """Raises the log positions (``last_version``, ``last_seq``) of the
         conversations the replica already holds to the messages just applied.
         The owner's head document follows only after its projector's next
         flush; until then a stream here, which skips a conversation whose
         ``last_version`` it has read up to, would not see them. The rest of
         the head (inbox order, last message, senders' positions) waits for
-        the owner's."""
+        the owner's. A conversation whose head came in the same batch, as new
+        as its messages, needs no raise (a busy feed's batches carry them)."""
         tops: dict[str, Document] = {}
         for doc in documents:
             top = tops.setdefault(str(doc["conversation_id"]), {"last_version": 0})
             top["last_version"] = max(top["last_version"], int(doc.get("version", 0)))
             if doc.get("seq"):
                 top["last_seq"] = max(top.get("last_seq", 0), int(doc["seq"]))
-        requests = [UpdateOne({"_id": cid}, {"$max": top}) for cid, top in tops.items()]
-        await self._conversations.bulk_write(requests, ordered=False)
+        requests = [
+            UpdateOne({"_id": cid}, {"$max": top})
+            for cid, top in tops.items()
+            if heads.get(cid, 0) < top["last_version"]
+        ]
+        if requests:
+            await self._conversations.bulk_write(requests, ordered=False)
 
     async def _apply_heads(self, documents: Sequence[Mapping[str, Any]]) -> ApplyOutcome:
         requests: list[UpdateOne] = []
