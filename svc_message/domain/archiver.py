@@ -40,12 +40,18 @@ from typing import Any
 
 import structlog
 
-from parley_core.errors import Reason, Unavailable
 from svc_message.domain.archive_transforms import Transform
 from svc_message.domain.glacier import Glacier
 from svc_message.domain.replica_trim import ReplicaTrimmer
 from svc_message.model import HISTORY_KINDS, ChangeKind
-from svc_message.model.archive import ArchiveState, ArchiveStatus, ColdHead, ManifestEntry, Tier
+from svc_message.model.archive import (
+    ArchiveState,
+    ArchiveStatus,
+    ColdHead,
+    ManifestEntry,
+    Tier,
+    restore_pending,
+)
 from svc_message.storage.archive import ArchiveLedger, ArchiveObjects, request_key
 from svc_message.storage.archive_format import Chunk, encode, iso_week, row_group_sizes
 from svc_message.storage.hot_log import HotLog
@@ -68,16 +74,6 @@ ORPHAN_SWEEP_SECONDS = 86400.0
 
 class VerifyFailed(Exception):
     """An object read back is not what was written: nothing is recorded."""
-
-
-def restore_pending(count: int) -> Unavailable:
-    """A rewrite needs glacier objects the store is still restoring."""
-    return Unavailable(
-        f"{count} archived history object(s) in the glacier tier are being restored for this "
-        "rewrite; try again later",
-        reason=Reason.DEPENDENCY_UNAVAILABLE,
-        retry_after_seconds=600.0,
-    )
 
 
 def id_floor(at_seconds: float) -> str:
@@ -225,6 +221,10 @@ class Archiver:
         # take them all; the next pass goes on from there.
         self._turn = ""
 
+    @property
+    def trimmed_total(self) -> int:
+        return self._trimmer.trimmed_total if self._trimmer is not None else 0
+
     async def _step(self, name: str) -> None:
         if self._on_step is not None:
             await self._on_step(name)
@@ -344,9 +344,9 @@ class Archiver:
         )
         behind = len(found) >= self._conversations_per_pass
         self._turn = found[-1][1] if behind else ""
-        owns = self._owns
-        candidates = [c for c, _ in found if owns is None or owns(c)]
-        if self._trimmer is not None and owns is not None:
+        owns = self._owns or (lambda _: True)
+        candidates = [c for c, _ in found if owns(c)]
+        if self._trimmer is not None:
             others = [c for c, _ in found if not owns(c)]
             report.trimmed = await self._trimmer.trim_all(others, now=now)
         pending: list[Chunk] = []
