@@ -34,7 +34,16 @@ from parley_dev.regions import RegionsStack
 from svc_message.archive_wiring import build_archive
 from svc_message.model import HISTORY_KINDS, ChangeKind
 from tests.helpers import wait_until
-from tests.users import Device, all_messages, rid, send, unique_handle
+from tests.users import (
+    Device,
+    all_messages,
+    error_reason,
+    open_stream,
+    rid,
+    send,
+    synced,
+    unique_handle,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -189,6 +198,7 @@ async def test_a_replica_trims_old_history_and_reads_it_from_the_owner(
             assert report.moved == 0 and report.trimmed == old
             floor = await us_db["replica_floors"].find_one({"_id": group})
             assert floor is not None and floor["version"] == entries[old - 1]["version"]
+            floor_version = int(floor["version"])
             window_start = datetime.fromtimestamp(now - us_settings.archive.hot_window_seconds, UTC)
             assert (
                 await us_db["messages"].count_documents(
@@ -227,3 +237,25 @@ async def test_a_replica_trims_old_history_and_reads_it_from_the_owner(
         ]
         # The owner answers the same from its two tiers.
         assert await _pages(eu, bob, group, forward=False) == owner_view[::-1]
+
+        # A device resuming its feed from below the floor is told where to
+        # resume (as from the glacier tier); from the floor it catches up.
+        stream = await open_stream(us, bob, positions={group: 1}, auto_ack=False)
+
+        async def refused() -> bool:
+            return stream.error is not None
+
+        try:
+            await wait_until(refused, timeout=CALL_SECONDS, what="stream refused")
+            assert stream.error is not None
+            assert stream.error.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert error_reason(stream.error) == "ERROR_REASON_HISTORY_ARCHIVED"
+        finally:
+            await stream.close()
+        stream = await open_stream(us, bob, positions={group: floor_version}, auto_ack=False)
+        try:
+            await stream.wait_for(synced, timeout=CALL_SECONDS)
+            replayed = {m.seq for m in stream.messages(group)}
+            assert replayed and min(replayed) >= min(held)
+        finally:
+            await stream.close()
