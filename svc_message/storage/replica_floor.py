@@ -14,6 +14,7 @@ Conversations this region owns read exactly as before.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 from pymongo import ReturnDocument
@@ -98,14 +99,20 @@ class ReplicaHistoryStore(TieredMessageStore):
         )
         if self._owns(conversation_id):
             return items
-        # The lowest seq the page needs: a forward page's first, a backward
-        # page's last when it ended for want of more (a full one stopped above).
+        step = 1 if forward else -1
+        gapless = all(b.seq - a.seq == step for a, b in itertools.pairwise(items))
+        # The lowest seq the page needs: a forward page's first; a backward
+        # page's last, or its lower bound when it ended for want of more.
         if forward:
             reach = max(start_seq, floor_seq, 1)
-            if items and items[0].seq == reach:
+            if gapless and items and items[0].seq == reach:
                 return items
         elif len(items) >= limit:
-            return items
+            if gapless:
+                return items
+            # A gap is a message hidden from the reader, or a copy re-sent
+            # below the floor (the next trim takes it) past trimmed ones.
+            reach = items[-1].seq
         else:
             reach = max(floor_seq, 1)
         held_from = await self.held_from(conversation_id)
