@@ -70,6 +70,12 @@ class ArchiveMetrics(Collector):
             value=archiver.moved_total,
         )
         yield CounterMetricFamily(
+            "parley_archiver_trimmed_entries",
+            "Log entries of conversations owned by another region this process deleted from "
+            "this region's copy (older than the hot window plus the replica margin)",
+            value=archiver.trimmed_total,
+        )
+        yield CounterMetricFamily(
             "parley_archiver_objects_written",
             "Archive objects this process wrote (moves and rewrites)",
             value=archiver.objects_total,

@@ -13,12 +13,14 @@ from svc_message.domain.archiver import Archiver, StepHook
 from svc_message.domain.conversations import ConversationsHandler
 from svc_message.domain.glacier import Glacier, GlacierPolicy
 from svc_message.domain.history_export import ExportPolicy, ExportWorker, HistoryExports
+from svc_message.domain.replica_trim import ReplicaTrimmer
 from svc_message.servicer.convert import ProtoEventCodec
 from svc_message.storage.archive import ArchiveLedger, ArchiveObjects
 from svc_message.storage.archive_lifecycle import transition_days
 from svc_message.storage.doorbell import Doorbell
 from svc_message.storage.history_export import ExportObjects, ExportStore
 from svc_message.storage.hot_log import HotLog
+from svc_message.storage.replica_floor import ReplicaFloors, ReplicaHistoryStore
 from svc_message.storage.tiered import TieredMessageStore
 
 
@@ -105,7 +107,22 @@ async def build_archive(
     objects = await ArchiveObjects.open(
         settings.s3, prefix=config.prefix, timeout_seconds=config.s3_timeout_seconds
     )
-    store = TieredMessageStore(db, ledger, hot, objects)
+    store: TieredMessageStore
+    trimmer: ReplicaTrimmer | None = None
+    if owns is None:
+        store = TieredMessageStore(db, ledger, hot, objects)
+    else:
+        # With regions the log also holds copies of others' conversations:
+        # trimmed below the hot window here, read below that from the owner.
+        floors = ReplicaFloors(db)
+        store = ReplicaHistoryStore(db, ledger, hot, objects, floors=floors, owns=owns)
+        trimmer = ReplicaTrimmer(
+            hot,
+            floors,
+            retention_seconds=config.hot_window_seconds + config.replica_margin_seconds,
+            entries_per_conversation=config.entries_per_conversation,
+            messages_per_second=config.messages_per_second,
+        )
     await store.ensure_indexes()
     glacier = build_glacier(settings, ledger, objects)
     archiver = Archiver(
@@ -126,5 +143,6 @@ async def build_archive(
         on_step=on_step,
         glacier=glacier,
         owns=owns,
+        trimmer=trimmer,
     )
     return store, archiver, objects

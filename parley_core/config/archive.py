@@ -39,6 +39,11 @@ class ArchiveSettings(Section):
     next pass and count as lag."""
     entries_per_conversation: int = Field(default=20_000, ge=10, le=1_000_000)
     """Log entries of one conversation one pass reads at most."""
+    replica_margin_days: float = Field(default=7.0, ge=0, le=3650)
+    """With regions: copies of conversations owned by another region are deleted from this
+    region's log once older than hot_window_days plus this (the owner archives them; reads of
+    them are asked of the owner). The margin keeps reads of history just past the window local
+    and leaves the owner's archiver, which may run late, time to move them first."""
     s3_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     """Seconds one call to the object store may take."""
     request_ids_days: float = Field(default=90.0, gt=0, le=3650)
@@ -87,6 +92,10 @@ class ArchiveSettings(Section):
     @property
     def hot_window_seconds(self) -> float:
         return self.hot_window_days * 86400
+
+    @property
+    def replica_margin_seconds(self) -> float:
+        return self.replica_margin_days * 86400
 
     @property
     def request_ids_seconds(self) -> float:

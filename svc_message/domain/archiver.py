@@ -40,11 +40,18 @@ from typing import Any
 
 import structlog
 
-from parley_core.errors import Reason, Unavailable
 from svc_message.domain.archive_transforms import Transform
 from svc_message.domain.glacier import Glacier
+from svc_message.domain.replica_trim import ReplicaTrimmer
 from svc_message.model import HISTORY_KINDS, ChangeKind
-from svc_message.model.archive import ArchiveState, ArchiveStatus, ColdHead, ManifestEntry, Tier
+from svc_message.model.archive import (
+    ArchiveState,
+    ArchiveStatus,
+    ColdHead,
+    ManifestEntry,
+    Tier,
+    restore_pending,
+)
 from svc_message.storage.archive import ArchiveLedger, ArchiveObjects, request_key
 from svc_message.storage.archive_format import Chunk, encode, iso_week, row_group_sizes
 from svc_message.storage.hot_log import HotLog
@@ -67,16 +74,6 @@ ORPHAN_SWEEP_SECONDS = 86400.0
 
 class VerifyFailed(Exception):
     """An object read back is not what was written: nothing is recorded."""
-
-
-def restore_pending(count: int) -> Unavailable:
-    """A rewrite needs glacier objects the store is still restoring."""
-    return Unavailable(
-        f"{count} archived history object(s) in the glacier tier are being restored for this "
-        "rewrite; try again later",
-        reason=Reason.DEPENDENCY_UNAVAILABLE,
-        retry_after_seconds=600.0,
-    )
 
 
 def id_floor(at_seconds: float) -> str:
@@ -163,6 +160,7 @@ class PassReport:
     orphans: int = 0
     to_glacier: int = 0
     lag_seconds: float = 0.0
+    trimmed: int = 0
 
 
 class Archiver:
@@ -187,11 +185,13 @@ class Archiver:
         on_step: StepHook | None = None,
         glacier: Glacier | None = None,
         owns: Callable[[str], bool] | None = None,
+        trimmer: ReplicaTrimmer | None = None,
     ) -> None:
-        # Which conversations this region owns (None: all, one region). A
-        # replica keeps its copies in the log: archive objects are written
-        # only by the owner region, into its own store.
+        # Which conversations this region owns (None: all, one region).
+        # Archive objects are written only by the owner region, into its own
+        # store; the others' copies are trimmed by ``trimmer`` instead.
         self._owns = owns
+        self._trimmer = trimmer
         self._hot = hot
         self._ledger = ledger
         self._objects = objects
@@ -220,6 +220,10 @@ class Archiver:
         # The oldest entry id of the last candidate of a pass that could not
         # take them all; the next pass goes on from there.
         self._turn = ""
+
+    @property
+    def trimmed_total(self) -> int:
+        return self._trimmer.trimmed_total if self._trimmer is not None else 0
 
     async def _step(self, name: str) -> None:
         if self._on_step is not None:
@@ -340,11 +344,11 @@ class Archiver:
         )
         behind = len(found) >= self._conversations_per_pass
         self._turn = found[-1][1] if behind else ""
-        candidates = [
-            conversation_id
-            for conversation_id, _ in found
-            if self._owns is None or self._owns(conversation_id)
-        ]
+        owns = self._owns or (lambda _: True)
+        candidates = [c for c, _ in found if owns(c)]
+        if self._trimmer is not None:
+            others = [c for c, _ in found if not owns(c)]
+            report.trimmed = await self._trimmer.trim_all(others, now=now)
         pending: list[Chunk] = []
         for conversation_id in sorted(candidates):
             chunks, truncated = await self._prepare(conversation_id, cutoff, report, now)

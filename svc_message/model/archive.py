@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from parley_core.errors import FailedPrecondition, Reason
+from parley_core.errors import FailedPrecondition, Reason, Unavailable
 
 
 class Tier(enum.StrEnum):
@@ -97,4 +97,14 @@ def history_archived(*entries: ManifestEntry) -> FailedPrecondition:
             "version_lo": str(min(e.version_lo for e in entries)),
             "version_hi": str(max(e.version_hi for e in entries)),
         },
+    )
+
+
+def restore_pending(count: int) -> Unavailable:
+    """A rewrite needs glacier objects the store is still restoring."""
+    return Unavailable(
+        f"{count} archived history object(s) in the glacier tier are being restored for this "
+        "rewrite; try again later",
+        reason=Reason.DEPENDENCY_UNAVAILABLE,
+        retry_after_seconds=600.0,
     )

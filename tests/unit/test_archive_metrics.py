@@ -17,6 +17,7 @@ class SampledArchiver:
 
     sampled: ArchiveStatus | None
     moved_total: int = 0
+    trimmed_total: int = 0
     objects_total: int = 0
     bytes_total: int = 0
     to_glacier_total: int = 0
