@@ -18,13 +18,26 @@ import asyncio
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from parley_core.config import ConfigError, load_settings
+from parley_core.config import ConfigError, Settings, load_settings
 from parley_core.log_setup import configure_logging
+from parley_core.regions import RegionMap
 from parley_core.storage import mongo as mongo_storage
+from parley_core.topology import file_reader, parse_topology
 from svc_message.archive_wiring import build_archive
 from svc_message.domain.archiver import STEPS, StepHook
+
+
+def _owned_here(settings: Settings) -> Callable[[str], bool]:
+    """Whether this region owns a conversation, by the topology file as it is
+    now: a pass run by hand must archive only what the services would (a
+    replica never writes archive objects for another region's conversations)."""
+    content = file_reader(Path(settings.topology.path))() if settings.topology.path else None
+    topology = parse_topology(content) if content else None
+    regions = RegionMap.from_topology(topology, region=settings.region)
+    return lambda conversation_id: regions.region_or_self(conversation_id) == regions.self_region
 
 
 def _holding_at(step: str | None) -> StepHook | None:
@@ -51,7 +64,9 @@ async def _command(
     client = mongo_storage.connect(settings.mongo, app_name="svc_message-archive")
     try:
         db = mongo_storage.durable_database(client, settings.mongo)
-        _, archiver, objects = await build_archive(settings, db, on_step=_holding_at(hold_at))
+        _, archiver, objects = await build_archive(
+            settings, db, on_step=_holding_at(hold_at), owns=_owned_here(settings)
+        )
         try:
             if command in ("pause", "resume"):
                 await archiver.set_paused(command == "pause")
