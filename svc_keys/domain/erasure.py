@@ -248,12 +248,12 @@ class ErasureHandler:
             except (ParleyError, _NotYet) as exc:
                 # That region's part only: the next region's is tried anyway.
                 log.info("erasure_step_postponed", erasure_id=job.erasure_id, error=str(exc))
+                self.postponed += 1
                 later = _at(self._clock() + RETRY_SECONDS)
                 retry_at = min(retry_at or later, later)
             if not await self._extend(job):
                 return False
         if retry_at is not None:
-            self.postponed += 1
             await self._store.release(job.erasure_id, holder=self._holder, retry_at=retry_at)
             return False
         await self._store.finish(job.erasure_id, now=_at(self._clock()))

@@ -1,6 +1,9 @@
 """The erasure job of svc_keys against in-memory stores: steps in order,
 each recorded once done, a failed step postponed and resumed, the record
-stripped of personal data, and the handle held for the cooling-off period."""
+stripped of personal data, and the handle held for the cooling-off period;
+with peer regions, their steps after the local ones and each on its own (the
+handle's release at a peer registrar, the wait for the peers' acknowledgement
+of the revocations)."""
 
 from __future__ import annotations
 
@@ -337,6 +340,7 @@ async def test_a_cut_off_registrar_holds_back_only_its_own_step() -> None:
         "revocations@near",
     ]
     assert not accounts.present and registry.released == []
+    assert handler.postponed == 3  # far's three steps, each counted
     assert await handler.handle_held("alice", now=clock.now)  # held here meanwhile
     clock.now += 10
     assert await handler.run_once() == 0  # still cut off
