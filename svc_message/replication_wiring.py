@@ -28,7 +28,7 @@ from svc_message.domain.replication import (
     ReplicationPolicy,
     merge_member_document,
 )
-from svc_message.domain.replication_peers import ReplicatorFleet
+from svc_message.domain.replication_peers import PeerTarget, ReplicatorFleet
 from svc_message.domain.replicator import Replicator, ReplicatorSettings
 from svc_message.model.member_replica import MemberReplica
 from svc_message.model.replication import ApplyOutcome, ReplicatedDoc
@@ -52,7 +52,7 @@ class Replication:
     metrics: ReplicationMetrics
     fleet: ReplicatorFleet
     # The peers of the topology in force, each with its svc_message address.
-    desired_peers: Callable[[], dict[str, str]]
+    desired_peers: Callable[[], dict[str, PeerTarget]]
 
     async def run(self, *, poll_seconds: float) -> None:
         """Keep one replicator per peer of the topology in force, until cancelled."""
@@ -129,12 +129,16 @@ def replicator_clock(offset_file: str | None) -> Callable[[], float]:
     return clock
 
 
-def desired_peers(topology: Topology | None) -> dict[str, str]:
+def desired_peers(topology: Topology | None) -> dict[str, PeerTarget]:
     """The peer regions to replicate to, with their svc_message address."""
     if topology is None:
         return {}
     peers = {peer.name: peer.peer_address("message") for peer in topology.peers}
-    return {name: address for name, address in peers.items() if address is not None}
+    return {
+        name: PeerTarget(address, topology.residency)
+        for name, address in peers.items()
+        if address is not None
+    }
 
 
 def build_replication(
@@ -166,17 +170,20 @@ def build_replication(
 
     applier = ReplicaApplier(replica, on_applied=wake_streams)
 
-    def build_replicator(peer: str, address: str) -> tuple[Replicator, ReplicationPeer]:
+    def build_replicator(peer: str, target: PeerTarget) -> tuple[Replicator, ReplicationPeer]:
         in_force = topology()
         if in_force is None or credential is None:  # desired() was empty then
             raise RuntimeError("no topology or service credential to replicate with")
         client = ReplicationPeer(
-            source_region=in_force.region, address=address, bearer_token=credential.bearer_token
+            source_region=in_force.region,
+            address=target.address,
+            bearer_token=credential.bearer_token,
         )
         replicator = Replicator(
             peer=peer,
             instance_id=instance_id,
-            # The residency of the topology this replicator started under.
+            # Should a reload land between desired() and here, the target
+            # differs from the next desired() and the replicator is restarted.
             policy=replication_policy(in_force, regions),
             feed=FeedTail(db),
             cursors=ReplicationCursorStore(db),
@@ -188,7 +195,7 @@ def build_replication(
         )
         return replicator, client
 
-    def desired() -> dict[str, str]:
+    def desired() -> dict[str, PeerTarget]:
         return {} if credential is None else desired_peers(topology())
 
     fleet = ReplicatorFleet(build_replicator)

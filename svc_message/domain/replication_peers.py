@@ -1,6 +1,7 @@
 """The replicators follow the topology: one runs per peer region of the
 topology in force, started when a reload adds the peer and stopped when one
-removes it (or moves its endpoint), with no restart.
+removes it, with no restart; one whose endpoint or this region's residency
+changed is restarted (it resumes from its cursor).
 
 ``plan_peers`` decides, purely, what to start and stop; ``ReplicatorFleet``
 does it. A peer added later has no replication cursor, so its replicator
@@ -19,9 +20,19 @@ from typing import Protocol
 
 import structlog
 
+from parley_core.topology import Residency
 from svc_message.domain.replicator import Replicator
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerTarget:
+    """What a peer's replicator is built with: where it sends, and this
+    region's residency, which its routing applies."""
+
+    address: str
+    residency: Residency | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,13 +41,12 @@ class PeerPlan:
     stop: tuple[str, ...]
 
 
-def plan_peers(desired: Mapping[str, str], running: Mapping[str, str]) -> PeerPlan:
-    """``desired`` and ``running`` map peer regions to their address; a peer
-    whose address changed is stopped and started again (its client dials the
-    old one)."""
+def plan_peers(desired: Mapping[str, PeerTarget], running: Mapping[str, PeerTarget]) -> PeerPlan:
+    """A peer whose target changed is stopped and started again (its client
+    dials the old address, its policy routes by the old residency)."""
     return PeerPlan(
-        start=tuple(sorted(p for p, address in desired.items() if running.get(p) != address)),
-        stop=tuple(sorted(p for p, address in running.items() if desired.get(p) != address)),
+        start=tuple(sorted(p for p, target in desired.items() if running.get(p) != target)),
+        stop=tuple(sorted(p for p, target in running.items() if desired.get(p) != target)),
     )
 
 
@@ -45,12 +55,12 @@ class Closable(Protocol):
 
 
 # Builds the replicator of a peer and the client it sends with.
-ReplicatorFactory = Callable[[str, str], tuple[Replicator, Closable]]
+ReplicatorFactory = Callable[[str, PeerTarget], tuple[Replicator, Closable]]
 
 
 @dataclass(slots=True)
 class _Running:
-    address: str
+    target: PeerTarget
     replicator: Replicator
     client: Closable
     task: asyncio.Task[None]
@@ -68,10 +78,10 @@ class ReplicatorFleet:
         self._closed = False
         self.replicators: list[Replicator] = []
 
-    def running(self) -> dict[str, str]:
-        return {peer: r.address for peer, r in self._running.items()}
+    def running(self) -> dict[str, PeerTarget]:
+        return {peer: r.target for peer, r in self._running.items()}
 
-    async def reconcile(self, desired: Mapping[str, str]) -> PeerPlan:
+    async def reconcile(self, desired: Mapping[str, PeerTarget]) -> PeerPlan:
         """Start and stop replicators so one runs per peer of ``desired``
         (one whose loop ended by a bug is started again)."""
         for peer in [p for p, r in self._running.items() if r.task.done()]:
@@ -90,7 +100,7 @@ class ReplicatorFleet:
         return plan
 
     async def follow(
-        self, desired: Callable[[], Mapping[str, str]], *, poll_seconds: float
+        self, desired: Callable[[], Mapping[str, PeerTarget]], *, poll_seconds: float
     ) -> None:
         """Reconcile with ``desired()`` every ``poll_seconds``, until cancelled."""
         while not self._closed:
