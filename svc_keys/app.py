@@ -63,8 +63,9 @@ def _erasers(
 ) -> list[MessageEraser | PresenceEraser | MediaEraser | SearchEraser]:
     """The other services' parts of an account erasure, in the job's order:
     this region's services, then svc_message of every peer region (the
-    account's messages and memberships in conversations owned there), last so
-    an unreachable region delays only its own part."""
+    account's messages and memberships in conversations owned there), which
+    the job runs after its own steps and independently of each other, so an
+    unreachable region delays only its own part."""
     config = settings.keys
     options = {"credential": credential, "interceptors": tracing.client_interceptors()}
     erasers: list[MessageEraser | PresenceEraser | MediaEraser | SearchEraser] = [
@@ -173,6 +174,7 @@ async def build(settings: Settings) -> ServiceHost:
             settle=timedelta(seconds=settings.auth.revocation_poll_seconds + 1),
         ),
         handles=handles,
+        peers=peer_regions,
     )
     runtime.spawn(erasure_handler.run())
     low_devices = SampledCount("pre_key_low_devices", pre_key_lows.devices_below)

@@ -134,6 +134,11 @@ class ErasureJob:
     created_at: datetime
     cold_deadline: datetime
     handle_release_at: datetime
+    # Set by the ``account`` step when the handle's registrar is a peer
+    # region: the release there is a step of its own (``handle@<region>``),
+    # which needs the handle after the account is gone.
+    handle_key: str | None = None
+    handle_registrar: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,11 @@ class Revocations(Protocol):
 
     async def revoke_device(self, device_id: str, *, now: float) -> None: ...
 
+    async def unacknowledged(self, peer: str, device_ids: Sequence[str]) -> int:
+        """How many of these devices' revocations made here ``peer`` has not
+        acknowledged yet."""
+        ...
+
 
 class RevocationOutbox(Protocol):
     """The region's revocations (storage) and its outbox of those owed to peers."""
@@ -118,6 +123,10 @@ class RevocationOutbox(Protocol):
 
     async def backlog(self, peer: str) -> int:
         """How many revocations ``peer`` has not acknowledged."""
+        ...
+
+    async def unacknowledged(self, peer: str, device_ids: Sequence[str]) -> int:
+        """How many of these devices' revocations ``peer`` has not acknowledged."""
         ...
 
     async def add_peer(self, peer: str, *, now: float) -> bool:

@@ -497,7 +497,7 @@ async def build(settings: Settings) -> ServiceHost:
     replication = build_replication(
         runtime.db,
         doorbell=doorbell,
-        topology=runtime.topology,
+        topology=runtime.current_topology,
         regions=runtime.region_map,
         credential=runtime.service_credential(),
         instance_id=random_id(),
@@ -507,8 +507,8 @@ async def build(settings: Settings) -> ServiceHost:
         settings_merged=lambda c, a: inbox.settings_replicated(c, a, now=clock()),
     )
     runtime.registry.register(replication.metrics)
-    for replicator in replication.replicators:
-        runtime.spawn(replicator.run(replication.stop))
+    if settings.topology.path:
+        runtime.spawn(replication.run(poll_seconds=settings.topology.poll_seconds))
     routing = OwnerRouting(router)
     region_router = RegionRouter(
         runtime.region_map,

@@ -45,7 +45,8 @@ class ReplicationMetrics(Collector):
             "refused).",
             labels=["peer"],
         )
-        for r in self._replicators:
+        # A copy: a topology reload may start or stop replicators meanwhile.
+        for r in list(self._replicators):
             lag.add_metric([r.peer], r.state.lag_seconds)
             backlog.add_metric([r.peer], r.state.backlog)
             sent.add_metric([r.peer, "applied"], r.state.applied)

@@ -2,19 +2,18 @@
 svc_message/app.py; docs/ARCHITECTURE.md "Regions: replication").
 
 Every process serves RegionReplicationService (what peers send here is
-applied to this region's replica). Replicators, one per peer, run only when
-the topology in force at start has peers: without regions nothing is built
-that costs anything. Peers added by a later topology take effect at the next
-restart.
+applied to this region's replica). Replicators, one per peer of the topology
+in force, follow its reloads (domain/replication_peers.py): a peer added is
+started, one removed is stopped, without a restart. Without a topology file
+nothing is started.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from parley_core.auth.credentials import ServiceCredential
@@ -29,6 +28,7 @@ from svc_message.domain.replication import (
     ReplicationPolicy,
     merge_member_document,
 )
+from svc_message.domain.replication_peers import PeerTarget, ReplicatorFleet
 from svc_message.domain.replicator import Replicator, ReplicatorSettings
 from svc_message.model.member_replica import MemberReplica
 from svc_message.model.replication import ApplyOutcome, ReplicatedDoc
@@ -50,14 +50,16 @@ from svc_message.storage.replication import (
 class Replication:
     servicer: RegionReplicationServicer
     metrics: ReplicationMetrics
-    replicators: list[Replicator] = field(default_factory=list)
-    peers: list[ReplicationPeer] = field(default_factory=list)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    fleet: ReplicatorFleet
+    # The peers of the topology in force, each with its svc_message address.
+    desired_peers: Callable[[], dict[str, PeerTarget]]
+
+    async def run(self, *, poll_seconds: float) -> None:
+        """Keep one replicator per peer of the topology in force, until cancelled."""
+        await self.fleet.follow(self.desired_peers, poll_seconds=poll_seconds)
 
     async def close(self) -> None:
-        self.stop.set()
-        for peer in self.peers:
-            await peer.close()
+        await self.fleet.close()
 
 
 def replication_policy(topology: Topology, regions: Callable[[], RegionMap]) -> ReplicationPolicy:
@@ -127,11 +129,23 @@ def replicator_clock(offset_file: str | None) -> Callable[[], float]:
     return clock
 
 
+def desired_peers(topology: Topology | None) -> dict[str, PeerTarget]:
+    """The peer regions to replicate to, with their svc_message address."""
+    if topology is None:
+        return {}
+    peers = {peer.name: peer.peer_address("message") for peer in topology.peers}
+    return {
+        name: PeerTarget(address, topology.residency)
+        for name, address in peers.items()
+        if address is not None
+    }
+
+
 def build_replication(
     db: Database,
     *,
     doorbell: Doorbell,
-    topology: Topology | None,
+    topology: Callable[[], Topology | None],
     regions: Callable[[], RegionMap],
     credential: ServiceCredential | None,
     instance_id: str,
@@ -140,6 +154,8 @@ def build_replication(
     inbox_settings: InboxSettings,
     settings_merged: Callable[[str, str], Awaitable[None]] | None = None,
 ) -> Replication:
+    """``topology``: the topology in force (it follows reloads)."""
+
     async def merge_settings(state: MemberReplica) -> bool:
         changed = await inbox_settings.merge(state)
         if changed and settings_merged is not None:
@@ -153,35 +169,39 @@ def build_replication(
         await doorbell.replicated(conversations, outcome.wake_accounts)
 
     applier = ReplicaApplier(replica, on_applied=wake_streams)
-    replicators: list[Replicator] = []
-    clients: list[ReplicationPeer] = []
-    if topology is not None and topology.peers and credential is not None:
-        policy = replication_policy(topology, regions)
-        for peer in topology.peers:
-            address = peer.peer_address("message")
-            if address is None:
-                continue
-            client = ReplicationPeer(
-                source_region=topology.region, address=address, bearer_token=credential.bearer_token
-            )
-            clients.append(client)
-            replicators.append(
-                Replicator(
-                    peer=peer.name,
-                    instance_id=instance_id,
-                    policy=policy,
-                    feed=FeedTail(db),
-                    cursors=ReplicationCursorStore(db),
-                    leases=ReplicationLeaseStore(db),
-                    snapshots=SnapshotReader(db),
-                    client=client,
-                    clock=clock,
-                    settings=settings,
-                )
-            )
+
+    def build_replicator(peer: str, target: PeerTarget) -> tuple[Replicator, ReplicationPeer]:
+        in_force = topology()
+        if in_force is None or credential is None:  # desired() was empty then
+            raise RuntimeError("no topology or service credential to replicate with")
+        client = ReplicationPeer(
+            source_region=in_force.region,
+            address=target.address,
+            bearer_token=credential.bearer_token,
+        )
+        replicator = Replicator(
+            peer=peer,
+            instance_id=instance_id,
+            # Should a reload land between desired() and here, the target
+            # differs from the next desired() and the replicator is restarted.
+            policy=replication_policy(in_force, regions),
+            feed=FeedTail(db),
+            cursors=ReplicationCursorStore(db),
+            leases=ReplicationLeaseStore(db),
+            snapshots=SnapshotReader(db),
+            client=client,
+            clock=clock,
+            settings=settings,
+        )
+        return replicator, client
+
+    def desired() -> dict[str, PeerTarget]:
+        return {} if credential is None else desired_peers(topology())
+
+    fleet = ReplicatorFleet(build_replicator)
     return Replication(
         servicer=RegionReplicationServicer(applier),
-        metrics=ReplicationMetrics(replicators, applier),
-        replicators=replicators,
-        peers=clients,
+        metrics=ReplicationMetrics(fleet.replicators, applier),
+        fleet=fleet,
+        desired_peers=desired,
     )

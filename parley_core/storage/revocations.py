@@ -151,6 +151,13 @@ class RevocationStore:
     async def backlog(self, peer: str) -> int:
         return await self._coll.count_documents({"unsent": peer})
 
+    async def unacknowledged(self, peer: str, device_ids: Sequence[str]) -> int:
+        """Of these devices, how many revocations ``peer`` still owes an
+        acknowledgement for (an expired one is moot: it no longer counts)."""
+        if not device_ids:
+            return 0
+        return await self._coll.count_documents({"_id": {"$in": list(device_ids)}, "unsent": peer})
+
     async def add_peer(self, peer: str, *, now: float) -> bool:
         """The first time ``peer`` is seen, queue every live revocation made
         here for it (a region that joins verifies tokens issued before it

@@ -7,20 +7,31 @@ process (or the same one restarted) claims once the lease runs out and
 resumes at the first step not done. Every step is idempotent, so a step cut
 short is simply done again.
 
-Steps, in order:
+Steps, in order, first this region's own (each waits for the one before;
+one that fails postpones the job):
 - ``devices``: revoke every device (as RevokeDevice does: tokens refused
   everywhere), picking up any device registered while the job ran;
 - ``keys``: identity keys, prekeys, prekey-low notices, identity-change
   notices, sender-key envelopes to and from its devices;
 - ``limits``: the rate-limit buckets naming the account or its devices;
 - ``account``: holds the handle for the cooling-off period (by its hash),
-  then deletes the devices (names, refresh token hashes) and the account
-  (handle, display name);
+  releases it when this region is its registrar (else records it for the
+  ``handle@<region>`` step), then deletes the devices (names, refresh token
+  hashes) and the account (handle, display name);
 - ``message``, ``presence``, ``media``, ``search``: the other services'
   parts, over their internal RPCs (svc_message's and svc_search's are
   called until they say done), with
   the account and device ids the job document keeps;
 - ``cold``: hands the account to the archive's rewrite (ports.ColdErasure).
+Then the peer regions' parts, each independent of the others (one region
+cut off delays only its own steps; every other one is still tried, and the
+job is postponed while any is left):
+- ``message@<region>``: that region's svc_message erases its copies;
+- ``handle@<region>``: the handle is released at its registrar region (the
+  same end of the cooling-off as a local release);
+- ``revocations@<region>``: done once that region acknowledged the
+  revocations of every device of the account, so a finished job means the
+  devices are refused in every region.
 Then the job document is stripped of the account and device ids: what is
 left is the erasure record.
 """
@@ -33,7 +44,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -52,6 +63,8 @@ from svc_keys.storage.sender_keys import SenderKeyStore
 log = structlog.get_logger(__name__)
 
 DEVICES, KEYS, LIMITS, COLD, ACCOUNT = "devices", "keys", "limits", "cold", "account"
+# A step named ``<part>@<region>`` is a peer region's part.
+HANDLE_AT, REVOCATIONS_AT = "handle@", "revocations@"
 # A service's part that keeps answering "not done" is given this many calls
 # per claim of the job; the job then yields and resumes later.
 MAX_CALLS_PER_STEP = 200
@@ -60,6 +73,10 @@ RETRY_SECONDS = 5.0
 
 def _at(now: float) -> datetime:
     return datetime.fromtimestamp(now, UTC)
+
+
+def _at_peer(step: str) -> bool:
+    return "@" in step
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +115,13 @@ class ErasureHandler:
         buckets: RateBuckets,
         policy: ErasurePolicy,
         handles: HandleRegistry | None = None,
+        peers: Callable[[], Sequence[str]] = tuple,
         clock: Callable[[], float] = time.time,
     ) -> None:
         # The handle's registrar region learns when it is free again.
         self._handles = handles
+        # The peer regions in force, each owed the account's revocations.
+        self._peers = peers
         self._store = store
         self._accounts = accounts
         self._keys = keys
@@ -122,7 +142,22 @@ class ErasureHandler:
         # Its own stores first: a service that stays down (a deployment
         # that named a svc_media it does not run) then holds back only its
         # own part, never the account's keys and profile.
-        self.steps = (DEVICES, KEYS, LIMITS, ACCOUNT, *(e.step for e in self._erasers), COLD)
+        self.local_steps = (
+            DEVICES,
+            KEYS,
+            LIMITS,
+            ACCOUNT,
+            *(e.step for e in self._erasers if not _at_peer(e.step)),
+            COLD,
+        )
+        self._peer_erasers = tuple(e.step for e in self._erasers if _at_peer(e.step))
+
+    def steps_of(self, job: ErasureJob) -> tuple[str, ...]:
+        """The job's steps in order: this region's, then the peer regions'
+        (the revocations last, of the peers in force now)."""
+        handle = () if job.handle_registrar is None else (HANDLE_AT + job.handle_registrar,)
+        revocations = tuple(REVOCATIONS_AT + peer for peer in self._peers())
+        return (*self.local_steps, *self._peer_erasers, *handle, *revocations)
 
     # -- the RPC -----------------------------------------------------------
 
@@ -188,23 +223,37 @@ class ErasureHandler:
     async def _drive(self, job: ErasureJob) -> bool:
         done = set(job.steps)
         try:
-            for step in self.steps:
+            for step in self.local_steps:
                 if step in done:
                     continue
-                await self._step(step, job)
+                job = await self._step(step, job)
                 await self._store.step_done(job.erasure_id, step)
-                now = self._clock()
-                if not await self._store.extend(
-                    job.erasure_id, holder=self._holder, until=_at(now) + self._policy.lease
-                ):
+                if not await self._extend(job):
                     return False  # lost the lease: whoever has it carries on
         except _Settling as settling:
             await self._store.release(job.erasure_id, holder=self._holder, retry_at=settling.until)
             return False
         except (ParleyError, _NotYet) as exc:
-            log.info("erasure_step_postponed", erasure_id=job.erasure_id, error=str(exc))
-            self.postponed += 1
-            retry_at = _at(self._clock() + RETRY_SECONDS)
+            await self._postpone(job, exc, retry_at=_at(self._clock() + RETRY_SECONDS))
+            return False
+        retry_at: datetime | None = None
+        for step in self.steps_of(job):
+            if step in done or not _at_peer(step):
+                continue
+            try:
+                await self._step(step, job)
+                await self._store.step_done(job.erasure_id, step)
+            except _Settling as settling:
+                retry_at = min(retry_at or settling.until, settling.until)
+            except (ParleyError, _NotYet) as exc:
+                # That region's part only: the next region's is tried anyway.
+                log.info("erasure_step_postponed", erasure_id=job.erasure_id, error=str(exc))
+                self.postponed += 1
+                later = _at(self._clock() + RETRY_SECONDS)
+                retry_at = min(retry_at or later, later)
+            if not await self._extend(job):
+                return False
+        if retry_at is not None:
             await self._store.release(job.erasure_id, holder=self._holder, retry_at=retry_at)
             return False
         await self._store.finish(job.erasure_id, now=_at(self._clock()))
@@ -212,10 +261,21 @@ class ErasureHandler:
         log.info("erasure_finished", erasure_id=job.erasure_id)
         return True
 
-    async def _step(self, step: str, job: ErasureJob) -> None:
+    async def _extend(self, job: ErasureJob) -> bool:
+        until = _at(self._clock()) + self._policy.lease
+        return await self._store.extend(job.erasure_id, holder=self._holder, until=until)
+
+    async def _postpone(self, job: ErasureJob, exc: Exception, *, retry_at: datetime) -> None:
+        log.info("erasure_step_postponed", erasure_id=job.erasure_id, error=str(exc))
+        self.postponed += 1
+        await self._store.release(job.erasure_id, holder=self._holder, retry_at=retry_at)
+
+    async def _step(self, step: str, job: ErasureJob) -> ErasureJob:
+        """Do ``step``; the job as it is after it (``account`` may add the
+        handle's release at a peer registrar)."""
         if step == DEVICES:
             await self._revoke_devices(job, now=self._clock())
-            return
+            return job
         device_ids = await self._device_ids(job)
         for eraser in self._erasers:
             if eraser.step == step:
@@ -226,7 +286,7 @@ class ErasureHandler:
                     if await eraser.erase(
                         account_id=job.account_id, device_ids=device_ids, erasure_id=job.erasure_id
                     ):
-                        return
+                        return job
                 raise _NotYet(step)
         if step == KEYS:
             for device_id in device_ids:
@@ -242,17 +302,49 @@ class ErasureHandler:
                 account_id=job.account_id, erasure_id=job.erasure_id, deadline=job.cold_deadline
             )
         elif step == ACCOUNT:
-            key = await self._accounts.handle_key_of(job.account_id)
-            if key is not None:
-                # Held before the account goes, so the unique handle index
-                # refuses a sign-up until the hold is in place.
-                await self._store.hold_handle(key, until=job.handle_release_at)
-                if self._handles is not None:
-                    await self._handles.release(
-                        key, account_id=job.account_id, until=job.handle_release_at
-                    )
-            await self._accounts.delete_devices(job.account_id)
-            await self._accounts.delete_account(job.account_id)
+            return await self._erase_account(job)
+        elif step.startswith(HANDLE_AT):
+            await self._release_at_registrar(job)
+        elif step.startswith(REVOCATIONS_AT):
+            peer = step.removeprefix(REVOCATIONS_AT)
+            left = await self._revocations.unacknowledged(peer, device_ids)
+            if left:
+                raise _NotYet(f"{step}: {left} revocations not acknowledged yet")
+        return job
+
+    async def _erase_account(self, job: ErasureJob) -> ErasureJob:
+        key = await self._accounts.handle_key_of(job.account_id)
+        if key is not None:
+            # Held before the account goes, so the unique handle index
+            # refuses a sign-up until the hold is in place.
+            await self._store.hold_handle(key, until=job.handle_release_at)
+            registrar = None if self._handles is None else self._handles.remote_registrar(key)
+            if registrar is not None:
+                # Kept before the account (the only other copy of the
+                # handle) goes; released by the handle@ step, with the
+                # other regions' parts, so a cut-off registrar holds back
+                # only that.
+                await self._store.defer_handle_release(
+                    job.erasure_id, handle_key=key, registrar=registrar
+                )
+                job = replace(job, handle_key=key, handle_registrar=registrar)
+            elif self._handles is not None:
+                await self._handles.release(
+                    key, account_id=job.account_id, until=job.handle_release_at
+                )
+        await self._accounts.delete_devices(job.account_id)
+        await self._accounts.delete_account(job.account_id)
+        return job
+
+    async def _release_at_registrar(self, job: ErasureJob) -> None:
+        if job.handle_key is None or job.handle_registrar is None or self._handles is None:
+            return
+        await self._handles.release_at(
+            job.handle_registrar,
+            job.handle_key,
+            account_id=job.account_id,
+            until=job.handle_release_at,
+        )
 
     async def _device_ids(self, job: ErasureJob) -> list[str]:
         return sorted(set(job.device_ids) | set(await self._accounts.device_ids_of(job.account_id)))

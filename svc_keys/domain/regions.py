@@ -16,7 +16,7 @@ from parley_core.errors import (
     NotFound,
     Reason,
 )
-from parley_core.regions import RegionMap, UnknownRegion, forwarded_twice
+from parley_core.regions import RegionMap, UnknownRegion, forwarded_twice, region_unavailable
 from svc_keys.domain.handles import handle_key
 from svc_keys.model import Reservation
 from svc_keys.ports import HandleReservations, RegionPeers
@@ -91,6 +91,24 @@ class HandleRegistry:
             home_region=home_region,
             request_id=request_id,
         )
+
+    def remote_registrar(self, handle_key: str) -> str | None:
+        """The handle's registrar when it is a peer region (its release then
+        crosses the network); None when it is this region or there are none."""
+        regions = self._regions()
+        if regions.self_number is None or self._peers is None:
+            return None
+        registrar = regions.handle_registrar(handle_key)
+        return None if registrar == regions.self_region else registrar
+
+    async def release_at(
+        self, registrar: str, handle_key: str, *, account_id: str, until: datetime
+    ) -> None:
+        """ReleaseHandle at the peer ``registrar`` (remote_registrar's answer);
+        Unavailable while it cannot be reached."""
+        if self._peers is None:
+            raise region_unavailable(registrar, "no peer regions are configured")
+        await self._peers.release_handle(registrar, handle_key, account_id=account_id, until=until)
 
     async def release(self, handle_key: str, *, account_id: str, until: datetime) -> None:
         """An erased account's handle is free at ``until``, at its registrar."""

@@ -99,6 +99,14 @@ class RevocationPush:
         for peer in peers:
             self._state(peer).wake.set()
 
+    async def unacknowledged(self, peer: str, device_ids: Sequence[str]) -> int:
+        """Of these devices' revocations, how many ``peer`` has not
+        acknowledged; a push to it is started at once when some are left."""
+        left = await self._outbox.unacknowledged(peer, device_ids)
+        if left:
+            self._state(peer).wake.set()
+        return left
+
     async def apply_from_peer(self, revocations: Sequence[Revocation], *, source: str) -> None:
         await self._outbox.apply_from_peer(revocations, source=source, now=self._clock())
 

@@ -5,10 +5,12 @@ Collections:
   holds what the job needs and nothing else does once it is over:
   ``account_id`` (unique, sparse: one job per account, so a repeated
   DeleteAccount finds the running one), ``device_ids``, ``lease_until`` and
-  ``holder``. Always: ``steps`` (the steps done, in order), ``state``
-  (running, done), ``created_at``, ``finished_at``, ``cold_deadline``. When
-  the job finishes, ``account_id``, ``device_ids`` and the lease are removed
-  in the same write that marks it done, which leaves the erasure record:
+  ``holder``, and, when the handle's registrar is a peer region,
+  ``handle_key`` and ``handle_registrar`` (its release there is a later
+  step). Always: ``steps`` (the steps done, in order), ``state`` (running,
+  done), ``created_at``, ``finished_at``, ``cold_deadline``. When the job
+  finishes, ``account_id``, ``device_ids``, the handle and the lease are
+  removed in the same write that marks it done, which leaves the erasure record:
   what was erased and when, with no personal data.
 - ``handle_holds``: ``_id`` the SHA-256 of the handle key (never the handle
   itself), ``until``: a sign-up of that handle is refused before ``until``.
@@ -45,6 +47,8 @@ def _job(doc: Document) -> ErasureJob:
         created_at=doc["created_at"],
         cold_deadline=doc["cold_deadline"],
         handle_release_at=doc["handle_release_at"],
+        handle_key=doc.get("handle_key"),
+        handle_registrar=doc.get("handle_registrar"),
     )
 
 
@@ -106,6 +110,15 @@ class ErasureStore:
             {"_id": erasure_id}, {"$addToSet": {"device_ids": {"$each": list(device_ids)}}}
         )
 
+    async def defer_handle_release(
+        self, erasure_id: str, *, handle_key: str, registrar: str
+    ) -> None:
+        """Keep the handle for its release at ``registrar`` (a later step)."""
+        await self._erasures.update_one(
+            {"_id": erasure_id},
+            {"$set": {"handle_key": handle_key, "handle_registrar": registrar}},
+        )
+
     async def claim(
         self, *, holder: str, now: datetime, lease: timedelta, erasure_id: str | None = None
     ) -> ErasureJob | None:
@@ -143,7 +156,14 @@ class ErasureStore:
             {"_id": erasure_id},
             {
                 "$set": {"state": DONE, "finished_at": now},
-                "$unset": {"account_id": "", "device_ids": "", "holder": "", "lease_until": ""},
+                "$unset": {
+                    "account_id": "",
+                    "device_ids": "",
+                    "holder": "",
+                    "lease_until": "",
+                    "handle_key": "",
+                    "handle_registrar": "",
+                },
             },
         )
 

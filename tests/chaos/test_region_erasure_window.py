@@ -21,7 +21,6 @@ unerased copies before its own erasure step runs).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -39,8 +38,8 @@ from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_dev.regions import RegionsStack
-from svc_keys.domain.handles import handle_key
 from tests.helpers import TEST_LIMITS, http_get
+from tests.region_handles import handle_registered_in
 from tests.store_scan import scan_mongo
 from tests.users import Device, rid, send, unique_handle
 
@@ -71,20 +70,6 @@ async def world(
     harness = RegionsStack(root=root, regions=[EU, US], extra_config=config)
     async with harness:
         yield harness, offset
-
-
-def _handle_registered_in(region: str) -> str:
-    """A fresh handle whose registrar (rendezvous hashing over both regions,
-    parley_core.regions) is ``region``: the erasure's ``account`` step
-    releases the handle there, before the ``message`` steps, so a registrar
-    across the cut would hold back the home region's own part."""
-    for _ in range(64):
-        handle = unique_handle()
-        key = handle_key(handle)
-        won = max((EU, US), key=lambda r: hashlib.sha256(f"{key}\x00{r}".encode()).digest())
-        if won == region:
-            return handle
-    raise AssertionError(f"no handle registered in {region} in 64 tries")
 
 
 async def _sign_up(regions: RegionsStack, home: str, handle: str | None = None) -> Device:
@@ -212,7 +197,9 @@ async def test_erasure_across_a_partition_longer_than_the_window(
     world: tuple[RegionsStack, Path],
 ) -> None:
     regions, offset = world
-    erin = await _sign_up(regions, EU, _handle_registered_in(EU))  # erased
+    # The handle's registrar across the cut too: its release is a step of the
+    # peer's part (handle@us), which holds back nothing of eu's own.
+    erin = await _sign_up(regions, EU, handle_registered_in(US, (EU, US)))  # erased
     eve = await _sign_up(regions, EU)
     ulla = await _sign_up(regions, US)
     channels = {

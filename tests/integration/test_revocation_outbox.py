@@ -1,9 +1,10 @@
 """The region's revocations and the outbox of the push to peer regions on a
-real SecantusDB: a revocation made here is owed to the peers named, struck
-peer by peer once acknowledged but owed again when revoked anew meanwhile; a
-peer's revocations are recorded as received (owed to no one), found by the
-poll however old they are, and never lower a newer one; a peer seen for the
-first time is owed every live revocation made here, once."""
+real SecantusDB: a revocation made here is owed to the peers named (counted
+for a set of devices, as an erasure asks), struck peer by peer once
+acknowledged but owed again when revoked anew meanwhile; a peer's
+revocations are recorded as received (owed to no one), found by the poll
+however old they are, and never lower a newer one; a peer seen for the first
+time is owed every live revocation made here, once."""
 
 from __future__ import annotations
 
@@ -75,9 +76,15 @@ async def test_a_revocation_is_owed_to_each_peer_until_it_acknowledges(
     assert [r.device_id for r in await revocations.unsent("us", limit=1)] == ["d1"]
     assert await revocations.backlog("ap") == 2
 
+    # What an erasure's revocations@<peer> step asks, of its account's devices.
+    assert await revocations.unacknowledged("us", ["d1", "d2", "d-other"]) == 2
+    assert await revocations.unacknowledged("us", []) == 0
+
     await revocations.mark_sent("us", await revocations.unsent("us", limit=10))
     assert await revocations.unsent("us", limit=10) == []
     assert await revocations.backlog("ap") == 2
+    assert await revocations.unacknowledged("us", ["d1", "d2"]) == 0
+    assert await revocations.unacknowledged("ap", ["d1"]) == 1
     await revocations.mark_sent("ap", await revocations.unsent("ap", limit=10))
     doc = await docs.find_one({"_id": "d1"})
     assert doc["unsent"] == [] and "source" not in doc

@@ -189,3 +189,39 @@ async def test_the_services_follow_the_file_and_keep_it_when_it_breaks(
         assert _applied_generations(watching, service) == [3, 4]
         assert watching.process(service).alive()
         assert watching.process(service).pid == pids[service]
+
+
+async def _replicating_to(url: str) -> list[str]:
+    """The peers svc_message runs a replicator for (its lag series)."""
+    _, body = await http_get(url)
+    return sorted(
+        sample.labels["peer"]
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+        if sample.name == "parley_replication_lag_seconds"
+    )
+
+
+async def test_replicators_follow_the_peers_of_the_topology(
+    watching: LocalStack, volume: ConfigMapVolume
+) -> None:
+    pid = watching.process(message_name(0)).pid
+    urls = watching.message_metrics_urls
+
+    async def all_replicate_to(peers: list[str]) -> bool:
+        return all([await _replicating_to(url) == peers for url in urls])
+
+    # Generations above the other test's, so the order of the tests does not matter.
+    volume.publish(json.dumps(_document(generation=10, peers=3)))
+    await wait_until(
+        lambda: all_replicate_to(["peer-0", "peer-1", "peer-2"]),
+        timeout=15,
+        what="a replicator started for each peer the reload added",
+    )
+    volume.publish(json.dumps(_document(generation=11, peers=1)))
+    await wait_until(
+        lambda: all_replicate_to(["peer-0"]),
+        timeout=15,
+        what="the replicators of the removed peers stopped",
+    )
+    assert watching.process(message_name(0)).pid == pid

@@ -1,6 +1,9 @@
 """The erasure job of svc_keys against in-memory stores: steps in order,
 each recorded once done, a failed step postponed and resumed, the record
-stripped of personal data, and the handle held for the cooling-off period."""
+stripped of personal data, and the handle held for the cooling-off period;
+with peer regions, their steps after the local ones and each on its own (the
+handle's release at a peer registrar, the wait for the peers' acknowledgement
+of the revocations)."""
 
 from __future__ import annotations
 
@@ -236,3 +239,152 @@ async def test_the_other_services_wait_until_revocations_settled() -> None:
     clock.now = T0 + 7
     assert await handler.run_once() == 1
     assert message.calls == 1
+
+
+class Registry:
+    """HandleRegistry with its registrar in the peer region ``far``."""
+
+    def __init__(self, registrar: str | None = "far", *, failures: int = 0) -> None:
+        self.registrar = registrar
+        self.failures = failures
+        self.released: list[tuple[str, str, str, datetime]] = []
+
+    def remote_registrar(self, handle_key: str) -> str | None:
+        return self.registrar
+
+    async def release(self, handle_key: str, *, account_id: str, until: datetime) -> None:
+        self.released.append(("here", handle_key, account_id, until))
+
+    async def release_at(
+        self, registrar: str, handle_key: str, *, account_id: str, until: datetime
+    ) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise Unavailable("cut off", reason=Reason.REGION_UNAVAILABLE)
+        self.released.append((registrar, handle_key, account_id, until))
+
+
+class PeerRevocations:
+    """Revocations with a per-peer outbox: ``owed[peer]`` devices unacknowledged."""
+
+    def __init__(self, peers: Sequence[str]) -> None:
+        self.peers = list(peers)
+        self.owed: dict[str, set[str]] = {peer: set() for peer in peers}
+
+    async def revoke_device(self, device_id: str, *, now: float) -> None:
+        for peer in self.peers:
+            self.owed[peer].add(device_id)
+
+    async def unacknowledged(self, peer: str, device_ids: Sequence[str]) -> int:
+        return len(self.owed.get(peer, set()) & set(device_ids))
+
+
+def build_regions(
+    erasers: list[Eraser], registry: Registry, revocations: PeerRevocations
+) -> tuple[ErasureHandler, Store, Accounts, Clock]:
+    store, accounts, recorder, clock = Store(), Accounts(), Recorder(), Clock()
+
+    async def defer_handle_release(erasure_id: str, *, handle_key: str, registrar: str) -> None:
+        job = store.docs[erasure_id]["job"]
+        store.docs[erasure_id]["job"] = replace(
+            job, handle_key=handle_key, handle_registrar=registrar
+        )
+
+    store.defer_handle_release = defer_handle_release  # type: ignore[attr-defined]
+    handler = ErasureHandler(
+        store,  # type: ignore[arg-type]
+        accounts,  # type: ignore[arg-type]
+        recorder,  # type: ignore[arg-type]
+        recorder,  # type: ignore[arg-type]
+        recorder,  # type: ignore[arg-type]
+        recorder,  # type: ignore[arg-type]
+        revocations,
+        erasers=erasers,
+        cold=recorder,
+        buckets=recorder,
+        policy=ErasurePolicy(
+            handle_cooling_off=timedelta(days=30),
+            cold_window=timedelta(days=30),
+            lease=timedelta(seconds=60),
+            poll_seconds=1,
+        ),
+        handles=registry,  # type: ignore[arg-type]
+        peers=lambda: revocations.peers,
+        clock=clock,
+    )
+    return handler, store, accounts, clock
+
+
+async def test_a_cut_off_registrar_holds_back_only_its_own_step() -> None:
+    near, far = Eraser("message@near"), Eraser("message@far", failures=2)
+    registry = Registry("far", failures=2)
+    revocations = PeerRevocations(["near", "far"])
+    handler, store, accounts, clock = build_regions(
+        [Eraser("message"), Eraser("presence"), near, far], registry, revocations
+    )
+    started = await handler.delete_account(account_id="acc-1", confirm_handle="alice", now=T0)
+    revocations.owed["near"].clear()  # near acknowledged at once, far is cut off
+    clock.now += 61
+    assert await handler.run_once() == 0
+    steps = store.docs[started.erasure_id]["steps"]
+    # Every local step and the reachable region's parts, while far is cut off.
+    assert steps == [
+        "devices",
+        "keys",
+        "limits",
+        "account",
+        "message",
+        "presence",
+        "cold",
+        "message@near",
+        "revocations@near",
+    ]
+    assert not accounts.present and registry.released == []
+    assert handler.postponed == 3  # far's three steps, each counted
+    assert await handler.handle_held("alice", now=clock.now)  # held here meanwhile
+    clock.now += 10
+    assert await handler.run_once() == 0  # still cut off
+    # The link heals; far takes the revocations, then every part is done.
+    revocations.owed["far"].clear()
+    clock.now += 10
+    assert await handler.run_once() == 1
+    doc = store.docs[started.erasure_id]
+    assert doc["state"] == "done"
+    assert doc["steps"][-3:] == ["message@far", "handle@far", "revocations@far"]
+    assert registry.released == [("far", "alice", "acc-1", started.handle_release_at)]
+    assert near.calls == 1 and far.calls == 3
+
+
+async def test_a_local_registrar_releases_in_the_account_step() -> None:
+    registry = Registry(None)
+    revocations = PeerRevocations(["far"])
+    revocations.owed["far"].clear()
+    handler, store, _, clock = build_regions([Eraser("message")], registry, revocations)
+    started = await handler.delete_account(account_id="acc-1", confirm_handle="alice", now=T0)
+    revocations.owed["far"].clear()
+    clock.now += 61
+    assert await handler.run_once() == 1
+    steps = store.docs[started.erasure_id]["steps"]
+    assert "handle@far" not in steps and steps[-1] == "revocations@far"
+    assert registry.released == [("here", "alice", "acc-1", started.handle_release_at)]
+
+
+async def test_the_job_is_done_only_once_every_peer_acknowledged_the_revocations() -> None:
+    revocations = PeerRevocations(["far"])
+    handler, store, _, clock = build_regions(
+        [Eraser("message")], registry := Registry(None), revocations
+    )
+    started = await handler.delete_account(account_id="acc-1", confirm_handle="alice", now=T0)
+    assert revocations.owed["far"] == {"dev-1", "dev-2"}
+    clock.now += 61
+    assert await handler.run_once() == 0
+    assert "revocations@far" not in store.docs[started.erasure_id]["steps"]
+    assert store.docs[started.erasure_id]["state"] == "running"
+    revocations.owed["far"].discard("dev-1")  # one of two acknowledged
+    clock.now += 10
+    assert await handler.run_once() == 0
+    revocations.owed["far"].clear()
+    clock.now += 10
+    assert await handler.run_once() == 1
+    assert store.docs[started.erasure_id]["steps"][-1] == "revocations@far"
+    assert registry.released
