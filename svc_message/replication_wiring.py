@@ -37,9 +37,9 @@ from svc_message.replication_metrics import ReplicationMetrics
 from svc_message.servicer.replication import RegionReplicationServicer
 from svc_message.storage.doorbell import Doorbell
 from svc_message.storage.inbox import InboxSettingsStore
+from svc_message.storage.replica import ReplicaStore
 from svc_message.storage.replication import (
     FeedTail,
-    ReplicaStore,
     ReplicationCursorStore,
     ReplicationLeaseStore,
     SnapshotReader,

@@ -38,9 +38,9 @@ from svc_message.peers.replication import ReplicationPeer
 from svc_message.servicer.replication import RegionReplicationServicer
 from svc_message.storage.conversations import ConversationStore
 from svc_message.storage.messages import MessageStore
+from svc_message.storage.replica import ReplicaStore
 from svc_message.storage.replication import (
     FeedTail,
-    ReplicaStore,
     ReplicationCursorStore,
     ReplicationLeaseStore,
     SnapshotReader,
