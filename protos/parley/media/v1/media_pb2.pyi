@@ -80,7 +80,10 @@ class Media(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     TIER_FIELD_NUMBER: _builtins.int
     media_id: _builtins.str
-    """Opaque; the same ciphertext has the same media id."""
+    """Opaque; the same ciphertext stored in one region has the same media id.
+    With several regions an object lives in its uploader's home region and
+    its id names that region, so any region routes a call about it there.
+    """
     size: _builtins.int
     sha256: _builtins.bytes
     """SHA-256 of the ciphertext, 32 bytes."""
