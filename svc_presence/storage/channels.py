@@ -41,6 +41,12 @@ log = structlog.get_logger(__name__)
 
 KEEPALIVE_PREFIX = "parley:p:k:"
 WATCHDOG_SECONDS = 5.0
+# The least time the connection gets to confirm a subscription or answer a
+# ping before it counts as lost. Derived from the per-command timeout alone
+# (0.5 s by default), a busy process on a loaded machine read its own late
+# pong as a dead Redis and ended every subscription; a hang is still noticed
+# within seconds.
+LIVENESS_FLOOR_SECONDS = 5.0
 BACKOFF_MIN_SECONDS = 0.05
 # Short, so that after a cluster failover (seconds) presence is heard again soon.
 BACKOFF_MAX_SECONDS = 0.25
@@ -248,15 +254,18 @@ class PresenceChannels:
             fresh = [n for n in self._to_subscribe if n in self._refs and n not in self._confirmed]
             self._to_unsubscribe.clear()
             self._to_subscribe.clear()
-            async with asyncio.timeout(self._timeout * 2):
+            async with asyncio.timeout(self._liveness_deadline()):
                 if gone:
                     self._confirmed.difference_update(gone)
                     await subscription.unsubscribe(*gone)
                 if fresh:
                     await subscription.subscribe(*fresh)
 
+    def _liveness_deadline(self) -> float:
+        return max(self._timeout * 2 + 1.0, LIVENESS_FLOOR_SECONDS)
+
     async def _watch(self, subscription: Subscription) -> None:
-        deadline = self._timeout * 2 + 1.0
+        deadline = self._liveness_deadline()
         try:
             async with asyncio.timeout(deadline):
                 await self._connected.wait()

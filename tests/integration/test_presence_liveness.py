@@ -22,7 +22,7 @@ from parley_core.storage.redis import Redis, Subscription
 from parley_dev.probes import redis_ping, wait_until_ready
 from parley_dev.process import ManagedProcess
 from svc_presence.model import PresenceStoreDown
-from svc_presence.storage.channels import PresenceChannels
+from svc_presence.storage.channels import LIVENESS_FLOOR_SECONDS, PresenceChannels
 from svc_presence.storage.live import connect_listener
 from tests.redis_server import REDIS_KINDS, RedisUnderTest, cluster_settings, own_redis_server
 
@@ -412,7 +412,7 @@ async def test_channels_survive_redis_failures(
             took = await until(lambda: heard.disconnects == 2, 10, "the hang to be noticed")
         finally:
             process.signal(signal.SIGCONT)
-        assert took < 0.3 + 0.5 * 2 + 1.0 + 0.5
+        assert took < 0.3 + max(0.5 * 2 + 1.0, LIVENESS_FLOOR_SECONDS) + 0.5
         await until(lambda: channels.connected, 10, "the reconnect after the hang")
         channels.unsubscribe(["a"])
         await until(lambda: channels.channel_count == 0, 5, "all released")
