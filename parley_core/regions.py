@@ -8,7 +8,7 @@ region. Without a topology there is one region and everything is local.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -147,3 +147,57 @@ class RegionBreaker:
 
     def answered(self, region: str) -> None:
         self._down_until.pop(region, None)
+
+
+class RegionForwards:
+    """A region's forwards of requests to its peers: hop limit 1, the fast
+    refusal of a peer that failed a moment ago, the call's deadline bounded by
+    ``forward_timeout_seconds``, and per peer counts of what was forwarded and
+    refused (for the metrics)."""
+
+    def __init__(
+        self,
+        *,
+        forward_timeout_seconds: float,
+        down_seconds: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._forward_timeout = forward_timeout_seconds
+        self._breaker = RegionBreaker(down_seconds=down_seconds, clock=clock)
+        self.forwarded: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
+
+    async def forward(
+        self,
+        region: str,
+        send: Callable[[float], Awaitable[bytes]],
+        *,
+        what: str,
+        timeout: float | None,
+        forwarded: bool,
+        unreachable: type[Exception],
+    ) -> bytes:
+        """``send(timeout)``'s answer. ``what`` names the thing the request is
+        about (for the refusal of a second hop); ``unreachable`` is the error
+        ``send`` raises when the call did not reach the region, anything else
+        (the region's own refusals) propagates as it came."""
+        if forwarded:
+            raise forwarded_twice(what, region)
+        if self._breaker.is_down(region):
+            self._refuse(region)
+            raise region_unavailable(region, "it did not answer a moment ago")
+        call_timeout = (
+            self._forward_timeout if timeout is None else min(self._forward_timeout, timeout)
+        )
+        try:
+            answer = await send(max(0.01, call_timeout))
+        except unreachable:
+            self._breaker.failed(region)
+            self._refuse(region)
+            raise region_unavailable(region, "the forward did not reach it") from None
+        self._breaker.answered(region)
+        self.forwarded[region] = self.forwarded.get(region, 0) + 1
+        return answer
+
+    def _refuse(self, region: str) -> None:
+        self.refused[region] = self.refused.get(region, 0) + 1

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from parley_core.regions import RegionBreaker, RegionMap, forwarded_twice, region_unavailable
+from parley_core.regions import RegionForwards, RegionMap
 from svc_media.model import is_media_id, region_number_of_media
 from svc_media.ports import RegionLink, RegionUnreachable
 
@@ -37,10 +37,12 @@ class MediaRegionRouter:
     ) -> None:
         self._regions = regions
         self._link = link
-        self._forward_timeout = forward_timeout_seconds
-        self._breaker = RegionBreaker(down_seconds=down_seconds, clock=clock)
-        self.forwarded: dict[str, int] = {}
-        self.refused: dict[str, int] = {}
+        self._forwards = RegionForwards(
+            forward_timeout_seconds=forward_timeout_seconds, down_seconds=down_seconds, clock=clock
+        )
+        # Per peer region, for the metrics.
+        self.forwarded = self._forwards.forwarded
+        self.refused = self._forwards.refused
 
     @property
     def self_region(self) -> str:
@@ -83,22 +85,13 @@ class MediaRegionRouter:
     ) -> bytes:
         """The holder region's answer; its refusals are raised as they came.
         ``bearer_token`` None: an internal call, with the service credential."""
-        if forwarded:
-            raise forwarded_twice("this media", region)
-        if self._breaker.is_down(region):
-            self.refused[region] = self.refused.get(region, 0) + 1
-            raise region_unavailable(region, "it did not answer a moment ago")
-        call_timeout = (
-            self._forward_timeout if timeout is None else min(self._forward_timeout, timeout)
+        return await self._forwards.forward(
+            region,
+            lambda deadline: self._link.forward(
+                region, method, request, bearer_token=bearer_token, timeout=deadline
+            ),
+            what="this media",
+            timeout=timeout,
+            forwarded=forwarded,
+            unreachable=RegionUnreachable,
         )
-        try:
-            answer = await self._link.forward(
-                region, method, request, bearer_token=bearer_token, timeout=max(0.01, call_timeout)
-            )
-        except RegionUnreachable:
-            self._breaker.failed(region)
-            self.refused[region] = self.refused.get(region, 0) + 1
-            raise region_unavailable(region, "the forward did not reach it") from None
-        self._breaker.answered(region)
-        self.forwarded[region] = self.forwarded.get(region, 0) + 1
-        return answer

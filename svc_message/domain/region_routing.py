@@ -16,12 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from parley_core.regions import (
-    RegionBreaker,
-    RegionMap,
-    forwarded_twice,
-    region_unavailable,
-)
+from parley_core.regions import RegionForwards, RegionMap
 from svc_message.model.ownership import OwnerUnreachable
 from svc_message.ports import RegionLink
 
@@ -40,10 +35,12 @@ class RegionRouter:
     ) -> None:
         self._regions = regions
         self._link = link
-        self._forward_timeout = forward_timeout_seconds
-        self._breaker = RegionBreaker(down_seconds=down_seconds, clock=clock)
-        self.forwarded: dict[str, int] = {}
-        self.refused: dict[str, int] = {}
+        self._forwards = RegionForwards(
+            forward_timeout_seconds=forward_timeout_seconds, down_seconds=down_seconds, clock=clock
+        )
+        # Per peer region, for the metrics.
+        self.forwarded = self._forwards.forwarded
+        self.refused = self._forwards.refused
 
     def _region(self, tagged_id: str) -> str:
         return self._regions().region_or_self(tagged_id)
@@ -71,22 +68,13 @@ class RegionRouter:
         forwarded: bool,
     ) -> bytes:
         """The owner region's answer; its refusals come back as OwnerRefused."""
-        if forwarded:
-            raise forwarded_twice("this conversation", region)
-        if self._breaker.is_down(region):
-            self.refused[region] = self.refused.get(region, 0) + 1
-            raise region_unavailable(region, "it did not answer a moment ago")
-        call_timeout = (
-            self._forward_timeout if timeout is None else min(self._forward_timeout, timeout)
+        return await self._forwards.forward(
+            region,
+            lambda deadline: self._link.forward_to_region(
+                region, method, request, bearer_token=bearer_token, timeout=deadline
+            ),
+            what="this conversation",
+            timeout=timeout,
+            forwarded=forwarded,
+            unreachable=OwnerUnreachable,
         )
-        try:
-            answer = await self._link.forward_to_region(
-                region, method, request, bearer_token=bearer_token, timeout=max(0.01, call_timeout)
-            )
-        except OwnerUnreachable:
-            self._breaker.failed(region)
-            self.refused[region] = self.refused.get(region, 0) + 1
-            raise region_unavailable(region, "the forward did not reach it") from None
-        self._breaker.answered(region)
-        self.forwarded[region] = self.forwarded.get(region, 0) + 1
-        return answer
