@@ -32,7 +32,6 @@ import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 from pymongo import AsyncMongoClient
 
-from parley.common.v1 import common_pb2
 from parley.keys.v1 import accounts_pb2 as kpb
 from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.message.v1 import messages_pb2 as mpb
@@ -40,8 +39,9 @@ from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_dev.regions import RegionsStack
 from tests.helpers import TEST_LIMITS, http_get
 from tests.region_handles import handle_registered_in
+from tests.region_users import sign_up_in
 from tests.store_scan import scan_mongo
-from tests.users import Device, rid, send, unique_handle
+from tests.users import Device, rid, send
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -73,25 +73,7 @@ async def world(
 
 
 async def _sign_up(regions: RegionsStack, home: str, handle: str | None = None) -> Device:
-    handle = handle or unique_handle()
-    async with grpc.aio.insecure_channel(regions.region(home).keys_target) as channel:
-        reply = await kgrpc.AccountServiceStub(channel).SignUp(
-            kpb.SignUpRequest(
-                request_id=rid(),
-                handle=handle,
-                display_name=handle,
-                device=kpb.NewDevice(name="phone", platform=common_pb2.PLATFORM_ANDROID),
-            ),
-            timeout=CALL_SECONDS,
-        )
-    assert reply.account.home_region == home
-    return Device(
-        account_id=reply.account.account_id,
-        device_id=reply.device.device_id,
-        access_token=reply.credentials.access_token,
-        refresh_token=reply.credentials.refresh_token,
-        handle=handle,
-    )
+    return await sign_up_in(regions, home, handle=handle, timeout=CALL_SECONDS)
 
 
 async def _group(stub: mgrpc.MessageServiceStub, creator: Device, others: list[Device]) -> str:

@@ -36,9 +36,6 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from parley.common.v1 import common_pb2
-from parley.keys.v1 import accounts_pb2 as kpb
-from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_core.ids import region_number_of
@@ -56,8 +53,9 @@ from tests.region_checker import (
     uncertain_outcomes,
 )
 from tests.region_snapshot import read_regions
+from tests.region_users import sign_up_in
 from tests.store_scan import scan_all
-from tests.users import Device, error_reason, rid, unique_handle
+from tests.users import Device, error_reason, rid
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -86,26 +84,8 @@ async def regions(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Reg
         yield harness
 
 
-async def _sign_up(regions: RegionsStack, home: str) -> Device:
-    handle = unique_handle()
-    async with grpc.aio.insecure_channel(regions.region(home).keys_target) as channel:
-        reply = await kgrpc.AccountServiceStub(channel).SignUp(
-            kpb.SignUpRequest(
-                request_id=rid(),
-                handle=handle,
-                display_name=handle,
-                device=kpb.NewDevice(name="phone", platform=common_pb2.PLATFORM_ANDROID),
-            ),
-            timeout=CALL_SECONDS * 4,
-        )
-    assert reply.account.home_region == home
-    return Device(
-        account_id=reply.account.account_id,
-        device_id=reply.device.device_id,
-        access_token=reply.credentials.access_token,
-        refresh_token=reply.credentials.refresh_token,
-        handle=handle,
-    )
+async def _sign_up(regions: RegionsStack, home: str, handle: str | None = None) -> Device:
+    return await sign_up_in(regions, home, handle=handle, timeout=CALL_SECONDS * 4)
 
 
 @dataclass

@@ -25,9 +25,6 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
-from parley.common.v1 import common_pb2
-from parley.keys.v1 import accounts_pb2 as kpb
-from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.media.v1 import media_pb2 as mpb
 from parley.media.v1 import media_pb2_grpc as mgrpc_media
 from parley.message.v1 import messages_pb2 as pb
@@ -37,8 +34,9 @@ from svc_media.model import region_number_of_media
 from tests.helpers import TEST_LIMITS, http_get, wait_until
 from tests.media_world import Blob
 from tests.media_world import send as http_send
+from tests.region_users import sign_up_in
 from tests.store_scan import scan_all
-from tests.users import Device, error_reason, rid, unique_handle
+from tests.users import Device, error_reason, rid
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -63,26 +61,8 @@ async def regions(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Reg
         yield harness
 
 
-async def _sign_up(regions: RegionsStack, home: str) -> Device:
-    handle = unique_handle()
-    async with grpc.aio.insecure_channel(regions.region(home).keys_target) as channel:
-        reply = await kgrpc.AccountServiceStub(channel).SignUp(
-            kpb.SignUpRequest(
-                request_id=rid(),
-                handle=handle,
-                display_name=handle,
-                device=kpb.NewDevice(name="phone", platform=common_pb2.PLATFORM_ANDROID),
-            ),
-            timeout=CALL_SECONDS,
-        )
-    assert reply.account.home_region == home
-    return Device(
-        account_id=reply.account.account_id,
-        device_id=reply.device.device_id,
-        access_token=reply.credentials.access_token,
-        refresh_token=reply.credentials.refresh_token,
-        handle=handle,
-    )
+async def _sign_up(regions: RegionsStack, home: str, handle: str | None = None) -> Device:
+    return await sign_up_in(regions, home, handle=handle, timeout=CALL_SECONDS)
 
 
 def _media(regions: RegionsStack, region: str) -> grpc.aio.Channel:

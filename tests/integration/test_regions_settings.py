@@ -28,14 +28,12 @@ import pytest_asyncio
 from google.protobuf.timestamp_pb2 import Timestamp
 from pymongo import AsyncMongoClient
 
-from parley.common.v1 import common_pb2
-from parley.keys.v1 import accounts_pb2 as kpb
-from parley.keys.v1 import accounts_pb2_grpc as kgrpc
 from parley.message.v1 import messages_pb2 as mpb
 from parley.message.v1 import messages_pb2_grpc as mgrpc
 from parley_dev.regions import RegionsStack
 from tests.helpers import wait_until
-from tests.users import Device, Stream, open_stream, rid, synced, unique_handle
+from tests.region_users import sign_up_in
+from tests.users import Device, Stream, open_stream, rid, synced
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -85,26 +83,8 @@ async def world(regions: RegionsStack) -> AsyncIterator[World]:
         yield World(stubs, alice, bob)
 
 
-async def _sign_up(regions: RegionsStack, home: str) -> Device:
-    handle = unique_handle()
-    async with grpc.aio.insecure_channel(regions.region(home).keys_target) as channel:
-        reply = await kgrpc.AccountServiceStub(channel).SignUp(
-            kpb.SignUpRequest(
-                request_id=rid(),
-                handle=handle,
-                display_name=handle,
-                device=kpb.NewDevice(name="phone", platform=common_pb2.PLATFORM_ANDROID),
-                home_region=home,
-            ),
-            timeout=CALL_SECONDS,
-        )
-    return Device(
-        account_id=reply.account.account_id,
-        device_id=reply.device.device_id,
-        access_token=reply.credentials.access_token,
-        refresh_token=reply.credentials.refresh_token,
-        handle=handle,
-    )
+async def _sign_up(regions: RegionsStack, home: str, handle: str | None = None) -> Device:
+    return await sign_up_in(regions, home, handle=handle, timeout=CALL_SECONDS)
 
 
 async def _groups(world: World, count: int) -> list[str]:
