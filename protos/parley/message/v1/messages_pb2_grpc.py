@@ -369,7 +369,12 @@ class MessageServiceServicer:
         version_hi); pages of the newer history still work. The same applies to
         every read of that history: a reply to, edit of, delete of or reaction to
         a message in it, and a delivery stream resumed from a position in it
-        (resume from version_hi instead).
+        (resume from version_hi instead). With several regions, a region holding
+        a replica of a conversation owned elsewhere keeps only its recent history
+        (the hot window plus a margin): ListMessages pages of the older history
+        are answered by the owner region as if local, but a delivery stream
+        resumed there from an older position gets the same FAILED_PRECONDITION
+        (resume from version_hi and page the rest with ListMessages).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -118,7 +118,12 @@ class MessageServiceStub:
     version_hi); pages of the newer history still work. The same applies to
     every read of that history: a reply to, edit of, delete of or reaction to
     a message in it, and a delivery stream resumed from a position in it
-    (resume from version_hi instead).
+    (resume from version_hi instead). With several regions, a region holding
+    a replica of a conversation owned elsewhere keeps only its recent history
+    (the hot window plus a margin): ListMessages pages of the older history
+    are answered by the owner region as if local, but a delivery stream
+    resumed there from an older position gets the same FAILED_PRECONDITION
+    (resume from version_hi and page the rest with ListMessages).
     """
     EditMessage: _grpc.UnaryUnaryMultiCallable[_messages_pb2.EditMessageRequest, _messages_pb2.EditMessageResponse]
     """Replaces the body of one of the caller's own messages and marks it edited."""
@@ -307,7 +312,12 @@ class MessageServiceAsyncStub(MessageServiceStub):
     version_hi); pages of the newer history still work. The same applies to
     every read of that history: a reply to, edit of, delete of or reaction to
     a message in it, and a delivery stream resumed from a position in it
-    (resume from version_hi instead).
+    (resume from version_hi instead). With several regions, a region holding
+    a replica of a conversation owned elsewhere keeps only its recent history
+    (the hot window plus a margin): ListMessages pages of the older history
+    are answered by the owner region as if local, but a delivery stream
+    resumed there from an older position gets the same FAILED_PRECONDITION
+    (resume from version_hi and page the rest with ListMessages).
     """
     EditMessage: _aio.UnaryUnaryMultiCallable[_messages_pb2.EditMessageRequest, _messages_pb2.EditMessageResponse]  # type: ignore[assignment]
     """Replaces the body of one of the caller's own messages and marks it edited."""
@@ -583,7 +593,12 @@ class MessageServiceServicer(metaclass=_abc_1.ABCMeta):
         version_hi); pages of the newer history still work. The same applies to
         every read of that history: a reply to, edit of, delete of or reaction to
         a message in it, and a delivery stream resumed from a position in it
-        (resume from version_hi instead).
+        (resume from version_hi instead). With several regions, a region holding
+        a replica of a conversation owned elsewhere keeps only its recent history
+        (the hot window plus a margin): ListMessages pages of the older history
+        are answered by the owner region as if local, but a delivery stream
+        resumed there from an older position gets the same FAILED_PRECONDITION
+        (resume from version_hi and page the rest with ListMessages).
         """
 
     @_abc_1.abstractmethod
